@@ -1,0 +1,74 @@
+"""The exceptions peerkit raises.
+
+Every error peerkit raises on purpose derives from :class:`PeerkitError`. Where an error is also a
+plain misuse of an argument, it inherits the matching builtin too, so ``except ValueError`` works::
+
+    PeerkitError
+    ├── ProtocolError            the remote side broke the wire protocol (malformed or forged bytes)
+    │   └── HandshakeError       the Noise handshake failed or was misused (wrong order, bad key, ...)
+    ├── PeerUnreachable          no connection could be made to a peer, or it went away
+    ├── IdentityError            a key file is missing, corrupt or readable by others
+    ├── InvalidRecord            a signed record or card failed verification (also ``ValueError``)
+    │   └── StaleRecord          a record's ``seq`` is not newer than one already accepted
+    ├── LimitExceeded            a value is over one of the limits of REFERENCE.md R2 (also ``ValueError``)
+    ├── NotSignedIn              the operation needs a sign-in first
+    └── NotAllowed               the peer's policy or permissions refuse the operation
+
+State errors of streams (closed, broken, end of stream) are anyio's own
+(:class:`anyio.ClosedResourceError`, :class:`anyio.BrokenResourceError`, :class:`anyio.EndOfStream`).
+"""
+
+from __future__ import annotations
+
+__all__ = (
+    "HandshakeError",
+    "IdentityError",
+    "InvalidRecord",
+    "LimitExceeded",
+    "NotAllowed",
+    "NotSignedIn",
+    "PeerUnreachable",
+    "PeerkitError",
+    "ProtocolError",
+    "StaleRecord",
+)
+
+
+class PeerkitError(Exception):
+    """The root of every error peerkit raises on purpose."""
+
+
+class ProtocolError(PeerkitError):
+    """The remote side sent bytes that break the peerkit or Noise protocol."""
+
+
+class HandshakeError(ProtocolError):
+    """The Noise handshake failed, was used out of order, or proved the wrong identity."""
+
+
+class PeerUnreachable(PeerkitError):
+    """No connection could be made to a peer, or the connection was lost."""
+
+
+class IdentityError(PeerkitError):
+    """An identity key file is missing, corrupt, or readable by other users."""
+
+
+class InvalidRecord(PeerkitError, ValueError):
+    """A signed record or contact card is malformed or its signature does not verify."""
+
+
+class StaleRecord(InvalidRecord):
+    """A signed record's ``seq`` is not greater than the last one accepted for the same id."""
+
+
+class LimitExceeded(PeerkitError, ValueError):
+    """A value is larger than a limit of the protocol (REFERENCE.md R2)."""
+
+
+class NotSignedIn(PeerkitError):
+    """The operation requires the node to be signed in to a scope first."""
+
+
+class NotAllowed(PeerkitError):
+    """The remote peer's policy or permissions refuse the operation."""

@@ -1,0 +1,213 @@
+"""The cryptographic primitives of the Noise protocol, on libsodium (through pynacl).
+
+This is the only module that calls pynacl's low-level bindings. It offers exactly what the Noise
+specification (revision 34, section 4) asks of a DH function, a cipher function and a hash function:
+
+- ``25519``: X25519 (RFC 7748). A DH whose result is all zeros (a low-order public key) is refused.
+- ``ChaChaPoly``: ChaCha20-Poly1305 of RFC 8439 with the 96-bit nonce made of 32 zero bits and the
+  64-bit little-endian counter ``n``.
+- ``BLAKE2b`` and ``SHA256``, with HMAC (RFC 2104) and the spec's HKDF built on them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+from collections.abc import Callable
+from typing import Final
+
+import nacl.bindings as _sodium
+import nacl.exceptions
+
+# The AEAD calls go to libsodium through pynacl's cffi module directly: the public wrappers in
+# nacl.bindings re-check every argument in Python, which doubles the cost of a small message.
+# Every argument is checked here once, where the Noise state machine builds it.
+from nacl._sodium import ffi as _ffi, lib as _lib
+
+from peerkit.errors import HandshakeError, ProtocolError
+
+__all__ = (
+    "DHLEN",
+    "TAGLEN",
+    "HashFunction",
+    "InvalidTag",
+    "LowOrderPoint",
+    "decrypt",
+    "dh",
+    "ed25519_pk_to_x25519",
+    "ed25519_sk_to_x25519",
+    "encrypt",
+    "generate_private_key",
+    "hash_function",
+    "public_key",
+)
+
+DHLEN: Final = 32
+TAGLEN: Final = 16
+
+_nonce = struct.Struct("<4xQ").pack
+_aead_encrypt = _lib.crypto_aead_chacha20poly1305_ietf_encrypt
+_aead_decrypt = _lib.crypto_aead_chacha20poly1305_ietf_decrypt
+_new = _ffi.new
+_buffer = _ffi.buffer
+_NULL = _ffi.NULL
+_scalarmult = _lib.crypto_scalarmult
+_scalarmult_base = _lib.crypto_scalarmult_base
+_randombytes = _sodium.randombytes
+
+
+class InvalidTag(ProtocolError):
+    """A ciphertext failed authentication: it was truncated, altered, or made with another key."""
+
+
+class LowOrderPoint(HandshakeError):
+    """A Diffie-Hellman public key is of low order, so the shared secret would be all zeros."""
+
+
+def generate_private_key() -> bytes:
+    """Return a new X25519 private key from libsodium's CSPRNG."""
+    return _randombytes(DHLEN)
+
+
+def public_key(private_key: bytes) -> bytes:
+    """Return the X25519 public key of ``private_key`` (32 bytes)."""
+    if len(private_key) != DHLEN:
+        raise ValueError(f"private key is {len(private_key)} bytes; X25519 keys are {DHLEN} bytes")
+    out = _new("unsigned char[]", DHLEN)
+    _scalarmult_base(out, private_key)
+    return _buffer(out, DHLEN)[:]
+
+
+def dh(private_key: bytes, public: bytes) -> bytes:
+    """Return the X25519 shared secret of ``private_key`` and ``public``.
+
+    :raises LowOrderPoint: when ``public`` is a low-order point (the result would be all zeros).
+    """
+    if len(public) != DHLEN or len(private_key) != DHLEN:
+        raise HandshakeError(f"X25519 keys are {DHLEN} bytes; got {len(private_key)} and {len(public)}")
+    out = _new("unsigned char[]", DHLEN)
+    if _scalarmult(out, private_key, public) != 0:
+        raise LowOrderPoint("remote public key is a low-order point; refusing it")
+    return _buffer(out, DHLEN)[:]
+
+
+def encrypt(key: bytes, n: int, ad: bytes, plaintext: bytes) -> bytes:
+    """ChaChaPoly encryption of ``plaintext`` with nonce ``n``; returns ciphertext and tag.
+
+    ``key`` must be 32 bytes and ``n`` below 2**64 (the CipherState guarantees both).
+    """
+    size = len(plaintext) + TAGLEN
+    out = _new("unsigned char[]", size)
+    _aead_encrypt(out, _NULL, plaintext, len(plaintext), ad, len(ad), _NULL, _nonce(n), key)
+    return _buffer(out, size)[:]
+
+
+def decrypt(key: bytes, n: int, ad: bytes, ciphertext: bytes) -> bytes:
+    """ChaChaPoly decryption with nonce ``n``.
+
+    :raises InvalidTag: when the ciphertext or the associated data does not authenticate.
+    """
+    size = len(ciphertext) - TAGLEN
+    if size < 0:
+        raise InvalidTag(f"ciphertext is {len(ciphertext)} bytes, shorter than its {TAGLEN}-byte tag")
+    out = _new("unsigned char[]", size or 1)
+    rc = _aead_decrypt(out, _NULL, _NULL, ciphertext, len(ciphertext), ad, len(ad), _nonce(n), key)
+    if rc != 0:
+        raise InvalidTag("decryption failed: the message was truncated, altered, or sealed with another key")
+    return _buffer(out, size)[:]
+
+
+def ed25519_pk_to_x25519(public: bytes) -> bytes:
+    """Convert an Ed25519 public key to its X25519 form (``crypto_sign_ed25519_pk_to_curve25519``).
+
+    :raises ValueError: when ``public`` is not a valid Ed25519 public key.
+    """
+    try:
+        return _sodium.crypto_sign_ed25519_pk_to_curve25519(public)
+    except (nacl.exceptions.RuntimeError, nacl.exceptions.ValueError, nacl.exceptions.TypeError):
+        raise ValueError("not a valid Ed25519 public key") from None
+
+
+def ed25519_sk_to_x25519(secret: bytes) -> bytes:
+    """Convert a 64-byte Ed25519 secret key (seed + public) to its X25519 private key."""
+    return _sodium.crypto_sign_ed25519_sk_to_curve25519(secret)
+
+
+_HMAC_IPAD = bytes(x ^ 0x36 for x in range(256))
+_HMAC_OPAD = bytes(x ^ 0x5C for x in range(256))
+
+
+class HashFunction:
+    """A Noise hash function: ``HASH``, ``HMAC-HASH`` and ``HKDF`` of the spec (section 4.3)."""
+
+    __slots__ = ("_itail", "_otail", "blocklen", "hashlen", "name", "new")
+
+    def __init__(self, name: str, new: Callable[[bytes], hashlib._Hash], hashlen: int, blocklen: int):
+        self.name = name
+        #: The hash's constructor (``hashlib.blake2b`` or ``hashlib.sha256``).
+        self.new = new
+        self.hashlen = hashlen
+        self.blocklen = blocklen
+        # The padded part of an HMAC key that is exactly ``hashlen`` bytes long.
+        self._itail = b"\x36" * (blocklen - hashlen)
+        self._otail = b"\x5c" * (blocklen - hashlen)
+
+    def digest(self, data: bytes) -> bytes:
+        """``HASH(data)``."""
+        return self.new(data).digest()
+
+    def hmac(self, key: bytes, data: bytes) -> bytes:
+        """``HMAC-HASH(key, data)`` (RFC 2104); ``key`` is at most ``blocklen`` bytes here."""
+        key = key.ljust(self.blocklen, b"\0")
+        new = self.new
+        inner = new(key.translate(_HMAC_IPAD) + data).digest()
+        return new(key.translate(_HMAC_OPAD) + inner).digest()
+
+    def hkdf(self, chaining_key: bytes, ikm: bytes, outputs: int) -> tuple[bytes, ...]:
+        """The spec's ``HKDF(chaining_key, input_key_material, num_outputs)``, 2 or 3 outputs.
+
+        ``chaining_key`` is ``hashlen`` bytes, as it always is in Noise.
+        """
+        new = self.new
+        ipad = _HMAC_IPAD
+        opad = _HMAC_OPAD
+        itail = self._itail
+        otail = self._otail
+        inner = new(chaining_key.translate(ipad) + itail + ikm).digest()
+        temp = new(chaining_key.translate(opad) + otail + inner).digest()
+        # HMAC(temp, ...) two or three times: absorb the padded key once and copy the state.
+        inner_state = new(temp.translate(ipad) + itail)
+        outer_state = new(temp.translate(opad) + otail)
+        h = inner_state.copy()
+        h.update(b"\x01")
+        o = outer_state.copy()
+        o.update(h.digest())
+        out1 = o.digest()
+        h = inner_state.copy() if outputs == 3 else inner_state
+        h.update(out1 + b"\x02")
+        o = outer_state.copy() if outputs == 3 else outer_state
+        o.update(h.digest())
+        out2 = o.digest()
+        if outputs == 2:
+            return out1, out2
+        inner_state.update(out2 + b"\x03")
+        outer_state.update(inner_state.digest())
+        return out1, out2, outer_state.digest()
+
+
+_HASHES: Final = {
+    "BLAKE2b": HashFunction("BLAKE2b", hashlib.blake2b, 64, 128),
+    "SHA256": HashFunction("SHA256", hashlib.sha256, 32, 64),
+}
+
+
+def hash_function(name: str) -> HashFunction:
+    """Return the hash function called ``name`` in a Noise protocol name.
+
+    :raises ValueError: when the hash is not one peerkit implements.
+    """
+    try:
+        return _HASHES[name]
+    except KeyError:
+        known = ", ".join(sorted(_HASHES))
+        raise ValueError(f"unsupported Noise hash {name!r}; supported: {known}") from None

@@ -1,0 +1,496 @@
+"""The Noise Protocol Framework, revision 34, sans-IO.
+
+``CipherState``, ``SymmetricState`` and ``HandshakeState`` follow sections 5.1 to 5.3 of the
+specification name for name. The handshake is driven by the pattern table below (sections 7.4 and
+7.5: every one-way and interactive base pattern); the functions are DH ``25519``, cipher
+``ChaChaPoly`` and hash ``BLAKE2b`` or ``SHA256``.
+
+    >>> hs = HandshakeState("Noise_XX_25519_ChaChaPoly_BLAKE2b", initiator=True)
+    >>> message = hs.write_message(b"")
+
+Private keys (``s``, ``e``) and public keys (``rs``, ``re``) are 32-byte strings. When ``e`` is
+given it is used as the first ephemeral key instead of a random one (for test vectors). Every
+misuse or bad input raises :class:`~peerkit.errors.HandshakeError` (during the handshake) or
+:class:`~peerkit.errors.ProtocolError` (transport), never another exception type.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Final, NamedTuple
+
+from peerkit.errors import HandshakeError, ProtocolError
+from peerkit.proto import crypto
+from peerkit.proto.crypto import DHLEN, TAGLEN, HashFunction, InvalidTag
+
+__all__ = (
+    "MAX_MESSAGE_LEN",
+    "MAX_NONCE",
+    "PATTERNS",
+    "CipherState",
+    "HandshakeState",
+    "SymmetricState",
+    "parse_protocol_name",
+)
+
+#: The largest Noise message, in bytes (section 3).
+MAX_MESSAGE_LEN: Final = 65535
+#: The nonce value reserved by the spec; a CipherState refuses to use it.
+MAX_NONCE: Final = 2**64 - 1
+
+# name: (initiator pre-message, responder pre-message, messages). Message i is sent by the
+# initiator when i is even. Taken from sections 7.4 (one-way) and 7.5 (interactive).
+PATTERNS: Final[dict[str, tuple[tuple[str, ...], tuple[str, ...], tuple[tuple[str, ...], ...]]]] = {
+    "N": ((), ("s",), (("e", "es"),)),
+    "K": (("s",), ("s",), (("e", "es", "ss"),)),
+    "X": ((), ("s",), (("e", "es", "s", "ss"),)),
+    "NN": ((), (), (("e",), ("e", "ee"))),
+    "NK": ((), ("s",), (("e", "es"), ("e", "ee"))),
+    "NX": ((), (), (("e",), ("e", "ee", "s", "es"))),
+    "XN": ((), (), (("e",), ("e", "ee"), ("s", "se"))),
+    "XK": ((), ("s",), (("e", "es"), ("e", "ee"), ("s", "se"))),
+    "XX": ((), (), (("e",), ("e", "ee", "s", "es"), ("s", "se"))),
+    "KN": (("s",), (), (("e",), ("e", "ee", "se"))),
+    "KK": (("s",), ("s",), (("e", "es", "ss"), ("e", "ee", "se"))),
+    "KX": (("s",), (), (("e",), ("e", "ee", "se", "s", "es"))),
+    "IN": ((), (), (("e", "s"), ("e", "ee", "se"))),
+    "IK": ((), ("s",), (("e", "es", "s", "ss"), ("e", "ee", "se"))),
+    "IX": ((), (), (("e", "s"), ("e", "ee", "se", "s", "es"))),
+}
+
+
+def parse_protocol_name(name: str) -> tuple[str, HashFunction]:
+    """Split a protocol name into its handshake pattern and hash function.
+
+    :raises ValueError: when the name is malformed or names something peerkit does not implement.
+    :raises TypeError: when ``name`` is not a string.
+    """
+    if not isinstance(name, str):
+        raise TypeError(f"protocol name must be str, not {type(name).__name__}")
+    parts = name.split("_")
+    if len(parts) != 5 or parts[0] != "Noise":
+        raise ValueError(f"malformed Noise protocol name {name!r}; expected Noise_PATTERN_DH_CIPHER_HASH")
+    _, pattern, dh_name, cipher_name, hash_name = parts
+    if pattern not in PATTERNS:
+        raise ValueError(f"unsupported handshake pattern {pattern!r} in {name!r}")
+    if dh_name != "25519":
+        raise ValueError(f"unsupported DH function {dh_name!r} in {name!r}; supported: 25519")
+    if cipher_name != "ChaChaPoly":
+        raise ValueError(f"unsupported cipher {cipher_name!r} in {name!r}; supported: ChaChaPoly")
+    return pattern, crypto.hash_function(hash_name)
+
+
+class _Protocol(NamedTuple):
+    """A parsed protocol name, with what each role must hold before the handshake."""
+
+    hash: HashFunction
+    initiator_pre: tuple[str, ...]
+    responder_pre: tuple[str, ...]
+    messages: tuple[tuple[str, ...], ...]
+    initiator_sends_static: bool
+    responder_sends_static: bool
+
+
+@lru_cache(maxsize=64)
+def _protocol(name: str) -> _Protocol:
+    pattern, hash_function = parse_protocol_name(name)
+    init_pre, resp_pre, messages = PATTERNS[pattern]
+    sends = [any("s" in m for m in messages[side::2]) for side in (0, 1)]
+    return _Protocol(hash_function, init_pre, resp_pre, messages, sends[0], sends[1])
+
+
+def _check_key(value: bytes | None, what: str) -> bytes | None:
+    if value is None:
+        return None
+    if not isinstance(value, (bytes, bytearray, memoryview)):
+        raise TypeError(f"{what} must be bytes, not {type(value).__name__}")
+    value = bytes(value)
+    if len(value) != DHLEN:
+        raise ValueError(f"{what} is {len(value)} bytes; X25519 keys are {DHLEN} bytes")
+    return value
+
+
+class CipherState:
+    """A key ``k`` (or none) and a 64-bit nonce ``n`` (section 5.1)."""
+
+    __slots__ = ("k", "n")
+
+    def __init__(self, k: bytes | None = None, n: int = 0) -> None:
+        self.k = k
+        self.n = n
+
+    def initialize_key(self, key: bytes | None) -> None:
+        """``InitializeKey(key)``: set ``k`` and reset ``n`` to zero."""
+        self.k = key
+        self.n = 0
+
+    def has_key(self) -> bool:
+        """``HasKey()``."""
+        return self.k is not None
+
+    def set_nonce(self, nonce: int) -> None:
+        """``SetNonce(nonce)``."""
+        if not 0 <= nonce <= MAX_NONCE:
+            raise ValueError(f"nonce {nonce} is outside 0..2**64-1")
+        self.n = nonce
+
+    def encrypt_with_ad(self, ad: bytes, plaintext: bytes) -> bytes:
+        """``EncryptWithAd(ad, plaintext)``; the plaintext itself when there is no key.
+
+        :raises ProtocolError: when the nonce is exhausted or the result would exceed 65535 bytes.
+        """
+        k = self.k
+        if k is None:
+            return plaintext
+        n = self.n
+        if n == MAX_NONCE:
+            raise ProtocolError("nonce exhausted: this cipher state has sent 2**64-1 messages")
+        if len(plaintext) > MAX_MESSAGE_LEN - TAGLEN:
+            raise ProtocolError(
+                f"plaintext is {len(plaintext)} bytes; a Noise message holds at most "
+                f"{MAX_MESSAGE_LEN - TAGLEN} bytes of plaintext"
+            )
+        ciphertext = crypto.encrypt(k, n, ad, plaintext)
+        self.n = n + 1
+        return ciphertext
+
+    def decrypt_with_ad(self, ad: bytes, ciphertext: bytes) -> bytes:
+        """``DecryptWithAd(ad, ciphertext)``; the ciphertext itself when there is no key.
+
+        On failure the nonce is not advanced, as the spec requires.
+
+        :raises ProtocolError: when authentication fails, the nonce is exhausted or the message is
+            longer than 65535 bytes.
+        """
+        k = self.k
+        if k is None:
+            return ciphertext
+        n = self.n
+        if n == MAX_NONCE:
+            raise ProtocolError("nonce exhausted: this cipher state has received 2**64-1 messages")
+        if len(ciphertext) > MAX_MESSAGE_LEN:
+            raise ProtocolError(f"message is {len(ciphertext)} bytes; the Noise limit is {MAX_MESSAGE_LEN}")
+        plaintext = crypto.decrypt(k, n, ad, ciphertext)
+        self.n = n + 1
+        return plaintext
+
+    def rekey(self) -> None:
+        """``Rekey()``: replace ``k`` with the first 32 bytes of ENCRYPT(k, maxnonce, zerolen, zeros)."""
+        if self.k is None:
+            raise ProtocolError("cannot rekey a cipher state that has no key")
+        self.k = crypto.encrypt(self.k, MAX_NONCE, b"", bytes(32))[:32]
+
+
+class SymmetricState:
+    """A CipherState plus the chaining key ``ck`` and handshake hash ``h`` (section 5.2)."""
+
+    __slots__ = ("_new", "ck", "cipher_state", "h", "hash")
+
+    def __init__(self, protocol_name: bytes, hash_function: HashFunction) -> None:
+        """``InitializeSymmetric(protocol_name)``."""
+        self.hash = hash_function
+        self._new = hash_function.new
+        if len(protocol_name) <= hash_function.hashlen:
+            h = protocol_name.ljust(hash_function.hashlen, b"\0")
+        else:
+            h = hash_function.digest(protocol_name)
+        self.h = h
+        self.ck = h
+        self.cipher_state = CipherState()
+
+    def mix_key(self, input_key_material: bytes) -> None:
+        """``MixKey(input_key_material)``."""
+        self.ck, temp_k = self.hash.hkdf(self.ck, input_key_material, 2)
+        self.cipher_state.initialize_key(temp_k[:32])
+
+    def mix_hash(self, data: bytes) -> None:
+        """``MixHash(data)``."""
+        self.h = self._new(self.h + data).digest()
+
+    def mix_key_and_hash(self, input_key_material: bytes) -> None:
+        """``MixKeyAndHash(input_key_material)`` (used by PSK patterns)."""
+        self.ck, temp_h, temp_k = self.hash.hkdf(self.ck, input_key_material, 3)
+        self.mix_hash(temp_h)
+        self.cipher_state.initialize_key(temp_k[:32])
+
+    def get_handshake_hash(self) -> bytes:
+        """``GetHandshakeHash()``."""
+        return self.h
+
+    def encrypt_and_hash(self, plaintext: bytes) -> bytes:
+        """``EncryptAndHash(plaintext)``."""
+        ciphertext = self.cipher_state.encrypt_with_ad(self.h, plaintext)
+        self.h = self._new(self.h + ciphertext).digest()
+        return ciphertext
+
+    def decrypt_and_hash(self, ciphertext: bytes) -> bytes:
+        """``DecryptAndHash(ciphertext)``."""
+        plaintext = self.cipher_state.decrypt_with_ad(self.h, ciphertext)
+        self.h = self._new(self.h + ciphertext).digest()
+        return plaintext
+
+    def split(self) -> tuple[CipherState, CipherState]:
+        """``Split()``: the initiator-to-responder and responder-to-initiator CipherStates."""
+        temp_k1, temp_k2 = self.hash.hkdf(self.ck, b"", 2)
+        return CipherState(temp_k1[:32]), CipherState(temp_k2[:32])
+
+
+class HandshakeState:
+    """One side of a Noise handshake (section 5.3).
+
+    :param protocol_name: e.g. ``"Noise_XX_25519_ChaChaPoly_BLAKE2b"``.
+    :param initiator: whether this side sends the first message.
+    :param prologue: data both sides must agree on; it is hashed in but never sent.
+    :param s: this side's static private key, when the pattern uses one.
+    :param e: this side's ephemeral private key; only for replaying test vectors.
+    :param rs: the remote static public key, when the pattern has it known in advance.
+    :param re: the remote ephemeral public key, when a pre-message names it.
+    :param s_public: the public key of ``s``, when the caller already has it (saves computing it).
+    :raises ValueError: when the protocol is unsupported or a key the pattern needs is missing.
+    """
+
+    __slots__ = (
+        "_e",
+        "_e_pub",
+        "_failed",
+        "_index",
+        "_initiator",
+        "_messages",
+        "_protocol_name",
+        "_re",
+        "_rs",
+        "_s",
+        "_s_pub",
+        "_ss",
+    )
+
+    def __init__(
+        self,
+        protocol_name: str,
+        initiator: bool,
+        prologue: bytes = b"",
+        s: bytes | None = None,
+        e: bytes | None = None,
+        rs: bytes | None = None,
+        re: bytes | None = None,
+        *,
+        s_public: bytes | None = None,
+    ) -> None:
+        if not isinstance(protocol_name, str):
+            raise TypeError(f"protocol name must be str, not {type(protocol_name).__name__}")
+        proto = _protocol(protocol_name)
+        if not isinstance(prologue, (bytes, bytearray, memoryview)):
+            raise TypeError(f"prologue must be bytes, not {type(prologue).__name__}")
+        initiator = bool(initiator)
+        self._protocol_name = protocol_name
+        self._initiator = initiator
+        self._s = _check_key(s, "static private key s")
+        self._e = _check_key(e, "ephemeral private key e")
+        self._rs = _check_key(rs, "remote static public key rs")
+        self._re = _check_key(re, "remote ephemeral public key re")
+        init_pre = proto.initiator_pre
+        resp_pre = proto.responder_pre
+        self._messages = proto.messages
+        self._index = 0
+        self._failed = False
+
+        mine, theirs = (init_pre, resp_pre) if initiator else (resp_pre, init_pre)
+        sends_static = proto.initiator_sends_static if initiator else proto.responder_sends_static
+        if ("s" in mine or sends_static) and self._s is None:
+            raise ValueError(f"{protocol_name} needs this side's static key: pass s=")
+        if "s" in theirs and self._rs is None:
+            raise ValueError(f"{protocol_name} needs the remote static key in advance: pass rs=")
+        if "e" in mine and self._e is None:
+            raise ValueError(f"{protocol_name} needs this side's ephemeral key in advance: pass e=")
+        if "e" in theirs and self._re is None:
+            raise ValueError(f"{protocol_name} needs the remote ephemeral key in advance: pass re=")
+        if self._s is None:
+            self._s_pub = None
+        elif s_public is not None:
+            self._s_pub = _check_key(s_public, "static public key s_public")
+        else:
+            self._s_pub = crypto.public_key(self._s)
+        self._e_pub = crypto.public_key(self._e) if self._e is not None else None
+
+        ss = SymmetricState(protocol_name.encode("ascii"), proto.hash)
+        ss.mix_hash(bytes(prologue))
+        for pre, local in ((init_pre, self._initiator), (resp_pre, not self._initiator)):
+            for token in pre:
+                if token == "e":
+                    key = self._e_pub if local else self._re
+                else:
+                    key = self._s_pub if local else self._rs
+                assert key is not None
+                ss.mix_hash(key)
+        self._ss = ss
+
+    # -- public state ----------------------------------------------------------------------
+    @property
+    def protocol_name(self) -> str:
+        """The Noise protocol name this handshake runs."""
+        return self._protocol_name
+
+    @property
+    def initiator(self) -> bool:
+        """Whether this side sent (or will send) the first message."""
+        return self._initiator
+
+    @property
+    def is_complete(self) -> bool:
+        """Whether every handshake message has been written or read."""
+        return self._index == len(self._messages)
+
+    @property
+    def is_my_turn(self) -> bool:
+        """Whether the next handshake message is this side's to write."""
+        return not self.is_complete and (self._index % 2 == 0) == self._initiator
+
+    @property
+    def handshake_hash(self) -> bytes:
+        """``h``: after completion, a unique identifier of this session (channel binding)."""
+        return self._ss.h
+
+    @property
+    def remote_static(self) -> bytes | None:
+        """The remote side's static public key, once known."""
+        return self._rs
+
+    @property
+    def remote_ephemeral(self) -> bytes | None:
+        """The remote side's ephemeral public key, once known."""
+        return self._re
+
+    @property
+    def local_static_public(self) -> bytes | None:
+        """This side's static public key."""
+        return self._s_pub
+
+    # -- the handshake ---------------------------------------------------------------------
+    def _check_turn(self, writing: bool) -> tuple[str, ...]:
+        if self._failed:
+            raise HandshakeError("this handshake already failed; start a new one")
+        if self._index >= len(self._messages):
+            raise HandshakeError("the handshake is already complete; use the cipher states from split()")
+        if ((self._index % 2 == 0) == self._initiator) != writing:
+            side = "initiator" if self._index % 2 == 0 else "responder"
+            verb = "write" if writing else "read"
+            raise HandshakeError(f"cannot {verb} handshake message {self._index + 1} now: it is the {side}'s to write")
+        return self._messages[self._index]
+
+    def _dh(self, token: str) -> bytes:
+        initiator = self._initiator
+        if token == "ee":
+            local, remote = self._e, self._re
+        elif token == "ss":
+            local, remote = self._s, self._rs
+        elif (token == "es") == initiator:  # es as initiator, se as responder
+            local, remote = self._e, self._rs
+        else:
+            local, remote = self._s, self._re
+        if local is None or remote is None:
+            raise HandshakeError(f"token {token!r} needs a key this handshake does not have")
+        return crypto.dh(local, remote)
+
+    def write_message(self, payload: bytes = b"") -> bytes:
+        """``WriteMessage(payload)``: the next handshake message, with ``payload`` in it.
+
+        :raises HandshakeError: when it is not this side's turn, the handshake is complete or
+            failed, or the message would exceed 65535 bytes (nothing is changed then).
+        """
+        tokens = self._check_turn(writing=True)
+        if not isinstance(payload, (bytes, bytearray, memoryview)):
+            raise TypeError(f"payload must be bytes, not {type(payload).__name__}")
+        ss = self._ss
+        # Compute the message length first, so that an oversized payload changes nothing.
+        keyed = ss.cipher_state.k is not None
+        size = 0
+        for token in tokens:
+            if token == "e":
+                size += DHLEN
+            elif token == "s":
+                size += DHLEN + TAGLEN if keyed else DHLEN
+            else:
+                keyed = True
+        size += len(payload) + (TAGLEN if keyed else 0)
+        if size > MAX_MESSAGE_LEN:
+            raise HandshakeError(
+                f"handshake message would be {size} bytes; the Noise limit is {MAX_MESSAGE_LEN}"
+            )
+        parts = []
+        try:
+            for token in tokens:
+                if token == "e":
+                    if self._e is None:
+                        self._e = crypto.generate_private_key()
+                        self._e_pub = crypto.public_key(self._e)
+                    assert self._e_pub is not None
+                    parts.append(self._e_pub)
+                    ss.mix_hash(self._e_pub)
+                elif token == "s":
+                    assert self._s_pub is not None
+                    parts.append(ss.encrypt_and_hash(self._s_pub))
+                else:
+                    ss.mix_key(self._dh(token))
+            parts.append(ss.encrypt_and_hash(bytes(payload)))
+        except HandshakeError:
+            self._failed = True
+            raise
+        self._index += 1
+        return b"".join(parts)
+
+    def read_message(self, message: bytes) -> bytes:
+        """``ReadMessage(message)``: process the peer's next handshake message; return its payload.
+
+        :raises HandshakeError: when it is not the peer's turn, the handshake is complete or
+            failed, or the message is malformed, too long, altered, or uses a low-order key.
+            After a failure the handshake is dead: start a new one.
+        """
+        tokens = self._check_turn(writing=False)
+        if not isinstance(message, (bytes, bytearray, memoryview)):
+            raise TypeError(f"message must be bytes, not {type(message).__name__}")
+        message = bytes(message)
+        if len(message) > MAX_MESSAGE_LEN:
+            self._failed = True
+            raise HandshakeError(f"handshake message is {len(message)} bytes; the Noise limit is {MAX_MESSAGE_LEN}")
+        ss = self._ss
+        pos = 0
+        try:
+            for token in tokens:
+                if token == "e":
+                    re = message[pos : pos + DHLEN]
+                    if len(re) != DHLEN:
+                        raise HandshakeError("handshake message is truncated: it ends inside an ephemeral key")
+                    pos += DHLEN
+                    self._re = re
+                    ss.mix_hash(re)
+                elif token == "s":
+                    size = DHLEN + TAGLEN if ss.cipher_state.k is not None else DHLEN
+                    temp = message[pos : pos + size]
+                    if len(temp) != size:
+                        raise HandshakeError("handshake message is truncated: it ends inside a static key")
+                    pos += size
+                    self._rs = ss.decrypt_and_hash(temp)
+                else:
+                    ss.mix_key(self._dh(token))
+            if ss.cipher_state.k is not None and len(message) - pos < TAGLEN:
+                raise HandshakeError("handshake message is truncated: it has no room for its tag")
+            payload = ss.decrypt_and_hash(message[pos:])
+        except InvalidTag as exc:
+            self._failed = True
+            raise HandshakeError(
+                "handshake message failed authentication: altered, truncated, or from a peer with other keys"
+            ) from exc
+        except HandshakeError:
+            self._failed = True
+            raise
+        self._index += 1
+        return payload
+
+    def split(self) -> tuple[CipherState, CipherState]:
+        """``Split()``: ``(c1, c2)``; c1 encrypts initiator to responder, c2 the other way.
+
+        :raises HandshakeError: when the handshake is not complete.
+        """
+        if self._failed or not self.is_complete:
+            raise HandshakeError("cannot split: the handshake is not complete")
+        return self._ss.split()
