@@ -56,7 +56,8 @@ def test_vector(vector: dict[str, Any]) -> None:
         ciphertext = sender.write_message(payload)
         assert ciphertext.hex() == message["ciphertext"], f"message {i}"
         assert receiver.read_message(ciphertext) == payload
-    assert init.is_complete and resp.is_complete
+    assert init.is_complete
+    assert resp.is_complete
     assert init.handshake_hash == resp.handshake_hash
     if "handshake_hash" in vector:
         assert init.handshake_hash.hex() == vector["handshake_hash"]

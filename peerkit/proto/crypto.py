@@ -14,7 +14,7 @@ from __future__ import annotations
 import hashlib
 import struct
 from collections.abc import Callable
-from typing import Final
+from typing import Final, Protocol, Self
 
 import nacl.bindings as _sodium
 import nacl.exceptions
@@ -22,7 +22,8 @@ import nacl.exceptions
 # The AEAD calls go to libsodium through pynacl's cffi module directly: the public wrappers in
 # nacl.bindings re-check every argument in Python, which doubles the cost of a small message.
 # Every argument is checked here once, where the Noise state machine builds it.
-from nacl._sodium import ffi as _ffi, lib as _lib
+from nacl._sodium import ffi as _ffi
+from nacl._sodium import lib as _lib
 
 from peerkit.errors import HandshakeError, ProtocolError
 
@@ -56,6 +57,12 @@ _scalarmult_base = _lib.crypto_scalarmult_base
 _randombytes = _sodium.randombytes
 
 
+class _HashObject(Protocol):
+    def digest(self) -> bytes: ...
+    def update(self, data: bytes, /) -> None: ...
+    def copy(self) -> Self: ...
+
+
 class InvalidTag(ProtocolError):
     """A ciphertext failed authentication: it was truncated, altered, or made with another key."""
 
@@ -75,7 +82,7 @@ def public_key(private_key: bytes) -> bytes:
         raise ValueError(f"private key is {len(private_key)} bytes; X25519 keys are {DHLEN} bytes")
     out = _new("unsigned char[]", DHLEN)
     _scalarmult_base(out, private_key)
-    return _buffer(out, DHLEN)[:]
+    return bytes(_buffer(out, DHLEN))
 
 
 def dh(private_key: bytes, public: bytes) -> bytes:
@@ -88,7 +95,7 @@ def dh(private_key: bytes, public: bytes) -> bytes:
     out = _new("unsigned char[]", DHLEN)
     if _scalarmult(out, private_key, public) != 0:
         raise LowOrderPoint("remote public key is a low-order point; refusing it")
-    return _buffer(out, DHLEN)[:]
+    return bytes(_buffer(out, DHLEN))
 
 
 def encrypt(key: bytes, n: int, ad: bytes, plaintext: bytes) -> bytes:
@@ -99,7 +106,7 @@ def encrypt(key: bytes, n: int, ad: bytes, plaintext: bytes) -> bytes:
     size = len(plaintext) + TAGLEN
     out = _new("unsigned char[]", size)
     _aead_encrypt(out, _NULL, plaintext, len(plaintext), ad, len(ad), _NULL, _nonce(n), key)
-    return _buffer(out, size)[:]
+    return bytes(_buffer(out, size))
 
 
 def decrypt(key: bytes, n: int, ad: bytes, ciphertext: bytes) -> bytes:
@@ -114,7 +121,7 @@ def decrypt(key: bytes, n: int, ad: bytes, ciphertext: bytes) -> bytes:
     rc = _aead_decrypt(out, _NULL, _NULL, ciphertext, len(ciphertext), ad, len(ad), _nonce(n), key)
     if rc != 0:
         raise InvalidTag("decryption failed: the message was truncated, altered, or sealed with another key")
-    return _buffer(out, size)[:]
+    return bytes(_buffer(out, size))
 
 
 def ed25519_pk_to_x25519(public: bytes) -> bytes:
@@ -142,7 +149,7 @@ class HashFunction:
 
     __slots__ = ("_itail", "_otail", "blocklen", "hashlen", "name", "new")
 
-    def __init__(self, name: str, new: Callable[[bytes], hashlib._Hash], hashlen: int, blocklen: int):
+    def __init__(self, name: str, new: Callable[[bytes], _HashObject], hashlen: int, blocklen: int):
         self.name = name
         #: The hash's constructor (``hashlib.blake2b`` or ``hashlib.sha256``).
         self.new = new

@@ -184,7 +184,7 @@ class CipherState:
 class SymmetricState:
     """A CipherState plus the chaining key ``ck`` and handshake hash ``h`` (section 5.2)."""
 
-    __slots__ = ("_new", "ck", "cipher_state", "h", "hash")
+    __slots__ = ("_new", "cipher_state", "ck", "h", "hash")
 
     def __init__(self, protocol_name: bytes, hash_function: HashFunction) -> None:
         """``InitializeSymmetric(protocol_name)``."""
@@ -374,7 +374,9 @@ class HandshakeState:
         if ((self._index % 2 == 0) == self._initiator) != writing:
             side = "initiator" if self._index % 2 == 0 else "responder"
             verb = "write" if writing else "read"
-            raise HandshakeError(f"cannot {verb} handshake message {self._index + 1} now: it is the {side}'s to write")
+            raise HandshakeError(
+                f"cannot {verb} handshake message {self._index + 1} now: it is the {side}'s to write"
+            )
         return self._messages[self._index]
 
     def _dh(self, token: str) -> bytes:
@@ -451,7 +453,9 @@ class HandshakeState:
         message = bytes(message)
         if len(message) > MAX_MESSAGE_LEN:
             self._failed = True
-            raise HandshakeError(f"handshake message is {len(message)} bytes; the Noise limit is {MAX_MESSAGE_LEN}")
+            raise HandshakeError(
+                f"handshake message is {len(message)} bytes; the Noise limit is {MAX_MESSAGE_LEN}"
+            )
         ss = self._ss
         pos = 0
         try:
@@ -459,7 +463,9 @@ class HandshakeState:
                 if token == "e":
                     re = message[pos : pos + DHLEN]
                     if len(re) != DHLEN:
-                        raise HandshakeError("handshake message is truncated: it ends inside an ephemeral key")
+                        raise HandshakeError(
+                            "handshake message is truncated: it ends inside an ephemeral key"
+                        )
                     pos += DHLEN
                     self._re = re
                     ss.mix_hash(re)

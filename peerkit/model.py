@@ -1,0 +1,231 @@
+"""The objects of the collaboration model (REFERENCE.md R1) and their limits (R2).
+
+Numeric values of the enums are those of the original .NET API, so they can be compared and stored.
+Every constructor checks its limits and raises :class:`~peerkit.errors.LimitExceeded` (a
+``ValueError``) naming the limit, or ``TypeError`` for a value of the wrong type.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import ipaddress
+import uuid
+from dataclasses import dataclass, field
+from typing import Final
+
+from peerkit.errors import LimitExceeded
+
+__all__ = (
+    "MAX_APPLICATIONS",
+    "MAX_CONTACT_ENDPOINTS",
+    "MAX_DATA",
+    "MAX_INVITATION_WAIT",
+    "MAX_OBJECTS",
+    "MAX_TEXT",
+    "REQUEST_TIMEOUT",
+    "Application",
+    "ChangeType",
+    "EndPoint",
+    "InvitationResponse",
+    "PeerObject",
+    "Presence",
+    "PresenceStatus",
+    "Scope",
+    "SubscribePermission",
+)
+
+#: Presence text, nicknames, display names, endpoint names, invitation messages: characters.
+MAX_TEXT: Final = 255
+#: Invitation, application and object data: bytes.
+MAX_DATA: Final = 16384
+#: Registered applications per node.
+MAX_APPLICATIONS: Final = 64
+#: Published objects per node.
+MAX_OBJECTS: Final = 128
+#: Default and maximum invitation wait, in seconds.
+MAX_INVITATION_WAIT: Final = 300
+#: Deadline of subscribe, refresh and contact update, in seconds.
+REQUEST_TIMEOUT: Final = 30
+#: Endpoints of one contact.
+MAX_CONTACT_ENDPOINTS: Final = 50
+
+
+def check_text(value: object, what: str, limit: int = MAX_TEXT) -> str:
+    """Return ``value`` if it is a ``str`` of at most ``limit`` characters.
+
+    :raises TypeError: when it is not a string.
+    :raises LimitExceeded: when it is too long; the message names ``what`` and the limit.
+    """
+    if not isinstance(value, str):
+        raise TypeError(f"{what} must be str, not {type(value).__name__}")
+    if len(value) > limit:
+        raise LimitExceeded(f"{what} is {len(value)} characters; the limit is {limit}")
+    return value
+
+
+def check_data(value: object, what: str, limit: int = MAX_DATA, *, allow_empty: bool = True) -> bytes:
+    """Return ``value`` as ``bytes`` if it is bytes-like and at most ``limit`` bytes long.
+
+    :raises TypeError: when it is not bytes-like.
+    :raises LimitExceeded: when it is too long (or empty where that is not allowed).
+    """
+    if not isinstance(value, (bytes, bytearray, memoryview)):
+        raise TypeError(f"{what} must be bytes, not {type(value).__name__}")
+    value = bytes(value)
+    if len(value) > limit:
+        raise LimitExceeded(f"{what} is {len(value)} bytes; the limit is {limit}")
+    if not value and not allow_empty:
+        raise LimitExceeded(f"{what} is empty; it must hold 1 to {limit} bytes")
+    return value
+
+
+def _check_uuid(value: object, what: str) -> uuid.UUID:
+    if not isinstance(value, uuid.UUID):
+        raise TypeError(f"{what} must be a uuid.UUID, not {type(value).__name__}")
+    return value
+
+
+class Scope(enum.IntFlag):
+    """Who can see something, or where a node is signed in (``PeerScope``)."""
+
+    NONE = 0
+    NEAR_ME = 1
+    INTERNET = 2
+    ALL = 3
+
+
+class PresenceStatus(enum.IntEnum):
+    """A person's availability (``PeerPresenceStatus``)."""
+
+    OFFLINE = 0
+    OUT_TO_LUNCH = 1
+    AWAY = 2
+    BE_RIGHT_BACK = 3
+    IDLE = 4
+    BUSY = 5
+    ON_THE_PHONE = 6
+    ONLINE = 7
+
+
+class InvitationResponse(enum.IntEnum):
+    """The answer to an invitation (``PeerInvitationResponseType``)."""
+
+    DECLINED = 0
+    ACCEPTED = 1
+    EXPIRED = 2
+
+
+class ChangeType(enum.IntEnum):
+    """What happened to an item in a changed-event (``PeerChangeType``)."""
+
+    ADDED = 0
+    DELETED = 1
+    UPDATED = 2
+
+
+class SubscribePermission(enum.IntEnum):
+    """Whether a contact may watch me (``SubscriptionType``)."""
+
+    BLOCKED = 0
+    ALLOWED = 1
+
+
+@dataclass(frozen=True, slots=True)
+class Presence:
+    """A presence status with an optional free text."""
+
+    #: The availability.
+    status: PresenceStatus = PresenceStatus.ONLINE
+    #: Free text shown beside the status, at most 255 characters.
+    text: str = ""
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.status, PresenceStatus):
+            try:
+                object.__setattr__(self, "status", PresenceStatus(self.status))
+            except (ValueError, TypeError):
+                raise ValueError(f"{self.status!r} is not a presence status (0 to 7)") from None
+        check_text(self.text, "presence text")
+
+
+@dataclass(frozen=True, slots=True)
+class EndPoint:
+    """An address and port where a node listens, with a display name.
+
+    Two endpoints are equal when their host and port are; the name is only a label.
+    """
+
+    #: An IPv4 or IPv6 address, or a host name.
+    host: str
+    #: The TCP port, 1 to 65535.
+    port: int
+    #: A display label for people (the endpoint name), at most 255 characters.
+    name: str = field(default="", compare=False)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.host, str):
+            raise TypeError(f"endpoint host must be str, not {type(self.host).__name__}")
+        host = self.host.strip("[]")
+        if not host or len(host) > 253 or any(c.isspace() for c in host):
+            raise ValueError(f"endpoint host {self.host!r} is not an address or host name")
+        with contextlib.suppress(ValueError):
+            host = str(ipaddress.ip_address(host))
+        object.__setattr__(self, "host", host)
+        if not isinstance(self.port, int) or isinstance(self.port, bool):
+            raise TypeError(f"endpoint port must be int, not {type(self.port).__name__}")
+        if not 1 <= self.port <= 65535:
+            raise ValueError(f"endpoint port {self.port} is outside 1..65535")
+        check_text(self.name, "endpoint name")
+
+    def __str__(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Application:
+    """An application that can be invited to and published (``PeerApplication``).
+
+    ``path`` and ``arguments`` are local: they are never sent to other peers.
+    """
+
+    #: The application's identity, shared by every peer that runs it.
+    id: uuid.UUID
+    #: A description for people, at most 255 characters.
+    description: str = ""
+    #: Application data published with it, at most 16,384 bytes.
+    data: bytes = b""
+    #: Who can see that this node has the application.
+    scope: Scope = Scope.ALL
+    #: Local only: a program to launch for an invitation.
+    path: str | None = None
+    #: Local only: its command-line arguments.
+    arguments: str | None = None
+
+    def __post_init__(self) -> None:
+        _check_uuid(self.id, "application id")
+        check_text(self.description, "application description")
+        object.__setattr__(self, "data", check_data(self.data, "application data"))
+        object.__setattr__(self, "scope", Scope(self.scope))
+        for name in ("path", "arguments"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, str):
+                raise TypeError(f"application {name} must be str or None, not {type(value).__name__}")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PeerObject:
+    """A piece of data a node publishes, such as a picture or a document state (``PeerObject``)."""
+
+    #: The object's identity; a node publishes at most one object per id.
+    id: uuid.UUID
+    #: The object's content, 1 to 16,384 bytes.
+    data: bytes
+    #: Who can see the object.
+    scope: Scope = Scope.ALL
+
+    def __post_init__(self) -> None:
+        _check_uuid(self.id, "object id")
+        object.__setattr__(self, "data", check_data(self.data, "object data", allow_empty=False))
+        object.__setattr__(self, "scope", Scope(self.scope))

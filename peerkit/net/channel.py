@@ -1,0 +1,418 @@
+"""The secure channel: the sans-IO :class:`~peerkit.proto.connection.Connection` over an anyio stream.
+
+Like anyio's ``TLSStream`` wraps an ``ssl.SSLObject``, :class:`SecureChannel` drives a connection over
+any anyio byte stream (TCP, Unix, in-memory), so the same code runs in tests and on the network.
+Low-level errors are mapped to peerkit's here, once, keeping the cause.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, Self
+
+import anyio
+import anyio.abc
+from anyio.abc import SocketAttribute
+
+from peerkit.errors import HandshakeError, PeerUnreachable, ProtocolError
+from peerkit.identity import Identity, PeerId
+from peerkit.model import EndPoint, check_text
+from peerkit.proto import messages
+from peerkit.proto.connection import (
+    HANDSHAKE_TIMEOUT,
+    Connection,
+    HandshakeComplete,
+    MessageReceived,
+    State,
+    StaticKeys,
+)
+
+__all__ = ("ChannelListener", "PeerInfo", "SecureChannel", "connect", "listen")
+
+log = logging.getLogger(__name__)
+_READ_SIZE = 65536
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PeerInfo:
+    """What the handshake proved about the other side."""
+
+    #: The peer's verified id.
+    id: PeerId
+    #: The nickname it gave in its hello.
+    nickname: str
+    #: The endpoint name it gave in its hello.
+    endpoint_name: str
+    #: The remote address and port of the transport, when it has one.
+    address: tuple[str, int] | None
+
+
+def _keys(identity: Identity) -> StaticKeys:
+    return StaticKeys(private=identity.x25519_private, public=identity.x25519_public)
+
+
+class SecureChannel:
+    """An encrypted, mutually authenticated channel of peerkit messages.
+
+    Make one with :meth:`wrap` (over any anyio byte stream), :func:`connect` (TCP) or
+    :func:`listen`. Messages are mappings with a text ``"t"``; see PROTOCOL.md section 4.
+    One task may receive while others send; sends are serialized.
+    """
+
+    def __init__(
+        self,
+        stream: anyio.abc.ByteStream,
+        connection: Connection,
+        done: HandshakeComplete,
+        early: list[dict[str, Any]],
+    ) -> None:
+        self._stream = stream
+        self._conn = connection
+        self._pending: deque[dict[str, Any]] = deque(early)
+        self._send_lock = anyio.Lock()
+        self._receive_lock = anyio.Lock()
+        self._closed = False
+        self._eof = False
+        self.protocol = done.protocol
+        self.handshake_hash = done.handshake_hash
+        address: tuple[str, int] | None = None
+        try:
+            raw = stream.extra(SocketAttribute.remote_address)
+            if isinstance(raw, tuple):
+                address = (str(raw[0]), int(raw[1]))
+        except anyio.TypedAttributeLookupError:
+            pass
+        self.peer = PeerInfo(
+            id=PeerId(done.peer.id), nickname=done.peer.nick, endpoint_name=done.peer.name, address=address
+        )
+
+    # -- construction ----------------------------------------------------------------------
+    @classmethod
+    async def wrap(
+        cls,
+        stream: anyio.abc.ByteStream,
+        identity: Identity,
+        *,
+        initiator: bool,
+        expected_peer: PeerId | None = None,
+        nickname: str = "",
+        endpoint_name: str = "",
+        handshake_timeout: float = HANDSHAKE_TIMEOUT,
+    ) -> SecureChannel:
+        """Run the handshake over ``stream`` and return the open channel.
+
+        The initiator runs IK when it knows ``expected_peer`` (and then accepts only that peer),
+        XX otherwise. On failure the stream is closed.
+
+        :raises HandshakeError: when the handshake fails, proves another id, or takes longer than
+            ``handshake_timeout`` seconds.
+        :raises PeerUnreachable: when the stream breaks or closes during the handshake.
+        :raises ValueError: when ``nickname`` or ``endpoint_name`` is over 255 characters.
+
+        If cancelled, the stream is closed and nothing is left behind.
+        """
+        check_text(nickname, "nickname")
+        check_text(endpoint_name, "endpoint name")
+        hello = messages.Hello(id=identity.id.key, nick=nickname, name=endpoint_name)
+        now = anyio.current_time()
+        try:
+            if initiator:
+                expected = expected_peer.key if expected_peer is not None else None
+                conn = Connection.initiate(
+                    _keys(identity), hello, now=now, expected_id=expected, handshake_timeout=handshake_timeout
+                )
+            else:
+                conn = Connection.respond(
+                    _keys(identity), hello, now=now, handshake_timeout=handshake_timeout
+                )
+            deadline = conn.get_timer()
+            assert deadline is not None
+            with anyio.fail_after(max(0.0, deadline - now)):
+                done, early = await cls._handshake(stream, conn)
+        except TimeoutError:
+            await anyio.aclose_forcefully(stream)
+            raise HandshakeError(f"the handshake did not complete within {handshake_timeout} s") from None
+        except BaseException:
+            await anyio.aclose_forcefully(stream)
+            raise
+        return cls(stream, conn, done, early)
+
+    @staticmethod
+    async def _handshake(
+        stream: anyio.abc.ByteStream, conn: Connection
+    ) -> tuple[HandshakeComplete, list[dict[str, Any]]]:
+        broke = "the connection broke during the handshake"
+        while True:
+            out = conn.data_to_send()
+            try:
+                if out:
+                    await stream.send(out)
+                data = await stream.receive(_READ_SIZE)
+            except anyio.EndOfStream:
+                conn.receive_eof()  # raises: the handshake is not complete
+                raise PeerUnreachable(broke) from None
+            except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError) as exc:
+                raise PeerUnreachable(broke) from exc
+            events = conn.receive_data(data, anyio.current_time())
+            if events:
+                # The handshake completed; messages that came in the same read follow it.
+                done = events[0]
+                assert isinstance(done, HandshakeComplete)
+                early = [e.message for e in events[1:] if isinstance(e, MessageReceived)]
+                out = conn.data_to_send()
+                try:
+                    if out:
+                        await stream.send(out)
+                except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError) as exc:
+                    raise PeerUnreachable(broke) from exc
+                return done, early
+
+    # -- messages --------------------------------------------------------------------------
+    async def send(self, message: Mapping[str, Any]) -> None:
+        """Encrypt and send one message (a mapping with a text ``"t"``).
+
+        :raises ValueError: when the encoded message exceeds 65519 bytes.
+        :raises anyio.ClosedResourceError: when this channel was closed.
+        :raises PeerUnreachable: when the connection broke.
+
+        If cancelled while writing, the channel is closed (a partial frame cannot be recalled).
+        """
+        await self.send_encoded(messages.encode_message(message))
+
+    async def send_encoded(self, plaintext: bytes) -> None:
+        """Send one message that is already CBOR-encoded (see :meth:`send`)."""
+        if self._closed:
+            raise anyio.ClosedResourceError
+        async with self._send_lock:
+            if self._conn.state is not State.OPEN:
+                raise anyio.ClosedResourceError
+            self._conn.send_plaintext(plaintext)
+            data = self._conn.data_to_send()
+            try:
+                await self._stream.send(data)
+            except (anyio.BrokenResourceError, OSError) as exc:
+                await self._abort()
+                raise PeerUnreachable("the connection to the peer broke") from exc
+            except anyio.get_cancelled_exc_class():
+                await self._abort()
+                raise
+
+    async def receive(self) -> dict[str, Any]:
+        """The next message from the peer.
+
+        :raises anyio.EndOfStream: when the peer closed the channel.
+        :raises ProtocolError: when the peer sent something invalid; the channel is then closed.
+        :raises PeerUnreachable: when the connection broke.
+        :raises anyio.ClosedResourceError: when this channel was closed.
+
+        Cancelling a receive loses no message.
+        """
+        async with self._receive_lock:
+            while not self._pending:
+                if self._closed:
+                    raise anyio.ClosedResourceError
+                if self._eof:
+                    raise anyio.EndOfStream
+                try:
+                    data = await self._stream.receive(_READ_SIZE)
+                except anyio.EndOfStream:
+                    self._eof = True
+                    try:
+                        self._conn.receive_eof()
+                    except ProtocolError:
+                        await self._abort()
+                        raise
+                    raise
+                except anyio.ClosedResourceError:
+                    raise
+                except (anyio.BrokenResourceError, OSError) as exc:
+                    await self._abort()
+                    raise PeerUnreachable("the connection to the peer broke") from exc
+                try:
+                    events = self._conn.receive_data(data, anyio.current_time())
+                except ProtocolError:
+                    await self._abort()
+                    raise
+                for event in events:
+                    if isinstance(event, MessageReceived):
+                        self._pending.append(event.message)
+            return self._pending.popleft()
+
+    def __aiter__(self) -> AsyncIterator[dict[str, Any]]:
+        return self._iterate()
+
+    async def _iterate(self) -> AsyncIterator[dict[str, Any]]:
+        while True:
+            try:
+                yield await self.receive()
+            except anyio.EndOfStream:
+                return
+
+    # -- closing ---------------------------------------------------------------------------
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`aclose` was called or the connection failed."""
+        return self._closed
+
+    async def _abort(self) -> None:
+        self._closed = True
+        self._conn.close()
+        await anyio.aclose_forcefully(self._stream)
+
+    async def aclose(self) -> None:
+        """Close the channel and its stream. Closing twice is harmless."""
+        if self._closed:
+            return
+        self._closed = True
+        self._conn.close()
+        await self._stream.aclose()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else "open"
+        return f"<SecureChannel {state} peer={self.peer.id.fingerprint} {self.protocol}>"
+
+
+async def connect(
+    host: str,
+    port: int,
+    identity: Identity,
+    *,
+    peer_id: PeerId | None = None,
+    nickname: str = "",
+    endpoint_name: str = "",
+    timeout: float = HANDSHAKE_TIMEOUT,
+) -> SecureChannel:
+    """Dial ``host:port`` over TCP and run the handshake (IK when ``peer_id`` is given, else XX).
+
+    :raises PeerUnreachable: when no TCP connection can be made within ``timeout`` seconds.
+    :raises HandshakeError: when the handshake fails, or the peer is not ``peer_id``.
+    """
+    EndPoint(host, port)  # validates host and port
+    try:
+        with anyio.fail_after(timeout):
+            stream = await anyio.connect_tcp(host, port)
+    except TimeoutError:
+        raise PeerUnreachable(f"could not connect to {host}:{port} within {timeout} s") from None
+    except OSError as exc:
+        raise PeerUnreachable(f"could not connect to {host}:{port}: {exc.strerror or exc}") from exc
+    return await SecureChannel.wrap(
+        stream,
+        identity,
+        initiator=True,
+        expected_peer=peer_id,
+        nickname=nickname,
+        endpoint_name=endpoint_name,
+        handshake_timeout=timeout,
+    )
+
+
+class ChannelListener:
+    """A TCP listener that hands each authenticated channel to a handler. See :func:`listen`."""
+
+    def __init__(
+        self,
+        listener: anyio.abc.Listener[anyio.abc.SocketStream],
+        identity: Identity,
+        *,
+        nickname: str,
+        endpoint_name: str,
+        handshake_timeout: float,
+    ) -> None:
+        self._listener = listener
+        self._identity = identity
+        self.nickname = nickname
+        self.endpoint_name = endpoint_name
+        self._handshake_timeout = handshake_timeout
+
+    @property
+    def address(self) -> tuple[str, int]:
+        """The address and port the listener is bound to."""
+        raw = self._listener.extra(SocketAttribute.local_address)
+        assert isinstance(raw, tuple)
+        return str(raw[0]), int(raw[1])
+
+    async def serve(
+        self,
+        handler: Callable[[SecureChannel], Awaitable[Any]],
+        *,
+        task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Accept connections until cancelled; run ``handler(channel)`` for each one that completes
+        the handshake, and close the channel when it returns. A failed handshake or a handler that
+        raises is logged and never stops the listener.
+        """
+
+        async def handle(stream: anyio.abc.SocketStream) -> None:
+            try:
+                channel = await SecureChannel.wrap(
+                    stream,
+                    self._identity,
+                    initiator=False,
+                    nickname=self.nickname,
+                    endpoint_name=self.endpoint_name,
+                    handshake_timeout=self._handshake_timeout,
+                )
+            except (ProtocolError, PeerUnreachable) as exc:
+                log.info("incoming handshake failed: %s", exc)
+                return
+            async with channel:
+                try:
+                    await handler(channel)
+                except Exception:
+                    log.exception("channel handler failed for peer %s", channel.peer.id)
+
+        async with anyio.create_task_group() as tg:
+            task_status.started()
+            await self._listener.serve(handle, tg)
+
+    async def aclose(self) -> None:
+        """Stop listening."""
+        await self._listener.aclose()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
+
+
+async def listen(
+    identity: Identity,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    *,
+    nickname: str = "",
+    endpoint_name: str = "",
+    handshake_timeout: float = HANDSHAKE_TIMEOUT,
+) -> ChannelListener:
+    """Listen for secure channels on ``host:port`` (port 0 picks a free one).
+
+    :raises PeerUnreachable: when the address cannot be bound.
+    """
+    check_text(nickname, "nickname")
+    check_text(endpoint_name, "endpoint name")
+    try:
+        listener = await anyio.create_tcp_listener(local_host=host, local_port=port)
+    except OSError as exc:
+        raise PeerUnreachable(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
+    return ChannelListener(
+        listener,
+        identity,
+        nickname=nickname,
+        endpoint_name=endpoint_name,
+        handshake_timeout=handshake_timeout,
+    )

@@ -1,0 +1,422 @@
+"""One peerkit connection, sans-IO: preamble, Noise handshake with hellos, then transport messages.
+
+Like h11 and aioquic, a :class:`Connection` takes bytes and the current time and gives events and
+bytes to send. It never reads a clock, touches a socket or starts a task::
+
+    conn = Connection.initiate(keys, hello, now=0.0)       # or Connection.respond(...)
+    transport.write(conn.data_to_send())
+    events = conn.receive_data(data, now=now)               # HandshakeComplete, MessageReceived, ...
+    conn.send_message({"t": "ping"})
+
+Every legal transition is in :data:`TRANSITIONS`; anything else is a bug in the caller and raises
+``RuntimeError``. A peer that breaks the protocol makes :meth:`Connection.receive_data` raise
+:class:`~peerkit.errors.ProtocolError` (or :class:`~peerkit.errors.HandshakeError`), after which the
+connection is :attr:`State.CLOSED` and its transport must be closed.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Final
+
+from peerkit.errors import HandshakeError, ProtocolError
+from peerkit.proto import crypto, messages
+from peerkit.proto.framing import FrameDecoder, encode_frame
+from peerkit.proto.messages import Hello
+from peerkit.proto.noise import CipherState, HandshakeState
+
+__all__ = (
+    "HANDSHAKE_TIMEOUT",
+    "PREAMBLE_PREFIX",
+    "PROTOCOL_IK",
+    "PROTOCOL_XX",
+    "TRANSITIONS",
+    "Connection",
+    "Event",
+    "HandshakeComplete",
+    "MessageReceived",
+    "State",
+    "StaticKeys",
+)
+
+PROTOCOL_XX: Final = "Noise_XX_25519_ChaChaPoly_BLAKE2b"
+PROTOCOL_IK: Final = "Noise_IK_25519_ChaChaPoly_BLAKE2b"
+PREAMBLE_PREFIX: Final = b"peerkit/1 "
+#: Seconds a handshake may take, from the connection's creation, unless the caller says otherwise.
+HANDSHAKE_TIMEOUT: Final = 10.0
+_SUPPORTED: Final = {PREAMBLE_PREFIX + p.encode("ascii"): p for p in (PROTOCOL_XX, PROTOCOL_IK)}
+
+
+class State(enum.Enum):
+    """Where a connection is."""
+
+    #: Responder waiting for the initiator's preamble frame.
+    AWAIT_PREAMBLE = "await-preamble"
+    #: Noise handshake messages are being exchanged.
+    HANDSHAKE = "handshake"
+    #: The handshake is complete; transport messages flow both ways.
+    OPEN = "open"
+    #: Closed by the caller, or failed; nothing more is sent or accepted.
+    CLOSED = "closed"
+
+
+#: Every legal transition, with what causes it.
+TRANSITIONS: Final[dict[tuple[State, State], str]] = {
+    (State.AWAIT_PREAMBLE, State.HANDSHAKE): "responder read a supported preamble",
+    (State.HANDSHAKE, State.OPEN): "last handshake message written or read, hello verified",
+    (State.AWAIT_PREAMBLE, State.CLOSED): "close(), timeout, or bad preamble",
+    (State.HANDSHAKE, State.CLOSED): "close(), timeout, or bad handshake message / hello",
+    (State.OPEN, State.CLOSED): "close(), or a bad transport message",
+}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StaticKeys:
+    """This node's Noise static key pair (the X25519 form of its Ed25519 identity)."""
+
+    #: X25519 private key.
+    private: bytes
+    #: X25519 public key.
+    public: bytes
+
+
+class Event:
+    """Base class of what :meth:`Connection.receive_data` reports."""
+
+    __slots__ = ()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HandshakeComplete(Event):
+    """The handshake finished and the peer proved its identity."""
+
+    #: The peer's hello: its verified id, nickname and endpoint name.
+    peer: Hello
+    #: The Noise protocol name that ran.
+    protocol: str
+    #: The Noise handshake hash, unique to this session.
+    handshake_hash: bytes
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MessageReceived(Event):
+    """A transport message arrived."""
+
+    #: The decoded message: a map with a text ``"t"``.
+    message: dict[str, Any]
+
+
+class Connection:
+    """The sans-IO state machine of one connection; see the module docstring.
+
+    Use :meth:`initiate` or :meth:`respond` to make one.
+    """
+
+    __slots__ = (
+        "_buffer",
+        "_deadline",
+        "_decoder",
+        "_ephemeral",
+        "_expected_id",
+        "_handshake",
+        "_hello",
+        "_initiator",
+        "_keys",
+        "_peer",
+        "_recv",
+        "_send",
+        "_state",
+        "handshake_hash",
+        "protocol",
+    )
+
+    def __init__(
+        self,
+        keys: StaticKeys,
+        hello: Hello,
+        *,
+        initiator: bool,
+        now: float,
+        expected_id: bytes | None = None,
+        handshake_timeout: float = HANDSHAKE_TIMEOUT,
+        ephemeral: bytes | None = None,
+    ) -> None:
+        self._keys = keys
+        self._hello = hello
+        self._initiator = initiator
+        self._expected_id = expected_id
+        self._ephemeral = ephemeral
+        self._deadline = now + handshake_timeout
+        self._decoder = FrameDecoder()
+        self._buffer: list[bytes] = []
+        self._handshake: HandshakeState | None = None
+        self._send: CipherState | None = None
+        self._recv: CipherState | None = None
+        self._peer: Hello | None = None
+        #: The Noise protocol name, once chosen.
+        self.protocol: str | None = None
+        #: The handshake hash, once the connection is open.
+        self.handshake_hash: bytes | None = None
+        self._state = State.HANDSHAKE if initiator else State.AWAIT_PREAMBLE
+
+    @classmethod
+    def initiate(
+        cls,
+        keys: StaticKeys,
+        hello: Hello,
+        *,
+        now: float,
+        expected_id: bytes | None = None,
+        handshake_timeout: float = HANDSHAKE_TIMEOUT,
+        ephemeral: bytes | None = None,
+    ) -> Connection:
+        """Start a connection as the dialling side.
+
+        With ``expected_id`` (the Ed25519 key of the peer we mean to reach) the handshake is IK and
+        the peer must prove that id; without it, XX, and any id is accepted.
+
+        :raises ValueError: when ``expected_id`` is not a valid Ed25519 public key.
+        """
+        conn = cls(
+            keys,
+            hello,
+            initiator=True,
+            now=now,
+            expected_id=expected_id,
+            handshake_timeout=handshake_timeout,
+            ephemeral=ephemeral,
+        )
+        if expected_id is None:
+            conn.protocol = PROTOCOL_XX
+            rs = None
+        else:
+            conn.protocol = PROTOCOL_IK
+            rs = crypto.ed25519_pk_to_x25519(expected_id)
+        preamble = PREAMBLE_PREFIX + conn.protocol.encode("ascii")
+        conn._handshake = HandshakeState(
+            conn.protocol,
+            initiator=True,
+            prologue=preamble,
+            s=keys.private,
+            s_public=keys.public,
+            rs=rs,
+            e=ephemeral,
+        )
+        conn._buffer.append(encode_frame(preamble))
+        payload = messages.encode_hello(hello) if rs is not None else b""
+        conn._buffer.append(encode_frame(conn._handshake.write_message(payload)))
+        return conn
+
+    @classmethod
+    def respond(
+        cls,
+        keys: StaticKeys,
+        hello: Hello,
+        *,
+        now: float,
+        handshake_timeout: float = HANDSHAKE_TIMEOUT,
+        ephemeral: bytes | None = None,
+    ) -> Connection:
+        """Start a connection as the accepting side; it waits for the preamble."""
+        return cls(
+            keys, hello, initiator=False, now=now, handshake_timeout=handshake_timeout, ephemeral=ephemeral
+        )
+
+    # -- state -----------------------------------------------------------------------------
+    @property
+    def state(self) -> State:
+        """Where the connection is."""
+        return self._state
+
+    @property
+    def initiator(self) -> bool:
+        """Whether this side dialled."""
+        return self._initiator
+
+    @property
+    def peer(self) -> Hello | None:
+        """The peer's verified hello, once the connection is open."""
+        return self._peer
+
+    def _to(self, state: State) -> None:
+        if (self._state, state) not in TRANSITIONS:
+            raise RuntimeError(f"illegal connection transition {self._state.value} -> {state.value}")
+        self._state = state
+
+    def _fail(self, exc: ProtocolError) -> ProtocolError:
+        if self._state is not State.CLOSED:
+            self._to(State.CLOSED)
+        self._handshake = None
+        self._buffer.clear()
+        return exc
+
+    # -- output ----------------------------------------------------------------------------
+    def data_to_send(self) -> bytes:
+        """Bytes waiting to be written to the transport (and forget them)."""
+        if not self._buffer:
+            return b""
+        data = b"".join(self._buffer)
+        self._buffer.clear()
+        return data
+
+    def send_message(self, message: Mapping[str, Any]) -> None:
+        """Queue a transport message.
+
+        :raises RuntimeError: when the connection is not open.
+        :raises ValueError: when the encoded message is larger than one frame can carry.
+        :raises TypeError: when the message cannot be encoded.
+        """
+        self.send_plaintext(messages.encode_message(message))
+
+    def send_plaintext(self, plaintext: bytes) -> None:
+        """Queue one already-encoded transport message.
+
+        :raises RuntimeError: when the connection is not open.
+        :raises ValueError: when ``plaintext`` is empty or larger than one frame can carry.
+        """
+        if self._state is not State.OPEN:
+            raise RuntimeError(f"cannot send a message on a connection in state {self._state.value}")
+        assert self._send is not None
+        if not plaintext or len(plaintext) > MAX_PLAINTEXT:
+            raise ValueError(
+                f"encoded message is {len(plaintext)} bytes; a message holds 1 to {MAX_PLAINTEXT}"
+            )
+        ciphertext = self._send.encrypt_with_ad(b"", plaintext)
+        self._buffer.append(len(ciphertext).to_bytes(2, "big") + ciphertext)
+
+    def close(self) -> None:
+        """Stop the connection; later input is ignored and nothing more is sent."""
+        if self._state is not State.CLOSED:
+            self._to(State.CLOSED)
+        self._handshake = None
+
+    # -- timers ----------------------------------------------------------------------------
+    def get_timer(self) -> float | None:
+        """When :meth:`handle_timer` must be called next, or ``None``."""
+        if self._state in (State.AWAIT_PREAMBLE, State.HANDSHAKE):
+            return self._deadline
+        return None
+
+    def handle_timer(self, now: float) -> None:
+        """Check the handshake deadline.
+
+        :raises HandshakeError: when the handshake is not complete by its deadline.
+        """
+        deadline = self.get_timer()
+        if deadline is not None and now >= deadline:
+            raise self._fail(HandshakeError("the handshake did not complete in time"))
+
+    # -- input -----------------------------------------------------------------------------
+    def receive_data(self, data: bytes, now: float) -> list[Event]:
+        """Process bytes from the peer; return the events they complete.
+
+        :raises ProtocolError: when the peer broke the protocol; the connection is then closed.
+        :raises HandshakeError: when the handshake failed or its deadline passed.
+        """
+        if self._state is State.CLOSED:
+            return []
+        self.handle_timer(now)
+        try:
+            frames = self._decoder.feed(data)
+        except ProtocolError as exc:
+            raise self._fail(exc) from None
+        events: list[Event] = []
+        for frame in frames:
+            try:
+                event = self._frame(frame)
+            except ProtocolError as exc:
+                raise self._fail(exc) from None
+            if event is not None:
+                events.append(event)
+        return events
+
+    def receive_eof(self) -> None:
+        """The peer closed its side.
+
+        :raises ProtocolError: when it did so inside a frame or before the handshake completed.
+        """
+        state = self._state
+        if state is State.CLOSED:
+            return
+        try:
+            self._decoder.check_eof()
+        except ProtocolError as exc:
+            raise self._fail(exc) from None
+        if state is not State.OPEN:
+            hint = ""
+            if self._initiator and self.protocol == PROTOCOL_IK:
+                hint = " (with IK this is what a peer does when it is not the peer that was dialled)"
+            raise self._fail(HandshakeError(f"the peer closed the connection during the handshake{hint}"))
+        self._to(State.CLOSED)
+
+    def _frame(self, frame: bytes) -> Event | None:
+        state = self._state
+        if state is State.OPEN:
+            assert self._recv is not None
+            return MessageReceived(message=messages.decode_message(self._recv.decrypt_with_ad(b"", frame)))
+        if state is State.AWAIT_PREAMBLE:
+            protocol = _SUPPORTED.get(frame)
+            if protocol is None:
+                shown = frame[:80].decode("ascii", "replace")
+                raise HandshakeError(f"unsupported preamble {shown!r}; this node speaks {sorted(_SUPPORTED)}")
+            self.protocol = protocol
+            self._handshake = HandshakeState(
+                protocol,
+                initiator=False,
+                prologue=frame,
+                s=self._keys.private,
+                s_public=self._keys.public,
+                e=self._ephemeral,
+            )
+            self._to(State.HANDSHAKE)
+            return None
+        return self._handshake_frame(frame)
+
+    def _handshake_frame(self, frame: bytes) -> Event | None:
+        hs = self._handshake
+        assert hs is not None
+        if hs.is_my_turn:
+            raise HandshakeError("the peer sent a handshake message out of turn")
+        payload = hs.read_message(frame)
+        # In XX and IK, a message's payload is the sender's hello exactly when its static key is
+        # known to the reader by then (XX messages 2 and 3, IK messages 1 and 2); else it is empty.
+        if hs.remote_static is not None:
+            self._peer = self._check_hello(payload, hs.remote_static)
+        if not hs.is_complete:
+            # Every message after XX's first sends or proves this side's static key: it carries our hello.
+            self._buffer.append(encode_frame(hs.write_message(messages.encode_hello(self._hello))))
+        if hs.is_complete:
+            return self._open(hs)
+        return None
+
+    def _check_hello(self, payload: bytes, remote_static: bytes) -> Hello:
+        try:
+            hello = messages.decode_hello(payload)
+        except ProtocolError as exc:
+            raise HandshakeError(f"the peer's hello is malformed: {exc}") from None
+        try:
+            converted = crypto.ed25519_pk_to_x25519(hello.id)
+        except ValueError:
+            raise HandshakeError("the peer's hello carries an id that is not an Ed25519 key") from None
+        if converted != remote_static:
+            raise HandshakeError("the peer's hello claims an id that does not match its Noise static key")
+        if self._expected_id is not None and hello.id != self._expected_id:
+            raise HandshakeError("the peer proved a different id than the one dialled")
+        return hello
+
+    def _open(self, hs: HandshakeState) -> HandshakeComplete:
+        if self._peer is None:
+            raise HandshakeError("the handshake completed without the peer's hello")
+        c1, c2 = hs.split()
+        self._send, self._recv = (c1, c2) if self._initiator else (c2, c1)
+        self.handshake_hash = hs.handshake_hash
+        self._handshake = None
+        self._to(State.OPEN)
+        assert self.protocol is not None
+        return HandshakeComplete(peer=self._peer, protocol=self.protocol, handshake_hash=self.handshake_hash)
+
+
+#: The largest transport plaintext: a 65535-byte frame less the 16-byte tag.
+MAX_PLAINTEXT: Final = 65535 - crypto.TAGLEN

@@ -1,0 +1,73 @@
+"""Length-prefixed frames (PROTOCOL.md section 1), sans-IO.
+
+Each frame is a 2-byte big-endian length ``n`` and ``n`` bytes, ``1 <= n <= 65535``.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+from peerkit.errors import ProtocolError
+
+__all__ = ("MAX_FRAME", "FrameDecoder", "encode_frame")
+
+#: The largest frame payload.
+MAX_FRAME: Final = 65535
+
+
+def encode_frame(payload: bytes) -> bytes:
+    """The frame that carries ``payload``.
+
+    :raises ValueError: when ``payload`` is empty or longer than 65535 bytes.
+    """
+    n = len(payload)
+    if not 1 <= n <= MAX_FRAME:
+        raise ValueError(f"frame payload is {n} bytes; a frame holds 1 to {MAX_FRAME} bytes")
+    return n.to_bytes(2, "big") + payload
+
+
+class FrameDecoder:
+    """Cuts a byte stream into frames. Feed bytes in any chunking; take whole frames out.
+
+    It never holds more than one incomplete frame beyond what it was last fed.
+    """
+
+    __slots__ = ("_buffer",)
+
+    def __init__(self) -> None:
+        self._buffer = bytearray()
+
+    @property
+    def pending(self) -> int:
+        """Bytes received that do not yet make a whole frame."""
+        return len(self._buffer)
+
+    def feed(self, data: bytes) -> list[bytes]:
+        """Add ``data``; return every frame it completes, in order.
+
+        :raises ProtocolError: on a zero-length frame (the decoder is then unusable).
+        """
+        buf = self._buffer
+        buf += data
+        frames = []
+        pos = 0
+        end = len(buf)
+        while end - pos >= 2:
+            n = (buf[pos] << 8) | buf[pos + 1]
+            if n == 0:
+                raise ProtocolError("received a zero-length frame")
+            if end - pos - 2 < n:
+                break
+            frames.append(bytes(buf[pos + 2 : pos + 2 + n]))
+            pos += 2 + n
+        if pos:
+            del buf[:pos]
+        return frames
+
+    def check_eof(self) -> None:
+        """Call when the stream ends.
+
+        :raises ProtocolError: when the stream ended inside a frame.
+        """
+        if self._buffer:
+            raise ProtocolError(f"the stream ended inside a frame ({len(self._buffer)} bytes left over)")

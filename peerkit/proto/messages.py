@@ -1,0 +1,233 @@
+"""Strict CBOR for everything peerkit sends (PROTOCOL.md sections 3 to 5).
+
+Encoding is RFC 8949 core deterministic encoding (cbor2's canonical mode). Decoding accepts exactly
+one data item and refuses what the protocol forbids: trailing bytes, tags, indefinite lengths,
+duplicate map keys, nesting deeper than :data:`MAX_DEPTH`, simple values other than
+``false``/``true``/``null``, and invalid UTF-8. Every refusal is a
+:class:`~peerkit.errors.ProtocolError`; no other exception escapes :func:`decode`.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Final
+
+import cbor2
+
+from peerkit.errors import ProtocolError
+from peerkit.model import MAX_TEXT
+
+__all__ = (
+    "MAX_DEPTH",
+    "PROTOCOL_VERSION",
+    "Hello",
+    "decode",
+    "decode_hello",
+    "decode_message",
+    "encode",
+    "encode_hello",
+    "encode_message",
+)
+
+#: How deep arrays and maps may nest in anything peerkit decodes.
+MAX_DEPTH: Final = 16
+#: The protocol version carried in the hello.
+PROTOCOL_VERSION: Final = 1
+
+_unpack_half = struct.Struct(">e").unpack_from
+_unpack_single = struct.Struct(">f").unpack_from
+_unpack_double = struct.Struct(">d").unpack_from
+
+
+def encode(value: Any) -> bytes:
+    """The deterministic CBOR encoding of ``value``.
+
+    :raises TypeError: when ``value`` holds something CBOR cannot carry.
+    """
+    try:
+        return bytes(cbor2.dumps(value, canonical=True))
+    except cbor2.CBOREncodeError as exc:
+        raise TypeError(f"cannot encode as CBOR: {exc}") from exc
+
+
+def decode(data: bytes, *, max_depth: int = MAX_DEPTH) -> Any:
+    """Decode exactly one CBOR item from ``data``, strictly.
+
+    :raises ProtocolError: when ``data`` is not exactly one item the protocol allows.
+    """
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise TypeError(f"data must be bytes, not {type(data).__name__}")
+    data = bytes(data)
+    value, pos = _Decoder(data, max_depth).item(0, 0)
+    if pos != len(data):
+        raise ProtocolError(f"CBOR item is followed by {len(data) - pos} trailing bytes")
+    return value
+
+
+class _Decoder:
+    __slots__ = ("data", "max_depth")
+
+    def __init__(self, data: bytes, max_depth: int) -> None:
+        self.data = data
+        self.max_depth = max_depth
+
+    def head(self, pos: int) -> tuple[int, int, int]:
+        """Return (major type, argument, position after the head)."""
+        data = self.data
+        if pos >= len(data):
+            raise ProtocolError("CBOR data is truncated")
+        initial = data[pos]
+        major = initial >> 5
+        info = initial & 0x1F
+        pos += 1
+        if info < 24:
+            return major, info, pos
+        if info > 27:
+            if info == 31:
+                raise ProtocolError("indefinite-length CBOR items are not allowed")
+            raise ProtocolError(f"reserved CBOR additional information {info}")
+        size = 1 << (info - 24)
+        if pos + size > len(data):
+            raise ProtocolError("CBOR data is truncated")
+        return major, int.from_bytes(data[pos : pos + size], "big"), pos + size
+
+    def item(self, pos: int, depth: int) -> tuple[Any, int]:
+        data = self.data
+        if pos < len(data) and data[pos] >> 5 == 7:
+            return self.simple(pos)
+        major, arg, pos = self.head(pos)
+        if major == 0:
+            return arg, pos
+        if major == 1:
+            return -1 - arg, pos
+        if major in (2, 3):
+            end = pos + arg
+            if end > len(data):
+                raise ProtocolError(f"CBOR string claims {arg} bytes but only {len(data) - pos} remain")
+            raw = data[pos:end]
+            if major == 2:
+                return raw, end
+            try:
+                return raw.decode("utf-8"), end
+            except UnicodeDecodeError:
+                raise ProtocolError("CBOR text string is not valid UTF-8") from None
+        if major == 6:
+            raise ProtocolError(f"CBOR tags are not allowed (found tag {arg})")
+        if depth >= self.max_depth:
+            raise ProtocolError(f"CBOR nesting is deeper than {self.max_depth} levels")
+        # Every element takes at least one byte: refuse impossible counts before looping.
+        if arg > len(data) - pos:
+            raise ProtocolError(f"CBOR container claims {arg} items but only {len(data) - pos} bytes remain")
+        if major == 4:
+            items = []
+            for _ in range(arg):
+                value, pos = self.item(pos, depth + 1)
+                items.append(value)
+            return items, pos
+        result: dict[Any, Any] = {}
+        for _ in range(arg):
+            key, pos = self.item(pos, depth + 1)
+            if not isinstance(key, (str, int, bytes)) or isinstance(key, bool):
+                raise ProtocolError(f"CBOR map key of type {type(key).__name__} is not allowed")
+            if key in result:
+                raise ProtocolError(f"CBOR map has the key {key!r} twice")
+            result[key], pos = self.item(pos, depth + 1)
+        return result, pos
+
+    def simple(self, pos: int) -> tuple[Any, int]:
+        data = self.data
+        info = data[pos] & 0x1F
+        pos += 1
+        if info == 20:
+            return False, pos
+        if info == 21:
+            return True, pos
+        if info == 22:
+            return None, pos
+        sizes = {25: 2, 26: 4, 27: 8}
+        if info in sizes:
+            size = sizes[info]
+            if pos + size > len(data):
+                raise ProtocolError("CBOR data is truncated")
+            unpack = {25: _unpack_half, 26: _unpack_single, 27: _unpack_double}[info]
+            return unpack(data, pos)[0], pos + size
+        if info == 31:
+            raise ProtocolError("unexpected CBOR break code")
+        raise ProtocolError(f"CBOR simple value {info} is not allowed")
+
+
+# -- transport messages --------------------------------------------------------------------
+
+
+def encode_message(message: Mapping[str, Any]) -> bytes:
+    """Encode a transport message: a map with a text ``"t"`` naming its type.
+
+    :raises ValueError: when ``message`` has no text ``"t"``.
+    :raises TypeError: when it is not a mapping or holds a value CBOR cannot carry.
+    """
+    if not isinstance(message, Mapping):
+        raise TypeError(f"a message must be a mapping, not {type(message).__name__}")
+    if not isinstance(message.get("t"), str):
+        raise ValueError('a message must have a text "t" naming its type')
+    return encode(dict(message))
+
+
+def decode_message(data: bytes) -> dict[str, Any]:
+    """Decode a transport message's plaintext.
+
+    :raises ProtocolError: when it is not one strict CBOR map with a text ``"t"``.
+    """
+    value = decode(data)
+    if not isinstance(value, dict):
+        raise ProtocolError(f"a message must be a CBOR map, not {type(value).__name__}")
+    if not isinstance(value.get("t"), str):
+        raise ProtocolError('a message has no text "t" naming its type')
+    return value
+
+
+# -- hello ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Hello:
+    """What a party says about itself in the handshake (PROTOCOL.md section 3)."""
+
+    #: The sender's Ed25519 public key (its peer id), 32 bytes.
+    id: bytes
+    #: The sender's nickname, at most 255 characters.
+    nick: str = ""
+    #: The sender's endpoint name, at most 255 characters.
+    name: str = ""
+
+
+def encode_hello(hello: Hello) -> bytes:
+    """The CBOR form of ``hello``."""
+    return encode({"v": PROTOCOL_VERSION, "id": hello.id, "nick": hello.nick, "name": hello.name})
+
+
+def decode_hello(data: bytes) -> Hello:
+    """Read a hello, ignoring unknown keys.
+
+    :raises ProtocolError: when it is malformed or of another protocol version.
+    """
+    value = decode(data)
+    if not isinstance(value, dict):
+        raise ProtocolError("hello is not a CBOR map")
+    if value.get("v") != PROTOCOL_VERSION or isinstance(value.get("v"), bool):
+        raise ProtocolError(
+            f"hello has protocol version {value.get('v')!r}; peerkit speaks {PROTOCOL_VERSION}"
+        )
+    peer_id = value.get("id")
+    if not isinstance(peer_id, bytes) or len(peer_id) != 32:
+        raise ProtocolError('hello "id" is not a 32-byte string')
+    fields = {}
+    for key in ("nick", "name"):
+        text = value.get(key, "")
+        if not isinstance(text, str):
+            raise ProtocolError(f'hello "{key}" is not text')
+        if len(text) > MAX_TEXT:
+            raise ProtocolError(f'hello "{key}" is {len(text)} characters; the limit is {MAX_TEXT}')
+        fields[key] = text
+    return Hello(id=peer_id, nick=fields["nick"], name=fields["name"])
