@@ -86,6 +86,14 @@ def _check_uuid(value: object, what: str) -> uuid.UUID:
     return value
 
 
+def _check_scope(value: object, what: str) -> Scope:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{what} must be a Scope, not {type(value).__name__}")
+    if not 0 <= value <= 3:
+        raise ValueError(f"{what} {value} is not a Scope (NONE=0, NEAR_ME=1, INTERNET=2, ALL=3)")
+    return Scope(value)
+
+
 class Scope(enum.IntFlag):
     """Who can see something, or where a node is signed in (``PeerScope``)."""
 
@@ -207,7 +215,7 @@ class Application:
         _check_uuid(self.id, "application id")
         check_text(self.description, "application description")
         object.__setattr__(self, "data", check_data(self.data, "application data"))
-        object.__setattr__(self, "scope", Scope(self.scope))
+        object.__setattr__(self, "scope", _check_scope(self.scope, "application scope"))
         for name in ("path", "arguments"):
             value = getattr(self, name)
             if value is not None and not isinstance(value, str):
@@ -228,4 +236,4 @@ class PeerObject:
     def __post_init__(self) -> None:
         _check_uuid(self.id, "object id")
         object.__setattr__(self, "data", check_data(self.data, "object data", allow_empty=False))
-        object.__setattr__(self, "scope", Scope(self.scope))
+        object.__setattr__(self, "scope", _check_scope(self.scope, "object scope"))

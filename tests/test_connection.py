@@ -1,0 +1,199 @@
+"""The sans-IO connection: two state machines back to back, time advanced by hand."""
+
+from __future__ import annotations
+
+import pytest
+
+from peerkit import Identity
+from peerkit.errors import HandshakeError, ProtocolError
+from peerkit.proto import messages
+from peerkit.proto.connection import (
+    PROTOCOL_IK,
+    PROTOCOL_XX,
+    TRANSITIONS,
+    Connection,
+    Event,
+    HandshakeComplete,
+    MessageReceived,
+    State,
+    StaticKeys,
+)
+from peerkit.proto.framing import FrameDecoder, encode_frame
+
+
+def keys(identity: Identity) -> StaticKeys:
+    return StaticKeys(private=identity.x25519_private, public=identity.x25519_public)
+
+
+def hello(identity: Identity, nick: str = "") -> messages.Hello:
+    return messages.Hello(id=identity.id.key, nick=nick, name=f"{nick}'s box")
+
+
+def transfer(src: Connection, dst: Connection, *, bytewise: bool = False, now: float = 0.0) -> list[Event]:
+    data = src.data_to_send()
+    if not bytewise:
+        return dst.receive_data(data, now)
+    events: list[Event] = []
+    for i in range(len(data)):
+        events += dst.receive_data(data[i : i + 1], now)
+    return events
+
+
+def handshake(
+    alice: Identity, bob: Identity, *, expected: bytes | None = None, bytewise: bool = False
+) -> tuple[Connection, Connection, list[Event], list[Event]]:
+    a = Connection.initiate(keys(alice), hello(alice, "alice"), now=0.0, expected_id=expected)
+    b = Connection.respond(keys(bob), hello(bob, "bob"), now=0.0)
+    a_events: list[Event] = []
+    b_events: list[Event] = []
+    for _ in range(3):
+        b_events += transfer(a, b, bytewise=bytewise)
+        a_events += transfer(b, a, bytewise=bytewise)
+    return a, b, a_events, b_events
+
+
+@pytest.mark.parametrize("bytewise", [False, True])
+@pytest.mark.parametrize("ik", [False, True])
+def test_handshake_both_patterns(alice: Identity, bob: Identity, bytewise: bool, ik: bool) -> None:
+    a, b, a_events, b_events = handshake(alice, bob, expected=bob.id.key if ik else None, bytewise=bytewise)
+    assert a.state is State.OPEN
+    assert b.state is State.OPEN
+    [a_done] = a_events
+    [b_done] = b_events
+    assert isinstance(a_done, HandshakeComplete)
+    assert isinstance(b_done, HandshakeComplete)
+    assert a_done.protocol == b_done.protocol == (PROTOCOL_IK if ik else PROTOCOL_XX)
+    assert a_done.peer == hello(bob, "bob")
+    assert b_done.peer == hello(alice, "alice")
+    assert a_done.handshake_hash == b_done.handshake_hash
+    assert a.get_timer() is None
+
+    a.send_message({"t": "chat", "text": "hi"})
+    a.send_message({"t": "chat", "text": "again"})
+    got = transfer(a, b, bytewise=bytewise)
+    assert [e.message for e in got if isinstance(e, MessageReceived)] == [
+        {"t": "chat", "text": "hi"},
+        {"t": "chat", "text": "again"},
+    ]
+    b.send_message({"t": "future-type", "x": [1, 2]})
+    [reply] = transfer(b, a)
+    assert isinstance(reply, MessageReceived)
+    assert reply.message == {"t": "future-type", "x": [1, 2]}
+
+
+def test_the_preamble_is_the_first_frame_and_the_prologue(alice: Identity, bob: Identity) -> None:
+    a = Connection.initiate(keys(alice), hello(alice), now=0.0, expected_id=bob.id.key)
+    frames = FrameDecoder().feed(a.data_to_send())
+    assert frames[0] == b"peerkit/1 Noise_IK_25519_ChaChaPoly_BLAKE2b"
+    assert len(frames) == 2
+
+
+def test_a_rewritten_preamble_is_detected(alice: Identity, bob: Identity) -> None:
+    """A middlebox that rewrites the preamble to the other protocol breaks the handshake."""
+    a = Connection.initiate(keys(alice), hello(alice), now=0.0)
+    b = Connection.respond(keys(bob), hello(bob), now=0.0)
+    frames = FrameDecoder().feed(a.data_to_send())
+    forged = encode_frame(b"peerkit/1 " + PROTOCOL_IK.encode()) + encode_frame(frames[1])
+    with pytest.raises(HandshakeError):
+        b.receive_data(forged, 0.0)
+    assert b.state is State.CLOSED
+
+
+def test_unsupported_preamble(bob: Identity) -> None:
+    b = Connection.respond(keys(bob), hello(bob), now=0.0)
+    with pytest.raises(HandshakeError, match="unsupported preamble 'peerkit/1 Noise_NN"):
+        b.receive_data(encode_frame(b"peerkit/1 Noise_NN_25519_ChaChaPoly_BLAKE2b"), 0.0)
+    assert b.state is State.CLOSED
+    assert b.receive_data(b"more", 0.0) == []
+
+
+def test_a_hello_that_claims_another_id_is_refused(alice: Identity, bob: Identity) -> None:
+    mallory = Identity.generate()
+    # Mallory completes the handshake with her own static key but claims to be alice.
+    a = Connection.initiate(keys(mallory), hello(alice, "alice"), now=0.0)
+    b = Connection.respond(keys(bob), hello(bob), now=0.0)
+    transfer(a, b)
+    transfer(b, a)
+    with pytest.raises(HandshakeError, match="does not match its Noise static key"):
+        transfer(a, b)
+    assert b.state is State.CLOSED
+
+
+def test_the_initiator_refuses_a_responder_that_is_not_the_dialled_peer(alice: Identity, bob: Identity) -> None:
+    mallory = Identity.generate()
+    a = Connection.initiate(keys(alice), hello(alice), now=0.0, expected_id=bob.id.key)
+    m = Connection.respond(keys(mallory), hello(mallory), now=0.0)
+    # Mallory cannot even read message 1: it was encrypted to bob's static key.
+    with pytest.raises(HandshakeError, match="failed authentication"):
+        transfer(a, m)
+
+
+def test_a_malformed_hello_is_refused(alice: Identity, bob: Identity) -> None:
+    a = Connection.initiate(keys(alice), messages.Hello(id=bytes(32)), now=0.0)
+    b = Connection.respond(keys(bob), hello(bob), now=0.0)
+    transfer(a, b)
+    transfer(b, a)
+    with pytest.raises(HandshakeError, match="not an Ed25519 key|does not match"):
+        transfer(a, b)
+
+
+def test_handshake_deadline(alice: Identity, bob: Identity) -> None:
+    a = Connection.initiate(keys(alice), hello(alice), now=100.0, handshake_timeout=5.0)
+    assert a.get_timer() == 105.0
+    a.handle_timer(104.9)
+    with pytest.raises(HandshakeError, match="did not complete in time"):
+        a.handle_timer(105.0)
+    assert a.state is State.CLOSED
+    b = Connection.respond(keys(bob), hello(bob), now=0.0, handshake_timeout=1.0)
+    with pytest.raises(HandshakeError, match="in time"):
+        b.receive_data(b"\x00", now=2.0)
+
+
+def test_tampered_transport_message_closes_the_connection(alice: Identity, bob: Identity) -> None:
+    a, b, _, _ = handshake(alice, bob)
+    a.send_message({"t": "x"})
+    data = bytearray(a.data_to_send())
+    data[-1] ^= 0x80
+    with pytest.raises(ProtocolError, match="decryption failed"):
+        b.receive_data(bytes(data), 0.0)
+    assert b.state is State.CLOSED
+
+
+def test_valid_ciphertext_of_invalid_cbor_is_a_protocol_error(alice: Identity, bob: Identity) -> None:
+    a, b, _, _ = handshake(alice, bob)
+    a.send_plaintext(b"\x01\x02")
+    with pytest.raises(ProtocolError, match="trailing bytes"):
+        transfer(a, b)
+
+
+def test_eof(alice: Identity, bob: Identity) -> None:
+    a, b, _, _ = handshake(alice, bob)
+    b.receive_eof()
+    assert b.state is State.CLOSED
+    c = Connection.respond(keys(bob), hello(bob), now=0.0)
+    with pytest.raises(HandshakeError, match="closed the connection during the handshake"):
+        c.receive_eof()
+    a.send_message({"t": "x"})
+    partial = a.data_to_send()[:5]
+    a2, b2, _, _ = handshake(alice, bob)
+    b2.receive_data(partial, 0.0)
+    with pytest.raises(ProtocolError, match="inside a frame"):
+        b2.receive_eof()
+
+
+def test_misuse_by_the_caller(alice: Identity, bob: Identity) -> None:
+    a = Connection.initiate(keys(alice), hello(alice), now=0.0)
+    with pytest.raises(RuntimeError, match="state handshake"):
+        a.send_message({"t": "x"})
+    a2, _, _, _ = handshake(alice, bob)
+    with pytest.raises(ValueError, match="1 to 65519"):
+        a2.send_plaintext(bytes(65520))
+    a2.close()
+    with pytest.raises(RuntimeError, match="state closed"):
+        a2.send_message({"t": "x"})
+
+
+def test_every_transition_is_in_the_table() -> None:
+    states = set(State)
+    assert {s for pair in TRANSITIONS for s in pair} == states
+    assert all(TRANSITIONS.values())

@@ -1,0 +1,95 @@
+from __future__ import annotations
+
+import uuid
+
+import pytest
+
+from peerkit import (
+    Application,
+    ChangeType,
+    EndPoint,
+    InvitationResponse,
+    LimitExceeded,
+    PeerObject,
+    Presence,
+    PresenceStatus,
+    Scope,
+    SubscribePermission,
+)
+
+
+def test_numeric_values_are_those_of_the_original_api() -> None:
+    assert [Scope.NONE, Scope.NEAR_ME, Scope.INTERNET, Scope.ALL] == [0, 1, 2, 3]
+    assert Scope.NEAR_ME | Scope.INTERNET == Scope.ALL
+    assert [s.value for s in PresenceStatus] == list(range(8))
+    assert PresenceStatus.OFFLINE == 0
+    assert PresenceStatus.ON_THE_PHONE == 6
+    assert PresenceStatus.ONLINE == 7
+    assert (InvitationResponse.DECLINED, InvitationResponse.ACCEPTED, InvitationResponse.EXPIRED) == (0, 1, 2)
+    assert (ChangeType.ADDED, ChangeType.DELETED, ChangeType.UPDATED) == (0, 1, 2)
+    assert (SubscribePermission.BLOCKED, SubscribePermission.ALLOWED) == (0, 1)
+
+
+def test_presence_limits() -> None:
+    assert Presence(PresenceStatus.BUSY, "x" * 255).text == "x" * 255
+    with pytest.raises(LimitExceeded, match="presence text is 256 characters; the limit is 255"):
+        Presence(PresenceStatus.BUSY, "x" * 256)
+    assert Presence(5).status is PresenceStatus.BUSY  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="not a presence status"):
+        Presence(9)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="presence text must be str"):
+        Presence(PresenceStatus.BUSY, b"x")  # type: ignore[arg-type]
+
+
+def test_endpoint_equality_ignores_the_name_and_normalises_addresses() -> None:
+    assert EndPoint("127.0.0.1", 80, "a") == EndPoint("127.0.0.1", 80, "b")
+    assert EndPoint("127.0.0.1", 80) != EndPoint("127.0.0.1", 81)
+    assert EndPoint("[::1]", 80).host == "::1"
+    assert EndPoint("0:0::1", 80) == EndPoint("::1", 80)
+    assert str(EndPoint("::1", 80)) == "[::1]:80"
+    assert len({EndPoint("10.0.0.1", 1, "x"), EndPoint("10.0.0.1", 1, "y")}) == 1
+
+
+@pytest.mark.parametrize(
+    ("args", "error", "match"),
+    [
+        (("", 80), ValueError, "not an address"),
+        (("a b", 80), ValueError, "not an address"),
+        (("h", 0), ValueError, r"outside 1\.\.65535"),
+        (("h", 65536), ValueError, r"outside 1\.\.65535"),
+        (("h", "80"), TypeError, "port must be int"),
+        ((1, 80), TypeError, "host must be str"),
+        (("h", 80, "n" * 256), LimitExceeded, "endpoint name is 256 characters; the limit is 255"),
+    ],
+)
+def test_endpoint_rejects(args: tuple[object, ...], error: type[Exception], match: str) -> None:
+    with pytest.raises(error, match=match):
+        EndPoint(*args)  # type: ignore[arg-type]
+
+
+def test_application_limits() -> None:
+    app = Application(id=uuid.uuid4(), description="Chat", data=bytearray(16384), scope=Scope.NEAR_ME)
+    assert isinstance(app.data, bytes)
+    with pytest.raises(LimitExceeded, match="application data is 16385 bytes; the limit is 16384"):
+        Application(id=uuid.uuid4(), data=bytes(16385))
+    with pytest.raises(LimitExceeded, match="application description is 256 characters"):
+        Application(id=uuid.uuid4(), description="d" * 256)
+    with pytest.raises(TypeError, match="application id must be a uuid.UUID"):
+        Application(id="not-a-uuid")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="application scope 7 is not a Scope"):
+        Application(id=uuid.uuid4(), scope=7)  # type: ignore[arg-type]
+
+
+def test_object_limits() -> None:
+    PeerObject(id=uuid.uuid4(), data=b"x")
+    PeerObject(id=uuid.uuid4(), data=bytes(16384))
+    with pytest.raises(LimitExceeded, match="object data is empty"):
+        PeerObject(id=uuid.uuid4(), data=b"")
+    with pytest.raises(LimitExceeded, match="object data is 16385 bytes; the limit is 16384"):
+        PeerObject(id=uuid.uuid4(), data=bytes(16385))
+    with pytest.raises(TypeError, match="object data must be bytes"):
+        PeerObject(id=uuid.uuid4(), data="text")  # type: ignore[arg-type]
+
+
+def test_limit_exceeded_is_a_value_error() -> None:
+    assert issubclass(LimitExceeded, ValueError)

@@ -1,0 +1,60 @@
+"""The public surface: exports, the error tree, and the layering rules of DESIGN.md."""
+
+from __future__ import annotations
+
+import ast
+import inspect
+from pathlib import Path
+
+import peerkit
+import peerkit.errors
+
+PACKAGE = Path(peerkit.__file__).parent
+
+
+def test_everything_exported_exists_and_everything_public_is_exported() -> None:
+    for name in peerkit.__all__:
+        assert hasattr(peerkit, name), name
+    public = {
+        name
+        for name, value in vars(peerkit).items()
+        if not name.startswith("_") and not inspect.ismodule(value) and name not in {"annotations"}
+    }
+    assert public <= set(peerkit.__all__) | {"__version__"}
+
+
+def test_the_error_tree_is_drawn_in_the_errors_docstring() -> None:
+    doc = peerkit.errors.__doc__ or ""
+    for name in peerkit.errors.__all__:
+        cls = getattr(peerkit.errors, name)
+        assert issubclass(cls, peerkit.PeerkitError)
+        assert name in doc, f"{name} is missing from the tree in peerkit/errors.py"
+    assert issubclass(peerkit.HandshakeError, peerkit.ProtocolError)
+    assert issubclass(peerkit.InvalidRecord, ValueError)
+
+
+def _imports(path: Path) -> set[str]:
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names.add(node.module)
+    return names
+
+
+def test_the_protocol_core_does_no_io_and_reads_no_clock() -> None:
+    forbidden = {"anyio", "asyncio", "socket", "time", "random", "trio", "selectors", "threading", "os"}
+    for path in (PACKAGE / "proto").glob("*.py"):
+        for name in _imports(path):
+            assert name.split(".")[0] not in forbidden, f"{path.name} imports {name}"
+            assert not name.startswith("peerkit.net"), f"{path.name} imports {name}"
+
+
+def test_only_the_crypto_module_calls_the_low_level_bindings() -> None:
+    for path in PACKAGE.rglob("*.py"):
+        low_level = {n for n in _imports(path) if n.startswith(("nacl.bindings", "nacl._sodium"))}
+        if path.name == "crypto.py" and path.parent.name == "proto":
+            assert low_level
+        else:
+            assert not low_level, f"{path.relative_to(PACKAGE)} imports {low_level}"
