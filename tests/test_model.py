@@ -74,7 +74,7 @@ def test_application_limits() -> None:
         Application(id=uuid.uuid4(), data=bytes(16385))
     with pytest.raises(LimitExceeded, match="application description is 256 characters"):
         Application(id=uuid.uuid4(), description="d" * 256)
-    with pytest.raises(TypeError, match="application id must be a uuid.UUID"):
+    with pytest.raises(TypeError, match=r"application id must be a uuid\.UUID"):
         Application(id="not-a-uuid")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="application scope 7 is not a Scope"):
         Application(id=uuid.uuid4(), scope=7)  # type: ignore[arg-type]

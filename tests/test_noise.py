@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 import pytest
@@ -103,7 +104,7 @@ def test_truncated_messages(cut: int) -> None:
     i, r = _pair()
     r.read_message(i.write_message(b""))
     message = r.write_message(b"hello")
-    with pytest.raises(HandshakeError, match="truncated|failed authentication"):
+    with pytest.raises(HandshakeError, match=r"truncated|failed authentication"):
         i.read_message(message[:cut])
 
 
@@ -191,7 +192,11 @@ def test_rekey_changes_the_key_on_both_sides() -> None:
         ({"protocol_name": "Noise_XX_448_ChaChaPoly_BLAKE2b"}, ValueError, "unsupported DH"),
         ({"protocol_name": "Noise_XX_25519_AESGCM_BLAKE2b"}, ValueError, "unsupported cipher"),
         ({"protocol_name": "Noise_XX_25519_ChaChaPoly_SHA512"}, ValueError, "unsupported Noise hash"),
-        ({"protocol_name": "Noise_XXpsk3_25519_ChaChaPoly_BLAKE2b"}, ValueError, "unsupported handshake pattern"),
+        (
+            {"protocol_name": "Noise_XXpsk3_25519_ChaChaPoly_BLAKE2b"},
+            ValueError,
+            "unsupported handshake pattern",
+        ),
         ({"protocol_name": "nonsense"}, ValueError, "malformed"),
         ({"protocol_name": 5}, TypeError, "must be str"),
         ({"protocol_name": XX, "s": None}, ValueError, "needs this side's static key"),
@@ -219,10 +224,8 @@ def test_read_message_only_ever_raises_handshake_error(data: bytes, name: str, s
             target = r
         elif step == 2:
             target = i
-    try:
+    with contextlib.suppress(HandshakeError):
         target.read_message(data)
-    except HandshakeError:
-        pass
 
 
 # -- interoperability with the noiseprotocol package ----------------------------------------

@@ -1,0 +1,240 @@
+"""SecureChannel over in-memory stream pairs and over loopback TCP."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import anyio
+import pytest
+
+from peerkit import (
+    HandshakeError,
+    Identity,
+    PeerUnreachable,
+    ProtocolError,
+    SecureChannel,
+    connect,
+    listen,
+)
+from peerkit.proto.framing import encode_frame
+from peerkit.testing import memory_stream_pair
+
+pytestmark = pytest.mark.asyncio
+
+
+async def channel_pair(
+    alice: Identity, bob: Identity, *, ik: bool = False
+) -> tuple[SecureChannel, SecureChannel]:
+    a_stream, b_stream = memory_stream_pair()
+    result: dict[str, SecureChannel] = {}
+
+    async def respond() -> None:
+        result["b"] = await SecureChannel.wrap(
+            b_stream, bob, initiator=False, nickname="bob", endpoint_name="desk"
+        )
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(respond)
+        a = await SecureChannel.wrap(
+            a_stream, alice, initiator=True, expected_peer=bob.id if ik else None, nickname="alice"
+        )
+    return a, result["b"]
+
+
+@pytest.mark.parametrize("ik", [False, True])
+async def test_memory_pair_both_patterns(alice: Identity, bob: Identity, ik: bool) -> None:
+    a, b = await channel_pair(alice, bob, ik=ik)
+    async with a, b:
+        assert a.peer.id == bob.id
+        assert a.peer.nickname == "bob"
+        assert a.peer.endpoint_name == "desk"
+        assert b.peer.id == alice.id
+        assert b.peer.nickname == "alice"
+        assert a.handshake_hash == b.handshake_hash
+        assert a.protocol == b.protocol == ("Noise_IK" if ik else "Noise_XX") + "_25519_ChaChaPoly_BLAKE2b"
+        await a.send({"t": "ping", "n": 1})
+        assert await b.receive() == {"t": "ping", "n": 1}
+        await b.send({"t": "pong", "n": 1})
+        assert await a.receive() == {"t": "pong", "n": 1}
+
+
+async def test_closing_gives_end_of_stream_to_the_peer(alice: Identity, bob: Identity) -> None:
+    a, b = await channel_pair(alice, bob)
+    await a.send({"t": "last"})
+    await a.aclose()
+    await a.aclose()  # twice is harmless
+    assert [m async for m in b] == [{"t": "last"}]
+    with pytest.raises(anyio.EndOfStream):
+        await b.receive()
+    with pytest.raises(anyio.ClosedResourceError):
+        await a.send({"t": "x"})
+    await b.aclose()
+    with pytest.raises(anyio.ClosedResourceError):
+        await b.receive()
+
+
+async def test_message_size_limit(alice: Identity, bob: Identity) -> None:
+    a, b = await channel_pair(alice, bob)
+    async with a, b:
+        big = {"t": "d", "d": bytes(65519 - 13)}  # 13 bytes of CBOR around the data
+        await a.send(big)
+        assert await b.receive() == big
+        with pytest.raises(ValueError, match="1 to 65519"):
+            await a.send({"t": "d", "d": bytes(65519)})
+        await a.send({"t": "still open"})
+        assert await b.receive() == {"t": "still open"}
+
+
+async def test_concurrent_senders_do_not_interleave(alice: Identity, bob: Identity) -> None:
+    a, b = await channel_pair(alice, bob)
+    async with a, b:
+
+        async def sender(k: int) -> None:
+            for i in range(20):
+                await a.send({"t": "m", "k": k, "i": i, "pad": bytes(3000)})
+
+        got: list[tuple[int, int]] = []
+        async with anyio.create_task_group() as tg:
+            for k in range(5):
+                tg.start_soon(sender, k)
+            for _ in range(100):
+                m = await b.receive()
+                got.append((m["k"], m["i"]))
+        for k in range(5):
+            assert [i for kk, i in got if kk == k] == list(range(20))
+
+
+async def test_garbage_from_the_peer_is_a_protocol_error(alice: Identity, bob: Identity) -> None:
+    a_stream, b_stream = memory_stream_pair()
+    async with anyio.create_task_group() as tg:
+
+        async def garbage() -> None:
+            await b_stream.send(encode_frame(b"HTTP/1.1 200 OK"))
+
+        tg.start_soon(garbage)
+        with pytest.raises(HandshakeError):
+            await SecureChannel.wrap(a_stream, alice, initiator=True)
+    await b_stream.aclose()
+
+
+async def test_a_silent_peer_times_out(alice: Identity) -> None:
+    a_stream, b_stream = memory_stream_pair()
+    with pytest.raises(HandshakeError, match=r"within 0\.2 s"):
+        await SecureChannel.wrap(a_stream, alice, initiator=True, handshake_timeout=0.2)
+    await b_stream.aclose()
+
+
+async def test_a_peer_that_hangs_up_mid_handshake(alice: Identity, bob: Identity) -> None:
+    a_stream, b_stream = memory_stream_pair()
+    await b_stream.aclose()
+    with pytest.raises((HandshakeError, PeerUnreachable)):
+        await SecureChannel.wrap(a_stream, alice, initiator=True)
+
+
+async def test_bad_hello_arguments(alice: Identity) -> None:
+    a_stream, b_stream = memory_stream_pair()
+    with pytest.raises(ValueError, match="nickname is 256 characters"):
+        await SecureChannel.wrap(a_stream, alice, initiator=True, nickname="n" * 256)
+    await a_stream.aclose()
+    await b_stream.aclose()
+
+
+# -- TCP --------------------------------------------------------------------------------------
+
+
+@asynccontextmanager
+async def listening(bob: Identity) -> AsyncIterator[tuple[str, int]]:
+    async def echo(channel: SecureChannel) -> None:
+        async for message in channel:
+            await channel.send({"t": "echo", "from": str(channel.peer.id), "m": message})
+
+    async with await listen(bob, "127.0.0.1", 0, nickname="bob") as listener, anyio.create_task_group() as tg:
+        await tg.start(listener.serve, echo)
+        yield listener.address
+        tg.cancel_scope.cancel()
+
+
+@pytest.mark.network
+@pytest.mark.parametrize("know_bob", [False, True])
+async def test_tcp_dial(alice: Identity, bob: Identity, know_bob: bool) -> None:
+    async with (
+        listening(bob) as (host, port),
+        await connect(host, port, alice, peer_id=bob.id if know_bob else None, nickname="a") as ch,
+    ):
+        assert ch.peer.id == bob.id
+        assert ch.peer.address == (host, port)
+        assert "IK" in ch.protocol if know_bob else "XX" in ch.protocol
+        await ch.send({"t": "hi"})
+        reply = await ch.receive()
+        assert reply == {"t": "echo", "from": str(alice.id), "m": {"t": "hi"}}
+
+
+@pytest.mark.network
+async def test_tcp_dialling_the_wrong_peer_fails(alice: Identity, bob: Identity) -> None:
+    someone_else = Identity.generate()
+    async with listening(bob) as (host, port):
+        with pytest.raises(HandshakeError, match="not the peer that was dialled"):
+            await connect(host, port, alice, peer_id=someone_else.id)
+
+
+@pytest.mark.network
+async def test_the_listener_survives_garbage_and_goes_on(alice: Identity, bob: Identity) -> None:
+    junks = (
+        b"\x00\x00",
+        b"GET / HTTP/1.1\r\n\r\n",
+        encode_frame(b"peerkit/1 Noise_XX_25519_ChaChaPoly_BLAKE2b"),
+    )
+    async with listening(bob) as (host, port):
+        for junk in junks:
+            stream = await anyio.connect_tcp(host, port)
+            await stream.send(junk)
+            await stream.aclose()
+        async with await connect(host, port, alice) as ch:
+            await ch.send({"t": "still there?"})
+            assert (await ch.receive())["t"] == "echo"
+
+
+@pytest.mark.network
+async def test_tcp_peer_unreachable(alice: Identity) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with pytest.raises(PeerUnreachable, match=f"could not connect to 127.0.0.1:{port}"):
+        await connect("127.0.0.1", port, alice)
+
+
+@pytest.mark.network
+async def test_listen_on_a_busy_port(alice: Identity, bob: Identity) -> None:
+    async with listening(bob) as (host, port):
+        with pytest.raises(PeerUnreachable, match=f"cannot listen on 127.0.0.1:{port}"):
+            await listen(alice, host, port)
+
+
+@pytest.mark.network
+async def test_transport_garbage_after_handshake_closes_with_protocol_error(
+    alice: Identity, bob: Identity
+) -> None:
+    received: list[BaseException] = []
+    serving = anyio.Event()
+
+    async def handler(channel: SecureChannel) -> None:
+        serving.set()
+        try:
+            await channel.receive()
+        except ProtocolError as exc:
+            received.append(exc)
+
+    async with await listen(bob) as listener, anyio.create_task_group() as tg:
+        await tg.start(listener.serve, handler)
+        ch = await connect(*listener.address, alice)
+        await serving.wait()
+        # Write a frame of random bytes under the channel: it cannot authenticate.
+        await ch._stream.send(encode_frame(bytes(40)))
+        with pytest.raises(anyio.EndOfStream):
+            await ch.receive()
+        await ch.aclose()
+        tg.cancel_scope.cancel()
+    assert len(received) == 1
+    assert "decryption failed" in str(received[0])
