@@ -12,7 +12,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Self, cast
 
 import anyio
 import anyio.abc
@@ -33,8 +33,16 @@ from peerkit.proto.connection import (
 
 __all__ = ("ChannelListener", "PeerInfo", "SecureChannel", "connect", "listen")
 
+
+async def _write(stream: anyio.abc.ByteStream, data: bytes | bytearray) -> None:
+    # Frames are built in a bytearray so that a message is never copied on its way out; every
+    # anyio byte stream (asyncio transports, TLSStream, memory streams) takes any bytes-like object,
+    # and the frame is not touched again after this call.
+    await stream.send(cast(bytes, data))
+
+
 log = logging.getLogger(__name__)
-_READ_SIZE = 65536
+_READ_SIZE = 262144
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -73,8 +81,8 @@ class SecureChannel:
         self._stream = stream
         self._conn = connection
         self._pending: deque[dict[str, Any]] = deque(early)
-        self._send_lock = anyio.Lock()
-        self._receive_lock = anyio.Lock()
+        self._send_lock = anyio.Lock(fast_acquire=True)
+        self._receive_lock = anyio.Lock(fast_acquire=True)
         self._closed = False
         self._eof = False
         self.protocol = done.protocol
@@ -150,7 +158,7 @@ class SecureChannel:
             out = conn.data_to_send()
             try:
                 if out:
-                    await stream.send(out)
+                    await _write(stream, out)
                 data = await stream.receive(_READ_SIZE)
             except anyio.EndOfStream:
                 conn.receive_eof()  # raises: the handshake is not complete
@@ -166,7 +174,7 @@ class SecureChannel:
                 out = conn.data_to_send()
                 try:
                     if out:
-                        await stream.send(out)
+                        await _write(stream, out)
                 except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError) as exc:
                     raise PeerUnreachable(broke) from exc
                 return done, early
@@ -193,7 +201,7 @@ class SecureChannel:
             self._conn.send_plaintext(plaintext)
             data = self._conn.data_to_send()
             try:
-                await self._stream.send(data)
+                await _write(self._stream, data)
             except (anyio.BrokenResourceError, OSError) as exc:
                 await self._abort()
                 raise PeerUnreachable("the connection to the peer broke") from exc

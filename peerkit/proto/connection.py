@@ -150,7 +150,7 @@ class Connection:
         self._ephemeral = ephemeral
         self._deadline = now + handshake_timeout
         self._decoder = FrameDecoder()
-        self._buffer: list[bytes] = []
+        self._buffer: list[bytes | bytearray] = []
         self._handshake: HandshakeState | None = None
         self._send: CipherState | None = None
         self._recv: CipherState | None = None
@@ -253,12 +253,13 @@ class Connection:
         return exc
 
     # -- output ----------------------------------------------------------------------------
-    def data_to_send(self) -> bytes:
+    def data_to_send(self) -> bytes | bytearray:
         """Bytes waiting to be written to the transport (and forget them)."""
-        if not self._buffer:
+        buffer = self._buffer
+        if not buffer:
             return b""
-        data = b"".join(self._buffer)
-        self._buffer.clear()
+        data = buffer[0] if len(buffer) == 1 else b"".join(buffer)
+        buffer.clear()
         return data
 
     def send_message(self, message: Mapping[str, Any]) -> None:
@@ -351,11 +352,14 @@ class Connection:
             raise self._fail(HandshakeError(f"the peer closed the connection during the handshake{hint}"))
         self._to(State.CLOSED)
 
-    def _frame(self, frame: bytes) -> Event | None:
+    def _frame(self, frame: bytes | memoryview) -> Event | None:
         state = self._state
         if state is State.OPEN:
             assert self._recv is not None
-            return MessageReceived(message=messages.decode_message(self._recv.decrypt_with_ad(b"", frame)))
+            return MessageReceived(
+                message=messages.decode_message(self._recv.decrypt_with_ad_to_bytearray(b"", frame))
+            )
+        frame = bytes(frame)
         if state is State.AWAIT_PREAMBLE:
             protocol = _SUPPORTED.get(frame)
             if protocol is None:

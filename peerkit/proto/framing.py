@@ -42,26 +42,50 @@ class FrameDecoder:
         """Bytes received that do not yet make a whole frame."""
         return len(self._buffer)
 
-    def feed(self, data: bytes) -> list[bytes]:
+    def feed(self, data: bytes) -> list[bytes | memoryview]:
         """Add ``data``; return every frame it completes, in order.
+
+        Frames that lie whole inside ``data`` come back as read-only views of it, without a copy;
+        a frame that spans several calls comes back as ``bytes``. Only the incomplete frame at the
+        end is kept back.
 
         :raises ProtocolError: on a zero-length frame (the decoder is then unusable).
         """
+        frames: list[bytes | memoryview] = []
         buf = self._buffer
-        buf += data
-        frames = []
+        if type(data) is not bytes:
+            data = bytes(data)  # views must not see later changes to a mutable buffer
+        view = memoryview(data)
         pos = 0
-        end = len(buf)
+        end = len(view)
+        if buf:
+            # Finish the frame left over from earlier input first.
+            if len(buf) < 2:
+                pos = min(2 - len(buf), end)
+                buf += view[:pos]
+                if len(buf) < 2:
+                    return frames
+            n = (buf[0] << 8) | buf[1]
+            if n == 0:
+                raise ProtocolError("received a zero-length frame")
+            take = min(2 + n - len(buf), end - pos)
+            buf += view[pos : pos + take]
+            pos += take
+            if len(buf) < 2 + n:
+                return frames
+            with memoryview(buf) as pending:
+                frames.append(bytes(pending[2:]))
+            buf.clear()
         while end - pos >= 2:
-            n = (buf[pos] << 8) | buf[pos + 1]
+            n = (view[pos] << 8) | view[pos + 1]
             if n == 0:
                 raise ProtocolError("received a zero-length frame")
             if end - pos - 2 < n:
                 break
-            frames.append(bytes(buf[pos + 2 : pos + 2 + n]))
+            frames.append(view[pos + 2 : pos + 2 + n])
             pos += 2 + n
-        if pos:
-            del buf[:pos]
+        if pos < end:
+            buf += view[pos:]
         return frames
 
     def check_eof(self) -> None:

@@ -52,14 +52,22 @@ def encode(value: Any) -> bytes:
         raise TypeError(f"cannot encode as CBOR: {exc}") from exc
 
 
-def decode(data: bytes, *, max_depth: int = MAX_DEPTH) -> Any:
-    """Decode exactly one CBOR item from ``data``, strictly.
+def decode(data: bytes | bytearray | memoryview, *, max_depth: int = MAX_DEPTH) -> Any:
+    """Decode exactly one CBOR item from ``data`` (any bytes-like object), strictly.
+
+    Byte strings in the result are always new ``bytes`` objects.
 
     :raises ProtocolError: when ``data`` is not exactly one item the protocol allows.
     """
-    if not isinstance(data, (bytes, bytearray, memoryview)):
+    if type(data) is bytes:
+        return _decode(data, max_depth)
+    if not isinstance(data, (bytearray, memoryview)):
         raise TypeError(f"data must be bytes, not {type(data).__name__}")
-    data = bytes(data)
+    with memoryview(data) as view:
+        return _decode(view.cast("B") if view.format != "B" or view.ndim != 1 else view, max_depth)
+
+
+def _decode(data: bytes | memoryview, max_depth: int) -> Any:
     value, pos = _Decoder(data, max_depth).item(0, 0)
     if pos != len(data):
         raise ProtocolError(f"CBOR item is followed by {len(data) - pos} trailing bytes")
@@ -69,7 +77,7 @@ def decode(data: bytes, *, max_depth: int = MAX_DEPTH) -> Any:
 class _Decoder:
     __slots__ = ("data", "max_depth")
 
-    def __init__(self, data: bytes, max_depth: int) -> None:
+    def __init__(self, data: bytes | memoryview, max_depth: int) -> None:
         self.data = data
         self.max_depth = max_depth
 
@@ -108,9 +116,9 @@ class _Decoder:
                 raise ProtocolError(f"CBOR string claims {arg} bytes but only {len(data) - pos} remain")
             raw = data[pos:end]
             if major == 2:
-                return raw, end
+                return (raw if type(raw) is bytes else bytes(raw)), end
             try:
-                return raw.decode("utf-8"), end
+                return str(raw, "utf-8"), end
             except UnicodeDecodeError:
                 raise ProtocolError("CBOR text string is not valid UTF-8") from None
         if major == 6:
@@ -174,7 +182,7 @@ def encode_message(message: Mapping[str, Any]) -> bytes:
     return encode(dict(message))
 
 
-def decode_message(data: bytes) -> dict[str, Any]:
+def decode_message(data: bytes | bytearray | memoryview) -> dict[str, Any]:
     """Decode a transport message's plaintext.
 
     :raises ProtocolError: when it is not one strict CBOR map with a text ``"t"``.

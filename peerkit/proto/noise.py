@@ -100,8 +100,8 @@ def _protocol(name: str) -> _Protocol:
 
 
 def _check_key(value: bytes | None, what: str) -> bytes | None:
-    if value is None:
-        return None
+    if value is None or (type(value) is bytes and len(value) == DHLEN):
+        return value
     if not isinstance(value, (bytes, bytearray, memoryview)):
         raise TypeError(f"{what} must be bytes, not {type(value).__name__}")
     value = bytes(value)
@@ -113,11 +113,21 @@ def _check_key(value: bytes | None, what: str) -> bytes | None:
 class CipherState:
     """A key ``k`` (or none) and a 64-bit nonce ``n`` (section 5.1)."""
 
-    __slots__ = ("k", "n")
+    __slots__ = ("_cipher", "k", "n")
 
     def __init__(self, k: bytes | None = None, n: int = 0) -> None:
         self.k = k
         self.n = n
+        self._cipher: crypto.TransportCipher | None = None
+
+    def _keyed(self) -> crypto.TransportCipher:
+        # The cipher object for the current key (``k`` may be replaced by rekey or by the owner).
+        cipher = self._cipher
+        k = self.k
+        if cipher is None or cipher.key is not k:
+            assert k is not None
+            cipher = self._cipher = crypto.TransportCipher(k)
+        return cipher
 
     def initialize_key(self, key: bytes | None) -> None:
         """``InitializeKey(key)``: set ``k`` and reset ``n`` to zero."""
@@ -134,23 +144,34 @@ class CipherState:
             raise ValueError(f"nonce {nonce} is outside 0..2**64-1")
         self.n = nonce
 
+    def _check_send(self, size: int) -> int:
+        n = self.n
+        if n == MAX_NONCE:
+            raise ProtocolError("nonce exhausted: this cipher state has sent 2**64-1 messages")
+        if size > MAX_MESSAGE_LEN - TAGLEN:
+            raise ProtocolError(
+                f"plaintext is {size} bytes; a Noise message holds at most "
+                f"{MAX_MESSAGE_LEN - TAGLEN} bytes of plaintext"
+            )
+        return n
+
+    def _check_receive(self, size: int) -> int:
+        n = self.n
+        if n == MAX_NONCE:
+            raise ProtocolError("nonce exhausted: this cipher state has received 2**64-1 messages")
+        if size > MAX_MESSAGE_LEN:
+            raise ProtocolError(f"message is {size} bytes; the Noise limit is {MAX_MESSAGE_LEN}")
+        return n
+
     def encrypt_with_ad(self, ad: bytes, plaintext: bytes) -> bytes:
         """``EncryptWithAd(ad, plaintext)``; the plaintext itself when there is no key.
 
         :raises ProtocolError: when the nonce is exhausted or the result would exceed 65535 bytes.
         """
-        k = self.k
-        if k is None:
+        if self.k is None:
             return plaintext
-        n = self.n
-        if n == MAX_NONCE:
-            raise ProtocolError("nonce exhausted: this cipher state has sent 2**64-1 messages")
-        if len(plaintext) > MAX_MESSAGE_LEN - TAGLEN:
-            raise ProtocolError(
-                f"plaintext is {len(plaintext)} bytes; a Noise message holds at most "
-                f"{MAX_MESSAGE_LEN - TAGLEN} bytes of plaintext"
-            )
-        ciphertext = crypto.encrypt(k, n, ad, plaintext)
+        n = self._check_send(len(plaintext))
+        ciphertext = self._keyed().encrypt(n, ad, plaintext)
         self.n = n + 1
         return ciphertext
 
@@ -162,15 +183,37 @@ class CipherState:
         :raises ProtocolError: when authentication fails, the nonce is exhausted or the message is
             longer than 65535 bytes.
         """
-        k = self.k
-        if k is None:
+        if self.k is None:
             return ciphertext
-        n = self.n
-        if n == MAX_NONCE:
-            raise ProtocolError("nonce exhausted: this cipher state has received 2**64-1 messages")
-        if len(ciphertext) > MAX_MESSAGE_LEN:
-            raise ProtocolError(f"message is {len(ciphertext)} bytes; the Noise limit is {MAX_MESSAGE_LEN}")
-        plaintext = crypto.decrypt(k, n, ad, ciphertext)
+        n = self._check_receive(len(ciphertext))
+        plaintext = self._keyed().decrypt(n, ad, ciphertext)
+        self.n = n + 1
+        return plaintext
+
+    def encrypt_with_ad_into(self, ad: bytes, plaintext: bytes, out: bytearray, offset: int) -> None:
+        """:meth:`encrypt_with_ad` writing into ``out[offset:]``, which must have room for the tag.
+
+        Saves a copy on the transport's hot path. Requires a key.
+
+        :raises ProtocolError: as :meth:`encrypt_with_ad`, or when there is no key.
+        """
+        if self.k is None:
+            raise ProtocolError("this cipher state has no key")
+        n = self._check_send(len(plaintext))
+        self._keyed().encrypt_into(n, ad, plaintext, out, offset)
+        self.n = n + 1
+
+    def decrypt_with_ad_to_bytearray(self, ad: bytes, ciphertext: bytes | memoryview) -> bytearray:
+        """:meth:`decrypt_with_ad` for a bytes-like ciphertext, returning a new ``bytearray``.
+
+        Saves a copy on the transport's hot path. Requires a key.
+
+        :raises ProtocolError: as :meth:`decrypt_with_ad`, or when there is no key.
+        """
+        if self.k is None:
+            raise ProtocolError("this cipher state has no key")
+        n = self._check_receive(len(ciphertext))
+        plaintext = self._keyed().decrypt_to_bytearray(n, ad, ciphertext)
         self.n = n + 1
         return plaintext
 
@@ -313,7 +356,7 @@ class HandshakeState:
         self._e_pub = crypto.public_key(self._e) if self._e is not None else None
 
         ss = SymmetricState(protocol_name.encode("ascii"), proto.hash)
-        ss.mix_hash(bytes(prologue))
+        ss.mix_hash(prologue if type(prologue) is bytes else bytes(prologue))
         for pre, local in ((init_pre, self._initiator), (resp_pre, not self._initiator)):
             for token in pre:
                 if token == "e":
@@ -403,8 +446,9 @@ class HandshakeState:
         if not isinstance(payload, (bytes, bytearray, memoryview)):
             raise TypeError(f"payload must be bytes, not {type(payload).__name__}")
         ss = self._ss
+        cs = ss.cipher_state
         # Compute the message length first, so that an oversized payload changes nothing.
-        keyed = ss.cipher_state.k is not None
+        keyed = cs.k is not None
         size = 0
         for token in tokens:
             if token == "e":
@@ -418,22 +462,39 @@ class HandshakeState:
             raise HandshakeError(
                 f"handshake message would be {size} bytes; the Noise limit is {MAX_MESSAGE_LEN}"
             )
+        # The spec's MixHash, MixKey and EncryptAndHash, inlined: this is the hot path of every
+        # connection. Nonces cannot run out within a handshake.
+        new = ss._new
         parts = []
         try:
             for token in tokens:
                 if token == "e":
                     if self._e is None:
-                        self._e = crypto.generate_private_key()
-                        self._e_pub = crypto.public_key(self._e)
+                        self._e, self._e_pub = crypto.generate_keypair()
                     assert self._e_pub is not None
                     parts.append(self._e_pub)
-                    ss.mix_hash(self._e_pub)
+                    ss.h = new(ss.h + self._e_pub).digest()
                 elif token == "s":
                     assert self._s_pub is not None
-                    parts.append(ss.encrypt_and_hash(self._s_pub))
+                    if cs.k is None:
+                        ciphertext = self._s_pub
+                    else:
+                        ciphertext = crypto.encrypt(cs.k, cs.n, ss.h, self._s_pub)
+                        cs.n += 1
+                    ss.h = new(ss.h + ciphertext).digest()
+                    parts.append(ciphertext)
                 else:
-                    ss.mix_key(self._dh(token))
-            parts.append(ss.encrypt_and_hash(bytes(payload)))
+                    ss.ck, temp_k = ss.hash.hkdf(ss.ck, self._dh(token), 2)
+                    cs.k = temp_k[:32]
+                    cs.n = 0
+            payload = bytes(payload)
+            if cs.k is None:
+                ciphertext = payload
+            else:
+                ciphertext = crypto.encrypt(cs.k, cs.n, ss.h, payload)
+                cs.n += 1
+            ss.h = new(ss.h + ciphertext).digest()
+            parts.append(ciphertext)
         except HandshakeError:
             self._failed = True
             raise
@@ -448,15 +509,18 @@ class HandshakeState:
             After a failure the handshake is dead: start a new one.
         """
         tokens = self._check_turn(writing=False)
-        if not isinstance(message, (bytes, bytearray, memoryview)):
-            raise TypeError(f"message must be bytes, not {type(message).__name__}")
-        message = bytes(message)
+        if type(message) is not bytes:
+            if not isinstance(message, (bytearray, memoryview)):
+                raise TypeError(f"message must be bytes, not {type(message).__name__}")
+            message = bytes(message)
         if len(message) > MAX_MESSAGE_LEN:
             self._failed = True
             raise HandshakeError(
                 f"handshake message is {len(message)} bytes; the Noise limit is {MAX_MESSAGE_LEN}"
             )
         ss = self._ss
+        cs = ss.cipher_state
+        new = ss._new
         pos = 0
         try:
             for token in tokens:
@@ -468,19 +532,32 @@ class HandshakeState:
                         )
                     pos += DHLEN
                     self._re = re
-                    ss.mix_hash(re)
+                    ss.h = new(ss.h + re).digest()
                 elif token == "s":
-                    size = DHLEN + TAGLEN if ss.cipher_state.k is not None else DHLEN
+                    size = DHLEN if cs.k is None else DHLEN + TAGLEN
                     temp = message[pos : pos + size]
                     if len(temp) != size:
                         raise HandshakeError("handshake message is truncated: it ends inside a static key")
                     pos += size
-                    self._rs = ss.decrypt_and_hash(temp)
+                    if cs.k is None:
+                        self._rs = temp
+                    else:
+                        self._rs = crypto.decrypt(cs.k, cs.n, ss.h, temp)
+                        cs.n += 1
+                    ss.h = new(ss.h + temp).digest()
                 else:
-                    ss.mix_key(self._dh(token))
-            if ss.cipher_state.k is not None and len(message) - pos < TAGLEN:
-                raise HandshakeError("handshake message is truncated: it has no room for its tag")
-            payload = ss.decrypt_and_hash(message[pos:])
+                    ss.ck, temp_k = ss.hash.hkdf(ss.ck, self._dh(token), 2)
+                    cs.k = temp_k[:32]
+                    cs.n = 0
+            ciphertext = message[pos:]
+            if cs.k is None:
+                payload = ciphertext
+            else:
+                if len(ciphertext) < TAGLEN:
+                    raise HandshakeError("handshake message is truncated: it has no room for its tag")
+                payload = crypto.decrypt(cs.k, cs.n, ss.h, ciphertext)
+                cs.n += 1
+            ss.h = new(ss.h + ciphertext).digest()
         except InvalidTag as exc:
             self._failed = True
             raise HandshakeError(

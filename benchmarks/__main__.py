@@ -1,0 +1,76 @@
+"""``python -m benchmarks [NAME ...] [--json FILE] [--quick]``: run benchmarks, print a table."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+from types import ModuleType
+
+from rich.console import Console
+from rich.progress import Progress as Bar
+from rich.table import Table
+
+from benchmarks import bench_channel, bench_handshake, bench_transport
+
+BENCHMARKS: dict[str, ModuleType] = {m.NAME: m for m in (bench_handshake, bench_transport, bench_channel)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
+    parser.add_argument(
+        "names", nargs="*", metavar="NAME", help=f"benchmarks to run: {', '.join(BENCHMARKS)}"
+    )
+    parser.add_argument("--json", metavar="FILE", help="also write the results as JSON to FILE")
+    parser.add_argument("--quick", action="store_true", help="short runs (a smoke test, not a measurement)")
+    args = parser.parse_args(argv)
+    unknown = [n for n in args.names if n not in BENCHMARKS]
+    if unknown:
+        parser.error(f"unknown benchmark {', '.join(unknown)}; known: {', '.join(BENCHMARKS)}")
+    selected = [BENCHMARKS[n] for n in args.names or BENCHMARKS]
+
+    console = Console(width=None if sys.stdout.isatty() else 150)
+    results = []
+    with Bar(console=console, transient=True, disable=not console.is_terminal) as bar:
+        for module in selected:
+            task = bar.add_task(
+                module.NAME, total=module.STEPS // (5 if args.quick else 1) * (2 if args.quick else 1)
+            )
+            results += module.run(lambda task=task: bar.advance(task), quick=args.quick)
+
+    table = Table(
+        title="peerkit benchmarks (medians over interleaved rounds; ratio = median of per-round ratios)"
+    )
+    for column in ("benchmark", "figure", "peerkit", "reference", "reference value", "ratio", "target"):
+        table.add_column(
+            column, justify="right" if column in ("peerkit", "reference value", "ratio") else "left"
+        )
+    for r in results:
+        mark = "" if r.met is None else (" ok" if r.met else " MISSED")
+        table.add_row(
+            r.benchmark,
+            r.figure,
+            f"{r.value:,.1f} {r.unit}",
+            r.reference,
+            f"{r.reference_value:,.1f} {r.unit}",
+            f"{r.ratio:.2f}x",
+            (f">= {r.target}x" + mark) if r.target is not None else "",
+        )
+    console.print(table)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(
+                {
+                    "python": sys.version,
+                    "machine": platform.machine(),
+                    "results": [r.as_dict() for r in results],
+                },
+                f,
+                indent=2,
+            )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

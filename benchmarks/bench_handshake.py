@@ -1,0 +1,113 @@
+"""``handshake``: full handshakes per second, both sides in one process, sans-IO.
+
+peerkit's ``HandshakeState`` (driven as ``peerkit.proto.connection`` drives it: static public key
+known, hello payloads) beside the ``noiseprotocol`` package doing the same pattern with the same
+payloads, and beside the crypto floor: the X25519 operations the pattern needs (a fresh ephemeral
+key pair per side and every DH of both sides), done directly with pynacl's bindings.
+"""
+
+from __future__ import annotations
+
+import nacl.bindings as sodium
+from noise.connection import Keypair, NoiseConnection
+
+from benchmarks.harness import Progress, Result, interleaved, median, ratio
+from peerkit.identity import Identity
+from peerkit.proto import messages
+from peerkit.proto.noise import PATTERNS, HandshakeState
+
+NAME = "handshake"
+ROUNDS = 12
+STEPS = 2 * 3 * ROUNDS  # patterns x candidates x rounds
+
+
+def _dh_count(pattern: str) -> int:
+    """DH operations of one complete handshake, both sides."""
+    return 2 * sum(token in ("ee", "es", "se", "ss") for msg in PATTERNS[pattern][2] for token in msg)
+
+
+def run(progress: Progress, quick: bool = False) -> list[Result]:
+    rounds, seconds = (2, 0.1) if quick else (ROUNDS, 0.4)
+    alice, bob = Identity.generate(), Identity.generate()
+    hello_a = messages.encode_hello(messages.Hello(id=alice.id.key, nick="alice", name="laptop"))
+    hello_b = messages.encode_hello(messages.Hello(id=bob.id.key, nick="bob", name="desk"))
+    si, spi = alice.x25519_private, alice.x25519_public
+    sr, spr = bob.x25519_private, bob.x25519_public
+    results = []
+    for pattern in ("XX", "IK"):
+        name = f"Noise_{pattern}_25519_ChaChaPoly_BLAKE2b"
+        prologue = b"peerkit/1 " + name.encode()
+        ik = pattern == "IK"
+        payloads = [hello_a, hello_b] if ik else [b"", hello_b, hello_a]
+
+        def peerkit_handshake(
+            name: str = name, ik: bool = ik, payloads: list[bytes] = payloads, prologue: bytes = prologue
+        ) -> None:
+            i = HandshakeState(name, True, prologue, s=si, rs=spr if ik else None, s_public=spi)
+            r = HandshakeState(name, False, prologue, s=sr, s_public=spr)
+            for n, payload in enumerate(payloads):
+                sender, receiver = (i, r) if n % 2 == 0 else (r, i)
+                receiver.read_message(sender.write_message(payload))
+            i.split()
+            r.split()
+
+        def noiseprotocol_handshake(
+            name: str = name, ik: bool = ik, payloads: list[bytes] = payloads, prologue: bytes = prologue
+        ) -> None:
+            i = NoiseConnection.from_name(name.encode())
+            r = NoiseConnection.from_name(name.encode())
+            i.set_as_initiator()
+            r.set_as_responder()
+            for conn, key in ((i, si), (r, sr)):
+                conn.set_prologue(prologue)
+                conn.set_keypair_from_private_bytes(Keypair.STATIC, key)
+            if ik:
+                i.set_keypair_from_public_bytes(Keypair.REMOTE_STATIC, spr)
+            i.start_handshake()
+            r.start_handshake()
+            for n, payload in enumerate(payloads):
+                sender, receiver = (i, r) if n % 2 == 0 else (r, i)
+                receiver.read_message(sender.write_message(payload))
+
+        dh_count = _dh_count(pattern)
+
+        def crypto_floor(dh_count: int = dh_count) -> None:
+            e1 = sodium.randombytes(32)
+            e2 = sodium.randombytes(32)
+            p1 = sodium.crypto_scalarmult_base(e1)
+            sodium.crypto_scalarmult_base(e2)
+            for _ in range(dh_count):
+                sodium.crypto_scalarmult(e2, p1)
+
+        rates = interleaved(
+            {"peerkit": peerkit_handshake, "noiseprotocol": noiseprotocol_handshake, "floor": crypto_floor},
+            rounds,
+            seconds,
+            progress,
+        )
+        ours = median(rates["peerkit"])
+        results.append(
+            Result(
+                NAME,
+                f"{pattern} handshakes/s",
+                "1/s",
+                ours,
+                "noiseprotocol",
+                median(rates["noiseprotocol"]),
+                ratio(rates["peerkit"], rates["noiseprotocol"]),
+                2.0 if pattern == "XX" else None,
+            )
+        )
+        results.append(
+            Result(
+                NAME,
+                f"{pattern} handshakes/s",
+                "1/s",
+                ours,
+                f"crypto floor ({dh_count} DH + 2 keygen)",
+                median(rates["floor"]),
+                ratio(rates["peerkit"], rates["floor"]),
+                0.8 if pattern == "XX" else None,
+            )
+        )
+    return results

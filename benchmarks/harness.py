@@ -1,0 +1,80 @@
+"""Timing helpers and the result type shared by the benchmarks."""
+
+from __future__ import annotations
+
+import gc
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import Any
+
+Progress = Callable[[], None]
+
+
+@dataclass(frozen=True, slots=True)
+class Result:
+    """One figure beside its reference."""
+
+    benchmark: str
+    figure: str
+    unit: str
+    value: float
+    reference: str
+    reference_value: float
+    #: value / reference_value, oriented so that higher is better for peerkit.
+    ratio: float
+    #: The ratio the issue asks for, or None.
+    target: float | None
+
+    @property
+    def met(self) -> bool | None:
+        return None if self.target is None else self.ratio >= self.target
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "met": self.met}
+
+
+def rate(fn: Callable[[], object], seconds: float) -> float:
+    """Calls per second of ``fn``, over about ``seconds`` of wall time.
+
+    The garbage left by the previous candidate is collected first, so that no candidate pays
+    for another's.
+    """
+    gc.collect()
+    fn()  # warm up
+    n = 0
+    start = time.perf_counter()
+    deadline = start + seconds
+    batch = 1
+    while True:
+        for _ in range(batch):
+            fn()
+        n += batch
+        now = time.perf_counter()
+        if now >= deadline:
+            return n / (now - start)
+        batch = min(batch * 2, 256)
+
+
+def interleaved(
+    candidates: dict[str, Callable[[], object]], rounds: int, seconds: float, progress: Progress
+) -> dict[str, list[float]]:
+    """Calls/s of each candidate in each of ``rounds`` rounds. The candidates take turns within a
+    round, so that a noisy neighbour hurts them alike; compare them round by round (:func:`ratio`)."""
+    samples: dict[str, list[float]] = {name: [] for name in candidates}
+    for _ in range(rounds):
+        for name, fn in candidates.items():
+            samples[name].append(rate(fn, seconds))
+            progress()
+    return samples
+
+
+def median(values: list[float]) -> float:
+    """The median of ``values``."""
+    return statistics.median(values)
+
+
+def ratio(ours: list[float], reference: list[float]) -> float:
+    """The median over rounds of ``ours / reference`` measured in the same round."""
+    return statistics.median(a / b for a, b in zip(ours, reference, strict=True))
