@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from peerkit import Identity
 from peerkit.errors import HandshakeError, ProtocolError
@@ -199,3 +201,42 @@ def test_every_transition_is_in_the_table() -> None:
     states = set(State)
     assert {s for pair in TRANSITIONS for s in pair} == states
     assert all(TRANSITIONS.values())
+
+
+@settings(max_examples=200, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.binary(max_size=300), split=st.integers(0, 300))
+def test_random_bytes_never_crash_a_responder(bob: Identity, data: bytes, split: int) -> None:
+    b = Connection.respond(keys(bob), hello(bob), now=0.0)
+    try:
+        b.receive_data(data[:split], 0.0)
+        b.receive_data(data[split:], 0.0)
+        b.receive_eof()
+    except ProtocolError:
+        assert b.state is State.CLOSED
+
+
+@settings(max_examples=200, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.binary(min_size=1, max_size=300))
+def test_random_frames_after_the_handshake_never_crash(alice: Identity, bob: Identity, data: bytes) -> None:
+    _, b, _, _ = handshake(alice, bob)
+    try:
+        b.receive_data(encode_frame(data), 0.0)
+    except ProtocolError:
+        assert b.state is State.CLOSED
+    else:  # pragma: no cover - forging a valid tag is not possible
+        raise AssertionError("a random frame authenticated")
+
+
+@settings(max_examples=100, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(message=st.binary(max_size=200), flip=st.integers(0, 10_000))
+def test_altered_initiator_messages_never_crash_the_responder(
+    alice: Identity, bob: Identity, message: bytes, flip: int
+) -> None:
+    a = Connection.initiate(keys(alice), hello(alice), now=0.0, expected_id=bob.id.key)
+    b = Connection.respond(keys(bob), hello(bob), now=0.0)
+    wire = bytearray(a.data_to_send())
+    wire[flip % len(wire)] ^= 1 << (flip % 8)
+    try:
+        b.receive_data(bytes(wire) + message, 0.0)
+    except ProtocolError:
+        assert b.state is State.CLOSED
