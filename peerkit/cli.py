@@ -90,16 +90,25 @@ def id_command(
 @app.command()
 def demo(
     messages: Annotated[int, typer.Option(min=1, max=100, help="Messages alice sends each time.")] = 3,
+    data_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--data-dir",
+            help="Keep the demo identities in DIR/demo-alice and DIR/demo-bob [default: a temporary dir]",
+        ),
+    ] = None,
 ) -> None:
     """Two identities on loopback: real XX and IK handshakes over TCP, messages both ways."""
     from peerkit.demo import run_demo
 
     with tempfile.TemporaryDirectory(prefix="peerkit-demo-") as tmp:
-        alice, _ = Identity.load_or_create(Path(tmp) / "alice")
-        bob, _ = Identity.load_or_create(Path(tmp) / "bob")
+        base = data_dir or Path(tmp)
+        alice, _ = Identity.load_or_create(base / "demo-alice")
+        bob, _ = Identity.load_or_create(base / "demo-bob")
         console.print(f"alice  {alice.id}  [bold]{alice.fingerprint}[/bold]")
         console.print(f"bob    {bob.id}  [bold]{bob.fingerprint}[/bold]")
-        rounds = anyio.run(run_demo, alice, bob, messages)
+        with console.status("handshaking on 127.0.0.1", spinner="dots"):
+            rounds = anyio.run(run_demo, alice, bob, messages)
     for r in rounds:
         console.rule(r.protocol)
         console.print(f"alice saw  {r.alice_saw}")

@@ -68,3 +68,13 @@ def test_demo_runs_both_handshakes_and_exits_zero() -> None:
     assert out.count("handshake hash") == 2
     assert out.count("bob got 'hello #2 from alice'") == 2
     assert "demo complete" in out
+
+
+def test_demo_can_keep_its_identities(tmp_path: Path) -> None:
+    first = run("demo", "--messages", "1", "--data-dir", str(tmp_path))
+    second = run("demo", "--messages", "1", "--data-dir", str(tmp_path))
+    assert first.returncode == 0, first.stderr
+    assert second.returncode == 0, second.stderr
+    alice = run("id", "--json", "--data-dir", str(tmp_path / "demo-alice"))
+    assert json.loads(alice.stdout)["id"] in first.stdout
+    assert json.loads(alice.stdout)["id"] in second.stdout

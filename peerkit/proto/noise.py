@@ -99,6 +99,17 @@ def _protocol(name: str) -> _Protocol:
     return _Protocol(hash_function, init_pre, resp_pre, messages, sends[0], sends[1])
 
 
+_CACHED_PROLOGUE: Final = 256
+
+
+@lru_cache(maxsize=64)
+def _start(protocol_name: str, prologue: bytes) -> tuple[bytes, bytes]:
+    """``ck`` and ``h`` after ``InitializeSymmetric(protocol_name)`` and ``MixHash(prologue)``."""
+    ss = SymmetricState(protocol_name.encode("ascii"), _protocol(protocol_name).hash)
+    ss.mix_hash(prologue)
+    return ss.ck, ss.h
+
+
 def _check_key(value: bytes | None, what: str) -> bytes | None:
     if value is None or (type(value) is bytes and len(value) == DHLEN):
         return value
@@ -355,16 +366,26 @@ class HandshakeState:
             self._s_pub = crypto.public_key(self._s)
         self._e_pub = crypto.public_key(self._e) if self._e is not None else None
 
-        ss = SymmetricState(protocol_name.encode("ascii"), proto.hash)
-        ss.mix_hash(prologue if type(prologue) is bytes else bytes(prologue))
-        for pre, local in ((init_pre, self._initiator), (resp_pre, not self._initiator)):
-            for token in pre:
-                if token == "e":
-                    key = self._e_pub if local else self._re
-                else:
-                    key = self._s_pub if local else self._rs
-                assert key is not None
-                ss.mix_hash(key)
+        prologue = prologue if type(prologue) is bytes else bytes(prologue)
+        if len(prologue) <= _CACHED_PROLOGUE:
+            # InitializeSymmetric and MixHash(prologue) depend on nothing else: reuse them.
+            ss = SymmetricState.__new__(SymmetricState)
+            ss.hash = proto.hash
+            ss._new = proto.hash.new
+            ss.ck, ss.h = _start(protocol_name, prologue)
+            ss.cipher_state = CipherState()
+        else:
+            ss = SymmetricState(protocol_name.encode("ascii"), proto.hash)
+            ss.mix_hash(prologue)
+        if init_pre or resp_pre:
+            for pre, local in ((init_pre, initiator), (resp_pre, not initiator)):
+                for token in pre:
+                    if token == "e":
+                        key = self._e_pub if local else self._re
+                    else:
+                        key = self._s_pub if local else self._rs
+                    assert key is not None
+                    ss.mix_hash(key)
         self._ss = ss
 
     # -- public state ----------------------------------------------------------------------
