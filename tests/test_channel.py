@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import anyio
+import anyio.lowlevel
 import pytest
 
 from peerkit import (
@@ -238,3 +239,62 @@ async def test_transport_garbage_after_handshake_closes_with_protocol_error(
         tg.cancel_scope.cancel()
     assert len(received) == 1
     assert "decryption failed" in str(received[0])
+
+
+async def test_breaking_out_of_iteration_leaves_the_channel_usable(alice: Identity, bob: Identity) -> None:
+    a, b = await channel_pair(alice, bob)
+    async with a, b:
+        for i in range(3):
+            await a.send({"t": "n", "i": i})
+        async for message in b:
+            if message["i"] == 1:
+                break
+        assert await b.receive() == {"t": "n", "i": 2}
+
+
+async def test_sending_after_the_peer_closed(alice: Identity, bob: Identity) -> None:
+    a, b = await channel_pair(alice, bob)
+    await b.aclose()
+    with pytest.raises(anyio.EndOfStream):
+        await a.receive()
+    with pytest.raises(PeerUnreachable, match="the peer closed the channel"):
+        await a.send({"t": "x"})
+    await a.aclose()
+
+
+async def test_a_cancelled_receive_loses_no_message(alice: Identity, bob: Identity) -> None:
+    a, b = await channel_pair(alice, bob)
+    async with a, b:
+        with anyio.move_on_after(0.05):
+            await b.receive()
+        await a.send({"t": "after"})
+        assert await b.receive() == {"t": "after"}
+
+
+async def test_a_cancelled_handshake_closes_the_stream(alice: Identity) -> None:
+    a_stream, b_stream = memory_stream_pair()
+    with anyio.move_on_after(0.05):
+        await SecureChannel.wrap(a_stream, alice, initiator=True)
+    with pytest.raises(anyio.ClosedResourceError):
+        await a_stream.send(b"x")
+    await b_stream.aclose()
+
+
+@pytest.mark.network
+async def test_the_listener_bounds_pending_handshakes(alice: Identity, bob: Identity) -> None:
+    async with await listen(bob, max_handshakes=1) as listener, anyio.create_task_group() as tg:
+        await tg.start(listener.serve, lambda channel: anyio.lowlevel.checkpoint())
+        host, port = listener.address
+        silent = await anyio.connect_tcp(host, port)  # takes the only handshake slot
+        await anyio.sleep(0.05)
+        refused = await anyio.connect_tcp(host, port)
+        with anyio.fail_after(5), pytest.raises((anyio.EndOfStream, anyio.BrokenResourceError)):
+            await refused.receive()
+        await refused.aclose()
+        await silent.aclose()
+        await anyio.sleep(0.05)
+        async with await connect(host, port, alice, peer_id=bob.id) as channel:
+            assert channel.peer.id == bob.id
+        tg.cancel_scope.cancel()
+    with pytest.raises(ValueError, match="max_handshakes must be at least 1"):
+        await listen(bob, max_handshakes=0)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Self, cast
@@ -185,7 +185,7 @@ class SecureChannel:
 
         :raises ValueError: when the encoded message exceeds 65519 bytes.
         :raises anyio.ClosedResourceError: when this channel was closed.
-        :raises PeerUnreachable: when the connection broke.
+        :raises PeerUnreachable: when the connection broke or the peer closed the channel.
 
         If cancelled while writing, the channel is closed (a partial frame cannot be recalled).
         """
@@ -196,8 +196,10 @@ class SecureChannel:
         if self._closed:
             raise anyio.ClosedResourceError
         async with self._send_lock:
-            if self._conn.state is not State.OPEN:
+            if self._closed:
                 raise anyio.ClosedResourceError
+            if self._eof or self._conn.state is not State.OPEN:
+                raise PeerUnreachable("the peer closed the channel")
             self._conn.send_plaintext(plaintext)
             data = self._conn.data_to_send()
             try:
@@ -250,15 +252,15 @@ class SecureChannel:
                         self._pending.append(event.message)
             return self._pending.popleft()
 
-    def __aiter__(self) -> AsyncIterator[dict[str, Any]]:
-        return self._iterate()
+    def __aiter__(self) -> Self:
+        return self
 
-    async def _iterate(self) -> AsyncIterator[dict[str, Any]]:
-        while True:
-            try:
-                yield await self.receive()
-            except anyio.EndOfStream:
-                return
+    async def __anext__(self) -> dict[str, Any]:
+        """The next message; iteration ends when the peer closes the channel."""
+        try:
+            return await self.receive()
+        except anyio.EndOfStream:
+            raise StopAsyncIteration from None
 
     # -- closing ---------------------------------------------------------------------------
     @property
@@ -337,12 +339,16 @@ class ChannelListener:
         nickname: str,
         endpoint_name: str,
         handshake_timeout: float,
+        max_handshakes: int,
     ) -> None:
         self._listener = listener
         self._identity = identity
+        #: The nickname and endpoint name this side gives in its hello.
         self.nickname = nickname
         self.endpoint_name = endpoint_name
         self._handshake_timeout = handshake_timeout
+        self._max_handshakes = max_handshakes
+        self._handshaking = 0
 
     @property
     def address(self) -> tuple[str, int]:
@@ -363,6 +369,11 @@ class ChannelListener:
         """
 
         async def handle(stream: anyio.abc.SocketStream) -> None:
+            if self._handshaking >= self._max_handshakes:
+                log.warning("refusing a connection: %d handshakes are already under way", self._handshaking)
+                await anyio.aclose_forcefully(stream)
+                return
+            self._handshaking += 1
             try:
                 channel = await SecureChannel.wrap(
                     stream,
@@ -375,6 +386,8 @@ class ChannelListener:
             except (ProtocolError, PeerUnreachable) as exc:
                 log.info("incoming handshake failed: %s", exc)
                 return
+            finally:
+                self._handshaking -= 1
             async with channel:
                 try:
                     await handler(channel)
@@ -406,11 +419,18 @@ async def listen(
     nickname: str = "",
     endpoint_name: str = "",
     handshake_timeout: float = HANDSHAKE_TIMEOUT,
+    max_handshakes: int = 256,
 ) -> ChannelListener:
     """Listen for secure channels on ``host:port`` (port 0 picks a free one).
 
+    At most ``max_handshakes`` incoming handshakes run at once; connections beyond that are closed
+    at once, so that silent clients cannot pile up until their handshakes time out.
+
     :raises PeerUnreachable: when the address cannot be bound.
+    :raises ValueError: when ``max_handshakes`` is below 1 or a name is over 255 characters.
     """
+    if max_handshakes < 1:
+        raise ValueError(f"max_handshakes must be at least 1, not {max_handshakes}")
     check_text(nickname, "nickname")
     check_text(endpoint_name, "endpoint name")
     try:
@@ -423,4 +443,5 @@ async def listen(
         nickname=nickname,
         endpoint_name=endpoint_name,
         handshake_timeout=handshake_timeout,
+        max_handshakes=max_handshakes,
     )
