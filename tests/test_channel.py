@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import socket
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 
 import anyio
 import anyio.lowlevel
@@ -145,13 +145,17 @@ async def test_bad_hello_arguments(alice: Identity) -> None:
 # -- TCP --------------------------------------------------------------------------------------
 
 
+def listening(bob: Identity) -> AbstractAsyncContextManager[tuple[str, int]]:
+    return listening_on(bob, "127.0.0.1")
+
+
 @asynccontextmanager
-async def listening(bob: Identity) -> AsyncIterator[tuple[str, int]]:
+async def listening_on(bob: Identity, host: str) -> AsyncIterator[tuple[str, int]]:
     async def echo(channel: SecureChannel) -> None:
         async for message in channel:
             await channel.send({"t": "echo", "from": str(channel.peer.id), "m": message})
 
-    async with await listen(bob, "127.0.0.1", 0, nickname="bob") as listener, anyio.create_task_group() as tg:
+    async with await listen(bob, host, 0, nickname="bob") as listener, anyio.create_task_group() as tg:
         await tg.start(listener.serve, echo)
         yield listener.address
         tg.cancel_scope.cancel()
@@ -298,3 +302,13 @@ async def test_the_listener_bounds_pending_handshakes(alice: Identity, bob: Iden
         tg.cancel_scope.cancel()
     with pytest.raises(ValueError, match="max_handshakes must be at least 1"):
         await listen(bob, max_handshakes=0)
+
+
+@pytest.mark.network
+async def test_ipv6_loopback(alice: Identity, bob: Identity) -> None:
+    async with listening_on(bob, "::1") as (host, port):
+        assert host == "::1"
+        async with await connect(host, port, alice, peer_id=bob.id) as channel:
+            assert channel.peer.address == ("::1", port)
+            await channel.send({"t": "v6"})
+            assert (await channel.receive())["m"] == {"t": "v6"}

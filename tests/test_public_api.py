@@ -58,3 +58,26 @@ def test_only_the_crypto_module_calls_the_low_level_bindings() -> None:
             assert low_level
         else:
             assert not low_level, f"{path.relative_to(PACKAGE)} imports {low_level}"
+
+
+def test_every_public_module_class_function_and_method_is_documented() -> None:
+    import importlib
+    import pkgutil
+
+    missing = []
+    for info in pkgutil.walk_packages(peerkit.__path__, "peerkit."):
+        module = importlib.import_module(info.name)
+        if not module.__doc__:
+            missing.append(info.name)
+        for name in getattr(module, "__all__", ()):
+            obj = getattr(module, name)
+            if (inspect.isclass(obj) or inspect.isfunction(obj)) and not obj.__doc__:
+                missing.append(f"{info.name}.{name}")
+            if inspect.isclass(obj):
+                for attr, value in vars(obj).items():
+                    if attr.startswith("_"):
+                        continue
+                    func = value.fget if isinstance(value, property) else getattr(value, "__func__", value)
+                    if inspect.isfunction(func) and not func.__doc__:
+                        missing.append(f"{info.name}.{name}.{attr}")
+    assert missing == []
