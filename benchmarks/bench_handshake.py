@@ -85,29 +85,21 @@ def run(progress: Progress, quick: bool = False) -> list[Result]:
             seconds,
             progress,
         )
-        ours = median(rates["peerkit"])
-        results.append(
-            Result(
-                NAME,
-                f"{pattern} handshakes/s",
-                "1/s",
-                ours,
-                "noiseprotocol",
-                median(rates["noiseprotocol"]),
-                ratio(rates["peerkit"], rates["noiseprotocol"]),
-                2.0 if pattern == "XX" else None,
-            )
+        references = (
+            ("noiseprotocol", "noiseprotocol", 2.0),
+            ("floor", f"crypto floor ({dh_count} DH + 2 keygen)", 0.8),
         )
-        results.append(
-            Result(
-                NAME,
-                f"{pattern} handshakes/s",
-                "1/s",
-                ours,
-                f"crypto floor ({dh_count} DH + 2 keygen)",
-                median(rates["floor"]),
-                ratio(rates["peerkit"], rates["floor"]),
-                0.8 if pattern == "XX" else None,
+        for key, label, target in references:
+            results.append(
+                Result(
+                    NAME,
+                    f"{pattern} handshakes/s",
+                    "1/s",
+                    median(rates["peerkit"]),
+                    label,
+                    median(rates[key]),
+                    ratio(rates["peerkit"], rates[key]),
+                    target if pattern == "XX" else None,
+                )
             )
-        )
     return results

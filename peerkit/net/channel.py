@@ -11,7 +11,6 @@ import logging
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from types import TracebackType
 from typing import Any, Self, cast
 
 import anyio
@@ -63,7 +62,7 @@ def _keys(identity: Identity) -> StaticKeys:
     return StaticKeys(private=identity.x25519_private, public=identity.x25519_public)
 
 
-class SecureChannel:
+class SecureChannel(anyio.abc.AsyncResource):
     """An encrypted, mutually authenticated channel of peerkit messages.
 
     Make one with :meth:`wrap` (over any anyio byte stream), :func:`connect` (TCP) or
@@ -281,14 +280,6 @@ class SecureChannel:
         self._conn.close()
         await self._stream.aclose()
 
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.aclose()
-
     def __repr__(self) -> str:
         state = "closed" if self._closed else "open"
         return f"<SecureChannel {state} peer={self.peer.id.fingerprint} {self.protocol}>"
@@ -328,7 +319,7 @@ async def connect(
     )
 
 
-class ChannelListener:
+class ChannelListener(anyio.abc.AsyncResource):
     """A TCP listener that hands each authenticated channel to a handler. See :func:`listen`."""
 
     def __init__(
@@ -401,14 +392,6 @@ class ChannelListener:
     async def aclose(self) -> None:
         """Stop listening."""
         await self._listener.aclose()
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.aclose()
 
 
 async def listen(
