@@ -1,15 +1,18 @@
 """``channel``: MB/s of application data through SecureChannel over loopback TCP, beside raw anyio TCP.
 
-Two peers are two processes: the receiving side runs in a child process (``python -m
-benchmarks.bench_channel sink MODE BYTES``), the sending side here, as it would between two peers.
-Both candidates move the same payload bytes in pieces of the same size (the largest a peerkit
-message can carry), read with the same buffer size, and the clock stops when the receiver has
-acknowledged the last byte. The rounds alternate between the two candidates.
+Two peers are two processes: for the figure with the target, the receiving side runs in a child
+process (``python -m benchmarks.bench_channel sink MODE BYTES``) and the sending side here, as
+between two peers. A second figure runs both ends in this process and event loop, where one core
+pays for both encryption and decryption. Both candidates move the same payload bytes in pieces of
+the same size (the largest a peerkit message can carry), read with the same buffer size, and the
+clock stops when the receiver has acknowledged the last byte. The candidates take turns round by
+round.
 """
 
 from __future__ import annotations
 
 import sys
+from collections.abc import Awaitable, Callable
 
 import anyio
 import anyio.abc
@@ -21,12 +24,15 @@ from peerkit.net.channel import SecureChannel, connect, listen
 
 NAME = "channel"
 ROUNDS = 7
-STEPS = 2 * ROUNDS
+STEPS = 4 * ROUNDS
 PIECE = 65519 - 13  # data bytes in the largest message {"t": "d", "d": ...}
+Setup = Callable[[str, int, Identity], Awaitable[float]]
 
 
-async def _sink(mode: str, total: int) -> None:
-    """The receiving peer: print where to connect, take one connection, acknowledge the data."""
+async def _serve(
+    mode: str, total: int, *, task_status: anyio.abc.TaskStatus[tuple[int, str]] = anyio.TASK_STATUS_IGNORED
+) -> None:
+    """The receiving peer: report where to connect, take one connection, acknowledge the data."""
     done = anyio.Event()
     if mode == "secure":
         identity = Identity.generate()
@@ -40,7 +46,7 @@ async def _sink(mode: str, total: int) -> None:
 
         async with await listen(identity) as listener, anyio.create_task_group() as tg:
             await tg.start(listener.serve, on_channel)
-            print(listener.address[1], identity.id, flush=True)
+            task_status.started((listener.address[1], str(identity.id)))
             await done.wait()
             tg.cancel_scope.cancel()
     else:
@@ -53,73 +59,86 @@ async def _sink(mode: str, total: int) -> None:
                 await stream.send(b"k")
             done.set()
 
-        async with (
-            await anyio.create_tcp_listener(local_host="127.0.0.1") as tcp,
-            anyio.create_task_group() as tg,
-        ):
+        tcp = await anyio.create_tcp_listener(local_host="127.0.0.1")
+        async with tcp, anyio.create_task_group() as tg:
             tg.start_soon(tcp.serve, on_stream)
-            print(tcp.extra(anyio.abc.SocketAttribute.local_port), "-", flush=True)
+            task_status.started((tcp.extra(anyio.abc.SocketAttribute.local_port), "-"))
             await done.wait()
             tg.cancel_scope.cancel()
 
 
-async def _send(mode: str, total: int, alice: Identity) -> float:
-    """Start a sink process, send ``total`` bytes to it, return MB/s."""
+async def _sink(mode: str, total: int) -> None:
+    """The child process: serve, printing the port and peer id on one line."""
+    async with anyio.create_task_group() as tg:
+        port, peer_id = await tg.start(_serve, mode, total)
+        print(port, peer_id, flush=True)
+
+
+async def _push(mode: str, port: int, peer_id: str, total: int, alice: Identity) -> float:
+    """Send ``total`` bytes to the sink at ``port``; return MB/s."""
     payload = bytes(PIECE)
+    if mode == "secure":
+        async with await connect("127.0.0.1", port, alice, peer_id=PeerId.parse(peer_id)) as channel:
+            start = anyio.current_time()
+            for _ in range(total // PIECE):
+                await channel.send({"t": "d", "d": payload})
+            await channel.receive()
+            elapsed = anyio.current_time() - start
+    else:
+        async with await anyio.connect_tcp("127.0.0.1", port) as stream:
+            start = anyio.current_time()
+            for _ in range(total // PIECE):
+                await stream.send(payload)
+            await stream.receive()
+            elapsed = anyio.current_time() - start
+    return total / elapsed / 1e6
+
+
+async def _two_processes(mode: str, total: int, alice: Identity) -> float:
     command = [sys.executable, "-m", "benchmarks.bench_channel", "sink", mode, str(total)]
     async with await anyio.open_process(command) as process:
         assert process.stdout is not None
         line = b""
         while not line.endswith(b"\n"):
             line += await process.stdout.receive(1)
-        port_text, id_text = line.decode().split()
-        port = int(port_text)
-        if mode == "secure":
-            async with await connect("127.0.0.1", port, alice, peer_id=PeerId.parse(id_text)) as channel:
-                start = anyio.current_time()
-                for _ in range(total // PIECE):
-                    await channel.send({"t": "d", "d": payload})
-                await channel.receive()
-                elapsed = anyio.current_time() - start
-        else:
-            async with await anyio.connect_tcp("127.0.0.1", port) as stream:
-                start = anyio.current_time()
-                for _ in range(total // PIECE):
-                    await stream.send(payload)
-                await stream.receive()
-                elapsed = anyio.current_time() - start
+        port, peer_id = line.decode().split()
+        rate = await _push(mode, int(port), peer_id, total, alice)
         await process.wait()
-    return total / elapsed / 1e6
+    return rate
+
+
+async def _one_process(mode: str, total: int, alice: Identity) -> float:
+    async with anyio.create_task_group() as tg:
+        port, peer_id = await tg.start(_serve, mode, total)
+        rate = await _push(mode, port, peer_id, total, alice)
+    return rate
 
 
 def run(progress: Progress, quick: bool = False) -> list[Result]:
     rounds = 2 if quick else ROUNDS
     total = PIECE * (200 if quick else 1600)
     alice = Identity.generate()
+    results = []
+    for setup, figure, target in (
+        (_two_processes, "SecureChannel MB/s, one process per peer", 0.25),
+        (_one_process, "SecureChannel MB/s, both peers in one process", None),
+    ):
 
-    async def main() -> tuple[list[float], list[float]]:
-        ours: list[float] = []
-        raw: list[float] = []
-        for _ in range(rounds):
-            ours.append(await _send("secure", total, alice))
-            progress()
-            raw.append(await _send("raw", total, alice))
-            progress()
-        return ours, raw
+        async def main(setup: Setup = setup) -> tuple[list[float], list[float]]:
+            ours: list[float] = []
+            raw: list[float] = []
+            for _ in range(rounds):
+                ours.append(await setup("secure", total, alice))
+                progress()
+                raw.append(await setup("raw", total, alice))
+                progress()
+            return ours, raw
 
-    ours, raw = anyio.run(main)
-    return [
-        Result(
-            NAME,
-            "SecureChannel MB/s",
-            "MB/s",
-            median(ours),
-            "raw anyio TCP",
-            median(raw),
-            ratio(ours, raw),
-            0.25,
+        ours, raw = anyio.run(main)
+        results.append(
+            Result(NAME, figure, "MB/s", median(ours), "raw anyio TCP", median(raw), ratio(ours, raw), target)
         )
-    ]
+    return results
 
 
 if __name__ == "__main__" and sys.argv[1:2] == ["sink"]:
