@@ -100,6 +100,8 @@ def _protocol(name: str) -> _Protocol:
 
 
 _CACHED_PROLOGUE: Final = 256
+# The most a handshake message adds to its payload: e (32), s with its tag (48), the payload's tag.
+_MAX_OVERHEAD: Final = DHLEN + DHLEN + TAGLEN + TAGLEN
 
 
 @lru_cache(maxsize=64)
@@ -464,58 +466,69 @@ class HandshakeState:
             failed, or the message would exceed 65535 bytes (nothing is changed then).
         """
         tokens = self._check_turn(writing=True)
-        if not isinstance(payload, (bytes, bytearray, memoryview)):
-            raise TypeError(f"payload must be bytes, not {type(payload).__name__}")
+        if type(payload) is not bytes:
+            if not isinstance(payload, (bytearray, memoryview)):
+                raise TypeError(f"payload must be bytes, not {type(payload).__name__}")
+            payload = bytes(payload)
         ss = self._ss
         cs = ss.cipher_state
-        # Compute the message length first, so that an oversized payload changes nothing.
-        keyed = cs.k is not None
-        size = 0
-        for token in tokens:
-            if token == "e":
-                size += DHLEN
-            elif token == "s":
-                size += DHLEN + TAGLEN if keyed else DHLEN
-            else:
-                keyed = True
-        size += len(payload) + (TAGLEN if keyed else 0)
-        if size > MAX_MESSAGE_LEN:
-            raise HandshakeError(
-                f"handshake message would be {size} bytes; the Noise limit is {MAX_MESSAGE_LEN}"
-            )
-        # The spec's MixHash, MixKey and EncryptAndHash, inlined: this is the hot path of every
-        # connection. Nonces cannot run out within a handshake.
+        k = cs.k
+        if len(payload) > MAX_MESSAGE_LEN - _MAX_OVERHEAD:
+            # Compute the message length first, so that an oversized payload changes nothing.
+            keyed = k is not None
+            size = 0
+            for token in tokens:
+                if token == "e":
+                    size += DHLEN
+                elif token == "s":
+                    size += DHLEN + TAGLEN if keyed else DHLEN
+                else:
+                    keyed = True
+            size += len(payload) + (TAGLEN if keyed else 0)
+            if size > MAX_MESSAGE_LEN:
+                raise HandshakeError(
+                    f"handshake message would be {size} bytes; the Noise limit is {MAX_MESSAGE_LEN}"
+                )
+        # The spec's MixHash, MixKey and EncryptAndHash, inlined on local copies of h, ck, k and n:
+        # this is the hot path of every connection. Nonces cannot run out within a handshake.
         new = ss._new
+        hkdf = ss.hash.hkdf
+        encrypt = crypto.encrypt
+        h = ss.h
+        n = cs.n
         parts = []
         try:
             for token in tokens:
                 if token == "e":
                     if self._e is None:
                         self._e, self._e_pub = crypto.generate_keypair()
-                    assert self._e_pub is not None
-                    parts.append(self._e_pub)
-                    ss.h = new(ss.h + self._e_pub).digest()
+                    e_pub = self._e_pub
+                    assert e_pub is not None
+                    parts.append(e_pub)
+                    h = new(h + e_pub).digest()
                 elif token == "s":
-                    assert self._s_pub is not None
-                    if cs.k is None:
-                        ciphertext = self._s_pub
+                    s_pub = self._s_pub
+                    assert s_pub is not None
+                    if k is None:
+                        ciphertext = s_pub
                     else:
-                        ciphertext = crypto.encrypt(cs.k, cs.n, ss.h, self._s_pub)
-                        cs.n += 1
-                    ss.h = new(ss.h + ciphertext).digest()
+                        ciphertext = encrypt(k, n, h, s_pub)
+                        n += 1
+                    h = new(h + ciphertext).digest()
                     parts.append(ciphertext)
                 else:
-                    ss.ck, temp_k = ss.hash.hkdf(ss.ck, self._dh(token), 2)
-                    cs.k = temp_k[:32]
-                    cs.n = 0
-            payload = bytes(payload)
-            if cs.k is None:
+                    ss.ck, temp_k = hkdf(ss.ck, self._dh(token), 2)
+                    k = temp_k[:32]
+                    n = 0
+            if k is None:
                 ciphertext = payload
             else:
-                ciphertext = crypto.encrypt(cs.k, cs.n, ss.h, payload)
-                cs.n += 1
-            ss.h = new(ss.h + ciphertext).digest()
+                ciphertext = encrypt(k, n, h, payload)
+                n += 1
             parts.append(ciphertext)
+            ss.h = new(h + ciphertext).digest()
+            cs.k = k
+            cs.n = n
         except HandshakeError:
             self._failed = True
             raise
@@ -542,6 +555,11 @@ class HandshakeState:
         ss = self._ss
         cs = ss.cipher_state
         new = ss._new
+        hkdf = ss.hash.hkdf
+        decrypt = crypto.decrypt
+        h = ss.h
+        k = cs.k
+        n = cs.n
         pos = 0
         try:
             for token in tokens:
@@ -553,32 +571,34 @@ class HandshakeState:
                         )
                     pos += DHLEN
                     self._re = re
-                    ss.h = new(ss.h + re).digest()
+                    h = new(h + re).digest()
                 elif token == "s":
-                    size = DHLEN if cs.k is None else DHLEN + TAGLEN
+                    size = DHLEN if k is None else DHLEN + TAGLEN
                     temp = message[pos : pos + size]
                     if len(temp) != size:
                         raise HandshakeError("handshake message is truncated: it ends inside a static key")
                     pos += size
-                    if cs.k is None:
+                    if k is None:
                         self._rs = temp
                     else:
-                        self._rs = crypto.decrypt(cs.k, cs.n, ss.h, temp)
-                        cs.n += 1
-                    ss.h = new(ss.h + temp).digest()
+                        self._rs = decrypt(k, n, h, temp)
+                        n += 1
+                    h = new(h + temp).digest()
                 else:
-                    ss.ck, temp_k = ss.hash.hkdf(ss.ck, self._dh(token), 2)
-                    cs.k = temp_k[:32]
-                    cs.n = 0
-            ciphertext = message[pos:]
-            if cs.k is None:
+                    ss.ck, temp_k = hkdf(ss.ck, self._dh(token), 2)
+                    k = temp_k[:32]
+                    n = 0
+            ciphertext = message[pos:] if pos else message
+            if k is None:
                 payload = ciphertext
             else:
                 if len(ciphertext) < TAGLEN:
                     raise HandshakeError("handshake message is truncated: it has no room for its tag")
-                payload = crypto.decrypt(cs.k, cs.n, ss.h, ciphertext)
-                cs.n += 1
-            ss.h = new(ss.h + ciphertext).digest()
+                payload = decrypt(k, n, h, ciphertext)
+                n += 1
+            ss.h = new(h + ciphertext).digest()
+            cs.k = k
+            cs.n = n
         except InvalidTag as exc:
             self._failed = True
             raise HandshakeError(
