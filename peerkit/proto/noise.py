@@ -340,10 +340,19 @@ class HandshakeState:
         initiator = bool(initiator)
         self._protocol_name = protocol_name
         self._initiator = initiator
-        self._s = _check_key(s, "static private key s")
-        self._e = _check_key(e, "ephemeral private key e")
-        self._rs = _check_key(rs, "remote static public key rs")
-        self._re = _check_key(re, "remote ephemeral public key re")
+        # Keys are usually exactly 32 bytes already: check the others the slow way.
+        if not (s is None or (type(s) is bytes and len(s) == DHLEN)):
+            s = _check_key(s, "static private key s")
+        if not (e is None or (type(e) is bytes and len(e) == DHLEN)):
+            e = _check_key(e, "ephemeral private key e")
+        if not (rs is None or (type(rs) is bytes and len(rs) == DHLEN)):
+            rs = _check_key(rs, "remote static public key rs")
+        if not (re is None or (type(re) is bytes and len(re) == DHLEN)):
+            re = _check_key(re, "remote ephemeral public key re")
+        self._s = s
+        self._e = e
+        self._rs = rs
+        self._re = re
         init_pre = proto.initiator_pre
         resp_pre = proto.responder_pre
         self._messages = proto.messages
@@ -363,7 +372,11 @@ class HandshakeState:
         if self._s is None:
             self._s_pub = None
         elif s_public is not None:
-            self._s_pub = _check_key(s_public, "static public key s_public")
+            self._s_pub = (
+                s_public
+                if type(s_public) is bytes and len(s_public) == DHLEN
+                else _check_key(s_public, "static public key s_public")
+            )
         else:
             self._s_pub = crypto.public_key(self._s)
         self._e_pub = crypto.public_key(self._e) if self._e is not None else None
