@@ -1,0 +1,152 @@
+"""An independent peer written from PROTOCOL.md alone (noiseprotocol + cbor2 + pynacl, none of
+peerkit's code) talks to peerkit over real TCP, in both roles and both handshake patterns."""
+
+from __future__ import annotations
+
+import struct
+
+import anyio
+import anyio.abc
+import cbor2
+import nacl.bindings
+import nacl.signing
+import pytest
+from noise.connection import Keypair, NoiseConnection
+
+from peerkit import Identity, PeerId, SecureChannel, connect, listen
+
+pytestmark = [pytest.mark.asyncio, pytest.mark.network]
+
+XX = "Noise_XX_25519_ChaChaPoly_BLAKE2b"
+IK = "Noise_IK_25519_ChaChaPoly_BLAKE2b"
+
+
+class Foreign:
+    """A minimal peer following PROTOCOL.md sections 1 to 4."""
+
+    def __init__(self, nick: str) -> None:
+        self.key = nacl.signing.SigningKey.generate()
+        self.id = bytes(self.key.verify_key)
+        self.nick = nick
+        secret = bytes(self.key) + self.id
+        self.static = nacl.bindings.crypto_sign_ed25519_sk_to_curve25519(secret)
+
+    def hello(self) -> bytes:
+        return cbor2.dumps({"v": 1, "id": self.id, "nick": self.nick, "name": "foreign box"}, canonical=True)
+
+    @staticmethod
+    def check_hello(payload: bytes, remote_static: bytes) -> dict[str, object]:
+        hello = cbor2.loads(payload)
+        assert hello["v"] == 1
+        assert nacl.bindings.crypto_sign_ed25519_pk_to_curve25519(hello["id"]) == remote_static
+        return hello
+
+
+class Wire:
+    """Frames over an anyio stream: 2-byte big-endian length, then the payload."""
+
+    def __init__(self, stream: anyio.abc.ByteStream) -> None:
+        self.stream = stream
+        self.buffer = b""
+
+    async def send(self, payload: bytes) -> None:
+        await self.stream.send(struct.pack(">H", len(payload)) + payload)
+
+    async def receive(self) -> bytes:
+        while True:
+            if len(self.buffer) >= 2:
+                (n,) = struct.unpack(">H", self.buffer[:2])
+                if len(self.buffer) >= 2 + n:
+                    frame, self.buffer = self.buffer[2 : 2 + n], self.buffer[2 + n :]
+                    return frame
+            self.buffer += await self.stream.receive()
+
+
+@pytest.mark.parametrize("protocol", [XX, IK])
+async def test_a_foreign_initiator_talks_to_a_peerkit_listener(protocol: str) -> None:
+    server = Identity.generate()
+    foreign = Foreign("foreign-client")
+    seen: list[tuple[str, dict[str, object]]] = []
+
+    async def handler(channel: SecureChannel) -> None:
+        message = await channel.receive()
+        seen.append((channel.peer.nickname, message))
+        await channel.send({"t": "pong", "n": message["n"]})
+
+    async with await listen(server, nickname="peerkit-server") as listener, anyio.create_task_group() as tg:
+        await tg.start(listener.serve, handler)
+        async with await anyio.connect_tcp(*listener.address) as stream:
+            wire = Wire(stream)
+            preamble = b"peerkit/1 " + protocol.encode()
+            noise = NoiseConnection.from_name(protocol.encode())
+            noise.set_as_initiator()
+            noise.set_prologue(preamble)
+            noise.set_keypair_from_private_bytes(Keypair.STATIC, foreign.static)
+            if protocol == IK:
+                noise.set_keypair_from_public_bytes(Keypair.REMOTE_STATIC, server.x25519_public)
+            noise.start_handshake()
+            await wire.send(preamble)
+            if protocol == XX:
+                await wire.send(noise.write_message(b""))
+                hello = foreign.check_hello(noise.read_message(await wire.receive()), server.x25519_public)
+                await wire.send(noise.write_message(foreign.hello()))
+            else:
+                await wire.send(noise.write_message(foreign.hello()))
+                hello = foreign.check_hello(noise.read_message(await wire.receive()), server.x25519_public)
+            assert noise.handshake_finished
+            assert hello["id"] == server.id.key
+            assert hello["nick"] == "peerkit-server"
+            await wire.send(noise.encrypt(cbor2.dumps({"t": "ping", "n": 7}, canonical=True)))
+            reply = cbor2.loads(noise.decrypt(await wire.receive()))
+            assert reply == {"t": "pong", "n": 7}
+        tg.cancel_scope.cancel()
+    assert seen == [("foreign-client", {"t": "ping", "n": 7})]
+
+
+@pytest.mark.parametrize("protocol", [XX, IK])
+async def test_peerkit_dials_a_foreign_responder(protocol: str) -> None:
+    client = Identity.generate()
+    foreign = Foreign("foreign-server")
+    done = anyio.Event()
+    got: list[object] = []
+
+    async def serve(stream: anyio.abc.SocketStream) -> None:
+        async with stream:
+            wire = Wire(stream)
+            preamble = await wire.receive()
+            assert preamble == b"peerkit/1 " + protocol.encode()
+            noise = NoiseConnection.from_name(protocol.encode())
+            noise.set_as_responder()
+            noise.set_prologue(preamble)
+            noise.set_keypair_from_private_bytes(Keypair.STATIC, foreign.static)
+            noise.start_handshake()
+            payload = noise.read_message(await wire.receive())
+            if protocol == XX:
+                assert payload == b""
+                await wire.send(noise.write_message(foreign.hello()))
+                payload = noise.read_message(await wire.receive())
+                got.append(foreign.check_hello(payload, client.x25519_public))
+            else:
+                got.append(foreign.check_hello(payload, client.x25519_public))
+                await wire.send(noise.write_message(foreign.hello()))
+            assert noise.handshake_finished
+            got.append(cbor2.loads(noise.decrypt(await wire.receive())))
+            await wire.send(noise.encrypt(cbor2.dumps({"t": "bye"}, canonical=True)))
+        done.set()
+
+    tcp = await anyio.create_tcp_listener(local_host="127.0.0.1")
+    async with tcp, anyio.create_task_group() as tg:
+        tg.start_soon(tcp.serve, serve)
+        port = tcp.extra(anyio.abc.SocketAttribute.local_port)
+        peer_id = PeerId(foreign.id) if protocol == IK else None
+        async with await connect("127.0.0.1", port, client, peer_id=peer_id, nickname="pk") as channel:
+            assert channel.protocol == protocol
+            assert channel.peer.id == PeerId(foreign.id)
+            assert channel.peer.nickname == "foreign-server"
+            assert channel.peer.endpoint_name == "foreign box"
+            await channel.send({"t": "hi", "x": b"\x00\x01"})
+            assert await channel.receive() == {"t": "bye"}
+        await done.wait()
+        tg.cancel_scope.cancel()
+    assert got[0] == {"v": 1, "id": client.id.key, "nick": "pk", "name": ""}
+    assert got[1] == {"t": "hi", "x": b"\x00\x01"}
