@@ -76,3 +76,53 @@ def test_vector(vector: dict[str, Any]) -> None:
         ciphertext = enc.encrypt_with_ad(b"", payload)
         assert ciphertext.hex() == message["ciphertext"], f"transport message {i}"
         assert dec.decrypt_with_ad(b"", ciphertext) == payload
+
+
+@pytest.mark.parametrize("hash_name", ["BLAKE2b", "SHA256"])
+def test_symmetric_state_alone_reproduces_the_nn_vector(hash_name: str) -> None:
+    """Drive NN by hand through the spec's SymmetricState operations (no HandshakeState)."""
+    from peerkit.proto.crypto import dh, hash_function
+    from peerkit.proto.noise import SymmetricState
+
+    name = f"Noise_NN_25519_ChaChaPoly_{hash_name}"
+    vector = next(v for v in VECTORS if v["protocol_name"] == name)
+    e_i = bytes.fromhex(vector["init_ephemeral"])
+    e_r = bytes.fromhex(vector["resp_ephemeral"])
+    sides = [SymmetricState(name.encode(), hash_function(hash_name)) for _ in range(2)]
+    for ss in sides:
+        ss.mix_hash(bytes.fromhex(vector["init_prologue"]))
+    init, resp = sides
+    # -> e
+    payload = bytes.fromhex(vector["messages"][0]["payload"])
+    for ss in sides:
+        ss.mix_hash(public_key(e_i))
+    message = public_key(e_i) + init.encrypt_and_hash(payload)
+    assert message.hex() == vector["messages"][0]["ciphertext"]
+    assert resp.decrypt_and_hash(message[32:]) == payload
+    # <- e, ee
+    payload = bytes.fromhex(vector["messages"][1]["payload"])
+    for ss in sides:
+        ss.mix_hash(public_key(e_r))
+    init.mix_key(dh(e_i, public_key(e_r)))
+    resp.mix_key(dh(e_r, public_key(e_i)))
+    message = public_key(e_r) + resp.encrypt_and_hash(payload)
+    assert message.hex() == vector["messages"][1]["ciphertext"]
+    assert init.decrypt_and_hash(message[32:]) == payload
+    assert init.get_handshake_hash().hex() == vector["handshake_hash"]
+    i_send, _ = init.split()
+    payload = bytes.fromhex(vector["messages"][2]["payload"])
+    assert i_send.encrypt_with_ad(b"", payload).hex() == vector["messages"][2]["ciphertext"]
+
+
+def test_mix_key_and_hash_changes_key_and_hash_alike_on_both_sides() -> None:
+    from peerkit.proto.crypto import hash_function
+    from peerkit.proto.noise import SymmetricState
+
+    a, b = (
+        SymmetricState(b"Noise_NNpsk0_25519_ChaChaPoly_BLAKE2b", hash_function("BLAKE2b")) for _ in range(2)
+    )
+    before = a.h
+    a.mix_key_and_hash(b"psk" * 10)
+    b.mix_key_and_hash(b"psk" * 10)
+    assert a.h == b.h != before
+    assert b.decrypt_and_hash(a.encrypt_and_hash(b"secret")) == b"secret"
