@@ -126,6 +126,7 @@ class Connection:
         "_keys",
         "_peer",
         "_recv",
+        "_scratch",
         "_send",
         "_state",
         "handshake_hash",
@@ -155,6 +156,7 @@ class Connection:
         self._send: CipherState | None = None
         self._recv: CipherState | None = None
         self._peer: Hello | None = None
+        self._scratch: bytearray | None = None
         #: The Noise protocol name, once chosen.
         self.protocol: str | None = None
         #: The handshake hash, once the connection is open.
@@ -356,9 +358,16 @@ class Connection:
         state = self._state
         if state is State.OPEN:
             assert self._recv is not None
-            return MessageReceived(
-                message=messages.decode_message(self._recv.decrypt_with_ad_to_bytearray(b"", frame))
-            )
+            if len(frame) <= _SMALL:
+                plaintext = self._recv.decrypt_with_ad(b"", bytes(frame))
+                return MessageReceived(message=messages.decode_message(plaintext))
+            # Large messages are decrypted into one buffer kept for the purpose: the decoder copies
+            # every value out, so nothing refers to the buffer afterwards.
+            scratch = self._scratch
+            if scratch is None:
+                scratch = self._scratch = bytearray(MAX_PLAINTEXT)
+            with self._recv.decrypt_with_ad_into(b"", frame, scratch) as view:
+                return MessageReceived(message=messages.decode_message(view))
         frame = bytes(frame)
         if state is State.AWAIT_PREAMBLE:
             protocol = _SUPPORTED.get(frame)
@@ -424,3 +433,5 @@ class Connection:
 
 #: The largest transport plaintext: a 65535-byte frame less the 16-byte tag.
 MAX_PLAINTEXT: Final = 65535 - crypto.TAGLEN
+# Frames up to this size are decrypted into a new object; larger ones into the connection's buffer.
+_SMALL: Final = 4096

@@ -163,19 +163,19 @@ class TransportCipher:
                 "decryption failed: the message was truncated, altered, or sealed with another key"
             ) from None
 
-    def decrypt_to_bytearray(self, n: int, ad: bytes, ciphertext: bytes | memoryview) -> bytearray:
-        """Like :meth:`decrypt`, into a new ``bytearray`` (one copy fewer for large messages)."""
-        size = len(ciphertext) - TAGLEN
-        if size < 0:
+    def decrypt_into(self, n: int, ad: bytes, ciphertext: bytes | memoryview, out: memoryview) -> None:
+        """Write the plaintext of ``ciphertext`` into ``out``, which is exactly its size.
+
+        :raises InvalidTag: when it does not authenticate (``out`` then holds nothing useful).
+        """
+        if len(ciphertext) < TAGLEN:
             raise InvalidTag(f"ciphertext is {len(ciphertext)} bytes, shorter than its {TAGLEN}-byte tag")
-        out = bytearray(size)
         try:
             self._aead.decrypt_into(_nonce(n), ciphertext, ad, out)
         except _OpenSSLInvalidTag:
             raise InvalidTag(
                 "decryption failed: the message was truncated, altered, or sealed with another key"
             ) from None
-        return out
 
 
 def decrypt(key: bytes, n: int, ad: bytes, ciphertext: bytes) -> bytes:

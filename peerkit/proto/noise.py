@@ -216,19 +216,25 @@ class CipherState:
         self._keyed().encrypt_into(n, ad, plaintext, out, offset)
         self.n = n + 1
 
-    def decrypt_with_ad_to_bytearray(self, ad: bytes, ciphertext: bytes | memoryview) -> bytearray:
-        """:meth:`decrypt_with_ad` for a bytes-like ciphertext, returning a new ``bytearray``.
+    def decrypt_with_ad_into(self, ad: bytes, ciphertext: bytes | memoryview, out: bytearray) -> memoryview:
+        """:meth:`decrypt_with_ad` writing the plaintext into the start of ``out``.
 
-        Saves a copy on the transport's hot path. Requires a key.
+        Saves an allocation and a copy on the transport's hot path. Returns a view of the plaintext
+        in ``out``, valid until ``out`` is written again. Requires a key.
 
-        :raises ProtocolError: as :meth:`decrypt_with_ad`, or when there is no key.
+        :raises ProtocolError: as :meth:`decrypt_with_ad`, when there is no key, or when ``out`` is
+            too small.
         """
         if self.k is None:
             raise ProtocolError("this cipher state has no key")
         n = self._check_receive(len(ciphertext))
-        plaintext = self._keyed().decrypt_to_bytearray(n, ad, ciphertext)
+        size = len(ciphertext) - TAGLEN
+        if size > len(out):
+            raise ProtocolError(f"plaintext of {size} bytes does not fit the {len(out)}-byte buffer")
+        view = memoryview(out)[: max(size, 0)]
+        self._keyed().decrypt_into(n, ad, ciphertext, view)
         self.n = n + 1
-        return plaintext
+        return view
 
     def rekey(self) -> None:
         """``Rekey()``: replace ``k`` with the first 32 bytes of ENCRYPT(k, maxnonce, zerolen, zeros)."""
