@@ -274,3 +274,28 @@ def test_interop_with_noiseprotocol(pattern: str, hash_name: str, we_initiate: b
     for i in range(3):
         assert theirs.decrypt(send.encrypt_with_ad(b"", b"ours %d" % i)) == b"ours %d" % i
         assert recv.decrypt_with_ad(b"", theirs.encrypt(b"theirs %d" % i)) == b"theirs %d" % i
+
+
+def test_in_place_transport_variants_match_the_plain_ones() -> None:
+    key = os.urandom(32)
+    plain, into = CipherState(key), CipherState(key)
+    expected = plain.encrypt_with_ad(b"ad", b"hello")
+    frame = bytearray(3 + len(expected))
+    into.encrypt_with_ad_into(b"ad", b"hello", frame, 3)
+    assert bytes(frame[3:]) == expected
+    receiver = CipherState(key)
+    scratch = bytearray(100)
+    with receiver.decrypt_with_ad_into(b"ad", memoryview(frame)[3:], scratch) as view:
+        assert bytes(view) == b"hello"
+    assert receiver.n == 1
+    with pytest.raises(ProtocolError, match="does not fit the 2-byte buffer"):
+        CipherState(key).decrypt_with_ad_into(b"ad", expected, bytearray(2))
+    with pytest.raises(ProtocolError, match="no key"):
+        CipherState().decrypt_with_ad_into(b"", expected, scratch)
+    with pytest.raises(ProtocolError, match="no key"):
+        CipherState().encrypt_with_ad_into(b"", b"x", frame, 0)
+    bad = bytes([expected[0] ^ 1]) + expected[1:]
+    failing = CipherState(key)
+    with pytest.raises(ProtocolError, match="decryption failed"):
+        failing.decrypt_with_ad_into(b"ad", bad, scratch)
+    assert failing.n == 0
