@@ -23,7 +23,7 @@ from peerkit.net.channel import _READ_SIZE as READ_SIZE  # the same reads as Sec
 from peerkit.net.channel import SecureChannel, connect, listen
 
 NAME = "channel"
-ROUNDS = 9
+ROUNDS = 15
 STEPS = 4 * ROUNDS
 PIECE = 65519 - 13  # data bytes in the largest message {"t": "d", "d": ...}
 Setup = Callable[[str, int, Identity], Awaitable[float]]
