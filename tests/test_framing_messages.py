@@ -144,3 +144,70 @@ def test_frame_decoder_never_raises_anything_else(data: bytes) -> None:
             assert 1 <= len(frame) <= 65535
     except ProtocolError:
         pass
+
+
+def test_deterministic_encoding_orders_keys_bytewise_as_rfc_8949_says() -> None:
+    # RFC 8949 section 4.2.1: 10, 100, -1, "z", "aa" (the example's order, for the key types allowed)
+    encoded = messages.encode_deterministic({"aa": 5, "z": 4, -1: 3, 100: 2, 10: 1})
+    assert encoded.hex() == "a5" + "0a01" + "186402" + "2003" + "617a04" + "62616105"
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        (0, "00"),
+        (23, "17"),
+        (24, "1818"),
+        (1000, "1903e8"),
+        (2**32, "1b0000000100000000"),
+        (-1, "20"),
+        (-(2**64), "3bffffffffffffffff"),
+        (1.5, "f93e00"),
+        (100000.0, "fa47c35000"),
+        (1.1, "fb3ff199999999999a"),
+        (float("inf"), "f97c00"),
+        (float("nan"), "f97e00"),
+        (b"", "40"),
+        ("é", "62c3a9"),
+        ([1, [2]], "82018102"),
+        (None, "f6"),
+        (True, "f5"),
+    ],
+)
+def test_deterministic_encoding_of_single_items(value: object, expected: str) -> None:
+    assert messages.encode_deterministic(value).hex() == expected
+
+
+def test_deterministic_encoding_refuses_what_it_cannot_carry() -> None:
+    with pytest.raises(ValueError, match="does not fit in 64 bits"):
+        messages.encode_deterministic(2**64)
+    with pytest.raises(TypeError, match="map key of type float"):
+        messages.encode_deterministic({1.5: 1})
+    with pytest.raises(TypeError, match="cannot encode set"):
+        messages.encode_deterministic({1})
+    nested: list[object] = [0]
+    for _ in range(17):
+        nested = [nested]
+    with pytest.raises(ValueError, match="deeper than 16"):
+        messages.encode_deterministic(nested)
+
+
+text_keyed = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**64), 2**64 - 1)
+    | st.binary(max_size=30)
+    | st.text(max_size=30),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=30), children, max_size=4)
+    ),
+    max_leaves=25,
+)
+
+
+@given(text_keyed)
+def test_deterministic_encoding_round_trips_and_matches_cbor2_for_text_keys(value: object) -> None:
+    encoded = messages.encode_deterministic(value)
+    assert messages.decode(encoded) == value
+    # For text keys, cbor2's canonical (length-first) order is the same as the bytewise order.
+    assert encoded == messages.encode(value)

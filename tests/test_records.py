@@ -108,3 +108,11 @@ def test_sign_record_checks_its_arguments(alice: Identity) -> None:
 def test_open_record_only_ever_raises_invalid_record(data: bytes) -> None:
     with contextlib.suppress(InvalidRecord):
         open_record(data)
+
+
+def test_bodies_use_rfc_8949_key_order_even_where_cbor2_canonical_differs(alice: Identity) -> None:
+    envelope = sign_record(alice, 1, {"m": {1000: "int key", "a": "text key"}})
+    body = messages.decode(envelope)["body"]
+    # 1000 encodes as 19 03 e8 and sorts before "a" (61 61) bytewise; length-first would not.
+    assert body.index(bytes.fromhex("1903e8")) < body.index(bytes.fromhex("6161"))
+    assert open_record(envelope).body["m"] == {1000: "int key", "a": "text key"}

@@ -286,8 +286,13 @@ class Connection:
             raise ValueError(
                 f"encoded message is {len(plaintext)} bytes; a message holds 1 to {MAX_PLAINTEXT}"
             )
-        ciphertext = self._send.encrypt_with_ad(b"", plaintext)
-        self._buffer.append(len(ciphertext).to_bytes(2, "big") + ciphertext)
+        # Length prefix and ciphertext are written into one buffer: the message is not copied again.
+        size = len(plaintext) + crypto.TAGLEN
+        frame = bytearray(2 + size)
+        frame[0] = size >> 8
+        frame[1] = size & 0xFF
+        self._send.encrypt_with_ad_into(b"", plaintext, frame, 2)
+        self._buffer.append(frame)
 
     def close(self) -> None:
         """Stop the connection; later input is ignored and nothing more is sent."""

@@ -9,6 +9,7 @@ duplicate map keys, nesting deeper than :data:`MAX_DEPTH`, simple values other t
 
 from __future__ import annotations
 
+import math
 import struct
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -27,6 +28,7 @@ __all__ = (
     "decode_hello",
     "decode_message",
     "encode",
+    "encode_deterministic",
     "encode_hello",
     "encode_message",
 )
@@ -42,7 +44,9 @@ _unpack_double = struct.Struct(">d").unpack_from
 
 
 def encode(value: Any) -> bytes:
-    """The deterministic CBOR encoding of ``value``.
+    """A compact CBOR encoding of ``value`` (cbor2's canonical mode: shortest forms, sorted keys).
+
+    Transport messages need no more. Signed data uses :func:`encode_deterministic`.
 
     :raises TypeError: when ``value`` holds something CBOR cannot carry.
     """
@@ -50,6 +54,93 @@ def encode(value: Any) -> bytes:
         return bytes(cbor2.dumps(value, canonical=True))
     except cbor2.CBOREncodeError as exc:
         raise TypeError(f"cannot encode as CBOR: {exc}") from exc
+
+
+def _head(major: int, argument: int) -> bytes:
+    if argument < 24:
+        return bytes((major << 5 | argument,))
+    if argument < 0x100:
+        return bytes((major << 5 | 24, argument))
+    if argument < 0x10000:
+        return bytes((major << 5 | 25,)) + argument.to_bytes(2, "big")
+    if argument < 0x100000000:
+        return bytes((major << 5 | 26,)) + argument.to_bytes(4, "big")
+    return bytes((major << 5 | 27,)) + argument.to_bytes(8, "big")
+
+
+def _float(value: float) -> bytes:
+    # Preferred serialization: the shortest of half, single, double that holds the value exactly.
+    if math.isnan(value):
+        return b"\xf9\x7e\x00"
+    for code, fmt in ((0xF9, ">e"), (0xFA, ">f")):
+        try:
+            packed = struct.pack(fmt, value)
+        except OverflowError:
+            continue
+        if struct.unpack(fmt, packed)[0] == value:
+            return bytes((code,)) + packed
+    return b"\xfb" + struct.pack(">d", value)
+
+
+def _deterministic(value: Any, out: list[bytes], depth: int) -> None:
+    if depth > MAX_DEPTH:
+        raise ValueError(f"value nests deeper than {MAX_DEPTH} levels")
+    if value is None:
+        out.append(b"\xf6")
+    elif value is True:
+        out.append(b"\xf5")
+    elif value is False:
+        out.append(b"\xf4")
+    elif isinstance(value, int):
+        if not -(2**64) <= value < 2**64:
+            raise ValueError(f"integer {value} does not fit in 64 bits")
+        out.append(_head(0, value) if value >= 0 else _head(1, -1 - value))
+    elif isinstance(value, float):
+        out.append(_float(value))
+    elif isinstance(value, (bytes, bytearray, memoryview)):
+        data = bytes(value)
+        out.append(_head(2, len(data)))
+        out.append(data)
+    elif isinstance(value, str):
+        data = value.encode("utf-8")
+        out.append(_head(3, len(data)))
+        out.append(data)
+    elif isinstance(value, (list, tuple)):
+        out.append(_head(4, len(value)))
+        for item in value:
+            _deterministic(item, out, depth + 1)
+    elif isinstance(value, Mapping):
+        entries = []
+        for key, item in value.items():
+            if not isinstance(key, (str, int, bytes)) or isinstance(key, bool):
+                raise TypeError(f"map key of type {type(key).__name__} is not allowed")
+            encoded_key: list[bytes] = []
+            _deterministic(key, encoded_key, depth + 1)
+            encoded_item: list[bytes] = []
+            _deterministic(item, encoded_item, depth + 1)
+            entries.append((b"".join(encoded_key), b"".join(encoded_item)))
+        entries.sort(key=lambda entry: entry[0])
+        out.append(_head(5, len(entries)))
+        for encoded_key_bytes, encoded_item_bytes in entries:
+            out.append(encoded_key_bytes)
+            out.append(encoded_item_bytes)
+    else:
+        raise TypeError(f"cannot encode {type(value).__name__} as CBOR")
+
+
+def encode_deterministic(value: Any) -> bytes:
+    """The RFC 8949 core deterministic encoding of ``value`` (section 4.2.1).
+
+    Shortest integer and length forms, floats in their shortest exact form, no indefinite lengths,
+    and map entries sorted by the bytewise order of their encoded keys. Signed records use it, so
+    that every implementation derives the same bytes from the same content.
+
+    :raises TypeError: when ``value`` holds something CBOR cannot carry here.
+    :raises ValueError: when an integer does not fit in 64 bits or nesting is too deep.
+    """
+    out: list[bytes] = []
+    _deterministic(value, out, 0)
+    return b"".join(out)
 
 
 def decode(data: bytes | bytearray | memoryview, *, max_depth: int = MAX_DEPTH) -> Any:

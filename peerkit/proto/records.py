@@ -1,7 +1,8 @@
 """Signed records and contact cards (PROTOCOL.md section 5), sans-IO.
 
-A record's body is the canonical CBOR of a map holding at least ``"id"`` (the signer's 32-byte
-Ed25519 public key) and ``"seq"`` (an unsigned integer, strictly increasing per id). Its signature is
+A record's body is the RFC 8949 core deterministic CBOR of a map holding at least ``"id"`` (the
+signer's 32-byte Ed25519 public key) and ``"seq"`` (an unsigned integer, strictly increasing per id).
+Its signature is
 Ed25519 over ``domain + body``, where the domain is :data:`RECORD_DOMAIN` for discovery records and
 :data:`CARD_DOMAIN` for contact cards. The envelope is the CBOR map ``{"body": bytes, "sig": bytes}``.
 
@@ -76,9 +77,9 @@ def sign_record(
     if "id" in content or "seq" in content:
         raise ValueError('record content must not set "id" or "seq"; they come from the signer')
     key = bytes(signer.id)
-    body = messages.encode({**content, "id": key, "seq": seq})
+    body = messages.encode_deterministic({**content, "id": key, "seq": seq})
     signature = signer.sign(domain + body)
-    envelope = messages.encode({"body": body, "sig": signature})
+    envelope = messages.encode_deterministic({"body": body, "sig": signature})
     if len(envelope) > MAX_ENVELOPE:
         raise ValueError(f"signed record is {len(envelope)} bytes; the limit is {MAX_ENVELOPE}")
     return envelope
@@ -114,8 +115,8 @@ def open_record(envelope: bytes, *, domain: bytes = RECORD_DOMAIN) -> SignedReco
         raise InvalidRecord('signed record body has no unsigned "seq"')
     if not all(isinstance(k, str) for k in body):
         raise InvalidRecord("signed record body keys must be text")
-    if messages.encode(body) != body_bytes:
-        raise InvalidRecord("signed record body is not in canonical CBOR")
+    if messages.encode_deterministic(body) != body_bytes:
+        raise InvalidRecord("signed record body is not in canonical CBOR (RFC 8949 core deterministic)")
     try:
         nacl.signing.VerifyKey(key).verify(domain + body_bytes, signature)
     except (nacl.exceptions.BadSignatureError, nacl.exceptions.ValueError, nacl.exceptions.TypeError):
