@@ -211,3 +211,18 @@ def test_deterministic_encoding_round_trips_and_matches_cbor2_for_text_keys(valu
     assert messages.decode(encoded) == value
     # For text keys, cbor2's canonical (length-first) order is the same as the bytewise order.
     assert encoded == messages.encode(value)
+
+
+@given(
+    small=st.dictionaries(st.text(max_size=10), st.integers() | st.text(max_size=20), max_size=4),
+    big=st.binary(min_size=messages.LARGE_VALUE, max_size=messages.LARGE_VALUE + 300),
+)
+def test_message_parts_join_to_a_valid_encoding(small: dict[str, object], big: bytes) -> None:
+    message = {**small, "t": "data", "blob": big}
+    parts = messages.message_parts(message)
+    assert len(parts) > 1
+    assert any(part is big for part in parts)  # passed through, not copied
+    assert messages.decode_message(b"".join(parts)) == message
+    assert messages.message_parts({"t": "small"}) == [messages.encode_message({"t": "small"})]
+    with pytest.raises(ValueError, match='text "t"'):
+        messages.message_parts({"blob": big})

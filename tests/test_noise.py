@@ -299,3 +299,13 @@ def test_in_place_transport_variants_match_the_plain_ones() -> None:
     with pytest.raises(ProtocolError, match="decryption failed"):
         failing.decrypt_with_ad_into(b"ad", bad, scratch)
     assert failing.n == 0
+
+
+def test_in_place_encryption_matches_encrypt_with_ad() -> None:
+    key = os.urandom(32)
+    expected = CipherState(key).encrypt_with_ad(b"ad", b"payload")
+    buf = bytearray(b"xx" + b"payload" + bytes(16))
+    CipherState(key).encrypt_with_ad_in_place(b"ad", buf, 2, 7)
+    assert bytes(buf[2:]) == expected
+    with pytest.raises(ValueError, match="no room"):
+        CipherState(key).encrypt_with_ad_in_place(b"", bytearray(10), 2, 7)

@@ -188,27 +188,38 @@ class SecureChannel(anyio.abc.AsyncResource):
 
         If cancelled while writing, the channel is closed (a partial frame cannot be recalled).
         """
-        await self.send_encoded(messages.encode_message(message))
+        if self._closed:
+            raise anyio.ClosedResourceError
+        async with self._send_lock:
+            self._check_sendable()
+            self._conn.send_message(message)
+            await self._flush()
 
     async def send_encoded(self, plaintext: bytes) -> None:
         """Send one message that is already CBOR-encoded (see :meth:`send`)."""
         if self._closed:
             raise anyio.ClosedResourceError
         async with self._send_lock:
-            if self._closed:
-                raise anyio.ClosedResourceError
-            if self._eof or self._conn.state is not State.OPEN:
-                raise PeerUnreachable("the peer closed the channel")
+            self._check_sendable()
             self._conn.send_plaintext(plaintext)
-            data = self._conn.data_to_send()
-            try:
-                await _write(self._stream, data)
-            except (anyio.BrokenResourceError, OSError) as exc:
-                await self._abort()
-                raise PeerUnreachable("the connection to the peer broke") from exc
-            except anyio.get_cancelled_exc_class():
-                await self._abort()
-                raise
+            await self._flush()
+
+    def _check_sendable(self) -> None:
+        if self._closed:
+            raise anyio.ClosedResourceError
+        if self._eof or self._conn.state is not State.OPEN:
+            raise PeerUnreachable("the peer closed the channel")
+
+    async def _flush(self) -> None:
+        # Called with the send lock held.
+        try:
+            await _write(self._stream, self._conn.data_to_send())
+        except (anyio.BrokenResourceError, OSError) as exc:
+            await self._abort()
+            raise PeerUnreachable("the connection to the peer broke") from exc
+        except anyio.get_cancelled_exc_class():
+            await self._abort()
+            raise
 
     async def receive(self) -> dict[str, Any]:
         """The next message from the peer.

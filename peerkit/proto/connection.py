@@ -271,7 +271,29 @@ class Connection:
         :raises ValueError: when the encoded message is larger than one frame can carry.
         :raises TypeError: when the message cannot be encoded.
         """
-        self.send_plaintext(messages.encode_message(message))
+        parts = messages.message_parts(message)
+        if len(parts) == 1:
+            self.send_plaintext(parts[0])
+            return
+        # A message with large byte strings: its pieces are written straight into the frame and
+        # encrypted where they lie, so the large values are copied once on their way out.
+        if self._state is not State.OPEN:
+            raise RuntimeError(f"cannot send a message on a connection in state {self._state.value}")
+        assert self._send is not None
+        length = sum(len(part) for part in parts)
+        if length > MAX_PLAINTEXT:
+            raise ValueError(f"encoded message is {length} bytes; a message holds 1 to {MAX_PLAINTEXT}")
+        size = length + crypto.TAGLEN
+        frame = bytearray(2 + size)
+        frame[0] = size >> 8
+        frame[1] = size & 0xFF
+        pos = 2
+        for part in parts:
+            end = pos + len(part)
+            frame[pos:end] = part
+            pos = end
+        self._send.encrypt_with_ad_in_place(b"", frame, 2, length)
+        self._buffer.append(frame)
 
     def send_plaintext(self, plaintext: bytes) -> None:
         """Queue one already-encoded transport message.

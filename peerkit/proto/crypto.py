@@ -149,6 +149,17 @@ class TransportCipher:
         with memoryview(out) as view:
             self._aead.encrypt_into(_nonce(n), plaintext, ad, view[offset : offset + len(plaintext) + TAGLEN])
 
+    def encrypt_in_place(self, n: int, ad: bytes, buf: bytearray, offset: int, length: int) -> None:
+        """Encrypt ``buf[offset:offset + length]`` where it lies, the tag following it in ``buf``."""
+        with memoryview(buf) as view:
+            if _in_place_works():
+                self._aead.encrypt_into(
+                    _nonce(n), view[offset : offset + length], ad, view[offset : offset + length + TAGLEN]
+                )
+            else:  # pragma: no cover - only with a cryptography that refuses overlapping buffers
+                plaintext = bytes(view[offset : offset + length])
+                self._aead.encrypt_into(_nonce(n), plaintext, ad, view[offset : offset + length + TAGLEN])
+
     def decrypt(self, n: int, ad: bytes, ciphertext: bytes | memoryview) -> bytes:
         """The plaintext of ``ciphertext``.
 
@@ -176,6 +187,26 @@ class TransportCipher:
             raise InvalidTag(
                 "decryption failed: the message was truncated, altered, or sealed with another key"
             ) from None
+
+
+_IN_PLACE: list[bool] = []
+
+
+def _in_place_works() -> bool:
+    """Whether OpenSSL (through ``cryptography``) encrypts correctly with input and output at the
+    same address; checked once, against an out-of-place encryption."""
+    if not _IN_PLACE:
+        aead = _ChaCha20Poly1305(bytes(range(32)))
+        nonce = bytes(12)
+        plaintext = bytes(range(200))
+        buf = bytearray(plaintext + bytes(TAGLEN))
+        try:
+            with memoryview(buf) as view:
+                aead.encrypt_into(nonce, view[:200], b"ad", view)
+            _IN_PLACE.append(bytes(buf) == aead.encrypt(nonce, plaintext, b"ad"))
+        except (ValueError, TypeError, BufferError):  # pragma: no cover - depends on the version
+            _IN_PLACE.append(False)
+    return _IN_PLACE[0]
 
 
 def decrypt(key: bytes, n: int, ad: bytes, ciphertext: bytes) -> bytes:

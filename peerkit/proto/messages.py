@@ -21,6 +21,7 @@ from peerkit.errors import ProtocolError
 from peerkit.model import MAX_TEXT
 
 __all__ = (
+    "LARGE_VALUE",
     "MAX_DEPTH",
     "PROTOCOL_VERSION",
     "Hello",
@@ -31,6 +32,7 @@ __all__ = (
     "encode_deterministic",
     "encode_hello",
     "encode_message",
+    "message_parts",
 )
 
 #: How deep arrays and maps may nest in anything peerkit decodes.
@@ -271,6 +273,36 @@ def encode_message(message: Mapping[str, Any]) -> bytes:
     if not isinstance(message.get("t"), str):
         raise ValueError('a message must have a text "t" naming its type')
     return encode(dict(message))
+
+
+#: Byte strings at least this long are not copied by :func:`message_parts`.
+LARGE_VALUE: Final = 4096
+
+
+def message_parts(message: Mapping[str, Any]) -> list[bytes]:
+    """The encoding of a transport message as pieces to be joined (see :func:`encode_message`).
+
+    Large byte strings at the top level of the map are passed through by reference, so that a
+    caller writing the pieces into one buffer copies them once. Small messages are one piece.
+
+    :raises ValueError: when ``message`` has no text ``"t"``.
+    :raises TypeError: when it is not a mapping or holds a value CBOR cannot carry.
+    """
+    if not isinstance(message, Mapping):
+        raise TypeError(f"a message must be a mapping, not {type(message).__name__}")
+    if not any(type(value) is bytes and len(value) >= LARGE_VALUE for value in message.values()):
+        return [encode_message(message)]
+    if not isinstance(message.get("t"), str):
+        raise ValueError('a message must have a text "t" naming its type')
+    parts = [_head(5, len(message))]
+    for key, value in message.items():
+        parts.append(encode(key))
+        if type(value) is bytes and len(value) >= LARGE_VALUE:
+            parts.append(_head(2, len(value)))
+            parts.append(value)
+        else:
+            parts.append(encode(value))
+    return parts
 
 
 def decode_message(data: bytes | bytearray | memoryview) -> dict[str, Any]:

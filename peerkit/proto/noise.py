@@ -216,6 +216,21 @@ class CipherState:
         self._keyed().encrypt_into(n, ad, plaintext, out, offset)
         self.n = n + 1
 
+    def encrypt_with_ad_in_place(self, ad: bytes, buf: bytearray, offset: int, length: int) -> None:
+        """:meth:`encrypt_with_ad` of ``buf[offset:offset + length]``, in place; the tag follows it.
+
+        Requires a key, and room for the 16-byte tag after the plaintext.
+
+        :raises ProtocolError: as :meth:`encrypt_with_ad`, or when there is no key.
+        """
+        if self.k is None:
+            raise ProtocolError("this cipher state has no key")
+        if offset < 0 or len(buf) < offset + length + TAGLEN:
+            raise ValueError("buffer has no room for the plaintext and its tag")
+        n = self._check_send(length)
+        self._keyed().encrypt_in_place(n, ad, buf, offset, length)
+        self.n = n + 1
+
     def decrypt_with_ad_into(self, ad: bytes, ciphertext: bytes | memoryview, out: bytearray) -> memoryview:
         """:meth:`decrypt_with_ad` writing the plaintext into the start of ``out``.
 
