@@ -312,3 +312,14 @@ async def test_ipv6_loopback(alice: Identity, bob: Identity) -> None:
             assert channel.peer.address == ("::1", port)
             await channel.send({"t": "v6"})
             assert (await channel.receive())["m"] == {"t": "v6"}
+
+
+async def test_a_message_the_peer_would_refuse_is_refused_locally(alice: Identity, bob: Identity) -> None:
+    a, b = await channel_pair(alice, bob)
+    async with a, b:
+        with pytest.raises(ValueError, match="does not fit in 64 bits"):
+            await a.send({"t": "x", "n": 2**70})
+        with pytest.raises(TypeError, match="type set"):
+            await a.send({"t": "x", "s": {1}})
+        await a.send({"t": "fine"})
+        assert await b.receive() == {"t": "fine"}

@@ -214,7 +214,9 @@ def test_deterministic_encoding_round_trips_and_matches_cbor2_for_text_keys(valu
 
 
 @given(
-    small=st.dictionaries(st.text(max_size=10), st.integers() | st.text(max_size=20), max_size=4),
+    small=st.dictionaries(
+        st.text(max_size=10), st.integers(-(2**64), 2**64 - 1) | st.text(max_size=20), max_size=4
+    ),
     extra=st.binary(max_size=300),
 )
 def test_message_parts_join_to_a_valid_encoding(small: dict[str, object], extra: bytes) -> None:
@@ -227,3 +229,44 @@ def test_message_parts_join_to_a_valid_encoding(small: dict[str, object], extra:
     assert messages.message_parts({"t": "small"}) == [messages.encode_message({"t": "small"})]
     with pytest.raises(ValueError, match='text "t"'):
         messages.message_parts({"blob": big})
+
+
+@pytest.mark.parametrize(
+    ("message", "error", "match"),
+    [
+        ({"t": "x", "n": 2**64}, ValueError, "does not fit in 64 bits"),
+        ({"t": "x", "when": __import__("datetime").datetime(2026, 1, 1)}, TypeError, "type datetime"),
+        ({"t": "x", "s": {1, 2}}, TypeError, "type set"),
+        ({"t": "x", "m": {1.5: 1}}, TypeError, "map key of type float"),
+        ({"t": "x", "l": [[[[[[[[[[[[[[[[[[1]]]]]]]]]]]]]]]]]]}, ValueError, "deeper than 16"),
+        ({"t": 3}, ValueError, 'text "t"'),
+        ([("t", "x")], TypeError, "must be a mapping"),
+    ],
+)
+def test_messages_a_peer_would_refuse_are_refused_before_sending(
+    message: object, error: type[Exception], match: str
+) -> None:
+    with pytest.raises(error, match=match):
+        messages.encode_message(message)  # type: ignore[arg-type]
+    with pytest.raises(error, match=match):
+        messages.message_parts(message)  # type: ignore[arg-type]
+
+
+def test_every_accepted_type_round_trips() -> None:
+    message = {
+        "t": "all",
+        "i": -(2**64),
+        "u": 2**64 - 1,
+        "f": 1.5,
+        "b": b"\x00",
+        "ba": bytearray(b"\x01"),
+        "s": "text",
+        "l": [1, (2, 3)],
+        "m": {1: "int key", b"k": "bytes key"},
+        "n": None,
+        "yes": True,
+    }
+    decoded = messages.decode_message(messages.encode_message(message))
+    assert decoded["ba"] == b"\x01"
+    assert decoded["l"] == [1, [2, 3]]
+    assert decoded["m"] == {1: "int key", b"k": "bytes key"}

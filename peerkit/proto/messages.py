@@ -25,6 +25,7 @@ __all__ = (
     "MAX_DEPTH",
     "PROTOCOL_VERSION",
     "Hello",
+    "check_message",
     "decode",
     "decode_hello",
     "decode_message",
@@ -262,16 +263,57 @@ class _Decoder:
 # -- transport messages --------------------------------------------------------------------
 
 
-def encode_message(message: Mapping[str, Any]) -> bytes:
-    """Encode a transport message: a map with a text ``"t"`` naming its type.
+def check_message(message: object) -> None:
+    """Check that ``message`` is a transport message peerkit's own decoder would accept.
 
-    :raises ValueError: when ``message`` has no text ``"t"``.
-    :raises TypeError: when it is not a mapping or holds a value CBOR cannot carry.
+    It must be a mapping with a text ``"t"``, holding only maps (text, integer or byte-string keys),
+    lists, tuples, text, byte strings, integers that fit in 64 bits, floats, booleans and ``None``,
+    nested at most :data:`MAX_DEPTH` deep. (CBOR tags, which other types would need, are refused
+    by every peerkit receiver, so they are refused here before anything is sent.)
+
+    :raises TypeError: when it is not a mapping or holds a value of another type.
+    :raises ValueError: when it has no text ``"t"``, an integer is too large or nesting too deep.
     """
     if not isinstance(message, Mapping):
         raise TypeError(f"a message must be a mapping, not {type(message).__name__}")
     if not isinstance(message.get("t"), str):
         raise ValueError('a message must have a text "t" naming its type')
+    _check(message, 0)
+
+
+def _check(value: object, depth: int) -> None:
+    kind = type(value)
+    if kind is str or kind is bytes or kind is bool or kind is float or value is None:
+        return
+    if kind is int:
+        if not -(2**64) <= value < 2**64:  # type: ignore[operator]
+            raise ValueError(f"integer {value} does not fit in 64 bits")
+        return
+    if depth >= MAX_DEPTH:
+        raise ValueError(f"message nests deeper than {MAX_DEPTH} levels")
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            if type(key) not in (str, int, bytes):
+                raise TypeError(f"map key of type {type(key).__name__} is not allowed in a message")
+            _check(key, depth + 1)
+            _check(item, depth + 1)
+    elif kind is list or kind is tuple:
+        for item in value:  # type: ignore[attr-defined]
+            _check(item, depth + 1)
+    elif isinstance(value, (bytes, bytearray, str, int, float)):
+        return  # subclasses encode as their base type
+    else:
+        raise TypeError(f"a message cannot carry a value of type {kind.__name__}")
+
+
+def encode_message(message: Mapping[str, Any]) -> bytes:
+    """Encode a transport message: a map with a text ``"t"`` naming its type (see
+    :func:`check_message` for what it may hold).
+
+    :raises ValueError: when ``message`` has no text ``"t"``, or a value is out of range.
+    :raises TypeError: when it is not a mapping or holds a value of a type a message cannot carry.
+    """
+    check_message(message)
     return encode(dict(message))
 
 
@@ -288,12 +330,9 @@ def message_parts(message: Mapping[str, Any]) -> list[bytes]:
     :raises ValueError: when ``message`` has no text ``"t"``.
     :raises TypeError: when it is not a mapping or holds a value CBOR cannot carry.
     """
-    if not isinstance(message, Mapping):
-        raise TypeError(f"a message must be a mapping, not {type(message).__name__}")
+    check_message(message)
     if not any(type(value) is bytes and len(value) >= LARGE_VALUE for value in message.values()):
-        return [encode_message(message)]
-    if not isinstance(message.get("t"), str):
-        raise ValueError('a message must have a text "t" naming its type')
+        return [encode(dict(message))]
     parts = [_head(5, len(message))]
     for key, value in message.items():
         parts.append(encode(key))
