@@ -21,10 +21,6 @@ from typing import Final, Protocol, Self
 
 import nacl.bindings as _sodium
 import nacl.exceptions
-
-# The AEAD calls go to libsodium through pynacl's cffi module directly: the public wrappers in
-# nacl.bindings re-check every argument in Python, which doubles the cost of a small message.
-# Every argument is checked here once, where the Noise state machine builds it.
 from cryptography.exceptions import InvalidTag as _OpenSSLInvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305 as _ChaCha20Poly1305
 from nacl._sodium import ffi as _ffi
@@ -45,7 +41,6 @@ __all__ = (
     "ed25519_sk_to_x25519",
     "encrypt",
     "generate_keypair",
-    "generate_private_key",
     "hash_function",
     "public_key",
 )
@@ -53,6 +48,9 @@ __all__ = (
 DHLEN: Final = 32
 TAGLEN: Final = 16
 
+# X25519 and the handshake's AEAD calls go to libsodium through pynacl's cffi module directly: the
+# public wrappers in nacl.bindings re-check every argument in Python, which doubles the cost of a
+# small message. Every argument is checked here once, where the Noise state machine builds it.
 _nonce = struct.Struct("<4xQ").pack
 _aead_encrypt = _lib.crypto_aead_chacha20poly1305_ietf_encrypt
 _aead_decrypt = _lib.crypto_aead_chacha20poly1305_ietf_decrypt
@@ -62,7 +60,6 @@ _buffer = _ffi.buffer
 _NULL = _ffi.NULL
 _scalarmult = _lib.crypto_scalarmult
 _scalarmult_base = _lib.crypto_scalarmult_base
-_randombytes = _sodium.randombytes
 
 
 class _HashObject(Protocol):
@@ -77,11 +74,6 @@ class InvalidTag(ProtocolError):
 
 class LowOrderPoint(HandshakeError):
     """A Diffie-Hellman public key is of low order, so the shared secret would be all zeros."""
-
-
-def generate_private_key() -> bytes:
-    """Return a new X25519 private key from libsodium's CSPRNG."""
-    return _randombytes(DHLEN)
 
 
 def generate_keypair() -> tuple[bytes, bytes]:
