@@ -240,3 +240,27 @@ def test_altered_initiator_messages_never_crash_the_responder(
         b.receive_data(bytes(wire) + message, 0.0)
     except ProtocolError:
         assert b.state is State.CLOSED
+
+
+def test_injected_ephemeral_keys_make_the_transcript_reproducible() -> None:
+    alice = Identity.from_seed(bytes(range(32)))
+    bob = Identity.from_seed(bytes(range(1, 33)))
+
+    def transcript() -> list[bytes]:
+        a = Connection.initiate(keys(alice), hello(alice), now=0.0, ephemeral=bytes([7]) * 32)
+        b = Connection.respond(keys(bob), hello(bob), now=0.0, ephemeral=bytes([9]) * 32)
+        wire = []
+        for _ in range(2):
+            out = a.data_to_send()
+            wire.append(bytes(out))
+            b.receive_data(out, 0.0)
+            out = b.data_to_send()
+            wire.append(bytes(out))
+            a.receive_data(out, 0.0)
+        a.send_message({"t": "x"})
+        wire.append(bytes(a.data_to_send()))
+        return wire
+
+    first, second = transcript(), transcript()
+    assert first == second
+    assert first[0].startswith(b"\x00\x2bpeerkit/1 Noise_XX_25519_ChaChaPoly_BLAKE2b")
