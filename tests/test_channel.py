@@ -323,3 +323,16 @@ async def test_a_message_the_peer_would_refuse_is_refused_locally(alice: Identit
             await a.send({"t": "x", "s": {1}})
         await a.send({"t": "fine"})
         assert await b.receive() == {"t": "fine"}
+
+
+async def test_a_send_cancelled_mid_write_closes_the_channel(alice: Identity, bob: Identity) -> None:
+    a, b = await channel_pair(alice, bob)
+    # The peer reads nothing: the memory stream's buffer fills and a send blocks.
+    with anyio.move_on_after(0.2) as scope:
+        for i in range(1000):
+            await a.send({"t": "fill", "i": i})
+    assert scope.cancelled_caught
+    assert a.closed
+    with pytest.raises(anyio.ClosedResourceError):
+        await a.send({"t": "after"})
+    await b.aclose()
