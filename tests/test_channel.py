@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 
 import anyio
+import anyio.abc
 import anyio.lowlevel
 import pytest
 
@@ -336,3 +337,23 @@ async def test_a_send_cancelled_mid_write_closes_the_channel(alice: Identity, bo
     with pytest.raises(anyio.ClosedResourceError):
         await a.send({"t": "after"})
     await b.aclose()
+
+
+@pytest.mark.network
+async def test_a_silent_server_fails_the_dial_within_its_timeout(alice: Identity) -> None:
+    # A TCP server that accepts and then says nothing: the handshake cannot finish.
+    async def silent(stream: anyio.abc.SocketStream) -> None:
+        async with stream:
+            await anyio.sleep(10)
+
+    tcp = await anyio.create_tcp_listener(local_host="127.0.0.1")
+    async with tcp, anyio.create_task_group() as tg:
+        tg.start_soon(tcp.serve, silent)
+        port = tcp.extra(anyio.abc.SocketAttribute.local_port)
+        start = anyio.current_time()
+        with pytest.raises(HandshakeError, match="did not complete"):
+            await connect("127.0.0.1", port, alice, timeout=0.3)
+        assert anyio.current_time() - start < 2
+        with pytest.raises(ValueError, match="timeout must be positive"):
+            await connect("127.0.0.1", port, alice, timeout=0)
+        tg.cancel_scope.cancel()

@@ -308,10 +308,17 @@ async def connect(
 ) -> SecureChannel:
     """Dial ``host:port`` over TCP and run the handshake (IK when ``peer_id`` is given, else XX).
 
-    :raises PeerUnreachable: when no TCP connection can be made within ``timeout`` seconds.
-    :raises HandshakeError: when the handshake fails, or the peer is not ``peer_id``.
+    ``timeout`` bounds the whole dial: TCP connect and handshake together.
+
+    :raises PeerUnreachable: when no TCP connection can be made in time, or it breaks.
+    :raises HandshakeError: when the handshake fails, is not done in time, or the peer is not
+        ``peer_id``.
+    :raises ValueError: when ``host``, ``port`` or a name is invalid.
     """
     EndPoint(host, port)  # validates host and port
+    if not timeout > 0:
+        raise ValueError(f"timeout must be positive, not {timeout}")
+    start = anyio.current_time()
     try:
         with anyio.fail_after(timeout):
             stream = await anyio.connect_tcp(host, port)
@@ -326,7 +333,7 @@ async def connect(
         expected_peer=peer_id,
         nickname=nickname,
         endpoint_name=endpoint_name,
-        handshake_timeout=timeout,
+        handshake_timeout=max(timeout - (anyio.current_time() - start), 0.001),
     )
 
 
