@@ -84,8 +84,10 @@ class SecureChannel(anyio.abc.AsyncResource):
         self._receive_lock = anyio.Lock(fast_acquire=True)
         self._closed = False
         self._eof = False
-        self.protocol = done.protocol
-        self.handshake_hash = done.handshake_hash
+        #: The Noise protocol name that ran (XX or IK).
+        self.protocol: str = done.protocol
+        #: The Noise handshake hash: the same on both sides, unique to this session.
+        self.handshake_hash: bytes = done.handshake_hash
         address: tuple[str, int] | None = None
         try:
             raw = stream.extra(SocketAttribute.remote_address)
@@ -93,6 +95,7 @@ class SecureChannel(anyio.abc.AsyncResource):
                 address = (str(raw[0]), int(raw[1]))
         except anyio.TypedAttributeLookupError:
             pass
+        #: What the handshake proved about the other side.
         self.peer = PeerInfo(
             id=PeerId(done.peer.id), nickname=done.peer.nick, endpoint_name=done.peer.name, address=address
         )
