@@ -277,22 +277,14 @@ class Connection:
             return
         # A message with large byte strings: its pieces are written straight into the frame and
         # encrypted where they lie, so the large values are copied once on their way out.
-        if self._state is not State.OPEN:
-            raise RuntimeError(f"cannot send a message on a connection in state {self._state.value}")
-        assert self._send is not None
         length = sum(len(part) for part in parts)
-        if length > MAX_PLAINTEXT:
-            raise ValueError(f"encoded message is {length} bytes; a message holds 1 to {MAX_PLAINTEXT}")
-        size = length + crypto.TAGLEN
-        frame = bytearray(2 + size)
-        frame[0] = size >> 8
-        frame[1] = size & 0xFF
+        cipher, frame = self._new_frame(length)
         pos = 2
         for part in parts:
             end = pos + len(part)
             frame[pos:end] = part
             pos = end
-        self._send.encrypt_with_ad_in_place(b"", frame, 2, length)
+        cipher.encrypt_with_ad_in_place(b"", frame, 2, length)
         self._buffer.append(frame)
 
     def send_plaintext(self, plaintext: bytes) -> None:
@@ -301,20 +293,23 @@ class Connection:
         :raises RuntimeError: when the connection is not open.
         :raises ValueError: when ``plaintext`` is empty or larger than one frame can carry.
         """
+        cipher, frame = self._new_frame(len(plaintext))
+        cipher.encrypt_with_ad_into(b"", plaintext, frame, 2)
+        self._buffer.append(frame)
+
+    def _new_frame(self, length: int) -> tuple[CipherState, bytearray]:
+        # The sending cipher and a frame with its length prefix and room for ``length`` bytes of
+        # plaintext and the tag: prefix and ciphertext share one buffer, so nothing is copied again.
         if self._state is not State.OPEN:
             raise RuntimeError(f"cannot send a message on a connection in state {self._state.value}")
         assert self._send is not None
-        if not plaintext or len(plaintext) > MAX_PLAINTEXT:
-            raise ValueError(
-                f"encoded message is {len(plaintext)} bytes; a message holds 1 to {MAX_PLAINTEXT}"
-            )
-        # Length prefix and ciphertext are written into one buffer: the message is not copied again.
-        size = len(plaintext) + crypto.TAGLEN
+        if not 1 <= length <= MAX_PLAINTEXT:
+            raise ValueError(f"encoded message is {length} bytes; a message holds 1 to {MAX_PLAINTEXT}")
+        size = length + crypto.TAGLEN
         frame = bytearray(2 + size)
         frame[0] = size >> 8
         frame[1] = size & 0xFF
-        self._send.encrypt_with_ad_into(b"", plaintext, frame, 2)
-        self._buffer.append(frame)
+        return self._send, frame
 
     def close(self) -> None:
         """Stop the connection; later input is ignored and nothing more is sent."""
