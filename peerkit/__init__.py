@@ -4,12 +4,14 @@ Find people, invite them to a shared application, and talk over encrypted, mutua
 authenticated channels, with no server.
 """
 
+from peerkit.apps import AppStream, Handle, Invitation, InvitationPolicy, Subscription
 from peerkit.errors import (
     HandshakeError,
     IdentityError,
     InvalidRecord,
     LimitExceeded,
     NotAllowed,
+    NotRunning,
     NotSignedIn,
     PeerkitError,
     PeerUnreachable,
@@ -29,22 +31,33 @@ from peerkit.model import (
     SubscribePermission,
 )
 from peerkit.net.channel import ChannelListener, PeerInfo, SecureChannel, connect, listen
+from peerkit.net.control import KeepalivePolicy
+from peerkit.node import Node
+from peerkit.peers import Peer
 
 __version__ = "0.1.0"
 
 __all__ = (
+    "AppStream",
     "Application",
     "ChangeType",
     "ChannelListener",
     "EndPoint",
+    "Handle",
     "HandshakeError",
     "Identity",
     "IdentityError",
     "InvalidRecord",
+    "Invitation",
+    "InvitationPolicy",
     "InvitationResponse",
+    "KeepalivePolicy",
     "LimitExceeded",
+    "Node",
     "NotAllowed",
+    "NotRunning",
     "NotSignedIn",
+    "Peer",
     "PeerId",
     "PeerInfo",
     "PeerObject",
@@ -57,6 +70,7 @@ __all__ = (
     "SecureChannel",
     "StaleRecord",
     "SubscribePermission",
+    "Subscription",
     "__version__",
     "connect",
     "listen",

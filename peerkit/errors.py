@@ -12,6 +12,7 @@ plain misuse of an argument, it inherits the matching builtin too, so ``except V
     │   └── StaleRecord          a record's ``seq`` is not newer than one already accepted
     ├── LimitExceeded            a value is over one of the limits of REFERENCE.md R2 (also ``ValueError``)
     ├── NotSignedIn              the operation needs a sign-in first
+    ├── NotRunning               the node is not running (use it inside ``async with``; also ``RuntimeError``)
     └── NotAllowed               the peer's policy or permissions refuse the operation
 
 State errors of streams (closed, broken, end of stream) are anyio's own
@@ -26,6 +27,7 @@ __all__ = (
     "InvalidRecord",
     "LimitExceeded",
     "NotAllowed",
+    "NotRunning",
     "NotSignedIn",
     "PeerUnreachable",
     "PeerkitError",
@@ -68,6 +70,10 @@ class LimitExceeded(PeerkitError, ValueError):
 
 class NotSignedIn(PeerkitError):
     """The operation requires the node to be signed in to a scope first."""
+
+
+class NotRunning(PeerkitError, RuntimeError):
+    """The node is not running: it was not entered with ``async with``, or it has exited."""
 
 
 class NotAllowed(PeerkitError):

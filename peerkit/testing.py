@@ -1,31 +1,83 @@
 """Helpers for testing code built on peerkit without a network.
 
-:func:`memory_stream_pair` gives two connected anyio byte streams, so a
-:class:`~peerkit.SecureChannel` (or anything else that takes a byte stream) can run in memory.
+- :func:`memory_stream_pair` gives two connected anyio byte streams, so a
+  :class:`~peerkit.SecureChannel` (or anything else that takes a byte stream) can run in memory.
+- :class:`MemoryNetwork` is a whole network in memory: give it to several
+  :class:`~peerkit.Node` objects (``Node(network=net, ...)``) and they listen, dial, invite and stream
+  to each other with no socket. It can also cut a node off silently, like a pulled cable.
+- :class:`MemoryDiscovery` is an in-memory directory: nodes signed in to ``NEAR_ME`` publish their
+  id, nickname and endpoint there, and :meth:`~peerkit.Node.resolve` finds peers through it.
 """
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
 import anyio
 import anyio.abc
+from anyio.abc import SocketAttribute
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-__all__ = ("MemoryByteStream", "memory_stream_pair")
+from peerkit.errors import PeerUnreachable
+from peerkit.identity import PeerId
+from peerkit.model import EndPoint
+
+__all__ = (
+    "DirectoryEntry",
+    "MemoryByteStream",
+    "MemoryDiscovery",
+    "MemoryListener",
+    "MemoryNetwork",
+    "memory_stream_pair",
+)
+
+
+@dataclass(slots=True)
+class _Link:
+    # Shared by the two ends of one in-memory connection.
+    frozen: bool = False
 
 
 class MemoryByteStream(anyio.abc.ByteStream):
     """One end of an in-memory byte stream pair; see :func:`memory_stream_pair`."""
 
     def __init__(
-        self, send: MemoryObjectSendStream[bytes], receive: MemoryObjectReceiveStream[bytes]
+        self,
+        send: MemoryObjectSendStream[bytes],
+        receive: MemoryObjectReceiveStream[bytes],
+        *,
+        local_address: tuple[str, int] | None = None,
+        remote_address: tuple[str, int] | None = None,
+        link: _Link | None = None,
     ) -> None:
         self._send = send
         self._receive = receive
         self._buffer = b""
+        self._local = local_address
+        self._remote = remote_address
+        self._link = link or _Link()
+
+    @property
+    def extra_attributes(self) -> Mapping[Any, Callable[[], Any]]:
+        """The local and remote addresses, when the stream came from a :class:`MemoryNetwork`."""
+        attributes: dict[Any, Callable[[], Any]] = {}
+        if self._local is not None:
+            local = self._local
+            attributes[SocketAttribute.local_address] = lambda: local
+        if self._remote is not None:
+            remote = self._remote
+            attributes[SocketAttribute.remote_address] = lambda: remote
+        return attributes
 
     async def send(self, item: bytes) -> None:
-        """Send bytes to the other end (waits while its buffer is full)."""
-        if item:
+        """Send bytes to the other end (waits while its buffer is full).
+
+        While the network has this connection frozen, the bytes are silently lost.
+        """
+        if item and not self._link.frozen:
             await self._send.send(bytes(item))
 
     async def receive(self, max_bytes: int = 65536) -> bytes:
@@ -53,3 +105,151 @@ def memory_stream_pair(max_buffer: int = 64) -> tuple[MemoryByteStream, MemoryBy
     a_send, b_receive = anyio.create_memory_object_stream[bytes](max_buffer)
     b_send, a_receive = anyio.create_memory_object_stream[bytes](max_buffer)
     return MemoryByteStream(a_send, a_receive), MemoryByteStream(b_send, b_receive)
+
+
+class MemoryListener(anyio.abc.Listener[MemoryByteStream]):
+    """A listener on a :class:`MemoryNetwork`; made by :meth:`MemoryNetwork.listen`."""
+
+    def __init__(self, network: MemoryNetwork, address: tuple[str, int]) -> None:
+        self._network = network
+        self._address = address
+        send, receive = anyio.create_memory_object_stream[MemoryByteStream](64)
+        self._incoming_send = send
+        self._incoming = receive
+
+    @property
+    def extra_attributes(self) -> Mapping[Any, Callable[[], Any]]:
+        """The bound address, as :attr:`anyio.abc.SocketAttribute.local_address`."""
+        address = self._address
+        return {SocketAttribute.local_address: lambda: address}
+
+    async def serve(
+        self,
+        handler: Callable[[MemoryByteStream], Any],
+        task_group: anyio.abc.TaskGroup | None = None,
+    ) -> None:
+        """Run ``handler(stream)`` in ``task_group`` for every connection, until cancelled or closed."""
+        async with anyio.create_task_group() as own:
+            group = task_group or own
+            async for stream in self._incoming:
+                group.start_soon(handler, stream)
+
+    def _deliver(self, stream: MemoryByteStream) -> None:
+        try:
+            self._incoming_send.send_nowait(stream)
+        except (anyio.WouldBlock, anyio.ClosedResourceError, anyio.BrokenResourceError):
+            raise PeerUnreachable(f"connection refused by {self._address[0]}:{self._address[1]}") from None
+
+    async def aclose(self) -> None:
+        """Stop listening; later connections to this address are refused."""
+        self._network._listeners.pop(self._address, None)
+        self._incoming_send.close()
+        self._incoming.close()
+
+
+@dataclass(slots=True)
+class _Connection:
+    ends: tuple[tuple[str, int], tuple[str, int]]
+    link: _Link = field(default_factory=_Link)
+
+
+class MemoryNetwork:
+    """A network in memory for :class:`~peerkit.Node` (``Node(network=net)``): no sockets at all.
+
+    Hosts are any strings (addresses like ``"10.0.0.1"`` read best); ports are given out from 40000
+    when a node asks for port 0. :meth:`freeze` cuts a host off without closing anything, so that
+    its peers notice only through keepalives, as after a crash or a pulled cable.
+    """
+
+    def __init__(self, *, buffer: int = 64) -> None:
+        self._listeners: dict[tuple[str, int], MemoryListener] = {}
+        self._ports = itertools.count(40000)
+        self._buffer = buffer
+        self._connections: list[_Connection] = []
+        self._frozen: set[str] = set()
+
+    async def listen(self, host: str, port: int) -> MemoryListener:
+        """Listen on ``host:port`` (port 0 picks a free one).
+
+        :raises PeerUnreachable: when the address is taken.
+        """
+        if port == 0:
+            port = next(self._ports)
+        address = (host, port)
+        if address in self._listeners:
+            raise PeerUnreachable(f"cannot listen on {host}:{port}: the address is in use")
+        listener = self._listeners[address] = MemoryListener(self, address)
+        return listener
+
+    async def connect(self, host: str, port: int, *, local_host: str) -> MemoryByteStream:
+        """Connect to a listener on ``host:port``.
+
+        :raises PeerUnreachable: when nothing listens there or either host is frozen.
+        """
+        await anyio.lowlevel.checkpoint()
+        listener = self._listeners.get((host, port))
+        if listener is None or host in self._frozen or local_host in self._frozen:
+            raise PeerUnreachable(f"could not connect to {host}:{port}: connection refused")
+        local = (local_host, next(self._ports))
+        connection = _Connection(ends=(local, (host, port)))
+        a_send, b_receive = anyio.create_memory_object_stream[bytes](self._buffer)
+        b_send, a_receive = anyio.create_memory_object_stream[bytes](self._buffer)
+        dialler = MemoryByteStream(
+            a_send, a_receive, local_address=local, remote_address=(host, port), link=connection.link
+        )
+        accepted = MemoryByteStream(
+            b_send, b_receive, local_address=(host, port), remote_address=local, link=connection.link
+        )
+        listener._deliver(accepted)
+        self._connections.append(connection)
+        return dialler
+
+    def freeze(self, host: str) -> None:
+        """Cut ``host`` off: bytes to and from it are lost from now on and new connections fail,
+        but nothing is closed (nobody gets an end of stream)."""
+        self._frozen.add(host)
+        for connection in self._connections:
+            if any(end[0] == host for end in connection.ends):
+                connection.link.frozen = True
+
+    def thaw(self, host: str) -> None:
+        """Let ``host`` make new connections again (frozen connections stay dead)."""
+        self._frozen.discard(host)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DirectoryEntry:
+    """What a node published in a :class:`MemoryDiscovery`."""
+
+    #: The node's id.
+    id: PeerId
+    #: Its nickname.
+    nickname: str
+    #: Where it listens.
+    endpoint: EndPoint
+
+
+class MemoryDiscovery:
+    """An in-memory directory of signed-in nodes (a stand-in for LAN discovery in tests).
+
+    Pass the same instance to several nodes (``Node(discovery=[directory])``).
+    """
+
+    def __init__(self) -> None:
+        self._entries: dict[tuple[PeerId, EndPoint], DirectoryEntry] = {}
+
+    def publish(self, entry: DirectoryEntry) -> None:
+        """Publish (or replace) ``entry``."""
+        self._entries[(entry.id, entry.endpoint)] = entry
+
+    def withdraw(self, peer_id: PeerId, endpoint: EndPoint) -> None:
+        """Remove what ``peer_id`` published for ``endpoint``; nothing happens when absent."""
+        self._entries.pop((peer_id, endpoint), None)
+
+    def entries(self) -> list[DirectoryEntry]:
+        """Everything published now."""
+        return list(self._entries.values())
+
+    def resolve(self, peer_id: PeerId) -> list[DirectoryEntry]:
+        """What ``peer_id`` published (one entry per endpoint)."""
+        return [e for e in self._entries.values() if e.id == peer_id]

@@ -56,6 +56,10 @@ class PeerInfo:
     endpoint_name: str
     #: The remote address and port of the transport, when it has one.
     address: tuple[str, int] | None
+    #: The port the peer says it listens on, if it said (hello extension ``"port"``).
+    port: int | None = None
+    #: What the initiator opened the connection for: ``"control"`` or ``"stream"``.
+    use: str = messages.USE_CONTROL
 
 
 def _keys(identity: Identity) -> StaticKeys:
@@ -97,7 +101,12 @@ class SecureChannel(anyio.abc.AsyncResource):
             pass
         #: What the handshake proved about the other side.
         self.peer = PeerInfo(
-            id=PeerId(done.peer.id), nickname=done.peer.nick, endpoint_name=done.peer.name, address=address
+            id=PeerId(done.peer.id),
+            nickname=done.peer.nick,
+            endpoint_name=done.peer.name,
+            address=address,
+            port=done.peer.port,
+            use=done.peer.use,
         )
 
     # -- construction ----------------------------------------------------------------------
@@ -112,11 +121,14 @@ class SecureChannel(anyio.abc.AsyncResource):
         nickname: str = "",
         endpoint_name: str = "",
         handshake_timeout: float = HANDSHAKE_TIMEOUT,
+        port: int | None = None,
+        use: str = messages.USE_CONTROL,
     ) -> SecureChannel:
         """Run the handshake over ``stream`` and return the open channel.
 
         The initiator runs IK when it knows ``expected_peer`` (and then accepts only that peer),
-        XX otherwise. On failure the stream is closed.
+        XX otherwise. On failure the stream is closed. ``port`` (the port this side listens on) and
+        ``use`` (``"control"`` or ``"stream"``) travel in the hello's extension keys.
 
         :raises HandshakeError: when the handshake fails, proves another id, or takes longer than
             ``handshake_timeout`` seconds.
@@ -127,7 +139,9 @@ class SecureChannel(anyio.abc.AsyncResource):
         """
         check_text(nickname, "nickname")
         check_text(endpoint_name, "endpoint name")
-        hello = messages.Hello(id=identity.id.key, nick=nickname, name=endpoint_name)
+        if use not in (messages.USE_CONTROL, messages.USE_STREAM):
+            raise ValueError(f"use must be {messages.USE_CONTROL!r} or {messages.USE_STREAM!r}, not {use!r}")
+        hello = messages.Hello(id=identity.id.key, nick=nickname, name=endpoint_name, port=port, use=use)
         now = anyio.current_time()
         try:
             if initiator:
@@ -341,17 +355,20 @@ async def connect(
 
 
 class ChannelListener(anyio.abc.AsyncResource):
-    """A TCP listener that hands each authenticated channel to a handler. See :func:`listen`."""
+    """A listener that hands each authenticated channel to a handler. See :func:`listen`.
+
+    It takes any anyio listener of byte streams (TCP from :func:`listen`, or an in-memory one).
+    """
 
     def __init__(
         self,
-        listener: anyio.abc.Listener[anyio.abc.SocketStream],
+        listener: anyio.abc.Listener[Any],
         identity: Identity,
         *,
-        nickname: str,
-        endpoint_name: str,
-        handshake_timeout: float,
-        max_handshakes: int,
+        nickname: str = "",
+        endpoint_name: str = "",
+        handshake_timeout: float = HANDSHAKE_TIMEOUT,
+        max_handshakes: int = 256,
     ) -> None:
         self._listener = listener
         self._identity = identity
@@ -380,7 +397,7 @@ class ChannelListener(anyio.abc.AsyncResource):
         raises is logged and never stops the listener.
         """
 
-        async def handle(stream: anyio.abc.SocketStream) -> None:
+        async def handle(stream: anyio.abc.ByteStream) -> None:
             if self._handshaking >= self._max_handshakes:
                 log.warning("refusing a connection: %d handshakes are already under way", self._handshaking)
                 await anyio.aclose_forcefully(stream)
@@ -394,6 +411,7 @@ class ChannelListener(anyio.abc.AsyncResource):
                     nickname=self.nickname,
                     endpoint_name=self.endpoint_name,
                     handshake_timeout=self._handshake_timeout,
+                    port=self.address[1],
                 )
             except (ProtocolError, PeerUnreachable) as exc:
                 log.info("incoming handshake failed: %s", exc)

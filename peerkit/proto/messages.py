@@ -24,6 +24,8 @@ __all__ = (
     "LARGE_VALUE",
     "MAX_DEPTH",
     "PROTOCOL_VERSION",
+    "USE_CONTROL",
+    "USE_STREAM",
     "Hello",
     "check_message",
     "decode",
@@ -360,6 +362,11 @@ def decode_message(data: bytes | bytearray | memoryview) -> dict[str, Any]:
 # -- hello ---------------------------------------------------------------------------------
 
 
+#: Values of the hello's ``"use"`` extension.
+USE_CONTROL: Final = "control"
+USE_STREAM: Final = "stream"
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Hello:
     """What a party says about itself in the handshake (PROTOCOL.md section 3)."""
@@ -370,11 +377,22 @@ class Hello:
     nick: str = ""
     #: The sender's endpoint name, at most 255 characters.
     name: str = ""
+    #: Extension ``"port"``: the TCP port the sender listens on, if it does (lets the receiver
+    #: recognise a connection from a peer it also dialled).
+    port: int | None = None
+    #: Extension ``"use"``: what the initiator opened the connection for: ``"control"`` (requests,
+    #: the default when absent) or ``"stream"`` (one application stream).
+    use: str = USE_CONTROL
 
 
 def encode_hello(hello: Hello) -> bytes:
-    """The CBOR form of ``hello``."""
-    return encode({"v": PROTOCOL_VERSION, "id": hello.id, "nick": hello.nick, "name": hello.name})
+    """The CBOR form of ``hello``; extension keys are written only when they say something."""
+    value: dict[str, Any] = {"v": PROTOCOL_VERSION, "id": hello.id, "nick": hello.nick, "name": hello.name}
+    if hello.port is not None:
+        value["port"] = hello.port
+    if hello.use != USE_CONTROL:
+        value["use"] = hello.use
+    return encode(value)
 
 
 def decode_hello(data: bytes) -> Hello:
@@ -400,4 +418,9 @@ def decode_hello(data: bytes) -> Hello:
         if len(text) > MAX_TEXT:
             raise ProtocolError(f'hello "{key}" is {len(text)} characters; the limit is {MAX_TEXT}')
         fields[key] = text
-    return Hello(id=peer_id, nick=fields["nick"], name=fields["name"])
+    # Extensions: a value that does not make sense is ignored like an unknown key.
+    port = value.get("port")
+    if not isinstance(port, int) or isinstance(port, bool) or not 1 <= port <= 65535:
+        port = None
+    use = USE_STREAM if value.get("use") == USE_STREAM else USE_CONTROL
+    return Hello(id=peer_id, nick=fields["nick"], name=fields["name"], port=port, use=use)

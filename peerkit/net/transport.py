@@ -1,0 +1,53 @@
+"""How a :class:`~peerkit.Node` reaches the network: listen and dial byte streams.
+
+:class:`TcpTransport` is the real one. :class:`peerkit.testing.MemoryNetwork` provides the same
+interface in memory, so that nodes can be tested without sockets.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+import anyio
+import anyio.abc
+
+from peerkit.errors import PeerUnreachable
+
+__all__ = ("TcpTransport", "Transport")
+
+
+class Transport(Protocol):
+    """Where a node listens and how it dials."""
+
+    async def listen(self, host: str, port: int) -> anyio.abc.Listener[Any]:
+        """A listener of byte streams bound to ``host:port`` (port 0 picks a free one). It must
+        report its bound address as :attr:`anyio.abc.SocketAttribute.local_address`.
+
+        :raises PeerUnreachable: when the address cannot be bound.
+        """
+        ...
+
+    async def connect(self, host: str, port: int, *, local_host: str) -> anyio.abc.ByteStream:
+        """A byte stream to ``host:port``. ``local_host`` is the host this node listens on.
+
+        :raises PeerUnreachable: when no connection can be made.
+        """
+        ...
+
+
+class TcpTransport:
+    """TCP over IPv4 and IPv6 with anyio."""
+
+    async def listen(self, host: str, port: int) -> anyio.abc.Listener[Any]:
+        """Bind a TCP listener (see :meth:`Transport.listen`)."""
+        try:
+            return await anyio.create_tcp_listener(local_host=host, local_port=port)
+        except OSError as exc:
+            raise PeerUnreachable(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
+
+    async def connect(self, host: str, port: int, *, local_host: str) -> anyio.abc.ByteStream:
+        """Open a TCP connection (see :meth:`Transport.connect`); ``local_host`` is not used."""
+        try:
+            return await anyio.connect_tcp(host, port)
+        except OSError as exc:
+            raise PeerUnreachable(f"could not connect to {host}:{port}: {exc.strerror or exc}") from exc

@@ -1,0 +1,1022 @@
+"""The :class:`Node`: one identity on the network, and everything that runs for it.
+
+A node listens for secure channels, keeps at most one control channel per remote peer (reused for
+every request, kept alive with pings, closed when idle), registers applications, answers
+invitations through handlers, and carries application streams. Everything it runs lives in its
+task group: leaving ``async with node:`` stops all of it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import json
+import logging
+import math
+import os
+import uuid
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Final, Self, TypeGuard, TypeVar
+
+import anyio
+import anyio.abc
+
+from peerkit.apps import AppStream, Handle, Invitation, InvitationPolicy, Subscription
+from peerkit.errors import LimitExceeded, NotAllowed, NotRunning, PeerkitError, PeerUnreachable, ProtocolError
+from peerkit.identity import Identity, PeerId
+from peerkit.model import (
+    MAX_APPLICATIONS,
+    MAX_DATA,
+    MAX_INVITATION_WAIT,
+    MAX_TEXT,
+    Application,
+    EndPoint,
+    InvitationResponse,
+    Presence,
+    PresenceStatus,
+    Scope,
+    check_data,
+    check_text,
+)
+from peerkit.net.channel import ChannelListener, SecureChannel
+from peerkit.net.control import ControlChannel, KeepalivePolicy
+from peerkit.net.transport import TcpTransport, Transport
+from peerkit.peers import Peer, wire_ttl
+from peerkit.proto.connection import HANDSHAKE_TIMEOUT
+from peerkit.proto.messages import USE_STREAM
+from peerkit.testing import DirectoryEntry, MemoryDiscovery
+
+__all__ = ("InvitationHandler", "Node", "StreamHandler")
+
+log = logging.getLogger(__name__)
+
+InvitationHandler = Callable[[Invitation], Awaitable[InvitationResponse | None]]
+StreamHandler = Callable[[AppStream], Awaitable[None]]
+F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
+
+SETTINGS_FILE: Final = "node.json"
+_RESPONSES: Final = {
+    "accepted": InvitationResponse.ACCEPTED,
+    "declined": InvitationResponse.DECLINED,
+    "expired": InvitationResponse.EXPIRED,
+}
+_WIRE: Final = {v: k for k, v in _RESPONSES.items()}
+
+
+def _uint(value: object) -> TypeGuard[int]:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+@dataclass(slots=True, eq=False)
+class _Dial:
+    done: anyio.Event = field(default_factory=anyio.Event)
+    control: ControlChannel | None = None
+    error: BaseException | None = None
+
+
+class Node:
+    """One peerkit identity on the network; an async context manager.
+
+    :param nickname: shown to other peers, at most 255 characters.
+    :param data_dir: where the identity key and settings live (created if missing). Default: the
+        per-user data directory, or ``$PEERKIT_DATA_DIR``. Not used when ``identity`` is given.
+    :param identity: use this identity instead of the one in ``data_dir`` (nothing is persisted).
+    :param listen: the address and port to listen on; port 0 picks a free one.
+    :param discovery: discovery providers (this release: :class:`peerkit.testing.MemoryDiscovery`).
+    :param network: how to listen and dial: TCP by default, or a :class:`peerkit.testing.MemoryNetwork`.
+    :param invitation_policy: who may invite this node.
+    :param keepalive: ping interval, ping timeout and idle timeout of control channels.
+    :param handshake_timeout: seconds a dial (connect and handshake) may take.
+    :param queue_size: invitations or streams that may wait for an async iterator to take them.
+
+    Several nodes may run in one process. Using a node before ``async with`` or after it raises
+    :class:`~peerkit.NotRunning`.
+    """
+
+    def __init__(
+        self,
+        *,
+        nickname: str = "",
+        data_dir: str | os.PathLike[str] | None = None,
+        identity: Identity | None = None,
+        listen: tuple[str, int] = ("0.0.0.0", 0),
+        discovery: Iterable[MemoryDiscovery] = (),
+        network: Transport | None = None,
+        invitation_policy: InvitationPolicy = InvitationPolicy.ANYONE,
+        keepalive: KeepalivePolicy | None = None,
+        handshake_timeout: float = HANDSHAKE_TIMEOUT,
+        queue_size: int = 16,
+    ) -> None:
+        self._nickname = check_text(nickname, "nickname")
+        if identity is not None and not isinstance(identity, Identity):
+            raise TypeError(f"identity must be an Identity, not {type(identity).__name__}")
+        self._identity_arg = identity
+        if data_dir is None and identity is None:
+            from peerkit.cli import default_data_dir
+
+            data_dir = default_data_dir()
+        self._data_dir = Path(data_dir) if data_dir is not None else None
+        if not (isinstance(listen, tuple) and len(listen) == 2):
+            raise TypeError(f"listen must be a (host, port) tuple, not {listen!r}")
+        host, port = listen
+        if not isinstance(host, str) or not isinstance(port, int) or not 0 <= port <= 65535:
+            raise ValueError(f"listen must be (host, port) with a port in 0..65535, not {listen!r}")
+        self._listen = (host, port)
+        self._discovery: list[MemoryDiscovery] = []
+        for provider in discovery:
+            if isinstance(provider, str):
+                raise ValueError(
+                    f"there is no discovery provider named {provider!r} in this release; pass a provider "
+                    "object such as peerkit.testing.MemoryDiscovery()"
+                )
+            if not isinstance(provider, MemoryDiscovery):
+                raise TypeError(f"discovery providers must be MemoryDiscovery, not {type(provider).__name__}")
+            self._discovery.append(provider)
+        self._network: Transport = network if network is not None else TcpTransport()
+        self.invitation_policy = invitation_policy
+        self._keepalive = keepalive or KeepalivePolicy()
+        if not isinstance(self._keepalive, KeepalivePolicy):
+            raise TypeError(f"keepalive must be a KeepalivePolicy, not {type(keepalive).__name__}")
+        if not handshake_timeout > 0:
+            raise ValueError(f"handshake_timeout must be positive, not {handshake_timeout}")
+        self._handshake_timeout = float(handshake_timeout)
+        if queue_size < 1:
+            raise ValueError(f"queue_size must be at least 1, not {queue_size}")
+        self._queue_size = queue_size
+
+        self._identity: Identity | None = identity
+        self._endpoint_name = ""
+        self._endpoint: EndPoint | None = None
+        self._scope = Scope.NONE
+        self._trusted: set[PeerId] = set()
+        self._apps: dict[uuid.UUID, Application] = {}
+        self._invite_receivers: dict[uuid.UUID, InvitationHandler] = {}
+        self._stream_receivers: dict[uuid.UUID, StreamHandler] = {}
+        self._controls: dict[PeerId, list[ControlChannel]] = {}
+        self._dials: dict[tuple[PeerId | None, EndPoint], _Dial] = {}
+        self._incoming: dict[tuple[int, int], tuple[Invitation, anyio.CancelScope]] = {}
+        self._tg: anyio.abc.TaskGroup | None = None
+        self._stack: contextlib.AsyncExitStack | None = None
+        self._listener: ChannelListener | None = None
+        self._running = False
+
+    # -- lifetime --------------------------------------------------------------------------
+    async def __aenter__(self) -> Self:
+        if self._running or self._stack is not None:
+            raise RuntimeError("this node is already running; a Node can be entered once")
+        if self._identity is None:
+            assert self._data_dir is not None
+            self._identity, _ = await anyio.to_thread.run_sync(Identity.load_or_create, self._data_dir)
+            self._endpoint_name = self._load_settings().get("endpoint_name", "")
+        assert self._identity is not None
+        async with contextlib.AsyncExitStack() as stack:
+            listener = await self._network.listen(*self._listen)
+            stack.push_async_callback(listener.aclose)
+            self._listener = ChannelListener(
+                listener,
+                self._identity,
+                nickname=self._nickname,
+                endpoint_name=self._endpoint_name,
+                handshake_timeout=self._handshake_timeout,
+            )
+            bound_host, bound_port = self._listener.address
+            self._endpoint = EndPoint(_reachable(bound_host), bound_port, self._endpoint_name)
+            self._tg = await stack.enter_async_context(anyio.create_task_group())
+            await self._tg.start(self._listener.serve, self._on_channel)
+            self._running = True
+            self._stack = stack.pop_all()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> bool | None:
+        self._running = False
+        self._withdraw(Scope.ALL)
+        self._scope = Scope.NONE
+        assert self._tg is not None
+        assert self._stack is not None
+        self._tg.cancel_scope.cancel()
+        try:
+            return await self._stack.__aexit__(exc_type, exc, tb)
+        finally:
+            self._controls.clear()
+            self._incoming.clear()
+
+    def _check_running(self) -> None:
+        if not self._running:
+            raise NotRunning("the node is not running: use it inside 'async with node:'")
+
+    @property
+    def running(self) -> bool:
+        """Whether the node is inside its ``async with`` block."""
+        return self._running
+
+    # -- who and where ---------------------------------------------------------------------
+    @property
+    def identity(self) -> Identity:
+        """This node's identity (loaded or created on entry).
+
+        :raises NotRunning: before the node was first entered (when it came from ``data_dir``).
+        """
+        if self._identity is None:
+            raise NotRunning("the identity is loaded when the node starts: use it inside 'async with node:'")
+        return self._identity
+
+    @property
+    def id(self) -> PeerId:
+        """This node's peer id."""
+        return self.identity.id
+
+    @property
+    def nickname(self) -> str:
+        """The nickname other peers see."""
+        return self._nickname
+
+    @property
+    def endpoint(self) -> EndPoint:
+        """Where this node listens, with the real bound port (a wildcard address shows as loopback).
+
+        :raises NotRunning: when the node is not running.
+        """
+        self._check_running()
+        assert self._endpoint is not None
+        return self._endpoint
+
+    @property
+    def endpoint_name(self) -> str:
+        """The display name of this endpoint (persisted in the data dir); at most 255 characters."""
+        return self._endpoint_name
+
+    @endpoint_name.setter
+    def endpoint_name(self, value: str) -> None:
+        self._endpoint_name = check_text(value, "endpoint name")
+        if self._listener is not None:
+            self._listener.endpoint_name = value
+        if self._endpoint is not None:
+            self._endpoint = EndPoint(self._endpoint.host, self._endpoint.port, value)
+        if self._data_dir is not None and self._identity_arg is None:
+            self._save_settings({"endpoint_name": value})
+
+    def _load_settings(self) -> dict[str, Any]:
+        assert self._data_dir is not None
+        try:
+            settings = json.loads((self._data_dir / SETTINGS_FILE).read_text("utf-8"))
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError) as exc:
+            log.warning("ignoring unreadable settings file %s: %s", self._data_dir / SETTINGS_FILE, exc)
+            return {}
+        if not isinstance(settings, dict) or not isinstance(settings.get("endpoint_name", ""), str):
+            return {}
+        settings["endpoint_name"] = settings.get("endpoint_name", "")[:MAX_TEXT]
+        return settings
+
+    def _save_settings(self, changes: dict[str, Any]) -> None:
+        assert self._data_dir is not None
+        settings = self._load_settings() if (self._data_dir / SETTINGS_FILE).exists() else {}
+        settings.update(changes)
+        self._data_dir.mkdir(parents=True, exist_ok=True)
+        temporary = self._data_dir / f".{SETTINGS_FILE}.tmp"
+        temporary.write_text(json.dumps(settings), "utf-8")
+        os.replace(temporary, self._data_dir / SETTINGS_FILE)
+
+    # -- sign-in (R3) ----------------------------------------------------------------------
+    @property
+    def scope(self) -> Scope:
+        """The scopes this node is signed in to."""
+        return self._scope
+
+    @property
+    def presence(self) -> Presence:
+        """This node's presence: Online once signed in, Offline otherwise."""
+        if self._scope:
+            return Presence(PresenceStatus.ONLINE)
+        return Presence(PresenceStatus.OFFLINE)
+
+    async def sign_in(self, scope: Scope) -> None:
+        """Sign in to ``scope`` (NEAR_ME, INTERNET or ALL); signing in again is a no-op.
+
+        NEAR_ME publishes this node (id, nickname, endpoint) through its discovery providers.
+
+        :raises ValueError: for ``Scope.NONE`` or a value that is not a scope.
+        :raises NotRunning: when the node is not running.
+        """
+        scope = _scope(scope)
+        if scope is Scope.NONE:
+            raise ValueError("cannot sign in to Scope.NONE; use NEAR_ME, INTERNET or ALL")
+        self._check_running()
+        added = scope & ~self._scope
+        self._scope |= scope
+        if added & Scope.NEAR_ME:
+            entry = DirectoryEntry(id=self.id, nickname=self._nickname, endpoint=self.endpoint)
+            for provider in self._discovery:
+                provider.publish(entry)
+        await anyio.lowlevel.checkpoint()
+
+    async def sign_out(self, scope: Scope = Scope.ALL) -> None:
+        """Sign out of ``scope``, withdrawing what it published; a scope not signed in is a no-op.
+
+        :raises ValueError: for a value that is not a scope.
+        :raises NotRunning: when the node is not running.
+        """
+        scope = _scope(scope)
+        self._check_running()
+        self._withdraw(scope & self._scope)
+        self._scope &= ~scope
+        await anyio.lowlevel.checkpoint()
+
+    def _withdraw(self, scope: Scope) -> None:
+        if scope & self._scope & Scope.NEAR_ME and self._endpoint is not None and self._identity is not None:
+            for provider in self._discovery:
+                provider.withdraw(self.id, self._endpoint)
+
+    # -- trust and policy ------------------------------------------------------------------
+    @property
+    def invitation_policy(self) -> InvitationPolicy:
+        """Who may invite this node and open streams to it."""
+        return self._policy
+
+    @invitation_policy.setter
+    def invitation_policy(self, policy: InvitationPolicy) -> None:
+        if not isinstance(policy, InvitationPolicy):
+            raise TypeError(f"invitation_policy must be an InvitationPolicy, not {type(policy).__name__}")
+        self._policy = policy
+
+    @property
+    def trusted(self) -> frozenset[PeerId]:
+        """The ids this node trusts (until the contact store arrives, the "contacts" of the policy)."""
+        return frozenset(self._trusted)
+
+    def trust(self, peer_id: PeerId) -> None:
+        """Trust ``peer_id``: its invitations are marked trusted and pass the CONTACTS_ONLY policy."""
+        if not isinstance(peer_id, PeerId):
+            raise TypeError(f"peer_id must be a PeerId, not {type(peer_id).__name__}")
+        self._trusted.add(peer_id)
+
+    def untrust(self, peer_id: PeerId) -> None:
+        """Stop trusting ``peer_id`` (nothing happens if it was not trusted)."""
+        self._trusted.discard(peer_id)
+
+    def _allows(self, peer_id: PeerId) -> bool:
+        if self._policy is InvitationPolicy.NOBODY:
+            return False
+        return self._policy is InvitationPolicy.ANYONE or peer_id in self._trusted
+
+    # -- applications ----------------------------------------------------------------------
+    async def register_application(self, application: Application) -> None:
+        """Register ``application``: this node can then invite to it and be invited to it.
+
+        :raises TypeError: when it is not an :class:`~peerkit.Application`.
+        :raises ValueError: when an application with the same id is already registered.
+        :raises LimitExceeded: when 64 applications are already registered.
+        :raises NotRunning: when the node is not running.
+        """
+        if not isinstance(application, Application):
+            raise TypeError(f"expected an Application, not {type(application).__name__}")
+        self._check_running()
+        if application.id in self._apps:
+            raise ValueError(f"application {application.id} is already registered")
+        if len(self._apps) >= MAX_APPLICATIONS:
+            raise LimitExceeded(
+                f"{MAX_APPLICATIONS} applications are registered; the limit is {MAX_APPLICATIONS}"
+            )
+        self._apps[application.id] = application
+        await anyio.lowlevel.checkpoint()
+
+    async def unregister_application(self, application: Application | uuid.UUID) -> None:
+        """Unregister an application (by object or id); invitations to it are then declined.
+
+        :raises ValueError: when no application with that id is registered.
+        :raises NotRunning: when the node is not running.
+        """
+        app_id = _app_id(application)
+        self._check_running()
+        if self._apps.pop(app_id, None) is None:
+            raise ValueError(f"application {app_id} is not registered")
+        await anyio.lowlevel.checkpoint()
+
+    def applications(self) -> list[Application]:
+        """The registered applications, in registration order."""
+        return list(self._apps.values())
+
+    def _registered(self, application: Application | uuid.UUID) -> Application:
+        app_id = _app_id(application)
+        app = self._apps.get(app_id)
+        if app is None:
+            raise ValueError(f"application {app_id} is not registered on this node; register it first")
+        return app
+
+    # -- handlers --------------------------------------------------------------------------
+    def add_invitation_handler(
+        self, application: Application | uuid.UUID, handler: InvitationHandler
+    ) -> Handle:
+        """Answer invitations to ``application`` with ``handler(invitation)``, a coroutine function.
+
+        It returns an :class:`~peerkit.InvitationResponse` (or calls ``invitation.accept()`` /
+        ``decline()``). It is cancelled when the inviter withdraws or the invitation expires; one
+        that raises is logged and counts as DECLINED. One handler (or iterator) per application.
+
+        :raises ValueError: when the application already has a handler or iterator.
+        """
+        return self._add_receiver(
+            self._invite_receivers, application, _invitation_receiver(handler), "invitation"
+        )
+
+    def on_invitation(self, application: Application | uuid.UUID) -> Callable[[F], F]:
+        """Decorator form of :meth:`add_invitation_handler`; returns the function unchanged."""
+
+        def decorate(handler: F) -> F:
+            self.add_invitation_handler(application, handler)
+            return handler
+
+        return decorate
+
+    def invitations(self, application: Application | uuid.UUID) -> Subscription[Invitation]:
+        """Invitations to ``application`` as an async iterator; answer each with ``accept()`` or
+        ``decline()``. Use ``async with`` so that it stops when you are done.
+
+        :raises ValueError: when the application already has a handler or iterator.
+        """
+        send, receive = anyio.create_memory_object_stream[Invitation](self._queue_size)
+
+        async def receiver(invitation: Invitation) -> InvitationResponse | None:
+            try:
+                send.send_nowait(invitation)
+            except (anyio.WouldBlock, anyio.BrokenResourceError, anyio.ClosedResourceError):
+                log.warning(
+                    "declining an invitation: nobody is reading invitations to %s", invitation.application.id
+                )
+                return InvitationResponse.DECLINED
+            await invitation._answered.wait()
+            return invitation.response
+
+        handle = self._add_receiver(self._invite_receivers, application, receiver, "invitation")
+
+        def remove() -> None:
+            handle.remove()
+            send.close()
+
+        return Subscription(receive, remove)
+
+    def add_stream_handler(self, application: Application | uuid.UUID, handler: StreamHandler) -> Handle:
+        """Run ``handler(stream)`` for every application stream opened to ``application``; the stream
+        is closed when it returns. One handler (or iterator) per application.
+
+        :raises ValueError: when the application already has a stream handler or iterator.
+        """
+
+        async def receiver(stream: AppStream) -> None:
+            try:
+                await handler(stream)
+            except Exception:
+                log.exception("stream handler for %s failed", stream.application.id)
+
+        return self._add_receiver(self._stream_receivers, application, receiver, "stream")
+
+    def on_stream(self, application: Application | uuid.UUID) -> Callable[[F], F]:
+        """Decorator form of :meth:`add_stream_handler`; returns the function unchanged."""
+
+        def decorate(handler: F) -> F:
+            self.add_stream_handler(application, handler)
+            return handler
+
+        return decorate
+
+    def streams(self, application: Application | uuid.UUID) -> Subscription[AppStream]:
+        """Application streams opened to ``application``, as an async iterator. Each stream stays
+        open until you close it (``async with stream:``).
+
+        :raises ValueError: when the application already has a stream handler or iterator.
+        """
+        send, receive = anyio.create_memory_object_stream[AppStream](self._queue_size)
+
+        async def receiver(stream: AppStream) -> None:
+            try:
+                send.send_nowait(stream)
+            except (anyio.WouldBlock, anyio.BrokenResourceError, anyio.ClosedResourceError):
+                log.warning("refusing a stream: nobody is reading streams of %s", stream.application.id)
+                return
+            await stream.wait_closed()
+
+        handle = self._add_receiver(self._stream_receivers, application, receiver, "stream")
+
+        def remove() -> None:
+            handle.remove()
+            send.close()
+
+        return Subscription(receive, remove)
+
+    def _add_receiver(
+        self, table: dict[uuid.UUID, Any], application: Application | uuid.UUID, receiver: Any, what: str
+    ) -> Handle:
+        app_id = _app_id(application)
+        if app_id in table:
+            raise ValueError(f"application {app_id} already has an {what} handler; remove it first")
+        table[app_id] = receiver
+
+        def remove() -> None:
+            if table.get(app_id) is receiver:
+                del table[app_id]
+
+        return Handle(remove)
+
+    # -- peers -----------------------------------------------------------------------------
+    def peer(self, peer_id: PeerId, *endpoints: EndPoint, nickname: str = "") -> Peer:
+        """A :class:`~peerkit.Peer` for an id and endpoints you already know (nothing is dialled yet).
+
+        :raises ValueError: when no endpoint is given or ``peer_id`` is this node's own id.
+        """
+        if self._identity is not None and peer_id == self._identity.id:
+            raise ValueError("that is this node's own id")
+        return Peer(self, peer_id, endpoints, nickname)
+
+    async def peer_at(self, host: str, port: int, peer_id: PeerId | None = None) -> Peer:
+        """Dial ``host:port`` and return the :class:`~peerkit.Peer` listening there.
+
+        With ``peer_id`` the handshake is IK and only that peer is accepted; without it, XX, and
+        the peer's id is learned from the handshake. The channel stays open for later requests.
+
+        :raises PeerUnreachable: when nothing answers, or not in time.
+        :raises HandshakeError: when the peer there is not ``peer_id``.
+        :raises ValueError: for a bad address, or when the address is this node itself.
+        :raises NotRunning: when the node is not running.
+        """
+        endpoint = EndPoint(host, port)
+        self._check_running()
+        if peer_id is not None and peer_id == self.id:
+            raise ValueError("that is this node's own id")
+        control = await self._control_to(peer_id, endpoint, exact=True)
+        info = control.channel.peer
+        return Peer(
+            self,
+            control.peer_id,
+            (EndPoint(endpoint.host, endpoint.port, info.endpoint_name),),
+            info.nickname,
+        )
+
+    async def resolve(self, peer_id: PeerId) -> Peer:
+        """Find ``peer_id`` through the discovery providers.
+
+        :raises PeerUnreachable: when no provider knows it.
+        :raises NotRunning: when the node is not running.
+        """
+        self._check_running()
+        entries = [entry for provider in self._discovery for entry in provider.resolve(peer_id)]
+        await anyio.lowlevel.checkpoint()
+        if not entries:
+            raise PeerUnreachable(f"no discovery provider knows {peer_id.fingerprint}")
+        return Peer(self, peer_id, tuple(e.endpoint for e in entries), entries[0].nickname)
+
+    # -- the connection manager ------------------------------------------------------------
+    async def _control_to(self, peer_id: PeerId | None, endpoint: EndPoint, *, exact: bool) -> ControlChannel:
+        """An open control channel to ``peer_id`` at ``endpoint`` (any endpoint unless ``exact``),
+        dialling one when there is none. Concurrent callers share one dial."""
+        for _ in range(3):
+            if peer_id is not None:
+                usable = [
+                    c
+                    for c in self._controls.get(peer_id, ())
+                    if c.usable and (c.endpoint == endpoint or not exact)
+                ]
+                if usable:
+                    return min(usable, key=ControlChannel.preference)
+            key = (peer_id, endpoint)
+            dial = self._dials.get(key)
+            if dial is None:
+                dial = self._dials[key] = _Dial()
+                assert self._tg is not None
+                self._tg.start_soon(self._dial, key, dial)
+            await dial.done.wait()
+            if dial.error is not None:
+                raise dial.error
+            assert dial.control is not None
+            if dial.control.usable:
+                return dial.control
+            peer_id = dial.control.peer_id
+        raise PeerUnreachable(f"could not keep a channel open to {endpoint}")
+
+    async def _dial(self, key: tuple[PeerId | None, EndPoint], dial: _Dial) -> None:
+        peer_id, endpoint = key
+        control: ControlChannel | None = None
+        try:
+            channel = await self._connect(peer_id, endpoint, use="control")
+            if channel.peer.id == self.id:
+                await channel.aclose()
+                raise ValueError(f"{endpoint} is this node itself")
+            control = self._adopt(channel, initiator=True, endpoint=endpoint)
+            dial.control = control
+        except (PeerkitError, ValueError) as exc:
+            dial.error = exc
+        finally:
+            self._dials.pop(key, None)
+            dial.done.set()
+        if control is not None:
+            await self._run_control(control)
+
+    async def _connect(self, peer_id: PeerId | None, endpoint: EndPoint, *, use: str) -> SecureChannel:
+        start = anyio.current_time()
+        timeout = self._handshake_timeout
+        try:
+            with anyio.fail_after(timeout):
+                stream = await self._network.connect(
+                    endpoint.host, endpoint.port, local_host=self.endpoint.host
+                )
+        except TimeoutError:
+            raise PeerUnreachable(f"could not connect to {endpoint} within {timeout} s") from None
+        return await SecureChannel.wrap(
+            stream,
+            self.identity,
+            initiator=True,
+            expected_peer=peer_id,
+            nickname=self._nickname,
+            endpoint_name=self._endpoint_name,
+            handshake_timeout=max(timeout - (anyio.current_time() - start), 0.001),
+            port=self.endpoint.port,
+            use=use,
+        )
+
+    def _adopt(self, channel: SecureChannel, *, initiator: bool, endpoint: EndPoint | None) -> ControlChannel:
+        control = ControlChannel(
+            channel,
+            initiator=initiator,
+            local_id=self.id,
+            endpoint=endpoint,
+            handler=self._on_message,
+            keepalive=self._keepalive,
+        )
+        channels = self._controls.setdefault(control.peer_id, [])
+        rivals = [c for c in channels if c.usable and c.endpoint is not None and c.endpoint == endpoint]
+        channels.append(control)
+        if rivals:
+            # Both peers dialled each other: both keep the same channel (the one the lower id
+            # dialled) and retire the others, which close once their requests are answered.
+            keep = min([*rivals, control], key=ControlChannel.preference)
+            assert self._tg is not None
+            for other in (*rivals, control):
+                if other is not keep:
+                    self._tg.start_soon(other.retire)
+        return control
+
+    async def _run_control(self, control: ControlChannel) -> None:
+        try:
+            await control.run()
+        finally:
+            channels = self._controls.get(control.peer_id)
+            if channels is not None and control in channels:
+                channels.remove(control)
+                if not channels:
+                    del self._controls[control.peer_id]
+
+    def channels(self, peer_id: PeerId) -> int:
+        """How many control channels to ``peer_id`` are open (0 or 1, briefly 2 after a simultaneous dial)."""
+        return sum(1 for c in self._controls.get(peer_id, ()) if not c.closed)
+
+    async def _on_channel(self, channel: SecureChannel) -> None:
+        # Every channel that completes the handshake on the listener comes here.
+        if channel.peer.id == self.id:
+            return
+        if channel.peer.use == USE_STREAM:
+            await self._serve_stream(channel)
+            return
+        endpoint = None
+        if channel.peer.address is not None and channel.peer.port is not None:
+            endpoint = EndPoint(channel.peer.address[0], channel.peer.port)
+        await self._run_control(self._adopt(channel, initiator=False, endpoint=endpoint))
+
+    # -- requests from peers ---------------------------------------------------------------
+    async def _on_message(self, control: ControlChannel, message: dict[str, Any]) -> None:
+        kind = message["t"]
+        rid = message.get("rid")
+        if kind == "invite":
+            await self._on_invite(control, message)
+        elif kind == "invite_cancel":
+            if _uint(rid):
+                entry = self._incoming.get((id(control), rid))
+                if entry is not None:
+                    invitation, scope = entry
+                    invitation._withdraw("cancelled")
+                    scope.cancel()
+        else:
+            await control.error("unknown-type", f"unknown message type {kind!r}", rid if _uint(rid) else None)
+
+    async def _on_invite(self, control: ControlChannel, message: dict[str, Any]) -> None:
+        rid = message.get("rid")
+        if not _uint(rid):
+            await control.error("malformed", 'invite needs an unsigned "rid"')
+            return
+        problem = _check_invite(message)
+        if problem is not None:
+            await control.error(problem[0], problem[1], rid)
+            return
+        app_id = uuid.UUID(bytes=message["app"])
+        app = self._apps.get(app_id)
+        receiver = self._invite_receivers.get(app_id)
+        peer_id = control.peer_id
+        if app is None or receiver is None or not self._allows(peer_id):
+            why = "not registered" if app is None else "no handler" if receiver is None else "policy"
+            log.info("declining an invitation from %s to %s (%s)", peer_id.fingerprint, app_id, why)
+            await control.reply(rid, {"t": "invite_reply", "r": "declined"})
+            return
+        info = control.channel.peer
+        peer: Peer
+        if control.endpoint is not None:
+            endpoint: EndPoint | None = EndPoint(
+                control.endpoint.host, control.endpoint.port, info.endpoint_name
+            )
+            assert endpoint is not None
+            peer = Peer(self, peer_id, (endpoint,), info.nickname)
+        else:
+            endpoint = EndPoint(*info.address, info.endpoint_name) if info.address is not None else None
+            peer = _PeerOnChannel(self, control)
+        ttl = message["ttl"]
+        invitation = Invitation(
+            sender_id=peer_id,
+            nickname=info.nickname,
+            endpoint=endpoint,
+            peer=peer,
+            application=app,
+            message=message.get("msg", ""),
+            data=message.get("data", b""),
+            trusted=peer_id in self._trusted,
+            expires_at=anyio.current_time() + ttl,
+        )
+        key = (id(control), rid)
+        scope = anyio.CancelScope(deadline=invitation.expires_at)
+        self._incoming[key] = (invitation, scope)
+        control.incoming(rid, scope)
+        response: InvitationResponse | None = None
+        try:
+            with scope:
+                response = await receiver(invitation)
+        finally:
+            self._incoming.pop(key, None)
+        if invitation.withdrawn_reason == "cancelled":
+            await control.finished(rid)
+            return
+        if control.closed:
+            invitation._withdraw("disconnected")
+            return
+        if response is None:
+            invitation._withdraw("expired")
+            response = InvitationResponse.EXPIRED
+        await control.reply(rid, {"t": "invite_reply", "r": _WIRE[response]})
+
+    # -- inviting --------------------------------------------------------------------------
+    async def _invite(
+        self, peer: Peer, application: Application | uuid.UUID, message: str, data: bytes, timeout: float
+    ) -> InvitationResponse:
+        app = self._registered(application)
+        check_text(message, "invitation message")
+        data = check_data(data, "invitation data")
+        timeout = _timeout(timeout, "invitation timeout", MAX_INVITATION_WAIT)
+        self._check_running()
+        request = {"t": "invite", "app": app.id.bytes, "msg": message, "data": data, "ttl": wire_ttl(timeout)}
+        deadline = anyio.current_time() + timeout
+        if isinstance(peer, _PeerOnChannel):
+            return await self._invite_on(peer._control_or_dial, request, deadline)
+        if len(peer.endpoints) == 1:
+            endpoint = peer.endpoints[0]
+            return await self._invite_on(
+                lambda: self._control_to(peer.id, endpoint, exact=False), request, deadline
+            )
+        results: list[InvitationResponse] = []
+        errors: list[PeerkitError] = []
+
+        async def one(endpoint: EndPoint, scope: anyio.CancelScope) -> None:
+            try:
+                result = await self._invite_on(
+                    lambda: self._control_to(peer.id, endpoint, exact=True), request, deadline
+                )
+            except (PeerUnreachable, ProtocolError) as exc:
+                errors.append(exc)
+                return
+            results.append(result)
+            if result is InvitationResponse.ACCEPTED:
+                scope.cancel()  # the first acceptance wins; the others are withdrawn
+
+        async with anyio.create_task_group() as tg:
+            for endpoint in peer.endpoints:
+                tg.start_soon(one, endpoint, tg.cancel_scope)
+        for answer in (InvitationResponse.ACCEPTED, InvitationResponse.DECLINED, InvitationResponse.EXPIRED):
+            if answer in results:
+                return answer
+        raise errors[0]
+
+    async def _invite_on(
+        self, control_for: Callable[[], Awaitable[ControlChannel]], request: dict[str, Any], deadline: float
+    ) -> InvitationResponse:
+        reply: dict[str, Any] | None = None
+        with anyio.CancelScope(deadline=deadline):
+            control = await control_for()
+            pending = await control.start_request(request)
+            try:
+                reply = await pending.wait()
+            except anyio.get_cancelled_exc_class():
+                # Withdraw it: our deadline passed, or the caller cancelled.
+                control.forget(pending)
+                with (
+                    anyio.CancelScope(shield=True),
+                    anyio.move_on_after(2),
+                    contextlib.suppress(PeerUnreachable),
+                ):
+                    await control.notify({"t": "invite_cancel", "rid": pending.rid})
+                raise
+        if reply is None:
+            return InvitationResponse.EXPIRED
+        who = control.peer_id.fingerprint
+        if reply["t"] == "invite_reply":
+            answer = _RESPONSES.get(reply.get("r"))  # type: ignore[arg-type]
+            if answer is None:
+                raise ProtocolError(f"{who} answered the invitation with {reply.get('r')!r}")
+            return answer
+        if reply["t"] == "error":
+            raise ProtocolError(f"{who} refused the invitation: {reply.get('code')}: {reply.get('msg')}")
+        raise ProtocolError(f"{who} answered the invitation with a {reply['t']!r} message")
+
+    # -- application streams ---------------------------------------------------------------
+    async def _open_stream(
+        self, peer: Peer, application: Application | uuid.UUID, timeout: float
+    ) -> AppStream:
+        app = self._registered(application)
+        timeout = _timeout(timeout, "stream timeout", None)
+        self._check_running()
+        endpoints = peer.endpoints if not isinstance(peer, _PeerOnChannel) else peer._endpoints()
+        if not endpoints:
+            raise PeerUnreachable(f"{peer.id.fingerprint} did not say where it listens")
+        errors: list[PeerUnreachable] = []
+        with anyio.move_on_after(timeout):
+            for endpoint in endpoints:
+                try:
+                    return await self._open_stream_at(peer.id, endpoint, app)
+                except PeerUnreachable as exc:
+                    errors.append(exc)
+        if errors:
+            raise errors[-1]
+        raise PeerUnreachable(f"no endpoint of {peer.id.fingerprint} opened a stream within {timeout} s")
+
+    async def _open_stream_at(self, peer_id: PeerId, endpoint: EndPoint, app: Application) -> AppStream:
+        channel = await self._connect(peer_id, endpoint, use=USE_STREAM)
+        try:
+            await channel.send({"t": "stream", "rid": 1, "app": app.id.bytes})
+            reply = await channel.receive()
+        except anyio.EndOfStream:
+            await channel.aclose()
+            raise PeerUnreachable(f"{peer_id.fingerprint} closed the stream before answering") from None
+        except BaseException:
+            await anyio.aclose_forcefully(channel)
+            raise
+        if reply.get("t") == "stream_reply" and reply.get("rid") == 1 and reply.get("r") == "accepted":
+            return AppStream(channel, app)
+        await channel.aclose()
+        if reply.get("t") == "stream_reply" and reply.get("r") == "declined":
+            raise NotAllowed(f"{peer_id.fingerprint} declined a stream for application {app.id}")
+        if reply.get("t") == "error":
+            raise ProtocolError(
+                f"{peer_id.fingerprint} refused the stream: {reply.get('code')}: {reply.get('msg')}"
+            )
+        raise ProtocolError(
+            f"{peer_id.fingerprint} answered a stream request with a {reply.get('t')!r} message"
+        )
+
+    async def _serve_stream(self, channel: SecureChannel) -> None:
+        try:
+            with anyio.fail_after(self._handshake_timeout):
+                message = await channel.receive()
+        except (TimeoutError, anyio.EndOfStream, PeerUnreachable, ProtocolError) as exc:
+            log.info(
+                "stream connection from %s ended before its request: %r", channel.peer.id.fingerprint, exc
+            )
+            return
+        rid = message.get("rid")
+        app_bytes = message.get("app")
+        if (
+            message["t"] != "stream"
+            or not _uint(rid)
+            or not isinstance(app_bytes, bytes)
+            or len(app_bytes) != 16
+        ):
+            await channel.send(
+                {
+                    "t": "error",
+                    "code": "malformed",
+                    "msg": 'a stream connection starts with {"t": "stream", ...}',
+                }
+            )
+            return
+        app_id = uuid.UUID(bytes=app_bytes)
+        app = self._apps.get(app_id)
+        receiver = self._stream_receivers.get(app_id)
+        if app is None or receiver is None or not self._allows(channel.peer.id):
+            await channel.send({"t": "stream_reply", "rid": rid, "r": "declined"})
+            return
+        await channel.send({"t": "stream_reply", "rid": rid, "r": "accepted"})
+        stream = AppStream(channel, app)
+        try:
+            await receiver(stream)
+        finally:
+            with anyio.CancelScope(shield=True):
+                await stream.aclose()
+
+    def __repr__(self) -> str:
+        state = "running" if self._running else "stopped"
+        who = self._identity.id.fingerprint if self._identity is not None else "?"
+        return f"<Node {self._nickname or '?'} {who} {state}>"
+
+
+class _PeerOnChannel(Peer):
+    # The inviter of an invitation whose listening port we do not know: reachable over the channel
+    # it opened (invite it back), but not dialable for a stream.
+
+    def __init__(self, node: Node, control: ControlChannel) -> None:
+        address = control.channel.peer.address
+        endpoint = EndPoint(address[0], address[1]) if address is not None else EndPoint("0.0.0.0", 1)
+        super().__init__(node, control.peer_id, (endpoint,), control.channel.peer.nickname)
+        self._control = control
+
+    async def _control_or_dial(self) -> ControlChannel:
+        if self._control.usable:
+            return self._control
+        raise PeerUnreachable(
+            f"the channel from {self.id.fingerprint} is closed and it did not say where it listens"
+        )
+
+    def _endpoints(self) -> tuple[EndPoint, ...]:
+        return ()
+
+
+def _check_invite(message: dict[str, Any]) -> tuple[str, str] | None:
+    # (code, text) of what is wrong with an incoming invite, or None.
+    app, text, data, ttl = (
+        message.get("app"),
+        message.get("msg", ""),
+        message.get("data", b""),
+        message.get("ttl"),
+    )
+    if not isinstance(app, bytes) or len(app) != 16:
+        return "malformed", 'invite "app" must be 16 bytes'
+    if not isinstance(text, str):
+        return "malformed", 'invite "msg" must be text'
+    if not isinstance(data, bytes):
+        return "malformed", 'invite "data" must be bytes'
+    if not _uint(ttl):
+        return "malformed", 'invite "ttl" must be an unsigned integer'
+    if len(text) > MAX_TEXT:
+        return "limit", f"invitation message is {len(text)} characters; the limit is {MAX_TEXT}"
+    if len(data) > MAX_DATA:
+        return "limit", f"invitation data is {len(data)} bytes; the limit is {MAX_DATA}"
+    if ttl > MAX_INVITATION_WAIT:
+        return "limit", f"invitation ttl is {ttl} s; the limit is {MAX_INVITATION_WAIT}"
+    return None
+
+
+def _invitation_receiver(handler: InvitationHandler) -> InvitationHandler:
+    async def receive(invitation: Invitation) -> InvitationResponse | None:
+        try:
+            result = await handler(invitation)
+        except Exception:
+            log.exception("invitation handler for %s failed; declining", invitation.application.id)
+            return InvitationResponse.DECLINED
+        if isinstance(result, InvitationResponse):
+            return result
+        if invitation.response is not None:
+            return invitation.response
+        log.warning("invitation handler for %s returned %r; declining", invitation.application.id, result)
+        return InvitationResponse.DECLINED
+
+    return receive
+
+
+def _app_id(application: Application | uuid.UUID) -> uuid.UUID:
+    if isinstance(application, Application):
+        return application.id
+    if isinstance(application, uuid.UUID):
+        return application
+    raise TypeError(f"expected an Application or its uuid.UUID, not {type(application).__name__}")
+
+
+def _scope(value: object) -> Scope:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 3:
+        raise ValueError(f"{value!r} is not a Scope (NONE, NEAR_ME, INTERNET or ALL)")
+    return Scope(value)
+
+
+def _timeout(value: object, what: str, limit: float | None) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{what} must be a number of seconds, not {type(value).__name__}")
+    if not (value > 0 and math.isfinite(value)):
+        raise ValueError(f"{what} must be a positive number of seconds, not {value}")
+    if limit is not None and value > limit:
+        raise LimitExceeded(f"{what} is {value} s; the limit is {limit}")
+    return float(value)
+
+
+def _reachable(host: str) -> str:
+    # A wildcard bind address is shown (and dialled) as the loopback address of its family.
+    with contextlib.suppress(ValueError):
+        address = ipaddress.ip_address(host)
+        if address.is_unspecified:
+            return "::1" if address.version == 6 else "127.0.0.1"
+    return host
