@@ -162,6 +162,7 @@ class Node:
         self._stack: contextlib.AsyncExitStack | None = None
         self._listener: ChannelListener | None = None
         self._running = False
+        self._closers: set[Callable[[], None]] = set()
 
     # -- lifetime --------------------------------------------------------------------------
     async def __aenter__(self) -> Self:
@@ -194,6 +195,8 @@ class Node:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> bool | None:
         self._running = False
+        for close in list(self._closers):
+            close()  # async iterators of invitations and streams end
         self._withdraw(Scope.ALL)
         self._scope = Scope.NONE
         assert self._tg is not None
@@ -422,7 +425,7 @@ class Node:
         :raises ValueError: when the application already has a handler or iterator.
         """
         return self._add_receiver(
-            self._invite_receivers, application, _invitation_receiver(handler), "invitation"
+            self._invite_receivers, application, _invitation_receiver(handler), "an invitation"
         )
 
     def on_invitation(self, application: Application | uuid.UUID) -> Callable[[F], F]:
@@ -440,6 +443,9 @@ class Node:
 
         :raises ValueError: when the application already has a handler or iterator.
         """
+        app_id = _app_id(application)
+        if app_id in self._invite_receivers:
+            raise ValueError(f"application {app_id} already has an invitation handler; remove it first")
         send, receive = anyio.create_memory_object_stream[Invitation](self._queue_size)
 
         async def receiver(invitation: Invitation) -> InvitationResponse | None:
@@ -453,12 +459,14 @@ class Node:
             await invitation._answered.wait()
             return invitation.response
 
-        handle = self._add_receiver(self._invite_receivers, application, receiver, "invitation")
+        handle = self._add_receiver(self._invite_receivers, application, receiver, "an invitation")
 
         def remove() -> None:
             handle.remove()
             send.close()
+            self._closers.discard(remove)
 
+        self._closers.add(remove)
         return Subscription(receive, remove)
 
     def add_stream_handler(self, application: Application | uuid.UUID, handler: StreamHandler) -> Handle:
@@ -474,7 +482,7 @@ class Node:
             except Exception:
                 log.exception("stream handler for %s failed", stream.application.id)
 
-        return self._add_receiver(self._stream_receivers, application, receiver, "stream")
+        return self._add_receiver(self._stream_receivers, application, receiver, "a stream")
 
     def on_stream(self, application: Application | uuid.UUID) -> Callable[[F], F]:
         """Decorator form of :meth:`add_stream_handler`; returns the function unchanged."""
@@ -491,6 +499,9 @@ class Node:
 
         :raises ValueError: when the application already has a stream handler or iterator.
         """
+        app_id = _app_id(application)
+        if app_id in self._stream_receivers:
+            raise ValueError(f"application {app_id} already has a stream handler; remove it first")
         send, receive = anyio.create_memory_object_stream[AppStream](self._queue_size)
 
         async def receiver(stream: AppStream) -> None:
@@ -501,12 +512,14 @@ class Node:
                 return
             await stream.wait_closed()
 
-        handle = self._add_receiver(self._stream_receivers, application, receiver, "stream")
+        handle = self._add_receiver(self._stream_receivers, application, receiver, "a stream")
 
         def remove() -> None:
             handle.remove()
             send.close()
+            self._closers.discard(remove)
 
+        self._closers.add(remove)
         return Subscription(receive, remove)
 
     def _add_receiver(
@@ -514,7 +527,7 @@ class Node:
     ) -> Handle:
         app_id = _app_id(application)
         if app_id in table:
-            raise ValueError(f"application {app_id} already has an {what} handler; remove it first")
+            raise ValueError(f"application {app_id} already has {what} handler; remove it first")
         table[app_id] = receiver
 
         def remove() -> None:
@@ -762,6 +775,8 @@ class Node:
         if response is None:
             invitation._withdraw("expired")
             response = InvitationResponse.EXPIRED
+        elif invitation.response is None:
+            invitation._answer = response
         await control.reply(rid, {"t": "invite_reply", "r": _WIRE[response]})
 
     # -- inviting --------------------------------------------------------------------------

@@ -1,0 +1,823 @@
+"""The Node over the in-memory network: lifetime, sign-in, applications, handlers, invitations."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import anyio
+import anyio.abc
+import pytest
+
+from peerkit import (
+    Application,
+    EndPoint,
+    Identity,
+    Invitation,
+    InvitationPolicy,
+    InvitationResponse,
+    KeepalivePolicy,
+    LimitExceeded,
+    Node,
+    NotRunning,
+    PeerUnreachable,
+    PresenceStatus,
+    ProtocolError,
+    Scope,
+    SecureChannel,
+)
+from peerkit.testing import MemoryDiscovery, MemoryNetwork
+
+pytestmark = pytest.mark.asyncio
+
+CHAT = Application(id=uuid.UUID("6f1c2a4e-0000-4000-8000-000000000001"), description="chat")
+GAME = Application(id=uuid.UUID("6f1c2a4e-0000-4000-8000-000000000002"), description="game")
+ACCEPTED, DECLINED, EXPIRED = (
+    InvitationResponse.ACCEPTED,
+    InvitationResponse.DECLINED,
+    InvitationResponse.EXPIRED,
+)
+
+
+@asynccontextmanager
+async def nodes(
+    count: int = 2, *, network: MemoryNetwork | None = None, **options: Any
+) -> AsyncIterator[list[Node]]:
+    net = network or MemoryNetwork()
+    names = ["alice", "bob", "carol", "dave"]
+    async with contextlib.AsyncExitStack() as stack:
+        started = []
+        for i in range(count):
+            node = Node(
+                nickname=names[i],
+                identity=Identity.generate(),
+                network=net,
+                listen=(f"10.0.0.{i + 1}", 0),
+                **options,
+            )
+            started.append(await stack.enter_async_context(node))
+        yield started
+
+
+async def accept_all(invitation: Invitation) -> InvitationResponse:
+    return ACCEPTED
+
+
+# -- lifetime ----------------------------------------------------------------------------------
+async def test_node_lifetime_and_endpoint(tmp_path: Path) -> None:
+    node = Node(nickname="alice", data_dir=tmp_path, listen=("127.0.0.1", 0))
+    with pytest.raises(NotRunning):
+        node.endpoint  # noqa: B018
+    with pytest.raises(NotRunning):
+        await node.register_application(CHAT)
+    async with node:
+        assert node.running
+        assert (tmp_path / "identity.key").exists()
+        assert node.endpoint.host == "127.0.0.1"
+        assert node.endpoint.port > 0
+        first_id = node.id
+    assert not node.running
+    with pytest.raises(NotRunning):
+        await node.sign_in(Scope.NEAR_ME)
+    with pytest.raises(RuntimeError):
+        async with node:
+            pass
+    async with Node(data_dir=tmp_path, listen=("127.0.0.1", 0)) as again:
+        assert again.id == first_id  # the identity was persisted
+
+
+async def test_wildcard_listen_shows_loopback() -> None:
+    async with Node(identity=Identity.generate(), listen=("0.0.0.0", 0)) as node:
+        assert node.endpoint.host == "127.0.0.1"
+
+
+async def test_endpoint_name_is_checked_and_persisted(tmp_path: Path) -> None:
+    async with Node(data_dir=tmp_path, listen=("127.0.0.1", 0)) as node:
+        with pytest.raises(LimitExceeded, match="255"):
+            node.endpoint_name = "x" * 256
+        with pytest.raises(TypeError):
+            node.endpoint_name = 5  # type: ignore[assignment]
+        node.endpoint_name = "kitchen"
+        assert node.endpoint.name == "kitchen"
+    async with Node(data_dir=tmp_path, listen=("127.0.0.1", 0)) as node:
+        assert node.endpoint_name == "kitchen"
+
+
+async def test_endpoint_name_reaches_peers() -> None:
+    async with nodes() as (alice, bob):
+        bob.endpoint_name = "bob's desk"
+        peer = await alice.peer_at(bob.endpoint.host, bob.endpoint.port)
+        assert peer.endpoints[0].name == "bob's desk"
+        assert peer.nickname == "bob"
+
+
+async def test_constructor_checks() -> None:
+    with pytest.raises(LimitExceeded):
+        Node(nickname="n" * 256, identity=Identity.generate())
+    with pytest.raises(ValueError, match="mdns"):
+        Node(identity=Identity.generate(), discovery=["mdns"])  # type: ignore[list-item]
+    with pytest.raises(ValueError, match="port"):
+        Node(identity=Identity.generate(), listen=("127.0.0.1", 70000))
+    with pytest.raises(TypeError):
+        Node(identity="key")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="positive"):
+        KeepalivePolicy(interval=0)
+
+
+async def test_several_nodes_in_one_process_share_nothing() -> None:
+    async with nodes(4) as group:
+        assert len({n.id for n in group}) == 4
+        assert len({n.endpoint for n in group}) == 4
+
+
+async def test_exit_closes_channels_and_handlers() -> None:
+    cancelled = anyio.Event()
+    async with nodes() as (alice, bob):
+        await alice.register_application(CHAT)
+        await bob.register_application(CHAT)
+
+        @bob.on_invitation(CHAT)
+        async def slow(invitation: Invitation) -> InvitationResponse:
+            try:
+                await anyio.sleep_forever()
+            finally:
+                cancelled.set()
+            raise AssertionError
+
+        peer = await alice.peer_at(bob.endpoint.host, bob.endpoint.port)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(peer.invite, CHAT)
+            await anyio.sleep(0.05)
+            tg.cancel_scope.cancel()
+    assert cancelled.is_set()
+    assert alice.channels(bob.id) == 0
+
+
+# -- sign-in (R3) --------------------------------------------------------------------------
+async def test_sign_in_rules() -> None:
+    directory = MemoryDiscovery()
+    async with nodes(2, discovery=[directory]) as (alice, bob):
+        assert alice.presence.status is PresenceStatus.OFFLINE
+        with pytest.raises(ValueError, match="NONE"):
+            await alice.sign_in(Scope.NONE)
+        with pytest.raises(ValueError, match="not a Scope"):
+            await alice.sign_in(7)  # type: ignore[arg-type]
+        await alice.sign_out(Scope.NEAR_ME)  # not signed in: a no-op
+        await alice.sign_in(Scope.NEAR_ME)
+        await alice.sign_in(Scope.NEAR_ME)  # twice: a no-op
+        assert alice.scope is Scope.NEAR_ME
+        assert alice.presence.status is PresenceStatus.ONLINE
+        assert [e.id for e in directory.entries()] == [alice.id]
+        found = await bob.resolve(alice.id)
+        assert found.endpoints == (alice.endpoint,)
+        assert found.nickname == "alice"
+        await alice.sign_in(Scope.INTERNET)
+        assert alice.scope is Scope.ALL
+        await alice.sign_out(Scope.NEAR_ME)
+        assert alice.scope is Scope.INTERNET
+        assert directory.entries() == []
+        with pytest.raises(PeerUnreachable, match="no discovery provider"):
+            await bob.resolve(alice.id)
+        await alice.sign_in(Scope.NEAR_ME)
+    assert directory.entries() == []  # exit signs out
+
+
+# -- applications --------------------------------------------------------------------------
+async def test_register_and_unregister_applications() -> None:
+    async with nodes(1) as (alice,):
+        await alice.register_application(CHAT)
+        await alice.register_application(GAME)
+        assert alice.applications() == [CHAT, GAME]
+        with pytest.raises(ValueError, match="already registered"):
+            await alice.register_application(CHAT)
+        with pytest.raises(TypeError):
+            await alice.register_application(CHAT.id)  # type: ignore[arg-type]
+        await alice.unregister_application(CHAT.id)
+        await alice.unregister_application(GAME)
+        assert alice.applications() == []
+        with pytest.raises(ValueError, match="not registered"):
+            await alice.unregister_application(GAME)
+        for i in range(64):
+            await alice.register_application(Application(id=uuid.UUID(int=i + 100)))
+        with pytest.raises(LimitExceeded, match="64"):
+            await alice.register_application(CHAT)
+        assert len(alice.applications()) == 64
+
+
+async def test_one_handler_per_application_and_handles_remove() -> None:
+    async with nodes(1) as (alice,):
+        handle = alice.add_invitation_handler(CHAT, accept_all)
+        with pytest.raises(ValueError, match="already has"):
+            alice.add_invitation_handler(CHAT, accept_all)
+        with pytest.raises(ValueError, match="already has"):
+            alice.invitations(CHAT)
+        handle.remove()
+        handle.remove()  # twice is harmless
+        async with alice.invitations(CHAT):
+            with pytest.raises(ValueError, match="already has"):
+                alice.on_invitation(CHAT)(accept_all)
+        alice.on_invitation(CHAT)(accept_all)  # free again after the iterator closed
+
+
+# -- invitations -------------------------------------------------------------------------------
+async def test_invitation_accepted_with_everything_the_application_needs() -> None:
+    async with nodes() as (alice, bob):
+        await alice.register_application(CHAT)
+        await bob.register_application(CHAT)
+        seen: list[Invitation] = []
+
+        @bob.on_invitation(CHAT)
+        async def handler(invitation: Invitation) -> InvitationResponse:
+            seen.append(invitation)
+            return ACCEPTED
+
+        peer = await alice.peer_at(bob.endpoint.host, bob.endpoint.port)
+        assert peer.id == bob.id
+        assert await peer.invite(CHAT, message="join?", data=b"\x00board", timeout=5) is ACCEPTED
+        (invitation,) = seen
+        assert invitation.sender_id == alice.id
+        assert invitation.nickname == "alice"
+        assert invitation.endpoint == alice.endpoint
+        assert invitation.application == CHAT
+        assert invitation.message == "join?"
+        assert invitation.data == b"\x00board"
+        assert invitation.trusted is False
+        assert invitation.response is ACCEPTED
+        # The invitation's peer can be invited back.
+        await alice.register_application(GAME)
+        await bob.register_application(GAME)
+        alice.add_invitation_handler(GAME, accept_all)
+        assert await invitation.peer.invite(GAME, timeout=5) is ACCEPTED
+
+
+async def test_unregistered_application_is_declined_without_any_handler() -> None:
+    async with nodes() as (alice, bob):
+        await alice.register_application(CHAT)
+        called = []
+
+        async def handler(invitation: Invitation) -> InvitationResponse:
+            called.append(invitation)
+            return ACCEPTED
+
+        bob.add_invitation_handler(CHAT, handler)  # a handler, but the app is not registered
+        peer = await alice.peer_at(bob.endpoint.host, bob.endpoint.port, bob.id)
+        assert await peer.invite(CHAT, timeout=5) is DECLINED
+        assert called == []
+
+
+async def test_registered_application_without_handler_declines() -> None:
+    async with nodes() as (alice, bob):
+        await alice.register_application(CHAT)
+        await bob.register_application(CHAT)
+        peer = await alice.peer_at(bob.endpoint.host, bob.endpoint.port, bob.id)
+        assert await peer.invite(CHAT, timeout=5) is DECLINED
+
+
+async def test_inviter_must_register_and_respect_limits_before_sending() -> None:
+    async with nodes() as (alice, bob):
+        called = []
+
+        async def handler(invitation: Invitation) -> InvitationResponse:
+            called.append(invitation)
+            return ACCEPTED
+
+        await bob.register_application(CHAT)
+        bob.add_invitation_handler(CHAT, handler)
+        peer = alice.peer(bob.id, bob.endpoint)
+        with pytest.raises(ValueError, match="not registered"):
+            await peer.invite(CHAT)
+        await alice.register_application(CHAT)
+        with pytest.raises(LimitExceeded, match="invitation message is 256 characters; the limit is 255"):
+            await peer.invite(CHAT, message="m" * 256)
+        with pytest.raises(LimitExceeded, match="invitation data is 16385 bytes; the limit is 16384"):
+            await peer.invite(CHAT, data=bytes(16385))
+        with pytest.raises(LimitExceeded, match="300"):
+            await peer.invite(CHAT, timeout=301)
+        with pytest.raises(ValueError, match="positive"):
+            await peer.invite(CHAT, timeout=0)
+        with pytest.raises(TypeError):
+            await peer.invite(CHAT, message=b"bytes")  # type: ignore[arg-type]
+        with pytest.raises(TypeError):
+            await peer.invite("chat")  # type: ignore[arg-type]
+        assert called == []
+        assert alice.channels(bob.id) == 0  # nothing was even dialled
+        assert await peer.invite(CHAT, message="m" * 255, data=bytes(16384), timeout=5) is ACCEPTED
+
+
+async def test_handler_that_raises_declines_and_the_node_lives_on(caplog: pytest.LogCaptureFixture) -> None:
+    async with nodes() as (alice, bob):
+        for node in (alice, bob):
+            await node.register_application(CHAT)
+        calls = 0
+
+        @bob.on_invitation(CHAT)
+        async def broken(invitation: Invitation) -> InvitationResponse:
+            nonlocal calls
+            calls += 1
+            if calls == 1:
+                raise RuntimeError("boom")
+            return ACCEPTED
+
+        peer = await alice.peer_at(bob.endpoint.host, bob.endpoint.port)
+        with caplog.at_level(logging.ERROR, logger="peerkit"):
+            assert await peer.invite(CHAT, timeout=5) is DECLINED
+        assert "boom" in caplog.text
+        assert await peer.invite(CHAT, timeout=5) is ACCEPTED
+
+
+async def test_handler_may_answer_with_accept_or_decline() -> None:
+    async with nodes() as (alice, bob):
+        for node in (alice, bob):
+            await node.register_application(CHAT)
+
+        @bob.on_invitation(CHAT)
+        async def handler(invitation: Invitation) -> None:
+            if invitation.message == "yes":
+                invitation.accept()
+            elif invitation.message == "no":
+                invitation.decline()
+            with pytest.raises(RuntimeError, match="already answered"):
+                invitation.decline()
+
+        peer = await alice.peer_at(bob.endpoint.host, bob.endpoint.port)
+        assert await peer.invite(CHAT, "yes", timeout=5) is ACCEPTED
+        assert await peer.invite(CHAT, "no", timeout=5) is DECLINED
+
+
+async def test_async_iterator_form() -> None:
+    async with nodes() as (alice, bob):
+        for node in (alice, bob):
+            await node.register_application(CHAT)
+        peer = await alice.peer_at(bob.endpoint.host, bob.endpoint.port)
+        results: list[InvitationResponse] = []
+
+        async def invite_twice() -> None:
+            results.append(await peer.invite(CHAT, "first", timeout=5))
+            results.append(await peer.invite(CHAT, "second", timeout=5))
+
+        async with bob.invitations(CHAT) as invitations, anyio.create_task_group() as tg:
+            tg.start_soon(invite_twice)
+            count = 0
+            async for invitation in invitations:
+                count += 1
+                if invitation.message == "first":
+                    invitation.accept()
+                else:
+                    invitation.decline()
+                    break
+        assert results == [ACCEPTED, DECLINED]
+        # Closed: invitations are declined again, none waits.
+        assert await peer.invite(CHAT, timeout=5) is DECLINED
+
+
+async def test_policy_and_trust() -> None:
+    async with nodes(3) as (alice, bob, carol):
+        for node in (alice, bob, carol):
+            await node.register_application(CHAT)
+        seen: list[Invitation] = []
+
+        @bob.on_invitation(CHAT)
+        async def handler(invitation: Invitation) -> InvitationResponse:
+            seen.append(invitation)
+            return ACCEPTED
+
+        from_alice = await alice.peer_at(bob.endpoint.host, bob.endpoint.port)
+        from_carol = await carol.peer_at(bob.endpoint.host, bob.endpoint.port)
+        bob.trust(alice.id)
+        assert bob.trusted == {alice.id}
+        bob.invitation_policy = InvitationPolicy.CONTACTS_ONLY
+        assert await from_alice.invite(CHAT, timeout=5) is ACCEPTED
+        assert seen[-1].trusted is True
+        assert await from_carol.invite(CHAT, timeout=5) is DECLINED
+        assert len(seen) == 1
+        bob.invitation_policy = InvitationPolicy.NOBODY
+        assert await from_alice.invite(CHAT, timeout=5) is DECLINED
+        bob.invitation_policy = InvitationPolicy.ANYONE
+        assert await from_carol.invite(CHAT, timeout=5) is ACCEPTED
+        assert seen[-1].trusted is False
+        bob.untrust(alice.id)
+        assert bob.trusted == frozenset()
+        with pytest.raises(TypeError):
+            bob.invitation_policy = "anyone"  # type: ignore[assignment]
+
+
+async def test_no_answer_is_expired_on_both_sides() -> None:
+    async with nodes() as (alice, bob):
+        for node in (alice, bob):
+            await node.register_application(CHAT)
+        seen: list[Invitation] = []
+        handler_cancelled = anyio.Event()
+
+        @bob.on_invitation(CHAT)
+        async def never(invitation: Invitation) -> InvitationResponse:
+            seen.append(invitation)
+            try:
+                await anyio.sleep_forever()
+            except anyio.get_cancelled_exc_class():
+                handler_cancelled.set()
+                raise
+            raise AssertionError
+
+        peer = await alice.peer_at(bob.endpoint.host, bob.endpoint.port)
+        start = anyio.current_time()
+        assert await peer.invite(CHAT, timeout=0.3) is EXPIRED
+        assert anyio.current_time() - start < 1.5
+        with anyio.fail_after(2):
+            await handler_cancelled.wait()
+        assert seen[0].withdrawn
+
+
+async def test_receiver_expires_after_ttl() -> None:
+    # A raw peer that never cancels: the receiving node answers "expired" once the ttl is over.
+    async with nodes() as (alice, bob):
+        await bob.register_application(CHAT)
+        seen: list[Invitation] = []
+
+        @bob.on_invitation(CHAT)
+        async def never(invitation: Invitation) -> InvitationResponse:
+            seen.append(invitation)
+            await anyio.sleep_forever()
+            raise AssertionError
+
+        async with await raw_channel(alice, bob) as channel:
+            await channel.send(
+                {"t": "invite", "rid": 5, "app": CHAT.id.bytes, "msg": "", "data": b"", "ttl": 1}
+            )
+            with anyio.fail_after(3):
+                reply = await channel.receive()
+            assert reply == {"t": "invite_reply", "rid": 5, "r": "expired"}
+        assert seen[0].withdrawn_reason == "expired"
+
+
+async def test_cancelling_the_inviter_cancels_the_handler() -> None:
+    async with nodes() as (alice, bob):
+        for node in (alice, bob):
+            await node.register_application(CHAT)
+        started = anyio.Event()
+        cancelled = anyio.Event()
+        seen: list[Invitation] = []
+
+        @bob.on_invitation(CHAT)
+        async def waiting(invitation: Invitation) -> InvitationResponse:
+            seen.append(invitation)
+            started.set()
+            try:
+                await anyio.sleep_forever()
+            except anyio.get_cancelled_exc_class():
+                cancelled.set()
+                raise
+            raise AssertionError
+
+        peer = await alice.peer_at(bob.endpoint.host, bob.endpoint.port)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(peer.invite, CHAT)
+            await started.wait()
+            tg.cancel_scope.cancel()
+        with anyio.fail_after(2):
+            await cancelled.wait()
+        assert seen[0].withdrawn_reason == "cancelled"
+        with pytest.raises(RuntimeError, match="withdrawn"):
+            seen[0].accept()
+        # The channel is still fine for the next invitation.
+        bob.add_invitation_handler(GAME, accept_all)
+        await bob.register_application(GAME)
+        await alice.register_application(GAME)
+        assert await peer.invite(GAME, timeout=5) is ACCEPTED
+
+
+# -- several endpoints -------------------------------------------------------------------------
+@asynccontextmanager
+async def bob_at_two_endpoints(
+    net: MemoryNetwork, first: Any, second: Any
+) -> AsyncIterator[tuple[Node, Node, list[Invitation]]]:
+    identity = Identity.generate()
+    seen: list[Invitation] = []
+    async with (
+        Node(nickname="bob", identity=identity, network=net, listen=("10.0.1.1", 0)) as b1,
+        Node(nickname="bob", identity=identity, network=net, listen=("10.0.1.2", 0)) as b2,
+    ):
+        for node, handler in ((b1, first), (b2, second)):
+            await node.register_application(CHAT)
+
+            async def recording(invitation: Invitation, handler: Any = handler) -> Any:
+                seen.append(invitation)
+                return await handler(invitation)
+
+            node.add_invitation_handler(CHAT, recording)
+        yield b1, b2, seen
+
+
+async def slow_decline(invitation: Invitation) -> InvitationResponse:
+    await anyio.sleep(0.1)
+    return DECLINED
+
+
+async def hang(invitation: Invitation) -> InvitationResponse:
+    await anyio.sleep_forever()
+    raise AssertionError
+
+
+async def test_several_endpoints_first_accept_wins_and_the_others_are_withdrawn() -> None:
+    net = MemoryNetwork()
+    async with (
+        nodes(1, network=net) as (alice,),
+        bob_at_two_endpoints(net, accept_all, hang) as (b1, b2, seen),
+    ):
+        await alice.register_application(CHAT)
+        peer = alice.peer(b1.id, b1.endpoint, b2.endpoint)
+        assert await peer.invite(CHAT, timeout=5) is ACCEPTED
+        with anyio.fail_after(2):
+            while not all(inv.response is not None or inv.withdrawn for inv in seen) or len(seen) < 2:
+                await anyio.sleep(0.01)
+        (hung,) = [inv for inv in seen if inv.response is None]
+        assert hung.withdrawn_reason == "cancelled"
+
+
+async def test_several_endpoints_declined_if_any_declined_else_expired() -> None:
+    net = MemoryNetwork()
+    async with nodes(1, network=net) as (alice,):
+        await alice.register_application(CHAT)
+        async with bob_at_two_endpoints(net, slow_decline, hang) as (b1, b2, _):
+            peer = alice.peer(b1.id, b1.endpoint, b2.endpoint)
+            assert await peer.invite(CHAT, timeout=0.5) is DECLINED
+        async with bob_at_two_endpoints(net, hang, hang) as (b1, b2, _):
+            peer = alice.peer(b1.id, b1.endpoint, b2.endpoint)
+            assert await peer.invite(CHAT, timeout=0.3) is EXPIRED
+        async with bob_at_two_endpoints(net, hang, accept_all) as (b1, b2, _):
+            dead = EndPoint("10.9.9.9", 1)
+            peer = alice.peer(b1.id, dead, b2.endpoint)  # one endpoint unreachable: the other answers
+            assert await peer.invite(CHAT, timeout=5) is ACCEPTED
+            with pytest.raises(PeerUnreachable):
+                await alice.peer(b1.id, dead, EndPoint("10.9.9.8", 1)).invite(CHAT, timeout=5)
+
+
+# -- the connection manager ----------------------------------------------------------------
+async def test_one_channel_per_peer_reused_in_both_directions() -> None:
+    async with nodes() as (alice, bob):
+        for node in (alice, bob):
+            await node.register_application(CHAT)
+            node.add_invitation_handler(CHAT, accept_all)
+        peer = await alice.peer_at(bob.endpoint.host, bob.endpoint.port)
+        for _ in range(5):
+            assert await peer.invite(CHAT, timeout=5) is ACCEPTED
+        back = bob.peer(alice.id, alice.endpoint)
+        assert await back.invite(CHAT, timeout=5) is ACCEPTED  # over the channel alice opened
+        assert alice.channels(bob.id) == 1
+        assert bob.channels(alice.id) == 1
+
+
+async def test_concurrent_requests_share_one_dial() -> None:
+    async with nodes() as (alice, bob):
+        for node in (alice, bob):
+            await node.register_application(CHAT)
+            node.add_invitation_handler(CHAT, accept_all)
+        peer = alice.peer(bob.id, bob.endpoint)
+        async with anyio.create_task_group() as tg:
+            for _ in range(10):
+                tg.start_soon(functools.partial(peer.invite, CHAT, timeout=5))
+        assert alice.channels(bob.id) == 1
+        assert bob.channels(alice.id) == 1
+
+
+async def test_simultaneous_dial_converges_on_one_channel() -> None:
+    policy = KeepalivePolicy(interval=0.05, timeout=0.5, idle=60)
+    async with nodes(keepalive=policy) as (alice, bob):
+        for node in (alice, bob):
+            await node.register_application(CHAT)
+            node.add_invitation_handler(CHAT, accept_all)
+        to_bob = alice.peer(bob.id, bob.endpoint)
+        to_alice = bob.peer(alice.id, alice.endpoint)
+        results: list[InvitationResponse] = []
+
+        async def invite(peer: Any) -> None:
+            results.append(await peer.invite(CHAT, timeout=5))
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(invite, to_bob)
+            tg.start_soon(invite, to_alice)
+        assert results == [ACCEPTED, ACCEPTED]
+        with anyio.fail_after(3):
+            while alice.channels(bob.id) != 1 or bob.channels(alice.id) != 1:
+                await anyio.sleep(0.02)
+        # Both kept the same one: the one the lower id dialled.
+        (kept_a,) = [c for c in alice._controls[bob.id] if not c.closed]
+        (kept_b,) = [c for c in bob._controls[alice.id] if not c.closed]
+        assert kept_a.channel.handshake_hash == kept_b.channel.handshake_hash
+        assert kept_a.dialler == min(alice.id, bob.id, key=bytes)
+        assert await to_bob.invite(CHAT, timeout=5) is ACCEPTED
+        assert await to_alice.invite(CHAT, timeout=5) is ACCEPTED
+        assert alice.channels(bob.id) == 1
+
+
+async def test_idle_channels_close() -> None:
+    policy = KeepalivePolicy(interval=0.05, timeout=0.5, idle=0.2)
+    async with nodes(keepalive=policy) as (alice, bob):
+        for node in (alice, bob):
+            await node.register_application(CHAT)
+            node.add_invitation_handler(CHAT, accept_all)
+        peer = await alice.peer_at(bob.endpoint.host, bob.endpoint.port)
+        assert alice.channels(bob.id) == 1
+        with anyio.fail_after(3):
+            while alice.channels(bob.id) or bob.channels(alice.id):
+                await anyio.sleep(0.02)
+        assert await peer.invite(CHAT, timeout=5) is ACCEPTED  # a new channel is dialled
+
+
+async def test_busy_channel_stays_open_while_a_request_is_outstanding() -> None:
+    policy = KeepalivePolicy(interval=0.05, timeout=0.5, idle=0.1)
+    async with nodes(keepalive=policy) as (alice, bob):
+        for node in (alice, bob):
+            await node.register_application(CHAT)
+
+        @bob.on_invitation(CHAT)
+        async def slow(invitation: Invitation) -> InvitationResponse:
+            await anyio.sleep(0.6)
+            return ACCEPTED
+
+        peer = await alice.peer_at(bob.endpoint.host, bob.endpoint.port)
+        assert await peer.invite(CHAT, timeout=5) is ACCEPTED
+
+
+async def test_keepalive_detects_a_dead_peer() -> None:
+    net = MemoryNetwork()
+    policy = KeepalivePolicy(interval=0.05, timeout=0.2, idle=60)
+    async with nodes(network=net, keepalive=policy) as (alice, bob):
+        for node in (alice, bob):
+            await node.register_application(CHAT)
+        started = anyio.Event()
+
+        @bob.on_invitation(CHAT)
+        async def waiting(invitation: Invitation) -> InvitationResponse:
+            started.set()
+            await anyio.sleep_forever()
+            raise AssertionError
+
+        peer = await alice.peer_at(bob.endpoint.host, bob.endpoint.port)
+        result: list[Any] = []
+
+        async def invite() -> None:
+            try:
+                result.append(await peer.invite(CHAT, timeout=30))
+            except PeerUnreachable as exc:
+                result.append(exc)
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(invite)
+            await started.wait()
+            net.freeze(bob.endpoint.host)  # bob's cable is pulled: no close, no reply, nothing
+            start = anyio.current_time()
+            with anyio.fail_after(3):
+                while not result:
+                    await anyio.sleep(0.01)
+        assert isinstance(result[0], PeerUnreachable)
+        assert "stopped answering" in str(result[0])
+        assert anyio.current_time() - start < 1.0
+        assert alice.channels(bob.id) == 0
+        with pytest.raises(PeerUnreachable):
+            await peer.invite(CHAT, timeout=5)
+
+
+async def test_peer_that_goes_away_mid_invitation_is_unreachable() -> None:
+    net = MemoryNetwork()
+    async with nodes(1, network=net) as (alice,), anyio.create_task_group() as tg:
+        await alice.register_application(CHAT)
+        started = anyio.Event()
+        bob_scope = anyio.CancelScope()
+
+        async def run_bob(*, task_status: anyio.abc.TaskStatus[Node]) -> None:
+            with bob_scope:
+                async with Node(identity=Identity.generate(), network=net, listen=("10.0.0.9", 0)) as bob:
+                    await bob.register_application(CHAT)
+
+                    @bob.on_invitation(CHAT)
+                    async def waiting(invitation: Invitation) -> InvitationResponse:
+                        started.set()
+                        await anyio.sleep_forever()
+                        raise AssertionError
+
+                    task_status.started(bob)
+                    await anyio.sleep_forever()
+
+        bob = await tg.start(run_bob)
+        peer = await alice.peer_at(bob.endpoint.host, bob.endpoint.port)
+        outcome: list[Any] = []
+
+        async def invite() -> None:
+            try:
+                outcome.append(await peer.invite(CHAT, timeout=30))
+            except PeerUnreachable as exc:
+                outcome.append(exc)
+
+        tg.start_soon(invite)
+        await started.wait()
+        bob_scope.cancel()  # bob's node exits while the invitation waits
+        with anyio.fail_after(2):
+            while not outcome:
+                await anyio.sleep(0.01)
+        assert isinstance(outcome[0], PeerUnreachable)
+
+
+async def test_unreachable_and_wrong_peers() -> None:
+    async with nodes() as (alice, bob):
+        with pytest.raises(PeerUnreachable, match="refused"):
+            await alice.peer_at("10.0.0.77", 4000)
+        from peerkit import HandshakeError
+
+        with pytest.raises(HandshakeError):
+            await alice.peer_at(bob.endpoint.host, bob.endpoint.port, Identity.generate().id)
+        with pytest.raises(ValueError, match="own id"):
+            await alice.peer_at(bob.endpoint.host, bob.endpoint.port, alice.id)
+        with pytest.raises(ValueError, match="itself"):
+            await alice.peer_at(alice.endpoint.host, alice.endpoint.port)
+        with pytest.raises(ValueError, match="endpoint"):
+            alice.peer(bob.id)
+
+
+# -- what a raw peer can send ------------------------------------------------------------------
+async def raw_channel(alice: Node, bob: Node) -> SecureChannel:
+    """A bare channel from alice's identity to bob's node, bypassing alice's Node."""
+    stream = await alice._network.connect(bob.endpoint.host, bob.endpoint.port, local_host="10.0.5.5")
+    return await SecureChannel.wrap(stream, alice.identity, initiator=True, expected_peer=bob.id)
+
+
+@pytest.mark.parametrize(
+    ("message", "code"),
+    [
+        ({"t": "invite", "rid": 1, "app": CHAT.id.bytes, "msg": "m" * 256, "data": b"", "ttl": 5}, "limit"),
+        ({"t": "invite", "rid": 1, "app": CHAT.id.bytes, "msg": "", "data": bytes(16385), "ttl": 5}, "limit"),
+        ({"t": "invite", "rid": 1, "app": CHAT.id.bytes, "msg": "", "data": b"", "ttl": 301}, "limit"),
+        ({"t": "invite", "rid": 1, "app": b"short", "msg": "", "data": b"", "ttl": 5}, "malformed"),
+        ({"t": "invite", "rid": 1, "app": CHAT.id.bytes, "msg": 5, "data": b"", "ttl": 5}, "malformed"),
+        ({"t": "invite", "rid": 1, "app": CHAT.id.bytes, "msg": "", "data": "x", "ttl": 5}, "malformed"),
+        ({"t": "invite", "rid": 1, "app": CHAT.id.bytes, "msg": "", "data": b"", "ttl": -1}, "malformed"),
+        ({"t": "invite", "rid": 1, "app": CHAT.id.bytes}, "malformed"),
+        ({"t": "teleport", "rid": 1}, "unknown-type"),
+    ],
+)
+async def test_bad_requests_are_answered_with_errors(message: dict[str, Any], code: str) -> None:
+    async with nodes() as (alice, bob):
+        await bob.register_application(CHAT)
+        bob.add_invitation_handler(CHAT, accept_all)
+        async with await raw_channel(alice, bob) as channel:
+            await channel.send(message)
+            with anyio.fail_after(2):
+                reply = await channel.receive()
+            assert reply["t"] == "error"
+            assert reply["code"] == code
+            assert reply["rid"] == 1
+            # The node lives on: the same channel still works.
+            await channel.send(
+                {"t": "invite", "rid": 2, "app": CHAT.id.bytes, "msg": "", "data": b"", "ttl": 5}
+            )
+            with anyio.fail_after(2):
+                assert await channel.receive() == {"t": "invite_reply", "rid": 2, "r": "accepted"}
+
+
+async def test_ping_and_unknown_messages_without_rid() -> None:
+    async with nodes() as (alice, bob), await raw_channel(alice, bob) as channel:
+        await channel.send({"t": "ping", "rid": 9})
+        with anyio.fail_after(2):
+            assert await channel.receive() == {"t": "pong", "rid": 9}
+        await channel.send({"t": "whatever"})
+        with anyio.fail_after(2):
+            reply = await channel.receive()
+        assert reply["t"] == "error"
+        assert reply["code"] == "unknown-type"
+        assert "rid" not in reply
+        await channel.send({"t": "invite_cancel", "rid": 12345})  # unknown rid: ignored
+        await channel.send({"t": "ping", "rid": 10})
+        with anyio.fail_after(2):
+            assert await channel.receive() == {"t": "pong", "rid": 10}
+
+
+async def test_garbage_reply_is_a_protocol_error() -> None:
+    net = MemoryNetwork()
+    async with nodes(1, network=net) as (alice,):
+        await alice.register_application(CHAT)
+        mallory = Identity.generate()
+        listener = await net.listen("10.0.6.6", 7000)
+
+        async def serve() -> None:
+            async with listener:
+
+                async def handle(stream: Any) -> None:
+                    channel = await SecureChannel.wrap(stream, mallory, initiator=False)
+                    async with channel:
+                        request = await channel.receive()
+                        await channel.send({"t": "invite_reply", "rid": request["rid"], "r": "maybe"})
+                        await anyio.sleep_forever()
+
+                await listener.serve(handle)
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(serve)
+            peer = alice.peer(mallory.id, EndPoint("10.0.6.6", 7000))
+            with pytest.raises(ProtocolError, match="maybe"):
+                await peer.invite(CHAT, timeout=5)
+            tg.cancel_scope.cancel()
