@@ -179,6 +179,8 @@ class AppStream(anyio.abc.ByteStream):
         self.application = application
         #: The verified peer at the other end.
         self.peer: PeerInfo = channel.peer
+        #: The handshake hash of the stream's own Noise session.
+        self.handshake_hash: bytes = channel.handshake_hash
         self._buffer: memoryview = memoryview(b"")
         self._eof_sent = False
         self._eof_received = False
@@ -197,8 +199,12 @@ class AppStream(anyio.abc.ByteStream):
         """
         if self._eof_sent or self._closed.is_set():
             raise anyio.ClosedResourceError
-        view = memoryview(item)
         try:
+            if type(item) is bytes and len(item) <= STREAM_CHUNK:
+                if item:
+                    await self._channel.send({"t": "data", "d": item})
+                return
+            view = memoryview(item)
             for start in range(0, len(view), STREAM_CHUNK):
                 await self._channel.send({"t": "data", "d": bytes(view[start : start + STREAM_CHUNK])})
         except PeerUnreachable as exc:

@@ -1,0 +1,269 @@
+"""Application streams: encrypted byte streams between two instances of an application."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import socket
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import anyio
+import anyio.abc
+import pytest
+
+from peerkit import (
+    Application,
+    AppStream,
+    EndPoint,
+    Identity,
+    InvitationPolicy,
+    Node,
+    NotAllowed,
+    ProtocolError,
+    SecureChannel,
+)
+from peerkit.testing import MemoryNetwork
+
+pytestmark = pytest.mark.asyncio
+
+CHAT = Application(id=uuid.UUID("6f1c2a4e-0000-4000-8000-0000000000aa"), description="chat")
+
+
+def _has_ipv6() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as s:
+            s.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
+@contextlib.asynccontextmanager
+async def pair(where: str = "memory", **options: Any) -> AsyncIterator[tuple[Node, Node]]:
+    if where == "memory":
+        net = MemoryNetwork(buffer=options.pop("buffer", 64))
+        a = Node(
+            nickname="alice", identity=Identity.generate(), network=net, listen=("10.0.0.1", 0), **options
+        )
+        b = Node(nickname="bob", identity=Identity.generate(), network=net, listen=("10.0.0.2", 0), **options)
+    else:
+        a = Node(nickname="alice", identity=Identity.generate(), listen=(where, 0), **options)
+        b = Node(nickname="bob", identity=Identity.generate(), listen=(where, 0), **options)
+    async with a, b:
+        await a.register_application(CHAT)
+        await b.register_application(CHAT)
+        yield a, b
+
+
+async def echo(stream: AppStream) -> None:
+    async for chunk in stream:
+        await stream.send(chunk)
+    await stream.send_eof()
+
+
+PLACES = [
+    "memory",
+    "127.0.0.1",
+    pytest.param("::1", marks=pytest.mark.skipif(not _has_ipv6(), reason="no IPv6")),
+]
+
+
+@pytest.mark.parametrize("where", PLACES)
+async def test_echo_and_half_close(where: str) -> None:
+    async with pair(where) as (alice, bob):
+        bob.add_stream_handler(CHAT, echo)
+        peer = await alice.peer_at(bob.endpoint.host, bob.endpoint.port)
+        async with await peer.open_stream(CHAT) as stream:
+            assert stream.peer.id == bob.id
+            assert stream.application == CHAT
+            await stream.send(b"hello")
+            assert await stream.receive() == b"hello"
+            await stream.send_eof()
+            with pytest.raises(anyio.ClosedResourceError):
+                await stream.send(b"more")
+            with anyio.fail_after(5), pytest.raises(anyio.EndOfStream):
+                await stream.receive()
+        # The stream had its own connection and Noise session.
+        control = alice._controls[bob.id][0]
+        assert stream.handshake_hash != control.channel.handshake_hash
+
+
+@pytest.mark.parametrize("where", ["memory", "127.0.0.1"])
+async def test_large_transfer_arrives_intact(where: str) -> None:
+    payload = bytes(range(256)) * 8192  # 2 MiB
+    async with pair(where) as (alice, bob):
+        digests: list[str] = []
+
+        @bob.on_stream(CHAT)
+        async def sink(stream: AppStream) -> None:
+            digest = hashlib.sha256()
+            async for chunk in stream:
+                digest.update(chunk)
+            digests.append(digest.hexdigest())
+            await stream.send(b"done")
+
+        peer = await alice.peer_at(bob.endpoint.host, bob.endpoint.port)
+        async with await peer.open_stream(CHAT) as stream:
+            await stream.send(payload[:100])
+            await stream.send(payload[100:])
+            await stream.send_eof()
+            with anyio.fail_after(10):
+                assert await stream.receive() == b"done"
+        assert digests == [hashlib.sha256(payload).hexdigest()]
+
+
+async def test_receive_respects_max_bytes_and_cancellation_loses_nothing() -> None:
+    async with pair() as (alice, bob):
+        ready = anyio.Event()
+        go = anyio.Event()
+
+        @bob.on_stream(CHAT)
+        async def writer(stream: AppStream) -> None:
+            ready.set()
+            await go.wait()
+            await stream.send(b"abcdef")
+            await stream.receive()  # wait for the end
+
+        peer = await alice.peer_at(bob.endpoint.host, bob.endpoint.port)
+        async with await peer.open_stream(CHAT) as stream:
+            await ready.wait()
+            with anyio.move_on_after(0.05):
+                await stream.receive()  # cancelled while nothing came
+            go.set()
+            assert await stream.receive(2) == b"ab"
+            assert await stream.receive() == b"cdef"
+
+
+async def test_iterator_form_and_refusals() -> None:
+    async with pair() as (alice, bob):
+        peer = await alice.peer_at(bob.endpoint.host, bob.endpoint.port)
+        with pytest.raises(NotAllowed, match="declined"):
+            await peer.open_stream(CHAT)  # registered, but nobody takes streams
+        async with bob.streams(CHAT) as incoming:
+
+            async def client() -> None:
+                async with await peer.open_stream(CHAT) as stream:
+                    await stream.send(b"ping")
+                    assert await stream.receive() == b"pong"
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(client)
+                async for stream in incoming:
+                    async with stream:
+                        assert await stream.receive() == b"ping"
+                        await stream.send(b"pong")
+                        with pytest.raises(anyio.EndOfStream):
+                            await stream.receive()
+                    break
+        bob.add_stream_handler(CHAT, echo)
+        bob.invitation_policy = InvitationPolicy.NOBODY
+        with pytest.raises(NotAllowed):
+            await peer.open_stream(CHAT)
+        bob.invitation_policy = InvitationPolicy.ANYONE
+        await bob.unregister_application(CHAT)
+        with pytest.raises(NotAllowed):
+            await peer.open_stream(CHAT)
+        await alice.unregister_application(CHAT)
+        with pytest.raises(ValueError, match="not registered"):
+            await peer.open_stream(CHAT)
+
+
+async def test_backpressure_blocks_a_sender_whose_peer_does_not_read() -> None:
+    async with pair(buffer=4) as (alice, bob):
+        release = anyio.Event()
+        received = bytearray()
+
+        @bob.on_stream(CHAT)
+        async def lazy(stream: AppStream) -> None:
+            await release.wait()
+            async for chunk in stream:
+                received.extend(chunk)
+
+        peer = await alice.peer_at(bob.endpoint.host, bob.endpoint.port)
+        async with await peer.open_stream(CHAT) as stream:
+            sent = 0
+
+            async def writer() -> None:
+                nonlocal sent
+                for _ in range(40):
+                    await stream.send(bytes(60000))
+                    sent += 60000
+                await stream.send(b"tail")
+                await stream.send_eof()
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(writer)
+                await anyio.sleep(0.3)
+                assert sent < 60000 * 20  # the writer is held back while nobody reads
+                release.set()
+            with anyio.fail_after(5):
+                while len(received) < sent + 4:
+                    await anyio.sleep(0.01)
+        assert len(received) == 60000 * 40 + 4
+        assert bytes(received[-4:]) == b"tail"
+
+
+async def test_cut_without_end_of_data_is_broken_not_eof() -> None:
+    # A peer whose connection ends without the authenticated end-of-data mark: truncation.
+    net = MemoryNetwork()
+    mallory = Identity.generate()
+    listener = await net.listen("10.0.6.6", 7000)
+
+    async def handle(raw: Any) -> None:
+        async with await SecureChannel.wrap(raw, mallory, initiator=False) as channel:
+            request = await channel.receive()
+            await channel.send({"t": "stream_reply", "rid": request["rid"], "r": "accepted"})
+            await channel.send({"t": "data", "d": b"partial"})
+
+    async with (
+        listener,
+        Node(identity=Identity.generate(), network=net, listen=("10.0.0.1", 0)) as alice,
+        anyio.create_task_group() as tg,
+    ):
+        tg.start_soon(listener.serve, handle)
+        await alice.register_application(CHAT)
+        stream = await alice.peer(mallory.id, EndPoint("10.0.6.6", 7000)).open_stream(CHAT)
+        async with stream:
+            assert await stream.receive() == b"partial"
+            with anyio.fail_after(2), pytest.raises(anyio.BrokenResourceError):
+                await stream.receive()
+        tg.cancel_scope.cancel()
+
+
+async def test_stream_connection_must_start_with_a_stream_request() -> None:
+    async with pair() as (alice, bob):
+        bob.add_stream_handler(CHAT, echo)
+        raw = await alice._network.connect(bob.endpoint.host, bob.endpoint.port, local_host="10.0.0.1")
+        channel = await SecureChannel.wrap(
+            raw, alice.identity, initiator=True, expected_peer=bob.id, use="stream"
+        )
+        async with channel:
+            await channel.send({"t": "data", "d": b"x"})
+            with anyio.fail_after(2):
+                reply = await channel.receive()
+            assert reply["t"] == "error"
+            assert reply["code"] == "malformed"
+
+
+async def test_stream_request_answered_with_garbage() -> None:
+    net = MemoryNetwork()
+    mallory = Identity.generate()
+    listener = await net.listen("10.0.6.6", 7000)
+
+    async def handle(raw: Any) -> None:
+        async with await SecureChannel.wrap(raw, mallory, initiator=False) as channel:
+            await channel.receive()
+            await channel.send({"t": "stream_reply", "rid": 1, "r": "perhaps"})
+
+    async with (
+        listener,
+        Node(identity=Identity.generate(), network=net, listen=("10.0.0.1", 0)) as alice,
+        anyio.create_task_group() as tg,
+    ):
+        tg.start_soon(listener.serve, handle)
+        await alice.register_application(CHAT)
+        with pytest.raises(ProtocolError):
+            await alice.peer(mallory.id, EndPoint("10.0.6.6", 7000)).open_stream(CHAT)
+        tg.cancel_scope.cancel()
