@@ -4,7 +4,7 @@ Find people, invite them to a shared application, and talk over encrypted, mutua
 authenticated channels, with no server.
 """
 
-from peerkit.apps import AppStream, Handle, Invitation, InvitationPolicy, Subscription
+from peerkit.apps import AppStream, Handle, Invitation, InvitationAnswered, InvitationPolicy, Subscription
 from peerkit.errors import (
     HandshakeError,
     IdentityError,
@@ -49,6 +49,7 @@ __all__ = (
     "IdentityError",
     "InvalidRecord",
     "Invitation",
+    "InvitationAnswered",
     "InvitationPolicy",
     "InvitationResponse",
     "KeepalivePolicy",

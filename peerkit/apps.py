@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import enum
+import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final, Generic, Self, TypeVar
@@ -25,7 +26,7 @@ from peerkit.proto.connection import MAX_PLAINTEXT
 if TYPE_CHECKING:
     from peerkit.peers import Peer
 
-__all__ = ("AppStream", "Handle", "Invitation", "InvitationPolicy", "Subscription")
+__all__ = ("AppStream", "Handle", "Invitation", "InvitationAnswered", "InvitationPolicy", "Subscription")
 
 T = TypeVar("T")
 
@@ -127,6 +128,28 @@ class Invitation:
             self._answered.set()
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class InvitationAnswered:
+    """An invitation this node received and what became of it (see
+    :meth:`~peerkit.Node.add_invitation_observer`)."""
+
+    #: The inviter's verified id.
+    sender_id: PeerId
+    #: The nickname the inviter gave.
+    nickname: str
+    #: The application's id (it may not be registered here).
+    application_id: uuid.UUID
+    #: The inviter's message.
+    message: str
+    #: The size of the inviter's data, in bytes.
+    data_size: int
+    #: The answer sent, or ``None`` when the inviter withdrew or went away first.
+    response: InvitationResponse | None
+    #: Why the node answered as it did: ``"handler"``, ``"not registered"``, ``"no handler"``,
+    #: ``"policy"``, ``"expired"``, ``"cancelled"`` or ``"disconnected"``.
+    reason: str
+
+
 class Subscription(Generic[T]):
     """Items for one application (invitations or streams) as an async iterator.
 
@@ -179,6 +202,8 @@ class AppStream(anyio.abc.ByteStream):
         self.application = application
         #: The verified peer at the other end.
         self.peer: PeerInfo = channel.peer
+        #: The Noise protocol of the stream's own session.
+        self.protocol: str = channel.protocol
         #: The handshake hash of the stream's own Noise session.
         self.handshake_hash: bytes = channel.handshake_hash
         self._buffer: memoryview = memoryview(b"")

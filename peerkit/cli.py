@@ -3,21 +3,22 @@
 from __future__ import annotations
 
 import json
-import os
+import signal
 import sys
 import tempfile
+import uuid
 from pathlib import Path
 from typing import Annotated
 
 import anyio
-import platformdirs
 import typer
 from rich.console import Console
 from rich.table import Table
 
 import peerkit
 from peerkit.errors import PeerkitError
-from peerkit.identity import KEY_FILE_NAME, Identity
+from peerkit.identity import KEY_FILE_NAME, Identity, default_data_dir
+from peerkit.model import check_text
 
 __all__ = ("app", "default_data_dir", "main")
 
@@ -30,12 +31,6 @@ app = typer.Typer(
 )
 console = Console(soft_wrap=True)
 err_console = Console(stderr=True, soft_wrap=True)
-
-
-def default_data_dir() -> Path:
-    """``$PEERKIT_DATA_DIR`` if set, else the per-user data dir of platformdirs."""
-    env = os.environ.get("PEERKIT_DATA_DIR")
-    return Path(env) if env else Path(platformdirs.user_data_dir("peerkit"))
 
 
 DataDir = Annotated[
@@ -89,7 +84,9 @@ def id_command(
 
 @app.command()
 def demo(
-    messages: Annotated[int, typer.Option(min=1, max=100, help="Messages alice sends each time.")] = 3,
+    messages: Annotated[
+        int, typer.Option(min=1, max=100, help="Chat lines alice sends over the stream.")
+    ] = 3,
     data_dir: Annotated[
         Path | None,
         typer.Option(
@@ -98,7 +95,7 @@ def demo(
         ),
     ] = None,
 ) -> None:
-    """Two identities on loopback: real XX and IK handshakes over TCP, messages both ways."""
+    """Two nodes on loopback: an accepted, a declined and an expired invitation, then a chat stream."""
     from peerkit.demo import run_demo
 
     with tempfile.TemporaryDirectory(prefix="peerkit-demo-") as tmp:
@@ -107,18 +104,170 @@ def demo(
         bob, _ = Identity.load_or_create(base / "demo-bob")
         console.print(f"alice  {alice.id}  [bold]{alice.fingerprint}[/bold]")
         console.print(f"bob    {bob.id}  [bold]{bob.fingerprint}[/bold]")
-        with console.status("handshaking on 127.0.0.1", spinner="dots"):
-            rounds = anyio.run(run_demo, alice, bob, messages)
-    for r in rounds:
-        console.rule(r.protocol)
-        console.print(f"alice saw  {r.alice_saw}")
-        console.print(f"bob saw    {r.bob_saw}")
-        console.print(f"handshake hash  {r.handshake_hash.hex()}")
-        console.print(f"handshake  {r.handshake_time * 1000:.2f} ms   round trip  {r.rtt * 1000:.3f} ms")
-        for sender, text in r.exchanged:
-            arrow = "->" if sender == "alice" else "<-"
-            console.print(f"  {arrow} {sender}: {text}")
+        with console.status("running two nodes on 127.0.0.1", spinner="dots"):
+            report = anyio.run(run_demo, alice, bob, messages)
+    console.print(f"alice listens at {report.alice}")
+    console.print(f"bob listens at   {report.bob}")
+    table = Table("step", "outcome", "time")
+    for step in report.steps:
+        table.add_row(step.title, step.outcome, f"{step.elapsed * 1000:.1f} ms")
+    console.print(table)
+    console.rule(f"chat stream ({report.stream_protocol})")
+    console.print(f"stream handshake hash  {report.stream_hash.hex()}")
+    for sender, text in report.chat:
+        arrow = "->" if sender == "alice" else "<-"
+        console.print(f"  {arrow} {sender}: {text}")
     console.print("[green]demo complete[/green]")
+
+
+def parse_address(text: str, default_host: str = "0.0.0.0") -> tuple[str, int]:
+    """``HOST:PORT``, ``[IPv6]:PORT`` or ``:PORT`` as a (host, port) pair.
+
+    :raises typer.BadParameter: when it is none of those.
+    """
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise typer.BadParameter(f"{text!r} is not HOST:PORT (for IPv6: [ADDRESS]:PORT)")
+    host = host.strip("[]") or default_host
+    return host, int(port)
+
+
+def _app_ids(values: list[str]) -> list[uuid.UUID]:
+    ids = []
+    for value in values:
+        try:
+            ids.append(uuid.UUID(value))
+        except ValueError:
+            raise typer.BadParameter(f"{value!r} is not an application UUID") from None
+    return ids
+
+
+@app.command()
+def serve(
+    listen_at: Annotated[
+        str, typer.Option("--listen", help="HOST:PORT to listen on (port 0 picks one).")
+    ] = "0.0.0.0:0",
+    accept: Annotated[
+        list[str] | None,
+        typer.Option("--accept", help="Register application APP_UUID and accept every invitation to it."),
+    ] = None,
+    nickname: Annotated[str, typer.Option(help="The nickname peers see.")] = "",
+    data_dir: DataDir = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON lines for scripts.")] = False,
+) -> None:
+    """Run a node in the foreground until Ctrl-C or SIGTERM, printing each invitation it receives."""
+    host, port = parse_address(listen_at)
+    apps = _app_ids(accept or [])
+    directory = data_dir or default_data_dir()
+    anyio.run(_serve, host, port, apps, nickname, directory, as_json)
+
+
+async def _serve(
+    host: str, port: int, apps: list[uuid.UUID], nickname: str, directory: Path, as_json: bool
+) -> None:
+    from peerkit.apps import Invitation, InvitationAnswered
+    from peerkit.model import Application, InvitationResponse
+    from peerkit.node import Node
+
+    def say(text: str, **fields: object) -> None:
+        if as_json:
+            print(json.dumps(fields), flush=True)
+        else:
+            console.print(text)
+
+    async with Node(nickname=nickname, data_dir=directory, listen=(host, port)) as node:
+        for app_id in apps:
+            await node.register_application(Application(id=app_id, description="accepted by peerkit serve"))
+
+            async def accept_all(invitation: Invitation) -> InvitationResponse:
+                return InvitationResponse.ACCEPTED
+
+            node.add_invitation_handler(app_id, accept_all)
+
+        async def report(event: InvitationAnswered) -> None:
+            answer = event.response.name.lower() if event.response is not None else "withdrawn"
+            say(
+                f"invitation from {event.nickname or '?'} ({event.sender_id.fingerprint}) to "
+                f"{event.application_id}: {event.message!r}, {event.data_size} bytes of data -> "
+                f"{answer} ({event.reason})",
+                event="invitation",
+                sender=str(event.sender_id),
+                nickname=event.nickname,
+                application=str(event.application_id),
+                message=event.message,
+                data=event.data_size,
+                response=answer,
+                reason=event.reason,
+            )
+
+        node.add_invitation_observer(report)
+        say(
+            f"serving as {node.id} ({node.id.fingerprint}) at {node.endpoint}",
+            event="listening",
+            id=str(node.id),
+            fingerprint=node.id.fingerprint,
+            host=node.endpoint.host,
+            port=node.endpoint.port,
+            applications=[str(a) for a in apps],
+        )
+        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async for signum in signals:
+                say(
+                    f"stopping ({signal.Signals(signum).name})",
+                    event="stopping",
+                    signal=signal.Signals(signum).name,
+                )
+                break
+
+
+@app.command()
+def invite(
+    address: Annotated[str, typer.Argument(help="HOST:PORT of the peer.")],
+    application: Annotated[str, typer.Argument(help="The application's UUID.")],
+    message: Annotated[str, typer.Option(help="The invitation message (at most 255 characters).")] = "",
+    peer_id: Annotated[
+        str | None,
+        typer.Option("--id", help="The peer's id: the handshake then proves it is that peer (IK)."),
+    ] = None,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for an answer (at most 300).")] = 300.0,
+    data_dir: DataDir = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
+) -> None:
+    """Invite the peer at HOST:PORT to an application and print its answer."""
+    host, port = parse_address(address, default_host="127.0.0.1")
+    (app_id,) = _app_ids([application])
+    check_text(message, "invitation message")  # before anything is dialled
+    expected = None
+    if peer_id is not None:
+        try:
+            expected = peerkit.PeerId.parse(peer_id)
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc), param_hint="--id") from None
+    directory = data_dir or default_data_dir()
+    response, who = anyio.run(_invite, host, port, app_id, message, expected, timeout, directory)
+    if as_json:
+        print(json.dumps({"response": response.name.lower(), "peer": str(who)}))
+    else:
+        console.print(f"{who.fingerprint}: {response.name.lower()}")
+
+
+async def _invite(
+    host: str,
+    port: int,
+    app_id: uuid.UUID,
+    message: str,
+    expected: peerkit.PeerId | None,
+    timeout: float,
+    directory: Path,
+) -> tuple[peerkit.InvitationResponse, peerkit.PeerId]:
+    from peerkit.model import Application
+    from peerkit.node import Node
+
+    async with Node(data_dir=directory, listen=("127.0.0.1", 0)) as node:
+        await node.register_application(Application(id=app_id))
+        peer = await node.peer_at(host, port, expected)
+        with console.status(f"waiting for {peer.id.fingerprint} to answer", spinner="dots"):
+            return await peer.invite(app_id, message, timeout=timeout), peer.id
 
 
 def main() -> None:

@@ -1,77 +1,112 @@
-"""``peerkit demo``: two identities on loopback complete real Noise handshakes over TCP."""
+"""``peerkit demo``: two nodes on loopback TCP go through the invitation and communication steps."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import uuid
+from dataclasses import dataclass, field
 
 import anyio
 
+from peerkit.apps import AppStream, Invitation
 from peerkit.identity import Identity
-from peerkit.net.channel import SecureChannel, connect, listen
+from peerkit.model import Application, InvitationResponse
+from peerkit.node import Node
 
-__all__ = ("DemoRound", "run_demo")
+__all__ = ("CHAT", "GAME", "WHITEBOARD", "DemoReport", "DemoStep", "run_demo")
+
+CHAT = Application(id=uuid.UUID("0b0e5c1a-7c3d-4f2e-9a61-5d3c0c4a1001"), description="Chat")
+WHITEBOARD = Application(id=uuid.UUID("0b0e5c1a-7c3d-4f2e-9a61-5d3c0c4a1002"), description="Whiteboard")
+GAME = Application(id=uuid.UUID("0b0e5c1a-7c3d-4f2e-9a61-5d3c0c4a1003"), description="Game")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class DemoRound:
-    """What one handshake of the demo showed."""
+class DemoStep:
+    """One thing the demo did."""
 
-    #: The Noise protocol name that ran.
-    protocol: str
-    #: The handshake hash, as both sides computed it.
-    handshake_hash: bytes
-    #: What the dialler learned about the listener, and the other way round.
-    alice_saw: str
-    bob_saw: str
-    #: Messages exchanged, in order, as (sender, text).
-    exchanged: tuple[tuple[str, str], ...]
-    #: Round-trip time of one message and its reply, seconds.
-    rtt: float
-    #: Time from TCP connect to an open channel, seconds.
-    handshake_time: float
+    #: What was done.
+    title: str
+    #: What came of it.
+    outcome: str
+    #: How long it took, seconds.
+    elapsed: float
 
 
-async def run_demo(alice: Identity, bob: Identity, messages: int = 3) -> list[DemoRound]:
-    """Run bob as a listener on 127.0.0.1 and have alice dial him with XX, then with IK."""
-    rounds: list[DemoRound] = []
-    bob_sides: list[SecureChannel] = []
+@dataclass(slots=True, kw_only=True)
+class DemoReport:
+    """What the demo showed."""
 
-    async def bob_handler(channel: SecureChannel) -> None:
-        bob_sides.append(channel)
-        async for message in channel:
-            await channel.send({"t": "chat", "text": f"bob got {message['text']!r}"})
+    #: alice's and bob's ids and endpoints, for people.
+    alice: str = ""
+    bob: str = ""
+    #: The steps, in order.
+    steps: list[DemoStep] = field(default_factory=list)
+    #: The chat over the application stream, as (sender, text).
+    chat: list[tuple[str, str]] = field(default_factory=list)
+    #: The Noise protocol and handshake hash of the stream's own session.
+    stream_protocol: str = ""
+    stream_hash: bytes = b""
 
-    listener = await listen(bob, "127.0.0.1", 0, nickname="bob", endpoint_name="bob's laptop")
-    async with listener, anyio.create_task_group() as tg:
-        await tg.start(listener.serve, bob_handler)
-        host, port = listener.address
-        for peer_id in (None, bob.id):  # XX when alice does not know bob yet, IK when she does
+
+async def run_demo(alice_identity: Identity, bob_identity: Identity, messages: int = 3) -> DemoReport:
+    """Run alice and bob as two nodes on 127.0.0.1 and have alice invite bob four ways, then chat."""
+    report = DemoReport()
+    async with (
+        Node(nickname="alice", identity=alice_identity, listen=("127.0.0.1", 0)) as alice,
+        Node(nickname="bob", identity=bob_identity, listen=("127.0.0.1", 0)) as bob,
+    ):
+        bob.endpoint_name = "bob's laptop"
+        report.alice = f"{alice.id.fingerprint} at {alice.endpoint}"
+        report.bob = f"{bob.id.fingerprint} at {bob.endpoint}"
+
+        async def step(title: str, outcome: object, start: float) -> None:
+            report.steps.append(
+                DemoStep(title=title, outcome=str(outcome), elapsed=anyio.current_time() - start)
+            )
+
+        start = anyio.current_time()
+        for app in (CHAT, WHITEBOARD, GAME):
+            await alice.register_application(app)
+        for app in (CHAT, GAME):  # bob has no whiteboard
+            await bob.register_application(app)
+        await step("register Chat, Whiteboard, Game on alice; Chat, Game on bob", "registered", start)
+
+        @bob.on_invitation(CHAT)
+        async def chat_invitation(invitation: Invitation) -> InvitationResponse:
+            return InvitationResponse.ACCEPTED
+
+        @bob.on_invitation(GAME)
+        async def game_invitation(invitation: Invitation) -> InvitationResponse:
+            await anyio.sleep_forever()  # bob is away from the keyboard
+            raise AssertionError
+
+        @bob.on_stream(CHAT)
+        async def chat_stream(stream: AppStream) -> None:
+            async for line in stream:
+                text = line.decode()
+                await stream.send(f"bob got {text!r}".encode())
+
+        start = anyio.current_time()
+        peer = await alice.peer_at(bob.endpoint.host, bob.endpoint.port)
+        await step(
+            "alice dials bob (Noise XX, learns his id)", f"{peer.nickname} {peer.id.fingerprint}", start
+        )
+        for app, message, timeout, why in (
+            (CHAT, "chat with me?", 10.0, "bob's handler accepts"),
+            (WHITEBOARD, "draw with me?", 10.0, "bob has not installed it: his node declines at once"),
+            (GAME, "play with me?", 1.0, "bob's handler never answers"),
+        ):
             start = anyio.current_time()
-            async with await connect(host, port, alice, peer_id=peer_id, nickname="alice") as channel:
-                handshake_time = anyio.current_time() - start
-                exchanged: list[tuple[str, str]] = []
-                rtts = []
-                for i in range(messages):
-                    text = f"hello #{i + 1} from alice"
-                    sent = anyio.current_time()
-                    await channel.send({"t": "chat", "text": text})
-                    reply = await channel.receive()
-                    rtts.append(anyio.current_time() - sent)
-                    exchanged += [("alice", text), ("bob", reply["text"])]
-                server_side = bob_sides[-1]
-                if server_side.handshake_hash != channel.handshake_hash:
-                    raise AssertionError("the two sides disagree on the handshake hash")
-                rounds.append(
-                    DemoRound(
-                        protocol=channel.protocol,
-                        handshake_hash=channel.handshake_hash,
-                        alice_saw=f"{channel.peer.nickname} ({channel.peer.endpoint_name}) "
-                        f"{channel.peer.id.fingerprint}",
-                        bob_saw=f"{server_side.peer.nickname} {server_side.peer.id.fingerprint}",
-                        exchanged=tuple(exchanged),
-                        rtt=min(rtts),
-                        handshake_time=handshake_time,
-                    )
-                )
-        tg.cancel_scope.cancel()
-    return rounds
+            response = await peer.invite(app, message, timeout=timeout)
+            await step(f"invite bob to {app.description} ({why})", response.name, start)
+
+        start = anyio.current_time()
+        async with await peer.open_stream(CHAT) as stream:
+            report.stream_protocol = stream.protocol
+            report.stream_hash = stream.handshake_hash
+            for i in range(messages):
+                text = f"hello #{i + 1} from alice"
+                await stream.send(text.encode())
+                reply = (await stream.receive()).decode()
+                report.chat += [("alice", text), ("bob", reply)]
+        await step("open an encrypted Chat stream and talk", f"{len(report.chat)} lines", start)
+    return report

@@ -21,11 +21,12 @@ from typing import Final
 
 import nacl.exceptions
 import nacl.signing
+import platformdirs
 
 from peerkit.errors import IdentityError
 from peerkit.proto import crypto
 
-__all__ = ("KEY_FILE_NAME", "Identity", "PeerId")
+__all__ = ("KEY_FILE_NAME", "Identity", "PeerId", "default_data_dir")
 
 #: The name of the key file inside a data dir.
 KEY_FILE_NAME: Final = "identity.key"
@@ -247,3 +248,9 @@ def _fsync_dir(path: Path) -> None:
             os.fsync(fd)
         finally:
             os.close(fd)
+
+
+def default_data_dir() -> Path:
+    """``$PEERKIT_DATA_DIR`` if set, else the per-user data dir of platformdirs."""
+    env = os.environ.get("PEERKIT_DATA_DIR")
+    return Path(env) if env else Path(platformdirs.user_data_dir("peerkit"))

@@ -24,9 +24,9 @@ from typing import Any, Final, Self, TypeGuard, TypeVar
 import anyio
 import anyio.abc
 
-from peerkit.apps import AppStream, Handle, Invitation, InvitationPolicy, Subscription
+from peerkit.apps import AppStream, Handle, Invitation, InvitationAnswered, InvitationPolicy, Subscription
 from peerkit.errors import LimitExceeded, NotAllowed, NotRunning, PeerkitError, PeerUnreachable, ProtocolError
-from peerkit.identity import Identity, PeerId
+from peerkit.identity import Identity, PeerId, default_data_dir
 from peerkit.model import (
     MAX_APPLICATIONS,
     MAX_DATA,
@@ -115,8 +115,6 @@ class Node:
             raise TypeError(f"identity must be an Identity, not {type(identity).__name__}")
         self._identity_arg = identity
         if data_dir is None and identity is None:
-            from peerkit.cli import default_data_dir
-
             data_dir = default_data_dir()
         self._data_dir = Path(data_dir) if data_dir is not None else None
         if not (isinstance(listen, tuple) and len(listen) == 2):
@@ -163,6 +161,7 @@ class Node:
         self._listener: ChannelListener | None = None
         self._running = False
         self._closers: set[Callable[[], None]] = set()
+        self._observers: list[Callable[[InvitationAnswered], Awaitable[None]]] = []
 
     # -- lifetime --------------------------------------------------------------------------
     async def __aenter__(self) -> Self:
@@ -203,7 +202,10 @@ class Node:
         assert self._stack is not None
         self._tg.cancel_scope.cancel()
         try:
-            return await self._stack.__aexit__(exc_type, exc, tb)
+            # The body's own exception is not passed in: it propagates as it is, rather than
+            # wrapped in the task group's ExceptionGroup.
+            await self._stack.__aexit__(None, None, None)
+            return None
         finally:
             self._controls.clear()
             self._incoming.clear()
@@ -732,6 +734,7 @@ class Node:
             why = "not registered" if app is None else "no handler" if receiver is None else "policy"
             log.info("declining an invitation from %s to %s (%s)", peer_id.fingerprint, app_id, why)
             await control.reply(rid, {"t": "invite_reply", "r": "declined"})
+            await self._observe(control, message, InvitationResponse.DECLINED, why)
             return
         info = control.channel.peer
         peer: Peer
@@ -768,16 +771,49 @@ class Node:
             self._incoming.pop(key, None)
         if invitation.withdrawn_reason == "cancelled":
             await control.finished(rid)
+            await self._observe(control, message, None, "cancelled")
             return
         if control.closed:
             invitation._withdraw("disconnected")
+            await self._observe(control, message, None, "disconnected")
             return
+        why = "handler"
         if response is None:
             invitation._withdraw("expired")
-            response = InvitationResponse.EXPIRED
+            response, why = InvitationResponse.EXPIRED, "expired"
         elif invitation.response is None:
             invitation._answer = response
         await control.reply(rid, {"t": "invite_reply", "r": _WIRE[response]})
+        await self._observe(control, message, response, why)
+
+    def add_invitation_observer(self, observer: Callable[[InvitationAnswered], Awaitable[None]]) -> Handle:
+        """Call ``observer(event)`` (a coroutine function) after every invitation this node receives
+        has been answered or withdrawn, whatever the application. One that raises is logged."""
+        self._observers.append(observer)
+
+        def remove() -> None:
+            if observer in self._observers:
+                self._observers.remove(observer)
+
+        return Handle(remove)
+
+    async def _observe(
+        self, control: ControlChannel, message: dict[str, Any], response: InvitationResponse | None, why: str
+    ) -> None:
+        event = InvitationAnswered(
+            sender_id=control.peer_id,
+            nickname=control.channel.peer.nickname,
+            application_id=uuid.UUID(bytes=message["app"]),
+            message=message.get("msg", ""),
+            data_size=len(message.get("data", b"")),
+            response=response,
+            reason=why,
+        )
+        for observer in list(self._observers):
+            try:
+                await observer(event)
+            except Exception:
+                log.exception("invitation observer %r failed", observer)
 
     # -- inviting --------------------------------------------------------------------------
     async def _invite(

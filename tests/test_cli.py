@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 import peerkit
 
@@ -59,14 +62,16 @@ def test_a_readable_key_file_is_one_clear_sentence_on_stderr(tmp_path: Path) -> 
     assert result.stdout == ""
 
 
-def test_demo_runs_both_handshakes_and_exits_zero() -> None:
+def test_demo_shows_the_invitation_and_communication_steps() -> None:
     result = run("demo", "--messages", "2")
     assert result.returncode == 0, result.stderr
     out = result.stdout
-    assert "Noise_XX_25519_ChaChaPoly_BLAKE2b" in out
-    assert "Noise_IK_25519_ChaChaPoly_BLAKE2b" in out
-    assert out.count("handshake hash") == 2
-    assert out.count("bob got 'hello #2 from alice'") == 2
+    assert "Noise XX" in out
+    for outcome in ("registered", "ACCEPTED", "DECLINED", "EXPIRED"):
+        assert outcome in out
+    assert "Whiteboard" in out
+    assert "Noise_IK_25519_ChaChaPoly_BLAKE2b" in out  # the stream's own session knows bob's key
+    assert out.count("bob got 'hello #2 from alice'") == 1
     assert "demo complete" in out
 
 
@@ -78,3 +83,74 @@ def test_demo_can_keep_its_identities(tmp_path: Path) -> None:
     alice = run("id", "--json", "--data-dir", str(tmp_path / "demo-alice"))
     assert json.loads(alice.stdout)["id"] in first.stdout
     assert json.loads(alice.stdout)["id"] in second.stdout
+
+
+CHAT = "0b0e5c1a-7c3d-4f2e-9a61-5d3c0c4a1001"
+
+
+def start_server(tmp_path: Path, *args: str) -> tuple[subprocess.Popen[str], dict[str, object]]:
+    server = subprocess.Popen(
+        [sys.executable, "-c", "from peerkit.cli import main; main()", "serve", "--json", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PEERKIT_DATA_DIR": str(tmp_path / "server")},
+    )
+    assert server.stdout is not None
+    line = server.stdout.readline()
+    assert line, server.stderr.read() if server.stderr else ""
+    return server, json.loads(line)
+
+
+def stop(server: subprocess.Popen[str], signum: int = signal.SIGTERM) -> str:
+    server.send_signal(signum)
+    out, _ = server.communicate(timeout=20)
+    return out
+
+
+@pytest.mark.network
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_serve_and_invite(tmp_path: Path, signum: int) -> None:
+    server, info = start_server(tmp_path, "--listen", "127.0.0.1:0", "--accept", CHAT, "--nickname", "srv")
+    try:
+        assert info["event"] == "listening"
+        address = f"127.0.0.1:{info['port']}"
+        client = {"PEERKIT_DATA_DIR": str(tmp_path / "client")}
+        accepted = run("invite", address, CHAT, "--message", "hi", "--json", env=client)
+        assert accepted.returncode == 0, accepted.stderr
+        assert json.loads(accepted.stdout) == {"response": "accepted", "peer": info["id"]}
+        other = "0b0e5c1a-7c3d-4f2e-9a61-5d3c0c4a1fff"
+        declined = run("invite", address, other, "--id", str(info["id"]), env=client)
+        assert declined.returncode == 0, declined.stderr
+        assert declined.stdout.strip().endswith("declined")
+        stranger = str(peerkit.Identity.generate().id)
+        wrong = run("invite", address, CHAT, "--id", stranger, env=client)
+        assert wrong.returncode == 1
+        assert wrong.stderr.count("\n") == 1
+    finally:
+        out = stop(server, signum)
+    assert server.returncode == 0
+    events = [json.loads(line) for line in out.splitlines()]
+    invitations = [e for e in events if e["event"] == "invitation"]
+    assert [(e["message"], e["response"], e["reason"]) for e in invitations] == [
+        ("hi", "accepted", "handler"),
+        ("", "declined", "not registered"),
+    ]
+    assert events[-1]["event"] == "stopping"
+
+
+def test_invite_errors_are_one_sentence(tmp_path: Path) -> None:
+    env = {"PEERKIT_DATA_DIR": str(tmp_path)}
+    refused = run("invite", "127.0.0.1:1", CHAT, env=env)
+    assert refused.returncode == 1
+    assert refused.stderr.startswith("error: could not connect to 127.0.0.1:1")
+    assert "Traceback" not in refused.stderr
+    too_long = run("invite", "127.0.0.1:1", CHAT, "--message", "x" * 256, env=env)
+    assert too_long.returncode == 1
+    assert "invitation message is 256 characters; the limit is 255" in too_long.stderr
+    bad = run("invite", "nowhere", CHAT, env=env)
+    assert bad.returncode == 2
+    assert "HOST:PORT" in bad.stderr
+    bad_app = run("invite", "127.0.0.1:1", "chat", env=env)
+    assert bad_app.returncode == 2
+    assert "not an application UUID" in bad_app.stderr
