@@ -3,7 +3,14 @@ peerkit's code) talks to peerkit over real TCP, in both roles and both handshake
 
 from __future__ import annotations
 
+import json
+import signal
 import struct
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
 
 import anyio
 import anyio.abc
@@ -150,3 +157,88 @@ async def test_peerkit_dials_a_foreign_responder(protocol: str) -> None:
         tg.cancel_scope.cancel()
     assert got[0] == {"v": 1, "id": client.id.key, "nick": "pk", "name": ""}
     assert got[1] == {"t": "hi", "x": b"\x00\x01"}
+
+
+REGISTERED = uuid.UUID("0b0e5c1a-7c3d-4f2e-9a61-5d3c0c4a1001")
+
+
+class Served:
+    """A `peerkit serve --json` process accepting invitations to REGISTERED."""
+
+    def __init__(self, data_dir: Path) -> None:
+        command = [sys.executable, "-c", "from peerkit.cli import main; main()", "serve", "--json"]
+        command += ["--listen", "127.0.0.1:0", "--accept", str(REGISTERED), "--data-dir", str(data_dir)]
+        self.process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+        assert self.process.stdout is not None
+        self.info = json.loads(self.process.stdout.readline())
+
+    def stop(self) -> list[dict[str, object]]:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        out, _ = self.process.communicate(timeout=20)
+        return [json.loads(line) for line in out.splitlines()]
+
+
+@pytest.fixture
+def served(tmp_path: Path) -> Iterator[Served]:
+    server = Served(tmp_path)
+    yield server
+    server.stop()
+
+
+@pytest.mark.parametrize("protocol", [XX, IK])
+async def test_a_foreign_peer_invites_a_peerkit_serve_process(protocol: str, served: Served) -> None:
+    """The issue's proof: handshake with `peerkit serve`, then `declined` for an application it has
+    not registered and `accepted` for one it has, over the fixed invitation messages of section 4.1."""
+    registered = REGISTERED
+    unknown = uuid.UUID("0b0e5c1a-7c3d-4f2e-9a61-5d3c0c4a1fff")
+    info = served.info
+    server_id = PeerId.parse(info["id"])
+    foreign = Foreign("foreign-inviter")
+    async with await anyio.connect_tcp("127.0.0.1", info["port"]) as stream:
+        wire = Wire(stream)
+        preamble = b"peerkit/1 " + protocol.encode()
+        noise = NoiseConnection.from_name(protocol.encode())
+        noise.set_as_initiator()
+        noise.set_prologue(preamble)
+        noise.set_keypair_from_private_bytes(Keypair.STATIC, foreign.static)
+        if protocol == IK:
+            noise.set_keypair_from_public_bytes(Keypair.REMOTE_STATIC, server_id.x25519)
+        noise.start_handshake()
+        await wire.send(preamble)
+        if protocol == XX:
+            await wire.send(noise.write_message(b""))
+            payload = noise.read_message(await wire.receive())
+            remote = nacl.bindings.crypto_sign_ed25519_pk_to_curve25519(cbor2.loads(payload)["id"])
+            hello = foreign.check_hello(payload, remote)
+            await wire.send(noise.write_message(foreign.hello()))
+        else:
+            await wire.send(noise.write_message(foreign.hello()))
+            hello = foreign.check_hello(noise.read_message(await wire.receive()), server_id.x25519)
+        assert hello["id"] == server_id.key
+
+        async def request(message: dict[str, object]) -> dict[str, object]:
+            await wire.send(noise.encrypt(cbor2.dumps(message)))
+            with anyio.fail_after(10):
+                reply: dict[str, object] = cbor2.loads(noise.decrypt(await wire.receive()))
+            return reply
+
+        base = {"t": "invite", "msg": "from elsewhere", "data": b"\x01\x02", "ttl": 30}
+        assert await request({**base, "rid": 1, "app": unknown.bytes}) == {
+            "t": "invite_reply",
+            "rid": 1,
+            "r": "declined",
+        }
+        assert await request({**base, "rid": 2, "app": registered.bytes}) == {
+            "t": "invite_reply",
+            "rid": 2,
+            "r": "accepted",
+        }
+        over = await request({**base, "rid": 3, "app": registered.bytes, "msg": "m" * 256})
+        assert over["t"] == "error"
+        assert over["code"] == "limit"
+        assert over["rid"] == 3
+    events = served.stop()
+    assert served.process.returncode == 0
+    assert [e["response"] for e in events if e["event"] == "invitation"] == ["declined", "accepted"]
+    assert {e["nickname"] for e in events if e["event"] == "invitation"} == {"foreign-inviter"}
