@@ -6,15 +6,26 @@ import argparse
 import json
 import platform
 import sys
-from types import ModuleType
+from typing import Any
 
 from rich.console import Console
 from rich.progress import Progress as Bar
 from rich.table import Table
 
-from benchmarks import bench_channel, bench_handshake, bench_transport
+from benchmarks import bench_channel, bench_handshake, bench_invite, bench_stream, bench_transport
 
-BENCHMARKS: dict[str, ModuleType] = {m.NAME: m for m in (bench_handshake, bench_transport, bench_channel)}
+# Each benchmark has NAME, STEPS (progress steps of a full run) and run(progress, quick).
+BENCHMARKS: dict[str, Any] = {
+    b.NAME: b
+    for b in (
+        bench_handshake,
+        bench_transport,
+        bench_channel,
+        bench_invite.COLD,
+        bench_invite.WARM,
+        bench_stream,
+    )
+}
 
 
 def main(argv: list[str] | None = None) -> int:

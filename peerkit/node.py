@@ -685,6 +685,13 @@ class Node:
                 if not channels:
                     del self._controls[control.peer_id]
 
+    async def disconnect(self, peer_id: PeerId) -> None:
+        """Close every control channel to ``peer_id`` now; requests waiting on them fail with
+        :class:`~peerkit.PeerUnreachable` and handlers of its invitations are cancelled. The next
+        request to the peer dials again. Nothing happens when there is no channel."""
+        for control in list(self._controls.get(peer_id, ())):
+            await control.aclose()
+
     def channels(self, peer_id: PeerId) -> int:
         """How many control channels to ``peer_id`` are open (0 or 1, briefly 2 after a simultaneous dial)."""
         return sum(1 for c in self._controls.get(peer_id, ()) if not c.closed)

@@ -821,3 +821,20 @@ async def test_garbage_reply_is_a_protocol_error() -> None:
             with pytest.raises(ProtocolError, match="maybe"):
                 await peer.invite(CHAT, timeout=5)
             tg.cancel_scope.cancel()
+
+
+async def test_disconnect_closes_the_channel_and_the_next_request_dials_again() -> None:
+    async with nodes() as (alice, bob):
+        for node in (alice, bob):
+            await node.register_application(CHAT)
+            node.add_invitation_handler(CHAT, accept_all)
+        peer = await alice.peer_at(bob.endpoint.host, bob.endpoint.port)
+        first = alice._controls[bob.id][0].channel.handshake_hash
+        await alice.disconnect(bob.id)
+        await alice.disconnect(bob.id)  # nothing left: harmless
+        assert alice.channels(bob.id) == 0
+        with anyio.fail_after(2):
+            while bob.channels(alice.id):
+                await anyio.sleep(0.01)
+        assert await peer.invite(CHAT, timeout=5) is ACCEPTED
+        assert alice._controls[bob.id][0].channel.handshake_hash != first

@@ -1,0 +1,204 @@
+"""``invite_cold`` and ``invite_warm``: invitations between two nodes on loopback TCP.
+
+- cold: the time of a whole first invitation (TCP connect, IK handshake, invite, reply), the channel
+  closed after each one, beside a plain TCP connect plus one request and reply of the same CBOR
+  messages with the same framing and no crypto. p50 and p99 over interleaved samples.
+- warm: invitations per second over an open channel, one at a time and 100 at once, beside the
+  same requests over one plain TCP connection multiplexed by ``rid`` in the same way.
+
+Both nodes (and both plain ends) run in this process: one core pays for both sides of each.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+import uuid
+from collections.abc import Callable
+from typing import NamedTuple
+
+import anyio
+
+from benchmarks.harness import Progress, Result, median, ratio
+from benchmarks.plain import PlainClient, plain_server
+from peerkit.apps import Invitation
+from peerkit.identity import Identity
+from peerkit.model import Application, InvitationResponse
+from peerkit.node import Node
+from peerkit.peers import Peer
+
+COLD_SAMPLES = 400
+WARM_ROUNDS = 7
+APP = Application(id=uuid.UUID("5f1d3b7e-2a44-4c61-9d7b-0e8f6a2b1c00"), description="bench")
+REQUEST = {"t": "invite", "app": APP.id.bytes, "msg": "join?", "data": b"", "ttl": 30}
+
+
+async def _accept(invitation: Invitation) -> InvitationResponse:
+    return InvitationResponse.ACCEPTED
+
+
+def _percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+async def _nodes() -> tuple[Node, Node]:
+    alice = Node(nickname="alice", identity=Identity.generate(), listen=("127.0.0.1", 0))
+    bob = Node(nickname="bob", identity=Identity.generate(), listen=("127.0.0.1", 0))
+    return alice, bob
+
+
+async def _cold(samples: int, progress: Progress) -> tuple[list[float], list[float]]:
+    ours: list[float] = []
+    plain: list[float] = []
+    alice, bob = await _nodes()
+    async with alice, bob, anyio.create_task_group() as tg:
+        for node in (alice, bob):
+            await node.register_application(APP)
+        bob.add_invitation_handler(APP, _accept)
+        port = await tg.start(plain_server)
+        peer = alice.peer(bob.id, bob.endpoint)
+        for i in range(samples + 10):
+            start = time.perf_counter()
+            if await peer.invite(APP, "join?", timeout=30) is not InvitationResponse.ACCEPTED:
+                raise AssertionError("the invitation was not accepted")
+            took = time.perf_counter() - start
+            await alice.disconnect(bob.id)
+            start = time.perf_counter()
+            client = await PlainClient.connect(port)
+            if (await client.one_shot(REQUEST))["r"] != "accepted":
+                raise AssertionError("the plain server did not answer")
+            plain_took = time.perf_counter() - start
+            await client.aclose()
+            if i >= 10:  # warm-up samples are dropped
+                ours.append(took)
+                plain.append(plain_took)
+            if i % 20 == 0:
+                progress()
+        tg.cancel_scope.cancel()
+    return ours, plain
+
+
+async def _warm_ours(peer: Peer, concurrency: int, seconds: float) -> float:
+    count = 0
+    deadline = time.perf_counter() + seconds
+
+    async def worker() -> None:
+        nonlocal count
+        while time.perf_counter() < deadline:
+            await peer.invite(APP, "join?", timeout=30)
+            count += 1
+
+    start = time.perf_counter()
+    async with anyio.create_task_group() as tg:
+        for _ in range(concurrency):
+            tg.start_soon(worker)
+    return count / (time.perf_counter() - start)
+
+
+async def _warm_plain(client: PlainClient, concurrency: int, seconds: float) -> float:
+    count = 0
+    deadline = time.perf_counter() + seconds
+
+    async def worker() -> None:
+        nonlocal count
+        while time.perf_counter() < deadline:
+            await client.request(REQUEST)
+            count += 1
+
+    start = time.perf_counter()
+    async with anyio.create_task_group() as tg:
+        for _ in range(concurrency):
+            tg.start_soon(worker)
+    return count / (time.perf_counter() - start)
+
+
+async def _warm(
+    concurrency: int, rounds: int, seconds: float, progress: Progress
+) -> tuple[list[float], list[float]]:
+    ours: list[float] = []
+    plain: list[float] = []
+    alice, bob = await _nodes()
+    async with alice, bob, anyio.create_task_group() as tg:
+        for node in (alice, bob):
+            await node.register_application(APP)
+        bob.add_invitation_handler(APP, _accept)
+        port = await tg.start(plain_server)
+        peer = await alice.peer_at(bob.endpoint.host, bob.endpoint.port, bob.id)
+        client = await PlainClient.connect(port)
+        tg.start_soon(client.run)
+        await _warm_ours(peer, concurrency, 0.2)  # warm-up
+        await _warm_plain(client, concurrency, 0.2)
+        for _ in range(rounds):
+            ours.append(await _warm_ours(peer, concurrency, seconds))
+            plain.append(await _warm_plain(client, concurrency, seconds))
+            progress()
+        await client.aclose()
+        tg.cancel_scope.cancel()
+    return ours, plain
+
+
+def run_cold(progress: Progress, quick: bool = False) -> list[Result]:
+    """The ``invite_cold`` figures."""
+    samples = 40 if quick else COLD_SAMPLES
+    ours, plain = anyio.run(_cold, samples, progress)
+    results = []
+    for q, label in ((0.5, "p50"), (0.99, "p99")):
+        mine, theirs = _percentile(ours, q) * 1000, _percentile(plain, q) * 1000
+        results.append(
+            Result(
+                "invite_cold",
+                f"cold invitation {label} ms (connect + IK + invite + reply; ratio = plain / peerkit)",
+                "ms",
+                mine,
+                "plain TCP connect + one request/reply",
+                theirs,
+                theirs / mine,
+                round(1 / 3, 3) if label == "p50" else None,  # p50 at most 3x the plain round trip
+            )
+        )
+    per_sample = statistics.median(p / o for o, p in zip(ours, plain, strict=True))
+    results.append(
+        Result(
+            "invite_cold",
+            "cold invitation, median of per-sample ratios (plain / peerkit)",
+            "ms",
+            median(ours) * 1000,
+            "plain TCP connect + one request/reply",
+            median(plain) * 1000,
+            per_sample,
+            None,
+        )
+    )
+    return results
+
+
+def run_warm(progress: Progress, quick: bool = False) -> list[Result]:
+    """The ``invite_warm`` figures."""
+    results = []
+    rounds, seconds = (2, 0.2) if quick else (WARM_ROUNDS, 1.0)
+    for concurrency in (1, 100):
+        ours_rate, plain_rate = anyio.run(_warm, concurrency, rounds, seconds, progress)
+        results.append(
+            Result(
+                "invite_warm",
+                f"invitations/s on an open channel, {concurrency} at a time",
+                "/s",
+                median(ours_rate),
+                "plain requests over one TCP connection",
+                median(plain_rate),
+                ratio(ours_rate, plain_rate),
+                0.5,
+            )
+        )
+    return results
+
+
+class Benchmark(NamedTuple):
+    NAME: str
+    STEPS: int
+    run: Callable[[Progress, bool], list[Result]]
+
+
+COLD = Benchmark("invite_cold", COLD_SAMPLES // 20 + 1, run_cold)
+WARM = Benchmark("invite_warm", 2 * WARM_ROUNDS, run_warm)
