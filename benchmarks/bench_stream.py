@@ -7,6 +7,7 @@ and the clock stops when the receiver has acknowledged the last byte. The candid
 
 from __future__ import annotations
 
+import contextlib
 import time
 import uuid
 
@@ -61,7 +62,8 @@ async def _main(rounds: int, total: int, progress: Progress) -> tuple[list[float
 
     async def sink(stream: AppStream) -> None:
         await _sink(stream, total)
-        await stream.receive()  # until the sender closes
+        with contextlib.suppress(anyio.EndOfStream):
+            await stream.receive()  # until the sender closes
 
     async def raw_sink(stream: anyio.abc.SocketStream) -> None:
         async with stream:

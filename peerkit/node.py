@@ -481,6 +481,8 @@ class Node:
         async def receiver(stream: AppStream) -> None:
             try:
                 await handler(stream)
+            except (anyio.EndOfStream, anyio.BrokenResourceError) as exc:
+                log.debug("stream of %s ended in its handler: %r", stream.application.id, exc)
             except Exception:
                 log.exception("stream handler for %s failed", stream.application.id)
 
@@ -807,6 +809,8 @@ class Node:
     async def _observe(
         self, control: ControlChannel, message: dict[str, Any], response: InvitationResponse | None, why: str
     ) -> None:
+        if not self._observers:
+            return
         event = InvitationAnswered(
             sender_id=control.peer_id,
             nickname=control.channel.peer.nickname,

@@ -221,6 +221,16 @@ class SecureChannel(anyio.abc.AsyncResource):
             self._conn.send_plaintext(plaintext)
             await self._flush()
 
+    async def send_parts(self, parts: list[bytes | memoryview]) -> None:
+        """Send one already-encoded message given as pieces (see :meth:`send_encoded`); the pieces
+        are copied once, into the frame."""
+        if self._closed:
+            raise anyio.ClosedResourceError
+        async with self._send_lock:
+            self._check_sendable()
+            self._conn.send_parts(parts)
+            await self._flush()
+
     def _check_sendable(self) -> None:
         if self._closed:
             raise anyio.ClosedResourceError

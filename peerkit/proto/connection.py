@@ -275,8 +275,17 @@ class Connection:
         if len(parts) == 1:
             self.send_plaintext(parts[0])
             return
-        # A message with large byte strings: its pieces are written straight into the frame and
-        # encrypted where they lie, so the large values are copied once on their way out.
+        self.send_parts(parts)
+
+    def send_parts(self, parts: list[bytes] | list[bytes | memoryview]) -> None:
+        """Queue one already-encoded transport message given as pieces to be joined.
+
+        The pieces are written straight into the frame and encrypted where they lie, so large
+        values are copied once on their way out.
+
+        :raises RuntimeError: when the connection is not open.
+        :raises ValueError: when the message is empty or larger than one frame can carry.
+        """
         length = sum(len(part) for part in parts)
         cipher, frame = self._new_frame(length)
         pos = 2

@@ -1,0 +1,56 @@
+"""Untrusted messages over a node's control channel never break it (hypothesis)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import anyio
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from test_node import CHAT, accept_all, nodes, raw_channel
+
+# -- untrusted messages never crash a node -----------------------------------------------------
+_values = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-(2**64) + 1, max_value=2**64 - 1),
+    st.binary(max_size=40),
+    st.text(max_size=20),
+    st.lists(st.integers(min_value=-(2**63), max_value=2**63), max_size=3),
+)
+_messages = st.fixed_dictionaries(
+    {
+        "t": st.sampled_from(
+            ["invite", "invite_cancel", "invite_reply", "error", "ping", "pong", "retire", "x"]
+        )
+    },
+    optional={
+        "rid": _values,
+        "app": st.one_of(st.just(CHAT.id.bytes), _values),
+        "msg": _values,
+        "data": _values,
+        "ttl": st.one_of(st.integers(min_value=0, max_value=2), _values),
+        "r": _values,
+        "code": _values,
+    },
+)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(batch=st.lists(_messages, min_size=1, max_size=6))
+def test_fuzzed_messages_never_break_a_node(batch: list[dict[str, Any]]) -> None:
+    async def main() -> None:
+        async with nodes() as (alice, bob):
+            await bob.register_application(CHAT)
+            bob.add_invitation_handler(CHAT, accept_all)
+            async with await raw_channel(alice, bob) as channel:
+                for message in batch:
+                    if message["t"] != "retire":
+                        await channel.send(message)
+                await channel.send({"t": "ping", "rid": 2**40})
+                with anyio.fail_after(5):
+                    while (reply := await channel.receive()) != {"t": "pong", "rid": 2**40}:
+                        assert reply["t"] in ("invite_reply", "error", "pong")
+            assert bob.running
+
+    anyio.run(main)
