@@ -23,7 +23,14 @@ def test_every_benchmark_runs_and_writes_json(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     report = json.loads(out.read_text())
     names = {(r["benchmark"], r["reference"]) for r in report["results"]}
-    assert {b for b, _ in names} == {"handshake", "transport", "channel"}
+    assert {b for b, _ in names} == {
+        "handshake",
+        "transport",
+        "channel",
+        "invite_cold",
+        "invite_warm",
+        "stream",
+    }
     assert ("handshake", "noiseprotocol") in names
     for row in report["results"]:
         assert row["value"] > 0
