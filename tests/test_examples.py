@@ -23,3 +23,21 @@ def test_secure_echo() -> None:
     assert lines[0].startswith("Noise_XX_25519_ChaChaPoly_BLAKE2b: echo-server")
     assert lines[1].startswith("Noise_IK_25519_ChaChaPoly_BLAKE2b: echo-server")
     assert all(line.endswith("said 'hello, peer'") for line in lines)
+
+
+def test_invite_and_chat() -> None:
+    result = subprocess.run(
+        [sys.executable, str(EXAMPLES / "invite_and_chat.py")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == ["alice invites bob: chat?", "ACCEPTED", "bob heard: hello"]
+
+
+def test_the_readme_shows_the_example_as_it_is() -> None:
+    readme = (EXAMPLES.parent / "README.md").read_text()
+    code = (EXAMPLES / "invite_and_chat.py").read_text().split('"""\n\n', 1)[1]
+    assert code in readme
