@@ -169,7 +169,9 @@ class Node:
             raise RuntimeError("this node is already running; a Node can be entered once")
         if self._identity is None:
             assert self._data_dir is not None
-            self._identity, _ = await anyio.to_thread.run_sync(Identity.load_or_create, self._data_dir)
+            # A small file, read once: done here rather than in a worker thread, so that a node leaves
+            # no thread behind (anyio's worker threads outlive the task that used them).
+            self._identity, _ = Identity.load_or_create(self._data_dir)
             self._endpoint_name = self._load_settings().get("endpoint_name", "")
         assert self._identity is not None
         async with contextlib.AsyncExitStack() as stack:

@@ -13,6 +13,7 @@ from typing import Any
 
 import anyio
 import anyio.abc
+import anyio.lowlevel
 import pytest
 
 from peerkit import (
@@ -838,3 +839,58 @@ async def test_disconnect_closes_the_channel_and_the_next_request_dials_again() 
                 await anyio.sleep(0.01)
         assert await peer.invite(CHAT, timeout=5) is ACCEPTED
         assert alice._controls[bob.id][0].channel.handshake_hash != first
+
+
+async def test_a_node_leaves_no_task_thread_or_socket_behind(tmp_path: Path) -> None:
+    import asyncio
+    import gc
+    import threading
+
+    threads = set(threading.enumerate())
+    tasks = asyncio.all_tasks()
+    async with (
+        Node(data_dir=tmp_path / "a", listen=("127.0.0.1", 0)) as alice,
+        Node(data_dir=tmp_path / "b", listen=("127.0.0.1", 0)) as bob,
+    ):
+        for node in (alice, bob):
+            await node.register_application(CHAT)
+        bob.add_invitation_handler(CHAT, accept_all)
+        bob.add_stream_handler(CHAT, lambda stream: stream.send(b"x"))
+        peer = await alice.peer_at(bob.endpoint.host, bob.endpoint.port)
+        assert await peer.invite(CHAT, timeout=5) is ACCEPTED
+        async with await peer.open_stream(CHAT) as stream:
+            assert await stream.receive() == b"x"
+        async with alice.invitations(GAME):
+            pass
+    await anyio.lowlevel.checkpoint()
+    assert asyncio.all_tasks() == tasks
+    # Name resolution runs in the event loop's own executor ("asyncio_N"), which the loop shuts down
+    # when it closes; nothing else may be left.
+    left = {t for t in set(threading.enumerate()) - threads if not t.name.startswith("asyncio_")}
+    assert left == set()
+    gc.collect()  # an unclosed socket or stream would warn here, and warnings are errors
+
+
+async def test_a_silent_peer_expires_within_the_timeout() -> None:
+    net = MemoryNetwork()
+    listener = await net.listen("10.0.7.7", 7000)
+    held: list[Any] = []
+
+    async def silent(stream: Any) -> None:
+        held.append(stream)  # accepts the connection and never says a word
+        await anyio.sleep_forever()
+
+    async with (
+        listener,
+        nodes(1, network=net) as (alice,),
+        anyio.create_task_group() as tg,
+    ):
+        tg.start_soon(listener.serve, silent)
+        await alice.register_application(CHAT)
+        start = anyio.current_time()
+        peer = alice.peer(Identity.generate().id, EndPoint("10.0.7.7", 7000))
+        assert await peer.invite(CHAT, timeout=0.3) is EXPIRED
+        assert anyio.current_time() - start < 1
+        tg.cancel_scope.cancel()
+    for stream in held:
+        await stream.aclose()
