@@ -748,16 +748,7 @@ class Node:
             await self._observe(control, message, InvitationResponse.DECLINED, why)
             return
         info = control.channel.peer
-        peer: Peer
-        if control.endpoint is not None:
-            endpoint: EndPoint | None = EndPoint(
-                control.endpoint.host, control.endpoint.port, info.endpoint_name
-            )
-            assert endpoint is not None
-            peer = Peer(self, peer_id, (endpoint,), info.nickname)
-        else:
-            endpoint = EndPoint(*info.address, info.endpoint_name) if info.address is not None else None
-            peer = _PeerOnChannel(self, control)
+        endpoint, peer = self._sender(control)
         ttl = message["ttl"]
         invitation = Invitation(
             sender_id=peer_id,
@@ -827,6 +818,22 @@ class Node:
                 await observer(event)
             except Exception:
                 log.exception("invitation observer %r failed", observer)
+
+    def _sender(self, control: ControlChannel) -> tuple[EndPoint | None, Peer]:
+        # The inviter's endpoint and Peer, made once per channel.
+        cached = control.sender
+        if cached is None:
+            info = control.channel.peer
+            endpoint: EndPoint | None
+            peer: Peer
+            if control.endpoint is not None:
+                endpoint = EndPoint(control.endpoint.host, control.endpoint.port, info.endpoint_name)
+                peer = Peer(self, control.peer_id, (endpoint,), info.nickname)
+            else:
+                endpoint = EndPoint(*info.address, info.endpoint_name) if info.address is not None else None
+                peer = _PeerOnChannel(self, control)
+            cached = control.sender = (endpoint, peer)
+        return cached
 
     # -- inviting --------------------------------------------------------------------------
     async def _invite(

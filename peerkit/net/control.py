@@ -119,6 +119,8 @@ class ControlChannel:
         self._retired_at = 0.0
         self._last_request = anyio.current_time()
         self._closed = anyio.Event()
+        #: Whatever the owner wants to keep with the channel (the Node keeps the sender's Peer).
+        self.sender: Any = None
 
     # -- state -----------------------------------------------------------------------------
     @property
