@@ -821,7 +821,7 @@ class Node:
 
     def _sender(self, control: ControlChannel) -> tuple[EndPoint | None, Peer]:
         # The inviter's endpoint and Peer, made once per channel.
-        cached = control.sender
+        cached: tuple[EndPoint | None, Peer] | None = control.sender
         if cached is None:
             info = control.channel.peer
             endpoint: EndPoint | None

@@ -14,6 +14,7 @@ cipher function and a hash function:
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import struct
 from collections.abc import Callable
@@ -221,10 +222,18 @@ def ed25519_pk_to_x25519(public: bytes) -> bytes:
 
     :raises ValueError: when ``public`` is not a valid Ed25519 public key.
     """
+    return _pk_to_x25519(bytes(public))
+
+
+# The conversion decompresses and checks a point (some 60 us): a node converts the same few peer
+# ids again and again (dialling, checking hellos), so recent results are kept. Bounded.
+@functools.lru_cache(maxsize=1024)
+def _pk_to_x25519(public: bytes) -> bytes:
     try:
-        return _sodium.crypto_sign_ed25519_pk_to_curve25519(public)
+        result: bytes = _sodium.crypto_sign_ed25519_pk_to_curve25519(public)
     except (nacl.exceptions.RuntimeError, nacl.exceptions.ValueError, nacl.exceptions.TypeError):
         raise ValueError("not a valid Ed25519 public key") from None
+    return result
 
 
 def ed25519_sk_to_x25519(secret: bytes) -> bytes:
