@@ -310,6 +310,8 @@ class Node:
 
         :raises ValueError: for ``Scope.NONE`` or a value that is not a scope.
         :raises NotRunning: when the node is not running.
+
+        Cancelling it is harmless: the scope is then either signed in or not, never half.
         """
         scope = _scope(scope)
         if scope is Scope.NONE:
@@ -562,6 +564,9 @@ class Node:
         :raises HandshakeError: when the peer there is not ``peer_id``.
         :raises ValueError: for a bad address, or when the address is this node itself.
         :raises NotRunning: when the node is not running.
+
+        If cancelled, the caller stops waiting; a dial under way finishes in the node's task group
+        and its channel is kept for later requests (or closed when idle).
         """
         endpoint = EndPoint(host, port)
         self._check_running()
@@ -600,8 +605,12 @@ class Node:
                     for c in self._controls.get(peer_id, ())
                     if c.usable and (c.endpoint == endpoint or not exact)
                 ]
-                if usable:
-                    return min(usable, key=ControlChannel.preference)
+            else:  # whoever listens at the endpoint
+                usable = [
+                    c for cs in self._controls.values() for c in cs if c.usable and c.endpoint == endpoint
+                ]
+            if usable:
+                return min(usable, key=ControlChannel.preference)
             key = (peer_id, endpoint)
             dial = self._dials.get(key)
             if dial is None:
@@ -629,6 +638,10 @@ class Node:
             dial.control = control
         except (PeerkitError, ValueError) as exc:
             dial.error = exc
+        except Exception as exc:  # anything else must not take the node down with it
+            log.exception("dialling %s failed", endpoint)
+            dial.error = PeerUnreachable(f"could not reach {endpoint}: {exc!r}")
+            dial.error.__cause__ = exc
         finally:
             self._dials.pop(key, None)
             dial.done.set()

@@ -67,7 +67,9 @@ class Peer:
         :raises ProtocolError: when the peer answered with an error or broke the protocol.
         :raises NotRunning: when the node is not running.
 
-        If cancelled, the invitation is withdrawn (``invite_cancel``) at every endpoint.
+        If cancelled, the invitation is withdrawn (``invite_cancel``) at every endpoint, and the
+        invitee's handler is cancelled. To withdraw it from elsewhere, run the call inside an
+        :class:`anyio.CancelScope` and cancel the scope: that is the cancel handle.
         """
         return await self._node._invite(self, application, message, data, timeout)
 
@@ -83,6 +85,8 @@ class Peer:
             or its policy).
         :raises PeerUnreachable: when no endpoint answers within ``timeout`` seconds.
         :raises NotRunning: when the node is not running.
+
+        If cancelled, the connection being opened is closed.
         """
         return await self._node._open_stream(self, application, timeout)
 

@@ -894,3 +894,25 @@ async def test_a_silent_peer_expires_within_the_timeout() -> None:
         tg.cancel_scope.cancel()
     for stream in held:
         await stream.aclose()
+
+
+async def test_peer_at_the_same_address_reuses_the_channel() -> None:
+    async with nodes() as (alice, bob):
+        first = await alice.peer_at(bob.endpoint.host, bob.endpoint.port)
+        second = await alice.peer_at(bob.endpoint.host, bob.endpoint.port)
+        assert first == second
+        assert alice.channels(bob.id) == 1
+        assert bob.channels(alice.id) == 1
+
+
+async def test_a_failing_dial_does_not_take_the_node_down() -> None:
+    class Broken(MemoryNetwork):
+        async def connect(self, host: str, port: int, *, local_host: str) -> Any:
+            raise RuntimeError("the driver is broken")
+
+    net = Broken()
+    async with nodes(1, network=net) as (alice,):
+        await alice.register_application(CHAT)
+        with pytest.raises(PeerUnreachable, match="driver is broken"):
+            await alice.peer(Identity.generate().id, EndPoint("10.0.0.5", 5)).invite(CHAT, timeout=5)
+        assert alice.running
