@@ -170,6 +170,7 @@ class Subscription(Generic[T]):
         try:
             return await self._receive.receive()
         except (anyio.EndOfStream, anyio.ClosedResourceError):
+            self._receive.close()  # the node closed it, or it was closed: nothing is left open
             raise StopAsyncIteration from None
 
     async def aclose(self) -> None:
@@ -208,8 +209,14 @@ class AppStream(anyio.abc.ByteStream):
     connection cut without it raises :class:`anyio.BrokenResourceError`, so a truncation is noticed.
     """
 
-    def __init__(self, channel: SecureChannel, application: Application) -> None:
+    def __init__(
+        self,
+        channel: SecureChannel,
+        application: Application,
+        on_close: Callable[[AppStream], None] | None = None,
+    ) -> None:
         self._channel = channel
+        self._on_close = on_close
         #: The application this stream belongs to.
         self.application = application
         #: The verified peer at the other end.
@@ -304,6 +311,8 @@ class AppStream(anyio.abc.ByteStream):
             pass
         finally:
             self._closed.set()
+            if self._on_close is not None:
+                self._on_close(self)
             await self._channel.aclose()
 
     async def wait_closed(self) -> None:

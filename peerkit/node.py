@@ -162,6 +162,7 @@ class Node:
         self._running = False
         self._closers: set[Callable[[], None]] = set()
         self._observers: list[Callable[[InvitationAnswered], Awaitable[None]]] = []
+        self._streams: set[AppStream] = set()
 
     # -- lifetime --------------------------------------------------------------------------
     async def __aenter__(self) -> Self:
@@ -203,6 +204,8 @@ class Node:
         assert self._tg is not None
         assert self._stack is not None
         self._tg.cancel_scope.cancel()
+        for stream in list(self._streams):
+            await anyio.aclose_forcefully(stream)
         try:
             # The body's own exception is not passed in: it propagates as it is, rather than
             # wrapped in the task group's ExceptionGroup.
@@ -953,7 +956,9 @@ class Node:
             await anyio.aclose_forcefully(channel)
             raise
         if reply.get("t") == "stream_reply" and reply.get("rid") == 1 and reply.get("r") == "accepted":
-            return AppStream(channel, app)
+            stream = AppStream(channel, app, on_close=self._streams.discard)
+            self._streams.add(stream)  # closed by the node on exit if its user has not closed it
+            return stream
         await channel.aclose()
         if reply.get("t") == "stream_reply" and reply.get("r") == "declined":
             raise NotAllowed(f"{peer_id.fingerprint} declined a stream for application {app.id}")

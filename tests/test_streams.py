@@ -11,6 +11,7 @@ from typing import Any
 
 import anyio
 import anyio.abc
+import anyio.lowlevel
 import pytest
 
 from peerkit import (
@@ -267,3 +268,31 @@ async def test_stream_request_answered_with_garbage() -> None:
         with pytest.raises(ProtocolError):
             await alice.peer(mallory.id, EndPoint("10.0.6.6", 7000)).open_stream(CHAT)
         tg.cancel_scope.cancel()
+
+
+async def test_streams_still_open_when_the_node_exits_are_closed() -> None:
+    async with pair() as (alice, bob):
+        bob.add_stream_handler(CHAT, echo)
+        peer = await alice.peer_at(bob.endpoint.host, bob.endpoint.port)
+        stream = await peer.open_stream(CHAT)  # never closed by its user
+        await stream.send(b"x")
+    with pytest.raises(anyio.ClosedResourceError):
+        await stream.send(b"y")
+
+
+async def test_an_iterator_left_open_ends_with_the_node() -> None:
+    received: list[AppStream] = []
+    ended = anyio.Event()
+
+    async def consume(bob: Node) -> None:
+        async for stream in bob.streams(CHAT):  # no async with: the node's exit ends it
+            received.append(stream)
+        ended.set()
+
+    async with anyio.create_task_group() as tg:
+        async with pair() as (_, bob):
+            tg.start_soon(consume, bob)
+            await anyio.lowlevel.checkpoint()
+        with anyio.fail_after(2):
+            await ended.wait()
+    assert received == []
