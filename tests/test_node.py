@@ -916,3 +916,48 @@ async def test_a_failing_dial_does_not_take_the_node_down() -> None:
         with pytest.raises(PeerUnreachable, match="driver is broken"):
             await alice.peer(Identity.generate().id, EndPoint("10.0.0.5", 5)).invite(CHAT, timeout=5)
         assert alice.running
+
+
+async def test_a_flood_of_requests_is_bounded() -> None:
+    async with nodes() as (alice, bob):
+        await bob.register_application(CHAT)
+        release = anyio.Event()
+
+        @bob.on_invitation(CHAT)
+        async def slow(invitation: Invitation) -> InvitationResponse:
+            await release.wait()
+            return ACCEPTED
+
+        async with await raw_channel(alice, bob) as channel:
+            total = 128 + 20
+            for rid in range(total):
+                invite = {"t": "invite", "rid": rid, "app": CHAT.id.bytes, "ttl": 30}
+                await channel.send(invite)
+            refused = []
+            with anyio.fail_after(5):
+                while len(refused) < 20:
+                    reply = await channel.receive()
+                    assert reply["t"] == "error"
+                    assert reply["code"] == "limit"
+                    refused.append(reply["rid"])
+            assert sorted(refused) == list(range(128, total))
+            release.set()
+            with anyio.fail_after(5):
+                answers = [await channel.receive() for _ in range(128)]
+            assert {a["r"] for a in answers} == {"accepted"}
+
+
+async def test_a_stopped_node_refuses_everything_clearly() -> None:
+    async with nodes() as (alice, bob):
+        await alice.register_application(CHAT)
+        peer = alice.peer(bob.id, bob.endpoint)
+    for call in (
+        lambda: peer.invite(CHAT, timeout=5),
+        lambda: peer.open_stream(CHAT),
+        lambda: alice.peer_at("10.0.0.2", 40001),
+        lambda: alice.register_application(GAME),
+        lambda: alice.sign_in(Scope.NEAR_ME),
+        lambda: alice.resolve(bob.id),
+    ):
+        with pytest.raises(NotRunning, match="async with node"):
+            await call()

@@ -29,6 +29,8 @@ __all__ = ("ControlChannel", "KeepalivePolicy", "Request")
 
 log = logging.getLogger(__name__)
 
+#: Requests from one peer that are handled at the same time, at most.
+MAX_CONCURRENT = 128
 #: Message types that answer a request: they settle the request with the same ``"rid"``.
 REPLY_TYPES = frozenset({"invite_reply", "pong", "error", "stream_reply"})
 
@@ -121,6 +123,9 @@ class ControlChannel:
         self._closed = anyio.Event()
         #: Whatever the owner wants to keep with the channel (the Node keeps the sender's Peer).
         self.sender: Any = None
+        #: Requests from the peer handled at once; more are answered with an ``error`` "limit".
+        self.max_concurrent = MAX_CONCURRENT
+        self._tasks = 0
 
     # -- state -----------------------------------------------------------------------------
     @property
@@ -282,11 +287,18 @@ class ControlChannel:
                 "error from %s: %s: %s", self.peer_id.fingerprint, message.get("code"), message.get("msg")
             )
             return
+        valid_rid = isinstance(rid, int) and not isinstance(rid, bool) and rid >= 0
+        if self._tasks >= self.max_concurrent and kind != "invite_cancel":
+            # A peer that floods us with requests is answered here, in the reading task, so that it
+            # is slowed down by its own answers instead of growing our task list.
+            text = f"{self._tasks} requests of yours are being handled; the limit is {self.max_concurrent}"
+            await self.error("limit", text, rid if valid_rid else None)
+            return
         if kind == "ping":
-            if isinstance(rid, int) and not isinstance(rid, bool) and rid >= 0:
-                tg.start_soon(self.reply, rid, {"t": "pong"})
+            if valid_rid:
+                self._spawn(tg, self.reply, rid, {"t": "pong"})
             else:
-                tg.start_soon(self.error, "malformed", 'ping needs an unsigned "rid"')
+                self._spawn(tg, self.error, "malformed", 'ping needs an unsigned "rid"')
             return
         if kind == "retire":
             self._peer_retired = True
@@ -296,7 +308,18 @@ class ControlChannel:
                 await self._close_if_done()
             return
         self._last_request = anyio.current_time()
-        tg.start_soon(self._handle, message)
+        self._spawn(tg, self._handle, message)
+
+    def _spawn(self, tg: anyio.abc.TaskGroup, fn: Callable[..., Awaitable[None]], *args: Any) -> None:
+        self._tasks += 1
+
+        async def run() -> None:
+            try:
+                await fn(*args)
+            finally:
+                self._tasks -= 1
+
+        tg.start_soon(run)
 
     async def _handle(self, message: dict[str, Any]) -> None:
         try:
