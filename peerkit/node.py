@@ -452,31 +452,14 @@ class Node:
 
         :raises ValueError: when the application already has a handler or iterator.
         """
-        app_id = _app_id(application)
-        if app_id in self._invite_receivers:
-            raise ValueError(f"application {app_id} already has an invitation handler; remove it first")
-        send, receive = anyio.create_memory_object_stream[Invitation](self._queue_size)
 
-        async def receiver(invitation: Invitation) -> InvitationResponse | None:
-            try:
-                send.send_nowait(invitation)
-            except (anyio.WouldBlock, anyio.BrokenResourceError, anyio.ClosedResourceError):
-                log.warning(
-                    "declining an invitation: nobody is reading invitations to %s", invitation.application.id
-                )
-                return InvitationResponse.DECLINED
+        async def wait_for_answer(invitation: Invitation) -> InvitationResponse | None:
             await invitation._answered.wait()
             return invitation.response
 
-        handle = self._add_receiver(self._invite_receivers, application, receiver, "an invitation")
-
-        def remove() -> None:
-            handle.remove()
-            send.close()
-            self._closers.discard(remove)
-
-        self._closers.add(remove)
-        return Subscription(receive, remove)
+        return self._subscribe(
+            self._invite_receivers, application, "an invitation", wait_for_answer, InvitationResponse.DECLINED
+        )
 
     def add_stream_handler(self, application: Application | uuid.UUID, handler: StreamHandler) -> Handle:
         """Run ``handler(stream)`` for every application stream opened to ``application``; the stream
@@ -510,20 +493,36 @@ class Node:
 
         :raises ValueError: when the application already has a stream handler or iterator.
         """
-        app_id = _app_id(application)
-        if app_id in self._stream_receivers:
-            raise ValueError(f"application {app_id} already has a stream handler; remove it first")
-        send, receive = anyio.create_memory_object_stream[AppStream](self._queue_size)
 
-        async def receiver(stream: AppStream) -> None:
-            try:
-                send.send_nowait(stream)
-            except (anyio.WouldBlock, anyio.BrokenResourceError, anyio.ClosedResourceError):
-                log.warning("refusing a stream: nobody is reading streams of %s", stream.application.id)
-                return
+        async def wait_until_closed(stream: AppStream) -> None:
             await stream.wait_closed()
 
-        handle = self._add_receiver(self._stream_receivers, application, receiver, "a stream")
+        return self._subscribe(self._stream_receivers, application, "a stream", wait_until_closed, None)
+
+    def _subscribe(
+        self,
+        table: dict[uuid.UUID, Any],
+        application: Application | uuid.UUID,
+        what: str,
+        settle: Callable[[Any], Awaitable[Any]],
+        refused: Any,
+    ) -> Subscription[Any]:
+        # An async iterator in place of a handler: each item is queued (bounded) for the reader, and
+        # the handler's part waits for ``settle(item)``; a full or closed queue gives ``refused``.
+        app_id = _app_id(application)
+        if app_id in table:
+            raise ValueError(f"application {app_id} already has {what} handler; remove it first")
+        send, receive = anyio.create_memory_object_stream[Any](self._queue_size)
+
+        async def receiver(item: Any) -> Any:
+            try:
+                send.send_nowait(item)
+            except (anyio.WouldBlock, anyio.BrokenResourceError, anyio.ClosedResourceError):
+                log.warning("refusing %s to %s: nobody is reading the iterator", what, app_id)
+                return refused
+            return await settle(item)
+
+        handle = self._add_receiver(table, application, receiver, what)
 
         def remove() -> None:
             handle.remove()
