@@ -11,10 +11,11 @@ Both nodes (and both plain ends) run in this process: one core pays for both sid
 
 from __future__ import annotations
 
+import contextlib
 import statistics
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import NamedTuple
 
 import anyio
@@ -25,7 +26,6 @@ from peerkit.apps import Invitation
 from peerkit.identity import Identity
 from peerkit.model import Application, InvitationResponse
 from peerkit.node import Node
-from peerkit.peers import Peer
 
 COLD_SAMPLES = 400
 WARM_ROUNDS = 7
@@ -42,21 +42,23 @@ def _percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
-async def _nodes() -> tuple[Node, Node]:
+@contextlib.asynccontextmanager
+async def _setup() -> AsyncIterator[tuple[Node, Node, int]]:
+    """alice and bob (bob accepts every invitation), and the port of a plain server."""
     alice = Node(nickname="alice", identity=Identity.generate(), listen=("127.0.0.1", 0))
     bob = Node(nickname="bob", identity=Identity.generate(), listen=("127.0.0.1", 0))
-    return alice, bob
+    async with alice, bob, anyio.create_task_group() as tg:
+        for node in (alice, bob):
+            await node.register_application(APP)
+        bob.add_invitation_handler(APP, _accept)
+        yield alice, bob, await tg.start(plain_server)
+        tg.cancel_scope.cancel()
 
 
 async def _cold(samples: int, progress: Progress) -> tuple[list[float], list[float]]:
     ours: list[float] = []
     plain: list[float] = []
-    alice, bob = await _nodes()
-    async with alice, bob, anyio.create_task_group() as tg:
-        for node in (alice, bob):
-            await node.register_application(APP)
-        bob.add_invitation_handler(APP, _accept)
-        port = await tg.start(plain_server)
+    async with _setup() as (alice, bob, port):
         peer = alice.peer(bob.id, bob.endpoint)
         for i in range(samples + 10):
             start = time.perf_counter()
@@ -75,35 +77,18 @@ async def _cold(samples: int, progress: Progress) -> tuple[list[float], list[flo
                 plain.append(plain_took)
             if i % 20 == 0:
                 progress()
-        tg.cancel_scope.cancel()
     return ours, plain
 
 
-async def _warm_ours(peer: Peer, concurrency: int, seconds: float) -> float:
+async def _rate(call: Callable[[], Awaitable[object]], concurrency: int, seconds: float) -> float:
+    """Calls per second of ``call`` made by ``concurrency`` tasks for about ``seconds``."""
     count = 0
     deadline = time.perf_counter() + seconds
 
     async def worker() -> None:
         nonlocal count
         while time.perf_counter() < deadline:
-            await peer.invite(APP, "join?", timeout=30)
-            count += 1
-
-    start = time.perf_counter()
-    async with anyio.create_task_group() as tg:
-        for _ in range(concurrency):
-            tg.start_soon(worker)
-    return count / (time.perf_counter() - start)
-
-
-async def _warm_plain(client: PlainClient, concurrency: int, seconds: float) -> float:
-    count = 0
-    deadline = time.perf_counter() + seconds
-
-    async def worker() -> None:
-        nonlocal count
-        while time.perf_counter() < deadline:
-            await client.request(REQUEST)
+            await call()
             count += 1
 
     start = time.perf_counter()
@@ -118,23 +103,24 @@ async def _warm(
 ) -> tuple[list[float], list[float]]:
     ours: list[float] = []
     plain: list[float] = []
-    alice, bob = await _nodes()
-    async with alice, bob, anyio.create_task_group() as tg:
-        for node in (alice, bob):
-            await node.register_application(APP)
-        bob.add_invitation_handler(APP, _accept)
-        port = await tg.start(plain_server)
+    async with _setup() as (alice, bob, port), anyio.create_task_group() as tg:
         peer = await alice.peer_at(bob.endpoint.host, bob.endpoint.port, bob.id)
         client = await PlainClient.connect(port)
         tg.start_soon(client.run)
-        await _warm_ours(peer, concurrency, 0.2)  # warm-up
-        await _warm_plain(client, concurrency, 0.2)
+
+        def invite() -> Awaitable[object]:
+            return peer.invite(APP, "join?", timeout=30)
+
+        def request() -> Awaitable[object]:
+            return client.request(REQUEST)
+
+        await _rate(invite, concurrency, 0.2)  # warm-up
+        await _rate(request, concurrency, 0.2)
         for _ in range(rounds):
-            ours.append(await _warm_ours(peer, concurrency, seconds))
-            plain.append(await _warm_plain(client, concurrency, seconds))
+            ours.append(await _rate(invite, concurrency, seconds))
+            plain.append(await _rate(request, concurrency, seconds))
             progress()
         await client.aclose()
-        tg.cancel_scope.cancel()
     return ours, plain
 
 

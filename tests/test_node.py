@@ -684,16 +684,21 @@ async def test_keepalive_detects_a_dead_peer() -> None:
             await peer.invite(CHAT, timeout=5)
 
 
-async def test_peer_that_goes_away_mid_invitation_is_unreachable() -> None:
-    net = MemoryNetwork()
-    async with nodes(1, network=net) as (alice,), anyio.create_task_group() as tg:
+@pytest.mark.parametrize("where", ["memory", pytest.param("tcp", marks=pytest.mark.network)])
+async def test_peer_that_goes_away_mid_invitation_is_unreachable(where: str) -> None:
+    net = MemoryNetwork() if where == "memory" else None
+    alice_host, host = ("10.0.0.1", "10.0.0.9") if net is not None else ("127.0.0.1", "127.0.0.1")
+    async with (
+        Node(identity=Identity.generate(), network=net, listen=(alice_host, 0)) as alice,
+        anyio.create_task_group() as tg,
+    ):
         await alice.register_application(CHAT)
         started = anyio.Event()
         bob_scope = anyio.CancelScope()
 
         async def run_bob(*, task_status: anyio.abc.TaskStatus[Node]) -> None:
             with bob_scope:
-                async with Node(identity=Identity.generate(), network=net, listen=("10.0.0.9", 0)) as bob:
+                async with Node(identity=Identity.generate(), network=net, listen=(host, 0)) as bob:
                     await bob.register_application(CHAT)
 
                     @bob.on_invitation(CHAT)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import socket
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -13,6 +12,7 @@ import anyio
 import anyio.abc
 import anyio.lowlevel
 import pytest
+from conftest import IPV6
 
 from peerkit import (
     Application,
@@ -30,15 +30,6 @@ from peerkit.testing import MemoryNetwork
 pytestmark = pytest.mark.asyncio
 
 CHAT = Application(id=uuid.UUID("6f1c2a4e-0000-4000-8000-0000000000aa"), description="chat")
-
-
-def _has_ipv6() -> bool:
-    try:
-        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as s:
-            s.bind(("::1", 0))
-    except OSError:
-        return False
-    return True
 
 
 @contextlib.asynccontextmanager
@@ -67,7 +58,7 @@ async def echo(stream: AppStream) -> None:
 PLACES = [
     "memory",
     "127.0.0.1",
-    pytest.param("::1", marks=pytest.mark.skipif(not _has_ipv6(), reason="no IPv6")),
+    IPV6,
 ]
 
 
