@@ -69,6 +69,33 @@ class Wire:
             self.buffer += await self.stream.receive()
 
 
+async def initiate(
+    foreign: Foreign, wire: Wire, protocol: str, responder_static: bytes
+) -> tuple[NoiseConnection, dict[str, object]]:
+    """Run the initiator's side of section 2 and 3 over ``wire``; return the Noise connection and
+    the responder's hello, after checking that it proved ``responder_static``."""
+    preamble = b"peerkit/1 " + protocol.encode()
+    noise = NoiseConnection.from_name(protocol.encode())
+    noise.set_as_initiator()
+    noise.set_prologue(preamble)
+    noise.set_keypair_from_private_bytes(Keypair.STATIC, foreign.static)
+    if protocol == IK:
+        noise.set_keypair_from_public_bytes(Keypair.REMOTE_STATIC, responder_static)
+    noise.start_handshake()
+    await wire.send(preamble)
+    if protocol == XX:
+        await wire.send(noise.write_message(b""))
+        payload = noise.read_message(await wire.receive())
+        assert noise.noise_protocol.handshake_state.rs.public_bytes == responder_static
+        hello = foreign.check_hello(payload, responder_static)
+        await wire.send(noise.write_message(foreign.hello()))
+    else:
+        await wire.send(noise.write_message(foreign.hello()))
+        hello = foreign.check_hello(noise.read_message(await wire.receive()), responder_static)
+    assert noise.handshake_finished
+    return noise, hello
+
+
 @pytest.mark.parametrize("protocol", [XX, IK])
 async def test_a_foreign_initiator_talks_to_a_peerkit_listener(protocol: str) -> None:
     server = Identity.generate()
@@ -84,23 +111,7 @@ async def test_a_foreign_initiator_talks_to_a_peerkit_listener(protocol: str) ->
         await tg.start(listener.serve, handler)
         async with await anyio.connect_tcp(*listener.address) as stream:
             wire = Wire(stream)
-            preamble = b"peerkit/1 " + protocol.encode()
-            noise = NoiseConnection.from_name(protocol.encode())
-            noise.set_as_initiator()
-            noise.set_prologue(preamble)
-            noise.set_keypair_from_private_bytes(Keypair.STATIC, foreign.static)
-            if protocol == IK:
-                noise.set_keypair_from_public_bytes(Keypair.REMOTE_STATIC, server.x25519_public)
-            noise.start_handshake()
-            await wire.send(preamble)
-            if protocol == XX:
-                await wire.send(noise.write_message(b""))
-                hello = foreign.check_hello(noise.read_message(await wire.receive()), server.x25519_public)
-                await wire.send(noise.write_message(foreign.hello()))
-            else:
-                await wire.send(noise.write_message(foreign.hello()))
-                hello = foreign.check_hello(noise.read_message(await wire.receive()), server.x25519_public)
-            assert noise.handshake_finished
+            noise, hello = await initiate(foreign, wire, protocol, server.x25519_public)
             assert hello["id"] == server.id.key
             assert hello["nick"] == "peerkit-server"
             await wire.send(noise.encrypt(cbor2.dumps({"t": "ping", "n": 7}, canonical=True)))
@@ -197,25 +208,7 @@ async def test_a_foreign_peer_invites_a_peerkit_serve_process(protocol: str, ser
     foreign = Foreign("foreign-inviter")
     async with await anyio.connect_tcp("127.0.0.1", info["port"]) as stream:
         wire = Wire(stream)
-        preamble = b"peerkit/1 " + protocol.encode()
-        noise = NoiseConnection.from_name(protocol.encode())
-        noise.set_as_initiator()
-        noise.set_prologue(preamble)
-        noise.set_keypair_from_private_bytes(Keypair.STATIC, foreign.static)
-        if protocol == IK:
-            noise.set_keypair_from_public_bytes(Keypair.REMOTE_STATIC, server_id.x25519)
-        noise.start_handshake()
-        await wire.send(preamble)
-        if protocol == XX:
-            await wire.send(noise.write_message(b""))
-            payload = noise.read_message(await wire.receive())
-            remote = noise.noise_protocol.handshake_state.rs.public_bytes  # the static key it proved
-            assert remote == server_id.x25519
-            hello = foreign.check_hello(payload, remote)
-            await wire.send(noise.write_message(foreign.hello()))
-        else:
-            await wire.send(noise.write_message(foreign.hello()))
-            hello = foreign.check_hello(noise.read_message(await wire.receive()), server_id.x25519)
+        noise, hello = await initiate(foreign, wire, protocol, server_id.x25519)
         assert hello["id"] == server_id.key
 
         async def request(message: dict[str, object]) -> dict[str, object]:
