@@ -101,6 +101,19 @@ def test_hello_round_trip_and_errors() -> None:
             messages.decode_hello(messages.encode(bad))
 
 
+def test_hello_extension_keys() -> None:
+    plain = messages.Hello(id=bytes(32))
+    assert set(messages.decode(messages.encode_hello(plain))) == {"v", "id", "nick", "name"}  # unchanged
+    hello = messages.Hello(id=bytes(32), port=7000, use=messages.USE_STREAM)
+    assert messages.decode(messages.encode_hello(hello))["port"] == 7000
+    assert messages.decode_hello(messages.encode_hello(hello)) == hello
+    base = {"v": 1, "id": bytes(32)}
+    for port in (0, 65536, -1, "7000", True, None, 3.0):
+        assert messages.decode_hello(messages.encode({**base, "port": port})).port is None
+    for use in ("control", "other", 1, None):
+        assert messages.decode_hello(messages.encode({**base, "use": use})).use == messages.USE_CONTROL
+
+
 def test_encoding_is_deterministic() -> None:
     a = messages.encode({"b": 1, "a": [b"x", "y"], "aa": None})
     b = messages.encode({"aa": None, "a": [b"x", "y"], "b": 1})
