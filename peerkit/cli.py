@@ -229,11 +229,16 @@ def invite(
         str | None,
         typer.Option("--id", help="The peer's id: the handshake then proves it is that peer (IK)."),
     ] = None,
-    timeout: Annotated[float, typer.Option(help="Seconds to wait for an answer (at most 300).")] = 300.0,
+    timeout: Annotated[
+        float, typer.Option(min=0.001, max=300, help="Seconds to wait for an answer (at most 300).")
+    ] = 300.0,
     data_dir: DataDir = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
 ) -> None:
-    """Invite the peer at HOST:PORT to an application and print its answer."""
+    """Invite the peer at HOST:PORT to an application and print its answer.
+
+    Ctrl-C or SIGTERM withdraws the invitation and exits with 0.
+    """
     host, port = parse_address(address, default_host="127.0.0.1")
     (app_id,) = _app_ids([application])
     check_text(message, "invitation message")  # before anything is dialled
@@ -245,10 +250,11 @@ def invite(
             raise typer.BadParameter(str(exc), param_hint="--id") from None
     directory = data_dir or default_data_dir()
     response, who = anyio.run(_invite, host, port, app_id, message, expected, timeout, directory)
+    answer = response.name.lower() if response is not None else "withdrawn"
     if as_json:
-        print(json.dumps({"response": response.name.lower(), "peer": str(who)}))
+        print(json.dumps({"response": answer, "peer": str(who) if who is not None else None}))
     else:
-        console.print(f"{who.fingerprint}: {response.name.lower()}")
+        console.print(f"{who.fingerprint if who is not None else address}: {answer}")
 
 
 async def _invite(
@@ -259,15 +265,28 @@ async def _invite(
     expected: peerkit.PeerId | None,
     timeout: float,
     directory: Path,
-) -> tuple[peerkit.InvitationResponse, peerkit.PeerId]:
+) -> tuple[peerkit.InvitationResponse | None, peerkit.PeerId | None]:
     from peerkit.model import Application
     from peerkit.node import Node
 
-    async with Node(data_dir=directory, listen=("127.0.0.1", 0)) as node:
+    response: peerkit.InvitationResponse | None = None
+    who: peerkit.PeerId | None = None
+    async with Node(data_dir=directory, listen=("127.0.0.1", 0)) as node, anyio.create_task_group() as tg:
+
+        async def withdraw_on_signal() -> None:
+            with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                async for _ in signals:
+                    tg.cancel_scope.cancel()  # the invitation is withdrawn (invite_cancel)
+                    return
+
+        tg.start_soon(withdraw_on_signal)
         await node.register_application(Application(id=app_id))
         peer = await node.peer_at(host, port, expected)
+        who = peer.id
         with console.status(f"waiting for {peer.id.fingerprint} to answer", spinner="dots"):
-            return await peer.invite(app_id, message, timeout=timeout), peer.id
+            response = await peer.invite(app_id, message, timeout=timeout)
+        tg.cancel_scope.cancel()
+    return response, who
 
 
 def main() -> None:
@@ -277,8 +296,16 @@ def main() -> None:
         sys.argv.remove("--debug")
     try:
         app()
-    except PeerkitError as exc:
-        if debug:
+    except (PeerkitError, ExceptionGroup) as exc:
+        error = _only_peerkit_error(exc)
+        if debug or error is None:
             raise
-        err_console.print(f"[red]error:[/red] {exc}")
+        err_console.print(f"[red]error:[/red] {error}")
         sys.exit(1)
+
+
+def _only_peerkit_error(exc: BaseException) -> PeerkitError | None:
+    # The peerkit error to show, also when a task group wrapped it; None for anything else.
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc if isinstance(exc, PeerkitError) else None

@@ -7,11 +7,14 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
 import peerkit
+
+PEERKIT = [sys.executable, "-c", "from peerkit.cli import main; main()"]
 
 
 def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -154,3 +157,51 @@ def test_invite_errors_are_one_sentence(tmp_path: Path) -> None:
     bad_app = run("invite", "127.0.0.1:1", "chat", env=env)
     assert bad_app.returncode == 2
     assert "not an application UUID" in bad_app.stderr
+
+
+WAITING_PEER = """
+import sys, uuid, anyio, peerkit
+
+async def main():
+    async with peerkit.Node(identity=peerkit.Identity.generate(), listen=("127.0.0.1", 0)) as node:
+        app = peerkit.Application(id=uuid.UUID(sys.argv[1]))
+        await node.register_application(app)
+
+        @node.on_invitation(app)
+        async def wait(invitation):
+            try:
+                await anyio.sleep_forever()
+            finally:
+                print("handler ended:", invitation.withdrawn_reason, flush=True)
+
+        print(node.endpoint.port, flush=True)
+        await anyio.sleep(30)
+
+anyio.run(main)
+"""
+
+
+@pytest.mark.network
+def test_ctrl_c_withdraws_an_invitation_and_exits_zero(tmp_path: Path) -> None:
+    peer = subprocess.Popen(
+        [sys.executable, "-c", WAITING_PEER, CHAT], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        assert peer.stdout is not None
+        port = int(peer.stdout.readline())
+        client = subprocess.Popen(
+            [*PEERKIT, "invite", f"127.0.0.1:{port}", CHAT, "--timeout", "60", "--json"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "PEERKIT_DATA_DIR": str(tmp_path)},
+        )
+        time.sleep(2)  # dialled and waiting for the answer by now
+        client.send_signal(signal.SIGINT)
+        out, err = client.communicate(timeout=20)
+        assert client.returncode == 0, err
+        assert json.loads(out)["response"] == "withdrawn"
+        assert peer.stdout.readline().strip() == "handler ended: cancelled"
+    finally:
+        peer.kill()
+        peer.communicate()
