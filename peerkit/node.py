@@ -433,6 +433,10 @@ class Node:
 
         :raises ValueError: when the application already has a handler or iterator.
         """
+        if not callable(handler):
+            raise TypeError(
+                f"an invitation handler must be a coroutine function, not {type(handler).__name__}"
+            )
         return self._add_receiver(
             self._invite_receivers, application, _invitation_receiver(handler), "an invitation"
         )
@@ -466,7 +470,10 @@ class Node:
         is closed when it returns. One handler (or iterator) per application.
 
         :raises ValueError: when the application already has a stream handler or iterator.
+        :raises TypeError: when ``handler`` is not callable.
         """
+        if not callable(handler):
+            raise TypeError(f"a stream handler must be a coroutine function, not {type(handler).__name__}")
 
         async def receiver(stream: AppStream) -> None:
             try:

@@ -12,8 +12,9 @@
 from __future__ import annotations
 
 import itertools
+import weakref
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import anyio
@@ -35,9 +36,10 @@ __all__ = (
 )
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, weakref_slot=True, eq=False)
 class _Link:
-    # Shared by the two ends of one in-memory connection.
+    # Shared by the two ends of one in-memory connection (and only they keep it alive).
+    ends: tuple[tuple[str, int], ...] = ()
     frozen: bool = False
 
 
@@ -147,12 +149,6 @@ class MemoryListener(anyio.abc.Listener[MemoryByteStream]):
         self._incoming.close()
 
 
-@dataclass(slots=True)
-class _Connection:
-    ends: tuple[tuple[str, int], tuple[str, int]]
-    link: _Link = field(default_factory=_Link)
-
-
 class MemoryNetwork:
     """A network in memory for :class:`~peerkit.Node` (``Node(network=net)``): no sockets at all.
 
@@ -165,7 +161,7 @@ class MemoryNetwork:
         self._listeners: dict[tuple[str, int], MemoryListener] = {}
         self._ports = itertools.count(40000)
         self._buffer = buffer
-        self._connections: list[_Connection] = []
+        self._links: weakref.WeakSet[_Link] = weakref.WeakSet()
         self._frozen: set[str] = set()
 
     async def listen(self, host: str, port: int) -> MemoryListener:
@@ -191,26 +187,26 @@ class MemoryNetwork:
         if listener is None or host in self._frozen or local_host in self._frozen:
             raise PeerUnreachable(f"could not connect to {host}:{port}: connection refused")
         local = (local_host, next(self._ports))
-        connection = _Connection(ends=(local, (host, port)))
+        link = _Link(ends=(local, (host, port)))
         a_send, b_receive = anyio.create_memory_object_stream[bytes](self._buffer)
         b_send, a_receive = anyio.create_memory_object_stream[bytes](self._buffer)
         dialler = MemoryByteStream(
-            a_send, a_receive, local_address=local, remote_address=(host, port), link=connection.link
+            a_send, a_receive, local_address=local, remote_address=(host, port), link=link
         )
         accepted = MemoryByteStream(
-            b_send, b_receive, local_address=(host, port), remote_address=local, link=connection.link
+            b_send, b_receive, local_address=(host, port), remote_address=local, link=link
         )
         listener._deliver(accepted)
-        self._connections.append(connection)
+        self._links.add(link)
         return dialler
 
     def freeze(self, host: str) -> None:
         """Cut ``host`` off: bytes to and from it are lost from now on and new connections fail,
         but nothing is closed (nobody gets an end of stream)."""
         self._frozen.add(host)
-        for connection in self._connections:
-            if any(end[0] == host for end in connection.ends):
-                connection.link.frozen = True
+        for link in self._links:
+            if any(end[0] == host for end in link.ends):
+                link.frozen = True
 
     def thaw(self, host: str) -> None:
         """Let ``host`` make new connections again (frozen connections stay dead)."""

@@ -224,6 +224,12 @@ async def test_one_handler_per_application_and_handles_remove() -> None:
             with pytest.raises(ValueError, match="already has"):
                 alice.on_invitation(CHAT)(accept_all)
         alice.on_invitation(CHAT)(accept_all)  # free again after the iterator closed
+        with pytest.raises(TypeError, match="coroutine function"):
+            alice.add_invitation_handler(GAME, "accept")  # type: ignore[arg-type]
+        with pytest.raises(TypeError, match="coroutine function"):
+            alice.add_stream_handler(GAME, None)  # type: ignore[arg-type]
+        with pytest.raises(TypeError, match="Application or its uuid"):
+            alice.add_invitation_handler("chat", accept_all)  # type: ignore[arg-type]
 
 
 # -- invitations -------------------------------------------------------------------------------
