@@ -652,6 +652,8 @@ class Node:
             dial.error = PeerUnreachable(f"could not reach {endpoint}: {exc!r}")
             dial.error.__cause__ = exc
         finally:
+            if dial.error is None and dial.control is None:  # cancelled: the node is stopping
+                dial.error = NotRunning("the node stopped while dialling")
             self._dials.pop(key, None)
             dial.done.set()
         if control is not None:
