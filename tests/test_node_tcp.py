@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import signal
 import socket
+import sys
 import uuid
 
 import anyio
@@ -18,6 +20,7 @@ from peerkit import (
     InvitationResponse,
     KeepalivePolicy,
     Node,
+    PeerId,
     PeerUnreachable,
 )
 
@@ -78,3 +81,60 @@ async def test_unreachable_port_is_a_clear_error() -> None:
             await alice.peer_at("127.0.0.1", port)
         with anyio.fail_after(5), pytest.raises(PeerUnreachable):
             await alice.peer(Identity.generate().id, EndPoint("127.0.0.1", port)).invite(CHAT)
+
+
+FROZEN_PEER = """
+import sys, uuid, anyio, peerkit
+
+async def main():
+    async with peerkit.Node(identity=peerkit.Identity.generate(), listen=("127.0.0.1", 0)) as node:
+        app = peerkit.Application(id=uuid.UUID(sys.argv[1]))
+        await node.register_application(app)
+
+        @node.on_invitation(app)
+        async def wait(invitation):
+            await anyio.sleep_forever()
+
+        print(node.endpoint.port, node.id, flush=True)
+        await anyio.sleep(60)
+
+anyio.run(main)
+"""
+
+
+async def test_keepalive_notices_a_peer_process_that_stops_answering() -> None:
+    # SIGSTOP: the peer's sockets stay open (no FIN, no RST) but nothing answers, as after a crash
+    # of the machine or a pulled cable. Only keepalive pings can tell.
+    process = await anyio.open_process([sys.executable, "-c", FROZEN_PEER, str(CHAT.id)])
+    try:
+        assert process.stdout is not None
+        line = (await process.stdout.receive()).decode().split()
+        port, peer_id = int(line[0]), PeerId.parse(line[1])
+        policy = KeepalivePolicy(interval=0.1, timeout=0.5, idle=60)
+        async with Node(identity=Identity.generate(), listen=("127.0.0.1", 0), keepalive=policy) as alice:
+            await alice.register_application(CHAT)
+            peer = await alice.peer_at("127.0.0.1", port, peer_id)
+            outcome: list[object] = []
+
+            async def invite() -> None:
+                try:
+                    outcome.append(await peer.invite(CHAT, timeout=60))
+                except PeerUnreachable as exc:
+                    outcome.append(exc)
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(invite)
+                await anyio.sleep(0.3)
+                process.send_signal(signal.SIGSTOP)
+                start = anyio.current_time()
+                with anyio.fail_after(5):
+                    while not outcome:
+                        await anyio.sleep(0.02)
+            assert isinstance(outcome[0], PeerUnreachable)
+            assert "stopped answering" in str(outcome[0])
+            assert anyio.current_time() - start < 2
+    finally:
+        process.kill()
+        process.send_signal(signal.SIGCONT)
+        await process.wait()
+        await process.aclose()
