@@ -108,7 +108,11 @@ async def test_keepalive_notices_a_peer_process_that_stops_answering() -> None:
     process = await anyio.open_process([sys.executable, "-c", FROZEN_PEER, str(CHAT.id)])
     try:
         assert process.stdout is not None
-        line = (await process.stdout.receive()).decode().split()
+        received = b""
+        with anyio.fail_after(20):
+            while not received.endswith(b"\n"):
+                received += await process.stdout.receive()
+        line = received.decode().split()
         port, peer_id = int(line[0]), PeerId.parse(line[1])
         policy = KeepalivePolicy(interval=0.1, timeout=0.5, idle=60)
         async with Node(identity=Identity.generate(), listen=("127.0.0.1", 0), keepalive=policy) as alice:
