@@ -972,3 +972,28 @@ async def test_a_stopped_node_refuses_everything_clearly() -> None:
     ):
         with pytest.raises(NotRunning, match="async with node"):
             await call()
+
+
+async def test_garbage_bytes_mid_invitation_fail_fast() -> None:
+    net = MemoryNetwork()
+    async with nodes(1, network=net) as (alice,):
+        await alice.register_application(CHAT)
+        mallory = Identity.generate()
+        listener = await net.listen("10.0.6.6", 7000)
+
+        async def handle(stream: Any) -> None:
+            channel = await SecureChannel.wrap(stream, mallory, initiator=False)
+            async with channel:
+                await channel.receive()
+                await stream.send(b"\x00\x20" + bytes(range(32)))  # a frame no key can open
+                await anyio.sleep_forever()
+
+        async with listener, anyio.create_task_group() as tg:
+            tg.start_soon(listener.serve, handle)
+            peer = alice.peer(mallory.id, EndPoint("10.0.6.6", 7000))
+            with anyio.fail_after(2), pytest.raises((PeerUnreachable, ProtocolError)) as caught:
+                await peer.invite(CHAT, timeout=30)
+            assert isinstance(caught.value.__cause__, ProtocolError) or isinstance(
+                caught.value, ProtocolError
+            )
+            tg.cancel_scope.cancel()
