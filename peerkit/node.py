@@ -970,6 +970,8 @@ class Node:
         await channel.aclose()
         if reply.get("t") == "stream_reply" and reply.get("r") == "declined":
             raise NotAllowed(f"{peer_id.fingerprint} declined a stream for application {app.id}")
+        if reply.get("t") == "stream_reply":
+            raise ProtocolError(f"{peer_id.fingerprint} answered the stream request with {reply.get('r')!r}")
         if reply.get("t") == "error":
             raise ProtocolError(
                 f"{peer_id.fingerprint} refused the stream: {reply.get('code')}: {reply.get('msg')}"

@@ -1,10 +1,16 @@
 from __future__ import annotations
 
 import socket
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any
 
+import anyio
 import pytest
 
+from peerkit import Application, EndPoint, Node, Peer, SecureChannel
 from peerkit.identity import Identity
+from peerkit.testing import MemoryNetwork
 
 
 @pytest.fixture
@@ -28,3 +34,29 @@ def _has_ipv6() -> bool:
 
 #: A parameter for tests that run on IPv6 loopback (skipped where the machine has no IPv6).
 IPV6 = pytest.param("::1", marks=pytest.mark.skipif(not _has_ipv6(), reason="no IPv6 loopback"), id="ipv6")
+
+
+@asynccontextmanager
+async def facing_mallory(
+    application: Application, script: Callable[[SecureChannel, Any], Awaitable[None]]
+) -> AsyncIterator[tuple[Node, Peer]]:
+    """alice's node (with ``application`` registered) and a Peer for mallory: a hand-written peer on
+    the same in-memory network that completes the handshake and then runs ``script(channel, raw)``
+    (``raw`` is the byte stream under the channel, for bytes no honest peer would send)."""
+    net = MemoryNetwork()
+    mallory = Identity.generate()
+    listener = await net.listen("10.0.6.6", 7000)
+
+    async def serve(raw: Any) -> None:
+        async with await SecureChannel.wrap(raw, mallory, initiator=False) as channel:
+            await script(channel, raw)
+
+    async with (
+        listener,
+        Node(identity=Identity.generate(), network=net, listen=("10.0.0.1", 0)) as alice,
+        anyio.create_task_group() as tg,
+    ):
+        tg.start_soon(listener.serve, serve)
+        await alice.register_application(application)
+        yield alice, alice.peer(mallory.id, EndPoint("10.0.6.6", 7000))
+        tg.cancel_scope.cancel()

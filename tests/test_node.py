@@ -15,6 +15,7 @@ import anyio
 import anyio.abc
 import anyio.lowlevel
 import pytest
+from conftest import facing_mallory
 
 from peerkit import (
     Application,
@@ -809,30 +810,14 @@ async def test_ping_and_unknown_messages_without_rid() -> None:
 
 
 async def test_garbage_reply_is_a_protocol_error() -> None:
-    net = MemoryNetwork()
-    async with nodes(1, network=net) as (alice,):
-        await alice.register_application(CHAT)
-        mallory = Identity.generate()
-        listener = await net.listen("10.0.6.6", 7000)
+    async def script(channel: SecureChannel, raw: Any) -> None:
+        request = await channel.receive()
+        await channel.send({"t": "invite_reply", "rid": request["rid"], "r": "maybe"})
+        await anyio.sleep_forever()
 
-        async def serve() -> None:
-            async with listener:
-
-                async def handle(stream: Any) -> None:
-                    channel = await SecureChannel.wrap(stream, mallory, initiator=False)
-                    async with channel:
-                        request = await channel.receive()
-                        await channel.send({"t": "invite_reply", "rid": request["rid"], "r": "maybe"})
-                        await anyio.sleep_forever()
-
-                await listener.serve(handle)
-
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(serve)
-            peer = alice.peer(mallory.id, EndPoint("10.0.6.6", 7000))
-            with pytest.raises(ProtocolError, match="maybe"):
-                await peer.invite(CHAT, timeout=5)
-            tg.cancel_scope.cancel()
+    async with facing_mallory(CHAT, script) as (_, mallory):
+        with pytest.raises(ProtocolError, match="maybe"):
+            await mallory.invite(CHAT, timeout=5)
 
 
 async def test_disconnect_closes_the_channel_and_the_next_request_dials_again() -> None:
@@ -975,25 +960,12 @@ async def test_a_stopped_node_refuses_everything_clearly() -> None:
 
 
 async def test_garbage_bytes_mid_invitation_fail_fast() -> None:
-    net = MemoryNetwork()
-    async with nodes(1, network=net) as (alice,):
-        await alice.register_application(CHAT)
-        mallory = Identity.generate()
-        listener = await net.listen("10.0.6.6", 7000)
+    async def script(channel: SecureChannel, raw: Any) -> None:
+        await channel.receive()
+        await raw.send(b"\x00\x20" + bytes(range(32)))  # a frame no key can open
+        await anyio.sleep_forever()
 
-        async def handle(stream: Any) -> None:
-            channel = await SecureChannel.wrap(stream, mallory, initiator=False)
-            async with channel:
-                await channel.receive()
-                await stream.send(b"\x00\x20" + bytes(range(32)))  # a frame no key can open
-                await anyio.sleep_forever()
-
-        async with listener, anyio.create_task_group() as tg:
-            tg.start_soon(listener.serve, handle)
-            peer = alice.peer(mallory.id, EndPoint("10.0.6.6", 7000))
-            with anyio.fail_after(2), pytest.raises((PeerUnreachable, ProtocolError)) as caught:
-                await peer.invite(CHAT, timeout=30)
-            assert isinstance(caught.value.__cause__, ProtocolError) or isinstance(
-                caught.value, ProtocolError
-            )
-            tg.cancel_scope.cancel()
+    async with facing_mallory(CHAT, script) as (_, mallory):
+        with anyio.fail_after(2), pytest.raises(PeerUnreachable) as caught:
+            await mallory.invite(CHAT, timeout=30)
+        assert isinstance(caught.value.__cause__, ProtocolError)

@@ -12,12 +12,11 @@ import anyio
 import anyio.abc
 import anyio.lowlevel
 import pytest
-from conftest import IPV6
+from conftest import IPV6, facing_mallory
 
 from peerkit import (
     Application,
     AppStream,
-    EndPoint,
     Identity,
     InvitationPolicy,
     Node,
@@ -199,29 +198,15 @@ async def test_backpressure_blocks_a_sender_whose_peer_does_not_read() -> None:
 
 async def test_cut_without_end_of_data_is_broken_not_eof() -> None:
     # A peer whose connection ends without the authenticated end-of-data mark: truncation.
-    net = MemoryNetwork()
-    mallory = Identity.generate()
-    listener = await net.listen("10.0.6.6", 7000)
+    async def script(channel: SecureChannel, raw: Any) -> None:
+        request = await channel.receive()
+        await channel.send({"t": "stream_reply", "rid": request["rid"], "r": "accepted"})
+        await channel.send({"t": "data", "d": b"partial"})
 
-    async def handle(raw: Any) -> None:
-        async with await SecureChannel.wrap(raw, mallory, initiator=False) as channel:
-            request = await channel.receive()
-            await channel.send({"t": "stream_reply", "rid": request["rid"], "r": "accepted"})
-            await channel.send({"t": "data", "d": b"partial"})
-
-    async with (
-        listener,
-        Node(identity=Identity.generate(), network=net, listen=("10.0.0.1", 0)) as alice,
-        anyio.create_task_group() as tg,
-    ):
-        tg.start_soon(listener.serve, handle)
-        await alice.register_application(CHAT)
-        stream = await alice.peer(mallory.id, EndPoint("10.0.6.6", 7000)).open_stream(CHAT)
-        async with stream:
-            assert await stream.receive() == b"partial"
-            with anyio.fail_after(2), pytest.raises(anyio.BrokenResourceError):
-                await stream.receive()
-        tg.cancel_scope.cancel()
+    async with facing_mallory(CHAT, script) as (_, mallory), await mallory.open_stream(CHAT) as stream:
+        assert await stream.receive() == b"partial"
+        with anyio.fail_after(2), pytest.raises(anyio.BrokenResourceError):
+            await stream.receive()
 
 
 async def test_stream_connection_must_start_with_a_stream_request() -> None:
@@ -240,25 +225,13 @@ async def test_stream_connection_must_start_with_a_stream_request() -> None:
 
 
 async def test_stream_request_answered_with_garbage() -> None:
-    net = MemoryNetwork()
-    mallory = Identity.generate()
-    listener = await net.listen("10.0.6.6", 7000)
+    async def script(channel: SecureChannel, raw: Any) -> None:
+        await channel.receive()
+        await channel.send({"t": "stream_reply", "rid": 1, "r": "perhaps"})
 
-    async def handle(raw: Any) -> None:
-        async with await SecureChannel.wrap(raw, mallory, initiator=False) as channel:
-            await channel.receive()
-            await channel.send({"t": "stream_reply", "rid": 1, "r": "perhaps"})
-
-    async with (
-        listener,
-        Node(identity=Identity.generate(), network=net, listen=("10.0.0.1", 0)) as alice,
-        anyio.create_task_group() as tg,
-    ):
-        tg.start_soon(listener.serve, handle)
-        await alice.register_application(CHAT)
-        with pytest.raises(ProtocolError):
-            await alice.peer(mallory.id, EndPoint("10.0.6.6", 7000)).open_stream(CHAT)
-        tg.cancel_scope.cancel()
+    async with facing_mallory(CHAT, script) as (_, mallory):
+        with pytest.raises(ProtocolError, match="perhaps"):
+            await mallory.open_stream(CHAT)
 
 
 async def test_streams_still_open_when_the_node_exits_are_closed() -> None:
