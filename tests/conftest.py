@@ -60,3 +60,28 @@ async def facing_mallory(
         await alice.register_application(application)
         yield alice, alice.peer(mallory.id, EndPoint("10.0.6.6", 7000))
         tg.cancel_scope.cancel()
+
+
+#: A peer process (``python -c WAITING_PEER APP_UUID``): a node on 127.0.0.1 whose handler for the
+#: application never answers. It prints "PORT ID", then "handler ended: REASON" when its handler is
+#: withdrawn, and exits after 60 s.
+WAITING_PEER = """
+import sys, uuid, anyio, peerkit
+
+async def main():
+    async with peerkit.Node(identity=peerkit.Identity.generate(), listen=("127.0.0.1", 0)) as node:
+        app = peerkit.Application(id=uuid.UUID(sys.argv[1]))
+        await node.register_application(app)
+
+        @node.on_invitation(app)
+        async def wait(invitation):
+            try:
+                await anyio.sleep_forever()
+            finally:
+                print("handler ended:", invitation.withdrawn_reason, flush=True)
+
+        print(node.endpoint.port, node.id, flush=True)
+        await anyio.sleep(60)
+
+anyio.run(main)
+"""

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import WAITING_PEER
 
 import peerkit
 
@@ -159,28 +160,6 @@ def test_invite_errors_are_one_sentence(tmp_path: Path) -> None:
     assert "not an application UUID" in bad_app.stderr
 
 
-WAITING_PEER = """
-import sys, uuid, anyio, peerkit
-
-async def main():
-    async with peerkit.Node(identity=peerkit.Identity.generate(), listen=("127.0.0.1", 0)) as node:
-        app = peerkit.Application(id=uuid.UUID(sys.argv[1]))
-        await node.register_application(app)
-
-        @node.on_invitation(app)
-        async def wait(invitation):
-            try:
-                await anyio.sleep_forever()
-            finally:
-                print("handler ended:", invitation.withdrawn_reason, flush=True)
-
-        print(node.endpoint.port, flush=True)
-        await anyio.sleep(30)
-
-anyio.run(main)
-"""
-
-
 @pytest.mark.network
 def test_ctrl_c_withdraws_an_invitation_and_exits_zero(tmp_path: Path) -> None:
     peer = subprocess.Popen(
@@ -188,7 +167,7 @@ def test_ctrl_c_withdraws_an_invitation_and_exits_zero(tmp_path: Path) -> None:
     )
     try:
         assert peer.stdout is not None
-        port = int(peer.stdout.readline())
+        port = int(peer.stdout.readline().split()[0])
         client = subprocess.Popen(
             [*PEERKIT, "invite", f"127.0.0.1:{port}", CHAT, "--timeout", "60", "--json"],
             stdout=subprocess.PIPE,

@@ -10,7 +10,7 @@ import uuid
 import anyio
 import anyio.abc
 import pytest
-from conftest import IPV6
+from conftest import IPV6, WAITING_PEER
 
 from peerkit import (
     Application,
@@ -83,29 +83,10 @@ async def test_unreachable_port_is_a_clear_error() -> None:
             await alice.peer(Identity.generate().id, EndPoint("127.0.0.1", port)).invite(CHAT)
 
 
-FROZEN_PEER = """
-import sys, uuid, anyio, peerkit
-
-async def main():
-    async with peerkit.Node(identity=peerkit.Identity.generate(), listen=("127.0.0.1", 0)) as node:
-        app = peerkit.Application(id=uuid.UUID(sys.argv[1]))
-        await node.register_application(app)
-
-        @node.on_invitation(app)
-        async def wait(invitation):
-            await anyio.sleep_forever()
-
-        print(node.endpoint.port, node.id, flush=True)
-        await anyio.sleep(60)
-
-anyio.run(main)
-"""
-
-
 async def test_keepalive_notices_a_peer_process_that_stops_answering() -> None:
     # SIGSTOP: the peer's sockets stay open (no FIN, no RST) but nothing answers, as after a crash
     # of the machine or a pulled cable. Only keepalive pings can tell.
-    process = await anyio.open_process([sys.executable, "-c", FROZEN_PEER, str(CHAT.id)])
+    process = await anyio.open_process([sys.executable, "-c", WAITING_PEER, str(CHAT.id)])
     try:
         assert process.stdout is not None
         received = b""
