@@ -6,7 +6,7 @@ import contextlib
 import functools
 import logging
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -69,6 +69,16 @@ async def nodes(
 
 async def accept_all(invitation: Invitation) -> InvitationResponse:
     return ACCEPTED
+
+
+def recording(seen: list[Invitation]) -> Callable[[Invitation], Awaitable[InvitationResponse]]:
+    """A handler that accepts every invitation and keeps it in ``seen``."""
+
+    async def handler(invitation: Invitation) -> InvitationResponse:
+        seen.append(invitation)
+        return ACCEPTED
+
+    return handler
 
 
 # -- lifetime ----------------------------------------------------------------------------------
@@ -239,11 +249,7 @@ async def test_invitation_accepted_with_everything_the_application_needs() -> No
         await alice.register_application(CHAT)
         await bob.register_application(CHAT)
         seen: list[Invitation] = []
-
-        @bob.on_invitation(CHAT)
-        async def handler(invitation: Invitation) -> InvitationResponse:
-            seen.append(invitation)
-            return ACCEPTED
+        bob.add_invitation_handler(CHAT, recording(seen))
 
         peer = await alice.peer_at(bob.endpoint.host, bob.endpoint.port)
         assert peer.id == bob.id
@@ -267,12 +273,8 @@ async def test_invitation_accepted_with_everything_the_application_needs() -> No
 async def test_unregistered_application_is_declined_without_any_handler() -> None:
     async with nodes() as (alice, bob):
         await alice.register_application(CHAT)
-        called = []
-
-        async def handler(invitation: Invitation) -> InvitationResponse:
-            called.append(invitation)
-            return ACCEPTED
-
+        called: list[Invitation] = []
+        handler = recording(called)
         bob.add_invitation_handler(CHAT, handler)  # a handler, but the app is not registered
         peer = await alice.peer_at(bob.endpoint.host, bob.endpoint.port, bob.id)
         assert await peer.invite(CHAT, timeout=5) is DECLINED
@@ -289,12 +291,8 @@ async def test_registered_application_without_handler_declines() -> None:
 
 async def test_inviter_must_register_and_respect_limits_before_sending() -> None:
     async with nodes() as (alice, bob):
-        called = []
-
-        async def handler(invitation: Invitation) -> InvitationResponse:
-            called.append(invitation)
-            return ACCEPTED
-
+        called: list[Invitation] = []
+        handler = recording(called)
         await bob.register_application(CHAT)
         bob.add_invitation_handler(CHAT, handler)
         peer = alice.peer(bob.id, bob.endpoint)
@@ -389,11 +387,7 @@ async def test_policy_and_trust() -> None:
         for node in (alice, bob, carol):
             await node.register_application(CHAT)
         seen: list[Invitation] = []
-
-        @bob.on_invitation(CHAT)
-        async def handler(invitation: Invitation) -> InvitationResponse:
-            seen.append(invitation)
-            return ACCEPTED
+        bob.add_invitation_handler(CHAT, recording(seen))
 
         from_alice = await alice.peer_at(bob.endpoint.host, bob.endpoint.port)
         from_carol = await carol.peer_at(bob.endpoint.host, bob.endpoint.port)
