@@ -5,9 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 import anyio
+from conftest import facing_mallory
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_node import CHAT, accept_all, nodes, raw_channel
+
+from peerkit import SecureChannel
 
 # -- untrusted messages never crash a node -----------------------------------------------------
 _values = st.one_of(
@@ -52,5 +55,44 @@ def test_fuzzed_messages_never_break_a_node(batch: list[dict[str, Any]]) -> None
                     while (reply := await channel.receive()) != {"t": "pong", "rid": 2**40}:
                         assert reply["t"] in ("invite_reply", "error", "pong")
             assert bob.running
+
+    anyio.run(main)
+
+
+_stream_messages = st.one_of(
+    st.fixed_dictionaries({"t": st.just("data"), "d": st.one_of(st.binary(max_size=64), _values)}),
+    st.fixed_dictionaries({"t": st.sampled_from(["eof", "stream_reply", "error", "ping", "x"])}),
+)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(batch=st.lists(_stream_messages, max_size=5), close=st.booleans())
+def test_fuzzed_stream_messages_end_in_data_eof_or_broken(batch: list[dict[str, Any]], close: bool) -> None:
+    """Whatever a stream peer sends, the reader gets bytes, then EndOfStream or BrokenResourceError:
+    never another exception, never a hang."""
+
+    async def script(channel: SecureChannel, raw: Any) -> None:
+        request = await channel.receive()
+        await channel.send({"t": "stream_reply", "rid": request["rid"], "r": "accepted"})
+        for message in batch:
+            await channel.send(message)
+        if not close:
+            await anyio.sleep_forever()
+
+    async def main() -> None:
+        async with facing_mallory(CHAT, script) as (_, mallory), await mallory.open_stream(CHAT) as stream:
+            expected = b""
+            for message in batch:
+                if message["t"] != "data" or not isinstance(message["d"], bytes):
+                    break
+                expected += message["d"]
+            got = b""
+            with anyio.move_on_after(0.5):  # a peer that sends nothing more and keeps the connection
+                try:
+                    while True:
+                        got += await stream.receive()
+                except (anyio.EndOfStream, anyio.BrokenResourceError):
+                    pass
+            assert got == expected
 
     anyio.run(main)
