@@ -58,6 +58,9 @@ StreamHandler = Callable[[AppStream], Awaitable[None]]
 F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
 
 SETTINGS_FILE: Final = "node.json"
+#: Control channels one peer may have open to a node at once (more are closed at once): one is the
+#: rule, a few more appear briefly after simultaneous dials or when one identity runs on several hosts.
+MAX_CHANNELS_PER_PEER: Final = 8
 _RESPONSES: Final = {
     "accepted": InvitationResponse.ACCEPTED,
     "declined": InvitationResponse.DECLINED,
@@ -730,6 +733,13 @@ class Node:
             return
         if channel.peer.use == USE_STREAM:
             await self._serve_stream(channel)
+            return
+        if self.channels(channel.peer.id) >= MAX_CHANNELS_PER_PEER:
+            log.warning(
+                "refusing a channel from %s: it has %d open already",
+                channel.peer.id.fingerprint,
+                MAX_CHANNELS_PER_PEER,
+            )
             return
         endpoint = None
         if channel.peer.address is not None and channel.peer.port is not None:

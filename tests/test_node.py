@@ -963,3 +963,21 @@ async def test_garbage_bytes_mid_invitation_fail_fast() -> None:
         with anyio.fail_after(2), pytest.raises(PeerUnreachable) as caught:
             await mallory.invite(CHAT, timeout=30)
         assert isinstance(caught.value.__cause__, ProtocolError)
+
+
+async def test_a_peer_cannot_open_channels_without_bound() -> None:
+    from peerkit.node import MAX_CHANNELS_PER_PEER
+
+    async with nodes() as (alice, bob):
+        channels = [await raw_channel(alice, bob) for _ in range(MAX_CHANNELS_PER_PEER + 3)]
+        try:
+            with anyio.fail_after(2):
+                while bob.channels(alice.id) < MAX_CHANNELS_PER_PEER:
+                    await anyio.sleep(0.01)
+            await anyio.sleep(0.05)
+            assert bob.channels(alice.id) == MAX_CHANNELS_PER_PEER
+            with anyio.fail_after(2), pytest.raises(anyio.EndOfStream):
+                await channels[-1].receive()  # the extra ones were closed
+        finally:
+            for channel in channels:
+                await channel.aclose()
