@@ -71,6 +71,13 @@ async def accept_all(invitation: Invitation) -> InvitationResponse:
     return ACCEPTED
 
 
+async def accept_chat(*group: Node) -> None:
+    """Register CHAT on every node of ``group``, each accepting every invitation to it."""
+    for node in group:
+        await node.register_application(CHAT)
+        node.add_invitation_handler(CHAT, accept_all)
+
+
 def recording(seen: list[Invitation]) -> Callable[[Invitation], Awaitable[InvitationResponse]]:
     """A handler that accepts every invitation and keeps it in ``seen``."""
 
@@ -562,9 +569,7 @@ async def test_several_endpoints_declined_if_any_declined_else_expired() -> None
 # -- the connection manager ----------------------------------------------------------------
 async def test_one_channel_per_peer_reused_in_both_directions() -> None:
     async with nodes() as (alice, bob):
-        for node in (alice, bob):
-            await node.register_application(CHAT)
-            node.add_invitation_handler(CHAT, accept_all)
+        await accept_chat(alice, bob)
         peer = await alice.peer_at(bob.endpoint.host, bob.endpoint.port)
         for _ in range(5):
             assert await peer.invite(CHAT, timeout=5) is ACCEPTED
@@ -576,9 +581,7 @@ async def test_one_channel_per_peer_reused_in_both_directions() -> None:
 
 async def test_concurrent_requests_share_one_dial() -> None:
     async with nodes() as (alice, bob):
-        for node in (alice, bob):
-            await node.register_application(CHAT)
-            node.add_invitation_handler(CHAT, accept_all)
+        await accept_chat(alice, bob)
         peer = alice.peer(bob.id, bob.endpoint)
         async with anyio.create_task_group() as tg:
             for _ in range(10):
@@ -590,9 +593,7 @@ async def test_concurrent_requests_share_one_dial() -> None:
 async def test_simultaneous_dial_converges_on_one_channel() -> None:
     policy = KeepalivePolicy(interval=0.05, timeout=0.5, idle=60)
     async with nodes(keepalive=policy) as (alice, bob):
-        for node in (alice, bob):
-            await node.register_application(CHAT)
-            node.add_invitation_handler(CHAT, accept_all)
+        await accept_chat(alice, bob)
         to_bob = alice.peer(bob.id, bob.endpoint)
         to_alice = bob.peer(alice.id, alice.endpoint)
         results: list[InvitationResponse] = []
@@ -620,9 +621,7 @@ async def test_simultaneous_dial_converges_on_one_channel() -> None:
 async def test_idle_channels_close() -> None:
     policy = KeepalivePolicy(interval=0.05, timeout=0.5, idle=0.2)
     async with nodes(keepalive=policy) as (alice, bob):
-        for node in (alice, bob):
-            await node.register_application(CHAT)
-            node.add_invitation_handler(CHAT, accept_all)
+        await accept_chat(alice, bob)
         peer = await alice.peer_at(bob.endpoint.host, bob.endpoint.port)
         assert alice.channels(bob.id) == 1
         with anyio.fail_after(3):
@@ -816,9 +815,7 @@ async def test_garbage_reply_is_a_protocol_error() -> None:
 
 async def test_disconnect_closes_the_channel_and_the_next_request_dials_again() -> None:
     async with nodes() as (alice, bob):
-        for node in (alice, bob):
-            await node.register_application(CHAT)
-            node.add_invitation_handler(CHAT, accept_all)
+        await accept_chat(alice, bob)
         peer = await alice.peer_at(bob.endpoint.host, bob.endpoint.port)
         first = alice._controls[bob.id][0].channel.handshake_hash
         await alice.disconnect(bob.id)
