@@ -205,30 +205,24 @@ class SecureChannel(anyio.abc.AsyncResource):
 
         If cancelled while writing, the channel is closed (a partial frame cannot be recalled).
         """
-        if self._closed:
-            raise anyio.ClosedResourceError
-        async with self._send_lock:
-            self._check_sendable()
-            self._conn.send_message(message)
-            await self._flush()
+        await self._send(self._conn.send_message, message)
 
     async def send_encoded(self, plaintext: bytes) -> None:
         """Send one message that is already CBOR-encoded (see :meth:`send`)."""
-        if self._closed:
-            raise anyio.ClosedResourceError
-        async with self._send_lock:
-            self._check_sendable()
-            self._conn.send_plaintext(plaintext)
-            await self._flush()
+        await self._send(self._conn.send_plaintext, plaintext)
 
     async def send_parts(self, parts: list[bytes | memoryview]) -> None:
         """Send one already-encoded message given as pieces (see :meth:`send_encoded`); the pieces
         are copied once, into the frame."""
+        await self._send(self._conn.send_parts, parts)
+
+    async def _send(self, queue: Callable[[Any], None], message: Any) -> None:
+        # Queue one message on the connection with ``queue`` and write it, one sender at a time.
         if self._closed:
             raise anyio.ClosedResourceError
         async with self._send_lock:
             self._check_sendable()
-            self._conn.send_parts(parts)
+            queue(message)
             await self._flush()
 
     def _check_sendable(self) -> None:
