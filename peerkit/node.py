@@ -14,6 +14,7 @@ import json
 import logging
 import math
 import os
+import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
@@ -25,7 +26,26 @@ import anyio
 import anyio.abc
 
 from peerkit.apps import AppStream, Handle, Invitation, InvitationAnswered, InvitationPolicy, Subscription
-from peerkit.errors import LimitExceeded, NotAllowed, NotRunning, PeerkitError, PeerUnreachable, ProtocolError
+from peerkit.discovery.base import (
+    Announcement,
+    Directory,
+    DiscoveryProvider,
+    DiscoverySession,
+    NearbyRecord,
+    make_record,
+    read_record,
+)
+from peerkit.discovery.registry import create_provider
+from peerkit.errors import (
+    InvalidRecord,
+    LimitExceeded,
+    NotAllowed,
+    NotRunning,
+    NotSignedIn,
+    PeerkitError,
+    PeerUnreachable,
+    ProtocolError,
+)
 from peerkit.identity import Identity, PeerId, default_data_dir
 from peerkit.model import (
     MAX_APPLICATIONS,
@@ -33,6 +53,7 @@ from peerkit.model import (
     MAX_INVITATION_WAIT,
     MAX_TEXT,
     Application,
+    ChangeType,
     EndPoint,
     InvitationResponse,
     Presence,
@@ -43,18 +64,18 @@ from peerkit.model import (
 )
 from peerkit.net.channel import ChannelListener, SecureChannel
 from peerkit.net.control import ControlChannel, KeepalivePolicy
-from peerkit.net.transport import TcpTransport, Transport
-from peerkit.peers import Peer, wire_ttl
+from peerkit.net.transport import TcpTransport, Transport, local_addresses
+from peerkit.peers import NearbyChanged, NearbyPeer, NearbyWatch, Peer, wire_ttl
 from peerkit.proto.connection import HANDSHAKE_TIMEOUT
 from peerkit.proto.messages import USE_STREAM
-from peerkit.testing import DirectoryEntry, MemoryDiscovery
 
-__all__ = ("InvitationHandler", "Node", "StreamHandler")
+__all__ = ("InvitationHandler", "NearbyHandler", "Node", "StreamHandler")
 
 log = logging.getLogger(__name__)
 
 InvitationHandler = Callable[[Invitation], Awaitable[InvitationResponse | None]]
 StreamHandler = Callable[[AppStream], Awaitable[None]]
+NearbyHandler = Callable[[NearbyChanged], Awaitable[None]]
 F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
 
 SETTINGS_FILE: Final = "node.json"
@@ -67,6 +88,12 @@ _RESPONSES: Final = {
     "expired": InvitationResponse.EXPIRED,
 }
 _WIRE: Final = {v: k for k, v in _RESPONSES.items()}
+
+
+class _Started:
+    # Passes a provider's started() on, and notes that it was called.
+    def __init__(self, ready: Callable[[Any], None]) -> None:
+        self.started = ready
 
 
 def _uint(value: object) -> TypeGuard[int]:
@@ -88,12 +115,15 @@ class Node:
         per-user data directory, or ``$PEERKIT_DATA_DIR``. Not used when ``identity`` is given.
     :param identity: use this identity instead of the one in ``data_dir`` (nothing is persisted).
     :param listen: the address and port to listen on; port 0 picks a free one.
-    :param discovery: discovery providers (this release: :class:`peerkit.testing.MemoryDiscovery`).
+    :param discovery: discovery providers: names (``"mdns"``, ``"static:HOST:PORT[#ID]"``,
+        ``"memory"``, or any from the ``peerkit.discovery`` entry points) or provider objects.
     :param network: how to listen and dial: TCP by default, or a :class:`peerkit.testing.MemoryNetwork`.
     :param invitation_policy: who may invite this node.
     :param keepalive: ping interval, ping timeout and idle timeout of control channels.
     :param handshake_timeout: seconds a dial (connect and handshake) may take.
     :param queue_size: invitations or streams that may wait for an async iterator to take them.
+    :param address_check: seconds between checks of this host's addresses (when listening on a
+        wildcard address): a change is published to the discovery providers.
 
     Several nodes may run in one process. Using a node before ``async with`` or after it raises
     :class:`~peerkit.NotRunning`.
@@ -106,12 +136,13 @@ class Node:
         data_dir: str | os.PathLike[str] | None = None,
         identity: Identity | None = None,
         listen: tuple[str, int] = ("0.0.0.0", 0),
-        discovery: Iterable[MemoryDiscovery] = (),
+        discovery: Iterable[str | DiscoveryProvider] = (),
         network: Transport | None = None,
         invitation_policy: InvitationPolicy = InvitationPolicy.ANYONE,
         keepalive: KeepalivePolicy | None = None,
         handshake_timeout: float = HANDSHAKE_TIMEOUT,
         queue_size: int = 16,
+        address_check: float = 10.0,
     ) -> None:
         self._nickname = check_text(nickname, "nickname")
         if identity is not None and not isinstance(identity, Identity):
@@ -126,16 +157,21 @@ class Node:
         if not isinstance(host, str) or not isinstance(port, int) or not 0 <= port <= 65535:
             raise ValueError(f"listen must be (host, port) with a port in 0..65535, not {listen!r}")
         self._listen = (host, port)
-        self._discovery: list[MemoryDiscovery] = []
-        for provider in discovery:
-            if isinstance(provider, str):
-                raise ValueError(
-                    f"there is no discovery provider named {provider!r} in this release; pass a provider "
-                    "object such as peerkit.testing.MemoryDiscovery()"
+        if isinstance(discovery, str):
+            discovery = [discovery]
+        self._providers: list[DiscoveryProvider] = []
+        for item in discovery:
+            if isinstance(item, str):
+                self._providers.append(create_provider(item))
+            elif isinstance(item, DiscoveryProvider):
+                self._providers.append(item)
+            else:
+                raise TypeError(
+                    f"discovery providers are names or DiscoveryProvider objects, not {type(item).__name__}"
                 )
-            if not isinstance(provider, MemoryDiscovery):
-                raise TypeError(f"discovery providers must be MemoryDiscovery, not {type(provider).__name__}")
-            self._discovery.append(provider)
+        if not address_check > 0:
+            raise ValueError(f"address_check must be positive, not {address_check}")
+        self._address_check = float(address_check)
         self._network: Transport = network if network is not None else TcpTransport()
         self.invitation_policy = invitation_policy
         self._keepalive = keepalive or KeepalivePolicy()
@@ -166,6 +202,14 @@ class Node:
         self._closers: set[Callable[[], None]] = set()
         self._observers: list[Callable[[InvitationAnswered], Awaitable[None]]] = []
         self._streams: set[AppStream] = set()
+        # Discovery: the providers' sessions, what they report, and who watches it.
+        self._sessions: list[tuple[DiscoveryProvider, DiscoverySession]] = []
+        self._directory: Directory | None = None
+        self._watches: set[NearbyWatch] = set()
+        self._seq = 0
+        self._record: bytes | None = None
+        self._republish = anyio.Event()
+        self._near_me = anyio.Event()  # set while signed in to NEAR_ME
 
     # -- lifetime --------------------------------------------------------------------------
     async def __aenter__(self) -> Self:
@@ -192,6 +236,11 @@ class Node:
             self._endpoint = EndPoint(_reachable(bound_host), bound_port, self._endpoint_name)
             self._tg = await stack.enter_async_context(anyio.create_task_group())
             await self._tg.start(self._listener.serve, self._on_channel)
+            self._directory = Directory(self.id, self._on_nearby_change, fetch_record=self._fetch_record)
+            for provider in self._providers:
+                session = await self._tg.start(self._run_provider, provider)
+                self._sessions.append((provider, session))
+            self._tg.start_soon(self._publisher)
             self._running = True
             self._stack = stack.pop_all()
         return self
@@ -202,8 +251,10 @@ class Node:
         self._running = False
         for close in list(self._closers):
             close()  # async iterators of invitations and streams end
-        self._withdraw(Scope.ALL)
+        with anyio.CancelScope(shield=True), anyio.move_on_after(2):
+            await self._withdraw(self._scope)  # goodbyes, sent before the providers stop
         self._scope = Scope.NONE
+        self._end_watches()
         assert self._tg is not None
         assert self._stack is not None
         self._tg.cancel_scope.cancel()
@@ -217,6 +268,7 @@ class Node:
         finally:
             self._controls.clear()
             self._incoming.clear()
+            self._sessions.clear()
 
     def _check_running(self) -> None:
         if not self._running:
@@ -245,8 +297,15 @@ class Node:
 
     @property
     def nickname(self) -> str:
-        """The nickname other peers see."""
+        """The nickname other peers see, at most 255 characters; a change is published at once."""
         return self._nickname
+
+    @nickname.setter
+    def nickname(self, value: str) -> None:
+        self._nickname = check_text(value, "nickname")
+        if self._listener is not None:
+            self._listener.nickname = self._nickname
+        self._republish.set()
 
     @property
     def endpoint(self) -> EndPoint:
@@ -272,6 +331,7 @@ class Node:
             self._endpoint = EndPoint(self._endpoint.host, self._endpoint.port, value)
         if self._data_dir is not None and self._identity_arg is None:
             self._save_settings({"endpoint_name": value})
+        self._republish.set()
 
     def _load_settings(self) -> dict[str, Any]:
         assert self._data_dir is not None
@@ -312,7 +372,8 @@ class Node:
     async def sign_in(self, scope: Scope) -> None:
         """Sign in to ``scope`` (NEAR_ME, INTERNET or ALL); signing in again is a no-op.
 
-        NEAR_ME publishes this node (id, nickname, endpoint) through its discovery providers.
+        NEAR_ME publishes this node's signed record (id, nickname, endpoint name, addresses) through
+        the providers that serve NEAR_ME, and makes the people they find near me visible.
 
         :raises ValueError: for ``Scope.NONE`` or a value that is not a scope.
         :raises NotRunning: when the node is not running.
@@ -326,9 +387,9 @@ class Node:
         added = scope & ~self._scope
         self._scope |= scope
         if added & Scope.NEAR_ME:
-            entry = DirectoryEntry(id=self.id, nickname=self._nickname, endpoint=self.endpoint)
-            for provider in self._discovery:
-                provider.publish(entry)
+            self._near_me.set()
+        if added:
+            await self._publish(added)
         await anyio.lowlevel.checkpoint()
 
     async def sign_out(self, scope: Scope = Scope.ALL) -> None:
@@ -339,14 +400,213 @@ class Node:
         """
         scope = _scope(scope)
         self._check_running()
-        self._withdraw(scope & self._scope)
+        leaving = scope & self._scope
         self._scope &= ~scope
+        await self._withdraw(leaving)
+        if leaving & Scope.NEAR_ME:
+            self._near_me = anyio.Event()
+            self._end_watches()
+            assert self._directory is not None
+            self._directory.clear()
         await anyio.lowlevel.checkpoint()
 
-    def _withdraw(self, scope: Scope) -> None:
-        if scope & self._scope & Scope.NEAR_ME and self._endpoint is not None and self._identity is not None:
-            for provider in self._discovery:
-                provider.withdraw(self.id, self._endpoint)
+    async def _withdraw(self, scope: Scope) -> None:
+        for provider, session in self._sessions:
+            if provider.scopes & scope and not provider.scopes & self._scope:
+                try:
+                    await session.withdraw()
+                except Exception:
+                    log.exception("discovery provider %s failed to withdraw", provider.name)
+
+    # -- discovery ---------------------------------------------------------------------------
+    async def _run_provider(
+        self, provider: DiscoveryProvider, *, task_status: anyio.abc.TaskStatus[DiscoverySession]
+    ) -> None:
+        # A provider that fails to start fails the node's start; one that fails later is logged,
+        # and what it reported is forgotten.
+        started = False
+
+        def ready(session: DiscoverySession) -> None:
+            nonlocal started
+            started = True
+            task_status.started(session)
+
+        assert self._directory is not None
+        status: Any = _Started(ready)
+        try:
+            await provider.run(self._directory, task_status=status)
+        except Exception:
+            if not started:
+                raise
+            log.exception("discovery provider %s failed", provider.name)
+        finally:
+            self._directory.drop_source(provider.name)
+
+    def _next_seq(self) -> int:
+        self._seq = max(self._seq + 1, int(time.time() * 1000))
+        return self._seq
+
+    def _hosts(self) -> tuple[str, ...]:
+        assert self._endpoint is not None
+        return local_addresses(self._listen[0], fallback=self._endpoint.host)
+
+    def _sign_record(self) -> Announcement:
+        assert self._endpoint is not None
+        hosts = self._hosts()
+        port = self._endpoint.port
+        envelope = make_record(
+            self.identity,
+            self._next_seq(),
+            nickname=self._nickname,
+            endpoint_name=self._endpoint_name,
+            endpoints=[(host, port) for host in hosts],
+        )
+        self._record = envelope
+        return Announcement(id=self.id, nickname=self._nickname, port=port, hosts=hosts, envelope=envelope)
+
+    async def _publish(self, scope: Scope) -> None:
+        announcement = self._sign_record()
+        for provider, session in self._sessions:
+            if provider.scopes & scope:
+                try:
+                    await session.publish(announcement)
+                except Exception:
+                    log.exception("discovery provider %s failed to publish", provider.name)
+
+    async def _publisher(self) -> None:
+        # Publishes again what changed (nickname, endpoint name, this host's addresses).
+        hosts = self._hosts()
+        while True:
+            with anyio.move_on_after(self._address_check):
+                await self._republish.wait()
+            self._republish = anyio.Event()
+            now = self._hosts()
+            if self._scope and (self._record is None or now != hosts or self._record_stale()):
+                await self._publish(self._scope)
+            hosts = now
+
+    def _record_stale(self) -> bool:
+        assert self._record is not None
+        _, nickname, name, _ = read_record(self._record)
+        return (nickname, name) != (self._nickname, self._endpoint_name)
+
+    def _on_nearby_change(self, change: ChangeType, record: NearbyRecord) -> None:
+        if not self._scope & Scope.NEAR_ME:
+            return
+        event = NearbyChanged(change=change, peer=NearbyPeer(self, record))
+        for watch in list(self._watches):
+            watch._put(event)
+
+    def _end_watches(self) -> None:
+        for watch in list(self._watches):
+            watch._end()
+        self._watches.clear()
+
+    def _check_near_me(self) -> Directory:
+        self._check_running()
+        if not self._scope & Scope.NEAR_ME:
+            raise NotSignedIn("people near me need sign-in: call 'await node.sign_in(Scope.NEAR_ME)' first")
+        assert self._directory is not None
+        return self._directory
+
+    def nearby(self) -> list[NearbyPeer]:
+        """The people near me now (R4), in the order they were first seen.
+
+        :raises NotSignedIn: when the node is not signed in to NEAR_ME.
+        :raises NotRunning: when the node is not running.
+        """
+        return [NearbyPeer(self, record) for record in self._check_near_me().records()]
+
+    def watch_nearby(self, *, initial: bool = False) -> NearbyWatch:
+        """Follow the people near me: an async iterator of :class:`~peerkit.NearbyChanged`.
+
+        :param initial: start with an ADDED event for everyone near me now.
+        :raises NotSignedIn: when the node is not signed in to NEAR_ME.
+        :raises NotRunning: when the node is not running.
+        """
+        directory = self._check_near_me()
+        watch = NearbyWatch(self._watches.discard)
+        if initial:
+            for record in directory.records():
+                watch._put(NearbyChanged(change=ChangeType.ADDED, peer=NearbyPeer(self, record)))
+        self._watches.add(watch)
+        return watch
+
+    def add_nearby_handler(self, handler: NearbyHandler) -> Handle:
+        """Call ``handler`` (a coroutine function) for every change of the people near me.
+
+        It may be added before sign-in; it sees changes while the node is signed in to NEAR_ME.
+        A handler that raises is logged and keeps receiving. Returns a :class:`Handle`.
+
+        :raises NotRunning: when the node is not running.
+        """
+        self._check_running()
+        assert self._tg is not None
+        scope = anyio.CancelScope()
+
+        async def run() -> None:
+            with scope:
+                while True:
+                    await self._near_me.wait()
+                    async with self.watch_nearby() as watch:
+                        async for event in watch:
+                            try:
+                                await handler(event)
+                            except Exception:
+                                log.exception("nearby handler %r failed", handler)
+
+        self._tg.start_soon(run)
+        return Handle(scope.cancel)
+
+    def on_nearby_changed(self, handler: F) -> F:
+        """Decorator form of :meth:`add_nearby_handler`."""
+        self.add_nearby_handler(handler)
+        return handler
+
+    async def find_nearby(
+        self, *, nickname: str | None = None, peer_id: PeerId | None = None, timeout: float = 10.0
+    ) -> NearbyPeer:
+        """The first peer near me with that nickname or id, waiting up to ``timeout`` seconds.
+
+        :raises ValueError: unless exactly one of ``nickname`` and ``peer_id`` is given.
+        :raises PeerUnreachable: when no such peer appears in time.
+        :raises NotSignedIn: when the node is not signed in to NEAR_ME.
+        :raises NotRunning: when the node is not running.
+        """
+        if (nickname is None) == (peer_id is None):
+            raise ValueError("find_nearby takes exactly one of nickname= and peer_id=")
+
+        def match(peer: NearbyPeer) -> bool:
+            return peer.id == peer_id if peer_id is not None else peer.nickname == nickname
+
+        async with self.watch_nearby(initial=True) as watch:
+            with anyio.move_on_after(timeout):
+                async for event in watch:
+                    if event.change is not ChangeType.DELETED and match(event.peer):
+                        return event.peer
+        what = f"id {peer_id.fingerprint}" if peer_id is not None else f"nickname {nickname!r}"
+        self._check_near_me()
+        raise PeerUnreachable(f"no peer near me with {what} appeared within {timeout} s")
+
+    async def _fetch_record(self, host: str, port: int, peer_id: PeerId | None) -> bytes:
+        # The signed record the node at host:port publishes (for the static provider).
+        control = await self._control_to(peer_id, EndPoint(host, port), exact=True)
+        pending = await control.start_request({"t": "record"})
+        with anyio.fail_after(self._handshake_timeout):
+            reply = await pending.wait()
+        who = control.peer_id.fingerprint
+        if reply.get("t") != "record_reply" or not isinstance(reply.get("rec"), bytes):
+            raise ProtocolError(
+                f"{who} answered a record request with {reply.get('t')!r}: {reply.get('code')}"
+            )
+        envelope: bytes = reply["rec"]
+        try:
+            record = read_record(envelope)[0]
+        except InvalidRecord as exc:
+            raise ProtocolError(f"{who} sent a record that does not verify: {exc}") from exc
+        if record.id != bytes(control.peer_id):
+            raise ProtocolError(f"{who} sent the record of another peer")
+        return envelope
 
     # -- trust and policy ------------------------------------------------------------------
     @property
@@ -600,11 +860,18 @@ class Node:
         :raises NotRunning: when the node is not running.
         """
         self._check_running()
-        entries = [entry for provider in self._discovery for entry in provider.resolve(peer_id)]
+        assert self._directory is not None
+        record = self._directory.get(peer_id)
+        if record is not None:
+            return NearbyPeer(self, record)
+        for _, session in self._sessions:
+            for envelope in await session.resolve(peer_id):
+                with contextlib.suppress(InvalidRecord):
+                    signed, nickname, _, endpoints = read_record(envelope)
+                    if signed.id == bytes(peer_id) and endpoints:
+                        return Peer(self, peer_id, endpoints, nickname)
         await anyio.lowlevel.checkpoint()
-        if not entries:
-            raise PeerUnreachable(f"no discovery provider knows {peer_id.fingerprint}")
-        return Peer(self, peer_id, tuple(e.endpoint for e in entries), entries[0].nickname)
+        raise PeerUnreachable(f"no discovery provider knows {peer_id.fingerprint}")
 
     # -- the connection manager ------------------------------------------------------------
     async def _control_to(self, peer_id: PeerId | None, endpoint: EndPoint, *, exact: bool) -> ControlChannel:
@@ -752,6 +1019,13 @@ class Node:
         rid = message.get("rid")
         if kind == "invite":
             await self._on_invite(control, message)
+        elif kind == "record":
+            if not _uint(rid):
+                await control.error("malformed", 'record needs an unsigned "rid"')
+            elif not self._scope or self._record is None:
+                await control.error("unavailable", "this node is not signed in", rid)
+            else:
+                await control.reply(rid, {"t": "record_reply", "rec": self._record})
         elif kind == "invite_cancel":
             if _uint(rid):
                 entry = self._incoming.get((id(control), rid))

@@ -4,16 +4,29 @@ from __future__ import annotations
 
 import math
 import uuid
-from typing import TYPE_CHECKING
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Self
+
+import anyio
 
 from peerkit.apps import AppStream
+from peerkit.discovery.base import NearbyRecord
 from peerkit.identity import PeerId
-from peerkit.model import MAX_INVITATION_WAIT, REQUEST_TIMEOUT, Application, EndPoint, InvitationResponse
+from peerkit.model import (
+    MAX_INVITATION_WAIT,
+    REQUEST_TIMEOUT,
+    Application,
+    ChangeType,
+    EndPoint,
+    InvitationResponse,
+)
 
 if TYPE_CHECKING:
     from peerkit.node import Node
 
-__all__ = ("Peer",)
+__all__ = ("NearbyChanged", "NearbyPeer", "NearbyWatch", "Peer")
 
 
 class Peer:
@@ -99,6 +112,103 @@ class Peer:
     def __repr__(self) -> str:
         where = ", ".join(str(e) for e in self.endpoints)
         return f"<Peer {self.nickname or '?'} {self.id.fingerprint} at {where}>"
+
+
+class NearbyPeer(Peer):
+    """A peer near me (R4), as its signed discovery record describes it.
+
+    Invite it and open streams to it like any :class:`Peer`: the record carries its key, so the
+    handshake is IK and only that peer can answer.
+    """
+
+    def __init__(self, node: Node, record: NearbyRecord) -> None:
+        super().__init__(node, record.id, record.endpoints, record.nickname)
+        #: The record it was made from (sequence number, sources, envelope).
+        self.record = record
+        #: The name of its endpoint.
+        self.endpoint_name = record.endpoint_name
+        #: When this node first saw it (Unix time, seconds).
+        self.since = record.since
+
+    @property
+    def fingerprint(self) -> str:
+        """The short form of its id shown to people."""
+        return self.id.fingerprint
+
+    def __repr__(self) -> str:
+        where = ", ".join(str(e) for e in self.endpoints)
+        return f"<NearbyPeer {self.nickname or '?'} {self.id.fingerprint} at {where}>"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NearbyChanged:
+    """A peer near me appeared, changed or left."""
+
+    #: ADDED, UPDATED or DELETED.
+    change: ChangeType
+    #: The peer (for DELETED, as it was last seen).
+    peer: NearbyPeer
+
+
+class NearbyWatch:
+    """Changes of the people near me, as an async iterator of :class:`NearbyChanged`.
+
+    Memory is bounded by the number of peers, not of changes: when the reader is slow, the changes
+    of one peer are merged (ADDED then UPDATED is one ADDED with the latest record; ADDED then
+    DELETED is nothing). Iteration ends when the watch is closed, the node signs out of NEAR_ME, or
+    the node stops. Use it with ``async with`` (or call :meth:`aclose`).
+    """
+
+    def __init__(self, remove: Callable[[NearbyWatch], None]) -> None:
+        self._pending: OrderedDict[PeerId, NearbyChanged] = OrderedDict()
+        self._ready = anyio.Event()
+        self._closed = False
+        self._remove = remove
+
+    def _put(self, event: NearbyChanged) -> None:
+        if self._closed:
+            return
+        key = event.peer.id
+        before = self._pending.pop(key, None)
+        change = event.change
+        if before is not None:
+            if before.change is ChangeType.ADDED and change is ChangeType.DELETED:
+                return  # never seen by the reader: nothing happened
+            if before.change is ChangeType.ADDED:
+                change = ChangeType.ADDED
+            elif before.change is ChangeType.DELETED and change is ChangeType.ADDED:
+                change = ChangeType.UPDATED
+        self._pending[key] = NearbyChanged(change=change, peer=event.peer)
+        self._ready.set()
+
+    def _end(self) -> None:
+        self._closed = True
+        self._ready.set()
+
+    def __aiter__(self) -> Self:
+        return self
+
+    async def __anext__(self) -> NearbyChanged:
+        """The next change; waits for one."""
+        while not self._pending:
+            if self._closed:
+                raise StopAsyncIteration
+            self._ready = anyio.Event()
+            await self._ready.wait()
+        return self._pending.popitem(last=False)[1]
+
+    async def aclose(self) -> None:
+        """Stop watching."""
+        self._end()
+        self._pending.clear()
+        self._remove(self)
+        await anyio.lowlevel.checkpoint()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
 
 
 def wire_ttl(timeout: float) -> int:

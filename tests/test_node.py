@@ -139,8 +139,10 @@ async def test_endpoint_name_reaches_peers() -> None:
 async def test_constructor_checks() -> None:
     with pytest.raises(LimitExceeded):
         Node(nickname="n" * 256, identity=Identity.generate())
-    with pytest.raises(ValueError, match="mdns"):
-        Node(identity=Identity.generate(), discovery=["mdns"])  # type: ignore[list-item]
+    with pytest.raises(ValueError, match=r"no discovery provider named 'nosuch'; known: .*mdns.*static"):
+        Node(identity=Identity.generate(), discovery=["nosuch"])
+    with pytest.raises(TypeError, match="DiscoveryProvider"):
+        Node(identity=Identity.generate(), discovery=[42])  # type: ignore[list-item]
     with pytest.raises(ValueError, match="port"):
         Node(identity=Identity.generate(), listen=("127.0.0.1", 70000))
     with pytest.raises(TypeError):
@@ -192,7 +194,7 @@ async def test_sign_in_rules() -> None:
         await alice.sign_in(Scope.NEAR_ME)  # twice: a no-op
         assert alice.scope is Scope.NEAR_ME
         assert alice.presence.status is PresenceStatus.ONLINE
-        assert [e.id for e in directory.entries()] == [alice.id]
+        assert [a.id for a in directory.announcements()] == [alice.id]
         found = await bob.resolve(alice.id)
         assert found.endpoints == (alice.endpoint,)
         assert found.nickname == "alice"
@@ -200,11 +202,11 @@ async def test_sign_in_rules() -> None:
         assert alice.scope is Scope.ALL
         await alice.sign_out(Scope.NEAR_ME)
         assert alice.scope is Scope.INTERNET
-        assert directory.entries() == []
+        assert directory.announcements() == []
         with pytest.raises(PeerUnreachable, match="no discovery provider"):
             await bob.resolve(alice.id)
         await alice.sign_in(Scope.NEAR_ME)
-    assert directory.entries() == []  # exit signs out
+    assert directory.announcements() == []  # exit signs out
 
 
 # -- applications --------------------------------------------------------------------------

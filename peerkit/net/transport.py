@@ -6,6 +6,7 @@ interface in memory, so that nodes can be tested without sockets.
 
 from __future__ import annotations
 
+import ipaddress
 from typing import Any, Protocol
 
 import anyio
@@ -13,7 +14,34 @@ import anyio.abc
 
 from peerkit.errors import PeerUnreachable
 
-__all__ = ("TcpTransport", "Transport")
+__all__ = ("TcpTransport", "Transport", "local_addresses")
+
+
+def local_addresses(listen_host: str, *, fallback: str) -> tuple[str, ...]:
+    """The addresses a node listening on ``listen_host`` can be reached at.
+
+    A specific address is itself. A wildcard (``0.0.0.0``: IPv4; ``::`` or empty: IPv4 and IPv6) is
+    every address of this host's interfaces, except loopback and IPv6 link-local ones (which mean
+    nothing to another host); ``fallback`` when there is none.
+    """
+    if listen_host not in ("", "0.0.0.0", "::"):
+        return (listen_host,)
+    import ifaddr
+
+    found: list[str] = []
+    for adapter in ifaddr.get_adapters():
+        for ip in adapter.ips:
+            text = ip.ip[0] if isinstance(ip.ip, tuple) else ip.ip
+            try:
+                address = ipaddress.ip_address(text)
+            except ValueError:
+                continue
+            if address.is_loopback or address.is_link_local or address.is_multicast:
+                continue
+            if address.version == 6 and listen_host == "0.0.0.0":
+                continue
+            found.append(str(address))
+    return tuple(dict.fromkeys(found)) or (fallback,)
 
 
 class Transport(Protocol):

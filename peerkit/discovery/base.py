@@ -1,0 +1,361 @@
+"""The discovery provider protocol, and the directory that believes only signed records.
+
+A *provider* carries signed records (PROTOCOL.md section 5) between nodes: over mDNS, from fixed
+addresses, in memory, through a DHT. It knows nothing about invitations. A node starts each of its
+providers in its task group with ``session = await task_group.start(provider.run, sink)``; the
+provider then publishes through ``session`` and reports what it hears to ``sink`` until it is
+cancelled, and it must close everything it opened when that happens.
+
+Providers are transports and are not trusted: the :class:`Directory` (the sink a node gives them)
+verifies every record's signature and freshness, so a provider never has to.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Final, Protocol, runtime_checkable
+
+import anyio.abc
+
+from peerkit.errors import InvalidRecord
+from peerkit.identity import PeerId
+from peerkit.model import MAX_TEXT, ChangeType, EndPoint, Scope
+from peerkit.proto import records
+
+__all__ = (
+    "MAX_ADDRESSES",
+    "Announcement",
+    "Directory",
+    "DirectoryStats",
+    "DiscoveryProvider",
+    "DiscoverySession",
+    "DiscoverySink",
+    "NearbyRecord",
+    "make_record",
+    "read_record",
+)
+
+#: The most addresses one record may carry.
+MAX_ADDRESSES: Final = 16
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Announcement:
+    """What a node asks its providers to publish."""
+
+    #: The node's id.
+    id: PeerId
+    #: Its nickname (for instance names and the like; the signed record is authoritative).
+    nickname: str
+    #: Its listening port.
+    port: int
+    #: Its addresses (the hosts of the signed record's endpoints).
+    hosts: tuple[str, ...]
+    #: The signed record envelope (PROTOCOL.md section 5).
+    envelope: bytes
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NearbyRecord:
+    """A verified record of a peer, as the directory holds it."""
+
+    #: The peer's id.
+    id: PeerId
+    #: Its nickname.
+    nickname: str
+    #: The name of its endpoint.
+    endpoint_name: str
+    #: Where it listens: the addresses it signed, and the ones providers saw it at.
+    endpoints: tuple[EndPoint, ...]
+    #: The record's sequence number.
+    seq: int
+    #: When this node first saw it (Unix time, seconds).
+    since: float
+    #: The providers that report it.
+    sources: frozenset[str]
+    #: The envelope as received.
+    envelope: bytes = field(repr=False)
+
+
+@runtime_checkable
+class DiscoverySession(Protocol):
+    """What a running provider gives its node: the means to publish the node's record."""
+
+    async def publish(self, announcement: Announcement) -> None:
+        """Publish ``announcement`` (replacing the last one) for as long as the provider runs."""
+
+    async def withdraw(self) -> None:
+        """Stop publishing, saying goodbye where the medium allows; a no-op when nothing is published."""
+
+    async def resolve(self, peer_id: PeerId) -> list[bytes]:
+        """Signed record envelopes for ``peer_id`` (empty when the provider cannot resolve)."""
+
+
+class DiscoverySink(Protocol):
+    """Where a provider reports what it hears (the node's :class:`Directory`)."""
+
+    @property
+    def local_id(self) -> PeerId:
+        """The id of the node the provider serves (its own records are ignored)."""
+
+    def found(
+        self, envelope: bytes, *, source: str, endpoints: Sequence[EndPoint] = ()
+    ) -> NearbyRecord | None:
+        """A record was heard (new or refreshed). Returns what the directory now believes of that
+        peer, or None when the record was not believed (it is then counted)."""
+
+    def lost(self, peer_id: PeerId, *, source: str) -> None:
+        """``source`` no longer sees ``peer_id`` (goodbye, expiry, unreachable)."""
+
+    async def fetch_record(self, host: str, port: int, peer_id: PeerId | None = None) -> bytes:
+        """Connect to ``host:port`` (expecting ``peer_id`` when given) and return the signed record
+        it publishes. Raises a :class:`~peerkit.PeerkitError` when it cannot."""
+
+
+@runtime_checkable
+class DiscoveryProvider(Protocol):
+    """A discovery provider (see the module documentation)."""
+
+    @property
+    def name(self) -> str:
+        """A short name for logs and sources (``"mdns"``, ``"static:10.0.0.2:7000"``)."""
+
+    @property
+    def scopes(self) -> Scope:
+        """The scopes this provider serves (NEAR_ME for LAN discovery)."""
+
+    async def run(self, sink: DiscoverySink, *, task_status: anyio.abc.TaskStatus[DiscoverySession]) -> None:
+        """Serve one node until cancelled: call ``task_status.started(session)`` once ready."""
+
+
+def make_record(
+    signer: records.Signer,
+    seq: int,
+    *,
+    nickname: str,
+    endpoint_name: str,
+    endpoints: Iterable[tuple[str, int]],
+) -> bytes:
+    """Sign a discovery record: ``{"id", "seq", "nick", "name", "addrs": [[host, port], ...]}``."""
+    addrs = [[host, port] for host, port in endpoints][:MAX_ADDRESSES]
+    content = {"nick": nickname, "name": endpoint_name, "addrs": addrs}
+    return records.sign_record(signer, seq, content)
+
+
+def read_record(envelope: bytes) -> tuple[records.SignedRecord, str, str, tuple[EndPoint, ...]]:
+    """Verify a discovery record and read its content.
+
+    :returns: the record, the nickname, the endpoint name and the signed endpoints.
+    :raises InvalidRecord: when it does not verify or its content is malformed.
+    """
+    record = records.open_record(envelope)
+    body = record.body
+    nickname, name, addrs = body.get("nick", ""), body.get("name", ""), body.get("addrs", [])
+    if not isinstance(nickname, str) or len(nickname) > MAX_TEXT:
+        raise InvalidRecord('record "nick" must be text of at most 255 characters')
+    if not isinstance(name, str) or len(name) > MAX_TEXT:
+        raise InvalidRecord('record "name" must be text of at most 255 characters')
+    if not isinstance(addrs, list) or len(addrs) > MAX_ADDRESSES:
+        raise InvalidRecord(f'record "addrs" must be a list of at most {MAX_ADDRESSES} addresses')
+    endpoints = []
+    for item in addrs:
+        if (
+            not isinstance(item, list)
+            or len(item) != 2
+            or not isinstance(item[0], str)
+            or not isinstance(item[1], int)
+            or isinstance(item[1], bool)
+        ):
+            raise InvalidRecord('record "addrs" entries must be [host, port] pairs')
+        try:
+            endpoints.append(EndPoint(item[0], item[1], name))
+        except (TypeError, ValueError) as exc:
+            raise InvalidRecord(f"record address {item!r} is not valid: {exc}") from None
+    return record, nickname, name, tuple(endpoints)
+
+
+@dataclass(slots=True)
+class DirectoryStats:
+    """What a directory did with the records it was given."""
+
+    #: Records believed (new peers, updates and refreshes).
+    accepted: int = 0
+    #: Records dropped because they did not verify (forged, tampered, malformed).
+    invalid: int = 0
+    #: Records dropped because their ``seq`` was older than one already believed (replays).
+    stale: int = 0
+    #: Records of new peers dropped because the directory was full.
+    full: int = 0
+
+
+@dataclass(slots=True)
+class _Entry:
+    record: NearbyRecord
+    sources: dict[str, tuple[EndPoint, ...]]
+
+
+class Directory:
+    """The peers a node's providers see, believed only when signed and fresh (a :class:`DiscoverySink`).
+
+    :param local_id: this node's id; records for it are ignored.
+    :param on_change: called with (ChangeType, record) for every change, synchronously.
+    :param fetch_record: what :meth:`fetch_record` does (the node dials); providers that do not need
+        it may be tested without it.
+    :param capacity: the most peers held at once; records of further peers are dropped and counted.
+    """
+
+    def __init__(
+        self,
+        local_id: PeerId,
+        on_change: Callable[[ChangeType, NearbyRecord], None] = lambda change, record: None,
+        *,
+        fetch_record: Callable[[str, int, PeerId | None], Any] | None = None,
+        capacity: int = 1024,
+    ) -> None:
+        self._local_id = local_id
+        self._on_change = on_change
+        self._fetch = fetch_record
+        self._capacity = capacity
+        self._entries: dict[PeerId, _Entry] = {}
+        # Remembers freshness of ids seen, longer than entries live, so a replay after a goodbye
+        # is still refused; bounded.
+        self._seqs = records.SeqTracker(capacity * 4)
+        #: Counters (accepted, invalid, stale, full).
+        self.stats = DirectoryStats()
+
+    @property
+    def local_id(self) -> PeerId:
+        """This node's id."""
+        return self._local_id
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get(self, peer_id: PeerId) -> NearbyRecord | None:
+        """What is believed of ``peer_id`` now."""
+        entry = self._entries.get(peer_id)
+        return entry.record if entry is not None else None
+
+    def records(self) -> list[NearbyRecord]:
+        """Every peer believed now, in the order they were first seen."""
+        return [entry.record for entry in self._entries.values()]
+
+    def found(
+        self, envelope: bytes, *, source: str, endpoints: Sequence[EndPoint] = ()
+    ) -> NearbyRecord | None:
+        """See :meth:`DiscoverySink.found`."""
+        try:
+            record, nickname, name, signed = read_record(envelope)
+        except (InvalidRecord, TypeError):
+            self.stats.invalid += 1
+            return None
+        try:
+            peer_id = PeerId(record.id)
+        except ValueError:
+            self.stats.invalid += 1
+            return None
+        if peer_id == self._local_id:
+            return None
+        entry = self._entries.get(peer_id)
+        last = self._seqs.last(record.id)
+        # An older seq is a replay. The same seq is the same statement heard again (a refresh, another
+        # provider, the peer back after a partition), unless it differs from what is believed now.
+        if last is not None and (
+            record.seq < last
+            or (record.seq == last and entry is not None and entry.record.envelope != envelope)
+        ):
+            self.stats.stale += 1
+            return None
+        if entry is None and len(self._entries) >= self._capacity:
+            self.stats.full += 1
+            return None
+        if last is None or record.seq > last:
+            self._seqs.accept(record)
+        self.stats.accepted += 1
+        heard = tuple(EndPoint(e.host, e.port, name) for e in endpoints)
+        if entry is None:
+            entry = self._entries[peer_id] = _Entry(record=None, sources={})  # type: ignore[arg-type]
+            change = ChangeType.ADDED
+            since = time.time()
+        else:
+            change = ChangeType.UPDATED
+            since = entry.record.since
+        previous = entry.record
+        entry.sources[source] = heard
+        entry.record = self._build(peer_id, record.seq, nickname, name, signed, since, entry, envelope)
+        if previous is None or _differs(previous, entry.record):
+            self._on_change(change, entry.record)
+        return entry.record
+
+    def lost(self, peer_id: PeerId, *, source: str) -> None:
+        """See :meth:`DiscoverySink.lost`."""
+        entry = self._entries.get(peer_id)
+        if entry is None or source not in entry.sources:
+            return
+        del entry.sources[source]
+        if not entry.sources:
+            del self._entries[peer_id]
+            self._on_change(ChangeType.DELETED, entry.record)
+            return
+        old = entry.record
+        entry.record = self._build(
+            peer_id, old.seq, old.nickname, old.endpoint_name, _signed(old), old.since, entry, old.envelope
+        )
+        if _differs(old, entry.record):
+            self._on_change(ChangeType.UPDATED, entry.record)
+
+    def drop_source(self, source: str) -> None:
+        """Forget everything ``source`` reported (its provider stopped)."""
+        for peer_id in [p for p, e in self._entries.items() if source in e.sources]:
+            self.lost(peer_id, source=source)
+
+    def clear(self) -> None:
+        """Forget every peer, without events (the node signed out)."""
+        self._entries.clear()
+
+    async def fetch_record(self, host: str, port: int, peer_id: PeerId | None = None) -> bytes:
+        """See :meth:`DiscoverySink.fetch_record`."""
+        if self._fetch is None:
+            raise NotImplementedError("this directory cannot dial")
+        result: bytes = await self._fetch(host, port, peer_id)
+        return result
+
+    def _build(
+        self,
+        peer_id: PeerId,
+        seq: int,
+        nickname: str,
+        name: str,
+        signed: tuple[EndPoint, ...],
+        since: float,
+        entry: _Entry,
+        envelope: bytes,
+    ) -> NearbyRecord:
+        # Where a provider saw the peer first (it just worked), then what the peer signed.
+        heard = [EndPoint(e.host, e.port, name) for seen in entry.sources.values() for e in seen]
+        endpoints = tuple(dict.fromkeys([*heard, *signed]))
+        return NearbyRecord(
+            id=peer_id,
+            nickname=nickname,
+            endpoint_name=name,
+            endpoints=endpoints,
+            seq=seq,
+            since=since,
+            sources=frozenset(entry.sources),
+            envelope=envelope,
+        )
+
+
+def _signed(record: NearbyRecord) -> tuple[EndPoint, ...]:
+    return read_record(record.envelope)[3]
+
+
+def _differs(old: NearbyRecord, new: NearbyRecord) -> bool:
+    return (old.nickname, old.endpoint_name, old.endpoints, old.seq) != (
+        new.nickname,
+        new.endpoint_name,
+        new.endpoints,
+        new.seq,
+    )

@@ -1,0 +1,408 @@
+"""LAN discovery over multicast DNS (PROTOCOL.md section 6), on zeroconf's asyncio API.
+
+The node's signed record travels in the TXT record of a ``_peerkit._tcp.local.`` service instance
+named ``<nickname>-<first 8 id characters>``: ``v=1``, ``id=<base32 id>``, and the envelope in
+base64url over ``r0``, ``r1``, ... The SRV record gives the port, A/AAAA records the addresses.
+
+Liveness follows RFC 6762 section 5.2: while a peer is known, its SRV/TXT records are queried again
+at 75%, 85% and 95% of their TTL; a peer whose records expire, or that says goodbye, is lost. (A
+goodbye or expiry of the PTR record alone is not enough: zeroconf holds PTR records for at least
+1125 s.)
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import ipaddress
+import logging
+import re
+from collections.abc import Sequence
+from typing import Any, Final
+
+import anyio
+import anyio.abc
+import anyio.lowlevel
+from zeroconf import (
+    InterfaceChoice,
+    IPVersion,
+    NonUniqueNameException,
+    ServiceInfo,
+    ServiceStateChange,
+    Zeroconf,
+    current_time_millis,
+)
+from zeroconf._dns import DNSQuestion
+from zeroconf._protocol.outgoing import DNSOutgoing
+from zeroconf.asyncio import AsyncServiceBrowser, AsyncServiceInfo, AsyncZeroconf
+
+from peerkit.discovery.base import Announcement, DiscoverySession, DiscoverySink
+from peerkit.errors import ProtocolError
+from peerkit.identity import PeerId
+from peerkit.model import EndPoint, Scope
+from peerkit.proto import messages
+from peerkit.proto.records import MAX_ENVELOPE
+
+__all__ = ("SERVICE_TYPE", "MdnsDiscovery", "envelope_from_txt", "txt_for")
+
+log = logging.getLogger(__name__)
+
+SERVICE_TYPE: Final = "_peerkit._tcp.local."
+_TYPE_SRV: Final = 33
+_TYPE_TXT: Final = 16
+_CLASS_IN: Final = 1
+_FLAGS_QUERY: Final = 0
+#: Characters of the envelope's base64url text per TXT string (``rN=`` + this fits in 255 bytes).
+_CHUNK: Final = 240
+_IP_VERSIONS: Final = {"all": IPVersion.All, "v4": IPVersion.V4Only, "v6": IPVersion.V6Only}
+#: Lookups of newly heard instances that may run at once, and that may wait.
+_LOOKUPS: Final = 16
+_PENDING: Final = 4096
+
+
+def txt_for(announcement: Announcement) -> dict[str, str]:
+    """The TXT properties that carry ``announcement``'s signed record."""
+    text = base64.urlsafe_b64encode(announcement.envelope).decode("ascii").rstrip("=")
+    properties = {"v": "1", "id": str(announcement.id)}
+    for index in range(0, max(len(text), 1), _CHUNK):
+        properties[f"r{index // _CHUNK}"] = text[index : index + _CHUNK]
+    return properties
+
+
+def envelope_from_txt(properties: dict[bytes, bytes | None]) -> tuple[PeerId, bytes] | None:
+    """The id and envelope a TXT record carries, or None when it carries none (or a malformed one)."""
+    if properties.get(b"v") != b"1":
+        return None
+    id_text = properties.get(b"id")
+    parts = []
+    index = 0
+    while (part := properties.get(f"r{index}".encode())) is not None:
+        parts.append(part)
+        index += 1
+    if id_text is None or not parts:
+        return None
+    text = b"".join(parts)
+    if len(text) > MAX_ENVELOPE * 4 // 3 + 4:
+        return None
+    try:
+        peer_id = PeerId.parse(id_text.decode("ascii"))
+        envelope = base64.urlsafe_b64decode(text + b"=" * (-len(text) % 4))
+    except (ValueError, UnicodeDecodeError):
+        return None
+    return peer_id, envelope
+
+
+def _claimed_id(envelope: bytes) -> bytes | None:
+    # The id a record names, read without verifying it (the directory verifies).
+    try:
+        outer = messages.decode(envelope)
+        body = messages.decode(outer["body"]) if isinstance(outer, dict) else None
+    except (ProtocolError, KeyError, TypeError):
+        return None
+    key = body.get("id") if isinstance(body, dict) else None
+    return key if isinstance(key, bytes) else None
+
+
+def _instance_label(announcement: Announcement) -> str:
+    nickname = re.sub(r"[.\x00-\x1f\x7f]", "-", announcement.nickname) or "peerkit"
+    suffix = f"-{str(announcement.id)[:8]}"
+    while len((nickname + suffix).encode()) > 63:
+        nickname = nickname[:-1]
+    return nickname + suffix
+
+
+class MdnsDiscovery:
+    """People near me over multicast DNS (NEAR_ME).
+
+    :param interfaces: the addresses of the interfaces to use (IPv4 or IPv6); default: all of them.
+    :param ip_version: ``"all"`` (IPv4 and IPv6, the default), ``"v4"`` or ``"v6"``.
+    :param ttl: seconds the published records live (RFC 6762 suggests 120); a peer that vanishes
+        without a goodbye is lost within this time. Tests make it short.
+    :param query_timeout: seconds to wait for the records of a newly heard instance.
+    :param interface_check: seconds between checks for new or removed interfaces (when
+        ``interfaces`` is not given).
+    """
+
+    scopes = Scope.NEAR_ME
+
+    def __init__(
+        self,
+        *,
+        interfaces: Sequence[str] | None = None,
+        ip_version: str = "all",
+        ttl: float = 120,
+        query_timeout: float = 3.0,
+        interface_check: float = 10.0,
+    ) -> None:
+        if interfaces is not None:
+            interfaces = [str(ipaddress.ip_address(i)) for i in interfaces]
+            if not interfaces:
+                raise ValueError("interfaces must name at least one interface address (or be None for all)")
+        self.interfaces = interfaces
+        if ip_version not in _IP_VERSIONS:
+            raise ValueError(f"ip_version must be one of {', '.join(_IP_VERSIONS)}, not {ip_version!r}")
+        self.ip_version = ip_version
+        if not 1 <= ttl <= 4500:
+            raise ValueError(f"ttl must be 1..4500 seconds, not {ttl}")
+        self.ttl = int(ttl)
+        if not query_timeout > 0 or not interface_check > 0:
+            raise ValueError("query_timeout and interface_check must be positive")
+        self.query_timeout = query_timeout
+        self.interface_check = interface_check
+
+    @property
+    def name(self) -> str:
+        """``mdns``."""
+        return "mdns"
+
+    async def run(self, sink: DiscoverySink, *, task_status: anyio.abc.TaskStatus[DiscoverySession]) -> None:
+        """Serve one node until cancelled (see :class:`~peerkit.discovery.DiscoveryProvider`)."""
+        azc = AsyncZeroconf(
+            interfaces=self.interfaces if self.interfaces is not None else InterfaceChoice.All,
+            ip_version=_IP_VERSIONS[self.ip_version],
+        )
+        session = _Session(self, azc, sink)
+        try:
+            async with anyio.create_task_group() as tg:
+                session.tg = tg
+                browser = AsyncServiceBrowser(
+                    azc.zeroconf, [SERVICE_TYPE], handlers=[session.on_state_change]
+                )
+                try:
+                    tg.start_soon(session.keep_fresh)
+                    tg.start_soon(session.look_up)
+                    tg.start_soon(session.publish_loop)
+                    if self.interfaces is None:
+                        tg.start_soon(session.follow_interfaces)
+                    task_status.started(session)
+                    await anyio.sleep_forever()
+                finally:
+                    with anyio.CancelScope(shield=True):
+                        await browser.async_cancel()
+        finally:
+            with anyio.CancelScope(shield=True):
+                session.forget_all()
+                with anyio.move_on_after(2):
+                    await session.goodbye()
+                await azc.async_close()
+
+    def __repr__(self) -> str:
+        return f"<MdnsDiscovery interfaces={self.interfaces or 'all'} ttl={self.ttl}>"
+
+
+class _Session:
+    def __init__(self, provider: MdnsDiscovery, azc: AsyncZeroconf, sink: DiscoverySink) -> None:
+        self.provider = provider
+        self.azc = azc
+        self.zc: Zeroconf = azc.zeroconf
+        self.sink = sink
+        self.tg: anyio.abc.TaskGroup | None = None
+        self.names: dict[str, PeerId] = {}  # instance name -> the id it carries
+        self.asked: dict[str, float] = {}  # instance name -> when its records were last queried
+        self.pending: dict[str, None] = {}
+        self.wake_lookups = anyio.Event()
+        # Publication: what is wanted, and what is registered.
+        self.wanted: Announcement | None = None
+        self.registered: ServiceInfo | None = None
+        self.changed = anyio.Event()
+        self.settled = anyio.Event()
+        self.settled.set()
+        #: TXT records that carried no usable record, or a record of another id than they claim.
+        self.malformed = 0
+
+    # -- publishing ---------------------------------------------------------------------------
+    async def publish(self, announcement: Announcement) -> None:
+        if not isinstance(announcement, Announcement):
+            raise TypeError(f"expected an Announcement, not {type(announcement).__name__}")
+        self.wanted = announcement
+        self.settled = anyio.Event()
+        self.changed.set()
+        await anyio.lowlevel.checkpoint()
+
+    async def withdraw(self) -> None:
+        self.wanted = None
+        self.settled = anyio.Event()
+        self.changed.set()
+        await self.settled.wait()
+
+    async def resolve(self, peer_id: PeerId) -> list[bytes]:
+        await anyio.lowlevel.checkpoint()
+        return []
+
+    async def publish_loop(self) -> None:
+        # Registration probes (about a second); doing it here keeps sign_in() quick and lets the
+        # latest wish win when several come while one is under way.
+        while True:
+            await self.changed.wait()
+            self.changed = anyio.Event()
+            try:
+                await self._apply(self.wanted)
+            except Exception as exc:  # a name conflict, a socket error: logged, the node goes on
+                log.warning("mDNS publication failed: %s", exc)
+            if not self.changed.is_set():
+                self.settled.set()
+
+    async def _apply(self, announcement: Announcement | None) -> None:
+        old = self.registered
+        if announcement is None:
+            if old is not None:
+                self.registered = None
+                await self.azc.async_unregister_service(old)
+                await anyio.lowlevel.checkpoint()
+            return
+        info = self._info(announcement)
+        if old is not None and old.name == info.name:
+            self.registered = info
+            await self.azc.async_update_service(info)
+            return
+        if old is not None:
+            # A new instance name (the nickname changed): update the old instance's TXT first, so
+            # peers see the change at once, then register the new name and retire the old one.
+            moved = self._info(announcement, name=old.name)
+            self.registered = moved
+            await self.azc.async_update_service(moved)
+        try:
+            await self.azc.async_register_service(info, ttl=None)
+        except NonUniqueNameException:
+            log.warning("the mDNS name %s is taken on this network; keeping %s", info.name, old and old.name)
+            return
+        self.registered = info
+        if old is not None:
+            await self.azc.async_unregister_service(moved)
+
+    def _info(self, announcement: Announcement, *, name: str | None = None) -> ServiceInfo:
+        label = _instance_label(announcement)
+        addresses = []
+        for host in announcement.hosts:
+            with contextlib.suppress(ValueError):
+                addresses.append(str(ipaddress.ip_address(host)))
+        return ServiceInfo(
+            SERVICE_TYPE,
+            name or f"{label}.{SERVICE_TYPE}",
+            port=announcement.port,
+            properties=txt_for(announcement),
+            server=f"pk-{str(announcement.id)[:16]}.local.",
+            parsed_addresses=addresses,
+            host_ttl=self.provider.ttl,
+            other_ttl=self.provider.ttl,
+        )
+
+    async def goodbye(self) -> None:
+        registered, self.registered = self.registered, None
+        if registered is not None:
+            await self.azc.async_unregister_service(registered)
+
+    # -- browsing -----------------------------------------------------------------------------
+    def on_state_change(
+        self, zeroconf: Zeroconf, service_type: str, name: str, state_change: ServiceStateChange
+    ) -> None:
+        if state_change is ServiceStateChange.Removed:
+            self._lost(name)
+        elif len(self.pending) < _PENDING:
+            self.pending[name] = None
+            self.wake_lookups.set()
+
+    async def look_up(self) -> None:
+        limiter = anyio.Semaphore(_LOOKUPS)
+        assert self.tg is not None
+        while True:
+            await self.wake_lookups.wait()
+            self.wake_lookups = anyio.Event()
+            while self.pending:
+                name = next(iter(self.pending))
+                del self.pending[name]
+                await limiter.acquire()
+                self.tg.start_soon(self._look_up, name, limiter)
+
+    async def _look_up(self, name: str, limiter: anyio.Semaphore) -> None:
+        try:
+            info = AsyncServiceInfo(SERVICE_TYPE, name)
+            if await info.async_request(self.zc, int(self.provider.query_timeout * 1000)):
+                self._heard(name, info)
+        except Exception as exc:  # whatever a stranger sent, the provider goes on
+            log.debug("mDNS lookup of %r failed: %r", name, exc)
+        finally:
+            limiter.release()
+
+    def _heard(self, name: str, info: ServiceInfo) -> None:
+        carried = envelope_from_txt(info.properties)
+        claimed = _claimed_id(carried[1]) if carried is not None else None
+        if carried is None or claimed != bytes(carried[0]) or info.port is None:
+            self.malformed += 1
+            return
+        peer_id, envelope = carried
+        heard = []
+        for address in info.parsed_scoped_addresses():
+            ip = ipaddress.ip_address(address.split("%")[0])
+            if not (ip.version == 6 and ip.is_link_local):
+                heard.append(EndPoint(address, info.port))
+        previous = self.names.get(name)
+        record = self.sink.found(envelope, source="mdns", endpoints=heard)
+        if record is None:
+            return
+        self.names[name] = peer_id
+        self.asked.pop(name, None)
+        if previous is not None and previous != peer_id:
+            self._lost_id(previous, name)
+
+    def _lost(self, name: str) -> None:
+        peer_id = self.names.pop(name, None)
+        self.asked.pop(name, None)
+        if peer_id is not None:
+            self._lost_id(peer_id, name)
+
+    def _lost_id(self, peer_id: PeerId, name: str) -> None:
+        # Lost only when no other instance name carries the same id (a rename under way).
+        if peer_id not in self.names.values():
+            self.sink.lost(peer_id, source="mdns")
+
+    def forget_all(self) -> None:
+        for name in list(self.names):
+            self._lost(name)
+
+    async def keep_fresh(self) -> None:
+        # RFC 6762 5.2: query again at 75%, 85% and 95% of the records' TTL; lose what expires.
+        interval = min(1.0, self.provider.ttl / 8)
+        while True:
+            await anyio.sleep(interval)
+            now = current_time_millis()
+            for name in list(self.names):
+                # The freshest SRV and TXT record (a replaced record lingers for a second, expiring).
+                freshest = []
+                for kind in (_TYPE_SRV, _TYPE_TXT):
+                    alive = [
+                        r
+                        for r in self.zc.cache.async_all_by_details(name, kind, _CLASS_IN)
+                        if not r.is_expired(now)
+                    ]
+                    if alive:
+                        freshest.append(max(alive, key=lambda r: r.get_expiration_time(100)))
+                if len(freshest) < 2:
+                    self._lost(name)
+                    continue
+                due = [r.get_expiration_time(share) for r in freshest for share in (75, 85, 95)]
+                asked = self.asked.get(name, 0.0)
+                if any(asked < point <= now for point in due):
+                    self.asked[name] = now
+                    self._query(name)
+
+    def _query(self, name: str) -> None:
+        out = DNSOutgoing(_FLAGS_QUERY)
+        out.add_question(DNSQuestion(name, _TYPE_SRV, _CLASS_IN))
+        out.add_question(DNSQuestion(name, _TYPE_TXT, _CLASS_IN))
+        self.zc.async_send(out)
+
+    async def follow_interfaces(self) -> None:
+        import ifaddr
+
+        def snapshot() -> set[Any]:
+            return {(a.nice_name, str(ip.ip)) for a in ifaddr.get_adapters() for ip in a.ips}
+
+        seen = snapshot()
+        while True:
+            await anyio.sleep(self.provider.interface_check)
+            now = snapshot()
+            if now != seen:
+                seen = now
+                log.debug("network interfaces changed; rescanning")
+                await self.azc.async_update_interfaces()
