@@ -5,6 +5,14 @@ authenticated channels, with no server.
 """
 
 from peerkit.apps import AppStream, Handle, Invitation, InvitationAnswered, InvitationPolicy, Subscription
+from peerkit.discovery import (
+    DiscoveryProvider,
+    MdnsDiscovery,
+    MemoryDiscovery,
+    StaticDiscovery,
+    provider_names,
+    register_provider,
+)
 from peerkit.errors import (
     HandshakeError,
     IdentityError,
@@ -33,7 +41,7 @@ from peerkit.model import (
 from peerkit.net.channel import ChannelListener, PeerInfo, SecureChannel, connect, listen
 from peerkit.net.control import KeepalivePolicy
 from peerkit.node import Node
-from peerkit.peers import Peer
+from peerkit.peers import NearbyChanged, NearbyPeer, NearbyWatch, Peer
 
 __version__ = "0.1.0"
 
@@ -42,6 +50,7 @@ __all__ = (
     "Application",
     "ChangeType",
     "ChannelListener",
+    "DiscoveryProvider",
     "EndPoint",
     "Handle",
     "HandshakeError",
@@ -54,6 +63,11 @@ __all__ = (
     "InvitationResponse",
     "KeepalivePolicy",
     "LimitExceeded",
+    "MdnsDiscovery",
+    "MemoryDiscovery",
+    "NearbyChanged",
+    "NearbyPeer",
+    "NearbyWatch",
     "Node",
     "NotAllowed",
     "NotRunning",
@@ -70,9 +84,12 @@ __all__ = (
     "Scope",
     "SecureChannel",
     "StaleRecord",
+    "StaticDiscovery",
     "SubscribePermission",
     "Subscription",
     "__version__",
     "connect",
     "listen",
+    "provider_names",
+    "register_provider",
 )

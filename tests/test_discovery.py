@@ -2,9 +2,25 @@
 
 from __future__ import annotations
 
+import importlib.metadata
+from pathlib import Path
+
 import pytest
 
-from peerkit.discovery import MemoryDiscovery, StaticDiscovery
+from peerkit import Node
+from peerkit.discovery import (
+    Announcement,
+    MdnsDiscovery,
+    MemoryDiscovery,
+    StaticDiscovery,
+    create_provider,
+    make_record,
+    provider_names,
+    register_provider,
+)
+from peerkit.discovery.mdns import envelope_from_txt, txt_for
+from peerkit.discovery.registry import ENTRY_POINT_GROUP
+from peerkit.identity import Identity
 from peerkit.testing import check_discovery_provider
 
 pytestmark = pytest.mark.asyncio
@@ -19,3 +35,95 @@ async def test_static_provider_conforms() -> None:
     await check_discovery_provider(
         lambda others: StaticDiscovery([str(e) for e in others], interval=0.05), timeout=2, settle=0.3
     )
+
+
+async def test_registry_names_the_built_ins() -> None:
+    assert {"mdns", "static", "memory"} <= set(provider_names())
+    assert isinstance(create_provider("mdns"), MdnsDiscovery)
+    chosen = create_provider("mdns:127.0.0.1,::1")
+    assert isinstance(chosen, MdnsDiscovery)
+    assert chosen.interfaces == ["127.0.0.1", "::1"]
+    static = create_provider("static:10.0.0.2:7000,[fd00::1]:7001")
+    assert isinstance(static, StaticDiscovery)
+    assert [str(e) for e in static.entries] == ["10.0.0.2:7000", "[fd00::1]:7001"]
+    assert create_provider("memory") is MemoryDiscovery.default()
+    with pytest.raises(ValueError, match=r"no discovery provider named 'dht'; known: .*mdns, memory, static"):
+        create_provider("dht")
+    with pytest.raises(ValueError, match="needs addresses"):
+        create_provider("static")
+    with pytest.raises(ValueError, match="not host:port"):
+        create_provider("static:nowhere")
+    with pytest.raises(ValueError, match="peer id"):
+        create_provider("static:10.0.0.2:7000#nonsense")
+    with pytest.raises(ValueError, match="takes no argument"):
+        create_provider("memory:x")
+
+
+async def test_built_ins_are_entry_points() -> None:
+    # The installed distribution registers the built-ins the way a third party would.
+    names = {ep.name for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)}
+    assert {"mdns", "static", "memory"} <= names
+
+
+async def test_third_party_provider_from_an_entry_point(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    package = tmp_path / "thirdparty_discovery.py"
+    package.write_text(
+        "from peerkit.discovery import MemoryDiscovery\n"
+        "class Hub(MemoryDiscovery):\n"
+        "    name = 'hub'\n"
+        "def make(argument):\n"
+        "    hub = Hub()\n"
+        "    hub.argument = argument\n"
+        "    return hub\n"
+    )
+    info = tmp_path / "thirdparty_discovery-1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: thirdparty-discovery\nVersion: 1.0\n")
+    (info / "entry_points.txt").write_text("[peerkit.discovery]\nhub = thirdparty_discovery:make\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert "hub" in provider_names()
+    provider = create_provider("hub:everyone")
+    assert provider.name == "hub"
+    assert provider.argument == "everyone"  # type: ignore[attr-defined]
+    node = Node(identity=Identity.generate(), discovery=["hub"])
+    assert node._providers[0].name == "hub"
+
+
+async def test_register_provider_and_bad_factories() -> None:
+    register_provider("fixed", lambda argument: MemoryDiscovery())
+    assert "fixed" in provider_names()
+    assert isinstance(create_provider("fixed"), MemoryDiscovery)
+    register_provider("broken", lambda argument: object())  # type: ignore[arg-type,return-value]
+    with pytest.raises(TypeError, match="not a provider"):
+        create_provider("broken")
+    with pytest.raises(ValueError, match="without ':'"):
+        register_provider("a:b", lambda argument: MemoryDiscovery())
+
+
+async def test_provider_options_are_checked() -> None:
+    with pytest.raises(ValueError, match="ttl"):
+        MdnsDiscovery(ttl=0)
+    with pytest.raises(ValueError, match="ip_version"):
+        MdnsDiscovery(ip_version="v5")
+    with pytest.raises(ValueError, match="does not appear to be an IPv4 or IPv6 address"):
+        MdnsDiscovery(interfaces=["eth0"])
+    with pytest.raises(ValueError, match="at least one"):
+        StaticDiscovery([])
+
+
+async def test_txt_carries_a_record_in_pieces(alice: Identity) -> None:
+    envelope = make_record(
+        alice, 1, nickname="a" * 255, endpoint_name="b" * 255, endpoints=[("fd00::1", 7000)] * 16
+    )
+    announcement = Announcement(id=alice.id, nickname="a", port=7000, hosts=(), envelope=envelope)
+    txt = txt_for(announcement)
+    assert len(txt) > 4  # v, id, r0, r1, ...
+    assert all(len(f"{k}={v}".encode()) <= 255 for k, v in txt.items())
+    raw = {k.encode(): v.encode() for k, v in txt.items()}
+    assert envelope_from_txt(raw) == (alice.id, envelope)
+    assert envelope_from_txt({**raw, b"v": b"2"}) is None
+    assert envelope_from_txt({k: v for k, v in raw.items() if k != b"r0"}) is None
+    assert envelope_from_txt({**raw, b"id": b"nonsense"}) is None
+    assert envelope_from_txt({**raw, b"r0": b"%%"}) is None  # not base64url

@@ -86,8 +86,8 @@ def envelope_from_txt(properties: dict[bytes, bytes | None]) -> tuple[PeerId, by
         return None
     try:
         peer_id = PeerId.parse(id_text.decode("ascii"))
-        envelope = base64.urlsafe_b64decode(text + b"=" * (-len(text) % 4))
-    except (ValueError, UnicodeDecodeError):
+        envelope = base64.b64decode(text + b"=" * (-len(text) % 4), altchars=b"-_", validate=True)
+    except (ValueError, UnicodeDecodeError):  # binascii.Error is a ValueError
         return None
     return peer_id, envelope
 

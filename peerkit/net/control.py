@@ -31,8 +31,9 @@ log = logging.getLogger(__name__)
 
 #: Requests from one peer that are handled at the same time, at most.
 MAX_CONCURRENT = 128
-#: Message types that answer a request: they settle the request with the same ``"rid"``.
-REPLY_TYPES = frozenset({"invite_reply", "pong", "error", "stream_reply"})
+#: Message types that answer a request (besides every type ending in ``_reply``): they settle the
+#: request with the same ``"rid"``.
+REPLY_TYPES = frozenset({"pong", "error"})
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -272,7 +273,11 @@ class ControlChannel:
     async def _dispatch(self, message: dict[str, Any], tg: anyio.abc.TaskGroup) -> None:
         kind = message["t"]
         rid = message.get("rid")
-        if kind in REPLY_TYPES and isinstance(rid, int) and not isinstance(rid, bool):
+        if (
+            (kind in REPLY_TYPES or kind.endswith("_reply"))
+            and isinstance(rid, int)
+            and not isinstance(rid, bool)
+        ):
             request = self._waiting.pop(rid, None)
             if request is not None:
                 request._settle(message)

@@ -1,0 +1,67 @@
+"""Whatever a stranger puts in a TXT record or a record envelope, discovery goes on (hypothesis)."""
+
+from __future__ import annotations
+
+import cbor2
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from peerkit.discovery import Directory, make_record
+from peerkit.discovery.mdns import envelope_from_txt
+from peerkit.identity import Identity
+
+LOCAL = Identity.generate()
+SIGNER = Identity.generate()
+
+txt_keys = st.sampled_from([b"v", b"id", b"r0", b"r1", b"r2", b"x"]) | st.binary(max_size=8)
+txt_values = st.none() | st.binary(max_size=300) | st.sampled_from([b"1", str(SIGNER.id).encode()])
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.dictionaries(txt_keys, txt_values, max_size=8))
+def test_any_txt_record_is_read_or_refused(properties: dict[bytes, bytes | None]) -> None:
+    result = envelope_from_txt(properties)
+    assert result is None or isinstance(result[1], bytes)
+
+
+cbor_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**63), 2**63 - 1)
+    | st.text(max_size=20)
+    | st.binary(max_size=40),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=6), inner, max_size=4),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=600) | cbor_values.map(cbor2.dumps))
+def test_any_envelope_is_refused_and_counted(envelope: bytes) -> None:
+    directory = Directory(LOCAL.id)
+    assert directory.found(envelope, source="fuzz") is None
+    assert directory.stats.invalid == 1
+    assert len(directory) == 0
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    st.dictionaries(
+        st.sampled_from(["nick", "name", "addrs", "extra"]),
+        cbor_values,
+        max_size=4,
+    )
+)
+def test_signed_records_with_any_content_are_read_or_refused(content: dict[str, object]) -> None:
+    # Validly signed, but with any content: believed only when the content is well formed.
+    from peerkit.proto.records import sign_record
+
+    directory = Directory(LOCAL.id)
+    record = directory.found(sign_record(SIGNER, 1, content), source="fuzz")
+    assert (record is None) == (directory.stats.invalid == 1)
+
+
+def test_a_good_record_is_believed() -> None:
+    directory = Directory(LOCAL.id)
+    envelope = make_record(SIGNER, 1, nickname="s", endpoint_name="", endpoints=[("10.0.0.1", 1)])
+    assert directory.found(envelope, source="fuzz") is not None

@@ -1,0 +1,305 @@
+"""People near me (R4) through the Node, over the in-memory network and discovery."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+import anyio
+import anyio.lowlevel
+import pytest
+
+from peerkit import ChangeType, InvitationResponse, Node, NotSignedIn, PeerUnreachable, Scope
+from peerkit.discovery import Directory, MemoryDiscovery, StaticDiscovery, make_record
+from peerkit.identity import Identity
+from peerkit.peers import NearbyChanged, NearbyPeer
+from peerkit.testing import MemoryNetwork
+from tests.test_node import CHAT, accept_chat
+
+pytestmark = pytest.mark.asyncio
+
+
+@contextlib.asynccontextmanager
+async def near(count: int = 2, **options: Any) -> AsyncIterator[list[Node]]:
+    """``count`` nodes on one in-memory network and discovery medium, all signed in to NEAR_ME."""
+    net, hub = MemoryNetwork(), MemoryDiscovery()
+    names = ["alice", "bob", "carol"]
+    async with contextlib.AsyncExitStack() as stack:
+        started = []
+        for i in range(count):
+            node = Node(
+                nickname=names[i],
+                identity=Identity.generate(),
+                network=net,
+                listen=(f"10.0.0.{i + 1}", 0),
+                discovery=[hub],
+                **options,
+            )
+            started.append(await stack.enter_async_context(node))
+        for node in started:
+            await node.sign_in(Scope.NEAR_ME)
+        yield started
+
+
+def node(nickname: str, host: str, net: MemoryNetwork, port: int = 0, **options: Any) -> Node:
+    return Node(nickname=nickname, identity=Identity.generate(), network=net, listen=(host, port), **options)
+
+
+async def next_change(watch: Any, timeout: float = 2) -> NearbyChanged:
+    with anyio.fail_after(timeout):
+        event: NearbyChanged = await watch.__anext__()
+        return event
+
+
+async def test_nearby_needs_sign_in() -> None:
+    async with Node(identity=Identity.generate(), network=MemoryNetwork(), listen=("10.0.0.1", 0)) as node:
+        with pytest.raises(NotSignedIn, match="sign_in"):
+            node.nearby()
+        with pytest.raises(NotSignedIn):
+            node.watch_nearby()
+        with pytest.raises(NotSignedIn):
+            await node.find_nearby(nickname="bob", timeout=0.1)
+        await node.sign_in(Scope.NEAR_ME)
+        assert node.nearby() == []
+        await node.sign_out(Scope.NEAR_ME)
+        with pytest.raises(NotSignedIn):
+            node.nearby()
+
+
+async def test_nearby_lists_signed_in_peers() -> None:
+    async with near(3) as (alice, bob, carol):
+        seen = alice.nearby()
+        assert {p.id for p in seen} == {bob.id, carol.id}
+        bob_near = next(p for p in seen if p.id == bob.id)
+        assert isinstance(bob_near, NearbyPeer)
+        assert bob_near.nickname == "bob"
+        assert bob_near.endpoints == (bob.endpoint,)
+        assert bob_near.fingerprint == bob.id.fingerprint
+        assert bob_near.record.sources == {"memory"}
+        assert alice.id not in {p.id for p in alice.nearby()}  # never itself
+
+
+async def test_watch_sees_added_updated_deleted() -> None:
+    net, hub = MemoryNetwork(), MemoryDiscovery()
+    async with (
+        node(
+            "alice",
+            "10.0.0.1",
+            net,
+            discovery=[hub],
+        ) as alice,
+        node("bob", "10.0.0.2", net, discovery=[hub]) as bob,
+    ):
+        await alice.sign_in(Scope.NEAR_ME)
+        async with alice.watch_nearby() as watch:
+            await bob.sign_in(Scope.NEAR_ME)
+            event = await next_change(watch)
+            assert (event.change, event.peer.id, event.peer.nickname) == (ChangeType.ADDED, bob.id, "bob")
+            bob.nickname = "bobby"
+            event = await next_change(watch)
+            assert (event.change, event.peer.nickname) == (ChangeType.UPDATED, "bobby")
+            bob.endpoint_name = "bob's desk"
+            event = await next_change(watch)
+            assert (event.change, event.peer.endpoint_name) == (ChangeType.UPDATED, "bob's desk")
+            await bob.sign_out(Scope.NEAR_ME)
+            event = await next_change(watch)
+            assert (event.change, event.peer.id) == (ChangeType.DELETED, bob.id)
+            assert alice.nearby() == []
+            await alice.sign_out(Scope.NEAR_ME)
+            with anyio.fail_after(1):
+                assert [e async for e in watch] == []  # sign-out ends the watch
+
+
+async def test_slow_watcher_gets_merged_changes() -> None:
+    async with near(1) as (alice,):
+        net = MemoryNetwork()
+        hub = alice._providers[0]
+        watch = alice.watch_nearby()
+        async with node("bob", "10.0.0.2", net, discovery=[hub]) as bob:
+            await bob.sign_in(Scope.NEAR_ME)
+            for i in range(50):
+                bob.nickname = f"bob{i}"
+                await anyio.lowlevel.checkpoint()
+            await anyio.sleep(0.05)
+            event = await next_change(watch)
+            assert (event.change, event.peer.nickname) == (ChangeType.ADDED, "bob49")
+            assert len(watch._pending) == 0
+        # added and deleted before the reader looked: nothing to report
+        async with node(
+            "carol",
+            "10.0.0.3",
+            net,
+            discovery=[hub],
+        ) as carol:
+            await carol.sign_in(Scope.NEAR_ME)
+        event = await next_change(watch)
+        assert (event.change, event.peer.nickname) == (ChangeType.DELETED, "bob49")
+        assert len(watch._pending) == 0
+        await watch.aclose()
+
+
+async def test_handler_sees_changes_and_survives_errors() -> None:
+    async with near(1) as (alice,):
+        seen: list[tuple[ChangeType, str]] = []
+
+        @alice.on_nearby_changed
+        async def changed(event: NearbyChanged) -> None:
+            seen.append((event.change, event.peer.nickname))
+            if len(seen) == 1:
+                raise RuntimeError("a handler bug")
+
+        async with node(
+            "bob",
+            "10.0.0.2",
+            MemoryNetwork(),
+            discovery=[alice._providers[0]],
+        ) as bob:
+            await bob.sign_in(Scope.NEAR_ME)
+            await anyio.sleep(0.05)
+            bob.nickname = "bobby"
+            await anyio.sleep(0.05)
+        await anyio.sleep(0.05)
+        assert seen == [
+            (ChangeType.ADDED, "bob"),
+            (ChangeType.UPDATED, "bobby"),
+            (ChangeType.DELETED, "bobby"),
+        ]
+
+
+async def test_find_nearby_and_invite() -> None:
+    async with near(2) as (alice, bob):
+        await accept_chat(alice, bob)
+        found = await alice.find_nearby(nickname="bob", timeout=1)
+        assert found.id == bob.id
+        assert await found.invite(CHAT, "hi", timeout=5) is InvitationResponse.ACCEPTED
+        assert (await alice.find_nearby(peer_id=bob.id, timeout=1)).nickname == "bob"
+        with pytest.raises(PeerUnreachable, match="nickname 'carol'"):
+            await alice.find_nearby(nickname="carol", timeout=0.1)
+        with pytest.raises(ValueError, match="exactly one"):
+            await alice.find_nearby(timeout=0.1)
+        with pytest.raises(ValueError, match="exactly one"):
+            await alice.find_nearby(nickname="bob", peer_id=bob.id, timeout=0.1)
+
+
+async def test_find_nearby_waits_for_a_peer_that_comes() -> None:
+    async with near(1) as (alice,), anyio.create_task_group() as tg:
+
+        async def come_later() -> None:
+            await anyio.sleep(0.1)
+            async with node(
+                "bob",
+                "10.0.0.2",
+                MemoryNetwork(),
+                discovery=[alice._providers[0]],
+            ) as bob:
+                await bob.sign_in(Scope.NEAR_ME)
+                await anyio.sleep(0.5)
+
+        tg.start_soon(come_later)
+        found = await alice.find_nearby(nickname="bob", timeout=2)
+        assert found.nickname == "bob"
+
+
+async def test_static_provider_between_nodes() -> None:
+    net = MemoryNetwork()
+    async with node("bob", "10.0.0.2", net, 7000) as bob:
+        static = StaticDiscovery([f"10.0.0.2:7000#{bob.id}"], interval=0.05, timeout=1)
+        async with node(
+            "alice",
+            "10.0.0.1",
+            net,
+            discovery=[static],
+        ) as alice:
+            await alice.sign_in(Scope.NEAR_ME)
+            await anyio.sleep(0.2)
+            assert alice.nearby() == []  # bob is not signed in: it has no record to give
+            async with alice.watch_nearby() as watch:
+                await bob.sign_in(Scope.NEAR_ME)
+                event = await next_change(watch)
+                assert (event.change, event.peer.id, event.peer.nickname) == (ChangeType.ADDED, bob.id, "bob")
+                assert event.peer.endpoints[0] == bob.endpoint
+                net.freeze("10.0.0.2")  # the cable is pulled
+                event = await next_change(watch, timeout=5)
+                assert (event.change, event.peer.id) == (ChangeType.DELETED, bob.id)
+
+
+async def test_static_provider_refuses_another_id(alice: Identity) -> None:
+    net = MemoryNetwork()
+    async with node("bob", "10.0.0.2", net, 7000) as bob:
+        await bob.sign_in(Scope.NEAR_ME)
+        static = StaticDiscovery([f"10.0.0.2:7000#{alice.id}"], interval=0.05, timeout=0.5)
+        async with Node(
+            identity=Identity.generate(), network=net, listen=("10.0.0.1", 0), discovery=[static]
+        ) as a:
+            await a.sign_in(Scope.NEAR_ME)
+            await anyio.sleep(0.3)
+            assert a.nearby() == []
+
+
+async def test_discovery_by_name_uses_the_process_medium() -> None:
+    net = MemoryNetwork()
+    async with (
+        node(
+            "a",
+            "10.0.0.1",
+            net,
+            discovery=["memory"],
+        ) as a,
+        node(
+            "b",
+            "10.0.0.2",
+            net,
+            discovery="memory",
+        ) as b,
+    ):
+        await a.sign_in(Scope.NEAR_ME)
+        await b.sign_in(Scope.NEAR_ME)
+        assert [p.nickname for p in a.nearby()] == ["b"]
+
+
+async def test_record_request_needs_sign_in() -> None:
+    net = MemoryNetwork()
+    async with (
+        Node(identity=Identity.generate(), network=net, listen=("10.0.0.1", 0)) as a,
+        Node(identity=Identity.generate(), network=net, listen=("10.0.0.2", 7000)) as b,
+    ):
+        from peerkit.errors import ProtocolError
+
+        with pytest.raises(ProtocolError, match="unavailable"):
+            await a._fetch_record("10.0.0.2", 7000, b.id)
+        await b.sign_in(Scope.NEAR_ME)
+        envelope = await a._fetch_record("10.0.0.2", 7000, b.id)
+        directory = Directory(a.id)
+        record = directory.found(envelope, source="test")
+        assert record is not None
+        assert record.id == b.id
+
+
+async def test_directory_believes_only_fresh_signed_records(alice: Identity, bob: Identity) -> None:
+    changes: list[tuple[ChangeType, str]] = []
+    directory = Directory(
+        alice.id, lambda change, record: changes.append((change, record.nickname)), capacity=1
+    )
+
+    def record(signer: Identity, seq: int, nickname: str) -> bytes:
+        return make_record(signer, seq, nickname=nickname, endpoint_name="", endpoints=[("10.0.0.9", 7000)])
+
+    assert directory.found(record(alice, 1, "me"), source="s") is None  # itself
+    assert directory.found(record(bob, 5, "bob"), source="s") is not None
+    assert directory.found(record(bob, 5, "bob"), source="t") is not None  # the same, from another source
+    assert directory.found(record(bob, 4, "old"), source="s") is None  # a replay
+    assert directory.found(record(bob, 5, "same seq"), source="s") is None  # another content, same seq
+    tampered = bytearray(record(bob, 6, "bob6"))
+    tampered[-3] ^= 0x40
+    assert directory.found(bytes(tampered), source="s") is None
+    assert directory.found(b"\x00garbage", source="s") is None
+    assert directory.found(record(Identity.generate(), 1, "carol"), source="s") is None  # full
+    assert directory.stats.stale == 2
+    assert directory.stats.invalid == 2
+    assert directory.stats.full == 1
+    directory.lost(bob.id, source="s")
+    assert directory.get(bob.id) is not None  # source t still sees it
+    directory.lost(bob.id, source="t")
+    assert directory.get(bob.id) is None
+    assert changes == [(ChangeType.ADDED, "bob"), (ChangeType.DELETED, "bob")]
