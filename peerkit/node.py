@@ -29,6 +29,7 @@ from peerkit.apps import AppStream, Handle, Invitation, InvitationAnswered, Invi
 from peerkit.discovery.base import (
     Announcement,
     Directory,
+    DirectoryStats,
     DiscoveryProvider,
     DiscoverySession,
     NearbyRecord,
@@ -501,6 +502,17 @@ class Node:
         for watch in list(self._watches):
             watch._end()
         self._watches.clear()
+
+    @property
+    def discovery_stats(self) -> DirectoryStats:
+        """What discovery did with the records it heard: accepted, and dropped as invalid (forged,
+        tampered, malformed), stale (replayed) or because the directory was full (R4).
+
+        :raises NotRunning: when the node is not running.
+        """
+        self._check_running()
+        assert self._directory is not None
+        return self._directory.stats
 
     def _check_near_me(self) -> Directory:
         self._check_running()

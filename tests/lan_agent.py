@@ -1,0 +1,137 @@
+"""A peerkit node in a network namespace, driven by JSON lines (used by tests/test_lan.py).
+
+Modes:
+  node --nickname NAME --ttl SECONDS [--interface ADDR ...]
+      Prints {"ready": ID, "port": PORT}, then one line per nearby change
+      ({"change": "ADDED", "id": ..., "nickname": ..., "endpoints": [...]}); reads commands:
+      {"cmd": "nick", "value": NAME} | {"cmd": "signout"} | {"cmd": "signin"} |
+      {"cmd": "invite", "id": ID} -> {"invite": "ACCEPTED"} | {"cmd": "stats"} -> {"stats": {...}} |
+      {"cmd": "quit"}.
+  forge --victim ID --address ADDR --ttl SECONDS
+      Publishes over mDNS a record with a broken signature ("badsig"), one naming the victim's id
+      but signed with another key ("otherkey"), then, 2 s later, a valid one ("mallory").
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import uuid
+from typing import Any
+
+import anyio
+
+import peerkit
+from peerkit.discovery import Announcement, Directory, MdnsDiscovery, make_record
+from peerkit.proto import messages
+from peerkit.proto.records import RECORD_DOMAIN
+
+CHAT = peerkit.Application(id=uuid.UUID("a3c0b7e2-1d1f-4c55-9b0e-5c8e8c2f0d11"), description="chat")
+
+
+def emit(**fields: Any) -> None:
+    print(json.dumps(fields), flush=True)
+
+
+async def node_main(args: argparse.Namespace) -> None:
+    mdns = MdnsDiscovery(ttl=args.ttl, interfaces=args.interface or None, interface_check=1)
+    async with peerkit.Node(
+        nickname=args.nickname,
+        identity=peerkit.Identity.generate(),
+        listen=("0.0.0.0", 0),
+        discovery=[mdns],
+        address_check=1,
+    ) as node:
+        await node.register_application(CHAT)
+
+        @node.on_invitation(CHAT)
+        async def accept(invitation: peerkit.Invitation) -> peerkit.InvitationResponse:
+            emit(invited_by=str(invitation.sender_id))
+            return peerkit.InvitationResponse.ACCEPTED
+
+        await node.sign_in(peerkit.Scope.NEAR_ME)
+
+        async def report() -> None:
+            while True:
+                async with node.watch_nearby(initial=True) as watch:
+                    async for event in watch:
+                        emit(
+                            change=event.change.name,
+                            id=str(event.peer.id),
+                            nickname=event.peer.nickname,
+                            endpoints=[str(e) for e in event.peer.endpoints],
+                        )
+                await node._near_me.wait()
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(report)
+            emit(ready=str(node.id), port=node.endpoint.port)
+            stdin = anyio.wrap_file(sys.stdin)
+            async for line in stdin:
+                command = json.loads(line)
+                cmd = command["cmd"]
+                if cmd == "nick":
+                    node.nickname = command["value"]
+                elif cmd == "signout":
+                    await node.sign_out(peerkit.Scope.NEAR_ME)
+                elif cmd == "signin":
+                    await node.sign_in(peerkit.Scope.NEAR_ME)
+                elif cmd == "invite":
+                    peer = await node.find_nearby(peer_id=peerkit.PeerId.parse(command["id"]), timeout=10)
+                    emit(invite=(await peer.invite(CHAT, "hello", timeout=10)).name)
+                elif cmd == "stats":
+                    emit(stats=dataclasses.asdict(node.discovery_stats))
+                elif cmd == "quit":
+                    break
+                emit(done=cmd)
+            tg.cancel_scope.cancel()
+
+
+async def forge_main(args: argparse.Namespace) -> None:
+    mallory = peerkit.Identity.generate()
+    victim = peerkit.PeerId.parse(args.victim)
+    good = make_record(mallory, 1, nickname="badsig", endpoint_name="", endpoints=[("10.0.0.1", 7000)])
+    broken = bytearray(good)
+    broken[-1] ^= 1
+    # The victim's id in the body, signed with mallory's key.
+    body = messages.encode_deterministic(
+        {"id": bytes(victim), "seq": 2**40, "nick": "otherkey", "name": "", "addrs": [["10.0.0.1", 7000]]}
+    )
+    stolen = messages.encode_deterministic({"body": body, "sig": mallory.sign(RECORD_DOMAIN + body)})
+    forged = [
+        Announcement(
+            id=mallory.id, nickname="badsig", port=7000, hosts=(args.address,), envelope=bytes(broken)
+        ),
+        Announcement(id=victim, nickname="otherkey", port=7000, hosts=(args.address,), envelope=stolen),
+    ]
+    real = make_record(mallory, 2, nickname="mallory", endpoint_name="", endpoints=[("10.0.0.1", 7000)])
+    async with anyio.create_task_group() as tg:
+        for announcement in forged:
+            session = await tg.start(MdnsDiscovery(ttl=args.ttl).run, Directory(mallory.id))
+            await session.publish(announcement)
+        await anyio.sleep(2)
+        session = await tg.start(MdnsDiscovery(ttl=args.ttl).run, Directory(mallory.id))
+        await session.publish(
+            Announcement(id=mallory.id, nickname="mallory", port=7000, hosts=(args.address,), envelope=real)
+        )
+        emit(ready=str(mallory.id))
+        await anyio.sleep(60)
+        tg.cancel_scope.cancel()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("mode", choices=["node", "forge"])
+    parser.add_argument("--nickname", default="")
+    parser.add_argument("--ttl", type=float, default=2)
+    parser.add_argument("--interface", action="append")
+    parser.add_argument("--victim")
+    parser.add_argument("--address", help="forge: the address to publish")
+    args = parser.parse_args()
+    anyio.run(node_main if args.mode == "node" else forge_main, args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,256 @@
+"""Discovery on a real LAN: nodes in network namespaces on bridges, talking mDNS (needs root).
+
+These run in CI (as root). Where namespaces cannot be made they are skipped, except when ``CI`` is
+set: then they fail, so that CI never passes without them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import anyio
+import anyio.abc
+import pytest
+
+from peerkit.testing import NamespaceLan
+
+pytestmark = [pytest.mark.asyncio, pytest.mark.network]
+
+AGENT = str(Path(__file__).with_name("lan_agent.py"))
+TTL = 2  # seconds: record TTL of the agents, so that a vanished node is lost fast
+
+
+@pytest.fixture
+def lan() -> Iterator[NamespaceLan]:
+    reason = NamespaceLan.available()
+    if reason is not None:
+        if os.environ.get("CI"):
+            pytest.fail(f"CI must run the LAN tests, but {reason}")
+        pytest.skip(reason)
+    with NamespaceLan() as made:
+        yield made
+
+
+class Agent:
+    """A lan_agent.py process in a namespace: send commands, wait for lines."""
+
+    def __init__(self, process: anyio.abc.Process, name: str) -> None:
+        self.process = process
+        self.name = name
+        self.lines: list[dict[str, Any]] = []
+        self.arrived = anyio.Event()
+
+    async def read(self) -> None:
+        assert self.process.stdout is not None
+        buffer = b""
+        async for chunk in self.process.stdout:
+            buffer += chunk
+            *lines, buffer = buffer.split(b"\n")
+            for line in lines:
+                if line.strip():
+                    self.lines.append(json.loads(line))
+            self.arrived.set()
+
+    async def expect(self, check: Callable[[dict[str, Any]], bool], timeout: float = 10) -> dict[str, Any]:
+        with anyio.move_on_after(timeout):
+            while True:
+                for index, line in enumerate(self.lines):
+                    if check(line):
+                        del self.lines[: index + 1]
+                        return line
+                self.arrived = anyio.Event()
+                await self.arrived.wait()
+        raise AssertionError(f"{self.name}: nothing matched within {timeout} s; lines: {self.lines}")
+
+    def seen(self, check: Callable[[dict[str, Any]], bool]) -> bool:
+        return any(check(line) for line in self.lines)
+
+    async def send(self, **command: Any) -> None:
+        assert self.process.stdin is not None
+        await self.process.stdin.send(json.dumps(command).encode() + b"\n")
+
+
+@asynccontextmanager
+async def agents() -> AsyncIterator[Callable[..., Any]]:
+    """Start agents with ``await start(namespace, mode, *args)``; all are killed at the end."""
+    started: list[Agent] = []
+    async with anyio.create_task_group() as tg:
+
+        async def start(namespace: str, *args: str) -> Agent:
+            process = await anyio.open_process(
+                ["ip", "netns", "exec", namespace, sys.executable, AGENT, *args],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=None,
+            )
+            agent = Agent(process, f"{namespace} {' '.join(args)}")
+            started.append(agent)
+            tg.start_soon(agent.read)
+            await agent.expect(lambda line: "ready" in line, timeout=30)
+            return agent
+
+        try:
+            yield start
+        finally:
+            for agent in started:
+                if agent.process.returncode is None:
+                    agent.process.kill()
+                await agent.process.wait()
+                await agent.process.aclose()
+            tg.cancel_scope.cancel()
+
+
+def node_args(nickname: str, *extra: str) -> list[str]:
+    return ["node", "--nickname", nickname, "--ttl", str(TTL), *extra]
+
+
+def change(kind: str, **fields: Any) -> Callable[[dict[str, Any]], bool]:
+    return lambda line: line.get("change") == kind and all(line.get(k) == v for k, v in fields.items())
+
+
+async def test_discovery_invitation_update_sign_out_and_kill(lan: NamespaceLan) -> None:
+    bridge = lan.bridge()
+    (ns_a, (addr_a,)), (ns_b, (addr_b,)) = lan.host(bridge), lan.host(bridge)
+    async with agents() as start:
+        alice = await start(ns_a, *node_args("alice"))
+        bob = await start(ns_b, *node_args("bob"))
+        # mutual discovery, with the addresses each signed
+        seen_bob = await alice.expect(change("ADDED", nickname="bob"))
+        seen_alice = await bob.expect(change("ADDED", nickname="alice"))
+        bob_id, alice_id = seen_bob["id"], seen_alice["id"]
+        assert any(e.startswith(addr_b + ":") for e in seen_bob["endpoints"])
+        assert any(e.startswith(addr_a + ":") for e in seen_alice["endpoints"])
+        # an invitation across namespaces (IK to the discovered key)
+        await alice.send(cmd="invite", id=bob_id)
+        assert (await alice.expect(lambda line: "invite" in line))["invite"] == "ACCEPTED"
+        assert (await bob.expect(lambda line: "invited_by" in line))["invited_by"] == alice_id
+        # a nickname change is an update
+        await bob.send(cmd="nick", value="bobby")
+        await alice.expect(change("UPDATED", id=bob_id, nickname="bobby"))
+        # sign-out is a deletion (goodbye), sign-in brings it back
+        await bob.send(cmd="signout")
+        await alice.expect(change("DELETED", id=bob_id), timeout=5)
+        await bob.send(cmd="signin")
+        await alice.expect(change("ADDED", id=bob_id))
+        # killed: no goodbye, gone within the TTL (plus the time a check takes)
+        await anyio.sleep(0.5)
+        bob.process.send_signal(signal.SIGKILL)
+        killed_at = anyio.current_time()
+        await alice.expect(change("DELETED", id=bob_id), timeout=TTL + 3)
+        assert anyio.current_time() - killed_at <= TTL + 2
+
+
+async def test_forged_records_are_ignored(lan: NamespaceLan) -> None:
+    bridge = lan.bridge()
+    (ns_a, _), (ns_b, _), (ns_m, (addr_m,)) = lan.host(bridge), lan.host(bridge), lan.host(bridge)
+    async with agents() as start:
+        alice = await start(ns_a, *node_args("alice"))
+        await start(ns_b, *node_args("bob"))
+        bob_id = (await alice.expect(change("ADDED", nickname="bob")))["id"]
+        await start(ns_m, "forge", "--victim", bob_id, "--address", addr_m, "--ttl", str(TTL))
+        # The real record of the forger arrives after its forgeries: once alice has it, she has
+        # heard the forgeries too.
+        await alice.expect(change("ADDED", nickname="mallory"), timeout=15)
+        await anyio.sleep(1)
+        assert not alice.seen(lambda line: line.get("nickname") in ("badsig", "otherkey"))
+        assert not alice.seen(change("UPDATED", id=bob_id))
+        await alice.send(cmd="stats")
+        stats = (await alice.expect(lambda line: "stats" in line))["stats"]
+        assert stats["invalid"] >= 2, stats
+
+
+async def test_a_node_on_two_lans_is_found_on_both(lan: NamespaceLan) -> None:
+    left, right = lan.bridge(), lan.bridge()
+    ns_a, (a_left, a_right) = lan.host(left, right)
+    ns_b, _ = lan.host(left)
+    ns_c, _ = lan.host(right)
+    async with agents() as start:
+        await start(ns_a, *node_args("alice"))
+        bob = await start(ns_b, *node_args("bob"))
+        carol = await start(ns_c, *node_args("carol"))
+        on_left = await bob.expect(change("ADDED", nickname="alice"))
+        on_right = await carol.expect(change("ADDED", nickname="alice"))
+        assert on_left["id"] == on_right["id"]
+        for seen in (on_left, on_right):
+            assert {e.rsplit(":", 1)[0] for e in seen["endpoints"]} >= {a_left, a_right}
+        # each side can reach alice on its own LAN
+        await bob.send(cmd="invite", id=on_left["id"])
+        assert (await bob.expect(lambda line: "invite" in line))["invite"] == "ACCEPTED"
+        await carol.send(cmd="invite", id=on_right["id"])
+        assert (await carol.expect(lambda line: "invite" in line))["invite"] == "ACCEPTED"
+        # bob and carol are on different LANs: they never see each other
+        assert not bob.seen(change("ADDED", nickname="carol"))
+
+
+async def test_a_dns_client_written_from_the_rfc_sees_the_service(lan: NamespaceLan) -> None:
+    bridge = lan.bridge()
+    (ns_a, (addr_a,)), (ns_q, _) = lan.host(bridge), lan.host(bridge)
+    async with agents() as start:
+        await start(ns_a, *node_args("alice"))
+        await anyio.sleep(1.5)  # probing and announcing
+        # A one-shot query (RFC 6762 section 5.1) from another host, with no mDNS library.
+        query = await anyio.run_process(["ip", "netns", "exec", ns_q, sys.executable, "-c", ONE_SHOT_QUERY])
+        answer = json.loads(query.stdout)
+        assert any(name.endswith("._peerkit._tcp.local") and "alice-" in name for name in answer["ptr"])
+        assert answer["from"] == addr_a
+
+
+# A DNS query for _peerkit._tcp.local PTR sent to 224.0.0.251:5353 from an ephemeral port (a legacy
+# unicast query: the responder answers to the sender), parsed with the standard library only.
+ONE_SHOT_QUERY = r"""
+import json, socket, struct
+def name(data, at):
+    labels = []
+    while True:
+        length = data[at]
+        if length >= 0xC0:
+            pointer = struct.unpack_from("!H", data, at)[0] & 0x3FFF
+            return labels + name(data, pointer)[0], at + 2
+        at += 1
+        if length == 0:
+            return labels, at
+        labels.append(data[at:at + length].decode()); at += length
+q = struct.pack("!HHHHHH", 0x1234, 0, 1, 0, 0, 0)
+q += b"".join(bytes([len(p)]) + p.encode() for p in ["_peerkit", "_tcp", "local"]) + b"\0"
+q += struct.pack("!HH", 12, 1)
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_TTL, 255)
+s.settimeout(5)
+s.sendto(q, ("224.0.0.251", 5353))
+data, sender = s.recvfrom(9000)
+ident, flags, qd, an, ns, ar = struct.unpack_from("!HHHHHH", data)
+at = 12
+for _ in range(qd):
+    _, at = name(data, at); at += 4
+ptr = []
+for _ in range(an):
+    owner, at = name(data, at)
+    kind, klass, ttl, length = struct.unpack_from("!HHIH", data, at); at += 10
+    if kind == 12:
+        ptr.append(".".join(name(data, at)[0]))
+    at += length
+print(json.dumps({"ptr": ptr, "from": sender[0], "id": ident}))
+"""
+
+
+async def test_mdns_provider_conforms_in_a_namespace(lan: NamespaceLan) -> None:
+    ns, _ = lan.host(lan.bridge())
+    script = (
+        "import anyio\n"
+        "from peerkit.discovery import MdnsDiscovery\n"
+        "from peerkit.testing import check_discovery_provider\n"
+        "anyio.run(lambda: check_discovery_provider(\n"
+        "    lambda others: MdnsDiscovery(ttl=2, interface_check=0.5), timeout=8, settle=2))\n"
+        "print('conforms')\n"
+    )
+    done = await anyio.run_process(["ip", "netns", "exec", ns, sys.executable, "-c", script], check=False)
+    assert done.returncode == 0, done.stderr.decode()[-3000:]
+    assert done.stdout.strip() == b"conforms"
