@@ -14,6 +14,7 @@ from peerkit.discovery import (
     register_provider,
 )
 from peerkit.errors import (
+    DiscoveryError,
     HandshakeError,
     IdentityError,
     InvalidRecord,
@@ -50,6 +51,7 @@ __all__ = (
     "Application",
     "ChangeType",
     "ChannelListener",
+    "DiscoveryError",
     "DiscoveryProvider",
     "EndPoint",
     "Handle",

@@ -16,15 +16,17 @@ from rich.console import Console
 from rich.table import Table
 
 import peerkit
+from peerkit.discovery.base import DiscoveryProvider
 from peerkit.errors import PeerkitError
 from peerkit.identity import KEY_FILE_NAME, Identity, default_data_dir
 from peerkit.model import check_text
+from peerkit.peers import NearbyPeer
 
 __all__ = ("app", "default_data_dir", "main")
 
 app = typer.Typer(
     name="peerkit",
-    help="Peer-to-peer collaboration: identities, secure channels, invitations.",
+    help="Peer-to-peer collaboration: identities, people near me, secure invitations and streams.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -39,6 +41,28 @@ DataDir = Annotated[
         "--data-dir", help="Where the identity lives [default: $PEERKIT_DATA_DIR or the user data dir]"
     ),
 ]
+
+
+Discovery = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--discovery",
+        help="A discovery provider: mdns, mdns:ADDR[,ADDR], static:HOST:PORT[#ID], memory, or one from "
+        "an installed plugin (repeatable) [default: mdns]",
+    ),
+]
+
+
+def _providers(names: list[str] | None) -> list[DiscoveryProvider]:
+    from peerkit.discovery import create_provider
+
+    providers = []
+    for name in names or ["mdns"]:
+        try:
+            providers.append(create_provider(name))
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc), param_hint="--discovery") from None
+    return providers
 
 
 def _version(value: bool) -> None:
@@ -95,7 +119,8 @@ def demo(
         ),
     ] = None,
 ) -> None:
-    """Two nodes on loopback: an accepted, a declined and an expired invitation, then a chat stream."""
+    """Two nodes on loopback find each other (mDNS), then an accepted, a declined and an expired
+    invitation, then a chat stream."""
     from peerkit.demo import run_demo
 
     with tempfile.TemporaryDirectory(prefix="peerkit-demo-") as tmp:
@@ -106,6 +131,7 @@ def demo(
         console.print(f"bob    {bob.id}  [bold]{bob.fingerprint}[/bold]")
         with console.status("running two nodes on 127.0.0.1", spinner="dots"):
             report = anyio.run(run_demo, alice, bob, messages)
+    console.print(f"discovery: {report.discovery}")
     console.print(f"alice listens at {report.alice}")
     console.print(f"bob listens at   {report.bob}")
     table = Table("step", "outcome", "time")
@@ -152,21 +178,39 @@ def serve(
         typer.Option("--accept", help="Register application APP_UUID and accept every invitation to it."),
     ] = None,
     nickname: Annotated[str, typer.Option(help="The nickname peers see.")] = "",
+    discovery: Discovery = None,
     data_dir: DataDir = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON lines for scripts.")] = False,
 ) -> None:
-    """Run a node in the foreground until Ctrl-C or SIGTERM, printing each invitation it receives."""
+    """Run a node in the foreground until Ctrl-C or SIGTERM: it signs in to the scopes its discovery
+    providers serve and prints each invitation it receives."""
     host, port = parse_address(listen_at)
     apps = _app_ids(accept or [])
+    check_nickname(nickname)
+    providers = _providers(discovery)
     directory = data_dir or default_data_dir()
-    anyio.run(_serve, host, port, apps, nickname, directory, as_json)
+    anyio.run(_serve, host, port, apps, nickname, providers, directory, as_json)
+
+
+def check_nickname(nickname: str) -> None:
+    """:raises typer.BadParameter: when the nickname is too long."""
+    try:
+        check_text(nickname, "nickname")
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--nickname") from None
 
 
 async def _serve(
-    host: str, port: int, apps: list[uuid.UUID], nickname: str, directory: Path, as_json: bool
+    host: str,
+    port: int,
+    apps: list[uuid.UUID],
+    nickname: str,
+    providers: list[DiscoveryProvider],
+    directory: Path,
+    as_json: bool,
 ) -> None:
     from peerkit.apps import Invitation, InvitationAnswered
-    from peerkit.model import Application, InvitationResponse
+    from peerkit.model import Application, InvitationResponse, Scope
     from peerkit.node import Node
 
     def say(text: str, **fields: object) -> None:
@@ -175,7 +219,12 @@ async def _serve(
         else:
             console.print(text)
 
-    async with Node(nickname=nickname, data_dir=directory, listen=(host, port)) as node:
+    async with Node(nickname=nickname, data_dir=directory, listen=(host, port), discovery=providers) as node:
+        scope = Scope.NONE
+        for provider in providers:
+            scope |= provider.scopes
+        if scope:
+            await node.sign_in(scope)
         for app_id in apps:
             await node.register_application(Application(id=app_id, description="accepted by peerkit serve"))
 
@@ -209,6 +258,8 @@ async def _serve(
             host=node.endpoint.host,
             port=node.endpoint.port,
             applications=[str(a) for a in apps],
+            discovery=[p.name for p in providers],
+            scope=node.scope.name,
         )
         with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             async for signum in signals:
@@ -287,6 +338,118 @@ async def _invite(
             response = await peer.invite(app_id, message, timeout=timeout)
         tg.cancel_scope.cancel()
     return response, who
+
+
+@app.command()
+def near(
+    once: Annotated[bool, typer.Option("--once", help="Print the people near me once and exit.")] = False,
+    wait: Annotated[
+        float, typer.Option(min=0, max=300, help="With --once: seconds to listen before printing.")
+    ] = 3.0,
+    discovery: Discovery = None,
+    nickname: Annotated[str, typer.Option(help="The nickname others see while this looks.")] = "peerkit near",
+    as_me: Annotated[
+        bool,
+        typer.Option(
+            "--as-me",
+            help="Look with the identity in the data dir (by default a throwaway one, so that a node "
+            "running with your identity shows up too).",
+        ),
+    ] = False,
+    data_dir: DataDir = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
+) -> None:
+    """Show the people near me: a live table until Ctrl-C, or once with --once."""
+    check_nickname(nickname)
+    providers = _providers(discovery)
+    identity = None if as_me else Identity.generate()
+    anyio.run(_near, once, wait, providers, nickname, identity, data_dir or default_data_dir(), as_json)
+
+
+def _nearby_rows(peers: list[NearbyPeer]) -> list[dict[str, object]]:
+    return [
+        {
+            "nickname": peer.nickname,
+            "id": str(peer.id),
+            "fingerprint": peer.fingerprint,
+            "endpoint": str(peer.endpoints[0]) if peer.endpoints else "",
+            "endpoints": [str(e) for e in peer.endpoints],
+            "endpoint_name": peer.endpoint_name,
+            "since": peer.since,
+        }
+        for peer in peers
+    ]
+
+
+def _nearby_table(peers: list[NearbyPeer]) -> Table:
+    import time
+
+    table = Table("nickname", "fingerprint", "endpoint", "since", title=f"people near me: {len(peers)}")
+    now = time.time()
+    for row in _nearby_rows(peers):
+        since = now - float(row["since"])  # type: ignore[arg-type]
+        table.add_row(
+            str(row["nickname"]) or "?", str(row["fingerprint"]), str(row["endpoint"]), f"{since:.0f} s ago"
+        )
+    return table
+
+
+async def _near(
+    once: bool,
+    wait: float,
+    providers: list[DiscoveryProvider],
+    nickname: str,
+    identity: Identity | None,
+    directory: Path,
+    as_json: bool,
+) -> None:
+    from rich.live import Live
+
+    from peerkit.model import Scope
+    from peerkit.node import Node
+
+    node = Node(
+        nickname=nickname,
+        identity=identity,
+        data_dir=None if identity is not None else directory,
+        discovery=providers,
+    )
+    async with node:
+        scope = Scope.NONE
+        for provider in providers:
+            scope |= provider.scopes
+        await node.sign_in(scope or Scope.NEAR_ME)
+        if once:
+            if console.is_terminal and not as_json:
+                with console.status(f"listening for {wait:g} s", spinner="dots"):
+                    await anyio.sleep(wait)
+            else:
+                await anyio.sleep(wait)
+            peers = node.nearby()
+            if as_json:
+                print(json.dumps(_nearby_rows(peers)), flush=True)
+            else:
+                console.print(_nearby_table(peers))
+            return
+        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async with anyio.create_task_group() as tg:
+
+                async def stop() -> None:
+                    async for _ in signals:
+                        tg.cancel_scope.cancel()
+
+                tg.start_soon(stop)
+                async with node.watch_nearby(initial=True) as watch:
+                    if as_json:
+                        async for event in watch:
+                            row = _nearby_rows([event.peer])[0]
+                            print(json.dumps({"change": event.change.name, **row}), flush=True)
+                    else:
+                        with Live(_nearby_table(node.nearby()), console=console, auto_refresh=False) as live:
+                            while True:
+                                with anyio.move_on_after(1):  # the "since" column ages
+                                    await watch.__anext__()
+                                live.update(_nearby_table(node.nearby()), refresh=True)
 
 
 def main() -> None:

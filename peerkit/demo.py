@@ -1,4 +1,5 @@
-"""``peerkit demo``: two nodes on loopback TCP go through the invitation and communication steps."""
+"""``peerkit demo``: two nodes on loopback find each other, then go through the invitation and
+communication steps."""
 
 from __future__ import annotations
 
@@ -8,9 +9,12 @@ from dataclasses import dataclass, field
 import anyio
 
 from peerkit.apps import AppStream, Invitation
+from peerkit.discovery import DiscoveryProvider, MdnsDiscovery, MemoryDiscovery
+from peerkit.errors import PeerkitError, PeerUnreachable
 from peerkit.identity import Identity
-from peerkit.model import Application, InvitationResponse
+from peerkit.model import Application, InvitationResponse, Scope
 from peerkit.node import Node
+from peerkit.peers import Peer
 
 __all__ = ("CHAT", "GAME", "WHITEBOARD", "DemoReport", "DemoStep", "run_demo")
 
@@ -45,15 +49,43 @@ class DemoReport:
     #: The Noise protocol and handshake hash of the stream's own session.
     stream_protocol: str = ""
     stream_hash: bytes = b""
+    #: How the nodes found each other, and why that way.
+    discovery: str = ""
 
 
-async def run_demo(alice_identity: Identity, bob_identity: Identity, messages: int = 3) -> DemoReport:
-    """Run alice and bob as two nodes on 127.0.0.1 and have alice invite bob four ways, then chat."""
+async def run_demo(
+    alice_identity: Identity, bob_identity: Identity, messages: int = 3, *, mdns: bool = True
+) -> DemoReport:
+    """Run alice and bob as two nodes on 127.0.0.1: alice finds bob through discovery (mDNS on the
+    loopback interface, or in memory where multicast does not work there), invites him three ways,
+    then they chat over an encrypted stream."""
+    if mdns:
+        try:
+            return await _run(alice_identity, bob_identity, messages, "mdns")
+        except (PeerkitError, OSError) as exc:
+            reason = f"mDNS on 127.0.0.1 did not work here ({exc}); used in-memory discovery"
+            report = await _run(alice_identity, bob_identity, messages, "memory")
+            report.discovery = reason
+            return report
+    return await _run(alice_identity, bob_identity, messages, "memory")
+
+
+async def _run(alice_identity: Identity, bob_identity: Identity, messages: int, how: str) -> DemoReport:
     report = DemoReport()
+
+    def provider() -> DiscoveryProvider:
+        return MdnsDiscovery(interfaces=["127.0.0.1"], ip_version="v4") if how == "mdns" else hub
+
+    hub = MemoryDiscovery()
     async with (
-        Node(nickname="alice", identity=alice_identity, listen=("127.0.0.1", 0)) as alice,
-        Node(nickname="bob", identity=bob_identity, listen=("127.0.0.1", 0)) as bob,
+        Node(
+            nickname="alice", identity=alice_identity, listen=("127.0.0.1", 0), discovery=[provider()]
+        ) as alice,
+        Node(nickname="bob", identity=bob_identity, listen=("127.0.0.1", 0), discovery=[provider()]) as bob,
     ):
+        report.discovery = (
+            "mDNS (multicast DNS on the loopback interface)" if how == "mdns" else "in-memory discovery"
+        )
         bob.endpoint_name = "bob's laptop"
         report.alice = f"{alice.id.fingerprint} at {alice.endpoint}"
         report.bob = f"{bob.id.fingerprint} at {bob.endpoint}"
@@ -86,9 +118,19 @@ async def run_demo(alice_identity: Identity, bob_identity: Identity, messages: i
                 await stream.send(f"bob got {text!r}".encode())
 
         start = anyio.current_time()
-        peer = await alice.peer_at(bob.endpoint.host, bob.endpoint.port)
+        await bob.sign_in(Scope.NEAR_ME)
+        await alice.sign_in(Scope.NEAR_ME)
+        try:
+            peer: Peer = await alice.find_nearby(peer_id=bob.id, timeout=5)
+        except PeerUnreachable:
+            if how == "mdns":
+                raise
+            # Never expected in memory; kept so that the demo still shows the rest.
+            peer = await alice.peer_at(bob.endpoint.host, bob.endpoint.port)
         await step(
-            "alice dials bob (Noise XX, learns his id)", f"{peer.nickname} {peer.id.fingerprint}", start
+            f"alice finds bob near her ({'mDNS' if how == 'mdns' else 'in memory'}; his signed record)",
+            f"{peer.nickname} {peer.id.fingerprint} at {peer.endpoints[0]}",
+            start,
         )
         for app, message, timeout, why in (
             (CHAT, "chat with me?", 10.0, "bob's handler accepts"),

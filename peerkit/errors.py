@@ -8,6 +8,7 @@ plain misuse of an argument, it inherits the matching builtin too, so ``except V
     │   └── HandshakeError       the Noise handshake failed or was misused (wrong order, bad key, ...)
     ├── PeerUnreachable          no connection could be made to a peer, or it went away
     ├── IdentityError            a key file is missing, corrupt or readable by others
+    ├── DiscoveryError           a discovery provider could not start (no multicast, port in use, ...)
     ├── InvalidRecord            a signed record or card failed verification (also ``ValueError``)
     │   └── StaleRecord          a record's ``seq`` is not newer than one already accepted
     ├── LimitExceeded            a value is over one of the limits of REFERENCE.md R2 (also ``ValueError``)
@@ -22,6 +23,7 @@ State errors of streams (closed, broken, end of stream) are anyio's own
 from __future__ import annotations
 
 __all__ = (
+    "DiscoveryError",
     "HandshakeError",
     "IdentityError",
     "InvalidRecord",
@@ -54,6 +56,10 @@ class PeerUnreachable(PeerkitError):
 
 class IdentityError(PeerkitError):
     """An identity key file is missing, corrupt, or readable by other users."""
+
+
+class DiscoveryError(PeerkitError):
+    """A discovery provider could not start (the cause is chained)."""
 
 
 class InvalidRecord(PeerkitError, ValueError):

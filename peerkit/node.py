@@ -38,6 +38,7 @@ from peerkit.discovery.base import (
 )
 from peerkit.discovery.registry import create_provider
 from peerkit.errors import (
+    DiscoveryError,
     InvalidRecord,
     LimitExceeded,
     NotAllowed,
@@ -238,12 +239,24 @@ class Node:
             self._tg = await stack.enter_async_context(anyio.create_task_group())
             await self._tg.start(self._listener.serve, self._on_channel)
             self._directory = Directory(self.id, self._on_nearby_change, fetch_record=self._fetch_record)
+            failure: DiscoveryError | None = None
             for provider in self._providers:
-                session = await self._tg.start(self._run_provider, provider)
+                try:
+                    session = await self._tg.start(self._run_provider, provider)
+                except Exception as exc:
+                    failure = DiscoveryError(f"discovery provider {provider.name} could not start: {exc}")
+                    failure.__cause__ = exc
+                    break
                 self._sessions.append((provider, session))
-            self._tg.start_soon(self._publisher)
-            self._running = True
-            self._stack = stack.pop_all()
+            if failure is None:
+                self._tg.start_soon(self._publisher)
+                self._running = True
+                self._stack = stack.pop_all()
+            else:  # stop what started, then fail (outside the task group: not wrapped in a group)
+                self._sessions.clear()
+                self._tg.cancel_scope.cancel()
+        if failure is not None:
+            raise failure
         return self
 
     async def __aexit__(

@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import anyio
 import pytest
 from conftest import WAITING_PEER
 
@@ -70,7 +71,8 @@ def test_demo_shows_the_invitation_and_communication_steps() -> None:
     result = run("demo", "--messages", "2")
     assert result.returncode == 0, result.stderr
     out = result.stdout
-    assert "Noise XX" in out
+    assert "discovery: mDNS" in out or "used in-memory discovery" in out
+    assert "alice finds bob near her" in out
     for outcome in ("registered", "ACCEPTED", "DECLINED", "EXPIRED"):
         assert outcome in out
     assert "Whiteboard" in out
@@ -94,7 +96,9 @@ CHAT = "0b0e5c1a-7c3d-4f2e-9a61-5d3c0c4a1001"
 
 def start_server(tmp_path: Path, *args: str) -> tuple[subprocess.Popen[str], dict[str, object]]:
     server = subprocess.Popen(
-        [sys.executable, "-c", "from peerkit.cli import main; main()", "serve", "--json", *args],
+        [sys.executable, "-c", "from peerkit.cli import main; main()", "serve", "--json", *args]
+        # never announce on the host's own network from a test
+        + ([] if "--discovery" in args else ["--discovery", "memory"]),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -184,3 +188,52 @@ def test_ctrl_c_withdraws_an_invitation_and_exits_zero(tmp_path: Path) -> None:
     finally:
         peer.kill()
         peer.communicate()
+
+
+@pytest.mark.network
+def test_near_once_finds_a_static_peer(tmp_path: Path) -> None:
+    server, info = start_server(tmp_path, "--listen", "127.0.0.1:0", "--nickname", "srv")
+    try:
+        assert info["scope"] == "NEAR_ME"
+        assert info["discovery"] == ["memory"]
+        where = f"static:127.0.0.1:{info['port']}#{info['id']}"
+        found = run("near", "--once", "--wait", "1", "--json", "--discovery", where)
+        assert found.returncode == 0, found.stderr
+        rows = json.loads(found.stdout)
+        assert [(r["nickname"], r["id"], r["endpoint"]) for r in rows] == [
+            ("srv", info["id"], f"127.0.0.1:{info['port']}")
+        ]
+        table = run("near", "--once", "--wait", "1", "--discovery", where)
+        assert table.returncode == 0, table.stderr
+        assert "people near me: 1" in table.stdout
+        assert "srv" in table.stdout
+    finally:
+        stop(server)
+    assert server.returncode == 0
+
+
+def test_bad_discovery_names_are_clear_errors() -> None:
+    def said(result: subprocess.CompletedProcess[str]) -> str:
+        return " ".join(result.stderr.replace("│", " ").split())
+
+    result = run("near", "--once", "--discovery", "carrier-pigeon")
+    assert result.returncode == 2
+    assert "no discovery provider named 'carrier-pigeon'; known: mdns, memory, static" in said(result)
+    result = run("serve", "--discovery", "static:nowhere")
+    assert result.returncode == 2
+    assert "static entry 'nowhere' is not host:port[#peer-id]" in said(result)
+
+
+def test_demo_falls_back_to_memory_discovery(monkeypatch: pytest.MonkeyPatch) -> None:
+    from peerkit.demo import run_demo
+    from peerkit.discovery import MdnsDiscovery
+
+    async def no_multicast(self: MdnsDiscovery, sink: object, *, task_status: object) -> None:
+        raise OSError("multicast is not available")
+
+    monkeypatch.setattr(MdnsDiscovery, "run", no_multicast)
+    report = anyio.run(run_demo, peerkit.Identity.generate(), peerkit.Identity.generate(), 1)
+    assert report.discovery.startswith("mDNS on 127.0.0.1 did not work here")
+    assert "multicast is not available" in report.discovery
+    assert "in memory" in report.steps[1].title
+    assert [s.outcome for s in report.steps[2:5]] == ["ACCEPTED", "DECLINED", "EXPIRED"]

@@ -303,3 +303,65 @@ async def test_directory_believes_only_fresh_signed_records(alice: Identity, bob
     directory.lost(bob.id, source="t")
     assert directory.get(bob.id) is None
     assert changes == [(ChangeType.ADDED, "bob"), (ChangeType.DELETED, "bob")]
+
+
+class Failing:
+    """A provider that fails before it starts, or after."""
+
+    scopes = Scope.NEAR_ME
+
+    def __init__(self, *, late: bool) -> None:
+        self.late = late
+        self.name = "failing"
+
+    async def run(self, sink: Any, *, task_status: Any) -> None:
+        if not self.late:
+            raise OSError("no such interface")
+        hub = MemoryDiscovery()
+        task_status.started(await _session_of(hub, sink))
+        await anyio.sleep(0.1)
+        raise RuntimeError("the provider broke")
+
+
+async def _session_of(hub: MemoryDiscovery, sink: Any) -> Any:
+    class Session:
+        async def publish(self, announcement: Any) -> None:
+            pass
+
+        async def withdraw(self) -> None:
+            pass
+
+        async def resolve(self, peer_id: Any) -> list[bytes]:
+            return []
+
+    sink.found(
+        make_record(Identity.generate(), 1, nickname="ghost", endpoint_name="", endpoints=[("10.0.0.9", 1)]),
+        source="failing",
+    )
+    await anyio.lowlevel.checkpoint()
+    return Session()
+
+
+async def test_a_provider_that_cannot_start_fails_the_node_clearly() -> None:
+    from peerkit import DiscoveryError
+
+    node = Node(
+        identity=Identity.generate(),
+        network=MemoryNetwork(),
+        listen=("10.0.0.1", 0),
+        discovery=[Failing(late=False)],
+    )
+    with pytest.raises(DiscoveryError, match="failing could not start: no such interface") as caught:
+        await node.__aenter__()
+    assert isinstance(caught.value.__cause__, OSError)
+    assert not node.running
+
+
+async def test_a_provider_that_breaks_later_is_logged_and_forgotten(caplog: pytest.LogCaptureFixture) -> None:
+    async with node("alice", "10.0.0.1", MemoryNetwork(), discovery=[Failing(late=True)]) as alice:
+        await alice.sign_in(Scope.NEAR_ME)
+        assert [p.nickname for p in alice.nearby()] == ["ghost"]
+        await anyio.sleep(0.2)
+        assert alice.nearby() == []  # what it reported is forgotten
+        assert alice.running
+    assert "discovery provider failing failed" in caplog.text
