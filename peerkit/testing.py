@@ -434,6 +434,13 @@ class NamespaceLan:
             return "making network namespaces needs root"
         return None
 
+    def ip(self, namespace: str, *args: str) -> None:
+        """Run ``ip ARGS`` inside ``namespace`` (add an address, take a link down, ...).
+
+        :raises RuntimeError: when it fails, with ip's message.
+        """
+        self._ip(*args, namespace=namespace)
+
     def _ip(self, *args: str, namespace: str | None = None) -> None:
         import subprocess
 

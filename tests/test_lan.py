@@ -254,3 +254,72 @@ async def test_mdns_provider_conforms_in_a_namespace(lan: NamespaceLan) -> None:
     done = await anyio.run_process(["ip", "netns", "exec", ns, sys.executable, "-c", script], check=False)
     assert done.returncode == 0, done.stderr.decode()[-3000:]
     assert done.stdout.strip() == b"conforms"
+
+
+async def test_address_changes_are_followed(lan: NamespaceLan) -> None:
+    bridge = lan.bridge()
+    (ns_a, _), (ns_b, _) = lan.host(bridge), lan.host(bridge)
+    async with agents() as start:
+        await start(ns_a, *node_args("alice"))
+        bob = await start(ns_b, *node_args("bob"))
+        alice_id = (await bob.expect(change("ADDED", nickname="alice")))["id"]
+        lan.ip(ns_a, "addr", "add", "10.231.1.200/24", "dev", "eth0")
+        seen = await bob.expect(
+            lambda line: (
+                line.get("change") == "UPDATED"
+                and line.get("id") == alice_id
+                and any(e.startswith("10.231.1.200:") for e in line["endpoints"])
+            ),
+            timeout=10,
+        )
+        assert seen["nickname"] == "alice"
+        lan.ip(ns_a, "addr", "del", "10.231.1.200/24", "dev", "eth0")
+        await bob.expect(
+            lambda line: (
+                line.get("change") == "UPDATED"
+                and line.get("id") == alice_id
+                and not any(e.startswith("10.231.1.200:") for e in line["endpoints"])
+            ),
+            timeout=10,
+        )
+
+
+async def test_serve_and_near_across_namespaces(lan: NamespaceLan, tmp_path: Path) -> None:
+    bridge = lan.bridge()
+    (ns_a, (addr_a,)), (ns_b, _) = lan.host(bridge), lan.host(bridge)
+    cli = [sys.executable, "-c", "from peerkit.cli import main; main()"]
+    server = await anyio.open_process(
+        [
+            "ip",
+            "netns",
+            "exec",
+            ns_a,
+            *cli,
+            "serve",
+            "--json",
+            "--nickname",
+            "srv",
+            "--data-dir",
+            str(tmp_path),
+        ],
+        stdin=subprocess.DEVNULL,
+    )
+    try:
+        assert server.stdout is not None
+        with anyio.fail_after(30):
+            first = json.loads((await server.stdout.receive()).split(b"\n")[0])
+        assert first["discovery"] == ["mdns"]
+        assert first["scope"] == "NEAR_ME"
+        near = await anyio.run_process(
+            ["ip", "netns", "exec", ns_b, *cli, "near", "--once", "--wait", "3", "--json"], check=False
+        )
+        assert near.returncode == 0, near.stderr.decode()
+        rows = json.loads(near.stdout)
+        assert [(r["nickname"], r["id"]) for r in rows] == [("srv", first["id"])]
+        assert rows[0]["endpoint"] == f"{addr_a}:{first['port']}"
+    finally:
+        server.send_signal(signal.SIGTERM)
+        with anyio.fail_after(20):
+            await server.wait()
+        await server.aclose()
+    assert server.returncode == 0

@@ -39,7 +39,7 @@ from zeroconf.asyncio import AsyncServiceBrowser, AsyncServiceInfo, AsyncZerocon
 from peerkit.discovery.base import Announcement, DiscoverySession, DiscoverySink
 from peerkit.errors import ProtocolError
 from peerkit.identity import PeerId
-from peerkit.model import EndPoint, Scope
+from peerkit.model import Scope
 from peerkit.proto import messages
 from peerkit.proto.records import MAX_ENVELOPE
 
@@ -331,13 +331,10 @@ class _Session:
             self.malformed += 1
             return
         peer_id, envelope = carried
-        heard = []
-        for address in info.parsed_scoped_addresses():
-            ip = ipaddress.ip_address(address.split("%")[0])
-            if not (ip.version == 6 and ip.is_link_local):
-                heard.append(EndPoint(address, info.port))
         previous = self.names.get(name)
-        record = self.sink.found(envelope, source="mdns", endpoints=heard)
+        # The A/AAAA records are not signed and say nothing the record does not: only the record's
+        # addresses are used (so that a removed address goes with the record that drops it).
+        record = self.sink.found(envelope, source="mdns")
         if record is None:
             return
         self.names[name] = peer_id
