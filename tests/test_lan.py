@@ -141,7 +141,7 @@ async def test_discovery_invitation_update_sign_out_and_kill(lan: NamespaceLan) 
         await bob.send(cmd="signin")
         await alice.expect(change("ADDED", id=bob_id))
         # killed: no goodbye, gone within the TTL (plus the time a check takes)
-        await anyio.sleep(0.5)
+        await anyio.sleep(1.5)  # heard in its first probe: let it finish probing and announce
         bob.process.send_signal(signal.SIGKILL)
         killed_at = anyio.current_time()
         await alice.expect(change("DELETED", id=bob_id), timeout=TTL + 3)

@@ -4,6 +4,17 @@ The node's signed record travels in the TXT record of a ``_peerkit._tcp.local.``
 named ``<nickname>-<first 8 id characters>``: ``v=1``, ``id=<base32 id>``, and the envelope in
 base64url over ``r0``, ``r1``, ... The SRV record gives the port, A/AAAA records the addresses.
 
+A node probes for its instance name before it announces it, as RFC 6762 section 8.1 says: after a
+random 0-250 ms, three queries 250 ms apart for the name (type ANY, unicast response requested),
+each carrying the proposed SRV, TXT and address records in its authority section, then 250 ms more
+to hear a conflict. (zeroconf's own probing asks for the service type with 500 ms between probes
+and carries only the PTR record; peerkit probes itself and then registers without it.)
+
+The probes carry the signed record in their TXT. Records in a probe are not cached as DNS answers
+(the RFC forbids it), but peerkit does not need DNS to vouch for a record that carries its own
+signature: a verified record heard in a probe is reported at once, and the instance is then
+followed like any other (it is lost if it does not announce within a few seconds).
+
 Liveness follows RFC 6762 section 5.2: while a peer is known, its SRV/TXT records are queried again
 at 75%, 85% and 95% of their TTL; a peer whose records expire, or that says goodbye, is lost. (A
 goodbye or expiry of the PTR record alone is not enough: zeroconf holds PTR records for at least
@@ -12,10 +23,12 @@ goodbye or expiry of the PTR record alone is not enough: zeroconf holds PTR reco
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
 import ipaddress
 import logging
+import random
 import re
 from collections.abc import Sequence
 from typing import Any, Final
@@ -32,7 +45,8 @@ from zeroconf import (
     Zeroconf,
     current_time_millis,
 )
-from zeroconf._dns import DNSQuestion
+from zeroconf._dns import DNSQuestion, DNSText
+from zeroconf._protocol.incoming import DNSIncoming
 from zeroconf._protocol.outgoing import DNSOutgoing
 from zeroconf.asyncio import AsyncServiceBrowser, AsyncServiceInfo, AsyncZeroconf
 
@@ -50,7 +64,14 @@ log = logging.getLogger(__name__)
 SERVICE_TYPE: Final = "_peerkit._tcp.local."
 _TYPE_SRV: Final = 33
 _TYPE_TXT: Final = 16
+_TYPE_ANY: Final = 255
 _CLASS_IN: Final = 1
+#: In a question: a unicast response is requested ("QU", RFC 6762 section 5.4).
+_CLASS_QU: Final = 0x8000
+#: Probing (RFC 6762 section 8.1): the random delay before the first probe, the interval, the count.
+_PROBE_DELAY: Final = 0.25
+_PROBE_INTERVAL: Final = 0.25
+_PROBES: Final = 3
 _FLAGS_QUERY: Final = 0
 #: Characters of the envelope's base64url text per TXT string (``rN=`` + this fits in 255 bytes).
 _CHUNK: Final = 240
@@ -58,6 +79,50 @@ _IP_VERSIONS: Final = {"all": IPVersion.All, "v4": IPVersion.V4Only, "v6": IPVer
 #: Lookups of newly heard instances that may run at once, and that may wait.
 _LOOKUPS: Final = 16
 _PENDING: Final = 4096
+#: Seconds an instance heard only in a probe may go without announcing before it is lost.
+_PROBE_GRACE: Final = 3.0
+
+
+def _txt_properties(text: bytes) -> dict[bytes, bytes | None]:
+    # RFC 6763 section 6: length-prefixed "key=value" strings; the first of a key wins.
+    properties: dict[bytes, bytes | None] = {}
+    at = 0
+    while at < len(text):
+        length = text[at]
+        item = text[at + 1 : at + 1 + length]
+        at += 1 + length
+        key, sep, value = item.partition(b"=")
+        if key and key.lower() not in properties:
+            properties[key.lower()] = value if sep else None
+    return properties
+
+
+class _ProbeTap(asyncio.DatagramProtocol):
+    # Sits in front of a zeroconf listener: sees each datagram first, then hands it on unchanged.
+    def __init__(self, inner: Any, on_probe: Any) -> None:
+        self.inner = inner
+        self.on_probe = on_probe
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        # A query (QR clear) with authority records is a probe (RFC 6762 section 8.2).
+        if len(data) > 12 and not data[2] & 0x80 and (data[8] or data[9]):
+            try:
+                self.on_probe(data)
+            except Exception as exc:  # nothing a stranger sends may stop zeroconf's own handling
+                log.debug("ignoring a probe: %r", exc)
+        self.inner.datagram_received(data, addr)
+
+    def error_received(self, exc: Exception) -> None:
+        self.inner.error_received(exc)
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.inner.connection_made(transport)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.inner.connection_lost(exc)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
 
 
 def txt_for(announcement: Announcement) -> dict[str, str]:
@@ -162,6 +227,8 @@ class MdnsDiscovery:
             ip_version=_IP_VERSIONS[self.ip_version],
         )
         session = _Session(self, azc, sink)
+        await azc.zeroconf.async_wait_for_start()
+        session.tap()
         try:
             async with anyio.create_task_group() as tg:
                 session.tg = tg
@@ -200,6 +267,7 @@ class _Session:
         self.names: dict[str, PeerId] = {}  # instance name -> the id it carries
         self.asked: dict[str, float] = {}  # instance name -> when its records were last queried
         self.pending: dict[str, None] = {}
+        self.provisional: dict[str, float] = {}  # instance heard in a probe -> announce deadline (ms)
         self.wake_lookups = anyio.Event()
         # Publication: what is wanted, and what is registered.
         self.wanted: Announcement | None = None
@@ -262,7 +330,8 @@ class _Session:
             self.registered = moved
             await self.azc.async_update_service(moved)
         try:
-            await self.azc.async_register_service(info, ttl=None)
+            await self._probe(info)
+            await self.azc.async_register_service(info, cooperating_responders=True)
         except NonUniqueNameException:
             log.warning("the mDNS name %s is taken on this network; keeping %s", info.name, old and old.name)
             return
@@ -286,6 +355,27 @@ class _Session:
             host_ttl=self.provider.ttl,
             other_ttl=self.provider.ttl,
         )
+
+    async def _probe(self, info: ServiceInfo) -> None:
+        # RFC 6762 section 8.1; raises NonUniqueNameException when another host holds the name.
+        await anyio.sleep(random.uniform(0, _PROBE_DELAY))
+        records: list[Any] = [info.dns_service(), info.dns_text(), *info.dns_addresses()]
+        for _ in range(_PROBES):
+            self._check_unique(info)
+            out = DNSOutgoing(_FLAGS_QUERY)
+            out.add_question(DNSQuestion(info.name, _TYPE_ANY, _CLASS_IN | _CLASS_QU))
+            out.authorities.extend(records)  # add_authorative_answer() takes only PTR records
+            self.zc.async_send(out)
+            await anyio.sleep(_PROBE_INTERVAL)
+        self._check_unique(info)
+
+    def _check_unique(self, info: ServiceInfo) -> None:
+        # Another host answers for the name: an SRV record for it that is not ours.
+        now = current_time_millis()
+        for record in self.zc.cache.async_all_by_details(info.name, _TYPE_SRV, _CLASS_IN):
+            theirs = (getattr(record, "server", None), getattr(record, "port", None))
+            if not record.is_expired(now) and theirs != (info.server, info.port):
+                raise NonUniqueNameException(info.name)
 
     async def goodbye(self) -> None:
         registered, self.registered = self.registered, None
@@ -342,9 +432,36 @@ class _Session:
         if previous is not None and previous != peer_id:
             self._lost_id(previous, name)
 
+    def tap(self) -> None:
+        """Put a :class:`_ProbeTap` in front of every zeroconf socket (again after a rescan)."""
+        for reader in self.zc.engine.readers:
+            transport = reader.transport
+            protocol = transport.get_protocol()
+            if not isinstance(protocol, _ProbeTap):
+                transport.set_protocol(_ProbeTap(protocol, self.on_probe))
+
+    def on_probe(self, data: bytes) -> None:
+        message = DNSIncoming(data)
+        if not message.is_query():
+            return
+        for record in message.answers():  # the authority section comes with them
+            name = record.name
+            if not isinstance(record, DNSText) or not name.lower().endswith(SERVICE_TYPE.lower()):
+                continue
+            if name in self.names:
+                continue
+            carried = envelope_from_txt(_txt_properties(record.text))
+            if carried is None or _claimed_id(carried[1]) != bytes(carried[0]):
+                self.malformed += 1
+                continue
+            if self.sink.found(carried[1], source="mdns") is not None:
+                self.names[name] = carried[0]
+                self.provisional[name] = current_time_millis() + _PROBE_GRACE * 1000
+
     def _lost(self, name: str) -> None:
         peer_id = self.names.pop(name, None)
         self.asked.pop(name, None)
+        self.provisional.pop(name, None)
         if peer_id is not None:
             self._lost_id(peer_id, name)
 
@@ -375,8 +492,11 @@ class _Session:
                     if alive:
                         freshest.append(max(alive, key=lambda r: r.get_expiration_time(100)))
                 if len(freshest) < 2:
+                    if self.provisional.get(name, 0) > now:
+                        continue  # heard in a probe; its announcement is yet to come
                     self._lost(name)
                     continue
+                self.provisional.pop(name, None)
                 due = [r.get_expiration_time(share) for r in freshest for share in (75, 85, 95)]
                 asked = self.asked.get(name, 0.0)
                 if any(asked < point <= now for point in due):
@@ -403,3 +523,4 @@ class _Session:
                 seen = now
                 log.debug("network interfaces changed; rescanning")
                 await self.azc.async_update_interfaces()
+                self.tap()
