@@ -12,7 +12,15 @@ from rich.console import Console
 from rich.progress import Progress as Bar
 from rich.table import Table
 
-from benchmarks import bench_channel, bench_handshake, bench_invite, bench_stream, bench_transport
+from benchmarks import (
+    bench_channel,
+    bench_discovery,
+    bench_handshake,
+    bench_invite,
+    bench_records,
+    bench_stream,
+    bench_transport,
+)
 
 # Each benchmark has NAME, STEPS (progress steps of a full run) and run(progress, quick).
 BENCHMARKS: dict[str, Any] = {
@@ -24,6 +32,8 @@ BENCHMARKS: dict[str, Any] = {
         bench_invite.COLD,
         bench_invite.WARM,
         bench_stream,
+        bench_discovery,
+        bench_records,
     )
 }
 

@@ -51,7 +51,7 @@ class PeerId:
         if len(key) != 32:
             raise ValueError(f"peer id is {len(key)} bytes; an Ed25519 public key is 32 bytes")
         try:
-            self._x25519 = crypto.ed25519_pk_to_x25519(key)
+            self._x25519: bytes | None = crypto.ed25519_pk_to_x25519(key)
         except ValueError:
             raise ValueError("peer id is not a valid Ed25519 public key") from None
         self._key = key
@@ -74,6 +74,16 @@ class PeerId:
             raise ValueError(f"peer id {text!r} is not base32") from None
         return cls(key)
 
+    @classmethod
+    def _verified(cls, key: bytes) -> PeerId:
+        # The key of a signature that verified (libsodium checked the point then): the X25519
+        # conversion, which would check it again, is left until it is needed.
+        peer_id = cls.__new__(cls)
+        peer_id._key = bytes(key)
+        peer_id._x25519 = None
+        peer_id._text = base64.b32encode(peer_id._key).decode("ascii").rstrip("=").lower()
+        return peer_id
+
     @property
     def key(self) -> bytes:
         """The 32-byte Ed25519 public key (also ``bytes(peer_id)``)."""
@@ -85,6 +95,8 @@ class PeerId:
     @property
     def x25519(self) -> bytes:
         """The X25519 form of the key: the Noise static public key of this peer."""
+        if self._x25519 is None:
+            self._x25519 = crypto.ed25519_pk_to_x25519(self._key)
         return self._x25519
 
     @property

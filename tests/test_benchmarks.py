@@ -30,6 +30,8 @@ def test_every_benchmark_runs_and_writes_json(tmp_path: Path) -> None:
         "invite_cold",
         "invite_warm",
         "stream",
+        "discovery",
+        "records",
     }
     assert ("handshake", "noiseprotocol") in names
     for row in report["results"]:

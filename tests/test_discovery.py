@@ -122,7 +122,7 @@ async def test_txt_carries_a_record_in_pieces(alice: Identity) -> None:
     assert len(txt) > 4  # v, id, r0, r1, ...
     assert all(len(f"{k}={v}".encode()) <= 255 for k, v in txt.items())
     raw = {k.encode(): v.encode() for k, v in txt.items()}
-    assert envelope_from_txt(raw) == (alice.id, envelope)
+    assert envelope_from_txt(raw) == (bytes(alice.id), envelope)
     assert envelope_from_txt({**raw, b"v": b"2"}) is None
     assert envelope_from_txt({k: v for k, v in raw.items() if k != b"r0"}) is None
     assert envelope_from_txt({**raw, b"id": b"nonsense"}) is None

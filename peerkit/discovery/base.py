@@ -101,10 +101,16 @@ class DiscoverySink(Protocol):
         """The id of the node the provider serves (its own records are ignored)."""
 
     def found(
-        self, envelope: bytes, *, source: str, endpoints: Sequence[EndPoint] = ()
+        self,
+        envelope: bytes,
+        *,
+        source: str,
+        endpoints: Sequence[EndPoint] = (),
+        claimed_id: PeerId | bytes | None = None,
     ) -> NearbyRecord | None:
         """A record was heard (new or refreshed). Returns what the directory now believes of that
-        peer, or None when the record was not believed (it is then counted)."""
+        peer, or None when the record was not believed (it is then counted). ``claimed_id`` is the
+        id the medium said the record is of (an mDNS TXT ``id``): a record of another id is refused."""
 
     def lost(self, peer_id: PeerId, *, source: str) -> None:
         """``source`` no longer sees ``peer_id`` (goodbye, expiry, unreachable)."""
@@ -243,7 +249,12 @@ class Directory:
         return [entry.record for entry in self._entries.values()]
 
     def found(
-        self, envelope: bytes, *, source: str, endpoints: Sequence[EndPoint] = ()
+        self,
+        envelope: bytes,
+        *,
+        source: str,
+        endpoints: Sequence[EndPoint] = (),
+        claimed_id: PeerId | bytes | None = None,
     ) -> NearbyRecord | None:
         """See :meth:`DiscoverySink.found`."""
         try:
@@ -251,11 +262,10 @@ class Directory:
         except (InvalidRecord, TypeError):
             self.stats.invalid += 1
             return None
-        try:
-            peer_id = PeerId(record.id)
-        except ValueError:
-            self.stats.invalid += 1
+        if claimed_id is not None and bytes(claimed_id) != record.id:
+            self.stats.invalid += 1  # a record of one id offered as another's
             return None
+        peer_id = PeerId._verified(record.id)  # its signature just verified
         if peer_id == self._local_id:
             return None
         entry = self._entries.get(peer_id)

@@ -115,12 +115,13 @@ def open_record(envelope: bytes, *, domain: bytes = RECORD_DOMAIN) -> SignedReco
         raise InvalidRecord('signed record body has no unsigned "seq"')
     if not all(isinstance(k, str) for k in body):
         raise InvalidRecord("signed record body keys must be text")
-    if messages.encode_deterministic(body) != body_bytes:
-        raise InvalidRecord("signed record body is not in canonical CBOR (RFC 8949 core deterministic)")
+    # The signature first: a forgery is refused without the cost of re-encoding its body.
     try:
         nacl.signing.VerifyKey(key).verify(domain + body_bytes, signature)
     except (nacl.exceptions.BadSignatureError, nacl.exceptions.ValueError, nacl.exceptions.TypeError):
         raise InvalidRecord("signed record signature does not verify under the key it names") from None
+    if messages.encode_deterministic(body) != body_bytes:
+        raise InvalidRecord("signed record body is not in canonical CBOR (RFC 8949 core deterministic)")
     return SignedRecord(id=key, seq=seq, body=body, envelope=envelope)
 
 
