@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 EXAMPLES = Path(__file__).parent.parent / "examples"
 
 
@@ -37,7 +39,8 @@ def test_invite_and_chat() -> None:
     assert result.stdout.splitlines() == ["alice invites bob: chat?", "ACCEPTED", "bob heard: hello"]
 
 
-def test_the_readme_shows_the_example_as_it_is() -> None:
+@pytest.mark.parametrize("example", ["invite_and_chat.py", "people_near_me.py"])
+def test_the_readme_shows_the_examples_as_they_are(example: str) -> None:
     readme = (EXAMPLES.parent / "README.md").read_text()
-    code = (EXAMPLES / "invite_and_chat.py").read_text().split('"""\n\n', 1)[1]
+    code = (EXAMPLES / example).read_text().split('"""\n\n', 1)[1]
     assert code in readme

@@ -323,3 +323,12 @@ async def test_serve_and_near_across_namespaces(lan: NamespaceLan, tmp_path: Pat
             await server.wait()
         await server.aclose()
     assert server.returncode == 0
+
+
+async def test_the_people_near_me_example(lan: NamespaceLan) -> None:
+    # In a namespace of its own, so that its multicast stays there.
+    ns, _ = lan.host(lan.bridge())
+    example = Path(__file__).parent.parent / "examples" / "people_near_me.py"
+    done = await anyio.run_process(["ip", "netns", "exec", ns, sys.executable, str(example)], check=False)
+    assert done.returncode == 0, done.stderr.decode()[-2000:]
+    assert done.stdout.decode().splitlines() == ["ADDED bob", "ACCEPTED", "['bob']", "UPDATED bobby"]
