@@ -408,7 +408,8 @@ class NamespaceLan:
 
     Bridges live in a namespace of their own, so nothing touches the host's network. Each
     :meth:`host` is a namespace with one interface per bridge it joins, addressed
-    ``10.<base>.<bridge>.<host>/24`` (``base`` defaults to 231: private addresses the LAN owns).
+    ``10.<base>.<bridge>.<host>/24`` and ``fd00:<base>:<bridge>::<host>/64`` (``base`` defaults to
+    231: private addresses the LAN owns).
     Use it as a context manager: everything is removed at the end, also after a failure.
     """
 
@@ -433,6 +434,10 @@ class NamespaceLan:
         if os.geteuid() != 0:
             return "making network namespaces needs root"
         return None
+
+    def ipv6(self, host: int, bridge: int) -> str:
+        """The IPv6 address of the ``host``-th host (from 1) on ``bridge``."""
+        return f"fd00:{self._base}:{bridge}::{host}"
 
     def ip(self, namespace: str, *args: str) -> None:
         """Run ``ip ARGS`` inside ``namespace`` (add an address, take a link down, ...).
@@ -479,7 +484,8 @@ class NamespaceLan:
         return self._bridges
 
     def host(self, *bridges: int) -> tuple[str, list[str]]:
-        """Add a host plugged into ``bridges``; returns its namespace name and its addresses."""
+        """Add a host plugged into ``bridges``; returns its namespace name and its IPv4 addresses
+        (one per bridge; :meth:`ipv6` gives the IPv6 ones)."""
         self._hosts += 1
         name = self._namespace(f"{self._prefix}h{self._hosts}")
         addresses = []
@@ -490,6 +496,8 @@ class NamespaceLan:
             self._ip("link", "set", outside, "master", f"br{bridge}", "up", namespace=self._hub)
             address = f"10.{self._base}.{bridge}.{self._hosts}"
             self._ip("addr", "add", f"{address}/24", "dev", inside, namespace=name)
+            self._ip("addr", "add", f"fd00:{self._base}:{bridge}::{self._hosts}/64", "dev", inside, "nodad",
+                     namespace=name)  # fmt: skip
             self._ip("link", "set", inside, "multicast", "on", "up", namespace=name)
             addresses.append(address)
         # Multicast leaves through the first interface unless a socket chooses another.

@@ -36,11 +36,13 @@ def emit(**fields: Any) -> None:
 
 
 async def node_main(args: argparse.Namespace) -> None:
-    mdns = MdnsDiscovery(ttl=args.ttl, interfaces=args.interface or None, interface_check=1)
+    mdns = MdnsDiscovery(
+        ttl=args.ttl, interfaces=args.interface or None, interface_check=1, ip_version=args.ip_version
+    )
     async with peerkit.Node(
         nickname=args.nickname,
         identity=peerkit.Identity.generate(),
-        listen=("0.0.0.0", 0),
+        listen=(args.listen, 0),
         discovery=[mdns],
         address_check=1,
     ) as node:
@@ -128,6 +130,8 @@ def main() -> None:
     parser.add_argument("--ttl", type=float, default=2)
     parser.add_argument("--interface", action="append")
     parser.add_argument("--victim")
+    parser.add_argument("--listen", default="0.0.0.0")
+    parser.add_argument("--ip-version", default="all")
     parser.add_argument("--address", help="forge: the address to publish")
     args = parser.parse_args()
     anyio.run(node_main if args.mode == "node" else forge_main, args)

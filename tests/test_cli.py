@@ -237,3 +237,33 @@ def test_demo_falls_back_to_memory_discovery(monkeypatch: pytest.MonkeyPatch) ->
     assert "multicast is not available" in report.discovery
     assert "in memory" in report.steps[1].title
     assert [s.outcome for s in report.steps[2:5]] == ["ACCEPTED", "DECLINED", "EXPIRED"]
+
+
+@pytest.mark.network
+@pytest.mark.parametrize("as_json", [True, False], ids=["json", "table"])
+def test_near_follows_live_until_a_signal(tmp_path: Path, as_json: bool) -> None:
+    server, info = start_server(tmp_path, "--listen", "127.0.0.1:0", "--nickname", "srv")
+    try:
+        where = f"static:127.0.0.1:{info['port']}#{info['id']}"
+        near = subprocess.Popen(
+            [sys.executable, "-c", "from peerkit.cli import main; main()", "near", "--discovery", where]
+            + (["--json"] if as_json else []),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "COLUMNS": "200"},
+        )
+        assert near.stdout is not None
+        if as_json:
+            event = json.loads(near.stdout.readline())
+            assert (event["change"], event["nickname"], event["id"]) == ("ADDED", "srv", info["id"])
+        else:
+            time.sleep(3)  # the table is drawn when it starts and redrawn on changes
+        near.send_signal(signal.SIGINT)
+        out, err = near.communicate(timeout=20)
+        assert near.returncode == 0, err
+        if not as_json:
+            assert "srv" in out
+            assert "people near me: 1" in out
+    finally:
+        stop(server)

@@ -332,3 +332,17 @@ async def test_the_people_near_me_example(lan: NamespaceLan) -> None:
     done = await anyio.run_process(["ip", "netns", "exec", ns, sys.executable, str(example)], check=False)
     assert done.returncode == 0, done.stderr.decode()[-2000:]
     assert done.stdout.decode().splitlines() == ["ADDED bob", "ACCEPTED", "['bob']", "UPDATED bobby"]
+
+
+async def test_ipv6_only_discovery_and_invitation(lan: NamespaceLan) -> None:
+    bridge = lan.bridge()
+    (ns_a, _), (ns_b, _) = lan.host(bridge), lan.host(bridge)
+    v6_a = lan.ipv6(1, bridge)
+    only_v6 = ["--listen", "::", "--ip-version", "v6"]
+    async with agents() as start:
+        await start(ns_a, *node_args("alice", *only_v6))
+        bob = await start(ns_b, *node_args("bob", *only_v6))
+        seen = await bob.expect(change("ADDED", nickname="alice"))
+        assert f"[{v6_a}]" in {e.rsplit(":", 1)[0] for e in seen["endpoints"]}
+        await bob.send(cmd="invite", id=seen["id"])
+        assert (await bob.expect(lambda line: "invite" in line))["invite"] == "ACCEPTED"
