@@ -15,7 +15,7 @@ from peerkit.discovery import Directory, MemoryDiscovery, StaticDiscovery, make_
 from peerkit.identity import Identity
 from peerkit.peers import NearbyChanged, NearbyPeer
 from peerkit.testing import MemoryNetwork
-from tests.test_node import CHAT, accept_chat
+from tests.test_node import CHAT, accept_chat, nodes
 
 pytestmark = pytest.mark.asyncio
 
@@ -23,22 +23,9 @@ pytestmark = pytest.mark.asyncio
 @contextlib.asynccontextmanager
 async def near(count: int = 2, **options: Any) -> AsyncIterator[list[Node]]:
     """``count`` nodes on one in-memory network and discovery medium, all signed in to NEAR_ME."""
-    net, hub = MemoryNetwork(), MemoryDiscovery()
-    names = ["alice", "bob", "carol"]
-    async with contextlib.AsyncExitStack() as stack:
-        started = []
-        for i in range(count):
-            node = Node(
-                nickname=names[i],
-                identity=Identity.generate(),
-                network=net,
-                listen=(f"10.0.0.{i + 1}", 0),
-                discovery=[hub],
-                **options,
-            )
-            started.append(await stack.enter_async_context(node))
-        for node in started:
-            await node.sign_in(Scope.NEAR_ME)
+    async with nodes(count, discovery=[MemoryDiscovery()], **options) as started:
+        for each in started:
+            await each.sign_in(Scope.NEAR_ME)
         yield started
 
 
