@@ -418,10 +418,10 @@ class Node:
         self._scope &= ~scope
         await self._withdraw(leaving)
         if leaving & Scope.NEAR_ME:
+            # People near me are hidden and their watches end; the providers go on following them
+            # (what they know is not reported twice), so signing in again shows them at once.
             self._near_me = anyio.Event()
             self._end_watches()
-            assert self._directory is not None
-            self._directory.clear()
         await anyio.lowlevel.checkpoint()
 
     async def _withdraw(self, scope: Scope) -> None:

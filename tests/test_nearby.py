@@ -352,3 +352,16 @@ async def test_a_provider_that_breaks_later_is_logged_and_forgotten(caplog: pyte
         assert alice.nearby() == []  # what it reported is forgotten
         assert alice.running
     assert "discovery provider failing failed" in caplog.text
+
+
+async def test_signing_out_and_in_again_shows_the_same_people() -> None:
+    async with near(2) as (alice, bob):
+        assert [p.id for p in alice.nearby()] == [bob.id]
+        await alice.sign_out(Scope.NEAR_ME)
+        with pytest.raises(NotSignedIn):
+            alice.nearby()
+        await alice.sign_in(Scope.NEAR_ME)
+        assert [p.id for p in alice.nearby()] == [bob.id]  # the providers still see bob
+        async with alice.watch_nearby(initial=True) as watch:
+            event = await next_change(watch)
+            assert (event.change, event.peer.id) == (ChangeType.ADDED, bob.id)

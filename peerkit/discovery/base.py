@@ -321,10 +321,6 @@ class Directory:
         for peer_id in [p for p, e in self._entries.items() if source in e.sources]:
             self.lost(peer_id, source=source)
 
-    def clear(self) -> None:
-        """Forget every peer, without events (the node signed out)."""
-        self._entries.clear()
-
     async def fetch_record(self, host: str, port: int, peer_id: PeerId | None = None) -> bytes:
         """See :meth:`DiscoverySink.fetch_record`."""
         if self._fetch is None:
