@@ -325,17 +325,25 @@ async def check_discovery_provider(
     publish -> ADDED on the other side; a new record -> UPDATED; forged records (a bad signature,
     another id's record, garbage) are not believed; an older record (a replay) is not believed;
     withdraw -> DELETED; stopping the provider -> DELETED on the other side, and the stopped
-    provider leaves no task or thread behind.
+    providers leave no task, thread, socket or file behind.
 
     :param timeout: seconds each step may take.
     :param settle: seconds to wait before concluding that something was (rightly) not believed.
     """
     import asyncio
+    import os
     import threading
+
+    def open_files() -> int | None:  # sockets included; Linux only
+        try:
+            return len(os.listdir("/proc/self/fd"))
+        except OSError:
+            return None
 
     suite = _Suite(timeout, settle)
     tasks_before = len(asyncio.all_tasks())
     threads_before = threading.active_count()
+    files_before = open_files()
     a = _SuiteNode(suite, 0, factory([suite.endpoints[1]]))
     b = _SuiteNode(suite, 1, factory([suite.endpoints[0]]))
     a_id = a.identity.id
@@ -397,6 +405,9 @@ async def check_discovery_provider(
     await anyio.lowlevel.checkpoint()
     assert len(asyncio.all_tasks()) <= tasks_before, f"{a.provider.name}: tasks were left running"
     assert threading.active_count() <= threads_before, f"{a.provider.name}: threads were left running"
+    files_after = open_files()
+    if files_before is not None and files_after is not None:
+        assert files_after <= files_before, f"{a.provider.name}: sockets or files were left open"
 
 
 _lans = itertools.count(1)

@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from peerkit.discovery import Directory, make_record
-from peerkit.discovery.mdns import envelope_from_txt
+from peerkit.discovery.mdns import _txt_properties, envelope_from_txt
 from peerkit.identity import Identity
 
 LOCAL = Identity.generate()
@@ -65,3 +65,11 @@ def test_a_good_record_is_believed() -> None:
     directory = Directory(LOCAL.id)
     envelope = make_record(SIGNER, 1, nickname="s", endpoint_name="", endpoints=[("10.0.0.1", 1)])
     assert directory.found(envelope, source="fuzz") is not None
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=600))
+def test_any_txt_rdata_is_read(text: bytes) -> None:
+    properties = _txt_properties(text)
+    assert all(isinstance(k, bytes) and k for k in properties)
+    envelope_from_txt(properties)  # never raises

@@ -346,3 +346,18 @@ async def test_ipv6_only_discovery_and_invitation(lan: NamespaceLan) -> None:
         assert f"[{v6_a}]" in {e.rsplit(":", 1)[0] for e in seen["endpoints"]}
         await bob.send(cmd="invite", id=seen["id"])
         assert (await bob.expect(lambda line: "invite" in line))["invite"] == "ACCEPTED"
+
+
+async def test_chosen_interfaces_only(lan: NamespaceLan) -> None:
+    left, right = lan.bridge(), lan.bridge()
+    ns_a, (a_left, _) = lan.host(left, right)
+    ns_b, _ = lan.host(left)
+    ns_c, _ = lan.host(right)
+    async with agents() as start:
+        # alice listens everywhere but speaks mDNS on her left interface only
+        await start(ns_a, *node_args("alice", "--interface", a_left))
+        bob = await start(ns_b, *node_args("bob"))
+        carol = await start(ns_c, *node_args("carol"))
+        await bob.expect(change("ADDED", nickname="alice"))
+        await anyio.sleep(2)
+        assert not carol.seen(change("ADDED", nickname="alice"))
