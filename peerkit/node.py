@@ -84,6 +84,8 @@ SETTINGS_FILE: Final = "node.json"
 #: Control channels one peer may have open to a node at once (more are closed at once): one is the
 #: rule, a few more appear briefly after simultaneous dials or when one identity runs on several hosts.
 MAX_CHANNELS_PER_PEER: Final = 8
+#: Seconds a discovery provider may take to publish or withdraw before the node gives up on it.
+PROVIDER_TIMEOUT: Final = 5.0
 _RESPONSES: Final = {
     "accepted": InvitationResponse.ACCEPTED,
     "declined": InvitationResponse.DECLINED,
@@ -265,9 +267,9 @@ class Node:
         self._running = False
         for close in list(self._closers):
             close()  # async iterators of invitations and streams end
+        leaving, self._scope = self._scope, Scope.NONE
         with anyio.CancelScope(shield=True), anyio.move_on_after(2):
-            await self._withdraw(self._scope)  # goodbyes, sent before the providers stop
-        self._scope = Scope.NONE
+            await self._withdraw(leaving)  # goodbyes, sent before the providers stop
         self._end_watches()
         assert self._tg is not None
         assert self._stack is not None
@@ -428,7 +430,8 @@ class Node:
         for provider, session in self._sessions:
             if provider.scopes & scope and not provider.scopes & self._scope:
                 try:
-                    await session.withdraw()
+                    with anyio.fail_after(PROVIDER_TIMEOUT):
+                        await session.withdraw()
                 except Exception:
                     log.exception("discovery provider %s failed to withdraw", provider.name)
 
@@ -483,7 +486,8 @@ class Node:
         for provider, session in self._sessions:
             if provider.scopes & scope:
                 try:
-                    await session.publish(announcement)
+                    with anyio.fail_after(PROVIDER_TIMEOUT):
+                        await session.publish(announcement)
                 except Exception:
                     log.exception("discovery provider %s failed to publish", provider.name)
 

@@ -365,3 +365,38 @@ async def test_signing_out_and_in_again_shows_the_same_people() -> None:
         async with alice.watch_nearby(initial=True) as watch:
             event = await next_change(watch)
             assert (event.change, event.peer.id) == (ChangeType.ADDED, bob.id)
+
+
+class Stuck:
+    """A provider whose publish and withdraw never return."""
+
+    scopes = Scope.NEAR_ME
+    name = "stuck"
+
+    async def run(self, sink: Any, *, task_status: Any) -> None:
+        class Session:
+            async def publish(self, announcement: Any) -> None:
+                await anyio.sleep_forever()
+
+            async def withdraw(self) -> None:
+                await anyio.sleep_forever()
+
+            async def resolve(self, peer_id: Any) -> list[bytes]:
+                return []
+
+        task_status.started(Session())
+        await anyio.sleep_forever()
+
+
+async def test_a_stuck_provider_does_not_hang_sign_in_or_out(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr("peerkit.node.PROVIDER_TIMEOUT", 0.1)
+    async with node("alice", "10.0.0.1", MemoryNetwork(), discovery=[Stuck()]) as alice:
+        with anyio.fail_after(2):
+            await alice.sign_in(Scope.NEAR_ME)
+            await alice.sign_out(Scope.NEAR_ME)
+        assert "stuck failed to publish" in caplog.text
+        assert "stuck failed to withdraw" in caplog.text
+        await alice.sign_in(Scope.NEAR_ME)
+    # leaving the node while signed in does not hang either
