@@ -179,6 +179,7 @@ class Served:
     def __init__(self, data_dir: Path) -> None:
         command = [sys.executable, "-c", "from peerkit.cli import main; main()", "serve", "--json"]
         command += ["--listen", "127.0.0.1:0", "--accept", str(REGISTERED), "--data-dir", str(data_dir)]
+        command += ["--discovery", "memory"]  # signed in to NEAR_ME, announcing nothing on the network
         self.process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
         assert self.process.stdout is not None
         self.info = json.loads(self.process.stdout.readline())
@@ -232,6 +233,15 @@ async def test_a_foreign_peer_invites_a_peerkit_serve_process(protocol: str, ser
         assert over["t"] == "error"
         assert over["code"] == "limit"
         assert over["rid"] == 3
+        # The record request (docs/protocol.md 4.4): the signed record, checked with bare pynacl.
+        record = await request({"t": "record", "rid": 4})
+        assert (record["t"], record["rid"]) == ("record_reply", 4)
+        envelope = cbor2.loads(record["rec"])
+        body = envelope["body"]
+        nacl.signing.VerifyKey(server_id.key).verify(b"peerkit-record-v1\x00" + body, envelope["sig"])
+        content = cbor2.loads(body)
+        assert content["id"] == server_id.key
+        assert ["127.0.0.1", info["port"]] in content["addrs"]
     events = served.stop()
     assert served.process.returncode == 0
     assert [e["response"] for e in events if e["event"] == "invitation"] == ["declined", "accepted"]
