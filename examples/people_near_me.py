@@ -39,6 +39,8 @@ async def main() -> None:
         print([peer.nickname for peer in alice.nearby()])
         bob.nickname = "bobby"  # published at once: alice sees UPDATED
         await anyio.sleep(1)
+        await bob.sign_out(peerkit.Scope.NEAR_ME)  # a goodbye: alice sees DELETED
+        await anyio.sleep(1)
 
 
 anyio.run(main)

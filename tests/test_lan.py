@@ -331,7 +331,13 @@ async def test_the_people_near_me_example(lan: NamespaceLan) -> None:
     example = Path(__file__).parent.parent / "examples" / "people_near_me.py"
     done = await anyio.run_process(["ip", "netns", "exec", ns, sys.executable, str(example)], check=False)
     assert done.returncode == 0, done.stderr.decode()[-2000:]
-    assert done.stdout.decode().splitlines() == ["ADDED bob", "ACCEPTED", "['bob']", "UPDATED bobby"]
+    assert done.stdout.decode().splitlines() == [
+        "ADDED bob",
+        "ACCEPTED",
+        "['bob']",
+        "UPDATED bobby",
+        "DELETED bobby",
+    ]
 
 
 async def test_ipv6_only_discovery_and_invitation(lan: NamespaceLan) -> None:
