@@ -564,7 +564,8 @@ class Node:
     def add_nearby_handler(self, handler: NearbyHandler) -> Handle:
         """Call ``handler`` (a coroutine function) for every change of the people near me.
 
-        It may be added before sign-in; it sees changes while the node is signed in to NEAR_ME.
+        It may be added before sign-in; it sees changes while the node is signed in to NEAR_ME,
+        starting (at sign-in, or now if signed in) with an ADDED event for everyone near me.
         A handler that raises is logged and keeps receiving. Returns a :class:`Handle`.
 
         :raises NotRunning: when the node is not running.
@@ -577,7 +578,7 @@ class Node:
             with scope:
                 while True:
                     await self._near_me.wait()
-                    async with self.watch_nearby() as watch:
+                    async with self.watch_nearby(initial=True) as watch:
                         async for event in watch:
                             try:
                                 await handler(event)

@@ -400,3 +400,19 @@ async def test_a_stuck_provider_does_not_hang_sign_in_or_out(
         assert "stuck failed to withdraw" in caplog.text
         await alice.sign_in(Scope.NEAR_ME)
     # leaving the node while signed in does not hang either
+
+
+async def test_a_handler_added_later_sees_who_is_already_near() -> None:
+    async with near(2) as (alice, _):
+        seen: list[tuple[ChangeType, str]] = []
+        arrived = anyio.Event()
+
+        async def changed(event: NearbyChanged) -> None:
+            seen.append((event.change, event.peer.nickname))
+            arrived.set()
+
+        handle = alice.add_nearby_handler(changed)
+        with anyio.fail_after(2):
+            await arrived.wait()
+        assert seen == [(ChangeType.ADDED, "bob")]
+        handle.remove()
