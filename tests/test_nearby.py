@@ -416,3 +416,21 @@ async def test_a_handler_added_later_sees_who_is_already_near() -> None:
             await arrived.wait()
         assert seen == [(ChangeType.ADDED, "bob")]
         handle.remove()
+
+
+async def test_directory_endpoints_follow_their_sources(alice: Identity, bob: Identity) -> None:
+    from peerkit import EndPoint
+
+    changes: list[ChangeType] = []
+    directory = Directory(alice.id, lambda change, record: changes.append(change))
+    envelope = make_record(bob, 1, nickname="bob", endpoint_name="", endpoints=[("10.0.0.9", 7000)])
+    directory.found(envelope, source="mdns")
+    record = directory.found(envelope, source="static", endpoints=[EndPoint("192.0.2.7", 7100)])
+    assert record is not None
+    assert [str(e) for e in record.endpoints] == ["192.0.2.7:7100", "10.0.0.9:7000"]  # seen first
+    directory.lost(bob.id, source="static")
+    now = directory.get(bob.id)
+    assert now is not None
+    assert [str(e) for e in now.endpoints] == ["10.0.0.9:7000"]
+    assert now.sources == {"mdns"}
+    assert changes == [ChangeType.ADDED, ChangeType.UPDATED, ChangeType.UPDATED]

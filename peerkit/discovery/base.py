@@ -12,6 +12,7 @@ verifies every record's signature and freshness, so a provider never has to.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -199,7 +200,10 @@ class DirectoryStats:
 @dataclass(slots=True)
 class _Entry:
     record: NearbyRecord
+    #: Where each source saw the peer.
     sources: dict[str, tuple[EndPoint, ...]]
+    #: The endpoints the record signs.
+    signed: tuple[EndPoint, ...]
 
 
 class Directory:
@@ -284,20 +288,27 @@ class Directory:
         if last is None or record.seq > last:
             self._seqs.accept(record)
         self.stats.accepted += 1
-        heard = tuple(EndPoint(e.host, e.port, name) for e in endpoints)
+        sources = dict(entry.sources) if entry is not None else {}
+        sources[source] = tuple(EndPoint(e.host, e.port, name) for e in endpoints)
+        believed = NearbyRecord(
+            id=peer_id,
+            nickname=nickname,
+            endpoint_name=name,
+            endpoints=_endpoints(sources, signed),
+            seq=record.seq,
+            since=entry.record.since if entry is not None else time.time(),
+            sources=frozenset(sources),
+            envelope=envelope,
+        )
         if entry is None:
-            entry = self._entries[peer_id] = _Entry(record=None, sources={})  # type: ignore[arg-type]
-            change = ChangeType.ADDED
-            since = time.time()
+            self._entries[peer_id] = _Entry(believed, sources, signed)
+            self._on_change(ChangeType.ADDED, believed)
         else:
-            change = ChangeType.UPDATED
-            since = entry.record.since
-        previous = entry.record
-        entry.sources[source] = heard
-        entry.record = self._build(peer_id, record.seq, nickname, name, signed, since, entry, envelope)
-        if previous is None or _differs(previous, entry.record):
-            self._on_change(change, entry.record)
-        return entry.record
+            previous = entry.record
+            entry.record, entry.sources, entry.signed = believed, sources, signed
+            if _differs(previous, believed):
+                self._on_change(ChangeType.UPDATED, believed)
+        return believed
 
     def lost(self, peer_id: PeerId, *, source: str) -> None:
         """See :meth:`DiscoverySink.lost`."""
@@ -310,8 +321,8 @@ class Directory:
             self._on_change(ChangeType.DELETED, entry.record)
             return
         old = entry.record
-        entry.record = self._build(
-            peer_id, old.seq, old.nickname, old.endpoint_name, _signed(old), old.since, entry, old.envelope
+        entry.record = dataclasses.replace(
+            old, endpoints=_endpoints(entry.sources, entry.signed), sources=frozenset(entry.sources)
         )
         if _differs(old, entry.record):
             self._on_change(ChangeType.UPDATED, entry.record)
@@ -328,34 +339,12 @@ class Directory:
         result: bytes = await self._fetch(host, port, peer_id)
         return result
 
-    def _build(
-        self,
-        peer_id: PeerId,
-        seq: int,
-        nickname: str,
-        name: str,
-        signed: tuple[EndPoint, ...],
-        since: float,
-        entry: _Entry,
-        envelope: bytes,
-    ) -> NearbyRecord:
-        # Where a provider saw the peer first (it just worked), then what the peer signed.
-        heard = [EndPoint(e.host, e.port, name) for seen in entry.sources.values() for e in seen]
-        endpoints = tuple(dict.fromkeys([*heard, *signed]))
-        return NearbyRecord(
-            id=peer_id,
-            nickname=nickname,
-            endpoint_name=name,
-            endpoints=endpoints,
-            seq=seq,
-            since=since,
-            sources=frozenset(entry.sources),
-            envelope=envelope,
-        )
 
-
-def _signed(record: NearbyRecord) -> tuple[EndPoint, ...]:
-    return read_record(record.envelope)[3]
+def _endpoints(
+    sources: dict[str, tuple[EndPoint, ...]], signed: tuple[EndPoint, ...]
+) -> tuple[EndPoint, ...]:
+    # Where a provider saw the peer first (it just worked there), then what the peer signed.
+    return tuple(dict.fromkeys([*(e for seen in sources.values() for e in seen), *signed]))
 
 
 def _differs(old: NearbyRecord, new: NearbyRecord) -> bool:
