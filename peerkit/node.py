@@ -212,6 +212,7 @@ class Node:
         self._watches: set[NearbyWatch] = set()
         self._seq = 0
         self._record: bytes | None = None
+        self._signed_as: tuple[str, str, tuple[str, ...]] | None = None  # what _record says
         self._republish = anyio.Event()
         self._near_me = anyio.Event()  # set while signed in to NEAR_ME
 
@@ -467,9 +468,9 @@ class Node:
         assert self._endpoint is not None
         return local_addresses(self._listen[0], fallback=self._endpoint.host)
 
-    def _sign_record(self) -> Announcement:
+    def _sign_record(self, hosts: tuple[str, ...] | None = None) -> Announcement:
         assert self._endpoint is not None
-        hosts = self._hosts()
+        hosts = hosts if hosts is not None else self._hosts()
         port = self._endpoint.port
         envelope = make_record(
             self.identity,
@@ -479,10 +480,11 @@ class Node:
             endpoints=[(host, port) for host in hosts],
         )
         self._record = envelope
+        self._signed_as = (self._nickname, self._endpoint_name, hosts)
         return Announcement(id=self.id, nickname=self._nickname, port=port, hosts=hosts, envelope=envelope)
 
-    async def _publish(self, scope: Scope) -> None:
-        announcement = self._sign_record()
+    async def _publish(self, scope: Scope, hosts: tuple[str, ...] | None = None) -> None:
+        announcement = self._sign_record(hosts)
         for provider, session in self._sessions:
             if provider.scopes & scope:
                 try:
@@ -493,20 +495,13 @@ class Node:
 
     async def _publisher(self) -> None:
         # Publishes again what changed (nickname, endpoint name, this host's addresses).
-        hosts = self._hosts()
         while True:
             with anyio.move_on_after(self._address_check):
                 await self._republish.wait()
             self._republish = anyio.Event()
-            now = self._hosts()
-            if self._scope and (self._record is None or now != hosts or self._record_stale()):
-                await self._publish(self._scope)
-            hosts = now
-
-    def _record_stale(self) -> bool:
-        assert self._record is not None
-        _, nickname, name, _ = read_record(self._record)
-        return (nickname, name) != (self._nickname, self._endpoint_name)
+            hosts = self._hosts()
+            if self._scope and self._signed_as != (self._nickname, self._endpoint_name, hosts):
+                await self._publish(self._scope, hosts)
 
     def _on_nearby_change(self, change: ChangeType, record: NearbyRecord) -> None:
         if not self._scope & Scope.NEAR_ME:
