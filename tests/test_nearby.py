@@ -33,6 +33,14 @@ def node(nickname: str, host: str, net: MemoryNetwork, port: int = 0, **options:
     return Node(nickname=nickname, identity=Identity.generate(), network=net, listen=(host, port), **options)
 
 
+@contextlib.asynccontextmanager
+async def joining(near_node: Node, nickname: str, host: str) -> AsyncIterator[Node]:
+    """A node on ``near_node``'s discovery medium (its own in-memory network), signed in to NEAR_ME."""
+    async with node(nickname, host, MemoryNetwork(), discovery=[near_node._providers[0]]) as joined:
+        await joined.sign_in(Scope.NEAR_ME)
+        yield joined
+
+
 async def next_change(watch: Any, timeout: float = 2) -> NearbyChanged:
     with anyio.fail_after(timeout):
         event: NearbyChanged = await watch.__anext__()
@@ -136,13 +144,7 @@ async def test_handler_sees_changes_and_survives_errors() -> None:
             if len(seen) == 1:
                 raise RuntimeError("a handler bug")
 
-        async with node(
-            "bob",
-            "10.0.0.2",
-            MemoryNetwork(),
-            discovery=[alice._providers[0]],
-        ) as bob:
-            await bob.sign_in(Scope.NEAR_ME)
+        async with joining(alice, "bob", "10.0.0.2") as bob:
             await anyio.sleep(0.05)
             bob.nickname = "bobby"
             await anyio.sleep(0.05)
@@ -174,13 +176,7 @@ async def test_find_nearby_waits_for_a_peer_that_comes() -> None:
 
         async def come_later() -> None:
             await anyio.sleep(0.1)
-            async with node(
-                "bob",
-                "10.0.0.2",
-                MemoryNetwork(),
-                discovery=[alice._providers[0]],
-            ) as bob:
-                await bob.sign_in(Scope.NEAR_ME)
+            async with joining(alice, "bob", "10.0.0.2"):
                 await anyio.sleep(0.5)
 
         tg.start_soon(come_later)
