@@ -5,6 +5,8 @@ authenticated channels, with no server.
 """
 
 from peerkit.apps import AppStream, Handle, Invitation, InvitationAnswered, InvitationPolicy, Subscription
+from peerkit.bus import EventWatch
+from peerkit.contacts import Contact, ContactManager
 from peerkit.discovery import (
     DiscoveryProvider,
     MdnsDiscovery,
@@ -14,6 +16,7 @@ from peerkit.discovery import (
     register_provider,
 )
 from peerkit.errors import (
+    ContactExists,
     DiscoveryError,
     HandshakeError,
     IdentityError,
@@ -26,6 +29,16 @@ from peerkit.errors import (
     PeerUnreachable,
     ProtocolError,
     StaleRecord,
+    StoreError,
+    UnknownContact,
+)
+from peerkit.events import (
+    ApplicationChanged,
+    ContactChanged,
+    NameChanged,
+    ObjectChanged,
+    PresenceChanged,
+    SubscriptionListChanged,
 )
 from peerkit.identity import Identity, PeerId
 from peerkit.model import (
@@ -49,11 +62,17 @@ __version__ = "0.1.0"
 __all__ = (
     "AppStream",
     "Application",
+    "ApplicationChanged",
     "ChangeType",
     "ChannelListener",
+    "Contact",
+    "ContactChanged",
+    "ContactExists",
+    "ContactManager",
     "DiscoveryError",
     "DiscoveryProvider",
     "EndPoint",
+    "EventWatch",
     "Handle",
     "HandshakeError",
     "Identity",
@@ -67,6 +86,7 @@ __all__ = (
     "LimitExceeded",
     "MdnsDiscovery",
     "MemoryDiscovery",
+    "NameChanged",
     "NearbyChanged",
     "NearbyPeer",
     "NearbyWatch",
@@ -74,6 +94,7 @@ __all__ = (
     "NotAllowed",
     "NotRunning",
     "NotSignedIn",
+    "ObjectChanged",
     "Peer",
     "PeerId",
     "PeerInfo",
@@ -81,14 +102,18 @@ __all__ = (
     "PeerUnreachable",
     "PeerkitError",
     "Presence",
+    "PresenceChanged",
     "PresenceStatus",
     "ProtocolError",
     "Scope",
     "SecureChannel",
     "StaleRecord",
     "StaticDiscovery",
+    "StoreError",
     "SubscribePermission",
     "Subscription",
+    "SubscriptionListChanged",
+    "UnknownContact",
     "__version__",
     "connect",
     "listen",

@@ -25,6 +25,7 @@ from peerkit.proto import messages
 from peerkit.proto.connection import MAX_PLAINTEXT
 
 if TYPE_CHECKING:
+    from peerkit.contacts import Contact
     from peerkit.peers import Peer
 
 __all__ = ("AppStream", "Handle", "Invitation", "InvitationAnswered", "InvitationPolicy", "Subscription")
@@ -37,7 +38,7 @@ class InvitationPolicy(enum.Enum):
 
     #: Any peer that completes the handshake.
     ANYONE = "anyone"
-    #: Only trusted peers (:meth:`~peerkit.Node.trust`; the contact store in a later release).
+    #: Only contacts (``node.contacts``) and peers trusted with :meth:`~peerkit.Node.trust`.
     CONTACTS_ONLY = "contacts-only"
     #: Nobody: every invitation is declined without running a handler.
     NOBODY = "nobody"
@@ -76,8 +77,10 @@ class Invitation:
     message: str
     #: The inviter's data, at most 16,384 bytes.
     data: bytes
-    #: Whether the sender is trusted (a contact).
+    #: Whether the sender is trusted (a contact, or trusted with :meth:`~peerkit.Node.trust`).
     trusted: bool
+    #: The sender as a contact, when it is one.
+    contact: Contact | None = None
     #: When the inviter stops waiting, on :func:`anyio.current_time`'s clock.
     expires_at: float
     _answer: InvitationResponse | None = field(default=None, repr=False)

@@ -12,6 +12,9 @@ plain misuse of an argument, it inherits the matching builtin too, so ``except V
     ├── InvalidRecord            a signed record or card failed verification (also ``ValueError``)
     │   └── StaleRecord          a record's ``seq`` is not newer than one already accepted
     ├── LimitExceeded            a value is over one of the limits of REFERENCE.md R2 (also ``ValueError``)
+    ├── ContactExists            adding a contact that is already in the store (also ``ValueError``)
+    ├── UnknownContact           no contact with that id is in the store (also ``LookupError``)
+    ├── StoreError               the contact database cannot be opened or used
     ├── NotSignedIn              the operation needs a sign-in first
     ├── NotRunning               the node is not running (use it inside ``async with``; also ``RuntimeError``)
     └── NotAllowed               the peer's policy or permissions refuse the operation
@@ -23,6 +26,7 @@ State errors of streams (closed, broken, end of stream) are anyio's own
 from __future__ import annotations
 
 __all__ = (
+    "ContactExists",
     "DiscoveryError",
     "HandshakeError",
     "IdentityError",
@@ -35,6 +39,8 @@ __all__ = (
     "PeerkitError",
     "ProtocolError",
     "StaleRecord",
+    "StoreError",
+    "UnknownContact",
 )
 
 
@@ -72,6 +78,21 @@ class StaleRecord(InvalidRecord):
 
 class LimitExceeded(PeerkitError, ValueError):
     """A value is larger than a limit of the protocol (REFERENCE.md R2)."""
+
+
+class ContactExists(PeerkitError, ValueError):
+    """A contact with that id is already in the store."""
+
+
+class UnknownContact(PeerkitError, LookupError):
+    """No contact with that id is in the store."""
+
+    def __str__(self) -> str:  # LookupError's KeyError-like quoting is not wanted
+        return str(self.args[0]) if self.args else ""
+
+
+class StoreError(PeerkitError):
+    """The contact database cannot be opened or used (corrupt, from a newer peerkit, disk full, ...)."""
 
 
 class NotSignedIn(PeerkitError):

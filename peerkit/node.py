@@ -9,6 +9,7 @@ task group: leaving ``async with node:`` stops all of it.
 from __future__ import annotations
 
 import contextlib
+import functools
 import ipaddress
 import json
 import logging
@@ -16,7 +17,7 @@ import math
 import os
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -26,6 +27,8 @@ import anyio
 import anyio.abc
 
 from peerkit.apps import AppStream, Handle, Invitation, InvitationAnswered, InvitationPolicy, Subscription
+from peerkit.bus import Bus, EventWatch
+from peerkit.contacts import CardContent, Contact, ContactManager, read_card
 from peerkit.discovery.base import (
     Announcement,
     Directory,
@@ -47,20 +50,34 @@ from peerkit.errors import (
     PeerkitError,
     PeerUnreachable,
     ProtocolError,
+    UnknownContact,
+)
+from peerkit.events import (
+    ApplicationChanged,
+    ContactChanged,
+    Event,
+    NameChanged,
+    ObjectChanged,
+    PresenceChanged,
+    SubscriptionListChanged,
 )
 from peerkit.identity import Identity, PeerId, default_data_dir
 from peerkit.model import (
     MAX_APPLICATIONS,
     MAX_DATA,
     MAX_INVITATION_WAIT,
+    MAX_OBJECTS,
     MAX_TEXT,
+    REQUEST_TIMEOUT,
     Application,
     ChangeType,
     EndPoint,
     InvitationResponse,
+    PeerObject,
     Presence,
     PresenceStatus,
     Scope,
+    SubscribePermission,
     check_data,
     check_text,
 )
@@ -68,8 +85,10 @@ from peerkit.net.channel import ChannelListener, SecureChannel
 from peerkit.net.control import ControlChannel, KeepalivePolicy
 from peerkit.net.transport import TcpTransport, Transport, local_addresses
 from peerkit.peers import NearbyChanged, NearbyPeer, NearbyWatch, Peer, wire_ttl
+from peerkit.presence import KINDS, OFFLINE, Outbox, Watched, read_app, read_object, read_presence
 from peerkit.proto.connection import HANDSHAKE_TIMEOUT
 from peerkit.proto.messages import USE_STREAM
+from peerkit.store import DATABASE_FILE, Store
 
 __all__ = ("InvitationHandler", "NearbyHandler", "Node", "StreamHandler")
 
@@ -78,6 +97,7 @@ log = logging.getLogger(__name__)
 InvitationHandler = Callable[[Invitation], Awaitable[InvitationResponse | None]]
 StreamHandler = Callable[[AppStream], Awaitable[None]]
 NearbyHandler = Callable[[NearbyChanged], Awaitable[None]]
+EventHandler = Callable[[Any], Awaitable[None]]
 F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
 
 SETTINGS_FILE: Final = "node.json"
@@ -92,6 +112,43 @@ _RESPONSES: Final = {
     "expired": InvitationResponse.EXPIRED,
 }
 _WIRE: Final = {v: k for k, v in _RESPONSES.items()}
+
+
+#: Seconds the node gives its subscribers, when it stops, to receive its last changes (Offline).
+FAREWELL_TIMEOUT: Final = 1.0
+#: Notifications kept for a subscription that is not answered yet; more drop the channel.
+MAX_EARLY_NOTIFY: Final = 256
+
+
+class _Visibility:
+    # An internal bus event: what some subscribers may see changed (scope, permission, nearness).
+    __slots__ = ()
+    key = ("visibility",)
+
+
+@dataclass(slots=True, eq=False)
+class _Subscriber:
+    # A peer watching this node over one control channel (publisher side).
+    control: ControlChannel
+    watch: EventWatch[Any]
+    outbox: Outbox = field(default_factory=Outbox)
+    sending: bool = False
+
+
+@dataclass(slots=True, eq=False)
+class _Watch:
+    # A contact this node watches (subscriber side).
+    peer_id: PeerId
+    scope: anyio.CancelScope = field(default_factory=anyio.CancelScope)
+    state: Watched = field(default_factory=Watched)
+    contact: Contact | None = None
+    control: ControlChannel | None = None
+    pending: ControlChannel | None = None
+    early: list[dict[str, Any]] = field(default_factory=list)
+    endpoint: EndPoint | None = None
+    first: anyio.Event = field(default_factory=anyio.Event)
+    wake: anyio.Event = field(default_factory=anyio.Event)
+    error: PeerkitError | None = None
 
 
 class _Started:
@@ -115,15 +172,18 @@ class Node:
     """One peerkit identity on the network; an async context manager.
 
     :param nickname: shown to other peers, at most 255 characters.
-    :param data_dir: where the identity key and settings live (created if missing). Default: the
-        per-user data directory, or ``$PEERKIT_DATA_DIR``. Not used when ``identity`` is given.
-    :param identity: use this identity instead of the one in ``data_dir`` (nothing is persisted).
+    :param data_dir: where the identity key, settings and contact database live (created if
+        missing). Default: the per-user data directory, or ``$PEERKIT_DATA_DIR``.
+    :param identity: use this identity instead of the one in ``data_dir``; without a ``data_dir``
+        nothing is persisted (contacts are kept in memory).
     :param listen: the address and port to listen on; port 0 picks a free one.
     :param discovery: discovery providers: names (``"mdns"``, ``"static:HOST:PORT[#ID]"``,
         ``"memory"``, or any from the ``peerkit.discovery`` entry points) or provider objects.
     :param network: how to listen and dial: TCP by default, or a :class:`peerkit.testing.MemoryNetwork`.
     :param invitation_policy: who may invite this node.
-    :param keepalive: ping interval, ping timeout and idle timeout of control channels.
+    :param keepalive: ping interval, ping timeout and idle timeout of control channels. A watched
+        contact whose connection is lost and not restored within ``interval + 2 * timeout``
+        seconds is seen Offline; a lost contact is tried again at most ``interval`` seconds apart.
     :param handshake_timeout: seconds a dial (connect and handshake) may take.
     :param queue_size: invitations or streams that may wait for an async iterator to take them.
     :param address_check: seconds between checks of this host's addresses (when listening on a
@@ -215,6 +275,16 @@ class Node:
         self._signed_as: tuple[str, str, tuple[str, ...]] | None = None  # what _record says
         self._republish = anyio.Event()
         self._near_me = anyio.Event()  # set while signed in to NEAR_ME
+        # Contacts, publication and subscriptions.
+        self._store = Store(self._data_dir / DATABASE_FILE if self._data_dir is not None else None)
+        self._bus: Bus[Any] = Bus(self._spawn)
+        self._early_tasks: list[Callable[[], Coroutine[Any, Any, None]]] = []
+        #: The contact store (R7).
+        self.contacts = ContactManager(self, self._store, self._bus)
+        self._presence = Presence(PresenceStatus.ONLINE)
+        self._objects: dict[uuid.UUID, PeerObject] = {}
+        self._subscribers: dict[ControlChannel, _Subscriber] = {}
+        self._watching: dict[PeerId, _Watch] = {}
 
     # -- lifetime --------------------------------------------------------------------------
     async def __aenter__(self) -> Self:
@@ -228,6 +298,9 @@ class Node:
             self._endpoint_name = self._load_settings().get("endpoint_name", "")
         assert self._identity is not None
         async with contextlib.AsyncExitStack() as stack:
+            await self._store.open()
+            stack.push_async_callback(self._store.aclose)
+            await self.contacts._load()
             listener = await self._network.listen(*self._listen)
             stack.push_async_callback(listener.aclose)
             self._listener = ChannelListener(
@@ -253,6 +326,9 @@ class Node:
                 self._sessions.append((provider, session))
             if failure is None:
                 self._tg.start_soon(self._publisher)
+                for task in self._early_tasks:
+                    self._tg.start_soon(task)
+                self._early_tasks.clear()
                 self._running = True
                 self._stack = stack.pop_all()
             else:  # stop what started, then fail (outside the task group: not wrapped in a group)
@@ -269,9 +345,14 @@ class Node:
         for close in list(self._closers):
             close()  # async iterators of invitations and streams end
         leaving, self._scope = self._scope, Scope.NONE
+        if leaving:
+            self._scope_changed(leaving, Scope.NONE)
+            with anyio.CancelScope(shield=True), anyio.move_on_after(FAREWELL_TIMEOUT):
+                await self._farewell()  # subscribers see Offline before the channels close
         with anyio.CancelScope(shield=True), anyio.move_on_after(2):
             await self._withdraw(leaving)  # goodbyes, sent before the providers stop
         self._end_watches()
+        self._bus.close()
         assert self._tg is not None
         assert self._stack is not None
         self._tg.cancel_scope.cancel()
@@ -286,6 +367,15 @@ class Node:
             self._controls.clear()
             self._incoming.clear()
             self._sessions.clear()
+            self._subscribers.clear()
+            self._watching.clear()
+
+    def _spawn(self, task: Callable[[], Coroutine[Any, Any, None]]) -> None:
+        # Handlers added before the node starts begin when it starts.
+        if self._tg is not None and self._running:
+            self._tg.start_soon(task)
+        elif self._stack is None:
+            self._early_tasks.append(task)
 
     def _check_running(self) -> None:
         if not self._running:
@@ -349,6 +439,10 @@ class Node:
         if self._data_dir is not None and self._identity_arg is None:
             self._save_settings({"endpoint_name": value})
         self._republish.set()
+        if self._running:
+            self._bus.publish(
+                NameChanged(peer_id=self.id, contact=self.contacts.me, endpoint=None, name=value, local=True)
+            )
 
     def _load_settings(self) -> dict[str, Any]:
         assert self._data_dir is not None
@@ -381,10 +475,49 @@ class Node:
 
     @property
     def presence(self) -> Presence:
-        """This node's presence: Online once signed in, Offline otherwise."""
-        if self._scope:
-            return Presence(PresenceStatus.ONLINE)
-        return Presence(PresenceStatus.OFFLINE)
+        """This node's presence: Online at sign-in (or what :meth:`set_presence` set), Offline when
+        not signed in."""
+        return self._presence if self._scope else OFFLINE
+
+    async def set_presence(self, presence: Presence) -> None:
+        """Publish ``presence`` to the contacts that watch this node and to peers near me.
+
+        :raises TypeError: when it is not a :class:`~peerkit.Presence`.
+        :raises ValueError: for Offline: others see Offline after :meth:`sign_out`.
+        :raises NotSignedIn: when the node is not signed in.
+        :raises NotRunning: when the node is not running.
+        """
+        if not isinstance(presence, Presence):
+            raise TypeError(f"set_presence takes a Presence, not {type(presence).__name__}")
+        self._check_running()
+        if not self._scope:
+            raise NotSignedIn("sign in before setting a presence: await node.sign_in(Scope.ALL)")
+        if presence.status is PresenceStatus.OFFLINE:
+            raise ValueError("a signed-in node cannot be Offline; sign out to appear Offline")
+        if presence != self._presence:
+            self._presence = presence
+            self._local_presence_changed()
+        await anyio.lowlevel.checkpoint()
+
+    def _local_presence_changed(self) -> None:
+        self._bus.publish(
+            PresenceChanged(
+                peer_id=self.id, contact=self.contacts.me, endpoint=None, presence=self.presence, local=True
+            )
+        )
+
+    def _scope_changed(self, before: Scope, after: Scope) -> None:
+        # Sign-in or sign-out: presence, what subscribers may see, and the contacts this node watches.
+        if not before and after:
+            self._presence = Presence(PresenceStatus.ONLINE)
+            for peer_id in self.contacts.watched():
+                self._start_watch(peer_id)
+        if before and not after:
+            for peer_id in list(self._watching):
+                self._stop_watch(peer_id)
+        if bool(before) != bool(after):
+            self._local_presence_changed()
+        self._bus.publish(_Visibility())
 
     async def sign_in(self, scope: Scope) -> None:
         """Sign in to ``scope`` (NEAR_ME, INTERNET or ALL); signing in again is a no-op.
@@ -402,7 +535,10 @@ class Node:
             raise ValueError("cannot sign in to Scope.NONE; use NEAR_ME, INTERNET or ALL")
         self._check_running()
         added = scope & ~self._scope
+        before = self._scope
         self._scope |= scope
+        if added:
+            self._scope_changed(before, self._scope)
         if added & Scope.NEAR_ME:
             self._near_me.set()
         if added:
@@ -418,7 +554,10 @@ class Node:
         scope = _scope(scope)
         self._check_running()
         leaving = scope & self._scope
+        before = self._scope
         self._scope &= ~scope
+        if leaving:
+            self._scope_changed(before, self._scope)
         await self._withdraw(leaving)
         if leaving & Scope.NEAR_ME:
             # People near me are hidden and their watches end; the providers go on following them
@@ -504,6 +643,11 @@ class Node:
                 await self._publish(self._scope, hosts)
 
     def _on_nearby_change(self, change: ChangeType, record: NearbyRecord) -> None:
+        followed = self._watching.get(record.id)
+        if followed is not None and change is not ChangeType.DELETED:
+            followed.wake.set()  # a watched contact appeared: try it now
+        if any(control.peer_id == record.id for control in self._subscribers):
+            self._bus.publish(_Visibility())
         if not self._scope & Scope.NEAR_ME:
             return
         event = NearbyChanged(change=change, peer=NearbyPeer(self, record))
@@ -663,7 +807,10 @@ class Node:
     def _allows(self, peer_id: PeerId) -> bool:
         if self._policy is InvitationPolicy.NOBODY:
             return False
-        return self._policy is InvitationPolicy.ANYONE or peer_id in self._trusted
+        return self._policy is InvitationPolicy.ANYONE or self._is_trusted(peer_id)
+
+    def _is_trusted(self, peer_id: PeerId) -> bool:
+        return peer_id in self._trusted or self.contacts.has(peer_id)
 
     # -- applications ----------------------------------------------------------------------
     async def register_application(self, application: Application) -> None:
@@ -684,6 +831,7 @@ class Node:
                 f"{MAX_APPLICATIONS} applications are registered; the limit is {MAX_APPLICATIONS}"
             )
         self._apps[application.id] = application
+        self._local_app_changed(ChangeType.ADDED, application)
         await anyio.lowlevel.checkpoint()
 
     async def unregister_application(self, application: Application | uuid.UUID) -> None:
@@ -694,13 +842,188 @@ class Node:
         """
         app_id = _app_id(application)
         self._check_running()
-        if self._apps.pop(app_id, None) is None:
+        old = self._apps.pop(app_id, None)
+        if old is None:
             raise ValueError(f"application {app_id} is not registered")
+        self._local_app_changed(ChangeType.DELETED, old)
         await anyio.lowlevel.checkpoint()
 
     def applications(self) -> list[Application]:
         """The registered applications, in registration order."""
         return list(self._apps.values())
+
+    def _local_app_changed(self, change: ChangeType, application: Application) -> None:
+        self._bus.publish(
+            ApplicationChanged(
+                peer_id=self.id,
+                contact=self.contacts.me,
+                endpoint=None,
+                change=change,
+                application=application,
+                local=True,
+            )
+        )
+
+    # -- objects (R6) ----------------------------------------------------------------------
+    async def set_object(self, obj: PeerObject) -> None:
+        """Publish ``obj`` (or replace the object with its id) to those its scope lets see it.
+
+        :raises TypeError: when it is not a :class:`~peerkit.PeerObject`.
+        :raises LimitExceeded: when 128 objects are published and this is a new one.
+        :raises NotSignedIn: when the node is not signed in.
+        :raises NotRunning: when the node is not running.
+        """
+        if not isinstance(obj, PeerObject):
+            raise TypeError(f"set_object takes a PeerObject, not {type(obj).__name__}")
+        self._check_running()
+        if not self._scope:
+            raise NotSignedIn("sign in before publishing objects: await node.sign_in(Scope.ALL)")
+        old = self._objects.get(obj.id)
+        if old is None and len(self._objects) >= MAX_OBJECTS:
+            raise LimitExceeded(f"{MAX_OBJECTS} objects are published; the limit is {MAX_OBJECTS}")
+        self._objects[obj.id] = obj
+        if old != obj:
+            self._local_object_changed(ChangeType.ADDED if old is None else ChangeType.UPDATED, obj)
+        await anyio.lowlevel.checkpoint()
+
+    async def delete_object(self, obj: PeerObject | uuid.UUID) -> None:
+        """Stop publishing an object (by object or id).
+
+        :raises ValueError: when no object with that id is published.
+        :raises NotRunning: when the node is not running.
+        """
+        object_id = obj.id if isinstance(obj, PeerObject) else obj
+        if not isinstance(object_id, uuid.UUID):
+            raise TypeError(f"delete_object takes a PeerObject or its uuid.UUID, not {type(obj).__name__}")
+        self._check_running()
+        old = self._objects.pop(object_id, None)
+        if old is None:
+            raise ValueError(f"object {object_id} is not published")
+        self._local_object_changed(ChangeType.DELETED, old)
+        await anyio.lowlevel.checkpoint()
+
+    def objects(self) -> list[PeerObject]:
+        """The published objects, in the order they were first set."""
+        return list(self._objects.values())
+
+    def _local_object_changed(self, change: ChangeType, obj: PeerObject) -> None:
+        self._bus.publish(
+            ObjectChanged(
+                peer_id=self.id,
+                contact=self.contacts.me,
+                endpoint=None,
+                change=change,
+                object=obj,
+                local=True,
+            )
+        )
+
+    # -- events (R6) -----------------------------------------------------------------------
+    def events(
+        self,
+        *types: type[Event],
+        peer: Peer | PeerId | None = None,
+        local: bool | None = False,
+        item: uuid.UUID | None = None,
+    ) -> EventWatch[Event]:
+        """Events as an async iterator (use it with ``async with``); merged for a slow reader, so
+        memory stays bounded (see :class:`~peerkit.EventWatch`).
+
+        :param types: the event classes wanted (default: presence, application, object and name changes).
+        :param peer: only this contact's events.
+        :param local: False (default) for the contacts this node watches, True for this node's own
+            changes, None for both.
+        :param item: only events about this application or object id.
+        """
+        return self._bus.watch(_event_filter(types, peer, local, item))
+
+    def _add_event_handler(
+        self,
+        kind: type[Event],
+        handler: EventHandler,
+        peer: Peer | PeerId | None,
+        local: bool,
+        item: uuid.UUID | None,
+    ) -> Handle:
+        if not callable(handler):
+            raise TypeError(f"a handler must be a coroutine function, not {type(handler).__name__}")
+        return self._bus.add_handler(_event_filter((kind,), peer, local, item), handler)
+
+    def add_presence_handler(
+        self, handler: EventHandler, *, peer: Peer | PeerId | None = None, local: bool = False
+    ) -> Handle:
+        """Run ``handler(event)`` for each :class:`~peerkit.PresenceChanged` of the contacts this node
+        watches (or of one, with ``peer``; or this node's own, with ``local=True``)."""
+        return self._add_event_handler(PresenceChanged, handler, peer, local, None)
+
+    def add_application_handler(
+        self,
+        handler: EventHandler,
+        *,
+        peer: Peer | PeerId | None = None,
+        application: Application | uuid.UUID | None = None,
+        local: bool = False,
+    ) -> Handle:
+        """Run ``handler(event)`` for each :class:`~peerkit.ApplicationChanged` (filtered as given)."""
+        item = _app_id(application) if application is not None else None
+        return self._add_event_handler(ApplicationChanged, handler, peer, local, item)
+
+    def add_object_handler(
+        self,
+        handler: EventHandler,
+        *,
+        peer: Peer | PeerId | None = None,
+        object_id: uuid.UUID | None = None,
+        local: bool = False,
+    ) -> Handle:
+        """Run ``handler(event)`` for each :class:`~peerkit.ObjectChanged` (filtered as given)."""
+        return self._add_event_handler(ObjectChanged, handler, peer, local, object_id)
+
+    def add_name_handler(
+        self, handler: EventHandler, *, peer: Peer | PeerId | None = None, local: bool = False
+    ) -> Handle:
+        """Run ``handler(event)`` for each :class:`~peerkit.NameChanged` (filtered as given)."""
+        return self._add_event_handler(NameChanged, handler, peer, local, None)
+
+    def on_presence_changed(self, handler: F) -> F:
+        """Decorator: ``handler(PresenceChanged)`` for every contact this node watches."""
+        self.add_presence_handler(handler)
+        return handler
+
+    def on_application_changed(self, handler: F) -> F:
+        """Decorator: ``handler(ApplicationChanged)`` for every contact this node watches."""
+        self.add_application_handler(handler)
+        return handler
+
+    def on_object_changed(self, handler: F) -> F:
+        """Decorator: ``handler(ObjectChanged)`` for every contact this node watches."""
+        self.add_object_handler(handler)
+        return handler
+
+    def on_name_changed(self, handler: F) -> F:
+        """Decorator: ``handler(NameChanged)`` for every contact this node watches."""
+        self.add_name_handler(handler)
+        return handler
+
+    def on_local_presence_changed(self, handler: F) -> F:
+        """Decorator: ``handler(PresenceChanged)`` for this node's own presence."""
+        self.add_presence_handler(handler, local=True)
+        return handler
+
+    def on_local_application_changed(self, handler: F) -> F:
+        """Decorator: ``handler(ApplicationChanged)`` for this node's own applications."""
+        self.add_application_handler(handler, local=True)
+        return handler
+
+    def on_local_object_changed(self, handler: F) -> F:
+        """Decorator: ``handler(ObjectChanged)`` for this node's own objects."""
+        self.add_object_handler(handler, local=True)
+        return handler
+
+    def on_local_name_changed(self, handler: F) -> F:
+        """Decorator: ``handler(NameChanged)`` for this node's own endpoint name."""
+        self.add_name_handler(handler, local=True)
+        return handler
 
     def _registered(self, application: Application | uuid.UUID) -> Application:
         app_id = _app_id(application)
@@ -1002,6 +1325,7 @@ class Node:
         try:
             await control.run()
         finally:
+            self._end_subscriber(control)
             channels = self._controls.get(control.peer_id)
             if channels is not None and control in channels:
                 channels.remove(control)
@@ -1038,6 +1362,377 @@ class Node:
             endpoint = EndPoint(channel.peer.address[0], channel.peer.port)
         await self._run_control(self._adopt(channel, initiator=False, endpoint=endpoint))
 
+    # -- publishing to subscribers (R6) ----------------------------------------------------
+    def _visible(self, peer_id: PeerId) -> Scope:
+        # The scopes whose items ``peer_id`` may see now: NEAR_ME when it is near me (and I am
+        # signed in there), INTERNET when it is an allowed contact (and I am signed in there).
+        permission = self.contacts.permission(peer_id)
+        if permission is SubscribePermission.BLOCKED:
+            return Scope.NONE
+        visible = Scope.NONE
+        if self._scope & Scope.NEAR_ME and self._directory is not None and self._directory.get(peer_id):
+            visible |= Scope.NEAR_ME
+        if self._scope & Scope.INTERNET and permission is SubscribePermission.ALLOWED:
+            visible |= Scope.INTERNET
+        return visible
+
+    def _diff_for(self, subscriber: _Subscriber, kinds: Iterable[str]) -> list[dict[str, Any]]:
+        peer_id = subscriber.control.peer_id
+        visible = self._visible(peer_id) if self.contacts.has(peer_id) else Scope.NONE
+        return subscriber.outbox.diff(
+            visible, self.presence, self._endpoint_name, self._apps.values(), self._objects.values(), kinds
+        )
+
+    async def _on_subscribe(self, control: ControlChannel, rid: int) -> None:
+        if not self.contacts.has(control.peer_id):
+            await control.error("not-allowed", f"{self.id.fingerprint} does not have you as a contact", rid)
+            return
+        self._end_subscriber(control)
+        subscriber = _Subscriber(control, self._bus.watch(_for_subscribers))
+        self._diff_for(subscriber, KINDS)
+        self._subscribers[control] = subscriber
+        control.pins += 1
+        try:
+            await control.reply(rid, {"t": "subscribe_reply", "state": subscriber.outbox.state()})
+        except PeerUnreachable:
+            self._end_subscriber(control)
+            return
+        assert self._tg is not None
+        self._tg.start_soon(self._serve_subscriber, subscriber)
+
+    def _end_subscriber(self, control: ControlChannel) -> None:
+        subscriber = self._subscribers.pop(control, None)
+        if subscriber is not None:
+            subscriber.watch.close()
+            control.pins -= 1
+
+    async def _serve_subscriber(self, subscriber: _Subscriber) -> None:
+        # Sends each change this subscriber may see, as its own merged queue gives them.
+        control = subscriber.control
+        try:
+            async for event in subscriber.watch:
+                subscriber.sending = True
+                for message in self._diff_for(subscriber, _kinds_of(event)):
+                    await control.notify(message)
+                subscriber.sending = False
+                if not self.contacts.has(control.peer_id):
+                    break  # no longer a contact: it was told Offline, and hears nothing more
+        except PeerUnreachable as exc:
+            log.debug("subscriber %s is gone: %s", control.peer_id.fingerprint, exc)
+        finally:
+            subscriber.sending = False
+            if self._subscribers.get(control) is subscriber:
+                self._end_subscriber(control)
+
+    async def _farewell(self) -> None:
+        # Wait (bounded by the caller) until every subscriber has been sent what is queued for it.
+        while any(s.watch.pending or s.sending for s in self._subscribers.values()):  # noqa: ASYNC110
+            await anyio.sleep(0.01)  # bounded by the caller; senders share no event to wait on
+
+    def subscribers(self) -> list[PeerId]:
+        """The ids of the peers that watch this node now (one entry per subscription)."""
+        return [control.peer_id for control in self._subscribers]
+
+    async def _on_get(self, control: ControlChannel, rid: int, what: object) -> None:
+        if what not in ("presence", "apps", "objects"):
+            await control.error("malformed", 'get "what" is "presence", "apps" or "objects"', rid)
+            return
+        visible = self._visible(control.peer_id)
+        if not visible:
+            await control.error("not-allowed", f"{self.id.fingerprint} lets you see nothing of it", rid)
+            return
+        reply: dict[str, Any] = {"t": "get_reply"}
+        if what == "presence":
+            reply["presence"] = [int(self.presence.status), self.presence.text]
+        elif what == "apps":
+            reply["apps"] = [
+                {"id": a.id.bytes, "desc": a.description, "data": a.data}
+                for a in self._apps.values()
+                if a.scope & visible
+            ]
+        else:
+            reply["objects"] = [
+                {"id": o.id.bytes, "data": o.data} for o in self._objects.values() if o.scope & visible
+            ]
+        await control.reply(rid, reply)
+
+    def _contact_permission_changed(self, peer_id: PeerId) -> None:
+        if any(control.peer_id == peer_id for control in self._subscribers):
+            self._bus.publish(_Visibility())
+
+    # -- watching contacts (R6) ------------------------------------------------------------
+    def _watched_presence(self, peer_id: PeerId) -> Presence | None:
+        watch = self._watching.get(peer_id)
+        return None if watch is None else watch.state.presence
+
+    def _start_watch(self, peer_id: PeerId) -> _Watch:
+        watch = self._watching.get(peer_id)
+        if watch is None:
+            watch = self._watching[peer_id] = _Watch(peer_id)
+            assert self._tg is not None
+            self._tg.start_soon(self._run_watch, watch)
+        return watch
+
+    def _stop_watch(self, peer_id: PeerId) -> _Watch | None:
+        watch = self._watching.pop(peer_id, None)
+        if watch is not None:
+            watch.scope.cancel()
+        return watch
+
+    async def _watch_changed(self, peer_id: PeerId, subscribed: bool) -> None:
+        # The store's is_subscribed flag changed (contacts.update / delete).
+        if subscribed and self._scope:
+            self._start_watch(peer_id)
+        elif not subscribed:
+            watch = self._stop_watch(peer_id)
+            if watch is not None:
+                await self._send_unsubscribe(watch)
+
+    async def _send_unsubscribe(self, watch: _Watch) -> None:
+        control = watch.control
+        if control is None or not control.usable:
+            return
+        with anyio.move_on_after(REQUEST_TIMEOUT), contextlib.suppress(PeerUnreachable):
+            request = await control.start_request({"t": "unsubscribe"})
+            await request.wait()
+
+    async def _subscribe_contact(self, contact: Contact, *, wait: bool, timeout: float) -> None:
+        if not isinstance(contact, Contact):
+            raise TypeError(f"expected a Contact, not {type(contact).__name__}")
+        timeout = _timeout(timeout, "subscribe timeout", None)
+        self._check_running()
+        if contact.is_me:
+            return  # me is always subscribed to itself
+        if not self._scope:
+            raise NotSignedIn("sign in before subscribing: await node.sign_in(Scope.ALL)")
+        if not self.contacts.has(contact.id):
+            raise UnknownContact(f"{contact.fingerprint} is not a contact")
+        was_subscribed = contact.id in self._watching
+        await self.contacts._set_subscribed(contact.id, True)
+        watch = self._start_watch(contact.id)
+        if not wait or (was_subscribed and watch.control is not None):
+            return
+        kept = False
+        try:
+            with anyio.move_on_after(timeout):
+                await watch.first.wait()
+            if watch.control is not None:
+                kept = True
+                return
+            if watch.error is None or isinstance(watch.error, PeerUnreachable):
+                why = f": {watch.error}" if watch.error is not None else ""
+                raise PeerUnreachable(f"could not subscribe to {contact.fingerprint} within {timeout} s{why}")
+            raise watch.error
+        finally:
+            if not kept and not was_subscribed:
+                with anyio.CancelScope(shield=True):
+                    self._stop_watch(contact.id)
+                    with contextlib.suppress(UnknownContact):
+                        await self.contacts._set_subscribed(contact.id, False)
+
+    async def _unsubscribe_contact(self, contact: Contact) -> None:
+        if not isinstance(contact, Contact):
+            raise TypeError(f"expected a Contact, not {type(contact).__name__}")
+        self._check_running()
+        if contact.is_me:
+            return
+        await self.contacts._set_subscribed(contact.id, False)
+        watch = self._stop_watch(contact.id)
+        if watch is not None:
+            await self._send_unsubscribe(watch)
+
+    async def _run_watch(self, watch: _Watch) -> None:
+        # Subscribe, follow the contact while the channel lasts, subscribe again when it breaks;
+        # a connection not restored within the keepalive timeout makes the contact Offline.
+        policy = self._keepalive
+        delay = 0.0
+        lost = False
+        with watch.scope:
+            try:
+                while True:
+                    contact = await self.contacts.find(watch.peer_id)
+                    if contact is None:
+                        return
+                    watch.contact = contact
+                    limit = policy.timeout if lost else REQUEST_TIMEOUT
+                    control = await self._subscribe_once(watch, contact, limit)
+                    watch.first.set()
+                    if control is not None:
+                        delay, lost = 0.0, False
+                        await control.wait_closed()
+                        watch.control = None
+                        control.pins -= 1
+                        lost = True
+                        continue
+                    self._emit(watch, watch.state.went_offline())
+                    lost = False
+                    delay = min(max(delay * 2, 0.25), policy.interval)
+                    watch.wake = anyio.Event()
+                    with anyio.move_on_after(delay):
+                        await watch.wake.wait()
+            finally:
+                if watch.control is not None:
+                    watch.control.pins -= 1
+                    watch.control = None
+
+    async def _subscribe_once(self, watch: _Watch, contact: Contact, timeout: float) -> ControlChannel | None:
+        endpoints = self._endpoints_of(contact)
+        if not endpoints:
+            watch.error = PeerUnreachable(f"no endpoint of {contact.fingerprint} is known")
+            return None
+        who = contact.fingerprint
+        with anyio.move_on_after(timeout) as timer:
+            for endpoint in endpoints:
+                control = None
+                try:
+                    control = await self._control_to(watch.peer_id, endpoint, exact=False)
+                    watch.pending, watch.early = control, []
+                    request = await control.start_request({"t": "subscribe"})
+                    reply = await request.wait()
+                    if reply["t"] == "error":
+                        code, text = reply.get("code"), reply.get("msg")
+                        if code == "not-allowed":
+                            watch.error = NotAllowed(f"{who} refused the subscription: {text}")
+                            return None
+                        raise ProtocolError(f"{who} refused the subscription: {code}: {text}")
+                    if reply["t"] != "subscribe_reply":
+                        raise ProtocolError(f"{who} answered a subscription with {reply['t']!r}")
+                    changes = watch.state.apply_state(reply.get("state"))
+                    for early in watch.early:
+                        changes += watch.state.apply_notify(early)
+                except (PeerUnreachable, ProtocolError, ValueError) as exc:
+                    watch.error = exc if isinstance(exc, PeerkitError) else PeerUnreachable(str(exc))
+                    if isinstance(exc, ProtocolError) and control is not None:
+                        log.warning("dropping the channel to %s: %s", who, exc)
+                        await control.aclose()
+                    continue
+                finally:
+                    watch.pending, watch.early = None, []
+                watch.control, watch.endpoint, watch.error = control, control.endpoint or endpoint, None
+                control.pins += 1
+                self._emit(watch, changes)
+                if self._tg is not None:
+                    self._tg.start_soon(self.contacts._seen, watch.peer_id)
+                return control
+        if timer.cancelled_caught:
+            watch.error = PeerUnreachable(f"{who} did not answer a subscription within {timeout} s")
+        return None
+
+    async def _on_notify(self, control: ControlChannel, message: dict[str, Any]) -> None:
+        # Runs without waiting before it applies the message, so notifications apply in order.
+        watch = self._watching.get(control.peer_id)
+        if watch is None:
+            return
+        if watch.pending is control and watch.control is None:
+            watch.early.append(message)
+            if len(watch.early) > MAX_EARLY_NOTIFY:
+                await control.aclose()
+            return
+        if watch.control is not control:
+            return
+        try:
+            changes = watch.state.apply_notify(message)
+        except ProtocolError as exc:
+            log.warning("dropping the channel to %s: %s", control.peer_id.fingerprint, exc)
+            await control.aclose()
+            return
+        self._emit(watch, changes)
+
+    def _emit(self, watch: _Watch, changes: list[tuple[str, ChangeType, Any]]) -> None:
+        peer_id, contact = watch.peer_id, watch.contact
+        endpoint = watch.endpoint if watch.control is not None else None
+        if endpoint is not None and watch.state.name:
+            endpoint = EndPoint(endpoint.host, endpoint.port, watch.state.name)
+        for kind, change, value in changes:
+            event: Event
+            if kind == "presence":
+                event = PresenceChanged(peer_id=peer_id, contact=contact, endpoint=endpoint, presence=value)
+            elif kind == "name":
+                event = NameChanged(peer_id=peer_id, contact=contact, endpoint=endpoint, name=value)
+            elif kind == "app":
+                event = ApplicationChanged(
+                    peer_id=peer_id, contact=contact, endpoint=endpoint, change=change, application=value
+                )
+            else:
+                event = ObjectChanged(
+                    peer_id=peer_id, contact=contact, endpoint=endpoint, change=change, object=value
+                )
+            self._bus.publish(event)
+
+    # -- one-shot requests -----------------------------------------------------------------
+    def _endpoints_of(self, peer: Peer) -> tuple[EndPoint, ...]:
+        # Where to reach a peer: for a contact, where discovery sees it now, then what is stored.
+        if isinstance(peer, Contact) and self._directory is not None:
+            record = self._directory.get(peer.id)
+            if record is not None:
+                return tuple(dict.fromkeys((*record.endpoints, *peer.endpoints)))
+        return tuple(peer.endpoints)
+
+    async def _request(
+        self, peer: Peer, message: dict[str, Any], timeout: float, what: str
+    ) -> dict[str, Any]:
+        # Send ``message`` to the peer (trying each endpoint) and return the reply.
+        timeout = _timeout(timeout, f"{what} timeout", None)
+        self._check_running()
+        who = peer.id.fingerprint
+        errors: list[PeerUnreachable] = []
+        with anyio.move_on_after(timeout):
+            controls: list[Callable[[], Awaitable[ControlChannel]]]
+            if isinstance(peer, _PeerOnChannel):
+                controls = [peer._control_or_dial]
+            else:
+                controls = [
+                    functools.partial(self._control_to, peer.id, endpoint, exact=False)
+                    for endpoint in self._endpoints_of(peer)
+                ]
+            for control_for in controls:
+                try:
+                    control = await control_for()
+                    request = await control.start_request(message)
+                    reply = await request.wait()
+                except PeerUnreachable as exc:
+                    errors.append(exc)
+                    continue
+                if reply["t"] == "error":
+                    code, text = reply.get("code"), reply.get("msg")
+                    if code in ("not-allowed", "unavailable"):
+                        raise NotAllowed(f"{who} refused {what}: {text}")
+                    raise ProtocolError(f"{who} refused {what}: {code}: {text}")
+                return reply
+        if errors:
+            raise errors[-1]
+        raise PeerUnreachable(f"{who} did not answer {what} within {timeout} s")
+
+    async def _fetch(self, peer: Peer, what: str, timeout: float) -> Any:
+        reply = await self._request(peer, {"t": "get", "what": what}, timeout, f"a {what} request")
+        who = peer.id.fingerprint
+        try:
+            if reply["t"] != "get_reply":
+                raise ProtocolError(f"answered with {reply['t']!r}")
+            if what == "presence":
+                return read_presence(reply.get("presence"))
+            items = reply.get(what)
+            limit = MAX_APPLICATIONS if what == "apps" else MAX_OBJECTS
+            if not isinstance(items, list) or len(items) > limit:
+                raise ProtocolError(f'"{what}" must be a list of at most {limit}')
+            return [read_app(i) for i in items] if what == "apps" else [read_object(i) for i in items]
+        except ProtocolError as exc:
+            raise ProtocolError(f"{who} sent a bad answer to a {what} request: {exc}") from None
+
+    async def _fetch_card(self, peer: Peer, timeout: float) -> CardContent:
+        reply = await self._request(peer, {"t": "card"}, timeout, "a card request")
+        who = peer.id.fingerprint
+        card = reply.get("card")
+        if reply["t"] != "card_reply" or not isinstance(card, bytes):
+            raise ProtocolError(f"{who} answered a card request with {reply['t']!r}")
+        try:
+            content = read_card(card)
+        except InvalidRecord as exc:
+            raise ProtocolError(f"{who} sent a card that does not verify: {exc}") from exc
+        if content.id != peer.id:
+            raise ProtocolError(f"{who} sent the card of another peer ({content.id.fingerprint})")
+        return content
+
     # -- requests from peers ---------------------------------------------------------------
     async def _on_message(self, control: ControlChannel, message: dict[str, Any]) -> None:
         kind = message["t"]
@@ -1051,6 +1746,22 @@ class Node:
                 await control.error("unavailable", "this node is not signed in", rid)
             else:
                 await control.reply(rid, {"t": "record_reply", "rec": self._record})
+        elif kind in ("subscribe", "unsubscribe", "get", "card"):
+            if not _uint(rid):
+                await control.error("malformed", f'{kind} needs an unsigned "rid"')
+            elif kind == "subscribe":
+                await self._on_subscribe(control, rid)
+            elif kind == "unsubscribe":
+                self._end_subscriber(control)
+                await control.reply(rid, {"t": "unsubscribe_reply"})
+            elif kind == "get":
+                await self._on_get(control, rid, message.get("what"))
+            elif not self._scope:
+                await control.error("unavailable", "this node is not signed in", rid)
+            else:
+                await control.reply(rid, {"t": "card_reply", "card": self.contacts._sign_card()})
+        elif kind == "notify":
+            await self._on_notify(control, message)
         elif kind == "invite_cancel":
             if _uint(rid):
                 entry = self._incoming.get((id(control), rid))
@@ -1083,6 +1794,7 @@ class Node:
         info = control.channel.peer
         endpoint, peer = self._sender(control)
         ttl = message["ttl"]
+        contact = await self.contacts.find(peer_id) if self.contacts.has(peer_id) else None
         invitation = Invitation(
             sender_id=peer_id,
             nickname=info.nickname,
@@ -1091,7 +1803,8 @@ class Node:
             application=app,
             message=message.get("msg", ""),
             data=message.get("data", b""),
-            trusted=peer_id in self._trusted,
+            trusted=self._is_trusted(peer_id),
+            contact=contact,
             expires_at=anyio.current_time() + ttl,
         )
         key = (id(control), rid)
@@ -1181,8 +1894,11 @@ class Node:
         deadline = anyio.current_time() + timeout
         if isinstance(peer, _PeerOnChannel):
             return await self._invite_on(peer._control_or_dial, request, deadline)
-        if len(peer.endpoints) == 1:
-            endpoint = peer.endpoints[0]
+        endpoints = self._endpoints_of(peer)
+        if not endpoints:
+            raise PeerUnreachable(f"no endpoint of {peer.id.fingerprint} is known")
+        if len(endpoints) == 1:
+            endpoint = endpoints[0]
             return await self._invite_on(
                 lambda: self._control_to(peer.id, endpoint, exact=False), request, deadline
             )
@@ -1202,7 +1918,7 @@ class Node:
                 scope.cancel()  # the first acceptance wins; the others are withdrawn
 
         async with anyio.create_task_group() as tg:
-            for endpoint in peer.endpoints:
+            for endpoint in endpoints:
                 tg.start_soon(one, endpoint, tg.cancel_scope)
         for answer in (InvitationResponse.ACCEPTED, InvitationResponse.DECLINED, InvitationResponse.EXPIRED):
             if answer in results:
@@ -1247,7 +1963,7 @@ class Node:
         app = self._registered(application)
         timeout = _timeout(timeout, "stream timeout", None)
         self._check_running()
-        endpoints = peer.endpoints if not isinstance(peer, _PeerOnChannel) else peer._endpoints()
+        endpoints = self._endpoints_of(peer) if not isinstance(peer, _PeerOnChannel) else peer._endpoints()
         if not endpoints:
             raise PeerUnreachable(f"{peer.id.fingerprint} did not say where it listens")
         errors: list[PeerUnreachable] = []
@@ -1428,3 +2144,52 @@ def _reachable(host: str) -> str:
         if address.is_unspecified:
             return "::1" if address.version == 6 else "127.0.0.1"
     return host
+
+
+def _event_filter(
+    types: Iterable[type[Any]], peer: Peer | PeerId | None, local: bool | None, item: uuid.UUID | None
+) -> Callable[[Any], bool]:
+    wanted = tuple(types) or (PresenceChanged, ApplicationChanged, ObjectChanged, NameChanged)
+    for kind in wanted:
+        if kind not in (
+            PresenceChanged,
+            ApplicationChanged,
+            ObjectChanged,
+            NameChanged,
+            ContactChanged,
+            SubscriptionListChanged,
+        ):
+            raise TypeError(f"{kind!r} is not a peerkit event class")
+    peer_id = peer.id if isinstance(peer, Peer) else peer
+    if peer_id is not None and not isinstance(peer_id, PeerId):
+        raise TypeError(f"peer must be a Peer or a PeerId, not {type(peer).__name__}")
+
+    def accept(event: Any) -> bool:
+        if not isinstance(event, wanted):
+            return False
+        if local is not None and getattr(event, "local", False) is not local:
+            return False
+        if peer_id is not None and getattr(event, "peer_id", None) != peer_id:
+            return False
+        if item is not None:
+            thing = getattr(event, "application", None) or getattr(event, "object", None)
+            return thing is not None and thing.id == item
+        return True
+
+    return accept
+
+
+def _for_subscribers(event: Any) -> bool:
+    return isinstance(event, _Visibility) or getattr(event, "local", False) is True
+
+
+def _kinds_of(event: Any) -> tuple[str, ...]:
+    if isinstance(event, PresenceChanged):
+        return ("presence",)
+    if isinstance(event, ApplicationChanged):
+        return ("app",)
+    if isinstance(event, ObjectChanged):
+        return ("object",)
+    if isinstance(event, NameChanged):
+        return ("name",)
+    return KINDS

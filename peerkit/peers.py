@@ -21,6 +21,8 @@ from peerkit.model import (
     ChangeType,
     EndPoint,
     InvitationResponse,
+    PeerObject,
+    Presence,
 )
 
 if TYPE_CHECKING:
@@ -102,6 +104,35 @@ class Peer:
         If cancelled, the connection being opened is closed.
         """
         return await self._node._open_stream(self, application, timeout)
+
+    async def get_presence(self, *, timeout: float = REQUEST_TIMEOUT) -> Presence:
+        """Fetch the peer's presence once, without subscribing (R6).
+
+        :raises NotAllowed: when the peer lets this node see nothing (not near it, not an allowed
+            contact, or blocked).
+        :raises PeerUnreachable: when no endpoint answers within ``timeout`` seconds.
+        :raises ProtocolError: when the answer is malformed.
+        :raises NotRunning: when the node is not running.
+        """
+        result: Presence = await self._node._fetch(self, "presence", timeout)
+        return result
+
+    async def get_applications(self, *, timeout: float = REQUEST_TIMEOUT) -> list[Application]:
+        """Fetch the applications the peer lets this node see (its scopes and permissions decide:
+        a peer near me that is not a contact sees only NEAR_ME- or ALL-scoped ones).
+
+        :raises NotAllowed, PeerUnreachable, ProtocolError, NotRunning: as :meth:`get_presence`.
+        """
+        result: list[Application] = await self._node._fetch(self, "apps", timeout)
+        return result
+
+    async def get_objects(self, *, timeout: float = REQUEST_TIMEOUT) -> list[PeerObject]:
+        """Fetch the objects the peer lets this node see (as :meth:`get_applications`).
+
+        :raises NotAllowed, PeerUnreachable, ProtocolError, NotRunning: as :meth:`get_presence`.
+        """
+        result: list[PeerObject] = await self._node._fetch(self, "objects", timeout)
+        return result
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Peer) and other.id == self.id and other.endpoints == self.endpoints

@@ -127,6 +127,8 @@ class ControlChannel:
         #: Requests from the peer handled at once; more are answered with an ``error`` "limit".
         self.max_concurrent = MAX_CONCURRENT
         self._tasks = 0
+        #: Subscriptions carried by this channel (either way): while there is one it is never idle.
+        self.pins = 0
 
     # -- state -----------------------------------------------------------------------------
     @property
@@ -138,6 +140,10 @@ class ControlChannel:
     def closed(self) -> bool:
         """Whether the channel has ended."""
         return self._closed.is_set()
+
+    async def wait_closed(self) -> None:
+        """Wait until the channel has ended."""
+        await self._closed.wait()
 
     def preference(self) -> tuple[bytes, bytes]:
         """The order in which duplicate channels are kept: lowest first, the same on both sides."""
@@ -342,7 +348,8 @@ class ControlChannel:
                 await self.aclose()
                 scope.cancel()
                 return
-            if not self._retired and not self._outstanding() and now - self._last_request >= policy.idle:
+            idle = now - self._last_request >= policy.idle
+            if not self._retired and not self._outstanding() and not self.pins and idle:
                 log.debug("closing the idle channel to %s", self.peer_id.fingerprint)
                 await self.retire()
                 continue

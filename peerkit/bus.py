@@ -1,0 +1,180 @@
+"""The event bus: every event goes to each interested reader's own bounded, merging queue.
+
+A reader is an :class:`EventWatch` (an async iterator); a handler is a task that reads one. A reader
+that falls behind never makes memory grow with the number of events: events with the same ``key``
+are merged while they wait (the latest presence or name wins; ADDED then UPDATED stays ADDED, ADDED
+then DELETED is nothing, DELETED then ADDED is UPDATED), so a queue holds at most one entry per
+thing that changed. A hard limit guards against a reader that watches a huge number of things: over
+it, the oldest entry is dropped and counted in :attr:`EventWatch.dropped`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Coroutine, Hashable
+from typing import Any, Final, Generic, Protocol, Self, TypeVar
+
+import anyio
+
+from peerkit.apps import Handle
+from peerkit.model import ChangeType
+
+__all__ = ("DEFAULT_LIMIT", "Bus", "EventWatch", "merge_change")
+
+log = logging.getLogger(__name__)
+
+#: Entries one reader's queue may hold before the oldest is dropped.
+DEFAULT_LIMIT: Final = 4096
+
+
+class _Keyed(Protocol):
+    @property
+    def key(self) -> Hashable: ...
+
+
+E = TypeVar("E", bound=_Keyed)
+
+
+def merge_change(before: ChangeType, after: ChangeType) -> ChangeType | None:
+    """The one change that stands for ``before`` followed by ``after`` (None: nothing happened)."""
+    if before is ChangeType.ADDED:
+        return None if after is ChangeType.DELETED else ChangeType.ADDED
+    if before is ChangeType.DELETED and after is ChangeType.ADDED:
+        return ChangeType.UPDATED
+    return after
+
+
+class EventWatch(Generic[E]):
+    """Events as an async iterator, merged per key while they wait (see the module docstring).
+
+    Iteration ends when the watch is closed or the node stops. Use it with ``async with`` (or call
+    :meth:`aclose`).
+    """
+
+    def __init__(
+        self,
+        accept: Callable[[E], bool],
+        remove: Callable[[EventWatch[E]], None],
+        limit: int = DEFAULT_LIMIT,
+    ) -> None:
+        self._accept = accept
+        self._remove = remove
+        self._limit = limit
+        self._pending: OrderedDict[Hashable, E] = OrderedDict()
+        self._ready = anyio.Event()
+        self._closed = False
+        #: Events dropped because the queue was full (never for fewer than ``limit`` keys).
+        self.dropped = 0
+
+    def _put(self, event: E) -> None:
+        if self._closed or not self._accept(event):
+            return
+        key = event.key
+        before = self._pending.pop(key, None)
+        if before is not None:
+            old, new = getattr(before, "change", None), getattr(event, "change", None)
+            if isinstance(old, ChangeType) and isinstance(new, ChangeType):
+                change = merge_change(old, new)
+                if change is None:
+                    return
+                event = dataclasses.replace(event, change=change)  # type: ignore[type-var]
+        elif len(self._pending) >= self._limit:
+            self._pending.popitem(last=False)
+            self.dropped += 1
+        self._pending[key] = event
+        self._ready.set()
+
+    def _end(self) -> None:
+        self._closed = True
+        self._ready.set()
+
+    @property
+    def pending(self) -> int:
+        """Events waiting to be read."""
+        return len(self._pending)
+
+    def __aiter__(self) -> Self:
+        return self
+
+    async def __anext__(self) -> E:
+        """The next event; waits for one."""
+        while not self._pending:
+            if self._closed:
+                raise StopAsyncIteration
+            self._ready = anyio.Event()
+            await self._ready.wait()
+        return self._pending.popitem(last=False)[1]
+
+    async def aclose(self) -> None:
+        """Stop watching; events not read yet are dropped."""
+        self.close()
+        await anyio.lowlevel.checkpoint()
+
+    def close(self) -> None:
+        """Stop watching (the synchronous form of :meth:`aclose`)."""
+        if not self._closed:
+            self._end()
+            self._pending.clear()
+            self._remove(self)
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+
+class Bus(Generic[E]):
+    """Delivers events to watches and handlers. ``spawn`` starts a handler's task (the node's group)."""
+
+    def __init__(
+        self, spawn: Callable[[Callable[[], Coroutine[Any, Any, None]]], None], limit: int = DEFAULT_LIMIT
+    ) -> None:
+        self._spawn = spawn
+        self._limit = limit
+        self._watches: list[EventWatch[E]] = []
+
+    def publish(self, event: E) -> None:
+        """Queue ``event`` for every watch that accepts it (never waits)."""
+        for watch in self._watches:
+            watch._put(event)
+
+    def watch(
+        self, accept: Callable[[E], bool] = lambda _: True, *, limit: int | None = None
+    ) -> EventWatch[E]:
+        """A new watch of the events ``accept`` takes."""
+        watch = EventWatch(accept, self._discard, self._limit if limit is None else limit)
+        self._watches.append(watch)
+        return watch
+
+    def add_handler(self, accept: Callable[[E], bool], handler: Callable[[Any], Awaitable[None]]) -> Handle:
+        """Run ``handler(event)`` for each event ``accept`` takes, one at a time, in a task of its own.
+
+        A handler that raises is logged; the next event still comes. :meth:`Handle.remove` stops it.
+        """
+        if not callable(handler):
+            raise TypeError(f"a handler must be a coroutine function, not {type(handler).__name__}")
+        watch = self.watch(accept)
+
+        async def run() -> None:
+            async with watch:
+                async for event in watch:
+                    try:
+                        await handler(event)
+                    except Exception:
+                        log.exception("event handler %r failed on %r", handler, event)
+
+        self._spawn(run)
+        return Handle(watch.close)
+
+    def _discard(self, watch: EventWatch[E]) -> None:
+        if watch in self._watches:
+            self._watches.remove(watch)
+
+    def close(self) -> None:
+        """End every watch (iterators stop, handler tasks return)."""
+        for watch in list(self._watches):
+            watch._end()
+        self._watches.clear()
