@@ -1,0 +1,364 @@
+"""The contact store (R7): SQLite persistence, the manager's API and events, contact cards, crash safety."""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import signal
+import sqlite3
+import sys
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+from conftest import facing_mallory
+
+from peerkit import (
+    Application,
+    ChangeType,
+    Contact,
+    ContactChanged,
+    ContactExists,
+    EndPoint,
+    Identity,
+    InvalidRecord,
+    Invitation,
+    InvitationPolicy,
+    InvitationResponse,
+    LimitExceeded,
+    Node,
+    NotRunning,
+    ProtocolError,
+    Scope,
+    SecureChannel,
+    StoreError,
+    SubscribePermission,
+    SubscriptionListChanged,
+    UnknownContact,
+)
+from peerkit.contacts import CARD_PREFIX, read_card
+from peerkit.proto import records
+from peerkit.store import DATABASE_FILE, SCHEMA_VERSION
+from peerkit.testing import MemoryDiscovery, MemoryNetwork
+
+pytestmark = pytest.mark.asyncio
+
+CHAT = Application(id=uuid.UUID("6f1c2a4e-0000-4000-8000-0000000000c1"), description="chat")
+
+
+@asynccontextmanager
+async def pair(tmp_path: Path | None = None, **options: Any) -> AsyncIterator[tuple[Node, Node]]:
+    net, hub = MemoryNetwork(), MemoryDiscovery()
+    async with (
+        Node(
+            nickname="alice",
+            identity=Identity.generate(),
+            data_dir=tmp_path / "alice" if tmp_path else None,
+            network=net,
+            listen=("10.0.0.1", 0),
+            discovery=[hub],
+            **options,
+        ) as alice,
+        Node(
+            nickname="bob", identity=Identity.generate(), network=net, listen=("10.0.0.2", 0), discovery=[hub]
+        ) as bob,
+    ):
+        yield alice, bob
+
+
+# -- the store -----------------------------------------------------------------------------------
+async def test_contacts_persist_across_restarts_in_a_wal_database_with_a_schema_version(
+    tmp_path: Path,
+) -> None:
+    someone = Identity.generate().id
+    async with Node(data_dir=tmp_path, listen=("127.0.0.1", 0)) as node:
+        added = await node.contacts.add(
+            someone,
+            nickname="bob",
+            display_name="Bob B.",
+            email="bob@example.org",
+            endpoints=[EndPoint("10.1.2.3", 7000)],
+        )
+        await node.contacts.update(node.contacts.me.replace(display_name="Alice A.", email="a@example.org"))
+    database = tmp_path / DATABASE_FILE
+    with contextlib.closing(sqlite3.connect(database)) as db:
+        assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 1
+        assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    assert database.stat().st_mode & 0o077 == 0
+    async with Node(data_dir=tmp_path, listen=("127.0.0.1", 0)) as node:
+        again = await node.contacts.get(someone)
+        assert again == added
+        assert (again.nickname, again.display_name, again.email) == ("bob", "Bob B.", "bob@example.org")
+        assert again.endpoints == (EndPoint("10.1.2.3", 7000),)
+        assert again.subscribe_allowed is SubscribePermission.ALLOWED
+        assert not again.is_subscribed
+        assert node.contacts.me.display_name == "Alice A."
+        assert node.contacts.me.email == "a@example.org"
+        assert [c.id for c in await node.contacts.list()] == [someone]
+
+
+async def test_a_database_from_a_newer_peerkit_or_another_program_is_refused(tmp_path: Path) -> None:
+    newer = tmp_path / "newer"
+    newer.mkdir()
+    with contextlib.closing(sqlite3.connect(newer / DATABASE_FILE)) as db:
+        db.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    with pytest.raises(StoreError, match="schema version 2, newer than this peerkit's 1"):
+        async with Node(data_dir=newer, listen=("127.0.0.1", 0)):
+            pass
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    with contextlib.closing(sqlite3.connect(foreign / DATABASE_FILE)) as db:
+        db.execute("CREATE TABLE t (x)")
+        db.commit()
+    with pytest.raises(StoreError, match="not a peerkit database"):
+        async with Node(data_dir=foreign, listen=("127.0.0.1", 0)):
+            pass
+    garbage = tmp_path / "garbage"
+    garbage.mkdir()
+    (garbage / DATABASE_FILE).write_bytes(b"this is not sqlite" * 100)
+    with pytest.raises(StoreError, match="not usable"):
+        async with Node(data_dir=garbage, listen=("127.0.0.1", 0)):
+            pass
+
+
+# -- the manager -----------------------------------------------------------------------------------
+async def test_add_get_list_update_delete_with_their_errors_and_events() -> None:
+    async with pair() as (alice, bob):
+        changes: list[ContactChanged | SubscriptionListChanged] = []
+        async with alice.contacts.watch() as watch:
+            contact = await alice.contacts.add(bob.id, nickname="bob")
+            assert contact.added > 0
+            assert contact.last_seen is None
+            with pytest.raises(ContactExists, match="already a contact"):
+                await alice.contacts.add(bob.id)
+            assert (await alice.contacts.get(bob.id)).nickname == "bob"
+            stranger = Identity.generate().id
+            with pytest.raises(UnknownContact, match=f"{stranger.fingerprint} is not a contact"):
+                await alice.contacts.get(stranger)
+            assert await alice.contacts.find(stranger) is None
+            with pytest.raises(UnknownContact):
+                await alice.contacts.update(Contact(alice, stranger))
+            with pytest.raises(UnknownContact):
+                await alice.contacts.delete(stranger)
+            updated = await alice.contacts.update(
+                contact.replace(display_name="Bob", subscribe_allowed=SubscribePermission.BLOCKED)
+            )
+            assert (await alice.contacts.get(bob.id)) == updated
+            assert alice.contacts.permission(bob.id) is SubscribePermission.BLOCKED
+            await alice.contacts.delete(bob.id)
+            assert await alice.contacts.list() == []
+            assert not alice.contacts.has(bob.id)
+            while watch.pending:
+                changes.append(await watch.__anext__())
+        # ADDED then DELETED of one contact merge to nothing for a reader that was not reading.
+        assert changes == []
+        async with alice.contacts.watch() as watch:
+            await alice.contacts.add(bob.id, nickname="bob")
+            first = await watch.__anext__()
+            assert isinstance(first, ContactChanged)
+            assert first.change is ChangeType.ADDED
+            await alice.contacts.update(first.contact.replace(email="b@example.org"))
+            second = await watch.__anext__()
+            assert isinstance(second, ContactChanged)
+            assert second.change is ChangeType.UPDATED
+            assert second.contact.email == "b@example.org"
+            await alice.contacts.delete(bob.id)
+            third = await watch.__anext__()
+            assert isinstance(third, ContactChanged)
+            assert third.change is ChangeType.DELETED
+
+
+async def test_contact_fields_are_checked_and_me_changes_only_its_names() -> None:
+    async with pair() as (alice, bob):
+        with pytest.raises(LimitExceeded, match="nickname is 256 characters; the limit is 255"):
+            await alice.contacts.add(bob.id, nickname="x" * 256)
+        endpoints = [EndPoint("10.9.0.1", port) for port in range(1000, 1051)]
+        with pytest.raises(LimitExceeded, match="51 endpoints; the limit is 50"):
+            await alice.contacts.add(bob.id, endpoints=endpoints)
+        with pytest.raises(TypeError, match="Contact or a PeerId"):
+            await alice.contacts.add("bob")  # type: ignore[arg-type]
+        with pytest.raises(ValueError, match="own id"):
+            await alice.contacts.add(alice.id)
+        assert not alice.contacts.has(bob.id)  # nothing was half-added
+        contact = await alice.contacts.add(bob.id, endpoints=endpoints[:50])
+        assert len(contact.endpoints) == 50
+        with pytest.raises(TypeError, match="no field 'id'"):
+            contact.replace(id=alice.id)
+        me = alice.contacts.me
+        assert me.is_me
+        assert me.is_subscribed
+        assert me.subscribe_allowed is SubscribePermission.ALLOWED
+        with pytest.raises(ValueError, match="only the nickname, display name and email of me"):
+            await alice.contacts.update(me.replace(subscribe_allowed=SubscribePermission.BLOCKED))
+        with pytest.raises(ValueError, match="me cannot be deleted"):
+            await alice.contacts.delete(alice.id)
+        await alice.contacts.update(me.replace(nickname="alicia"))
+        assert alice.nickname == "alicia"
+        assert (await alice.contacts.get(alice.id)).nickname == "alicia"
+    with pytest.raises(NotRunning):
+        await alice.contacts.list()
+
+
+# -- contact cards ---------------------------------------------------------------------------------
+async def test_a_card_exported_as_text_or_file_imports_with_its_details(tmp_path: Path) -> None:
+    async with pair() as (alice, bob):
+        await bob.sign_in(Scope.ALL)
+        await bob.contacts.update(
+            bob.contacts.me.replace(display_name="Bob Builder", email="bob@example.org")
+        )
+        text = bob.contacts.me.export_card()
+        assert text.startswith(CARD_PREFIX)
+        assert len(text) < 600
+        contact = await alice.contacts.import_card(text)
+        assert contact.id == bob.id
+        assert contact.nickname == "bob"
+        assert (contact.display_name, contact.email) == ("Bob Builder", "bob@example.org")
+        assert contact.endpoints == (bob.endpoint,)
+        # A contact's own card is passed on unchanged and still verifies.
+        assert read_card(contact.export_card()).id == bob.id
+        await alice.contacts.delete(bob.id)
+        path = tmp_path / "bob.peerkit-card"
+        bob.contacts.me.save_card(path)
+        assert (await alice.contacts.import_card(path)).id == bob.id
+        (tmp_path / "bob.txt").write_text(text + "\n")
+        assert alice.contacts.read_card(tmp_path / "bob.txt").id == bob.id
+        with pytest.raises(ContactExists):
+            await alice.contacts.import_card(text)
+        added_by_id = await bob.contacts.add(alice.id)
+        with pytest.raises(ValueError, match="added by id, not from its card"):
+            added_by_id.export_card()
+
+
+def _tamper(text: str) -> str:
+    envelope = bytearray(base64.urlsafe_b64decode(text[len(CARD_PREFIX) :] + "=" * (-len(text) % 4)))
+    where = bytes(envelope).index(b"bob")
+    envelope[where : where + 3] = b"eve"
+    return CARD_PREFIX + base64.urlsafe_b64encode(bytes(envelope)).rstrip(b"=").decode()
+
+
+async def test_a_tampered_or_malformed_card_is_refused_with_a_clear_error() -> None:
+    async with pair() as (alice, bob):
+        text = bob.contacts.me.export_card()
+        with pytest.raises(
+            InvalidRecord, match="contact card rejected: signed record signature does not verify"
+        ):
+            await alice.contacts.import_card(_tamper(text))
+        with pytest.raises(InvalidRecord, match="starts with 'peerkit:'"):
+            await alice.contacts.import_card(text[len(CARD_PREFIX) :])
+        with pytest.raises(InvalidRecord, match="not valid base64url"):
+            await alice.contacts.import_card(CARD_PREFIX + "a")
+        with pytest.raises(InvalidRecord, match="malformed"):
+            await alice.contacts.import_card(CARD_PREFIX + "AAAA")
+        with pytest.raises(TypeError):
+            await alice.contacts.import_card(12)  # type: ignore[arg-type]
+        # A discovery record is not a card: the domains differ.
+        record = records.sign_record(bob.identity, 1, {"nick": "bob"})
+        with pytest.raises(InvalidRecord, match="does not verify"):
+            read_card(record)
+        assert await alice.contacts.list() == []
+
+
+async def test_add_from_fetches_the_peers_signed_card_over_the_channel() -> None:
+    async with pair() as (alice, bob):
+        await alice.sign_in(Scope.ALL)
+        await bob.sign_in(Scope.ALL)
+        await bob.contacts.update(bob.contacts.me.replace(email="bob@example.org"))
+        near = await alice.find_nearby(nickname="bob", timeout=5)
+        contact = await alice.contacts.add_from(near)
+        assert contact.id == bob.id
+        assert contact.email == "bob@example.org"
+        assert contact.card is not None
+        assert (await alice.contacts.get(bob.id)).email == "bob@example.org"
+        with pytest.raises(ContactExists):
+            await alice.contacts.add_from(near)
+        await bob.sign_out()
+        await alice.contacts.delete(bob.id)
+        with pytest.raises(Exception, match="not signed in"):
+            await alice.contacts.add_from(alice.peer(bob.id, bob.endpoint))
+        assert not alice.contacts.has(bob.id)
+
+
+async def test_add_from_refuses_a_card_of_another_peer() -> None:
+    other = Identity.generate()
+    card = records.sign_record(other, 5, {"nick": "not mallory"}, domain=records.CARD_DOMAIN)
+
+    async def script(channel: SecureChannel, raw: Any) -> None:
+        async for message in channel:
+            if message.get("t") == "card":
+                await channel.send({"t": "card_reply", "rid": message["rid"], "card": card})
+
+    async with facing_mallory(CHAT, script) as (alice, mallory):
+        with pytest.raises(ProtocolError, match="card of another peer"):
+            await alice.contacts.add_from(mallory)
+        assert len(alice.contacts) == 0
+
+
+# -- policy --------------------------------------------------------------------------------------
+async def test_contacts_only_policy_uses_the_store_and_marks_contacts_trusted() -> None:
+    async with pair(invitation_policy=InvitationPolicy.CONTACTS_ONLY) as (alice, bob):
+        seen: list[Invitation] = []
+
+        async def accept(invitation: Invitation) -> InvitationResponse:
+            seen.append(invitation)
+            return InvitationResponse.ACCEPTED
+
+        for node in (alice, bob):
+            await node.register_application(CHAT)
+        alice.add_invitation_handler(CHAT, accept)
+        peer = bob.peer(alice.id, alice.endpoint)
+        assert await peer.invite(CHAT, timeout=5) is InvitationResponse.DECLINED
+        await alice.contacts.add(bob.id, nickname="bob")
+        assert await peer.invite(CHAT, timeout=5) is InvitationResponse.ACCEPTED
+        assert seen[0].trusted
+        assert seen[0].contact is not None
+        assert seen[0].contact.nickname == "bob"
+        await alice.contacts.delete(bob.id)
+        assert await peer.invite(CHAT, timeout=5) is InvitationResponse.DECLINED
+
+
+# -- crash safety --------------------------------------------------------------------------------
+WRITER = """
+import sys, anyio, peerkit
+from peerkit.testing import MemoryNetwork
+
+async def main():
+    node = peerkit.Node(data_dir=sys.argv[1], network=MemoryNetwork(), listen=("10.0.0.1", 0))
+    async with node:
+        for i in range(100000):
+            peer_id = peerkit.Identity.from_seed(i.to_bytes(32, "big")).id
+            where = [peerkit.EndPoint("10.0.0.9", 1 + i % 60000)]
+            await node.contacts.add(peer_id, nickname=f"n{i}", endpoints=where)
+            if i % 3 == 0:
+                await node.contacts.delete(peer_id)
+            print(i, flush=True)
+
+anyio.run(main)
+"""
+
+
+async def test_a_writer_killed_mid_write_loses_no_committed_change(tmp_path: Path) -> None:
+    output = b""
+    async with await anyio.open_process([sys.executable, "-c", WRITER, str(tmp_path)]) as process:
+        assert process.stdout is not None
+        with anyio.fail_after(60):
+            while output.count(b"\n") < 1500:
+                output += await process.stdout.receive()
+        process.send_signal(signal.SIGKILL)
+        with contextlib.suppress(anyio.EndOfStream):
+            while True:
+                output += await process.stdout.receive()
+    assert process.returncode == -signal.SIGKILL
+    committed = int(output[: output.rindex(b"\n")].split()[-1])
+    with contextlib.closing(sqlite3.connect(tmp_path / DATABASE_FILE)) as db:
+        assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    async with Node(data_dir=tmp_path, network=MemoryNetwork(), listen=("10.0.0.1", 0)) as node:
+        stored = {c.nickname for c in await node.contacts.list()}
+    expected = {f"n{i}" for i in range(committed + 1) if i % 3 != 0}
+    # Every change reported committed is there; at most the one under way when killed is too.
+    assert expected <= stored
+    assert len(stored - expected) <= 1
