@@ -599,6 +599,11 @@ class ContactManager:
         except UnknownContact:
             return None
 
+    async def _find(self, peer_id: PeerId) -> Contact | None:
+        # find() for the node's own tasks, which may run on while the node stops.
+        row = await self._store.read(_select, bytes(peer_id))
+        return None if row is None else self._contact(row)
+
     async def list(self) -> list[Contact]:
         """Every contact (not :attr:`me`), oldest first."""
         self._node._check_running()

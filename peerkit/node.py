@@ -1550,7 +1550,7 @@ class Node:
         with watch.scope:
             try:
                 while True:
-                    contact = await self.contacts.find(watch.peer_id)
+                    contact = await self.contacts._find(watch.peer_id)
                     if contact is None:
                         return
                     watch.contact = contact
@@ -1794,7 +1794,7 @@ class Node:
         info = control.channel.peer
         endpoint, peer = self._sender(control)
         ttl = message["ttl"]
-        contact = await self.contacts.find(peer_id) if self.contacts.has(peer_id) else None
+        contact = await self.contacts._find(peer_id) if self.contacts.has(peer_id) else None
         invitation = Invitation(
             sender_id=peer_id,
             nickname=info.nickname,
