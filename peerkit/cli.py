@@ -7,6 +7,8 @@ import signal
 import sys
 import tempfile
 import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Annotated
 
@@ -182,8 +184,9 @@ def serve(
     data_dir: DataDir = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON lines for scripts.")] = False,
 ) -> None:
-    """Run a node in the foreground until Ctrl-C or SIGTERM: it signs in to the scopes its discovery
-    providers serve and prints each invitation it receives."""
+    """Run a node in the foreground until Ctrl-C or SIGTERM: it signs in (near me through its
+    discovery providers, and for contacts), publishes the presence 'peerkit presence set' saved,
+    and prints each invitation it receives."""
     host, port = parse_address(listen_at)
     apps = _app_ids(accept or [])
     check_nickname(nickname)
@@ -219,12 +222,17 @@ async def _serve(
         else:
             console.print(text)
 
+    from peerkit.contacts import saved_presence
+
     async with Node(nickname=nickname, data_dir=directory, listen=(host, port), discovery=providers) as node:
-        scope = Scope.NONE
+        # Near me where a provider finds people; Internet, so that allowed contacts may watch.
+        scope = Scope.INTERNET
         for provider in providers:
             scope |= provider.scopes
-        if scope:
-            await node.sign_in(scope)
+        await node.sign_in(scope)
+        presence = saved_presence(node.contacts._me_names)
+        if presence is not None:
+            await node.set_presence(presence)
         for app_id in apps:
             await node.register_application(Application(id=app_id, description="accepted by peerkit serve"))
 
@@ -450,6 +458,319 @@ async def _near(
                                 with anyio.move_on_after(1):  # the "since" column ages
                                     await watch.__anext__()
                                 live.update(_nearby_table(node.nearby()), refresh=True)
+
+
+# -- contacts, presence, watch ------------------------------------------------------------------
+contacts_app = typer.Typer(
+    help="Your contacts: trusted peers, their cards, who may watch you, whom you watch."
+)
+app.add_typer(contacts_app, name="contacts")
+presence_app = typer.Typer(help="Your presence, as the contacts that watch you see it.")
+app.add_typer(presence_app, name="presence")
+
+ContactId = Annotated[
+    str, typer.Argument(help="The contact's id, or the start of it (its fingerprint works).")
+]
+STATUSES = {status.name.lower().replace("_", "-"): status for status in peerkit.PresenceStatus}
+SETTABLE = ", ".join(name for name in STATUSES if name != "offline")
+
+
+@asynccontextmanager
+async def _offline_node(directory: Path) -> AsyncIterator[peerkit.Node]:
+    # A node on the data dir that only uses its store: it listens on loopback and signs in nowhere.
+    async with peerkit.Node(data_dir=directory, listen=("127.0.0.1", 0)) as node:
+        yield node
+
+
+async def _resolve_contact(node: peerkit.Node, text: str) -> peerkit.Contact:
+    wanted = text.replace("-", "").strip().lower()
+    if not wanted:
+        raise typer.BadParameter("give a contact id or the start of one")
+    matches = [c for c in await node.contacts.list() if str(c.id).startswith(wanted)]
+    if not matches:
+        raise typer.BadParameter(f"no contact's id starts with {text!r}; see 'peerkit contacts list'")
+    if len(matches) > 1:
+        raise typer.BadParameter(f"{len(matches)} contacts' ids start with {text!r}; give more of the id")
+    return matches[0]
+
+
+def _contact_row(contact: peerkit.Contact) -> dict[str, object]:
+    return {
+        "id": str(contact.id),
+        "fingerprint": contact.fingerprint,
+        "nickname": contact.nickname,
+        "display_name": contact.display_name,
+        "email": contact.email,
+        "endpoints": [str(e) for e in contact.endpoints],
+        "subscribe_allowed": contact.subscribe_allowed.name.lower(),
+        "is_subscribed": contact.is_subscribed,
+        "added": contact.added,
+        "last_seen": contact.last_seen,
+    }
+
+
+@contacts_app.command("list")
+def contacts_list(
+    data_dir: DataDir = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
+) -> None:
+    """List your contacts."""
+
+    async def run() -> list[peerkit.Contact]:
+        async with _offline_node(data_dir or default_data_dir()) as node:
+            return await node.contacts.list()
+
+    contacts = anyio.run(run)
+    if as_json:
+        print(json.dumps([_contact_row(c) for c in contacts]))
+        return
+    if not contacts:
+        console.print("no contacts yet: add one with 'peerkit contacts add-card CARD'")
+        return
+    table = Table("fingerprint", "nickname", "display name", "email", "may watch me", "I watch", "endpoints")
+    for contact in contacts:
+        table.add_row(
+            contact.fingerprint,
+            contact.nickname,
+            contact.display_name,
+            contact.email,
+            "yes" if contact.subscribe_allowed is peerkit.SubscribePermission.ALLOWED else "blocked",
+            "yes" if contact.is_subscribed else "no",
+            ", ".join(str(e) for e in contact.endpoints),
+        )
+    console.print(table)
+
+
+@contacts_app.command("add-card")
+def contacts_add_card(
+    card: Annotated[str, typer.Argument(help="A card (peerkit:...) or a file holding one.")],
+    block: Annotated[bool, typer.Option("--block", help="Add it, but do not let it watch you.")] = False,
+    data_dir: DataDir = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
+) -> None:
+    """Verify a contact card and add the peer it describes to your contacts."""
+    source: str | Path = card if card.strip().startswith("peerkit:") else Path(card)
+    if isinstance(source, Path) and not source.is_file():
+        raise typer.BadParameter(f"{card!r} is neither a card (peerkit:...) nor a file")
+
+    async def run() -> peerkit.Contact:
+        async with _offline_node(data_dir or default_data_dir()) as node:
+            contact = node.contacts.read_card(source)
+            if block:
+                contact = contact.replace(subscribe_allowed=peerkit.SubscribePermission.BLOCKED)
+            return await node.contacts.add(contact)
+
+    contact = anyio.run(run)
+    if as_json:
+        print(json.dumps(_contact_row(contact)))
+    else:
+        name = contact.display_name or contact.nickname or "?"
+        console.print(f"added {name} ({contact.fingerprint}); the card's signature checks out")
+
+
+@contacts_app.command("export-card")
+def contacts_export_card(
+    out: Annotated[Path | None, typer.Option("--out", help="Write the card's file form to FILE.")] = None,
+    address: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--address", help="HOST:PORT where 'peerkit serve' reaches you (repeatable) [default: none]"
+        ),
+    ] = None,
+    display_name: Annotated[str | None, typer.Option(help="Set your display name first.")] = None,
+    email: Annotated[str | None, typer.Option(help="Set your email first.")] = None,
+    data_dir: DataDir = None,
+) -> None:
+    """Print your contact card (peerkit:...), to give to people who should trust you. Without
+    --address it names no address: they find you through discovery."""
+    from peerkit.contacts import card_text
+
+    endpoints = [peerkit.EndPoint(*parse_address(a, default_host="127.0.0.1")) for a in address or []]
+
+    async def run() -> str:
+        async with _offline_node(data_dir or default_data_dir()) as node:
+            me = node.contacts.me
+            changes = {k: v for k, v in (("display_name", display_name), ("email", email)) if v is not None}
+            if changes:
+                me = await node.contacts.update(me.replace(**changes))
+            card = node.contacts._sign_card(endpoints)
+            if out is not None:
+                temporary = out.with_name(f".{out.name}.tmp")
+                temporary.write_bytes(card)
+                temporary.replace(out)
+            return card_text(card)
+
+    try:
+        text = anyio.run(run)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    print(text)
+
+
+def _contact_change(text: str, data_dir: Path | None, **changes: object) -> peerkit.Contact:
+    async def run() -> peerkit.Contact:
+        async with _offline_node(data_dir or default_data_dir()) as node:
+            contact = await _resolve_contact(node, text)
+            return await node.contacts.update(contact.replace(**changes))
+
+    return anyio.run(run)
+
+
+@contacts_app.command("remove")
+def contacts_remove(contact: ContactId, data_dir: DataDir = None) -> None:
+    """Delete a contact."""
+
+    async def run() -> peerkit.Contact:
+        async with _offline_node(data_dir or default_data_dir()) as node:
+            found = await _resolve_contact(node, contact)
+            await node.contacts.delete(found)
+            return found
+
+    found = anyio.run(run)
+    console.print(f"removed {found.nickname or '?'} ({found.fingerprint})")
+
+
+@contacts_app.command("allow")
+def contacts_allow(contact: ContactId, data_dir: DataDir = None) -> None:
+    """Let a contact watch your presence, applications and objects."""
+    found = _contact_change(contact, data_dir, subscribe_allowed=peerkit.SubscribePermission.ALLOWED)
+    console.print(f"{found.nickname or found.fingerprint} may watch you")
+
+
+@contacts_app.command("block")
+def contacts_block(contact: ContactId, data_dir: DataDir = None) -> None:
+    """Stop a contact from watching you (it may still ask, and hears nothing)."""
+    found = _contact_change(contact, data_dir, subscribe_allowed=peerkit.SubscribePermission.BLOCKED)
+    console.print(f"{found.nickname or found.fingerprint} is blocked")
+
+
+@contacts_app.command("watch")
+def contacts_watch(contact: ContactId, data_dir: DataDir = None) -> None:
+    """Watch a contact (a running 'peerkit serve' or 'peerkit watch' subscribes within a second)."""
+    found = _contact_change(contact, data_dir, is_subscribed=True)
+    console.print(f"watching {found.nickname or found.fingerprint}")
+
+
+@contacts_app.command("unwatch")
+def contacts_unwatch(contact: ContactId, data_dir: DataDir = None) -> None:
+    """Stop watching a contact."""
+    found = _contact_change(contact, data_dir, is_subscribed=False)
+    console.print(f"no longer watching {found.nickname or found.fingerprint}")
+
+
+@presence_app.command("set")
+def presence_set(
+    status: Annotated[str, typer.Argument(help=f"One of: {SETTABLE}.")],
+    text: Annotated[str, typer.Argument(help="A short text beside the status.")] = "",
+    data_dir: DataDir = None,
+) -> None:
+    """Set your presence: a running 'peerkit serve' publishes it within a second, and the next one
+    starts with it. To appear offline, stop (or sign out)."""
+    from peerkit.contacts import PRESENCE_SETTING
+
+    chosen = STATUSES.get(status.lower().replace("_", "-"))
+    if chosen is None or chosen is peerkit.PresenceStatus.OFFLINE:
+        raise typer.BadParameter(f"{status!r} is not a status to set; use one of: {SETTABLE}")
+    try:
+        presence = peerkit.Presence(chosen, text)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+
+    async def run() -> None:
+        async with _offline_node(data_dir or default_data_dir()) as node:
+            await node.contacts._save_setting(
+                PRESENCE_SETTING, json.dumps([int(presence.status), presence.text])
+            )
+
+    anyio.run(run)
+    console.print(f"presence: {chosen.name.lower().replace('_', ' ')}" + (f" ({text})" if text else ""))
+
+
+@app.command()
+def watch(
+    listen_at: Annotated[
+        str, typer.Option("--listen", help="HOST:PORT to listen on (port 0 picks one).")
+    ] = "0.0.0.0:0",
+    discovery: Discovery = None,
+    data_dir: DataDir = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON lines for scripts.")] = False,
+) -> None:
+    """Sign in and print the changes of the contacts you watch (presence, applications, objects,
+    endpoint names) as they happen, until Ctrl-C or SIGTERM."""
+    host, port = parse_address(listen_at)
+    providers = _providers(discovery)
+    anyio.run(_watch, host, port, providers, data_dir or default_data_dir(), as_json)
+
+
+def _describe(
+    event: peerkit.PresenceChanged | peerkit.ApplicationChanged | peerkit.ObjectChanged | peerkit.NameChanged,
+) -> tuple[str, dict[str, object]]:
+    who = event.contact
+    peer_id = event.peer_id
+    name = (who.display_name or who.nickname) if who is not None else ""
+    base: dict[str, object] = {"id": str(peer_id), "fingerprint": peer_id.fingerprint, "nickname": name}
+    label = f"{name or '?'} ({peer_id.fingerprint})"
+    if isinstance(event, peerkit.PresenceChanged):
+        status = event.presence.status.name.lower().replace("_", " ")
+        text = f"{label} is {status}" + (f": {event.presence.text}" if event.presence.text else "")
+        return text, {
+            **base,
+            "event": "presence",
+            "status": event.presence.status.name,
+            "text": event.presence.text,
+        }
+    if isinstance(event, peerkit.ApplicationChanged):
+        app_ = event.application
+        text = f"{label} application {app_.description or app_.id}: {event.change.name.lower()}"
+        return text, {
+            **base,
+            "event": "application",
+            "change": event.change.name,
+            "application": str(app_.id),
+        }
+    if isinstance(event, peerkit.ObjectChanged):
+        obj = event.object
+        text = f"{label} object {obj.id} ({len(obj.data)} bytes): {event.change.name.lower()}"
+        return text, {
+            **base,
+            "event": "object",
+            "change": event.change.name,
+            "object": str(obj.id),
+            "size": len(obj.data),
+        }
+    assert isinstance(event, peerkit.NameChanged)
+    return f"{label} endpoint name: {event.name!r}", {**base, "event": "name", "name": event.name}
+
+
+async def _watch(
+    host: str, port: int, providers: list[DiscoveryProvider], directory: Path, as_json: bool
+) -> None:
+    async with peerkit.Node(data_dir=directory, listen=(host, port), discovery=providers) as node:
+        await node.sign_in(peerkit.Scope.ALL)
+        watched = node.contacts.watched()
+        if as_json:
+            print(json.dumps({"event": "watching", "contacts": [str(i) for i in watched]}), flush=True)
+        elif watched:
+            console.print(f"watching {len(watched)} contact(s); Ctrl-C stops")
+        else:
+            console.print("you watch no contact yet: 'peerkit contacts watch ID' (this keeps running)")
+        async with anyio.create_task_group() as tg:
+
+            async def stop() -> None:
+                with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                    async for _ in signals:
+                        tg.cancel_scope.cancel()
+                        return
+
+            tg.start_soon(stop)
+            async with node.events() as events:
+                async for event in events:
+                    assert not isinstance(event, peerkit.ContactChanged | peerkit.SubscriptionListChanged)
+                    text, fields = _describe(event)
+                    if as_json:
+                        print(json.dumps(fields), flush=True)
+                    else:
+                        console.print(text)
 
 
 def main() -> None:

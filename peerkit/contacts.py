@@ -33,6 +33,8 @@ from peerkit.model import (
     MAX_TEXT,
     ChangeType,
     EndPoint,
+    Presence,
+    PresenceStatus,
     SubscribePermission,
     check_text,
 )
@@ -41,7 +43,6 @@ from peerkit.proto import records
 from peerkit.store import Store
 
 if TYPE_CHECKING:
-    from peerkit.model import Presence
     from peerkit.node import Node
 
 __all__ = ("CARD_PREFIX", "CardContent", "Contact", "ContactManager", "read_card")
@@ -50,6 +51,8 @@ __all__ = ("CARD_PREFIX", "CardContent", "Contact", "ContactManager", "read_card
 CARD_PREFIX: Final = "peerkit:"
 #: Addresses a card carries, at most.
 MAX_CARD_ADDRESSES: Final = 16
+#: The settings key of the presence saved by ``peerkit presence set`` (JSON ``[status, text]``).
+PRESENCE_SETTING: Final = "presence"
 #: Bytes of a card file that are read, at most.
 MAX_CARD_FILE: Final = 2 * records.MAX_ENVELOPE
 
@@ -130,6 +133,16 @@ def read_card(card: str | bytes) -> CardContent:
         endpoints=tuple(dict.fromkeys(endpoints)),
         envelope=envelope,
     )
+
+
+def saved_presence(settings: dict[str, str]) -> Presence | None:
+    """The presence saved in the settings by ``peerkit presence set``, or None (none or unreadable)."""
+    try:
+        status, text = json.loads(settings[PRESENCE_SETTING])
+        presence = Presence(PresenceStatus(status), text)
+    except (KeyError, ValueError, TypeError):
+        return None
+    return None if presence.status is PresenceStatus.OFFLINE else presence
 
 
 def card_text(envelope: bytes) -> str:
@@ -368,6 +381,12 @@ def _flags(connection: sqlite3.Connection) -> list[tuple[bytes, int, int]]:
     return connection.execute("SELECT id, subscribe_allowed, is_subscribed FROM contacts").fetchall()
 
 
+def data_version(connection: sqlite3.Connection) -> int:
+    """A number that changes when another connection commits to the database."""
+    version: int = connection.execute("PRAGMA data_version").fetchone()[0]
+    return version
+
+
 def _settings(connection: sqlite3.Connection) -> dict[str, str]:
     return dict(connection.execute("SELECT key, value FROM settings").fetchall())
 
@@ -382,6 +401,13 @@ def _save_settings(connection: sqlite3.Connection, values: dict[str, str]) -> No
 
 def _seen(connection: sqlite3.Connection, key: bytes, when: float) -> None:
     connection.execute("UPDATE contacts SET last_seen=? WHERE id=?", (when, key))
+
+
+def _flag_table(rows: list[tuple[bytes, int, int]]) -> dict[PeerId, tuple[SubscribePermission, bool]]:
+    return {
+        PeerId._verified(key): (SubscribePermission(allowed), bool(subscribed))
+        for key, allowed, subscribed in rows
+    }
 
 
 class ContactManager:
@@ -401,12 +427,39 @@ class ContactManager:
         self._me_names: dict[str, str] = {}
 
     async def _load(self) -> None:
-        rows = await self._store.read(_flags)
-        self._flags = {
-            PeerId._verified(key): (SubscribePermission(allowed), bool(subscribed))
-            for key, allowed, subscribed in rows
-        }
+        self._flags = _flag_table(await self._store.read(_flags))
         self._me_names = await self._store.read(_settings)
+
+    async def _reload(self) -> dict[str, str]:
+        # Another process (the CLI) changed the database: take its changes as if made here, with
+        # their events, and return the settings as they are now.
+        now = _flag_table(await self._store.read(_flags))
+        before, self._flags = self._flags, now
+        node = self._node
+        for peer_id in set(before) | set(now):
+            old, new = before.get(peer_id), now.get(peer_id)
+            if old == new:
+                continue
+            row = await self._store.read(_select, bytes(peer_id))
+            contact = self._contact(row) if row is not None else Contact(node, peer_id)
+            if new is None:
+                self._bus.publish(ContactChanged(change=ChangeType.DELETED, contact=contact))
+            else:
+                change = ChangeType.ADDED if old is None else ChangeType.UPDATED
+                self._bus.publish(ContactChanged(change=change, contact=contact))
+            was_subscribed, is_subscribed = bool(old and old[1]), bool(new and new[1])
+            if was_subscribed != is_subscribed:
+                change = ChangeType.ADDED if is_subscribed else ChangeType.DELETED
+                self._bus.publish(SubscriptionListChanged(change=change, contact=contact))
+                await node._watch_changed(peer_id, is_subscribed)
+            if (old and old[0]) != (new and new[0]):
+                node._contact_permission_changed(peer_id)
+        self._me_names = await self._store.read(_settings)
+        return self._me_names
+
+    async def _save_setting(self, key: str, value: str) -> None:
+        await self._store.write(_save_settings, {key: value})
+        self._me_names[key] = value
 
     # -- what the node asks, without waiting ------------------------------------------------
     def has(self, peer_id: PeerId) -> bool:
@@ -446,17 +499,21 @@ class ContactManager:
             last_seen=time.time(),
         )
 
-    def _sign_card(self) -> bytes:
+    def _sign_card(self, endpoints: Iterable[EndPoint] | None = None) -> bytes:
+        # A fresh card of me: at ``endpoints``, or where the node listens now.
         node = self._node
         me = self.me
-        hosts = node._hosts() if node.running else ()
-        port = node.endpoint.port if node.running else 0
+        if endpoints is None:
+            port = node.endpoint.port if node.running else 0
+            addrs = [[host, port] for host in node._hosts()] if port else []
+        else:
+            addrs = [[e.host, e.port] for e in endpoints]
         content = {
             "nick": me.nickname,
             "dname": me.display_name,
             "email": me.email,
             "name": node.endpoint_name,
-            "addrs": [[host, port] for host in hosts][:MAX_CARD_ADDRESSES] if port else [],
+            "addrs": addrs[:MAX_CARD_ADDRESSES],
         }
         return records.sign_record(node.identity, node._next_seq(), content, domain=records.CARD_DOMAIN)
 

@@ -28,7 +28,15 @@ import anyio.abc
 
 from peerkit.apps import AppStream, Handle, Invitation, InvitationAnswered, InvitationPolicy, Subscription
 from peerkit.bus import Bus, EventWatch
-from peerkit.contacts import CardContent, Contact, ContactManager, read_card
+from peerkit.contacts import (
+    PRESENCE_SETTING,
+    CardContent,
+    Contact,
+    ContactManager,
+    data_version,
+    read_card,
+    saved_presence,
+)
 from peerkit.discovery.base import (
     Announcement,
     Directory,
@@ -188,6 +196,9 @@ class Node:
     :param queue_size: invitations or streams that may wait for an async iterator to take them.
     :param address_check: seconds between checks of this host's addresses (when listening on a
         wildcard address): a change is published to the discovery providers.
+    :param store_check: seconds between checks of the contact database for changes made by another
+        process (``peerkit contacts ...`` while ``peerkit serve`` runs): they take effect as if made
+        here, with their events. A presence saved by ``peerkit presence set`` is published too.
 
     Several nodes may run in one process. Using a node before ``async with`` or after it raises
     :class:`~peerkit.NotRunning`.
@@ -207,6 +218,7 @@ class Node:
         handshake_timeout: float = HANDSHAKE_TIMEOUT,
         queue_size: int = 16,
         address_check: float = 10.0,
+        store_check: float = 1.0,
     ) -> None:
         self._nickname = check_text(nickname, "nickname")
         if identity is not None and not isinstance(identity, Identity):
@@ -236,6 +248,9 @@ class Node:
         if not address_check > 0:
             raise ValueError(f"address_check must be positive, not {address_check}")
         self._address_check = float(address_check)
+        if not store_check > 0:
+            raise ValueError(f"store_check must be positive, not {store_check}")
+        self._store_check = float(store_check)
         self._network: Transport = network if network is not None else TcpTransport()
         self.invitation_policy = invitation_policy
         self._keepalive = keepalive or KeepalivePolicy()
@@ -326,6 +341,8 @@ class Node:
                 self._sessions.append((provider, session))
             if failure is None:
                 self._tg.start_soon(self._publisher)
+                if self._store.path is not None:
+                    self._tg.start_soon(self._follow_store)
                 for task in self._early_tasks:
                     self._tg.start_soon(task)
                 self._early_tasks.clear()
@@ -498,6 +515,28 @@ class Node:
             self._presence = presence
             self._local_presence_changed()
         await anyio.lowlevel.checkpoint()
+
+    async def _follow_store(self) -> None:
+        # Changes another process commits to the database take effect here.
+        version = await self._store.read(data_version)
+        requested = self.contacts._me_names.get(PRESENCE_SETTING)
+        while True:
+            await anyio.sleep(self._store_check)
+            now = await self._store.read(data_version)
+            if now == version:
+                continue
+            version = now
+            try:
+                settings = await self.contacts._reload()
+            except PeerkitError:
+                log.exception("could not read the changes made to %s", self._store.path)
+                continue
+            if settings.get(PRESENCE_SETTING) != requested:
+                requested = settings.get(PRESENCE_SETTING)
+                presence = saved_presence(settings)
+                if presence is not None and self._scope and presence != self._presence:
+                    self._presence = presence
+                    self._local_presence_changed()
 
     def _local_presence_changed(self) -> None:
         self._bus.publish(

@@ -194,7 +194,7 @@ def test_ctrl_c_withdraws_an_invitation_and_exits_zero(tmp_path: Path) -> None:
 def test_near_once_finds_a_static_peer(tmp_path: Path) -> None:
     server, info = start_server(tmp_path, "--listen", "127.0.0.1:0", "--nickname", "srv")
     try:
-        assert info["scope"] == "NEAR_ME"
+        assert info["scope"] == "ALL"
         assert info["discovery"] == ["memory"]
         where = f"static:127.0.0.1:{info['port']}#{info['id']}"
         found = run("near", "--once", "--wait", "1", "--json", "--discovery", where)
@@ -267,3 +267,104 @@ def test_near_follows_live_until_a_signal(tmp_path: Path, as_json: bool) -> None
             assert "people near me: 1" in out
     finally:
         stop(server)
+
+
+def test_contacts_commands_add_export_list_and_change_contacts(tmp_path: Path) -> None:
+    alice = {"PEERKIT_DATA_DIR": str(tmp_path / "alice")}
+    bob = {"PEERKIT_DATA_DIR": str(tmp_path / "bob")}
+    empty = run("contacts", "list", env=alice)
+    assert empty.returncode == 0, empty.stderr
+    assert "no contacts yet" in empty.stdout
+    card = run("contacts", "export-card", "--display-name", "Bob B", "--address", "10.1.1.1:7000", env=bob)
+    assert card.returncode == 0, card.stderr
+    text = card.stdout.strip()
+    assert text.startswith("peerkit:")
+    added = run("contacts", "add-card", text, "--json", env=alice)
+    assert added.returncode == 0, added.stderr
+    row = json.loads(added.stdout)
+    assert (row["display_name"], row["endpoints"], row["subscribe_allowed"]) == (
+        "Bob B",
+        ["10.1.1.1:7000"],
+        "allowed",
+    )
+    bob_id = row["id"]
+    again = run("contacts", "add-card", text, env=alice)
+    assert again.returncode == 1
+    assert again.stderr.strip() == f"error: {row['fingerprint']} is already a contact"
+    tampered = run(
+        "contacts", "add-card", text[:-6] + ("AAAAAA" if not text.endswith("AAAAAA") else "BBBBBB"), env=bob
+    )
+    assert tampered.returncode == 1
+    assert tampered.stderr.startswith("error: contact card rejected")
+    assert tampered.stderr.count("\n") == 1
+    for command, field, value in [
+        ("block", "subscribe_allowed", "blocked"),
+        ("allow", "subscribe_allowed", "allowed"),
+        ("watch", "is_subscribed", True),
+        ("unwatch", "is_subscribed", False),
+    ]:
+        changed = run("contacts", command, bob_id[:8], env=alice)
+        assert changed.returncode == 0, changed.stderr
+        (listed,) = json.loads(run("contacts", "list", "--json", env=alice).stdout)
+        assert listed[field] == value, command
+    unknown = run("contacts", "remove", "zzzzzzzz", env=alice)
+    assert unknown.returncode == 2
+    assert "no contact's id starts with 'zzzzzzzz'" in unknown.stderr
+    removed = run("contacts", "remove", row["fingerprint"], env=alice)
+    assert removed.returncode == 0, removed.stderr
+    assert json.loads(run("contacts", "list", "--json", env=alice).stdout) == []
+    path = tmp_path / "bob.card"
+    assert run("contacts", "export-card", "--out", str(path), env=bob).returncode == 0
+    assert run("contacts", "add-card", str(path), env=alice).returncode == 0
+    bad_status = run("presence", "set", "offline", env=alice)
+    assert bad_status.returncode == 2
+    assert "not a status to set" in bad_status.stderr
+
+
+def read_json_line(process: subprocess.Popen[str], timeout: float = 20) -> dict[str, object]:
+    assert process.stdout is not None
+    deadline = time.monotonic() + timeout
+    line = ""
+    while not line and time.monotonic() < deadline:
+        line = process.stdout.readline()
+    assert line, "the process printed nothing in time"
+    result: dict[str, object] = json.loads(line)
+    return result
+
+
+@pytest.mark.network
+def test_watch_follows_a_served_contacts_presence_set_from_the_command_line(tmp_path: Path) -> None:
+    alice = {"PEERKIT_DATA_DIR": str(tmp_path / "server")}
+    bob = {"PEERKIT_DATA_DIR": str(tmp_path / "bob")}
+    server, info = start_server(tmp_path, "--listen", "127.0.0.1:0", "--nickname", "alice")
+    watcher = None
+    try:
+        alice_card = run("contacts", "export-card", "--address", f"127.0.0.1:{info['port']}", env=alice)
+        assert alice_card.returncode == 0, alice_card.stderr
+        assert run("contacts", "add-card", alice_card.stdout.strip(), env=bob).returncode == 0
+        assert run("contacts", "watch", str(info["id"])[:10], env=bob).returncode == 0
+        # alice adds bob while she serves: her running node takes the change from the database.
+        bob_card = run("contacts", "export-card", env=bob).stdout.strip()
+        assert run("contacts", "add-card", bob_card, env=alice).returncode == 0
+        watcher = subprocess.Popen(
+            [*PEERKIT, "watch", "--json", "--listen", "127.0.0.1:0", "--discovery", "memory"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, **bob},
+        )
+        assert read_json_line(watcher) == {"event": "watching", "contacts": [info["id"]]}
+        first = read_json_line(watcher)
+        assert (first["event"], first["id"], first["status"]) == ("presence", info["id"], "ONLINE")
+        assert run("presence", "set", "busy", "in a call", env=alice).returncode == 0
+        busy = read_json_line(watcher)
+        assert (busy["event"], busy["status"], busy["text"]) == ("presence", "BUSY", "in a call")
+    finally:
+        stop(server)
+    assert watcher is not None
+    try:
+        gone = read_json_line(watcher)
+        assert (gone["event"], gone["status"]) == ("presence", "OFFLINE")
+    finally:
+        stop(watcher)
+    assert watcher.returncode == 0

@@ -309,7 +309,7 @@ async def test_serve_and_near_across_namespaces(lan: NamespaceLan, tmp_path: Pat
         with anyio.fail_after(30):
             first = json.loads((await server.stdout.receive()).split(b"\n")[0])
         assert first["discovery"] == ["mdns"]
-        assert first["scope"] == "NEAR_ME"
+        assert first["scope"] == "ALL"
         near = await anyio.run_process(
             ["ip", "netns", "exec", ns_b, *cli, "near", "--once", "--wait", "3", "--json"], check=False
         )
