@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import signal
 import sys
@@ -117,29 +118,39 @@ def demo(
         Path | None,
         typer.Option(
             "--data-dir",
-            help="Keep the demo identities in DIR/demo-alice and DIR/demo-bob [default: a temporary dir]",
+            help="Keep the demo identities in DIR/demo-alice, DIR/demo-bob and DIR/demo-carol "
+            "[default: a temporary dir]",
         ),
     ] = None,
 ) -> None:
-    """Two nodes on loopback find each other (mDNS), then an accepted, a declined and an expired
-    invitation, then a chat stream."""
+    """Three nodes on loopback find each other (mDNS), then an accepted, a declined and an expired
+    invitation, contacts made from signed cards, presence and an object watched live, and a chat
+    stream."""
     from peerkit.demo import run_demo
 
     with tempfile.TemporaryDirectory(prefix="peerkit-demo-") as tmp:
         base = data_dir or Path(tmp)
         alice, _ = Identity.load_or_create(base / "demo-alice")
         bob, _ = Identity.load_or_create(base / "demo-bob")
+        carol, _ = Identity.load_or_create(base / "demo-carol")
         console.print(f"alice  {alice.id}  [bold]{alice.fingerprint}[/bold]")
         console.print(f"bob    {bob.id}  [bold]{bob.fingerprint}[/bold]")
-        with console.status("running two nodes on 127.0.0.1", spinner="dots"):
-            report = anyio.run(run_demo, alice, bob, messages)
+        console.print(f"carol  {carol.id}  [bold]{carol.fingerprint}[/bold]")
+        with console.status("running three nodes on 127.0.0.1", spinner="dots"):
+            report = anyio.run(functools.partial(run_demo, alice, bob, messages, carol_identity=carol))
     console.print(f"discovery: {report.discovery}")
     console.print(f"alice listens at {report.alice}")
     console.print(f"bob listens at   {report.bob}")
+    console.print(f"carol listens at {report.carol}")
     table = Table("step", "outcome", "time")
     for step in report.steps:
         table.add_row(step.title, step.outcome, f"{step.elapsed * 1000:.1f} ms")
     console.print(table)
+    console.rule("alice's contact card (what carol imported)")
+    console.print(report.card)
+    console.rule("what bob and carol saw, watching alice")
+    for watcher, what in report.watched:
+        console.print(f"  {watcher}: {what}")
     console.rule(f"chat stream ({report.stream_protocol})")
     console.print(f"stream handshake hash  {report.stream_hash.hex()}")
     for sender, text in report.chat:

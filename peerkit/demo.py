@@ -1,5 +1,5 @@
-"""``peerkit demo``: two nodes on loopback find each other, then go through the invitation and
-communication steps."""
+"""``peerkit demo``: three nodes on loopback go through the four steps of a collaboration session:
+discovery, invitation, contacts (with presence and objects watched live), and communication."""
 
 from __future__ import annotations
 
@@ -9,10 +9,12 @@ from dataclasses import dataclass, field
 import anyio
 
 from peerkit.apps import AppStream, Invitation
+from peerkit.contacts import Contact
 from peerkit.discovery import DiscoveryProvider, MdnsDiscovery, MemoryDiscovery
 from peerkit.errors import PeerkitError, PeerUnreachable
+from peerkit.events import ObjectChanged, PresenceChanged
 from peerkit.identity import Identity
-from peerkit.model import Application, InvitationResponse, Scope
+from peerkit.model import Application, InvitationResponse, PeerObject, Presence, PresenceStatus, Scope
 from peerkit.node import Node
 from peerkit.peers import Peer
 
@@ -39,9 +41,10 @@ class DemoStep:
 class DemoReport:
     """What the demo showed."""
 
-    #: alice's and bob's ids and endpoints, for people.
+    #: alice's, bob's and carol's ids and endpoints, for people.
     alice: str = ""
     bob: str = ""
+    carol: str = ""
     #: The steps, in order.
     steps: list[DemoStep] = field(default_factory=list)
     #: The chat over the application stream, as (sender, text).
@@ -51,37 +54,57 @@ class DemoReport:
     stream_hash: bytes = b""
     #: How the nodes found each other, and why that way.
     discovery: str = ""
+    #: What bob and carol saw of alice while watching her, as (watcher, what).
+    watched: list[tuple[str, str]] = field(default_factory=list)
+    #: alice's contact card as text (what carol imported).
+    card: str = ""
 
 
 async def run_demo(
-    alice_identity: Identity, bob_identity: Identity, messages: int = 3, *, mdns: bool = True
+    alice_identity: Identity,
+    bob_identity: Identity,
+    messages: int = 3,
+    *,
+    carol_identity: Identity | None = None,
+    mdns: bool = True,
 ) -> DemoReport:
-    """Run alice and bob as two nodes on 127.0.0.1: alice finds bob through discovery (mDNS on the
-    loopback interface, or in memory where multicast does not work there), invites him three ways,
-    then they chat over an encrypted stream."""
+    """Run alice, bob and carol as three nodes on 127.0.0.1. alice finds the others through discovery
+    (mDNS on the loopback interface, or in memory where multicast does not work there), invites bob
+    three ways, they make each other contacts (from signed cards fetched over the channel, and from a
+    card's text), bob and carol watch alice's presence and a published object change, then alice and
+    bob chat over an encrypted stream."""
+    carol = carol_identity or Identity.generate()
     if mdns:
         try:
-            return await _run(alice_identity, bob_identity, messages, "mdns")
+            return await _run(alice_identity, bob_identity, carol, messages, "mdns")
         except (PeerkitError, OSError) as exc:
             reason = f"mDNS on 127.0.0.1 did not work here ({exc}); used in-memory discovery"
-            report = await _run(alice_identity, bob_identity, messages, "memory")
+            report = await _run(alice_identity, bob_identity, carol, messages, "memory")
             report.discovery = reason
             return report
-    return await _run(alice_identity, bob_identity, messages, "memory")
+    return await _run(alice_identity, bob_identity, carol, messages, "memory")
 
 
-async def _run(alice_identity: Identity, bob_identity: Identity, messages: int, how: str) -> DemoReport:
+#: The object alice publishes: the document she is working on.
+DOCUMENT = uuid.UUID("0b0e5c1a-7c3d-4f2e-9a61-5d3c0c4a2001")
+
+
+async def _run(
+    alice_identity: Identity, bob_identity: Identity, carol_identity: Identity, messages: int, how: str
+) -> DemoReport:
     report = DemoReport()
 
     def provider() -> DiscoveryProvider:
         return MdnsDiscovery(interfaces=["127.0.0.1"], ip_version="v4") if how == "mdns" else hub
 
+    def node(nickname: str, identity: Identity) -> Node:
+        return Node(nickname=nickname, identity=identity, listen=("127.0.0.1", 0), discovery=[provider()])
+
     hub = MemoryDiscovery()
     async with (
-        Node(
-            nickname="alice", identity=alice_identity, listen=("127.0.0.1", 0), discovery=[provider()]
-        ) as alice,
-        Node(nickname="bob", identity=bob_identity, listen=("127.0.0.1", 0), discovery=[provider()]) as bob,
+        node("alice", alice_identity) as alice,
+        node("bob", bob_identity) as bob,
+        node("carol", carol_identity) as carol,
     ):
         report.discovery = (
             "mDNS (multicast DNS on the loopback interface)" if how == "mdns" else "in-memory discovery"
@@ -89,6 +112,7 @@ async def _run(alice_identity: Identity, bob_identity: Identity, messages: int, 
         bob.endpoint_name = "bob's laptop"
         report.alice = f"{alice.id.fingerprint} at {alice.endpoint}"
         report.bob = f"{bob.id.fingerprint} at {bob.endpoint}"
+        report.carol = f"{carol.id.fingerprint} at {carol.endpoint}"
 
         async def step(title: str, outcome: object, start: float) -> None:
             report.steps.append(
@@ -117,21 +141,26 @@ async def _run(alice_identity: Identity, bob_identity: Identity, messages: int, 
                 text = line.decode()
                 await stream.send(f"bob got {text!r}".encode())
 
+        # -- 1. discovery ----------------------------------------------------------------------
         start = anyio.current_time()
-        await bob.sign_in(Scope.NEAR_ME)
-        await alice.sign_in(Scope.NEAR_ME)
+        for each in (bob, carol, alice):
+            await each.sign_in(Scope.ALL)
         try:
             peer: Peer = await alice.find_nearby(peer_id=bob.id, timeout=5)
+            await alice.find_nearby(peer_id=carol.id, timeout=5)
         except PeerUnreachable:
             if how == "mdns":
                 raise
             # Never expected in memory; kept so that the demo still shows the rest.
             peer = await alice.peer_at(bob.endpoint.host, bob.endpoint.port)
         await step(
-            f"alice finds bob near her ({'mDNS' if how == 'mdns' else 'in memory'}; his signed record)",
+            f"alice finds bob and carol near her ({'mDNS' if how == 'mdns' else 'in memory'}; "
+            "signed records)",
             f"{peer.nickname} {peer.id.fingerprint} at {peer.endpoints[0]}",
             start,
         )
+
+        # -- 2. invitation ---------------------------------------------------------------------
         for app, message, timeout, why in (
             (CHAT, "chat with me?", 10.0, "bob's handler accepts"),
             (WHITEBOARD, "draw with me?", 10.0, "bob has not installed it: his node declines at once"),
@@ -141,6 +170,66 @@ async def _run(alice_identity: Identity, bob_identity: Identity, messages: int, 
             response = await peer.invite(app, message, timeout=timeout)
             await step(f"invite bob to {app.description} ({why})", response.name, start)
 
+        # -- 3. contacts, presence and objects ------------------------------------------------
+        start = anyio.current_time()
+        await alice.contacts.add_from(peer)  # bob's signed card, fetched over the channel
+        alice_near_bob = await bob.find_nearby(peer_id=alice.id, timeout=5)
+        alice_in_bob = await bob.contacts.add_from(alice_near_bob)
+        report.card = alice.contacts.me.export_card()
+        alice_in_carol = await carol.contacts.import_card(report.card)  # as if sent by mail
+        await alice.contacts.import_card(carol.contacts.me.export_card())
+        await step(
+            "make contacts: alice and bob fetch each other's signed card; carol imports alice's card text",
+            f"alice has {len(alice.contacts)} contacts; card of {len(report.card)} characters",
+            start,
+        )
+
+        start = anyio.current_time()
+        seen: dict[str, anyio.Event] = {}
+
+        async def follow(watcher: Node, name: str, contact: Contact) -> None:
+            async with watcher.events(PresenceChanged, ObjectChanged, peer=contact) as events:
+                await contact.subscribe()
+                seen[f"{name} subscribed"].set()
+                async for event in events:
+                    if isinstance(event, PresenceChanged):
+                        status = event.presence.status.name.lower().replace("_", " ")
+                        text = f" ({event.presence.text})" if event.presence.text else ""
+                        report.watched.append((name, f"alice is {status}{text}"))
+                        if event.presence.status is PresenceStatus.BUSY:
+                            seen[f"{name} busy"].set()
+                    elif isinstance(event, ObjectChanged):
+                        change, data = event.change.name.lower(), event.object.data.decode()
+                        report.watched.append((name, f"alice's document {change}: {data!r}"))
+                        seen[f"{name} document"].set()
+
+        async with anyio.create_task_group() as watching:
+            for name in ("bob", "carol"):
+                for what in ("subscribed", "busy", "document"):
+                    seen[f"{name} {what}"] = anyio.Event()
+            watching.start_soon(follow, bob, "bob", alice_in_bob)
+            watching.start_soon(follow, carol, "carol", alice_in_carol)
+            with anyio.fail_after(10):
+                await seen["bob subscribed"].wait()
+                await seen["carol subscribed"].wait()
+            await step(
+                "bob and carol subscribe to alice", f"alice has {len(alice.subscribers())} watchers", start
+            )
+            start = anyio.current_time()
+            await alice.set_presence(Presence(PresenceStatus.BUSY, "writing the plan"))
+            with anyio.fail_after(10):
+                await seen["bob busy"].wait()
+                await seen["carol busy"].wait()
+            await step("alice sets her presence to Busy", "bob and carol saw it", start)
+            start = anyio.current_time()
+            await alice.set_object(PeerObject(id=DOCUMENT, data=b"plan v1", scope=Scope.ALL))
+            with anyio.fail_after(10):
+                await seen["bob document"].wait()
+                await seen["carol document"].wait()
+            await step("alice publishes a document object", "bob and carol saw it", start)
+            watching.cancel_scope.cancel()
+
+        # -- 4. communication --------------------------------------------------------------------
         start = anyio.current_time()
         async with await peer.open_stream(CHAT) as stream:
             report.stream_protocol = stream.protocol

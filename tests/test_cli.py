@@ -68,11 +68,14 @@ def test_a_readable_key_file_is_one_clear_sentence_on_stderr(tmp_path: Path) -> 
 
 
 def test_demo_shows_the_invitation_and_communication_steps() -> None:
-    result = run("demo", "--messages", "2")
+    result = run("demo", "--messages", "2", env={"COLUMNS": "250"})
     assert result.returncode == 0, result.stderr
     out = result.stdout
     assert "discovery: mDNS" in out or "used in-memory discovery" in out
-    assert "alice finds bob near her" in out
+    assert "alice finds bob and carol near her" in out
+    assert "carol imports alice's card text" in out
+    for seen in ("bob: alice is busy (writing the plan)", "carol: alice's document added: 'plan v1'"):
+        assert seen in out
     for outcome in ("registered", "ACCEPTED", "DECLINED", "EXPIRED"):
         assert outcome in out
     assert "Whiteboard" in out
