@@ -14,7 +14,9 @@ from rich.table import Table
 
 from benchmarks import (
     bench_channel,
+    bench_contacts,
     bench_discovery,
+    bench_fanout,
     bench_handshake,
     bench_invite,
     bench_records,
@@ -34,6 +36,8 @@ BENCHMARKS: dict[str, Any] = {
         bench_stream,
         bench_discovery,
         bench_records,
+        bench_fanout,
+        bench_contacts,
     )
 }
 

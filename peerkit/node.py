@@ -94,6 +94,7 @@ from peerkit.net.control import ControlChannel, KeepalivePolicy
 from peerkit.net.transport import TcpTransport, Transport, local_addresses
 from peerkit.peers import NearbyChanged, NearbyPeer, NearbyWatch, Peer, wire_ttl
 from peerkit.presence import KINDS, OFFLINE, Outbox, Watched, read_app, read_object, read_presence
+from peerkit.proto import messages
 from peerkit.proto.connection import HANDSHAKE_TIMEOUT
 from peerkit.proto.messages import USE_STREAM
 from peerkit.store import DATABASE_FILE, Store
@@ -300,6 +301,7 @@ class Node:
         self._objects: dict[uuid.UUID, PeerObject] = {}
         self._subscribers: dict[ControlChannel, _Subscriber] = {}
         self._watching: dict[PeerId, _Watch] = {}
+        self._encoded: dict[tuple[Any, ...], bytes] = {}
 
     # -- lifetime --------------------------------------------------------------------------
     async def __aenter__(self) -> Self:
@@ -1345,6 +1347,7 @@ class Node:
             local_id=self.id,
             endpoint=endpoint,
             handler=self._on_message,
+            notifications={"notify": self._on_notify},
             keepalive=self._keepalive,
         )
         channels = self._controls.setdefault(control.peer_id, [])
@@ -1452,7 +1455,7 @@ class Node:
             async for event in subscriber.watch:
                 subscriber.sending = True
                 for message in self._diff_for(subscriber, _kinds_of(event)):
-                    await control.notify(message)
+                    await control.notify_encoded(self._encode_notify(message))
                 subscriber.sending = False
                 if not self.contacts.has(control.peer_id):
                     break  # no longer a contact: it was told Offline, and hears nothing more
@@ -1462,6 +1465,16 @@ class Node:
             subscriber.sending = False
             if self._subscribers.get(control) is subscriber:
                 self._end_subscriber(control)
+
+    def _encode_notify(self, message: dict[str, Any]) -> bytes:
+        # Subscribers are mostly told the same things: each distinct notification is encoded once.
+        key = (message["k"], message.get("c"), _frozen(message["v"]))
+        encoded = self._encoded.get(key)
+        if encoded is None:
+            if len(self._encoded) >= 256:
+                self._encoded.clear()
+            encoded = self._encoded[key] = messages.encode_message(message)
+        return encoded
 
     async def _farewell(self) -> None:
         # Wait (bounded by the caller) until every subscriber has been sent what is queued for it.
@@ -1657,31 +1670,37 @@ class Node:
             watch.error = PeerUnreachable(f"{who} did not answer a subscription within {timeout} s")
         return None
 
-    async def _on_notify(self, control: ControlChannel, message: dict[str, Any]) -> None:
-        # Runs without waiting before it applies the message, so notifications apply in order.
+    def _on_notify(self, control: ControlChannel, message: dict[str, Any]) -> None:
+        # Runs in the channel's reading task, so notifications apply in the order they came.
         watch = self._watching.get(control.peer_id)
         if watch is None:
             return
         if watch.pending is control and watch.control is None:
             watch.early.append(message)
             if len(watch.early) > MAX_EARLY_NOTIFY:
-                await control.aclose()
+                self._drop(
+                    control, f"more than {MAX_EARLY_NOTIFY} notifications before the subscription's answer"
+                )
             return
         if watch.control is not control:
             return
         try:
             changes = watch.state.apply_notify(message)
         except ProtocolError as exc:
-            log.warning("dropping the channel to %s: %s", control.peer_id.fingerprint, exc)
-            await control.aclose()
+            self._drop(control, str(exc))
             return
         self._emit(watch, changes)
+
+    def _drop(self, control: ControlChannel, why: str) -> None:
+        log.warning("dropping the channel to %s: %s", control.peer_id.fingerprint, why)
+        assert self._tg is not None
+        self._tg.start_soon(control.aclose)
 
     def _emit(self, watch: _Watch, changes: list[tuple[str, ChangeType, Any]]) -> None:
         peer_id, contact = watch.peer_id, watch.contact
         endpoint = watch.endpoint if watch.control is not None else None
-        if endpoint is not None and watch.state.name:
-            endpoint = EndPoint(endpoint.host, endpoint.port, watch.state.name)
+        if endpoint is not None and endpoint.name != watch.state.name:
+            watch.endpoint = endpoint = EndPoint(endpoint.host, endpoint.port, watch.state.name)
         for kind, change, value in changes:
             event: Event
             if kind == "presence":
@@ -1799,8 +1818,6 @@ class Node:
                 await control.error("unavailable", "this node is not signed in", rid)
             else:
                 await control.reply(rid, {"t": "card_reply", "card": self.contacts._sign_card()})
-        elif kind == "notify":
-            await self._on_notify(control, message)
         elif kind == "invite_cancel":
             if _uint(rid):
                 entry = self._incoming.get((id(control), rid))
@@ -2232,3 +2249,12 @@ def _kinds_of(event: Any) -> tuple[str, ...]:
     if isinstance(event, NameChanged):
         return ("name",)
     return KINDS
+
+
+def _frozen(value: Any) -> Any:
+    # A hashable stand-in for a notification's value (lists, maps, text, bytes, numbers).
+    if isinstance(value, list):
+        return tuple(_frozen(v) for v in value)
+    if isinstance(value, dict):
+        return tuple((k, _frozen(v)) for k, v in value.items())
+    return value

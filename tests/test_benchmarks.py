@@ -32,6 +32,8 @@ def test_every_benchmark_runs_and_writes_json(tmp_path: Path) -> None:
         "stream",
         "discovery",
         "records",
+        "fanout",
+        "contacts",
     }
     assert ("handshake", "noiseprotocol") in names
     for row in report["results"]:

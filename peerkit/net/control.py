@@ -13,7 +13,7 @@ import contextlib
 import itertools
 import logging
 import math
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -83,6 +83,8 @@ class Request:
 
 
 Handler = Callable[["ControlChannel", dict[str, Any]], Awaitable[None]]
+#: Takes a notification (a message that is neither a request nor a reply) in the reading task.
+NotificationHandler = Callable[["ControlChannel", dict[str, Any]], None]
 
 
 class ControlChannel:
@@ -100,6 +102,7 @@ class ControlChannel:
         local_id: PeerId,
         endpoint: EndPoint | None,
         handler: Handler,
+        notifications: Mapping[str, NotificationHandler] | None = None,
         keepalive: KeepalivePolicy,
     ) -> None:
         #: The secure channel underneath.
@@ -113,6 +116,7 @@ class ControlChannel:
         #: Which id dialled: the lower one wins when two channels join the same two peers.
         self.dialler = local_id if initiator else channel.peer.id
         self._handler = handler
+        self._notifications = dict(notifications or {})
         self._keepalive = keepalive
         self._rids = itertools.count(1)
         self._waiting: dict[int, Request] = {}
@@ -188,6 +192,16 @@ class ControlChannel:
         """
         try:
             await self.channel.send(message)
+        except anyio.ClosedResourceError as exc:
+            raise PeerUnreachable(f"the channel to {self.peer_id.fingerprint} closed") from exc
+
+    async def notify_encoded(self, plaintext: bytes) -> None:
+        """:meth:`notify` with a message that is already CBOR-encoded (one encoding for many peers).
+
+        :raises PeerUnreachable: when the channel is closed or breaks.
+        """
+        try:
+            await self.channel.send_encoded(plaintext)
         except anyio.ClosedResourceError as exc:
             raise PeerUnreachable(f"the channel to {self.peer_id.fingerprint} closed") from exc
 
@@ -319,6 +333,14 @@ class ControlChannel:
                 await self._close_if_done()
             return
         self._last_request = anyio.current_time()
+        take = self._notifications.get(kind)
+        if take is not None:
+            # In order, in this task, without a task of its own: notifications come in streams.
+            try:
+                take(self, message)
+            except Exception:
+                log.exception("handling %r from %s failed", kind, self.peer_id.fingerprint)
+            return
         self._spawn(tg, self._handle, message)
 
     def _spawn(self, tg: anyio.abc.TaskGroup, fn: Callable[..., Awaitable[None]], *args: Any) -> None:

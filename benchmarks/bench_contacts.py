@@ -1,0 +1,201 @@
+"""``contacts``: the contact store with 10,000 contacts, and the memory of an idle subscription.
+
+- add: ``node.contacts.add`` per second, 10,000 of them into an empty database in a temporary data
+  dir, beside the bare database: the same rows inserted by ``sqlite3`` on the calling thread, one
+  committed transaction each, with the same pragmas (WAL, ``synchronous=FULL``).
+- get: ``node.contacts.get(id)`` latency (random ids, p50) beside a bare ``SELECT`` by key.
+- list: ``node.contacts.list()`` of all 10,000 beside a bare ``SELECT`` of every row.
+- memory per idle subscribed contact: with tracemalloc, the memory 200 subscriptions add (both
+  ends: the watcher's state and channel, the publisher's subscriber, outbox and channel) divided by
+  200, beside an idle plain anyio TCP connection with a reader task at each end.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import json
+import random
+import sqlite3
+import statistics
+import tempfile
+import time
+import tracemalloc
+from pathlib import Path
+
+import anyio
+import anyio.abc
+
+from benchmarks.bench_fanout import run_node
+from benchmarks.harness import Progress, Result
+from peerkit.identity import Identity, PeerId
+from peerkit.model import EndPoint, Scope
+from peerkit.node import Node
+
+NAME = "contacts"
+CONTACTS = 10_000
+GETS = 2_000
+LISTS = 5
+SUBSCRIPTIONS = 200
+STEPS = 10 + 4 + 2
+
+
+def _ids(n: int) -> list[PeerId]:
+    return [Identity.from_seed(i.to_bytes(32, "big")).id for i in range(1, n + 1)]
+
+
+def _bare_database(path: Path) -> sqlite3.Connection:
+    connection = sqlite3.connect(path, isolation_level=None)
+    connection.execute("PRAGMA journal_mode=WAL")
+    connection.execute("PRAGMA synchronous=FULL")
+    connection.execute(
+        "CREATE TABLE contacts (id BLOB PRIMARY KEY, nickname TEXT, display_name TEXT, email TEXT,"
+        " endpoints TEXT, subscribe_allowed INTEGER, is_subscribed INTEGER, added REAL, last_seen REAL,"
+        " card BLOB) WITHOUT ROWID"
+    )
+    return connection
+
+
+async def _store(n: int, progress: Progress) -> dict[str, float]:
+    ids = _ids(n)
+    endpoints = [EndPoint("10.0.0.9", 7000)]
+    figures: dict[str, float] = {}
+    with tempfile.TemporaryDirectory(prefix="peerkit-bench-") as tmp:
+        async with Node(data_dir=Path(tmp) / "node", listen=("127.0.0.1", 0)) as node:
+            start = time.perf_counter()
+            for i, peer_id in enumerate(ids):
+                await node.contacts.add(peer_id, nickname=f"n{i}", endpoints=endpoints)
+                if i % (n // 10) == 0:
+                    progress()
+            figures["add"] = n / (time.perf_counter() - start)
+            wanted = random.Random(1).choices(ids, k=GETS)
+            times = []
+            for peer_id in wanted:
+                start = time.perf_counter()
+                await node.contacts.get(peer_id)
+                times.append(time.perf_counter() - start)
+            figures["get"] = statistics.median(times) * 1e6
+            progress()
+            times = []
+            for _ in range(LISTS):
+                start = time.perf_counter()
+                listed = await node.contacts.list()
+                times.append(time.perf_counter() - start)
+            if len(listed) != n:
+                raise AssertionError(f"listed {len(listed)} contacts of {n}")
+            figures["list"] = statistics.median(times) * 1000
+            progress()
+
+        bare = _bare_database(Path(tmp) / "bare.sqlite3")
+        endpoint_json = json.dumps([["10.0.0.9", 7000, ""]])
+        start = time.perf_counter()
+        for i, peer_id in enumerate(ids):
+            bare.execute("BEGIN IMMEDIATE")
+            bare.execute(
+                "INSERT INTO contacts VALUES (?,?,?,?,?,?,?,?,?,?)",
+                (bytes(peer_id), f"n{i}", "", "", endpoint_json, 1, 0, time.time(), None, None),
+            )
+            bare.execute("COMMIT")
+        figures["bare add"] = n / (time.perf_counter() - start)
+        progress()
+        times = []
+        for peer_id in wanted:
+            start = time.perf_counter()
+            bare.execute("SELECT * FROM contacts WHERE id=?", (bytes(peer_id),)).fetchone()
+            times.append(time.perf_counter() - start)
+        figures["bare get"] = statistics.median(times) * 1e6
+        times = []
+        for _ in range(LISTS):
+            start = time.perf_counter()
+            bare.execute("SELECT * FROM contacts ORDER BY added, id").fetchall()
+            times.append(time.perf_counter() - start)
+        figures["bare list"] = statistics.median(times) * 1000
+        bare.close()
+        progress()
+    return figures
+
+
+async def _subscription_memory(n: int, progress: Progress) -> tuple[float, float]:
+    async with contextlib.AsyncExitStack() as stack:
+        publisher = await stack.enter_async_context(
+            Node(identity=Identity.generate(), listen=("127.0.0.1", 0))
+        )
+        await publisher.sign_in(Scope.INTERNET)
+        contacts = []
+        tg = await stack.enter_async_context(anyio.create_task_group())
+        stack.callback(tg.cancel_scope.cancel)
+        for _ in range(n):
+            # Each node runs in a task of its own, as in an application (one task entering many
+            # nodes would nest their task groups, and every cancellation check would walk them).
+            node = await tg.start(run_node, Node(identity=Identity.generate(), listen=("127.0.0.1", 0)))
+            await node.sign_in(Scope.INTERNET)
+            await publisher.contacts.add(node.id)
+            contacts.append(await node.contacts.add(publisher.id, endpoints=[publisher.endpoint]))
+        gc.collect()
+        tracemalloc.start()
+        before = tracemalloc.get_traced_memory()[0]
+        for contact in contacts:
+            await contact.subscribe()
+        await anyio.sleep(0.5)  # idle
+        gc.collect()
+        ours = (tracemalloc.get_traced_memory()[0] - before) / n
+        tracemalloc.stop()
+        progress()
+
+    async with contextlib.AsyncExitStack() as stack:
+        listener = await stack.enter_async_context(await anyio.create_tcp_listener(local_host="127.0.0.1"))
+        port = listener.extra(anyio.abc.SocketAttribute.local_port)
+        tg = await stack.enter_async_context(anyio.create_task_group())
+        accepted: list[anyio.abc.SocketStream] = []
+        all_in = anyio.Event()
+
+        async def read(stream: anyio.abc.SocketStream) -> None:
+            with contextlib.suppress(anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError):
+                while True:
+                    await stream.receive()
+
+        async def serve(stream: anyio.abc.SocketStream) -> None:
+            accepted.append(stream)
+            if len(accepted) == n:
+                all_in.set()
+            await read(stream)
+
+        tg.start_soon(listener.serve, serve)
+        await anyio.sleep(0.1)
+        gc.collect()
+        tracemalloc.start()
+        before = tracemalloc.get_traced_memory()[0]
+        clients = []
+        for _ in range(n):
+            client = await anyio.connect_tcp("127.0.0.1", port)
+            clients.append(client)
+            tg.start_soon(read, client)
+        with anyio.fail_after(30):
+            await all_in.wait()
+        await anyio.sleep(0.5)
+        gc.collect()
+        plain = (tracemalloc.get_traced_memory()[0] - before) / n
+        tracemalloc.stop()
+        for stream in [*clients, *accepted]:
+            await stream.aclose()
+        tg.cancel_scope.cancel()
+        progress()
+    return ours, plain
+
+
+def run(progress: Progress, quick: bool = False) -> list[Result]:
+    """The ``contacts`` figures."""
+    n = 1000 if quick else CONTACTS
+    f = anyio.run(_store, n, progress)
+    ours, plain = anyio.run(_subscription_memory, 20 if quick else SUBSCRIPTIONS, progress)
+    return [
+        Result(NAME, f"contacts.add/s, {n:,} into an empty store", "/s", f["add"],
+               "bare sqlite3 INSERT + COMMIT per row (WAL, synchronous=FULL)", f["bare add"],
+               f["add"] / f["bare add"], None),
+        Result(NAME, f"contacts.get p50 among {n:,} (ratio = bare / peerkit)", "us", f["get"],
+               "bare sqlite3 SELECT by key", f["bare get"], f["bare get"] / f["get"], None),
+        Result(NAME, f"contacts.list of {n:,} (ratio = bare / peerkit)", "ms", f["list"],
+               "bare sqlite3 SELECT of every row", f["bare list"], f["bare list"] / f["list"], None),
+        Result(NAME, "memory per idle subscribed contact, both ends (ratio = plain / peerkit)", "B", ours,
+               "an idle plain anyio TCP connection, a reader task at each end", plain, plain / ours, None),
+    ]  # fmt: skip

@@ -1,0 +1,230 @@
+"""``fanout``: one publisher, N subscribers (N = 10, 100, 1000), over real TCP on loopback, one process.
+
+peerkit: N subscriber nodes each watch the publisher (a contact that allows them). A sample is the
+time from ``publisher.set_presence(...)`` until the presence handler of every one of the N nodes
+has seen it (each node decrypts, decodes and dispatches its own copy).
+
+Reference, in the same run: the same fan-out with plain anyio TCP: the publisher writes the same
+bytes (the ``notify`` message's CBOR with its 2-byte length frame, no encryption) to N connections,
+and N reader tasks read and decode them.
+
+Figures: p50 and p99 of the all-delivered time, and deliveries per second (N / all-delivered time,
+median over samples), with the issue's targets: N=1000 all delivered in p50 <= 250 ms, and at
+least 0.5x the plain fan-out rate. Samples of the two take turns.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import struct
+import time
+from collections.abc import AsyncIterator
+
+import anyio
+import anyio.abc
+
+from benchmarks.harness import Progress, Result, median
+from peerkit.events import PresenceChanged
+from peerkit.identity import Identity
+from peerkit.model import Presence, PresenceStatus, Scope
+from peerkit.node import Node
+from peerkit.proto import messages
+
+NAME = "fanout"
+SIZES = (10, 100, 1000)
+SAMPLES = {10: 60, 100: 40, 1000: 20}
+STEPS = sum(SAMPLES.values()) // 10 + len(SIZES)
+TARGET_P50_MS = 250.0
+_LENGTH = struct.Struct(">H")
+
+
+def _percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+class _Counter:
+    """Counts deliveries of the current sample; ``done`` is set when all N have arrived."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+        self.seen = 0
+        self.wanted = ""
+        self.done = anyio.Event()
+
+    def expect(self, text: str) -> None:
+        self.seen, self.wanted, self.done = 0, text, anyio.Event()
+
+    def arrived(self, text: str) -> None:
+        if text == self.wanted:
+            self.seen += 1
+            if self.seen == self.n:
+                self.done.set()
+
+
+async def run_node(node: Node, *, task_status: anyio.abc.TaskStatus[Node]) -> None:
+    """Run ``node`` until cancelled; reports it once it is running."""
+    async with node:
+        task_status.started(node)
+        await anyio.sleep_forever()
+
+
+@contextlib.asynccontextmanager
+async def _peerkit(n: int, counter: _Counter, progress: Progress) -> AsyncIterator[Node]:
+    """The publisher, with ``n`` subscriber nodes watching it."""
+    async with contextlib.AsyncExitStack() as stack:
+        publisher = await stack.enter_async_context(
+            Node(nickname="publisher", identity=Identity.generate(), listen=("127.0.0.1", 0))
+        )
+        await publisher.sign_in(Scope.INTERNET)
+
+        async def handler(event: PresenceChanged) -> None:
+            counter.arrived(event.presence.text)
+
+        subscribers = []
+        tg = await stack.enter_async_context(anyio.create_task_group())
+        stack.callback(tg.cancel_scope.cancel)
+        for _ in range(n):
+            # Each node runs in a task of its own, as in an application (one task entering many
+            # nodes would nest their task groups, and every cancellation check would walk them).
+            node = await tg.start(run_node, Node(identity=Identity.generate(), listen=("127.0.0.1", 0)))
+            await node.sign_in(Scope.INTERNET)
+            await publisher.contacts.add(node.id)
+            contact = await node.contacts.add(publisher.id, endpoints=[publisher.endpoint])
+            node.add_presence_handler(handler)
+            subscribers.append((node, contact))
+        counter.expect(publisher.presence.text)  # the first state of each subscription
+        for i, (_, contact) in enumerate(subscribers):
+            await contact.subscribe()
+            if i % 100 == 99:
+                progress()
+        with anyio.fail_after(60):
+            await counter.done.wait()
+        yield publisher
+
+
+@contextlib.asynccontextmanager
+async def _plain(n: int, counter: _Counter) -> AsyncIterator[list[anyio.abc.SocketStream]]:
+    """``n`` plain TCP connections, each read by a task that decodes frames."""
+    async with contextlib.AsyncExitStack() as stack:
+        listener = await anyio.create_tcp_listener(local_host="127.0.0.1")
+        await stack.enter_async_context(listener)
+        port = listener.extra(anyio.abc.SocketAttribute.local_port)
+        tg = await stack.enter_async_context(anyio.create_task_group())
+        accepted: list[anyio.abc.SocketStream] = []
+        all_in = anyio.Event()
+
+        async def read(stream: anyio.abc.SocketStream) -> None:
+            buffer = bytearray()
+            with contextlib.suppress(anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError):
+                while True:
+                    buffer += await stream.receive(65536)
+                    while len(buffer) >= 2:
+                        (size,) = _LENGTH.unpack_from(buffer)
+                        if len(buffer) < 2 + size:
+                            break
+                        message = messages.decode_message(bytes(buffer[2 : 2 + size]))
+                        del buffer[: 2 + size]
+                        counter.arrived(message["v"][1])
+
+        async def serve(stream: anyio.abc.SocketStream) -> None:
+            accepted.append(stream)
+            if len(accepted) == n:
+                all_in.set()
+            await anyio.sleep_forever()
+
+        tg.start_soon(listener.serve, serve)
+        for _ in range(n):
+            client = await anyio.connect_tcp("127.0.0.1", port)
+            await stack.enter_async_context(client)
+            tg.start_soon(read, client)
+        with anyio.fail_after(30):
+            await all_in.wait()
+        yield accepted
+        tg.cancel_scope.cancel()
+        for stream in accepted:
+            await stream.aclose()
+
+
+async def _measure(n: int, samples: int, progress: Progress) -> tuple[list[float], list[float]]:
+    ours: list[float] = []
+    plain: list[float] = []
+    counter = _Counter(n)
+    async with _peerkit(n, counter, progress) as publisher, _plain(n, counter) as streams:
+        for i in range(samples + 2):
+            text = f"sample {i}"
+            counter.expect(text)
+            start = time.perf_counter()
+            await publisher.set_presence(Presence(PresenceStatus.BUSY, text))
+            with anyio.fail_after(60):
+                await counter.done.wait()
+            took = time.perf_counter() - start
+
+            text = f"plain {i}"
+            counter.expect(text)
+            body = messages.encode_message(
+                {"t": "notify", "k": "presence", "v": [int(PresenceStatus.BUSY), text]}
+            )
+            frame = _LENGTH.pack(len(body)) + body
+            start = time.perf_counter()
+            for stream in streams:
+                await stream.send(frame)
+            with anyio.fail_after(60):
+                await counter.done.wait()
+            plain_took = time.perf_counter() - start
+            if i >= 2:  # warm-up samples are dropped
+                ours.append(took)
+                plain.append(plain_took)
+            if i % 10 == 0:
+                progress()
+    return ours, plain
+
+
+def run(progress: Progress, quick: bool = False) -> list[Result]:
+    """The ``fanout`` figures."""
+    results: list[Result] = []
+    for n in SIZES[:2] if quick else SIZES:
+        samples = 5 if quick else SAMPLES[n]
+        ours, plain = anyio.run(_measure, n, samples, progress)
+        for q, label in ((0.5, "p50"), (0.99, "p99")):
+            mine, theirs = _percentile(ours, q) * 1000, _percentile(plain, q) * 1000
+            results.append(
+                Result(
+                    NAME,
+                    f"N={n}: set_presence until all {n} handlers saw it, {label} (ratio = plain / peerkit)",
+                    "ms",
+                    mine,
+                    "plain anyio writes of the same bytes, all read",
+                    theirs,
+                    theirs / mine,
+                    None,
+                )
+            )
+            if n == 1000 and label == "p50":
+                results.append(
+                    Result(
+                        NAME,
+                        "N=1000 all delivered p50 (ratio = 250 ms target / peerkit)",
+                        "ms",
+                        mine,
+                        "the issue's target",
+                        TARGET_P50_MS,
+                        TARGET_P50_MS / mine,
+                        1.0,
+                    )
+                )
+        rates = [n / t for t in ours]
+        plain_rates = [n / t for t in plain]
+        results.append(
+            Result(
+                NAME,
+                f"N={n}: deliveries/s",
+                "/s",
+                median(rates),
+                "plain anyio fan-out",
+                median(plain_rates),
+                median([a / b for a, b in zip(rates, plain_rates, strict=True)]),
+                0.5,
+            )
+        )
+    return results
