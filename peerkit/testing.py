@@ -87,6 +87,19 @@ class MemoryByteStream(anyio.abc.ByteStream):
         if item and not self._link.frozen:
             await self._send.send(bytes(item))
 
+    def send_ready(self) -> bool:
+        """Whether :meth:`send_nowait` would take bytes now (the other end's buffer has room)."""
+        stats = self._send.statistics()
+        return stats.open_receive_streams > 0 and stats.current_buffer_used < stats.max_buffer_size
+
+    def send_nowait(self, item: bytes) -> None:
+        """Send bytes without waiting.
+
+        :raises anyio.WouldBlock: when the other end's buffer is full (nothing is sent).
+        """
+        if item and not self._link.frozen:
+            self._send.send_nowait(bytes(item))
+
     async def receive(self, max_bytes: int = 65536) -> bytes:
         """Up to ``max_bytes`` bytes from the other end.
 

@@ -216,6 +216,27 @@ class SecureChannel(anyio.abc.AsyncResource):
         are copied once, into the frame."""
         await self._send(self._conn.send_parts, parts)
 
+    def try_send_encoded(self, plaintext: bytes) -> bool:
+        """Send one CBOR-encoded message now, without waiting, if the stream can take it at once
+        (a stream with ``send_ready()`` and ``send_nowait()``, not congested, no send under way).
+
+        :returns: whether it was sent; when not, nothing was sent (use :meth:`send_encoded`).
+        :raises ValueError: when the message exceeds 65519 bytes.
+        :raises PeerUnreachable: when the peer closed the channel.
+        """
+        stream: Any = self._stream
+        ready = getattr(stream, "send_ready", None)
+        if self._closed or self._send_lock.locked() or ready is None or not ready():
+            return False
+        self._check_sendable()
+        self._conn.send_plaintext(plaintext)
+        try:
+            stream.send_nowait(self._conn.data_to_send())
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError, anyio.WouldBlock, OSError) as exc:
+            self._conn.close()  # the frame is encrypted: it cannot wait for a later send
+            raise PeerUnreachable("the connection to the peer broke") from exc
+        return True
+
     async def _send(self, queue: Callable[[Any], None], message: Any) -> None:
         # Queue one message on the connection with ``queue`` and write it, one sender at a time.
         if self._closed:

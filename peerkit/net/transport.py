@@ -13,6 +13,7 @@ import anyio
 import anyio.abc
 
 from peerkit.errors import PeerUnreachable
+from peerkit.net.tcp import TcpListener, connect_tcp
 
 __all__ = ("TcpTransport", "Transport", "local_addresses")
 
@@ -64,18 +65,19 @@ class Transport(Protocol):
 
 
 class TcpTransport:
-    """TCP over IPv4 and IPv6 with anyio."""
+    """TCP over IPv4 and IPv6 (:mod:`peerkit.net.tcp` streams: anyio byte streams that can also
+    send without waiting)."""
 
     async def listen(self, host: str, port: int) -> anyio.abc.Listener[Any]:
         """Bind a TCP listener (see :meth:`Transport.listen`)."""
         try:
-            return await anyio.create_tcp_listener(local_host=host, local_port=port)
+            return await TcpListener.bind(host, port)
         except OSError as exc:
             raise PeerUnreachable(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
 
     async def connect(self, host: str, port: int, *, local_host: str) -> anyio.abc.ByteStream:
         """Open a TCP connection (see :meth:`Transport.connect`); ``local_host`` is not used."""
         try:
-            return await anyio.connect_tcp(host, port)
+            return await connect_tcp(host, port)
         except OSError as exc:
             raise PeerUnreachable(f"could not connect to {host}:{port}: {exc.strerror or exc}") from exc
