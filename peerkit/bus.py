@@ -67,6 +67,8 @@ class EventWatch(Generic[E]):
         self._closed = False
         #: Events dropped because the queue was full (never for fewer than ``limit`` keys).
         self.dropped = 0
+        #: Called when the queue goes from empty to not empty (for a reader that polls).
+        self.on_ready: Callable[[], None] | None = None
 
     def _put(self, event: E) -> None:
         if self._closed or not self._accept(event):
@@ -84,6 +86,8 @@ class EventWatch(Generic[E]):
             self._pending.popitem(last=False)
             self.dropped += 1
         self._pending[key] = event
+        if len(self._pending) == 1 and self.on_ready is not None:
+            self.on_ready()
         self._ready.set()
 
     def _end(self) -> None:
@@ -94,6 +98,15 @@ class EventWatch(Generic[E]):
     def pending(self) -> int:
         """Events waiting to be read."""
         return len(self._pending)
+
+    def pop_nowait(self) -> E:
+        """The next event, without waiting.
+
+        :raises anyio.WouldBlock: when none is waiting.
+        """
+        if not self._pending:
+            raise anyio.WouldBlock
+        return self._pending.popitem(last=False)[1]
 
     def __aiter__(self) -> Self:
         return self

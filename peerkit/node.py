@@ -141,7 +141,10 @@ class _Subscriber:
     control: ControlChannel
     watch: EventWatch[Any]
     outbox: Outbox = field(default_factory=Outbox)
-    sending: bool = False
+    # Set while a task of its own sends to it (its connection was congested); otherwise the
+    # node's fan-out task sends to it without waiting.
+    slow: bool = False
+    backlog: list[bytes] = field(default_factory=list)
 
 
 @dataclass(slots=True, eq=False)
@@ -302,6 +305,8 @@ class Node:
         self._subscribers: dict[ControlChannel, _Subscriber] = {}
         self._watching: dict[PeerId, _Watch] = {}
         self._encoded: dict[tuple[Any, ...], bytes] = {}
+        self._fanout_queue: dict[_Subscriber, None] = {}
+        self._fanout_wake = anyio.Event()
 
     # -- lifetime --------------------------------------------------------------------------
     async def __aenter__(self) -> Self:
@@ -343,6 +348,7 @@ class Node:
                 self._sessions.append((provider, session))
             if failure is None:
                 self._tg.start_soon(self._publisher)
+                self._tg.start_soon(self._fanout)
                 if self._store.path is not None:
                     self._tg.start_soon(self._follow_store)
                 for task in self._early_tasks:
@@ -1434,13 +1440,17 @@ class Node:
         self._diff_for(subscriber, KINDS)
         self._subscribers[control] = subscriber
         control.pins += 1
+        # Changes from now on wait in its queue until the state below is sent.
+        subscriber.slow = True
         try:
             await control.reply(rid, {"t": "subscribe_reply", "state": subscriber.outbox.state()})
         except PeerUnreachable:
             self._end_subscriber(control)
             return
-        assert self._tg is not None
-        self._tg.start_soon(self._serve_subscriber, subscriber)
+        subscriber.watch.on_ready = functools.partial(self._fanout_ready, subscriber)
+        subscriber.slow = False
+        if subscriber.watch.pending:
+            self._fanout_ready(subscriber)
 
     def _end_subscriber(self, control: ControlChannel) -> None:
         subscriber = self._subscribers.pop(control, None)
@@ -1448,23 +1458,65 @@ class Node:
             subscriber.watch.close()
             control.pins -= 1
 
-    async def _serve_subscriber(self, subscriber: _Subscriber) -> None:
-        # Sends each change this subscriber may see, as its own merged queue gives them.
+    def _fanout_ready(self, subscriber: _Subscriber) -> None:
+        # A subscriber's queue has something: the fan-out task sends it, unless a task of its own does.
+        if not subscriber.slow:
+            self._fanout_queue[subscriber] = None
+            self._fanout_wake.set()
+
+    async def _fanout(self) -> None:
+        # One task sends every subscriber its changes, without waiting on any connection: a
+        # change reaches a thousand subscribers in one pass. A subscriber whose connection is
+        # congested gets a task of its own until it has caught up.
+        while True:
+            await self._fanout_wake.wait()
+            self._fanout_wake = anyio.Event()
+            queue, self._fanout_queue = self._fanout_queue, {}
+            for count, subscriber in enumerate(queue, 1):
+                if not subscriber.slow and self._subscribers.get(subscriber.control) is subscriber:
+                    self._send_now(subscriber)
+                if count % 128 == 0:
+                    await anyio.lowlevel.checkpoint()  # let the others run during a long pass
+
+    def _send_now(self, subscriber: _Subscriber) -> None:
         control = subscriber.control
+        channel = control.channel
         try:
-            async for event in subscriber.watch:
-                subscriber.sending = True
-                for message in self._diff_for(subscriber, _kinds_of(event)):
-                    await control.notify_encoded(self._encode_notify(message))
-                subscriber.sending = False
-                if not self.contacts.has(control.peer_id):
-                    break  # no longer a contact: it was told Offline, and hears nothing more
+            while subscriber.watch.pending:
+                event = subscriber.watch.pop_nowait()
+                encoded = [self._encode_notify(m) for m in self._diff_for(subscriber, _kinds_of(event))]
+                for index, plaintext in enumerate(encoded):
+                    if not channel.try_send_encoded(plaintext):
+                        subscriber.backlog = encoded[index:]
+                        subscriber.slow = True
+                        assert self._tg is not None
+                        self._tg.start_soon(self._send_slowly, subscriber)
+                        return
         except PeerUnreachable as exc:
             log.debug("subscriber %s is gone: %s", control.peer_id.fingerprint, exc)
+            self._end_subscriber(control)
+            return
+        if not self.contacts.has(control.peer_id):
+            self._end_subscriber(control)  # no longer a contact: it was told Offline, and hears no more
+
+    async def _send_slowly(self, subscriber: _Subscriber) -> None:
+        # The subscriber's connection is congested: send at its pace, its changes merging meanwhile.
+        control = subscriber.control
+        try:
+            while subscriber.backlog:
+                await control.notify_encoded(subscriber.backlog.pop(0))
+            while subscriber.watch.pending:
+                event = subscriber.watch.pop_nowait()
+                for message in self._diff_for(subscriber, _kinds_of(event)):
+                    await control.notify_encoded(self._encode_notify(message))
+        except PeerUnreachable as exc:
+            log.debug("subscriber %s is gone: %s", control.peer_id.fingerprint, exc)
+            self._end_subscriber(control)
+            return
         finally:
-            subscriber.sending = False
-            if self._subscribers.get(control) is subscriber:
-                self._end_subscriber(control)
+            subscriber.slow = False
+        if not self.contacts.has(control.peer_id):
+            self._end_subscriber(control)
 
     def _encode_notify(self, message: dict[str, Any]) -> bytes:
         # Subscribers are mostly told the same things: each distinct notification is encoded once.
@@ -1478,7 +1530,7 @@ class Node:
 
     async def _farewell(self) -> None:
         # Wait (bounded by the caller) until every subscriber has been sent what is queued for it.
-        while any(s.watch.pending or s.sending for s in self._subscribers.values()):  # noqa: ASYNC110
+        while any(s.watch.pending or s.slow for s in self._subscribers.values()):  # noqa: ASYNC110
             await anyio.sleep(0.01)  # bounded by the caller; senders share no event to wait on
 
     def subscribers(self) -> list[PeerId]:

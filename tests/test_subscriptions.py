@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 import pytest
 
 from peerkit import (
@@ -33,6 +34,7 @@ from peerkit import (
     PresenceChanged,
     PresenceStatus,
     Scope,
+    SecureChannel,
     SubscribePermission,
     SubscriptionListChanged,
     UnknownContact,
@@ -463,3 +465,37 @@ async def test_a_slow_reader_gets_the_latest_presence_and_bounded_memory() -> No
             await next_event(fast, lambda e: e.presence.text == "call 299")
             assert slow.pending == 1  # 301 changes, one entry
             assert (await next_event(slow)).presence.text == "call 299"
+
+
+async def test_a_subscriber_that_stops_reading_holds_bounded_memory_and_delays_nobody() -> None:
+    async with world() as w:
+        alice = await w.node("alice", near=False)
+        bob = await w.node("bob", near=False)
+        for node in (alice, bob):
+            await node.sign_in(Scope.ALL)
+        _, alice_in_bob = await befriend(alice, bob)
+        # mallory, a contact of alice's, subscribes over a raw channel and then never reads.
+        mallory = Identity.generate()
+        await alice.contacts.add(mallory.id)
+        raw = await w.net.connect(alice.endpoint.host, alice.endpoint.port, local_host="10.0.9.1")
+        async with await SecureChannel.wrap(raw, mallory, initiator=True, expected_peer=alice.id) as stalled:
+            await stalled.send({"t": "subscribe", "rid": 1})
+            assert (await stalled.receive())["t"] == "subscribe_reply"
+            async with bob.events(PresenceChanged) as events:
+                await alice_in_bob.subscribe()
+                await next_event(events)
+                for i in range(2000):
+                    await alice.set_presence(Presence(PresenceStatus.BUSY, f"call {i}"))
+                    if i % 100 == 0:
+                        await anyio.lowlevel.checkpoint()
+                # bob heard the last one at once, although mallory's connection is full.
+                await next_event(events, lambda e: e.presence.text == "call 1999", timeout=5)
+            (stuck,) = [s for s in alice._subscribers.values() if s.control.peer_id == mallory.id]
+            assert stuck.slow  # mallory has a sender of its own, waiting on its connection
+            assert stuck.watch.pending <= 1  # its presence changes merged: one entry
+            # mallory reads at last: it gets a bounded number of messages, ending with the latest.
+            received = []
+            with anyio.fail_after(5):
+                while not received or received[-1]["v"][1] != "call 1999":
+                    received.append(await stalled.receive())
+            assert len(received) < 2000 // 4
