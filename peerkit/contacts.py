@@ -403,6 +403,18 @@ def _seen(connection: sqlite3.Connection, key: bytes, when: float) -> None:
     connection.execute("UPDATE contacts SET last_seen=? WHERE id=?", (when, key))
 
 
+_PERMISSIONS: Final = {int(p): p for p in SubscribePermission}
+
+
+def _stored_endpoint(host: str, port: int, name: str) -> EndPoint:
+    # An endpoint as this module stored it (checked when it was stored).
+    endpoint: EndPoint = object.__new__(EndPoint)
+    object.__setattr__(endpoint, "host", host)
+    object.__setattr__(endpoint, "port", port)
+    object.__setattr__(endpoint, "name", name)
+    return endpoint
+
+
 def _flag_table(rows: list[tuple[bytes, int, int]]) -> dict[PeerId, tuple[SubscribePermission, bool]]:
     return {
         PeerId._verified(key): (SubscribePermission(allowed), bool(subscribed))
@@ -519,20 +531,18 @@ class ContactManager:
 
     # -- the store -------------------------------------------------------------------------------
     def _contact(self, row: tuple[Any, ...]) -> Contact:
+        # A row this manager wrote (every field was checked then): built without checking again,
+        # so that listing thousands of contacts stays cheap.
         key, nickname, display_name, email, endpoints, allowed, subscribed, added, last_seen, card = row
-        return Contact(
-            self._node,
-            PeerId._verified(key),
-            nickname=nickname,
-            display_name=display_name,
-            email=email,
-            endpoints=tuple(EndPoint(h, p, n) for h, p, n in json.loads(endpoints)),
-            subscribe_allowed=SubscribePermission(allowed),
-            is_subscribed=bool(subscribed),
-            added=added,
-            last_seen=last_seen,
-            card=card,
-        )
+        contact: Contact = object.__new__(Contact)
+        contact._node = self._node
+        contact.id = PeerId._verified(key)
+        contact.nickname, contact.display_name, contact.email = nickname, display_name, email
+        contact.endpoints = tuple(_stored_endpoint(h, p, n) for h, p, n in json.loads(endpoints))
+        contact.subscribe_allowed = _PERMISSIONS[allowed]
+        contact.is_subscribed = bool(subscribed)
+        contact.added, contact.last_seen, contact.card = added, last_seen, card
+        return contact
 
     def read_card(self, card: str | bytes | os.PathLike[str]) -> Contact:
         """Verify a card (text, bytes, or a file holding either) and make a contact of it, without
