@@ -3,6 +3,7 @@ peerkit's code) talks to peerkit over real TCP, in both roles and both handshake
 
 from __future__ import annotations
 
+import base64
 import json
 import signal
 import struct
@@ -246,3 +247,96 @@ async def test_a_foreign_peer_invites_a_peerkit_serve_process(protocol: str, ser
     assert served.process.returncode == 0
     assert [e["response"] for e in events if e["event"] == "invitation"] == ["declined", "accepted"]
     assert {e["nickname"] for e in events if e["event"] == "invitation"} == {"foreign-inviter"}
+
+
+def foreign_card(foreign: Foreign, seq: int) -> str:
+    """The foreign peer's contact card in text form, built from docs/protocol.md section 5 alone."""
+    body = cbor2.dumps(
+        {
+            "id": foreign.id,
+            "seq": seq,
+            "nick": foreign.nick,
+            "dname": "Foreign Peer",
+            "email": "",
+            "name": "",
+            "addrs": [],
+        },
+        canonical=True,
+    )
+    signature = foreign.key.sign(b"peerkit-card-v1\x00" + body).signature
+    envelope = cbor2.dumps({"body": body, "sig": signature}, canonical=True)
+    return "peerkit:" + base64.urlsafe_b64encode(envelope).rstrip(b"=").decode()
+
+
+def cli(*args: str, data_dir: Path) -> subprocess.CompletedProcess[str]:
+    command = [
+        sys.executable,
+        "-c",
+        "from peerkit.cli import main; main()",
+        *args,
+        "--data-dir",
+        str(data_dir),
+    ]
+    return subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
+
+
+async def test_a_foreign_peer_fetches_the_card_and_subscribes_to_a_peerkit_serve_process(
+    served: Served, tmp_path: Path
+) -> None:
+    """Sections 4.5 to 4.7 of docs/protocol.md, from the outside: the card, one-shot gets, and a
+    subscription that follows a presence set with `peerkit presence set`."""
+    info = served.info
+    server_id = PeerId.parse(info["id"])
+    foreign = Foreign("foreign-watcher")
+    async with await anyio.connect_tcp("127.0.0.1", info["port"]) as stream:
+        wire = Wire(stream)
+        noise, _ = await initiate(foreign, wire, IK, server_id.x25519)
+
+        async def send(message: dict[str, object]) -> None:
+            await wire.send(noise.encrypt(cbor2.dumps(message)))
+
+        async def receive(kind: str) -> dict[str, object]:
+            with anyio.fail_after(10):
+                while True:
+                    message: dict[str, object] = cbor2.loads(noise.decrypt(await wire.receive()))
+                    if message["t"] == kind or message["t"] == "error":
+                        return message
+
+        # The card: signed with the card domain by the key the handshake proved.
+        await send({"t": "card", "rid": 1})
+        card = await receive("card_reply")
+        envelope = cbor2.loads(card["card"])
+        nacl.signing.VerifyKey(server_id.key).verify(
+            b"peerkit-card-v1\x00" + envelope["body"], envelope["sig"]
+        )
+        assert cbor2.loads(envelope["body"])["id"] == server_id.key
+        # Not a contact yet: it may see nothing, and may not subscribe.
+        await send({"t": "get", "rid": 2, "what": "presence"})
+        refused = await receive("get_reply")
+        assert (refused["t"], refused["code"], refused["rid"]) == ("error", "not-allowed", 2)
+        await send({"t": "subscribe", "rid": 3})
+        refused = await receive("subscribe_reply")
+        assert (refused["t"], refused["code"]) == ("error", "not-allowed")
+        # The server's user imports the foreign card; its running node takes it within a second.
+        added = cli("contacts", "add-card", foreign_card(foreign, 1), data_dir=tmp_path)
+        assert added.returncode == 0, added.stderr
+        with anyio.fail_after(10):
+            while True:
+                await send({"t": "subscribe", "rid": 4})
+                reply = await receive("subscribe_reply")
+                if reply["t"] == "subscribe_reply":
+                    break
+                await anyio.sleep(0.2)
+        state = reply["state"]
+        assert state["presence"] == [7, ""]  # Online
+        assert [app["id"] for app in state["apps"]] == [REGISTERED.bytes]
+        assert state["objects"] == []
+        await send({"t": "get", "rid": 5, "what": "apps"})
+        apps = await receive("get_reply")
+        assert [app["id"] for app in apps["apps"]] == [REGISTERED.bytes]
+        # A presence set from the command line reaches the subscription as a notify.
+        assert cli("presence", "set", "busy", "in a call", data_dir=tmp_path).returncode == 0
+        notify = await receive("notify")
+        assert notify == {"t": "notify", "k": "presence", "v": [5, "in a call"]}
+        await send({"t": "unsubscribe", "rid": 6})
+        assert (await receive("unsubscribe_reply"))["rid"] == 6
