@@ -445,6 +445,7 @@ class NamespaceLan:
         self._namespaces: list[str] = []
         self._bridges = 0
         self._hosts = 0
+        self._cables: dict[str, list[str]] = {}
         self._hub = f"{self._prefix}hub"
 
     @staticmethod
@@ -500,6 +501,13 @@ class NamespaceLan:
                 self._ip("netns", "del", name)
         self._namespaces.clear()
 
+    def plug(self, namespace: str, plugged: bool, *, index: int = 0) -> None:
+        """Pull out (``plugged=False``) or plug back in the cable of a host's ``index``-th interface:
+        the switch's end goes down, so the host's packets are lost without any error it can see."""
+        self._ip(
+            "link", "set", self._cables[namespace][index], "up" if plugged else "down", namespace=self._hub
+        )
+
     def bridge(self) -> int:
         """Add a bridge (a switch); returns its number."""
         self._bridges += 1
@@ -515,6 +523,7 @@ class NamespaceLan:
         addresses = []
         for index, bridge in enumerate(bridges):
             inside, outside = f"eth{index}", f"h{self._hosts}b{bridge}"
+            self._cables.setdefault(name, []).append(outside)
             self._ip("link", "add", outside, "type", "veth", "peer", "name", inside, "netns", name,
                      namespace=self._hub)  # fmt: skip
             self._ip("link", "set", outside, "master", f"br{bridge}", "up", namespace=self._hub)

@@ -6,7 +6,10 @@ Modes:
       ({"change": "ADDED", "id": ..., "nickname": ..., "endpoints": [...]}); reads commands:
       {"cmd": "nick", "value": NAME} | {"cmd": "signout"} | {"cmd": "signin"} |
       {"cmd": "invite", "id": ID} -> {"invite": "ACCEPTED"} | {"cmd": "stats"} -> {"stats": {...}} |
-      {"cmd": "quit"}.
+      {"cmd": "befriend", "id": ID, "host": ADDR, "port": PORT} (add it as a contact) |
+      {"cmd": "subscribe", "id": ID} | {"cmd": "presence", "status": NAME, "text": TEXT} |
+      {"cmd": "quit"}. With --keepalive SECONDS it signs in to ALL and prints
+      {"presence": STATUS, "text": ..., "id": ...} for each presence change of a watched contact.
   forge --victim ID --address ADDR --ttl SECONDS
       Publishes over mDNS a record with a broken signature ("badsig"), one naming the victim's id
       but signed with another key ("otherkey"), then, 2 s later, a valid one ("mallory").
@@ -39,12 +42,16 @@ async def node_main(args: argparse.Namespace) -> None:
     mdns = MdnsDiscovery(
         ttl=args.ttl, interfaces=args.interface or None, interface_check=1, ip_version=args.ip_version
     )
+    keepalive = None
+    if args.keepalive:
+        keepalive = peerkit.KeepalivePolicy(interval=args.keepalive, timeout=args.keepalive, idle=600)
     async with peerkit.Node(
         nickname=args.nickname,
         identity=peerkit.Identity.generate(),
         listen=(args.listen, 0),
         discovery=[mdns],
         address_check=1,
+        keepalive=keepalive,
     ) as node:
         await node.register_application(CHAT)
 
@@ -53,7 +60,12 @@ async def node_main(args: argparse.Namespace) -> None:
             emit(invited_by=str(invitation.sender_id))
             return peerkit.InvitationResponse.ACCEPTED
 
-        await node.sign_in(peerkit.Scope.NEAR_ME)
+        await node.sign_in(peerkit.Scope.ALL if args.keepalive else peerkit.Scope.NEAR_ME)
+
+        async def watch_presence() -> None:
+            async with node.events(peerkit.PresenceChanged) as events:
+                async for event in events:
+                    emit(presence=event.presence.status.name, text=event.presence.text, id=str(event.peer_id))
 
         async def report() -> None:
             while True:
@@ -69,6 +81,7 @@ async def node_main(args: argparse.Namespace) -> None:
 
         async with anyio.create_task_group() as tg:
             tg.start_soon(report)
+            tg.start_soon(watch_presence)
             emit(ready=str(node.id), port=node.endpoint.port)
             stdin = anyio.wrap_file(sys.stdin)
             async for line in stdin:
@@ -83,6 +96,15 @@ async def node_main(args: argparse.Namespace) -> None:
                 elif cmd == "invite":
                     peer = await node.find_nearby(peer_id=peerkit.PeerId.parse(command["id"]), timeout=10)
                     emit(invite=(await peer.invite(CHAT, "hello", timeout=10)).name)
+                elif cmd == "befriend":
+                    endpoint = peerkit.EndPoint(command["host"], command["port"])
+                    await node.contacts.add(peerkit.PeerId.parse(command["id"]), endpoints=[endpoint])
+                elif cmd == "subscribe":
+                    contact = await node.contacts.get(peerkit.PeerId.parse(command["id"]))
+                    await contact.subscribe()
+                elif cmd == "presence":
+                    status = peerkit.PresenceStatus[command["status"]]
+                    await node.set_presence(peerkit.Presence(status, command.get("text", "")))
                 elif cmd == "stats":
                     emit(stats=dataclasses.asdict(node.discovery_stats))
                 elif cmd == "quit":
@@ -133,6 +155,7 @@ def main() -> None:
     parser.add_argument("--listen", default="0.0.0.0")
     parser.add_argument("--ip-version", default="all")
     parser.add_argument("--address", help="forge: the address to publish")
+    parser.add_argument("--keepalive", type=float, default=0, help="node: keepalive interval and timeout")
     args = parser.parse_args()
     anyio.run(node_main if args.mode == "node" else forge_main, args)
 

@@ -367,3 +367,43 @@ async def test_chosen_interfaces_only(lan: NamespaceLan) -> None:
         await bob.expect(change("ADDED", nickname="alice"))
         await anyio.sleep(2)
         assert not carol.seen(change("ADDED", nickname="alice"))
+
+
+KEEPALIVE = 0.5  # seconds: ping interval and timeout of the agents that watch each other
+
+
+def presence(status: str, **fields: Any) -> Callable[[dict[str, Any]], bool]:
+    return lambda line: line.get("presence") == status and all(line.get(k) == v for k, v in fields.items())
+
+
+async def test_a_watched_contact_goes_offline_when_its_cable_is_pulled_or_it_is_killed(
+    lan: NamespaceLan,
+) -> None:
+    bridge = lan.bridge()
+    (ns_a, (addr_a,)), (ns_b, (addr_b,)) = lan.host(bridge), lan.host(bridge)
+    async with agents() as start:
+        alice = await start(ns_a, *node_args("alice", "--keepalive", str(KEEPALIVE)))
+        bob = await start(ns_b, *node_args("bob", "--keepalive", str(KEEPALIVE)))
+        seen_alice = await bob.expect(change("ADDED", nickname="alice"))
+        alice_id = seen_alice["id"]
+        alice_port = int(seen_alice["endpoints"][0].rsplit(":", 1)[1])
+        bob_id = (await alice.expect(change("ADDED", nickname="bob")))["id"]
+        await alice.send(cmd="befriend", id=bob_id, host=addr_b, port=1)  # allowed to watch her
+        await bob.send(cmd="befriend", id=alice_id, host=addr_a, port=alice_port)
+        await alice.send(cmd="presence", status="BUSY", text="in a call")
+        await bob.send(cmd="subscribe", id=alice_id)
+        await bob.expect(presence("BUSY", id=alice_id, text="in a call"))
+        # The cable is pulled: nothing is closed, packets are lost. Offline within the keepalive
+        # window (interval + 2 x timeout), with a little slack for a loaded machine.
+        lan.plug(ns_a, False)
+        start_time = anyio.current_time()
+        await bob.expect(presence("OFFLINE", id=alice_id), timeout=10)
+        assert anyio.current_time() - start_time <= 3 * KEEPALIVE + 1.5
+        # Plugged back in: the real presence again, by itself.
+        lan.plug(ns_a, True)
+        await bob.expect(presence("BUSY", id=alice_id), timeout=15)
+        # Killed: the kernel closes its connections, and bob sees Offline at once.
+        alice.process.kill()
+        start_time = anyio.current_time()
+        await bob.expect(presence("OFFLINE", id=alice_id), timeout=10)
+        assert anyio.current_time() - start_time <= 3 * KEEPALIVE + 1.5
