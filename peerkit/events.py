@@ -35,7 +35,7 @@ class PresenceChanged:
     #: Whose presence.
     peer_id: PeerId
     #: The contact, as the store had it when the event was made (``contacts.me`` when local).
-    contact: Contact | None
+    contact: Contact
     #: The endpoint it came from (None for local events and for Offline after a lost connection).
     endpoint: EndPoint | None
     #: The new presence.
@@ -56,7 +56,7 @@ class ApplicationChanged:
     #: Whose application.
     peer_id: PeerId
     #: The contact (``contacts.me`` when local).
-    contact: Contact | None
+    contact: Contact
     #: The endpoint it came from (None for local events).
     endpoint: EndPoint | None
     #: ADDED, UPDATED or DELETED.
@@ -79,7 +79,7 @@ class ObjectChanged:
     #: Whose object.
     peer_id: PeerId
     #: The contact (``contacts.me`` when local).
-    contact: Contact | None
+    contact: Contact
     #: The endpoint it came from (None for local events).
     endpoint: EndPoint | None
     #: ADDED, UPDATED or DELETED.
@@ -102,7 +102,7 @@ class NameChanged:
     #: Whose endpoint.
     peer_id: PeerId
     #: The contact (``contacts.me`` when local).
-    contact: Contact | None
+    contact: Contact
     #: The endpoint, with its new name (None for local events).
     endpoint: EndPoint | None
     #: The new endpoint name.

@@ -1750,6 +1750,7 @@ class Node:
 
     def _emit(self, watch: _Watch, changes: list[tuple[str, ChangeType, Any]]) -> None:
         peer_id, contact = watch.peer_id, watch.contact
+        assert contact is not None  # set before the first subscription
         endpoint = watch.endpoint if watch.control is not None else None
         if endpoint is not None and endpoint.name != watch.state.name:
             watch.endpoint = endpoint = EndPoint(endpoint.host, endpoint.port, watch.state.name)

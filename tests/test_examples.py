@@ -39,7 +39,27 @@ def test_invite_and_chat() -> None:
     assert result.stdout.splitlines() == ["alice invites bob: chat?", "ACCEPTED", "bob heard: hello"]
 
 
-@pytest.mark.parametrize("example", ["invite_and_chat.py", "people_near_me.py"])
+def test_contacts_and_presence() -> None:
+    result = subprocess.run(
+        [sys.executable, str(EXAMPLES / "contacts_and_presence.py")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    # A slow handler may get Online and Busy merged into Busy: the latest presence wins.
+    if lines[0] == "alice is ONLINE":
+        lines = lines[1:]
+    assert lines == [
+        "alice is BUSY: in a call",
+        "alice's picture ADDED: b'<png>'",
+        "Presence(status=<PresenceStatus.BUSY: 5>, text='in a call')",
+    ]
+
+
+@pytest.mark.parametrize("example", ["invite_and_chat.py", "people_near_me.py", "contacts_and_presence.py"])
 def test_the_readme_shows_the_examples_as_they_are(example: str) -> None:
     readme = (EXAMPLES.parent / "README.md").read_text()
     code = (EXAMPLES / example).read_text().split('"""\n\n', 1)[1]
