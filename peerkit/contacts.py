@@ -51,6 +51,8 @@ __all__ = ("CARD_PREFIX", "CardContent", "Contact", "ContactManager", "read_card
 CARD_PREFIX: Final = "peerkit:"
 #: Addresses a card carries, at most.
 MAX_CARD_ADDRESSES: Final = 16
+#: Seconds between two updates of a contact's ``last_seen``.
+SEEN_INTERVAL: Final = 60.0
 #: The settings key of the presence saved by ``peerkit presence set`` (JSON ``[status, text]``).
 PRESENCE_SETTING: Final = "presence"
 #: Bytes of a card file that are read, at most.
@@ -437,6 +439,7 @@ class ContactManager:
         # id -> (subscribe_allowed, is_subscribed): what the node must know without waiting.
         self._flags: dict[PeerId, tuple[SubscribePermission, bool]] = {}
         self._me_names: dict[str, str] = {}
+        self._seen_at: dict[PeerId, float] = {}
 
     async def _load(self) -> None:
         self._flags = _flag_table(await self._store.read(_flags))
@@ -761,8 +764,11 @@ class ContactManager:
         return contact
 
     async def _seen(self, peer_id: PeerId) -> None:
-        if peer_id in self._flags:
-            await self._store.write(_seen, bytes(peer_id), time.time())
+        # A channel to the contact opened: note when (at most once a minute per contact).
+        now = time.time()
+        if peer_id in self._flags and now - self._seen_at.get(peer_id, 0.0) >= SEEN_INTERVAL:
+            self._seen_at[peer_id] = now
+            await self._store.write(_seen, bytes(peer_id), now)
 
     # -- events -----------------------------------------------------------------------------------
     def watch(self) -> EventWatch[Event]:

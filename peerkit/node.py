@@ -1356,6 +1356,9 @@ class Node:
             notifications={"notify": self._on_notify},
             keepalive=self._keepalive,
         )
+        if self.contacts.has(control.peer_id):
+            assert self._tg is not None
+            self._tg.start_soon(self.contacts._seen, control.peer_id)
         channels = self._controls.setdefault(control.peer_id, [])
         rivals = [c for c in channels if c.usable and c.endpoint is not None and c.endpoint == endpoint]
         channels.append(control)
@@ -1715,8 +1718,6 @@ class Node:
                 watch.control, watch.endpoint, watch.error = control, control.endpoint or endpoint, None
                 control.pins += 1
                 self._emit(watch, changes)
-                if self._tg is not None:
-                    self._tg.start_soon(self.contacts._seen, watch.peer_id)
                 return control
         if timer.cancelled_caught:
             watch.error = PeerUnreachable(f"{who} did not answer a subscription within {timeout} s")

@@ -7,6 +7,7 @@ import contextlib
 import signal
 import sqlite3
 import sys
+import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -362,3 +363,17 @@ async def test_a_writer_killed_mid_write_loses_no_committed_change(tmp_path: Pat
     # Every change reported committed is there; at most the one under way when killed is too.
     assert expected <= stored
     assert len(stored - expected) <= 1
+
+
+async def test_last_seen_is_when_a_channel_to_the_contact_last_opened() -> None:
+    async with pair() as (alice, bob):
+        contact = await alice.contacts.add(bob.id, endpoints=[bob.endpoint])
+        assert contact.last_seen is None
+        before = time.time()
+        await alice.peer_at(bob.endpoint.host, bob.endpoint.port, bob.id)
+        with anyio.fail_after(5):
+            while (await alice.contacts.get(bob.id)).last_seen is None:
+                await anyio.sleep(0.01)
+        seen = (await alice.contacts.get(bob.id)).last_seen
+        assert seen is not None
+        assert before <= seen <= time.time()
