@@ -713,6 +713,7 @@ class ContactManager:
             raise UnknownContact(f"{contact.fingerprint} is not a contact")
         self._flags[contact.id] = (contact.subscribe_allowed, contact.is_subscribed)
         self._bus.publish(ContactChanged(change=ChangeType.UPDATED, contact=contact))
+        node._contact_updated(contact.id)
         if before[1] != contact.is_subscribed:
             change = ChangeType.ADDED if contact.is_subscribed else ChangeType.DELETED
             self._bus.publish(SubscriptionListChanged(change=change, contact=contact))

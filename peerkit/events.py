@@ -45,8 +45,9 @@ class PresenceChanged:
 
     @property
     def key(self) -> Hashable:
-        """Events with equal keys are merged for a slow reader (the latest presence wins)."""
-        return ("presence", self.local, self.peer_id)
+        """Events with equal keys (one peer at one endpoint) are merged for a slow reader: the latest
+        presence wins."""
+        return ("presence", self.local, self.peer_id, self.endpoint)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -69,7 +70,7 @@ class ApplicationChanged:
     @property
     def key(self) -> Hashable:
         """Events with equal keys are merged for a slow reader."""
-        return ("application", self.local, self.peer_id, self.application.id)
+        return ("application", self.local, self.peer_id, self.endpoint, self.application.id)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -92,7 +93,7 @@ class ObjectChanged:
     @property
     def key(self) -> Hashable:
         """Events with equal keys are merged for a slow reader."""
-        return ("object", self.local, self.peer_id, self.object.id)
+        return ("object", self.local, self.peer_id, self.endpoint, self.object.id)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -113,7 +114,7 @@ class NameChanged:
     @property
     def key(self) -> Hashable:
         """Events with equal keys are merged for a slow reader (the latest name wins)."""
-        return ("name", self.local, self.peer_id)
+        return ("name", self.local, self.peer_id, self.endpoint)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

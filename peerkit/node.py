@@ -127,6 +127,11 @@ _WIRE: Final = {v: k for k, v in _RESPONSES.items()}
 FAREWELL_TIMEOUT: Final = 1.0
 #: Notifications kept for a subscription that is not answered yet; more drop the channel.
 MAX_EARLY_NOTIFY: Final = 256
+#: Endpoints of one watched contact that are tried at once, at most.
+MAX_LINKS: Final = 64
+#: Seconds between two readings of a watched contact's endpoints from the store (sooner when
+#: discovery sees it or it is updated).
+WATCH_REFRESH: Final = 60.0
 
 
 class _Visibility:
@@ -148,19 +153,40 @@ class _Subscriber:
 
 
 @dataclass(slots=True, eq=False)
+class _Link:
+    # One endpoint of a watched contact (subscriber side): a subscription there, or an attempt.
+    endpoint: EndPoint
+    state: Watched = field(default_factory=Watched)
+    control: ControlChannel | None = None  # while subscribed
+    pending: ControlChannel | None = None  # while the subscription is being answered
+    early: list[dict[str, Any]] = field(default_factory=list)
+    instance: bytes | None = None  # the publisher's instance id (one node run)
+    named: EndPoint | None = None  # the endpoint with the name the publisher gives
+    was_active: bool = False
+    tried: bool = False
+
+
+@dataclass(slots=True, eq=False)
 class _Watch:
-    # A contact this node watches (subscriber side).
+    # A contact this node watches (subscriber side): one link per endpoint where it may run.
     peer_id: PeerId
     scope: anyio.CancelScope = field(default_factory=anyio.CancelScope)
-    state: Watched = field(default_factory=Watched)
     contact: Contact | None = None
-    control: ControlChannel | None = None
-    pending: ControlChannel | None = None
-    early: list[dict[str, Any]] = field(default_factory=list)
-    endpoint: EndPoint | None = None
-    first: anyio.Event = field(default_factory=anyio.Event)
-    wake: anyio.Event = field(default_factory=anyio.Event)
+    links: dict[EndPoint, _Link] = field(default_factory=dict)
+    first: anyio.Event = field(default_factory=anyio.Event)  # subscribed, or every endpoint failed
+    wake: anyio.Event = field(default_factory=anyio.Event)  # try now: the contact may be back
+    freed: anyio.Event = field(default_factory=anyio.Event)  # an active link was lost
     error: PeerkitError | None = None
+    offline_told: bool = False
+
+    def active(self) -> list[_Link]:
+        return [link for link in self.links.values() if link.control is not None]
+
+
+def _poke(watch: _Watch, name: str) -> None:
+    # Wake whoever waits on the watch's event ``name`` (they hold the old one), and renew it.
+    getattr(watch, name).set()
+    setattr(watch, name, anyio.Event())
 
 
 class _Started:
@@ -304,6 +330,10 @@ class Node:
         self._objects: dict[uuid.UUID, PeerObject] = {}
         self._subscribers: dict[ControlChannel, _Subscriber] = {}
         self._watching: dict[PeerId, _Watch] = {}
+        self._link_of: dict[ControlChannel, tuple[_Watch, _Link]] = {}
+        #: This run of the node, told to subscribers so that they see one node once, however many
+        #: of its endpoints they reach.
+        self._instance = os.urandom(16)
         self._encoded: dict[tuple[Any, ...], bytes] = {}
         self._fanout_queue: dict[_Subscriber, None] = {}
         self._fanout_wake = anyio.Event()
@@ -692,7 +722,7 @@ class Node:
     def _on_nearby_change(self, change: ChangeType, record: NearbyRecord) -> None:
         followed = self._watching.get(record.id)
         if followed is not None and change is not ChangeType.DELETED:
-            followed.wake.set()  # a watched contact appeared: try it now
+            _poke(followed, "wake")  # a watched contact appeared or moved: try it now
         if any(control.peer_id == record.id for control in self._subscribers):
             self._bus.publish(_Visibility())
         if not self._scope & Scope.NEAR_ME:
@@ -1446,7 +1476,8 @@ class Node:
         # Changes from now on wait in its queue until the state below is sent.
         subscriber.slow = True
         try:
-            await control.reply(rid, {"t": "subscribe_reply", "state": subscriber.outbox.state()})
+            state = subscriber.outbox.state()
+            await control.reply(rid, {"t": "subscribe_reply", "state": state, "inst": self._instance})
         except PeerUnreachable:
             self._end_subscriber(control)
             return
@@ -1570,7 +1601,12 @@ class Node:
     # -- watching contacts (R6) ------------------------------------------------------------
     def _watched_presence(self, peer_id: PeerId) -> Presence | None:
         watch = self._watching.get(peer_id)
-        return None if watch is None else watch.state.presence
+        if watch is None:
+            return None
+        active = watch.active()
+        if active:
+            return active[0].state.presence
+        return OFFLINE if watch.first.is_set() else None
 
     def _start_watch(self, peer_id: PeerId) -> _Watch:
         watch = self._watching.get(peer_id)
@@ -1586,6 +1622,12 @@ class Node:
             watch.scope.cancel()
         return watch
 
+    def _contact_updated(self, peer_id: PeerId) -> None:
+        # Its endpoints may have changed: a watch reads them again now.
+        watch = self._watching.get(peer_id)
+        if watch is not None:
+            _poke(watch, "wake")
+
     async def _watch_changed(self, peer_id: PeerId, subscribed: bool) -> None:
         # The store's is_subscribed flag changed (contacts.update / delete).
         if subscribed and self._scope:
@@ -1596,12 +1638,16 @@ class Node:
                 await self._send_unsubscribe(watch)
 
     async def _send_unsubscribe(self, watch: _Watch) -> None:
-        control = watch.control
-        if control is None or not control.usable:
-            return
-        with anyio.move_on_after(REQUEST_TIMEOUT), contextlib.suppress(PeerUnreachable):
-            request = await control.start_request({"t": "unsubscribe"})
-            await request.wait()
+        controls = [link.control for link in watch.links.values() if link.control is not None]
+        with anyio.move_on_after(REQUEST_TIMEOUT):
+            for control in controls:
+                await self._unsubscribe_on(control)
+
+    async def _unsubscribe_on(self, control: ControlChannel) -> None:
+        if control.usable:
+            with contextlib.suppress(PeerUnreachable):
+                request = await control.start_request({"t": "unsubscribe"})
+                await request.wait()
 
     async def _subscribe_contact(self, contact: Contact, *, wait: bool, timeout: float) -> None:
         if not isinstance(contact, Contact):
@@ -1617,13 +1663,13 @@ class Node:
         was_subscribed = contact.id in self._watching
         await self.contacts._set_subscribed(contact.id, True)
         watch = self._start_watch(contact.id)
-        if not wait or (was_subscribed and watch.control is not None):
+        if not wait or (was_subscribed and watch.active()):
             return
         kept = False
         try:
             with anyio.move_on_after(timeout):
                 await watch.first.wait()
-            if watch.control is not None:
+            if watch.active():
                 kept = True
                 return
             if watch.error is None or isinstance(watch.error, PeerUnreachable):
@@ -1649,112 +1695,191 @@ class Node:
             await self._send_unsubscribe(watch)
 
     async def _run_watch(self, watch: _Watch) -> None:
-        # Subscribe, follow the contact while the channel lasts, subscribe again when it breaks;
-        # a connection not restored within the keepalive timeout makes the contact Offline.
+        # One link per endpoint where the contact may run (stored, and where discovery sees it);
+        # the endpoints are read again when discovery sees the contact, when it is updated, and
+        # every WATCH_REFRESH seconds.
+        with watch.scope:
+            try:
+                async with anyio.create_task_group() as tg:
+                    while True:
+                        contact = await self.contacts._find(watch.peer_id)
+                        if contact is None:
+                            tg.cancel_scope.cancel()
+                            return
+                        watch.contact = contact
+                        endpoints = self._endpoints_of(contact)
+                        if not endpoints and not watch.links:
+                            watch.error = PeerUnreachable(f"no endpoint of {contact.fingerprint} is known")
+                            self._contact_offline(watch)
+                            watch.first.set()
+                        for endpoint in endpoints:
+                            if endpoint not in watch.links and len(watch.links) < MAX_LINKS:
+                                link = watch.links[endpoint] = _Link(endpoint)
+                                tg.start_soon(self._run_link, watch, link)
+                        wake = watch.wake
+                        with anyio.move_on_after(WATCH_REFRESH):
+                            await wake.wait()
+            finally:
+                for link in watch.links.values():
+                    self._unlink(link)
+
+    async def _run_link(self, watch: _Watch, link: _Link) -> None:
+        # Subscribe at one endpoint, follow the contact there while the channel lasts, subscribe
+        # again when it breaks; not restored within the keepalive timeout, it is Offline there.
+        # A link that reaches a node another link already follows stands by until that one is lost.
         policy = self._keepalive
         delay = 0.0
         lost = False
-        with watch.scope:
-            try:
-                while True:
-                    contact = await self.contacts._find(watch.peer_id)
-                    if contact is None:
-                        return
-                    watch.contact = contact
-                    limit = policy.timeout if lost else REQUEST_TIMEOUT
-                    control = await self._subscribe_once(watch, contact, limit)
-                    watch.first.set()
-                    if control is not None:
-                        delay, lost = 0.0, False
-                        await control.wait_closed()
-                        watch.control = None
-                        control.pins -= 1
-                        lost = True
-                        continue
-                    self._emit(watch, watch.state.went_offline())
-                    lost = False
-                    delay = min(max(delay * 2, 0.25), policy.interval)
-                    watch.wake = anyio.Event()
-                    with anyio.move_on_after(delay):
-                        await watch.wake.wait()
-            finally:
-                if watch.control is not None:
-                    watch.control.pins -= 1
-                    watch.control = None
+        while True:
+            limit = policy.timeout if lost else REQUEST_TIMEOUT
+            result = await self._subscribe_link(watch, link, limit)
+            link.tried = True
+            if result == "active":
+                watch.first.set()
+                watch.error, watch.offline_told = None, False
+                delay, lost = 0.0, False
+                assert link.control is not None
+                await link.control.wait_closed()
+                self._unlink(link)
+                _poke(watch, "freed")
+                lost = True
+                continue
+            if result == "duplicate":
+                freed = watch.freed
+                await freed.wait()
+                continue
+            if link.was_active:
+                self._emit(watch, link, link.state.went_offline(), endpoint=link.named or link.endpoint)
+            links = watch.links.values()
+            if all(other.tried and other.control is None for other in links):
+                if not any(other.was_active for other in links):
+                    self._contact_offline(watch)
+                watch.first.set()
+            lost = False
+            delay = min(max(delay * 2, 0.25), policy.interval)
+            wake = watch.wake
+            with anyio.move_on_after(delay):
+                await wake.wait()
 
-    async def _subscribe_once(self, watch: _Watch, contact: Contact, timeout: float) -> ControlChannel | None:
-        endpoints = self._endpoints_of(contact)
-        if not endpoints:
-            watch.error = PeerUnreachable(f"no endpoint of {contact.fingerprint} is known")
-            return None
-        who = contact.fingerprint
+    def _contact_offline(self, watch: _Watch) -> None:
+        # Never reached at any endpoint: say so once (a PresenceChanged to Offline, no endpoint).
+        if not watch.offline_told and watch.contact is not None:
+            watch.offline_told = True
+            self._bus.publish(
+                PresenceChanged(peer_id=watch.peer_id, contact=watch.contact, endpoint=None, presence=OFFLINE)
+            )
+
+    def _unlink(self, link: _Link) -> None:
+        if link.control is not None:
+            link.control.pins -= 1
+            self._link_of.pop(link.control, None)
+            link.control = None
+
+    async def _subscribe_link(self, watch: _Watch, link: _Link, timeout: float) -> str:
+        # "active", "duplicate" (the node there is followed through another link) or "failed".
+        who = watch.peer_id.fingerprint
+        control: ControlChannel | None = None
         with anyio.move_on_after(timeout) as timer:
-            for endpoint in endpoints:
-                control = None
-                try:
-                    control = await self._control_to(watch.peer_id, endpoint, exact=False)
-                    watch.pending, watch.early = control, []
-                    request = await control.start_request({"t": "subscribe"})
-                    reply = await request.wait()
-                    if reply["t"] == "error":
-                        code, text = reply.get("code"), reply.get("msg")
-                        if code == "not-allowed":
-                            watch.error = NotAllowed(f"{who} refused the subscription: {text}")
-                            return None
-                        raise ProtocolError(f"{who} refused the subscription: {code}: {text}")
-                    if reply["t"] != "subscribe_reply":
-                        raise ProtocolError(f"{who} answered a subscription with {reply['t']!r}")
-                    changes = watch.state.apply_state(reply.get("state"))
-                    for early in watch.early:
-                        changes += watch.state.apply_notify(early)
-                except (PeerUnreachable, ProtocolError, ValueError) as exc:
-                    watch.error = exc if isinstance(exc, PeerkitError) else PeerUnreachable(str(exc))
-                    if isinstance(exc, ProtocolError) and control is not None:
+            try:
+                control = await self._control_to(watch.peer_id, link.endpoint, exact=True)
+                link.pending, link.early = control, []
+                self._link_of[control] = (watch, link)
+                request = await control.start_request({"t": "subscribe"})
+                reply = await request.wait()
+                if reply["t"] == "error":
+                    code, text = reply.get("code"), reply.get("msg")
+                    if code == "not-allowed":
+                        watch.error = NotAllowed(f"{who} refused the subscription: {text}")
+                        self._link_of.pop(control, None)
+                        return "failed"
+                    raise ProtocolError(f"{who} refused the subscription: {code}: {text}")
+                if reply["t"] != "subscribe_reply":
+                    raise ProtocolError(f"{who} answered a subscription with {reply['t']!r}")
+                instance = reply.get("inst")
+                if not isinstance(instance, bytes):
+                    instance = None
+                if instance is not None and any(
+                    other is not link and other.control is not None and other.instance == instance
+                    for other in watch.links.values()
+                ):
+                    self._link_of.pop(control, None)
+                    assert self._tg is not None
+                    self._tg.start_soon(self._unsubscribe_on, control)
+                    return "duplicate"
+                state = Watched()  # applied to a copy: a malformed state changes nothing
+                state.presence, state.name = link.state.presence, link.state.name
+                state.apps, state.objects = dict(link.state.apps), dict(link.state.objects)
+                changes = state.apply_state(reply.get("state"))
+                for early in link.early:
+                    changes += state.apply_notify(early)
+                link.state = state
+            except (PeerUnreachable, ProtocolError, ValueError) as exc:
+                watch.error = exc if isinstance(exc, PeerkitError) else PeerUnreachable(str(exc))
+                if control is not None:
+                    self._link_of.pop(control, None)
+                    if isinstance(exc, ProtocolError):
                         log.warning("dropping the channel to %s: %s", who, exc)
                         await control.aclose()
-                    continue
-                finally:
-                    watch.pending, watch.early = None, []
-                watch.control, watch.endpoint, watch.error = control, control.endpoint or endpoint, None
-                control.pins += 1
-                self._emit(watch, changes)
-                return control
+                return "failed"
+            finally:
+                link.pending, link.early = None, []
+            link.control, link.instance, link.was_active = control, instance, True
+            control.pins += 1
+            self._emit(watch, link, changes)
+            return "active"
+        if control is not None and link.control is not control:
+            self._link_of.pop(control, None)
         if timer.cancelled_caught:
             watch.error = PeerUnreachable(f"{who} did not answer a subscription within {timeout} s")
-        return None
+        return "failed"
 
     def _on_notify(self, control: ControlChannel, message: dict[str, Any]) -> None:
         # Runs in the channel's reading task, so notifications apply in the order they came.
-        watch = self._watching.get(control.peer_id)
-        if watch is None:
+        entry = self._link_of.get(control)
+        if entry is None:
             return
-        if watch.pending is control and watch.control is None:
-            watch.early.append(message)
-            if len(watch.early) > MAX_EARLY_NOTIFY:
+        watch, link = entry
+        if link.pending is control and link.control is None:
+            link.early.append(message)
+            if len(link.early) > MAX_EARLY_NOTIFY:
                 self._drop(
                     control, f"more than {MAX_EARLY_NOTIFY} notifications before the subscription's answer"
                 )
             return
-        if watch.control is not control:
+        if link.control is not control:
             return
         try:
-            changes = watch.state.apply_notify(message)
+            changes = link.state.apply_notify(message)
         except ProtocolError as exc:
             self._drop(control, str(exc))
             return
-        self._emit(watch, changes)
+        self._emit(watch, link, changes)
 
     def _drop(self, control: ControlChannel, why: str) -> None:
         log.warning("dropping the channel to %s: %s", control.peer_id.fingerprint, why)
         assert self._tg is not None
         self._tg.start_soon(control.aclose)
 
-    def _emit(self, watch: _Watch, changes: list[tuple[str, ChangeType, Any]]) -> None:
+    def _emit(
+        self,
+        watch: _Watch,
+        link: _Link,
+        changes: list[tuple[str, ChangeType, Any]],
+        *,
+        endpoint: EndPoint | None = None,
+    ) -> None:
         peer_id, contact = watch.peer_id, watch.contact
         assert contact is not None  # set before the first subscription
-        endpoint = watch.endpoint if watch.control is not None else None
-        if endpoint is not None and endpoint.name != watch.state.name:
-            watch.endpoint = endpoint = EndPoint(endpoint.host, endpoint.port, watch.state.name)
+        if endpoint is None:
+            named = link.named
+            if named is None or named.name != link.state.name:
+                base = (
+                    link.control.endpoint
+                    if link.control is not None and link.control.endpoint
+                    else link.endpoint
+                )
+                named = link.named = EndPoint(base.host, base.port, link.state.name)
+            endpoint = named
         for kind, change, value in changes:
             event: Event
             if kind == "presence":

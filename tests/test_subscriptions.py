@@ -377,7 +377,7 @@ async def test_a_lost_contact_is_offline_within_the_keepalive_window_and_back_wh
             window = FAST.interval + 2 * FAST.timeout
             assert event.presence.status is PresenceStatus.OFFLINE
             assert anyio.current_time() - start <= window + 0.5
-            assert event.endpoint is None
+            assert event.endpoint == alice.endpoint  # Offline there
             w.net.thaw(alice.endpoint.host)
             event = await next_event(events, timeout=10)
             assert event.presence == BUSY
@@ -499,3 +499,51 @@ async def test_a_subscriber_that_stops_reading_holds_bounded_memory_and_delays_n
                 while not received or received[-1]["v"][1] != "call 1999":
                     received.append(await stalled.receive())
             assert len(received) < 2000 // 4
+
+
+async def test_a_contact_running_at_two_endpoints_is_watched_at_both() -> None:
+    async with world() as w:
+        bob = await w.node("bob", near=False)
+        alice_identity = Identity.generate()
+        laptop = await w.node("alice", identity=alice_identity, near=False, host="10.0.5.1")
+        phone = await w.node("alice", identity=alice_identity, near=False, host="10.0.5.2")
+        for node in (bob, laptop, phone):
+            await node.sign_in(Scope.ALL)
+            if node is not bob:
+                await node.contacts.add(bob.id)
+        alice = await bob.contacts.add(alice_identity.id, endpoints=[laptop.endpoint, phone.endpoint])
+        await laptop.set_presence(BUSY)
+        await phone.set_presence(Presence(PresenceStatus.AWAY, "on the move"))
+        async with bob.events(PresenceChanged) as events:
+            await alice.subscribe()
+            seen = {}
+            with anyio.fail_after(5):
+                while len(seen) < 2:
+                    event = await next_event(events)
+                    seen[event.endpoint] = event.presence
+        assert seen == {laptop.endpoint: BUSY, phone.endpoint: Presence(PresenceStatus.AWAY, "on the move")}
+        assert laptop.subscribers() == [bob.id]
+        assert phone.subscribers() == [bob.id]
+
+
+async def test_a_node_reached_at_two_addresses_is_watched_once() -> None:
+    # Real TCP: alice listens on every address, and bob knows her at two loopback addresses.
+    async with (
+        Node(nickname="alice", identity=Identity.generate(), listen=("0.0.0.0", 0)) as alice,
+        Node(nickname="bob", identity=Identity.generate(), listen=("127.0.0.1", 0)) as bob,
+    ):
+        for node in (alice, bob):
+            await node.sign_in(Scope.ALL)
+        await alice.contacts.add(bob.id)
+        port = alice.endpoint.port
+        contact = await bob.contacts.add(
+            alice.id, endpoints=[EndPoint("127.0.0.1", port), EndPoint("127.0.0.2", port)]
+        )
+        async with bob.events(PresenceChanged) as events:
+            await contact.subscribe()
+            await next_event(events, presence_is(PresenceStatus.ONLINE))
+            await alice.set_presence(BUSY)
+            await next_event(events, presence_is(PresenceStatus.BUSY))
+            await anyio.sleep(0.3)
+            assert events.pending == 0  # once, not once per address
+        assert alice.subscribers() == [bob.id]
