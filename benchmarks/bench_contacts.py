@@ -26,7 +26,7 @@ from pathlib import Path
 import anyio
 import anyio.abc
 
-from benchmarks.bench_fanout import run_node
+from benchmarks.bench_fanout import watchers
 from benchmarks.harness import Progress, Result
 from peerkit.identity import Identity, PeerId
 from peerkit.model import EndPoint, Scope
@@ -138,16 +138,7 @@ async def _subscription_memory(n: int, progress: Progress) -> tuple[float, float
             Node(identity=Identity.generate(), listen=("127.0.0.1", 0))
         )
         await publisher.sign_in(Scope.INTERNET)
-        contacts = []
-        tg = await stack.enter_async_context(anyio.create_task_group())
-        stack.callback(tg.cancel_scope.cancel)
-        for _ in range(n):
-            # Each node runs in a task of its own, as in an application (one task entering many
-            # nodes would nest their task groups, and every cancellation check would walk them).
-            node = await tg.start(run_node, Node(identity=Identity.generate(), listen=("127.0.0.1", 0)))
-            await node.sign_in(Scope.INTERNET)
-            await publisher.contacts.add(node.id)
-            contacts.append(await node.contacts.add(publisher.id, endpoints=[publisher.endpoint]))
+        contacts = [contact for _, contact in await watchers(stack, publisher, n)]
         gc.collect()
         tracemalloc.start()
         before = tracemalloc.get_traced_memory()[0]

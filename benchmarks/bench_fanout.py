@@ -24,6 +24,7 @@ import anyio
 import anyio.abc
 
 from benchmarks.harness import Progress, Result, median
+from peerkit.contacts import Contact
 from peerkit.events import PresenceChanged
 from peerkit.identity import Identity
 from peerkit.model import Presence, PresenceStatus, Scope
@@ -69,6 +70,22 @@ async def run_node(node: Node, *, task_status: anyio.abc.TaskStatus[Node]) -> No
         await anyio.sleep_forever()
 
 
+async def watchers(stack: contextlib.AsyncExitStack, publisher: Node, n: int) -> list[tuple[Node, Contact]]:
+    """``n`` nodes, signed in, each a contact of ``publisher`` and holding it as a contact (not yet
+    subscribed); they stop with ``stack``."""
+    tg = await stack.enter_async_context(anyio.create_task_group())
+    stack.callback(tg.cancel_scope.cancel)
+    made = []
+    for _ in range(n):
+        # Each node runs in a task of its own, as in an application (one task entering many
+        # nodes would nest their task groups, and every cancellation check would walk them).
+        node = await tg.start(run_node, Node(identity=Identity.generate(), listen=("127.0.0.1", 0)))
+        await node.sign_in(Scope.INTERNET)
+        await publisher.contacts.add(node.id)
+        made.append((node, await node.contacts.add(publisher.id, endpoints=[publisher.endpoint])))
+    return made
+
+
 @contextlib.asynccontextmanager
 async def _peerkit(n: int, counter: _Counter, progress: Progress) -> AsyncIterator[Node]:
     """The publisher, with ``n`` subscriber nodes watching it."""
@@ -81,18 +98,9 @@ async def _peerkit(n: int, counter: _Counter, progress: Progress) -> AsyncIterat
         async def handler(event: PresenceChanged) -> None:
             counter.arrived(event.presence.text)
 
-        subscribers = []
-        tg = await stack.enter_async_context(anyio.create_task_group())
-        stack.callback(tg.cancel_scope.cancel)
-        for _ in range(n):
-            # Each node runs in a task of its own, as in an application (one task entering many
-            # nodes would nest their task groups, and every cancellation check would walk them).
-            node = await tg.start(run_node, Node(identity=Identity.generate(), listen=("127.0.0.1", 0)))
-            await node.sign_in(Scope.INTERNET)
-            await publisher.contacts.add(node.id)
-            contact = await node.contacts.add(publisher.id, endpoints=[publisher.endpoint])
+        subscribers = await watchers(stack, publisher, n)
+        for node, _ in subscribers:
             node.add_presence_handler(handler)
-            subscribers.append((node, contact))
         counter.expect(publisher.presence.text)  # the first state of each subscription
         for i, (_, contact) in enumerate(subscribers):
             await contact.subscribe()

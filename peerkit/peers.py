@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import math
 import uuid
-from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Self
-
-import anyio
+from typing import TYPE_CHECKING
 
 from peerkit.apps import AppStream
+from peerkit.bus import EventWatch
 from peerkit.discovery.base import NearbyRecord
 from peerkit.identity import PeerId
 from peerkit.model import (
@@ -180,8 +178,13 @@ class NearbyChanged:
     #: The peer (for DELETED, as it was last seen).
     peer: NearbyPeer
 
+    @property
+    def key(self) -> Hashable:
+        """Changes of one peer are merged for a slow reader."""
+        return ("nearby", self.peer.id)
 
-class NearbyWatch:
+
+class NearbyWatch(EventWatch[NearbyChanged]):
     """Changes of the people near me, as an async iterator of :class:`NearbyChanged`.
 
     Memory is bounded by the number of peers, not of changes: when the reader is slow, the changes
@@ -191,55 +194,7 @@ class NearbyWatch:
     """
 
     def __init__(self, remove: Callable[[NearbyWatch], None]) -> None:
-        self._pending: OrderedDict[PeerId, NearbyChanged] = OrderedDict()
-        self._ready = anyio.Event()
-        self._closed = False
-        self._remove = remove
-
-    def _put(self, event: NearbyChanged) -> None:
-        if self._closed:
-            return
-        key = event.peer.id
-        before = self._pending.pop(key, None)
-        change = event.change
-        if before is not None:
-            if before.change is ChangeType.ADDED and change is ChangeType.DELETED:
-                return  # never seen by the reader: nothing happened
-            if before.change is ChangeType.ADDED:
-                change = ChangeType.ADDED
-            elif before.change is ChangeType.DELETED and change is ChangeType.ADDED:
-                change = ChangeType.UPDATED
-        self._pending[key] = NearbyChanged(change=change, peer=event.peer)
-        self._ready.set()
-
-    def _end(self) -> None:
-        self._closed = True
-        self._ready.set()
-
-    def __aiter__(self) -> Self:
-        return self
-
-    async def __anext__(self) -> NearbyChanged:
-        """The next change; waits for one."""
-        while not self._pending:
-            if self._closed:
-                raise StopAsyncIteration
-            self._ready = anyio.Event()
-            await self._ready.wait()
-        return self._pending.popitem(last=False)[1]
-
-    async def aclose(self) -> None:
-        """Stop watching."""
-        self._end()
-        self._pending.clear()
-        self._remove(self)
-        await anyio.lowlevel.checkpoint()
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.aclose()
+        super().__init__(lambda event: True, remove)  # type: ignore[arg-type]
 
 
 def wire_ttl(timeout: float) -> int:
