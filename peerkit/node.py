@@ -1389,12 +1389,25 @@ class Node:
         if self.contacts.has(control.peer_id):
             assert self._tg is not None
             self._tg.start_soon(self.contacts._seen, control.peer_id)
+        # The endpoint that was dialled: ours as the peer reached it, or the one we dialled.
+        control.via = (
+            (endpoint.host, endpoint.port) if initiator and endpoint is not None else channel.local_address
+        )
         channels = self._controls.setdefault(control.peer_id, [])
-        rivals = [c for c in channels if c.usable and c.endpoint is not None and c.endpoint == endpoint]
+        rivals = [
+            c
+            for c in channels
+            if c.usable
+            and c.endpoint is not None
+            and c.endpoint == endpoint
+            and (c.dialler != control.dialler or c.via == control.via)
+        ]
         channels.append(control)
         if rivals:
-            # Both peers dialled each other: both keep the same channel (the one the lower id
-            # dialled) and retire the others, which close once their requests are answered.
+            # Both peers dialled each other (or one dialled the same endpoint twice): both keep
+            # the same channel (the one the lower id dialled) and retire the others, which close
+            # once their requests are answered. One peer dialling two addresses of the other is
+            # not a rivalry: both channels stay (a watcher follows each endpoint).
             keep = min([*rivals, control], key=ControlChannel.preference)
             assert self._tg is not None
             for other in (*rivals, control):

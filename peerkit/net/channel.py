@@ -99,6 +99,15 @@ class SecureChannel(anyio.abc.AsyncResource):
                 address = (str(raw[0]), int(raw[1]))
         except anyio.TypedAttributeLookupError:
             pass
+        local: tuple[str, int] | None = None
+        try:
+            raw = stream.extra(SocketAttribute.local_address)
+            if isinstance(raw, tuple):
+                local = (str(raw[0]), int(raw[1]))
+        except anyio.TypedAttributeLookupError:
+            pass
+        #: This side's address and port of the connection, when the transport has them.
+        self.local_address = local
         #: What the handshake proved about the other side.
         self.peer = PeerInfo(
             id=PeerId(done.peer.id),

@@ -115,6 +115,8 @@ class ControlChannel:
         self.endpoint = endpoint
         #: Which id dialled: the lower one wins when two channels join the same two peers.
         self.dialler = local_id if initiator else channel.peer.id
+        #: The address and port that were dialled (set by the owner), when known.
+        self.via: tuple[str, int] | None = None
         self._handler = handler
         self._notifications = dict(notifications or {})
         self._keepalive = keepalive
