@@ -55,7 +55,7 @@ class PeerId:
         except ValueError:
             raise ValueError("peer id is not a valid Ed25519 public key") from None
         self._key = key
-        self._text = base64.b32encode(key).decode("ascii").rstrip("=").lower()
+        self._text: str | None = None
 
     @classmethod
     def parse(cls, text: str) -> PeerId:
@@ -81,7 +81,7 @@ class PeerId:
         peer_id = cls.__new__(cls)
         peer_id._key = bytes(key)
         peer_id._x25519 = None
-        peer_id._text = base64.b32encode(peer_id._key).decode("ascii").rstrip("=").lower()
+        peer_id._text = None
         return peer_id
 
     @property
@@ -102,7 +102,7 @@ class PeerId:
     @property
     def fingerprint(self) -> str:
         """The short form shown to people: ``abcd-efgh-ijkl-mnop``."""
-        t = self._text
+        t = str(self)
         return "-".join(t[i : i + 4] for i in range(0, 16, 4))
 
     def verify_key(self) -> nacl.signing.VerifyKey:
@@ -110,10 +110,13 @@ class PeerId:
         return nacl.signing.VerifyKey(self._key)
 
     def __str__(self) -> str:
-        return self._text
+        text = self._text
+        if text is None:  # made when first needed: ids read in bulk (contacts) are rarely printed
+            text = self._text = base64.b32encode(self._key).decode("ascii").rstrip("=").lower()
+        return text
 
     def __repr__(self) -> str:
-        return f"PeerId({self._text!r})"
+        return f"PeerId({str(self)!r})"
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, PeerId) and other._key == self._key
