@@ -65,9 +65,11 @@ class Store:
     ``fn(connection, *args)`` on the store's thread; :meth:`write` wraps it in a transaction.
     """
 
-    def __init__(self, path: str | os.PathLike[str] | None) -> None:
+    def __init__(self, path: str | os.PathLike[str] | None, *, busy_timeout: float = 5.0) -> None:
         #: The database file; None for a database in memory (a node without a data dir).
         self.path = Path(path) if path is not None else None
+        #: Seconds a write waits for another process's transaction before it fails with StoreError.
+        self.busy_timeout = busy_timeout
         self._jobs: queue.SimpleQueue[tuple[Callable[..., Any], tuple[Any, ...], Any] | None] = (
             queue.SimpleQueue()
         )
@@ -138,6 +140,9 @@ class Store:
                 result = fn(self._connection, *args)
             except BaseException as exc:  # handed to the caller
                 error = exc
+                if isinstance(exc, sqlite3.Error):  # locked by another process, disk full, ...
+                    error = StoreError(f"the database {self.path or '(in memory)'} failed: {exc}")
+                    error.__cause__ = exc
                 loop.call_soon_threadsafe(_settle, future, None, error)
             else:
                 loop.call_soon_threadsafe(_settle, future, result, None)
@@ -159,7 +164,7 @@ class Store:
                 raise StoreError(f"the database {self.path} cannot use write-ahead logging (mode {mode})")
             connection.execute("PRAGMA synchronous=FULL")
             connection.execute("PRAGMA foreign_keys=ON")
-            connection.execute("PRAGMA busy_timeout=5000")
+            connection.execute(f"PRAGMA busy_timeout={int(self.busy_timeout * 1000)}")
             _migrate(connection, self.path)
         except sqlite3.DatabaseError as exc:
             connection.close()
@@ -187,10 +192,7 @@ def _settle(future: asyncio.Future[Any], result: Any, error: BaseException | Non
 def _transaction(connection: sqlite3.Connection | None, fn: Callable[..., T], *args: Any) -> T:
     if connection is None:
         raise StoreError("the database is closed")
-    try:
-        connection.execute("BEGIN IMMEDIATE")
-    except sqlite3.Error as exc:
-        raise StoreError(f"cannot start a transaction: {exc}") from exc
+    connection.execute("BEGIN IMMEDIATE")  # an error (locked, ...) becomes a StoreError in _serve
     try:
         result = fn(connection, *args)
         connection.execute("COMMIT")

@@ -377,3 +377,21 @@ async def test_last_seen_is_when_a_channel_to_the_contact_last_opened() -> None:
         seen = (await alice.contacts.get(bob.id)).last_seen
         assert seen is not None
         assert before <= seen <= time.time()
+
+
+async def test_a_database_locked_by_another_process_is_a_clear_store_error(tmp_path: Path) -> None:
+    from peerkit.contacts import _insert
+    from peerkit.store import Store
+
+    store = Store(tmp_path / DATABASE_FILE, busy_timeout=0.2)
+    await store.open()
+    try:
+        with contextlib.closing(sqlite3.connect(tmp_path / DATABASE_FILE, isolation_level=None)) as other:
+            other.execute("BEGIN EXCLUSIVE")
+            row = (bytes(32), "", "", "", "[]", 1, 0, 0.0, None, None)
+            with pytest.raises(StoreError, match="failed: database is locked"):
+                await store.write(_insert, row)
+            other.execute("ROLLBACK")
+        assert await store.write(_insert, row)  # and it works again once the lock is gone
+    finally:
+        await store.aclose()
