@@ -11,15 +11,17 @@ import pytest
 EXAMPLES = Path(__file__).parent.parent / "examples"
 
 
-def test_secure_echo() -> None:
+def run_example(name: str) -> subprocess.CompletedProcess[str]:
+    """Run ``examples/NAME`` and check that it exits with 0."""
     result = subprocess.run(
-        [sys.executable, str(EXAMPLES / "secure_echo.py")],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
+        [sys.executable, str(EXAMPLES / name)], capture_output=True, text=True, timeout=60, check=False
     )
     assert result.returncode == 0, result.stderr
+    return result
+
+
+def test_secure_echo() -> None:
+    result = run_example("secure_echo.py")
     lines = result.stdout.splitlines()
     assert len(lines) == 2
     assert lines[0].startswith("Noise_XX_25519_ChaChaPoly_BLAKE2b: echo-server")
@@ -28,26 +30,12 @@ def test_secure_echo() -> None:
 
 
 def test_invite_and_chat() -> None:
-    result = subprocess.run(
-        [sys.executable, str(EXAMPLES / "invite_and_chat.py")],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr
+    result = run_example("invite_and_chat.py")
     assert result.stdout.splitlines() == ["alice invites bob: chat?", "ACCEPTED", "bob heard: hello"]
 
 
 def test_contacts_and_presence() -> None:
-    result = subprocess.run(
-        [sys.executable, str(EXAMPLES / "contacts_and_presence.py")],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr
+    result = run_example("contacts_and_presence.py")
     lines = result.stdout.splitlines()
     # A slow handler may get Online and Busy merged into Busy: the latest presence wins.
     if lines[0] == "alice is ONLINE":
