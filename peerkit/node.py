@@ -868,11 +868,13 @@ class Node:
 
     @property
     def trusted(self) -> frozenset[PeerId]:
-        """The ids this node trusts (until the contact store arrives, the "contacts" of the policy)."""
+        """The ids trusted for this run only (:meth:`trust`); contacts (``node.contacts``) are trusted too."""
         return frozenset(self._trusted)
 
     def trust(self, peer_id: PeerId) -> None:
-        """Trust ``peer_id``: its invitations are marked trusted and pass the CONTACTS_ONLY policy."""
+        """Trust ``peer_id`` for this run of the node, without making it a contact: its invitations are
+        marked trusted and pass the CONTACTS_ONLY policy. To trust a peer for good, add it to
+        ``node.contacts``."""
         if not isinstance(peer_id, PeerId):
             raise TypeError(f"peer_id must be a PeerId, not {type(peer_id).__name__}")
         self._trusted.add(peer_id)
