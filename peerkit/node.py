@@ -93,7 +93,18 @@ from peerkit.net.channel import ChannelListener, SecureChannel
 from peerkit.net.control import ControlChannel, KeepalivePolicy
 from peerkit.net.transport import TcpTransport, Transport, local_addresses
 from peerkit.peers import NearbyChanged, NearbyPeer, NearbyWatch, Peer, wire_ttl
-from peerkit.presence import KINDS, OFFLINE, Outbox, Watched, read_app, read_object, read_presence
+from peerkit.presence import (
+    KINDS,
+    OFFLINE,
+    Outbox,
+    Watched,
+    app_wire,
+    object_wire,
+    presence_wire,
+    read_app,
+    read_object,
+    read_presence,
+)
 from peerkit.proto import messages
 from peerkit.proto.connection import HANDSHAKE_TIMEOUT
 from peerkit.proto.messages import USE_STREAM
@@ -1596,17 +1607,11 @@ class Node:
             return
         reply: dict[str, Any] = {"t": "get_reply"}
         if what == "presence":
-            reply["presence"] = [int(self.presence.status), self.presence.text]
+            reply["presence"] = presence_wire(self.presence)
         elif what == "apps":
-            reply["apps"] = [
-                {"id": a.id.bytes, "desc": a.description, "data": a.data}
-                for a in self._apps.values()
-                if a.scope & visible
-            ]
+            reply["apps"] = [app_wire(a) for a in self._apps.values() if a.scope & visible]
         else:
-            reply["objects"] = [
-                {"id": o.id.bytes, "data": o.data} for o in self._objects.values() if o.scope & visible
-            ]
+            reply["objects"] = [object_wire(o) for o in self._objects.values() if o.scope & visible]
         await control.reply(rid, reply)
 
     def _contact_permission_changed(self, peer_id: PeerId) -> None:
@@ -1821,9 +1826,7 @@ class Node:
                     assert self._tg is not None
                     self._tg.start_soon(self._unsubscribe_on, control)
                     return "duplicate"
-                state = Watched()  # applied to a copy: a malformed state changes nothing
-                state.presence, state.name = link.state.presence, link.state.name
-                state.apps, state.objects = dict(link.state.apps), dict(link.state.objects)
+                state = link.state.copy()  # a malformed state or notification changes nothing
                 changes = state.apply_state(reply.get("state"))
                 for early in link.early:
                     changes += state.apply_notify(early)

@@ -171,6 +171,13 @@ class Watched:
         self.apps: dict[uuid.UUID, Application] = {}
         self.objects: dict[uuid.UUID, PeerObject] = {}
 
+    def copy(self) -> Watched:
+        """A copy to apply changes to, kept only when all of them are valid."""
+        other = Watched()
+        other.presence, other.name = self.presence, self.name
+        other.apps, other.objects = dict(self.apps), dict(self.objects)
+        return other
+
     def apply_state(self, state: object) -> list[Change]:
         """Take a whole state (``subscribe_reply``), returning what changed.
 
