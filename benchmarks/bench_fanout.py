@@ -23,7 +23,7 @@ from collections.abc import AsyncIterator
 import anyio
 import anyio.abc
 
-from benchmarks.harness import Progress, Result, median
+from benchmarks.harness import Progress, Result, median, percentile
 from peerkit.contacts import Contact
 from peerkit.events import PresenceChanged
 from peerkit.identity import Identity
@@ -37,11 +37,6 @@ SAMPLES = {10: 60, 100: 40, 1000: 20}
 STEPS = sum(SAMPLES.values()) // 10 + len(SIZES)
 TARGET_P50_MS = 250.0
 _LENGTH = struct.Struct(">H")
-
-
-def _percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
 class _Counter:
@@ -195,7 +190,7 @@ def run(progress: Progress, quick: bool = False) -> list[Result]:
         samples = 5 if quick else SAMPLES[n]
         ours, plain = anyio.run(_measure, n, samples, progress)
         for q, label in ((0.5, "p50"), (0.99, "p99")):
-            mine, theirs = _percentile(ours, q) * 1000, _percentile(plain, q) * 1000
+            mine, theirs = percentile(ours, q) * 1000, percentile(plain, q) * 1000
             results.append(
                 Result(
                     NAME,

@@ -20,7 +20,7 @@ from typing import NamedTuple
 
 import anyio
 
-from benchmarks.harness import Progress, Result, median, ratio
+from benchmarks.harness import Progress, Result, median, percentile, ratio
 from benchmarks.plain import PlainClient, plain_server
 from peerkit.apps import Invitation
 from peerkit.identity import Identity
@@ -35,11 +35,6 @@ REQUEST = {"t": "invite", "app": APP.id.bytes, "msg": "join?", "data": b"", "ttl
 
 async def _accept(invitation: Invitation) -> InvitationResponse:
     return InvitationResponse.ACCEPTED
-
-
-def _percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
 @contextlib.asynccontextmanager
@@ -130,7 +125,7 @@ def run_cold(progress: Progress, quick: bool = False) -> list[Result]:
     ours, plain = anyio.run(_cold, samples, progress)
     results = []
     for q, label in ((0.5, "p50"), (0.99, "p99")):
-        mine, theirs = _percentile(ours, q) * 1000, _percentile(plain, q) * 1000
+        mine, theirs = percentile(ours, q) * 1000, percentile(plain, q) * 1000
         results.append(
             Result(
                 "invite_cold",

@@ -70,6 +70,12 @@ def interleaved(
     return samples
 
 
+def percentile(values: list[float], q: float) -> float:
+    """The ``q`` quantile of ``values`` (0 <= q <= 1), nearest rank."""
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
 def median(values: list[float]) -> float:
     """The median of ``values``."""
     return statistics.median(values)
