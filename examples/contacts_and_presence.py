@@ -26,12 +26,14 @@ async def main() -> None:
         card = alice.contacts.me.export_card()  # "peerkit:omNzaWdYQ..."
         alice_in_bob = await bob.contacts.import_card(card)
         await alice.contacts.import_card(bob.contacts.me.export_card())  # bob may watch alice
-        done = anyio.Event()
+        busy, done = anyio.Event(), anyio.Event()
 
         @bob.on_presence_changed
         async def presence(event: peerkit.PresenceChanged) -> None:
             text = f": {event.presence.text}" if event.presence.text else ""
             print(f"{event.contact.nickname} is {event.presence.status.name}{text}")
+            if event.presence.status is peerkit.PresenceStatus.BUSY:
+                busy.set()
 
         @bob.on_object_changed
         async def picture(event: peerkit.ObjectChanged) -> None:
@@ -40,6 +42,7 @@ async def main() -> None:
 
         await alice_in_bob.subscribe()  # kept in the contact store: it resumes after a restart
         await alice.set_presence(peerkit.Presence(peerkit.PresenceStatus.BUSY, "in a call"))
+        await busy.wait()  # handlers run on their own: wait, so that the output has one order
         await alice.set_object(peerkit.PeerObject(id=PICTURE, data=b"<png>", scope=peerkit.Scope.ALL))
         await done.wait()
         print(await alice_in_bob.get_presence())  # a one-shot fetch, no subscription needed

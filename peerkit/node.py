@@ -47,6 +47,7 @@ from peerkit.discovery.base import (
     make_record,
     read_record,
 )
+from peerkit.discovery.island import needs_asyncio_thread, run_in_asyncio_thread
 from peerkit.discovery.registry import create_provider
 from peerkit.errors import (
     DiscoveryError,
@@ -679,7 +680,10 @@ class Node:
         assert self._directory is not None
         status: Any = _Started(ready)
         try:
-            await provider.run(self._directory, task_status=status)
+            if needs_asyncio_thread(provider):
+                await run_in_asyncio_thread(provider, self._directory, task_status=status)
+            else:
+                await provider.run(self._directory, task_status=status)
         except Exception:
             if not started:
                 raise

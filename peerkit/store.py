@@ -70,9 +70,9 @@ class Store:
         self.path = Path(path) if path is not None else None
         #: Seconds a write waits for another process's transaction before it fails with StoreError.
         self.busy_timeout = busy_timeout
-        self._jobs: queue.SimpleQueue[tuple[Callable[..., Any], tuple[Any, ...], Any] | None] = (
-            queue.SimpleQueue()
-        )
+        self._jobs: queue.SimpleQueue[
+            tuple[Callable[..., Any], tuple[Any, ...], Callable[[Any, BaseException | None], Any]] | None
+        ] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._connection: sqlite3.Connection | None = None
 
@@ -125,17 +125,46 @@ class Store:
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
         if self._thread is None:
             raise StoreError(f"the database {self.path} is closed")
-        loop = asyncio.get_running_loop()
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # trio: the thread hands the result back through a trio token
+            return await self._run_portable(fn, *args)
         future: asyncio.Future[T] = loop.create_future()
-        self._jobs.put((fn, args, (loop, future)))  # the thread takes jobs one at a time, in order
+
+        # The thread takes jobs one at a time, in order, and settles the future on the loop.
+        def hand_back(result: Any, error: BaseException | None) -> None:
+            loop.call_soon_threadsafe(_settle, future, result, error)
+
+        self._jobs.put((fn, args, hand_back))
         return await future
+
+    async def _run_portable(self, fn: Callable[..., T], *args: Any) -> T:
+        import trio
+
+        token = trio.lowlevel.current_trio_token()
+        done = anyio.Event()
+        outcome: list[Any] = []
+
+        def settle(result: Any, error: BaseException | None) -> None:
+            outcome[:] = [result, error]
+            done.set()
+
+        def hand_back(result: Any, error: BaseException | None) -> None:
+            token.run_sync_soon(settle, result, error)
+
+        self._jobs.put((fn, args, hand_back))
+        await done.wait()
+        result, error = outcome
+        if error is not None:
+            raise error
+        return result  # type: ignore[no-any-return]
 
     def _serve(self) -> None:
         while True:
             job = self._jobs.get()
             if job is None:
                 return
-            fn, args, (loop, future) = job
+            fn, args, hand_back = job
             try:
                 result = fn(self._connection, *args)
             except BaseException as exc:  # handed to the caller
@@ -143,9 +172,9 @@ class Store:
                 if isinstance(exc, sqlite3.Error):  # locked by another process, disk full, ...
                     error = StoreError(f"the database {self.path or '(in memory)'} failed: {exc}")
                     error.__cause__ = exc
-                loop.call_soon_threadsafe(_settle, future, None, error)
+                hand_back(None, error)
             else:
-                loop.call_soon_threadsafe(_settle, future, result, None)
+                hand_back(result, None)
 
     def _connect(self, _: None) -> None:
         try:

@@ -38,6 +38,7 @@ __all__ = (
     "NamespaceLan",
     "check_discovery_provider",
     "memory_stream_pair",
+    "running_tasks",
 )
 
 
@@ -343,7 +344,6 @@ async def check_discovery_provider(
     :param timeout: seconds each step may take.
     :param settle: seconds to wait before concluding that something was (rightly) not believed.
     """
-    import asyncio
     import os
     import threading
 
@@ -354,7 +354,7 @@ async def check_discovery_provider(
             return None
 
     suite = _Suite(timeout, settle)
-    tasks_before = len(asyncio.all_tasks())
+    tasks_before = running_tasks()
     threads_before = threading.active_count()
     files_before = open_files()
     a = _SuiteNode(suite, 0, factory([suite.endpoints[1]]))
@@ -416,11 +416,29 @@ async def check_discovery_provider(
         await b.expect(ChangeType.DELETED, "stop", lambda record: record.id == a_id)
         b.scope.cancel()
     await anyio.lowlevel.checkpoint()
-    assert len(asyncio.all_tasks()) <= tasks_before, f"{a.provider.name}: tasks were left running"
+    assert running_tasks() <= tasks_before, f"{a.provider.name}: tasks were left running"
     assert threading.active_count() <= threads_before, f"{a.provider.name}: threads were left running"
     files_after = open_files()
     if files_before is not None and files_after is not None:
         assert files_after <= files_before, f"{a.provider.name}: sockets or files were left open"
+
+
+def running_tasks() -> int:
+    """How many tasks the running event loop has now, on asyncio or on trio.
+
+    Compare it before and after a node runs to check that nothing was left running.
+    """
+    import asyncio
+
+    try:
+        return len(asyncio.all_tasks())
+    except RuntimeError:  # not asyncio: trio
+        import trio
+
+        def count(task: trio.lowlevel.Task) -> int:
+            return 1 + sum(count(child) for nursery in task.child_nurseries for child in nursery.child_tasks)
+
+        return count(trio.lowlevel.current_root_task())  # type: ignore[arg-type]
 
 
 _lans = itertools.count(1)

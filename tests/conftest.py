@@ -85,3 +85,18 @@ async def main():
 
 anyio.run(main)
 """
+
+
+@pytest.fixture(params=["asyncio", "trio"])
+def anyio_backend(request: pytest.FixtureRequest) -> str:
+    """The node tests marked ``anyio`` run on both of anyio's backends."""
+    return str(request.param)
+
+
+#: ``python -c ON_BACKEND BACKEND FILE`` runs the example FILE with anyio.run's backend set to
+#: BACKEND (the examples call ``anyio.run(main)`` as users do).
+ON_BACKEND = """
+import functools, runpy, sys, anyio
+anyio.run = functools.partial(anyio.run, backend=sys.argv[1])
+runpy.run_path(sys.argv[2], run_name="__main__")
+"""

@@ -23,7 +23,7 @@ from peerkit import (
 from peerkit.proto.framing import encode_frame
 from peerkit.testing import memory_stream_pair
 
-pytestmark = pytest.mark.asyncio
+pytestmark = pytest.mark.anyio
 
 
 async def channel_pair(
@@ -223,7 +223,7 @@ async def test_transport_garbage_after_handshake_closes_with_protocol_error(
     alice: Identity, bob: Identity
 ) -> None:
     received: list[BaseException] = []
-    serving = anyio.Event()
+    serving, handled = anyio.Event(), anyio.Event()
 
     async def handler(channel: SecureChannel) -> None:
         serving.set()
@@ -231,6 +231,8 @@ async def test_transport_garbage_after_handshake_closes_with_protocol_error(
             await channel.receive()
         except ProtocolError as exc:
             received.append(exc)
+        finally:
+            handled.set()
 
     async with await listen(bob) as listener, anyio.create_task_group() as tg:
         await tg.start(listener.serve, handler)
@@ -241,6 +243,8 @@ async def test_transport_garbage_after_handshake_closes_with_protocol_error(
         with pytest.raises(anyio.EndOfStream):
             await ch.receive()
         await ch.aclose()
+        with anyio.fail_after(5):  # the channel may close before its reader has seen the error
+            await handled.wait()
         tg.cancel_scope.cancel()
     assert len(received) == 1
     assert "decryption failed" in str(received[0])

@@ -46,7 +46,7 @@ from peerkit.proto import records
 from peerkit.store import DATABASE_FILE, SCHEMA_VERSION
 from peerkit.testing import MemoryDiscovery, MemoryNetwork
 
-pytestmark = pytest.mark.asyncio
+pytestmark = pytest.mark.anyio
 
 CHAT = Application(id=uuid.UUID("6f1c2a4e-0000-4000-8000-0000000000c1"), description="chat")
 

@@ -7,21 +7,32 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import ON_BACKEND
 
 EXAMPLES = Path(__file__).parent.parent / "examples"
 
 
-def run_example(name: str) -> subprocess.CompletedProcess[str]:
-    """Run ``examples/NAME`` and check that it exits with 0."""
+@pytest.fixture(params=["asyncio", "trio"])
+def backend(request: pytest.FixtureRequest) -> str:
+    """Each example runs on both of anyio's backends."""
+    return str(request.param)
+
+
+def run_example(name: str, backend: str = "asyncio") -> subprocess.CompletedProcess[str]:
+    """Run ``examples/NAME`` on ``backend`` and check that it exits with 0."""
     result = subprocess.run(
-        [sys.executable, str(EXAMPLES / name)], capture_output=True, text=True, timeout=60, check=False
+        [sys.executable, "-c", ON_BACKEND, backend, str(EXAMPLES / name)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
     assert result.returncode == 0, result.stderr
     return result
 
 
-def test_secure_echo() -> None:
-    result = run_example("secure_echo.py")
+def test_secure_echo(backend: str) -> None:
+    result = run_example("secure_echo.py", backend)
     lines = result.stdout.splitlines()
     assert len(lines) == 2
     assert lines[0].startswith("Noise_XX_25519_ChaChaPoly_BLAKE2b: echo-server")
@@ -29,13 +40,13 @@ def test_secure_echo() -> None:
     assert all(line.endswith("said 'hello, peer'") for line in lines)
 
 
-def test_invite_and_chat() -> None:
-    result = run_example("invite_and_chat.py")
+def test_invite_and_chat(backend: str) -> None:
+    result = run_example("invite_and_chat.py", backend)
     assert result.stdout.splitlines() == ["alice invites bob: chat?", "ACCEPTED", "bob heard: hello"]
 
 
-def test_contacts_and_presence() -> None:
-    result = run_example("contacts_and_presence.py")
+def test_contacts_and_presence(backend: str) -> None:
+    result = run_example("contacts_and_presence.py", backend)
     lines = result.stdout.splitlines()
     # A slow handler may get Online and Busy merged into Busy: the latest presence wins.
     if lines[0] == "alice is ONLINE":

@@ -19,6 +19,7 @@ from typing import Any
 import anyio
 import anyio.abc
 import pytest
+from conftest import ON_BACKEND
 
 from peerkit.testing import NamespaceLan
 
@@ -325,11 +326,14 @@ async def test_serve_and_near_across_namespaces(lan: NamespaceLan, tmp_path: Pat
     assert server.returncode == 0
 
 
-async def test_the_people_near_me_example(lan: NamespaceLan) -> None:
-    # In a namespace of its own, so that its multicast stays there.
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+async def test_the_people_near_me_example(lan: NamespaceLan, backend: str) -> None:
+    # In a namespace of its own, so that its multicast stays there. On trio, mDNS runs on an
+    # asyncio loop in a thread of its own.
     ns, _ = lan.host(lan.bridge())
     example = Path(__file__).parent.parent / "examples" / "people_near_me.py"
-    done = await anyio.run_process(["ip", "netns", "exec", ns, sys.executable, str(example)], check=False)
+    command = [sys.executable, "-c", ON_BACKEND, backend, str(example)]
+    done = await anyio.run_process(["ip", "netns", "exec", ns, *command], check=False)
     assert done.returncode == 0, done.stderr.decode()[-2000:]
     assert done.stdout.decode().splitlines() == [
         "ADDED bob",

@@ -17,7 +17,7 @@ from peerkit.peers import NearbyChanged, NearbyPeer
 from peerkit.testing import MemoryNetwork
 from tests.test_node import CHAT, accept_chat, nodes
 
-pytestmark = pytest.mark.asyncio
+pytestmark = pytest.mark.anyio
 
 
 @contextlib.asynccontextmanager

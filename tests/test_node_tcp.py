@@ -24,7 +24,7 @@ from peerkit import (
     PeerUnreachable,
 )
 
-pytestmark = [pytest.mark.asyncio, pytest.mark.network]
+pytestmark = [pytest.mark.anyio, pytest.mark.network]
 
 CHAT = Application(id=uuid.UUID("6f1c2a4e-0000-4000-8000-0000000000bb"), description="chat")
 

@@ -26,7 +26,7 @@ from peerkit import (
 )
 from peerkit.testing import MemoryNetwork
 
-pytestmark = pytest.mark.asyncio
+pytestmark = pytest.mark.anyio
 
 CHAT = Application(id=uuid.UUID("6f1c2a4e-0000-4000-8000-0000000000aa"), description="chat")
 

@@ -41,7 +41,7 @@ from peerkit import (
 )
 from peerkit.testing import MemoryDiscovery, MemoryNetwork
 
-pytestmark = pytest.mark.asyncio
+pytestmark = pytest.mark.anyio
 
 CHAT = Application(id=uuid.UUID("6f1c2a4e-0000-4000-8000-0000000000d1"), description="chat", scope=Scope.ALL)
 NEAR = Application(
@@ -148,9 +148,18 @@ async def test_objects_are_limited_and_raise_local_events() -> None:
         async def note(event: ObjectChanged) -> None:
             seen.append(event)
 
+        async def seen_at_least(count: int) -> None:
+            # A handler that has not read yet gets changes merged: wait for each one to be read.
+            with anyio.fail_after(5):
+                while len(seen) < count:
+                    await anyio.sleep(0.01)
+
         await alice.set_object(PeerObject(id=PICTURE, data=b"v1"))
+        await seen_at_least(1)
         await alice.set_object(PeerObject(id=PICTURE, data=b"v2"))
+        await seen_at_least(2)
         await alice.delete_object(PICTURE)
+        await seen_at_least(3)
         with pytest.raises(ValueError, match="is not published"):
             await alice.delete_object(PICTURE)
         with pytest.raises(LimitExceeded, match="object data is empty"):
@@ -547,3 +556,39 @@ async def test_a_node_reached_at_two_addresses_is_watched_once() -> None:
             await anyio.sleep(0.3)
             assert events.pending == 0, [events.pop_nowait() for _ in range(events.pending)]  # once
         assert alice.subscribers() == [bob.id]
+
+
+async def test_a_state_over_one_message_is_fetched_and_subscribed_to_at_the_full_limits() -> None:
+    # 128 objects of 16 KiB and 64 applications with 16 KiB of data: about 3 MiB, sent in parts.
+    async with world() as w:
+        alice, bob = await w.node("alice"), await w.node("bob")
+        for node in (alice, bob):
+            await node.sign_in(Scope.ALL)
+        objects = [PeerObject(id=uuid.UUID(int=i + 1), data=bytes([i]) * 16384) for i in range(128)]
+        apps = [
+            Application(id=uuid.UUID(int=1000 + i), description=f"app {i}", data=bytes([i]) * 16384)
+            for i in range(64)
+        ]
+        for obj in objects:
+            await alice.set_object(obj)
+        for app in apps:
+            await alice.register_application(app)
+        _, alice_in_bob = await befriend(alice, bob)
+        assert await alice_in_bob.get_objects() == objects
+        fetched = await alice_in_bob.get_applications()
+        assert [(a.id, a.description, a.data) for a in fetched] == [
+            (a.id, a.description, a.data) for a in apps
+        ]
+        async with bob.events(ObjectChanged, ApplicationChanged) as events:
+            await alice_in_bob.subscribe()
+            seen = [await next_event(events) for _ in range(128 + 64)]
+        assert [e.object for e in seen if isinstance(e, ObjectChanged)] == objects
+        assert [e.application.data for e in seen if isinstance(e, ApplicationChanged)] == [
+            a.data for a in apps
+        ]
+        assert all(e.change is ChangeType.ADDED for e in seen)
+        # Changes after the state still arrive, in order.
+        await alice.set_presence(BUSY)
+        with anyio.fail_after(5):
+            while alice_in_bob.presence != BUSY:
+                await anyio.sleep(0.01)

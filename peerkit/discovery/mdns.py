@@ -207,6 +207,10 @@ class MdnsDiscovery:
         self.query_timeout = query_timeout
         self.interface_check = interface_check
 
+    #: zeroconf's API is asyncio's: on trio, the node runs this provider on an asyncio loop in a
+    #: thread of its own (:mod:`peerkit.discovery.island`).
+    asyncio_only = True
+
     @property
     def name(self) -> str:
         """``mdns``."""

@@ -24,6 +24,7 @@ from peerkit.errors import PeerUnreachable, ProtocolError
 from peerkit.identity import PeerId
 from peerkit.model import EndPoint
 from peerkit.net.channel import SecureChannel
+from peerkit.proto.control import ReplyParts, has_lists, split_reply
 
 __all__ = ("ControlChannel", "KeepalivePolicy", "Request")
 
@@ -62,6 +63,7 @@ class Request:
 
     rid: int
     _done: anyio.Event = field(default_factory=anyio.Event)
+    _parts: ReplyParts | None = None  # while a reply in parts is coming
     _reply: dict[str, Any] | None = None
     _error: BaseException | None = None
 
@@ -208,10 +210,15 @@ class ControlChannel:
             raise PeerUnreachable(f"the channel to {self.peer_id.fingerprint} closed") from exc
 
     async def reply(self, rid: int, message: dict[str, Any]) -> None:
-        """Answer the incoming request ``rid``; a channel that closed meanwhile is ignored."""
+        """Answer the incoming request ``rid``; a channel that closed meanwhile is ignored.
+
+        A reply too large for one message is sent in parts (:mod:`peerkit.proto.control`).
+        """
         self._handling.pop(rid, None)
+        whole = {**message, "rid": rid}
         try:
-            await self.channel.send({**message, "rid": rid})
+            for part in split_reply(whole) if has_lists(whole) else (whole,):
+                await self.channel.send(part)
         except (PeerUnreachable, anyio.ClosedResourceError) as exc:
             log.info("could not answer request %d of %s: %s", rid, self.peer_id.fingerprint, exc)
         await self._close_if_done()
@@ -300,8 +307,16 @@ class ControlChannel:
             and isinstance(rid, int)
             and not isinstance(rid, bool)
         ):
-            request = self._waiting.pop(rid, None)
+            request = self._waiting.get(rid)
             if request is not None:
+                if "more" in message or request._parts is not None:  # a reply in parts
+                    if request._parts is None:
+                        request._parts = ReplyParts()
+                    whole = request._parts.add(message)  # a ProtocolError ends the channel
+                    if whole is None:
+                        return
+                    message = whole
+                del self._waiting[rid]
                 request._settle(message)
                 await self._close_if_done()
             elif kind == "error":

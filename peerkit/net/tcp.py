@@ -28,7 +28,7 @@ __all__ = ("TcpListener", "TcpStream", "connect_tcp")
 #: it reads again.
 READ_HIGH: Final = 1 << 20
 READ_LOW: Final = 1 << 18
-#: Connections accepted before anyone serves the listener, at most (more are closed).
+#: Accepted connections waiting for the serving task to take them, at most (more are closed).
 MAX_WAITING: Final = 128
 
 
@@ -238,12 +238,16 @@ async def connect_tcp(host: str, port: int) -> TcpStream:
 
 
 class TcpListener(anyio.abc.Listener[TcpStream]):
-    """A TCP listener giving :class:`TcpStream` objects; made with :meth:`bind`."""
+    """A TCP listener giving :class:`TcpStream` objects; made with :meth:`bind`.
+
+    Connections are accepted in asyncio's protocol callbacks, where there is no task to call anyio
+    from: each one waits in a bounded queue until the task in :meth:`serve` hands it to its handler.
+    """
 
     def __init__(self) -> None:
         self._server: asyncio.AbstractServer | None = None
         self._waiting: deque[TcpStream] = deque()
-        self._serving: tuple[Callable[[TcpStream], Any], anyio.abc.TaskGroup] | None = None
+        self._wake: asyncio.Future[None] | None = None
         self._closed = False
 
     @classmethod
@@ -260,13 +264,13 @@ class TcpListener(anyio.abc.Listener[TcpStream]):
         return listener
 
     def _accepted(self, stream: TcpStream) -> None:
-        if self._closed or (self._serving is None and len(self._waiting) >= MAX_WAITING):
+        # An asyncio callback: no anyio call here, only the queue and an asyncio future.
+        if self._closed or len(self._waiting) >= MAX_WAITING:
             stream._transport.abort()
-        elif self._serving is not None:
-            handler, group = self._serving
-            group.start_soon(handler, stream)
-        else:
-            self._waiting.append(stream)
+            return
+        self._waiting.append(stream)
+        if self._wake is not None and not self._wake.done():
+            self._wake.set_result(None)
 
     async def serve(
         self, handler: Callable[[TcpStream], Any], task_group: anyio.abc.TaskGroup | None = None
@@ -275,13 +279,15 @@ class TcpListener(anyio.abc.Listener[TcpStream]):
         async with contextlib.AsyncExitStack() as stack:
             if task_group is None:
                 task_group = await stack.enter_async_context(anyio.create_task_group())
-            self._serving = (handler, task_group)
-            try:
+            loop = asyncio.get_running_loop()
+            while True:
                 while self._waiting:
                     task_group.start_soon(handler, self._waiting.popleft())
-                await anyio.sleep_forever()
-            finally:
-                self._serving = None
+                self._wake = loop.create_future()
+                try:
+                    await self._wake
+                finally:
+                    self._wake = None
 
     async def aclose(self) -> None:
         """Stop listening (connections already handed out stay open)."""

@@ -6,6 +6,7 @@ interface in memory, so that nodes can be tested without sockets.
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 from typing import Any, Protocol
 
@@ -15,7 +16,7 @@ import anyio.abc
 from peerkit.errors import PeerUnreachable
 from peerkit.net.tcp import TcpListener, connect_tcp
 
-__all__ = ("TcpTransport", "Transport", "local_addresses")
+__all__ = ("TcpTransport", "Transport", "local_addresses", "on_asyncio")
 
 
 def local_addresses(listen_host: str, *, fallback: str) -> tuple[str, ...]:
@@ -64,20 +65,39 @@ class Transport(Protocol):
         ...
 
 
+def on_asyncio() -> bool:
+    """Whether the running event loop is asyncio's (anyio's other backend is trio).
+
+    Decided without ``sniffio``, which may be missing under a bare ``asyncio.run``.
+    """
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
+
+
 class TcpTransport:
-    """TCP over IPv4 and IPv6 (:mod:`peerkit.net.tcp` streams: anyio byte streams that can also
-    send without waiting)."""
+    """TCP over IPv4 and IPv6.
+
+    On asyncio: :mod:`peerkit.net.tcp` streams (anyio byte streams on asyncio protocols that can
+    also send without waiting). On trio: anyio's portable TCP streams.
+    """
 
     async def listen(self, host: str, port: int) -> anyio.abc.Listener[Any]:
         """Bind a TCP listener (see :meth:`Transport.listen`)."""
         try:
-            return await TcpListener.bind(host, port)
+            if on_asyncio():
+                return await TcpListener.bind(host, port)
+            return await anyio.create_tcp_listener(local_host=host or None, local_port=port, reuse_port=False)
         except OSError as exc:
             raise PeerUnreachable(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
 
     async def connect(self, host: str, port: int, *, local_host: str) -> anyio.abc.ByteStream:
         """Open a TCP connection (see :meth:`Transport.connect`); ``local_host`` is not used."""
         try:
-            return await connect_tcp(host, port)
+            if on_asyncio():
+                return await connect_tcp(host, port)
+            return await anyio.connect_tcp(host, port)
         except OSError as exc:
             raise PeerUnreachable(f"could not connect to {host}:{port}: {exc.strerror or exc}") from exc
