@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import enum
 import ipaddress
+import math
 import uuid
 from dataclasses import dataclass, field
 from typing import Final
@@ -33,6 +34,8 @@ __all__ = (
     "PresenceStatus",
     "Scope",
     "SubscribePermission",
+    "check_scope",
+    "check_seconds",
 )
 
 #: Presence text, nicknames, display names, endpoint names, invitation messages: characters.
@@ -86,12 +89,33 @@ def _check_uuid(value: object, what: str) -> uuid.UUID:
     return value
 
 
-def _check_scope(value: object, what: str) -> Scope:
+def check_scope(value: object, what: str) -> Scope:
+    """``value`` as a :class:`Scope` (the one scope check of peerkit).
+
+    :raises TypeError: when it is not an integer (a bool is not a scope).
+    :raises ValueError: when it is outside NONE..ALL.
+    """
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f"{what} must be a Scope, not {type(value).__name__}")
     if not 0 <= value <= 3:
         raise ValueError(f"{what} {value} is not a Scope (NONE=0, NEAR_ME=1, INTERNET=2, ALL=3)")
     return Scope(value)
+
+
+def check_seconds(value: object, what: str, limit: float | None = None) -> float:
+    """``value`` as a positive, finite number of seconds (the one timeout check of peerkit).
+
+    :raises TypeError: when it is not a number (a bool is not one).
+    :raises ValueError: when it is not positive and finite.
+    :raises LimitExceeded: when it is over ``limit``.
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{what} must be a number of seconds, not {type(value).__name__}")
+    if not (value > 0 and math.isfinite(value)):
+        raise ValueError(f"{what} must be a positive number of seconds, not {value}")
+    if limit is not None and value > limit:
+        raise LimitExceeded(f"{what} is {value} s; the limit is {limit}")
+    return float(value)
 
 
 class Scope(enum.IntFlag):
@@ -215,7 +239,7 @@ class Application:
         _check_uuid(self.id, "application id")
         check_text(self.description, "application description")
         object.__setattr__(self, "data", check_data(self.data, "application data"))
-        object.__setattr__(self, "scope", _check_scope(self.scope, "application scope"))
+        object.__setattr__(self, "scope", check_scope(self.scope, "application scope"))
         for name in ("path", "arguments"):
             value = getattr(self, name)
             if value is not None and not isinstance(value, str):
@@ -236,4 +260,4 @@ class PeerObject:
     def __post_init__(self) -> None:
         _check_uuid(self.id, "object id")
         object.__setattr__(self, "data", check_data(self.data, "object data", allow_empty=False))
-        object.__setattr__(self, "scope", _check_scope(self.scope, "object scope"))
+        object.__setattr__(self, "scope", check_scope(self.scope, "object scope"))

@@ -387,7 +387,7 @@ class Stuck:
 async def test_a_stuck_provider_does_not_hang_sign_in_or_out(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    monkeypatch.setattr("peerkit.node.PROVIDER_TIMEOUT", 0.1)
+    monkeypatch.setattr("peerkit.node.core.PROVIDER_TIMEOUT", 0.1)
     async with node("alice", "10.0.0.1", MemoryNetwork(), discovery=[Stuck()]) as alice:
         with anyio.fail_after(2):
             await alice.sign_in(Scope.NEAR_ME)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import itertools
 import logging
-import math
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,7 +21,7 @@ import anyio.abc
 
 from peerkit.errors import PeerUnreachable, ProtocolError
 from peerkit.identity import PeerId
-from peerkit.model import EndPoint
+from peerkit.model import EndPoint, check_seconds
 from peerkit.net.channel import SecureChannel
 from peerkit.proto.control import ReplyParts, has_lists, split_reply
 
@@ -50,11 +49,7 @@ class KeepalivePolicy:
 
     def __post_init__(self) -> None:
         for name in ("interval", "timeout", "idle"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise TypeError(f"keepalive {name} must be a number of seconds, not {type(value).__name__}")
-            if not (value > 0 and math.isfinite(value)):
-                raise ValueError(f"keepalive {name} must be a positive number of seconds, not {value}")
+            check_seconds(getattr(self, name), f"keepalive {name}")
 
 
 @dataclass(slots=True, eq=False)

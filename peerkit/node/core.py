@@ -13,13 +13,11 @@ import functools
 import ipaddress
 import json
 import logging
-import math
 import os
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from dataclasses import dataclass, field
-from pathlib import Path
 from types import TracebackType
 from typing import Any, Final, Self, TypeGuard, TypeVar
 
@@ -48,7 +46,6 @@ from peerkit.discovery.base import (
     read_record,
 )
 from peerkit.discovery.island import needs_asyncio_thread, run_in_asyncio_thread
-from peerkit.discovery.registry import create_provider
 from peerkit.errors import (
     DiscoveryError,
     InvalidRecord,
@@ -70,7 +67,7 @@ from peerkit.events import (
     PresenceChanged,
     SubscriptionListChanged,
 )
-from peerkit.identity import Identity, PeerId, default_data_dir
+from peerkit.identity import Identity, PeerId
 from peerkit.model import (
     MAX_APPLICATIONS,
     MAX_DATA,
@@ -88,11 +85,14 @@ from peerkit.model import (
     Scope,
     SubscribePermission,
     check_data,
+    check_scope,
+    check_seconds,
     check_text,
 )
 from peerkit.net.channel import ChannelListener, SecureChannel
 from peerkit.net.control import ControlChannel, KeepalivePolicy
-from peerkit.net.transport import TcpTransport, Transport, local_addresses
+from peerkit.net.transport import Transport, local_addresses
+from peerkit.node.config import NodeConfig
 from peerkit.peers import NearbyChanged, NearbyPeer, NearbyWatch, Peer, wire_ttl
 from peerkit.presence import (
     KINDS,
@@ -262,48 +262,34 @@ class Node:
         address_check: float = 10.0,
         store_check: float = 1.0,
     ) -> None:
-        self._nickname = check_text(nickname, "nickname")
-        if identity is not None and not isinstance(identity, Identity):
-            raise TypeError(f"identity must be an Identity, not {type(identity).__name__}")
-        self._identity_arg = identity
-        if data_dir is None and identity is None:
-            data_dir = default_data_dir()
-        self._data_dir = Path(data_dir) if data_dir is not None else None
-        if not (isinstance(listen, tuple) and len(listen) == 2):
-            raise TypeError(f"listen must be a (host, port) tuple, not {listen!r}")
-        host, port = listen
-        if not isinstance(host, str) or not isinstance(port, int) or not 0 <= port <= 65535:
-            raise ValueError(f"listen must be (host, port) with a port in 0..65535, not {listen!r}")
-        self._listen = (host, port)
-        if isinstance(discovery, str):
-            discovery = [discovery]
-        self._providers: list[DiscoveryProvider] = []
-        for item in discovery:
-            if isinstance(item, str):
-                self._providers.append(create_provider(item))
-            elif isinstance(item, DiscoveryProvider):
-                self._providers.append(item)
-            else:
-                raise TypeError(
-                    f"discovery providers are names or DiscoveryProvider objects, not {type(item).__name__}"
-                )
-        if not address_check > 0:
-            raise ValueError(f"address_check must be positive, not {address_check}")
-        self._address_check = float(address_check)
-        if not store_check > 0:
-            raise ValueError(f"store_check must be positive, not {store_check}")
-        self._store_check = float(store_check)
-        self._network: Transport = network if network is not None else TcpTransport()
-        self.invitation_policy = invitation_policy
-        self._keepalive = keepalive or KeepalivePolicy()
-        if not isinstance(self._keepalive, KeepalivePolicy):
-            raise TypeError(f"keepalive must be a KeepalivePolicy, not {type(keepalive).__name__}")
-        if not handshake_timeout > 0:
-            raise ValueError(f"handshake_timeout must be positive, not {handshake_timeout}")
-        self._handshake_timeout = float(handshake_timeout)
-        if queue_size < 1:
-            raise ValueError(f"queue_size must be at least 1, not {queue_size}")
-        self._queue_size = queue_size
+        config = NodeConfig.create(
+            nickname=nickname,
+            data_dir=data_dir,
+            identity=identity,
+            listen=listen,
+            discovery=discovery,
+            network=network,
+            invitation_policy=invitation_policy,
+            keepalive=keepalive,
+            handshake_timeout=handshake_timeout,
+            queue_size=queue_size,
+            address_check=address_check,
+            store_check=store_check,
+        )
+        #: The checked options this node was built with.
+        self.config = config
+        self._nickname = config.nickname
+        self._identity_arg = config.identity
+        self._data_dir = config.data_dir
+        self._listen = config.listen
+        self._providers = list(config.providers)
+        self._address_check = config.address_check
+        self._store_check = config.store_check
+        self._network = config.network
+        self._policy = config.invitation_policy
+        self._keepalive = config.keepalive
+        self._handshake_timeout = config.handshake_timeout
+        self._queue_size = config.queue_size
 
         self._identity: Identity | None = identity
         self._endpoint_name = ""
@@ -614,12 +600,13 @@ class Node:
         NEAR_ME publishes this node's signed record (id, nickname, endpoint name, addresses) through
         the providers that serve NEAR_ME, and makes the people they find near me visible.
 
-        :raises ValueError: for ``Scope.NONE`` or a value that is not a scope.
+        :raises ValueError: for ``Scope.NONE`` or a number that is not a scope.
+        :raises TypeError: for a value that is not a number.
         :raises NotRunning: when the node is not running.
 
         Cancelling it is harmless: the scope is then either signed in or not, never half.
         """
-        scope = _scope(scope)
+        scope = check_scope(scope, "scope")
         if scope is Scope.NONE:
             raise ValueError("cannot sign in to Scope.NONE; use NEAR_ME, INTERNET or ALL")
         self._check_running()
@@ -637,10 +624,11 @@ class Node:
     async def sign_out(self, scope: Scope = Scope.ALL) -> None:
         """Sign out of ``scope``, withdrawing what it published; a scope not signed in is a no-op.
 
-        :raises ValueError: for a value that is not a scope.
+        :raises ValueError: for a number that is not a scope.
+        :raises TypeError: for a value that is not a number.
         :raises NotRunning: when the node is not running.
         """
-        scope = _scope(scope)
+        scope = check_scope(scope, "scope")
         self._check_running()
         leaving = scope & self._scope
         before = self._scope
@@ -1676,7 +1664,7 @@ class Node:
     async def _subscribe_contact(self, contact: Contact, *, wait: bool, timeout: float) -> None:
         if not isinstance(contact, Contact):
             raise TypeError(f"expected a Contact, not {type(contact).__name__}")
-        timeout = _timeout(timeout, "subscribe timeout", None)
+        timeout = check_seconds(timeout, "subscribe timeout", None)
         self._check_running()
         if contact.is_me:
             return  # me is always subscribed to itself
@@ -1931,7 +1919,7 @@ class Node:
         self, peer: Peer, message: dict[str, Any], timeout: float, what: str
     ) -> dict[str, Any]:
         # Send ``message`` to the peer (trying each endpoint) and return the reply.
-        timeout = _timeout(timeout, f"{what} timeout", None)
+        timeout = check_seconds(timeout, f"{what} timeout", None)
         self._check_running()
         who = peer.id.fingerprint
         errors: list[PeerUnreachable] = []
@@ -2145,7 +2133,7 @@ class Node:
         app = self._registered(application)
         check_text(message, "invitation message")
         data = check_data(data, "invitation data")
-        timeout = _timeout(timeout, "invitation timeout", MAX_INVITATION_WAIT)
+        timeout = check_seconds(timeout, "invitation timeout", MAX_INVITATION_WAIT)
         self._check_running()
         request = {"t": "invite", "app": app.id.bytes, "msg": message, "data": data, "ttl": wire_ttl(timeout)}
         deadline = anyio.current_time() + timeout
@@ -2218,7 +2206,7 @@ class Node:
         self, peer: Peer, application: Application | uuid.UUID, timeout: float
     ) -> AppStream:
         app = self._registered(application)
-        timeout = _timeout(timeout, "stream timeout", None)
+        timeout = check_seconds(timeout, "stream timeout", None)
         self._check_running()
         endpoints = self._endpoints_of(peer) if not isinstance(peer, _PeerOnChannel) else peer._endpoints()
         if not endpoints:
@@ -2376,22 +2364,6 @@ def _app_id(application: Application | uuid.UUID) -> uuid.UUID:
     if isinstance(application, uuid.UUID):
         return application
     raise TypeError(f"expected an Application or its uuid.UUID, not {type(application).__name__}")
-
-
-def _scope(value: object) -> Scope:
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 3:
-        raise ValueError(f"{value!r} is not a Scope (NONE, NEAR_ME, INTERNET or ALL)")
-    return Scope(value)
-
-
-def _timeout(value: object, what: str, limit: float | None) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{what} must be a number of seconds, not {type(value).__name__}")
-    if not (value > 0 and math.isfinite(value)):
-        raise ValueError(f"{what} must be a positive number of seconds, not {value}")
-    if limit is not None and value > limit:
-        raise LimitExceeded(f"{what} is {value} s; the limit is {limit}")
-    return float(value)
 
 
 def _reachable(host: str) -> str:

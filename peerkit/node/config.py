@@ -1,0 +1,121 @@
+"""A node's options as one frozen, validated object (the shape of h2's ``H2Configuration``)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from peerkit.apps import InvitationPolicy
+from peerkit.discovery.base import DiscoveryProvider
+from peerkit.discovery.registry import create_provider
+from peerkit.identity import Identity, default_data_dir
+from peerkit.model import check_seconds, check_text
+from peerkit.net.control import KeepalivePolicy
+from peerkit.net.transport import TcpTransport, Transport
+from peerkit.proto.connection import HANDSHAKE_TIMEOUT
+
+__all__ = ("NodeConfig",)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NodeConfig:
+    """Everything a :class:`~peerkit.Node` is built with, checked once (see ``Node`` for each one).
+
+    :meth:`create` takes the forms ``Node(...)`` accepts (provider names, a path as text, defaults)
+    and returns the checked configuration.
+    """
+
+    #: The nickname other peers see (at most 255 characters).
+    nickname: str = ""
+    #: Where the identity, settings and contact database live; None: nothing is persisted.
+    data_dir: Path | None = None
+    #: The identity to use instead of the one in ``data_dir``.
+    identity: Identity | None = None
+    #: The address and port to listen on.
+    listen: tuple[str, int] = ("0.0.0.0", 0)
+    #: The discovery providers.
+    providers: tuple[DiscoveryProvider, ...] = ()
+    #: How to listen and dial.
+    network: Transport = field(default_factory=TcpTransport)
+    #: Who may invite this node at first.
+    invitation_policy: InvitationPolicy = InvitationPolicy.ANYONE
+    #: Pings and idle timeouts of control channels.
+    keepalive: KeepalivePolicy = field(default_factory=KeepalivePolicy)
+    #: Seconds a dial (connect and handshake) may take.
+    handshake_timeout: float = HANDSHAKE_TIMEOUT
+    #: Invitations or streams that may wait for an async iterator to take them.
+    queue_size: int = 16
+    #: Seconds between checks of this host's addresses.
+    address_check: float = 10.0
+    #: Seconds between checks of the contact database for changes made by another process.
+    store_check: float = 1.0
+
+    @classmethod
+    def create(
+        cls,
+        *,
+        nickname: str = "",
+        data_dir: str | os.PathLike[str] | None = None,
+        identity: Identity | None = None,
+        listen: tuple[str, int] = ("0.0.0.0", 0),
+        discovery: Iterable[str | DiscoveryProvider] = (),
+        network: Transport | None = None,
+        invitation_policy: InvitationPolicy = InvitationPolicy.ANYONE,
+        keepalive: KeepalivePolicy | None = None,
+        handshake_timeout: float = HANDSHAKE_TIMEOUT,
+        queue_size: int = 16,
+        address_check: float = 10.0,
+        store_check: float = 1.0,
+    ) -> NodeConfig:
+        """The checked configuration of ``Node(**options)``.
+
+        :raises TypeError: for a value of the wrong type.
+        :raises ValueError: for a value out of range (it names the limit).
+        """
+        if identity is not None and not isinstance(identity, Identity):
+            raise TypeError(f"identity must be an Identity, not {type(identity).__name__}")
+        if data_dir is None and identity is None:
+            data_dir = default_data_dir()
+        if not (isinstance(listen, tuple) and len(listen) == 2):
+            raise TypeError(f"listen must be a (host, port) tuple, not {listen!r}")
+        host, port = listen
+        if not isinstance(host, str) or not isinstance(port, int) or not 0 <= port <= 65535:
+            raise ValueError(f"listen must be (host, port) with a port in 0..65535, not {listen!r}")
+        if isinstance(discovery, str):
+            discovery = [discovery]
+        providers: list[DiscoveryProvider] = []
+        for item in discovery:
+            if isinstance(item, str):
+                providers.append(create_provider(item))
+            elif isinstance(item, DiscoveryProvider):
+                providers.append(item)
+            else:
+                raise TypeError(
+                    f"discovery providers are names or DiscoveryProvider objects, not {type(item).__name__}"
+                )
+        if not isinstance(invitation_policy, InvitationPolicy):
+            raise TypeError(
+                f"invitation_policy must be an InvitationPolicy, not {type(invitation_policy).__name__}"
+            )
+        if keepalive is not None and not isinstance(keepalive, KeepalivePolicy):
+            raise TypeError(f"keepalive must be a KeepalivePolicy, not {type(keepalive).__name__}")
+        if isinstance(queue_size, bool) or not isinstance(queue_size, int):
+            raise TypeError(f"queue_size must be an int, not {type(queue_size).__name__}")
+        if queue_size < 1:
+            raise ValueError(f"queue_size must be at least 1, not {queue_size}")
+        return cls(
+            nickname=check_text(nickname, "nickname"),
+            data_dir=Path(data_dir) if data_dir is not None else None,
+            identity=identity,
+            listen=(host, port),
+            providers=tuple(providers),
+            network=network if network is not None else TcpTransport(),
+            invitation_policy=invitation_policy,
+            keepalive=keepalive or KeepalivePolicy(),
+            handshake_timeout=check_seconds(handshake_timeout, "handshake_timeout"),
+            queue_size=queue_size,
+            address_check=check_seconds(address_check, "address_check"),
+            store_check=check_seconds(store_check, "store_check"),
+        )
