@@ -83,7 +83,6 @@ from peerkit.model import (
     Presence,
     PresenceStatus,
     Scope,
-    SubscribePermission,
     check_data,
     check_scope,
     check_seconds,
@@ -93,20 +92,15 @@ from peerkit.net.channel import ChannelListener, SecureChannel
 from peerkit.net.control import ControlChannel, KeepalivePolicy
 from peerkit.net.transport import Transport, local_addresses
 from peerkit.node.config import NodeConfig
+from peerkit.node.publishing import Published, Publishing, Visibility
 from peerkit.peers import NearbyChanged, NearbyPeer, NearbyWatch, Peer, wire_ttl
 from peerkit.presence import (
-    KINDS,
     OFFLINE,
-    Outbox,
     Watched,
-    app_wire,
-    object_wire,
-    presence_wire,
     read_app,
     read_object,
     read_presence,
 )
-from peerkit.proto import messages
 from peerkit.proto.connection import HANDSHAKE_TIMEOUT
 from peerkit.proto.messages import USE_STREAM
 from peerkit.store import DATABASE_FILE, Store
@@ -144,24 +138,6 @@ MAX_LINKS: Final = 64
 #: Seconds between two readings of a watched contact's endpoints from the store (sooner when
 #: discovery sees it or it is updated).
 WATCH_REFRESH: Final = 60.0
-
-
-class _Visibility:
-    # An internal bus event: what some subscribers may see changed (scope, permission, nearness).
-    __slots__ = ()
-    key = ("visibility",)
-
-
-@dataclass(slots=True, eq=False)
-class _Subscriber:
-    # A peer watching this node over one control channel (publisher side).
-    control: ControlChannel
-    watch: EventWatch[Any]
-    outbox: Outbox = field(default_factory=Outbox)
-    # Set while a task of its own sends to it (its connection was congested); otherwise the
-    # node's fan-out task sends to it without waiting.
-    slow: bool = False
-    backlog: list[bytes] = field(default_factory=list)
 
 
 @dataclass(slots=True, eq=False)
@@ -326,15 +302,19 @@ class Node:
         self.contacts = ContactManager(self, self._store, self._bus)
         self._presence = Presence(PresenceStatus.ONLINE)
         self._objects: dict[uuid.UUID, PeerObject] = {}
-        self._subscribers: dict[ControlChannel, _Subscriber] = {}
         self._watching: dict[PeerId, _Watch] = {}
         self._link_of: dict[ControlChannel, tuple[_Watch, _Link]] = {}
-        #: This run of the node, told to subscribers so that they see one node once, however many
-        #: of its endpoints they reach.
-        self._instance = os.urandom(16)
-        self._encoded: dict[tuple[Any, ...], bytes] = {}
-        self._fanout_queue: dict[_Subscriber, None] = {}
-        self._fanout_wake = anyio.Event()
+        # This run of the node is told to subscribers, so that they see one node once, however many
+        # of its endpoints they reach.
+        self._publishing = Publishing(
+            bus=self._bus,
+            contacts=self.contacts,
+            published=self._published,
+            scope=lambda: self._scope,
+            near=self._is_near,
+            spawn=self._spawn,
+            instance=os.urandom(16),
+        )
 
     # -- lifetime --------------------------------------------------------------------------
     async def __aenter__(self) -> Self:
@@ -376,7 +356,7 @@ class Node:
                 self._sessions.append((provider, session))
             if failure is None:
                 self._tg.start_soon(self._publisher)
-                self._tg.start_soon(self._fanout)
+                self._tg.start_soon(self._publishing.fanout)
                 if self._store.path is not None:
                     self._tg.start_soon(self._follow_store)
                 for task in self._early_tasks:
@@ -401,7 +381,7 @@ class Node:
         if leaving:
             self._scope_changed(leaving, Scope.NONE)
             with anyio.CancelScope(shield=True), anyio.move_on_after(FAREWELL_TIMEOUT):
-                await self._farewell()  # subscribers see Offline before the channels close
+                await self._publishing.farewell()  # subscribers see Offline before the channels close
         with anyio.CancelScope(shield=True), anyio.move_on_after(2):
             await self._withdraw(leaving)  # goodbyes, sent before the providers stop
         self._end_watches()
@@ -420,7 +400,7 @@ class Node:
             self._controls.clear()
             self._incoming.clear()
             self._sessions.clear()
-            self._subscribers.clear()
+            self._publishing.clear()
             self._watching.clear()
 
     def _spawn(self, task: Callable[[], Coroutine[Any, Any, None]]) -> None:
@@ -592,7 +572,7 @@ class Node:
                 self._stop_watch(peer_id)
         if bool(before) != bool(after):
             self._local_presence_changed()
-        self._bus.publish(_Visibility())
+        self._bus.publish(Visibility())
 
     async def sign_in(self, scope: Scope) -> None:
         """Sign in to ``scope`` (NEAR_ME, INTERNET or ALL); signing in again is a no-op.
@@ -726,8 +706,8 @@ class Node:
         followed = self._watching.get(record.id)
         if followed is not None and change is not ChangeType.DELETED:
             _poke(followed, "wake")  # a watched contact appeared or moved: try it now
-        if any(control.peer_id == record.id for control in self._subscribers):
-            self._bus.publish(_Visibility())
+        if self._publishing.watches(record.id):
+            self._bus.publish(Visibility())
         if not self._scope & Scope.NEAR_ME:
             return
         event = NearbyChanged(change=change, peer=NearbyPeer(self, record))
@@ -1424,7 +1404,7 @@ class Node:
         try:
             await control.run()
         finally:
-            self._end_subscriber(control)
+            self._publishing.end(control)
             channels = self._controls.get(control.peer_id)
             if channels is not None and control in channels:
                 channels.remove(control)
@@ -1462,153 +1442,23 @@ class Node:
         await self._run_control(self._adopt(channel, initiator=False, endpoint=endpoint))
 
     # -- publishing to subscribers (R6) ----------------------------------------------------
-    def _visible(self, peer_id: PeerId) -> Scope:
-        # The scopes whose items ``peer_id`` may see now: NEAR_ME when it is near me (and I am
-        # signed in there), INTERNET when it is an allowed contact (and I am signed in there).
-        permission = self.contacts.permission(peer_id)
-        if permission is SubscribePermission.BLOCKED:
-            return Scope.NONE
-        visible = Scope.NONE
-        if self._scope & Scope.NEAR_ME and self._directory is not None and self._directory.get(peer_id):
-            visible |= Scope.NEAR_ME
-        if self._scope & Scope.INTERNET and permission is SubscribePermission.ALLOWED:
-            visible |= Scope.INTERNET
-        return visible
-
-    def _diff_for(self, subscriber: _Subscriber, kinds: Iterable[str]) -> list[dict[str, Any]]:
-        peer_id = subscriber.control.peer_id
-        visible = self._visible(peer_id) if self.contacts.has(peer_id) else Scope.NONE
-        return subscriber.outbox.diff(
-            visible, self.presence, self._endpoint_name, self._apps.values(), self._objects.values(), kinds
+    def _published(self) -> Published:
+        return Published(
+            presence=self.presence,
+            name=self._endpoint_name,
+            apps=self._apps.values(),
+            objects=self._objects.values(),
         )
 
-    async def _on_subscribe(self, control: ControlChannel, rid: int) -> None:
-        if not self.contacts.has(control.peer_id):
-            await control.error("not-allowed", f"{self.id.fingerprint} does not have you as a contact", rid)
-            return
-        self._end_subscriber(control)
-        subscriber = _Subscriber(control, self._bus.watch(_for_subscribers))
-        self._diff_for(subscriber, KINDS)
-        self._subscribers[control] = subscriber
-        control.pins += 1
-        # Changes from now on wait in its queue until the state below is sent.
-        subscriber.slow = True
-        try:
-            state = subscriber.outbox.state()
-            await control.reply(rid, {"t": "subscribe_reply", "state": state, "inst": self._instance})
-        except PeerUnreachable:
-            self._end_subscriber(control)
-            return
-        subscriber.watch.on_ready = functools.partial(self._fanout_ready, subscriber)
-        subscriber.slow = False
-        if subscriber.watch.pending:
-            self._fanout_ready(subscriber)
-
-    def _end_subscriber(self, control: ControlChannel) -> None:
-        subscriber = self._subscribers.pop(control, None)
-        if subscriber is not None:
-            subscriber.watch.close()
-            control.pins -= 1
-
-    def _fanout_ready(self, subscriber: _Subscriber) -> None:
-        # A subscriber's queue has something: the fan-out task sends it, unless a task of its own does.
-        if not subscriber.slow:
-            self._fanout_queue[subscriber] = None
-            self._fanout_wake.set()
-
-    async def _fanout(self) -> None:
-        # One task sends every subscriber its changes, without waiting on any connection: a
-        # change reaches a thousand subscribers in one pass. A subscriber whose connection is
-        # congested gets a task of its own until it has caught up.
-        while True:
-            await self._fanout_wake.wait()
-            self._fanout_wake = anyio.Event()
-            queue, self._fanout_queue = self._fanout_queue, {}
-            for count, subscriber in enumerate(queue, 1):
-                if not subscriber.slow and self._subscribers.get(subscriber.control) is subscriber:
-                    self._send_now(subscriber)
-                if count % 128 == 0:
-                    await anyio.lowlevel.checkpoint()  # let the others run during a long pass
-
-    def _send_now(self, subscriber: _Subscriber) -> None:
-        control = subscriber.control
-        channel = control.channel
-        try:
-            while subscriber.watch.pending:
-                event = subscriber.watch.pop_nowait()
-                encoded = [self._encode_notify(m) for m in self._diff_for(subscriber, _kinds_of(event))]
-                for index, plaintext in enumerate(encoded):
-                    if not channel.try_send_encoded(plaintext):
-                        subscriber.backlog = encoded[index:]
-                        subscriber.slow = True
-                        assert self._tg is not None
-                        self._tg.start_soon(self._send_slowly, subscriber)
-                        return
-        except PeerUnreachable as exc:
-            log.debug("subscriber %s is gone: %s", control.peer_id.fingerprint, exc)
-            self._end_subscriber(control)
-            return
-        if not self.contacts.has(control.peer_id):
-            self._end_subscriber(control)  # no longer a contact: it was told Offline, and hears no more
-
-    async def _send_slowly(self, subscriber: _Subscriber) -> None:
-        # The subscriber's connection is congested: send at its pace, its changes merging meanwhile.
-        control = subscriber.control
-        try:
-            while subscriber.backlog:
-                await control.notify_encoded(subscriber.backlog.pop(0))
-            while subscriber.watch.pending:
-                event = subscriber.watch.pop_nowait()
-                for message in self._diff_for(subscriber, _kinds_of(event)):
-                    await control.notify_encoded(self._encode_notify(message))
-        except PeerUnreachable as exc:
-            log.debug("subscriber %s is gone: %s", control.peer_id.fingerprint, exc)
-            self._end_subscriber(control)
-            return
-        finally:
-            subscriber.slow = False
-        if not self.contacts.has(control.peer_id):
-            self._end_subscriber(control)
-
-    def _encode_notify(self, message: dict[str, Any]) -> bytes:
-        # Subscribers are mostly told the same things: each distinct notification is encoded once.
-        key = (message["k"], message.get("c"), _frozen(message["v"]))
-        encoded = self._encoded.get(key)
-        if encoded is None:
-            if len(self._encoded) >= 256:
-                self._encoded.clear()
-            encoded = self._encoded[key] = messages.encode_message(message)
-        return encoded
-
-    async def _farewell(self) -> None:
-        # Wait (bounded by the caller) until every subscriber has been sent what is queued for it.
-        while any(s.watch.pending or s.slow for s in self._subscribers.values()):  # noqa: ASYNC110
-            await anyio.sleep(0.01)  # bounded by the caller; senders share no event to wait on
+    def _is_near(self, peer_id: PeerId) -> bool:
+        return self._directory is not None and self._directory.get(peer_id) is not None
 
     def subscribers(self) -> list[PeerId]:
         """The ids of the peers that watch this node now (one entry per subscription)."""
-        return [control.peer_id for control in self._subscribers]
-
-    async def _on_get(self, control: ControlChannel, rid: int, what: object) -> None:
-        if what not in ("presence", "apps", "objects"):
-            await control.error("malformed", 'get "what" is "presence", "apps" or "objects"', rid)
-            return
-        visible = self._visible(control.peer_id)
-        if not visible:
-            await control.error("not-allowed", f"{self.id.fingerprint} lets you see nothing of it", rid)
-            return
-        reply: dict[str, Any] = {"t": "get_reply"}
-        if what == "presence":
-            reply["presence"] = presence_wire(self.presence)
-        elif what == "apps":
-            reply["apps"] = [app_wire(a) for a in self._apps.values() if a.scope & visible]
-        else:
-            reply["objects"] = [object_wire(o) for o in self._objects.values() if o.scope & visible]
-        await control.reply(rid, reply)
+        return self._publishing.subscribers()
 
     def _contact_permission_changed(self, peer_id: PeerId) -> None:
-        if any(control.peer_id == peer_id for control in self._subscribers):
-            self._bus.publish(_Visibility())
+        self._publishing.permission_changed(peer_id)
 
     # -- watching contacts (R6) ------------------------------------------------------------
     def _watched_presence(self, peer_id: PeerId) -> Presence | None:
@@ -1997,12 +1847,12 @@ class Node:
             if not _uint(rid):
                 await control.error("malformed", f'{kind} needs an unsigned "rid"')
             elif kind == "subscribe":
-                await self._on_subscribe(control, rid)
+                await self._publishing.subscribe(control, rid, self.id)
             elif kind == "unsubscribe":
-                self._end_subscriber(control)
+                self._publishing.end(control)
                 await control.reply(rid, {"t": "unsubscribe_reply"})
             elif kind == "get":
-                await self._on_get(control, rid, message.get("what"))
+                await control.reply(rid, self._publishing.get(control.peer_id, message.get("what")))
             elif not self._scope:
                 await control.error("unavailable", "this node is not signed in", rid)
             else:
@@ -2406,28 +2256,3 @@ def _event_filter(
         return True
 
     return accept
-
-
-def _for_subscribers(event: Any) -> bool:
-    return isinstance(event, _Visibility) or getattr(event, "local", False) is True
-
-
-def _kinds_of(event: Any) -> tuple[str, ...]:
-    if isinstance(event, PresenceChanged):
-        return ("presence",)
-    if isinstance(event, ApplicationChanged):
-        return ("app",)
-    if isinstance(event, ObjectChanged):
-        return ("object",)
-    if isinstance(event, NameChanged):
-        return ("name",)
-    return KINDS
-
-
-def _frozen(value: Any) -> Any:
-    # A hashable stand-in for a notification's value (lists, maps, text, bytes, numbers).
-    if isinstance(value, list):
-        return tuple(_frozen(v) for v in value)
-    if isinstance(value, dict):
-        return tuple((k, _frozen(v)) for k, v in value.items())
-    return value

@@ -1,0 +1,295 @@
+"""What this node publishes, and to whom: the subscribers that watch it (publisher side).
+
+One :class:`Publishing` part per node keeps, per subscription, an outbox of what the subscriber
+was told, answers ``subscribe`` and ``get`` requests, and sends every subscriber the changes it may
+see: one fan-out task sends without waiting on any connection, and a congested subscriber gets a
+task of its own until it has caught up. When the node stops, :meth:`Publishing.farewell` waits
+(bounded by the caller) until every subscriber has been sent what is queued for it.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Callable, Coroutine, Iterable
+from dataclasses import dataclass, field
+from typing import Any, Final, Protocol
+
+import anyio
+
+from peerkit.bus import Bus, EventWatch
+from peerkit.errors import PeerUnreachable
+from peerkit.events import ApplicationChanged, NameChanged, ObjectChanged, PresenceChanged
+from peerkit.identity import PeerId
+from peerkit.model import Application, PeerObject, Presence, Scope, SubscribePermission
+from peerkit.net.control import ControlChannel
+from peerkit.presence import KINDS, Outbox, app_wire, object_wire, presence_wire
+from peerkit.proto import messages
+
+__all__ = ("Publishing", "Visibility")
+
+log = logging.getLogger(__name__)
+
+#: Distinct notifications kept encoded for reuse across subscribers, at most.
+ENCODED_CACHE: Final = 256
+
+
+class Visibility:
+    """An internal bus signal (not a public event): what some subscribers may see changed (a
+    scope, a permission, a peer's nearness)."""
+
+    __slots__ = ()
+    key = ("visibility",)
+
+
+class _Permissions(Protocol):
+    # What the part needs of the contact manager.
+    def has(self, peer_id: PeerId) -> bool: ...
+    def permission(self, peer_id: PeerId) -> SubscribePermission | None: ...
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Published:
+    """What this node shows now (before the visibility rule is applied)."""
+
+    presence: Presence
+    name: str
+    apps: Iterable[Application]
+    objects: Iterable[PeerObject]
+
+
+@dataclass(slots=True, eq=False)
+class _Subscriber:
+    # A peer watching this node over one control channel.
+    control: ControlChannel
+    watch: EventWatch[Any]
+    outbox: Outbox = field(default_factory=Outbox)
+    # Set while a task of its own sends to it (its connection was congested); otherwise the
+    # fan-out task sends to it without waiting.
+    slow: bool = False
+    backlog: list[bytes] = field(default_factory=list)
+
+
+class Publishing:
+    """The publisher side of subscriptions and one-shot gets (see the module docstring).
+
+    :param bus: the node's bus (local changes and :class:`Visibility` signals come from it).
+    :param contacts: who is a contact and what it is allowed.
+    :param published: what this node shows now.
+    :param scope: the scopes the node is signed in to now.
+    :param near: whether a peer is near me now (holds a verified discovery record).
+    :param spawn: start a task in the node's task group.
+    :param instance: this run of the node (told to subscribers).
+    """
+
+    def __init__(
+        self,
+        *,
+        bus: Bus[Any],
+        contacts: _Permissions,
+        published: Callable[[], Published],
+        scope: Callable[[], Scope],
+        near: Callable[[PeerId], bool],
+        spawn: Callable[[Callable[[], Coroutine[Any, Any, None]]], None],
+        instance: bytes,
+    ) -> None:
+        self._bus = bus
+        self._contacts = contacts
+        self._published = published
+        self._scope = scope
+        self._near = near
+        self._spawn = spawn
+        self.instance = instance
+        self._subscribers: dict[ControlChannel, _Subscriber] = {}
+        self._encoded: dict[tuple[Any, ...], bytes] = {}
+        self._queue: dict[_Subscriber, None] = {}
+        self._wake = anyio.Event()
+
+    # -- who sees what ----------------------------------------------------------------------
+    def visible(self, peer_id: PeerId) -> Scope:
+        """The scopes whose items ``peer_id`` may see now: NEAR_ME when it is near me (and I am
+        signed in there), INTERNET when it is an allowed contact (and I am signed in there)."""
+        permission = self._contacts.permission(peer_id)
+        if permission is SubscribePermission.BLOCKED:
+            return Scope.NONE
+        scope = self._scope()
+        visible = Scope.NONE
+        if scope & Scope.NEAR_ME and self._near(peer_id):
+            visible |= Scope.NEAR_ME
+        if scope & Scope.INTERNET and permission is SubscribePermission.ALLOWED:
+            visible |= Scope.INTERNET
+        return visible
+
+    def subscribers(self) -> list[PeerId]:
+        """The ids of the peers that watch this node now (one entry per subscription)."""
+        return [control.peer_id for control in self._subscribers]
+
+    def watches(self, peer_id: PeerId) -> bool:
+        """Whether ``peer_id`` has a subscription here."""
+        return any(control.peer_id == peer_id for control in self._subscribers)
+
+    def permission_changed(self, peer_id: PeerId) -> None:
+        """A contact's permission changed (a listener of the contact manager)."""
+        if self.watches(peer_id):
+            self._bus.publish(Visibility())
+
+    # -- requests ---------------------------------------------------------------------------
+    def get(self, peer_id: PeerId, what: object) -> dict[str, Any]:
+        """The reply to a ``get`` request of ``peer_id`` (a ``get_reply`` or an ``error``)."""
+        if what not in ("presence", "apps", "objects"):
+            return _error("malformed", 'get "what" is "presence", "apps" or "objects"')
+        visible = self.visible(peer_id)
+        if not visible:
+            return _error("not-allowed", "this node lets you see nothing of it")
+        now = self._published()
+        if what == "presence":
+            return {"t": "get_reply", "presence": presence_wire(now.presence)}
+        if what == "apps":
+            return {"t": "get_reply", "apps": [app_wire(a) for a in now.apps if a.scope & visible]}
+        return {"t": "get_reply", "objects": [object_wire(o) for o in now.objects if o.scope & visible]}
+
+    async def subscribe(self, control: ControlChannel, rid: int, local_id: PeerId) -> None:
+        """Answer a ``subscribe`` request: the current state, then every change."""
+        if not self._contacts.has(control.peer_id):
+            await control.error("not-allowed", f"{local_id.fingerprint} does not have you as a contact", rid)
+            return
+        self.end(control)
+        subscriber = _Subscriber(control, self._bus.watch(_for_subscribers))
+        self._diff_for(subscriber, KINDS)
+        self._subscribers[control] = subscriber
+        control.pins += 1
+        # Changes from now on wait in its queue until the state below is sent.
+        subscriber.slow = True
+        try:
+            state = subscriber.outbox.state()
+            await control.reply(rid, {"t": "subscribe_reply", "state": state, "inst": self.instance})
+        except PeerUnreachable:
+            self.end(control)
+            return
+        subscriber.watch.on_ready = functools.partial(self._ready, subscriber)
+        subscriber.slow = False
+        if subscriber.watch.pending:
+            self._ready(subscriber)
+
+    def end(self, control: ControlChannel) -> None:
+        """The subscription on ``control`` ends (``unsubscribe``, or the channel closed)."""
+        subscriber = self._subscribers.pop(control, None)
+        if subscriber is not None:
+            subscriber.watch.close()
+            control.pins -= 1
+
+    def clear(self) -> None:
+        """Forget every subscription (the node stopped)."""
+        self._subscribers.clear()
+
+    # -- sending ----------------------------------------------------------------------------
+    def _diff_for(self, subscriber: _Subscriber, kinds: Iterable[str]) -> list[dict[str, Any]]:
+        peer_id = subscriber.control.peer_id
+        visible = self.visible(peer_id) if self._contacts.has(peer_id) else Scope.NONE
+        now = self._published()
+        return subscriber.outbox.diff(visible, now.presence, now.name, now.apps, now.objects, kinds)
+
+    def _ready(self, subscriber: _Subscriber) -> None:
+        # A subscriber's queue has something: the fan-out task sends it, unless a task of its own does.
+        if not subscriber.slow:
+            self._queue[subscriber] = None
+            self._wake.set()
+
+    async def fanout(self) -> None:
+        """Send every subscriber its changes, without waiting on any connection; runs until cancelled.
+
+        A change reaches a thousand subscribers in one pass. A subscriber whose connection is
+        congested gets a task of its own until it has caught up.
+        """
+        while True:
+            await self._wake.wait()
+            self._wake = anyio.Event()
+            queue, self._queue = self._queue, {}
+            for count, subscriber in enumerate(queue, 1):
+                if not subscriber.slow and self._subscribers.get(subscriber.control) is subscriber:
+                    self._send_now(subscriber)
+                if count % 128 == 0:
+                    await anyio.lowlevel.checkpoint()  # let the others run during a long pass
+
+    def _send_now(self, subscriber: _Subscriber) -> None:
+        control = subscriber.control
+        channel = control.channel
+        try:
+            while subscriber.watch.pending:
+                event = subscriber.watch.pop_nowait()
+                encoded = [self._encode(m) for m in self._diff_for(subscriber, _kinds_of(event))]
+                for index, plaintext in enumerate(encoded):
+                    if not channel.try_send_encoded(plaintext):
+                        subscriber.backlog = encoded[index:]
+                        subscriber.slow = True
+                        self._spawn(functools.partial(self._send_slowly, subscriber))
+                        return
+        except PeerUnreachable as exc:
+            log.debug("subscriber %s is gone: %s", control.peer_id.fingerprint, exc)
+            self.end(control)
+            return
+        if not self._contacts.has(control.peer_id):
+            self.end(control)  # no longer a contact: it was told Offline, and hears no more
+
+    async def _send_slowly(self, subscriber: _Subscriber) -> None:
+        # The subscriber's connection is congested: send at its pace, its changes merging meanwhile.
+        control = subscriber.control
+        try:
+            while subscriber.backlog:
+                await control.notify_encoded(subscriber.backlog.pop(0))
+            while subscriber.watch.pending:
+                event = subscriber.watch.pop_nowait()
+                for message in self._diff_for(subscriber, _kinds_of(event)):
+                    await control.notify_encoded(self._encode(message))
+        except PeerUnreachable as exc:
+            log.debug("subscriber %s is gone: %s", control.peer_id.fingerprint, exc)
+            self.end(control)
+            return
+        finally:
+            subscriber.slow = False
+        if not self._contacts.has(control.peer_id):
+            self.end(control)
+
+    def _encode(self, message: dict[str, Any]) -> bytes:
+        # Subscribers are mostly told the same things: each distinct notification is encoded once.
+        key = (message["k"], message.get("c"), _frozen(message["v"]))
+        encoded = self._encoded.get(key)
+        if encoded is None:
+            if len(self._encoded) >= ENCODED_CACHE:
+                self._encoded.clear()
+            encoded = self._encoded[key] = messages.encode_message(message)
+        return encoded
+
+    async def farewell(self) -> None:
+        """Wait until every subscriber has been sent what is queued for it (the caller bounds it)."""
+        while any(s.watch.pending or s.slow for s in self._subscribers.values()):  # noqa: ASYNC110
+            await anyio.sleep(0.01)  # bounded by the caller; senders share no event to wait on
+
+
+def _error(code: str, text: str) -> dict[str, Any]:
+    return {"t": "error", "code": code, "msg": text}
+
+
+def _for_subscribers(event: Any) -> bool:
+    return isinstance(event, Visibility) or getattr(event, "local", False) is True
+
+
+def _kinds_of(event: Any) -> tuple[str, ...]:
+    if isinstance(event, PresenceChanged):
+        return ("presence",)
+    if isinstance(event, ApplicationChanged):
+        return ("app",)
+    if isinstance(event, ObjectChanged):
+        return ("object",)
+    if isinstance(event, NameChanged):
+        return ("name",)
+    return KINDS
+
+
+def _frozen(value: Any) -> Any:
+    # A hashable stand-in for a notification's value (lists, maps, text, bytes, numbers).
+    if isinstance(value, list):
+        return tuple(_frozen(v) for v in value)
+    if isinstance(value, dict):
+        return tuple((k, _frozen(v)) for k, v in value.items())
+    return value
