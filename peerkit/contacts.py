@@ -669,8 +669,9 @@ class ContactManager:
         except UnknownContact:
             return None
 
-    async def _find(self, peer_id: PeerId) -> Contact | None:
-        # find() for the node's own tasks, which may run on while the node stops.
+    async def find_stored(self, peer_id: PeerId) -> Contact | None:
+        """The stored contact ``peer_id``, or None: :meth:`find` for the node's own tasks, which
+        may run on while the node stops (it does not check that the node runs)."""
         row = await self._store.read(_select, bytes(peer_id))
         return None if row is None else self._contact(row)
 
@@ -747,8 +748,11 @@ class ContactManager:
         self._bus.publish(ContactChanged(change=ChangeType.DELETED, contact=old))
         node._contact_permission_changed(peer_id)
 
-    async def _set_subscribed(self, peer_id: PeerId, subscribed: bool) -> Contact:
-        # The flag alone, from Contact.subscribe/unsubscribe.
+    async def set_subscribed(self, peer_id: PeerId, subscribed: bool) -> Contact:
+        """Store the contact's ``is_subscribed`` flag alone (for the node's watching part).
+
+        :raises UnknownContact: when ``peer_id`` is not a contact.
+        """
         row = await self._store.read(_select, bytes(peer_id))
         if row is None:
             raise UnknownContact(f"{peer_id.fingerprint} is not a contact")

@@ -23,6 +23,7 @@ from peerkit import (
     NotAllowed,
     ProtocolError,
     SecureChannel,
+    Subscription,
 )
 from peerkit.testing import MemoryNetwork
 
@@ -248,14 +249,14 @@ async def test_an_iterator_left_open_ends_with_the_node() -> None:
     received: list[AppStream] = []
     ended = anyio.Event()
 
-    async def consume(bob: Node) -> None:
-        async for stream in bob.streams(CHAT):  # no async with: the node's exit ends it
+    async def consume(streams: Subscription[AppStream]) -> None:
+        async for stream in streams:  # no async with: the node's exit ends it
             received.append(stream)
         ended.set()
 
     async with anyio.create_task_group() as tg:
         async with pair() as (_, bob):
-            tg.start_soon(consume, bob)
+            tg.start_soon(consume, bob.streams(CHAT))
             await anyio.lowlevel.checkpoint()
         with anyio.fail_after(2):
             await ended.wait()

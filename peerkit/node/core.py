@@ -56,7 +56,6 @@ from peerkit.errors import (
     PeerkitError,
     PeerUnreachable,
     ProtocolError,
-    UnknownContact,
 )
 from peerkit.events import (
     ApplicationChanged,
@@ -74,7 +73,6 @@ from peerkit.model import (
     MAX_INVITATION_WAIT,
     MAX_OBJECTS,
     MAX_TEXT,
-    REQUEST_TIMEOUT,
     Application,
     ChangeType,
     EndPoint,
@@ -93,10 +91,10 @@ from peerkit.net.control import ControlChannel, KeepalivePolicy
 from peerkit.net.transport import Transport, local_addresses
 from peerkit.node.config import NodeConfig
 from peerkit.node.publishing import Published, Publishing, Visibility
+from peerkit.node.watching import Watching
 from peerkit.peers import NearbyChanged, NearbyPeer, NearbyWatch, Peer, wire_ttl
 from peerkit.presence import (
     OFFLINE,
-    Watched,
     read_app,
     read_object,
     read_presence,
@@ -138,43 +136,6 @@ MAX_LINKS: Final = 64
 #: Seconds between two readings of a watched contact's endpoints from the store (sooner when
 #: discovery sees it or it is updated).
 WATCH_REFRESH: Final = 60.0
-
-
-@dataclass(slots=True, eq=False)
-class _Link:
-    # One endpoint of a watched contact (subscriber side): a subscription there, or an attempt.
-    endpoint: EndPoint
-    state: Watched = field(default_factory=Watched)
-    control: ControlChannel | None = None  # while subscribed
-    pending: ControlChannel | None = None  # while the subscription is being answered
-    early: list[dict[str, Any]] = field(default_factory=list)
-    instance: bytes | None = None  # the publisher's instance id (one node run)
-    named: EndPoint | None = None  # the endpoint with the name the publisher gives
-    was_active: bool = False
-    tried: bool = False
-
-
-@dataclass(slots=True, eq=False)
-class _Watch:
-    # A contact this node watches (subscriber side): one link per endpoint where it may run.
-    peer_id: PeerId
-    scope: anyio.CancelScope = field(default_factory=anyio.CancelScope)
-    contact: Contact | None = None
-    links: dict[EndPoint, _Link] = field(default_factory=dict)
-    first: anyio.Event = field(default_factory=anyio.Event)  # subscribed, or every endpoint failed
-    wake: anyio.Event = field(default_factory=anyio.Event)  # try now: the contact may be back
-    freed: anyio.Event = field(default_factory=anyio.Event)  # an active link was lost
-    error: PeerkitError | None = None
-    offline_told: bool = False
-
-    def active(self) -> list[_Link]:
-        return [link for link in self.links.values() if link.control is not None]
-
-
-def _poke(watch: _Watch, name: str) -> None:
-    # Wake whoever waits on the watch's event ``name`` (they hold the old one), and renew it.
-    getattr(watch, name).set()
-    setattr(watch, name, anyio.Event())
 
 
 class _Started:
@@ -302,8 +263,6 @@ class Node:
         self.contacts = ContactManager(self, self._store, self._bus)
         self._presence = Presence(PresenceStatus.ONLINE)
         self._objects: dict[uuid.UUID, PeerObject] = {}
-        self._watching: dict[PeerId, _Watch] = {}
-        self._link_of: dict[ControlChannel, tuple[_Watch, _Link]] = {}
         # This run of the node is told to subscribers, so that they see one node once, however many
         # of its endpoints they reach.
         self._publishing = Publishing(
@@ -314,6 +273,16 @@ class Node:
             near=self._is_near,
             spawn=self._spawn,
             instance=os.urandom(16),
+        )
+        self._watching_part = Watching(
+            bus=self._bus,
+            contacts=self.contacts,
+            control_to=self._control_to,
+            endpoints_of=self._endpoints_of,
+            keepalive=self._keepalive,
+            scope=lambda: self._scope,
+            check_running=self._check_running,
+            spawn=self._spawn,
         )
 
     # -- lifetime --------------------------------------------------------------------------
@@ -401,7 +370,7 @@ class Node:
             self._incoming.clear()
             self._sessions.clear()
             self._publishing.clear()
-            self._watching.clear()
+            self._watching_part.clear()
 
     def _spawn(self, task: Callable[[], Coroutine[Any, Any, None]]) -> None:
         # Handlers added before the node starts begin when it starts.
@@ -566,10 +535,10 @@ class Node:
         if not before and after:
             self._presence = Presence(PresenceStatus.ONLINE)
             for peer_id in self.contacts.watched():
-                self._start_watch(peer_id)
+                self._watching_part.start(peer_id)
         if before and not after:
-            for peer_id in list(self._watching):
-                self._stop_watch(peer_id)
+            for peer_id in self._watching_part.watched():
+                self._watching_part.stop(peer_id)
         if bool(before) != bool(after):
             self._local_presence_changed()
         self._bus.publish(Visibility())
@@ -703,9 +672,8 @@ class Node:
                 await self._publish(self._scope, hosts)
 
     def _on_nearby_change(self, change: ChangeType, record: NearbyRecord) -> None:
-        followed = self._watching.get(record.id)
-        if followed is not None and change is not ChangeType.DELETED:
-            _poke(followed, "wake")  # a watched contact appeared or moved: try it now
+        if change is not ChangeType.DELETED:
+            self._watching_part.wake(record.id)  # a watched contact appeared or moved: try it now
         if self._publishing.watches(record.id):
             self._bus.publish(Visibility())
         if not self._scope & Scope.NEAR_ME:
@@ -1368,7 +1336,7 @@ class Node:
             local_id=self.id,
             endpoint=endpoint,
             handler=self._on_message,
-            notifications={"notify": self._on_notify},
+            notifications={"notify": self._watching_part.on_notify},
             keepalive=self._keepalive,
         )
         if self.contacts.has(control.peer_id):
@@ -1462,299 +1430,19 @@ class Node:
 
     # -- watching contacts (R6) ------------------------------------------------------------
     def _watched_presence(self, peer_id: PeerId) -> Presence | None:
-        watch = self._watching.get(peer_id)
-        if watch is None:
-            return None
-        active = watch.active()
-        if active:
-            return active[0].state.presence
-        return OFFLINE if watch.first.is_set() else None
-
-    def _start_watch(self, peer_id: PeerId) -> _Watch:
-        watch = self._watching.get(peer_id)
-        if watch is None:
-            watch = self._watching[peer_id] = _Watch(peer_id)
-            assert self._tg is not None
-            self._tg.start_soon(self._run_watch, watch)
-        return watch
-
-    def _stop_watch(self, peer_id: PeerId) -> _Watch | None:
-        watch = self._watching.pop(peer_id, None)
-        if watch is not None:
-            watch.scope.cancel()
-        return watch
+        return self._watching_part.presence_of(peer_id)
 
     def _contact_updated(self, peer_id: PeerId) -> None:
-        # Its endpoints may have changed: a watch reads them again now.
-        watch = self._watching.get(peer_id)
-        if watch is not None:
-            _poke(watch, "wake")
+        self._watching_part.contact_updated(peer_id)
 
     async def _watch_changed(self, peer_id: PeerId, subscribed: bool) -> None:
-        # The store's is_subscribed flag changed (contacts.update / delete).
-        if subscribed and self._scope:
-            self._start_watch(peer_id)
-        elif not subscribed:
-            watch = self._stop_watch(peer_id)
-            if watch is not None:
-                await self._send_unsubscribe(watch)
-
-    async def _send_unsubscribe(self, watch: _Watch) -> None:
-        controls = [link.control for link in watch.links.values() if link.control is not None]
-        with anyio.move_on_after(REQUEST_TIMEOUT):
-            for control in controls:
-                await self._unsubscribe_on(control)
-
-    async def _unsubscribe_on(self, control: ControlChannel) -> None:
-        if control.usable:
-            with contextlib.suppress(PeerUnreachable):
-                request = await control.start_request({"t": "unsubscribe"})
-                await request.wait()
+        await self._watching_part.subscription_changed(peer_id, subscribed)
 
     async def _subscribe_contact(self, contact: Contact, *, wait: bool, timeout: float) -> None:
-        if not isinstance(contact, Contact):
-            raise TypeError(f"expected a Contact, not {type(contact).__name__}")
-        timeout = check_seconds(timeout, "subscribe timeout", None)
-        self._check_running()
-        if contact.is_me:
-            return  # me is always subscribed to itself
-        if not self._scope:
-            raise NotSignedIn("sign in before subscribing: await node.sign_in(Scope.ALL)")
-        if not self.contacts.has(contact.id):
-            raise UnknownContact(f"{contact.fingerprint} is not a contact")
-        was_subscribed = contact.id in self._watching
-        await self.contacts._set_subscribed(contact.id, True)
-        watch = self._start_watch(contact.id)
-        if not wait or (was_subscribed and watch.active()):
-            return
-        kept = False
-        try:
-            with anyio.move_on_after(timeout):
-                await watch.first.wait()
-            if watch.active():
-                kept = True
-                return
-            if watch.error is None or isinstance(watch.error, PeerUnreachable):
-                why = f": {watch.error}" if watch.error is not None else ""
-                raise PeerUnreachable(f"could not subscribe to {contact.fingerprint} within {timeout} s{why}")
-            raise watch.error
-        finally:
-            if not kept and not was_subscribed:
-                with anyio.CancelScope(shield=True):
-                    self._stop_watch(contact.id)
-                    with contextlib.suppress(UnknownContact):
-                        await self.contacts._set_subscribed(contact.id, False)
+        await self._watching_part.subscribe(contact, wait=wait, timeout=timeout)
 
     async def _unsubscribe_contact(self, contact: Contact) -> None:
-        if not isinstance(contact, Contact):
-            raise TypeError(f"expected a Contact, not {type(contact).__name__}")
-        self._check_running()
-        if contact.is_me:
-            return
-        await self.contacts._set_subscribed(contact.id, False)
-        watch = self._stop_watch(contact.id)
-        if watch is not None:
-            await self._send_unsubscribe(watch)
-
-    async def _run_watch(self, watch: _Watch) -> None:
-        # One link per endpoint where the contact may run (stored, and where discovery sees it);
-        # the endpoints are read again when discovery sees the contact, when it is updated, and
-        # every WATCH_REFRESH seconds.
-        with watch.scope:
-            try:
-                async with anyio.create_task_group() as tg:
-                    while True:
-                        contact = await self.contacts._find(watch.peer_id)
-                        if contact is None:
-                            tg.cancel_scope.cancel()
-                            return
-                        watch.contact = contact
-                        endpoints = self._endpoints_of(contact)
-                        if not endpoints and not watch.links:
-                            watch.error = PeerUnreachable(f"no endpoint of {contact.fingerprint} is known")
-                            self._contact_offline(watch)
-                            watch.first.set()
-                        for endpoint in endpoints:
-                            if endpoint not in watch.links and len(watch.links) < MAX_LINKS:
-                                link = watch.links[endpoint] = _Link(endpoint)
-                                tg.start_soon(self._run_link, watch, link)
-                        wake = watch.wake
-                        with anyio.move_on_after(WATCH_REFRESH):
-                            await wake.wait()
-            finally:
-                for link in watch.links.values():
-                    self._unlink(link)
-
-    async def _run_link(self, watch: _Watch, link: _Link) -> None:
-        # Subscribe at one endpoint, follow the contact there while the channel lasts, subscribe
-        # again when it breaks; not restored within the keepalive timeout, it is Offline there.
-        # A link that reaches a node another link already follows stands by until that one is lost.
-        policy = self._keepalive
-        delay = 0.0
-        lost = False
-        while True:
-            limit = policy.timeout if lost else REQUEST_TIMEOUT
-            result = await self._subscribe_link(watch, link, limit)
-            link.tried = True
-            if result == "active":
-                watch.first.set()
-                watch.error, watch.offline_told = None, False
-                delay, lost = 0.0, False
-                assert link.control is not None
-                await link.control.wait_closed()
-                self._unlink(link)
-                _poke(watch, "freed")
-                lost = True
-                continue
-            if result == "duplicate":
-                freed = watch.freed
-                await freed.wait()
-                continue
-            if link.was_active:
-                self._emit(watch, link, link.state.went_offline(), endpoint=link.named or link.endpoint)
-            links = watch.links.values()
-            if all(other.tried and other.control is None for other in links):
-                if not any(other.was_active for other in links):
-                    self._contact_offline(watch)
-                watch.first.set()
-            lost = False
-            delay = min(max(delay * 2, 0.25), policy.interval)
-            wake = watch.wake
-            with anyio.move_on_after(delay):
-                await wake.wait()
-
-    def _contact_offline(self, watch: _Watch) -> None:
-        # Never reached at any endpoint: say so once (a PresenceChanged to Offline, no endpoint).
-        if not watch.offline_told and watch.contact is not None:
-            watch.offline_told = True
-            self._bus.publish(
-                PresenceChanged(peer_id=watch.peer_id, contact=watch.contact, endpoint=None, presence=OFFLINE)
-            )
-
-    def _unlink(self, link: _Link) -> None:
-        if link.control is not None:
-            link.control.pins -= 1
-            self._link_of.pop(link.control, None)
-            link.control = None
-
-    async def _subscribe_link(self, watch: _Watch, link: _Link, timeout: float) -> str:
-        # "active", "duplicate" (the node there is followed through another link) or "failed".
-        who = watch.peer_id.fingerprint
-        control: ControlChannel | None = None
-        with anyio.move_on_after(timeout) as timer:
-            try:
-                control = await self._control_to(watch.peer_id, link.endpoint, exact=True)
-                link.pending, link.early = control, []
-                self._link_of[control] = (watch, link)
-                request = await control.start_request({"t": "subscribe"})
-                reply = await request.wait()
-                if reply["t"] == "error":
-                    code, text = reply.get("code"), reply.get("msg")
-                    if code == "not-allowed":
-                        watch.error = NotAllowed(f"{who} refused the subscription: {text}")
-                        self._link_of.pop(control, None)
-                        return "failed"
-                    raise ProtocolError(f"{who} refused the subscription: {code}: {text}")
-                if reply["t"] != "subscribe_reply":
-                    raise ProtocolError(f"{who} answered a subscription with {reply['t']!r}")
-                instance = reply.get("inst")
-                if not isinstance(instance, bytes):
-                    instance = None
-                if instance is not None and any(
-                    other is not link and other.control is not None and other.instance == instance
-                    for other in watch.links.values()
-                ):
-                    self._link_of.pop(control, None)
-                    assert self._tg is not None
-                    self._tg.start_soon(self._unsubscribe_on, control)
-                    return "duplicate"
-                state = link.state.copy()  # a malformed state or notification changes nothing
-                changes = state.apply_state(reply.get("state"))
-                for early in link.early:
-                    changes += state.apply_notify(early)
-                link.state = state
-            except (PeerUnreachable, ProtocolError, ValueError) as exc:
-                watch.error = exc if isinstance(exc, PeerkitError) else PeerUnreachable(str(exc))
-                if control is not None:
-                    self._link_of.pop(control, None)
-                    if isinstance(exc, ProtocolError):
-                        log.warning("dropping the channel to %s: %s", who, exc)
-                        await control.aclose()
-                return "failed"
-            finally:
-                link.pending, link.early = None, []
-            link.control, link.instance, link.was_active = control, instance, True
-            control.pins += 1
-            self._emit(watch, link, changes)
-            return "active"
-        if control is not None and link.control is not control:
-            self._link_of.pop(control, None)
-        if timer.cancelled_caught:
-            watch.error = PeerUnreachable(f"{who} did not answer a subscription within {timeout} s")
-        return "failed"
-
-    def _on_notify(self, control: ControlChannel, message: dict[str, Any]) -> None:
-        # Runs in the channel's reading task, so notifications apply in the order they came.
-        entry = self._link_of.get(control)
-        if entry is None:
-            return
-        watch, link = entry
-        if link.pending is control and link.control is None:
-            link.early.append(message)
-            if len(link.early) > MAX_EARLY_NOTIFY:
-                self._drop(
-                    control, f"more than {MAX_EARLY_NOTIFY} notifications before the subscription's answer"
-                )
-            return
-        if link.control is not control:
-            return
-        try:
-            changes = link.state.apply_notify(message)
-        except ProtocolError as exc:
-            self._drop(control, str(exc))
-            return
-        self._emit(watch, link, changes)
-
-    def _drop(self, control: ControlChannel, why: str) -> None:
-        log.warning("dropping the channel to %s: %s", control.peer_id.fingerprint, why)
-        assert self._tg is not None
-        self._tg.start_soon(control.aclose)
-
-    def _emit(
-        self,
-        watch: _Watch,
-        link: _Link,
-        changes: list[tuple[str, ChangeType, Any]],
-        *,
-        endpoint: EndPoint | None = None,
-    ) -> None:
-        peer_id, contact = watch.peer_id, watch.contact
-        assert contact is not None  # set before the first subscription
-        if endpoint is None:
-            named = link.named
-            if named is None or named.name != link.state.name:
-                base = (
-                    link.control.endpoint
-                    if link.control is not None and link.control.endpoint
-                    else link.endpoint
-                )
-                named = link.named = EndPoint(base.host, base.port, link.state.name)
-            endpoint = named
-        for kind, change, value in changes:
-            event: Event
-            if kind == "presence":
-                event = PresenceChanged(peer_id=peer_id, contact=contact, endpoint=endpoint, presence=value)
-            elif kind == "name":
-                event = NameChanged(peer_id=peer_id, contact=contact, endpoint=endpoint, name=value)
-            elif kind == "app":
-                event = ApplicationChanged(
-                    peer_id=peer_id, contact=contact, endpoint=endpoint, change=change, application=value
-                )
-            else:
-                event = ObjectChanged(
-                    peer_id=peer_id, contact=contact, endpoint=endpoint, change=change, object=value
-                )
-            self._bus.publish(event)
+        await self._watching_part.unsubscribe(contact)
 
     # -- one-shot requests -----------------------------------------------------------------
     def _endpoints_of(self, peer: Peer) -> tuple[EndPoint, ...]:
@@ -1889,7 +1577,7 @@ class Node:
         info = control.channel.peer
         endpoint, peer = self._sender(control)
         ttl = message["ttl"]
-        contact = await self.contacts._find(peer_id) if self.contacts.has(peer_id) else None
+        contact = await self.contacts.find_stored(peer_id) if self.contacts.has(peer_id) else None
         invitation = Invitation(
             sender_id=peer_id,
             nickname=info.nickname,
