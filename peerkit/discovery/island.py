@@ -32,6 +32,7 @@ from peerkit.discovery.base import (
 from peerkit.errors import DiscoveryError
 from peerkit.identity import PeerId
 from peerkit.model import EndPoint
+from peerkit.net.transport import on_asyncio
 
 __all__ = ("needs_asyncio_thread", "run_in_asyncio_thread")
 
@@ -43,13 +44,7 @@ STOP_TIMEOUT = 10.0
 
 def needs_asyncio_thread(provider: DiscoveryProvider) -> bool:
     """Whether ``provider`` runs on asyncio only and the running loop is not asyncio's."""
-    if not getattr(provider, "asyncio_only", False):
-        return False
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return True
-    return False
+    return bool(getattr(provider, "asyncio_only", False)) and not on_asyncio()
 
 
 class _ThreadSink:

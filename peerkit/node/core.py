@@ -129,13 +129,6 @@ _WIRE: Final = {v: k for k, v in _RESPONSES.items()}
 
 #: Seconds the node gives its subscribers, when it stops, to receive its last changes (Offline).
 FAREWELL_TIMEOUT: Final = 1.0
-#: Notifications kept for a subscription that is not answered yet; more drop the channel.
-MAX_EARLY_NOTIFY: Final = 256
-#: Endpoints of one watched contact that are tried at once, at most.
-MAX_LINKS: Final = 64
-#: Seconds between two readings of a watched contact's endpoints from the store (sooner when
-#: discovery sees it or it is updated).
-WATCH_REFRESH: Final = 60.0
 
 
 class _Started:
