@@ -1,16 +1,16 @@
 """A control channel: requests and replies over one :class:`SecureChannel`, with keepalive.
 
 A :class:`~peerkit.Node` keeps at most one control channel per remote peer and sends every request
-to that peer over it. This module multiplexes requests by ``"rid"``, answers ``ping``, detects a
-dead peer with keepalive pings, and closes a channel gracefully with ``retire`` (docs/protocol.md
-section 4.2): a retired channel takes no new request, and closes once nothing is outstanding in
-either direction.
+to that peer over it. This module is the I/O around :class:`peerkit.proto.control.ControlState`
+(which keeps the rids, the replies in parts and the phase): it reads and dispatches messages,
+runs a task per incoming request and sends the reply its handler **returns**, answers ``ping``,
+detects a dead peer with keepalive pings, and closes a channel gracefully with ``retire``
+(docs/protocol.md section 4.2): a retired channel takes no new request, and closes once nothing is
+outstanding in either direction.
 """
 
 from __future__ import annotations
 
-import contextlib
-import itertools
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -23,17 +23,24 @@ from peerkit.errors import PeerUnreachable, ProtocolError
 from peerkit.identity import PeerId
 from peerkit.model import EndPoint, check_seconds
 from peerkit.net.channel import SecureChannel
-from peerkit.proto.control import ReplyParts, has_lists, split_reply
+from peerkit.proto.control import (
+    MAX_CONCURRENT,
+    ControlState,
+    NoticeReceived,
+    PingReceived,
+    Refuse,
+    ReplyReceived,
+    RequestReceived,
+    RetireReceived,
+    Unmatched,
+    has_lists,
+    split_reply,
+)
+from peerkit.proto.requests import ErrorCode, error_reply
 
-__all__ = ("ControlChannel", "KeepalivePolicy", "Request")
+__all__ = ("Answer", "ControlChannel", "KeepalivePolicy", "Reply", "Request")
 
 log = logging.getLogger(__name__)
-
-#: Requests from one peer that are handled at the same time, at most.
-MAX_CONCURRENT = 128
-#: Message types that answer a request (besides every type ending in ``_reply``): they settle the
-#: request with the same ``"rid"``.
-REPLY_TYPES = frozenset({"pong", "error"})
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -58,7 +65,6 @@ class Request:
 
     rid: int
     _done: anyio.Event = field(default_factory=anyio.Event)
-    _parts: ReplyParts | None = None  # while a reply in parts is coming
     _reply: dict[str, Any] | None = None
     _error: BaseException | None = None
 
@@ -79,16 +85,31 @@ class Request:
         return self._reply
 
 
-Handler = Callable[["ControlChannel", dict[str, Any]], Awaitable[None]]
-#: Takes a notification (a message that is neither a request nor a reply) in the reading task.
-NotificationHandler = Callable[["ControlChannel", dict[str, Any]], None]
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """A reply, and what to do once it went out: ``await sent(True)`` after it was sent,
+    ``sent(False)`` when the channel closed first (a subscription starts its notices only after its
+    state). The request counts as being handled until ``sent`` returns."""
+
+    message: dict[str, Any]
+    sent: Callable[[bool], Awaitable[None]]
+
+
+#: What a request handler returns: the reply (its ``"rid"`` is added), or None to send none (the
+#: peer withdrew the request).
+Reply = dict[str, Any] | Answer | None
+#: Takes an incoming request in a task of its own and returns its reply.
+Handler = Callable[["ControlChannel", dict[str, Any]], Awaitable[Reply]]
+#: Takes a notice (``notify``, ``invite_cancel``) in the reading task, in order.
+NoticeHandler = Callable[["ControlChannel", dict[str, Any]], None]
 
 
 class ControlChannel:
     """Requests and replies with one peer over a :class:`SecureChannel`; see the module docstring.
 
-    ``handler(control, message)`` is run in its own task for every message that is not a reply,
-    ``ping`` or ``retire``; it answers with :meth:`reply`.
+    ``handler(control, message)`` runs in its own task for every request of the peer (every
+    message that is not a reply, ``ping``, ``retire`` or a notice) and returns the reply, which this
+    channel sends. ``notices[kind](control, message)`` takes each notice of that type in order.
     """
 
     def __init__(
@@ -99,8 +120,9 @@ class ControlChannel:
         local_id: PeerId,
         endpoint: EndPoint | None,
         handler: Handler,
-        notifications: Mapping[str, NotificationHandler] | None = None,
+        notices: Mapping[str, NoticeHandler] | None = None,
         keepalive: KeepalivePolicy,
+        max_concurrent: int = MAX_CONCURRENT,
     ) -> None:
         #: The secure channel underneath.
         self.channel = channel
@@ -114,35 +136,35 @@ class ControlChannel:
         self.dialler = local_id if initiator else channel.peer.id
         #: The address and port that were dialled (set by the owner), when known.
         self.via: tuple[str, int] | None = None
+        #: Whatever the owner wants to keep with the channel (the Node keeps the sender's Peer).
+        self.sender: Any = None
+        #: Subscriptions carried by this channel (either way): while there is one it is never idle.
+        self.pins = 0
+        self._state = ControlState(max_concurrent=max_concurrent)
         self._handler = handler
-        self._notifications = dict(notifications or {})
+        self._notices = dict(notices or {})
         self._keepalive = keepalive
-        self._rids = itertools.count(1)
         self._waiting: dict[int, Request] = {}
         self._handling: dict[int, anyio.CancelScope] = {}
-        self._retired = False
-        self._peer_retired = False
         self._retired_at = 0.0
         self._last_request = anyio.current_time()
         self._closed = anyio.Event()
-        #: Whatever the owner wants to keep with the channel (the Node keeps the sender's Peer).
-        self.sender: Any = None
-        #: Requests from the peer handled at once; more are answered with an ``error`` "limit".
-        self.max_concurrent = MAX_CONCURRENT
-        self._tasks = 0
-        #: Subscriptions carried by this channel (either way): while there is one it is never idle.
-        self.pins = 0
 
     # -- state -----------------------------------------------------------------------------
     @property
     def usable(self) -> bool:
         """Whether new requests may be sent on this channel."""
-        return not (self._retired or self._peer_retired or self._closed.is_set() or self.channel.closed)
+        return self._state.usable and not self.channel.closed
 
     @property
     def closed(self) -> bool:
         """Whether the channel has ended."""
         return self._closed.is_set()
+
+    @property
+    def handling(self) -> int:
+        """Requests of the peer being handled now."""
+        return self._state.handling
 
     async def wait_closed(self) -> None:
         """Wait until the channel has ended."""
@@ -152,28 +174,26 @@ class ControlChannel:
         """The order in which duplicate channels are kept: lowest first, the same on both sides."""
         return bytes(self.dialler), self.channel.handshake_hash
 
-    def _outstanding(self) -> bool:
-        return bool(self._waiting or self._handling)
-
     # -- requests --------------------------------------------------------------------------
     async def start_request(self, message: dict[str, Any], *, activity: bool = True) -> Request:
         """Send ``message`` with a fresh ``"rid"`` and return the :class:`Request` awaiting its reply.
 
-        ``activity=False`` (pings) does not count as use of the channel for the idle timeout.
+        ``activity=False`` (pings) does not count as use of the channel for the idle timeout, and
+        may go on a retiring channel.
 
         :raises PeerUnreachable: when the channel is closing or closed, or breaks.
         """
-        if not self.usable if activity else self.closed:
+        if not self.usable if activity else self.closed or self.channel.closed:
             raise PeerUnreachable(f"the channel to {self.peer_id.fingerprint} is closing")
-        rid = next(self._rids)
-        request = Request(rid)
-        self._waiting[rid] = request
+        rid = self._state.start_request(keepalive=not activity)
+        request = self._waiting[rid] = Request(rid)
         if activity:
             self._last_request = anyio.current_time()
         try:
             await self.channel.send({**message, "rid": rid})
         except BaseException as exc:
             self._waiting.pop(rid, None)
+            self._state.abandon(rid)
             if isinstance(exc, anyio.ClosedResourceError):
                 raise PeerUnreachable(f"the channel to {self.peer_id.fingerprint} closed") from exc
             raise
@@ -182,6 +202,7 @@ class ControlChannel:
     def forget(self, request: Request) -> None:
         """Stop waiting for ``request``'s reply (a reply that comes later is dropped)."""
         self._waiting.pop(request.rid, None)
+        self._state.abandon(request.rid)
         request._settle(None, PeerUnreachable("the request was abandoned"))
 
     async def notify(self, message: dict[str, Any]) -> None:
@@ -204,44 +225,36 @@ class ControlChannel:
         except anyio.ClosedResourceError as exc:
             raise PeerUnreachable(f"the channel to {self.peer_id.fingerprint} closed") from exc
 
-    async def reply(self, rid: int, message: dict[str, Any]) -> None:
-        """Answer the incoming request ``rid``; a channel that closed meanwhile is ignored.
-
-        A reply too large for one message is sent in parts (:mod:`peerkit.proto.control`).
-        """
-        self._handling.pop(rid, None)
-        whole = {**message, "rid": rid}
+    async def _send_reply(self, rid: int, reply: Reply) -> None:
+        # The one place a reply to the peer goes out; the rid is answered after it is sent.
         try:
-            for part in split_reply(whole) if has_lists(whole) else (whole,):
-                await self.channel.send(part)
+            if reply is not None and not self.closed:
+                message = reply.message if isinstance(reply, Answer) else reply
+                whole = {**message, "rid": rid}
+                sent = False
+                try:
+                    for part in split_reply(whole) if has_lists(whole) else (whole,):
+                        await self.channel.send(part)
+                    sent = True
+                except (PeerUnreachable, anyio.ClosedResourceError) as exc:
+                    log.info("could not answer request %d of %s: %s", rid, self.peer_id.fingerprint, exc)
+                if isinstance(reply, Answer):
+                    await reply.sent(sent)
+        finally:
+            self._state.answered(rid)
+        await self._close_if_done()
+
+    async def _send_quietly(self, message: dict[str, Any]) -> None:
+        try:
+            await self.channel.send(message)
         except (PeerUnreachable, anyio.ClosedResourceError) as exc:
-            log.info("could not answer request %d of %s: %s", rid, self.peer_id.fingerprint, exc)
-        await self._close_if_done()
-
-    async def error(self, code: str, text: str, rid: int | None = None) -> None:
-        """Send an ``error`` message (answering ``rid`` when given)."""
-        message: dict[str, Any] = {"t": "error", "code": code, "msg": text}
-        if rid is None:
-            with contextlib.suppress(PeerUnreachable, anyio.ClosedResourceError):
-                await self.channel.send(message)
-        else:
-            await self.reply(rid, message)
-
-    def incoming(self, rid: int, scope: anyio.CancelScope) -> None:
-        """Record that the incoming request ``rid`` is being handled under ``scope``."""
-        self._handling[rid] = scope
-
-    async def finished(self, rid: int) -> None:
-        """The incoming request ``rid`` ended without a reply (the peer withdrew it)."""
-        self._handling.pop(rid, None)
-        await self._close_if_done()
+            log.info("could not send %r to %s: %s", message["t"], self.peer_id.fingerprint, exc)
 
     # -- retiring --------------------------------------------------------------------------
     async def retire(self) -> None:
         """Take no new request on this channel, tell the peer, and close once nothing is outstanding."""
-        if self._retired or self.closed:
+        if self.closed or not self._state.retire():
             return
-        self._retired = True
         self._retired_at = anyio.current_time()
         try:
             await self.channel.send({"t": "retire"})
@@ -251,21 +264,23 @@ class ControlChannel:
         await self._close_if_done()
 
     async def _close_if_done(self) -> None:
-        if self._retired and self._peer_retired and not self._outstanding() and not self.closed:
+        if self._state.done and not self.closed:
             await self.aclose()
 
     async def aclose(self) -> None:
         """Close the channel now; outstanding requests fail with :class:`PeerUnreachable`."""
-        self._fail_waiting(PeerUnreachable(f"the channel to {self.peer_id.fingerprint} closed"))
-        for scope in self._handling.values():
-            scope.cancel()
-        self._closed.set()
+        self._end(PeerUnreachable(f"the channel to {self.peer_id.fingerprint} closed"))
         await self.channel.aclose()
 
-    def _fail_waiting(self, error: BaseException) -> None:
+    def _end(self, error: BaseException) -> None:
+        if not self.closed:
+            self._state.close()
         waiting, self._waiting = self._waiting, {}
         for request in waiting.values():
             request._settle(None, error)
+        for scope in self._handling.values():
+            scope.cancel()
+        self._closed.set()
 
     # -- running ---------------------------------------------------------------------------
     async def run(self) -> None:
@@ -280,6 +295,8 @@ class ControlChannel:
                 tg.start_soon(self._keep_alive, tg.cancel_scope)
                 try:
                     async for message in self.channel:
+                        if self.closed:
+                            break
                         await self._dispatch(message, tg)
                 except (ProtocolError, PeerUnreachable) as exc:
                     log.info("channel to %s ended: %s", self.peer_id.fingerprint, exc)
@@ -289,101 +306,78 @@ class ControlChannel:
                     pass
                 tg.cancel_scope.cancel()
         finally:
-            self._fail_waiting(reason)
-            self._closed.set()
+            self._end(reason)
             with anyio.CancelScope(shield=True):
                 await self.channel.aclose()
 
     async def _dispatch(self, message: dict[str, Any], tg: anyio.abc.TaskGroup) -> None:
-        kind = message["t"]
-        rid = message.get("rid")
-        if (
-            (kind in REPLY_TYPES or kind.endswith("_reply"))
-            and isinstance(rid, int)
-            and not isinstance(rid, bool)
-        ):
-            request = self._waiting.get(rid)
+        event = self._state.receive(message)  # a ProtocolError (bad parts) ends the channel
+        if event is None:  # a part of a reply; more to come
+            return
+        if isinstance(event, ReplyReceived):
+            request = self._waiting.pop(event.rid, None)
             if request is not None:
-                if "more" in message or request._parts is not None:  # a reply in parts
-                    if request._parts is None:
-                        request._parts = ReplyParts()
-                    whole = request._parts.add(message)  # a ProtocolError ends the channel
-                    if whole is None:
-                        return
-                    message = whole
-                del self._waiting[rid]
-                request._settle(message)
-                await self._close_if_done()
-            elif kind == "error":
-                log.info(
-                    "error from %s: %s: %s", self.peer_id.fingerprint, message.get("code"), message.get("msg")
-                )
-            return
-        if kind == "error":  # an error that answers no request of ours
-            log.info(
-                "error from %s: %s: %s", self.peer_id.fingerprint, message.get("code"), message.get("msg")
-            )
-            return
-        valid_rid = isinstance(rid, int) and not isinstance(rid, bool) and rid >= 0
-        if self._tasks >= self.max_concurrent and kind != "invite_cancel":
-            # A peer that floods us with requests is answered here, in the reading task, so that it
-            # is slowed down by its own answers instead of growing our task list.
-            text = f"{self._tasks} requests of yours are being handled; the limit is {self.max_concurrent}"
-            await self.error("limit", text, rid if valid_rid else None)
-            return
-        if kind == "ping":
-            if valid_rid:
-                self._spawn(tg, self.reply, rid, {"t": "pong"})
-            else:
-                self._spawn(tg, self.error, "malformed", 'ping needs an unsigned "rid"')
-            return
-        if kind == "retire":
-            self._peer_retired = True
-            if not self._retired:
+                request._settle(event.message)
+            await self._close_if_done()
+        elif isinstance(event, RequestReceived):
+            self._last_request = anyio.current_time()
+            self._handling[event.rid] = anyio.CancelScope()
+            tg.start_soon(self._handle, event.rid, event.message)
+        elif isinstance(event, PingReceived):
+            tg.start_soon(self._send_reply, event.rid, {"t": "pong"})
+        elif isinstance(event, NoticeReceived):
+            self._last_request = anyio.current_time()
+            kind = event.message["t"]
+            take = self._notices.get(kind)
+            if take is None:
+                log.debug("ignoring a %r from %s", kind, self.peer_id.fingerprint)
+                return
+            try:
+                take(self, event.message)
+            except Exception:
+                log.exception("handling %r from %s failed", kind, self.peer_id.fingerprint)
+        elif isinstance(event, RetireReceived):
+            if event.answer:
                 tg.start_soon(self.retire)
             else:
                 await self._close_if_done()
-            return
-        self._last_request = anyio.current_time()
-        take = self._notifications.get(kind)
-        if take is not None:
-            # In order, in this task, without a task of its own: notifications come in streams.
-            try:
-                take(self, message)
-            except Exception:
-                log.exception("handling %r from %s failed", kind, self.peer_id.fingerprint)
-            return
-        self._spawn(tg, self._handle, message)
+        elif isinstance(event, Refuse):
+            # Answered here, in the reading task: a peer that floods us is slowed down by its
+            # own answers instead of growing our task list.
+            await self._send_quietly(event.reply)
+        else:
+            assert isinstance(event, Unmatched)
+            if event.message["t"] == "error":
+                message = event.message
+                log.info(
+                    "error from %s: %s: %s", self.peer_id.fingerprint, message.get("code"), message.get("msg")
+                )
 
-    def _spawn(self, tg: anyio.abc.TaskGroup, fn: Callable[..., Awaitable[None]], *args: Any) -> None:
-        self._tasks += 1
-
-        async def run() -> None:
-            try:
-                await fn(*args)
-            finally:
-                self._tasks -= 1
-
-        tg.start_soon(run)
-
-    async def _handle(self, message: dict[str, Any]) -> None:
+    async def _handle(self, rid: int, message: dict[str, Any]) -> None:
+        reply: Reply = None
         try:
-            await self._handler(self, message)
+            with self._handling[rid]:
+                reply = await self._handler(self, message)
         except Exception:
             log.exception("handling %r from %s failed", message.get("t"), self.peer_id.fingerprint)
+            reply = error_reply(ErrorCode.UNAVAILABLE, f"the {message.get('t')!r} request failed")
+        finally:
+            self._handling.pop(rid, None)
+        await self._send_reply(rid, reply)
 
     async def _keep_alive(self, scope: anyio.CancelScope) -> None:
         policy = self._keepalive
         while True:
             await anyio.sleep(policy.interval)
             now = anyio.current_time()
-            if self._retired and now - self._retired_at >= policy.timeout and not self._outstanding():
+            state = self._state
+            if state.retire_sent and now - self._retired_at >= policy.timeout and not state.outstanding:
                 # A peer that does not know "retire" never answers it; the channel is done anyway.
                 await self.aclose()
                 scope.cancel()
                 return
             idle = now - self._last_request >= policy.idle
-            if not self._retired and not self._outstanding() and not self.pins and idle:
+            if not state.retire_sent and not state.outstanding and not self.pins and idle:
                 log.debug("closing the idle channel to %s", self.peer_id.fingerprint)
                 await self.retire()
                 continue
@@ -403,7 +397,7 @@ class ControlChannel:
                     self.peer_id.fingerprint,
                     policy.timeout,
                 )
-                self._fail_waiting(
+                self._end(
                     PeerUnreachable(
                         f"{self.peer_id.fingerprint} stopped answering (no pong in {policy.timeout} s)"
                     )

@@ -69,7 +69,6 @@ from peerkit.events import (
 from peerkit.identity import Identity, PeerId
 from peerkit.model import (
     MAX_APPLICATIONS,
-    MAX_DATA,
     MAX_INVITATION_WAIT,
     MAX_OBJECTS,
     MAX_TEXT,
@@ -87,7 +86,7 @@ from peerkit.model import (
     check_text,
 )
 from peerkit.net.channel import ChannelListener, SecureChannel
-from peerkit.net.control import ControlChannel, KeepalivePolicy
+from peerkit.net.control import Answer, ControlChannel, KeepalivePolicy, Reply
 from peerkit.net.transport import Transport, local_addresses
 from peerkit.node.config import NodeConfig
 from peerkit.node.publishing import Published, Publishing, Visibility
@@ -101,6 +100,19 @@ from peerkit.presence import (
 )
 from peerkit.proto.connection import HANDSHAKE_TIMEOUT
 from peerkit.proto.messages import USE_STREAM
+from peerkit.proto.requests import (
+    BadRequest,
+    CardRequest,
+    ErrorCode,
+    GetRequest,
+    InviteRequest,
+    RecordRequest,
+    Request,
+    SubscribeRequest,
+    UnsubscribeRequest,
+    decode_request,
+    error_reply,
+)
 from peerkit.store import DATABASE_FILE, Store
 
 __all__ = ("InvitationHandler", "NearbyHandler", "Node", "StreamHandler")
@@ -232,6 +244,15 @@ class Node:
         self._controls: dict[PeerId, list[ControlChannel]] = {}
         self._dials: dict[tuple[PeerId | None, EndPoint], _Dial] = {}
         self._incoming: dict[tuple[int, int], tuple[Invitation, anyio.CancelScope]] = {}
+        # Requests from peers, by type: each handler returns the reply.
+        self._request_handlers: dict[type[Request], Callable[[ControlChannel, Any], Awaitable[Reply]]] = {
+            InviteRequest: self._on_invite,
+            GetRequest: self._on_get,
+            CardRequest: self._on_card,
+            RecordRequest: self._on_record,
+            SubscribeRequest: self._on_subscribe,
+            UnsubscribeRequest: self._on_unsubscribe,
+        }
         self._tg: anyio.abc.TaskGroup | None = None
         self._stack: contextlib.AsyncExitStack | None = None
         self._listener: ChannelListener | None = None
@@ -1329,7 +1350,7 @@ class Node:
             local_id=self.id,
             endpoint=endpoint,
             handler=self._on_message,
-            notifications={"notify": self._watching_part.on_notify},
+            notices={"notify": self._watching_part.on_notify, "invite_cancel": self._on_invite_cancel},
             keepalive=self._keepalive,
         )
         if self.contacts.has(control.peer_id):
@@ -1512,64 +1533,53 @@ class Node:
         return content
 
     # -- requests from peers ---------------------------------------------------------------
-    async def _on_message(self, control: ControlChannel, message: dict[str, Any]) -> None:
-        kind = message["t"]
-        rid = message.get("rid")
-        if kind == "invite":
-            await self._on_invite(control, message)
-        elif kind == "record":
-            if not _uint(rid):
-                await control.error("malformed", 'record needs an unsigned "rid"')
-            elif not self._scope or self._record is None:
-                await control.error("unavailable", "this node is not signed in", rid)
-            else:
-                await control.reply(rid, {"t": "record_reply", "rec": self._record})
-        elif kind in ("subscribe", "unsubscribe", "get", "card"):
-            if not _uint(rid):
-                await control.error("malformed", f'{kind} needs an unsigned "rid"')
-            elif kind == "subscribe":
-                await self._publishing.subscribe(control, rid, self.id)
-            elif kind == "unsubscribe":
-                self._publishing.end(control)
-                await control.reply(rid, {"t": "unsubscribe_reply"})
-            elif kind == "get":
-                await control.reply(rid, self._publishing.get(control.peer_id, message.get("what")))
-            elif not self._scope:
-                await control.error("unavailable", "this node is not signed in", rid)
-            else:
-                await control.reply(rid, {"t": "card_reply", "card": self.contacts._sign_card()})
-        elif kind == "invite_cancel":
-            if _uint(rid):
-                entry = self._incoming.get((id(control), rid))
-                if entry is not None:
-                    invitation, scope = entry
-                    invitation._withdraw("cancelled")
-                    scope.cancel()
-        else:
-            await control.error("unknown-type", f"unknown message type {kind!r}", rid if _uint(rid) else None)
+    async def _on_message(self, control: ControlChannel, message: dict[str, Any]) -> Reply:
+        try:
+            request = decode_request(message)
+        except BadRequest as exc:
+            return exc.reply()
+        handler = self._request_handlers[type(request)]
+        return await handler(control, request)
 
-    async def _on_invite(self, control: ControlChannel, message: dict[str, Any]) -> None:
-        rid = message.get("rid")
-        if not _uint(rid):
-            await control.error("malformed", 'invite needs an unsigned "rid"')
-            return
-        problem = _check_invite(message)
-        if problem is not None:
-            await control.error(problem[0], problem[1], rid)
-            return
-        app_id = uuid.UUID(bytes=message["app"])
+    async def _on_record(self, control: ControlChannel, request: RecordRequest) -> Reply:
+        if not self._scope or self._record is None:
+            return error_reply(ErrorCode.UNAVAILABLE, "this node is not signed in")
+        return {"t": "record_reply", "rec": self._record}
+
+    async def _on_card(self, control: ControlChannel, request: CardRequest) -> Reply:
+        if not self._scope:
+            return error_reply(ErrorCode.UNAVAILABLE, "this node is not signed in")
+        return {"t": "card_reply", "card": self.contacts._sign_card()}
+
+    async def _on_get(self, control: ControlChannel, request: GetRequest) -> Reply:
+        return self._publishing.get(control.peer_id, request.what)
+
+    async def _on_subscribe(self, control: ControlChannel, request: SubscribeRequest) -> Reply:
+        return self._publishing.subscribe(control, self.id)
+
+    async def _on_unsubscribe(self, control: ControlChannel, request: UnsubscribeRequest) -> Reply:
+        self._publishing.end(control)
+        return {"t": "unsubscribe_reply"}
+
+    def _on_invite_cancel(self, control: ControlChannel, message: dict[str, Any]) -> None:
+        entry = self._incoming.get((id(control), message.get("rid")))  # type: ignore[arg-type]
+        if entry is not None:
+            invitation, scope = entry
+            invitation._withdraw("cancelled")
+            scope.cancel()
+
+    async def _on_invite(self, control: ControlChannel, request: InviteRequest) -> Reply:
+        rid = request.rid
+        app_id = request.app
         app = self._apps.get(app_id)
         receiver = self._invite_receivers.get(app_id)
         peer_id = control.peer_id
         if app is None or receiver is None or not self._allows(peer_id):
             why = "not registered" if app is None else "no handler" if receiver is None else "policy"
             log.info("declining an invitation from %s to %s (%s)", peer_id.fingerprint, app_id, why)
-            await control.reply(rid, {"t": "invite_reply", "r": "declined"})
-            await self._observe(control, message, InvitationResponse.DECLINED, why)
-            return
+            return self._invite_reply(control, request, InvitationResponse.DECLINED, why)
         info = control.channel.peer
         endpoint, peer = self._sender(control)
-        ttl = message["ttl"]
         contact = await self.contacts.find_stored(peer_id) if self.contacts.has(peer_id) else None
         invitation = Invitation(
             sender_id=peer_id,
@@ -1577,16 +1587,15 @@ class Node:
             endpoint=endpoint,
             peer=peer,
             application=app,
-            message=message.get("msg", ""),
-            data=message.get("data", b""),
+            message=request.message,
+            data=request.data,
             trusted=self._is_trusted(peer_id),
             contact=contact,
-            expires_at=anyio.current_time() + ttl,
+            expires_at=anyio.current_time() + request.ttl,
         )
         key = (id(control), rid)
         scope = anyio.CancelScope(deadline=invitation.expires_at)
         self._incoming[key] = (invitation, scope)
-        control.incoming(rid, scope)
         response: InvitationResponse | None = None
         try:
             with scope:
@@ -1594,21 +1603,28 @@ class Node:
         finally:
             self._incoming.pop(key, None)
         if invitation.withdrawn_reason == "cancelled":
-            await control.finished(rid)
-            await self._observe(control, message, None, "cancelled")
-            return
+            await self._observe(control, request, None, "cancelled")
+            return None
         if control.closed:
             invitation._withdraw("disconnected")
-            await self._observe(control, message, None, "disconnected")
-            return
+            await self._observe(control, request, None, "disconnected")
+            return None
         why = "handler"
         if response is None:
             invitation._withdraw("expired")
             response, why = InvitationResponse.EXPIRED, "expired"
         elif invitation.response is None:
             invitation._answer = response
-        await control.reply(rid, {"t": "invite_reply", "r": _WIRE[response]})
-        await self._observe(control, message, response, why)
+        return self._invite_reply(control, request, response, why)
+
+    def _invite_reply(
+        self, control: ControlChannel, request: InviteRequest, response: InvitationResponse, why: str
+    ) -> Answer:
+        # Observers hear of the answer once it went out.
+        async def sent(_: bool) -> None:
+            await self._observe(control, request, response, why)
+
+        return Answer({"t": "invite_reply", "r": _WIRE[response]}, sent)
 
     def add_invitation_observer(self, observer: Callable[[InvitationAnswered], Awaitable[None]]) -> Handle:
         """Call ``observer(event)`` (a coroutine function) after every invitation this node receives
@@ -1622,16 +1638,16 @@ class Node:
         return Handle(remove)
 
     async def _observe(
-        self, control: ControlChannel, message: dict[str, Any], response: InvitationResponse | None, why: str
+        self, control: ControlChannel, request: InviteRequest, response: InvitationResponse | None, why: str
     ) -> None:
         if not self._observers:
             return
         event = InvitationAnswered(
             sender_id=control.peer_id,
             nickname=control.channel.peer.nickname,
-            application_id=uuid.UUID(bytes=message["app"]),
-            message=message.get("msg", ""),
-            data_size=len(message.get("data", b"")),
+            application_id=request.app,
+            message=request.message,
+            data_size=len(request.data),
             response=response,
             reason=why,
         )
@@ -1845,31 +1861,6 @@ class _PeerOnChannel(Peer):
 
     def _endpoints(self) -> tuple[EndPoint, ...]:
         return ()
-
-
-def _check_invite(message: dict[str, Any]) -> tuple[str, str] | None:
-    # (code, text) of what is wrong with an incoming invite, or None.
-    app, text, data, ttl = (
-        message.get("app"),
-        message.get("msg", ""),
-        message.get("data", b""),
-        message.get("ttl"),
-    )
-    if not isinstance(app, bytes) or len(app) != 16:
-        return "malformed", 'invite "app" must be 16 bytes'
-    if not isinstance(text, str):
-        return "malformed", 'invite "msg" must be text'
-    if not isinstance(data, bytes):
-        return "malformed", 'invite "data" must be bytes'
-    if not _uint(ttl):
-        return "malformed", 'invite "ttl" must be an unsigned integer'
-    if len(text) > MAX_TEXT:
-        return "limit", f"invitation message is {len(text)} characters; the limit is {MAX_TEXT}"
-    if len(data) > MAX_DATA:
-        return "limit", f"invitation data is {len(data)} bytes; the limit is {MAX_DATA}"
-    if ttl > MAX_INVITATION_WAIT:
-        return "limit", f"invitation ttl is {ttl} s; the limit is {MAX_INVITATION_WAIT}"
-    return None
 
 
 def _invitation_receiver(handler: InvitationHandler) -> InvitationHandler:

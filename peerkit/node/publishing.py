@@ -22,9 +22,10 @@ from peerkit.errors import PeerUnreachable
 from peerkit.events import ApplicationChanged, NameChanged, ObjectChanged, PresenceChanged
 from peerkit.identity import PeerId
 from peerkit.model import Application, PeerObject, Presence, Scope, SubscribePermission
-from peerkit.net.control import ControlChannel
+from peerkit.net.control import Answer, ControlChannel, Reply
 from peerkit.presence import KINDS, Outbox, app_wire, object_wire, presence_wire
 from peerkit.proto import messages
+from peerkit.proto.requests import ErrorCode, What, error_reply
 
 __all__ = ("Publishing", "Visibility")
 
@@ -134,42 +135,44 @@ class Publishing:
             self._bus.publish(Visibility())
 
     # -- requests ---------------------------------------------------------------------------
-    def get(self, peer_id: PeerId, what: object) -> dict[str, Any]:
+    def get(self, peer_id: PeerId, what: What) -> dict[str, Any]:
         """The reply to a ``get`` request of ``peer_id`` (a ``get_reply`` or an ``error``)."""
-        if what not in ("presence", "apps", "objects"):
-            return _error("malformed", 'get "what" is "presence", "apps" or "objects"')
         visible = self.visible(peer_id)
         if not visible:
-            return _error("not-allowed", "this node lets you see nothing of it")
+            return error_reply(ErrorCode.NOT_ALLOWED, "this node lets you see nothing of it")
         now = self._published()
-        if what == "presence":
+        if what is What.PRESENCE:
             return {"t": "get_reply", "presence": presence_wire(now.presence)}
-        if what == "apps":
+        if what is What.APPS:
             return {"t": "get_reply", "apps": [app_wire(a) for a in now.apps if a.scope & visible]}
         return {"t": "get_reply", "objects": [object_wire(o) for o in now.objects if o.scope & visible]}
 
-    async def subscribe(self, control: ControlChannel, rid: int, local_id: PeerId) -> None:
-        """Answer a ``subscribe`` request: the current state, then every change."""
+    def subscribe(self, control: ControlChannel, local_id: PeerId) -> Reply:
+        """The answer to a ``subscribe`` request: the current state; every change follows once it
+        went out."""
         if not self._contacts.has(control.peer_id):
-            await control.error("not-allowed", f"{local_id.fingerprint} does not have you as a contact", rid)
-            return
+            text = f"{local_id.fingerprint} does not have you as a contact"
+            return error_reply(ErrorCode.NOT_ALLOWED, text)
         self.end(control)
         subscriber = _Subscriber(control, self._bus.watch(_for_subscribers))
         self._diff_for(subscriber, KINDS)
         self._subscribers[control] = subscriber
         control.pins += 1
-        # Changes from now on wait in its queue until the state below is sent.
+        # Changes from now on wait in its queue until the state is sent.
         subscriber.slow = True
-        try:
-            state = subscriber.outbox.state()
-            await control.reply(rid, {"t": "subscribe_reply", "state": state, "inst": self.instance})
-        except PeerUnreachable:
-            self.end(control)
-            return
-        subscriber.watch.on_ready = functools.partial(self._ready, subscriber)
-        subscriber.slow = False
-        if subscriber.watch.pending:
-            self._ready(subscriber)
+        state = subscriber.outbox.state()
+
+        async def sent(ok: bool) -> None:
+            if not ok:
+                if self._subscribers.get(control) is subscriber:
+                    self.end(control)
+                return
+            subscriber.watch.on_ready = functools.partial(self._ready, subscriber)
+            subscriber.slow = False
+            if subscriber.watch.pending:
+                self._ready(subscriber)
+
+        return Answer({"t": "subscribe_reply", "state": state, "inst": self.instance}, sent)
 
     def end(self, control: ControlChannel) -> None:
         """The subscription on ``control`` ends (``unsubscribe``, or the channel closed)."""
@@ -264,10 +267,6 @@ class Publishing:
         """Wait until every subscriber has been sent what is queued for it (the caller bounds it)."""
         while any(s.watch.pending or s.slow for s in self._subscribers.values()):  # noqa: ASYNC110
             await anyio.sleep(0.01)  # bounded by the caller; senders share no event to wait on
-
-
-def _error(code: str, text: str) -> dict[str, Any]:
-    return {"t": "error", "code": code, "msg": text}
 
 
 def _for_subscribers(event: Any) -> bool:

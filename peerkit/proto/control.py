@@ -1,4 +1,11 @@
-"""The control protocol's replies that do not fit in one message (sans-IO).
+"""The life of a control channel, and replies that do not fit in one message (sans-IO).
+
+:class:`ControlState` is one control channel's bookkeeping (docs/protocol.md section 4.2) without
+any I/O, like :mod:`peerkit.proto.connection`: the owner hands it each message it receives and
+gets back what the message is (:class:`ReplyReceived`, :class:`RequestReceived`, ...); it tells it
+what it sends (:meth:`ControlState.start_request`, :meth:`ControlState.answered`,
+:meth:`ControlState.retire`) and closes the connection when :attr:`ControlState.done` says so.
+Every legal change of :class:`Phase` is in :data:`TRANSITIONS`.
 
 A transport message holds at most 65,519 bytes of plaintext, but a reply may carry more: 128
 objects of 16 KiB, or 64 applications with their data, in a ``get_reply`` or in the state of a
@@ -7,20 +14,46 @@ parts"): every part is a reply with the same ``"t"`` and ``"rid"``; every part b
 carries ``"more": true``. The lists of the reply (at the top level, or one level down in a map
 such as ``"state"``) are split between the parts in order; every other field is in the first part.
 The receiver concatenates the lists, in order, and takes the other fields from the first part.
-
 :func:`split_reply` makes the parts; :class:`ReplyParts` rebuilds a reply from them, within limits.
 """
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from typing import Any, Final
 
 from peerkit.errors import ProtocolError
 from peerkit.proto.connection import MAX_PLAINTEXT
 from peerkit.proto.messages import encode, encode_message
+from peerkit.proto.requests import NOTICES, BadRequest, ErrorCode, decode_request, error_reply, is_uint
 
-__all__ = ("MAX_PARTS", "ReplyParts", "has_lists", "split_reply")
+__all__ = (
+    "MAX_CONCURRENT",
+    "MAX_PARTS",
+    "REPLY_TYPES",
+    "TRANSITIONS",
+    "ControlEvent",
+    "ControlState",
+    "NoticeReceived",
+    "Phase",
+    "PingReceived",
+    "Refuse",
+    "ReplyParts",
+    "ReplyReceived",
+    "RequestReceived",
+    "RetireReceived",
+    "Unmatched",
+    "has_lists",
+    "is_reply",
+    "split_reply",
+)
+
+#: Requests from the peer handled at the same time, at most; more are refused with ``"limit"``.
+MAX_CONCURRENT: Final = 128
+#: Message types that answer a request besides every type ending in ``_reply``.
+REPLY_TYPES: Final = frozenset({"pong", "error"})
 
 #: Parts one reply may come in, at most (so a reply holds at most 64 x 65,519 bytes, about 4 MiB);
 #: more are a protocol error.
@@ -145,3 +178,235 @@ class ReplyParts:
             if not isinstance(target, list):
                 raise ProtocolError(f"a part of a reply has {'.'.join(path)!r}; the first part does not")
             target.extend(items)
+
+
+# -- the life of a control channel ---------------------------------------------------------------
+
+
+class Phase(enum.Enum):
+    """Where a control channel is."""
+
+    #: Requests flow both ways.
+    OPEN = "open"
+    #: A ``retire`` was sent or received: no new request of ours; replies still flow both ways.
+    RETIRING = "retiring"
+    #: Ended; nothing more is sent or accepted.
+    CLOSED = "closed"
+
+
+#: Every legal change of phase, with what causes it.
+TRANSITIONS: Final[dict[tuple[Phase, Phase], str]] = {
+    (Phase.OPEN, Phase.RETIRING): "retire() (this side retires), or a retire received",
+    (Phase.OPEN, Phase.CLOSED): (
+        "close(): the connection broke, a ping went unanswered, or the owner closed it"
+    ),
+    (Phase.RETIRING, Phase.CLOSED): "both sides retired and nothing is outstanding (done), or close()",
+}
+
+
+def is_reply(message: Mapping[str, Any]) -> bool:
+    """Whether ``message`` answers a request (its type ends in ``_reply``, or is ``pong``/``error``
+    with a ``"rid"``)."""
+    kind = message["t"]
+    return (kind in REPLY_TYPES or kind.endswith("_reply")) and is_uint(message.get("rid"))
+
+
+@dataclass(frozen=True, slots=True)
+class ReplyReceived:
+    """The whole reply to our request ``rid`` came (its parts put together)."""
+
+    rid: int
+    message: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class RequestReceived:
+    """A request of the peer, to be answered (the owner calls :meth:`ControlState.answered` once
+    it has sent the reply, or decided to send none)."""
+
+    rid: int
+    message: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class PingReceived:
+    """A ``ping``, to be answered with a ``pong`` (and then :meth:`ControlState.answered`)."""
+
+    rid: int
+
+
+@dataclass(frozen=True, slots=True)
+class NoticeReceived:
+    """A message that expects no reply (``invite_cancel``, ``notify``)."""
+
+    message: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class RetireReceived:
+    """The peer retired the channel; ``answer`` says whether this side must send its own ``retire``."""
+
+    answer: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Refuse:
+    """A request refused before it is handled (too many at once, a bad or repeated ``"rid"``):
+    send ``reply`` (an ``error``) now."""
+
+    reply: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Unmatched:
+    """A reply to no request of ours (abandoned, or never made), or an ``error`` about none."""
+
+    message: dict[str, Any]
+
+
+ControlEvent = (
+    ReplyReceived | RequestReceived | PingReceived | NoticeReceived | RetireReceived | Refuse | Unmatched
+)
+
+
+class ControlState:
+    """The bookkeeping of one control channel: our requests by ``"rid"`` (with replies in parts),
+    the peer's requests being handled, and the phase; see the module docstring."""
+
+    def __init__(self, *, max_concurrent: int = MAX_CONCURRENT) -> None:
+        self.phase = Phase.OPEN
+        #: Requests of the peer handled at once, at most.
+        self.max_concurrent = max_concurrent
+        #: Whether this side sent ``retire``.
+        self.retire_sent = False
+        #: Whether the peer sent ``retire``.
+        self.retire_received = False
+        self._next_rid = 1
+        self._sent: dict[int, ReplyParts | None] = {}  # our outstanding requests
+        self._received: set[int] = set()  # the peer's requests not yet answered
+
+    def _to(self, phase: Phase) -> None:
+        if phase is self.phase:
+            return
+        if (self.phase, phase) not in TRANSITIONS:
+            raise RuntimeError(f"a control channel cannot go from {self.phase.value} to {phase.value}")
+        self.phase = phase
+
+    # -- what the owner asks -----------------------------------------------------------------
+    @property
+    def usable(self) -> bool:
+        """Whether a new request may be sent."""
+        return self.phase is Phase.OPEN
+
+    @property
+    def outstanding(self) -> bool:
+        """Whether a request either way still waits for its reply."""
+        return bool(self._sent or self._received)
+
+    @property
+    def handling(self) -> int:
+        """Requests of the peer not yet answered."""
+        return len(self._received)
+
+    @property
+    def done(self) -> bool:
+        """Whether the channel is to be closed now: both sides retired and nothing is outstanding."""
+        return (
+            self.phase is Phase.RETIRING
+            and self.retire_sent
+            and self.retire_received
+            and not self.outstanding
+        )
+
+    # -- what the owner does -----------------------------------------------------------------
+    def start_request(self, *, keepalive: bool = False) -> int:
+        """A fresh ``"rid"`` for a request about to be sent; ``keepalive`` pings may go on a
+        retiring channel too.
+
+        :raises RuntimeError: when the channel takes no new request (the caller checks first).
+        """
+        if not (self.usable or (keepalive and self.phase is Phase.RETIRING)):
+            raise RuntimeError(f"a {self.phase.value} control channel takes no new request")
+        rid = self._next_rid
+        self._next_rid += 1
+        self._sent[rid] = None
+        return rid
+
+    def abandon(self, rid: int) -> None:
+        """Stop waiting for the reply to ``rid`` (it could not be sent, or nobody waits any more);
+        a reply that comes later is :class:`Unmatched`."""
+        self._sent.pop(rid, None)
+
+    def answered(self, rid: int) -> None:
+        """The peer's request ``rid`` has its reply sent (or will get none: it was withdrawn)."""
+        self._received.discard(rid)
+
+    def retire(self) -> bool:
+        """This side retires the channel; whether a ``retire`` is to be sent now."""
+        if self.phase is Phase.CLOSED or self.retire_sent:
+            return False
+        self._to(Phase.RETIRING)
+        self.retire_sent = True
+        return True
+
+    def close(self) -> list[int]:
+        """The channel ended; the rids of our requests that will never get a reply."""
+        self._to(Phase.CLOSED)
+        failed = list(self._sent)
+        self._sent.clear()
+        self._received.clear()
+        return failed
+
+    # -- what the peer sent ------------------------------------------------------------------
+    def receive(self, message: dict[str, Any]) -> ControlEvent | None:
+        """What ``message`` (decoded, with a text ``"t"``) is; None for a part of a reply that is
+        not the last.
+
+        :raises ProtocolError: for parts of a reply that do not fit together.
+        :raises RuntimeError: when the channel is closed.
+        """
+        if self.phase is Phase.CLOSED:
+            raise RuntimeError("a closed control channel receives nothing")
+        kind = message["t"]
+        rid = message.get("rid")
+        if is_reply(message):
+            if rid not in self._sent:
+                return Unmatched(message)
+            parts = self._sent[rid]
+            if "more" in message or parts is not None:
+                if parts is None:
+                    parts = self._sent[rid] = ReplyParts()
+                whole = parts.add(message)
+                if whole is None:
+                    return None
+                message = whole
+            del self._sent[rid]
+            return ReplyReceived(rid, message)
+        if kind == "error":  # an error that answers no request
+            return Unmatched(message)
+        if kind == "retire":
+            self.retire_received = True
+            self._to(Phase.RETIRING)
+            return RetireReceived(answer=not self.retire_sent)
+        if kind in NOTICES:
+            return NoticeReceived(message)
+        if not is_uint(rid):
+            # Refused at once: no task is spent on a request that cannot be answered.
+            if kind == "ping":
+                return Refuse(error_reply(ErrorCode.MALFORMED, 'ping needs an unsigned "rid"'))
+            try:
+                decode_request(message)
+            except BadRequest as exc:
+                return Refuse(exc.reply())
+            raise AssertionError("a request without a rid was decoded")  # pragma: no cover
+        if rid in self._received:
+            text = f"request {rid} is still being handled; a rid is unique among outstanding requests"
+            return Refuse(error_reply(ErrorCode.MALFORMED, text))
+        if len(self._received) >= self.max_concurrent:
+            busy = len(self._received)
+            text = f"{busy} requests of yours are being handled; the limit is {self.max_concurrent}"
+            return Refuse(error_reply(ErrorCode.LIMIT, text, rid))
+        self._received.add(rid)
+        if kind == "ping":
+            return PingReceived(rid)
+        return RequestReceived(rid, message)

@@ -1,0 +1,317 @@
+"""ControlChannel directly: two of them over an in-memory secure channel pair."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import anyio
+import pytest
+
+from peerkit import Identity, PeerUnreachable, SecureChannel
+from peerkit.net.control import Answer, ControlChannel, KeepalivePolicy, Reply
+from peerkit.testing import memory_stream_pair
+
+pytestmark = pytest.mark.anyio
+
+Handler = Callable[[ControlChannel, dict[str, Any]], Awaitable[Reply]]
+QUIET = KeepalivePolicy(interval=30, timeout=30, idle=300)
+
+
+async def echo(control: ControlChannel, message: dict[str, Any]) -> Reply:
+    return {"t": f"{message['t']}_reply", "echo": message.get("x")}
+
+
+@asynccontextmanager
+async def pair(
+    alice: Identity,
+    bob: Identity,
+    *,
+    a_handler: Handler = echo,
+    b_handler: Handler = echo,
+    keepalive: KeepalivePolicy = QUIET,
+    b_keepalive: KeepalivePolicy | None = None,
+    **options: Any,
+) -> AsyncIterator[tuple[ControlChannel, ControlChannel]]:
+    a_stream, b_stream = memory_stream_pair()
+    channels: dict[str, SecureChannel] = {}
+
+    async def respond() -> None:
+        channels["b"] = await SecureChannel.wrap(b_stream, bob, initiator=False)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(respond)
+        channels["a"] = await SecureChannel.wrap(a_stream, alice, initiator=True)
+    a = ControlChannel(
+        channels["a"],
+        initiator=True,
+        local_id=alice.id,
+        endpoint=None,
+        handler=a_handler,
+        keepalive=keepalive,
+    )
+    b = ControlChannel(
+        channels["b"],
+        initiator=False,
+        local_id=bob.id,
+        endpoint=None,
+        handler=b_handler,
+        keepalive=b_keepalive or keepalive,
+        **options,
+    )
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(a.run)
+        tg.start_soon(b.run)
+        try:
+            yield a, b
+        finally:
+            await a.aclose()
+            await b.aclose()
+
+
+async def ask(control: ControlChannel, message: dict[str, Any]) -> dict[str, Any]:
+    request = await control.start_request(message)
+    with anyio.fail_after(5):
+        return await request.wait()
+
+
+async def test_requests_both_ways_are_matched_to_their_replies(alice: Identity, bob: Identity) -> None:
+    async with pair(alice, bob) as (a, b):
+        replies: dict[int, dict[str, Any]] = {}
+
+        async def one(control: ControlChannel, n: int) -> None:
+            replies[n] = await ask(control, {"t": "get", "x": n})
+
+        async with anyio.create_task_group() as tg:
+            for n in range(20):
+                tg.start_soon(one, a if n % 2 else b, n)
+        assert {n: r["echo"] for n, r in replies.items()} == {n: n for n in range(20)}
+        assert all(r["t"] == "get_reply" for r in replies.values())
+        assert a.dialler == b.dialler == alice.id
+        assert a.preference() == b.preference()
+
+
+async def test_a_reply_over_one_message_arrives_whole(alice: Identity, bob: Identity) -> None:
+    objects = [{"id": bytes([i]) * 16, "data": bytes(16384)} for i in range(20)]
+
+    async def big(control: ControlChannel, message: dict[str, Any]) -> Reply:
+        return {"t": "get_reply", "objects": objects}
+
+    async with pair(alice, bob, b_handler=big) as (a, _):
+        reply = await ask(a, {"t": "get", "what": "objects"})
+        assert reply["objects"] == objects
+        assert "more" not in reply
+
+
+async def test_a_request_in_flight_while_both_retire_is_answered_before_the_close(
+    alice: Identity, bob: Identity
+) -> None:
+    # The simultaneous-dial race: one side retires the channel just as the other sends a request
+    # on it. The request is answered, and the channel closes only then.
+    release = anyio.Event()
+    started = anyio.Event()
+
+    async def slow(control: ControlChannel, message: dict[str, Any]) -> Reply:
+        started.set()
+        await release.wait()
+        return {"t": "invite_reply", "r": "accepted"}
+
+    async with pair(alice, bob, b_handler=slow) as (a, b):
+        request = await a.start_request({"t": "invite"})
+        await b.retire()
+        with anyio.fail_after(5):
+            await started.wait()
+            while a.usable:  # a hears the retire and answers it
+                await anyio.sleep(0.01)
+        await anyio.sleep(0.05)
+        assert not a.closed
+        assert not b.closed
+        release.set()
+        with anyio.fail_after(5):
+            assert (await request.wait())["r"] == "accepted"
+            await a.wait_closed()
+            await b.wait_closed()
+
+
+async def test_a_retired_channel_takes_no_new_request(alice: Identity, bob: Identity) -> None:
+    async with pair(alice, bob) as (a, b):
+        await a.retire()
+        with pytest.raises(PeerUnreachable, match="is closing"):
+            await a.start_request({"t": "get"})
+        with anyio.fail_after(5):
+            await a.wait_closed()
+            await b.wait_closed()
+        with pytest.raises(PeerUnreachable):
+            await b.start_request({"t": "get"})
+
+
+async def test_closing_fails_waiting_requests_and_cancels_handlers(alice: Identity, bob: Identity) -> None:
+    cancelled = anyio.Event()
+
+    async def forever(control: ControlChannel, message: dict[str, Any]) -> Reply:
+        try:
+            await anyio.sleep_forever()
+        finally:
+            cancelled.set()
+        return None
+
+    async with pair(alice, bob, b_handler=forever) as (a, b):
+        request = await a.start_request({"t": "invite"})
+        with anyio.fail_after(5):
+            while not b.handling:
+                await anyio.sleep(0.01)
+        await b.aclose()
+        with anyio.fail_after(5):
+            await cancelled.wait()
+            with pytest.raises(PeerUnreachable, match="closed the channel"):
+                await request.wait()
+            await a.wait_closed()
+
+
+async def test_requests_over_the_limit_are_refused_at_once(alice: Identity, bob: Identity) -> None:
+    release = anyio.Event()
+
+    async def held(control: ControlChannel, message: dict[str, Any]) -> Reply:
+        await release.wait()
+        return {"t": "card_reply"}
+
+    async with pair(alice, bob, b_handler=held, max_concurrent=2) as (a, b):
+        held_requests = [await a.start_request({"t": "card"}) for _ in range(2)]
+        with anyio.fail_after(5):
+            while b.handling < 2:
+                await anyio.sleep(0.01)
+        refused = await ask(a, {"t": "card"})
+        assert refused["t"] == "error"
+        assert refused["code"] == "limit"
+        assert "the limit is 2" in refused["msg"]
+        release.set()
+        with anyio.fail_after(5):
+            for request in held_requests:
+                assert (await request.wait())["t"] == "card_reply"
+
+
+async def test_a_failing_handler_answers_unavailable_and_the_channel_lives(
+    alice: Identity, bob: Identity, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def broken(control: ControlChannel, message: dict[str, Any]) -> Reply:
+        if message.get("x") == "boom":
+            raise RuntimeError("boom")
+        return {"t": "get_reply"}
+
+    async with pair(alice, bob, b_handler=broken) as (a, _):
+        reply = await ask(a, {"t": "get", "x": "boom"})
+        assert reply["t"] == "error"
+        assert reply["code"] == "unavailable"
+        assert "handling 'get'" in caplog.text
+        assert "boom" in caplog.text
+        assert (await ask(a, {"t": "get"}))["t"] == "get_reply"
+
+
+async def test_an_answer_hears_that_its_reply_went_out(alice: Identity, bob: Identity) -> None:
+    told: list[bool] = []
+
+    async def answer(control: ControlChannel, message: dict[str, Any]) -> Reply:
+        async def sent(ok: bool) -> None:
+            told.append(ok)
+
+        return Answer({"t": "subscribe_reply"}, sent)
+
+    async with pair(alice, bob, b_handler=answer) as (a, b):
+        assert (await ask(a, {"t": "subscribe"}))["t"] == "subscribe_reply"
+        with anyio.fail_after(5):
+            while not told:
+                await anyio.sleep(0.01)
+        assert told == [True]
+        assert not b.handling
+
+
+async def test_a_withdrawn_request_gets_no_reply(alice: Identity, bob: Identity) -> None:
+    async def silent(control: ControlChannel, message: dict[str, Any]) -> Reply:
+        return None if message["t"] == "invite" else {"t": "card_reply"}
+
+    async with pair(alice, bob, b_handler=silent) as (a, b):
+        request = await a.start_request({"t": "invite"})
+        assert (await ask(a, {"t": "card"}))["t"] == "card_reply"  # sent after: the invite was handled
+        assert not b.handling
+        with anyio.move_on_after(0.2) as scope:
+            await request.wait()
+        assert scope.cancelled_caught
+        a.forget(request)
+
+
+async def test_notices_are_taken_in_order_in_the_reading_task(alice: Identity, bob: Identity) -> None:
+    seen: list[int] = []
+    a_stream, b_stream = memory_stream_pair()
+    channels: dict[str, SecureChannel] = {}
+
+    async def respond() -> None:
+        channels["b"] = await SecureChannel.wrap(b_stream, bob, initiator=False)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(respond)
+        channels["a"] = await SecureChannel.wrap(a_stream, alice, initiator=True)
+    b = ControlChannel(
+        channels["b"],
+        initiator=False,
+        local_id=bob.id,
+        endpoint=None,
+        handler=echo,
+        notices={"notify": lambda _, message: seen.append(message["n"])},
+        keepalive=QUIET,
+    )
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(b.run)
+        for n in range(50):
+            await channels["a"].send({"t": "notify", "n": n})
+        await channels["a"].send({"t": "invite_cancel", "rid": 3})  # no taker: ignored
+        with anyio.fail_after(5):
+            while len(seen) < 50:
+                await anyio.sleep(0.01)
+        assert seen == list(range(50))
+        await channels["a"].aclose()
+        with anyio.fail_after(5):
+            await b.wait_closed()
+
+
+async def test_a_peer_that_stops_answering_pings_is_dropped(alice: Identity, bob: Identity) -> None:
+    # b never runs its reading loop, so it never answers a's pings.
+    a_stream, b_stream = memory_stream_pair()
+    channels: dict[str, SecureChannel] = {}
+
+    async def respond() -> None:
+        channels["b"] = await SecureChannel.wrap(b_stream, bob, initiator=False)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(respond)
+        channels["a"] = await SecureChannel.wrap(a_stream, alice, initiator=True)
+    policy = KeepalivePolicy(interval=0.05, timeout=0.2, idle=60)
+    a = ControlChannel(
+        channels["a"], initiator=True, local_id=alice.id, endpoint=None, handler=echo, keepalive=policy
+    )
+    async with channels["b"]:
+        with anyio.fail_after(5):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(a.run)
+                request = await a.start_request({"t": "get"})
+                with pytest.raises(PeerUnreachable, match="stopped answering"):
+                    await request.wait()
+        assert a.closed
+
+
+async def test_an_idle_channel_is_retired_by_both(alice: Identity, bob: Identity) -> None:
+    policy = KeepalivePolicy(interval=0.05, timeout=0.5, idle=0.2)
+    async with pair(alice, bob, keepalive=policy) as (a, b):
+        assert (await ask(a, {"t": "get"}))["t"] == "get_reply"
+        with anyio.fail_after(5):
+            await a.wait_closed()
+            await b.wait_closed()
+
+
+async def test_a_pinned_channel_is_never_idle(alice: Identity, bob: Identity) -> None:
+    policy = KeepalivePolicy(interval=0.05, timeout=0.5, idle=0.1)
+    async with pair(alice, bob, keepalive=policy) as (a, b):
+        a.pins = b.pins = 1
+        await anyio.sleep(0.5)
+        assert a.usable
+        assert b.usable
