@@ -22,8 +22,8 @@ import anyio
 
 from benchmarks.harness import Progress, Result, median, percentile, ratio
 from benchmarks.plain import PlainClient, plain_server
-from peerkit.apps import Invitation
 from peerkit.identity import Identity
+from peerkit.invitations import Invitation
 from peerkit.model import Application, InvitationResponse
 from peerkit.node import Node
 

@@ -15,11 +15,11 @@ import anyio
 import anyio.abc
 
 from benchmarks.harness import Progress, Result, median, ratio
-from peerkit.apps import AppStream
 from peerkit.identity import Identity
 from peerkit.model import Application
 from peerkit.node import Node
 from peerkit.peers import Peer
+from peerkit.streams import AppStream
 
 NAME = "stream"
 ROUNDS = 9

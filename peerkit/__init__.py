@@ -4,9 +4,9 @@ Find people, invite them to a shared application, and talk over encrypted, mutua
 authenticated channels, with no server.
 """
 
-from peerkit.apps import AppStream, Handle, Invitation, InvitationAnswered, InvitationPolicy, Subscription
-from peerkit.bus import EventWatch
-from peerkit.contacts import Contact, ContactManager
+from peerkit.bus import EventWatch, NearbyWatch
+from peerkit.contact import Contact
+from peerkit.contacts import ContactManager
 from peerkit.discovery import (
     DiscoveryProvider,
     MdnsDiscovery,
@@ -35,12 +35,16 @@ from peerkit.errors import (
 from peerkit.events import (
     ApplicationChanged,
     ContactChanged,
+    InvitationAnswered,
     NameChanged,
+    NearbyChanged,
     ObjectChanged,
     PresenceChanged,
     SubscriptionListChanged,
 )
+from peerkit.handles import Handle, Subscription
 from peerkit.identity import Identity, PeerId
+from peerkit.invitations import AnswerReason, Invitation, InvitationPolicy, Withdrawn
 from peerkit.model import (
     Application,
     ChangeType,
@@ -55,11 +59,13 @@ from peerkit.model import (
 from peerkit.net.channel import ChannelListener, PeerInfo, SecureChannel, connect, listen
 from peerkit.net.control import KeepalivePolicy
 from peerkit.node import Node
-from peerkit.peers import NearbyChanged, NearbyPeer, NearbyWatch, Peer
+from peerkit.peers import NearbyPeer, Peer
+from peerkit.streams import AppStream
 
 __version__ = "0.1.0"
 
 __all__ = (
+    "AnswerReason",
     "AppStream",
     "Application",
     "ApplicationChanged",
@@ -114,6 +120,7 @@ __all__ = (
     "Subscription",
     "SubscriptionListChanged",
     "UnknownContact",
+    "Withdrawn",
     "__version__",
     "connect",
     "listen",

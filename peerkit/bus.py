@@ -14,14 +14,17 @@ import dataclasses
 import logging
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Coroutine, Hashable
-from typing import Any, Final, Generic, Protocol, Self, TypeVar
+from typing import TYPE_CHECKING, Any, Final, Generic, Protocol, Self, TypeVar
 
 import anyio
 
-from peerkit.apps import Handle
+from peerkit.handles import Handle
 from peerkit.model import ChangeType
 
-__all__ = ("DEFAULT_LIMIT", "Bus", "EventWatch", "merge_change")
+if TYPE_CHECKING:
+    from peerkit.events import NearbyChanged  # noqa: F401 (named in a string below)
+
+__all__ = ("DEFAULT_LIMIT", "Bus", "EventWatch", "NearbyWatch", "merge_change")
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +73,9 @@ class EventWatch(Generic[E]):
         #: Called when the queue goes from empty to not empty (for a reader that polls).
         self.on_ready: Callable[[], None] | None = None
 
-    def _put(self, event: E) -> None:
+    def put(self, event: E) -> None:
+        """Queue ``event`` (merged with one of the same key) when the watch takes it (its producer's
+        side: a :class:`Bus`, or the node for a :class:`NearbyWatch`)."""
         if self._closed or not self._accept(event):
             return
         key = event.key
@@ -90,7 +95,8 @@ class EventWatch(Generic[E]):
             self.on_ready()
         self._ready.set()
 
-    def _end(self) -> None:
+    def end(self) -> None:
+        """End the watch from the producer's side: the reader gets what is queued, then the end."""
         self._closed = True
         self._ready.set()
 
@@ -128,7 +134,7 @@ class EventWatch(Generic[E]):
     def close(self) -> None:
         """Stop watching (the synchronous form of :meth:`aclose`)."""
         if not self._closed:
-            self._end()
+            self.end()
             self._pending.clear()
             self._remove(self)
 
@@ -152,7 +158,7 @@ class Bus(Generic[E]):
     def publish(self, event: E) -> None:
         """Queue ``event`` for every watch that accepts it (never waits)."""
         for watch in self._watches:
-            watch._put(event)
+            watch.put(event)
 
     def watch(
         self, accept: Callable[[E], bool] = lambda _: True, *, limit: int | None = None
@@ -189,5 +195,18 @@ class Bus(Generic[E]):
     def close(self) -> None:
         """End every watch (iterators stop, handler tasks return)."""
         for watch in list(self._watches):
-            watch._end()
+            watch.end()
         self._watches.clear()
+
+
+class NearbyWatch(EventWatch["NearbyChanged"]):
+    """Changes of the people near me, as an async iterator of :class:`NearbyChanged`.
+
+    Memory is bounded by the number of peers, not of changes: when the reader is slow, the changes
+    of one peer are merged (ADDED then UPDATED is one ADDED with the latest record; ADDED then
+    DELETED is nothing). Iteration ends when the watch is closed, the node signs out of NEAR_ME, or
+    the node stops. Use it with ``async with`` (or call :meth:`aclose`).
+    """
+
+    def __init__(self, remove: Callable[[NearbyWatch], None]) -> None:
+        super().__init__(lambda event: True, remove)  # type: ignore[arg-type]

@@ -223,7 +223,8 @@ async def _serve(
     directory: Path,
     as_json: bool,
 ) -> None:
-    from peerkit.apps import Invitation, InvitationAnswered
+    from peerkit.events import InvitationAnswered
+    from peerkit.invitations import Invitation
     from peerkit.model import Application, InvitationResponse, Scope
     from peerkit.node import Node
 
@@ -241,7 +242,7 @@ async def _serve(
         for provider in providers:
             scope |= provider.scopes
         await node.sign_in(scope)
-        presence = saved_presence(node.contacts._me_names)
+        presence = saved_presence(node.contacts.settings())
         if presence is not None:
             await node.set_presence(presence)
         for app_id in apps:
@@ -604,7 +605,7 @@ def contacts_export_card(
             changes = {k: v for k, v in (("display_name", display_name), ("email", email)) if v is not None}
             if changes:
                 me = await node.contacts.update(me.replace(**changes))
-            card = node.contacts._sign_card(endpoints)
+            card = node.contacts.sign_card(endpoints)
             if out is not None:
                 temporary = out.with_name(f".{out.name}.tmp")
                 temporary.write_bytes(card)
@@ -689,7 +690,7 @@ def presence_set(
 
     async def run() -> None:
         async with _offline_node(data_dir or default_data_dir()) as node:
-            await node.contacts._save_setting(
+            await node.contacts.save_setting(
                 PRESENCE_SETTING, json.dumps([int(presence.status), presence.text])
             )
 

@@ -1,140 +1,65 @@
-"""Contacts (REFERENCE.md R7): trusted peers in a persistent store, and contact cards.
+"""The contact store: :class:`ContactManager` (``node.contacts``) keeps the node's contacts.
 
-A :class:`Contact` is a :class:`~peerkit.Peer` this node trusts: its public key, names, email,
-endpoints, and two flags: ``subscribe_allowed`` (may it watch me) and ``is_subscribed`` (do I watch
-it). :class:`ContactManager` (``node.contacts``) keeps them in the node's SQLite database.
-
-A **contact card** is the self-signed description of a peer: the canonical CBOR body
-``{"id", "seq", "nick", "dname", "email", "name", "addrs": [[host, port], ...]}`` signed with the
-``peerkit-card-v1`` domain (PROTOCOL.md section 5). Its text form is ``peerkit:`` followed by the
-base64url (unpadded) envelope, short enough for a QR code; its file form is the envelope's bytes.
+Contacts (:class:`~peerkit.Contact`, in :mod:`peerkit.contact`) live in the node's SQLite
+database. The manager asks its node for what it needs through a :class:`ContactsHost`, and tells
+registered :class:`ContactListener`s (the node's watching and publishing parts) when a contact's
+subscription, permission or details change.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
 import json
 import os
 import sqlite3
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any, Final, Protocol
 
-from peerkit.apps import Handle
 from peerkit.bus import Bus, EventWatch
-from peerkit.errors import ContactExists, InvalidRecord, LimitExceeded, UnknownContact
+from peerkit.contact import (
+    CARD_PREFIX,
+    MAX_CARD_ADDRESSES,
+    CardContent,
+    Contact,
+    ContactOps,
+    card_text,
+    read_card,
+    unchecked_contact,
+)
+from peerkit.errors import ContactExists, InvalidRecord, UnknownContact
 from peerkit.events import ContactChanged, Event, SubscriptionListChanged
-from peerkit.identity import PeerId
+from peerkit.handles import Handle
+from peerkit.identity import Identity, PeerId
 from peerkit.model import (
     MAX_CONTACT_ENDPOINTS,
-    MAX_TEXT,
     ChangeType,
     EndPoint,
     Presence,
     PresenceStatus,
     SubscribePermission,
-    check_text,
 )
 from peerkit.peers import Peer
 from peerkit.proto import records
 from peerkit.store import Store
 
-if TYPE_CHECKING:
-    from peerkit.node import Node
+__all__ = (
+    "CARD_PREFIX",
+    "CardContent",
+    "Contact",
+    "ContactListener",
+    "ContactManager",
+    "ContactsHost",
+    "card_text",
+    "read_card",
+)
 
-__all__ = ("CARD_PREFIX", "CardContent", "Contact", "ContactManager", "read_card")
-
-#: The text form of a card starts with this.
-CARD_PREFIX: Final = "peerkit:"
-#: Addresses a card carries, at most.
-MAX_CARD_ADDRESSES: Final = 16
 #: Seconds between two updates of a contact's ``last_seen``.
 SEEN_INTERVAL: Final = 60.0
 #: The settings key of the presence saved by ``peerkit presence set`` (JSON ``[status, text]``).
 PRESENCE_SETTING: Final = "presence"
 #: Bytes of a card file that are read, at most.
 MAX_CARD_FILE: Final = 2 * records.MAX_ENVELOPE
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class CardContent:
-    """What a verified contact card says."""
-
-    #: The signer's id.
-    id: PeerId
-    #: The card's sequence number (newer cards have larger ones).
-    seq: int
-    #: Nickname.
-    nickname: str
-    #: Display name.
-    display_name: str
-    #: Email address (free text; not checked).
-    email: str
-    #: Endpoints where the signer listened when it signed the card.
-    endpoints: tuple[EndPoint, ...]
-    #: The signed envelope, as read.
-    envelope: bytes
-
-
-def read_card(card: str | bytes) -> CardContent:
-    """Verify a contact card (text form ``peerkit:...`` or the envelope's bytes) and read it.
-
-    :raises InvalidRecord: when it is malformed, tampered with, or not a card; the message says which.
-    :raises TypeError: when ``card`` is neither text nor bytes.
-    """
-    if isinstance(card, str):
-        text = card.strip()
-        if not text.startswith(CARD_PREFIX):
-            raise InvalidRecord(f"a contact card's text starts with {CARD_PREFIX!r}")
-        encoded = text[len(CARD_PREFIX) :]
-        if len(encoded) > records.MAX_ENVELOPE * 2:
-            raise InvalidRecord(f"contact card text is {len(text)} characters; far over the size of a card")
-        try:
-            envelope = base64.urlsafe_b64decode(encoded + "=" * (-len(encoded) % 4))
-        except (binascii.Error, ValueError):
-            raise InvalidRecord("contact card text is not valid base64url") from None
-    elif isinstance(card, (bytes, bytearray, memoryview)):
-        envelope = bytes(card)
-    else:
-        raise TypeError(f"a contact card is text or bytes, not {type(card).__name__}")
-    try:
-        record = records.open_record(envelope, domain=records.CARD_DOMAIN)
-    except InvalidRecord as exc:
-        raise InvalidRecord(f"contact card rejected: {exc}") from None
-    body = record.body
-    texts = {}
-    for key, what in (
-        ("nick", "nickname"),
-        ("dname", "display name"),
-        ("email", "email"),
-        ("name", "endpoint name"),
-    ):
-        value = body.get(key, "")
-        if not isinstance(value, str) or len(value) > MAX_TEXT:
-            raise InvalidRecord(f"contact card {what} must be text of at most {MAX_TEXT} characters")
-        texts[key] = value
-    addrs = body.get("addrs", [])
-    if not isinstance(addrs, list) or len(addrs) > MAX_CARD_ADDRESSES:
-        raise InvalidRecord(f'contact card "addrs" must be a list of at most {MAX_CARD_ADDRESSES} addresses')
-    endpoints = []
-    for item in addrs:
-        try:
-            host, port = item
-            endpoints.append(EndPoint(host, port, texts["name"]))
-        except (TypeError, ValueError):
-            raise InvalidRecord('contact card "addrs" entries must be [host, port] pairs') from None
-    return CardContent(
-        id=PeerId._verified(record.id),
-        seq=record.seq,
-        nickname=texts["nick"],
-        display_name=texts["dname"],
-        email=texts["email"],
-        endpoints=tuple(dict.fromkeys(endpoints)),
-        envelope=envelope,
-    )
 
 
 def saved_presence(settings: dict[str, str]) -> Presence | None:
@@ -145,185 +70,6 @@ def saved_presence(settings: dict[str, str]) -> Presence | None:
     except (KeyError, ValueError, TypeError):
         return None
     return None if presence.status is PresenceStatus.OFFLINE else presence
-
-
-def card_text(envelope: bytes) -> str:
-    """The text form of a card envelope."""
-    return CARD_PREFIX + base64.urlsafe_b64encode(envelope).rstrip(b"=").decode("ascii")
-
-
-def _check_endpoints(endpoints: Iterable[EndPoint]) -> tuple[EndPoint, ...]:
-    if isinstance(endpoints, EndPoint):
-        endpoints = (endpoints,)
-    result = tuple(dict.fromkeys(endpoints))
-    for endpoint in result:
-        if not isinstance(endpoint, EndPoint):
-            raise TypeError(f"contact endpoints must be EndPoint objects, not {type(endpoint).__name__}")
-    if len(result) > MAX_CONTACT_ENDPOINTS:
-        raise LimitExceeded(f"a contact has {len(result)} endpoints; the limit is {MAX_CONTACT_ENDPOINTS}")
-    return result
-
-
-class Contact(Peer):
-    """A trusted peer from the contact store (``PeerContact``); also a :class:`~peerkit.Peer`.
-
-    A contact is a snapshot: change it with :meth:`replace` and ``await node.contacts.update(...)``.
-    Inviting it reaches every endpoint it is known at (stored, and where discovery sees it now).
-    """
-
-    def __init__(
-        self,
-        node: Node,
-        peer_id: PeerId,
-        *,
-        nickname: str = "",
-        display_name: str = "",
-        email: str = "",
-        endpoints: Iterable[EndPoint] = (),
-        subscribe_allowed: SubscribePermission = SubscribePermission.ALLOWED,
-        is_subscribed: bool = False,
-        added: float | None = None,
-        last_seen: float | None = None,
-        card: bytes | None = None,
-    ) -> None:
-        if not isinstance(peer_id, PeerId):
-            raise TypeError(f"a contact's id must be a PeerId, not {type(peer_id).__name__}")
-        self._node = node
-        #: The contact's id (its public key).
-        self.id = peer_id
-        #: Its nickname.
-        self.nickname = check_text(nickname, "nickname")
-        #: Its display name.
-        self.display_name = check_text(display_name, "display name")
-        #: Its email address (free text).
-        self.email = check_text(email, "email")
-        #: Where it listens, as far as this node knows (at most 50).
-        self.endpoints = _check_endpoints(endpoints)
-        if not isinstance(subscribe_allowed, SubscribePermission):
-            try:
-                subscribe_allowed = SubscribePermission(subscribe_allowed)
-            except ValueError:
-                raise ValueError(
-                    f"subscribe_allowed must be ALLOWED or BLOCKED, not {subscribe_allowed!r}"
-                ) from None
-        #: Whether it may watch this node's presence, applications and objects.
-        self.subscribe_allowed = subscribe_allowed
-        if not isinstance(is_subscribed, bool):
-            raise TypeError(f"is_subscribed must be a bool, not {type(is_subscribed).__name__}")
-        #: Whether this node watches it.
-        self.is_subscribed = is_subscribed
-        #: When it was added (Unix time).
-        self.added = time.time() if added is None else float(added)
-        #: When this node last had a connection with it (Unix time), or None.
-        self.last_seen = last_seen
-        #: Its own signed card, when it came from one (see :meth:`export_card`).
-        self.card = card
-
-    @property
-    def is_me(self) -> bool:
-        """Whether this is the node's own contact (``node.contacts.me``)."""
-        return self._node._identity is not None and self.id == self._node._identity.id
-
-    @property
-    def fingerprint(self) -> str:
-        """The short form of its id shown to people."""
-        return self.id.fingerprint
-
-    @property
-    def presence(self) -> Presence | None:
-        """Its presence as last seen through the subscription, or None when this node does not watch it."""
-        return self._node._watched_presence(self.id)
-
-    def replace(self, **changes: Any) -> Contact:
-        """A copy with ``changes`` (nickname, display_name, email, endpoints, subscribe_allowed,
-        is_subscribed); save it with :meth:`ContactManager.update`.
-
-        :raises TypeError: for an unknown field or a value of the wrong type.
-        :raises LimitExceeded: for a text or endpoint list over its limit.
-        """
-        allowed = {"nickname", "display_name", "email", "endpoints", "subscribe_allowed", "is_subscribed"}
-        unknown = set(changes) - allowed
-        if unknown:
-            raise TypeError(
-                f"a contact has no field {sorted(unknown)[0]!r} to change; it has {sorted(allowed)}"
-            )
-        fields = self._fields()
-        fields.update(changes)
-        return Contact(self._node, self.id, **fields)
-
-    def _fields(self) -> dict[str, Any]:
-        return {
-            "nickname": self.nickname,
-            "display_name": self.display_name,
-            "email": self.email,
-            "endpoints": self.endpoints,
-            "subscribe_allowed": self.subscribe_allowed,
-            "is_subscribed": self.is_subscribed,
-            "added": self.added,
-            "last_seen": self.last_seen,
-            "card": self.card,
-        }
-
-    async def subscribe(self, *, wait: bool = True, timeout: float = 30.0) -> None:
-        """Watch this contact: its presence, applications, objects and endpoint name, live (R6).
-
-        The subscription is saved and resumes by itself after a restart or a lost connection. With
-        ``wait`` (the default) it returns once the contact has sent its current state.
-
-        :raises NotSignedIn: when the node is not signed in.
-        :raises NotAllowed: when the contact refuses (it does not have this node as a contact).
-        :raises PeerUnreachable: when the contact cannot be reached within ``timeout`` seconds
-            (the subscription is then not kept; use ``wait=False`` to keep it for when it appears).
-        :raises UnknownContact: when the contact was deleted.
-
-        If cancelled while waiting, the subscription is not kept.
-        """
-        await self._node._subscribe_contact(self, wait=wait, timeout=timeout)
-
-    async def unsubscribe(self) -> None:
-        """Stop watching this contact; nothing happens if it is not watched.
-
-        :raises UnknownContact: when the contact was deleted.
-        """
-        await self._node._unsubscribe_contact(self)
-
-    def export_card(self) -> str:
-        """The contact's card as text (``peerkit:...``).
-
-        For ``node.contacts.me`` a fresh card is signed; for another contact, its own signed card
-        is passed on unchanged (it can be verified by whoever imports it).
-
-        :raises ValueError: when this contact did not come from a card it signed.
-        """
-        return card_text(self.card_bytes())
-
-    def card_bytes(self) -> bytes:
-        """The card's file form: the signed envelope's bytes (see :meth:`export_card`)."""
-        if self.is_me:
-            return self._node.contacts._sign_card()
-        if self.card is None:
-            raise ValueError(
-                f"no card signed by {self.fingerprint} is known: it was added by id, not from its card"
-            )
-        return self.card
-
-    def save_card(self, path: str | os.PathLike[str]) -> None:
-        """Write the card's file form to ``path`` (replacing the file atomically)."""
-        data = self.card_bytes()
-        target = Path(path)
-        temporary = target.with_name(f".{target.name}.tmp")
-        temporary.write_bytes(data)
-        os.replace(temporary, target)
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, Contact) and other.id == self.id and other._fields() == self._fields()
-
-    def __hash__(self) -> int:
-        return hash(self.id)
-
-    def __repr__(self) -> str:
-        name = self.display_name or self.nickname or "?"
-        return f"<Contact {name} {self.id.fingerprint}>"
 
 
 _COLUMNS: Final = (
@@ -419,9 +165,61 @@ def _stored_endpoint(host: str, port: int, name: str) -> EndPoint:
 
 def _flag_table(rows: list[tuple[bytes, int, int]]) -> dict[PeerId, tuple[SubscribePermission, bool]]:
     return {
-        PeerId._verified(key): (SubscribePermission(allowed), bool(subscribed))
+        PeerId.from_verified(key): (SubscribePermission(allowed), bool(subscribed))
         for key, allowed, subscribed in rows
     }
+
+
+class ContactsHost(ContactOps, Protocol):
+    """What the :class:`ContactManager` asks of the node it belongs to."""
+
+    @property
+    def identity(self) -> Identity:
+        """The node's identity (signs its card)."""
+        ...
+
+    nickname: str
+
+    @property
+    def endpoint_name(self) -> str:
+        """The node's endpoint name."""
+        ...
+
+    def listening(self) -> EndPoint | None:
+        """Where the node listens, or None when it is not running."""
+        ...
+
+    def check_running(self) -> None:
+        """Raise :class:`~peerkit.NotRunning` unless the node is running."""
+        ...
+
+    def hosts(self) -> tuple[str, ...]:
+        """The addresses the node is reachable at now."""
+        ...
+
+    def next_seq(self) -> int:
+        """A sequence number above every earlier one, for a new card."""
+        ...
+
+    async def fetch_card(self, peer: Peer, timeout: float) -> CardContent:
+        """``peer``'s verified card."""
+        ...
+
+
+class ContactListener(Protocol):
+    """Told by the :class:`ContactManager` what changed (the node's parts register one)."""
+
+    async def subscription_changed(self, peer_id: PeerId, subscribed: bool) -> None:
+        """A contact's ``is_subscribed`` changed (or it was deleted while subscribed)."""
+        ...
+
+    def permission_changed(self, peer_id: PeerId) -> None:
+        """A contact's ``subscribe_allowed`` changed, or it was added or deleted."""
+        ...
+
+    def contact_updated(self, peer_id: PeerId) -> None:
+        """A contact's details (endpoints, names) changed."""
+        ...
 
 
 class ContactManager:
@@ -432,8 +230,9 @@ class ContactManager:
     event (:class:`~peerkit.ContactChanged`, :class:`~peerkit.SubscriptionListChanged`).
     """
 
-    def __init__(self, node: Node, store: Store, bus: Bus[Event]) -> None:
-        self._node = node
+    def __init__(self, host: ContactsHost, store: Store, bus: Bus[Event]) -> None:
+        self._node = host
+        self._listeners: list[ContactListener] = []
         self._store = store
         self._bus = bus
         # id -> (subscribe_allowed, is_subscribed): what the node must know without waiting.
@@ -441,13 +240,30 @@ class ContactManager:
         self._me_names: dict[str, str] = {}
         self._seen_at: dict[PeerId, float] = {}
 
-    async def _load(self) -> None:
+    def add_listener(self, listener: ContactListener) -> None:
+        """Tell ``listener`` of every change of subscriptions, permissions and details."""
+        self._listeners.append(listener)
+
+    async def _subscription_changed(self, peer_id: PeerId, subscribed: bool) -> None:
+        for listener in self._listeners:
+            await listener.subscription_changed(peer_id, subscribed)
+
+    def _permission_changed(self, peer_id: PeerId) -> None:
+        for listener in self._listeners:
+            listener.permission_changed(peer_id)
+
+    def _contact_updated(self, peer_id: PeerId) -> None:
+        for listener in self._listeners:
+            listener.contact_updated(peer_id)
+
+    async def load(self) -> None:
+        """Read the contacts' flags and the settings from the store (the node starts)."""
         self._flags = _flag_table(await self._store.read(_flags))
         self._me_names = await self._store.read(_settings)
 
-    async def _reload(self) -> dict[str, str]:
-        # Another process (the CLI) changed the database: take its changes as if made here, with
-        # their events, and return the settings as they are now.
+    async def reload(self) -> dict[str, str]:
+        """Take the changes another process (the CLI) made to the database as if made here, with
+        their events; the settings as they are now."""
         now = _flag_table(await self._store.read(_flags))
         before, self._flags = self._flags, now
         node = self._node
@@ -466,13 +282,22 @@ class ContactManager:
             if was_subscribed != is_subscribed:
                 change = ChangeType.ADDED if is_subscribed else ChangeType.DELETED
                 self._bus.publish(SubscriptionListChanged(change=change, contact=contact))
-                await node._watch_changed(peer_id, is_subscribed)
+                await self._subscription_changed(peer_id, is_subscribed)
             if (old and old[0]) != (new and new[0]):
-                node._contact_permission_changed(peer_id)
+                self._permission_changed(peer_id)
         self._me_names = await self._store.read(_settings)
         return self._me_names
 
-    async def _save_setting(self, key: str, value: str) -> None:
+    def settings(self) -> dict[str, str]:
+        """The settings saved in the store (as last read)."""
+        return dict(self._me_names)
+
+    def setting(self, key: str) -> str | None:
+        """A setting saved in the store (as last read), or None."""
+        return self._me_names.get(key)
+
+    async def save_setting(self, key: str, value: str) -> None:
+        """Save a setting in the store."""
         await self._store.write(_save_settings, {key: value})
         self._me_names[key] = value
 
@@ -501,26 +326,28 @@ class ContactManager:
         Only its nickname, display name and email can change (through :meth:`update`).
         """
         node = self._node
+        endpoint = node.listening()
         return Contact(
             node,
-            node.id,
+            node.identity.id,
             nickname=node.nickname,
             display_name=self._me_names.get("me.display_name", ""),
             email=self._me_names.get("me.email", ""),
-            endpoints=(node.endpoint,) if node.running else (),
+            endpoints=(endpoint,) if endpoint is not None else (),
             subscribe_allowed=SubscribePermission.ALLOWED,
             is_subscribed=True,
             added=0.0,
             last_seen=time.time(),
         )
 
-    def _sign_card(self, endpoints: Iterable[EndPoint] | None = None) -> bytes:
-        # A fresh card of me: at ``endpoints``, or where the node listens now.
+    def sign_card(self, endpoints: Iterable[EndPoint] | None = None) -> bytes:
+        """A freshly signed card of this node: at ``endpoints``, or where it listens now."""
         node = self._node
         me = self.me
         if endpoints is None:
-            port = node.endpoint.port if node.running else 0
-            addrs = [[host, port] for host in node._hosts()] if port else []
+            endpoint = node.listening()
+            port = endpoint.port if endpoint is not None else 0
+            addrs = [[host, port] for host in node.hosts()] if port else []
         else:
             addrs = [[e.host, e.port] for e in endpoints]
         content = {
@@ -530,22 +357,26 @@ class ContactManager:
             "name": node.endpoint_name,
             "addrs": addrs[:MAX_CARD_ADDRESSES],
         }
-        return records.sign_record(node.identity, node._next_seq(), content, domain=records.CARD_DOMAIN)
+        return records.sign_record(node.identity, node.next_seq(), content, domain=records.CARD_DOMAIN)
 
     # -- the store -------------------------------------------------------------------------------
     def _contact(self, row: tuple[Any, ...]) -> Contact:
         # A row this manager wrote (every field was checked then): built without checking again,
         # so that listing thousands of contacts stays cheap.
         key, nickname, display_name, email, endpoints, allowed, subscribed, added, last_seen, card = row
-        contact: Contact = object.__new__(Contact)
-        contact._node = self._node
-        contact.id = PeerId._verified(key)
-        contact.nickname, contact.display_name, contact.email = nickname, display_name, email
-        contact.endpoints = tuple(_stored_endpoint(h, p, n) for h, p, n in json.loads(endpoints))
-        contact.subscribe_allowed = _PERMISSIONS[allowed]
-        contact.is_subscribed = bool(subscribed)
-        contact.added, contact.last_seen, contact.card = added, last_seen, card
-        return contact
+        return unchecked_contact(
+            self._node,
+            PeerId.from_verified(key),
+            nickname=nickname,
+            display_name=display_name,
+            email=email,
+            endpoints=tuple(_stored_endpoint(h, p, n) for h, p, n in json.loads(endpoints)),
+            subscribe_allowed=_PERMISSIONS[allowed],
+            is_subscribed=bool(subscribed),
+            added=added,
+            last_seen=last_seen,
+            card=card,
+        )
 
     def read_card(self, card: str | bytes | os.PathLike[str]) -> Contact:
         """Verify a card (text, bytes, or a file holding either) and make a contact of it, without
@@ -605,19 +436,19 @@ class ContactManager:
             )
         elif not isinstance(contact, Contact):
             raise TypeError(f"add takes a Contact or a PeerId, not {type(contact).__name__}")
-        self._node._check_running()
-        if contact.id == self._node.id:
+        self._node.check_running()
+        if contact.id == self._node.identity.id:
             raise ValueError("this node's own id is not a contact: it is contacts.me")
         if contact.id in self._flags:
             raise ContactExists(f"{contact.fingerprint} is already a contact")
         contact = Contact(
-            self._node, contact.id, **{**contact._fields(), "added": time.time(), "is_subscribed": False}
+            self._node, contact.id, **{**contact.fields(), "added": time.time(), "is_subscribed": False}
         )
         if not await self._store.write(_insert, _row(contact)):
             raise ContactExists(f"{contact.fingerprint} is already a contact")
         self._flags[contact.id] = (contact.subscribe_allowed, False)
         self._bus.publish(ContactChanged(change=ChangeType.ADDED, contact=contact))
-        self._node._contact_permission_changed(contact.id)
+        self._permission_changed(contact.id)
         return contact
 
     async def import_card(self, card: str | bytes | os.PathLike[str]) -> Contact:
@@ -638,10 +469,10 @@ class ContactManager:
         """
         if not isinstance(peer, Peer):
             raise TypeError(f"add_from takes a Peer, not {type(peer).__name__}")
-        self._node._check_running()
+        self._node.check_running()
         if peer.id in self._flags:
             raise ContactExists(f"{peer.id.fingerprint} is already a contact")
-        content = await self._node._fetch_card(peer, timeout)
+        content = await self._node.fetch_card(peer, timeout)
         contact = self._from_card(content)
         if not contact.endpoints:
             contact = contact.replace(endpoints=peer.endpoints[:MAX_CONTACT_ENDPOINTS])
@@ -654,8 +485,8 @@ class ContactManager:
         """
         if not isinstance(peer_id, PeerId):
             raise TypeError(f"get takes a PeerId, not {type(peer_id).__name__}")
-        self._node._check_running()
-        if peer_id == self._node.id:
+        self._node.check_running()
+        if peer_id == self._node.identity.id:
             return self.me
         row = await self._store.read(_select, bytes(peer_id))
         if row is None:
@@ -677,7 +508,7 @@ class ContactManager:
 
     async def list(self) -> list[Contact]:
         """Every contact (not :attr:`me`), oldest first."""
-        self._node._check_running()
+        self._node.check_running()
         return [self._contact(row) for row in await self._store.read(_select_all)]
 
     async def update(self, contact: Contact) -> Contact:
@@ -693,8 +524,8 @@ class ContactManager:
         if not isinstance(contact, Contact):
             raise TypeError(f"update takes a Contact, not {type(contact).__name__}")
         node = self._node
-        node._check_running()
-        if contact.id == node.id:
+        node.check_running()
+        if contact.id == node.identity.id:
             me = self.me
             if (contact.subscribe_allowed, contact.is_subscribed) != (me.subscribe_allowed, me.is_subscribed):
                 raise ValueError("only the nickname, display name and email of me can change")
@@ -714,13 +545,13 @@ class ContactManager:
             raise UnknownContact(f"{contact.fingerprint} is not a contact")
         self._flags[contact.id] = (contact.subscribe_allowed, contact.is_subscribed)
         self._bus.publish(ContactChanged(change=ChangeType.UPDATED, contact=contact))
-        node._contact_updated(contact.id)
+        self._contact_updated(contact.id)
         if before[1] != contact.is_subscribed:
             change = ChangeType.ADDED if contact.is_subscribed else ChangeType.DELETED
             self._bus.publish(SubscriptionListChanged(change=change, contact=contact))
-            await node._watch_changed(contact.id, contact.is_subscribed)
+            await self._subscription_changed(contact.id, contact.is_subscribed)
         if before[0] != contact.subscribe_allowed:
-            node._contact_permission_changed(contact.id)
+            self._permission_changed(contact.id)
         return contact
 
     async def delete(self, contact: Contact | PeerId) -> None:
@@ -733,8 +564,8 @@ class ContactManager:
         if not isinstance(peer_id, PeerId):
             raise TypeError(f"delete takes a Contact or a PeerId, not {type(contact).__name__}")
         node = self._node
-        node._check_running()
-        if peer_id == node.id:
+        node.check_running()
+        if peer_id == node.identity.id:
             raise ValueError("me cannot be deleted")
         row = await self._store.read(_select, bytes(peer_id))
         if row is None or not await self._store.write(_delete, bytes(peer_id)):
@@ -744,9 +575,9 @@ class ContactManager:
         flags = self._flags.pop(peer_id, None)
         if flags is not None and flags[1]:
             self._bus.publish(SubscriptionListChanged(change=ChangeType.DELETED, contact=old))
-            await node._watch_changed(peer_id, False)
+            await self._subscription_changed(peer_id, False)
         self._bus.publish(ContactChanged(change=ChangeType.DELETED, contact=old))
-        node._contact_permission_changed(peer_id)
+        self._permission_changed(peer_id)
 
     async def set_subscribed(self, peer_id: PeerId, subscribed: bool) -> Contact:
         """Store the contact's ``is_subscribed`` flag alone (for the node's watching part).
@@ -768,8 +599,8 @@ class ContactManager:
         self._bus.publish(SubscriptionListChanged(change=change, contact=contact))
         return contact
 
-    async def _seen(self, peer_id: PeerId) -> None:
-        # A channel to the contact opened: note when (at most once a minute per contact).
+    async def seen(self, peer_id: PeerId) -> None:
+        """A channel to ``peer_id`` opened: note when, if it is a contact (at most once a minute)."""
         now = time.time()
         if peer_id in self._flags and now - self._seen_at.get(peer_id, 0.0) >= SEEN_INTERVAL:
             self._seen_at[peer_id] = now

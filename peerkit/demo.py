@@ -8,15 +8,16 @@ from dataclasses import dataclass, field
 
 import anyio
 
-from peerkit.apps import AppStream, Invitation
 from peerkit.contacts import Contact
 from peerkit.discovery import DiscoveryProvider, MdnsDiscovery, MemoryDiscovery
 from peerkit.errors import PeerkitError, PeerUnreachable
 from peerkit.events import ObjectChanged, PresenceChanged
 from peerkit.identity import Identity
+from peerkit.invitations import Invitation
 from peerkit.model import Application, InvitationResponse, PeerObject, Presence, PresenceStatus, Scope
 from peerkit.node import Node
 from peerkit.peers import Peer
+from peerkit.streams import AppStream
 
 __all__ = ("CHAT", "GAME", "WHITEBOARD", "DemoReport", "DemoStep", "run_demo")
 

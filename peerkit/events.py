@@ -1,4 +1,4 @@
-"""The events of contacts, presence, applications and objects (REFERENCE.md R6, R7).
+"""Every public event: contacts, presence, applications, objects, people near me, invitations.
 
 Each is a frozen, slotted, keyword-only dataclass. An event about this node itself (a local change)
 has ``local=True`` and ``peer_id`` equal to the node's own id; the others come from the contacts this
@@ -7,24 +7,30 @@ node watches.
 
 from __future__ import annotations
 
-from collections.abc import Hashable
+import uuid
+from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from peerkit.identity import PeerId
-from peerkit.model import Application, ChangeType, EndPoint, PeerObject, Presence
+from peerkit.invitations import AnswerReason
+from peerkit.model import Application, ChangeType, EndPoint, InvitationResponse, PeerObject, Presence
 
 if TYPE_CHECKING:
-    from peerkit.contacts import Contact
+    from peerkit.contact import Contact
+    from peerkit.peers import NearbyPeer
 
 __all__ = (
     "ApplicationChanged",
     "ContactChanged",
     "Event",
+    "InvitationAnswered",
     "NameChanged",
+    "NearbyChanged",
     "ObjectChanged",
     "PresenceChanged",
     "SubscriptionListChanged",
+    "event_filter",
 )
 
 
@@ -148,6 +154,42 @@ class SubscriptionListChanged:
 
 
 #: Every event of this module.
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NearbyChanged:
+    """A peer near me appeared, changed or left."""
+
+    #: ADDED, UPDATED or DELETED.
+    change: ChangeType
+    #: The peer (for DELETED, as it was last seen).
+    peer: NearbyPeer
+
+    @property
+    def key(self) -> Hashable:
+        """Changes of one peer are merged for a slow reader."""
+        return ("nearby", self.peer.id)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class InvitationAnswered:
+    """An invitation this node received and what became of it (see
+    :meth:`~peerkit.Node.add_invitation_observer`)."""
+
+    #: The inviter's verified id.
+    sender_id: PeerId
+    #: The nickname the inviter gave.
+    nickname: str
+    #: The application's id (it may not be registered here).
+    application_id: uuid.UUID
+    #: The inviter's message.
+    message: str
+    #: The size of the inviter's data, in bytes.
+    data_size: int
+    #: The answer sent, or ``None`` when the inviter withdrew or went away first.
+    response: InvitationResponse | None
+    #: Why the node answered as it did.
+    reason: AnswerReason
+
+
 Event = (
     PresenceChanged
     | ApplicationChanged
@@ -156,3 +198,38 @@ Event = (
     | ContactChanged
     | SubscriptionListChanged
 )
+
+
+def event_filter(
+    types: Iterable[type[Any]], peer_id: PeerId | None, local: bool | None, item: uuid.UUID | None
+) -> Callable[[Any], bool]:
+    """Whether an event is one of ``types`` (default: presence, application, object and name
+    changes), of ``peer_id``, local or not (None: either), about ``item``; for the bus.
+
+    :raises TypeError: when a type is not a peerkit event class.
+    """
+    wanted = tuple(types) or (PresenceChanged, ApplicationChanged, ObjectChanged, NameChanged)
+    for kind in wanted:
+        if kind not in (
+            PresenceChanged,
+            ApplicationChanged,
+            ObjectChanged,
+            NameChanged,
+            ContactChanged,
+            SubscriptionListChanged,
+        ):
+            raise TypeError(f"{kind!r} is not a peerkit event class")
+
+    def accept(event: Any) -> bool:
+        if not isinstance(event, wanted):
+            return False
+        if local is not None and getattr(event, "local", False) is not local:
+            return False
+        if peer_id is not None and getattr(event, "peer_id", None) != peer_id:
+            return False
+        if item is not None:
+            thing = getattr(event, "application", None) or getattr(event, "object", None)
+            return thing is not None and thing.id == item
+        return True
+
+    return accept

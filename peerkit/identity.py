@@ -75,9 +75,9 @@ class PeerId:
         return cls(key)
 
     @classmethod
-    def _verified(cls, key: bytes) -> PeerId:
-        # The key of a signature that verified (libsodium checked the point then): the X25519
-        # conversion, which would check it again, is left until it is needed.
+    def from_verified(cls, key: bytes) -> PeerId:
+        """The id whose key is ``key``, taken from a signature that verified (libsodium checked the
+        point then): the X25519 conversion, which would check it again, is left until needed."""
         peer_id = cls.__new__(cls)
         peer_id._key = bytes(key)
         peer_id._x25519 = None

@@ -1,32 +1,45 @@
-"""Handles on remote peers: invite them, open application streams to them."""
+"""Remote peers: invite them, open application streams to them, fetch what they show."""
 
 from __future__ import annotations
 
 import math
 import uuid
-from collections.abc import Callable, Hashable
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
-from peerkit.apps import AppStream
-from peerkit.bus import EventWatch
 from peerkit.discovery.base import NearbyRecord
 from peerkit.identity import PeerId
 from peerkit.model import (
     MAX_INVITATION_WAIT,
     REQUEST_TIMEOUT,
     Application,
-    ChangeType,
     EndPoint,
     InvitationResponse,
     PeerObject,
     Presence,
 )
+from peerkit.streams import AppStream
 
-if TYPE_CHECKING:
-    from peerkit.node import Node
+__all__ = ("NearbyPeer", "Peer", "PeerOps", "wire_ttl")
 
-__all__ = ("NearbyChanged", "NearbyPeer", "NearbyWatch", "Peer")
+
+class PeerOps(Protocol):
+    """What a :class:`Peer` asks of the node it belongs to (the node gives each peer one)."""
+
+    async def invite(
+        self, peer: Peer, application: Application | uuid.UUID, message: str, data: bytes, timeout: float
+    ) -> InvitationResponse:
+        """Invite ``peer`` (see :meth:`Peer.invite`)."""
+        ...
+
+    async def open_stream(
+        self, peer: Peer, application: Application | uuid.UUID, timeout: float
+    ) -> AppStream:
+        """Open a stream to ``peer`` (see :meth:`Peer.open_stream`)."""
+        ...
+
+    async def fetch(self, peer: Peer, what: str, timeout: float) -> Any:
+        """Fetch ``"presence"``, ``"apps"`` or ``"objects"`` of ``peer`` once."""
+        ...
 
 
 class Peer:
@@ -39,7 +52,7 @@ class Peer:
     """
 
     def __init__(
-        self, node: Node, peer_id: PeerId, endpoints: tuple[EndPoint, ...], nickname: str = ""
+        self, ops: PeerOps, peer_id: PeerId, endpoints: tuple[EndPoint, ...], nickname: str = ""
     ) -> None:
         if not isinstance(peer_id, PeerId):
             raise TypeError(f"peer_id must be a PeerId, not {type(peer_id).__name__}")
@@ -48,7 +61,7 @@ class Peer:
         for endpoint in endpoints:
             if not isinstance(endpoint, EndPoint):
                 raise TypeError(f"endpoints must be EndPoint objects, not {type(endpoint).__name__}")
-        self._node = node
+        self._ops = ops
         #: The peer's verified id.
         self.id = peer_id
         #: Where it listens.
@@ -84,7 +97,7 @@ class Peer:
         invitee's handler is cancelled. To withdraw it from elsewhere, run the call inside an
         :class:`anyio.CancelScope` and cancel the scope: that is the cancel handle.
         """
-        return await self._node._invite(self, application, message, data, timeout)
+        return await self._ops.invite(self, application, message, data, timeout)
 
     async def open_stream(
         self, application: Application | uuid.UUID, *, timeout: float = REQUEST_TIMEOUT
@@ -101,7 +114,7 @@ class Peer:
 
         If cancelled, the connection being opened is closed.
         """
-        return await self._node._open_stream(self, application, timeout)
+        return await self._ops.open_stream(self, application, timeout)
 
     async def get_presence(self, *, timeout: float = REQUEST_TIMEOUT) -> Presence:
         """Fetch the peer's presence once, without subscribing (R6).
@@ -112,7 +125,7 @@ class Peer:
         :raises ProtocolError: when the answer is malformed.
         :raises NotRunning: when the node is not running.
         """
-        result: Presence = await self._node._fetch(self, "presence", timeout)
+        result: Presence = await self._ops.fetch(self, "presence", timeout)
         return result
 
     async def get_applications(self, *, timeout: float = REQUEST_TIMEOUT) -> list[Application]:
@@ -121,7 +134,7 @@ class Peer:
 
         :raises NotAllowed, PeerUnreachable, ProtocolError, NotRunning: as :meth:`get_presence`.
         """
-        result: list[Application] = await self._node._fetch(self, "apps", timeout)
+        result: list[Application] = await self._ops.fetch(self, "apps", timeout)
         return result
 
     async def get_objects(self, *, timeout: float = REQUEST_TIMEOUT) -> list[PeerObject]:
@@ -129,7 +142,7 @@ class Peer:
 
         :raises NotAllowed, PeerUnreachable, ProtocolError, NotRunning: as :meth:`get_presence`.
         """
-        result: list[PeerObject] = await self._node._fetch(self, "objects", timeout)
+        result: list[PeerObject] = await self._ops.fetch(self, "objects", timeout)
         return result
 
     def __eq__(self, other: object) -> bool:
@@ -150,8 +163,8 @@ class NearbyPeer(Peer):
     handshake is IK and only that peer can answer.
     """
 
-    def __init__(self, node: Node, record: NearbyRecord) -> None:
-        super().__init__(node, record.id, record.endpoints, record.nickname)
+    def __init__(self, ops: PeerOps, record: NearbyRecord) -> None:
+        super().__init__(ops, record.id, record.endpoints, record.nickname)
         #: The record it was made from (sequence number, sources, envelope).
         self.record = record
         #: The name of its endpoint.
@@ -167,34 +180,6 @@ class NearbyPeer(Peer):
     def __repr__(self) -> str:
         where = ", ".join(str(e) for e in self.endpoints)
         return f"<NearbyPeer {self.nickname or '?'} {self.id.fingerprint} at {where}>"
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class NearbyChanged:
-    """A peer near me appeared, changed or left."""
-
-    #: ADDED, UPDATED or DELETED.
-    change: ChangeType
-    #: The peer (for DELETED, as it was last seen).
-    peer: NearbyPeer
-
-    @property
-    def key(self) -> Hashable:
-        """Changes of one peer are merged for a slow reader."""
-        return ("nearby", self.peer.id)
-
-
-class NearbyWatch(EventWatch[NearbyChanged]):
-    """Changes of the people near me, as an async iterator of :class:`NearbyChanged`.
-
-    Memory is bounded by the number of peers, not of changes: when the reader is slow, the changes
-    of one peer are merged (ADDED then UPDATED is one ADDED with the latest record; ADDED then
-    DELETED is nothing). Iteration ends when the watch is closed, the node signs out of NEAR_ME, or
-    the node stops. Use it with ``async with`` (or call :meth:`aclose`).
-    """
-
-    def __init__(self, remove: Callable[[NearbyWatch], None]) -> None:
-        super().__init__(lambda event: True, remove)  # type: ignore[arg-type]
 
 
 def wire_ttl(timeout: float) -> int:

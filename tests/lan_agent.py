@@ -67,20 +67,16 @@ async def node_main(args: argparse.Namespace) -> None:
                 async for event in events:
                     emit(presence=event.presence.status.name, text=event.presence.text, id=str(event.peer_id))
 
-        async def report() -> None:
-            while True:
-                async with node.watch_nearby(initial=True) as watch:
-                    async for event in watch:
-                        emit(
-                            change=event.change.name,
-                            id=str(event.peer.id),
-                            nickname=event.peer.nickname,
-                            endpoints=[str(e) for e in event.peer.endpoints],
-                        )
-                await node._near_me.wait()
+        @node.on_nearby_changed  # from each sign-in to NEAR_ME, with everyone near me first
+        async def report(event: peerkit.NearbyChanged) -> None:
+            emit(
+                change=event.change.name,
+                id=str(event.peer.id),
+                nickname=event.peer.nickname,
+                endpoints=[str(e) for e in event.peer.endpoints],
+            )
 
         async with anyio.create_task_group() as tg:
-            tg.start_soon(report)
             tg.start_soon(watch_presence)
             emit(ready=str(node.id), port=node.endpoint.port)
             stdin = anyio.wrap_file(sys.stdin)

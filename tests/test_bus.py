@@ -35,15 +35,15 @@ def test_merge_rules() -> None:
 @pytest.mark.asyncio
 async def test_a_watch_merges_per_key_and_drops_the_oldest_over_its_limit() -> None:
     watch: EventWatch[Thing] = EventWatch(lambda e: e.name != "ignored", lambda w: None, limit=3)
-    watch._put(Thing(name="a", change=ChangeType.ADDED, value=1))
-    watch._put(Thing(name="a", change=ChangeType.UPDATED, value=2))
-    watch._put(Thing(name="b", change=ChangeType.ADDED))
-    watch._put(Thing(name="b", change=ChangeType.DELETED))  # never seen: nothing happened
-    watch._put(Thing(name="ignored", change=ChangeType.ADDED))
+    watch.put(Thing(name="a", change=ChangeType.ADDED, value=1))
+    watch.put(Thing(name="a", change=ChangeType.UPDATED, value=2))
+    watch.put(Thing(name="b", change=ChangeType.ADDED))
+    watch.put(Thing(name="b", change=ChangeType.DELETED))  # never seen: nothing happened
+    watch.put(Thing(name="ignored", change=ChangeType.ADDED))
     assert watch.pending == 1
     assert watch.pop_nowait() == Thing(name="a", change=ChangeType.ADDED, value=2)
     for name in "cdefg":
-        watch._put(Thing(name=name, change=ChangeType.UPDATED))
+        watch.put(Thing(name=name, change=ChangeType.UPDATED))
     assert (watch.pending, watch.dropped) == (3, 2)
     assert [watch.pop_nowait().name for _ in range(3)] == ["e", "f", "g"]
     with pytest.raises(anyio.WouldBlock):

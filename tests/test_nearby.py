@@ -12,8 +12,9 @@ import pytest
 
 from peerkit import ChangeType, InvitationResponse, Node, NotSignedIn, PeerUnreachable, Scope
 from peerkit.discovery import Directory, MemoryDiscovery, StaticDiscovery, make_record
+from peerkit.events import NearbyChanged
 from peerkit.identity import Identity
-from peerkit.peers import NearbyChanged, NearbyPeer
+from peerkit.peers import NearbyPeer
 from peerkit.testing import MemoryNetwork
 from tests.test_node import CHAT, accept_chat, nodes
 
@@ -250,9 +251,9 @@ async def test_record_request_needs_sign_in() -> None:
         from peerkit.errors import ProtocolError
 
         with pytest.raises(ProtocolError, match="unavailable"):
-            await a._fetch_record("10.0.0.2", 7000, b.id)
+            await a._requests.fetch_record("10.0.0.2", 7000, b.id)
         await b.sign_in(Scope.NEAR_ME)
-        envelope = await a._fetch_record("10.0.0.2", 7000, b.id)
+        envelope = await a._requests.fetch_record("10.0.0.2", 7000, b.id)
         directory = Directory(a.id)
         record = directory.found(envelope, source="test")
         assert record is not None
@@ -387,7 +388,7 @@ class Stuck:
 async def test_a_stuck_provider_does_not_hang_sign_in_or_out(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    monkeypatch.setattr("peerkit.node.core.PROVIDER_TIMEOUT", 0.1)
+    monkeypatch.setattr("peerkit.node.nearby.PROVIDER_TIMEOUT", 0.1)
     async with node("alice", "10.0.0.1", MemoryNetwork(), discovery=[Stuck()]) as alice:
         with anyio.fail_after(2):
             await alice.sign_in(Scope.NEAR_ME)

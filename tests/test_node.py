@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import json
 import logging
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -109,6 +110,47 @@ async def test_node_lifetime_and_endpoint(tmp_path: Path) -> None:
             pass
     async with Node(data_dir=tmp_path, listen=("127.0.0.1", 0)) as again:
         assert again.id == first_id  # the identity was persisted
+
+
+async def test_a_node_json_of_an_earlier_version_is_folded_into_the_database(tmp_path: Path) -> None:
+    async with Node(data_dir=tmp_path, listen=("127.0.0.1", 0)) as node:
+        first_id = node.id
+    (tmp_path / "node.json").write_text(json.dumps({"endpoint_name": "attic", "other": 1}), "utf-8")
+    async with Node(data_dir=tmp_path, listen=("127.0.0.1", 0)) as node:
+        assert node.id == first_id
+        assert node.endpoint_name == "attic"
+        assert node.endpoint.name == "attic"
+    assert not (tmp_path / "node.json").exists()
+    assert (tmp_path / "node.json.migrated").exists()
+    async with Node(data_dir=tmp_path, listen=("127.0.0.1", 0)) as node:
+        assert node.endpoint_name == "attic"  # from the database now
+
+
+async def test_an_unreadable_node_json_is_set_aside(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    (tmp_path / "node.json").write_text("{not json", "utf-8")
+    async with Node(data_dir=tmp_path, listen=("127.0.0.1", 0)) as node:
+        assert node.endpoint_name == ""
+    assert "unreadable settings file" in caplog.text
+    assert (tmp_path / "node.json.migrated").exists()
+
+
+async def test_an_endpoint_name_set_before_start_is_kept(tmp_path: Path) -> None:
+    node = Node(data_dir=tmp_path, listen=("127.0.0.1", 0))
+    node.endpoint_name = "porch"
+    async with node:
+        assert node.endpoint.name == "porch"
+    async with Node(data_dir=tmp_path, listen=("127.0.0.1", 0)) as again:
+        assert again.endpoint_name == "porch"
+
+
+async def test_iterators_of_a_stopped_node_are_refused() -> None:
+    node = Node(identity=Identity.generate(), listen=("127.0.0.1", 0))
+    async with node:
+        await node.register_application(CHAT)
+    with pytest.raises(NotRunning, match="stopped"):
+        node.invitations(CHAT)
+    with pytest.raises(NotRunning, match="stopped"):
+        node.streams(CHAT)
 
 
 async def test_wildcard_listen_shows_loopback() -> None:
@@ -611,8 +653,8 @@ async def test_simultaneous_dial_converges_on_one_channel() -> None:
             while alice.channels(bob.id) != 1 or bob.channels(alice.id) != 1:
                 await anyio.sleep(0.02)
         # Both kept the same one: the one the lower id dialled.
-        (kept_a,) = [c for c in alice._controls[bob.id] if not c.closed]
-        (kept_b,) = [c for c in bob._controls[alice.id] if not c.closed]
+        (kept_a,) = [c for c in alice._connections.controls(bob.id) if not c.closed]
+        (kept_b,) = [c for c in bob._connections.controls(alice.id) if not c.closed]
         assert kept_a.channel.handshake_hash == kept_b.channel.handshake_hash
         assert kept_a.dialler == min(alice.id, bob.id, key=bytes)
         assert await to_bob.invite(CHAT, timeout=5) is ACCEPTED
@@ -821,7 +863,7 @@ async def test_disconnect_closes_the_channel_and_the_next_request_dials_again() 
     async with nodes() as (alice, bob):
         await accept_chat(alice, bob)
         peer = await alice.peer_at(bob.endpoint.host, bob.endpoint.port)
-        first = alice._controls[bob.id][0].channel.handshake_hash
+        first = alice._connections.controls(bob.id)[0].channel.handshake_hash
         await alice.disconnect(bob.id)
         await alice.disconnect(bob.id)  # nothing left: harmless
         assert alice.channels(bob.id) == 0
@@ -829,7 +871,7 @@ async def test_disconnect_closes_the_channel_and_the_next_request_dials_again() 
             while bob.channels(alice.id):
                 await anyio.sleep(0.01)
         assert await peer.invite(CHAT, timeout=5) is ACCEPTED
-        assert alice._controls[bob.id][0].channel.handshake_hash != first
+        assert alice._connections.controls(bob.id)[0].channel.handshake_hash != first
 
 
 async def test_a_node_leaves_no_task_thread_or_socket_behind(tmp_path: Path) -> None:

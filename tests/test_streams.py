@@ -78,7 +78,7 @@ async def test_echo_and_half_close(where: str) -> None:
             with anyio.fail_after(5), pytest.raises(anyio.EndOfStream):
                 await stream.receive()
         # The stream had its own connection and Noise session.
-        control = alice._controls[bob.id][0]
+        control = alice._connections.controls(bob.id)[0]
         assert stream.handshake_hash != control.channel.handshake_hash
 
 

@@ -352,7 +352,7 @@ async def test_scopes_decide_what_a_one_shot_fetch_sees() -> None:
         await alice.set_presence(BUSY)
         near_alice = await nearby_stranger.find_nearby(peer_id=alice.id, timeout=5)
         with anyio.fail_after(5):  # alice must see it near her too
-            while alice._directory is None or alice._directory.get(nearby_stranger.id) is None:
+            while not alice._nearby.is_near(nearby_stranger.id):
                 await anyio.sleep(0.01)
         assert {a.id for a in await near_alice.get_applications()} == {CHAT.id, NEAR.id}
         assert {o.data for o in await near_alice.get_objects()} == {b"near", b"all"}

@@ -269,7 +269,7 @@ class Directory:
         if claimed_id is not None and bytes(claimed_id) != record.id:
             self.stats.invalid += 1  # a record of one id offered as another's
             return None
-        peer_id = PeerId._verified(record.id)  # its signature just verified
+        peer_id = PeerId.from_verified(record.id)  # its signature just verified
         if peer_id == self._local_id:
             return None
         entry = self._entries.get(peer_id)

@@ -20,6 +20,7 @@ from anyio.abc import SocketAttribute
 from peerkit.errors import HandshakeError, PeerUnreachable, ProtocolError
 from peerkit.identity import Identity, PeerId
 from peerkit.model import EndPoint, check_text
+from peerkit.net.transport import TcpTransport, Transport
 from peerkit.proto import messages
 from peerkit.proto.connection import (
     HANDSHAKE_TIMEOUT,
@@ -347,6 +348,49 @@ class SecureChannel(anyio.abc.AsyncResource):
         return f"<SecureChannel {state} peer={self.peer.id.fingerprint} {self.protocol}>"
 
 
+async def dial(
+    network: Transport,
+    host: str,
+    port: int,
+    identity: Identity,
+    *,
+    peer_id: PeerId | None = None,
+    nickname: str = "",
+    endpoint_name: str = "",
+    timeout: float = HANDSHAKE_TIMEOUT,
+    port_hint: int | None = None,
+    use: str = messages.USE_CONTROL,
+    local_host: str = "",
+) -> SecureChannel:
+    """Connect to ``host:port`` over ``network`` and run the handshake: the one dial path.
+
+    ``timeout`` bounds the connect and the handshake together. The stream is closed when the
+    handshake fails or is cancelled (:meth:`SecureChannel.wrap`). ``port_hint`` (the port this
+    side listens on) and ``use`` travel in the hello.
+
+    :raises PeerUnreachable: when no connection can be made in time, or it breaks.
+    :raises HandshakeError: when the handshake fails, is not done in time, or the peer is not
+        ``peer_id``.
+    """
+    start = anyio.current_time()
+    try:
+        with anyio.fail_after(timeout):
+            stream = await network.connect(host, port, local_host=local_host)
+    except TimeoutError:
+        raise PeerUnreachable(f"could not connect to {host}:{port} within {timeout} s") from None
+    return await SecureChannel.wrap(
+        stream,
+        identity,
+        initiator=True,
+        expected_peer=peer_id,
+        nickname=nickname,
+        endpoint_name=endpoint_name,
+        handshake_timeout=max(timeout - (anyio.current_time() - start), 0.001),
+        port=port_hint,
+        use=use,
+    )
+
+
 async def connect(
     host: str,
     port: int,
@@ -369,22 +413,15 @@ async def connect(
     EndPoint(host, port)  # validates host and port
     if not timeout > 0:
         raise ValueError(f"timeout must be positive, not {timeout}")
-    start = anyio.current_time()
-    try:
-        with anyio.fail_after(timeout):
-            stream = await anyio.connect_tcp(host, port)
-    except TimeoutError:
-        raise PeerUnreachable(f"could not connect to {host}:{port} within {timeout} s") from None
-    except OSError as exc:
-        raise PeerUnreachable(f"could not connect to {host}:{port}: {exc.strerror or exc}") from exc
-    return await SecureChannel.wrap(
-        stream,
+    return await dial(
+        TcpTransport(),
+        host,
+        port,
         identity,
-        initiator=True,
-        expected_peer=peer_id,
+        peer_id=peer_id,
         nickname=nickname,
         endpoint_name=endpoint_name,
-        handshake_timeout=max(timeout - (anyio.current_time() - start), 0.001),
+        timeout=timeout,
     )
 
 

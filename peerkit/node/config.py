@@ -7,10 +7,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from peerkit.apps import InvitationPolicy
 from peerkit.discovery.base import DiscoveryProvider
 from peerkit.discovery.registry import create_provider
 from peerkit.identity import Identity, default_data_dir
+from peerkit.invitations import InvitationPolicy
 from peerkit.model import check_seconds, check_text
 from peerkit.net.control import KeepalivePolicy
 from peerkit.net.transport import TcpTransport, Transport

@@ -34,11 +34,13 @@ __all__ = (
     "RecordRequest",
     "Refused",
     "Request",
+    "StreamRequest",
     "SubscribeRequest",
     "UnsubscribeRequest",
     "What",
     "check_reply",
     "decode_request",
+    "decode_stream_request",
     "error_reply",
     "is_uint",
 )
@@ -146,6 +148,25 @@ class UnsubscribeRequest:
     """``unsubscribe``: end the subscription on this channel (section 4.7)."""
 
     rid: int
+
+
+@dataclass(frozen=True, slots=True)
+class StreamRequest:
+    """``stream``: the first message of an application stream connection (section 4.3)."""
+
+    rid: int
+    app: uuid.UUID
+
+
+def decode_stream_request(message: dict[str, Any]) -> StreamRequest:
+    """The typed form of the first message of a stream connection.
+
+    :raises BadRequest: (``malformed``, without ``"rid"``) for anything but a well-formed ``stream``.
+    """
+    rid, app = message.get("rid"), message.get("app")
+    if message.get("t") != "stream" or not is_uint(rid) or not isinstance(app, bytes) or len(app) != 16:
+        raise BadRequest(ErrorCode.MALFORMED, 'a stream connection starts with {"t": "stream", ...}', None)
+    return StreamRequest(rid, uuid.UUID(bytes=app))
 
 
 Request = InviteRequest | GetRequest | CardRequest | RecordRequest | SubscribeRequest | UnsubscribeRequest

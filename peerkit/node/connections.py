@@ -1,0 +1,314 @@
+"""The node's connections: one control channel per peer and endpoint, shared dials, rivals.
+
+One :class:`Connections` part per node dials peers (one dial per peer and endpoint, however many
+callers wait for it), adopts the channels that complete a handshake on the listener, settles a
+simultaneous dial (both sides keep the channel the lower id dialled; docs/protocol.md section
+4.2), and runs each control channel until it ends. Application streams arrive on the same
+listener and are handed to the node's stream part.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Final
+
+import anyio
+import anyio.abc
+
+from peerkit.errors import NotRunning, PeerkitError, PeerUnreachable
+from peerkit.identity import Identity, PeerId
+from peerkit.model import EndPoint
+from peerkit.net.channel import SecureChannel, dial
+from peerkit.net.control import ControlChannel, Handler, KeepalivePolicy, NoticeHandler
+from peerkit.net.transport import Transport
+from peerkit.peers import Peer, PeerOps
+from peerkit.proto.messages import USE_CONTROL, USE_STREAM
+
+__all__ = ("MAX_CHANNELS_PER_PEER", "ChannelPeer", "Connections", "Me", "Route")
+
+log = logging.getLogger(__name__)
+
+#: Control channels one peer may have open to this node at a time; more are closed at once.
+MAX_CHANNELS_PER_PEER: Final = 8
+
+#: Gives an open control channel to a peer (dialling one when needed).
+Route = Callable[[], Awaitable[ControlChannel]]
+
+
+@dataclass(slots=True, eq=False)
+class _Dial:
+    done: anyio.Event = field(default_factory=anyio.Event)
+    control: ControlChannel | None = None
+    error: BaseException | None = None
+
+
+class ChannelPeer(Peer):
+    """The sender of a request whose listening port is not known: reachable over the channel it
+    opened (to invite it back), but not dialable for a stream."""
+
+    def __init__(self, ops: PeerOps, control: ControlChannel) -> None:
+        address = control.channel.peer.address
+        endpoint = EndPoint(address[0], address[1]) if address is not None else EndPoint("0.0.0.0", 1)
+        super().__init__(ops, control.peer_id, (endpoint,), control.channel.peer.nickname)
+        #: The channel it opened.
+        self.control = control
+
+    async def route(self) -> ControlChannel:
+        """The channel it opened, while it is open.
+
+        :raises PeerUnreachable: when it closed (nothing else reaches the peer).
+        """
+        if self.control.usable:
+            return self.control
+        raise PeerUnreachable(
+            f"the channel from {self.id.fingerprint} is closed and it did not say where it listens"
+        )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Me:
+    """What this node says of itself: in each handshake, and in its signed record."""
+
+    identity: Identity
+    nickname: str
+    endpoint_name: str
+    #: Where it listens (dials leave from its address; its port travels in the hello).
+    endpoint: EndPoint
+
+
+class Connections:
+    """Dials, adopts and runs this node's control channels; see the module docstring."""
+
+    def __init__(
+        self,
+        *,
+        network: Transport,
+        keepalive: KeepalivePolicy,
+        handshake_timeout: float,
+        handler: Handler,
+        notices: Mapping[str, NoticeHandler],
+        on_closed: Callable[[ControlChannel], None],
+        on_peer: Callable[[PeerId], None],
+        serve_stream: Callable[[SecureChannel], Awaitable[None]],
+        peer_ops: PeerOps,
+    ) -> None:
+        self._network = network
+        self._keepalive = keepalive
+        self._handshake_timeout = handshake_timeout
+        self._handler = handler
+        self._notices = notices
+        self._on_closed = on_closed
+        self._on_peer = on_peer
+        self._serve_stream = serve_stream
+        self._peer_ops = peer_ops
+        self._controls: dict[PeerId, list[ControlChannel]] = {}
+        self._dials: dict[tuple[PeerId | None, EndPoint], _Dial] = {}
+        self._tg: anyio.abc.TaskGroup | None = None
+        self._hello: Callable[[], Me] | None = None
+
+    def start(self, tg: anyio.abc.TaskGroup, hello: Callable[[], Me]) -> None:
+        """Dial and run channels in ``tg`` from now on; ``hello()`` says what this node says of
+        itself in each handshake (read at each dial: the nickname may change)."""
+        self._tg, self._hello = tg, hello
+
+    def _me(self) -> Me:
+        if self._hello is None:
+            raise NotRunning("the node is not running")
+        return self._hello()
+
+    def clear(self) -> None:
+        """Forget every channel (the node stopped: its task group closed them)."""
+        self._controls.clear()
+        self._dials.clear()
+        self._tg = self._hello = None
+
+    # -- what there is -----------------------------------------------------------------------
+    def channels(self, peer_id: PeerId) -> int:
+        """How many control channels to ``peer_id`` are open."""
+        return sum(1 for c in self._controls.get(peer_id, ()) if not c.closed)
+
+    def controls(self, peer_id: PeerId) -> list[ControlChannel]:
+        """The open control channels to ``peer_id``."""
+        return [c for c in self._controls.get(peer_id, ()) if not c.closed]
+
+    async def disconnect(self, peer_id: PeerId) -> None:
+        """Close every control channel to ``peer_id`` now."""
+        for control in list(self._controls.get(peer_id, ())):
+            await control.aclose()
+
+    def routes(self, peer: Peer, endpoints: tuple[EndPoint, ...], *, exact: bool = False) -> list[Route]:
+        """The ways to reach ``peer``: one per endpoint, or the channel it opened."""
+        if isinstance(peer, ChannelPeer):
+            return [peer.route]
+        return [functools.partial(self.control_to, peer.id, e, exact=exact) for e in endpoints]
+
+    def sender(self, control: ControlChannel) -> tuple[EndPoint | None, Peer]:
+        """The endpoint and :class:`Peer` of whoever opened ``control`` (made once per channel)."""
+        cached: tuple[EndPoint | None, Peer] | None = control.sender
+        if cached is None:
+            info = control.channel.peer
+            endpoint: EndPoint | None
+            peer: Peer
+            if control.endpoint is not None:
+                endpoint = EndPoint(control.endpoint.host, control.endpoint.port, info.endpoint_name)
+                peer = Peer(self._peer_ops, control.peer_id, (endpoint,), info.nickname)
+            else:
+                endpoint = EndPoint(*info.address, info.endpoint_name) if info.address is not None else None
+                peer = ChannelPeer(self._peer_ops, control)
+            cached = control.sender = (endpoint, peer)
+        return cached
+
+    # -- dialling ----------------------------------------------------------------------------
+    async def control_to(self, peer_id: PeerId | None, endpoint: EndPoint, *, exact: bool) -> ControlChannel:
+        """An open control channel to ``peer_id`` at ``endpoint`` (any endpoint of it unless
+        ``exact``; whoever listens there when ``peer_id`` is None), dialling one when there is
+        none. Concurrent callers share one dial.
+
+        :raises PeerUnreachable: when it cannot be reached.
+        :raises HandshakeError: when the peer there is not ``peer_id``.
+        :raises ValueError: when ``endpoint`` is this node itself.
+        """
+        for _ in range(3):
+            if peer_id is not None:
+                usable = [
+                    c
+                    for c in self._controls.get(peer_id, ())
+                    if c.usable and (c.endpoint == endpoint or not exact)
+                ]
+            else:
+                usable = [
+                    c for cs in self._controls.values() for c in cs if c.usable and c.endpoint == endpoint
+                ]
+            if usable:
+                return min(usable, key=ControlChannel.preference)
+            key = (peer_id, endpoint)
+            pending = self._dials.get(key)
+            if pending is None:
+                if self._tg is None:
+                    raise NotRunning("the node is not running")
+                pending = self._dials[key] = _Dial()
+                self._tg.start_soon(self._dial, key, pending)
+            await pending.done.wait()
+            if pending.error is not None:
+                raise pending.error
+            assert pending.control is not None
+            if pending.control.usable:
+                return pending.control
+            peer_id = pending.control.peer_id
+        raise PeerUnreachable(f"could not keep a channel open to {endpoint}")
+
+    async def _dial(self, key: tuple[PeerId | None, EndPoint], pending: _Dial) -> None:
+        peer_id, endpoint = key
+        control: ControlChannel | None = None
+        try:
+            channel = await self.connect(peer_id, endpoint, use=USE_CONTROL)
+            if channel.peer.id == self._me().identity.id:
+                await channel.aclose()
+                raise ValueError(f"{endpoint} is this node itself")
+            control = self._adopt(channel, initiator=True, endpoint=endpoint)
+            pending.control = control
+        except (PeerkitError, ValueError) as exc:
+            pending.error = exc
+        except Exception as exc:  # anything else must not take the node down with it
+            log.exception("dialling %s failed", endpoint)
+            pending.error = PeerUnreachable(f"could not reach {endpoint}: {exc!r}")
+            pending.error.__cause__ = exc
+        finally:
+            if pending.error is None and pending.control is None:  # cancelled: the node is stopping
+                pending.error = NotRunning("the node stopped while dialling")
+            self._dials.pop(key, None)
+            pending.done.set()
+        if control is not None:
+            await self._run(control)
+
+    async def connect(self, peer_id: PeerId | None, endpoint: EndPoint, *, use: str) -> SecureChannel:
+        """A new secure channel to ``endpoint`` (``use`` is ``"control"`` or ``"stream"``).
+
+        :raises PeerUnreachable: when nothing answers in time.
+        :raises HandshakeError: when the handshake fails or the peer is not ``peer_id``.
+        """
+        hello = self._me()
+        return await dial(
+            self._network,
+            endpoint.host,
+            endpoint.port,
+            hello.identity,
+            peer_id=peer_id,
+            nickname=hello.nickname,
+            endpoint_name=hello.endpoint_name,
+            timeout=self._handshake_timeout,
+            port_hint=hello.endpoint.port,
+            use=use,
+            local_host=hello.endpoint.host,
+        )
+
+    # -- channels ----------------------------------------------------------------------------
+    def _adopt(self, channel: SecureChannel, *, initiator: bool, endpoint: EndPoint | None) -> ControlChannel:
+        control = ControlChannel(
+            channel,
+            initiator=initiator,
+            local_id=self._me().identity.id,
+            endpoint=endpoint,
+            handler=self._handler,
+            notices=self._notices,
+            keepalive=self._keepalive,
+        )
+        self._on_peer(control.peer_id)
+        # The endpoint that was dialled: ours as the peer reached it, or the one we dialled.
+        control.via = (
+            (endpoint.host, endpoint.port) if initiator and endpoint is not None else channel.local_address
+        )
+        channels = self._controls.setdefault(control.peer_id, [])
+        rivals = [
+            c
+            for c in channels
+            if c.usable
+            and c.endpoint is not None
+            and c.endpoint == endpoint
+            and (c.dialler != control.dialler or c.via == control.via)
+        ]
+        channels.append(control)
+        if rivals:
+            # Both peers dialled each other (or one dialled the same endpoint twice): both keep
+            # the same channel (the one the lower id dialled) and retire the others, which close
+            # once their requests are answered. One peer dialling two addresses of the other is
+            # not a rivalry: both channels stay (a watcher follows each endpoint).
+            keep = min([*rivals, control], key=ControlChannel.preference)
+            assert self._tg is not None
+            for other in (*rivals, control):
+                if other is not keep:
+                    self._tg.start_soon(other.retire)
+        return control
+
+    async def _run(self, control: ControlChannel) -> None:
+        try:
+            await control.run()
+        finally:
+            self._on_closed(control)
+            channels = self._controls.get(control.peer_id)
+            if channels is not None and control in channels:
+                channels.remove(control)
+                if not channels:
+                    del self._controls[control.peer_id]
+
+    async def on_channel(self, channel: SecureChannel) -> None:
+        """Take a channel that completed the handshake on the listener."""
+        if channel.peer.id == self._me().identity.id:
+            return
+        if channel.peer.use == USE_STREAM:
+            await self._serve_stream(channel)
+            return
+        if self.channels(channel.peer.id) >= MAX_CHANNELS_PER_PEER:
+            log.warning(
+                "refusing a channel from %s: it has %d open already",
+                channel.peer.id.fingerprint,
+                MAX_CHANNELS_PER_PEER,
+            )
+            return
+        endpoint = None
+        if channel.peer.address is not None and channel.peer.port is not None:
+            endpoint = EndPoint(channel.peer.address[0], channel.peer.port)
+        await self._run(self._adopt(channel, initiator=False, endpoint=endpoint))

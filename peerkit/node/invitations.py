@@ -1,0 +1,349 @@
+"""Invitations, both ways: who may invite this node, receiving them, and sending them.
+
+One :class:`Invitations` part per node keeps the invitation policy and the peers trusted for
+this run, the handler (or iterator) of each application, and the observers; it answers ``invite``
+requests (its handler returns the reply) and ``invite_cancel`` notices, and sends this node's
+invitations to every endpoint of a peer at once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any, Final, Protocol
+
+import anyio
+
+from peerkit.contact import Contact
+from peerkit.errors import PeerkitError, PeerUnreachable, ProtocolError
+from peerkit.events import InvitationAnswered
+from peerkit.handles import Handle, Subscription
+from peerkit.identity import PeerId
+from peerkit.invitations import AnswerReason, Invitation, InvitationPolicy, InvitationState, Withdrawn
+from peerkit.model import (
+    MAX_INVITATION_WAIT,
+    Application,
+    EndPoint,
+    InvitationResponse,
+    check_data,
+    check_seconds,
+    check_text,
+)
+from peerkit.net.control import Answer, ControlChannel, Reply
+from peerkit.node.connections import ChannelPeer, Route
+from peerkit.node.receivers import Receivers
+from peerkit.peers import Peer, wire_ttl
+from peerkit.proto.requests import InviteRequest, Refused, check_reply
+
+__all__ = ("ContactLookup", "InvitationHandler", "Invitations", "Observer")
+
+log = logging.getLogger(__name__)
+
+InvitationHandler = Callable[[Invitation], Awaitable[InvitationResponse | None]]
+Observer = Callable[[InvitationAnswered], Awaitable[None]]
+
+_RESPONSES: Final = {
+    "accepted": InvitationResponse.ACCEPTED,
+    "declined": InvitationResponse.DECLINED,
+    "expired": InvitationResponse.EXPIRED,
+}
+_WIRE: Final = {v: k for k, v in _RESPONSES.items()}
+
+
+class ContactLookup(Protocol):
+    """What the part needs of the contact manager."""
+
+    def has(self, peer_id: PeerId) -> bool:
+        """Whether ``peer_id`` is a contact."""
+        ...
+
+    async def find_stored(self, peer_id: PeerId) -> Contact | None:
+        """The stored contact ``peer_id``, if any."""
+        ...
+
+
+class Invitations:
+    """Invitations both ways; see the module docstring."""
+
+    def __init__(
+        self,
+        *,
+        policy: InvitationPolicy,
+        queue_size: int,
+        contacts: ContactLookup,
+        registered: Callable[[Application | uuid.UUID], Application],
+        application: Callable[[uuid.UUID], Application | None],
+        sender: Callable[[ControlChannel], tuple[EndPoint | None, Peer]],
+        routes: Callable[[Peer, bool], list[Route]],
+        check_running: Callable[[], None],
+    ) -> None:
+        self._policy = policy
+        self._contacts = contacts
+        self._registered = registered
+        self._application = application
+        self._sender = sender
+        self._routes = routes
+        self._check_running = check_running
+        self._trusted: set[PeerId] = set()
+        self._observers: list[Observer] = []
+        #: Who takes the invitations of each application.
+        self.receivers: Receivers[Invitation, InvitationResponse | None] = Receivers(
+            "an invitation", queue_size
+        )
+        self._incoming: dict[tuple[int, int], tuple[InvitationState, anyio.CancelScope]] = {}
+
+    def clear(self) -> None:
+        """The node stopped: iterators end, nothing is pending."""
+        self.receivers.stop()
+        self._incoming.clear()
+
+    # -- policy and trust --------------------------------------------------------------------
+    @property
+    def policy(self) -> InvitationPolicy:
+        """Who may invite this node and open streams to it."""
+        return self._policy
+
+    @policy.setter
+    def policy(self, policy: InvitationPolicy) -> None:
+        if not isinstance(policy, InvitationPolicy):
+            raise TypeError(f"invitation_policy must be an InvitationPolicy, not {type(policy).__name__}")
+        self._policy = policy
+
+    @property
+    def trusted(self) -> frozenset[PeerId]:
+        """The ids trusted for this run."""
+        return frozenset(self._trusted)
+
+    def trust(self, peer_id: PeerId) -> None:
+        """Trust ``peer_id`` for this run."""
+        if not isinstance(peer_id, PeerId):
+            raise TypeError(f"peer_id must be a PeerId, not {type(peer_id).__name__}")
+        self._trusted.add(peer_id)
+
+    def untrust(self, peer_id: PeerId) -> None:
+        """Stop trusting ``peer_id`` for this run."""
+        self._trusted.discard(peer_id)
+
+    def is_trusted(self, peer_id: PeerId) -> bool:
+        """Whether ``peer_id`` is trusted: for this run, or as a contact."""
+        return peer_id in self._trusted or self._contacts.has(peer_id)
+
+    def allows(self, peer_id: PeerId) -> bool:
+        """Whether the policy lets ``peer_id`` invite this node and open streams to it."""
+        if self._policy is InvitationPolicy.NOBODY:
+            return False
+        return self._policy is InvitationPolicy.ANYONE or self.is_trusted(peer_id)
+
+    # -- receivers and observers -------------------------------------------------------------
+    def add_handler(self, application: Application | uuid.UUID, handler: InvitationHandler) -> Handle:
+        """Answer invitations to ``application`` with ``handler`` (see
+        :meth:`Node.add_invitation_handler`)."""
+        if not callable(handler):
+            raise TypeError(
+                f"an invitation handler must be a coroutine function, not {type(handler).__name__}"
+            )
+        return self.receivers.add(application, _answer_of(handler))
+
+    def iterator(self, application: Application | uuid.UUID) -> Subscription[Invitation]:
+        """Invitations to ``application`` as an async iterator (see :meth:`Node.invitations`)."""
+
+        async def wait_for_answer(invitation: Invitation) -> InvitationResponse | None:
+            return await invitation.state.wait()
+
+        return self.receivers.iterator(application, wait_for_answer, InvitationResponse.DECLINED)
+
+    def add_observer(self, observer: Observer) -> Handle:
+        """Call ``observer(event)`` after every invitation received has been answered or withdrawn."""
+        self._observers.append(observer)
+
+        def remove() -> None:
+            if observer in self._observers:
+                self._observers.remove(observer)
+
+        return Handle(remove)
+
+    async def _observe(
+        self,
+        control: ControlChannel,
+        request: InviteRequest,
+        response: InvitationResponse | None,
+        why: AnswerReason,
+    ) -> None:
+        if not self._observers:
+            return
+        event = InvitationAnswered(
+            sender_id=control.peer_id,
+            nickname=control.channel.peer.nickname,
+            application_id=request.app,
+            message=request.message,
+            data_size=len(request.data),
+            response=response,
+            reason=why,
+        )
+        for observer in list(self._observers):
+            try:
+                await observer(event)
+            except Exception:
+                log.exception("invitation observer %r failed", observer)
+
+    # -- receiving ---------------------------------------------------------------------------
+    def on_cancel(self, control: ControlChannel, message: dict[str, Any]) -> None:
+        """An ``invite_cancel`` notice: withdraw the invitation and cancel its handler."""
+        entry = self._incoming.get((id(control), message.get("rid")))  # type: ignore[arg-type]
+        if entry is not None:
+            state, scope = entry
+            state.withdraw(Withdrawn.CANCELLED)
+            scope.cancel()
+
+    async def on_invite(self, control: ControlChannel, request: InviteRequest) -> Reply:
+        """The reply to an ``invite`` (None when the inviter withdrew it or went away)."""
+        app = self._application(request.app)
+        receiver = self.receivers.get(request.app)
+        peer_id = control.peer_id
+        if app is None or receiver is None or not self.allows(peer_id):
+            why = (
+                AnswerReason.NOT_REGISTERED
+                if app is None
+                else AnswerReason.NO_HANDLER
+                if receiver is None
+                else AnswerReason.POLICY
+            )
+            log.info("declining an invitation from %s to %s (%s)", peer_id.fingerprint, request.app, why)
+            return self._reply(control, request, InvitationResponse.DECLINED, why)
+        endpoint, peer = self._sender(control)
+        contact = await self._contacts.find_stored(peer_id) if self._contacts.has(peer_id) else None
+        state = InvitationState()
+        invitation = Invitation(
+            sender_id=peer_id,
+            nickname=control.channel.peer.nickname,
+            endpoint=endpoint,
+            peer=peer,
+            application=app,
+            message=request.message,
+            data=request.data,
+            trusted=self.is_trusted(peer_id),
+            contact=contact,
+            expires_at=anyio.current_time() + request.ttl,
+            state=state,
+        )
+        key = (id(control), request.rid)
+        scope = anyio.CancelScope(deadline=invitation.expires_at)
+        self._incoming[key] = (state, scope)
+        response: InvitationResponse | None = None
+        try:
+            with scope:
+                response = await receiver(invitation)
+        finally:
+            self._incoming.pop(key, None)
+        if state.withdrawn is Withdrawn.CANCELLED:
+            await self._observe(control, request, None, AnswerReason.CANCELLED)
+            return None
+        if control.closed:
+            state.withdraw(Withdrawn.DISCONNECTED)
+            await self._observe(control, request, None, AnswerReason.DISCONNECTED)
+            return None
+        why = AnswerReason.HANDLER
+        if response is None:
+            state.withdraw(Withdrawn.EXPIRED)
+            response, why = InvitationResponse.EXPIRED, AnswerReason.EXPIRED
+        else:
+            state.record(response)
+        return self._reply(control, request, response, why)
+
+    def _reply(
+        self, control: ControlChannel, request: InviteRequest, response: InvitationResponse, why: AnswerReason
+    ) -> Answer:
+        # Observers hear of the answer once it went out.
+        async def sent(_: bool) -> None:
+            await self._observe(control, request, response, why)
+
+        return Answer({"t": "invite_reply", "r": _WIRE[response]}, sent)
+
+    # -- sending -----------------------------------------------------------------------------
+    async def invite(
+        self, peer: Peer, application: Application | uuid.UUID, message: str, data: bytes, timeout: float
+    ) -> InvitationResponse:
+        """Invite ``peer`` at every endpoint at once (see :meth:`Peer.invite`)."""
+        app = self._registered(application)
+        check_text(message, "invitation message")
+        data = check_data(data, "invitation data")
+        timeout = check_seconds(timeout, "invitation timeout", MAX_INVITATION_WAIT)
+        self._check_running()
+        request = {"t": "invite", "app": app.id.bytes, "msg": message, "data": data, "ttl": wire_ttl(timeout)}
+        deadline = anyio.current_time() + timeout
+        routes = self._routes(peer, False)
+        if not routes:
+            raise PeerUnreachable(f"no endpoint of {peer.id.fingerprint} is known")
+        if len(routes) == 1 or isinstance(peer, ChannelPeer):
+            return await self._invite_on(routes[0], request, deadline)
+        results: list[InvitationResponse] = []
+        errors: list[PeerkitError] = []
+
+        async def one(route: Route, scope: anyio.CancelScope) -> None:
+            try:
+                result = await self._invite_on(route, request, deadline)
+            except (PeerUnreachable, ProtocolError) as exc:
+                errors.append(exc)
+                return
+            results.append(result)
+            if result is InvitationResponse.ACCEPTED:
+                scope.cancel()  # the first acceptance wins; the others are withdrawn
+
+        async with anyio.create_task_group() as tg:
+            for route in self._routes(peer, True):
+                tg.start_soon(one, route, tg.cancel_scope)
+        for answer in (InvitationResponse.ACCEPTED, InvitationResponse.DECLINED, InvitationResponse.EXPIRED):
+            if answer in results:
+                return answer
+        raise errors[0]
+
+    async def _invite_on(self, route: Route, request: dict[str, Any], deadline: float) -> InvitationResponse:
+        reply: dict[str, Any] | None = None
+        with anyio.CancelScope(deadline=deadline):
+            control = await route()
+            pending = await control.start_request(request)
+            try:
+                reply = await pending.wait()
+            except anyio.get_cancelled_exc_class():
+                # Withdraw it: our deadline passed, or the caller cancelled.
+                control.forget(pending)
+                with (
+                    anyio.CancelScope(shield=True),
+                    anyio.move_on_after(2),
+                    contextlib.suppress(PeerUnreachable),
+                ):
+                    await control.notify({"t": "invite_cancel", "rid": pending.rid})
+                raise
+        if reply is None:
+            return InvitationResponse.EXPIRED
+        who = control.peer_id.fingerprint
+        try:
+            answer = _RESPONSES.get(check_reply(reply, "invite_reply").get("r"))  # type: ignore[arg-type]
+        except Refused as exc:
+            raise ProtocolError(f"{who} refused the invitation: {exc}") from None
+        except ProtocolError as exc:
+            raise ProtocolError(f"{who} {exc}") from None
+        if answer is None:
+            raise ProtocolError(f"{who} answered the invitation with {reply.get('r')!r}")
+        return answer
+
+
+def _answer_of(handler: InvitationHandler) -> InvitationHandler:
+    # A handler's answer: what it returns, or what it answered with accept()/decline(); a handler
+    # that fails declines.
+    async def receive(invitation: Invitation) -> InvitationResponse | None:
+        try:
+            result = await handler(invitation)
+        except Exception:
+            log.exception("invitation handler for %s failed; declining", invitation.application.id)
+            return InvitationResponse.DECLINED
+        if isinstance(result, InvitationResponse):
+            return result
+        if invitation.response is not None:
+            return invitation.response
+        log.warning("invitation handler for %s returned %r; declining", invitation.application.id, result)
+        return InvitationResponse.DECLINED
+
+    return receive

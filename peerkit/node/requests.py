@@ -1,0 +1,160 @@
+"""Requests over control channels: the dispatch table for those of peers, and this node's own.
+
+Every request a peer sends is decoded once (:func:`peerkit.proto.requests.decode_request`) and
+handed, by its type, to the handler in the table; each handler **returns** its reply, which the
+control channel sends. This node's own requests (``get``, ``card``, ``record``) go out through
+:meth:`Requests.request`, which tries each way to reach the peer and reads errors in one place.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+import anyio
+
+from peerkit.contacts import CardContent, read_card
+from peerkit.discovery.base import read_record
+from peerkit.errors import InvalidRecord, NotAllowed, PeerUnreachable, ProtocolError
+from peerkit.identity import PeerId
+from peerkit.model import MAX_APPLICATIONS, MAX_OBJECTS, EndPoint, check_seconds
+from peerkit.net.control import ControlChannel, Reply
+from peerkit.node.connections import Route
+from peerkit.peers import Peer
+from peerkit.presence import read_app, read_object, read_presence
+from peerkit.proto.requests import (
+    BadRequest,
+    ErrorCode,
+    Refused,
+    Request,
+    check_reply,
+    decode_request,
+)
+
+__all__ = ("RequestHandler", "Requests")
+
+log = logging.getLogger(__name__)
+
+#: Takes one decoded request of a peer and returns the reply.
+RequestHandler = Callable[[ControlChannel, Any], Awaitable[Reply]]
+
+
+class Requests:
+    """Requests both ways; see the module docstring.
+
+    ``handlers`` maps each request class of :mod:`peerkit.proto.requests` to its handler.
+    """
+
+    def __init__(
+        self,
+        *,
+        handlers: Mapping[type[Request], RequestHandler],
+        routes: Callable[[Peer], list[Route]],
+        control_to: Callable[..., Awaitable[ControlChannel]],
+        check_running: Callable[[], None],
+        record_timeout: float,
+    ) -> None:
+        self._handlers = dict(handlers)
+        self._routes = routes
+        self._control_to = control_to
+        self._check_running = check_running
+        self._record_timeout = record_timeout
+
+    # -- from peers --------------------------------------------------------------------------
+    async def dispatch(self, control: ControlChannel, message: dict[str, Any]) -> Reply:
+        """The reply to ``message``, a request of the peer on ``control``."""
+        try:
+            request = decode_request(message)
+        except BadRequest as exc:
+            return exc.reply()
+        return await self._handlers[type(request)](control, request)
+
+    # -- ours --------------------------------------------------------------------------------
+    async def request(self, peer: Peer, message: dict[str, Any], timeout: float, what: str) -> dict[str, Any]:
+        """Send ``message`` to ``peer`` (trying each way to reach it) and return the reply.
+
+        :raises NotAllowed: when the peer refused (``not-allowed``, ``unavailable``).
+        :raises ProtocolError: when it answered with another error.
+        :raises PeerUnreachable: when no way reached it within ``timeout`` seconds.
+        """
+        timeout = check_seconds(timeout, f"{what} timeout", None)
+        self._check_running()
+        who = peer.id.fingerprint
+        errors: list[PeerUnreachable] = []
+        with anyio.move_on_after(timeout):
+            for route in self._routes(peer):
+                try:
+                    control = await route()
+                    pending = await control.start_request(message)
+                    reply = await pending.wait()
+                except PeerUnreachable as exc:
+                    errors.append(exc)
+                    continue
+                if reply["t"] == "error":
+                    raise _refused(who, what, Refused(reply.get("code"), reply.get("msg")))
+                return reply
+        if errors:
+            raise errors[-1]
+        raise PeerUnreachable(f"{who} did not answer {what} within {timeout} s")
+
+    async def fetch(self, peer: Peer, what: str, timeout: float) -> Any:
+        """``peer``'s presence, applications or objects (``what``), once."""
+        reply = await self.request(peer, {"t": "get", "what": what}, timeout, f"a {what} request")
+        try:
+            check_reply(reply, "get_reply")
+            if what == "presence":
+                return read_presence(reply.get("presence"))
+            items = reply.get(what)
+            limit = MAX_APPLICATIONS if what == "apps" else MAX_OBJECTS
+            if not isinstance(items, list) or len(items) > limit:
+                raise ProtocolError(f'"{what}" must be a list of at most {limit}')
+            return [read_app(i) for i in items] if what == "apps" else [read_object(i) for i in items]
+        except ProtocolError as exc:
+            raise ProtocolError(
+                f"{peer.id.fingerprint} sent a bad answer to a {what} request: {exc}"
+            ) from None
+
+    async def fetch_card(self, peer: Peer, timeout: float) -> CardContent:
+        """``peer``'s contact card, checked: it verifies and is the card of ``peer``."""
+        reply = await self.request(peer, {"t": "card"}, timeout, "a card request")
+        who = peer.id.fingerprint
+        card = check_reply(reply, "card_reply").get("card")
+        if not isinstance(card, bytes):
+            raise ProtocolError(f"{who} answered a card request without a card")
+        try:
+            content = read_card(card)
+        except InvalidRecord as exc:
+            raise ProtocolError(f"{who} sent a card that does not verify: {exc}") from exc
+        if content.id != peer.id:
+            raise ProtocolError(f"{who} sent the card of another peer ({content.id.fingerprint})")
+        return content
+
+    async def fetch_record(self, host: str, port: int, peer_id: PeerId | None) -> bytes:
+        """The signed record the node at ``host:port`` publishes (for the static provider)."""
+        control = await self._control_to(peer_id, EndPoint(host, port), exact=True)
+        pending = await control.start_request({"t": "record"})
+        with anyio.fail_after(self._record_timeout):
+            reply = await pending.wait()
+        who = control.peer_id.fingerprint
+        try:
+            envelope = check_reply(reply, "record_reply").get("rec")
+        except Refused as exc:
+            raise ProtocolError(f"{who} refused a record request: {exc}") from None
+        if not isinstance(envelope, bytes):
+            raise ProtocolError(f"{who} answered a record request without a record")
+        try:
+            record = read_record(envelope)[0]
+        except InvalidRecord as exc:
+            raise ProtocolError(f"{who} sent a record that does not verify: {exc}") from exc
+        if record.id != bytes(control.peer_id):
+            raise ProtocolError(f"{who} sent the record of another peer")
+        return envelope
+
+
+def _refused(who: str, what: str, refusal: Refused) -> Exception:
+    # The one reading of an error a peer answered with.
+    if refusal.code in (ErrorCode.NOT_ALLOWED, ErrorCode.UNAVAILABLE):
+        return NotAllowed(f"{who} refused {what}: {refusal.text}")
+    code = refusal.code.value if isinstance(refusal.code, ErrorCode) else refusal.code
+    return ProtocolError(f"{who} refused {what}: {code}: {refusal.text}")

@@ -1,0 +1,88 @@
+"""The node's own settings, in one store: the settings table of its SQLite database.
+
+Earlier versions kept the endpoint name in a ``node.json`` file beside the database. The first
+start of a node on such a data dir moves what that file holds into the settings table (an
+unreadable file is set aside with a warning) and renames the file to ``node.json.migrated``; the
+database is the only store from then on.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Final, Protocol
+
+from peerkit.model import MAX_TEXT
+
+__all__ = ("ENDPOINT_NAME", "LEGACY_FILE", "Settings", "SettingsStore")
+
+log = logging.getLogger(__name__)
+
+#: The settings key of the endpoint name.
+ENDPOINT_NAME: Final = "endpoint_name"
+#: The settings file of earlier versions, folded into the database at the first start.
+LEGACY_FILE: Final = "node.json"
+
+
+class SettingsStore(Protocol):
+    """Where settings are kept (the contact manager's settings table)."""
+
+    def setting(self, key: str) -> str | None:
+        """A saved setting, or None."""
+        ...
+
+    async def save_setting(self, key: str, value: str) -> None:
+        """Save a setting."""
+        ...
+
+
+class Settings:
+    """The settings of one node; see the module docstring."""
+
+    def __init__(self, store: SettingsStore, data_dir: Path | None) -> None:
+        self._store = store
+        self._data_dir = data_dir
+        self._unsaved: dict[str, str] = {}
+
+    async def load(self) -> None:
+        """Migrate ``node.json`` if there is one, then save what was set before the node started."""
+        if self._data_dir is not None:
+            legacy = self._data_dir / LEGACY_FILE
+            if legacy.exists():
+                for key, value in _read_legacy(legacy).items():
+                    if self._store.setting(key) is None:
+                        await self._store.save_setting(key, value)
+                os.replace(legacy, legacy.with_name(LEGACY_FILE + ".migrated"))
+        await self.flush()
+
+    def get(self, key: str, default: str = "") -> str:
+        """A setting (one set but not saved yet included)."""
+        if key in self._unsaved:
+            return self._unsaved[key]
+        value = self._store.setting(key)
+        return default if value is None else value
+
+    def set(self, key: str, value: str) -> None:
+        """Set a setting; it is saved by the next :meth:`flush`."""
+        self._unsaved[key] = value
+
+    async def flush(self) -> None:
+        """Save every setting set since the last flush."""
+        while self._unsaved:
+            key, value = next(iter(self._unsaved.items()))
+            await self._store.save_setting(key, value)
+            if self._unsaved.get(key) == value:
+                del self._unsaved[key]
+
+
+def _read_legacy(path: Path) -> dict[str, str]:
+    # What an earlier version's node.json held that is still a setting.
+    try:
+        settings = json.loads(path.read_text("utf-8"))
+    except (OSError, ValueError) as exc:
+        log.warning("ignoring unreadable settings file %s: %s", path, exc)
+        return {}
+    name = settings.get(ENDPOINT_NAME) if isinstance(settings, dict) else None
+    return {ENDPOINT_NAME: name[:MAX_TEXT]} if isinstance(name, str) else {}

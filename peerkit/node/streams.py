@@ -1,0 +1,169 @@
+"""Application streams, both ways: opening them to peers, and serving those opened to this node.
+
+An application stream is a connection of its own with its own handshake (docs/protocol.md section
+4.3). One :class:`Streams` part per node keeps the handler (or iterator) of each application, the
+streams open now (closed when the node stops), and answers the ``stream`` request that starts a
+stream connection.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Awaitable, Callable
+
+import anyio
+
+from peerkit.errors import NotAllowed, PeerUnreachable, ProtocolError
+from peerkit.handles import Handle, Subscription
+from peerkit.identity import PeerId
+from peerkit.model import Application, EndPoint, check_seconds
+from peerkit.net.channel import SecureChannel
+from peerkit.node.connections import ChannelPeer
+from peerkit.node.receivers import Receivers
+from peerkit.peers import Peer
+from peerkit.proto.messages import USE_STREAM
+from peerkit.proto.requests import BadRequest, Refused, check_reply, decode_stream_request
+from peerkit.streams import AppStream
+
+__all__ = ("StreamHandler", "Streams")
+
+log = logging.getLogger(__name__)
+
+StreamHandler = Callable[[AppStream], Awaitable[None]]
+
+
+class Streams:
+    """Application streams both ways; see the module docstring."""
+
+    def __init__(
+        self,
+        *,
+        queue_size: int,
+        handshake_timeout: float,
+        connect: Callable[..., Awaitable[SecureChannel]],
+        endpoints_of: Callable[[Peer], tuple[EndPoint, ...]],
+        registered: Callable[[Application | uuid.UUID], Application],
+        application: Callable[[uuid.UUID], Application | None],
+        allows: Callable[[PeerId], bool],
+        check_running: Callable[[], None],
+    ) -> None:
+        self._handshake_timeout = handshake_timeout
+        self._connect = connect
+        self._endpoints_of = endpoints_of
+        self._registered = registered
+        self._application = application
+        self._allows = allows
+        self._check_running = check_running
+        #: Who takes the streams of each application.
+        self.receivers: Receivers[AppStream, None] = Receivers("a stream", queue_size)
+        self._open: set[AppStream] = set()
+
+    async def close_all(self) -> None:
+        """The node stops: iterators end, and every stream it opened is closed."""
+        self.receivers.stop()
+        for stream in list(self._open):
+            await anyio.aclose_forcefully(stream)
+
+    # -- receivers ---------------------------------------------------------------------------
+    def add_handler(self, application: Application | uuid.UUID, handler: StreamHandler) -> Handle:
+        """Run ``handler(stream)`` for every stream opened to ``application`` (see
+        :meth:`Node.add_stream_handler`)."""
+        if not callable(handler):
+            raise TypeError(f"a stream handler must be a coroutine function, not {type(handler).__name__}")
+
+        async def receiver(stream: AppStream) -> None:
+            try:
+                await handler(stream)
+            except (anyio.EndOfStream, anyio.BrokenResourceError) as exc:
+                log.debug("stream of %s ended in its handler: %r", stream.application.id, exc)
+            except Exception:
+                log.exception("stream handler for %s failed", stream.application.id)
+
+        return self.receivers.add(application, receiver)
+
+    def iterator(self, application: Application | uuid.UUID) -> Subscription[AppStream]:
+        """Streams opened to ``application`` as an async iterator (see :meth:`Node.streams`)."""
+
+        async def wait_until_closed(stream: AppStream) -> None:
+            await stream.wait_closed()
+
+        return self.receivers.iterator(application, wait_until_closed, None)
+
+    # -- opening -----------------------------------------------------------------------------
+    async def open(self, peer: Peer, application: Application | uuid.UUID, timeout: float) -> AppStream:
+        """A stream to ``peer``'s instance of ``application`` (see :meth:`Peer.open_stream`)."""
+        app = self._registered(application)
+        timeout = check_seconds(timeout, "stream timeout", None)
+        self._check_running()
+        endpoints = () if isinstance(peer, ChannelPeer) else self._endpoints_of(peer)
+        if not endpoints:
+            raise PeerUnreachable(f"{peer.id.fingerprint} did not say where it listens")
+        errors: list[PeerUnreachable] = []
+        with anyio.move_on_after(timeout):
+            for endpoint in endpoints:
+                try:
+                    return await self._open_at(peer.id, endpoint, app)
+                except PeerUnreachable as exc:
+                    errors.append(exc)
+        if errors:
+            raise errors[-1]
+        raise PeerUnreachable(f"no endpoint of {peer.id.fingerprint} opened a stream within {timeout} s")
+
+    async def _open_at(self, peer_id: PeerId, endpoint: EndPoint, app: Application) -> AppStream:
+        channel = await self._connect(peer_id, endpoint, use=USE_STREAM)
+        who = peer_id.fingerprint
+        try:
+            await channel.send({"t": "stream", "rid": 1, "app": app.id.bytes})
+            reply = await channel.receive()
+        except anyio.EndOfStream:
+            await channel.aclose()
+            raise PeerUnreachable(f"{who} closed the stream before answering") from None
+        except BaseException:
+            await anyio.aclose_forcefully(channel)
+            raise
+        try:
+            answer = check_reply(reply, "stream_reply")
+            if answer.get("rid") != 1 or answer.get("r") not in ("accepted", "declined"):
+                raise ProtocolError(f"answered the stream request with {answer.get('r')!r}")
+        except Refused as exc:
+            await channel.aclose()
+            raise ProtocolError(f"{who} refused the stream: {exc}") from None
+        except ProtocolError as exc:
+            await channel.aclose()
+            raise ProtocolError(f"{who} {exc}") from None
+        if answer["r"] == "declined":
+            await channel.aclose()
+            raise NotAllowed(f"{who} declined a stream for application {app.id}")
+        stream = AppStream(channel, app, on_close=self._open.discard)
+        self._open.add(stream)  # closed by the node on exit if its user has not closed it
+        return stream
+
+    # -- serving -----------------------------------------------------------------------------
+    async def serve(self, channel: SecureChannel) -> None:
+        """Answer the ``stream`` request that starts a stream connection, and run its receiver."""
+        try:
+            with anyio.fail_after(self._handshake_timeout):
+                message = await channel.receive()
+        except (TimeoutError, anyio.EndOfStream, PeerUnreachable, ProtocolError) as exc:
+            log.info(
+                "stream connection from %s ended before its request: %r", channel.peer.id.fingerprint, exc
+            )
+            return
+        try:
+            request = decode_stream_request(message)
+        except BadRequest as exc:
+            await channel.send(exc.reply())
+            return
+        app = self._application(request.app)
+        receiver = self.receivers.get(request.app)
+        if app is None or receiver is None or not self._allows(channel.peer.id):
+            await channel.send({"t": "stream_reply", "rid": request.rid, "r": "declined"})
+            return
+        await channel.send({"t": "stream_reply", "rid": request.rid, "r": "accepted"})
+        stream = AppStream(channel, app)
+        try:
+            await receiver(stream)
+        finally:
+            with anyio.CancelScope(shield=True):
+                await stream.aclose()
