@@ -67,7 +67,7 @@ class AppStream(anyio.abc.ByteStream):
     @property
     def extra_attributes(self) -> Mapping[Any, Callable[[], Any]]:
         """The transport's attributes (addresses), as anyio streams give them."""
-        return self._channel._stream.extra_attributes
+        return self._channel.extra_attributes
 
     async def send(self, item: bytes) -> None:
         """Send bytes; waits while the peer has not read enough (backpressure).

@@ -326,6 +326,11 @@ class SecureChannel(anyio.abc.AsyncResource):
 
     # -- closing ---------------------------------------------------------------------------
     @property
+    def extra_attributes(self) -> Mapping[Any, Callable[[], Any]]:
+        """The transport's typed attributes (addresses), as anyio streams give them."""
+        return self._stream.extra_attributes
+
+    @property
     def closed(self) -> bool:
         """Whether :meth:`aclose` was called or the connection failed."""
         return self._closed
