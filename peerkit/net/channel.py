@@ -11,7 +11,7 @@ import logging
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Self, cast
+from typing import Any, Final, Self, cast
 
 import anyio
 import anyio.abc
@@ -20,7 +20,7 @@ from anyio.abc import SocketAttribute
 from peerkit.errors import HandshakeError, PeerUnreachable, ProtocolError
 from peerkit.identity import Identity, PeerId
 from peerkit.model import EndPoint, check_text
-from peerkit.net.transport import TcpTransport, Transport
+from peerkit.net.transport import TcpTransport, Transport, unreachable
 from peerkit.proto import messages
 from peerkit.proto.connection import (
     HANDSHAKE_TIMEOUT,
@@ -42,6 +42,9 @@ async def _write(stream: anyio.abc.ByteStream, data: bytes | bytearray) -> None:
 
 
 log = logging.getLogger(__name__)
+
+#: What a channel says when its connection broke.
+BROKE: Final = "the connection to the peer broke"
 _READ_SIZE = 262144
 
 
@@ -183,14 +186,13 @@ class SecureChannel(anyio.abc.AsyncResource):
         while True:
             out = conn.data_to_send()
             try:
-                if out:
-                    await _write(stream, out)
-                data = await stream.receive(_READ_SIZE)
+                with unreachable(broke, anyio.ClosedResourceError):
+                    if out:
+                        await _write(stream, out)
+                    data = await stream.receive(_READ_SIZE)
             except anyio.EndOfStream:
                 conn.receive_eof()  # raises: the handshake is not complete
                 raise PeerUnreachable(broke) from None
-            except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError) as exc:
-                raise PeerUnreachable(broke) from exc
             events = conn.receive_data(data, anyio.current_time())
             if events:
                 # The handshake completed; messages that came in the same read follow it.
@@ -198,11 +200,9 @@ class SecureChannel(anyio.abc.AsyncResource):
                 assert isinstance(done, HandshakeComplete)
                 early = [e.message for e in events[1:] if isinstance(e, MessageReceived)]
                 out = conn.data_to_send()
-                try:
-                    if out:
+                if out:
+                    with unreachable(broke, anyio.ClosedResourceError):
                         await _write(stream, out)
-                except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError) as exc:
-                    raise PeerUnreachable(broke) from exc
                 return done, early
 
     # -- messages --------------------------------------------------------------------------
@@ -241,10 +241,11 @@ class SecureChannel(anyio.abc.AsyncResource):
         self._check_sendable()
         self._conn.send_plaintext(plaintext)
         try:
-            stream.send_nowait(self._conn.data_to_send())
-        except (anyio.BrokenResourceError, anyio.ClosedResourceError, anyio.WouldBlock, OSError) as exc:
+            with unreachable(BROKE, anyio.ClosedResourceError, anyio.WouldBlock):
+                stream.send_nowait(self._conn.data_to_send())
+        except PeerUnreachable:
             self._conn.close()  # the frame is encrypted: it cannot wait for a later send
-            raise PeerUnreachable("the connection to the peer broke") from exc
+            raise
         return True
 
     async def _send(self, queue: Callable[[Any], None], message: Any) -> None:
@@ -265,10 +266,11 @@ class SecureChannel(anyio.abc.AsyncResource):
     async def _flush(self) -> None:
         # Called with the send lock held.
         try:
-            await _write(self._stream, self._conn.data_to_send())
-        except (anyio.BrokenResourceError, OSError) as exc:
+            with unreachable(BROKE):
+                await _write(self._stream, self._conn.data_to_send())
+        except PeerUnreachable:
             await self._abort()
-            raise PeerUnreachable("the connection to the peer broke") from exc
+            raise
         except anyio.get_cancelled_exc_class():
             await self._abort()
             raise
@@ -290,7 +292,8 @@ class SecureChannel(anyio.abc.AsyncResource):
                 if self._eof:
                     raise anyio.EndOfStream
                 try:
-                    data = await self._stream.receive(_READ_SIZE)
+                    with unreachable(BROKE):
+                        data = await self._stream.receive(_READ_SIZE)
                 except anyio.EndOfStream:
                     self._eof = True
                     try:
@@ -301,9 +304,9 @@ class SecureChannel(anyio.abc.AsyncResource):
                     raise
                 except anyio.ClosedResourceError:
                     raise
-                except (anyio.BrokenResourceError, OSError) as exc:
+                except PeerUnreachable:
                     await self._abort()
-                    raise PeerUnreachable("the connection to the peer broke") from exc
+                    raise
                 try:
                     events = self._conn.receive_data(data, anyio.current_time())
                 except ProtocolError:
@@ -531,10 +534,8 @@ async def listen(
         raise ValueError(f"max_handshakes must be at least 1, not {max_handshakes}")
     check_text(nickname, "nickname")
     check_text(endpoint_name, "endpoint name")
-    try:
+    with unreachable(f"cannot listen on {host}:{port}", detail=True):
         listener = await anyio.create_tcp_listener(local_host=host, local_port=port)
-    except OSError as exc:
-        raise PeerUnreachable(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
     return ChannelListener(
         listener,
         identity,

@@ -7,8 +7,10 @@ interface in memory, so that nodes can be tested without sockets.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
-from typing import Any, Protocol
+from collections.abc import Iterator
+from typing import Any, Final, Protocol
 
 import anyio
 import anyio.abc
@@ -16,7 +18,28 @@ import anyio.abc
 from peerkit.errors import PeerUnreachable
 from peerkit.net.tcp import TcpListener, connect_tcp
 
-__all__ = ("TcpTransport", "Transport", "local_addresses", "on_asyncio")
+__all__ = ("BROKEN", "TcpTransport", "Transport", "local_addresses", "on_asyncio", "unreachable")
+
+#: What a byte stream raises when its connection broke: anyio's error, or the operating system's.
+BROKEN: Final = (anyio.BrokenResourceError, OSError)
+
+
+@contextlib.contextmanager
+def unreachable(text: str, *also: type[Exception], detail: bool = False) -> Iterator[None]:
+    """Turn a broken connection inside the block (:data:`BROKEN`, and ``also``) into
+    :class:`~peerkit.PeerUnreachable` with ``text`` (and, with ``detail``, the system's reason).
+
+    The one place the ``net`` layer decides what "the peer cannot be reached" is::
+
+        with unreachable(f"could not connect to {host}:{port}", detail=True):
+            stream = await anyio.connect_tcp(host, port)
+    """
+    mapped: tuple[type[BaseException], ...] = (*BROKEN, *also)
+    try:
+        yield
+    except mapped as exc:
+        reason = f": {exc.strerror or exc}" if detail and isinstance(exc, OSError) else ""
+        raise PeerUnreachable(text + reason) from exc
 
 
 def local_addresses(listen_host: str, *, fallback: str) -> tuple[str, ...]:
@@ -86,18 +109,14 @@ class TcpTransport:
 
     async def listen(self, host: str, port: int) -> anyio.abc.Listener[Any]:
         """Bind a TCP listener (see :meth:`Transport.listen`)."""
-        try:
+        with unreachable(f"cannot listen on {host}:{port}", detail=True):
             if on_asyncio():
                 return await TcpListener.bind(host, port)
             return await anyio.create_tcp_listener(local_host=host or None, local_port=port, reuse_port=False)
-        except OSError as exc:
-            raise PeerUnreachable(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
 
     async def connect(self, host: str, port: int, *, local_host: str) -> anyio.abc.ByteStream:
         """Open a TCP connection (see :meth:`Transport.connect`); ``local_host`` is not used."""
-        try:
+        with unreachable(f"could not connect to {host}:{port}", detail=True):
             if on_asyncio():
                 return await connect_tcp(host, port)
             return await anyio.connect_tcp(host, port)
-        except OSError as exc:
-            raise PeerUnreachable(f"could not connect to {host}:{port}: {exc.strerror or exc}") from exc

@@ -1,0 +1,228 @@
+"""peerkit.net.tcp directly: TCP streams on asyncio protocols, the listener, and the transport's
+error mapping (``unreachable``). These streams are the asyncio fast path; trio uses anyio's own."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import anyio
+import pytest
+from anyio.abc import SocketAttribute
+
+from peerkit import PeerUnreachable
+from peerkit.net import tcp
+from peerkit.net.tcp import TcpListener, TcpStream, connect_tcp
+from peerkit.net.transport import TcpTransport, unreachable
+
+pytestmark = [pytest.mark.anyio, pytest.mark.network]
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@asynccontextmanager
+async def connected() -> AsyncIterator[tuple[TcpStream, TcpStream]]:
+    """A client stream and the server's stream of the same connection, on loopback."""
+    listener = await TcpListener.bind("127.0.0.1", 0)
+    port = listener.extra_attributes[SocketAttribute.local_address]()[1]
+    accepted: anyio.abc.ObjectSendStream[TcpStream]
+    accepted, taken = anyio.create_memory_object_stream[TcpStream](1)
+    async with anyio.create_task_group() as tg, accepted, taken:
+        tg.start_soon(listener.serve, accepted.send)
+        client = await connect_tcp("127.0.0.1", port)
+        with anyio.fail_after(5):
+            server = await taken.receive()
+        try:
+            yield client, server
+        finally:
+            await client.aclose()
+            await server.aclose()
+            await listener.aclose()
+            tg.cancel_scope.cancel()
+
+
+async def drain_to_the_end(stream: TcpStream) -> None:
+    try:
+        while True:
+            await stream.receive()
+    except (anyio.EndOfStream, anyio.BrokenResourceError):
+        return
+
+
+async def write_until_broken(stream: TcpStream) -> None:
+    for _ in range(100):
+        await stream.send(b"into the void")
+        await anyio.sleep(0.01)
+
+
+async def read_all(stream: TcpStream, size: int) -> bytes:
+    data = b""
+    while len(data) < size:
+        data += await stream.receive()
+    return data
+
+
+async def test_bytes_go_both_ways_with_addresses() -> None:
+    async with connected() as (client, server):
+        await client.send(b"hello")
+        assert await server.receive() == b"hello"
+        server.send_nowait(b"back")
+        assert await client.receive() == b"back"
+        local = client.extra_attributes[SocketAttribute.local_address]()
+        assert server.extra_attributes[SocketAttribute.remote_address]() == local
+        assert client.extra_attributes[SocketAttribute.family]() == socket.AF_INET
+
+
+async def test_receive_takes_at_most_max_bytes_and_keeps_the_rest() -> None:
+    async with connected() as (client, server):
+        await client.send(b"abcdef")
+        with anyio.fail_after(5):
+            while server._buffered < 6:  # wait for both to arrive in one chunk or more
+                await anyio.sleep(0.01)
+        assert await server.receive(4) == b"abcd"
+        assert await server.receive(4) == b"ef"
+
+
+async def test_a_reader_that_does_not_read_slows_the_writer_and_loses_nothing() -> None:
+    # Ten megabytes: far over the socket buffers and the stream's own read limit, so the
+    # receiving side pauses reading and the sender's send() waits (backpressure).
+    payload = bytes(range(256)) * 40960
+    async with connected() as (client, server):
+        sent = anyio.Event()
+
+        async def send() -> None:
+            await client.send(payload)
+            await client.send_eof()
+            sent.set()
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(send)
+            await anyio.sleep(0.2)
+            assert server._reading_paused  # more than READ_HIGH waited unread
+            assert server._buffered <= tcp.READ_HIGH + 65536 * 4
+            with anyio.fail_after(20):
+                received = await read_all(server, len(payload))
+        assert received == payload
+        assert sent.is_set()
+        with pytest.raises(anyio.EndOfStream):
+            await server.receive()
+
+
+async def test_send_nowait_refuses_while_congested() -> None:
+    async with connected() as (client, server):
+        chunk = bytes(1 << 20)
+        for _ in range(1000):  # bounded: the socket buffers hold a few megabytes at most
+            if not client.send_ready():
+                break
+            client.send_nowait(chunk)
+        with pytest.raises(anyio.WouldBlock):
+            client.send_nowait(b"x")
+        assert not client.send_ready()
+        drained = 0
+        while not client.send_ready():
+            drained += len(await server.receive())
+        assert drained > 0
+        client.send_nowait(b"x")
+
+
+async def test_half_close_ends_one_direction_only() -> None:
+    async with connected() as (client, server):
+        await client.send(b"last words")
+        await client.send_eof()
+        assert await read_all(server, 10) == b"last words"
+        with pytest.raises(anyio.EndOfStream):
+            await server.receive()
+        await server.send(b"still here")
+        assert await read_all(client, 10) == b"still here"
+
+
+async def test_a_closed_stream_refuses_use_and_a_reset_breaks_the_peer() -> None:
+    async with connected() as (client, server):
+        await client.aclose()
+        await client.aclose()  # twice is harmless
+        with pytest.raises(anyio.ClosedResourceError):
+            await client.receive()
+        with pytest.raises(anyio.ClosedResourceError):
+            await client.send(b"x")
+        with anyio.fail_after(5):
+            await drain_to_the_end(server)
+            # Writing to a peer that is gone: the reset comes back, and the stream is broken.
+            with pytest.raises(anyio.BrokenResourceError):
+                await write_until_broken(server)
+        assert not server.send_ready()
+
+
+async def test_a_receive_waiting_when_the_stream_closes_ends() -> None:
+    async with connected() as (client, _server), anyio.create_task_group() as tg:
+
+        async def wait() -> None:
+            with pytest.raises(anyio.ClosedResourceError):
+                await client.receive()
+
+        tg.start_soon(wait)
+        await anyio.sleep(0.05)
+        await client.aclose()
+
+
+async def test_the_listener_bounds_waiting_connections(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Nobody serves: accepted connections wait, at most MAX_WAITING; more are closed at once.
+    monkeypatch.setattr(tcp, "MAX_WAITING", 3)
+    listener = await TcpListener.bind("127.0.0.1", 0)
+    port = listener.extra_attributes[SocketAttribute.local_address]()[1]
+    clients = [await connect_tcp("127.0.0.1", port) for _ in range(6)]
+    try:
+        with anyio.fail_after(5):
+            while len(listener._waiting) < 3:
+                await anyio.sleep(0.01)
+            await anyio.sleep(0.1)
+            assert len(listener._waiting) == 3
+            refused = 0
+            for client in clients:
+                with anyio.move_on_after(0.5):
+                    try:
+                        await client.receive()
+                    except (anyio.EndOfStream, anyio.BrokenResourceError):
+                        refused += 1
+            assert refused == 3
+    finally:
+        for client in clients:
+            await client.aclose()
+        await listener.aclose()
+    assert not listener._waiting  # closing the listener closes those that waited
+
+
+async def test_connecting_to_a_closed_port_is_unreachable_with_the_reason() -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    with pytest.raises(PeerUnreachable, match=rf"could not connect to 127.0.0.1:{port}: \S"):
+        await TcpTransport().connect("127.0.0.1", port, local_host="127.0.0.1")
+
+
+async def test_listening_on_a_busy_port_is_unreachable_with_the_reason() -> None:
+    listener = await TcpListener.bind("127.0.0.1", 0)
+    port = listener.extra_attributes[SocketAttribute.local_address]()[1]
+    try:
+        with pytest.raises(PeerUnreachable, match=rf"cannot listen on 127.0.0.1:{port}: \S"):
+            await TcpTransport().listen("127.0.0.1", port)
+    finally:
+        await listener.aclose()
+
+
+def test_unreachable_maps_broken_connections_only() -> None:
+    with pytest.raises(PeerUnreachable, match=r"^gone$") as caught, unreachable("gone"):
+        raise anyio.BrokenResourceError
+    assert isinstance(caught.value.__cause__, anyio.BrokenResourceError)
+    with pytest.raises(PeerUnreachable, match=r"^gone: nope$"), unreachable("gone", detail=True):
+        raise ConnectionRefusedError(111, "nope")
+    with pytest.raises(PeerUnreachable), unreachable("gone", anyio.WouldBlock):
+        raise anyio.WouldBlock
+    # Closed here, not broken there: not mapped.
+    with pytest.raises(anyio.ClosedResourceError), unreachable("gone"):
+        raise anyio.ClosedResourceError
+    with pytest.raises(ValueError, match="other"), unreachable("gone"):
+        raise ValueError("other")
