@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import socket
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -8,7 +9,7 @@ from typing import Any
 import anyio
 import pytest
 
-from peerkit import Application, EndPoint, Node, Peer, SecureChannel
+from peerkit import Application, EndPoint, Invitation, InvitationResponse, Node, Peer, SecureChannel
 from peerkit.identity import Identity
 from peerkit.testing import MemoryNetwork
 
@@ -100,3 +101,30 @@ import functools, runpy, sys, anyio
 anyio.run = functools.partial(anyio.run, backend=sys.argv[1])
 runpy.run_path(sys.argv[2], run_name="__main__")
 """
+
+
+# -- shared by the node tests ------------------------------------------------------------------
+CHAT = Application(id=uuid.UUID("6f1c2a4e-0000-4000-8000-000000000001"), description="chat")
+GAME = Application(id=uuid.UUID("6f1c2a4e-0000-4000-8000-000000000002"), description="game")
+ACCEPTED, DECLINED, EXPIRED = (
+    InvitationResponse.ACCEPTED,
+    InvitationResponse.DECLINED,
+    InvitationResponse.EXPIRED,
+)
+
+
+async def accept_all(invitation: Invitation) -> InvitationResponse:
+    return ACCEPTED
+
+
+async def accept_chat(*group: Node) -> None:
+    """Register CHAT on every node of ``group``, each accepting every invitation to it."""
+    for node in group:
+        await node.register_application(CHAT)
+        node.add_invitation_handler(CHAT, accept_all)
+
+
+async def raw_channel(alice: Node, bob: Node) -> SecureChannel:
+    """A bare channel from alice's identity to bob's node, bypassing alice's Node."""
+    stream = await alice._network.connect(bob.endpoint.host, bob.endpoint.port, local_host="10.0.5.5")
+    return await SecureChannel.wrap(stream, alice.identity, initiator=True, expected_peer=bob.id)

@@ -9,8 +9,7 @@ import sqlite3
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any
 
@@ -44,31 +43,16 @@ from peerkit import (
 from peerkit.contacts import CARD_PREFIX, read_card
 from peerkit.proto import records
 from peerkit.store import DATABASE_FILE, SCHEMA_VERSION
-from peerkit.testing import MemoryDiscovery, MemoryNetwork
+from peerkit.testing import MemoryNetwork, node_pair
 
 pytestmark = pytest.mark.anyio
 
 CHAT = Application(id=uuid.UUID("6f1c2a4e-0000-4000-8000-0000000000c1"), description="chat")
 
 
-@asynccontextmanager
-async def pair(tmp_path: Path | None = None, **options: Any) -> AsyncIterator[tuple[Node, Node]]:
-    net, hub = MemoryNetwork(), MemoryDiscovery()
-    async with (
-        Node(
-            nickname="alice",
-            identity=Identity.generate(),
-            data_dir=tmp_path / "alice" if tmp_path else None,
-            network=net,
-            listen=("10.0.0.1", 0),
-            discovery=[hub],
-            **options,
-        ) as alice,
-        Node(
-            nickname="bob", identity=Identity.generate(), network=net, listen=("10.0.0.2", 0), discovery=[hub]
-        ) as bob,
-    ):
-        yield alice, bob
+def pair(tmp_path: Path | None = None, **options: Any) -> AbstractAsyncContextManager[tuple[Node, Node]]:
+    """Alice and Bob near each other (keeping their data under ``tmp_path`` when given)."""
+    return node_pair(data_dir=tmp_path, **options)
 
 
 # -- the store -----------------------------------------------------------------------------------

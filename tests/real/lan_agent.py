@@ -1,4 +1,4 @@
-"""A peerkit node in a network namespace, driven by JSON lines (used by tests/test_lan.py).
+"""A peerkit node in a network namespace, driven by JSON lines (used by tests/real/test_lan.py).
 
 Modes:
   node --nickname NAME --ttl SECONDS [--interface ADDR ...]

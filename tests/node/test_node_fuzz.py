@@ -5,12 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 import anyio
-from conftest import facing_mallory
+from conftest import CHAT, accept_all, facing_mallory, raw_channel
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_node import CHAT, accept_all, nodes, raw_channel
 
 from peerkit import SecureChannel
+from peerkit.testing import nodes
 
 # -- untrusted messages never crash a node -----------------------------------------------------
 _values = st.one_of(

@@ -26,6 +26,7 @@ from peerkit.testing import NamespaceLan
 pytestmark = [pytest.mark.asyncio, pytest.mark.network]
 
 AGENT = str(Path(__file__).with_name("lan_agent.py"))
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "people_near_me.py"
 TTL = 2  # seconds: record TTL of the agents, so that a vanished node is lost fast
 
 
@@ -331,7 +332,7 @@ async def test_the_people_near_me_example(lan: NamespaceLan, backend: str) -> No
     # In a namespace of its own, so that its multicast stays there. On trio, mDNS runs on an
     # asyncio loop in a thread of its own.
     ns, _ = lan.host(lan.bridge())
-    example = Path(__file__).parent.parent / "examples" / "people_near_me.py"
+    example = EXAMPLE
     command = [sys.executable, "-c", ON_BACKEND, backend, str(example)]
     done = await anyio.run_process(["ip", "netns", "exec", ns, *command], check=False)
     assert done.returncode == 0, done.stderr.decode()[-2000:]

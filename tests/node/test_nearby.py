@@ -9,14 +9,14 @@ from typing import Any
 import anyio
 import anyio.lowlevel
 import pytest
+from conftest import CHAT, accept_chat
 
 from peerkit import ChangeType, InvitationResponse, Node, NotSignedIn, PeerUnreachable, Scope
 from peerkit.discovery import Directory, MemoryDiscovery, StaticDiscovery, make_record
 from peerkit.events import NearbyChanged
 from peerkit.identity import Identity
 from peerkit.peers import NearbyPeer
-from peerkit.testing import MemoryNetwork
-from tests.test_node import CHAT, accept_chat, nodes
+from peerkit.testing import MemoryNetwork, nodes
 
 pytestmark = pytest.mark.anyio
 
@@ -24,7 +24,7 @@ pytestmark = pytest.mark.anyio
 @contextlib.asynccontextmanager
 async def near(count: int = 2, **options: Any) -> AsyncIterator[list[Node]]:
     """``count`` nodes on one in-memory network and discovery medium, all signed in to NEAR_ME."""
-    async with nodes(count, discovery=[MemoryDiscovery()], **options) as started:
+    async with nodes(count, **options) as started:
         for each in started:
             await each.sign_in(Scope.NEAR_ME)
         yield started

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from conftest import ON_BACKEND
 
-EXAMPLES = Path(__file__).parent.parent / "examples"
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
 
 @pytest.fixture(params=["asyncio", "trio"])

@@ -25,7 +25,7 @@ from peerkit import (
     SecureChannel,
     Subscription,
 )
-from peerkit.testing import MemoryNetwork
+from peerkit.testing import MemoryNetwork, node_pair
 
 pytestmark = pytest.mark.anyio
 
@@ -34,16 +34,18 @@ CHAT = Application(id=uuid.UUID("6f1c2a4e-0000-4000-8000-0000000000aa"), descrip
 
 @contextlib.asynccontextmanager
 async def pair(where: str = "memory", **options: Any) -> AsyncIterator[tuple[Node, Node]]:
-    if where == "memory":
-        net = MemoryNetwork(buffer=options.pop("buffer", 64))
-        a = Node(
-            nickname="alice", identity=Identity.generate(), network=net, listen=("10.0.0.1", 0), **options
-        )
-        b = Node(nickname="bob", identity=Identity.generate(), network=net, listen=("10.0.0.2", 0), **options)
-    else:
-        a = Node(nickname="alice", identity=Identity.generate(), listen=(where, 0), **options)
-        b = Node(nickname="bob", identity=Identity.generate(), listen=(where, 0), **options)
-    async with a, b:
+    """Alice and Bob with CHAT registered: in memory, or over real sockets at ``where``."""
+    async with contextlib.AsyncExitStack() as stack:
+        if where == "memory":
+            network = MemoryNetwork(buffer=options.pop("buffer", 64))
+            a, b = await stack.enter_async_context(node_pair(network=network, discovery=False, **options))
+        else:
+            a = await stack.enter_async_context(
+                Node(nickname="alice", identity=Identity.generate(), listen=(where, 0), **options)
+            )
+            b = await stack.enter_async_context(
+                Node(nickname="bob", identity=Identity.generate(), listen=(where, 0), **options)
+            )
         await a.register_application(CHAT)
         await b.register_application(CHAT)
         yield a, b

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import json
 import logging
@@ -16,7 +15,17 @@ import anyio
 import anyio.abc
 import anyio.lowlevel
 import pytest
-from conftest import facing_mallory
+from conftest import (
+    ACCEPTED,
+    CHAT,
+    DECLINED,
+    EXPIRED,
+    GAME,
+    accept_all,
+    accept_chat,
+    facing_mallory,
+    raw_channel,
+)
 
 from peerkit import (
     Application,
@@ -35,48 +44,9 @@ from peerkit import (
     Scope,
     SecureChannel,
 )
-from peerkit.testing import MemoryDiscovery, MemoryNetwork, running_tasks
+from peerkit.testing import MemoryDiscovery, MemoryNetwork, nodes, running_tasks
 
 pytestmark = pytest.mark.anyio
-
-CHAT = Application(id=uuid.UUID("6f1c2a4e-0000-4000-8000-000000000001"), description="chat")
-GAME = Application(id=uuid.UUID("6f1c2a4e-0000-4000-8000-000000000002"), description="game")
-ACCEPTED, DECLINED, EXPIRED = (
-    InvitationResponse.ACCEPTED,
-    InvitationResponse.DECLINED,
-    InvitationResponse.EXPIRED,
-)
-
-
-@asynccontextmanager
-async def nodes(
-    count: int = 2, *, network: MemoryNetwork | None = None, **options: Any
-) -> AsyncIterator[list[Node]]:
-    net = network or MemoryNetwork()
-    names = ["alice", "bob", "carol", "dave"]
-    async with contextlib.AsyncExitStack() as stack:
-        started = []
-        for i in range(count):
-            node = Node(
-                nickname=names[i],
-                identity=Identity.generate(),
-                network=net,
-                listen=(f"10.0.0.{i + 1}", 0),
-                **options,
-            )
-            started.append(await stack.enter_async_context(node))
-        yield started
-
-
-async def accept_all(invitation: Invitation) -> InvitationResponse:
-    return ACCEPTED
-
-
-async def accept_chat(*group: Node) -> None:
-    """Register CHAT on every node of ``group``, each accepting every invitation to it."""
-    for node in group:
-        await node.register_application(CHAT)
-        node.add_invitation_handler(CHAT, accept_all)
 
 
 def recording(seen: list[Invitation]) -> Callable[[Invitation], Awaitable[InvitationResponse]]:
@@ -225,7 +195,7 @@ async def test_exit_closes_channels_and_handlers() -> None:
 # -- sign-in (R3) --------------------------------------------------------------------------
 async def test_sign_in_rules() -> None:
     directory = MemoryDiscovery()
-    async with nodes(2, discovery=[directory]) as (alice, bob):
+    async with nodes(2, discovery=directory) as (alice, bob):
         assert alice.presence.status is PresenceStatus.OFFLINE
         with pytest.raises(ValueError, match="NONE"):
             await alice.sign_in(Scope.NONE)
@@ -792,12 +762,6 @@ async def test_unreachable_and_wrong_peers() -> None:
 
 
 # -- what a raw peer can send ------------------------------------------------------------------
-async def raw_channel(alice: Node, bob: Node) -> SecureChannel:
-    """A bare channel from alice's identity to bob's node, bypassing alice's Node."""
-    stream = await alice._network.connect(bob.endpoint.host, bob.endpoint.port, local_host="10.0.5.5")
-    return await SecureChannel.wrap(stream, alice.identity, initiator=True, expected_peer=bob.id)
-
-
 @pytest.mark.parametrize(
     ("message", "code"),
     [
