@@ -35,7 +35,8 @@ async def nodes(
     Node ``i`` listens on ``10.0.0.{i + 1}`` (at ``port``; 0 picks one) with a fresh identity.
     With ``discovery`` (the default) they share one :class:`MemoryDiscovery` medium, so that once
     signed in to NEAR_ME they see each other; give a medium of your own, or False for none. With a
-    ``data_dir``, each node keeps its key and database in a subdirectory named by its nickname.
+    ``data_dir``, each node keeps its key and database in a subdirectory named by its nickname (and
+    has the same identity in the next run); without one, each has a fresh identity in memory.
     Other keyword arguments go to every :class:`~peerkit.Node`::
 
         async with nodes(2) as (alice, bob):
@@ -57,7 +58,8 @@ async def nodes(
         for i in range(count):
             node = Node(
                 nickname=names[i],
-                identity=Identity.generate(),
+                # With a data dir, the node keeps the identity it finds there (or makes one).
+                identity=Identity.generate() if data_dir is None else None,
                 data_dir=Path(data_dir) / names[i] if data_dir is not None else None,
                 network=net,
                 listen=(f"10.0.0.{i + 1}", port),
