@@ -274,7 +274,7 @@ class Contact(Peer):
         }
 
     async def subscribe(self, *, wait: bool = True, timeout: float = 30.0) -> None:
-        """Watch this contact: its presence, applications, objects and endpoint name, live (R6).
+        """Watch this contact: its presence, applications, objects and endpoint name, live.
 
         The subscription is saved and resumes by itself after a restart or a lost connection. With
         ``wait`` (the default) it returns once the contact has sent its current state.

@@ -11,7 +11,7 @@ plain misuse of an argument, it inherits the matching builtin too, so ``except V
     ├── DiscoveryError           a discovery provider could not start (no multicast, port in use, ...)
     ├── InvalidRecord            a signed record or card failed verification (also ``ValueError``)
     │   └── StaleRecord          a record's ``seq`` is not newer than one already accepted
-    ├── LimitExceeded            a value is over one of the limits of REFERENCE.md R2 (also ``ValueError``)
+    ├── LimitExceeded            a value is over one of the limits of the model (also ``ValueError``)
     ├── ContactExists            adding a contact that is already in the store (also ``ValueError``)
     ├── UnknownContact           no contact with that id is in the store (also ``LookupError``)
     ├── StoreError               the contact database cannot be opened or used
@@ -77,7 +77,7 @@ class StaleRecord(InvalidRecord):
 
 
 class LimitExceeded(PeerkitError, ValueError):
-    """A value is larger than a limit of the protocol (REFERENCE.md R2)."""
+    """A value is larger than a limit of the protocol."""
 
 
 class ContactExists(PeerkitError, ValueError):

@@ -114,7 +114,7 @@ class InvitationState:
 
 @dataclass(eq=False, kw_only=True)
 class Invitation:
-    """An invitation this node received (R5). Answer it by returning an
+    """An invitation this node received. Answer it by returning an
     :class:`~peerkit.InvitationResponse` from the handler, or with :meth:`accept` / :meth:`decline`.
     """
 

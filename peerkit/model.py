@@ -1,4 +1,4 @@
-"""The objects of the collaboration model (REFERENCE.md R1) and their limits (R2).
+"""The objects of the collaboration model and their limits.
 
 Numeric values of the enums are those of the original .NET API, so they can be compared and stored.
 Every constructor checks its limits and raises :class:`~peerkit.errors.LimitExceeded` (a

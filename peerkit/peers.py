@@ -77,7 +77,7 @@ class Peer:
         *,
         timeout: float = MAX_INVITATION_WAIT,
     ) -> InvitationResponse:
-        """Invite the peer to ``application`` and wait for its answer (R5).
+        """Invite the peer to ``application`` and wait for its answer.
 
         The invitation goes to every endpoint at once: the first ACCEPTED wins and the others are
         withdrawn; otherwise DECLINED if any endpoint declined, else EXPIRED. No answer within
@@ -117,7 +117,7 @@ class Peer:
         return await self._ops.open_stream(self, application, timeout)
 
     async def get_presence(self, *, timeout: float = REQUEST_TIMEOUT) -> Presence:
-        """Fetch the peer's presence once, without subscribing (R6).
+        """Fetch the peer's presence once, without subscribing.
 
         :raises NotAllowed: when the peer lets this node see nothing (not near it, not an allowed
             contact, or blocked).
@@ -157,7 +157,7 @@ class Peer:
 
 
 class NearbyPeer(Peer):
-    """A peer near me (R4), as its signed discovery record describes it.
+    """A peer near me, as its signed discovery record describes it.
 
     Invite it and open streams to it like any :class:`Peer`: the record carries its key, so the
     handshake is IK and only that peer can answer.

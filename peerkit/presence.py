@@ -1,4 +1,4 @@
-"""What a node publishes and what its watchers hold (REFERENCE.md R6), without any I/O.
+"""What a node publishes and what its watchers hold, without any I/O.
 
 The publisher keeps one :class:`Outbox` per subscriber: what that subscriber has been told. After a
 change it computes the difference between what the subscriber may see now and what it was told, and

@@ -1,4 +1,4 @@
-"""The node's SQLite database: contacts and a few settings (REFERENCE.md R7).
+"""The node's SQLite database: contacts and a few settings.
 
 One connection, in WAL mode with ``synchronous=FULL``, owned by one thread of the store's own: every
 call is a function run on that thread, so there is one writer and the event loop never waits on the

@@ -1,6 +1,6 @@
 """The discovery provider protocol, and the directory that believes only signed records.
 
-A *provider* carries signed records (PROTOCOL.md section 5) between nodes: over mDNS, from fixed
+A *provider* carries signed records (docs/protocol.md section 5) between nodes: over mDNS, from fixed
 addresses, in memory, through a DHT. It knows nothing about invitations. A node starts each of its
 providers in its task group with ``session = await task_group.start(provider.run, sink)``; the
 provider then publishes through ``session`` and reports what it hears to ``sink`` until it is
@@ -54,7 +54,7 @@ class Announcement:
     port: int
     #: Its addresses (the hosts of the signed record's endpoints).
     hosts: tuple[str, ...]
-    #: The signed record envelope (PROTOCOL.md section 5).
+    #: The signed record envelope (docs/protocol.md section 5).
     envelope: bytes
 
 

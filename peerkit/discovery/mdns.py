@@ -1,4 +1,4 @@
-"""LAN discovery over multicast DNS (PROTOCOL.md section 6), on zeroconf's asyncio API.
+"""LAN discovery over multicast DNS (docs/protocol.md section 6), on zeroconf's asyncio API.
 
 The node's signed record travels in the TXT record of a ``_peerkit._tcp.local.`` service instance
 named ``<nickname>-<first 8 id characters>``: ``v=1``, ``id=<base32 id>``, and the envelope in

@@ -74,7 +74,7 @@ class SecureChannel(anyio.abc.AsyncResource):
     """An encrypted, mutually authenticated channel of peerkit messages.
 
     Make one with :meth:`wrap` (over any anyio byte stream), :func:`connect` (TCP) or
-    :func:`listen`. Messages are mappings with a text ``"t"``; see PROTOCOL.md section 4.
+    :func:`listen`. Messages are mappings with a text ``"t"``; see docs/protocol.md section 4.
     One task may receive while others send; sends are serialized.
     """
 

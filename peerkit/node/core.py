@@ -197,7 +197,7 @@ class Node(EventMethods):
                 check_running=self._check_running,
             )
         )
-        #: The contact store (R7).
+        #: The contact store.
         self.contacts = ContactManager(link, self._store, self._bus)
         self._connections = Connections(
             network=self._network,
@@ -447,7 +447,7 @@ class Node(EventMethods):
                 NameChanged(peer_id=self.id, contact=self.contacts.me, endpoint=None, name=value, local=True)
             )
 
-    # -- sign-in (R3) ----------------------------------------------------------------------
+    # -- sign-in ----------------------------------------------------------------------
     @property
     def scope(self) -> Scope:
         """The scopes this node is signed in to."""
@@ -562,7 +562,7 @@ class Node(EventMethods):
         await self._nearby.signed_out(leaving)
         await anyio.lowlevel.checkpoint()
 
-    # -- discovery and people near me (R4) ---------------------------------------------------
+    # -- discovery and people near me ---------------------------------------------------
     def _nearby_changed(self, change: ChangeType, record: NearbyRecord) -> None:
         if change is not ChangeType.DELETED:
             self._watching.wake(record.id)  # a watched contact appeared or moved: try it now
@@ -575,7 +575,7 @@ class Node(EventMethods):
     @property
     def discovery_stats(self) -> DirectoryStats:
         """What discovery did with the records it heard: accepted, and dropped as invalid (forged,
-        tampered, malformed), stale (replayed) or because the directory was full (R4).
+        tampered, malformed), stale (replayed) or because the directory was full.
 
         :raises NotRunning: when the node is not running.
         """
@@ -583,7 +583,7 @@ class Node(EventMethods):
         return self._nearby.stats
 
     def nearby(self) -> list[NearbyPeer]:
-        """The people near me now (R4), in the order they were first seen.
+        """The people near me now, in the order they were first seen.
 
         :raises NotSignedIn: when the node is not signed in to NEAR_ME.
         :raises NotRunning: when the node is not running.
@@ -710,7 +710,7 @@ class Node(EventMethods):
             )
         )
 
-    # -- objects (R6) ----------------------------------------------------------------------
+    # -- objects ----------------------------------------------------------------------
     async def set_object(self, obj: PeerObject) -> None:
         """Publish ``obj`` (or replace the object with its id) to those its scope lets see it.
 
@@ -771,7 +771,7 @@ class Node(EventMethods):
             raise ValueError(f"application {app_id} is not registered on this node; register it first")
         return app
 
-    # -- invitations and streams (R5) ------------------------------------------------------
+    # -- invitations and streams ------------------------------------------------------
     def add_invitation_handler(
         self, application: Application | uuid.UUID, handler: InvitationHandler
     ) -> Handle:
@@ -940,7 +940,7 @@ class Node(EventMethods):
         self._publishing.end(control)
         return {"t": "unsubscribe_reply"}
 
-    # -- publishing to subscribers (R6) ----------------------------------------------------
+    # -- publishing to subscribers ----------------------------------------------------
     def _published(self) -> Published:
         return Published(
             presence=self.presence,

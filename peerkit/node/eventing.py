@@ -1,5 +1,5 @@
 """The event methods of a :class:`~peerkit.Node`: watch and handle presence, application, object
-and name changes through the node's event bus (R6)."""
+and name changes through the node's event bus."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Length-prefixed frames (PROTOCOL.md section 1), sans-IO.
+"""Length-prefixed frames (docs/protocol.md section 1), sans-IO.
 
 Each frame is a 2-byte big-endian length ``n`` and ``n`` bytes, ``1 <= n <= 65535``.
 """

@@ -1,4 +1,4 @@
-"""Strict CBOR for everything peerkit sends (PROTOCOL.md sections 3 to 5).
+"""Strict CBOR for everything peerkit sends (docs/protocol.md sections 3 to 5).
 
 Encoding is RFC 8949 core deterministic encoding (cbor2's canonical mode). Decoding accepts exactly
 one data item and refuses what the protocol forbids: trailing bytes, tags, indefinite lengths,
@@ -369,7 +369,7 @@ USE_STREAM: Final = "stream"
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Hello:
-    """What a party says about itself in the handshake (PROTOCOL.md section 3)."""
+    """What a party says about itself in the handshake (docs/protocol.md section 3)."""
 
     #: The sender's Ed25519 public key (its peer id), 32 bytes.
     id: bytes

@@ -1,4 +1,4 @@
-"""Signed records and contact cards (PROTOCOL.md section 5), sans-IO.
+"""Signed records and contact cards (docs/protocol.md section 5), sans-IO.
 
 A record's body is the RFC 8949 core deterministic CBOR of a map holding at least ``"id"`` (the
 signer's 32-byte Ed25519 public key) and ``"seq"`` (an unsigned integer, strictly increasing per id).

@@ -1,4 +1,4 @@
-"""An independent peer written from PROTOCOL.md alone (noiseprotocol + cbor2 + pynacl, none of
+"""An independent peer written from docs/protocol.md alone (noiseprotocol + cbor2 + pynacl, none of
 peerkit's code) talks to peerkit over real TCP, in both roles and both handshake patterns."""
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ IK = "Noise_IK_25519_ChaChaPoly_BLAKE2b"
 
 
 class Foreign:
-    """A minimal peer following PROTOCOL.md sections 1 to 4."""
+    """A minimal peer following docs/protocol.md sections 1 to 4."""
 
     def __init__(self, nick: str) -> None:
         self.key = nacl.signing.SigningKey.generate()
