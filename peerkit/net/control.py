@@ -145,7 +145,7 @@ class ControlChannel:
         self._notices = dict(notices or {})
         self._keepalive = keepalive
         self._waiting: dict[int, Request] = {}
-        self._handling: dict[int, anyio.CancelScope] = {}
+        self._tasks: anyio.CancelScope | None = None  # the scope of the handlers' task group
         self._retired_at = 0.0
         self._last_request = anyio.current_time()
         self._closed = anyio.Event()
@@ -228,21 +228,26 @@ class ControlChannel:
     async def _send_reply(self, rid: int, reply: Reply) -> None:
         # The one place a reply to the peer goes out; the rid is answered after it is sent.
         try:
-            if reply is not None and not self.closed:
+            if reply is not None and not self._closed.is_set():
+                answer = reply if isinstance(reply, Answer) else None
                 message = reply.message if isinstance(reply, Answer) else reply
                 whole = {**message, "rid": rid}
                 sent = False
                 try:
-                    for part in split_reply(whole) if has_lists(whole) else (whole,):
-                        await self.channel.send(part)
+                    if has_lists(whole):
+                        for part in split_reply(whole):
+                            await self.channel.send(part)
+                    else:
+                        await self.channel.send(whole)
                     sent = True
                 except (PeerUnreachable, anyio.ClosedResourceError) as exc:
                     log.info("could not answer request %d of %s: %s", rid, self.peer_id.fingerprint, exc)
-                if isinstance(reply, Answer):
-                    await reply.sent(sent)
+                if answer is not None:
+                    await answer.sent(sent)
         finally:
             self._state.answered(rid)
-        await self._close_if_done()
+        if self._state.done and not self._closed.is_set():
+            await self.aclose()
 
     async def _send_quietly(self, message: dict[str, Any]) -> None:
         try:
@@ -270,7 +275,8 @@ class ControlChannel:
     async def aclose(self) -> None:
         """Close the channel now; outstanding requests fail with :class:`PeerUnreachable`."""
         self._end(PeerUnreachable(f"the channel to {self.peer_id.fingerprint} closed"))
-        await self.channel.aclose()
+        with anyio.CancelScope(shield=True):  # _end cancelled the handlers, maybe the caller itself
+            await self.channel.aclose()
 
     def _end(self, error: BaseException) -> None:
         if not self.closed:
@@ -278,8 +284,8 @@ class ControlChannel:
         waiting, self._waiting = self._waiting, {}
         for request in waiting.values():
             request._settle(None, error)
-        for scope in self._handling.values():
-            scope.cancel()
+        if self._tasks is not None:
+            self._tasks.cancel()  # handlers still running are cancelled
         self._closed.set()
 
     # -- running ---------------------------------------------------------------------------
@@ -292,10 +298,12 @@ class ControlChannel:
         reason: BaseException = PeerUnreachable(f"{self.peer_id.fingerprint} closed the channel")
         try:
             async with anyio.create_task_group() as tg:
+                self._tasks = tg.cancel_scope
                 tg.start_soon(self._keep_alive, tg.cancel_scope)
                 try:
+                    closed = self._closed.is_set
                     async for message in self.channel:
-                        if self.closed:
+                        if closed():
                             break
                         await self._dispatch(message, tg)
                 except (ProtocolError, PeerUnreachable) as exc:
@@ -304,7 +312,7 @@ class ControlChannel:
                     reason.__cause__ = exc
                 except anyio.ClosedResourceError:
                     pass
-                tg.cancel_scope.cancel()
+                self._end(reason)  # closed first: handlers cancelled now see the channel closed
         finally:
             self._end(reason)
             with anyio.CancelScope(shield=True):
@@ -318,13 +326,8 @@ class ControlChannel:
             request = self._waiting.pop(event.rid, None)
             if request is not None:
                 request._settle(event.message)
-            await self._close_if_done()
-        elif isinstance(event, RequestReceived):
-            self._last_request = anyio.current_time()
-            self._handling[event.rid] = anyio.CancelScope()
-            tg.start_soon(self._handle, event.rid, event.message)
-        elif isinstance(event, PingReceived):
-            tg.start_soon(self._send_reply, event.rid, {"t": "pong"})
+            if self._state.done and not self._closed.is_set():
+                await self.aclose()
         elif isinstance(event, NoticeReceived):
             self._last_request = anyio.current_time()
             kind = event.message["t"]
@@ -336,6 +339,11 @@ class ControlChannel:
                 take(self, event.message)
             except Exception:
                 log.exception("handling %r from %s failed", kind, self.peer_id.fingerprint)
+        elif isinstance(event, RequestReceived):
+            self._last_request = anyio.current_time()
+            tg.start_soon(self._handle, event.rid, event.message)
+        elif isinstance(event, PingReceived):
+            tg.start_soon(self._send_reply, event.rid, {"t": "pong"})
         elif isinstance(event, RetireReceived):
             if event.answer:
                 tg.start_soon(self.retire)
@@ -354,15 +362,13 @@ class ControlChannel:
                 )
 
     async def _handle(self, rid: int, message: dict[str, Any]) -> None:
+        # Cancelled with the channel's task group when the channel closes.
         reply: Reply = None
         try:
-            with self._handling[rid]:
-                reply = await self._handler(self, message)
+            reply = await self._handler(self, message)
         except Exception:
             log.exception("handling %r from %s failed", message.get("t"), self.peer_id.fingerprint)
             reply = error_reply(ErrorCode.UNAVAILABLE, f"the {message.get('t')!r} request failed")
-        finally:
-            self._handling.pop(rid, None)
         await self._send_reply(rid, reply)
 
     async def _keep_alive(self, scope: anyio.CancelScope) -> None:

@@ -50,6 +50,8 @@ _RESPONSES: Final = {
     "expired": InvitationResponse.EXPIRED,
 }
 _WIRE: Final = {v: k for k, v in _RESPONSES.items()}
+#: Seconds observers are given to hear of an invitation whose inviter went away.
+OBSERVER_GRACE: Final = 1.0
 
 
 class ContactLookup(Protocol):
@@ -235,6 +237,12 @@ class Invitations:
         try:
             with scope:
                 response = await receiver(invitation)
+        except anyio.get_cancelled_exc_class():
+            if control.closed:  # the inviter went away: its channel's handlers are cancelled
+                state.withdraw(Withdrawn.DISCONNECTED)
+                with anyio.CancelScope(shield=True), anyio.move_on_after(OBSERVER_GRACE):
+                    await self._observe(control, request, None, AnswerReason.DISCONNECTED)
+            raise
         finally:
             self._incoming.pop(key, None)
         if state.withdrawn is Withdrawn.CANCELLED:
@@ -254,12 +262,16 @@ class Invitations:
 
     def _reply(
         self, control: ControlChannel, request: InviteRequest, response: InvitationResponse, why: AnswerReason
-    ) -> Answer:
+    ) -> Reply:
+        reply = {"t": "invite_reply", "r": _WIRE[response]}
+        if not self._observers:
+            return reply
+
         # Observers hear of the answer once it went out.
         async def sent(_: bool) -> None:
             await self._observe(control, request, response, why)
 
-        return Answer({"t": "invite_reply", "r": _WIRE[response]}, sent)
+        return Answer(reply, sent)
 
     # -- sending -----------------------------------------------------------------------------
     async def invite(

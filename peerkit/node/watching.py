@@ -10,6 +10,7 @@ follows (the same ``inst``) stands by until that one is lost.
 from __future__ import annotations
 
 import contextlib
+import enum
 import functools
 import logging
 from collections.abc import Awaitable, Callable, Coroutine
@@ -34,6 +35,7 @@ from peerkit.model import REQUEST_TIMEOUT, ChangeType, EndPoint, Presence, Scope
 from peerkit.net.control import ControlChannel, KeepalivePolicy
 from peerkit.peers import Peer
 from peerkit.presence import OFFLINE, Watched
+from peerkit.proto.requests import ErrorCode, Refused, check_reply
 
 __all__ = ("Watching",)
 
@@ -84,6 +86,13 @@ class _Watch:
 
     def active(self) -> list[_Link]:
         return [link for link in self.links.values() if link.control is not None]
+
+
+class _Result(enum.Enum):
+    # What subscribing at one endpoint came to.
+    ACTIVE = "active"  # subscribed: the contact is followed there
+    DUPLICATE = "duplicate"  # the node there is followed through another link already
+    FAILED = "failed"
 
 
 def _poke(watch: _Watch, name: str) -> None:
@@ -281,7 +290,7 @@ class Watching:
             limit = policy.timeout if lost else REQUEST_TIMEOUT
             result = await self._subscribe_link(watch, link, limit)
             link.tried = True
-            if result == "active":
+            if result is _Result.ACTIVE:
                 watch.first.set()
                 watch.error, watch.offline_told = None, False
                 delay, lost = 0.0, False
@@ -291,7 +300,7 @@ class Watching:
                 _poke(watch, "freed")
                 lost = True
                 continue
-            if result == "duplicate":
+            if result is _Result.DUPLICATE:
                 freed = watch.freed
                 await freed.wait()
                 continue
@@ -322,8 +331,7 @@ class Watching:
             self._link_of.pop(link.control, None)
             link.control = None
 
-    async def _subscribe_link(self, watch: _Watch, link: _Link, timeout: float) -> str:
-        # "active", "duplicate" (the node there is followed through another link) or "failed".
+    async def _subscribe_link(self, watch: _Watch, link: _Link, timeout: float) -> _Result:
         who = watch.peer_id.fingerprint
         control: ControlChannel | None = None
         with anyio.move_on_after(timeout) as timer:
@@ -332,16 +340,16 @@ class Watching:
                 link.pending, link.early = control, []
                 self._link_of[control] = (watch, link)
                 request = await control.start_request({"t": "subscribe"})
-                reply = await request.wait()
-                if reply["t"] == "error":
-                    code, text = reply.get("code"), reply.get("msg")
-                    if code == "not-allowed":
-                        watch.error = NotAllowed(f"{who} refused the subscription: {text}")
+                try:
+                    reply = check_reply(await request.wait(), "subscribe_reply")
+                except Refused as exc:
+                    if exc.code is ErrorCode.NOT_ALLOWED:
+                        watch.error = NotAllowed(f"{who} refused the subscription: {exc.text}")
                         self._link_of.pop(control, None)
-                        return "failed"
-                    raise ProtocolError(f"{who} refused the subscription: {code}: {text}")
-                if reply["t"] != "subscribe_reply":
-                    raise ProtocolError(f"{who} answered a subscription with {reply['t']!r}")
+                        return _Result.FAILED
+                    raise ProtocolError(f"{who} refused the subscription: {exc}") from None
+                except ProtocolError as exc:
+                    raise ProtocolError(f"{who} {exc}") from None
                 instance = reply.get("inst")
                 if not isinstance(instance, bytes):
                     instance = None
@@ -351,7 +359,7 @@ class Watching:
                 ):
                     self._link_of.pop(control, None)
                     self._spawn(functools.partial(self._unsubscribe_on, control))
-                    return "duplicate"
+                    return _Result.DUPLICATE
                 state = link.state.copy()  # a malformed state or notification changes nothing
                 changes = state.apply_state(reply.get("state"))
                 for early in link.early:
@@ -364,18 +372,18 @@ class Watching:
                     if isinstance(exc, ProtocolError):
                         log.warning("dropping the channel to %s: %s", who, exc)
                         await control.aclose()
-                return "failed"
+                return _Result.FAILED
             finally:
                 link.pending, link.early = None, []
             link.control, link.instance, link.was_active = control, instance, True
             control.pins += 1
             self._emit(watch, link, changes)
-            return "active"
+            return _Result.ACTIVE
         if control is not None and link.control is not control:
             self._link_of.pop(control, None)
         if timer.cancelled_caught:
             watch.error = PeerUnreachable(f"{who} did not answer a subscription within {timeout} s")
-        return "failed"
+        return _Result.FAILED
 
     def on_notify(self, control: ControlChannel, message: dict[str, Any]) -> None:
         """Apply a ``notify`` message; runs in the channel's reading task, so notifications apply

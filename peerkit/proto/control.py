@@ -88,7 +88,14 @@ def _with_lists(message: Mapping[str, Any], lists: dict[_Path, list[Any]]) -> di
 
 def has_lists(message: Mapping[str, Any]) -> bool:
     """Whether ``message`` has lists it could be split along (only such a reply may need parts)."""
-    return any(True for _ in _lists(message))
+    for value in message.values():  # on every reply's path: no generator
+        if isinstance(value, list):
+            return True
+        if isinstance(value, dict):
+            for item in value.values():
+                if isinstance(item, list):
+                    return True
+    return False
 
 
 def split_reply(message: Mapping[str, Any], limit: int = MAX_PLAINTEXT) -> list[dict[str, Any]]:

@@ -93,9 +93,13 @@ class MemoryByteStream(anyio.abc.ByteStream):
         await self._send.aclose()
 
     async def aclose(self) -> None:
-        """Close both directions of this end."""
-        await self._send.aclose()
-        await self._receive.aclose()
+        """Close both directions of this end (both at once, even when cancelled, as a socket is)."""
+        self._close()
+        await anyio.lowlevel.checkpoint()
+
+    def _close(self) -> None:
+        self._send.close()
+        self._receive.close()
 
 
 def memory_stream_pair(max_buffer: int = 64) -> tuple[MemoryByteStream, MemoryByteStream]:
@@ -139,10 +143,17 @@ class MemoryListener(anyio.abc.Listener[MemoryByteStream]):
             raise PeerUnreachable(f"connection refused by {self._address[0]}:{self._address[1]}") from None
 
     async def aclose(self) -> None:
-        """Stop listening; later connections to this address are refused."""
+        """Stop listening; later connections to this address are refused, and those not yet
+        taken are closed (as a TCP listener resets them)."""
         self._network._listeners.pop(self._address, None)
         self._incoming_send.close()
+        while True:
+            try:
+                self._incoming.receive_nowait()._close()
+            except (anyio.WouldBlock, anyio.EndOfStream, anyio.ClosedResourceError):
+                break
         self._incoming.close()
+        await anyio.lowlevel.checkpoint()
 
 
 class MemoryNetwork:
