@@ -335,9 +335,26 @@ class Contact(Peer):
         return f"<Contact {name} {self.id.fingerprint}>"
 
 
-def unchecked_contact(ops: ContactOps, peer_id: PeerId, **fields: Any) -> Contact:
+def unchecked_contact(
+    ops: ContactOps,
+    peer_id: PeerId,
+    nickname: str,
+    display_name: str,
+    email: str,
+    endpoints: tuple[EndPoint, ...],
+    subscribe_allowed: SubscribePermission,
+    is_subscribed: bool,
+    added: float,
+    last_seen: float | None,
+    card: bytes | None,
+) -> Contact:
     """A :class:`Contact` made without checking its fields: for rows the contact store wrote
     (every field was checked then), so that listing thousands of contacts stays cheap."""
     contact: Contact = object.__new__(Contact)
-    contact.__dict__.update(fields, _ops=ops, id=peer_id)
+    contact._ops = ops
+    contact.id = peer_id
+    contact.nickname, contact.display_name, contact.email = nickname, display_name, email
+    contact.endpoints = endpoints
+    contact.subscribe_allowed, contact.is_subscribed = subscribe_allowed, is_subscribed
+    contact.added, contact.last_seen, contact.card = added, last_seen, card
     return contact

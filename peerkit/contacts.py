@@ -367,15 +367,15 @@ class ContactManager:
         return unchecked_contact(
             self._node,
             PeerId.from_verified(key),
-            nickname=nickname,
-            display_name=display_name,
-            email=email,
-            endpoints=tuple(_stored_endpoint(h, p, n) for h, p, n in json.loads(endpoints)),
-            subscribe_allowed=_PERMISSIONS[allowed],
-            is_subscribed=bool(subscribed),
-            added=added,
-            last_seen=last_seen,
-            card=card,
+            nickname,
+            display_name,
+            email,
+            tuple(_stored_endpoint(h, p, n) for h, p, n in json.loads(endpoints)),
+            _PERMISSIONS[allowed],
+            bool(subscribed),
+            added,
+            last_seen,
+            card,
         )
 
     def read_card(self, card: str | bytes | os.PathLike[str]) -> Contact:

@@ -835,8 +835,8 @@ class Node(EventMethods):
         """
         return self._streams.iterator(application)
 
-    async def _serve_stream(self, channel: SecureChannel) -> None:
-        await self._streams.serve(channel)
+    def _serve_stream(self, channel: SecureChannel) -> Awaitable[None]:
+        return self._streams.serve(channel)  # the coroutine itself: no frame of its own
 
     # -- peers -----------------------------------------------------------------------------
     def peer(self, peer_id: PeerId, *endpoints: EndPoint, nickname: str = "") -> Peer:
@@ -911,8 +911,8 @@ class Node(EventMethods):
         self._publishing.end(control)
 
     # -- requests from peers ---------------------------------------------------------------
-    async def _dispatch(self, control: ControlChannel, message: dict[str, Any]) -> Reply:
-        return await self._requests.dispatch(control, message)
+    def _dispatch(self, control: ControlChannel, message: dict[str, Any]) -> Awaitable[Reply]:
+        return self._requests.dispatch(control, message)  # the coroutine itself: no frame of its own
 
     def _notify(self, control: ControlChannel, message: dict[str, Any]) -> None:
         self._watching.on_notify(control, message)

@@ -10,7 +10,7 @@ satisfies their Protocols (:class:`~peerkit.peers.PeerOps`, :class:`~peerkit.con
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from peerkit.contact import CardContent, Contact
@@ -74,21 +74,22 @@ class Link:
         self.contacts: ContactManager | None = None
 
     # -- PeerOps -----------------------------------------------------------------------------
-    async def invite(
+    # Each returns the part's coroutine itself, so that the link adds no frame to every resume.
+    def invite(
         self, peer: Peer, application: Application | uuid.UUID, message: str, data: bytes, timeout: float
-    ) -> InvitationResponse:
+    ) -> Coroutine[Any, Any, InvitationResponse]:
         """See :meth:`Peer.invite`."""
-        return await _need(self.invitations).invite(peer, application, message, data, timeout)
+        return _need(self.invitations).invite(peer, application, message, data, timeout)
 
-    async def open_stream(
+    def open_stream(
         self, peer: Peer, application: Application | uuid.UUID, timeout: float
-    ) -> AppStream:
+    ) -> Coroutine[Any, Any, AppStream]:
         """See :meth:`Peer.open_stream`."""
-        return await _need(self.streams).open(peer, application, timeout)
+        return _need(self.streams).open(peer, application, timeout)
 
-    async def fetch(self, peer: Peer, what: str, timeout: float) -> Any:
+    def fetch(self, peer: Peer, what: str, timeout: float) -> Coroutine[Any, Any, Any]:
         """See :meth:`Peer.get_presence`."""
-        return await _need(self.requests).fetch(peer, what, timeout)
+        return _need(self.requests).fetch(peer, what, timeout)
 
     # -- ContactOps --------------------------------------------------------------------------
     @property
