@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import anyio
+import anyio.lowlevel
 
 from peerkit.identity import PeerId
 from peerkit.model import Application, EndPoint, InvitationResponse
@@ -78,7 +79,7 @@ class InvitationState:
         self.response: InvitationResponse | None = None
         #: Why it was withdrawn, or None.
         self.withdrawn: Withdrawn | None = None
-        self._done = anyio.Event()
+        self._done: anyio.Event | None = None  # made when someone waits (most never do)
 
     def answer(self, response: InvitationResponse) -> None:
         """Answer ``response``.
@@ -92,23 +93,32 @@ class InvitationState:
         if self.response is not None:
             raise RuntimeError(f"the invitation was already answered ({self.response.name})")
         self.response = response
-        self._done.set()
+        self._settled()
 
     def record(self, response: InvitationResponse) -> None:
         """Note the answer a handler returned (unless it answered or was withdrawn already)."""
         if self.response is None and self.withdrawn is None:
             self.response = response
-            self._done.set()
+            self._settled()
 
     def withdraw(self, reason: Withdrawn) -> None:
         """Withdraw it, unless it is answered or withdrawn already."""
         if self.response is None and self.withdrawn is None:
             self.withdrawn = reason
+            self._settled()
+
+    def _settled(self) -> None:
+        if self._done is not None:
             self._done.set()
 
     async def wait(self) -> InvitationResponse | None:
         """Wait until it is answered (the answer) or withdrawn (None)."""
-        await self._done.wait()
+        if self.response is None and self.withdrawn is None:
+            if self._done is None:
+                self._done = anyio.Event()
+            await self._done.wait()
+        else:
+            await anyio.lowlevel.checkpoint()
         return self.response
 
 
