@@ -36,6 +36,7 @@ __all__ = (
     "SubscribePermission",
     "check_scope",
     "check_seconds",
+    "seconds_text",
 )
 
 #: Presence text, nicknames, display names, endpoint names, invitation messages: characters.
@@ -100,6 +101,12 @@ def check_scope(value: object, what: str) -> Scope:
     if not 0 <= value <= 3:
         raise ValueError(f"{what} {value} is not a Scope (NONE=0, NEAR_ME=1, INTERNET=2, ALL=3)")
     return Scope(value)
+
+
+def seconds_text(value: float) -> str:
+    """A duration as people read it in a message: ``10 s``, ``0.5 s``, ``9.99 s``, ``300 s`` (three
+    significant digits; never ``9.9994050160003 s``)."""
+    return f"{value:.0f} s" if value >= 100 else f"{value:.3g} s"
 
 
 def check_seconds(value: object, what: str, limit: float | None = None) -> float:

@@ -19,7 +19,7 @@ from anyio.abc import SocketAttribute
 
 from peerkit.errors import HandshakeError, PeerUnreachable, ProtocolError
 from peerkit.identity import Identity, PeerId
-from peerkit.model import EndPoint, check_text
+from peerkit.model import EndPoint, check_text, seconds_text
 from peerkit.net.transport import BROKEN, TcpTransport, Transport, unreachable
 from peerkit.proto import messages
 from peerkit.proto.connection import (
@@ -172,7 +172,9 @@ class SecureChannel(anyio.abc.AsyncResource):
                 done, early = await cls._handshake(stream, conn)
         except TimeoutError:
             await anyio.aclose_forcefully(stream)
-            raise HandshakeError(f"the handshake did not complete within {handshake_timeout} s") from None
+            raise HandshakeError(
+                f"the handshake did not complete within {seconds_text(handshake_timeout)}"
+            ) from None
         except BaseException:
             await anyio.aclose_forcefully(stream)
             raise
@@ -382,7 +384,7 @@ async def dial(
         with anyio.fail_after(timeout):
             stream = await network.connect(host, port, local_host=local_host)
     except TimeoutError:
-        raise PeerUnreachable(f"could not connect to {host}:{port} within {timeout} s") from None
+        raise PeerUnreachable(f"could not connect to {host}:{port} within {seconds_text(timeout)}") from None
     return await SecureChannel.wrap(
         stream,
         identity,

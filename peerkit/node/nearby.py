@@ -34,7 +34,7 @@ from peerkit.errors import DiscoveryError, InvalidRecord, NotRunning, NotSignedI
 from peerkit.events import NearbyChanged
 from peerkit.handles import Handle
 from peerkit.identity import PeerId
-from peerkit.model import ChangeType, Scope
+from peerkit.model import ChangeType, Scope, seconds_text
 from peerkit.net.transport import local_addresses
 from peerkit.node.connections import Me
 from peerkit.peers import NearbyPeer, Peer, PeerOps
@@ -309,7 +309,7 @@ class Nearby:
                         return event.peer
         what = f"id {peer_id.fingerprint}" if peer_id is not None else f"nickname {nickname!r}"
         self._directory_near_me()
-        raise PeerUnreachable(f"no peer near me with {what} appeared within {timeout} s")
+        raise PeerUnreachable(f"no peer near me with {what} appeared within {seconds_text(timeout)}")
 
     async def resolve(self, peer_id: PeerId) -> Peer:
         """Find ``peer_id`` through the discovery providers (see :meth:`Node.resolve`)."""

@@ -18,7 +18,7 @@ from peerkit.contacts import CardContent, read_card
 from peerkit.discovery.base import read_record
 from peerkit.errors import InvalidRecord, NotAllowed, PeerUnreachable, ProtocolError
 from peerkit.identity import PeerId
-from peerkit.model import MAX_APPLICATIONS, MAX_OBJECTS, EndPoint, check_seconds
+from peerkit.model import MAX_APPLICATIONS, MAX_OBJECTS, EndPoint, check_seconds, seconds_text
 from peerkit.net.control import ControlChannel, Reply
 from peerkit.node.connections import Route
 from peerkit.peers import Peer
@@ -96,7 +96,7 @@ class Requests:
                 return reply
         if errors:
             raise errors[-1]
-        raise PeerUnreachable(f"{who} did not answer {what} within {timeout} s")
+        raise PeerUnreachable(f"{who} did not answer {what} within {seconds_text(timeout)}")
 
     async def fetch(self, peer: Peer, what: str, timeout: float) -> Any:
         """``peer``'s presence, applications or objects (``what``), once."""

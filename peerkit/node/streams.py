@@ -17,7 +17,7 @@ import anyio
 from peerkit.errors import NotAllowed, PeerUnreachable, ProtocolError
 from peerkit.handles import Handle, Subscription
 from peerkit.identity import PeerId
-from peerkit.model import Application, EndPoint, check_seconds
+from peerkit.model import Application, EndPoint, check_seconds, seconds_text
 from peerkit.net.channel import SecureChannel
 from peerkit.node.connections import ChannelPeer
 from peerkit.node.receivers import Receivers
@@ -108,7 +108,9 @@ class Streams:
                     errors.append(exc)
         if errors:
             raise errors[-1]
-        raise PeerUnreachable(f"no endpoint of {peer.id.fingerprint} opened a stream within {timeout} s")
+        raise PeerUnreachable(
+            f"no endpoint of {peer.id.fingerprint} opened a stream within {seconds_text(timeout)}"
+        )
 
     async def _open_at(self, peer_id: PeerId, endpoint: EndPoint, app: Application) -> AppStream:
         channel = await self._connect(peer_id, endpoint, use=USE_STREAM)

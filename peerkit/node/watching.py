@@ -31,7 +31,7 @@ from peerkit.errors import (
 )
 from peerkit.events import ApplicationChanged, Event, NameChanged, ObjectChanged, PresenceChanged
 from peerkit.identity import PeerId
-from peerkit.model import REQUEST_TIMEOUT, ChangeType, EndPoint, Presence, Scope, check_seconds
+from peerkit.model import REQUEST_TIMEOUT, ChangeType, EndPoint, Presence, Scope, check_seconds, seconds_text
 from peerkit.net.control import ControlChannel, KeepalivePolicy
 from peerkit.peers import Peer
 from peerkit.presence import OFFLINE, Watched
@@ -229,7 +229,9 @@ class Watching:
                 return
             if watch.error is None or isinstance(watch.error, PeerUnreachable):
                 why = f": {watch.error}" if watch.error is not None else ""
-                raise PeerUnreachable(f"could not subscribe to {contact.fingerprint} within {timeout} s{why}")
+                raise PeerUnreachable(
+                    f"could not subscribe to {contact.fingerprint} within {seconds_text(timeout)}{why}"
+                )
             raise watch.error
         finally:
             if not kept and not was_subscribed:
@@ -382,7 +384,9 @@ class Watching:
         if control is not None and link.control is not control:
             self._link_of.pop(control, None)
         if timer.cancelled_caught:
-            watch.error = PeerUnreachable(f"{who} did not answer a subscription within {timeout} s")
+            watch.error = PeerUnreachable(
+                f"{who} did not answer a subscription within {seconds_text(timeout)}"
+            )
         return _Result.FAILED
 
     def on_notify(self, control: ControlChannel, message: dict[str, Any]) -> None:

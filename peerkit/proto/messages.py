@@ -403,7 +403,7 @@ def decode_hello(data: bytes) -> Hello:
     value = decode(data)
     if not isinstance(value, dict):
         raise ProtocolError("hello is not a CBOR map")
-    if value.get("v") != PROTOCOL_VERSION or isinstance(value.get("v"), bool):
+    if type(value.get("v")) is not int or value["v"] != PROTOCOL_VERSION:  # not 1.0, not True
         raise ProtocolError(
             f"hello has protocol version {value.get('v')!r}; peerkit speaks {PROTOCOL_VERSION}"
         )

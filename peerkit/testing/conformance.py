@@ -13,7 +13,7 @@ from peerkit.discovery.base import Announcement, Directory, DiscoveryProvider, D
 from peerkit.discovery.base import make_record as _make_record
 from peerkit.errors import PeerUnreachable
 from peerkit.identity import PeerId
-from peerkit.model import ChangeType, EndPoint
+from peerkit.model import ChangeType, EndPoint, seconds_text
 from peerkit.testing.tasks import running_tasks
 
 __all__ = ("check_discovery_provider",)
@@ -94,7 +94,7 @@ class _SuiteNode:
                 self.changed = anyio.Event()
                 await self.changed.wait()
         raise AssertionError(
-            f"{self.provider.name}: {what}: no {change.name} event within {self.suite.timeout} s "
+            f"{self.provider.name}: {what}: no {change.name} event within {seconds_text(self.suite.timeout)} "
             f"(events seen: {[(c.name, r.nickname) for c, r in self.events]})"
         )
 
@@ -197,7 +197,7 @@ async def check_discovery_provider(
         with anyio.move_on_after(timeout):
             await a.stopped.wait()
         assert a.stopped.is_set(), (
-            f"{a.provider.name}: run() did not return within {timeout} s of cancellation"
+            f"{a.provider.name}: run() did not return within {seconds_text(timeout)} of cancellation"
         )
         await b.expect(ChangeType.DELETED, "stop", lambda record: record.id == a_id)
         b.scope.cancel()

@@ -93,6 +93,8 @@ def test_hello_round_trip_and_errors() -> None:
     for bad, match in [
         ({"v": 2, "id": bytes(32)}, "version 2"),
         ({"v": True, "id": bytes(32)}, "version True"),
+        ({"v": 1.0, "id": bytes(32)}, r"version 1\.0; peerkit speaks 1"),  # the unsigned integer 1 only
+        ({"id": bytes(32)}, "version None"),
         ({"v": 1, "id": bytes(31)}, '"id" is not a 32-byte'),
         ({"v": 1, "id": bytes(32), "nick": 5}, '"nick" is not text'),
         ({"v": 1, "id": bytes(32), "name": "x" * 256}, '"name" is 256 characters'),

@@ -16,6 +16,7 @@ from peerkit import (
     Scope,
     SubscribePermission,
 )
+from peerkit.model import seconds_text
 
 
 def test_numeric_values_are_those_of_the_original_api() -> None:
@@ -93,3 +94,19 @@ def test_object_limits() -> None:
 
 def test_limit_exceeded_is_a_value_error() -> None:
     assert issubclass(LimitExceeded, ValueError)
+
+
+@pytest.mark.parametrize(
+    ("value", "text"),
+    [
+        (10.0, "10 s"),
+        (9.9994050160003, "10 s"),
+        (0.5, "0.5 s"),
+        (9.987, "9.99 s"),
+        (300, "300 s"),
+        (0.001, "0.001 s"),
+        (120.4, "120 s"),
+    ],
+)
+def test_durations_in_messages_are_rounded(value: float, text: str) -> None:
+    assert seconds_text(value) == text
