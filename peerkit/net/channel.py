@@ -22,6 +22,7 @@ from peerkit.identity import Identity, PeerId
 from peerkit.model import EndPoint, check_text, seconds_text
 from peerkit.net.transport import BROKEN, TcpTransport, Transport, unreachable
 from peerkit.proto import messages
+from peerkit.proto.admission import Admission, AdmissionPolicy, RefusalCounter, Refused, source_of
 from peerkit.proto.connection import (
     HANDSHAKE_TIMEOUT,
     Connection,
@@ -447,6 +448,7 @@ class ChannelListener(anyio.abc.AsyncResource):
         endpoint_name: str = "",
         handshake_timeout: float = HANDSHAKE_TIMEOUT,
         max_handshakes: int = 256,
+        admission: AdmissionPolicy | None = None,
     ) -> None:
         self._listener = listener
         self._identity = identity
@@ -454,8 +456,9 @@ class ChannelListener(anyio.abc.AsyncResource):
         self.nickname = nickname
         self.endpoint_name = endpoint_name
         self._handshake_timeout = handshake_timeout
-        self._max_handshakes = max_handshakes
-        self._handshaking = 0
+        #: Who may start a handshake (see :mod:`peerkit.proto.admission`).
+        self.admission = Admission(admission or AdmissionPolicy(max_pending=max_handshakes))
+        self._refusals = RefusalCounter()
 
     @property
     def address(self) -> tuple[str, int]:
@@ -476,26 +479,38 @@ class ChannelListener(anyio.abc.AsyncResource):
         """
 
         async def handle(stream: anyio.abc.ByteStream) -> None:
-            if self._handshaking >= self._max_handshakes:
-                log.warning("refusing a connection: %d handshakes are already under way", self._handshaking)
+            # Admission first, before any Diffie-Hellman: per-source limits and a fair share.
+            now = anyio.current_time()
+            decision = self.admission.admit(source_of(_remote(stream)), now)
+            if isinstance(decision, Refused):
+                report = self._refusals.note(decision.reason, now)
+                if report is not None:
+                    log.warning("%s", report)
                 await anyio.aclose_forcefully(stream)
                 return
-            self._handshaking += 1
+            for victim in decision.evicted:
+                victim.handle.cancel()  # its slot went to a source holding fewer
+            ticket = decision.ticket
+            ticket.handle = scope = anyio.CancelScope()
+            channel: SecureChannel | None = None
             try:
-                channel = await SecureChannel.wrap(
-                    stream,
-                    self._identity,
-                    initiator=False,
-                    nickname=self.nickname,
-                    endpoint_name=self.endpoint_name,
-                    handshake_timeout=self._handshake_timeout,
-                    port=self.address[1],
-                )
+                with scope:
+                    channel = await SecureChannel.wrap(
+                        stream,
+                        self._identity,
+                        initiator=False,
+                        nickname=self.nickname,
+                        endpoint_name=self.endpoint_name,
+                        handshake_timeout=self._handshake_timeout,
+                        port=self.address[1],
+                    )
             except (ProtocolError, PeerUnreachable) as exc:
                 log.info("incoming handshake failed: %s", exc)
                 return
             finally:
-                self._handshaking -= 1
+                self.admission.release(ticket)
+            if channel is None:  # evicted: wrap() closed the stream
+                return
             async with channel:
                 try:
                     await handler(channel)
@@ -520,11 +535,15 @@ async def listen(
     endpoint_name: str = "",
     handshake_timeout: float = HANDSHAKE_TIMEOUT,
     max_handshakes: int = 256,
+    admission: AdmissionPolicy | None = None,
 ) -> ChannelListener:
     """Listen for secure channels on ``host:port`` (port 0 picks a free one).
 
-    At most ``max_handshakes`` incoming handshakes run at once; connections beyond that are closed
-    at once, so that silent clients cannot pile up until their handshakes time out.
+    Incoming connections pass admission control before any handshake work
+    (:mod:`peerkit.proto.admission`): at most ``max_handshakes`` handshakes run at once (or
+    ``admission.max_pending``), each source (address, or IPv6 /64) holds at most a share of them
+    and starts them within a budget, and under pressure the busiest source gives up its oldest
+    slot. Refused connections are closed at once and counted in one log line per interval.
 
     :raises PeerUnreachable: when the address cannot be bound.
     :raises ValueError: when ``max_handshakes`` is below 1 or a name is over 255 characters.
@@ -542,4 +561,13 @@ async def listen(
         endpoint_name=endpoint_name,
         handshake_timeout=handshake_timeout,
         max_handshakes=max_handshakes,
+        admission=admission,
     )
+
+
+def _remote(stream: anyio.abc.ByteStream) -> object:
+    # The peer's address, as the transport knows it (None when it does not).
+    try:
+        return stream.extra(SocketAttribute.remote_address)
+    except anyio.TypedAttributeLookupError:
+        return None

@@ -1,0 +1,213 @@
+"""Admission control for incoming connections, before any expensive work (sans-IO).
+
+A listener asks :meth:`Admission.admit` before it starts a handshake, and calls
+:meth:`Admission.release` when the handshake ends. Every source (an IPv4 address, or an IPv6 /64)
+gets:
+
+- at most ``max_per_source`` handshakes under way at once;
+- a token bucket of handshake starts (``rate`` per second, up to ``burst`` at once), so that a
+  flood of initiations from one address costs the node little: a start over the budget is refused
+  before any Diffie-Hellman;
+- a fair share of the ``max_pending`` handshakes of all sources: when all are taken, a source with
+  fewer under way than the busiest one takes the busiest one's oldest slot (that handshake is
+  evicted), so that stalled connections from a few addresses never starve the rest.
+
+:class:`RefusalCounter` turns refusals into one log line per interval instead of one per
+connection.
+"""
+
+from __future__ import annotations
+
+import enum
+import ipaddress
+import itertools
+from collections import Counter, OrderedDict
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+__all__ = (
+    "MAX_SOURCES",
+    "Admission",
+    "AdmissionPolicy",
+    "Admitted",
+    "Refusal",
+    "RefusalCounter",
+    "Refused",
+    "Ticket",
+    "source_of",
+)
+
+#: Sources whose budgets are remembered at most (the idle ones are forgotten first).
+MAX_SOURCES: Final = 4096
+
+
+def source_of(address: object) -> str:
+    """The source an address belongs to: the IPv4 address, or the /64 of an IPv6 address (a host
+    holds a whole /64); anything else (a name, an in-memory host) as its text."""
+    host = address[0] if isinstance(address, tuple) else address
+    try:
+        ip = ipaddress.ip_address(str(host).split("%", 1)[0])
+    except ValueError:
+        return str(host)
+    if ip.version == 6 and ip.ipv4_mapped is None:
+        return str(ipaddress.ip_network(f"{ip}/64", strict=False))
+    return str(ip.ipv4_mapped if ip.version == 6 and ip.ipv4_mapped is not None else ip)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AdmissionPolicy:
+    """The limits of :class:`Admission` (see the module docstring)."""
+
+    #: Handshakes under way at once, from every source together.
+    max_pending: int = 256
+    #: Handshakes under way at once from one source.
+    max_per_source: int = 16
+    #: Handshake starts per second one source may make, on average.
+    rate: float = 50.0
+    #: Handshake starts one source may make at once.
+    burst: int = 100
+
+    def __post_init__(self) -> None:
+        for name in ("max_pending", "max_per_source", "burst"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"admission {name} must be a positive integer, not {value!r}")
+        if not isinstance(self.rate, (int, float)) or not self.rate > 0:
+            raise ValueError(f"admission rate must be a positive number, not {self.rate!r}")
+
+
+class Refusal(enum.StrEnum):
+    """Why a connection was refused."""
+
+    #: Its source has ``max_per_source`` handshakes under way.
+    PER_SOURCE = "too many handshakes from one source"
+    #: Its source started handshakes faster than its budget.
+    RATE = "handshakes started too fast"
+    #: Every slot is taken, and its source holds at least as many as any other.
+    FULL = "every handshake slot is taken"
+
+
+@dataclass(eq=False, slots=True)
+class Ticket:
+    """One admitted handshake; the owner keeps what it needs to abort it in ``handle``."""
+
+    source: str
+    seq: int
+    #: The owner's handle on the handshake (a cancel scope), to abort it when it is evicted.
+    handle: Any = None
+
+
+@dataclass(frozen=True, slots=True)
+class Admitted:
+    """The handshake may start; abort the ``evicted`` ones (their slots went to it)."""
+
+    ticket: Ticket
+    evicted: tuple[Ticket, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Refused:
+    """The connection is to be closed at once."""
+
+    reason: Refusal
+
+
+@dataclass(slots=True)
+class _Source:
+    tokens: float
+    at: float
+    pending: OrderedDict[int, Ticket] = field(default_factory=OrderedDict)
+
+
+class Admission:
+    """Which incoming connections may start a handshake; see the module docstring."""
+
+    def __init__(self, policy: AdmissionPolicy | None = None) -> None:
+        self.policy = policy or AdmissionPolicy()
+        self._sources: dict[str, _Source] = {}
+        self._pending = 0
+        self._seq = itertools.count()
+
+    @property
+    def pending(self) -> int:
+        """Handshakes under way."""
+        return self._pending
+
+    def pending_from(self, source: str) -> int:
+        """Handshakes under way from ``source``."""
+        state = self._sources.get(source)
+        return len(state.pending) if state is not None else 0
+
+    def admit(self, source: str, now: float) -> Admitted | Refused:
+        """Whether a connection from ``source`` may start a handshake at time ``now``."""
+        policy = self.policy
+        state = self._sources.get(source)
+        if state is None:
+            self._forget_idle(now)
+            state = self._sources[source] = _Source(tokens=float(policy.burst), at=now)
+        state.tokens = min(float(policy.burst), state.tokens + (now - state.at) * policy.rate)
+        state.at = now
+        if len(state.pending) >= policy.max_per_source:
+            return Refused(Refusal.PER_SOURCE)
+        if state.tokens < 1.0:
+            return Refused(Refusal.RATE)
+        evicted: tuple[Ticket, ...] = ()
+        if self._pending >= policy.max_pending:
+            busiest = max(self._sources.values(), key=lambda s: len(s.pending))
+            if len(busiest.pending) <= len(state.pending) + 1:
+                return Refused(Refusal.FULL)
+            _, oldest = busiest.pending.popitem(last=False)
+            self._pending -= 1
+            evicted = (oldest,)
+        state.tokens -= 1.0
+        ticket = Ticket(source, next(self._seq))
+        state.pending[ticket.seq] = ticket
+        self._pending += 1
+        return Admitted(ticket, evicted)
+
+    def release(self, ticket: Ticket) -> None:
+        """The handshake of ``ticket`` ended (done, failed or evicted); releasing twice is harmless."""
+        state = self._sources.get(ticket.source)
+        if state is not None and state.pending.pop(ticket.seq, None) is not None:
+            self._pending -= 1
+
+    def _forget_idle(self, now: float) -> None:
+        # Bounded memory: past MAX_SOURCES, forget the sources with nothing under way whose
+        # bucket has refilled (forgetting them changes nothing).
+        if len(self._sources) < MAX_SOURCES:
+            return
+        policy = self.policy
+        for key, state in list(self._sources.items()):
+            full = state.tokens + (now - state.at) * policy.rate >= policy.burst
+            if not state.pending and full:
+                del self._sources[key]
+        if len(self._sources) >= MAX_SOURCES:  # all busy or recent: drop the idle ones anyway
+            for key, state in list(self._sources.items()):
+                if not state.pending:
+                    del self._sources[key]
+
+
+class RefusalCounter:
+    """Refusals counted by reason, reported at most once per ``interval`` seconds."""
+
+    def __init__(self, interval: float = 10.0) -> None:
+        self._interval = interval
+        self._counts: Counter[Refusal] = Counter()
+        self._since: float | None = None
+
+    def note(self, reason: Refusal, now: float) -> str | None:
+        """Count a refusal; the line to log when an interval is over (None otherwise)."""
+        self._counts[reason] += 1
+        if self._since is None:
+            self._since = now
+            return self._report(now)  # the first one is told at once
+        if now - self._since >= self._interval:
+            return self._report(now)
+        return None
+
+    def _report(self, now: float) -> str:
+        total = sum(self._counts.values())
+        parts = ", ".join(f"{count} {reason.value}" for reason, count in self._counts.most_common())
+        self._counts.clear()
+        self._since = now
+        return f"refused {total} incoming connection{'s' if total != 1 else ''}: {parts}"

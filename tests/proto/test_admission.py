@@ -1,0 +1,106 @@
+"""Admission control, sans-IO: per-source limits, the handshake budget, a fair share, bounded logs."""
+
+from __future__ import annotations
+
+import pytest
+
+from peerkit.proto.admission import (
+    MAX_SOURCES,
+    Admission,
+    AdmissionPolicy,
+    Admitted,
+    Refusal,
+    RefusalCounter,
+    Refused,
+    source_of,
+)
+
+
+def admitted(decision: Admitted | Refused) -> Admitted:
+    assert isinstance(decision, Admitted), decision
+    return decision
+
+
+def test_sources_are_addresses_and_ipv6_slash_64s() -> None:
+    assert source_of(("127.0.0.2", 5000)) == "127.0.0.2"
+    assert source_of(("2001:db8:1:2:aaaa::1", 5000, 0, 0)) == "2001:db8:1:2::/64"
+    assert source_of(("2001:db8:1:2:bbbb::9", 1)) == source_of(("2001:db8:1:2::1", 2))
+    assert source_of(("::ffff:10.1.2.3", 1)) == "10.1.2.3"
+    assert source_of(("fe80::1%eth0", 1)) == "fe80::/64"
+    assert source_of(("10.0.0.1", 40001)) == "10.0.0.1"
+    assert source_of(None) == "None"
+
+
+def test_one_source_holds_at_most_its_share() -> None:
+    gate = Admission(AdmissionPolicy(max_pending=100, max_per_source=3, rate=1000, burst=1000))
+    tickets = [admitted(gate.admit("a", 0.0)).ticket for _ in range(3)]
+    assert gate.admit("a", 0.0) == Refused(Refusal.PER_SOURCE)
+    assert isinstance(gate.admit("b", 0.0), Admitted)  # another source is not affected
+    gate.release(tickets[0])
+    gate.release(tickets[0])  # twice is harmless
+    assert gate.pending_from("a") == 2
+    assert isinstance(gate.admit("a", 0.0), Admitted)
+
+
+def test_a_source_over_its_handshake_budget_is_refused_until_it_refills() -> None:
+    gate = Admission(AdmissionPolicy(max_pending=100, max_per_source=100, rate=10, burst=5))
+    for _ in range(5):
+        gate.release(admitted(gate.admit("a", 0.0)).ticket)
+    assert gate.admit("a", 0.0) == Refused(Refusal.RATE)
+    assert gate.admit("a", 0.05) == Refused(Refusal.RATE)  # half a token
+    assert isinstance(gate.admit("a", 0.1), Admitted)  # one token after 0.1 s at 10/s
+    assert isinstance(gate.admit("b", 0.1), Admitted)
+
+
+def test_when_full_the_busiest_source_gives_up_its_oldest_slot() -> None:
+    gate = Admission(AdmissionPolicy(max_pending=4, max_per_source=4, rate=1000, burst=1000))
+    hog = [admitted(gate.admit("hog", 0.0)).ticket for _ in range(4)]
+    assert gate.pending == 4
+    fair = admitted(gate.admit("legit", 0.0))
+    assert fair.evicted == (hog[0],)  # the oldest
+    assert gate.pending == 4
+    assert gate.pending_from("hog") == 3
+    gate.release(hog[0])  # the evicted handshake ends later: nothing is counted twice
+    assert gate.pending == 4
+    admitted(gate.admit("legit", 0.0))  # 2 against 2: still takes from the busiest (3 > 1 + 1)
+    assert gate.pending_from("hog") == 2
+    # Now every source holds as many as the newcomer would: a full node refuses.
+    assert gate.admit("hog", 0.0) == Refused(Refusal.FULL)
+    assert gate.admit("legit", 0.0) == Refused(Refusal.FULL)
+
+
+def test_many_sources_each_with_a_few_cannot_starve_a_new_one() -> None:
+    gate = Admission(AdmissionPolicy(max_pending=100, max_per_source=16, rate=1000, burst=1000))
+    for i in range(50):
+        for _ in range(2):
+            admitted(gate.admit(f"10.0.0.{i}", 0.0))
+    assert gate.pending == 100
+    assert isinstance(gate.admit("192.168.1.1", 0.0), Admitted)  # 0 + 1 < 2
+
+
+def test_memory_is_bounded_by_the_number_of_sources() -> None:
+    gate = Admission(AdmissionPolicy(rate=1000, burst=10))
+    for i in range(MAX_SOURCES * 2):
+        gate.release(admitted(gate.admit(f"s{i}", float(i))).ticket)
+    assert len(gate._sources) <= MAX_SOURCES
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [{"max_pending": 0}, {"max_per_source": -1}, {"burst": 1.5}, {"rate": 0}, {"max_pending": True}],
+)
+def test_a_bad_policy_is_refused(bad: dict[str, object]) -> None:
+    with pytest.raises(ValueError, match="admission"):
+        AdmissionPolicy(**bad)  # type: ignore[arg-type]
+
+
+def test_refusals_are_reported_once_per_interval() -> None:
+    counter = RefusalCounter(interval=10)
+    first = counter.note(Refusal.RATE, 0.0)
+    assert first == "refused 1 incoming connection: 1 handshakes started too fast"
+    lines = [counter.note(Refusal.PER_SOURCE, t / 100) for t in range(1, 999)]
+    assert lines == [None] * 998
+    report = counter.note(Refusal.RATE, 10.0)
+    assert report is not None
+    assert report.startswith("refused 999 incoming connections: 998 too many handshakes from one source")
+    assert report.endswith("1 handshakes started too fast")
