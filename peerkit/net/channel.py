@@ -8,6 +8,7 @@ Low-level errors are mapped to peerkit's here, once, keeping the cause.
 from __future__ import annotations
 
 import logging
+import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -22,9 +23,17 @@ from peerkit.identity import Identity, PeerId
 from peerkit.model import EndPoint, check_text, seconds_text
 from peerkit.net.transport import BROKEN, TcpTransport, Transport, unreachable
 from peerkit.proto import messages
-from peerkit.proto.admission import Admission, AdmissionPolicy, RefusalCounter, Refused, source_of
+from peerkit.proto.admission import (
+    Admission,
+    AdmissionPolicy,
+    RefusalCounter,
+    Refused,
+    ReplayGuard,
+    source_of,
+)
 from peerkit.proto.connection import (
     HANDSHAKE_TIMEOUT,
+    PROTOCOL_IK,
     Connection,
     HandshakeComplete,
     MessageReceived,
@@ -65,6 +74,8 @@ class PeerInfo:
     port: int | None = None
     #: What the initiator opened the connection for: ``"control"`` or ``"stream"``.
     use: str = messages.USE_CONTROL
+    #: When the initiator sent its hello (nanoseconds on its clock), if it said (extension ``"ts"``).
+    ts: int | None = None
 
 
 def _keys(identity: Identity) -> StaticKeys:
@@ -121,6 +132,7 @@ class SecureChannel(anyio.abc.AsyncResource):
             address=address,
             port=done.peer.port,
             use=done.peer.use,
+            ts=done.peer.ts,
         )
 
     # -- construction ----------------------------------------------------------------------
@@ -155,7 +167,14 @@ class SecureChannel(anyio.abc.AsyncResource):
         check_text(endpoint_name, "endpoint name")
         if use not in (messages.USE_CONTROL, messages.USE_STREAM):
             raise ValueError(f"use must be {messages.USE_CONTROL!r} or {messages.USE_STREAM!r}, not {use!r}")
-        hello = messages.Hello(id=identity.id.key, nick=nickname, name=endpoint_name, port=port, use=use)
+        hello = messages.Hello(
+            id=identity.id.key,
+            nick=nickname,
+            name=endpoint_name,
+            port=port,
+            use=use,
+            ts=time.time_ns() if initiator else None,  # lets the responder refuse a replayed IK message 1
+        )
         now = anyio.current_time()
         try:
             if initiator:
@@ -459,6 +478,7 @@ class ChannelListener(anyio.abc.AsyncResource):
         #: Who may start a handshake (see :mod:`peerkit.proto.admission`).
         self.admission = Admission(admission or AdmissionPolicy(max_pending=max_handshakes))
         self._refusals = RefusalCounter()
+        self._replays = ReplayGuard()
 
     @property
     def address(self) -> tuple[str, int]:
@@ -510,6 +530,16 @@ class ChannelListener(anyio.abc.AsyncResource):
             finally:
                 self.admission.release(ticket)
             if channel is None:  # evicted: wrap() closed the stream
+                return
+            peer = channel.peer
+            if (
+                channel.protocol == PROTOCOL_IK
+                and peer.ts is not None
+                and not self._replays.fresh(peer.id.key, peer.ts)
+            ):
+                # A recorded IK message 1 sent again: it must never stand for its sender.
+                log.info("refusing a replayed handshake claiming to be %s", peer.id.fingerprint)
+                await channel.aclose()
                 return
             async with channel:
                 try:

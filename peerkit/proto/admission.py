@@ -27,18 +27,22 @@ from typing import Any, Final
 
 __all__ = (
     "MAX_SOURCES",
+    "REPLAY_WINDOW",
     "Admission",
     "AdmissionPolicy",
     "Admitted",
     "Refusal",
     "RefusalCounter",
     "Refused",
+    "ReplayGuard",
     "Ticket",
     "source_of",
 )
 
 #: Sources whose budgets are remembered at most (the idle ones are forgotten first).
 MAX_SOURCES: Final = 4096
+#: Nanoseconds of hello timestamps a :class:`ReplayGuard` remembers per peer.
+REPLAY_WINDOW: Final = 60 * 10**9
 
 
 def source_of(address: object) -> str:
@@ -211,3 +215,40 @@ class RefusalCounter:
         self._counts.clear()
         self._since = now
         return f"refused {total} incoming connection{'s' if total != 1 else ''}: {parts}"
+
+
+class ReplayGuard:
+    """Refuses a replayed IK message 1, by the hello timestamp (``"ts"``) inside it.
+
+    An IK message 1 is a whole handshake message: recorded, it can be sent again, and without this
+    each copy would become a channel "of" its sender. Every initiator stamps its hello with its own
+    clock. Per peer, the guard accepts a stamp it has not seen that is newer than the newest one it
+    accepted minus ``window`` (so concurrent dials that arrive out of order pass) and refuses the
+    rest. Memory is bounded: ``per_peer`` stamps for each of ``max_peers`` peers (a forgotten peer's
+    next stamp is accepted, as after a restart).
+    """
+
+    def __init__(self, *, window: int = REPLAY_WINDOW, per_peer: int = 64, max_peers: int = 4096) -> None:
+        self._window = window
+        self._per_peer = per_peer
+        self._max_peers = max_peers
+        # peer -> (floor: stamps at or below it are refused, stamps seen above the floor)
+        self._peers: OrderedDict[bytes, tuple[int, set[int]]] = OrderedDict()
+
+    def fresh(self, peer: bytes, ts: int) -> bool:
+        """Whether ``ts`` from ``peer`` is new (and remember it if so)."""
+        floor, seen = self._peers.pop(peer, (-1, set()))
+        if ts <= floor or ts in seen:
+            self._peers[peer] = (floor, seen)
+            return False
+        seen.add(ts)
+        floor = max(floor, max(seen) - self._window)
+        seen = {t for t in seen if t > floor}
+        if len(seen) > self._per_peer:  # the oldest go, and nothing at or below them is taken again
+            ordered = sorted(seen)
+            floor = ordered[-self._per_peer - 1]
+            seen = set(ordered[-self._per_peer :])
+        self._peers[peer] = (floor, seen)
+        if len(self._peers) > self._max_peers:
+            self._peers.popitem(last=False)
+        return True

@@ -383,6 +383,9 @@ class Hello:
     #: Extension ``"use"``: what the initiator opened the connection for: ``"control"`` (requests,
     #: the default when absent) or ``"stream"`` (one application stream).
     use: str = USE_CONTROL
+    #: Extension ``"ts"``: when the initiator sent it, in nanoseconds since the Unix epoch on its own
+    #: clock; a responder refuses an IK message 1 whose ``"ts"`` it has seen (a replay).
+    ts: int | None = None
 
 
 def encode_hello(hello: Hello) -> bytes:
@@ -392,6 +395,8 @@ def encode_hello(hello: Hello) -> bytes:
         value["port"] = hello.port
     if hello.use != USE_CONTROL:
         value["use"] = hello.use
+    if hello.ts is not None:
+        value["ts"] = hello.ts
     return encode(value)
 
 
@@ -423,4 +428,7 @@ def decode_hello(data: bytes) -> Hello:
     if not isinstance(port, int) or isinstance(port, bool) or not 1 <= port <= 65535:
         port = None
     use = USE_STREAM if value.get("use") == USE_STREAM else USE_CONTROL
-    return Hello(id=peer_id, nick=fields["nick"], name=fields["name"], port=port, use=use)
+    ts = value.get("ts")
+    if type(ts) is not int or not 0 <= ts < 1 << 64:
+        ts = None
+    return Hello(id=peer_id, nick=fields["nick"], name=fields["name"], port=port, use=use, ts=ts)

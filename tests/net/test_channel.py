@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import socket
+import time
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 
@@ -14,12 +16,15 @@ import pytest
 from peerkit import (
     HandshakeError,
     Identity,
+    PeerInfo,
     PeerUnreachable,
     ProtocolError,
     SecureChannel,
     connect,
     listen,
 )
+from peerkit.proto import messages
+from peerkit.proto.connection import Connection, StaticKeys
 from peerkit.proto.framing import encode_frame
 from peerkit.testing import memory_stream_pair
 
@@ -360,4 +365,36 @@ async def test_a_silent_server_fails_the_dial_within_its_timeout(alice: Identity
         assert anyio.current_time() - start < 2
         with pytest.raises(ValueError, match="timeout must be positive"):
             await connect("127.0.0.1", port, alice, timeout=0)
+        tg.cancel_scope.cancel()
+
+
+@pytest.mark.network
+async def test_a_recorded_ik_message_1_sent_again_never_stands_for_its_sender(
+    alice: Identity, bob: Identity
+) -> None:
+    # What an eavesdropper recorded: alice's preamble and IK message 1 to bob, hello stamped.
+    hello = messages.Hello(id=alice.id.key, nick="alice", ts=time.time_ns())
+    keys = StaticKeys(private=alice.x25519_private, public=alice.x25519_public)
+    recorded = Connection.initiate(keys, hello, now=0.0, expected_id=bob.id.key).data_to_send()
+    seen: list[PeerInfo] = []
+
+    async def handler(channel: SecureChannel) -> None:
+        seen.append(channel.peer)
+
+    async with await listen(bob) as listener, anyio.create_task_group() as tg:
+        await tg.start(listener.serve, handler)
+        host, port = listener.address
+        for _ in range(3):  # the original, then two replays
+            async with await anyio.connect_tcp(host, port) as raw:
+                await raw.send(recorded)
+                with anyio.fail_after(5), contextlib.suppress(anyio.EndOfStream, anyio.BrokenResourceError):
+                    while True:
+                        await raw.receive()  # message 2, then the responder closes
+        assert [p.id for p in seen] == [alice.id]  # only the first stood for alice
+        async with await connect(host, port, alice, peer_id=bob.id) as channel:  # alice herself
+            assert channel.peer.id == bob.id
+        with anyio.fail_after(5):
+            while len(seen) < 2:
+                await anyio.sleep(0.01)
+        assert seen[1].id == alice.id
         tg.cancel_scope.cancel()

@@ -12,6 +12,7 @@ from peerkit.proto.admission import (
     Refusal,
     RefusalCounter,
     Refused,
+    ReplayGuard,
     source_of,
 )
 
@@ -104,3 +105,35 @@ def test_refusals_are_reported_once_per_interval() -> None:
     assert report is not None
     assert report.startswith("refused 999 incoming connections: 998 too many handshakes from one source")
     assert report.endswith("1 handshakes started too fast")
+
+
+S = 10**9  # a second, in nanoseconds
+
+
+def test_a_stamp_is_taken_once() -> None:
+    guard = ReplayGuard()
+    assert guard.fresh(b"alice", 100 * S)
+    assert not guard.fresh(b"alice", 100 * S)  # the replay
+    assert guard.fresh(b"bob", 100 * S)  # another peer's stamps are its own
+
+
+def test_dials_that_arrive_out_of_order_pass_but_old_stamps_do_not() -> None:
+    guard = ReplayGuard(window=60 * S)
+    assert guard.fresh(b"alice", 100 * S)
+    assert guard.fresh(b"alice", 99 * S)  # sent before, arrived after: within the window
+    assert guard.fresh(b"alice", 200 * S)
+    assert not guard.fresh(b"alice", 139 * S)  # more than 60 s older than the newest
+    assert guard.fresh(b"alice", 141 * S)
+    assert not guard.fresh(b"alice", 99 * S)
+
+
+def test_memory_per_peer_and_peers_is_bounded() -> None:
+    guard = ReplayGuard(per_peer=4, max_peers=3)
+    for t in range(10):
+        assert guard.fresh(b"alice", t)
+    assert not guard.fresh(b"alice", 5)  # dropped from memory, but at or below the floor
+    assert len(guard._peers[b"alice"][1]) <= 4
+    for name in (b"b", b"c", b"d"):
+        guard.fresh(name, 1)
+    assert len(guard._peers) == 3
+    assert guard.fresh(b"alice", 5)  # alice was forgotten (as after a restart)

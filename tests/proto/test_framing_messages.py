@@ -103,6 +103,14 @@ def test_hello_round_trip_and_errors() -> None:
             messages.decode_hello(messages.encode(bad))
 
 
+def test_the_hello_stamp_travels_and_a_bad_one_is_ignored() -> None:
+    hello = messages.Hello(id=bytes(32), ts=1_796_000_000_000_000_000)
+    assert messages.decode_hello(messages.encode_hello(hello)).ts == hello.ts
+    for bad in (-1, 1.5, "1", True, None):
+        raw = messages.encode({"v": 1, "id": bytes(32), "ts": bad})
+        assert messages.decode_hello(raw).ts is None
+
+
 def test_hello_extension_keys() -> None:
     plain = messages.Hello(id=bytes(32))
     assert set(messages.decode(messages.encode_hello(plain))) == {"v", "id", "nick", "name"}  # unchanged
