@@ -23,6 +23,7 @@ from peerkit.model import MAX_TEXT
 __all__ = (
     "LARGE_VALUE",
     "MAX_DEPTH",
+    "MAX_ITEMS",
     "PROTOCOL_VERSION",
     "USE_CONTROL",
     "USE_STREAM",
@@ -40,6 +41,10 @@ __all__ = (
 
 #: How deep arrays and maps may nest in anything peerkit decodes.
 MAX_DEPTH: Final = 16
+#: CBOR items one decoded value may hold, at most (every string, number, list, map and entry counts).
+#: The largest valid message (a subscription's state: 64 applications and 128 objects) holds about
+#: 1,100; a peer's 65,000-element array is refused when its head is read, before any work is done.
+MAX_ITEMS: Final = 8192
 #: The protocol version carried in the hello.
 PROTOCOL_VERSION: Final = 1
 
@@ -148,7 +153,9 @@ def encode_deterministic(value: Any) -> bytes:
     return b"".join(out)
 
 
-def decode(data: bytes | bytearray | memoryview, *, max_depth: int = MAX_DEPTH) -> Any:
+def decode(
+    data: bytes | bytearray | memoryview, *, max_depth: int = MAX_DEPTH, max_items: int = MAX_ITEMS
+) -> Any:
     """Decode exactly one CBOR item from ``data`` (any bytes-like object), strictly.
 
     Byte strings in the result are always new ``bytes`` objects.
@@ -156,26 +163,28 @@ def decode(data: bytes | bytearray | memoryview, *, max_depth: int = MAX_DEPTH) 
     :raises ProtocolError: when ``data`` is not exactly one item the protocol allows.
     """
     if type(data) is bytes:
-        return _decode(data, max_depth)
+        return _decode(data, max_depth, max_items)
     if not isinstance(data, (bytearray, memoryview)):
         raise TypeError(f"data must be bytes, not {type(data).__name__}")
     with memoryview(data) as view:
-        return _decode(view.cast("B") if view.format != "B" or view.ndim != 1 else view, max_depth)
+        return _decode(view.cast("B") if view.format != "B" or view.ndim != 1 else view, max_depth, max_items)
 
 
-def _decode(data: bytes | memoryview, max_depth: int) -> Any:
-    value, pos = _Decoder(data, max_depth).item(0, 0)
+def _decode(data: bytes | memoryview, max_depth: int, max_items: int) -> Any:
+    value, pos = _Decoder(data, max_depth, max_items).item(0, 0)
     if pos != len(data):
         raise ProtocolError(f"CBOR item is followed by {len(data) - pos} trailing bytes")
     return value
 
 
 class _Decoder:
-    __slots__ = ("data", "max_depth")
+    __slots__ = ("budget", "data", "max_depth", "max_items")
 
-    def __init__(self, data: bytes | memoryview, max_depth: int) -> None:
+    def __init__(self, data: bytes | memoryview, max_depth: int, max_items: int) -> None:
         self.data = data
         self.max_depth = max_depth
+        self.max_items = max_items
+        self.budget = max_items  # items that may still be decoded
 
     def head(self, pos: int) -> tuple[int, int, int]:
         """Return (major type, argument, position after the head)."""
@@ -221,9 +230,13 @@ class _Decoder:
             raise ProtocolError(f"CBOR tags are not allowed (found tag {arg})")
         if depth >= self.max_depth:
             raise ProtocolError(f"CBOR nesting is deeper than {self.max_depth} levels")
-        # Every element takes at least one byte: refuse impossible counts before looping.
+        # Every element takes at least one byte: refuse impossible counts before looping, and counts
+        # over the item budget before any of the work.
         if arg > len(data) - pos:
             raise ProtocolError(f"CBOR container claims {arg} items but only {len(data) - pos} bytes remain")
+        self.budget -= arg if major == 4 else 2 * arg
+        if self.budget < 0:
+            raise ProtocolError(f"CBOR value holds more than {self.max_items} items")
         if major == 4:
             items = []
             for _ in range(arg):

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import math
+import time
 
 import cbor2
 import pytest
@@ -281,3 +282,19 @@ def test_every_accepted_type_round_trips() -> None:
     assert decoded["ba"] == b"\x01"
     assert decoded["l"] == [1, [2, 3]]
     assert decoded["m"] == {1: "int key", b"k": "bytes key"}
+
+
+def test_a_value_with_too_many_items_is_refused_before_the_work() -> None:
+    huge = messages.encode({"t": "x", "a": list(range(65_000))})
+    start = time.perf_counter()
+    with pytest.raises(ProtocolError, match="more than 8192 items"):
+        messages.decode_message(huge)
+    assert time.perf_counter() - start < 0.05  # refused at the array's head, not after decoding it
+    nested = messages.encode({"t": "x", "a": [[0] * 100 for _ in range(100)]})
+    with pytest.raises(ProtocolError, match="more than 8192 items"):
+        messages.decode_message(nested)
+    fine = {"t": "x", "a": [{"id": bytes(16), "data": b"d"} for _ in range(1000)]}  # 5,000 items
+    assert messages.decode_message(messages.encode(fine)) == fine
+    with pytest.raises(ProtocolError, match="more than 99 items"):
+        messages.decode(messages.encode(list(range(100))), max_items=99)
+    assert messages.decode(messages.encode(list(range(99))), max_items=99) == list(range(99))
