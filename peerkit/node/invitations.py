@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import uuid
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from typing import Any, Final, Protocol
 
@@ -35,7 +36,7 @@ from peerkit.net.control import Answer, ControlChannel, Reply
 from peerkit.node.connections import ChannelPeer, Route
 from peerkit.node.receivers import Receivers
 from peerkit.peers import Peer, wire_ttl
-from peerkit.proto.requests import InviteRequest, Refused, check_reply
+from peerkit.proto.requests import ErrorCode, InviteRequest, Refused, check_reply, error_reply
 
 __all__ = ("ContactLookup", "InvitationHandler", "Invitations", "Observer")
 
@@ -52,6 +53,14 @@ _RESPONSES: Final = {
 _WIRE: Final = {v: k for k, v in _RESPONSES.items()}
 #: Seconds observers are given to hear of an invitation whose inviter went away.
 OBSERVER_GRACE: Final = 1.0
+#: Invitations from one peer waiting for their answer at once, at most; more are answered with
+#: ``error`` "limit".
+MAX_PENDING_PER_PEER: Final = 32
+#: Invitations waiting for their answer at once, from everyone, at most.
+MAX_PENDING: Final = 512
+#: Of those, strangers (peers that are not contacts) may hold at most this many, so that contacts
+#: are still heard when strangers pile invitations up.
+MAX_PENDING_STRANGERS: Final = 384
 
 
 class ContactLookup(Protocol):
@@ -95,6 +104,9 @@ class Invitations:
             "an invitation", queue_size
         )
         self._incoming: dict[tuple[int, int], tuple[InvitationState, anyio.CancelScope]] = {}
+        self._pending_from: Counter[PeerId] = Counter()  # invitations waiting, per sender
+        self._pending_strangers = 0
+        self._pending = 0
 
     def clear(self) -> None:
         """The node stopped: iterators end, nothing is pending."""
@@ -214,8 +226,44 @@ class Invitations:
             )
             log.info("declining an invitation from %s to %s (%s)", peer_id.fingerprint, request.app, why)
             return self._reply(control, request, InvitationResponse.DECLINED, why)
+        is_contact = self._contacts.has(peer_id)
+        refusal = self._over_limit(peer_id, is_contact)
+        if refusal is not None:
+            log.info("refusing an invitation from %s: %s", peer_id.fingerprint, refusal)
+            return error_reply(ErrorCode.LIMIT, refusal)
+        self._pending_from[peer_id] += 1
+        self._pending += 1
+        self._pending_strangers += not is_contact
+        try:
+            return await self._receive(control, request, app, receiver, is_contact)
+        finally:
+            self._pending_from[peer_id] -= 1
+            if not self._pending_from[peer_id]:
+                del self._pending_from[peer_id]
+            self._pending -= 1
+            self._pending_strangers -= not is_contact
+
+    def _over_limit(self, peer_id: PeerId, is_contact: bool) -> str | None:
+        # Why one more invitation from ``peer_id`` may not wait, or None.
+        if self._pending_from[peer_id] >= MAX_PENDING_PER_PEER:
+            return f"{MAX_PENDING_PER_PEER} invitations of yours are waiting for their answer"
+        if self._pending >= MAX_PENDING:
+            return f"{MAX_PENDING} invitations are waiting for their answer"
+        if not is_contact and self._pending_strangers >= MAX_PENDING_STRANGERS:
+            return f"{MAX_PENDING_STRANGERS} invitations from peers that are not contacts are waiting"
+        return None
+
+    async def _receive(
+        self,
+        control: ControlChannel,
+        request: InviteRequest,
+        app: Application,
+        receiver: Callable[[Invitation], Awaitable[InvitationResponse | None]],
+        is_contact: bool,
+    ) -> Reply:
+        peer_id = control.peer_id
         endpoint, peer = self._sender(control)
-        contact = await self._contacts.find_stored(peer_id) if self._contacts.has(peer_id) else None
+        contact = await self._contacts.find_stored(peer_id) if is_contact else None
         state = InvitationState()
         invitation = Invitation(
             sender_id=peer_id,

@@ -1,0 +1,84 @@
+"""Invitations waiting for an answer are bounded: per peer, in total, and with room kept for contacts."""
+
+from __future__ import annotations
+
+import anyio
+import pytest
+from conftest import CHAT
+
+from peerkit import Invitation, InvitationResponse, Node, ProtocolError
+from peerkit.node import invitations as part
+from peerkit.testing import nodes
+
+pytestmark = pytest.mark.anyio
+
+
+async def hold_invitations(node: Node) -> anyio.Event:
+    release = anyio.Event()
+
+    @node.on_invitation(CHAT)
+    async def wait(invitation: Invitation) -> InvitationResponse:
+        await release.wait()
+        return InvitationResponse.ACCEPTED
+
+    return release
+
+
+async def test_one_peer_cannot_pile_up_invitations(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(part, "MAX_PENDING_PER_PEER", 3)
+    async with nodes(3) as (alice, bob, carol):
+        for node in (alice, bob, carol):
+            await node.register_application(CHAT)
+        release = await hold_invitations(bob)
+        to_bob = await alice.peer_at(bob.endpoint.host, bob.endpoint.port)
+        results: list[InvitationResponse] = []
+        async with anyio.create_task_group() as tg:
+
+            async def invite() -> None:
+                results.append(await to_bob.invite(CHAT, timeout=10))
+
+            for _ in range(3):
+                tg.start_soon(invite)
+            with anyio.fail_after(5):
+                while bob._invitations._pending < 3:
+                    await anyio.sleep(0.01)
+            with pytest.raises(ProtocolError, match="refused the invitation: limit: 3 invitations of yours"):
+                await to_bob.invite(CHAT, timeout=10)
+            # Another peer is not affected.
+            carol_to_bob = await carol.peer_at(bob.endpoint.host, bob.endpoint.port)
+            tg.start_soon(carol_to_bob.invite, CHAT)
+            with anyio.fail_after(5):
+                while bob._invitations._pending < 4:
+                    await anyio.sleep(0.01)
+            release.set()
+        assert results == [InvitationResponse.ACCEPTED] * 3
+        assert bob._invitations._pending == 0
+        assert await to_bob.invite(CHAT, timeout=10) is InvitationResponse.ACCEPTED  # counted down
+
+
+async def test_strangers_leave_room_for_contacts(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(part, "MAX_PENDING_STRANGERS", 2)
+    monkeypatch.setattr(part, "MAX_PENDING", 3)
+    async with nodes(4) as (alice, bob, carol, dave):
+        for node in (alice, bob, carol, dave):
+            await node.register_application(CHAT)
+        release = await hold_invitations(bob)
+        await bob.contacts.add(dave.id, nickname="dave")
+        async with anyio.create_task_group() as tg:
+            for stranger in (alice, carol):
+                peer = await stranger.peer_at(bob.endpoint.host, bob.endpoint.port)
+                tg.start_soon(peer.invite, CHAT)
+            with anyio.fail_after(5):
+                while bob._invitations._pending < 2:
+                    await anyio.sleep(0.01)
+            third = await alice.peer_at(bob.endpoint.host, bob.endpoint.port)
+            with pytest.raises(ProtocolError, match="not contacts are waiting"):
+                await third.invite(CHAT, timeout=10)
+            friend = await dave.peer_at(bob.endpoint.host, bob.endpoint.port)
+            tg.start_soon(friend.invite, CHAT)  # a contact still gets through
+            with anyio.fail_after(5):
+                while bob._invitations._pending < 3:
+                    await anyio.sleep(0.01)
+            with pytest.raises(ProtocolError, match="3 invitations are waiting"):
+                await friend.invite(CHAT, timeout=10)  # the total is the total
+            release.set()
