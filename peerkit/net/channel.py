@@ -8,6 +8,7 @@ Low-level errors are mapped to peerkit's here, once, keeping the cause.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
@@ -52,6 +53,9 @@ async def _write(stream: anyio.abc.ByteStream, data: bytes | bytearray) -> None:
 
 
 log = logging.getLogger(__name__)
+
+#: Seconds a listener waits for a new connection's preamble (a client sends it at once).
+PREAMBLE_TIMEOUT: Final = 3.0
 
 #: What a channel says when its connection broke.
 BROKE: Final = "the connection to the peer broke"
@@ -149,12 +153,15 @@ class SecureChannel(anyio.abc.AsyncResource):
         handshake_timeout: float = HANDSHAKE_TIMEOUT,
         port: int | None = None,
         use: str = messages.USE_CONTROL,
+        preamble_timeout: float | None = None,
     ) -> SecureChannel:
         """Run the handshake over ``stream`` and return the open channel.
 
         The initiator runs IK when it knows ``expected_peer`` (and then accepts only that peer),
         XX otherwise. On failure the stream is closed. ``port`` (the port this side listens on) and
-        ``use`` (``"control"`` or ``"stream"``) travel in the hello's extension keys.
+        ``use`` (``"control"`` or ``"stream"``) travel in the hello's extension keys. A responder
+        given ``preamble_timeout`` gives up on a peer that has not sent its preamble by then (a
+        silent connection holds a slot for seconds, not the whole handshake timeout).
 
         :raises HandshakeError: when the handshake fails, proves another id, or takes longer than
             ``handshake_timeout`` seconds.
@@ -188,8 +195,9 @@ class SecureChannel(anyio.abc.AsyncResource):
                 )
             deadline = conn.get_timer()
             assert deadline is not None
+            first = now + preamble_timeout if preamble_timeout is not None and not initiator else None
             with anyio.fail_after(max(0.0, deadline - now)):
-                done, early = await cls._handshake(stream, conn)
+                done, early = await cls._handshake(stream, conn, first)
         except TimeoutError:
             await anyio.aclose_forcefully(stream)
             raise HandshakeError(
@@ -202,16 +210,24 @@ class SecureChannel(anyio.abc.AsyncResource):
 
     @staticmethod
     async def _handshake(
-        stream: anyio.abc.ByteStream, conn: Connection
+        stream: anyio.abc.ByteStream, conn: Connection, preamble_deadline: float | None = None
     ) -> tuple[HandshakeComplete, list[dict[str, Any]]]:
         broke = "the connection broke during the handshake"
         while True:
             out = conn.data_to_send()
+            waiting = preamble_deadline is not None and conn.state is State.AWAIT_PREAMBLE
             try:
                 with unreachable(broke, anyio.ClosedResourceError):
                     if out:
                         await _write(stream, out)
-                    data = await stream.receive(_READ_SIZE)
+                    with anyio.move_on_after(
+                        max(0.0, preamble_deadline - anyio.current_time())  # type: ignore[operator]
+                        if waiting
+                        else math.inf
+                    ) as timer:
+                        data = await stream.receive(_READ_SIZE)
+                    if timer.cancelled_caught:
+                        raise HandshakeError("the peer sent no preamble in time")
             except anyio.EndOfStream:
                 conn.receive_eof()  # raises: the handshake is not complete
                 raise PeerUnreachable(broke) from None
@@ -468,8 +484,11 @@ class ChannelListener(anyio.abc.AsyncResource):
         handshake_timeout: float = HANDSHAKE_TIMEOUT,
         max_handshakes: int = 256,
         admission: AdmissionPolicy | None = None,
+        preamble_timeout: float = PREAMBLE_TIMEOUT,
     ) -> None:
         self._listener = listener
+        #: Seconds a connection may stay silent before its preamble (it holds a slot meanwhile).
+        self.preamble_timeout = preamble_timeout
         self._identity = identity
         #: The nickname and endpoint name this side gives in its hello.
         self.nickname = nickname
@@ -523,6 +542,7 @@ class ChannelListener(anyio.abc.AsyncResource):
                         endpoint_name=self.endpoint_name,
                         handshake_timeout=self._handshake_timeout,
                         port=self.address[1],
+                        preamble_timeout=self.preamble_timeout,
                     )
             except (ProtocolError, PeerUnreachable) as exc:
                 log.info("incoming handshake failed: %s", exc)

@@ -398,3 +398,25 @@ async def test_a_recorded_ik_message_1_sent_again_never_stands_for_its_sender(
                 await anyio.sleep(0.01)
         assert seen[1].id == alice.id
         tg.cancel_scope.cancel()
+
+
+@pytest.mark.network
+async def test_a_silent_connection_gives_its_slot_back_after_the_preamble_timeout(
+    alice: Identity, bob: Identity
+) -> None:
+    async with await listen(bob, handshake_timeout=30) as listener, anyio.create_task_group() as tg:
+        listener.preamble_timeout = 0.3
+        await tg.start(listener.serve, lambda channel: anyio.lowlevel.checkpoint())
+        host, port = listener.address
+        async with await anyio.connect_tcp(host, port) as silent:
+            start = anyio.current_time()
+            with anyio.fail_after(5), pytest.raises((anyio.EndOfStream, anyio.BrokenResourceError)):
+                await silent.receive()
+            assert anyio.current_time() - start < 2  # not the 30 s handshake timeout
+        with anyio.fail_after(5):
+            while listener.admission.pending:  # released just after the stream was closed
+                await anyio.sleep(0.01)
+        # A client that sends its preamble at once is not affected.
+        async with await connect(host, port, alice, peer_id=bob.id) as channel:
+            assert channel.peer.id == bob.id
+        tg.cancel_scope.cancel()
