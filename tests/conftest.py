@@ -12,7 +12,7 @@ import pytest
 
 from peerkit import Application, EndPoint, Invitation, InvitationResponse, Node, Peer, SecureChannel
 from peerkit.identity import Identity
-from peerkit.testing import MemoryNetwork
+from peerkit.testing import MemoryNetwork, memory_stream_pair
 
 
 @pytest.fixture
@@ -136,3 +136,23 @@ def _collect_garbage_after_each_test() -> Iterator[None]:
     """A resource left unclosed warns (an error here) in the test that left it, not in a later one."""
     yield
     gc.collect()
+
+
+async def channel_pair(
+    alice: Identity, bob: Identity, *, ik: bool = False
+) -> tuple[SecureChannel, SecureChannel]:
+    """Two open secure channels, alice's and bob's ends of one in-memory connection."""
+    a_stream, b_stream = memory_stream_pair()
+    result: dict[str, SecureChannel] = {}
+
+    async def respond() -> None:
+        result["b"] = await SecureChannel.wrap(
+            b_stream, bob, initiator=False, nickname="bob", endpoint_name="desk"
+        )
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(respond)
+        a = await SecureChannel.wrap(
+            a_stream, alice, initiator=True, expected_peer=bob.id if ik else None, nickname="alice"
+        )
+    return a, result["b"]

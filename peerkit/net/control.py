@@ -246,7 +246,7 @@ class ControlChannel:
                     await answer.sent(sent)
         finally:
             self._state.answered(rid)
-        if self._state.done and not self._closed.is_set():
+        if self._done():
             await self.aclose()
 
     async def _send_quietly(self, message: dict[str, Any]) -> None:
@@ -266,11 +266,12 @@ class ControlChannel:
         except (PeerUnreachable, anyio.ClosedResourceError):
             await self.aclose()
             return
-        await self._close_if_done()
-
-    async def _close_if_done(self) -> None:
-        if self._state.done and not self.closed:
+        if self._done():
             await self.aclose()
+
+    def _done(self) -> bool:
+        # Both sides retired and nothing is outstanding: the channel is to be closed now.
+        return self._state.done and not self._closed.is_set()
 
     async def aclose(self) -> None:
         """Close the channel now; outstanding requests fail with :class:`PeerUnreachable`."""
@@ -326,7 +327,7 @@ class ControlChannel:
             request = self._waiting.pop(event.rid, None)
             if request is not None:
                 request._settle(event.message)
-            if self._state.done and not self._closed.is_set():
+            if self._done():
                 await self.aclose()
         elif isinstance(event, NoticeReceived):
             self._last_request = anyio.current_time()
@@ -347,8 +348,8 @@ class ControlChannel:
         elif isinstance(event, RetireReceived):
             if event.answer:
                 tg.start_soon(self.retire)
-            else:
-                await self._close_if_done()
+            elif self._done():
+                await self.aclose()
         elif isinstance(event, Refuse):
             # Answered here, in the reading task: a peer that floods us is slowed down by its
             # own answers instead of growing our task list.

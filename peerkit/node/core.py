@@ -166,7 +166,6 @@ class Node(EventMethods):
         self._address_check = config.address_check
         self._store_check = config.store_check
         self._network = config.network
-        self._policy = config.invitation_policy
         self._keepalive = config.keepalive
         self._handshake_timeout = config.handshake_timeout
         self._queue_size = config.queue_size

@@ -12,6 +12,7 @@ import anyio
 import anyio.abc
 import anyio.lowlevel
 import pytest
+from conftest import channel_pair
 
 from peerkit import (
     HandshakeError,
@@ -29,25 +30,6 @@ from peerkit.proto.framing import encode_frame
 from peerkit.testing import memory_stream_pair
 
 pytestmark = pytest.mark.anyio
-
-
-async def channel_pair(
-    alice: Identity, bob: Identity, *, ik: bool = False
-) -> tuple[SecureChannel, SecureChannel]:
-    a_stream, b_stream = memory_stream_pair()
-    result: dict[str, SecureChannel] = {}
-
-    async def respond() -> None:
-        result["b"] = await SecureChannel.wrap(
-            b_stream, bob, initiator=False, nickname="bob", endpoint_name="desk"
-        )
-
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(respond)
-        a = await SecureChannel.wrap(
-            a_stream, alice, initiator=True, expected_peer=bob.id if ik else None, nickname="alice"
-        )
-    return a, result["b"]
 
 
 @pytest.mark.parametrize("ik", [False, True])

@@ -8,10 +8,10 @@ from typing import Any
 
 import anyio
 import pytest
+from conftest import channel_pair
 
-from peerkit import Identity, PeerUnreachable, SecureChannel
+from peerkit import Identity, PeerUnreachable
 from peerkit.net.control import Answer, ControlChannel, KeepalivePolicy, Reply
-from peerkit.testing import memory_stream_pair
 
 pytestmark = pytest.mark.anyio
 
@@ -34,17 +34,9 @@ async def pair(
     b_keepalive: KeepalivePolicy | None = None,
     **options: Any,
 ) -> AsyncIterator[tuple[ControlChannel, ControlChannel]]:
-    a_stream, b_stream = memory_stream_pair()
-    channels: dict[str, SecureChannel] = {}
-
-    async def respond() -> None:
-        channels["b"] = await SecureChannel.wrap(b_stream, bob, initiator=False)
-
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(respond)
-        channels["a"] = await SecureChannel.wrap(a_stream, alice, initiator=True)
+    a_channel, b_channel = await channel_pair(alice, bob)
     a = ControlChannel(
-        channels["a"],
+        a_channel,
         initiator=True,
         local_id=alice.id,
         endpoint=None,
@@ -52,7 +44,7 @@ async def pair(
         keepalive=keepalive,
     )
     b = ControlChannel(
-        channels["b"],
+        b_channel,
         initiator=False,
         local_id=bob.id,
         endpoint=None,
@@ -242,17 +234,9 @@ async def test_a_withdrawn_request_gets_no_reply(alice: Identity, bob: Identity)
 
 async def test_notices_are_taken_in_order_in_the_reading_task(alice: Identity, bob: Identity) -> None:
     seen: list[int] = []
-    a_stream, b_stream = memory_stream_pair()
-    channels: dict[str, SecureChannel] = {}
-
-    async def respond() -> None:
-        channels["b"] = await SecureChannel.wrap(b_stream, bob, initiator=False)
-
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(respond)
-        channels["a"] = await SecureChannel.wrap(a_stream, alice, initiator=True)
+    a_channel, b_channel = await channel_pair(alice, bob)
     b = ControlChannel(
-        channels["b"],
+        b_channel,
         initiator=False,
         local_id=bob.id,
         endpoint=None,
@@ -263,33 +247,25 @@ async def test_notices_are_taken_in_order_in_the_reading_task(alice: Identity, b
     async with anyio.create_task_group() as tg:
         tg.start_soon(b.run)
         for n in range(50):
-            await channels["a"].send({"t": "notify", "n": n})
-        await channels["a"].send({"t": "invite_cancel", "rid": 3})  # no taker: ignored
+            await a_channel.send({"t": "notify", "n": n})
+        await a_channel.send({"t": "invite_cancel", "rid": 3})  # no taker: ignored
         with anyio.fail_after(5):
             while len(seen) < 50:
                 await anyio.sleep(0.01)
         assert seen == list(range(50))
-        await channels["a"].aclose()
+        await a_channel.aclose()
         with anyio.fail_after(5):
             await b.wait_closed()
 
 
 async def test_a_peer_that_stops_answering_pings_is_dropped(alice: Identity, bob: Identity) -> None:
     # b never runs its reading loop, so it never answers a's pings.
-    a_stream, b_stream = memory_stream_pair()
-    channels: dict[str, SecureChannel] = {}
-
-    async def respond() -> None:
-        channels["b"] = await SecureChannel.wrap(b_stream, bob, initiator=False)
-
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(respond)
-        channels["a"] = await SecureChannel.wrap(a_stream, alice, initiator=True)
+    a_channel, b_channel = await channel_pair(alice, bob)
     policy = KeepalivePolicy(interval=0.05, timeout=0.2, idle=60)
     a = ControlChannel(
-        channels["a"], initiator=True, local_id=alice.id, endpoint=None, handler=echo, keepalive=policy
+        a_channel, initiator=True, local_id=alice.id, endpoint=None, handler=echo, keepalive=policy
     )
-    async with channels["b"]:
+    async with b_channel:
         with anyio.fail_after(5):
             async with anyio.create_task_group() as tg:
                 tg.start_soon(a.run)
