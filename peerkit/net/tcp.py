@@ -12,7 +12,6 @@ socket attributes and errors.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import socket
 from collections import deque
 from collections.abc import Callable, Mapping
@@ -22,14 +21,14 @@ import anyio
 import anyio.abc
 from anyio.abc import SocketAttribute
 
+from peerkit.net.fds import RESOURCE_ERRNOS, FdBudget, fd_budget
+
 __all__ = ("TcpListener", "TcpStream", "connect_tcp")
 
 #: Bytes waiting to be read above which the stream stops reading from the socket, and below which
 #: it reads again.
 READ_HIGH: Final = 1 << 20
 READ_LOW: Final = 1 << 18
-#: Accepted connections waiting for the serving task to take them, at most (more are closed).
-MAX_WAITING: Final = 128
 
 
 def _address(raw: Any) -> Any:
@@ -38,16 +37,13 @@ def _address(raw: Any) -> Any:
 
 
 class _Protocol(asyncio.Protocol):
-    def __init__(self, on_connect: Callable[[TcpStream], None] | None = None) -> None:
+    def __init__(self) -> None:
         self.stream: TcpStream | None = None
-        self._on_connect = on_connect
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         transport.set_write_buffer_limits(high=1 << 16)
         self.stream = TcpStream(transport)
-        if self._on_connect is not None:
-            self._on_connect(self.stream)
 
     def data_received(self, data: bytes) -> None:
         assert self.stream is not None
@@ -240,71 +236,123 @@ async def connect_tcp(host: str, port: int) -> TcpStream:
 class TcpListener(anyio.abc.Listener[TcpStream]):
     """A TCP listener giving :class:`TcpStream` objects; made with :meth:`bind`.
 
-    Connections are accepted in asyncio's protocol callbacks, where there is no task to call anyio
-    from: each one waits in a bounded queue until the task in :meth:`serve` hands it to its handler.
+    Its task accepts connections only while the process has file descriptors to spare
+    (:class:`~peerkit.net.fds.FdBudget`): near the limit it stops accepting, and the waiting
+    connections stay in the kernel's backlog until descriptors are free again. An ``accept`` that
+    fails for want of descriptors pauses it the same way, without a log line per attempt.
     """
 
-    def __init__(self) -> None:
-        self._server: asyncio.AbstractServer | None = None
-        self._waiting: deque[TcpStream] = deque()
-        self._wake: asyncio.Future[None] | None = None
+    def __init__(self, sockets: list[socket.socket], budget: FdBudget | None = None) -> None:
+        self._sockets = sockets
+        self._budget = budget or fd_budget()
+        self._serving: anyio.CancelScope | None = None
+        self._stopped: anyio.Event | None = None
         self._closed = False
 
     @classmethod
-    async def bind(cls, host: str, port: int) -> TcpListener:
-        """Listen on ``host:port`` (port 0 picks a free one).
+    async def bind(cls, host: str, port: int, *, budget: FdBudget | None = None) -> TcpListener:
+        """Listen on ``host:port`` (port 0 picks a free one); an empty host listens on every IPv4
+        and IPv6 address.
 
         :raises OSError: when the address cannot be bound.
         """
-        listener = cls()
-        loop = asyncio.get_running_loop()
-        listener._server = await loop.create_server(
-            lambda: _Protocol(listener._accepted), host, port, reuse_address=True, backlog=1024
-        )
-        return listener
-
-    def _accepted(self, stream: TcpStream) -> None:
-        # An asyncio callback: no anyio call here, only the queue and an asyncio future.
-        if self._closed or len(self._waiting) >= MAX_WAITING:
-            stream._transport.abort()
-            return
-        self._waiting.append(stream)
-        if self._wake is not None and not self._wake.done():
-            self._wake.set_result(None)
+        await anyio.lowlevel.checkpoint()
+        return cls(_bind(host, port), budget)
 
     async def serve(
         self, handler: Callable[[TcpStream], Any], task_group: anyio.abc.TaskGroup | None = None
     ) -> None:
-        """Run ``handler(stream)`` in a task for each connection, until cancelled."""
-        async with contextlib.AsyncExitStack() as stack:
-            if task_group is None:
-                task_group = await stack.enter_async_context(anyio.create_task_group())
-            loop = asyncio.get_running_loop()
-            while True:
-                while self._waiting:
-                    task_group.start_soon(handler, self._waiting.popleft())
-                self._wake = loop.create_future()
-                try:
-                    await self._wake
-                finally:
-                    self._wake = None
+        """Run ``handler(stream)`` in a task for each connection, until cancelled or closed."""
+        if self._closed:
+            raise anyio.ClosedResourceError
+        self._stopped = stopped = anyio.Event()
+        async with anyio.create_task_group() as own:
+            group = task_group or own
+            try:
+                with anyio.CancelScope() as self._serving:
+                    async with anyio.create_task_group() as loops:
+                        for sock in self._sockets:
+                            loops.start_soon(self._accept_loop, sock, handler, group)
+            finally:
+                self._serving = None
+                stopped.set()  # aclose() waits for the accept loops only, not for the handlers
+
+    async def _accept_loop(
+        self, sock: socket.socket, handler: Callable[[TcpStream], Any], group: anyio.abc.TaskGroup
+    ) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await self._budget.wait_for_room()
+            try:
+                conn, _ = await loop.sock_accept(sock)
+            except OSError as exc:
+                if exc.errno not in RESOURCE_ERRNOS:
+                    raise
+                self._budget.exhausted()  # the next room() reads the count, and pauses
+                continue
+            self._budget.opened()
+            group.start_soon(self._run, conn, handler)
+
+    async def _run(self, conn: socket.socket, handler: Callable[[TcpStream], Any]) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            _, protocol = await loop.connect_accepted_socket(_Protocol, sock=conn)
+        except BaseException:
+            conn.close()
+            raise
+        assert protocol.stream is not None
+        await handler(protocol.stream)
 
     async def aclose(self) -> None:
         """Stop listening (connections already handed out stay open)."""
+        if self._closed:
+            return
         self._closed = True
-        if self._server is not None:
-            self._server.close()
-        while self._waiting:
-            self._waiting.popleft()._transport.abort()
+        if self._serving is not None and self._stopped is not None:
+            self._serving.cancel()
+            with anyio.CancelScope(shield=True):
+                await self._stopped.wait()
+        for sock in self._sockets:
+            sock.close()
         await anyio.lowlevel.checkpoint()
 
     @property
     def extra_attributes(self) -> Mapping[Any, Callable[[], Any]]:
         """anyio's socket attributes of the (first) listening socket."""
-        assert self._server is not None
-        sock: socket.socket = self._server.sockets[0]  # type: ignore[attr-defined]
+        sock = self._sockets[0]
         return {
             SocketAttribute.local_address: lambda: _address(sock.getsockname()),
             SocketAttribute.family: lambda: sock.family,
             SocketAttribute.raw_socket: lambda: sock,
         }
+
+
+def _bind(host: str, port: int) -> list[socket.socket]:
+    # The listening sockets for host:port: one per address family the host names ("" and "::"
+    # with IPv6 only on its own socket, so that IPv4 and IPv6 share the port).
+    hosts = ["0.0.0.0", "::"] if host in ("", None) else [host]
+    sockets: list[socket.socket] = []
+    try:
+        for name in hosts:
+            infos = socket.getaddrinfo(name, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+            family, kind, proto, _, address = infos[0]
+            sock = socket.socket(family, kind, proto)
+            sockets.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            try:
+                sock.bind(address)
+            except OSError:
+                if len(hosts) > 1 and family == socket.AF_INET6 and sockets[:-1]:
+                    sockets.pop().close()  # no IPv6 on this host: IPv4 alone
+                    continue
+                raise
+            sock.listen(1024)
+            sock.setblocking(False)
+            port = sock.getsockname()[1]  # the next family listens on the same port
+    except BaseException:
+        for sock in sockets:
+            sock.close()
+        raise
+    return sockets

@@ -9,16 +9,25 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ipaddress
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any, Final, Protocol
 
 import anyio
 import anyio.abc
 
 from peerkit.errors import PeerUnreachable
+from peerkit.net.fds import RESOURCE_ERRNOS, FdBudget, fd_budget
 from peerkit.net.tcp import TcpListener, connect_tcp
 
-__all__ = ("BROKEN", "TcpTransport", "Transport", "local_addresses", "on_asyncio", "unreachable")
+__all__ = (
+    "BROKEN",
+    "GuardedListener",
+    "TcpTransport",
+    "Transport",
+    "local_addresses",
+    "on_asyncio",
+    "unreachable",
+)
 
 #: What a byte stream raises when its connection broke: anyio's error, or the operating system's.
 BROKEN: Final = (anyio.BrokenResourceError, OSError)
@@ -112,7 +121,10 @@ class TcpTransport:
         with unreachable(f"cannot listen on {host}:{port}", detail=True):
             if on_asyncio():
                 return await TcpListener.bind(host, port)
-            return await anyio.create_tcp_listener(local_host=host or None, local_port=port, reuse_port=False)
+            inner = await anyio.create_tcp_listener(
+                local_host=host or None, local_port=port, reuse_port=False
+            )
+            return GuardedListener(inner)
 
     async def connect(self, host: str, port: int, *, local_host: str) -> anyio.abc.ByteStream:
         """Open a TCP connection (see :meth:`Transport.connect`); ``local_host`` is not used."""
@@ -120,3 +132,56 @@ class TcpTransport:
             if on_asyncio():
                 return await connect_tcp(host, port)
             return await anyio.connect_tcp(host, port)
+
+
+class GuardedListener(anyio.abc.Listener[anyio.abc.SocketStream]):
+    """anyio's TCP listener (on trio) that accepts only while the process has file descriptors to
+    spare (:class:`~peerkit.net.fds.FdBudget`), as :class:`~peerkit.net.tcp.TcpListener` does on
+    asyncio: near the limit, or when ``accept`` fails for want of them, it pauses."""
+
+    def __init__(
+        self, inner: anyio.abc.Listener[anyio.abc.SocketStream], budget: FdBudget | None = None
+    ) -> None:
+        self._inner = inner
+        self._budget = budget or fd_budget()
+
+    async def serve(
+        self,
+        handler: Callable[[anyio.abc.SocketStream], Any],
+        task_group: anyio.abc.TaskGroup | None = None,
+    ) -> None:
+        """Run ``handler(stream)`` in a task for each connection, until cancelled."""
+        async with anyio.create_task_group() as own:
+            group = task_group or own
+            listeners = getattr(self._inner, "listeners", [self._inner])  # anyio's MultiListener
+            for listener in listeners:
+                own.start_soon(self._accept_loop, listener, handler, group)
+
+    async def _accept_loop(
+        self,
+        listener: anyio.abc.Listener[Any],
+        handler: Callable[[anyio.abc.SocketStream], Any],
+        group: anyio.abc.TaskGroup,
+    ) -> None:
+        assert isinstance(listener, anyio.abc.SocketListener)
+        while True:
+            await self._budget.wait_for_room()
+            try:
+                stream = await listener.accept()
+            except OSError as exc:
+                if exc.errno not in RESOURCE_ERRNOS:
+                    raise
+                self._budget.exhausted()
+                continue
+            self._budget.opened()
+            group.start_soon(handler, stream)
+
+    async def aclose(self) -> None:
+        """Stop listening."""
+        await self._inner.aclose()
+
+    @property
+    def extra_attributes(self) -> Mapping[Any, Callable[[], Any]]:
+        """The attributes of the (first) listening socket."""
+        attributes: Mapping[Any, Callable[[], Any]] = self._inner.extra_attributes
+        return attributes

@@ -9,6 +9,7 @@ listener and are handed to the node's stream part.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 from collections.abc import Awaitable, Callable, Mapping
@@ -25,7 +26,10 @@ from peerkit.net.channel import SecureChannel, dial
 from peerkit.net.control import ControlChannel, Handler, KeepalivePolicy, NoticeHandler
 from peerkit.net.transport import Transport
 from peerkit.peers import Peer, PeerOps
+from peerkit.proto.admission import RefusalCounter, source_of
+from peerkit.proto.holdings import Holdings, HoldingsPolicy, NotKept
 from peerkit.proto.messages import USE_CONTROL, USE_STREAM
+from peerkit.proto.requests import BadRequest, ErrorCode, decode_stream_request, error_reply
 
 __all__ = ("MAX_CHANNELS_PER_PEER", "ChannelPeer", "Connections", "Me", "Route")
 
@@ -94,6 +98,8 @@ class Connections:
         on_peer: Callable[[PeerId], None],
         serve_stream: Callable[[SecureChannel], Awaitable[None]],
         peer_ops: PeerOps,
+        is_contact: Callable[[PeerId], bool],
+        holdings: HoldingsPolicy | None = None,
     ) -> None:
         self._network = network
         self._keepalive = keepalive
@@ -104,6 +110,10 @@ class Connections:
         self._on_peer = on_peer
         self._serve_stream = serve_stream
         self._peer_ops = peer_ops
+        self._is_contact = is_contact
+        #: The channels and streams peers opened to this node, bounded (contacts first).
+        self.holdings = Holdings(holdings)
+        self._refusals = RefusalCounter(what="channel")
         self._controls: dict[PeerId, list[ControlChannel]] = {}
         self._dials: dict[tuple[PeerId | None, EndPoint], _Dial] = {}
         self._tg: anyio.abc.TaskGroup | None = None
@@ -295,20 +305,49 @@ class Connections:
                     del self._controls[control.peer_id]
 
     async def on_channel(self, channel: SecureChannel) -> None:
-        """Take a channel that completed the handshake on the listener."""
-        if channel.peer.id == self._me().identity.id:
+        """Take a channel that completed the handshake on the listener (it is closed when this
+        returns): keep it if the node has a place for it, contacts first."""
+        peer = channel.peer
+        if peer.id == self._me().identity.id:
             return
-        if channel.peer.use == USE_STREAM:
-            await self._serve_stream(channel)
+        stream = peer.use == USE_STREAM
+        if not stream and self.channels(peer.id) >= MAX_CHANNELS_PER_PEER:
+            self._refused(f"over {MAX_CHANNELS_PER_PEER} control channels from one peer")
             return
-        if self.channels(channel.peer.id) >= MAX_CHANNELS_PER_PEER:
-            log.warning(
-                "refusing a channel from %s: it has %d open already",
-                channel.peer.id.fingerprint,
-                MAX_CHANNELS_PER_PEER,
-            )
+        decision = self.holdings.hold(
+            peer=peer.id.key, source=source_of(peer.address), contact=self._is_contact(peer.id), stream=stream
+        )
+        if isinstance(decision, NotKept):
+            self._refused(decision.reason.value)
+            if stream:
+                await self._refuse_stream(channel, decision.reason.value)
             return
-        endpoint = None
-        if channel.peer.address is not None and channel.peer.port is not None:
-            endpoint = EndPoint(channel.peer.address[0], channel.peer.port)
-        await self._run(self._adopt(channel, initiator=False, endpoint=endpoint))
+        for victim in decision.evicted:
+            victim.handle.cancel()  # its place went to this one
+        held = decision.held
+        held.handle = scope = anyio.CancelScope()
+        try:
+            with scope:
+                if stream:
+                    await self._serve_stream(channel)
+                    return
+                endpoint = None
+                if peer.address is not None and peer.port is not None:
+                    endpoint = EndPoint(peer.address[0], peer.port)
+                await self._run(self._adopt(channel, initiator=False, endpoint=endpoint))
+        finally:
+            self.holdings.release(held)
+
+    async def _refuse_stream(self, channel: SecureChannel, reason: str) -> None:
+        # Answer the stream request with error "limit" (briefly: the place is not held meanwhile).
+        with anyio.move_on_after(1), contextlib.suppress(anyio.EndOfStream, PeerkitError):
+            try:
+                rid: int | None = decode_stream_request(await channel.receive()).rid
+            except BadRequest as exc:
+                rid = exc.rid
+            await channel.send(error_reply(ErrorCode.LIMIT, reason, rid))
+
+    def _refused(self, reason: str) -> None:
+        report = self._refusals.note(reason, anyio.current_time())
+        if report is not None:
+            log.warning("%s", report)

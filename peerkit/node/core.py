@@ -52,7 +52,8 @@ from peerkit.model import (
 )
 from peerkit.net.channel import ChannelListener, SecureChannel
 from peerkit.net.control import ControlChannel, KeepalivePolicy, Reply
-from peerkit.net.transport import Transport
+from peerkit.net.fds import fd_budget
+from peerkit.net.transport import TcpTransport, Transport
 from peerkit.node.config import NodeConfig
 from peerkit.node.connections import MAX_CHANNELS_PER_PEER, Connections, Me
 from peerkit.node.eventing import EventMethods
@@ -67,7 +68,9 @@ from peerkit.node.streams import StreamHandler, Streams
 from peerkit.node.watching import Watching
 from peerkit.peers import NearbyPeer, Peer
 from peerkit.presence import OFFLINE
+from peerkit.proto.admission import AdmissionPolicy
 from peerkit.proto.connection import HANDSHAKE_TIMEOUT
+from peerkit.proto.holdings import Holdings, HoldingsPolicy
 from peerkit.proto.requests import (
     CardRequest,
     ErrorCode,
@@ -208,6 +211,7 @@ class Node(EventMethods):
             on_peer=self._channel_opened,
             serve_stream=self._serve_stream,
             peer_ops=link,
+            is_contact=self.contacts.has,
         )
         self._invitations = Invitations(
             policy=config.invitation_policy,
@@ -298,12 +302,18 @@ class Node(EventMethods):
             self._endpoint_name = self._settings.get(ENDPOINT_NAME)
             listener = await self._network.listen(*self._listen)
             stack.push_async_callback(listener.aclose)
+            # Over TCP, what strangers can make the node hold fits in its file descriptors.
+            places = fd_budget().usable if isinstance(self._network, TcpTransport) else None
+            admission = AdmissionPolicy.within(places) if places is not None else None
+            if places is not None and admission is not None:
+                self._connections.holdings = Holdings(HoldingsPolicy.within(places - admission.max_pending))
             self._listener = ChannelListener(
                 listener,
                 self._identity,
                 nickname=self._nickname,
                 endpoint_name=self._endpoint_name,
                 handshake_timeout=self._handshake_timeout,
+                admission=admission,
             )
             bound_host, bound_port = self._listener.address
             self._endpoint = EndPoint(_reachable(bound_host), bound_port, self._endpoint_name)

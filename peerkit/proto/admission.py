@@ -79,6 +79,14 @@ class AdmissionPolicy:
         if not isinstance(self.rate, (int, float)) or not self.rate > 0:
             raise ValueError(f"admission rate must be a positive number, not {self.rate!r}")
 
+    @classmethod
+    def within(cls, places: int) -> AdmissionPolicy:
+        """The default limits, shrunk so that handshakes hold at most a quarter of ``places``
+        connections (file descriptors to spare): the rest are for the channels they make."""
+        default = cls()
+        pending = max(8, min(default.max_pending, places // 4))
+        return cls(max_pending=pending, max_per_source=max(2, min(default.max_per_source, pending // 4)))
+
 
 class Refusal(enum.StrEnum):
     """Why a connection was refused."""
@@ -192,16 +200,18 @@ class Admission:
 
 
 class RefusalCounter:
-    """Refusals counted by reason, reported at most once per ``interval`` seconds."""
+    """Refusals counted by reason, reported at most once per ``interval`` seconds: ``what`` names
+    the refused things in the report."""
 
-    def __init__(self, interval: float = 10.0) -> None:
+    def __init__(self, interval: float = 10.0, *, what: str = "incoming connection") -> None:
         self._interval = interval
-        self._counts: Counter[Refusal] = Counter()
+        self._what = what
+        self._counts: Counter[str] = Counter()
         self._since: float | None = None
 
-    def note(self, reason: Refusal, now: float) -> str | None:
+    def note(self, reason: str, now: float) -> str | None:
         """Count a refusal; the line to log when an interval is over (None otherwise)."""
-        self._counts[reason] += 1
+        self._counts[str(reason)] += 1
         if self._since is None:
             self._since = now
             return self._report(now)  # the first one is told at once
@@ -211,10 +221,10 @@ class RefusalCounter:
 
     def _report(self, now: float) -> str:
         total = sum(self._counts.values())
-        parts = ", ".join(f"{count} {reason.value}" for reason, count in self._counts.most_common())
+        parts = ", ".join(f"{count} {reason}" for reason, count in self._counts.most_common())
         self._counts.clear()
         self._since = now
-        return f"refused {total} incoming connection{'s' if total != 1 else ''}: {parts}"
+        return f"refused {total} {self._what}{'s' if total != 1 else ''}: {parts}"
 
 
 class ReplayGuard:

@@ -3,6 +3,9 @@ error mapping (``unreachable``). These streams are the asyncio fast path; trio u
 
 from __future__ import annotations
 
+import asyncio
+import errno
+import itertools
 import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -13,6 +16,7 @@ from anyio.abc import SocketAttribute
 
 from peerkit import PeerUnreachable
 from peerkit.net import tcp
+from peerkit.net.fds import FdBudget
 from peerkit.net.tcp import TcpListener, TcpStream, connect_tcp
 from peerkit.net.transport import TcpTransport, unreachable
 
@@ -168,31 +172,94 @@ async def test_a_receive_waiting_when_the_stream_closes_ends() -> None:
         await client.aclose()
 
 
-async def test_the_listener_bounds_waiting_connections(monkeypatch: pytest.MonkeyPatch) -> None:
-    # Nobody serves: accepted connections wait, at most MAX_WAITING; more are closed at once.
-    monkeypatch.setattr(tcp, "MAX_WAITING", 3)
-    listener = await TcpListener.bind("127.0.0.1", 0)
+async def test_near_the_fd_limit_the_listener_stops_accepting_and_resumes_below(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # A budget whose limit is just above what is open now: accepting pauses (the connections
+    # wait in the kernel's backlog), with one warning, and resumes when there is room again.
+    budget = FdBudget(limit=10**6, reserve=0)
+    listener = await TcpListener.bind("127.0.0.1", 0, budget=budget)
     port = listener.extra_attributes[SocketAttribute.local_address]()[1]
-    clients = [await connect_tcp("127.0.0.1", port) for _ in range(6)]
-    try:
+    taken: list[TcpStream] = []
+
+    async def take(stream: TcpStream) -> None:
+        taken.append(stream)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(listener.serve, take)
+        clients = [await connect_tcp("127.0.0.1", port)]
         with anyio.fail_after(5):
-            while len(listener._waiting) < 3:
+            while not taken:
                 await anyio.sleep(0.01)
-            await anyio.sleep(0.1)
-            assert len(listener._waiting) == 3
-            refused = 0
-            for client in clients:
-                with anyio.move_on_after(0.5):
-                    try:
-                        await client.receive()
-                    except (anyio.EndOfStream, anyio.BrokenResourceError):
-                        refused += 1
-            assert refused == 3
-    finally:
-        for client in clients:
-            await client.aclose()
+        budget.limit = budget.in_use() + 2  # room for one more connection's descriptor only
+        budget._read_at = float("-inf")
+        clients += [await connect_tcp("127.0.0.1", port) for _ in range(5)]
+        await anyio.sleep(0.5)
+        assert len(taken) == 2  # one more, then no room: the rest wait in the backlog
+        pauses = [r for r in caplog.records if "not accepting connections" in r.getMessage()]
+        assert len(pauses) == 1
+        budget.limit = 10**6
+        with anyio.fail_after(5):
+            while len(taken) < 6:
+                await anyio.sleep(0.01)
+        assert any("accepting" in r.getMessage() and "free again" in r.getMessage() for r in caplog.records)
+        for stream in (*clients, *taken):
+            await stream.aclose()
         await listener.aclose()
-    assert not listener._waiting  # closing the listener closes those that waited
+        tg.cancel_scope.cancel()
+
+
+async def test_an_accept_out_of_descriptors_pauses_without_spinning(monkeypatch: pytest.MonkeyPatch) -> None:
+    budget = FdBudget(limit=10**6, reserve=0)
+    listener = await TcpListener.bind("127.0.0.1", 0, budget=budget)
+    port = listener.extra_attributes[SocketAttribute.local_address]()[1]
+    loop = asyncio.get_running_loop()
+    real_accept = loop.sock_accept
+    attempts: list[float] = []
+
+    async def out_of_descriptors(sock: socket.socket) -> tuple[socket.socket, object]:
+        attempts.append(anyio.current_time())
+        if len(attempts) <= 3:
+            raise OSError(errno.EMFILE, "Too many open files")
+        return await real_accept(sock)
+
+    monkeypatch.setattr(loop, "sock_accept", out_of_descriptors)
+    in_use = budget.in_use()
+    taken: list[TcpStream] = []
+
+    async def take(stream: TcpStream) -> None:
+        taken.append(stream)
+
+    async with anyio.create_task_group() as tg:
+        budget.limit = in_use + 50
+        tg.start_soon(listener.serve, take)
+        client = await connect_tcp("127.0.0.1", port)
+        with anyio.fail_after(5):
+            while not taken:
+                await anyio.sleep(0.01)
+        # Three failures, then the connection was taken (and the loop waits for the next one).
+        assert len(attempts) == 5
+        gaps = [later - earlier for earlier, later in itertools.pairwise(attempts[:4])]
+        assert min(gaps) >= 0.09  # each failure paused the loop: no spin
+        for stream in (client, *taken):
+            await stream.aclose()
+        await listener.aclose()
+        tg.cancel_scope.cancel()
+
+
+async def test_listening_on_every_address_takes_one_port_for_ipv4_and_ipv6() -> None:
+    listener = await TcpListener.bind("", 0)
+    try:
+        ports = {sock.getsockname()[1] for sock in listener._sockets}
+        assert len(ports) == 1
+        port = ports.pop()
+        client = await connect_tcp("127.0.0.1", port)
+        await client.aclose()
+        if socket.has_ipv6 and len(listener._sockets) == 2:
+            client = await connect_tcp("::1", port)
+            await client.aclose()
+    finally:
+        await listener.aclose()
 
 
 async def test_connecting_to_a_closed_port_is_unreachable_with_the_reason() -> None:

@@ -1,0 +1,189 @@
+"""The connections a node holds for authenticated peers, bounded, with contacts first (sans-IO).
+
+Admission control (:mod:`peerkit.proto.admission`) bounds handshakes; this bounds what comes
+after: the control channels and application streams that peers opened to the node. A node asks
+:meth:`Holdings.hold` when an incoming channel has completed its handshake, and calls
+:meth:`Holdings.release` when it closes.
+
+- At most ``max_connections`` are held in all, and ``max_strangers`` of them for peers that are
+  not contacts (a stranger can mint identities at will; a contact cannot).
+- Strangers from one source (an address, or an IPv6 /64) hold at most ``max_per_source``; when
+  the strangers' places are all taken, a source holding fewer than the busiest one takes the
+  busiest one's oldest place (that connection is closed), as handshake slots are shared.
+- A contact that finds every place taken takes a stranger's (the busiest source's oldest), so a
+  crowd of strangers never shuts a contact out.
+- One peer holds at most ``max_streams_per_peer`` application streams.
+"""
+
+from __future__ import annotations
+
+import enum
+import itertools
+from collections import Counter, OrderedDict
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ("Held", "Holdings", "HoldingsPolicy", "Kept", "NotKept", "Shortage")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HoldingsPolicy:
+    """The limits of :class:`Holdings` (see the module docstring)."""
+
+    #: Channels and streams opened to this node, held at once, in all.
+    max_connections: int = 1024
+    #: Of those, held for strangers (peers that are not contacts).
+    max_strangers: int = 768
+    #: Held for strangers from one source.
+    max_per_source: int = 64
+    #: Application streams one peer holds at once.
+    max_streams_per_peer: int = 64
+
+    def __post_init__(self) -> None:
+        for name in ("max_connections", "max_strangers", "max_per_source", "max_streams_per_peer"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, not {value!r}")
+
+    @classmethod
+    def within(cls, places: int) -> HoldingsPolicy:
+        """The default limits, shrunk to fit ``places`` connections (file descriptors to spare)."""
+        default = cls()
+        total = max(8, min(default.max_connections, places))
+        return cls(
+            max_connections=total,
+            max_strangers=max(4, min(default.max_strangers, total * 3 // 4)),
+            max_per_source=max(2, min(default.max_per_source, total // 4)),
+            max_streams_per_peer=max(2, min(default.max_streams_per_peer, total // 4)),
+        )
+
+
+class Shortage(enum.StrEnum):
+    """Why a connection was not kept."""
+
+    STREAMS = "too many streams from one peer"
+    PER_SOURCE = "too many connections from strangers at one source"
+    FULL = "every place is taken"
+
+
+@dataclass(eq=False, slots=True)
+class Held:
+    """One held connection; the owner keeps what it needs to close it in ``handle``."""
+
+    peer: bytes
+    source: str
+    contact: bool
+    stream: bool
+    seq: int
+    #: The owner's handle on the connection (a cancel scope), to close it when it is evicted.
+    handle: Any = None
+
+
+@dataclass(frozen=True, slots=True)
+class Kept:
+    """Keep the connection; close the ``evicted`` ones (their places went to it)."""
+
+    held: Held
+    evicted: tuple[Held, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class NotKept:
+    """Close the connection at once."""
+
+    reason: Shortage
+
+
+@dataclass(slots=True)
+class _Strangers:
+    # The strangers' connections of one source, oldest first.
+    held: OrderedDict[int, Held] = field(default_factory=OrderedDict)
+
+
+class Holdings:
+    """Which connections a node keeps; see the module docstring."""
+
+    def __init__(self, policy: HoldingsPolicy | None = None) -> None:
+        self.policy = policy or HoldingsPolicy()
+        self._sources: dict[str, _Strangers] = {}
+        self._strangers = 0
+        self._contacts = 0
+        self._streams: Counter[bytes] = Counter()
+        self._seq = itertools.count()
+
+    @property
+    def held(self) -> int:
+        """Connections held."""
+        return self._strangers + self._contacts
+
+    @property
+    def strangers(self) -> int:
+        """Connections held for strangers."""
+        return self._strangers
+
+    def streams_of(self, peer: bytes) -> int:
+        """Application streams held for ``peer``."""
+        return self._streams[peer]
+
+    def hold(self, *, peer: bytes, source: str, contact: bool, stream: bool) -> Kept | NotKept:
+        """Whether to keep a connection ``peer`` opened from ``source``."""
+        policy = self.policy
+        if stream and self._streams[peer] >= policy.max_streams_per_peer:
+            return NotKept(Shortage.STREAMS)
+        evicted: tuple[Held, ...] = ()
+        if contact:
+            if self.held >= policy.max_connections:
+                victim = self._evict(below=None)
+                if victim is None:
+                    return NotKept(Shortage.FULL)
+                evicted = (victim,)
+        else:
+            mine = self._sources.get(source)
+            count = len(mine.held) if mine is not None else 0
+            if count >= policy.max_per_source:
+                return NotKept(Shortage.PER_SOURCE)
+            if self._strangers >= policy.max_strangers or self.held >= policy.max_connections:
+                victim = self._evict(below=count + 1)
+                if victim is None:
+                    return NotKept(Shortage.FULL)
+                evicted = (victim,)
+        held = Held(peer, source, contact, stream, next(self._seq))
+        if contact:
+            self._contacts += 1
+        else:
+            self._sources.setdefault(source, _Strangers()).held[held.seq] = held
+            self._strangers += 1
+        if stream:
+            self._streams[peer] += 1
+        return Kept(held, evicted)
+
+    def _evict(self, *, below: int | None) -> Held | None:
+        # The busiest source's oldest stranger connection, if that source holds more than
+        # ``below`` (None: any).
+        if not self._sources:
+            return None
+        busiest = max(self._sources.values(), key=lambda s: len(s.held))
+        if below is not None and len(busiest.held) <= below:
+            return None
+        _, oldest = next(iter(busiest.held.items()))
+        self.release(oldest)
+        return oldest
+
+    def release(self, held: Held) -> None:
+        """The connection of ``held`` closed (or was evicted); releasing twice is harmless."""
+        if held.contact:
+            if held.seq < 0:
+                return
+            self._contacts -= 1
+        else:
+            source = self._sources.get(held.source)
+            if source is None or source.held.pop(held.seq, None) is None:
+                return
+            self._strangers -= 1
+            if not source.held:
+                del self._sources[held.source]
+        held.seq = -1  # released
+        if held.stream:
+            self._streams[held.peer] -= 1
+            if self._streams[held.peer] <= 0:
+                del self._streams[held.peer]
