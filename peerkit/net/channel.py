@@ -602,8 +602,7 @@ async def listen(
         raise ValueError(f"max_handshakes must be at least 1, not {max_handshakes}")
     check_text(nickname, "nickname")
     check_text(endpoint_name, "endpoint name")
-    with unreachable(f"cannot listen on {host}:{port}", detail=True):
-        listener = await anyio.create_tcp_listener(local_host=host, local_port=port)
+    listener = await TcpTransport().listen(host, port)  # accepts only while descriptors are to spare
     return ChannelListener(
         listener,
         identity,

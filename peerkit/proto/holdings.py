@@ -36,8 +36,9 @@ class HoldingsPolicy:
     max_strangers: int = 768
     #: Held for strangers from one source.
     max_per_source: int = 64
-    #: Application streams one peer holds at once.
-    max_streams_per_peer: int = 64
+    #: Application streams one peer holds at once (half a source's share: peers behind one NAT
+    #: share a source).
+    max_streams_per_peer: int = 32
 
     def __post_init__(self) -> None:
         for name in ("max_connections", "max_strangers", "max_per_source", "max_streams_per_peer"):
@@ -54,7 +55,7 @@ class HoldingsPolicy:
             max_connections=total,
             max_strangers=max(4, min(default.max_strangers, total * 3 // 4)),
             max_per_source=max(2, min(default.max_per_source, total // 4)),
-            max_streams_per_peer=max(2, min(default.max_streams_per_peer, total // 4)),
+            max_streams_per_peer=max(2, min(default.max_streams_per_peer, total // 8)),
         )
 
 

@@ -76,6 +76,7 @@ def test_limits_shrink_to_the_places_there_are() -> None:
     assert policy.max_connections == 168
     assert policy.max_strangers == 126
     assert policy.max_per_source == 42
+    assert policy.max_streams_per_peer == 21
     assert HoldingsPolicy.within(10**6) == HoldingsPolicy()
     with pytest.raises(ValueError, match="max_strangers must be a positive integer, not 0"):
         HoldingsPolicy(max_strangers=0)
