@@ -37,7 +37,7 @@ def anyio_backend() -> str:
 async def test_at_256_descriptors_the_node_refuses_cleanly_and_serves_the_legitimate(tmp_path: Path) -> None:
     errors = tmp_path / "stderr"
     with errors.open("wb") as stderr:
-        agent = subprocess.Popen(
+        agent = subprocess.Popen(  # noqa: ASYNC220 (started once; read in a thread)
             [sys.executable, str(AGENT), "--nofile", "256"],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
