@@ -26,6 +26,7 @@ from peerkit.identity import Identity
 from peerkit.invitations import Invitation
 from peerkit.model import Application, InvitationResponse
 from peerkit.node import Node
+from peerkit.proto.admission import RequestPolicy
 
 COLD_SAMPLES = 400
 WARM_ROUNDS = 7
@@ -41,7 +42,12 @@ async def _accept(invitation: Invitation) -> InvitationResponse:
 async def _setup() -> AsyncIterator[tuple[Node, Node, int]]:
     """alice and bob (bob accepts every invitation), and the port of a plain server."""
     alice = Node(nickname="alice", identity=Identity.generate(), listen=("127.0.0.1", 0))
-    bob = Node(nickname="bob", identity=Identity.generate(), listen=("127.0.0.1", 0))
+    # One peer here asks far faster than the default budget (1,000 requests a second) lets any
+    # peer ask: the figure is the node's throughput, so bob's budget is lifted.
+    unbounded = RequestPolicy(rate=10.0**7, burst=10**7)
+    bob = Node(
+        nickname="bob", identity=Identity.generate(), listen=("127.0.0.1", 0), request_budget=unbounded
+    )
     async with alice, bob, anyio.create_task_group() as tg:
         for node in (alice, bob):
             await node.register_application(APP)

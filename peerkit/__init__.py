@@ -60,6 +60,7 @@ from peerkit.net.channel import ChannelListener, PeerInfo, SecureChannel, connec
 from peerkit.net.control import KeepalivePolicy
 from peerkit.node import Node
 from peerkit.peers import NearbyPeer, Peer
+from peerkit.proto.admission import RequestPolicy
 from peerkit.streams import AppStream
 
 __version__ = "0.1.0"
@@ -111,6 +112,7 @@ __all__ = (
     "PresenceChanged",
     "PresenceStatus",
     "ProtocolError",
+    "RequestPolicy",
     "Scope",
     "SecureChannel",
     "StaleRecord",

@@ -14,6 +14,7 @@ from peerkit.invitations import InvitationPolicy
 from peerkit.model import check_seconds, check_text
 from peerkit.net.control import KeepalivePolicy
 from peerkit.net.transport import TcpTransport, Transport
+from peerkit.proto.admission import RequestPolicy
 from peerkit.proto.connection import HANDSHAKE_TIMEOUT
 
 __all__ = ("NodeConfig",)
@@ -51,6 +52,8 @@ class NodeConfig:
     address_check: float = 10.0
     #: Seconds between checks of the contact database for changes made by another process.
     store_check: float = 1.0
+    #: How many requests each peer may make.
+    request_budget: RequestPolicy = field(default_factory=RequestPolicy)
 
     @classmethod
     def create(
@@ -68,6 +71,7 @@ class NodeConfig:
         queue_size: int = 16,
         address_check: float = 10.0,
         store_check: float = 1.0,
+        request_budget: RequestPolicy | None = None,
     ) -> NodeConfig:
         """The checked configuration of ``Node(**options)``.
 
@@ -101,6 +105,8 @@ class NodeConfig:
             )
         if keepalive is not None and not isinstance(keepalive, KeepalivePolicy):
             raise TypeError(f"keepalive must be a KeepalivePolicy, not {type(keepalive).__name__}")
+        if request_budget is not None and not isinstance(request_budget, RequestPolicy):
+            raise TypeError(f"request_budget must be a RequestPolicy, not {type(request_budget).__name__}")
         if isinstance(queue_size, bool) or not isinstance(queue_size, int):
             raise TypeError(f"queue_size must be an int, not {type(queue_size).__name__}")
         if queue_size < 1:
@@ -118,4 +124,5 @@ class NodeConfig:
             queue_size=queue_size,
             address_check=check_seconds(address_check, "address_check"),
             store_check=check_seconds(store_check, "store_check"),
+            request_budget=request_budget or RequestPolicy(),
         )

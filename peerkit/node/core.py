@@ -68,7 +68,7 @@ from peerkit.node.streams import StreamHandler, Streams
 from peerkit.node.watching import Watching
 from peerkit.peers import NearbyPeer, Peer
 from peerkit.presence import OFFLINE
-from peerkit.proto.admission import AdmissionPolicy
+from peerkit.proto.admission import AdmissionPolicy, RequestPolicy
 from peerkit.proto.connection import HANDSHAKE_TIMEOUT
 from peerkit.proto.holdings import Holdings, HoldingsPolicy
 from peerkit.proto.requests import (
@@ -125,6 +125,9 @@ class Node(EventMethods):
     :param store_check: seconds between checks of the contact database for changes made by another
         process (``peerkit contacts ...`` while ``peerkit serve`` runs): they take effect as if made
         here, with their events. A presence saved by ``peerkit presence set`` is published too.
+    :param request_budget: how many requests each peer may make (default: 1,000 a second, bursts
+        of 2,000); over it a request is answered with ``error`` "limit", and a peer whose last 100
+        requests were all over it is disconnected.
 
     Several nodes may run in one process. Using a node before ``async with`` or after it raises
     :class:`~peerkit.NotRunning`.
@@ -145,6 +148,7 @@ class Node(EventMethods):
         queue_size: int = 16,
         address_check: float = 10.0,
         store_check: float = 1.0,
+        request_budget: RequestPolicy | None = None,
     ) -> None:
         config = NodeConfig.create(
             nickname=nickname,
@@ -159,6 +163,7 @@ class Node(EventMethods):
             queue_size=queue_size,
             address_check=address_check,
             store_check=store_check,
+            request_budget=request_budget,
         )
         #: The checked options this node was built with.
         self.config = config
@@ -257,6 +262,8 @@ class Node(EventMethods):
             control_to=self._connections.control_to,
             check_running=self._check_running,
             record_timeout=self._handshake_timeout,
+            disconnect=self._connections.disconnect,
+            budget=config.request_budget,
         )
         self._nearby = Nearby(
             providers=self._providers,

@@ -19,10 +19,11 @@ from peerkit.discovery.base import read_record
 from peerkit.errors import InvalidRecord, NotAllowed, PeerUnreachable, ProtocolError
 from peerkit.identity import PeerId
 from peerkit.model import MAX_APPLICATIONS, MAX_OBJECTS, EndPoint, check_seconds, seconds_text
-from peerkit.net.control import ControlChannel, Reply
+from peerkit.net.control import Answer, ControlChannel, Reply
 from peerkit.node.connections import Route
 from peerkit.peers import Peer
 from peerkit.presence import read_app, read_object, read_presence
+from peerkit.proto.admission import Charge, RequestBudget, RequestPolicy
 from peerkit.proto.requests import (
     BadRequest,
     ErrorCode,
@@ -30,6 +31,7 @@ from peerkit.proto.requests import (
     Request,
     check_reply,
     decode_request,
+    error_reply,
 )
 
 __all__ = ("RequestHandler", "Requests")
@@ -54,8 +56,13 @@ class Requests:
         control_to: Callable[..., Awaitable[ControlChannel]],
         check_running: Callable[[], None],
         record_timeout: float,
+        disconnect: Callable[[PeerId], Awaitable[None]],
+        budget: RequestPolicy | None = None,
     ) -> None:
         self._handlers = dict(handlers)
+        self._disconnect = disconnect
+        #: How many requests each peer may make.
+        self.budget = RequestBudget(budget)
         self._routes = routes
         self._control_to = control_to
         self._check_running = check_running
@@ -63,12 +70,32 @@ class Requests:
 
     # -- from peers --------------------------------------------------------------------------
     async def dispatch(self, control: ControlChannel, message: dict[str, Any]) -> Reply:
-        """The reply to ``message``, a request of the peer on ``control``."""
+        """The reply to ``message``, a request of the peer on ``control`` (within its budget)."""
+        charge = self.budget.charge(control.peer_id.key, anyio.current_time())
+        if charge is not Charge.ANSWER:
+            return self._over_budget(control, charge)
         try:
             request = decode_request(message)
         except BadRequest as exc:
             return exc.reply()
         return await self._handlers[type(request)](control, request)
+
+    def _over_budget(self, control: ControlChannel, charge: Charge) -> Reply:
+        policy = self.budget.policy
+        reply = error_reply(ErrorCode.LIMIT, f"over {policy.rate:g} requests a second")
+        if charge is Charge.REFUSE:
+            return reply
+        log.warning(
+            "disconnecting %s: %d requests in a row over its budget",
+            control.peer_id.fingerprint,
+            policy.strikes,
+        )
+        peer_id = control.peer_id
+
+        async def disconnect(sent: bool) -> None:
+            await self._disconnect(peer_id)
+
+        return Answer(reply, disconnect)
 
     # -- ours --------------------------------------------------------------------------------
     async def request(self, peer: Peer, message: dict[str, Any], timeout: float, what: str) -> dict[str, Any]:

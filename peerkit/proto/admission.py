@@ -13,7 +13,7 @@ gets:
   evicted), so that stalled connections from a few addresses never starve the rest.
 
 :class:`RefusalCounter` turns refusals into one log line per interval instead of one per
-connection.
+connection. Once a peer is authenticated, :class:`RequestBudget` bounds the requests it makes.
 """
 
 from __future__ import annotations
@@ -31,10 +31,13 @@ __all__ = (
     "Admission",
     "AdmissionPolicy",
     "Admitted",
+    "Charge",
     "Refusal",
     "RefusalCounter",
     "Refused",
     "ReplayGuard",
+    "RequestBudget",
+    "RequestPolicy",
     "Ticket",
     "source_of",
 )
@@ -262,3 +265,69 @@ class ReplayGuard:
         if len(self._peers) > self._max_peers:
             self._peers.popitem(last=False)
         return True
+
+
+class Charge(enum.Enum):
+    """What to do with a peer's request, by its budget."""
+
+    #: Handle it.
+    ANSWER = "answer"
+    #: Answer it with ``error`` "limit" (the peer is over its budget).
+    REFUSE = "refuse"
+    #: Answer it with ``error`` "limit" and disconnect the peer: it kept going over its budget.
+    DISCONNECT = "disconnect"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RequestPolicy:
+    """How many requests a peer may make: a token bucket per peer (see :class:`RequestBudget`)."""
+
+    #: Requests per second one peer may make, on average.
+    rate: float = 1000.0
+    #: Requests one peer may make at once.
+    burst: int = 2000
+    #: Requests refused in a row (none answered between them) after which the peer is disconnected.
+    strikes: int = 100
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.rate, (int, float)) or isinstance(self.rate, bool) or not self.rate > 0:
+            raise ValueError(f"request rate must be a positive number, not {self.rate!r}")
+        for name in ("burst", "strikes"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"request {name} must be a positive integer, not {value!r}")
+
+
+class RequestBudget:
+    """A budget of requests per peer, so that no peer can spend the node's CPU alone.
+
+    Each peer has a token bucket (``rate`` per second, up to ``burst``); a request over it is
+    answered with ``error`` "limit", and a peer whose last ``strikes`` requests were all refused is
+    disconnected. Buckets are kept for at most ``max_peers`` peers (the least recent one forgotten
+    first: its next request finds a full bucket, as after a reconnect).
+    """
+
+    def __init__(self, policy: RequestPolicy | None = None, *, max_peers: int = MAX_SOURCES) -> None:
+        self.policy = policy or RequestPolicy()
+        self._max_peers = max_peers
+        # peer -> [tokens, time, refused in a row]
+        self._peers: OrderedDict[bytes, list[float]] = OrderedDict()
+
+    def charge(self, peer: bytes, now: float) -> Charge:
+        """Charge one request of ``peer`` at time ``now``."""
+        policy = self.policy
+        state = self._peers.get(peer)
+        if state is None:
+            state = self._peers[peer] = [float(policy.burst), now, 0.0]
+            if len(self._peers) > self._max_peers:
+                self._peers.popitem(last=False)
+        else:
+            self._peers.move_to_end(peer)
+        tokens = min(float(policy.burst), state[0] + (now - state[1]) * policy.rate)
+        state[1] = now
+        if tokens >= 1.0:
+            state[0], state[2] = tokens - 1.0, 0.0
+            return Charge.ANSWER
+        state[0] = tokens
+        state[2] += 1
+        return Charge.DISCONNECT if state[2] >= policy.strikes else Charge.REFUSE

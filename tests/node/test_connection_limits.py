@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import anyio
 import pytest
-from conftest import CHAT
+from conftest import ACCEPTED, CHAT, accept_all
 
-from peerkit import AppStream, Node, NotAllowed, PeerUnreachable, ProtocolError
+from peerkit import AppStream, Node, NotAllowed, PeerUnreachable, ProtocolError, RequestPolicy
 from peerkit.proto.holdings import Holdings, HoldingsPolicy
 from peerkit.testing import MemoryNetwork, nodes
 
@@ -73,3 +73,31 @@ async def test_one_peer_opens_streams_until_refused_with_a_clear_error() -> None
                 await anyio.sleep(0.01)
         async with await peer.open_stream(CHAT):  # counted down: one more is taken again
             pass
+
+
+async def test_a_peer_over_its_request_budget_is_refused_then_disconnected(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    budget = RequestPolicy(rate=0.001, burst=5, strikes=3)
+    async with nodes(3, request_budget=budget) as (alice, bob, carol):
+        for node in (alice, bob, carol):
+            await node.register_application(CHAT)
+        bob.add_invitation_handler(CHAT, accept_all)
+        to_bob = await alice.peer_at(bob.endpoint.host, bob.endpoint.port)
+        for _ in range(5):
+            assert await to_bob.invite(CHAT) is ACCEPTED
+        for _ in range(2):
+            with pytest.raises(
+                ProtocolError, match=r"refused the invitation: limit: over 0.001 requests a second"
+            ):
+                await to_bob.invite(CHAT)
+        assert bob.channels(alice.id) == 1
+        with pytest.raises(ProtocolError, match="limit"):
+            await to_bob.invite(CHAT)  # the third refusal in a row: alice is disconnected
+        with anyio.fail_after(5):
+            while bob.channels(alice.id):
+                await anyio.sleep(0.01)
+        assert any("disconnecting" in r.getMessage() for r in caplog.records)
+        # Another peer is not affected.
+        carol_to_bob = await carol.peer_at(bob.endpoint.host, bob.endpoint.port)
+        assert await carol_to_bob.invite(CHAT) is ACCEPTED

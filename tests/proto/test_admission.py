@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from peerkit.proto.admission import (
@@ -9,10 +11,13 @@ from peerkit.proto.admission import (
     Admission,
     AdmissionPolicy,
     Admitted,
+    Charge,
     Refusal,
     RefusalCounter,
     Refused,
     ReplayGuard,
+    RequestBudget,
+    RequestPolicy,
     source_of,
 )
 
@@ -137,3 +142,36 @@ def test_memory_per_peer_and_peers_is_bounded() -> None:
         guard.fresh(name, 1)
     assert len(guard._peers) == 3
     assert guard.fresh(b"alice", 5)  # alice was forgotten (as after a restart)
+
+
+def test_a_request_budget_refuses_over_the_rate_and_disconnects_after_strikes() -> None:
+    budget = RequestBudget(RequestPolicy(rate=10, burst=3, strikes=2))
+    assert [budget.charge(b"a", 0.0) for _ in range(3)] == [Charge.ANSWER] * 3
+    assert budget.charge(b"a", 0.0) is Charge.REFUSE
+    assert budget.charge(b"b", 0.0) is Charge.ANSWER  # another peer has its own bucket
+    assert budget.charge(b"a", 0.05) is Charge.DISCONNECT  # half a token: the second in a row
+    # Refilled to two tokens: strikes start over.
+    assert [budget.charge(b"a", 0.2) for _ in range(3)] == [Charge.ANSWER, Charge.ANSWER, Charge.REFUSE]
+    assert budget.charge(b"a", 0.35) is Charge.ANSWER
+
+
+def test_a_request_budget_remembers_a_bounded_number_of_peers() -> None:
+    budget = RequestBudget(RequestPolicy(rate=1, burst=1), max_peers=3)
+    for peer in (b"a", b"b", b"c", b"d"):
+        assert budget.charge(peer, 0.0) is Charge.ANSWER
+    assert len(budget._peers) == 3
+    assert budget.charge(b"a", 0.0) is Charge.ANSWER  # forgotten: a full bucket again
+    assert budget.charge(b"d", 0.0) is Charge.REFUSE
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"rate": 0}, "request rate must be a positive number, not 0"),
+        ({"burst": 0}, "request burst must be a positive integer, not 0"),
+        ({"strikes": True}, "request strikes must be a positive integer, not True"),
+    ],
+)
+def test_a_request_policy_names_a_bad_value(options: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        RequestPolicy(**options)
