@@ -285,6 +285,18 @@ class SecureChannel(anyio.abc.AsyncResource):
             raise PeerUnreachable(BROKE) from exc
         return True
 
+    @property
+    def congested(self) -> bool:
+        """Whether what was sent is not draining: the stream is congested (the peer does not read),
+        or a send is waiting for it."""
+        ready = getattr(self._stream, "send_ready", None)
+        return self._send_lock.locked() or (ready is not None and not ready())
+
+    async def writable(self) -> None:
+        """Wait until the sends under way are done (the peer read enough of them)."""
+        async with self._send_lock:
+            pass
+
     async def _send(self, queue: Callable[[Any], None], message: Any) -> None:
         # Queue one message on the connection with ``queue`` and write it, one sender at a time.
         if self._closed:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final
 
 import anyio
 import anyio.abc
@@ -38,7 +38,11 @@ from peerkit.proto.control import (
 )
 from peerkit.proto.requests import ErrorCode, error_reply
 
-__all__ = ("Answer", "ControlChannel", "KeepalivePolicy", "Reply", "Request")
+__all__ = ("STALL_AFTER", "Answer", "ControlChannel", "KeepalivePolicy", "Reply", "Request")
+
+#: Replies waiting to be sent on a congested channel at which the channel stops reading requests
+#: until they drain.
+STALL_AFTER: Final = 8
 
 log = logging.getLogger(__name__)
 
@@ -343,6 +347,10 @@ class ControlChannel:
         elif isinstance(event, RequestReceived):
             self._last_request = anyio.current_time()
             tg.start_soon(self._handle, event.rid, event.message)
+            if self._state.handling >= STALL_AFTER and self.channel.congested:
+                # Backpressure: a peer that does not read its replies is not read from either
+                # (its requests wait in its own buffers, not in this node's memory).
+                await self.channel.writable()
         elif isinstance(event, PingReceived):
             tg.start_soon(self._send_reply, event.rid, {"t": "pong"})
         elif isinstance(event, RetireReceived):

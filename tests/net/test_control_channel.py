@@ -11,7 +11,8 @@ import pytest
 from conftest import channel_pair
 
 from peerkit import Identity, PeerUnreachable
-from peerkit.net.control import Answer, ControlChannel, KeepalivePolicy, Reply
+from peerkit.net.control import STALL_AFTER, Answer, ControlChannel, KeepalivePolicy, Reply
+from peerkit.proto.control import MAX_CONCURRENT
 
 pytestmark = pytest.mark.anyio
 
@@ -291,3 +292,38 @@ async def test_a_pinned_channel_is_never_idle(alice: Identity, bob: Identity) ->
         await anyio.sleep(0.5)
         assert a.usable
         assert b.usable
+
+
+async def test_a_peer_that_does_not_read_its_replies_is_not_read_from(alice: Identity, bob: Identity) -> None:
+    # Alice sends requests on a bare channel and never reads: bob's replies back up, and bob stops
+    # reading her requests once STALL_AFTER of them wait, instead of taking all MAX_CONCURRENT.
+    a_channel, b_channel = await channel_pair(alice, bob)
+    handled = 0
+
+    async def big(control: ControlChannel, message: dict[str, Any]) -> Reply:
+        nonlocal handled
+        handled += 1
+        return {"t": "x_reply", "blob": bytes(8000)}
+
+    b = ControlChannel(b_channel, initiator=False, local_id=bob.id, endpoint=None, handler=big, keepalive=QUIET)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(b.run)
+
+        async def flood() -> None:
+            for rid in range(1, MAX_CONCURRENT + 1):
+                await a_channel.send({"t": "x", "rid": rid})
+
+        tg.start_soon(flood)
+        await anyio.sleep(0.5)
+        assert 1 <= b._state.handling <= STALL_AFTER + 2
+        assert handled < MAX_CONCURRENT  # what the connection buffers, and STALL_AFTER more
+        # Once alice reads, bob answers everything.
+        replies = 0
+        with anyio.fail_after(5):
+            while replies < MAX_CONCURRENT:
+                message = await a_channel.receive()
+                replies += message["t"] == "x_reply"
+        assert handled == MAX_CONCURRENT
+        await b.aclose()
+        await a_channel.aclose()
+        tg.cancel_scope.cancel()
