@@ -4,7 +4,7 @@ anyio's TCP streams are fine general-purpose streams, but every ``send`` is a ch
 ``receive`` pauses and resumes the transport's reading. A node fanning one change out to a thousand
 subscribers wants neither: :meth:`TcpStream.send_nowait` hands bytes to the transport at once (when
 :meth:`TcpStream.send_ready` says it is not congested), and received bytes wait in the stream until
-read (reading pauses only when a megabyte is waiting). Both classes are ordinary anyio
+read (reading pauses when 256 KiB are waiting: the bounded receive window of every connection). Both classes are ordinary anyio
 :class:`~anyio.abc.ByteStream` / :class:`~anyio.abc.Listener` objects otherwise, with anyio's
 socket attributes and errors.
 """
@@ -27,8 +27,8 @@ __all__ = ("TcpListener", "TcpStream", "connect_tcp")
 
 #: Bytes waiting to be read above which the stream stops reading from the socket, and below which
 #: it reads again.
-READ_HIGH: Final = 1 << 20
-READ_LOW: Final = 1 << 18
+READ_HIGH: Final = 1 << 18
+READ_LOW: Final = 1 << 16
 
 
 def _address(raw: Any) -> Any:
