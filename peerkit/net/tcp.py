@@ -4,9 +4,9 @@ anyio's TCP streams are fine general-purpose streams, but every ``send`` is a ch
 ``receive`` pauses and resumes the transport's reading. A node fanning one change out to a thousand
 subscribers wants neither: :meth:`TcpStream.send_nowait` hands bytes to the transport at once (when
 :meth:`TcpStream.send_ready` says it is not congested), and received bytes wait in the stream until
-read (reading pauses when 256 KiB are waiting: the bounded receive window of every connection). Both classes are ordinary anyio
-:class:`~anyio.abc.ByteStream` / :class:`~anyio.abc.Listener` objects otherwise, with anyio's
-socket attributes and errors.
+read (reading pauses when 256 KiB are waiting: the bounded receive window of every connection).
+Both classes are ordinary anyio :class:`~anyio.abc.ByteStream` / :class:`~anyio.abc.Listener`
+objects otherwise, with anyio's socket attributes and errors.
 """
 
 from __future__ import annotations
