@@ -50,7 +50,8 @@ from zeroconf._protocol.incoming import DNSIncoming
 from zeroconf._protocol.outgoing import DNSOutgoing
 from zeroconf.asyncio import AsyncServiceBrowser, AsyncServiceInfo, AsyncZeroconf
 
-from peerkit.discovery.base import Announcement, DiscoverySession, DiscoverySink
+from peerkit.discovery.base import Announcement, DiscoverySession, DiscoverySink, read_record
+from peerkit.errors import InvalidRecord
 from peerkit.identity import PeerId
 from peerkit.model import Scope
 from peerkit.proto.records import MAX_ENVELOPE
@@ -79,6 +80,10 @@ _LOOKUPS: Final = 16
 _PENDING: Final = 4096
 #: Seconds an instance heard only in a probe may go without announcing before it is lost.
 _PROBE_GRACE: Final = 3.0
+#: Instance names a node tries ("alice-abcd1234", then "... (2)", ...) before it gives up.
+_RENAMES: Final = 10
+#: Seconds the ids under a name that said goodbye have to answer a query before they are lost.
+_CONFIRM: Final = 2.0
 
 
 def _txt_properties(text: bytes) -> dict[bytes, bytes | None]:
@@ -97,17 +102,20 @@ def _txt_properties(text: bytes) -> dict[bytes, bytes | None]:
 
 class _ProbeTap(asyncio.DatagramProtocol):
     # Sits in front of a zeroconf listener: sees each datagram first, then hands it on unchanged.
-    def __init__(self, inner: Any, on_probe: Any) -> None:
+    def __init__(self, inner: Any, on_packet: Any) -> None:
         self.inner = inner
-        self.on_probe = on_probe
+        self.on_packet = on_packet
 
     def datagram_received(self, data: bytes, addr: Any) -> None:
-        # A query (QR clear) with authority records is a probe (RFC 6762 section 8.2).
-        if len(data) > 12 and not data[2] & 0x80 and (data[8] or data[9]):
-            try:
-                self.on_probe(data)
-            except Exception as exc:  # nothing a stranger sends may stop zeroconf's own handling
-                log.debug("ignoring a probe: %r", exc)
+        # A response (QR set) with answers, or a query with authority records (a probe, RFC 6762
+        # section 8.2), that names the peerkit service (its first mention is never compressed).
+        if len(data) > 12 and b"_peerkit" in data:
+            response = data[2] & 0x80
+            if (response and (data[6] or data[7])) or (not response and (data[8] or data[9])):
+                try:
+                    self.on_packet(data)
+                except Exception as exc:  # nothing a stranger sends may stop zeroconf's own handling
+                    log.debug("ignoring an mDNS packet: %r", exc)
         self.inner.datagram_received(data, addr)
 
     def error_received(self, exc: Exception) -> None:
@@ -260,10 +268,12 @@ class _Session:
         self.zc: Zeroconf = azc.zeroconf
         self.sink = sink
         self.tg: anyio.abc.TaskGroup | None = None
-        self.names: dict[str, PeerId] = {}  # instance name -> the id it carries
+        # instance name -> each id heard under it -> when it expires (ms): a stranger speaking
+        # under a peer's name adds its own id beside the peer's, and takes nothing from it
+        self.names: dict[str, dict[PeerId, float]] = {}
         self.asked: dict[str, float] = {}  # instance name -> when its records were last queried
+        self.goodbyes: dict[tuple[str, bytes], float] = {}  # (name, envelope) said goodbye -> until
         self.pending: dict[str, None] = {}
-        self.provisional: dict[str, float] = {}  # instance heard in a probe -> announce deadline (ms)
         self.wake_lookups = anyio.Event()
         # Publication: what is wanted, and what is registered.
         self.wanted: Announcement | None = None
@@ -325,11 +335,19 @@ class _Session:
             moved = self._info(announcement, name=old.name)
             self.registered = moved
             await self.azc.async_update_service(moved)
-        try:
-            await self._probe(info)
-            await self.azc.async_register_service(info, cooperating_responders=True)
-        except NonUniqueNameException:
-            log.warning("the mDNS name %s is taken on this network; keeping %s", info.name, old and old.name)
+        label = _instance_label(announcement)
+        for attempt in range(1, _RENAMES + 1):
+            try:
+                await self._probe(info)
+                await self.azc.async_register_service(info, cooperating_responders=True)
+                break
+            except NonUniqueNameException:
+                # RFC 6762 section 9: another host holds the name; take the next one.
+                taken = info.name
+                info = self._info(announcement, name=f"{label} ({attempt + 1}).{SERVICE_TYPE}")
+                log.warning("the mDNS name %s is taken on this network; trying %s", taken, info.name)
+        else:
+            log.warning("no free mDNS name after %d tries; keeping %s", _RENAMES, old and old.name)
             return
         self.registered = info
         if old is not None:
@@ -383,7 +401,7 @@ class _Session:
         self, zeroconf: Zeroconf, service_type: str, name: str, state_change: ServiceStateChange
     ) -> None:
         if state_change is ServiceStateChange.Removed:
-            self._lost(name)
+            self._confirm(name)
         elif len(self.pending) < _PENDING:
             self.pending[name] = None
             self.wake_lookups.set()
@@ -415,18 +433,20 @@ class _Session:
         if carried is None or info.port is None:
             self.malformed += 1
             return
-        claimed, envelope = carried
-        previous = self.names.get(name)
+        self._believe(name, carried, self.provider.ttl)
+
+    def _believe(self, name: str, carried: tuple[bytes, bytes], ttl: float) -> None:
         # The A/AAAA records are not signed and say nothing the record does not: only the record's
         # addresses are used (so that a removed address goes with the record that drops it).
+        claimed, envelope = carried
         record = self.sink.found(envelope, source="mdns", claimed_id=claimed)
-        if record is None:
-            return
-        peer_id = record.id
-        self.names[name] = peer_id
-        self.asked.pop(name, None)
-        if previous is not None and previous != peer_id:
-            self._lost_id(previous, name)
+        if record is not None:
+            self._saw(name, record.id, ttl)
+
+    def _saw(self, name: str, peer_id: PeerId, ttl: float) -> None:
+        # ``peer_id`` spoke under ``name``; it is followed for ``ttl`` seconds more.
+        ids = self.names.setdefault(name, {})
+        ids[peer_id] = max(ids.get(peer_id, 0.0), current_time_millis() + ttl * 1000)
 
     def tap(self) -> None:
         """Put a :class:`_ProbeTap` in front of every zeroconf socket (again after a rescan)."""
@@ -434,42 +454,75 @@ class _Session:
             transport = reader.transport
             protocol = transport.get_protocol()
             if not isinstance(protocol, _ProbeTap):
-                transport.set_protocol(_ProbeTap(protocol, self.on_probe))
+                transport.set_protocol(_ProbeTap(protocol, self.on_packet))
 
-    def on_probe(self, data: bytes) -> None:
+    def on_packet(self, data: bytes) -> None:
+        # Every TXT record of a peerkit instance, in probes and in responses alike: zeroconf's
+        # cache keeps one TXT per name (the latest host's), but each id under a name is followed.
         message = DNSIncoming(data)
-        if not message.is_query():
-            return
-        for record in message.answers():  # the authority section comes with them
+        probe = message.is_query()
+        for record in message.answers():  # a probe's authority section comes with them
             name = record.name
             if not isinstance(record, DNSText) or not name.lower().endswith(SERVICE_TYPE.lower()):
-                continue
-            if name in self.names:
                 continue
             carried = envelope_from_txt(_txt_properties(record.text))
             if carried is None:
                 self.malformed += 1
                 continue
-            believed = self.sink.found(carried[1], source="mdns", claimed_id=carried[0])
-            if believed is not None:
-                self.names[name] = believed.id
-                self.provisional[name] = current_time_millis() + _PROBE_GRACE * 1000
+            if probe:
+                if name not in self.names:  # heard before it announces: followed for a grace
+                    self._believe(name, carried, _PROBE_GRACE)
+            elif record.ttl == 0:
+                self._goodbye(name, carried)
+            elif self.goodbyes.get((name, carried[1]), 0.0) < current_time_millis():
+                # (an answer sent just before the goodbye may arrive after it: not believed)
+                self._believe(name, carried, record.ttl)
 
-    def _lost(self, name: str) -> None:
-        peer_id = self.names.pop(name, None)
-        self.asked.pop(name, None)
-        self.provisional.pop(name, None)
+    def _goodbye(self, name: str, carried: tuple[bytes, bytes]) -> None:
+        # A goodbye names the id in its TXT: only that id leaves the name (a stranger's goodbye
+        # under a peer's name takes nothing from the peer). The record must still verify.
+        try:  # verified, not reported: a goodbye must not bring back what it says goodbye to
+            signer = read_record(carried[1])[0].id
+        except InvalidRecord:
+            return
+        if signer != carried[0]:
+            return
+        now = current_time_millis()
+        if len(self.goodbyes) >= _PENDING:
+            self.goodbyes = {key: until for key, until in self.goodbyes.items() if until > now}
+        if len(self.goodbyes) < _PENDING:
+            self.goodbyes[(name, carried[1])] = now + _CONFIRM * 1000
+        ids = self.names.get(name)
+        peer_id = next((known for known in ids or () if known.key == signer), None)
         if peer_id is not None:
-            self._lost_id(peer_id, name)
+            self._drop(name, peer_id)
 
-    def _lost_id(self, peer_id: PeerId, name: str) -> None:
+    def _confirm(self, name: str) -> None:
+        # zeroconf saw the name go (a goodbye, or its records expired): each id under it must
+        # answer a query within a short while, or it is lost.
+        ids = self.names.get(name)
+        if not ids:
+            return
+        deadline = current_time_millis() + _CONFIRM * 1000
+        for peer_id, until in ids.items():
+            ids[peer_id] = min(until, deadline)
+        self._query(name)
+
+    def _drop(self, name: str, peer_id: PeerId) -> None:
+        ids = self.names.get(name)
+        if ids is None or ids.pop(peer_id, None) is None:
+            return
+        if not ids:
+            del self.names[name]
+            self.asked.pop(name, None)
         # Lost only when no other instance name carries the same id (a rename under way).
-        if peer_id not in self.names.values():
+        if not any(peer_id in other for other in self.names.values()):
             self.sink.lost(peer_id, source="mdns")
 
     def forget_all(self) -> None:
-        for name in list(self.names):
-            self._lost(name)
+        for name, ids in list(self.names.items()):
+            for peer_id in list(ids):
+                self._drop(name, peer_id)
 
     async def keep_fresh(self) -> None:
         # RFC 6762 5.2: query again at 75%, 85% and 95% of the records' TTL; lose what expires.
@@ -477,7 +530,8 @@ class _Session:
         while True:
             await anyio.sleep(interval)
             now = current_time_millis()
-            for name in list(self.names):
+            ttl = self.provider.ttl * 1000
+            for name, ids in list(self.names.items()):
                 # The freshest SRV and TXT record (a replaced record lingers for a second, expiring).
                 freshest = []
                 for kind in (_TYPE_SRV, _TYPE_TXT):
@@ -488,13 +542,17 @@ class _Session:
                     ]
                     if alive:
                         freshest.append(max(alive, key=lambda r: r.get_expiration_time(100)))
-                if len(freshest) < 2:
-                    if self.provisional.get(name, 0) > now:
-                        continue  # heard in a probe; its announcement is yet to come
-                    self._lost(name)
+                # An id not heard within its TTL is lost, unless the name's records are still
+                # cached (the host's own TXT may be unreadable for a while); but not heard for
+                # three TTLs, it is lost whatever else speaks under its name.
+                named = len(freshest) == 2
+                for peer_id, until in list(ids.items()):
+                    if until <= now and (not named or until + 2 * ttl <= now):
+                        self._drop(name, peer_id)
+                if name not in self.names:
                     continue
-                self.provisional.pop(name, None)
                 due = [r.get_expiration_time(share) for r in freshest for share in (75, 85, 95)]
+                due += [until - (1 - share) * ttl for until in ids.values() for share in (0.75, 0.85, 0.95)]
                 asked = self.asked.get(name, 0.0)
                 if any(asked < point <= now for point in due):
                     self.asked[name] = now

@@ -305,7 +305,9 @@ async def test_a_peer_that_does_not_read_its_replies_is_not_read_from(alice: Ide
         handled += 1
         return {"t": "x_reply", "blob": bytes(8000)}
 
-    b = ControlChannel(b_channel, initiator=False, local_id=bob.id, endpoint=None, handler=big, keepalive=QUIET)
+    b = ControlChannel(
+        b_channel, initiator=False, local_id=bob.id, endpoint=None, handler=big, keepalive=QUIET
+    )
     async with anyio.create_task_group() as tg:
         tg.start_soon(b.run)
 
