@@ -10,6 +10,9 @@ Modes:
       {"cmd": "subscribe", "id": ID} | {"cmd": "presence", "status": NAME, "text": TEXT} |
       {"cmd": "quit"}. With --keepalive SECONDS it signs in to ALL and prints
       {"presence": STATUS, "text": ..., "id": ...} for each presence change of a watched contact.
+  squat --name LABEL --address ADDR --ttl SECONDS
+      Announces its own valid record (nickname "alice") under the instance name LABEL with plain
+      python-zeroconf; prints {"ready": ID}; says goodbye when a line arrives on stdin.
   forge --victim ID --address ADDR --ttl SECONDS
       Publishes over mDNS a record with a broken signature ("badsig"), one naming the victim's id
       but signed with another key ("otherkey"), then, 2 s later, a valid one ("mallory").
@@ -25,9 +28,13 @@ import uuid
 from typing import Any
 
 import anyio
+from zeroconf import ServiceInfo
+from zeroconf._protocol.outgoing import DNSOutgoing
+from zeroconf.asyncio import AsyncZeroconf
 
 import peerkit
 from peerkit.discovery import Announcement, Directory, MdnsDiscovery, make_record
+from peerkit.discovery.mdns import SERVICE_TYPE, txt_for
 from peerkit.proto import messages
 from peerkit.proto.records import RECORD_DOMAIN
 
@@ -42,12 +49,14 @@ async def node_main(args: argparse.Namespace) -> None:
     mdns = MdnsDiscovery(
         ttl=args.ttl, interfaces=args.interface or None, interface_check=1, ip_version=args.ip_version
     )
+    seeded = args.seed is not None
+    identity = peerkit.Identity.from_seed(bytes.fromhex(args.seed)) if seeded else peerkit.Identity.generate()
     keepalive = None
     if args.keepalive:
         keepalive = peerkit.KeepalivePolicy(interval=args.keepalive, timeout=args.keepalive, idle=600)
     async with peerkit.Node(
         nickname=args.nickname,
-        identity=peerkit.Identity.generate(),
+        identity=identity,
         listen=(args.listen, 0),
         discovery=[mdns],
         address_check=1,
@@ -141,9 +150,61 @@ async def forge_main(args: argparse.Namespace) -> None:
         tg.cancel_scope.cancel()
 
 
+async def squat_main(args: argparse.Namespace) -> None:
+    # An attacker on plain python-zeroconf: its own valid record (nickname "alice") under another
+    # peer's instance name, announced unsolicited (RFC 6762 section 8.3) with no probing at all.
+    squatter = peerkit.Identity.generate()
+    record = make_record(squatter, 1, nickname="alice", endpoint_name="", endpoints=[(args.address, 7000)])
+    announcement = Announcement(
+        id=squatter.id, nickname="alice", port=7000, hosts=(args.address,), envelope=record
+    )
+    info = ServiceInfo(
+        SERVICE_TYPE,
+        f"{args.name}.{SERVICE_TYPE}",
+        port=7000,
+        properties=txt_for(announcement),
+        server="squatter.local.",
+        parsed_addresses=[args.address],
+        host_ttl=int(args.ttl),
+        other_ttl=int(args.ttl),
+    )
+    azc = AsyncZeroconf(interfaces=[args.address])
+
+    def announce(ttl: int | None) -> None:
+        out = DNSOutgoing(0x8400)  # a response, authoritative
+        for item in (
+            info.dns_pointer(override_ttl=ttl),
+            info.dns_service(override_ttl=ttl),
+            info.dns_text(override_ttl=ttl),
+            *info.dns_addresses(override_ttl=ttl),
+        ):
+            out.add_answer_at_time(item, 0)
+        azc.zeroconf.async_send(out)
+
+    try:
+        await azc.zeroconf.async_wait_for_start()
+        async with anyio.create_task_group() as tg:
+
+            async def keep_announcing() -> None:
+                while True:
+                    announce(None)
+                    await anyio.sleep(args.ttl / 3)
+
+            tg.start_soon(keep_announcing)
+            emit(ready=str(squatter.id))
+            await anyio.to_thread.run_sync(sys.stdin.readline)  # until told to go
+            tg.cancel_scope.cancel()
+        announce(0)  # goodbye
+        await anyio.sleep(0.2)
+    finally:
+        await azc.async_close()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("mode", choices=["node", "forge"])
+    parser.add_argument("mode", choices=["node", "forge", "squat"])
+    parser.add_argument("--seed", help="node: the identity's seed, in hex")
+    parser.add_argument("--name", help="squat: the instance name to take")
     parser.add_argument("--nickname", default="")
     parser.add_argument("--ttl", type=float, default=2)
     parser.add_argument("--interface", action="append")
@@ -153,7 +214,7 @@ def main() -> None:
     parser.add_argument("--address", help="forge: the address to publish")
     parser.add_argument("--keepalive", type=float, default=0, help="node: keepalive interval and timeout")
     args = parser.parse_args()
-    anyio.run(node_main if args.mode == "node" else forge_main, args)
+    anyio.run({"node": node_main, "forge": forge_main, "squat": squat_main}[args.mode], args)
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ import anyio.abc
 import pytest
 from conftest import ON_BACKEND
 
+from peerkit import Identity
 from peerkit.testing import NamespaceLan
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.network]
@@ -49,6 +50,8 @@ class Agent:
         self.name = name
         self.lines: list[dict[str, Any]] = []
         self.arrived = anyio.Event()
+        #: What its "ready" line said (a node's id).
+        self.ready: Any = None
 
     async def read(self) -> None:
         assert self.process.stdout is not None
@@ -96,7 +99,7 @@ async def agents() -> AsyncIterator[Callable[..., Any]]:
             agent = Agent(process, f"{namespace} {' '.join(args)}")
             started.append(agent)
             tg.start_soon(agent.read)
-            await agent.expect(lambda line: "ready" in line, timeout=30)
+            agent.ready = (await agent.expect(lambda line: "ready" in line, timeout=30))["ready"]
             return agent
 
         try:
@@ -412,3 +415,36 @@ async def test_a_watched_contact_goes_offline_when_its_cable_is_pulled_or_it_is_
         start_time = anyio.current_time()
         await bob.expect(presence("OFFLINE", id=alice_id), timeout=10)
         assert anyio.current_time() - start_time <= 3 * KEEPALIVE + 1.5
+
+
+@pytest.mark.parametrize("first", ["peer", "squatter"])
+async def test_a_squatter_on_a_peers_mdns_name_hides_nobody(lan: NamespaceLan, first: str) -> None:
+    # A stranger with its own valid key announces under alice's exact instance name (plain
+    # python-zeroconf, nickname "alice"), before or after alice starts: bob lists both, each under
+    # its own id, never loses alice while the squatter is on the air, and can invite her.
+    bridge = lan.bridge()
+    (ns_a, _), (ns_b, _), (ns_m, (addr_m,)) = lan.host(bridge), lan.host(bridge), lan.host(bridge)
+    seed = os.urandom(32)
+    alice_id = str(Identity.from_seed(seed).id)
+    squat = ["squat", "--name", f"alice-{alice_id[:8]}", "--address", addr_m, "--ttl", str(TTL)]
+    async with agents() as start:
+        bob = await start(ns_b, *node_args("bob"))
+        if first == "squatter":
+            squatter = await start(ns_m, *squat)
+            await bob.expect(change("ADDED", id=squatter.ready))
+            await start(ns_a, *node_args("alice", "--seed", seed.hex()))
+            await bob.expect(change("ADDED", id=alice_id), timeout=15)
+        else:
+            await start(ns_a, *node_args("alice", "--seed", seed.hex()))
+            await bob.expect(change("ADDED", id=alice_id))
+            squatter = await start(ns_m, *squat)
+            await bob.expect(change("ADDED", id=squatter.ready))
+        await anyio.sleep(4 * TTL)  # records refreshed and expired several times over
+        assert not bob.seen(change("DELETED", id=alice_id))
+        await bob.send(cmd="invite", id=alice_id)
+        assert (await bob.expect(lambda line: "invite" in line))["invite"] == "ACCEPTED"
+        # The squatter leaves: its goodbye takes only its own id.
+        await squatter.send(cmd="quit")
+        await bob.expect(change("DELETED", id=squatter.ready))
+        await anyio.sleep(2 * TTL)
+        assert not bob.seen(change("DELETED", id=alice_id))
