@@ -19,6 +19,13 @@ Liveness follows RFC 6762 section 5.2: while a peer is known, its SRV/TXT record
 at 75%, 85% and 95% of their TTL; a peer whose records expire, or that says goodbye, is lost. (A
 goodbye or expiry of the PTR record alone is not enough: zeroconf holds PTR records for at least
 1125 s.)
+
+An instance name proves nothing: anyone can announce under any name. So every id heard under a
+name is followed on its own (from the TXT of every response and probe, not only the one record
+zeroconf's cache keeps per name): a stranger announcing under a peer's name is listed beside the
+peer under its own id and takes nothing from it; a goodbye takes only the id its own TXT carries.
+A node that finds its name taken when it publishes takes the next one (``alice-abcd1234 (2)``, as
+RFC 6762 section 9 says).
 """
 
 from __future__ import annotations
