@@ -13,6 +13,7 @@ from rich.progress import Progress as Bar
 from rich.table import Table
 
 from benchmarks import (
+    bench_attacks,
     bench_channel,
     bench_contacts,
     bench_discovery,
@@ -38,6 +39,7 @@ BENCHMARKS: dict[str, Any] = {
         bench_records,
         bench_fanout,
         bench_contacts,
+        bench_attacks.BENCHMARK,
     )
 }
 

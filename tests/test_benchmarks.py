@@ -34,6 +34,7 @@ def test_every_benchmark_runs_and_writes_json(tmp_path: Path) -> None:
         "records",
         "fanout",
         "contacts",
+        "attacks",
     }
     assert ("handshake", "noiseprotocol") in names
     for row in report["results"]:

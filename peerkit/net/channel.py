@@ -510,6 +510,18 @@ class ChannelListener(anyio.abc.AsyncResource):
         self.admission = Admission(admission or AdmissionPolicy(max_pending=max_handshakes))
         self._refusals = RefusalCounter()
         self._replays = ReplayGuard()
+        if hasattr(listener, "screen"):  # TCP: refused sources are closed as soon as accepted
+            listener.screen = self._screen
+
+    def _screen(self, address: object) -> bool:
+        now = anyio.current_time()
+        refusal = self.admission.screen(source_of(address), now)
+        if refusal is None:
+            return True
+        report = self._refusals.note(refusal, now)
+        if report is not None:
+            log.warning("%s", report)
+        return False
 
     @property
     def address(self) -> tuple[str, int]:

@@ -144,6 +144,8 @@ class GuardedListener(anyio.abc.Listener[anyio.abc.SocketStream]):
     ) -> None:
         self._inner = inner
         self._budget = budget or fd_budget()
+        #: Asked with the remote address of each accepted connection; False closes it at once.
+        self.screen: Callable[[Any], bool] | None = None
 
     async def serve(
         self,
@@ -174,6 +176,10 @@ class GuardedListener(anyio.abc.Listener[anyio.abc.SocketStream]):
                 self._budget.exhausted()
                 continue
             self._budget.opened()
+            screen = self.screen
+            if screen is not None and not screen(stream.extra(anyio.abc.SocketAttribute.remote_address)):
+                await anyio.aclose_forcefully(stream)  # refused before anything is made for it
+                continue
             group.start_soon(handler, stream)
 
     async def aclose(self) -> None:

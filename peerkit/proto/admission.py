@@ -142,6 +142,7 @@ class Admission:
         self._sources: dict[str, _Source] = {}
         self._pending = 0
         self._seq = itertools.count()
+        self._levels: Counter[int] = Counter()  # handshakes a source holds -> sources holding that
 
     @property
     def pending(self) -> int:
@@ -152,6 +153,22 @@ class Admission:
         """Handshakes under way from ``source``."""
         state = self._sources.get(source)
         return len(state.pending) if state is not None else 0
+
+    def screen(self, source: str, now: float) -> Refusal | None:
+        """Why :meth:`admit` would refuse ``source`` at ``now`` (its handshakes under way, its
+        budget, or every slot taken by sources holding no more than it), or None; nothing is
+        counted. A listener asks this as soon as a
+        connection is accepted, to close it before anything is made for it."""
+        state = self._sources.get(source)
+        held = len(state.pending) if state is not None else 0
+        if state is not None:
+            if held >= self.policy.max_per_source:
+                return Refusal.PER_SOURCE
+            if state.tokens + (now - state.at) * self.policy.rate < 1.0:
+                return Refusal.RATE
+        if self._pending >= self.policy.max_pending and self._busiest() <= held + 1:
+            return Refusal.FULL
+        return None
 
     def admit(self, source: str, now: float) -> Admitted | Refused:
         """Whether a connection from ``source`` may start a handshake at time ``now``."""
@@ -168,14 +185,16 @@ class Admission:
             return Refused(Refusal.RATE)
         evicted: tuple[Ticket, ...] = ()
         if self._pending >= policy.max_pending:
-            busiest = max(self._sources.values(), key=lambda s: len(s.pending))
-            if len(busiest.pending) <= len(state.pending) + 1:
+            if self._busiest() <= len(state.pending) + 1:
                 return Refused(Refusal.FULL)
+            busiest = max(self._sources.values(), key=lambda s: len(s.pending))
+            self._level(len(busiest.pending), -1)
             _, oldest = busiest.pending.popitem(last=False)
             self._pending -= 1
             evicted = (oldest,)
         state.tokens -= 1.0
         ticket = Ticket(source, next(self._seq))
+        self._level(len(state.pending), +1)
         state.pending[ticket.seq] = ticket
         self._pending += 1
         return Admitted(ticket, evicted)
@@ -183,8 +202,24 @@ class Admission:
     def release(self, ticket: Ticket) -> None:
         """The handshake of ``ticket`` ended (done, failed or evicted); releasing twice is harmless."""
         state = self._sources.get(ticket.source)
-        if state is not None and state.pending.pop(ticket.seq, None) is not None:
+        if state is not None and ticket.seq in state.pending:
+            self._level(len(state.pending), -1)
+            del state.pending[ticket.seq]
             self._pending -= 1
+
+    def _level(self, held: int, step: int) -> None:
+        # A source holding ``held`` handshakes takes one more (+1) or gives one up (-1).
+        levels = self._levels
+        if held:
+            levels[held] -= 1
+            if not levels[held]:
+                del levels[held]
+        if held + step:
+            levels[held + step] += 1
+
+    def _busiest(self) -> int:
+        # Handshakes held by the busiest source (at most max_per_source levels to look at).
+        return max(self._levels, default=0)
 
     def _forget_idle(self, now: float) -> None:
         # Bounded memory: past MAX_SOURCES, forget the sources with nothing under way whose

@@ -293,3 +293,33 @@ def test_unreachable_maps_broken_connections_only() -> None:
         raise anyio.ClosedResourceError
     with pytest.raises(ValueError, match="other"), unreachable("gone"):
         raise ValueError("other")
+
+
+async def test_a_screened_out_connection_is_closed_before_a_handler_runs() -> None:
+    listener = await TcpListener.bind("127.0.0.1", 0)
+    port = listener.extra_attributes[SocketAttribute.local_address]()[1]
+    asked: list[object] = []
+    taken: list[TcpStream] = []
+
+    def screen(address: object) -> bool:
+        asked.append(address)
+        return len(asked) != 2  # the second connection is refused
+
+    async def take(stream: TcpStream) -> None:
+        taken.append(stream)
+
+    listener.screen = screen
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(listener.serve, take)
+        clients = [await connect_tcp("127.0.0.1", port) for _ in range(3)]
+        with anyio.fail_after(5):
+            while len(taken) < 2:
+                await anyio.sleep(0.01)
+            with pytest.raises((anyio.EndOfStream, anyio.BrokenResourceError)):
+                await clients[1].receive()  # closed by the listener at once
+        assert len(taken) == 2
+        assert all(isinstance(a, tuple) and a[0] == "127.0.0.1" for a in asked)
+        for stream in (*clients, *taken):
+            await stream.aclose()
+        await listener.aclose()
+        tg.cancel_scope.cancel()

@@ -5,6 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from peerkit.proto.admission import (
     MAX_SOURCES,
@@ -17,6 +19,7 @@ from peerkit.proto.admission import (
     Refused,
     ReplayGuard,
     RequestBudget,
+    Ticket,
     RequestPolicy,
     source_of,
 )
@@ -175,3 +178,32 @@ def test_a_request_budget_remembers_a_bounded_number_of_peers() -> None:
 def test_a_request_policy_names_a_bad_value(options: dict[str, Any], message: str) -> None:
     with pytest.raises(ValueError, match=message):
         RequestPolicy(**options)
+
+
+@given(
+    st.lists(
+        st.tuples(st.integers(0, 9), st.floats(0, 0.5), st.booleans()),
+        max_size=300,
+    )
+)
+def test_screening_refuses_exactly_what_admission_would(steps: list[tuple[int, float, bool]]) -> None:
+    # screen() is what a listener asks as soon as a connection is accepted; it must agree with
+    # admit() (it counts nothing), whatever happened before.
+    admission = Admission(AdmissionPolicy(max_pending=3, max_per_source=2, rate=10, burst=4))
+    now = 0.0
+    tickets: list[Ticket] = []
+    for source, later, release in steps:
+        now += later
+        if release and tickets:
+            admission.release(tickets.pop(source % len(tickets)))
+            continue
+        screened = admission.screen(str(source), now)
+        decision = admission.admit(str(source), now)
+        if screened is None:
+            assert isinstance(decision, Admitted)
+            tickets = [t for t in tickets if t not in decision.evicted]
+            tickets.append(decision.ticket)
+        else:
+            assert isinstance(decision, Refused)
+            assert decision.reason is screened
+        assert admission._busiest() == max((admission.pending_from(str(s)) for s in range(10)), default=0)
