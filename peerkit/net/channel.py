@@ -7,6 +7,7 @@ Low-level errors are mapped to peerkit's here, once, keeping the cause.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import time
@@ -22,7 +23,7 @@ from anyio.abc import SocketAttribute
 from peerkit.errors import HandshakeError, PeerUnreachable, ProtocolError
 from peerkit.identity import Identity, PeerId
 from peerkit.model import EndPoint, check_text, seconds_text
-from peerkit.net.transport import BROKEN, TcpTransport, Transport, unreachable
+from peerkit.net.transport import BROKEN, TcpTransport, Transport, on_asyncio, unreachable
 from peerkit.proto import messages
 from peerkit.proto.admission import (
     Admission,
@@ -514,7 +515,9 @@ class ChannelListener(anyio.abc.AsyncResource):
             listener.screen = self._screen
 
     def _screen(self, address: object) -> bool:
-        now = anyio.current_time()
+        # Called by the listener's accepting task, on asyncio (TcpListener): the loop's clock is
+        # anyio's there, read without anyio's lookup of the backend (this runs per connection).
+        now = asyncio.get_running_loop().time() if on_asyncio() else anyio.current_time()
         refusal = self.admission.screen(source_of(address), now)
         if refusal is None:
             return True

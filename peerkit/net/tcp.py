@@ -12,6 +12,7 @@ objects otherwise, with anyio's socket attributes and errors.
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 from collections import deque
 from collections.abc import Callable, Mapping
@@ -297,11 +298,14 @@ class TcpListener(anyio.abc.Listener[TcpStream]):
             self._take(conn, address, handler, group)
             # Whatever else waits in the backlog is taken now, without a turn of the event loop
             # each: under a flood of connections to refuse, a legitimate one waits behind fewer.
-            for _ in range(DRAIN):
+            # (The socket object is made only for a connection the screen lets through.)
+            accept_fd: Callable[[], tuple[int, Any]] | None = getattr(sock, "_accept", None)
+            for _ in range(DRAIN if accept_fd is not None else 0):
+                assert accept_fd is not None
                 if not self._budget.room():
                     break
                 try:
-                    conn, address = sock.accept()
+                    fd, address = accept_fd()
                 except (BlockingIOError, InterruptedError):
                     break
                 except OSError as exc:
@@ -309,21 +313,29 @@ class TcpListener(anyio.abc.Listener[TcpStream]):
                         raise
                     self._budget.exhausted()
                     break
-                self._take(conn, address, handler, group)
+                self._take(fd, address, handler, group, sock)
             await anyio.lowlevel.checkpoint()  # an accept that never waits must not starve the rest
 
     def _take(
         self,
-        conn: socket.socket,
+        conn: socket.socket | int,
         address: Any,
         handler: Callable[[TcpStream], Any],
         group: anyio.abc.TaskGroup,
+        listening: socket.socket | None = None,
     ) -> None:
         self._budget.opened()
         screen = self.screen
         if screen is not None and not screen(address):
-            conn.close()  # refused before anything is made for it
+            # Refused before anything is made for it.
+            if isinstance(conn, int):
+                os.close(conn)
+            else:
+                conn.close()
             return
+        if isinstance(conn, int):
+            assert listening is not None
+            conn = socket.socket(listening.family, listening.type, listening.proto, fileno=conn)
         conn.setblocking(False)
         group.start_soon(self._run, conn, handler)
 

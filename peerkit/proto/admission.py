@@ -52,6 +52,8 @@ def source_of(address: object) -> str:
     """The source an address belongs to: the IPv4 address, or the /64 of an IPv6 address (a host
     holds a whole /64); anything else (a name, an in-memory host) as its text."""
     host = address[0] if isinstance(address, tuple) else address
+    if isinstance(host, str) and ":" not in host:
+        return host  # IPv4 (as accept gives it), or a name: itself (the fast path under a flood)
     try:
         ip = ipaddress.ip_address(str(host).split("%", 1)[0])
     except ValueError:
