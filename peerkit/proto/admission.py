@@ -134,6 +134,10 @@ class _Source:
     tokens: float
     at: float
     pending: OrderedDict[int, Ticket] = field(default_factory=OrderedDict)
+    # Connections that passed the screen and have not asked admit() yet (forgotten after a
+    # second: one whose transport could not be made never asks).
+    screened: int = 0
+    screened_at: float = 0.0
 
 
 class Admission:
@@ -145,6 +149,7 @@ class Admission:
         self._pending = 0
         self._seq = itertools.count()
         self._levels: Counter[int] = Counter()  # handshakes a source holds -> sources holding that
+        self._screened = 0  # connections past the screen that have not asked admit() yet
 
     @property
     def pending(self) -> int:
@@ -157,19 +162,32 @@ class Admission:
         return len(state.pending) if state is not None else 0
 
     def screen(self, source: str, now: float) -> Refusal | None:
-        """Why :meth:`admit` would refuse ``source`` at ``now`` (its handshakes under way, its
-        budget, or every slot taken by sources holding no more than it), or None; nothing is
-        counted. A listener asks this as soon as a
-        connection is accepted, to close it before anything is made for it."""
+        """Why :meth:`admit` will refuse ``source`` at ``now`` (its handshakes under way, its
+        budget, or every slot taken by sources holding no more than it), or None. A listener asks
+        this as soon as a connection is accepted, to close it before anything is made for it; a
+        connection that passes is counted against its source's limits until it asks
+        :meth:`admit`, so that a burst accepted at once cannot all pass."""
+        policy = self.policy
         state = self._sources.get(source)
-        held = len(state.pending) if state is not None else 0
-        if state is not None:
-            if held >= self.policy.max_per_source:
-                return Refusal.PER_SOURCE
-            if state.tokens + (now - state.at) * self.policy.rate < 1.0:
-                return Refusal.RATE
-        if self._pending >= self.policy.max_pending and self._busiest() <= held + 1:
+        if state is None:
+            self._forget_idle(now)
+            state = self._sources[source] = _Source(tokens=float(policy.burst), at=now)
+        if now - state.screened_at > 1.0:
+            self._screened -= state.screened
+            state.screened = 0
+        held = len(state.pending)
+        if held + state.screened >= policy.max_per_source:
+            return Refusal.PER_SOURCE
+        if state.tokens + (now - state.at) * policy.rate - state.screened < 1.0:
+            return Refusal.RATE
+        if (
+            self._pending + self._screened >= policy.max_pending
+            and self._busiest() <= held + state.screened + 1
+        ):
             return Refusal.FULL
+        state.screened += 1
+        self._screened += 1
+        state.screened_at = now
         return None
 
     def admit(self, source: str, now: float) -> Admitted | Refused:
@@ -181,6 +199,9 @@ class Admission:
             state = self._sources[source] = _Source(tokens=float(policy.burst), at=now)
         state.tokens = min(float(policy.burst), state.tokens + (now - state.at) * policy.rate)
         state.at = now
+        if state.screened:
+            state.screened -= 1  # it was counted by the screen until now
+            self._screened -= 1
         if len(state.pending) >= policy.max_per_source:
             return Refused(Refusal.PER_SOURCE)
         if state.tokens < 1.0:
@@ -231,11 +252,12 @@ class Admission:
         policy = self.policy
         for key, state in list(self._sources.items()):
             full = state.tokens + (now - state.at) * policy.rate >= policy.burst
-            if not state.pending and full:
+            if not state.pending and not state.screened and full:
                 del self._sources[key]
         if len(self._sources) >= MAX_SOURCES:  # all busy or recent: drop the idle ones anyway
             for key, state in list(self._sources.items()):
                 if not state.pending:
+                    self._screened -= state.screened
                     del self._sources[key]
 
 

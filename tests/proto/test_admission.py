@@ -19,8 +19,8 @@ from peerkit.proto.admission import (
     Refused,
     ReplayGuard,
     RequestBudget,
-    Ticket,
     RequestPolicy,
+    Ticket,
     source_of,
 )
 
@@ -207,3 +207,17 @@ def test_screening_refuses_exactly_what_admission_would(steps: list[tuple[int, f
             assert isinstance(decision, Refused)
             assert decision.reason is screened
         assert admission._busiest() == max((admission.pending_from(str(s)) for s in range(10)), default=0)
+        assert admission._screened == 0  # each screened connection asked admit()
+
+
+def test_connections_screened_at_once_count_until_they_ask_admission() -> None:
+    # A burst accepted in one go passes the screen only as far as the source's limits go.
+    admission = Admission(AdmissionPolicy(max_pending=100, max_per_source=3, rate=10, burst=100))
+    assert [admission.screen("a", 0.0) for _ in range(4)] == [None, None, None, Refusal.PER_SOURCE]
+    for _ in range(3):
+        assert isinstance(admission.admit("a", 0.0), Admitted)
+    assert admission.screen("a", 0.0) is Refusal.PER_SOURCE  # now they are handshakes under way
+    budget = Admission(AdmissionPolicy(max_pending=100, max_per_source=50, rate=1, burst=2))
+    assert [budget.screen("b", 0.0) for _ in range(3)] == [None, None, Refusal.RATE]
+    # One that never asks (its transport could not be made) is forgotten after a second.
+    assert budget.screen("b", 1.5) is None
