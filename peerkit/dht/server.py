@@ -1,0 +1,103 @@
+"""What a DHT node answers to the queries of others (sans-IO).
+
+:class:`Responder` takes a parsed :class:`~peerkit.dht.krpc.Query` and the address it came from,
+and returns the bytes to send back: ``ping``, ``find_node`` and ``get_peers`` (the nodes nearest
+the target, and a write token; this node keeps no torrent peers), BEP 44's ``get`` (the stored item
+when its seq is above the one asked for) and ``put`` (checked and stored within bounds, or refused
+with BEP 44's code). Every answer says where the asker was seen from (``ip``, BEP 42). A querier
+that is not read-only (BEP 43) is added to the routing table.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+from peerkit.dht.bencode import BencodeError, Value, decode, encode
+from peerkit.dht.bep44 import ItemRefused, MutableItem
+from peerkit.dht.krpc import Address, Error, ErrorCode, Node, Query, Response, compact_nodes
+from peerkit.dht.routing import K, RoutingTable
+from peerkit.dht.storage import ItemStore, Tokens
+
+__all__ = ("Responder",)
+
+#: Nodes given in one answer.
+ANSWER_NODES: Final = K
+
+
+class Responder:
+    """Answers queries from the routing table, the tokens and the item store."""
+
+    def __init__(self, table: RoutingTable, tokens: Tokens, store: ItemStore) -> None:
+        self.table = table
+        self.tokens = tokens
+        self.store = store
+
+    @property
+    def own_id(self) -> bytes:
+        return self.table.own_id
+
+    def answer(self, query: Query, source: Address, now: float) -> bytes:
+        """The reply to ``query`` from ``source``."""
+        if not query.read_only:
+            self.table.seen(Node(query.sender, source), now)
+        method = query.method
+        values: dict[bytes, Value] = {b"id": self.own_id}
+        if method == b"ping":
+            pass
+        elif method == b"find_node":
+            self._nodes(values, _bytes(query.args[b"target"]))
+        elif method == b"get_peers":
+            self._nodes(values, _bytes(query.args[b"info_hash"]))
+            values[b"token"] = self.tokens.token(source, now)
+        elif method == b"get":
+            target = _bytes(query.args[b"target"])
+            self._nodes(values, target)
+            values[b"token"] = self.tokens.token(source, now)
+            item = self.store.get(target, now)
+            above = query.args.get(b"seq")
+            if item is not None and not (isinstance(above, int) and item.seq <= above):
+                values.update({b"k": item.key, b"seq": item.seq, b"sig": item.sig, b"v": decode(item.value)})
+        elif method == b"put":
+            refusal = self._put(query, source, now)
+            if refusal is not None:
+                return refusal
+        return Response(query.tid, values, ip=source).encode()
+
+    def _nodes(self, values: dict[bytes, Value], target: bytes) -> None:
+        closest = self.table.closest(target, ANSWER_NODES)
+        for key, ipv6 in ((b"nodes", False), (b"nodes6", True)):
+            blob = compact_nodes(closest, ipv6=ipv6)
+            if blob:
+                values[key] = blob
+
+    def _put(self, query: Query, source: Address, now: float) -> bytes | None:
+        args = query.args
+        token = args[b"token"]
+        if not isinstance(token, bytes) or not self.tokens.valid(source, token, now):
+            return Error(query.tid, ErrorCode.PROTOCOL, "invalid token").encode()
+        key, sig, seq = args.get(b"k"), args.get(b"sig"), args.get(b"seq")
+        salt, cas = args.get(b"salt", b""), args.get(b"cas")
+        if (
+            not isinstance(key, bytes)
+            or len(key) != 32
+            or not isinstance(sig, bytes)
+            or len(sig) != 64
+            or not isinstance(seq, int)
+            or not isinstance(salt, bytes)
+            or (cas is not None and not isinstance(cas, int))
+        ):
+            return Error(query.tid, ErrorCode.PROTOCOL, "a mutable put needs k, sig and seq").encode()
+        try:
+            item = MutableItem(key, salt, seq, encode(args[b"v"]), sig)
+        except BencodeError:
+            return Error(query.tid, ErrorCode.PROTOCOL, "v cannot be stored").encode()
+        try:
+            self.store.put(item, now, cas=cas if isinstance(cas, int) else None)
+        except ItemRefused as exc:
+            return Error(query.tid, exc.code.value, exc.text).encode()
+        return None
+
+
+def _bytes(value: Value) -> bytes:
+    assert isinstance(value, bytes)  # krpc.parse checked it
+    return value
