@@ -1,0 +1,313 @@
+"""A Mainline DHT node: the sans-IO parts run over a :class:`~peerkit.dht.transport.Datagrams`.
+
+:class:`DhtNode` answers queries (unless read-only, BEP 43), joins through its bootstrap
+addresses, and offers BEP 44 :meth:`DhtNode.get` and :meth:`DhtNode.put`. Each query has a hard
+timeout (:data:`QUERY_TIMEOUT`); lookups move on from a silent node after the soft timeout
+(:mod:`peerkit.dht.lookup`). It is polite: no remote address gets more than
+:data:`POLITE_RATE` packets a second from it on average (bursts of :data:`POLITE_BURST`), and it
+answers at most as many queries a second from any one address (more are dropped).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+import anyio
+import anyio.abc
+
+from peerkit.dht.bencode import BencodeError, Value, encode
+from peerkit.dht.bep44 import MutableItem, target
+from peerkit.dht.krpc import ID_SIZE, Address, Error, KrpcError, Node, Query, Response, parse
+from peerkit.dht.lookup import Lookup
+from peerkit.dht.routing import RoutingTable
+from peerkit.dht.server import Responder
+from peerkit.dht.storage import ItemStore, Tokens
+from peerkit.dht.transport import Datagrams
+
+__all__ = ("LOOKUP_TIMEOUT", "POLITE_BURST", "POLITE_RATE", "QUERY_TIMEOUT", "DhtNode", "PutResult")
+
+log = logging.getLogger(__name__)
+
+#: Seconds a query may go unanswered before it has failed.
+QUERY_TIMEOUT: Final = 2.0
+#: Seconds a whole get or put may take.
+LOOKUP_TIMEOUT: Final = 10.0
+#: Packets a second one remote address gets from this node, on average, and at once.
+POLITE_RATE: Final = 4.0
+POLITE_BURST: Final = 10
+#: Nodes a put goes to.
+PUT_WIDTH: Final = 20
+#: Addresses whose packet budgets are remembered.
+MAX_BUDGETS: Final = 4096
+
+
+@dataclass(slots=True)
+class _Pending:
+    node: Node
+    done: anyio.Event = field(default_factory=anyio.Event)
+    answer: Response | Error | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PutResult:
+    """What a put achieved."""
+
+    #: Nodes that stored the item.
+    stored: int
+    #: Nodes that refused it, with their BEP 44 code (302: they hold a newer seq).
+    refused: dict[int, int]
+
+
+class _Budgets:
+    # A token bucket per remote address (bounded: the least recent are forgotten).
+    def __init__(self, rate: float, burst: int) -> None:
+        self.rate, self.burst = rate, burst
+        self._buckets: OrderedDict[str, list[float]] = OrderedDict()
+
+    def take(self, host: str, now: float) -> bool:
+        bucket = self._buckets.pop(host, None) or [float(self.burst), now]
+        bucket[0] = min(float(self.burst), bucket[0] + (now - bucket[1]) * self.rate)
+        bucket[1] = now
+        self._buckets[host] = bucket
+        if len(self._buckets) > MAX_BUDGETS:
+            self._buckets.popitem(last=False)
+        if bucket[0] < 1.0:
+            return False
+        bucket[0] -= 1.0
+        return True
+
+
+class DhtNode:
+    """One DHT node (see the module docstring).
+
+    :param transport: where it sends and receives.
+    :param bootstrap: addresses to join through (never a default here: the caller chooses).
+    :param node_id: its id (default: random).
+    :param read_only: do not answer queries, and say so in every query (BEP 43).
+    """
+
+    def __init__(
+        self,
+        transport: Datagrams,
+        *,
+        bootstrap: Sequence[Address] = (),
+        node_id: bytes | None = None,
+        read_only: bool = False,
+        store: ItemStore | None = None,
+    ) -> None:
+        self.transport = transport
+        self.bootstrap_addresses = list(bootstrap)
+        self.id = node_id or os.urandom(ID_SIZE)
+        self.read_only = read_only
+        self.table = RoutingTable(self.id)
+        self.store = store or ItemStore()
+        self._responder: Responder | None = None
+        self._pending: dict[bytes, _Pending] = {}
+        self._next_tid = int.from_bytes(os.urandom(2), "big")
+        self._out = _Budgets(POLITE_RATE, POLITE_BURST)
+        self._in = _Budgets(4 * POLITE_RATE, 4 * POLITE_BURST)
+        self._tg: anyio.abc.TaskGroup | None = None
+        #: Queries sent (for the benchmark's counts).
+        self.queries_sent = 0
+
+    @property
+    def address(self) -> Address:
+        """Where it listens."""
+        return self.transport.local_address
+
+    async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Serve until cancelled: answer queries and join through the bootstrap addresses.
+        ``task_status.started()`` comes once it is receiving (before the join is done)."""
+        self._responder = Responder(self.table, Tokens(anyio.current_time()), self.store)
+        try:
+            async with anyio.create_task_group() as tg:
+                self._tg = tg
+                tg.start_soon(self._receive_loop)
+                task_status.started()
+                await self.join()
+                await anyio.sleep_forever()
+        finally:
+            self._tg = None
+            with anyio.CancelScope(shield=True):
+                await self.transport.aclose()
+
+    # -- receiving ---------------------------------------------------------------------------
+    async def _receive_loop(self) -> None:
+        while True:
+            try:
+                data, source = await self.transport.receive()
+            except (anyio.EndOfStream, anyio.ClosedResourceError):
+                return
+            await self._received(data, source)
+
+    async def _received(self, data: bytes, source: Address) -> None:
+        now = anyio.current_time()
+        try:
+            message = parse(data)
+        except KrpcError as exc:
+            if exc.tid is not None and not self.read_only and self._in.take(source[0], now):
+                await self.transport.send(exc.reply(), source)
+            return
+        if isinstance(message, Query):
+            if self.read_only or self._responder is None or not self._in.take(source[0], now):
+                return
+            await self.transport.send(self._responder.answer(message, source, now), source)
+            return
+        pending = self._pending.get(message.tid)
+        if pending is None or pending.node.address != source:
+            return  # not an answer to anything we asked (or from elsewhere): ignored
+        if isinstance(message, Response) and pending.node.id and message.sender != pending.node.id:
+            return
+        del self._pending[message.tid]
+        pending.answer = message
+        pending.done.set()
+
+    # -- asking ------------------------------------------------------------------------------
+    def _tid(self) -> bytes:
+        for _ in range(65536):
+            self._next_tid = (self._next_tid + 1) & 0xFFFF
+            tid = self._next_tid.to_bytes(2, "big")
+            if tid not in self._pending:
+                return tid
+        raise RuntimeError("every transaction id is in use")
+
+    async def query(self, node: Node, method: bytes, args: dict[bytes, Value]) -> Response | Error | None:
+        """Ask ``node`` (its id may be empty when unknown: a bootstrap address); None when it
+        does not answer within :data:`QUERY_TIMEOUT` or politeness forbids asking now."""
+        now = anyio.current_time()
+        if not self._out.take(node.address[0], now):
+            return None
+        tid = self._tid()
+        pending = self._pending[tid] = _Pending(node)
+        self.queries_sent += 1
+        try:
+            await self.transport.send(
+                Query(tid, method, {b"id": self.id, **args}, self.read_only).encode(), node.address
+            )
+            with anyio.move_on_after(QUERY_TIMEOUT):
+                await pending.done.wait()
+        finally:
+            self._pending.pop(tid, None)
+        answer = pending.answer
+        if isinstance(answer, Response):
+            if (node.id and not self.read_only) or not node.id:
+                self.table.seen(Node(answer.sender, node.address), anyio.current_time())
+        elif answer is None and node.id:
+            self.table.failed(node)
+        return answer
+
+    async def _lookup(
+        self, key: bytes, method: bytes, args: dict[bytes, Value], *, width: int, deadline: float
+    ) -> Lookup:
+        lookup = Lookup(key, width=width)
+        lookup.add(self.table.closest(key, width))
+        changed = anyio.Event()
+
+        async def ask(node: Node) -> None:
+            nonlocal changed
+            answer = await self.query(node, method, args)
+            if isinstance(answer, Response):
+                lookup.answered(node, answer)
+            else:
+                lookup.failed(node)
+            changed.set()
+
+        async with anyio.create_task_group() as tg:
+            while True:
+                now = anyio.current_time()
+                if lookup.done(now) or now >= deadline:
+                    break
+                for node in lookup.due(now):
+                    tg.start_soon(ask, node)
+                changed = anyio.Event()
+                with anyio.move_on_after(0.05):
+                    await changed.wait()
+            tg.cancel_scope.cancel()
+        return lookup
+
+    async def join(self) -> None:
+        """Ask the bootstrap addresses for the nodes nearest this one, then look this id up."""
+        find: dict[bytes, Value] = {b"target": self.id}
+        async with anyio.create_task_group() as tg:
+            for address in self.bootstrap_addresses:
+                tg.start_soon(self.query, Node(b"", address), b"find_node", find)
+        if len(self.table):
+            deadline = anyio.current_time() + LOOKUP_TIMEOUT
+            await self._lookup(self.id, b"find_node", {b"target": self.id}, width=8, deadline=deadline)
+
+    # -- BEP 44 --------------------------------------------------------------------------------
+    async def get(
+        self, key: bytes, salt: bytes = b"", *, timeout: float = LOOKUP_TIMEOUT
+    ) -> MutableItem | None:
+        """The newest valid item stored under ``key`` and ``salt``, or None when no node near
+        its target holds one (items that do not verify are ignored)."""
+        item, _ = await self._get(key, salt, timeout)
+        return item
+
+    async def _get(self, key: bytes, salt: bytes, timeout: float) -> tuple[MutableItem | None, Lookup]:
+        wanted = target(key, salt)
+        deadline = anyio.current_time() + timeout
+        lookup = await self._lookup(wanted, b"get", {b"target": wanted}, width=PUT_WIDTH, deadline=deadline)
+        best: MutableItem | None = None
+        for _, response in lookup.answers():
+            item = _item(response, key, salt)
+            if item is not None and (best is None or item.seq > best.seq):
+                best = item
+        local = self.store.get(wanted, anyio.current_time())
+        if local is not None and (best is None or local.seq > best.seq):
+            best = local
+        return best, lookup
+
+    async def put(
+        self, item: MutableItem, *, cas: int | None = None, timeout: float = LOOKUP_TIMEOUT
+    ) -> PutResult:
+        """Store ``item`` on the nodes nearest its target that gave a write token; returns when
+        each has answered (or timed out)."""
+        _, lookup = await self._get(item.key, item.salt, timeout)
+        args: dict[bytes, Value] = {
+            b"k": item.key,
+            b"seq": item.seq,
+            b"sig": item.sig,
+            b"v": item.decoded(),
+        }
+        if item.salt:
+            args[b"salt"] = item.salt
+        if cas is not None:
+            args[b"cas"] = cas
+        stored = 0
+        refused: dict[int, int] = {}
+        with contextlib.suppress(Exception):
+            self.store.put(item, anyio.current_time(), cas=cas)  # this node holds it too
+
+        async def put_one(node: Node, token: bytes) -> None:
+            nonlocal stored
+            answer = await self.query(node, b"put", {**args, b"token": token})
+            if isinstance(answer, Response):
+                stored += 1
+            elif isinstance(answer, Error):
+                refused[answer.code] = refused.get(answer.code, 0) + 1
+
+        async with anyio.create_task_group() as tg:
+            for node, response in lookup.answers()[:PUT_WIDTH]:
+                token = response.values.get(b"token")
+                if isinstance(token, bytes):
+                    tg.start_soon(put_one, node, token)
+        return PutResult(stored, refused)
+
+
+def _item(response: Response, key: bytes, salt: bytes) -> MutableItem | None:
+    values: dict[bytes, Any] = response.values
+    k, seq, sig, v = values.get(b"k"), values.get(b"seq"), values.get(b"sig"), values.get(b"v")
+    if k != key or not isinstance(seq, int) or not isinstance(sig, bytes) or v is None:
+        return None
+    try:
+        item = MutableItem(key, salt, seq, encode(v), sig)
+    except BencodeError:
+        return None
+    return item if item.verify() else None
