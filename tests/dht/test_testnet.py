@@ -14,6 +14,7 @@ import pytest
 from peerkit import Identity
 from peerkit.dht.bep44 import MutableItem
 from peerkit.dht.node import DhtNode
+from peerkit.dht.record import SALT, fit_record, new_locator_key, open_item, sealed_item
 from peerkit.dht.transport import MemoryDatagramNetwork
 
 pytestmark = pytest.mark.anyio
@@ -95,3 +96,16 @@ async def test_a_quarter_of_the_nodes_die_and_no_read_is_stale() -> None:
         # An older seq is refused (302) by nodes that hold the newer one.
         refused = await writer.put(item(alice, b"v0", 1))
         assert refused.refused.get(302, 0) >= 4
+
+
+async def test_a_sealed_record_travels_through_the_testnet() -> None:
+    alice = Identity.generate()
+    locator = new_locator_key()
+    envelope = fit_record(
+        alice, 11, nickname="alice", endpoint_name="laptop", endpoints=[("192.0.2.5", 7000)]
+    )
+    async with running_testnet(30) as nodes:
+        assert (await nodes[2][0].put(sealed_item(alice, envelope, 11, locator))).stored >= 8
+        found = await nodes[25][0].get(alice.id.key, SALT)
+        assert found is not None
+        assert open_item(found, locator) == envelope
