@@ -1,6 +1,8 @@
 from __future__ import annotations
 
+import functools
 import gc
+import ipaddress
 import socket
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -156,3 +158,39 @@ async def channel_pair(
             a_stream, alice, initiator=True, expected_peer=bob.id if ik else None, nickname="alice"
         )
     return a, result["b"]
+
+
+#: Where a test's DHT sockets may send: loopback, and the networks of the namespaces tests make.
+TESTNET_NETWORKS = tuple(
+    ipaddress.ip_network(n) for n in ("127.0.0.0/8", "::1/128", "10.0.0.0/8", "fd00::/8")
+)
+
+
+def outside_testnet(host: str) -> bool:
+    """Whether ``host`` is anything but an address of the tests' own networks (a name, too)."""
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return True
+    return not any(address in network for network in TESTNET_NETWORKS)
+
+
+@pytest.fixture(autouse=True)
+def dht_sends_outside(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[tuple[str, int]]]:
+    """Fail any test whose DHT socket sends outside loopback or the tests' own namespaces (the
+    public bootstrap routers above all): the send raises, and the test fails at its end."""
+    from peerkit.dht.transport import UdpDatagrams
+
+    outside: list[tuple[str, int]] = []
+    send = UdpDatagrams.send
+
+    @functools.wraps(send)
+    async def guarded(self: UdpDatagrams, data: bytes, address: tuple[str, int]) -> None:
+        if outside_testnet(address[0]):
+            outside.append(address)
+            raise AssertionError(f"a DHT socket sent to {address[0]}:{address[1]}, outside the testnet")
+        await send(self, data, address)
+
+    monkeypatch.setattr(UdpDatagrams, "send", guarded)
+    yield outside  # (a test of this guard empties it)
+    assert not outside, f"DHT datagrams were sent outside the testnet: {outside}"

@@ -96,6 +96,7 @@ class Query:
         return value
 
     def encode(self) -> bytes:
+        """The datagram."""
         message: dict[bytes, Value] = {b"t": self.tid, b"y": b"q", b"q": self.method, b"a": self.args}
         message[b"v"] = VERSION
         if self.read_only:
@@ -113,11 +114,13 @@ class Response:
 
     @property
     def sender(self) -> bytes:
+        """The responding node's id."""
         value = self.values[b"id"]
         assert isinstance(value, bytes)
         return value
 
     def encode(self) -> bytes:
+        """The datagram."""
         message: dict[bytes, Value] = {b"t": self.tid, b"y": b"r", b"r": self.values, b"v": VERSION}
         if self.ip is not None:
             message[b"ip"] = compact_address(self.ip)
@@ -142,6 +145,7 @@ class Error:
     text: str = field(default="")
 
     def encode(self) -> bytes:
+        """The datagram."""
         return encode({b"t": self.tid, b"y": b"e", b"e": [self.code, self.text.encode()], b"v": VERSION})
 
 

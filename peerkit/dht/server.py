@@ -34,6 +34,7 @@ class Responder:
 
     @property
     def own_id(self) -> bytes:
+        """This node's id."""
         return self.table.own_id
 
     def answer(self, query: Query, source: Address, now: float) -> bytes:

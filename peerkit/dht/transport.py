@@ -41,6 +41,7 @@ class UdpDatagrams:
 
     def __init__(self, sock: anyio.abc.UDPSocket) -> None:
         self._sock = sock
+        self._sending = anyio.Lock()  # anyio's socket takes one sender at a time
 
     @classmethod
     async def bind(cls, host: str = "0.0.0.0", port: int = 0) -> UdpDatagrams:
@@ -52,14 +53,18 @@ class UdpDatagrams:
 
     @property
     def local_address(self) -> Address:
+        """The address and port it is bound to."""
         raw: Any = self._sock.extra(anyio.abc.SocketAttribute.local_address)
         return str(raw[0]), int(raw[1])
 
     async def send(self, data: bytes, address: Address) -> None:
-        with contextlib.suppress(OSError):  # unreachable, or a full buffer: lost, as UDP may lose any
-            await self._sock.sendto(data, address[0], address[1])
+        """Send one datagram (see :meth:`Datagrams.send`)."""
+        async with self._sending:
+            with contextlib.suppress(OSError):  # unreachable, or a full buffer: lost, as UDP may lose any
+                await self._sock.sendto(data, address[0], address[1])
 
     async def receive(self) -> tuple[bytes, Address]:
+        """The next datagram (see :meth:`Datagrams.receive`)."""
         while True:
             try:
                 data, source = await self._sock.receive()
@@ -68,6 +73,7 @@ class UdpDatagrams:
             return data, (str(source[0]), int(source[1]))
 
     async def aclose(self) -> None:
+        """Close the socket."""
         await self._sock.aclose()
 
 

@@ -1,0 +1,49 @@
+"""DHT nodes over real UDP on loopback (both anyio backends), and the guard that keeps every
+test's DHT traffic inside its own testnet."""
+
+from __future__ import annotations
+
+import anyio
+import pytest
+from conftest import outside_testnet
+
+from peerkit import Identity
+from peerkit.dht.bep44 import MutableItem
+from peerkit.dht.node import DhtNode
+from peerkit.dht.transport import UdpDatagrams
+
+pytestmark = [pytest.mark.anyio, pytest.mark.network]
+
+
+async def test_nodes_on_loopback_put_and_get_over_udp() -> None:
+    alice = Identity.generate()
+    async with anyio.create_task_group() as tg:
+        nodes: list[DhtNode] = []
+        for i in range(12):
+            host = f"127.0.0.{i + 1}"  # one address each, as nodes on hosts of their own
+            transport = await UdpDatagrams.bind(host, 0)
+            node = DhtNode(transport, bootstrap=[nodes[0].address] if nodes else [])
+            await tg.start(node.run)
+            nodes.append(node)
+        await anyio.sleep(0.3)
+        await nodes[0].join()  # the first node learns the rest
+        item = MutableItem.create(alice.sign, alice.id.key, b"over udp", 3, b"salt")
+        with anyio.fail_after(10):
+            assert (await nodes[5].put(item)).stored >= 6
+            assert await nodes[11].get(alice.id.key, b"salt") == item
+        tg.cancel_scope.cancel()
+
+
+async def test_a_send_outside_the_testnet_is_refused(dht_sends_outside: list[tuple[str, int]]) -> None:
+    assert outside_testnet("router.bittorrent.com")
+    assert outside_testnet("67.215.246.10")
+    assert not outside_testnet("127.0.0.9")
+    assert not outside_testnet("10.231.1.3")
+    transport = await UdpDatagrams.bind("127.0.0.1", 0)
+    try:
+        with pytest.raises(AssertionError, match="outside the testnet"):
+            await transport.send(b"ping", ("67.215.246.10", 6881))
+    finally:
+        await transport.aclose()
+    assert dht_sends_outside == [("67.215.246.10", 6881)]
+    dht_sends_outside.clear()
