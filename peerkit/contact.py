@@ -5,7 +5,7 @@ endpoints, and two flags: ``subscribe_allowed`` (may it watch me) and ``is_subsc
 it). ``node.contacts`` (:class:`~peerkit.ContactManager`) keeps them.
 
 A **contact card** is the self-signed description of a peer: the canonical CBOR body
-``{"id", "seq", "nick", "dname", "email", "name", "addrs": [[host, port], ...]}`` signed with the
+``{"id", "seq", "nick", "dname", "email", "name", "addrs": [[host, port], ...], "loc"}`` signed with the
 ``peerkit-card-v1`` domain (docs/protocol.md section 5). Its text form is ``peerkit:`` followed by
 the base64url (unpadded) envelope, short enough for a QR code; its file form is the envelope's bytes.
 """
@@ -93,6 +93,8 @@ class CardContent:
     endpoints: tuple[EndPoint, ...]
     #: The signed envelope, as read.
     envelope: bytes
+    #: The key that opens the signer's record in the DHT (None when the card has none).
+    locator_key: bytes | None = None
 
 
 def read_card(card: str | bytes) -> CardContent:
@@ -132,6 +134,9 @@ def read_card(card: str | bytes) -> CardContent:
         if not isinstance(value, str) or len(value) > MAX_TEXT:
             raise InvalidRecord(f"contact card {what} must be text of at most {MAX_TEXT} characters")
         texts[key] = value
+    locator = body.get("loc")
+    if locator is not None and (not isinstance(locator, bytes) or len(locator) != 32):
+        raise InvalidRecord('contact card "loc" must be a 32-byte key')
     addrs = body.get("addrs", [])
     if not isinstance(addrs, list) or len(addrs) > MAX_CARD_ADDRESSES:
         raise InvalidRecord(f'contact card "addrs" must be a list of at most {MAX_CARD_ADDRESSES} addresses')
@@ -150,6 +155,7 @@ def read_card(card: str | bytes) -> CardContent:
         email=texts["email"],
         endpoints=tuple(dict.fromkeys(endpoints)),
         envelope=envelope,
+        locator_key=locator,
     )
 
 
@@ -226,6 +232,16 @@ class Contact(Peer):
         self.last_seen = last_seen
         #: Its own signed card, when it came from one (see :meth:`export_card`).
         self.card = card
+
+    @property
+    def locator_key(self) -> bytes | None:
+        """The key that opens this contact's record in the DHT (from its card), or None."""
+        if self.card is None:
+            return None
+        try:
+            return read_card(self.card).locator_key
+        except InvalidRecord:
+            return None
 
     @property
     def is_me(self) -> bool:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import sqlite3
 import time
 from collections.abc import Iterable
@@ -60,6 +61,17 @@ SEEN_INTERVAL: Final = 60.0
 PRESENCE_SETTING: Final = "presence"
 #: Bytes of a card file that are read, at most.
 MAX_CARD_FILE: Final = 2 * records.MAX_ENVELOPE
+#: The setting that holds the node's locator key (hex).
+LOCATOR_SETTING: Final = "locator_key"
+
+
+def _locator(text: str | None) -> bytes | None:
+    # A locator key from its setting, or None when there is none (or it is damaged).
+    try:
+        key = bytes.fromhex(text or "")
+    except ValueError:
+        return None
+    return key if len(key) == 32 else None
 
 
 def saved_presence(settings: dict[str, str]) -> Presence | None:
@@ -257,9 +269,18 @@ class ContactManager:
             listener.contact_updated(peer_id)
 
     async def load(self) -> None:
-        """Read the contacts' flags and the settings from the store (the node starts)."""
+        """Read the contacts' flags and the settings from the store (the node starts); make the
+        node's locator key the first time."""
         self._flags = _flag_table(await self._store.read(_flags))
         self._me_names = await self._store.read(_settings)
+        if _locator(self._me_names.get(LOCATOR_SETTING)) is None:
+            await self.save_setting(LOCATOR_SETTING, secrets.token_bytes(32).hex())
+
+    @property
+    def locator_key(self) -> bytes | None:
+        """This node's locator key: it seals the node's record in the DHT, and its contacts get it
+        in its card (None before the store is loaded)."""
+        return _locator(self._me_names.get(LOCATOR_SETTING))
 
     async def reload(self) -> dict[str, str]:
         """Take the changes another process (the CLI) made to the database as if made here, with
@@ -350,13 +371,15 @@ class ContactManager:
             addrs = [[host, port] for host in node.hosts()] if port else []
         else:
             addrs = [[e.host, e.port] for e in endpoints]
-        content = {
+        content: dict[str, Any] = {
             "nick": me.nickname,
             "dname": me.display_name,
             "email": me.email,
             "name": node.endpoint_name,
             "addrs": addrs[:MAX_CARD_ADDRESSES],
         }
+        if self.locator_key is not None:
+            content["loc"] = self.locator_key
         return records.sign_record(node.identity, node.next_seq(), content, domain=records.CARD_DOMAIN)
 
     # -- the store -------------------------------------------------------------------------------

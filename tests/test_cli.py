@@ -221,7 +221,7 @@ def test_bad_discovery_names_are_clear_errors() -> None:
 
     result = run("near", "--once", "--discovery", "carrier-pigeon")
     assert result.returncode == 2
-    assert "no discovery provider named 'carrier-pigeon'; known: mdns, memory, static" in said(result)
+    assert "no discovery provider named 'carrier-pigeon'; known: dht, mdns, memory, static" in said(result)
     result = run("serve", "--discovery", "static:nowhere")
     assert result.returncode == 2
     assert "static entry 'nowhere' is not host:port[#peer-id]" in said(result)

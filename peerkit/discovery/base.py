@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, Protocol, runtime_checkable
 
@@ -223,8 +223,13 @@ class Directory:
         *,
         fetch_record: Callable[[str, int, PeerId | None], Any] | None = None,
         capacity: int = 1024,
+        signer: records.Signer | None = None,
+        locator_key: Callable[[PeerId | None], Awaitable[bytes | None]] | None = None,
     ) -> None:
         self._local_id = local_id
+        #: What signs this node's items in a DHT (its identity), or None (no DHT publishing).
+        self.signer = signer
+        self._locator_key = locator_key
         self._on_change = on_change
         self._fetch = fetch_record
         self._capacity = capacity
@@ -239,6 +244,13 @@ class Directory:
     def local_id(self) -> PeerId:
         """This node's id."""
         return self._local_id
+
+    async def locator_key(self, peer_id: PeerId | None = None) -> bytes | None:
+        """The locator key of contact ``peer_id`` (from its card), or this node's own (None), for
+        providers that seal records (the DHT); None when there is none."""
+        if self._locator_key is None:
+            return None
+        return await self._locator_key(peer_id)
 
     def __len__(self) -> int:
         return len(self._entries)

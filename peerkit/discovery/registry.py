@@ -102,8 +102,25 @@ def memory(argument: str | None) -> DiscoveryProvider:
     return MemoryDiscovery.default()
 
 
+def dht(argument: str | None) -> DiscoveryProvider:
+    """``dht`` (the public Mainline routers) or ``dht:HOST:PORT[,HOST:PORT...]`` (join through
+    those instead)."""
+    from peerkit.dht.provider import DhtDiscovery
+
+    if not argument:
+        return DhtDiscovery()
+    bootstrap = []
+    for item in argument.split(","):
+        host, sep, port = item.strip().rpartition(":")
+        if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"a DHT bootstrap address is HOST:PORT, not {item!r}")
+        bootstrap.append((host.strip("[]"), int(port)))
+    return DhtDiscovery(bootstrap=bootstrap)
+
+
 _BUILTIN: Final[dict[str, Callable[[], ProviderFactory]]] = {
     "mdns": lambda: mdns,
     "static": lambda: static,
     "memory": lambda: memory,
+    "dht": lambda: dht,
 }

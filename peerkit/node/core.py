@@ -274,6 +274,7 @@ class Node(EventMethods):
             peer_ops=link,
             fetch_record=self._requests.fetch_record,
             on_change=self._nearby_changed,
+            locator_key=self._locator_key,
         )
         self._watching = Watching(
             bus=self._bus,
@@ -388,6 +389,17 @@ class Node(EventMethods):
     def _check_running(self) -> None:
         if not self._running:
             raise NotRunning("the node is not running: use it inside 'async with node:'")
+
+    async def _locator_key(self, peer_id: PeerId | None) -> bytes | None:
+        # This node's locator key (None), or a contact's from its card (None for a stranger).
+        if peer_id is None:
+            return self.contacts.locator_key
+        if not self.contacts.has(peer_id):
+            return None
+        try:
+            return (await self.contacts.get(peer_id)).locator_key
+        except PeerkitError:
+            return None
 
     def _me(self) -> Me:
         assert self._identity is not None

@@ -69,7 +69,9 @@ class Nearby:
         peer_ops: PeerOps,
         fetch_record: Callable[[str, int, PeerId | None], Awaitable[bytes]],
         on_change: Callable[[ChangeType, NearbyRecord], None],
+        locator_key: Callable[[PeerId | None], Awaitable[bytes | None]] | None = None,
     ) -> None:
+        self._locator_key = locator_key
         self._providers = providers
         self._listen_host = listen_host
         self._address_check = address_check
@@ -97,7 +99,13 @@ class Nearby:
             with ``tg``).
         """
         self._tg = tg
-        self._directory = Directory(local_id, self._changed, fetch_record=self._fetch_record)
+        self._directory = Directory(
+            local_id,
+            self._changed,
+            fetch_record=self._fetch_record,
+            signer=self._me().identity,
+            locator_key=self._locator_key,
+        )
         for provider in self._providers:
             try:
                 session = await tg.start(self._run_provider, provider)

@@ -379,3 +379,20 @@ async def test_a_database_locked_by_another_process_is_a_clear_store_error(tmp_p
         assert await store.write(_insert, row)  # and it works again once the lock is gone
     finally:
         await store.aclose()
+
+
+async def test_a_card_carries_the_locator_key_kept_across_restarts(tmp_path: Path) -> None:
+    node = Node(nickname="alice", data_dir=tmp_path / "alice", discovery=[])
+    async with node:
+        key = node.contacts.locator_key
+        assert key is not None
+        assert len(key) == 32
+        assert read_card(node.contacts.sign_card()).locator_key == key
+    async with Node(nickname="alice", data_dir=tmp_path / "alice", discovery=[]) as again:
+        assert again.contacts.locator_key == key  # saved with the settings
+    identity = Identity.generate()
+    old_style = records.sign_record(identity, 1, {"nick": "old"}, domain=records.CARD_DOMAIN)
+    assert read_card(old_style).locator_key is None  # a card without one is still a card
+    bad = records.sign_record(identity, 2, {"nick": "bad", "loc": b"short"}, domain=records.CARD_DOMAIN)
+    with pytest.raises(InvalidRecord, match='"loc" must be a 32-byte key'):
+        read_card(bad)

@@ -7,7 +7,9 @@ from pathlib import Path
 
 import pytest
 
+import peerkit
 from peerkit import Node
+from peerkit.dht.provider import DEFAULT_BOOTSTRAP, DhtDiscovery
 from peerkit.discovery import (
     Announcement,
     MdnsDiscovery,
@@ -38,7 +40,7 @@ async def test_static_provider_conforms() -> None:
 
 
 async def test_registry_names_the_built_ins() -> None:
-    assert {"mdns", "static", "memory"} <= set(provider_names())
+    assert {"mdns", "static", "memory", "dht"} <= set(provider_names())
     assert isinstance(create_provider("mdns"), MdnsDiscovery)
     chosen = create_provider("mdns:127.0.0.1,::1")
     assert isinstance(chosen, MdnsDiscovery)
@@ -47,8 +49,17 @@ async def test_registry_names_the_built_ins() -> None:
     assert isinstance(static, StaticDiscovery)
     assert [str(e) for e in static.entries] == ["10.0.0.2:7000", "[fd00::1]:7001"]
     assert create_provider("memory") is MemoryDiscovery.default()
-    with pytest.raises(ValueError, match=r"no discovery provider named 'dht'; known: .*mdns, memory, static"):
-        create_provider("dht")
+    with pytest.raises(
+        ValueError, match=r"no discovery provider named 'kad'; known: dht, .*mdns, memory, static"
+    ):
+        create_provider("kad")
+    dht = create_provider("dht:10.0.0.2:6881,[fd00::1]:6882")
+    assert isinstance(dht, DhtDiscovery)
+    assert dht.bootstrap == (("10.0.0.2", 6881), ("fd00::1", 6882))
+    assert dht.scopes is peerkit.Scope.INTERNET
+    assert create_provider("dht").bootstrap == DEFAULT_BOOTSTRAP  # for users; tests pass their own
+    with pytest.raises(ValueError, match="a DHT bootstrap address is HOST:PORT, not 'nowhere'"):
+        create_provider("dht:nowhere")
     with pytest.raises(ValueError, match="needs addresses"):
         create_provider("static")
     with pytest.raises(ValueError, match="not host:port"):

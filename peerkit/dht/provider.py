@@ -1,0 +1,194 @@
+"""The ``dht`` discovery provider: the Internet scope on the Mainline DHT.
+
+Signed in to :attr:`~peerkit.Scope.INTERNET`, a node publishes its record in the DHT under its
+own key, sealed with its locator key (:mod:`peerkit.dht.record`), and republishes it when it
+changes and every hour. Its contacts, who hold its locator key from its card, find it with
+:meth:`~peerkit.Node.resolve` (and invitations and fetches that fall back on it) wherever it is.
+A stranger who knows its id learns only that a record exists. Signing out publishes a record
+without addresses.
+
+Bootstrap: by default the public Mainline routers (:data:`DEFAULT_BOOTSTRAP`); tests, examples
+and private networks pass their own (``DhtDiscovery(bootstrap=[("10.0.0.2", 6881)])``, or the
+provider name ``dht:HOST:PORT[,HOST:PORT...]``).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from typing import Final
+
+import anyio
+import anyio.abc
+
+from peerkit.dht.bep44 import MutableItem
+from peerkit.dht.krpc import Address
+from peerkit.dht.node import DhtNode
+from peerkit.dht.record import SALT, LocatorError, fit_record, open_item, sealed_item
+from peerkit.dht.transport import Datagrams, UdpDatagrams
+from peerkit.discovery.base import Announcement, DiscoverySession, DiscoverySink, read_record
+from peerkit.errors import InvalidRecord
+from peerkit.identity import PeerId
+from peerkit.model import Scope
+
+__all__ = ("DEFAULT_BOOTSTRAP", "REPUBLISH", "DhtDiscovery")
+
+log = logging.getLogger(__name__)
+
+#: The public Mainline routers a node joins through when given no bootstrap of its own.
+DEFAULT_BOOTSTRAP: Final[tuple[Address, ...]] = (
+    ("router.bittorrent.com", 6881),
+    ("dht.transmissionbt.com", 6881),
+    ("router.utorrent.com", 6881),
+    ("dht.libtorrent.org", 25401),
+)
+#: Seconds between republications of an unchanged record.
+REPUBLISH: Final = 3600.0
+
+
+class DhtDiscovery:
+    """People anywhere, through the Mainline DHT (see the module docstring).
+
+    :param bootstrap: addresses to join through (default: :data:`DEFAULT_BOOTSTRAP`).
+    :param host: the address its UDP socket binds to.
+    :param port: its UDP port (0 picks a free one).
+    :param transport: makes its datagram transport instead of UDP (an in-memory testnet).
+    """
+
+    scopes = Scope.INTERNET
+
+    def __init__(
+        self,
+        *,
+        bootstrap: Sequence[Address] | None = None,
+        host: str = "0.0.0.0",
+        port: int = 0,
+        transport: Callable[[], Datagrams] | None = None,
+    ) -> None:
+        self.bootstrap = tuple(bootstrap) if bootstrap is not None else DEFAULT_BOOTSTRAP
+        self.host = host
+        self.port = port
+        self._transport = transport
+        #: The running DHT node (None when the provider does not run).
+        self.node: DhtNode | None = None
+
+    @property
+    def name(self) -> str:
+        """``dht``."""
+        return "dht"
+
+    async def run(self, sink: DiscoverySink, *, task_status: anyio.abc.TaskStatus[DiscoverySession]) -> None:
+        """Join the DHT and serve one node until cancelled."""
+        transport = (
+            self._transport()
+            if self._transport is not None
+            else await UdpDatagrams.bind(self.host, self.port)
+        )
+        bootstrap = [address for host, port in self.bootstrap for address in await _addresses(host, port)]
+        node = DhtNode(transport, bootstrap=bootstrap)
+        session = _Session(node, sink)
+        try:
+            async with anyio.create_task_group() as tg:
+                await tg.start(node.run)
+                self.node = node
+                tg.start_soon(session.keep_published)
+                task_status.started(session)
+        finally:
+            self.node = None
+
+    def __repr__(self) -> str:
+        return f"DhtDiscovery(bootstrap={list(self.bootstrap)!r})"
+
+
+async def _addresses(host: str, port: int) -> list[Address]:
+    # A bootstrap name's addresses (a literal address is itself); none when it does not resolve.
+    try:
+        infos = await anyio.getaddrinfo(host, port, type=2)  # SOCK_DGRAM
+    except OSError as exc:
+        log.info("DHT bootstrap %s:%d does not resolve: %s", host, port, exc)
+        return []
+    return list(dict.fromkeys((str(info[4][0]), int(info[4][1])) for info in infos))
+
+
+class _Session:
+    def __init__(self, node: DhtNode, sink: DiscoverySink) -> None:
+        self._node = node
+        self._sink = sink
+        self._wanted: Announcement | None = None
+        self._withdrawn = False
+        self._seq = 0
+        self._changed = anyio.Event()
+
+    async def publish(self, announcement: Announcement) -> None:
+        self._wanted, self._withdrawn = announcement, False
+        self._changed.set()
+        await anyio.lowlevel.checkpoint()
+
+    async def withdraw(self) -> None:
+        if self._wanted is not None:
+            self._withdrawn = True
+            self._changed.set()
+        await anyio.lowlevel.checkpoint()
+
+    async def resolve(self, peer_id: PeerId) -> list[bytes]:
+        key = await _locator_key(self._sink, peer_id)
+        if key is None:
+            return []  # not a contact whose card gave a locator key: nothing to open
+        item = await self._node.get(peer_id.key, SALT)
+        if item is None:
+            return []
+        try:
+            return [open_item(item, key)]
+        except LocatorError as exc:
+            log.info("the DHT record of %s does not open: %s", peer_id.fingerprint, exc)
+            return []
+
+    async def keep_published(self) -> None:
+        # Publishes what is wanted when it changes, and every REPUBLISH seconds.
+        while True:
+            with anyio.move_on_after(REPUBLISH):
+                await self._changed.wait()
+            self._changed = anyio.Event()
+            if self._wanted is not None:
+                try:
+                    await self._put(self._wanted, withdrawn=self._withdrawn)
+                except Exception:
+                    log.exception("publishing the record in the DHT failed")
+
+    async def _put(self, announcement: Announcement, *, withdrawn: bool) -> None:
+        signer = getattr(self._sink, "signer", None)
+        key = await _locator_key(self._sink, None)
+        if signer is None or key is None:
+            log.warning("the DHT provider cannot publish: its node gives no signer or locator key")
+            return
+        try:
+            record, nickname, name, endpoints = read_record(announcement.envelope)
+        except InvalidRecord:
+            return
+        # The node's seq, or above the last this provider used (a withdrawal, or a 302 retry).
+        seq = max(record.seq, self._seq + 1) if withdrawn else max(record.seq, self._seq)
+        for _ in range(2):
+            envelope = fit_record(
+                signer,
+                seq,
+                nickname=nickname,
+                endpoint_name=name,
+                endpoints=[] if withdrawn else [(e.host, e.port) for e in endpoints],
+            )
+            item = sealed_item(signer, envelope, seq, key)
+            result = await self._node.put(item)
+            self._seq = seq
+            if result.stored or not result.refused.get(302):
+                log.debug("DHT record at seq %d stored on %d nodes", seq, result.stored)
+                return
+            # Nodes hold a higher seq (a clock that went back, or this id signed in elsewhere).
+            current: MutableItem | None = await self._node.get(item.key, SALT)
+            seq = (current.seq if current is not None else seq) + 1
+
+
+async def _locator_key(sink: DiscoverySink, peer_id: PeerId | None) -> bytes | None:
+    lookup = getattr(sink, "locator_key", None)
+    if lookup is None:
+        return None
+    key: bytes | None = await lookup(peer_id)
+    return key

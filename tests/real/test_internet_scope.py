@@ -1,0 +1,74 @@
+"""The Internet scope end to end on loopback: a DHT of plain nodes over UDP, and peerkit nodes
+with the ``dht`` provider. A contact (who holds the locator key from the card) resolves and
+invites a node signed in to INTERNET; a stranger learns nothing."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+
+import anyio
+import pytest
+from conftest import ACCEPTED, CHAT, accept_all
+
+from peerkit import Identity, Node, PeerUnreachable, Scope
+from peerkit.dht.node import DhtNode
+from peerkit.dht.provider import DhtDiscovery
+from peerkit.dht.record import SALT
+from peerkit.dht.transport import UdpDatagrams
+
+pytestmark = [pytest.mark.anyio, pytest.mark.network]
+
+
+@contextlib.asynccontextmanager
+async def loopback_dht(count: int) -> AsyncIterator[list[DhtNode]]:
+    """``count`` plain DHT nodes on 127.0.0.10 and up, joined through the first."""
+    async with anyio.create_task_group() as tg:
+        nodes: list[DhtNode] = []
+        for i in range(count):
+            transport = await UdpDatagrams.bind(f"127.0.0.{10 + i}", 0)
+            node = DhtNode(transport, bootstrap=[nodes[0].address] if nodes else [])
+            await tg.start(node.run)
+            nodes.append(node)
+        await anyio.sleep(0.2)
+        await nodes[0].join()
+        yield nodes
+        tg.cancel_scope.cancel()
+
+
+def node(nickname: str, host: str, bootstrap: tuple[str, int]) -> Node:
+    provider = DhtDiscovery(bootstrap=[bootstrap], host=host)
+    return Node(
+        nickname=nickname, identity=Identity.generate(), listen=("127.0.0.1", 0), discovery=[provider]
+    )
+
+
+async def test_a_contact_resolves_and_invites_a_node_signed_in_to_internet() -> None:
+    async with loopback_dht(10) as dht, contextlib.AsyncExitStack() as stack:
+        bootstrap = dht[0].address
+        alice = await stack.enter_async_context(node("alice", "127.0.0.2", bootstrap))
+        bob = await stack.enter_async_context(node("bob", "127.0.0.3", bootstrap))
+        carol = await stack.enter_async_context(node("carol", "127.0.0.4", bootstrap))
+        for each in (alice, bob):
+            await each.register_application(CHAT)
+        alice.add_invitation_handler(CHAT, accept_all)
+        card = bob.contacts.read_card(alice.contacts.sign_card())
+        assert card.locator_key == alice.contacts.locator_key
+        await bob.contacts.add(card)
+        await alice.sign_in(Scope.INTERNET)
+        with anyio.fail_after(15):
+            while True:
+                try:
+                    peer = await bob.resolve(alice.id)
+                    break
+                except PeerUnreachable:
+                    await anyio.sleep(0.2)
+        assert alice.endpoint in peer.endpoints
+        assert await peer.invite(CHAT, timeout=5) == ACCEPTED
+        # A stranger learns nothing: no key opens the record, whose bytes name no address.
+        with pytest.raises(PeerUnreachable, match="no discovery provider knows"):
+            await carol.resolve(alice.id)
+        item = await dht[5].get(alice.id.key, SALT)
+        assert item is not None
+        assert b"127.0.0.1" not in item.value
+        assert str(alice.endpoint.port).encode() not in item.value
