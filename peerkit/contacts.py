@@ -276,6 +276,16 @@ class ContactManager:
         if _locator(self._me_names.get(LOCATOR_SETTING)) is None:
             await self.save_setting(LOCATOR_SETTING, secrets.token_bytes(32).hex())
 
+    async def locator_key_of(self, peer_id: PeerId | None) -> bytes | None:
+        """The locator key of contact ``peer_id`` (from its card), or this node's own (None);
+        None for a stranger, or a contact whose card had none."""
+        if peer_id is None:
+            return self.locator_key
+        if peer_id not in self._flags:
+            return None
+        row = await self._store.read(_select, bytes(peer_id))
+        return self._contact(row).locator_key if row is not None else None
+
     @property
     def locator_key(self) -> bytes | None:
         """This node's locator key: it seals the node's record in the DHT, and its contacts get it

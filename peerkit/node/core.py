@@ -55,7 +55,7 @@ from peerkit.net.control import ControlChannel, KeepalivePolicy, Reply
 from peerkit.net.fds import fd_budget
 from peerkit.net.transport import TcpTransport, Transport
 from peerkit.node.config import NodeConfig
-from peerkit.node.connections import MAX_CHANNELS_PER_PEER, Connections, Me
+from peerkit.node.connections import MAX_CHANNELS_PER_PEER, ChannelPeer, Connections, Me
 from peerkit.node.eventing import EventMethods
 from peerkit.node.invitations import InvitationHandler, Invitations
 from peerkit.node.link import ContactEvents, Link, NodeSide
@@ -227,6 +227,7 @@ class Node(EventMethods):
             sender=self._connections.sender,
             routes=lambda peer, exact: self._connections.routes(peer, self._endpoints_of(peer), exact=exact),
             check_running=self._check_running,
+            fallback=self._found_elsewhere,
         )
         self._streams = Streams(
             queue_size=self._queue_size,
@@ -259,6 +260,7 @@ class Node(EventMethods):
                 UnsubscribeRequest: self._on_unsubscribe,
             },
             routes=lambda peer: self._connections.routes(peer, self._endpoints_of(peer)),
+            fallback=self._found_elsewhere,
             control_to=self._connections.control_to,
             check_running=self._check_running,
             record_timeout=self._handshake_timeout,
@@ -274,7 +276,7 @@ class Node(EventMethods):
             peer_ops=link,
             fetch_record=self._requests.fetch_record,
             on_change=self._nearby_changed,
-            locator_key=self._locator_key,
+            locator_key=self.contacts.locator_key_of,
         )
         self._watching = Watching(
             bus=self._bus,
@@ -390,16 +392,15 @@ class Node(EventMethods):
         if not self._running:
             raise NotRunning("the node is not running: use it inside 'async with node:'")
 
-    async def _locator_key(self, peer_id: PeerId | None) -> bytes | None:
-        # This node's locator key (None), or a contact's from its card (None for a stranger).
-        if peer_id is None:
-            return self.contacts.locator_key
-        if not self.contacts.has(peer_id):
+    async def _found_elsewhere(self, peer: Peer) -> Peer | None:
+        # A peer not where it was known to be, found anew by the providers that resolve remote
+        # peers (the DHT): at the endpoints not tried yet; None when there are none.
+        if isinstance(peer, ChannelPeer):
             return None
-        try:
-            return (await self.contacts.get(peer_id)).locator_key
-        except PeerkitError:
-            return None
+        found = await self._nearby.resolve_remote(peer.id)
+        tried = set(self._endpoints_of(peer))
+        fresh = tuple(e for e in found if e not in tried)
+        return Peer(self._link, peer.id, fresh, peer.nickname) if fresh else None
 
     def _me(self) -> Me:
         assert self._identity is not None

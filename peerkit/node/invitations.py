@@ -89,6 +89,7 @@ class Invitations:
         sender: Callable[[ControlChannel], tuple[EndPoint | None, Peer]],
         routes: Callable[[Peer, bool], list[Route]],
         check_running: Callable[[], None],
+        fallback: Callable[[Peer], Awaitable[Peer | None]] | None = None,
     ) -> None:
         self._policy = policy
         self._contacts = contacts
@@ -96,6 +97,7 @@ class Invitations:
         self._application = application
         self._sender = sender
         self._routes = routes
+        self._fallback = fallback or _no_fallback
         self._check_running = check_running
         self._trusted: set[PeerId] = set()
         self._observers: list[Observer] = []
@@ -333,6 +335,19 @@ class Invitations:
         self._check_running()
         request = {"t": "invite", "app": app.id.bytes, "msg": message, "data": data, "ttl": wire_ttl(timeout)}
         deadline = anyio.current_time() + timeout
+        try:
+            return await self._invite_by(peer, request, deadline)
+        except PeerUnreachable:
+            # Where it was known to be, it is not: where is it now (the Internet scope)?
+            found = None
+            with anyio.CancelScope(deadline=deadline):
+                found = await self._fallback(peer)
+            if found is None:
+                raise
+            return await self._invite_by(found, request, deadline)
+
+    async def _invite_by(self, peer: Peer, request: dict[str, Any], deadline: float) -> InvitationResponse:
+        # On its one route, or on every route at once (the first acceptance wins).
         routes = self._routes(peer, False)
         if not routes:
             raise PeerUnreachable(f"no endpoint of {peer.id.fingerprint} is known")
@@ -407,3 +422,8 @@ def _answer_of(handler: InvitationHandler) -> InvitationHandler:
         return InvitationResponse.DECLINED
 
     return receive
+
+
+async def _no_fallback(peer: Peer) -> Peer | None:
+    await anyio.lowlevel.checkpoint()
+    return None

@@ -30,11 +30,18 @@ from peerkit.discovery.base import (
     read_record,
 )
 from peerkit.discovery.island import needs_asyncio_thread, run_in_asyncio_thread
-from peerkit.errors import DiscoveryError, InvalidRecord, NotRunning, NotSignedIn, PeerUnreachable
+from peerkit.errors import (
+    DiscoveryError,
+    InvalidRecord,
+    NotRunning,
+    NotSignedIn,
+    PeerkitError,
+    PeerUnreachable,
+)
 from peerkit.events import NearbyChanged
 from peerkit.handles import Handle
 from peerkit.identity import PeerId
-from peerkit.model import ChangeType, Scope, seconds_text
+from peerkit.model import ChangeType, EndPoint, Scope, seconds_text
 from peerkit.net.transport import local_addresses
 from peerkit.node.connections import Me
 from peerkit.peers import NearbyPeer, Peer, PeerOps
@@ -318,6 +325,26 @@ class Nearby:
         what = f"id {peer_id.fingerprint}" if peer_id is not None else f"nickname {nickname!r}"
         self._directory_near_me()
         raise PeerUnreachable(f"no peer near me with {what} appeared within {seconds_text(timeout)}")
+
+    async def resolve_remote(self, peer_id: PeerId) -> tuple[EndPoint, ...]:
+        """Where the providers that serve the Internet scope find ``peer_id`` now (none: empty)."""
+        for provider, session in self._sessions:
+            if not provider.scopes & Scope.INTERNET:
+                continue
+            try:
+                with anyio.fail_after(PROVIDER_TIMEOUT):
+                    envelopes = await session.resolve(peer_id)
+            except (TimeoutError, PeerkitError) as exc:
+                log.info(
+                    "discovery provider %s could not resolve %s: %s", provider.name, peer_id.fingerprint, exc
+                )
+                continue
+            for envelope in envelopes:
+                with contextlib.suppress(InvalidRecord):
+                    signed, _, _, endpoints = read_record(envelope)
+                    if signed.id == bytes(peer_id) and endpoints:
+                        return endpoints
+        return ()
 
     async def resolve(self, peer_id: PeerId) -> Peer:
         """Find ``peer_id`` through the discovery providers (see :meth:`Node.resolve`)."""

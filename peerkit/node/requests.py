@@ -53,6 +53,7 @@ class Requests:
         *,
         handlers: Mapping[type[Request], RequestHandler],
         routes: Callable[[Peer], list[Route]],
+        fallback: Callable[[Peer], Awaitable[Peer | None]],
         control_to: Callable[..., Awaitable[ControlChannel]],
         check_running: Callable[[], None],
         record_timeout: float,
@@ -64,6 +65,7 @@ class Requests:
         #: How many requests each peer may make.
         self.budget = RequestBudget(budget)
         self._routes = routes
+        self._fallback = fallback
         self._control_to = control_to
         self._check_running = check_running
         self._record_timeout = record_timeout
@@ -109,8 +111,9 @@ class Requests:
         self._check_running()
         who = peer.id.fingerprint
         errors: list[PeerUnreachable] = []
-        with anyio.move_on_after(timeout):
-            for route in self._routes(peer):
+
+        async def attempt(routes: list[Route]) -> dict[str, Any] | None:
+            for route in routes:
                 try:
                     control = await route()
                     pending = await control.start_request(message)
@@ -120,6 +123,16 @@ class Requests:
                     continue
                 if reply["t"] == "error":
                     raise _refused(who, what, Refused(reply.get("code"), reply.get("msg")))
+                return reply
+            return None
+
+        with anyio.move_on_after(timeout):
+            reply = await attempt(self._routes(peer))
+            if reply is None:  # where it was known to be, it is not: where is it now?
+                found = await self._fallback(peer)
+                if found is not None:
+                    reply = await attempt(self._routes(found))
+            if reply is not None:
                 return reply
         if errors:
             raise errors[-1]

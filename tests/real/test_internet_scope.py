@@ -5,13 +5,14 @@ invites a node signed in to INTERNET; a stranger learns nothing."""
 from __future__ import annotations
 
 import contextlib
+import socket
 from collections.abc import AsyncIterator
 
 import anyio
 import pytest
 from conftest import ACCEPTED, CHAT, accept_all
 
-from peerkit import Identity, Node, PeerUnreachable, Scope
+from peerkit import EndPoint, Identity, Node, PeerUnreachable, Scope
 from peerkit.dht.node import DhtNode
 from peerkit.dht.provider import DhtDiscovery
 from peerkit.dht.record import SALT
@@ -72,3 +73,31 @@ async def test_a_contact_resolves_and_invites_a_node_signed_in_to_internet() -> 
         assert item is not None
         assert b"127.0.0.1" not in item.value
         assert str(alice.endpoint.port).encode() not in item.value
+
+
+async def test_an_invitation_to_a_contact_that_moved_falls_back_on_the_dht() -> None:
+    async with loopback_dht(10) as dht, contextlib.AsyncExitStack() as stack:
+        bootstrap = dht[0].address
+        alice = await stack.enter_async_context(node("alice", "127.0.0.2", bootstrap))
+        bob = await stack.enter_async_context(node("bob", "127.0.0.3", bootstrap))
+        for each in (alice, bob):
+            await each.register_application(CHAT)
+        alice.add_invitation_handler(CHAT, accept_all)
+        # Bob's card of alice names where she used to be (a port nobody listens on now).
+        with socket.socket() as gone:
+            gone.bind(("127.0.0.1", 0))
+            old = EndPoint("127.0.0.1", gone.getsockname()[1])
+        contact = await bob.contacts.add(bob.contacts.read_card(alice.contacts.sign_card([old])))
+        assert contact.endpoints == (old,)
+        await alice.contacts.add(alice.contacts.read_card(bob.contacts.sign_card()))  # he may fetch
+        await alice.sign_in(Scope.INTERNET)
+        with anyio.fail_after(15):
+            while True:
+                try:
+                    await bob.resolve(alice.id)
+                    break
+                except PeerUnreachable:
+                    await anyio.sleep(0.2)
+        # Where bob knew her, she is not; the DHT says where she is now.
+        assert await contact.invite(CHAT, timeout=10) == ACCEPTED
+        assert await contact.get_applications() == [CHAT]  # fetches fall back the same way
