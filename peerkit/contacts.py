@@ -233,6 +233,10 @@ class ContactListener(Protocol):
         """A contact's details (endpoints, names) changed."""
         ...
 
+    def locator_changed(self) -> None:
+        """The node's locator key was replaced (a contact was blocked or deleted)."""
+        ...
+
 
 class ContactManager:
     """The node's contacts (``node.contacts``, the original ``ContactManager``); see the module docstring.
@@ -585,6 +589,8 @@ class ContactManager:
             await self._subscription_changed(contact.id, contact.is_subscribed)
         if before[0] != contact.subscribe_allowed:
             self._permission_changed(contact.id)
+            if contact.subscribe_allowed is SubscribePermission.BLOCKED:
+                await self._rotate_locator()
         return contact
 
     async def delete(self, contact: Contact | PeerId) -> None:
@@ -611,6 +617,26 @@ class ContactManager:
             await self._subscription_changed(peer_id, False)
         self._bus.publish(ContactChanged(change=ChangeType.DELETED, contact=old))
         self._permission_changed(peer_id)
+        await self._rotate_locator()
+
+    async def _rotate_locator(self) -> None:
+        # A blocked or deleted contact holds the old locator key: a new one seals the record from
+        # now on, and the contacts still allowed get it (the listeners spread it).
+        await self.save_setting(LOCATOR_SETTING, secrets.token_bytes(32).hex())
+        for listener in self._listeners:
+            listener.locator_changed()
+
+    async def take_card(self, content: CardContent) -> bool:
+        """Keep a newer card a contact sent of itself (its locator key may have changed); its
+        names and endpoints stay as they are. Returns whether it was kept."""
+        row = await self._store.read(_select, bytes(content.id))
+        if row is None:
+            return False
+        contact = self._contact(row)
+        if contact.card is not None and read_card(contact.card).seq >= content.seq:
+            return False
+        contact.card = content.envelope
+        return bool(await self._store.write(_replace, _row(contact)))
 
     async def set_subscribed(self, peer_id: PeerId, subscribed: bool) -> Contact:
         """Store the contact's ``is_subscribed`` flag alone (for the node's watching part).

@@ -140,6 +140,12 @@ class Connections:
         """How many control channels to ``peer_id`` are open."""
         return sum(1 for c in self._controls.get(peer_id, ()) if not c.closed)
 
+    def peers(self) -> list[PeerId]:
+        """The peers a control channel is open to."""
+        return [
+            peer_id for peer_id, channels in self._controls.items() if any(not c.closed for c in channels)
+        ]
+
     def controls(self, peer_id: PeerId) -> list[ControlChannel]:
         """The open control channels to ``peer_id``."""
         return [c for c in self._controls.get(peer_id, ()) if not c.closed]

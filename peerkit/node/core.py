@@ -55,10 +55,11 @@ from peerkit.net.control import ControlChannel, KeepalivePolicy, Reply
 from peerkit.net.fds import fd_budget
 from peerkit.net.transport import TcpTransport, Transport
 from peerkit.node.config import NodeConfig
-from peerkit.node.connections import MAX_CHANNELS_PER_PEER, ChannelPeer, Connections, Me
+from peerkit.node.connections import MAX_CHANNELS_PER_PEER, Connections, Me
 from peerkit.node.eventing import EventMethods
 from peerkit.node.invitations import InvitationHandler, Invitations
 from peerkit.node.link import ContactEvents, Link, NodeSide
+from peerkit.node.locator import Locator
 from peerkit.node.nearby import PROVIDER_TIMEOUT, Nearby, NearbyHandler
 from peerkit.node.publishing import Published, Publishing, Visibility
 from peerkit.node.receivers import app_id as id_of
@@ -211,7 +212,11 @@ class Node(EventMethods):
             keepalive=self._keepalive,
             handshake_timeout=self._handshake_timeout,
             handler=self._dispatch,
-            notices={"notify": self._notify, "invite_cancel": self._invite_cancel},
+            notices={
+                "notify": self._notify,
+                "invite_cancel": self._invite_cancel,
+                "card_update": lambda c, m: self._locator.on_card(c, m),  # noqa: PLW0108 (made later)
+            },
             on_closed=self._channel_closed,
             on_peer=self._channel_opened,
             serve_stream=self._serve_stream,
@@ -227,7 +232,7 @@ class Node(EventMethods):
             sender=self._connections.sender,
             routes=lambda peer, exact: self._connections.routes(peer, self._endpoints_of(peer), exact=exact),
             check_running=self._check_running,
-            fallback=self._found_elsewhere,
+            fallback=lambda peer: self._nearby.found_elsewhere(peer, self._endpoints_of(peer)),
         )
         self._streams = Streams(
             queue_size=self._queue_size,
@@ -260,7 +265,7 @@ class Node(EventMethods):
                 UnsubscribeRequest: self._on_unsubscribe,
             },
             routes=lambda peer: self._connections.routes(peer, self._endpoints_of(peer)),
-            fallback=self._found_elsewhere,
+            fallback=lambda peer: self._nearby.found_elsewhere(peer, self._endpoints_of(peer)),
             control_to=self._connections.control_to,
             check_running=self._check_running,
             record_timeout=self._handshake_timeout,
@@ -288,7 +293,13 @@ class Node(EventMethods):
             check_running=self._check_running,
             spawn=self._spawn,
         )
-        self.contacts.add_listener(ContactEvents(self._watching, self._publishing))
+        self._locator = Locator(
+            contacts=self.contacts,
+            connections=self._connections,
+            nearby=self._nearby,
+            scope=lambda: self._scope,
+        )
+        self.contacts.add_listener(ContactEvents(self._watching, self._publishing, self._locator.changed))
         self._settings = Settings(self.contacts, self._data_dir)
         link.invitations, link.streams, link.requests = self._invitations, self._streams, self._requests
         link.watching, link.nearby, link.contacts = self._watching, self._nearby, self.contacts
@@ -329,6 +340,7 @@ class Node(EventMethods):
             self._endpoint = EndPoint(_reachable(bound_host), bound_port, self._endpoint_name)
             self._tg = await stack.enter_async_context(anyio.create_task_group())
             self._connections.start(self._tg, self._me)
+            self._locator.start(self._tg)
             await self._tg.start(self._listener.serve, self._connections.on_channel)
             failure: DiscoveryError | None = None
             try:
@@ -377,6 +389,7 @@ class Node(EventMethods):
             return None
         finally:
             self._connections.clear()
+            self._locator.stop()
             self._nearby.clear()
             self._publishing.clear()
             self._watching.clear()
@@ -391,16 +404,6 @@ class Node(EventMethods):
     def _check_running(self) -> None:
         if not self._running:
             raise NotRunning("the node is not running: use it inside 'async with node:'")
-
-    async def _found_elsewhere(self, peer: Peer) -> Peer | None:
-        # A peer not where it was known to be, found anew by the providers that resolve remote
-        # peers (the DHT): at the endpoints not tried yet; None when there are none.
-        if isinstance(peer, ChannelPeer):
-            return None
-        found = await self._nearby.resolve_remote(peer.id)
-        tried = set(self._endpoints_of(peer))
-        fresh = tuple(e for e in found if e not in tried)
-        return Peer(self._link, peer.id, fresh, peer.nickname) if fresh else None
 
     def _me(self) -> Me:
         assert self._identity is not None

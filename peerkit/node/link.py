@@ -157,9 +157,10 @@ class Link:
 class ContactEvents:
     """Passes the contact store's changes to the parts that care (a ContactListener)."""
 
-    def __init__(self, watching: Watching, publishing: Publishing) -> None:
+    def __init__(self, watching: Watching, publishing: Publishing, locator: Callable[[], None]) -> None:
         self._watching = watching
         self._publishing = publishing
+        self._locator = locator
 
     async def subscription_changed(self, peer_id: PeerId, subscribed: bool) -> None:
         """Start or stop watching the contact."""
@@ -172,3 +173,7 @@ class ContactEvents:
     def contact_updated(self, peer_id: PeerId) -> None:
         """The contact's endpoints may have changed."""
         self._watching.contact_updated(peer_id)
+
+    def locator_changed(self) -> None:
+        """The node's locator key was replaced."""
+        self._locator()

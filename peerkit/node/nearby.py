@@ -43,7 +43,7 @@ from peerkit.handles import Handle
 from peerkit.identity import PeerId
 from peerkit.model import ChangeType, EndPoint, Scope, seconds_text
 from peerkit.net.transport import local_addresses
-from peerkit.node.connections import Me
+from peerkit.node.connections import ChannelPeer, Me
 from peerkit.peers import NearbyPeer, Peer, PeerOps
 
 __all__ = ("PROVIDER_TIMEOUT", "Nearby", "NearbyHandler")
@@ -325,6 +325,14 @@ class Nearby:
         what = f"id {peer_id.fingerprint}" if peer_id is not None else f"nickname {nickname!r}"
         self._directory_near_me()
         raise PeerUnreachable(f"no peer near me with {what} appeared within {seconds_text(timeout)}")
+
+    async def found_elsewhere(self, peer: Peer, tried: tuple[EndPoint, ...]) -> Peer | None:
+        """``peer``, not where it was known to be (``tried``), found anew by the providers that
+        resolve remote peers (the DHT): at the endpoints not tried yet; None when there are none."""
+        if isinstance(peer, ChannelPeer):
+            return None  # reachable only over the channel it opened
+        fresh = tuple(e for e in await self.resolve_remote(peer.id) if e not in set(tried))
+        return Peer(self._peer_ops, peer.id, fresh, peer.nickname) if fresh else None
 
     async def resolve_remote(self, peer_id: PeerId) -> tuple[EndPoint, ...]:
         """Where the providers that serve the Internet scope find ``peer_id`` now (none: empty)."""

@@ -1,11 +1,12 @@
 """The requests of the control protocol as typed objects, and the one decoder for them (sans-IO).
 
 A control channel carries requests (``invite``, ``get``, ``card``, ``record``, ``subscribe``,
-``unsubscribe``), their replies, and notices (``invite_cancel``, ``notify``); docs/protocol.md
-sections 4.1 to 4.7 define them. :func:`decode_request` turns an incoming request into one of the
-classes below, or raises :class:`BadRequest` with the ``error`` code and text the peer is to be
-answered with. :func:`error_reply` builds that answer, and :func:`check_reply` reads the answer
-to a request of ours, so no part of the node unpacks an ``error`` by hand::
+``unsubscribe``), their replies, and notices (``invite_cancel``, ``notify``, ``card_update``);
+docs/protocol.md sections 4.1 to 4.7 define them. :func:`decode_request` turns an incoming
+request into one of the classes below, or raises :class:`BadRequest` with the ``error`` code and
+text the peer is to be answered with. :func:`error_reply` builds that answer, and
+:func:`check_reply` reads the answer to a request of ours, so no part of the node unpacks an
+``error`` by hand::
 
     try:
         request = decode_request(message)
@@ -46,7 +47,7 @@ __all__ = (
 )
 
 #: Message types that are notices: they expect no reply and are not counted as requests.
-NOTICES: Final = frozenset({"invite_cancel", "notify"})
+NOTICES: Final = frozenset({"invite_cancel", "notify", "card_update"})
 
 
 class ErrorCode(enum.Enum):

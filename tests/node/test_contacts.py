@@ -31,6 +31,7 @@ from peerkit import (
     InvitationResponse,
     LimitExceeded,
     Node,
+    NotAllowed,
     NotRunning,
     ProtocolError,
     Scope,
@@ -43,7 +44,7 @@ from peerkit import (
 from peerkit.contacts import CARD_PREFIX, read_card
 from peerkit.proto import records
 from peerkit.store import DATABASE_FILE, SCHEMA_VERSION
-from peerkit.testing import MemoryNetwork, node_pair
+from peerkit.testing import MemoryNetwork, node_pair, nodes
 
 pytestmark = pytest.mark.anyio
 
@@ -396,3 +397,23 @@ async def test_a_card_carries_the_locator_key_kept_across_restarts(tmp_path: Pat
     bad = records.sign_record(identity, 2, {"nick": "bad", "loc": b"short"}, domain=records.CARD_DOMAIN)
     with pytest.raises(InvalidRecord, match='"loc" must be a 32-byte key'):
         read_card(bad)
+
+
+async def test_a_card_update_is_kept_only_when_it_is_the_senders_own_and_newer() -> None:
+    async with nodes(3) as (alice, bob, carol):
+        old = alice.contacts.sign_card()
+        await bob.contacts.add(bob.contacts.read_card(old))
+        newer = alice.contacts.sign_card()
+        to_bob = await alice.peer_at(bob.endpoint.host, bob.endpoint.port)
+        await alice.contacts.add(alice.contacts.read_card(bob.contacts.sign_card()))
+        with contextlib.suppress(NotAllowed):
+            await to_bob.get_presence()  # a channel alice -> bob is open now
+        (control,) = alice._connections.controls(bob.id)
+        for card in (carol.contacts.sign_card(), old, b"garbage"):
+            await control.notify({"t": "card_update", "card": card})  # ignored, each
+        await anyio.sleep(0.2)
+        assert (await bob.contacts.get(alice.id)).card == old
+        await control.notify({"t": "card_update", "card": newer})
+        with anyio.fail_after(5):
+            while (await bob.contacts.get(alice.id)).card != newer:
+                await anyio.sleep(0.02)

@@ -12,7 +12,7 @@ import anyio
 import pytest
 from conftest import ACCEPTED, CHAT, accept_all
 
-from peerkit import EndPoint, Identity, Node, PeerUnreachable, Scope
+from peerkit import EndPoint, Identity, Node, PeerUnreachable, Scope, SubscribePermission
 from peerkit.dht.node import DhtNode
 from peerkit.dht.provider import DhtDiscovery
 from peerkit.dht.record import SALT
@@ -101,3 +101,39 @@ async def test_an_invitation_to_a_contact_that_moved_falls_back_on_the_dht() -> 
         # Where bob knew her, she is not; the DHT says where she is now.
         assert await contact.invite(CHAT, timeout=10) == ACCEPTED
         assert await contact.get_applications() == [CHAT]  # fetches fall back the same way
+
+
+async def test_blocking_a_contact_rotates_the_key_and_the_allowed_ones_get_the_new_one() -> None:
+    async with loopback_dht(10) as dht, contextlib.AsyncExitStack() as stack:
+        bootstrap = dht[0].address
+        alice = await stack.enter_async_context(node("alice", "127.0.0.2", bootstrap))
+        bob = await stack.enter_async_context(node("bob", "127.0.0.3", bootstrap))
+        carol = await stack.enter_async_context(node("carol", "127.0.0.4", bootstrap))
+        for friend in (bob, carol):  # both hold alice's card (and key); alice has both as contacts
+            await friend.contacts.add(friend.contacts.read_card(alice.contacts.sign_card()))
+            await alice.contacts.add(alice.contacts.read_card(friend.contacts.sign_card()))
+        await alice.sign_in(Scope.INTERNET)
+
+        async def resolved(by: Node) -> bool:
+            try:
+                await by.resolve(alice.id)
+            except PeerUnreachable:
+                return False
+            return True
+
+        with anyio.fail_after(15):
+            while not (await resolved(bob) and await resolved(carol)):
+                await anyio.sleep(0.2)
+        old_key = alice.contacts.locator_key
+        assert await (await bob.contacts.get(alice.id)).get_applications() == []  # bob has a channel open
+        # Alice blocks carol: a new key seals her record; bob, allowed and connected, gets it.
+        blocked = (await alice.contacts.get(carol.id)).replace(subscribe_allowed=SubscribePermission.BLOCKED)
+        await alice.contacts.update(blocked)
+        assert alice.contacts.locator_key != old_key
+        with anyio.fail_after(15):
+            while (await bob.contacts.get(alice.id)).locator_key != alice.contacts.locator_key:
+                await anyio.sleep(0.1)
+            while await resolved(carol):  # the record is sealed anew: carol's key opens nothing
+                await anyio.sleep(0.2)
+        assert await resolved(bob)
+        assert (await carol.contacts.get(alice.id)).locator_key == old_key

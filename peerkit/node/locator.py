@@ -1,0 +1,87 @@
+"""The node's locator key on the move: when it is replaced, the record is sealed anew and the
+contacts still allowed get the key; a contact's newer card, pushed to this node, is kept.
+
+A blocked or deleted contact keeps the old key, which opens nothing from then on. The contacts
+still allowed that have a control channel open get the node's fresh card (which carries the new
+key) in a ``card_update`` notice at once; the others get it in the next card they fetch or are given.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import anyio
+import anyio.abc
+
+from peerkit.contact import read_card
+from peerkit.contacts import ContactManager
+from peerkit.errors import InvalidRecord, PeerkitError
+from peerkit.identity import PeerId
+from peerkit.model import Scope, SubscribePermission
+from peerkit.net.control import ControlChannel
+from peerkit.node.connections import Connections
+from peerkit.node.nearby import Nearby
+
+__all__ = ("Locator",)
+
+log = logging.getLogger(__name__)
+
+
+class Locator:
+    """Spreads a new locator key, and keeps the cards contacts push (see the module docstring)."""
+
+    def __init__(
+        self, contacts: ContactManager, connections: Connections, nearby: Nearby, scope: Callable[[], Scope]
+    ) -> None:
+        self._contacts = contacts
+        self._connections = connections
+        self._nearby = nearby
+        self._scope = scope
+        self._tg: anyio.abc.TaskGroup | None = None
+
+    def start(self, tg: anyio.abc.TaskGroup) -> None:
+        """Run the work of changes in ``tg`` from now on."""
+        self._tg = tg
+
+    def stop(self) -> None:
+        """The node stopped."""
+        self._tg = None
+
+    def changed(self) -> None:
+        """The node's locator key was replaced: spread it (in the background)."""
+        if self._tg is not None:
+            self._tg.start_soon(self.spread)
+
+    async def spread(self) -> None:
+        """Seal the record with the new key, and give the new card to the allowed contacts that
+        have a channel open."""
+        if self._scope() & Scope.INTERNET:
+            await self._nearby.publish(Scope.INTERNET)
+        card = self._contacts.sign_card()
+        for peer_id in self._connections.peers():
+            if self._contacts.permission(peer_id) is not SubscribePermission.ALLOWED:
+                continue
+            for control in self._connections.controls(peer_id)[:1]:
+                with contextlib.suppress(PeerkitError):
+                    await control.notify({"t": "card_update", "card": card})
+
+    def on_card(self, control: ControlChannel, message: dict[str, Any]) -> None:
+        """A ``card_update`` notice: a contact's fresh card of itself (taken in the background)."""
+        card = message.get("card")
+        if isinstance(card, bytes) and self._tg is not None:
+            self._tg.start_soon(self._take, control.peer_id, card)
+
+    async def _take(self, sender: PeerId, card: bytes) -> None:
+        try:
+            content = read_card(card)
+        except InvalidRecord as exc:
+            log.info("ignoring a card notice from %s: %s", sender.fingerprint, exc)
+            return
+        if content.id != sender or not self._contacts.has(sender):
+            return  # only a contact's own card of itself
+        with contextlib.suppress(PeerkitError):
+            if await self._contacts.take_card(content):
+                log.debug("kept a newer card of %s", sender.fingerprint)
