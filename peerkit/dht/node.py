@@ -62,6 +62,10 @@ class PutResult:
     stored: int
     #: Nodes that refused it, with their BEP 44 code (302: they hold a newer seq).
     refused: dict[int, int]
+    #: Nodes near the target that held this very item already.
+    copies: int = 0
+    #: Whether the put was skipped because enough copies were found (``skip_above``).
+    skipped: bool = False
 
 
 class _Budgets:
@@ -247,29 +251,44 @@ class DhtNode:
     ) -> MutableItem | None:
         """The newest valid item stored under ``key`` and ``salt``, or None when no node near
         its target holds one (items that do not verify are ignored)."""
-        item, _ = await self._get(key, salt, timeout)
+        item, _, _ = await self._get(key, salt, timeout)
         return item
 
-    async def _get(self, key: bytes, salt: bytes, timeout: float) -> tuple[MutableItem | None, Lookup]:
+    async def _get(
+        self, key: bytes, salt: bytes, timeout: float
+    ) -> tuple[MutableItem | None, Lookup, list[MutableItem]]:
         wanted = target(key, salt)
         deadline = anyio.current_time() + timeout
         lookup = await self._lookup(wanted, b"get", {b"target": wanted}, width=PUT_WIDTH, deadline=deadline)
         best: MutableItem | None = None
+        found: list[MutableItem] = []
         for _, response in lookup.answers():
             item = _item(response, key, salt)
+            if item is not None:
+                found.append(item)
             if item is not None and (best is None or item.seq > best.seq):
                 best = item
         local = self.store.get(wanted, anyio.current_time())
         if local is not None and (best is None or local.seq > best.seq):
             best = local
-        return best, lookup
+        return best, lookup, found
 
     async def put(
-        self, item: MutableItem, *, cas: int | None = None, timeout: float = LOOKUP_TIMEOUT
+        self,
+        item: MutableItem,
+        *,
+        cas: int | None = None,
+        timeout: float = LOOKUP_TIMEOUT,
+        skip_above: int | None = None,
     ) -> PutResult:
         """Store ``item`` on the nodes nearest its target that gave a write token; returns when
-        each has answered (or timed out)."""
-        _, lookup = await self._get(item.key, item.salt, timeout)
+        each has answered (or timed out). With ``skip_above``, nothing is stored when more than
+        that many of the nearest nodes hold this very item already (a republish that is not
+        needed)."""
+        _, lookup, found = await self._get(item.key, item.salt, timeout)
+        copies = sum(1 for held in found if held == item)
+        if skip_above is not None and copies > skip_above:
+            return PutResult(0, {}, copies=copies, skipped=True)
         args: dict[bytes, Value] = {
             b"k": item.key,
             b"seq": item.seq,
@@ -298,7 +317,7 @@ class DhtNode:
                 token = response.values.get(b"token")
                 if isinstance(token, bytes):
                     tg.start_soon(put_one, node, token)
-        return PutResult(stored, refused)
+        return PutResult(stored, refused, copies=copies)
 
 
 def _item(response: Response, key: bytes, salt: bytes) -> MutableItem | None:

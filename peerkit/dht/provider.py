@@ -2,7 +2,8 @@
 
 Signed in to :attr:`~peerkit.Scope.INTERNET`, a node publishes its record in the DHT under its
 own key, sealed with its locator key (:mod:`peerkit.dht.record`), and republishes it when it
-changes and every hour. Its contacts, who hold its locator key from its card, find it with
+changes and every hour (unless more than :data:`ENOUGH_COPIES` nodes near its target still hold
+it). Its contacts, who hold its locator key from its card, find it with
 :meth:`~peerkit.Node.resolve` (and invitations and fetches that fall back on it) wherever it is.
 A stranger who knows its id learns only that a record exists. Signing out publishes a record
 without addresses.
@@ -31,7 +32,7 @@ from peerkit.errors import InvalidRecord
 from peerkit.identity import PeerId
 from peerkit.model import Scope
 
-__all__ = ("DEFAULT_BOOTSTRAP", "REPUBLISH", "DhtDiscovery")
+__all__ = ("DEFAULT_BOOTSTRAP", "ENOUGH_COPIES", "REPUBLISH", "DhtDiscovery")
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +45,8 @@ DEFAULT_BOOTSTRAP: Final[tuple[Address, ...]] = (
 )
 #: Seconds between republications of an unchanged record.
 REPUBLISH: Final = 3600.0
+#: Copies of the record found near its target above which a republication is skipped.
+ENOUGH_COPIES: Final = 8
 
 
 class DhtDiscovery:
@@ -148,14 +151,14 @@ class _Session:
         while True:
             with anyio.move_on_after(REPUBLISH):
                 await self._changed.wait()
-            self._changed = anyio.Event()
+            changed, self._changed = self._changed.is_set(), anyio.Event()
             if self._wanted is not None:
                 try:
-                    await self._put(self._wanted, withdrawn=self._withdrawn)
+                    await self._put(self._wanted, withdrawn=self._withdrawn, refresh=not changed)
                 except Exception:
                     log.exception("publishing the record in the DHT failed")
 
-    async def _put(self, announcement: Announcement, *, withdrawn: bool) -> None:
+    async def _put(self, announcement: Announcement, *, withdrawn: bool, refresh: bool = False) -> None:
         signer = getattr(self._sink, "signer", None)
         key = await _locator_key(self._sink, None)
         if signer is None or key is None:
@@ -176,8 +179,11 @@ class _Session:
                 endpoints=[] if withdrawn else [(e.host, e.port) for e in endpoints],
             )
             item = sealed_item(signer, envelope, seq, key)
-            result = await self._node.put(item)
+            result = await self._node.put(item, skip_above=ENOUGH_COPIES if refresh else None)
             self._seq = seq
+            if result.skipped:
+                log.debug("DHT record at seq %d: %d fresh copies found, not republished", seq, result.copies)
+                return
             if result.stored or not result.refused.get(302):
                 log.debug("DHT record at seq %d stored on %d nodes", seq, result.stored)
                 return

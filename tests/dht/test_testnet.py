@@ -109,3 +109,16 @@ async def test_a_sealed_record_travels_through_the_testnet() -> None:
         found = await nodes[25][0].get(alice.id.key, SALT)
         assert found is not None
         assert open_item(found, locator) == envelope
+
+
+async def test_a_republish_is_skipped_while_enough_fresh_copies_are_held() -> None:
+    alice = Identity.generate()
+    async with running_testnet(40) as nodes:
+        writer = nodes[4][0]
+        first = item(alice, b"here", 1)
+        assert (await writer.put(first, skip_above=8)).stored >= 9  # nobody held it: stored
+        again = await writer.put(first, skip_above=8)
+        assert again.skipped
+        assert again.copies > 8
+        assert again.stored == 0
+        assert not (await writer.put(item(alice, b"moved", 2), skip_above=8)).skipped  # a new value
