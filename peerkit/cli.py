@@ -20,9 +20,9 @@ from rich.table import Table
 
 import peerkit
 from peerkit.discovery.base import DiscoveryProvider
-from peerkit.errors import PeerkitError
+from peerkit.errors import PeerkitError, PeerUnreachable
 from peerkit.identity import KEY_FILE_NAME, Identity, default_data_dir
-from peerkit.model import check_text
+from peerkit.model import check_text, seconds_text
 from peerkit.peers import NearbyPeer
 
 __all__ = ("app", "default_data_dir", "main")
@@ -50,8 +50,9 @@ Discovery = Annotated[
     list[str] | None,
     typer.Option(
         "--discovery",
-        help="A discovery provider: mdns, mdns:ADDR[,ADDR], static:HOST:PORT[#ID], memory, or one from "
-        "an installed plugin (repeatable) [default: mdns]",
+        help="A discovery provider: mdns, mdns:ADDR[,ADDR], static:HOST:PORT[#ID], memory, dht (the "
+        "Internet scope on the Mainline DHT), dht:HOST:PORT[,HOST:PORT] (joined through those), or one "
+        "from an installed plugin (repeatable) [default: mdns]",
     ),
 ]
 
@@ -485,6 +486,49 @@ ContactId = Annotated[
 ]
 STATUSES = {status.name.lower().replace("_", "-"): status for status in peerkit.PresenceStatus}
 SETTABLE = ", ".join(name for name in STATUSES if name != "offline")
+
+
+@app.command()
+def resolve(
+    contact: Annotated[str, typer.Argument(help="The contact: its id, or the start of it.")],
+    discovery: Discovery = None,
+    timeout: Annotated[float, typer.Option(min=0.1, max=300, help="Seconds to keep looking.")] = 30.0,
+    data_dir: DataDir = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
+) -> None:
+    """Find where a contact is now, through the discovery providers (by default the DHT: the
+    contact must be signed in to the Internet scope, and its card must have given its locator
+    key), and print its endpoints and how long it took."""
+    providers = _providers(discovery or ["dht"])
+    directory = data_dir or default_data_dir()
+    who, endpoints, took = anyio.run(_resolve, contact, providers, directory, timeout)
+    names = [p.name for p in providers]
+    if as_json:
+        found = {"peer": str(who), "endpoints": [str(e) for e in endpoints], "providers": names}
+        print(json.dumps({**found, "seconds": round(took, 3)}))
+        return
+    where = ", ".join(str(e) for e in endpoints)
+    console.print(f"{who.fingerprint}: {where} (through {', '.join(names)}, {seconds_text(took)})")
+
+
+async def _resolve(
+    text: str, providers: list[DiscoveryProvider], directory: Path, timeout: float
+) -> tuple[peerkit.PeerId, tuple[peerkit.EndPoint, ...], float]:
+    async with peerkit.Node(data_dir=directory, listen=("127.0.0.1", 0), discovery=providers) as node:
+        contact = await _resolve_contact(node, text)
+        start = anyio.current_time()
+        with console.status(f"looking for {contact.fingerprint}", spinner="dots"):
+            while True:
+                try:
+                    peer = await node.resolve(contact.id)
+                    return contact.id, peer.endpoints, anyio.current_time() - start
+                except PeerUnreachable:
+                    if anyio.current_time() - start >= timeout:
+                        within = seconds_text(timeout)
+                        raise PeerUnreachable(
+                            f"no provider found {contact.fingerprint} within {within}"
+                        ) from None
+                    await anyio.sleep(0.5)  # a DHT just joined may need a moment
 
 
 @asynccontextmanager

@@ -5,8 +5,11 @@ invites a node signed in to INTERNET; a stranger learns nothing."""
 from __future__ import annotations
 
 import contextlib
+import json
 import socket
+import sys
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import anyio
 import pytest
@@ -137,3 +140,32 @@ async def test_blocking_a_contact_rotates_the_key_and_the_allowed_ones_get_the_n
                 await anyio.sleep(0.2)
         assert await resolved(bob)
         assert (await carol.contacts.get(alice.id)).locator_key == old_key
+
+
+async def test_peerkit_resolve_finds_a_contact_through_the_dht(tmp_path: Path) -> None:
+    async with loopback_dht(8) as dht, contextlib.AsyncExitStack() as stack:
+        bootstrap = dht[0].address
+        alice = await stack.enter_async_context(node("alice", "127.0.0.2", bootstrap))
+        async with Node(nickname="bob", data_dir=tmp_path / "bob", discovery=[]) as bob:
+            await bob.contacts.add(bob.contacts.read_card(alice.contacts.sign_card()))
+        await alice.sign_in(Scope.INTERNET)
+        command = [
+            sys.executable,
+            "-c",
+            "from peerkit.cli import main; main()",
+            "resolve",
+            str(alice.id)[:10],
+        ]
+        options = ["--discovery", f"dht:{bootstrap[0]}:{bootstrap[1]}", "--data-dir", str(tmp_path / "bob")]
+        done = await anyio.run_process([*command, *options, "--json", "--timeout", "20"], check=False)
+        assert done.returncode == 0, done.stderr.decode()[-2000:]
+        found = json.loads(done.stdout)
+        assert found["peer"] == str(alice.id)
+        assert str(alice.endpoint) in found["endpoints"]
+        assert found["providers"] == ["dht"]
+        # A stranger's id is no contact: a clear error, no traceback.
+        stranger = str(Identity.generate().id)[:10]
+        done = await anyio.run_process([*command[:-1], stranger, *options, "--timeout", "1"], check=False)
+        assert done.returncode != 0
+        assert "Traceback" not in done.stderr.decode()
+        assert "no contact's id starts with" in " ".join(done.stderr.decode().split())
