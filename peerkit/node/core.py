@@ -288,17 +288,13 @@ class Node(EventMethods):
             contacts=self.contacts,
             control_to=self._connections.control_to,
             endpoints_of=self._endpoints_of,
+            found_elsewhere=self._nearby.found_elsewhere,
             keepalive=self._keepalive,
             scope=lambda: self._scope,
             check_running=self._check_running,
             spawn=self._spawn,
         )
-        self._locator = Locator(
-            contacts=self.contacts,
-            connections=self._connections,
-            nearby=self._nearby,
-            scope=lambda: self._scope,
-        )
+        self._locator = Locator(self.contacts, self._connections, self._nearby, lambda: self._scope)
         self.contacts.add_listener(ContactEvents(self._watching, self._publishing, self._locator.changed))
         self._settings = Settings(self.contacts, self._data_dir)
         link.invitations, link.streams, link.requests = self._invitations, self._streams, self._requests

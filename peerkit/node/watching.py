@@ -48,6 +48,10 @@ MAX_LINKS: Final = 64
 #: Seconds between two readings of a watched contact's endpoints from the store (sooner when
 #: discovery sees it or it is updated).
 WATCH_REFRESH: Final = 60.0
+#: Seconds between lookups of a watched contact reachable at none of its endpoints (at most,
+#: and at least).
+ELSEWHERE_REFRESH: Final = 15.0
+ELSEWHERE_MIN: Final = 5.0
 
 
 class _Subscriptions(Protocol):
@@ -81,11 +85,17 @@ class _Watch:
     first: anyio.Event = field(default_factory=anyio.Event)  # subscribed, or every endpoint failed
     wake: anyio.Event = field(default_factory=anyio.Event)  # try now: the contact may be back
     freed: anyio.Event = field(default_factory=anyio.Event)  # an active link was lost
+    stranded: anyio.Event = field(default_factory=anyio.Event)  # every link failed: look elsewhere
+    looked_elsewhere: float = float("-inf")
     error: PeerkitError | None = None
     offline_told: bool = False
 
     def active(self) -> list[_Link]:
         return [link for link in self.links.values() if link.control is not None]
+
+    def lost(self) -> bool:
+        # Every link has tried and none follows the contact: it is reachable at none of them.
+        return bool(self.links) and all(link.tried and link.control is None for link in self.links.values())
 
 
 class _Result(enum.Enum):
@@ -93,6 +103,19 @@ class _Result(enum.Enum):
     ACTIVE = "active"  # subscribed: the contact is followed there
     DUPLICATE = "duplicate"  # the node there is followed through another link already
     FAILED = "failed"
+
+
+async def _either(first: anyio.Event, second: anyio.Event, timeout: float) -> None:
+    # Return when either event is set, or after ``timeout`` seconds.
+    with anyio.move_on_after(timeout):
+        async with anyio.create_task_group() as race:
+
+            async def wait(event: anyio.Event) -> None:
+                await event.wait()
+                race.cancel_scope.cancel()
+
+            race.start_soon(wait, first)
+            race.start_soon(wait, second)
 
 
 def _poke(watch: _Watch, name: str) -> None:
@@ -108,6 +131,8 @@ class Watching:
     :param contacts: the contact manager (who is a contact; the stored subscription flag).
     :param control_to: an open control channel to a peer at an endpoint (dialling when needed).
     :param endpoints_of: where a contact may run now.
+    :param found_elsewhere: where a contact not at any of the given endpoints is now (the
+        Internet scope's providers), or None.
     :param keepalive: the node's keepalive policy (liveness of watched contacts).
     :param scope: the scopes the node is signed in to.
     :param check_running: raises NotRunning when the node is not running.
@@ -122,6 +147,7 @@ class Watching:
         control_to: Callable[..., Awaitable[ControlChannel]],
         endpoints_of: Callable[[Peer], tuple[EndPoint, ...]],
         keepalive: KeepalivePolicy,
+        found_elsewhere: Callable[[Peer, tuple[EndPoint, ...]], Awaitable[Peer | None]] | None = None,
         scope: Callable[[], Scope],
         check_running: Callable[[], None],
         spawn: Callable[[Callable[[], Coroutine[Any, Any, None]]], None],
@@ -130,6 +156,7 @@ class Watching:
         self._contacts = contacts
         self._control_to = control_to
         self._endpoints_of = endpoints_of
+        self._found_elsewhere = found_elsewhere
         self._keepalive = keepalive
         self._scope = scope
         self._check_running = check_running
@@ -270,13 +297,14 @@ class Watching:
                             watch.error = PeerUnreachable(f"no endpoint of {contact.fingerprint} is known")
                             self._contact_offline(watch)
                             watch.first.set()
-                        for endpoint in endpoints:
+                        for endpoint in (*endpoints, *await self._elsewhere(watch, contact)):
                             if endpoint not in watch.links and len(watch.links) < MAX_LINKS:
                                 link = watch.links[endpoint] = _Link(endpoint)
                                 tg.start_soon(self._run_link, watch, link)
-                        wake = watch.wake
-                        with anyio.move_on_after(WATCH_REFRESH):
-                            await wake.wait()
+                        # Sooner when every link failed, or while the contact is reachable
+                        # nowhere: it may have moved.
+                        refresh = ELSEWHERE_REFRESH if watch.lost() else WATCH_REFRESH
+                        await _either(watch.wake, watch.stranded, refresh)
             finally:
                 for link in watch.links.values():
                     self._unlink(link)
@@ -313,11 +341,21 @@ class Watching:
                 if not any(other.was_active for other in links):
                     self._contact_offline(watch)
                 watch.first.set()
+                _poke(watch, "stranded")
             lost = False
             delay = min(max(delay * 2, 0.25), policy.interval)
             wake = watch.wake
             with anyio.move_on_after(delay):
                 await wake.wait()
+
+    async def _elsewhere(self, watch: _Watch, contact: Contact) -> tuple[EndPoint, ...]:
+        # Where a contact reachable at none of its links is now (the Internet scope), if anywhere.
+        now = anyio.current_time()
+        if self._found_elsewhere is None or not watch.lost() or now - watch.looked_elsewhere < ELSEWHERE_MIN:
+            return ()
+        watch.looked_elsewhere = now
+        found = await self._found_elsewhere(contact, tuple(watch.links))
+        return found.endpoints if found is not None else ()
 
     def _contact_offline(self, watch: _Watch) -> None:
         # Never reached at any endpoint: say so once (a PresenceChanged to Offline, no endpoint).

@@ -15,7 +15,16 @@ import anyio
 import pytest
 from conftest import ACCEPTED, CHAT, accept_all
 
-from peerkit import EndPoint, Identity, Node, PeerUnreachable, Scope, SubscribePermission
+from peerkit import (
+    EndPoint,
+    Identity,
+    Node,
+    PeerUnreachable,
+    Presence,
+    PresenceStatus,
+    Scope,
+    SubscribePermission,
+)
 from peerkit.dht.node import DhtNode
 from peerkit.dht.provider import DhtDiscovery
 from peerkit.dht.record import SALT
@@ -169,3 +178,27 @@ async def test_peerkit_resolve_finds_a_contact_through_the_dht(tmp_path: Path) -
         assert done.returncode != 0
         assert "Traceback" not in done.stderr.decode()
         assert "no contact's id starts with" in " ".join(done.stderr.decode().split())
+
+
+async def test_watching_a_contact_that_moved_follows_it_through_the_dht() -> None:
+    async with loopback_dht(10) as dht, contextlib.AsyncExitStack() as stack:
+        bootstrap = dht[0].address
+        alice = await stack.enter_async_context(node("alice", "127.0.0.2", bootstrap))
+        bob = await stack.enter_async_context(node("bob", "127.0.0.3", bootstrap))
+        with socket.socket() as gone:
+            gone.bind(("127.0.0.1", 0))
+            old = EndPoint("127.0.0.1", gone.getsockname()[1])
+        await bob.contacts.add(bob.contacts.read_card(alice.contacts.sign_card([old])))
+        await alice.contacts.add(alice.contacts.read_card(bob.contacts.sign_card()))
+        await alice.sign_in(Scope.INTERNET)
+        await alice.set_presence(Presence(PresenceStatus.BUSY, "moved"))
+        await bob.sign_in(Scope.INTERNET)
+        contact = await bob.contacts.get(alice.id)
+        await contact.subscribe(wait=False)
+        with anyio.fail_after(30):  # the stored endpoint fails; the DHT says where she is now
+            while True:
+                presence = contact.presence
+                if presence is not None and presence.status is PresenceStatus.BUSY:
+                    break
+                await anyio.sleep(0.2)
+        assert presence.text == "moved"
