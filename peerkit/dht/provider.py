@@ -15,15 +15,17 @@ provider name ``dht:HOST:PORT[,HOST:PORT...]``).
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Final
 
 import anyio
 import anyio.abc
 
 from peerkit.dht.bep44 import MutableItem
-from peerkit.dht.krpc import Address
+from peerkit.dht.krpc import Address, Node
 from peerkit.dht.node import DhtNode
 from peerkit.dht.record import SALT, LocatorError, fit_record, open_item, sealed_item
 from peerkit.dht.transport import Datagrams, UdpDatagrams
@@ -47,6 +49,10 @@ DEFAULT_BOOTSTRAP: Final[tuple[Address, ...]] = (
 REPUBLISH: Final = 3600.0
 #: Copies of the record found near its target above which a republication is skipped.
 ENOUGH_COPIES: Final = 8
+#: The file in the node's data dir that keeps the routing table's nodes between runs, and how
+#: many it keeps.
+NODES_FILE: Final = "dht-nodes.json"
+SAVED_NODES: Final = 64
 
 
 class DhtDiscovery:
@@ -88,6 +94,10 @@ class DhtDiscovery:
             else await UdpDatagrams.bind(self.host, self.port)
         )
         bootstrap = [address for host, port in self.bootstrap for address in await _addresses(host, port)]
+        state_dir = getattr(sink, "state_dir", None)
+        saved = state_dir / NODES_FILE if isinstance(state_dir, Path) else None
+        if saved is not None:  # the nodes known when it last stopped: a restart rejoins through them
+            bootstrap += [a for a in await _load_nodes(saved) if a not in bootstrap]
         node = DhtNode(transport, bootstrap=bootstrap)
         session = _Session(node, sink)
         try:
@@ -98,9 +108,32 @@ class DhtDiscovery:
                 task_status.started(session)
         finally:
             self.node = None
+            if saved is not None:
+                with anyio.CancelScope(shield=True):
+                    await _save_nodes(saved, node.table.nodes())
 
     def __repr__(self) -> str:
         return f"DhtDiscovery(bootstrap={list(self.bootstrap)!r})"
+
+
+async def _load_nodes(path: Path) -> list[Address]:
+    # The addresses saved by _save_nodes (none when there is no file, or it is damaged).
+    try:
+        saved = json.loads(await anyio.Path(path).read_text("utf-8"))
+        return [(str(host), int(port)) for host, port in saved["nodes"]][:SAVED_NODES]
+    except (OSError, ValueError, KeyError, TypeError):
+        return []
+
+
+async def _save_nodes(path: Path, nodes: Sequence[Node]) -> None:
+    # The routing table's nodes, written whole or not at all.
+    text = json.dumps({"nodes": [[n.address[0], n.address[1]] for n in nodes[:SAVED_NODES]]})
+    temporary = anyio.Path(path.with_suffix(".tmp"))
+    try:
+        await temporary.write_text(text, "utf-8")
+        await temporary.replace(path)
+    except OSError as exc:
+        log.info("could not save the DHT routing table in %s: %s", path, exc)
 
 
 async def _addresses(host: str, port: int) -> list[Address]:

@@ -16,6 +16,7 @@ import dataclasses
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Final, Protocol, runtime_checkable
 
 import anyio.abc
@@ -225,8 +226,11 @@ class Directory:
         capacity: int = 1024,
         signer: records.Signer | None = None,
         locator_key: Callable[[PeerId | None], Awaitable[bytes | None]] | None = None,
+        state_dir: Path | None = None,
     ) -> None:
         self._local_id = local_id
+        #: Where providers may keep state between runs (the node's data dir), or None.
+        self.state_dir = state_dir
         #: What signs this node's items in a DHT (its identity), or None (no DHT publishing).
         self.signer = signer
         self._locator_key = locator_key

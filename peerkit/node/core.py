@@ -282,6 +282,7 @@ class Node(EventMethods):
             fetch_record=self._requests.fetch_record,
             on_change=self._nearby_changed,
             locator_key=self.contacts.locator_key_of,
+            state_dir=self._data_dir,
         )
         self._watching = Watching(
             bus=self._bus,

@@ -12,6 +12,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any, Final
 
 import anyio
@@ -77,8 +78,10 @@ class Nearby:
         fetch_record: Callable[[str, int, PeerId | None], Awaitable[bytes]],
         on_change: Callable[[ChangeType, NearbyRecord], None],
         locator_key: Callable[[PeerId | None], Awaitable[bytes | None]] | None = None,
+        state_dir: Path | None = None,
     ) -> None:
         self._locator_key = locator_key
+        self._state_dir = state_dir
         self._providers = providers
         self._listen_host = listen_host
         self._address_check = address_check
@@ -112,6 +115,7 @@ class Nearby:
             fetch_record=self._fetch_record,
             signer=self._me().identity,
             locator_key=self._locator_key,
+            state_dir=self._state_dir,
         )
         for provider in self._providers:
             try:

@@ -202,3 +202,29 @@ async def test_watching_a_contact_that_moved_follows_it_through_the_dht() -> Non
                     break
                 await anyio.sleep(0.2)
         assert presence.text == "moved"
+
+
+async def test_a_restart_rejoins_through_the_nodes_it_knew(tmp_path: Path) -> None:
+    async with loopback_dht(10) as dht, contextlib.AsyncExitStack() as stack:
+        alice = await stack.enter_async_context(node("alice", "127.0.0.2", dht[0].address))
+        await alice.sign_in(Scope.INTERNET)
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as gone:
+            gone.bind(("127.0.0.1", 0))
+            nowhere = ("127.0.0.1", gone.getsockname()[1])  # a bootstrap that answers nothing
+        home = tmp_path / "bob"
+        first = DhtDiscovery(bootstrap=[dht[0].address], host="127.0.0.3")
+        async with Node(nickname="bob", data_dir=home, listen=("127.0.0.1", 0), discovery=[first]) as bob:
+            await bob.contacts.add(bob.contacts.read_card(alice.contacts.sign_card()))
+            await anyio.sleep(0.3)
+        saved = json.loads((home / "dht-nodes.json").read_text())
+        assert len(saved["nodes"]) >= 8
+        again = DhtDiscovery(bootstrap=[nowhere], host="127.0.0.3")
+        async with Node(nickname="bob", data_dir=home, listen=("127.0.0.1", 0), discovery=[again]) as bob:
+            with anyio.fail_after(15):
+                while True:
+                    try:
+                        peer = await bob.resolve(alice.id)
+                        break
+                    except PeerUnreachable:
+                        await anyio.sleep(0.2)
+            assert alice.endpoint in peer.endpoints
