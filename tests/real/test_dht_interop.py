@@ -1,0 +1,120 @@
+"""peerkit's DHT beside an independent implementation users run today: webtorrent's
+``bittorrent-dht`` (npm, installed by .ci/run in tests/interop), on loopback. An item peerkit puts
+is read byte-exact by it, and an item it puts is read and verified by peerkit."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import anyio
+import anyio.abc
+import pytest
+
+from peerkit import Identity
+from peerkit.dht.bep44 import MutableItem, target
+from peerkit.dht.node import DhtNode
+from peerkit.dht.transport import UdpDatagrams
+
+pytestmark = [pytest.mark.anyio, pytest.mark.network]
+
+INTEROP = Path(__file__).resolve().parents[1] / "interop"
+AGENT = INTEROP / "dht_agent.mjs"
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+def _missing() -> str | None:
+    if shutil.which("node") is None:
+        return "node is not installed"
+    if not (INTEROP / "node_modules" / "bittorrent-dht").is_dir():
+        return "bittorrent-dht is not installed (cd tests/interop && npm install)"
+    return None
+
+
+@pytest.fixture
+def js_dht_ready() -> None:
+    reason = _missing()
+    if reason is not None:
+        if os.environ.get("CI"):
+            pytest.fail(f"CI must run the DHT interop tests, but {reason}")
+        pytest.skip(reason)
+
+
+class JsAgent:
+    def __init__(self, process: anyio.abc.Process) -> None:
+        self.process = process
+        self.buffer = b""
+
+    async def line(self) -> dict[str, Any]:
+        assert self.process.stdout is not None
+        with anyio.fail_after(30):
+            while b"\n" not in self.buffer:
+                self.buffer += await self.process.stdout.receive()
+        line, _, self.buffer = self.buffer.partition(b"\n")
+        result: dict[str, Any] = json.loads(line)
+        return result
+
+    async def ask(self, **command: Any) -> dict[str, Any]:
+        assert self.process.stdin is not None
+        await self.process.stdin.send((json.dumps(command) + "\n").encode())
+        return await self.line()
+
+
+@contextlib.asynccontextmanager
+async def mixed_testnet(peerkit_nodes: int, js_nodes: int) -> AsyncIterator[tuple[list[DhtNode], JsAgent]]:
+    async with anyio.create_task_group() as tg:
+        nodes: list[DhtNode] = []
+        for i in range(peerkit_nodes):
+            transport = await UdpDatagrams.bind(f"127.0.0.{20 + i}", 0)
+            node = DhtNode(transport, bootstrap=[nodes[0].address] if nodes else [])
+            await tg.start(node.run)
+            nodes.append(node)
+        host, port = nodes[0].address
+        process = await anyio.open_process(["node", str(AGENT), str(js_nodes), f"{host}:{port}"], cwd=INTEROP)
+        agent = JsAgent(process)
+        try:
+            ready = await agent.line()
+            assert len(ready["ready"]) == js_nodes
+            await nodes[0].join()
+            for node in nodes[1:]:
+                await node.join()
+            yield nodes, agent
+        finally:
+            process.kill()
+            await process.wait()
+            await process.aclose()
+            tg.cancel_scope.cancel()
+
+
+async def test_peerkit_and_bittorrent_dht_read_each_others_items(js_dht_ready: None) -> None:
+    async with mixed_testnet(6, 6) as (nodes, agent):
+        assert any(n.address[0] == "127.0.0.1" for node in nodes for n in node.table.nodes())
+        # peerkit puts; bittorrent-dht reads it byte-exact.
+        alice = Identity.generate()
+        ours = MutableItem.create(alice.sign, alice.id.key, b"sealed record bytes", 7, b"peerkit-locator-v1")
+        assert (await nodes[2].put(ours)).stored >= 4
+        got = (await agent.ask(cmd="get", target=ours.target.hex(), salt=ours.salt.hex()))["got"]
+        assert got == {"k": alice.id.key.hex(), "seq": 7, "v": b"sealed record bytes".hex()}
+        # The same item again: bittorrent-dht nodes answer 302 to an identical refresh (peerkit's
+        # take it as a refresh); the put copes, and nothing changes.
+        again = await nodes[2].put(ours)
+        assert again.stored >= 1
+        assert set(again.refused) <= {302}
+        # bittorrent-dht puts; peerkit reads and verifies it.
+        seed = os.urandom(32)
+        theirs_key = Identity.from_seed(seed).id.key
+        put = await agent.ask(cmd="put", seed=seed.hex(), v=b"from node".hex(), seq=3, salt=b"s".hex())
+        assert put["put"] == target(theirs_key, b"s").hex()
+        found = await nodes[4].get(theirs_key, b"s")
+        assert found is not None
+        assert (found.seq, found.decoded()) == (3, b"from node")
+        assert found.verify()
