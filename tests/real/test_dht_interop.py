@@ -1,10 +1,13 @@
-"""peerkit's DHT beside an independent implementation users run today: webtorrent's
-``bittorrent-dht`` (npm, installed by .ci/run in tests/interop), on loopback. An item peerkit puts
-is read byte-exact by it, and an item it puts is read and verified by peerkit."""
+"""peerkit's DHT beside the independent implementations users run today, on loopback: webtorrent's
+``bittorrent-dht`` (npm, installed by .ci/run in tests/interop) and libtorrent (the PyPI wheel, a
+test extra). An item peerkit puts is read byte-exact by each, and an item each puts is read and
+verified by peerkit."""
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import importlib.util
 import json
 import os
 import shutil
@@ -118,3 +121,89 @@ async def test_peerkit_and_bittorrent_dht_read_each_others_items(js_dht_ready: N
         assert found is not None
         assert (found.seq, found.decoded()) == (3, b"from node")
         assert found.verify()
+
+
+@pytest.fixture
+def libtorrent_ready() -> None:
+    if importlib.util.find_spec("libtorrent") is None:
+        if os.environ.get("CI"):
+            pytest.fail("CI must run the DHT interop tests, but libtorrent is not installed")
+        pytest.skip("libtorrent is not installed (pip install libtorrent)")
+
+
+def _expanded_secret(seed: bytes) -> bytes:
+    # The 64-byte secret key libtorrent signs with: SHA-512 of the seed, its first half clamped.
+    key = bytearray(hashlib.sha512(seed).digest())
+    key[0] &= 248
+    key[31] &= 63
+    key[31] |= 64
+    return bytes(key)
+
+
+async def test_peerkit_and_libtorrent_read_each_others_items(libtorrent_ready: None) -> None:
+    import libtorrent as lt
+
+    async with anyio.create_task_group() as tg:
+        nodes: list[DhtNode] = []
+        for i in range(5):
+            transport = await UdpDatagrams.bind(f"127.0.0.{40 + i}", 0)
+            node = DhtNode(transport, bootstrap=[nodes[0].address] if nodes else [])
+            await tg.start(node.run)
+            nodes.append(node)
+        host, port = nodes[0].address
+        categories = lt.alert.category_t
+        session = lt.session(
+            {
+                "enable_dht": True,
+                "enable_lsd": False,
+                "enable_upnp": False,
+                "enable_natpmp": False,
+                "listen_interfaces": "127.0.0.2:0",
+                "dht_bootstrap_nodes": f"{host}:{port}",  # never a public router
+                # Loopback nodes are all on one /24: let libtorrent keep them and use them.
+                "dht_restrict_routing_ips": False,
+                "dht_restrict_search_ips": False,
+                "dht_enforce_node_id": False,
+                "alert_mask": categories.dht_notification | categories.dht_operation_notification,
+            }
+        )
+
+        async def alert(kind: type, check: Any = lambda a: True) -> Any:
+            with anyio.fail_after(15):
+                while True:
+                    for each in session.pop_alerts():
+                        if isinstance(each, kind) and check(each):
+                            return each
+                    await anyio.sleep(0.1)
+
+        try:
+            with anyio.fail_after(15):
+                while not any(n.address[0] == "127.0.0.2" for n in nodes[0].table.nodes()):
+                    await anyio.sleep(0.1)  # libtorrent has joined through node 0
+            # peerkit puts; libtorrent reads it (authoritative: from the nodes nearest it).
+            alice = Identity.generate()
+            ours = MutableItem.create(
+                alice.sign, alice.id.key, b"sealed record bytes", 7, b"peerkit-locator-v1"
+            )
+            assert (await nodes[2].put(ours)).stored >= 4
+            session.dht_get_mutable_item(alice.id.key, ours.salt)
+            got = await alert(lt.dht_mutable_item_alert, lambda a: a.authoritative)
+            assert (bytes(got.key), got.seq, bytes(got.signature), got.item) == (
+                alice.id.key,
+                7,
+                ours.sig,
+                b"sealed record bytes",
+            )
+            # libtorrent puts (it bencodes the string itself); peerkit reads and verifies it.
+            seed = os.urandom(32)
+            key = Identity.from_seed(seed).id.key
+            session.dht_put_mutable_item(_expanded_secret(seed), key, b"from libtorrent", b"s")
+            put = await alert(lt.dht_put_alert)
+            assert put.num_success >= 1
+            found = await nodes[4].get(key, b"s")
+            assert found is not None
+            assert found.verify()
+            assert (found.seq, found.decoded()) == (put.seq, b"from libtorrent")
+        finally:
+            session.pause()  # (the session stops when the test returns and drops it)
+            tg.cancel_scope.cancel()
