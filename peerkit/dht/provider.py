@@ -200,6 +200,10 @@ class _Session:
         try:
             record, nickname, name, endpoints = read_record(announcement.envelope)
         except InvalidRecord:
+            log.warning("not publishing a record that does not verify")
+            return
+        if record.id != bytes(signer.id):
+            log.warning("not publishing a record of another id")
             return
         # The node's seq, or above the last this provider used (a withdrawal, or a 302 retry).
         seq = max(record.seq, self._seq + 1) if withdrawn else max(record.seq, self._seq)

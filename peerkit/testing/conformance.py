@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -9,9 +10,16 @@ import anyio
 import anyio.abc
 import anyio.lowlevel
 
-from peerkit.discovery.base import Announcement, Directory, DiscoveryProvider, DiscoverySession, NearbyRecord
+from peerkit.discovery.base import (
+    Announcement,
+    Directory,
+    DiscoveryProvider,
+    DiscoverySession,
+    NearbyRecord,
+    read_record,
+)
 from peerkit.discovery.base import make_record as _make_record
-from peerkit.errors import PeerUnreachable
+from peerkit.errors import InvalidRecord, PeerUnreachable
 from peerkit.identity import PeerId
 from peerkit.model import ChangeType, EndPoint, seconds_text
 from peerkit.testing.tasks import running_tasks
@@ -30,11 +38,46 @@ class _SuiteNode:
         self.provider = provider
         self.events: list[tuple[ChangeType, NearbyRecord]] = []
         self.changed = anyio.Event()
-        self.directory = Directory(self.identity.id, self._on_change, fetch_record=suite.fetch)
+        self.locator = os.urandom(32)
+        self.directory = Directory(
+            self.identity.id,
+            self._on_change,
+            fetch_record=suite.fetch,
+            signer=self.identity,
+            locator_key=self._locator_key,
+        )
+        self.other: _SuiteNode | None = None
         self.session: DiscoverySession | None = None
         self.scope = anyio.CancelScope()
         self.stopped = anyio.Event()
         self.seq = 0
+
+    async def _locator_key(self, peer_id: PeerId | None) -> bytes | None:
+        # Each suite node is the other's contact: it holds the other's locator key.
+        await anyio.lowlevel.checkpoint()
+        if peer_id is None:
+            return self.locator
+        other = self.other
+        return other.locator if other is not None and other.identity.id == peer_id else None
+
+    async def follow(self) -> None:
+        # Resolve mode: what a provider that resolves (and does not hear) tells of the other node,
+        # reported to this node's directory as a hearing provider would report it.
+        other = self.other
+        assert other is not None
+        assert self.session is not None
+        name = self.provider.name
+        while True:
+            for envelope in await self.session.resolve(other.identity.id):
+                try:
+                    endpoints = read_record(envelope)[3]
+                except InvalidRecord:
+                    continue
+                if endpoints:
+                    self.directory.found(envelope, source=name)
+                elif self.directory.get(other.identity.id) is not None:
+                    self.directory.lost(other.identity.id, source=name)  # withdrawn
+            await anyio.sleep(0.2)
 
     def _on_change(self, change: ChangeType, record: NearbyRecord) -> None:
         self.events.append((change, record))
@@ -116,7 +159,11 @@ class _Suite:
 
 
 async def check_discovery_provider(
-    factory: Callable[[list[EndPoint]], DiscoveryProvider], *, timeout: float = 10.0, settle: float = 1.0
+    factory: Callable[[list[EndPoint]], DiscoveryProvider],
+    *,
+    timeout: float = 10.0,
+    settle: float = 1.0,
+    resolve: bool = False,
 ) -> None:
     """Check that a discovery provider behaves as peerkit needs; raises ``AssertionError`` if not.
 
@@ -127,10 +174,15 @@ async def check_discovery_provider(
     withdraw -> DELETED; stopping the provider -> DELETED on the other side, and the stopped
     providers leave no task, thread, socket or file behind.
 
+    With ``resolve``, for providers that find peers by resolving them rather than by hearing them
+    (the DHT): each node is the other's contact (it holds the other's locator key), what
+    ``session.resolve`` returns of the other node stands for what the provider hears (a record
+    without addresses: withdrawn), and a stopped provider's record is not expected to vanish from
+    the other side (a DHT keeps it until it expires).
+
     :param timeout: seconds each step may take.
     :param settle: seconds to wait before concluding that something was (rightly) not believed.
     """
-    import os
     import threading
 
     def open_files() -> int | None:  # sockets included; Linux only
@@ -146,6 +198,7 @@ async def check_discovery_provider(
     a = _SuiteNode(suite, 0, factory([suite.endpoints[1]]))
     b = _SuiteNode(suite, 1, factory([suite.endpoints[0]]))
     a_id = a.identity.id
+    a.other, b.other = b, a
 
     def of_a(nickname: str) -> Callable[[NearbyRecord], bool]:
         return lambda record: record.id == a_id and record.nickname == nickname
@@ -153,6 +206,8 @@ async def check_discovery_provider(
     async with anyio.create_task_group() as tg:
         await tg.start(b.run)
         await tg.start(a.run)
+        if resolve:
+            tg.start_soon(b.follow)
         # publish -> found
         await a.publish(a.announcement("alice"))
         first = await b.expect(ChangeType.ADDED, "publish", of_a("alice"))
@@ -199,8 +254,10 @@ async def check_discovery_provider(
         assert a.stopped.is_set(), (
             f"{a.provider.name}: run() did not return within {seconds_text(timeout)} of cancellation"
         )
-        await b.expect(ChangeType.DELETED, "stop", lambda record: record.id == a_id)
+        if not resolve:
+            await b.expect(ChangeType.DELETED, "stop", lambda record: record.id == a_id)
         b.scope.cancel()
+        tg.cancel_scope.cancel()  # (the follower, in resolve mode)
     await anyio.lowlevel.checkpoint()
     assert running_tasks() <= tasks_before, f"{a.provider.name}: tasks were left running"
     assert threading.active_count() <= threads_before, f"{a.provider.name}: threads were left running"

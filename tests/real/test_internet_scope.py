@@ -29,6 +29,7 @@ from peerkit.dht.node import DhtNode
 from peerkit.dht.provider import DhtDiscovery
 from peerkit.dht.record import SALT
 from peerkit.dht.transport import UdpDatagrams
+from peerkit.testing import check_discovery_provider
 
 pytestmark = [pytest.mark.anyio, pytest.mark.network]
 
@@ -228,3 +229,14 @@ async def test_a_restart_rejoins_through_the_nodes_it_knew(tmp_path: Path) -> No
                     except PeerUnreachable:
                         await anyio.sleep(0.2)
             assert alice.endpoint in peer.endpoints
+
+
+async def test_the_dht_provider_conforms_in_resolve_mode() -> None:
+    async with loopback_dht(8) as dht:
+        bootstrap = dht[0].address
+        await check_discovery_provider(
+            lambda others: DhtDiscovery(bootstrap=[bootstrap], host="127.0.0.1"),
+            resolve=True,
+            timeout=15,
+            settle=1.5,
+        )
