@@ -1,14 +1,21 @@
 """``peerkit demo``: three nodes on loopback go through the four steps of a collaboration session:
-discovery, invitation, contacts (with presence and objects watched live), and communication."""
+discovery, invitation, contacts (with presence and objects watched live, and a contact found
+through a private DHT on loopback), and communication."""
 
 from __future__ import annotations
 
+import contextlib
 import uuid
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from typing import Final
 
 import anyio
 
 from peerkit.contacts import Contact
+from peerkit.dht.node import DhtNode
+from peerkit.dht.provider import DhtDiscovery
+from peerkit.dht.transport import UdpDatagrams
 from peerkit.discovery import DiscoveryProvider, MdnsDiscovery, MemoryDiscovery
 from peerkit.errors import PeerkitError, PeerUnreachable
 from peerkit.events import ObjectChanged, PresenceChanged
@@ -72,7 +79,8 @@ async def run_demo(
     """Run alice, bob and carol as three nodes on 127.0.0.1. alice finds the others through discovery
     (mDNS on the loopback interface, or in memory where multicast does not work there), invites bob
     three ways, they make each other contacts (from signed cards fetched over the channel, and from a
-    card's text), bob and carol watch alice's presence and a published object change, then alice and
+    card's text), bob and carol watch alice's presence and a published object change, dave (with
+    alice's card and no LAN discovery) finds her through a private DHT on loopback, then alice and
     bob chat over an encrypted stream."""
     carol = carol_identity or Identity.generate()
     if mdns:
@@ -84,6 +92,29 @@ async def run_demo(
             report.discovery = reason
             return report
     return await _run(alice_identity, bob_identity, carol, messages, "memory")
+
+
+#: Nodes of the demo's private DHT (on loopback: the demo never joins the public one).
+DHT_NODES: Final = 8
+
+
+@contextlib.asynccontextmanager
+async def _loopback_dht(count: int) -> AsyncIterator[list[DhtNode]]:
+    try:
+        async with anyio.create_task_group() as tg:
+            nodes: list[DhtNode] = []
+            for _ in range(count):
+                transport = await UdpDatagrams.bind("127.0.0.1", 0)
+                node = DhtNode(transport, bootstrap=[n.address for n in nodes[:1]])
+                await tg.start(node.run)
+                nodes.append(node)
+            await nodes[0].join()
+            yield nodes
+            tg.cancel_scope.cancel()
+    except BaseExceptionGroup as group:
+        if len(group.exceptions) == 1:  # the demo's own error, not wrapped (its fallback reads it)
+            raise group.exceptions[0] from None
+        raise
 
 
 #: The object alice publishes: the document she is working on.
@@ -99,10 +130,15 @@ async def _run(
         return MdnsDiscovery(interfaces=["127.0.0.1"], ip_version="v4") if how == "mdns" else hub
 
     def node(nickname: str, identity: Identity) -> Node:
-        return Node(nickname=nickname, identity=identity, listen=("127.0.0.1", 0), discovery=[provider()])
+        # Near me through mDNS (or memory); anywhere through a private DHT on loopback.
+        dht = DhtDiscovery(bootstrap=[testnet[0].address], host="127.0.0.1")
+        return Node(
+            nickname=nickname, identity=identity, listen=("127.0.0.1", 0), discovery=[provider(), dht]
+        )
 
     hub = MemoryDiscovery()
     async with (
+        _loopback_dht(DHT_NODES) as testnet,
         node("alice", alice_identity) as alice,
         node("bob", bob_identity) as bob,
         node("carol", carol_identity) as carol,
@@ -229,6 +265,27 @@ async def _run(
                 await seen["carol document"].wait()
             await step("alice publishes a document object", "bob and carol saw it", start)
             watching.cancel_scope.cancel()
+
+        # -- the Internet scope: a contact with no LAN discovery finds alice through the DHT --------
+        start = anyio.current_time()
+        await alice.sign_in(Scope.INTERNET)
+        dht_only = DhtDiscovery(bootstrap=[testnet[0].address], host="127.0.0.1")
+        async with Node(nickname="dave", identity=Identity.generate(), discovery=[dht_only]) as dave:
+            await dave.contacts.import_card(report.card)  # alice's card: it carries her locator key
+            with anyio.fail_after(15):
+                while True:
+                    try:
+                        found = await dave.resolve(alice.id)
+                        break
+                    except PeerUnreachable:
+                        await anyio.sleep(0.2)
+        where = ", ".join(str(e) for e in found.endpoints)
+        await step(
+            f"alice signs in to the Internet scope; dave (her card, no mDNS) finds her in a DHT "
+            f"({DHT_NODES} nodes on loopback)",
+            f"at {where} (her record is sealed: only her contacts can read it)",
+            start,
+        )
 
         # -- 4. communication --------------------------------------------------------------------
         start = anyio.current_time()

@@ -5,7 +5,8 @@ addresses, and offers BEP 44 :meth:`DhtNode.get` and :meth:`DhtNode.put`. Each q
 timeout (:data:`QUERY_TIMEOUT`); lookups move on from a silent node after the soft timeout
 (:mod:`peerkit.dht.lookup`). It is polite: no remote address gets more than
 :data:`POLITE_RATE` packets a second from it on average (bursts of :data:`POLITE_BURST`), and it
-answers at most as many queries a second from any one address (more are dropped).
+answers at most four times as many queries a second from any one address (more are dropped). On
+loopback, where the nodes of one machine share an address, the budgets are per node.
 """
 
 from __future__ import annotations
@@ -155,11 +156,11 @@ class DhtNode:
         try:
             message = parse(data)
         except KrpcError as exc:
-            if exc.tid is not None and not self.read_only and self._in.take(source[0], now):
+            if exc.tid is not None and not self.read_only and self._in.take(_budget_key(source), now):
                 await self.transport.send(exc.reply(), source)
             return
         if isinstance(message, Query):
-            if self.read_only or self._responder is None or not self._in.take(source[0], now):
+            if self.read_only or self._responder is None or not self._in.take(_budget_key(source), now):
                 return
             await self.transport.send(self._responder.answer(message, source, now), source)
             return
@@ -185,7 +186,7 @@ class DhtNode:
         """Ask ``node`` (its id may be empty when unknown: a bootstrap address); None when it
         does not answer within :data:`QUERY_TIMEOUT` or politeness forbids asking now."""
         now = anyio.current_time()
-        if not self._out.take(node.address[0], now):
+        if not self._out.take(_budget_key(node.address), now):
             return None
         tid = self._tid()
         pending = self._pending[tid] = _Pending(node)
@@ -318,6 +319,13 @@ class DhtNode:
                 if isinstance(token, bytes):
                     tg.start_soon(put_one, node, token)
         return PutResult(stored, refused, copies=copies)
+
+
+def _budget_key(address: Address) -> str:
+    # Whose packet budget a packet counts against: the remote host (as other DHT nodes ban by
+    # address); on loopback, where many nodes of one machine share the address, each node.
+    host = address[0]
+    return f"{host}:{address[1]}" if host.startswith("127.") or host == "::1" else host
 
 
 def _item(response: Response, key: bytes, salt: bytes) -> MutableItem | None:

@@ -181,3 +181,11 @@ def test_the_item_value_is_returned_decoded() -> None:
     assert decode(stored.value) == b"v"
     with pytest.raises(ValueError, match="20 bytes"):
         RoutingTable(b"short")
+
+
+def test_packet_budgets_are_per_host_except_on_loopback() -> None:
+    from peerkit.dht.node import _budget_key
+
+    assert _budget_key(("192.0.2.7", 6881)) == _budget_key(("192.0.2.7", 7000)) == "192.0.2.7"
+    assert _budget_key(("127.0.0.1", 6881)) != _budget_key(("127.0.0.1", 7000))
+    assert _budget_key(("::1", 6881)) == "::1:6881"
