@@ -193,6 +193,14 @@ def serve(
     ] = None,
     nickname: Annotated[str, typer.Option(help="The nickname peers see.")] = "",
     discovery: Discovery = None,
+    dht_bootstrap: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--dht-bootstrap",
+            help="HOST:PORT of a DHT node to join through instead of the public routers (repeatable; "
+            "adds the dht provider when --discovery has none).",
+        ),
+    ] = None,
     data_dir: DataDir = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON lines for scripts.")] = False,
 ) -> None:
@@ -203,8 +211,9 @@ def serve(
     apps = _app_ids(accept or [])
     check_nickname(nickname)
     providers = _providers(discovery)
+    bootstrap = [parse_address(a) for a in dht_bootstrap] if dht_bootstrap else None
     directory = data_dir or default_data_dir()
-    anyio.run(_serve, host, port, apps, nickname, providers, directory, as_json)
+    anyio.run(_serve, host, port, apps, nickname, providers, directory, as_json, bootstrap)
 
 
 def check_nickname(nickname: str) -> None:
@@ -223,6 +232,7 @@ async def _serve(
     providers: list[DiscoveryProvider],
     directory: Path,
     as_json: bool,
+    dht_bootstrap: list[tuple[str, int]] | None = None,
 ) -> None:
     from peerkit.events import InvitationAnswered
     from peerkit.invitations import Invitation
@@ -237,7 +247,14 @@ async def _serve(
 
     from peerkit.contacts import saved_presence
 
-    async with Node(nickname=nickname, data_dir=directory, listen=(host, port), discovery=providers) as node:
+    node = Node(
+        nickname=nickname,
+        data_dir=directory,
+        listen=(host, port),
+        discovery=providers,
+        dht_bootstrap=dht_bootstrap,
+    )
+    async with node:
         # Near me where a provider finds people; Internet, so that allowed contacts may watch.
         scope = Scope.INTERNET
         for provider in providers:

@@ -375,3 +375,9 @@ def test_watch_follows_a_served_contacts_presence_set_from_the_command_line(tmp_
     finally:
         stop(watcher)
     assert watcher.returncode == 0
+
+
+def test_serve_names_a_bad_dht_bootstrap() -> None:
+    result = run("serve", "--dht-bootstrap", "nowhere")
+    assert result.returncode == 2
+    assert "'nowhere' is not HOST:PORT" in " ".join(result.stderr.replace("│", " ").split())

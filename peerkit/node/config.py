@@ -72,6 +72,7 @@ class NodeConfig:
         address_check: float = 10.0,
         store_check: float = 1.0,
         request_budget: RequestPolicy | None = None,
+        dht_bootstrap: Iterable[tuple[str, int]] | None = None,
     ) -> NodeConfig:
         """The checked configuration of ``Node(**options)``.
 
@@ -99,6 +100,8 @@ class NodeConfig:
                 raise TypeError(
                     f"discovery providers are names or DiscoveryProvider objects, not {type(item).__name__}"
                 )
+        if dht_bootstrap is not None:
+            _use_dht_bootstrap(providers, dht_bootstrap)
         if not isinstance(invitation_policy, InvitationPolicy):
             raise TypeError(
                 f"invitation_policy must be an InvitationPolicy, not {type(invitation_policy).__name__}"
@@ -126,3 +129,27 @@ class NodeConfig:
             store_check=check_seconds(store_check, "store_check"),
             request_budget=request_budget or RequestPolicy(),
         )
+
+
+def _use_dht_bootstrap(providers: list[DiscoveryProvider], bootstrap: Iterable[tuple[str, int]]) -> None:
+    # The dht providers that would join through the public routers join through ``bootstrap``;
+    # a dht provider is added when there is none.
+    from peerkit.dht.provider import DEFAULT_BOOTSTRAP, DhtDiscovery
+
+    addresses = []
+    for entry in bootstrap:
+        if not (
+            isinstance(entry, tuple)
+            and len(entry) == 2
+            and isinstance(entry[0], str)
+            and isinstance(entry[1], int)
+            and 0 < entry[1] < 65536
+        ):
+            raise ValueError(f"a DHT bootstrap address is a (host, port) tuple, not {entry!r}")
+        addresses.append(entry)
+    dhts = [p for p in providers if isinstance(p, DhtDiscovery)]
+    if not dhts:
+        providers.append(DhtDiscovery(bootstrap=addresses))
+    for provider in dhts:
+        if provider.bootstrap == DEFAULT_BOOTSTRAP:
+            provider.bootstrap = tuple(addresses)

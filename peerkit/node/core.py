@@ -126,6 +126,8 @@ class Node(EventMethods):
     :param store_check: seconds between checks of the contact database for changes made by another
         process (``peerkit contacts ...`` while ``peerkit serve`` runs): they take effect as if made
         here, with their events. A presence saved by ``peerkit presence set`` is published too.
+    :param dht_bootstrap: (host, port) pairs the ``dht`` provider joins through instead of the public
+        routers (a ``dht`` provider is added when ``discovery`` has none).
     :param request_budget: how many requests each peer may make (default: 1,000 a second, bursts
         of 2,000); over it a request is answered with ``error`` "limit", and a peer whose last 100
         requests were all over it is disconnected.
@@ -150,6 +152,7 @@ class Node(EventMethods):
         address_check: float = 10.0,
         store_check: float = 1.0,
         request_budget: RequestPolicy | None = None,
+        dht_bootstrap: Iterable[tuple[str, int]] | None = None,
     ) -> None:
         config = NodeConfig.create(
             nickname=nickname,
@@ -165,6 +168,7 @@ class Node(EventMethods):
             address_check=address_check,
             store_check=store_check,
             request_budget=request_budget,
+            dht_bootstrap=dht_bootstrap,
         )
         #: The checked options this node was built with.
         self.config = config
@@ -212,9 +216,9 @@ class Node(EventMethods):
             keepalive=self._keepalive,
             handshake_timeout=self._handshake_timeout,
             handler=self._dispatch,
-            notices={
-                "notify": self._notify,
-                "invite_cancel": self._invite_cancel,
+            notices={  # (lambdas: the parts that take them are made below)
+                "notify": lambda c, m: self._watching.on_notify(c, m),  # noqa: PLW0108
+                "invite_cancel": lambda c, m: self._invitations.on_cancel(c, m),  # noqa: PLW0108
                 "card_update": lambda c, m: self._locator.on_card(c, m),  # noqa: PLW0108 (made later)
             },
             on_closed=self._channel_closed,
@@ -942,12 +946,6 @@ class Node(EventMethods):
     # -- requests from peers ---------------------------------------------------------------
     def _dispatch(self, control: ControlChannel, message: dict[str, Any]) -> Awaitable[Reply]:
         return self._requests.dispatch(control, message)  # the coroutine itself: no frame of its own
-
-    def _notify(self, control: ControlChannel, message: dict[str, Any]) -> None:
-        self._watching.on_notify(control, message)
-
-    def _invite_cancel(self, control: ControlChannel, message: dict[str, Any]) -> None:
-        self._invitations.on_cancel(control, message)
 
     async def _on_record(self, control: ControlChannel, request: RecordRequest) -> Reply:
         if not self._scope or self._nearby.record is None:

@@ -138,3 +138,18 @@ async def test_txt_carries_a_record_in_pieces(alice: Identity) -> None:
     assert envelope_from_txt({k: v for k, v in raw.items() if k != b"r0"}) is None
     assert envelope_from_txt({**raw, b"id": b"nonsense"}) is None
     assert envelope_from_txt({**raw, b"r0": b"%%"}) is None  # not base64url
+
+
+async def test_dht_bootstrap_points_the_dht_provider_at_your_own_nodes() -> None:
+    own = [("10.0.0.2", 6881), ("fd00::2", 6882)]
+    added = Node(identity=Identity.generate(), discovery=[], dht_bootstrap=own)
+    (provider,) = added.config.providers
+    assert isinstance(provider, DhtDiscovery)
+    assert provider.bootstrap == tuple(own)
+    named = Node(identity=Identity.generate(), discovery=["memory", "dht"], dht_bootstrap=own[:1])
+    dhts = [p for p in named.config.providers if isinstance(p, DhtDiscovery)]
+    assert [p.bootstrap for p in dhts] == [(own[0],)]  # the named one, not a second one
+    chosen = Node(identity=Identity.generate(), discovery=["dht:127.0.0.1:9"], dht_bootstrap=own)
+    assert [p.bootstrap for p in chosen.config.providers] == [(("127.0.0.1", 9),)]  # its own kept
+    with pytest.raises(ValueError, match=r"a DHT bootstrap address is a \(host, port\) tuple, not 'x:1'"):
+        Node(identity=Identity.generate(), dht_bootstrap=["x:1"])  # type: ignore[list-item]
