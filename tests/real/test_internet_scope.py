@@ -240,3 +240,26 @@ async def test_the_dht_provider_conforms_in_resolve_mode() -> None:
             timeout=15,
             settle=1.5,
         )
+
+
+async def test_a_contact_gone_from_the_network_fails_cleanly_without_a_hang() -> None:
+    async with loopback_dht(8) as dht, contextlib.AsyncExitStack() as stack:
+        bootstrap = dht[0].address
+        bob = await stack.enter_async_context(node("bob", "127.0.0.3", bootstrap))
+        await bob.register_application(CHAT)
+        async with node("alice", "127.0.0.2", bootstrap) as alice:
+            await alice.register_application(CHAT)
+            contact = await bob.contacts.add(bob.contacts.read_card(alice.contacts.sign_card()))
+            await alice.sign_in(Scope.INTERNET)
+            with anyio.fail_after(15):
+                while True:
+                    try:
+                        await bob.resolve(alice.id)
+                        break
+                    except PeerUnreachable:
+                        await anyio.sleep(0.2)
+        # Alice is gone (her node stopped; her last record may linger in the DHT).
+        start = anyio.current_time()
+        with anyio.fail_after(30), pytest.raises(PeerUnreachable):
+            await contact.invite(CHAT, timeout=10)
+        assert anyio.current_time() - start < 25
