@@ -19,6 +19,7 @@ from peerkit import (
     EndPoint,
     Identity,
     Node,
+    PeerId,
     PeerUnreachable,
     Presence,
     PresenceStatus,
@@ -263,3 +264,33 @@ async def test_a_contact_gone_from_the_network_fails_cleanly_without_a_hang() ->
         with anyio.fail_after(30), pytest.raises(PeerUnreachable):
             await contact.invite(CHAT, timeout=10)
         assert anyio.current_time() - start < 25
+
+
+async def test_a_contact_that_moves_is_found_at_its_new_address(tmp_path: Path) -> None:
+    async with loopback_dht(8) as dht, contextlib.AsyncExitStack() as stack:
+        bootstrap = dht[0].address
+        bob = await stack.enter_async_context(node("bob", "127.0.0.3", bootstrap))
+        home = tmp_path / "alice"
+
+        def alice_at(host: str) -> Node:
+            provider = DhtDiscovery(bootstrap=[bootstrap], host=host)
+            return Node(nickname="alice", data_dir=home, listen=(host, 0), discovery=[provider])
+
+        async def where(peer_id: PeerId) -> tuple[EndPoint, ...]:
+            with anyio.fail_after(15):
+                while True:
+                    with contextlib.suppress(PeerUnreachable):
+                        return (await bob.resolve(peer_id)).endpoints
+                    await anyio.sleep(0.2)
+
+        async with alice_at("127.0.0.2") as alice:
+            await bob.contacts.add(bob.contacts.read_card(alice.contacts.sign_card()))
+            await alice.sign_in(Scope.INTERNET)
+            first = alice.endpoint
+            assert first in await where(alice.id)
+        async with alice_at("127.0.0.5") as moved:  # the same identity, on another network
+            await moved.sign_in(Scope.INTERNET)
+            with anyio.fail_after(15):
+                while moved.endpoint not in await where(moved.id):
+                    await anyio.sleep(0.2)
+            assert first not in await where(moved.id)
