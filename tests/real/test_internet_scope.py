@@ -19,6 +19,7 @@ from peerkit import (
     EndPoint,
     Identity,
     Node,
+    Peer,
     PeerId,
     PeerUnreachable,
     Presence,
@@ -51,6 +52,15 @@ async def loopback_dht(count: int) -> AsyncIterator[list[DhtNode]]:
         tg.cancel_scope.cancel()
 
 
+async def found(by: Node, peer_id: PeerId, timeout: float = 15) -> Peer:
+    """``peer_id`` as ``by`` resolves it, once its record is there (publishing takes a moment)."""
+    with anyio.fail_after(timeout):
+        while True:
+            with contextlib.suppress(PeerUnreachable):
+                return await by.resolve(peer_id)
+            await anyio.sleep(0.2)
+
+
 def node(nickname: str, host: str, bootstrap: tuple[str, int]) -> Node:
     provider = DhtDiscovery(bootstrap=[bootstrap], host=host)
     return Node(
@@ -71,13 +81,7 @@ async def test_a_contact_resolves_and_invites_a_node_signed_in_to_internet() -> 
         assert card.locator_key == alice.contacts.locator_key
         await bob.contacts.add(card)
         await alice.sign_in(Scope.INTERNET)
-        with anyio.fail_after(15):
-            while True:
-                try:
-                    peer = await bob.resolve(alice.id)
-                    break
-                except PeerUnreachable:
-                    await anyio.sleep(0.2)
+        peer = await found(bob, alice.id)
         assert alice.endpoint in peer.endpoints
         assert await peer.invite(CHAT, timeout=5) == ACCEPTED
         # A stranger learns nothing: no key opens the record, whose bytes name no address.
@@ -105,13 +109,7 @@ async def test_an_invitation_to_a_contact_that_moved_falls_back_on_the_dht() -> 
         assert contact.endpoints == (old,)
         await alice.contacts.add(alice.contacts.read_card(bob.contacts.sign_card()))  # he may fetch
         await alice.sign_in(Scope.INTERNET)
-        with anyio.fail_after(15):
-            while True:
-                try:
-                    await bob.resolve(alice.id)
-                    break
-                except PeerUnreachable:
-                    await anyio.sleep(0.2)
+        await found(bob, alice.id)
         # Where bob knew her, she is not; the DHT says where she is now.
         assert await contact.invite(CHAT, timeout=10) == ACCEPTED
         assert await contact.get_applications() == [CHAT]  # fetches fall back the same way
@@ -222,13 +220,7 @@ async def test_a_restart_rejoins_through_the_nodes_it_knew(tmp_path: Path) -> No
         assert len(saved["nodes"]) >= 4  # what its routing table held (K per bucket)
         again = DhtDiscovery(bootstrap=[nowhere], host="127.0.0.3")
         async with Node(nickname="bob", data_dir=home, listen=("127.0.0.1", 0), discovery=[again]) as bob:
-            with anyio.fail_after(15):
-                while True:
-                    try:
-                        peer = await bob.resolve(alice.id)
-                        break
-                    except PeerUnreachable:
-                        await anyio.sleep(0.2)
+            peer = await found(bob, alice.id)
             assert alice.endpoint in peer.endpoints
 
 
@@ -252,13 +244,7 @@ async def test_a_contact_gone_from_the_network_fails_cleanly_without_a_hang() ->
             await alice.register_application(CHAT)
             contact = await bob.contacts.add(bob.contacts.read_card(alice.contacts.sign_card()))
             await alice.sign_in(Scope.INTERNET)
-            with anyio.fail_after(15):
-                while True:
-                    try:
-                        await bob.resolve(alice.id)
-                        break
-                    except PeerUnreachable:
-                        await anyio.sleep(0.2)
+            await found(bob, alice.id)
         # Alice is gone (her node stopped; her last record may linger in the DHT).
         start = anyio.current_time()
         with anyio.fail_after(30), pytest.raises(PeerUnreachable):
@@ -277,11 +263,7 @@ async def test_a_contact_that_moves_is_found_at_its_new_address(tmp_path: Path) 
             return Node(nickname="alice", data_dir=home, listen=(host, 0), discovery=[provider])
 
         async def where(peer_id: PeerId) -> tuple[EndPoint, ...]:
-            with anyio.fail_after(15):
-                while True:
-                    with contextlib.suppress(PeerUnreachable):
-                        return (await bob.resolve(peer_id)).endpoints
-                    await anyio.sleep(0.2)
+            return (await found(bob, peer_id)).endpoints
 
         async with alice_at("127.0.0.2") as alice:
             await bob.contacts.add(bob.contacts.read_card(alice.contacts.sign_card()))
