@@ -59,8 +59,10 @@ class UdpDatagrams:
 
     async def send(self, data: bytes, address: Address) -> None:
         """Send one datagram (see :meth:`Datagrams.send`)."""
+        # Unreachable, a full buffer, or the socket closing as the node stops: the datagram is
+        # lost, as UDP may lose any.
         async with self._sending:
-            with contextlib.suppress(OSError):  # unreachable, or a full buffer: lost, as UDP may lose any
+            with contextlib.suppress(OSError, anyio.ClosedResourceError, anyio.BrokenResourceError):
                 await self._sock.sendto(data, address[0], address[1])
 
     async def receive(self) -> tuple[bytes, Address]:

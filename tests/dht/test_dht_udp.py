@@ -47,3 +47,9 @@ async def test_a_send_outside_the_testnet_is_refused(dht_sends_outside: list[tup
         await transport.aclose()
     assert dht_sends_outside == [("67.215.246.10", 6881)]
     dht_sends_outside.clear()
+
+
+async def test_a_send_on_a_closed_socket_is_a_lost_datagram() -> None:
+    transport = await UdpDatagrams.bind("127.0.0.1", 0)
+    await transport.aclose()
+    await transport.send(b"ping", ("127.0.0.1", 9))  # no error: the node is stopping
