@@ -26,7 +26,7 @@ from peerkit.dht.bencode import BencodeError, Value, encode
 from peerkit.dht.bep44 import MutableItem, target
 from peerkit.dht.krpc import ID_SIZE, Address, Error, KrpcError, Node, Query, Response, parse
 from peerkit.dht.lookup import Lookup
-from peerkit.dht.routing import RoutingTable
+from peerkit.dht.routing import K, RoutingTable
 from peerkit.dht.server import Responder
 from peerkit.dht.storage import ItemStore, Tokens
 from peerkit.dht.transport import Datagrams
@@ -44,6 +44,10 @@ POLITE_RATE: Final = 4.0
 POLITE_BURST: Final = 10
 #: Nodes a put goes to.
 PUT_WIDTH: Final = 20
+#: Seconds between tries to join while the routing table holds fewer than K nodes, and between
+#: checks once it holds more.
+REJOIN: Final = 2.0
+REFRESH: Final = 60.0
 #: Addresses whose packet budgets are remembered.
 MAX_BUDGETS: Final = 4096
 
@@ -136,7 +140,10 @@ class DhtNode:
                 tg.start_soon(self._receive_loop)
                 task_status.started()
                 await self.join()
-                await anyio.sleep_forever()
+                while True:  # joined through nobody (yet): try again, then now and then
+                    await anyio.sleep(REJOIN if len(self.table) < K else REFRESH)
+                    if len(self.table) < K:
+                        await self.join()
         finally:
             self._tg = None
             with anyio.CancelScope(shield=True):

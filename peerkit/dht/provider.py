@@ -47,6 +47,8 @@ DEFAULT_BOOTSTRAP: Final[tuple[Address, ...]] = (
 )
 #: Seconds between republications of an unchanged record.
 REPUBLISH: Final = 3600.0
+#: Seconds, at most, between tries of a put that no node took.
+RETRY_MAX: Final = 60.0
 #: Copies of the record found near its target above which a republication is skipped.
 ENOUGH_COPIES: Final = 8
 #: The file in the node's data dir that keeps the routing table's nodes between runs, and how
@@ -180,31 +182,39 @@ class _Session:
             return []
 
     async def keep_published(self) -> None:
-        # Publishes what is wanted when it changes, and every REPUBLISH seconds.
+        # Publishes what is wanted when it changes, and every REPUBLISH seconds; a put that no
+        # node took (the DHT not joined yet, or out of reach) is tried again, 1 s later, then 2 s,
+        # ... up to RETRY_MAX.
+        retry: float | None = None
         while True:
-            with anyio.move_on_after(REPUBLISH):
+            with anyio.move_on_after(retry if retry is not None else REPUBLISH):
                 await self._changed.wait()
             changed, self._changed = self._changed.is_set(), anyio.Event()
-            if self._wanted is not None:
-                try:
-                    await self._put(self._wanted, withdrawn=self._withdrawn, refresh=not changed)
-                except Exception:
-                    log.exception("publishing the record in the DHT failed")
+            if self._wanted is None:
+                retry = None
+                continue
+            try:
+                done = await self._put(self._wanted, withdrawn=self._withdrawn, refresh=not changed)
+            except Exception:
+                log.exception("publishing the record in the DHT failed")
+                done = False
+            retry = None if done else min(2 * retry if retry else 1.0, RETRY_MAX)
 
-    async def _put(self, announcement: Announcement, *, withdrawn: bool, refresh: bool = False) -> None:
+    async def _put(self, announcement: Announcement, *, withdrawn: bool, refresh: bool = False) -> bool:
+        # Whether it is done: stored, not needed, or impossible (trying again would not help).
         signer = getattr(self._sink, "signer", None)
         key = await _locator_key(self._sink, None)
         if signer is None or key is None:
             log.warning("the DHT provider cannot publish: its node gives no signer or locator key")
-            return
+            return True
         try:
             record, nickname, name, endpoints = read_record(announcement.envelope)
         except InvalidRecord:
             log.warning("not publishing a record that does not verify")
-            return
+            return True
         if record.id != bytes(signer.id):
             log.warning("not publishing a record of another id")
-            return
+            return True
         # The node's seq, or above the last this provider used (a withdrawal, or a 302 retry).
         seq = max(record.seq, self._seq + 1) if withdrawn else max(record.seq, self._seq)
         for _ in range(2):
@@ -220,13 +230,14 @@ class _Session:
             self._seq = seq
             if result.skipped:
                 log.debug("DHT record at seq %d: %d fresh copies found, not republished", seq, result.copies)
-                return
+                return True
             if result.stored or not result.refused.get(302):
                 log.debug("DHT record at seq %d stored on %d nodes", seq, result.stored)
-                return
+                return bool(result.stored)
             # Nodes hold a higher seq (a clock that went back, or this id signed in elsewhere).
             current: MutableItem | None = await self._node.get(item.key, SALT)
             seq = (current.seq if current is not None else seq) + 1
+        return False
 
 
 async def _locator_key(sink: DiscoverySink, peer_id: PeerId | None) -> bytes | None:

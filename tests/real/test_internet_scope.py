@@ -276,3 +276,23 @@ async def test_a_contact_that_moves_is_found_at_its_new_address(tmp_path: Path) 
                 while moved.endpoint not in await where(moved.id):
                     await anyio.sleep(0.2)
             assert first not in await where(moved.id)
+
+
+async def test_a_record_published_before_the_dht_is_reachable_is_stored_once_it_is() -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as reserve:
+        reserve.bind(("127.0.0.10", 0))
+        port = reserve.getsockname()[1]  # where the DHT will be; nothing answers there yet
+    async with contextlib.AsyncExitStack() as stack:
+        alice = await stack.enter_async_context(node("alice", "127.0.0.2", ("127.0.0.10", port)))
+        await alice.sign_in(Scope.INTERNET)  # its first put finds no node
+        await anyio.sleep(1.5)
+        tg = await stack.enter_async_context(anyio.create_task_group())
+        first = DhtNode(await UdpDatagrams.bind("127.0.0.10", port))
+        await tg.start(first.run)
+        for i in range(7):
+            more = DhtNode(await UdpDatagrams.bind(f"127.0.0.{11 + i}", 0), bootstrap=[first.address])
+            await tg.start(more.run)
+        bob = await stack.enter_async_context(node("bob", "127.0.0.3", first.address))
+        await bob.contacts.add(bob.contacts.read_card(alice.contacts.sign_card()))
+        assert alice.endpoint in (await found(bob, alice.id, timeout=30)).endpoints
+        tg.cancel_scope.cancel()
