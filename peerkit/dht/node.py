@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -30,6 +29,7 @@ from peerkit.dht.routing import K, RoutingTable
 from peerkit.dht.server import Responder
 from peerkit.dht.storage import ItemStore, Tokens
 from peerkit.dht.transport import Datagrams
+from peerkit.proto.admission import Charge, RequestBudget, RequestPolicy
 
 __all__ = ("LOOKUP_TIMEOUT", "POLITE_BURST", "POLITE_RATE", "QUERY_TIMEOUT", "DhtNode", "PutResult")
 
@@ -48,8 +48,8 @@ PUT_WIDTH: Final = 20
 #: checks once it holds more.
 REJOIN: Final = 2.0
 REFRESH: Final = 60.0
-#: Addresses whose packet budgets are remembered.
-MAX_BUDGETS: Final = 4096
+#: Refusals in a row that would disconnect a peer: never, for packets (they are only dropped).
+NEVER: Final = 2**31
 
 
 @dataclass(slots=True)
@@ -71,25 +71,6 @@ class PutResult:
     copies: int = 0
     #: Whether the put was skipped because enough copies were found (``skip_above``).
     skipped: bool = False
-
-
-class _Budgets:
-    # A token bucket per remote address (bounded: the least recent are forgotten).
-    def __init__(self, rate: float, burst: int) -> None:
-        self.rate, self.burst = rate, burst
-        self._buckets: OrderedDict[str, list[float]] = OrderedDict()
-
-    def take(self, host: str, now: float) -> bool:
-        bucket = self._buckets.pop(host, None) or [float(self.burst), now]
-        bucket[0] = min(float(self.burst), bucket[0] + (now - bucket[1]) * self.rate)
-        bucket[1] = now
-        self._buckets[host] = bucket
-        if len(self._buckets) > MAX_BUDGETS:
-            self._buckets.popitem(last=False)
-        if bucket[0] < 1.0:
-            return False
-        bucket[0] -= 1.0
-        return True
 
 
 class DhtNode:
@@ -119,11 +100,17 @@ class DhtNode:
         self._responder: Responder | None = None
         self._pending: dict[bytes, _Pending] = {}
         self._next_tid = int.from_bytes(os.urandom(2), "big")
-        self._out = _Budgets(POLITE_RATE, POLITE_BURST)
-        self._in = _Budgets(4 * POLITE_RATE, 4 * POLITE_BURST)
+        # A token bucket per remote (bounded), as a node keeps for the requests of its peers.
+        self._out = RequestBudget(RequestPolicy(rate=POLITE_RATE, burst=POLITE_BURST, strikes=NEVER))
+        self._in = RequestBudget(RequestPolicy(rate=4 * POLITE_RATE, burst=4 * POLITE_BURST, strikes=NEVER))
         self._tg: anyio.abc.TaskGroup | None = None
         #: Queries sent (for the benchmark's counts).
         self.queries_sent = 0
+
+    @staticmethod
+    def _polite(budget: RequestBudget, address: Address, now: float) -> bool:
+        # Whether a packet to or from ``address`` is within its budget (it is counted if so).
+        return budget.charge(_budget_key(address).encode(), now) is Charge.ANSWER
 
     @property
     def address(self) -> Address:
@@ -163,11 +150,11 @@ class DhtNode:
         try:
             message = parse(data)
         except KrpcError as exc:
-            if exc.tid is not None and not self.read_only and self._in.take(_budget_key(source), now):
+            if exc.tid is not None and not self.read_only and self._polite(self._in, source, now):
                 await self.transport.send(exc.reply(), source)
             return
         if isinstance(message, Query):
-            if self.read_only or self._responder is None or not self._in.take(_budget_key(source), now):
+            if self.read_only or self._responder is None or not self._polite(self._in, source, now):
                 return
             await self.transport.send(self._responder.answer(message, source, now), source)
             return
@@ -193,7 +180,7 @@ class DhtNode:
         """Ask ``node`` (its id may be empty when unknown: a bootstrap address); None when it
         does not answer within :data:`QUERY_TIMEOUT` or politeness forbids asking now."""
         now = anyio.current_time()
-        if not self._out.take(_budget_key(node.address), now):
+        if not self._polite(self._out, node.address, now):
             return None
         tid = self._tid()
         pending = self._pending[tid] = _Pending(node)

@@ -102,9 +102,12 @@ class FdBudget:
         """A descriptor was taken (an accepted connection): counted until the next reading."""
         self._estimate += 1
 
-    def exhausted(self) -> None:
-        """``accept`` failed for want of descriptors (or of memory, system-wide): no room for a
-        tenth of a second, then the count is read again."""
+    def accept_failed(self, error: OSError) -> None:
+        """``accept`` failed with ``error``: for want of descriptors (or of memory, system-wide),
+        there is no room for a tenth of a second, then the count is read again; any other error
+        is raised again."""
+        if error.errno not in RESOURCE_ERRNOS:
+            raise error
         self._read_at = float("-inf")
         self._hold_until = time.monotonic() + PAUSE_POLL
 

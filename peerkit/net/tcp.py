@@ -22,7 +22,7 @@ import anyio
 import anyio.abc
 from anyio.abc import SocketAttribute
 
-from peerkit.net.fds import RESOURCE_ERRNOS, FdBudget, fd_budget
+from peerkit.net.fds import FdBudget, fd_budget
 
 __all__ = ("TcpListener", "TcpStream", "connect_tcp")
 
@@ -286,21 +286,21 @@ class TcpListener(anyio.abc.Listener[TcpStream]):
         self, sock: socket.socket, handler: Callable[[TcpStream], Any], group: anyio.abc.TaskGroup
     ) -> None:
         loop = asyncio.get_running_loop()
+        # The backlog is drained with the raw accept: a socket object is made only for a
+        # connection the screen lets through.
+        accept_fd: Callable[[], tuple[int, Any]] | None = getattr(sock, "_accept", None)
+        drain = DRAIN if accept_fd is not None else 0
         while True:
             await self._budget.wait_for_room()
             try:
                 conn, address = await loop.sock_accept(sock)
             except OSError as exc:
-                if exc.errno not in RESOURCE_ERRNOS:
-                    raise
-                self._budget.exhausted()  # the next room() reads the count, and pauses
+                self._budget.accept_failed(exc)  # for want of descriptors: pauses (others: raised)
                 continue
             self._take(conn, address, handler, group)
             # Whatever else waits in the backlog is taken now, without a turn of the event loop
             # each: under a flood of connections to refuse, a legitimate one waits behind fewer.
-            # (The socket object is made only for a connection the screen lets through.)
-            accept_fd: Callable[[], tuple[int, Any]] | None = getattr(sock, "_accept", None)
-            for _ in range(DRAIN if accept_fd is not None else 0):
+            for _ in range(drain):
                 assert accept_fd is not None
                 if not self._budget.room():
                     break
@@ -309,9 +309,7 @@ class TcpListener(anyio.abc.Listener[TcpStream]):
                 except (BlockingIOError, InterruptedError):
                     break
                 except OSError as exc:
-                    if exc.errno not in RESOURCE_ERRNOS:
-                        raise
-                    self._budget.exhausted()
+                    self._budget.accept_failed(exc)
                     break
                 self._take(fd, address, handler, group, sock)
             await anyio.lowlevel.checkpoint()  # an accept that never waits must not starve the rest

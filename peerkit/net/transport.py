@@ -16,7 +16,7 @@ import anyio
 import anyio.abc
 
 from peerkit.errors import PeerUnreachable
-from peerkit.net.fds import RESOURCE_ERRNOS, FdBudget, fd_budget
+from peerkit.net.fds import FdBudget, fd_budget
 from peerkit.net.tcp import TcpListener, connect_tcp
 
 __all__ = (
@@ -171,9 +171,7 @@ class GuardedListener(anyio.abc.Listener[anyio.abc.SocketStream]):
             try:
                 stream = await listener.accept()
             except OSError as exc:
-                if exc.errno not in RESOURCE_ERRNOS:
-                    raise
-                self._budget.exhausted()
+                self._budget.accept_failed(exc)
                 continue
             self._budget.opened()
             screen = self.screen

@@ -335,7 +335,8 @@ class Nearby:
         resolve remote peers (the DHT): at the endpoints not tried yet; None when there are none."""
         if isinstance(peer, ChannelPeer):
             return None  # reachable only over the channel it opened
-        fresh = tuple(e for e in await self.resolve_remote(peer.id) if e not in set(tried))
+        known = set(tried)
+        fresh = tuple(e for e in await self.resolve_remote(peer.id) if e not in known)
         return Peer(self._peer_ops, peer.id, fresh, peer.nickname) if fresh else None
 
     async def resolve_remote(self, peer_id: PeerId) -> tuple[EndPoint, ...]:
