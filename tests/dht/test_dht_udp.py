@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import anyio
 import pytest
-from conftest import outside_testnet
+from conftest import loopback_dht, outside_testnet
 
 from peerkit import Identity
 from peerkit.dht.bep44 import MutableItem
-from peerkit.dht.node import DhtNode
 from peerkit.dht.transport import UdpDatagrams
 
 pytestmark = [pytest.mark.anyio, pytest.mark.network]
@@ -17,21 +16,11 @@ pytestmark = [pytest.mark.anyio, pytest.mark.network]
 
 async def test_nodes_on_loopback_put_and_get_over_udp() -> None:
     alice = Identity.generate()
-    async with anyio.create_task_group() as tg:
-        nodes: list[DhtNode] = []
-        for i in range(12):
-            host = f"127.0.0.{i + 1}"  # one address each, as nodes on hosts of their own
-            transport = await UdpDatagrams.bind(host, 0)
-            node = DhtNode(transport, bootstrap=[nodes[0].address] if nodes else [])
-            await tg.start(node.run)
-            nodes.append(node)
-        await anyio.sleep(0.3)
-        await nodes[0].join()  # the first node learns the rest
+    async with loopback_dht(12, base=1) as nodes:
         item = MutableItem.create(alice.sign, alice.id.key, b"over udp", 3, b"salt")
         with anyio.fail_after(10):
             assert (await nodes[5].put(item)).stored >= 6
             assert await nodes[11].get(alice.id.key, b"salt") == item
-        tg.cancel_scope.cancel()
 
 
 async def test_a_send_outside_the_testnet_is_refused(dht_sends_outside: list[tuple[str, int]]) -> None:

@@ -18,11 +18,11 @@ from typing import Any
 import anyio
 import anyio.abc
 import pytest
+from conftest import loopback_dht
 
 from peerkit import Identity
 from peerkit.dht.bep44 import MutableItem, target
 from peerkit.dht.node import DhtNode
-from peerkit.dht.transport import UdpDatagrams
 
 pytestmark = [pytest.mark.anyio, pytest.mark.network]
 
@@ -74,13 +74,7 @@ class JsAgent:
 
 @contextlib.asynccontextmanager
 async def mixed_testnet(peerkit_nodes: int, js_nodes: int) -> AsyncIterator[tuple[list[DhtNode], JsAgent]]:
-    async with anyio.create_task_group() as tg:
-        nodes: list[DhtNode] = []
-        for i in range(peerkit_nodes):
-            transport = await UdpDatagrams.bind(f"127.0.0.{20 + i}", 0)
-            node = DhtNode(transport, bootstrap=[nodes[0].address] if nodes else [])
-            await tg.start(node.run)
-            nodes.append(node)
+    async with loopback_dht(peerkit_nodes, base=20) as nodes:
         host, port = nodes[0].address
         process = await anyio.open_process(["node", str(AGENT), str(js_nodes), f"{host}:{port}"], cwd=INTEROP)
         agent = JsAgent(process)
@@ -95,7 +89,6 @@ async def mixed_testnet(peerkit_nodes: int, js_nodes: int) -> AsyncIterator[tupl
             process.kill()
             await process.wait()
             await process.aclose()
-            tg.cancel_scope.cancel()
 
 
 async def test_peerkit_and_bittorrent_dht_read_each_others_items(js_dht_ready: None) -> None:
@@ -143,13 +136,7 @@ def _expanded_secret(seed: bytes) -> bytes:
 async def test_peerkit_and_libtorrent_read_each_others_items(libtorrent_ready: None) -> None:
     import libtorrent as lt
 
-    async with anyio.create_task_group() as tg:
-        nodes: list[DhtNode] = []
-        for i in range(5):
-            transport = await UdpDatagrams.bind(f"127.0.0.{40 + i}", 0)
-            node = DhtNode(transport, bootstrap=[nodes[0].address] if nodes else [])
-            await tg.start(node.run)
-            nodes.append(node)
+    async with loopback_dht(5, base=40) as nodes:
         host, port = nodes[0].address
         categories = lt.alert.category_t
         session = lt.session(
@@ -206,4 +193,3 @@ async def test_peerkit_and_libtorrent_read_each_others_items(libtorrent_ready: N
             assert (found.seq, found.decoded()) == (put.seq, b"from libtorrent")
         finally:
             session.pause()  # (the session stops when the test returns and drops it)
-            tg.cancel_scope.cancel()

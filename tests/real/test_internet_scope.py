@@ -8,12 +8,11 @@ import contextlib
 import json
 import socket
 import sys
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import anyio
 import pytest
-from conftest import ACCEPTED, CHAT, accept_all
+from conftest import ACCEPTED, CHAT, accept_all, loopback_dht
 
 from peerkit import (
     EndPoint,
@@ -34,22 +33,6 @@ from peerkit.dht.transport import UdpDatagrams
 from peerkit.testing import check_discovery_provider
 
 pytestmark = [pytest.mark.anyio, pytest.mark.network]
-
-
-@contextlib.asynccontextmanager
-async def loopback_dht(count: int) -> AsyncIterator[list[DhtNode]]:
-    """``count`` plain DHT nodes on 127.0.0.10 and up, joined through the first."""
-    async with anyio.create_task_group() as tg:
-        nodes: list[DhtNode] = []
-        for i in range(count):
-            transport = await UdpDatagrams.bind(f"127.0.0.{10 + i}", 0)
-            node = DhtNode(transport, bootstrap=[nodes[0].address] if nodes else [])
-            await tg.start(node.run)
-            nodes.append(node)
-        await anyio.sleep(0.2)
-        await nodes[0].join()
-        yield nodes
-        tg.cancel_scope.cancel()
 
 
 async def found(by: Node, peer_id: PeerId, timeout: float = 15) -> Peer:
