@@ -31,9 +31,15 @@ async def test_strangers_fill_their_places_and_a_contact_still_gets_in() -> None
         # A third stranger finds no place: its channel is closed, it is told so.
         s3_node = Node(nickname="s3", network=network, listen=("10.0.0.9", 0), discovery=[])
         async with s3_node as s3:
-            peer = await s3.peer_at(bob.endpoint.host, bob.endpoint.port)
-            with pytest.raises(PeerUnreachable):
+
+            async def ask_bob() -> None:
+                peer = await s3.peer_at(bob.endpoint.host, bob.endpoint.port)
                 await peer.get_presence()
+
+            # Bob closes the channel right after the handshake: s3 is told at its dial, or at
+            # its first request if the dial returned before the close.
+            with pytest.raises(PeerUnreachable):
+                await ask_bob()
         assert bob._connections.holdings.strangers == 2
         # A contact takes a stranger's place (the oldest of the busiest source).
         to_bob = await carol.peer_at(bob.endpoint.host, bob.endpoint.port)
