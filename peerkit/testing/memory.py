@@ -5,7 +5,7 @@ from __future__ import annotations
 import itertools
 import weakref
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
@@ -24,6 +24,10 @@ class _Link:
     # Shared by the two ends of one in-memory connection (and only they keep it alive).
     ends: tuple[tuple[str, int], ...] = ()
     frozen: bool = False
+    # Send ends closed while frozen: the other end must not learn of it (a pulled cable carries no
+    # FIN), so they are closed only when the other end closes too.
+    held: list[MemoryObjectSendStream[bytes]] = field(default_factory=list)
+    open_ends: int = 2
 
 
 class MemoryByteStream(anyio.abc.ByteStream):
@@ -44,6 +48,7 @@ class MemoryByteStream(anyio.abc.ByteStream):
         self._local = local_address
         self._remote = remote_address
         self._link = link or _Link()
+        self._closed = False
 
     @property
     def extra_attributes(self) -> Mapping[Any, Callable[[], Any]]:
@@ -89,8 +94,9 @@ class MemoryByteStream(anyio.abc.ByteStream):
         return data
 
     async def send_eof(self) -> None:
-        """Tell the other end that nothing more will be sent."""
-        await self._send.aclose()
+        """Tell the other end that nothing more will be sent (unless the connection is frozen)."""
+        self._close_send()
+        await anyio.lowlevel.checkpoint()
 
     async def aclose(self) -> None:
         """Close both directions of this end (both at once, even when cancelled, as a socket is)."""
@@ -98,15 +104,32 @@ class MemoryByteStream(anyio.abc.ByteStream):
         await anyio.lowlevel.checkpoint()
 
     def _close(self) -> None:
-        self._send.close()
+        if self._closed:
+            return
+        self._closed = True
+        self._close_send()
         self._receive.close()
+        link = self._link
+        link.open_ends -= 1
+        if link.open_ends <= 0:  # both ends closed: nobody can read what was held back now
+            held, link.held = link.held, []
+            for stream in held:
+                stream.close()
+
+    def _close_send(self) -> None:
+        if self._link.frozen:
+            if self._send not in self._link.held:
+                self._link.held.append(self._send)
+        else:
+            self._send.close()
 
 
 def memory_stream_pair(max_buffer: int = 64) -> tuple[MemoryByteStream, MemoryByteStream]:
     """Two byte streams connected to each other, each buffering up to ``max_buffer`` writes."""
     a_send, b_receive = anyio.create_memory_object_stream[bytes](max_buffer)
     b_send, a_receive = anyio.create_memory_object_stream[bytes](max_buffer)
-    return MemoryByteStream(a_send, a_receive), MemoryByteStream(b_send, b_receive)
+    link = _Link()
+    return MemoryByteStream(a_send, a_receive, link=link), MemoryByteStream(b_send, b_receive, link=link)
 
 
 class MemoryListener(anyio.abc.Listener[MemoryByteStream]):
