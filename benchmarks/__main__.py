@@ -16,6 +16,7 @@ from benchmarks import (
     bench_attacks,
     bench_channel,
     bench_contacts,
+    bench_dht,
     bench_discovery,
     bench_fanout,
     bench_handshake,
@@ -40,6 +41,7 @@ BENCHMARKS: dict[str, Any] = {
         bench_fanout,
         bench_contacts,
         bench_attacks.BENCHMARK,
+        bench_dht,
     )
 }
 

@@ -4,6 +4,8 @@ Kademlia's lookup with three refinements for a network of strangers and dead nod
 
 - at most ``alpha`` queries count as in flight, but one unanswered for ``soft_timeout`` seconds
   stops counting (its answer is still taken if it comes), so a dead node does not hold the lookup;
+  the soft timeout follows the round trips seen (:class:`RoundTrips`, at most
+  :data:`SOFT_TIMEOUT`), so a lost datagram costs a few round trips rather than half a second;
 - the lookup is done when the ``width`` nearest nodes heard of have each answered, failed or stayed
   silent past the soft timeout;
 - a node is asked at most once, and only nodes that answered count among the nearest (with the
@@ -21,12 +23,37 @@ from typing import Final
 from peerkit.dht.krpc import Node, Response
 from peerkit.dht.routing import distance
 
-__all__ = ("ALPHA", "SOFT_TIMEOUT", "Lookup")
+__all__ = ("ALPHA", "MIN_SOFT_TIMEOUT", "SOFT_TIMEOUT", "Lookup", "RoundTrips")
 
 #: Queries in flight at once.
 ALPHA: Final = 4
-#: Seconds after which an unanswered query stops counting as in flight.
+#: Seconds after which an unanswered query stops counting as in flight, at most and at least.
 SOFT_TIMEOUT: Final = 0.5
+MIN_SOFT_TIMEOUT: Final = 0.1
+
+
+@dataclass(slots=True)
+class RoundTrips:
+    """A smoothed round trip and its variation (RFC 6298's estimator), for the soft timeout."""
+
+    smoothed: float | None = None
+    variation: float = 0.0
+
+    def seen(self, seconds: float) -> None:
+        """A query was answered ``seconds`` after it was sent."""
+        if self.smoothed is None:
+            self.smoothed, self.variation = seconds, seconds / 2
+        else:
+            self.variation = 0.75 * self.variation + 0.25 * abs(self.smoothed - seconds)
+            self.smoothed = 0.875 * self.smoothed + 0.125 * seconds
+
+    @property
+    def soft_timeout(self) -> float:
+        """When an unanswered query stops holding a lookup: the smoothed round trip plus four
+        times its variation, between :data:`MIN_SOFT_TIMEOUT` and :data:`SOFT_TIMEOUT`."""
+        if self.smoothed is None:
+            return SOFT_TIMEOUT
+        return min(SOFT_TIMEOUT, max(MIN_SOFT_TIMEOUT, self.smoothed + 4 * self.variation))
 
 
 @dataclass(slots=True)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -24,7 +24,7 @@ import anyio.abc
 from peerkit.dht.bencode import BencodeError, Value, encode
 from peerkit.dht.bep44 import MutableItem, target
 from peerkit.dht.krpc import ID_SIZE, Address, Error, KrpcError, Node, Query, Response, parse
-from peerkit.dht.lookup import Lookup
+from peerkit.dht.lookup import Lookup, RoundTrips
 from peerkit.dht.routing import K, RoutingTable
 from peerkit.dht.server import Responder
 from peerkit.dht.storage import ItemStore, Tokens
@@ -42,8 +42,10 @@ LOOKUP_TIMEOUT: Final = 10.0
 #: Packets a second one remote address gets from this node, on average, and at once.
 POLITE_RATE: Final = 4.0
 POLITE_BURST: Final = 10
-#: Nodes a put goes to.
+#: Nodes a put goes to, and how many must have stored it before it returns (the others are
+#: still asked, in the background).
 PUT_WIDTH: Final = 20
+PUT_QUORUM: Final = 8
 #: Seconds between tries to join while the routing table holds fewer than K nodes, and between
 #: checks once it holds more.
 REJOIN: Final = 2.0
@@ -63,7 +65,7 @@ class _Pending:
 class PutResult:
     """What a put achieved."""
 
-    #: Nodes that stored the item.
+    #: Nodes that stored the item by the time the put returned.
     stored: int
     #: Nodes that refused it, with their BEP 44 code (302: they hold a newer seq).
     refused: dict[int, int]
@@ -106,6 +108,8 @@ class DhtNode:
         self._tg: anyio.abc.TaskGroup | None = None
         #: Queries sent (for the benchmark's counts).
         self.queries_sent = 0
+        #: The round trips of answered queries (they set the lookups' soft timeout).
+        self.round_trips = RoundTrips()
 
     @staticmethod
     def _polite(budget: RequestBudget, address: Address, now: float) -> bool:
@@ -185,6 +189,7 @@ class DhtNode:
         tid = self._tid()
         pending = self._pending[tid] = _Pending(node)
         self.queries_sent += 1
+        sent = now
         try:
             await self.transport.send(
                 Query(tid, method, {b"id": self.id, **args}, self.read_only).encode(), node.address
@@ -194,6 +199,8 @@ class DhtNode:
         finally:
             self._pending.pop(tid, None)
         answer = pending.answer
+        if answer is not None:
+            self.round_trips.seen(anyio.current_time() - sent)
         if isinstance(answer, Response):
             if (node.id and not self.read_only) or not node.id:
                 self.table.seen(Node(answer.sender, node.address), anyio.current_time())
@@ -204,7 +211,7 @@ class DhtNode:
     async def _lookup(
         self, key: bytes, method: bytes, args: dict[bytes, Value], *, width: int, deadline: float
     ) -> Lookup:
-        lookup = Lookup(key, width=width)
+        lookup = Lookup(key, width=width, soft_timeout=self.round_trips.soft_timeout)
         lookup.add(self.table.closest(key, width))
         changed = anyio.Event()
 
@@ -220,6 +227,7 @@ class DhtNode:
         async with anyio.create_task_group() as tg:
             while True:
                 now = anyio.current_time()
+                lookup.soft_timeout = self.round_trips.soft_timeout
                 if lookup.done(now) or now >= deadline:
                     break
                 for node in lookup.due(now):
@@ -246,15 +254,17 @@ class DhtNode:
     ) -> MutableItem | None:
         """The newest valid item stored under ``key`` and ``salt``, or None when no node near
         its target holds one (items that do not verify are ignored)."""
-        item, _, _ = await self._get(key, salt, timeout)
+        item, _, _ = await self._get(key, salt, timeout, width=K)
         return item
 
     async def _get(
-        self, key: bytes, salt: bytes, timeout: float
+        self, key: bytes, salt: bytes, timeout: float, *, width: int
     ) -> tuple[MutableItem | None, Lookup, list[MutableItem]]:
+        # The ``width`` nearest nodes that answer are asked: K for a read (a put reached the
+        # PUT_WIDTH nearest), PUT_WIDTH for a put (it needs their write tokens).
         wanted = target(key, salt)
         deadline = anyio.current_time() + timeout
-        lookup = await self._lookup(wanted, b"get", {b"target": wanted}, width=PUT_WIDTH, deadline=deadline)
+        lookup = await self._lookup(wanted, b"get", {b"target": wanted}, width=width, deadline=deadline)
         best: MutableItem | None = None
         found: list[MutableItem] = []
         for _, response in lookup.answers():
@@ -276,11 +286,40 @@ class DhtNode:
         timeout: float = LOOKUP_TIMEOUT,
         skip_above: int | None = None,
     ) -> PutResult:
-        """Store ``item`` on the nodes nearest its target that gave a write token; returns when
-        each has answered (or timed out). With ``skip_above``, nothing is stored when more than
-        that many of the nearest nodes hold this very item already (a republish that is not
-        needed)."""
-        _, lookup, found = await self._get(item.key, item.salt, timeout)
+        """Store ``item`` on the :data:`PUT_WIDTH` nodes nearest its target that gave a write
+        token; returns once :data:`PUT_QUORUM` of them stored it (or each has answered or timed
+        out), while the others are still asked in the background. With ``skip_above``, nothing
+        is stored when more than that many of the nearest nodes hold this very item already (a
+        republish that is not needed)."""
+        _, lookup, found = await self._get(item.key, item.salt, timeout, width=PUT_WIDTH)
+        return await self._store(item, lookup, found, cas, skip_above)
+
+    async def update(
+        self,
+        key: bytes,
+        salt: bytes,
+        build: Callable[[MutableItem | None], MutableItem],
+        *,
+        timeout: float = LOOKUP_TIMEOUT,
+        skip_above: int | None = None,
+    ) -> tuple[PutResult, MutableItem]:
+        """Read-modify-write: find the newest item under ``key`` and ``salt`` (None when there
+        is none), store what ``build`` makes of it, with BEP 44's cas set to the seq found (nodes
+        that hold another seq refuse it: 301), in one lookup. Returns what the put achieved and
+        the item stored (see :meth:`put` for ``skip_above``)."""
+        current, lookup, found = await self._get(key, salt, timeout, width=PUT_WIDTH)
+        item = build(current)
+        cas = current.seq if current is not None and current.seq < item.seq else None
+        return await self._store(item, lookup, found, cas, skip_above), item
+
+    async def _store(
+        self,
+        item: MutableItem,
+        lookup: Lookup,
+        found: list[MutableItem],
+        cas: int | None,
+        skip_above: int | None,
+    ) -> PutResult:
         copies = sum(1 for held in found if held == item)
         if skip_above is not None and copies > skip_above:
             return PutResult(0, {}, copies=copies, skipped=True)
@@ -294,25 +333,38 @@ class DhtNode:
             args[b"salt"] = item.salt
         if cas is not None:
             args[b"cas"] = cas
-        stored = 0
-        refused: dict[int, int] = {}
         with contextlib.suppress(Exception):
             self.store.put(item, anyio.current_time(), cas=cas)  # this node holds it too
+        targets = [
+            (node, token)
+            for node, response in lookup.answers()[:PUT_WIDTH]
+            if isinstance(token := response.values.get(b"token"), bytes)
+        ]
+        quorum = min(PUT_QUORUM, len(targets))
+        stored, answered = 0, 0
+        refused: dict[int, int] = {}
+        enough = anyio.Event()
 
         async def put_one(node: Node, token: bytes) -> None:
-            nonlocal stored
+            nonlocal stored, answered
             answer = await self.query(node, b"put", {**args, b"token": token})
+            answered += 1
             if isinstance(answer, Response):
                 stored += 1
             elif isinstance(answer, Error):
                 refused[answer.code] = refused.get(answer.code, 0) + 1
+            if stored >= quorum or answered == len(targets):
+                enough.set()
 
-        async with anyio.create_task_group() as tg:
-            for node, response in lookup.answers()[:PUT_WIDTH]:
-                token = response.values.get(b"token")
-                if isinstance(token, bytes):
+        if self._tg is None:  # not running: wait for every answer
+            async with anyio.create_task_group() as tg:
+                for node, token in targets:
                     tg.start_soon(put_one, node, token)
-        return PutResult(stored, refused, copies=copies)
+        elif targets:
+            for node, token in targets:  # those past the quorum finish in the background
+                self._tg.start_soon(put_one, node, token)
+            await enough.wait()
+        return PutResult(stored, dict(refused), copies=copies)
 
 
 def _budget_key(address: Address) -> str:

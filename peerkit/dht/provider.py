@@ -15,8 +15,12 @@ provider name ``dht:HOST:PORT[,HOST:PORT...]``).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+import os
+import socket
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Final
@@ -26,8 +30,8 @@ import anyio.abc
 
 from peerkit.dht.bep44 import MutableItem
 from peerkit.dht.krpc import Address, Node
-from peerkit.dht.node import DhtNode
-from peerkit.dht.record import SALT, LocatorError, fit_record, open_item, sealed_item
+from peerkit.dht.node import PUT_QUORUM, DhtNode
+from peerkit.dht.record import SALT, TAG_SIZE, LocatorError, fit_record, merged_item, open_item
 from peerkit.dht.transport import Datagrams, UdpDatagrams
 from peerkit.discovery.base import Announcement, DiscoverySession, DiscoverySink, read_record
 from peerkit.errors import InvalidRecord
@@ -101,7 +105,7 @@ class DhtDiscovery:
         if saved is not None:  # the nodes known when it last stopped: a restart rejoins through them
             bootstrap += [a for a in await _load_nodes(saved) if a not in bootstrap]
         node = DhtNode(transport, bootstrap=bootstrap)
-        session = _Session(node, sink)
+        session = _Session(node, sink, _device_tag(state_dir if isinstance(state_dir, Path) else None))
         try:
             async with anyio.create_task_group() as tg:
                 await tg.start(node.run)
@@ -148,10 +152,20 @@ async def _addresses(host: str, port: int) -> list[Address]:
     return list(dict.fromkeys((str(info[4][0]), int(info[4][1])) for info in infos))
 
 
+def _device_tag(state_dir: Path | None) -> bytes:
+    # Which device's entry of the identity's record is this node's: the same on each start of a
+    # node on this host with this data dir; another on another host, even with a copy of it.
+    if state_dir is None:
+        return os.urandom(TAG_SIZE)
+    where = f"{socket.gethostname()}\0{state_dir.resolve()}".encode()
+    return hashlib.blake2b(where, digest_size=TAG_SIZE, person=b"peerkit-device").digest()
+
+
 class _Session:
-    def __init__(self, node: DhtNode, sink: DiscoverySink) -> None:
+    def __init__(self, node: DhtNode, sink: DiscoverySink, tag: bytes) -> None:
         self._node = node
         self._sink = sink
+        self._tag = tag
         self._wanted: Announcement | None = None
         self._withdrawn = False
         self._seq = 0
@@ -176,7 +190,7 @@ class _Session:
         if item is None:
             return []
         try:
-            return [open_item(item, key)]
+            return open_item(item, key)  # each device signed in with the id, newest first
         except LocatorError as exc:
             log.info("the DHT record of %s does not open: %s", peer_id.fingerprint, exc)
             return []
@@ -215,28 +229,42 @@ class _Session:
         if record.id != bytes(signer.id):
             log.warning("not publishing a record of another id")
             return True
-        # The node's seq, or above the last this provider used (a withdrawal, or a 302 retry).
-        seq = max(record.seq, self._seq + 1) if withdrawn else max(record.seq, self._seq)
-        for _ in range(2):
-            envelope = fit_record(
-                signer,
-                seq,
-                nickname=nickname,
-                endpoint_name=name,
-                endpoints=[] if withdrawn else [(e.host, e.port) for e in endpoints],
+        # The node's seq, or above the last this provider used (a withdrawal, or a conflict).
+        base = max(record.seq, self._seq + 1) if withdrawn else max(record.seq, self._seq)
+        addresses = [] if withdrawn else [(e.host, e.port) for e in endpoints]
+
+        def build(current: MutableItem | None) -> MutableItem:
+            # This device's entry replaced in what the other devices of this id stored.
+            def made(seq: int) -> MutableItem:
+                own = None
+                if not withdrawn:
+                    own = fit_record(signer, seq, nickname=nickname, endpoint_name=name, endpoints=addresses)
+                now_ms = int(time.time() * 1000)
+                return merged_item(signer, own, seq, key, tag=self._tag, current=current, now_ms=now_ms)
+
+            if current is None:
+                return made(base)
+            item = made(max(base, current.seq))
+            return item if item == current or item.seq > current.seq else made(current.seq + 1)
+
+        for _ in range(3):
+            result, item = await self._node.update(
+                bytes(signer.id), SALT, build, skip_above=ENOUGH_COPIES if refresh else None
             )
-            item = sealed_item(signer, envelope, seq, key)
-            result = await self._node.put(item, skip_above=ENOUGH_COPIES if refresh else None)
-            self._seq = seq
+            self._seq = item.seq
             if result.skipped:
-                log.debug("DHT record at seq %d: %d fresh copies found, not republished", seq, result.copies)
+                log.debug(
+                    "DHT record at seq %d: %d fresh copies found, not republished", item.seq, result.copies
+                )
                 return True
-            if result.stored or not result.refused.get(302):
-                log.debug("DHT record at seq %d stored on %d nodes", seq, result.stored)
-                return bool(result.stored)
-            # Nodes hold a higher seq (a clock that went back, or this id signed in elsewhere).
-            current: MutableItem | None = await self._node.get(item.key, SALT)
-            seq = (current.seq if current is not None else seq) + 1
+            conflicts = result.refused.get(301, 0) + result.refused.get(302, 0)
+            if result.stored >= PUT_QUORUM or (result.stored and not conflicts):
+                log.debug("DHT record at seq %d stored on %d nodes", item.seq, result.stored)
+                return True
+            if not conflicts:
+                return False  # no node took it: tried again later
+            # Nodes hold another seq: another device of this id wrote meanwhile, or a clock went
+            # back. Read again and merge with what is there now.
         return False
 
 

@@ -43,11 +43,13 @@ class RoutingTable:
         if len(own_id) != ID_SIZE:
             raise ValueError(f"a node id is {ID_SIZE} bytes, not {len(own_id)}")
         self.own_id = own_id
-        self._buckets: list[OrderedDict[bytes, _Entry]] = [OrderedDict() for _ in range(ID_SIZE * 8)]
-        self._waiting: list[OrderedDict[bytes, Node]] = [OrderedDict() for _ in range(ID_SIZE * 8)]
+        # Buckets (and their waiting newcomers) by index, made when first needed: a node uses
+        # a dozen or two of the 160.
+        self._buckets: dict[int, OrderedDict[bytes, _Entry]] = {}
+        self._waiting: dict[int, OrderedDict[bytes, Node]] = {}
 
     def __len__(self) -> int:
-        return sum(len(bucket) for bucket in self._buckets)
+        return sum(len(bucket) for bucket in self._buckets.values())
 
     def _index(self, node_id: bytes) -> int | None:
         d = distance(self.own_id, node_id)
@@ -60,7 +62,7 @@ class RoutingTable:
         index = self._index(node.id)
         if index is None:
             return
-        bucket = self._buckets[index]
+        bucket = self._buckets.setdefault(index, OrderedDict())
         entry = bucket.get(node.id)
         if entry is not None:
             if entry.node.address != node.address:
@@ -71,7 +73,7 @@ class RoutingTable:
         if len(bucket) < K:
             bucket[node.id] = _Entry(node, now)
             return
-        waiting = self._waiting[index]
+        waiting = self._waiting.setdefault(index, OrderedDict())
         waiting[node.id] = node
         waiting.move_to_end(node.id)
         while len(waiting) > REPLACEMENTS:
@@ -83,33 +85,36 @@ class RoutingTable:
         index = self._index(node.id)
         if index is None:
             return
-        bucket = self._buckets[index]
-        entry = bucket.get(node.id)
-        if entry is None or entry.node.address != node.address:
-            self._waiting[index].pop(node.id, None)
+        bucket = self._buckets.get(index)
+        entry = None if bucket is None else bucket.get(node.id)
+        if bucket is None or entry is None or entry.node.address != node.address:
+            if index in self._waiting:
+                self._waiting[index].pop(node.id, None)
             return
         entry.failures += 1
         if entry.failures >= MAX_FAILURES:
             del bucket[node.id]
-            waiting = self._waiting[index]
+            waiting = self._waiting.get(index)
             if waiting:
                 _, newcomer = waiting.popitem()
                 bucket[newcomer.id] = _Entry(newcomer, 0.0)
 
     def closest(self, target: bytes, count: int = K) -> list[Node]:
         """The ``count`` known nodes nearest ``target``."""
-        entries = [e.node for bucket in self._buckets for e in bucket.values() if e.failures < MAX_FAILURES]
+        entries = [
+            e.node for bucket in self._buckets.values() for e in bucket.values() if e.failures < MAX_FAILURES
+        ]
         entries.sort(key=lambda node: distance(node.id, target))
         return entries[:count]
 
     def nodes(self) -> list[Node]:
         """Every node in the table."""
-        return [e.node for bucket in self._buckets for e in bucket.values()]
+        return [e.node for bucket in self._buckets.values() for e in bucket.values()]
 
     def stale(self, now: float, age: float) -> list[Node]:
         """Nodes not heard from in ``age`` seconds (to ping)."""
-        return [e.node for bucket in self._buckets for e in bucket.values() if now - e.seen > age]
+        return [e.node for bucket in self._buckets.values() for e in bucket.values() if now - e.seen > age]
 
     def contains(self, address: Address) -> bool:
         """Whether a node at ``address`` is in the table."""
-        return any(e.node.address == address for bucket in self._buckets for e in bucket.values())
+        return any(e.node.address == address for bucket in self._buckets.values() for e in bucket.values())

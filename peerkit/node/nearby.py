@@ -352,11 +352,9 @@ class Nearby:
                     "discovery provider %s could not resolve %s: %s", provider.name, peer_id.fingerprint, exc
                 )
                 continue
-            for envelope in envelopes:
-                with contextlib.suppress(InvalidRecord):
-                    signed, _, _, endpoints = read_record(envelope)
-                    if signed.id == bytes(peer_id) and endpoints:
-                        return endpoints
+            found = _endpoints_in(peer_id, envelopes)[1]
+            if found:
+                return found
         return ()
 
     async def resolve(self, peer_id: PeerId) -> Peer:
@@ -365,10 +363,21 @@ class Nearby:
         if record is not None:
             return NearbyPeer(self._peer_ops, record)
         for _, session in self._sessions:
-            for envelope in await session.resolve(peer_id):
-                with contextlib.suppress(InvalidRecord):
-                    signed, nickname, _, endpoints = read_record(envelope)
-                    if signed.id == bytes(peer_id) and endpoints:
-                        return Peer(self._peer_ops, peer_id, endpoints, nickname)
+            nickname, endpoints = _endpoints_in(peer_id, await session.resolve(peer_id))
+            if endpoints:
+                return Peer(self._peer_ops, peer_id, endpoints, nickname)
         await anyio.lowlevel.checkpoint()
         raise PeerUnreachable(f"no discovery provider knows {peer_id.fingerprint}")
+
+
+def _endpoints_in(peer_id: PeerId, envelopes: list[bytes]) -> tuple[str, tuple[EndPoint, ...]]:
+    # The nickname of the newest of ``peer_id``'s records among ``envelopes`` (newest first: one
+    # per device signed in with the id) and the endpoints of them all, newest first.
+    nickname, endpoints = "", dict[EndPoint, None]()
+    for envelope in envelopes:
+        with contextlib.suppress(InvalidRecord):
+            signed, nick, _, found = read_record(envelope)
+            if signed.id == bytes(peer_id) and found:
+                nickname = nickname or nick
+                endpoints.update(dict.fromkeys(found))
+    return nickname, tuple(endpoints)

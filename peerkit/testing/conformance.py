@@ -68,6 +68,7 @@ class _SuiteNode:
         assert self.session is not None
         name = self.provider.name
         while True:
+            located = False
             for envelope in await self.session.resolve(other.identity.id):
                 try:
                     endpoints = read_record(envelope)[3]
@@ -75,8 +76,9 @@ class _SuiteNode:
                     continue
                 if endpoints:
                     self.directory.found(envelope, source=name)
-                elif self.directory.get(other.identity.id) is not None:
-                    self.directory.lost(other.identity.id, source=name)  # withdrawn
+                    located = True
+            if not located and self.directory.get(other.identity.id) is not None:
+                self.directory.lost(other.identity.id, source=name)  # withdrawn
             await anyio.sleep(0.2)
 
     def _on_change(self, change: ChangeType, record: NearbyRecord) -> None:
@@ -176,8 +178,8 @@ async def check_discovery_provider(
 
     With ``resolve``, for providers that find peers by resolving them rather than by hearing them
     (the DHT): each node is the other's contact (it holds the other's locator key), what
-    ``session.resolve`` returns of the other node stands for what the provider hears (a record
-    without addresses: withdrawn), and a stopped provider's record is not expected to vanish from
+    ``session.resolve`` returns of the other node stands for what the provider hears (nothing, or
+    only records without addresses: withdrawn), and a stopped provider's record is not expected to vanish from
     the other side (a DHT keeps it until it expires).
 
     :param timeout: seconds each step may take.

@@ -12,7 +12,7 @@ from peerkit import Identity
 from peerkit.dht.bencode import decode
 from peerkit.dht.bep44 import MutableItem
 from peerkit.dht.krpc import Error, Node, Query, Response, compact_nodes, parse
-from peerkit.dht.lookup import Lookup
+from peerkit.dht.lookup import MIN_SOFT_TIMEOUT, SOFT_TIMEOUT, Lookup, RoundTrips
 from peerkit.dht.routing import MAX_FAILURES, K, RoutingTable, distance
 from peerkit.dht.server import Responder
 from peerkit.dht.storage import ITEM_LIFETIME, TOKEN_ROTATION, ItemStore, Tokens
@@ -189,3 +189,18 @@ def test_packet_budgets_are_per_host_except_on_loopback() -> None:
     assert _budget_key(("192.0.2.7", 6881)) == _budget_key(("192.0.2.7", 7000)) == "192.0.2.7"
     assert _budget_key(("127.0.0.1", 6881)) != _budget_key(("127.0.0.1", 7000))
     assert _budget_key(("::1", 6881)) == "::1:6881"
+
+
+def test_the_soft_timeout_follows_the_round_trips_seen() -> None:
+    trips = RoundTrips()
+    assert trips.soft_timeout == SOFT_TIMEOUT  # nothing seen yet: the most
+    for seconds in (0.08, 0.07, 0.09, 0.08, 0.08, 0.07, 0.09, 0.08):
+        trips.seen(seconds)
+    assert 0.1 <= trips.soft_timeout < 0.25  # a few round trips, not half a second
+    trips.seen(0.01)
+    for _ in range(20):
+        trips.seen(0.001)
+    assert trips.soft_timeout == MIN_SOFT_TIMEOUT  # never below the floor
+    for _ in range(50):
+        trips.seen(3.0)  # a slow path: never above the most either
+    assert trips.soft_timeout == SOFT_TIMEOUT

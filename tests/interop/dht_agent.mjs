@@ -8,25 +8,9 @@
 import crypto from 'node:crypto'
 import readline from 'node:readline'
 import DHT from 'bittorrent-dht'
+import { keys, verify } from './ed25519.mjs'
 
 const [count, bootstrap] = [Number(process.argv[2]), process.argv[3]]
-const SPKI = Buffer.from('302a300506032b6570032100', 'hex')
-const PKCS8 = Buffer.from('302e020100300506032b657004220420', 'hex')
-
-function verify (sig, message, key) {
-  try {
-    const pub = crypto.createPublicKey({ key: Buffer.concat([SPKI, key]), format: 'der', type: 'spki' })
-    return crypto.verify(null, message, pub, sig)
-  } catch {
-    return false
-  }
-}
-
-function keys (seed) {
-  const priv = crypto.createPrivateKey({ key: Buffer.concat([PKCS8, seed]), format: 'der', type: 'pkcs8' })
-  const spki = crypto.createPublicKey(priv).export({ format: 'der', type: 'spki' })
-  return { priv, pub: spki.subarray(spki.length - 32) }
-}
 
 const nodes = []
 for (let i = 0; i < count; i++) {

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import shutil
 import socket
 import sys
 from pathlib import Path
@@ -279,3 +280,39 @@ async def test_a_record_published_before_the_dht_is_reachable_is_stored_once_it_
         await bob.contacts.add(bob.contacts.read_card(alice.contacts.sign_card()))
         assert alice.endpoint in (await found(bob, alice.id, timeout=30)).endpoints
         tg.cancel_scope.cancel()
+
+
+async def test_one_identity_signed_in_on_two_machines_is_found_at_both(tmp_path: Path) -> None:
+    async with loopback_dht(10) as dht, contextlib.AsyncExitStack() as stack:
+        bootstrap = dht[0].address
+
+        def device(host: str, data_dir: Path) -> Node:
+            provider = DhtDiscovery(bootstrap=[bootstrap], host=host)
+            return Node(nickname="alice", data_dir=data_dir, listen=("127.0.0.1", 0), discovery=[provider])
+
+        async with device("127.0.0.2", tmp_path / "desk") as first:
+            card = first.contacts.sign_card()
+        shutil.copytree(tmp_path / "desk", tmp_path / "laptop")  # alice's identity, on her laptop too
+        desk = await stack.enter_async_context(device("127.0.0.2", tmp_path / "desk"))
+        laptop = await stack.enter_async_context(device("127.0.0.5", tmp_path / "laptop"))
+        assert desk.id == laptop.id
+        assert desk.contacts.locator_key == laptop.contacts.locator_key
+        bob = await stack.enter_async_context(node("bob", "127.0.0.3", bootstrap))
+        await bob.contacts.add(bob.contacts.read_card(card))
+        async with anyio.create_task_group() as tg:  # both at once: their writes conflict, and merge
+            tg.start_soon(desk.sign_in, Scope.INTERNET)
+            tg.start_soon(laptop.sign_in, Scope.INTERNET)
+
+        async def seen_at() -> set[EndPoint]:
+            with contextlib.suppress(PeerUnreachable):
+                return set((await bob.resolve(desk.id)).endpoints)
+            return set()
+
+        with anyio.fail_after(20):
+            while await seen_at() != {desk.endpoint, laptop.endpoint}:
+                await anyio.sleep(0.2)
+        # The laptop signs out: the desk is still found, the laptop no longer.
+        await laptop.sign_out()
+        with anyio.fail_after(20):
+            while await seen_at() != {desk.endpoint}:
+                await anyio.sleep(0.2)
