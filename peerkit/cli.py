@@ -7,11 +7,12 @@ import json
 import signal
 import sys
 import tempfile
+import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import anyio
 import typer
@@ -546,6 +547,64 @@ async def _resolve(
                             f"no provider found {contact.fingerprint} within {within}"
                         ) from None
                     await anyio.sleep(0.5)  # a DHT just joined may need a moment
+
+
+dht_app = typer.Typer(help="The Mainline DHT node that serves the Internet scope.")
+app.add_typer(dht_app, name="dht")
+
+
+@dht_app.command("status")
+def dht_status(
+    data_dir: DataDir = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
+) -> None:
+    """What the DHT node of the node running on this data dir ('peerkit serve --discovery dht')
+    is doing: its routing table, whether others can reach it or it runs read-only, its last
+    publication, and the items it stores for others. Exits 1 when no node is running there."""
+    from peerkit.dht.provider import read_status
+
+    directory = data_dir or default_data_dir()
+    try:
+        status = read_status(directory)
+    except (OSError, ValueError) as exc:
+        raise typer.BadParameter(f"cannot read the DHT status in {directory}: {exc}") from None
+    if status is None:
+        err_console.print(
+            f"[red]error:[/red] no node with the dht provider has run with {directory}; start one "
+            "with 'peerkit serve --discovery dht'"
+        )
+        raise typer.Exit(1)
+    if as_json:
+        print(json.dumps(status))
+    else:
+        console.print(_dht_status_text(status))
+    if not status["running"]:
+        raise typer.Exit(1)
+
+
+def _dht_status_text(status: dict[str, Any]) -> str:
+    host, port = status["address"]
+    updated = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(status["updated"]))
+    state = f"running (pid {status['pid']})" if status["running"] else f"not running (last seen {updated})"
+    reach = {True: "yes", False: "no", None: "not known yet"}[status["reachable"]]
+    mode = "read-only (BEP 43)" if status["read_only"] else "serving queries"
+    published = status["last_publish"]
+    if published is None:
+        last = "never"
+    else:
+        when = time.strftime("%H:%M:%S", time.localtime(published["at"]))
+        what = "withdrawn" if published["withdrawn"] else f"stored on {published['stored']} nodes"
+        last = f"{when}, seq {published['seq']}, {what}"
+    return "\n".join(
+        (
+            f"DHT node at {host}:{port}: {state}",
+            f"routing table: {status['nodes']} nodes (joined through {', '.join(status['bootstrap'])})",
+            f"reachable: {reach}; {mode}",
+            f"last publish: {last}",
+            f"items stored for others: {status['items']} ({status['item_bytes']} bytes)",
+            f"queries answered: {status['queries_answered']}, sent: {status['queries_sent']}",
+        )
+    )
 
 
 @asynccontextmanager

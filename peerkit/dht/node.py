@@ -1,9 +1,14 @@
 """A Mainline DHT node: the sans-IO parts run over a :class:`~peerkit.dht.transport.Datagrams`.
 
 :class:`DhtNode` answers queries (unless read-only, BEP 43), joins through its bootstrap
-addresses, and offers BEP 44 :meth:`DhtNode.get` and :meth:`DhtNode.put`. Each query has a hard
-timeout (:data:`QUERY_TIMEOUT`); lookups move on from a silent node after the soft timeout
-(:mod:`peerkit.dht.lookup`). It is polite: no remote address gets more than
+addresses, and offers BEP 44 :meth:`DhtNode.get` and :meth:`DhtNode.put`. With
+``read_only=None`` it finds out whether others can reach it: it serves, and a query from an
+address it never sent to proves it reachable; when none comes within its reachability window
+(behind a NAT or a firewall that drops what it did not ask for), it runs read-only, so that
+nobody keeps it in a routing table in vain, and tries again every :data:`REPROBE` seconds.
+
+Each query has a hard timeout (:data:`QUERY_TIMEOUT`); lookups move on from a silent node after
+the soft timeout (:mod:`peerkit.dht.lookup`). It is polite: no remote address gets more than
 :data:`POLITE_RATE` packets a second from it on average (bursts of :data:`POLITE_BURST`), and it
 answers at most four times as many queries a second from any one address (more are dropped). On
 loopback, where the nodes of one machine share an address, the budgets are per node.
@@ -14,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -31,7 +37,16 @@ from peerkit.dht.storage import ItemStore, Tokens
 from peerkit.dht.transport import Datagrams
 from peerkit.proto.admission import Charge, RequestBudget, RequestPolicy
 
-__all__ = ("LOOKUP_TIMEOUT", "POLITE_BURST", "POLITE_RATE", "QUERY_TIMEOUT", "DhtNode", "PutResult")
+__all__ = (
+    "LOOKUP_TIMEOUT",
+    "POLITE_BURST",
+    "POLITE_RATE",
+    "QUERY_TIMEOUT",
+    "REACHABILITY_WINDOW",
+    "DhtNode",
+    "DhtStatus",
+    "PutResult",
+)
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +67,12 @@ REJOIN: Final = 2.0
 REFRESH: Final = 60.0
 #: Refusals in a row that would disconnect a peer: never, for packets (they are only dropped).
 NEVER: Final = 2**31
+#: Seconds a node deciding its own reachability waits for a query it did not ask for, and
+#: between tries once it found itself unreachable.
+REACHABILITY_WINDOW: Final = 300.0
+REPROBE: Final = 3600.0
+#: Addresses remembered as sent to (a query from any other proves this node reachable).
+CONTACTED: Final = 4096
 
 
 @dataclass(slots=True)
@@ -75,13 +96,35 @@ class PutResult:
     skipped: bool = False
 
 
+@dataclass(frozen=True, slots=True)
+class DhtStatus:
+    """What a :class:`DhtNode` is doing (:meth:`DhtNode.status`)."""
+
+    #: Where it listens.
+    address: Address
+    #: Nodes in its routing table.
+    nodes: int
+    #: Whether it answers no queries (BEP 43).
+    read_only: bool
+    #: Whether others reached it with queries it did not ask for (None: not known yet).
+    reachable: bool | None
+    #: Items it stores for others, and their bytes.
+    items: int
+    item_bytes: int
+    #: Queries it answered, and sent.
+    queries_answered: int
+    queries_sent: int
+
+
 class DhtNode:
     """One DHT node (see the module docstring).
 
     :param transport: where it sends and receives.
     :param bootstrap: addresses to join through (never a default here: the caller chooses).
     :param node_id: its id (default: random).
-    :param read_only: do not answer queries, and say so in every query (BEP 43).
+    :param read_only: do not answer queries, and say so in every query (BEP 43); None: decide
+        by reachability (see the module docstring).
+    :param reachability_window: seconds to wait for proof of reachability (``read_only=None``).
     """
 
     def __init__(
@@ -90,13 +133,21 @@ class DhtNode:
         *,
         bootstrap: Sequence[Address] = (),
         node_id: bytes | None = None,
-        read_only: bool = False,
+        read_only: bool | None = False,
         store: ItemStore | None = None,
+        reachability_window: float = REACHABILITY_WINDOW,
     ) -> None:
         self.transport = transport
+        self._address = transport.local_address
         self.bootstrap_addresses = list(bootstrap)
         self.id = node_id or os.urandom(ID_SIZE)
-        self.read_only = read_only
+        self._auto = read_only is None
+        self.read_only = bool(read_only)
+        #: Whether others reached it unasked (None: not known yet; see the module docstring).
+        self.reachable: bool | None = None
+        self.reachability_window = reachability_window
+        self._contacted: OrderedDict[str, None] = OrderedDict()
+        self.queries_answered = 0
         self.table = RoutingTable(self.id)
         self.store = store or ItemStore()
         self._responder: Responder | None = None
@@ -118,8 +169,8 @@ class DhtNode:
 
     @property
     def address(self) -> Address:
-        """Where it listens."""
-        return self.transport.local_address
+        """Where it listens (known also once it stopped)."""
+        return self._address
 
     async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Serve until cancelled: answer queries and join through the bootstrap addresses.
@@ -129,6 +180,8 @@ class DhtNode:
             async with anyio.create_task_group() as tg:
                 self._tg = tg
                 tg.start_soon(self._receive_loop)
+                if self._auto:
+                    tg.start_soon(self._find_reachability)
                 task_status.started()
                 await self.join()
                 while True:  # joined through nobody (yet): try again, then now and then
@@ -139,6 +192,48 @@ class DhtNode:
             self._tg = None
             with anyio.CancelScope(shield=True):
                 await self.transport.aclose()
+
+    def status(self) -> DhtStatus:
+        """What it is doing now."""
+        return DhtStatus(
+            address=self.address,
+            nodes=len(self.table),
+            read_only=self.read_only,
+            reachable=self.reachable,
+            items=len(self.store),
+            item_bytes=self.store.size,
+            queries_answered=self.queries_answered,
+            queries_sent=self.queries_sent,
+        )
+
+    # -- reachability (BEP 43) ---------------------------------------------------------------
+    def _note_contacted(self, address: Address) -> None:
+        key = _budget_key(address)
+        self._contacted[key] = None
+        self._contacted.move_to_end(key)
+        if len(self._contacted) > CONTACTED:
+            self._contacted.popitem(last=False)
+
+    def _reached(self) -> None:
+        # A query from an address never sent to: others can reach this node.
+        if self.read_only:
+            log.info("DHT node %s:%d is reachable after all: serving queries", *self.address)
+        self.reachable, self.read_only = True, False
+
+    async def _find_reachability(self) -> None:
+        while True:
+            await anyio.sleep(self.reachability_window)
+            if self.reachable:
+                return
+            self.reachable, self.read_only = False, True
+            log.info(
+                "DHT node %s:%d got no query it did not ask for in %.0f s: read-only (BEP 43)",
+                *self.address,
+                self.reachability_window,
+            )
+            await anyio.sleep(REPROBE)
+            self.read_only = False  # serving again: nodes that hear from it may keep it, and ask
+            await self.join()
 
     # -- receiving ---------------------------------------------------------------------------
     async def _receive_loop(self) -> None:
@@ -158,8 +253,11 @@ class DhtNode:
                 await self.transport.send(exc.reply(), source)
             return
         if isinstance(message, Query):
+            if self._auto and not self.reachable and _budget_key(source) not in self._contacted:
+                self._reached()
             if self.read_only or self._responder is None or not self._polite(self._in, source, now):
                 return
+            self.queries_answered += 1
             await self.transport.send(self._responder.answer(message, source, now), source)
             return
         pending = self._pending.get(message.tid)
@@ -189,6 +287,7 @@ class DhtNode:
         tid = self._tid()
         pending = self._pending[tid] = _Pending(node)
         self.queries_sent += 1
+        self._note_contacted(node.address)
         sent = now
         try:
             await self.transport.send(

@@ -10,7 +10,11 @@ without addresses.
 
 Bootstrap: by default the public Mainline routers (:data:`DEFAULT_BOOTSTRAP`); tests, examples
 and private networks pass their own (``DhtDiscovery(bootstrap=[("10.0.0.2", 6881)])``, or the
-provider name ``dht:HOST:PORT[,HOST:PORT...]``).
+provider name ``dht:HOST:PORT[,HOST:PORT...]``). On the public DHT the node finds out whether it
+is reachable and runs read-only (BEP 43) when it is not; with a bootstrap of your own it serves.
+
+While it runs, the provider writes what its node is doing to ``dht-status.json`` in the node's
+data dir every :data:`STATUS_EVERY` seconds and when it stops; ``peerkit dht status`` reads it.
 """
 
 from __future__ import annotations
@@ -22,8 +26,9 @@ import os
 import socket
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 import anyio
 import anyio.abc
@@ -31,14 +36,22 @@ import anyio.abc
 from peerkit.dht.bep44 import MutableItem
 from peerkit.dht.krpc import Address, Node
 from peerkit.dht.node import PUT_QUORUM, DhtNode
-from peerkit.dht.record import SALT, TAG_SIZE, LocatorError, fit_record, merged_item, open_item
+from peerkit.dht.record import SALT, TAG_SIZE, LocatorError, carries, fit_record, merged_item, open_item
 from peerkit.dht.transport import Datagrams, UdpDatagrams
 from peerkit.discovery.base import Announcement, DiscoverySession, DiscoverySink, read_record
 from peerkit.errors import InvalidRecord
 from peerkit.identity import PeerId
 from peerkit.model import Scope
 
-__all__ = ("DEFAULT_BOOTSTRAP", "ENOUGH_COPIES", "REPUBLISH", "DhtDiscovery")
+__all__ = (
+    "DEFAULT_BOOTSTRAP",
+    "ENOUGH_COPIES",
+    "REPUBLISH",
+    "STATUS_FILE",
+    "DhtDiscovery",
+    "Published",
+    "read_status",
+)
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +72,21 @@ ENOUGH_COPIES: Final = 8
 #: many it keeps.
 NODES_FILE: Final = "dht-nodes.json"
 SAVED_NODES: Final = 64
+#: The file in the node's data dir that says what its DHT node is doing, and how often (seconds)
+#: it is written.
+STATUS_FILE: Final = "dht-status.json"
+STATUS_EVERY: Final = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class Published:
+    """The provider's last publication of the node's record."""
+
+    #: When (Unix time), at which seq, on how many nodes, and whether it was a withdrawal.
+    at: float
+    seq: int
+    stored: int
+    withdrawn: bool
 
 
 class DhtDiscovery:
@@ -68,6 +96,8 @@ class DhtDiscovery:
     :param host: the address its UDP socket binds to.
     :param port: its UDP port (0 picks a free one).
     :param transport: makes its datagram transport instead of UDP (an in-memory testnet).
+    :param read_only: run read-only (BEP 43); None (the default) decides: on the public DHT by
+        reachability, with a bootstrap of your own never.
     """
 
     scopes = Scope.INTERNET
@@ -79,13 +109,20 @@ class DhtDiscovery:
         host: str = "0.0.0.0",
         port: int = 0,
         transport: Callable[[], Datagrams] | None = None,
+        read_only: bool | None = None,
     ) -> None:
         self.bootstrap = tuple(bootstrap) if bootstrap is not None else DEFAULT_BOOTSTRAP
+        if read_only is None and bootstrap is not None:
+            read_only = False  # a private DHT: its nodes are there to serve each other
+        self.read_only = read_only
         self.host = host
         self.port = port
         self._transport = transport
         #: The running DHT node (None when the provider does not run).
         self.node: DhtNode | None = None
+        #: Its last publication (None: none yet).
+        self.published: Published | None = None
+        self._status_changed: anyio.Event | None = None  # made in run(): an event needs a loop
 
     @property
     def name(self) -> str:
@@ -104,22 +141,84 @@ class DhtDiscovery:
         saved = state_dir / NODES_FILE if isinstance(state_dir, Path) else None
         if saved is not None:  # the nodes known when it last stopped: a restart rejoins through them
             bootstrap += [a for a in await _load_nodes(saved) if a not in bootstrap]
-        node = DhtNode(transport, bootstrap=bootstrap)
-        session = _Session(node, sink, _device_tag(state_dir if isinstance(state_dir, Path) else None))
+        node = DhtNode(transport, bootstrap=bootstrap, read_only=self.read_only)
+        session = _Session(node, sink, _device_tag(state_dir if isinstance(state_dir, Path) else None), self)
+        status = state_dir / STATUS_FILE if isinstance(state_dir, Path) else None
+        self._status_changed = anyio.Event()
         try:
             async with anyio.create_task_group() as tg:
                 await tg.start(node.run)
                 self.node = node
                 tg.start_soon(session.keep_published)
+                if status is not None:
+                    tg.start_soon(self._keep_status, status, node)
                 task_status.started(session)
         finally:
             self.node = None
-            if saved is not None:
-                with anyio.CancelScope(shield=True):
+            with anyio.CancelScope(shield=True):
+                if status is not None:
+                    await _write_json(status, self._status(node, running=False))
+                if saved is not None:
                     await _save_nodes(saved, node.table.nodes())
+
+    def _status(self, node: DhtNode, *, running: bool) -> dict[str, object]:
+        published = self.published
+        return {
+            "running": running,
+            "pid": os.getpid(),
+            "updated": time.time(),
+            "bootstrap": [f"{host}:{port}" for host, port in self.bootstrap],
+            **asdict(node.status()),
+            "last_publish": None if published is None else asdict(published),
+        }
+
+    def _published(self, published: Published) -> None:
+        self.published = published
+        if self._status_changed is not None:
+            self._status_changed.set()
+
+    async def _keep_status(self, path: Path, node: DhtNode) -> None:
+        # Every STATUS_EVERY seconds, and at once after a publication.
+        while True:
+            await _write_json(path, self._status(node, running=True))
+            changed = self._status_changed = anyio.Event()
+            with anyio.move_on_after(STATUS_EVERY):
+                await changed.wait()
 
     def __repr__(self) -> str:
         return f"DhtDiscovery(bootstrap={list(self.bootstrap)!r})"
+
+
+def read_status(data_dir: Path) -> dict[str, Any] | None:
+    """What the DHT node of the node on ``data_dir`` is doing (its last ``dht-status.json``), or
+    None when no node with the ``dht`` provider ran there. ``running`` is true only when the node
+    is running now (it wrote the file lately, and its process is alive).
+
+    :raises ValueError: when the file is damaged.
+    """
+    try:
+        text = (data_dir / STATUS_FILE).read_text("utf-8")
+    except FileNotFoundError:
+        return None
+    status = json.loads(text)
+    if not isinstance(status, dict) or not isinstance(status.get("updated"), int | float):
+        raise ValueError(f"{data_dir / STATUS_FILE} is not a DHT status")
+    if status.get("running"):
+        recent = time.time() - status["updated"] < 3 * STATUS_EVERY
+        status["running"] = recent and _alive(status.get("pid"))
+    return status
+
+
+def _alive(pid: object) -> bool:
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process
+    return True
 
 
 async def _load_nodes(path: Path) -> list[Address]:
@@ -132,14 +231,18 @@ async def _load_nodes(path: Path) -> list[Address]:
 
 
 async def _save_nodes(path: Path, nodes: Sequence[Node]) -> None:
-    # The routing table's nodes, written whole or not at all.
-    text = json.dumps({"nodes": [[n.address[0], n.address[1]] for n in nodes[:SAVED_NODES]]})
+    # The routing table's nodes.
+    await _write_json(path, {"nodes": [[n.address[0], n.address[1]] for n in nodes[:SAVED_NODES]]})
+
+
+async def _write_json(path: Path, content: object) -> None:
+    # Written whole or not at all (a failure is logged: the node goes on without it).
     temporary = anyio.Path(path.with_suffix(".tmp"))
     try:
-        await temporary.write_text(text, "utf-8")
+        await temporary.write_text(json.dumps(content), "utf-8")
         await temporary.replace(path)
     except OSError as exc:
-        log.info("could not save the DHT routing table in %s: %s", path, exc)
+        log.info("could not write %s: %s", path, exc)
 
 
 async def _addresses(host: str, port: int) -> list[Address]:
@@ -162,10 +265,11 @@ def _device_tag(state_dir: Path | None) -> bytes:
 
 
 class _Session:
-    def __init__(self, node: DhtNode, sink: DiscoverySink, tag: bytes) -> None:
+    def __init__(self, node: DhtNode, sink: DiscoverySink, tag: bytes, provider: DhtDiscovery) -> None:
         self._node = node
         self._sink = sink
         self._tag = tag
+        self._provider = provider
         self._wanted: Announcement | None = None
         self._withdrawn = False
         self._seq = 0
@@ -252,17 +356,24 @@ class _Session:
                 bytes(signer.id), SALT, build, skip_above=ENOUGH_COPIES if refresh else None
             )
             self._seq = item.seq
+            if result.stored:
+                self._provider._published(Published(time.time(), item.seq, result.stored, withdrawn))
             if result.skipped:
                 log.debug(
                     "DHT record at seq %d: %d fresh copies found, not republished", item.seq, result.copies
                 )
                 return True
             conflicts = result.refused.get(301, 0) + result.refused.get(302, 0)
-            if result.stored >= PUT_QUORUM or (result.stored and not conflicts):
-                log.debug("DHT record at seq %d stored on %d nodes", item.seq, result.stored)
-                return True
-            if not conflicts:
+            if not result.stored and not conflicts:
                 return False  # no node took it: tried again later
+            if result.stored >= PUT_QUORUM or (result.stored and not conflicts):
+                # Another device of this id may have written at the same moment (BEP 44's cas
+                # cannot say "nothing there yet"): read back, and merge again if this device's
+                # entry is not in what is there now.
+                now = await self._node.get(bytes(signer.id), SALT)
+                if now is None or now == item or carries(now, self._tag) == (not withdrawn):
+                    log.debug("DHT record at seq %d stored on %d nodes", item.seq, result.stored)
+                    return True
             # Nodes hold another seq: another device of this id wrote meanwhile, or a clock went
             # back. Read again and merge with what is there now.
         return False

@@ -48,6 +48,7 @@ __all__ = (
     "STALE",
     "TAG_SIZE",
     "LocatorError",
+    "carries",
     "fit_record",
     "merged_item",
     "new_locator_key",
@@ -211,6 +212,14 @@ def open_item(item: MutableItem, locator_key: bytes) -> list[bytes]:
         assert error is not None
         raise error
     return [envelope for _, envelope in sorted(envelopes, key=lambda e: -e[0])]
+
+
+def carries(item: MutableItem, tag: bytes) -> bool:
+    """Whether ``item`` holds an entry of the device ``tag`` (false for a malformed item)."""
+    try:
+        return any(mark == _mark(tag, seq) for mark, seq, _ in _entries(item))
+    except LocatorError:
+        return False
 
 
 def merged_item(

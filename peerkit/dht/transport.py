@@ -80,9 +80,11 @@ class UdpDatagrams:
 
 
 class _MemoryEnd:
-    def __init__(self, network: MemoryDatagramNetwork, address: Address) -> None:
+    def __init__(self, network: MemoryDatagramNetwork, address: Address, *, firewalled: bool) -> None:
         self._network = network
         self._address = address
+        # Behind a NAT or firewall: datagrams come in only from addresses this end sent to.
+        self.allowed: set[Address] | None = set() if firewalled else None
         self._send, self._receive = anyio.create_memory_object_stream[tuple[bytes, Address]](network.buffer)
 
     @property
@@ -91,6 +93,8 @@ class _MemoryEnd:
 
     async def send(self, data: bytes, address: Address) -> None:
         await anyio.lowlevel.checkpoint()
+        if self.allowed is not None:
+            self.allowed.add(address)
         self._network._deliver(data, self._address, address)
 
     async def receive(self) -> tuple[bytes, Address]:
@@ -128,8 +132,9 @@ class MemoryDatagramNetwork:
         self.sent = 0
         self.dropped = 0
 
-    def bind(self, host: str | None = None) -> Datagrams:
-        """A new end at ``host`` (default: the next 10.x address), port 6881."""
+    def bind(self, host: str | None = None, *, firewalled: bool = False) -> Datagrams:
+        """A new end at ``host`` (default: the next 10.x address), port 6881. A ``firewalled``
+        end takes datagrams only from addresses it sent to (as behind a home router's NAT)."""
         if host is None:
             n = self._next
             self._next += 1
@@ -137,7 +142,7 @@ class MemoryDatagramNetwork:
         address = (host, 6881)
         if address in self._ends:
             raise OSError(f"{host}:6881 is taken")
-        end = _MemoryEnd(self, address)
+        end = _MemoryEnd(self, address, firewalled=firewalled)
         self._ends[address] = end
         return end
 
@@ -161,7 +166,7 @@ class MemoryDatagramNetwork:
 
     def _put(self, data: bytes, source: Address, destination: Address) -> None:
         end = self._ends.get(destination)
-        if end is None:
+        if end is None or (end.allowed is not None and source not in end.allowed):
             self.dropped += 1
             return
         try:

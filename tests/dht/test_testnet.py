@@ -6,10 +6,12 @@ from __future__ import annotations
 import random
 
 import anyio
+import anyio.abc
 import pytest
 
 from peerkit import Identity
 from peerkit.dht.bep44 import MutableItem
+from peerkit.dht.krpc import Node, Response
 from peerkit.dht.node import PUT_QUORUM, DhtNode
 from peerkit.dht.record import SALT, fit_record, new_locator_key, open_item, sealed_item
 from peerkit.dht.routing import distance
@@ -125,3 +127,47 @@ async def test_a_put_returns_once_a_quorum_stored_it_and_the_rest_land_later() -
             released.set()
         await anyio.sleep(0.1)  # the puts past the quorum were still under way: they land
         assert all(node.store.get(first.target, anyio.current_time()) == first for node in slow)
+
+
+async def test_a_node_nobody_can_reach_goes_read_only_and_one_reached_serves() -> None:
+    async with memory_testnet(30) as testnet:
+        net = testnet.network
+
+        async def started(node: DhtNode, tg: anyio.abc.TaskGroup) -> DhtNode:
+            await tg.start(node.run)
+            return node
+
+        async with anyio.create_task_group() as tg:
+            bootstrap = [testnet.nodes[0].address]
+            behind_nat = await started(
+                DhtNode(
+                    net.bind(firewalled=True), bootstrap=bootstrap, read_only=None, reachability_window=1.0
+                ),
+                tg,
+            )
+            open_one = await started(
+                DhtNode(net.bind(), bootstrap=bootstrap, read_only=None, reachability_window=1.0), tg
+            )
+            assert behind_nat.status().reachable is None  # not known yet
+            # A newcomer that heard of both (from a saved table, say) asks them: the open node
+            # hears a query it did not ask for; the one behind the NAT never sees it.
+            await started(DhtNode(net.bind(), bootstrap=[open_one.address, behind_nat.address]), tg)
+            await anyio.sleep(1.3)
+            assert open_one.status().reachable is True
+            assert not open_one.status().read_only
+            nat = behind_nat.status()
+            assert nat.reachable is False
+            assert nat.read_only
+            assert nat.nodes >= 4  # it still reads and writes through the others
+            alice = Identity.generate()
+            assert (await behind_nat.put(item(alice, b"from behind a NAT", 1))).stored >= 8
+            got = await open_one.get(alice.id.key, b"peerkit")
+            assert got is not None
+            assert got.value == item(alice, b"from behind a NAT", 1).value
+            # It says it is read-only in its queries: a node it asks does not keep it.
+            fresh = await started(DhtNode(net.bind()), tg)
+            assert isinstance(await behind_nat.query(Node(fresh.id, fresh.address), b"ping", {}), Response)
+            assert not fresh.table.contains(behind_nat.address)
+            assert await open_one.query(Node(fresh.id, fresh.address), b"ping", {}) is not None
+            assert fresh.table.contains(open_one.address)
+            tg.cancel_scope.cancel()

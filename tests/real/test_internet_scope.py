@@ -10,6 +10,7 @@ import shutil
 import socket
 import sys
 from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
@@ -316,3 +317,48 @@ async def test_one_identity_signed_in_on_two_machines_is_found_at_both(tmp_path:
         with anyio.fail_after(20):
             while await seen_at() != {desk.endpoint}:
                 await anyio.sleep(0.2)
+
+
+async def test_peerkit_dht_status_says_what_the_running_node_does(tmp_path: Path) -> None:
+    cli = [sys.executable, "-c", "from peerkit.cli import main; main()"]
+    data_dir = ["--data-dir", str(tmp_path / "alice")]
+
+    async def status() -> tuple[int, str, dict[str, Any] | None]:
+        done = await anyio.run_process([*cli, "dht", "status", *data_dir, "--json"], check=False)
+        text = done.stdout.decode()
+        return done.returncode, done.stderr.decode(), json.loads(text) if text.strip() else None
+
+    code, error, _ = await status()  # nothing has run there yet: a clear error, no traceback
+    assert code == 1
+    assert "no node with the dht provider has run with" in error
+    async with loopback_dht(8) as dht:
+        host, port = dht[0].address
+        serve = [*cli, "serve", "--listen", "127.0.0.1:0", "--discovery", f"dht:{host}:{port}", *data_dir]
+        async with await anyio.open_process(serve) as server:
+            try:
+                with anyio.fail_after(20):
+                    while True:
+                        code, _, found = await status()
+                        if found is not None and found["last_publish"] is not None:
+                            break
+                        await anyio.sleep(0.2)
+                assert code == 0
+                assert found["running"] is True
+                assert found["nodes"] >= 7  # the testnet's nodes
+                assert found["read_only"] is False  # a DHT of one's own: it serves
+                assert found["last_publish"]["stored"] >= 7
+                assert found["bootstrap"] == [f"{host}:{port}"]
+                done = await anyio.run_process([*cli, "dht", "status", *data_dir], check=False)
+                text = done.stdout.decode()
+                assert f"routing table: {found['nodes']} nodes" in text
+                assert "running (pid" in text
+                assert "serving queries" in text
+            finally:
+                server.terminate()
+                await server.wait()
+        code, _, found = await status()
+        assert code == 1  # stopped: said so, with what it last did
+        assert found is not None
+        assert found["running"] is False
+        done = await anyio.run_process([*cli, "dht", "status", *data_dir], check=False)
+        assert "not running (last seen" in done.stdout.decode()
