@@ -53,7 +53,7 @@ Discovery = Annotated[
         "--discovery",
         help="A discovery provider: mdns, mdns:ADDR[,ADDR], static:HOST:PORT[#ID], memory, dht (the "
         "Internet scope on the Mainline DHT), dht:HOST:PORT[,HOST:PORT] (joined through those), or one "
-        "from an installed plugin (repeatable) [default: mdns]",
+        "from an installed plugin; repeatable, or several joined by commas (mdns,dht) [default: mdns]",
     ),
 ]
 
@@ -62,12 +62,30 @@ def _providers(names: list[str] | None) -> list[DiscoveryProvider]:
     from peerkit.discovery import create_provider
 
     providers = []
-    for name in names or ["mdns"]:
+    for name in _split_providers(names or ["mdns"]):
         try:
             providers.append(create_provider(name))
         except ValueError as exc:
             raise typer.BadParameter(str(exc), param_hint="--discovery") from None
     return providers
+
+
+def _split_providers(names: list[str]) -> list[str]:
+    # "mdns,dht" is two providers; "dht:HOST:PORT,HOST:PORT" one (a comma starts a new provider
+    # only where a provider's name follows it).
+    from peerkit.discovery import provider_names
+
+    known = set(provider_names())
+    out: list[str] = []
+    for name in names:
+        first, *rest = name.split(",")
+        out.append(first)
+        for part in rest:
+            if part.partition(":")[0] in known:
+                out.append(part)
+            else:
+                out[-1] += "," + part
+    return out
 
 
 def _version(value: bool) -> None:

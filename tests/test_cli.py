@@ -227,6 +227,24 @@ def test_bad_discovery_names_are_clear_errors() -> None:
     assert "static entry 'nowhere' is not host:port[#peer-id]" in said(result)
 
 
+def test_several_providers_join_with_commas_and_arguments_keep_theirs() -> None:
+    from peerkit.cli import _providers
+    from peerkit.dht.provider import DhtDiscovery
+    from peerkit.discovery import StaticDiscovery
+
+    memory, dht = _providers(["memory,dht:127.0.0.1:6881,127.0.0.2:6882"])
+    assert memory.name == "memory"
+    assert isinstance(dht, DhtDiscovery)
+    assert dht.bootstrap == (("127.0.0.1", 6881), ("127.0.0.2", 6882))
+    (static,) = _providers(["static:127.0.0.1:7000,127.0.0.1:7001"])
+    assert isinstance(static, StaticDiscovery)
+    kinds = [type(p) for p in _providers(["memory", "static:127.0.0.1:7000,dht"])]
+    assert kinds[1:] == [StaticDiscovery, DhtDiscovery]
+    result = run("near", "--once", "--discovery", "memory,carrier-pigeon")  # not a name: an argument
+    assert result.returncode == 2
+    assert "memory" in result.stderr
+
+
 def test_demo_falls_back_to_memory_discovery(monkeypatch: pytest.MonkeyPatch) -> None:
     from peerkit.demo import run_demo
     from peerkit.discovery import MdnsDiscovery
