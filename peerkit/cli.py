@@ -613,9 +613,15 @@ def _dht_status_text(status: dict[str, Any]) -> str:
         when = time.strftime("%H:%M:%S", time.localtime(published["at"]))
         what = "withdrawn" if published["withdrawn"] else f"stored on {published['stored']} nodes"
         last = f"{when}, seq {published['seq']}, {what}"
+    others = [
+        f"also at [{o['address'][0]}]:{o['address'][1]} (IPv6): {o['nodes']} nodes, "
+        f"reachable: {'yes' if o['reachable'] else 'no' if o['reachable'] is False else 'not known yet'}"
+        for o in status.get("others", [])
+    ]
     return "\n".join(
         (
             f"DHT node at {host}:{port}: {state}",
+            *others,
             f"routing table: {status['nodes']} nodes (joined through {', '.join(status['bootstrap'])})",
             f"reachable: {reach}; {mode}",
             f"last publish: {last}",

@@ -197,16 +197,17 @@ def dht_sends_outside(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[tuple[st
 
 
 @asynccontextmanager
-async def loopback_dht(count: int, *, base: int = 10) -> AsyncIterator[list[Any]]:
+async def loopback_dht(count: int, *, base: int = 10, ipv6: bool = False) -> AsyncIterator[list[Any]]:
     """``count`` DHT nodes over UDP on 127.0.0.{base} and up (an address each, as on hosts of
-    their own), each joined through the first, which then looks itself up to learn the rest."""
+    their own), or all on ::1 with ``ipv6``, each joined through the first, which then looks
+    itself up to learn the rest."""
     from peerkit.dht.node import DhtNode
     from peerkit.dht.transport import UdpDatagrams
 
     async with anyio.create_task_group() as tg:
         nodes: list[DhtNode] = []
         for i in range(count):
-            transport = await UdpDatagrams.bind(f"127.0.0.{base + i}", 0)
+            transport = await UdpDatagrams.bind("::1" if ipv6 else f"127.0.0.{base + i}", 0)
             node = DhtNode(transport, bootstrap=[nodes[0].address] if nodes else [])
             await tg.start(node.run)
             nodes.append(node)

@@ -149,6 +149,9 @@ class DhtNode:
         self._contacted: OrderedDict[str, None] = OrderedDict()
         self.queries_answered = 0
         self.table = RoutingTable(self.id)
+        #: The routing table of this node's twin in the other address family, if it has one (its
+        #: nodes answer BEP 32's ``want``).
+        self.sibling_table: RoutingTable | None = None
         self.store = store or ItemStore()
         self._responder: Responder | None = None
         self._pending: dict[bytes, _Pending] = {}
@@ -175,7 +178,9 @@ class DhtNode:
     async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Serve until cancelled: answer queries and join through the bootstrap addresses.
         ``task_status.started()`` comes once it is receiving (before the join is done)."""
-        self._responder = Responder(self.table, Tokens(anyio.current_time()), self.store)
+        self._responder = Responder(
+            self.table, Tokens(anyio.current_time()), self.store, sibling=self.sibling_table
+        )
         try:
             async with anyio.create_task_group() as tg:
                 self._tg = tg

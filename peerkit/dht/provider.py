@@ -19,7 +19,9 @@ data dir every :data:`STATUS_EVERY` seconds and when it stops; ``peerkit dht sta
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import ipaddress
 import json
 import logging
 import os
@@ -93,8 +95,10 @@ class DhtDiscovery:
     """People anywhere, through the Mainline DHT (see the module docstring).
 
     :param bootstrap: addresses to join through (default: :data:`DEFAULT_BOOTSTRAP`).
-    :param host: the address its UDP socket binds to.
-    :param port: its UDP port (0 picks a free one).
+    :param host: the IPv4 address its UDP socket binds to (None: no IPv4 node).
+    :param host6: the IPv6 address of its IPv6 node (BEP 32), which runs when some bootstrap
+        address (or a saved node) is IPv6 and the address can be bound (None: never).
+    :param port: its UDP port, the same for both (0 picks a free one).
     :param transport: makes its datagram transport instead of UDP (an in-memory testnet).
     :param read_only: run read-only (BEP 43); None (the default) decides: on the public DHT by
         reachability, with a bootstrap of your own never.
@@ -106,23 +110,32 @@ class DhtDiscovery:
         self,
         *,
         bootstrap: Sequence[Address] | None = None,
-        host: str = "0.0.0.0",
+        host: str | None = "0.0.0.0",
+        host6: str | None = "::",
         port: int = 0,
         transport: Callable[[], Datagrams] | None = None,
         read_only: bool | None = None,
     ) -> None:
+        if host is None and host6 is None and transport is None:
+            raise ValueError("a DHT provider needs an IPv4 or an IPv6 address to bind")
         self.bootstrap = tuple(bootstrap) if bootstrap is not None else DEFAULT_BOOTSTRAP
         if read_only is None and bootstrap is not None:
             read_only = False  # a private DHT: its nodes are there to serve each other
         self.read_only = read_only
         self.host = host
+        self.host6 = host6
         self.port = port
         self._transport = transport
-        #: The running DHT node (None when the provider does not run).
-        self.node: DhtNode | None = None
+        #: The running DHT nodes, IPv4 first (empty when the provider does not run).
+        self.nodes: list[DhtNode] = []
         #: Its last publication (None: none yet).
         self.published: Published | None = None
         self._status_changed: anyio.Event | None = None  # made in run(): an event needs a loop
+
+    @property
+    def node(self) -> DhtNode | None:
+        """The running DHT node (the IPv4 one when there are two; None when not running)."""
+        return self.nodes[0] if self.nodes else None
 
     @property
     def name(self) -> str:
@@ -130,45 +143,69 @@ class DhtDiscovery:
         return "dht"
 
     async def run(self, sink: DiscoverySink, *, task_status: anyio.abc.TaskStatus[DiscoverySession]) -> None:
-        """Join the DHT and serve one node until cancelled."""
-        transport = (
-            self._transport()
-            if self._transport is not None
-            else await UdpDatagrams.bind(self.host, self.port)
-        )
-        bootstrap = [address for host, port in self.bootstrap for address in await _addresses(host, port)]
+        """Join the DHT (IPv4, and IPv6 when it has a way in) and serve until cancelled."""
+        known = [address for host, port in self.bootstrap for address in await _addresses(host, port)]
         state_dir = getattr(sink, "state_dir", None)
         saved = state_dir / NODES_FILE if isinstance(state_dir, Path) else None
         if saved is not None:  # the nodes known when it last stopped: a restart rejoins through them
-            bootstrap += [a for a in await _load_nodes(saved) if a not in bootstrap]
-        node = DhtNode(transport, bootstrap=bootstrap, read_only=self.read_only)
-        session = _Session(node, sink, _device_tag(state_dir if isinstance(state_dir, Path) else None), self)
+            known += [a for a in await _load_nodes(saved) if a not in known]
+        nodes = await self._nodes(known)
+        session = _Session(nodes, sink, _device_tag(state_dir if isinstance(state_dir, Path) else None), self)
         status = state_dir / STATUS_FILE if isinstance(state_dir, Path) else None
         self._status_changed = anyio.Event()
         try:
             async with anyio.create_task_group() as tg:
-                await tg.start(node.run)
-                self.node = node
+                for node in nodes:
+                    await tg.start(node.run)
+                self.nodes = nodes
                 tg.start_soon(session.keep_published)
                 if status is not None:
-                    tg.start_soon(self._keep_status, status, node)
+                    tg.start_soon(self._keep_status, status, nodes)
                 task_status.started(session)
         finally:
-            self.node = None
+            self.nodes = []
             with anyio.CancelScope(shield=True):
+                for node in nodes:  # a node that never ran still holds its socket
+                    await node.transport.aclose()
                 if status is not None:
-                    await _write_json(status, self._status(node, running=False))
+                    await _write_json(status, self._status(nodes, running=False))
                 if saved is not None:
-                    await _save_nodes(saved, node.table.nodes())
+                    share = SAVED_NODES // len(nodes)
+                    await _save_nodes(saved, [n for node in nodes for n in node.table.nodes()[:share]])
 
-    def _status(self, node: DhtNode, *, running: bool) -> dict[str, object]:
+    async def _nodes(self, known: list[Address]) -> list[DhtNode]:
+        # One node per family that has a way in (BEP 32: separate tables, one id), IPv4 first.
+        if self._transport is not None:
+            return [DhtNode(self._transport(), bootstrap=known, read_only=self.read_only)]
+        four = [a for a in known if ":" not in a[0]]
+        six = [a for a in known if ":" in a[0]]
+        node_id = os.urandom(20)
+        nodes = []
+        if self.host is not None and (four or not six or self.host6 is None):
+            transport = await UdpDatagrams.bind(self.host, self.port)
+            nodes.append(DhtNode(transport, bootstrap=four, node_id=node_id, read_only=self.read_only))
+        if self.host6 is not None and (six or not nodes):
+            try:
+                transport = await UdpDatagrams.bind(self.host6, self.port)
+            except OSError as exc:
+                if not nodes:
+                    raise
+                log.info("no IPv6 DHT node: cannot bind %s: %s", self.host6, exc)
+            else:
+                nodes.append(DhtNode(transport, bootstrap=six, node_id=node_id, read_only=self.read_only))
+        if len(nodes) == 2:  # each answers BEP 32's "want" with the other's nodes too
+            nodes[0].sibling_table, nodes[1].sibling_table = nodes[1].table, nodes[0].table
+        return nodes
+
+    def _status(self, nodes: list[DhtNode], *, running: bool) -> dict[str, object]:
         published = self.published
         return {
             "running": running,
             "pid": os.getpid(),
             "updated": time.time(),
             "bootstrap": [f"{host}:{port}" for host, port in self.bootstrap],
-            **asdict(node.status()),
+            **asdict(nodes[0].status()),
+            "others": [asdict(node.status()) for node in nodes[1:]],
             "last_publish": None if published is None else asdict(published),
         }
 
@@ -177,10 +214,10 @@ class DhtDiscovery:
         if self._status_changed is not None:
             self._status_changed.set()
 
-    async def _keep_status(self, path: Path, node: DhtNode) -> None:
+    async def _keep_status(self, path: Path, nodes: list[DhtNode]) -> None:
         # Every STATUS_EVERY seconds, and at once after a publication.
         while True:
-            await _write_json(path, self._status(node, running=True))
+            await _write_json(path, self._status(nodes, running=True))
             changed = self._status_changed = anyio.Event()
             with anyio.move_on_after(STATUS_EVERY):
                 await changed.wait()
@@ -246,7 +283,10 @@ async def _write_json(path: Path, content: object) -> None:
 
 
 async def _addresses(host: str, port: int) -> list[Address]:
-    # A bootstrap name's addresses (a literal address is itself); none when it does not resolve.
+    # A bootstrap name's addresses (a literal address is itself, with no lookup in a worker
+    # thread); none when it does not resolve.
+    with contextlib.suppress(ValueError):
+        return [(str(ipaddress.ip_address(host)), port)]
     try:
         infos = await anyio.getaddrinfo(host, port, type=2)  # SOCK_DGRAM
     except OSError as exc:
@@ -265,8 +305,8 @@ def _device_tag(state_dir: Path | None) -> bytes:
 
 
 class _Session:
-    def __init__(self, node: DhtNode, sink: DiscoverySink, tag: bytes, provider: DhtDiscovery) -> None:
-        self._node = node
+    def __init__(self, nodes: list[DhtNode], sink: DiscoverySink, tag: bytes, provider: DhtDiscovery) -> None:
+        self._nodes = nodes  # one per address family (BEP 32), each its own DHT
         self._sink = sink
         self._tag = tag
         self._provider = provider
@@ -290,14 +330,26 @@ class _Session:
         key = await _locator_key(self._sink, peer_id)
         if key is None:
             return []  # not a contact whose card gave a locator key: nothing to open
-        item = await self._node.get(peer_id.key, SALT)
-        if item is None:
-            return []
-        try:
-            return open_item(item, key)  # each device signed in with the id, newest first
-        except LocatorError as exc:
-            log.info("the DHT record of %s does not open: %s", peer_id.fingerprint, exc)
-            return []
+        items: list[MutableItem] = []
+
+        async def get(node: DhtNode) -> None:
+            item = await node.get(peer_id.key, SALT)
+            if item is not None:
+                items.append(item)
+
+        async with anyio.create_task_group() as tg:
+            for node in self._nodes:
+                tg.start_soon(get, node)
+        envelopes: dict[bytes, int] = {}
+        for item in items:
+            try:
+                opened = open_item(item, key)  # each device signed in with the id, newest first
+            except LocatorError as exc:
+                log.info("the DHT record of %s does not open: %s", peer_id.fingerprint, exc)
+                continue
+            for envelope in opened:
+                envelopes.setdefault(envelope, read_record(envelope)[0].seq)
+        return sorted(envelopes, key=lambda e: -envelopes[e])  # both families' devices, newest first
 
     async def keep_published(self) -> None:
         # Publishes what is wanted when it changes, and every REPUBLISH seconds; a put that no
@@ -319,7 +371,20 @@ class _Session:
             retry = None if done else min(2 * retry if retry else 1.0, RETRY_MAX)
 
     async def _put(self, announcement: Announcement, *, withdrawn: bool, refresh: bool = False) -> bool:
-        # Whether it is done: stored, not needed, or impossible (trying again would not help).
+        # Whether it is done (in one family at least): stored, not needed, or impossible.
+        done: list[bool] = []
+
+        async def put(node: DhtNode) -> None:
+            done.append(await self._put_on(node, announcement, withdrawn=withdrawn, refresh=refresh))
+
+        async with anyio.create_task_group() as tg:
+            for node in self._nodes:
+                tg.start_soon(put, node)
+        return any(done)
+
+    async def _put_on(
+        self, node: DhtNode, announcement: Announcement, *, withdrawn: bool, refresh: bool
+    ) -> bool:
         signer = getattr(self._sink, "signer", None)
         key = await _locator_key(self._sink, None)
         if signer is None or key is None:
@@ -352,10 +417,10 @@ class _Session:
             return item if item == current or item.seq > current.seq else made(current.seq + 1)
 
         for _ in range(3):
-            result, item = await self._node.update(
+            result, item = await node.update(
                 bytes(signer.id), SALT, build, skip_above=ENOUGH_COPIES if refresh else None
             )
-            self._seq = item.seq
+            self._seq = max(self._seq, item.seq)
             if result.stored:
                 self._provider._published(Published(time.time(), item.seq, result.stored, withdrawn))
             if result.skipped:
@@ -370,7 +435,7 @@ class _Session:
                 # Another device of this id may have written at the same moment (BEP 44's cas
                 # cannot say "nothing there yet"): read back, and merge again if this device's
                 # entry is not in what is there now.
-                now = await self._node.get(bytes(signer.id), SALT)
+                now = await node.get(bytes(signer.id), SALT)
                 if now is None or now == item or carries(now, self._tag) == (not withdrawn):
                     log.debug("DHT record at seq %d stored on %d nodes", item.seq, result.stored)
                     return True

@@ -6,6 +6,10 @@ the target, and a write token; this node keeps no torrent peers), BEP 44's ``get
 when its seq is above the one asked for) and ``put`` (checked and stored within bounds, or refused
 with BEP 44's code). Every answer says where the asker was seen from (``ip``, BEP 42). A querier
 that is not read-only (BEP 43) is added to the routing table.
+
+Nodes are given in the asker's family (``nodes`` for IPv4, ``nodes6`` for IPv6), or in those its
+``want`` names (BEP 32: ``n4``, ``n6``), from the routing table of the other family's node when this
+node runs beside one (``sibling``).
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ from typing import Final
 from peerkit.dht.bencode import BencodeError, Value, decode, encode
 from peerkit.dht.bep44 import ItemRefused, MutableItem
 from peerkit.dht.krpc import Address, Error, ErrorCode, Node, Query, Response, compact_nodes
-from peerkit.dht.routing import K, RoutingTable
+from peerkit.dht.routing import K, RoutingTable, distance
 from peerkit.dht.storage import ItemStore, Tokens
 
 __all__ = ("Responder",)
@@ -27,10 +31,13 @@ ANSWER_NODES: Final = K
 class Responder:
     """Answers queries from the routing table, the tokens and the item store."""
 
-    def __init__(self, table: RoutingTable, tokens: Tokens, store: ItemStore) -> None:
+    def __init__(
+        self, table: RoutingTable, tokens: Tokens, store: ItemStore, *, sibling: RoutingTable | None = None
+    ) -> None:
         self.table = table
         self.tokens = tokens
         self.store = store
+        self.sibling = sibling
 
     @property
     def own_id(self) -> bytes:
@@ -43,16 +50,17 @@ class Responder:
             self.table.seen(Node(query.sender, source), now)
         method = query.method
         values: dict[bytes, Value] = {b"id": self.own_id}
+        want = _wanted(query, source)
         if method == b"ping":
             pass
         elif method == b"find_node":
-            self._nodes(values, _bytes(query.args[b"target"]))
+            self._nodes(values, _bytes(query.args[b"target"]), want)
         elif method == b"get_peers":
-            self._nodes(values, _bytes(query.args[b"info_hash"]))
+            self._nodes(values, _bytes(query.args[b"info_hash"]), want)
             values[b"token"] = self.tokens.token(source, now)
         elif method == b"get":
             target = _bytes(query.args[b"target"])
-            self._nodes(values, target)
+            self._nodes(values, target, want)
             values[b"token"] = self.tokens.token(source, now)
             item = self.store.get(target, now)
             above = query.args.get(b"seq")
@@ -64,12 +72,15 @@ class Responder:
                 return refusal
         return Response(query.tid, values, ip=source).encode()
 
-    def _nodes(self, values: dict[bytes, Value], target: bytes) -> None:
-        closest = self.table.closest(target, ANSWER_NODES)
-        for key, ipv6 in ((b"nodes", False), (b"nodes6", True)):
-            blob = compact_nodes(closest, ipv6=ipv6)
+    def _nodes(self, values: dict[bytes, Value], target: bytes, want: frozenset[bytes]) -> None:
+        tables = [self.table] if self.sibling is None else [self.table, self.sibling]
+        for key, ipv6, family in ((b"nodes", False, b"n4"), (b"nodes6", True, b"n6")):
+            if family not in want:
+                continue
+            nodes = [n for table in tables for n in table.closest(target, 2 * ANSWER_NODES)]
+            blob = compact_nodes(sorted(nodes, key=lambda n: distance(n.id, target)), ipv6=ipv6)
             if blob:
-                values[key] = blob
+                values[key] = blob[: ANSWER_NODES * (38 if ipv6 else 26)]
 
     def _put(self, query: Query, source: Address, now: float) -> bytes | None:
         args = query.args
@@ -97,6 +108,16 @@ class Responder:
         except ItemRefused as exc:
             return Error(query.tid, exc.code.value, exc.text).encode()
         return None
+
+
+def _wanted(query: Query, source: Address) -> frozenset[bytes]:
+    # The families whose nodes to give (BEP 32): those ``want`` names, else the asker's own.
+    want = query.args.get(b"want")
+    if isinstance(want, list):
+        named = frozenset(w for w in want if w in (b"n4", b"n6"))
+        if named:
+            return named
+    return frozenset({b"n6" if ":" in source[0] else b"n4"})
 
 
 def _bytes(value: Value) -> bytes:

@@ -204,3 +204,30 @@ def test_the_soft_timeout_follows_the_round_trips_seen() -> None:
     for _ in range(50):
         trips.seen(3.0)  # a slow path: never above the most either
     assert trips.soft_timeout == SOFT_TIMEOUT
+
+
+def test_nodes_are_given_in_the_askers_family_or_those_it_wants() -> None:
+    four, six = RoutingTable(OWN), RoutingTable(OWN)
+    for i in range(12):
+        four.seen(node(i), 1.0)
+        six.seen(Node(node(i + 100).id, (f"fd00::{i + 1:x}", 6881)), 1.0)
+    responder = Responder(four, Tokens(0.0), ItemStore(), sibling=six)
+    target = hashlib.sha1(b"t").digest()
+
+    def families(source: tuple[str, int], want: list[bytes] | None = None) -> set[bytes]:
+        extra = {} if want is None else {"want": want}
+        answer = ask(responder, b"find_node", source, target=target, **extra)
+        assert isinstance(answer, Response)
+        assert len(answer.values.get(b"nodes", b"")) <= 8 * 26  # at most K of each family
+        assert len(answer.values.get(b"nodes6", b"")) <= 8 * 38
+        return {key for key in (b"nodes", b"nodes6") if key in answer.values}
+
+    assert families(("10.1.1.1", 7)) == {b"nodes"}
+    assert families(("fd00::99", 7)) == {b"nodes6"}
+    assert families(("10.1.1.1", 7), [b"n4", b"n6"]) == {b"nodes", b"nodes6"}
+    assert families(("10.1.1.1", 7), [b"n6"]) == {b"nodes6"}
+    assert families(("10.1.1.1", 7), [b"x9"]) == {b"nodes"}  # nothing known asked for: its own
+    answer = ask(responder, b"find_node", ("fd00::99", 7), target=target)
+    assert isinstance(answer, Response)
+    nearest = sorted(six.nodes(), key=lambda n: distance(n.id, target))[:8]
+    assert answer.nodes() == nearest

@@ -362,3 +362,33 @@ async def test_peerkit_dht_status_says_what_the_running_node_does(tmp_path: Path
         assert found["running"] is False
         done = await anyio.run_process([*cli, "dht", "status", *data_dir], check=False)
         assert "not running (last seen" in done.stdout.decode()
+
+
+async def test_a_dual_stack_node_is_found_on_the_ipv4_and_the_ipv6_dht() -> None:
+    async with (
+        loopback_dht(8) as four,
+        loopback_dht(8, ipv6=True) as six,
+        contextlib.AsyncExitStack() as stack,
+    ):
+        both = DhtDiscovery(bootstrap=[four[0].address, six[0].address], host="127.0.0.2", host6="::1")
+        alice = Node(
+            nickname="alice", identity=Identity.generate(), listen=("127.0.0.1", 0), discovery=[both]
+        )
+        await stack.enter_async_context(alice)
+        only_six = DhtDiscovery(bootstrap=[six[0].address], host=None, host6="::1")
+        bob = await stack.enter_async_context(
+            Node(nickname="bob", listen=("127.0.0.1", 0), discovery=[only_six])
+        )
+        carol = await stack.enter_async_context(node("carol", "127.0.0.4", four[0].address))
+        assert [n.address[0] for n in both.nodes] == ["127.0.0.2", "::1"]  # one node per family
+        assert both.nodes[0].id == both.nodes[1].id  # one id (BEP 32)
+        assert [n.address[0] for n in only_six.nodes] == ["::1"]
+        for each in (bob, carol):
+            await each.contacts.add(each.contacts.read_card(alice.contacts.sign_card()))
+        await alice.sign_in(Scope.INTERNET)
+        assert alice.endpoint in (await found(bob, alice.id)).endpoints  # through the IPv6 DHT
+        assert alice.endpoint in (await found(carol, alice.id)).endpoints  # through the IPv4 DHT
+        assert await six[3].get(alice.id.key, SALT) is not None
+        assert await four[3].get(alice.id.key, SALT) is not None
+        assert only_six.nodes[0].status().nodes >= 7
+        assert all(":" in n.address[0] for n in only_six.nodes[0].table.nodes())
