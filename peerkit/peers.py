@@ -89,7 +89,8 @@ class Peer:
         :param timeout: seconds to wait, more than 0 and at most 300.
         :raises ValueError: when the application is not registered on this node, or a limit is
             exceeded (:class:`~peerkit.LimitExceeded`); nothing is sent then.
-        :raises PeerUnreachable: when no endpoint could be reached or every connection failed.
+        :raises PeerUnreachable: when no endpoint could be reached (also when the timeout passed
+            before a connection to the peer was made) or every connection failed.
         :raises ProtocolError: when the peer answered with an error or broke the protocol.
         :raises NotRunning: when the node is not running.
 

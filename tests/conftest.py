@@ -3,18 +3,23 @@ from __future__ import annotations
 import functools
 import gc
 import ipaddress
+import json
+import os
 import socket
+import subprocess
+import sys
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
 from typing import Any
 
 import anyio
+import anyio.abc
 import pytest
 
 from peerkit import Application, EndPoint, Invitation, InvitationResponse, Node, Peer, SecureChannel
 from peerkit.identity import Identity
-from peerkit.testing import MemoryNetwork, memory_stream_pair
+from peerkit.testing import MemoryNetwork, NamespaceLan, memory_stream_pair
 
 
 @pytest.fixture
@@ -215,3 +220,90 @@ async def loopback_dht(count: int, *, base: int = 10, ipv6: bool = False) -> Asy
         await nodes[0].join()
         yield nodes
         tg.cancel_scope.cancel()
+
+
+# -- agents in network namespaces (tests/real) ---------------------------------------------------
+@pytest.fixture
+def lan() -> Iterator[NamespaceLan]:
+    reason = NamespaceLan.available()
+    if reason is not None:
+        if os.environ.get("CI"):
+            pytest.fail(f"CI must run the LAN tests, but {reason}")
+        pytest.skip(reason)
+    with NamespaceLan() as made:
+        yield made
+
+
+class Agent:
+    """A lan_agent.py process in a namespace: send commands, wait for lines."""
+
+    def __init__(self, process: anyio.abc.Process, name: str) -> None:
+        self.process = process
+        self.name = name
+        self.lines: list[dict[str, Any]] = []
+        self.arrived = anyio.Event()
+        #: What its "ready" line said (a node's id).
+        self.ready: Any = None
+        #: Its whole "ready" line.
+        self.hello: dict[str, Any] = {}
+
+    async def read(self) -> None:
+        assert self.process.stdout is not None
+        buffer = b""
+        async for chunk in self.process.stdout:
+            buffer += chunk
+            *lines, buffer = buffer.split(b"\n")
+            for line in lines:
+                if line.strip():
+                    self.lines.append(json.loads(line))
+            self.arrived.set()
+
+    async def expect(self, check: Callable[[dict[str, Any]], bool], timeout: float = 10) -> dict[str, Any]:
+        with anyio.move_on_after(timeout):
+            while True:
+                for index, line in enumerate(self.lines):
+                    if check(line):
+                        del self.lines[: index + 1]
+                        return line
+                self.arrived = anyio.Event()
+                await self.arrived.wait()
+        raise AssertionError(f"{self.name}: nothing matched within {timeout} s; lines: {self.lines}")
+
+    def seen(self, check: Callable[[dict[str, Any]], bool]) -> bool:
+        return any(check(line) for line in self.lines)
+
+    async def send(self, **command: Any) -> None:
+        assert self.process.stdin is not None
+        await self.process.stdin.send(json.dumps(command).encode() + b"\n")
+
+
+@asynccontextmanager
+async def agents(script: str) -> AsyncIterator[Callable[..., Any]]:
+    """Start processes of the agent ``script`` with ``await start(namespace, mode, *args)``;
+    each must print a line with "ready" first. All are killed at the end."""
+    started: list[Agent] = []
+    async with anyio.create_task_group() as tg:
+
+        async def start(namespace: str, *args: str) -> Agent:
+            process = await anyio.open_process(
+                ["ip", "netns", "exec", namespace, sys.executable, script, *args],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=None,
+            )
+            agent = Agent(process, f"{namespace} {' '.join(args)}")
+            started.append(agent)
+            tg.start_soon(agent.read)
+            agent.hello = await agent.expect(lambda line: "ready" in line, timeout=30)
+            agent.ready = agent.hello["ready"]
+            return agent
+
+        try:
+            yield start
+        finally:
+            for agent in started:
+                if agent.process.returncode is None:
+                    agent.process.kill()
+                await agent.process.wait()
+                await agent.process.aclose()
+            tg.cancel_scope.cancel()

@@ -38,11 +38,26 @@ from peerkit.proto.control import (
 )
 from peerkit.proto.requests import ErrorCode, error_reply
 
-__all__ = ("STALL_AFTER", "Answer", "ControlChannel", "KeepalivePolicy", "Reply", "Request")
+__all__ = (
+    "PROBE_AFTER",
+    "PROBE_TIMEOUT",
+    "STALL_AFTER",
+    "Answer",
+    "ControlChannel",
+    "KeepalivePolicy",
+    "Reply",
+    "Request",
+)
 
 #: Replies waiting to be sent on a congested channel at which the channel stops reading requests
 #: until they drain.
 STALL_AFTER: Final = 8
+#: When a request is sent and the peer then says nothing for PROBE_AFTER seconds, a ping goes;
+#: no pong within PROBE_TIMEOUT seconds (at most the keepalive timeout) ends the channel, so that
+#: a request on a connection that died quietly (a laptop that moved, a cable pulled) fails in
+#: seconds rather than at the next keepalive. One such watch runs per channel at a time.
+PROBE_AFTER: Final = 1.0
+PROBE_TIMEOUT: Final = 3.0
 
 log = logging.getLogger(__name__)
 
@@ -152,6 +167,8 @@ class ControlChannel:
         self._tasks: anyio.CancelScope | None = None  # the scope of the handlers' task group
         self._retired_at = 0.0
         self._last_request = anyio.current_time()
+        self._last_heard = self._last_request
+        self._probe: anyio.abc.TaskGroup | None = None  # where a watch runs; None while one does
         self._closed = anyio.Event()
 
     # -- state -----------------------------------------------------------------------------
@@ -192,7 +209,10 @@ class ControlChannel:
         rid = self._state.start_request(keepalive=not activity)
         request = self._waiting[rid] = Request(rid)
         if activity:
-            self._last_request = anyio.current_time()
+            now = self._last_request = anyio.current_time()
+            if self._probe is not None:
+                self._probe.start_soon(self._watch, self._probe, now)
+                self._probe = None
         try:
             await self.channel.send({**message, "rid": rid})
         except BaseException as exc:
@@ -304,12 +324,15 @@ class ControlChannel:
         try:
             async with anyio.create_task_group() as tg:
                 self._tasks = tg.cancel_scope
+                self._probe = tg
                 tg.start_soon(self._keep_alive, tg.cancel_scope)
                 try:
                     closed = self._closed.is_set
+                    now = anyio.current_time
                     async for message in self.channel:
                         if closed():
                             break
+                        self._last_heard = now()
                         await self._dispatch(message, tg)
                 except (ProtocolError, PeerUnreachable) as exc:
                     log.info("channel to %s ended: %s", self.peer_id.fingerprint, exc)
@@ -380,6 +403,41 @@ class ControlChannel:
             reply = error_reply(ErrorCode.UNAVAILABLE, f"the {message.get('t')!r} request failed")
         await self._send_reply(rid, reply)
 
+    async def _watch(self, tg: anyio.abc.TaskGroup, sent: float) -> None:
+        # While requests wait for replies: when the peer has been silent since the latest one was
+        # sent (``sent`` at first), for PROBE_AFTER seconds, a ping goes (once per such silence).
+        confirmed = sent - 1.0  # requests sent up to then are known to have reached a live peer
+        while True:
+            await anyio.sleep(PROBE_AFTER)
+            if not self._waiting:
+                break
+            latest = self._last_request
+            if self._last_heard >= latest or latest <= confirmed:
+                continue  # heard since, or probed since
+            if not await self._ping_answered(min(PROBE_TIMEOUT, self._keepalive.timeout)):
+                return
+            confirmed = anyio.current_time()
+        self._probe = tg  # the next request starts a watch again
+
+    async def _ping_answered(self, timeout: float) -> bool:
+        # False when the peer did not answer a ping within ``timeout`` (the channel is then ended)
+        # or the channel closed.
+        try:
+            request = await self.start_request({"t": "ping"}, activity=False)
+            with anyio.move_on_after(timeout) as timer:
+                await request.wait()
+        except PeerUnreachable:
+            return False
+        if not timer.cancelled_caught:
+            return True
+        self.forget(request)
+        log.info(
+            "%s did not answer a ping within %s s; closing its channel", self.peer_id.fingerprint, timeout
+        )
+        self._end(PeerUnreachable(f"{self.peer_id.fingerprint} stopped answering (no pong in {timeout} s)"))
+        await anyio.aclose_forcefully(self.channel)
+        return False
+
     async def _keep_alive(self, scope: anyio.CancelScope) -> None:
         policy = self._keepalive
         while True:
@@ -396,27 +454,6 @@ class ControlChannel:
                 log.debug("closing the idle channel to %s", self.peer_id.fingerprint)
                 await self.retire()
                 continue
-            try:
-                request = await self.start_request({"t": "ping"}, activity=False)
-            except PeerUnreachable:
-                return
-            with anyio.move_on_after(policy.timeout) as timer:
-                try:
-                    await request.wait()
-                except PeerUnreachable:
-                    return
-            if timer.cancelled_caught:
-                self.forget(request)
-                log.info(
-                    "%s did not answer a ping within %s s; closing its channel",
-                    self.peer_id.fingerprint,
-                    policy.timeout,
-                )
-                self._end(
-                    PeerUnreachable(
-                        f"{self.peer_id.fingerprint} stopped answering (no pong in {policy.timeout} s)"
-                    )
-                )
-                await anyio.aclose_forcefully(self.channel)
+            if not await self._ping_answered(policy.timeout):
                 scope.cancel()
                 return

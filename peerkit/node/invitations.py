@@ -376,6 +376,7 @@ class Invitations:
 
     async def _invite_on(self, route: Route, request: dict[str, Any], deadline: float) -> InvitationResponse:
         reply: dict[str, Any] | None = None
+        control: ControlChannel | None = None
         with anyio.CancelScope(deadline=deadline):
             control = await route()
             pending = await control.start_request(request)
@@ -391,6 +392,8 @@ class Invitations:
                 ):
                     await control.notify({"t": "invite_cancel", "rid": pending.rid})
                 raise
+        if control is None:  # the time ran out before the invitation reached the peer
+            raise PeerUnreachable("no endpoint could be reached within the invitation's timeout")
         if reply is None:
             return InvitationResponse.EXPIRED
         who = control.peer_id.fingerprint

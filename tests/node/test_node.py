@@ -867,7 +867,7 @@ async def test_a_node_leaves_no_task_thread_or_socket_behind(tmp_path: Path) -> 
     gc.collect()  # an unclosed socket or stream would warn here, and warnings are errors
 
 
-async def test_a_silent_peer_expires_within_the_timeout() -> None:
+async def test_a_silent_peer_is_unreachable_within_the_timeout() -> None:
     net = MemoryNetwork()
     listener = await net.listen("10.0.7.7", 7000)
     held: list[Any] = []
@@ -885,7 +885,10 @@ async def test_a_silent_peer_expires_within_the_timeout() -> None:
         await alice.register_application(CHAT)
         start = anyio.current_time()
         peer = alice.peer(Identity.generate().id, EndPoint("10.0.7.7", 7000))
-        assert await peer.invite(CHAT, timeout=0.3) is EXPIRED
+        # It never completed a handshake: the invitation reached nobody (not EXPIRED, which says
+        # that the peer had it and did not answer).
+        with pytest.raises(PeerUnreachable, match="within the invitation's timeout"):
+            await peer.invite(CHAT, timeout=0.3)
         assert anyio.current_time() - start < 1
         tg.cancel_scope.cancel()
     for stream in held:
@@ -991,3 +994,26 @@ async def test_a_peer_cannot_open_channels_without_bound() -> None:
         finally:
             for channel in channels:
                 await channel.aclose()
+
+
+async def test_a_request_on_a_channel_gone_quiet_finds_out_in_seconds(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("peerkit.net.control.PROBE_AFTER", 0.2)
+    monkeypatch.setattr("peerkit.net.control.PROBE_TIMEOUT", 0.3)
+    net = MemoryNetwork()
+    policy = KeepalivePolicy(interval=60, timeout=10, idle=600)  # the keepalive would take a minute
+    async with nodes(network=net, keepalive=policy) as (alice, bob):
+        for node in (alice, bob):
+            await node.register_application(CHAT)
+        bob.add_invitation_handler(CHAT, accept_all)
+        peer = await alice.peer_at(bob.endpoint.host, bob.endpoint.port)
+        assert await peer.invite(CHAT, timeout=5) == ACCEPTED  # a channel is open now
+        await anyio.sleep(0.3)
+        assert await peer.invite(CHAT, timeout=5) == ACCEPTED  # quiet, but bob answers the probe
+        assert alice.channels(bob.id) == 1
+        net.freeze(bob.endpoint.host)  # bob's laptop moved: the connection died without a word
+        with anyio.fail_after(2):  # not the invitation's 30 s, nor the keepalive's minute
+            with pytest.raises(PeerUnreachable, match="stopped answering"):
+                await peer.invite(CHAT, timeout=30)
+        assert alice.channels(bob.id) == 0

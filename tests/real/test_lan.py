@@ -11,15 +11,14 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import asynccontextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import anyio
 import anyio.abc
 import pytest
-from conftest import ON_BACKEND
+from conftest import ON_BACKEND, agents
 
 from peerkit import Identity
 from peerkit.testing import NamespaceLan
@@ -29,88 +28,6 @@ pytestmark = [pytest.mark.asyncio, pytest.mark.network]
 AGENT = str(Path(__file__).with_name("lan_agent.py"))
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "people_near_me.py"
 TTL = 2  # seconds: record TTL of the agents, so that a vanished node is lost fast
-
-
-@pytest.fixture
-def lan() -> Iterator[NamespaceLan]:
-    reason = NamespaceLan.available()
-    if reason is not None:
-        if os.environ.get("CI"):
-            pytest.fail(f"CI must run the LAN tests, but {reason}")
-        pytest.skip(reason)
-    with NamespaceLan() as made:
-        yield made
-
-
-class Agent:
-    """A lan_agent.py process in a namespace: send commands, wait for lines."""
-
-    def __init__(self, process: anyio.abc.Process, name: str) -> None:
-        self.process = process
-        self.name = name
-        self.lines: list[dict[str, Any]] = []
-        self.arrived = anyio.Event()
-        #: What its "ready" line said (a node's id).
-        self.ready: Any = None
-
-    async def read(self) -> None:
-        assert self.process.stdout is not None
-        buffer = b""
-        async for chunk in self.process.stdout:
-            buffer += chunk
-            *lines, buffer = buffer.split(b"\n")
-            for line in lines:
-                if line.strip():
-                    self.lines.append(json.loads(line))
-            self.arrived.set()
-
-    async def expect(self, check: Callable[[dict[str, Any]], bool], timeout: float = 10) -> dict[str, Any]:
-        with anyio.move_on_after(timeout):
-            while True:
-                for index, line in enumerate(self.lines):
-                    if check(line):
-                        del self.lines[: index + 1]
-                        return line
-                self.arrived = anyio.Event()
-                await self.arrived.wait()
-        raise AssertionError(f"{self.name}: nothing matched within {timeout} s; lines: {self.lines}")
-
-    def seen(self, check: Callable[[dict[str, Any]], bool]) -> bool:
-        return any(check(line) for line in self.lines)
-
-    async def send(self, **command: Any) -> None:
-        assert self.process.stdin is not None
-        await self.process.stdin.send(json.dumps(command).encode() + b"\n")
-
-
-@asynccontextmanager
-async def agents() -> AsyncIterator[Callable[..., Any]]:
-    """Start agents with ``await start(namespace, mode, *args)``; all are killed at the end."""
-    started: list[Agent] = []
-    async with anyio.create_task_group() as tg:
-
-        async def start(namespace: str, *args: str) -> Agent:
-            process = await anyio.open_process(
-                ["ip", "netns", "exec", namespace, sys.executable, AGENT, *args],
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                stderr=None,
-            )
-            agent = Agent(process, f"{namespace} {' '.join(args)}")
-            started.append(agent)
-            tg.start_soon(agent.read)
-            agent.ready = (await agent.expect(lambda line: "ready" in line, timeout=30))["ready"]
-            return agent
-
-        try:
-            yield start
-        finally:
-            for agent in started:
-                if agent.process.returncode is None:
-                    agent.process.kill()
-                await agent.process.wait()
-                await agent.process.aclose()
-            tg.cancel_scope.cancel()
 
 
 def node_args(nickname: str, *extra: str) -> list[str]:
@@ -124,7 +41,7 @@ def change(kind: str, **fields: Any) -> Callable[[dict[str, Any]], bool]:
 async def test_discovery_invitation_update_sign_out_and_kill(lan: NamespaceLan) -> None:
     bridge = lan.bridge()
     (ns_a, (addr_a,)), (ns_b, (addr_b,)) = lan.host(bridge), lan.host(bridge)
-    async with agents() as start:
+    async with agents(AGENT) as start:
         alice = await start(ns_a, *node_args("alice"))
         bob = await start(ns_b, *node_args("bob"))
         # mutual discovery, with the addresses each signed
@@ -156,7 +73,7 @@ async def test_discovery_invitation_update_sign_out_and_kill(lan: NamespaceLan) 
 async def test_forged_records_are_ignored(lan: NamespaceLan) -> None:
     bridge = lan.bridge()
     (ns_a, _), (ns_b, _), (ns_m, (addr_m,)) = lan.host(bridge), lan.host(bridge), lan.host(bridge)
-    async with agents() as start:
+    async with agents(AGENT) as start:
         alice = await start(ns_a, *node_args("alice"))
         await start(ns_b, *node_args("bob"))
         bob_id = (await alice.expect(change("ADDED", nickname="bob")))["id"]
@@ -177,7 +94,7 @@ async def test_a_node_on_two_lans_is_found_on_both(lan: NamespaceLan) -> None:
     ns_a, (a_left, a_right) = lan.host(left, right)
     ns_b, _ = lan.host(left)
     ns_c, _ = lan.host(right)
-    async with agents() as start:
+    async with agents(AGENT) as start:
         await start(ns_a, *node_args("alice"))
         bob = await start(ns_b, *node_args("bob"))
         carol = await start(ns_c, *node_args("carol"))
@@ -198,7 +115,7 @@ async def test_a_node_on_two_lans_is_found_on_both(lan: NamespaceLan) -> None:
 async def test_a_dns_client_written_from_the_rfc_sees_the_service(lan: NamespaceLan) -> None:
     bridge = lan.bridge()
     (ns_a, (addr_a,)), (ns_q, _) = lan.host(bridge), lan.host(bridge)
-    async with agents() as start:
+    async with agents(AGENT) as start:
         await start(ns_a, *node_args("alice"))
         await anyio.sleep(1.5)  # probing and announcing
         # A one-shot query (RFC 6762 section 5.1) from another host, with no mDNS library.
@@ -264,7 +181,7 @@ async def test_mdns_provider_conforms_in_a_namespace(lan: NamespaceLan) -> None:
 async def test_address_changes_are_followed(lan: NamespaceLan) -> None:
     bridge = lan.bridge()
     (ns_a, _), (ns_b, _) = lan.host(bridge), lan.host(bridge)
-    async with agents() as start:
+    async with agents(AGENT) as start:
         await start(ns_a, *node_args("alice"))
         bob = await start(ns_b, *node_args("bob"))
         alice_id = (await bob.expect(change("ADDED", nickname="alice")))["id"]
@@ -353,7 +270,7 @@ async def test_ipv6_only_discovery_and_invitation(lan: NamespaceLan) -> None:
     (ns_a, _), (ns_b, _) = lan.host(bridge), lan.host(bridge)
     v6_a = lan.ipv6(1, bridge)
     only_v6 = ["--listen", "::", "--ip-version", "v6"]
-    async with agents() as start:
+    async with agents(AGENT) as start:
         await start(ns_a, *node_args("alice", *only_v6))
         bob = await start(ns_b, *node_args("bob", *only_v6))
         seen = await bob.expect(change("ADDED", nickname="alice"))
@@ -367,7 +284,7 @@ async def test_chosen_interfaces_only(lan: NamespaceLan) -> None:
     ns_a, (a_left, _) = lan.host(left, right)
     ns_b, _ = lan.host(left)
     ns_c, _ = lan.host(right)
-    async with agents() as start:
+    async with agents(AGENT) as start:
         # alice listens everywhere but speaks mDNS on her left interface only
         await start(ns_a, *node_args("alice", "--interface", a_left))
         bob = await start(ns_b, *node_args("bob"))
@@ -389,7 +306,7 @@ async def test_a_watched_contact_goes_offline_when_its_cable_is_pulled_or_it_is_
 ) -> None:
     bridge = lan.bridge()
     (ns_a, (addr_a,)), (ns_b, (addr_b,)) = lan.host(bridge), lan.host(bridge)
-    async with agents() as start:
+    async with agents(AGENT) as start:
         alice = await start(ns_a, *node_args("alice", "--keepalive", str(KEEPALIVE)))
         bob = await start(ns_b, *node_args("bob", "--keepalive", str(KEEPALIVE)))
         seen_alice = await bob.expect(change("ADDED", nickname="alice"))
@@ -427,7 +344,7 @@ async def test_a_squatter_on_a_peers_mdns_name_hides_nobody(lan: NamespaceLan, f
     seed = os.urandom(32)
     alice_id = str(Identity.from_seed(seed).id)
     squat = ["squat", "--name", f"alice-{alice_id[:8]}", "--address", addr_m, "--ttl", str(TTL)]
-    async with agents() as start:
+    async with agents(AGENT) as start:
         bob = await start(ns_b, *node_args("bob"))
         if first == "squatter":
             squatter = await start(ns_m, *squat)
