@@ -19,7 +19,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -369,18 +369,9 @@ class DhtNode:
         wanted = target(key, salt)
         deadline = anyio.current_time() + timeout
         lookup = await self._lookup(wanted, b"get", {b"target": wanted}, width=width, deadline=deadline)
-        best: MutableItem | None = None
-        found: list[MutableItem] = []
-        for _, response in lookup.answers():
-            item = _item(response, key, salt)
-            if item is not None:
-                found.append(item)
-            if item is not None and (best is None or item.seq > best.seq):
-                best = item
+        found = [item for _, response in lookup.answers() if (item := _item(response, key, salt))]
         local = self.store.get(wanted, anyio.current_time())
-        if local is not None and (best is None or local.seq > best.seq):
-            best = local
-        return best, lookup, found
+        return _newest([*found, *([local] if local is not None else [])]), lookup, found
 
     async def put(
         self,
@@ -476,6 +467,17 @@ def _budget_key(address: Address) -> str:
     # address); on loopback, where many nodes of one machine share the address, each node.
     host = address[0]
     return f"{host}:{address[1]}" if host.startswith("127.") or host == "::1" else host
+
+
+def _newest(items: list[MutableItem]) -> MutableItem | None:
+    # The highest seq wins. Two values under one seq (some implementations, libtorrent among them,
+    # take a new value at the seq they hold) are told apart the same way by every reader: the
+    # one more nodes hold, then the greater signature.
+    if not items:
+        return None
+    top = max(item.seq for item in items)
+    held = Counter(item for item in items if item.seq == top)
+    return max(held, key=lambda item: (held[item], item.sig))
 
 
 def _item(response: Response, key: bytes, salt: bytes) -> MutableItem | None:

@@ -22,7 +22,8 @@ from conftest import loopback_dht
 
 from peerkit import Identity
 from peerkit.dht.bep44 import MutableItem, target
-from peerkit.dht.node import DhtNode
+from peerkit.dht.krpc import Error, Node, Response
+from peerkit.dht.node import QUERY_TIMEOUT, DhtNode
 
 pytestmark = [pytest.mark.anyio, pytest.mark.network]
 
@@ -56,6 +57,8 @@ class JsAgent:
     def __init__(self, process: anyio.abc.Process) -> None:
         self.process = process
         self.buffer = b""
+        #: The UDP ports of its nodes (on 127.0.0.1).
+        self.ports: list[int] = []
 
     async def line(self) -> dict[str, Any]:
         assert self.process.stdout is not None
@@ -81,6 +84,7 @@ async def mixed_testnet(peerkit_nodes: int, js_nodes: int) -> AsyncIterator[tupl
         try:
             ready = await agent.line()
             assert len(ready["ready"]) == js_nodes
+            agent.ports = ready["ready"]
             await nodes[0].join()
             for node in nodes[1:]:
                 await node.join()
@@ -114,6 +118,17 @@ async def test_peerkit_and_bittorrent_dht_read_each_others_items(js_dht_ready: N
         assert found is not None
         assert (found.seq, found.decoded()) == (3, b"from node")
         assert found.verify()
+        # A put with a bad signature: a peerkit node refuses it with 206, a bittorrent-dht node
+        # says nothing at all; the asker gives up on it at its query timeout, no later.
+        js = Node(b"", ("127.0.0.1", agent.ports[0]))
+        for peer, expected in ((Node(b"", nodes[3].address), 206), (js, None)):
+            answer = await nodes[2].query(peer, b"get", {b"target": ours.target})
+            assert isinstance(answer, Response)
+            args: dict[bytes, Any] = {b"k": alice.id.key, b"salt": ours.salt, b"seq": 9, b"v": b"x"}
+            args |= {b"sig": bytes(64), b"token": answer.values[b"token"]}
+            with anyio.fail_after(QUERY_TIMEOUT + 1):
+                refused = await nodes[2].query(peer, b"put", args)
+            assert (refused.code if isinstance(refused, Error) else None) == expected
 
 
 @pytest.fixture
