@@ -543,6 +543,14 @@ class ContactManager:
         row = await self._store.read(_select, bytes(peer_id))
         return None if row is None else self._contact(row)
 
+    async def last_addresses(self) -> list[tuple[str, int]]:
+        """Where the contacts were last known to be (their stored endpoints), the most recently
+        seen contact first; blocked contacts are left out. (Read while the node starts.)"""
+        every = [self._contact(row) for row in await self._store.read(_select_all)]
+        contacts = [c for c in every if c.subscribe_allowed is not SubscribePermission.BLOCKED]
+        contacts.sort(key=lambda c: c.last_seen or 0.0, reverse=True)
+        return list(dict.fromkeys((e.host, e.port) for c in contacts for e in c.endpoints))
+
     async def list(self) -> list[Contact]:
         """Every contact (not :attr:`me`), oldest first."""
         self._node.check_running()

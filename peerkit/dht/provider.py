@@ -10,8 +10,11 @@ without addresses.
 
 Bootstrap: by default the public Mainline routers (:data:`DEFAULT_BOOTSTRAP`); tests, examples
 and private networks pass their own (``DhtDiscovery(bootstrap=[("10.0.0.2", 6881)])``, or the
-provider name ``dht:HOST:PORT[,HOST:PORT...]``). On the public DHT the node finds out whether it
-is reachable and runs read-only (BEP 43) when it is not; with a bootstrap of your own it serves.
+provider name ``dht:HOST:PORT[,HOST:PORT...]``). A node joining the public DHT also joins
+through its saved routing table and its contacts' last-known addresses: its DHT node takes the
+UDP port of the number its node listens on for TCP, so a contact's endpoint is also where its DHT
+node is. On the public DHT the node finds out whether it is reachable and runs read-only (BEP 43)
+when it is not; with a bootstrap of your own it serves.
 
 While it runs, the provider writes what its node is doing to ``dht-status.json`` in the node's
 data dir every :data:`STATUS_EVERY` seconds and when it stops; ``peerkit dht status`` reads it.
@@ -74,6 +77,8 @@ ENOUGH_COPIES: Final = 8
 #: many it keeps.
 NODES_FILE: Final = "dht-nodes.json"
 SAVED_NODES: Final = 64
+#: Contacts' last-known addresses a node joins the public DHT through, at most.
+CONTACT_BOOTSTRAP: Final = 32
 #: The file in the node's data dir that says what its DHT node is doing, and how often (seconds)
 #: it is written.
 STATUS_FILE: Final = "dht-status.json"
@@ -98,7 +103,8 @@ class DhtDiscovery:
     :param host: the IPv4 address its UDP socket binds to (None: no IPv4 node).
     :param host6: the IPv6 address of its IPv6 node (BEP 32), which runs when some bootstrap
         address (or a saved node) is IPv6 and the address can be bound (None: never).
-    :param port: its UDP port, the same for both (0 picks a free one).
+    :param port: its UDP port, the same for both (0: the port number the node listens on for
+        TCP, when it is free, else any; so a contact's endpoint is also where its DHT node is).
     :param transport: makes its datagram transport instead of UDP (an in-memory testnet).
     :param read_only: run read-only (BEP 43); None (the default) decides: on the public DHT by
         reachability, with a bootstrap of your own never.
@@ -119,6 +125,7 @@ class DhtDiscovery:
         if host is None and host6 is None and transport is None:
             raise ValueError("a DHT provider needs an IPv4 or an IPv6 address to bind")
         self.bootstrap = tuple(bootstrap) if bootstrap is not None else DEFAULT_BOOTSTRAP
+        self._public = bootstrap is None
         if read_only is None and bootstrap is not None:
             read_only = False  # a private DHT: its nodes are there to serve each other
         self.read_only = read_only
@@ -149,7 +156,11 @@ class DhtDiscovery:
         saved = state_dir / NODES_FILE if isinstance(state_dir, Path) else None
         if saved is not None:  # the nodes known when it last stopped: a restart rejoins through them
             known += [a for a in await _load_nodes(saved) if a not in known]
-        nodes = await self._nodes(known)
+        contacts = getattr(sink, "contact_addresses", None)
+        if self._public and contacts is not None:  # their DHT nodes listen on their ports too
+            known += [a for a in (await contacts())[:CONTACT_BOOTSTRAP] if a not in known]
+        listen_port = getattr(sink, "listen_port", None)
+        nodes = await self._nodes(known, listen_port if isinstance(listen_port, int) else None)
         session = _Session(nodes, sink, _device_tag(state_dir if isinstance(state_dir, Path) else None), self)
         status = state_dir / STATUS_FILE if isinstance(state_dir, Path) else None
         self._status_changed = anyio.Event()
@@ -173,20 +184,23 @@ class DhtDiscovery:
                     share = SAVED_NODES // len(nodes)
                     await _save_nodes(saved, [n for node in nodes for n in node.table.nodes()[:share]])
 
-    async def _nodes(self, known: list[Address]) -> list[DhtNode]:
-        # One node per family that has a way in (BEP 32: separate tables, one id), IPv4 first.
+    async def _nodes(self, known: list[Address], listen_port: int | None) -> list[DhtNode]:
+        # One node per family that has a way in (BEP 32: separate tables, one id), IPv4 first, on
+        # the UDP port of the number the node listens on for TCP when it is free.
         if self._transport is not None:
             return [DhtNode(self._transport(), bootstrap=known, read_only=self.read_only)]
         four = [a for a in known if ":" not in a[0]]
         six = [a for a in known if ":" in a[0]]
         node_id = os.urandom(20)
         nodes = []
+        port = self.port or listen_port or 0
         if self.host is not None and (four or not six or self.host6 is None):
-            transport = await UdpDatagrams.bind(self.host, self.port)
+            transport = await self._bind(self.host, port)
+            port = transport.local_address[1]
             nodes.append(DhtNode(transport, bootstrap=four, node_id=node_id, read_only=self.read_only))
         if self.host6 is not None and (six or not nodes):
             try:
-                transport = await UdpDatagrams.bind(self.host6, self.port)
+                transport = await self._bind(self.host6, port)
             except OSError as exc:
                 if not nodes:
                     raise
@@ -196,6 +210,16 @@ class DhtDiscovery:
         if len(nodes) == 2:  # each answers BEP 32's "want" with the other's nodes too
             nodes[0].sibling_table, nodes[1].sibling_table = nodes[1].table, nodes[0].table
         return nodes
+
+    async def _bind(self, host: str, port: int) -> UdpDatagrams:
+        # ``port``; when it is taken and no port was asked for, any.
+        try:
+            return await UdpDatagrams.bind(host, port)
+        except OSError:
+            if self.port or not port:
+                raise
+            log.info("UDP port %d is taken on %s: the DHT node takes another", port, host)
+            return await UdpDatagrams.bind(host, 0)
 
     def _status(self, nodes: list[DhtNode], *, running: bool) -> dict[str, object]:
         published = self.published

@@ -227,10 +227,15 @@ class Directory:
         signer: records.Signer | None = None,
         locator_key: Callable[[PeerId | None], Awaitable[bytes | None]] | None = None,
         state_dir: Path | None = None,
+        listen_port: int | None = None,
+        contact_addresses: Callable[[], Awaitable[list[tuple[str, int]]]] | None = None,
     ) -> None:
         self._local_id = local_id
         #: Where providers may keep state between runs (the node's data dir), or None.
         self.state_dir = state_dir
+        #: The port the node listens on (a DHT node binds the same number for UDP), or None.
+        self.listen_port = listen_port
+        self._contact_addresses = contact_addresses
         #: What signs this node's items in a DHT (its identity), or None (no DHT publishing).
         self.signer = signer
         self._locator_key = locator_key
@@ -255,6 +260,11 @@ class Directory:
         if self._locator_key is None:
             return None
         return await self._locator_key(peer_id)
+
+    async def contact_addresses(self) -> list[tuple[str, int]]:
+        """Where the node's contacts were last known to be, most recently seen first (a DHT
+        joins through them: their DHT nodes listen on the same port numbers)."""
+        return [] if self._contact_addresses is None else await self._contact_addresses()
 
     def __len__(self) -> int:
         return len(self._entries)

@@ -287,6 +287,7 @@ class Node(EventMethods):
             on_change=self._nearby_changed,
             locator_key=self.contacts.locator_key_of,
             state_dir=self._data_dir,
+            contact_addresses=self.contacts.last_addresses,
         )
         self._watching = Watching(
             bus=self._bus,

@@ -79,8 +79,10 @@ class Nearby:
         on_change: Callable[[ChangeType, NearbyRecord], None],
         locator_key: Callable[[PeerId | None], Awaitable[bytes | None]] | None = None,
         state_dir: Path | None = None,
+        contact_addresses: Callable[[], Awaitable[list[tuple[str, int]]]] | None = None,
     ) -> None:
         self._locator_key = locator_key
+        self._contact_addresses = contact_addresses
         self._state_dir = state_dir
         self._providers = providers
         self._listen_host = listen_host
@@ -116,6 +118,8 @@ class Nearby:
             signer=self._me().identity,
             locator_key=self._locator_key,
             state_dir=self._state_dir,
+            listen_port=self._me().endpoint.port or None,
+            contact_addresses=self._contact_addresses,
         )
         for provider in self._providers:
             try:

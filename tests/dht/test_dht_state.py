@@ -231,3 +231,15 @@ def test_nodes_are_given_in_the_askers_family_or_those_it_wants() -> None:
     assert isinstance(answer, Response)
     nearest = sorted(six.nodes(), key=lambda n: distance(n.id, target))[:8]
     assert answer.nodes() == nearest
+
+
+def test_the_newest_item_is_the_highest_seq_then_the_most_held_then_the_greatest_signature() -> None:
+    from peerkit.dht.node import _newest
+
+    alice = Identity.generate()
+    a, b, newer = item(alice, b"a", 5), item(alice, b"b", 5), item(alice, b"c", 6)
+    assert _newest([]) is None
+    assert _newest([a, b, a]) == a
+    assert _newest([b, a, b]) == b  # the order met does not matter, only how many hold each
+    assert _newest([a, a, b, newer]) == newer  # a higher seq wins whatever the counts
+    assert _newest([a, b]) == _newest([b, a]) == max(a, b, key=lambda i: i.sig)

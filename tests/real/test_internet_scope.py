@@ -392,3 +392,28 @@ async def test_a_dual_stack_node_is_found_on_the_ipv4_and_the_ipv6_dht() -> None
         assert await four[3].get(alice.id.key, SALT) is not None
         assert only_six.nodes[0].status().nodes >= 7
         assert all(":" in n.address[0] for n in only_six.nodes[0].table.nodes())
+
+
+async def test_a_node_joins_the_public_dht_through_its_contacts_dht_nodes(tmp_path: Path) -> None:
+    async with loopback_dht(8) as dht, contextlib.AsyncExitStack() as stack:
+        bootstrap = dht[0].address
+        alice = await stack.enter_async_context(node("alice", "127.0.0.2", bootstrap))
+        await alice.sign_in(Scope.INTERNET)
+        carols_dht = DhtDiscovery(bootstrap=[bootstrap], host="127.0.0.4")
+        carol = Node(
+            nickname="carol", identity=Identity.generate(), listen=("127.0.0.4", 0), discovery=[carols_dht]
+        )
+        await stack.enter_async_context(carol)
+        assert carols_dht.node is not None
+        assert carols_dht.node.address == ("127.0.0.4", carol.endpoint.port)  # one port number
+        home = tmp_path / "bob"
+        async with Node(nickname="bob", data_dir=home, listen=("127.0.0.3", 0), discovery=[]) as bob:
+            for friend in (alice, carol):
+                await bob.contacts.add(bob.contacts.read_card(friend.contacts.sign_card()))
+        public = DhtDiscovery(host="127.0.0.3")  # the public DHT, as users join it ...
+        public.bootstrap = ()  # ... but no public router: only what bob knows of his contacts
+        async with Node(nickname="bob", data_dir=home, listen=("127.0.0.3", 0), discovery=[public]) as bob:
+            peer = await found(bob, alice.id)  # through carol's DHT node, the only way in
+            assert alice.endpoint in peer.endpoints
+            assert public.node is not None
+            assert ("127.0.0.4", carol.endpoint.port) in public.node.bootstrap_addresses
