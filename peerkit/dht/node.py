@@ -73,6 +73,9 @@ REACHABILITY_WINDOW: Final = 300.0
 REPROBE: Final = 3600.0
 #: Addresses remembered as sent to (a query from any other proves this node reachable).
 CONTACTED: Final = 4096
+#: The longest datagram read (a put of the largest item takes about 1,300 bytes); longer ones
+#: are dropped unread.
+MAX_DATAGRAM: Final = 2048
 
 
 @dataclass(slots=True)
@@ -250,6 +253,8 @@ class DhtNode:
             await self._received(data, source)
 
     async def _received(self, data: bytes, source: Address) -> None:
+        if len(data) > MAX_DATAGRAM:
+            return
         now = anyio.current_time()
         try:
             message = parse(data)

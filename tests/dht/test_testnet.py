@@ -12,7 +12,7 @@ import pytest
 from peerkit import Identity
 from peerkit.dht.bep44 import MutableItem
 from peerkit.dht.krpc import Node, Response
-from peerkit.dht.node import PUT_QUORUM, DhtNode
+from peerkit.dht.node import MAX_DATAGRAM, PUT_QUORUM, QUERY_TIMEOUT, DhtNode
 from peerkit.dht.record import SALT, fit_record, new_locator_key, open_item, sealed_item
 from peerkit.dht.routing import distance
 from peerkit.dht.testnet import memory_testnet
@@ -189,3 +189,12 @@ async def test_two_values_under_one_seq_are_told_apart_alike_by_every_reader() -
             node.store._drop(first.target)
             node.store.put(other, now)
         assert [await r.get(alice.id.key, b"peerkit") for r in readers] == [other] * len(readers)
+
+
+async def test_a_datagram_longer_than_any_krpc_message_is_dropped_unread() -> None:
+    async with memory_testnet(3) as testnet:
+        asker, target = testnet.nodes[0], testnet.nodes[1]
+        peer = Node(target.id, target.address)
+        assert isinstance(await asker.query(peer, b"ping", {b"pad": bytes(1500)}), Response)
+        with anyio.fail_after(QUERY_TIMEOUT + 1):
+            assert await asker.query(peer, b"ping", {b"pad": bytes(MAX_DATAGRAM)}) is None
