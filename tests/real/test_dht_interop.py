@@ -1,7 +1,14 @@
 """peerkit's DHT beside the independent implementations users run today, on loopback: webtorrent's
 ``bittorrent-dht`` (npm, installed by .ci/run in tests/interop) and libtorrent (the PyPI wheel, a
-test extra). An item peerkit puts is read byte-exact by each, and an item each puts is read and
-verified by peerkit."""
+test extra), each beside peerkit and all three in one testnet. An item peerkit puts is read
+byte-exact by each, and an item each puts is read and verified by peerkit. Where they disagree,
+peerkit copes: bittorrent-dht answers 302 to an identical refresh and drops a badly signed put
+without a word (both checked here); libtorrent takes another value under the seq it holds (how
+readers choose between two such values is checked in tests/dht).
+
+The nodes are on loopback addresses, one each, rather than in network namespaces: what is
+checked is the datagrams they exchange (tests/real/test_dht_lan.py runs the DHT across
+namespaces)."""
 
 from __future__ import annotations
 
@@ -148,20 +155,22 @@ def _expanded_secret(seed: bytes) -> bytes:
     return bytes(key)
 
 
-async def test_peerkit_and_libtorrent_read_each_others_items(libtorrent_ready: None) -> None:
-    import libtorrent as lt
+class Libtorrent:
+    """A libtorrent session with its DHT joined through ``bootstrap`` (never a public router)."""
 
-    async with loopback_dht(5, base=40) as nodes:
-        host, port = nodes[0].address
+    def __init__(self, bootstrap: tuple[str, int], interface: str) -> None:
+        import libtorrent as lt
+
+        self.lt = lt
         categories = lt.alert.category_t
-        session = lt.session(
+        self.session = lt.session(
             {
                 "enable_dht": True,
                 "enable_lsd": False,
                 "enable_upnp": False,
                 "enable_natpmp": False,
-                "listen_interfaces": "127.0.0.2:0",
-                "dht_bootstrap_nodes": f"{host}:{port}",  # never a public router
+                "listen_interfaces": f"{interface}:0",
+                "dht_bootstrap_nodes": f"{bootstrap[0]}:{bootstrap[1]}",
                 # Loopback nodes are all on one /24: let libtorrent keep them and use them.
                 "dht_restrict_routing_ips": False,
                 "dht_restrict_search_ips": False,
@@ -170,14 +179,38 @@ async def test_peerkit_and_libtorrent_read_each_others_items(libtorrent_ready: N
             }
         )
 
-        async def alert(kind: type, check: Any = lambda a: True) -> Any:
-            with anyio.fail_after(15):
-                while True:
-                    for each in session.pop_alerts():
-                        if isinstance(each, kind) and check(each):
-                            return each
-                    await anyio.sleep(0.1)
+    async def alert(self, kind: type, check: Any = lambda a: True) -> Any:
+        with anyio.fail_after(15):
+            while True:
+                for each in self.session.pop_alerts():
+                    if isinstance(each, kind) and check(each):
+                        return each
+                await anyio.sleep(0.1)
 
+    async def get(self, key: bytes, salt: bytes) -> tuple[bytes, int, bytes, bytes]:
+        """An item as libtorrent reads it from the nodes nearest it: key, seq, signature, value."""
+        self.session.dht_get_mutable_item(key, salt)
+        got = await self.alert(
+            self.lt.dht_mutable_item_alert, lambda a: a.authoritative and bytes(a.key) == key
+        )
+        return bytes(got.key), got.seq, bytes(got.signature), got.item
+
+    async def put(self, seed: bytes, value: bytes, salt: bytes) -> int:
+        """Put ``value`` (libtorrent bencodes it) under the key of ``seed``; returns its seq."""
+        self.session.dht_put_mutable_item(
+            _expanded_secret(seed), Identity.from_seed(seed).id.key, value, salt
+        )
+        put = await self.alert(self.lt.dht_put_alert)
+        assert put.num_success >= 1
+        return int(put.seq)
+
+    def close(self) -> None:
+        self.session.pause()  # (the session stops when the test drops it)
+
+
+async def test_peerkit_and_libtorrent_read_each_others_items(libtorrent_ready: None) -> None:
+    async with loopback_dht(5, base=40) as nodes:
+        libtorrent = Libtorrent(nodes[0].address, "127.0.0.2")
         try:
             with anyio.fail_after(15):
                 while not any(n.address[0] == "127.0.0.2" for n in nodes[0].table.nodes()):
@@ -188,23 +221,49 @@ async def test_peerkit_and_libtorrent_read_each_others_items(libtorrent_ready: N
                 alice.sign, alice.id.key, b"sealed record bytes", 7, b"peerkit-locator-v1"
             )
             assert (await nodes[2].put(ours)).stored >= 4
-            session.dht_get_mutable_item(alice.id.key, ours.salt)
-            got = await alert(lt.dht_mutable_item_alert, lambda a: a.authoritative)
-            assert (bytes(got.key), got.seq, bytes(got.signature), got.item) == (
-                alice.id.key,
-                7,
-                ours.sig,
-                b"sealed record bytes",
-            )
+            got = await libtorrent.get(alice.id.key, ours.salt)
+            assert got == (alice.id.key, 7, ours.sig, b"sealed record bytes")
             # libtorrent puts (it bencodes the string itself); peerkit reads and verifies it.
             seed = os.urandom(32)
-            key = Identity.from_seed(seed).id.key
-            session.dht_put_mutable_item(_expanded_secret(seed), key, b"from libtorrent", b"s")
-            put = await alert(lt.dht_put_alert)
-            assert put.num_success >= 1
-            found = await nodes[4].get(key, b"s")
+            seq = await libtorrent.put(seed, b"from libtorrent", b"s")
+            found = await nodes[4].get(Identity.from_seed(seed).id.key, b"s")
             assert found is not None
             assert found.verify()
-            assert (found.seq, found.decoded()) == (put.seq, b"from libtorrent")
+            assert (found.seq, found.decoded()) == (seq, b"from libtorrent")
         finally:
-            session.pause()  # (the session stops when the test returns and drops it)
+            libtorrent.close()
+
+
+async def test_the_three_implementations_in_one_testnet(js_dht_ready: None, libtorrent_ready: None) -> None:
+    async with mixed_testnet(6, 6) as (nodes, agent):
+        libtorrent = Libtorrent(nodes[0].address, "127.0.0.3")
+        try:
+            with anyio.fail_after(15):
+                while not any(n.address[0] == "127.0.0.3" for n in nodes[0].table.nodes()):
+                    await anyio.sleep(0.1)
+            # peerkit's item, read byte-exact by both others.
+            alice = Identity.generate()
+            ours = MutableItem.create(alice.sign, alice.id.key, b"where alice is", 4, b"peerkit-locator-v1")
+            assert (await nodes[1].put(ours)).stored >= 4
+            got = (await agent.ask(cmd="get", target=ours.target.hex(), salt=ours.salt.hex()))["got"]
+            assert got == {"k": alice.id.key.hex(), "seq": 4, "v": b"where alice is".hex()}
+            assert await libtorrent.get(alice.id.key, ours.salt) == (
+                alice.id.key,
+                4,
+                ours.sig,
+                b"where alice is",
+            )
+            # bittorrent-dht's item and libtorrent's, each read and verified by peerkit.
+            js_seed, lt_seed = os.urandom(32), os.urandom(32)
+            await agent.ask(cmd="put", seed=js_seed.hex(), v=b"from node".hex(), seq=2, salt=b"j".hex())
+            lt_seq = await libtorrent.put(lt_seed, b"from libtorrent", b"l")
+            for seed, salt, seq, value in (
+                (js_seed, b"j", 2, b"from node"),
+                (lt_seed, b"l", lt_seq, b"from libtorrent"),
+            ):
+                found = await nodes[5].get(Identity.from_seed(seed).id.key, salt)
+                assert found is not None
+                assert found.verify()
+                assert (found.seq, found.decoded()) == (seq, value)
+        finally:
+            libtorrent.close()
