@@ -363,12 +363,20 @@ class DhtNode:
     ) -> MutableItem | None:
         """The newest valid item stored under ``key`` and ``salt``, or None when no node near
         its target holds one (items that do not verify are ignored)."""
-        item, _, _ = await self._get(key, salt, timeout, width=K)
-        return item
+        tops, _, _ = await self._get(key, salt, timeout, width=K)
+        return tops[0] if tops else None
+
+    async def newest(
+        self, key: bytes, salt: bytes = b"", *, timeout: float = LOOKUP_TIMEOUT
+    ) -> list[MutableItem]:
+        """Every distinct valid item found under ``key`` and ``salt`` at the highest seq, the one
+        :meth:`get` returns first (more than one: values written under one seq, a split)."""
+        tops, _, _ = await self._get(key, salt, timeout, width=K)
+        return tops
 
     async def _get(
         self, key: bytes, salt: bytes, timeout: float, *, width: int
-    ) -> tuple[MutableItem | None, Lookup, list[MutableItem]]:
+    ) -> tuple[list[MutableItem], Lookup, list[MutableItem]]:
         # The ``width`` nearest nodes that answer are asked: K for a read (a put reached the
         # PUT_WIDTH nearest), PUT_WIDTH for a put (it needs their write tokens).
         wanted = target(key, salt)
@@ -398,18 +406,19 @@ class DhtNode:
         self,
         key: bytes,
         salt: bytes,
-        build: Callable[[MutableItem | None], MutableItem],
+        build: Callable[[list[MutableItem]], MutableItem],
         *,
         timeout: float = LOOKUP_TIMEOUT,
         skip_above: int | None = None,
     ) -> tuple[PutResult, MutableItem]:
-        """Read-modify-write: find the newest item under ``key`` and ``salt`` (None when there
-        is none), store what ``build`` makes of it, with BEP 44's cas set to the seq found (nodes
-        that hold another seq refuse it: 301), in one lookup. Returns what the put achieved and
-        the item stored (see :meth:`put` for ``skip_above``)."""
-        current, lookup, found = await self._get(key, salt, timeout, width=PUT_WIDTH)
-        item = build(current)
-        cas = current.seq if current is not None and current.seq < item.seq else None
+        """Read-modify-write: find the newest items under ``key`` and ``salt`` (as
+        :meth:`newest`: none, one, or several under one seq), store what ``build`` makes of them,
+        with BEP 44's cas set to the seq found (nodes that hold another seq refuse it: 301), in
+        one lookup. Returns what the put achieved and the item stored (see :meth:`put` for
+        ``skip_above``)."""
+        tops, lookup, found = await self._get(key, salt, timeout, width=PUT_WIDTH)
+        item = build(tops)
+        cas = tops[0].seq if tops and tops[0].seq < item.seq else None
         return await self._store(item, lookup, found, cas, skip_above), item
 
     async def _store(
@@ -474,15 +483,16 @@ def _budget_key(address: Address) -> str:
     return f"{host}:{address[1]}" if host.startswith("127.") or host == "::1" else host
 
 
-def _newest(items: list[MutableItem]) -> MutableItem | None:
-    # The highest seq wins. Two values under one seq (some implementations, libtorrent among them,
-    # take a new value at the seq they hold) are told apart the same way by every reader: the
-    # one more nodes hold, then the greater signature.
+def _newest(items: list[MutableItem]) -> list[MutableItem]:
+    # The distinct items at the highest seq, the winner first. Two values under one seq (some
+    # implementations, libtorrent among them, take a new value at the seq they hold; two writers
+    # in the same millisecond) are told apart the same way by every reader: the one more nodes
+    # hold, then the greater signature.
     if not items:
-        return None
+        return []
     top = max(item.seq for item in items)
     held = Counter(item for item in items if item.seq == top)
-    return max(held, key=lambda item: (held[item], item.sig))
+    return sorted(held, key=lambda item: (held[item], item.sig), reverse=True)
 
 
 def _item(response: Response, key: bytes, salt: bytes) -> MutableItem | None:

@@ -41,7 +41,17 @@ import anyio.abc
 from peerkit.dht.bep44 import MutableItem
 from peerkit.dht.krpc import Address, Node
 from peerkit.dht.node import PUT_QUORUM, DhtNode
-from peerkit.dht.record import SALT, TAG_SIZE, LocatorError, carries, fit_record, merged_item, open_item
+from peerkit.dht.record import (
+    SALT,
+    STALE,
+    TAG_SIZE,
+    LocatorError,
+    carries,
+    fit_record,
+    merged_item,
+    open_item,
+    own_entry,
+)
 from peerkit.dht.transport import Datagrams, UdpDatagrams
 from peerkit.discovery.base import Announcement, DiscoverySession, DiscoverySink, read_record
 from peerkit.errors import InvalidRecord
@@ -71,6 +81,8 @@ DEFAULT_BOOTSTRAP: Final[tuple[Address, ...]] = (
 REPUBLISH: Final = 3600.0
 #: Seconds, at most, between tries of a put that no node took.
 RETRY_MAX: Final = 60.0
+#: Seconds after a publication when the provider looks again (see _Session.keep_published).
+SETTLE: Final = 2.0
 #: Copies of the record found near its target above which a republication is skipped.
 ENOUGH_COPIES: Final = 8
 #: The file in the node's data dir that keeps the routing table's nodes between runs, and how
@@ -378,7 +390,10 @@ class _Session:
     async def keep_published(self) -> None:
         # Publishes what is wanted when it changes, and every REPUBLISH seconds; a put that no
         # node took (the DHT not joined yet, or out of reach) is tried again, 1 s later, then 2 s,
-        # ... up to RETRY_MAX.
+        # ... up to RETRY_MAX. SETTLE seconds after a change is published, it looks once more
+        # (a republish that writes nothing when the record is as it left it): another device of
+        # this id may have written in the same millisecond, and the nodes be split between the
+        # two values; the look merges them.
         retry: float | None = None
         while True:
             with anyio.move_on_after(retry if retry is not None else REPUBLISH):
@@ -392,7 +407,10 @@ class _Session:
             except Exception:
                 log.exception("publishing the record in the DHT failed")
                 done = False
-            retry = None if done else min(2 * retry if retry else 1.0, RETRY_MAX)
+            if done:
+                retry = SETTLE if changed else None
+            else:
+                retry = min(2 * retry if retry and retry != SETTLE else 1.0, RETRY_MAX)
 
     async def _put(self, announcement: Announcement, *, withdrawn: bool, refresh: bool = False) -> bool:
         # Whether it is done (in one family at least): stored, not needed, or impossible.
@@ -426,17 +444,29 @@ class _Session:
         base = max(record.seq, self._seq + 1) if withdrawn else max(record.seq, self._seq)
         addresses = [] if withdrawn else [(e.host, e.port) for e in endpoints]
 
-        def build(current: MutableItem | None) -> MutableItem:
-            # This device's entry replaced in what the other devices of this id stored.
+        def build(tops: list[MutableItem]) -> MutableItem:
+            # This device's entry replaced in what the other devices of this id stored. (Several
+            # items under one seq: devices wrote at the same moment; all are merged, above it.)
             def made(seq: int) -> MutableItem:
                 own = None
                 if not withdrawn:
                     own = fit_record(signer, seq, nickname=nickname, endpoint_name=name, endpoints=addresses)
                 now_ms = int(time.time() * 1000)
-                return merged_item(signer, own, seq, key, tag=self._tag, current=current, now_ms=now_ms)
+                return merged_item(signer, own, seq, key, tag=self._tag, current=tops, now_ms=now_ms)
 
-            if current is None:
+            if not tops:
                 return made(base)
+            current = tops[0]
+            if len(tops) == 1:
+                mine = own_entry(current, self._tag, key)
+                fresh = mine is None or read_record(mine)[0].seq >= time.time() * 1000 - STALE * 500
+                if fresh and _says(mine, nickname, name, addresses, withdrawn):
+                    # This device's entry is there, says what it would say, and is fresh enough
+                    # that the other devices keep it (STALE): nothing to write; the item is put
+                    # again as it is.
+                    return current
+            else:  # a split: above it, whatever this device wrote there
+                return made(max(base, current.seq + 1))
             item = made(max(base, current.seq))
             return item if item == current or item.seq > current.seq else made(current.seq + 1)
 
@@ -459,13 +489,34 @@ class _Session:
                 # Another device of this id may have written at the same moment (BEP 44's cas
                 # cannot say "nothing there yet"): read back, and merge again if this device's
                 # entry is not in what is there now.
-                now = await node.get(bytes(signer.id), SALT)
-                if now is None or now == item or carries(now, self._tag) == (not withdrawn):
+                tops = await node.newest(bytes(signer.id), SALT)
+                if (
+                    not tops
+                    or tops == [item]
+                    or (len(tops) == 1 and carries(tops[0], self._tag) != withdrawn)
+                ):
                     log.debug("DHT record at seq %d stored on %d nodes", item.seq, result.stored)
                     return True
             # Nodes hold another seq: another device of this id wrote meanwhile, or a clock went
             # back. Read again and merge with what is there now.
         return False
+
+
+def _says(
+    envelope: bytes | None, nickname: str, name: str, addresses: list[tuple[str, int]], withdrawn: bool
+) -> bool:
+    # Whether this device's entry (``envelope``; None: it has none) says what it would publish
+    # now: the same nickname, endpoint name and addresses, or nothing when it withdraws.
+    if envelope is None:
+        return withdrawn
+    if withdrawn:
+        return False
+    try:
+        _, nick, endpoint_name, endpoints = read_record(envelope)
+    except InvalidRecord:
+        return False
+    # (A record cut to fit never says all of it: such a device writes at each publication.)
+    return (nick, endpoint_name, [(e.host, e.port) for e in endpoints]) == (nickname, name, addresses)
 
 
 async def _locator_key(sink: DiscoverySink, peer_id: PeerId | None) -> bytes | None:

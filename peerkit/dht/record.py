@@ -27,6 +27,7 @@ record exists, how many devices wrote it and when, and nothing of where they are
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from typing import Any, Final
 
@@ -53,6 +54,7 @@ __all__ = (
     "merged_item",
     "new_locator_key",
     "open_item",
+    "own_entry",
     "seal",
     "sealed_item",
     "unseal",
@@ -222,6 +224,22 @@ def carries(item: MutableItem, tag: bytes) -> bool:
         return False
 
 
+def own_entry(item: MutableItem, tag: bytes, locator_key: bytes) -> bytes | None:
+    """The record envelope of the device ``tag`` in ``item``, if it has an entry there that opens
+    with ``locator_key`` and verifies (None otherwise)."""
+    try:
+        entries = _entries(item)
+    except LocatorError:
+        return None
+    for mark, seq, sealed in entries:
+        if mark == _mark(tag, seq):
+            try:
+                return _opened(sealed, seq, item.key, locator_key)
+            except LocatorError:
+                return None
+    return None
+
+
 def merged_item(
     signer: Signer,
     envelope: bytes | None,
@@ -229,23 +247,25 @@ def merged_item(
     locator_key: bytes,
     *,
     tag: bytes,
-    current: MutableItem | None,
+    current: MutableItem | Sequence[MutableItem] | None,
     now_ms: int,
 ) -> MutableItem:
     """The item a device stores: its own ``envelope`` (its record at ``seq``; None when it signs
-    out) first, then the entries of ``current`` (the item found) of other devices seen within
-    :data:`STALE`, newest first, as many as fit. An entry is the device's own when it carries
-    the mark of ``tag``; entries of a damaged ``current`` are dropped."""
+    out) first, then the entries of ``current`` (the item found, or the items found under one
+    seq when devices wrote at the same moment) of other devices seen within :data:`STALE`,
+    newest first, as many as fit. An entry is the device's own when it carries the mark of
+    ``tag``; entries of a damaged item are dropped."""
+    found = [] if current is None else [current] if isinstance(current, MutableItem) else list(current)
+    entries: dict[tuple[bytes, int, bytes], None] = {}
+    for item in found:
+        if item.key == bytes(signer.id):
+            with contextlib.suppress(LocatorError):
+                entries.update(dict.fromkeys(_entries(item)))
     others: list[list[Value]] = []
-    if current is not None and current.key == bytes(signer.id):
-        try:
-            entries = _entries(current)
-        except LocatorError:
-            entries = []
-        for mark, entry_seq, sealed in sorted(entries, key=lambda e: -e[1]):
-            if entry_seq < now_ms - STALE * 1000 or entry_seq >= seq or mark == _mark(tag, entry_seq):
-                continue  # stale, or this device's own older entry (replaced)
-            others.append([mark, entry_seq, sealed])
+    for mark, entry_seq, sealed in sorted(entries, key=lambda e: -e[1]):
+        if entry_seq < now_ms - STALE * 1000 or entry_seq >= seq or mark == _mark(tag, entry_seq):
+            continue  # stale, or this device's own older entry (replaced)
+        others.append([mark, entry_seq, sealed])
     own = [] if envelope is None else [_entry(envelope, seq, tag, locator_key)]
     while True:
         value: list[Value] = [*own, *others[: MAX_DEVICES - len(own)]]

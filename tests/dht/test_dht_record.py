@@ -180,3 +180,20 @@ def test_a_device_with_another_locator_key_is_kept_but_opens_for_its_contacts_on
         now_ms=NOW + 2,
     )
     assert len(theirs.decoded()) == 1  # type: ignore[arg-type]
+
+
+def test_items_two_devices_wrote_under_one_seq_are_merged_whole() -> None:
+    alice = Identity.generate()
+    key = new_locator_key()
+    desk = merged_item(alice, _record(alice, NOW, "192.0.2.1"), NOW, key, tag=DESK, current=None, now_ms=NOW)
+    laptop = merged_item(
+        alice, _record(alice, NOW, "192.0.2.2"), NOW, key, tag=LAPTOP, current=None, now_ms=NOW
+    )
+    assert desk.seq == laptop.seq
+    assert desk != laptop  # a split: the same seq, two values
+    seq = NOW + 1
+    phone = merged_item(
+        alice, _record(alice, seq, "192.0.2.3"), seq, key, tag=PHONE, current=[desk, laptop, desk], now_ms=seq
+    )
+    hosts = sorted(read_record(e)[3][0].host for e in open_item(phone, key))
+    assert hosts == ["192.0.2.1", "192.0.2.2", "192.0.2.3"]  # each entry once

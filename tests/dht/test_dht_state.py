@@ -238,8 +238,8 @@ def test_the_newest_item_is_the_highest_seq_then_the_most_held_then_the_greatest
 
     alice = Identity.generate()
     a, b, newer = item(alice, b"a", 5), item(alice, b"b", 5), item(alice, b"c", 6)
-    assert _newest([]) is None
-    assert _newest([a, b, a]) == a
-    assert _newest([b, a, b]) == b  # the order met does not matter, only how many hold each
-    assert _newest([a, a, b, newer]) == newer  # a higher seq wins whatever the counts
-    assert _newest([a, b]) == _newest([b, a]) == max(a, b, key=lambda i: i.sig)
+    assert _newest([]) == []
+    assert _newest([a, b, a]) == [a, b]  # a split: both, the winner first
+    assert _newest([b, a, b]) == [b, a]  # the order met does not matter, only how many hold each
+    assert _newest([a, a, b, newer]) == [newer]  # a higher seq wins whatever the counts
+    assert _newest([a, b])[0] == _newest([b, a])[0] == max(a, b, key=lambda i: i.sig)
