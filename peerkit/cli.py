@@ -624,11 +624,20 @@ def _dht_status_text(status: dict[str, Any]) -> str:
             *others,
             f"routing table: {status['nodes']} nodes (joined through {', '.join(status['bootstrap'])})",
             f"reachable: {reach}; {mode}",
+            f"seen by others at: {_address_text(status.get('external_address'))}",
             f"last publish: {last}",
             f"items stored for others: {status['items']} ({status['item_bytes']} bytes)",
             f"queries answered: {status['queries_answered']}, sent: {status['queries_sent']}",
         )
     )
+
+
+def _address_text(address: Any) -> str:
+    # An address from the DHT status ([host, port]), or what to say when there is none yet.
+    if not address:
+        return "not known yet (fewer than 3 nodes agree)"
+    host, port = address
+    return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
 
 
 @asynccontextmanager

@@ -122,7 +122,8 @@ def test_no_file_over_the_limit(path: Path) -> None:
 
 #: The DHT's sans-IO modules: the codec, the KRPC state, the lookups.
 DHT_SANS_IO = {
-    f"peerkit.dht.{m}" for m in ("bencode", "bep44", "krpc", "routing", "storage", "server", "lookup")
+    f"peerkit.dht.{m}"
+    for m in ("bencode", "bep44", "krpc", "routing", "storage", "server", "lookup", "external")
 }
 
 

@@ -29,6 +29,7 @@ import anyio.abc
 
 from peerkit.dht.bencode import BencodeError, Value, encode
 from peerkit.dht.bep44 import MutableItem, target
+from peerkit.dht.external import ExternalAddress
 from peerkit.dht.krpc import ID_SIZE, Address, Error, KrpcError, Node, Query, Response, parse
 from peerkit.dht.lookup import Lookup, RoundTrips
 from peerkit.dht.routing import K, RoutingTable
@@ -117,6 +118,9 @@ class DhtStatus:
     #: Queries it answered, and sent.
     queries_answered: int
     queries_sent: int
+    #: Where others see it (the ``ip`` of their responses, BEP 42), once enough agree; behind
+    #: a NAT, the router's public address and the port it mapped.
+    external_address: Address | None = None
 
 
 class DhtNode:
@@ -167,6 +171,8 @@ class DhtNode:
         self.queries_sent = 0
         #: The round trips of answered queries (they set the lookups' soft timeout).
         self.round_trips = RoundTrips()
+        #: Where others see this node (the ``ip`` field of their responses).
+        self.external = ExternalAddress()
 
     @staticmethod
     def _polite(budget: RequestBudget, address: Address, now: float) -> bool:
@@ -212,6 +218,7 @@ class DhtNode:
             item_bytes=self.store.size,
             queries_answered=self.queries_answered,
             queries_sent=self.queries_sent,
+            external_address=self.external.address,
         )
 
     # -- reachability (BEP 43) ---------------------------------------------------------------
@@ -310,6 +317,8 @@ class DhtNode:
         answer = pending.answer
         if answer is not None:
             self.round_trips.seen(anyio.current_time() - sent)
+        if isinstance(answer, Response) and answer.ip is not None:
+            self.external.seen(_budget_key(node.address), answer.ip)
         if isinstance(answer, Response):
             if (node.id and not self.read_only) or not node.id:
                 self.table.seen(Node(answer.sender, node.address), anyio.current_time())

@@ -80,9 +80,13 @@ class UdpDatagrams:
 
 
 class _MemoryEnd:
-    def __init__(self, network: MemoryDatagramNetwork, address: Address, *, firewalled: bool) -> None:
+    def __init__(
+        self, network: MemoryDatagramNetwork, address: Address, *, firewalled: bool, public: Address | None
+    ) -> None:
         self._network = network
         self._address = address
+        # Behind a NAT: where its datagrams seem to come from, and the address that reaches it.
+        self.public = public
         # Behind a NAT or firewall: datagrams come in only from addresses this end sent to.
         self.allowed: set[Address] | None = set() if firewalled else None
         self._send, self._receive = anyio.create_memory_object_stream[tuple[bytes, Address]](network.buffer)
@@ -95,13 +99,15 @@ class _MemoryEnd:
         await anyio.lowlevel.checkpoint()
         if self.allowed is not None:
             self.allowed.add(address)
-        self._network._deliver(data, self._address, address)
+        self._network._deliver(data, self.public or self._address, address)
 
     async def receive(self) -> tuple[bytes, Address]:
         return await self._receive.receive()
 
     async def aclose(self) -> None:
         self._network._ends.pop(self._address, None)
+        if self.public is not None:
+            self._network._ends.pop(self.public, None)
         self._send.close()
         self._receive.close()
         await anyio.lowlevel.checkpoint()
@@ -132,9 +138,13 @@ class MemoryDatagramNetwork:
         self.sent = 0
         self.dropped = 0
 
-    def bind(self, host: str | None = None, *, firewalled: bool = False) -> Datagrams:
+    def bind(
+        self, host: str | None = None, *, firewalled: bool = False, public: Address | None = None
+    ) -> Datagrams:
         """A new end at ``host`` (default: the next 10.x address), port 6881. A ``firewalled``
-        end takes datagrams only from addresses it sent to (as behind a home router's NAT)."""
+        end takes datagrams only from addresses it sent to (as behind a home router's NAT). An
+        end with a ``public`` address is behind a NAT that maps it there: its datagrams seem to
+        come from ``public``, datagrams to ``public`` reach it, and it is firewalled."""
         if host is None:
             n = self._next
             self._next += 1
@@ -142,8 +152,12 @@ class MemoryDatagramNetwork:
         address = (host, 6881)
         if address in self._ends:
             raise OSError(f"{host}:6881 is taken")
-        end = _MemoryEnd(self, address, firewalled=firewalled)
+        if public is not None and public in self._ends:
+            raise OSError(f"{public[0]}:{public[1]} is taken")
+        end = _MemoryEnd(self, address, firewalled=firewalled or public is not None, public=public)
         self._ends[address] = end
+        if public is not None:
+            self._ends[public] = end
         return end
 
     def run_delays_in(self, tg: anyio.abc.TaskGroup) -> None:

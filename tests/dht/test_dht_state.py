@@ -243,3 +243,23 @@ def test_the_newest_item_is_the_highest_seq_then_the_most_held_then_the_greatest
     assert _newest([b, a, b]) == [b, a]  # the order met does not matter, only how many hold each
     assert _newest([a, a, b, newer]) == [newer]  # a higher seq wins whatever the counts
     assert _newest([a, b])[0] == _newest([b, a])[0] == max(a, b, key=lambda i: i.sig)
+
+
+def test_the_external_address_is_believed_once_enough_reporters_agree() -> None:
+    from peerkit.dht.external import MIN_VOTES, REPORTERS, ExternalAddress
+
+    votes = ExternalAddress()
+    public, liar = ("203.0.113.7", 40001), ("198.51.100.66", 1)
+    for i in range(MIN_VOTES - 1):
+        votes.seen(f"10.0.0.{i}", public)
+    assert votes.address is None  # not enough yet
+    votes.seen("10.0.0.9", public)
+    assert votes.address == public
+    for i in range(MIN_VOTES):  # as many say otherwise: a tie believes nothing
+        votes.seen(f"10.0.1.{i}", liar)
+    assert votes.address is None
+    votes.seen("10.0.0.9", public)  # one reporter counts once, however often it reports
+    assert votes.address is None
+    for i in range(REPORTERS):  # reports of many more: the old ones are forgotten
+        votes.seen(f"10.0.2.{i}", public)
+    assert votes.address == public

@@ -198,3 +198,21 @@ async def test_a_datagram_longer_than_any_krpc_message_is_dropped_unread() -> No
         assert isinstance(await asker.query(peer, b"ping", {b"pad": bytes(1500)}), Response)
         with anyio.fail_after(QUERY_TIMEOUT + 1):
             assert await asker.query(peer, b"ping", {b"pad": bytes(MAX_DATAGRAM)}) is None
+
+
+async def test_a_node_behind_a_nat_learns_its_public_address_from_the_answers() -> None:
+    async with memory_testnet(20) as testnet:
+        net = testnet.network
+        public = ("203.0.113.7", 40001)  # the router's address and the port it mapped
+        async with anyio.create_task_group() as tg:
+            behind = DhtNode(net.bind("192.168.1.20", public=public), bootstrap=[testnet.nodes[0].address])
+            await tg.start(behind.run)
+            with anyio.fail_after(10):
+                while behind.status().external_address is None:
+                    await anyio.sleep(0.1)
+            assert behind.status().external_address == public
+            assert testnet.nodes[3].status().external_address == testnet.nodes[3].address  # no NAT
+            # It reads and writes through the others like any node (behind its NAT).
+            alice = Identity.generate()
+            assert (await behind.put(item(alice, b"behind a NAT", 1))).stored >= 8
+            tg.cancel_scope.cancel()

@@ -353,6 +353,7 @@ async def test_peerkit_dht_status_says_what_the_running_node_does(tmp_path: Path
                 assert f"routing table: {found['nodes']} nodes" in text
                 assert "running (pid" in text
                 assert "serving queries" in text
+                assert "seen by others at: 127.0.0.1:" in text  # the ip field of the answers
             finally:
                 server.terminate()
                 await server.wait()
