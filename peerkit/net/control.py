@@ -11,6 +11,7 @@ outstanding in either direction.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -123,6 +124,17 @@ Handler = Callable[["ControlChannel", dict[str, Any]], Awaitable[Reply]]
 NoticeHandler = Callable[["ControlChannel", dict[str, Any]], None]
 
 
+def seen_address(value: object) -> tuple[str, int] | None:
+    """The address in a pong's ``seen`` ([host, port]), or None when it is not a valid one."""
+    match value:
+        case [str(host), int(port)] if len(host) <= 45 and 0 < port < 65536 and not isinstance(port, bool):
+            try:
+                return str(ipaddress.ip_address(host)), port
+            except ValueError:
+                return None
+    return None
+
+
 class ControlChannel:
     """Requests and replies with one peer over a :class:`SecureChannel`; see the module docstring.
 
@@ -159,6 +171,9 @@ class ControlChannel:
         self.sender: Any = None
         #: Subscriptions carried by this channel (either way): while there is one it is never idle.
         self.pins = 0
+        #: Where the peer last said it sees this side of the connection (the ``seen`` of its
+        #: pong): behind a NAT, the router's public address and the port it mapped.
+        self.seen: tuple[str, int] | None = None
         self._state = ControlState(max_concurrent=max_concurrent)
         self._handler = handler
         self._notices = dict(notices or {})
@@ -375,7 +390,9 @@ class ControlChannel:
                 # (its requests wait in its own buffers, not in this node's memory).
                 await self.channel.writable()
         elif isinstance(event, PingReceived):
-            tg.start_soon(self._send_reply, event.rid, {"t": "pong"})
+            address = self.channel.peer.address
+            pong: dict[str, Any] = {"t": "pong"} if address is None else {"t": "pong", "seen": list(address)}
+            tg.start_soon(self._send_reply, event.rid, pong)
         elif isinstance(event, RetireReceived):
             if event.answer:
                 tg.start_soon(self.retire)
@@ -425,10 +442,11 @@ class ControlChannel:
         try:
             request = await self.start_request({"t": "ping"}, activity=False)
             with anyio.move_on_after(timeout) as timer:
-                await request.wait()
+                pong = await request.wait()
         except PeerUnreachable:
             return False
         if not timer.cancelled_caught:
+            self.seen = seen_address(pong.get("seen")) or self.seen
             return True
         self.forget(request)
         log.info(

@@ -329,3 +329,32 @@ async def test_a_peer_that_does_not_read_its_replies_is_not_read_from(alice: Ide
         await b.aclose()
         await a_channel.aclose()
         tg.cancel_scope.cancel()
+
+
+def test_a_pong_says_where_the_peer_sees_this_side_and_nonsense_is_ignored() -> None:
+    from peerkit.net.control import seen_address
+
+    assert seen_address(["203.0.113.7", 40001]) == ("203.0.113.7", 40001)
+    assert seen_address(["2001:db8::1", 7]) == ("2001:db8::1", 7)
+    host = "203.0.113.7"
+    nonsense = (None, [], [host], ["nowhere", 1], [host, 0], [host, 70000], [host, True], [b"x", 1])
+    for value in (*nonsense, ["1" * 100, 1], f"{host}:1"):
+        assert seen_address(value) is None
+
+
+async def test_each_side_learns_where_the_other_sees_it_from_the_pongs() -> None:
+    from peerkit.testing import MemoryNetwork, nodes
+
+    net = MemoryNetwork()
+    policy = KeepalivePolicy(interval=0.05, timeout=1, idle=60)
+    async with nodes(network=net, keepalive=policy) as (alice, bob):
+        await alice.peer_at(bob.endpoint.host, bob.endpoint.port)  # a control channel
+        with anyio.fail_after(5):
+            while True:
+                to_bob, to_alice = alice._connections.controls(bob.id), bob._connections.controls(alice.id)
+                if to_bob and to_alice and to_bob[0].seen and to_alice[0].seen:
+                    break
+                await anyio.sleep(0.02)
+        (to_bob,), (to_alice,) = to_bob, to_alice
+        assert to_bob.seen == to_alice.channel.peer.address  # alice's end, as bob sees it
+        assert to_alice.seen == (bob.endpoint.host, bob.endpoint.port)  # bob's, as alice dialled it

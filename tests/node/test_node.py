@@ -799,7 +799,8 @@ async def test_ping_and_unknown_messages_without_rid() -> None:
     async with nodes() as (alice, bob), await raw_channel(alice, bob) as channel:
         await channel.send({"t": "ping", "rid": 9})
         with anyio.fail_after(2):
-            assert await channel.receive() == {"t": "pong", "rid": 9}
+            pong = await channel.receive()
+            assert {k: pong[k] for k in ("t", "rid")} == {"t": "pong", "rid": 9}
         await channel.send({"t": "whatever"})
         with anyio.fail_after(2):
             reply = await channel.receive()
@@ -809,7 +810,8 @@ async def test_ping_and_unknown_messages_without_rid() -> None:
         await channel.send({"t": "invite_cancel", "rid": 12345})  # unknown rid: ignored
         await channel.send({"t": "ping", "rid": 10})
         with anyio.fail_after(2):
-            assert await channel.receive() == {"t": "pong", "rid": 10}
+            pong = await channel.receive()
+            assert {k: pong[k] for k in ("t", "rid")} == {"t": "pong", "rid": 10}
 
 
 async def test_garbage_reply_is_a_protocol_error() -> None:

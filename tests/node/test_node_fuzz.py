@@ -52,7 +52,7 @@ def test_fuzzed_messages_never_break_a_node(batch: list[dict[str, Any]]) -> None
                         await channel.send(message)
                 await channel.send({"t": "ping", "rid": 2**40})
                 with anyio.fail_after(5):
-                    while (reply := await channel.receive()) != {"t": "pong", "rid": 2**40}:
+                    while (reply := await channel.receive()).get("rid") != 2**40 or reply["t"] != "pong":
                         assert reply["t"] in ("invite_reply", "error", "pong")
             assert bob.running
 
