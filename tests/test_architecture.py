@@ -130,7 +130,7 @@ DHT_SANS_IO = {
 def test_proto_does_no_io() -> None:
     table = modules()
     for name, path in table.items():
-        if not name.startswith("peerkit.proto") and name not in DHT_SANS_IO:
+        if not name.startswith("peerkit.proto") and name not in DHT_SANS_IO and name != "peerkit.nat.natpmp":
             continue
         tree = ast.parse(path.read_text("utf-8"))
         for node in ast.walk(tree):

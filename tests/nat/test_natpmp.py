@@ -1,0 +1,142 @@
+"""NAT-PMP (RFC 6886): the messages byte for byte, answers that are not answers, and the client
+against a router written here from the RFC (on loopback)."""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import anyio
+import anyio.abc
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from peerkit.nat.client import NatPmpClient
+from peerkit.nat.natpmp import (
+    ExternalAddress,
+    Mapping,
+    NatPmpError,
+    epoch_is_continuous,
+    external_address_request,
+    mapping_request,
+    parse_response,
+)
+
+
+def test_requests_are_the_rfcs_bytes() -> None:
+    assert external_address_request() == b"\x00\x00"
+    assert mapping_request("tcp", 7000, 7000, 3600) == bytes.fromhex("0002 0000 1b58 1b58 00000e10")
+    assert mapping_request("udp", 6881) == bytes.fromhex("0001 0000 1ae1 0000 00001c20")
+    assert mapping_request("tcp", 7000, 0, 0) == bytes.fromhex("0002 0000 1b58 0000 00000000")  # removal
+    for bad in (("sctp", 1, 0, 1), ("tcp", 0, 0, 1), ("tcp", 1, 70000, 1), ("tcp", 1, 0, -1)):
+        with pytest.raises(ValueError, match=r"ports are|lifetime|udp or tcp"):
+            mapping_request(*bad)  # type: ignore[arg-type]
+
+
+def test_answers_are_read_and_checked_against_the_request() -> None:
+    ask = external_address_request()
+    answer = bytes.fromhex("0080 0000 00000064 cb007109")
+    assert parse_response(answer, ask) == ExternalAddress("203.0.113.9", 100)
+    mapping = mapping_request("tcp", 7000, 0, 3600)
+    got = parse_response(bytes.fromhex("0082 0000 00000065 1b58 9c40 00000708"), mapping)
+    assert got == Mapping("tcp", 7000, 40000, 1800, 101)
+    with pytest.raises(NatPmpError, match="not authorized") as refused:
+        parse_response(bytes.fromhex("0082 0002 00000065 1b58 0000 00000000"), mapping)
+    assert refused.value.code == 2
+    for wrong in (
+        bytes.fromhex("0081 0000 00000065 1b58 9c40 00000708"),  # an answer for udp
+        bytes.fromhex("0182 0000 00000065 1b58 9c40 00000708"),  # version 1
+        bytes.fromhex("0082 0000 00000065 1b59 9c40 00000708"),  # another port's mapping
+        bytes.fromhex("0082 0000 00000065 1b58"),  # cut short
+        b"",
+    ):
+        with pytest.raises(NatPmpError) as error:
+            parse_response(wrong, mapping)
+        assert error.value.code is None
+
+
+@given(st.binary(max_size=40), st.sampled_from([external_address_request(), mapping_request("udp", 6881)]))
+def test_any_bytes_are_an_answer_or_a_clear_error(data: bytes, request: bytes) -> None:
+    try:
+        answer = parse_response(data, request)
+    except NatPmpError:
+        return
+    assert isinstance(answer, ExternalAddress | Mapping)
+
+
+def test_a_router_that_lost_its_mappings_is_told_by_its_epoch() -> None:
+    assert epoch_is_continuous(1000, 50.0, 1100, 150.0)  # 100 s later, 100 s on
+    assert epoch_is_continuous(1000, 50.0, 1088, 150.0)  # a slow clock: within an eighth
+    assert not epoch_is_continuous(1000, 50.0, 5, 150.0)  # it restarted
+
+
+class Router:
+    """A NAT-PMP router on loopback, written from RFC 6886: public address 203.0.113.9, each
+    mapping given the suggested port (or internal + 10000) for at most an hour."""
+
+    def __init__(self, sock: anyio.abc.UDPSocket, *, drop_first: int = 0, refuse: int = 0) -> None:
+        self.sock = sock
+        self.drop = drop_first
+        self.refuse = refuse
+        self.mappings: dict[tuple[int, int], tuple[int, int]] = {}
+        self.requests = 0
+
+    async def serve(self) -> None:
+        async for data, source in self.sock:
+            self.requests += 1
+            if self.drop:
+                self.drop -= 1  # lost on the way: the client must send again
+                continue
+            opcode = data[1]
+            if self.refuse:
+                reply = struct.pack("!BBHI", 0, 128 + opcode, self.refuse, 7) + bytes(8)
+            elif opcode == 0:
+                reply = struct.pack("!BBHI4s", 0, 128, 0, 7, bytes([203, 0, 113, 9]))
+            else:
+                _, _, _, internal, suggested, lifetime = struct.unpack("!BBHHHI", data)
+                if lifetime == 0:
+                    self.mappings.pop((opcode, internal), None)
+                    external = 0
+                else:
+                    external = suggested or internal + 10000
+                    lifetime = min(lifetime, 3600)
+                    self.mappings[(opcode, internal)] = (external, lifetime)
+                reply = struct.pack("!BBHIHHI", 0, 128 + opcode, 0, 7, internal, external, lifetime)
+            await self.sock.sendto(reply, *source[:2])
+
+
+@asynccontextmanager
+async def router(**options: int) -> AsyncIterator[tuple[Router, NatPmpClient]]:
+    async with await anyio.create_udp_socket(local_host="127.0.0.1") as sock, anyio.create_task_group() as tg:
+        made = Router(sock, **options)
+        tg.start_soon(made.serve)
+        port = sock.extra(anyio.abc.SocketAttribute.local_port)
+        yield made, NatPmpClient("127.0.0.1", port=port, first_wait=0.05)
+        tg.cancel_scope.cancel()
+
+
+@pytest.mark.anyio
+async def test_the_client_asks_maps_and_unmaps_through_a_router() -> None:
+    async with router(drop_first=1) as (made, client):
+        assert await client.external_address() == ExternalAddress("203.0.113.9", 7)
+        assert made.requests == 2  # the first was lost: sent again
+        mapping = await client.map("tcp", 7000, lifetime=7200)
+        assert mapping == Mapping("tcp", 7000, 17000, 3600, 7)  # the router chose the port and time
+        assert made.mappings == {(2, 7000): (17000, 3600)}
+        await client.unmap("tcp", 7000)
+        assert made.mappings == {}
+
+
+@pytest.mark.anyio
+async def test_a_refusing_router_and_no_router_are_clear_errors() -> None:
+    async with router(refuse=4) as (_, client):
+        with pytest.raises(NatPmpError, match="out of resources") as refused:
+            await client.map("udp", 6881)
+        assert refused.value.code == 4
+    async with await anyio.create_udp_socket(local_host="127.0.0.1") as idle:
+        port = idle.extra(anyio.abc.SocketAttribute.local_port)  # nothing listens there afterwards
+    silent = NatPmpClient("127.0.0.1", port=port, tries=2, first_wait=0.05)
+    with anyio.fail_after(2), pytest.raises(NatPmpError, match=r"no NAT-PMP router at 127\.0\.0\.1"):
+        await silent.external_address()
