@@ -14,6 +14,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from peerkit.nat.client import NatPmpClient
+from peerkit.nat.mapper import PortMapper, default_gateway_from
 from peerkit.nat.natpmp import (
     ExternalAddress,
     Mapping,
@@ -76,10 +77,14 @@ class Router:
     """A NAT-PMP router on loopback, written from RFC 6886: public address 203.0.113.9, each
     mapping given the suggested port (or internal + 10000) for at most an hour."""
 
-    def __init__(self, sock: anyio.abc.UDPSocket, *, drop_first: int = 0, refuse: int = 0) -> None:
+    def __init__(
+        self, sock: anyio.abc.UDPSocket, *, drop_first: int = 0, refuse: int = 0, max_lifetime: int = 3600
+    ) -> None:
         self.sock = sock
         self.drop = drop_first
         self.refuse = refuse
+        self.max_lifetime = max_lifetime
+        self.epoch = 7
         self.mappings: dict[tuple[int, int], tuple[int, int]] = {}
         self.requests = 0
 
@@ -91,9 +96,9 @@ class Router:
                 continue
             opcode = data[1]
             if self.refuse:
-                reply = struct.pack("!BBHI", 0, 128 + opcode, self.refuse, 7) + bytes(8)
+                reply = struct.pack("!BBHI", 0, 128 + opcode, self.refuse, self.epoch) + bytes(8)
             elif opcode == 0:
-                reply = struct.pack("!BBHI4s", 0, 128, 0, 7, bytes([203, 0, 113, 9]))
+                reply = struct.pack("!BBHI4s", 0, 128, 0, self.epoch, bytes([203, 0, 113, 9]))
             else:
                 _, _, _, internal, suggested, lifetime = struct.unpack("!BBHHHI", data)
                 if lifetime == 0:
@@ -101,9 +106,9 @@ class Router:
                     external = 0
                 else:
                     external = suggested or internal + 10000
-                    lifetime = min(lifetime, 3600)
+                    lifetime = min(lifetime, self.max_lifetime)
                     self.mappings[(opcode, internal)] = (external, lifetime)
-                reply = struct.pack("!BBHIHHI", 0, 128 + opcode, 0, 7, internal, external, lifetime)
+                reply = struct.pack("!BBHIHHI", 0, 128 + opcode, 0, self.epoch, internal, external, lifetime)
             await self.sock.sendto(reply, *source[:2])
 
 
@@ -140,3 +145,50 @@ async def test_a_refusing_router_and_no_router_are_clear_errors() -> None:
     silent = NatPmpClient("127.0.0.1", port=port, tries=2, first_wait=0.05)
     with anyio.fail_after(2), pytest.raises(NatPmpError, match=r"no NAT-PMP router at 127\.0\.0\.1"):
         await silent.external_address()
+
+
+def test_the_default_gateway_is_read_from_the_route_table() -> None:
+    table = (
+        "Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT\n"
+        "eth0\t000200C0\t00000000\t0001\t0\t0\t0\t00FFFFFF\t0\t0\t0\n"
+        "wlan0\t00000000\t0101A8C0\t0003\t0\t0\t600\t00000000\t0\t0\t0\n"
+        "eth0\t00000000\t010200C0\t0003\t0\t0\t100\t00000000\t0\t0\t0\n"
+        "garbage line\n"
+    )
+    assert default_gateway_from(table) == "192.0.2.1"  # the default route of the lowest metric
+    assert default_gateway_from(table.splitlines()[0]) is None
+
+
+@pytest.mark.anyio
+async def test_the_mapper_maps_renews_follows_a_restart_and_unmaps() -> None:
+    async with router(max_lifetime=1) as (made, client):
+        mapper = PortMapper(client, [("tcp", 7000), ("udp", 7000)], lifetime=7200)
+        async with anyio.create_task_group() as tg:
+            await tg.start(mapper.run)
+            assert mapper.external == ExternalAddress("203.0.113.9", 7)
+            assert made.mappings == {(2, 7000): (7000, 1), (1, 7000): (7000, 1)}  # its own port asked
+            asked = made.requests
+            with anyio.fail_after(3):  # renewed at half the lifetime the router gave
+                while made.requests <= asked:
+                    await anyio.sleep(0.05)
+            made.mappings.clear()  # the router restarts: it forgot them
+            made.epoch = 0
+            with anyio.fail_after(3):
+                while len(made.mappings) < 2:
+                    await anyio.sleep(0.05)
+            tg.cancel_scope.cancel()
+        assert made.mappings == {}  # removed when it stopped
+        assert mapper.mappings == {}
+
+
+@pytest.mark.anyio
+async def test_without_a_router_the_mapper_starts_and_maps_nothing() -> None:
+    async with await anyio.create_udp_socket(local_host="127.0.0.1") as idle:
+        port = idle.extra(anyio.abc.SocketAttribute.local_port)
+    mapper = PortMapper(NatPmpClient("127.0.0.1", port=port, tries=1, first_wait=0.05), [("tcp", 7000)])
+    async with anyio.create_task_group() as tg:
+        with anyio.fail_after(2):
+            await tg.start(mapper.run)
+        assert mapper.mappings == {}
+        assert mapper.external is None
+        tg.cancel_scope.cancel()
