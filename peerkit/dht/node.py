@@ -175,9 +175,10 @@ class DhtNode:
         self.external = ExternalAddress()
 
     @staticmethod
-    def _polite(budget: RequestBudget, address: Address, now: float) -> bool:
-        # Whether a packet to or from ``address`` is within its budget (it is counted if so).
-        return budget.charge(_budget_key(address).encode(), now) is Charge.ANSWER
+    def _polite(budget: RequestBudget, key: str, now: float) -> bool:
+        # Whether a packet to or from the remote ``key`` (_budget_key) is within its budget (it
+        # is counted if so).
+        return budget.charge(key.encode(), now) is Charge.ANSWER
 
     @property
     def address(self) -> Address:
@@ -222,8 +223,7 @@ class DhtNode:
         )
 
     # -- reachability (BEP 43) ---------------------------------------------------------------
-    def _note_contacted(self, address: Address) -> None:
-        key = _budget_key(address)
+    def _note_contacted(self, key: str) -> None:
         self._contacted[key] = None
         self._contacted.move_to_end(key)
         if len(self._contacted) > CONTACTED:
@@ -266,13 +266,18 @@ class DhtNode:
         try:
             message = parse(data)
         except KrpcError as exc:
-            if exc.tid is not None and not self.read_only and self._polite(self._in, source, now):
+            if (
+                exc.tid is not None
+                and not self.read_only
+                and self._polite(self._in, _budget_key(source), now)
+            ):
                 await self.transport.send(exc.reply(), source)
             return
         if isinstance(message, Query):
-            if self._auto and not self.reachable and _budget_key(source) not in self._contacted:
+            remote = _budget_key(source)
+            if self._auto and not self.reachable and remote not in self._contacted:
                 self._reached()
-            if self.read_only or self._responder is None or not self._polite(self._in, source, now):
+            if self.read_only or self._responder is None or not self._polite(self._in, remote, now):
                 return
             self.queries_answered += 1
             await self.transport.send(self._responder.answer(message, source, now), source)
@@ -298,14 +303,14 @@ class DhtNode:
     async def query(self, node: Node, method: bytes, args: dict[bytes, Value]) -> Response | Error | None:
         """Ask ``node`` (its id may be empty when unknown: a bootstrap address); None when it
         does not answer within :data:`QUERY_TIMEOUT` or politeness forbids asking now."""
-        now = anyio.current_time()
-        if not self._polite(self._out, node.address, now):
+        sent = anyio.current_time()
+        remote = _budget_key(node.address)
+        if not self._polite(self._out, remote, sent):
             return None
         tid = self._tid()
         pending = self._pending[tid] = _Pending(node)
         self.queries_sent += 1
-        self._note_contacted(node.address)
-        sent = now
+        self._note_contacted(remote)
         try:
             await self.transport.send(
                 Query(tid, method, {b"id": self.id, **args}, self.read_only).encode(), node.address
@@ -318,7 +323,7 @@ class DhtNode:
         if answer is not None:
             self.round_trips.seen(anyio.current_time() - sent)
         if isinstance(answer, Response) and answer.ip is not None:
-            self.external.seen(_budget_key(node.address), answer.ip)
+            self.external.seen(remote, answer.ip)
         if isinstance(answer, Response):
             if (node.id and not self.read_only) or not node.id:
                 self.table.seen(Node(answer.sender, node.address), anyio.current_time())
@@ -372,7 +377,7 @@ class DhtNode:
     ) -> MutableItem | None:
         """The newest valid item stored under ``key`` and ``salt``, or None when no node near
         its target holds one (items that do not verify are ignored)."""
-        tops, _, _ = await self._get(key, salt, timeout, width=K)
+        tops = await self.newest(key, salt, timeout=timeout)
         return tops[0] if tops else None
 
     async def newest(

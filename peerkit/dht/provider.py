@@ -414,32 +414,38 @@ class _Session:
 
     async def _put(self, announcement: Announcement, *, withdrawn: bool, refresh: bool = False) -> bool:
         # Whether it is done (in one family at least): stored, not needed, or impossible.
+        prepared = await self._builder(announcement, withdrawn)
+        if prepared is None:
+            return True  # it cannot be published: trying again would not help
+        key, build = prepared
         done: list[bool] = []
 
         async def put(node: DhtNode) -> None:
-            done.append(await self._put_on(node, announcement, withdrawn=withdrawn, refresh=refresh))
+            done.append(await self._put_on(node, key, build, withdrawn=withdrawn, refresh=refresh))
 
         async with anyio.create_task_group() as tg:
             for node in self._nodes:
                 tg.start_soon(put, node)
         return any(done)
 
-    async def _put_on(
-        self, node: DhtNode, announcement: Announcement, *, withdrawn: bool, refresh: bool
-    ) -> bool:
+    async def _builder(
+        self, announcement: Announcement, withdrawn: bool
+    ) -> tuple[bytes, Callable[[list[MutableItem]], MutableItem]] | None:
+        # The identity's key and what makes the item to store from the items found (the same
+        # for every address family); None when the node cannot publish this announcement.
         signer = getattr(self._sink, "signer", None)
         key = await _locator_key(self._sink, None)
         if signer is None or key is None:
             log.warning("the DHT provider cannot publish: its node gives no signer or locator key")
-            return True
+            return None
         try:
             record, nickname, name, endpoints = read_record(announcement.envelope)
         except InvalidRecord:
             log.warning("not publishing a record that does not verify")
-            return True
+            return None
         if record.id != bytes(signer.id):
             log.warning("not publishing a record of another id")
-            return True
+            return None
         # The node's seq, or above the last this provider used (a withdrawal, or a conflict).
         base = max(record.seq, self._seq + 1) if withdrawn else max(record.seq, self._seq)
         addresses = [] if withdrawn else [(e.host, e.port) for e in endpoints]
@@ -459,8 +465,7 @@ class _Session:
             current = tops[0]
             if len(tops) == 1:
                 mine = own_entry(current, self._tag, key)
-                fresh = mine is None or read_record(mine)[0].seq >= time.time() * 1000 - STALE * 500
-                if fresh and _says(mine, nickname, name, addresses, withdrawn):
+                if _says(mine, nickname, name, addresses, withdrawn):
                     # This device's entry is there, says what it would say, and is fresh enough
                     # that the other devices keep it (STALE): nothing to write; the item is put
                     # again as it is.
@@ -470,10 +475,19 @@ class _Session:
             item = made(max(base, current.seq))
             return item if item == current or item.seq > current.seq else made(current.seq + 1)
 
+        return bytes(signer.id), build
+
+    async def _put_on(
+        self,
+        node: DhtNode,
+        key: bytes,
+        build: Callable[[list[MutableItem]], MutableItem],
+        *,
+        withdrawn: bool,
+        refresh: bool,
+    ) -> bool:
         for _ in range(3):
-            result, item = await node.update(
-                bytes(signer.id), SALT, build, skip_above=ENOUGH_COPIES if refresh else None
-            )
+            result, item = await node.update(key, SALT, build, skip_above=ENOUGH_COPIES if refresh else None)
             self._seq = max(self._seq, item.seq)
             if result.stored:
                 self._provider._published(Published(time.time(), item.seq, result.stored, withdrawn))
@@ -489,7 +503,7 @@ class _Session:
                 # Another device of this id may have written at the same moment (BEP 44's cas
                 # cannot say "nothing there yet"): read back, and merge again if this device's
                 # entry is not in what is there now.
-                tops = await node.newest(bytes(signer.id), SALT)
+                tops = await node.newest(key, SALT)
                 if (
                     not tops
                     or tops == [item]
@@ -506,14 +520,17 @@ def _says(
     envelope: bytes | None, nickname: str, name: str, addresses: list[tuple[str, int]], withdrawn: bool
 ) -> bool:
     # Whether this device's entry (``envelope``; None: it has none) says what it would publish
-    # now: the same nickname, endpoint name and addresses, or nothing when it withdraws.
+    # now (the same nickname, endpoint name and addresses, or nothing when it withdraws), and is
+    # fresh enough that the other devices keep it (half of STALE).
     if envelope is None:
         return withdrawn
     if withdrawn:
         return False
     try:
-        _, nick, endpoint_name, endpoints = read_record(envelope)
+        record, nick, endpoint_name, endpoints = read_record(envelope)
     except InvalidRecord:
+        return False
+    if record.seq < time.time() * 1000 - STALE * 500:
         return False
     # (A record cut to fit never says all of it: such a device writes at each publication.)
     return (nick, endpoint_name, [(e.host, e.port) for e in endpoints]) == (nickname, name, addresses)
