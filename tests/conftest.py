@@ -223,13 +223,18 @@ async def loopback_dht(count: int, *, base: int = 10, ipv6: bool = False) -> Asy
 
 
 # -- agents in network namespaces (tests/real) ---------------------------------------------------
+def needed(what: str, missing: str | None) -> None:
+    """Skip the test when something it needs is ``missing`` (the reason), except in CI, where
+    the test fails instead: CI never passes without ``what``."""
+    if missing is not None:
+        if os.environ.get("CI"):
+            pytest.fail(f"CI must run the {what}, but {missing}")
+        pytest.skip(missing)
+
+
 @pytest.fixture
 def lan() -> Iterator[NamespaceLan]:
-    reason = NamespaceLan.available()
-    if reason is not None:
-        if os.environ.get("CI"):
-            pytest.fail(f"CI must run the LAN tests, but {reason}")
-        pytest.skip(reason)
+    needed("LAN tests", NamespaceLan.available())
     with NamespaceLan() as made:
         yield made
 

@@ -25,7 +25,7 @@ from typing import Any
 import anyio
 import anyio.abc
 import pytest
-from conftest import loopback_dht
+from conftest import loopback_dht, needed
 
 from peerkit import Identity
 from peerkit.dht.bep44 import MutableItem, target
@@ -53,11 +53,7 @@ def _missing() -> str | None:
 
 @pytest.fixture
 def js_dht_ready() -> None:
-    reason = _missing()
-    if reason is not None:
-        if os.environ.get("CI"):
-            pytest.fail(f"CI must run the DHT interop tests, but {reason}")
-        pytest.skip(reason)
+    needed("DHT interop tests", _missing())
 
 
 class JsAgent:
@@ -140,10 +136,8 @@ async def test_peerkit_and_bittorrent_dht_read_each_others_items(js_dht_ready: N
 
 @pytest.fixture
 def libtorrent_ready() -> None:
-    if importlib.util.find_spec("libtorrent") is None:
-        if os.environ.get("CI"):
-            pytest.fail("CI must run the DHT interop tests, but libtorrent is not installed")
-        pytest.skip("libtorrent is not installed (pip install libtorrent)")
+    missing = "libtorrent is not installed (pip install libtorrent)"
+    needed("DHT interop tests", missing if importlib.util.find_spec("libtorrent") is None else None)
 
 
 def _expanded_secret(seed: bytes) -> bytes:
