@@ -23,8 +23,10 @@ from anyio.abc import SocketAttribute
 from peerkit.errors import HandshakeError, PeerUnreachable, ProtocolError
 from peerkit.identity import Identity, PeerId
 from peerkit.model import EndPoint, check_text, seconds_text
+from peerkit.net.relay import PrefixedStream, RelayAttribute, dial_relayed, read_frame
 from peerkit.net.transport import BROKEN, TcpTransport, Transport, on_asyncio, unreachable
 from peerkit.proto import messages
+from peerkit.proto import relay as relay_wire
 from peerkit.proto.admission import (
     Admission,
     AdmissionPolicy,
@@ -42,6 +44,7 @@ from peerkit.proto.connection import (
     State,
     StaticKeys,
 )
+from peerkit.proto.framing import MAX_FRAME, encode_frame
 
 __all__ = ("ChannelListener", "PeerInfo", "SecureChannel", "connect", "listen")
 
@@ -417,21 +420,30 @@ async def dial(
     port_hint: int | None = None,
     use: str = messages.USE_CONTROL,
     local_host: str = "",
+    relayed: bool = False,
 ) -> SecureChannel:
     """Connect to ``host:port`` over ``network`` and run the handshake: the one dial path.
 
     ``timeout`` bounds the connect and the handshake together. The stream is closed when the
     handshake fails or is cancelled (:meth:`SecureChannel.wrap`). ``port_hint`` (the port this
-    side listens on) and ``use`` travel in the hello.
+    side listens on) and ``use`` travel in the hello. With ``relayed``, ``host:port`` is a relay
+    that ``peer_id`` keeps a reservation on, and the channel runs through it
+    (:mod:`peerkit.net.relay`).
 
     :raises PeerUnreachable: when no connection can be made in time, or it breaks.
     :raises HandshakeError: when the handshake fails, is not done in time, or the peer is not
         ``peer_id``.
     """
     start = anyio.current_time()
+    stream: anyio.abc.ByteStream
     try:
         with anyio.fail_after(timeout):
-            stream = await network.connect(host, port, local_host=local_host)
+            if relayed:
+                if peer_id is None:
+                    raise ValueError("a relayed dial needs the peer id")
+                stream = await dial_relayed(network, host, port, peer_id.key, local_host=local_host)
+            else:
+                stream = await network.connect(host, port, local_host=local_host)
     except TimeoutError:
         raise PeerUnreachable(f"could not connect to {host}:{port} within {seconds_text(timeout)}") from None
     return await SecureChannel.wrap(
@@ -511,6 +523,10 @@ class ChannelListener(anyio.abc.AsyncResource):
         self.admission = Admission(admission or AdmissionPolicy(max_pending=max_handshakes))
         self._refusals = RefusalCounter()
         self._replays = ReplayGuard()
+        self._handler: Callable[[SecureChannel], Awaitable[Any]] | None = None
+        #: Serves connections that start with the relay preamble (``relay(stream, rest, source)``),
+        #: when this node is a relay; None refuses them like any other unknown preamble.
+        self.relay: Callable[[anyio.abc.ByteStream, bytes, str], Awaitable[None]] | None = None
         if hasattr(listener, "screen"):  # TCP: refused sources are closed as soon as accepted
             listener.screen = self._screen
 
@@ -545,22 +561,47 @@ class ChannelListener(anyio.abc.AsyncResource):
         """
 
         async def handle(stream: anyio.abc.ByteStream) -> None:
-            # Admission first, before any Diffie-Hellman: per-source limits and a fair share.
-            now = anyio.current_time()
-            decision = self.admission.admit(source_of(_remote(stream)), now)
-            if isinstance(decision, Refused):
-                report = self._refusals.note(decision.reason, now)
-                if report is not None:
-                    log.warning("%s", report)
-                await anyio.aclose_forcefully(stream)
-                return
-            for victim in decision.evicted:
-                victim.handle.cancel()  # its slot went to a source holding fewer
-            ticket = decision.ticket
-            ticket.handle = scope = anyio.CancelScope()
-            channel: SecureChannel | None = None
-            try:
-                with scope:
+            await self._handle(stream, handler, peek=self.relay is not None)
+
+        self._handler = handler
+        async with anyio.create_task_group() as tg:
+            task_status.started()
+            await self._listener.serve(handle, tg)
+
+    async def take(self, stream: anyio.abc.ByteStream) -> None:
+        """Handle ``stream`` as a connection this listener accepted (this side responds): a
+        circuit a relay announced arrives this way. Returns when its handler did.
+
+        :raises RuntimeError: when the listener is not serving.
+        """
+        if self._handler is None:
+            raise RuntimeError("the listener is not serving")
+        await self._handle(stream, self._handler, peek=False)
+
+    async def _handle(
+        self, stream: anyio.abc.ByteStream, handler: Callable[[SecureChannel], Awaitable[Any]], *, peek: bool
+    ) -> None:
+        # Admission first, before any Diffie-Hellman: per-source limits and a fair share.
+        now = anyio.current_time()
+        source = source_of(_remote(stream))
+        decision = self.admission.admit(source, now)
+        if isinstance(decision, Refused):
+            report = self._refusals.note(decision.reason, now)
+            if report is not None:
+                log.warning("%s", report)
+            await anyio.aclose_forcefully(stream)
+            return
+        for victim in decision.evicted:
+            victim.handle.cancel()  # its slot went to a source holding fewer
+        ticket = decision.ticket
+        ticket.handle = scope = anyio.CancelScope()
+        channel: SecureChannel | None = None
+        relayed: bytes | None = None
+        try:
+            with scope:
+                if peek:  # a relay: its connections start with the relay preamble
+                    stream, relayed = await self._peek(stream)
+                if relayed is None:
                     channel = await SecureChannel.wrap(
                         stream,
                         self._identity,
@@ -571,32 +612,46 @@ class ChannelListener(anyio.abc.AsyncResource):
                         port=self.address[1],
                         preamble_timeout=self.preamble_timeout,
                     )
-            except (ProtocolError, PeerUnreachable) as exc:
-                log.info("incoming handshake failed: %s", exc)
-                return
+        except (ProtocolError, PeerUnreachable) as exc:
+            log.info("incoming handshake failed: %s", exc)
+            await anyio.aclose_forcefully(stream)
+            return
+        finally:
+            self.admission.release(ticket)
+        if relayed is not None and self.relay is not None:
+            try:
+                await self.relay(stream, relayed, source)
             finally:
-                self.admission.release(ticket)
-            if channel is None:  # evicted: wrap() closed the stream
-                return
-            peer = channel.peer
-            if (
-                channel.protocol == PROTOCOL_IK
-                and peer.ts is not None
-                and not self._replays.fresh(peer.id.key, peer.ts)
-            ):
-                # A recorded IK message 1 sent again: it must never stand for its sender.
-                log.info("refusing a replayed handshake claiming to be %s", peer.id.fingerprint)
-                await channel.aclose()
-                return
-            async with channel:
-                try:
-                    await handler(channel)
-                except Exception:
-                    log.exception("channel handler failed for peer %s", channel.peer.id)
+                await anyio.aclose_forcefully(stream)
+            return
+        if channel is None:  # evicted: wrap() closed the stream
+            await anyio.aclose_forcefully(stream)
+            return
+        peer = channel.peer
+        if (
+            channel.protocol == PROTOCOL_IK
+            and peer.ts is not None
+            and not self._replays.fresh(peer.id.key, peer.ts)
+        ):
+            # A recorded IK message 1 sent again: it must never stand for its sender.
+            log.info("refusing a replayed handshake claiming to be %s", peer.id.fingerprint)
+            await channel.aclose()
+            return
+        async with channel:
+            try:
+                await handler(channel)
+            except Exception:
+                log.exception("channel handler failed for peer %s", channel.peer.id)
 
-        async with anyio.create_task_group() as tg:
-            task_status.started()
-            await self._listener.serve(handle, tg)
+    async def _peek(self, stream: anyio.abc.ByteStream) -> tuple[anyio.abc.ByteStream, bytes | None]:
+        # The stream as it was (its first frame given again), or the bytes after a relay preamble.
+        with anyio.move_on_after(self.preamble_timeout) as timer:
+            first, rest = await read_frame(stream, limit=MAX_FRAME)
+        if timer.cancelled_caught:
+            raise HandshakeError("the peer sent no preamble in time")
+        if first == relay_wire.PREAMBLE:
+            return stream, rest
+        return PrefixedStream(stream, encode_frame(first) + rest), None
 
     async def aclose(self) -> None:
         """Stop listening."""
@@ -642,8 +697,9 @@ async def listen(
 
 
 def _remote(stream: anyio.abc.ByteStream) -> object:
-    # The peer's address, as the transport knows it (None when it does not).
+    # The peer's address, as the transport knows it (through a relay: the relay's; None when the
+    # transport does not know).
     try:
         return stream.extra(SocketAttribute.remote_address)
     except anyio.TypedAttributeLookupError:
-        return None
+        return stream.extra(RelayAttribute.relay, None)

@@ -1,0 +1,299 @@
+"""Relays (docs/protocol.md section 8), sans-IO: the messages, and a relay's book of
+reservations and circuits with its limits.
+
+A node behind a NAT that drops inbound connections keeps a **reservation** on a relay: a control
+channel it opened to the relay, over which it sent ``reserve``. Someone who wants to reach it
+connects to the relay instead and asks for a **circuit** to it (``connect``); the relay tells the
+reserved node over its control channel (``circuit``, with a one-time token), the node opens a new
+connection to the relay and gives the token (``accept``), and from then on the relay copies bytes
+between the two connections. The Noise handshake and everything after it run end to end, between
+the dialler and the reserved node: the relay sees ciphertext only.
+
+:class:`RelayBook` holds what a relay has granted and decides every request against its
+:class:`RelayPolicy`; the I/O lives in :mod:`peerkit.net.relay`.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, Final, TypeVar
+
+from peerkit.errors import ProtocolError
+from peerkit.proto import messages
+from peerkit.proto.framing import encode_frame
+
+__all__ = (
+    "ACCEPT_TIMEOUT",
+    "PREAMBLE",
+    "RESERVATION_TTL",
+    "TOKEN_SIZE",
+    "Accept",
+    "Circuit",
+    "Connect",
+    "RelayBook",
+    "RelayPolicy",
+    "RelayRefused",
+    "decode_reply",
+    "decode_request",
+    "encode_accept",
+    "encode_connect",
+    "encode_error",
+    "encode_ok",
+)
+
+#: The first frame of a connection to a relay (in place of the Noise preamble of section 2).
+PREAMBLE: Final = b"peerkit/1 relay"
+#: Bytes in a circuit token.
+TOKEN_SIZE: Final = 16
+#: Seconds a reservation lasts unless renewed (the reserved node renews it well before).
+RESERVATION_TTL: Final = 180
+#: Seconds a reserved node has to answer a ``circuit`` notice with its ``accept`` connection.
+ACCEPT_TIMEOUT: Final = 10.0
+
+K = TypeVar("K")
+
+#: The error codes a relay answers ``connect`` with.
+NO_RESERVATION: Final = "no-reservation"
+LIMIT: Final = "limit"
+NO_ANSWER: Final = "no-answer"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RelayPolicy:
+    """What a relay grants (every figure is a cap a peer cannot push it past).
+
+    ``open``: whether it takes reservations from anyone (``False``: only from its contacts).
+    """
+
+    open: bool = False
+    #: Reservations held at once.
+    max_reservations: int = 128
+    #: Circuits open at once, in all.
+    max_circuits: int = 256
+    #: Circuits open at once to one reserved node.
+    max_circuits_per_peer: int = 16
+    #: Circuits open at once asked for from one source (an IPv4 address or IPv6 /64).
+    max_circuits_per_source: int = 8
+    #: Bytes one circuit may carry, both directions together; then it is closed.
+    max_bytes: int = 1 << 30
+    #: Seconds one circuit may stay open; then it is closed.
+    max_duration: float = 3600.0
+
+    def __post_init__(self) -> None:
+        for name in ("max_reservations", "max_circuits", "max_circuits_per_peer", "max_circuits_per_source"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"relay {name} must be an integer of at least 1, not {value!r}")
+        if not isinstance(self.max_bytes, int) or self.max_bytes < 1:
+            raise ValueError(f"relay max_bytes must be a positive integer, not {self.max_bytes!r}")
+        if not self.max_duration > 0:
+            raise ValueError(f"relay max_duration must be positive, not {self.max_duration!r}")
+
+
+# -- messages -----------------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class Connect:
+    """``{"t": "connect", "to": id}``: a dialler asks for a circuit to the reserved node ``to``."""
+
+    to: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Accept:
+    """``{"t": "accept", "token": bytes}``: a reserved node takes the circuit it was told of."""
+
+    token: bytes
+
+
+def encode_connect(to: bytes) -> bytes:
+    """The relay preamble and ``connect`` frames a dialler sends."""
+    return encode_frame(PREAMBLE) + encode_frame(messages.encode({"t": "connect", "to": bytes(to)}))
+
+
+def encode_accept(token: bytes) -> bytes:
+    """The relay preamble and ``accept`` frames a reserved node sends."""
+    return encode_frame(PREAMBLE) + encode_frame(messages.encode({"t": "accept", "token": bytes(token)}))
+
+
+def decode_request(frame: bytes | memoryview) -> Connect | Accept:
+    """The request in the frame after the relay preamble.
+
+    :raises ProtocolError: when it is not a well-formed ``connect`` or ``accept``.
+    """
+    message = messages.decode_message(frame)
+    kind = message["t"]
+    if kind == "connect":
+        to = message.get("to")
+        if not isinstance(to, bytes) or len(to) != 32:
+            raise ProtocolError('relay "connect" needs "to", a 32-byte peer id')
+        return Connect(to)
+    if kind == "accept":
+        token = message.get("token")
+        if not isinstance(token, bytes) or len(token) != TOKEN_SIZE:
+            raise ProtocolError(f'relay "accept" needs "token", {TOKEN_SIZE} bytes')
+        return Accept(token)
+    raise ProtocolError(f"unknown relay request {kind!r}")
+
+
+def encode_ok() -> bytes:
+    """The frame a relay answers a ``connect`` with when the circuit is open."""
+    return encode_frame(messages.encode({"t": "connected"}))
+
+
+def encode_error(code: str, text: str) -> bytes:
+    """The frame a relay answers a ``connect`` with when it refuses it."""
+    return encode_frame(messages.encode({"t": "error", "code": code, "text": text[:255]}))
+
+
+class RelayRefused(Exception):
+    """A relay refused a request; ``code`` says why (``no-reservation``, ``limit``, ``no-answer``)."""
+
+    def __init__(self, code: str, text: str) -> None:
+        super().__init__(text)
+        self.code = code
+        self.text = text
+
+
+def decode_reply(frame: bytes | memoryview) -> None:
+    """Read a relay's answer to ``connect``: returns when the circuit is open.
+
+    :raises RelayRefused: when the relay refused it.
+    :raises ProtocolError: when the answer is malformed.
+    """
+    message = messages.decode_message(frame)
+    if message["t"] == "connected":
+        return
+    if message["t"] == "error":
+        code, text = message.get("code"), message.get("text")
+        raise RelayRefused(
+            code if isinstance(code, str) else "?", text if isinstance(text, str) else "refused"
+        )
+    raise ProtocolError(f"unknown relay answer {message['t']!r}")
+
+
+# -- the book -----------------------------------------------------------------------------------
+@dataclass(slots=True, eq=False)
+class Circuit:
+    """One circuit the relay agreed to: from a source to a reserved node."""
+
+    target: bytes
+    source: str
+    token: bytes
+    opened: float
+    #: Set once the reserved node's ``accept`` connection arrived.
+    accepted: bool = False
+    #: Bytes copied so far, both directions together.
+    carried: int = 0
+
+
+@dataclass(slots=True)
+class _Reservation:
+    expires: float
+    #: Whatever the I/O side keeps to reach the reserved node (its control channel).
+    handle: Any
+
+
+@dataclass(slots=True)
+class RelayBook:
+    """A relay's reservations and circuits, decided against ``policy`` (see the module docstring).
+
+    Times are the caller's clock (seconds). Nothing here does I/O.
+    """
+
+    policy: RelayPolicy = field(default_factory=RelayPolicy)
+    _reservations: dict[bytes, _Reservation] = field(default_factory=dict)
+    _circuits: dict[bytes, Circuit] = field(default_factory=dict)
+    _per_target: Counter[bytes] = field(default_factory=Counter)
+    _per_source: Counter[str] = field(default_factory=Counter)
+
+    @property
+    def reservations(self) -> int:
+        """Reservations held now."""
+        return len(self._reservations)
+
+    @property
+    def circuits(self) -> int:
+        """Circuits open (or waiting for their accept) now."""
+        return len(self._circuits)
+
+    def reserve(self, peer: bytes, handle: Any, now: float, *, allowed: bool) -> int:
+        """Grant (or renew) ``peer``'s reservation, reached through ``handle``; returns its TTL.
+
+        :raises RelayRefused: ``not-allowed`` for a stranger of a closed relay, ``limit`` when
+            the relay holds as many reservations as it may.
+        """
+        self.expire(now)
+        if not (allowed or self.policy.open):
+            raise RelayRefused("not-allowed", "this relay keeps reservations for its contacts only")
+        if peer not in self._reservations and len(self._reservations) >= self.policy.max_reservations:
+            raise RelayRefused(
+                LIMIT, f"this relay holds its limit of {self.policy.max_reservations} reservations"
+            )
+        self._reservations[peer] = _Reservation(now + RESERVATION_TTL, handle)
+        return RESERVATION_TTL
+
+    def release(self, peer: bytes, handle: Any | None = None) -> None:
+        """End ``peer``'s reservation (only the one made through ``handle``, when given)."""
+        held = self._reservations.get(peer)
+        if held is not None and (handle is None or held.handle is handle):
+            del self._reservations[peer]
+
+    def expire(self, now: float) -> None:
+        """Drop reservations not renewed in time."""
+        for peer in [p for p, r in self._reservations.items() if r.expires <= now]:
+            del self._reservations[peer]
+
+    def open(self, target: bytes, source: str, now: float) -> tuple[Circuit, Any]:
+        """A new circuit from ``source`` to ``target``, and the handle of ``target``'s reservation.
+
+        :raises RelayRefused: ``no-reservation`` when ``target`` holds none, ``limit`` when a
+            cap on circuits (in all, to the target, from the source) is reached.
+        """
+        self.expire(now)
+        held = self._reservations.get(target)
+        if held is None:
+            raise RelayRefused(NO_RESERVATION, "the peer holds no reservation on this relay")
+        policy = self.policy
+        if len(self._circuits) >= policy.max_circuits:
+            raise RelayRefused(LIMIT, f"this relay carries its limit of {policy.max_circuits} circuits")
+        if self._per_target[target] >= policy.max_circuits_per_peer:
+            raise RelayRefused(LIMIT, f"the peer has its limit of {policy.max_circuits_per_peer} circuits")
+        if self._per_source[source] >= policy.max_circuits_per_source:
+            raise RelayRefused(
+                LIMIT, f"this source has its limit of {policy.max_circuits_per_source} circuits"
+            )
+        circuit = Circuit(target, source, secrets.token_bytes(TOKEN_SIZE), now)
+        self._circuits[circuit.token] = circuit
+        self._per_target[target] += 1
+        self._per_source[source] += 1
+        return circuit, held.handle
+
+    def accept(self, token: bytes) -> Circuit | None:
+        """The circuit waiting for ``token`` (each token is taken once), or None."""
+        circuit = self._circuits.get(token)
+        if circuit is None or circuit.accepted:
+            return None
+        circuit.accepted = True
+        return circuit
+
+    def close(self, circuit: Circuit) -> None:
+        """Forget a circuit (closed, refused or never accepted)."""
+        if self._circuits.pop(circuit.token, None) is circuit:
+            _down(self._per_target, circuit.target)
+            _down(self._per_source, circuit.source)
+
+    def carry(self, circuit: Circuit, count: int, now: float) -> int:
+        """Count ``count`` bytes more on ``circuit``; returns how many more it may carry (below
+        0: the circuit must close), given its byte and time limits."""
+        circuit.carried += count
+        if now - circuit.opened >= self.policy.max_duration:
+            return -1
+        return self.policy.max_bytes - circuit.carried
+
+
+def _down(counter: Counter[K], key: K) -> None:
+    counter[key] -= 1
+    if counter[key] <= 0:
+        del counter[key]

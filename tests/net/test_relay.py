@@ -1,0 +1,244 @@
+"""Relays at the channel layer: a circuit over loopback TCP, the relay's limits and refusals, and
+the relay messages fuzzed."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager, suppress
+from dataclasses import dataclass, field
+
+import anyio
+import anyio.abc
+import anyio.lowlevel
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from peerkit import Identity, PeerUnreachable, ProtocolError, SecureChannel
+from peerkit.net.channel import ChannelListener, dial
+from peerkit.net.relay import RelayService, take_circuit
+from peerkit.net.transport import TcpTransport
+from peerkit.proto import relay as wire
+from peerkit.proto.framing import encode_frame
+from peerkit.proto.relay import RelayBook, RelayPolicy, RelayRefused
+
+pytestmark = pytest.mark.anyio
+
+SECRET = b"the launch code is 0000-hunter2"
+
+
+class Tap(anyio.abc.ByteStream):
+    """A stream that keeps a copy of every byte through it (what the relay sees)."""
+
+    def __init__(self, stream: anyio.abc.ByteStream, seen: bytearray) -> None:
+        self._stream, self._seen = stream, seen
+
+    async def receive(self, max_bytes: int = 65536) -> bytes:
+        data = await self._stream.receive(max_bytes)
+        self._seen += data
+        return data
+
+    async def send(self, item: bytes) -> None:
+        self._seen += item
+        await self._stream.send(item)
+
+    async def send_eof(self) -> None:
+        await self._stream.send_eof()
+
+    async def aclose(self) -> None:
+        await self._stream.aclose()
+
+
+@dataclass
+class Setup:
+    relay: tuple[str, int]
+    service: RelayService
+    target: Identity
+    seen: bytearray
+    echoed: list[dict[str, object]] = field(default_factory=list)
+    tg: anyio.abc.TaskGroup | None = None
+
+    def reserve(self, identity: Identity | None = None) -> int:
+        """Reserve for ``identity`` (the target): its circuits are taken and echo what they get."""
+        return self.service.reserve((identity or self.target).id.key, self._announce)
+
+    async def _announce(self, token: bytes) -> None:
+        stream = await take_circuit(TcpTransport(), *self.relay, token)
+        assert self.tg is not None
+        self.tg.start_soon(self._target_listener.take, stream)
+
+    _target_listener: ChannelListener = field(init=False)
+
+
+@asynccontextmanager
+async def relay_setup(
+    bob: Identity, policy: RelayPolicy | None = None, allowed: Callable[[bytes], bool] = lambda _: True
+) -> AsyncIterator[Setup]:
+    relay_id = Identity.generate()
+    seen = bytearray()
+    service = RelayService(policy, allowed=allowed)
+    transport = TcpTransport()
+    listener = ChannelListener(await transport.listen("127.0.0.1", 0), relay_id)
+    listener.relay = lambda stream, rest, source: service.serve(Tap(stream, seen), rest, source)
+    # The target's own listener is never dialled: it only takes the circuits the relay announces.
+    target_listener = ChannelListener(await transport.listen("127.0.0.1", 0), bob, nickname="bob")
+    setup = Setup(listener.address, service, bob, seen)
+    setup._target_listener = target_listener
+
+    async def echo(channel: SecureChannel) -> None:
+        async for message in channel:
+            setup.echoed.append(message)
+            await channel.send(message)
+
+    async with listener, target_listener, anyio.create_task_group() as tg:
+        setup.tg = tg
+        await tg.start(listener.serve, lambda channel: anyio.lowlevel.checkpoint())
+        await tg.start(target_listener.serve, echo)
+        yield setup
+        tg.cancel_scope.cancel()
+
+
+async def relayed(setup: Setup, alice: Identity) -> SecureChannel:
+    return await dial(TcpTransport(), *setup.relay, alice, peer_id=setup.target.id, relayed=True, timeout=5)
+
+
+async def test_a_circuit_carries_an_end_to_end_channel_the_relay_cannot_read(
+    alice: Identity, bob: Identity
+) -> None:
+    async with relay_setup(bob) as setup:
+        assert setup.reserve() == wire.RESERVATION_TTL
+        async with await relayed(setup, alice) as channel:
+            assert channel.peer.id == bob.id
+            assert channel.peer.nickname == "bob"
+            assert channel.peer.address is None  # through a relay: the peer's address is unknown
+            for n in range(20):
+                await channel.send({"t": "chat", "n": n, "text": SECRET})
+                assert await channel.receive() == {"t": "chat", "n": n, "text": SECRET}
+            big = os.urandom(60_000)
+            await channel.send({"t": "blob", "b": big})
+            assert (await channel.receive())["b"] == big
+        assert setup.service.stats.circuits == 1
+        assert setup.service.stats.carried > 60_000 + 20 * len(SECRET)
+        assert len(setup.seen) > 60_000
+        assert SECRET not in setup.seen
+        assert big[:64] not in setup.seen
+        with anyio.fail_after(5):
+            while setup.service.book.circuits:  # the circuit is forgotten once both ends closed
+                await anyio.sleep(0.01)
+
+
+async def test_no_reservation_is_a_clear_unreachable(alice: Identity, bob: Identity) -> None:
+    async with relay_setup(bob) as setup:
+        with pytest.raises(PeerUnreachable, match="refused the circuit: the peer holds no reservation"):
+            await relayed(setup, alice)
+        setup.reserve()
+        setup.service.release(bob.id.key)
+        with pytest.raises(PeerUnreachable, match="no reservation"):
+            await relayed(setup, alice)
+        assert setup.service.stats.refused == 2
+
+
+async def test_a_stranger_cannot_reserve_on_a_closed_relay(bob: Identity) -> None:
+    async with relay_setup(bob, allowed=lambda key: False) as setup:
+        with pytest.raises(RelayRefused, match="contacts only") as caught:
+            setup.reserve()
+        assert caught.value.code == "not-allowed"
+    async with relay_setup(bob, RelayPolicy(open=True), allowed=lambda key: False) as setup:
+        assert setup.reserve() == wire.RESERVATION_TTL
+
+
+async def test_circuits_per_source_are_capped_and_freed(alice: Identity, bob: Identity) -> None:
+    async with relay_setup(bob, RelayPolicy(max_circuits_per_source=2)) as setup:
+        setup.reserve()
+        first, second = await relayed(setup, alice), await relayed(setup, alice)
+        with pytest.raises(PeerUnreachable, match="this source has its limit of 2 circuits"):
+            await relayed(setup, alice)
+        await first.aclose()
+        with anyio.fail_after(5):
+            while setup.service.book.circuits > 1:
+                await anyio.sleep(0.01)
+        async with await relayed(setup, alice) as third:
+            await third.send({"t": "x"})
+            assert await third.receive() == {"t": "x"}
+        await second.aclose()
+
+
+async def test_a_circuit_closes_at_its_byte_limit(alice: Identity, bob: Identity) -> None:
+    async with relay_setup(bob, RelayPolicy(max_bytes=20_000)) as setup:
+        setup.reserve()
+        async with await relayed(setup, alice) as channel:
+            with pytest.raises((PeerUnreachable, anyio.EndOfStream)):  # noqa: PT012
+                with anyio.fail_after(5):
+                    for _ in range(10):
+                        await channel.send({"t": "blob", "b": bytes(4000)})
+                        await channel.receive()
+        assert setup.service.stats.carried < 20_000 + 2 * 65536
+
+
+async def test_an_unannounced_token_and_garbage_are_dropped(alice: Identity, bob: Identity) -> None:
+    async with relay_setup(bob) as setup:
+        transport = TcpTransport()
+        for payload in (
+            wire.encode_accept(os.urandom(wire.TOKEN_SIZE)),
+            encode_frame(wire.PREAMBLE) + encode_frame(b"\xa1at\x63xyz"),  # unknown request
+            encode_frame(wire.PREAMBLE) + b"\xff\xff" + bytes(100),  # a frame over the limit
+        ):
+            stream = await transport.connect(*setup.relay, local_host="")
+            await stream.send(payload)
+            with anyio.fail_after(5):
+                with pytest.raises((anyio.EndOfStream, anyio.BrokenResourceError)):  # noqa: PT012
+                    while True:
+                        assert await stream.receive() == b""  # nothing is answered
+            await stream.aclose()
+        assert setup.service.stats.refused == 3
+
+
+def test_book_limits_and_expiry() -> None:
+    book = RelayBook(RelayPolicy(max_reservations=1, max_circuits=2, max_circuits_per_peer=1))
+    a, b = b"a" * 32, b"b" * 32
+    book.reserve(a, "to-a", 0.0, allowed=True)
+    with pytest.raises(RelayRefused, match="limit of 1 reservations"):
+        book.reserve(b, "to-b", 0.0, allowed=True)
+    circuit, handle = book.open(a, "10.0.0.1", 1.0)
+    assert handle == "to-a"
+    with pytest.raises(RelayRefused, match="the peer has its limit of 1 circuits"):
+        book.open(a, "10.0.0.2", 1.0)
+    assert book.accept(circuit.token) is circuit
+    assert book.accept(circuit.token) is None  # a token is taken once
+    assert book.carry(circuit, 100, 2.0) > 0
+    assert book.carry(circuit, 100, 1.0 + RelayPolicy().max_duration) < 0  # out of time
+    book.close(circuit)
+    book.close(circuit)  # twice is harmless
+    assert book.circuits == 0
+    book.open(a, "10.0.0.2", 2.0)  # room again
+    book.expire(wire.RESERVATION_TTL + 1.0)
+    assert book.reservations == 0
+    with pytest.raises(RelayRefused, match="no reservation"):
+        book.open(a, "10.0.0.2", wire.RESERVATION_TTL + 1.0)
+
+
+@pytest.mark.parametrize("field_name", ["max_reservations", "max_circuits", "max_bytes"])
+def test_policy_refuses_nonsense(field_name: str) -> None:
+    with pytest.raises(ValueError, match=field_name):
+        RelayPolicy(**{field_name: 0})  # type: ignore[arg-type]
+
+
+def test_messages_round_trip() -> None:
+    to, token = os.urandom(32), os.urandom(wire.TOKEN_SIZE)
+    connect = wire.encode_connect(to)
+    assert connect.startswith(encode_frame(wire.PREAMBLE))
+    assert wire.decode_request(connect[len(encode_frame(wire.PREAMBLE)) + 2 :]) == wire.Connect(to)
+    accept = wire.encode_accept(token)
+    assert wire.decode_request(accept[len(encode_frame(wire.PREAMBLE)) + 2 :]) == wire.Accept(token)
+    wire.decode_reply(wire.encode_ok()[2:])
+    with pytest.raises(RelayRefused, match="full") as caught:
+        wire.decode_reply(wire.encode_error("limit", "full")[2:])
+    assert caught.value.code == "limit"
+
+
+@given(st.binary(max_size=200))
+def test_relay_decoders_take_any_bytes(data: bytes) -> None:
+    for decode in (wire.decode_request, wire.decode_reply):
+        with suppress(ProtocolError, RelayRefused):
+            decode(data)
