@@ -58,9 +58,12 @@ from peerkit.model import (
 )
 from peerkit.net.channel import ChannelListener, PeerInfo, SecureChannel, connect, listen
 from peerkit.net.control import KeepalivePolicy
+from peerkit.net.relay import RelayStats
 from peerkit.node import Node
+from peerkit.node.relaying import Reach
 from peerkit.peers import NearbyPeer, Peer
 from peerkit.proto.admission import RequestPolicy
+from peerkit.proto.relay import RelayPolicy
 from peerkit.streams import AppStream
 
 __version__ = "0.1.0"
@@ -112,6 +115,9 @@ __all__ = (
     "PresenceChanged",
     "PresenceStatus",
     "ProtocolError",
+    "Reach",
+    "RelayPolicy",
+    "RelayStats",
     "RequestPolicy",
     "Scope",
     "SecureChannel",

@@ -22,8 +22,8 @@ from rich.table import Table
 import peerkit
 from peerkit.discovery.base import DiscoveryProvider
 from peerkit.errors import PeerkitError, PeerUnreachable
-from peerkit.identity import KEY_FILE_NAME, Identity, default_data_dir
-from peerkit.model import check_text, seconds_text
+from peerkit.identity import KEY_FILE_NAME, Identity, PeerId, default_data_dir
+from peerkit.model import EndPoint, check_text, seconds_text
 from peerkit.peers import NearbyPeer
 
 __all__ = ("app", "default_data_dir", "main")
@@ -220,19 +220,53 @@ def serve(
             "adds the dht provider when --discovery has none).",
         ),
     ] = None,
+    relay: Annotated[
+        bool, typer.Option("--relay", help="Serve as a relay for contacts that cannot be dialled.")
+    ] = False,
+    relay_open: Annotated[
+        bool, typer.Option("--relay-open", help="With --relay: keep reservations for anyone.")
+    ] = False,
+    via: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--via",
+            help="HOST:PORT#ID of a relay to keep a reservation on: peers that cannot dial this "
+            "node reach it through the relay (repeatable).",
+        ),
+    ] = None,
     data_dir: DataDir = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON lines for scripts.")] = False,
 ) -> None:
     """Run a node in the foreground until Ctrl-C or SIGTERM: it signs in (near me through its
     discovery providers, and for contacts), publishes the presence 'peerkit presence set' saved,
     and prints each invitation it receives."""
+    from peerkit.proto.relay import RelayPolicy
+
     host, port = parse_address(listen_at)
     apps = _app_ids(accept or [])
     check_nickname(nickname)
     providers = _providers(discovery)
     bootstrap = [parse_address(a) for a in dht_bootstrap] if dht_bootstrap else None
     directory = data_dir or default_data_dir()
-    anyio.run(_serve, host, port, apps, nickname, providers, directory, as_json, bootstrap)
+    relaying = {
+        "relay": RelayPolicy(open=True) if relay and relay_open else relay,
+        "relays": [parse_relay(text) for text in via or []],
+    }
+    anyio.run(_serve, host, port, apps, nickname, providers, directory, as_json, bootstrap, relaying)
+
+
+def parse_relay(text: str) -> EndPoint:
+    """``HOST:PORT#ID``: a relay's address and peer id, as an endpoint through it.
+
+    :raises typer.BadParameter: when it is not one.
+    """
+    address, sep, peer = text.partition("#")
+    try:
+        if not sep:
+            raise ValueError("it has no '#ID'")
+        return EndPoint(*parse_address(address, default_host=""), relay=PeerId.parse(peer))
+    except (ValueError, typer.BadParameter) as exc:
+        raise typer.BadParameter(f"{text!r} is not HOST:PORT#RELAY_ID: {exc}", param_hint="--via") from None
 
 
 def check_nickname(nickname: str) -> None:
@@ -252,6 +286,7 @@ async def _serve(
     directory: Path,
     as_json: bool,
     dht_bootstrap: list[tuple[str, int]] | None = None,
+    relaying: dict[str, Any] | None = None,
 ) -> None:
     from peerkit.events import InvitationAnswered
     from peerkit.invitations import Invitation
@@ -272,6 +307,7 @@ async def _serve(
         listen=(host, port),
         discovery=providers,
         dht_bootstrap=dht_bootstrap,
+        **(relaying or {}),
     )
     async with node:
         # Near me where a provider finds people; Internet, so that allowed contacts may watch.
@@ -318,6 +354,11 @@ async def _serve(
             discovery=[p.name for p in providers],
             scope=node.scope.name,
         )
+        if node.reach().relaying:
+            say(
+                f"relaying for {'anyone' if node.config.relay and node.config.relay.open else 'contacts'}",
+                event="relaying",
+            )
         with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             async for signum in signals:
                 say(
@@ -439,7 +480,6 @@ def _nearby_rows(peers: list[NearbyPeer]) -> list[dict[str, object]]:
 
 
 def _nearby_table(peers: list[NearbyPeer]) -> Table:
-    import time
 
     table = Table("nickname", "fingerprint", "endpoint", "since", title=f"people near me: {len(peers)}")
     now = time.time()
@@ -580,6 +620,7 @@ def dht_status(
     is doing: its routing table, whether others can reach it or it runs read-only, its last
     publication, and the items it stores for others. Exits 1 when no node is running there."""
     from peerkit.dht.provider import read_status
+    from peerkit.reporting import dht_status_text
 
     directory = data_dir or default_data_dir()
     try:
@@ -595,49 +636,9 @@ def dht_status(
     if as_json:
         print(json.dumps(status))
     else:
-        console.print(_dht_status_text(status))
+        console.print(dht_status_text(status))
     if not status["running"]:
         raise typer.Exit(1)
-
-
-def _dht_status_text(status: dict[str, Any]) -> str:
-    host, port = status["address"]
-    updated = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(status["updated"]))
-    state = f"running (pid {status['pid']})" if status["running"] else f"not running (last seen {updated})"
-    reach = {True: "yes", False: "no", None: "not known yet"}[status["reachable"]]
-    mode = "read-only (BEP 43)" if status["read_only"] else "serving queries"
-    published = status["last_publish"]
-    if published is None:
-        last = "never"
-    else:
-        when = time.strftime("%H:%M:%S", time.localtime(published["at"]))
-        what = "withdrawn" if published["withdrawn"] else f"stored on {published['stored']} nodes"
-        last = f"{when}, seq {published['seq']}, {what}"
-    others = [
-        f"also at [{o['address'][0]}]:{o['address'][1]} (IPv6): {o['nodes']} nodes, "
-        f"reachable: {'yes' if o['reachable'] else 'no' if o['reachable'] is False else 'not known yet'}"
-        for o in status.get("others", [])
-    ]
-    return "\n".join(
-        (
-            f"DHT node at {host}:{port}: {state}",
-            *others,
-            f"routing table: {status['nodes']} nodes (joined through {', '.join(status['bootstrap'])})",
-            f"reachable: {reach}; {mode}",
-            f"seen by others at: {_address_text(status.get('external_address'))}",
-            f"last publish: {last}",
-            f"items stored for others: {status['items']} ({status['item_bytes']} bytes)",
-            f"queries answered: {status['queries_answered']}, sent: {status['queries_sent']}",
-        )
-    )
-
-
-def _address_text(address: Any) -> str:
-    # An address from the DHT status ([host, port]), or what to say when there is none yet.
-    if not address:
-        return "not known yet (fewer than 3 nodes agree)"
-    host, port = address
-    return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
 
 
 @asynccontextmanager

@@ -90,7 +90,8 @@ _COLUMNS: Final = (
 
 
 def _row(contact: Contact) -> tuple[Any, ...]:
-    endpoints = json.dumps([[e.host, e.port, e.name] for e in contact.endpoints])
+    # (Relays are not stored: the record says which a contact holds a reservation on now.)
+    endpoints = json.dumps([[e.host, e.port, e.name] for e in contact.endpoints if e.relay is None])
     return (
         bytes(contact.id),
         contact.nickname,
@@ -172,6 +173,7 @@ def _stored_endpoint(host: str, port: int, name: str) -> EndPoint:
     object.__setattr__(endpoint, "host", host)
     object.__setattr__(endpoint, "port", port)
     object.__setattr__(endpoint, "name", name)
+    object.__setattr__(endpoint, "relay", None)
     return endpoint
 
 
@@ -512,7 +514,8 @@ class ContactManager:
         content = await self._node.fetch_card(peer, timeout)
         contact = self._from_card(content)
         if not contact.endpoints:
-            contact = contact.replace(endpoints=peer.endpoints[:MAX_CONTACT_ENDPOINTS])
+            direct = [e for e in peer.endpoints if e.relay is None]
+            contact = contact.replace(endpoints=direct[:MAX_CONTACT_ENDPOINTS])
         return await self.add(contact)
 
     async def get(self, peer_id: PeerId) -> Contact:

@@ -148,6 +148,8 @@ class Invitation:
     contact: Contact | None = None
     #: When the inviter stops waiting, on :func:`anyio.current_time`'s clock.
     expires_at: float
+    #: The address and port of the relay the invitation came through; None when it came direct.
+    relay: tuple[str, int] | None = None
     #: Where its answer is kept: the node that received it settles it there.
     state: InvitationState = field(default_factory=InvitationState, repr=False, compare=False)
 

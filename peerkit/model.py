@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Final
 
 from peerkit.errors import LimitExceeded
+from peerkit.identity import PeerId
 
 __all__ = (
     "MAX_APPLICATIONS",
@@ -190,9 +191,10 @@ class Presence:
 
 @dataclass(frozen=True, slots=True)
 class EndPoint:
-    """An address and port where a node listens, with a display name.
+    """An address and port where a node listens, with a display name; or, with ``relay``, the
+    address and port of a relay through which the node can be reached.
 
-    Two endpoints are equal when their host and port are; the name is only a label.
+    Two endpoints are equal when their host, port and relay are; the name is only a label.
     """
 
     #: An IPv4 or IPv6 address, or a host name.
@@ -201,6 +203,9 @@ class EndPoint:
     port: int
     #: A display label for people (the endpoint name), at most 255 characters.
     name: str = field(default="", compare=False)
+    #: The relay's peer id when ``host:port`` is a relay the node keeps a reservation on (the
+    #: node is reached through it); None for the node's own address.
+    relay: PeerId | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.host, str):
@@ -216,10 +221,12 @@ class EndPoint:
         if not 1 <= self.port <= 65535:
             raise ValueError(f"endpoint port {self.port} is outside 1..65535")
         check_text(self.name, "endpoint name")
+        if self.relay is not None and not isinstance(self.relay, PeerId):
+            raise TypeError(f"endpoint relay must be a PeerId or None, not {type(self.relay).__name__}")
 
     def __str__(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{host}:{self.port}"
+        return f"{host}:{self.port}" if self.relay is None else f"relay {host}:{self.port}"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -58,6 +58,8 @@ class AppStream(anyio.abc.ByteStream):
         self.protocol: str = channel.protocol
         #: The handshake hash of the stream's own Noise session.
         self.handshake_hash: bytes = channel.handshake_hash
+        #: The address and port of the relay the stream runs through; None when it is direct.
+        self.relay: tuple[str, int] | None = channel.relay
         self._buffer = b""
         self._offset = 0
         self._eof_sent = False

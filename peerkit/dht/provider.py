@@ -56,7 +56,7 @@ from peerkit.dht.transport import Datagrams, UdpDatagrams
 from peerkit.discovery.base import Announcement, DiscoverySession, DiscoverySink, read_record
 from peerkit.errors import InvalidRecord
 from peerkit.identity import PeerId
-from peerkit.model import Scope
+from peerkit.model import EndPoint, Scope
 
 __all__ = (
     "DEFAULT_BOOTSTRAP",
@@ -448,7 +448,8 @@ class _Session:
             return None
         # The node's seq, or above the last this provider used (a withdrawal, or a conflict).
         base = max(record.seq, self._seq + 1) if withdrawn else max(record.seq, self._seq)
-        addresses = [] if withdrawn else [(e.host, e.port) for e in endpoints]
+        addresses = [] if withdrawn else [(e.host, e.port) for e in endpoints if e.relay is None]
+        relays = [(e.host, e.port, e.relay.key) for e in endpoints if e.relay is not None and not withdrawn]
 
         def build(tops: list[MutableItem]) -> MutableItem:
             # This device's entry replaced in what the other devices of this id stored. (Several
@@ -456,7 +457,9 @@ class _Session:
             def made(seq: int) -> MutableItem:
                 own = None
                 if not withdrawn:
-                    own = fit_record(signer, seq, nickname=nickname, endpoint_name=name, endpoints=addresses)
+                    own = fit_record(
+                        signer, seq, nickname=nickname, endpoint_name=name, endpoints=addresses, relays=relays
+                    )
                 now_ms = int(time.time() * 1000)
                 return merged_item(signer, own, seq, key, tag=self._tag, current=tops, now_ms=now_ms)
 
@@ -465,7 +468,7 @@ class _Session:
             current = tops[0]
             if len(tops) == 1:
                 mine = own_entry(current, self._tag, key)
-                if _says(mine, nickname, name, addresses, withdrawn):
+                if _says(mine, nickname, name, endpoints, withdrawn):
                     # This device's entry is there, says what it would say, and is fresh enough
                     # that the other devices keep it (STALE): nothing to write; the item is put
                     # again as it is.
@@ -517,7 +520,7 @@ class _Session:
 
 
 def _says(
-    envelope: bytes | None, nickname: str, name: str, addresses: list[tuple[str, int]], withdrawn: bool
+    envelope: bytes | None, nickname: str, name: str, says: tuple[EndPoint, ...], withdrawn: bool
 ) -> bool:
     # Whether this device's entry (``envelope``; None: it has none) says what it would publish
     # now (the same nickname, endpoint name and addresses, or nothing when it withdraws), and is
@@ -533,7 +536,7 @@ def _says(
     if record.seq < time.time() * 1000 - STALE * 500:
         return False
     # (A record cut to fit never says all of it: such a device writes at each publication.)
-    return (nick, endpoint_name, [(e.host, e.port) for e in endpoints]) == (nickname, name, addresses)
+    return (nick, endpoint_name, endpoints) == (nickname, name, says)
 
 
 async def _locator_key(sink: DiscoverySink, peer_id: PeerId | None) -> bytes | None:

@@ -122,13 +122,16 @@ def fit_record(
     nickname: str,
     endpoint_name: str,
     endpoints: Sequence[tuple[str, int]],
+    relays: Sequence[tuple[str, int, bytes]] = (),
     limit: int = MAX_SEALED_ENVELOPE,
 ) -> bytes:
     """The node's signed record, cut to at most ``limit`` bytes by the module's rule."""
-    addresses = list(endpoints)
+    addresses, through = list(endpoints), list(relays)
     name, nick = endpoint_name, nickname
     while True:
-        envelope = make_record(signer, seq, nickname=nick, endpoint_name=name, endpoints=addresses)
+        envelope = make_record(
+            signer, seq, nickname=nick, endpoint_name=name, endpoints=addresses, relays=through
+        )
         if len(envelope) <= limit:
             return envelope
         if name:
@@ -137,8 +140,12 @@ def fit_record(
             addresses.pop()
         elif nick:
             nick = ""
+        elif len(through) > 1:
+            through.pop()
         elif addresses:
             addresses.pop()
+        elif through:
+            through.pop()
         else:
             raise AssertionError("a record with nothing in it is over the limit")  # never: ~150 bytes
 

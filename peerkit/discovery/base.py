@@ -28,6 +28,7 @@ from peerkit.proto import records
 
 __all__ = (
     "MAX_ADDRESSES",
+    "MAX_RELAYS",
     "Announcement",
     "Directory",
     "DirectoryStats",
@@ -41,6 +42,8 @@ __all__ = (
 
 #: The most addresses one record may carry.
 MAX_ADDRESSES: Final = 16
+#: The most relays one record may name.
+MAX_RELAYS: Final = 4
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -145,17 +148,23 @@ def make_record(
     nickname: str,
     endpoint_name: str,
     endpoints: Iterable[tuple[str, int]],
+    relays: Iterable[tuple[str, int, bytes]] = (),
 ) -> bytes:
-    """Sign a discovery record: ``{"id", "seq", "nick", "name", "addrs": [[host, port], ...]}``."""
+    """Sign a discovery record: ``{"id", "seq", "nick", "name", "addrs": [[host, port], ...]}``,
+    and ``"relays": [[host, port, relay id], ...]`` when the node is reachable through relays."""
     addrs = [[host, port] for host, port in endpoints][:MAX_ADDRESSES]
-    content = {"nick": nickname, "name": endpoint_name, "addrs": addrs}
+    content: dict[str, object] = {"nick": nickname, "name": endpoint_name, "addrs": addrs}
+    through = [[host, port, bytes(key)] for host, port, key in relays][:MAX_RELAYS]
+    if through:
+        content["relays"] = through
     return records.sign_record(signer, seq, content)
 
 
 def read_record(envelope: bytes) -> tuple[records.SignedRecord, str, str, tuple[EndPoint, ...]]:
     """Verify a discovery record and read its content.
 
-    :returns: the record, the nickname, the endpoint name and the signed endpoints.
+    :returns: the record, the nickname, the endpoint name and the signed endpoints (its own
+        addresses, then the relays it is reachable through).
     :raises InvalidRecord: when it does not verify or its content is malformed.
     """
     record = records.open_record(envelope)
@@ -181,6 +190,24 @@ def read_record(envelope: bytes) -> tuple[records.SignedRecord, str, str, tuple[
             endpoints.append(EndPoint(item[0], item[1], name))
         except (TypeError, ValueError) as exc:
             raise InvalidRecord(f"record address {item!r} is not valid: {exc}") from None
+    relays = body.get("relays", [])
+    if not isinstance(relays, list) or len(relays) > MAX_RELAYS:
+        raise InvalidRecord(f'record "relays" must be a list of at most {MAX_RELAYS} relays')
+    for item in relays:
+        if (
+            not isinstance(item, list)
+            or len(item) != 3
+            or not isinstance(item[0], str)
+            or not isinstance(item[1], int)
+            or isinstance(item[1], bool)
+            or not isinstance(item[2], bytes)
+            or len(item[2]) != 32
+        ):
+            raise InvalidRecord('record "relays" entries must be [host, port, 32-byte id] lists')
+        try:
+            endpoints.append(EndPoint(item[0], item[1], name, relay=PeerId(item[2])))
+        except (TypeError, ValueError) as exc:
+            raise InvalidRecord(f"record relay {item[:2]!r} is not valid: {exc}") from None
     return record, nickname, name, tuple(endpoints)
 
 

@@ -132,6 +132,8 @@ class SecureChannel(anyio.abc.AsyncResource):
             pass
         #: This side's address and port of the connection, when the transport has them.
         self.local_address = local
+        #: The relay's address and port when the channel runs through a relay (None: direct).
+        self.relay: tuple[str, int] | None = stream.extra(RelayAttribute.relay, None)
         #: What the handshake proved about the other side.
         self.peer = PeerInfo(
             id=PeerId(done.peer.id),

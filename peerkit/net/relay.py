@@ -26,6 +26,7 @@ __all__ = (
     "PrefixedStream",
     "RelayAttribute",
     "RelayService",
+    "RelayStats",
     "RelayedStream",
     "dial_relayed",
     "read_frame",

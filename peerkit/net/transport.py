@@ -26,6 +26,7 @@ __all__ = (
     "Transport",
     "local_addresses",
     "on_asyncio",
+    "reachable_host",
     "unreachable",
 )
 
@@ -49,6 +50,16 @@ def unreachable(text: str, *also: type[Exception], detail: bool = False) -> Iter
     except mapped as exc:
         reason = f": {exc.strerror or exc}" if detail and isinstance(exc, OSError) else ""
         raise PeerUnreachable(text + reason) from exc
+
+
+def reachable_host(host: str) -> str:
+    """How a node bound to ``host`` is shown and dialled on this host: a wildcard address as the
+    loopback address of its family, anything else as it is."""
+    with contextlib.suppress(ValueError):
+        address = ipaddress.ip_address(host)
+        if address.is_unspecified:
+            return "::1" if address.version == 6 else "127.0.0.1"
+    return host
 
 
 def local_addresses(listen_host: str, *, fallback: str) -> tuple[str, ...]:

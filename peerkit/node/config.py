@@ -11,11 +11,12 @@ from peerkit.discovery.base import DiscoveryProvider
 from peerkit.discovery.registry import create_provider
 from peerkit.identity import Identity, default_data_dir
 from peerkit.invitations import InvitationPolicy
-from peerkit.model import check_seconds, check_text
+from peerkit.model import EndPoint, check_seconds, check_text
 from peerkit.net.control import KeepalivePolicy
 from peerkit.net.transport import TcpTransport, Transport
 from peerkit.proto.admission import RequestPolicy
 from peerkit.proto.connection import HANDSHAKE_TIMEOUT
+from peerkit.proto.relay import RelayPolicy
 
 __all__ = ("NodeConfig",)
 
@@ -54,6 +55,10 @@ class NodeConfig:
     store_check: float = 1.0
     #: How many requests each peer may make.
     request_budget: RequestPolicy = field(default_factory=RequestPolicy)
+    #: What this node grants as a relay (None: it is not one).
+    relay: RelayPolicy | None = None
+    #: The relays this node keeps reservations on (endpoints with ``relay`` set).
+    relays: tuple[EndPoint, ...] = ()
 
     @classmethod
     def create(
@@ -73,6 +78,8 @@ class NodeConfig:
         store_check: float = 1.0,
         request_budget: RequestPolicy | None = None,
         dht_bootstrap: Iterable[tuple[str, int]] | None = None,
+        relay: bool | RelayPolicy = False,
+        relays: Iterable[EndPoint] = (),
     ) -> NodeConfig:
         """The checked configuration of ``Node(**options)``.
 
@@ -114,6 +121,12 @@ class NodeConfig:
             raise TypeError(f"queue_size must be an int, not {type(queue_size).__name__}")
         if queue_size < 1:
             raise ValueError(f"queue_size must be at least 1, not {queue_size}")
+        if not isinstance(relay, (bool, RelayPolicy)):
+            raise TypeError(f"relay must be a bool or a RelayPolicy, not {type(relay).__name__}")
+        through = tuple(relays)
+        for endpoint in through:
+            if not isinstance(endpoint, EndPoint) or endpoint.relay is None:
+                raise TypeError(f"relays are EndPoints with the relay's id (relay=PeerId), not {endpoint!r}")
         return cls(
             nickname=check_text(nickname, "nickname"),
             data_dir=Path(data_dir) if data_dir is not None else None,
@@ -128,6 +141,8 @@ class NodeConfig:
             address_check=check_seconds(address_check, "address_check"),
             store_check=check_seconds(store_check, "store_check"),
             request_budget=request_budget or RequestPolicy(),
+            relay=(RelayPolicy() if relay is True else relay) or None,
+            relays=tuple(dict.fromkeys(through)),
         )
 
 

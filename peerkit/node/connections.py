@@ -81,6 +81,8 @@ class Me:
     endpoint_name: str
     #: Where it listens (dials leave from its address; its port travels in the hello).
     endpoint: EndPoint
+    #: The relays it can be reached through (those it holds a reservation on).
+    relays: tuple[EndPoint, ...] = ()
 
 
 class Connections:
@@ -259,6 +261,7 @@ class Connections:
             port_hint=hello.endpoint.port,
             use=use,
             local_host=hello.endpoint.host,
+            relayed=endpoint.relay is not None,
         )
 
     # -- channels ----------------------------------------------------------------------------

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import ipaddress
 import logging
 import os
 import uuid
@@ -53,7 +52,7 @@ from peerkit.model import (
 from peerkit.net.channel import ChannelListener, SecureChannel
 from peerkit.net.control import ControlChannel, KeepalivePolicy, Reply
 from peerkit.net.fds import fd_budget
-from peerkit.net.transport import TcpTransport, Transport
+from peerkit.net.transport import TcpTransport, Transport, reachable_host
 from peerkit.node.config import NodeConfig
 from peerkit.node.connections import MAX_CHANNELS_PER_PEER, Connections, Me
 from peerkit.node.eventing import EventMethods
@@ -63,6 +62,7 @@ from peerkit.node.locator import Locator
 from peerkit.node.nearby import PROVIDER_TIMEOUT, Nearby, NearbyHandler
 from peerkit.node.publishing import Published, Publishing, Visibility
 from peerkit.node.receivers import app_id as id_of
+from peerkit.node.relaying import Reach, Relaying
 from peerkit.node.requests import Requests
 from peerkit.node.settings import ENDPOINT_NAME, Settings
 from peerkit.node.streams import StreamHandler, Streams
@@ -72,15 +72,15 @@ from peerkit.presence import OFFLINE
 from peerkit.proto.admission import AdmissionPolicy, RequestPolicy
 from peerkit.proto.connection import HANDSHAKE_TIMEOUT
 from peerkit.proto.holdings import Holdings, HoldingsPolicy
+from peerkit.proto.relay import RelayPolicy
 from peerkit.proto.requests import (
     CardRequest,
-    ErrorCode,
     GetRequest,
     InviteRequest,
     RecordRequest,
+    ReserveRequest,
     SubscribeRequest,
     UnsubscribeRequest,
-    error_reply,
 )
 from peerkit.store import DATABASE_FILE, Store
 from peerkit.streams import AppStream
@@ -131,6 +131,10 @@ class Node(EventMethods):
     :param request_budget: how many requests each peer may make (default: 1,000 a second, bursts
         of 2,000); over it a request is answered with ``error`` "limit", and a peer whose last 100
         requests were all over it is disconnected.
+    :param relay: serve as a relay for peers that cannot be dialled (``True``: for contacts, with
+        the default limits; or a :class:`~peerkit.RelayPolicy`).
+    :param relays: relays to keep reservations on (``EndPoint(host, port, relay=relay_id)``): while
+        one is held, peers reach this node through it, and its record says so.
 
     Several nodes may run in one process. Using a node before ``async with`` or after it raises
     :class:`~peerkit.NotRunning`.
@@ -153,6 +157,8 @@ class Node(EventMethods):
         store_check: float = 1.0,
         request_budget: RequestPolicy | None = None,
         dht_bootstrap: Iterable[tuple[str, int]] | None = None,
+        relay: bool | RelayPolicy = False,
+        relays: Iterable[EndPoint] = (),
     ) -> None:
         config = NodeConfig.create(
             nickname=nickname,
@@ -169,6 +175,8 @@ class Node(EventMethods):
             store_check=store_check,
             request_budget=request_budget,
             dht_bootstrap=dht_bootstrap,
+            relay=relay,
+            relays=relays,
         )
         #: The checked options this node was built with.
         self.config = config
@@ -220,12 +228,22 @@ class Node(EventMethods):
                 "notify": lambda c, m: self._watching.on_notify(c, m),  # noqa: PLW0108
                 "invite_cancel": lambda c, m: self._invitations.on_cancel(c, m),  # noqa: PLW0108
                 "card_update": lambda c, m: self._locator.on_card(c, m),  # noqa: PLW0108 (made later)
+                "circuit": lambda c, m: self._relaying.on_circuit(c, m),  # noqa: PLW0108
             },
             on_closed=self._channel_closed,
             on_peer=self._channel_opened,
             serve_stream=self._serve_stream,
             peer_ops=link,
             is_contact=self.contacts.has,
+        )
+        self._relaying = Relaying(
+            policy=config.relay,
+            relays=config.relays,
+            is_contact=self.contacts.has,
+            control_to=self._connections.control_to,
+            network=self._network,
+            local_host=lambda: self._me().endpoint.host,
+            changed=lambda: self._nearby.republish(),  # noqa: PLW0108 (made later)
         )
         self._invitations = Invitations(
             policy=config.invitation_policy,
@@ -262,11 +280,12 @@ class Node(EventMethods):
         self._requests = Requests(
             handlers={
                 InviteRequest: self._invitations.on_invite,
-                GetRequest: self._on_get,
-                CardRequest: self._on_card,
-                RecordRequest: self._on_record,
-                SubscribeRequest: self._on_subscribe,
-                UnsubscribeRequest: self._on_unsubscribe,
+                GetRequest: self._publishing.on_get,
+                CardRequest: lambda c, r: self._locator.on_card_request(c, r),  # noqa: PLW0108 (made later)
+                RecordRequest: lambda c, r: self._locator.on_record_request(c, r),  # noqa: PLW0108
+                SubscribeRequest: self._publishing.on_subscribe,
+                UnsubscribeRequest: self._publishing.on_unsubscribe,
+                ReserveRequest: self._relaying.on_reserve,
             },
             routes=lambda peer: self._connections.routes(peer, self._endpoints_of(peer)),
             fallback=lambda peer: self._nearby.found_elsewhere(peer, self._endpoints_of(peer)),
@@ -338,12 +357,15 @@ class Node(EventMethods):
                 handshake_timeout=self._handshake_timeout,
                 admission=admission,
             )
+            if self._relaying.service is not None:
+                self._listener.relay = self._relaying.service.serve
             bound_host, bound_port = self._listener.address
-            self._endpoint = EndPoint(_reachable(bound_host), bound_port, self._endpoint_name)
+            self._endpoint = EndPoint(reachable_host(bound_host), bound_port, self._endpoint_name)
             self._tg = await stack.enter_async_context(anyio.create_task_group())
             self._connections.start(self._tg, self._me)
             self._locator.start(self._tg)
             await self._tg.start(self._listener.serve, self._connections.on_channel)
+            self._relaying.start(self._tg, self._listener.take)
             failure: DiscoveryError | None = None
             try:
                 await self._nearby.start(self._tg, self._identity.id)
@@ -391,6 +413,7 @@ class Node(EventMethods):
             return None
         finally:
             self._connections.clear()
+            self._relaying.clear()
             self._locator.stop()
             self._nearby.clear()
             self._publishing.clear()
@@ -415,6 +438,7 @@ class Node(EventMethods):
             nickname=self._nickname,
             endpoint_name=self._endpoint_name,
             endpoint=self._endpoint,
+            relays=self._relaying.endpoints,
         )
 
     @property
@@ -943,30 +967,11 @@ class Node(EventMethods):
 
     def _channel_closed(self, control: ControlChannel) -> None:
         self._publishing.end(control)
+        self._relaying.closed(control)
 
     # -- requests from peers ---------------------------------------------------------------
     def _dispatch(self, control: ControlChannel, message: dict[str, Any]) -> Awaitable[Reply]:
         return self._requests.dispatch(control, message)  # the coroutine itself: no frame of its own
-
-    async def _on_record(self, control: ControlChannel, request: RecordRequest) -> Reply:
-        if not self._scope or self._nearby.record is None:
-            return error_reply(ErrorCode.UNAVAILABLE, "this node is not signed in")
-        return {"t": "record_reply", "rec": self._nearby.record}
-
-    async def _on_card(self, control: ControlChannel, request: CardRequest) -> Reply:
-        if not self._scope:
-            return error_reply(ErrorCode.UNAVAILABLE, "this node is not signed in")
-        return {"t": "card_reply", "card": self.contacts.sign_card()}
-
-    async def _on_get(self, control: ControlChannel, request: GetRequest) -> Reply:
-        return self._publishing.get(control.peer_id, request.what)
-
-    async def _on_subscribe(self, control: ControlChannel, request: SubscribeRequest) -> Reply:
-        return self._publishing.subscribe(control, self.id)
-
-    async def _on_unsubscribe(self, control: ControlChannel, request: UnsubscribeRequest) -> Reply:
-        self._publishing.end(control)
-        return {"t": "unsubscribe_reply"}
 
     # -- publishing to subscribers ----------------------------------------------------
     def _published(self) -> Published:
@@ -977,6 +982,11 @@ class Node(EventMethods):
             objects=self._objects.values(),
         )
 
+    def reach(self) -> Reach:
+        """How this node can be reached now: the relays it holds reservations on, and what it
+        does as a relay."""
+        return self._relaying.reach()
+
     def subscribers(self) -> list[PeerId]:
         """The ids of the peers that watch this node now (one entry per subscription)."""
         return self._publishing.subscribers()
@@ -985,12 +995,3 @@ class Node(EventMethods):
         state = "running" if self._running else "stopped"
         who = self._identity.id.fingerprint if self._identity is not None else "?"
         return f"<Node {self._nickname or '?'} {who} {state}>"
-
-
-def _reachable(host: str) -> str:
-    # A wildcard bind address is shown (and dialled) as the loopback address of its family.
-    with contextlib.suppress(ValueError):
-        address = ipaddress.ip_address(host)
-        if address.is_unspecified:
-            return "::1" if address.version == 6 else "127.0.0.1"
-    return host

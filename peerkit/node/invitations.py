@@ -279,6 +279,7 @@ class Invitations:
             contact=contact,
             expires_at=anyio.current_time() + request.ttl,
             state=state,
+            relay=control.channel.relay,
         )
         key = (id(control), request.rid)
         scope = anyio.CancelScope(deadline=invitation.expires_at)

@@ -21,9 +21,10 @@ from peerkit.contacts import ContactManager
 from peerkit.errors import InvalidRecord, PeerkitError
 from peerkit.identity import PeerId
 from peerkit.model import Scope, SubscribePermission
-from peerkit.net.control import ControlChannel
+from peerkit.net.control import ControlChannel, Reply
 from peerkit.node.connections import Connections
 from peerkit.node.nearby import Nearby
+from peerkit.proto.requests import CardRequest, ErrorCode, RecordRequest, error_reply
 
 __all__ = ("Locator",)
 
@@ -49,6 +50,18 @@ class Locator:
     def stop(self) -> None:
         """The node stopped."""
         self._tg = None
+
+    async def on_record_request(self, control: ControlChannel, request: RecordRequest) -> Reply:
+        """Answer a ``record`` request: the record this node publishes."""
+        if not self._scope() or self._nearby.record is None:
+            return error_reply(ErrorCode.UNAVAILABLE, "this node is not signed in")
+        return {"t": "record_reply", "rec": self._nearby.record}
+
+    async def on_card_request(self, control: ControlChannel, request: CardRequest) -> Reply:
+        """Answer a ``card`` request: a freshly signed card of this node."""
+        if not self._scope():
+            return error_reply(ErrorCode.UNAVAILABLE, "this node is not signed in")
+        return {"t": "card_reply", "card": self._contacts.sign_card()}
 
     def changed(self) -> None:
         """The node's locator key was replaced: spread it (in the background)."""

@@ -98,7 +98,9 @@ class Nearby:
         self._seq = 0
         #: The signed record this node publishes now (None before the first sign-in).
         self.record: bytes | None = None
-        self._signed_as: tuple[str, str, tuple[str, ...]] | None = None  # what the record says
+        self._signed_as: tuple[str, str, tuple[str, ...], tuple[EndPoint, ...]] | None = (
+            None  # the record says
+        )
         self._republish = anyio.Event()
         self._near_me = anyio.Event()  # set while signed in to NEAR_ME
         self._tg: anyio.abc.TaskGroup | None = None
@@ -184,9 +186,10 @@ class Nearby:
             nickname=me.nickname,
             endpoint_name=me.endpoint_name,
             endpoints=[(host, port) for host in hosts],
+            relays=[(e.host, e.port, e.relay.key) for e in me.relays if e.relay is not None],
         )
         self.record = envelope
-        self._signed_as = (me.nickname, me.endpoint_name, hosts)
+        self._signed_as = (me.nickname, me.endpoint_name, hosts, me.relays)
         return Announcement(
             id=me.identity.id, nickname=me.nickname, port=port, hosts=hosts, envelope=envelope
         )
@@ -225,7 +228,7 @@ class Nearby:
             hosts = self.hosts()
             me = self._me()
             scope = self._scope()
-            if scope and self._signed_as != (me.nickname, me.endpoint_name, hosts):
+            if scope and self._signed_as != (me.nickname, me.endpoint_name, hosts, me.relays):
                 await self.publish(scope, hosts)
 
     # -- sign-in -----------------------------------------------------------------------------

@@ -25,7 +25,14 @@ from peerkit.model import Application, PeerObject, Presence, Scope, SubscribePer
 from peerkit.net.control import Answer, ControlChannel, Reply
 from peerkit.presence import KINDS, Outbox, app_wire, object_wire, presence_wire
 from peerkit.proto import messages
-from peerkit.proto.requests import ErrorCode, What, error_reply
+from peerkit.proto.requests import (
+    ErrorCode,
+    GetRequest,
+    SubscribeRequest,
+    UnsubscribeRequest,
+    What,
+    error_reply,
+)
 
 __all__ = ("Publishing", "Visibility")
 
@@ -147,12 +154,11 @@ class Publishing:
             return {"t": "get_reply", "apps": [app_wire(a) for a in now.apps if a.scope & visible]}
         return {"t": "get_reply", "objects": [object_wire(o) for o in now.objects if o.scope & visible]}
 
-    def subscribe(self, control: ControlChannel, local_id: PeerId) -> Reply:
+    def subscribe(self, control: ControlChannel) -> Reply:
         """The answer to a ``subscribe`` request: the current state; every change follows once it
         went out."""
         if not self._contacts.has(control.peer_id):
-            text = f"{local_id.fingerprint} does not have you as a contact"
-            return error_reply(ErrorCode.NOT_ALLOWED, text)
+            return error_reply(ErrorCode.NOT_ALLOWED, "this node does not have you as a contact")
         self.end(control)
         subscriber = _Subscriber(control, self._bus.watch(_for_subscribers))
         self._diff_for(subscriber, KINDS)
@@ -173,6 +179,20 @@ class Publishing:
                 self._ready(subscriber)
 
         return Answer({"t": "subscribe_reply", "state": state, "inst": self.instance}, sent)
+
+    # -- the request handlers (the node's dispatch table) ------------------------------------
+    async def on_get(self, control: ControlChannel, request: GetRequest) -> Reply:
+        """Answer a ``get`` request."""
+        return self.get(control.peer_id, request.what)
+
+    async def on_subscribe(self, control: ControlChannel, request: SubscribeRequest) -> Reply:
+        """Answer a ``subscribe`` request."""
+        return self.subscribe(control)
+
+    async def on_unsubscribe(self, control: ControlChannel, request: UnsubscribeRequest) -> Reply:
+        """Answer an ``unsubscribe`` request."""
+        self.end(control)
+        return {"t": "unsubscribe_reply"}
 
     def end(self, control: ControlChannel) -> None:
         """The subscription on ``control`` ends (``unsubscribe``, or the channel closed)."""

@@ -1,12 +1,12 @@
 """The requests of the control protocol as typed objects, and the one decoder for them (sans-IO).
 
 A control channel carries requests (``invite``, ``get``, ``card``, ``record``, ``subscribe``,
-``unsubscribe``), their replies, and notices (``invite_cancel``, ``notify``, ``card_update``);
-docs/protocol.md sections 4.1 to 4.7 define them. :func:`decode_request` turns an incoming
-request into one of the classes below, or raises :class:`BadRequest` with the ``error`` code and
-text the peer is to be answered with. :func:`error_reply` builds that answer, and
-:func:`check_reply` reads the answer to a request of ours, so no part of the node unpacks an
-``error`` by hand::
+``unsubscribe``, ``reserve``), their replies, and notices (``invite_cancel``, ``notify``,
+``card_update``, ``circuit``); docs/protocol.md sections 4.1 to 4.7 and 8 define them.
+:func:`decode_request` turns an incoming request into one of the classes below, or raises
+:class:`BadRequest` with the ``error`` code and text the peer is to be answered with.
+:func:`error_reply` builds that answer, and :func:`check_reply` reads the answer to a request of
+ours, so no part of the node unpacks an ``error`` by hand::
 
     try:
         request = decode_request(message)
@@ -35,6 +35,7 @@ __all__ = (
     "RecordRequest",
     "Refused",
     "Request",
+    "ReserveRequest",
     "StreamRequest",
     "SubscribeRequest",
     "UnsubscribeRequest",
@@ -47,7 +48,7 @@ __all__ = (
 )
 
 #: Message types that are notices: they expect no reply and are not counted as requests.
-NOTICES: Final = frozenset({"invite_cancel", "notify", "card_update"})
+NOTICES: Final = frozenset({"invite_cancel", "notify", "card_update", "circuit"})
 
 
 class ErrorCode(enum.Enum):
@@ -152,6 +153,13 @@ class UnsubscribeRequest:
 
 
 @dataclass(frozen=True, slots=True)
+class ReserveRequest:
+    """``reserve``: keep (or renew) a reservation on the receiver, a relay (section 8)."""
+
+    rid: int
+
+
+@dataclass(frozen=True, slots=True)
 class StreamRequest:
     """``stream``: the first message of an application stream connection (section 4.3)."""
 
@@ -170,7 +178,15 @@ def decode_stream_request(message: dict[str, Any]) -> StreamRequest:
     return StreamRequest(rid, uuid.UUID(bytes=app))
 
 
-Request = InviteRequest | GetRequest | CardRequest | RecordRequest | SubscribeRequest | UnsubscribeRequest
+Request = (
+    InviteRequest
+    | GetRequest
+    | CardRequest
+    | RecordRequest
+    | SubscribeRequest
+    | UnsubscribeRequest
+    | ReserveRequest
+)
 
 
 def _invite(rid: int, message: dict[str, Any]) -> InviteRequest:
@@ -206,7 +222,9 @@ def _get(rid: int, message: dict[str, Any]) -> GetRequest:
         raise BadRequest(ErrorCode.MALFORMED, 'get "what" is "presence", "apps" or "objects"', rid) from None
 
 
-def _only_rid(kind: type[CardRequest | RecordRequest | SubscribeRequest | UnsubscribeRequest]) -> _Decoder:
+def _only_rid(
+    kind: type[CardRequest | RecordRequest | SubscribeRequest | UnsubscribeRequest | ReserveRequest],
+) -> _Decoder:
     def decode(rid: int, _: dict[str, Any]) -> Request:
         return kind(rid)
 
@@ -221,6 +239,7 @@ _DECODERS: Final[dict[str, _Decoder]] = {
     "record": _only_rid(RecordRequest),
     "subscribe": _only_rid(SubscribeRequest),
     "unsubscribe": _only_rid(UnsubscribeRequest),
+    "reserve": _only_rid(ReserveRequest),
 }
 
 

@@ -193,6 +193,7 @@ class MemoryNetwork:
         self._buffer = buffer
         self._links: weakref.WeakSet[_Link] = weakref.WeakSet()
         self._frozen: set[str] = set()
+        self._firewalled: set[str] = set()
 
     async def listen(self, host: str, port: int) -> MemoryListener:
         """Listen on ``host:port`` (port 0 picks a free one).
@@ -216,6 +217,8 @@ class MemoryNetwork:
         listener = self._listeners.get((host, port))
         if listener is None or host in self._frozen or local_host in self._frozen:
             raise PeerUnreachable(f"could not connect to {host}:{port}: connection refused")
+        if host in self._firewalled and local_host != host:
+            raise PeerUnreachable(f"could not connect to {host}:{port}: the connection timed out")
         local = (local_host, next(self._ports))
         link = _Link(ends=(local, (host, port)))
         a_send, b_receive = anyio.create_memory_object_stream[bytes](self._buffer)
@@ -237,6 +240,14 @@ class MemoryNetwork:
         for link in self._links:
             if any(end[0] == host for end in link.ends):
                 link.frozen = True
+
+    def firewall(self, host: str, *, on: bool = True) -> None:
+        """Put ``host`` behind a firewall (``on=False``: take it away): connections to it from
+        other hosts fail, as to a host behind a home router's NAT; its own connections out work."""
+        if on:
+            self._firewalled.add(host)
+        else:
+            self._firewalled.discard(host)
 
     def thaw(self, host: str) -> None:
         """Let ``host`` make new connections again (frozen connections stay dead)."""

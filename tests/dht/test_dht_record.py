@@ -24,7 +24,9 @@ from peerkit.dht.record import (
     sealed_item,
     unseal,
 )
-from peerkit.discovery.base import make_record, read_record
+from peerkit.discovery.base import MAX_RELAYS, make_record, read_record
+from peerkit.errors import InvalidRecord
+from peerkit.proto.records import sign_record
 
 ENDPOINTS = [(f"2001:db8:{i:x}:ffff:ffff:ffff:ffff:{i:x}", 65000 + i) for i in range(16)]
 
@@ -55,6 +57,57 @@ def test_a_maximal_record_is_cut_by_the_rule_and_always_fits() -> None:
     # A small record is left whole.
     small = fit_record(alice, 8, nickname="alice", endpoint_name="desk", endpoints=ENDPOINTS[:2])
     assert read_record(small)[2] == "desk"
+
+
+def test_relays_survive_the_cut_longer_than_addresses_and_nickname() -> None:
+    alice = Identity.generate()
+    relays = [(f"2001:db8::{i + 1}", 7000 + i, Identity.generate().id.key) for i in range(MAX_RELAYS)]
+    fitted = fit_record(
+        alice, 9, nickname="n" * 255, endpoint_name="e" * 255, endpoints=ENDPOINTS, relays=relays
+    )
+    assert len(fitted) <= MAX_SEALED_ENVELOPE
+    _, nickname, name, endpoints = read_record(fitted)
+    # The endpoint name and addresses went first; the nickname and every relay stayed.
+    assert (name, nickname) == ("", "n" * 255)
+    assert [(e.host, e.port, e.relay.key) for e in endpoints if e.relay] == relays
+    # At every size the rule holds: relays go after the nickname and the addresses but one, and
+    # the last address before the last relay; what is kept is always the first ones.
+    seen_cuts = set()
+    for limit in range(1000, 180, -10):
+        cut = fit_record(
+            alice, 9, nickname="n" * 255, endpoint_name="e", endpoints=ENDPOINTS, relays=relays, limit=limit
+        )
+        _, nickname, name, endpoints = read_record(cut)
+        own = [(e.host, e.port) for e in endpoints if e.relay is None]
+        through = [(e.host, e.port, e.relay.key) for e in endpoints if e.relay]
+        assert len(cut) <= limit
+        assert own == ENDPOINTS[: len(own)]
+        assert through == relays[: len(through)]
+        if len(own) > 1 or nickname:
+            assert len(through) == MAX_RELAYS
+        if not own:
+            assert len(through) <= 1
+        seen_cuts.add((len(own), bool(nickname), len(through)))
+    assert (0, False, 1) in seen_cuts  # the tightest: one relay, nothing else
+    assert (1, False, 2) in seen_cuts  # relays being cut while an address stays
+
+
+@pytest.mark.parametrize(
+    "relays",
+    [
+        "nope",
+        [["10.0.0.1", 7000]],  # no id
+        [["10.0.0.1", 7000, b"short"]],
+        [["10.0.0.1", 0, bytes(32)]],  # port out of range (and a zero key)
+        [["not an address with spaces", 7000, Identity.generate().id.key]],
+        [["10.0.0.1", 7000, Identity.generate().id.key]] * (MAX_RELAYS + 1),
+    ],
+)
+def test_a_record_with_malformed_relays_is_refused_whole(relays: object) -> None:
+    alice = Identity.generate()
+    envelope = sign_record(alice, 1, {"nick": "", "name": "", "addrs": [], "relays": relays})
+    with pytest.raises(InvalidRecord, match="relay"):
+        read_record(envelope)
 
 
 def test_an_item_opens_to_its_keys_record_at_its_seq_only() -> None:

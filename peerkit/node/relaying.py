@@ -1,0 +1,216 @@
+"""Relays for a node: serving as one (``Node(relay=True)``), and keeping reservations on others
+(``Node(relays=[...])``) so that peers that cannot dial this node reach it through them.
+
+A reservation is a control channel this node keeps open to the relay, renewed with ``reserve``
+every :data:`RENEW` seconds; while it holds, the relay's endpoint is in this node's signed record
+(``"relays"``), and a peer that dials it gets a circuit that this node takes by opening a new
+connection to the relay (docs/protocol.md section 8). The channel over a circuit is an ordinary
+secure channel: the handshake and everything after it are end to end.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Final
+
+import anyio
+import anyio.abc
+
+from peerkit.errors import PeerkitError, ProtocolError
+from peerkit.identity import PeerId
+from peerkit.model import EndPoint
+from peerkit.net.control import ControlChannel, Reply
+from peerkit.net.relay import Announce, RelayService, RelayStats, take_circuit
+from peerkit.net.transport import Transport
+from peerkit.proto import relay as wire
+from peerkit.proto.relay import RelayPolicy, RelayRefused
+from peerkit.proto.requests import ErrorCode, Refused, ReserveRequest, check_reply, error_reply, is_uint
+
+__all__ = ("MAX_TAKING", "RENEW", "Reach", "Relaying")
+
+log = logging.getLogger(__name__)
+
+#: Seconds between renewals of a reservation (at most; a third of its lifetime when shorter).
+RENEW: Final = 60.0
+#: Seconds between tries to reserve on a relay that cannot be reached or refused: from the first
+#: to the last, doubling.
+RETRY: Final = (1.0, 60.0)
+#: Circuits this node takes at once from its relays (further announcements are ignored).
+MAX_TAKING: Final = 64
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Reach:
+    """How a node can be reached now (:meth:`peerkit.Node.reach`)."""
+
+    #: The relays it holds a reservation on (peers that cannot dial it reach it through them).
+    reservations: tuple[EndPoint, ...]
+    #: The relays it is configured to keep reservations on.
+    relays: tuple[EndPoint, ...]
+    #: Whether it serves as a relay.
+    relaying: bool
+    #: As a relay: reservations peers hold on it, and circuits open through it now.
+    reserved_here: int = 0
+    circuits_now: int = 0
+    #: As a relay: what it did since it started (circuits, refusals, bytes carried).
+    stats: RelayStats | None = None
+
+
+class Relaying:
+    """Both sides of relaying for one node; see the module docstring.
+
+    ``take(stream)`` hands a circuit's stream to the node's listener, as if it had accepted it.
+    """
+
+    def __init__(
+        self,
+        *,
+        policy: RelayPolicy | None,
+        relays: Sequence[EndPoint],
+        is_contact: Callable[[PeerId], bool],
+        control_to: Callable[..., Awaitable[ControlChannel]],
+        network: Transport,
+        local_host: Callable[[], str],
+        changed: Callable[[], None],
+        renew: float = RENEW,
+    ) -> None:
+        #: The relay this node serves as (None: it is not one).
+        self.service = RelayService(policy, allowed=lambda key: is_contact(PeerId(key))) if policy else None
+        self._relays = tuple(relays)
+        self._control_to = control_to
+        self._network = network
+        self._local_host = local_host
+        self._changed = changed
+        self._renew = renew
+        self._take: Callable[[anyio.abc.ByteStream], Awaitable[None]] | None = None
+        self._tg: anyio.abc.TaskGroup | None = None
+        #: The relays this node holds a reservation on now, and the channel each is held by.
+        self._reserved: dict[EndPoint, ControlChannel] = {}
+        self._announces: dict[ControlChannel, Announce] = {}
+        self._taking = 0
+
+    @property
+    def endpoints(self) -> tuple[EndPoint, ...]:
+        """The relays this node can be reached through now (those it holds a reservation on)."""
+        return tuple(e for e in self._relays if e in self._reserved)
+
+    def reach(self) -> Reach:
+        """What :meth:`peerkit.Node.reach` reports of relays."""
+        service = self.service
+        return Reach(
+            reservations=self.endpoints,
+            relays=self._relays,
+            relaying=service is not None,
+            reserved_here=service.book.reservations if service is not None else 0,
+            circuits_now=service.book.circuits if service is not None else 0,
+            stats=dataclasses.replace(service.stats) if service is not None else None,
+        )
+
+    def start(self, tg: anyio.abc.TaskGroup, take: Callable[[anyio.abc.ByteStream], Awaitable[None]]) -> None:
+        """Keep the reservations from now on, in ``tg``; circuits go to ``take``."""
+        self._tg, self._take = tg, take
+        for relay in self._relays:
+            tg.start_soon(self._keep, relay)
+
+    def clear(self) -> None:
+        """Forget everything (the node stopped)."""
+        self._reserved.clear()
+        self._announces.clear()
+        self._tg = self._take = None
+
+    # -- as a relay ---------------------------------------------------------------------------
+    async def on_reserve(self, control: ControlChannel, request: ReserveRequest) -> Reply:
+        """Answer a ``reserve`` request."""
+        if self.service is None:
+            return error_reply(ErrorCode.NOT_ALLOWED, "this node is not a relay")
+        announce = self._announces.get(control)
+        if announce is None:
+            announce = self._announces[control] = _announcer(control)
+        try:
+            ttl = self.service.reserve(control.peer_id.key, announce)
+        except RelayRefused as exc:
+            self._announces.pop(control, None)
+            code = ErrorCode.LIMIT if exc.code == wire.LIMIT else ErrorCode.NOT_ALLOWED
+            return error_reply(code, exc.text)
+        return {"t": "reserve_reply", "ttl": ttl}
+
+    def closed(self, control: ControlChannel) -> None:
+        """``control`` closed: a reservation held by it ends."""
+        announce = self._announces.pop(control, None)
+        if announce is not None and self.service is not None:
+            self.service.release(control.peer_id.key, announce)
+
+    # -- reserving ------------------------------------------------------------------------------
+    def on_circuit(self, control: ControlChannel, message: dict[str, Any]) -> None:
+        """A relay this node holds a reservation on announced a circuit: take it."""
+        relay = next((e for e, c in self._reserved.items() if c is control), None)
+        token = message.get("token")
+        if relay is None or not isinstance(token, bytes) or len(token) != wire.TOKEN_SIZE:
+            log.info("ignoring a circuit notice from %s", control.peer_id.fingerprint)
+            return
+        if self._tg is None or self._taking >= MAX_TAKING:
+            log.warning("ignoring a circuit: %d are being taken already", self._taking)
+            return
+        self._taking += 1
+        self._tg.start_soon(self._take_circuit, relay, token)
+
+    async def _take_circuit(self, relay: EndPoint, token: bytes) -> None:
+        try:
+            try:
+                stream = await take_circuit(
+                    self._network, relay.host, relay.port, token, local_host=self._local_host()
+                )
+            except PeerkitError as exc:
+                log.info("could not take a circuit from %s: %s", relay, exc)
+                return
+            assert self._take is not None
+            await self._take(stream)
+        finally:
+            self._taking -= 1
+
+    async def _keep(self, relay: EndPoint) -> None:
+        # Hold a reservation on ``relay`` until cancelled: reserve, renew, and after a failure
+        # try again later.
+        assert relay.relay is not None
+        delay = RETRY[0]
+        while True:
+            control: ControlChannel | None = None
+            try:
+                control = await self._control_to(relay.relay, EndPoint(relay.host, relay.port), exact=True)
+                while True:
+                    ttl = await self._reserve(control)
+                    if self._reserved.get(relay) is not control:
+                        self._reserved[relay] = control
+                        log.info("holding a reservation on %s", relay)
+                        self._changed()
+                    delay = RETRY[0]
+                    with anyio.move_on_after(min(self._renew, ttl / 3)):
+                        await control.wait_closed()
+                    if control.closed:
+                        raise ProtocolError("the channel to the relay closed")
+            except (PeerkitError, Refused, ValueError, TimeoutError) as exc:
+                log.info("no reservation on %s: %s", relay, exc)
+            if self._reserved.pop(relay, None) is not None:
+                self._changed()
+            await anyio.sleep(delay)
+            delay = min(delay * 2, RETRY[1])
+
+    @staticmethod
+    async def _reserve(control: ControlChannel) -> int:
+        request = await control.start_request({"t": "reserve"})
+        with anyio.fail_after(10):
+            reply = check_reply(await request.wait(), "reserve_reply")
+        ttl = reply.get("ttl")
+        if not is_uint(ttl) or ttl < 3:
+            raise ProtocolError(f"the relay answered reserve with a bad ttl {ttl!r}")
+        return ttl
+
+
+def _announcer(control: ControlChannel) -> Announce:
+    async def announce(token: bytes) -> None:
+        await control.notify({"t": "circuit", "token": token})
+
+    return announce

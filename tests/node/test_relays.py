@@ -1,0 +1,150 @@
+"""Nodes reached through relays: a node behind a firewall keeps a reservation, publishes the relay
+in its record, and is invited and streamed to through it; the relay's refusals and its end."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import anyio
+import pytest
+from conftest import ACCEPTED, CHAT, accept_all
+
+from peerkit import (
+    EndPoint,
+    Identity,
+    KeepalivePolicy,
+    Node,
+    PeerUnreachable,
+    RelayPolicy,
+    Scope,
+)
+from peerkit.discovery.memory import MemoryDiscovery
+from peerkit.testing import MemoryNetwork
+
+pytestmark = pytest.mark.anyio
+
+RELAY_HOST, BOB_HOST, ALICE_HOST = "10.0.0.1", "10.0.1.2", "10.0.2.3"
+
+
+async def eventually(check: object, timeout: float = 10) -> None:
+    with anyio.fail_after(timeout):
+        while not check():  # type: ignore[operator]
+            await anyio.sleep(0.02)
+
+
+@asynccontextmanager
+async def behind_a_firewall(
+    *, contact: bool = True, policy: RelayPolicy | bool = True, keepalive: KeepalivePolicy | None = None
+) -> AsyncIterator[tuple[MemoryNetwork, Node, Node, Node]]:
+    """A relay, bob behind a firewall keeping a reservation on it, and alice; all signed in."""
+    net, medium = MemoryNetwork(), MemoryDiscovery()
+    bob_id = Identity.generate()
+    relay = Node(
+        nickname="relay", identity=Identity.generate(), network=net, listen=(RELAY_HOST, 7000), relay=policy
+    )
+    async with relay:
+        if contact:
+            await relay.contacts.add(bob_id.id, nickname="bob")
+        net.firewall(BOB_HOST)
+        through = EndPoint(RELAY_HOST, 7000, relay=relay.id)
+        bob = Node(
+            nickname="bob",
+            identity=bob_id,
+            network=net,
+            listen=(BOB_HOST, 7000),
+            discovery=[medium],
+            relays=[through],
+            keepalive=keepalive,
+        )
+        alice = Node(
+            nickname="alice",
+            identity=Identity.generate(),
+            network=net,
+            listen=(ALICE_HOST, 7000),
+            discovery=[medium],
+        )
+        async with bob, alice:
+            await bob.register_application(CHAT)
+            await alice.register_application(CHAT)
+            await bob.sign_in(Scope.NEAR_ME)
+            await alice.sign_in(Scope.NEAR_ME)
+            yield net, relay, bob, alice
+
+
+async def test_a_firewalled_node_is_invited_and_streamed_to_through_its_relay() -> None:
+    async with behind_a_firewall() as (_, relay, bob, alice):
+        await eventually(lambda: bob.reach().reservations)
+        assert bob.reach().reservations == (EndPoint(RELAY_HOST, 7000, relay=relay.id),)
+        # Bob's record names the relay: alice sees it beside his own (unreachable) address.
+        await eventually(lambda: any(e.relay for p in alice.nearby() for e in p.endpoints))
+        (seen,) = alice.nearby()
+        assert EndPoint(RELAY_HOST, 7000, relay=relay.id) in seen.endpoints
+        assert EndPoint(BOB_HOST, 7000) in seen.endpoints
+
+        relays: list[object] = []
+
+        async def accept(invitation):  # type: ignore[no-untyped-def]
+            relays.append(invitation.relay)
+            return await accept_all(invitation)
+
+        bob.add_invitation_handler(CHAT, accept)
+
+        async def echo(stream):  # type: ignore[no-untyped-def]
+            relays.append(stream.relay)
+            async with stream:
+                await stream.send((await stream.receive()).upper())
+
+        bob.add_stream_handler(CHAT, echo)
+        response = await seen.invite(CHAT, message="hi")
+        assert response == ACCEPTED
+        async with await seen.open_stream(CHAT) as stream:
+            assert stream.relay == (RELAY_HOST, 7000)
+            await stream.send(b"hello")
+            assert await stream.receive() == b"HELLO"
+        assert relays == [(RELAY_HOST, 7000), (RELAY_HOST, 7000)]  # bob's events say it came relayed
+        reach = relay.reach()
+        assert reach.relaying
+        assert reach.reserved_here == 1
+        assert reach.stats is not None
+        assert reach.stats.circuits >= 2
+        assert reach.stats.carried > 0
+
+
+async def test_a_closed_relay_refuses_a_stranger_and_the_node_stays_unreachable() -> None:
+    async with behind_a_firewall(contact=False) as (_, relay, bob, alice):
+        await anyio.sleep(0.5)
+        assert bob.reach().reservations == ()
+        assert relay.reach().reserved_here == 0
+        await eventually(alice.nearby)
+        (seen,) = alice.nearby()
+        assert all(e.relay is None for e in seen.endpoints)
+        with pytest.raises(PeerUnreachable):
+            await seen.invite(CHAT, timeout=3)
+
+
+async def test_a_node_that_is_not_a_relay_refuses_reservations() -> None:
+    async with behind_a_firewall(policy=False) as (_, relay, bob, _alice):
+        await anyio.sleep(0.5)
+        assert bob.reach().reservations == ()
+        assert not relay.reach().relaying
+
+
+async def test_when_the_relay_goes_the_record_stops_naming_it() -> None:
+    async with behind_a_firewall(keepalive=KeepalivePolicy(interval=0.5, timeout=0.5)) as (
+        net,
+        _relay,
+        bob,
+        alice,
+    ):
+        await eventually(lambda: any(e.relay for p in alice.nearby() for e in p.endpoints))
+        net.freeze(RELAY_HOST)  # the relay is gone: keepalives find out
+        await eventually(lambda: not bob.reach().reservations)
+        await eventually(lambda: not any(e.relay for p in alice.nearby() for e in p.endpoints))
+
+
+def test_relays_must_name_the_relay() -> None:
+    with pytest.raises(TypeError, match="relay=PeerId"):
+        Node(identity=Identity.generate(), relays=[EndPoint("10.0.0.1", 7000)])
+    with pytest.raises(TypeError, match="relay must be a bool or a RelayPolicy"):
+        Node(identity=Identity.generate(), relay="yes")  # type: ignore[arg-type]
