@@ -354,19 +354,33 @@ async def _serve(
             discovery=[p.name for p in providers],
             scope=node.scope.name,
         )
-        if node.reach().relaying:
-            say(
-                f"relaying for {'anyone' if node.config.relay and node.config.relay.open else 'contacts'}",
-                event="relaying",
-            )
+        if node.config.relay is not None:
+            who = "anyone" if node.config.relay.open else "contacts"
+            say(f"relaying for {who}", event="relaying", **{"for": who})
+
+        async def follow_reservations() -> None:
+            held: tuple[EndPoint, ...] = ()
+            while True:
+                now = node.reach().reservations
+                for relay in set(now) ^ set(held):
+                    state = "reachable through" if relay in now else "no longer reachable through"
+                    where = f"{relay.host}:{relay.port}#{relay.relay}"
+                    say(f"{state} the relay at {where}", event="relay", relay=where, held=relay in now)
+                held = now
+                await anyio.sleep(0.25)
+
         with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-            async for signum in signals:
-                say(
-                    f"stopping ({signal.Signals(signum).name})",
-                    event="stopping",
-                    signal=signal.Signals(signum).name,
-                )
-                break
+            async with anyio.create_task_group() as tg:
+                if node.config.relays:
+                    tg.start_soon(follow_reservations)
+                async for signum in signals:
+                    say(
+                        f"stopping ({signal.Signals(signum).name})",
+                        event="stopping",
+                        signal=signal.Signals(signum).name,
+                    )
+                    tg.cancel_scope.cancel()
+                    break
 
 
 @app.command()

@@ -399,3 +399,34 @@ def test_serve_names_a_bad_dht_bootstrap() -> None:
     result = run("serve", "--dht-bootstrap", "nowhere")
     assert result.returncode == 2
     assert "'nowhere' is not HOST:PORT" in " ".join(result.stderr.replace("│", " ").split())
+
+
+@pytest.mark.parametrize(
+    ("via", "why"),
+    [
+        ("10.0.0.1:7000", "it has no '#ID'"),
+        ("10.0.0.1:7000#nope", "is not HOST:PORT#RELAY_ID"),
+        ("nowhere#" + "a" * 52, "is not HOST:PORT"),
+    ],
+)
+def test_serve_names_a_bad_relay(via: str, why: str) -> None:
+    result = run("serve", "--via", via)
+    assert result.returncode == 2
+    assert why in " ".join(result.stderr.replace("│", " ").split())
+
+
+@pytest.mark.network
+def test_serve_relays_through_a_relay_it_serves(tmp_path: Path) -> None:
+    relay, info = start_server(tmp_path / "relay", "--listen", "127.0.0.1:0", "--relay", "--relay-open")
+    try:
+        through = f"127.0.0.1:{info['port']}#{info['id']}"
+        behind, _ = start_server(tmp_path / "behind", "--listen", "127.0.0.1:0", "--via", through)
+        assert behind.stdout is not None
+        held = json.loads(behind.stdout.readline())  # once the relay granted the reservation
+        assert held == {"event": "relay", "relay": through, "held": True}
+        stop(behind)
+        assert behind.returncode == 0
+    finally:
+        out = stop(relay)
+    events = [json.loads(line) for line in out.splitlines()]
+    assert {"event": "relaying", "for": "anyone"} in events
