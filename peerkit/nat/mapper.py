@@ -1,4 +1,4 @@
-"""Keeping ports mapped through the home router while a node runs (NAT-PMP).
+"""Keeping ports mapped through the home router while a node runs (NAT-PMP or UPnP).
 
 :class:`PortMapper` asks the router for its public address and maps each port; it renews each
 mapping when half its lifetime has passed, maps them all again when the router's epoch says it
@@ -12,14 +12,14 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Final
+from typing import Protocol as Shape
 
 import anyio
 import anyio.abc
 
-from peerkit.nat.client import NatPmpClient
-from peerkit.nat.natpmp import ExternalAddress, Mapping, NatPmpError, Protocol, epoch_is_continuous
+from peerkit.nat.natpmp import ExternalAddress, Mapping, PortMappingError, Protocol, epoch_is_continuous
 
-__all__ = ("RETRY", "PortMapper", "default_gateway", "default_gateway_from")
+__all__ = ("RETRY", "PortMapper", "RouterClient", "default_gateway", "default_gateway_from")
 
 log = logging.getLogger(__name__)
 
@@ -57,12 +57,28 @@ async def default_gateway() -> str | None:
         return None
 
 
+class RouterClient(Shape):
+    """What :class:`PortMapper` asks a router through: :class:`~peerkit.nat.client.NatPmpClient`
+    or :class:`~peerkit.nat.igd.IgdClient`. Each raises a ``PortMappingError`` when it fails."""
+
+    async def external_address(self) -> ExternalAddress:
+        """The router's public address."""
+
+    async def map(
+        self, protocol: Protocol, internal_port: int, *, external_port: int = 0, lifetime: int = 7200
+    ) -> Mapping:
+        """Map a port of the router to ``internal_port`` of this host."""
+
+    async def unmap(self, protocol: Protocol, internal_port: int) -> None:
+        """Remove the mapping of ``internal_port``."""
+
+
 class PortMapper:
     """Keeps ``ports`` (protocol and port of this host) mapped through the router ``client``
     talks to, for ``lifetime`` seconds at a time (see the module docstring)."""
 
     def __init__(
-        self, client: NatPmpClient, ports: Sequence[tuple[Protocol, int]], *, lifetime: int = 7200
+        self, client: RouterClient, ports: Sequence[tuple[Protocol, int]], *, lifetime: int = 7200
     ) -> None:
         self.client = client
         self.ports = list(ports)
@@ -81,7 +97,7 @@ class PortMapper:
             while True:
                 try:
                     await self._map_all()
-                except NatPmpError as exc:
+                except PortMappingError as exc:
                     log.info("no port mapping through the router: %s", exc)
                     self.mappings.clear()
                 if not started:
@@ -117,6 +133,6 @@ class PortMapper:
         for protocol, port in list(self.mappings):
             try:
                 await self.client.unmap(protocol, port)
-            except NatPmpError as exc:
+            except PortMappingError as exc:
                 log.info("could not remove the mapping of %s port %d: %s", protocol, port, exc)
             del self.mappings[(protocol, port)]

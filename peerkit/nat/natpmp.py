@@ -20,6 +20,7 @@ __all__ = (
     "ExternalAddress",
     "Mapping",
     "NatPmpError",
+    "PortMappingError",
     "ResultCode",
     "epoch_is_continuous",
     "external_address_request",
@@ -46,7 +47,11 @@ class ResultCode(enum.IntEnum):
     UNSUPPORTED_OPCODE = 5
 
 
-class NatPmpError(Exception):
+class PortMappingError(Exception):
+    """A router did not map a port or tell its address (NAT-PMP or UPnP alike)."""
+
+
+class NatPmpError(PortMappingError):
     """The router refused (``code`` is its result code), or its answer is not one to our request
     (``code`` is None)."""
 
