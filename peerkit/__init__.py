@@ -60,7 +60,7 @@ from peerkit.net.channel import ChannelListener, PeerInfo, SecureChannel, connec
 from peerkit.net.control import KeepalivePolicy
 from peerkit.net.relay import RelayStats
 from peerkit.node import Node
-from peerkit.node.relaying import Reach
+from peerkit.node.reaching import Reach
 from peerkit.peers import NearbyPeer, Peer
 from peerkit.proto.admission import RequestPolicy
 from peerkit.proto.relay import RelayPolicy

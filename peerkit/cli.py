@@ -12,7 +12,7 @@ import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import anyio
 import typer
@@ -234,6 +234,13 @@ def serve(
             "node reach it through the relay (repeatable).",
         ),
     ] = None,
+    port_mapping: Annotated[
+        bool,
+        typer.Option(
+            "--port-mapping/--no-port-mapping",
+            help="Map the port through the home router (NAT-PMP or UPnP) when behind one.",
+        ),
+    ] = True,
     data_dir: DataDir = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON lines for scripts.")] = False,
 ) -> None:
@@ -241,6 +248,7 @@ def serve(
     discovery providers, and for contacts), publishes the presence 'peerkit presence set' saved,
     and prints each invitation it receives."""
     from peerkit.proto.relay import RelayPolicy
+    from peerkit.serving import run_serve
 
     host, port = parse_address(listen_at)
     apps = _app_ids(accept or [])
@@ -251,8 +259,9 @@ def serve(
     relaying = {
         "relay": RelayPolicy(open=True) if relay and relay_open else relay,
         "relays": [parse_relay(text) for text in via or []],
+        "port_mapping": None if port_mapping else False,  # (on: unless the environment says off)
     }
-    anyio.run(_serve, host, port, apps, nickname, providers, directory, as_json, bootstrap, relaying)
+    anyio.run(run_serve, host, port, apps, nickname, providers, directory, as_json, bootstrap, relaying)
 
 
 def parse_relay(text: str) -> EndPoint:
@@ -275,112 +284,6 @@ def check_nickname(nickname: str) -> None:
         check_text(nickname, "nickname")
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="--nickname") from None
-
-
-async def _serve(
-    host: str,
-    port: int,
-    apps: list[uuid.UUID],
-    nickname: str,
-    providers: list[DiscoveryProvider],
-    directory: Path,
-    as_json: bool,
-    dht_bootstrap: list[tuple[str, int]] | None = None,
-    relaying: dict[str, Any] | None = None,
-) -> None:
-    from peerkit.events import InvitationAnswered
-    from peerkit.invitations import Invitation
-    from peerkit.model import Application, InvitationResponse, Scope
-    from peerkit.node import Node
-
-    def say(text: str, **fields: object) -> None:
-        if as_json:
-            print(json.dumps(fields), flush=True)
-        else:
-            console.print(text)
-
-    from peerkit.contacts import saved_presence
-
-    node = Node(
-        nickname=nickname,
-        data_dir=directory,
-        listen=(host, port),
-        discovery=providers,
-        dht_bootstrap=dht_bootstrap,
-        **(relaying or {}),
-    )
-    async with node:
-        # Near me where a provider finds people; Internet, so that allowed contacts may watch.
-        scope = Scope.INTERNET
-        for provider in providers:
-            scope |= provider.scopes
-        await node.sign_in(scope)
-        presence = saved_presence(node.contacts.settings())
-        if presence is not None:
-            await node.set_presence(presence)
-        for app_id in apps:
-            await node.register_application(Application(id=app_id, description="accepted by peerkit serve"))
-
-            async def accept_all(invitation: Invitation) -> InvitationResponse:
-                return InvitationResponse.ACCEPTED
-
-            node.add_invitation_handler(app_id, accept_all)
-
-        async def report(event: InvitationAnswered) -> None:
-            answer = event.response.name.lower() if event.response is not None else "withdrawn"
-            say(
-                f"invitation from {event.nickname or '?'} ({event.sender_id.fingerprint}) to "
-                f"{event.application_id}: {event.message!r}, {event.data_size} bytes of data -> "
-                f"{answer} ({event.reason})",
-                event="invitation",
-                sender=str(event.sender_id),
-                nickname=event.nickname,
-                application=str(event.application_id),
-                message=event.message,
-                data=event.data_size,
-                response=answer,
-                reason=event.reason,
-            )
-
-        node.add_invitation_observer(report)
-        say(
-            f"serving as {node.id} ({node.id.fingerprint}) at {node.endpoint}",
-            event="listening",
-            id=str(node.id),
-            fingerprint=node.id.fingerprint,
-            host=node.endpoint.host,
-            port=node.endpoint.port,
-            applications=[str(a) for a in apps],
-            discovery=[p.name for p in providers],
-            scope=node.scope.name,
-        )
-        if node.config.relay is not None:
-            who = "anyone" if node.config.relay.open else "contacts"
-            say(f"relaying for {who}", event="relaying", **{"for": who})
-
-        async def follow_reservations() -> None:
-            held: tuple[EndPoint, ...] = ()
-            while True:
-                now = node.reach().reservations
-                for relay in set(now) ^ set(held):
-                    state = "reachable through" if relay in now else "no longer reachable through"
-                    where = f"{relay.host}:{relay.port}#{relay.relay}"
-                    say(f"{state} the relay at {where}", event="relay", relay=where, held=relay in now)
-                held = now
-                await anyio.sleep(0.25)
-
-        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-            async with anyio.create_task_group() as tg:
-                if node.config.relays:
-                    tg.start_soon(follow_reservations)
-                async for signum in signals:
-                    say(
-                        f"stopping ({signal.Signals(signum).name})",
-                        event="stopping",
-                        signal=signal.Signals(signum).name,
-                    )
-                    tg.cancel_scope.cancel()
-                    break
 
 
 @app.command()
@@ -619,6 +522,32 @@ async def _resolve(
                             f"no provider found {contact.fingerprint} within {within}"
                         ) from None
                     await anyio.sleep(0.5)  # a DHT just joined may need a moment
+
+
+@app.command()
+def reach(
+    data_dir: DataDir = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
+) -> None:
+    """How peers can reach the node running on this data dir ('peerkit serve'): its port mapped
+    through the home router, where DHT nodes see it, the relays it holds reservations on, and
+    what it carries as a relay. Exits 1 when no node is running there."""
+    from peerkit.dht.provider import read_status
+    from peerkit.reporting import reach_text, read_reach
+
+    directory = data_dir or default_data_dir()
+    try:
+        status = read_reach(directory)
+        dht = read_status(directory)
+    except (OSError, ValueError) as exc:
+        raise typer.BadParameter(f"cannot read the reach status in {directory}: {exc}") from None
+    if status is None or not status["running"]:
+        err_console.print(f"[red]error:[/red] no 'peerkit serve' is running with {directory}")
+        raise typer.Exit(1)
+    if as_json:
+        print(json.dumps({**status, "dht": dht}))
+    else:
+        console.print(reach_text(status, dht if dht is not None and dht["running"] else None))
 
 
 dht_app = typer.Typer(help="The Mainline DHT node that serves the Internet scope.")

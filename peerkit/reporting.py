@@ -1,11 +1,29 @@
-"""Text for people about what a running node is doing (``peerkit dht status``, ``peerkit reach``)."""
+"""What a running node is doing, for people and scripts (``peerkit dht status``, ``peerkit reach``)."""
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import json
+import os
 import time
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Final
 
-__all__ = ("address_text", "dht_status_text")
+if TYPE_CHECKING:
+    from peerkit.model import EndPoint
+    from peerkit.node.reaching import Reach
+
+__all__ = (
+    "REACH_FILE",
+    "address_text",
+    "dht_status_text",
+    "reach_status",
+    "reach_text",
+    "read_reach",
+    "relay_text",
+    "write_reach",
+)
 
 
 def dht_status_text(status: dict[str, Any]) -> str:
@@ -47,3 +65,98 @@ def address_text(address: Any) -> str:
         return "not known yet (fewer than 3 nodes agree)"
     host, port = address
     return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
+
+
+def reach_status(reach: Reach, *, listening: str) -> dict[str, Any]:
+    """What ``peerkit serve`` writes to ``reach.json`` (read by ``peerkit reach``)."""
+    stats = reach.stats
+    return {
+        "pid": os.getpid(),
+        "updated": time.time(),
+        "listening": listening,
+        "mapped": str(reach.mapped) if reach.mapped else None,
+        "mapping": reach.mapping,
+        "mapping_problem": reach.mapping_problem,
+        "relays": [relay_text(e) for e in reach.relays],
+        "reservations": [relay_text(e) for e in reach.reservations],
+        "relaying": reach.relaying,
+        "reserved_here": reach.reserved_here,
+        "circuits_now": reach.circuits_now,
+        "relay_stats": None if stats is None else dataclasses.asdict(stats),
+    }
+
+
+def relay_text(endpoint: EndPoint) -> str:
+    """A relay endpoint as ``HOST:PORT#ID`` (what ``serve --via`` takes)."""
+    host = f"[{endpoint.host}]" if ":" in endpoint.host else endpoint.host
+    return f"{host}:{endpoint.port}#{endpoint.relay}"
+
+
+def reach_text(status: dict[str, Any], dht: dict[str, Any] | None) -> str:
+    """How the node of ``peerkit serve`` can be reached (its ``reach.json``, and the DHT status
+    when it runs the DHT), for people."""
+    lines = [f"listening at {status['listening']}"]
+    if status["mapped"]:
+        lines.append(f"port mapped through the router ({status['mapping']}): {status['mapped']}")
+    else:
+        lines.append(f"port not mapped: {status['mapping_problem'] or 'not tried yet'}")
+    if dht is not None:
+        lines.append(f"seen by DHT nodes at: {address_text(dht.get('external_address'))}")
+        reachable = {True: "yes", False: "no (read-only)", None: "not known yet"}[dht.get("reachable")]
+        lines.append(f"reachable from the DHT: {reachable}")
+    held = set(status["reservations"])
+    for relay in status["relays"]:
+        lines.append(f"relay {relay}: {'reservation held' if relay in held else 'no reservation'}")
+    if not status["relays"]:
+        lines.append("relays: none configured (serve --via HOST:PORT#ID)")
+    if status["relaying"]:
+        stats = status["relay_stats"] or {}
+        lines.append(
+            f"relaying: {status['reserved_here']} reservations, {status['circuits_now']} circuits open; "
+            f"{stats.get('circuits', 0)} carried ({stats.get('carried', 0)} bytes), "
+            f"{stats.get('refused', 0)} refused"
+        )
+    return "\n".join(lines)
+
+
+#: The file ``peerkit serve`` keeps its reach in, in its data dir.
+REACH_FILE: Final = "reach.json"
+#: Seconds between writes of it (and at each change).
+REACH_EVERY: Final = 5.0
+
+
+def read_reach(data_dir: Path) -> dict[str, Any] | None:
+    """The reach the ``peerkit serve`` on ``data_dir`` last wrote, or None when none ran there;
+    ``running`` says whether it runs now (it wrote lately, and its process is alive).
+
+    :raises ValueError: when the file is damaged.
+    """
+    try:
+        status = json.loads((data_dir / REACH_FILE).read_text("utf-8"))
+    except FileNotFoundError:
+        return None
+    if not isinstance(status, dict) or not isinstance(status.get("updated"), int | float):
+        raise ValueError(f"{data_dir / REACH_FILE} is not a reach status")
+    pid = status.get("pid")
+    recent = time.time() - status["updated"] < 3 * REACH_EVERY
+    status["running"] = recent and isinstance(pid, int) and _alive(pid)
+    return status
+
+
+def write_reach(data_dir: Path, status: dict[str, Any]) -> None:
+    """Write ``reach.json`` whole (a failure is ignored: it is a report)."""
+    path = data_dir / REACH_FILE
+    temporary = path.with_suffix(".tmp")
+    with contextlib.suppress(OSError):
+        temporary.write_text(json.dumps(status), "utf-8")
+        temporary.replace(path)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process
+    return pid > 0

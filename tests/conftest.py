@@ -6,6 +6,7 @@ import ipaddress
 import json
 import os
 import socket
+import struct
 import subprocess
 import sys
 import uuid
@@ -19,7 +20,12 @@ import pytest
 
 from peerkit import Application, EndPoint, Invitation, InvitationResponse, Node, Peer, SecureChannel
 from peerkit.identity import Identity
+from peerkit.nat.client import NatPmpClient
 from peerkit.testing import MemoryNetwork, NamespaceLan, memory_stream_pair
+
+# No node of the suite (nor of a subprocess it starts) asks this machine's router for a port
+# mapping: only the tests of port mapping turn it on, against routers of their own.
+os.environ["PEERKIT_PORT_MAPPING"] = "off"
 
 
 @pytest.fixture
@@ -312,3 +318,53 @@ async def agents(script: str) -> AsyncIterator[Callable[..., Any]]:
                 await agent.process.wait()
                 await agent.process.aclose()
             tg.cancel_scope.cancel()
+
+
+# -- a NAT-PMP router on loopback ------------------------------------------------------------
+class NatPmpRouter:
+    """A NAT-PMP router on loopback, written from RFC 6886: public address 203.0.113.9, each
+    mapping given the suggested port (or internal + 10000) for at most an hour."""
+
+    def __init__(
+        self, sock: anyio.abc.UDPSocket, *, drop_first: int = 0, refuse: int = 0, max_lifetime: int = 3600
+    ) -> None:
+        self.sock = sock
+        self.drop = drop_first
+        self.refuse = refuse
+        self.max_lifetime = max_lifetime
+        self.epoch = 7
+        self.mappings: dict[tuple[int, int], tuple[int, int]] = {}
+        self.requests = 0
+
+    async def serve(self) -> None:
+        async for data, source in self.sock:
+            self.requests += 1
+            if self.drop:
+                self.drop -= 1  # lost on the way: the client must send again
+                continue
+            opcode = data[1]
+            if self.refuse:
+                reply = struct.pack("!BBHI", 0, 128 + opcode, self.refuse, self.epoch) + bytes(8)
+            elif opcode == 0:
+                reply = struct.pack("!BBHI4s", 0, 128, 0, self.epoch, bytes([203, 0, 113, 9]))
+            else:
+                _, _, _, internal, suggested, lifetime = struct.unpack("!BBHHHI", data)
+                if lifetime == 0:
+                    self.mappings.pop((opcode, internal), None)
+                    external = 0
+                else:
+                    external = suggested or internal + 10000
+                    lifetime = min(lifetime, self.max_lifetime)
+                    self.mappings[(opcode, internal)] = (external, lifetime)
+                reply = struct.pack("!BBHIHHI", 0, 128 + opcode, 0, self.epoch, internal, external, lifetime)
+            await self.sock.sendto(reply, *source[:2])
+
+
+@asynccontextmanager
+async def natpmp_router(**options: int) -> AsyncIterator[tuple[NatPmpRouter, NatPmpClient]]:
+    async with await anyio.create_udp_socket(local_host="127.0.0.1") as sock, anyio.create_task_group() as tg:
+        made = NatPmpRouter(sock, **options)
+        tg.start_soon(made.serve)
+        port = sock.extra(anyio.abc.SocketAttribute.local_port)
+        yield made, NatPmpClient("127.0.0.1", port=port, first_wait=0.05)
+        tg.cancel_scope.cancel()

@@ -418,15 +418,32 @@ def test_serve_names_a_bad_relay(via: str, why: str) -> None:
 @pytest.mark.network
 def test_serve_relays_through_a_relay_it_serves(tmp_path: Path) -> None:
     relay, info = start_server(tmp_path / "relay", "--listen", "127.0.0.1:0", "--relay", "--relay-open")
+    assert relay.stdout is not None
+    assert json.loads(relay.stdout.readline()) == {"event": "relaying", "for": "anyone"}
     try:
         through = f"127.0.0.1:{info['port']}#{info['id']}"
         behind, _ = start_server(tmp_path / "behind", "--listen", "127.0.0.1:0", "--via", through)
         assert behind.stdout is not None
         held = json.loads(behind.stdout.readline())  # once the relay granted the reservation
         assert held == {"event": "relay", "relay": through, "held": True}
+        behind_dir = {"PEERKIT_DATA_DIR": str(tmp_path / "behind" / "server")}
+        shown = run("reach", env=behind_dir)
+        assert shown.returncode == 0, shown.stderr
+        assert f"relay {through}: reservation held" in shown.stdout
+        assert "port not mapped: port mapping is off" in shown.stdout  # (the suite turns it off)
+        relay_dir = {"PEERKIT_DATA_DIR": str(tmp_path / "relay" / "server")}
+        deadline = time.monotonic() + 10
+        while (shown := run("reach", "--json", env=relay_dir)).returncode or json.loads(shown.stdout)[
+            "reserved_here"
+        ] != 1:
+            assert time.monotonic() < deadline, f"the relay never reported the reservation: {shown.stderr}"
+            time.sleep(0.2)
+        assert "relaying: 1 reservations" in run("reach", env=relay_dir).stdout
         stop(behind)
         assert behind.returncode == 0
+        gone = run("reach", env=behind_dir)
+        assert gone.returncode == 1
+        assert "no 'peerkit serve' is running" in gone.stderr
     finally:
-        out = stop(relay)
-    events = [json.loads(line) for line in out.splitlines()]
-    assert {"event": "relaying", "for": "anyone"} in events
+        stop(relay)
+    assert relay.returncode == 0

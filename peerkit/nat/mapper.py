@@ -9,7 +9,7 @@ again every :data:`RETRY` seconds.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Final
 from typing import Protocol as Shape
@@ -78,9 +78,16 @@ class PortMapper:
     talks to, for ``lifetime`` seconds at a time (see the module docstring)."""
 
     def __init__(
-        self, client: RouterClient, ports: Sequence[tuple[Protocol, int]], *, lifetime: int = 7200
+        self,
+        client: RouterClient,
+        ports: Sequence[tuple[Protocol, int]],
+        *,
+        lifetime: int = 7200,
+        changed: Callable[[], None] | None = None,
     ) -> None:
         self.client = client
+        #: Called when the public address or a mapped port changed (or the mappings were lost).
+        self.changed = changed
         self.ports = list(ports)
         self.lifetime = lifetime
         #: The router's public address (None until it answered).
@@ -95,11 +102,14 @@ class PortMapper:
         started = False
         try:
             while True:
+                before = self._said()
                 try:
                     await self._map_all()
                 except PortMappingError as exc:
                     log.info("no port mapping through the router: %s", exc)
                     self.mappings.clear()
+                if self.changed is not None and self._said() != before:
+                    self.changed()
                 if not started:
                     task_status.started()
                     started = True
@@ -107,6 +117,10 @@ class PortMapper:
         finally:
             with anyio.CancelScope(shield=True), anyio.move_on_after(UNMAP_TIMEOUT):
                 await self._unmap_all()
+
+    def _said(self) -> tuple[object, ...]:
+        address = self.external.address if self.external is not None else None
+        return (address, *sorted((k, m.external_port) for k, m in self.mappings.items()))
 
     def _next_renewal(self) -> float:
         if not self.mappings:

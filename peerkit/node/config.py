@@ -14,6 +14,7 @@ from peerkit.invitations import InvitationPolicy
 from peerkit.model import EndPoint, check_seconds, check_text
 from peerkit.net.control import KeepalivePolicy
 from peerkit.net.transport import TcpTransport, Transport
+from peerkit.node.mapping import default_on
 from peerkit.proto.admission import RequestPolicy
 from peerkit.proto.connection import HANDSHAKE_TIMEOUT
 from peerkit.proto.relay import RelayPolicy
@@ -59,6 +60,8 @@ class NodeConfig:
     relay: RelayPolicy | None = None
     #: The relays this node keeps reservations on (endpoints with ``relay`` set).
     relays: tuple[EndPoint, ...] = ()
+    #: Whether the node maps its port through the home router.
+    port_mapping: bool = False
 
     @classmethod
     def create(
@@ -80,6 +83,7 @@ class NodeConfig:
         dht_bootstrap: Iterable[tuple[str, int]] | None = None,
         relay: bool | RelayPolicy = False,
         relays: Iterable[EndPoint] = (),
+        port_mapping: bool | None = None,
     ) -> NodeConfig:
         """The checked configuration of ``Node(**options)``.
 
@@ -143,6 +147,7 @@ class NodeConfig:
             request_budget=request_budget or RequestPolicy(),
             relay=(RelayPolicy() if relay is True else relay) or None,
             relays=tuple(dict.fromkeys(through)),
+            port_mapping=default_on() if port_mapping is None else bool(port_mapping),
         )
 
 

@@ -83,6 +83,8 @@ class Me:
     endpoint: EndPoint
     #: The relays it can be reached through (those it holds a reservation on).
     relays: tuple[EndPoint, ...] = ()
+    #: Its port as the home router maps it (the router's public address), while mapped.
+    mapped: EndPoint | None = None
 
 
 class Connections:

@@ -61,8 +61,8 @@ from peerkit.node.link import ContactEvents, Link, NodeSide
 from peerkit.node.locator import Locator
 from peerkit.node.nearby import PROVIDER_TIMEOUT, Nearby, NearbyHandler
 from peerkit.node.publishing import Published, Publishing, Visibility
+from peerkit.node.reaching import Reach, Reaching
 from peerkit.node.receivers import app_id as id_of
-from peerkit.node.relaying import Reach, Relaying
 from peerkit.node.requests import Requests
 from peerkit.node.settings import ENDPOINT_NAME, Settings
 from peerkit.node.streams import StreamHandler, Streams
@@ -135,6 +135,8 @@ class Node(EventMethods):
         the default limits; or a :class:`~peerkit.RelayPolicy`).
     :param relays: relays to keep reservations on (``EndPoint(host, port, relay=relay_id)``): while
         one is held, peers reach this node through it, and its record says so.
+    :param port_mapping: map the port through the home router (NAT-PMP or UPnP) when the node
+        listens behind one; default on, unless ``PEERKIT_PORT_MAPPING=off`` is in the environment.
 
     Several nodes may run in one process. Using a node before ``async with`` or after it raises
     :class:`~peerkit.NotRunning`.
@@ -159,6 +161,7 @@ class Node(EventMethods):
         dht_bootstrap: Iterable[tuple[str, int]] | None = None,
         relay: bool | RelayPolicy = False,
         relays: Iterable[EndPoint] = (),
+        port_mapping: bool | None = None,
     ) -> None:
         config = NodeConfig.create(
             nickname=nickname,
@@ -177,6 +180,7 @@ class Node(EventMethods):
             dht_bootstrap=dht_bootstrap,
             relay=relay,
             relays=relays,
+            port_mapping=port_mapping,
         )
         #: The checked options this node was built with.
         self.config = config
@@ -228,7 +232,7 @@ class Node(EventMethods):
                 "notify": lambda c, m: self._watching.on_notify(c, m),  # noqa: PLW0108
                 "invite_cancel": lambda c, m: self._invitations.on_cancel(c, m),  # noqa: PLW0108
                 "card_update": lambda c, m: self._locator.on_card(c, m),  # noqa: PLW0108 (made later)
-                "circuit": lambda c, m: self._relaying.on_circuit(c, m),  # noqa: PLW0108
+                "circuit": lambda c, m: self._reaching.on_circuit(c, m),  # noqa: PLW0108
             },
             on_closed=self._channel_closed,
             on_peer=self._channel_opened,
@@ -236,7 +240,7 @@ class Node(EventMethods):
             peer_ops=link,
             is_contact=self.contacts.has,
         )
-        self._relaying = Relaying(
+        self._reaching = Reaching(
             policy=config.relay,
             relays=config.relays,
             is_contact=self.contacts.has,
@@ -244,6 +248,7 @@ class Node(EventMethods):
             network=self._network,
             local_host=lambda: self._me().endpoint.host,
             changed=lambda: self._nearby.republish(),  # noqa: PLW0108 (made later)
+            port_mapping=config.port_mapping,
         )
         self._invitations = Invitations(
             policy=config.invitation_policy,
@@ -254,13 +259,14 @@ class Node(EventMethods):
             sender=self._connections.sender,
             routes=lambda peer, exact: self._connections.routes(peer, self._endpoints_of(peer), exact=exact),
             check_running=self._check_running,
-            fallback=lambda peer: self._nearby.found_elsewhere(peer, self._endpoints_of(peer)),
+            fallback=self._elsewhere,
         )
         self._streams = Streams(
             queue_size=self._queue_size,
             handshake_timeout=self._handshake_timeout,
             connect=self._connections.connect,
             endpoints_of=self._endpoints_of,
+            fallback=self._elsewhere,
             registered=self._registered,
             application=self._apps.get,
             allows=self._invitations.allows,
@@ -285,10 +291,10 @@ class Node(EventMethods):
                 RecordRequest: lambda c, r: self._locator.on_record_request(c, r),  # noqa: PLW0108
                 SubscribeRequest: self._publishing.on_subscribe,
                 UnsubscribeRequest: self._publishing.on_unsubscribe,
-                ReserveRequest: self._relaying.on_reserve,
+                ReserveRequest: self._reaching.on_reserve,
             },
             routes=lambda peer: self._connections.routes(peer, self._endpoints_of(peer)),
-            fallback=lambda peer: self._nearby.found_elsewhere(peer, self._endpoints_of(peer)),
+            fallback=self._elsewhere,
             control_to=self._connections.control_to,
             check_running=self._check_running,
             record_timeout=self._handshake_timeout,
@@ -357,15 +363,15 @@ class Node(EventMethods):
                 handshake_timeout=self._handshake_timeout,
                 admission=admission,
             )
-            if self._relaying.service is not None:
-                self._listener.relay = self._relaying.service.serve
+            if self._reaching.service is not None:
+                self._listener.relay = self._reaching.service.serve
             bound_host, bound_port = self._listener.address
             self._endpoint = EndPoint(reachable_host(bound_host), bound_port, self._endpoint_name)
             self._tg = await stack.enter_async_context(anyio.create_task_group())
             self._connections.start(self._tg, self._me)
             self._locator.start(self._tg)
             await self._tg.start(self._listener.serve, self._connections.on_channel)
-            self._relaying.start(self._tg, self._listener.take)
+            self._reaching.start(self._tg, self._listener.take, EndPoint(*self._listener.address))
             failure: DiscoveryError | None = None
             try:
                 await self._nearby.start(self._tg, self._identity.id)
@@ -413,7 +419,7 @@ class Node(EventMethods):
             return None
         finally:
             self._connections.clear()
-            self._relaying.clear()
+            self._reaching.clear()
             self._locator.stop()
             self._nearby.clear()
             self._publishing.clear()
@@ -438,7 +444,8 @@ class Node(EventMethods):
             nickname=self._nickname,
             endpoint_name=self._endpoint_name,
             endpoint=self._endpoint,
-            relays=self._relaying.endpoints,
+            relays=self._reaching.endpoints,
+            mapped=self._reaching.mapping.endpoint,
         )
 
     @property
@@ -926,12 +933,8 @@ class Node(EventMethods):
             raise ValueError("that is this node's own id")
         control = await self._connections.control_to(peer_id, endpoint, exact=True)
         info = control.channel.peer
-        return Peer(
-            self._link,
-            control.peer_id,
-            (EndPoint(endpoint.host, endpoint.port, info.endpoint_name),),
-            info.nickname,
-        )
+        named = EndPoint(endpoint.host, endpoint.port, info.endpoint_name)
+        return Peer(self._link, control.peer_id, (named,), info.nickname)
 
     async def resolve(self, peer_id: PeerId) -> Peer:
         """Find ``peer_id`` through the discovery providers.
@@ -960,6 +963,9 @@ class Node(EventMethods):
         """How many control channels to ``peer_id`` are open (0 or 1, briefly 2 after a simultaneous dial)."""
         return self._connections.channels(peer_id)
 
+    def _elsewhere(self, peer: Peer) -> Awaitable[Peer | None]:
+        return self._nearby.found_elsewhere(peer, self._endpoints_of(peer))  # (where it is now)
+
     def _channel_opened(self, peer_id: PeerId) -> None:
         if self.contacts.has(peer_id):
             assert self._tg is not None
@@ -967,7 +973,7 @@ class Node(EventMethods):
 
     def _channel_closed(self, control: ControlChannel) -> None:
         self._publishing.end(control)
-        self._relaying.closed(control)
+        self._reaching.closed(control)
 
     # -- requests from peers ---------------------------------------------------------------
     def _dispatch(self, control: ControlChannel, message: dict[str, Any]) -> Awaitable[Reply]:
@@ -975,17 +981,12 @@ class Node(EventMethods):
 
     # -- publishing to subscribers ----------------------------------------------------
     def _published(self) -> Published:
-        return Published(
-            presence=self.presence,
-            name=self._endpoint_name,
-            apps=self._apps.values(),
-            objects=self._objects.values(),
-        )
+        apps, objects = self._apps.values(), self._objects.values()
+        return Published(presence=self.presence, name=self._endpoint_name, apps=apps, objects=objects)
 
     def reach(self) -> Reach:
-        """How this node can be reached now: the relays it holds reservations on, and what it
-        does as a relay."""
-        return self._relaying.reach()
+        """How this node can be reached now: its mapped port, its relays, what it relays."""
+        return self._reaching.reach()
 
     def subscribers(self) -> list[PeerId]:
         """The ids of the peers that watch this node now (one entry per subscription)."""

@@ -98,9 +98,8 @@ class Nearby:
         self._seq = 0
         #: The signed record this node publishes now (None before the first sign-in).
         self.record: bytes | None = None
-        self._signed_as: tuple[str, str, tuple[str, ...], tuple[EndPoint, ...]] | None = (
-            None  # the record says
-        )
+        # What the record says: nickname, endpoint name, addresses, relays, mapped endpoint.
+        self._signed_as: tuple[object, ...] | None = None
         self._republish = anyio.Event()
         self._near_me = anyio.Event()  # set while signed in to NEAR_ME
         self._tg: anyio.abc.TaskGroup | None = None
@@ -185,11 +184,15 @@ class Nearby:
             self.next_seq(),
             nickname=me.nickname,
             endpoint_name=me.endpoint_name,
-            endpoints=[(host, port) for host in hosts],
+            # The mapped public endpoint first: it is the one a peer elsewhere can dial.
+            endpoints=[
+                *([(me.mapped.host, me.mapped.port)] if me.mapped else []),
+                *((h, port) for h in hosts),
+            ],
             relays=[(e.host, e.port, e.relay.key) for e in me.relays if e.relay is not None],
         )
         self.record = envelope
-        self._signed_as = (me.nickname, me.endpoint_name, hosts, me.relays)
+        self._signed_as = (me.nickname, me.endpoint_name, hosts, me.relays, me.mapped)
         return Announcement(
             id=me.identity.id, nickname=me.nickname, port=port, hosts=hosts, envelope=envelope
         )
@@ -228,7 +231,7 @@ class Nearby:
             hosts = self.hosts()
             me = self._me()
             scope = self._scope()
-            if scope and self._signed_as != (me.nickname, me.endpoint_name, hosts, me.relays):
+            if scope and self._signed_as != (me.nickname, me.endpoint_name, hosts, me.relays, me.mapped):
                 await self.publish(scope, hosts)
 
     # -- sign-in -----------------------------------------------------------------------------

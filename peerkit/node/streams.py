@@ -47,8 +47,10 @@ class Streams:
         application: Callable[[uuid.UUID], Application | None],
         allows: Callable[[PeerId], bool],
         check_running: Callable[[], None],
+        fallback: Callable[[Peer], Awaitable[Peer | None]] | None = None,
     ) -> None:
         self._handshake_timeout = handshake_timeout
+        self._fallback = fallback
         self._connect = connect
         self._endpoints_of = endpoints_of
         self._registered = registered
@@ -102,6 +104,13 @@ class Streams:
         errors: list[PeerUnreachable] = []
         with anyio.move_on_after(timeout):
             for endpoint in endpoints:
+                try:
+                    return await self._open_at(peer.id, endpoint, app)
+                except PeerUnreachable as exc:
+                    errors.append(exc)
+            # Where it was known to be, it is not: where is it now (the DHT, for a contact)?
+            found = await self._fallback(peer) if self._fallback is not None else None
+            for endpoint in found.endpoints if found is not None else ():
                 try:
                     return await self._open_at(peer.id, endpoint, app)
                 except PeerUnreachable as exc:

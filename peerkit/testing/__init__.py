@@ -17,12 +17,13 @@
 
 from peerkit.discovery.memory import MemoryDiscovery
 from peerkit.testing.conformance import check_discovery_provider
-from peerkit.testing.lan import NamespaceLan
+from peerkit.testing.lan import HomeRouter, NamespaceLan
 from peerkit.testing.memory import MemoryByteStream, MemoryListener, MemoryNetwork, memory_stream_pair
 from peerkit.testing.nodes import node_pair, nodes
 from peerkit.testing.tasks import running_tasks
 
 __all__ = (
+    "HomeRouter",
     "MemoryByteStream",
     "MemoryDiscovery",
     "MemoryListener",

@@ -3,13 +3,10 @@ against a router written here from the RFC (on loopback)."""
 
 from __future__ import annotations
 
-import struct
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-
 import anyio
 import anyio.abc
 import pytest
+from conftest import natpmp_router
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -73,58 +70,9 @@ def test_a_router_that_lost_its_mappings_is_told_by_its_epoch() -> None:
     assert not epoch_is_continuous(1000, 50.0, 5, 150.0)  # it restarted
 
 
-class Router:
-    """A NAT-PMP router on loopback, written from RFC 6886: public address 203.0.113.9, each
-    mapping given the suggested port (or internal + 10000) for at most an hour."""
-
-    def __init__(
-        self, sock: anyio.abc.UDPSocket, *, drop_first: int = 0, refuse: int = 0, max_lifetime: int = 3600
-    ) -> None:
-        self.sock = sock
-        self.drop = drop_first
-        self.refuse = refuse
-        self.max_lifetime = max_lifetime
-        self.epoch = 7
-        self.mappings: dict[tuple[int, int], tuple[int, int]] = {}
-        self.requests = 0
-
-    async def serve(self) -> None:
-        async for data, source in self.sock:
-            self.requests += 1
-            if self.drop:
-                self.drop -= 1  # lost on the way: the client must send again
-                continue
-            opcode = data[1]
-            if self.refuse:
-                reply = struct.pack("!BBHI", 0, 128 + opcode, self.refuse, self.epoch) + bytes(8)
-            elif opcode == 0:
-                reply = struct.pack("!BBHI4s", 0, 128, 0, self.epoch, bytes([203, 0, 113, 9]))
-            else:
-                _, _, _, internal, suggested, lifetime = struct.unpack("!BBHHHI", data)
-                if lifetime == 0:
-                    self.mappings.pop((opcode, internal), None)
-                    external = 0
-                else:
-                    external = suggested or internal + 10000
-                    lifetime = min(lifetime, self.max_lifetime)
-                    self.mappings[(opcode, internal)] = (external, lifetime)
-                reply = struct.pack("!BBHIHHI", 0, 128 + opcode, 0, self.epoch, internal, external, lifetime)
-            await self.sock.sendto(reply, *source[:2])
-
-
-@asynccontextmanager
-async def router(**options: int) -> AsyncIterator[tuple[Router, NatPmpClient]]:
-    async with await anyio.create_udp_socket(local_host="127.0.0.1") as sock, anyio.create_task_group() as tg:
-        made = Router(sock, **options)
-        tg.start_soon(made.serve)
-        port = sock.extra(anyio.abc.SocketAttribute.local_port)
-        yield made, NatPmpClient("127.0.0.1", port=port, first_wait=0.05)
-        tg.cancel_scope.cancel()
-
-
 @pytest.mark.anyio
 async def test_the_client_asks_maps_and_unmaps_through_a_router() -> None:
-    async with router(drop_first=1) as (made, client):
+    async with natpmp_router(drop_first=1) as (made, client):
         assert await client.external_address() == ExternalAddress("203.0.113.9", 7)
         assert made.requests == 2  # the first was lost: sent again
         mapping = await client.map("tcp", 7000, lifetime=7200)
@@ -136,7 +84,7 @@ async def test_the_client_asks_maps_and_unmaps_through_a_router() -> None:
 
 @pytest.mark.anyio
 async def test_a_refusing_router_and_no_router_are_clear_errors() -> None:
-    async with router(refuse=4) as (_, client):
+    async with natpmp_router(refuse=4) as (_, client):
         with pytest.raises(NatPmpError, match="out of resources") as refused:
             await client.map("udp", 6881)
         assert refused.value.code == 4
@@ -161,7 +109,7 @@ def test_the_default_gateway_is_read_from_the_route_table() -> None:
 
 @pytest.mark.anyio
 async def test_the_mapper_maps_renews_follows_a_restart_and_unmaps() -> None:
-    async with router(max_lifetime=1) as (made, client):
+    async with natpmp_router(max_lifetime=1) as (made, client):
         mapper = PortMapper(client, [("tcp", 7000), ("udp", 7000)], lifetime=7200)
         async with anyio.create_task_group() as tg:
             await tg.start(mapper.run)

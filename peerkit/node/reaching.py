@@ -1,4 +1,5 @@
-"""Relays for a node: serving as one (``Node(relay=True)``), and keeping reservations on others
+"""How peers reach a node: its port mapped through the home router (:mod:`peerkit.node.mapping`),
+serving as a relay (``Node(relay=True)``), and keeping reservations on relays
 (``Node(relays=[...])``) so that peers that cannot dial this node reach it through them.
 
 A reservation is a control channel this node keeps open to the relay, renewed with ``reserve``
@@ -25,11 +26,12 @@ from peerkit.model import EndPoint
 from peerkit.net.control import ControlChannel, Reply
 from peerkit.net.relay import Announce, RelayService, RelayStats, take_circuit
 from peerkit.net.transport import Transport
+from peerkit.node.mapping import PortMapping
 from peerkit.proto import relay as wire
 from peerkit.proto.relay import RelayPolicy, RelayRefused
 from peerkit.proto.requests import ErrorCode, Refused, ReserveRequest, check_reply, error_reply, is_uint
 
-__all__ = ("MAX_TAKING", "RENEW", "Reach", "Relaying")
+__all__ = ("MAX_TAKING", "RENEW", "Reach", "Reaching")
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +54,12 @@ class Reach:
     relays: tuple[EndPoint, ...]
     #: Whether it serves as a relay.
     relaying: bool
+    #: The router's public address and the port it maps to the node (None: no mapping).
+    mapped: EndPoint | None = None
+    #: How the port is mapped (``"nat-pmp"``, ``"upnp"``), or None.
+    mapping: str | None = None
+    #: Why the port is not mapped, when it is not.
+    mapping_problem: str | None = None
     #: As a relay: reservations peers hold on it, and circuits open through it now.
     reserved_here: int = 0
     circuits_now: int = 0
@@ -59,7 +67,7 @@ class Reach:
     stats: RelayStats | None = None
 
 
-class Relaying:
+class Reaching:
     """Both sides of relaying for one node; see the module docstring.
 
     ``take(stream)`` hands a circuit's stream to the node's listener, as if it had accepted it.
@@ -75,8 +83,11 @@ class Relaying:
         network: Transport,
         local_host: Callable[[], str],
         changed: Callable[[], None],
+        port_mapping: bool = False,
         renew: float = RENEW,
     ) -> None:
+        #: The node's port mapped through the router.
+        self.mapping = PortMapping(enabled=port_mapping, changed=changed)
         #: The relay this node serves as (None: it is not one).
         self.service = RelayService(policy, allowed=lambda key: is_contact(PeerId(key))) if policy else None
         self._relays = tuple(relays)
@@ -104,14 +115,24 @@ class Relaying:
             reservations=self.endpoints,
             relays=self._relays,
             relaying=service is not None,
+            mapped=self.mapping.endpoint,
+            mapping=self.mapping.method if self.mapping.endpoint is not None else None,
+            mapping_problem=self.mapping.problem,
             reserved_here=service.book.reservations if service is not None else 0,
             circuits_now=service.book.circuits if service is not None else 0,
             stats=dataclasses.replace(service.stats) if service is not None else None,
         )
 
-    def start(self, tg: anyio.abc.TaskGroup, take: Callable[[anyio.abc.ByteStream], Awaitable[None]]) -> None:
-        """Keep the reservations from now on, in ``tg``; circuits go to ``take``."""
+    def start(
+        self,
+        tg: anyio.abc.TaskGroup,
+        take: Callable[[anyio.abc.ByteStream], Awaitable[None]],
+        listening: EndPoint,
+    ) -> None:
+        """Keep the port mapped and the reservations from now on, in ``tg``; circuits go to
+        ``take``. The node listens at ``listening`` (its bind address and port)."""
         self._tg, self._take = tg, take
+        tg.start_soon(self.mapping.run, listening.host, listening.port)
         for relay in self._relays:
             tg.start_soon(self._keep, relay)
 

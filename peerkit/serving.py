@@ -1,0 +1,146 @@
+"""``peerkit serve``: a node in the foreground, printing what happens to it (text or JSON lines)."""
+
+from __future__ import annotations
+
+import json
+import signal
+import uuid
+from pathlib import Path
+from typing import Any
+
+import anyio
+from rich.console import Console
+
+from peerkit.discovery.base import DiscoveryProvider
+from peerkit.model import EndPoint
+from peerkit.reporting import REACH_EVERY, reach_status, relay_text, write_reach
+
+__all__ = ("run_serve",)
+
+console = Console(soft_wrap=True)
+
+
+async def run_serve(
+    host: str,
+    port: int,
+    apps: list[uuid.UUID],
+    nickname: str,
+    providers: list[DiscoveryProvider],
+    directory: Path,
+    as_json: bool,
+    dht_bootstrap: list[tuple[str, int]] | None = None,
+    relaying: dict[str, Any] | None = None,
+) -> None:
+    """What ``peerkit serve`` does (its arguments, checked): run a node until SIGINT or SIGTERM."""
+    from peerkit.events import InvitationAnswered
+    from peerkit.invitations import Invitation
+    from peerkit.model import Application, InvitationResponse, Scope
+    from peerkit.node import Node
+
+    def say(text: str, **fields: object) -> None:
+        if as_json:
+            print(json.dumps(fields), flush=True)
+        else:
+            console.print(text)
+
+    from peerkit.contacts import saved_presence
+
+    node = Node(
+        nickname=nickname,
+        data_dir=directory,
+        listen=(host, port),
+        discovery=providers,
+        dht_bootstrap=dht_bootstrap,
+        **(relaying or {}),
+    )
+    async with node:
+        # Near me where a provider finds people; Internet, so that allowed contacts may watch.
+        scope = Scope.INTERNET
+        for provider in providers:
+            scope |= provider.scopes
+        await node.sign_in(scope)
+        presence = saved_presence(node.contacts.settings())
+        if presence is not None:
+            await node.set_presence(presence)
+        for app_id in apps:
+            await node.register_application(Application(id=app_id, description="accepted by peerkit serve"))
+
+            async def accept_all(invitation: Invitation) -> InvitationResponse:
+                return InvitationResponse.ACCEPTED
+
+            node.add_invitation_handler(app_id, accept_all)
+
+        async def report(event: InvitationAnswered) -> None:
+            answer = event.response.name.lower() if event.response is not None else "withdrawn"
+            say(
+                f"invitation from {event.nickname or '?'} ({event.sender_id.fingerprint}) to "
+                f"{event.application_id}: {event.message!r}, {event.data_size} bytes of data -> "
+                f"{answer} ({event.reason})",
+                event="invitation",
+                sender=str(event.sender_id),
+                nickname=event.nickname,
+                application=str(event.application_id),
+                message=event.message,
+                data=event.data_size,
+                response=answer,
+                reason=event.reason,
+            )
+
+        node.add_invitation_observer(report)
+        say(
+            f"serving as {node.id} ({node.id.fingerprint}) at {node.endpoint}",
+            event="listening",
+            id=str(node.id),
+            fingerprint=node.id.fingerprint,
+            host=node.endpoint.host,
+            port=node.endpoint.port,
+            applications=[str(a) for a in apps],
+            discovery=[p.name for p in providers],
+            scope=node.scope.name,
+        )
+        if node.config.relay is not None:
+            who = "anyone" if node.config.relay.open else "contacts"
+            say(f"relaying for {who}", event="relaying", **{"for": who})
+
+        async def follow_reach() -> None:
+            # Reservations held or lost are printed; reach.json is kept for 'peerkit reach'.
+            held: tuple[EndPoint, ...] = ()
+            written: tuple[object, ...] = ()
+            last = 0.0
+            while True:
+                reach = node.reach()
+                for relay in set(reach.reservations) ^ set(held):
+                    state = (
+                        "reachable through" if relay in reach.reservations else "no longer reachable through"
+                    )
+                    where = relay_text(relay)
+                    say(
+                        f"{state} the relay at {where}",
+                        event="relay",
+                        relay=where,
+                        held=relay in reach.reservations,
+                    )
+                held = reach.reservations
+                said = (
+                    reach.mapped,
+                    reach.mapping_problem,
+                    reach.reservations,
+                    reach.reserved_here,
+                    reach.circuits_now,
+                )
+                if said != written or anyio.current_time() - last >= REACH_EVERY:
+                    write_reach(directory, reach_status(reach, listening=str(node.endpoint)))
+                    written, last = said, anyio.current_time()
+                await anyio.sleep(0.25)
+
+        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(follow_reach)
+                async for signum in signals:
+                    say(
+                        f"stopping ({signal.Signals(signum).name})",
+                        event="stopping",
+                        signal=signal.Signals(signum).name,
+                    )
+                    tg.cancel_scope.cancel()
+                    break

@@ -1,0 +1,89 @@
+"""The node's port mapped through a router: published first in its record while held, removed at
+the end. The router here is a NAT-PMP router written from RFC 6886 on loopback (see
+tests/nat/test_natpmp.py); miniupnpd is the router in the namespace tests."""
+
+from __future__ import annotations
+
+import anyio
+import pytest
+from conftest import natpmp_router
+
+from peerkit import EndPoint, Identity, Node, Scope
+from peerkit.discovery.memory import MemoryDiscovery
+from peerkit.nat.igd import IgdClient
+from peerkit.nat.upnp import UpnpError
+from peerkit.node import mapping
+from peerkit.node.mapping import PortMapping, default_on
+from peerkit.testing import MemoryNetwork
+
+
+def test_the_environment_turns_the_default_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PEERKIT_PORT_MAPPING", "off")
+    assert not default_on()
+    assert not Node(identity=Identity.generate()).config.port_mapping
+    assert Node(identity=Identity.generate(), port_mapping=True).config.port_mapping  # told: on
+    monkeypatch.delenv("PEERKIT_PORT_MAPPING")
+    assert default_on()
+    assert Node(identity=Identity.generate()).config.port_mapping
+    assert not Node(identity=Identity.generate(), port_mapping=False).config.port_mapping
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("enabled", "host", "problem"),
+    [
+        (False, "0.0.0.0", "port mapping is off"),
+        (True, "127.0.0.1", "the node listens on 127.0.0.1, not behind a router"),
+        (True, "100.64.0.1", "not behind a router"),  # (a carrier-grade NAT address)
+    ],
+)
+async def test_a_node_not_behind_a_router_asks_no_router(
+    enabled: bool, host: str, problem: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def no_gateway_asked() -> str:
+        raise AssertionError("the gateway was looked up")
+
+    monkeypatch.setattr(mapping, "default_gateway", no_gateway_asked)
+    part = PortMapping(enabled=enabled, changed=lambda: None)
+    await part.run(host, 7000)
+    assert part.endpoint is None
+    assert part.problem is not None
+    assert problem in part.problem
+
+
+@pytest.mark.anyio
+async def test_a_mapped_port_is_published_first_and_removed_at_the_end(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    async with natpmp_router() as (router, client):
+
+        async def loopback_gateway() -> str:
+            return "127.0.0.1"
+
+        async def no_ssdp(**options: object) -> IgdClient:
+            raise UpnpError("no SSDP search from the test's host")  # multicast would leave loopback
+
+        monkeypatch.setattr(mapping, "default_gateway", loopback_gateway)
+        monkeypatch.setattr(mapping, "NatPmpClient", lambda gateway: client)
+        monkeypatch.setattr(mapping.IgdClient, "discover", no_ssdp)
+        net, medium = MemoryNetwork(), MemoryDiscovery()
+        bob = Node(
+            identity=Identity.generate(),
+            network=net,
+            listen=("10.0.0.2", 7000),  # a private address: behind a router
+            discovery=[medium],
+            port_mapping=True,
+        )
+        alice = Node(identity=Identity.generate(), network=net, listen=("10.0.0.3", 7000), discovery=[medium])
+        async with bob, alice:
+            await bob.sign_in(Scope.NEAR_ME)
+            await alice.sign_in(Scope.NEAR_ME)
+            public = EndPoint("203.0.113.9", 7000)
+            with anyio.fail_after(10):
+                while len(router.mappings) < 2 or [p.endpoints[0] for p in alice.nearby()] != [public]:
+                    await anyio.sleep(0.05)
+            assert alice.nearby()[0].endpoints[1] == EndPoint("10.0.0.2", 7000)
+            reach = bob.reach()
+            assert (reach.mapped, reach.mapping, reach.mapping_problem) == (public, "nat-pmp", None)
+            assert router.mappings == {(1, 7000): (7000, 3600), (2, 7000): (7000, 3600)}  # UDP and TCP
+        assert router.mappings == {}  # removed when the node stopped

@@ -1,0 +1,182 @@
+"""Reaching contacts behind NAT on a small Internet of network namespaces (needs root; CI runs it).
+
+An "Internet" bridge carries a DHT and relays; home routers (namespaces with a public side on it,
+a LAN behind nft masquerade and a stateful firewall) hide the hosts behind them; one router runs
+miniupnpd, the UPnP IGD and NAT-PMP daemon of Debian, so that port mapping meets a real router.
+Each scenario repeats its invitation 20 times and reports the success rate.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+from conftest import Agent, agents, needed
+
+from peerkit.testing import NamespaceLan
+
+pytestmark = [pytest.mark.asyncio, pytest.mark.network]
+
+AGENT = str(Path(__file__).with_name("nat_agent.py"))
+TRIES = 20
+
+
+def tools() -> str | None:
+    missing = [tool for tool in ("nft", "miniupnpd") if shutil.which(tool) is None]
+    return f"{' and '.join(missing)} (apt-get install nftables miniupnpd)" if missing else None
+
+
+async def internet(lan: NamespaceLan, start: Any) -> tuple[int, str]:
+    """The Internet bridge and a DHT of 8 nodes on one of its hosts; returns (bridge, bootstrap)."""
+    bridge = lan.internet()
+    ns_dht, (first,) = lan.host(bridge)
+    prefix = first.rsplit(".", 1)[0]
+    addresses = [first] + [f"{prefix}.{200 + i}" for i in range(7)]
+    for address in addresses[1:]:
+        lan.ip(ns_dht, "addr", "add", f"{address}/24", "dev", "eth0")
+    dht = await start(ns_dht, "testnet", "--addresses", ",".join(addresses))
+    return bridge, dht.ready
+
+
+async def node(start: Any, namespace: str, name: str, bootstrap: str, tmp_path: Path, *extra: str) -> Agent:
+    agent: Agent = await start(
+        namespace,
+        "node",
+        "--nickname",
+        name,
+        "--bootstrap",
+        bootstrap,
+        "--data-dir",
+        str(tmp_path / name),
+        *extra,
+    )
+    return agent
+
+
+async def mapped_ports(namespace: str) -> str:
+    """The port-forwarding rules miniupnpd keeps in the router's firewall."""
+    command = ["ip", "netns", "exec", namespace, "nft", "list", "chain", "inet", "filter", "UPnP"]
+    return (await anyio.run_process(command)).stdout.decode()
+
+
+async def ask(agent: Agent, key: str, timeout: float = 30, **command: Any) -> dict[str, Any]:
+    await agent.send(**command)
+    line = await agent.expect(lambda line: key in line or "error" in line, timeout=timeout)
+    assert key in line, f"{agent.name}: {line}"
+    return line
+
+
+async def introduce(a: Agent, b: Agent) -> None:
+    await ask(a, "done", cmd="add_card", card=b.hello["card"])
+    await ask(b, "done", cmd="add_card", card=a.hello["card"])
+
+
+async def reach_until(agent: Agent, check: Any, timeout: float = 30) -> dict[str, Any]:
+    with anyio.fail_after(timeout):
+        while True:
+            reach = (await ask(agent, "reach", cmd="reach"))["reach"]
+            if check(reach):
+                return reach
+            await anyio.sleep(0.25)
+
+
+def summary(took: list[float]) -> str:
+    median = sorted(took)[len(took) // 2] * 1000
+    first = took[0] * 1000  # with the DHT lookup and the dials
+    return f"{len(took)}/{TRIES} invitations accepted, the first in {first:.0f} ms, median {median:.0f} ms"
+
+
+async def invitations(alice: Agent, bob: Agent) -> list[float]:
+    """``TRIES`` invitations from alice to bob; the seconds each took (all must be accepted)."""
+    took = []
+    for _ in range(TRIES):
+        answer = await ask(alice, "invite", cmd="invite", id=bob.ready)
+        assert answer["invite"] == "ACCEPTED"
+        took.append(answer["seconds"])
+    return took
+
+
+async def test_behind_a_upnp_router_a_contact_connects_directly_through_the_mapping(
+    lan: NamespaceLan, tmp_path: Path
+) -> None:
+    needed("NAT tests", tools())
+    async with agents(AGENT) as start:
+        net, bootstrap = await internet(lan, start)
+        home = lan.router(net, upnp=True)
+        ns_bob, _ = lan.host(home.lan, gateway=home.lan_address)
+        office = lan.router(net)
+        ns_alice, _ = lan.host(office.lan, gateway=office.lan_address)
+        bob = await node(start, ns_bob, "bob", bootstrap, tmp_path, "--port-mapping")
+        alice = await node(start, ns_alice, "alice", bootstrap, tmp_path)
+        reach = await reach_until(bob, lambda r: r["mapped"])
+        assert reach["mapped"] == f"{home.public_address}:7000"
+        assert reach["mapping"] in ("nat-pmp", "upnp")  # miniupnpd answers both; NAT-PMP is asked first
+        await introduce(alice, bob)
+        took = await invitations(alice, bob)
+        streamed = await ask(alice, "echoed", cmd="stream", id=bob.ready, size=1 << 20)
+        assert streamed["echoed"] == 1 << 20
+        assert streamed["relay"] is None
+        received = (await ask(bob, "received", cmd="received"))["received"]
+        assert received == [None] * (TRIES + 1)  # every invitation and the stream came direct
+        print(f"\nthrough the mapping: {summary(took)}")
+        assert "dport 7000" in await mapped_ports(home.namespace)
+        assert bob.process.stdin is not None
+        await bob.process.stdin.aclose()  # bob stops as a user's program does
+        with anyio.fail_after(10):
+            await bob.process.wait()
+        assert "dport 7000" not in await mapped_ports(home.namespace)  # he removed his mappings
+
+
+@pytest.mark.parametrize("nat", ["preserving", "random"])
+async def test_behind_two_nats_the_relay_carries_the_session(
+    lan: NamespaceLan, tmp_path: Path, nat: str
+) -> None:
+    needed("NAT tests", tools())
+    async with agents(AGENT) as start:
+        net, bootstrap = await internet(lan, start)
+        ns_relay, (relay_address,) = lan.host(net)
+        relay = await node(start, ns_relay, "relay", bootstrap, tmp_path, "--relay")
+        via = f"{relay_address}:7000#{relay.ready}"
+        home, office = lan.router(net, nat=nat), lan.router(net)  # type: ignore[arg-type]
+        ns_bob, _ = lan.host(home.lan, gateway=home.lan_address)
+        ns_alice, _ = lan.host(office.lan, gateway=office.lan_address)
+        bob = await node(start, ns_bob, "bob", bootstrap, tmp_path, "--via", via)
+        alice = await node(start, ns_alice, "alice", bootstrap, tmp_path)
+        await reach_until(bob, lambda r: r["reservations"] == [f"{relay_address}:7000"])
+        await introduce(alice, bob)
+        took = await invitations(alice, bob)
+        streamed = await ask(alice, "echoed", cmd="stream", id=bob.ready, size=1 << 20)
+        assert streamed["echoed"] == 1 << 20  # every byte back, unchanged
+        assert streamed["relay"] == [relay_address, 7000]
+        received = (await ask(bob, "received", cmd="received"))["received"]
+        assert received == [[relay_address, 7000]] * (TRIES + 1)  # bob's events say: relayed
+        carried = (await ask(relay, "reach", cmd="reach"))["reach"]["circuits"]
+        assert carried >= 2
+        print(f"\n{nat} NAT, through the relay: {summary(took)}; 1 MiB echoed at {streamed['mbps']:.1f} MB/s")
+
+
+async def test_when_a_relay_dies_another_one_takes_over(lan: NamespaceLan, tmp_path: Path) -> None:
+    needed("NAT tests", tools())
+    async with agents(AGENT) as start:
+        net, bootstrap = await internet(lan, start)
+        relays, vias = [], []
+        for name in ("relay1", "relay2"):
+            ns_relay, (address,) = lan.host(net)
+            relays.append(await node(start, ns_relay, name, bootstrap, tmp_path, "--relay"))
+            vias += ["--via", f"{address}:7000#{relays[-1].ready}"]
+        home, office = lan.router(net), lan.router(net)
+        ns_bob, _ = lan.host(home.lan, gateway=home.lan_address)
+        ns_alice, _ = lan.host(office.lan, gateway=office.lan_address)
+        bob = await node(start, ns_bob, "bob", bootstrap, tmp_path, *vias)
+        alice = await node(start, ns_alice, "alice", bootstrap, tmp_path)
+        await reach_until(bob, lambda r: len(r["reservations"]) == 2)
+        await introduce(alice, bob)
+        assert (await ask(alice, "invite", cmd="invite", id=bob.ready))["invite"] == "ACCEPTED"
+        relays[0].process.kill()  # the relay bob's record names first is gone
+        answer = await ask(alice, "invite", cmd="invite", id=bob.ready)
+        assert answer["invite"] == "ACCEPTED"
+        assert answer["seconds"] < 10  # the dead relay refused at once; the other one carried it
+        await reach_until(bob, lambda r: len(r["reservations"]) == 1, timeout=60)
