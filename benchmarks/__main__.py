@@ -22,6 +22,7 @@ from benchmarks import (
     bench_handshake,
     bench_invite,
     bench_records,
+    bench_relay,
     bench_stream,
     bench_transport,
 )
@@ -36,6 +37,7 @@ BENCHMARKS: dict[str, Any] = {
         bench_invite.COLD,
         bench_invite.WARM,
         bench_stream,
+        bench_relay,
         bench_discovery,
         bench_records,
         bench_fanout,

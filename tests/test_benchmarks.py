@@ -31,6 +31,7 @@ def test_every_benchmark_runs_and_writes_json(tmp_path: Path) -> None:
         "invite_cold",
         "invite_warm",
         "stream",
+        "relay",
         "discovery",
         "records",
         "fanout",
