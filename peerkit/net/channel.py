@@ -134,6 +134,8 @@ class SecureChannel(anyio.abc.AsyncResource):
         self.local_address = local
         #: The relay's address and port when the channel runs through a relay (None: direct).
         self.relay: tuple[str, int] | None = stream.extra(RelayAttribute.relay, None)
+        #: Through a relay: this side's address and port as the relay saw them (when it said).
+        self.relay_seen: tuple[str, int] | None = stream.extra(RelayAttribute.seen, None)
         #: What the handshake proved about the other side.
         self.peer = PeerInfo(
             id=PeerId(done.peer.id),

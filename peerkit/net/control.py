@@ -11,7 +11,6 @@ outstanding in either direction.
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -37,7 +36,7 @@ from peerkit.proto.control import (
     has_lists,
     split_reply,
 )
-from peerkit.proto.requests import ErrorCode, error_reply
+from peerkit.proto.requests import ErrorCode, error_reply, seen_address
 
 __all__ = (
     "PROBE_AFTER",
@@ -122,17 +121,6 @@ Reply = dict[str, Any] | Answer | None
 Handler = Callable[["ControlChannel", dict[str, Any]], Awaitable[Reply]]
 #: Takes a notice (``notify``, ``invite_cancel``) in the reading task, in order.
 NoticeHandler = Callable[["ControlChannel", dict[str, Any]], None]
-
-
-def seen_address(value: object) -> tuple[str, int] | None:
-    """The address in a pong's ``seen`` ([host, port]), or None when it is not a valid one."""
-    match value:
-        case [str(host), int(port)] if len(host) <= 45 and 0 < port < 65536 and not isinstance(port, bool):
-            try:
-                return str(ipaddress.ip_address(host)), port
-            except ValueError:
-                return None
-    return None
 
 
 class ControlChannel:

@@ -48,6 +48,8 @@ class RelayAttribute(anyio.TypedAttributeSet):
 
     #: The relay's address and port.
     relay: tuple[str, int] = anyio.typed_attribute()
+    #: This side's address and port as the relay sees them (a dialler's, when the relay said).
+    seen: tuple[str, int] = anyio.typed_attribute()
 
 
 async def read_frame(stream: anyio.abc.ByteStream, *, limit: int = MAX_RELAY_FRAME) -> tuple[bytes, bytes]:
@@ -122,14 +124,23 @@ class RelayedStream(PrefixedStream):
     circuit's bytes begin (``first``: bytes already read from it). It has no remote address (the
     peer's is unknown); :attr:`RelayAttribute.relay` gives the relay's."""
 
-    def __init__(self, stream: anyio.abc.ByteStream, first: bytes, relay: tuple[str, int]) -> None:
+    def __init__(
+        self,
+        stream: anyio.abc.ByteStream,
+        first: bytes,
+        relay: tuple[str, int],
+        seen: tuple[str, int] | None = None,
+    ) -> None:
         super().__init__(stream, first)
         self._relay = relay
+        self._seen = seen
 
     @property
     def extra_attributes(self) -> Mapping[Any, Callable[[], Any]]:
         """The relay's address, and this side's local address when the connection has one."""
         attributes: dict[Any, Callable[[], Any]] = {RelayAttribute.relay: lambda: self._relay}
+        if self._seen is not None:
+            attributes[RelayAttribute.seen] = lambda: self._seen
         inner: Mapping[Any, Callable[[], Any]] = self._stream.extra_attributes
         if SocketAttribute.local_address in inner:
             attributes[SocketAttribute.local_address] = inner[SocketAttribute.local_address]
@@ -150,7 +161,7 @@ async def dial_relayed(
         try:
             await stream.send(wire.encode_connect(target))
             frame, rest = await read_frame(stream)
-            wire.decode_reply(frame)
+            seen = wire.decode_reply(frame)
         except RelayRefused as exc:
             raise PeerUnreachable(f"{where} refused the circuit: {exc.text}") from None
         except (ProtocolError, *BROKEN, anyio.ClosedResourceError) as exc:
@@ -158,7 +169,7 @@ async def dial_relayed(
     except BaseException:
         await anyio.aclose_forcefully(stream)
         raise
-    return RelayedStream(stream, rest, (host, port))
+    return RelayedStream(stream, rest, (host, port), seen)
 
 
 async def take_circuit(
@@ -227,6 +238,8 @@ class RelayService:
     async def serve(self, stream: anyio.abc.ByteStream, rest: bytes, source: str) -> None:
         """Serve one connection that sent the relay preamble (``rest``: bytes read after it), from
         ``source``; returns when it is done (the caller closes ``stream``)."""
+        remote = stream.extra(anyio.abc.SocketAttribute.remote_address, None)
+        seen = (str(remote[0]), int(remote[1])) if isinstance(remote, tuple) else None
         stream = PrefixedStream(stream, rest)
         try:
             with anyio.fail_after(REQUEST_TIMEOUT):
@@ -240,7 +253,7 @@ class RelayService:
         if isinstance(request, wire.Accept):
             await self._accepted(stream, request.token)
         else:
-            await self._connect(stream, request.to, source)
+            await self._connect(stream, request.to, source, seen)
 
     async def _accepted(self, stream: anyio.abc.ByteStream, token: bytes) -> None:
         waiting = self._waiting.get(token)
@@ -251,7 +264,9 @@ class RelayService:
         waiting.arrived.set()
         await waiting.done.wait()  # the dialler's task copies; this one keeps the stream open
 
-    async def _connect(self, stream: anyio.abc.ByteStream, target: bytes, source: str) -> None:
+    async def _connect(
+        self, stream: anyio.abc.ByteStream, target: bytes, source: str, seen: tuple[str, int] | None
+    ) -> None:
         try:
             circuit, announce = self.book.open(target, source, anyio.current_time())
         except RelayRefused as exc:
@@ -275,7 +290,7 @@ class RelayService:
                         stream, wire.encode_error(wire.NO_ANSWER, "the peer did not take the circuit")
                     )
                 return
-            if not await _send_quietly(stream, wire.encode_ok()):
+            if not await _send_quietly(stream, wire.encode_ok(seen)):
                 return
             self.stats.circuits += 1
             await self._splice(stream, waiting.stream, circuit)

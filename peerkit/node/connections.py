@@ -122,6 +122,8 @@ class Connections:
         self._dials: dict[tuple[PeerId | None, EndPoint], _Dial] = {}
         self._tg: anyio.abc.TaskGroup | None = None
         self._hello: Callable[[], Me] | None = None
+        #: Told of each control channel this node dialled through a relay (to punch a hole).
+        self.on_relayed: Callable[[ControlChannel], None] | None = None
 
     def start(self, tg: anyio.abc.TaskGroup, hello: Callable[[], Me]) -> None:
         """Dial and run channels in ``tg`` from now on; ``hello()`` says what this node says of
@@ -230,6 +232,8 @@ class Connections:
                 raise ValueError(f"{endpoint} is this node itself")
             control = self._adopt(channel, initiator=True, endpoint=endpoint)
             pending.control = control
+            if channel.relay is not None and self.on_relayed is not None:
+                self.on_relayed(control)
         except (PeerkitError, ValueError) as exc:
             pending.error = exc
         except Exception as exc:  # anything else must not take the node down with it
@@ -265,6 +269,18 @@ class Connections:
             local_host=hello.endpoint.host,
             relayed=endpoint.relay is not None,
         )
+
+    def take_dialled(self, channel: SecureChannel, endpoint: EndPoint) -> ControlChannel:
+        """Keep and run a control channel this node dialled by other means (a punched hole to
+        ``endpoint``), as if :meth:`control_to` had dialled it.
+
+        :raises NotRunning: when the node is not running.
+        """
+        if self._tg is None:
+            raise NotRunning("the node is not running")
+        control = self._adopt(channel, initiator=True, endpoint=endpoint)
+        self._tg.start_soon(self._run, control)
+        return control
 
     # -- channels ----------------------------------------------------------------------------
     def _adopt(self, channel: SecureChannel, *, initiator: bool, endpoint: EndPoint | None) -> ControlChannel:

@@ -77,6 +77,7 @@ from peerkit.proto.requests import (
     CardRequest,
     GetRequest,
     InviteRequest,
+    PunchRequest,
     RecordRequest,
     ReserveRequest,
     SubscribeRequest,
@@ -244,9 +245,9 @@ class Node(EventMethods):
             policy=config.relay,
             relays=config.relays,
             is_contact=self.contacts.has,
-            control_to=self._connections.control_to,
+            connections=self._connections,
             network=self._network,
-            local_host=lambda: self._me().endpoint.host,
+            me=self._me,
             changed=lambda: self._nearby.republish(),  # noqa: PLW0108 (made later)
             port_mapping=config.port_mapping,
         )
@@ -292,6 +293,7 @@ class Node(EventMethods):
                 SubscribeRequest: self._publishing.on_subscribe,
                 UnsubscribeRequest: self._publishing.on_unsubscribe,
                 ReserveRequest: self._reaching.on_reserve,
+                PunchRequest: self._reaching.on_punch,
             },
             routes=lambda peer: self._connections.routes(peer, self._endpoints_of(peer)),
             fallback=self._elsewhere,

@@ -12,24 +12,40 @@ secure channel: the handshake and everything after it are end to end.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
 import anyio
 import anyio.abc
+from anyio.abc import SocketAttribute
 
-from peerkit.errors import PeerkitError, ProtocolError
+from peerkit.errors import PeerkitError, PeerUnreachable, ProtocolError
 from peerkit.identity import PeerId
 from peerkit.model import EndPoint
+from peerkit.net.channel import SecureChannel
 from peerkit.net.control import ControlChannel, Reply
+from peerkit.net.punch import MAX_CANDIDATES, Punch
 from peerkit.net.relay import Announce, RelayService, RelayStats, take_circuit
-from peerkit.net.transport import Transport
+from peerkit.net.transport import TcpTransport, Transport, local_addresses
+from peerkit.node.connections import Connections, Me
 from peerkit.node.mapping import PortMapping
 from peerkit.proto import relay as wire
 from peerkit.proto.relay import RelayPolicy, RelayRefused
-from peerkit.proto.requests import ErrorCode, Refused, ReserveRequest, check_reply, error_reply, is_uint
+from peerkit.proto.requests import (
+    BadRequest,
+    ErrorCode,
+    PunchRequest,
+    Refused,
+    ReserveRequest,
+    check_reply,
+    error_reply,
+    is_uint,
+    read_addresses,
+    seen_address,
+)
 
 __all__ = ("MAX_TAKING", "RENEW", "Reach", "Reaching")
 
@@ -42,6 +58,10 @@ RENEW: Final = 60.0
 RETRY: Final = (1.0, 60.0)
 #: Circuits this node takes at once from its relays (further announcements are ignored).
 MAX_TAKING: Final = 64
+#: Holes being punched at once (asked for or answered); one per peer at a time.
+MAX_PUNCHES: Final = 8
+#: Seconds a punch request may wait for its answer.
+PUNCH_TIMEOUT: Final = 10.0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -65,6 +85,10 @@ class Reach:
     circuits_now: int = 0
     #: As a relay: what it did since it started (circuits, refusals, bytes carried).
     stats: RelayStats | None = None
+    #: Channels moved from a relay to a hole punched through both NATs, and punches that failed
+    #: (the relayed channel was kept).
+    punched: int = 0
+    punch_failures: int = 0
 
 
 class Reaching:
@@ -79,9 +103,9 @@ class Reaching:
         policy: RelayPolicy | None,
         relays: Sequence[EndPoint],
         is_contact: Callable[[PeerId], bool],
-        control_to: Callable[..., Awaitable[ControlChannel]],
+        connections: Connections,
         network: Transport,
-        local_host: Callable[[], str],
+        me: Callable[[], Me],
         changed: Callable[[], None],
         port_mapping: bool = False,
         renew: float = RENEW,
@@ -91,17 +115,27 @@ class Reaching:
         #: The relay this node serves as (None: it is not one).
         self.service = RelayService(policy, allowed=lambda key: is_contact(PeerId(key))) if policy else None
         self._relays = tuple(relays)
-        self._control_to = control_to
+        self._connections = connections
+        self._control_to = connections.control_to
+        connections.on_relayed = self._relayed
         self._network = network
-        self._local_host = local_host
+        self._me = me
         self._changed = changed
         self._renew = renew
-        self._take: Callable[[anyio.abc.ByteStream], Awaitable[None]] | None = None
+        self._take: Callable[[anyio.abc.ByteStream], Coroutine[Any, Any, None]] | None = None
         self._tg: anyio.abc.TaskGroup | None = None
         #: The relays this node holds a reservation on now, and the channel each is held by.
         self._reserved: dict[EndPoint, ControlChannel] = {}
         self._announces: dict[ControlChannel, Announce] = {}
         self._taking = 0
+        #: This node's address as a relay it holds a reservation on sees it (behind a NAT: the
+        #: router's public address).
+        self.seen_host: str | None = None
+        #: Holes punched and punches that failed (the seconds each success took).
+        self.punched: list[float] = []
+        self.punch_failures = 0
+        self._punching: set[PeerId] = set()
+        self._listen_host = "0.0.0.0"
 
     @property
     def endpoints(self) -> tuple[EndPoint, ...]:
@@ -121,17 +155,20 @@ class Reaching:
             reserved_here=service.book.reservations if service is not None else 0,
             circuits_now=service.book.circuits if service is not None else 0,
             stats=dataclasses.replace(service.stats) if service is not None else None,
+            punched=len(self.punched),
+            punch_failures=self.punch_failures,
         )
 
     def start(
         self,
         tg: anyio.abc.TaskGroup,
-        take: Callable[[anyio.abc.ByteStream], Awaitable[None]],
+        take: Callable[[anyio.abc.ByteStream], Coroutine[Any, Any, None]],
         listening: EndPoint,
     ) -> None:
         """Keep the port mapped and the reservations from now on, in ``tg``; circuits go to
         ``take``. The node listens at ``listening`` (its bind address and port)."""
         self._tg, self._take = tg, take
+        self._listen_host = listening.host
         tg.start_soon(self.mapping.run, listening.host, listening.port)
         for relay in self._relays:
             tg.start_soon(self._keep, relay)
@@ -156,7 +193,11 @@ class Reaching:
             self._announces.pop(control, None)
             code = ErrorCode.LIMIT if exc.code == wire.LIMIT else ErrorCode.NOT_ALLOWED
             return error_reply(code, exc.text)
-        return {"t": "reserve_reply", "ttl": ttl}
+        reply: dict[str, Any] = {"t": "reserve_reply", "ttl": ttl}
+        address = control.channel.peer.address
+        if address is not None:
+            reply["seen"] = [address[0], address[1]]  # behind a NAT: the router's public address
+        return reply
 
     def closed(self, control: ControlChannel) -> None:
         """``control`` closed: a reservation held by it ends."""
@@ -182,7 +223,7 @@ class Reaching:
         try:
             try:
                 stream = await take_circuit(
-                    self._network, relay.host, relay.port, token, local_host=self._local_host()
+                    self._network, relay.host, relay.port, token, local_host=self._me().endpoint.host
                 )
             except PeerkitError as exc:
                 log.info("could not take a circuit from %s: %s", relay, exc)
@@ -219,15 +260,124 @@ class Reaching:
             await anyio.sleep(delay)
             delay = min(delay * 2, RETRY[1])
 
-    @staticmethod
-    async def _reserve(control: ControlChannel) -> int:
+    async def _reserve(self, control: ControlChannel) -> int:
         request = await control.start_request({"t": "reserve"})
         with anyio.fail_after(10):
             reply = check_reply(await request.wait(), "reserve_reply")
         ttl = reply.get("ttl")
         if not is_uint(ttl) or ttl < 3:
             raise ProtocolError(f"the relay answered reserve with a bad ttl {ttl!r}")
+        seen = seen_address(reply.get("seen"))
+        if seen is not None:
+            self.seen_host = seen[0]
         return ttl
+
+    # -- hole punching ---------------------------------------------------------------------------
+    def _candidates(self, port: int, seen: str | None) -> list[list[object]]:
+        # Where the other side may reach the port this side dials from: its public address (as a
+        # relay saw it), then its own addresses (a peer on the same LAN).
+        listening = self._listen_host
+        hosts = [seen] if seen else []
+        hosts += [h for h in local_addresses(listening, fallback=self._me().endpoint.host) if ":" not in h]
+        return [[host, port] for host in dict.fromkeys(hosts)][:MAX_CANDIDATES]
+
+    @staticmethod
+    def _targets(theirs: Sequence[tuple[str, int]], mine: str | None) -> list[tuple[str, int]]:
+        # Which of the other side's addresses to dial: behind the same NAT (the same public
+        # address), its own addresses; else its public one. (A SYN from the punching port to an
+        # address that cannot be reached disturbs the one that can: it is not sent.)
+        if mine is not None and any(host == mine for host, _ in theirs):
+            return [(h, p) for h, p in theirs if h != mine] or list(theirs)
+        public = [(h, p) for h, p in theirs if not ipaddress.ip_address(h).is_private]
+        return public or list(theirs)
+
+    def _relayed(self, control: ControlChannel) -> None:
+        # A control channel this node dialled through a relay: try to punch a hole beside it.
+        peer = control.peer_id
+        if not isinstance(self._network, TcpTransport) or self._tg is None:
+            return
+        if peer in self._punching or len(self._punching) >= MAX_PUNCHES:
+            return
+        self._punching.add(peer)
+        self._tg.start_soon(self._punch, control)
+
+    async def _punch(self, relayed: ControlChannel) -> None:
+        start = anyio.current_time()
+        punch = Punch(self._listen_host)
+        try:
+            port = punch.open()
+            seen = relayed.channel.relay_seen
+            candidates = self._candidates(port, seen[0] if seen is not None else None)
+            request = await relayed.start_request({"t": "punch", "addrs": candidates})
+            with anyio.fail_after(PUNCH_TIMEOUT):
+                reply = check_reply(await request.wait(), "punch_reply")
+            theirs = self._targets(read_addresses(reply.get("addrs")), seen[0] if seen is not None else None)
+            log.info("punching from port %d to %s", port, theirs)
+            made = await punch.connect(theirs)
+            for extra in made[1:]:
+                await anyio.aclose_forcefully(extra)
+            if not made:
+                raise PeerUnreachable("no hole: the SYNs did not cross (a NAT that changes ports?)")
+            stream = made[0]
+            me = self._me()
+            channel = await SecureChannel.wrap(
+                stream,
+                me.identity,
+                initiator=True,
+                expected_peer=relayed.peer_id,
+                nickname=me.nickname,
+                endpoint_name=me.endpoint_name,
+                port=me.endpoint.port,
+            )
+            remote = stream.extra(SocketAttribute.remote_address)
+            self._connections.take_dialled(channel, EndPoint(str(remote[0]), int(remote[1])))
+            self.punched.append(anyio.current_time() - start)
+            log.info("punched a hole to %s in %.0f ms", relayed.peer_id.fingerprint, self.punched[-1] * 1000)
+            await relayed.retire()  # what is under way on it finishes; what comes next goes direct
+        except (PeerkitError, Refused, BadRequest, OSError, TimeoutError) as exc:
+            self.punch_failures += 1
+            log.info(
+                "could not punch a hole to %s (the relay carries on): %s", relayed.peer_id.fingerprint, exc
+            )
+        finally:
+            punch.close()
+            self._punching.discard(relayed.peer_id)
+
+    async def on_punch(self, control: ControlChannel, request: PunchRequest) -> Reply:
+        """Answer a ``punch`` request: say where this side dials from, and dial back at once."""
+        if not isinstance(self._network, TcpTransport) or self._tg is None:
+            return error_reply(ErrorCode.UNAVAILABLE, "this node does not punch holes")
+        if control.peer_id in self._punching or len(self._punching) >= MAX_PUNCHES:
+            return error_reply(ErrorCode.LIMIT, "a punch is under way")
+        punch = Punch(self._listen_host)
+        try:
+            port = punch.open()
+        except OSError as exc:
+            return error_reply(ErrorCode.UNAVAILABLE, f"no port to punch from: {exc}")
+        self._punching.add(control.peer_id)
+        # This side's SYNs leave first (each opens this side's NAT for the asker's), then the
+        # answer tells the asker where to dial: its SYNs arrive to a hole already open.
+        theirs = self._targets(request.addrs, self.seen_host)
+        self._tg.start_soon(self._answer_punch, control.peer_id, punch, theirs)
+        with anyio.move_on_after(1):
+            await punch.armed.wait()
+        return {"t": "punch_reply", "addrs": self._candidates(port, self.seen_host)}
+
+    async def _answer_punch(self, peer: PeerId, punch: Punch, theirs: list[tuple[str, int]]) -> None:
+        # Dial back from the port this side named; each connection made is taken as if accepted
+        # (the asker runs the handshake as initiator over the one it keeps).
+        try:
+            log.info("punching back to %s", theirs)
+            made = await punch.connect(theirs)
+            take, tg = self._take, self._tg
+            for stream in made:
+                if take is None or tg is None:  # the node stopped meanwhile
+                    await anyio.aclose_forcefully(stream)
+                else:
+                    tg.start_soon(take, stream)
+        finally:
+            punch.close()
+            self._punching.discard(peer)
 
 
 def _announcer(control: ControlChannel) -> Announce:

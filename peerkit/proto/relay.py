@@ -23,6 +23,7 @@ from typing import Any, Final, TypeVar
 from peerkit.errors import ProtocolError
 from peerkit.proto import messages
 from peerkit.proto.framing import encode_frame
+from peerkit.proto.requests import seen_address
 
 __all__ = (
     "ACCEPT_TIMEOUT",
@@ -137,9 +138,13 @@ def decode_request(frame: bytes | memoryview) -> Connect | Accept:
     raise ProtocolError(f"unknown relay request {kind!r}")
 
 
-def encode_ok() -> bytes:
-    """The frame a relay answers a ``connect`` with when the circuit is open."""
-    return encode_frame(messages.encode({"t": "connected"}))
+def encode_ok(seen: tuple[str, int] | None = None) -> bytes:
+    """The frame a relay answers a ``connect`` with when the circuit is open; ``seen`` is the
+    dialler's address and port as the relay sees them."""
+    message: dict[str, object] = {"t": "connected"}
+    if seen is not None:
+        message["seen"] = [seen[0], seen[1]]
+    return encode_frame(messages.encode(message))
 
 
 def encode_error(code: str, text: str) -> bytes:
@@ -156,15 +161,16 @@ class RelayRefused(Exception):
         self.text = text
 
 
-def decode_reply(frame: bytes | memoryview) -> None:
-    """Read a relay's answer to ``connect``: returns when the circuit is open.
+def decode_reply(frame: bytes | memoryview) -> tuple[str, int] | None:
+    """Read a relay's answer to ``connect``: returns when the circuit is open, with the dialler's
+    address as the relay saw it (None when it did not say, or not validly).
 
     :raises RelayRefused: when the relay refused it.
     :raises ProtocolError: when the answer is malformed.
     """
     message = messages.decode_message(frame)
     if message["t"] == "connected":
-        return
+        return seen_address(message.get("seen"))
     if message["t"] == "error":
         code, text = message.get("code"), message.get("text")
         raise RelayRefused(

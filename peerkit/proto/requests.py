@@ -1,7 +1,7 @@
 """The requests of the control protocol as typed objects, and the one decoder for them (sans-IO).
 
 A control channel carries requests (``invite``, ``get``, ``card``, ``record``, ``subscribe``,
-``unsubscribe``, ``reserve``), their replies, and notices (``invite_cancel``, ``notify``,
+``unsubscribe``, ``reserve``, ``punch``), their replies, and notices (``invite_cancel``, ``notify``,
 ``card_update``, ``circuit``); docs/protocol.md sections 4.1 to 4.7 and 8 define them.
 :func:`decode_request` turns an incoming request into one of the classes below, or raises
 :class:`BadRequest` with the ``error`` code and text the peer is to be answered with.
@@ -17,6 +17,7 @@ ours, so no part of the node unpacks an ``error`` by hand::
 from __future__ import annotations
 
 import enum
+import ipaddress
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -32,6 +33,7 @@ __all__ = (
     "ErrorCode",
     "GetRequest",
     "InviteRequest",
+    "PunchRequest",
     "RecordRequest",
     "Refused",
     "Request",
@@ -45,6 +47,8 @@ __all__ = (
     "decode_stream_request",
     "error_reply",
     "is_uint",
+    "read_addresses",
+    "seen_address",
 )
 
 #: Message types that are notices: they expect no reply and are not counted as requests.
@@ -160,6 +164,33 @@ class ReserveRequest:
 
 
 @dataclass(frozen=True, slots=True)
+class PunchRequest:
+    """``punch``: dial me back from your side at once, to these addresses (section 8)."""
+
+    rid: int
+    #: Where the sender expects to be seen, each with the port it dials from.
+    addrs: tuple[tuple[str, int], ...]
+
+
+#: Addresses a ``punch`` (or its reply) carries at most.
+MAX_PUNCH_ADDRESSES: Final = 4
+
+
+def read_addresses(value: object, rid: int | None = None) -> tuple[tuple[str, int], ...]:
+    """The ``"addrs"`` of a ``punch`` or ``punch_reply``: at most 4 valid [host, port] pairs.
+
+    :raises BadRequest: (``malformed``) when it is anything else.
+    """
+    if not isinstance(value, list) or not 1 <= len(value) <= MAX_PUNCH_ADDRESSES:
+        text = f'"addrs" is a list of 1 to {MAX_PUNCH_ADDRESSES} addresses'
+        raise BadRequest(ErrorCode.MALFORMED, text, rid)
+    addresses = tuple(seen_address(item) for item in value)
+    if None in addresses:
+        raise BadRequest(ErrorCode.MALFORMED, '"addrs" entries are [IP address, port] pairs', rid)
+    return addresses  # type: ignore[return-value]
+
+
+@dataclass(frozen=True, slots=True)
 class StreamRequest:
     """``stream``: the first message of an application stream connection (section 4.3)."""
 
@@ -186,6 +217,7 @@ Request = (
     | SubscribeRequest
     | UnsubscribeRequest
     | ReserveRequest
+    | PunchRequest
 )
 
 
@@ -240,6 +272,7 @@ _DECODERS: Final[dict[str, _Decoder]] = {
     "subscribe": _only_rid(SubscribeRequest),
     "unsubscribe": _only_rid(UnsubscribeRequest),
     "reserve": _only_rid(ReserveRequest),
+    "punch": lambda rid, message: PunchRequest(rid, read_addresses(message.get("addrs"), rid)),
 }
 
 
@@ -259,6 +292,18 @@ def decode_request(message: dict[str, Any]) -> Request:
     if not is_uint(rid):
         raise BadRequest(ErrorCode.MALFORMED, f'{kind} needs an unsigned "rid"', None)
     return decoder(rid, message)
+
+
+def seen_address(value: object) -> tuple[str, int] | None:
+    """An address and port as peerkit sends them (``[host, port]``: a pong's or a relay's
+    ``seen``, a punch's ``addrs``), or None when ``value`` is not a valid one."""
+    match value:
+        case [str(host), int(port)] if len(host) <= 45 and 0 < port < 65536 and not isinstance(port, bool):
+            try:
+                return str(ipaddress.ip_address(host)), port
+            except ValueError:
+                return None
+    return None
 
 
 class Refused(Exception):

@@ -148,3 +148,22 @@ def test_relays_must_name_the_relay() -> None:
         Node(identity=Identity.generate(), relays=[EndPoint("10.0.0.1", 7000)])
     with pytest.raises(TypeError, match="relay must be a bool or a RelayPolicy"):
         Node(identity=Identity.generate(), relay="yes")  # type: ignore[arg-type]
+
+
+def test_a_punch_dials_the_public_address_or_behind_the_same_nat_the_own_ones() -> None:
+    from peerkit.node.reaching import Reaching
+
+    theirs = [("11.231.1.3", 40001), ("10.231.2.5", 40001)]
+    assert Reaching._targets(theirs, "11.231.1.4") == [("11.231.1.3", 40001)]  # across the Internet
+    assert Reaching._targets(theirs, "11.231.1.3") == [("10.231.2.5", 40001)]  # the same NAT: the LAN
+    assert Reaching._targets(theirs[1:], None) == [("10.231.2.5", 40001)]  # nothing public: what there is
+
+
+async def test_over_memory_a_relayed_channel_stays_relayed_and_no_punch_is_tried() -> None:
+    async with behind_a_firewall() as (_, _relay, bob, alice):
+        await eventually(lambda: any(e.relay for p in alice.nearby() for e in p.endpoints))
+        (seen,) = alice.nearby()
+        bob.add_invitation_handler(CHAT, accept_all)
+        assert await seen.invite(CHAT) == ACCEPTED
+        await anyio.sleep(0.1)
+        assert (alice.reach().punched, alice.reach().punch_failures) == (0, 0)  # (TCP only)

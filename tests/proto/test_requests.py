@@ -16,8 +16,10 @@ from peerkit.proto.requests import (
     ErrorCode,
     GetRequest,
     InviteRequest,
+    PunchRequest,
     RecordRequest,
     Refused,
+    ReserveRequest,
     SubscribeRequest,
     UnsubscribeRequest,
     What,
@@ -40,6 +42,9 @@ def test_each_request_decodes_to_its_type() -> None:
     assert decode_request({"t": "record", "rid": 5}) == RecordRequest(5)
     assert decode_request({"t": "subscribe", "rid": 6}) == SubscribeRequest(6)
     assert decode_request({"t": "unsubscribe", "rid": 7}) == UnsubscribeRequest(7)
+    assert decode_request({"t": "reserve", "rid": 8}) == ReserveRequest(8)
+    punch = {"t": "punch", "rid": 9, "addrs": [["203.0.113.7", 40001], ["192.168.1.20", 40001]]}
+    assert decode_request(punch) == PunchRequest(9, (("203.0.113.7", 40001), ("192.168.1.20", 40001)))
 
 
 @pytest.mark.parametrize(
@@ -72,6 +77,10 @@ def test_each_request_decodes_to_its_type() -> None:
         ({"t": "get", "rid": 2, "what": "everything"}, ErrorCode.MALFORMED, 2, '"presence", "apps"'),
         ({"t": "get", "rid": 2}, ErrorCode.MALFORMED, 2, '"what"'),
         ({"t": "card", "rid": False}, ErrorCode.MALFORMED, None, "card needs"),
+        ({"t": "punch", "rid": 5}, ErrorCode.MALFORMED, 5, '"addrs" is a list of 1 to 4'),
+        ({"t": "punch", "rid": 5, "addrs": [["10.0.0.1", 1]] * 5}, ErrorCode.MALFORMED, 5, "1 to 4"),
+        ({"t": "punch", "rid": 5, "addrs": [["host.example", 7000]]}, ErrorCode.MALFORMED, 5, "IP address"),
+        ({"t": "punch", "rid": 5, "addrs": [["10.0.0.1", 0]]}, ErrorCode.MALFORMED, 5, "[IP address, port]"),
         ({"t": "nope", "rid": 4}, ErrorCode.UNKNOWN_TYPE, 4, "unknown message type 'nope'"),
         ({"t": "nope", "rid": -4}, ErrorCode.UNKNOWN_TYPE, None, "unknown message type"),
     ],

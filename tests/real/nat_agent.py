@@ -91,6 +91,8 @@ async def node_main(args: argparse.Namespace) -> None:
                             "problem": reach.mapping_problem,
                             "reservations": [f"{e.host}:{e.port}" for e in reach.reservations],
                             "circuits": reach.stats.circuits if reach.stats else 0,
+                            "punched": reach.punched,
+                            "punch_failures": reach.punch_failures,
                         }
                     )
                 elif cmd == "invite":
@@ -100,6 +102,9 @@ async def node_main(args: argparse.Namespace) -> None:
                 elif cmd == "stream":
                     contact = await node.contacts.get(peerkit.PeerId.parse(command["id"]))
                     emit(**await stream_to(contact, command["size"], start))
+                elif cmd == "resolve":
+                    peer = await node.resolve(peerkit.PeerId.parse(command["id"]))
+                    emit(resolved=[str(e) for e in peer.endpoints], seconds=anyio.current_time() - start)
                 elif cmd == "received":
                     emit(received=[list(r) if r else None for r in received])
             except (peerkit.PeerkitError, TimeoutError) as exc:

@@ -69,9 +69,18 @@ async def ask(agent: Agent, key: str, timeout: float = 30, **command: Any) -> di
     return line
 
 
-async def introduce(a: Agent, b: Agent) -> None:
+async def introduce(a: Agent, b: Agent, *, relayed: bool = False) -> None:
+    """Each adds the other's card; with ``relayed``, ``a`` waits until ``b``'s record in the DHT
+    names a relay (it is published once ``b`` holds a reservation)."""
     await ask(a, "done", cmd="add_card", card=b.hello["card"])
     await ask(b, "done", cmd="add_card", card=a.hello["card"])
+    with anyio.fail_after(30):
+        while relayed:
+            await a.send(cmd="resolve", id=b.ready)
+            line = await a.expect(lambda line: "resolved" in line or "error" in line)
+            if any(e.startswith("relay ") for e in line.get("resolved", ())):
+                return
+            await anyio.sleep(0.2)
 
 
 async def reach_until(agent: Agent, check: Any, timeout: float = 30) -> dict[str, Any]:
@@ -86,7 +95,7 @@ async def reach_until(agent: Agent, check: Any, timeout: float = 30) -> dict[str
 def summary(took: list[float]) -> str:
     median = sorted(took)[len(took) // 2] * 1000
     first = took[0] * 1000  # with the DHT lookup and the dials
-    return f"{len(took)}/{TRIES} invitations accepted, the first in {first:.0f} ms, median {median:.0f} ms"
+    return f"{len(took)} invitations accepted, the first in {first:.0f} ms, median {median:.0f} ms"
 
 
 async def invitations(alice: Agent, bob: Agent) -> list[float]:
@@ -131,7 +140,7 @@ async def test_behind_a_upnp_router_a_contact_connects_directly_through_the_mapp
 
 
 @pytest.mark.parametrize("nat", ["preserving", "random"])
-async def test_behind_two_nats_the_relay_carries_the_session(
+async def test_behind_two_nats_the_relay_carries_the_session_and_a_hole_is_punched_when_it_can_be(
     lan: NamespaceLan, tmp_path: Path, nat: str
 ) -> None:
     needed("NAT tests", tools())
@@ -146,16 +155,52 @@ async def test_behind_two_nats_the_relay_carries_the_session(
         bob = await node(start, ns_bob, "bob", bootstrap, tmp_path, "--via", via)
         alice = await node(start, ns_alice, "alice", bootstrap, tmp_path)
         await reach_until(bob, lambda r: r["reservations"] == [f"{relay_address}:7000"])
-        await introduce(alice, bob)
-        took = await invitations(alice, bob)
+        await introduce(alice, bob, relayed=True)
+        first = await ask(alice, "invite", cmd="invite", id=bob.ready)  # through the relay
+        assert first["invite"] == "ACCEPTED"
+        punch = await reach_until(alice, lambda r: r["punched"] or r["punch_failures"])
+        took = [first["seconds"], *await invitations(alice, bob)]
         streamed = await ask(alice, "echoed", cmd="stream", id=bob.ready, size=1 << 20)
         assert streamed["echoed"] == 1 << 20  # every byte back, unchanged
-        assert streamed["relay"] == [relay_address, 7000]
+        assert streamed["relay"] == [relay_address, 7000]  # a new connection: through the relay
         received = (await ask(bob, "received", cmd="received"))["received"]
-        assert received == [[relay_address, 7000]] * (TRIES + 1)  # bob's events say: relayed
+        assert received[0] == [relay_address, 7000]  # bob's events say how each came
+        if nat == "preserving":  # the SYNs cross: the control channel moved to the hole
+            assert (punch["punched"], punch["punch_failures"]) == (1, 0)
+            assert received[1:-1] == [None] * TRIES
+        else:  # a new port per destination: the SYNs miss, and the relay carries on
+            assert (punch["punched"], punch["punch_failures"]) == (0, 1)
+            assert received[1:-1] == [[relay_address, 7000]] * TRIES
         carried = (await ask(relay, "reach", cmd="reach"))["reach"]["circuits"]
         assert carried >= 2
-        print(f"\n{nat} NAT, through the relay: {summary(took)}; 1 MiB echoed at {streamed['mbps']:.1f} MB/s")
+        how = "punched, then direct" if nat == "preserving" else "relayed"
+        echoed = f"1 MiB echoed through the relay at {streamed['mbps']:.1f} MB/s"
+        print(f"\n{nat} NAT ({how}): {summary(took)}; {echoed}")
+
+
+async def test_after_a_punch_the_direct_channel_outlives_the_relay(lan: NamespaceLan, tmp_path: Path) -> None:
+    needed("NAT tests", tools())
+    async with agents(AGENT) as start:
+        net, bootstrap = await internet(lan, start)
+        ns_relay, (relay_address,) = lan.host(net)
+        relay = await node(start, ns_relay, "relay", bootstrap, tmp_path, "--relay")
+        home, office = lan.router(net), lan.router(net)
+        ns_bob, _ = lan.host(home.lan, gateway=home.lan_address)
+        ns_alice, _ = lan.host(office.lan, gateway=office.lan_address)
+        bob = await node(
+            start, ns_bob, "bob", bootstrap, tmp_path, "--via", f"{relay_address}:7000#{relay.ready}"
+        )
+        alice = await node(start, ns_alice, "alice", bootstrap, tmp_path)
+        await reach_until(bob, lambda r: r["reservations"])
+        await introduce(alice, bob, relayed=True)
+        assert (await ask(alice, "invite", cmd="invite", id=bob.ready))["invite"] == "ACCEPTED"
+        await reach_until(alice, lambda r: r["punched"] == 1)
+        relay.process.kill()
+        await reach_until(bob, lambda r: not r["reservations"], timeout=60)  # bob saw the relay go
+        for _ in range(5):
+            answer = await ask(alice, "invite", cmd="invite", id=bob.ready)
+            assert answer["invite"] == "ACCEPTED"
+        assert (await ask(bob, "received", cmd="received"))["received"][-5:] == [None] * 5
 
 
 async def test_when_a_relay_dies_another_one_takes_over(lan: NamespaceLan, tmp_path: Path) -> None:
@@ -173,7 +218,7 @@ async def test_when_a_relay_dies_another_one_takes_over(lan: NamespaceLan, tmp_p
         bob = await node(start, ns_bob, "bob", bootstrap, tmp_path, *vias)
         alice = await node(start, ns_alice, "alice", bootstrap, tmp_path)
         await reach_until(bob, lambda r: len(r["reservations"]) == 2)
-        await introduce(alice, bob)
+        await introduce(alice, bob, relayed=True)
         assert (await ask(alice, "invite", cmd="invite", id=bob.ready))["invite"] == "ACCEPTED"
         relays[0].process.kill()  # the relay bob's record names first is gone
         answer = await ask(alice, "invite", cmd="invite", id=bob.ready)
