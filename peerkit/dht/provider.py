@@ -294,10 +294,25 @@ def _alive(pid: object) -> bool:
     return True
 
 
+# The files below are a few KiB, read and written at once rather than in anyio's worker threads,
+# which outlive the node that used them (a node leaves no thread behind).
+
+
+def _read_text(path: Path) -> str:
+    return path.read_text("utf-8")
+
+
+def _write_text(path: Path, text: str) -> None:
+    temporary = path.with_suffix(".tmp")
+    temporary.write_text(text, "utf-8")
+    temporary.replace(path)
+
+
 async def _load_nodes(path: Path) -> list[Address]:
     # The addresses saved by _save_nodes (none when there is no file, or it is damaged).
+    await anyio.lowlevel.checkpoint()
     try:
-        saved = json.loads(await anyio.Path(path).read_text("utf-8"))
+        saved = json.loads(_read_text(path))
         return [(str(host), int(port)) for host, port in saved["nodes"]][:SAVED_NODES]
     except (OSError, ValueError, KeyError, TypeError):
         return []
@@ -310,10 +325,9 @@ async def _save_nodes(path: Path, nodes: Sequence[Node]) -> None:
 
 async def _write_json(path: Path, content: object) -> None:
     # Written whole or not at all (a failure is logged: the node goes on without it).
-    temporary = anyio.Path(path.with_suffix(".tmp"))
+    await anyio.lowlevel.checkpoint()
     try:
-        await temporary.write_text(json.dumps(content), "utf-8")
-        await temporary.replace(path)
+        _write_text(path, json.dumps(content))
     except OSError as exc:
         log.info("could not write %s: %s", path, exc)
 

@@ -49,10 +49,15 @@ def default_gateway_from(routes: str) -> str | None:
     return None if best is None else best[1]
 
 
+def _routes() -> str:
+    return Path("/proc/net/route").read_text("ascii")
+
+
 async def default_gateway() -> str | None:
     """This host's IPv4 default gateway (Linux), or None when it cannot be told."""
     try:
-        return default_gateway_from(await anyio.Path(Path("/proc/net/route")).read_text("ascii"))
+        await anyio.lowlevel.checkpoint()  # (a small file, read at once: no worker thread)
+        return default_gateway_from(_routes())
     except (OSError, UnicodeDecodeError):
         return None
 

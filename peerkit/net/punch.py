@@ -20,7 +20,7 @@ from typing import Final
 import anyio
 import anyio.abc
 
-from peerkit.net.tcp import _Protocol
+from peerkit.net.tcp import wrap_connected
 from peerkit.net.transport import on_asyncio
 
 __all__ = ("ATTEMPT_TIMEOUT", "MAX_CANDIDATES", "Punch", "connect_from")
@@ -67,11 +67,7 @@ async def connect_from(
         if code:
             raise OSError(code, f"could not connect to {host}:{port}: {errno.errorcode.get(code, code)}")
         if on_asyncio():
-            import asyncio
-
-            _, protocol = await asyncio.get_running_loop().create_connection(_Protocol, sock=sock)
-            assert protocol.stream is not None
-            return protocol.stream
+            return await wrap_connected(sock)
         return await anyio.abc.SocketStream.from_socket(sock)
     except BaseException:
         sock.close()

@@ -24,7 +24,7 @@ from anyio.abc import SocketAttribute
 
 from peerkit.net.fds import FdBudget, fd_budget
 
-__all__ = ("TcpListener", "TcpStream", "connect_tcp")
+__all__ = ("TcpListener", "TcpStream", "connect_tcp", "wrap_connected")
 
 #: Bytes waiting to be read above which the stream stops reading from the socket, and below which
 #: it reads again.
@@ -223,6 +223,14 @@ class TcpStream(anyio.abc.ByteStream):
             attributes[SocketAttribute.family] = lambda: sock.family
             attributes[SocketAttribute.raw_socket] = lambda: sock
         return attributes
+
+
+async def wrap_connected(sock: socket.socket) -> TcpStream:
+    """A :class:`TcpStream` of ``sock``, a TCP socket already connected (asyncio only)."""
+    loop = asyncio.get_running_loop()
+    _, protocol = await loop.create_connection(_Protocol, sock=sock)
+    assert protocol.stream is not None
+    return protocol.stream
 
 
 async def connect_tcp(host: str, port: int) -> TcpStream:
