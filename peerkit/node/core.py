@@ -21,10 +21,10 @@ import anyio
 import anyio.abc
 import anyio.lowlevel
 
-from peerkit.bus import Bus, NearbyWatch
+from peerkit.bus import Bus
 from peerkit.contact import Contact
 from peerkit.contacts import PRESENCE_SETTING, ContactManager, data_version, saved_presence
-from peerkit.discovery.base import DirectoryStats, DiscoveryProvider, NearbyRecord
+from peerkit.discovery.base import DiscoveryProvider, NearbyRecord
 from peerkit.errors import DiscoveryError, LimitExceeded, NotRunning, NotSignedIn, PeerkitError
 from peerkit.events import (
     ApplicationChanged,
@@ -56,6 +56,7 @@ from peerkit.net.transport import TcpTransport, Transport, reachable_host
 from peerkit.node.config import NodeConfig
 from peerkit.node.connections import MAX_CHANNELS_PER_PEER, Connections, Me
 from peerkit.node.eventing import EventMethods
+from peerkit.node.finding import FindingMethods
 from peerkit.node.invitations import InvitationHandler, Invitations
 from peerkit.node.link import ContactEvents, Link, NodeSide
 from peerkit.node.locator import Locator
@@ -67,7 +68,7 @@ from peerkit.node.requests import Requests
 from peerkit.node.settings import ENDPOINT_NAME, Settings
 from peerkit.node.streams import StreamHandler, Streams
 from peerkit.node.watching import Watching
-from peerkit.peers import NearbyPeer, Peer
+from peerkit.peers import Peer
 from peerkit.presence import OFFLINE
 from peerkit.proto.admission import AdmissionPolicy, RequestPolicy
 from peerkit.proto.connection import HANDSHAKE_TIMEOUT
@@ -104,7 +105,7 @@ F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
 FAREWELL_TIMEOUT: Final = 1.0
 
 
-class Node(EventMethods):
+class Node(EventMethods, FindingMethods):
     """One peerkit identity on the network; an async context manager.
 
     :param nickname: shown to other peers, at most 255 characters.
@@ -639,67 +640,6 @@ class Node(EventMethods):
     def _is_near(self, peer_id: PeerId) -> bool:
         return self._nearby.is_near(peer_id)
 
-    @property
-    def discovery_stats(self) -> DirectoryStats:
-        """What discovery did with the records it heard: accepted, and dropped as invalid (forged,
-        tampered, malformed), stale (replayed) or because the directory was full.
-
-        :raises NotRunning: when the node is not running.
-        """
-        self._check_running()
-        return self._nearby.stats
-
-    def nearby(self) -> list[NearbyPeer]:
-        """The people near me now, in the order they were first seen.
-
-        :raises NotSignedIn: when the node is not signed in to NEAR_ME.
-        :raises NotRunning: when the node is not running.
-        """
-        self._check_running()
-        return self._nearby.nearby()
-
-    def watch_nearby(self, *, initial: bool = False) -> NearbyWatch:
-        """Follow the people near me: an async iterator of :class:`~peerkit.NearbyChanged`.
-
-        :param initial: start with an ADDED event for everyone near me now.
-        :raises NotSignedIn: when the node is not signed in to NEAR_ME.
-        :raises NotRunning: when the node is not running.
-        """
-        self._check_running()
-        return self._nearby.watch(initial=initial)
-
-    def add_nearby_handler(self, handler: NearbyHandler) -> Handle:
-        """Call ``handler`` (a coroutine function) for every change of the people near me.
-
-        It may be added before sign-in; it sees changes while the node is signed in to NEAR_ME,
-        starting (at sign-in, or now if signed in) with an ADDED event for everyone near me.
-        A handler that raises is logged and keeps receiving. Returns a :class:`Handle`.
-
-        :raises NotRunning: when the node is not running.
-        """
-        self._check_running()
-        return self._nearby.add_handler(handler)
-
-    def on_nearby_changed(self, handler: F) -> F:
-        """Decorator form of :meth:`add_nearby_handler`."""
-        self.add_nearby_handler(handler)
-        return handler
-
-    async def find_nearby(
-        self, *, nickname: str | None = None, peer_id: PeerId | None = None, timeout: float = 10.0
-    ) -> NearbyPeer:
-        """The first peer near me with that nickname or id, waiting up to ``timeout`` seconds.
-
-        :raises ValueError: unless exactly one of ``nickname`` and ``peer_id`` is given.
-        :raises PeerUnreachable: when no such peer appears in time.
-        :raises NotSignedIn: when the node is not signed in to NEAR_ME.
-        :raises NotRunning: when the node is not running.
-        """
-        if (nickname is None) == (peer_id is None):
-            raise ValueError("find_nearby takes exactly one of nickname= and peer_id=")
-        self._check_running()
-        return await self._nearby.find(nickname=nickname, peer_id=peer_id, timeout=timeout)
-
     # -- trust and policy ------------------------------------------------------------------
     @property
     def invitation_policy(self) -> InvitationPolicy:
@@ -937,15 +877,6 @@ class Node(EventMethods):
         info = control.channel.peer
         named = EndPoint(endpoint.host, endpoint.port, info.endpoint_name)
         return Peer(self._link, control.peer_id, (named,), info.nickname)
-
-    async def resolve(self, peer_id: PeerId) -> Peer:
-        """Find ``peer_id`` through the discovery providers.
-
-        :raises PeerUnreachable: when no provider knows it.
-        :raises NotRunning: when the node is not running.
-        """
-        self._check_running()
-        return await self._nearby.resolve(peer_id)
 
     def _endpoints_of(self, peer: Peer) -> tuple[EndPoint, ...]:
         # Where to reach a peer: for a contact, where discovery sees it now, then what is stored.
