@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import signal
@@ -12,7 +13,7 @@ import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import anyio
 import typer
@@ -526,16 +527,36 @@ async def _resolve(
 
 @app.command()
 def reach(
+    contact: Annotated[
+        str | None, typer.Argument(help="A contact (its id or the start of it) to try every way to.")
+    ] = None,
+    discovery: Discovery = None,
+    timeout: Annotated[float, typer.Option(min=0.1, max=60, help="Seconds each way may take.")] = 10.0,
     data_dir: DataDir = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
 ) -> None:
     """How peers can reach the node running on this data dir ('peerkit serve'): its port mapped
     through the home router, where DHT nodes see it, the relays it holds reservations on, and
-    what it carries as a relay. Exits 1 when no node is running there."""
+    what it carries as a relay; exits 1 when no node is running there. Given a CONTACT: how
+    this node reaches it, way by way (looked up through the DHT by default, each endpoint direct
+    or through its relays, a hole punched), with how long each step took."""
     from peerkit.dht.provider import read_status
-    from peerkit.reporting import reach_text, read_reach
+    from peerkit.reporting import reach_text, read_reach, trace_text
 
     directory = data_dir or default_data_dir()
+    if contact is not None:
+        providers = _providers(discovery or ["dht"])
+        who, steps = anyio.run(_trace, contact, providers, directory, timeout)
+        if as_json:
+            rows = [
+                {**dataclasses.asdict(s), "endpoint": str(s.endpoint) if s.endpoint else None} for s in steps
+            ]
+            print(json.dumps({"peer": str(who), "steps": rows}))
+        else:
+            console.print(trace_text(who.fingerprint, steps))
+        if not any(s.ok and s.way != "resolve" for s in steps):
+            raise typer.Exit(1)
+        return
     try:
         status = read_reach(directory)
         dht = read_status(directory)
@@ -548,6 +569,15 @@ def reach(
         print(json.dumps({**status, "dht": dht}))
     else:
         console.print(reach_text(status, dht if dht is not None and dht["running"] else None))
+
+
+async def _trace(
+    text: str, providers: list[DiscoveryProvider], directory: Path, timeout: float
+) -> tuple[peerkit.PeerId, list[Any]]:
+    async with peerkit.Node(data_dir=directory, listen=("0.0.0.0", 0), discovery=providers) as node:
+        contact = await _resolve_contact(node, text)
+        with console.status(f"trying every way to {contact.fingerprint}", spinner="dots"):
+            return contact.id, await node.trace(contact.id, timeout=timeout)
 
 
 dht_app = typer.Typer(help="The Mainline DHT node that serves the Internet scope.")

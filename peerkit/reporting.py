@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 if TYPE_CHECKING:
     from peerkit.model import EndPoint
-    from peerkit.node.reaching import Reach
+    from peerkit.node.reaching import Reach, ReachStep
 
 __all__ = (
     "REACH_FILE",
@@ -22,6 +22,7 @@ __all__ = (
     "reach_text",
     "read_reach",
     "relay_text",
+    "trace_text",
     "write_reach",
 )
 
@@ -160,3 +161,13 @@ def _alive(pid: int) -> bool:
     except PermissionError:
         return True  # another user's process
     return pid > 0
+
+
+def trace_text(who: str, steps: list[ReachStep]) -> str:
+    """The ways :meth:`peerkit.Node.trace` tried to a peer, one line each, for people."""
+    lines = [f"ways to {who}:"]
+    for step in steps:
+        where = f" {step.endpoint}" if step.endpoint is not None else ""
+        result = "ok" if step.ok else "failed"
+        lines.append(f"  {step.way}{where}: {result} in {step.seconds * 1000:.0f} ms ({step.detail})")
+    return "\n".join(lines)

@@ -47,6 +47,7 @@ from peerkit.model import (
     PresenceStatus,
     Scope,
     check_scope,
+    check_seconds,
     check_text,
 )
 from peerkit.net.channel import ChannelListener, SecureChannel
@@ -62,7 +63,7 @@ from peerkit.node.link import ContactEvents, Link, NodeSide
 from peerkit.node.locator import Locator
 from peerkit.node.nearby import PROVIDER_TIMEOUT, Nearby, NearbyHandler
 from peerkit.node.publishing import Published, Publishing, Visibility
-from peerkit.node.reaching import Reach, Reaching
+from peerkit.node.reaching import Reach, Reaching, ReachStep
 from peerkit.node.receivers import app_id as id_of
 from peerkit.node.requests import Requests
 from peerkit.node.settings import ENDPOINT_NAME, Settings
@@ -916,6 +917,45 @@ class Node(EventMethods, FindingMethods):
     def _published(self) -> Published:
         apps, objects = self._apps.values(), self._objects.values()
         return Published(presence=self.presence, name=self._endpoint_name, apps=apps, objects=objects)
+
+    async def trace(self, peer_id: PeerId, *, timeout: float = 10.0) -> list[ReachStep]:
+        """How ``peer_id`` can be reached now, tried way by way: looked up through the discovery
+        providers (a contact), then each endpoint on a channel of its own, direct or relayed
+        (within ``timeout`` each), then a hole punched beside a relay that worked. For
+        ``peerkit reach CONTACT``; every channel it opens is closed again.
+
+        :raises NotRunning: when the node is not running.
+        :raises ValueError: when ``timeout`` is not positive or ``peer_id`` is this node's.
+        """
+        self._check_running()
+        timeout = check_seconds(timeout, "trace timeout")
+        if peer_id == self.id:
+            raise ValueError("that is this node's own id")
+        known = await self.contacts.find_stored(peer_id)
+        steps, endpoints = [], list(known.endpoints if known is not None else ())
+        start = anyio.current_time()
+        try:
+            endpoints += (await self._nearby.resolve(peer_id)).endpoints
+            steps.append(
+                ReachStep(
+                    way="resolve",
+                    endpoint=None,
+                    ok=True,
+                    seconds=anyio.current_time() - start,
+                    detail=f"{len(endpoints)} endpoints",
+                )
+            )
+        except PeerkitError as exc:
+            steps.append(
+                ReachStep(
+                    way="resolve",
+                    endpoint=None,
+                    ok=False,
+                    seconds=anyio.current_time() - start,
+                    detail=str(exc),
+                )
+            )
+        return steps + await self._reaching.trace(peer_id, endpoints, timeout)
 
     def reach(self) -> Reach:
         """How this node can be reached now: its mapped port, its relays, what it relays."""

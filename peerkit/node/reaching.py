@@ -27,12 +27,13 @@ from peerkit.identity import PeerId
 from peerkit.model import EndPoint
 from peerkit.net.channel import SecureChannel
 from peerkit.net.control import ControlChannel, Reply
-from peerkit.net.punch import MAX_CANDIDATES, Punch
+from peerkit.net.punch import ATTEMPT_TIMEOUT, MAX_CANDIDATES, Punch
 from peerkit.net.relay import Announce, RelayService, RelayStats, take_circuit
 from peerkit.net.transport import TcpTransport, Transport, local_addresses
 from peerkit.node.connections import Connections, Me
 from peerkit.node.mapping import PortMapping
 from peerkit.proto import relay as wire
+from peerkit.proto.messages import USE_CONTROL
 from peerkit.proto.relay import RelayPolicy, RelayRefused
 from peerkit.proto.requests import (
     BadRequest,
@@ -47,7 +48,7 @@ from peerkit.proto.requests import (
     seen_address,
 )
 
-__all__ = ("MAX_TAKING", "RENEW", "Reach", "Reaching")
+__all__ = ("MAX_TAKING", "RENEW", "Reach", "ReachStep", "Reaching")
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +90,23 @@ class Reach:
     #: (the relayed channel was kept).
     punched: int = 0
     punch_failures: int = 0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ReachStep:
+    """One way tried to a peer by :meth:`peerkit.Node.trace`."""
+
+    #: ``"resolve"`` (through the discovery providers), ``"direct"`` (one of its addresses),
+    #: ``"relayed"`` (through a relay it names) or ``"punched"`` (a hole beside a relayed channel).
+    way: str
+    #: The endpoint tried (None for resolve and punched).
+    endpoint: EndPoint | None
+    #: Whether it worked.
+    ok: bool
+    #: How long it took (connect and handshake, for an endpoint).
+    seconds: float
+    #: What happened, for people.
+    detail: str
 
 
 class Reaching:
@@ -135,6 +153,7 @@ class Reaching:
         self.punched: list[float] = []
         self.punch_failures = 0
         self._punching: set[PeerId] = set()
+        self._punch_ended = anyio.Event()
         self._listen_host = "0.0.0.0"
 
     @property
@@ -272,6 +291,60 @@ class Reaching:
             self.seen_host = seen[0]
         return ttl
 
+    # -- tracing ---------------------------------------------------------------------------------
+    async def trace(self, peer_id: PeerId, endpoints: Sequence[EndPoint], timeout: float) -> list[ReachStep]:
+        """Try each of ``endpoints`` of ``peer_id`` on a channel of its own (at most 8, at once,
+        each within ``timeout``), then a hole beside the first relay that worked."""
+        tried = list(dict.fromkeys(endpoints))[:8]
+        results: dict[EndPoint, ReachStep] = {}
+
+        async def attempt(endpoint: EndPoint) -> None:
+            way = "relayed" if endpoint.relay is not None else "direct"
+            start = anyio.current_time()
+            try:
+                with anyio.fail_after(timeout):
+                    channel = await self._connections.connect(peer_id, endpoint, use=USE_CONTROL)
+                await channel.aclose()
+            except (PeerkitError, TimeoutError) as exc:
+                took, ok, detail = anyio.current_time() - start, False, str(exc) or "no answer in time"
+            else:
+                took, ok, detail = anyio.current_time() - start, True, "connected, handshake done"
+            results[endpoint] = ReachStep(way=way, endpoint=endpoint, ok=ok, seconds=took, detail=detail)
+
+        async with anyio.create_task_group() as tg:  # all at once: a silent address costs its timeout once
+            for endpoint in tried:
+                tg.start_soon(attempt, endpoint)
+        steps = [results[e] for e in tried]
+        relay = next((s.endpoint for s in steps if s.ok and s.way == "relayed"), None)
+        if (
+            relay is not None
+            and isinstance(self._network, TcpTransport)
+            and not any(s.ok and s.way == "direct" for s in steps)
+        ):
+            steps.append(await self._trace_punch(peer_id, relay))
+        return steps
+
+    async def _trace_punch(self, peer_id: PeerId, relay: EndPoint) -> ReachStep:
+        before = (len(self.punched), self.punch_failures)
+        start = anyio.current_time()
+        try:
+            await self._control_to(peer_id, relay, exact=True)  # a new relayed channel punches
+        except PeerkitError as exc:
+            return ReachStep(way="punched", endpoint=None, ok=False, seconds=0.0, detail=str(exc))
+        with anyio.move_on_after(PUNCH_TIMEOUT + ATTEMPT_TIMEOUT + 1):
+            while (len(self.punched), self.punch_failures) == before:
+                await self._punch_ended.wait()
+        took = anyio.current_time() - start
+        if len(self.punched) > before[0]:
+            return ReachStep(
+                way="punched", endpoint=None, ok=True, seconds=took, detail="a hole through both NATs"
+            )
+        if self.punch_failures > before[1]:
+            detail = "the SYNs did not cross (a NAT that changes ports?): the relay carries on"
+        else:
+            detail = "no punch was tried (a channel to the peer was open already)"
+        return ReachStep(way="punched", endpoint=None, ok=False, seconds=took, detail=detail)
+
     # -- hole punching ---------------------------------------------------------------------------
     def _candidates(self, port: int, seen: str | None) -> list[list[object]]:
         # Where the other side may reach the port this side dials from: its public address (as a
@@ -342,6 +415,8 @@ class Reaching:
         finally:
             punch.close()
             self._punching.discard(relayed.peer_id)
+            self._punch_ended.set()
+            self._punch_ended = anyio.Event()
 
     async def on_punch(self, control: ControlChannel, request: PunchRequest) -> Reply:
         """Answer a ``punch`` request: say where this side dials from, and dial back at once."""

@@ -161,8 +161,9 @@ class NamespaceLan:
         (its LAN, ``eth1``). It forwards from its LAN, rewrites what leaves through ``eth0`` to
         its own address (``"preserving"``: Linux's masquerade, which keeps each port when it can;
         ``"random"``: a random port per connection, like a symmetric NAT), and drops what arrives
-        unasked. With ``upnp`` it runs miniupnpd on its LAN side (UPnP IGD, NAT-PMP and PCP),
-        which maps ports by adding rules to its firewall. Put hosts behind it with
+        unasked (forwarded or for itself, as home routers do). With ``upnp`` it runs miniupnpd on
+        its LAN side (UPnP IGD, NAT-PMP and PCP), which maps ports by adding rules to its
+        firewall. Put hosts behind it with
         ``lan.host(router.lan, gateway=router.lan_address)``.
 
         :raises RuntimeError: when a command fails (nft or miniupnpd missing, for instance).
@@ -180,6 +181,10 @@ table inet filter {{
     jump forwardUPnP
   }}
   chain forwardUPnP {{
+  }}
+  chain input {{
+    type filter hook input priority 0; policy accept;
+    iifname "eth0" ct state new drop
   }}
   chain prerouting {{
     type nat hook prerouting priority -100; policy accept;

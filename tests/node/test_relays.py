@@ -167,3 +167,23 @@ async def test_over_memory_a_relayed_channel_stays_relayed_and_no_punch_is_tried
         assert await seen.invite(CHAT) == ACCEPTED
         await anyio.sleep(0.1)
         assert (alice.reach().punched, alice.reach().punch_failures) == (0, 0)  # (TCP only)
+
+
+async def test_trace_tries_every_way_and_says_how_long_each_took() -> None:
+    async with behind_a_firewall() as (_, relay, bob, alice):
+        await eventually(lambda: any(e.relay for p in alice.nearby() for e in p.endpoints))
+        steps = await alice.trace(bob.id, timeout=2)
+        ways = [(s.way, s.endpoint, s.ok) for s in steps]
+        assert ways == [
+            ("resolve", None, True),
+            ("direct", EndPoint(BOB_HOST, 7000), False),
+            ("relayed", EndPoint(RELAY_HOST, 7000, relay=relay.id), True),
+        ]  # (no punch over a network in memory)
+        assert "timed out" in steps[1].detail
+        assert all(0 <= s.seconds < 2 for s in steps)
+        await anyio.sleep(0.1)
+        assert bob.channels(alice.id) == 0  # every channel it opened was closed again
+        with pytest.raises(ValueError, match="own id"):
+            await alice.trace(alice.id)
+        with pytest.raises(ValueError, match="trace timeout"):
+            await alice.trace(bob.id, timeout=0)

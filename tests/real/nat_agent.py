@@ -12,6 +12,8 @@ Modes:
       {"cmd": "invite", "id": ID}               -> {"invite": "ACCEPTED", "seconds": S}
       {"cmd": "stream", "id": ID, "size": N}    -> {"echoed": N, "relay": R, "seconds": S, "mbps": M}
       {"cmd": "received"}                       -> {"received": [relay of each invitation/stream]}
+      {"cmd": "trace", "id": ID}                -> {"trace": [[way, ok, seconds], ...]} (after
+                                                   closing the channels to ID: every way afresh)
 """
 
 from __future__ import annotations
@@ -105,6 +107,11 @@ async def node_main(args: argparse.Namespace) -> None:
                 elif cmd == "resolve":
                     peer = await node.resolve(peerkit.PeerId.parse(command["id"]))
                     emit(resolved=[str(e) for e in peer.endpoints], seconds=anyio.current_time() - start)
+                elif cmd == "trace":
+                    peer_id = peerkit.PeerId.parse(command["id"])
+                    await node.disconnect(peer_id)  # every way afresh
+                    steps = await node.trace(peer_id, timeout=2)  # (a private address: silent)
+                    emit(trace=[[s.way, s.ok, s.seconds] for s in steps])
                 elif cmd == "received":
                     emit(received=[list(r) if r else None for r in received])
             except (peerkit.PeerkitError, TimeoutError) as exc:
