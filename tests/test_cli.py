@@ -447,3 +447,30 @@ def test_serve_relays_through_a_relay_it_serves(tmp_path: Path) -> None:
     finally:
         stop(relay)
     assert relay.returncode == 0
+
+
+@pytest.mark.network
+def test_reach_a_contact_tries_every_way_and_times_each(tmp_path: Path) -> None:
+    server, info = start_server(tmp_path / "srv", "--listen", "127.0.0.1:0")
+    try:
+        served = {"PEERKIT_DATA_DIR": str(tmp_path / "srv" / "server")}
+        client = {"PEERKIT_DATA_DIR": str(tmp_path / "client")}
+        card = run(
+            "contacts", "export-card", "--address", f"127.0.0.1:{info['port']}", env=served
+        ).stdout.strip()
+        assert run("contacts", "add-card", card, env=client).returncode == 0
+        static = f"static:127.0.0.1:{info['port']}"
+        shown = run("reach", str(info["id"])[:12], "--discovery", static, "--timeout", "3", env=client)
+        assert shown.returncode == 0, shown.stderr
+        assert f"ways to {info['fingerprint']}:" in shown.stdout
+        assert "resolve: ok in" in shown.stdout
+        assert f"direct 127.0.0.1:{info['port']}: ok in" in shown.stdout
+        steps = json.loads(run("reach", str(info["id"]), "--discovery", static, "--json", env=client).stdout)
+        assert steps["peer"] == info["id"]
+        assert [(s["way"], s["ok"]) for s in steps["steps"]] == [("resolve", True), ("direct", True)]
+    finally:
+        stop(server)
+    gone = run("reach", str(info["id"]), "--discovery", static, "--timeout", "1", env=client)
+    assert gone.returncode == 1  # no way worked
+    assert "direct 127.0.0.1" in gone.stdout
+    assert "failed" in gone.stdout
