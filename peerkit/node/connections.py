@@ -12,9 +12,9 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Final
+from typing import Final, TypeVar
 
 import anyio
 import anyio.abc
@@ -31,7 +31,7 @@ from peerkit.proto.holdings import Holdings, HoldingsPolicy, NotKept
 from peerkit.proto.messages import USE_CONTROL, USE_STREAM
 from peerkit.proto.requests import BadRequest, ErrorCode, decode_stream_request, error_reply
 
-__all__ = ("MAX_CHANNELS_PER_PEER", "ChannelPeer", "Connections", "Me", "Route")
+__all__ = ("MAX_CHANNELS_PER_PEER", "STAGGER", "ChannelPeer", "Connections", "Me", "Route", "first_of")
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +40,64 @@ MAX_CHANNELS_PER_PEER: Final = 8
 
 #: Gives an open control channel to a peer (dialling one when needed).
 Route = Callable[[], Awaitable[ControlChannel]]
+
+#: Seconds a way to a peer is given before the next one is tried beside it (a peer's record lists
+#: its own addresses first; behind a NAT they are silent, and its relay comes after them).
+STAGGER: Final = 0.3
+
+T = TypeVar("T")
+
+
+async def first_of(
+    ways: Sequence[Callable[[], Awaitable[T]]],
+    *,
+    stagger: float = STAGGER,
+    discard: Callable[[T], Awaitable[None]] | None = None,
+) -> tuple[int, T]:
+    """The first of ``ways`` to succeed, and its index: each starts when the one before failed or
+    has had ``stagger`` seconds (RFC 8305's "happy eyeballs"); the others are cancelled once one
+    succeeds (a dial under way in the node's task group goes on and keeps its channel), and one
+    that succeeds too late is given to ``discard``.
+
+    :raises PeerUnreachable: the last one's, when every way failed so.
+    :raises Exception: any other error of a way, at once.
+    """
+    won: list[tuple[int, T]] = []
+    unreachable: list[PeerUnreachable] = []
+    other: list[BaseException] = []
+
+    async def run(index: int, failed: anyio.Event) -> None:
+        try:
+            value = await ways[index]()
+        except PeerUnreachable as exc:
+            unreachable.append(exc)
+            failed.set()
+            return
+        except Exception as exc:  # raised to the caller as it is, not in an exception group
+            other.append(exc)
+            tg.cancel_scope.cancel()
+            return
+        if not won:
+            won.append((index, value))
+            tg.cancel_scope.cancel()
+        elif discard is not None:
+            with anyio.CancelScope(shield=True):
+                await discard(value)
+
+    async with anyio.create_task_group() as tg:
+        for index in range(len(ways)):
+            failed = anyio.Event()
+            tg.start_soon(run, index, failed)
+            if index + 1 < len(ways):
+                with anyio.move_on_after(stagger):
+                    await failed.wait()
+    if other:
+        raise other[0]
+    if won:
+        return won[0]
+    if unreachable:
+        raise unreachable[-1]
+    raise PeerUnreachable("there was no way to try")
 
 
 @dataclass(slots=True, eq=False)

@@ -932,30 +932,8 @@ class Node(EventMethods, FindingMethods):
         if peer_id == self.id:
             raise ValueError("that is this node's own id")
         known = await self.contacts.find_stored(peer_id)
-        steps, endpoints = [], list(known.endpoints if known is not None else ())
-        start = anyio.current_time()
-        try:
-            endpoints += (await self._nearby.resolve(peer_id)).endpoints
-            steps.append(
-                ReachStep(
-                    way="resolve",
-                    endpoint=None,
-                    ok=True,
-                    seconds=anyio.current_time() - start,
-                    detail=f"{len(endpoints)} endpoints",
-                )
-            )
-        except PeerkitError as exc:
-            steps.append(
-                ReachStep(
-                    way="resolve",
-                    endpoint=None,
-                    ok=False,
-                    seconds=anyio.current_time() - start,
-                    detail=str(exc),
-                )
-            )
-        return steps + await self._reaching.trace(peer_id, endpoints, timeout)
+        endpoints = known.endpoints if known is not None else ()
+        return await self._reaching.trace(peer_id, endpoints, timeout, resolve=self._nearby.resolve)
 
     def reach(self) -> Reach:
         """How this node can be reached now: its mapped port, its relays, what it relays."""

@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import logging
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -32,6 +32,7 @@ from peerkit.net.relay import Announce, RelayService, RelayStats, take_circuit
 from peerkit.net.transport import TcpTransport, Transport, local_addresses
 from peerkit.node.connections import Connections, Me
 from peerkit.node.mapping import PortMapping
+from peerkit.peers import Peer
 from peerkit.proto import relay as wire
 from peerkit.proto.messages import USE_CONTROL
 from peerkit.proto.relay import RelayPolicy, RelayRefused
@@ -292,10 +293,32 @@ class Reaching:
         return ttl
 
     # -- tracing ---------------------------------------------------------------------------------
-    async def trace(self, peer_id: PeerId, endpoints: Sequence[EndPoint], timeout: float) -> list[ReachStep]:
-        """Try each of ``endpoints`` of ``peer_id`` on a channel of its own (at most 8, at once,
-        each within ``timeout``), then a hole beside the first relay that worked."""
-        tried = list(dict.fromkeys(endpoints))[:8]
+    async def trace(
+        self,
+        peer_id: PeerId,
+        known: Sequence[EndPoint],
+        timeout: float,
+        *,
+        resolve: Callable[[PeerId], Awaitable[Peer]],
+    ) -> list[ReachStep]:
+        """Look ``peer_id`` up with ``resolve`` (again and again within ``timeout``: a provider
+        that just started may need a moment), then try its endpoints and the ``known`` ones
+        each on a channel of its own (at most 8, at once, each within ``timeout``), then a hole
+        beside the first relay that worked."""
+        start = anyio.current_time()
+        found: tuple[EndPoint, ...] = ()
+        problem = ""
+        with anyio.move_on_after(timeout):
+            while not found:
+                try:
+                    found = tuple((await resolve(peer_id)).endpoints)
+                except PeerkitError as exc:
+                    problem = str(exc)
+                    await anyio.sleep(0.25)
+        took = anyio.current_time() - start
+        detail = f"{len(found)} endpoints" if found else problem or "not found in time"
+        steps = [ReachStep(way="resolve", endpoint=None, ok=bool(found), seconds=took, detail=detail)]
+        tried = list(dict.fromkeys((*found, *known)))[:8]
         results: dict[EndPoint, ReachStep] = {}
 
         async def attempt(endpoint: EndPoint) -> None:
@@ -314,7 +337,7 @@ class Reaching:
         async with anyio.create_task_group() as tg:  # all at once: a silent address costs its timeout once
             for endpoint in tried:
                 tg.start_soon(attempt, endpoint)
-        steps = [results[e] for e in tried]
+        steps += [results[e] for e in tried]
         relay = next((s.endpoint for s in steps if s.ok and s.way == "relayed"), None)
         if (
             relay is not None

@@ -20,7 +20,7 @@ from peerkit.errors import InvalidRecord, NotAllowed, PeerUnreachable, ProtocolE
 from peerkit.identity import PeerId
 from peerkit.model import MAX_APPLICATIONS, MAX_OBJECTS, EndPoint, check_seconds, seconds_text
 from peerkit.net.control import Answer, ControlChannel, Reply
-from peerkit.node.connections import Route
+from peerkit.node.connections import Route, first_of
 from peerkit.peers import Peer
 from peerkit.presence import read_app, read_object, read_presence
 from peerkit.proto.admission import Charge, RequestBudget, RequestPolicy
@@ -113,9 +113,16 @@ class Requests:
         errors: list[PeerUnreachable] = []
 
         async def attempt(routes: list[Route]) -> dict[str, Any] | None:
-            for route in routes:
+            # All ways at once, staggered (first_of); then, if the channel it gave breaks before
+            # the reply, the others one by one.
+            while routes:
                 try:
-                    control = await route()
+                    index, control = await first_of(routes)
+                except PeerUnreachable as exc:
+                    errors.append(exc)
+                    return None
+                routes = routes[:index] + routes[index + 1 :]
+                try:
                     pending = await control.start_request(message)
                     reply = await pending.wait()
                 except PeerUnreachable as exc:

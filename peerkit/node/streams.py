@@ -8,9 +8,10 @@ stream connection.
 
 from __future__ import annotations
 
+import functools
 import logging
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 
 import anyio
 
@@ -19,7 +20,7 @@ from peerkit.handles import Handle, Subscription
 from peerkit.identity import PeerId
 from peerkit.model import Application, EndPoint, check_seconds, seconds_text
 from peerkit.net.channel import SecureChannel
-from peerkit.node.connections import ChannelPeer
+from peerkit.node.connections import ChannelPeer, first_of
 from peerkit.node.receivers import Receivers
 from peerkit.peers import Peer
 from peerkit.proto.messages import USE_STREAM
@@ -103,26 +104,42 @@ class Streams:
             raise PeerUnreachable(f"{peer.id.fingerprint} did not say where it listens")
         errors: list[PeerUnreachable] = []
         with anyio.move_on_after(timeout):
-            for endpoint in endpoints:
-                try:
-                    return await self._open_at(peer.id, endpoint, app)
-                except PeerUnreachable as exc:
-                    errors.append(exc)
+            stream = await self._first_stream(peer.id, endpoints, app, errors)
+            if stream is not None:
+                return stream
             # Where it was known to be, it is not: where is it now (the DHT, for a contact)?
             found = await self._fallback(peer) if self._fallback is not None else None
-            for endpoint in found.endpoints if found is not None else ():
-                try:
-                    return await self._open_at(peer.id, endpoint, app)
-                except PeerUnreachable as exc:
-                    errors.append(exc)
+            if found is not None:
+                stream = await self._first_stream(peer.id, found.endpoints, app, errors)
+                if stream is not None:
+                    return stream
         if errors:
             raise errors[-1]
         raise PeerUnreachable(
             f"no endpoint of {peer.id.fingerprint} opened a stream within {seconds_text(timeout)}"
         )
 
-    async def _open_at(self, peer_id: PeerId, endpoint: EndPoint, app: Application) -> AppStream:
-        channel = await self._connect(peer_id, endpoint, use=USE_STREAM)
+    async def _first_stream(
+        self, peer_id: PeerId, endpoints: Sequence[EndPoint], app: Application, errors: list[PeerUnreachable]
+    ) -> AppStream | None:
+        # The endpoints tried at once, staggered (first_of): the first channel made carries the
+        # stream; then, if the stream request fails on it, the others one by one.
+        remaining = list(endpoints)
+        while remaining:
+            dials = [functools.partial(self._connect, peer_id, e, use=USE_STREAM) for e in remaining]
+            try:
+                index, channel = await first_of(dials, discard=SecureChannel.aclose)
+            except PeerUnreachable as exc:
+                errors.append(exc)
+                return None
+            del remaining[index]
+            try:
+                return await self._request(channel, peer_id, app)
+            except PeerUnreachable as exc:
+                errors.append(exc)
+        return None
+
+    async def _request(self, channel: SecureChannel, peer_id: PeerId, app: Application) -> AppStream:
         who = peer_id.fingerprint
         try:
             await channel.send({"t": "stream", "rid": 1, "app": app.id.bytes})

@@ -194,6 +194,7 @@ class MemoryNetwork:
         self._links: weakref.WeakSet[_Link] = weakref.WeakSet()
         self._frozen: set[str] = set()
         self._firewalled: set[str] = set()
+        self._silent: set[str] = set()
 
     async def listen(self, host: str, port: int) -> MemoryListener:
         """Listen on ``host:port`` (port 0 picks a free one).
@@ -218,6 +219,8 @@ class MemoryNetwork:
         if listener is None or host in self._frozen or local_host in self._frozen:
             raise PeerUnreachable(f"could not connect to {host}:{port}: connection refused")
         if host in self._firewalled and local_host != host:
+            if host in self._silent:
+                await anyio.sleep_forever()  # the SYN is dropped: the dialler gives up in its time
             raise PeerUnreachable(f"could not connect to {host}:{port}: the connection timed out")
         local = (local_host, next(self._ports))
         link = _Link(ends=(local, (host, port)))
@@ -241,13 +244,17 @@ class MemoryNetwork:
             if any(end[0] == host for end in link.ends):
                 link.frozen = True
 
-    def firewall(self, host: str, *, on: bool = True) -> None:
+    def firewall(self, host: str, *, on: bool = True, silent: bool = False) -> None:
         """Put ``host`` behind a firewall (``on=False``: take it away): connections to it from
-        other hosts fail, as to a host behind a home router's NAT; its own connections out work."""
+        other hosts fail, as to a host behind a home router's NAT; its own connections out work.
+        With ``silent`` they do not fail but hang (dropped SYNs) until the dialler gives up."""
         if on:
             self._firewalled.add(host)
+            if silent:
+                self._silent.add(host)
         else:
             self._firewalled.discard(host)
+            self._silent.discard(host)
 
     def thaw(self, host: str) -> None:
         """Let ``host`` make new connections again (frozen connections stay dead)."""

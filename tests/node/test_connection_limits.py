@@ -107,3 +107,42 @@ async def test_a_peer_over_its_request_budget_is_refused_then_disconnected(
         # Another peer is not affected.
         carol_to_bob = await carol.peer_at(bob.endpoint.host, bob.endpoint.port)
         assert await carol_to_bob.invite(CHAT) is ACCEPTED
+
+
+@pytest.mark.anyio
+async def test_first_of_staggers_ways_and_takes_the_first_that_works() -> None:
+    from peerkit.node.connections import first_of
+
+    started: list[int] = []
+    late: list[str] = []
+
+    def way(index: int, delay: float, fails: bool = False):  # type: ignore[no-untyped-def]
+        async def attempt() -> str:
+            started.append(index)
+            await anyio.sleep(delay)
+            if fails:
+                raise PeerUnreachable(f"way {index} failed")
+            return f"way {index}"
+
+        return attempt
+
+    async def discard(value: str) -> None:
+        late.append(value)
+
+    start = anyio.current_time()
+    # The first hangs: the second starts after the stagger and wins.
+    assert await first_of([way(0, 10), way(1, 0.01), way(2, 0)], stagger=0.1, discard=discard) == (1, "way 1")
+    assert anyio.current_time() - start < 1
+    assert started == [0, 1]  # the third never had to start
+    # One that fails lets the next start at once.
+    started.clear()
+    assert await first_of([way(0, 0, fails=True), way(1, 0)], stagger=5) == (1, "way 1")
+    # All fail: the last error.
+    with pytest.raises(PeerUnreachable, match="way 1 failed"):
+        await first_of([way(0, 0, fails=True), way(1, 0, fails=True)])
+
+    async def broken() -> str:
+        raise ValueError("not a way")
+
+    with pytest.raises(ValueError, match="not a way"):  # another error: at once, as it is
+        await first_of([broken, way(1, 0)])

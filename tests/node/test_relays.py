@@ -187,3 +187,29 @@ async def test_trace_tries_every_way_and_says_how_long_each_took() -> None:
             await alice.trace(alice.id)
         with pytest.raises(ValueError, match="trace timeout"):
             await alice.trace(bob.id, timeout=0)
+
+
+@pytest.mark.parametrize("what", ["invitation", "stream"])
+async def test_a_silent_address_first_in_the_record_costs_a_stagger_not_a_timeout(what: str) -> None:
+    async with behind_a_firewall() as (net, _relay, bob, alice):
+        net.firewall(BOB_HOST, silent=True)  # SYNs to bob's own address are dropped
+        await eventually(lambda: any(e.relay for p in alice.nearby() for e in p.endpoints))
+        (seen,) = alice.nearby()
+        assert seen.endpoints[0] == EndPoint(BOB_HOST, 7000)  # tried first
+        bob.add_invitation_handler(CHAT, accept_all)
+
+        async def echo(stream):  # type: ignore[no-untyped-def]
+            async with stream:
+                await stream.send(await stream.receive())
+
+        bob.add_stream_handler(CHAT, echo)
+        start = anyio.current_time()
+        with anyio.fail_after(3):  # (the handshake timeout is 10 s)
+            if what == "invitation":
+                assert await seen.invite(CHAT) == ACCEPTED
+            else:
+                async with await seen.open_stream(CHAT) as stream:
+                    assert stream.relay == (RELAY_HOST, 7000)
+                    await stream.send(b"x")
+                    assert await stream.receive() == b"x"
+        assert anyio.current_time() - start < 1.5
