@@ -18,13 +18,13 @@ def test_every_benchmark_runs_and_writes_json(tmp_path: Path) -> None:
         cwd=ROOT,
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=600,
         check=False,
     )
     assert result.returncode == 0, result.stderr
     report = json.loads(out.read_text())
     names = {(r["benchmark"], r["reference"]) for r in report["results"]}
-    assert {b for b, _ in names} == {
+    expected = {
         "handshake",
         "transport",
         "channel",
@@ -32,6 +32,7 @@ def test_every_benchmark_runs_and_writes_json(tmp_path: Path) -> None:
         "invite_warm",
         "stream",
         "relay",
+        "nat",
         "discovery",
         "records",
         "fanout",
@@ -39,6 +40,9 @@ def test_every_benchmark_runs_and_writes_json(tmp_path: Path) -> None:
         "attacks",
         "dht",
     }
+    got = {b for b, _ in names}
+    # (nat needs root, nft and miniupnpd: CI has them; elsewhere it may be skipped with a note)
+    assert got == expected or (not os.environ.get("CI") and got == expected - {"nat"})
     assert ("handshake", "noiseprotocol") in names
     assert ("dht", "bittorrent-dht") in names or not os.environ.get("CI")  # node is there in CI
     for row in report["results"]:
