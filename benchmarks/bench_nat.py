@@ -173,7 +173,7 @@ def run(progress: Progress, *, quick: bool = False) -> list[Result]:
     if missing is not None:
         print(f"nat: skipped ({missing})", file=sys.stderr)
         return []
-    tries = 2 if quick else TRIES
+    tries = 1 if quick else TRIES
     got = anyio.run(_run, tries, progress)
     if not got["direct"] or not got["relayed"] or not got["punched"]:
         raise RuntimeError(f"nat: a way never worked: {got}")

@@ -25,8 +25,8 @@ from peerkit.net.transport import on_asyncio
 
 __all__ = ("ATTEMPT_TIMEOUT", "MAX_CANDIDATES", "Punch", "connect_from")
 
-#: Seconds a punch waits for its connection (SYNs are sent again after 1 s and 3 s).
-ATTEMPT_TIMEOUT: Final = 5.0
+#: Seconds a punch waits for its connection (a lost SYN is sent again after 1 s).
+ATTEMPT_TIMEOUT: Final = 3.0
 #: Addresses a punch dials at most (the other side's claims).
 MAX_CANDIDATES: Final = 4
 #: Seconds before a refused SYN is sent again.

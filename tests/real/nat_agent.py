@@ -110,7 +110,7 @@ async def node_main(args: argparse.Namespace) -> None:
                 elif cmd == "trace":
                     peer_id = peerkit.PeerId.parse(command["id"])
                     await node.disconnect(peer_id)  # every way afresh
-                    steps = await node.trace(peer_id, timeout=2)  # (a private address: silent)
+                    steps = await node.trace(peer_id, timeout=1)  # (a private address: silent)
                     emit(trace=[[s.way, s.ok, s.seconds] for s in steps])
                 elif cmd == "received":
                     emit(received=[list(r) if r else None for r in received])
