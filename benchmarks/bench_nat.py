@@ -9,10 +9,12 @@ UPnP, reachable through the relay, reachable through the relay. Each try, alice 
 channels to that bob and traces every way to him afresh (``Node.trace``, the agent of
 tests/real/nat_agent.py). Figures, medians over the tries:
 
-- time to first byte, through the relay behind the symmetric-like NAT (lookup + connect +
-  handshake), against the same direct through the UPnP mapping;
-- time to a direct channel by punching behind port-keeping NATs (lookup, the relayed channel, and
-  the punch), against the same reference;
+- time to first byte, through the relay behind the symmetric-like NAT (connect + handshake),
+  against the same direct through the UPnP mapping;
+- time to a direct channel by punching behind port-keeping NATs (the relayed channel, then the
+  punch), against the same reference;
+- the lookup through the DHT that comes before each is left out (the ``dht`` benchmark measures
+  lookups; here a record that a previous dial put in alice's directory makes some instant);
 - holes punched behind port-keeping NATs (the issue's goal: every try), and tries that reached
   the peer through the relay when it could not be punched (goal: every try).
 """
@@ -144,20 +146,19 @@ async def _run(tries: int, progress: Progress) -> dict[str, list[Any]]:
             for _ in range(tries):
                 for kind, bob in bobs.items():
                     steps = (await alice.ask("trace", cmd="trace", id=bob.hello["ready"]))["trace"]
-                    lookup = sum(seconds for way, _, seconds in steps if way == "resolve")
+                    # (the lookup is left out: the dht benchmark measures it; here a record a
+                    # previous dial put in alice's directory makes some lookups instant)
                     ways = {way: (ok, seconds) for way, ok, seconds in steps if ok and way != "resolve"}
                     if kind == "direct" and "direct" in ways:
-                        results["direct"].append((lookup + ways["direct"][1]) * 1000)
+                        results["direct"].append(ways["direct"][1] * 1000)
                     elif kind == "relayed":
                         results["relay_ok"].append("relayed" in ways)
                         if "relayed" in ways:
-                            results["relayed"].append((lookup + ways["relayed"][1]) * 1000)
+                            results["relayed"].append(ways["relayed"][1] * 1000)
                     elif kind == "punched":
                         results["punch_ok"].append("punched" in ways)
                         if "punched" in ways and "relayed" in ways:
-                            results["punched"].append(
-                                (lookup + ways["relayed"][1] + ways["punched"][1]) * 1000
-                            )
+                            results["punched"].append((ways["relayed"][1] + ways["punched"][1]) * 1000)
                     progress()
         finally:
             for agent in agents:
@@ -183,8 +184,7 @@ def run(progress: Progress, *, quick: bool = False) -> list[Result]:
     return [
         Result(
             NAME,
-            "time to first byte behind a symmetric-like NAT, through the relay "
-            "(lookup + connect + handshake), ms",
+            "time to first byte behind a symmetric-like NAT, through the relay (connect + handshake), ms",
             "ms",
             median(got["relayed"]),
             "direct through a UPnP mapping",
@@ -194,7 +194,7 @@ def run(progress: Progress, *, quick: bool = False) -> list[Result]:
         ),
         Result(
             NAME,
-            "time to a direct channel by punching behind port-keeping NATs (lookup + relay + punch), ms",
+            "time to a direct channel by punching behind port-keeping NATs (relayed channel + punch), ms",
             "ms",
             median(got["punched"]),
             "direct through a UPnP mapping",
