@@ -10,6 +10,8 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
+from peerkit.statusfile import read_status_file, write_whole
+
 if TYPE_CHECKING:
     from peerkit.model import EndPoint
     from peerkit.node.reaching import Reach, ReachStep
@@ -132,35 +134,13 @@ def read_reach(data_dir: Path) -> dict[str, Any] | None:
 
     :raises ValueError: when the file is damaged.
     """
-    try:
-        status = json.loads((data_dir / REACH_FILE).read_text("utf-8"))
-    except FileNotFoundError:
-        return None
-    if not isinstance(status, dict) or not isinstance(status.get("updated"), int | float):
-        raise ValueError(f"{data_dir / REACH_FILE} is not a reach status")
-    pid = status.get("pid")
-    recent = time.time() - status["updated"] < 3 * REACH_EVERY
-    status["running"] = recent and isinstance(pid, int) and _alive(pid)
-    return status
+    return read_status_file(data_dir / REACH_FILE, "a reach status", REACH_EVERY)
 
 
 def write_reach(data_dir: Path, status: dict[str, Any]) -> None:
     """Write ``reach.json`` whole (a failure is ignored: it is a report)."""
-    path = data_dir / REACH_FILE
-    temporary = path.with_suffix(".tmp")
     with contextlib.suppress(OSError):
-        temporary.write_text(json.dumps(status), "utf-8")
-        temporary.replace(path)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # another user's process
-    return pid > 0
+        write_whole(data_dir / REACH_FILE, json.dumps(status))
 
 
 def trace_text(who: str, steps: list[ReachStep]) -> str:

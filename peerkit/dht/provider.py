@@ -57,6 +57,7 @@ from peerkit.discovery.base import Announcement, DiscoverySession, DiscoverySink
 from peerkit.errors import InvalidRecord
 from peerkit.identity import PeerId
 from peerkit.model import EndPoint, Scope
+from peerkit.statusfile import read_status_file, write_whole
 
 __all__ = (
     "DEFAULT_BOOTSTRAP",
@@ -269,43 +270,14 @@ def read_status(data_dir: Path) -> dict[str, Any] | None:
 
     :raises ValueError: when the file is damaged.
     """
-    try:
-        text = (data_dir / STATUS_FILE).read_text("utf-8")
-    except FileNotFoundError:
-        return None
-    status = json.loads(text)
-    if not isinstance(status, dict) or not isinstance(status.get("updated"), int | float):
-        raise ValueError(f"{data_dir / STATUS_FILE} is not a DHT status")
-    if status.get("running"):
-        recent = time.time() - status["updated"] < 3 * STATUS_EVERY
-        status["running"] = recent and _alive(status.get("pid"))
-    return status
+    return read_status_file(data_dir / STATUS_FILE, "a DHT status", STATUS_EVERY)
 
 
-def _alive(pid: object) -> bool:
-    if not isinstance(pid, int) or pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # another user's process
-    return True
-
-
-# The files below are a few KiB, read and written at once rather than in anyio's worker threads,
-# which outlive the node that used them (a node leaves no thread behind).
+# The files below are a few KiB, read and written at once (peerkit.statusfile says why).
 
 
 def _read_text(path: Path) -> str:
     return path.read_text("utf-8")
-
-
-def _write_text(path: Path, text: str) -> None:
-    temporary = path.with_suffix(".tmp")
-    temporary.write_text(text, "utf-8")
-    temporary.replace(path)
 
 
 async def _load_nodes(path: Path) -> list[Address]:
@@ -327,7 +299,7 @@ async def _write_json(path: Path, content: object) -> None:
     # Written whole or not at all (a failure is logged: the node goes on without it).
     await anyio.lowlevel.checkpoint()
     try:
-        _write_text(path, json.dumps(content))
+        write_whole(path, json.dumps(content))
     except OSError as exc:
         log.info("could not write %s: %s", path, exc)
 

@@ -48,16 +48,17 @@ class ResultCode(enum.IntEnum):
 
 
 class PortMappingError(Exception):
-    """A router did not map a port or tell its address (NAT-PMP or UPnP alike)."""
+    """A router did not map a port or tell its address (NAT-PMP or UPnP alike); ``code`` is the
+    router's own error code when it refused, None when it did not answer in a way to read."""
+
+    def __init__(self, text: str, code: int | None = None) -> None:
+        super().__init__(text)
+        self.code = code
 
 
 class NatPmpError(PortMappingError):
     """The router refused (``code`` is its result code), or its answer is not one to our request
     (``code`` is None)."""
-
-    def __init__(self, text: str, code: int | None = None) -> None:
-        super().__init__(text)
-        self.code = code
 
 
 @dataclass(frozen=True, slots=True)

@@ -56,10 +56,6 @@ class UpnpError(PortMappingError):
     """The router refused an action (``code``: its UPnP error code, e.g. 718 for a port mapped
     to another host), or what it sent cannot be read (``code`` None)."""
 
-    def __init__(self, text: str, code: int | None = None) -> None:
-        super().__init__(text)
-        self.code = code
-
 
 @dataclass(frozen=True, slots=True)
 class Service:

@@ -73,14 +73,6 @@ class PortMapping:
         tcp = [m for (protocol, _), m in mapper.mappings.items() if protocol == "tcp"]
         return EndPoint(mapper.external.address, tcp[0].external_port) if tcp else None
 
-    @property
-    def mappings(self) -> list[tuple[str, int, int]]:
-        """The mappings held: (protocol, port of this host, port of the router)."""
-        mapper = self._mapper
-        return (
-            [] if mapper is None else [(p, port, m.external_port) for (p, port), m in mapper.mappings.items()]
-        )
-
     async def run(
         self,
         listen_host: str,
