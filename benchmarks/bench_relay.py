@@ -24,7 +24,7 @@ import uuid
 import anyio
 import anyio.abc
 
-from benchmarks.harness import Progress, Result, median, ratio
+from benchmarks.harness import Progress, Result, median, push, ratio
 from peerkit.identity import Identity, PeerId
 from peerkit.model import Application, EndPoint
 from peerkit.node import Node
@@ -50,19 +50,10 @@ anyio.run(main)
 """
 
 
-async def _push(stream: AppStream, total: int) -> float:
-    payload = bytes(PIECE)
-    start = time.perf_counter()
-    for _ in range(total // PIECE):
-        await stream.send(payload)
-    await stream.receive()
-    return total / (time.perf_counter() - start) / 1e6
-
-
 async def _throughput(peer: Peer, total: int) -> float:
     async with await peer.open_stream(APP) as stream:
         await stream.send(b"t")
-        return await _push(stream, total)
+        return await push(stream, total, PIECE)
 
 
 async def _first_byte(peer: Peer) -> float:

@@ -8,13 +8,12 @@ and the clock stops when the receiver has acknowledged the last byte. The candid
 from __future__ import annotations
 
 import contextlib
-import time
 import uuid
 
 import anyio
 import anyio.abc
 
-from benchmarks.harness import Progress, Result, median, ratio
+from benchmarks.harness import Progress, Result, median, push, ratio
 from peerkit.identity import Identity
 from peerkit.model import Application
 from peerkit.node import Node
@@ -35,23 +34,14 @@ async def _sink(stream: anyio.abc.ByteStream, total: int) -> None:
     await stream.send(b"k")
 
 
-async def _push(stream: anyio.abc.ByteStream, total: int) -> float:
-    payload = bytes(PIECE)
-    start = time.perf_counter()
-    for _ in range(total // PIECE):
-        await stream.send(payload)
-    await stream.receive()
-    return total / (time.perf_counter() - start) / 1e6
-
-
 async def _ours(peer: Peer, total: int) -> float:
     async with await peer.open_stream(APP) as stream:
-        return await _push(stream, total)
+        return await push(stream, total, PIECE)
 
 
 async def _raw(port: int, total: int) -> float:
     async with await anyio.connect_tcp("127.0.0.1", port) as stream:
-        return await _push(stream, total)
+        return await push(stream, total, PIECE)
 
 
 async def _main(rounds: int, total: int, progress: Progress) -> tuple[list[float], list[float]]:

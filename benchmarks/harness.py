@@ -9,6 +9,8 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
+import anyio.abc
+
 Progress = Callable[[], None]
 
 
@@ -84,3 +86,14 @@ def median(values: list[float]) -> float:
 def ratio(ours: list[float], reference: list[float]) -> float:
     """The median over rounds of ``ours / reference`` measured in the same round."""
     return statistics.median(a / b for a, b in zip(ours, reference, strict=True))
+
+
+async def push(stream: anyio.abc.ByteStream, total: int, piece: int) -> float:
+    """MB/s of sending ``total`` bytes in writes of ``piece`` bytes; the clock stops when the
+    receiver answers (one read: its acknowledgement of the last byte)."""
+    payload = bytes(piece)
+    start = time.perf_counter()
+    for _ in range(total // piece):
+        await stream.send(payload)
+    await stream.receive()
+    return total / (time.perf_counter() - start) / 1e6
