@@ -52,12 +52,15 @@ class RelayAttribute(anyio.TypedAttributeSet):
     seen: tuple[str, int] = anyio.typed_attribute()
 
 
-async def read_frame(stream: anyio.abc.ByteStream, *, limit: int = MAX_RELAY_FRAME) -> tuple[bytes, bytes]:
-    """Read one frame (section 1) of at most ``limit`` bytes; returns it and the bytes read after it.
+async def read_frame(
+    stream: anyio.abc.ByteStream, *, limit: int = MAX_RELAY_FRAME, buffered: bytes = b""
+) -> tuple[bytes, bytes]:
+    """Read one frame (section 1) of at most ``limit`` bytes, starting with the bytes already read
+    from ``stream`` (``buffered``); returns it and the bytes read after it.
 
     :raises ProtocolError: when the frame is empty, over ``limit``, or the stream ends inside it.
     """
-    data = bytearray()
+    data = bytearray(buffered)
     while True:
         if len(data) >= 2:
             size = int.from_bytes(data[:2], "big")
@@ -240,10 +243,9 @@ class RelayService:
         ``source``; returns when it is done (the caller closes ``stream``)."""
         remote = stream.extra(anyio.abc.SocketAttribute.remote_address, None)
         seen = (str(remote[0]), int(remote[1])) if isinstance(remote, tuple) else None
-        stream = PrefixedStream(stream, rest)
         try:
             with anyio.fail_after(REQUEST_TIMEOUT):
-                frame, rest = await read_frame(stream)
+                frame, rest = await read_frame(stream, buffered=rest)
             request = wire.decode_request(frame)
         except (TimeoutError, ProtocolError, *BROKEN, anyio.ClosedResourceError) as exc:
             self.stats.refused += 1
