@@ -66,12 +66,32 @@ async def connect_from(
         code = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
         if code:
             raise OSError(code, f"could not connect to {host}:{port}: {errno.errorcode.get(code, code)}")
-        if on_asyncio():
-            return await wrap_connected(sock)
-        return await anyio.abc.SocketStream.from_socket(sock)
+        return await _stream(sock)
     except BaseException:
         sock.close()
         raise
+
+
+async def _stream(sock: socket.socket) -> anyio.abc.ByteStream:
+    if on_asyncio():
+        return await wrap_connected(sock)
+    return await anyio.abc.SocketStream.from_socket(sock)
+
+
+async def _accept_one(listener: socket.socket) -> anyio.abc.ByteStream:
+    # The first connection made to the listening ``listener`` (non-blocking).
+    while True:
+        await anyio.wait_readable(listener)
+        try:
+            sock, _ = listener.accept()
+        except (BlockingIOError, InterruptedError):
+            continue
+        try:
+            sock.setblocking(False)
+            return await _stream(sock)
+        except BaseException:
+            sock.close()
+            raise
 
 
 class Punch:
@@ -104,11 +124,15 @@ class Punch:
             self._first = None
 
     async def connect(
-        self, candidates: list[tuple[str, int]], *, timeout: float = ATTEMPT_TIMEOUT
+        self, candidates: list[tuple[str, int]], *, timeout: float = ATTEMPT_TIMEOUT, listen: bool = False
     ) -> list[anyio.abc.ByteStream]:
         """Dial every candidate (at most :data:`MAX_CANDIDATES`) from the bound port at once;
         return the connections made within ``timeout`` (usually one; empty: the punch failed).
-        Each connection the caller does not use it must close."""
+        Each connection the caller does not use it must close.
+
+        With ``listen``, the port also accepts a connection: where no NAT stands between the
+        two sides (a LAN, loopback) the other side's SYN may reach this one before this side's
+        SYN left, and it is taken instead of being refused."""
         assert self._first is not None, "open() first"
         targets = candidates[:MAX_CANDIDATES]
         made: list[anyio.abc.ByteStream] = []
@@ -143,13 +167,27 @@ class Punch:
                     return  # unreachable: another candidate may work
                 tg.cancel_scope.cancel()
 
+        async def accept(listener: socket.socket) -> None:
+            made.append(await _accept_one(listener))
+            tg.cancel_scope.cancel()
+
         if not targets:
             first.close()
             self.armed.set()
             return made
-        with anyio.move_on_after(timeout):
-            async with anyio.create_task_group() as tg:
-                for (host, port), sock in zip(targets, sockets, strict=True):
-                    tg.start_soon(attempt, host, port, sock)
-        self.armed.set()
+        listener: socket.socket | None = None
+        try:
+            if listen:
+                listener = _socket(self._local_host, self.port)
+                listener.listen(1)
+            with anyio.move_on_after(timeout):
+                async with anyio.create_task_group() as tg:
+                    if listener is not None:
+                        tg.start_soon(accept, listener)
+                    for (host, port), sock in zip(targets, sockets, strict=True):
+                        tg.start_soon(attempt, host, port, sock)
+        finally:
+            if listener is not None:
+                listener.close()
+            self.armed.set()
         return made

@@ -274,6 +274,8 @@ class Node(EventMethods, FindingMethods):
             application=self._apps.get,
             allows=self._invitations.allows,
             check_running=self._check_running,
+            holed=self._reaching.holed,
+            punch=self._reaching.punch_stream,
         )
         self._publishing = Publishing(
             bus=self._bus,

@@ -34,7 +34,7 @@ from peerkit.node.connections import Connections, Me
 from peerkit.node.mapping import PortMapping
 from peerkit.peers import Peer
 from peerkit.proto import relay as wire
-from peerkit.proto.messages import USE_CONTROL
+from peerkit.proto.messages import USE_CONTROL, USE_STREAM
 from peerkit.proto.relay import RelayPolicy, RelayRefused
 from peerkit.proto.requests import (
     BadRequest,
@@ -60,8 +60,10 @@ RENEW: Final = 60.0
 RETRY: Final = (1.0, 60.0)
 #: Circuits this node takes at once from its relays (further announcements are ignored).
 MAX_TAKING: Final = 64
-#: Holes being punched at once (asked for or answered); one per peer at a time.
-MAX_PUNCHES: Final = 8
+#: Holes being punched at once (asked for or answered).
+MAX_PUNCHES: Final = 16
+#: Holes being punched at once with one peer (a control channel's, then its streams').
+MAX_PUNCHES_PER_PEER: Final = 4
 #: Seconds a punch request may wait for its answer.
 PUNCH_TIMEOUT: Final = 10.0
 
@@ -153,7 +155,11 @@ class Reaching:
         #: Holes punched and punches that failed (the seconds each success took).
         self.punched: list[float] = []
         self.punch_failures = 0
-        self._punching: set[PeerId] = set()
+        #: Punches under way, per peer (asked for or answered).
+        self._punching: dict[PeerId, int] = {}
+        #: The control channels moved to a punched hole, and the public address this side was
+        #: seen at then.
+        self._holes: dict[PeerId, tuple[ControlChannel, str | None]] = {}
         self._punch_ended = anyio.Event()
         self._listen_host = "0.0.0.0"
 
@@ -197,6 +203,7 @@ class Reaching:
         """Forget everything (the node stopped)."""
         self._reserved.clear()
         self._announces.clear()
+        self._holes.clear()
         self._tg = self._take = None
 
     # -- as a relay ---------------------------------------------------------------------------
@@ -392,41 +399,93 @@ class Reaching:
         peer = control.peer_id
         if not isinstance(self._network, TcpTransport) or self._tg is None:
             return
-        if peer in self._punching or len(self._punching) >= MAX_PUNCHES:
+        if self._punching.get(peer) or sum(self._punching.values()) >= MAX_PUNCHES:
             return
-        self._punching.add(peer)
+        self._punching[peer] = 1
         self._tg.start_soon(self._punch, control)
 
-    async def _punch(self, relayed: ControlChannel) -> None:
-        start = anyio.current_time()
+    def holed(self, peer_id: PeerId) -> bool:
+        """Whether this node's control channel to ``peer_id`` runs through a hole it punched (its
+        streams to the peer are punched too: a NAT lets in only the connections it saw leave)."""
+        hole = self._holes.get(peer_id)
+        return hole is not None and not hole[0].closed
+
+    async def punch_stream(self, peer_id: PeerId) -> SecureChannel:
+        """A stream channel to ``peer_id`` through a new hole, asked for over the punched control
+        channel (see :meth:`holed`).
+
+        :raises PeerUnreachable: when there is no punched channel, or the SYNs did not cross.
+        :raises HandshakeError: when the handshake over the hole fails.
+        """
+        hole = self._holes.get(peer_id)
+        if hole is None or hole[0].closed:
+            raise PeerUnreachable(f"no hole punched to {peer_id.fingerprint}")
+        if not self._may_punch(peer_id):
+            raise PeerUnreachable(f"{MAX_PUNCHES_PER_PEER} holes are being punched to {peer_id.fingerprint}")
+        self._punching[peer_id] = self._punching.get(peer_id, 0) + 1
+        try:
+            channel, _remote = await self._hole(hole[0], hole[1], USE_STREAM)
+        except (Refused, BadRequest, OSError, TimeoutError) as exc:
+            raise PeerUnreachable(f"no hole to {peer_id.fingerprint} for a stream: {exc}") from None
+        finally:
+            self._punched_one(peer_id)
+        return channel
+
+    async def _hole(
+        self, control: ControlChannel, seen: str | None, use: str
+    ) -> tuple[SecureChannel, EndPoint]:
+        # Ask the peer over ``control`` to punch, dial its addresses from a bound port, and run
+        # the handshake (as initiator, for ``use``) over the connection the SYNs made.
         punch = Punch(self._listen_host)
         try:
             port = punch.open()
-            seen = relayed.channel.relay_seen
-            candidates = self._candidates(port, seen[0] if seen is not None else None)
-            request = await relayed.start_request({"t": "punch", "addrs": candidates})
+            request = await control.start_request({"t": "punch", "addrs": self._candidates(port, seen)})
             with anyio.fail_after(PUNCH_TIMEOUT):
                 reply = check_reply(await request.wait(), "punch_reply")
-            theirs = self._targets(read_addresses(reply.get("addrs")), seen[0] if seen is not None else None)
+            theirs = self._targets(read_addresses(reply.get("addrs")), seen)
             log.info("punching from port %d to %s", port, theirs)
             made = await punch.connect(theirs)
-            for extra in made[1:]:
-                await anyio.aclose_forcefully(extra)
-            if not made:
-                raise PeerUnreachable("no hole: the SYNs did not cross (a NAT that changes ports?)")
-            stream = made[0]
-            me = self._me()
-            channel = await SecureChannel.wrap(
-                stream,
-                me.identity,
-                initiator=True,
-                expected_peer=relayed.peer_id,
-                nickname=me.nickname,
-                endpoint_name=me.endpoint_name,
-                port=me.endpoint.port,
-            )
-            remote = stream.extra(SocketAttribute.remote_address)
-            self._connections.take_dialled(channel, EndPoint(str(remote[0]), int(remote[1])))
+        finally:
+            punch.close()
+        for extra in made[1:]:
+            await anyio.aclose_forcefully(extra)
+        if not made:
+            raise PeerUnreachable("no hole: the SYNs did not cross (a NAT that changes ports?)")
+        stream = made[0]
+        me = self._me()
+        remote = stream.extra(SocketAttribute.remote_address)
+        channel = await SecureChannel.wrap(
+            stream,
+            me.identity,
+            initiator=True,
+            expected_peer=control.peer_id,
+            nickname=me.nickname,
+            endpoint_name=me.endpoint_name,
+            port=me.endpoint.port,
+            use=use,
+        )
+        return channel, EndPoint(str(remote[0]), int(remote[1]))
+
+    def _may_punch(self, peer_id: PeerId) -> bool:
+        return (
+            self._punching.get(peer_id, 0) < MAX_PUNCHES_PER_PEER
+            and sum(self._punching.values()) < MAX_PUNCHES
+        )
+
+    def _punched_one(self, peer_id: PeerId) -> None:
+        left = self._punching.pop(peer_id, 1) - 1
+        if left > 0:
+            self._punching[peer_id] = left
+
+    async def _punch(self, relayed: ControlChannel) -> None:
+        start = anyio.current_time()
+        seen = relayed.channel.relay_seen
+        seen_host = seen[0] if seen is not None else None
+        try:
+            channel, remote = await self._hole(relayed, seen_host, USE_CONTROL)
+            control = self._connections.take_dialled(channel, remote)
+            self._holes = {p: h for p, h in self._holes.items() if not h[0].closed}
+            self._holes[relayed.peer_id] = (control, seen_host)
             self.punched.append(anyio.current_time() - start)
             log.info("punched a hole to %s in %.0f ms", relayed.peer_id.fingerprint, self.punched[-1] * 1000)
             await relayed.retire()  # what is under way on it finishes; what comes next goes direct
@@ -436,8 +495,7 @@ class Reaching:
                 "could not punch a hole to %s (the relay carries on): %s", relayed.peer_id.fingerprint, exc
             )
         finally:
-            punch.close()
-            self._punching.discard(relayed.peer_id)
+            self._punched_one(relayed.peer_id)
             self._punch_ended.set()
             self._punch_ended = anyio.Event()
 
@@ -445,14 +503,15 @@ class Reaching:
         """Answer a ``punch`` request: say where this side dials from, and dial back at once."""
         if not isinstance(self._network, TcpTransport) or self._tg is None:
             return error_reply(ErrorCode.UNAVAILABLE, "this node does not punch holes")
-        if control.peer_id in self._punching or len(self._punching) >= MAX_PUNCHES:
-            return error_reply(ErrorCode.LIMIT, "a punch is under way")
+        peer = control.peer_id
+        if not self._may_punch(peer):
+            return error_reply(ErrorCode.LIMIT, "too many punches are under way")
         punch = Punch(self._listen_host)
         try:
             port = punch.open()
         except OSError as exc:
             return error_reply(ErrorCode.UNAVAILABLE, f"no port to punch from: {exc}")
-        self._punching.add(control.peer_id)
+        self._punching[peer] = self._punching.get(peer, 0) + 1
         # This side's SYNs leave first (each opens this side's NAT for the asker's), then the
         # answer tells the asker where to dial: its SYNs arrive to a hole already open.
         theirs = self._targets(request.addrs, self.seen_host)
@@ -466,7 +525,7 @@ class Reaching:
         # (the asker runs the handshake as initiator over the one it keeps).
         try:
             log.info("punching back to %s", theirs)
-            made = await punch.connect(theirs)
+            made = await punch.connect(theirs, listen=True)
             take, tg = self._take, self._tg
             for stream in made:
                 if take is None or tg is None:  # the node stopped meanwhile
@@ -475,7 +534,7 @@ class Reaching:
                     tg.start_soon(take, stream)
         finally:
             punch.close()
-            self._punching.discard(peer)
+            self._punched_one(peer)
 
 
 def _announcer(control: ControlChannel) -> Announce:

@@ -49,7 +49,11 @@ class Streams:
         allows: Callable[[PeerId], bool],
         check_running: Callable[[], None],
         fallback: Callable[[Peer], Awaitable[Peer | None]] | None = None,
+        holed: Callable[[PeerId], bool] = lambda peer_id: False,
+        punch: Callable[[PeerId], Awaitable[SecureChannel]] | None = None,
     ) -> None:
+        self._holed = holed
+        self._punch = punch
         self._handshake_timeout = handshake_timeout
         self._fallback = fallback
         self._connect = connect
@@ -123,10 +127,21 @@ class Streams:
         self, peer_id: PeerId, endpoints: Sequence[EndPoint], app: Application, errors: list[PeerUnreachable]
     ) -> AppStream | None:
         # The endpoints tried at once, staggered (first_of): the first channel made carries the
-        # stream; then, if the stream request fails on it, the others one by one.
-        remaining = list(endpoints)
+        # stream; then, if the stream request fails on it, the others one by one. Behind NATs
+        # whose control channel went through a punched hole, a new hole is tried first.
+        remaining: list[EndPoint | None] = list(endpoints)
+        punch = self._punch
+        if punch is not None and self._holed(peer_id):
+            remaining.insert(0, None)  # None: through a new hole
+
+        def dial(endpoint: EndPoint | None) -> Callable[[], Awaitable[SecureChannel]]:
+            if endpoint is None:
+                assert punch is not None
+                return functools.partial(punch, peer_id)
+            return functools.partial(self._connect, peer_id, endpoint, use=USE_STREAM)
+
         while remaining:
-            dials = [functools.partial(self._connect, peer_id, e, use=USE_STREAM) for e in remaining]
+            dials = [dial(e) for e in remaining]
             try:
                 index, channel = await first_of(dials, discard=SecureChannel.aclose)
             except PeerUnreachable as exc:
