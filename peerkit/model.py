@@ -22,6 +22,7 @@ __all__ = (
     "MAX_APPLICATIONS",
     "MAX_CONTACT_ENDPOINTS",
     "MAX_DATA",
+    "MAX_HOW",
     "MAX_INVITATION_WAIT",
     "MAX_OBJECTS",
     "MAX_TEXT",
@@ -54,6 +55,8 @@ MAX_INVITATION_WAIT: Final = 300
 REQUEST_TIMEOUT: Final = 30
 #: Endpoints of one contact.
 MAX_CONTACT_ENDPOINTS: Final = 50
+#: Characters of an endpoint's ``how`` mark.
+MAX_HOW: Final = 16
 
 
 def check_text(value: object, what: str, limit: int = MAX_TEXT) -> str:
@@ -206,6 +209,10 @@ class EndPoint:
     #: The relay's peer id when ``host:port`` is a relay the node keeps a reservation on (the
     #: node is reached through it); None for the node's own address.
     relay: PeerId | None = None
+    #: How the node learned this address of its own, as its signed record says: ``"mapped"`` (a
+    #: port its home router maps to it, over NAT-PMP, PCP or UPnP) or ``"interface"`` (an
+    #: address of one of its network interfaces); ``""`` when unknown. Only a label, like ``name``.
+    how: str = field(default="", compare=False)
 
     def __post_init__(self) -> None:
         if not isinstance(self.host, str):
@@ -221,6 +228,8 @@ class EndPoint:
         if not 1 <= self.port <= 65535:
             raise ValueError(f"endpoint port {self.port} is outside 1..65535")
         check_text(self.name, "endpoint name")
+        if not isinstance(self.how, str) or len(self.how) > MAX_HOW:
+            raise ValueError(f"endpoint how must be text of at most {MAX_HOW} characters")
         if self.relay is not None and not isinstance(self.relay, PeerId):
             raise TypeError(f"endpoint relay must be a PeerId or None, not {type(self.relay).__name__}")
 

@@ -434,7 +434,7 @@ class _Session:
             return None
         # The node's seq, or above the last this provider used (a withdrawal, or a conflict).
         base = max(record.seq, self._seq + 1) if withdrawn else max(record.seq, self._seq)
-        addresses = [] if withdrawn else [(e.host, e.port) for e in endpoints if e.relay is None]
+        addresses = [] if withdrawn else [(e.host, e.port, e.how) for e in endpoints if e.relay is None]
         relays = [(e.host, e.port, e.relay.key) for e in endpoints if e.relay is not None and not withdrawn]
 
         def build(tops: list[MutableItem]) -> MutableItem:

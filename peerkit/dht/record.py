@@ -121,7 +121,7 @@ def fit_record(
     *,
     nickname: str,
     endpoint_name: str,
-    endpoints: Sequence[tuple[str, int]],
+    endpoints: Sequence[tuple[str, int] | tuple[str, int, str]],
     relays: Sequence[tuple[str, int, bytes]] = (),
     limit: int = MAX_SEALED_ENVELOPE,
 ) -> bytes:

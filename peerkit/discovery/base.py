@@ -23,7 +23,7 @@ import anyio.abc
 
 from peerkit.errors import InvalidRecord
 from peerkit.identity import PeerId
-from peerkit.model import MAX_TEXT, ChangeType, EndPoint, Scope
+from peerkit.model import MAX_HOW, MAX_TEXT, ChangeType, EndPoint, Scope
 from peerkit.proto import records
 
 __all__ = (
@@ -147,13 +147,19 @@ def make_record(
     *,
     nickname: str,
     endpoint_name: str,
-    endpoints: Iterable[tuple[str, int]],
+    endpoints: Iterable[tuple[str, int] | tuple[str, int, str]],
     relays: Iterable[tuple[str, int, bytes]] = (),
 ) -> bytes:
     """Sign a discovery record: ``{"id", "seq", "nick", "name", "addrs": [[host, port], ...]}``,
-    and ``"relays": [[host, port, relay id], ...]`` when the node is reachable through relays."""
-    addrs = [[host, port] for host, port in endpoints][:MAX_ADDRESSES]
+    ``"how": [mark, ...]`` beside ``"addrs"`` when an endpoint is given as ``(host, port, how)``
+    (``"mapped"``, ``"interface"``; ``""`` for one given without), and ``"relays": [[host, port,
+    relay id], ...]`` when the node is reachable through relays."""
+    given = list(endpoints)[:MAX_ADDRESSES]
+    addrs = [[item[0], item[1]] for item in given]
+    marks = [item[2] if len(item) == 3 else "" for item in given]
     content: dict[str, object] = {"nick": nickname, "name": endpoint_name, "addrs": addrs}
+    if any(marks):
+        content["how"] = marks
     through = [[host, port, bytes(key)] for host, port, key in relays][:MAX_RELAYS]
     if through:
         content["relays"] = through
@@ -176,8 +182,17 @@ def read_record(envelope: bytes) -> tuple[records.SignedRecord, str, str, tuple[
         raise InvalidRecord('record "name" must be text of at most 255 characters')
     if not isinstance(addrs, list) or len(addrs) > MAX_ADDRESSES:
         raise InvalidRecord(f'record "addrs" must be a list of at most {MAX_ADDRESSES} addresses')
+    marks = body.get("how", [""] * len(addrs))
+    if (
+        not isinstance(marks, list)
+        or len(marks) != len(addrs)
+        or not all(isinstance(m, str) and len(m) <= MAX_HOW for m in marks)
+    ):
+        raise InvalidRecord(
+            f'record "how" must be a list of texts of at most {MAX_HOW} characters, one per address'
+        )
     endpoints = []
-    for item in addrs:
+    for item, how in zip(addrs, marks, strict=True):
         if (
             not isinstance(item, list)
             or len(item) != 2
@@ -187,7 +202,7 @@ def read_record(envelope: bytes) -> tuple[records.SignedRecord, str, str, tuple[
         ):
             raise InvalidRecord('record "addrs" entries must be [host, port] pairs')
         try:
-            endpoints.append(EndPoint(item[0], item[1], name))
+            endpoints.append(EndPoint(item[0], item[1], name, how=how))
         except (TypeError, ValueError) as exc:
             raise InvalidRecord(f"record address {item!r} is not valid: {exc}") from None
     relays = body.get("relays", [])

@@ -186,8 +186,8 @@ class Nearby:
             endpoint_name=me.endpoint_name,
             # The mapped public endpoint first: it is the one a peer elsewhere can dial.
             endpoints=[
-                *([(me.mapped.host, me.mapped.port)] if me.mapped else []),
-                *((h, port) for h in hosts),
+                *([(me.mapped.host, me.mapped.port, "mapped")] if me.mapped else []),
+                *((h, port, "interface") for h in hosts),
             ],
             relays=[(e.host, e.port, e.relay.key) for e in me.relays if e.relay is not None],
         )

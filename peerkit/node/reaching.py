@@ -99,8 +99,9 @@ class Reach:
 class ReachStep:
     """One way tried to a peer by :meth:`peerkit.Node.trace`."""
 
-    #: ``"resolve"`` (through the discovery providers), ``"direct"`` (one of its addresses),
-    #: ``"relayed"`` (through a relay it names) or ``"punched"`` (a hole beside a relayed channel).
+    #: ``"resolve"`` (through the discovery providers), ``"direct"`` (one of its own addresses),
+    #: ``"mapped"`` (the port its router maps to it), ``"relayed"`` (through a relay it names) or
+    #: ``"punched"`` (a hole beside a relayed channel).
     way: str
     #: The endpoint tried (None for resolve and punched).
     endpoint: EndPoint | None
@@ -329,7 +330,13 @@ class Reaching:
         results: dict[EndPoint, ReachStep] = {}
 
         async def attempt(endpoint: EndPoint) -> None:
-            way = "relayed" if endpoint.relay is not None else "direct"
+            way = (
+                "relayed"
+                if endpoint.relay is not None
+                else "mapped"
+                if endpoint.how == "mapped"
+                else "direct"
+            )
             start = anyio.current_time()
             try:
                 with anyio.fail_after(timeout):
@@ -349,7 +356,7 @@ class Reaching:
         if (
             relay is not None
             and isinstance(self._network, TcpTransport)
-            and not any(s.ok and s.way == "direct" for s in steps)
+            and not any(s.ok and s.way in ("direct", "mapped") for s in steps)
         ):
             steps.append(await self._trace_punch(peer_id, relay))
         return steps

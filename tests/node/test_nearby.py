@@ -11,11 +11,12 @@ import anyio.lowlevel
 import pytest
 from conftest import CHAT, accept_chat
 
-from peerkit import ChangeType, InvitationResponse, Node, NotSignedIn, PeerUnreachable, Scope
-from peerkit.discovery import Directory, MemoryDiscovery, StaticDiscovery, make_record
+from peerkit import ChangeType, InvalidRecord, InvitationResponse, Node, NotSignedIn, PeerUnreachable, Scope
+from peerkit.discovery import Directory, MemoryDiscovery, StaticDiscovery, make_record, read_record
 from peerkit.events import NearbyChanged
 from peerkit.identity import Identity
 from peerkit.peers import NearbyPeer
+from peerkit.proto import records
 from peerkit.testing import MemoryNetwork, nodes
 
 pytestmark = pytest.mark.anyio
@@ -71,6 +72,7 @@ async def test_nearby_lists_signed_in_peers() -> None:
         assert isinstance(bob_near, NearbyPeer)
         assert bob_near.nickname == "bob"
         assert bob_near.endpoints == (bob.endpoint,)
+        assert bob_near.endpoints[0].how == "interface"  # the record says how bob knows it
         assert bob_near.fingerprint == bob.id.fingerprint
         assert bob_near.record.sources == {"memory"}
         assert alice.id not in {p.id for p in alice.nearby()}  # never itself
@@ -431,3 +433,28 @@ async def test_directory_endpoints_follow_their_sources(alice: Identity, bob: Id
     assert [str(e) for e in now.endpoints] == ["10.0.0.9:7000"]
     assert now.sources == {"mdns"}
     assert changes == [ChangeType.ADDED, ChangeType.UPDATED, ChangeType.UPDATED]
+
+
+def test_a_record_marks_how_each_address_was_learned(alice: Identity) -> None:
+    endpoints = [("203.0.113.7", 41000, "mapped"), ("192.168.1.20", 7000, "interface"), ("10.0.0.2", 7000)]
+    _, _, _, read = read_record(make_record(alice, 1, nickname="a", endpoint_name="", endpoints=endpoints))
+    assert [(e.host, e.port, e.how) for e in read] == [
+        ("203.0.113.7", 41000, "mapped"),
+        ("192.168.1.20", 7000, "interface"),
+        ("10.0.0.2", 7000, ""),  # given without a mark
+    ]
+    _, _, _, bare = read_record(
+        make_record(alice, 2, nickname="a", endpoint_name="", endpoints=[("10.0.0.2", 1)])
+    )
+    assert bare[0].how == ""  # no "how" key at all: another implementation's record
+
+
+@pytest.mark.parametrize(
+    "how",
+    [["mapped"], "mapped", ["mapped", 3], ["x" * 17, "interface"], ["a", "b", "c"]],
+    ids=["too-few", "not-a-list", "not-text", "too-long", "too-many"],
+)
+def test_a_record_with_malformed_marks_is_refused(alice: Identity, how: object) -> None:
+    content = {"nick": "a", "name": "", "addrs": [["10.0.0.2", 1], ["10.0.0.3", 1]], "how": how}
+    with pytest.raises(InvalidRecord, match='record "how"'):
+        read_record(records.sign_record(alice, 1, content))

@@ -132,6 +132,8 @@ async def test_behind_a_upnp_router_a_contact_connects_directly_through_the_mapp
         assert streamed["relay"] is None
         received = (await ask(bob, "received", cmd="received"))["received"]
         assert received == [None] * (TRIES + 1)  # every invitation and the stream came direct
+        steps = (await ask(alice, "trace", timeout=60, cmd="trace", id=bob.ready))["trace"]
+        assert [(way, ok) for way, ok, _ in steps][:2] == [("resolve", True), ("mapped", True)]
         print(f"\nthrough the mapping: {summary(took)}")
         assert "dport 7000" in await mapped_ports(home.namespace)
         assert bob.process.stdin is not None
