@@ -174,6 +174,7 @@ def _stored_endpoint(host: str, port: int, name: str) -> EndPoint:
     object.__setattr__(endpoint, "port", port)
     object.__setattr__(endpoint, "name", name)
     object.__setattr__(endpoint, "relay", None)
+    object.__setattr__(endpoint, "how", "")
     return endpoint
 
 

@@ -80,7 +80,9 @@ def reach_status(reach: Reach, *, listening: str) -> dict[str, Any]:
         "mapped": str(reach.mapped) if reach.mapped else None,
         "mapping": reach.mapping,
         "mapping_problem": reach.mapping_problem,
+        "reachable": reach.reachable,
         "relays": [relay_text(e) for e in reach.relays],
+        "auto_relays": [relay_text(e) for e in reach.auto_relays],
         "reservations": [relay_text(e) for e in reach.reservations],
         "relaying": reach.relaying,
         "reserved_here": reach.reserved_here,
@@ -107,11 +109,20 @@ def reach_text(status: dict[str, Any], dht: dict[str, Any] | None) -> str:
         lines.append(f"seen by DHT nodes at: {address_text(dht.get('external_address'))}")
         reachable = {True: "yes", False: "no (read-only)", None: "not known yet"}[dht.get("reachable")]
         lines.append(f"reachable from the DHT: {reachable}")
+    dialled = status.get("reachable")
+    if dialled is not None:
+        lines.append(
+            "can be dialled directly: "
+            + ("yes" if dialled else "no (behind a NAT or firewall: peers elsewhere need a relay)")
+        )
     held = set(status["reservations"])
     for relay in status["relays"]:
         lines.append(f"relay {relay}: {'reservation held' if relay in held else 'no reservation'}")
-    if not status["relays"]:
-        lines.append("relays: none configured (serve --via HOST:PORT#ID)")
+    for relay in status.get("auto_relays", ()):
+        state = "reservation held" if relay in held else "reserving"
+        lines.append(f"relay {relay} (a contact that relays): {state}")
+    if not status["relays"] and not status.get("auto_relays"):
+        lines.append("relays: none (serve --via HOST:PORT#ID, or a contact that relays)")
     if status["relaying"]:
         stats = status["relay_stats"] or {}
         lines.append(

@@ -431,6 +431,7 @@ def test_serve_relays_through_a_relay_it_serves(tmp_path: Path) -> None:
         assert shown.returncode == 0, shown.stderr
         assert f"relay {through}: reservation held" in shown.stdout
         assert "port not mapped: port mapping is off" in shown.stdout  # (the suite turns it off)
+        assert "can be dialled directly: no" in shown.stdout  # (a private address only)
         relay_dir = {"PEERKIT_DATA_DIR": str(tmp_path / "relay" / "server")}
         deadline = time.monotonic() + 10
         while (shown := run("reach", "--json", env=relay_dir)).returncode or json.loads(shown.stdout)[

@@ -53,7 +53,7 @@ from peerkit.dht.record import (
     own_entry,
 )
 from peerkit.dht.transport import Datagrams, UdpDatagrams
-from peerkit.discovery.base import Announcement, DiscoverySession, DiscoverySink, read_record
+from peerkit.discovery.base import Announcement, DiscoverySession, DiscoverySink, offers_relay, read_record
 from peerkit.errors import InvalidRecord
 from peerkit.identity import PeerId
 from peerkit.model import EndPoint, Scope
@@ -435,6 +435,7 @@ class _Session:
         # The node's seq, or above the last this provider used (a withdrawal, or a conflict).
         base = max(record.seq, self._seq + 1) if withdrawn else max(record.seq, self._seq)
         addresses = [] if withdrawn else [(e.host, e.port, e.how) for e in endpoints if e.relay is None]
+        relaying = offers_relay(record)
         relays = [(e.host, e.port, e.relay.key) for e in endpoints if e.relay is not None and not withdrawn]
 
         def build(tops: list[MutableItem]) -> MutableItem:
@@ -444,7 +445,13 @@ class _Session:
                 own = None
                 if not withdrawn:
                     own = fit_record(
-                        signer, seq, nickname=nickname, endpoint_name=name, endpoints=addresses, relays=relays
+                        signer,
+                        seq,
+                        nickname=nickname,
+                        endpoint_name=name,
+                        endpoints=addresses,
+                        relays=relays,
+                        relay=relaying,
                     )
                 now_ms = int(time.time() * 1000)
                 return merged_item(signer, own, seq, key, tag=self._tag, current=tops, now_ms=now_ms)
@@ -454,7 +461,7 @@ class _Session:
             current = tops[0]
             if len(tops) == 1:
                 mine = own_entry(current, self._tag, key)
-                if _says(mine, nickname, name, endpoints, withdrawn):
+                if _says(mine, nickname, name, endpoints, withdrawn, relaying):
                     # This device's entry is there, says what it would say, and is fresh enough
                     # that the other devices keep it (STALE): nothing to write; the item is put
                     # again as it is.
@@ -506,7 +513,7 @@ class _Session:
 
 
 def _says(
-    envelope: bytes | None, nickname: str, name: str, says: tuple[EndPoint, ...], withdrawn: bool
+    envelope: bytes | None, nickname: str, name: str, says: tuple[EndPoint, ...], withdrawn: bool, relay: bool
 ) -> bool:
     # Whether this device's entry (``envelope``; None: it has none) says what it would publish
     # now (the same nickname, endpoint name and addresses, or nothing when it withdraws), and is
@@ -522,7 +529,7 @@ def _says(
     if record.seq < time.time() * 1000 - STALE * 500:
         return False
     # (A record cut to fit never says all of it: such a device writes at each publication.)
-    return (nick, endpoint_name, endpoints) == (nickname, name, says)
+    return (nick, endpoint_name, endpoints, offers_relay(record)) == (nickname, name, says, relay)
 
 
 async def _locator_key(sink: DiscoverySink, peer_id: PeerId | None) -> bytes | None:

@@ -123,6 +123,7 @@ def fit_record(
     endpoint_name: str,
     endpoints: Sequence[tuple[str, int] | tuple[str, int, str]],
     relays: Sequence[tuple[str, int, bytes]] = (),
+    relay: bool = False,
     limit: int = MAX_SEALED_ENVELOPE,
 ) -> bytes:
     """The node's signed record, cut to at most ``limit`` bytes by the module's rule."""
@@ -130,7 +131,7 @@ def fit_record(
     name, nick = endpoint_name, nickname
     while True:
         envelope = make_record(
-            signer, seq, nickname=nick, endpoint_name=name, endpoints=addresses, relays=through
+            signer, seq, nickname=nick, endpoint_name=name, endpoints=addresses, relays=through, relay=relay
         )
         if len(envelope) <= limit:
             return envelope

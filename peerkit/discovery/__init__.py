@@ -14,6 +14,7 @@ from peerkit.discovery.base import (
     DiscoverySink,
     NearbyRecord,
     make_record,
+    offers_relay,
     read_record,
 )
 from peerkit.discovery.mdns import MdnsDiscovery
@@ -35,6 +36,7 @@ __all__ = (
     "StaticEntry",
     "create_provider",
     "make_record",
+    "offers_relay",
     "provider_names",
     "read_record",
     "register_provider",

@@ -37,6 +37,7 @@ __all__ = (
     "DiscoverySink",
     "NearbyRecord",
     "make_record",
+    "offers_relay",
     "read_record",
 )
 
@@ -149,11 +150,13 @@ def make_record(
     endpoint_name: str,
     endpoints: Iterable[tuple[str, int] | tuple[str, int, str]],
     relays: Iterable[tuple[str, int, bytes]] = (),
+    relay: bool = False,
 ) -> bytes:
     """Sign a discovery record: ``{"id", "seq", "nick", "name", "addrs": [[host, port], ...]}``,
     ``"how": [mark, ...]`` beside ``"addrs"`` when an endpoint is given as ``(host, port, how)``
-    (``"mapped"``, ``"interface"``; ``""`` for one given without), and ``"relays": [[host, port,
-    relay id], ...]`` when the node is reachable through relays."""
+    (``"mapped"``, ``"interface"``; ``""`` for one given without), ``"relays": [[host, port,
+    relay id], ...]`` when the node is reachable through relays, and ``"relay": true`` when it
+    serves as a relay (:func:`offers_relay`)."""
     given = list(endpoints)[:MAX_ADDRESSES]
     addrs = [[item[0], item[1]] for item in given]
     marks = [item[2] if len(item) == 3 else "" for item in given]
@@ -163,7 +166,15 @@ def make_record(
     through = [[host, port, bytes(key)] for host, port, key in relays][:MAX_RELAYS]
     if through:
         content["relays"] = through
+    if relay:
+        content["relay"] = True
     return records.sign_record(signer, seq, content)
+
+
+def offers_relay(record: records.SignedRecord) -> bool:
+    """Whether a discovery record says its node serves as a relay (``"relay": true``: it can be
+    asked for a reservation, by its contacts at least)."""
+    return record.body.get("relay") is True
 
 
 def read_record(envelope: bytes) -> tuple[records.SignedRecord, str, str, tuple[EndPoint, ...]]:

@@ -8,6 +8,7 @@ Low-level errors are mapped to peerkit's here, once, keeping the cause.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import math
 import time
@@ -531,6 +532,9 @@ class ChannelListener(anyio.abc.AsyncResource):
         #: Serves connections that start with the relay preamble (``relay(stream, rest, source)``),
         #: when this node is a relay; None refuses them like any other unknown preamble.
         self.relay: Callable[[anyio.abc.ByteStream, bytes, str], Awaitable[None]] | None = None
+        #: When (anyio's clock) the listener last accepted a connection from a public address:
+        #: proof that peers on the Internet can dial this node (None: never).
+        self.accepted_publicly: float | None = None
         if hasattr(listener, "screen"):  # TCP: refused sources are closed as soon as accepted
             listener.screen = self._screen
 
@@ -565,6 +569,9 @@ class ChannelListener(anyio.abc.AsyncResource):
         """
 
         async def handle(stream: anyio.abc.ByteStream) -> None:
+            address = _remote(stream)
+            if isinstance(address, tuple) and _is_public(str(address[0])):
+                self.accepted_publicly = anyio.current_time()
             await self._handle(stream, handler, peek=self.relay is not None)
 
         self._handler = handler
@@ -698,6 +705,13 @@ async def listen(
         max_handshakes=max_handshakes,
         admission=admission,
     )
+
+
+def _is_public(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_global
+    except ValueError:
+        return False
 
 
 def _remote(stream: anyio.abc.ByteStream) -> object:

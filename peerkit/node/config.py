@@ -62,6 +62,9 @@ class NodeConfig:
     relays: tuple[EndPoint, ...] = ()
     #: Whether the node maps its port through the home router.
     port_mapping: bool = False
+    #: Whether the node, while it cannot be reached directly, keeps reservations on contacts
+    #: whose records say they relay.
+    auto_relay: bool = True
 
     @classmethod
     def create(
@@ -84,6 +87,7 @@ class NodeConfig:
         relay: bool | RelayPolicy = False,
         relays: Iterable[EndPoint] = (),
         port_mapping: bool | None = None,
+        auto_relay: bool = True,
     ) -> NodeConfig:
         """The checked configuration of ``Node(**options)``.
 
@@ -148,6 +152,7 @@ class NodeConfig:
             relay=(RelayPolicy() if relay is True else relay) or None,
             relays=tuple(dict.fromkeys(through)),
             port_mapping=default_on() if port_mapping is None else bool(port_mapping),
+            auto_relay=bool(auto_relay),
         )
 
 

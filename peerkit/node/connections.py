@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import ipaddress
 import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -143,6 +144,8 @@ class Me:
     relays: tuple[EndPoint, ...] = ()
     #: Its port as the home router maps it (the router's public address), while mapped.
     mapped: EndPoint | None = None
+    #: Whether its record says it serves as a relay.
+    relaying: bool = False
 
 
 class Connections:
@@ -209,6 +212,20 @@ class Connections:
         return [
             peer_id for peer_id, channels in self._controls.items() if any(not c.closed for c in channels)
         ]
+
+    def seen_publicly(self) -> set[str]:
+        """The addresses peers on the Internet (at public addresses, over direct channels) say
+        they see this node at (``"seen"`` in their pongs)."""
+        seen = set()
+        for channels in self._controls.values():
+            for control in channels:
+                address = control.channel.peer.address
+                if control.closed or control.seen is None or address is None or control.channel.relay:
+                    continue
+                with contextlib.suppress(ValueError):
+                    if ipaddress.ip_address(address[0]).is_global:
+                        seen.add(control.seen[0])
+        return seen
 
     def controls(self, peer_id: PeerId) -> list[ControlChannel]:
         """The open control channels to ``peer_id``."""

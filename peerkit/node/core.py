@@ -140,6 +140,9 @@ class Node(EventMethods, FindingMethods):
         one is held, peers reach this node through it, and its record says so.
     :param port_mapping: map the port through the home router (NAT-PMP or UPnP) when the node
         listens behind one; default on, unless ``PEERKIT_PORT_MAPPING=off`` is in the environment.
+    :param auto_relay: while the node cannot be reached directly (no mapped port, and peers see
+        it at an address not its own), keep reservations on up to two contacts whose records say
+        they relay (:attr:`Reach.auto_relays`), as well as on ``relays``.
 
     Several nodes may run in one process. Using a node before ``async with`` or after it raises
     :class:`~peerkit.NotRunning`.
@@ -165,6 +168,7 @@ class Node(EventMethods, FindingMethods):
         relay: bool | RelayPolicy = False,
         relays: Iterable[EndPoint] = (),
         port_mapping: bool | None = None,
+        auto_relay: bool = True,
     ) -> None:
         config = NodeConfig.create(
             nickname=nickname,
@@ -184,6 +188,7 @@ class Node(EventMethods, FindingMethods):
             relay=relay,
             relays=relays,
             port_mapping=port_mapping,
+            auto_relay=auto_relay,
         )
         #: The checked options this node was built with.
         self.config = config
@@ -252,6 +257,9 @@ class Node(EventMethods, FindingMethods):
             me=self._me,
             changed=lambda: self._nearby.republish(),  # noqa: PLW0108 (made later)
             port_mapping=config.port_mapping,
+            auto_relay=config.auto_relay,
+            record_of=lambda control: self._requests.record_of(control),  # noqa: PLW0108 (made later)
+            internet=lambda: bool(self._scope & Scope.INTERNET),
         )
         self._invitations = Invitations(
             policy=config.invitation_policy,
@@ -377,7 +385,13 @@ class Node(EventMethods, FindingMethods):
             self._connections.start(self._tg, self._me)
             self._locator.start(self._tg)
             await self._tg.start(self._listener.serve, self._connections.on_channel)
-            self._reaching.start(self._tg, self._listener.take, EndPoint(*self._listener.address))
+            channels = self._listener
+            self._reaching.start(
+                self._tg,
+                channels.take,
+                EndPoint(*channels.address),
+                accepted_publicly=lambda: channels.accepted_publicly,
+            )
             failure: DiscoveryError | None = None
             try:
                 await self._nearby.start(self._tg, self._identity.id)
@@ -452,6 +466,7 @@ class Node(EventMethods, FindingMethods):
             endpoint=self._endpoint,
             relays=self._reaching.endpoints,
             mapped=self._reaching.mapping.endpoint,
+            relaying=self._reaching.advertises,
         )
 
     @property
@@ -591,6 +606,7 @@ class Node(EventMethods, FindingMethods):
         if bool(before) != bool(after):
             self._local_presence_changed()
         self._bus.publish(Visibility())
+        self._reaching.wake()  # relays among the contacts are kept while signed in to INTERNET
 
     async def sign_in(self, scope: Scope) -> None:
         """Sign in to ``scope`` (NEAR_ME, INTERNET or ALL); signing in again is a no-op.
@@ -906,6 +922,7 @@ class Node(EventMethods, FindingMethods):
         if self.contacts.has(peer_id):
             assert self._tg is not None
             self._tg.start_soon(self.contacts.seen, peer_id)
+            self._reaching.wake()  # a contact that relays, for a node that cannot be reached?
 
     def _channel_closed(self, control: ControlChannel) -> None:
         self._publishing.end(control)

@@ -98,7 +98,7 @@ class Nearby:
         self._seq = 0
         #: The signed record this node publishes now (None before the first sign-in).
         self.record: bytes | None = None
-        # What the record says: nickname, endpoint name, addresses, relays, mapped endpoint.
+        # What the record says: nickname, endpoint name, addresses, relays, mapped endpoint, relaying.
         self._signed_as: tuple[object, ...] | None = None
         self._republish = anyio.Event()
         self._near_me = anyio.Event()  # set while signed in to NEAR_ME
@@ -190,9 +190,10 @@ class Nearby:
                 *((h, port, "interface") for h in hosts),
             ],
             relays=[(e.host, e.port, e.relay.key) for e in me.relays if e.relay is not None],
+            relay=me.relaying,
         )
         self.record = envelope
-        self._signed_as = (me.nickname, me.endpoint_name, hosts, me.relays, me.mapped)
+        self._signed_as = _says(me, hosts)
         return Announcement(
             id=me.identity.id, nickname=me.nickname, port=port, hosts=hosts, envelope=envelope
         )
@@ -231,7 +232,7 @@ class Nearby:
             hosts = self.hosts()
             me = self._me()
             scope = self._scope()
-            if scope and self._signed_as != (me.nickname, me.endpoint_name, hosts, me.relays, me.mapped):
+            if scope and self._signed_as != _says(me, hosts):
                 await self.publish(scope, hosts)
 
     # -- sign-in -----------------------------------------------------------------------------
@@ -391,3 +392,8 @@ def _endpoints_in(peer_id: PeerId, envelopes: list[bytes]) -> tuple[str, tuple[E
                 nickname = nickname or nick
                 endpoints.update(dict.fromkeys(found))
     return nickname, tuple(endpoints)
+
+
+def _says(me: Me, hosts: tuple[str, ...]) -> tuple[object, ...]:
+    # What a record signed now would say (a change is published again).
+    return (me.nickname, me.endpoint_name, hosts, me.relays, me.mapped, me.relaying)

@@ -22,6 +22,7 @@ import anyio
 import anyio.abc
 from anyio.abc import SocketAttribute
 
+from peerkit.discovery.base import offers_relay, read_record
 from peerkit.errors import PeerkitError, PeerUnreachable, ProtocolError
 from peerkit.identity import PeerId
 from peerkit.model import EndPoint
@@ -49,7 +50,7 @@ from peerkit.proto.requests import (
     seen_address,
 )
 
-__all__ = ("MAX_TAKING", "RENEW", "Reach", "ReachStep", "Reaching")
+__all__ = ("AUTO_RELAYS", "MAX_TAKING", "RENEW", "Reach", "ReachStep", "Reaching")
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +67,17 @@ MAX_PUNCHES: Final = 16
 MAX_PUNCHES_PER_PEER: Final = 4
 #: Seconds a punch request may wait for its answer.
 PUNCH_TIMEOUT: Final = 10.0
+#: Relays among its contacts a node keeps reservations on while it cannot be reached directly.
+AUTO_RELAYS: Final = 2
+#: Seconds between looks at this node's reachability and for contacts that relay.
+AUTO_CHECK: Final = 30.0
+#: Seconds before a contact's record is asked for again (whether it relays).
+AUTO_ASK_AGAIN: Final = 600.0
+#: Contacts asked at once whether they relay, and the seconds each answer may take.
+AUTO_ASK_AT_ONCE: Final = 16
+ASK_TIMEOUT: Final = 10.0
+#: Seconds a connection accepted from a public address proves this node reachable.
+PROVEN_FOR: Final = 3600.0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -78,6 +90,12 @@ class Reach:
     relays: tuple[EndPoint, ...]
     #: Whether it serves as a relay.
     relaying: bool
+    #: Whether peers elsewhere can dial it directly, as far as it can tell: with a mapped port,
+    #: or at an address of its own that peers on the Internet see it at (or, before any says, a
+    #: public address of its own). While not, it keeps reservations on contacts that relay.
+    reachable: bool = False
+    #: The relays among its contacts it chose to keep reservations on (it is not reachable).
+    auto_relays: tuple[EndPoint, ...] = ()
     #: The router's public address and the port it maps to the node (None: no mapping).
     mapped: EndPoint | None = None
     #: How the port is mapped (``"nat-pmp"``, ``"upnp"``), or None.
@@ -131,9 +149,24 @@ class Reaching:
         changed: Callable[[], None],
         port_mapping: bool = False,
         renew: float = RENEW,
+        auto_relay: bool = True,
+        record_of: Callable[[ControlChannel], Awaitable[bytes]] | None = None,
+        internet: Callable[[], bool] = lambda: False,
     ) -> None:
         #: The node's port mapped through the router.
-        self.mapping = PortMapping(enabled=port_mapping, changed=changed)
+        self.mapping = PortMapping(enabled=port_mapping, changed=self._mapping_changed)
+        self._auto_relay = auto_relay
+        self._internet = internet
+        self._record_of = record_of
+        self._is_contact = is_contact
+        #: Whether peers elsewhere can dial this node directly (see :attr:`Reach.reachable`).
+        self.reachable = False
+        #: Relays among its contacts this node keeps reservations on, and the scope of each.
+        self._auto: dict[EndPoint, anyio.CancelScope] = {}
+        #: When each contact was last asked whether it relays, and the endpoint to reserve on
+        #: when it does.
+        self._asked: dict[PeerId, tuple[float, EndPoint | None]] = {}
+        self._wake = anyio.Event()
         #: The relay this node serves as (None: it is not one).
         self.service = RelayService(policy, allowed=lambda key: is_contact(PeerId(key))) if policy else None
         self._relays = tuple(relays)
@@ -146,6 +179,7 @@ class Reaching:
         self._renew = renew
         self._take: Callable[[anyio.abc.ByteStream], Coroutine[Any, Any, None]] | None = None
         self._tg: anyio.abc.TaskGroup | None = None
+        self._accepted_publicly: Callable[[], float | None] = lambda: None
         #: The relays this node holds a reservation on now, and the channel each is held by.
         self._reserved: dict[EndPoint, ControlChannel] = {}
         self._announces: dict[ControlChannel, Announce] = {}
@@ -167,7 +201,12 @@ class Reaching:
     @property
     def endpoints(self) -> tuple[EndPoint, ...]:
         """The relays this node can be reached through now (those it holds a reservation on)."""
-        return tuple(e for e in self._relays if e in self._reserved)
+        return tuple(e for e in (*self._relays, *self._auto) if e in self._reserved)
+
+    @property
+    def advertises(self) -> bool:
+        """Whether this node's record says it serves as a relay (it does, and can be reached)."""
+        return self.service is not None and self.reachable
 
     def reach(self) -> Reach:
         """What :meth:`peerkit.Node.reach` reports of relays."""
@@ -176,6 +215,8 @@ class Reaching:
             reservations=self.endpoints,
             relays=self._relays,
             relaying=service is not None,
+            reachable=self.reachable,
+            auto_relays=tuple(self._auto),
             mapped=self.mapping.endpoint,
             mapping=self.mapping.method if self.mapping.endpoint is not None else None,
             mapping_problem=self.mapping.problem,
@@ -191,20 +232,29 @@ class Reaching:
         tg: anyio.abc.TaskGroup,
         take: Callable[[anyio.abc.ByteStream], Coroutine[Any, Any, None]],
         listening: EndPoint,
+        *,
+        accepted_publicly: Callable[[], float | None] = lambda: None,
     ) -> None:
         """Keep the port mapped and the reservations from now on, in ``tg``; circuits go to
-        ``take``. The node listens at ``listening`` (its bind address and port)."""
+        ``take``. The node listens at ``listening`` (its bind address and port);
+        ``accepted_publicly()`` says when its listener last accepted a connection from a public
+        address (proof that it can be reached)."""
         self._tg, self._take = tg, take
+        self._accepted_publicly = accepted_publicly
         self._listen_host = listening.host
         tg.start_soon(self.mapping.run, listening.host, listening.port)
         for relay in self._relays:
             tg.start_soon(self._keep, relay)
+        self.reachable = self._assess()
+        tg.start_soon(self._look_after_reachability)
 
     def clear(self) -> None:
         """Forget everything (the node stopped)."""
         self._reserved.clear()
         self._announces.clear()
         self._holes.clear()
+        self._auto.clear()
+        self._asked.clear()
         self._tg = self._take = None
 
     # -- as a relay ---------------------------------------------------------------------------
@@ -261,9 +311,9 @@ class Reaching:
         finally:
             self._taking -= 1
 
-    async def _keep(self, relay: EndPoint) -> None:
+    async def _keep(self, relay: EndPoint, *, chosen: bool = False) -> None:
         # Hold a reservation on ``relay`` until cancelled: reserve, renew, and after a failure
-        # try again later.
+        # try again later. A relay ``chosen`` among the contacts is given up when it refuses.
         assert relay.relay is not None
         delay = RETRY[0]
         while True:
@@ -281,7 +331,13 @@ class Reaching:
                         await control.wait_closed()
                     if control.closed:
                         raise ProtocolError("the channel to the relay closed")
-            except (PeerkitError, Refused, ValueError, TimeoutError) as exc:
+            except Refused as exc:
+                log.info("no reservation on %s: %s", relay, exc)
+                if chosen:
+                    self._reserved.pop(relay, None)
+                    self._changed()
+                    return
+            except (PeerkitError, ValueError, TimeoutError) as exc:
                 log.info("no reservation on %s: %s", relay, exc)
             if self._reserved.pop(relay, None) is not None:
                 self._changed()
@@ -299,6 +355,100 @@ class Reaching:
         if seen is not None:
             self.seen_host = seen[0]
         return ttl
+
+    # -- reachability, and relays among the contacts ---------------------------------------------
+    def wake(self) -> None:
+        """Look at reachability and for contacts that relay soon (a channel opened, a contact came)."""
+        self._wake.set()
+
+    def _mapping_changed(self) -> None:
+        self._wake.set()
+        self._changed()
+
+    def _assess(self) -> bool:
+        # Reachable: a mapped port, or a connection accepted from a public address within the
+        # hour. Not: peers on the Internet see it at addresses none of its own (a relay's "seen",
+        # a pong's: behind a NAT). Else, it can be if it has a public address of its own.
+        if self.mapping.endpoint is not None:
+            return True
+        accepted = self._accepted_publicly()
+        if accepted is not None and anyio.current_time() - accepted < PROVEN_FOR:
+            return True
+        own = set(local_addresses(self._listen_host, fallback=self._me().endpoint.host))
+        seen = self._connections.seen_publicly()
+        if self.seen_host is not None:
+            seen.add(self.seen_host)
+        if seen and not seen & own:
+            return False
+        return any(_is_public(host) for host in own)
+
+    async def _look_after_reachability(self) -> None:
+        while True:
+            with anyio.move_on_after(AUTO_CHECK):
+                await self._wake.wait()
+            self._wake = anyio.Event()
+            reachable = self._assess()
+            if reachable != self.reachable:
+                self.reachable = reachable
+                log.info("this node %s be reached directly", "can" if reachable else "cannot")
+                self._changed()
+            await self._choose_relays()
+
+    async def _choose_relays(self) -> None:
+        # While this node cannot be reached and is signed in to the Internet scope (where peers
+        # elsewhere look for it), keep reservations on up to AUTO_RELAYS contacts whose records
+        # say they relay (asked over the channels open to them; each answer remembered for
+        # AUTO_ASK_AGAIN); else release them.
+        wanted = not self.reachable and self._auto_relay and self._internet()
+        for relay, scope in list(self._auto.items()):
+            if not wanted:
+                scope.cancel()
+                del self._auto[relay]
+        if not wanted or self._record_of is None or self._tg is None:
+            return
+        now = anyio.current_time()
+        self._asked = {p: (t, e) for p, (t, e) in self._asked.items() if now - t < AUTO_ASK_AGAIN}
+        chosen = {e.relay for e in self._auto} | {e.relay for e in self._relays}
+        unasked = [
+            p
+            for p in self._connections.peers()
+            if p not in self._asked and p not in chosen and self._is_contact(p)
+        ]
+        async with anyio.create_task_group() as tg:  # at once: a contact that does not answer delays none
+            for peer_id in unasked[:AUTO_ASK_AT_ONCE]:
+                controls = self._connections.controls(peer_id)
+                if controls:
+                    self._asked[peer_id] = (now, None)
+                    tg.start_soon(self._ask_relay, peer_id, controls[0], now)
+        known = [e for _, e in self._asked.values() if e is not None and e.relay not in chosen]
+        for relay in known[: AUTO_RELAYS - len(self._auto)]:
+            log.info("keeping a reservation on %s, a contact that relays", relay)
+            self._auto[relay] = scope = anyio.CancelScope()
+            self._tg.start_soon(self._keep_chosen, relay, scope)
+
+    async def _ask_relay(self, peer_id: PeerId, control: ControlChannel, now: float) -> None:
+        # Whether ``peer_id`` relays (its record says so): the endpoint to reserve on, or None.
+        assert self._record_of is not None
+        try:
+            with anyio.fail_after(ASK_TIMEOUT):
+                envelope = await self._record_of(control)
+            record, _, _, endpoints = read_record(envelope)
+        except (PeerkitError, TimeoutError) as exc:
+            log.debug("could not ask %s whether it relays: %s", peer_id.fingerprint, exc)
+            return
+        public = [e for e in endpoints if e.relay is None and (e.how == "mapped" or _is_public(e.host))]
+        if offers_relay(record) and public:
+            self._asked[peer_id] = (now, EndPoint(public[0].host, public[0].port, relay=peer_id))
+
+    async def _keep_chosen(self, relay: EndPoint, scope: anyio.CancelScope) -> None:
+        with scope:
+            await self._keep(relay, chosen=True)  # returns when the relay refuses
+            assert relay.relay is not None
+            self._asked[relay.relay] = (anyio.current_time(), None)  # asked again after AUTO_ASK_AGAIN
+        if self._auto.get(relay) is scope:
+            del self._auto[relay]
+        if self._reserved.pop(relay, None) is not None:
+            self._changed()
 
     # -- tracing ---------------------------------------------------------------------------------
     async def trace(
@@ -542,6 +692,13 @@ class Reaching:
         finally:
             punch.close()
             self._punched_one(peer)
+
+
+def _is_public(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_global
+    except ValueError:
+        return False
 
 
 def _announcer(control: ControlChannel) -> Announce:

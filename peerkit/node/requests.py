@@ -179,7 +179,15 @@ class Requests:
 
     async def fetch_record(self, host: str, port: int, peer_id: PeerId | None) -> bytes:
         """The signed record the node at ``host:port`` publishes (for the static provider)."""
-        control = await self._control_to(peer_id, EndPoint(host, port), exact=True)
+        return await self.record_of(await self._control_to(peer_id, EndPoint(host, port), exact=True))
+
+    async def record_of(self, control: ControlChannel) -> bytes:
+        """The signed record the peer at the other end of ``control`` publishes, verified.
+
+        :raises ProtocolError: when it refuses, or sends a record that does not verify or is
+            another peer's.
+        :raises TimeoutError: when it does not answer in time.
+        """
         pending = await control.start_request({"t": "record"})
         with anyio.fail_after(self._record_timeout):
             reply = await pending.wait()

@@ -81,6 +81,7 @@ async def test_contacts_persist_across_restarts_in_a_wal_database_with_a_schema_
         assert again == added
         assert (again.nickname, again.display_name, again.email) == ("bob", "Bob B.", "bob@example.org")
         assert again.endpoints == (EndPoint("10.1.2.3", 7000),)
+        assert (again.endpoints[0].relay, again.endpoints[0].how) == (None, "")  # every field is there
         assert again.subscribe_allowed is SubscribePermission.ALLOWED
         assert not again.is_subscribed
         assert node.contacts.me.display_name == "Alice A."

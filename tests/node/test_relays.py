@@ -213,3 +213,90 @@ async def test_a_silent_address_first_in_the_record_costs_a_stagger_not_a_timeou
                     await stream.send(b"x")
                     assert await stream.receive() == b"x"
         assert anyio.current_time() - start < 1.5
+
+
+PUBLIC_RELAY, PUBLIC_ALICE = "11.0.0.1", "11.0.2.3"  # public addresses (the rest are private)
+
+
+@asynccontextmanager
+async def contact_relay(
+    *, bob_host: str = BOB_HOST, mutual: bool = True, relay: bool = True
+) -> AsyncIterator[tuple[MemoryNetwork, Node, Node]]:
+    """A relay at a public address (serving its contacts) and bob, its contact, with a channel
+    open to it (as watching it would open) and no relays configured."""
+    net, medium = MemoryNetwork(), MemoryDiscovery()
+    bob_id = Identity.generate()
+    host = Node(
+        nickname="relay",
+        identity=Identity.generate(),
+        network=net,
+        listen=(PUBLIC_RELAY, 7000),
+        relay=relay,
+        discovery=[medium],
+    )
+    async with host:
+        if mutual:
+            await host.contacts.add(bob_id.id, nickname="bob")
+        await host.sign_in(Scope.NEAR_ME)
+        net.firewall(BOB_HOST)
+        bob = Node(nickname="bob", identity=bob_id, network=net, listen=(bob_host, 7000), discovery=[medium])
+        async with bob:
+            await bob.register_application(CHAT)
+            await bob.sign_in(Scope.ALL)  # (relays among contacts are for the Internet scope)
+            await bob.contacts.add(host.id, nickname="relay", endpoints=[host.endpoint])
+            await bob.peer_at(PUBLIC_RELAY, 7000, host.id)
+            yield net, host, bob
+
+
+async def test_a_node_that_cannot_be_reached_keeps_a_reservation_on_a_contact_that_relays() -> None:
+    async with contact_relay() as (net, relay, bob):
+        assert relay.reach().reachable  # a public address of its own: its record says it relays
+        assert not bob.reach().reachable  # a private address, no mapping
+        expected = EndPoint(PUBLIC_RELAY, 7000, relay=relay.id)
+        await eventually(lambda: bob.reach().reservations == (expected,))
+        assert bob.reach().auto_relays == (expected,)
+        assert bob.reach().relays == ()  # none configured
+        # A stranger elsewhere reaches bob through it.
+        async with Node(
+            nickname="alice",
+            identity=Identity.generate(),
+            network=net,
+            listen=(ALICE_HOST, 7000),
+            discovery=[relay._providers[0]],
+        ) as alice:
+            await alice.register_application(CHAT)
+            await alice.sign_in(Scope.NEAR_ME)
+            bob.add_invitation_handler(CHAT, accept_all)
+            await eventually(
+                lambda: any(e.relay for p in alice.nearby() if p.id == bob.id for e in p.endpoints)
+            )
+            peer = next(p for p in alice.nearby() if p.id == bob.id)
+            assert await peer.invite(CHAT, timeout=5) == ACCEPTED
+
+
+async def test_a_node_that_can_be_reached_keeps_no_reservation_and_lets_go_once_it_can() -> None:
+    async with contact_relay() as (net, _relay, bob):
+        await eventually(lambda: bob.reach().auto_relays)
+        await bob.sign_out(Scope.INTERNET)  # only near me: nobody elsewhere looks for him
+        await eventually(lambda: not bob.reach().auto_relays and not bob.reach().reservations)
+        await bob.sign_in(Scope.INTERNET)
+        await eventually(lambda: bob.reach().auto_relays)  # (its answer was remembered)
+        # Bob's firewall goes, and a peer at a public address dials him: he can be reached.
+        net.firewall(BOB_HOST, on=False)
+        async with Node(identity=Identity.generate(), network=net, listen=(PUBLIC_ALICE, 7000)) as alice:
+            await bob.contacts.add(alice.id, nickname="alice")
+            await alice.peer_at(BOB_HOST, 7000, bob.id)
+            await eventually(lambda: bob.reach().reachable)
+            await eventually(lambda: not bob.reach().auto_relays and not bob.reach().reservations)
+    async with contact_relay(bob_host="11.0.1.2") as (_, _relay, bob):  # a public address of his own
+        assert bob.reach().reachable
+        await anyio.sleep(0.3)
+        assert bob.reach().auto_relays == ()
+
+
+@pytest.mark.parametrize("how", ["not-a-relay", "not-its-contact"])
+async def test_a_contact_that_does_not_relay_for_it_is_not_kept(how: str) -> None:
+    async with contact_relay(relay=how != "not-a-relay", mutual=how != "not-its-contact") as (_, _relay, bob):
+        await anyio.sleep(0.5)  # asked, and (not its contact) refused
+        assert bob.reach().auto_relays == ()
+        assert bob.reach().reservations == ()

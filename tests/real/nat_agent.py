@@ -92,6 +92,8 @@ async def node_main(args: argparse.Namespace) -> None:
                             "mapping": reach.mapping,
                             "problem": reach.mapping_problem,
                             "reservations": [f"{e.host}:{e.port}" for e in reach.reservations],
+                            "auto": [f"{e.host}:{e.port}" for e in reach.auto_relays],
+                            "reachable": reach.reachable,
                             "circuits": reach.stats.circuits if reach.stats else 0,
                             "punched": reach.punched,
                             "punch_failures": reach.punch_failures,

@@ -244,3 +244,29 @@ async def test_when_a_relay_dies_another_one_takes_over(lan: NamespaceLan, tmp_p
         assert answer["invite"] == "ACCEPTED"
         assert answer["seconds"] < 10  # the dead relay refused at once; the other one carried it
         await reach_until(bob, lambda r: len(r["reservations"]) == 1, timeout=60)
+
+
+async def test_behind_a_nat_a_contact_that_relays_is_kept_as_a_relay(
+    lan: NamespaceLan, tmp_path: Path
+) -> None:
+    needed("NAT tests", tools())
+    async with agents(AGENT) as start:
+        net, bootstrap = await internet(lan, start)
+        ns_relay, (relay_address,) = lan.host(net)
+        relay = await node(start, ns_relay, "relay", bootstrap, tmp_path, "--relay")
+        home, office = lan.router(net), lan.router(net)
+        ns_bob, _ = lan.host(home.lan, gateway=home.lan_address)
+        ns_alice, _ = lan.host(office.lan, gateway=office.lan_address)
+        bob = await node(start, ns_bob, "bob", bootstrap, tmp_path)  # no relay configured
+        alice = await node(start, ns_alice, "alice", bootstrap, tmp_path)
+        assert (await ask(relay, "reach", cmd="reach"))["reach"]["reachable"]  # its record says it relays
+        await introduce(bob, relay)
+        assert (await ask(bob, "invite", cmd="invite", id=relay.ready))["invite"] == "ACCEPTED"
+        reach = await reach_until(bob, lambda r: r["reservations"])  # bob, behind a NAT, chose it
+        assert reach["auto"] == reach["reservations"] == [f"{relay_address}:7000"]
+        assert reach["reachable"] is False
+        await introduce(alice, bob, relayed=True)
+        answer = await ask(alice, "invite", cmd="invite", id=bob.ready)
+        assert answer["invite"] == "ACCEPTED"
+        received = (await ask(bob, "received", cmd="received"))["received"]
+        assert received == [[relay_address, 7000]]  # through the contact that relays
