@@ -239,7 +239,7 @@ def serve(
         bool,
         typer.Option(
             "--port-mapping/--no-port-mapping",
-            help="Map the port through the home router (NAT-PMP or UPnP) when behind one.",
+            help="Map the port through the home router (PCP, NAT-PMP or UPnP) when behind one.",
         ),
     ] = True,
     data_dir: DataDir = None,

@@ -323,18 +323,54 @@ async def agents(script: str) -> AsyncIterator[Callable[..., Any]]:
 # -- a NAT-PMP router on loopback ------------------------------------------------------------
 class NatPmpRouter:
     """A NAT-PMP router on loopback, written from RFC 6886: public address 203.0.113.9, each
-    mapping given the suggested port (or internal + 10000) for at most an hour."""
+    mapping given the suggested port (or internal + 10000) for at most an hour. With ``pcp`` it
+    also speaks PCP (RFC 6887: ANNOUNCE and MAP, a mapping kept by its nonce); without, it answers
+    PCP as a NAT-PMP router does ("unsupported version")."""
 
     def __init__(
-        self, sock: anyio.abc.UDPSocket, *, drop_first: int = 0, refuse: int = 0, max_lifetime: int = 3600
+        self,
+        sock: anyio.abc.UDPSocket,
+        *,
+        drop_first: int = 0,
+        refuse: int = 0,
+        max_lifetime: int = 3600,
+        pcp: bool = False,
     ) -> None:
         self.sock = sock
         self.drop = drop_first
         self.refuse = refuse
         self.max_lifetime = max_lifetime
+        self.pcp = pcp
+        #: The UDP port it answers on.
+        self.port: int = sock.extra(anyio.abc.SocketAttribute.local_port)
         self.epoch = 7
         self.mappings: dict[tuple[int, int], tuple[int, int]] = {}
+        #: PCP mappings: (protocol number, internal port) -> (nonce, external port, lifetime).
+        self.pcp_mappings: dict[tuple[int, int], tuple[bytes, int, int]] = {}
         self.requests = 0
+
+    def _pcp_answer(self, data: bytes) -> bytes:
+        opcode, lifetime = data[1], struct.unpack("!I", data[4:8])[0]
+        code, body = 0, b""
+        if self.refuse:
+            code = self.refuse
+        elif opcode == 1:  # MAP
+            nonce, number, internal, suggested = struct.unpack("!12sB3xHH", data[24:44])
+            held = self.pcp_mappings.get((number, internal))
+            if held is not None and held[0] != nonce:
+                code = 2  # NOT_AUTHORIZED: another client's mapping
+            elif lifetime == 0:
+                self.pcp_mappings.pop((number, internal), None)
+                suggested = 0
+            else:
+                suggested = suggested or internal + 10000
+                lifetime = min(lifetime, self.max_lifetime)
+                self.pcp_mappings[(number, internal)] = (nonce, suggested, lifetime)
+            public = bytes(10) + b"\xff\xff" + bytes([203, 0, 113, 9])
+            body = struct.pack("!12sB3xHH16s", nonce, number, internal, suggested, public)
+        elif opcode != 0:
+            code = 4  # UNSUPP_OPCODE
+        return struct.pack("!BBxBII12x", 2, 0x80 | opcode, code, lifetime, self.epoch) + body
 
     async def serve(self) -> None:
         async for data, source in self.sock:
@@ -343,7 +379,12 @@ class NatPmpRouter:
                 self.drop -= 1  # lost on the way: the client must send again
                 continue
             opcode = data[1]
-            if self.refuse:
+            if data[0] == 2:  # PCP
+                if self.pcp:
+                    reply = self._pcp_answer(data)
+                else:  # RFC 6887 section 9: a NAT-PMP router answers "unsupported version"
+                    reply = struct.pack("!BBHI", 0, 128 + opcode, 1, self.epoch)
+            elif self.refuse:
                 reply = struct.pack("!BBHI", 0, 128 + opcode, self.refuse, self.epoch) + bytes(8)
             elif opcode == 0:
                 reply = struct.pack("!BBHI4s", 0, 128, 0, self.epoch, bytes([203, 0, 113, 9]))
@@ -361,7 +402,7 @@ class NatPmpRouter:
 
 
 @asynccontextmanager
-async def natpmp_router(**options: int) -> AsyncIterator[tuple[NatPmpRouter, NatPmpClient]]:
+async def natpmp_router(**options: int | bool) -> AsyncIterator[tuple[NatPmpRouter, NatPmpClient]]:
     async with await anyio.create_udp_socket(local_host="127.0.0.1") as sock, anyio.create_task_group() as tg:
         made = NatPmpRouter(sock, **options)
         tg.start_soon(made.serve)

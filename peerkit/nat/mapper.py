@@ -1,4 +1,4 @@
-"""Keeping ports mapped through the home router while a node runs (NAT-PMP or UPnP).
+"""Keeping ports mapped through the home router while a node runs (PCP, NAT-PMP or UPnP).
 
 :class:`PortMapper` asks the router for its public address and maps each port; it renews each
 mapping when half its lifetime has passed, maps them all again when the router's epoch says it
@@ -63,8 +63,9 @@ async def default_gateway() -> str | None:
 
 
 class RouterClient(Shape):
-    """What :class:`PortMapper` asks a router through: :class:`~peerkit.nat.client.NatPmpClient`
-    or :class:`~peerkit.nat.igd.IgdClient`. Each raises a ``PortMappingError`` when it fails."""
+    """What :class:`PortMapper` asks a router through: :class:`~peerkit.nat.client.NatPmpClient`,
+    :class:`~peerkit.nat.client.PcpClient` or :class:`~peerkit.nat.igd.IgdClient`. Each raises a
+    ``PortMappingError`` when it fails."""
 
     async def external_address(self) -> ExternalAddress:
         """The router's public address."""
@@ -139,14 +140,16 @@ class PortMapper:
             log.info("the router lost its mappings (it restarted): mapping again")
             self.mappings.clear()
         self._epoch = (external.epoch, now)
-        if self.external is None or self.external.address != external.address:
-            log.info("the router's public address is %s", external.address)
-        self.external = external
         for protocol, port in self.ports:
             held = self.mappings.get((protocol, port))
             suggestion = held.external_port if held is not None else port
             mapping = await self.client.map(protocol, port, external_port=suggestion, lifetime=self.lifetime)
             self.mappings[(protocol, port)] = mapping
+            if mapping.external_address:  # (PCP tells it with each mapping)
+                external = ExternalAddress(mapping.external_address, external.epoch)
+        if self.external is None or self.external.address != external.address:
+            log.info("the router's public address is %s", external.address)
+        self.external = external
 
     async def _unmap_all(self) -> None:
         for protocol, port in list(self.mappings):

@@ -71,13 +71,15 @@ class ExternalAddress:
 
 @dataclass(frozen=True, slots=True)
 class Mapping:
-    """A port of the router mapped to a port of this host, for ``lifetime`` seconds (0: removed)."""
+    """A port of the router mapped to a port of this host, for ``lifetime`` seconds (0: removed);
+    ``external_address`` is the public address mapped, when the answer says (PCP, UPnP)."""
 
     protocol: Protocol
     internal_port: int
     external_port: int
     lifetime: int
     epoch: int
+    external_address: str | None = None
 
 
 def external_address_request() -> bytes:

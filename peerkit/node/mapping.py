@@ -1,11 +1,12 @@
 """The node's port, mapped through the home router while it runs (``Node(port_mapping=...)``).
 
 When the node listens on a wildcard or private IPv4 address and the host has a default gateway,
-the part asks the gateway over NAT-PMP (RFC 6886) and looks for a UPnP Internet gateway on the
-LAN at the same time; through whichever answers (NAT-PMP preferred) it maps the node's TCP port
-and the UDP port of the same number (its DHT node's), renews the mappings, and removes them when
-the node stops. While the TCP mapping holds, :attr:`PortMapping.endpoint` is the router's public
-address and the mapped port: the node publishes it first in its record.
+the part asks the gateway over PCP (RFC 6887) and NAT-PMP (RFC 6886) and looks for a UPnP
+Internet gateway on the LAN at the same time; through whichever answers (PCP preferred, then
+NAT-PMP) it maps the node's TCP port and the UDP port of the same number (its DHT node's), renews
+the mappings, and removes them when the node stops. While the TCP mapping holds,
+:attr:`PortMapping.endpoint` is the router's public address and the mapped port: the node
+publishes it first in its record.
 
 ``PEERKIT_PORT_MAPPING=off`` in the environment turns the default off (for a network where the
 router must not be asked; peerkit's own test suite sets it).
@@ -23,7 +24,7 @@ import anyio
 import anyio.abc
 
 from peerkit.model import EndPoint
-from peerkit.nat.client import NatPmpClient
+from peerkit.nat.client import NatPmpClient, PcpClient
 from peerkit.nat.igd import IgdClient
 from peerkit.nat.mapper import PortMapper, RouterClient, default_gateway
 from peerkit.nat.natpmp import PortMappingError
@@ -59,7 +60,7 @@ class PortMapping:
         self.enabled = enabled
         self._changed = changed
         self._mapper: PortMapper | None = None
-        #: How the port is mapped: ``"nat-pmp"``, ``"upnp"``, or None.
+        #: How the port is mapped: ``"pcp"``, ``"nat-pmp"``, ``"upnp"``, or None.
         self.method: str | None = None
         #: Why there is no mapping (None while there is one, or before the first try).
         self.problem: str | None = None if enabled else "port mapping is off"
@@ -99,19 +100,25 @@ class PortMapping:
         await self._mapper.run()
 
     async def _find(self, gateway: str, local_host: str) -> RouterClient | None:
-        # Both ways at once; NAT-PMP's answer is taken when it has one.
+        # Every way at once; PCP's answer is taken when it has one, then NAT-PMP's (the gateway
+        # answers both at once, or not), then UPnP's.
         found: dict[str, RouterClient] = {}
         reasons: list[str] = []
 
-        async def natpmp() -> None:
-            client = NatPmpClient(gateway)
+        async def ask(method: str, client: PcpClient | NatPmpClient) -> None:
             try:
                 await client.external_address()
             except PortMappingError as exc:
-                reasons.append(f"NAT-PMP: {exc}")
+                reasons.append(f"{method.upper()}: {exc}")
             else:
-                found["nat-pmp"] = client
-                tg.cancel_scope.cancel()
+                found[method] = client
+
+        async def port_control() -> None:
+            async with anyio.create_task_group() as both:
+                both.start_soon(ask, "pcp", PcpClient(gateway))
+                both.start_soon(ask, "nat-pmp", NatPmpClient(gateway))
+            if found:
+                tg.cancel_scope.cancel()  # no need to wait for UPnP's search
 
         async def upnp() -> None:
             try:
@@ -120,14 +127,14 @@ class PortMapping:
                 reasons.append(f"UPnP: {exc}")
 
         async with anyio.create_task_group() as tg:
-            tg.start_soon(natpmp)
+            tg.start_soon(port_control)
             tg.start_soon(upnp)
-        for method in ("nat-pmp", "upnp"):
+        for method in ("pcp", "nat-pmp", "upnp"):
             if method in found:
                 self.method = method
                 log.info("mapping the node's port through %s at %s", method, gateway)
                 return found[method]
-        self.problem = "the router answers neither NAT-PMP nor UPnP (" + "; ".join(reasons) + ")"
+        self.problem = "the router answers neither PCP, NAT-PMP nor UPnP (" + "; ".join(reasons) + ")"
         log.info("no port mapping: %s", self.problem)
         return None
 

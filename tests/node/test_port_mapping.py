@@ -10,6 +10,7 @@ from conftest import natpmp_router
 
 from peerkit import EndPoint, Identity, Node, Scope
 from peerkit.discovery.memory import MemoryDiscovery
+from peerkit.nat.client import PcpClient
 from peerkit.nat.igd import IgdClient
 from peerkit.nat.upnp import UpnpError
 from peerkit.node import mapping
@@ -52,10 +53,13 @@ async def test_a_node_not_behind_a_router_asks_no_router(
 
 
 @pytest.mark.anyio
+@pytest.mark.parametrize("method", ["pcp", "nat-pmp"])
 async def test_a_mapped_port_is_published_first_and_removed_at_the_end(
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, method: str
 ) -> None:
-    async with natpmp_router() as (router, client):
+    # A router that speaks PCP is asked over PCP; one that speaks only NAT-PMP answers PCP with
+    # "unsupported version", and NAT-PMP maps.
+    async with natpmp_router(pcp=method == "pcp") as (router, client):
 
         async def loopback_gateway() -> str:
             return "127.0.0.1"
@@ -65,6 +69,9 @@ async def test_a_mapped_port_is_published_first_and_removed_at_the_end(
 
         monkeypatch.setattr(mapping, "default_gateway", loopback_gateway)
         monkeypatch.setattr(mapping, "NatPmpClient", lambda gateway: client)
+        monkeypatch.setattr(
+            mapping, "PcpClient", lambda gateway: PcpClient(gateway, port=router.port, first_wait=0.05)
+        )
         monkeypatch.setattr(mapping.IgdClient, "discover", no_ssdp)
         net, medium = MemoryNetwork(), MemoryDiscovery()
         bob = Node(
@@ -79,11 +86,19 @@ async def test_a_mapped_port_is_published_first_and_removed_at_the_end(
             await bob.sign_in(Scope.NEAR_ME)
             await alice.sign_in(Scope.NEAR_ME)
             public = EndPoint("203.0.113.9", 7000)
+            held = router.pcp_mappings if method == "pcp" else router.mappings
             with anyio.fail_after(10):
-                while len(router.mappings) < 2 or [p.endpoints[0] for p in alice.nearby()] != [public]:
+                while len(held) < 2 or [p.endpoints[0] for p in alice.nearby()] != [public]:
                     await anyio.sleep(0.05)
             assert alice.nearby()[0].endpoints[1] == EndPoint("10.0.0.2", 7000)
+            assert [e.how for e in alice.nearby()[0].endpoints] == ["mapped", "interface"]
             reach = bob.reach()
-            assert (reach.mapped, reach.mapping, reach.mapping_problem) == (public, "nat-pmp", None)
-            assert router.mappings == {(1, 7000): (7000, 3600), (2, 7000): (7000, 3600)}  # UDP and TCP
-        assert router.mappings == {}  # removed when the node stopped
+            assert (reach.mapped, reach.mapping, reach.mapping_problem) == (public, method, None)
+            assert reach.reachable  # a mapped port: peers elsewhere can dial it
+            udp, tcp = (17, 6) if method == "pcp" else (1, 2)  # the protocol numbers each speaks
+            assert {k: v[-2:] for k, v in held.items()} == {
+                (udp, 7000): (7000, 3600),
+                (tcp, 7000): (7000, 3600),
+            }
+            assert (router.mappings if method == "pcp" else router.pcp_mappings) == {}  # one way only
+        assert held == {}  # removed when the node stopped

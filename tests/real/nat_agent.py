@@ -2,6 +2,9 @@
 
 Modes:
   testnet --addresses ADDR[,ADDR...]     plain DHT nodes (as in dht_lan_agent.py)
+  mapping                                maps TCP ports 7101-7103 through the default gateway by PCP,
+                                         NAT-PMP and UPnP; prints {"ready": {method: [address, port,
+                                         lifetime]}}, then removes them at a line on stdin
   node --nickname NAME --bootstrap HOST:PORT --data-dir DIR [--port P] [--relay] [--via RELAY]...
        [--port-mapping]
       A peerkit node on 0.0.0.0:P with the dht provider, signed in to INTERNET, accepting
@@ -145,6 +148,32 @@ async def stream_to(contact: peerkit.Contact, size: int, start: float) -> dict[s
     }
 
 
+async def mapping_main(args: argparse.Namespace) -> None:
+    # Each way of port mapping asks the router for one TCP port (7101: PCP, 7102: NAT-PMP, 7103:
+    # UPnP), says what it got, and removes it when told.
+    from peerkit.nat.client import NatPmpClient, PcpClient
+    from peerkit.nat.igd import IgdClient
+    from peerkit.nat.mapper import default_gateway
+
+    gateway = await default_gateway()
+    assert gateway is not None
+    clients: dict[str, Any] = {
+        "pcp": PcpClient(gateway),
+        "nat-pmp": NatPmpClient(gateway),
+        "upnp": await IgdClient.discover(local_host="0.0.0.0"),
+    }
+    got = {}
+    for port, (method, client) in enumerate(clients.items(), start=7101):
+        external = await client.external_address()
+        mapping = await client.map("tcp", port, external_port=port, lifetime=600)
+        got[method] = [mapping.external_address or external.address, mapping.external_port, mapping.lifetime]
+    emit(ready=got)
+    await anyio.wrap_file(sys.stdin).readline()
+    for port, (_, client) in enumerate(clients.items(), start=7101):
+        await client.unmap("tcp", port)
+    emit(unmapped=True)
+
+
 def main() -> None:
     if os.environ.get("AGENT_LOG"):  # AGENT_LOG=1 pytest ... -s: the agents' logs on stderr
         logging.basicConfig(level=logging.INFO)
@@ -160,8 +189,11 @@ def main() -> None:
     node.add_argument("--relay", action="store_true")
     node.add_argument("--via", action="append", default=[])
     node.add_argument("--port-mapping", action="store_true")
+    modes.add_parser("mapping")
     args = parser.parse_args()
-    if args.mode == "testnet":
+    if args.mode == "mapping":
+        anyio.run(mapping_main, args)
+    elif args.mode == "testnet":
         from dht_lan_agent import testnet_main
 
         anyio.run(testnet_main, args)

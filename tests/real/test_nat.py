@@ -124,7 +124,7 @@ async def test_behind_a_upnp_router_a_contact_connects_directly_through_the_mapp
         alice = await node(start, ns_alice, "alice", bootstrap, tmp_path)
         reach = await reach_until(bob, lambda r: r["mapped"])
         assert reach["mapped"] == f"{home.public_address}:7000"
-        assert reach["mapping"] in ("nat-pmp", "upnp")  # miniupnpd answers both; NAT-PMP is asked first
+        assert reach["mapping"] == "pcp"  # miniupnpd speaks PCP, NAT-PMP and UPnP; PCP is preferred
         await introduce(alice, bob)
         took = await invitations(alice, bob)
         streamed = await ask(alice, "echoed", cmd="stream", id=bob.ready, size=8 << 20)
@@ -141,6 +141,26 @@ async def test_behind_a_upnp_router_a_contact_connects_directly_through_the_mapp
         with anyio.fail_after(10):
             await bob.process.wait()
         assert "dport 7000" not in await mapped_ports(home.namespace)  # he removed his mappings
+
+
+async def test_pcp_nat_pmp_and_upnp_each_map_and_unmap_through_a_real_router(lan: NamespaceLan) -> None:
+    needed("NAT tests", tools())
+    async with agents(AGENT) as start:
+        net = lan.internet()
+        home = lan.router(net, upnp=True)
+        ns_host, _ = lan.host(home.lan, gateway=home.lan_address)
+        mapper = await start(ns_host, "mapping")
+        assert mapper.ready == {
+            "pcp": [home.public_address, 7101, 600],
+            "nat-pmp": [home.public_address, 7102, 600],
+            "upnp": [home.public_address, 7103, 600],
+        }
+        rules = await mapped_ports(home.namespace)
+        assert all(f"dport {port}" in rules for port in (7101, 7102, 7103))
+        await mapper.send(cmd="unmap")
+        await mapper.expect(lambda line: "unmapped" in line)
+        rules = await mapped_ports(home.namespace)
+        assert not any(f"dport {port}" in rules for port in (7101, 7102, 7103))
 
 
 @pytest.mark.parametrize("nat", ["preserving", "random"])
