@@ -32,7 +32,16 @@ from peerkit.proto.holdings import Holdings, HoldingsPolicy, NotKept
 from peerkit.proto.messages import USE_CONTROL, USE_STREAM
 from peerkit.proto.requests import BadRequest, ErrorCode, decode_stream_request, error_reply
 
-__all__ = ("MAX_CHANNELS_PER_PEER", "STAGGER", "ChannelPeer", "Connections", "Me", "Route", "first_of")
+__all__ = (
+    "LOOKUP_AFTER",
+    "MAX_CHANNELS_PER_PEER",
+    "STAGGER",
+    "ChannelPeer",
+    "Connections",
+    "Me",
+    "Route",
+    "first_of",
+)
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +54,9 @@ Route = Callable[[], Awaitable[ControlChannel]]
 #: Seconds a way to a peer is given before the next one is tried beside it (a peer's record lists
 #: its own addresses first; behind a NAT they are silent, and its relay comes after them).
 STAGGER: Final = 0.3
+#: Seconds the known ways to a contact are given before a lookup of where it is now (the DHT)
+#: starts beside them (at once when they all failed).
+LOOKUP_AFTER: Final = 1.0
 
 T = TypeVar("T")
 
@@ -54,11 +66,12 @@ async def first_of(
     *,
     stagger: float = STAGGER,
     discard: Callable[[T], Awaitable[None]] | None = None,
+    last_after: float | None = None,
 ) -> tuple[int, T]:
     """The first of ``ways`` to succeed, and its index: each starts when the one before failed or
-    has had ``stagger`` seconds (RFC 8305's "happy eyeballs"); the others are cancelled once one
-    succeeds (a dial under way in the node's task group goes on and keeps its channel), and one
-    that succeeds too late is given to ``discard``.
+    has had ``stagger`` seconds (RFC 8305's "happy eyeballs"; the last one ``last_after`` seconds,
+    when given); the others are cancelled once one succeeds (a dial under way in the node's task
+    group goes on and keeps its channel), and one that succeeds too late is given to ``discard``.
 
     :raises PeerUnreachable: the last one's, when every way failed so.
     :raises Exception: any other error of a way, at once.
@@ -90,7 +103,8 @@ async def first_of(
             failed = anyio.Event()
             tg.start_soon(run, index, failed)
             if index + 1 < len(ways):
-                with anyio.move_on_after(stagger):
+                wait = last_after if last_after is not None and index + 2 == len(ways) else stagger
+                with anyio.move_on_after(wait):
                     await failed.wait()
     if other:
         raise other[0]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import uuid
 from collections import Counter
 from collections.abc import Awaitable, Callable
@@ -33,7 +34,7 @@ from peerkit.model import (
     check_text,
 )
 from peerkit.net.control import Answer, ControlChannel, Reply
-from peerkit.node.connections import ChannelPeer, Route
+from peerkit.node.connections import LOOKUP_AFTER, ChannelPeer, Route, first_of
 from peerkit.node.receivers import Receivers
 from peerkit.peers import Peer, wire_ttl
 from peerkit.proto.requests import ErrorCode, InviteRequest, Refused, check_reply, error_reply
@@ -336,50 +337,87 @@ class Invitations:
         self._check_running()
         request = {"t": "invite", "app": app.id.bytes, "msg": message, "data": data, "ttl": wire_ttl(timeout)}
         deadline = anyio.current_time() + timeout
-        try:
-            return await self._invite_by(peer, request, deadline)
-        except PeerUnreachable:
-            # Where it was known to be, it is not: where is it now (the Internet scope)?
+        return await self._invite_by(peer, request, deadline)
+
+    async def _invite_by(self, peer: Peer, request: dict[str, Any], deadline: float) -> InvitationResponse:
+        # On its one route, or on every route at once (the first acceptance wins); and where it
+        # is now (the Internet scope), looked up when every route failed, or when none has a
+        # channel after LOOKUP_AFTER seconds. Once one route has a channel (the invitation is
+        # with the peer) no lookup starts unless that channel breaks: no second invitation.
+        if isinstance(peer, ChannelPeer):
+            return await self._invite_on(self._routes(peer, False)[0], request, deadline)
+        routes = self._routes(peer, False)  # one: any channel open to the peer will do
+        if len(routes) > 1:
+            routes = self._routes(peer, True)  # several: each its own (several devices)
+        results: list[InvitationResponse] = []
+        errors: list[PeerkitError] = []
+        state = _Ways()
+
+        async def one(route: Route, scope: anyio.CancelScope) -> None:
+            got = False
+
+            def connected() -> None:
+                nonlocal got
+                got = True
+                state.note(live=1)
+
+            try:
+                result = await self._invite_on(route, request, deadline, connected)
+            except (PeerUnreachable, ProtocolError) as exc:
+                errors.append(exc)
+                state.note(live=-1 if got else 0, done=1)
+                return
+            results.append(result)
+            state.note(live=-1 if got else 0, done=1, answered=True)
+            if result is InvitationResponse.ACCEPTED:
+                scope.cancel()  # the first acceptance wins; the others are withdrawn
+
+        async def elsewhere() -> ControlChannel:
+            if not await state.lookup_wanted(len(routes), LOOKUP_AFTER):
+                raise _Reached
             found = None
             with anyio.CancelScope(deadline=deadline):
                 found = await self._fallback(peer)
             if found is None:
-                raise
-            return await self._invite_by(found, request, deadline)
+                raise PeerUnreachable(f"{peer.id.fingerprint} was not found anywhere else")
+            return (await first_of(self._routes(found, False)))[1]
 
-    async def _invite_by(self, peer: Peer, request: dict[str, Any], deadline: float) -> InvitationResponse:
-        # On its one route, or on every route at once (the first acceptance wins).
-        routes = self._routes(peer, False)
-        if not routes:
-            raise PeerUnreachable(f"no endpoint of {peer.id.fingerprint} is known")
-        if len(routes) == 1 or isinstance(peer, ChannelPeer):
-            return await self._invite_on(routes[0], request, deadline)
-        results: list[InvitationResponse] = []
-        errors: list[PeerkitError] = []
-
-        async def one(route: Route, scope: anyio.CancelScope) -> None:
+        async def lookup(scope: anyio.CancelScope) -> None:
             try:
-                result = await self._invite_on(route, request, deadline)
+                result = await self._invite_on(elsewhere, request, deadline)
+            except _Reached:
+                return
             except (PeerUnreachable, ProtocolError) as exc:
                 errors.append(exc)
                 return
             results.append(result)
             if result is InvitationResponse.ACCEPTED:
-                scope.cancel()  # the first acceptance wins; the others are withdrawn
+                scope.cancel()
 
         async with anyio.create_task_group() as tg:
-            for route in self._routes(peer, True):
+            for route in routes:
                 tg.start_soon(one, route, tg.cancel_scope)
+            tg.start_soon(lookup, tg.cancel_scope)
         for answer in (InvitationResponse.ACCEPTED, InvitationResponse.DECLINED, InvitationResponse.EXPIRED):
             if answer in results:
                 return answer
+        if not errors:
+            raise PeerUnreachable(f"no endpoint of {peer.id.fingerprint} is known")
         raise errors[0]
 
-    async def _invite_on(self, route: Route, request: dict[str, Any], deadline: float) -> InvitationResponse:
+    async def _invite_on(
+        self,
+        route: Route,
+        request: dict[str, Any],
+        deadline: float,
+        connected: Callable[[], None] | None = None,
+    ) -> InvitationResponse:
         reply: dict[str, Any] | None = None
         control: ControlChannel | None = None
         with anyio.CancelScope(deadline=deadline):
             control = await route()
+            if connected is not None:
+                connected()
             pending = await control.start_request(request)
             try:
                 reply = await pending.wait()
@@ -426,6 +464,43 @@ def _answer_of(handler: InvitationHandler) -> InvitationHandler:
         return InvitationResponse.DECLINED
 
     return receive
+
+
+class _Reached(Exception):
+    """The peer was reached where it was known to be: no lookup."""
+
+
+class _Ways:
+    """How the routes of one invitation fare, for the lookup beside them."""
+
+    def __init__(self) -> None:
+        self.live = 0  # routes with a channel, the invitation sent or on its way
+        self.done = 0  # routes that ended (answered or failed)
+        self.answered = False
+        self._changed = anyio.Event()
+
+    def note(self, *, live: int = 0, done: int = 0, answered: bool = False) -> None:
+        self.live += live
+        self.done += done
+        self.answered = self.answered or answered
+        self._changed.set()
+        self._changed = anyio.Event()
+
+    async def lookup_wanted(self, routes: int, after: float) -> bool:
+        """Wait until a lookup is wanted (True: every route failed, or none has a channel after
+        ``after`` seconds) or never will be (False: one was answered)."""
+        start = anyio.current_time()
+        while True:
+            if self.answered:
+                return False
+            if self.done >= routes:
+                return True
+            waited = anyio.current_time() - start
+            if waited >= after and self.live == 0:
+                return True
+            changed = self._changed
+            with anyio.move_on_after(after - waited if waited < after else math.inf):
+                await changed.wait()
 
 
 async def _no_fallback(peer: Peer) -> Peer | None:

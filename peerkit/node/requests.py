@@ -20,7 +20,7 @@ from peerkit.errors import InvalidRecord, NotAllowed, PeerUnreachable, ProtocolE
 from peerkit.identity import PeerId
 from peerkit.model import MAX_APPLICATIONS, MAX_OBJECTS, EndPoint, check_seconds, seconds_text
 from peerkit.net.control import Answer, ControlChannel, Reply
-from peerkit.node.connections import Route, first_of
+from peerkit.node.connections import LOOKUP_AFTER, ChannelPeer, Route, first_of
 from peerkit.peers import Peer
 from peerkit.presence import read_app, read_object, read_presence
 from peerkit.proto.admission import Charge, RequestBudget, RequestPolicy
@@ -112,12 +112,20 @@ class Requests:
         who = peer.id.fingerprint
         errors: list[PeerUnreachable] = []
 
+        async def elsewhere() -> ControlChannel:
+            # Where it was known to be, it is not (or not yet): where is it now (the DHT)?
+            found = await self._fallback(peer)
+            if found is None:
+                raise PeerUnreachable(f"{who} was not found anywhere else")
+            return (await first_of(self._routes(found)))[1]
+
         async def attempt(routes: list[Route]) -> dict[str, Any] | None:
-            # All ways at once, staggered (first_of); then, if the channel it gave breaks before
-            # the reply, the others one by one.
+            # All ways at once, staggered (first_of), the lookup last; then, if the channel it
+            # gave breaks before the reply, the others one by one.
             while routes:
                 try:
-                    index, control = await first_of(routes)
+                    last_after = LOOKUP_AFTER if routes[-1] is elsewhere else None
+                    index, control = await first_of(routes, last_after=last_after)
                 except PeerUnreachable as exc:
                     errors.append(exc)
                     return None
@@ -133,12 +141,11 @@ class Requests:
                 return reply
             return None
 
+        routes = self._routes(peer)
+        if not isinstance(peer, ChannelPeer):
+            routes.append(elsewhere)
         with anyio.move_on_after(timeout):
-            reply = await attempt(self._routes(peer))
-            if reply is None:  # where it was known to be, it is not: where is it now?
-                found = await self._fallback(peer)
-                if found is not None:
-                    reply = await attempt(self._routes(found))
+            reply = await attempt(routes)
             if reply is not None:
                 return reply
         if errors:

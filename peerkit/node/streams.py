@@ -11,7 +11,8 @@ from __future__ import annotations
 import functools
 import logging
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
+from typing import Final
 
 import anyio
 
@@ -20,7 +21,7 @@ from peerkit.handles import Handle, Subscription
 from peerkit.identity import PeerId
 from peerkit.model import Application, EndPoint, check_seconds, seconds_text
 from peerkit.net.channel import SecureChannel
-from peerkit.node.connections import ChannelPeer, first_of
+from peerkit.node.connections import LOOKUP_AFTER, ChannelPeer, first_of
 from peerkit.node.receivers import Receivers
 from peerkit.peers import Peer
 from peerkit.proto.messages import USE_STREAM
@@ -28,6 +29,10 @@ from peerkit.proto.requests import BadRequest, Refused, check_reply, decode_stre
 from peerkit.streams import AppStream
 
 __all__ = ("StreamHandler", "Streams")
+
+#: Ways to a peer besides its endpoints: a new hole beside a punched channel, and a lookup.
+_HOLE: Final = "hole"
+_ELSEWHERE: Final = "elsewhere"
 
 log = logging.getLogger(__name__)
 
@@ -106,17 +111,18 @@ class Streams:
         endpoints = () if isinstance(peer, ChannelPeer) else self._endpoints_of(peer)
         if not endpoints:
             raise PeerUnreachable(f"{peer.id.fingerprint} did not say where it listens")
+        # Behind NATs whose control channel went through a punched hole, a new hole first; then
+        # its endpoints; then, if they do not answer soon, where it is now (the DHT, a contact).
+        ways: list[EndPoint | str] = [*endpoints]
+        if self._punch is not None and self._holed(peer.id):
+            ways.insert(0, _HOLE)
+        if self._fallback is not None:
+            ways.append(_ELSEWHERE)
         errors: list[PeerUnreachable] = []
         with anyio.move_on_after(timeout):
-            stream = await self._first_stream(peer.id, endpoints, app, errors)
+            stream = await self._first_stream(peer, ways, app, errors)
             if stream is not None:
                 return stream
-            # Where it was known to be, it is not: where is it now (the DHT, for a contact)?
-            found = await self._fallback(peer) if self._fallback is not None else None
-            if found is not None:
-                stream = await self._first_stream(peer.id, found.endpoints, app, errors)
-                if stream is not None:
-                    return stream
         if errors:
             raise errors[-1]
         raise PeerUnreachable(
@@ -124,32 +130,40 @@ class Streams:
         )
 
     async def _first_stream(
-        self, peer_id: PeerId, endpoints: Sequence[EndPoint], app: Application, errors: list[PeerUnreachable]
+        self, peer: Peer, ways: list[EndPoint | str], app: Application, errors: list[PeerUnreachable]
     ) -> AppStream | None:
-        # The endpoints tried at once, staggered (first_of): the first channel made carries the
-        # stream; then, if the stream request fails on it, the others one by one. Behind NATs
-        # whose control channel went through a punched hole, a new hole is tried first.
-        remaining: list[EndPoint | None] = list(endpoints)
-        punch = self._punch
-        if punch is not None and self._holed(peer_id):
-            remaining.insert(0, None)  # None: through a new hole
+        # The ways tried at once, staggered (first_of): the first channel made carries the
+        # stream; then, if the stream request fails on it, the others one by one.
 
-        def dial(endpoint: EndPoint | None) -> Callable[[], Awaitable[SecureChannel]]:
-            if endpoint is None:
-                assert punch is not None
-                return functools.partial(punch, peer_id)
-            return functools.partial(self._connect, peer_id, endpoint, use=USE_STREAM)
+        async def elsewhere() -> SecureChannel:
+            assert self._fallback is not None
+            found = await self._fallback(peer)
+            if found is None:
+                raise PeerUnreachable(f"{peer.id.fingerprint} was not found anywhere else")
+            dials = [functools.partial(self._connect, peer.id, e, use=USE_STREAM) for e in found.endpoints]
+            return (await first_of(dials, discard=SecureChannel.aclose))[1]
 
-        while remaining:
-            dials = [dial(e) for e in remaining]
+        def dial(way: EndPoint | str) -> Callable[[], Awaitable[SecureChannel]]:
+            if way == _HOLE:
+                assert self._punch is not None
+                return functools.partial(self._punch, peer.id)
+            if way == _ELSEWHERE:
+                return elsewhere
+            assert isinstance(way, EndPoint)
+            return functools.partial(self._connect, peer.id, way, use=USE_STREAM)
+
+        while ways:
+            last_after = LOOKUP_AFTER if ways[-1] == _ELSEWHERE else None
             try:
-                index, channel = await first_of(dials, discard=SecureChannel.aclose)
+                index, channel = await first_of(
+                    [dial(w) for w in ways], discard=SecureChannel.aclose, last_after=last_after
+                )
             except PeerUnreachable as exc:
                 errors.append(exc)
                 return None
-            del remaining[index]
+            del ways[index]
             try:
-                return await self._request(channel, peer_id, app)
+                return await self._request(channel, peer.id, app)
             except PeerUnreachable as exc:
                 errors.append(exc)
         return None

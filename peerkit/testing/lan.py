@@ -207,6 +207,24 @@ table inet filter {{
             self._miniupnpd(router)
         return router
 
+    def firewall(self, namespace: str) -> None:
+        """Put a stateful firewall on the host ``namespace`` itself (no NAT): what it opens goes
+        out and its answers come back; connections it did not open are dropped silently, as a
+        host with a public address behind a firewall only.
+
+        :raises RuntimeError: when nft fails (missing, for instance).
+        """
+        rules = """
+table inet host_firewall {
+  chain input {
+    type filter hook input priority 0; policy drop;
+    iifname "lo" accept
+    ct state established,related accept
+  }
+}
+"""
+        self._run(namespace, "nft", "-f", "-", stdin=rules)
+
     def _run(self, namespace: str, *command: str, stdin: str | None = None) -> None:
         done = subprocess.run(
             ["ip", "netns", "exec", namespace, *command],

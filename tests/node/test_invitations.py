@@ -5,19 +5,24 @@ from __future__ import annotations
 import uuid
 
 import anyio
+import anyio.abc
 import pytest
 from conftest import CHAT, GAME, accept_chat
 
 from peerkit import (
     AnswerReason,
+    Identity,
     Invitation,
     InvitationAnswered,
     InvitationPolicy,
     InvitationResponse,
+    Node,
+    PeerId,
     PeerUnreachable,
+    Scope,
     Withdrawn,
 )
-from peerkit.testing import node_pair
+from peerkit.testing import MemoryNetwork, node_pair
 
 pytestmark = pytest.mark.anyio
 
@@ -143,3 +148,60 @@ async def test_a_failing_observer_is_logged_and_the_next_still_hears(
         assert await peer.invite(CHAT, timeout=5) is InvitationResponse.ACCEPTED
         await anyio.sleep(0.05)
         assert heard == [CHAT.id]
+
+
+class CountingLookups:
+    """An Internet-scope discovery provider that knows nobody and counts the lookups asked of it."""
+
+    name = "lookups"
+    scopes = Scope.INTERNET
+
+    def __init__(self) -> None:
+        self.asked: list[float] = []
+
+    async def run(self, sink: object, *, task_status: anyio.abc.TaskStatus[object]) -> None:
+        provider = self
+
+        class Session:
+            async def publish(self, announcement: object) -> None:
+                pass
+
+            async def withdraw(self) -> None:
+                pass
+
+            async def resolve(self, peer_id: PeerId) -> list[bytes]:
+                provider.asked.append(anyio.current_time())
+                return []
+
+        task_status.started(Session())
+        await anyio.sleep_forever()
+
+
+@pytest.mark.parametrize("silent", [False, True], ids=["answering", "silent"])
+async def test_a_contact_is_looked_up_only_when_its_known_endpoint_gives_no_channel(silent: bool) -> None:
+    # The invitation waits 1.5 s for its answer at bob's known endpoint: no lookup (no second
+    # invitation elsewhere). Where bob's endpoint is silent, the lookup starts after 1 s.
+    net, lookups = MemoryNetwork(), CountingLookups()
+    alice = Node(identity=Identity.generate(), network=net, listen=("10.0.0.1", 7000), discovery=[lookups])
+    bob = Node(identity=Identity.generate(), network=net, listen=("10.0.0.2", 7000))
+    async with alice, bob:
+        await alice.register_application(CHAT)
+        await bob.register_application(CHAT)
+
+        @bob.on_invitation(CHAT)
+        async def slowly(invitation: Invitation) -> InvitationResponse:
+            await anyio.sleep(1.5)
+            return InvitationResponse.ACCEPTED
+
+        contact = await alice.contacts.add(bob.id, endpoints=[bob.endpoint])
+        if silent:
+            net.firewall("10.0.0.2", silent=True)
+        start = anyio.current_time()
+        if silent:
+            with pytest.raises(PeerUnreachable):
+                await contact.invite(CHAT, timeout=3)
+            assert len(lookups.asked) == 1
+            assert 0.9 < lookups.asked[0] - start < 2.5  # after LOOKUP_AFTER, long before 10 s
+        else:
+            assert await contact.invite(CHAT, timeout=5) is InvitationResponse.ACCEPTED
+            assert lookups.asked == []

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import anyio.abc
 import pytest
 from conftest import ACCEPTED, CHAT, accept_all, loopback_dht
 
@@ -98,6 +99,58 @@ async def test_an_invitation_to_a_contact_that_moved_falls_back_on_the_dht() -> 
         # Where bob knew her, she is not; the DHT says where she is now.
         assert await contact.invite(CHAT, timeout=10) == ACCEPTED
         assert await contact.get_applications() == [CHAT]  # fetches fall back the same way
+
+
+async def test_a_contact_whose_old_address_is_silent_is_looked_up_within_a_second_not_a_timeout() -> None:
+    # Where bob knew alice, something accepts connections and never answers (a firewall that
+    # drops, a NAT's port now another host's): each way to her there would wait out the handshake
+    # timeout (10 s). The DHT lookup starts beside it once it has had LOOKUP_AFTER (1 s).
+    async with (
+        await anyio.create_tcp_listener(local_host="127.0.0.1") as silent,
+        anyio.create_task_group() as tg,
+        loopback_dht(10) as dht,
+        contextlib.AsyncExitStack() as stack,
+    ):
+        held: list[Any] = []
+
+        async def hold(connection: Any) -> None:
+            held.append(connection)  # accepted, never answered, closed at the end
+            await anyio.sleep_forever()
+
+        tg.start_soon(silent.serve, hold)
+        old = EndPoint("127.0.0.1", silent.extra(anyio.abc.SocketAttribute.local_port))
+        bootstrap = dht[0].address
+        alice = await stack.enter_async_context(node("alice", "127.0.0.2", bootstrap))
+        bob = await stack.enter_async_context(node("bob", "127.0.0.3", bootstrap))
+        for each in (alice, bob):
+            await each.register_application(CHAT)
+        alice.add_invitation_handler(CHAT, accept_all)
+
+        @alice.on_stream(CHAT)
+        async def echo(stream: Any) -> None:
+            await stream.send(await stream.receive())
+
+        contact = await bob.contacts.add(bob.contacts.read_card(alice.contacts.sign_card([old])))
+        await alice.contacts.add(alice.contacts.read_card(bob.contacts.sign_card()))
+        await alice.sign_in(Scope.INTERNET)
+        await found(bob, alice.id)
+        for act in ("invite", "fetch", "stream"):
+            start = anyio.current_time()
+            if act == "invite":
+                assert await contact.invite(CHAT, timeout=20) == ACCEPTED
+            elif act == "fetch":
+                assert await contact.get_applications(timeout=20) == [CHAT]
+            else:
+                async with await contact.open_stream(CHAT, timeout=20) as stream:
+                    await stream.send(b"ping")
+                    assert await stream.receive() == b"ping"
+            took = anyio.current_time() - start
+            assert took < 5, f"{act} waited {took:.1f} s for the silent address"
+            await bob.disconnect(alice.id)  # each finds her afresh
+        await stack.aclose()
+        for connection in held:
+            await connection.aclose()
+        tg.cancel_scope.cancel()
 
 
 async def test_blocking_a_contact_rotates_the_key_and_the_allowed_ones_get_the_new_one() -> None:

@@ -217,6 +217,44 @@ async def test_behind_two_nats_the_relay_carries_the_session_and_a_hole_is_punch
         print(f"\n{nat} NAT ({how}): {summary(took)}; {echoed}; {rate}")
 
 
+async def test_behind_a_firewall_only_the_relay_carries_the_first_channel_and_a_hole_is_punched(
+    lan: NamespaceLan, tmp_path: Path
+) -> None:
+    needed("NAT tests", tools())
+    async with agents(AGENT) as start:
+        net, bootstrap = await internet(lan, start)
+        ns_relay, (relay_address,) = lan.host(net)
+        relay = await node(start, ns_relay, "relay", bootstrap, tmp_path, "--relay")
+        ns_bob, (bob_address,) = lan.host(net)  # a public address of his own, no NAT
+        lan.firewall(ns_bob)  # but nothing he did not open comes in
+        office = lan.router(net)
+        ns_alice, _ = lan.host(office.lan, gateway=office.lan_address)
+        bob = await node(
+            start, ns_bob, "bob", bootstrap, tmp_path, "--via", f"{relay_address}:7000#{relay.ready}"
+        )
+        alice = await node(start, ns_alice, "alice", bootstrap, tmp_path)
+        await reach_until(bob, lambda r: r["reservations"])
+        await introduce(alice, bob, relayed=True)
+        first = await ask(alice, "invite", cmd="invite", id=bob.ready)
+        assert first["invite"] == "ACCEPTED"
+        assert first["seconds"] < 5  # his card's address is silent: the DHT is asked after 1 s, not 10
+        punch = await reach_until(alice, lambda r: r["punched"] or r["punch_failures"])
+        assert (punch["punched"], punch["punch_failures"]) == (1, 0)
+        took = await invitations(alice, bob)
+        streamed = await ask(alice, "echoed", cmd="stream", id=bob.ready, size=1 << 20)
+        assert streamed["echoed"] == 1 << 20
+        assert streamed["relay"] is None  # through a hole of its own
+        received = (await ask(bob, "received", cmd="received"))["received"]
+        assert received == [[relay_address, 7000]] + [None] * (TRIES + 1)
+        steps = (await ask(alice, "trace", timeout=60, cmd="trace", id=bob.ready))["trace"]
+        ways = [(way, ok) for way, ok, _ in steps]
+        assert ways[:3] == [("resolve", True), ("direct", False), ("relayed", True)]  # his address: dropped
+        assert ways[3] == ("punched", True)
+        print(
+            f"\nfirewall only at {bob_address} (punched, then direct): {summary([first['seconds'], *took])}"
+        )
+
+
 async def test_after_a_punch_the_direct_channel_outlives_the_relay(lan: NamespaceLan, tmp_path: Path) -> None:
     needed("NAT tests", tools())
     async with agents(AGENT) as start:
