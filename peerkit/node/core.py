@@ -77,6 +77,7 @@ from peerkit.proto.holdings import Holdings, HoldingsPolicy
 from peerkit.proto.relay import RelayPolicy
 from peerkit.proto.requests import (
     CardRequest,
+    DialbackRequest,
     GetRequest,
     InviteRequest,
     PunchRequest,
@@ -306,6 +307,7 @@ class Node(EventMethods, FindingMethods):
                 UnsubscribeRequest: self._publishing.on_unsubscribe,
                 ReserveRequest: self._reaching.on_reserve,
                 PunchRequest: self._reaching.on_punch,
+                DialbackRequest: self._reaching.reachability.on_dialback,
             },
             routes=lambda peer: self._connections.routes(peer, self._endpoints_of(peer)),
             fallback=self._elsewhere,

@@ -33,6 +33,7 @@ from peerkit.net.relay import Announce, RelayService, RelayStats, take_circuit
 from peerkit.net.transport import TcpTransport, Transport, local_addresses
 from peerkit.node.connections import Connections, Me
 from peerkit.node.mapping import PortMapping
+from peerkit.node.reachability import Reachability, is_public
 from peerkit.peers import Peer
 from peerkit.proto import relay as wire
 from peerkit.proto.messages import USE_CONTROL, USE_STREAM
@@ -76,8 +77,6 @@ AUTO_ASK_AGAIN: Final = 600.0
 #: Contacts asked at once whether they relay, and the seconds each answer may take.
 AUTO_ASK_AT_ONCE: Final = 16
 ASK_TIMEOUT: Final = 10.0
-#: Seconds a connection accepted from a public address proves this node reachable.
-PROVEN_FOR: Final = 3600.0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -161,6 +160,15 @@ class Reaching:
         self._is_contact = is_contact
         #: Whether peers elsewhere can dial this node directly (see :attr:`Reach.reachable`).
         self.reachable = False
+        #: How that is told (and the ``dialback`` requests of contacts answered).
+        self.reachability = Reachability(
+            connections=connections,
+            network=network,
+            is_contact=is_contact,
+            mapped=lambda: self.mapping.endpoint is not None,
+            seen_host=lambda: self.seen_host,
+            listening=lambda: (self._listen_host, self._me().endpoint.host, self._me().endpoint.port),
+        )
         #: Relays among its contacts this node keeps reservations on, and the scope of each.
         self._auto: dict[EndPoint, anyio.CancelScope] = {}
         #: When each contact was last asked whether it relays, and the endpoint to reserve on
@@ -179,7 +187,6 @@ class Reaching:
         self._renew = renew
         self._take: Callable[[anyio.abc.ByteStream], Coroutine[Any, Any, None]] | None = None
         self._tg: anyio.abc.TaskGroup | None = None
-        self._accepted_publicly: Callable[[], float | None] = lambda: None
         #: The relays this node holds a reservation on now, and the channel each is held by.
         self._reserved: dict[EndPoint, ControlChannel] = {}
         self._announces: dict[ControlChannel, Announce] = {}
@@ -240,12 +247,12 @@ class Reaching:
         ``accepted_publicly()`` says when its listener last accepted a connection from a public
         address (proof that it can be reached)."""
         self._tg, self._take = tg, take
-        self._accepted_publicly = accepted_publicly
         self._listen_host = listening.host
         tg.start_soon(self.mapping.run, listening.host, listening.port)
         for relay in self._relays:
             tg.start_soon(self._keep, relay)
-        self.reachable = self._assess()
+        self.reachability.start(accepted_publicly)
+        self.reachable = self.reachability.evident() is not False  # (asked of a contact later)
         tg.start_soon(self._look_after_reachability)
 
     def clear(self) -> None:
@@ -365,29 +372,12 @@ class Reaching:
         self._wake.set()
         self._changed()
 
-    def _assess(self) -> bool:
-        # Reachable: a mapped port, or a connection accepted from a public address within the
-        # hour. Not: peers on the Internet see it at addresses none of its own (a relay's "seen",
-        # a pong's: behind a NAT). Else, it can be if it has a public address of its own.
-        if self.mapping.endpoint is not None:
-            return True
-        accepted = self._accepted_publicly()
-        if accepted is not None and anyio.current_time() - accepted < PROVEN_FOR:
-            return True
-        own = set(local_addresses(self._listen_host, fallback=self._me().endpoint.host))
-        seen = self._connections.seen_publicly()
-        if self.seen_host is not None:
-            seen.add(self.seen_host)
-        if seen and not seen & own:
-            return False
-        return any(_is_public(host) for host in own)
-
     async def _look_after_reachability(self) -> None:
         while True:
             with anyio.move_on_after(AUTO_CHECK):
                 await self._wake.wait()
             self._wake = anyio.Event()
-            reachable = self._assess()
+            reachable = await self.reachability.assess()
             if reachable != self.reachable:
                 self.reachable = reachable
                 log.info("this node %s be reached directly", "can" if reachable else "cannot")
@@ -436,7 +426,7 @@ class Reaching:
         except (PeerkitError, TimeoutError) as exc:
             log.debug("could not ask %s whether it relays: %s", peer_id.fingerprint, exc)
             return
-        public = [e for e in endpoints if e.relay is None and (e.how == "mapped" or _is_public(e.host))]
+        public = [e for e in endpoints if e.relay is None and (e.how == "mapped" or is_public(e.host))]
         if offers_relay(record) and public:
             self._asked[peer_id] = (now, EndPoint(public[0].host, public[0].port, relay=peer_id))
 
@@ -692,13 +682,6 @@ class Reaching:
         finally:
             punch.close()
             self._punched_one(peer)
-
-
-def _is_public(host: str) -> bool:
-    try:
-        return ipaddress.ip_address(host).is_global
-    except ValueError:
-        return False
 
 
 def _announcer(control: ControlChannel) -> Announce:

@@ -1,8 +1,9 @@
 """The requests of the control protocol as typed objects, and the one decoder for them (sans-IO).
 
 A control channel carries requests (``invite``, ``get``, ``card``, ``record``, ``subscribe``,
-``unsubscribe``, ``reserve``, ``punch``), their replies, and notices (``invite_cancel``, ``notify``,
-``card_update``, ``circuit``); docs/protocol.md sections 4.1 to 4.7 and 8 define them.
+``unsubscribe``, ``reserve``, ``punch``, ``dialback``), their replies, and notices
+(``invite_cancel``, ``notify``, ``card_update``, ``circuit``); docs/protocol.md sections 4.1 to
+4.7 and 8 define them.
 :func:`decode_request` turns an incoming request into one of the classes below, or raises
 :class:`BadRequest` with the ``error`` code and text the peer is to be answered with.
 :func:`error_reply` builds that answer, and :func:`check_reply` reads the answer to a request of
@@ -30,6 +31,7 @@ __all__ = (
     "NOTICES",
     "BadRequest",
     "CardRequest",
+    "DialbackRequest",
     "ErrorCode",
     "GetRequest",
     "InviteRequest",
@@ -172,6 +174,21 @@ class PunchRequest:
     addrs: tuple[tuple[str, int], ...]
 
 
+@dataclass(frozen=True, slots=True)
+class DialbackRequest:
+    """``dialback``: connect to me, at the address you see me at, on this port (section 8)."""
+
+    rid: int
+    port: int
+
+
+def _dialback(rid: int, message: dict[str, Any]) -> DialbackRequest:
+    port = message.get("port")
+    if not is_uint(port) or not 1 <= port <= 65535:
+        raise BadRequest(ErrorCode.MALFORMED, 'dialback "port" is a port, 1 to 65535', rid)
+    return DialbackRequest(rid, port)
+
+
 #: Addresses a ``punch`` (or its reply) carries at most.
 MAX_PUNCH_ADDRESSES: Final = 4
 
@@ -218,6 +235,7 @@ Request = (
     | UnsubscribeRequest
     | ReserveRequest
     | PunchRequest
+    | DialbackRequest
 )
 
 
@@ -273,6 +291,7 @@ _DECODERS: Final[dict[str, _Decoder]] = {
     "unsubscribe": _only_rid(UnsubscribeRequest),
     "reserve": _only_rid(ReserveRequest),
     "punch": lambda rid, message: PunchRequest(rid, read_addresses(message.get("addrs"), rid)),
+    "dialback": _dialback,
 }
 
 

@@ -20,6 +20,7 @@ from peerkit import (
     Scope,
 )
 from peerkit.discovery.memory import MemoryDiscovery
+from peerkit.net.channel import SecureChannel
 from peerkit.testing import MemoryNetwork
 
 pytestmark = pytest.mark.anyio
@@ -220,7 +221,7 @@ PUBLIC_RELAY, PUBLIC_ALICE = "11.0.0.1", "11.0.2.3"  # public addresses (the res
 
 @asynccontextmanager
 async def contact_relay(
-    *, bob_host: str = BOB_HOST, mutual: bool = True, relay: bool = True
+    *, bob_host: str = BOB_HOST, mutual: bool = True, relay: bool = True, firewall: bool | None = None
 ) -> AsyncIterator[tuple[MemoryNetwork, Node, Node]]:
     """A relay at a public address (serving its contacts) and bob, its contact, with a channel
     open to it (as watching it would open) and no relays configured."""
@@ -238,7 +239,8 @@ async def contact_relay(
         if mutual:
             await host.contacts.add(bob_id.id, nickname="bob")
         await host.sign_in(Scope.NEAR_ME)
-        net.firewall(BOB_HOST)
+        if firewall if firewall is not None else bob_host == BOB_HOST:
+            net.firewall(bob_host)
         bob = Node(nickname="bob", identity=bob_id, network=net, listen=(bob_host, 7000), discovery=[medium])
         async with bob:
             await bob.register_application(CHAT)
@@ -300,3 +302,46 @@ async def test_a_contact_that_does_not_relay_for_it_is_not_kept(how: str) -> Non
         await anyio.sleep(0.5)  # asked, and (not its contact) refused
         assert bob.reach().auto_relays == ()
         assert bob.reach().reservations == ()
+
+
+async def test_a_public_address_behind_a_firewall_is_found_out_by_a_dial_back() -> None:
+    # Nothing but a contact dialling back tells a firewall that drops what it did not open.
+    async with contact_relay(bob_host="11.0.1.2", firewall=True) as (_, relay, bob):
+        expected = EndPoint(PUBLIC_RELAY, 7000, relay=relay.id)
+        await eventually(lambda: bob.reach().auto_relays == (expected,))
+        assert not bob.reach().reachable
+        await eventually(lambda: bob.reach().reservations == (expected,))
+
+
+async def test_dialback_is_for_contacts_over_direct_channels_and_says_what_it_found() -> None:
+    net = MemoryNetwork()
+    async with Node(identity=Identity.generate(), network=net, listen=(PUBLIC_RELAY, 7000)) as helper:
+        stranger, contact = Identity.generate(), Identity.generate()
+        await helper.contacts.add(contact.id)
+        async with await net.listen("11.0.3.4", 7000) as listening:  # the contact's port, open
+
+            async def ask(who: Identity, port: int) -> dict[str, object]:
+                raw = await net.connect(PUBLIC_RELAY, 7000, local_host="11.0.3.4")
+                async with await SecureChannel.wrap(
+                    raw, who, initiator=True, expected_peer=helper.id
+                ) as channel:
+                    await channel.send({"t": "dialback", "rid": 1, "port": port})
+                    with anyio.fail_after(10):
+                        while True:
+                            reply: dict[str, object] = await channel.receive()
+                            if reply.get("rid") == 1:
+                                return reply
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(listening.serve, anyio.aclose_forcefully)
+                refused = await ask(stranger, 7000)
+                assert (refused["t"], refused["code"]) == ("error", "not-allowed")
+                assert await ask(contact, 7000) == {"t": "dialback_reply", "rid": 1, "ok": True}
+                assert await ask(contact, 7001) == {
+                    "t": "dialback_reply",
+                    "rid": 1,
+                    "ok": False,
+                }  # nothing there
+                malformed = await ask(contact, 0)
+                assert (malformed["t"], malformed["code"]) == ("error", "malformed")
+                tg.cancel_scope.cancel()

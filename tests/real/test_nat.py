@@ -229,11 +229,14 @@ async def test_behind_a_firewall_only_the_relay_carries_the_first_channel_and_a_
         lan.firewall(ns_bob)  # but nothing he did not open comes in
         office = lan.router(net)
         ns_alice, _ = lan.host(office.lan, gateway=office.lan_address)
-        bob = await node(
-            start, ns_bob, "bob", bootstrap, tmp_path, "--via", f"{relay_address}:7000#{relay.ready}"
-        )
+        bob = await node(start, ns_bob, "bob", bootstrap, tmp_path)  # no relay configured
         alice = await node(start, ns_alice, "alice", bootstrap, tmp_path)
-        await reach_until(bob, lambda r: r["reservations"])
+        # Bob has a public address: only the relay, his contact, dialling him back tells him
+        # that his firewall drops what he did not open; then he keeps a reservation on it.
+        await introduce(bob, relay)
+        assert (await ask(bob, "invite", cmd="invite", id=relay.ready))["invite"] == "ACCEPTED"
+        reach = await reach_until(bob, lambda r: r["reservations"])
+        assert (reach["reachable"], reach["auto"]) == (False, [f"{relay_address}:7000"])
         await introduce(alice, bob, relayed=True)
         first = await ask(alice, "invite", cmd="invite", id=bob.ready)
         assert first["invite"] == "ACCEPTED"
