@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import logging
 import signal
 import sys
 import tempfile
@@ -13,7 +14,7 @@ import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Final
 
 import anyio
 import typer
@@ -22,10 +23,11 @@ from rich.table import Table
 
 import peerkit
 from peerkit.discovery.base import DiscoveryProvider
-from peerkit.errors import PeerkitError, PeerUnreachable
+from peerkit.errors import IdentityError, PeerkitError, PeerUnreachable
 from peerkit.identity import KEY_FILE_NAME, Identity, PeerId, default_data_dir
 from peerkit.model import EndPoint, check_text, seconds_text
 from peerkit.peers import NearbyPeer
+from peerkit.reporting import describe_event
 
 __all__ = ("app", "default_data_dir", "main")
 
@@ -33,8 +35,8 @@ app = typer.Typer(
     name="peerkit",
     help="Peer-to-peer collaboration: identities, people near me, secure invitations and streams.",
     no_args_is_help=True,
-    add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode="markdown",  # (help text flows to the terminal's width, not the source's)
 )
 console = Console(soft_wrap=True)
 err_console = Console(stderr=True, soft_wrap=True)
@@ -95,22 +97,66 @@ def _version(value: bool) -> None:
         raise typer.Exit
 
 
-@app.callback()
+#: What ``--debug`` and ``--verbose`` asked for (read by :func:`main` when a command fails).
+_options = {"debug": False}
+
+EXIT_CODES: Final = (
+    "Exit codes: 0 success; 1 failure; 2 usage error; 3 invitation declined; 4 invitation expired "
+    "(no answer in time)."
+)
+#: The exit codes of ``peerkit invite`` for an answer other than accepted.
+EXIT_DECLINED: Final = 3
+EXIT_EXPIRED: Final = 4
+
+
+@app.callback(epilog=EXIT_CODES)
 def _root(
     version: Annotated[
         bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
     ] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log what peerkit does (INFO).")] = False,
+    debug: Annotated[
+        bool, typer.Option("--debug", help="Log everything (DEBUG) and show the traceback of a failure.")
+    ] = False,
 ) -> None:
     """Peer-to-peer collaboration for asyncio."""
+    _options["debug"] = debug
+    if debug or verbose:
+        logging.basicConfig(
+            level=logging.DEBUG if debug else logging.INFO,
+            stream=sys.stderr,
+            format="%(levelname)s %(name)s: %(message)s",
+        )
+
+
+#: Characters of a contact's id (or its fingerprint) that name it on the command line, at least.
+MIN_PREFIX: Final = 8
+
+
+def _existing(data_dir: Path | None) -> Path:
+    """The data dir a command that only reads uses: it must hold an identity (such a command never
+    creates one, so that a mistyped --data-dir is an error, not a new identity)."""
+    directory = data_dir or default_data_dir()
+    if directory.exists() and not directory.is_dir():
+        raise IdentityError(f"{directory} is a file, not a data dir: give --data-dir a directory")
+    if not (directory / KEY_FILE_NAME).exists():
+        raise IdentityError(
+            f"no identity in {directory}: create one with 'peerkit id --create --data-dir {directory}' "
+            "(or check --data-dir and $PEERKIT_DATA_DIR)"
+        )
+    return directory
 
 
 @app.command("id")
 def id_command(
     data_dir: DataDir = None,
+    create: Annotated[bool, typer.Option("--create", help="Create the identity if there is none.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
 ) -> None:
-    """Show this user's identity, creating it on first use."""
-    directory = data_dir or default_data_dir()
+    """Show this user's identity (with --create, create it first if there is none)."""
+    directory = (data_dir or default_data_dir()) if create else _existing(data_dir)
+    if directory.exists() and not directory.is_dir():
+        raise IdentityError(f"{directory} is a file, not a data dir: give --data-dir a directory")
     identity, created = Identity.load_or_create(directory)
     info = {
         "id": str(identity.id),
@@ -304,7 +350,8 @@ def invite(
 ) -> None:
     """Invite the peer at HOST:PORT to an application and print its answer.
 
-    Ctrl-C or SIGTERM withdraws the invitation and exits with 0.
+    Exits with 0 when it accepted, 3 when it declined, 4 when it did not answer in time. Ctrl-C or
+    SIGTERM withdraws the invitation and exits with 0.
     """
     host, port = parse_address(address, default_host="127.0.0.1")
     (app_id,) = _app_ids([application])
@@ -322,6 +369,10 @@ def invite(
         print(json.dumps({"response": answer, "peer": str(who) if who is not None else None}))
     else:
         console.print(f"{who.fingerprint if who is not None else address}: {answer}")
+    if response is peerkit.InvitationResponse.DECLINED:
+        raise typer.Exit(EXIT_DECLINED)
+    if response is peerkit.InvitationResponse.EXPIRED:
+        raise typer.Exit(EXIT_EXPIRED)
 
 
 async def _invite(
@@ -379,7 +430,10 @@ def near(
     check_nickname(nickname)
     providers = _providers(discovery)
     identity = None if as_me else Identity.generate()
-    anyio.run(_near, once, wait, providers, nickname, identity, data_dir or default_data_dir(), as_json)
+    directory = (
+        _existing(data_dir) if as_me else data_dir or default_data_dir()
+    )  # (--as-me: it must be there)
+    anyio.run(_near, once, wait, providers, nickname, identity, directory, as_json)
 
 
 def _nearby_rows(peers: list[NearbyPeer]) -> list[dict[str, object]]:
@@ -494,7 +548,7 @@ def resolve(
     contact must be signed in to the Internet scope, and its card must have given its locator
     key), and print its endpoints and how long it took."""
     providers = _providers(discovery or ["dht"])
-    directory = data_dir or default_data_dir()
+    directory = _existing(data_dir)
     who, endpoints, took = anyio.run(_resolve, contact, providers, directory, timeout)
     names = [p.name for p in providers]
     if as_json:
@@ -546,7 +600,7 @@ def reach(
     directory = data_dir or default_data_dir()
     if contact is not None:
         providers = _providers(discovery or ["dht"])
-        who, steps = anyio.run(_trace, contact, providers, directory, timeout)
+        who, steps = anyio.run(_trace, contact, providers, _existing(data_dir), timeout)
         if as_json:
             rows = [
                 {**dataclasses.asdict(s), "endpoint": str(s.endpoint) if s.endpoint else None} for s in steps
@@ -615,16 +669,22 @@ def dht_status(
 
 
 @asynccontextmanager
-async def _offline_node(directory: Path) -> AsyncIterator[peerkit.Node]:
+async def _offline_node(directory: Path, *, create: bool = False) -> AsyncIterator[peerkit.Node]:
     # A node on the data dir that only uses its store: it listens on loopback and signs in nowhere.
+    # Unless it may ``create`` one, the data dir must hold an identity already (see _existing).
+    if not create:
+        directory = _existing(directory)
     async with peerkit.Node(data_dir=directory, listen=("127.0.0.1", 0)) as node:
         yield node
 
 
 async def _resolve_contact(node: peerkit.Node, text: str) -> peerkit.Contact:
     wanted = text.replace("-", "").strip().lower()
-    if not wanted:
-        raise typer.BadParameter("give a contact id or the start of one")
+    if len(wanted) < MIN_PREFIX:
+        raise typer.BadParameter(
+            f"give a contact's fingerprint or at least {MIN_PREFIX} characters of its id; "
+            "see 'peerkit contacts list'"
+        )
     matches = [c for c in await node.contacts.list() if str(c.id).startswith(wanted)]
     if not matches:
         raise typer.BadParameter(f"no contact's id starts with {text!r}; see 'peerkit contacts list'")
@@ -693,7 +753,7 @@ def contacts_add_card(
         raise typer.BadParameter(f"{card!r} is neither a card (peerkit:...) nor a file")
 
     async def run() -> peerkit.Contact:
-        async with _offline_node(data_dir or default_data_dir()) as node:
+        async with _offline_node(data_dir or default_data_dir(), create=True) as node:
             contact = node.contacts.read_card(source)
             if block:
                 contact = contact.replace(subscribe_allowed=peerkit.SubscribePermission.BLOCKED)
@@ -756,17 +816,35 @@ def _contact_change(text: str, data_dir: Path | None, **changes: object) -> peer
 
 
 @contacts_app.command("remove")
-def contacts_remove(contact: ContactId, data_dir: DataDir = None) -> None:
-    """Delete a contact."""
+def contacts_remove(
+    contact: ContactId,
+    data_dir: DataDir = None,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Remove without asking.")] = False,
+) -> None:
+    """Delete a contact (after asking, unless --yes)."""
 
-    async def run() -> peerkit.Contact:
+    async def run() -> peerkit.Contact | None:
         async with _offline_node(data_dir or default_data_dir()) as node:
             found = await _resolve_contact(node, contact)
+            question = f"remove {found.nickname or '?'} ({found.fingerprint}) from your contacts?"
+            if not yes and not await anyio.to_thread.run_sync(_confirm, question):
+                return None
             await node.contacts.delete(found)
             return found
 
     found = anyio.run(run)
+    if found is None:
+        err_console.print("not removed")
+        raise typer.Exit(1)
     console.print(f"removed {found.nickname or '?'} ({found.fingerprint})")
+
+
+def _confirm(question: str) -> bool:
+    # Yes or no on the terminal; no answer (the end of the input) is no.
+    try:
+        return typer.confirm(question, default=False)
+    except typer.Abort:
+        return False
 
 
 @contacts_app.command("allow")
@@ -838,47 +916,7 @@ def watch(
     endpoint names) as they happen, until Ctrl-C or SIGTERM."""
     host, port = parse_address(listen_at)
     providers = _providers(discovery)
-    anyio.run(_watch, host, port, providers, data_dir or default_data_dir(), as_json)
-
-
-def _describe(
-    event: peerkit.PresenceChanged | peerkit.ApplicationChanged | peerkit.ObjectChanged | peerkit.NameChanged,
-) -> tuple[str, dict[str, object]]:
-    who = event.contact
-    peer_id = event.peer_id
-    name = (who.display_name or who.nickname) if who is not None else ""
-    base: dict[str, object] = {"id": str(peer_id), "fingerprint": peer_id.fingerprint, "nickname": name}
-    label = f"{name or '?'} ({peer_id.fingerprint})"
-    if isinstance(event, peerkit.PresenceChanged):
-        status = event.presence.status.name.lower().replace("_", " ")
-        text = f"{label} is {status}" + (f": {event.presence.text}" if event.presence.text else "")
-        return text, {
-            **base,
-            "event": "presence",
-            "status": event.presence.status.name,
-            "text": event.presence.text,
-        }
-    if isinstance(event, peerkit.ApplicationChanged):
-        app_ = event.application
-        text = f"{label} application {app_.description or app_.id}: {event.change.name.lower()}"
-        return text, {
-            **base,
-            "event": "application",
-            "change": event.change.name,
-            "application": str(app_.id),
-        }
-    if isinstance(event, peerkit.ObjectChanged):
-        obj = event.object
-        text = f"{label} object {obj.id} ({len(obj.data)} bytes): {event.change.name.lower()}"
-        return text, {
-            **base,
-            "event": "object",
-            "change": event.change.name,
-            "object": str(obj.id),
-            "size": len(obj.data),
-        }
-    assert isinstance(event, peerkit.NameChanged)
-    return f"{label} endpoint name: {event.name!r}", {**base, "event": "name", "name": event.name}
+    anyio.run(_watch, host, port, providers, _existing(data_dir), as_json)
 
 
 async def _watch(
@@ -905,7 +943,7 @@ async def _watch(
             async with node.events() as events:
                 async for event in events:
                     assert not isinstance(event, peerkit.ContactChanged | peerkit.SubscriptionListChanged)
-                    text, fields = _describe(event)
+                    text, fields = describe_event(event)
                     if as_json:
                         print(json.dumps(fields), flush=True)
                     else:
@@ -913,22 +951,26 @@ async def _watch(
 
 
 def main() -> None:
-    """Entry point of the ``peerkit`` console script."""
-    debug = "--debug" in sys.argv
-    if debug:
-        sys.argv.remove("--debug")
+    """Entry point of the ``peerkit`` console script: every failure is one line on stderr
+    (``error: ...``) and exit code 1; ``peerkit --debug ...`` shows its traceback instead."""
     try:
         app()
-    except (PeerkitError, ExceptionGroup) as exc:
-        error = _only_peerkit_error(exc)
-        if debug or error is None:
+    except KeyboardInterrupt:
+        sys.exit(130)
+    except Exception as exc:
+        if _options["debug"]:
             raise
-        err_console.print(f"[red]error:[/red] {error}")
+        err_console.print(f"[red]error:[/red] {_one_line(exc)}", highlight=False, markup=True)
         sys.exit(1)
 
 
-def _only_peerkit_error(exc: BaseException) -> PeerkitError | None:
-    # The peerkit error to show, also when a task group wrapped it; None for anything else.
+def _one_line(exc: BaseException) -> str:
+    # What went wrong, for people: a peerkit error or a bad value says it itself (also when a
+    # task group wrapped it); a file system error names the file; anything else is unexpected.
     while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
         exc = exc.exceptions[0]
-    return exc if isinstance(exc, PeerkitError) else None
+    if isinstance(exc, PeerkitError | ValueError):
+        return str(exc)
+    if isinstance(exc, OSError) and exc.strerror:
+        return f"{exc.strerror}: {exc.filename}" if exc.filename else exc.strerror
+    return f"unexpected {type(exc).__name__}: {exc} (run 'peerkit --debug ...' for the traceback)"

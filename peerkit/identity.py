@@ -31,6 +31,7 @@ __all__ = ("KEY_FILE_NAME", "Identity", "PeerId", "default_data_dir")
 #: The name of the key file inside a data dir.
 KEY_FILE_NAME: Final = "identity.key"
 _KEY_HEADER: Final = b"peerkit-ed25519-seed-v1\n"
+_ID_LINE: Final = b"id "
 _ID_TEXT_LEN: Final = 52
 
 
@@ -188,7 +189,9 @@ class Identity:
         """
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        content = _KEY_HEADER + base64.b64encode(bytes(self._signing_key)) + b"\n"
+        # The id beside the seed is its checksum: a changed character no longer matches it.
+        content = _KEY_HEADER + base64.b64encode(bytes(self._signing_key)) + b"\n" + _ID_LINE
+        content += str(self._id).encode("ascii") + b"\n"
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".identity-", suffix=".tmp")
         try:
             os.fchmod(fd, 0o600)
@@ -227,16 +230,24 @@ class Identity:
             raise IdentityError(
                 f"identity key file {path} is corrupt: it does not start with the peerkit header"
             )
+        seed_text, _, rest = content[len(_KEY_HEADER) :].partition(b"\n")
         try:
-            seed = base64.b64decode(content[len(_KEY_HEADER) :].strip(), validate=True)
+            seed = base64.b64decode(seed_text.strip(), validate=True)
         except (binascii.Error, ValueError):
             raise IdentityError(f"identity key file {path} is corrupt: the key is not base64") from None
         if len(seed) != 32:
             raise IdentityError(f"identity key file {path} is corrupt: the key is {len(seed)} bytes, not 32")
         try:
-            return cls(nacl.signing.SigningKey(seed))
+            identity = cls(nacl.signing.SigningKey(seed))
         except nacl.exceptions.CryptoError as exc:  # pragma: no cover - any 32 bytes are a seed
             raise IdentityError(f"identity key file {path} is corrupt: {exc}") from exc
+        written = rest.strip()  # (older key files hold no id: they load as they are)
+        if written and written != _ID_LINE + str(identity.id).encode():
+            raise IdentityError(
+                f"identity key file {path} is corrupt: its key does not match the id written beside "
+                "it (was a character changed?); restore it from a backup"
+            )
+        return identity
 
     @classmethod
     def load_or_create(cls, data_dir: str | os.PathLike[str]) -> tuple[Identity, bool]:

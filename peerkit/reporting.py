@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
+from peerkit import events
 from peerkit.statusfile import read_status_file, write_whole
 
 if TYPE_CHECKING:
@@ -19,6 +20,7 @@ if TYPE_CHECKING:
 __all__ = (
     "REACH_FILE",
     "address_text",
+    "describe_event",
     "dht_status_text",
     "reach_status",
     "reach_text",
@@ -162,3 +164,45 @@ def trace_text(who: str, steps: list[ReachStep]) -> str:
         result = "ok" if step.ok else "failed"
         lines.append(f"  {step.way}{where}: {result} in {step.seconds * 1000:.0f} ms ({step.detail})")
     return "\n".join(lines)
+
+
+def describe_event(
+    event: events.PresenceChanged | events.ApplicationChanged | events.ObjectChanged | events.NameChanged,
+) -> tuple[str, dict[str, object]]:
+    """What ``peerkit watch`` prints for a change a watched contact made: a line for people, and
+    the fields of its ``--json`` line."""
+    who = event.contact
+    peer_id = event.peer_id
+    name = (who.display_name or who.nickname) if who is not None else ""
+    base: dict[str, object] = {"id": str(peer_id), "fingerprint": peer_id.fingerprint, "nickname": name}
+    label = f"{name or '?'} ({peer_id.fingerprint})"
+    if isinstance(event, events.PresenceChanged):
+        status = event.presence.status.name.lower().replace("_", " ")
+        text = f"{label} is {status}" + (f": {event.presence.text}" if event.presence.text else "")
+        return text, {
+            **base,
+            "event": "presence",
+            "status": event.presence.status.name,
+            "text": event.presence.text,
+        }
+    if isinstance(event, events.ApplicationChanged):
+        app_ = event.application
+        text = f"{label} application {app_.description or app_.id}: {event.change.name.lower()}"
+        return text, {
+            **base,
+            "event": "application",
+            "change": event.change.name,
+            "application": str(app_.id),
+        }
+    if isinstance(event, events.ObjectChanged):
+        obj = event.object
+        text = f"{label} object {obj.id} ({len(obj.data)} bytes): {event.change.name.lower()}"
+        return text, {
+            **base,
+            "event": "object",
+            "change": event.change.name,
+            "object": str(obj.id),
+            "size": len(obj.data),
+        }
+    assert isinstance(event, events.NameChanged)
+    return f"{label} endpoint name: {event.name!r}", {**base, "event": "name", "name": event.name}

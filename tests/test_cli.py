@@ -19,9 +19,10 @@ import peerkit
 PEERKIT = [sys.executable, "-c", "from peerkit.cli import main; main()"]
 
 
-def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+def run(*args: str, env: dict[str, str] | None = None, answer: str = "") -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-c", "from peerkit.cli import main; main()", *args],
+        input=answer,
         capture_output=True,
         text=True,
         timeout=60,
@@ -37,7 +38,11 @@ def test_version() -> None:
 
 
 def test_id_creates_then_shows_the_same_identity(tmp_path: Path) -> None:
-    first = run("id", "--json", "--data-dir", str(tmp_path))
+    missing = run("id", "--json", "--data-dir", str(tmp_path))  # without --create: never made
+    assert missing.returncode == 1
+    assert f"no identity in {tmp_path}: create one with 'peerkit id --create" in missing.stderr
+    assert not (tmp_path / "identity.key").exists()
+    first = run("id", "--create", "--json", "--data-dir", str(tmp_path))
     assert first.returncode == 0, first.stderr
     info = json.loads(first.stdout)
     assert info["created"] is True
@@ -53,18 +58,73 @@ def test_id_creates_then_shows_the_same_identity(tmp_path: Path) -> None:
 
 
 def test_the_data_dir_comes_from_the_environment(tmp_path: Path) -> None:
-    result = run("id", "--json", env={"PEERKIT_DATA_DIR": str(tmp_path / "env")})
+    result = run("id", "--create", "--json", env={"PEERKIT_DATA_DIR": str(tmp_path / "env")})
     assert json.loads(result.stdout)["key_file"] == str(tmp_path / "env" / "identity.key")
 
 
 def test_a_readable_key_file_is_one_clear_sentence_on_stderr(tmp_path: Path) -> None:
-    run("id", "--data-dir", str(tmp_path))
+    run("id", "--create", "--data-dir", str(tmp_path))
     (tmp_path / "identity.key").chmod(0o644)
     result = run("id", "--data-dir", str(tmp_path))
     assert result.returncode == 1
     assert "accessible by other users" in result.stderr
     assert "Traceback" not in result.stderr
     assert result.stdout == ""
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["id"],
+        ["contacts", "list"],
+        ["contacts", "export-card"],
+        ["watch", "--discovery", "memory"],
+        ["near", "--as-me", "--once", "--discovery", "memory"],
+    ],
+    ids=lambda c: " ".join(c[:2]),
+)
+def test_commands_that_only_read_never_create_an_identity(tmp_path: Path, command: list[str]) -> None:
+    typo = tmp_path / "tpyo"
+    result = run(*command, "--data-dir", str(typo))
+    assert result.returncode == 1
+    assert result.stderr.startswith(f"error: no identity in {typo}"), result.stderr
+    assert "Traceback" not in result.stderr
+    assert not typo.exists()
+
+
+def test_bad_data_dirs_and_key_files_are_one_line_each(tmp_path: Path) -> None:
+    a_file = tmp_path / "a-file"
+    a_file.write_text("not a dir")
+    for command in (["id"], ["id", "--create"], ["contacts", "list"]):
+        result = run(*command, "--data-dir", str(a_file))
+        assert (result.returncode, result.stderr.count("\n")) == (1, 1), result.stderr
+        assert "is a file, not a data dir" in result.stderr
+    read_only = tmp_path / "read-only"
+    read_only.mkdir(mode=0o500)
+    if os.geteuid() != 0:  # (root may write anywhere)
+        result = run("id", "--create", "--data-dir", str(read_only / "dir"))
+        assert (result.returncode, result.stderr.count("\n")) == (1, 1), result.stderr
+        assert result.stderr.startswith("error: Permission denied")
+    home = tmp_path / "home"
+    run("id", "--create", "--data-dir", str(home))
+    key = home / "identity.key"
+    lines = key.read_bytes().split(b"\n")
+    lines[1] = lines[1][:10] + (b"B" if lines[1][10:11] != b"B" else b"C") + lines[1][11:]
+    key.write_bytes(b"\n".join(lines))
+    changed = run("id", "--data-dir", str(home))
+    assert changed.returncode == 1
+    assert "is corrupt: its key does not match the id written beside it" in changed.stderr
+    traced = run("--debug", "id", "--data-dir", str(home))  # --debug: the traceback instead
+    assert "Traceback" in traced.stderr
+    assert "IdentityError" in traced.stderr
+
+
+def test_the_help_lists_the_exit_codes_and_the_logging_options() -> None:
+    shown = run("--help", env={"COLUMNS": "200"})  # (one line each: the help flows to the width)
+    assert "3 invitation declined" in shown.stdout
+    assert "4 invitation expired" in shown.stdout
+    assert "--verbose" in shown.stdout
+    assert "--debug" in shown.stdout
 
 
 def test_demo_shows_the_invitation_and_communication_steps() -> None:
@@ -89,7 +149,7 @@ def test_demo_can_keep_its_identities(tmp_path: Path) -> None:
     second = run("demo", "--messages", "1", "--data-dir", str(tmp_path))
     assert first.returncode == 0, first.stderr
     assert second.returncode == 0, second.stderr
-    alice = run("id", "--json", "--data-dir", str(tmp_path / "demo-alice"))
+    alice = run("id", "--json", "--data-dir", str(tmp_path / "demo-alice"))  # (made by the demo)
     assert json.loads(alice.stdout)["id"] in first.stdout
     assert json.loads(alice.stdout)["id"] in second.stdout
 
@@ -132,7 +192,7 @@ def test_serve_and_invite(tmp_path: Path, signum: int) -> None:
         assert json.loads(accepted.stdout) == {"response": "accepted", "peer": info["id"]}
         other = "0b0e5c1a-7c3d-4f2e-9a61-5d3c0c4a1fff"
         declined = run("invite", address, other, "--id", str(info["id"]), env=client)
-        assert declined.returncode == 0, declined.stderr
+        assert declined.returncode == 3, declined.stderr  # (scripts need not parse the output)
         assert declined.stdout.strip().endswith("declined")
         stranger = str(peerkit.Identity.generate().id)
         wrong = run("invite", address, CHAT, "--id", stranger, env=client)
@@ -293,6 +353,8 @@ def test_near_follows_live_until_a_signal(tmp_path: Path, as_json: bool) -> None
 def test_contacts_commands_add_export_list_and_change_contacts(tmp_path: Path) -> None:
     alice = {"PEERKIT_DATA_DIR": str(tmp_path / "alice")}
     bob = {"PEERKIT_DATA_DIR": str(tmp_path / "bob")}
+    for each in (alice, bob):
+        assert run("id", "--create", env=each).returncode == 0
     empty = run("contacts", "list", env=alice)
     assert empty.returncode == 0, empty.stderr
     assert "no contacts yet" in empty.stdout
@@ -331,12 +393,21 @@ def test_contacts_commands_add_export_list_and_change_contacts(tmp_path: Path) -
     unknown = run("contacts", "remove", "zzzzzzzz", env=alice)
     assert unknown.returncode == 2
     assert "no contact's id starts with 'zzzzzzzz'" in unknown.stderr
-    removed = run("contacts", "remove", row["fingerprint"], env=alice)
+    too_short = run("contacts", "remove", bob_id[:2], env=alice)
+    assert too_short.returncode == 2
+    assert "at least 8 characters of its id" in " ".join(too_short.stderr.replace("│", " ").split())
+    kept = run("contacts", "remove", row["fingerprint"], env=alice)  # asked, and no answer: kept
+    assert (kept.returncode, kept.stderr) == (1, "not removed\n")
+    assert "from your contacts? [y/N]" in kept.stdout
+    assert len(json.loads(run("contacts", "list", "--json", env=alice).stdout)) == 1
+    removed = run("contacts", "remove", row["fingerprint"], env=alice, answer="y\n")
     assert removed.returncode == 0, removed.stderr
     assert json.loads(run("contacts", "list", "--json", env=alice).stdout) == []
     path = tmp_path / "bob.card"
     assert run("contacts", "export-card", "--out", str(path), env=bob).returncode == 0
     assert run("contacts", "add-card", str(path), env=alice).returncode == 0
+    assert run("contacts", "remove", bob_id[:8], "--yes", env=alice).returncode == 0  # without asking
+    assert json.loads(run("contacts", "list", "--json", env=alice).stdout) == []
     bad_status = run("presence", "set", "offline", env=alice)
     assert bad_status.returncode == 2
     assert "not a status to set" in bad_status.stderr

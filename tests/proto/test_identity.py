@@ -97,6 +97,29 @@ def test_a_corrupt_key_file_is_refused(tmp_path: Path, content: bytes, match: st
         Identity.load(path)
 
 
+@pytest.mark.parametrize("line", [1, 2], ids=["seed", "id"])
+def test_a_key_file_with_one_character_changed_is_refused_not_loaded_as_another_identity(
+    tmp_path: Path, alice: Identity, line: int
+) -> None:
+    path = tmp_path / KEY_FILE_NAME
+    alice.save(path)
+    lines = path.read_bytes().split(b"\n")
+    assert lines[2] == b"id " + str(alice.id).encode()  # the id beside the seed: its checksum
+    text = bytearray(lines[line])
+    text[5] = ord("B") if text[5] != ord("B") else ord("C")  # still valid base64 / base32
+    lines[line] = bytes(text)
+    path.write_bytes(b"\n".join(lines))
+    with pytest.raises(IdentityError, match="does not match the id written beside it"):
+        Identity.load(path)
+
+
+def test_a_key_file_written_without_its_id_still_loads(tmp_path: Path, alice: Identity) -> None:
+    path = tmp_path / KEY_FILE_NAME
+    alice.save(path)
+    path.write_bytes(b"\n".join(path.read_bytes().split(b"\n")[:2]) + b"\n")  # as older peerkits wrote it
+    assert Identity.load(path).id == alice.id
+
+
 def test_a_missing_key_file_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(IdentityError, match="no identity key file"):
         Identity.load(tmp_path / "nope.key")
