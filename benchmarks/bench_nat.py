@@ -4,13 +4,14 @@ nft and miniupnpd; without them the benchmark is skipped with a note).
 The Internet of ``peerkit.testing.NamespaceLan``: a DHT, an open relay, and four home routers
 (nft masquerade and a stateful firewall): one runs miniupnpd, one keeps ports (Linux's
 masquerade), one picks a random port per connection (``fully-random``, symmetric-like), and alice
-sits behind the last, which keeps ports. Behind each of the first three is a bob: mapped through
-UPnP, reachable through the relay, reachable through the relay. Each try, alice closes her
+sits behind the last, which keeps ports. Behind each of the first three is a bob: with his port
+mapped through the router (miniupnpd speaks PCP, NAT-PMP and UPnP; the node prefers PCP),
+reachable through the relay, reachable through the relay. Each try, alice closes her
 channels to that bob and traces every way to him afresh (``Node.trace``, the agent of
 tests/real/nat_agent.py). Figures, medians over the tries:
 
 - time to first byte, through the relay behind the symmetric-like NAT (connect + handshake),
-  against the same direct through the UPnP mapping;
+  against the same direct through the mapped port;
 - time to a direct channel by punching behind port-keeping NATs (the relayed channel, then the
   punch), against the same reference;
 - the lookup through the DHT that comes before each is left out (the ``dht`` benchmark measures
@@ -187,7 +188,7 @@ def run(progress: Progress, *, quick: bool = False) -> list[Result]:
             "time to first byte behind a symmetric-like NAT, through the relay (connect + handshake), ms",
             "ms",
             median(got["relayed"]),
-            "direct through a UPnP mapping",
+            "direct through a mapped port (PCP)",
             direct,
             direct / median(got["relayed"]),
             None,
@@ -197,7 +198,7 @@ def run(progress: Progress, *, quick: bool = False) -> list[Result]:
             "time to a direct channel by punching behind port-keeping NATs (relayed channel + punch), ms",
             "ms",
             median(got["punched"]),
-            "direct through a UPnP mapping",
+            "direct through a mapped port (PCP)",
             direct,
             direct / median(got["punched"]),
             None,
