@@ -151,16 +151,29 @@ def _existing(data_dir: Path | None) -> Path:
 def id_command(
     data_dir: DataDir = None,
     create: Annotated[bool, typer.Option("--create", help="Create the identity if there is none.")] = False,
+    nickname: Annotated[
+        str | None,
+        typer.Option(help="Save the nickname others see (every command and your card use it)."),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
 ) -> None:
     """Show this user's identity (with --create, create it first if there is none)."""
     directory = (data_dir or default_data_dir()) if create else _existing(data_dir)
     if directory.exists() and not directory.is_dir():
         raise IdentityError(f"{directory} is a file, not a data dir: give --data-dir a directory")
+    if nickname is not None:
+        check_nickname(nickname)
     identity, created = Identity.load_or_create(directory)
+
+    async def saved_nickname() -> str:
+        # The nickname saved in the data dir (``nickname``, when given, is saved first).
+        async with peerkit.Node(data_dir=directory, nickname=nickname or "", listen=("127.0.0.1", 0)) as node:
+            return node.nickname
+
     info = {
         "id": str(identity.id),
         "fingerprint": identity.fingerprint,
+        "nickname": anyio.run(saved_nickname),
         "key_file": str(directory / KEY_FILE_NAME),
         "created": created,
     }
@@ -172,6 +185,7 @@ def id_command(
     table = Table(show_header=False, box=None)
     table.add_row("id", str(identity.id))
     table.add_row("fingerprint", identity.fingerprint)
+    table.add_row("nickname", str(info["nickname"]) or "(none: peerkit id --nickname NAME)")
     table.add_row("key file", str(directory / KEY_FILE_NAME))
     console.print(table)
 
@@ -414,7 +428,12 @@ def near(
         float, typer.Option(min=0, max=300, help="With --once: seconds to listen before printing.")
     ] = 3.0,
     discovery: Discovery = None,
-    nickname: Annotated[str, typer.Option(help="The nickname others see while this looks.")] = "peerkit near",
+    nickname: Annotated[
+        str | None,
+        typer.Option(
+            help="The nickname others see while this looks [default: 'peerkit near'; --as-me: yours]."
+        ),
+    ] = None,
     as_me: Annotated[
         bool,
         typer.Option(
@@ -427,12 +446,14 @@ def near(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
 ) -> None:
     """Show the people near me: a live table until Ctrl-C, or once with --once."""
-    check_nickname(nickname)
+    if nickname is not None:
+        check_nickname(nickname)
     providers = _providers(discovery)
-    identity = None if as_me else Identity.generate()
-    directory = (
-        _existing(data_dir) if as_me else data_dir or default_data_dir()
-    )  # (--as-me: it must be there)
+    if as_me:  # the identity (and nickname) in the data dir, which must be there
+        identity, directory, nickname = None, _existing(data_dir), nickname or ""
+    else:
+        identity, directory = Identity.generate(), data_dir or default_data_dir()
+        nickname = "peerkit near" if nickname is None else nickname
     anyio.run(_near, once, wait, providers, nickname, identity, directory, as_json)
 
 

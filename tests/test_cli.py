@@ -119,6 +119,20 @@ def test_bad_data_dirs_and_key_files_are_one_line_each(tmp_path: Path) -> None:
     assert "IdentityError" in traced.stderr
 
 
+def test_the_nickname_is_saved_and_used_by_every_command(tmp_path: Path) -> None:
+    alice, bob = {"PEERKIT_DATA_DIR": str(tmp_path / "alice")}, {"PEERKIT_DATA_DIR": str(tmp_path / "bob")}
+    created = json.loads(run("id", "--create", "--nickname", "alice", "--json", env=alice).stdout)
+    assert created["nickname"] == "alice"
+    assert json.loads(run("id", "--json", env=alice).stdout)["nickname"] == "alice"  # kept
+    too_long = run("id", "--nickname", "x" * 256, env=alice)
+    assert too_long.returncode == 2
+    card = run("contacts", "export-card", env=alice).stdout.strip()  # the card carries it
+    added = json.loads(run("contacts", "add-card", card, "--json", env=bob).stdout)
+    assert added["nickname"] == "alice"
+    run("near", "--as-me", "--once", "--wait", "0", "--discovery", "memory", env=alice)
+    assert json.loads(run("id", "--json", env=alice).stdout)["nickname"] == "alice"  # not "peerkit near"
+
+
 def test_the_help_lists_the_exit_codes_and_the_logging_options() -> None:
     shown = run("--help", env={"COLUMNS": "200"})  # (one line each: the help flows to the width)
     assert "3 invitation declined" in shown.stdout

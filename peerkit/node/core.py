@@ -66,7 +66,7 @@ from peerkit.node.publishing import Published, Publishing, Visibility
 from peerkit.node.reaching import Reach, Reaching, ReachStep
 from peerkit.node.receivers import app_id as id_of
 from peerkit.node.requests import Requests
-from peerkit.node.settings import ENDPOINT_NAME, Settings
+from peerkit.node.settings import ENDPOINT_NAME, NICKNAME, Settings
 from peerkit.node.streams import StreamHandler, Streams
 from peerkit.node.watching import Watching
 from peerkit.peers import Peer
@@ -110,7 +110,8 @@ FAREWELL_TIMEOUT: Final = 1.0
 class Node(EventMethods, FindingMethods):
     """One peerkit identity on the network; an async context manager.
 
-    :param nickname: shown to other peers, at most 255 characters.
+    :param nickname: shown to other peers, at most 255 characters; saved in the data dir (without
+        one, the nickname saved there is used).
     :param data_dir: where the identity key, settings and contact database live (created if
         missing). Default: the per-user data directory, or ``$PEERKIT_DATA_DIR``.
     :param identity: use this identity instead of the one in ``data_dir``; without a ``data_dir``
@@ -364,6 +365,11 @@ class Node(EventMethods, FindingMethods):
             await self.contacts.load()
             await self._settings.load()
             self._endpoint_name = self._settings.get(ENDPOINT_NAME)
+            if not self._nickname:
+                self._nickname = self._settings.get(NICKNAME)  # the one saved in the data dir
+            elif self._nickname != self._settings.get(NICKNAME):
+                self._settings.set(NICKNAME, self._nickname)  # given: kept for the next start
+                await self._settings.flush()
             listener = await self._network.listen(*self._listen)
             stack.push_async_callback(listener.aclose)
             # Over TCP, what strangers can make the node hold fits in its file descriptors.
@@ -494,12 +500,16 @@ class Node(EventMethods, FindingMethods):
 
     @property
     def nickname(self) -> str:
-        """The nickname other peers see, at most 255 characters; a change is published at once."""
+        """The nickname other peers see, at most 255 characters; a change is published at once and
+        saved in the data dir (a node started there without a nickname takes the saved one)."""
         return self._nickname
 
     @nickname.setter
     def nickname(self, value: str) -> None:
         self._nickname = check_text(value, "nickname")
+        self._settings.set(NICKNAME, self._nickname)  # (saved in the data dir, like the endpoint name)
+        if self._running:
+            self._spawn(self._settings.flush)
         if self._listener is not None:
             self._listener.nickname = self._nickname
         self._nearby.republish()

@@ -16,12 +16,14 @@ from typing import Final, Protocol
 
 from peerkit.model import MAX_TEXT
 
-__all__ = ("ENDPOINT_NAME", "LEGACY_FILE", "Settings", "SettingsStore")
+__all__ = ("ENDPOINT_NAME", "LEGACY_FILE", "NICKNAME", "Settings", "SettingsStore")
 
 log = logging.getLogger(__name__)
 
 #: The settings key of the endpoint name.
 ENDPOINT_NAME: Final = "endpoint_name"
+#: The settings key of the nickname.
+NICKNAME: Final = "nickname"
 #: The settings file of earlier versions, folded into the database at the first start.
 LEGACY_FILE: Final = "node.json"
 

@@ -140,6 +140,19 @@ async def test_endpoint_name_is_checked_and_persisted(tmp_path: Path) -> None:
         assert node.endpoint_name == "kitchen"
 
 
+async def test_the_nickname_is_saved_in_the_data_dir(tmp_path: Path) -> None:
+    async with Node(nickname="alice", data_dir=tmp_path, listen=("127.0.0.1", 0)):
+        pass
+    async with Node(data_dir=tmp_path, listen=("127.0.0.1", 0)) as node:  # none given: the saved one
+        assert node.nickname == "alice"
+        assert node.contacts.read_card(node.contacts.sign_card()).nickname == "alice"  # in its card too
+        node.nickname = "Alice A."
+    async with Node(data_dir=tmp_path, listen=("127.0.0.1", 0)) as node:
+        assert node.nickname == "Alice A."
+    async with Node(nickname="al", data_dir=tmp_path, listen=("127.0.0.1", 0)) as node:  # given: it wins
+        assert node.nickname == "al"
+
+
 async def test_endpoint_name_reaches_peers() -> None:
     async with nodes() as (alice, bob):
         bob.endpoint_name = "bob's desk"
