@@ -11,17 +11,26 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Annotated, Any, Final
 
 import anyio
 import typer
-from rich.console import Console
 from rich.table import Table
 
 import peerkit
+from peerkit.cli_contacts import contacts_app
+from peerkit.clikit import (
+    DataDir,
+    cancel_on_signal,
+    check_nickname,
+    console,
+    err_console,
+    existing_data_dir,
+    offline_node,
+    parse_address,
+    resolve_contact,
+)
 from peerkit.discovery.base import DiscoveryProvider
 from peerkit.errors import IdentityError, PeerkitError, PeerUnreachable
 from peerkit.identity import KEY_FILE_NAME, Identity, PeerId, default_data_dir
@@ -38,16 +47,6 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     rich_markup_mode="markdown",  # (help text flows to the terminal's width, not the source's)
 )
-console = Console(soft_wrap=True)
-err_console = Console(stderr=True, soft_wrap=True)
-
-
-DataDir = Annotated[
-    Path | None,
-    typer.Option(
-        "--data-dir", help="Where the identity lives [default: $PEERKIT_DATA_DIR or the user data dir]"
-    ),
-]
 
 
 Discovery = Annotated[
@@ -129,24 +128,6 @@ def _root(
         )
 
 
-#: Characters of a contact's id (or its fingerprint) that name it on the command line, at least.
-MIN_PREFIX: Final = 8
-
-
-def _existing(data_dir: Path | None) -> Path:
-    """The data dir a command that only reads uses: it must hold an identity (such a command never
-    creates one, so that a mistyped --data-dir is an error, not a new identity)."""
-    directory = data_dir or default_data_dir()
-    if directory.exists() and not directory.is_dir():
-        raise IdentityError(f"{directory} is a file, not a data dir: give --data-dir a directory")
-    if not (directory / KEY_FILE_NAME).exists():
-        raise IdentityError(
-            f"no identity in {directory}: create one with 'peerkit id --create --data-dir {directory}' "
-            "(or check --data-dir and $PEERKIT_DATA_DIR)"
-        )
-    return directory
-
-
 @app.command("id")
 def id_command(
     data_dir: DataDir = None,
@@ -158,7 +139,7 @@ def id_command(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
 ) -> None:
     """Show this user's identity (with --create, create it first if there is none)."""
-    directory = (data_dir or default_data_dir()) if create else _existing(data_dir)
+    directory = (data_dir or default_data_dir()) if create else existing_data_dir(data_dir)
     if directory.exists() and not directory.is_dir():
         raise IdentityError(f"{directory} is a file, not a data dir: give --data-dir a directory")
     if nickname is not None:
@@ -240,25 +221,15 @@ def demo(
     console.print("[green]demo complete[/green]")
 
 
-def parse_address(text: str, default_host: str = "0.0.0.0") -> tuple[str, int]:
-    """``HOST:PORT``, ``[IPv6]:PORT`` or ``:PORT`` as a (host, port) pair.
-
-    :raises typer.BadParameter: when it is none of those.
-    """
-    host, sep, port = text.rpartition(":")
-    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise typer.BadParameter(f"{text!r} is not HOST:PORT (for IPv6: [ADDRESS]:PORT)")
-    host = host.strip("[]") or default_host
-    return host, int(port)
-
-
 def _app_ids(values: list[str]) -> list[uuid.UUID]:
+    from peerkit.wellknown import application_id
+
     ids = []
     for value in values:
         try:
-            ids.append(uuid.UUID(value))
-        except ValueError:
-            raise typer.BadParameter(f"{value!r} is not an application UUID") from None
+            ids.append(application_id(value))
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc)) from None
     return ids
 
 
@@ -269,7 +240,10 @@ def serve(
     ] = "0.0.0.0:0",
     accept: Annotated[
         list[str] | None,
-        typer.Option("--accept", help="Register application APP_UUID and accept every invitation to it."),
+        typer.Option(
+            "--accept",
+            help="Register application APP (chat, files or a UUID) and accept every invitation to it.",
+        ),
     ] = None,
     nickname: Annotated[str, typer.Option(help="The nickname peers see.")] = "",
     discovery: Discovery = None,
@@ -339,18 +313,12 @@ def parse_relay(text: str) -> EndPoint:
         raise typer.BadParameter(f"{text!r} is not HOST:PORT#RELAY_ID: {exc}", param_hint="--via") from None
 
 
-def check_nickname(nickname: str) -> None:
-    """:raises typer.BadParameter: when the nickname is too long."""
-    try:
-        check_text(nickname, "nickname")
-    except ValueError as exc:
-        raise typer.BadParameter(str(exc), param_hint="--nickname") from None
-
-
 @app.command()
 def invite(
-    address: Annotated[str, typer.Argument(help="HOST:PORT of the peer.")],
-    application: Annotated[str, typer.Argument(help="The application's UUID.")],
+    address: Annotated[
+        str, typer.Argument(help="The peer: a contact (its name, fingerprint or id), or HOST:PORT.")
+    ],
+    application: Annotated[str, typer.Argument(help="The application: its UUID, or chat or files.")],
     message: Annotated[str, typer.Option(help="The invitation message (at most 255 characters).")] = "",
     peer_id: Annotated[
         str | None,
@@ -362,13 +330,21 @@ def invite(
     data_dir: DataDir = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
 ) -> None:
-    """Invite the peer at HOST:PORT to an application and print its answer.
+    """Invite a contact (by name, fingerprint or id) or the peer at HOST:PORT to an application,
+    and print its answer.
 
     Exits with 0 when it accepted, 3 when it declined, 4 when it did not answer in time. Ctrl-C or
     SIGTERM withdraws the invitation and exits with 0.
     """
-    host, port = parse_address(address, default_host="127.0.0.1")
     (app_id,) = _app_ids([application])
+    if ":" not in address:  # a contact, by name
+        if peer_id is not None:
+            raise typer.BadParameter("--id is for HOST:PORT: a contact's id is known", param_hint="--id")
+        check_text(message, "invitation message")
+        found = anyio.run(_invite, address, app_id, message, None, timeout, existing_data_dir(data_dir))
+        _print_answer(*found, address, as_json)
+        return
+    host, port = parse_address(address, default_host="127.0.0.1")
     check_text(message, "invitation message")  # before anything is dialled
     expected = None
     if peer_id is not None:
@@ -377,7 +353,14 @@ def invite(
         except ValueError as exc:
             raise typer.BadParameter(str(exc), param_hint="--id") from None
     directory = data_dir or default_data_dir()
-    response, who = anyio.run(_invite, host, port, app_id, message, expected, timeout, directory)
+    response, who = anyio.run(_invite, (host, port), app_id, message, expected, timeout, directory)
+    _print_answer(response, who, address, as_json)
+
+
+def _print_answer(
+    response: peerkit.InvitationResponse | None, who: peerkit.PeerId | None, address: str, as_json: bool
+) -> None:
+    # The answer, and its exit code.
     answer = response.name.lower() if response is not None else "withdrawn"
     if as_json:
         print(json.dumps({"response": answer, "peer": str(who) if who is not None else None}))
@@ -390,35 +373,34 @@ def invite(
 
 
 async def _invite(
-    host: str,
-    port: int,
+    target: str | tuple[str, int],
     app_id: uuid.UUID,
     message: str,
     expected: peerkit.PeerId | None,
     timeout: float,
     directory: Path,
 ) -> tuple[peerkit.InvitationResponse | None, peerkit.PeerId | None]:
+    # Invite a contact (``target``: its name, fingerprint or id) or the peer at (host, port); Ctrl-C
+    # or SIGTERM withdraws the invitation (invite_cancel).
     from peerkit.model import Application
-    from peerkit.node import Node
 
     response: peerkit.InvitationResponse | None = None
-    who: peerkit.PeerId | None = None
-    async with Node(data_dir=directory, listen=("127.0.0.1", 0)) as node, anyio.create_task_group() as tg:
-
-        async def withdraw_on_signal() -> None:
-            with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-                async for _ in signals:
-                    tg.cancel_scope.cancel()  # the invitation is withdrawn (invite_cancel)
-                    return
-
-        tg.start_soon(withdraw_on_signal)
+    async with peerkit.Node(data_dir=directory, listen=("127.0.0.1", 0)) as node:
+        if isinstance(target, str):
+            try:
+                peer: peerkit.Peer = await resolve_contact(node, target)
+            except typer.BadParameter as exc:  # (raised outside any task group: a usage error)
+                raise typer.BadParameter(f"{exc.message} (or give HOST:PORT)") from None
         await node.register_application(Application(id=app_id))
-        peer = await node.peer_at(host, port, expected)
-        who = peer.id
-        with console.status(f"waiting for {peer.id.fingerprint} to answer", spinner="dots"):
-            response = await peer.invite(app_id, message, timeout=timeout)
-        tg.cancel_scope.cancel()
-    return response, who
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(cancel_on_signal, tg.cancel_scope)
+            if not isinstance(target, str):
+                peer = await node.peer_at(*target, expected)
+            who = peer.nickname or peer.id.fingerprint
+            with console.status(f"waiting for {who} to answer", spinner="dots"):
+                response = await peer.invite(app_id, message, timeout=timeout)
+            tg.cancel_scope.cancel()
+    return response, peer.id
 
 
 @app.command()
@@ -450,7 +432,7 @@ def near(
         check_nickname(nickname)
     providers = _providers(discovery)
     if as_me:  # the identity (and nickname) in the data dir, which must be there
-        identity, directory, nickname = None, _existing(data_dir), nickname or ""
+        identity, directory, nickname = None, existing_data_dir(data_dir), nickname or ""
     else:
         identity, directory = Identity.generate(), data_dir or default_data_dir()
         nickname = "peerkit near" if nickname is None else nickname
@@ -543,16 +525,10 @@ async def _near(
 
 
 # -- contacts, presence, watch ------------------------------------------------------------------
-contacts_app = typer.Typer(
-    help="Your contacts: trusted peers, their cards, who may watch you, whom you watch."
-)
 app.add_typer(contacts_app, name="contacts")
 presence_app = typer.Typer(help="Your presence, as the contacts that watch you see it.")
 app.add_typer(presence_app, name="presence")
 
-ContactId = Annotated[
-    str, typer.Argument(help="The contact's id, or the start of it (its fingerprint works).")
-]
 STATUSES = {status.name.lower().replace("_", "-"): status for status in peerkit.PresenceStatus}
 SETTABLE = ", ".join(name for name in STATUSES if name != "offline")
 
@@ -569,7 +545,7 @@ def resolve(
     contact must be signed in to the Internet scope, and its card must have given its locator
     key), and print its endpoints and how long it took."""
     providers = _providers(discovery or ["dht"])
-    directory = _existing(data_dir)
+    directory = existing_data_dir(data_dir)
     who, endpoints, took = anyio.run(_resolve, contact, providers, directory, timeout)
     names = [p.name for p in providers]
     if as_json:
@@ -584,7 +560,7 @@ async def _resolve(
     text: str, providers: list[DiscoveryProvider], directory: Path, timeout: float
 ) -> tuple[peerkit.PeerId, tuple[peerkit.EndPoint, ...], float]:
     async with peerkit.Node(data_dir=directory, listen=("127.0.0.1", 0), discovery=providers) as node:
-        contact = await _resolve_contact(node, text)
+        contact = await resolve_contact(node, text)
         start = anyio.current_time()
         with console.status(f"looking for {contact.fingerprint}", spinner="dots"):
             while True:
@@ -621,7 +597,7 @@ def reach(
     directory = data_dir or default_data_dir()
     if contact is not None:
         providers = _providers(discovery or ["dht"])
-        who, steps = anyio.run(_trace, contact, providers, _existing(data_dir), timeout)
+        who, steps = anyio.run(_trace, contact, providers, existing_data_dir(data_dir), timeout)
         if as_json:
             rows = [
                 {**dataclasses.asdict(s), "endpoint": str(s.endpoint) if s.endpoint else None} for s in steps
@@ -650,7 +626,7 @@ async def _trace(
     text: str, providers: list[DiscoveryProvider], directory: Path, timeout: float
 ) -> tuple[peerkit.PeerId, list[Any]]:
     async with peerkit.Node(data_dir=directory, listen=("0.0.0.0", 0), discovery=providers) as node:
-        contact = await _resolve_contact(node, text)
+        contact = await resolve_contact(node, text)
         with console.status(f"trying every way to {contact.fingerprint}", spinner="dots"):
             return contact.id, await node.trace(contact.id, timeout=timeout)
 
@@ -689,213 +665,6 @@ def dht_status(
         raise typer.Exit(1)
 
 
-@asynccontextmanager
-async def _offline_node(directory: Path, *, create: bool = False) -> AsyncIterator[peerkit.Node]:
-    # A node on the data dir that only uses its store: it listens on loopback and signs in nowhere.
-    # Unless it may ``create`` one, the data dir must hold an identity already (see _existing).
-    if not create:
-        directory = _existing(directory)
-    async with peerkit.Node(data_dir=directory, listen=("127.0.0.1", 0)) as node:
-        yield node
-
-
-async def _resolve_contact(node: peerkit.Node, text: str) -> peerkit.Contact:
-    wanted = text.replace("-", "").strip().lower()
-    if len(wanted) < MIN_PREFIX:
-        raise typer.BadParameter(
-            f"give a contact's fingerprint or at least {MIN_PREFIX} characters of its id; "
-            "see 'peerkit contacts list'"
-        )
-    matches = [c for c in await node.contacts.list() if str(c.id).startswith(wanted)]
-    if not matches:
-        raise typer.BadParameter(f"no contact's id starts with {text!r}; see 'peerkit contacts list'")
-    if len(matches) > 1:
-        raise typer.BadParameter(f"{len(matches)} contacts' ids start with {text!r}; give more of the id")
-    return matches[0]
-
-
-def _contact_row(contact: peerkit.Contact) -> dict[str, object]:
-    return {
-        "id": str(contact.id),
-        "fingerprint": contact.fingerprint,
-        "nickname": contact.nickname,
-        "display_name": contact.display_name,
-        "email": contact.email,
-        "endpoints": [str(e) for e in contact.endpoints],
-        "subscribe_allowed": contact.subscribe_allowed.name.lower(),
-        "is_subscribed": contact.is_subscribed,
-        "added": contact.added,
-        "last_seen": contact.last_seen,
-    }
-
-
-@contacts_app.command("list")
-def contacts_list(
-    data_dir: DataDir = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
-) -> None:
-    """List your contacts."""
-
-    async def run() -> list[peerkit.Contact]:
-        async with _offline_node(data_dir or default_data_dir()) as node:
-            return await node.contacts.list()
-
-    contacts = anyio.run(run)
-    if as_json:
-        print(json.dumps([_contact_row(c) for c in contacts]))
-        return
-    if not contacts:
-        console.print("no contacts yet: add one with 'peerkit contacts add-card CARD'")
-        return
-    table = Table("fingerprint", "nickname", "display name", "email", "may watch me", "I watch", "endpoints")
-    for contact in contacts:
-        table.add_row(
-            contact.fingerprint,
-            contact.nickname,
-            contact.display_name,
-            contact.email,
-            "yes" if contact.subscribe_allowed is peerkit.SubscribePermission.ALLOWED else "blocked",
-            "yes" if contact.is_subscribed else "no",
-            ", ".join(str(e) for e in contact.endpoints),
-        )
-    console.print(table)
-
-
-@contacts_app.command("add-card")
-def contacts_add_card(
-    card: Annotated[str, typer.Argument(help="A card (peerkit:...) or a file holding one.")],
-    block: Annotated[bool, typer.Option("--block", help="Add it, but do not let it watch you.")] = False,
-    data_dir: DataDir = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
-) -> None:
-    """Verify a contact card and add the peer it describes to your contacts."""
-    source: str | Path = card if card.strip().startswith("peerkit:") else Path(card)
-    if isinstance(source, Path) and not source.is_file():
-        raise typer.BadParameter(f"{card!r} is neither a card (peerkit:...) nor a file")
-
-    async def run() -> peerkit.Contact:
-        async with _offline_node(data_dir or default_data_dir(), create=True) as node:
-            contact = node.contacts.read_card(source)
-            if block:
-                contact = contact.replace(subscribe_allowed=peerkit.SubscribePermission.BLOCKED)
-            return await node.contacts.add(contact)
-
-    contact = anyio.run(run)
-    if as_json:
-        print(json.dumps(_contact_row(contact)))
-    else:
-        name = contact.display_name or contact.nickname or "?"
-        console.print(f"added {name} ({contact.fingerprint}); the card's signature checks out")
-
-
-@contacts_app.command("export-card")
-def contacts_export_card(
-    out: Annotated[Path | None, typer.Option("--out", help="Write the card's file form to FILE.")] = None,
-    address: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--address", help="HOST:PORT where 'peerkit serve' reaches you (repeatable) [default: none]"
-        ),
-    ] = None,
-    display_name: Annotated[str | None, typer.Option(help="Set your display name first.")] = None,
-    email: Annotated[str | None, typer.Option(help="Set your email first.")] = None,
-    data_dir: DataDir = None,
-) -> None:
-    """Print your contact card (peerkit:...), to give to people who should trust you. Without
-    --address it names no address: they find you through discovery."""
-    from peerkit.contacts import card_text
-
-    endpoints = [peerkit.EndPoint(*parse_address(a, default_host="127.0.0.1")) for a in address or []]
-
-    async def run() -> str:
-        async with _offline_node(data_dir or default_data_dir()) as node:
-            me = node.contacts.me
-            changes = {k: v for k, v in (("display_name", display_name), ("email", email)) if v is not None}
-            if changes:
-                me = await node.contacts.update(me.replace(**changes))
-            card = node.contacts.sign_card(endpoints)
-            if out is not None:
-                temporary = out.with_name(f".{out.name}.tmp")
-                temporary.write_bytes(card)
-                temporary.replace(out)
-            return card_text(card)
-
-    try:
-        text = anyio.run(run)
-    except ValueError as exc:
-        raise typer.BadParameter(str(exc)) from None
-    print(text)
-
-
-def _contact_change(text: str, data_dir: Path | None, **changes: object) -> peerkit.Contact:
-    async def run() -> peerkit.Contact:
-        async with _offline_node(data_dir or default_data_dir()) as node:
-            contact = await _resolve_contact(node, text)
-            return await node.contacts.update(contact.replace(**changes))
-
-    return anyio.run(run)
-
-
-@contacts_app.command("remove")
-def contacts_remove(
-    contact: ContactId,
-    data_dir: DataDir = None,
-    yes: Annotated[bool, typer.Option("--yes", "-y", help="Remove without asking.")] = False,
-) -> None:
-    """Delete a contact (after asking, unless --yes)."""
-
-    async def run() -> peerkit.Contact | None:
-        async with _offline_node(data_dir or default_data_dir()) as node:
-            found = await _resolve_contact(node, contact)
-            question = f"remove {found.nickname or '?'} ({found.fingerprint}) from your contacts?"
-            if not yes and not await anyio.to_thread.run_sync(_confirm, question):
-                return None
-            await node.contacts.delete(found)
-            return found
-
-    found = anyio.run(run)
-    if found is None:
-        err_console.print("not removed")
-        raise typer.Exit(1)
-    console.print(f"removed {found.nickname or '?'} ({found.fingerprint})")
-
-
-def _confirm(question: str) -> bool:
-    # Yes or no on the terminal; no answer (the end of the input) is no.
-    try:
-        return typer.confirm(question, default=False)
-    except typer.Abort:
-        return False
-
-
-@contacts_app.command("allow")
-def contacts_allow(contact: ContactId, data_dir: DataDir = None) -> None:
-    """Let a contact watch your presence, applications and objects."""
-    found = _contact_change(contact, data_dir, subscribe_allowed=peerkit.SubscribePermission.ALLOWED)
-    console.print(f"{found.nickname or found.fingerprint} may watch you")
-
-
-@contacts_app.command("block")
-def contacts_block(contact: ContactId, data_dir: DataDir = None) -> None:
-    """Stop a contact from watching you (it may still ask, and hears nothing)."""
-    found = _contact_change(contact, data_dir, subscribe_allowed=peerkit.SubscribePermission.BLOCKED)
-    console.print(f"{found.nickname or found.fingerprint} is blocked")
-
-
-@contacts_app.command("watch")
-def contacts_watch(contact: ContactId, data_dir: DataDir = None) -> None:
-    """Watch a contact (a running 'peerkit serve' or 'peerkit watch' subscribes within a second)."""
-    found = _contact_change(contact, data_dir, is_subscribed=True)
-    console.print(f"watching {found.nickname or found.fingerprint}")
-
-
-@contacts_app.command("unwatch")
-def contacts_unwatch(contact: ContactId, data_dir: DataDir = None) -> None:
-    """Stop watching a contact."""
-    found = _contact_change(contact, data_dir, is_subscribed=False)
-    console.print(f"no longer watching {found.nickname or found.fingerprint}")
-
-
 @presence_app.command("set")
 def presence_set(
     status: Annotated[str, typer.Argument(help=f"One of: {SETTABLE}.")],
@@ -915,7 +684,7 @@ def presence_set(
         raise typer.BadParameter(str(exc)) from None
 
     async def run() -> None:
-        async with _offline_node(data_dir or default_data_dir()) as node:
+        async with offline_node(data_dir or default_data_dir()) as node:
             await node.contacts.save_setting(
                 PRESENCE_SETTING, json.dumps([int(presence.status), presence.text])
             )
@@ -937,7 +706,7 @@ def watch(
     endpoint names) as they happen, until Ctrl-C or SIGTERM."""
     host, port = parse_address(listen_at)
     providers = _providers(discovery)
-    anyio.run(_watch, host, port, providers, _existing(data_dir), as_json)
+    anyio.run(_watch, host, port, providers, existing_data_dir(data_dir), as_json)
 
 
 async def _watch(
@@ -953,14 +722,7 @@ async def _watch(
         else:
             console.print("you watch no contact yet: 'peerkit contacts watch ID' (this keeps running)")
         async with anyio.create_task_group() as tg:
-
-            async def stop() -> None:
-                with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-                    async for _ in signals:
-                        tg.cancel_scope.cancel()
-                        return
-
-            tg.start_soon(stop)
+            tg.start_soon(cancel_on_signal, tg.cancel_scope)
             async with node.events() as events:
                 async for event in events:
                     assert not isinstance(event, peerkit.ContactChanged | peerkit.SubscriptionListChanged)

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import anyio
@@ -133,6 +134,57 @@ def test_the_nickname_is_saved_and_used_by_every_command(tmp_path: Path) -> None
     assert json.loads(run("id", "--json", env=alice).stdout)["nickname"] == "alice"  # not "peerkit near"
 
 
+@pytest.mark.network
+def test_contacts_are_named_as_people_name_them_and_invited_by_name(tmp_path: Path) -> None:
+    server, info = start_server(tmp_path / "server", "--listen", "127.0.0.1:0", "--accept", "chat")
+    try:
+        client = {"PEERKIT_DATA_DIR": str(tmp_path / "client")}
+        run("id", "--create", env=client)
+        served = {"PEERKIT_DATA_DIR": str(tmp_path / "server" / "server")}
+        card = run("contacts", "export-card", "--address", f"127.0.0.1:{info['port']}", env=served)
+        assert card.returncode == 0, card.stderr
+        assert run("contacts", "add-card", card.stdout.strip(), env=client).returncode == 0
+        named = run("contacts", "block", "Sam", env=client)  # its display name, any case
+        assert named.returncode == 2  # (no display name yet: nobody is called that)
+        assert "no contact is called 'Sam'" in " ".join(named.stderr.replace("│", " ").split())
+        changed = run(
+            "contacts",
+            "export-card",
+            "--display-name",
+            "Sam",
+            "--address",
+            f"127.0.0.1:{info['port']}",
+            env=served,
+        )
+        assert changed.returncode == 0
+        fresh = changed.stdout.strip()
+        run("contacts", "remove", str(info["id"])[:8], "--yes", env=client)
+        run("contacts", "add-card", fresh, env=client)
+        assert run("contacts", "block", "sam", env=client).returncode == 0
+        assert run("contacts", "allow", "SAM", env=client).returncode == 0
+        accepted = run("invite", "sam", "chat", "--json", env=client)  # a contact, an application, by name
+        assert accepted.returncode == 0, accepted.stderr
+        assert json.loads(accepted.stdout) == {"response": "accepted", "peer": info["id"]}
+        declined = run("invite", "sam", "files", env=client)  # not accepted by the server: declined
+        assert declined.returncode == 3, declined.stderr
+        unknown = run("invite", "sam", "whiteboard", env=client)
+        assert unknown.returncode == 2
+        assert "nor a known name (chat, files)" in " ".join(unknown.stderr.replace("│", " ").split())
+    finally:
+        stop(server, signal.SIGTERM)
+
+
+def test_well_known_applications_have_uuids_every_implementation_derives_alike() -> None:
+    from peerkit.wellknown import CHAT, FILES, application_id
+
+    assert CHAT.id == uuid.uuid5(uuid.uuid5(uuid.NAMESPACE_URL, "peerkit"), "chat")
+    assert application_id("Chat") == CHAT.id
+    assert application_id("files") == FILES.id
+    assert application_id(str(CHAT.id).upper()) == CHAT.id
+    with pytest.raises(ValueError, match="neither an application's UUID nor a known name"):
+        application_id("chats")
+
+
 def test_the_help_lists_the_exit_codes_and_the_logging_options() -> None:
     shown = run("--help", env={"COLUMNS": "200"})  # (one line each: the help flows to the width)
     assert "3 invitation declined" in shown.stdout
@@ -233,12 +285,13 @@ def test_invite_errors_are_one_sentence(tmp_path: Path) -> None:
     too_long = run("invite", "127.0.0.1:1", CHAT, "--message", "x" * 256, env=env)
     assert too_long.returncode == 1
     assert "invitation message is 256 characters; the limit is 255" in too_long.stderr
-    bad = run("invite", "nowhere", CHAT, env=env)
+    bad = run("invite", "nowhere", CHAT, env=env)  # not HOST:PORT: a contact's name, and none has it
     assert bad.returncode == 2
-    assert "HOST:PORT" in bad.stderr
-    bad_app = run("invite", "127.0.0.1:1", "chat", env=env)
+    assert "no contact is called 'nowhere'" in bad.stderr
+    assert "HOST:PORT" in " ".join(bad.stderr.replace("│", " ").split())
+    bad_app = run("invite", "127.0.0.1:1", "chats", env=env)
     assert bad_app.returncode == 2
-    assert "not an application UUID" in bad_app.stderr
+    assert "nor a known name" in " ".join(bad_app.stderr.replace("│", " ").split())
 
 
 @pytest.mark.network

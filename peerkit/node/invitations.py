@@ -379,7 +379,8 @@ class Invitations:
             with anyio.CancelScope(deadline=deadline):
                 found = await self._fallback(peer)
             if found is None:
-                raise PeerUnreachable(f"{peer.id.fingerprint} was not found anywhere else")
+                where = "anywhere else" if routes else "anywhere (no endpoint of it is known)"
+                raise PeerUnreachable(f"{peer.id.fingerprint} was not found {where}")
             return (await first_of(self._routes(found, False)))[1]
 
         async def lookup(scope: anyio.CancelScope) -> None:

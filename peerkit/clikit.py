@@ -1,0 +1,137 @@
+"""What the ``peerkit`` commands share: the consoles, the data dir and the identity in it, contacts
+named as people name them, addresses and nicknames read from the command line."""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Annotated, Final
+
+import anyio
+import typer
+from rich.console import Console
+
+import peerkit
+from peerkit.errors import IdentityError
+from peerkit.identity import KEY_FILE_NAME, default_data_dir
+from peerkit.model import check_text
+
+__all__ = (
+    "MIN_PREFIX",
+    "DataDir",
+    "cancel_on_signal",
+    "check_nickname",
+    "console",
+    "err_console",
+    "existing_data_dir",
+    "offline_node",
+    "parse_address",
+    "resolve_contact",
+)
+
+console = Console(soft_wrap=True)
+err_console = Console(stderr=True, soft_wrap=True)
+
+
+DataDir = Annotated[
+    Path | None,
+    typer.Option(
+        "--data-dir", help="Where the identity lives [default: $PEERKIT_DATA_DIR or the user data dir]"
+    ),
+]
+
+
+#: Characters of a contact's id (or its fingerprint) that name it on the command line, at least.
+MIN_PREFIX: Final = 8
+
+
+def existing_data_dir(data_dir: Path | None) -> Path:
+    """The data dir a command that only reads uses: it must hold an identity (such a command never
+    creates one, so that a mistyped --data-dir is an error, not a new identity)."""
+    directory = data_dir or default_data_dir()
+    if directory.exists() and not directory.is_dir():
+        raise IdentityError(f"{directory} is a file, not a data dir: give --data-dir a directory")
+    if not (directory / KEY_FILE_NAME).exists():
+        raise IdentityError(
+            f"no identity in {directory}: create one with 'peerkit id --create --data-dir {directory}' "
+            "(or check --data-dir and $PEERKIT_DATA_DIR)"
+        )
+    return directory
+
+
+def check_nickname(nickname: str) -> None:
+    """:raises typer.BadParameter: when the nickname is too long."""
+    try:
+        check_text(nickname, "nickname")
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--nickname") from None
+
+
+def parse_address(text: str, default_host: str = "0.0.0.0") -> tuple[str, int]:
+    """``HOST:PORT``, ``[IPv6]:PORT`` or ``:PORT`` as a (host, port) pair.
+
+    :raises typer.BadParameter: when it is none of those.
+    """
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise typer.BadParameter(f"{text!r} is not HOST:PORT (for IPv6: [ADDRESS]:PORT)")
+    host = host.strip("[]") or default_host
+    return host, int(port)
+
+
+@asynccontextmanager
+async def offline_node(directory: Path, *, create: bool = False) -> AsyncIterator[peerkit.Node]:
+    """A node on the data dir that only uses its store: it listens on loopback and signs in
+    nowhere. Unless it may ``create`` one, the data dir must hold an identity already (see
+    :func:`existing_data_dir`)."""
+    if not create:
+        directory = existing_data_dir(directory)
+    async with peerkit.Node(data_dir=directory, listen=("127.0.0.1", 0)) as node:
+        yield node
+
+
+async def resolve_contact(node: peerkit.Node, text: str) -> peerkit.Contact:
+    """A contact by its nickname or display name (any case), its fingerprint, or the start of its
+    id (:data:`MIN_PREFIX` characters at least).
+
+    :raises typer.BadParameter: when none is, or several are (they are listed).
+    """
+    contacts = await node.contacts.list()
+    wanted = text.strip()
+    named = [
+        c
+        for c in contacts
+        if wanted and wanted.casefold() in (c.nickname.casefold(), c.display_name.casefold())
+    ]
+    if len(named) > 1:
+        raise typer.BadParameter(
+            f"{len(named)} contacts are called {text!r} ({_candidates(named)}); give its id"
+        )
+    if named:
+        return named[0]
+    prefix = wanted.replace("-", "").lower()
+    if len(prefix) < MIN_PREFIX:
+        raise typer.BadParameter(
+            f"no contact is called {text!r}; give its name, its fingerprint or at least {MIN_PREFIX} "
+            "characters of its id; see 'peerkit contacts list'"
+        )
+    matches = [c for c in contacts if str(c.id).startswith(prefix)]
+    if not matches:
+        raise typer.BadParameter(f"no contact's id starts with {text!r}; see 'peerkit contacts list'")
+    if len(matches) > 1:
+        raise typer.BadParameter(f"{len(matches)} contacts' ids start with {text!r} ({_candidates(matches)})")
+    return matches[0]
+
+
+def _candidates(contacts: list[peerkit.Contact]) -> str:
+    return ", ".join(f"{c.nickname or c.display_name or '?'} {c.fingerprint}" for c in contacts[:8])
+
+
+async def cancel_on_signal(scope: anyio.CancelScope) -> None:
+    """Cancel ``scope`` at the first SIGINT (Ctrl-C) or SIGTERM: a command's clean end."""
+    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async for _ in signals:
+            scope.cancel()
+            return
