@@ -22,6 +22,7 @@ import peerkit
 from peerkit.cli_contacts import contacts_app
 from peerkit.clikit import (
     DataDir,
+    Discovery,
     cancel_on_signal,
     check_nickname,
     console,
@@ -29,6 +30,7 @@ from peerkit.clikit import (
     existing_data_dir,
     offline_node,
     parse_address,
+    providers_named,
     resolve_contact,
 )
 from peerkit.discovery.base import DiscoveryProvider
@@ -47,47 +49,6 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     rich_markup_mode="markdown",  # (help text flows to the terminal's width, not the source's)
 )
-
-
-Discovery = Annotated[
-    list[str] | None,
-    typer.Option(
-        "--discovery",
-        help="A discovery provider: mdns, mdns:ADDR[,ADDR], static:HOST:PORT[#ID], memory, dht (the "
-        "Internet scope on the Mainline DHT), dht:HOST:PORT[,HOST:PORT] (joined through those), or one "
-        "from an installed plugin; repeatable, or several joined by commas (mdns,dht) [default: mdns]",
-    ),
-]
-
-
-def _providers(names: list[str] | None) -> list[DiscoveryProvider]:
-    from peerkit.discovery import create_provider
-
-    providers = []
-    for name in _split_providers(names or ["mdns"]):
-        try:
-            providers.append(create_provider(name))
-        except ValueError as exc:
-            raise typer.BadParameter(str(exc), param_hint="--discovery") from None
-    return providers
-
-
-def _split_providers(names: list[str]) -> list[str]:
-    # "mdns,dht" is two providers; "dht:HOST:PORT,HOST:PORT" one (a comma starts a new provider
-    # only where a provider's name follows it).
-    from peerkit.discovery import provider_names
-
-    known = set(provider_names())
-    out: list[str] = []
-    for name in names:
-        first, *rest = name.split(",")
-        out.append(first)
-        for part in rest:
-            if part.partition(":")[0] in known:
-                out.append(part)
-            else:
-                out[-1] += "," + part
-    return out
 
 
 def _version(value: bool) -> None:
@@ -288,7 +249,7 @@ def serve(
     host, port = parse_address(listen_at)
     apps = _app_ids(accept or [])
     check_nickname(nickname)
-    providers = _providers(discovery)
+    providers = providers_named(discovery)
     bootstrap = [parse_address(a) for a in dht_bootstrap] if dht_bootstrap else None
     directory = data_dir or default_data_dir()
     relaying = {
@@ -430,7 +391,7 @@ def near(
     """Show the people near me: a live table until Ctrl-C, or once with --once."""
     if nickname is not None:
         check_nickname(nickname)
-    providers = _providers(discovery)
+    providers = providers_named(discovery)
     if as_me:  # the identity (and nickname) in the data dir, which must be there
         identity, directory, nickname = None, existing_data_dir(data_dir), nickname or ""
     else:
@@ -544,7 +505,7 @@ def resolve(
     """Find where a contact is now, through the discovery providers (by default the DHT: the
     contact must be signed in to the Internet scope, and its card must have given its locator
     key), and print its endpoints and how long it took."""
-    providers = _providers(discovery or ["dht"])
+    providers = providers_named(discovery or ["dht"])
     directory = existing_data_dir(data_dir)
     who, endpoints, took = anyio.run(_resolve, contact, providers, directory, timeout)
     names = [p.name for p in providers]
@@ -596,7 +557,7 @@ def reach(
 
     directory = data_dir or default_data_dir()
     if contact is not None:
-        providers = _providers(discovery or ["dht"])
+        providers = providers_named(discovery or ["dht"])
         who, steps = anyio.run(_trace, contact, providers, existing_data_dir(data_dir), timeout)
         if as_json:
             rows = [
@@ -705,7 +666,7 @@ def watch(
     """Sign in and print the changes of the contacts you watch (presence, applications, objects,
     endpoint names) as they happen, until Ctrl-C or SIGTERM."""
     host, port = parse_address(listen_at)
-    providers = _providers(discovery)
+    providers = providers_named(discovery)
     anyio.run(_watch, host, port, providers, existing_data_dir(data_dir), as_json)
 
 

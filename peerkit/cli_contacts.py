@@ -11,7 +11,17 @@ import typer
 from rich.table import Table
 
 import peerkit
-from peerkit.clikit import DataDir, console, err_console, offline_node, parse_address, resolve_contact
+from peerkit.clikit import (
+    MIN_PREFIX,
+    DataDir,
+    Discovery,
+    console,
+    err_console,
+    offline_node,
+    parse_address,
+    providers_named,
+    resolve_contact,
+)
 from peerkit.identity import default_data_dir
 
 __all__ = ("contacts_app",)
@@ -100,6 +110,65 @@ def contacts_add_card(
     else:
         name = contact.display_name or contact.nickname or "?"
         console.print(f"added {name} ({contact.fingerprint}); the card's signature checks out")
+
+
+@contacts_app.command("add-nearby")
+def contacts_add_nearby(
+    name: Annotated[str, typer.Argument(help="Its nickname as 'peerkit near' shows it, or its fingerprint.")],
+    wait: Annotated[float, typer.Option(min=0.1, max=300, help="Seconds to look for it.")] = 10.0,
+    discovery: Discovery = None,
+    data_dir: DataDir = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
+) -> None:
+    """Add a peer near you to your contacts: found by its nickname (or fingerprint), its card asked
+    for and checked."""
+    providers = providers_named(discovery)
+
+    async def run() -> peerkit.Contact:
+        async with peerkit.Node(data_dir=data_dir or default_data_dir(), discovery=providers) as node:
+            await node.sign_in(peerkit.Scope.NEAR_ME)
+            peer = await _nearby_named(node, name, wait)
+            return await node.contacts.add_from(peer, timeout=wait)
+
+    contact = anyio.run(run)
+    if as_json:
+        print(json.dumps(_contact_row(contact)))
+    else:
+        console.print(
+            f"added {contact.nickname or '?'} ({contact.fingerprint}); its card's signature checks out"
+        )
+
+
+async def _nearby_named(node: peerkit.Node, name: str, wait: float) -> peerkit.NearbyPeer:
+    # The one peer near ``node`` called ``name`` (or whose fingerprint or id starts so), waiting up
+    # to ``wait`` seconds for it to appear; several are listed, for the fingerprint to be given.
+    wanted = name.strip().casefold()
+    prefix = wanted.replace("-", "")
+
+    def matching() -> list[peerkit.NearbyPeer]:
+        return [
+            p
+            for p in node.nearby()
+            if p.nickname.casefold() == wanted or (len(prefix) >= MIN_PREFIX and str(p.id).startswith(prefix))
+        ]
+
+    with anyio.move_on_after(wait):
+        async with node.watch_nearby(initial=True) as changes:
+            async for _ in changes:
+                if matching():
+                    await anyio.sleep(0.2)  # (others of that name answering at about the same time)
+                    break
+    found = matching()
+    if not found:
+        raise typer.BadParameter(
+            f"nobody called {name!r} was seen near you within {wait:g} s; see 'peerkit near'"
+        )
+    if len(found) > 1:
+        listed = ", ".join(f"{p.nickname or '?'} {p.fingerprint}" for p in found[:8])
+        raise typer.BadParameter(
+            f"{len(found)} peers near you are called {name!r} ({listed}); give the fingerprint"
+        )
+    return found[0]
 
 
 @contacts_app.command("export-card")

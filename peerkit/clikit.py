@@ -14,6 +14,7 @@ import typer
 from rich.console import Console
 
 import peerkit
+from peerkit.discovery.base import DiscoveryProvider
 from peerkit.errors import IdentityError
 from peerkit.identity import KEY_FILE_NAME, default_data_dir
 from peerkit.model import check_text
@@ -21,6 +22,7 @@ from peerkit.model import check_text
 __all__ = (
     "MIN_PREFIX",
     "DataDir",
+    "Discovery",
     "cancel_on_signal",
     "check_nickname",
     "console",
@@ -28,6 +30,7 @@ __all__ = (
     "existing_data_dir",
     "offline_node",
     "parse_address",
+    "providers_named",
     "resolve_contact",
 )
 
@@ -135,3 +138,48 @@ async def cancel_on_signal(scope: anyio.CancelScope) -> None:
         async for _ in signals:
             scope.cancel()
             return
+
+
+Discovery = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--discovery",
+        help="A discovery provider: mdns, mdns:ADDR[,ADDR], static:HOST:PORT[#ID], memory, dht (the "
+        "Internet scope on the Mainline DHT), dht:HOST:PORT[,HOST:PORT] (joined through those), or one "
+        "from an installed plugin; repeatable, or several joined by commas (mdns,dht) [default: mdns]",
+    ),
+]
+
+
+def providers_named(names: list[str] | None) -> list[DiscoveryProvider]:
+    """The discovery providers ``--discovery`` names (default: mdns).
+
+    :raises typer.BadParameter: for a name no provider has.
+    """
+    from peerkit.discovery import create_provider
+
+    providers = []
+    for name in _split_providers(names or ["mdns"]):
+        try:
+            providers.append(create_provider(name))
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc), param_hint="--discovery") from None
+    return providers
+
+
+def _split_providers(names: list[str]) -> list[str]:
+    # "mdns,dht" is two providers; "dht:HOST:PORT,HOST:PORT" one (a comma starts a new provider
+    # only where a provider's name follows it).
+    from peerkit.discovery import provider_names
+
+    known = set(provider_names())
+    out: list[str] = []
+    for name in names:
+        first, *rest = name.split(",")
+        out.append(first)
+        for part in rest:
+            if part.partition(":")[0] in known:
+                out.append(part)
+            else:
+                out[-1] += "," + part
+    return out

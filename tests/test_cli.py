@@ -174,6 +174,23 @@ def test_contacts_are_named_as_people_name_them_and_invited_by_name(tmp_path: Pa
         stop(server, signal.SIGTERM)
 
 
+@pytest.mark.network
+def test_a_peer_near_you_is_added_by_its_nickname(tmp_path: Path) -> None:
+    server, info = start_server(tmp_path / "server", "--listen", "127.0.0.1:0", "--nickname", "Sam")
+    try:
+        client = {"PEERKIT_DATA_DIR": str(tmp_path / "client")}
+        where = f"static:127.0.0.1:{info['port']}#{info['id']}"  # (no mDNS from a test)
+        added = run("contacts", "add-nearby", "sam", "--discovery", where, "--json", env=client)
+        assert added.returncode == 0, added.stderr
+        row = json.loads(added.stdout)
+        assert (row["id"], row["nickname"]) == (info["id"], "Sam")  # its signed card's
+        nobody = run("contacts", "add-nearby", "kim", "--wait", "1", "--discovery", where, env=client)
+        assert nobody.returncode == 2
+        assert "nobody called 'kim' was seen near you" in " ".join(nobody.stderr.replace("│", " ").split())
+    finally:
+        stop(server, signal.SIGTERM)
+
+
 def test_well_known_applications_have_uuids_every_implementation_derives_alike() -> None:
     from peerkit.wellknown import CHAT, FILES, application_id
 
@@ -355,7 +372,7 @@ def test_bad_discovery_names_are_clear_errors() -> None:
 
 
 def test_several_providers_join_with_commas_and_arguments_keep_theirs() -> None:
-    from peerkit.cli import _providers
+    from peerkit.clikit import providers_named as _providers
     from peerkit.dht.provider import DhtDiscovery
     from peerkit.discovery import StaticDiscovery
 
