@@ -28,6 +28,7 @@ from peerkit.clikit import (
     console,
     err_console,
     existing_data_dir,
+    nearby_named,
     offline_node,
     parse_address,
     providers_named,
@@ -288,11 +289,19 @@ def invite(
     timeout: Annotated[
         float, typer.Option(min=0.001, max=300, help="Seconds to wait for an answer (at most 300).")
     ] = 300.0,
+    discovery: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--discovery",
+            help="Where to look for a peer near you by that name when no contact has it (as for "
+            "'peerkit near': mdns, static:HOST:PORT#ID, ...) [default: contacts only]",
+        ),
+    ] = None,
     data_dir: DataDir = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
 ) -> None:
-    """Invite a contact (by name, fingerprint or id) or the peer at HOST:PORT to an application,
-    and print its answer.
+    """Invite a contact (by name, fingerprint or id), a peer near you by its nickname (with
+    --discovery), or the peer at HOST:PORT to an application, and print its answer.
 
     Exits with 0 when it accepted, 3 when it declined, 4 when it did not answer in time. Ctrl-C or
     SIGTERM withdraws the invitation and exits with 0.
@@ -302,7 +311,9 @@ def invite(
         if peer_id is not None:
             raise typer.BadParameter("--id is for HOST:PORT: a contact's id is known", param_hint="--id")
         check_text(message, "invitation message")
-        found = anyio.run(_invite, address, app_id, message, None, timeout, existing_data_dir(data_dir))
+        providers = providers_named(discovery) if discovery else []
+        directory = existing_data_dir(data_dir)
+        found = anyio.run(_invite, address, app_id, message, None, timeout, directory, providers)
         _print_answer(*found, address, as_json)
         return
     host, port = parse_address(address, default_host="127.0.0.1")
@@ -314,7 +325,7 @@ def invite(
         except ValueError as exc:
             raise typer.BadParameter(str(exc), param_hint="--id") from None
     directory = data_dir or default_data_dir()
-    response, who = anyio.run(_invite, (host, port), app_id, message, expected, timeout, directory)
+    response, who = anyio.run(_invite, (host, port), app_id, message, expected, timeout, directory, [])
     _print_answer(response, who, address, as_json)
 
 
@@ -340,18 +351,23 @@ async def _invite(
     expected: peerkit.PeerId | None,
     timeout: float,
     directory: Path,
+    providers: list[DiscoveryProvider],
 ) -> tuple[peerkit.InvitationResponse | None, peerkit.PeerId | None]:
-    # Invite a contact (``target``: its name, fingerprint or id) or the peer at (host, port); Ctrl-C
-    # or SIGTERM withdraws the invitation (invite_cancel).
+    # Invite a contact (``target``: its name, fingerprint or id), else (with ``providers``) a peer
+    # near me of that name, or the peer at (host, port); Ctrl-C or SIGTERM withdraws it.
     from peerkit.model import Application
 
     response: peerkit.InvitationResponse | None = None
-    async with peerkit.Node(data_dir=directory, listen=("127.0.0.1", 0)) as node:
+    listen = ("0.0.0.0", 0) if providers else ("127.0.0.1", 0)
+    async with peerkit.Node(data_dir=directory, listen=listen, discovery=providers) as node:
         if isinstance(target, str):
             try:
                 peer: peerkit.Peer = await resolve_contact(node, target)
             except typer.BadParameter as exc:  # (raised outside any task group: a usage error)
-                raise typer.BadParameter(f"{exc.message} (or give HOST:PORT)") from None
+                if not providers:  # a peer near me by that name, when told where to look
+                    raise typer.BadParameter(f"{exc.message} (or give HOST:PORT, or --discovery)") from None
+                await node.sign_in(peerkit.Scope.NEAR_ME)
+                peer = await nearby_named(node, target, min(timeout, 10.0))
         await node.register_application(Application(id=app_id))
         async with anyio.create_task_group() as tg:
             tg.start_soon(cancel_on_signal, tg.cancel_scope)

@@ -12,11 +12,11 @@ from rich.table import Table
 
 import peerkit
 from peerkit.clikit import (
-    MIN_PREFIX,
     DataDir,
     Discovery,
     console,
     err_console,
+    nearby_named,
     offline_node,
     parse_address,
     providers_named,
@@ -127,7 +127,7 @@ def contacts_add_nearby(
     async def run() -> peerkit.Contact:
         async with peerkit.Node(data_dir=data_dir or default_data_dir(), discovery=providers) as node:
             await node.sign_in(peerkit.Scope.NEAR_ME)
-            peer = await _nearby_named(node, name, wait)
+            peer = await nearby_named(node, name, wait)
             return await node.contacts.add_from(peer, timeout=wait)
 
     contact = anyio.run(run)
@@ -137,38 +137,6 @@ def contacts_add_nearby(
         console.print(
             f"added {contact.nickname or '?'} ({contact.fingerprint}); its card's signature checks out"
         )
-
-
-async def _nearby_named(node: peerkit.Node, name: str, wait: float) -> peerkit.NearbyPeer:
-    # The one peer near ``node`` called ``name`` (or whose fingerprint or id starts so), waiting up
-    # to ``wait`` seconds for it to appear; several are listed, for the fingerprint to be given.
-    wanted = name.strip().casefold()
-    prefix = wanted.replace("-", "")
-
-    def matching() -> list[peerkit.NearbyPeer]:
-        return [
-            p
-            for p in node.nearby()
-            if p.nickname.casefold() == wanted or (len(prefix) >= MIN_PREFIX and str(p.id).startswith(prefix))
-        ]
-
-    with anyio.move_on_after(wait):
-        async with node.watch_nearby(initial=True) as changes:
-            async for _ in changes:
-                if matching():
-                    await anyio.sleep(0.2)  # (others of that name answering at about the same time)
-                    break
-    found = matching()
-    if not found:
-        raise typer.BadParameter(
-            f"nobody called {name!r} was seen near you within {wait:g} s; see 'peerkit near'"
-        )
-    if len(found) > 1:
-        listed = ", ".join(f"{p.nickname or '?'} {p.fingerprint}" for p in found[:8])
-        raise typer.BadParameter(
-            f"{len(found)} peers near you are called {name!r} ({listed}); give the fingerprint"
-        )
-    return found[0]
 
 
 @contacts_app.command("export-card")

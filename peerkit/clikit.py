@@ -28,6 +28,7 @@ __all__ = (
     "console",
     "err_console",
     "existing_data_dir",
+    "nearby_named",
     "offline_node",
     "parse_address",
     "providers_named",
@@ -183,3 +184,38 @@ def _split_providers(names: list[str]) -> list[str]:
             else:
                 out[-1] += "," + part
     return out
+
+
+async def nearby_named(node: peerkit.Node, name: str, wait: float) -> peerkit.NearbyPeer:
+    """The one peer near ``node`` (signed in to NEAR_ME) called ``name``, or whose fingerprint or
+    id starts so, waiting up to ``wait`` seconds for it to appear.
+
+    :raises typer.BadParameter: when none appears, or several are called so (they are listed).
+    """
+    wanted = name.strip().casefold()
+    prefix = wanted.replace("-", "")
+
+    def matching() -> list[peerkit.NearbyPeer]:
+        return [
+            p
+            for p in node.nearby()
+            if p.nickname.casefold() == wanted or (len(prefix) >= MIN_PREFIX and str(p.id).startswith(prefix))
+        ]
+
+    with anyio.move_on_after(wait):
+        async with node.watch_nearby(initial=True) as changes:
+            async for _ in changes:
+                if matching():
+                    await anyio.sleep(0.2)  # (others of that name answering at about the same time)
+                    break
+    found = matching()
+    if not found:
+        raise typer.BadParameter(
+            f"nobody called {name!r} was seen near you within {wait:g} s; see 'peerkit near'"
+        )
+    if len(found) > 1:
+        listed = ", ".join(f"{p.nickname or '?'} {p.fingerprint}" for p in found[:8])
+        raise typer.BadParameter(
+            f"{len(found)} peers near you are called {name!r} ({listed}); give the fingerprint"
+        )
+    return found[0]

@@ -176,10 +176,19 @@ def test_contacts_are_named_as_people_name_them_and_invited_by_name(tmp_path: Pa
 
 @pytest.mark.network
 def test_a_peer_near_you_is_added_by_its_nickname(tmp_path: Path) -> None:
-    server, info = start_server(tmp_path / "server", "--listen", "127.0.0.1:0", "--nickname", "Sam")
+    server, info = start_server(
+        tmp_path / "server", "--listen", "127.0.0.1:0", "--nickname", "Sam", "--accept", "chat"
+    )
     try:
         client = {"PEERKIT_DATA_DIR": str(tmp_path / "client")}
         where = f"static:127.0.0.1:{info['port']}#{info['id']}"  # (no mDNS from a test)
+        run("id", "--create", env=client)
+        stranger = run("invite", "sam", "chat", "--json", env=client)  # not a contact, and not looked for
+        assert stranger.returncode == 2
+        assert "--discovery" in " ".join(stranger.stderr.replace("│", " ").split())
+        near = run("invite", "sam", "chat", "--discovery", where, "--json", env=client)  # seen near: invited
+        assert near.returncode == 0, near.stderr
+        assert json.loads(near.stdout) == {"response": "accepted", "peer": info["id"]}
         added = run("contacts", "add-nearby", "sam", "--discovery", where, "--json", env=client)
         assert added.returncode == 0, added.stderr
         row = json.loads(added.stdout)
