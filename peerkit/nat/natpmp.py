@@ -13,7 +13,7 @@ import enum
 import ipaddress
 import struct
 from dataclasses import dataclass
-from typing import Final, Literal
+from typing import Final, Literal, TypeVar
 
 __all__ = (
     "PORT",
@@ -26,6 +26,7 @@ __all__ = (
     "external_address_request",
     "mapping_request",
     "parse_response",
+    "refusal",
 )
 
 #: The router's NAT-PMP port.
@@ -54,6 +55,9 @@ class PortMappingError(Exception):
     def __init__(self, text: str, code: int | None = None) -> None:
         super().__init__(text)
         self.code = code
+
+
+E = TypeVar("E", bound=PortMappingError)
 
 
 class NatPmpError(PortMappingError):
@@ -121,11 +125,7 @@ def parse_response(data: bytes, request: bytes) -> ExternalAddress | Mapping:
     if version != _VERSION or answered != 128 + opcode:
         raise NatPmpError(f"not an answer to opcode {opcode} (version {version}, opcode {answered})")
     if code != ResultCode.SUCCESS:
-        try:
-            name = ResultCode(code).name.lower().replace("_", " ")
-        except ValueError:
-            name = f"code {code}"
-        raise NatPmpError(f"the router refused: {name}", code)
+        raise refusal(NatPmpError, ResultCode, code)
     if len(data) != size:
         raise NatPmpError(f"an answer to opcode {opcode} is {size} bytes, not {len(data)}")
     (epoch,) = struct.unpack("!I", data[4:8])
@@ -136,6 +136,15 @@ def parse_response(data: bytes, request: bytes) -> ExternalAddress | Mapping:
         raise NatPmpError(f"the answer maps port {internal}, not the one asked for")
     protocol: Protocol = "udp" if opcode == 1 else "tcp"
     return Mapping(protocol, internal, external, lifetime, epoch)
+
+
+def refusal(error: type[E], codes: type[enum.IntEnum], code: int) -> E:
+    """The ``error`` a router's result ``code`` (one of ``codes``, or another) stands for."""
+    try:
+        name = codes(code).name.lower().replace("_", " ")
+    except ValueError:
+        name = f"code {code}"
+    return error(f"the router refused: {name}", code)
 
 
 def epoch_is_continuous(previous: int, previous_at: float, epoch: int, now: float) -> bool:

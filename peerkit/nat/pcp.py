@@ -19,7 +19,7 @@ import struct
 from dataclasses import dataclass
 from typing import Final
 
-from peerkit.nat.natpmp import Mapping, PortMappingError, Protocol
+from peerkit.nat.natpmp import Mapping, PortMappingError, Protocol, refusal
 
 __all__ = (
     "NONCE_SIZE",
@@ -151,11 +151,7 @@ def parse_response(data: bytes, request: bytes) -> Announced | Mapping:
     if version != _VERSION or answered != 0x80 | opcode:
         raise PcpError(f"not an answer to opcode {opcode} (version {version}, opcode {answered})")
     if code != PcpResult.SUCCESS:
-        try:
-            name = PcpResult(code).name.lower().replace("_", " ")
-        except ValueError:
-            name = f"code {code}"
-        raise PcpError(f"the router refused: {name}", code)
+        raise refusal(PcpError, PcpResult, code)
     if opcode == _ANNOUNCE:
         return Announced(epoch)
     if len(data) < _HEADER + _MAP_DATA:

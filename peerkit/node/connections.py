@@ -359,6 +359,26 @@ class Connections:
             relayed=endpoint.relay is not None,
         )
 
+    async def handshake(self, stream: anyio.abc.ByteStream, peer_id: PeerId, *, use: str) -> SecureChannel:
+        """A secure channel over ``stream``, a connection this node made by other means (a punched
+        hole), with this node as the initiator and ``peer_id`` the only peer accepted.
+
+        :raises HandshakeError: when the handshake fails or the peer is not ``peer_id``.
+        :raises PeerUnreachable: when the stream breaks during the handshake.
+        """
+        hello = self._me()
+        return await SecureChannel.wrap(
+            stream,
+            hello.identity,
+            initiator=True,
+            expected_peer=peer_id,
+            nickname=hello.nickname,
+            endpoint_name=hello.endpoint_name,
+            handshake_timeout=self._handshake_timeout,
+            port=hello.endpoint.port,
+            use=use,
+        )
+
     def take_dialled(self, channel: SecureChannel, endpoint: EndPoint) -> ControlChannel:
         """Keep and run a control channel this node dialled by other means (a punched hole to
         ``endpoint``), as if :meth:`control_to` had dialled it.

@@ -599,18 +599,8 @@ class Reaching:
         if not made:
             raise PeerUnreachable("no hole: the SYNs did not cross (a NAT that changes ports?)")
         stream = made[0]
-        me = self._me()
         remote = stream.extra(SocketAttribute.remote_address)
-        channel = await SecureChannel.wrap(
-            stream,
-            me.identity,
-            initiator=True,
-            expected_peer=control.peer_id,
-            nickname=me.nickname,
-            endpoint_name=me.endpoint_name,
-            port=me.endpoint.port,
-            use=use,
-        )
+        channel = await self._connections.handshake(stream, control.peer_id, use=use)
         return channel, EndPoint(str(remote[0]), int(remote[1]))
 
     def _may_punch(self, peer_id: PeerId) -> bool:
