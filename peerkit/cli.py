@@ -12,15 +12,19 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
-from typing import Annotated, Any, Final
+from typing import Annotated, Any
 
 import anyio
 import typer
 from rich.table import Table
 
 import peerkit
+from peerkit.cli_chat import chat_command
 from peerkit.cli_contacts import contacts_app
 from peerkit.clikit import (
+    EXIT_CODES,
+    EXIT_DECLINED,
+    EXIT_EXPIRED,
     DataDir,
     Discovery,
     cancel_on_signal,
@@ -28,9 +32,9 @@ from peerkit.clikit import (
     console,
     err_console,
     existing_data_dir,
-    nearby_named,
     offline_node,
     parse_address,
+    peer_named,
     providers_named,
     resolve_contact,
 )
@@ -60,14 +64,6 @@ def _version(value: bool) -> None:
 
 #: What ``--debug`` and ``--verbose`` asked for (read by :func:`main` when a command fails).
 _options = {"debug": False}
-
-EXIT_CODES: Final = (
-    "Exit codes: 0 success; 1 failure; 2 usage error; 3 invitation declined; 4 invitation expired "
-    "(no answer in time)."
-)
-#: The exit codes of ``peerkit invite`` for an answer other than accepted.
-EXIT_DECLINED: Final = 3
-EXIT_EXPIRED: Final = 4
 
 
 @app.callback(epilog=EXIT_CODES)
@@ -360,24 +356,25 @@ async def _invite(
     response: peerkit.InvitationResponse | None = None
     listen = ("0.0.0.0", 0) if providers else ("127.0.0.1", 0)
     async with peerkit.Node(data_dir=directory, listen=listen, discovery=providers) as node:
-        if isinstance(target, str):
-            try:
-                peer: peerkit.Peer = await resolve_contact(node, target)
-            except typer.BadParameter as exc:  # (raised outside any task group: a usage error)
-                if not providers:  # a peer near me by that name, when told where to look
-                    raise typer.BadParameter(f"{exc.message} (or give HOST:PORT, or --discovery)") from None
-                await node.sign_in(peerkit.Scope.NEAR_ME)
-                peer = await nearby_named(node, target, min(timeout, 10.0))
+        named = (
+            await peer_named(node, target, providers, min(timeout, 10.0)) if isinstance(target, str) else None
+        )
         await node.register_application(Application(id=app_id))
         async with anyio.create_task_group() as tg:
             tg.start_soon(cancel_on_signal, tg.cancel_scope)
-            if not isinstance(target, str):
+            if isinstance(target, str):
+                assert named is not None
+                peer = named
+            else:
                 peer = await node.peer_at(*target, expected)
             who = peer.nickname or peer.id.fingerprint
             with console.status(f"waiting for {who} to answer", spinner="dots"):
                 response = await peer.invite(app_id, message, timeout=timeout)
             tg.cancel_scope.cancel()
     return response, peer.id
+
+
+app.command("chat")(chat_command)
 
 
 @app.command()

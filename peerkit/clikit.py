@@ -20,6 +20,9 @@ from peerkit.identity import KEY_FILE_NAME, default_data_dir
 from peerkit.model import check_text
 
 __all__ = (
+    "EXIT_CODES",
+    "EXIT_DECLINED",
+    "EXIT_EXPIRED",
     "MIN_PREFIX",
     "DataDir",
     "Discovery",
@@ -31,6 +34,7 @@ __all__ = (
     "nearby_named",
     "offline_node",
     "parse_address",
+    "peer_named",
     "providers_named",
     "resolve_contact",
 )
@@ -46,6 +50,14 @@ DataDir = Annotated[
     ),
 ]
 
+
+EXIT_CODES: Final = (
+    "Exit codes: 0 success; 1 failure; 2 usage error; 3 invitation declined; 4 invitation expired "
+    "(no answer in time)."
+)
+#: The exit codes of ``peerkit invite`` (and ``chat``, ``send``) for an answer other than accepted.
+EXIT_DECLINED: Final = 3
+EXIT_EXPIRED: Final = 4
 
 #: Characters of a contact's id (or its fingerprint) that name it on the command line, at least.
 MIN_PREFIX: Final = 8
@@ -219,3 +231,21 @@ async def nearby_named(node: peerkit.Node, name: str, wait: float) -> peerkit.Ne
             f"{len(found)} peers near you are called {name!r} ({listed}); give the fingerprint"
         )
     return found[0]
+
+
+async def peer_named(
+    node: peerkit.Node, name: str, providers: list[DiscoveryProvider], wait: float
+) -> peerkit.Peer:
+    """The peer a command line names: a contact (see :func:`resolve_contact`), else, when
+    ``node`` has discovery ``providers``, a peer near it by that name (signing in to NEAR_ME and
+    waiting up to ``wait`` seconds for it to appear).
+
+    :raises typer.BadParameter: when none is, or several are.
+    """
+    try:
+        return await resolve_contact(node, name)
+    except typer.BadParameter as exc:  # (raised outside any task group: a usage error)
+        if not providers:  # a peer near me by that name, when told where to look
+            raise typer.BadParameter(f"{exc.message} (or give HOST:PORT, or --discovery)") from None
+    await node.sign_in(peerkit.Scope.NEAR_ME)
+    return await nearby_named(node, name, wait)

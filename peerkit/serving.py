@@ -11,6 +11,7 @@ from typing import Any
 import anyio
 from rich.console import Console
 
+from peerkit.cli_chat import ChatDesk
 from peerkit.discovery.base import DiscoveryProvider
 from peerkit.model import EndPoint
 from peerkit.reporting import REACH_EVERY, reach_status, relay_text, write_reach
@@ -36,11 +37,12 @@ async def run_serve(
     from peerkit.invitations import Invitation
     from peerkit.model import Application, InvitationResponse, Scope
     from peerkit.node import Node
+    from peerkit.wellknown import CHAT
 
     def say(text: str, **fields: object) -> None:
         if as_json:
             print(json.dumps(fields), flush=True)
-        else:
+        elif text:
             console.print(text)
 
     from peerkit.contacts import saved_presence
@@ -62,13 +64,18 @@ async def run_serve(
         presence = saved_presence(node.contacts.settings())
         if presence is not None:
             await node.set_presence(presence)
+        desk = ChatDesk(node, say) if CHAT.id in apps else None
         for app_id in apps:
             await node.register_application(Application(id=app_id, description="accepted by peerkit serve"))
 
             async def accept_all(invitation: Invitation) -> InvitationResponse:
                 return InvitationResponse.ACCEPTED
 
-            node.add_invitation_handler(app_id, accept_all)
+            if desk is not None and app_id == CHAT.id:
+                node.add_invitation_handler(app_id, desk.invited)
+                node.add_stream_handler(app_id, desk.chat)
+            else:
+                node.add_invitation_handler(app_id, accept_all)
 
         async def report(event: InvitationAnswered) -> None:
             answer = event.response.name.lower() if event.response is not None else "withdrawn"
@@ -136,6 +143,8 @@ async def run_serve(
         with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(follow_reach)
+                if desk is not None:
+                    tg.start_soon(desk.read_lines)
                 async for signum in signals:
                     say(
                         f"stopping ({signal.Signals(signum).name})",
