@@ -1,0 +1,475 @@
+"""Files sent from one person to another over an application stream of the well-known ``files``
+application (:data:`peerkit.wellknown.FILES`): what ``peerkit send`` and ``peerkit receive`` do.
+
+The sender hashes what it offers (:func:`prepare`) and invites the peer with the offer's summary
+as the invitation's data (:func:`~peerkit.proto.files.encode_summary`); the invitee decides from
+it, and once it accepted, the sender opens a stream and calls :func:`send_files`, the invitee
+:func:`receive_files`. Every file is checked against its SHA-256 before it takes its name. Until
+then it is written to a hidden partial file beside it, which a later offer of the same file
+resumes after a cut. Nothing existing is overwritten unless ``decide`` says so.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import hashlib
+import os
+import shutil
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import BinaryIO, Final, Literal, Protocol
+
+import anyio
+import anyio.from_thread
+import anyio.to_thread
+
+from peerkit.errors import ProtocolError
+from peerkit.proto.files import (
+    MAX_FILES,
+    Done,
+    Entry,
+    Summary,
+    decode_message,
+    encode_done,
+    encode_offer,
+    encode_want,
+    offer_digest,
+)
+from peerkit.proto.framing import FrameDecoder
+from peerkit.streams import AppStream
+
+__all__ = (
+    "BATCH",
+    "Decision",
+    "Outgoing",
+    "ReceiveReport",
+    "SendReport",
+    "prepare",
+    "receive_files",
+    "send_files",
+)
+
+#: Bytes read from (or written to) a file at a time, in a worker thread.
+BATCH: Final = 1 << 20
+#: Batches waiting between the stream and the file, at most (memory per transfer: about 4 MiB).
+QUEUED: Final = 3
+#: Seconds the receiver waits for each part of the offer, and the sender for the receiver's answer.
+ANSWER_TIMEOUT: Final = 60.0
+
+#: What to do with a file whose name is taken: replace it, keep both (``name (1).ext``), or skip.
+Decision = Literal["overwrite", "rename", "skip"]
+Progress = Callable[[int], None]
+
+
+class _Hasher(Protocol):
+    def update(self, data: bytes, /) -> None: ...
+    def digest(self) -> bytes: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Outgoing:
+    """A file to send: where it is, and the offer's entry for it."""
+
+    source: Path
+    entry: Entry
+
+
+@dataclass(slots=True)
+class SendReport:
+    """What a sending did."""
+
+    #: Files the receiver reported intact (including those it already had).
+    received: int = 0
+    #: Bytes sent.
+    sent_bytes: int = 0
+    #: Files the receiver did not want (it has them, or it skipped them).
+    skipped: int = 0
+    #: (path, reason) for each file that failed.
+    failed: list[tuple[str, str]] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class ReceiveReport:
+    """What a receiving did."""
+
+    #: The final path of each file received intact.
+    saved: list[Path] = field(default_factory=list)
+    #: Paths (as offered) already here with the same bytes: not sent again.
+    already: list[str] = field(default_factory=list)
+    #: Paths skipped by ``decide``.
+    skipped: list[str] = field(default_factory=list)
+    #: (path, reason) for each file that failed.
+    failed: list[tuple[str, str]] = field(default_factory=list)
+    #: Bytes received (resumed parts not counted).
+    received_bytes: int = 0
+    #: Bytes of partial files resumed instead of sent again.
+    resumed_bytes: int = 0
+
+
+# -- sending ----------------------------------------------------------------------------------
+
+
+async def prepare(paths: Sequence[Path | str], progress: Progress | None = None) -> list[Outgoing]:
+    """The files ``paths`` name, hashed (in a worker thread): a folder stands for every file under
+    it, under the folder's name; ``progress(n)`` is called as ``n`` more bytes are hashed.
+
+    :raises ValueError: when a path does not exist or is not a file or folder, two would take the
+        same name, or there are none or more than 10,000 files.
+    """
+    found = await anyio.to_thread.run_sync(_walk, paths)
+    out = []
+    for source, name in found:
+        digest, size = await anyio.to_thread.run_sync(_hash_file, source, progress)
+        out.append(Outgoing(source, Entry(name, size, digest)))
+    return out
+
+
+def _walk(paths: Sequence[Path | str]) -> list[tuple[Path, str]]:
+    # Each file ``paths`` name, and its name in the offer.
+    found: list[tuple[Path, str]] = []
+    for given in paths:
+        path = Path(given)
+        if path.is_dir():
+            base = path.resolve().name or "files"
+            for root, dirs, names in os.walk(path):
+                dirs.sort()
+                for name in sorted(names):
+                    full = Path(root, name)
+                    if full.is_file():
+                        found.append((full, "/".join((base, *full.relative_to(path).parts))))
+        elif path.is_file():
+            found.append((path, path.name))
+        else:
+            raise ValueError(f"{given}: no such file or folder")
+        if len(found) > MAX_FILES:
+            raise ValueError(f"more than {MAX_FILES} files: send fewer at a time, or an archive")
+    if not found:
+        raise ValueError("there is no file to send (empty folders are not sent)")
+    names = [name for _, name in found]
+    if len(set(names)) != len(names):
+        twice = next(n for n in names if names.count(n) > 1)
+        raise ValueError(f"two files would be called {twice!r}: send them apart")
+    return found
+
+
+def _hash_file(path: Path, progress: Progress | None) -> tuple[bytes, int]:
+    # The SHA-256 and length of the file, read in a worker thread.
+    hasher = hashlib.sha256()
+    size = 0
+    with path.open("rb") as f:
+        while chunk := f.read(BATCH):
+            hasher.update(chunk)
+            size += len(chunk)
+            if progress is not None:
+                anyio.from_thread.run_sync(progress, len(chunk))
+    return hasher.digest(), size
+
+
+async def send_files(
+    stream: AppStream, outgoing: Sequence[Outgoing], progress: Progress | None = None
+) -> SendReport:
+    """Send the offer ``outgoing`` over ``stream`` (opened after the invitation with its summary was
+    accepted) and the bytes the receiver wants, calling ``progress(n)`` as ``n`` more are sent.
+
+    :raises ValueError: when a file changed since :func:`prepare` (the stream is closed: the
+        receiver keeps what it has, to resume).
+    :raises ProtocolError: when the receiver broke the protocol or did not answer in time.
+    :raises anyio.BrokenResourceError: when the connection broke.
+    """
+    entries = [o.entry for o in outgoing]
+    await stream.send(encode_offer(entries))
+    frames = _Frames(stream)
+    wanted: list[tuple[int, int]] = []
+    more = True
+    while more:
+        _, rows, more = await frames.next("want")
+        assert isinstance(rows, list)
+        wanted += rows
+        if len(wanted) > len(entries):
+            raise ProtocolError("the receiver wants more files than were offered")
+    last = -1
+    for index, offset in wanted:
+        if not last < index < len(entries) or offset > entries[index].size:
+            raise ProtocolError("the receiver wants a file or an offset that was not offered")
+        last = index
+    report = SendReport(skipped=len(entries) - len(wanted))
+    for index, offset in wanted:
+        item = outgoing[index]
+        report.sent_bytes += await _send_file(stream, item, offset, progress)
+    _, done, _ = await frames.next("done")
+    assert isinstance(done, Done)
+    report.received = done.received + report.skipped
+    for index, reason in done.failed:
+        path = entries[index].path if index < len(entries) else f"#{index}"
+        report.failed.append((path, reason))
+    return report
+
+
+async def _send_file(stream: AppStream, item: Outgoing, offset: int, progress: Progress | None) -> int:
+    # The bytes of ``item`` from ``offset`` on, read in a worker thread while the last batch is sent.
+    remaining = item.entry.size - offset
+    sent = 0
+    send, receive = anyio.create_memory_object_stream[bytes](QUEUED)
+    with item.source.open("rb") as f:
+        f.seek(offset)
+
+        async def read() -> None:
+            async with send:
+                left = remaining
+                while left:
+                    chunk = await anyio.to_thread.run_sync(f.read, min(BATCH, left))
+                    if not chunk:
+                        break
+                    left -= len(chunk)
+                    await send.send(chunk)
+
+        async with _one_error(), anyio.create_task_group() as tg, receive:
+            tg.start_soon(read)
+            async for chunk in receive:
+                await stream.send(chunk)
+                sent += len(chunk)
+                if progress is not None:
+                    progress(len(chunk))
+    if sent != remaining:
+        await stream.aclose()
+        raise ValueError(f"{item.source} changed while it was sent: send it again")
+    return sent
+
+
+@contextlib.asynccontextmanager
+async def _one_error() -> AsyncIterator[None]:
+    # A task group's one error as itself (a caller catches what the docstrings name, not groups).
+    try:
+        yield
+    except BaseExceptionGroup as group:
+        if len(group.exceptions) == 1 and isinstance(group.exceptions[0], Exception):
+            raise group.exceptions[0] from None
+        raise
+
+
+class _Frames:
+    # Frames of the files application read off a stream, one at a time.
+
+    def __init__(self, stream: AppStream) -> None:
+        self._stream = stream
+        self._decoder = FrameDecoder()
+        self._ready: list[bytes | memoryview] = []
+
+    async def next(self, expected: str) -> tuple[str, object, bool]:
+        with anyio.move_on_after(ANSWER_TIMEOUT) as waited:
+            while not self._ready:
+                try:
+                    data = await self._stream.receive()
+                except anyio.EndOfStream:
+                    raise ProtocolError(f"the stream ended before the {expected!r} message") from None
+                self._ready += self._decoder.feed(data)
+        if waited.cancelled_caught:
+            raise ProtocolError(f"no {expected!r} message within {ANSWER_TIMEOUT:g} s")
+        kind, body, more = decode_message(self._ready.pop(0))
+        if kind != expected:
+            raise ProtocolError(f"a {kind!r} message came where {expected!r} belongs")
+        return kind, body, more
+
+    @property
+    def leftover(self) -> int:
+        return sum(len(f) for f in self._ready) + self._decoder.pending
+
+
+# -- receiving --------------------------------------------------------------------------------
+
+
+async def _rename(entry: Entry, existing: Path) -> Decision:
+    return "rename"
+
+
+async def receive_files(
+    stream: AppStream,
+    summary: Summary,
+    into: Path,
+    decide: Callable[[Entry, Path], Awaitable[Decision]] = _rename,
+    progress: Progress | None = None,
+) -> ReceiveReport:
+    """Receive the offer ``summary`` announced (in the invitation accepted) over ``stream`` into the
+    folder ``into``, calling ``progress(n)`` as ``n`` more bytes arrive.
+
+    A file whose name is taken by other bytes is renamed, overwritten or skipped as ``decide``
+    answers (by default renamed: ``name (1).ext``); one already there with the same bytes is not
+    sent again. A cut transfer leaves its partial files, which the same offer resumes.
+
+    :raises ProtocolError: when the offer is not the one summarized, or the sender broke the
+        protocol (what arrived intact is kept).
+    :raises anyio.BrokenResourceError: when the connection broke (partial files are kept).
+    :raises OSError: when ``into`` cannot be written, or has too little free space.
+    """
+    frames = _Frames(stream)
+    entries: list[Entry] = []
+    more = True
+    while more:
+        _, rows, more = await frames.next("files")
+        assert isinstance(rows, list)
+        entries += rows
+        if len(entries) > summary.files:
+            raise ProtocolError("the offer lists more files than its summary")
+    if offer_digest(entries) != summary.digest or frames.leftover:
+        raise ProtocolError("the offer on the stream is not the one accepted")
+    await anyio.to_thread.run_sync(functools.partial(into.mkdir, parents=True, exist_ok=True))
+    report = ReceiveReport()
+    plans: list[_Plan] = []
+    for index, entry in enumerate(entries):
+        plan = await _plan(index, entry, into, decide, report)
+        if plan is not None:
+            plans.append(plan)
+    needed = sum(p.entry.size - p.offset for p in plans)
+    free = shutil.disk_usage(into).free
+    if needed > free:
+        raise OSError(f"{into} has {free:,} bytes free; the files need {needed:,}")
+    await stream.send(encode_want([(p.index, p.offset) for p in plans]))
+    failed: list[tuple[int, str]] = []
+    for plan in plans:
+        problem = await _receive_file(stream, plan, progress, report)
+        if problem is None:
+            report.saved.append(plan.target)
+        else:
+            failed.append((plan.index, problem))
+            report.failed.append((plan.entry.path, problem))
+    await stream.send(encode_done(Done(len(plans) - len(failed), tuple(failed))))
+    return report
+
+
+@dataclass(slots=True)
+class _Plan:
+    index: int
+    entry: Entry
+    target: Path
+    partial: Path
+    offset: int
+    #: The SHA-256 of the partial file's bytes so far.
+    hasher: _Hasher
+
+
+async def _plan(
+    index: int,
+    entry: Entry,
+    into: Path,
+    decide: Callable[[Entry, Path], Awaitable[Decision]],
+    report: ReceiveReport,
+) -> _Plan | None:
+    # Where ``entry`` goes and from which offset; None when it is not wanted.
+    target, state = await anyio.to_thread.run_sync(_place, entry, into)
+    if state not in ("free", "taken", "same size", "not a file"):
+        report.failed.append((entry.path, state))
+        return None
+    if state == "same size":
+        digest, _ = await anyio.to_thread.run_sync(_hash_file, target, None)
+        if digest == entry.sha256:
+            report.already.append(entry.path)
+            return None
+    if state != "free":
+        decision = await decide(entry, target)
+        if decision == "skip":
+            report.skipped.append(entry.path)
+            return None
+        if decision == "rename":
+            target = await anyio.to_thread.run_sync(_free_name, target)
+        elif state == "not a file":
+            report.failed.append((entry.path, f"{target} is not a file to overwrite"))
+            return None
+    key = hashlib.sha256(entry.path.encode("utf-8", "surrogatepass") + entry.sha256).hexdigest()[:24]
+    partial = target.parent / f".{key}.peerkit-part"
+    hasher = hashlib.sha256()
+    offset = await anyio.to_thread.run_sync(_resumable, partial, entry.size, hasher)
+    return _Plan(index, entry, target, partial, offset, hasher)
+
+
+def _place(entry: Entry, into: Path) -> tuple[Path, str]:
+    # Where ``entry`` goes (its folders made), and what is there: "free", "taken" (a file of another
+    # size), "same size", "not a file", or the problem.
+    target = into.joinpath(*entry.path.split("/"))
+    for parent in reversed(target.relative_to(into).parents[:-1]):
+        folder = into / parent
+        if folder.is_symlink() or (folder.exists() and not folder.is_dir()):
+            return target, f"{folder} is not a folder of its own"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if not target.is_symlink() and not target.exists():
+        return target, "free"
+    if target.is_symlink() or not target.is_file():
+        return target, "not a file"
+    return target, "same size" if target.stat().st_size == entry.size else "taken"
+
+
+def _resumable(partial: Path, size: int, hasher: _Hasher) -> int:
+    # How much of a file of ``size`` bytes its partial file holds (hashed into ``hasher``).
+    if partial.is_file() and not partial.is_symlink() and partial.stat().st_size <= size:
+        return _hash_into(partial, hasher)
+    return 0
+
+
+def _hash_into(path: Path, hasher: _Hasher) -> int:
+    # Hash the file's bytes into ``hasher``; its length.
+    size = 0
+    with path.open("rb") as f:
+        while chunk := f.read(BATCH):
+            hasher.update(chunk)
+            size += len(chunk)
+    return size
+
+
+def _free_name(target: Path) -> Path:
+    # ``name (1).ext``, ``name (2).ext``, ...: the first name not taken.
+    stem, suffix = (target.stem, target.suffix) if target.suffix else (target.name, "")
+    for n in range(1, 10_000):
+        candidate = target.with_name(f"{stem} ({n}){suffix}")
+        if not candidate.exists() and not candidate.is_symlink():
+            return candidate
+    raise OSError(f"no free name beside {target}")
+
+
+async def _receive_file(
+    stream: AppStream, plan: _Plan, progress: Progress | None, report: ReceiveReport
+) -> str | None:
+    # Receive the rest of one file into its partial file; check it and give it its name. The
+    # problem, or None. A cut connection raises (the partial file is kept).
+    remaining = plan.entry.size - plan.offset
+    hasher = plan.hasher
+    report.resumed_bytes += plan.offset
+    send, receive = anyio.create_memory_object_stream[bytes](QUEUED)
+    with plan.partial.open("r+b" if plan.offset else "wb") as f:
+        f.seek(plan.offset)
+        f.truncate()
+
+        async def write() -> None:
+            async with receive:
+                async for batch in receive:
+                    await anyio.to_thread.run_sync(_write_and_hash, f, hasher, batch)
+
+        async with _one_error(), anyio.create_task_group() as tg:
+            tg.start_soon(write)
+            async with send:
+                pieces: list[bytes] = []
+                held = 0
+                while remaining:
+                    try:
+                        data = await stream.receive(min(remaining, BATCH))
+                    except anyio.EndOfStream:
+                        raise anyio.BrokenResourceError("the sender ended the stream inside a file") from None
+                    remaining -= len(data)
+                    report.received_bytes += len(data)
+                    pieces.append(data)
+                    held += len(data)
+                    if held >= BATCH or not remaining:
+                        await send.send(b"".join(pieces) if len(pieces) > 1 else pieces[0])
+                        pieces, held = [], 0
+                    if progress is not None:
+                        progress(len(data))
+    if hasher.digest() != plan.entry.sha256:
+        plan.partial.unlink(missing_ok=True)
+        return "its bytes do not match the offer's SHA-256 (not kept)"
+    os.replace(plan.partial, plan.target)
+    return None
+
+
+def _write_and_hash(f: BinaryIO, hasher: _Hasher, batch: bytes) -> None:
+    hasher.update(batch)  # (hashlib lets go of the GIL for it: the stream goes on meanwhile)
+    f.write(batch)

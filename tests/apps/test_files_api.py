@@ -1,0 +1,210 @@
+"""Files sent over the files application (:mod:`peerkit.files`): folders, names taken, files
+already there, a cut transfer resumed, bytes that do not match their hash, a file that changed."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+
+from peerkit import AppStream, InvitationResponse, Node, ProtocolError
+from peerkit.files import Outgoing, ReceiveReport, SendReport, prepare, receive_files, send_files
+from peerkit.proto.files import Entry, decode_summary, encode_summary
+from peerkit.testing import MemoryNetwork, node_pair
+from peerkit.wellknown import FILES
+
+pytestmark = pytest.mark.anyio
+
+
+@contextlib.asynccontextmanager
+async def nodes() -> AsyncIterator[tuple[Node, Node]]:
+    async with node_pair(network=MemoryNetwork(), discovery=False) as (alice, bob):
+        await alice.register_application(FILES)
+        await bob.register_application(FILES)
+        yield alice, bob
+
+
+async def transfer(
+    alice: Node,
+    bob: Node,
+    outgoing: list[Outgoing],
+    into: Path,
+    receiving: Callable[[AppStream, Any], Awaitable[ReceiveReport]] | None = None,
+) -> tuple[SendReport | BaseException, ReceiveReport | BaseException]:
+    """Offer ``outgoing`` from alice to bob, who receives into ``into``: both reports (or errors)."""
+    data = encode_summary([o.entry for o in outgoing])
+    got: list[ReceiveReport | BaseException] = []
+    accepted = anyio.Event()
+
+    async def invited(invitation: Any) -> InvitationResponse:
+        accepted.set()
+        return InvitationResponse.ACCEPTED
+
+    async def on_stream(stream: AppStream) -> None:
+        summary = decode_summary(data)
+        try:
+            got.append(
+                await (receiving(stream, summary) if receiving else receive_files(stream, summary, into))
+            )
+        except Exception as exc:
+            got.append(exc)
+
+    handles = [bob.add_invitation_handler(FILES, invited), bob.add_stream_handler(FILES, on_stream)]
+    try:
+        peer = alice.peer(bob.id, bob.endpoint)
+        assert await peer.invite(FILES, data=data) is InvitationResponse.ACCEPTED
+        sent: SendReport | BaseException
+        try:
+            async with await peer.open_stream(FILES) as stream:
+                sent = await send_files(stream, outgoing)
+        except Exception as exc:
+            sent = exc
+        with anyio.fail_after(10):
+            while not got:
+                await anyio.sleep(0.01)
+        return sent, got[0]
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+async def test_a_file_and_a_folder_arrive_intact_and_a_taken_name_is_kept(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    (src / "album" / "2026").mkdir(parents=True)
+    (src / "album" / "cover.jpg").write_bytes(os.urandom(300_000))
+    (src / "album" / "2026" / "a.txt").write_text("alpha")
+    (src / "album" / "empty.bin").write_bytes(b"")
+    (src / "notes.md").write_text("mine")
+    into = tmp_path / "into"
+    into.mkdir()
+    (into / "notes.md").write_text("theirs, kept")
+    hashed: list[int] = []
+    outgoing = await prepare([src / "album", src / "notes.md"], hashed.append)
+    assert [o.entry.path for o in outgoing] == [
+        "album/cover.jpg",
+        "album/empty.bin",
+        "album/2026/a.txt",
+        "notes.md",
+    ]
+    assert sum(hashed) == 300_000 + 5 + 4
+    async with nodes() as (alice, bob):
+        sent, got = await transfer(alice, bob, outgoing, into)
+        assert isinstance(sent, SendReport), sent
+        assert isinstance(got, ReceiveReport), got
+        assert (sent.received, sent.failed, sent.skipped) == (4, [], 0)
+        assert sha(into / "album" / "cover.jpg") == sha(src / "album" / "cover.jpg")
+        assert (into / "album" / "2026" / "a.txt").read_text() == "alpha"
+        assert (into / "album" / "empty.bin").read_bytes() == b""
+        assert (into / "notes.md").read_text() == "theirs, kept"  # never overwritten
+        assert (into / "notes (1).md").read_text() == "mine"
+        again_sent, again = await transfer(alice, bob, outgoing, into)  # all there already: nothing sent
+        assert isinstance(again, ReceiveReport)
+        assert isinstance(again_sent, SendReport)
+        assert sorted(again.already) == ["album/2026/a.txt", "album/cover.jpg", "album/empty.bin"]
+        assert (again_sent.sent_bytes, again_sent.skipped) == (4, 3)  # (only notes.md: a new copy)
+    assert not list(into.rglob("*.peerkit-part"))
+
+
+async def test_a_cut_transfer_resumes_from_its_partial_file(tmp_path: Path) -> None:
+    big = tmp_path / "big.bin"
+    big.write_bytes(os.urandom(4_000_000))
+    into = tmp_path / "into"
+    outgoing = await prepare([big])
+    async with nodes() as (alice, bob):
+
+        async def cut_halfway(stream: AppStream, summary: Any) -> ReceiveReport:
+            arrived = 0
+
+            def progress(n: int) -> None:
+                nonlocal arrived
+                arrived += n
+                if arrived >= 2_000_000:
+                    raise anyio.BrokenResourceError("cut")
+
+            try:
+                return await receive_files(stream, summary, into, progress=progress)
+            finally:
+                await stream.aclose()
+
+        sent, got = await transfer(alice, bob, outgoing, into, cut_halfway)
+        assert isinstance(got, anyio.BrokenResourceError)
+        assert not isinstance(sent, SendReport)
+        assert not (into / "big.bin").exists()  # never under its name half done
+        (partial,) = into.glob(".*.peerkit-part")
+        kept = partial.stat().st_size
+        assert 0 < kept < 4_000_000
+        sent, got = await transfer(alice, bob, outgoing, into)
+        assert isinstance(got, ReceiveReport), got
+        assert isinstance(sent, SendReport), sent
+        assert got.resumed_bytes == kept
+        assert sent.sent_bytes == got.received_bytes == 4_000_000 - kept
+        assert sha(into / "big.bin") == sha(big)
+        assert not partial.exists()
+
+
+async def test_bytes_that_do_not_match_the_offer_are_not_kept(tmp_path: Path) -> None:
+    real = tmp_path / "real.txt"
+    real.write_text("the real bytes")
+    lie = Outgoing(real, Entry("real.txt", 14, hashlib.sha256(b"other bytes!!!").digest()))
+    into = tmp_path / "into"
+    async with nodes() as (alice, bob):
+        sent, got = await transfer(alice, bob, [lie], into)
+        assert isinstance(got, ReceiveReport)
+        assert isinstance(sent, SendReport)
+        assert got.failed == [("real.txt", "its bytes do not match the offer's SHA-256 (not kept)")]
+        assert sent.failed == got.failed
+        assert not list(into.iterdir())
+
+
+async def test_a_file_that_changed_after_hashing_stops_the_sender(tmp_path: Path) -> None:
+    path = tmp_path / "log.txt"
+    path.write_text("a long line of text")
+    outgoing = await prepare([path])
+    path.write_text("short")
+    async with nodes() as (alice, bob):
+        sent, got = await transfer(alice, bob, outgoing, tmp_path / "into")
+        assert isinstance(sent, ValueError)
+        assert "changed while it was sent" in str(sent)
+        assert isinstance(got, anyio.BrokenResourceError | ProtocolError)
+
+
+async def test_an_offer_that_is_not_the_one_accepted_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "a").write_text("a")
+    (tmp_path / "b").write_text("b")
+    a, b = await prepare([tmp_path / "a"]), await prepare([tmp_path / "b"])
+    async with nodes() as (alice, bob):
+
+        async def expecting_b(stream: AppStream, summary: Any) -> ReceiveReport:
+            return await receive_files(
+                stream, decode_summary(encode_summary([b[0].entry])), tmp_path / "into"
+            )
+
+        _, got = await transfer(alice, bob, a, tmp_path / "into", expecting_b)
+        assert isinstance(got, ProtocolError)
+        assert "not the one accepted" in str(got)
+
+
+async def test_prepare_names_what_it_cannot_send(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="no such file or folder"):
+        await prepare([tmp_path / "missing"])
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="no file to send"):
+        await prepare([tmp_path / "empty"])
+    (tmp_path / "x").mkdir()
+    (tmp_path / "x" / "same").write_text("1")
+    (tmp_path / "same").write_text("2")
+    (tmp_path / "y").mkdir()
+    (tmp_path / "y" / "x").mkdir()
+    (tmp_path / "y" / "x" / "same").write_text("3")
+    with pytest.raises(ValueError, match="two files would be called 'x/same'"):
+        await prepare([tmp_path / "x", tmp_path / "y" / "x"])
