@@ -21,6 +21,7 @@ from rich.table import Table
 import peerkit
 from peerkit.cli_chat import chat_command
 from peerkit.cli_contacts import contacts_app
+from peerkit.cli_files import receive_command, send_command
 from peerkit.clikit import (
     EXIT_CODES,
     EXIT_DECLINED,
@@ -200,9 +201,16 @@ def serve(
         list[str] | None,
         typer.Option(
             "--accept",
-            help="Register application APP (chat, files or a UUID) and accept every invitation to it.",
+            help="Register application APP (chat, files or a UUID) and accept every invitation to it: "
+            "chats are printed and stdin's lines said; files are saved --into a folder.",
         ),
     ] = None,
+    into: Annotated[
+        Path,
+        typer.Option(
+            "--into", help="With --accept files: the folder files go to [default: the current folder]"
+        ),
+    ] = Path(),
     nickname: Annotated[str, typer.Option(help="The nickname peers see.")] = "",
     discovery: Discovery = None,
     dht_bootstrap: Annotated[
@@ -249,11 +257,12 @@ def serve(
     providers = providers_named(discovery)
     bootstrap = [parse_address(a) for a in dht_bootstrap] if dht_bootstrap else None
     directory = data_dir or default_data_dir()
-    relaying = {
+    relaying: dict[str, Any] = {
         "relay": RelayPolicy(open=True) if relay and relay_open else relay,
         "relays": [parse_relay(text) for text in via or []],
         "port_mapping": None if port_mapping else False,  # (on: unless the environment says off)
     }
+    relaying["into"] = into
     anyio.run(run_serve, host, port, apps, nickname, providers, directory, as_json, bootstrap, relaying)
 
 
@@ -375,6 +384,8 @@ async def _invite(
 
 
 app.command("chat")(chat_command)
+app.command("send")(send_command)
+app.command("receive")(receive_command)
 
 
 @app.command()

@@ -39,6 +39,8 @@ logger = logging.getLogger(__name__)
 HELP: Final = (
     "/away [TEXT], /busy [TEXT], /back: your presence; /quit (or Ctrl-D): end the chat; anything else is said"
 )
+#: Chats accepted whose stream has not come yet, at most (``serve --accept chat``).
+MAX_WAITING: Final = 64
 #: Seconds the invitee waits for the inviter's stream after accepting.
 STREAM_WAIT: Final = 30.0
 
@@ -262,12 +264,15 @@ class ChatDesk:
     def __init__(self, node: peerkit.Node, say: Callable[..., None]) -> None:
         self._node = node
         self._say = say
-        self._invited: set[peerkit.PeerId] = set()
+        self._invited: dict[peerkit.PeerId, None] = {}
         self._chats: dict[peerkit.PeerId, Chat] = {}
 
     async def invited(self, invitation: peerkit.Invitation) -> peerkit.InvitationResponse:
         """The invitation handler: accept, and expect the inviter's chat stream."""
-        self._invited.add(invitation.sender_id)
+        self._invited.pop(invitation.sender_id, None)
+        self._invited[invitation.sender_id] = None
+        while len(self._invited) > MAX_WAITING:  # (invitations whose stream never came: the oldest go)
+            del self._invited[next(iter(self._invited))]
         return peerkit.InvitationResponse.ACCEPTED
 
     async def chat(self, stream: AppStream) -> None:
@@ -276,7 +281,7 @@ class ChatDesk:
         if peer_id not in self._invited:
             await stream.aclose()
             return
-        self._invited.discard(peer_id)
+        self._invited.pop(peer_id, None)
         async with Chat(stream, self._node.nickname, _presence(self._node)) as chat:
             hello = await chat.greeting()
             name = hello.nickname or peer_id.fingerprint

@@ -12,6 +12,7 @@ import anyio
 from rich.console import Console
 
 from peerkit.cli_chat import ChatDesk
+from peerkit.cli_files import FilesDesk
 from peerkit.discovery.base import DiscoveryProvider
 from peerkit.model import EndPoint
 from peerkit.reporting import REACH_EVERY, reach_status, relay_text, write_reach
@@ -37,7 +38,7 @@ async def run_serve(
     from peerkit.invitations import Invitation
     from peerkit.model import Application, InvitationResponse, Scope
     from peerkit.node import Node
-    from peerkit.wellknown import CHAT
+    from peerkit.wellknown import CHAT, FILES
 
     def say(text: str, **fields: object) -> None:
         if as_json:
@@ -47,13 +48,15 @@ async def run_serve(
 
     from peerkit.contacts import saved_presence
 
+    relaying = dict(relaying or {})
+    into = relaying.pop("into", Path())
     node = Node(
         nickname=nickname,
         data_dir=directory,
         listen=(host, port),
         discovery=providers,
         dht_bootstrap=dht_bootstrap,
-        **(relaying or {}),
+        **relaying,
     )
     async with node:
         # Near me where a provider finds people; Internet, so that allowed contacts may watch.
@@ -65,6 +68,7 @@ async def run_serve(
         if presence is not None:
             await node.set_presence(presence)
         desk = ChatDesk(node, say) if CHAT.id in apps else None
+        files = FilesDesk(into, say) if FILES.id in apps else None
         for app_id in apps:
             await node.register_application(Application(id=app_id, description="accepted by peerkit serve"))
 
@@ -74,6 +78,9 @@ async def run_serve(
             if desk is not None and app_id == CHAT.id:
                 node.add_invitation_handler(app_id, desk.invited)
                 node.add_stream_handler(app_id, desk.chat)
+            elif files is not None and app_id == FILES.id:
+                node.add_invitation_handler(app_id, files.invited)
+                node.add_stream_handler(app_id, files.receive)
             else:
                 node.add_invitation_handler(app_id, accept_all)
 

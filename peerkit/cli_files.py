@@ -1,0 +1,371 @@
+"""``peerkit send`` and ``peerkit receive``: files and folders from one person to another, with a
+progress bar, checked end to end, resumed after a cut, never overwriting without asking."""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Annotated, Final
+
+import anyio
+import typer
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    TextColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
+
+import peerkit
+from peerkit.clikit import (
+    EXIT_DECLINED,
+    EXIT_EXPIRED,
+    DataDir,
+    Discovery,
+    cancel_on_signal,
+    console,
+    existing_data_dir,
+    parse_address,
+    peer_named,
+    providers_named,
+)
+from peerkit.discovery.base import DiscoveryProvider
+from peerkit.errors import ProtocolError
+from peerkit.files import (
+    Decision,
+    Outgoing,
+    ReceiveReport,
+    SendReport,
+    prepare,
+    receive_files,
+    send_files,
+)
+from peerkit.model import check_text
+from peerkit.proto.files import SUMMARY_NAMES, Entry, Summary, decode_summary, encode_summary
+from peerkit.streams import AppStream
+from peerkit.terminal import Terminal
+from peerkit.wellknown import FILES
+
+__all__ = ("FilesDesk", "receive_command", "send_command", "size_text")
+
+logger = logging.getLogger(__name__)
+
+#: Offers accepted whose stream has not come yet, at most (``serve --accept files``).
+MAX_WAITING: Final = 64
+#: Seconds the receiver waits for the sender's stream after accepting.
+STREAM_WAIT: Final = 30.0
+
+
+def size_text(n: int) -> str:
+    """Bytes as people read them: ``1.2 MB``."""
+    size = float(n)
+    for unit in ("bytes", "kB", "MB", "GB", "TB"):
+        if size < 1000 or unit == "TB":
+            if unit == "bytes":
+                return "1 byte" if n == 1 else f"{n} bytes"
+            return f"{size:.1f} {unit}"
+        size /= 1000
+    raise AssertionError("unreachable")
+
+
+def _bar() -> Progress:
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        transient=False,
+    )
+
+
+def send_command(
+    peer: Annotated[
+        str,
+        typer.Argument(
+            help="Who gets the files: a contact (its name, fingerprint or id), a peer near you by its "
+            "nickname (with --discovery), or HOST:PORT."
+        ),
+    ],
+    paths: Annotated[list[Path], typer.Argument(help="Files and folders to send.", show_default=False)],
+    message: Annotated[str, typer.Option(help="A message with the offer (at most 255 characters).")] = "",
+    discovery: Discovery = None,
+    timeout: Annotated[
+        float, typer.Option(min=0.001, max=300, help="Seconds to wait for an answer (at most 300).")
+    ] = 300.0,
+    data_dir: DataDir = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the outcome as JSON for scripts.")] = False,
+) -> None:
+    """Send files and folders to a peer: it is invited to the files application with the offer
+    (names, sizes, SHA-256), and once it accepts they are streamed, encrypted, with a progress bar.
+    Sending the same files again after a cut resumes where the receiver stopped.
+
+    Exits with 0 when everything arrived intact, 1 when a file failed, 3 when the peer declined,
+    4 when it did not answer in time.
+    """
+    check_text(message, "invitation message")
+    directory = existing_data_dir(data_dir)
+    providers = providers_named(discovery) if discovery else []
+    target: str | tuple[str, int] = parse_address(peer, "127.0.0.1") if ":" in peer else peer
+    code = anyio.run(_send, directory, target, paths, providers, message, timeout, as_json)
+    if code:
+        raise typer.Exit(code)
+
+
+async def _send(
+    directory: Path,
+    target: str | tuple[str, int],
+    paths: list[Path],
+    providers: list[DiscoveryProvider],
+    message: str,
+    timeout: float,
+    as_json: bool,
+) -> int:
+    with _bar() as bar:
+        task = bar.add_task("hashing", total=None)
+        outgoing = await prepare(paths, lambda n: bar.advance(task, n))
+        bar.remove_task(task)
+    total = sum(o.entry.size for o in outgoing)
+    listen = ("0.0.0.0", 0) if providers else ("127.0.0.1", 0)
+    async with peerkit.Node(data_dir=directory, listen=listen, discovery=providers) as node:
+        wait = min(timeout, 10.0)
+        named = await peer_named(node, target, providers, wait) if isinstance(target, str) else None
+        await node.register_application(FILES)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(cancel_on_signal, tg.cancel_scope)
+            if isinstance(target, str):
+                assert named is not None
+                peer = named
+            else:
+                peer = await node.peer_at(*target)
+            who = peer.nickname or peer.id.fingerprint
+            what = f"{len(outgoing)} file{'s' if len(outgoing) != 1 else ''} ({size_text(total)})"
+            with console.status(f"offering {what} to {who}", spinner="dots"):
+                answer = await peer.invite(
+                    FILES, message, encode_summary([o.entry for o in outgoing]), timeout=timeout
+                )
+            if answer is not peerkit.InvitationResponse.ACCEPTED:
+                declined = answer is peerkit.InvitationResponse.DECLINED
+                _outcome(
+                    as_json,
+                    f"{who} {'declined' if declined else 'did not answer in time'}",
+                    answer=answer.name.lower(),
+                )
+                tg.cancel_scope.cancel()
+                return EXIT_DECLINED if declined else EXIT_EXPIRED
+            async with await peer.open_stream(FILES) as stream:
+                report = await _send_with_bar(stream, outgoing, total, who)
+            tg.cancel_scope.cancel()
+    for path, reason in report.failed:
+        console.print(f"[red]{path}: {reason}[/red]", highlight=False)
+    _outcome(
+        as_json,
+        f"{who} has {report.received} of {len(outgoing)} files ({size_text(report.sent_bytes)} sent"
+        + (f", {report.skipped} already there or skipped" if report.skipped else "")
+        + ")",
+        answer="accepted",
+        received=report.received,
+        sent_bytes=report.sent_bytes,
+        skipped=report.skipped,
+        failed=[list(f) for f in report.failed],
+    )
+    return 1 if report.failed else 0
+
+
+async def _send_with_bar(stream: AppStream, outgoing: list[Outgoing], total: int, who: str) -> SendReport:
+    with _bar() as bar:
+        task = bar.add_task(f"to {who}", total=total)
+        report = await send_files(stream, outgoing, lambda n: bar.advance(task, n))
+        bar.update(task, completed=total)
+    return report
+
+
+def _outcome(as_json: bool, text: str, **fields: object) -> None:
+    if as_json:
+        print(json.dumps(fields), flush=True)
+    else:
+        console.print(text, highlight=False)
+
+
+def receive_command(
+    into: Annotated[
+        Path, typer.Option("--into", help="The folder the files go to [default: the current folder]")
+    ] = Path(),
+    yes: Annotated[
+        bool,
+        typer.Option(
+            "--yes", "-y", help="Accept the first offer without asking; a name taken is kept (a new name)."
+        ),
+    ] = False,
+    listen_at: Annotated[
+        str, typer.Option("--listen", help="HOST:PORT to listen on (port 0 picks one).")
+    ] = "0.0.0.0:0",
+    discovery: Discovery = None,
+    data_dir: DataDir = None,
+) -> None:
+    """Wait for an offer of files and accept it at a prompt, then receive the files into a folder
+    with a progress bar. A file whose name is taken is renamed, overwritten or skipped as you
+    answer; one already there is not sent again; an interrupted transfer resumes when the sender
+    sends again.
+
+    Exits with 0 when every file arrived intact, 1 when one failed.
+    """
+    directory = existing_data_dir(data_dir)
+    host, port = parse_address(listen_at)
+    code = anyio.run(_receive, directory, (host, port), providers_named(discovery), into.resolve(), yes)
+    if code:
+        raise typer.Exit(code)
+
+
+async def _receive(
+    directory: Path, listen: tuple[str, int], providers: list[DiscoveryProvider], into: Path, yes: bool
+) -> int:
+    report: ReceiveReport | None = None
+    async with peerkit.Node(data_dir=directory, listen=listen, discovery=providers) as node:
+        scope = peerkit.Scope.INTERNET
+        for provider in providers:
+            scope |= provider.scopes
+        await node.sign_in(scope)
+        await node.register_application(FILES)
+        async with (
+            Terminal(keys=False) as terminal,
+            node.invitations(FILES) as invitations,
+            node.streams(FILES) as streams,
+            anyio.create_task_group() as tg,
+        ):
+            tg.start_soon(cancel_on_signal, tg.cancel_scope)
+            terminal.show(
+                f"waiting for files as {node.nickname or '?'} ({node.id.fingerprint}) at {node.endpoint}; "
+                "Ctrl-C stops"
+            )
+            async for invitation in invitations:
+                who = invitation.nickname or invitation.sender_id.fingerprint
+                try:
+                    summary = decode_summary(invitation.data)
+                except ProtocolError as exc:
+                    terminal.show(f"{who} sent an offer that cannot be read ({exc}): declined")
+                    invitation.decline()
+                    continue
+                question = f"{who} ({invitation.sender_id.fingerprint}) offers {offer_text(summary)}"
+                if invitation.message:
+                    question += f": {invitation.message!r}"
+                question += f". Save into {into}? [y/N]"
+                if yes:
+                    terminal.show(f"{question} y (--yes)")
+                answer = "y" if yes else await terminal.ask(question)
+                if invitation.withdrawn:
+                    terminal.show(f"{who} withdrew the offer")
+                    continue
+                if (answer or "").strip().lower() not in ("y", "yes"):
+                    invitation.decline()
+                    continue
+                invitation.accept()
+                with anyio.fail_after(STREAM_WAIT):
+                    async for stream in streams:
+                        if stream.peer.id == invitation.sender_id:
+                            break
+                        await stream.aclose()  # (no files without an offer accepted)
+                decide = _rename if yes else _asking(terminal)
+                async with stream:
+                    with _bar() as bar:
+                        task = bar.add_task(f"from {who}", total=summary.size)
+                        report = await receive_files(
+                            stream, summary, into, decide, functools.partial(bar.advance, task)
+                        )
+                        bar.update(task, completed=summary.size)
+                break
+            tg.cancel_scope.cancel()
+    if report is None:
+        return 0
+    for path in report.saved:
+        console.print(f"saved {path}", highlight=False)
+    for offered in report.already:
+        console.print(f"already here: {offered}", highlight=False)
+    for offered in report.skipped:
+        console.print(f"skipped: {offered}", highlight=False)
+    for offered, reason in report.failed:
+        console.print(f"[red]failed: {offered}: {reason}[/red]", highlight=False)
+    resumed = f", {size_text(report.resumed_bytes)} resumed" if report.resumed_bytes else ""
+    console.print(f"received {size_text(report.received_bytes)}{resumed}", highlight=False)
+    return 1 if report.failed else 0
+
+
+def offer_text(summary: Summary) -> str:
+    """An offer as people read it: ``3 files (1.2 MB): a.txt, photos``."""
+    files = f"{summary.files} file{'s' if summary.files != 1 else ''}"
+    more = ", ..." if len(summary.names) >= SUMMARY_NAMES else ""  # (a summary names 8 at most)
+    return f"{files} ({size_text(summary.size)}): {', '.join(summary.names)}{more}"
+
+
+async def _rename(entry: Entry, existing: Path) -> Decision:
+    return "rename"
+
+
+def _asking(terminal: Terminal) -> Callable[[Entry, Path], Awaitable[Decision]]:
+    async def decide(entry: Entry, existing: Path) -> Decision:
+        answer = await terminal.ask(
+            f"{existing} exists: [r]ename the new one, [o]verwrite, or [s]kip? [R/o/s]"
+        )
+        word = (answer or "").strip().lower()
+        return "overwrite" if word in ("o", "overwrite") else "skip" if word in ("s", "skip") else "rename"
+
+    return decide
+
+
+class FilesDesk:
+    """The files of ``peerkit serve --accept files``: every offer is accepted and received into a
+    folder (a name taken is kept, the new file renamed), reported with ``say(text, **fields)``."""
+
+    def __init__(self, into: Path, say: Callable[..., None]) -> None:
+        self._into = into
+        self._say = say
+        self._offers: dict[peerkit.PeerId, Summary] = {}
+
+    async def invited(self, invitation: peerkit.Invitation) -> peerkit.InvitationResponse:
+        """The invitation handler: accept an offer that can be read."""
+        try:
+            summary = decode_summary(invitation.data)
+        except ProtocolError:
+            return peerkit.InvitationResponse.DECLINED
+        self._offers.pop(invitation.sender_id, None)
+        self._offers[invitation.sender_id] = summary
+        while len(self._offers) > MAX_WAITING:  # (offers whose stream never came: the oldest go)
+            del self._offers[next(iter(self._offers))]
+        return peerkit.InvitationResponse.ACCEPTED
+
+    async def receive(self, stream: AppStream) -> None:
+        """The stream handler: the files of the offer accepted from the stream's peer."""
+        peer_id = stream.peer.id
+        summary = self._offers.pop(peer_id, None)
+        if summary is None:
+            return  # (no offer accepted: the stream is closed)
+        fields = {"peer": str(peer_id), "files": summary.files, "bytes": summary.size}
+        self._say(
+            f"receiving {offer_text(summary)} from {peer_id.fingerprint}", event="files_offered", **fields
+        )
+        try:
+            report = await receive_files(stream, summary, self._into)
+        except (ProtocolError, anyio.BrokenResourceError, OSError) as exc:
+            self._say(
+                f"files from {peer_id.fingerprint} stopped: {exc}",
+                event="files_stopped",
+                reason=str(exc),
+                **fields,
+            )
+            return
+        self._say(
+            f"received {len(report.saved)} file(s) from {peer_id.fingerprint} into {self._into}"
+            + (f"; {len(report.failed)} failed" if report.failed else ""),
+            event="files_received",
+            saved=[str(p) for p in report.saved],
+            already=report.already,
+            failed=[list(f) for f in report.failed],
+            resumed_bytes=report.resumed_bytes,
+            **fields,
+        )

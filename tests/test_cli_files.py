@@ -1,0 +1,215 @@
+"""``peerkit send``, ``peerkit receive`` and ``serve --accept files`` as people use them, each in
+its own process: folders, a prompt for a name taken, a transfer killed and resumed, bad input."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pexpect
+import pytest
+
+PEERKIT = [sys.executable, "-c", "from peerkit.cli import main; main()"]
+NOBODY = "static:127.0.0.1:9"  # (a discovery provider that finds nobody: no mDNS from a test)
+
+
+def create(directory: Path, nickname: str) -> dict[str, str]:
+    env = {**os.environ, "PEERKIT_DATA_DIR": str(directory), "PEERKIT_PORT_MAPPING": "off"}
+    made = subprocess.run(
+        [*PEERKIT, "id", "--create", "--nickname", nickname], env=env, capture_output=True, check=False
+    )
+    assert made.returncode == 0, made.stderr
+    return env
+
+
+def run(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*PEERKIT, *args], env=env, capture_output=True, text=True, timeout=60, check=False)
+
+
+def receiving(env: dict[str, str], *options: str) -> tuple[pexpect.spawn, int]:
+    child = pexpect.spawn(
+        PEERKIT[0],
+        [*PEERKIT[1:], "receive", "--listen", "127.0.0.1:0", "--discovery", NOBODY, *options],
+        env=env,
+        encoding="utf-8",
+        timeout=30,
+        dimensions=(40, 200),
+    )
+    child.expect(r"at 127\.0\.0\.1:(\d+); Ctrl-C stops")
+    return child, int(child.match.group(1))
+
+
+def finished(child: pexpect.spawn) -> int:
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus is not None, child.signalstatus
+    return int(child.exitstatus)
+
+
+def digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture
+def people(tmp_path: Path) -> tuple[dict[str, str], dict[str, str]]:
+    return create(tmp_path / "alice", "alice"), create(tmp_path / "bob", "bob")
+
+
+@pytest.mark.network
+def test_a_folder_and_a_file_are_sent_and_a_taken_name_is_asked_about(
+    tmp_path: Path, people: tuple[dict[str, str], dict[str, str]]
+) -> None:
+    alice, bob = people
+    src = tmp_path / "src"
+    (src / "trip" / "day1").mkdir(parents=True)
+    (src / "trip" / "day1" / "photo.jpg").write_bytes(os.urandom(2_000_000))
+    (src / "trip" / "notes.txt").write_text("notes")
+    (src / "plan.txt").write_text("new plan")
+    into = tmp_path / "into"
+    into.mkdir()
+    (into / "plan.txt").write_text("old plan")
+    receiver, port = receiving(alice, "--into", str(into))
+    try:
+        sender = subprocess.Popen(
+            [
+                *PEERKIT,
+                "send",
+                f"127.0.0.1:{port}",
+                str(src / "trip"),
+                str(src / "plan.txt"),
+                "--message",
+                "pics",
+                "--json",
+            ],
+            env=bob,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        receiver.expect(r"bob \(\S+\) offers 3 files \(2\.0 MB\): trip, plan\.txt: 'pics'\. Save into")
+        receiver.send("y\r")
+        receiver.expect(r"plan\.txt exists: \[r\]ename the new one, \[o\]verwrite, or \[s\]kip\? \[R/o/s\]")
+        receiver.send("o\r")
+        receiver.expect("received 2.0 MB")
+        assert finished(receiver) == 0
+        out, err = sender.communicate(timeout=30)
+        assert sender.returncode == 0, err
+        outcome = json.loads(out.strip().splitlines()[-1])
+        assert (outcome["answer"], outcome["received"], outcome["failed"]) == ("accepted", 3, [])
+    finally:
+        receiver.terminate(force=True)
+    assert digest(into / "trip" / "day1" / "photo.jpg") == digest(src / "trip" / "day1" / "photo.jpg")
+    assert (into / "trip" / "notes.txt").read_text() == "notes"
+    assert (into / "plan.txt").read_text() == "new plan"  # overwritten: asked, and answered so
+    assert not list(into.rglob("*.peerkit-part"))
+
+
+@pytest.mark.network
+def test_a_declined_offer_exits_3_and_bad_input_is_one_line(
+    tmp_path: Path, people: tuple[dict[str, str], dict[str, str]]
+) -> None:
+    alice, bob = people
+    (tmp_path / "f.txt").write_text("f")
+    receiver, port = receiving(alice)
+    try:
+        sender = subprocess.Popen(
+            [*PEERKIT, "send", f"127.0.0.1:{port}", str(tmp_path / "f.txt")],
+            env=bob,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        receiver.expect(r"offers 1 file \(1 byte\): f\.txt\. Save into .*\? \[y/N\]")
+        receiver.send("n\r")
+        out, _ = sender.communicate(timeout=30)
+        assert sender.returncode == 3
+        assert "alice declined" in out
+    finally:
+        receiver.terminate(force=True)
+    missing = run("send", "127.0.0.1:9", str(tmp_path / "nope.txt"), env=bob)
+    assert missing.returncode == 1
+    assert missing.stderr == f"error: {tmp_path / 'nope.txt'}: no such file or folder\n"
+    nobody = run("send", "carol", str(tmp_path / "f.txt"), env=bob)
+    assert nobody.returncode == 2
+    assert "no contact is called 'carol'" in " ".join(nobody.stderr.replace("│", " ").split())
+    no_identity = run("receive", "--data-dir", str(tmp_path / "typo"), env=bob)
+    assert no_identity.returncode == 1
+    assert "no identity in" in no_identity.stderr
+
+
+@pytest.mark.network
+@pytest.mark.timeout(120)
+def test_a_transfer_killed_halfway_resumes_when_sent_again(
+    tmp_path: Path, people: tuple[dict[str, str], dict[str, str]]
+) -> None:
+    alice, bob = people
+    big = tmp_path / "big.bin"
+    with big.open("wb") as f:
+        for _ in range(64):
+            f.write(os.urandom(1 << 20))
+    into = tmp_path / "into"
+    server = subprocess.Popen(
+        [
+            *PEERKIT,
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--discovery",
+            NOBODY,
+            "--accept",
+            "files",
+            "--into",
+            str(into),
+            "--json",
+        ],
+        env=alice,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert server.stdout is not None
+    try:
+        port = json.loads(server.stdout.readline())["port"]
+        # The sender is killed as soon as the partial file holds bytes: mid-file (64 MiB).
+        sender = subprocess.Popen(
+            [*PEERKIT, "send", f"127.0.0.1:{port}", str(big)],
+            env=bob,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 30
+        partial: list[Path] = []
+        while time.monotonic() < deadline:
+            partial = list(into.glob(".*.peerkit-part")) if into.exists() else []
+            if partial and partial[0].stat().st_size > 0:
+                break
+            time.sleep(0.001)
+        sender.send_signal(signal.SIGKILL)
+        sender.wait(10)
+        assert partial, "the transfer never started"
+        stopped = json.loads(server.stdout.readline())
+        while stopped["event"] != "files_stopped":
+            stopped = json.loads(server.stdout.readline())
+        kept = partial[0].stat().st_size
+        assert 0 < kept < big.stat().st_size, "the transfer was not cut halfway"
+        assert not (into / "big.bin").exists()
+        again = run("send", f"127.0.0.1:{port}", str(big), "--json", env=bob)
+        assert again.returncode == 0, again.stderr
+        sent = json.loads(again.stdout.strip().splitlines()[-1])
+        assert sent["sent_bytes"] == big.stat().st_size - kept
+        received = json.loads(server.stdout.readline())
+        while received["event"] != "files_received":
+            received = json.loads(server.stdout.readline())
+        assert received["resumed_bytes"] == kept
+        assert digest(into / "big.bin") == digest(big)
+        assert not partial[0].exists()
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server.wait(20)
+        server.stdout.close()
