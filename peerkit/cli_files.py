@@ -57,6 +57,8 @@ logger = logging.getLogger(__name__)
 
 #: Offers accepted whose stream has not come yet, at most (``serve --accept files``).
 MAX_WAITING: Final = 64
+#: Offers ``serve --accept files`` receives at once, at most (each holds about 12 MiB).
+AT_ONCE: Final = 4
 #: Seconds the receiver waits for the sender's stream after accepting.
 STREAM_WAIT: Final = 30.0
 
@@ -103,7 +105,7 @@ def send_command(
     as_json: Annotated[bool, typer.Option("--json", help="Print the outcome as JSON for scripts.")] = False,
 ) -> None:
     """Send files and folders to a peer: it is invited to the files application with the offer
-    (names, sizes, SHA-256), and once it accepts they are streamed, encrypted, with a progress bar.
+    (names, sizes, BLAKE3 hashes), and once it accepts they are streamed, encrypted, with a progress bar.
     Sending the same files again after a cut resumes where the receiver stopped.
 
     Exits with 0 when everything arrived intact, 1 when a file failed, 3 when the peer declined,
@@ -326,6 +328,7 @@ class FilesDesk:
         self._into = into
         self._say = say
         self._offers: dict[peerkit.PeerId, Summary] = {}
+        self._turns = anyio.Semaphore(AT_ONCE)
 
     async def invited(self, invitation: peerkit.Invitation) -> peerkit.InvitationResponse:
         """The invitation handler: accept an offer that can be read."""
@@ -350,7 +353,8 @@ class FilesDesk:
             f"receiving {offer_text(summary)} from {peer_id.fingerprint}", event="files_offered", **fields
         )
         try:
-            report = await receive_files(stream, summary, self._into)
+            async with self._turns:
+                report = await receive_files(stream, summary, self._into)
         except (ProtocolError, anyio.BrokenResourceError, OSError) as exc:
             self._say(
                 f"files from {peer_id.fingerprint} stopped: {exc}",

@@ -71,8 +71,8 @@ class AppStream(anyio.abc.ByteStream):
         """The transport's attributes (addresses), as anyio streams give them."""
         return self._channel.extra_attributes
 
-    async def send(self, item: bytes) -> None:
-        """Send bytes; waits while the peer has not read enough (backpressure).
+    async def send(self, item: bytes | bytearray | memoryview) -> None:
+        """Send bytes (any bytes-like object); waits while the peer has not read enough (backpressure).
 
         :raises anyio.ClosedResourceError: after :meth:`send_eof` or :meth:`aclose`.
         :raises anyio.BrokenResourceError: when the connection broke.

@@ -32,6 +32,7 @@ def test_every_benchmark_runs_and_writes_json(tmp_path: Path) -> None:
         "invite_warm",
         "stream",
         "relay",
+        "files",
         "nat",
         "discovery",
         "records",

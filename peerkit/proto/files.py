@@ -1,6 +1,6 @@
 """The files application's messages (docs/protocol.md, "The files application"), sans-IO.
 
-An offer is a list of files, each a relative path, a size and the SHA-256 of its bytes. The
+An offer is a list of files, each a relative path, a size and the BLAKE3 hash of its bytes. The
 invitation carries its summary (:func:`encode_summary`): how many files, how many bytes, the first
 names, and the offer's digest, which binds the list sent later on the stream to what was accepted.
 On the stream, the sender's ``files`` frames list the offer, the receiver's ``want`` frames say
@@ -63,15 +63,15 @@ class Entry:
     path: str
     #: Its length in bytes.
     size: int
-    #: The SHA-256 of its bytes.
-    sha256: bytes
+    #: The BLAKE3 hash of its bytes (32 bytes).
+    digest: bytes
 
     def __post_init__(self) -> None:
         check_path(self.path)
         if type(self.size) is not int or not 0 <= self.size <= MAX_SIZE:
             raise ValueError(f"a file's size is 0 to {MAX_SIZE} bytes, not {self.size!r}")
-        if not isinstance(self.sha256, bytes) or len(self.sha256) != 32:
-            raise ValueError("a file's sha256 is 32 bytes")
+        if not isinstance(self.digest, bytes) or len(self.digest) != 32:
+            raise ValueError("a file's hash is 32 bytes")
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,11 +113,11 @@ def check_path(path: str) -> None:
 
 
 def _rows(entries: Sequence[Entry]) -> list[list[Any]]:
-    return [[e.path, e.size, e.sha256] for e in entries]
+    return [[e.path, e.size, e.digest] for e in entries]
 
 
 def offer_digest(entries: Sequence[Entry]) -> bytes:
-    """The SHA-256 of the offer's deterministic CBOR encoding: ``[[path, size, sha256], ...]``."""
+    """The SHA-256 of the offer's deterministic CBOR encoding: ``[[path, size, blake3], ...]``."""
     return hashlib.sha256(encode_deterministic(_rows(entries))).digest()
 
 

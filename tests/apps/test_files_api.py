@@ -161,7 +161,7 @@ async def test_bytes_that_do_not_match_the_offer_are_not_kept(tmp_path: Path) ->
         sent, got = await transfer(alice, bob, [lie], into)
         assert isinstance(got, ReceiveReport)
         assert isinstance(sent, SendReport)
-        assert got.failed == [("real.txt", "its bytes do not match the offer's SHA-256 (not kept)")]
+        assert got.failed == [("real.txt", "its bytes do not match the offer's BLAKE3 hash (not kept)")]
         assert sent.failed == got.failed
         assert not list(into.iterdir())
 

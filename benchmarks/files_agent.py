@@ -1,0 +1,66 @@
+"""The receiving side of the ``files`` benchmark, in a process of its own: a node that accepts every
+offer of files into a temporary folder (and deletes them once received), and a sink application
+that reads a stream to its end and acknowledges it. It prints its id and port as one JSON line
+and runs until its stdin closes."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sys
+import tempfile
+import uuid
+from pathlib import Path
+
+import anyio
+import anyio.to_thread
+
+from peerkit import AppStream, Identity, Invitation, InvitationResponse, Node
+from peerkit.files import receive_files
+from peerkit.model import Application
+from peerkit.proto.files import Summary, decode_summary
+from peerkit.wellknown import FILES
+
+#: Where the files go: memory (tmpfs) where there is one, so that the figure is peerkit's and not
+#: the disk's (a VM's disk writes anywhere from 200 MB/s to 1.2 GB/s from one minute to the next).
+MEMORY = "/dev/shm" if Path("/dev/shm").is_dir() and os.access("/dev/shm", os.W_OK) else None
+SINK = Application(id=uuid.UUID("5f1d3b7e-2a44-4c61-9d7b-0e8f6a2b1c02"), description="bench sink")
+
+
+async def main() -> None:
+    offers: dict[object, Summary] = {}
+    with tempfile.TemporaryDirectory(prefix="peerkit-bench-files-", dir=MEMORY) as tmp:
+        into = Path(tmp)
+        async with Node(identity=Identity.generate(), listen=("127.0.0.1", 0)) as node:
+            await node.register_application(FILES)
+            await node.register_application(SINK)
+
+            async def offered(invitation: Invitation) -> InvitationResponse:
+                offers[invitation.sender_id] = decode_summary(invitation.data)
+                return InvitationResponse.ACCEPTED
+
+            async def files(stream: AppStream) -> None:
+                report = await receive_files(stream, offers.pop(stream.peer.id), into)
+                for path in report.saved:
+                    await anyio.to_thread.run_sync(path.unlink)
+                assert not report.failed, report.failed
+
+            async def sink(stream: AppStream) -> None:
+                total = int.from_bytes(await stream.receive(8), "big")
+                received = 0
+                while received < total:
+                    received += len(await stream.receive(1 << 20))
+                await stream.send(b"k")
+                with contextlib.suppress(anyio.EndOfStream, anyio.BrokenResourceError):
+                    await stream.receive()
+
+            node.add_invitation_handler(FILES, offered)
+            node.add_stream_handler(FILES, files)
+            node.add_stream_handler(SINK, sink)
+            print(json.dumps({"id": str(node.id), "port": node.endpoint.port}), flush=True)
+            await anyio.wrap_file(sys.stdin).read()  # until the benchmark closes it
+
+
+if __name__ == "__main__":
+    anyio.run(main)
