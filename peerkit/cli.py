@@ -22,6 +22,7 @@ import peerkit
 from peerkit.cli_chat import chat_command
 from peerkit.cli_contacts import contacts_app
 from peerkit.cli_files import receive_command, send_command
+from peerkit.cli_pair import pair_command
 from peerkit.clikit import (
     EXIT_CODES,
     EXIT_DECLINED,
@@ -386,6 +387,7 @@ async def _invite(
 app.command("chat")(chat_command)
 app.command("send")(send_command)
 app.command("receive")(receive_command)
+app.command("pair")(pair_command)
 
 
 @app.command()

@@ -17,7 +17,8 @@ plain misuse of an argument, it inherits the matching builtin too, so ``except V
     ├── StoreError               the contact database cannot be opened or used
     ├── NotSignedIn              the operation needs a sign-in first
     ├── NotRunning               the node is not running (use it inside ``async with``; also ``RuntimeError``)
-    └── NotAllowed               the peer's policy or permissions refuse the operation
+    ├── NotAllowed               the peer's policy or permissions refuse the operation
+    └── PairingFailed            pairing by code failed: wrong code, expired, nobody found
 
 State errors of streams (closed, broken, end of stream) are anyio's own
 (:class:`anyio.ClosedResourceError`, :class:`anyio.BrokenResourceError`, :class:`anyio.EndOfStream`).
@@ -35,6 +36,7 @@ __all__ = (
     "NotAllowed",
     "NotRunning",
     "NotSignedIn",
+    "PairingFailed",
     "PeerUnreachable",
     "PeerkitError",
     "ProtocolError",
@@ -105,3 +107,8 @@ class NotRunning(PeerkitError, RuntimeError):
 
 class NotAllowed(PeerkitError):
     """The remote peer's policy or permissions refuse the operation."""
+
+
+class PairingFailed(PeerkitError):
+    """Pairing with a code failed: the code was wrong (and is used up), expired, or nobody was
+    found waiting with it. Nothing was added to the contacts."""

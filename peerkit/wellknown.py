@@ -14,7 +14,7 @@ from typing import Final
 
 from peerkit.model import Application
 
-__all__ = ("CHAT", "FILES", "NAMESPACE", "WELL_KNOWN", "application_id", "well_known_id")
+__all__ = ("CHAT", "FILES", "NAMESPACE", "PAIR", "WELL_KNOWN", "application_id", "well_known_id")
 
 #: The namespace of well-known application UUIDs.
 NAMESPACE: Final = uuid.uuid5(uuid.NAMESPACE_URL, "peerkit")
@@ -29,6 +29,9 @@ def well_known_id(name: str) -> uuid.UUID:
 CHAT: Final = Application(id=well_known_id("chat"), description="chat")
 #: Files sent from one person to another (``peerkit send``).
 FILES: Final = Application(id=well_known_id("files"), description="files")
+
+#: Pairing by code (``peerkit pair``): not invited to, only streamed to while a code waits.
+PAIR: Final = Application(id=well_known_id("pair"), description="pairing")
 
 #: The well-known applications by name.
 WELL_KNOWN: Final = MappingProxyType({"chat": CHAT, "files": FILES})

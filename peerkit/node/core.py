@@ -62,6 +62,7 @@ from peerkit.node.invitations import InvitationHandler, Invitations
 from peerkit.node.link import ContactEvents, Link, NodeSide
 from peerkit.node.locator import Locator
 from peerkit.node.nearby import PROVIDER_TIMEOUT, Nearby, NearbyHandler
+from peerkit.node.pairing import PairingMethods
 from peerkit.node.publishing import Published, Publishing, Visibility
 from peerkit.node.reaching import Reach, Reaching, ReachStep
 from peerkit.node.receivers import app_id as id_of
@@ -107,7 +108,7 @@ F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
 FAREWELL_TIMEOUT: Final = 1.0
 
 
-class Node(EventMethods, FindingMethods):
+class Node(EventMethods, FindingMethods, PairingMethods):
     """One peerkit identity on the network; an async context manager.
 
     :param nickname: shown to other peers, at most 255 characters; saved in the data dir (without

@@ -1,0 +1,112 @@
+"""``peerkit pair``: become each other's contacts by reading a short code to the other person."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import anyio
+import typer
+
+import peerkit
+from peerkit.clikit import DataDir, cancel_on_signal, console, existing_data_dir, parse_address
+from peerkit.node.pairing import PAIR_TIMEOUT
+from peerkit.proto.pairing import parse_code
+
+__all__ = ("pair_command",)
+
+
+def pair_command(
+    code: Annotated[
+        str | None,
+        typer.Argument(help="The code the other person's 'peerkit pair' shows; without it, get one."),
+    ] = None,
+    at: Annotated[
+        str | None,
+        typer.Option(
+            "--at", help="HOST:PORT of the waiting side, where it cannot be found by mDNS (another network)."
+        ),
+    ] = None,
+    listen_at: Annotated[
+        str, typer.Option("--listen", help="HOST:PORT to listen on (port 0 picks one).")
+    ] = "0.0.0.0:0",
+    timeout: Annotated[
+        float, typer.Option(min=1, max=3600, help="Seconds the code stays valid (at most 3600).")
+    ] = PAIR_TIMEOUT,
+    lan: Annotated[
+        bool, typer.Option("--lan/--no-lan", help="Announce the code's rendezvous on the LAN (mDNS).")
+    ] = True,
+    data_dir: DataDir = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
+) -> None:
+    """Pair with someone by a short code: run 'peerkit pair' and read the code it prints (like
+    7-guitar-walrus) to the other person, who runs 'peerkit pair 7-guitar-walrus'. Each becomes
+    the other's contact, checked with the code (SPAKE2); both see the other's fingerprint.
+
+    A wrong code fails on both sides and uses the code up; a code expires after --timeout.
+    """
+    directory = existing_data_dir(data_dir)
+    host, port = parse_address(listen_at)
+    if code is not None:
+        try:
+            parse_code(code)
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc), param_hint="CODE") from None
+        where = parse_address(at, "127.0.0.1") if at else None
+        anyio.run(_join, directory, (host, port), code, where, as_json)
+    else:
+        if at is not None:
+            raise typer.BadParameter("--at is for joining with a CODE", param_hint="--at")
+        anyio.run(_wait, directory, (host, port), timeout, lan, as_json)
+
+
+def _say(as_json: bool, text: str, **fields: object) -> None:
+    if as_json:
+        print(json.dumps(fields), flush=True)
+    else:
+        console.print(text, highlight=False)
+
+
+def _paired(as_json: bool, contact: peerkit.Contact) -> None:
+    name = contact.nickname or contact.display_name or "?"
+    _say(
+        as_json,
+        f"paired with {name} ({contact.fingerprint}): now your contact, as you are theirs. Check that "
+        "they see your fingerprint too.",
+        event="paired",
+        id=str(contact.id),
+        fingerprint=contact.fingerprint,
+        nickname=contact.nickname,
+    )
+
+
+async def _wait(directory: Path, listen: tuple[str, int], timeout: float, lan: bool, as_json: bool) -> None:
+    async with peerkit.Node(data_dir=directory, listen=listen) as node, anyio.create_task_group() as tg:
+        tg.start_soon(cancel_on_signal, tg.cancel_scope)
+        async with node.pair(timeout=timeout, lan=lan) as pairing:
+            _say(
+                as_json,
+                f"your code: [bold]{pairing.code}[/bold]\non the other machine: peerkit pair {pairing.code}"
+                f"\n(you are {node.id.fingerprint} at {node.endpoint}; the code works once, for "
+                f"{timeout:g} s; Ctrl-C stops)",
+                event="code",
+                code=str(pairing.code),
+                fingerprint=node.id.fingerprint,
+                host=node.endpoint.host,
+                port=node.endpoint.port,
+            )
+            contact = await pairing.wait()
+        _paired(as_json, contact)
+        tg.cancel_scope.cancel()
+
+
+async def _join(
+    directory: Path, listen: tuple[str, int], code: str, at: tuple[str, int] | None, as_json: bool
+) -> None:
+    async with peerkit.Node(data_dir=directory, listen=listen) as node, anyio.create_task_group() as tg:
+        tg.start_soon(cancel_on_signal, tg.cancel_scope)
+        with console.status(f"pairing as {node.id.fingerprint}", spinner="dots"):
+            contact = await node.join_pairing(code, at=at)
+        _paired(as_json, contact)
+        tg.cancel_scope.cancel()
