@@ -4,6 +4,7 @@ Find people, invite them to a shared application, and talk over encrypted, mutua
 authenticated channels, with no server.
 """
 
+from peerkit.apps import LaunchInfo, launch_info
 from peerkit.bus import EventWatch, NearbyWatch
 from peerkit.contact import Contact
 from peerkit.contacts import ContactManager
@@ -94,6 +95,7 @@ __all__ = (
     "InvitationPolicy",
     "InvitationResponse",
     "KeepalivePolicy",
+    "LaunchInfo",
     "LimitExceeded",
     "MdnsDiscovery",
     "MemoryDiscovery",
@@ -133,6 +135,7 @@ __all__ = (
     "Withdrawn",
     "__version__",
     "connect",
+    "launch_info",
     "listen",
     "provider_names",
     "register_provider",

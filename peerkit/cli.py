@@ -19,6 +19,7 @@ import typer
 from rich.table import Table
 
 import peerkit
+from peerkit.cli_apps import app_ids, apps_app
 from peerkit.cli_chat import chat_command
 from peerkit.cli_contacts import contacts_app
 from peerkit.cli_files import receive_command, send_command
@@ -181,18 +182,6 @@ def demo(
     console.print("[green]demo complete[/green]")
 
 
-def _app_ids(values: list[str]) -> list[uuid.UUID]:
-    from peerkit.wellknown import application_id
-
-    ids = []
-    for value in values:
-        try:
-            ids.append(application_id(value))
-        except ValueError as exc:
-            raise typer.BadParameter(str(exc)) from None
-    return ids
-
-
 @app.command()
 def serve(
     listen_at: Annotated[
@@ -253,11 +242,11 @@ def serve(
     from peerkit.serving import run_serve
 
     host, port = parse_address(listen_at)
-    apps = _app_ids(accept or [])
+    directory = data_dir or default_data_dir()
+    apps = app_ids(accept or [], directory)
     check_nickname(nickname)
     providers = providers_named(discovery)
     bootstrap = [parse_address(a) for a in dht_bootstrap] if dht_bootstrap else None
-    directory = data_dir or default_data_dir()
     relaying: dict[str, Any] = {
         "relay": RelayPolicy(open=True) if relay and relay_open else relay,
         "relays": [parse_relay(text) for text in via or []],
@@ -312,7 +301,7 @@ def invite(
     Exits with 0 when it accepted, 3 when it declined, 4 when it did not answer in time. Ctrl-C or
     SIGTERM withdraws the invitation and exits with 0.
     """
-    (app_id,) = _app_ids([application])
+    (app_id,) = app_ids([application], data_dir or default_data_dir())
     if ":" not in address:  # a contact, by name
         if peer_id is not None:
             raise typer.BadParameter("--id is for HOST:PORT: a contact's id is known", param_hint="--id")
@@ -513,6 +502,7 @@ async def _near(
 
 # -- contacts, presence, watch ------------------------------------------------------------------
 app.add_typer(contacts_app, name="contacts")
+app.add_typer(apps_app, name="apps")
 presence_app = typer.Typer(help="Your presence, as the contacts that watch you see it.")
 app.add_typer(presence_app, name="presence")
 

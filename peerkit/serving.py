@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import signal
+import sys
 import uuid
 from pathlib import Path
 from typing import Any
@@ -11,11 +12,14 @@ from typing import Any
 import anyio
 from rich.console import Console
 
+from peerkit.apps import Registry
 from peerkit.cli_chat import ChatDesk
 from peerkit.cli_files import FilesDesk
 from peerkit.discovery.base import DiscoveryProvider
+from peerkit.launching import Launcher
 from peerkit.model import EndPoint
 from peerkit.reporting import REACH_EVERY, reach_status, relay_text, write_reach
+from peerkit.terminal import Terminal
 
 __all__ = ("run_serve",)
 
@@ -58,7 +62,7 @@ async def run_serve(
         dht_bootstrap=dht_bootstrap,
         **relaying,
     )
-    async with node:
+    async with node, anyio.create_task_group() as launches:
         # Near me where a provider finds people; Internet, so that allowed contacts may watch.
         scope = Scope.INTERNET
         for provider in providers:
@@ -69,7 +73,18 @@ async def run_serve(
             await node.set_presence(presence)
         desk = ChatDesk(node, say) if CHAT.id in apps else None
         files = FilesDesk(into, say) if FILES.id in apps else None
+        registered = [r for r in Registry(directory).list() if r.id not in (CHAT.id, FILES.id)]
+        # Asked at the terminal when serve runs in one (and reads no chat lines from it).
+        ask = (
+            Terminal(keys=False).ask if sys.stdin.isatty() and sys.stdout.isatty() and desk is None else None
+        )
+        launcher = Launcher(registered, set(apps), directory, say, launches, ask)
+        for each in registered:
+            await node.register_application(each.application)
+            node.add_invitation_handler(each.id, launcher.invited)
         for app_id in apps:
+            if app_id in {r.id for r in registered}:
+                continue  # (launched)
             await node.register_application(Application(id=app_id, description="accepted by peerkit serve"))
 
             async def accept_all(invitation: Invitation) -> InvitationResponse:
@@ -160,3 +175,4 @@ async def run_serve(
                     )
                     tg.cancel_scope.cancel()
                     break
+        launches.cancel_scope.cancel()  # (launched programs go on running; they are not followed)

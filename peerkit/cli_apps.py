@@ -1,0 +1,113 @@
+"""``peerkit apps``: the applications ``peerkit serve`` launches for invitations."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from peerkit.apps import Registered, Registry, system_registry_path
+from peerkit.clikit import DataDir, console, existing_data_dir
+from peerkit.wellknown import application_id, well_known_id
+
+__all__ = ("app_ids", "apps_app")
+
+apps_app = typer.Typer(
+    help="Applications 'peerkit serve' launches when an invitation to them is accepted.",
+    no_args_is_help=True,
+)
+
+
+def app_ids(values: list[str], data_dir: Path | None) -> list[uuid.UUID]:
+    """The applications ``values`` name: chat, files, a registered application's name, or a UUID.
+
+    :raises typer.BadParameter: for anything else.
+    """
+    registry = Registry(data_dir) if data_dir is not None else None
+    ids = []
+    for value in values:
+        found = registry.find(value) if registry is not None else None
+        if found is not None:
+            ids.append(found.id)
+            continue
+        try:
+            ids.append(application_id(value))
+        except ValueError as exc:
+            raise typer.BadParameter(f"{exc}, nor a registered application ('peerkit apps list')") from None
+    return ids
+
+
+@apps_app.command("register")
+def apps_register(
+    name: Annotated[str, typer.Argument(help="A short name: lowercase letters, digits, '.', '_', '-'.")],
+    path: Annotated[str, typer.Argument(help="The program to start for an invitation.")],
+    arguments: Annotated[
+        str, typer.Option(help="Its arguments, one string split as a shell would (no shell runs it).")
+    ] = "",
+    app_id: Annotated[
+        str | None,
+        typer.Option("--id", help="The application's UUID [default: derived from the name, as for chat]"),
+    ] = None,
+    description: Annotated[str, typer.Option(help="A description for people.")] = "",
+    data_dir: DataDir = None,
+) -> None:
+    """Register a program to launch when 'peerkit serve' accepts an invitation to its application.
+    The program finds the invitation with peerkit.launch_info()."""
+    try:
+        identity = uuid.UUID(app_id) if app_id is not None else well_known_id(name.lower())
+        registered = Registered(name, identity, path, arguments, description)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    Registry(existing_data_dir(data_dir)).register(registered)
+    console.print(
+        f"registered {registered.name} ({registered.id}): {' '.join(registered.command())}", highlight=False
+    )
+
+
+@apps_app.command("unregister")
+def apps_unregister(
+    name: Annotated[str, typer.Argument(help="Its name or UUID.")],
+    data_dir: DataDir = None,
+) -> None:
+    """Remove a registration of yours."""
+    try:
+        gone = Registry(existing_data_dir(data_dir)).unregister(name)
+    except LookupError as exc:
+        raise typer.BadParameter(str(exc.args[0])) from None
+    console.print(f"unregistered {gone.name} ({gone.id})", highlight=False)
+
+
+@apps_app.command("list")
+def apps_list(
+    data_dir: DataDir = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
+) -> None:
+    """The registered applications: yours, and those registered for all users (yours override)."""
+    registered = Registry(existing_data_dir(data_dir)).list()
+    if as_json:
+        rows = [
+            {
+                "name": r.name,
+                "id": str(r.id),
+                "path": r.path,
+                "arguments": r.arguments,
+                "description": r.description,
+                "source": r.source,
+            }
+            for r in registered
+        ]
+        print(json.dumps(rows))
+        return
+    if not registered:
+        console.print(
+            f"no application registered (system registry: {system_registry_path()})", highlight=False
+        )
+        return
+    table = Table("name", "id", "command", "for")
+    for r in registered:
+        table.add_row(r.name, str(r.id), " ".join(r.command()), "you" if r.source == "user" else "all users")
+    console.print(table)

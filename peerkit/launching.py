@@ -1,0 +1,149 @@
+"""Registered programs launched by ``peerkit serve`` for the invitations it accepts
+(:mod:`peerkit.apps` has the registry and what a launched program reads).
+
+A launched program runs in a session of its own, with its output appended to
+``logs/NAME.log`` in the data dir. It keeps running after ``serve`` stops, as programs started
+from a desktop launcher do.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import uuid
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Final
+
+import anyio
+import anyio.abc
+
+from peerkit.apps import ANSWER_ENV, ANSWER_WAIT, LAUNCH_ENV, LaunchInfo, Registered
+from peerkit.invitations import Invitation
+from peerkit.model import InvitationResponse
+
+__all__ = ("LOG_DIR", "Launcher")
+
+#: The folder of the data dir where launched programs' output goes.
+LOG_DIR: Final = "logs"
+#: Launched programs ``serve`` follows at once (to report their exit), at most.
+MAX_FOLLOWED: Final = 64
+
+Say = Callable[..., None]
+Ask = Callable[[str], Awaitable[str | None]]
+
+
+class Launcher:
+    """Answers invitations to registered applications for ``peerkit serve``: those it was told to
+    ``accept`` (or that ``ask`` says yes to) start the registered program with the invitation, and
+    the program's answer (within :data:`~peerkit.apps.ANSWER_WAIT` seconds) is the invitation's."""
+
+    def __init__(
+        self,
+        registered: list[Registered],
+        accept: set[uuid.UUID],
+        data_dir: Path,
+        say: Say,
+        tg: anyio.abc.TaskGroup,
+        ask: Ask | None = None,
+    ) -> None:
+        self._by_id = {r.id: r for r in registered}
+        self._accept = accept
+        self._data_dir = data_dir
+        self._say = say
+        self._tg = tg
+        self._ask = ask
+        self._asking = anyio.Lock()
+        self._followed = 0
+
+    async def invited(self, invitation: Invitation) -> InvitationResponse:
+        """The invitation handler of every registered application."""
+        registered = self._by_id[invitation.application.id]
+        who = invitation.nickname or invitation.sender_id.fingerprint
+        if registered.id not in self._accept:
+            if self._ask is None:
+                self._say(
+                    f"invitation from {who} to {registered.name} declined: 'peerkit serve --accept "
+                    f"{registered.name}' launches it",
+                    event="launch_declined",
+                    application=registered.name,
+                )
+                return InvitationResponse.DECLINED
+            async with self._asking:
+                said = f": {invitation.message!r}" if invitation.message else ""
+                answer = await self._ask(f"{who} invites you to {registered.name}{said}. Launch it? [y/N]")
+            if (answer or "").strip().lower() not in ("y", "yes") or invitation.withdrawn:
+                return InvitationResponse.DECLINED
+        return await self._launch(registered, invitation)
+
+    async def _launch(self, registered: Registered, invitation: Invitation) -> InvitationResponse:
+        info = LaunchInfo(
+            sender_id=invitation.sender_id,
+            nickname=invitation.nickname,
+            endpoint=invitation.endpoint,
+            application_id=registered.id,
+            message=invitation.message,
+            data=invitation.data,
+            data_dir=self._data_dir,
+        )
+        logs = self._data_dir / LOG_DIR
+        reading, writing = os.pipe()
+        try:
+            await anyio.to_thread.run_sync(lambda: logs.mkdir(parents=True, exist_ok=True))
+            with (logs / f"{registered.name}.log").open("ab") as log:
+                process = await anyio.open_process(
+                    registered.command(),
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=log,
+                    env={**os.environ, LAUNCH_ENV: info.to_environment(), ANSWER_ENV: str(writing)},
+                    pass_fds=(writing,),
+                    start_new_session=True,
+                )
+        except OSError as exc:
+            os.close(reading)
+            self._say(
+                f"could not launch {registered.name} ({' '.join(registered.command())}): {exc}",
+                event="launch_failed",
+                application=registered.name,
+                reason=str(exc),
+            )
+            return InvitationResponse.DECLINED
+        finally:
+            os.close(writing)
+        if self._followed < MAX_FOLLOWED:
+            self._followed += 1
+            self._tg.start_soon(self._follow, registered, process)
+        wait = min(ANSWER_WAIT, max(invitation.expires_at - anyio.current_time() - 0.5, 0.1))
+        answer = await _answer(reading, wait)
+        response = InvitationResponse.DECLINED if answer == "decline" else InvitationResponse.ACCEPTED
+        self._say(
+            f"launched {registered.name} (pid {process.pid}) for {invitation.nickname or '?'}: "
+            f"{response.name.lower()}",
+            event="launched",
+            application=registered.name,
+            pid=process.pid,
+            response=response.name.lower(),
+        )
+        return response
+
+    async def _follow(self, registered: Registered, process: anyio.abc.Process) -> None:
+        # Report the program's exit (it is not stopped when serve stops).
+        try:
+            code = await process.wait()
+            self._say(f"{registered.name} (pid {process.pid}) exited with {code}", event="exited", code=code)
+        finally:
+            self._followed -= 1
+
+
+async def _answer(fd: int, wait: float) -> str:
+    # The launched program's answer on the pipe: "accept", "decline", or "" (none in time).
+    try:
+        with anyio.move_on_after(wait):
+            await anyio.wait_readable(fd)
+            return os.read(fd, 64).decode("ascii", "replace").strip()
+        return ""
+    finally:
+        with contextlib.suppress(OSError):
+            os.close(fd)
