@@ -11,7 +11,7 @@ import typer
 from rich.table import Table
 
 from peerkit.apps import Registered, Registry, system_registry_path
-from peerkit.clikit import DataDir, console, existing_data_dir
+from peerkit.clikit import DataDir, console, err_console, existing_data_dir
 from peerkit.wellknown import application_id, well_known_id
 
 __all__ = ("app_ids", "apps_app")
@@ -71,11 +71,23 @@ def apps_register(
 @apps_app.command("unregister")
 def apps_unregister(
     name: Annotated[str, typer.Argument(help="Its name or UUID.")],
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Unregister without asking.")] = False,
     data_dir: DataDir = None,
 ) -> None:
-    """Remove a registration of yours."""
+    """Remove a registration of yours (after asking, unless --yes)."""
+    registry = Registry(existing_data_dir(data_dir))
+    found = registry.find(name)
+    if found is not None and found.source == "user" and not yes:
+        question = f"Unregister {found.name} ({' '.join(found.command())})?"
+        try:
+            asked = typer.confirm(question, default=False)
+        except typer.Abort:
+            asked = False
+        if not asked:
+            err_console.print("not unregistered")
+            raise typer.Exit(1)
     try:
-        gone = Registry(existing_data_dir(data_dir)).unregister(name)
+        gone = registry.unregister(name)
     except LookupError as exc:
         raise typer.BadParameter(str(exc.args[0])) from None
     console.print(f"unregistered {gone.name} ({gone.id})", highlight=False)

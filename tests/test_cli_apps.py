@@ -58,7 +58,9 @@ def test_register_list_and_unregister_with_the_system_registry_under_yours(
     system_only = run("apps", "unregister", "lobby", env=bob)
     assert system_only.returncode == 2
     assert "registered for all users" in " ".join(system_only.stderr.replace("│", " ").split())
-    assert run("apps", "unregister", "whiteboard", env=bob).returncode == 0
+    kept = run("apps", "unregister", "whiteboard", env=bob)  # asked, and no answer: kept
+    assert (kept.returncode, kept.stderr) == (1, "not unregistered\n")
+    assert run("apps", "unregister", "whiteboard", "--yes", env=bob).returncode == 0
     rows = json.loads(run("apps", "list", "--json", env=bob).stdout)
     assert [(r["name"], r["path"]) for r in rows] == [
         ("whiteboard", "/usr/bin/system-board"),
