@@ -19,6 +19,8 @@ from peerkit.clikit import (
     EXIT_EXPIRED,
     DataDir,
     Discovery,
+    Expected,
+    accept_invitation,
     cancel_on_signal,
     existing_data_dir,
     parse_address,
@@ -39,10 +41,6 @@ logger = logging.getLogger(__name__)
 HELP: Final = (
     "/away [TEXT], /busy [TEXT], /back: your presence; /quit (or Ctrl-D): end the chat; anything else is said"
 )
-#: Chats accepted whose stream has not come yet, at most (``serve --accept chat``).
-MAX_WAITING: Final = 64
-#: Seconds the invitee waits for the inviter's stream after accepting.
-STREAM_WAIT: Final = 30.0
 
 _COMMANDS: Final = {
     "/away": PresenceStatus.AWAY,
@@ -149,50 +147,21 @@ def _refused(terminal: Terminal, who: str, answer: peerkit.InvitationResponse) -
 async def _wait_for_chat(
     directory: Path, listen: tuple[str, int], providers: list[DiscoveryProvider], yes: bool
 ) -> None:
-    async with peerkit.Node(data_dir=directory, listen=listen, discovery=providers) as node:
-        scope = peerkit.Scope.INTERNET
-        for provider in providers:
-            scope |= provider.scopes
-        await node.sign_in(scope)
-        await node.register_application(CHAT)
-        async with (
-            Terminal() as terminal,
-            node.invitations(CHAT) as invitations,
-            node.streams(CHAT) as streams,
-            anyio.create_task_group() as tg,
-        ):
-            tg.start_soon(cancel_on_signal, tg.cancel_scope)
-            terminal.show(
-                f"waiting for an invitation to chat as {node.nickname or '?'} ({node.id.fingerprint}) "
-                f"at {node.endpoint}; Ctrl-C stops"
-            )
-            async for invitation in invitations:
-                who = invitation.nickname or invitation.sender_id.fingerprint
-                said = f": {invitation.message!r}" if invitation.message else ""
-                question = (
-                    f"{who} ({invitation.sender_id.fingerprint}) invites you to chat{said}. Accept? [y/N]"
-                )
-                if yes:
-                    terminal.show(f"{question} y (--yes)")
-                    answer: str | None = "y"
-                else:
-                    answer = await terminal.ask(question)
-                if invitation.withdrawn:
-                    terminal.show(f"{who} withdrew the invitation")
-                    continue
-                if (answer or "").strip().lower() not in ("y", "yes"):
-                    invitation.decline()
-                    continue
-                invitation.accept()
-                with anyio.fail_after(STREAM_WAIT):
-                    async for stream in streams:
-                        if stream.peer.id == invitation.sender_id:
-                            break
-                        await stream.aclose()  # (not the one invited: no chat without an invitation)
-                async with Chat(stream, node.nickname, _presence(node)) as chat:
-                    await run_chat(node, chat, terminal)
-                break
-            tg.cancel_scope.cancel()
+    def question(invitation: peerkit.Invitation) -> str:
+        who = invitation.nickname or invitation.sender_id.fingerprint
+        said = f": {invitation.message!r}" if invitation.message else ""
+        return f"{who} ({invitation.sender_id.fingerprint}) invites you to chat{said}. Accept? [y/N]"
+
+    async with (
+        peerkit.Node(data_dir=directory, listen=listen, discovery=providers) as node,
+        Terminal() as terminal,
+        anyio.create_task_group() as tg,
+    ):
+        tg.start_soon(cancel_on_signal, tg.cancel_scope)
+        _, stream = await accept_invitation(node, CHAT, terminal, "an invitation to chat", question, yes)
+        async with Chat(stream, node.nickname, _presence(node)) as chat:
+            await run_chat(node, chat, terminal)
+        tg.cancel_scope.cancel()
 
 
 async def run_chat(node: peerkit.Node, chat: Chat, terminal: Terminal) -> None:
@@ -264,24 +233,20 @@ class ChatDesk:
     def __init__(self, node: peerkit.Node, say: Callable[..., None]) -> None:
         self._node = node
         self._say = say
-        self._invited: dict[peerkit.PeerId, None] = {}
+        self._invited: Expected[bool] = Expected()
         self._chats: dict[peerkit.PeerId, Chat] = {}
 
     async def invited(self, invitation: peerkit.Invitation) -> peerkit.InvitationResponse:
         """The invitation handler: accept, and expect the inviter's chat stream."""
-        self._invited.pop(invitation.sender_id, None)
-        self._invited[invitation.sender_id] = None
-        while len(self._invited) > MAX_WAITING:  # (invitations whose stream never came: the oldest go)
-            del self._invited[next(iter(self._invited))]
+        self._invited.expect(invitation.sender_id, True)
         return peerkit.InvitationResponse.ACCEPTED
 
     async def chat(self, stream: AppStream) -> None:
         """The stream handler: one chat, printed until it ends."""
         peer_id = stream.peer.id
-        if peer_id not in self._invited:
+        if not self._invited.take(peer_id):
             await stream.aclose()
             return
-        self._invited.pop(peer_id, None)
         async with Chat(stream, self._node.nickname, _presence(self._node)) as chat:
             hello = await chat.greeting()
             name = hello.nickname or peer_id.fingerprint

@@ -27,6 +27,8 @@ from peerkit.clikit import (
     EXIT_EXPIRED,
     DataDir,
     Discovery,
+    Expected,
+    accept_invitation,
     cancel_on_signal,
     console,
     existing_data_dir,
@@ -55,12 +57,8 @@ __all__ = ("FilesDesk", "receive_command", "send_command", "size_text")
 
 logger = logging.getLogger(__name__)
 
-#: Offers accepted whose stream has not come yet, at most (``serve --accept files``).
-MAX_WAITING: Final = 64
 #: Offers ``serve --accept files`` receives at once, at most (each holds about 12 MiB).
 AT_ONCE: Final = 4
-#: Seconds the receiver waits for the sender's stream after accepting.
-STREAM_WAIT: Final = 30.0
 
 
 def size_text(n: int) -> str:
@@ -228,61 +226,36 @@ def receive_command(
 async def _receive(
     directory: Path, listen: tuple[str, int], providers: list[DiscoveryProvider], into: Path, yes: bool
 ) -> int:
+    def question(invitation: peerkit.Invitation) -> str | None:
+        who = invitation.nickname or invitation.sender_id.fingerprint
+        try:
+            summary = decode_summary(invitation.data)
+        except ProtocolError as exc:
+            terminal.show(f"{who} sent an offer that cannot be read ({exc}): declined")
+            return None
+        said = f": {invitation.message!r}" if invitation.message else ""
+        offered = f"{who} ({invitation.sender_id.fingerprint}) offers {offer_text(summary)}{said}"
+        return f"{offered}. Save into {into}? [y/N]"
+
     report: ReceiveReport | None = None
-    async with peerkit.Node(data_dir=directory, listen=listen, discovery=providers) as node:
-        scope = peerkit.Scope.INTERNET
-        for provider in providers:
-            scope |= provider.scopes
-        await node.sign_in(scope)
-        await node.register_application(FILES)
-        async with (
-            Terminal(keys=False) as terminal,
-            node.invitations(FILES) as invitations,
-            node.streams(FILES) as streams,
-            anyio.create_task_group() as tg,
-        ):
-            tg.start_soon(cancel_on_signal, tg.cancel_scope)
-            terminal.show(
-                f"waiting for files as {node.nickname or '?'} ({node.id.fingerprint}) at {node.endpoint}; "
-                "Ctrl-C stops"
-            )
-            async for invitation in invitations:
-                who = invitation.nickname or invitation.sender_id.fingerprint
-                try:
-                    summary = decode_summary(invitation.data)
-                except ProtocolError as exc:
-                    terminal.show(f"{who} sent an offer that cannot be read ({exc}): declined")
-                    invitation.decline()
-                    continue
-                question = f"{who} ({invitation.sender_id.fingerprint}) offers {offer_text(summary)}"
-                if invitation.message:
-                    question += f": {invitation.message!r}"
-                question += f". Save into {into}? [y/N]"
-                if yes:
-                    terminal.show(f"{question} y (--yes)")
-                answer = "y" if yes else await terminal.ask(question)
-                if invitation.withdrawn:
-                    terminal.show(f"{who} withdrew the offer")
-                    continue
-                if (answer or "").strip().lower() not in ("y", "yes"):
-                    invitation.decline()
-                    continue
-                invitation.accept()
-                with anyio.fail_after(STREAM_WAIT):
-                    async for stream in streams:
-                        if stream.peer.id == invitation.sender_id:
-                            break
-                        await stream.aclose()  # (no files without an offer accepted)
-                decide = _rename if yes else _asking(terminal)
-                async with stream:
-                    with _bar() as bar:
-                        task = bar.add_task(f"from {who}", total=summary.size)
-                        report = await receive_files(
-                            stream, summary, into, decide, functools.partial(bar.advance, task)
-                        )
-                        bar.update(task, completed=summary.size)
-                break
-            tg.cancel_scope.cancel()
+    async with (
+        peerkit.Node(data_dir=directory, listen=listen, discovery=providers) as node,
+        Terminal(keys=False) as terminal,
+        anyio.create_task_group() as tg,
+    ):
+        tg.start_soon(cancel_on_signal, tg.cancel_scope)
+        invitation, stream = await accept_invitation(node, FILES, terminal, "files", question, yes)
+        summary = decode_summary(invitation.data)
+        who = invitation.nickname or invitation.sender_id.fingerprint
+        decide = _rename if yes else _asking(terminal)
+        async with stream:
+            with _bar() as bar:
+                task = bar.add_task(f"from {who}", total=summary.size)
+                report = await receive_files(
+                    stream, summary, into, decide, functools.partial(bar.advance, task)
+                )
+                bar.update(task, completed=summary.size)
+        tg.cancel_scope.cancel()
     if report is None:
         return 0
     for path in report.saved:
@@ -327,7 +300,7 @@ class FilesDesk:
     def __init__(self, into: Path, say: Callable[..., None]) -> None:
         self._into = into
         self._say = say
-        self._offers: dict[peerkit.PeerId, Summary] = {}
+        self._offers: Expected[Summary] = Expected()
         self._turns = anyio.Semaphore(AT_ONCE)
 
     async def invited(self, invitation: peerkit.Invitation) -> peerkit.InvitationResponse:
@@ -336,16 +309,13 @@ class FilesDesk:
             summary = decode_summary(invitation.data)
         except ProtocolError:
             return peerkit.InvitationResponse.DECLINED
-        self._offers.pop(invitation.sender_id, None)
-        self._offers[invitation.sender_id] = summary
-        while len(self._offers) > MAX_WAITING:  # (offers whose stream never came: the oldest go)
-            del self._offers[next(iter(self._offers))]
+        self._offers.expect(invitation.sender_id, summary)
         return peerkit.InvitationResponse.ACCEPTED
 
     async def receive(self, stream: AppStream) -> None:
         """The stream handler: the files of the offer accepted from the stream's peer."""
         peer_id = stream.peer.id
-        summary = self._offers.pop(peer_id, None)
+        summary = self._offers.take(peer_id)
         if summary is None:
             return  # (no offer accepted: the stream is closed)
         fields = {"peer": str(peer_id), "files": summary.files, "bytes": summary.size}

@@ -4,17 +4,28 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Final
 
 import anyio
 import typer
 
 import peerkit
-from peerkit.clikit import DataDir, cancel_on_signal, console, existing_data_dir, parse_address
+from peerkit.clikit import (
+    DataDir,
+    cancel_on_signal,
+    console,
+    existing_data_dir,
+    parse_address,
+    providers_named,
+)
+from peerkit.discovery.base import DiscoveryProvider
 from peerkit.node.pairing import PAIR_TIMEOUT
 from peerkit.proto.pairing import parse_code
 
 __all__ = ("pair_command",)
+
+#: Seconds a pairing waits for its DHT node to start.
+DHT_START: Final = 10.0
 
 
 def pair_command(
@@ -34,9 +45,15 @@ def pair_command(
     timeout: Annotated[
         float, typer.Option(min=1, max=3600, help="Seconds the code stays valid (at most 3600).")
     ] = PAIR_TIMEOUT,
-    lan: Annotated[
-        bool, typer.Option("--lan/--no-lan", help="Announce the code's rendezvous on the LAN (mDNS).")
-    ] = True,
+    lan: Annotated[bool, typer.Option("--lan/--no-lan", help="Use a rendezvous on the LAN (mDNS).")] = True,
+    discovery: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--discovery",
+            help="dht (or dht:HOST:PORT, your own DHT node): also meet through the DHT, from "
+            "anywhere; the code then has a longer number [default: the LAN only]",
+        ),
+    ] = None,
     data_dir: DataDir = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
 ) -> None:
@@ -48,17 +65,18 @@ def pair_command(
     """
     directory = existing_data_dir(data_dir)
     host, port = parse_address(listen_at)
+    providers = providers_named(discovery) if discovery else []
     if code is not None:
         try:
             parse_code(code)
         except ValueError as exc:
             raise typer.BadParameter(str(exc), param_hint="CODE") from None
         where = parse_address(at, "127.0.0.1") if at else None
-        anyio.run(_join, directory, (host, port), code, where, as_json)
+        anyio.run(_join, directory, (host, port), providers, code, where, lan, as_json)
     else:
         if at is not None:
             raise typer.BadParameter("--at is for joining with a CODE", param_hint="--at")
-        anyio.run(_wait, directory, (host, port), timeout, lan, as_json)
+        anyio.run(_wait, directory, (host, port), providers, timeout, lan, as_json)
 
 
 def _say(as_json: bool, text: str, **fields: object) -> None:
@@ -81,9 +99,34 @@ def _paired(as_json: bool, contact: peerkit.Contact) -> None:
     )
 
 
-async def _wait(directory: Path, listen: tuple[str, int], timeout: float, lan: bool, as_json: bool) -> None:
-    async with peerkit.Node(data_dir=directory, listen=listen) as node, anyio.create_task_group() as tg:
+async def _signed_in(node: peerkit.Node) -> None:
+    # Signed in where the providers reach (the DHT: once its node runs, so that a code goes there).
+    scope = peerkit.Scope.NONE
+    for provider in node.config.providers:
+        scope |= provider.scopes
+    if scope:
+        await node.sign_in(scope)
+    if any(p.name == "dht" for p in node.config.providers):
+        for _ in range(int(DHT_START / 0.05)):  # (the provider tells of no start: it is polled)
+            if node.pairing_dht() is not None:
+                break
+            await anyio.sleep(0.05)
+
+
+async def _wait(
+    directory: Path,
+    listen: tuple[str, int],
+    providers: list[DiscoveryProvider],
+    timeout: float,
+    lan: bool,
+    as_json: bool,
+) -> None:
+    async with (
+        peerkit.Node(data_dir=directory, listen=listen, discovery=providers) as node,
+        anyio.create_task_group() as tg,
+    ):
         tg.start_soon(cancel_on_signal, tg.cancel_scope)
+        await _signed_in(node)
         async with node.pair(timeout=timeout, lan=lan) as pairing:
             _say(
                 as_json,
@@ -102,11 +145,21 @@ async def _wait(directory: Path, listen: tuple[str, int], timeout: float, lan: b
 
 
 async def _join(
-    directory: Path, listen: tuple[str, int], code: str, at: tuple[str, int] | None, as_json: bool
+    directory: Path,
+    listen: tuple[str, int],
+    providers: list[DiscoveryProvider],
+    code: str,
+    at: tuple[str, int] | None,
+    lan: bool,
+    as_json: bool,
 ) -> None:
-    async with peerkit.Node(data_dir=directory, listen=listen) as node, anyio.create_task_group() as tg:
+    async with (
+        peerkit.Node(data_dir=directory, listen=listen, discovery=providers) as node,
+        anyio.create_task_group() as tg,
+    ):
         tg.start_soon(cancel_on_signal, tg.cancel_scope)
+        await _signed_in(node)
         with console.status(f"pairing as {node.id.fingerprint}", spinner="dots"):
-            contact = await node.join_pairing(code, at=at)
+            contact = await node.join_pairing(code, at=at, lan=lan)
         _paired(as_json, contact)
         tg.cancel_scope.cancel()

@@ -4,10 +4,10 @@ named as people name them, addresses and nicknames read from the command line.""
 from __future__ import annotations
 
 import signal
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Annotated, Final
+from typing import Annotated, Final, Generic, TypeVar
 
 import anyio
 import typer
@@ -18,14 +18,19 @@ from peerkit.discovery.base import DiscoveryProvider
 from peerkit.errors import IdentityError
 from peerkit.identity import KEY_FILE_NAME, default_data_dir
 from peerkit.model import check_text
+from peerkit.terminal import Terminal
 
 __all__ = (
     "EXIT_CODES",
     "EXIT_DECLINED",
     "EXIT_EXPIRED",
+    "MAX_EXPECTED",
     "MIN_PREFIX",
+    "STREAM_WAIT",
     "DataDir",
     "Discovery",
+    "Expected",
+    "accept_invitation",
     "cancel_on_signal",
     "check_nickname",
     "console",
@@ -38,6 +43,8 @@ __all__ = (
     "providers_named",
     "resolve_contact",
 )
+
+T = TypeVar("T")
 
 console = Console(soft_wrap=True)
 err_console = Console(stderr=True, soft_wrap=True)
@@ -249,3 +256,80 @@ async def peer_named(
             raise typer.BadParameter(f"{exc.message} (or give HOST:PORT, or --discovery)") from None
     await node.sign_in(peerkit.Scope.NEAR_ME)
     return await nearby_named(node, name, wait)
+
+
+#: Seconds an invitee waits for the inviter's stream after accepting.
+STREAM_WAIT: Final = 30.0
+
+
+async def accept_invitation(
+    node: peerkit.Node,
+    application: peerkit.Application,
+    terminal: Terminal,
+    waiting_for: str,
+    question: Callable[[peerkit.Invitation], str | None],
+    yes: bool,
+) -> tuple[peerkit.Invitation, peerkit.AppStream]:
+    """Sign ``node`` in (near me where its providers find people, and for contacts), wait for an
+    invitation to ``application``, ask ``question(invitation)`` at the terminal (None: decline it
+    without asking; ``yes``: accept without asking), and once one is accepted, wait for the
+    inviter's stream (a stream from anyone else is closed: none without an invitation).
+
+    :raises TimeoutError: when the inviter opens no stream within :data:`STREAM_WAIT` seconds.
+    """
+    scope = peerkit.Scope.INTERNET
+    for provider in node.config.providers:
+        scope |= provider.scopes
+    await node.sign_in(scope)
+    await node.register_application(application)
+    async with node.invitations(application) as invitations, node.streams(application) as streams:
+        terminal.show(
+            f"waiting for {waiting_for} as {node.nickname or '?'} ({node.id.fingerprint}) at "
+            f"{node.endpoint}; Ctrl-C stops"
+        )
+        async for invitation in invitations:
+            who = invitation.nickname or invitation.sender_id.fingerprint
+            asked = question(invitation)
+            if asked is None:
+                invitation.decline()
+                continue
+            if yes:
+                terminal.show(f"{asked} y (--yes)")
+            answer = "y" if yes else await terminal.ask(asked)
+            if invitation.withdrawn:
+                terminal.show(f"{who} withdrew the invitation")
+                continue
+            if (answer or "").strip().lower() not in ("y", "yes"):
+                invitation.decline()
+                continue
+            invitation.accept()
+            with anyio.fail_after(STREAM_WAIT):
+                async for stream in streams:
+                    if stream.peer.id == invitation.sender_id:
+                        return invitation, stream
+                    await stream.aclose()
+    raise AssertionError("the invitations of a running node do not end")
+
+
+#: Streams a desk of ``peerkit serve`` expects (accepted invitations whose stream has not come
+#: yet), at most: beyond, the oldest is forgotten (its stream, if it comes, is closed).
+MAX_EXPECTED: Final = 64
+
+
+class Expected(Generic[T]):
+    """What an accepted invitation leaves for its inviter's stream, by peer: the streams a desk of
+    ``peerkit serve`` expects (at most :data:`MAX_EXPECTED`, the oldest forgotten first)."""
+
+    def __init__(self) -> None:
+        self._by_peer: dict[peerkit.PeerId, T] = {}
+
+    def expect(self, peer_id: peerkit.PeerId, value: T) -> None:
+        """Expect a stream from ``peer_id``, and keep ``value`` for it."""
+        self._by_peer.pop(peer_id, None)
+        self._by_peer[peer_id] = value
+        while len(self._by_peer) > MAX_EXPECTED:
+            del self._by_peer[next(iter(self._by_peer))]
+
+    def take(self, peer_id: peerkit.PeerId) -> T | None:
+        """What was kept for a stream from ``peer_id`` (no longer expected), or None."""
+        return self._by_peer.pop(peer_id, None)

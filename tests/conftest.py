@@ -51,6 +51,19 @@ def _has_ipv6() -> bool:
 IPV6 = pytest.param("::1", marks=pytest.mark.skipif(not _has_ipv6(), reason="no IPv6 loopback"), id="ipv6")
 
 
+@pytest.fixture(autouse=True)
+def no_pairing_mdns_on_the_host(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fail any in-process test that would announce or ask for a pairing rendezvous by mDNS on the
+    host's own network (the tests in namespaces run the command in processes of their own)."""
+    import peerkit.node.pairing
+
+    def refuse(*args: object, **kwargs: object) -> Any:
+        raise AssertionError("a pairing rendezvous by mDNS on the host's network, from a test")
+
+    monkeypatch.setattr(peerkit.node.pairing, "publish_rendezvous", refuse)
+    monkeypatch.setattr(peerkit.node.pairing, "lookup_rendezvous", refuse)
+
+
 @asynccontextmanager
 async def facing_mallory(
     application: Application, script: Callable[[SecureChannel, Any], Awaitable[None]]

@@ -4,35 +4,15 @@ waiting for an invitation and one inviting; lines, typing, presence and the end 
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
-import sys
 from pathlib import Path
 
 import pexpect
 import pytest
+from terminals import NOBODY, PEERKIT, exit_status, person, terminal
 
-PEERKIT = [sys.executable, "-c", "from peerkit.cli import main; main()"]
-#: A discovery provider that finds nobody (so the tests stay on loopback, without mDNS).
-NOBODY = "static:127.0.0.1:9"
 ACCEPT_CHAT = ["--accept", "chat", "--json"]
-
-
-def create(directory: Path, nickname: str) -> dict[str, str]:
-    env = {**os.environ, "PEERKIT_DATA_DIR": str(directory), "PEERKIT_PORT_MAPPING": "off"}
-    made = subprocess.run(
-        [*PEERKIT, "id", "--create", "--nickname", nickname], env=env, capture_output=True, check=False
-    )
-    assert made.returncode == 0, made.stderr
-    return env
-
-
-def terminal(*args: str, env: dict[str, str]) -> pexpect.spawn:
-    child = pexpect.spawn(
-        PEERKIT[0], [*PEERKIT[1:], *args], env=env, encoding="utf-8", timeout=30, dimensions=(40, 200)
-    )
-    return child
 
 
 def waiting(env: dict[str, str], *options: str) -> tuple[pexpect.spawn, int]:
@@ -42,17 +22,10 @@ def waiting(env: dict[str, str], *options: str) -> tuple[pexpect.spawn, int]:
     return child, int(child.match.group(1))
 
 
-def finished(child: pexpect.spawn) -> int:
-    child.expect(pexpect.EOF)
-    child.close()
-    assert child.exitstatus is not None, child.signalstatus
-    return int(child.exitstatus)
-
-
 @pytest.mark.network
 def test_a_chat_between_two_terminals_shows_lines_typing_presence_and_its_end(tmp_path: Path) -> None:
-    alice = create(tmp_path / "alice", "alice")
-    bob = create(tmp_path / "bob", "bob")
+    alice = person(tmp_path / "alice", "alice")
+    bob = person(tmp_path / "bob", "bob")
     a, port = waiting(alice)
     b = terminal("chat", f"127.0.0.1:{port}", "--message", "got a minute?", env=bob)
     try:
@@ -75,8 +48,8 @@ def test_a_chat_between_two_terminals_shows_lines_typing_presence_and_its_end(tm
         b.sendcontrol("d")  # Ctrl-D on an empty line: bob leaves
         b.expect("you left the chat")
         a.expect("bob left the chat")
-        assert finished(b) == 0
-        assert finished(a) == 0
+        assert exit_status(b) == 0
+        assert exit_status(a) == 0
     finally:
         a.terminate(force=True)
         b.terminate(force=True)
@@ -84,15 +57,15 @@ def test_a_chat_between_two_terminals_shows_lines_typing_presence_and_its_end(tm
 
 @pytest.mark.network
 def test_a_declined_chat_exits_3_and_ctrl_c_ends_an_accepted_one_cleanly(tmp_path: Path) -> None:
-    alice = create(tmp_path / "alice", "alice")
-    bob = create(tmp_path / "bob", "bob")
+    alice = person(tmp_path / "alice", "alice")
+    bob = person(tmp_path / "bob", "bob")
     a, port = waiting(alice)
     try:
         declined = terminal("chat", f"127.0.0.1:{port}", env=bob)
         a.expect(r"Accept\? \[y/N\]")
         a.send("n\r")
         declined.expect("alice declined")
-        assert finished(declined) == 3
+        assert exit_status(declined) == 3
         accepted = terminal("chat", f"127.0.0.1:{port}", env=bob)
         a.expect(r"Accept\? \[y/N\]")
         a.send("yes\r")
@@ -100,8 +73,8 @@ def test_a_declined_chat_exits_3_and_ctrl_c_ends_an_accepted_one_cleanly(tmp_pat
         a.expect("chatting with bob")
         accepted.sendcontrol("c")  # Ctrl-C: the chat ends cleanly on both sides
         a.expect("bob left the chat")
-        assert finished(a) == 0
-        assert finished(accepted) == 0
+        assert exit_status(a) == 0
+        assert exit_status(accepted) == 0
     finally:
         a.terminate(force=True)
 
@@ -109,8 +82,8 @@ def test_a_declined_chat_exits_3_and_ctrl_c_ends_an_accepted_one_cleanly(tmp_pat
 @pytest.mark.network
 @pytest.mark.timeout(90)
 def test_serve_accept_chat_prints_the_chat_and_says_the_lines_of_its_stdin(tmp_path: Path) -> None:
-    sam = create(tmp_path / "sam", "sam")
-    bob = create(tmp_path / "bob", "bob")
+    sam = person(tmp_path / "sam", "sam")
+    bob = person(tmp_path / "bob", "bob")
     server = subprocess.Popen(
         [*PEERKIT, "serve", "--listen", "127.0.0.1:0", "--discovery", NOBODY, *ACCEPT_CHAT],
         env=sam,
@@ -142,7 +115,7 @@ def test_serve_accept_chat_prints_the_chat_and_says_the_lines_of_its_stdin(tmp_p
         b.expect("sam: hello bob")
         b.sendcontrol("d")
         assert event("chat_ended")["how"] == "bye"
-        assert finished(b) == 0
+        assert exit_status(b) == 0
     finally:
         server.send_signal(signal.SIGTERM)
         assert server.wait(20) == 0

@@ -8,24 +8,12 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pexpect
 import pytest
-
-PEERKIT = [sys.executable, "-c", "from peerkit.cli import main; main()"]
-NOBODY = "static:127.0.0.1:9"  # (a discovery provider that finds nobody: no mDNS from a test)
-
-
-def create(directory: Path, nickname: str) -> dict[str, str]:
-    env = {**os.environ, "PEERKIT_DATA_DIR": str(directory), "PEERKIT_PORT_MAPPING": "off"}
-    made = subprocess.run(
-        [*PEERKIT, "id", "--create", "--nickname", nickname], env=env, capture_output=True, check=False
-    )
-    assert made.returncode == 0, made.stderr
-    return env
+from terminals import NOBODY, PEERKIT, exit_status, person
 
 
 def run(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
@@ -45,20 +33,13 @@ def receiving(env: dict[str, str], *options: str) -> tuple[pexpect.spawn, int]:
     return child, int(child.match.group(1))
 
 
-def finished(child: pexpect.spawn) -> int:
-    child.expect(pexpect.EOF)
-    child.close()
-    assert child.exitstatus is not None, child.signalstatus
-    return int(child.exitstatus)
-
-
 def digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 @pytest.fixture
 def people(tmp_path: Path) -> tuple[dict[str, str], dict[str, str]]:
-    return create(tmp_path / "alice", "alice"), create(tmp_path / "bob", "bob")
+    return person(tmp_path / "alice", "alice"), person(tmp_path / "bob", "bob")
 
 
 @pytest.mark.network
@@ -97,7 +78,7 @@ def test_a_folder_and_a_file_are_sent_and_a_taken_name_is_asked_about(
         receiver.expect(r"plan\.txt exists: \[r\]ename the new one, \[o\]verwrite, or \[s\]kip\? \[R/o/s\]")
         receiver.send("o\r")
         receiver.expect("received 2.0 MB")
-        assert finished(receiver) == 0
+        assert exit_status(receiver) == 0
         out, err = sender.communicate(timeout=30)
         assert sender.returncode == 0, err
         outcome = json.loads(out.strip().splitlines()[-1])

@@ -6,48 +6,17 @@ from __future__ import annotations
 
 import os
 import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import pexpect
 import pytest
-
-PEERKIT = [sys.executable, "-c", "from peerkit.cli import main; main()"]
-NOBODY = "static:127.0.0.1:9"
+from terminals import NOBODY, exit_status, person, terminal
 
 
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-def person(directory: Path, nickname: str) -> dict[str, str]:
-    env = {**os.environ, "PEERKIT_DATA_DIR": str(directory), "PEERKIT_PORT_MAPPING": "off"}
-    made = subprocess.run(
-        [*PEERKIT, "id", "--create", "--nickname", nickname], env=env, capture_output=True, check=False
-    )
-    assert made.returncode == 0, made.stderr
-    return env
-
-
-def terminal(*args: str, env: dict[str, str], cwd: Path | None = None) -> pexpect.spawn:
-    return pexpect.spawn(
-        PEERKIT[0],
-        [*PEERKIT[1:], *args],
-        env=env,
-        encoding="utf-8",
-        timeout=30,
-        dimensions=(40, 200),
-        cwd=cwd,
-    )
-
-
-def ends_well(child: pexpect.spawn) -> None:
-    child.expect(pexpect.EOF)
-    child.close()
-    assert child.exitstatus == 0, (child.exitstatus, child.before)
 
 
 @pytest.mark.network
@@ -68,8 +37,8 @@ def test_pair_by_code_then_chat_and_send_a_file_by_name(tmp_path: Path) -> None:
         spawned.append(b)
         b.expect(r"paired with alice \((\w{4}-\w{4}-\w{4}-\w{4})\)")
         a.expect(r"paired with bob \((\w{4}-\w{4}-\w{4}-\w{4})\)")
-        ends_well(a)
-        ends_well(b)
+        assert exit_status(a) == 0
+        assert exit_status(b) == 0
         # 2. bob chats with alice by name.
         a = terminal("chat", "--listen", at, "--discovery", NOBODY, env=alice)
         spawned.append(a)
@@ -86,8 +55,8 @@ def test_pair_by_code_then_chat_and_send_a_file_by_name(tmp_path: Path) -> None:
         b.expect("alice: not yet, send them")
         b.send("/quit\r")
         a.expect("bob left the chat")
-        ends_well(b)
-        ends_well(a)
+        assert exit_status(b) == 0
+        assert exit_status(a) == 0
         # 3. bob sends alice a file by name; she accepts it at the prompt.
         photo = tmp_path / "photo.jpg"
         photo.write_bytes(os.urandom(500_000))
@@ -101,8 +70,8 @@ def test_pair_by_code_then_chat_and_send_a_file_by_name(tmp_path: Path) -> None:
         a.send("y\r")
         a.expect("saved .*photo.jpg")
         b.expect("alice has 1 of 1 files")
-        ends_well(a)
-        ends_well(b)
+        assert exit_status(a) == 0
+        assert exit_status(b) == 0
         assert (inbox / "photo.jpg").read_bytes() == photo.read_bytes()
     finally:
         for child in spawned:

@@ -1,6 +1,7 @@
-"""Where two people pairing with a code find each other on the LAN: an mDNS service
+"""Where two people pairing with a code find each other: on the LAN an mDNS service
 ``peerkit-pair-N._peerkit-pair._tcp.local.``, named from the code's number only (docs/protocol.md,
-"Pairing"), pointing at the waiting node's port.
+"Pairing"), pointing at the waiting node's port; on the Internet a BEP 44 item with the salt
+``peerkit-pair-N`` holding the waiting node's signed record.
 
 zeroconf's API is asyncio's: each call here runs zeroconf on an event loop of its own, in a worker
 thread, so that it works the same under asyncio and trio, and leaves nothing behind when it ends.
@@ -9,18 +10,29 @@ thread, so that it works the same under asyncio and trio, and leaves nothing beh
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import ipaddress
 import threading
-from collections.abc import AsyncIterator, Sequence
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 import anyio
 import anyio.to_thread
 
 from peerkit.errors import DiscoveryError
 
-__all__ = ("PAIR_SERVICE", "lookup_rendezvous", "publish_rendezvous")
+if TYPE_CHECKING:
+    from peerkit.dht.node import DhtNode
+
+__all__ = (
+    "PAIR_SERVICE",
+    "lookup_dht_rendezvous",
+    "lookup_rendezvous",
+    "publish_dht_rendezvous",
+    "publish_rendezvous",
+)
 
 #: The mDNS service type of pairing rendezvous.
 PAIR_SERVICE: Final = "_peerkit-pair._tcp.local."
@@ -126,3 +138,45 @@ def _as_discovery_error(exc: BaseException) -> BaseException:
     if isinstance(exc, DiscoveryError) or not isinstance(exc, Exception):
         return exc
     return DiscoveryError(f"mDNS could not start: {exc}")
+
+
+#: The key pair every DHT rendezvous item is signed with. It is public on purpose: anyone may
+#: write a rendezvous, as anyone on a LAN may announce one; what is found there is a node's own
+#: signed record, and the code is checked by SPAKE2 on the stream.
+_DHT_SEED: Final = hashlib.sha256(b"peerkit pairing rendezvous v1").digest()
+
+
+def _dht_signer() -> tuple[bytes, Callable[[bytes], bytes]]:
+    from nacl.signing import SigningKey
+
+    key = SigningKey(_DHT_SEED)
+    return bytes(key.verify_key), lambda data: bytes(key.sign(data).signature)
+
+
+async def publish_dht_rendezvous(dht: DhtNode, name: str, envelope: bytes) -> None:
+    """Put a node's signed record (``envelope``, fitted to a DHT item) under rendezvous ``name``
+    on the DHT; an empty ``envelope`` withdraws it.
+
+    :raises DiscoveryError: when no DHT node stored it.
+    """
+    from peerkit.dht.bep44 import MutableItem
+
+    key, sign = _dht_signer()
+    seq = int(time.time() * 1000)  # (a newer rendezvous of this name wins)
+    item = MutableItem.create(sign, key, {b"r": envelope}, seq, salt=name.encode())
+    result = await dht.put(item)
+    if not result.stored and envelope:
+        raise DiscoveryError(f"no DHT node stored rendezvous {name}")
+
+
+async def lookup_dht_rendezvous(dht: DhtNode, name: str, timeout: float) -> list[bytes]:
+    """The signed records put under rendezvous ``name`` on the DHT (unverified: read them with
+    :func:`~peerkit.discovery.base.read_record`), asking for up to ``timeout`` seconds."""
+    key, _ = _dht_signer()
+    found = []
+    for item in await dht.newest(key, name.encode(), timeout=timeout):
+        value = item.decoded()
+        envelope = value.get(b"r") if isinstance(value, dict) else None
+        if isinstance(envelope, bytes) and envelope:
+            found.append(envelope)
+    return found

@@ -12,12 +12,19 @@ from __future__ import annotations
 
 import contextlib
 import hmac
+import time
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final
 
 import anyio
 
-from peerkit.discovery.rendezvous import lookup_rendezvous, publish_rendezvous
+from peerkit.discovery.base import read_record
+from peerkit.discovery.rendezvous import (
+    lookup_dht_rendezvous,
+    lookup_rendezvous,
+    publish_dht_rendezvous,
+    publish_rendezvous,
+)
 from peerkit.errors import (
     ContactExists,
     DiscoveryError,
@@ -27,8 +34,11 @@ from peerkit.errors import (
     ProtocolError,
 )
 from peerkit.handles import Handle
+from peerkit.identity import Identity, PeerId
+from peerkit.model import EndPoint
 from peerkit.proto.framing import FrameDecoder
 from peerkit.proto.pairing import (
+    MAX_LAN_NUMBER,
     Code,
     Pake,
     confirmation,
@@ -44,7 +54,9 @@ from peerkit.wellknown import PAIR
 if TYPE_CHECKING:
     from peerkit.contact import Contact
     from peerkit.contacts import ContactManager
-    from peerkit.model import Application, EndPoint
+    from peerkit.dht.node import DhtNode
+    from peerkit.model import Application
+    from peerkit.node.config import NodeConfig
     from peerkit.node.nearby import Nearby
     from peerkit.node.streams import StreamHandler
     from peerkit.peers import Peer
@@ -106,6 +118,7 @@ class Pairing:
         self._contact: Contact | None = None
         self._error: PairingFailed | None = None
         self._deadline = 0.0
+        self._internet = False
         #: The code to give the other person.
         self.code: Code = make_code()
 
@@ -119,8 +132,16 @@ class Pairing:
         try:
             handle = node.add_stream_handler(PAIR, self._serve)
             self._stack.callback(handle.remove)
+            dht = node.pairing_dht()
+            if dht is not None:
+                self._internet = True
+                self.code = make_code(internet=True)
             if self._lan:
                 await self._announce()
+            if dht is not None:
+                name = rendezvous_name(self.code.number)
+                await publish_dht_rendezvous(dht, name, node.pairing_record())
+                self._stack.push_async_callback(_withdraw, dht, name)
         except BaseException:
             await self._stack.aclose()
             raise
@@ -139,7 +160,7 @@ class Pairing:
             except DiscoveryError as exc:
                 if "in use" not in str(exc) or attempt == _NUMBER_TRIES - 1:
                     raise
-                self.code = make_code()  # (another number: that one is taken near here)
+                self.code = make_code(internet=self._internet)  # (that number is taken near here)
 
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
@@ -180,6 +201,12 @@ class Pairing:
             self._error = PairingFailed(f"the pairing failed: {exc or 'it took too long'}")
         finally:
             self._done.set()
+
+
+async def _withdraw(dht: DhtNode, name: str) -> None:
+    # The DHT rendezvous emptied when the code ends (a stale one would send joiners nowhere).
+    with anyio.move_on_after(LOOKUP_TIMEOUT), contextlib.suppress(PeerkitError):
+        await publish_dht_rendezvous(dht, name, b"")
 
 
 async def _as_waiter(node: PairingMethods, stream: AppStream, messages: _Messages, code: Code) -> Contact:
@@ -237,6 +264,7 @@ class PairingMethods:
 
     _nearby: Nearby
     contacts: ContactManager
+    config: NodeConfig
 
     def _check_running(self) -> None:
         """(The Node's: see :class:`~peerkit.Node`.)"""
@@ -267,9 +295,47 @@ class PairingMethods:
         """(The Node's: see :class:`~peerkit.Node`.)"""
         raise NotImplementedError  # (the Node's)
 
+    def peer(self, peer_id: PeerId, *endpoints: EndPoint, nickname: str = "") -> Peer:
+        """(The Node's: see :class:`~peerkit.Node`.)"""
+        raise NotImplementedError  # (the Node's)
+
+    @property
+    def identity(self) -> Identity:
+        """(The Node's: see :class:`~peerkit.Node`.)"""
+        raise NotImplementedError  # (the Node's)
+
     def pairing_hosts(self) -> list[str]:
         """The addresses a pairing code's rendezvous points at: where this node can be reached."""
         return list(self._nearby.hosts())
+
+    def pairing_dht(self) -> DhtNode | None:
+        """The DHT node a pairing rendezvous goes through: the running ``dht`` provider's, or None
+        (not signed in to the Internet scope with one)."""
+        from peerkit.dht.provider import DhtDiscovery
+
+        for provider in self.config.providers:
+            if isinstance(provider, DhtDiscovery) and provider.node is not None:
+                return provider.node
+        return None
+
+    def pairing_record(self) -> bytes:
+        """This node's signed record as a DHT rendezvous holds it: every way to reach it (mapped
+        port, interface addresses, relays), cut to what a DHT item holds."""
+        from peerkit.dht.record import fit_record
+
+        if self._nearby.record is not None:
+            _, nickname, name, endpoints = read_record(self._nearby.record)
+        else:
+            nickname, name = "", ""
+            endpoints = tuple(EndPoint(h, self.endpoint.port) for h in self.pairing_hosts())
+        return fit_record(
+            self.identity,
+            int(time.time() * 1000),
+            nickname=nickname,
+            endpoint_name=name,
+            endpoints=[(e.host, e.port, e.how) for e in endpoints if e.relay is None],
+            relays=[(e.host, e.port, e.relay.key) for e in endpoints if e.relay is not None],
+        )
 
     def pair(self, *, timeout: float = PAIR_TIMEOUT, lan: bool = True) -> Pairing:
         """Wait with a new pairing code for someone to join (:meth:`join_pairing`)::
@@ -290,11 +356,19 @@ class PairingMethods:
         return Pairing(self, timeout, lan)
 
     async def join_pairing(
-        self, code: str, *, at: tuple[str, int] | None = None, timeout: float = EXCHANGE_TIMEOUT
+        self,
+        code: str,
+        *,
+        at: tuple[str, int] | None = None,
+        lan: bool = True,
+        timeout: float = EXCHANGE_TIMEOUT,
     ) -> Contact:
         """Join the pairing someone waits on with ``code``: both become each other's contacts.
 
-        :param at: (host, port) of the waiting node; by default it is looked for on the LAN.
+        :param at: (host, port) of the waiting node; by default it is looked for on the LAN
+            (mDNS) and, when this node is signed in to the Internet scope with a ``dht``
+            provider, through the DHT.
+        :param lan: look on the LAN (mDNS).
         :param timeout: seconds for finding it and the exchange.
         :raises ValueError: when ``code`` is not a pairing code.
         :raises PairingFailed: when nobody waits with it, or the code is wrong (it is then used up).
@@ -303,14 +377,11 @@ class PairingMethods:
         wanted = parse_code(code)
         self._check_running()
         with anyio.fail_after(timeout):
-            if at is not None:
-                places = [at]
-            else:
-                places = await lookup_rendezvous(rendezvous_name(wanted.number), min(LOOKUP_TIMEOUT, timeout))
+            places = [self._place(at)] if at is not None else await self._find(wanted, lan, timeout)
             if not places:
                 raise PairingFailed(
-                    f"nobody waits with code number {wanted.number} on this network: is 'peerkit pair' "
-                    "running on the other machine, on the same LAN?"
+                    f"nobody waits with code number {wanted.number}: is 'peerkit pair' running on the "
+                    "other machine, on the same LAN (or signed in to the DHT, as this one)?"
                 )
             registered = any(a.id == PAIR.id for a in self.applications())
             if not registered:
@@ -322,14 +393,59 @@ class PairingMethods:
                     with anyio.CancelScope(shield=True):
                         await self.unregister_application(PAIR)
 
-    async def _join_at(self, places: list[tuple[str, int]], code: Code) -> Contact:
+    def _place(self, at: tuple[str, int]) -> tuple[str, Peer | None]:
+        return f"{at[0]}:{at[1]}", None
+
+    async def _find(self, code: Code, lan: bool, timeout: float) -> list[tuple[str, Peer | None]]:
+        # Where the rendezvous points, from the first of the LAN and the DHT to find it.
+        name = rendezvous_name(code.number)
+        dht = self.pairing_dht() if code.number > MAX_LAN_NUMBER or not lan else None
+        found: list[tuple[str, Peer | None]] = []
+        wait = min(LOOKUP_TIMEOUT, timeout)
+
+        async def on_lan(scope: anyio.CancelScope) -> None:
+            for host, port in await lookup_rendezvous(name, wait):
+                found.append((f"{host}:{port}", None))
+            if found:
+                scope.cancel()
+
+        async def on_dht(scope: anyio.CancelScope) -> None:
+            assert dht is not None
+            for envelope in await lookup_dht_rendezvous(dht, name, wait):
+                try:
+                    record, nickname, _, endpoints = read_record(envelope)
+                except InvalidRecord:
+                    continue  # (anyone may write a rendezvous: only signed records count)
+                peer_id = PeerId.from_verified(record.id)
+                if endpoints and peer_id != self.identity.id:
+                    found.append(
+                        (
+                            f"the DHT's {peer_id.fingerprint}",
+                            self.peer(peer_id, *endpoints, nickname=nickname),
+                        )
+                    )
+            if found:
+                scope.cancel()
+
+        async with anyio.create_task_group() as tg:
+            if lan:
+                tg.start_soon(on_lan, tg.cancel_scope)
+            if dht is not None:
+                tg.start_soon(on_dht, tg.cancel_scope)
+        return found
+
+    async def _join_at(self, places: list[tuple[str, Peer | None]], code: Code) -> Contact:
         problems = []
-        for host, port in places:
+        for where, known in places:
             try:
-                peer = await self.peer_at(host, port)
+                if known is not None:
+                    peer = known
+                else:
+                    host, _, port = where.rpartition(":")
+                    peer = await self.peer_at(host.strip("[]"), int(port))
                 stream = await peer.open_stream(PAIR)
             except PeerkitError as exc:
-                problems.append(f"{host}:{port}: {exc}")
+                problems.append(f"{where}: {exc}")
                 continue
             async with stream:
                 try:

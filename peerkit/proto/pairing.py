@@ -1,12 +1,13 @@
 """Pairing with a short code (docs/protocol.md, "Pairing"), sans-IO: the codes, the SPAKE2 key they
 give, the key confirmations, and the messages.
 
-A code is ``NUMBER-WORD-WORD``: the number (1 to 99) names the rendezvous where the two find each
-other; the words, two of :data:`WORDS` (16 bits), are never sent. SPAKE2 (symmetric, over
-Ed25519's group, from the ``spake2`` package) turns the whole code into a key both sides share only
-if they typed the same code; a confirmation (HMAC-SHA256 of the stream's handshake hash and the
-card) then proves it and binds each side's signed card to the stream it came over. Whoever guesses
-learns only whether that one guess was right; the waiting side takes one guess per code.
+A code is ``NUMBER-WORD-WORD``: the number (1 to 99; 100 to 9999 through the DHT) names the
+rendezvous where the two find each other; the words, two of :data:`WORDS` (16 bits), are never
+sent. SPAKE2 (symmetric, over Ed25519's group, from the ``spake2`` package) turns the whole code
+into a key both sides share only if they typed the same code; a confirmation (HMAC-SHA256 of the
+stream's handshake hash and the card) then proves it and binds each side's signed card to the
+stream it came over. Whoever guesses learns only whether that one guess was right; the waiting
+side takes one guess per code.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from peerkit.proto.framing import encode_frame
 from peerkit.proto.messages import decode, encode
 
 __all__ = (
+    "MAX_LAN_NUMBER",
     "MAX_NUMBER",
     "WORDS",
     "Code",
@@ -37,8 +39,11 @@ __all__ = (
     "rendezvous_name",
 )
 
-#: Rendezvous numbers run from 1 to this.
-MAX_NUMBER: Final = 99
+#: Rendezvous numbers run from 1 to this: 1 to 99 on a LAN, 100 up through the DHT (where a
+#: rendezvous is shared with the whole Internet, so there are more of them).
+MAX_NUMBER: Final = 9999
+#: The largest number of a code announced on a LAN only.
+MAX_LAN_NUMBER: Final = 99
 #: Bytes of a card in a pairing message, at most.
 MAX_CARD: Final = 4096
 
@@ -318,9 +323,11 @@ class Code:
         return f"{self.number}-{self.words[0]}-{self.words[1]}"
 
 
-def make_code(number: int | None = None) -> Code:
-    """A new random code (at rendezvous ``number``, or a random one)."""
-    n = number if number is not None else secrets.randbelow(MAX_NUMBER) + 1
+def make_code(number: int | None = None, *, internet: bool = False) -> Code:
+    """A new random code (at rendezvous ``number``, or a random one: 1 to 99, or with
+    ``internet`` 100 to 9999)."""
+    low, high = (MAX_LAN_NUMBER + 1, MAX_NUMBER) if internet else (1, MAX_LAN_NUMBER)
+    n = number if number is not None else low + secrets.randbelow(high - low + 1)
     if not 1 <= n <= MAX_NUMBER:
         raise ValueError(f"a rendezvous number is 1 to {MAX_NUMBER}, not {n}")
     return Code(n, (secrets.choice(WORDS), secrets.choice(WORDS)))

@@ -82,8 +82,8 @@ async def test_a_code_expires_and_one_pairing_at_a_time() -> None:
             await bob.join_pairing("guitar walrus")
         with pytest.raises(ValueError, match="not a word of pairing codes"):
             await bob.join_pairing("7-guitar-zzz")
-        with pytest.raises(ValueError, match="from 1 to 99"):
-            await bob.join_pairing("700-acorn-adult")
+        with pytest.raises(ValueError, match="from 1 to 9999"):
+            await bob.join_pairing("10000-acorn-adult")
         with pytest.raises(ValueError, match="at most 3600"):
             alice.pair(timeout=0)
 
