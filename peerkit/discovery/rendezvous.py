@@ -36,6 +36,11 @@ __all__ = (
 
 #: The mDNS service type of pairing rendezvous.
 PAIR_SERVICE: Final = "_peerkit-pair._tcp.local."
+#: Seconds a rendezvous is put again and again until a DHT node stores it, at most; and between.
+_PUT_FOR: Final = 15.0
+_PUT_AGAIN: Final = 0.5
+#: DHT nodes known, at least, for a lookup that found nothing to be believed (not still joining).
+_JOINED: Final = 3
 #: Seconds one request for the rendezvous waits for an answer before it is asked again.
 _ASK_EVERY: Final = 1.0
 
@@ -164,19 +169,28 @@ async def publish_dht_rendezvous(dht: DhtNode, name: str, envelope: bytes) -> No
     key, sign = _dht_signer()
     seq = int(time.time() * 1000)  # (a newer rendezvous of this name wins)
     item = MutableItem.create(sign, key, {b"r": envelope}, seq, salt=name.encode())
-    result = await dht.put(item)
-    if not result.stored and envelope:
-        raise DiscoveryError(f"no DHT node stored rendezvous {name}")
+    with anyio.move_on_after(_PUT_FOR):
+        for _ in range(int(_PUT_FOR / _PUT_AGAIN)):  # (a DHT node that just started is still joining)
+            if (await dht.put(item)).stored:
+                return
+            await anyio.sleep(_PUT_AGAIN)
+    if envelope:
+        raise DiscoveryError(f"no DHT node stored rendezvous {name} within {_PUT_FOR:g} s")
 
 
 async def lookup_dht_rendezvous(dht: DhtNode, name: str, timeout: float) -> list[bytes]:
     """The signed records put under rendezvous ``name`` on the DHT (unverified: read them with
     :func:`~peerkit.discovery.base.read_record`), asking for up to ``timeout`` seconds."""
     key, _ = _dht_signer()
-    found = []
-    for item in await dht.newest(key, name.encode(), timeout=timeout):
-        value = item.decoded()
-        envelope = value.get(b"r") if isinstance(value, dict) else None
-        if isinstance(envelope, bytes) and envelope:
-            found.append(envelope)
+    found: list[bytes] = []
+    with anyio.move_on_after(timeout):
+        for _ in range(int(timeout / _PUT_AGAIN) + 1):  # (asked again while this node is joining)
+            for item in await dht.newest(key, name.encode(), timeout=timeout):
+                value = item.decoded()
+                envelope = value.get(b"r") if isinstance(value, dict) else None
+                if isinstance(envelope, bytes) and envelope:
+                    found.append(envelope)
+            if found or len(dht.table) >= _JOINED:
+                break
+            await anyio.sleep(_PUT_AGAIN)
     return found
