@@ -14,7 +14,7 @@ import hashlib
 import ipaddress
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Final
 
@@ -24,6 +24,7 @@ import anyio.to_thread
 from peerkit.errors import DiscoveryError
 
 if TYPE_CHECKING:
+    from peerkit.dht.bep44 import MutableItem
     from peerkit.dht.node import DhtNode
 
 __all__ = (
@@ -151,11 +152,23 @@ def _as_discovery_error(exc: BaseException) -> BaseException:
 _DHT_SEED: Final = hashlib.sha256(b"peerkit pairing rendezvous v1").digest()
 
 
-def _dht_signer() -> tuple[bytes, Callable[[bytes], bytes]]:
+def _rendezvous_item(name: str, envelope: bytes, seq: int) -> MutableItem:
+    # The BEP 44 item of rendezvous ``name``, signed with the public rendezvous key.
     from nacl.signing import SigningKey
 
+    from peerkit.dht.bencode import encode
+    from peerkit.dht.bep44 import MutableItem, signed_bytes
+
     key = SigningKey(_DHT_SEED)
-    return bytes(key.verify_key), lambda data: bytes(key.sign(data).signature)
+    salt, encoded = name.encode(), encode({b"r": envelope})
+    signature = key.sign(signed_bytes(salt, seq, encoded)).signature
+    return MutableItem(bytes(key.verify_key), salt, seq, encoded, bytes(signature))
+
+
+def _rendezvous_key() -> bytes:
+    from nacl.signing import SigningKey
+
+    return bytes(SigningKey(_DHT_SEED).verify_key)
 
 
 async def publish_dht_rendezvous(dht: DhtNode, name: str, envelope: bytes) -> None:
@@ -164,11 +177,7 @@ async def publish_dht_rendezvous(dht: DhtNode, name: str, envelope: bytes) -> No
 
     :raises DiscoveryError: when no DHT node stored it.
     """
-    from peerkit.dht.bep44 import MutableItem
-
-    key, sign = _dht_signer()
-    seq = int(time.time() * 1000)  # (a newer rendezvous of this name wins)
-    item = MutableItem.create(sign, key, {b"r": envelope}, seq, salt=name.encode())
+    item = _rendezvous_item(name, envelope, int(time.time() * 1000))  # (a newer one of a name wins)
     with anyio.move_on_after(_PUT_FOR):
         for _ in range(int(_PUT_FOR / _PUT_AGAIN)):  # (a DHT node that just started is still joining)
             if (await dht.put(item)).stored:
@@ -181,7 +190,7 @@ async def publish_dht_rendezvous(dht: DhtNode, name: str, envelope: bytes) -> No
 async def lookup_dht_rendezvous(dht: DhtNode, name: str, timeout: float) -> list[bytes]:
     """The signed records put under rendezvous ``name`` on the DHT (unverified: read them with
     :func:`~peerkit.discovery.base.read_record`), asking for up to ``timeout`` seconds."""
-    key, _ = _dht_signer()
+    key = _rendezvous_key()
     found: list[bytes] = []
     with anyio.move_on_after(timeout):
         for _ in range(int(timeout / _PUT_AGAIN) + 1):  # (asked again while this node is joining)

@@ -16,6 +16,11 @@ from terminals import PEERKIT, person
 pytestmark = [pytest.mark.anyio, pytest.mark.network]
 
 
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"  # (the commands run in processes of their own: one backend here is enough)
+
+
 class TextLines:
     """The lines of a process's output, however the pipe cuts it."""
 
