@@ -48,7 +48,7 @@ DELAY, JITTER, LOSS = 0.040, 0.020, 0.03
 
 def _rounds(quick: bool) -> tuple[int, int, int]:
     """Nodes with WAN conditions, rounds, nodes without."""
-    return (40, 4, 60) if quick else (300, 24, 500)
+    return (20, 2, 30) if quick else (300, 24, 500)
 
 
 async def _peerkit(count: int, rounds: int, wan: bool, seed: int) -> dict[str, Any]:
@@ -131,9 +131,10 @@ def run(progress: Progress, *, quick: bool = False) -> list[Result]:
     progress()
     theirs = _reference(wan_nodes, rounds, True, 11)
     progress()
-    clean = anyio.run(_peerkit, clean_nodes, max(4, rounds // 2), False, 12)
+    clean_rounds = max(2 if quick else 4, rounds // 2)
+    clean = anyio.run(_peerkit, clean_nodes, clean_rounds, False, 12)
     progress()
-    clean_theirs = _reference(clean_nodes, max(4, rounds // 2), False, 12)
+    clean_theirs = _reference(clean_nodes, clean_rounds, False, 12)
     progress()
     memory = anyio.run(_memory, clean_nodes)
     progress()
