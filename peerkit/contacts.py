@@ -459,7 +459,8 @@ class ContactManager:
 
         :raises ContactExists: when it is already a contact.
         :raises ValueError: when it is this node's own id.
-        :raises TypeError, LimitExceeded: for bad details.
+        :raises TypeError: when a detail has the wrong type.
+        :raises LimitExceeded: when a detail is over its limit.
         :raises NotRunning: when the node is not running.
 
         Not cancellable once the write has started: the contact is then added.

@@ -133,7 +133,10 @@ class Peer:
         """Fetch the applications the peer lets this node see (its scopes and permissions decide:
         a peer near me that is not a contact sees only NEAR_ME- or ALL-scoped ones).
 
-        :raises NotAllowed, PeerUnreachable, ProtocolError, NotRunning: as :meth:`get_presence`.
+        :raises NotAllowed: when the peer lets this node see nothing (as :meth:`get_presence`).
+        :raises PeerUnreachable: when no endpoint answers within ``timeout`` seconds.
+        :raises ProtocolError: when the answer is malformed.
+        :raises NotRunning: when the node is not running.
         """
         result: list[Application] = await self._ops.fetch(self, "apps", timeout)
         return result
@@ -141,7 +144,10 @@ class Peer:
     async def get_objects(self, *, timeout: float = REQUEST_TIMEOUT) -> list[PeerObject]:
         """Fetch the objects the peer lets this node see (as :meth:`get_applications`).
 
-        :raises NotAllowed, PeerUnreachable, ProtocolError, NotRunning: as :meth:`get_presence`.
+        :raises NotAllowed: when the peer lets this node see nothing (as :meth:`get_presence`).
+        :raises PeerUnreachable: when no endpoint answers within ``timeout`` seconds.
+        :raises ProtocolError: when the answer is malformed.
+        :raises NotRunning: when the node is not running.
         """
         result: list[PeerObject] = await self._ops.fetch(self, "objects", timeout)
         return result
