@@ -38,3 +38,6 @@ def test_the_site_builds_strictly(tmp_path: Path) -> None:
     page = (tmp_path / "site" / "reference" / "peerkit" / "index.html").read_text("utf-8")
     assert "join_pairing" in page  # (the API reference is generated from the docstrings)
     assert "Unreleased" in (tmp_path / "site" / "changelog" / "index.html").read_text("utf-8")
+    cli = (tmp_path / "site" / "cli" / "index.html").read_text("utf-8")
+    for command in ("peerkit pair", "peerkit send", "peerkit apps register", "peerkit contacts add-nearby"):
+        assert f"<code>{command}</code>" in cli, command  # (made from the app: every command)
