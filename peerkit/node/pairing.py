@@ -36,6 +36,7 @@ from peerkit.errors import (
 from peerkit.handles import Handle
 from peerkit.identity import Identity, PeerId
 from peerkit.model import EndPoint
+from peerkit.peers import Peer
 from peerkit.proto.framing import FrameDecoder
 from peerkit.proto.pairing import (
     MAX_LAN_NUMBER,
@@ -59,7 +60,6 @@ if TYPE_CHECKING:
     from peerkit.node.config import NodeConfig
     from peerkit.node.nearby import Nearby
     from peerkit.node.streams import StreamHandler
-    from peerkit.peers import Peer
 
 __all__ = ("EXCHANGE_TIMEOUT", "PAIR_TIMEOUT", "Pairing", "PairingMethods")
 
@@ -69,6 +69,9 @@ PAIR_TIMEOUT: Final = 600.0
 EXCHANGE_TIMEOUT: Final = 30.0
 #: Seconds the joining side looks for the rendezvous on the LAN, at most.
 LOOKUP_TIMEOUT: Final = 10.0
+#: Where a waiting side is: an address (host, port), or a peer found through the DHT.
+Place = tuple[str, int] | Peer
+
 #: Rendezvous numbers tried when the first is in use on the network.
 _NUMBER_TRIES: Final = 5
 
@@ -124,7 +127,6 @@ class Pairing:
 
     async def __aenter__(self) -> Pairing:
         node = self._node
-        node._check_running()
         if any(a.id == PAIR.id for a in node.applications()):
             raise RuntimeError("a pairing is already going on on this node: one code at a time")
         await node.register_application(PAIR)
@@ -353,6 +355,7 @@ class PairingMethods:
         """
         if not 0 < timeout <= 3600:
             raise ValueError(f"timeout is more than 0 and at most 3600 seconds, not {timeout}")
+        self._check_running()  # (entering checks again: register_application raises NotRunning)
         return Pairing(self, timeout, lan)
 
     async def join_pairing(
@@ -377,7 +380,7 @@ class PairingMethods:
         wanted = parse_code(code)
         self._check_running()
         with anyio.fail_after(timeout):
-            places = [self._place(at)] if at is not None else await self._find(wanted, lan, timeout)
+            places: list[Place] = [at] if at is not None else await self._find(wanted, lan, timeout)
             if not places:
                 raise PairingFailed(
                     f"nobody waits with code number {wanted.number}: is 'peerkit pair' running on the "
@@ -393,19 +396,16 @@ class PairingMethods:
                     with anyio.CancelScope(shield=True):
                         await self.unregister_application(PAIR)
 
-    def _place(self, at: tuple[str, int]) -> tuple[str, Peer | None]:
-        return f"{at[0]}:{at[1]}", None
-
-    async def _find(self, code: Code, lan: bool, timeout: float) -> list[tuple[str, Peer | None]]:
+    async def _find(self, code: Code, lan: bool, timeout: float) -> list[Place]:
         # Where the rendezvous points, from the first of the LAN and the DHT to find it.
         name = rendezvous_name(code.number)
         dht = self.pairing_dht() if code.number > MAX_LAN_NUMBER or not lan else None
-        found: list[tuple[str, Peer | None]] = []
+        found: list[Place] = []
         wait = min(LOOKUP_TIMEOUT, timeout)
 
         async def on_lan(scope: anyio.CancelScope) -> None:
             for host, port in await lookup_rendezvous(name, wait):
-                found.append((f"{host}:{port}", None))
+                found.append((host, port))
             if found:
                 scope.cancel()
 
@@ -418,12 +418,7 @@ class PairingMethods:
                     continue  # (anyone may write a rendezvous: only signed records count)
                 peer_id = PeerId.from_verified(record.id)
                 if endpoints and peer_id != self.identity.id:
-                    found.append(
-                        (
-                            f"the DHT's {peer_id.fingerprint}",
-                            self.peer(peer_id, *endpoints, nickname=nickname),
-                        )
-                    )
+                    found.append(self.peer(peer_id, *endpoints, nickname=nickname))
             if found:
                 scope.cancel()
 
@@ -434,17 +429,18 @@ class PairingMethods:
                 tg.start_soon(on_dht, tg.cancel_scope)
         return found
 
-    async def _join_at(self, places: list[tuple[str, Peer | None]], code: Code) -> Contact:
+    async def _join_at(self, places: list[Place], code: Code) -> Contact:
         problems = []
-        for where, known in places:
+        for place in places:
             try:
-                if known is not None:
-                    peer = known
-                else:
-                    host, _, port = where.rpartition(":")
-                    peer = await self.peer_at(host.strip("[]"), int(port))
+                peer = await self.peer_at(*place) if isinstance(place, tuple) else place
                 stream = await peer.open_stream(PAIR)
             except PeerkitError as exc:
+                where = (
+                    f"{place[0]}:{place[1]}"
+                    if isinstance(place, tuple)
+                    else f"the DHT's {place.id.fingerprint}"
+                )
                 problems.append(f"{where}: {exc}")
                 continue
             async with stream:
