@@ -35,10 +35,12 @@ from peerkit.clikit import (
     console,
     err_console,
     existing_data_dir,
+    inviting_node,
     offline_node,
     parse_address,
     peer_named,
     providers_named,
+    reached,
     resolve_contact,
 )
 from peerkit.discovery.base import DiscoveryProvider
@@ -353,19 +355,12 @@ async def _invite(
     from peerkit.model import Application
 
     response: peerkit.InvitationResponse | None = None
-    listen = ("0.0.0.0", 0) if providers else ("127.0.0.1", 0)
-    async with peerkit.Node(data_dir=directory, listen=listen, discovery=providers) as node:
-        named = (
-            await peer_named(node, target, providers, min(timeout, 10.0)) if isinstance(target, str) else None
-        )
+    async with inviting_node(directory, providers) as node:
+        named = await peer_named(node, target, providers, min(timeout, 10.0))
         await node.register_application(Application(id=app_id))
         async with anyio.create_task_group() as tg:
             tg.start_soon(cancel_on_signal, tg.cancel_scope)
-            if isinstance(target, str):
-                assert named is not None
-                peer = named
-            else:
-                peer = await node.peer_at(*target, expected)
+            peer = await reached(node, target, named, expected)
             who = peer.nickname or peer.id.fingerprint
             with console.status(f"waiting for {who} to answer", spinner="dots"):
                 response = await peer.invite(app_id, message, timeout=timeout)

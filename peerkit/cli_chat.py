@@ -23,9 +23,12 @@ from peerkit.clikit import (
     accept_invitation,
     cancel_on_signal,
     existing_data_dir,
+    inviting_node,
     parse_address,
     peer_named,
     providers_named,
+    reached,
+    target_of,
 )
 from peerkit.discovery.base import DiscoveryProvider
 from peerkit.model import Presence, PresenceStatus, check_text
@@ -88,7 +91,7 @@ def chat_command(
         anyio.run(_wait_for_chat, directory, (host, port), providers_named(discovery), yes)
         return
     providers = providers_named(discovery) if discovery else []
-    target: str | tuple[str, int] = parse_address(peer, "127.0.0.1") if ":" in peer else peer
+    target = target_of(peer)
     code = anyio.run(_start_chat, directory, target, providers, message, timeout)
     if code:
         raise typer.Exit(code)
@@ -103,19 +106,12 @@ async def _start_chat(
 ) -> int:
     # The exit code: 0 after a chat, else why there was none.
     code = 0
-    listen = ("0.0.0.0", 0) if providers else ("127.0.0.1", 0)
-    async with peerkit.Node(data_dir=directory, listen=listen, discovery=providers) as node:
-        named = (
-            await peer_named(node, target, providers, min(timeout, 10.0)) if isinstance(target, str) else None
-        )
+    async with inviting_node(directory, providers) as node:
+        named = await peer_named(node, target, providers, min(timeout, 10.0))
         await node.register_application(CHAT)
         async with Terminal() as terminal, anyio.create_task_group() as tg:
             tg.start_soon(cancel_on_signal, tg.cancel_scope)
-            if isinstance(target, str):
-                assert named is not None
-                peer = named
-            else:
-                peer = await node.peer_at(*target)
+            peer = await reached(node, target, named)
             who = peer.nickname or peer.id.fingerprint
             terminal.show(f"inviting {who} ({peer.id.fingerprint}) to chat...")
             answer = await peer.invite(CHAT, message, timeout=timeout)

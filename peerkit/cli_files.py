@@ -32,9 +32,12 @@ from peerkit.clikit import (
     cancel_on_signal,
     console,
     existing_data_dir,
+    inviting_node,
     parse_address,
     peer_named,
     providers_named,
+    reached,
+    target_of,
 )
 from peerkit.discovery.base import DiscoveryProvider
 from peerkit.errors import ProtocolError
@@ -112,7 +115,7 @@ def send_command(
     check_text(message, "invitation message")
     directory = existing_data_dir(data_dir)
     providers = providers_named(discovery) if discovery else []
-    target: str | tuple[str, int] = parse_address(peer, "127.0.0.1") if ":" in peer else peer
+    target = target_of(peer)
     code = anyio.run(_send, directory, target, paths, providers, message, timeout, as_json)
     if code:
         raise typer.Exit(code)
@@ -132,18 +135,12 @@ async def _send(
         outgoing = await prepare(paths, lambda n: bar.advance(task, n))
         bar.remove_task(task)
     total = sum(o.entry.size for o in outgoing)
-    listen = ("0.0.0.0", 0) if providers else ("127.0.0.1", 0)
-    async with peerkit.Node(data_dir=directory, listen=listen, discovery=providers) as node:
-        wait = min(timeout, 10.0)
-        named = await peer_named(node, target, providers, wait) if isinstance(target, str) else None
+    async with inviting_node(directory, providers) as node:
+        named = await peer_named(node, target, providers, min(timeout, 10.0))
         await node.register_application(FILES)
         async with anyio.create_task_group() as tg:
             tg.start_soon(cancel_on_signal, tg.cancel_scope)
-            if isinstance(target, str):
-                assert named is not None
-                peer = named
-            else:
-                peer = await node.peer_at(*target)
+            peer = await reached(node, target, named)
             who = peer.nickname or peer.id.fingerprint
             what = f"{len(outgoing)} file{'s' if len(outgoing) != 1 else ''} ({size_text(total)})"
             with console.status(f"offering {what} to {who}", spinner="dots"):

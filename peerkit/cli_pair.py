@@ -72,11 +72,11 @@ def pair_command(
         except ValueError as exc:
             raise typer.BadParameter(str(exc), param_hint="CODE") from None
         where = parse_address(at, "127.0.0.1") if at else None
-        anyio.run(_join, directory, (host, port), providers, code, where, lan, as_json)
+        anyio.run(_pair, directory, (host, port), providers, code, where, timeout, lan, as_json)
     else:
         if at is not None:
             raise typer.BadParameter("--at is for joining with a CODE", param_hint="--at")
-        anyio.run(_wait, directory, (host, port), providers, timeout, lan, as_json)
+        anyio.run(_pair, directory, (host, port), providers, None, None, timeout, lan, as_json)
 
 
 def _say(as_json: bool, text: str, **fields: object) -> None:
@@ -113,53 +113,39 @@ async def _signed_in(node: peerkit.Node) -> None:
             await anyio.sleep(0.05)
 
 
-async def _wait(
+async def _pair(
     directory: Path,
     listen: tuple[str, int],
     providers: list[DiscoveryProvider],
+    code: str | None,
+    at: tuple[str, int] | None,
     timeout: float,
     lan: bool,
     as_json: bool,
 ) -> None:
+    # Wait with a new code (``code`` None), or join with ``code``; Ctrl-C or SIGTERM stops either.
     async with (
         peerkit.Node(data_dir=directory, listen=listen, discovery=providers) as node,
         anyio.create_task_group() as tg,
     ):
         tg.start_soon(cancel_on_signal, tg.cancel_scope)
         await _signed_in(node)
-        async with node.pair(timeout=timeout, lan=lan) as pairing:
-            _say(
-                as_json,
-                f"your code: [bold]{pairing.code}[/bold]\non the other machine: peerkit pair {pairing.code}"
-                f"\n(you are {node.id.fingerprint} at {node.endpoint}; the code works once, for "
-                f"{timeout:g} s; Ctrl-C stops)",
-                event="code",
-                code=str(pairing.code),
-                fingerprint=node.id.fingerprint,
-                host=node.endpoint.host,
-                port=node.endpoint.port,
-            )
-            contact = await pairing.wait()
-        _paired(as_json, contact)
-        tg.cancel_scope.cancel()
-
-
-async def _join(
-    directory: Path,
-    listen: tuple[str, int],
-    providers: list[DiscoveryProvider],
-    code: str,
-    at: tuple[str, int] | None,
-    lan: bool,
-    as_json: bool,
-) -> None:
-    async with (
-        peerkit.Node(data_dir=directory, listen=listen, discovery=providers) as node,
-        anyio.create_task_group() as tg,
-    ):
-        tg.start_soon(cancel_on_signal, tg.cancel_scope)
-        await _signed_in(node)
-        with console.status(f"pairing as {node.id.fingerprint}", spinner="dots"):
-            contact = await node.join_pairing(code, at=at, lan=lan)
+        if code is not None:
+            with console.status(f"pairing as {node.id.fingerprint}", spinner="dots"):
+                contact = await node.join_pairing(code, at=at, lan=lan)
+        else:
+            async with node.pair(timeout=timeout, lan=lan) as pairing:
+                _say(
+                    as_json,
+                    f"your code: [bold]{pairing.code}[/bold]\non the other machine: peerkit pair "
+                    f"{pairing.code}\n(you are {node.id.fingerprint} at {node.endpoint}; the code works "
+                    f"once, for {timeout:g} s; Ctrl-C stops)",
+                    event="code",
+                    code=str(pairing.code),
+                    fingerprint=node.id.fingerprint,
+                    host=node.endpoint.host,
+                    port=node.endpoint.port,
+                )
+                contact = await pairing.wait()
         _paired(as_json, contact)
         tg.cancel_scope.cancel()

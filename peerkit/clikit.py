@@ -36,12 +36,15 @@ __all__ = (
     "console",
     "err_console",
     "existing_data_dir",
+    "inviting_node",
     "nearby_named",
     "offline_node",
     "parse_address",
     "peer_named",
     "providers_named",
+    "reached",
     "resolve_contact",
+    "target_of",
 )
 
 T = TypeVar("T")
@@ -240,15 +243,28 @@ async def nearby_named(node: peerkit.Node, name: str, wait: float) -> peerkit.Ne
     return found[0]
 
 
+def target_of(text: str) -> str | tuple[str, int]:
+    """A peer as the command line gives it: ``HOST:PORT`` (as a pair), or a name."""
+    return parse_address(text, "127.0.0.1") if ":" in text else text
+
+
+def inviting_node(directory: Path, providers: list[DiscoveryProvider]) -> peerkit.Node:
+    """The node of a command that invites someone: on loopback, unless it looks for peers near it."""
+    listen = ("0.0.0.0", 0) if providers else ("127.0.0.1", 0)
+    return peerkit.Node(data_dir=directory, listen=listen, discovery=providers)
+
+
 async def peer_named(
-    node: peerkit.Node, name: str, providers: list[DiscoveryProvider], wait: float
-) -> peerkit.Peer:
+    node: peerkit.Node, name: str | tuple[str, int], providers: list[DiscoveryProvider], wait: float
+) -> peerkit.Peer | None:
     """The peer a command line names: a contact (see :func:`resolve_contact`), else, when
     ``node`` has discovery ``providers``, a peer near it by that name (signing in to NEAR_ME and
-    waiting up to ``wait`` seconds for it to appear).
+    waiting up to ``wait`` seconds for it to appear); None for an address (see :func:`reached`).
 
     :raises typer.BadParameter: when none is, or several are.
     """
+    if not isinstance(name, str):
+        return None
     try:
         return await resolve_contact(node, name)
     except typer.BadParameter as exc:  # (raised outside any task group: a usage error)
@@ -256,6 +272,20 @@ async def peer_named(
             raise typer.BadParameter(f"{exc.message} (or give HOST:PORT, or --discovery)") from None
     await node.sign_in(peerkit.Scope.NEAR_ME)
     return await nearby_named(node, name, wait)
+
+
+async def reached(
+    node: peerkit.Node,
+    target: str | tuple[str, int],
+    named: peerkit.Peer | None,
+    expected: peerkit.PeerId | None = None,
+) -> peerkit.Peer:
+    """The peer ``target`` names: ``named`` (what :func:`peer_named` found), or the peer dialled
+    at the address (``expected``: the id its handshake must prove)."""
+    if named is not None:
+        return named
+    assert not isinstance(target, str)
+    return await node.peer_at(*target, expected)
 
 
 #: Seconds an invitee waits for the inviter's stream after accepting.
