@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import uuid
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Coroutine, Hashable
 from typing import TYPE_CHECKING, Any, Final, Generic, Protocol, Self, TypeVar
@@ -22,7 +23,8 @@ from peerkit.handles import Handle
 from peerkit.model import ChangeType
 
 if TYPE_CHECKING:
-    from peerkit.events import NearbyChanged  # noqa: F401 (named in a string below)
+    from peerkit.events import NearbyChanged
+    from peerkit.identity import PeerId
 
 __all__ = ("DEFAULT_LIMIT", "Bus", "EventWatch", "NearbyWatch", "merge_change")
 
@@ -208,5 +210,26 @@ class NearbyWatch(EventWatch["NearbyChanged"]):
     the node stops. Use it with ``async with`` (or call :meth:`aclose`).
     """
 
-    def __init__(self, remove: Callable[[NearbyWatch], None]) -> None:
+    def __init__(self, remove: Callable[[NearbyWatch], None], application: uuid.UUID | None = None) -> None:
         super().__init__(lambda event: True, remove)  # type: ignore[arg-type]
+        #: Only the peers whose record shows this application, when given.
+        self.application = application
+        self._members: set[PeerId] = set()
+
+    def put(self, event: NearbyChanged) -> None:
+        """Queue ``event``; with an application, as a change of the people near me who show it
+        (a peer that installs it is ADDED, one that removes it DELETED)."""
+        if self.application is None:
+            super().put(event)
+            return
+        peer_id = event.peer.id
+        shows = event.change is not ChangeType.DELETED and self.application in event.peer.applications
+        if shows:
+            change = ChangeType.UPDATED if peer_id in self._members else ChangeType.ADDED
+            self._members.add(peer_id)
+        elif peer_id in self._members:
+            change = ChangeType.DELETED
+            self._members.discard(peer_id)
+        else:
+            return
+        super().put(event if event.change is change else dataclasses.replace(event, change=change))

@@ -178,6 +178,9 @@ class NearbyPeer(Peer):
         self.endpoint_name = record.endpoint_name
         #: When this node first saw it (Unix time, seconds).
         self.since = record.since
+        #: The ids of the applications it shows to people near it (its record carries them, so
+        #: they are known without asking; see :meth:`Peer.get_applications` for the details).
+        self.applications = record.applications
 
     @property
     def fingerprint(self) -> str:

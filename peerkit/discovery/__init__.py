@@ -6,6 +6,7 @@ one process, for tests). Others come from the ``peerkit.discovery`` entry-point 
 """
 
 from peerkit.discovery.base import (
+    MAX_RECORD_APPLICATIONS,
     Announcement,
     Directory,
     DirectoryStats,
@@ -16,6 +17,7 @@ from peerkit.discovery.base import (
     make_record,
     offers_relay,
     read_record,
+    record_applications,
 )
 from peerkit.discovery.mdns import MdnsDiscovery
 from peerkit.discovery.memory import MemoryDiscovery
@@ -23,6 +25,7 @@ from peerkit.discovery.registry import create_provider, provider_names, register
 from peerkit.discovery.static import StaticDiscovery, StaticEntry
 
 __all__ = (
+    "MAX_RECORD_APPLICATIONS",
     "Announcement",
     "Directory",
     "DirectoryStats",
@@ -39,5 +42,6 @@ __all__ = (
     "offers_relay",
     "provider_names",
     "read_record",
+    "record_applications",
     "register_provider",
 )

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+import uuid
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +29,7 @@ from peerkit.proto import records
 
 __all__ = (
     "MAX_ADDRESSES",
+    "MAX_RECORD_APPLICATIONS",
     "MAX_RELAYS",
     "Announcement",
     "Directory",
@@ -39,12 +41,15 @@ __all__ = (
     "make_record",
     "offers_relay",
     "read_record",
+    "record_applications",
 )
 
 #: The most addresses one record may carry.
 MAX_ADDRESSES: Final = 16
 #: The most relays one record may name.
 MAX_RELAYS: Final = 4
+#: The most application ids one record may carry (those its node shows to people near it).
+MAX_RECORD_APPLICATIONS: Final = 32
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -83,6 +88,8 @@ class NearbyRecord:
     sources: frozenset[str]
     #: The envelope as received.
     envelope: bytes = field(repr=False)
+    #: The ids of the applications the peer shows to people near it (scope NEAR_ME or ALL).
+    applications: frozenset[uuid.UUID] = frozenset()
 
 
 @runtime_checkable
@@ -151,12 +158,14 @@ def make_record(
     endpoints: Iterable[tuple[str, int] | tuple[str, int, str]],
     relays: Iterable[tuple[str, int, bytes]] = (),
     relay: bool = False,
+    applications: Iterable[uuid.UUID] = (),
 ) -> bytes:
     """Sign a discovery record: ``{"id", "seq", "nick", "name", "addrs": [[host, port], ...]}``,
     ``"how": [mark, ...]`` beside ``"addrs"`` when an endpoint is given as ``(host, port, how)``
     (``"mapped"``, ``"interface"``; ``""`` for one given without), ``"relays": [[host, port,
-    relay id], ...]`` when the node is reachable through relays, and ``"relay": true`` when it
-    serves as a relay (:func:`offers_relay`)."""
+    relay id], ...]`` when the node is reachable through relays, ``"relay": true`` when it
+    serves as a relay (:func:`offers_relay`), and ``"apps": [16-byte UUID, ...]`` for the first
+    :data:`MAX_RECORD_APPLICATIONS` of ``applications``."""
     given = list(endpoints)[:MAX_ADDRESSES]
     addrs = [[item[0], item[1]] for item in given]
     marks = [item[2] if len(item) == 3 else "" for item in given]
@@ -168,6 +177,9 @@ def make_record(
         content["relays"] = through
     if relay:
         content["relay"] = True
+    apps = [app.bytes for app in dict.fromkeys(applications)][:MAX_RECORD_APPLICATIONS]
+    if apps:
+        content["apps"] = apps
     return records.sign_record(signer, seq, content)
 
 
@@ -175,6 +187,23 @@ def offers_relay(record: records.SignedRecord) -> bool:
     """Whether a discovery record says its node serves as a relay (``"relay": true``: it can be
     asked for a reservation, by its contacts at least)."""
     return record.body.get("relay") is True
+
+
+def record_applications(record: records.SignedRecord) -> frozenset[uuid.UUID]:
+    """The application ids a discovery record carries (``"apps"``; none when it has no such key).
+
+    :raises InvalidRecord: when ``"apps"`` is not a list of at most 32 16-byte ids.
+    """
+    apps = record.body.get("apps", [])
+    if (
+        not isinstance(apps, list)
+        or len(apps) > MAX_RECORD_APPLICATIONS
+        or not all(isinstance(app, bytes) and len(app) == 16 for app in apps)
+    ):
+        raise InvalidRecord(
+            f'record "apps" must be a list of at most {MAX_RECORD_APPLICATIONS} 16-byte application ids'
+        )
+    return frozenset(uuid.UUID(bytes=app) for app in apps)
 
 
 def read_record(envelope: bytes) -> tuple[records.SignedRecord, str, str, tuple[EndPoint, ...]]:
@@ -234,6 +263,7 @@ def read_record(envelope: bytes) -> tuple[records.SignedRecord, str, str, tuple[
             endpoints.append(EndPoint(item[0], item[1], name, relay=PeerId(item[2])))
         except (TypeError, ValueError) as exc:
             raise InvalidRecord(f"record relay {item[:2]!r} is not valid: {exc}") from None
+    record_applications(record)
     return record, nickname, name, tuple(endpoints)
 
 
@@ -378,6 +408,7 @@ class Directory:
             since=entry.record.since if entry is not None else time.time(),
             sources=frozenset(sources),
             envelope=envelope,
+            applications=record_applications(record),
         )
         if entry is None:
             self._entries[peer_id] = _Entry(believed, sources, signed)
@@ -427,9 +458,10 @@ def _endpoints(
 
 
 def _differs(old: NearbyRecord, new: NearbyRecord) -> bool:
-    return (old.nickname, old.endpoint_name, old.endpoints, old.seq) != (
+    return (old.nickname, old.endpoint_name, old.endpoints, old.seq, old.applications) != (
         new.nickname,
         new.endpoint_name,
         new.endpoints,
         new.seq,
+        new.applications,
     )

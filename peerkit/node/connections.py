@@ -13,6 +13,7 @@ import contextlib
 import functools
 import ipaddress
 import logging
+import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Final, TypeVar
@@ -160,6 +161,8 @@ class Me:
     mapped: EndPoint | None = None
     #: Whether its record says it serves as a relay.
     relaying: bool = False
+    #: The applications its record shows to people near it (registered with scope NEAR_ME or ALL).
+    applications: tuple[uuid.UUID, ...] = ()
 
 
 class Connections:

@@ -476,6 +476,7 @@ class Node(EventMethods, FindingMethods, PairingMethods):
             relays=self._reaching.endpoints,
             mapped=self._reaching.mapping.endpoint,
             relaying=self._reaching.advertises,
+            applications=tuple(a.id for a in self._apps.values() if a.scope & Scope.NEAR_ME),
         )
 
     @property
@@ -717,6 +718,7 @@ class Node(EventMethods, FindingMethods, PairingMethods):
             )
         self._apps[application.id] = application
         self._local_app_changed(ChangeType.ADDED, application)
+        self._nearby.republish()  # people near me see it in the record
         await anyio.lowlevel.checkpoint()
 
     async def unregister_application(self, application: Application | uuid.UUID) -> None:
@@ -731,6 +733,7 @@ class Node(EventMethods, FindingMethods, PairingMethods):
         if old is None:
             raise ValueError(f"application {app_id} is not registered")
         self._local_app_changed(ChangeType.DELETED, old)
+        self._nearby.republish()
         await anyio.lowlevel.checkpoint()
 
     def applications(self) -> list[Application]:

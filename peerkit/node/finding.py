@@ -3,6 +3,7 @@ list, or the first that matches) and a peer anywhere through the discovery provi
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -10,6 +11,7 @@ from peerkit.bus import NearbyWatch
 from peerkit.discovery.base import DirectoryStats
 from peerkit.handles import Handle
 from peerkit.identity import PeerId
+from peerkit.model import Application
 from peerkit.node.nearby import Nearby, NearbyHandler
 from peerkit.peers import NearbyPeer, Peer
 
@@ -36,24 +38,38 @@ class FindingMethods:
         self._check_running()
         return self._nearby.stats
 
-    def nearby(self) -> list[NearbyPeer]:
+    def nearby(self, *, application: Application | uuid.UUID | None = None) -> list[NearbyPeer]:
         """The people near me now, in the order they were first seen.
 
+        :param application: only those whose record shows this application (an
+            :class:`~peerkit.Application` or its id): the peers near me that have it installed
+            and show it to people near them (scope NEAR_ME or ALL).
+        :raises TypeError: when ``application`` is neither an Application nor a UUID.
         :raises NotSignedIn: when the node is not signed in to NEAR_ME.
         :raises NotRunning: when the node is not running.
         """
+        wanted = _application_id(application)
         self._check_running()
-        return self._nearby.nearby()
+        peers = self._nearby.nearby()
+        return peers if wanted is None else [p for p in peers if wanted in p.applications]
 
-    def watch_nearby(self, *, initial: bool = False) -> NearbyWatch:
+    def watch_nearby(
+        self, *, initial: bool = False, application: Application | uuid.UUID | None = None
+    ) -> NearbyWatch:
         """Follow the people near me: an async iterator of :class:`~peerkit.NearbyChanged`.
 
-        :param initial: start with an ADDED event for everyone near me now.
+        :param initial: start with an ADDED event for everyone near me now (who shows
+            ``application``, when given).
+        :param application: follow only the people near me who show this application: a peer
+            comes ADDED when it appears with it or registers it, UPDATED when it changes while it
+            has it, and DELETED when it leaves or unregisters it.
+        :raises TypeError: when ``application`` is neither an Application nor a UUID.
         :raises NotSignedIn: when the node is not signed in to NEAR_ME.
         :raises NotRunning: when the node is not running.
         """
+        wanted = _application_id(application)
         self._check_running()
-        return self._nearby.watch(initial=initial)
+        return self._nearby.watch(initial=initial, application=wanted)
 
     def add_nearby_handler(self, handler: NearbyHandler) -> Handle:
         """Call ``handler`` (a coroutine function) for every change of the people near me.
@@ -73,19 +89,31 @@ class FindingMethods:
         return handler
 
     async def find_nearby(
-        self, *, nickname: str | None = None, peer_id: PeerId | None = None, timeout: float = 10.0
+        self,
+        *,
+        nickname: str | None = None,
+        peer_id: PeerId | None = None,
+        application: Application | uuid.UUID | None = None,
+        timeout: float = 10.0,
     ) -> NearbyPeer:
-        """The first peer near me with that nickname or id, waiting up to ``timeout`` seconds.
+        """The first peer near me with that nickname or id, or that shows that application (or
+        all of those given), waiting up to ``timeout`` seconds.
 
-        :raises ValueError: unless exactly one of ``nickname`` and ``peer_id`` is given.
+        :raises ValueError: when none of them, or both ``nickname`` and ``peer_id``, are given.
+        :raises TypeError: when ``application`` is neither an Application nor a UUID.
         :raises PeerUnreachable: when no such peer appears in time.
         :raises NotSignedIn: when the node is not signed in to NEAR_ME.
         :raises NotRunning: when the node is not running.
         """
-        if (nickname is None) == (peer_id is None):
-            raise ValueError("find_nearby takes exactly one of nickname= and peer_id=")
+        wanted = _application_id(application)
+        if nickname is not None and peer_id is not None:
+            raise ValueError("find_nearby takes nickname= or peer_id=, not both")
+        if nickname is None and peer_id is None and wanted is None:
+            raise ValueError("find_nearby needs nickname=, peer_id= or application=")
         self._check_running()
-        return await self._nearby.find(nickname=nickname, peer_id=peer_id, timeout=timeout)
+        return await self._nearby.find(
+            nickname=nickname, peer_id=peer_id, application=wanted, timeout=timeout
+        )
 
     async def resolve(self, peer_id: PeerId) -> Peer:
         """Find ``peer_id`` through the discovery providers.
@@ -95,3 +123,11 @@ class FindingMethods:
         """
         self._check_running()
         return await self._nearby.resolve(peer_id)
+
+
+def _application_id(application: Application | uuid.UUID | None) -> uuid.UUID | None:
+    if application is None or isinstance(application, uuid.UUID):
+        return application
+    if isinstance(application, Application):
+        return application.id
+    raise TypeError(f"application must be an Application or a UUID, not {type(application).__name__}")

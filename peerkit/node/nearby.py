@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
+import uuid
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, Final
@@ -191,6 +192,7 @@ class Nearby:
             ],
             relays=[(e.host, e.port, e.relay.key) for e in me.relays if e.relay is not None],
             relay=me.relaying,
+            applications=me.applications,
         )
         self.record = envelope
         self._signed_as = _says(me, hosts)
@@ -293,10 +295,10 @@ class Nearby:
         """The people near me now, in the order they were first seen."""
         return [NearbyPeer(self._peer_ops, record) for record in self._directory_near_me().records()]
 
-    def watch(self, *, initial: bool = False) -> NearbyWatch:
+    def watch(self, *, initial: bool = False, application: uuid.UUID | None = None) -> NearbyWatch:
         """Follow the people near me (see :meth:`Node.watch_nearby`)."""
         directory = self._directory_near_me()
-        watch = NearbyWatch(self._watches.discard)
+        watch = NearbyWatch(self._watches.discard, application)
         if initial:
             for record in directory.records():
                 watch.put(NearbyChanged(change=ChangeType.ADDED, peer=NearbyPeer(self._peer_ops, record)))
@@ -324,20 +326,32 @@ class Nearby:
         self._tg.start_soon(run)
         return Handle(scope.cancel)
 
-    async def find(self, *, nickname: str | None, peer_id: PeerId | None, timeout: float) -> NearbyPeer:
-        """The first peer near me with that nickname or id (see :meth:`Node.find_nearby`)."""
-        if (nickname is None) == (peer_id is None):
-            raise ValueError("find_nearby takes exactly one of nickname= and peer_id=")
+    async def find(
+        self,
+        *,
+        nickname: str | None = None,
+        peer_id: PeerId | None = None,
+        application: uuid.UUID | None = None,
+        timeout: float,
+    ) -> NearbyPeer:
+        """The first peer near me that matches (see :meth:`Node.find_nearby`)."""
 
         def match(peer: NearbyPeer) -> bool:
-            return peer.id == peer_id if peer_id is not None else peer.nickname == nickname
+            if peer_id is not None and peer.id != peer_id:
+                return False
+            return nickname is None or peer.nickname == nickname
 
-        async with self.watch(initial=True) as watch:
+        async with self.watch(initial=True, application=application) as watch:
             with anyio.move_on_after(timeout):
                 async for event in watch:
                     if event.change is not ChangeType.DELETED and match(event.peer):
                         return event.peer
-        what = f"id {peer_id.fingerprint}" if peer_id is not None else f"nickname {nickname!r}"
+        wants = [
+            *([f"id {peer_id.fingerprint}"] if peer_id is not None else []),
+            *([f"nickname {nickname!r}"] if nickname is not None else []),
+            *([f"application {application}"] if application is not None else []),
+        ]
+        what = " and ".join(wants)
         self._directory_near_me()
         raise PeerUnreachable(f"no peer near me with {what} appeared within {seconds_text(timeout)}")
 
@@ -396,4 +410,4 @@ def _endpoints_in(peer_id: PeerId, envelopes: list[bytes]) -> tuple[str, tuple[E
 
 def _says(me: Me, hosts: tuple[str, ...]) -> tuple[object, ...]:
     # What a record signed now would say (a change is published again).
-    return (me.nickname, me.endpoint_name, hosts, me.relays, me.mapped, me.relaying)
+    return (me.nickname, me.endpoint_name, hosts, me.relays, me.mapped, me.relaying, me.applications)

@@ -1,0 +1,102 @@
+"""People near me by application: the ids a record carries, and the live filter built on them."""
+
+from __future__ import annotations
+
+import uuid
+
+import anyio
+import pytest
+from test_nearby import near, next_change
+
+from peerkit import Application, ChangeType, InvalidRecord, PeerUnreachable, Scope
+from peerkit.discovery import MAX_RECORD_APPLICATIONS, make_record, read_record, record_applications
+from peerkit.identity import Identity
+from peerkit.proto import records
+
+pytestmark = pytest.mark.anyio
+
+GAME = Application(id=uuid.UUID("6a1f0c2e-3b4d-4e5f-8a9b-0c1d2e3f4a5b"), description="a game")
+OTHER = Application(id=uuid.UUID("6a1f0c2e-3b4d-4e5f-8a9b-0c1d2e3f4a5c"), description="another")
+
+
+async def test_the_record_carries_the_applications_shown_near_me() -> None:
+    hidden = Application(id=uuid.uuid4(), scope=Scope.INTERNET)  # contacts only: not near me
+    near_only = Application(id=uuid.uuid4(), scope=Scope.NEAR_ME)
+    async with near(2) as (alice, bob):
+        for app in (GAME, hidden, near_only):
+            await bob.register_application(app)
+        with anyio.fail_after(5):
+            while {p.id: p for p in alice.nearby()}[bob.id].applications != {GAME.id, near_only.id}:
+                await anyio.sleep(0.01)
+        assert record_applications(records.open_record(bob._nearby.record)) == {GAME.id, near_only.id}
+
+
+async def test_nearby_and_find_nearby_by_application() -> None:
+    async with near(3) as (alice, bob, carol):
+        await carol.register_application(OTHER)
+        with pytest.raises(PeerUnreachable, match=f"application {GAME.id}"):
+            await alice.find_nearby(application=GAME, timeout=0.2)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(bob.register_application, GAME)
+            found = await alice.find_nearby(application=GAME.id, timeout=5)  # an Application or its id
+        assert found.id == bob.id
+        assert [p.id for p in alice.nearby(application=GAME)] == [bob.id]
+        assert [p.id for p in alice.nearby(application=OTHER.id)] == [carol.id]
+        assert {p.id for p in alice.nearby()} == {bob.id, carol.id}
+        assert (await alice.find_nearby(nickname="bob", application=GAME, timeout=1)).id == bob.id
+        with pytest.raises(PeerUnreachable, match="nickname 'carol' and application"):
+            await alice.find_nearby(nickname="carol", application=GAME, timeout=0.2)
+        with pytest.raises(TypeError, match="Application or a UUID, not str"):
+            alice.nearby(application=str(GAME.id))  # type: ignore[arg-type]
+        with pytest.raises(TypeError, match="Application or a UUID"):
+            alice.watch_nearby(application=42)  # type: ignore[arg-type]
+
+
+async def test_watch_nearby_follows_installs_and_removals() -> None:
+    async with near(3) as (alice, bob, carol):
+        async with alice.watch_nearby(application=GAME) as watch:
+            await carol.register_application(OTHER)  # not the game: nothing comes
+            await bob.register_application(GAME)
+            added = await next_change(watch)
+            assert (added.change, added.peer.id) == (ChangeType.ADDED, bob.id)
+            assert GAME.id in added.peer.applications
+            bob.nickname = "bobby"  # a change of a peer that has it
+            updated = await next_change(watch)
+            assert (updated.change, updated.peer.nickname) == (ChangeType.UPDATED, "bobby")
+            await bob.unregister_application(GAME)
+            removed = await next_change(watch)
+            assert (removed.change, removed.peer.id) == (ChangeType.DELETED, bob.id)
+            await carol.register_application(GAME)
+            assert (await next_change(watch)).peer.id == carol.id
+            await carol.sign_out(Scope.NEAR_ME)  # leaving: DELETED as well
+            gone = await next_change(watch)
+            assert (gone.change, gone.peer.id) == (ChangeType.DELETED, carol.id)
+            with pytest.raises(TimeoutError):
+                await next_change(watch, timeout=0.3)  # carol's OTHER and bob, without it: nothing
+
+
+async def test_watch_nearby_initial_lists_those_who_have_it_now() -> None:
+    async with near(3) as (alice, bob, carol):
+        await bob.register_application(GAME)
+        await carol.register_application(OTHER)
+        with anyio.fail_after(5):
+            while len(alice.nearby(application=GAME)) != 1 or len(alice.nearby(application=OTHER)) != 1:
+                await anyio.sleep(0.01)
+        async with alice.watch_nearby(application=GAME, initial=True) as watch:
+            first = await next_change(watch)
+            assert (first.change, first.peer.id) == (ChangeType.ADDED, bob.id)
+            assert watch.pending == 0
+
+
+def test_a_record_holds_at_most_32_applications_and_refuses_malformed_ones() -> None:
+    alice = Identity.generate()
+    many = [uuid.uuid4() for _ in range(MAX_RECORD_APPLICATIONS + 5)]
+    envelope = make_record(alice, 1, nickname="a", endpoint_name="", endpoints=[], applications=many)
+    assert record_applications(read_record(envelope)[0]) == frozenset(many[:MAX_RECORD_APPLICATIONS])
+    plain = make_record(alice, 2, nickname="a", endpoint_name="", endpoints=[])
+    assert "apps" not in records.open_record(plain).body
+    assert record_applications(read_record(plain)[0]) == frozenset()
+    content = {"nick": "a", "name": "", "addrs": []}
+    for bad in ([b"short"], b"\x00" * 16, [GAME.id.bytes] * (MAX_RECORD_APPLICATIONS + 1), [str(GAME.id)]):
+        with pytest.raises(InvalidRecord, match='"apps" must be a list of at most 32 16-byte'):
+            read_record(records.sign_record(alice, 3, {**content, "apps": bad}))
