@@ -39,6 +39,7 @@ from peerkit.clikit import (
     offline_node,
     parse_address,
     peer_named,
+    providers_for,
     providers_named,
     reached,
     resolve_contact,
@@ -308,9 +309,11 @@ def invite(
         if peer_id is not None:
             raise typer.BadParameter("--id is for HOST:PORT: a contact's id is known", param_hint="--id")
         check_text(message, "invitation message")
-        providers = providers_named(discovery) if discovery else []
+        providers = providers_for(address, discovery)
         directory = existing_data_dir(data_dir)
-        found = anyio.run(_invite, address, app_id, message, None, timeout, directory, providers)
+        found = anyio.run(
+            _invite, address, app_id, message, None, timeout, directory, providers, bool(discovery)
+        )
         _print_answer(*found, address, as_json)
         return
     host, port = parse_address(address, default_host="127.0.0.1")
@@ -322,7 +325,7 @@ def invite(
         except ValueError as exc:
             raise typer.BadParameter(str(exc), param_hint="--id") from None
     directory = data_dir or default_data_dir()
-    response, who = anyio.run(_invite, (host, port), app_id, message, expected, timeout, directory, [])
+    response, who = anyio.run(_invite, (host, port), app_id, message, expected, timeout, directory, [], False)
     _print_answer(response, who, address, as_json)
 
 
@@ -349,6 +352,7 @@ async def _invite(
     timeout: float,
     directory: Path,
     providers: list[DiscoveryProvider],
+    by_nickname: bool,
 ) -> tuple[peerkit.InvitationResponse | None, peerkit.PeerId | None]:
     # Invite a contact (``target``: its name, fingerprint or id), else (with ``providers``) a peer
     # near me of that name, or the peer at (host, port); Ctrl-C or SIGTERM withdraws it.
@@ -356,7 +360,7 @@ async def _invite(
 
     response: peerkit.InvitationResponse | None = None
     async with inviting_node(directory, providers) as node:
-        named = await peer_named(node, target, providers, min(timeout, 10.0))
+        named = await peer_named(node, target, providers, min(timeout, 10.0), by_nickname=by_nickname)
         await node.register_application(Application(id=app_id))
         async with anyio.create_task_group() as tg:
             tg.start_soon(cancel_on_signal, tg.cancel_scope)

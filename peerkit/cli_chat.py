@@ -26,6 +26,7 @@ from peerkit.clikit import (
     inviting_node,
     parse_address,
     peer_named,
+    providers_for,
     providers_named,
     reached,
     target_of,
@@ -90,9 +91,10 @@ def chat_command(
         host, port = parse_address(listen_at)
         anyio.run(_wait_for_chat, directory, (host, port), providers_named(discovery), yes)
         return
-    providers = providers_named(discovery) if discovery else []
     target = target_of(peer)
-    code = anyio.run(_start_chat, directory, target, providers, message, timeout)
+    code = anyio.run(
+        _start_chat, directory, target, providers_for(target, discovery), message, timeout, bool(discovery)
+    )
     if code:
         raise typer.Exit(code)
 
@@ -103,11 +105,12 @@ async def _start_chat(
     providers: list[DiscoveryProvider],
     message: str,
     timeout: float,
+    by_nickname: bool,
 ) -> int:
     # The exit code: 0 after a chat, else why there was none.
     code = 0
     async with inviting_node(directory, providers) as node:
-        named = await peer_named(node, target, providers, min(timeout, 10.0))
+        named = await peer_named(node, target, providers, min(timeout, 10.0), by_nickname=by_nickname)
         await node.register_application(CHAT)
         async with Terminal() as terminal, anyio.create_task_group() as tg:
             tg.start_soon(cancel_on_signal, tg.cancel_scope)

@@ -92,24 +92,37 @@ def contacts_add_card(
     data_dir: DataDir = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
 ) -> None:
-    """Verify a contact card and add the peer it describes to your contacts."""
+    """Verify a contact card and add the peer it describes to your contacts (a contact's newer card
+    updates its names and addresses)."""
     source: str | Path = card if card.strip().startswith("peerkit:") else Path(card)
     if isinstance(source, Path) and not source.is_file():
         raise typer.BadParameter(f"{card!r} is neither a card (peerkit:...) nor a file")
 
-    async def run() -> peerkit.Contact:
+    async def run() -> tuple[peerkit.Contact, str]:
         async with offline_node(data_dir or default_data_dir(), create=True) as node:
             contact = node.contacts.read_card(source)
-            if block:
+            if not node.contacts.has(contact.id):
+                if block:
+                    contact = contact.replace(subscribe_allowed=peerkit.SubscribePermission.BLOCKED)
+                return await node.contacts.add(contact), "added"
+            before = await node.contacts.get(contact.id)  # a contact's card again: newer, or not
+            contact = await node.contacts.import_card(source, update=True)
+            done = "updated" if contact.card != before.card else "unchanged"
+            if block and contact.subscribe_allowed is not peerkit.SubscribePermission.BLOCKED:
                 contact = contact.replace(subscribe_allowed=peerkit.SubscribePermission.BLOCKED)
-            return await node.contacts.add(contact)
+                return await node.contacts.update(contact), "updated"
+            return contact, done
 
-    contact = anyio.run(run)
+    contact, done = anyio.run(run)
     if as_json:
-        print(json.dumps(_contact_row(contact)))
+        print(json.dumps({**_contact_row(contact), "card": done}))
+    elif done == "unchanged":
+        console.print(
+            f"{contact.fingerprint} is a contact already, with this card or a newer one: nothing changed"
+        )
     else:
         name = contact.display_name or contact.nickname or "?"
-        console.print(f"added {name} ({contact.fingerprint}); the card's signature checks out")
+        console.print(f"{done} {name} ({contact.fingerprint}); the card's signature checks out")
 
 
 @contacts_app.command("add-nearby")

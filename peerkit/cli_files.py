@@ -35,6 +35,7 @@ from peerkit.clikit import (
     inviting_node,
     parse_address,
     peer_named,
+    providers_for,
     providers_named,
     reached,
     target_of,
@@ -114,9 +115,9 @@ def send_command(
     """
     check_text(message, "invitation message")
     directory = existing_data_dir(data_dir)
-    providers = providers_named(discovery) if discovery else []
     target = target_of(peer)
-    code = anyio.run(_send, directory, target, paths, providers, message, timeout, as_json)
+    providers = providers_for(target, discovery)
+    code = anyio.run(_send, directory, target, paths, providers, message, timeout, as_json, bool(discovery))
     if code:
         raise typer.Exit(code)
 
@@ -129,6 +130,7 @@ async def _send(
     message: str,
     timeout: float,
     as_json: bool,
+    by_nickname: bool,
 ) -> int:
     with _bar() as bar:
         task = bar.add_task("hashing", total=None)
@@ -136,7 +138,7 @@ async def _send(
         bar.remove_task(task)
     total = sum(o.entry.size for o in outgoing)
     async with inviting_node(directory, providers) as node:
-        named = await peer_named(node, target, providers, min(timeout, 10.0))
+        named = await peer_named(node, target, providers, min(timeout, 10.0), by_nickname=by_nickname)
         await node.register_application(FILES)
         async with anyio.create_task_group() as tg:
             tg.start_soon(cancel_on_signal, tg.cancel_scope)

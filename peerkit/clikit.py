@@ -3,6 +3,7 @@ named as people name them, addresses and nicknames read from the command line.""
 
 from __future__ import annotations
 
+import os
 import signal
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -169,20 +170,26 @@ Discovery = Annotated[
         "--discovery",
         help="A discovery provider: mdns, mdns:ADDR[,ADDR], static:HOST:PORT[#ID], memory, dht (the "
         "Internet scope on the Mainline DHT), dht:HOST:PORT[,HOST:PORT] (joined through those), or one "
-        "from an installed plugin; repeatable, or several joined by commas (mdns,dht) [default: mdns]",
+        "from an installed plugin; repeatable, or several joined by commas (mdns,dht) "
+        "[default: $PEERKIT_DISCOVERY, else mdns]",
     ),
 ]
 
 
+#: The environment variable that names the commands' default discovery providers.
+DISCOVERY_ENVIRONMENT: Final = "PEERKIT_DISCOVERY"
+
+
 def providers_named(names: list[str] | None) -> list[DiscoveryProvider]:
-    """The discovery providers ``--discovery`` names (default: mdns).
+    """The discovery providers ``--discovery`` names (default: those ``$PEERKIT_DISCOVERY``
+    names, else mdns).
 
     :raises typer.BadParameter: for a name no provider has.
     """
     from peerkit.discovery import create_provider
 
     providers = []
-    for name in _split_providers(names or ["mdns"]):
+    for name in _split_providers(names or [os.environ.get(DISCOVERY_ENVIRONMENT) or "mdns"]):
         try:
             providers.append(create_provider(name))
         except ValueError as exc:
@@ -254,22 +261,40 @@ def inviting_node(directory: Path, providers: list[DiscoveryProvider]) -> peerki
     return peerkit.Node(data_dir=directory, listen=listen, discovery=providers)
 
 
+def providers_for(target: str | tuple[str, int], discovery: list[str] | None) -> list[DiscoveryProvider]:
+    """The providers of a command that invites ``target``: those ``--discovery`` names, the
+    default ones when ``target`` is a name (a contact is looked for near me too, in case it
+    listens elsewhere now), and none for HOST:PORT."""
+    return providers_named(discovery) if discovery or isinstance(target, str) else []
+
+
 async def peer_named(
-    node: peerkit.Node, name: str | tuple[str, int], providers: list[DiscoveryProvider], wait: float
+    node: peerkit.Node,
+    name: str | tuple[str, int],
+    providers: list[DiscoveryProvider],
+    wait: float,
+    *,
+    by_nickname: bool,
 ) -> peerkit.Peer | None:
-    """The peer a command line names: a contact (see :func:`resolve_contact`), else, when
-    ``node`` has discovery ``providers``, a peer near it by that name (signing in to NEAR_ME and
-    waiting up to ``wait`` seconds for it to appear); None for an address (see :func:`reached`).
+    """The peer a command line names: a contact (see :func:`resolve_contact`; the node signs in
+    near me when its providers find people there, so that a contact that moved on the LAN is found
+    where it is now), else, with ``by_nickname`` (``--discovery`` given), a peer near it by that
+    name (signing in to NEAR_ME and waiting up to ``wait`` seconds for it to appear); None for an
+    address (see :func:`reached`).
 
     :raises typer.BadParameter: when none is, or several are.
     """
     if not isinstance(name, str):
         return None
     try:
-        return await resolve_contact(node, name)
+        contact = await resolve_contact(node, name)
     except typer.BadParameter as exc:  # (raised outside any task group: a usage error)
-        if not providers:  # a peer near me by that name, when told where to look
+        if not by_nickname:  # a peer near me by that name, when told where to look
             raise typer.BadParameter(f"{exc.message} (or give HOST:PORT, or --discovery)") from None
+    else:
+        if any(p.scopes & peerkit.Scope.NEAR_ME for p in providers):
+            await node.sign_in(peerkit.Scope.NEAR_ME)
+        return contact
     await node.sign_in(peerkit.Scope.NEAR_ME)
     return await nearby_named(node, name, wait)
 

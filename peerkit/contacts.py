@@ -492,13 +492,30 @@ class ContactManager:
         self._permission_changed(contact.id)
         return contact
 
-    async def import_card(self, card: str | bytes | os.PathLike[str]) -> Contact:
+    async def import_card(self, card: str | bytes | os.PathLike[str], *, update: bool = False) -> Contact:
         """Verify a card (see :meth:`read_card`) and add the contact it describes.
 
+        :param update: when its peer is a contact already, take the card's names, addresses and
+            locator key instead (when it is newer than the card kept; an older or the same card
+            changes nothing). The contact's permission and subscription stay as they are.
         :raises InvalidRecord: when the card is malformed or tampered with (nothing is added).
-        :raises ContactExists: when it is already a contact.
+        :raises ContactExists: when it is already a contact (without ``update``).
         """
-        return await self.add(self.read_card(card))
+        fresh = self.read_card(card)
+        if not update or not self.has(fresh.id):
+            return await self.add(fresh)
+        kept = await self.get(fresh.id)
+        assert fresh.card is not None
+        if kept.card is not None and read_card(kept.card).seq >= read_card(fresh.card).seq:
+            return kept
+        renewed = kept.replace(
+            nickname=fresh.nickname,
+            display_name=fresh.display_name,
+            email=fresh.email,
+            endpoints=fresh.endpoints or kept.endpoints,
+        )
+        renewed.card = fresh.card
+        return await self.update(renewed)
 
     async def add_from(self, peer: Peer, *, timeout: float = 30.0) -> Contact:
         """Fetch ``peer``'s signed card over a secure channel, check it, and add it as a contact.

@@ -26,6 +26,9 @@ from peerkit.testing import MemoryNetwork, NamespaceLan, memory_stream_pair
 # No node of the suite (nor of a subprocess it starts) asks this machine's router for a port
 # mapping: only the tests of port mapping turn it on, against routers of their own.
 os.environ["PEERKIT_PORT_MAPPING"] = "off"
+# Nor does a command the suite runs use mDNS on the host's network by default: its default
+# discovery finds nobody. The tests of mDNS name it, or run in network namespaces of their own.
+os.environ["PEERKIT_DISCOVERY"] = "static:127.0.0.1:9"
 
 
 @pytest.fixture

@@ -26,11 +26,13 @@ def person(directory: Path, nickname: str) -> dict[str, str]:
     return env
 
 
-def terminal(*args: str, env: dict[str, str]) -> pexpect.spawn:
-    """``peerkit ARGS`` in a pseudo-terminal of 200 columns."""
-    return pexpect.spawn(
-        PEERKIT[0], [*PEERKIT[1:], *args], env=env, encoding="utf-8", timeout=30, dimensions=(40, 200)
-    )
+def terminal(*args: str, env: dict[str, str], namespace: str | None = None) -> pexpect.spawn:
+    """``peerkit ARGS`` in a pseudo-terminal of 200 columns (in a network ``namespace``: a
+    machine of a :class:`~peerkit.testing.NamespaceLan`)."""
+    command = [*PEERKIT, *args]
+    if namespace is not None:
+        command = ["ip", "netns", "exec", namespace, *command]
+    return pexpect.spawn(command[0], command[1:], env=env, encoding="utf-8", timeout=30, dimensions=(40, 200))
 
 
 def exit_status(child: pexpect.spawn) -> int:

@@ -464,9 +464,21 @@ def test_contacts_commands_add_export_list_and_change_contacts(tmp_path: Path) -
         "allowed",
     )
     bob_id = row["id"]
-    again = run("contacts", "add-card", text, env=alice)
-    assert again.returncode == 1
-    assert again.stderr.strip() == f"error: {row['fingerprint']} is already a contact"
+    again = run("contacts", "add-card", text, env=alice)  # the same card: nothing to change
+    assert again.returncode == 0, again.stderr
+    assert "is a contact already, with this card or a newer one: nothing changed" in again.stdout
+    moved = run("contacts", "export-card", "--display-name", "Bob B", "--address", "10.2.2.2:7001", env=bob)
+    renewed = run("contacts", "add-card", moved.stdout.strip(), "--json", env=alice)  # newer: taken
+    assert renewed.returncode == 0, renewed.stderr
+    assert (json.loads(renewed.stdout)["endpoints"], json.loads(renewed.stdout)["card"]) == (
+        ["10.2.2.2:7001"],
+        "updated",
+    )
+    older = run("contacts", "add-card", text, "--json", env=alice)  # the first card, older: ignored
+    assert (json.loads(older.stdout)["endpoints"], json.loads(older.stdout)["card"]) == (
+        ["10.2.2.2:7001"],
+        "unchanged",
+    )
     tampered = run(
         "contacts", "add-card", text[:-6] + ("AAAAAA" if not text.endswith("AAAAAA") else "BBBBBB"), env=bob
     )

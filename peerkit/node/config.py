@@ -151,7 +151,8 @@ class NodeConfig:
             request_budget=request_budget or RequestPolicy(),
             relay=(RelayPolicy() if relay is True else relay) or None,
             relays=tuple(dict.fromkeys(through)),
-            port_mapping=default_on() if port_mapping is None else bool(port_mapping),
+            # A network of the caller's own (in memory, say) has no home router to ask.
+            port_mapping=(network is None and default_on()) if port_mapping is None else bool(port_mapping),
             auto_relay=bool(auto_relay),
         )
 

@@ -142,7 +142,8 @@ class Node(EventMethods, FindingMethods, PairingMethods):
     :param relays: relays to keep reservations on (``EndPoint(host, port, relay=relay_id)``): while
         one is held, peers reach this node through it, and its record says so.
     :param port_mapping: map the port through the home router (PCP, NAT-PMP or UPnP) when the node
-        listens behind one; default on, unless ``PEERKIT_PORT_MAPPING=off`` is in the environment.
+        listens behind one; default on over TCP (off with a ``network`` of your own), unless
+        ``PEERKIT_PORT_MAPPING=off`` is in the environment.
     :param auto_relay: while the node cannot be reached directly (no mapped port, and peers see
         it at an address not its own), keep reservations on up to two contacts whose records say
         they relay (:attr:`Reach.auto_relays`), as well as on ``relays``.

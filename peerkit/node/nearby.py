@@ -54,6 +54,8 @@ log = logging.getLogger(__name__)
 
 #: Seconds a discovery provider may take to publish or withdraw before it is given up on.
 PROVIDER_TIMEOUT: Final = 5.0
+#: Seconds a peer that is not where it was known to be is waited for among the people near me.
+NEAR_WAIT: Final = 1.5
 
 NearbyHandler = Callable[[NearbyChanged], Awaitable[None]]
 
@@ -361,8 +363,40 @@ class Nearby:
         if isinstance(peer, ChannelPeer):
             return None  # reachable only over the channel it opened
         known = set(tried)
-        fresh = tuple(e for e in await self.resolve_remote(peer.id) if e not in known)
+        fresh: tuple[EndPoint, ...] = ()
+        async with anyio.create_task_group() as tg:
+
+            async def near() -> None:  # a peer on the LAN that listens elsewhere now
+                nonlocal fresh
+                found = tuple(e for e in await self._near_endpoints(peer.id) if e not in known)
+                if found:
+                    fresh = found
+                    tg.cancel_scope.cancel()
+
+            async def remote() -> None:
+                nonlocal fresh
+                found = tuple(e for e in await self.resolve_remote(peer.id) if e not in known)
+                if found and not fresh:
+                    fresh = found
+                    tg.cancel_scope.cancel()
+
+            tg.start_soon(near)
+            tg.start_soon(remote)
         return Peer(self._peer_ops, peer.id, fresh, peer.nickname) if fresh else None
+
+    async def _near_endpoints(self, peer_id: PeerId) -> tuple[EndPoint, ...]:
+        # Where people-near-me discovery sees ``peer_id``; signed in near me, waiting up to
+        # NEAR_WAIT seconds for its record (a node that just signed in hears its LAN within a few
+        # hundred milliseconds).
+        record = self.record_of(peer_id)
+        if record is not None or not self._scope() & Scope.NEAR_ME:
+            return record.endpoints if record is not None else ()
+        with anyio.move_on_after(NEAR_WAIT):
+            async with self.watch(initial=True) as watch:
+                async for event in watch:
+                    if event.peer.id == peer_id and event.change is not ChangeType.DELETED:
+                        return event.peer.endpoints
+        return ()
 
     async def resolve_remote(self, peer_id: PeerId) -> tuple[EndPoint, ...]:
         """Where the providers that serve the Internet scope find ``peer_id`` now (none: empty)."""

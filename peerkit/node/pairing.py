@@ -360,7 +360,7 @@ class PairingMethods:
 
     async def join_pairing(
         self,
-        code: str,
+        code: str | Code,
         *,
         at: tuple[str, int] | None = None,
         lan: bool = True,
@@ -368,16 +368,24 @@ class PairingMethods:
     ) -> Contact:
         """Join the pairing someone waits on with ``code``: both become each other's contacts.
 
+        :param code: the code as the person typed it (any case, words joined by ``-`` or spaces),
+            or a :class:`Pairing`'s ``code``.
         :param at: (host, port) of the waiting node; by default it is looked for on the LAN
             (mDNS) and, when this node is signed in to the Internet scope with a ``dht``
             provider, through the DHT.
         :param lan: look on the LAN (mDNS).
         :param timeout: seconds for finding it and the exchange.
         :raises ValueError: when ``code`` is not a pairing code.
+        :raises TypeError: when ``code`` is neither text nor a code.
         :raises PairingFailed: when nobody waits with it, or the code is wrong (it is then used up).
         :raises NotRunning: when the node is not running.
         """
-        wanted = parse_code(code)
+        if isinstance(code, Code):
+            wanted = code
+        elif isinstance(code, str):
+            wanted = parse_code(code)
+        else:
+            raise TypeError(f"a pairing code is text like '7-guitar-walrus', not {type(code).__name__}")
         self._check_running()
         with anyio.fail_after(timeout):
             places: list[Place] = [at] if at is not None else await self._find(wanted, lan, timeout)

@@ -77,7 +77,9 @@ async def test_a_code_expires_and_one_pairing_at_a_time() -> None:
             with pytest.raises(PairingFailed, match="used up or expired"):
                 await bob.join_pairing(str(pairing.code), at=("127.0.0.1", alice.endpoint.port))
         with pytest.raises(PairingFailed, match="could not be reached"):  # nobody waits there now
-            await bob.join_pairing(str(pairing.code), at=("127.0.0.1", alice.endpoint.port))
+            await bob.join_pairing(pairing.code, at=("127.0.0.1", alice.endpoint.port))  # a Code too
+        with pytest.raises(TypeError, match="not int"):
+            await bob.join_pairing(7, at=("127.0.0.1", alice.endpoint.port))  # type: ignore[arg-type]
         with pytest.raises(ValueError, match="not a pairing code"):
             await bob.join_pairing("guitar walrus")
         with pytest.raises(ValueError, match="not a word of pairing codes"):

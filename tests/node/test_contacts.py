@@ -221,6 +221,23 @@ async def test_a_card_exported_as_text_or_file_imports_with_its_details(tmp_path
             added_by_id.export_card()
 
 
+async def test_a_contacts_newer_card_updates_it_and_an_older_one_changes_nothing() -> None:
+    async with pair() as (alice, bob):
+        first = bob.contacts.me.export_card()
+        kept = await alice.contacts.import_card(first)
+        await alice.contacts.update(kept.replace(subscribe_allowed=SubscribePermission.BLOCKED))
+        bob.nickname = "bobby"
+        newer = bob.contacts.me.export_card()
+        renewed = await alice.contacts.import_card(newer, update=True)
+        assert (renewed.nickname, renewed.card) == ("bobby", read_card(newer).envelope)
+        assert renewed.subscribe_allowed is SubscribePermission.BLOCKED  # the permission stays
+        assert (await alice.contacts.get(bob.id)).nickname == "bobby"
+        older = await alice.contacts.import_card(first, update=True)
+        assert (older.nickname, older.card) == ("bobby", read_card(newer).envelope)
+        with pytest.raises(ContactExists):
+            await alice.contacts.import_card(newer)  # without update=True
+
+
 def _tamper(text: str) -> str:
     envelope = bytearray(base64.urlsafe_b64decode(text[len(CARD_PREFIX) :] + "=" * (-len(text) % 4)))
     where = bytes(envelope).index(b"bob")

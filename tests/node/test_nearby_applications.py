@@ -6,9 +6,18 @@ import uuid
 
 import anyio
 import pytest
+from conftest import CHAT, accept_chat
 from test_nearby import near, next_change
 
-from peerkit import Application, ChangeType, InvalidRecord, PeerUnreachable, Scope
+from peerkit import (
+    Application,
+    ChangeType,
+    EndPoint,
+    InvalidRecord,
+    InvitationResponse,
+    PeerUnreachable,
+    Scope,
+)
 from peerkit.discovery import MAX_RECORD_APPLICATIONS, make_record, read_record, record_applications
 from peerkit.identity import Identity
 from peerkit.proto import records
@@ -53,26 +62,25 @@ async def test_nearby_and_find_nearby_by_application() -> None:
 
 
 async def test_watch_nearby_follows_installs_and_removals() -> None:
-    async with near(3) as (alice, bob, carol):
-        async with alice.watch_nearby(application=GAME) as watch:
-            await carol.register_application(OTHER)  # not the game: nothing comes
-            await bob.register_application(GAME)
-            added = await next_change(watch)
-            assert (added.change, added.peer.id) == (ChangeType.ADDED, bob.id)
-            assert GAME.id in added.peer.applications
-            bob.nickname = "bobby"  # a change of a peer that has it
-            updated = await next_change(watch)
-            assert (updated.change, updated.peer.nickname) == (ChangeType.UPDATED, "bobby")
-            await bob.unregister_application(GAME)
-            removed = await next_change(watch)
-            assert (removed.change, removed.peer.id) == (ChangeType.DELETED, bob.id)
-            await carol.register_application(GAME)
-            assert (await next_change(watch)).peer.id == carol.id
-            await carol.sign_out(Scope.NEAR_ME)  # leaving: DELETED as well
-            gone = await next_change(watch)
-            assert (gone.change, gone.peer.id) == (ChangeType.DELETED, carol.id)
-            with pytest.raises(TimeoutError):
-                await next_change(watch, timeout=0.3)  # carol's OTHER and bob, without it: nothing
+    async with near(3) as (alice, bob, carol), alice.watch_nearby(application=GAME) as watch:
+        await carol.register_application(OTHER)  # not the game: nothing comes
+        await bob.register_application(GAME)
+        added = await next_change(watch)
+        assert (added.change, added.peer.id) == (ChangeType.ADDED, bob.id)
+        assert GAME.id in added.peer.applications
+        bob.nickname = "bobby"  # a change of a peer that has it
+        updated = await next_change(watch)
+        assert (updated.change, updated.peer.nickname) == (ChangeType.UPDATED, "bobby")
+        await bob.unregister_application(GAME)
+        removed = await next_change(watch)
+        assert (removed.change, removed.peer.id) == (ChangeType.DELETED, bob.id)
+        await carol.register_application(GAME)
+        assert (await next_change(watch)).peer.id == carol.id
+        await carol.sign_out(Scope.NEAR_ME)  # leaving: DELETED as well
+        gone = await next_change(watch)
+        assert (gone.change, gone.peer.id) == (ChangeType.DELETED, carol.id)
+        with pytest.raises(TimeoutError):
+            await next_change(watch, timeout=0.3)  # carol's OTHER and bob, without it: nothing
 
 
 async def test_watch_nearby_initial_lists_those_who_have_it_now() -> None:
@@ -100,3 +108,23 @@ def test_a_record_holds_at_most_32_applications_and_refuses_malformed_ones() -> 
     for bad in ([b"short"], b"\x00" * 16, [GAME.id.bytes] * (MAX_RECORD_APPLICATIONS + 1), [str(GAME.id)]):
         with pytest.raises(InvalidRecord, match='"apps" must be a list of at most 32 16-byte'):
             read_record(records.sign_record(alice, 3, {**content, "apps": bad}))
+
+
+async def test_a_contact_that_listens_elsewhere_now_is_found_near_me() -> None:
+    # bob was added where he listened once; he now listens at another port on the LAN, and his
+    # record reaches alice only after she invites him (as when a command signs in and invites at
+    # once). The invitation waits for him among the people near her.
+    async with near(2) as (alice, bob):
+        await accept_chat(alice, bob)
+        await bob.sign_out(Scope.NEAR_ME)
+        stale = EndPoint(bob.endpoint.host, bob.endpoint.port + 1)  # nothing listens there
+        contact = await alice.contacts.add(bob.id, nickname="bob", endpoints=[stale])
+        async with anyio.create_task_group() as tg:
+
+            async def later() -> None:
+                await anyio.sleep(0.3)
+                await bob.sign_in(Scope.NEAR_ME)
+
+            tg.start_soon(later)
+            with anyio.fail_after(5):
+                assert await contact.invite(CHAT, timeout=5) is InvitationResponse.ACCEPTED

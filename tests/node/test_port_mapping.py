@@ -15,7 +15,7 @@ from peerkit.nat.igd import IgdClient
 from peerkit.nat.upnp import UpnpError
 from peerkit.node import mapping
 from peerkit.node.mapping import PortMapping, default_on
-from peerkit.testing import MemoryNetwork
+from peerkit.testing import MemoryNetwork, nodes
 
 
 def test_the_environment_turns_the_default_off(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -27,6 +27,17 @@ def test_the_environment_turns_the_default_off(monkeypatch: pytest.MonkeyPatch) 
     assert default_on()
     assert Node(identity=Identity.generate()).config.port_mapping
     assert not Node(identity=Identity.generate(), port_mapping=False).config.port_mapping
+    # A network of one's own (the testing kit's, in memory) has no router to ask.
+    assert not Node(identity=Identity.generate(), network=MemoryNetwork()).config.port_mapping
+    assert Node(identity=Identity.generate(), network=MemoryNetwork(), port_mapping=True).config.port_mapping
+
+
+@pytest.mark.anyio
+async def test_the_testing_kits_nodes_ask_no_router_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("PEERKIT_PORT_MAPPING")  # as in an application's own tests
+    async with nodes(2) as (alice, _):
+        assert not alice.config.port_mapping
+        assert alice.reach().mapped is None
 
 
 @pytest.mark.anyio

@@ -6,7 +6,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import anyio
 import pytest
 from conftest import ON_BACKEND
 
@@ -59,18 +58,9 @@ def test_contacts_and_presence(backend: str) -> None:
     ]
 
 
-@pytest.mark.parametrize("example", ["invite_and_chat.py", "people_near_me.py", "contacts_and_presence.py"])
-def test_the_readme_shows_the_examples_as_they_are(example: str) -> None:
-    readme = (EXAMPLES.parent / "README.md").read_text()
-    code = (EXAMPLES / example).read_text().split('"""\n\n', 1)[1]
-    assert code in readme
-
-
-@pytest.mark.parametrize("backend", ["asyncio", "trio"])
-def test_the_readmes_testing_example_runs(backend: str) -> None:
-    readme = (EXAMPLES.parent / "README.md").read_text()
-    blocks = [b.split("```", 1)[0] for b in readme.split("```python\n")[1:]]
-    (code,) = [b for b in blocks if "node_pair" in b]
-    namespace: dict[str, object] = {}
-    exec(compile(code, "README.md", "exec"), namespace)
-    anyio.run(namespace["test_bob_accepts"], backend=backend)  # type: ignore[arg-type]
+def test_a_discovery_provider_of_ones_own(backend: str) -> None:
+    result = run_example("folder_discovery.py", backend)
+    assert result.stdout.splitlines() == [
+        "the folder provider passes the conformance check",
+        "alice found bob through the folder",
+    ]

@@ -210,6 +210,8 @@ async def test_serve_and_near_across_namespaces(lan: NamespaceLan, tmp_path: Pat
     bridge = lan.bridge()
     (ns_a, (addr_a,)), (ns_b, _) = lan.host(bridge), lan.host(bridge)
     cli = [sys.executable, "-c", "from peerkit.cli import main; main()"]
+    # The commands' own default discovery (the suite's is nobody, for the host's sake).
+    env = {k: v for k, v in os.environ.items() if k != "PEERKIT_DISCOVERY"}
     server = await anyio.open_process(
         [
             "ip",
@@ -225,6 +227,7 @@ async def test_serve_and_near_across_namespaces(lan: NamespaceLan, tmp_path: Pat
             str(tmp_path),
         ],
         stdin=subprocess.DEVNULL,
+        env=env,
     )
     try:
         assert server.stdout is not None
@@ -233,7 +236,9 @@ async def test_serve_and_near_across_namespaces(lan: NamespaceLan, tmp_path: Pat
         assert first["discovery"] == ["mdns"]
         assert first["scope"] == "ALL"
         near = await anyio.run_process(
-            ["ip", "netns", "exec", ns_b, *cli, "near", "--once", "--wait", "3", "--json"], check=False
+            ["ip", "netns", "exec", ns_b, *cli, "near", "--once", "--wait", "3", "--json"],
+            check=False,
+            env=env,
         )
         assert near.returncode == 0, near.stderr.decode()
         rows = json.loads(near.stdout)
