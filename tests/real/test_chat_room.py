@@ -1,0 +1,66 @@
+"""examples/chat: a room on loopback. alice hosts and invites bob, then carol; carol, late, gets
+the history first; presence and leaving are shown to the others; the host's /quit closes the room."""
+
+from __future__ import annotations
+
+import socket
+import sys
+from pathlib import Path
+
+import pexpect
+import pytest
+
+ROOM = Path(__file__).resolve().parents[2] / "examples" / "chat" / "room.py"
+
+
+def port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def person(nickname: str, *args: str) -> pexpect.spawn:
+    return pexpect.spawn(sys.executable, [str(ROOM), nickname, *args], encoding="utf-8", timeout=15)
+
+
+@pytest.mark.timeout(90)
+def test_a_room_of_three_with_history_presence_and_leaving() -> None:
+    places = {name: f"127.0.0.1:{port()}" for name in ("alice", "bob", "carol")}
+    alice = person("alice", "--host", "--listen", places["alice"])
+    bob = person("bob", "--listen", places["bob"])
+    carol = person("carol", "--listen", places["carol"])
+    try:
+        alice.expect("alice's room is open")
+        bob.expect("waits for an invitation")
+        carol.expect("waits for an invitation")
+        alice.sendline(f"/invite {places['bob']}")
+        bob.expect(r"\* alice invites you: join alice's room")
+        bob.expect(r"\* in the room: alice")
+        alice.expect(r"\* bob joined")
+        alice.sendline("hi bob")
+        bob.expect(r"\[alice\] hi bob")
+        bob.sendline("hello alice")
+        alice.expect(r"\[bob\] hello alice")
+        alice.sendline(f"/invite {places['carol']}")
+        carol.expect(r"\[alice\] hi bob")  # the history, first
+        carol.expect(r"\[bob\] hello alice")
+        carol.expect(r"\* in the room: alice, bob")
+        bob.expect(r"\* carol joined")
+        bob.sendline("/away lunch")
+        alice.expect(r"\* bob is away: lunch")
+        carol.expect(r"\* bob is away: lunch")
+        carol.sendline("bye all")
+        bob.expect(r"\[carol\] bye all")
+        carol.sendline("/quit")
+        carol.expect(pexpect.EOF)
+        alice.expect(r"\* carol left")
+        bob.expect(r"\* carol left")
+        alice.sendline("/who")
+        alice.expect(r"\* in the room: alice, bob\r\n")
+        alice.sendline("/quit")
+        alice.expect(pexpect.EOF)
+        bob.expect(r"\* the room is closed")
+        bob.expect(pexpect.EOF)
+    finally:
+        for child in (alice, bob, carol):
+            child.terminate(force=True)
