@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import signal
@@ -10,17 +12,26 @@ import sys
 import time
 import uuid
 from pathlib import Path
+from unittest import mock
 
 import anyio
 import pytest
 from conftest import WAITING_PEER
 
 import peerkit
+from peerkit.cli import main
 
 PEERKIT = [sys.executable, "-c", "from peerkit.cli import main; main()"]
 
 
+#: Commands that only read or write the data dir, which run in this process (a second instead of
+#: a new interpreter each); the others run in a subprocess, as users run them.
+OFFLINE = {"id", "contacts"}
+
+
 def run(*args: str, env: dict[str, str] | None = None, answer: str = "") -> subprocess.CompletedProcess[str]:
+    if args[0] in OFFLINE and "add-nearby" not in args:
+        return run_here(*args, env=env, answer=answer)
     return subprocess.run(
         [sys.executable, "-c", "from peerkit.cli import main; main()", *args],
         input=answer,
@@ -30,6 +41,29 @@ def run(*args: str, env: dict[str, str] | None = None, answer: str = "") -> subp
         env={**os.environ, **(env or {})},
         check=False,
     )
+
+
+def run_here(*args: str, env: dict[str, str] | None, answer: str) -> subprocess.CompletedProcess[str]:
+    """``peerkit ARGS`` through its entry point in this process: its output and exit code."""
+    out, err = io.StringIO(), io.StringIO()
+    saved = dict(os.environ)
+    os.environ.update(env or {})
+    try:
+        with (
+            mock.patch.object(sys, "argv", ["peerkit", *args]),
+            mock.patch.object(sys, "stdin", io.StringIO(answer)),
+            contextlib.redirect_stdout(out),
+            contextlib.redirect_stderr(err),
+        ):
+            try:
+                main()
+                code = 0
+            except SystemExit as exit_:
+                code = exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 1)
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+    return subprocess.CompletedProcess(["peerkit", *args], code, out.getvalue(), err.getvalue())
 
 
 def test_version() -> None:

@@ -339,34 +339,34 @@ async def test_a_watched_contact_goes_offline_when_its_cable_is_pulled_or_it_is_
         assert anyio.current_time() - start_time <= 3 * KEEPALIVE + 1.5
 
 
-@pytest.mark.parametrize("first", ["peer", "squatter"])
-async def test_a_squatter_on_a_peers_mdns_name_hides_nobody(lan: NamespaceLan, first: str) -> None:
-    # A stranger with its own valid key announces under alice's exact instance name (plain
-    # python-zeroconf, nickname "alice"), before or after alice starts: bob lists both, each under
-    # its own id, never loses alice while the squatter is on the air, and can invite her.
+async def test_a_squatter_on_a_peers_mdns_name_hides_nobody(lan: NamespaceLan) -> None:
+    # Strangers with keys of their own announce under alice's exact instance name (plain
+    # python-zeroconf, nickname "alice"): one before alice starts, one after. bob lists all three,
+    # each under its own id, never loses alice while they are on the air, and can invite her.
     bridge = lan.bridge()
-    (ns_a, _), (ns_b, _), (ns_m, (addr_m,)) = lan.host(bridge), lan.host(bridge), lan.host(bridge)
+    (ns_a, _), (ns_b, _) = lan.host(bridge), lan.host(bridge)
+    (ns_early, (addr_early,)), (ns_late, (addr_late,)) = lan.host(bridge), lan.host(bridge)
     seed = os.urandom(32)
     alice_id = str(Identity.from_seed(seed).id)
-    squat = ["squat", "--name", f"alice-{alice_id[:8]}", "--address", addr_m, "--ttl", str(TTL)]
+
+    def squat(address: str) -> list[str]:
+        return ["squat", "--name", f"alice-{alice_id[:8]}", "--address", address, "--ttl", str(TTL)]
+
     async with agents(AGENT) as start:
         bob = await start(ns_b, *node_args("bob"))
-        if first == "squatter":
-            squatter = await start(ns_m, *squat)
-            await bob.expect(change("ADDED", id=squatter.ready))
-            await start(ns_a, *node_args("alice", "--seed", seed.hex()))
-            await bob.expect(change("ADDED", id=alice_id), timeout=15)
-        else:
-            await start(ns_a, *node_args("alice", "--seed", seed.hex()))
-            await bob.expect(change("ADDED", id=alice_id))
-            squatter = await start(ns_m, *squat)
-            await bob.expect(change("ADDED", id=squatter.ready))
+        early = await start(ns_early, *squat(addr_early))
+        await bob.expect(change("ADDED", id=early.ready))
+        await start(ns_a, *node_args("alice", "--seed", seed.hex()))
+        await bob.expect(change("ADDED", id=alice_id), timeout=15)
+        late = await start(ns_late, *squat(addr_late))
+        await bob.expect(change("ADDED", id=late.ready))
         await anyio.sleep(4 * TTL)  # records refreshed and expired several times over
         assert not bob.seen(change("DELETED", id=alice_id))
         await bob.send(cmd="invite", id=alice_id)
         assert (await bob.expect(lambda line: "invite" in line))["invite"] == "ACCEPTED"
-        # The squatter leaves: its goodbye takes only its own id.
-        await squatter.send(cmd="quit")
-        await bob.expect(change("DELETED", id=squatter.ready))
+        # The squatters leave: each goodbye takes only its own id.
+        for squatter in (early, late):
+            await squatter.send(cmd="quit")
+            await bob.expect(change("DELETED", id=squatter.ready))
         await anyio.sleep(2 * TTL)
         assert not bob.seen(change("DELETED", id=alice_id))
