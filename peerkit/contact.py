@@ -309,6 +309,8 @@ class Contact(Peer):
         """Stop watching this contact; nothing happens if it is not watched.
 
         :raises UnknownContact: when the contact was deleted.
+
+        Cancelling it does not undo a change the store has begun to save.
         """
         await self._ops.unsubscribe_contact(self)
 

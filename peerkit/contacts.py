@@ -247,6 +247,11 @@ class ContactManager:
     Reads and writes go to the SQLite database in the node's data dir (or a database in memory for
     a node made from an identity without a data dir). Every method that changes the store raises an
     event (:class:`~peerkit.ContactChanged`, :class:`~peerkit.SubscriptionListChanged`).
+
+    Cancellation: a method that only reads stops waiting when cancelled (the read ends on the
+    store's thread); one that writes cannot be cancelled once its write has begun: it waits for the
+    commit, so that what its caller does next sees the change. :meth:`add_from` stops asking the
+    peer for its card when cancelled before the card came.
     """
 
     def __init__(self, host: ContactsHost, store: Store, bus: Bus[Event]) -> None:

@@ -125,6 +125,8 @@ class Peer:
         :raises PeerUnreachable: when no endpoint answers within ``timeout`` seconds.
         :raises ProtocolError: when the answer is malformed.
         :raises NotRunning: when the node is not running.
+
+        If cancelled, the request is abandoned (its reply, if one comes, is dropped).
         """
         result: Presence = await self._ops.fetch(self, "presence", timeout)
         return result
@@ -137,6 +139,8 @@ class Peer:
         :raises PeerUnreachable: when no endpoint answers within ``timeout`` seconds.
         :raises ProtocolError: when the answer is malformed.
         :raises NotRunning: when the node is not running.
+
+        If cancelled, the request is abandoned (its reply, if one comes, is dropped).
         """
         result: list[Application] = await self._ops.fetch(self, "apps", timeout)
         return result
@@ -148,6 +152,8 @@ class Peer:
         :raises PeerUnreachable: when no endpoint answers within ``timeout`` seconds.
         :raises ProtocolError: when the answer is malformed.
         :raises NotRunning: when the node is not running.
+
+        If cancelled, the request is abandoned (its reply, if one comes, is dropped).
         """
         result: list[PeerObject] = await self._ops.fetch(self, "objects", timeout)
         return result

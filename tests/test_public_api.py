@@ -81,3 +81,16 @@ def test_every_public_module_class_function_and_method_is_documented() -> None:
                     if inspect.isfunction(func) and not func.__doc__:
                         missing.append(f"{info.name}.{name}.{attr}")
     assert missing == []
+
+
+def test_every_coroutine_of_the_main_classes_says_what_cancelling_it_does() -> None:
+    # In its own docstring, or (for the contact store, whose methods share one rule) its class's.
+    missing = []
+    for cls in (peerkit.Node, peerkit.Peer, peerkit.NearbyPeer, peerkit.Contact, peerkit.ContactManager):
+        for name, method in inspect.getmembers(cls, inspect.iscoroutinefunction):
+            if name.startswith("_"):
+                continue
+            said = "cancel" in (method.__doc__ or "").lower() or "Cancellation:" in (cls.__doc__ or "")
+            if not said:
+                missing.append(f"{cls.__name__}.{name}")
+    assert missing == []

@@ -567,6 +567,8 @@ class Node(EventMethods, FindingMethods, PairingMethods):
         :raises ValueError: for Offline: others see Offline after :meth:`sign_out`.
         :raises NotSignedIn: when the node is not signed in.
         :raises NotRunning: when the node is not running.
+
+        The change is made before the call first waits: cancelling the call does not undo it.
         """
         if not isinstance(presence, Presence):
             raise TypeError(f"set_presence takes a Presence, not {type(presence).__name__}")
@@ -653,6 +655,9 @@ class Node(EventMethods, FindingMethods, PairingMethods):
         :raises ValueError: for a number that is not a scope.
         :raises TypeError: for a value that is not a number.
         :raises NotRunning: when the node is not running.
+
+        The node counts as signed out of ``scope`` at once; cancelling the call stops waiting for
+        the providers' goodbyes (each gives up after 5 s anyway).
         """
         scope = check_scope(scope, "scope")
         self._check_running()
@@ -707,6 +712,8 @@ class Node(EventMethods, FindingMethods, PairingMethods):
         :raises ValueError: when an application with the same id is already registered.
         :raises LimitExceeded: when 64 applications are already registered.
         :raises NotRunning: when the node is not running.
+
+        The change is made before the call first waits: cancelling the call does not undo it.
         """
         if not isinstance(application, Application):
             raise TypeError(f"expected an Application, not {type(application).__name__}")
@@ -727,6 +734,8 @@ class Node(EventMethods, FindingMethods, PairingMethods):
 
         :raises ValueError: when no application with that id is registered.
         :raises NotRunning: when the node is not running.
+
+        The change is made before the call first waits: cancelling the call does not undo it.
         """
         app_id = id_of(application)
         self._check_running()
@@ -761,6 +770,8 @@ class Node(EventMethods, FindingMethods, PairingMethods):
         :raises LimitExceeded: when 128 objects are published and this is a new one.
         :raises NotSignedIn: when the node is not signed in.
         :raises NotRunning: when the node is not running.
+
+        The change is made before the call first waits: cancelling the call does not undo it.
         """
         if not isinstance(obj, PeerObject):
             raise TypeError(f"set_object takes a PeerObject, not {type(obj).__name__}")
@@ -780,6 +791,8 @@ class Node(EventMethods, FindingMethods, PairingMethods):
 
         :raises ValueError: when no object with that id is published.
         :raises NotRunning: when the node is not running.
+
+        The change is made before the call first waits: cancelling the call does not undo it.
         """
         object_id = obj.id if isinstance(obj, PeerObject) else obj
         if not isinstance(object_id, uuid.UUID):
@@ -962,6 +975,8 @@ class Node(EventMethods, FindingMethods, PairingMethods):
 
         :raises NotRunning: when the node is not running.
         :raises ValueError: when ``timeout`` is not positive or ``peer_id`` is this node's.
+
+        If cancelled, the ways being tried are abandoned and their channels closed.
         """
         self._check_running()
         timeout = check_seconds(timeout, "trace timeout")

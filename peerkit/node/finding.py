@@ -104,6 +104,8 @@ class FindingMethods:
         :raises PeerUnreachable: when no such peer appears in time.
         :raises NotSignedIn: when the node is not signed in to NEAR_ME.
         :raises NotRunning: when the node is not running.
+
+        If cancelled, it stops waiting; nothing else changes.
         """
         wanted = _application_id(application)
         if nickname is not None and peer_id is not None:
@@ -120,6 +122,8 @@ class FindingMethods:
 
         :raises PeerUnreachable: when no provider knows it.
         :raises NotRunning: when the node is not running.
+
+        If cancelled, the lookups under way are abandoned.
         """
         self._check_running()
         return await self._nearby.resolve(peer_id)

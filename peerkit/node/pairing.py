@@ -379,6 +379,9 @@ class PairingMethods:
         :raises TypeError: when ``code`` is neither text nor a code.
         :raises PairingFailed: when nobody waits with it, or the code is wrong (it is then used up).
         :raises NotRunning: when the node is not running.
+
+        If cancelled, the connection to the waiting node is closed; if the exchange had begun,
+        the code is used up there and the waiting side fails.
         """
         if isinstance(code, Code):
             wanted = code
