@@ -23,11 +23,13 @@ from benchmarks import (
     bench_handshake,
     bench_invite,
     bench_nat,
+    bench_peers,
     bench_records,
     bench_relay,
     bench_stream,
     bench_transport,
 )
+from benchmarks.harness import Result, Skipped
 
 # Each benchmark has NAME, STEPS (progress steps of a full run) and run(progress, quick).
 BENCHMARKS: dict[str, Any] = {
@@ -48,6 +50,7 @@ BENCHMARKS: dict[str, Any] = {
         bench_contacts,
         bench_attacks.BENCHMARK,
         bench_dht,
+        bench_peers,
     )
 }
 
@@ -66,13 +69,15 @@ def main(argv: list[str] | None = None) -> int:
     selected = [BENCHMARKS[n] for n in args.names or BENCHMARKS]
 
     console = Console(width=None if sys.stdout.isatty() else 150)
-    results = []
+    results: list[Result] = []
+    skipped: list[Skipped] = []
     with Bar(console=console, transient=True, disable=not console.is_terminal) as bar:
         for module in selected:
             task = bar.add_task(
                 module.NAME, total=module.STEPS // (5 if args.quick else 1) * (2 if args.quick else 1)
             )
-            results += module.run(lambda task=task: bar.advance(task), quick=args.quick)
+            for row in module.run(lambda task=task: bar.advance(task), quick=args.quick):
+                (skipped if isinstance(row, Skipped) else results).append(row)
 
     table = Table(
         title="peerkit benchmarks (medians over interleaved rounds; ratio = median of per-round ratios)"
@@ -92,6 +97,8 @@ def main(argv: list[str] | None = None) -> int:
             f"{r.ratio:.2f}x",
             (f">= {r.target}x" + mark) if r.target is not None else "",
         )
+    for s in skipped:
+        table.add_row(s.benchmark, s.figure, "", s.reference, f"skipped: {s.reason}", "", "")
     console.print(table)
     if args.json:
         with open(args.json, "w") as f:
@@ -100,6 +107,7 @@ def main(argv: list[str] | None = None) -> int:
                     "python": sys.version,
                     "machine": platform.machine(),
                     "results": [r.as_dict() for r in results],
+                    "skipped": [s.as_dict() for s in skipped],
                 },
                 f,
                 indent=2,

@@ -37,6 +37,19 @@ class Result:
         return {**asdict(self), "met": self.met}
 
 
+@dataclass(frozen=True, slots=True)
+class Skipped:
+    """A figure that could not be measured in this run (a peer library not installed, say)."""
+
+    benchmark: str
+    figure: str
+    reference: str
+    reason: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
 def rate(fn: Callable[[], object], seconds: float) -> float:
     """Calls per second of ``fn``, over about ``seconds`` of wall time.
 
