@@ -62,7 +62,19 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--json", metavar="FILE", help="also write the results as JSON to FILE")
     parser.add_argument("--quick", action="store_true", help="short runs (a smoke test, not a measurement)")
+    parser.add_argument(
+        "--plot", metavar="DIR", help="also draw the results as PNGs in DIR (needs matplotlib)"
+    )
+    parser.add_argument(
+        "--plot-from", metavar="FILE", help="draw the results of an earlier --json FILE, run nothing"
+    )
     args = parser.parse_args(argv)
+    if args.plot_from:
+        if not args.plot:
+            parser.error("--plot-from needs --plot DIR")
+        with open(args.plot_from) as f:
+            _draw(json.load(f)["results"], args.plot)
+        return 0
     unknown = [n for n in args.names if n not in BENCHMARKS]
     if unknown:
         parser.error(f"unknown benchmark {', '.join(unknown)}; known: {', '.join(BENCHMARKS)}")
@@ -112,7 +124,21 @@ def main(argv: list[str] | None = None) -> int:
                 f,
                 indent=2,
             )
+    if args.plot:
+        _draw([r.as_dict() for r in results], args.plot)
     return 0
+
+
+def _draw(results: list[dict[str, Any]], directory: str) -> None:
+    from pathlib import Path
+
+    from benchmarks.plots import plot
+
+    try:
+        written = plot(results, Path(directory))
+    except ModuleNotFoundError as exc:
+        raise SystemExit(f"--plot needs matplotlib ({exc}): pip install -e '.[plot]'") from None
+    print(f"wrote {len(written)} plots into {directory}")
 
 
 if __name__ == "__main__":

@@ -14,7 +14,16 @@ ROOT = Path(__file__).parent.parent
 def test_every_benchmark_runs_and_writes_json(tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
     result = subprocess.run(
-        [sys.executable, "-m", "benchmarks", "--quick", "--json", str(out)],
+        [
+            sys.executable,
+            "-m",
+            "benchmarks",
+            "--quick",
+            "--json",
+            str(out),
+            "--plot",
+            str(tmp_path / "plots"),
+        ],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -56,6 +65,20 @@ def test_every_benchmark_runs_and_writes_json(tmp_path: Path) -> None:
         assert row["reference_value"] > 0
         assert row["ratio"] > 0
     assert "peerkit benchmarks" in result.stdout
+    # The plots: one per family that has figures, and the latency percentiles.
+    drawn = {p.stem for p in (tmp_path / "plots").glob("*.png")}
+    assert drawn == {b for b, _ in names} | {"latency"}
+    assert all(p.stat().st_size > 5_000 for p in (tmp_path / "plots").glob("*.png"))
+    again = subprocess.run(  # from the JSON alone, without running anything
+        [sys.executable, "-m", "benchmarks", "--plot-from", str(out), "--plot", str(tmp_path / "again")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert again.returncode == 0, again.stderr
+    assert {p.stem for p in (tmp_path / "again").glob("*.png")} == drawn
 
 
 def test_an_unknown_benchmark_is_a_clear_error() -> None:

@@ -1,0 +1,97 @@
+"""``python -m benchmarks --plot DIR`` (or ``--plot-from FILE --plot DIR``): the results as PNGs.
+
+- ``FAMILY.png`` for each benchmark: one panel per figure, peerkit's bar beside its reference's
+  (a baseline, or a peer library), in the figure's unit, with the ratio over the pair.
+- ``latency.png``: the latency figures (the p50 and p99 rows of the invitation and fan-out
+  benchmarks), peerkit beside its reference for each percentile.
+
+Needs matplotlib (``pip install -e '.[plot]'``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+__all__ = ("LATENCY_FAMILIES", "plot")
+
+#: The benchmarks whose p50 and p99 rows make ``latency.png``.
+LATENCY_FAMILIES = ("invite_cold", "fanout")
+PEERKIT_COLOUR, REFERENCE_COLOUR = "#2b6cb0", "#a0aec0"
+
+
+def _short(text: str, width: int = 38) -> str:
+    words, lines, line = text.split(), [], ""
+    for word in words:
+        if line and len(line) + 1 + len(word) > width:
+            lines.append(line)
+            line = word
+        else:
+            line = f"{line} {word}".strip()
+    lines.append(line)
+    return "\n".join(lines[:4])
+
+
+def plot(results: list[dict[str, Any]], directory: Path) -> list[Path]:
+    """Write the PNGs of ``results`` (rows as the JSON holds them) into ``directory``; returns
+    their paths.
+
+    :raises ModuleNotFoundError: when matplotlib is not installed.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, no display
+    from matplotlib import pyplot
+
+    directory.mkdir(parents=True, exist_ok=True)
+    families: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for row in results:
+        families[row["benchmark"]].append(row)
+    written = []
+    for family, rows in families.items():
+        columns = min(3, len(rows))
+        lines = math.ceil(len(rows) / columns)
+        figure, axes = pyplot.subplots(lines, columns, figsize=(5.2 * columns, 3.6 * lines), squeeze=False)
+        for axis in axes.flat[len(rows) :]:
+            axis.set_visible(False)
+        for axis, row in zip(axes.flat, rows, strict=False):
+            values = [row["value"], row["reference_value"]]
+            bars = axis.bar(
+                ["peerkit", _short(row["reference"], 24)], values, color=[PEERKIT_COLOUR, REFERENCE_COLOUR]
+            )
+            axis.bar_label(bars, labels=[f"{v:,.3g}" for v in values], fontsize=8)
+            axis.set_ylabel(row["unit"])
+            axis.set_title(f"{_short(row['figure'])}\nratio {row['ratio']:.2f}x", fontsize=8)
+            axis.tick_params(axis="x", labelsize=7)
+            axis.margins(y=0.15)
+        figure.suptitle(f"{family}: peerkit beside its reference", fontsize=11)
+        figure.tight_layout()
+        path = directory / f"{family}.png"
+        figure.savefig(path, dpi=90)
+        pyplot.close(figure)
+        written.append(path)
+    latency = [
+        r
+        for r in results
+        if r["benchmark"] in LATENCY_FAMILIES and ("p50" in r["figure"] or "p99" in r["figure"])
+    ]
+    if latency:
+        figure, axis = pyplot.subplots(figsize=(8, 4))
+        labels = [f"{r['benchmark']}\n{'p99' if 'p99' in r['figure'] else 'p50'}" for r in latency]
+        positions = range(len(latency))
+        ours = [r["value"] for r in latency]
+        theirs = [r["reference_value"] for r in latency]
+        axis.bar([p - 0.2 for p in positions], ours, 0.4, label="peerkit", color=PEERKIT_COLOUR)
+        axis.bar([p + 0.2 for p in positions], theirs, 0.4, label="reference", color=REFERENCE_COLOUR)
+        axis.set_xticks(list(positions), labels, fontsize=8)
+        axis.set_ylabel(latency[0]["unit"])
+        axis.set_title("latency: p50 and p99 beside the reference", fontsize=11)
+        axis.legend()
+        figure.tight_layout()
+        path = directory / "latency.png"
+        figure.savefig(path, dpi=90)
+        pyplot.close(figure)
+        written.append(path)
+    return written
