@@ -31,6 +31,7 @@ from benchmarks.harness import Progress, Result
 from peerkit.identity import Identity, PeerId
 from peerkit.model import EndPoint, Scope
 from peerkit.node import Node
+from peerkit.proto.admission import AdmissionPolicy
 
 NAME = "contacts"
 CONTACTS = 10_000
@@ -134,8 +135,12 @@ async def _store(n: int, progress: Progress) -> dict[str, float]:
 
 async def _subscription_memory(n: int, progress: Progress) -> tuple[float, float]:
     async with contextlib.AsyncExitStack() as stack:
-        publisher = await stack.enter_async_context(
-            Node(identity=Identity.generate(), listen=("127.0.0.1", 0))
+        publisher = await stack.enter_async_context(  # (its subscribers all dial from 127.0.0.1)
+            Node(
+                identity=Identity.generate(),
+                listen=("127.0.0.1", 0),
+                admission=AdmissionPolicy(rate=10.0**7, burst=10**7),
+            )
         )
         await publisher.sign_in(Scope.INTERNET)
         contacts = [contact for _, contact in await watchers(stack, publisher, n)]

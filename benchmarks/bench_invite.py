@@ -26,11 +26,9 @@ from peerkit.identity import Identity
 from peerkit.invitations import Invitation
 from peerkit.model import Application, InvitationResponse
 from peerkit.node import Node
-from peerkit.proto.admission import RequestPolicy
+from peerkit.proto.admission import AdmissionPolicy, RequestPolicy
 
 COLD_SAMPLES = 400
-#: Seconds between two cold invitations (outside what is timed).
-PACE = 0.025
 WARM_ROUNDS = 7
 APP = Application(id=uuid.UUID("5f1d3b7e-2a44-4c61-9d7b-0e8f6a2b1c00"), description="bench")
 REQUEST = {"t": "invite", "app": APP.id.bytes, "msg": "join?", "data": b"", "ttl": 30}
@@ -45,10 +43,14 @@ async def _setup() -> AsyncIterator[tuple[Node, Node, int]]:
     """alice and bob (bob accepts every invitation), and the port of a plain server."""
     alice = Node(nickname="alice", identity=Identity.generate(), listen=("127.0.0.1", 0))
     # One peer here asks far faster than the default budget (1,000 requests a second) lets any
-    # peer ask: the figure is the node's throughput, so bob's budget is lifted.
-    unbounded = RequestPolicy(rate=10.0**7, burst=10**7)
+    # peer ask, and dials faster than bob's listener lets one source start handshakes (50 a
+    # second): the figures are the node's throughput and latency, so both limits are lifted.
     bob = Node(
-        nickname="bob", identity=Identity.generate(), listen=("127.0.0.1", 0), request_budget=unbounded
+        nickname="bob",
+        identity=Identity.generate(),
+        listen=("127.0.0.1", 0),
+        request_budget=RequestPolicy(rate=10.0**7, burst=10**7),
+        admission=AdmissionPolicy(rate=10.0**7, burst=10**7),
     )
     async with alice, bob, anyio.create_task_group() as tg:
         for node in (alice, bob):
@@ -80,9 +82,6 @@ async def _cold(samples: int, progress: Progress) -> tuple[list[float], list[flo
                 plain.append(plain_took)
             if i % 20 == 0:
                 progress()
-            # New peers arrive at most 40 a second here: bob's listener admits 50 handshake starts
-            # a second from one source (bursts of 100), and every dial here comes from 127.0.0.1.
-            await anyio.sleep(PACE)
     return ours, plain
 
 

@@ -64,13 +64,14 @@ from peerkit.net.relay import RelayStats
 from peerkit.node import Node
 from peerkit.node.reaching import Reach
 from peerkit.peers import NearbyPeer, Peer
-from peerkit.proto.admission import RequestPolicy
+from peerkit.proto.admission import AdmissionPolicy, RequestPolicy
 from peerkit.proto.relay import RelayPolicy
 from peerkit.streams import AppStream
 
 __version__ = "0.1.0"
 
 __all__ = (
+    "AdmissionPolicy",
     "AnswerReason",
     "AppStream",
     "Application",

@@ -15,7 +15,7 @@ from peerkit.model import EndPoint, check_seconds, check_text
 from peerkit.net.control import KeepalivePolicy
 from peerkit.net.transport import TcpTransport, Transport
 from peerkit.node.mapping import default_on
-from peerkit.proto.admission import RequestPolicy
+from peerkit.proto.admission import AdmissionPolicy, RequestPolicy
 from peerkit.proto.connection import HANDSHAKE_TIMEOUT
 from peerkit.proto.relay import RelayPolicy
 
@@ -56,6 +56,7 @@ class NodeConfig:
     store_check: float = 1.0
     #: How many requests each peer may make.
     request_budget: RequestPolicy = field(default_factory=RequestPolicy)
+    admission: AdmissionPolicy | None = None
     #: What this node grants as a relay (None: it is not one).
     relay: RelayPolicy | None = None
     #: The relays this node keeps reservations on (endpoints with ``relay`` set).
@@ -83,6 +84,7 @@ class NodeConfig:
         address_check: float = 10.0,
         store_check: float = 1.0,
         request_budget: RequestPolicy | None = None,
+        admission: AdmissionPolicy | None = None,
         dht_bootstrap: Iterable[tuple[str, int]] | None = None,
         relay: bool | RelayPolicy = False,
         relays: Iterable[EndPoint] = (),
@@ -125,6 +127,8 @@ class NodeConfig:
             raise TypeError(f"keepalive must be a KeepalivePolicy, not {type(keepalive).__name__}")
         if request_budget is not None and not isinstance(request_budget, RequestPolicy):
             raise TypeError(f"request_budget must be a RequestPolicy, not {type(request_budget).__name__}")
+        if admission is not None and not isinstance(admission, AdmissionPolicy):
+            raise TypeError(f"admission must be an AdmissionPolicy, not {type(admission).__name__}")
         if isinstance(queue_size, bool) or not isinstance(queue_size, int):
             raise TypeError(f"queue_size must be an int, not {type(queue_size).__name__}")
         if queue_size < 1:
@@ -149,6 +153,7 @@ class NodeConfig:
             address_check=check_seconds(address_check, "address_check"),
             store_check=check_seconds(store_check, "store_check"),
             request_budget=request_budget or RequestPolicy(),
+            admission=admission,
             relay=(RelayPolicy() if relay is True else relay) or None,
             relays=tuple(dict.fromkeys(through)),
             # A network of the caller's own (in memory, say) has no home router to ask.

@@ -47,7 +47,6 @@ from peerkit.model import (
     PresenceStatus,
     Scope,
     check_scope,
-    check_seconds,
     check_text,
 )
 from peerkit.net.channel import ChannelListener, SecureChannel
@@ -64,7 +63,7 @@ from peerkit.node.locator import Locator
 from peerkit.node.nearby import PROVIDER_TIMEOUT, Nearby, NearbyHandler
 from peerkit.node.pairing import PairingMethods
 from peerkit.node.publishing import Published, Publishing, Visibility
-from peerkit.node.reaching import Reach, Reaching, ReachStep
+from peerkit.node.reaching import Reach, Reaching
 from peerkit.node.receivers import app_id as id_of
 from peerkit.node.requests import Requests
 from peerkit.node.settings import ENDPOINT_NAME, NICKNAME, Settings
@@ -137,6 +136,10 @@ class Node(EventMethods, FindingMethods, PairingMethods):
     :param request_budget: how many requests each peer may make (default: 1,000 a second, bursts
         of 2,000); over it a request is answered with ``error`` "limit", and a peer whose last 100
         requests were all over it is disconnected.
+    :param admission: how many handshakes the listener takes, in all and from one source, and how
+        fast a source may start them (default: :class:`~peerkit.AdmissionPolicy`'s, 50 a second
+        from one address); over TCP its handshakes still hold at most a quarter of the file
+        descriptors.
     :param relay: serve as a relay for peers that cannot be dialled (``True``: for contacts, with
         the default limits; or a :class:`~peerkit.RelayPolicy`).
     :param relays: relays to keep reservations on (``EndPoint(host, port, relay=relay_id)``): while
@@ -168,6 +171,7 @@ class Node(EventMethods, FindingMethods, PairingMethods):
         address_check: float = 10.0,
         store_check: float = 1.0,
         request_budget: RequestPolicy | None = None,
+        admission: AdmissionPolicy | None = None,
         dht_bootstrap: Iterable[tuple[str, int]] | None = None,
         relay: bool | RelayPolicy = False,
         relays: Iterable[EndPoint] = (),
@@ -188,6 +192,7 @@ class Node(EventMethods, FindingMethods, PairingMethods):
             address_check=address_check,
             store_check=store_check,
             request_budget=request_budget,
+            admission=admission,
             dht_bootstrap=dht_bootstrap,
             relay=relay,
             relays=relays,
@@ -376,7 +381,9 @@ class Node(EventMethods, FindingMethods, PairingMethods):
             stack.push_async_callback(listener.aclose)
             # Over TCP, what strangers can make the node hold fits in its file descriptors.
             places = fd_budget().usable if isinstance(self._network, TcpTransport) else None
-            admission = AdmissionPolicy.within(places) if places is not None else None
+            admission = (
+                AdmissionPolicy.within(places, self.config.admission) if places else self.config.admission
+            )
             if places is not None and admission is not None:
                 self._connections.holdings = Holdings(HoldingsPolicy.within(places - admission.max_pending))
             self._listener = ChannelListener(
@@ -966,25 +973,6 @@ class Node(EventMethods, FindingMethods, PairingMethods):
     def _published(self) -> Published:
         apps, objects = self._apps.values(), self._objects.values()
         return Published(presence=self.presence, name=self._endpoint_name, apps=apps, objects=objects)
-
-    async def trace(self, peer_id: PeerId, *, timeout: float = 10.0) -> list[ReachStep]:
-        """How ``peer_id`` can be reached now, tried way by way: looked up through the discovery
-        providers (a contact), then each endpoint on a channel of its own, direct or relayed
-        (within ``timeout`` each), then a hole punched beside a relay that worked. For
-        ``peerkit reach CONTACT``; every channel it opens is closed again.
-
-        :raises NotRunning: when the node is not running.
-        :raises ValueError: when ``timeout`` is not positive or ``peer_id`` is this node's.
-
-        If cancelled, the ways being tried are abandoned and their channels closed.
-        """
-        self._check_running()
-        timeout = check_seconds(timeout, "trace timeout")
-        if peer_id == self.id:
-            raise ValueError("that is this node's own id")
-        known = await self.contacts.find_stored(peer_id)
-        endpoints = known.endpoints if known is not None else ()
-        return await self._reaching.trace(peer_id, endpoints, timeout, resolve=self._nearby.resolve)
 
     def reach(self) -> Reach:
         """How this node can be reached now: its mapped port, its relays, what it relays."""

@@ -8,11 +8,13 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 from peerkit.bus import NearbyWatch
+from peerkit.contacts import ContactManager
 from peerkit.discovery.base import DirectoryStats
 from peerkit.handles import Handle
 from peerkit.identity import PeerId
-from peerkit.model import Application
+from peerkit.model import Application, check_seconds
 from peerkit.node.nearby import Nearby, NearbyHandler
+from peerkit.node.reaching import Reaching, ReachStep
 from peerkit.peers import NearbyPeer, Peer
 
 __all__ = ("FindingMethods",)
@@ -24,6 +26,12 @@ class FindingMethods:
     """Finding peers; mixed into the Node, whose discovery part (``_nearby``) they use."""
 
     _nearby: Nearby
+    _reaching: Reaching
+    contacts: ContactManager
+
+    @property
+    def id(self) -> PeerId:
+        raise NotImplementedError  # (the Node's)
 
     def _check_running(self) -> None:
         raise NotImplementedError  # (the Node's)
@@ -116,6 +124,25 @@ class FindingMethods:
         return await self._nearby.find(
             nickname=nickname, peer_id=peer_id, application=wanted, timeout=timeout
         )
+
+    async def trace(self, peer_id: PeerId, *, timeout: float = 10.0) -> list[ReachStep]:
+        """How ``peer_id`` can be reached now, tried way by way: looked up through the discovery
+        providers (a contact), then each endpoint on a channel of its own, direct or relayed
+        (within ``timeout`` each), then a hole punched beside a relay that worked. For
+        ``peerkit reach CONTACT``; every channel it opens is closed again.
+
+        :raises NotRunning: when the node is not running.
+        :raises ValueError: when ``timeout`` is not positive or ``peer_id`` is this node's.
+
+        If cancelled, the ways being tried are abandoned and their channels closed.
+        """
+        self._check_running()
+        timeout = check_seconds(timeout, "trace timeout")
+        if peer_id == self.id:
+            raise ValueError("that is this node's own id")
+        known = await self.contacts.find_stored(peer_id)
+        endpoints = known.endpoints if known is not None else ()
+        return await self._reaching.trace(peer_id, endpoints, timeout, resolve=self._nearby.resolve)
 
     async def resolve(self, peer_id: PeerId) -> Peer:
         """Find ``peer_id`` through the discovery providers.

@@ -85,12 +85,14 @@ class AdmissionPolicy:
             raise ValueError(f"admission rate must be a positive number, not {self.rate!r}")
 
     @classmethod
-    def within(cls, places: int) -> AdmissionPolicy:
-        """The default limits, shrunk so that handshakes hold at most a quarter of ``places``
-        connections (file descriptors to spare): the rest are for the channels they make."""
-        default = cls()
+    def within(cls, places: int, base: AdmissionPolicy | None = None) -> AdmissionPolicy:
+        """``base`` (default: the default limits), shrunk so that handshakes hold at most a quarter
+        of ``places`` connections (file descriptors to spare): the rest are for the channels they
+        make."""
+        default = base or cls()
         pending = max(8, min(default.max_pending, places // 4))
-        return cls(max_pending=pending, max_per_source=max(2, min(default.max_per_source, pending // 4)))
+        per_source = max(2, min(default.max_per_source, pending // 4))
+        return cls(max_pending=pending, max_per_source=per_source, rate=default.rate, burst=default.burst)
 
 
 class Refusal(enum.StrEnum):

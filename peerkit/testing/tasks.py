@@ -20,4 +20,4 @@ def running_tasks() -> int:
         def count(task: trio.lowlevel.Task) -> int:
             return 1 + sum(count(child) for nursery in task.child_nurseries for child in nursery.child_tasks)
 
-        return count(trio.lowlevel.current_root_task())  # type: ignore[arg-type]
+        return count(trio.lowlevel.current_root_task())  # type: ignore[arg-type, unused-ignore]

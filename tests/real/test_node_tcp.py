@@ -13,6 +13,7 @@ import pytest
 from conftest import IPV6, WAITING_PEER
 
 from peerkit import (
+    AdmissionPolicy,
     Application,
     EndPoint,
     Identity,
@@ -21,6 +22,7 @@ from peerkit import (
     KeepalivePolicy,
     Node,
     PeerId,
+    PeerkitError,
     PeerUnreachable,
 )
 
@@ -123,3 +125,20 @@ async def test_keepalive_notices_a_peer_process_that_stops_answering() -> None:
         process.send_signal(signal.SIGCONT)
         await process.wait()
         await process.aclose()
+
+
+async def test_the_admission_policy_is_the_nodes_to_set() -> None:
+    # By default a source may start 50 handshakes a second (bursts of 100); a node given its own
+    # policy applies it: here a burst of 3, then the fourth new connection is refused.
+    strict = AdmissionPolicy(rate=0.5, burst=3)
+    async with (
+        Node(identity=Identity.generate(), listen=("127.0.0.1", 0), admission=strict) as bob,
+        Node(identity=Identity.generate(), listen=("127.0.0.1", 0)) as alice,
+    ):
+        for _ in range(3):
+            await alice.peer_at(bob.endpoint.host, bob.endpoint.port)
+            await alice.disconnect(bob.id)
+        with pytest.raises(PeerkitError):
+            await alice.peer_at(bob.endpoint.host, bob.endpoint.port)
+    with pytest.raises(TypeError, match="admission must be an AdmissionPolicy, not dict"):
+        Node(identity=Identity.generate(), admission={"rate": 1})  # type: ignore[arg-type]
