@@ -31,7 +31,8 @@ class FindingMethods:
 
     @property
     def id(self) -> PeerId:
-        raise NotImplementedError  # (the Node's)
+        """This node's id (the Node's)."""
+        raise NotImplementedError
 
     def _check_running(self) -> None:
         raise NotImplementedError  # (the Node's)
