@@ -278,6 +278,7 @@ class Node(EventMethods, FindingMethods, PairingMethods):
             application=self._apps.get,
             sender=self._connections.sender,
             routes=lambda peer, exact: self._connections.routes(peer, self._endpoints_of(peer), exact=exact),
+            connected=lambda peer_id: self._connections.channels(peer_id) > 0,
             check_running=self._check_running,
             fallback=self._elsewhere,
         )
