@@ -14,13 +14,17 @@ from peerkit import (
     ChangeType,
     EndPoint,
     InvalidRecord,
+    Invitation,
     InvitationResponse,
+    MemoryDiscovery,
+    Node,
     PeerUnreachable,
     Scope,
 )
 from peerkit.discovery import MAX_RECORD_APPLICATIONS, make_record, read_record, record_applications
 from peerkit.identity import Identity
 from peerkit.proto import records
+from peerkit.testing import MemoryNetwork
 
 pytestmark = pytest.mark.anyio
 
@@ -128,3 +132,37 @@ async def test_a_contact_that_listens_elsewhere_now_is_found_near_me() -> None:
             tg.start_soon(later)
             with anyio.fail_after(5):
                 assert await contact.invite(CHAT, timeout=5) is InvitationResponse.ACCEPTED
+
+
+async def test_an_open_channel_that_breaks_mid_invitation_falls_back_on_where_the_peer_is_now() -> None:
+    # alice invites bob on a channel she has open (the warm path, with no lookup task beside it).
+    # That bob goes away with the invitation; the same identity near her, elsewhere, gets it.
+    net, hub = MemoryNetwork(), MemoryDiscovery()
+    bob_identity = Identity.generate()
+    answered: list[str] = []
+
+    async def gone(invitation: Invitation) -> InvitationResponse:
+        answered.append("first")
+        await first.disconnect(invitation.sender_id)  # the channel breaks before the answer
+        return InvitationResponse.ACCEPTED
+
+    async def here(invitation: Invitation) -> InvitationResponse:
+        answered.append("second")
+        return InvitationResponse.ACCEPTED
+
+    first = Node(identity=bob_identity, network=net, listen=("10.0.0.2", 0))
+    second = Node(identity=bob_identity, network=net, listen=("10.0.0.3", 0), discovery=[hub])
+    alice = Node(identity=Identity.generate(), network=net, listen=("10.0.0.1", 0), discovery=[hub])
+    async with first, second, alice:
+        for node, handler in ((first, gone), (second, here), (alice, None)):
+            await node.register_application(CHAT)
+            if handler is not None:
+                node.add_invitation_handler(CHAT, handler)
+        await second.sign_in(Scope.NEAR_ME)
+        await alice.sign_in(Scope.NEAR_ME)
+        await alice.find_nearby(peer_id=bob_identity.id, timeout=5)
+        peer = await alice.peer_at(first.endpoint.host, first.endpoint.port)
+        assert alice.channels(bob_identity.id) == 1
+        with anyio.fail_after(10):
+            assert await peer.invite(CHAT, timeout=5) is InvitationResponse.ACCEPTED
+        assert answered == ["first", "second"]
