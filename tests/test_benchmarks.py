@@ -11,24 +11,24 @@ from pathlib import Path
 ROOT = Path(__file__).parent.parent
 
 
+def python(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """``python ARGS`` in the project's root, its output captured."""
+    return subprocess.run(
+        [sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout, check=False
+    )
+
+
 def test_every_benchmark_runs_and_writes_json(tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "benchmarks",
-            "--quick",
-            "--json",
-            str(out),
-            "--plot",
-            str(tmp_path / "plots"),
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
+    result = python(
+        "-m",
+        "benchmarks",
+        "--quick",
+        "--json",
+        str(out),
+        "--plot",
+        str(tmp_path / "plots"),
         timeout=600,
-        check=False,
     )
     assert result.returncode == 0, result.stderr
     report = json.loads(out.read_text())
@@ -69,27 +69,14 @@ def test_every_benchmark_runs_and_writes_json(tmp_path: Path) -> None:
     drawn = {p.stem for p in (tmp_path / "plots").glob("*.png")}
     assert drawn == {b for b, _ in names} | {"latency"}
     assert all(p.stat().st_size > 5_000 for p in (tmp_path / "plots").glob("*.png"))
-    again = subprocess.run(  # from the JSON alone, without running anything
-        [sys.executable, "-m", "benchmarks", "--plot-from", str(out), "--plot", str(tmp_path / "again")],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    # from the JSON alone, without running anything
+    again = python("-m", "benchmarks", "--plot-from", str(out), "--plot", str(tmp_path / "again"))
     assert again.returncode == 0, again.stderr
     assert {p.stem for p in (tmp_path / "again").glob("*.png")} == drawn
 
 
 def test_an_unknown_benchmark_is_a_clear_error() -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "benchmarks", "nope"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    result = python("-m", "benchmarks", "nope", timeout=60)
     assert result.returncode == 2
     assert "unknown benchmark nope; known: handshake, transport, channel" in result.stderr
 
@@ -97,14 +84,7 @@ def test_an_unknown_benchmark_is_a_clear_error() -> None:
 def test_the_peers_benchmark_runs_peerkits_side_as_the_peer_agents_do() -> None:
     # (py-libp2p's side runs in a venv of its own, set up by a full run: not in the suite)
     for mode, amount, key in (("connect", "3", "connect_ms"), ("stream", str(1 << 20), "mb_s")):
-        done = subprocess.run(
-            [sys.executable, "-m", "benchmarks.bench_peers", mode, amount],
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=False,
-        )
+        done = python("-m", "benchmarks.bench_peers", mode, amount)
         assert done.returncode == 0, done.stderr
         answer = json.loads(done.stdout)
         value = answer[key]

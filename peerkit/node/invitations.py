@@ -379,13 +379,9 @@ class Invitations:
         async def elsewhere() -> ControlChannel:
             if not await state.lookup_wanted(len(routes), LOOKUP_AFTER):
                 raise _Reached
-            found = None
-            with anyio.CancelScope(deadline=deadline):
-                found = await self._fallback(peer)
-            if found is None:
-                where = "anywhere else" if routes else "anywhere (no endpoint of it is known)"
-                raise PeerUnreachable(f"{peer.id.fingerprint} was not found {where}")
-            return (await first_of(self._routes(found, False)))[1]
+            where = "anywhere else" if routes else "anywhere (no endpoint of it is known)"
+            not_found = PeerUnreachable(f"{peer.id.fingerprint} was not found {where}")
+            return await self._route_elsewhere(peer, deadline, not_found)
 
         async def lookup(scope: anyio.CancelScope) -> None:
             try:
@@ -420,16 +416,17 @@ class Invitations:
             return await self._invite_on(route, request, deadline)
         except PeerUnreachable as exc:
             failed = exc
+        return await self._invite_on(lambda: self._route_elsewhere(peer, deadline, failed), request, deadline)
 
-        async def elsewhere() -> ControlChannel:
-            found = None
-            with anyio.CancelScope(deadline=deadline):
-                found = await self._fallback(peer)
-            if found is None:
-                raise failed
-            return (await first_of(self._routes(found, False)))[1]
-
-        return await self._invite_on(elsewhere, request, deadline)
+    async def _route_elsewhere(self, peer: Peer, deadline: float, not_found: PeerkitError) -> ControlChannel:
+        # A channel to ``peer`` where the fallback finds it now (people near me, the Internet
+        # scope); ``not_found`` when it finds it nowhere else.
+        found = None
+        with anyio.CancelScope(deadline=deadline):
+            found = await self._fallback(peer)
+        if found is None:
+            raise not_found
+        return (await first_of(self._routes(found, False)))[1]
 
     async def _invite_on(
         self,

@@ -391,12 +391,10 @@ class Nearby:
         record = self.record_of(peer_id)
         if record is not None or not self._scope() & Scope.NEAR_ME:
             return record.endpoints if record is not None else ()
-        with anyio.move_on_after(NEAR_WAIT):
-            async with self.watch(initial=True) as watch:
-                async for event in watch:
-                    if event.peer.id == peer_id and event.change is not ChangeType.DELETED:
-                        return event.peer.endpoints
-        return ()
+        try:
+            return (await self.find(peer_id=peer_id, timeout=NEAR_WAIT)).endpoints
+        except (PeerUnreachable, NotSignedIn):  # not near in time, or signed out meanwhile
+            return ()
 
     async def resolve_remote(self, peer_id: PeerId) -> tuple[EndPoint, ...]:
         """Where the providers that serve the Internet scope find ``peer_id`` now (none: empty)."""
