@@ -685,3 +685,15 @@ def test_reach_a_contact_tries_every_way_and_times_each(tmp_path: Path) -> None:
     assert gone.returncode == 1  # no way worked
     assert "direct 127.0.0.1" in gone.stdout
     assert "failed" in gone.stdout
+
+
+def test_the_default_discovery_is_peerkit_discovery_else_mdns(monkeypatch: pytest.MonkeyPatch) -> None:
+    from peerkit.clikit import providers_for, providers_named
+
+    monkeypatch.setenv("PEERKIT_DISCOVERY", "static:127.0.0.1:9,memory")
+    assert [p.name for p in providers_named(None)] == ["static:127.0.0.1:9", "memory"]
+    assert [p.name for p in providers_named(["memory"])] == ["memory"]  # --discovery wins
+    assert [p.name for p in providers_for("bob", None)] == ["static:127.0.0.1:9", "memory"]  # a name
+    assert providers_for(("127.0.0.1", 7000), None) == []  # HOST:PORT: dialled, nobody looked for
+    monkeypatch.delenv("PEERKIT_DISCOVERY")
+    assert [p.name for p in providers_named(None)] == ["mdns"]
