@@ -5,6 +5,7 @@ over a stream, and the lobby shows alice "in a game" meanwhile."""
 
 from __future__ import annotations
 
+import io
 import sys
 from pathlib import Path
 
@@ -18,9 +19,11 @@ LOBBY = Path(__file__).resolve().parents[2] / "examples" / "game_lobby" / "lobby
 
 
 def lobby(namespace: str, nickname: str) -> pexpect.spawn:
-    return pexpect.spawn(
+    child = pexpect.spawn(
         "ip", ["netns", "exec", namespace, sys.executable, str(LOBBY), nickname], encoding="utf-8", timeout=20
     )
+    child.logfile_read = io.StringIO()  # everything it printed
+    return child
 
 
 @pytest.mark.timeout(120)
@@ -59,10 +62,12 @@ def test_players_find_each_other_by_game_and_play_a_game(lan: NamespaceLan, tmp_
         alice.expect("you win")
         bob.expect("alice wins")
         bob.expect("alice is now in the lobby")
+        alice.expect("bob is now in the lobby")  # (each lobby asks for presence twice a second)
         for player in (alice, bob):
             player.sendline("players")
         alice.expect(r"player bob \(in the lobby\)")
-        assert "carol" not in alice.before + bob.before  # no game: never in the lobby
+        for player in (alice, bob):  # no game: never in the lobby
+            assert "carol" not in player.logfile_read.getvalue()
         for player in (alice, bob):
             player.sendline("quit")
             player.expect(pexpect.EOF)
