@@ -28,6 +28,7 @@ from benchmarks import (
     bench_relay,
     bench_stream,
     bench_transport,
+    bench_wormhole,
 )
 from benchmarks.harness import Result, Skipped
 
@@ -51,6 +52,7 @@ BENCHMARKS: dict[str, Any] = {
         bench_attacks.BENCHMARK,
         bench_dht,
         bench_peers,
+        bench_wormhole,
     )
 }
 

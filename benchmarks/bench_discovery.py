@@ -24,10 +24,13 @@ STEPS = 2 * ROUNDS
 AGENT = str(Path(__file__).with_name("discovery_agent.py"))
 
 
-class _Process:
-    def __init__(self, namespace: str, mode: str) -> None:
+class Agent:
+    """One side of a discovery benchmark: ``command`` (an agent script and its mode) run in a
+    network namespace, spoken to in JSON lines."""
+
+    def __init__(self, namespace: str, *command: str) -> None:
         self.process = subprocess.Popen(
-            ["ip", "netns", "exec", namespace, sys.executable, AGENT, mode],
+            ["ip", "netns", "exec", namespace, *command],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
@@ -69,8 +72,8 @@ def run(progress: Progress, quick: bool = False) -> list[Result]:
     with NamespaceLan(base=233) as lan:
         bridge = lan.bridge()
         (ns_pub, (address,)), (ns_obs, _) = lan.host(bridge), lan.host(bridge)
-        observer = _Process(ns_obs, "observer")
-        publisher = _Process(ns_pub, "publisher")
+        observer = Agent(ns_obs, sys.executable, AGENT, "observer")
+        publisher = Agent(ns_pub, sys.executable, AGENT, "publisher")
         try:
             for index in range(rounds):
                 for kind in ("peerkit", "plain"):

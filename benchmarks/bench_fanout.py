@@ -40,7 +40,7 @@ TARGET_P50_MS = 250.0
 _LENGTH = struct.Struct(">H")
 
 
-class _Counter:
+class Counter:
     """Counts deliveries of the current sample; ``done`` is set when all N have arrived."""
 
     def __init__(self, n: int) -> None:
@@ -83,8 +83,9 @@ async def watchers(stack: contextlib.AsyncExitStack, publisher: Node, n: int) ->
 
 
 @contextlib.asynccontextmanager
-async def _peerkit(n: int, counter: _Counter, progress: Progress) -> AsyncIterator[Node]:
-    """The publisher, with ``n`` subscriber nodes watching it."""
+async def subscribed_publisher(n: int, counter: Counter, progress: Progress) -> AsyncIterator[Node]:
+    """A publisher with ``n`` subscriber nodes watching it, in this process; each subscriber's
+    presence handler tells ``counter`` what it saw."""
     async with contextlib.AsyncExitStack() as stack:
         # All its subscribers connect from 127.0.0.1, faster than the listener lets one source
         # start handshakes (50 a second): the figure is the fan-out, so that limit is lifted.
@@ -115,7 +116,7 @@ async def _peerkit(n: int, counter: _Counter, progress: Progress) -> AsyncIterat
 
 
 @contextlib.asynccontextmanager
-async def _plain(n: int, counter: _Counter) -> AsyncIterator[list[anyio.abc.SocketStream]]:
+async def _plain(n: int, counter: Counter) -> AsyncIterator[list[anyio.abc.SocketStream]]:
     """``n`` plain TCP connections, each read by a task that decodes frames."""
     async with contextlib.AsyncExitStack() as stack:
         listener = await anyio.create_tcp_listener(local_host="127.0.0.1")
@@ -160,8 +161,8 @@ async def _plain(n: int, counter: _Counter) -> AsyncIterator[list[anyio.abc.Sock
 async def _measure(n: int, samples: int, progress: Progress) -> tuple[list[float], list[float]]:
     ours: list[float] = []
     plain: list[float] = []
-    counter = _Counter(n)
-    async with _peerkit(n, counter, progress) as publisher, _plain(n, counter) as streams:
+    counter = Counter(n)
+    async with subscribed_publisher(n, counter, progress) as publisher, _plain(n, counter) as streams:
         for i in range(samples + 2):
             text = f"sample {i}"
             counter.expect(text)

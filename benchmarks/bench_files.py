@@ -13,7 +13,6 @@ two take turns; the ratio is the median of the per-round ratios.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -23,7 +22,7 @@ from pathlib import Path
 import anyio
 
 from benchmarks.files_agent import MEMORY, SINK
-from benchmarks.harness import Progress, Result, median, push, ratio
+from benchmarks.harness import Progress, Result, median, push, ratio, write_file
 from peerkit.files import prepare, send_files
 from peerkit.identity import Identity, PeerId
 from peerkit.model import EndPoint, InvitationResponse
@@ -58,13 +57,6 @@ async def _stream(peer: Peer, total: int) -> float:
         return await push(stream, total, PIECE)
 
 
-def _write(path: Path, size: int) -> None:
-    block = os.urandom(1 << 20)
-    with path.open("wb") as f:
-        for i in range(size >> 20):
-            f.write(block[i % 251 :] + block[: i % 251])  # (no two MiB alike)
-
-
 async def _main(rounds: int, size: int, progress: Progress) -> tuple[list[float], list[float]]:
     files: list[float] = []
     streams: list[float] = []
@@ -74,7 +66,7 @@ async def _main(rounds: int, size: int, progress: Progress) -> tuple[list[float]
     try:
         with tempfile.TemporaryDirectory(prefix="peerkit-bench-send-", dir=MEMORY) as tmp:
             path = Path(tmp) / "large.bin"
-            await anyio.to_thread.run_sync(_write, path, size)
+            await anyio.to_thread.run_sync(write_file, path, size)
             assert agent.stdout is not None
             info = json.loads((await agent.stdout.receive()).decode())
             async with Node(identity=Identity.generate(), listen=("127.0.0.1", 0)) as node:

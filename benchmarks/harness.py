@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import gc
+import os
 import statistics
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import anyio.abc
@@ -110,3 +112,12 @@ async def push(stream: anyio.abc.ByteStream, total: int, piece: int) -> float:
         await stream.send(payload)
     await stream.receive()
     return total / (time.perf_counter() - start) / 1e6
+
+
+def write_file(path: Path, size: int) -> None:
+    """Write ``size`` bytes (a whole number of MiB) of random-looking data to ``path``, no two MiB
+    alike (so that nothing along the way can compress or skip them)."""
+    block = os.urandom(1 << 20)
+    with path.open("wb") as f:
+        for i in range(size >> 20):
+            f.write(block[i % 251 :] + block[: i % 251])

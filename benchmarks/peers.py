@@ -15,7 +15,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ("LIBP2P", "PEERS", "Peer", "python_of")
+__all__ = ("LIBP2P", "PEERS", "WORMHOLE", "Peer", "python_of")
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,7 +35,13 @@ class Peer:
 
 
 LIBP2P = Peer("py-libp2p 0.8.1", "libp2p", ("libp2p==0.8.1",))
-PEERS = (LIBP2P,)
+#: The ``wormhole`` command, with the mailbox server and transit relay it needs, all run locally.
+WORMHOLE = Peer(
+    "magic-wormhole 0.24.0",
+    "wormhole",
+    ("magic-wormhole==0.24.0", "magic-wormhole-mailbox-server==0.8.0", "magic-wormhole-transit-relay==0.5.0"),
+)
+PEERS = (LIBP2P, WORMHOLE)
 
 
 def python_of(peer: Peer, *, install: bool) -> tuple[Path | None, str]:

@@ -54,8 +54,8 @@ def test_every_benchmark_runs_and_writes_json(tmp_path: Path) -> None:
     # The peer libraries are set up by a full run only (in venvs of their own): a quick run
     # reports them as skipped, and never fails for them.
     skipped = {s["benchmark"] for s in report["skipped"]}
-    assert "peers" in got | skipped
-    got.discard("peers")
+    assert {"peers", "wormhole"} <= got | skipped
+    got -= {"peers", "wormhole"}
     # (nat needs root, nft and miniupnpd: CI has them; elsewhere it may be skipped with a note)
     assert got == expected or (not os.environ.get("CI") and got == expected - {"nat"})
     assert ("handshake", "noiseprotocol") in names
@@ -83,9 +83,29 @@ def test_an_unknown_benchmark_is_a_clear_error() -> None:
 
 def test_the_peers_benchmark_runs_peerkits_side_as_the_peer_agents_do() -> None:
     # (py-libp2p's side runs in a venv of its own, set up by a full run: not in the suite)
-    for mode, amount, key in (("connect", "3", "connect_ms"), ("stream", str(1 << 20), "mb_s")):
-        done = python("-m", "benchmarks.bench_peers", mode, amount)
+    for args, key in (
+        (("connect", "3"), "connect_ms"),
+        (("stream", str(1 << 20)), "mb_s"),
+        (("publish", "4", "3"), "publish_ms"),
+    ):
+        done = python("-m", "benchmarks.bench_peers", *args)
         assert done.returncode == 0, done.stderr
-        answer = json.loads(done.stdout)
-        value = answer[key]
-        assert (len(value) == 3 and all(v > 0 for v in value)) if mode == "connect" else value > 0
+        value = json.loads(done.stdout)[key]
+        assert (len(value) == 3 and all(v > 0 for v in value)) if key != "mb_s" else value > 0
+
+
+def test_the_wormhole_benchmark_times_peerkits_side_from_code_to_file(tmp_path: Path) -> None:
+    # (magic-wormhole's side runs in a venv of its own, set up by a full run: not in the suite)
+    from benchmarks import bench_wormhole
+    from benchmarks.harness import write_file
+
+    path = tmp_path / "large.bin"
+    write_file(path, 2 << 20)
+    agent = [sys.executable, "-m", "benchmarks.wormhole_agent"]
+    send, receive = [*agent, "send", str(path)], [*agent, "receive", "CODE", str(tmp_path / "in")]
+    times = bench_wormhole.send_by_code(
+        send, receive, tmp_path / "in", "large.bin", 2 << 20, dict(os.environ)
+    )
+    assert 0 < times["pair"] < 30
+    assert times["transfer"] > 0
+    assert not (tmp_path / "in").exists()  # (removed after the round)
