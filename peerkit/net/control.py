@@ -11,7 +11,10 @@ outstanding in either direction.
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import logging
+import math
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -123,12 +126,50 @@ Handler = Callable[["ControlChannel", dict[str, Any]], Awaitable[Reply]]
 NoticeHandler = Callable[["ControlChannel", dict[str, Any]], None]
 
 
+class KeepaliveClock:
+    """The timer of many control channels' keepalives: one task for all of a node's channels,
+    where each channel would otherwise keep a task of its own asleep between its pings.
+
+    Run :meth:`run` in a task; give the clock to each :class:`ControlChannel`. When a channel's
+    keepalive is due, the clock starts its check (a ping, or retiring an idle channel) in that
+    channel's own task group, and the channel asks for its next turn once the check is done.
+    """
+
+    def __init__(self) -> None:
+        self._due: list[tuple[float, int, ControlChannel]] = []
+        self._order = itertools.count()  # (ties in time go in the order they were asked for)
+        self._sooner = anyio.Event()
+
+    def __len__(self) -> int:
+        return len(self._due)
+
+    def schedule(self, control: ControlChannel, at: float) -> None:
+        """Start ``control``'s keepalive check at ``at`` (anyio's clock)."""
+        heapq.heappush(self._due, (at, next(self._order), control))
+        if self._due[0][2] is control:
+            self._sooner.set()
+
+    async def run(self) -> None:
+        """Start each channel's keepalive check when it is due; runs until cancelled."""
+        while True:
+            now = anyio.current_time()
+            while self._due and self._due[0][0] <= now:
+                _, _, control = heapq.heappop(self._due)
+                control._keepalive_due()
+            self._sooner = anyio.Event()
+            delay = self._due[0][0] - now if self._due else math.inf
+            with anyio.move_on_after(delay):
+                await self._sooner.wait()
+
+
 class ControlChannel:
     """Requests and replies with one peer over a :class:`SecureChannel`; see the module docstring.
 
     ``handler(control, message)`` runs in its own task for every request of the peer (every
     message that is not a reply, ``ping``, ``retire`` or a notice) and returns the reply, which this
     channel sends. ``notices[kind](control, message)`` takes each notice of that type in order.
+    With a ``clock``, the keepalive is timed by it (one task for many channels); without one, by
+    a task of the channel's own.
     """
 
     def __init__(
@@ -142,6 +183,7 @@ class ControlChannel:
         notices: Mapping[str, NoticeHandler] | None = None,
         keepalive: KeepalivePolicy,
         max_concurrent: int = MAX_CONCURRENT,
+        clock: KeepaliveClock | None = None,
     ) -> None:
         #: The secure channel underneath.
         self.channel = channel
@@ -166,12 +208,14 @@ class ControlChannel:
         self._handler = handler
         self._notices = dict(notices or {})
         self._keepalive = keepalive
+        self._clock = clock
         self._waiting: dict[int, Request] = {}
         self._tasks: anyio.CancelScope | None = None  # the scope of the handlers' task group
         self._retired_at = 0.0
         self._last_request = anyio.current_time()
         self._last_heard = self._last_request
         self._probe: anyio.abc.TaskGroup | None = None  # where a watch runs; None while one does
+        self._group: anyio.abc.TaskGroup | None = None  # the handlers' task group, while running
         self._closed = anyio.Event()
 
     # -- state -----------------------------------------------------------------------------
@@ -327,8 +371,11 @@ class ControlChannel:
         try:
             async with anyio.create_task_group() as tg:
                 self._tasks = tg.cancel_scope
-                self._probe = tg
-                tg.start_soon(self._keep_alive, tg.cancel_scope)
+                self._probe = self._group = tg
+                if self._clock is None:
+                    tg.start_soon(self._keep_alive)
+                else:
+                    self._clock.schedule(self, anyio.current_time() + self._keepalive.interval)
                 try:
                     closed = self._closed.is_set
                     now = anyio.current_time
@@ -444,22 +491,40 @@ class ControlChannel:
         await anyio.aclose_forcefully(self.channel)
         return False
 
-    async def _keep_alive(self, scope: anyio.CancelScope) -> None:
-        policy = self._keepalive
+    async def _keep_alive(self) -> None:
+        # (without a clock) a keepalive check every interval, until one ends the channel
         while True:
-            await anyio.sleep(policy.interval)
-            now = anyio.current_time()
-            state = self._state
-            if state.retire_sent and now - self._retired_at >= policy.timeout and not state.outstanding:
-                # A peer that does not know "retire" never answers it; the channel is done anyway.
-                await self.aclose()
-                scope.cancel()
+            await anyio.sleep(self._keepalive.interval)
+            if not await self._keepalive_check():
                 return
-            idle = now - self._last_request >= policy.idle
-            if not state.retire_sent and not state.outstanding and not self.pins and idle:
-                log.debug("closing the idle channel to %s", self.peer_id.fingerprint)
-                await self.retire()
-                continue
-            if not await self._ping_answered(policy.timeout):
-                scope.cancel()
-                return
+
+    def _keepalive_due(self) -> None:
+        # (the clock's task) this channel's check runs in its own task group, then asks for the
+        # next turn
+        if self._group is not None and not self.closed:
+            self._group.start_soon(self._keepalive_turn)
+
+    async def _keepalive_turn(self) -> None:
+        if await self._keepalive_check() and self._clock is not None:
+            self._clock.schedule(self, anyio.current_time() + self._keepalive.interval)
+
+    async def _keepalive_check(self) -> bool:
+        # One keepalive check, due an interval after the last: retire an idle channel, or ping the
+        # peer. False when it ended the channel.
+        policy = self._keepalive
+        now = anyio.current_time()
+        state = self._state
+        if state.retire_sent and now - self._retired_at >= policy.timeout and not state.outstanding:
+            # A peer that does not know "retire" never answers it; the channel is done anyway.
+            await self.aclose()
+            return False
+        idle = now - self._last_request >= policy.idle
+        if not state.retire_sent and not state.outstanding and not self.pins and idle:
+            log.debug("closing the idle channel to %s", self.peer_id.fingerprint)
+            await self.retire()
+            return not self.closed
+        if not await self._ping_answered(policy.timeout):
+            if self._tasks is not None:
+                self._tasks.cancel()
+            return False
+        return True

@@ -25,7 +25,7 @@ from peerkit.errors import NotRunning, PeerkitError, PeerUnreachable
 from peerkit.identity import Identity, PeerId
 from peerkit.model import EndPoint
 from peerkit.net.channel import SecureChannel, dial
-from peerkit.net.control import ControlChannel, Handler, KeepalivePolicy, NoticeHandler
+from peerkit.net.control import ControlChannel, Handler, KeepaliveClock, KeepalivePolicy, NoticeHandler
 from peerkit.net.transport import Transport
 from peerkit.peers import Peer, PeerOps
 from peerkit.proto.admission import RefusalCounter, source_of
@@ -199,6 +199,7 @@ class Connections:
         self._controls: dict[PeerId, list[ControlChannel]] = {}
         self._dials: dict[tuple[PeerId | None, EndPoint], _Dial] = {}
         self._tg: anyio.abc.TaskGroup | None = None
+        self._clock: KeepaliveClock | None = None
         self._hello: Callable[[], Me] | None = None
         #: Told of each control channel this node dialled through a relay (to punch a hole).
         self.on_relayed: Callable[[ControlChannel], None] | None = None
@@ -207,6 +208,8 @@ class Connections:
         """Dial and run channels in ``tg`` from now on; ``hello()`` says what this node says of
         itself in each handshake (read at each dial: the nickname may change)."""
         self._tg, self._hello = tg, hello
+        self._clock = KeepaliveClock()  # (one task times every channel's keepalive)
+        tg.start_soon(self._clock.run)
 
     def _me(self) -> Me:
         if self._hello is None:
@@ -217,7 +220,7 @@ class Connections:
         """Forget every channel (the node stopped: its task group closed them)."""
         self._controls.clear()
         self._dials.clear()
-        self._tg = self._hello = None
+        self._tg = self._hello = self._clock = None
 
     # -- what there is -----------------------------------------------------------------------
     def channels(self, peer_id: PeerId) -> int:
@@ -404,6 +407,7 @@ class Connections:
             handler=self._handler,
             notices=self._notices,
             keepalive=self._keepalive,
+            clock=self._clock,
         )
         self._on_peer(control.peer_id)
         # The endpoint that was dialled: ours as the peer reached it, or the one we dialled.

@@ -86,6 +86,7 @@ class _Watch:
     wake: anyio.Event = field(default_factory=anyio.Event)  # try now: the contact may be back
     freed: anyio.Event = field(default_factory=anyio.Event)  # an active link was lost
     stranded: anyio.Event = field(default_factory=anyio.Event)  # every link failed: look elsewhere
+    stir: anyio.Event = field(default_factory=anyio.Event)  # wake or stranded (no task per event)
     looked_elsewhere: float = float("-inf")
     error: PeerkitError | None = None
     offline_told: bool = False
@@ -105,23 +106,13 @@ class _Result(enum.Enum):
     FAILED = "failed"
 
 
-async def _either(first: anyio.Event, second: anyio.Event, timeout: float) -> None:
-    # Return when either event is set, or after ``timeout`` seconds.
-    with anyio.move_on_after(timeout):
-        async with anyio.create_task_group() as race:
-
-            async def wait(event: anyio.Event) -> None:
-                await event.wait()
-                race.cancel_scope.cancel()
-
-            race.start_soon(wait, first)
-            race.start_soon(wait, second)
-
-
 def _poke(watch: _Watch, name: str) -> None:
     # Wake whoever waits on the watch's event ``name`` (they hold the old one), and renew it.
     getattr(watch, name).set()
     setattr(watch, name, anyio.Event())
+    if name in ("wake", "stranded"):  # the watch's own task waits for either
+        watch.stir.set()
+        watch.stir = anyio.Event()
 
 
 class Watching:
@@ -287,6 +278,7 @@ class Watching:
             try:
                 async with anyio.create_task_group() as tg:
                     while True:
+                        stir = watch.stir  # (a poke from now on cuts the wait below short)
                         contact = await self._contacts.find_stored(watch.peer_id)
                         if contact is None:
                             tg.cancel_scope.cancel()
@@ -304,7 +296,8 @@ class Watching:
                         # Sooner when every link failed, or while the contact is reachable
                         # nowhere: it may have moved.
                         refresh = ELSEWHERE_REFRESH if watch.lost() else WATCH_REFRESH
-                        await _either(watch.wake, watch.stranded, refresh)
+                        with anyio.move_on_after(refresh):
+                            await stir.wait()
             finally:
                 for link in watch.links.values():
                     self._unlink(link)

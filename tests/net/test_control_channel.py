@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
 import anyio
@@ -11,13 +11,29 @@ import pytest
 from conftest import channel_pair
 
 from peerkit import Identity, PeerUnreachable
-from peerkit.net.control import STALL_AFTER, Answer, ControlChannel, KeepalivePolicy, Reply
+from peerkit.net.control import STALL_AFTER, Answer, ControlChannel, KeepaliveClock, KeepalivePolicy, Reply
 from peerkit.proto.control import MAX_CONCURRENT
 
 pytestmark = pytest.mark.anyio
 
 Handler = Callable[[ControlChannel, dict[str, Any]], Awaitable[Reply]]
 QUIET = KeepalivePolicy(interval=30, timeout=30, idle=300)
+
+
+@asynccontextmanager
+async def timed_by(kind: str) -> AsyncIterator[KeepaliveClock | None]:
+    # A channel's keepalive runs in a task of its own, or is timed by a clock shared by channels.
+    if kind == "own task":
+        yield None
+        return
+    clock = KeepaliveClock()
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(clock.run)
+        yield clock
+        tg.cancel_scope.cancel()
+
+
+TIMED_BY = pytest.mark.parametrize("timing", ["own task", "shared clock"])
 
 
 async def echo(control: ControlChannel, message: dict[str, Any]) -> Reply:
@@ -259,14 +275,23 @@ async def test_notices_are_taken_in_order_in_the_reading_task(alice: Identity, b
             await b.wait_closed()
 
 
-async def test_a_peer_that_stops_answering_pings_is_dropped(alice: Identity, bob: Identity) -> None:
+@TIMED_BY
+async def test_a_peer_that_stops_answering_pings_is_dropped(
+    alice: Identity, bob: Identity, timing: str
+) -> None:
     # b never runs its reading loop, so it never answers a's pings.
     a_channel, b_channel = await channel_pair(alice, bob)
     policy = KeepalivePolicy(interval=0.05, timeout=0.2, idle=60)
-    a = ControlChannel(
-        a_channel, initiator=True, local_id=alice.id, endpoint=None, handler=echo, keepalive=policy
-    )
-    async with b_channel:
+    async with timed_by(timing) as clock, b_channel:
+        a = ControlChannel(
+            a_channel,
+            initiator=True,
+            local_id=alice.id,
+            endpoint=None,
+            handler=echo,
+            keepalive=policy,
+            clock=clock,
+        )
         with anyio.fail_after(5):
             async with anyio.create_task_group() as tg:
                 tg.start_soon(a.run)
@@ -276,22 +301,54 @@ async def test_a_peer_that_stops_answering_pings_is_dropped(alice: Identity, bob
         assert a.closed
 
 
-async def test_an_idle_channel_is_retired_by_both(alice: Identity, bob: Identity) -> None:
+@TIMED_BY
+async def test_an_idle_channel_is_retired_by_both(alice: Identity, bob: Identity, timing: str) -> None:
     policy = KeepalivePolicy(interval=0.05, timeout=0.5, idle=0.2)
-    async with pair(alice, bob, keepalive=policy) as (a, b):
+    async with timed_by(timing) as clock, pair(alice, bob, keepalive=policy, clock=clock) as (a, b):
         assert (await ask(a, {"t": "get"}))["t"] == "get_reply"
         with anyio.fail_after(5):
             await a.wait_closed()
             await b.wait_closed()
 
 
-async def test_a_pinned_channel_is_never_idle(alice: Identity, bob: Identity) -> None:
+@TIMED_BY
+async def test_a_pinned_channel_is_never_idle(alice: Identity, bob: Identity, timing: str) -> None:
     policy = KeepalivePolicy(interval=0.05, timeout=0.5, idle=0.1)
-    async with pair(alice, bob, keepalive=policy) as (a, b):
+    async with timed_by(timing) as clock, pair(alice, bob, keepalive=policy, clock=clock) as (a, b):
         a.pins = b.pins = 1
         await anyio.sleep(0.5)
         assert a.usable
         assert b.usable
+
+
+async def test_one_clock_times_the_keepalives_of_many_channels(alice: Identity, bob: Identity) -> None:
+    # Ten channels whose peers never answer pings, on one clock: each is dropped, with no task of
+    # its own waiting between its checks.
+    policy = KeepalivePolicy(interval=0.05, timeout=0.2, idle=60)
+    async with timed_by("shared clock") as clock, AsyncExitStack() as stack:
+        controls = []
+        for _ in range(10):
+            a_channel, b_channel = await channel_pair(alice, bob)
+            await stack.enter_async_context(b_channel)  # (never read: no pong)
+            controls.append(
+                ControlChannel(
+                    a_channel,
+                    initiator=True,
+                    local_id=alice.id,
+                    endpoint=None,
+                    handler=echo,
+                    keepalive=policy,
+                    clock=clock,
+                )
+            )
+        with anyio.fail_after(5):
+            async with anyio.create_task_group() as tg:
+                for control in controls:
+                    tg.start_soon(control.run)
+                await anyio.sleep(0.02)
+                names = [getattr(task, "name", "") or "" for task in anyio.get_running_tasks()]
+                assert not [name for name in names if name.endswith("._keep_alive")]
+        assert all(control.closed for control in controls)
 
 
 async def test_a_peer_that_does_not_read_its_replies_is_not_read_from(alice: Identity, bob: Identity) -> None:

@@ -594,3 +594,24 @@ async def test_a_state_over_one_message_is_fetched_and_subscribed_to_at_the_full
         with anyio.fail_after(5):
             while alice_in_bob.presence != BUSY:
                 await anyio.sleep(0.01)
+
+
+async def test_an_idle_subscription_holds_few_tasks() -> None:
+    # What a subscription holds is what a node holds per contact: at most four tasks for both
+    # ends once idle (each end's reader, the watch and its link), none timing its keepalive (one
+    # clock per node does) or waiting on one of two events.
+    async with world() as w:
+        alice = await w.node("alice", near=False)
+        await alice.sign_in(Scope.INTERNET)
+        contacts = []
+        for i in range(8):
+            watcher = await w.node(f"watcher{i}", near=False)
+            await watcher.sign_in(Scope.INTERNET)
+            contacts.append((await befriend(alice, watcher))[1])
+        await anyio.sleep(0.2)
+        before = len(anyio.get_running_tasks())
+        for contact in contacts:
+            await contact.subscribe()
+        await anyio.sleep(1.3)  # (a request's probe window, 1 s, is over)
+        per_contact = (len(anyio.get_running_tasks()) - before) / len(contacts)
+        assert per_contact <= 4, [task.name for task in anyio.get_running_tasks()]
