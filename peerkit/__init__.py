@@ -65,6 +65,7 @@ from peerkit.node import Node
 from peerkit.node.reaching import Reach
 from peerkit.peers import NearbyPeer, Peer
 from peerkit.proto.admission import AdmissionPolicy, RequestPolicy
+from peerkit.proto.holdings import HoldingsPolicy
 from peerkit.proto.relay import RelayPolicy
 from peerkit.streams import AppStream
 
@@ -88,6 +89,7 @@ __all__ = (
     "EventWatch",
     "Handle",
     "HandshakeError",
+    "HoldingsPolicy",
     "Identity",
     "IdentityError",
     "InvalidRecord",

@@ -17,6 +17,7 @@ from peerkit.net.transport import TcpTransport, Transport
 from peerkit.node.mapping import default_on
 from peerkit.proto.admission import AdmissionPolicy, RequestPolicy
 from peerkit.proto.connection import HANDSHAKE_TIMEOUT
+from peerkit.proto.holdings import HoldingsPolicy
 from peerkit.proto.relay import RelayPolicy
 
 __all__ = ("NodeConfig",)
@@ -57,6 +58,8 @@ class NodeConfig:
     #: How many requests each peer may make.
     request_budget: RequestPolicy = field(default_factory=RequestPolicy)
     admission: AdmissionPolicy | None = None
+    #: How many channels and streams peers may make it hold (None: the defaults).
+    holdings: HoldingsPolicy | None = None
     #: What this node grants as a relay (None: it is not one).
     relay: RelayPolicy | None = None
     #: The relays this node keeps reservations on (endpoints with ``relay`` set).
@@ -85,6 +88,7 @@ class NodeConfig:
         store_check: float = 1.0,
         request_budget: RequestPolicy | None = None,
         admission: AdmissionPolicy | None = None,
+        holdings: HoldingsPolicy | None = None,
         dht_bootstrap: Iterable[tuple[str, int]] | None = None,
         relay: bool | RelayPolicy = False,
         relays: Iterable[EndPoint] = (),
@@ -129,6 +133,8 @@ class NodeConfig:
             raise TypeError(f"request_budget must be a RequestPolicy, not {type(request_budget).__name__}")
         if admission is not None and not isinstance(admission, AdmissionPolicy):
             raise TypeError(f"admission must be an AdmissionPolicy, not {type(admission).__name__}")
+        if holdings is not None and not isinstance(holdings, HoldingsPolicy):
+            raise TypeError(f"holdings must be a HoldingsPolicy, not {type(holdings).__name__}")
         if isinstance(queue_size, bool) or not isinstance(queue_size, int):
             raise TypeError(f"queue_size must be an int, not {type(queue_size).__name__}")
         if queue_size < 1:
@@ -154,6 +160,7 @@ class NodeConfig:
             store_check=check_seconds(store_check, "store_check"),
             request_budget=request_budget or RequestPolicy(),
             admission=admission,
+            holdings=holdings,
             relay=(RelayPolicy() if relay is True else relay) or None,
             relays=tuple(dict.fromkeys(through)),
             # A network of the caller's own (in memory, say) has no home router to ask.

@@ -140,6 +140,9 @@ class Node(EventMethods, FindingMethods, PairingMethods):
         fast a source may start them (default: :class:`~peerkit.AdmissionPolicy`'s, 50 a second
         from one address); over TCP its handshakes still hold at most a quarter of the file
         descriptors.
+    :param holdings: how many channels and streams peers may make the node hold, in all, for
+        strangers and from one source (default: :class:`~peerkit.HoldingsPolicy`'s, 1,024 in all);
+        over TCP at most what its file descriptors leave.
     :param relay: serve as a relay for peers that cannot be dialled (``True``: for contacts, with
         the default limits; or a :class:`~peerkit.RelayPolicy`).
     :param relays: relays to keep reservations on (``EndPoint(host, port, relay=relay_id)``): while
@@ -172,6 +175,7 @@ class Node(EventMethods, FindingMethods, PairingMethods):
         store_check: float = 1.0,
         request_budget: RequestPolicy | None = None,
         admission: AdmissionPolicy | None = None,
+        holdings: HoldingsPolicy | None = None,
         dht_bootstrap: Iterable[tuple[str, int]] | None = None,
         relay: bool | RelayPolicy = False,
         relays: Iterable[EndPoint] = (),
@@ -193,6 +197,7 @@ class Node(EventMethods, FindingMethods, PairingMethods):
             store_check=store_check,
             request_budget=request_budget,
             admission=admission,
+            holdings=holdings,
             dht_bootstrap=dht_bootstrap,
             relay=relay,
             relays=relays,
@@ -256,6 +261,7 @@ class Node(EventMethods, FindingMethods, PairingMethods):
             serve_stream=self._serve_stream,
             peer_ops=link,
             is_contact=self.contacts.has,
+            holdings=config.holdings,
         )
         self._reaching = Reaching(
             policy=config.relay,
@@ -386,7 +392,8 @@ class Node(EventMethods, FindingMethods, PairingMethods):
                 AdmissionPolicy.within(places, self.config.admission) if places else self.config.admission
             )
             if places is not None and admission is not None:
-                self._connections.holdings = Holdings(HoldingsPolicy.within(places - admission.max_pending))
+                held = HoldingsPolicy.within(places - admission.max_pending, self.config.holdings)
+                self._connections.holdings = Holdings(held)
             self._listener = ChannelListener(
                 listener,
                 self._identity,

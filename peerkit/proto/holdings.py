@@ -47,15 +47,18 @@ class HoldingsPolicy:
                 raise ValueError(f"{name} must be a positive integer, not {value!r}")
 
     @classmethod
-    def within(cls, places: int) -> HoldingsPolicy:
-        """The default limits, shrunk to fit ``places`` connections (file descriptors to spare)."""
-        default = cls()
-        total = max(8, min(default.max_connections, places))
+    def within(cls, places: int, base: HoldingsPolicy | None = None) -> HoldingsPolicy:
+        """``base`` (default: the default limits), shrunk to fit ``places`` connections (file
+        descriptors to spare); unchanged when it fits."""
+        default = base or cls()
+        total = min(default.max_connections, max(8, places))
+        if total == default.max_connections:
+            return default
         return cls(
             max_connections=total,
-            max_strangers=max(4, min(default.max_strangers, total * 3 // 4)),
-            max_per_source=max(2, min(default.max_per_source, total // 4)),
-            max_streams_per_peer=max(2, min(default.max_streams_per_peer, total // 8)),
+            max_strangers=max(1, min(default.max_strangers, total * 3 // 4)),
+            max_per_source=max(1, min(default.max_per_source, total // 4)),
+            max_streams_per_peer=max(1, min(default.max_streams_per_peer, total // 8)),
         )
 
 

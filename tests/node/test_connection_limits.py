@@ -3,11 +3,13 @@ source and in all), places kept for contacts, and application streams per peer."
 
 from __future__ import annotations
 
+import contextlib
+
 import anyio
 import pytest
 from conftest import ACCEPTED, CHAT, accept_all
 
-from peerkit import AppStream, Node, NotAllowed, PeerUnreachable, ProtocolError, RequestPolicy
+from peerkit import AppStream, Identity, Node, NotAllowed, PeerUnreachable, ProtocolError, RequestPolicy
 from peerkit.proto.holdings import Holdings, HoldingsPolicy
 from peerkit.testing import MemoryNetwork, nodes
 
@@ -146,3 +148,23 @@ async def test_first_of_staggers_ways_and_takes_the_first_that_works() -> None:
 
     with pytest.raises(ValueError, match="not a way"):  # another error: at once, as it is
         await first_of([broken, way(1, 0)])
+
+
+async def test_a_node_holds_what_its_holdings_policy_says_over_tcp() -> None:
+    # Node(holdings=...) over TCP: the policy given, within the file descriptors (here far more).
+    policy = HoldingsPolicy(max_connections=2, max_strangers=2)
+    async with Node(identity=Identity.generate(), listen=("127.0.0.1", 0), holdings=policy) as bob:
+        assert bob._connections.holdings.policy.max_connections == 2
+        async with contextlib.AsyncExitStack() as stack:
+            strangers = [
+                await stack.enter_async_context(Node(identity=Identity.generate(), listen=("127.0.0.1", 0)))
+                for _ in range(3)
+            ]
+            for stranger in strangers[:2]:
+                peer = await stranger.peer_at(bob.endpoint.host, bob.endpoint.port)
+                with pytest.raises(NotAllowed):
+                    await peer.get_presence()
+            with pytest.raises(PeerUnreachable):  # no place left for the third
+                await (await strangers[2].peer_at(bob.endpoint.host, bob.endpoint.port)).get_presence()
+    with pytest.raises(TypeError, match="holdings must be a HoldingsPolicy, not dict"):
+        Node(holdings={"max_connections": 2})  # type: ignore[arg-type]

@@ -1,0 +1,144 @@
+"""``scale``: one node with 5,000 subscribed contacts, alone in its process.
+
+The publisher (benchmarks/scale_agent.py) runs in a process of its own, so that its memory and CPU
+are its own; its 5,000 subscribers are nodes in a second process, each a contact it allows, each
+subscribed over its own TCP connection on loopback. Figures, each beside the target stated here:
+
+- memory: the publisher's resident memory grown by the 5,000 subscriptions, per subscription
+  (its subscriber, outbox, channel and connection); target <= 10 KB, half of the 20 KB the
+  memory benchmark (`contacts`) aims at for both ends;
+- idle CPU: the publisher's CPU time over 10 s with nothing to publish (keepalive pings both ways,
+  a channel's interval 15 s), as a share of one core; target <= 5 %;
+- fan-out: from ``set_presence`` on the publisher until the last of the 5,000 nodes has it in its
+  presence handler (every one decrypts, decodes and dispatches its own copy), p50 of 10; target
+  <= 2 s (a presence is news for a person: seconds are the scale people notice).
+
+These are absolute targets, not ratios: nothing else in the run does the same work. The ratio
+column is target / figure (>= 1 meets it).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from typing import Any
+
+from benchmarks.harness import Progress, Result, median
+
+NAME = "scale"
+SUBSCRIBERS = 5_000
+SAMPLES = 10
+IDLE_SECONDS = 10.0
+STEPS = SUBSCRIBERS // 500 * 2 + 2 + SAMPLES
+TARGET_BYTES = 10 * 1024
+TARGET_CPU = 0.05
+TARGET_FANOUT = 2.0
+
+
+class _Agent:
+    def __init__(self, *args: str) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "benchmarks.scale_agent", *args],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+
+    def read(self) -> dict[str, Any]:
+        assert self.process.stdout is not None
+        line = self.process.stdout.readline()
+        if not line:
+            raise RuntimeError(f"{self.process.args!r} exited with {self.process.wait()}")
+        answer: dict[str, Any] = json.loads(line)
+        return answer
+
+    def send(self, **command: Any) -> None:
+        assert self.process.stdin is not None
+        self.process.stdin.write(json.dumps(command) + "\n")
+        self.process.stdin.flush()
+
+    def close(self) -> None:
+        if self.process.stdin is not None:
+            self.process.stdin.close()
+        try:
+            self.process.wait(30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        if self.process.stdout is not None:
+            self.process.stdout.close()
+
+
+def measure(n: int, samples: int, idle: float, progress: Progress) -> dict[str, Any]:
+    """The figures of one publisher with ``n`` subscribers."""
+    publisher = _Agent("publisher", str(n))
+    subscribers = None
+    try:
+        ready = publisher.read()
+        subscribers = _Agent("subscribers", str(n), str(ready["port"]), ready["id"])
+        while subscribers.read().get("subscribed") != n:
+            progress()
+        progress()
+        publisher.send(do="rss")
+        grown = publisher.read()["rss"] - ready["rss"]
+        publisher.send(do="idle", seconds=idle)
+        cpu = publisher.read()["cpu"]
+        progress()
+        fanout = []
+        for i in range(samples + 1):
+            text = f"sample {i}"
+            subscribers.send(do="expect", text=text)
+            assert subscribers.read()["expecting"] == text
+            publisher.send(do="presence", text=text)
+            t0 = publisher.read()["t0"]
+            seen = subscribers.read()
+            assert seen["text"] == text, seen
+            if i:  # (the first is a warm-up)
+                fanout.append(seen["t"] - t0)
+                progress()
+        return {"bytes": grown / n, "cpu": cpu, "fanout": fanout}
+    finally:
+        publisher.close()
+        if subscribers is not None:
+            subscribers.close()
+
+
+def run(progress: Progress, quick: bool = False) -> list[Result]:
+    """The ``scale`` figures."""
+    n = 500 if quick else SUBSCRIBERS
+    figures = measure(n, 3 if quick else SAMPLES, 2.0 if quick else IDLE_SECONDS, progress)
+    per = figures["bytes"]
+    fanout = median(figures["fanout"])
+    return [
+        Result(
+            NAME,
+            f"publisher's memory per subscribed contact, {n:,} subscribed (ratio = target / peerkit)",
+            "B",
+            per,
+            "target",
+            TARGET_BYTES,
+            TARGET_BYTES / per,
+            1.0,
+        ),
+        Result(
+            NAME,
+            f"publisher's CPU when idle with {n:,} subscribed, share of a core (ratio = target / peerkit)",
+            "%",
+            figures["cpu"] * 100,
+            "target",
+            TARGET_CPU * 100,
+            TARGET_CPU / max(figures["cpu"], 1e-6),
+            1.0,
+        ),
+        Result(
+            NAME,
+            f"set_presence until all {n:,} subscribers' handlers saw it, p50 (ratio = target / peerkit)",
+            "ms",
+            fanout * 1000,
+            "target",
+            TARGET_FANOUT * 1000,
+            TARGET_FANOUT / fanout,
+            1.0,
+        ),
+    ]
