@@ -21,6 +21,7 @@ import anyio
 
 from peerkit.handles import Handle
 from peerkit.model import ChangeType
+from peerkit.sync import Flag
 
 if TYPE_CHECKING:
     from peerkit.events import NearbyChanged
@@ -68,7 +69,7 @@ class EventWatch(Generic[E]):
         self._remove = remove
         self._limit = limit
         self._pending: OrderedDict[Hashable, E] = OrderedDict()
-        self._ready = anyio.Event()
+        self._ready = Flag()
         self._closed = False
         #: Events dropped because the queue was full (never for fewer than ``limit`` keys).
         self.dropped = 0
@@ -124,7 +125,7 @@ class EventWatch(Generic[E]):
         while not self._pending:
             if self._closed:
                 raise StopAsyncIteration
-            self._ready = anyio.Event()
+            self._ready = Flag()
             await self._ready.wait()
         return self._pending.popitem(last=False)[1]
 

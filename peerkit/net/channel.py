@@ -46,6 +46,7 @@ from peerkit.proto.connection import (
     StaticKeys,
 )
 from peerkit.proto.framing import MAX_FRAME, encode_frame
+from peerkit.sync import Lock
 
 __all__ = ("ChannelListener", "PeerInfo", "SecureChannel", "connect", "listen")
 
@@ -108,9 +109,10 @@ class SecureChannel(anyio.abc.AsyncResource):
     ) -> None:
         self._stream = stream
         self._conn = connection
-        self._pending: deque[dict[str, Any]] = deque(early)
-        self._send_lock = anyio.Lock(fast_acquire=True)
-        self._receive_lock = anyio.Lock(fast_acquire=True)
+        # (made when needed: an idle channel's queue and locks would cost 2.4 KB)
+        self._pending: deque[dict[str, Any]] | None = deque(early) if early else None
+        self._send_lock = Lock()
+        self._receive_lock = Lock()
         self._closed = False
         self._eof = False
         #: The Noise protocol name that ran (XX or IK).
@@ -370,7 +372,10 @@ class SecureChannel(anyio.abc.AsyncResource):
                     raise
                 for event in events:
                     if isinstance(event, MessageReceived):
+                        if self._pending is None:
+                            self._pending = deque()
                         self._pending.append(event.message)
+            assert self._pending is not None
             return self._pending.popleft()
 
     def __aiter__(self) -> Self:

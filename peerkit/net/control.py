@@ -40,6 +40,7 @@ from peerkit.proto.control import (
     split_reply,
 )
 from peerkit.proto.requests import ErrorCode, error_reply, seen_address
+from peerkit.sync import Flag
 
 __all__ = (
     "PROBE_AFTER",
@@ -216,7 +217,7 @@ class ControlChannel:
         self._last_heard = self._last_request
         self._probe: anyio.abc.TaskGroup | None = None  # where a watch runs; None while one does
         self._group: anyio.abc.TaskGroup | None = None  # the handlers' task group, while running
-        self._closed = anyio.Event()
+        self._closed = Flag()
 
     # -- state -----------------------------------------------------------------------------
     @property

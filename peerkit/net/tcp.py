@@ -76,7 +76,7 @@ class TcpStream(anyio.abc.ByteStream):
 
     def __init__(self, transport: asyncio.Transport) -> None:
         self._transport = transport
-        self._chunks: deque[bytes] = deque()
+        self._chunks: deque[bytes] | None = None  # (made at the first read: an idle one costs 0.8 KB)
         self._buffered = 0
         self._reading_paused = False
         self._eof = False
@@ -89,6 +89,8 @@ class TcpStream(anyio.abc.ByteStream):
 
     # -- the protocol's side -------------------------------------------------------------------
     def _data(self, data: bytes) -> None:
+        if self._chunks is None:
+            self._chunks = deque()
         self._chunks.append(data)
         self._buffered += len(data)
         if self._buffered > READ_HIGH and not self._reading_paused:
@@ -137,9 +139,11 @@ class TcpStream(anyio.abc.ByteStream):
                 self._reader = None
         if self._closed:
             raise anyio.ClosedResourceError
-        chunk = self._chunks.popleft()
+        chunks = self._chunks
+        assert chunks is not None
+        chunk = chunks.popleft()
         if len(chunk) > max_bytes:
-            self._chunks.appendleft(chunk[max_bytes:])
+            chunks.appendleft(chunk[max_bytes:])
             chunk = chunk[:max_bytes]
         self._buffered -= len(chunk)
         if self._reading_paused and self._buffered < READ_LOW:

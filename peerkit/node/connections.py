@@ -32,6 +32,7 @@ from peerkit.proto.admission import RefusalCounter, source_of
 from peerkit.proto.holdings import Holdings, HoldingsPolicy, NotKept
 from peerkit.proto.messages import USE_CONTROL, USE_STREAM
 from peerkit.proto.requests import BadRequest, ErrorCode, decode_stream_request, error_reply
+from peerkit.sync import Flag
 
 __all__ = (
     "LOOKUP_AFTER",
@@ -118,7 +119,7 @@ async def first_of(
 
 @dataclass(slots=True, eq=False)
 class _Dial:
-    done: anyio.Event = field(default_factory=anyio.Event)
+    done: Flag = field(default_factory=Flag)
     control: ControlChannel | None = None
     error: BaseException | None = None
 

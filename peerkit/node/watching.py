@@ -36,6 +36,7 @@ from peerkit.net.control import ControlChannel, KeepalivePolicy
 from peerkit.peers import Peer
 from peerkit.presence import OFFLINE, Watched
 from peerkit.proto.requests import ErrorCode, Refused, check_reply
+from peerkit.sync import Flag
 
 __all__ = ("Watching",)
 
@@ -82,11 +83,11 @@ class _Watch:
     scope: anyio.CancelScope = field(default_factory=anyio.CancelScope)
     contact: Contact | None = None
     links: dict[EndPoint, _Link] = field(default_factory=dict)
-    first: anyio.Event = field(default_factory=anyio.Event)  # subscribed, or every endpoint failed
-    wake: anyio.Event = field(default_factory=anyio.Event)  # try now: the contact may be back
-    freed: anyio.Event = field(default_factory=anyio.Event)  # an active link was lost
-    stranded: anyio.Event = field(default_factory=anyio.Event)  # every link failed: look elsewhere
-    stir: anyio.Event = field(default_factory=anyio.Event)  # wake or stranded (no task per event)
+    first: Flag = field(default_factory=Flag)  # subscribed, or every endpoint failed
+    wake: Flag = field(default_factory=Flag)  # try now: the contact may be back
+    freed: Flag = field(default_factory=Flag)  # an active link was lost
+    stranded: Flag = field(default_factory=Flag)  # every link failed: look elsewhere
+    stir: Flag = field(default_factory=Flag)  # wake or stranded (no task per event)
     looked_elsewhere: float = float("-inf")
     error: PeerkitError | None = None
     offline_told: bool = False
@@ -109,10 +110,10 @@ class _Result(enum.Enum):
 def _poke(watch: _Watch, name: str) -> None:
     # Wake whoever waits on the watch's event ``name`` (they hold the old one), and renew it.
     getattr(watch, name).set()
-    setattr(watch, name, anyio.Event())
+    setattr(watch, name, Flag())
     if name in ("wake", "stranded"):  # the watch's own task waits for either
         watch.stir.set()
-        watch.stir = anyio.Event()
+        watch.stir = Flag()
 
 
 class Watching:

@@ -1,0 +1,94 @@
+"""Synchronization primitives that cost next to nothing until a task waits on them.
+
+A node holds a few events and locks per connection, and most are never waited on: a connection's
+"closed" event, a watch's "wake up" event, a channel's send lock that is never contended. On
+asyncio, every ``anyio.Event`` and ``anyio.Lock`` allocates a queue of waiters when it is made
+(about 0.8 KB each); with thousands of idle connections that is most of what an idle connection
+costs. :class:`Flag` and :class:`Lock` make the queue only when a task has to wait. They work on
+every backend anyio runs on.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from types import TracebackType
+
+import anyio
+import anyio.lowlevel
+
+__all__ = ("Flag", "Lock")
+
+
+class Flag:
+    """An event that is set once (like ``anyio.Event``) and makes its waiters' event only when
+    one waits."""
+
+    __slots__ = ("_event", "_set")
+
+    def __init__(self) -> None:
+        self._set = False
+        self._event: anyio.Event | None = None
+
+    def set(self) -> None:
+        """Set the flag: every task waiting for it wakes."""
+        self._set = True
+        if self._event is not None:
+            self._event.set()
+
+    def is_set(self) -> bool:
+        """Whether the flag is set."""
+        return self._set
+
+    async def wait(self) -> None:
+        """Wait until the flag is set (a checkpoint if it is set already)."""
+        if self._set:
+            await anyio.lowlevel.checkpoint()
+            return
+        if self._event is None:
+            self._event = anyio.Event()
+        await self._event.wait()
+
+
+class Lock:
+    """A lock for ``async with``, taken without a checkpoint when it is free (like
+    ``anyio.Lock(fast_acquire=True)``); its queue of waiters is made when one has to wait, and
+    they take it in the order they came. Cancelling a waiter gives up its turn."""
+
+    __slots__ = ("_locked", "_waiters")
+
+    def __init__(self) -> None:
+        self._locked = False
+        self._waiters: deque[anyio.Event] | None = None
+
+    def locked(self) -> bool:
+        """Whether a task holds the lock."""
+        return self._locked
+
+    async def __aenter__(self) -> None:
+        if not self._locked:
+            self._locked = True
+            return
+        turn = anyio.Event()
+        if self._waiters is None:
+            self._waiters = deque()
+        self._waiters.append(turn)
+        try:
+            await turn.wait()
+        except BaseException:
+            if turn.is_set():  # the lock was handed to this task as it was cancelled: pass it on
+                self._release()
+            else:
+                self._waiters.remove(turn)
+            raise
+        # (handed over by the holder: still locked, now by this task)
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self._release()
+
+    def _release(self) -> None:
+        if self._waiters:
+            self._waiters.popleft().set()  # the next waiter holds it now
+        else:
+            self._locked = False
