@@ -68,9 +68,18 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class KeepalivePolicy:
-    """When a node pings its peers and when it gives up on them."""
+    """When a node pings its peers and when it gives up on them.
 
-    #: Seconds between pings on an open channel.
+    Each side pings once an interval after the channel opens (the pong says where the peer sees
+    it). After that a channel is pinged when nothing was heard on it for ``interval`` seconds,
+    by the side that dialled it; the side that accepted it pings after 1.5 intervals of silence.
+    So an idle
+    channel carries one ping (and its pong) per interval, not one from each side, and either side
+    notices a peer gone within ``interval`` (1.5 intervals for the accepting side) and
+    ``timeout`` of last hearing from it.
+    """
+
+    #: Seconds of silence on a channel after which it is pinged.
     interval: float = 15.0
     #: Seconds a ping may go unanswered before the peer is declared gone.
     timeout: float = 10.0
@@ -210,6 +219,7 @@ class ControlChannel:
         self._notices = dict(notices or {})
         self._keepalive = keepalive
         self._clock = clock
+        self._pinged = False  # (a pong came: ``seen`` is known)
         self._waiting: dict[int, Request] = {}
         self._tasks: anyio.CancelScope | None = None  # the scope of the handlers' task group
         self._retired_at = 0.0
@@ -428,7 +438,7 @@ class ControlChannel:
         elif isinstance(event, PingReceived):
             address = self.channel.peer.address
             pong: dict[str, Any] = {"t": "pong"} if address is None else {"t": "pong", "seen": list(address)}
-            tg.start_soon(self._send_reply, event.rid, pong)
+            await self._send_reply(event.rid, pong)  # (in the reading task: no task per ping)
         elif isinstance(event, RetireReceived):
             if event.answer:
                 tg.start_soon(self.retire)
@@ -482,6 +492,7 @@ class ControlChannel:
         except PeerUnreachable:
             return False
         if not timer.cancelled_caught:
+            self._pinged = True
             self.seen = seen_address(pong.get("seen")) or self.seen
             return True
         self.forget(request)
@@ -493,11 +504,20 @@ class ControlChannel:
         return False
 
     async def _keep_alive(self) -> None:
-        # (without a clock) a keepalive check every interval, until one ends the channel
+        # (without a clock) a keepalive check when due, until one ends the channel
+        due = anyio.current_time() + self._keepalive.interval
         while True:
-            await anyio.sleep(self._keepalive.interval)
+            await anyio.sleep(due - anyio.current_time())
             if not await self._keepalive_check():
                 return
+            due = self._next_check()
+
+    def _next_check(self) -> float:
+        # When the next keepalive check is due: once the channel has been quiet long enough.
+        policy = self._keepalive
+        now = anyio.current_time()
+        quiet = self._last_heard + (policy.interval if self.initiator else 1.5 * policy.interval)
+        return quiet if quiet > now else now + policy.interval
 
     def _keepalive_due(self) -> None:
         # (the clock's task) this channel's check runs in its own task group, then asks for the
@@ -507,11 +527,11 @@ class ControlChannel:
 
     async def _keepalive_turn(self) -> None:
         if await self._keepalive_check() and self._clock is not None:
-            self._clock.schedule(self, anyio.current_time() + self._keepalive.interval)
+            self._clock.schedule(self, self._next_check())
 
     async def _keepalive_check(self) -> bool:
-        # One keepalive check, due an interval after the last: retire an idle channel, or ping the
-        # peer. False when it ended the channel.
+        # One keepalive check: retire an idle channel, or ping a peer not heard from for long
+        # enough (see KeepalivePolicy). False when it ended the channel.
         policy = self._keepalive
         now = anyio.current_time()
         state = self._state
@@ -524,6 +544,9 @@ class ControlChannel:
             log.debug("closing the idle channel to %s", self.peer_id.fingerprint)
             await self.retire()
             return not self.closed
+        quiet = policy.interval if self.initiator else 1.5 * policy.interval
+        if self._pinged and now - self._last_heard < quiet:
+            return True  # heard from lately: alive (after a first ping, which tells ``seen``)
         if not await self._ping_answered(policy.timeout):
             if self._tasks is not None:
                 self._tasks.cancel()

@@ -415,3 +415,28 @@ async def test_each_side_learns_where_the_other_sees_it_from_the_pongs() -> None
         (to_bob,), (to_alice,) = to_bob, to_alice
         assert to_bob.seen == to_alice.channel.peer.address  # alice's end, as bob sees it
         assert to_alice.seen == (bob.endpoint.host, bob.endpoint.port)  # bob's, as alice dialled it
+
+
+@TIMED_BY
+async def test_an_idle_channel_carries_one_ping_per_interval_from_the_dialler(
+    alice: Identity, bob: Identity, timing: str
+) -> None:
+    # After one ping each (each side learns where the other sees it), only the dialler pings; the
+    # side that accepted hears those pings and stays quiet.
+    policy = KeepalivePolicy(interval=0.05, timeout=0.5, idle=60)
+    pings = {"a": 0, "b": 0}
+    async with timed_by(timing) as clock, pair(alice, bob, keepalive=policy, clock=clock) as (a, b):
+        a.pins = b.pins = 1
+        for name, control in (("a", a), ("b", b)):
+            send = control.channel.send
+
+            async def counting(message: dict[str, Any], name: str = name, send: Any = send) -> None:
+                pings[name] += message.get("t") == "ping"
+                await send(message)
+
+            control.channel.send = counting  # type: ignore[method-assign]
+        await anyio.sleep(0.6)
+        assert a.usable
+        assert b.usable
+    assert pings["a"] >= 5
+    assert pings["b"] <= 1
