@@ -972,6 +972,7 @@ class Node(EventMethods, FindingMethods, PairingMethods):
     def _channel_closed(self, control: ControlChannel) -> None:
         self._publishing.end(control)
         self._reaching.closed(control)
+        self._watching.closed(control)
 
     # -- requests from peers ---------------------------------------------------------------
     def _dispatch(self, control: ControlChannel, message: dict[str, Any]) -> Awaitable[Reply]:

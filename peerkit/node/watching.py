@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final, Protocol
 
 import anyio
+import anyio.abc
 
 from peerkit.bus import Bus
 from peerkit.contacts import Contact
@@ -88,6 +89,7 @@ class _Watch:
     freed: Flag = field(default_factory=Flag)  # an active link was lost
     stranded: Flag = field(default_factory=Flag)  # every link failed: look elsewhere
     stir: Flag = field(default_factory=Flag)  # wake or stranded (no task per event)
+    group: anyio.abc.TaskGroup | None = None  # where its links run, while the watch runs
     looked_elsewhere: float = float("-inf")
     error: PeerkitError | None = None
     offline_told: bool = False
@@ -278,6 +280,7 @@ class Watching:
         with watch.scope:
             try:
                 async with anyio.create_task_group() as tg:
+                    watch.group = tg
                     while True:
                         stir = watch.stir  # (a poke from now on cuts the wait below short)
                         contact = await self._contacts.find_stored(watch.peer_id)
@@ -300,16 +303,18 @@ class Watching:
                         with anyio.move_on_after(refresh):
                             await stir.wait()
             finally:
+                watch.group = None
                 for link in watch.links.values():
                     self._unlink(link)
 
-    async def _run_link(self, watch: _Watch, link: _Link) -> None:
-        # Subscribe at one endpoint, follow the contact there while the channel lasts, subscribe
-        # again when it breaks; not restored within the keepalive timeout, it is Offline there.
-        # A link that reaches a node another link already follows stands by until that one is lost.
+    async def _run_link(self, watch: _Watch, link: _Link, lost: bool = False) -> None:
+        # Subscribe at one endpoint (``lost``: again, its channel broke); once subscribed, the
+        # task ends and the contact is followed there while the channel lasts: :meth:`closed`
+        # starts the link again when it breaks (no task waits for that). Not restored within the
+        # keepalive timeout, the contact is Offline there. A link that reaches a node another
+        # link already follows stands by until that one is lost.
         policy = self._keepalive
         delay = 0.0
-        lost = False
         while True:
             limit = policy.timeout if lost else REQUEST_TIMEOUT
             result = await self._subscribe_link(watch, link, limit)
@@ -317,13 +322,7 @@ class Watching:
             if result is _Result.ACTIVE:
                 watch.first.set()
                 watch.error, watch.offline_told = None, False
-                delay, lost = 0.0, False
-                assert link.control is not None
-                await link.control.wait_closed()
-                self._unlink(link)
-                _poke(watch, "freed")
-                lost = True
-                continue
+                return
             if result is _Result.DUPLICATE:
                 freed = watch.freed
                 await freed.wait()
@@ -420,6 +419,17 @@ class Watching:
                 f"{who} did not answer a subscription within {seconds_text(timeout)}"
             )
         return _Result.FAILED
+
+    def closed(self, control: ControlChannel) -> None:
+        """A control channel closed: a link that followed a contact on it subscribes again."""
+        entry = self._link_of.get(control)
+        if entry is None or entry[1].control is not control:
+            return  # (not a link's, or one still subscribing: that task sees the failure)
+        watch, link = entry
+        self._unlink(link)
+        _poke(watch, "freed")
+        if watch.group is not None:
+            watch.group.start_soon(self._run_link, watch, link, True)
 
     def on_notify(self, control: ControlChannel, message: dict[str, Any]) -> None:
         """Apply a ``notify`` message; runs in the channel's reading task, so notifications apply
