@@ -47,6 +47,7 @@ def test_every_benchmark_runs_and_writes_json(tmp_path: Path) -> None:
         "records",
         "fanout",
         "contacts",
+        "scale",
         "attacks",
         "dht",
     }
