@@ -19,8 +19,6 @@ import secrets
 from dataclasses import dataclass
 from typing import Any, Final
 
-from spake2 import SPAKE2_Symmetric
-
 from peerkit.errors import ProtocolError
 from peerkit.proto.framing import encode_frame
 from peerkit.proto.messages import decode, encode
@@ -362,6 +360,8 @@ class Pake:
     other side's to get the shared key (which matches the other's only when the codes match)."""
 
     def __init__(self, code: Code) -> None:
+        from spake2 import SPAKE2_Symmetric  # (here: it takes 30 ms to import, and few runs pair)
+
         self._spake = SPAKE2_Symmetric(str(code).encode(), idSymmetric=_SPAKE2_ID)
         #: This side's SPAKE2 message.
         self.message: bytes = self._spake.start()
