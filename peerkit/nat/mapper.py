@@ -101,6 +101,8 @@ class PortMapper:
         #: The mappings in force, by (protocol, port of this host).
         self.mappings: dict[tuple[Protocol, int], Mapping] = {}
         self._epoch: tuple[int, float] | None = None
+        # The mapping being asked for: cancelled before the answer, the router may hold it anyway.
+        self._asking: tuple[Protocol, int] | None = None
 
     async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Map the ports and keep them mapped until cancelled; then remove them.
@@ -143,7 +145,9 @@ class PortMapper:
         for protocol, port in self.ports:
             held = self.mappings.get((protocol, port))
             suggestion = held.external_port if held is not None else port
+            self._asking = (protocol, port)
             mapping = await self.client.map(protocol, port, external_port=suggestion, lifetime=self.lifetime)
+            self._asking = None
             self.mappings[(protocol, port)] = mapping
             if mapping.external_address:  # (PCP tells it with each mapping)
                 external = ExternalAddress(mapping.external_address, external.epoch)
@@ -152,9 +156,11 @@ class PortMapper:
         self.external = external
 
     async def _unmap_all(self) -> None:
-        for protocol, port in list(self.mappings):
+        asked = [self._asking] if self._asking is not None and self._asking not in self.mappings else []
+        self._asking = None
+        for protocol, port in [*self.mappings, *asked]:
             try:
                 await self.client.unmap(protocol, port)
             except PortMappingError as exc:
                 log.info("could not remove the mapping of %s port %d: %s", protocol, port, exc)
-            del self.mappings[(protocol, port)]
+            self.mappings.pop((protocol, port), None)

@@ -16,6 +16,7 @@ from peerkit.nat.natpmp import (
     ExternalAddress,
     Mapping,
     NatPmpError,
+    Protocol,
     epoch_is_continuous,
     external_address_request,
     mapping_request,
@@ -140,3 +141,34 @@ async def test_without_a_router_the_mapper_starts_and_maps_nothing() -> None:
         assert mapper.mappings == {}
         assert mapper.external is None
         tg.cancel_scope.cancel()
+
+
+@pytest.mark.anyio
+async def test_a_mapping_whose_answer_never_came_is_removed_at_stop() -> None:
+    # The router took the request and mapped the port, but the mapper was stopped before the
+    # answer: it cannot know whether the port is mapped, so it removes it too.
+    mapped: set[tuple[str, int]] = set()
+    asked = anyio.Event()
+
+    class SlowRouter:
+        async def external_address(self) -> ExternalAddress:
+            return ExternalAddress("203.0.113.9", 7)
+
+        async def map(
+            self, protocol: Protocol, internal_port: int, *, external_port: int = 0, lifetime: int = 7200
+        ) -> Mapping:
+            mapped.add((protocol, internal_port))
+            asked.set()
+            await anyio.sleep_forever()  # (the answer is lost)
+            raise AssertionError
+
+        async def unmap(self, protocol: Protocol, internal_port: int) -> None:
+            mapped.discard((protocol, internal_port))
+
+    mapper = PortMapper(SlowRouter(), [("tcp", 7000)], lifetime=7200)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(mapper.run)
+        await asked.wait()
+        assert mapped == {("tcp", 7000)}
+        tg.cancel_scope.cancel()
+    assert mapped == set()
