@@ -25,7 +25,6 @@ import anyio.abc
 
 from peerkit.model import EndPoint
 from peerkit.nat.client import NatPmpClient, PcpClient
-from peerkit.nat.igd import IgdClient
 from peerkit.nat.mapper import PortMapper, RouterClient, default_gateway
 from peerkit.nat.natpmp import PortMappingError
 
@@ -122,6 +121,8 @@ class PortMapping:
 
         async def upnp() -> None:
             try:
+                from peerkit.nat.igd import IgdClient  # (here: XML and HTTP take 40 ms to import)
+
                 found["upnp"] = await IgdClient.discover(local_host=local_host)
             except PortMappingError as exc:
                 reasons.append(f"UPnP: {exc}")

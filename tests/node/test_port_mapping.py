@@ -83,7 +83,7 @@ async def test_a_mapped_port_is_published_first_and_removed_at_the_end(
         monkeypatch.setattr(
             mapping, "PcpClient", lambda gateway: PcpClient(gateway, port=router.port, first_wait=0.05)
         )
-        monkeypatch.setattr(mapping.IgdClient, "discover", no_ssdp)
+        monkeypatch.setattr(IgdClient, "discover", no_ssdp)
         net, medium = MemoryNetwork(), MemoryDiscovery()
         bob = Node(
             identity=Identity.generate(),
