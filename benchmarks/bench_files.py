@@ -21,14 +21,13 @@ from pathlib import Path
 
 import anyio
 
-from benchmarks.files_agent import MEMORY, SINK
+from benchmarks.files_agent import MEMORY, SINK, send_offer
 from benchmarks.harness import Progress, Result, median, push, ratio, write_file
-from peerkit.files import prepare, send_files
+from peerkit.files import prepare
 from peerkit.identity import Identity, PeerId
-from peerkit.model import EndPoint, InvitationResponse
+from peerkit.model import EndPoint
 from peerkit.node import Node
 from peerkit.peers import Peer
-from peerkit.proto.files import encode_summary
 from peerkit.wellknown import FILES
 
 NAME = "files"
@@ -42,12 +41,7 @@ SIZE = 1 << 30
 async def _send(peer: Peer, path: Path) -> float:
     start = time.perf_counter()
     outgoing = await prepare([path])
-    answer = await peer.invite(FILES, data=encode_summary([o.entry for o in outgoing]))
-    assert answer is InvitationResponse.ACCEPTED, answer
-    async with await peer.open_stream(FILES) as stream:
-        report = await send_files(stream, outgoing)
-    assert report.received == 1, report
-    assert not report.failed, report
+    await send_offer(peer, outgoing)
     return outgoing[0].entry.size / (time.perf_counter() - start) / 1e6
 
 

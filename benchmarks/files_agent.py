@@ -17,15 +17,27 @@ import anyio
 import anyio.to_thread
 
 from peerkit import AppStream, Identity, Invitation, InvitationResponse, Node
-from peerkit.files import receive_files
+from peerkit.files import Outgoing, receive_files, send_files
 from peerkit.model import Application
-from peerkit.proto.files import Summary, decode_summary
+from peerkit.peers import Peer
+from peerkit.proto.files import Summary, decode_summary, encode_summary
 from peerkit.wellknown import FILES
 
 #: Where the files go: memory (tmpfs) where there is one, so that the figure is peerkit's and not
 #: the disk's (a VM's disk writes anywhere from 200 MB/s to 1.2 GB/s from one minute to the next).
 MEMORY = "/dev/shm" if Path("/dev/shm").is_dir() and os.access("/dev/shm", os.W_OK) else None
 SINK = Application(id=uuid.UUID("5f1d3b7e-2a44-4c61-9d7b-0e8f6a2b1c02"), description="bench sink")
+
+
+async def send_offer(peer: Peer, outgoing: list[Outgoing]) -> None:
+    """Send ``outgoing`` to ``peer`` as ``peerkit send`` does: an invitation to the files
+    application with the offer, then a stream; every file must arrive."""
+    answer = await peer.invite(FILES, data=encode_summary([o.entry for o in outgoing]))
+    assert answer is InvitationResponse.ACCEPTED, answer
+    async with await peer.open_stream(FILES) as stream:
+        report = await send_files(stream, outgoing)
+    assert report.received == len(outgoing), report
+    assert not report.failed, report
 
 
 async def main() -> None:

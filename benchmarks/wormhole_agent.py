@@ -18,9 +18,10 @@ from pathlib import Path
 
 import anyio
 
+from benchmarks.files_agent import send_offer
 from peerkit import AppStream, Identity, Invitation, InvitationResponse, Node
-from peerkit.files import prepare, receive_files, send_files
-from peerkit.proto.files import decode_summary, encode_summary
+from peerkit.files import prepare, receive_files
+from peerkit.proto.files import decode_summary
 from peerkit.wellknown import FILES
 
 
@@ -32,12 +33,7 @@ async def send(path: Path) -> None:
             print(json.dumps({"code": str(pairing.code), "port": node.endpoint.port}), flush=True)
             contact = await pairing.wait()
         peer = node.peer(contact.id, *contact.endpoints)
-        answer = await peer.invite(FILES, data=encode_summary([o.entry for o in outgoing]))
-        assert answer is InvitationResponse.ACCEPTED, answer
-        async with await peer.open_stream(FILES) as stream:
-            report = await send_files(stream, outgoing)
-        assert report.received == 1, report
-        assert not report.failed, report
+        await send_offer(peer, outgoing)
 
 
 async def receive(code: str, port: int, into: Path) -> None:

@@ -11,6 +11,7 @@ import pytest
 from conftest import channel_pair
 
 from peerkit import Identity, PeerUnreachable
+from peerkit.net.channel import SecureChannel
 from peerkit.net.control import STALL_AFTER, Answer, ControlChannel, KeepaliveClock, KeepalivePolicy, Reply
 from peerkit.proto.control import MAX_CONCURRENT
 
@@ -34,6 +35,15 @@ async def timed_by(kind: str) -> AsyncIterator[KeepaliveClock | None]:
 
 
 TIMED_BY = pytest.mark.parametrize("timing", ["own task", "shared clock"])
+
+
+def dialler(
+    channel: SecureChannel, me: Identity, policy: KeepalivePolicy, clock: KeepaliveClock | None
+) -> ControlChannel:
+    """The dialling side's control channel over ``channel``, answering requests with echo."""
+    return ControlChannel(
+        channel, initiator=True, local_id=me.id, endpoint=None, handler=echo, keepalive=policy, clock=clock
+    )
 
 
 async def echo(control: ControlChannel, message: dict[str, Any]) -> Reply:
@@ -283,15 +293,7 @@ async def test_a_peer_that_stops_answering_pings_is_dropped(
     a_channel, b_channel = await channel_pair(alice, bob)
     policy = KeepalivePolicy(interval=0.05, timeout=0.2, idle=60)
     async with timed_by(timing) as clock, b_channel:
-        a = ControlChannel(
-            a_channel,
-            initiator=True,
-            local_id=alice.id,
-            endpoint=None,
-            handler=echo,
-            keepalive=policy,
-            clock=clock,
-        )
+        a = dialler(a_channel, alice, policy, clock)
         with anyio.fail_after(5):
             async with anyio.create_task_group() as tg:
                 tg.start_soon(a.run)
@@ -330,17 +332,7 @@ async def test_one_clock_times_the_keepalives_of_many_channels(alice: Identity, 
         for _ in range(10):
             a_channel, b_channel = await channel_pair(alice, bob)
             await stack.enter_async_context(b_channel)  # (never read: no pong)
-            controls.append(
-                ControlChannel(
-                    a_channel,
-                    initiator=True,
-                    local_id=alice.id,
-                    endpoint=None,
-                    handler=echo,
-                    keepalive=policy,
-                    clock=clock,
-                )
-            )
+            controls.append(dialler(a_channel, alice, policy, clock))
         with anyio.fail_after(5):
             async with anyio.create_task_group() as tg:
                 for control in controls:
