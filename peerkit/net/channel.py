@@ -375,8 +375,12 @@ class SecureChannel(anyio.abc.AsyncResource):
                         if self._pending is None:
                             self._pending = deque()
                         self._pending.append(event.message)
-            assert self._pending is not None
-            return self._pending.popleft()
+            pending = self._pending
+            assert pending is not None
+            message = pending.popleft()
+            if not pending:
+                self._pending = None  # (an idle channel keeps no queue)
+            return message
 
     def __aiter__(self) -> Self:
         return self
