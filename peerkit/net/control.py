@@ -73,10 +73,9 @@ class KeepalivePolicy:
     Each side pings once an interval after the channel opens (the pong says where the peer sees
     it). After that a channel is pinged when nothing was heard on it for ``interval`` seconds,
     by the side that dialled it; the side that accepted it pings after 1.5 intervals of silence.
-    So an idle
-    channel carries one ping (and its pong) per interval, not one from each side, and either side
-    notices a peer gone within ``interval`` (1.5 intervals for the accepting side) and
-    ``timeout`` of last hearing from it.
+    So an idle channel carries one ping (and its pong) per interval, not one from each side, and
+    either side notices a peer gone within ``interval`` (1.5 intervals for the accepting side)
+    and ``timeout`` of last hearing from it.
     """
 
     #: Seconds of silence on a channel after which it is pinged.
@@ -221,12 +220,11 @@ class ControlChannel:
         self._clock = clock
         self._pinged = False  # (a pong came: ``seen`` is known)
         self._waiting: dict[int, Request] = {}
-        self._tasks: anyio.CancelScope | None = None  # the scope of the handlers' task group
         self._retired_at = 0.0
         self._last_request = anyio.current_time()
         self._last_heard = self._last_request
         self._probe: anyio.abc.TaskGroup | None = None  # where a watch runs; None while one does
-        self._group: anyio.abc.TaskGroup | None = None  # the handlers' task group, while running
+        self._group: anyio.abc.TaskGroup | None = None  # the handlers' task group (set by run)
         self._closed = Flag()
 
     # -- state -----------------------------------------------------------------------------
@@ -367,8 +365,8 @@ class ControlChannel:
         waiting, self._waiting = self._waiting, {}
         for request in waiting.values():
             request._settle(None, error)
-        if self._tasks is not None:
-            self._tasks.cancel()  # handlers still running are cancelled
+        if self._group is not None:
+            self._group.cancel_scope.cancel()  # handlers still running are cancelled
         self._closed.set()
 
     # -- running ---------------------------------------------------------------------------
@@ -381,7 +379,6 @@ class ControlChannel:
         reason: BaseException = PeerUnreachable(f"{self.peer_id.fingerprint} closed the channel")
         try:
             async with anyio.create_task_group() as tg:
-                self._tasks = tg.cancel_scope
                 self._probe = self._group = tg
                 if self._clock is None:
                     tg.start_soon(self._keep_alive)
@@ -512,12 +509,16 @@ class ControlChannel:
                 return
             due = self._next_check()
 
+    def _quiet(self) -> float:
+        # Seconds of silence after which this side pings (see KeepalivePolicy).
+        interval = self._keepalive.interval
+        return interval if self.initiator else 1.5 * interval
+
     def _next_check(self) -> float:
         # When the next keepalive check is due: once the channel has been quiet long enough.
-        policy = self._keepalive
         now = anyio.current_time()
-        quiet = self._last_heard + (policy.interval if self.initiator else 1.5 * policy.interval)
-        return quiet if quiet > now else now + policy.interval
+        quiet = self._last_heard + self._quiet()
+        return quiet if quiet > now else now + self._keepalive.interval
 
     def _keepalive_due(self) -> None:
         # (the clock's task) this channel's check runs in its own task group, then asks for the
@@ -544,11 +545,10 @@ class ControlChannel:
             log.debug("closing the idle channel to %s", self.peer_id.fingerprint)
             await self.retire()
             return not self.closed
-        quiet = policy.interval if self.initiator else 1.5 * policy.interval
-        if self._pinged and now - self._last_heard < quiet:
+        if self._pinged and now - self._last_heard < self._quiet():
             return True  # heard from lately: alive (after a first ping, which tells ``seen``)
         if not await self._ping_answered(policy.timeout):
-            if self._tasks is not None:
-                self._tasks.cancel()
+            if self._group is not None:
+                self._group.cancel_scope.cancel()
             return False
         return True

@@ -57,6 +57,7 @@ class NodeConfig:
     store_check: float = 1.0
     #: How many requests each peer may make.
     request_budget: RequestPolicy = field(default_factory=RequestPolicy)
+    #: How many handshakes the listener takes, and how fast from one source (None: the defaults).
     admission: AdmissionPolicy | None = None
     #: How many channels and streams peers may make it hold (None: the defaults).
     holdings: HoldingsPolicy | None = None

@@ -87,8 +87,7 @@ class _Watch:
     first: Flag = field(default_factory=Flag)  # subscribed, or every endpoint failed
     wake: Flag = field(default_factory=Flag)  # try now: the contact may be back
     freed: Flag = field(default_factory=Flag)  # an active link was lost
-    stranded: Flag = field(default_factory=Flag)  # every link failed: look elsewhere
-    stir: Flag = field(default_factory=Flag)  # wake or stranded (no task per event)
+    stir: Flag = field(default_factory=Flag)  # wake, or every link failed: the watch looks again
     group: anyio.abc.TaskGroup | None = None  # where its links run, while the watch runs
     looked_elsewhere: float = float("-inf")
     error: PeerkitError | None = None
@@ -113,9 +112,8 @@ def _poke(watch: _Watch, name: str) -> None:
     # Wake whoever waits on the watch's event ``name`` (they hold the old one), and renew it.
     getattr(watch, name).set()
     setattr(watch, name, Flag())
-    if name in ("wake", "stranded"):  # the watch's own task waits for either
-        watch.stir.set()
-        watch.stir = Flag()
+    if name == "wake":  # the watch's own task wakes too
+        _poke(watch, "stir")
 
 
 class Watching:
@@ -334,7 +332,7 @@ class Watching:
                 if not any(other.was_active for other in links):
                     self._contact_offline(watch)
                 watch.first.set()
-                _poke(watch, "stranded")
+                _poke(watch, "stir")  # every link failed: the watch looks elsewhere
             lost = False
             delay = min(max(delay * 2, 0.25), policy.interval)
             wake = watch.wake
