@@ -17,7 +17,7 @@ import logging
 import math
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Any, Final, Literal
 
 import anyio
 import anyio.abc
@@ -36,8 +36,8 @@ from peerkit.proto.control import (
     RequestReceived,
     RetireReceived,
     Unmatched,
+    encode_reply,
     has_lists,
-    split_reply,
 )
 from peerkit.proto.requests import ErrorCode, error_reply, seen_address
 from peerkit.sync import Flag
@@ -142,12 +142,17 @@ class KeepaliveClock:
     Run :meth:`run` in a task; give the clock to each :class:`ControlChannel`. When a channel's
     keepalive is due, the clock starts its check (a ping, or retiring an idle channel) in that
     channel's own task group, and the channel asks for its next turn once the check is done.
+
+    A check may start up to ``slack`` seconds late: checks due within ``slack`` of each other
+    start at one wake-up of the clock (with thousands of channels, their checks fall due many
+    times a second otherwise).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, slack: float = 0.0) -> None:
         self._due: list[tuple[float, int, ControlChannel]] = []
         self._order = itertools.count()  # (ties in time go in the order they were asked for)
         self._sooner = anyio.Event()
+        self._slack = slack
 
     def __len__(self) -> int:
         return len(self._due)
@@ -166,7 +171,7 @@ class KeepaliveClock:
                 _, _, control = heapq.heappop(self._due)
                 control._keepalive_due()
             self._sooner = anyio.Event()
-            delay = self._due[0][0] - now if self._due else math.inf
+            delay = self._due[0][0] + self._slack - now if self._due else math.inf
             with anyio.move_on_after(delay):
                 await self._sooner.wait()
 
@@ -315,8 +320,8 @@ class ControlChannel:
                 sent = False
                 try:
                     if has_lists(whole):
-                        for part in split_reply(whole):
-                            await self.channel.send(part)
+                        for part in encode_reply(whole):
+                            await self.channel.send_encoded(part)
                     else:
                         await self.channel.send(whole)
                     sent = True
@@ -521,33 +526,49 @@ class ControlChannel:
         return quiet if quiet > now else now + self._keepalive.interval
 
     def _keepalive_due(self) -> None:
-        # (the clock's task) this channel's check runs in its own task group, then asks for the
-        # next turn
-        if self._group is not None and not self.closed:
+        # (the clock's task) a channel heard from lately only asks for its next turn; one with
+        # something to do does it in a task of its own group, then asks for the next turn
+        if self._group is None or self.closed:
+            return
+        if self._keepalive_needs() is None and self._clock is not None:
+            self._clock.schedule(self, self._next_check())
+        else:
             self._group.start_soon(self._keepalive_turn)
 
     async def _keepalive_turn(self) -> None:
         if await self._keepalive_check() and self._clock is not None:
             self._clock.schedule(self, self._next_check())
 
-    async def _keepalive_check(self) -> bool:
-        # One keepalive check: retire an idle channel, or ping a peer not heard from for long
-        # enough (see KeepalivePolicy). False when it ended the channel.
+    def _keepalive_needs(self) -> Literal["close", "retire", "ping"] | None:
+        # What a keepalive check has to do now (see KeepalivePolicy): "close" a retired channel
+        # the peer never answered, "retire" an idle one, "ping" a peer not heard from for long
+        # enough; None when the peer was heard from lately (after a first ping, which tells
+        # ``seen``).
         policy = self._keepalive
         now = anyio.current_time()
         state = self._state
         if state.retire_sent and now - self._retired_at >= policy.timeout and not state.outstanding:
-            # A peer that does not know "retire" never answers it; the channel is done anyway.
-            await self.aclose()
-            return False
+            return "close"  # (a peer that does not know "retire" never answers it)
         idle = now - self._last_request >= policy.idle
         if not state.retire_sent and not state.outstanding and not self.pins and idle:
+            return "retire"
+        if self._pinged and now - self._last_heard < self._quiet():
+            return None
+        return "ping"
+
+    async def _keepalive_check(self) -> bool:
+        # One keepalive check, doing what _keepalive_needs says. False when it ended the channel.
+        needs = self._keepalive_needs()
+        if needs == "close":
+            await self.aclose()
+            return False
+        if needs == "retire":
             log.debug("closing the idle channel to %s", self.peer_id.fingerprint)
             await self.retire()
             return not self.closed
-        if self._pinged and now - self._last_heard < self._quiet():
-            return True  # heard from lately: alive (after a first ping, which tells ``seen``)
-        if not await self._ping_answered(policy.timeout):
+        if needs is None:
+            return True
+        if not await self._ping_answered(self._keepalive.timeout):
             if self._group is not None:
                 self._group.cancel_scope.cancel()
             return False

@@ -59,6 +59,9 @@ STAGGER: Final = 0.3
 #: Seconds the known ways to a contact are given before a lookup of where it is now (the DHT)
 #: starts beside them (at once when they all failed).
 LOOKUP_AFTER: Final = 1.0
+#: The keepalive clock starts a channel's check up to interval / this late, so that it wakes at
+#: most this many times an interval however many channels there are (0.5 s at the default 15 s).
+SLACK_PER_INTERVAL: Final = 30
 
 T = TypeVar("T")
 
@@ -209,7 +212,8 @@ class Connections:
         """Dial and run channels in ``tg`` from now on; ``hello()`` says what this node says of
         itself in each handshake (read at each dial: the nickname may change)."""
         self._tg, self._hello = tg, hello
-        self._clock = KeepaliveClock()  # (one task times every channel's keepalive)
+        # One task times every channel's keepalive.
+        self._clock = KeepaliveClock(slack=self._keepalive.interval / SLACK_PER_INTERVAL)
         tg.start_soon(self._clock.run)
 
     def _me(self) -> Me:

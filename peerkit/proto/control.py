@@ -45,6 +45,7 @@ __all__ = (
     "RequestReceived",
     "RetireReceived",
     "Unmatched",
+    "encode_reply",
     "has_lists",
     "is_reply",
     "split_reply",
@@ -96,6 +97,18 @@ def has_lists(message: Mapping[str, Any]) -> bool:
                 if isinstance(item, list):
                     return True
     return False
+
+
+def encode_reply(message: Mapping[str, Any], limit: int = MAX_PLAINTEXT) -> list[bytes]:
+    """``message`` encoded as the parts :func:`split_reply` makes of it: encoded once when it fits
+    in one.
+
+    :raises ValueError: as :func:`split_reply`.
+    """
+    whole = encode_message(message)
+    if len(whole) <= limit:
+        return [whole]
+    return [encode_message(part) for part in split_reply(message, limit)]
 
 
 def split_reply(message: Mapping[str, Any], limit: int = MAX_PLAINTEXT) -> list[dict[str, Any]]:

@@ -7,6 +7,7 @@ import asyncio
 import errno
 import itertools
 import socket
+import tracemalloc
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -89,6 +90,35 @@ async def test_receive_takes_at_most_max_bytes_and_keeps_the_rest() -> None:
                 await anyio.sleep(0.01)
         assert await server.receive(4) == b"abcd"
         assert await server.receive(4) == b"ef"
+
+
+async def test_small_reads_allocate_what_they_read_only() -> None:
+    # Every connection receives into one buffer and keeps a copy of what it read: a read of a
+    # ping does not allocate the most a read may take (asyncio's plain protocols allocate 256 KiB
+    # for each read, then shrink it).
+    async with connected() as (client, server):
+        await client.send(b"warm")
+        assert await server.receive() == b"warm"
+        tracemalloc.start()
+        try:
+            for i in range(50):
+                await client.send(b"ping %d" % i)
+                assert await server.receive() == b"ping %d" % i
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+    assert peak < tcp.READ_SIZE // 4
+
+
+async def test_interleaved_reads_of_many_connections_keep_their_own_bytes() -> None:
+    async with connected() as (a1, b1), connected() as (a2, b2):
+        for i in range(20):
+            await a1.send(b"one %d;" % i)
+            await a2.send(b"two %d;" % i)
+        sizes = len(b"".join(b"one %d;" % i for i in range(20)))
+        with anyio.fail_after(5):
+            assert await read_all(b1, sizes) == b"".join(b"one %d;" % i for i in range(20))
+            assert await read_all(b2, sizes) == b"".join(b"two %d;" % i for i in range(20))
 
 
 async def test_a_reader_that_does_not_read_slows_the_writer_and_loses_nothing() -> None:

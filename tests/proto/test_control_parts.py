@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from peerkit.errors import ProtocolError
 from peerkit.proto.connection import MAX_PLAINTEXT
-from peerkit.proto.control import MAX_PARTS, ReplyParts, has_lists, split_reply
+from peerkit.proto.control import MAX_PARTS, ReplyParts, encode_reply, has_lists, split_reply
 from peerkit.proto.messages import decode_message, encode_message
 
 
@@ -41,6 +41,17 @@ def test_128_objects_of_16_kib_travel_in_parts_and_come_back_exactly() -> None:
     assert "more" not in parts[-1]
     assert all(p["rid"] == 9 and p["t"] == "get_reply" for p in parts)
     assert rebuild(parts) == message
+
+
+def test_encode_reply_encodes_what_split_reply_makes() -> None:
+    small = {"t": "pong", "rid": 4, "seen": ["127.0.0.1", 4000]}
+    assert encode_reply(small) == [encode_message(small)]
+    objects = [{"id": bytes([i]) * 16, "data": bytes([i]) * 16384} for i in range(16)]
+    big = {"t": "get_reply", "rid": 9, "objects": objects}
+    encoded = encode_reply(big)
+    assert encoded == [encode_message(part) for part in split_reply(big)]
+    assert len(encoded) > 1
+    assert rebuild([decode_message(part) for part in encoded]) == big
 
 
 def test_a_subscription_state_splits_along_its_nested_lists() -> None:
