@@ -32,8 +32,9 @@ class Flag:
     def set(self) -> None:
         """Set the flag: every task waiting for it wakes."""
         self._set = True
-        if self._event is not None:
-            self._event.set()
+        event, self._event = self._event, None  # (its waiters hold it: a set flag keeps none)
+        if event is not None:
+            event.set()
 
     def is_set(self) -> bool:
         """Whether the flag is set."""

@@ -31,6 +31,18 @@ async def test_a_flag_wakes_its_waiters_and_stays_set() -> None:
         await flag.wait()  # set already: returns (a checkpoint)
 
 
+async def test_a_set_flag_keeps_no_queue_of_waiters() -> None:
+    # A long-lived flag that was waited on once (a watch's "subscribed", a dial's "done" held by
+    # the task that became the channel's reader) costs nothing more once set.
+    flag = Flag()
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(flag.wait)
+        await anyio.sleep(0.01)
+        assert flag._event is not None  # (a waiter: its queue exists)
+        flag.set()
+    assert flag._event is None
+
+
 async def test_a_flag_waited_with_a_timeout_is_cancelled_cleanly() -> None:
     flag = Flag()
     with anyio.move_on_after(0.01) as timer:
