@@ -11,10 +11,7 @@ outstanding in either direction.
 
 from __future__ import annotations
 
-import heapq
-import itertools
 import logging
-import math
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal
@@ -22,6 +19,7 @@ from typing import Any, Final, Literal
 import anyio
 import anyio.abc
 
+from peerkit.clock import Clock
 from peerkit.errors import PeerUnreachable, ProtocolError
 from peerkit.identity import PeerId
 from peerkit.model import EndPoint, check_seconds
@@ -135,45 +133,19 @@ Handler = Callable[["ControlChannel", dict[str, Any]], Awaitable[Reply]]
 NoticeHandler = Callable[["ControlChannel", dict[str, Any]], None]
 
 
-class KeepaliveClock:
+class KeepaliveClock(Clock):
     """The timer of many control channels' keepalives: one task for all of a node's channels,
     where each channel would otherwise keep a task of its own asleep between its pings.
 
     Run :meth:`run` in a task; give the clock to each :class:`ControlChannel`. When a channel's
     keepalive is due, the clock starts its check (a ping, or retiring an idle channel) in that
-    channel's own task group, and the channel asks for its next turn once the check is done.
-
-    A check may start up to ``slack`` seconds late: checks due within ``slack`` of each other
-    start at one wake-up of the clock (with thousands of channels, their checks fall due many
-    times a second otherwise).
+    channel's own task group, and the channel asks for its next turn once the check is done. A
+    check may start up to ``slack`` seconds late (see :class:`~peerkit.clock.Clock`).
     """
-
-    def __init__(self, slack: float = 0.0) -> None:
-        self._due: list[tuple[float, int, ControlChannel]] = []
-        self._order = itertools.count()  # (ties in time go in the order they were asked for)
-        self._sooner = anyio.Event()
-        self._slack = slack
-
-    def __len__(self) -> int:
-        return len(self._due)
 
     def schedule(self, control: ControlChannel, at: float) -> None:
         """Start ``control``'s keepalive check at ``at`` (anyio's clock)."""
-        heapq.heappush(self._due, (at, next(self._order), control))
-        if self._due[0][2] is control:
-            self._sooner.set()
-
-    async def run(self) -> None:
-        """Start each channel's keepalive check when it is due; runs until cancelled."""
-        while True:
-            now = anyio.current_time()
-            while self._due and self._due[0][0] <= now:
-                _, _, control = heapq.heappop(self._due)
-                control._keepalive_due()
-            self._sooner = anyio.Event()
-            delay = self._due[0][0] + self._slack - now if self._due else math.inf
-            with anyio.move_on_after(delay):
-                await self._sooner.wait()
+        self.call_at(at, control._keepalive_due)
 
 
 class ControlChannel:

@@ -462,29 +462,3 @@ async def test_a_channel_heard_from_lately_starts_no_task_at_its_check(
         assert b.usable
     assert checks >= 5
     assert turns <= 1  # (its first ping)
-
-
-class _Due:
-    # Stands for a channel on a clock: notes when its check was started.
-    def __init__(self, started: list[float]) -> None:
-        self.started = started
-
-    def _keepalive_due(self) -> None:
-        self.started.append(anyio.current_time())
-
-
-async def test_checks_due_within_the_clocks_slack_start_together() -> None:
-    clock = KeepaliveClock(slack=0.3)
-    started: list[float] = []
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(clock.run)
-        first = anyio.current_time() + 0.05
-        for i in range(5):
-            clock.schedule(_Due(started), first + i * 0.05)  # type: ignore[arg-type]
-        with anyio.fail_after(5):
-            while len(started) < 5:
-                await anyio.sleep(0.01)
-        tg.cancel_scope.cancel()
-    assert len(clock) == 0
-    assert min(started) >= first + 0.3 - 0.01  # (late by the slack at most)
-    assert max(started) - min(started) < 0.01  # (one wake-up for the five)

@@ -1,0 +1,57 @@
+"""A timer for many things at once: one task runs callbacks when they fall due.
+
+A node keeps timers for thousands of channels and subscriptions (a keepalive check, a watch's
+next look at a contact). A sleeping task for each costs a few kilobytes and a wake-up of the event
+loop each time; :class:`Clock` keeps their due times in a heap and runs the callbacks from one
+task, which sleeps until the earliest.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import math
+from collections.abc import Callable
+
+import anyio
+
+__all__ = ("Clock",)
+
+
+class Clock:
+    """Runs each callback given to :meth:`call_at` at its time, from the task that runs
+    :meth:`run` (until that task is cancelled).
+
+    A callback may run up to ``slack`` seconds late: callbacks due within ``slack`` of each
+    other run at one wake-up (with thousands of timers, they fall due many times a second
+    otherwise). Callbacks run in the clock's task and must not block: one that has waiting to do
+    starts a task for it. An exception a callback raises ends :meth:`run`.
+    """
+
+    def __init__(self, slack: float = 0.0) -> None:
+        self._due: list[tuple[float, int, Callable[[], None]]] = []
+        self._order = itertools.count()  # (ties in time go in the order they were asked for)
+        self._sooner = anyio.Event()
+        self._slack = slack
+
+    def __len__(self) -> int:
+        return len(self._due)
+
+    def call_at(self, at: float, callback: Callable[[], None]) -> None:
+        """Run ``callback()`` at ``at`` (anyio's clock), or a little later (``slack``)."""
+        entry = (at, next(self._order), callback)
+        heapq.heappush(self._due, entry)
+        if self._due[0] is entry:
+            self._sooner.set()
+
+    async def run(self) -> None:
+        """Run each callback when it is due; runs until cancelled."""
+        while True:
+            now = anyio.current_time()
+            while self._due and self._due[0][0] <= now:
+                _, _, callback = heapq.heappop(self._due)
+                callback()
+            self._sooner = anyio.Event()
+            delay = self._due[0][0] + self._slack - now if self._due else math.inf
+            with anyio.move_on_after(delay):
+                await self._sooner.wait()
