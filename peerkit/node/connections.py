@@ -21,6 +21,7 @@ from typing import Final, TypeVar
 import anyio
 import anyio.abc
 
+from peerkit.clock import Clock
 from peerkit.errors import NotRunning, PeerkitError, PeerUnreachable
 from peerkit.identity import Identity, PeerId
 from peerkit.model import EndPoint
@@ -215,6 +216,11 @@ class Connections:
         # One task times every channel's keepalive.
         self._clock = KeepaliveClock(slack=self._keepalive.interval / SLACK_PER_INTERVAL)
         tg.start_soon(self._clock.run)
+
+    @property
+    def clock(self) -> Clock | None:
+        """The node's one timer task (the channels' keepalives run on it), while it runs."""
+        return self._clock
 
     def _me(self) -> Me:
         if self._hello is None:

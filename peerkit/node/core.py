@@ -355,6 +355,7 @@ class Node(EventMethods, FindingMethods, PairingMethods):
             scope=lambda: self._scope,
             check_running=self._check_running,
             spawn=self._spawn,
+            clock=lambda: self._connections.clock,
         )
         self._locator = Locator(self.contacts, self._connections, self._nearby, lambda: self._scope)
         self.contacts.add_listener(ContactEvents(self._watching, self._publishing, self._locator.changed))

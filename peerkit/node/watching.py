@@ -5,6 +5,10 @@ it subscribes at every endpoint where the contact may run (stored, and where dis
 follows the contact there while the channel lasts, subscribes again when it breaks, and turns
 ``notify`` messages into events on the node's bus. A link that reaches a node another link already
 follows (the same ``inst``) stands by until that one is lost.
+
+A watch whose links all follow the contact holds no task: its next look at the contact is on the
+node's clock, and a lost channel, a poke (discovery saw the contact, it was updated) or that look
+starts its task again.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import anyio
 import anyio.abc
 
 from peerkit.bus import Bus
+from peerkit.clock import Clock
 from peerkit.contacts import Contact
 from peerkit.errors import (
     NotAllowed,
@@ -79,22 +84,37 @@ class _Link:
 
 @dataclass(slots=True, eq=False)
 class _Watch:
-    # A contact this node watches (subscriber side): one link per endpoint where it may run.
+    # A contact this node watches (subscriber side): one link per endpoint where it may run. Its
+    # task runs while a link is subscribing or there is something to look at; a watch whose links
+    # all follow the contact holds no task (see Watching._run_watch).
     peer_id: PeerId
-    scope: anyio.CancelScope = field(default_factory=anyio.CancelScope)
     contact: Contact | None = None
     links: dict[EndPoint, _Link] = field(default_factory=dict)
     first: Flag = field(default_factory=Flag)  # subscribed, or every endpoint failed
     wake: Flag = field(default_factory=Flag)  # try now: the contact may be back
     freed: Flag = field(default_factory=Flag)  # an active link was lost
-    stir: Flag = field(default_factory=Flag)  # wake, or every link failed: the watch looks again
+    stir: Flag = field(default_factory=Flag)  # the watch's task has something to do
+    running: bool = False  # its task was started and has not settled or ended
+    scope: anyio.CancelScope | None = None  # its task's, while it runs
     group: anyio.abc.TaskGroup | None = None  # where its links run, while the watch runs
+    look: bool = True  # read the contact's endpoints again at the next turn
+    look_at: float = float("-inf")  # when to read them again anyway
+    linking: int = 0  # link tasks running
+    relink: list[_Link] = field(default_factory=list)  # lost links, to subscribe again
     looked_elsewhere: float = float("-inf")
     error: PeerkitError | None = None
     offline_told: bool = False
 
     def active(self) -> list[_Link]:
         return [link for link in self.links.values() if link.control is not None]
+
+    def settled(self) -> bool:
+        # Every link follows the contact, and nothing waits to be done: the task may end.
+        return (
+            not (self.linking or self.relink or self.look)
+            and bool(self.links)
+            and all(link.control is not None for link in self.links.values())
+        )
 
     def lost(self) -> bool:
         # Every link has tried and none follows the contact: it is reachable at none of them.
@@ -106,6 +126,12 @@ class _Result(enum.Enum):
     ACTIVE = "active"  # subscribed: the contact is followed there
     DUPLICATE = "duplicate"  # the node there is followed through another link already
     FAILED = "failed"
+
+
+def _look_again(watch: _Watch) -> None:
+    # The watch reads the contact's endpoints again (and looks elsewhere if every link failed).
+    watch.look = True
+    _poke(watch, "stir")
 
 
 def _poke(watch: _Watch, name: str) -> None:
@@ -129,6 +155,7 @@ class Watching:
     :param scope: the scopes the node is signed in to.
     :param check_running: raises NotRunning when the node is not running.
     :param spawn: start a task in the node's task group.
+    :param clock: the node's timer (a settled watch's next look is on it), None when stopped.
     """
 
     def __init__(
@@ -143,6 +170,7 @@ class Watching:
         scope: Callable[[], Scope],
         check_running: Callable[[], None],
         spawn: Callable[[Callable[[], Coroutine[Any, Any, None]]], None],
+        clock: Callable[[], Clock | None],
     ) -> None:
         self._bus = bus
         self._contacts = contacts
@@ -155,6 +183,7 @@ class Watching:
         self._spawn = spawn
         self._watching: dict[PeerId, _Watch] = {}
         self._link_of: dict[ControlChannel, tuple[_Watch, _Link]] = {}
+        self._clock = clock
 
     def watched(self) -> list[PeerId]:
         """The contacts watched now."""
@@ -165,9 +194,11 @@ class Watching:
         watch = self._watching.get(peer_id)
         if watch is not None:
             _poke(watch, "wake")
+            _look_again(watch)
+            self._resume(watch)
 
     def clear(self) -> None:
-        """Forget every watch (the node stopped)."""
+        """Forget every watch (the node stopped: its task group ended their tasks)."""
         self._watching.clear()
 
     def presence_of(self, peer_id: PeerId) -> Presence | None:
@@ -185,33 +216,61 @@ class Watching:
         watch = self._watching.get(peer_id)
         if watch is None:
             watch = self._watching[peer_id] = _Watch(peer_id)
-            self._spawn(functools.partial(self._run_watch, watch))
+            self._resume(watch)
         return watch
 
-    def stop(self, peer_id: PeerId) -> _Watch | None:
-        """Stop watching ``peer_id``; the watch that ended, if there was one."""
+    def stop(self, peer_id: PeerId) -> list[ControlChannel] | None:
+        """Stop watching ``peer_id``: None if it was not watched, else the channels the watch
+        followed it on (where to unsubscribe)."""
         watch = self._watching.pop(peer_id, None)
-        if watch is not None:
-            watch.scope.cancel()
-        return watch
+        if watch is None:
+            return None
+        controls = [link.control for link in watch.links.values() if link.control is not None]
+        if watch.scope is not None:
+            watch.scope.cancel()  # (its task lets go of the links)
+        elif not watch.running:
+            self._unlink_all(watch)
+        return controls
 
     def contact_updated(self, peer_id: PeerId) -> None:
         """A contact was updated: its endpoints may have changed, so a watch reads them again now."""
         watch = self._watching.get(peer_id)
         if watch is not None:
             _poke(watch, "wake")
+            _look_again(watch)
+            self._resume(watch)
+
+    def _resume(self, watch: _Watch) -> None:
+        # The watch has something to do: its task does it, started if it is not running.
+        if self._watching.get(watch.peer_id) is not watch:
+            return  # (stopped)
+        if watch.running:
+            _poke(watch, "stir")
+            return
+        watch.running = True
+        self._spawn(functools.partial(self._run_watch, watch))
+
+    def _due(self, watch: _Watch) -> None:
+        # (the clock's task) a settled watch's next look at the contact
+        if not watch.running and anyio.current_time() >= watch.look_at:
+            self._resume(watch)
+
+    def _book(self, watch: _Watch) -> None:
+        # A settled watch looks again at ``look_at``, started by the node's clock.
+        clock = self._clock()
+        if clock is not None:  # (else the node is stopping)
+            clock.call_at(watch.look_at, functools.partial(self._due, watch))
 
     async def subscription_changed(self, peer_id: PeerId, subscribed: bool) -> None:
         """The store's ``is_subscribed`` flag of ``peer_id`` changed (contacts.update / delete)."""
         if subscribed and self._scope():
             self.start(peer_id)
         elif not subscribed:
-            watch = self.stop(peer_id)
-            if watch is not None:
-                await self._send_unsubscribe(watch)
+            controls = self.stop(peer_id)
+            if controls:
+                await self._send_unsubscribe(controls)
 
-    async def _send_unsubscribe(self, watch: _Watch) -> None:
-        controls = [link.control for link in watch.links.values() if link.control is not None]
+    async def _send_unsubscribe(self, controls: list[ControlChannel]) -> None:
         with anyio.move_on_after(REQUEST_TIMEOUT):
             for control in controls:
                 await self._unsubscribe_on(control)
@@ -267,43 +326,77 @@ class Watching:
         if contact.is_me:
             return
         await self._contacts.set_subscribed(contact.id, False)
-        watch = self.stop(contact.id)
-        if watch is not None:
-            await self._send_unsubscribe(watch)
+        controls = self.stop(contact.id)
+        if controls:
+            await self._send_unsubscribe(controls)
 
     async def _run_watch(self, watch: _Watch) -> None:
         # One link per endpoint where the contact may run (stored, and where discovery sees it);
         # the endpoints are read again when discovery sees the contact, when it is updated, and
-        # every WATCH_REFRESH seconds.
-        with watch.scope:
-            try:
+        # every WATCH_REFRESH seconds. Once every link follows the contact, the task ends: an
+        # idle watch holds no task. The clock (the next look), a poke, or a lost link (closed)
+        # starts it again; a stop cancels it, and it lets go of the links then.
+        if self._watching.get(watch.peer_id) is not watch:  # (stopped before it started)
+            watch.running = False
+            self._unlink_all(watch)
+            return
+        settled = False
+        scope = watch.scope = anyio.CancelScope()
+        try:
+            with scope:
                 async with anyio.create_task_group() as tg:
                     watch.group = tg
                     while True:
                         stir = watch.stir  # (a poke from now on cuts the wait below short)
-                        contact = await self._contacts.find_stored(watch.peer_id)
-                        if contact is None:
-                            tg.cancel_scope.cancel()
+                        while watch.relink:
+                            self._start_link(watch, watch.relink.pop(), lost=True)
+                        if watch.look or anyio.current_time() >= watch.look_at:
+                            watch.look = False
+                            if not await self._look(watch, tg):
+                                tg.cancel_scope.cancel()  # (no longer a contact)
+                                return
+                        if watch.settled():
+                            settled = True
+                            watch.running, watch.scope, watch.group = False, None, None
+                            self._book(watch)
                             return
-                        watch.contact = contact
-                        endpoints = self._endpoints_of(contact)
-                        if not endpoints and not watch.links:
-                            watch.error = PeerUnreachable(f"no endpoint of {contact.fingerprint} is known")
-                            self._contact_offline(watch)
-                            watch.first.set()
-                        for endpoint in (*endpoints, *await self._elsewhere(watch, contact)):
-                            if endpoint not in watch.links and len(watch.links) < MAX_LINKS:
-                                link = watch.links[endpoint] = _Link(endpoint)
-                                tg.start_soon(self._run_link, watch, link)
-                        # Sooner when every link failed, or while the contact is reachable
-                        # nowhere: it may have moved.
-                        refresh = ELSEWHERE_REFRESH if watch.lost() else WATCH_REFRESH
-                        with anyio.move_on_after(refresh):
+                        with anyio.move_on_after(watch.look_at - anyio.current_time()):
                             await stir.wait()
-            finally:
-                watch.group = None
-                for link in watch.links.values():
-                    self._unlink(link)
+        finally:
+            if not settled:
+                watch.running, watch.scope, watch.group = False, None, None
+                self._unlink_all(watch)
+
+    async def _look(self, watch: _Watch, tg: anyio.abc.TaskGroup) -> bool:
+        # Read the contact's endpoints and start a link at each new one; False when the contact
+        # is gone.
+        contact = await self._contacts.find_stored(watch.peer_id)
+        if contact is None:
+            return False
+        watch.contact = contact
+        endpoints = self._endpoints_of(contact)
+        if not endpoints and not watch.links:
+            watch.error = PeerUnreachable(f"no endpoint of {contact.fingerprint} is known")
+            self._contact_offline(watch)
+            watch.first.set()
+        for endpoint in (*endpoints, *await self._elsewhere(watch, contact)):
+            if endpoint not in watch.links and len(watch.links) < MAX_LINKS:
+                link = watch.links[endpoint] = _Link(endpoint)
+                self._start_link(watch, link, lost=False)
+        # Sooner when every link failed, or while the contact is reachable nowhere: it may have
+        # moved.
+        watch.look_at = anyio.current_time() + (ELSEWHERE_REFRESH if watch.lost() else WATCH_REFRESH)
+        return True
+
+    def _start_link(self, watch: _Watch, link: _Link, *, lost: bool) -> None:
+        assert watch.group is not None
+        watch.linking += 1
+        watch.group.start_soon(self._run_link, watch, link, lost)
+
+    def _unlink_all(self, watch: _Watch) -> None:
+        for link in watch.links.values():
+            self._unlink(link)
+        watch.relink.clear()
 
     async def _run_link(self, watch: _Watch, link: _Link, lost: bool = False) -> None:
         # Subscribe at one endpoint (``lost``: again, its channel broke); once subscribed, the
@@ -311,6 +404,13 @@ class Watching:
         # starts the link again when it breaks (no task waits for that). Not restored within the
         # keepalive timeout, the contact is Offline there. A link that reaches a node another
         # link already follows stands by until that one is lost.
+        try:
+            await self._follow(watch, link, lost)
+        finally:
+            watch.linking -= 1
+            _poke(watch, "stir")  # (the watch may have settled)
+
+    async def _follow(self, watch: _Watch, link: _Link, lost: bool) -> None:
         policy = self._keepalive
         delay = 0.0
         while True:
@@ -332,7 +432,7 @@ class Watching:
                 if not any(other.was_active for other in links):
                     self._contact_offline(watch)
                 watch.first.set()
-                _poke(watch, "stir")  # every link failed: the watch looks elsewhere
+                _look_again(watch)  # every link failed: the watch looks elsewhere
             lost = False
             delay = min(max(delay * 2, 0.25), policy.interval)
             wake = watch.wake
@@ -427,7 +527,10 @@ class Watching:
         self._unlink(link)
         _poke(watch, "freed")
         if watch.group is not None:
-            watch.group.start_soon(self._run_link, watch, link, True)
+            self._start_link(watch, link, lost=True)
+        else:
+            watch.relink.append(link)
+            self._resume(watch)
 
     def on_notify(self, control: ControlChannel, message: dict[str, Any]) -> None:
         """Apply a ``notify`` message; runs in the channel's reading task, so notifications apply

@@ -39,6 +39,7 @@ from peerkit import (
     SubscriptionListChanged,
     UnknownContact,
 )
+from peerkit.node import watching
 from peerkit.testing import MemoryDiscovery, MemoryNetwork
 
 pytestmark = pytest.mark.anyio
@@ -597,21 +598,57 @@ async def test_a_state_over_one_message_is_fetched_and_subscribed_to_at_the_full
 
 
 async def test_an_idle_subscription_holds_few_tasks() -> None:
-    # What a subscription holds is what a node holds per contact: three tasks for both ends once
-    # idle (each end's reader, and the watch), none timing its keepalive (one clock per node
-    # does), waiting on one of two events, or waiting for its channel to close.
+    # What a subscription holds is what a node holds per contact: two tasks for both ends once
+    # idle (each end's reader), none timing its keepalive (one clock per node does), none for
+    # the watch (whose next look is on one clock per node too), and none waiting for its channel
+    # to close.
     async with world() as w:
-        alice = await w.node("alice", near=False)
-        await alice.sign_in(Scope.INTERNET)
+        bob = await w.node("bob", near=False)
+        await bob.sign_in(Scope.INTERNET)
         contacts = []
         for i in range(8):
-            watcher = await w.node(f"watcher{i}", near=False)
-            await watcher.sign_in(Scope.INTERNET)
-            contacts.append((await befriend(alice, watcher))[1])
+            publisher = await w.node(f"publisher{i}", near=False)
+            await publisher.sign_in(Scope.INTERNET)
+            contacts.append((await befriend(publisher, bob))[1])
         await anyio.sleep(0.2)
         before = len(anyio.get_running_tasks())
         for contact in contacts:
             await contact.subscribe()
         await anyio.sleep(1.3)  # (a request's probe window, 1 s, is over)
         per_contact = (len(anyio.get_running_tasks()) - before) / len(contacts)
-        assert per_contact <= 3, [task.name for task in anyio.get_running_tasks()]
+        assert per_contact <= 2, [task.name for task in anyio.get_running_tasks()]
+
+
+async def test_a_settled_watch_still_looks_at_its_contact_every_refresh(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # With no task of its own, the watch reads the contact's endpoints again every WATCH_REFRESH
+    # (the node's clock starts it), and settles again each time.
+    monkeypatch.setattr(watching, "WATCH_REFRESH", 0.3)
+    async with world() as w:
+        alice = await w.node("alice", near=False)
+        bob = await w.node("bob", keepalive=FAST, near=False)  # (its clock's slack: 10 ms)
+        for node in (alice, bob):
+            await node.sign_in(Scope.INTERNET)
+        _, alice_in_bob = await befriend(alice, bob)
+        await alice_in_bob.subscribe()
+        looks = 0
+        find_stored = bob.contacts.find_stored
+
+        async def counting(peer_id: Any) -> Any:
+            nonlocal looks
+            looks += 1
+            return await find_stored(peer_id)
+
+        monkeypatch.setattr(bob.contacts, "find_stored", counting)
+        watch = bob._watching._watching[alice.id]
+        running = 0
+        for _ in range(50):
+            await anyio.sleep(0.02)
+            running += watch.running
+        assert looks >= 2
+        assert running < 25  # (a look takes moments; the rest of the time no task runs)
+        await alice.set_presence(BUSY)
+        with anyio.fail_after(5):
+            while alice_in_bob.presence != BUSY:
+                await anyio.sleep(0.01)
