@@ -7,7 +7,9 @@
 - list: ``node.contacts.list()`` of all 10,000 beside a bare ``SELECT`` of every row.
 - memory per idle subscribed contact: with tracemalloc, the memory 200 subscriptions add (both
   ends: the watcher's state and channel, the publisher's subscriber, outbox and channel) divided by
-  200, beside an idle plain anyio TCP connection with a reader task at each end.
+  200, beside an idle plain anyio TCP connection with a reader task at each end. Each watcher is a
+  node of its own, made before the measurement starts; tracing starts before anything is made, so
+  that what a node's loops renew while measuring is not counted as growth.
 """
 
 from __future__ import annotations
@@ -134,6 +136,9 @@ async def _store(n: int, progress: Progress) -> dict[str, float]:
 
 
 async def _subscription_memory(n: int, progress: Progress) -> tuple[float, float]:
+    # Traced from before anything is made: an object made before tracing starts and replaced
+    # while measuring (a node's loop renews its event on each turn) would count as growth.
+    tracemalloc.start()
     async with contextlib.AsyncExitStack() as stack:
         publisher = await stack.enter_async_context(  # (its subscribers all dial from 127.0.0.1)
             Node(
@@ -145,16 +150,16 @@ async def _subscription_memory(n: int, progress: Progress) -> tuple[float, float
         await publisher.sign_in(Scope.INTERNET)
         contacts = [contact for _, contact in await watchers(stack, publisher, n)]
         gc.collect()
-        tracemalloc.start()
         before = tracemalloc.get_traced_memory()[0]
         for contact in contacts:
             await contact.subscribe()
         await anyio.sleep(1.5)  # idle: past the 1 s in which a request's channel is watched
         gc.collect()
         ours = (tracemalloc.get_traced_memory()[0] - before) / n
-        tracemalloc.stop()
         progress()
+    tracemalloc.stop()
 
+    tracemalloc.start()
     async with contextlib.AsyncExitStack() as stack:
         listener = await stack.enter_async_context(await anyio.create_tcp_listener(local_host="127.0.0.1"))
         port = listener.extra(anyio.abc.SocketAttribute.local_port)
@@ -176,7 +181,6 @@ async def _subscription_memory(n: int, progress: Progress) -> tuple[float, float
         tg.start_soon(listener.serve, serve)
         await anyio.sleep(0.1)
         gc.collect()
-        tracemalloc.start()
         before = tracemalloc.get_traced_memory()[0]
         clients = []
         for _ in range(n):
@@ -188,11 +192,11 @@ async def _subscription_memory(n: int, progress: Progress) -> tuple[float, float
         await anyio.sleep(0.5)
         gc.collect()
         plain = (tracemalloc.get_traced_memory()[0] - before) / n
-        tracemalloc.stop()
         for stream in [*clients, *accepted]:
             await stream.aclose()
         tg.cancel_scope.cancel()
         progress()
+    tracemalloc.stop()
     return ours, plain
 
 
