@@ -352,7 +352,7 @@ class Watching:
                             self._start_link(watch, watch.relink.pop(), lost=True)
                         if watch.look or anyio.current_time() >= watch.look_at:
                             watch.look = False
-                            if not await self._look(watch, tg):
+                            if not await self._look(watch):
                                 tg.cancel_scope.cancel()  # (no longer a contact)
                                 return
                         if watch.settled():
@@ -367,7 +367,7 @@ class Watching:
                 watch.running, watch.scope, watch.group = False, None, None
                 self._unlink_all(watch)
 
-    async def _look(self, watch: _Watch, tg: anyio.abc.TaskGroup) -> bool:
+    async def _look(self, watch: _Watch) -> bool:
         # Read the contact's endpoints and start a link at each new one; False when the contact
         # is gone.
         contact = await self._contacts.find_stored(watch.peer_id)

@@ -652,3 +652,21 @@ async def test_a_settled_watch_still_looks_at_its_contact_every_refresh(
         with anyio.fail_after(5):
             while alice_in_bob.presence != BUSY:
                 await anyio.sleep(0.01)
+
+
+async def test_a_node_that_stops_lets_go_of_its_settled_watches() -> None:
+    # A settled watch has no task to cancel: its channel closing lets go of its link.
+    async with world() as w:
+        alice = await w.node("alice", near=False)
+        bob = Node(nickname="bob", identity=Identity.generate(), network=w.net, listen=("10.0.1.2", 7000))
+        async with bob:
+            await alice.sign_in(Scope.INTERNET)
+            await bob.sign_in(Scope.INTERNET)
+            _, alice_in_bob = await befriend(alice, bob)
+            await alice_in_bob.subscribe()
+            await anyio.sleep(0.1)
+            (watch,) = bob._watching._watching.values()
+            assert not watch.running  # (settled: no task, its link pinned to the channel)
+            (control,) = bob._watching._link_of
+        assert not bob._watching._link_of
+        assert control.pins == 0
