@@ -577,11 +577,12 @@ class ChannelListener(anyio.abc.AsyncResource):
         raises is logged and never stops the listener.
         """
 
-        async def handle(stream: anyio.abc.ByteStream) -> None:
+        def handle(stream: anyio.abc.ByteStream) -> Awaitable[None]:
+            # (the listener awaits what it returns: no frame of its own for the connection's life)
             address = _remote(stream)
             if isinstance(address, tuple) and _is_public(str(address[0])):
                 self.accepted_publicly = anyio.current_time()
-            await self._handle(stream, handler, peek=self.relay is not None)
+            return self._handle(stream, handler, peek=self.relay is not None)
 
         self._handler = handler
         async with anyio.create_task_group() as tg:

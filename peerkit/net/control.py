@@ -364,7 +364,9 @@ class ControlChannel:
                 try:
                     closed = self._closed.is_set
                     now = anyio.current_time
-                    async for message in self.channel:
+                    receive = self.channel.receive  # (not ``async for``: one frame less, idle)
+                    while True:
+                        message = await receive()
                         if closed():
                             break
                         self._last_heard = now()
@@ -373,7 +375,7 @@ class ControlChannel:
                     log.info("channel to %s ended: %s", self.peer_id.fingerprint, exc)
                     reason = PeerUnreachable(f"the channel to {self.peer_id.fingerprint} failed: {exc}")
                     reason.__cause__ = exc
-                except anyio.ClosedResourceError:
+                except (anyio.EndOfStream, anyio.ClosedResourceError):
                     pass
                 self._end(reason)  # closed first: handlers cancelled now see the channel closed
         finally:
