@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import random
+import socket
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -45,11 +47,23 @@ class UdpDatagrams:
 
     @classmethod
     async def bind(cls, host: str = "0.0.0.0", port: int = 0) -> UdpDatagrams:
-        """A UDP socket on ``host:port`` (port 0 picks a free one).
+        """A UDP socket on ``host:port`` (port 0 picks a free one). A literal address is bound
+        as it is; a name is resolved first (in a worker thread).
 
         :raises OSError: when it cannot be bound.
         """
-        return cls(await anyio.create_udp_socket(local_host=host, local_port=port))
+        try:
+            family = socket.AF_INET6 if ipaddress.ip_address(host).version == 6 else socket.AF_INET
+        except ValueError:
+            return cls(await anyio.create_udp_socket(local_host=host, local_port=port))
+        sock = socket.socket(family, socket.SOCK_DGRAM)
+        try:
+            sock.setblocking(False)
+            sock.bind((host, port))
+            return cls(await anyio.abc.UDPSocket.from_socket(sock))
+        except BaseException:
+            sock.close()
+            raise
 
     @property
     def local_address(self) -> Address:

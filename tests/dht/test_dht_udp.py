@@ -42,3 +42,44 @@ async def test_a_send_on_a_closed_socket_is_a_lost_datagram() -> None:
     transport = await UdpDatagrams.bind("127.0.0.1", 0)
     await transport.aclose()
     await transport.send(b"ping", ("127.0.0.1", 9))  # no error: the node is stopping
+
+
+async def test_a_literal_address_is_bound_without_a_worker_thread(
+    monkeypatch: pytest.MonkeyPatch, anyio_backend_name: str
+) -> None:
+    # (asyncio resolves names in its default executor, whose threads live as long as the loop)
+    if anyio_backend_name == "asyncio":
+        import asyncio
+
+        def no_executor(*args: object) -> None:
+            raise AssertionError("a worker thread was asked to resolve a literal address")
+
+        monkeypatch.setattr(asyncio.BaseEventLoop, "run_in_executor", no_executor)
+    for host in ("127.0.0.1", "::1"):
+        transport = await UdpDatagrams.bind(host, 0)
+        try:
+            assert transport.local_address[0] == host
+            assert transport.local_address[1] > 0
+            other = await UdpDatagrams.bind(host, 0)
+            try:
+                await other.send(b"hello", transport.local_address)
+                with anyio.fail_after(5):
+                    assert await transport.receive() == (b"hello", other.local_address)
+            finally:
+                await other.aclose()
+        finally:
+            await transport.aclose()
+
+
+async def test_a_name_is_resolved_and_a_busy_port_refused() -> None:
+    named = await UdpDatagrams.bind("localhost", 0)
+    try:
+        assert named.local_address[0] in ("127.0.0.1", "::1")
+    finally:
+        await named.aclose()
+    transport = await UdpDatagrams.bind("127.0.0.1", 0)
+    try:
+        with pytest.raises(OSError, match="in use"):
+            await UdpDatagrams.bind("127.0.0.1", transport.local_address[1])
+    finally:
+        await transport.aclose()
