@@ -108,7 +108,7 @@ def encode_reply(message: Mapping[str, Any], limit: int = MAX_PLAINTEXT) -> list
     whole = encode_message(message)
     if len(whole) <= limit:
         return [whole]
-    return [encode_message(part) for part in split_reply(message, limit)]
+    return [encode_message(part) for part in _split(message, limit)]
 
 
 def split_reply(message: Mapping[str, Any], limit: int = MAX_PLAINTEXT) -> list[dict[str, Any]]:
@@ -119,6 +119,11 @@ def split_reply(message: Mapping[str, Any], limit: int = MAX_PLAINTEXT) -> list[
     whole = dict(message)
     if len(encode_message(whole)) <= limit:
         return [whole]
+    return _split(message, limit)
+
+
+def _split(message: Mapping[str, Any], limit: int) -> list[dict[str, Any]]:
+    # split_reply's parts of a message known not to fit in one.
     lists = dict(_lists(message))
     empty: dict[_Path, list[Any]] = {path: [] for path in lists}
     base = len(encode_message(_with_lists(message, empty))) + _SLACK
