@@ -252,7 +252,8 @@ async def _publishes(n: int, samples: int) -> dict[str, Any]:
 
     counter = Counter(n)
     times = []
-    async with subscribed_publisher(n, counter, lambda: None) as publisher:
+    async with subscribed_publisher(n, counter, lambda: None) as subscribed:
+        publisher = subscribed.publisher
         for i in range(samples + 2):
             text = f"sample {i}"
             counter.expect(text)

@@ -1,16 +1,19 @@
 """The event bus: every event goes to each interested reader's own bounded, merging queue.
 
-A reader is an :class:`EventWatch` (an async iterator); a handler is a task that reads one. A reader
-that falls behind never makes memory grow with the number of events: events with the same ``key``
-are merged while they wait (the latest presence or name wins; ADDED then UPDATED stays ADDED, ADDED
-then DELETED is nothing, DELETED then ADDED is UPDATED), so a queue holds at most one entry per
-thing that changed. A hard limit guards against a reader that watches a huge number of things: over
-it, the oldest entry is dropped and counted in :attr:`EventWatch.dropped`.
+A reader is an :class:`EventWatch` (an async iterator); a coroutine handler is a task that reads
+one, and a plain-function handler is called as the event happens. A reader that falls behind never
+makes memory grow with the number of events: events with the same ``key`` are merged while they
+wait (the latest presence or name wins; ADDED then UPDATED stays ADDED, ADDED then DELETED is
+nothing, DELETED then ADDED is UPDATED), so a queue holds at most one entry per thing that changed.
+A hard limit guards against a reader that watches a huge number of things: over it, the oldest
+entry is dropped and counted in :attr:`EventWatch.dropped`.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
+import inspect
 import logging
 import uuid
 from collections import OrderedDict
@@ -27,7 +30,7 @@ if TYPE_CHECKING:
     from peerkit.events import NearbyChanged
     from peerkit.identity import PeerId
 
-__all__ = ("DEFAULT_LIMIT", "Bus", "EventWatch", "NearbyWatch", "merge_change")
+__all__ = ("DEFAULT_LIMIT", "Bus", "EventWatch", "NearbyWatch", "is_coroutine_callable", "merge_change")
 
 log = logging.getLogger(__name__)
 
@@ -148,6 +151,50 @@ class EventWatch(Generic[E]):
         await self.aclose()
 
 
+def is_coroutine_callable(handler: object) -> bool:
+    """Whether calling ``handler`` makes a coroutine, as far as can be told without calling it: a
+    coroutine function, a method or ``functools.partial`` of one, or an object whose ``__call__``
+    is one."""
+    while isinstance(handler, functools.partial):
+        handler = handler.func
+    call = getattr(type(handler), "__call__", None)  # noqa: B004 (the method, not callability)
+    return inspect.iscoroutinefunction(handler) or inspect.iscoroutinefunction(call)
+
+
+class _Inline:
+    """A plain-function handler: called in the task that publishes the event."""
+
+    __slots__ = ("accept", "active", "bus", "handler", "watch")
+
+    def __init__(
+        self, bus: Bus[Any], accept: Callable[[Any], bool], handler: Callable[[Any], object]
+    ) -> None:
+        self.bus = bus
+        self.accept = accept
+        self.handler = handler
+        self.active = True
+        self.watch: EventWatch[Any] | None = None  # once it turned out to return awaitables
+
+    def __call__(self, event: Any) -> None:
+        if not self.active or not self.accept(event):
+            return
+        try:
+            result = self.handler(event)
+        except Exception:
+            log.exception("event handler %r failed on %r", self.handler, event)
+            return
+        if inspect.isawaitable(result):
+            # A plain callable that returns an awaitable (a lambda around a coroutine function):
+            # from now on it runs in a task of its own, starting with this awaitable.
+            self.bus._remove_inline(self)
+            self.watch = self.bus._run_in_task(self.accept, self.handler, (event, result))
+
+    def remove(self) -> None:
+        if self.watch is not None:
+            self.watch.close()
+        self.bus._remove_inline(self)
+
+
 class Bus(Generic[E]):
     """Delivers events to watches and handlers. ``spawn`` starts a handler's task (the node's group)."""
 
@@ -157,11 +204,16 @@ class Bus(Generic[E]):
         self._spawn = spawn
         self._limit = limit
         self._watches: list[EventWatch[E]] = []
+        self._inline: list[_Inline] = []
 
     def publish(self, event: E) -> None:
-        """Queue ``event`` for every watch that accepts it (never waits)."""
+        """Queue ``event`` for every watch that accepts it, and call the plain-function handlers
+        that take it (never waits)."""
         for watch in self._watches:
             watch.put(event)
+        if self._inline:
+            for inline in tuple(self._inline):  # (a handler may add or remove handlers)
+                inline(event)
 
     def watch(
         self, accept: Callable[[E], bool] = lambda _: True, *, limit: int | None = None
@@ -171,35 +223,74 @@ class Bus(Generic[E]):
         self._watches.append(watch)
         return watch
 
-    def add_handler(self, accept: Callable[[E], bool], handler: Callable[[Any], Awaitable[None]]) -> Handle:
-        """Run ``handler(event)`` for each event ``accept`` takes, one at a time, in a task of its own.
+    def add_handler(
+        self, accept: Callable[[E], bool], handler: Callable[[Any], Awaitable[None] | None]
+    ) -> Handle:
+        """Run ``handler(event)`` for each event ``accept`` takes.
 
-        A handler that raises is logged; the next event still comes. :meth:`Handle.remove` stops it.
+        A coroutine function runs in a task of its own, one event at a time; while it is busy, the
+        events waiting for it merge like a watch's. A plain function is called at once, in the task
+        that published the event (for a contact's change, the task reading its channel): nothing is
+        merged or queued, and it must return quickly (a plain callable that returns an awaitable is
+        moved to a task of its own). A handler that raises is logged; the next event still comes.
+        :meth:`Handle.remove` stops it.
+
+        :raises TypeError: when ``handler`` is not callable.
         """
         if not callable(handler):
-            raise TypeError(f"a handler must be a coroutine function, not {type(handler).__name__}")
+            raise TypeError(
+                f"a handler must be a function or a coroutine function, not {type(handler).__name__}"
+            )
+        if is_coroutine_callable(handler):
+            return Handle(self._run_in_task(accept, handler).close)
+        inline = _Inline(self, accept, handler)
+        self._inline.append(inline)
+        return Handle(inline.remove)
+
+    def _run_in_task(
+        self,
+        accept: Callable[[E], bool],
+        handler: Callable[[Any], Any],
+        started: tuple[Any, Awaitable[object]] | None = None,
+    ) -> EventWatch[E]:
+        # A handler's task: awaits the handler's ``started`` call (event, awaitable) when given,
+        # then ``handler(event)`` for each event, one at a time.
         watch = self.watch(accept)
 
         async def run() -> None:
             async with watch:
+                if started is not None:
+                    await _guarded(handler, started[0], started[1])
                 async for event in watch:
-                    try:
-                        await handler(event)
-                    except Exception:
-                        log.exception("event handler %r failed on %r", handler, event)
+                    await _guarded(handler, event, None)
 
         self._spawn(run)
-        return Handle(watch.close)
+        return watch
+
+    def _remove_inline(self, inline: _Inline) -> None:
+        inline.active = False
+        if inline in self._inline:
+            self._inline.remove(inline)
 
     def _discard(self, watch: EventWatch[E]) -> None:
         if watch in self._watches:
             self._watches.remove(watch)
 
     def close(self) -> None:
-        """End every watch (iterators stop, handler tasks return)."""
+        """End every watch (iterators stop, handler tasks return) and drop the plain handlers."""
         for watch in list(self._watches):
             watch.end()
         self._watches.clear()
+        for inline in list(self._inline):
+            self._remove_inline(inline)
+
+
+async def _guarded(handler: Callable[[Any], Any], event: Any, called: Awaitable[object] | None) -> None:
+    # ``handler(event)`` (or its call already made), a failure logged.
+    try:
+        await (handler(event) if called is None else called)
+    except Exception:
+        log.exception("event handler %r failed on %r", handler, event)
 
 
 class NearbyWatch(EventWatch["NearbyChanged"]):

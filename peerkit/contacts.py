@@ -706,7 +706,8 @@ class ContactManager:
         return self._bus.watch(lambda e: isinstance(e, (ContactChanged, SubscriptionListChanged)))
 
     def add_handler(self, handler: Any) -> Handle:
-        """Run ``handler(event)`` (a coroutine function) for each :class:`~peerkit.ContactChanged`."""
+        """Run ``handler(event)`` for each :class:`~peerkit.ContactChanged`: a coroutine function in a
+        task of its own, a plain function at once (see :meth:`Node.add_presence_handler`)."""
         return self._bus.add_handler(lambda e: isinstance(e, ContactChanged), handler)
 
     def on_changed(self, handler: Any) -> Any:

@@ -24,8 +24,10 @@ from peerkit.peers import Peer
 
 __all__ = ("EventHandler", "EventMethods")
 
-EventHandler = Callable[[Any], Awaitable[None]]
-F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
+#: An event handler: a coroutine function (run in a task of its own) or a plain function (called
+#: as the event happens; it must return quickly). See :meth:`EventMethods.add_presence_handler`.
+EventHandler = Callable[[Any], Awaitable[None] | None]
+F = TypeVar("F", bound=Callable[..., Any])
 
 
 class EventMethods:
@@ -61,14 +63,26 @@ class EventMethods:
         item: uuid.UUID | None,
     ) -> Handle:
         if not callable(handler):
-            raise TypeError(f"a handler must be a coroutine function, not {type(handler).__name__}")
+            raise TypeError(
+                f"a handler must be a function or a coroutine function, not {type(handler).__name__}"
+            )
         return self._bus.add_handler(event_filter((kind,), _peer_id(peer), local, item), handler)
 
     def add_presence_handler(
         self, handler: EventHandler, *, peer: Peer | PeerId | None = None, local: bool = False
     ) -> Handle:
         """Run ``handler(event)`` for each :class:`~peerkit.PresenceChanged` of the contacts this node
-        watches (or of one, with ``peer``; or this node's own, with ``local=True``)."""
+        watches (or of one, with ``peer``; or this node's own, with ``local=True``).
+
+        A coroutine function runs in a task of its own, one event at a time, so a slow handler holds
+        up nothing; the events that wait for it merge (the latest presence wins). A plain function
+        is called at once, in the task that received the change (the contact's channel), with
+        every event: it is the fastest way to follow many contacts, and it must not block, as the
+        channel waits for it. A handler that raises is logged, and the next event still comes.
+
+        :returns: a handle whose ``remove()`` stops the handler.
+        :raises TypeError: when ``handler`` is not callable.
+        """
         return self._add_event_handler(PresenceChanged, handler, peer, local, None)
 
     def add_application_handler(

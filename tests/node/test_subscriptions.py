@@ -256,6 +256,8 @@ async def test_handlers_per_contact_per_object_and_for_all() -> None:
 
         bob.add_presence_handler(lambda e: _append(alices, e), peer=alice_in_bob)
         bob.add_object_handler(lambda e: _append(pictures, e), object_id=PICTURE)
+        called_at_once: list[PresenceChanged] = []
+        bob.add_presence_handler(called_at_once.append)  # a plain function: no task of its own
 
         async def broken(event: Any) -> None:
             raise RuntimeError("a broken handler does not stop the others")
@@ -273,6 +275,8 @@ async def test_handlers_per_contact_per_object_and_for_all() -> None:
         assert {e.peer_id for e in every} == {alice.id, carol.id}
         assert {e.peer_id for e in alices} == {alice.id}
         assert [e.object.id for e in pictures] == [PICTURE]
+        assert {e.peer_id for e in called_at_once} == {alice.id, carol.id}
+        assert [e.presence for e in called_at_once if e.peer_id == alice.id][-1] == BUSY
 
 
 async def _append(items: list[Any], event: Any) -> None:
