@@ -8,6 +8,7 @@ task, which sleeps until the earliest.
 
 from __future__ import annotations
 
+import asyncio
 import heapq
 import itertools
 import math
@@ -15,7 +16,20 @@ from collections.abc import Callable
 
 import anyio
 
-__all__ = ("Clock",)
+__all__ = ("Clock", "loop_clock")
+
+
+def loop_clock() -> Callable[[], float]:
+    """The running event loop's clock (the one ``anyio.current_time`` reads), as a function that is
+    cheap to call on a hot path: asyncio's ``loop.time`` when on asyncio (a tenth of the cost of
+    ``anyio.current_time``, which looks the backend up on each call), else ``anyio.current_time``.
+
+    Fetch it in the task that will use it: an asyncio loop's clock is that loop's.
+    """
+    try:
+        return asyncio.get_running_loop().time
+    except RuntimeError:  # (not on asyncio: trio, or no loop yet)
+        return anyio.current_time
 
 
 class Clock:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import anyio
 import pytest
 
-from peerkit.clock import Clock
+from peerkit.clock import Clock, loop_clock
 
 pytestmark = pytest.mark.anyio
 
@@ -57,3 +57,17 @@ async def test_callbacks_due_within_the_slack_run_together() -> None:
         tg.cancel_scope.cancel()
     assert min(ran) >= first + 0.3 - 0.01  # (late by the slack at most)
     assert max(ran) - min(ran) < 0.01  # (one wake-up for the five)
+
+
+async def test_the_loop_clock_reads_the_time_anyio_reads() -> None:
+    now = loop_clock()
+    before = anyio.current_time()
+    read = now()
+    after = anyio.current_time()
+    assert before <= read <= after
+    await anyio.sleep(0.02)
+    assert now() - read >= 0.015  # a clock, not a stored time
+
+
+def test_the_loop_clock_outside_a_loop_is_anyios() -> None:
+    assert loop_clock() is anyio.current_time

@@ -7,7 +7,6 @@ Low-level errors are mapped to peerkit's here, once, keeping the cause.
 
 from __future__ import annotations
 
-import asyncio
 import ipaddress
 import logging
 import math
@@ -21,11 +20,12 @@ import anyio
 import anyio.abc
 from anyio.abc import SocketAttribute
 
+from peerkit.clock import loop_clock
 from peerkit.errors import HandshakeError, PeerUnreachable, ProtocolError
 from peerkit.identity import Identity, PeerId
 from peerkit.model import EndPoint, check_text, seconds_text
 from peerkit.net.relay import PrefixedStream, RelayAttribute, dial_relayed, read_frame
-from peerkit.net.transport import BROKEN, TcpTransport, Transport, on_asyncio, unreachable
+from peerkit.net.transport import BROKEN, TcpTransport, Transport, unreachable
 from peerkit.proto import messages
 from peerkit.proto import relay as relay_wire
 from peerkit.proto.admission import (
@@ -366,7 +366,7 @@ class SecureChannel(anyio.abc.AsyncResource):
                     await self._abort()
                     raise PeerUnreachable(BROKE) from exc
                 try:
-                    events = self._conn.receive_data(data, anyio.current_time())
+                    events = self._conn.receive_data(data, loop_clock()())
                 except ProtocolError:
                     await self._abort()
                     raise
@@ -548,9 +548,9 @@ class ChannelListener(anyio.abc.AsyncResource):
             listener.screen = self._screen
 
     def _screen(self, address: object) -> bool:
-        # Called by the listener's accepting task, on asyncio (TcpListener): the loop's clock is
-        # anyio's there, read without anyio's lookup of the backend (this runs per connection).
-        now = asyncio.get_running_loop().time() if on_asyncio() else anyio.current_time()
+        # Called by the listener's accepting task (TcpListener), per connection: the loop's clock,
+        # read without anyio's lookup of the backend.
+        now = loop_clock()()
         refusal = self.admission.screen(source_of(address), now)
         if refusal is None:
             return True

@@ -19,7 +19,7 @@ from typing import Any, Final, Literal
 import anyio
 import anyio.abc
 
-from peerkit.clock import Clock
+from peerkit.clock import Clock, loop_clock
 from peerkit.errors import PeerUnreachable, ProtocolError
 from peerkit.identity import PeerId
 from peerkit.model import EndPoint, check_seconds
@@ -363,7 +363,7 @@ class ControlChannel:
                     self._clock.schedule(self, anyio.current_time() + self._keepalive.interval)
                 try:
                     closed = self._closed.is_set
-                    now = anyio.current_time
+                    now = loop_clock()
                     receive = self.channel.receive  # (not ``async for``: one frame less, idle)
                     while True:
                         message = await receive()
@@ -394,7 +394,7 @@ class ControlChannel:
             if self._done():
                 await self.aclose()
         elif isinstance(event, NoticeReceived):
-            self._last_request = anyio.current_time()
+            self._last_request = self._last_heard  # (when it came: now)
             kind = event.message["t"]
             take = self._notices.get(kind)
             if take is None:
@@ -405,7 +405,7 @@ class ControlChannel:
             except Exception:
                 log.exception("handling %r from %s failed", kind, self.peer_id.fingerprint)
         elif isinstance(event, RequestReceived):
-            self._last_request = anyio.current_time()
+            self._last_request = self._last_heard  # (when it came: now)
             tg.start_soon(self._handle, event.rid, event.message)
             if self._state.handling >= STALL_AFTER and self.channel.congested:
                 # Backpressure: a peer that does not read its replies is not read from either
