@@ -14,7 +14,7 @@ Wire forms (docs/protocol.md section 7): presence ``[status, text]``; applicatio
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from typing import Any, Final
 
 from peerkit.errors import ProtocolError
@@ -48,6 +48,9 @@ def object_wire(obj: PeerObject) -> dict[str, Any]:
     return {"id": obj.id.bytes, "data": obj.data}
 
 
+_STATUSES: Final = tuple(sorted(PresenceStatus))  # by value, 0..7 (a lookup, not an enum call)
+
+
 def read_presence(value: object) -> Presence:
     """A presence from its wire form. :raises ProtocolError: when malformed."""
     if not isinstance(value, list) or len(value) != 2 or not isinstance(value[1], str):
@@ -56,7 +59,7 @@ def read_presence(value: object) -> Presence:
     if not isinstance(status, int) or isinstance(status, bool) or not 0 <= status <= 7:
         raise ProtocolError(f"presence status {status!r} is not 0..7")
     try:
-        return Presence(PresenceStatus(status), value[1])
+        return Presence(_STATUSES[status], value[1])
     except (ValueError, TypeError) as exc:
         raise ProtocolError(f"bad presence: {exc}") from None
 
@@ -105,12 +108,15 @@ class Outbox:
         name: str,
         apps: Iterable[Application],
         objects: Iterable[PeerObject],
-        kinds: Iterable[str] = KINDS,
+        kinds: Collection[str] = KINDS,
     ) -> list[dict[str, Any]]:
         """The ``notify`` messages that bring the subscriber to the current state, as far as
-        ``visible`` (the scopes it may see) allows; records them as sent."""
+        ``visible`` (the scopes it may see) allows, for the ``kinds`` given (in the order of
+        :data:`KINDS`, whatever the order of ``kinds``); records them as sent."""
         messages: list[dict[str, Any]] = []
-        for kind in kinds:
+        for kind in KINDS:
+            if kind not in kinds:
+                continue
             if kind == "presence":
                 wire = presence_wire(presence if visible else OFFLINE)
                 if wire != self.presence:
