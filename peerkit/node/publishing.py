@@ -5,19 +5,25 @@ was told, answers ``subscribe`` and ``get`` requests, and sends every subscriber
 see: one fan-out task sends without waiting on any connection, and a congested subscriber gets a
 task of its own until it has caught up. When the node stops, :meth:`Publishing.farewell` waits
 (bounded by the caller) until every subscriber has been sent what is queued for it.
+
+What a subscriber is sent is always the difference between what it was told (its outbox) and what
+it may see now, so a change need not be queued per subscriber: the part notes which kinds of thing
+changed (presence, name, applications, objects), and the next fan-out pass works out each
+subscriber's difference for those kinds. A congested subscriber notes its own kinds until its
+task catches up; however many changes it misses, it is owed at most one message per thing.
 """
 
 from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Callable, Coroutine, Iterable
+from collections.abc import Callable, Collection, Coroutine, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Final, Protocol
 
 import anyio
 
-from peerkit.bus import Bus, EventWatch
+from peerkit.bus import Bus
 from peerkit.errors import PeerUnreachable
 from peerkit.events import ApplicationChanged, NameChanged, ObjectChanged, PresenceChanged
 from peerkit.identity import PeerId
@@ -40,6 +46,15 @@ log = logging.getLogger(__name__)
 
 #: Distinct notifications kept encoded for reuse across subscribers, at most.
 ENCODED_CACHE: Final = 256
+
+_NEAR_ME_SIGNED: Final = frozenset({Scope.NEAR_ME, Scope.ALL})
+_INTERNET_SIGNED: Final = frozenset({Scope.INTERNET, Scope.ALL})
+_VISIBLE: Final = {
+    (False, False): Scope.NONE,
+    (True, False): Scope.NEAR_ME,
+    (False, True): Scope.INTERNET,
+    (True, True): Scope.ALL,
+}
 
 
 class Visibility:
@@ -70,12 +85,20 @@ class Published:
 class _Subscriber:
     # A peer watching this node over one control channel.
     control: ControlChannel
-    watch: EventWatch[Any]
     outbox: Outbox = field(default_factory=Outbox)
-    # Set while a task of its own sends to it (its connection was congested); otherwise the
-    # fan-out task sends to it without waiting.
+    # Set while a task of its own sends to it (its state is on its way, or its connection was
+    # congested); otherwise the fan-out task sends to it without waiting.
     slow: bool = False
+    # While slow: the kinds of thing that changed since it was last sent its difference.
+    dirty: set[str] = field(default_factory=set)
     backlog: list[bytes] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class _Pass:
+    # What one fan-out pass works out once for all its subscribers.
+    now: Published
+    scope: Scope
 
 
 class Publishing:
@@ -109,24 +132,26 @@ class Publishing:
         self._spawn = spawn
         self.instance = instance
         self._subscribers: dict[ControlChannel, _Subscriber] = {}
+        self._slow: dict[_Subscriber, None] = {}
         self._encoded: dict[tuple[Any, ...], bytes] = {}
-        self._queue: dict[_Subscriber, None] = {}
+        self._dirty: set[str] = set()  # kinds changed since the last pass
+        self._passing = False  # a pass is under way (it lets others run every 128 subscribers)
         self._wake = anyio.Event()
+        bus.add_handler(_for_subscribers, self._changed)  # (a plain function: called at once)
 
     # -- who sees what ----------------------------------------------------------------------
     def visible(self, peer_id: PeerId) -> Scope:
         """The scopes whose items ``peer_id`` may see now: NEAR_ME when it is near me (and I am
         signed in there), INTERNET when it is an allowed contact (and I am signed in there)."""
-        permission = self._contacts.permission(peer_id)
-        if permission is SubscribePermission.BLOCKED:
+        return self._visible(peer_id, self._contacts.permission(peer_id), self._scope())
+
+    def _visible(self, peer_id: PeerId, permission: SubscribePermission | None, scope: Scope) -> Scope:
+        if permission is SubscribePermission.BLOCKED or not scope:
             return Scope.NONE
-        scope = self._scope()
-        visible = Scope.NONE
-        if scope & Scope.NEAR_ME and self._near(peer_id):
-            visible |= Scope.NEAR_ME
-        if scope & Scope.INTERNET and permission is SubscribePermission.ALLOWED:
-            visible |= Scope.INTERNET
-        return visible
+        # (a table, not flag arithmetic: this runs for each subscriber of each change)
+        near = scope in _NEAR_ME_SIGNED and self._near(peer_id)
+        allowed = scope in _INTERNET_SIGNED and permission is SubscribePermission.ALLOWED
+        return _VISIBLE[near, allowed]
 
     def subscribers(self) -> list[PeerId]:
         """The ids of the peers that watch this node now (one entry per subscription)."""
@@ -160,23 +185,25 @@ class Publishing:
         if not self._contacts.has(control.peer_id):
             return error_reply(ErrorCode.NOT_ALLOWED, "this node does not have you as a contact")
         self.end(control)
-        subscriber = _Subscriber(control, self._bus.watch(_for_subscribers))
-        self._diff_for(subscriber, KINDS)
+        subscriber = _Subscriber(control)
+        self._diff_for(subscriber, KINDS, self._pass())
         self._subscribers[control] = subscriber
         control.pins += 1
-        # Changes from now on wait in its queue until the state is sent.
+        # Changes from now on are noted in its own ``dirty`` until the state is sent.
         subscriber.slow = True
+        self._slow[subscriber] = None
         state = subscriber.outbox.state()
 
         async def sent(ok: bool) -> None:
-            if not ok:
-                if self._subscribers.get(control) is subscriber:
-                    self.end(control)
+            if self._subscribers.get(control) is not subscriber:
                 return
-            subscriber.watch.on_ready = functools.partial(self._ready, subscriber)
-            subscriber.slow = False
-            if subscriber.watch.pending:
-                self._ready(subscriber)
+            if not ok:
+                self.end(control)
+                return
+            kinds = set(subscriber.dirty)  # what changed meanwhile
+            self._caught_up(subscriber)
+            if kinds:
+                self._send_now(subscriber, kinds, self._pass())
 
         return Answer({"t": "subscribe_reply", "state": state, "inst": self.instance}, sent)
 
@@ -198,25 +225,36 @@ class Publishing:
         """The subscription on ``control`` ends (``unsubscribe``, or the channel closed)."""
         subscriber = self._subscribers.pop(control, None)
         if subscriber is not None:
-            subscriber.watch.close()
+            self._slow.pop(subscriber, None)
             control.pins -= 1
 
     def clear(self) -> None:
         """Forget every subscription (the node stopped)."""
         self._subscribers.clear()
+        self._slow.clear()
 
     # -- sending ----------------------------------------------------------------------------
-    def _diff_for(self, subscriber: _Subscriber, kinds: Iterable[str]) -> list[dict[str, Any]]:
-        peer_id = subscriber.control.peer_id
-        visible = self.visible(peer_id) if self._contacts.has(peer_id) else Scope.NONE
-        now = self._published()
-        return subscriber.outbox.diff(visible, now.presence, now.name, now.apps, now.objects, kinds)
-
-    def _ready(self, subscriber: _Subscriber) -> None:
-        # A subscriber's queue has something: the fan-out task sends it, unless a task of its own does.
-        if not subscriber.slow:
-            self._queue[subscriber] = None
+    def _changed(self, event: Any) -> None:
+        # A local change or a Visibility signal (the bus calls this as it happens): the fan-out
+        # task sends it on; a slow subscriber notes it for its own task.
+        kinds = _kinds_of(event)
+        for subscriber in self._slow:
+            subscriber.dirty.update(kinds)
+        if self._subscribers:
+            self._dirty.update(kinds)
             self._wake.set()
+
+    def _pass(self) -> _Pass:
+        return _Pass(self._published(), self._scope())
+
+    def _diff_for(self, subscriber: _Subscriber, kinds: Collection[str], now: _Pass) -> list[dict[str, Any]]:
+        peer_id = subscriber.control.peer_id
+        permission = self._contacts.permission(peer_id)  # (None: no longer a contact)
+        visible = Scope.NONE if permission is None else self._visible(peer_id, permission, now.scope)
+        published = now.now
+        return subscriber.outbox.diff(
+            visible, published.presence, published.name, published.apps, published.objects, kinds
+        )
 
     async def fanout(self) -> None:
         """Send every subscriber its changes, without waiting on any connection; runs until cancelled.
@@ -227,26 +265,31 @@ class Publishing:
         while True:
             await self._wake.wait()
             self._wake = anyio.Event()
-            queue, self._queue = self._queue, {}
-            for count, subscriber in enumerate(queue, 1):
-                if not subscriber.slow and self._subscribers.get(subscriber.control) is subscriber:
-                    self._send_now(subscriber)
-                if count % 128 == 0:
-                    await anyio.lowlevel.checkpoint()  # let the others run during a long pass
+            kinds, self._dirty = self._dirty, set()
+            now = self._pass()
+            self._passing = True
+            try:
+                for count, subscriber in enumerate(list(self._subscribers.values()), 1):
+                    if not subscriber.slow and self._subscribers.get(subscriber.control) is subscriber:
+                        self._send_now(subscriber, kinds, now)
+                    if count % 128 == 0:
+                        await anyio.lowlevel.checkpoint()  # let the others run during a long pass
+                        now = self._pass()  # (what changed meanwhile comes in the next pass too)
+            finally:
+                self._passing = False
 
-    def _send_now(self, subscriber: _Subscriber) -> None:
+    def _send_now(self, subscriber: _Subscriber, kinds: set[str], now: _Pass) -> None:
         control = subscriber.control
         channel = control.channel
         try:
-            while subscriber.watch.pending:
-                event = subscriber.watch.pop_nowait()
-                encoded = [self._encode(m) for m in self._diff_for(subscriber, _kinds_of(event))]
-                for index, plaintext in enumerate(encoded):
-                    if not channel.try_send_encoded(plaintext):
-                        subscriber.backlog = encoded[index:]
-                        subscriber.slow = True
-                        self._spawn(functools.partial(self._send_slowly, subscriber))
-                        return
+            encoded = [self._encode(m) for m in self._diff_for(subscriber, kinds, now)]
+            for index, plaintext in enumerate(encoded):
+                if not channel.try_send_encoded(plaintext):
+                    subscriber.backlog = encoded[index:]
+                    subscriber.slow = True
+                    self._slow[subscriber] = None
+                    self._spawn(functools.partial(self._send_slowly, subscriber))
+                    return
         except PeerUnreachable as exc:
             log.debug("subscriber %s is gone: %s", control.peer_id.fingerprint, exc)
             self.end(control)
@@ -255,23 +298,29 @@ class Publishing:
             self.end(control)  # no longer a contact: it was told Offline, and hears no more
 
     async def _send_slowly(self, subscriber: _Subscriber) -> None:
-        # The subscriber's connection is congested: send at its pace, its changes merging meanwhile.
+        # The subscriber's connection is congested (or its state was just sent): send at its pace,
+        # noting the kinds that change meanwhile.
         control = subscriber.control
         try:
             while subscriber.backlog:
                 await control.notify_encoded(subscriber.backlog.pop(0))
-            while subscriber.watch.pending:
-                event = subscriber.watch.pop_nowait()
-                for message in self._diff_for(subscriber, _kinds_of(event)):
+            while subscriber.dirty:
+                kinds, subscriber.dirty = subscriber.dirty, set()
+                for message in self._diff_for(subscriber, kinds, self._pass()):
                     await control.notify_encoded(self._encode(message))
         except PeerUnreachable as exc:
             log.debug("subscriber %s is gone: %s", control.peer_id.fingerprint, exc)
             self.end(control)
             return
         finally:
-            subscriber.slow = False
+            self._caught_up(subscriber)
         if not self._contacts.has(control.peer_id):
             self.end(control)
+
+    def _caught_up(self, subscriber: _Subscriber) -> None:
+        subscriber.slow = False
+        subscriber.dirty.clear()
+        self._slow.pop(subscriber, None)
 
     def _encode(self, message: dict[str, Any]) -> bytes:
         # Subscribers are mostly told the same things: each distinct notification is encoded once.
@@ -285,7 +334,7 @@ class Publishing:
 
     async def farewell(self) -> None:
         """Wait until every subscriber has been sent what is queued for it (the caller bounds it)."""
-        while any(s.watch.pending or s.slow for s in self._subscribers.values()):  # noqa: ASYNC110
+        while self._dirty or self._passing or self._slow:  # noqa: ASYNC110
             await anyio.sleep(0.01)  # bounded by the caller; senders share no event to wait on
 
 
@@ -293,7 +342,7 @@ def _for_subscribers(event: Any) -> bool:
     return isinstance(event, Visibility) or getattr(event, "local", False) is True
 
 
-def _kinds_of(event: Any) -> tuple[str, ...]:
+def _kinds_of(event: Any) -> Collection[str]:
     if isinstance(event, PresenceChanged):
         return ("presence",)
     if isinstance(event, ApplicationChanged):
