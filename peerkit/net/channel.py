@@ -370,6 +370,8 @@ class SecureChannel(anyio.abc.AsyncResource):
                 except ProtocolError:
                     await self._abort()
                     raise
+                if len(events) == 1 and self._pending is None and isinstance(events[0], MessageReceived):
+                    return events[0].message  # (the usual case: one message read, no queue made)
                 for event in events:
                     if isinstance(event, MessageReceived):
                         if self._pending is None:

@@ -324,7 +324,9 @@ class Publishing:
 
     def _encode(self, message: dict[str, Any]) -> bytes:
         # Subscribers are mostly told the same things: each distinct notification is encoded once.
-        key = (message["k"], message.get("c"), _frozen(message["v"]))
+        kind, value = message["k"], message["v"]
+        # (a presence is [status, text]: made hashable without walking it)
+        key = (kind, message.get("c"), tuple(value) if kind == "presence" else _frozen(value))
         encoded = self._encoded.get(key)
         if encoded is None:
             if len(self._encoded) >= ENCODED_CACHE:
