@@ -38,9 +38,44 @@ async def test_a_set_flag_keeps_no_queue_of_waiters() -> None:
     async with anyio.create_task_group() as tg:
         tg.start_soon(flag.wait)
         await anyio.sleep(0.01)
-        assert flag._event is not None  # (a waiter: its queue exists)
+        assert flag._waiters is not None  # (a waiter: its queue exists)
         flag.set()
-    assert flag._event is None
+    assert flag._waiters is None
+
+
+async def test_a_cancelled_waiter_leaves_the_queue_and_the_others_still_wake() -> None:
+    flag = Flag()
+    woke: list[str] = []
+
+    async def waiter(name: str) -> None:
+        await flag.wait()
+        woke.append(name)
+
+    async with anyio.create_task_group() as tg:
+        with anyio.CancelScope() as gone:
+            tg.start_soon(waiter, "first")
+            async with anyio.create_task_group() as cancelled:
+                cancelled.start_soon(waiter, "cancelled")
+                tg.start_soon(waiter, "last")
+                await anyio.sleep(0.01)
+                cancelled.cancel_scope.cancel()
+        assert not gone.cancelled_caught
+        await anyio.sleep(0.01)
+        assert woke == []  # cancelling one waiter woke nobody else
+        flag.set()
+    assert sorted(woke) == ["first", "last"]
+    assert flag._waiters is None
+
+
+async def test_a_lone_waiter_cancelled_leaves_nothing_behind() -> None:
+    flag = Flag()
+    for _ in range(3):
+        with anyio.move_on_after(0.005):
+            await flag.wait()
+    assert flag._waiters is None or isinstance(flag._waiters, anyio.Event)
+    flag.set()
+    with anyio.fail_after(1):
+        await flag.wait()
 
 
 async def test_a_flag_waited_with_a_timeout_is_cancelled_cleanly() -> None:
