@@ -16,6 +16,8 @@ from collections.abc import Callable
 
 import anyio
 
+from peerkit.sync import Flag
+
 __all__ = ("Clock", "loop_clock")
 
 
@@ -45,7 +47,7 @@ class Clock:
     def __init__(self, slack: float = 0.0) -> None:
         self._due: list[tuple[float, int, Callable[[], None]]] = []
         self._order = itertools.count()  # (ties in time go in the order they were asked for)
-        self._sooner = anyio.Event()
+        self._sooner = Flag()
         self._slack = slack
 
     def __len__(self) -> int:
@@ -65,7 +67,7 @@ class Clock:
             while self._due and self._due[0][0] <= now:
                 _, _, callback = heapq.heappop(self._due)
                 callback()
-            self._sooner = anyio.Event()
+            self._sooner = Flag()
             delay = self._due[0][0] + self._slack - now if self._due else math.inf
             with anyio.move_on_after(delay):
                 await self._sooner.wait()

@@ -47,6 +47,7 @@ from peerkit.model import ChangeType, EndPoint, Scope, seconds_text
 from peerkit.net.transport import local_addresses
 from peerkit.node.connections import ChannelPeer, Me
 from peerkit.peers import NearbyPeer, Peer, PeerOps
+from peerkit.sync import Flag
 
 __all__ = ("PROVIDER_TIMEOUT", "Nearby", "NearbyHandler")
 
@@ -103,8 +104,8 @@ class Nearby:
         self.record: bytes | None = None
         # What the record says: nickname, endpoint name, addresses, relays, mapped endpoint, relaying.
         self._signed_as: tuple[object, ...] | None = None
-        self._republish = anyio.Event()
-        self._near_me = anyio.Event()  # set while signed in to NEAR_ME
+        self._republish = Flag()
+        self._near_me = Flag()  # set while signed in to NEAR_ME
         self._tg: anyio.abc.TaskGroup | None = None
 
     # -- lifetime ----------------------------------------------------------------------------
@@ -232,7 +233,7 @@ class Nearby:
         while True:
             with anyio.move_on_after(self._address_check):
                 await self._republish.wait()
-            self._republish = anyio.Event()
+            self._republish = Flag()
             hosts = self.hosts()
             me = self._me()
             scope = self._scope()
@@ -253,7 +254,7 @@ class Nearby:
         if leaving & Scope.NEAR_ME:
             # Their watches end; the providers go on following them (what they know is not
             # reported twice), so signing in again shows them at once.
-            self._near_me = anyio.Event()
+            self._near_me = Flag()
             self.end_watches()
 
     # -- people near me ----------------------------------------------------------------------

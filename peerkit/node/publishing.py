@@ -39,6 +39,7 @@ from peerkit.proto.requests import (
     What,
     error_reply,
 )
+from peerkit.sync import Flag
 
 __all__ = ("Publishing", "Visibility")
 
@@ -136,7 +137,7 @@ class Publishing:
         self._encoded: dict[tuple[Any, ...], bytes] = {}
         self._dirty: set[str] = set()  # kinds changed since the last pass
         self._passing = False  # a pass is under way (it lets others run every 128 subscribers)
-        self._wake = anyio.Event()
+        self._wake = Flag()
         bus.add_handler(_for_subscribers, self._changed)  # (a plain function: called at once)
 
     # -- who sees what ----------------------------------------------------------------------
@@ -264,7 +265,7 @@ class Publishing:
         """
         while True:
             await self._wake.wait()
-            self._wake = anyio.Event()
+            self._wake = Flag()
             kinds, self._dirty = self._dirty, set()
             now = self._pass()
             self._passing = True

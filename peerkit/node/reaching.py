@@ -50,6 +50,7 @@ from peerkit.proto.requests import (
     read_addresses,
     seen_address,
 )
+from peerkit.sync import Flag
 
 __all__ = ("AUTO_RELAYS", "MAX_TAKING", "RENEW", "Reach", "ReachStep", "Reaching")
 
@@ -174,7 +175,7 @@ class Reaching:
         #: When each contact was last asked whether it relays, and the endpoint to reserve on
         #: when it does.
         self._asked: dict[PeerId, tuple[float, EndPoint | None]] = {}
-        self._wake = anyio.Event()
+        self._wake = Flag()
         #: The relay this node serves as (None: it is not one).
         self.service = RelayService(policy, allowed=lambda key: is_contact(PeerId(key))) if policy else None
         self._relays = tuple(relays)
@@ -376,7 +377,7 @@ class Reaching:
         while True:
             with anyio.move_on_after(AUTO_CHECK):
                 await self._wake.wait()
-            self._wake = anyio.Event()
+            self._wake = Flag()
             reachable = await self.reachability.assess()
             if reachable != self.reachable:
                 self.reachable = reachable
