@@ -289,6 +289,9 @@ class Publishing:
                     subscriber.backlog = encoded[index:]
                     subscriber.slow = True
                     self._slow[subscriber] = None
+                    # What changed since this pass began is for the next pass, which skips a
+                    # slow subscriber: its own task sends it.
+                    subscriber.dirty.update(self._dirty)
                     self._spawn(functools.partial(self._send_slowly, subscriber))
                     return
         except PeerUnreachable as exc:

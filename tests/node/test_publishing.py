@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any, cast
 
@@ -11,24 +11,32 @@ import anyio
 import pytest
 
 from peerkit.bus import Bus
-from peerkit.events import PresenceChanged
+from peerkit.events import NameChanged, PresenceChanged
 from peerkit.identity import Identity, PeerId
 from peerkit.model import Presence, PresenceStatus, Scope, SubscribePermission
 from peerkit.net.control import Answer, ControlChannel
 from peerkit.node.publishing import Published, Publishing
 from peerkit.proto import messages
+from peerkit.sync import Flag
 
 pytestmark = pytest.mark.anyio
 
 
 class FakeChannel:
-    """Takes every message at once (each costing ``cost`` seconds of CPU), and keeps it."""
+    """Takes every message at once (each costing ``cost`` seconds of CPU), and keeps it; while
+    ``congested``, takes none at once."""
 
     def __init__(self, cost: float) -> None:
         self.sent: list[dict[str, Any]] = []
         self.cost = cost
+        self.congested = False
+        self.on_send: Callable[[], None] | None = None
 
     def try_send_encoded(self, plaintext: bytes) -> bool:
+        if self.on_send is not None:
+            self.on_send()
+        if self.congested:
+            return False
         if self.cost:
             time.sleep(self.cost)
         self.sent.append(messages.decode_message(plaintext))
@@ -40,6 +48,11 @@ class FakeControl:
         self.peer_id = Identity.generate().id
         self.channel = FakeChannel(cost)
         self.pins = 0
+        self.drains = Flag()  # a congested channel takes messages once this is set
+
+    async def notify_encoded(self, plaintext: bytes) -> None:
+        await self.drains.wait()
+        self.channel.sent.append(messages.decode_message(plaintext))
 
 
 class Contacts:
@@ -58,11 +71,12 @@ class Publisher:
         self.bus: Bus[Any] = Bus(tg.start_soon)
         self.contacts = Contacts()
         self.presence = Presence(PresenceStatus.ONLINE)
+        self.name = ""
         self.me = Identity.generate().id
         self.part = Publishing(
             bus=self.bus,
             contacts=self.contacts,
-            published=lambda: Published(presence=self.presence, name="", apps=(), objects=()),
+            published=lambda: Published(presence=self.presence, name=self.name, apps=(), objects=()),
             scope=lambda: Scope.INTERNET,
             near=lambda peer_id: False,
             spawn=tg.start_soon,
@@ -84,6 +98,10 @@ class Publisher:
         self.bus.publish(
             PresenceChanged(peer_id=self.me, contact=None, endpoint=None, presence=self.presence, local=True)
         )  # type: ignore[arg-type]
+
+    def set_name(self, name: str) -> None:
+        self.name = name
+        self.bus.publish(NameChanged(peer_id=self.me, contact=None, endpoint=None, name=name, local=True))  # type: ignore[arg-type]
 
 
 @asynccontextmanager
@@ -138,3 +156,27 @@ async def test_a_subscriber_that_is_no_longer_a_contact_is_told_offline_and_drop
         assert gone.channel.sent[-1]["v"] == [int(PresenceStatus.OFFLINE), ""]
         assert texts(kept) == ["still here"]
         assert p.part.subscribers() == [kept.peer_id]
+
+
+async def test_a_subscriber_congested_in_a_pass_still_gets_what_changed_during_that_pass() -> None:
+    async with publisher() as p:
+        controls = await p.subscribed(200)
+        # While the pass of the presence change is under way, the name changes too (the next
+        # pass's news); further on in that pass, one subscriber's connection is found congested.
+        controls[100].channel.on_send = lambda: p.set_name("laptop") if not p.name else None
+        stuck = controls[150]
+        stuck.channel.congested = True
+        p.set_presence("in a call")
+        with anyio.fail_after(5):
+            while not all(len(c.channel.sent) == 2 for c in controls if c is not stuck):
+                await anyio.sleep(0.01)  # (two passes: the presence, then the name)
+        assert [m["k"] for m in controls[199].channel.sent] == ["presence", "name"]
+        assert stuck.channel.sent == []
+        stuck.channel.congested = False
+        stuck.drains.set()  # it reads at last
+        with anyio.fail_after(5):
+            await p.part.farewell()
+        assert [(m["k"], m["v"]) for m in stuck.channel.sent] == [
+            ("presence", [int(PresenceStatus.BUSY), "in a call"]),
+            ("name", "laptop"),
+        ]
