@@ -34,6 +34,29 @@ def _short(text: str, width: int = 38) -> str:
     return "\n".join(lines[:4])
 
 
+def _latency_rows(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    # The p50 and p99 rows of the latency families, beside a reference (a stated target is not).
+    return [
+        r
+        for r in results
+        if r["benchmark"] in LATENCY_FAMILIES
+        and ("p50" in r["figure"] or "p99" in r["figure"])
+        and "target" not in r["reference"]
+    ]
+
+
+def _latency_label(row: dict[str, Any]) -> str:
+    # "fanout\nN=1000 coroutine\np50": the family, what tells its rows apart, the percentile.
+    figure = row["figure"]
+    words = [w.rstrip(":,") for w in figure.split() if w.startswith("N=")]
+    if "plain-function" in figure:
+        words.append("plain")
+    elif "coroutine" in figure:
+        words.append("coroutine")
+    which = "p99" if "p99" in figure else "p50"
+    return "\n".join([row["benchmark"], " ".join(words), which] if words else [row["benchmark"], which])
+
+
 def plot(results: list[dict[str, Any]], directory: Path) -> list[Path]:
     """Write the PNGs of ``results`` (rows as the JSON holds them) into ``directory``; returns
     their paths.
@@ -67,26 +90,23 @@ def plot(results: list[dict[str, Any]], directory: Path) -> list[Path]:
             axis.tick_params(axis="x", labelsize=7)
             axis.margins(y=0.15)
         figure.suptitle(f"{family}: peerkit beside its reference", fontsize=11)
-        figure.tight_layout()
+        figure.tight_layout(rect=(0, 0, 1, 1 - 0.45 / figure.get_figheight()))  # (room for the title)
         path = directory / f"{family}.png"
         figure.savefig(path, dpi=90)
         pyplot.close(figure)
         written.append(path)
-    latency = [
-        r
-        for r in results
-        if r["benchmark"] in LATENCY_FAMILIES and ("p50" in r["figure"] or "p99" in r["figure"])
-    ]
+    latency = _latency_rows(results)
     if latency:
-        figure, axis = pyplot.subplots(figsize=(8, 4))
-        labels = [f"{r['benchmark']}\n{'p99' if 'p99' in r['figure'] else 'p50'}" for r in latency]
+        figure, axis = pyplot.subplots(figsize=(max(8, 1.15 * len(latency)), 4.4))
+        labels = [_latency_label(r) for r in latency]
         positions = range(len(latency))
         ours = [r["value"] for r in latency]
         theirs = [r["reference_value"] for r in latency]
         axis.bar([p - 0.2 for p in positions], ours, 0.4, label="peerkit", color=PEERKIT_COLOUR)
         axis.bar([p + 0.2 for p in positions], theirs, 0.4, label="reference", color=REFERENCE_COLOUR)
-        axis.set_xticks(list(positions), labels, fontsize=8)
-        axis.set_ylabel(latency[0]["unit"])
+        axis.set_xticks(list(positions), labels, fontsize=7)
+        axis.set_yscale("log")  # (figures from under a millisecond to tens of them)
+        axis.set_ylabel(f"{latency[0]['unit']}, log scale")
         axis.set_title("latency: p50 and p99 beside the reference", fontsize=11)
         axis.legend()
         figure.tight_layout()

@@ -110,3 +110,25 @@ def test_the_wormhole_benchmark_times_peerkits_side_from_code_to_file(tmp_path: 
     assert 0 < times["pair"] < 30
     assert times["transfer"] > 0
     assert not (tmp_path / "in").exists()  # (removed after the round)
+
+
+def test_the_latency_plot_tells_its_rows_apart_and_leaves_out_targets() -> None:
+    from benchmarks.plots import _latency_label, _latency_rows
+
+    def row(benchmark: str, figure: str, reference: str = "plain") -> dict[str, object]:
+        return {"benchmark": benchmark, "figure": figure, "reference": reference}
+
+    rows = [
+        row("invite_cold", "cold invitation p50 ms"),
+        row("fanout", "N=1000: set_presence until all 1000 plain-function handlers saw it, p99"),
+        row("fanout", "N=10: set_presence until all 10 coroutine handlers saw it, p50"),
+        row("fanout", "N=1000 all delivered to coroutine handlers, p50", "the target"),
+        row("fanout", "N=1000: deliveries/s to coroutine handlers"),
+        row("stream", "application stream p50"),
+    ]
+    kept = _latency_rows(rows)
+    assert [_latency_label(r) for r in kept] == [
+        "invite_cold\np50",
+        "fanout\nN=1000 plain\np99",
+        "fanout\nN=10 coroutine\np50",
+    ]
