@@ -183,11 +183,12 @@ class Publishing:
     def subscribe(self, control: ControlChannel) -> Reply:
         """The answer to a ``subscribe`` request: the current state; every change follows once it
         went out."""
-        if not self._contacts.has(control.peer_id):
+        permission = self._contacts.permission(control.peer_id)
+        if permission is None:
             return error_reply(ErrorCode.NOT_ALLOWED, "this node does not have you as a contact")
         self.end(control)
         subscriber = _Subscriber(control)
-        self._diff_for(subscriber, KINDS, self._pass())
+        self._diff_for(subscriber, KINDS, self._pass(), permission)
         self._subscribers[control] = subscriber
         control.pins += 1
         # Changes from now on are noted in its own ``dirty`` until the state is sent.
@@ -248,9 +249,14 @@ class Publishing:
     def _pass(self) -> _Pass:
         return _Pass(self._published(), self._scope())
 
-    def _diff_for(self, subscriber: _Subscriber, kinds: Collection[str], now: _Pass) -> list[dict[str, Any]]:
+    def _diff_for(
+        self,
+        subscriber: _Subscriber,
+        kinds: Collection[str],
+        now: _Pass,
+        permission: SubscribePermission | None,  # (None: no longer a contact)
+    ) -> list[dict[str, Any]]:
         peer_id = subscriber.control.peer_id
-        permission = self._contacts.permission(peer_id)  # (None: no longer a contact)
         visible = Scope.NONE if permission is None else self._visible(peer_id, permission, now.scope)
         published = now.now
         return subscriber.outbox.diff(
@@ -282,8 +288,9 @@ class Publishing:
     def _send_now(self, subscriber: _Subscriber, kinds: set[str], now: _Pass) -> None:
         control = subscriber.control
         channel = control.channel
+        permission = self._contacts.permission(control.peer_id)  # (it cannot change before the end)
         try:
-            encoded = [self._encode(m) for m in self._diff_for(subscriber, kinds, now)]
+            encoded = [self._encode(m) for m in self._diff_for(subscriber, kinds, now, permission)]
             for index, plaintext in enumerate(encoded):
                 if not channel.try_send_encoded(plaintext):
                     subscriber.backlog = encoded[index:]
@@ -298,7 +305,7 @@ class Publishing:
             log.debug("subscriber %s is gone: %s", control.peer_id.fingerprint, exc)
             self.end(control)
             return
-        if not self._contacts.has(control.peer_id):
+        if permission is None:
             self.end(control)  # no longer a contact: it was told Offline, and hears no more
 
     async def _send_slowly(self, subscriber: _Subscriber) -> None:
@@ -310,7 +317,8 @@ class Publishing:
                 await control.notify_encoded(subscriber.backlog.pop(0))
             while subscriber.dirty:
                 kinds, subscriber.dirty = subscriber.dirty, set()
-                for message in self._diff_for(subscriber, kinds, self._pass()):
+                permission = self._contacts.permission(control.peer_id)
+                for message in self._diff_for(subscriber, kinds, self._pass(), permission):
                     await control.notify_encoded(self._encode(message))
         except PeerUnreachable as exc:
             log.debug("subscriber %s is gone: %s", control.peer_id.fingerprint, exc)
