@@ -194,17 +194,21 @@ class DhtNode:
         try:
             async with anyio.create_task_group() as tg:
                 self._tg = tg
-                tg.start_soon(self._receive_loop)
-                if self._auto:
-                    tg.start_soon(self._find_reachability)
-                task_status.started()
-                await self.join()
-                while True:  # joined through nobody (yet): try again, then now and then
-                    await anyio.sleep(REJOIN if len(self.table) < K else REFRESH)
-                    if len(self.table) < K:
-                        await self.join()
+                try:
+                    tg.start_soon(self._receive_loop)
+                    if self._auto:
+                        tg.start_soon(self._find_reachability)
+                    task_status.started()
+                    await self.join()
+                    while True:  # joined through nobody (yet): try again, then now and then
+                        await anyio.sleep(REJOIN if len(self.table) < K else REFRESH)
+                        if len(self.table) < K:
+                            await self.join()
+                finally:
+                    # Before the group waits for its tasks: once they end, trio closes it to new
+                    # ones, and a put from another task must not hand its stragglers over then.
+                    self._tg = None
         finally:
-            self._tg = None
             with anyio.CancelScope(shield=True):
                 await self.transport.aclose()
 

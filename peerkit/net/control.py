@@ -377,7 +377,11 @@ class ControlChannel:
                     reason.__cause__ = exc
                 except (anyio.EndOfStream, anyio.ClosedResourceError):
                     pass
-                self._end(reason)  # closed first: handlers cancelled now see the channel closed
+                finally:
+                    # Closed before the group waits for its tasks (cancelled from outside too):
+                    # handlers cancelled now see the channel closed, and a request from another
+                    # task is refused rather than handed to a group that takes no new tasks.
+                    self._end(reason)
         finally:
             self._end(reason)
             with anyio.CancelScope(shield=True):

@@ -83,3 +83,35 @@ async def test_a_name_is_resolved_and_a_busy_port_refused() -> None:
             await UdpDatagrams.bind("127.0.0.1", transport.local_address[1])
     finally:
         await transport.aclose()
+
+
+async def test_work_handed_to_a_stopping_node_never_meets_its_closed_task_group() -> None:
+    # A put returns at its quorum and leaves the rest to the node's task group. Handed over by
+    # another task while the node stops, it met (on trio) a task group already closed to new
+    # tasks: a RuntimeError, and the unstarted coroutine warned that it was never awaited.
+    from peerkit.dht.node import DhtNode
+
+    for _ in range(60):
+        node = DhtNode(await UdpDatagrams.bind("127.0.0.1", 0), bootstrap=[])
+        handed = 0
+        with anyio.fail_after(10):
+            async with anyio.create_task_group() as outside:
+                async with anyio.create_task_group() as inside:
+                    await inside.start(node.run)
+
+                    async def hand_over(node: DhtNode) -> None:
+                        nonlocal handed
+                        while True:  # now and then: the group empties between hand-overs
+                            group = node._tg  # what a put would hand its stragglers to
+                            if group is not None:
+                                group.start_soon(anyio.sleep, 0)
+                                handed += 1
+                            for _ in range(10):
+                                await anyio.lowlevel.checkpoint()
+
+                    outside.start_soon(hand_over, node)
+                    await anyio.sleep(0.01)
+                    inside.cancel_scope.cancel()
+                await anyio.sleep(0.01)
+                outside.cancel_scope.cancel()
+        assert handed > 0

@@ -462,3 +462,46 @@ async def test_a_channel_heard_from_lately_starts_no_task_at_its_check(
         assert b.usable
     assert checks >= 5
     assert turns <= 1  # (its first ping)
+
+
+async def test_a_channel_whose_task_is_cancelled_is_closed_before_its_tasks_end(
+    alice: Identity, bob: Identity
+) -> None:
+    # Cancelled from outside, the channel was closed only once its task group had waited for
+    # its tasks; meanwhile a request went out and handed a watch to that group. Trio closes a
+    # group to new tasks once its tasks end: that request met a RuntimeError, and the watch
+    # was never awaited. Now the channel is closed first, and such a request is refused.
+    outcome: list[str] = []
+
+    async def last_word(control: ControlChannel, message: dict[str, Any]) -> Reply:
+        try:
+            await anyio.sleep_forever()
+        finally:
+            with anyio.CancelScope(shield=True):
+                await anyio.sleep(0.01)  # the channel's own task has been cancelled meanwhile
+                try:
+                    await control.start_request({"t": "get"})
+                    outcome.append("sent")
+                except PeerUnreachable:
+                    outcome.append("refused")
+        return None
+
+    a_channel, b_channel = await channel_pair(alice, bob)
+    a = ControlChannel(
+        a_channel, initiator=True, local_id=alice.id, endpoint=None, handler=last_word, keepalive=QUIET
+    )
+    b = ControlChannel(
+        b_channel, initiator=False, local_id=bob.id, endpoint=None, handler=echo, keepalive=QUIET
+    )
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as outside:
+            outside.start_soon(b.run)
+            async with anyio.create_task_group() as inside:
+                inside.start_soon(a.run)
+                await b.start_request({"t": "invite"})
+                while not a.handling:
+                    await anyio.sleep(0.01)
+                inside.cancel_scope.cancel()
+            assert a.closed
+            await b.aclose()
+    assert outcome == ["refused"]
