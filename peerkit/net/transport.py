@@ -10,7 +10,7 @@ import asyncio
 import contextlib
 import ipaddress
 from collections.abc import Callable, Iterator, Mapping
-from typing import Any, Final, Protocol
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
 import anyio
 import anyio.abc
@@ -18,6 +18,9 @@ import anyio.abc
 from peerkit.errors import PeerUnreachable
 from peerkit.net.fds import FdBudget, fd_budget
 from peerkit.net.tcp import TcpListener, connect_tcp
+
+if TYPE_CHECKING:
+    from peerkit.net.trio_tcp import TrioTcpStream
 
 __all__ = (
     "BROKEN",
@@ -124,7 +127,8 @@ class TcpTransport:
     """TCP over IPv4 and IPv6.
 
     On asyncio: :mod:`peerkit.net.tcp` streams (anyio byte streams on asyncio protocols that can
-    also send without waiting). On trio: anyio's portable TCP streams.
+    also send without waiting). On trio: anyio's TCP streams, wrapped in
+    :class:`~peerkit.net.trio_tcp.TrioTcpStream` (which can also send without waiting).
     """
 
     async def listen(self, host: str, port: int) -> anyio.abc.Listener[Any]:
@@ -142,10 +146,12 @@ class TcpTransport:
         with unreachable(f"could not connect to {host}:{port}", detail=True):
             if on_asyncio():
                 return await connect_tcp(host, port)
-            return await anyio.connect_tcp(host, port)
+            from peerkit.net.trio_tcp import TrioTcpStream  # (imports trio)
+
+            return TrioTcpStream(await anyio.connect_tcp(host, port))
 
 
-class GuardedListener(anyio.abc.Listener[anyio.abc.SocketStream]):
+class GuardedListener(anyio.abc.Listener["TrioTcpStream"]):
     """anyio's TCP listener (on trio) that accepts only while the process has file descriptors to
     spare (:class:`~peerkit.net.fds.FdBudget`), as :class:`~peerkit.net.tcp.TcpListener` does on
     asyncio: near the limit, or when ``accept`` fails for want of them, it pauses."""
@@ -160,7 +166,7 @@ class GuardedListener(anyio.abc.Listener[anyio.abc.SocketStream]):
 
     async def serve(
         self,
-        handler: Callable[[anyio.abc.SocketStream], Any],
+        handler: Callable[[TrioTcpStream], Any],
         task_group: anyio.abc.TaskGroup | None = None,
     ) -> None:
         """Run ``handler(stream)`` in a task for each connection, until cancelled."""
@@ -173,9 +179,11 @@ class GuardedListener(anyio.abc.Listener[anyio.abc.SocketStream]):
     async def _accept_loop(
         self,
         listener: anyio.abc.Listener[Any],
-        handler: Callable[[anyio.abc.SocketStream], Any],
+        handler: Callable[[TrioTcpStream], Any],
         group: anyio.abc.TaskGroup,
     ) -> None:
+        from peerkit.net.trio_tcp import TrioTcpStream  # (imports trio: this listener runs on it)
+
         assert isinstance(listener, anyio.abc.SocketListener)
         while True:
             await self._budget.wait_for_room()
@@ -189,7 +197,7 @@ class GuardedListener(anyio.abc.Listener[anyio.abc.SocketStream]):
             if screen is not None and not screen(stream.extra(anyio.abc.SocketAttribute.remote_address)):
                 await anyio.aclose_forcefully(stream)  # refused before anything is made for it
                 continue
-            group.start_soon(handler, stream)
+            group.start_soon(handler, TrioTcpStream(stream))
 
     async def aclose(self) -> None:
         """Stop listening."""
