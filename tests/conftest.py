@@ -124,6 +124,20 @@ def anyio_backend(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
 
+@pytest.fixture
+def no_worker_thread(monkeypatch: pytest.MonkeyPatch, anyio_backend_name: str) -> None:
+    """Fail the test when asyncio's default executor is asked for a thread (it resolves every
+    name it is given there, literal addresses too, and its threads live as long as the loop).
+    (Trio resolves a literal address without a thread.)"""
+    if anyio_backend_name == "asyncio":
+        import asyncio
+
+        def refuse(*args: object) -> None:
+            raise AssertionError("a worker thread was asked for (asyncio's default executor)")
+
+        monkeypatch.setattr(asyncio.BaseEventLoop, "run_in_executor", refuse)
+
+
 #: ``python -c ON_BACKEND BACKEND FILE`` runs the example FILE with anyio.run's backend set to
 #: BACKEND (the examples call ``anyio.run(main)`` as users do).
 ON_BACKEND = """

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-import ipaddress
 import random
-import socket
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -13,6 +11,7 @@ import anyio
 import anyio.abc
 
 from peerkit.dht.krpc import Address
+from peerkit.net.udp import bind_udp
 
 __all__ = ("Datagrams", "MemoryDatagramNetwork", "UdpDatagrams")
 
@@ -52,18 +51,7 @@ class UdpDatagrams:
 
         :raises OSError: when it cannot be bound.
         """
-        try:
-            family = socket.AF_INET6 if ipaddress.ip_address(host).version == 6 else socket.AF_INET
-        except ValueError:
-            return cls(await anyio.create_udp_socket(local_host=host, local_port=port))
-        sock = socket.socket(family, socket.SOCK_DGRAM)
-        try:
-            sock.setblocking(False)
-            sock.bind((host, port))
-            return cls(await anyio.abc.UDPSocket.from_socket(sock))
-        except BaseException:
-            sock.close()
-            raise
+        return cls(await bind_udp(host, port))
 
     @property
     def local_address(self) -> Address:

@@ -21,6 +21,7 @@ from peerkit.nat.natpmp import (
     mapping_request,
     parse_response,
 )
+from peerkit.net.udp import connect_udp
 
 __all__ = ("NatPmpClient", "PcpClient")
 
@@ -49,7 +50,7 @@ async def _exchange(
     wait = first_wait
     where = f"{gateway}:{port}"
     try:
-        async with await anyio.create_connected_udp_socket(gateway, port) as sock:
+        async with await connect_udp(gateway, port) as sock:
             request = build(str(sock.extra(SocketAttribute.local_address)[0]))
             for _ in range(tries):
                 await sock.send(request)

@@ -8,7 +8,6 @@ that restarts is noticed only at the next renewal (which maps the ports again an
 
 from __future__ import annotations
 
-import socket
 from typing import Final
 
 import anyio
@@ -30,6 +29,7 @@ from peerkit.nat.upnp import (
     soap_body,
     split_url,
 )
+from peerkit.net.udp import bind_udp
 
 __all__ = ("IgdClient",)
 
@@ -76,9 +76,7 @@ class IgdClient:
         tried: set[str] = set()
         reasons: list[str] = []
         with anyio.move_on_after(wait):
-            async with await anyio.create_udp_socket(
-                family=socket.AF_INET, local_host=local_host, local_port=0
-            ) as sock:
+            async with await bind_udp(local_host) as sock:
                 request = search_request(wait=max(1, int(wait)))
                 for _ in range(2):  # UDP: once more in case the first is lost
                     await sock.sendto(request, *SSDP_ADDRESS)

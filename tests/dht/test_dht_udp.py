@@ -44,17 +44,8 @@ async def test_a_send_on_a_closed_socket_is_a_lost_datagram() -> None:
     await transport.send(b"ping", ("127.0.0.1", 9))  # no error: the node is stopping
 
 
-async def test_a_literal_address_is_bound_without_a_worker_thread(
-    monkeypatch: pytest.MonkeyPatch, anyio_backend_name: str
-) -> None:
-    # (asyncio resolves names in its default executor, whose threads live as long as the loop)
-    if anyio_backend_name == "asyncio":
-        import asyncio
-
-        def no_executor(*args: object) -> None:
-            raise AssertionError("a worker thread was asked to resolve a literal address")
-
-        monkeypatch.setattr(asyncio.BaseEventLoop, "run_in_executor", no_executor)
+@pytest.mark.usefixtures("no_worker_thread")
+async def test_a_literal_address_is_bound_without_a_worker_thread() -> None:
     for host in ("127.0.0.1", "::1"):
         transport = await UdpDatagrams.bind(host, 0)
         try:

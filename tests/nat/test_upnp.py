@@ -15,9 +15,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from peerkit.nat import igd
 from peerkit.nat.igd import IgdClient
 from peerkit.nat.mapper import PortMapper
 from peerkit.nat.upnp import (
+    SEARCH_TARGET,
     Service,
     UpnpError,
     parse_description,
@@ -27,6 +29,7 @@ from peerkit.nat.upnp import (
     search_request,
     soap_body,
 )
+from peerkit.net.udp import bind_udp
 
 WAN_IP = "urn:schemas-upnp-org:service:WANIPConnection:1"
 DESCRIPTION = f"""<?xml version="1.0"?>
@@ -269,6 +272,38 @@ async def test_the_mapper_keeps_mappings_through_upnp_and_removes_them() -> None
             assert set(gateway.mappings) == {("TCP", 7000), ("UDP", 7000)}
             tg.cancel_scope.cancel()
         assert gateway.mappings == {}  # removed when the mapper stopped
+
+
+@pytest.mark.anyio
+async def test_the_search_finds_the_router_that_answers_it(
+    monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest
+) -> None:
+    # The SSDP search goes to a responder on loopback in place of the multicast group; its socket
+    # is made without a worker thread (asyncio would keep one as long as the loop).
+    async with gateway_on_loopback(Gateway()) as location, await bind_udp("127.0.0.1") as responder:
+        request.getfixturevalue("no_worker_thread")  # (from here: the test's router took one)
+        monkeypatch.setattr(
+            igd, "SSDP_ADDRESS", ("127.0.0.1", responder.extra(anyio.abc.SocketAttribute.local_port))
+        )
+        searches: list[bytes] = []
+
+        async def answer() -> None:
+            async for data, (host, port) in responder:
+                searches.append(data)
+                await responder.sendto(
+                    f"HTTP/1.1 200 OK\r\nST: {SEARCH_TARGET}\r\nLOCATION: {location}\r\n\r\n".encode(),
+                    host,
+                    port,
+                )
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(answer)
+            with anyio.fail_after(5):
+                client = await IgdClient.discover(local_host="127.0.0.1", wait=3)
+            tg.cancel_scope.cancel()
+        assert client.gateway == "127.0.0.1"
+        assert searches
+        assert searches[0].startswith(b"M-SEARCH * HTTP/1.1\r\n")
 
 
 @pytest.mark.anyio
