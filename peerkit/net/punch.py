@@ -73,9 +73,12 @@ async def connect_from(
 
 
 async def _stream(sock: socket.socket) -> anyio.abc.ByteStream:
+    # The node's kind of TCP stream on either backend (each can send without waiting).
     if on_asyncio():
         return await wrap_connected(sock)
-    return await anyio.abc.SocketStream.from_socket(sock)
+    from peerkit.net.trio_tcp import TrioTcpStream  # (imports trio)
+
+    return TrioTcpStream(await anyio.abc.SocketStream.from_socket(sock))
 
 
 async def _accept_one(listener: socket.socket) -> anyio.abc.ByteStream:

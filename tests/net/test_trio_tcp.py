@@ -3,6 +3,7 @@ of presence to many subscribers uses on trio), through the transport as a node m
 
 from __future__ import annotations
 
+import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -11,6 +12,7 @@ import anyio.abc
 import pytest
 import trio
 
+from peerkit.net.punch import connect_from
 from peerkit.net.transport import TcpTransport
 from peerkit.net.trio_tcp import TrioTcpStream
 
@@ -124,3 +126,26 @@ async def test_a_peer_that_is_gone_breaks_the_stream() -> None:
         with anyio.fail_after(5), pytest.raises(anyio.BrokenResourceError):
             await write_until_broken(client)
         assert not client.send_ready()
+
+
+async def test_a_connection_made_by_a_punch_sends_without_waiting_too() -> None:
+    transport = TcpTransport()
+    listener = await transport.listen("127.0.0.1", 0)
+    port = listener.extra(anyio.abc.SocketAttribute.local_port)
+    accepted, taken = anyio.create_memory_object_stream[TrioTcpStream](1)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setblocking(False)
+    try:
+        async with anyio.create_task_group() as tg, accepted, taken:
+            tg.start_soon(listener.serve, accepted.send)
+            punched = await connect_from(sock, "127.0.0.1", port)
+            assert isinstance(punched, TrioTcpStream)
+            with anyio.fail_after(5):
+                server = await taken.receive()
+            punched.send_nowait(b"through the hole")
+            assert await read_all(server, 16) == b"through the hole"
+            await punched.aclose()
+            await server.aclose()
+            tg.cancel_scope.cancel()
+    finally:
+        await listener.aclose()
