@@ -20,6 +20,8 @@ import anyio.abc
 import trio
 from anyio.abc import SocketAttribute
 
+from peerkit.net.tcp import READ_SIZE
+
 __all__ = ("TrioTcpStream",)
 
 
@@ -120,8 +122,10 @@ class TrioTcpStream(anyio.abc.ByteStream):
 
     # -- receiving and closing ----------------------------------------------------------------------
     async def receive(self, max_bytes: int = 65536) -> bytes:
-        """Up to ``max_bytes`` received bytes (see :meth:`anyio.abc.ByteReceiveStream.receive`)."""
-        return await self._inner.receive(max_bytes)
+        """Up to ``max_bytes`` received bytes, and never more than
+        :data:`peerkit.net.tcp.READ_SIZE` at once (see :meth:`anyio.abc.ByteReceiveStream.receive`).
+        """
+        return await self._inner.receive(min(max_bytes, READ_SIZE))
 
     async def aclose(self) -> None:
         """Close the connection; bytes still waiting to go out are dropped."""
