@@ -6,7 +6,9 @@ between two peers. A second figure runs both ends in this process and event loop
 pays for both encryption and decryption. Both candidates move the same payload bytes in pieces of
 the same size (the largest a peerkit message can carry), read with the same buffer size, and the
 clock stops when the receiver has acknowledged the last byte. The candidates take turns round by
-round.
+round. The family runs in a child process that keeps the memory it frees (see
+``harness.STEADY_ALLOCATOR``: otherwise the heap's layout decided whether either candidate ran at
+full speed or half).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from collections.abc import Awaitable, Callable
 import anyio
 import anyio.abc
 
-from benchmarks.harness import Progress, Result, median, ratio
+from benchmarks.harness import Progress, Result, median, ratio, run_in_steady_child, steady_child_main
 from peerkit.identity import Identity, PeerId
 from peerkit.net.channel import _READ_SIZE as READ_SIZE  # the same reads as SecureChannel
 from peerkit.net.channel import SecureChannel, connect, listen
@@ -115,6 +117,11 @@ async def _one_process(mode: str, total: int, alice: Identity) -> float:
 
 
 def run(progress: Progress, quick: bool = False) -> list[Result]:
+    """The ``channel`` figures, measured in a child process (see ``harness.STEADY_ALLOCATOR``)."""
+    return run_in_steady_child("benchmarks.bench_channel", progress, quick)
+
+
+def _measure(progress: Progress, quick: bool) -> list[Result]:
     rounds = 2 if quick else ROUNDS
     total = PIECE * (200 if quick else 1600)
     alice = Identity.generate()
@@ -143,3 +150,5 @@ def run(progress: Progress, quick: bool = False) -> list[Result]:
 
 if __name__ == "__main__" and sys.argv[1:2] == ["sink"]:
     anyio.run(_sink, sys.argv[2], int(sys.argv[3]))
+elif __name__ == "__main__":
+    steady_child_main(_measure)

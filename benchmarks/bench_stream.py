@@ -2,7 +2,8 @@
 
 Both ends run in this process (one core pays for encryption and decryption). Each candidate moves
 the same bytes in the same pieces (64 KiB writes), the receiver reads with the same buffer size,
-and the clock stops when the receiver has acknowledged the last byte. The candidates take turns.
+and the clock stops when the receiver has acknowledged the last byte. The candidates take turns,
+in a child process that keeps the memory it frees (see ``harness.STEADY_ALLOCATOR``).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import uuid
 import anyio
 import anyio.abc
 
-from benchmarks.harness import Progress, Result, median, push, ratio
+from benchmarks.harness import Progress, Result, median, push, ratio, run_in_steady_child, steady_child_main
 from peerkit.identity import Identity
 from peerkit.model import Application
 from peerkit.node import Node
@@ -79,6 +80,11 @@ async def _main(rounds: int, total: int, progress: Progress) -> tuple[list[float
 
 
 def run(progress: Progress, quick: bool = False) -> list[Result]:
+    """The ``stream`` figure, measured in a child process (see ``harness.STEADY_ALLOCATOR``)."""
+    return run_in_steady_child("benchmarks.bench_stream", progress, quick)
+
+
+def _measure(progress: Progress, quick: bool) -> list[Result]:
     rounds = 2 if quick else ROUNDS
     total = PIECE * (256 if quick else 2048)
     ours, raw = anyio.run(_main, rounds, total, progress)
@@ -94,3 +100,7 @@ def run(progress: Progress, quick: bool = False) -> list[Result]:
             0.25,
         )
     ]
+
+
+if __name__ == "__main__":
+    steady_child_main(_measure)

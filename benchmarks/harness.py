@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import gc
+import json
 import os
 import statistics
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -121,3 +124,49 @@ def write_file(path: Path, size: int) -> None:
     with path.open("wb") as f:
         for i in range(size >> 20):
             f.write(block[i % 251 :] + block[: i % 251])
+
+
+#: glibc's malloc returns a large freed block to the system at once (an mmap of its own, or the top
+#: of the heap trimmed) when the heap happens to be laid out so, and faults it in again at the next
+#: allocation: a receiver whose reads are copied into 256 KiB objects (asyncio's own transports, the
+#: raw TCP reference) then runs at half speed in one process and not in the next. The bulk
+#: throughput families run in a child process told to keep freed memory (glibc reads these at
+#: start; other allocators ignore them), so that both candidates are measured for their work and
+#: not for the heap's layout. peerkit's own reads stay under 128 KiB (peerkit.net.tcp.READ_SIZE).
+STEADY_ALLOCATOR: dict[str, str] = {
+    "MALLOC_TRIM_THRESHOLD_": str(64 << 20),
+    "MALLOC_MMAP_THRESHOLD_": str(4 << 20),
+}
+_CHILD = "--steady-child"
+
+
+def run_in_steady_child(module: str, progress: Progress, quick: bool) -> list[Result]:
+    """Run the family ``module`` in a child process with :data:`STEADY_ALLOCATOR` (its
+    ``__main__`` calls :func:`steady_child_main`); its results, its progress passed on."""
+    command = [sys.executable, "-m", module, _CHILD, "quick" if quick else "full"]
+    env = {**os.environ, **STEADY_ALLOCATOR}
+    with subprocess.Popen(command, stdout=subprocess.PIPE, env=env, text=True) as child:
+        assert child.stdout is not None
+        results: list[Result] = []
+        for line in child.stdout:
+            if line == "progress\n":
+                progress()
+            elif line.startswith("results "):
+                results = [Result(**row) for row in json.loads(line[len("results ") :])]
+    if child.returncode != 0:
+        raise RuntimeError(f"{module} failed in its child process (exit code {child.returncode})")
+    return results
+
+
+def steady_child_main(run: Callable[[Progress, bool], list[Result]]) -> bool:
+    """In a family's ``__main__``: when this process is :func:`run_in_steady_child`'s child,
+    measure with ``run`` and report to the parent; returns whether it was."""
+    if sys.argv[1:2] != [_CHILD]:
+        return False
+
+    def progress() -> None:
+        print("progress", flush=True)
+
+    results = run(progress, sys.argv[2:3] == ["quick"])
+    print("results " + json.dumps([asdict(result) for result in results]), flush=True)
+    return True
