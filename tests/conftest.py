@@ -431,6 +431,24 @@ class NatPmpRouter:
             await self.sock.sendto(reply, *source[:2])
 
 
+async def bulk_read_sizes(client: anyio.abc.ByteStream, server: anyio.abc.ByteStream) -> list[int]:
+    """Send 4 MiB from ``client`` and read them at ``server`` with room for 1 MiB a read, once
+    more than 128 KiB waits in the socket; the size of each read (the bytes are checked)."""
+    payload = bytes(range(256)) * 16384
+    sizes: list[int] = []
+    received = bytearray()
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(client.send, payload)
+        await anyio.sleep(0.1)
+        with anyio.fail_after(10):
+            while len(received) < len(payload):
+                chunk = await server.receive(1 << 20)
+                sizes.append(len(chunk))
+                received += chunk
+    assert received == payload
+    return sizes
+
+
 @asynccontextmanager
 async def natpmp_router(**options: int | bool) -> AsyncIterator[tuple[NatPmpRouter, NatPmpClient]]:
     async with await anyio.create_udp_socket(local_host="127.0.0.1") as sock, anyio.create_task_group() as tg:
