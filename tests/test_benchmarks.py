@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).parent.parent
 
 
@@ -132,3 +134,35 @@ def test_the_latency_plot_tells_its_rows_apart_and_leaves_out_targets() -> None:
         "fanout\nN=1000 plain\np99",
         "fanout\nN=10 coroutine\np50",
     ]
+
+
+PROBE = """
+import os
+from benchmarks.harness import Result, steady_child_main
+
+def measure(progress, quick):
+    progress()
+    if os.environ.get("PROBE_FAILS"):
+        raise SystemExit(3)
+    seen = os.environ.get("MALLOC_TRIM_THRESHOLD_", "") + " " + os.environ.get("MALLOC_MMAP_THRESHOLD_", "")
+    return [Result("probe", seen, "", 1.0, "quick" if quick else "full", 1.0, 1.0, None)]
+
+steady_child_main(measure)
+"""
+
+
+def test_a_family_run_in_a_steady_child_sees_the_allocator_settings(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from benchmarks.harness import STEADY_ALLOCATOR, run_in_steady_child
+
+    (tmp_path / "steady_probe.py").write_text(PROBE)
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(tmp_path), str(ROOT)]))
+    ticks: list[None] = []
+    [result] = run_in_steady_child("steady_probe", lambda: ticks.append(None), quick=True)
+    expected = f"{STEADY_ALLOCATOR['MALLOC_TRIM_THRESHOLD_']} {STEADY_ALLOCATOR['MALLOC_MMAP_THRESHOLD_']}"
+    assert (result.benchmark, result.figure, result.reference) == ("probe", expected, "quick")
+    assert ticks == [None]  # its progress reached the parent
+    monkeypatch.setenv("PROBE_FAILS", "1")
+    with pytest.raises(RuntimeError, match="steady_probe failed in its child process"):
+        run_in_steady_child("steady_probe", lambda: None, quick=False)
