@@ -474,14 +474,17 @@ class DhtNode:
 
         async def put_one(node: Node, token: bytes) -> None:
             nonlocal stored, answered
-            answer = await self.query(node, b"put", {**args, b"token": token})
-            answered += 1
-            if isinstance(answer, Response):
-                stored += 1
-            elif isinstance(answer, Error):
-                refused[answer.code] = refused.get(answer.code, 0) + 1
-            if stored >= quorum or answered == len(targets):
-                enough.set()
+            answer: Response | Error | None = None
+            try:
+                answer = await self.query(node, b"put", {**args, b"token": token})
+            finally:  # (cancelled as the node stops: no answer, and the caller is told)
+                answered += 1
+                if isinstance(answer, Response):
+                    stored += 1
+                elif isinstance(answer, Error):
+                    refused[answer.code] = refused.get(answer.code, 0) + 1
+                if stored >= quorum or answered == len(targets):
+                    enough.set()
 
         if self._tg is None:  # not running: wait for every answer
             async with anyio.create_task_group() as tg:

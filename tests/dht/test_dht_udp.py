@@ -3,6 +3,8 @@ test's DHT traffic inside its own testnet."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import anyio
 import pytest
 from conftest import loopback_dht, outside_testnet
@@ -106,3 +108,46 @@ async def test_work_handed_to_a_stopping_node_never_meets_its_closed_task_group(
                 await anyio.sleep(0.01)
                 outside.cancel_scope.cancel()
         assert handed > 0
+
+
+async def test_a_put_waiting_for_its_quorum_returns_when_the_node_stops(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The puts past the caller's wait run in the node's task group. Stopped with the node, they
+    # never told the caller, which waited until it was cancelled itself.
+    from peerkit.dht.node import DhtNode
+
+    ask = DhtNode.query
+    asked = anyio.Event()
+
+    async def silent_to_puts(self: DhtNode, node: Any, method: bytes, args: Any) -> Any:
+        if method == b"put":
+            asked.set()
+            await anyio.sleep_forever()  # (the node stops meanwhile)
+        return await ask(self, node, method, args)
+
+    monkeypatch.setattr(DhtNode, "query", silent_to_puts)
+    alice = Identity.generate()
+    async with loopback_dht(6, base=40) as nodes:
+        putter = DhtNode(await UdpDatagrams.bind("127.0.0.60", 0), bootstrap=[nodes[0].address])
+        item = MutableItem.create(alice.sign, alice.id.key, b"never stored", 1, b"")
+        async with anyio.create_task_group() as outside:
+            async with anyio.create_task_group() as inside:
+                await inside.start(putter.run)
+                with anyio.fail_after(10):
+                    while len(putter.table) < 5:
+                        await anyio.sleep(0.02)
+
+                async def put_then_stop() -> None:
+                    with anyio.fail_after(10):
+                        result = await putter.put(item)
+                    assert result.stored == 0
+                    outside.cancel_scope.cancel()
+
+                outside.start_soon(put_then_stop)
+                with anyio.fail_after(10):
+                    await asked.wait()  # the lookup is done and the puts are asked: none answers
+                await anyio.sleep(0.1)
+                inside.cancel_scope.cancel()
+            with anyio.fail_after(5):
+                await anyio.sleep_forever()  # until the put returned (it cancels this)
