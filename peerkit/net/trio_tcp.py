@@ -104,21 +104,22 @@ class TrioTcpStream(anyio.abc.ByteStream):
             raise anyio.BusyResourceError("sending")
         self._sending = True
         try:
-            while self._tail is not None:
-                assert self._tail_written is not None
-                await self._tail_written.wait()
-            self._check_sendable()
+            await self._tail_gone()
             await self._inner.send(item)
         finally:
             self._sending = False
 
     async def send_eof(self) -> None:
         """Close the sending direction once what waits went out (the peer reads an end of stream)."""
+        await self._tail_gone()
+        await self._inner.send_eof()
+
+    async def _tail_gone(self) -> None:
+        # Wait until what the kernel did not take has gone out; then the stream must be sendable.
         while self._tail is not None:
             assert self._tail_written is not None
             await self._tail_written.wait()
         self._check_sendable()
-        await self._inner.send_eof()
 
     # -- receiving and closing ----------------------------------------------------------------------
     async def receive(self, max_bytes: int = 65536) -> bytes:
