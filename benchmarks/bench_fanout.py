@@ -184,17 +184,23 @@ async def _plain(n: int, counter: Counter) -> AsyncIterator[list[anyio.abc.Socke
                 all_in.set()
             await anyio.sleep_forever()
 
-        tg.start_soon(listener.serve, serve)
-        for _ in range(n):
-            client = await anyio.connect_tcp("127.0.0.1", port)
-            await stack.enter_async_context(client)
-            tg.start_soon(read, client)
-        with anyio.fail_after(30):
-            await all_in.wait()
-        yield accepted
-        tg.cancel_scope.cancel()
-        for stream in accepted:
-            await stream.aclose()
+        clients: list[anyio.abc.SocketStream] = []
+        try:
+            tg.start_soon(listener.serve, serve)
+            for _ in range(n):
+                client = await anyio.connect_tcp("127.0.0.1", port)
+                clients.append(client)
+                tg.start_soon(read, client)
+            with anyio.fail_after(30):
+                await all_in.wait()
+            yield accepted
+        finally:
+            # Every connection closed, both ends, before the group is cancelled: its body (this
+            # one) is inside the group's scope, and would be cancelled at its first close.
+            with anyio.CancelScope(shield=True):
+                for stream in [*clients, *accepted]:
+                    await stream.aclose()
+            tg.cancel_scope.cancel()
 
 
 async def _plain_sample(streams: list[anyio.abc.SocketStream], counter: Counter, text: str) -> float:

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
+import anyio
 import pytest
 
 ROOT = Path(__file__).parent.parent
@@ -166,3 +169,22 @@ def test_a_family_run_in_a_steady_child_sees_the_allocator_settings(
     monkeypatch.setenv("PROBE_FAILS", "1")
     with pytest.raises(RuntimeError, match="steady_probe failed in its child process"):
         run_in_steady_child("steady_probe", lambda: None, quick=False)
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_the_plain_fanout_reference_closes_every_connection(backend: str) -> None:
+    # Its connections once outlived it (closed by the garbage collector, on either backend, in a
+    # later family's measurement): none may be left for the collector.
+    from benchmarks.bench_fanout import Counter, _plain, _plain_sample
+
+    async def main() -> None:
+        counter = Counter(5)
+        async with _plain(5, counter) as streams:
+            await _plain_sample(streams, counter, "a notice")
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ResourceWarning)
+        anyio.run(main, backend=backend)
+        gc.collect()
+    unclosed = [str(w.message) for w in caught if issubclass(w.category, ResourceWarning)]
+    assert not unclosed, unclosed
