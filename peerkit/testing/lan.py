@@ -77,6 +77,10 @@ class NamespaceLan:
         self._ip("netns", "add", name)
         self._namespaces.append(name)
         self._ip("link", "set", "lo", "up", namespace=name)
+        # Its interfaces' IPv6 addresses (the link-local ones too) usable at once, not tentative
+        # for the second duplicate address detection takes: a program started then (zeroconf
+        # binding to each address) would find them missing.
+        self._run(name, "sysctl", "-qw", "net.ipv6.conf.default.accept_dad=0")
         return name
 
     def __enter__(self) -> Self:

@@ -163,6 +163,28 @@ print(json.dumps({"ptr": ptr, "from": sender[0], "id": ident}))
 """
 
 
+_BIND_LINK_LOCAL = """
+import socket
+for line in open("/proc/net/if_inet6"):
+    address, index, _, scope, _, name = line.split()
+    if name == "eth0" and address.startswith("fe80"):
+        text = ":".join(address[i : i + 4] for i in range(0, 32, 4))
+        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as s:
+            s.bind((text, 0, 0, int(index, 16)))
+        print("bound", text)
+"""
+
+
+async def test_a_hosts_link_local_address_is_usable_as_soon_as_it_is_made(lan: NamespaceLan) -> None:
+    # zeroconf binds a socket to each address as a node starts: to a link-local address still
+    # tentative (duplicate address detection, a second or two) it failed, and leaked the socket.
+    name, _ = lan.host(lan.bridge())
+    command = ["ip", "netns", "exec", name, sys.executable, "-c", _BIND_LINK_LOCAL]
+    done = await anyio.run_process(command, check=False)
+    assert done.returncode == 0, done.stderr.decode()
+    assert done.stdout.startswith(b"bound fe80:"), done.stdout
+
+
 async def test_mdns_provider_conforms_in_a_namespace(lan: NamespaceLan) -> None:
     ns, _ = lan.host(lan.bridge())
     script = (
