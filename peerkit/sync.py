@@ -27,15 +27,16 @@ class Flag:
     one waits.
 
     On asyncio a waiter awaits a future of its own (a wake-up costs half what ``anyio.Event``'s
-    does: no event, queue or backend lookup); on other backends waiters share an ``anyio.Event``.
+    does: no event, queue or backend lookup); on trio a waiter parks its task, and ``set`` puts it
+    back on the run queue (trio's own low-level calls, which its ``Event`` is made of).
     """
 
     __slots__ = ("_set", "_waiters")
 
     def __init__(self) -> None:
         self._set = False
-        # None; on asyncio, the one waiter's future or a list of them; else an anyio.Event.
-        self._waiters: asyncio.Future[None] | list[asyncio.Future[None]] | anyio.Event | None = None
+        # None, or the one waiter or a list of them: on asyncio its future, on trio its task.
+        self._waiters: object = None
 
     def set(self) -> None:
         """Set the flag: every task waiting for it wakes."""
@@ -43,15 +44,15 @@ class Flag:
         waiters, self._waiters = self._waiters, None  # (a set flag keeps none)
         if waiters is None:
             return
-        if isinstance(waiters, asyncio.Future):
-            if not waiters.done():
-                waiters.set_result(None)
-        elif isinstance(waiters, list):
-            for waiter in waiters:
+        for waiter in waiters if isinstance(waiters, list) else (waiters,):
+            if isinstance(waiter, asyncio.Future):
                 if not waiter.done():
                     waiter.set_result(None)
-        else:
-            waiters.set()
+            else:  # a parked trio task (a cancelled one has left the queue)
+                from trio.lowlevel import Task, reschedule
+
+                assert isinstance(waiter, Task)
+                reschedule(waiter)
 
     def is_set(self) -> bool:
         """Whether the flag is set."""
@@ -65,29 +66,44 @@ class Flag:
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:  # (not asyncio: trio)
-            event = self._waiters
-            if not isinstance(event, anyio.Event):
-                event = self._waiters = anyio.Event()
-            await event.wait()
+            await self._park()
             return
         waiter: asyncio.Future[None] = loop.create_future()
+        self._join(waiter)
+        try:
+            await waiter  # (a cancelled task's wait ends here: its cancel scope cancels the future)
+        finally:
+            if not self._set:  # cancelled: this waiter leaves the queue
+                self._leave(waiter)
+
+    async def _park(self) -> None:
+        # On trio: the task parks itself until set() reschedules it; cancelled, it leaves the queue.
+        import trio.lowlevel
+
+        task = trio.lowlevel.current_task()
+        self._join(task)
+
+        def abort(_: object) -> trio.lowlevel.Abort:
+            self._leave(task)
+            return trio.lowlevel.Abort.SUCCEEDED
+
+        await trio.lowlevel.wait_task_rescheduled(abort)
+
+    def _join(self, waiter: object) -> None:
         waiters = self._waiters
         if waiters is None:
             self._waiters = waiter
         elif isinstance(waiters, list):
             waiters.append(waiter)
         else:
-            assert isinstance(waiters, asyncio.Future)
             self._waiters = [waiters, waiter]
-        try:
-            await waiter  # (a cancelled task's wait ends here: its cancel scope cancels the future)
-        finally:
-            if not self._set:  # cancelled: this waiter leaves the queue
-                waiters = self._waiters
-                if waiters is waiter:
-                    self._waiters = None
-                elif isinstance(waiters, list) and waiter in waiters:
-                    waiters.remove(waiter)
+
+    def _leave(self, waiter: object) -> None:
+        waiters = self._waiters
+        if waiters is waiter:
+            self._waiters = None
+        elif isinstance(waiters, list) and waiter in waiters:
+            waiters.remove(waiter)
 
 
 class Lock:
