@@ -22,7 +22,8 @@ class NamespaceLan:
     Bridges live in a namespace of their own, so nothing touches the host's network. Each
     :meth:`host` is a namespace with one interface per bridge it joins, addressed
     ``10.<base>.<bridge>.<host>/24`` and ``fd00:<base>:<bridge>::<host>/64`` (``base`` defaults to
-    231: private addresses the LAN owns).
+    231: private addresses the LAN owns), all usable at once (its namespaces do no duplicate
+    address detection, which leaves a new IPv6 address unusable for a second or two).
     :meth:`internet` adds a bridge that stands for the Internet, and :meth:`router` a home router
     between it and a LAN of its own (NAT, a stateful firewall, and optionally miniupnpd).
     Use it as a context manager: everything is removed at the end, also after a failure.
