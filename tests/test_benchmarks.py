@@ -23,6 +23,7 @@ def python(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]
     )
 
 
+@pytest.mark.timeout(600)  # (the run's own limit, below: every family, a minute or two in all)
 def test_every_benchmark_runs_and_writes_json(tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
     result = python(
