@@ -604,43 +604,11 @@ class ChannelListener(anyio.abc.AsyncResource):
     async def _handle(
         self, stream: anyio.abc.ByteStream, handler: Callable[[SecureChannel], Awaitable[Any]], *, peek: bool
     ) -> None:
-        # Admission first, before any Diffie-Hellman: per-source limits and a fair share.
-        now = anyio.current_time()
         source = source_of(_remote(stream))
-        decision = self.admission.admit(source, now)
-        if isinstance(decision, Refused):
-            report = self._refusals.note(decision.reason, now)
-            if report is not None:
-                log.warning("%s", report)
-            await anyio.aclose_forcefully(stream)
+        handshaken = await self._admit(stream, source, peek=peek)
+        if handshaken is None:
             return
-        for victim in decision.evicted:
-            victim.handle.cancel()  # its slot went to a source holding fewer
-        ticket = decision.ticket
-        ticket.handle = scope = anyio.CancelScope()
-        channel: SecureChannel | None = None
-        relayed: bytes | None = None
-        try:
-            with scope:
-                if peek:  # a relay: its connections start with the relay preamble
-                    stream, relayed = await self._peek(stream)
-                if relayed is None:
-                    channel = await SecureChannel.wrap(
-                        stream,
-                        self._identity,
-                        initiator=False,
-                        nickname=self.nickname,
-                        endpoint_name=self.endpoint_name,
-                        handshake_timeout=self._handshake_timeout,
-                        port=self.address[1],
-                        preamble_timeout=self.preamble_timeout,
-                    )
-        except (ProtocolError, PeerUnreachable) as exc:
-            log.info("incoming handshake failed: %s", exc)
-            await anyio.aclose_forcefully(stream)
-            return
-        finally:
-            self.admission.release(ticket)
+        stream, channel, relayed = handshaken
         if relayed is not None and self.relay is not None:
             try:
                 await self.relay(stream, relayed, source)
@@ -665,6 +633,50 @@ class ChannelListener(anyio.abc.AsyncResource):
                 await handler(channel)
             except Exception:
                 log.exception("channel handler failed for peer %s", channel.peer.id)
+
+    async def _admit(
+        self, stream: anyio.abc.ByteStream, source: str, *, peek: bool
+    ) -> tuple[anyio.abc.ByteStream, SecureChannel | None, bytes | None] | None:
+        # Admission first, before any Diffie-Hellman: per-source limits and a fair share. Then the
+        # handshake (or a relay's preamble). None when refused or failed (the stream is closed).
+        # (A coroutine of its own: its ticket and cancel scope go when it returns, not when the
+        # channel ends.)
+        now = anyio.current_time()
+        decision = self.admission.admit(source, now)
+        if isinstance(decision, Refused):
+            report = self._refusals.note(decision.reason, now)
+            if report is not None:
+                log.warning("%s", report)
+            await anyio.aclose_forcefully(stream)
+            return None
+        for victim in decision.evicted:
+            victim.handle.cancel()  # its slot went to a source holding fewer
+        ticket = decision.ticket
+        ticket.handle = scope = anyio.CancelScope()
+        channel: SecureChannel | None = None
+        relayed: bytes | None = None
+        try:
+            with scope:
+                if peek:  # a relay: its connections start with the relay preamble
+                    stream, relayed = await self._peek(stream)
+                if relayed is None:
+                    channel = await SecureChannel.wrap(
+                        stream,
+                        self._identity,
+                        initiator=False,
+                        nickname=self.nickname,
+                        endpoint_name=self.endpoint_name,
+                        handshake_timeout=self._handshake_timeout,
+                        port=self.address[1],
+                        preamble_timeout=self.preamble_timeout,
+                    )
+        except (ProtocolError, PeerUnreachable) as exc:
+            log.info("incoming handshake failed: %s", exc)
+            await anyio.aclose_forcefully(stream)
+            return None
+        finally:
+            self.admission.release(ticket)
+        return stream, channel, relayed
 
     async def _peek(self, stream: anyio.abc.ByteStream) -> tuple[anyio.abc.ByteStream, bytes | None]:
         # The stream as it was (its first frame given again), or the bytes after a relay preamble.

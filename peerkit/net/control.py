@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any, Final, Literal
 
 import anyio
@@ -131,6 +132,7 @@ Reply = dict[str, Any] | Answer | None
 Handler = Callable[["ControlChannel", dict[str, Any]], Awaitable[Reply]]
 #: Takes a notice (``notify``, ``invite_cancel``) in the reading task, in order.
 NoticeHandler = Callable[["ControlChannel", dict[str, Any]], None]
+_NO_NOTICES: Mapping[str, NoticeHandler] = MappingProxyType({})
 
 
 class KeepaliveClock(Clock):
@@ -192,7 +194,7 @@ class ControlChannel:
         self.seen: tuple[str, int] | None = None
         self._state = ControlState(max_concurrent=max_concurrent)
         self._handler = handler
-        self._notices = dict(notices or {})
+        self._notices = notices if notices is not None else _NO_NOTICES  # (shared: not copied per channel)
         self._keepalive = keepalive
         self._clock = clock
         self._pinged = False  # (a pong came: ``seen`` is known)
@@ -336,10 +338,13 @@ class ControlChannel:
         with anyio.CancelScope(shield=True):  # _end cancelled the handlers, maybe the caller itself
             await self.channel.aclose()
 
-    def _end(self, error: BaseException) -> None:
+    def _end(self, error: BaseException | None) -> None:
+        # ``error`` for the requests still waiting; None: the peer closed the channel.
         if not self.closed:
             self._state.close()
         waiting, self._waiting = self._waiting, {}
+        if waiting and error is None:
+            error = PeerUnreachable(f"{self.peer_id.fingerprint} closed the channel")
         for request in waiting.values():
             request._settle(None, error)
         if self._group is not None:
@@ -353,7 +358,7 @@ class ControlChannel:
         Returns when the peer closes, the channel breaks or the peer stops answering pings; the
         channel is then closed, and requests waiting on it fail with :class:`PeerUnreachable`.
         """
-        reason: BaseException = PeerUnreachable(f"{self.peer_id.fingerprint} closed the channel")
+        reason: BaseException | None = None  # (the peer closed it; an error made only if it failed)
         try:
             async with anyio.create_task_group() as tg:
                 self._probe = self._group = tg

@@ -144,8 +144,8 @@ class Connection:
         handshake_timeout: float = HANDSHAKE_TIMEOUT,
         ephemeral: bytes | None = None,
     ) -> None:
-        self._keys = keys
-        self._hello = hello
+        self._keys: StaticKeys | None = keys  # (the handshake's: let go once it is done)
+        self._hello: Hello | None = hello
         self._initiator = initiator
         self._expected_id = expected_id
         self._ephemeral = ephemeral
@@ -406,12 +406,14 @@ class Connection:
                 shown = frame[:80].decode("ascii", "replace")
                 raise HandshakeError(f"unsupported preamble {shown!r}; this node speaks {sorted(_SUPPORTED)}")
             self.protocol = protocol
+            keys = self._keys
+            assert keys is not None
             self._handshake = HandshakeState(
                 protocol,
                 initiator=False,
                 prologue=frame,
-                s=self._keys.private,
-                s_public=self._keys.public,
+                s=keys.private,
+                s_public=keys.public,
                 e=self._ephemeral,
             )
             self._to(State.HANDSHAKE)
@@ -430,6 +432,7 @@ class Connection:
             self._peer = self._check_hello(payload, hs.remote_static)
         if not hs.is_complete:
             # Every message after XX's first sends or proves this side's static key: it carries our hello.
+            assert self._hello is not None
             self._buffer.append(encode_frame(hs.write_message(messages.encode_hello(self._hello))))
         if hs.is_complete:
             return self._open(hs)
@@ -456,7 +459,8 @@ class Connection:
         c1, c2 = hs.split()
         self._send, self._recv = (c1, c2) if self._initiator else (c2, c1)
         self.handshake_hash = hs.handshake_hash
-        self._handshake = None
+        # What only the handshake needed goes with it (an open connection holds its ciphers).
+        self._handshake = self._keys = self._hello = self._ephemeral = self._expected_id = None
         self._to(State.OPEN)
         assert self.protocol is not None
         return HandshakeComplete(peer=self._peer, protocol=self.protocol, handshake_hash=self.handshake_hash)

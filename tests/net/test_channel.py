@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import gc
 import socket
 import time
 from collections.abc import AsyncIterator
@@ -25,6 +26,7 @@ from peerkit import (
     listen,
 )
 from peerkit.proto import messages
+from peerkit.proto.admission import Ticket
 from peerkit.proto.connection import Connection, StaticKeys
 from peerkit.proto.framing import encode_frame
 from peerkit.testing import memory_stream_pair
@@ -162,6 +164,17 @@ async def test_tcp_dial(alice: Identity, bob: Identity, know_bob: bool) -> None:
         await ch.send({"t": "hi"})
         reply = await ch.receive()
         assert reply == {"t": "echo", "from": str(alice.id), "m": {"t": "hi"}}
+
+
+@pytest.mark.network
+async def test_an_accepted_channel_lets_go_of_its_admission_once_open(alice: Identity, bob: Identity) -> None:
+    # The listener's task lives as long as the channel: its admission ticket and the cancel scope
+    # that could abort the handshake (0.6 KB a connection) must not live with it.
+    async with listening(bob) as (host, port), await connect(host, port, alice) as ch:
+        await ch.send({"t": "hi"})
+        assert (await ch.receive())["t"] == "echo"  # open, and served
+        gc.collect()
+        assert not [o for o in gc.get_objects() if isinstance(o, Ticket)]
 
 
 @pytest.mark.network

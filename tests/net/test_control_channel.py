@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
@@ -93,6 +94,19 @@ async def ask(control: ControlChannel, message: dict[str, Any]) -> dict[str, Any
     request = await control.start_request(message)
     with anyio.fail_after(5):
         return await request.wait()
+
+
+async def test_an_idle_channel_holds_no_error_and_no_notice_table_of_its_own(
+    alice: Identity, bob: Identity
+) -> None:
+    # Thousands of idle channels: each one's error is made when it ends (if a request waits), and
+    # the node's notice handlers are shared, not copied.
+    notices = {"notify": lambda control, message: None}
+    async with pair(alice, bob, notices=notices) as (a, b):
+        assert (await ask(a, {"t": "invite"}))["t"] == "invite_reply"
+        gc.collect()
+        assert not [o for o in gc.get_objects() if isinstance(o, PeerUnreachable)]
+        assert b._notices is notices
 
 
 async def test_requests_both_ways_are_matched_to_their_replies(alice: Identity, bob: Identity) -> None:

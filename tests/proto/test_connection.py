@@ -83,6 +83,21 @@ def test_handshake_both_patterns(alice: Identity, bob: Identity, bytewise: bool,
     assert reply.message == {"t": "future-type", "x": [1, 2]}
 
 
+@pytest.mark.parametrize("ik", [False, True])
+def test_an_open_connection_keeps_its_ciphers_and_not_what_only_the_handshake_needed(
+    alice: Identity, bob: Identity, ik: bool
+) -> None:
+    # A node holds thousands of open connections: their static keys, hellos to send, ephemeral
+    # key and expected id are the handshake's, and go with it.
+    a, b, _, _ = handshake(alice, bob, expected=bob.id.key if ik else None)
+    for side in (a, b):
+        assert side.state is State.OPEN
+        assert (side._keys, side._hello, side._ephemeral, side._expected_id, side._handshake) == (None,) * 5
+    a.send_message({"t": "chat", "text": "still fine"})
+    [got] = transfer(a, b)
+    assert isinstance(got, MessageReceived)
+
+
 def test_the_preamble_is_the_first_frame_and_the_prologue(alice: Identity, bob: Identity) -> None:
     a = Connection.initiate(keys(alice), hello(alice), now=0.0, expected_id=bob.id.key)
     frames = FrameDecoder().feed(a.data_to_send())
