@@ -308,7 +308,8 @@ class ControlState:
         self.retire_received = False
         self._next_rid = 1
         self._sent: dict[int, ReplyParts | None] = {}  # our outstanding requests
-        self._received: set[int] = set()  # the peer's requests not yet answered
+        # The peer's requests not yet answered (a dict as a set: an empty one is a quarter the size).
+        self._received: dict[int, None] = {}
 
     def _to(self, phase: Phase) -> None:
         if phase is self.phase:
@@ -364,7 +365,7 @@ class ControlState:
 
     def answered(self, rid: int) -> None:
         """The peer's request ``rid`` has its reply sent (or will get none: it was withdrawn)."""
-        self._received.discard(rid)
+        self._received.pop(rid, None)
 
     def retire(self) -> bool:
         """This side retires the channel; whether a ``retire`` is to be sent now."""
@@ -431,7 +432,7 @@ class ControlState:
             busy = len(self._received)
             text = f"{busy} requests of yours are being handled; the limit is {self.max_concurrent}"
             return Refuse(error_reply(ErrorCode.LIMIT, text, rid))
-        self._received.add(rid)
+        self._received[rid] = None
         if kind == "ping":
             return PingReceived(rid)
         return RequestReceived(rid, message)
