@@ -158,6 +158,11 @@ class ControlChannel:
     channel sends. ``notices[kind](control, message)`` takes each notice of that type in order.
     With a ``clock``, the keepalive is timed by it (one task for many channels); without one, by
     a task of the channel's own.
+
+    The channel's own tasks (request handlers, keepalive checks) run in ``tasks`` when it is given
+    (a node gives its own task group: an idle channel then holds no group of its own), else in a
+    task group :meth:`run` makes. Either way they are cancelled when the channel ends, and
+    :meth:`run` returns only once they are done.
     """
 
     def __init__(
@@ -172,6 +177,7 @@ class ControlChannel:
         keepalive: KeepalivePolicy,
         max_concurrent: int = MAX_CONCURRENT,
         clock: KeepaliveClock | None = None,
+        tasks: anyio.abc.TaskGroup | None = None,
     ) -> None:
         #: The secure channel underneath.
         self.channel = channel
@@ -202,8 +208,13 @@ class ControlChannel:
         self._retired_at = 0.0
         self._last_request = anyio.current_time()
         self._last_heard = self._last_request
-        self._probe: anyio.abc.TaskGroup | None = None  # where a watch runs; None while one does
-        self._group: anyio.abc.TaskGroup | None = None  # the handlers' task group (set by run)
+        self._watching = False  # (a watch of the peer's silence runs: see _watch)
+        self._tasks = tasks  # where the channel's own tasks run (run makes a group if None)
+        self._running = False  # (run is reading: tasks may be started)
+        self._scope = anyio.CancelScope()  # run's: cancelled when the channel ends (even before run)
+        self._children: set[anyio.CancelScope] | None = None  # the running tasks' scopes
+        self._started = 0  # tasks started and not yet finished
+        self._drained: Flag | None = None  # set when the last of them finishes (run waits on it)
         self._closed = Flag()
 
     # -- state -----------------------------------------------------------------------------
@@ -245,9 +256,9 @@ class ControlChannel:
         request = self._waiting[rid] = Request(rid)
         if activity:
             now = self._last_request = anyio.current_time()
-            if self._probe is not None:
-                self._probe.start_soon(self._watch, self._probe, now)
-                self._probe = None
+            if not self._watching and self._running:
+                self._watching = True
+                self._start(self._watch, now)
         try:
             await self.channel.send({**message, "rid": rid})
         except BaseException as exc:
@@ -338,6 +349,13 @@ class ControlChannel:
         with anyio.CancelScope(shield=True):  # _end cancelled the handlers, maybe the caller itself
             await self.channel.aclose()
 
+    def cancel(self, reason: str = "closed") -> None:
+        """End the channel now, from any task, without waiting: outstanding requests fail with
+        :class:`PeerUnreachable` (saying the channel was ``reason``), the requests being handled
+        are cancelled, and :meth:`run` returns once it has closed the channel. Before :meth:`run`
+        starts, it makes :meth:`run` return at once."""
+        self._end(PeerUnreachable(f"the channel to {self.peer_id.fingerprint} was {reason}"))
+
     def _end(self, error: BaseException | None) -> None:
         # ``error`` for the requests still waiting; None: the peer closed the channel.
         if not self.closed:
@@ -347,23 +365,66 @@ class ControlChannel:
             error = PeerUnreachable(f"{self.peer_id.fingerprint} closed the channel")
         for request in waiting.values():
             request._settle(None, error)
-        if self._group is not None:
-            self._group.cancel_scope.cancel()  # handlers still running are cancelled
+        self._stop()
         self._closed.set()
+
+    def _stop(self) -> None:
+        # The reading loop and the channel's tasks still running are cancelled.
+        self._scope.cancel()
+        if self._children:
+            for scope in list(self._children):
+                scope.cancel()
+
+    # -- the channel's own tasks -------------------------------------------------------------
+    def _start(self, func: Callable[..., Awaitable[Any]], *args: Any) -> None:
+        # Start func(*args) in a task of the channel's (while run is reading).
+        assert self._tasks is not None
+        self._started += 1
+        try:
+            self._tasks.start_soon(self._child, func, args)
+        except BaseException:
+            self._started -= 1
+            raise
+
+    async def _child(self, func: Callable[..., Awaitable[Any]], args: tuple[Any, ...]) -> None:
+        # A task of the channel's: cancelled when the channel ends, waited for by run.
+        try:
+            if self._closed.is_set():
+                return  # ended before this task began: nothing to do
+            with anyio.CancelScope() as scope:
+                children = self._children
+                if children is None:
+                    children = self._children = set()
+                children.add(scope)
+                try:
+                    await func(*args)
+                finally:
+                    children.discard(scope)
+                    if not children and self._children is children:
+                        self._children = None  # (an idle channel keeps no set)
+        finally:
+            self._started -= 1
+            if not self._started and self._drained is not None:
+                self._drained.set()
 
     # -- running ---------------------------------------------------------------------------
     async def run(self) -> None:
         """Read and dispatch messages until the channel ends; keep it alive meanwhile.
 
-        Returns when the peer closes, the channel breaks or the peer stops answering pings; the
-        channel is then closed, and requests waiting on it fail with :class:`PeerUnreachable`.
+        Returns when the peer closes, the channel breaks, the peer stops answering pings or the
+        channel is closed or cancelled here; the channel is then closed, requests waiting on it
+        fail with :class:`PeerUnreachable`, and the channel's own tasks are done.
         """
+        if self._tasks is None:  # (no group given: the channel's tasks get one of their own)
+            async with anyio.create_task_group() as self._tasks:
+                await self.run()
+            return
         reason: BaseException | None = None  # (the peer closed it; an error made only if it failed)
         try:
-            async with anyio.create_task_group() as tg:
-                self._probe = self._group = tg
+            with self._scope:  # (cancelled when the channel ends, from whichever task)
+                self._running = True
                 if self._clock is None:
-                    tg.start_soon(self._keep_alive)
+                    self._start(self._keep_alive)
                 else:
                     self._clock.schedule(self, anyio.current_time() + self._keepalive.interval)
                 try:
@@ -375,24 +436,25 @@ class ControlChannel:
                         if closed():
                             break
                         self._last_heard = now()
-                        await self._dispatch(message, tg)
+                        await self._dispatch(message)
                 except (ProtocolError, PeerUnreachable) as exc:
                     log.info("channel to %s ended: %s", self.peer_id.fingerprint, exc)
                     reason = PeerUnreachable(f"the channel to {self.peer_id.fingerprint} failed: {exc}")
                     reason.__cause__ = exc
                 except (anyio.EndOfStream, anyio.ClosedResourceError):
                     pass
-                finally:
-                    # Closed before the group waits for its tasks (cancelled from outside too):
-                    # handlers cancelled now see the channel closed, and a request from another
-                    # task is refused rather than handed to a group that takes no new tasks.
-                    self._end(reason)
         finally:
+            # Ended before waiting for the channel's tasks (cancelled from outside too): they are
+            # cancelled and see the channel closed, and a request from another task is refused.
+            self._running = False
             self._end(reason)
             with anyio.CancelScope(shield=True):
                 await self.channel.aclose()
+                if self._started:
+                    self._drained = Flag()
+                    await self._drained.wait()
 
-    async def _dispatch(self, message: dict[str, Any], tg: anyio.abc.TaskGroup) -> None:
+    async def _dispatch(self, message: dict[str, Any]) -> None:
         event = self._state.receive(message)  # a ProtocolError (bad parts) ends the channel
         if event is None:  # a part of a reply; more to come
             return
@@ -415,7 +477,7 @@ class ControlChannel:
                 log.exception("handling %r from %s failed", kind, self.peer_id.fingerprint)
         elif isinstance(event, RequestReceived):
             self._last_request = self._last_heard  # (when it came: now)
-            tg.start_soon(self._handle, event.rid, event.message)
+            self._start(self._handle, event.rid, event.message)
             if self._state.handling >= STALL_AFTER and self.channel.congested:
                 # Backpressure: a peer that does not read its replies is not read from either
                 # (its requests wait in its own buffers, not in this node's memory).
@@ -426,7 +488,7 @@ class ControlChannel:
             await self._send_reply(event.rid, pong)  # (in the reading task: no task per ping)
         elif isinstance(event, RetireReceived):
             if event.answer:
-                tg.start_soon(self.retire)
+                self._start(self.retire)
             elif self._done():
                 await self.aclose()
         elif isinstance(event, Refuse):
@@ -442,7 +504,7 @@ class ControlChannel:
                 )
 
     async def _handle(self, rid: int, message: dict[str, Any]) -> None:
-        # Cancelled with the channel's task group when the channel closes.
+        # (a task of the channel's: cancelled when the channel closes)
         reply: Reply = None
         try:
             reply = await self._handler(self, message)
@@ -451,21 +513,23 @@ class ControlChannel:
             reply = error_reply(ErrorCode.UNAVAILABLE, f"the {message.get('t')!r} request failed")
         await self._send_reply(rid, reply)
 
-    async def _watch(self, tg: anyio.abc.TaskGroup, sent: float) -> None:
+    async def _watch(self, sent: float) -> None:
         # While requests wait for replies: when the peer has been silent since the latest one was
         # sent (``sent`` at first), for PROBE_AFTER seconds, a ping goes (once per such silence).
         confirmed = sent - 1.0  # requests sent up to then are known to have reached a live peer
-        while True:
-            await anyio.sleep(PROBE_AFTER)
-            if not self._waiting:
-                break
-            latest = self._last_request
-            if self._last_heard >= latest or latest <= confirmed:
-                continue  # heard since, or probed since
-            if not await self._ping_answered(min(PROBE_TIMEOUT, self._keepalive.timeout)):
-                return
-            confirmed = anyio.current_time()
-        self._probe = tg  # the next request starts a watch again
+        try:
+            while True:
+                await anyio.sleep(PROBE_AFTER)
+                if not self._waiting:
+                    return
+                latest = self._last_request
+                if self._last_heard >= latest or latest <= confirmed:
+                    continue  # heard since, or probed since
+                if not await self._ping_answered(min(PROBE_TIMEOUT, self._keepalive.timeout)):
+                    return
+                confirmed = anyio.current_time()
+        finally:
+            self._watching = False  # the next request starts a watch again
 
     async def _ping_answered(self, timeout: float) -> bool:
         # False when the peer did not answer a ping within ``timeout`` (the channel is then ended)
@@ -511,12 +575,12 @@ class ControlChannel:
     def _keepalive_due(self) -> None:
         # (the clock's task) a channel heard from lately only asks for its next turn; one with
         # something to do does it in a task of its own group, then asks for the next turn
-        if self._group is None or self.closed:
+        if not self._running or self.closed:
             return
         if self._keepalive_needs() is None and self._clock is not None:
             self._clock.schedule(self, self._next_check())
         else:
-            self._group.start_soon(self._keepalive_turn)
+            self._start(self._keepalive_turn)
 
     async def _keepalive_turn(self) -> None:
         if await self._keepalive_check() and self._clock is not None:
@@ -552,7 +616,6 @@ class ControlChannel:
         if needs is None:
             return True
         if not await self._ping_answered(self._keepalive.timeout):
-            if self._group is not None:
-                self._group.cancel_scope.cancel()
+            self._stop()
             return False
         return True

@@ -419,6 +419,7 @@ class Connections:
             notices=self._notices,
             keepalive=self._keepalive,
             clock=self._clock,
+            tasks=self._tg,  # (its handlers run in the node's group: an idle channel holds none)
         )
         self._on_peer(control.peer_id)
         # The endpoint that was dialled: ours as the peer reached it, or the one we dialled.
@@ -479,16 +480,17 @@ class Connections:
         for victim in decision.evicted:
             victim.handle.cancel()  # its place went to this one
         held = decision.held
-        held.handle = scope = anyio.CancelScope()
         try:
-            with scope:
-                if stream:
+            if stream:
+                held.handle = scope = anyio.CancelScope()
+                with scope:
                     await self._serve_stream(channel)
-                    return
-                endpoint = None
-                if peer.address is not None and peer.port is not None:
-                    endpoint = EndPoint(peer.address[0], peer.port)
-                await self._run(self._adopt(channel, initiator=False, endpoint=endpoint))
+                return
+            endpoint = None
+            if peer.address is not None and peer.port is not None:
+                endpoint = EndPoint(peer.address[0], peer.port)
+            control = held.handle = self._adopt(channel, initiator=False, endpoint=endpoint)
+            await self._run(control)  # (evicted: the handle's cancel ends the channel)
         finally:
             self.holdings.release(held)
 

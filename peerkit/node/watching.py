@@ -346,22 +346,29 @@ class Watching:
             with scope:
                 async with anyio.create_task_group() as tg:
                     watch.group = tg
-                    while True:
-                        stir = watch.stir  # (a poke from now on cuts the wait below short)
-                        while watch.relink:
-                            self._start_link(watch, watch.relink.pop(), lost=True)
-                        if watch.look or anyio.current_time() >= watch.look_at:
-                            watch.look = False
-                            if not await self._look(watch):
-                                tg.cancel_scope.cancel()  # (no longer a contact)
+                    try:
+                        while True:
+                            stir = watch.stir  # (a poke from now on cuts the wait below short)
+                            while watch.relink:
+                                self._start_link(watch, watch.relink.pop(), lost=True)
+                            if watch.look or anyio.current_time() >= watch.look_at:
+                                watch.look = False
+                                if not await self._look(watch):
+                                    tg.cancel_scope.cancel()  # (no longer a contact)
+                                    return
+                            if watch.settled():
+                                settled = True
+                                watch.running, watch.scope, watch.group = False, None, None
+                                self._book(watch)
                                 return
-                        if watch.settled():
-                            settled = True
-                            watch.running, watch.scope, watch.group = False, None, None
-                            self._book(watch)
-                            return
-                        with anyio.move_on_after(watch.look_at - anyio.current_time()):
-                            await stir.wait()
+                            with anyio.move_on_after(watch.look_at - anyio.current_time()):
+                                await stir.wait()
+                    finally:
+                        # Once the body ends (cancelled too), the group may close as soon as its
+                        # last link ends, before this task runs on: a link lost meanwhile waits
+                        # in ``relink`` rather than being started in a closed group.
+                        if watch.group is tg:
+                            watch.group = None
         finally:
             if not settled:
                 watch.running, watch.scope, watch.group = False, None, None

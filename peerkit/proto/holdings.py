@@ -79,7 +79,8 @@ class Held:
     contact: bool
     stream: bool
     seq: int
-    #: The owner's handle on the connection (a cancel scope), to close it when it is evicted.
+    #: The owner's handle on the connection, to close it when it is evicted: anything with a
+    #: ``cancel()`` (a cancel scope, a control channel).
     handle: Any = None
 
 

@@ -109,6 +109,129 @@ async def test_an_idle_channel_holds_no_error_and_no_notice_table_of_its_own(
         assert b._notices is notices
 
 
+def control(
+    channel: SecureChannel, me: Identity, *, initiator: bool, handler: Handler = echo, **options: Any
+) -> ControlChannel:
+    return ControlChannel(
+        channel,
+        initiator=initiator,
+        local_id=me.id,
+        endpoint=None,
+        handler=handler,
+        keepalive=QUIET,
+        **options,
+    )
+
+
+async def test_a_channel_given_a_task_group_holds_no_group_of_its_own(alice: Identity, bob: Identity) -> None:
+    # A node gives its channels its own group (and its keepalive clock): an idle channel holds
+    # no task group (with its cancel scope, about 1 KB an end) and no set of running tasks once
+    # its requests are answered and the watch after a request is over.
+    group_type = type(anyio.create_task_group())
+    a_channel, b_channel = await channel_pair(alice, bob)
+    async with timed_by("shared clock") as clock, anyio.create_task_group() as tasks:
+        gc.collect()
+        groups = sum(isinstance(o, group_type) for o in gc.get_objects())
+        a = control(a_channel, alice, initiator=True, tasks=tasks, clock=clock)
+        b = control(b_channel, bob, initiator=False, tasks=tasks, clock=clock)
+        tasks.start_soon(a.run)
+        tasks.start_soon(b.run)
+        assert (await ask(a, {"t": "invite"}))["t"] == "invite_reply"
+        assert (await ask(b, {"t": "get"}))["t"] == "get_reply"
+        with anyio.fail_after(5):
+            while a.handling or b.handling or a._watching or b._watching:
+                await anyio.sleep(0.05)
+        gc.collect()
+        assert sum(isinstance(o, group_type) for o in gc.get_objects()) == groups
+        assert a._children is None
+        assert b._children is None
+        await a.aclose()
+        await b.aclose()
+
+
+@pytest.mark.parametrize("group", ["given", "its own"])
+async def test_a_handler_is_cancelled_when_the_channel_ends_and_run_returns_after_it(
+    alice: Identity, bob: Identity, group: str
+) -> None:
+    events: list[str] = []
+    started = anyio.Event()
+
+    async def stuck(control: ControlChannel, message: dict[str, Any]) -> Reply:
+        started.set()
+        try:
+            await anyio.sleep_forever()
+        finally:
+            with anyio.CancelScope(shield=True):
+                await anyio.sleep(0.05)  # (its cleanup takes a moment)
+            events.append("handler done")
+        return None
+
+    a_channel, b_channel = await channel_pair(alice, bob)
+    async with anyio.create_task_group() as tasks:
+        a = control(a_channel, alice, initiator=True)
+        b = control(b_channel, bob, initiator=False, handler=stuck, tasks=tasks if group == "given" else None)
+
+        async def run_b() -> None:
+            await b.run()
+            events.append("run returned")
+
+        tasks.start_soon(a.run)
+        tasks.start_soon(run_b)
+        request = await a.start_request({"t": "get"})
+        with anyio.fail_after(5):
+            await started.wait()
+            await a.aclose()  # the peer closes
+            with pytest.raises(PeerUnreachable):
+                await request.wait()
+            await b.wait_closed()
+            while len(events) < 2:
+                await anyio.sleep(0.01)
+    assert events == ["handler done", "run returned"]
+
+
+async def test_cancel_ends_a_channel_from_another_task_even_before_it_runs(
+    alice: Identity, bob: Identity
+) -> None:
+    cancelled = anyio.Event()
+
+    async def stuck(control: ControlChannel, message: dict[str, Any]) -> Reply:
+        try:
+            await anyio.sleep_forever()
+        finally:
+            cancelled.set()
+        return None
+
+    # Cancelled before it runs: run returns at once, and the channel is closed.
+    a_channel, b_channel = await channel_pair(alice, bob)
+    early = control(a_channel, alice, initiator=True)
+    early.cancel("evicted")
+    assert early.closed
+    assert not early.usable
+    with anyio.fail_after(5):
+        await early.run()
+    assert a_channel.closed
+    await b_channel.aclose()
+
+    # Cancelled while a request waits and one is handled: the request fails, naming why, and the
+    # handler on the other side is cancelled as the channel closes.
+    a_channel, b_channel = await channel_pair(alice, bob)
+    async with anyio.create_task_group() as tasks:
+        a = control(a_channel, alice, initiator=True, tasks=tasks)
+        b = control(b_channel, bob, initiator=False, handler=stuck, tasks=tasks)
+        tasks.start_soon(a.run)
+        tasks.start_soon(b.run)
+        request = await a.start_request({"t": "get"})
+        with anyio.fail_after(5):
+            while not b.handling:
+                await anyio.sleep(0.01)
+            a.cancel("evicted")
+            with pytest.raises(PeerUnreachable, match="was evicted"):
+                await request.wait()
+            await cancelled.wait()
+            await b.wait_closed()
+        assert a_channel.closed
+
+
 async def test_requests_both_ways_are_matched_to_their_replies(alice: Identity, bob: Identity) -> None:
     async with pair(alice, bob) as (a, b):
         replies: dict[int, dict[str, Any]] = {}
