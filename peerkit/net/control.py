@@ -262,16 +262,24 @@ class ControlChannel:
         try:
             await self.channel.send({**message, "rid": rid})
         except BaseException as exc:
-            self._waiting.pop(rid, None)
+            self._take(rid)
             self._state.abandon(rid)
             if isinstance(exc, anyio.ClosedResourceError):
                 raise PeerUnreachable(f"the channel to {self.peer_id.fingerprint} closed") from exc
             raise
         return request
 
+    def _take(self, rid: int) -> Request | None:
+        # The request waiting for ``rid``'s reply, no longer waiting; an emptied dict lets go of
+        # its table (see proto.control), as thousands of idle channels each keep one.
+        request = self._waiting.pop(rid, None)
+        if not self._waiting:
+            self._waiting.clear()
+        return request
+
     def forget(self, request: Request) -> None:
         """Stop waiting for ``request``'s reply (a reply that comes later is dropped)."""
-        self._waiting.pop(request.rid, None)
+        self._take(request.rid)
         self._state.abandon(request.rid)
         request._settle(None, PeerUnreachable("the request was abandoned"))
 
@@ -459,7 +467,7 @@ class ControlChannel:
         if event is None:  # a part of a reply; more to come
             return
         if isinstance(event, ReplyReceived):
-            request = self._waiting.pop(event.rid, None)
+            request = self._take(event.rid)
             if request is not None:
                 request._settle(event.message)
             if self._done():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
@@ -145,6 +146,8 @@ async def test_a_channel_given_a_task_group_holds_no_group_of_its_own(alice: Ide
         assert sum(isinstance(o, group_type) for o in gc.get_objects()) == groups
         assert a._children is None
         assert b._children is None
+        # Nor a table of the requests it waited for (an emptied dict is 160 bytes larger).
+        assert sys.getsizeof(a._waiting) == sys.getsizeof(b._waiting) == sys.getsizeof({})
         await a.aclose()
         await b.aclose()
 

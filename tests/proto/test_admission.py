@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 import pytest
@@ -145,6 +146,32 @@ def test_memory_per_peer_and_peers_is_bounded() -> None:
         guard.fresh(name, 1)
     assert len(guard._peers) == 3
     assert guard.fresh(b"alice", 5)  # alice was forgotten (as after a restart)
+
+
+@given(st.lists(st.integers(min_value=0, max_value=40), max_size=40), st.integers(min_value=0, max_value=10))
+def test_a_stamp_is_taken_when_new_and_above_the_newest_minus_the_window(
+    stamps: list[int], window: int
+) -> None:
+    # Against a model with unbounded memory (the guard's own is bounded per peer: 64 here is more
+    # than it needs).
+    guard = ReplayGuard(window=window)
+    taken: set[int] = set()
+    floor = -1
+    for ts in stamps:
+        expected = ts > floor and ts not in taken
+        assert guard.fresh(b"alice", ts) is expected
+        if expected:
+            taken.add(ts)
+            floor = max(floor, max(taken) - window)
+
+
+def test_a_peer_with_one_stamp_costs_little() -> None:
+    # Thousands of peers dial a node: each is remembered with a small tuple, not a set (216 bytes).
+    guard = ReplayGuard()
+    assert guard.fresh(b"alice", 100 * S)
+    _floor, seen = guard._peers[b"alice"]
+    assert seen == (100 * S,)
+    assert sys.getsizeof(seen) < sys.getsizeof(set()) / 3
 
 
 def test_a_request_budget_refuses_over_the_rate_and_disconnects_after_strikes() -> None:

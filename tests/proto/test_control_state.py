@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -49,6 +51,22 @@ def test_our_requests_are_numbered_and_matched_by_rid() -> None:
     assert isinstance(state.receive({"t": "get_reply", "rid": 2}), Unmatched)
     assert isinstance(state.receive({"t": "pong", "rid": 1}), ReplyReceived)
     assert not state.outstanding
+
+
+def test_an_idle_state_keeps_no_table_of_requests_once_they_are_done() -> None:
+    # An emptied dict keeps its table until it is cleared (160 bytes); a node keeps thousands of
+    # idle channels, each with one of these, so each goes back to the size of a new one.
+    empty = sys.getsizeof({})
+    state = ControlState()
+    for _ in range(3):  # answered, abandoned, and the peer's request answered
+        rid = state.start_request()
+        assert isinstance(state.receive({"t": "pong", "rid": rid}), ReplyReceived)
+        state.abandon(state.start_request())
+        assert isinstance(state.receive({"t": "get", "rid": 7}), RequestReceived)
+        state.answered(7)
+    assert not state.outstanding
+    assert sys.getsizeof(state._sent) == empty
+    assert sys.getsizeof(state._received) == empty
 
 
 def test_an_abandoned_request_takes_no_reply() -> None:
