@@ -49,6 +49,9 @@ class Clock:
         self._order = itertools.count()  # (ties in time go in the order they were asked for)
         self._sooner = Flag()
         self._slack = slack
+        #: The time now on anyio's clock, as a function cheap to call (see :func:`loop_clock`; made
+        #: where the clock is made, so a clock is made on the loop it serves): one for all its users.
+        self.now = loop_clock()
 
     def __len__(self) -> int:
         return len(self._due)

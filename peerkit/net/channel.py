@@ -609,6 +609,7 @@ class ChannelListener(anyio.abc.AsyncResource):
         if handshaken is None:
             return
         stream, channel, relayed = handshaken
+        del handshaken  # (locals live as long as the channel: only what it needs)
         if relayed is not None and self.relay is not None:
             try:
                 await self.relay(stream, relayed, source)

