@@ -12,6 +12,7 @@ objects otherwise, with anyio's socket attributes and errors.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import socket
 import threading
@@ -24,6 +25,7 @@ import anyio.abc
 from anyio.abc import SocketAttribute
 
 from peerkit.net.fds import FdBudget, fd_budget
+from peerkit.sync import Flag
 
 __all__ = ("TcpListener", "TcpStream", "connect_tcp", "wrap_connected")
 
@@ -40,6 +42,8 @@ READ_LOW: Final = 1 << 16
 READ_SIZE: Final = 120 << 10
 #: Connections a listener takes from its backlog at once, after the one it waited for.
 DRAIN: Final = 64
+
+log = logging.getLogger(__name__)
 
 
 def _address(raw: Any) -> Any:
@@ -272,6 +276,73 @@ async def connect_tcp(host: str, port: int) -> TcpStream:
     return protocol.stream
 
 
+class _ConnectionTasks:
+    """The tasks of a listener's connections: asyncio's own tasks, each in a cancel scope of its
+    own, and a keeper task in the owner's task group that cancels them and waits for them when
+    that group is cancelled (an anyio task also makes a handle with a cancel scope and an event,
+    1.3 KB more for each of the thousands of connections a node may hold).
+    """
+
+    def __init__(self) -> None:
+        self._scopes: dict[asyncio.Task[None], anyio.CancelScope] = {}
+        self._taking = True
+        self._kept = False  # (the keeper has ended: a connection now is closed at once)
+        self._changed: Flag | None = None  # set when a task ends or no more are taken
+
+    def start(self, conn: socket.socket, handler: Callable[[TcpStream], Any]) -> None:
+        """Serve ``conn`` with ``handler`` in a task of its own."""
+        if self._kept:
+            conn.close()
+            return
+        task = asyncio.get_running_loop().create_task(self._serve(conn, handler))
+        self._scopes[task] = anyio.CancelScope()  # (the set keeps the task: asyncio does not)
+
+    def stop_taking(self) -> None:
+        """No more connections come: the keeper returns once the tasks have ended."""
+        self._taking = False
+        self._wake()
+
+    async def keep(self) -> None:
+        """Wait until no more connections come and their tasks have ended; when cancelled first,
+        cancel the tasks and wait for them."""
+        try:
+            while self._taking or self._scopes:
+                self._changed = Flag()
+                await self._changed.wait()
+        finally:
+            self._kept = True
+            for scope in self._scopes.values():
+                scope.cancel()
+            with anyio.CancelScope(shield=True):
+                while self._scopes:
+                    self._changed = Flag()
+                    await self._changed.wait()
+
+    def _wake(self) -> None:
+        if self._changed is not None:
+            self._changed.set()
+
+    async def _serve(self, conn: socket.socket, handler: Callable[[TcpStream], Any]) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        try:
+            with self._scopes[task]:
+                try:
+                    _, protocol = await asyncio.get_running_loop().connect_accepted_socket(
+                        _Protocol, sock=conn
+                    )
+                except BaseException:
+                    conn.close()
+                    raise
+                assert protocol.stream is not None
+                await handler(protocol.stream)
+        except Exception:
+            log.exception("the handler of a connection failed")
+        finally:
+            del self._scopes[task]
+            self._wake()
+
+
 class TcpListener(anyio.abc.Listener[TcpStream]):
     """A TCP listener giving :class:`TcpStream` objects; made with :meth:`bind`.
 
@@ -303,23 +374,30 @@ class TcpListener(anyio.abc.Listener[TcpStream]):
     async def serve(
         self, handler: Callable[[TcpStream], Any], task_group: anyio.abc.TaskGroup | None = None
     ) -> None:
-        """Run ``handler(stream)`` in a task for each connection, until cancelled or closed."""
+        """Run ``handler(stream)`` in a task for each connection, until cancelled or closed.
+
+        The connections' tasks belong to ``task_group`` when it is given (they may outlive this
+        call, and are cancelled with that group), else to this call, which returns once they are
+        done. A handler's exception is logged: it ends its connection, never the listener.
+        """
         if self._closed:
             raise anyio.ClosedResourceError
         self._stopped = stopped = anyio.Event()
+        tasks = _ConnectionTasks()
         async with anyio.create_task_group() as own:
-            group = task_group or own
+            (task_group or own).start_soon(tasks.keep)
             try:
                 with anyio.CancelScope() as self._serving:
                     async with anyio.create_task_group() as loops:
                         for sock in self._sockets:
-                            loops.start_soon(self._accept_loop, sock, handler, group)
+                            loops.start_soon(self._accept_loop, sock, handler, tasks)
             finally:
                 self._serving = None
+                tasks.stop_taking()  # (the keeper returns once the connections' tasks are done)
                 stopped.set()  # aclose() waits for the accept loops only, not for the handlers
 
     async def _accept_loop(
-        self, sock: socket.socket, handler: Callable[[TcpStream], Any], group: anyio.abc.TaskGroup
+        self, sock: socket.socket, handler: Callable[[TcpStream], Any], tasks: _ConnectionTasks
     ) -> None:
         loop = asyncio.get_running_loop()
         # The backlog is drained with the raw accept: a socket object is made only for a
@@ -333,7 +411,7 @@ class TcpListener(anyio.abc.Listener[TcpStream]):
             except OSError as exc:
                 self._budget.accept_failed(exc)  # for want of descriptors: pauses (others: raised)
                 continue
-            self._take(conn, address, handler, group)
+            self._take(conn, address, handler, tasks)
             # Whatever else waits in the backlog is taken now, without a turn of the event loop
             # each: under a flood of connections to refuse, a legitimate one waits behind fewer.
             for _ in range(drain):
@@ -347,7 +425,7 @@ class TcpListener(anyio.abc.Listener[TcpStream]):
                 except OSError as exc:
                     self._budget.accept_failed(exc)
                     break
-                self._take(fd, address, handler, group, sock)
+                self._take(fd, address, handler, tasks, sock)
             await anyio.lowlevel.checkpoint()  # an accept that never waits must not starve the rest
 
     def _take(
@@ -355,7 +433,7 @@ class TcpListener(anyio.abc.Listener[TcpStream]):
         conn: socket.socket | int,
         address: Any,
         handler: Callable[[TcpStream], Any],
-        group: anyio.abc.TaskGroup,
+        tasks: _ConnectionTasks,
         listening: socket.socket | None = None,
     ) -> None:
         self._budget.opened()
@@ -371,17 +449,7 @@ class TcpListener(anyio.abc.Listener[TcpStream]):
             assert listening is not None
             conn = socket.socket(listening.family, listening.type, listening.proto, fileno=conn)
         conn.setblocking(False)
-        group.start_soon(self._run, conn, handler)
-
-    async def _run(self, conn: socket.socket, handler: Callable[[TcpStream], Any]) -> None:
-        loop = asyncio.get_running_loop()
-        try:
-            _, protocol = await loop.connect_accepted_socket(_Protocol, sock=conn)
-        except BaseException:
-            conn.close()
-            raise
-        assert protocol.stream is not None
-        await handler(protocol.stream)
+        tasks.start(conn, handler)
 
     async def aclose(self) -> None:
         """Stop listening (connections already handed out stay open)."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import gc
 import itertools
 import socket
 import tracemalloc
@@ -361,3 +362,124 @@ async def test_a_screened_out_connection_is_closed_before_a_handler_runs() -> No
             await stream.aclose()
         await listener.aclose()
         tg.cancel_scope.cancel()
+
+
+@asynccontextmanager
+async def listening() -> AsyncIterator[tuple[TcpListener, int]]:
+    listener = await TcpListener.bind("127.0.0.1", 0)
+    try:
+        yield listener, listener.extra_attributes[SocketAttribute.local_address]()[1]
+    finally:
+        await listener.aclose()
+
+
+async def test_a_connection_is_served_by_a_task_without_an_anyio_task_handle() -> None:
+    # A node holds thousands of connections: each is served by an asyncio task of the listener's
+    # (anyio's handle, cancel scope and event would be 1.3 KB more each).
+    served: list[TcpStream] = []
+    release = anyio.Event()
+
+    async def hold(stream: TcpStream) -> None:
+        served.append(stream)
+        await release.wait()
+
+    def handles() -> int:
+        return sum(type(o).__name__ == "TaskHandle" for o in gc.get_objects())
+
+    async with listening() as (listener, port), anyio.create_task_group() as tg:
+        tg.start_soon(listener.serve, hold)
+        await anyio.sleep(0.05)
+        before = handles()
+        clients = [await connect_tcp("127.0.0.1", port) for _ in range(20)]
+        with anyio.fail_after(5):
+            while len(served) < 20:
+                await anyio.sleep(0.01)
+        assert handles() == before
+        release.set()
+        for stream in (*clients, *served):
+            await stream.aclose()
+        tg.cancel_scope.cancel()
+
+
+async def test_a_handler_that_raises_is_logged_and_the_listener_goes_on(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    served: list[TcpStream] = []
+
+    async def fail_first(stream: TcpStream) -> None:
+        served.append(stream)
+        if len(served) == 1:
+            raise RuntimeError("the first handler fails")
+        await stream.send(b"served")
+
+    async with listening() as (listener, port), anyio.create_task_group() as tg:
+        tg.start_soon(listener.serve, fail_first)
+        first = await connect_tcp("127.0.0.1", port)
+        with anyio.fail_after(5):
+            while not served:
+                await anyio.sleep(0.01)
+            second = await connect_tcp("127.0.0.1", port)
+            assert await second.receive() == b"served"
+        assert "the handler of a connection failed" in caplog.text
+        assert "the first handler fails" in caplog.text
+        for stream in (first, second, *served):
+            await stream.aclose()
+        tg.cancel_scope.cancel()
+
+
+async def test_cancelling_serve_cancels_the_connections_tasks_and_waits_for_them() -> None:
+    events: list[str] = []
+    started = anyio.Event()
+
+    async def stuck(stream: TcpStream) -> None:
+        started.set()
+        try:
+            await anyio.sleep_forever()
+        finally:
+            with anyio.CancelScope(shield=True):
+                await anyio.sleep(0.05)  # (its cleanup takes a moment)
+                await stream.aclose()
+            events.append("handler done")
+
+    async with listening() as (listener, port):
+        async with anyio.create_task_group() as tg:
+
+            async def serve() -> None:
+                await listener.serve(stuck)
+                events.append("serve returned")  # (not reached: cancelled)
+
+            tg.start_soon(serve)
+            client = await connect_tcp("127.0.0.1", port)
+            with anyio.fail_after(5):
+                await started.wait()
+            tg.cancel_scope.cancel()
+        events.append("group done")
+        await client.aclose()
+    assert events == ["handler done", "group done"]
+
+
+async def test_with_a_task_group_given_connections_outlive_serve_and_end_with_the_group() -> None:
+    events: list[str] = []
+    started = anyio.Event()
+
+    async def stuck(stream: TcpStream) -> None:
+        started.set()
+        try:
+            await anyio.sleep_forever()
+        finally:
+            events.append("handler cancelled")
+            await stream.aclose()
+
+    async with listening() as (listener, port):
+        client = await connect_tcp("127.0.0.1", port)
+        async with anyio.create_task_group() as handlers:
+            async with anyio.create_task_group() as serving:
+                serving.start_soon(listener.serve, stuck, handlers)
+                with anyio.fail_after(5):
+                    await started.wait()
+                serving.cancel_scope.cancel()  # serve stops accepting...
+            await anyio.sleep(0.05)
+            assert events == []  # ...and its connection goes on, in the group it was given
+            handlers.cancel_scope.cancel()
+        assert events == ["handler cancelled"]
+        await client.aclose()
