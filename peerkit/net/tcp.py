@@ -12,7 +12,6 @@ objects otherwise, with anyio's socket attributes and errors.
 from __future__ import annotations
 
 import asyncio
-import logging
 import os
 import socket
 import threading
@@ -25,7 +24,7 @@ import anyio.abc
 from anyio.abc import SocketAttribute
 
 from peerkit.net.fds import FdBudget, fd_budget
-from peerkit.sync import Flag
+from peerkit.sync import TaskSet
 
 __all__ = ("TcpListener", "TcpStream", "connect_tcp", "wrap_connected")
 
@@ -42,8 +41,6 @@ READ_LOW: Final = 1 << 16
 READ_SIZE: Final = 120 << 10
 #: Connections a listener takes from its backlog at once, after the one it waited for.
 DRAIN: Final = 64
-
-log = logging.getLogger(__name__)
 
 
 def _address(raw: Any) -> Any:
@@ -276,73 +273,6 @@ async def connect_tcp(host: str, port: int) -> TcpStream:
     return protocol.stream
 
 
-class _ConnectionTasks:
-    """The tasks of a listener's connections: asyncio's own tasks, each in a cancel scope of its
-    own, and a keeper task in the owner's task group that cancels them and waits for them when
-    that group is cancelled (an anyio task also makes a handle with a cancel scope and an event,
-    1.3 KB more for each of the thousands of connections a node may hold).
-    """
-
-    def __init__(self) -> None:
-        self._scopes: dict[asyncio.Task[None], anyio.CancelScope] = {}
-        self._taking = True
-        self._kept = False  # (the keeper has ended: a connection now is closed at once)
-        self._changed: Flag | None = None  # set when a task ends or no more are taken
-
-    def start(self, conn: socket.socket, handler: Callable[[TcpStream], Any]) -> None:
-        """Serve ``conn`` with ``handler`` in a task of its own."""
-        if self._kept:
-            conn.close()
-            return
-        task = asyncio.get_running_loop().create_task(self._serve(conn, handler))
-        self._scopes[task] = anyio.CancelScope()  # (the set keeps the task: asyncio does not)
-
-    def stop_taking(self) -> None:
-        """No more connections come: the keeper returns once the tasks have ended."""
-        self._taking = False
-        self._wake()
-
-    async def keep(self) -> None:
-        """Wait until no more connections come and their tasks have ended; when cancelled first,
-        cancel the tasks and wait for them."""
-        try:
-            while self._taking or self._scopes:
-                self._changed = Flag()
-                await self._changed.wait()
-        finally:
-            self._kept = True
-            for scope in self._scopes.values():
-                scope.cancel()
-            with anyio.CancelScope(shield=True):
-                while self._scopes:
-                    self._changed = Flag()
-                    await self._changed.wait()
-
-    def _wake(self) -> None:
-        if self._changed is not None:
-            self._changed.set()
-
-    async def _serve(self, conn: socket.socket, handler: Callable[[TcpStream], Any]) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        try:
-            with self._scopes[task]:
-                try:
-                    _, protocol = await asyncio.get_running_loop().connect_accepted_socket(
-                        _Protocol, sock=conn
-                    )
-                except BaseException:
-                    conn.close()
-                    raise
-                assert protocol.stream is not None
-                await handler(protocol.stream)
-        except Exception:
-            log.exception("the handler of a connection failed")
-        finally:
-            del self._scopes[task]
-            self._wake()
-
-
 class TcpListener(anyio.abc.Listener[TcpStream]):
     """A TCP listener giving :class:`TcpStream` objects; made with :meth:`bind`.
 
@@ -383,8 +313,9 @@ class TcpListener(anyio.abc.Listener[TcpStream]):
         if self._closed:
             raise anyio.ClosedResourceError
         self._stopped = stopped = anyio.Event()
-        tasks = _ConnectionTasks()
         async with anyio.create_task_group() as own:
+            # (a connection's task costs less than a task of the group's: see TaskSet)
+            tasks = TaskSet(task_group or own)
             (task_group or own).start_soon(tasks.keep)
             try:
                 with anyio.CancelScope() as self._serving:
@@ -393,11 +324,11 @@ class TcpListener(anyio.abc.Listener[TcpStream]):
                             loops.start_soon(self._accept_loop, sock, handler, tasks)
             finally:
                 self._serving = None
-                tasks.stop_taking()  # (the keeper returns once the connections' tasks are done)
+                tasks.close()  # (its keeper returns once the connections' tasks are done)
                 stopped.set()  # aclose() waits for the accept loops only, not for the handlers
 
     async def _accept_loop(
-        self, sock: socket.socket, handler: Callable[[TcpStream], Any], tasks: _ConnectionTasks
+        self, sock: socket.socket, handler: Callable[[TcpStream], Any], tasks: TaskSet
     ) -> None:
         loop = asyncio.get_running_loop()
         # The backlog is drained with the raw accept: a socket object is made only for a
@@ -433,7 +364,7 @@ class TcpListener(anyio.abc.Listener[TcpStream]):
         conn: socket.socket | int,
         address: Any,
         handler: Callable[[TcpStream], Any],
-        tasks: _ConnectionTasks,
+        tasks: TaskSet,
         listening: socket.socket | None = None,
     ) -> None:
         self._budget.opened()
@@ -449,7 +380,17 @@ class TcpListener(anyio.abc.Listener[TcpStream]):
             assert listening is not None
             conn = socket.socket(listening.family, listening.type, listening.proto, fileno=conn)
         conn.setblocking(False)
-        tasks.start(conn, handler)
+        tasks.start_soon(self._run, conn, handler)
+
+    async def _run(self, conn: socket.socket, handler: Callable[[TcpStream], Any]) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            _, protocol = await loop.connect_accepted_socket(_Protocol, sock=conn)
+        except BaseException:
+            conn.close()
+            raise
+        assert protocol.stream is not None
+        await handler(protocol.stream)
 
     async def aclose(self) -> None:
         """Stop listening (connections already handed out stay open)."""

@@ -33,7 +33,7 @@ from peerkit.proto.admission import RefusalCounter, source_of
 from peerkit.proto.holdings import Holdings, HoldingsPolicy, NotKept
 from peerkit.proto.messages import USE_CONTROL, USE_STREAM
 from peerkit.proto.requests import BadRequest, ErrorCode, decode_stream_request, error_reply
-from peerkit.sync import Flag
+from peerkit.sync import Flag, TaskSet
 
 __all__ = (
     "LOOKUP_AFTER",
@@ -204,6 +204,7 @@ class Connections:
         self._controls: dict[PeerId, list[ControlChannel]] = {}
         self._dials: dict[tuple[PeerId | None, EndPoint], _Dial] = {}
         self._tg: anyio.abc.TaskGroup | None = None
+        self._links: TaskSet | None = None  # the dialled channels' tasks (in the node's group)
         self._clock: KeepaliveClock | None = None
         self._hello: Callable[[], Me] | None = None
         #: Told of each control channel this node dialled through a relay (to punch a hole).
@@ -213,6 +214,10 @@ class Connections:
         """Dial and run channels in ``tg`` from now on; ``hello()`` says what this node says of
         itself in each handshake (read at each dial: the nickname may change)."""
         self._tg, self._hello = tg, hello
+        # A dialled channel lives in a task of its own for as long as it is open: one lighter
+        # than a task of the group's, as a node may keep thousands.
+        self._links = TaskSet(tg)
+        tg.start_soon(self._links.keep)
         # One task times every channel's keepalive.
         self._clock = KeepaliveClock(slack=self._keepalive.interval / SLACK_PER_INTERVAL)
         tg.start_soon(self._clock.run)
@@ -231,7 +236,7 @@ class Connections:
         """Forget every channel (the node stopped: its task group closed them)."""
         self._controls.clear()
         self._dials.clear()
-        self._tg = self._hello = self._clock = None
+        self._tg = self._hello = self._clock = self._links = None
 
     # -- what there is -----------------------------------------------------------------------
     def channels(self, peer_id: PeerId) -> int:
@@ -315,10 +320,10 @@ class Connections:
             key = (peer_id, endpoint)
             pending = self._dials.get(key)
             if pending is None:
-                if self._tg is None:
+                if self._links is None:
                     raise NotRunning("the node is not running")
                 pending = self._dials[key] = _Dial()
-                self._tg.start_soon(self._dial, key, pending)
+                self._links.start_soon(self._dial, key, pending)
             await pending.done.wait()
             if pending.error is not None:
                 raise pending.error
@@ -403,10 +408,10 @@ class Connections:
 
         :raises NotRunning: when the node is not running.
         """
-        if self._tg is None:
+        if self._links is None:
             raise NotRunning("the node is not running")
         control = self._adopt(channel, initiator=True, endpoint=endpoint)
-        self._tg.start_soon(self._run, control)
+        self._links.start_soon(self._run, control)
         return control
 
     # -- channels ----------------------------------------------------------------------------
