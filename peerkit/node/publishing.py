@@ -88,11 +88,12 @@ class _Subscriber:
     control: ControlChannel
     outbox: Outbox = field(default_factory=Outbox)
     # Set while a task of its own sends to it (its state is on its way, or its connection was
-    # congested); otherwise the fan-out task sends to it without waiting.
+    # congested); otherwise the fan-out task sends to it without waiting. (While slow, the kinds
+    # of thing that changed since it was last sent its difference are noted in Publishing._slow.)
     slow: bool = False
-    # While slow: the kinds of thing that changed since it was last sent its difference.
-    dirty: set[str] = field(default_factory=set)
-    backlog: list[bytes] = field(default_factory=list)
+    # While slow: what its connection did not take at once (none kept otherwise: a node has
+    # thousands of subscribers, nearly all of them idle).
+    backlog: list[bytes] | None = None
 
 
 @dataclass(slots=True)
@@ -133,7 +134,8 @@ class Publishing:
         self._spawn = spawn
         self.instance = instance
         self._subscribers: dict[ControlChannel, _Subscriber] = {}
-        self._slow: dict[_Subscriber, None] = {}
+        # The slow subscribers, each with the kinds of thing changed since it was last sent them.
+        self._slow: dict[_Subscriber, set[str]] = {}
         self._encoded: dict[tuple[Any, ...], bytes] = {}
         self._dirty: set[str] = set()  # kinds changed since the last pass
         self._passing = False  # a pass is under way (it lets others run every 128 subscribers)
@@ -193,7 +195,7 @@ class Publishing:
         control.pins += 1
         # Changes from now on are noted in its own ``dirty`` until the state is sent.
         subscriber.slow = True
-        self._slow[subscriber] = None
+        self._slow[subscriber] = set()
         state = subscriber.outbox.state()
 
         async def sent(ok: bool) -> None:
@@ -202,7 +204,7 @@ class Publishing:
             if not ok:
                 self.end(control)
                 return
-            kinds = set(subscriber.dirty)  # what changed meanwhile
+            kinds = self._slow.get(subscriber, set())  # what changed meanwhile
             self._caught_up(subscriber)
             if kinds:
                 self._send_now(subscriber, kinds, self._pass())
@@ -240,8 +242,8 @@ class Publishing:
         # A local change or a Visibility signal (the bus calls this as it happens): the fan-out
         # task sends it on; a slow subscriber notes it for its own task.
         kinds = _kinds_of(event)
-        for subscriber in self._slow:
-            subscriber.dirty.update(kinds)
+        for dirty in self._slow.values():
+            dirty.update(kinds)
         if self._subscribers:
             self._dirty.update(kinds)
             self._wake.set()
@@ -295,10 +297,9 @@ class Publishing:
                 if not channel.try_send_encoded(plaintext):
                     subscriber.backlog = encoded[index:]
                     subscriber.slow = True
-                    self._slow[subscriber] = None
                     # What changed since this pass began is for the next pass, which skips a
                     # slow subscriber: its own task sends it.
-                    subscriber.dirty.update(self._dirty)
+                    self._slow[subscriber] = set(self._dirty)
                     self._spawn(functools.partial(self._send_slowly, subscriber))
                     return
         except PeerUnreachable as exc:
@@ -313,10 +314,11 @@ class Publishing:
         # noting the kinds that change meanwhile.
         control = subscriber.control
         try:
-            while subscriber.backlog:
-                await control.notify_encoded(subscriber.backlog.pop(0))
-            while subscriber.dirty:
-                kinds, subscriber.dirty = subscriber.dirty, set()
+            backlog, subscriber.backlog = subscriber.backlog, None
+            for plaintext in backlog or ():
+                await control.notify_encoded(plaintext)
+            while self._slow.get(subscriber):  # (not once it ended)
+                kinds, self._slow[subscriber] = self._slow[subscriber], set()
                 permission = self._contacts.permission(control.peer_id)
                 for message in self._diff_for(subscriber, kinds, self._pass(), permission):
                     await control.notify_encoded(self._encode(message))
@@ -331,7 +333,6 @@ class Publishing:
 
     def _caught_up(self, subscriber: _Subscriber) -> None:
         subscriber.slow = False
-        subscriber.dirty.clear()
         self._slow.pop(subscriber, None)
 
     def _encode(self, message: dict[str, Any]) -> bytes:
