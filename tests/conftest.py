@@ -181,6 +181,18 @@ def _collect_garbage_after_each_test() -> Iterator[None]:
     gc.collect()
 
 
+async def stuck(started: anyio.Event, events: list[str], name: str, *, cleanup: float = 0.0) -> None:
+    """A task that is cancelled at last: set ``started``, wait until cancelled, then take
+    ``cleanup`` seconds (shielded, as a task's cleanup would) and note ``name`` in ``events``."""
+    started.set()
+    try:
+        await anyio.sleep_forever()
+    finally:
+        with anyio.CancelScope(shield=True):
+            await anyio.sleep(cleanup)
+        events.append(name)
+
+
 async def channel_pair(
     alice: Identity, bob: Identity, *, ik: bool = False
 ) -> tuple[SecureChannel, SecureChannel]:

@@ -10,7 +10,7 @@ from typing import Any
 
 import anyio
 import pytest
-from conftest import channel_pair
+from conftest import channel_pair, stuck
 
 from peerkit import Identity, PeerUnreachable
 from peerkit.net.channel import SecureChannel
@@ -177,20 +177,14 @@ async def test_a_handler_is_cancelled_when_the_channel_ends_and_run_returns_afte
     events: list[str] = []
     started = anyio.Event()
 
-    async def stuck(control: ControlChannel, message: dict[str, Any]) -> Reply:
-        started.set()
-        try:
-            await anyio.sleep_forever()
-        finally:
-            with anyio.CancelScope(shield=True):
-                await anyio.sleep(0.05)  # (its cleanup takes a moment)
-            events.append("handler done")
+    async def hold(control: ControlChannel, message: dict[str, Any]) -> Reply:
+        await stuck(started, events, "handler done", cleanup=0.05)
         return None
 
     a_channel, b_channel = await channel_pair(alice, bob)
     async with anyio.create_task_group() as tasks:
         a = control(a_channel, alice, initiator=True)
-        b = control(b_channel, bob, initiator=False, handler=stuck, tasks=tasks if group == "given" else None)
+        b = control(b_channel, bob, initiator=False, handler=hold, tasks=tasks if group == "given" else None)
 
         async def run_b() -> None:
             await b.run()
@@ -215,7 +209,7 @@ async def test_cancel_ends_a_channel_from_another_task_even_before_it_runs(
 ) -> None:
     cancelled = anyio.Event()
 
-    async def stuck(control: ControlChannel, message: dict[str, Any]) -> Reply:
+    async def waits(control: ControlChannel, message: dict[str, Any]) -> Reply:
         try:
             await anyio.sleep_forever()
         finally:
@@ -238,7 +232,7 @@ async def test_cancel_ends_a_channel_from_another_task_even_before_it_runs(
     a_channel, b_channel = await channel_pair(alice, bob)
     async with anyio.create_task_group() as tasks:
         a = control(a_channel, alice, initiator=True, tasks=tasks)
-        b = control(b_channel, bob, initiator=False, handler=stuck, tasks=tasks)
+        b = control(b_channel, bob, initiator=False, handler=waits, tasks=tasks)
         tasks.start_soon(a.run)
         tasks.start_soon(b.run)
         request = await a.start_request({"t": "get"})

@@ -3,10 +3,12 @@ the set of long-lived tasks lighter than a task group's."""
 
 from __future__ import annotations
 
+import functools
 import gc
 
 import anyio
 import pytest
+from conftest import stuck
 
 from peerkit.sync import Flag, Lock, TaskSet
 
@@ -141,20 +143,11 @@ async def test_a_task_set_cancels_its_tasks_with_its_group_and_the_group_ends_af
     events: list[str] = []
     started = anyio.Event()
 
-    async def stuck(name: str) -> None:
-        started.set()
-        try:
-            await anyio.sleep_forever()
-        finally:
-            with anyio.CancelScope(shield=True):
-                await anyio.sleep(0.02)  # (its cleanup takes a moment)
-            events.append(name)
-
     async with anyio.create_task_group() as tg:
         tasks = TaskSet(tg)
         tg.start_soon(tasks.keep)
-        tasks.start_soon(stuck, "a")
-        tasks.start_soon(stuck, "b")
+        for name in ("a", "b"):
+            tasks.start_soon(functools.partial(stuck, started, events, name, cleanup=0.02))
         with anyio.fail_after(5):
             await started.wait()
         assert len(tasks) == 2

@@ -15,7 +15,7 @@ from contextlib import asynccontextmanager
 import anyio
 import pytest
 from anyio.abc import SocketAttribute
-from conftest import bulk_read_sizes
+from conftest import bulk_read_sizes, stuck
 
 from peerkit import PeerUnreachable
 from peerkit.net import tcp
@@ -431,21 +431,17 @@ async def test_cancelling_serve_cancels_the_connections_tasks_and_waits_for_them
     events: list[str] = []
     started = anyio.Event()
 
-    async def stuck(stream: TcpStream) -> None:
-        started.set()
+    async def hold(stream: TcpStream) -> None:
         try:
-            await anyio.sleep_forever()
+            await stuck(started, events, "handler done", cleanup=0.05)
         finally:
-            with anyio.CancelScope(shield=True):
-                await anyio.sleep(0.05)  # (its cleanup takes a moment)
-                await stream.aclose()
-            events.append("handler done")
+            await stream.aclose()
 
     async with listening() as (listener, port):
         async with anyio.create_task_group() as tg:
 
             async def serve() -> None:
-                await listener.serve(stuck)
+                await listener.serve(hold)
                 events.append("serve returned")  # (not reached: cancelled)
 
             tg.start_soon(serve)
@@ -462,19 +458,17 @@ async def test_with_a_task_group_given_connections_outlive_serve_and_end_with_th
     events: list[str] = []
     started = anyio.Event()
 
-    async def stuck(stream: TcpStream) -> None:
-        started.set()
+    async def hold(stream: TcpStream) -> None:
         try:
-            await anyio.sleep_forever()
+            await stuck(started, events, "handler cancelled")
         finally:
-            events.append("handler cancelled")
             await stream.aclose()
 
     async with listening() as (listener, port):
         client = await connect_tcp("127.0.0.1", port)
         async with anyio.create_task_group() as handlers:
             async with anyio.create_task_group() as serving:
-                serving.start_soon(listener.serve, stuck, handlers)
+                serving.start_soon(listener.serve, hold, handlers)
                 with anyio.fail_after(5):
                     await started.wait()
                 serving.cancel_scope.cancel()  # serve stops accepting...
