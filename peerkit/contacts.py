@@ -430,14 +430,16 @@ class ContactManager:
         :raises InvalidRecord: when the card is malformed or tampered with.
         :raises OSError: when the file cannot be read.
         """
+        return self._from_card(self._verify_card(card))
+
+    def _verify_card(self, card: str | bytes | os.PathLike[str]) -> CardContent:
         if isinstance(card, os.PathLike):
             path = Path(card)
             if path.stat().st_size > MAX_CARD_FILE:
                 raise InvalidRecord(f"{path} is {path.stat().st_size} bytes; a contact card is far smaller")
             data = path.read_bytes()
             card = data.decode("ascii", "replace") if data.lstrip().startswith(CARD_PREFIX.encode()) else data
-        content = read_card(card)
-        return self._from_card(content)
+        return read_card(card)
 
     def _from_card(self, content: CardContent) -> Contact:
         return Contact(
@@ -506,12 +508,12 @@ class ContactManager:
         :raises InvalidRecord: when the card is malformed or tampered with (nothing is added).
         :raises ContactExists: when it is already a contact (without ``update``).
         """
-        fresh = self.read_card(card)
+        content = self._verify_card(card)  # (verified once: its seq is read from it here)
+        fresh = self._from_card(content)
         if not update or not self.has(fresh.id):
             return await self.add(fresh)
         kept = await self.get(fresh.id)
-        assert fresh.card is not None
-        if kept.card is not None and read_card(kept.card).seq >= read_card(fresh.card).seq:
+        if kept.card is not None and read_card(kept.card).seq >= content.seq:
             return kept
         renewed = kept.replace(
             nickname=fresh.nickname,

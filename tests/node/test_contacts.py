@@ -238,6 +238,23 @@ async def test_a_contacts_newer_card_updates_it_and_an_older_one_changes_nothing
             await alice.contacts.import_card(newer)  # without update=True
 
 
+async def test_a_card_imported_over_a_contact_is_verified_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    async with pair() as (alice, bob):
+        await alice.contacts.import_card(bob.contacts.me.export_card())
+        bob.nickname = "bobby"
+        newer = bob.contacts.me.export_card()
+        verified: list[object] = []
+
+        def counted(card: str | bytes) -> Any:
+            verified.append(card)
+            return read_card(card)
+
+        monkeypatch.setattr("peerkit.contacts.read_card", counted)
+        assert (await alice.contacts.import_card(newer, update=True)).nickname == "bobby"
+        assert len(verified) == 2  # the new card, and the one kept (to compare their seq)
+        assert verified[0] == newer
+
+
 def _tamper(text: str) -> str:
     envelope = bytearray(base64.urlsafe_b64decode(text[len(CARD_PREFIX) :] + "=" * (-len(text) % 4)))
     where = bytes(envelope).index(b"bob")
