@@ -37,6 +37,7 @@ from peerkit.proto.control import (
     Unmatched,
     encode_reply,
     has_lists,
+    take,
 )
 from peerkit.proto.requests import ErrorCode, error_reply, seen_address
 from peerkit.sync import Flag
@@ -262,24 +263,16 @@ class ControlChannel:
         try:
             await self.channel.send({**message, "rid": rid})
         except BaseException as exc:
-            self._take(rid)
+            take(self._waiting, rid)
             self._state.abandon(rid)
             if isinstance(exc, anyio.ClosedResourceError):
                 raise PeerUnreachable(f"the channel to {self.peer_id.fingerprint} closed") from exc
             raise
         return request
 
-    def _take(self, rid: int) -> Request | None:
-        # The request waiting for ``rid``'s reply, no longer waiting; an emptied dict lets go of
-        # its table (see proto.control), as thousands of idle channels each keep one.
-        request = self._waiting.pop(rid, None)
-        if not self._waiting:
-            self._waiting.clear()
-        return request
-
     def forget(self, request: Request) -> None:
         """Stop waiting for ``request``'s reply (a reply that comes later is dropped)."""
-        self._take(request.rid)
+        take(self._waiting, request.rid)
         self._state.abandon(request.rid)
         request._settle(None, PeerUnreachable("the request was abandoned"))
 
@@ -467,7 +460,7 @@ class ControlChannel:
         if event is None:  # a part of a reply; more to come
             return
         if isinstance(event, ReplyReceived):
-            request = self._take(event.rid)
+            request = take(self._waiting, event.rid)
             if request is not None:
                 request._settle(event.message)
             if self._done():
@@ -475,12 +468,12 @@ class ControlChannel:
         elif isinstance(event, NoticeReceived):
             self._last_request = self._last_heard  # (when it came: now)
             kind = event.message["t"]
-            take = self._notices.get(kind)
-            if take is None:
+            on_notice = self._notices.get(kind)
+            if on_notice is None:
                 log.debug("ignoring a %r from %s", kind, self.peer_id.fingerprint)
                 return
             try:
-                take(self, event.message)
+                on_notice(self, event.message)
             except Exception:
                 log.exception("handling %r from %s failed", kind, self.peer_id.fingerprint)
         elif isinstance(event, RequestReceived):

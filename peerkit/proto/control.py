@@ -22,7 +22,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 from peerkit.errors import ProtocolError
 from peerkit.proto.connection import MAX_PLAINTEXT
@@ -49,7 +49,10 @@ __all__ = (
     "has_lists",
     "is_reply",
     "split_reply",
+    "take",
 )
+
+_V = TypeVar("_V")
 
 #: Requests from the peer handled at the same time, at most; more are refused with ``"limit"``.
 MAX_CONCURRENT: Final = 128
@@ -361,11 +364,11 @@ class ControlState:
     def abandon(self, rid: int) -> None:
         """Stop waiting for the reply to ``rid`` (it could not be sent, or nobody waits any more);
         a reply that comes later is :class:`Unmatched`."""
-        _forget(self._sent, rid)
+        take(self._sent, rid)
 
     def answered(self, rid: int) -> None:
         """The peer's request ``rid`` has its reply sent (or will get none: it was withdrawn)."""
-        _forget(self._received, rid)
+        take(self._received, rid)
 
     def retire(self) -> bool:
         """This side retires the channel; whether a ``retire`` is to be sent now."""
@@ -406,7 +409,7 @@ class ControlState:
                 if whole is None:
                     return None
                 message = whole
-            _forget(self._sent, rid)
+            take(self._sent, rid)
             return ReplyReceived(rid, message)
         if kind == "error":  # an error that answers no request
             return Unmatched(message)
@@ -438,9 +441,13 @@ class ControlState:
         return RequestReceived(rid, message)
 
 
-def _forget(table: dict[int, Any], rid: int) -> None:
-    # An emptied dict keeps its table (160 bytes more than a new one) until it is cleared: a node
-    # keeps thousands of idle channels, each with two of these and one of waiting requests.
-    table.pop(rid, None)
+def take(table: dict[int, _V], rid: int) -> _V | None:
+    """Remove ``rid`` from a table of requests and return what it held (None when it held none).
+
+    An emptied dict keeps its table (160 bytes more than a new one) until it is cleared, so an
+    emptied table is cleared: a node keeps thousands of idle channels, each with three of these.
+    """
+    value = table.pop(rid, None)
     if not table:
         table.clear()
+    return value
