@@ -314,9 +314,9 @@ class TcpListener(anyio.abc.Listener[TcpStream]):
             raise anyio.ClosedResourceError
         self._stopped = stopped = anyio.Event()
         async with anyio.create_task_group() as own:
-            # (a connection's task costs less than a task of the group's: see TaskSet)
-            tasks = TaskSet(task_group or own)
-            (task_group or own).start_soon(tasks.keep)
+            owner = task_group or own
+            tasks = TaskSet(owner)  # (a connection's task costs less than a task of the group's)
+            owner.start_soon(tasks.keep)
             try:
                 with anyio.CancelScope() as self._serving:
                     async with anyio.create_task_group() as loops:
