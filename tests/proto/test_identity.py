@@ -5,6 +5,8 @@ import stat
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from peerkit import Identity, IdentityError, PeerId
 from peerkit.identity import KEY_FILE_NAME
@@ -26,6 +28,15 @@ def test_fingerprint_is_the_first_16_characters_in_groups_of_four(alice: Identit
     fp = alice.fingerprint
     assert fp.replace("-", "") == str(alice.id)[:16]
     assert [len(g) for g in fp.split("-")] == [4, 4, 4, 4]
+
+
+@given(st.binary(min_size=32, max_size=32))
+def test_a_fingerprint_leaves_the_text_form_unmade(seed: bytes) -> None:
+    # (a node's logs name its contacts by fingerprint: each id would keep its 52 characters)
+    peer_id = PeerId.from_verified(Identity.from_seed(seed).id.key)
+    fp = peer_id.fingerprint
+    assert peer_id._text is None
+    assert fp.replace("-", "") == str(peer_id)[:16]
 
 
 def test_the_noise_static_key_is_the_x25519_form_of_the_identity(alice: Identity) -> None:
