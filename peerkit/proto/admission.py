@@ -365,7 +365,9 @@ class RequestBudget:
     Each peer has a token bucket (``rate`` per second, up to ``burst``); a request over it is
     answered with ``error`` "limit", and a peer whose last ``strikes`` requests were all refused is
     disconnected. Buckets are kept for at most ``max_peers`` peers (the least recent one forgotten
-    first: its next request finds a full bucket, as after a reconnect).
+    first: its next request finds a full bucket, as after a reconnect), and a bucket that has
+    filled again is forgotten at a later request of any peer (a peer absent has a full bucket):
+    peers that make a request now and then hold no bucket between their requests.
     """
 
     def __init__(self, policy: RequestPolicy | None = None, *, max_peers: int = MAX_SOURCES) -> None:
@@ -384,6 +386,7 @@ class RequestBudget:
                 self._peers.popitem(last=False)
         else:
             self._peers.move_to_end(peer)
+        self._forget_full(now)
         tokens = min(float(policy.burst), state[0] + (now - state[1]) * policy.rate)
         state[1] = now
         if tokens >= 1.0:
@@ -392,3 +395,18 @@ class RequestBudget:
         state[0] = tokens
         state[2] += 1
         return Charge.DISCONNECT if state[2] >= policy.strikes else Charge.REFUSE
+
+    def __len__(self) -> int:
+        """The peers that have a bucket now."""
+        return len(self._peers)
+
+    def _forget_full(self, now: float) -> None:
+        # The least recent buckets (up to two: so the table shrinks while peers come and go) if
+        # they are full again: the next request finds a full bucket either way, and is answered,
+        # which clears the peer's strikes. (The peer just charged is the most recent: never here.)
+        burst, rate = float(self.policy.burst), self.policy.rate
+        for _ in range(2):
+            tokens, at, _ = next(iter(self._peers.values()))
+            if len(self._peers) == 1 or tokens + (now - at) * rate < burst:
+                return
+            self._peers.popitem(last=False)

@@ -194,6 +194,41 @@ def test_a_request_budget_remembers_a_bounded_number_of_peers() -> None:
     assert budget.charge(b"d", 0.0) is Charge.REFUSE
 
 
+def test_a_request_budget_forgets_the_buckets_that_filled_again() -> None:
+    budget = RequestBudget(RequestPolicy(rate=10, burst=3, strikes=2))
+    assert budget.charge(b"a", 0.0) is Charge.ANSWER  # two tokens left
+    assert budget.charge(b"b", 0.05) is Charge.ANSWER
+    assert len(budget) == 2  # a's has 2.5 tokens: not full yet
+    assert budget.charge(b"c", 0.2) is Charge.ANSWER
+    assert len(budget) == 1  # a's and b's are full again: only c's is kept
+    for _ in range(3):
+        budget.charge(b"c", 0.2)
+    assert budget.charge(b"d", 0.2) is Charge.ANSWER
+    assert len(budget) == 2  # c's is empty, and keeps its strike
+    assert budget.charge(b"c", 0.2) is Charge.DISCONNECT
+
+
+@given(st.lists(st.tuples(st.integers(0, 5), st.floats(0, 0.3)), max_size=200))
+def test_a_request_budget_that_forgets_full_buckets_charges_as_one_that_keeps_all(
+    requests: list[tuple[int, float]],
+) -> None:
+    policy = RequestPolicy(rate=10, burst=3, strikes=4)
+    budget = RequestBudget(policy)
+    kept: dict[int, list[float]] = {}  # the model: every bucket, for ever
+    now = 0.0
+    for peer, wait in requests:
+        now += wait
+        tokens, at, strikes = kept.setdefault(peer, [3.0, now, 0.0])
+        tokens = min(3.0, tokens + (now - at) * 10)
+        if tokens >= 1:
+            kept[peer], expected = [tokens - 1, now, 0.0], Charge.ANSWER
+        else:
+            kept[peer] = [tokens, now, strikes + 1]
+            expected = Charge.DISCONNECT if strikes + 1 >= 4 else Charge.REFUSE
+        assert budget.charge(bytes([peer]), now) is expected
+    assert len(budget) <= len(kept)
+
+
 @pytest.mark.parametrize(
     ("options", "message"),
     [
