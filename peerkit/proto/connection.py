@@ -248,9 +248,7 @@ class Connection:
         self._state = state
 
     def _fail(self, exc: ProtocolError) -> ProtocolError:
-        if self._state is not State.CLOSED:
-            self._to(State.CLOSED)
-        self._handshake = None
+        self.close()
         self._buffer.clear()
         return exc
 
@@ -325,6 +323,9 @@ class Connection:
         if self._state is not State.CLOSED:
             self._to(State.CLOSED)
         self._handshake = None
+        for cipher in (self._send, self._recv):  # (their OpenSSL state: a few KB)
+            if cipher is not None:
+                cipher.release()
 
     # -- timers ----------------------------------------------------------------------------
     def get_timer(self) -> float | None:

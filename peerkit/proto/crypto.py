@@ -119,39 +119,103 @@ def encrypt(key: bytes, n: int, ad: bytes, plaintext: bytes) -> bytes:
     return bytes(_buffer(out, size))
 
 
+#: OpenSSL cipher contexts kept at most, in all. Each key's context costs some 2.3 KB of memory
+#: that Python's own accounting (tracemalloc) never sees; making one again costs about a
+#: microsecond. So a node with thousands of idle channels keeps contexts for the keys in use
+#: lately only, not two per channel for good (see :class:`TransportCipher`).
+MAX_CONTEXTS: Final = 2048
+
+
+class _Contexts:
+    # The ciphers that hold an OpenSSL context, in a ring swept by a "clock" hand (second
+    # chance): a cipher used since the hand last passed it keeps its context once more. (Shared
+    # by the threads of a process: each step is one list or attribute operation, so another
+    # thread at most sees a context let go early, which a cipher in use simply makes again.)
+    def __init__(self) -> None:
+        self.ring: list[TransportCipher] = []
+        self.hand = 0
+
+    def take(self, cipher: TransportCipher, limit: int) -> None:
+        # A place for ``cipher``'s new context: a free one, or that of the cipher the hand finds
+        # unused since its last pass (whose context it drops).
+        ring = self.ring
+        if len(ring) < limit:
+            ring.append(cipher)
+            return
+        hand = self.hand % len(ring)
+        while True:
+            holder = ring[hand]
+            if holder._aead is None:  # (released: a free place)
+                break
+            if not holder._used:
+                holder._aead = None
+                break
+            holder._used = False
+            hand = (hand + 1) % len(ring)
+        ring[hand] = cipher
+        self.hand = hand + 1
+
+
+_CONTEXTS = _Contexts()
+
+
 class TransportCipher:
     """ChaChaPoly with one fixed key, for a CipherState's many transport messages.
 
     It runs on OpenSSL (through ``cryptography``), whose ChaCha20-Poly1305 is several times faster
     than libsodium's on bulk data where the CPU has AVX2/AVX-512; the bytes are the same (RFC 8439).
+    OpenSSL's context for the key is made at the first message and kept while the key is in use:
+    at most :data:`MAX_CONTEXTS` are kept (the least lately used go first, and are made again if
+    their key is used again), and :meth:`release` lets go of one at once.
     """
 
-    __slots__ = ("_aead", "key")
+    __slots__ = ("_aead", "_used", "key")
 
     def __init__(self, key: bytes) -> None:
         #: The 32-byte key.
         self.key = key
-        self._aead = _ChaCha20Poly1305(key)
+        self._aead: _ChaCha20Poly1305 | None = None
+        self._used = False
+
+    def _context(self) -> _ChaCha20Poly1305:
+        self._used = True
+        aead = self._aead
+        if aead is None:
+            aead = self._aead = _ChaCha20Poly1305(self.key)
+            _CONTEXTS.take(self, MAX_CONTEXTS)
+        return aead
+
+    @property
+    def holds_context(self) -> bool:
+        """Whether OpenSSL's context for the key is kept now."""
+        return self._aead is not None
+
+    def release(self) -> None:
+        """Let go of OpenSSL's context now (the next message makes it again)."""
+        self._aead = None
 
     def encrypt(self, n: int, ad: bytes, plaintext: bytes) -> bytes:
         """Ciphertext and tag of ``plaintext`` under nonce ``n``."""
-        return self._aead.encrypt(_nonce(n), plaintext, ad)
+        return self._context().encrypt(_nonce(n), plaintext, ad)
 
     def encrypt_into(self, n: int, ad: bytes, plaintext: bytes, out: bytearray, offset: int) -> None:
         """Write ciphertext and tag of ``plaintext`` into ``out[offset:offset + len(plaintext) + 16]``."""
         with memoryview(out) as view:
-            self._aead.encrypt_into(_nonce(n), plaintext, ad, view[offset : offset + len(plaintext) + TAGLEN])
+            self._context().encrypt_into(
+                _nonce(n), plaintext, ad, view[offset : offset + len(plaintext) + TAGLEN]
+            )
 
     def encrypt_in_place(self, n: int, ad: bytes, buf: bytearray, offset: int, length: int) -> None:
         """Encrypt ``buf[offset:offset + length]`` where it lies, the tag following it in ``buf``."""
+        aead = self._context()
         with memoryview(buf) as view:
             if _in_place_works():
-                self._aead.encrypt_into(
+                aead.encrypt_into(
                     _nonce(n), view[offset : offset + length], ad, view[offset : offset + length + TAGLEN]
                 )
             else:  # pragma: no cover - only with a cryptography that refuses overlapping buffers
                 plaintext = bytes(view[offset : offset + length])
-                self._aead.encrypt_into(_nonce(n), plaintext, ad, view[offset : offset + length + TAGLEN])
+                aead.encrypt_into(_nonce(n), plaintext, ad, view[offset : offset + length + TAGLEN])
 
     def decrypt(self, n: int, ad: bytes, ciphertext: bytes | memoryview) -> bytes:
         """The plaintext of ``ciphertext``.
@@ -161,7 +225,7 @@ class TransportCipher:
         if len(ciphertext) < TAGLEN:
             raise InvalidTag(f"ciphertext is {len(ciphertext)} bytes, shorter than its {TAGLEN}-byte tag")
         try:
-            return self._aead.decrypt(_nonce(n), ciphertext, ad)
+            return self._context().decrypt(_nonce(n), ciphertext, ad)
         except _OpenSSLInvalidTag:
             raise InvalidTag(
                 "decryption failed: the message was truncated, altered, or sealed with another key"
@@ -175,7 +239,7 @@ class TransportCipher:
         if len(ciphertext) < TAGLEN:
             raise InvalidTag(f"ciphertext is {len(ciphertext)} bytes, shorter than its {TAGLEN}-byte tag")
         try:
-            self._aead.decrypt_into(_nonce(n), ciphertext, ad, out)
+            self._context().decrypt_into(_nonce(n), ciphertext, ad, out)
         except _OpenSSLInvalidTag:
             raise InvalidTag(
                 "decryption failed: the message was truncated, altered, or sealed with another key"

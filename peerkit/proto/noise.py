@@ -139,11 +139,20 @@ class CipherState:
         k = self.k
         if cipher is None or cipher.key is not k:
             assert k is not None
+            if cipher is not None:
+                cipher.release()
             cipher = self._cipher = crypto.TransportCipher(k)
         return cipher
 
+    def release(self) -> None:
+        """Let go of the cipher's OpenSSL state now (kept while the key is in use, a few KB): the
+        key stays, and the next message makes it again."""
+        if self._cipher is not None:
+            self._cipher.release()
+
     def initialize_key(self, key: bytes | None) -> None:
         """``InitializeKey(key)``: set ``k`` and reset ``n`` to zero."""
+        self.release()
         self.k = key
         self.n = 0
 
