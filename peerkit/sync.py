@@ -229,14 +229,19 @@ class TaskSet:
     async def _run(
         self, scope: anyio.CancelScope | None, func: Callable[..., Awaitable[Any]], args: tuple[Any, ...]
     ) -> None:
+        name = getattr(func, "__qualname__", func)  # (for the log)
         try:
+            # (the coroutine holds what it needs of the function and its arguments, for as long
+            # as it needs them: this frame keeps neither for the task's life)
+            coro = func(*args)
+            del func, args
             if scope is None:
-                await func(*args)
+                await coro
             else:
                 with scope:
-                    await func(*args)
+                    await coro
         except Exception:
-            log.exception("a task of %s failed", getattr(func, "__qualname__", func))
+            log.exception("a task of %s failed", name)
         finally:
             self._live -= 1
             if scope is not None:

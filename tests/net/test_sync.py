@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import gc
+import weakref
 
 import anyio
 import pytest
@@ -201,6 +202,32 @@ async def test_a_task_started_after_its_set_was_cancelled_starts_cancelled() -> 
                 while len(tasks):
                     await anyio.sleep(0.01)
     assert reached in ([], ["started"])
+
+
+async def test_a_task_of_a_set_keeps_only_what_its_function_keeps() -> None:
+    # (a node keeps a task per connection for the connection's life: the function's bound method
+    # and the tuple of its arguments are 0.1 KB more each, if the task keeps them)
+    class Big:
+        pass
+
+    started = anyio.Event()
+
+    async def body(big: Big) -> None:
+        del big  # (not needed past the start)
+        started.set()
+        await anyio.sleep_forever()
+
+    async with anyio.create_task_group() as tg:
+        tasks = TaskSet(tg)
+        tg.start_soon(tasks.keep)
+        big = Big()
+        gone = weakref.ref(big)
+        tasks.start_soon(body, big)
+        del big
+        await started.wait()
+        gc.collect()
+        assert gone() is None
+        tg.cancel_scope.cancel()
 
 
 @pytest.mark.parametrize("anyio_backend", ["asyncio"])
