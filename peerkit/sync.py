@@ -189,13 +189,18 @@ class TaskSet:
     def __len__(self) -> int:
         return self._live
 
-    def start_soon(self, func: Callable[..., Awaitable[Any]], *args: Any) -> None:
-        """Start ``func(*args)`` in a task of the set."""
+    def start_soon(
+        self, func: Callable[..., Awaitable[Any]], *args: Any, scope: anyio.CancelScope | None = None
+    ) -> None:
+        """Start ``func(*args)`` in a task of the set: in ``scope`` when it is given (a new cancel
+        scope the caller may cancel to end the task, or hand to what the task runs), else, on
+        asyncio, in one of its own."""
         self._live += 1
         if not self._native:
-            self._group.start_soon(self._run, None, func, args)
+            self._group.start_soon(self._run, scope, func, args)
             return
-        scope = anyio.CancelScope()
+        if scope is None:
+            scope = anyio.CancelScope()
         if self._kept:
             scope.cancel()
         task = asyncio.get_running_loop().create_task(self._run(scope, func, args))
@@ -244,7 +249,7 @@ class TaskSet:
             log.exception("a task of %s failed", name)
         finally:
             self._live -= 1
-            if scope is not None:
+            if self._native:
                 task = asyncio.current_task()
                 assert task is not None
                 del self._scopes[task]

@@ -575,8 +575,9 @@ class ChannelListener(anyio.abc.AsyncResource):
         task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
     ) -> None:
         """Accept connections until cancelled; run ``handler(channel)`` for each one that completes
-        the handshake, and close the channel when it returns. A failed handshake or a handler that
-        raises is logged and never stops the listener.
+        the handshake, and close the channel when it returns, unless it returns True: it has then
+        taken the channel over (to run it in a task of its own, say) and closes it itself. A
+        failed handshake or a handler that raises is logged and never stops the listener.
         """
 
         def handle(stream: anyio.abc.ByteStream) -> Awaitable[None]:
@@ -593,7 +594,8 @@ class ChannelListener(anyio.abc.AsyncResource):
 
     async def take(self, stream: anyio.abc.ByteStream) -> None:
         """Handle ``stream`` as a connection this listener accepted (this side responds): a
-        circuit a relay announced arrives this way. Returns when its handler did.
+        circuit a relay announced arrives this way. Returns when its handler did (or, when the
+        handler took the channel over, once it has).
 
         :raises RuntimeError: when the listener is not serving.
         """
@@ -629,11 +631,14 @@ class ChannelListener(anyio.abc.AsyncResource):
             log.info("refusing a replayed handshake claiming to be %s", peer.id.fingerprint)
             await channel.aclose()
             return
-        async with channel:
-            try:
-                await handler(channel)
-            except Exception:
-                log.exception("channel handler failed for peer %s", channel.peer.id)
+        kept = False
+        try:
+            kept = await handler(channel) is True
+        except Exception:
+            log.exception("channel handler failed for peer %s", channel.peer.id)
+        finally:
+            if not kept:
+                await channel.aclose()
 
     async def _admit(
         self, stream: anyio.abc.ByteStream, source: str, *, peek: bool

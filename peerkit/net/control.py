@@ -11,6 +11,7 @@ outstanding in either direction.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -134,6 +135,7 @@ Handler = Callable[["ControlChannel", dict[str, Any]], Awaitable[Reply]]
 #: Takes a notice (``notify``, ``invite_cancel``) in the reading task, in order.
 NoticeHandler = Callable[["ControlChannel", dict[str, Any]], None]
 _NO_NOTICES: Mapping[str, NoticeHandler] = MappingProxyType({})
+_ENTERED: Final = contextlib.nullcontext()  # (a scope given to a channel is entered by its task)
 
 
 class KeepaliveClock(Clock):
@@ -164,6 +166,12 @@ class ControlChannel:
     (a node gives its own task group: an idle channel then holds no group of its own), else in a
     task group :meth:`run` makes. Either way they are cancelled when the channel ends, and
     :meth:`run` returns only once they are done.
+
+    With a ``scope`` (the cancel scope of the task that will run it, already entered there, such
+    as :meth:`peerkit.sync.TaskSet.start_soon` gives a task), the channel ends its reading by
+    cancelling that scope rather than one of its own: :meth:`run` then ends with the cancellation,
+    which the scope absorbs, and whatever the task does after :meth:`run` is cancelled too. (A
+    cancel scope is 0.6 KB: a node keeps one less for each of its channels.)
     """
 
     def __init__(
@@ -179,6 +187,7 @@ class ControlChannel:
         max_concurrent: int = MAX_CONCURRENT,
         clock: KeepaliveClock | None = None,
         tasks: anyio.abc.TaskGroup | None = None,
+        scope: anyio.CancelScope | None = None,
     ) -> None:
         #: The secure channel underneath.
         self.channel = channel
@@ -212,7 +221,10 @@ class ControlChannel:
         self._watching = False  # (a watch of the peer's silence runs: see _watch)
         self._tasks = tasks  # where the channel's own tasks run (run makes a group if None)
         self._running = False  # (run is reading: tasks may be started)
-        self._scope = anyio.CancelScope()  # run's: cancelled when the channel ends (even before run)
+        # run's reading: cancelled when the channel ends (even before run); entered by run unless
+        # it is the given scope of the task that runs it
+        self._scope = anyio.CancelScope() if scope is None else scope
+        self._enters = scope is None
         self._children: set[anyio.CancelScope] | None = None  # the running tasks' scopes
         self._started = 0  # tasks started and not yet finished
         self._drained: Flag | None = None  # set when the last of them finishes (run waits on it)
@@ -422,7 +434,7 @@ class ControlChannel:
             return
         reason: BaseException | None = None  # (the peer closed it; an error made only if it failed)
         try:
-            with self._scope:  # (cancelled when the channel ends, from whichever task)
+            with self._scope if self._enters else _ENTERED:  # (cancelled when the channel ends)
                 self._running = True
                 if self._clock is None:
                     self._start(self._keep_alive)

@@ -30,7 +30,7 @@ from peerkit.net.control import ControlChannel, Handler, KeepaliveClock, Keepali
 from peerkit.net.transport import Transport
 from peerkit.peers import Peer, PeerOps
 from peerkit.proto.admission import RefusalCounter, source_of
-from peerkit.proto.holdings import Holdings, HoldingsPolicy, NotKept
+from peerkit.proto.holdings import Held, Holdings, HoldingsPolicy, NotKept
 from peerkit.proto.messages import USE_CONTROL, USE_STREAM
 from peerkit.proto.requests import BadRequest, ErrorCode, decode_stream_request, error_reply
 from peerkit.sync import Flag, TaskSet
@@ -323,7 +323,8 @@ class Connections:
                 if self._links is None:
                     raise NotRunning("the node is not running")
                 pending = self._dials[key] = _Dial()
-                self._links.start_soon(self._dial, key, pending)
+                scope = anyio.CancelScope()  # (the task's, and its channel's: one for both)
+                self._links.start_soon(self._dial, key, pending, scope, scope=scope)
             await pending.done.wait()
             if pending.error is not None:
                 raise pending.error
@@ -333,7 +334,10 @@ class Connections:
             peer_id = pending.control.peer_id
         raise PeerUnreachable(f"could not keep a channel open to {endpoint}")
 
-    async def _dial(self, key: tuple[PeerId | None, EndPoint], pending: _Dial) -> None:
+    async def _dial(
+        self, key: tuple[PeerId | None, EndPoint], pending: _Dial, scope: anyio.CancelScope
+    ) -> None:
+        # (in ``scope``, the task's cancel scope, which the channel ends by cancelling)
         peer_id, endpoint = key
         control: ControlChannel | None = None
         try:
@@ -341,7 +345,7 @@ class Connections:
             if channel.peer.id == self._me().identity.id:
                 await channel.aclose()
                 raise ValueError(f"{endpoint} is this node itself")
-            control = self._adopt(channel, initiator=True, endpoint=endpoint)
+            control = self._adopt(channel, initiator=True, endpoint=endpoint, scope=scope)
             pending.control = control
             if channel.relay is not None and self.on_relayed is not None:
                 self.on_relayed(control)
@@ -356,7 +360,7 @@ class Connections:
                 pending.error = NotRunning("the node stopped while dialling")
             self._dials.pop(key, None)
             pending.done.set()
-        del key, pending  # (locals live as long as the channel: only what it needs)
+        del key, pending, scope  # (locals live as long as the channel: only what it needs)
         if control is not None:
             try:
                 await control.run()
@@ -413,12 +417,16 @@ class Connections:
         """
         if self._links is None:
             raise NotRunning("the node is not running")
-        control = self._adopt(channel, initiator=True, endpoint=endpoint)
-        self._links.start_soon(self._run, control)
+        scope = anyio.CancelScope()
+        control = self._adopt(channel, initiator=True, endpoint=endpoint, scope=scope)
+        self._links.start_soon(self._run, control, None, scope=scope)
         return control
 
     # -- channels ----------------------------------------------------------------------------
-    def _adopt(self, channel: SecureChannel, *, initiator: bool, endpoint: EndPoint | None) -> ControlChannel:
+    def _adopt(
+        self, channel: SecureChannel, *, initiator: bool, endpoint: EndPoint | None, scope: anyio.CancelScope
+    ) -> ControlChannel:
+        # ``scope``: that of the task of _links that will run the channel
         control = ControlChannel(
             channel,
             initiator=initiator,
@@ -429,6 +437,7 @@ class Connections:
             keepalive=self._keepalive,
             clock=self._clock,
             tasks=self._tg,  # (its handlers run in the node's group: an idle channel holds none)
+            scope=scope,
         )
         self._on_peer(control.peer_id)
         # The endpoint that was dialled: ours as the peer reached it, or the one we dialled.
@@ -457,16 +466,19 @@ class Connections:
                     self._tg.start_soon(other.retire)
         return control
 
-    async def _run(self, control: ControlChannel) -> None:
+    async def _run(self, control: ControlChannel, held: Held | None) -> None:
+        # A channel accepted (holding its place ``held``) or dialled by other means, for its life.
         try:
             await control.run()
         finally:
             self._ended(control)
+            if held is not None:
+                self.holdings.release(held)
 
     def _ended(self, control: ControlChannel) -> None:
-        # A channel's run is over: the owner is told, and it is forgotten. (The tasks that hold a
-        # channel for its life call this themselves rather than await _run: a coroutine frame
-        # less on each of thousands of idle channels.)
+        # A channel's run is over: the owner is told, and it is forgotten. (_dial calls this
+        # itself rather than await _run: a coroutine frame less on each of thousands of idle
+        # channels.)
         self._on_closed(control)
         channels = self._controls.get(control.peer_id)
         if channels is not None and control in channels:
@@ -474,16 +486,20 @@ class Connections:
             if not channels:
                 del self._controls[control.peer_id]
 
-    async def on_channel(self, channel: SecureChannel) -> None:
-        """Take a channel that completed the handshake on the listener (it is closed when this
-        returns): keep it if the node has a place for it, contacts first."""
+    async def on_channel(self, channel: SecureChannel) -> bool:
+        """Take a channel that completed the handshake on the listener: keep it if the node has a
+        place for it, contacts first. True when a control channel was kept: it runs in a task of
+        the node's own from then on (else the listener closes the channel when this returns)."""
         peer = channel.peer
         if peer.id == self._me().identity.id:
-            return
+            return False
         stream = peer.use == USE_STREAM
         if not stream and self.channels(peer.id) >= MAX_CHANNELS_PER_PEER:
             self._refused(f"over {MAX_CHANNELS_PER_PEER} control channels from one peer")
-            return
+            return False
+        links = self._links
+        if not stream and links is None:
+            return False  # (the node is stopping)
         decision = self.holdings.hold(
             peer=peer.id.key, source=source_of(peer.address), contact=self._is_contact(peer.id), stream=stream
         )
@@ -491,27 +507,33 @@ class Connections:
             self._refused(decision.reason.value)
             if stream:
                 await self._refuse_stream(channel, decision.reason.value)
-            return
+            return False
         for victim in decision.evicted:
             victim.handle.cancel()  # its place went to this one
         held = decision.held
-        del decision  # (locals live as long as the channel: only what it needs)
-        try:
-            if stream:
+        if stream:
+            try:
                 held.handle = scope = anyio.CancelScope()
                 with scope:
                     await self._serve_stream(channel)
-                return
-            endpoint = None
-            if peer.address is not None and peer.port is not None:
-                endpoint = EndPoint(peer.address[0], peer.port)
-            control = held.handle = self._adopt(channel, initiator=False, endpoint=endpoint)
-            try:
-                await control.run()  # (evicted: the handle's cancel ends the channel)
             finally:
-                self._ended(control)
-        finally:
+                self.holdings.release(held)
+            return False
+        # A control channel: from now on in a task of the node's, as a dialled one (the listener's
+        # task, its coroutines and its cancel scope end here: 1 KB less for each idle channel).
+        assert links is not None
+        endpoint = None
+        if peer.address is not None and peer.port is not None:
+            endpoint = EndPoint(peer.address[0], peer.port)
+        scope = anyio.CancelScope()
+        control = held.handle = self._adopt(channel, initiator=False, endpoint=endpoint, scope=scope)
+        try:
+            links.start_soon(self._run, control, held, scope=scope)  # (evicted: the handle ends it)
+        except BaseException:  # (trio: the group is closing) the listener closes the channel
+            self._ended(control)
             self.holdings.release(held)
+            raise
+        return True
 
     async def _refuse_stream(self, channel: SecureChannel, reason: str) -> None:
         # Answer the stream request with error "limit" (briefly: the place is not held meanwhile).

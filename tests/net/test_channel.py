@@ -178,6 +178,30 @@ async def test_an_accepted_channel_lets_go_of_its_admission_once_open(alice: Ide
 
 
 @pytest.mark.network
+async def test_a_handler_that_returns_true_has_taken_the_channel_over(alice: Identity, bob: Identity) -> None:
+    # (a node runs the control channels it accepts in tasks of its own: the listener's task, its
+    # coroutines and its cancel scope end with the handshake)
+    taken: list[SecureChannel] = []
+
+    async def take_every_other(channel: SecureChannel) -> bool:
+        taken.append(channel)
+        return len(taken) == 1
+
+    async with await listen(bob) as listener, anyio.create_task_group() as tg:
+        await tg.start(listener.serve, take_every_other)
+        host, port = listener.address
+        with anyio.fail_after(5):
+            async with await connect(host, port, alice) as kept, await connect(host, port, alice) as closed:
+                with pytest.raises(anyio.EndOfStream):
+                    await closed.receive()  # the second: closed when its handler returned
+                assert not taken[0].closed  # the first: left open, and still carries messages
+                await kept.send({"t": "hi"})
+                assert await taken[0].receive() == {"t": "hi"}
+                await taken[0].aclose()
+        tg.cancel_scope.cancel()
+
+
+@pytest.mark.network
 async def test_tcp_dialling_the_wrong_peer_fails(alice: Identity, bob: Identity) -> None:
     someone_else = Identity.generate()
     async with listening(bob) as (host, port):

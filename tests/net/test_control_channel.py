@@ -247,6 +247,61 @@ async def test_cancel_ends_a_channel_from_another_task_even_before_it_runs(
         assert a_channel.closed
 
 
+async def test_a_channel_given_its_tasks_scope_ends_by_cancelling_it(alice: Identity, bob: Identity) -> None:
+    # (a node runs each channel in a task whose scope the channel is given: one cancel scope, not
+    # two, per channel end)
+    events: list[str] = []
+    started = anyio.Event()
+
+    async def hold(control: ControlChannel, message: dict[str, Any]) -> Reply:
+        await stuck(started, events, "handler done", cleanup=0.05)
+        return None
+
+    a_channel, b_channel = await channel_pair(alice, bob)
+    async with anyio.create_task_group() as tasks:
+        scope = anyio.CancelScope()
+        a = control(a_channel, alice, initiator=True, tasks=tasks)
+        b = control(b_channel, bob, initiator=False, handler=hold, tasks=tasks, scope=scope)
+        attributes = gc.get_referents(b)
+        attributes += [v for d in attributes if isinstance(d, dict) for v in d.values()]
+        assert [o for o in attributes if isinstance(o, anyio.CancelScope)] == [scope]  # (none of its own)
+
+        async def run_b() -> None:
+            with scope:
+                try:
+                    await b.run()
+                finally:
+                    events.append("run ended")
+                events.append("went on")  # (never: the task is cancelled with its channel)
+            events.append("absorbed")
+
+        tasks.start_soon(a.run)
+        tasks.start_soon(run_b)
+        request = await a.start_request({"t": "get"})
+        with anyio.fail_after(5):
+            await started.wait()
+            b.cancel("evicted")
+            with pytest.raises(PeerUnreachable):
+                await request.wait()
+            while "absorbed" not in events:
+                await anyio.sleep(0.01)
+        assert scope.cancel_called
+        assert b_channel.closed
+        await a.aclose()
+    assert events == ["handler done", "run ended", "absorbed"]
+
+    # Cancelled before it runs: run ends at once, in its task's scope.
+    a_channel, b_channel = await channel_pair(alice, bob)
+    scope = anyio.CancelScope()
+    early = control(a_channel, alice, initiator=True, scope=scope)
+    early.cancel("evicted")
+    with anyio.fail_after(5), scope:
+        await early.run()
+    assert scope.cancelled_caught
+    assert a_channel.closed
+    await b_channel.aclose()
+
+
 async def test_requests_both_ways_are_matched_to_their_replies(alice: Identity, bob: Identity) -> None:
     async with pair(alice, bob) as (a, b):
         replies: dict[int, dict[str, Any]] = {}

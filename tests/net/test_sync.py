@@ -204,6 +204,24 @@ async def test_a_task_started_after_its_set_was_cancelled_starts_cancelled() -> 
     assert reached in ([], ["started"])
 
 
+async def test_a_task_given_a_scope_runs_in_it_and_ends_when_it_is_cancelled() -> None:
+    events: list[str] = []
+    started = anyio.Event()
+    async with anyio.create_task_group() as tg:
+        tasks = TaskSet(tg)
+        tg.start_soon(tasks.keep)
+        scope = anyio.CancelScope()
+        tasks.start_soon(stuck, started, events, "cancelled", scope=scope)
+        with anyio.fail_after(5):
+            await started.wait()
+            scope.cancel()
+            while len(tasks):
+                await anyio.sleep(0.01)
+        assert events == ["cancelled"]
+        assert not tg.cancel_scope.cancel_called  # (the group goes on)
+        tasks.close()
+
+
 async def test_a_task_of_a_set_keeps_only_what_its_function_keeps() -> None:
     # (a node keeps a task per connection for the connection's life: the function's bound method
     # and the tuple of its arguments are 0.1 KB more each, if the task keeps them)
