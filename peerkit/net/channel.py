@@ -25,6 +25,7 @@ from peerkit.errors import HandshakeError, PeerUnreachable, ProtocolError
 from peerkit.identity import Identity, PeerId
 from peerkit.model import EndPoint, check_text, seconds_text
 from peerkit.net.relay import PrefixedStream, RelayAttribute, dial_relayed, read_frame
+from peerkit.net.tcp import TcpStream
 from peerkit.net.transport import BROKEN, TcpTransport, Transport, unreachable
 from peerkit.proto import messages
 from peerkit.proto import relay as relay_wire
@@ -350,8 +351,15 @@ class SecureChannel(anyio.abc.AsyncResource):
                     raise anyio.ClosedResourceError
                 if self._eof:
                     raise anyio.EndOfStream
+                stream = self._stream
                 try:
-                    data = await self._stream.receive(_READ_SIZE)
+                    if isinstance(stream, TcpStream):  # (waits without a coroutine of the stream's)
+                        data = stream.receive_waiting(_READ_SIZE)
+                        if data is None:
+                            await stream.readable()
+                            continue
+                    else:
+                        data = await stream.receive(_READ_SIZE)
                 except anyio.EndOfStream:
                     self._eof = True
                     try:

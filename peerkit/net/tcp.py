@@ -148,22 +148,29 @@ class TcpStream(anyio.abc.ByteStream):
         :raises anyio.BrokenResourceError: when the connection broke.
         :raises anyio.ClosedResourceError: when this stream was closed.
         """
-        while not self._chunks:
-            if self._closed:
-                raise anyio.ClosedResourceError
+        while True:
+            chunk = self.receive_waiting(max_bytes)
+            if chunk is not None:
+                return chunk
+            await self.readable()
+
+    def receive_waiting(self, max_bytes: int = 65536) -> bytes | None:
+        """Up to ``max_bytes`` of the bytes waiting now; None when none wait (:meth:`readable`
+        says when some may).
+
+        :raises anyio.EndOfStream: when the peer closed its side and everything was read.
+        :raises anyio.BrokenResourceError: when the connection broke.
+        :raises anyio.ClosedResourceError: when this stream was closed.
+        """
+        if self._closed:
+            raise anyio.ClosedResourceError
+        chunks = self._chunks
+        if not chunks:
             if self._error is not None:
                 raise anyio.BrokenResourceError from self._error
             if self._eof:
                 raise anyio.EndOfStream
-            self._reader = asyncio.get_running_loop().create_future()
-            try:
-                await self._reader
-            finally:
-                self._reader = None
-        if self._closed:
-            raise anyio.ClosedResourceError
-        chunks = self._chunks
-        assert chunks is not None
+            return None
         chunk = chunks.popleft()
         if len(chunk) > max_bytes:
             chunks.appendleft(chunk[max_bytes:])
@@ -175,6 +182,17 @@ class TcpStream(anyio.abc.ByteStream):
             self._reading_paused = False
             self._transport.resume_reading()
         return chunk
+
+    def readable(self) -> asyncio.Future[None]:
+        """A future that is done once bytes arrive, or the stream ends, breaks or is closed: await
+        it, then :meth:`receive_waiting`. (A future, not a coroutine: a task reading thousands of
+        idle connections this way keeps no coroutine of the stream's for each while it waits.)"""
+        reader = self._reader
+        if reader is None or reader.done():
+            reader = self._reader = asyncio.get_running_loop().create_future()
+            if self._chunks or self._eof or self._closed:
+                reader.set_result(None)
+        return reader
 
     # -- sending ---------------------------------------------------------------------------------
     def _check_sendable(self) -> None:

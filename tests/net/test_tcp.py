@@ -17,8 +17,9 @@ import pytest
 from anyio.abc import SocketAttribute
 from conftest import bulk_read_sizes, stuck
 
-from peerkit import PeerUnreachable
+from peerkit import Identity, PeerUnreachable
 from peerkit.net import tcp
+from peerkit.net.channel import SecureChannel
 from peerkit.net.fds import FdBudget
 from peerkit.net.tcp import TcpListener, TcpStream, connect_tcp
 from peerkit.net.transport import TcpTransport, unreachable
@@ -209,6 +210,64 @@ async def test_a_receive_waiting_when_the_stream_closes_ends() -> None:
         tg.start_soon(wait)
         await anyio.sleep(0.05)
         await client.aclose()
+
+
+async def test_a_reader_may_wait_on_a_future_and_take_what_waits_without_waiting() -> None:
+    async with connected() as (client, server):
+        assert server.receive_waiting() is None  # nothing yet
+        ready = server.readable()
+        assert not ready.done()
+        assert server.readable() is ready  # (one future while it waits)
+        await client.send(b"hello")
+        with anyio.fail_after(5):
+            await ready
+        assert server.receive_waiting(3) == b"hel"
+        assert server.readable().done()  # the rest waits: done at once
+        assert server.receive_waiting() == b"lo"
+        assert server.receive_waiting() is None
+        # A wait cancelled leaves the stream as it was.
+        with anyio.move_on_after(0.05):
+            await server.readable()
+        await client.send(b"again")
+        with anyio.fail_after(5):
+            assert await server.receive() == b"again"
+        await client.send_eof()
+        with anyio.fail_after(5):
+            await server.readable()
+        with pytest.raises(anyio.EndOfStream):
+            server.receive_waiting()
+        await server.aclose()
+        assert server.readable().done()
+        with pytest.raises(anyio.ClosedResourceError):
+            server.receive_waiting()
+
+
+async def test_a_secure_channel_waits_on_an_idle_tcp_stream_without_a_coroutine_of_the_streams(
+    alice: Identity, bob: Identity
+) -> None:
+    # (a node reads thousands of idle connections: a coroutine frame is 0.25 KB each)
+    async with connected() as (client, server), anyio.create_task_group() as tg:
+        channels: dict[str, SecureChannel] = {}
+
+        async def respond() -> None:
+            channels["b"] = await SecureChannel.wrap(server, bob, initiator=False)
+
+        tg.start_soon(respond)
+        channels["a"] = await SecureChannel.wrap(client, alice, initiator=True)
+        with anyio.fail_after(5):
+            while "b" not in channels:
+                await anyio.sleep(0.01)
+        reading = asyncio.get_running_loop().create_task(channels["b"].receive())
+        await anyio.sleep(0.05)
+        coro, chain = reading.get_coro(), []
+        while coro is not None:
+            chain.append(getattr(coro, "__qualname__", type(coro).__name__))
+            coro = getattr(coro, "cr_await", None)
+        assert chain[:1] == ["SecureChannel.receive"]
+        assert "TcpStream.receive" not in chain
+        await channels["a"].send({"t": "hi"})
+        with anyio.fail_after(5):
+            assert await reading == {"t": "hi"}
 
 
 async def test_near_the_fd_limit_the_listener_stops_accepting_and_resumes_below(
