@@ -20,9 +20,9 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from types import TracebackType
-from typing import Any
+from typing import Any, cast
 
 import anyio
 import anyio.abc
@@ -192,19 +192,41 @@ class TaskSet:
     def start_soon(
         self, func: Callable[..., Awaitable[Any]], *args: Any, scope: anyio.CancelScope | None = None
     ) -> None:
-        """Start ``func(*args)`` in a task of the set: in ``scope`` when it is given (a new cancel
-        scope the caller may cancel to end the task, or hand to what the task runs), else, on
-        asyncio, in one of its own."""
+        """Start ``func(*args)`` in a task of the set.
+
+        With a ``scope`` (a new cancel scope, which the caller may cancel to end the task, or
+        hand to what the task runs), ``func`` runs all its work ``with scope:`` itself: the set
+        cancels that scope when the group is cancelled. On asyncio the task is then ``func``'s
+        coroutine alone (a coroutine frame less, 0.25 KB, on each of thousands of connections).
+        Without one, on asyncio, the task runs in a cancel scope of the set's.
+        """
         self._live += 1
         if not self._native:
-            self._group.start_soon(self._run, scope, func, args)
+            self._group.start_soon(self._run, None, func, args)
             return
+        own = scope is None
         if scope is None:
             scope = anyio.CancelScope()
         if self._kept:
             scope.cancel()
-        task = asyncio.get_running_loop().create_task(self._run(scope, func, args))
+        loop = asyncio.get_running_loop()
+        if own:
+            task = loop.create_task(self._run(scope, func, args))
+        else:
+            task = loop.create_task(cast("Coroutine[Any, Any, None]", func(*args)))
+            task.add_done_callback(self._done)
         self._scopes[task] = scope
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        # A task that entered its given scope itself has ended (it ran no _run of the set's).
+        self._live -= 1
+        del self._scopes[task]
+        if not task.cancelled():
+            error = task.exception()
+            if error is not None:
+                name = getattr(task.get_coro(), "__qualname__", task)
+                log.error("a task of %s failed", name, exc_info=error)
+        self._wake()
 
     def close(self) -> None:
         """No more tasks come: :meth:`keep` returns once those running have ended."""

@@ -337,35 +337,37 @@ class Connections:
     async def _dial(
         self, key: tuple[PeerId | None, EndPoint], pending: _Dial, scope: anyio.CancelScope
     ) -> None:
-        # (in ``scope``, the task's cancel scope, which the channel ends by cancelling)
-        peer_id, endpoint = key
-        control: ControlChannel | None = None
-        try:
-            channel = await self.connect(peer_id, endpoint, use=USE_CONTROL)
-            if channel.peer.id == self._me().identity.id:
-                await channel.aclose()
-                raise ValueError(f"{endpoint} is this node itself")
-            control = self._adopt(channel, initiator=True, endpoint=endpoint, scope=scope)
-            pending.control = control
-            if channel.relay is not None and self.on_relayed is not None:
-                self.on_relayed(control)
-        except (PeerkitError, ValueError) as exc:
-            pending.error = exc
-        except Exception as exc:  # anything else must not take the node down with it
-            log.exception("dialling %s failed", endpoint)
-            pending.error = PeerUnreachable(f"could not reach {endpoint}: {exc!r}")
-            pending.error.__cause__ = exc
-        finally:
-            if pending.error is None and pending.control is None:  # cancelled: the node is stopping
-                pending.error = NotRunning("the node stopped while dialling")
-            self._dials.pop(key, None)
-            pending.done.set()
-        del key, pending, scope  # (locals live as long as the channel: only what it needs)
-        if control is not None:
+        # All in ``scope``, the task's (see TaskSet.start_soon): the node cancels it when it stops,
+        # and the channel when it ends.
+        with scope:
+            peer_id, endpoint = key
+            control: ControlChannel | None = None
             try:
-                await control.run()
+                channel = await self.connect(peer_id, endpoint, use=USE_CONTROL)
+                if channel.peer.id == self._me().identity.id:
+                    await channel.aclose()
+                    raise ValueError(f"{endpoint} is this node itself")
+                control = self._adopt(channel, initiator=True, endpoint=endpoint, scope=scope)
+                pending.control = control
+                if channel.relay is not None and self.on_relayed is not None:
+                    self.on_relayed(control)
+            except (PeerkitError, ValueError) as exc:
+                pending.error = exc
+            except Exception as exc:  # anything else must not take the node down with it
+                log.exception("dialling %s failed", endpoint)
+                pending.error = PeerUnreachable(f"could not reach {endpoint}: {exc!r}")
+                pending.error.__cause__ = exc
             finally:
-                self._ended(control)
+                if pending.error is None and pending.control is None:  # cancelled: the node stops
+                    pending.error = NotRunning("the node stopped while dialling")
+                self._dials.pop(key, None)
+                pending.done.set()
+            del key, pending  # (locals live as long as the channel: only what it needs)
+            if control is not None:
+                try:
+                    await control.run()
+                finally:
+                    self._ended(control)
 
     async def connect(self, peer_id: PeerId | None, endpoint: EndPoint, *, use: str) -> SecureChannel:
         """A new secure channel to ``endpoint`` (``use`` is ``"control"`` or ``"stream"``).
@@ -419,14 +421,14 @@ class Connections:
             raise NotRunning("the node is not running")
         scope = anyio.CancelScope()
         control = self._adopt(channel, initiator=True, endpoint=endpoint, scope=scope)
-        self._links.start_soon(self._run, control, None, scope=scope)
+        self._links.start_soon(self._run, control, None, scope, scope=scope)
         return control
 
     # -- channels ----------------------------------------------------------------------------
     def _adopt(
         self, channel: SecureChannel, *, initiator: bool, endpoint: EndPoint | None, scope: anyio.CancelScope
     ) -> ControlChannel:
-        # ``scope``: that of the task of _links that will run the channel
+        # ``scope``: the one the task of _links that will run the channel runs in
         control = ControlChannel(
             channel,
             initiator=initiator,
@@ -466,14 +468,16 @@ class Connections:
                     self._tg.start_soon(other.retire)
         return control
 
-    async def _run(self, control: ControlChannel, held: Held | None) -> None:
-        # A channel accepted (holding its place ``held``) or dialled by other means, for its life.
-        try:
-            await control.run()
-        finally:
-            self._ended(control)
-            if held is not None:
-                self.holdings.release(held)
+    async def _run(self, control: ControlChannel, held: Held | None, scope: anyio.CancelScope) -> None:
+        # A channel accepted (holding its place ``held``) or dialled by other means, for its life,
+        # in ``scope`` (as _dial).
+        with scope:
+            try:
+                await control.run()
+            finally:
+                self._ended(control)
+                if held is not None:
+                    self.holdings.release(held)
 
     def _ended(self, control: ControlChannel) -> None:
         # A channel's run is over: the owner is told, and it is forgotten. (_dial calls this
@@ -528,7 +532,7 @@ class Connections:
         scope = anyio.CancelScope()
         control = held.handle = self._adopt(channel, initiator=False, endpoint=endpoint, scope=scope)
         try:
-            links.start_soon(self._run, control, held, scope=scope)  # (evicted: the handle ends it)
+            links.start_soon(self._run, control, held, scope, scope=scope)  # (evicted: the handle ends it)
         except BaseException:  # (trio: the group is closing) the listener closes the channel
             self._ended(control)
             self.holdings.release(held)

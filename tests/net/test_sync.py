@@ -204,22 +204,43 @@ async def test_a_task_started_after_its_set_was_cancelled_starts_cancelled() -> 
     assert reached in ([], ["started"])
 
 
-async def test_a_task_given_a_scope_runs_in_it_and_ends_when_it_is_cancelled() -> None:
+async def test_a_task_given_a_scope_runs_in_it_and_the_set_cancels_it_with_the_group(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # (a node's connection tasks: the coroutine alone is the task, on asyncio)
     events: list[str] = []
-    started = anyio.Event()
+    started = [anyio.Event() for _ in range(3)]
+
+    async def work(scope: anyio.CancelScope, started: anyio.Event, name: str) -> None:
+        with scope:
+            await stuck(started, events, name)
+
+    async def fails(scope: anyio.CancelScope) -> None:
+        with scope:
+            raise RuntimeError("broken")
+
     async with anyio.create_task_group() as tg:
         tasks = TaskSet(tg)
         tg.start_soon(tasks.keep)
-        scope = anyio.CancelScope()
-        tasks.start_soon(stuck, started, events, "cancelled", scope=scope)
+        first, second = anyio.CancelScope(), anyio.CancelScope()
+        tasks.start_soon(work, first, started[0], "first", scope=first)
+        tasks.start_soon(work, second, started[1], "second", scope=second)
         with anyio.fail_after(5):
-            await started.wait()
-            scope.cancel()
-            while len(tasks):
+            await started[0].wait()
+            await started[1].wait()
+            first.cancel()  # the caller ends one task
+            while len(tasks) != 1:
                 await anyio.sleep(0.01)
-        assert events == ["cancelled"]
-        assert not tg.cancel_scope.cancel_called  # (the group goes on)
-        tasks.close()
+            assert events == ["first"]
+            broken = anyio.CancelScope()
+            tasks.start_soon(fails, broken, scope=broken)  # a failure ends only its task, logged
+            while len(tasks) != 1:
+                await anyio.sleep(0.01)
+        assert "a task of test_a_task_given_a_scope" in caplog.text
+        assert "broken" in caplog.text
+        tg.cancel_scope.cancel()  # the group's cancel reaches the other through its scope
+    assert events == ["first", "second"]
+    assert len(tasks) == 0
 
 
 async def test_a_task_of_a_set_keeps_only_what_its_function_keeps() -> None:
