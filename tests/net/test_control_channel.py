@@ -91,6 +91,16 @@ async def pair(
             await b.aclose()
 
 
+def holding(started: anyio.Event, events: list[str]) -> Handler:
+    """A handler that holds its request until cancelled, then notes "handler done"."""
+
+    async def hold(control: ControlChannel, message: dict[str, Any]) -> Reply:
+        await stuck(started, events, "handler done", cleanup=0.05)
+        return None
+
+    return hold
+
+
 async def ask(control: ControlChannel, message: dict[str, Any]) -> dict[str, Any]:
     request = await control.start_request(message)
     with anyio.fail_after(5):
@@ -177,14 +187,16 @@ async def test_a_handler_is_cancelled_when_the_channel_ends_and_run_returns_afte
     events: list[str] = []
     started = anyio.Event()
 
-    async def hold(control: ControlChannel, message: dict[str, Any]) -> Reply:
-        await stuck(started, events, "handler done", cleanup=0.05)
-        return None
-
     a_channel, b_channel = await channel_pair(alice, bob)
     async with anyio.create_task_group() as tasks:
         a = control(a_channel, alice, initiator=True)
-        b = control(b_channel, bob, initiator=False, handler=hold, tasks=tasks if group == "given" else None)
+        b = control(
+            b_channel,
+            bob,
+            initiator=False,
+            handler=holding(started, events),
+            tasks=tasks if group == "given" else None,
+        )
 
         async def run_b() -> None:
             await b.run()
@@ -253,15 +265,13 @@ async def test_a_channel_given_its_tasks_scope_ends_by_cancelling_it(alice: Iden
     events: list[str] = []
     started = anyio.Event()
 
-    async def hold(control: ControlChannel, message: dict[str, Any]) -> Reply:
-        await stuck(started, events, "handler done", cleanup=0.05)
-        return None
-
     a_channel, b_channel = await channel_pair(alice, bob)
     async with anyio.create_task_group() as tasks:
         scope = anyio.CancelScope()
         a = control(a_channel, alice, initiator=True, tasks=tasks)
-        b = control(b_channel, bob, initiator=False, handler=hold, tasks=tasks, scope=scope)
+        b = control(
+            b_channel, bob, initiator=False, handler=holding(started, events), tasks=tasks, scope=scope
+        )
         attributes = gc.get_referents(b)
         attributes += [v for d in attributes if isinstance(d, dict) for v in d.values()]
         assert [o for o in attributes if isinstance(o, anyio.CancelScope)] == [scope]  # (none of its own)
