@@ -270,6 +270,21 @@ async def test_a_task_of_a_set_keeps_only_what_its_function_keeps() -> None:
 
 
 @pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_a_task_that_fails_to_start_leaves_nothing_to_wait_for() -> None:
+    def not_a_coroutine(scope: anyio.CancelScope) -> None:
+        raise RuntimeError("no coroutine made")
+
+    async with anyio.create_task_group() as tg:
+        tasks = TaskSet(tg)
+        tg.start_soon(tasks.keep)
+        scope = anyio.CancelScope()
+        with pytest.raises(RuntimeError, match="no coroutine made"):
+            tasks.start_soon(not_a_coroutine, scope, scope=scope)
+        assert len(tasks) == 0
+        tasks.close()  # (keep returns: it waits for nothing)
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
 async def test_on_asyncio_tasks_given_scopes_share_one_done_callback_and_its_context() -> None:
     # (a bound method and a context of its own would be 0.1 KB more on each connection's task)
     async def work(scope: anyio.CancelScope) -> None:
