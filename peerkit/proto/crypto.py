@@ -120,9 +120,10 @@ def encrypt(key: bytes, n: int, ad: bytes, plaintext: bytes) -> bytes:
 
 
 #: OpenSSL cipher contexts kept at most, in all. Each key's context costs some 2.3 KB of memory
-#: that Python's own accounting (tracemalloc) never sees; making one again costs about a
-#: microsecond. So a node with thousands of idle channels keeps contexts for the keys in use
-#: lately only, not two per channel for good (see :class:`TransportCipher`).
+#: that Python's own accounting (tracemalloc) never sees; making one again costs about 2 µs
+#: (1 µs to make, the rest in cold caches). So a node with thousands of idle channels keeps
+#: contexts for the keys in use lately only, not two per channel for good (see
+#: :class:`TransportCipher`).
 MAX_CONTEXTS: Final = 2048
 
 
