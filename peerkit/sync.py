@@ -225,13 +225,18 @@ class TaskSet:
 
     def _done(self, task: asyncio.Task[None]) -> None:
         # A task that entered its given scope itself has ended (it ran no _run of the set's).
-        self._live -= 1
-        del self._scopes[task]
         if not task.cancelled():
             error = task.exception()
             if error is not None:
                 name = getattr(task.get_coro(), "__qualname__", task)
                 log.error("a task of %s failed", name, exc_info=error)
+        self._forget(task)
+
+    def _forget(self, task: asyncio.Task[None] | None) -> None:
+        # A task has ended (on asyncio, ``task``): keep stops waiting for it.
+        self._live -= 1
+        if task is not None:
+            del self._scopes[task]
         self._wake()
 
     def close(self) -> None:
@@ -276,9 +281,4 @@ class TaskSet:
         except Exception:
             log.exception("a task of %s failed", name)
         finally:
-            self._live -= 1
-            if self._native:
-                task = asyncio.current_task()
-                assert task is not None
-                del self._scopes[task]
-            self._wake()
+            self._forget(asyncio.current_task() if self._native else None)
