@@ -406,7 +406,9 @@ class RequestBudget:
         # which clears the peer's strikes. (The peer just charged is the most recent: never here.)
         burst, rate = float(self.policy.burst), self.policy.rate
         for _ in range(2):
+            if len(self._peers) == 1:
+                return
             tokens, at, _ = next(iter(self._peers.values()))
-            if len(self._peers) == 1 or tokens + (now - at) * rate < burst:
+            if tokens + (now - at) * rate < burst:
                 return
             self._peers.popitem(last=False)
