@@ -11,6 +11,7 @@ outstanding in either direction.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Mapping
@@ -135,7 +136,7 @@ Handler = Callable[["ControlChannel", dict[str, Any]], Awaitable[Reply]]
 #: Takes a notice (``notify``, ``invite_cancel``) in the reading task, in order.
 NoticeHandler = Callable[["ControlChannel", dict[str, Any]], None]
 _NO_NOTICES: Mapping[str, NoticeHandler] = MappingProxyType({})
-_ENTERED: Final = contextlib.nullcontext()  # (a scope given to a channel is entered by its task)
+_UNSCOPED: Final = contextlib.nullcontext()  # (on asyncio, run's reading is in no scope of its own)
 
 
 class KeepaliveClock(Clock):
@@ -167,11 +168,12 @@ class ControlChannel:
     task group :meth:`run` makes. Either way they are cancelled when the channel ends, and
     :meth:`run` returns only once they are done.
 
-    With a ``scope`` (the cancel scope of the task that will run it, already entered there, such
-    as :meth:`peerkit.sync.TaskSet.start_soon` gives a task), the channel ends its reading by
-    cancelling that scope rather than one of its own: :meth:`run` then ends with the cancellation,
-    which the scope absorbs, and whatever the task does after :meth:`run` is cancelled too. (A
-    cancel scope is 0.6 KB: a node keeps one less for each of its channels.)
+    Ending a channel ends :meth:`run` soon, from any task: on asyncio, by cancelling the task
+    that runs it while it reads (only what :meth:`run` awaits in its reading: the cancellation
+    ends there, and the task goes on after :meth:`run`), elsewhere by a cancel scope :meth:`run`
+    enters. A channel is thus what ends its task (see :meth:`peerkit.sync.TaskSet.start_soon`):
+    an idle channel's task holds no cancel scope on asyncio (0.8 KB with anyio's bookkeeping of
+    the task, on each of thousands of channels).
     """
 
     def __init__(
@@ -187,7 +189,6 @@ class ControlChannel:
         max_concurrent: int = MAX_CONCURRENT,
         clock: KeepaliveClock | None = None,
         tasks: anyio.abc.TaskGroup | None = None,
-        scope: anyio.CancelScope | None = None,
     ) -> None:
         #: The secure channel underneath.
         self.channel = channel
@@ -221,10 +222,10 @@ class ControlChannel:
         self._watching = False  # (a watch of the peer's silence runs: see _watch)
         self._tasks = tasks  # where the channel's own tasks run (run makes a group if None)
         self._running = False  # (run is reading: tasks may be started)
-        # run's reading: cancelled when the channel ends (even before run); entered by run unless
-        # it is the given scope of the task that runs it
-        self._scope = anyio.CancelScope() if scope is None else scope
-        self._enters = scope is None
+        # What ends run's reading when the channel ends: on asyncio, the task reading (cancelled
+        # once: see _stop); elsewhere, a cancel scope run enters.
+        self._reader: asyncio.Task[Any] | None = None
+        self._scope: anyio.CancelScope | None = None
         self._children: set[anyio.CancelScope] | None = None  # the running tasks' scopes
         self._started = 0  # tasks started and not yet finished
         self._drained: Flag | None = None  # set when the last of them finishes (run waits on it)
@@ -381,9 +382,21 @@ class ControlChannel:
         self._stop()
         self._closed.set()
 
+    # (set on the channel only once it has cancelled its reading task: see _stop)
+    _interrupted = False
+
     def _stop(self) -> None:
-        # The reading loop and the channel's tasks still running are cancelled.
-        self._scope.cancel()
+        # The reading loop and the channel's tasks still running are cancelled. The reading task
+        # is cancelled only while it reads, once, and not by itself: it sees the channel closed
+        # before it reads again (and its shielded closing is never cut short).
+        reader = self._reader
+        if reader is not None:
+            self._reader = None
+            if reader is not asyncio.current_task():
+                self._interrupted = True
+                reader.cancel()
+        elif self._scope is not None:
+            self._scope.cancel()
         if self._children:
             for scope in list(self._children):
                 scope.cancel()
@@ -434,7 +447,15 @@ class ControlChannel:
             return
         reason: BaseException | None = None  # (the peer closed it; an error made only if it failed)
         try:
-            with self._scope if self._enters else _ENTERED:  # (cancelled when the channel ends)
+            reader: asyncio.Task[Any] | None = asyncio.current_task()
+        except RuntimeError:  # (not asyncio: trio)
+            reader = None
+            self._scope = anyio.CancelScope()
+        try:
+            with _UNSCOPED if self._scope is None else self._scope:  # (cancelled when the channel ends)
+                if self._closed.is_set():
+                    return  # (ended before it ran: the channel is closed below)
+                self._reader = reader
                 self._running = True
                 if self._clock is None:
                     self._start(self._keep_alive)
@@ -443,7 +464,7 @@ class ControlChannel:
                 try:
                     # (no bound methods kept in locals: 64 bytes each, on each idle channel)
                     now = loop_clock() if self._clock is None else self._clock.now
-                    while True:
+                    while not self._closed.is_set():
                         message = await self.channel.receive()  # (not ``async for``: a frame less)
                         if self._closed.is_set():
                             break
@@ -456,9 +477,15 @@ class ControlChannel:
                     reason.__cause__ = exc
                 except (anyio.EndOfStream, anyio.ClosedResourceError):
                     pass
+                except asyncio.CancelledError:
+                    # The channel ended (see _stop): its reading ends here, unless the task was
+                    # cancelled from elsewhere as well.
+                    if not self._interrupted or reader is None or reader.uncancel():
+                        raise
         finally:
             # Ended before waiting for the channel's tasks (cancelled from outside too): they are
             # cancelled and see the channel closed, and a request from another task is refused.
+            self._reader = None
             self._running = False
             self._end(reason)
             with anyio.CancelScope(shield=True):

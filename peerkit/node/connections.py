@@ -123,9 +123,18 @@ async def first_of(
 
 @dataclass(slots=True, eq=False)
 class _Dial:
+    # A dial under way, shared by its callers; what ends its task (see TaskSet.start_soon): its
+    # cancel scope while it dials, then the channel it made.
+    scope: anyio.CancelScope | None = field(default_factory=anyio.CancelScope)
     done: Flag = field(default_factory=Flag)
     control: ControlChannel | None = None
     error: BaseException | None = None
+
+    def cancel(self) -> None:
+        if self.control is not None:
+            self.control.cancel()
+        elif self.scope is not None:
+            self.scope.cancel()
 
 
 class ChannelPeer(Peer):
@@ -323,8 +332,7 @@ class Connections:
                 if self._links is None:
                     raise NotRunning("the node is not running")
                 pending = self._dials[key] = _Dial()
-                scope = anyio.CancelScope()  # (the task's, and its channel's: one for both)
-                self._links.start_soon(self._dial, key, pending, scope, scope=scope)
+                self._links.start_soon(self._dial, key, pending, handle=pending)
             await pending.done.wait()
             if pending.error is not None:
                 raise pending.error
@@ -334,21 +342,19 @@ class Connections:
             peer_id = pending.control.peer_id
         raise PeerUnreachable(f"could not keep a channel open to {endpoint}")
 
-    async def _dial(
-        self, key: tuple[PeerId | None, EndPoint], pending: _Dial, scope: anyio.CancelScope
-    ) -> None:
-        # All in ``scope``, the task's (see TaskSet.start_soon): the node cancels it when it stops,
-        # and the channel when it ends.
-        with scope:
-            peer_id, endpoint = key
-            control: ControlChannel | None = None
+    async def _dial(self, key: tuple[PeerId | None, EndPoint], pending: _Dial) -> None:
+        # Dials in the scope of ``pending``, then runs the channel: the node ends the task with
+        # ``pending`` when it stops (see TaskSet.start_soon).
+        peer_id, endpoint = key
+        control: ControlChannel | None = None
+        assert pending.scope is not None
+        with pending.scope:
             try:
                 channel = await self.connect(peer_id, endpoint, use=USE_CONTROL)
                 if channel.peer.id == self._me().identity.id:
                     await channel.aclose()
                     raise ValueError(f"{endpoint} is this node itself")
-                control = self._adopt(channel, initiator=True, endpoint=endpoint, scope=scope)
-                pending.control = control
+                control = pending.control = self._adopt(channel, initiator=True, endpoint=endpoint)
                 if channel.relay is not None and self.on_relayed is not None:
                     self.on_relayed(control)
             except (PeerkitError, ValueError) as exc:
@@ -362,12 +368,13 @@ class Connections:
                     pending.error = NotRunning("the node stopped while dialling")
                 self._dials.pop(key, None)
                 pending.done.set()
-            del key, pending  # (locals live as long as the channel: only what it needs)
-            if control is not None:
-                try:
-                    await control.run()
-                finally:
-                    self._ended(control)
+        pending.scope = None  # (from now on the channel ends the task: it keeps no cancel scope)
+        del key, pending  # (locals live as long as the channel: only what it needs)
+        if control is not None:
+            try:
+                await control.run()
+            finally:
+                self._ended(control)
 
     async def connect(self, peer_id: PeerId | None, endpoint: EndPoint, *, use: str) -> SecureChannel:
         """A new secure channel to ``endpoint`` (``use`` is ``"control"`` or ``"stream"``).
@@ -419,16 +426,12 @@ class Connections:
         """
         if self._links is None:
             raise NotRunning("the node is not running")
-        scope = anyio.CancelScope()
-        control = self._adopt(channel, initiator=True, endpoint=endpoint, scope=scope)
-        self._links.start_soon(self._run, control, None, scope, scope=scope)
+        control = self._adopt(channel, initiator=True, endpoint=endpoint)
+        self._links.start_soon(self._run, control, None, handle=control)
         return control
 
     # -- channels ----------------------------------------------------------------------------
-    def _adopt(
-        self, channel: SecureChannel, *, initiator: bool, endpoint: EndPoint | None, scope: anyio.CancelScope
-    ) -> ControlChannel:
-        # ``scope``: the one the task of _links that will run the channel runs in
+    def _adopt(self, channel: SecureChannel, *, initiator: bool, endpoint: EndPoint | None) -> ControlChannel:
         control = ControlChannel(
             channel,
             initiator=initiator,
@@ -439,7 +442,6 @@ class Connections:
             keepalive=self._keepalive,
             clock=self._clock,
             tasks=self._tg,  # (its handlers run in the node's group: an idle channel holds none)
-            scope=scope,
         )
         self._on_peer(control.peer_id)
         # The endpoint that was dialled: ours as the peer reached it, or the one we dialled.
@@ -468,16 +470,15 @@ class Connections:
                     self._tg.start_soon(other.retire)
         return control
 
-    async def _run(self, control: ControlChannel, held: Held | None, scope: anyio.CancelScope) -> None:
-        # A channel accepted (holding its place ``held``) or dialled by other means, for its life,
-        # in ``scope`` (as _dial).
-        with scope:
-            try:
-                await control.run()
-            finally:
-                self._ended(control)
-                if held is not None:
-                    self.holdings.release(held)
+    async def _run(self, control: ControlChannel, held: Held | None) -> None:
+        # A channel accepted (holding its place ``held``) or dialled by other means, for its life:
+        # the channel ends the task (as _dial's).
+        try:
+            await control.run()
+        finally:
+            self._ended(control)
+            if held is not None:
+                self.holdings.release(held)
 
     def _ended(self, control: ControlChannel) -> None:
         # A channel's run is over: the owner is told, and it is forgotten. (_dial calls this
@@ -529,10 +530,9 @@ class Connections:
         endpoint = None
         if peer.address is not None and peer.port is not None:
             endpoint = EndPoint(peer.address[0], peer.port)
-        scope = anyio.CancelScope()
-        control = held.handle = self._adopt(channel, initiator=False, endpoint=endpoint, scope=scope)
+        control = held.handle = self._adopt(channel, initiator=False, endpoint=endpoint)
         try:
-            links.start_soon(self._run, control, held, scope, scope=scope)  # (evicted: the handle ends it)
+            links.start_soon(self._run, control, held, handle=control)  # (evicted: the handle ends it)
         except BaseException:  # (trio: the group is closing) the listener closes the channel
             self._ended(control)
             self.holdings.release(held)

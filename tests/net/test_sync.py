@@ -223,8 +223,8 @@ async def test_a_task_given_a_scope_runs_in_it_and_the_set_cancels_it_with_the_g
         tasks = TaskSet(tg)
         tg.start_soon(tasks.keep)
         first, second = anyio.CancelScope(), anyio.CancelScope()
-        tasks.start_soon(work, first, started[0], "first", scope=first)
-        tasks.start_soon(work, second, started[1], "second", scope=second)
+        tasks.start_soon(work, first, started[0], "first", handle=first)
+        tasks.start_soon(work, second, started[1], "second", handle=second)
         with anyio.fail_after(5):
             await started[0].wait()
             await started[1].wait()
@@ -233,7 +233,7 @@ async def test_a_task_given_a_scope_runs_in_it_and_the_set_cancels_it_with_the_g
                 await anyio.sleep(0.01)
             assert events == ["first"]
             broken = anyio.CancelScope()
-            tasks.start_soon(fails, broken, scope=broken)  # a failure ends only its task, logged
+            tasks.start_soon(fails, broken, handle=broken)  # a failure ends only its task, logged
             while len(tasks) != 1:
                 await anyio.sleep(0.01)
         assert "a task of test_a_task_given_a_scope" in caplog.text
@@ -241,6 +241,46 @@ async def test_a_task_given_a_scope_runs_in_it_and_the_set_cancels_it_with_the_g
         tg.cancel_scope.cancel()  # the group's cancel reaches the other through its scope
     assert events == ["first", "second"]
     assert len(tasks) == 0
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_a_task_given_a_handle_is_ended_by_it_when_the_group_is_cancelled() -> None:
+    # (a node's channel task: the channel ends it, and the task holds no cancel scope)
+    events: list[str] = []
+
+    class Ends:
+        def __init__(self) -> None:
+            self.asked = anyio.Event()
+            self.cancels = 0
+
+        def cancel(self) -> None:
+            self.cancels += 1
+            self.asked.set()
+
+    async def work(ends: Ends) -> None:
+        await ends.asked.wait()
+        await anyio.sleep(0.01)  # (still waited for: the group ends after it)
+        events.append("ended")
+
+    async with anyio.create_task_group() as tg:
+        tasks = TaskSet(tg)
+        tg.start_soon(tasks.keep)
+        ends = Ends()
+        tasks.start_soon(work, ends, handle=ends)
+        await anyio.sleep(0.01)
+        assert len(tasks) == 1
+        tg.cancel_scope.cancel()
+    assert events == ["ended"]
+    assert ends.cancels == 1
+    assert len(tasks) == 0
+
+    # Started once the set was cancelled: cancelled at once.
+    late = Ends()
+    tasks.start_soon(work, late, handle=late)
+    assert late.cancels == 1
+    with anyio.fail_after(5):
+        while len(tasks):
+            await anyio.sleep(0.01)
 
 
 async def test_a_task_of_a_set_keeps_only_what_its_function_keeps() -> None:
@@ -279,7 +319,7 @@ async def test_a_task_that_fails_to_start_leaves_nothing_to_wait_for() -> None:
         tg.start_soon(tasks.keep)
         scope = anyio.CancelScope()
         with pytest.raises(RuntimeError, match="no coroutine made"):
-            tasks.start_soon(not_a_coroutine, scope, scope=scope)
+            tasks.start_soon(not_a_coroutine, scope, handle=scope)
         assert len(tasks) == 0
         tasks.close()  # (keep returns: it waits for nothing)
 
@@ -296,8 +336,8 @@ async def test_on_asyncio_tasks_given_scopes_share_one_done_callback_and_its_con
         tg.start_soon(tasks.keep)
         for _ in range(3):
             scope = anyio.CancelScope()
-            tasks.start_soon(work, scope, scope=scope)
-        callbacks = [task._callbacks for task in tasks._scopes]  # type: ignore[attr-defined]
+            tasks.start_soon(work, scope, handle=scope)
+        callbacks = [task._callbacks for task in tasks._handles]  # type: ignore[attr-defined]
         assert all(len(c) == 1 for c in callbacks)
         assert len({id(c[0][0]) for c in callbacks}) == 1  # one bound method
         assert len({id(c[0][1]) for c in callbacks}) == 1  # one context
