@@ -7,7 +7,6 @@ Low-level errors are mapped to peerkit's here, once, keeping the cause.
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import math
 import time
@@ -26,7 +25,7 @@ from peerkit.identity import Identity, PeerId
 from peerkit.model import EndPoint, check_text, seconds_text
 from peerkit.net.relay import PrefixedStream, RelayAttribute, dial_relayed, read_frame
 from peerkit.net.tcp import TcpStream
-from peerkit.net.transport import BROKEN, TcpTransport, Transport, unreachable
+from peerkit.net.transport import BROKEN, TcpTransport, Transport, is_public, unreachable
 from peerkit.proto import messages
 from peerkit.proto import relay as relay_wire
 from peerkit.proto.admission import (
@@ -591,7 +590,7 @@ class ChannelListener(anyio.abc.AsyncResource):
         def handle(stream: anyio.abc.ByteStream) -> Awaitable[None]:
             # (the listener awaits what it returns: no frame of its own for the connection's life)
             address = _remote(stream)
-            if isinstance(address, tuple) and _is_public(str(address[0])):
+            if isinstance(address, tuple) and is_public(str(address[0])):
                 self.accepted_publicly = anyio.current_time()
             return self._handle(stream, handler, peek=self.relay is not None)
 
@@ -743,13 +742,6 @@ async def listen(
         max_handshakes=max_handshakes,
         admission=admission,
     )
-
-
-def _is_public(host: str) -> bool:
-    try:
-        return ipaddress.ip_address(host).is_global
-    except ValueError:
-        return False
 
 
 def _remote(stream: anyio.abc.ByteStream) -> object:

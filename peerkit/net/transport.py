@@ -27,6 +27,7 @@ __all__ = (
     "GuardedListener",
     "TcpTransport",
     "Transport",
+    "is_public",
     "local_addresses",
     "on_asyncio",
     "reachable_host",
@@ -53,6 +54,14 @@ def unreachable(text: str, *also: type[Exception], detail: bool = False) -> Iter
     except mapped as exc:
         reason = f": {exc.strerror or exc}" if detail and isinstance(exc, OSError) else ""
         raise PeerUnreachable(text + reason) from exc
+
+
+def is_public(host: str) -> bool:
+    """Whether ``host`` is a global address (not private, loopback, link-local, reserved...)."""
+    try:
+        return ipaddress.ip_address(host).is_global
+    except ValueError:
+        return False
 
 
 def reachable_host(host: str) -> str:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import ipaddress
 import logging
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -27,7 +26,7 @@ from peerkit.identity import Identity, PeerId
 from peerkit.model import EndPoint
 from peerkit.net.channel import SecureChannel, dial
 from peerkit.net.control import ControlChannel, Handler, KeepaliveClock, KeepalivePolicy, NoticeHandler
-from peerkit.net.transport import Transport
+from peerkit.net.transport import Transport, is_public
 from peerkit.peers import Peer, PeerOps
 from peerkit.proto.admission import RefusalCounter, source_of
 from peerkit.proto.holdings import Held, Holdings, HoldingsPolicy, NotKept
@@ -211,6 +210,9 @@ class Connections:
         self.holdings = Holdings(holdings)
         self._refusals = RefusalCounter(what="channel")
         self._controls: dict[PeerId, list[ControlChannel]] = {}
+        #: The direct channels from public addresses, in the order they opened (what the
+        #: reachability pass looks at: none on a LAN, however many channels are open).
+        self._public: dict[ControlChannel, None] = {}
         self._dials: dict[tuple[PeerId | None, EndPoint], _Dial] = {}
         self._tg: anyio.abc.TaskGroup | None = None
         self._links: TaskSet | None = None  # the dialled channels' tasks (in the node's group)
@@ -244,6 +246,7 @@ class Connections:
     def clear(self) -> None:
         """Forget every channel (the node stopped: its task group closed them)."""
         self._controls.clear()
+        self._public.clear()
         self._dials.clear()
         self._tg = self._hello = self._clock = self._links = None
 
@@ -261,16 +264,11 @@ class Connections:
     def seen_publicly(self) -> set[str]:
         """The addresses peers on the Internet (at public addresses, over direct channels) say
         they see this node at (``"seen"`` in their pongs)."""
-        seen = set()
-        for channels in self._controls.values():
-            for control in channels:
-                address = control.channel.peer.address
-                if control.closed or control.seen is None or address is None or control.channel.relay:
-                    continue
-                with contextlib.suppress(ValueError):
-                    if ipaddress.ip_address(address[0]).is_global:
-                        seen.add(control.seen[0])
-        return seen
+        return {c.seen[0] for c in self._public if not c.closed and c.seen is not None}
+
+    def public(self) -> list[ControlChannel]:
+        """The open direct channels from peers at public addresses, the oldest first."""
+        return [c for c in self._public if not c.closed]
 
     def controls(self, peer_id: PeerId) -> list[ControlChannel]:
         """The open control channels to ``peer_id``."""
@@ -458,6 +456,9 @@ class Connections:
             and (c.dialler != control.dialler or c.via == control.via)
         ]
         channels.append(control)
+        address = channel.peer.address
+        if channel.relay is None and address is not None and is_public(address[0]):
+            self._public[control] = None
         if rivals:
             # Both peers dialled each other (or one dialled the same endpoint twice): both keep
             # the same channel (the one the lower id dialled) and retire the others, which close
@@ -485,6 +486,7 @@ class Connections:
         # itself rather than await _run: a coroutine frame less on each of thousands of idle
         # channels.)
         self._on_closed(control)
+        self._public.pop(control, None)
         channels = self._controls.get(control.peer_id)
         if channels is not None and control in channels:
             channels.remove(control)

@@ -15,7 +15,6 @@ Evidence, strongest first:
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 from collections.abc import Callable
 from typing import Any, Final
@@ -25,11 +24,11 @@ import anyio
 from peerkit.errors import PeerkitError
 from peerkit.identity import PeerId
 from peerkit.net.control import ControlChannel, Reply
-from peerkit.net.transport import Transport, local_addresses
+from peerkit.net.transport import Transport, is_public, local_addresses
 from peerkit.node.connections import Connections
 from peerkit.proto.requests import DialbackRequest, ErrorCode, Refused, check_reply, error_reply
 
-__all__ = ("DIALBACK_TIMEOUT", "MAX_DIALBACKS", "PROVEN_FOR", "Reachability", "is_public")
+__all__ = ("DIALBACK_TIMEOUT", "MAX_DIALBACKS", "PROVEN_FOR", "Reachability")
 
 log = logging.getLogger(__name__)
 
@@ -40,14 +39,6 @@ PROVEN_FOR: Final = 3600.0
 DIALBACK_TIMEOUT: Final = 3.0
 #: Dial-backs this node makes for its contacts at once (more are answered "limit").
 MAX_DIALBACKS: Final = 4
-
-
-def is_public(host: str) -> bool:
-    """Whether ``host`` is a global address (not private, loopback, link-local, reserved...)."""
-    try:
-        return ipaddress.ip_address(host).is_global
-    except ValueError:
-        return False
 
 
 class Reachability:
@@ -126,14 +117,7 @@ class Reachability:
 
     def _helper(self) -> ControlChannel | None:
         # A contact over a direct channel from a public address (it dials from the Internet).
-        for peer_id in self._connections.peers():
-            if not self._is_contact(peer_id):
-                continue
-            for control in self._connections.controls(peer_id):
-                address = control.channel.peer.address
-                if control.channel.relay is None and address is not None and is_public(address[0]):
-                    return control
-        return None
+        return next((c for c in self._connections.public() if self._is_contact(c.peer_id)), None)
 
     async def _ask(self, control: ControlChannel) -> bool | None:
         _, _, port = self._listening()

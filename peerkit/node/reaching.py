@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import itertools
 import logging
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass
@@ -30,10 +31,10 @@ from peerkit.net.channel import SecureChannel
 from peerkit.net.control import ControlChannel, Reply
 from peerkit.net.punch import ATTEMPT_TIMEOUT, MAX_CANDIDATES, Punch
 from peerkit.net.relay import Announce, RelayService, RelayStats, take_circuit
-from peerkit.net.transport import TcpTransport, Transport, local_addresses
+from peerkit.net.transport import TcpTransport, Transport, is_public, local_addresses
 from peerkit.node.connections import Connections, Me
 from peerkit.node.mapping import PortMapping
-from peerkit.node.reachability import Reachability, is_public
+from peerkit.node.reachability import Reachability
 from peerkit.peers import Peer
 from peerkit.proto import relay as wire
 from peerkit.proto.messages import USE_CONTROL, USE_STREAM
@@ -73,6 +74,11 @@ PUNCH_TIMEOUT: Final = 10.0
 AUTO_RELAYS: Final = 2
 #: Seconds between looks at this node's reachability and for contacts that relay.
 AUTO_CHECK: Final = 30.0
+#: Looks asked for sooner (each channel a contact opens asks for one) are taken at once up to
+#: this many, then one every AUTO_GAP seconds: a thousand contacts coming at once cost a look a
+#: second, not a thousand (each look goes through every channel).
+AUTO_BURST: Final = 4
+AUTO_GAP: Final = 1.0
 #: Seconds before a contact's record is asked for again (whether it relays).
 AUTO_ASK_AGAIN: Final = 600.0
 #: Contacts asked at once whether they relay, and the seconds each answer may take.
@@ -374,9 +380,16 @@ class Reaching:
         self._changed()
 
     async def _look_after_reachability(self) -> None:
+        spare, last = float(AUTO_BURST), anyio.current_time()  # a token bucket of looks
         while True:
             with anyio.move_on_after(AUTO_CHECK):
                 await self._wake.wait()
+            now = anyio.current_time()
+            spare, last = min(float(AUTO_BURST), spare + (now - last) / AUTO_GAP), now
+            if spare < 1:
+                await anyio.sleep((1 - spare) * AUTO_GAP)
+                spare, last = 1.0, anyio.current_time()
+            spare -= 1
             self._wake = Flag()
             reachable = await self.reachability.assess()
             if reachable != self.reachable:
@@ -400,13 +413,13 @@ class Reaching:
         now = anyio.current_time()
         self._asked = {p: (t, e) for p, (t, e) in self._asked.items() if now - t < AUTO_ASK_AGAIN}
         chosen = {e.relay for e in self._auto} | {e.relay for e in self._relays}
-        unasked = [
+        unasked = (
             p
             for p in self._connections.peers()
             if p not in self._asked and p not in chosen and self._is_contact(p)
-        ]
+        )
         async with anyio.create_task_group() as tg:  # at once: a contact that does not answer delays none
-            for peer_id in unasked[:AUTO_ASK_AT_ONCE]:
+            for peer_id in itertools.islice(unasked, AUTO_ASK_AT_ONCE):
                 controls = self._connections.controls(peer_id)
                 if controls:
                     self._asked[peer_id] = (now, None)

@@ -3,6 +3,7 @@ in its record, and is invited and streamed to through it; the relay's refusals a
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -21,6 +22,8 @@ from peerkit import (
 )
 from peerkit.discovery.memory import MemoryDiscovery
 from peerkit.net.channel import SecureChannel
+from peerkit.node import reaching
+from peerkit.node.reaching import AUTO_BURST, AUTO_GAP
 from peerkit.testing import MemoryNetwork
 
 pytestmark = pytest.mark.anyio
@@ -345,3 +348,57 @@ async def test_dialback_is_for_contacts_over_direct_channels_and_says_what_it_fo
                 malformed = await ask(contact, 0)
                 assert (malformed["t"], malformed["code"]) == ("error", "malformed")
                 tg.cancel_scope.cancel()
+
+
+async def test_contacts_that_come_at_once_cost_a_few_looks_at_reachability(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Each look goes through the channels open: one per channel a contact opens would make a
+    # thousand contacts coming at once cost a million steps. The looks come at once up to
+    # AUTO_BURST, then one every AUTO_GAP seconds.
+    gap = AUTO_GAP / 4
+    monkeypatch.setattr(reaching, "AUTO_GAP", gap)
+    async with contact_relay(firewall=False) as (net, _relay, bob):
+        await eventually(lambda: bob.reach().auto_relays)
+        await anyio.sleep(AUTO_BURST * gap)  # the looks that came at once are made up
+        looks: list[float] = []
+        evident = bob._reaching.reachability.evident
+
+        def counted() -> bool | None:
+            looks.append(anyio.current_time())
+            return evident()
+
+        monkeypatch.setattr(bob._reaching.reachability, "evident", counted)
+        ids = [Identity.generate() for _ in range(20)]
+        for identity in ids:
+            await bob.contacts.add(identity.id)
+        async with contextlib.AsyncExitStack() as stack:
+            nodes = [
+                await stack.enter_async_context(
+                    Node(identity=identity, network=net, listen=(f"10.0.3.{i}", 7000))
+                )
+                for i, identity in enumerate(ids, 1)
+            ]
+            start = anyio.current_time()
+            for node in nodes:  # one after another, each a look sooner
+                await node.peer_at(BOB_HOST, 7000, bob.id)
+            await eventually(lambda: all(bob.channels(node.id) for node in nodes))
+            await anyio.sleep(1.5 * gap)
+            took = anyio.current_time() - start
+        assert 1 <= len(looks) <= AUTO_BURST + took / gap + 1
+        assert not bob.reach().reachable  # (each look still says what it sees)
+
+
+async def test_the_channels_the_reachability_looks_at_are_the_direct_ones_from_public_addresses() -> None:
+    net = MemoryNetwork()
+    async with Node(identity=Identity.generate(), network=net, listen=(BOB_HOST, 7000)) as bob:
+        public = Node(identity=Identity.generate(), network=net, listen=(PUBLIC_ALICE, 7000))
+        private = Node(identity=Identity.generate(), network=net, listen=(ALICE_HOST, 7000))
+        async with public, private:
+            await public.peer_at(BOB_HOST, 7000, bob.id)
+            await private.peer_at(BOB_HOST, 7000, bob.id)
+            await eventually(lambda: bob.channels(public.id) and bob.channels(private.id))
+            assert [c.peer_id for c in bob._connections.public()] == [public.id]
+            await bob.disconnect(public.id)
+            assert bob._connections.public() == []
+            assert bob.channels(private.id)
