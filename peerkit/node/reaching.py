@@ -401,8 +401,8 @@ class Reaching:
     async def _choose_relays(self) -> None:
         # While this node cannot be reached and is signed in to the Internet scope (where peers
         # elsewhere look for it), keep reservations on up to AUTO_RELAYS contacts whose records
-        # say they relay (asked over the channels open to them; each answer remembered for
-        # AUTO_ASK_AGAIN); else release them.
+        # say they relay (asked over the channels open to them while fewer are known; each
+        # answer remembered for AUTO_ASK_AGAIN); else release them.
         wanted = not self.reachable and self._auto_relay and self._internet()
         for relay, scope in list(self._auto.items()):
             if not wanted:
@@ -418,17 +418,22 @@ class Reaching:
             for p in self._connections.peers()
             if p not in self._asked and p not in chosen and self._is_contact(p)
         )
-        async with anyio.create_task_group() as tg:  # at once: a contact that does not answer delays none
-            for peer_id in itertools.islice(unasked, AUTO_ASK_AT_ONCE):
-                controls = self._connections.controls(peer_id)
-                if controls:
-                    self._asked[peer_id] = (now, None)
-                    tg.start_soon(self._ask_relay, peer_id, controls[0], now)
-        known = [e for _, e in self._asked.values() if e is not None and e.relay not in chosen]
+        if len(self._auto) + len(self._relaying(chosen)) < AUTO_RELAYS:  # (else no one is asked)
+            async with anyio.create_task_group() as tg:  # at once: one that does not answer delays none
+                for peer_id in itertools.islice(unasked, AUTO_ASK_AT_ONCE):
+                    controls = self._connections.controls(peer_id)
+                    if controls:
+                        self._asked[peer_id] = (now, None)
+                        tg.start_soon(self._ask_relay, peer_id, controls[0], now)
+        known = self._relaying(chosen)
         for relay in known[: AUTO_RELAYS - len(self._auto)]:
             log.info("keeping a reservation on %s, a contact that relays", relay)
             self._auto[relay] = scope = anyio.CancelScope()
             self._tg.start_soon(self._keep_chosen, relay, scope)
+
+    def _relaying(self, chosen: set[PeerId | None]) -> list[EndPoint]:
+        # The contacts that said they relay, not chosen yet.
+        return [e for _, e in self._asked.values() if e is not None and e.relay not in chosen]
 
     async def _ask_relay(self, peer_id: PeerId, control: ControlChannel, now: float) -> None:
         # Whether ``peer_id`` relays (its record says so): the endpoint to reserve on, or None.

@@ -402,3 +402,18 @@ async def test_the_channels_the_reachability_looks_at_are_the_direct_ones_from_p
             await bob.disconnect(public.id)
             assert bob._connections.public() == []
             assert bob.channels(private.id)
+
+
+async def test_contacts_are_not_asked_whether_they_relay_once_enough_are_kept(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(reaching, "AUTO_RELAYS", 1)
+    async with contact_relay() as (net, relay, bob):
+        await eventually(lambda: bob.reach().auto_relays)
+        carol = Node(identity=Identity.generate(), network=net, listen=(PUBLIC_ALICE, 7000))
+        await bob.contacts.add(carol.id, nickname="carol")
+        async with carol:
+            await bob.peer_at(PUBLIC_ALICE, 7000, carol.id)  # a channel to a contact: a look
+            await anyio.sleep(1.5 * AUTO_GAP)
+            assert carol.id not in bob._reaching._asked  # one relay is kept: no one else is asked
+            assert relay.id in bob._reaching._asked
