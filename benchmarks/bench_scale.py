@@ -32,9 +32,9 @@ from peerkit import KeepalivePolicy
 NAME = "scale"
 SUBSCRIBERS = 5_000
 SAMPLES = 10
-#: Seconds the idle CPU is measured over (two keepalive intervals), and waited before it.
-IDLE_SECONDS = 2 * KeepalivePolicy().interval
+#: Seconds waited before the idle CPU is measured (one keepalive interval), and measured over (two).
 SETTLE_SECONDS = KeepalivePolicy().interval
+IDLE_SECONDS = 2 * SETTLE_SECONDS
 STEPS = SUBSCRIBERS // 500 * 2 + 3 + SAMPLES
 TARGET_BYTES = 10 * 1024
 TARGET_CPU = 0.05

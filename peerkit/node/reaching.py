@@ -413,12 +413,12 @@ class Reaching:
         now = anyio.current_time()
         self._asked = {p: (t, e) for p, (t, e) in self._asked.items() if now - t < AUTO_ASK_AGAIN}
         chosen = {e.relay for e in self._auto} | {e.relay for e in self._relays}
-        unasked = (
-            p
-            for p in self._connections.peers()
-            if p not in self._asked and p not in chosen and self._is_contact(p)
-        )
         if len(self._auto) + len(self._relaying(chosen)) < AUTO_RELAYS:  # (else no one is asked)
+            unasked = (
+                p
+                for p in self._connections.peers()
+                if p not in self._asked and p not in chosen and self._is_contact(p)
+            )
             async with anyio.create_task_group() as tg:  # at once: one that does not answer delays none
                 for peer_id in itertools.islice(unasked, AUTO_ASK_AT_ONCE):
                     controls = self._connections.controls(peer_id)
