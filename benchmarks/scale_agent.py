@@ -47,14 +47,14 @@ def rss() -> int:
     raise RuntimeError("no VmRSS in /proc/self/status")
 
 
-def _more_descriptors() -> None:
+def more_descriptors() -> None:
     # Each subscriber holds a connection: as many descriptors as the hard limit allows.
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
 async def publisher(n: int) -> None:
-    _more_descriptors()
+    more_descriptors()
     # Every subscriber dials from 127.0.0.1, faster than one source may start handshakes (50 a
     # second): the figure is the node's scale, so that limit is lifted; and the node holds more
     # channels than its default 1,024.
@@ -86,7 +86,7 @@ async def publisher(n: int) -> None:
 
 
 async def subscribers(n: int, port: int, publisher_id: str) -> None:
-    _more_descriptors()
+    more_descriptors()
     counter = Counter(n)
 
     async def handler(event: PresenceChanged) -> None:

@@ -41,6 +41,7 @@ from peerkit.proto.control import (
     has_lists,
     take,
 )
+from peerkit.proto.messages import encode_pong
 from peerkit.proto.requests import ErrorCode, error_reply, seen_address
 from peerkit.sync import Flag
 
@@ -309,10 +310,18 @@ class ControlChannel:
         except anyio.ClosedResourceError as exc:
             raise PeerUnreachable(f"the channel to {self.peer_id.fingerprint} closed") from exc
 
-    async def _send_reply(self, rid: int, reply: Reply) -> None:
-        # The one place a reply to the peer goes out; the rid is answered after it is sent.
+    async def _send_reply(self, rid: int, reply: Reply | bytes) -> None:
+        # The one place a reply to the peer goes out; the rid is answered after it is sent. A
+        # reply already encoded (``bytes``, its rid in it: a pong) goes at once when the stream
+        # can take it, without waiting for the send lock.
         try:
-            if reply is not None and not self._closed.is_set():
+            if isinstance(reply, bytes):
+                try:
+                    if not self._closed.is_set() and not self.channel.try_send_encoded(reply):
+                        await self.channel.send_encoded(reply)
+                except (PeerUnreachable, anyio.ClosedResourceError) as exc:
+                    log.info("could not answer request %d of %s: %s", rid, self.peer_id.fingerprint, exc)
+            elif reply is not None and not self._closed.is_set():
                 answer = reply if isinstance(reply, Answer) else None
                 message = reply.message if isinstance(reply, Answer) else reply
                 whole = {**message, "rid": rid}
@@ -523,9 +532,8 @@ class ControlChannel:
                 # (its requests wait in its own buffers, not in this node's memory).
                 await self.channel.writable()
         elif isinstance(event, PingReceived):
-            address = self.channel.peer.address
-            pong: dict[str, Any] = {"t": "pong"} if address is None else {"t": "pong", "seen": list(address)}
-            await self._send_reply(event.rid, pong)  # (in the reading task: no task per ping)
+            # (in the reading task: no task per ping; its bytes made directly, see encode_pong)
+            await self._send_reply(event.rid, encode_pong(event.rid, self.channel.peer.address))
         elif isinstance(event, RetireReceived):
             if event.answer:
                 self._start(self.retire)

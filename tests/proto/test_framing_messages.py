@@ -298,3 +298,33 @@ def test_a_value_with_too_many_items_is_refused_before_the_work() -> None:
     with pytest.raises(ProtocolError, match="more than 99 items"):
         messages.decode(messages.encode(list(range(100))), max_items=99)
     assert messages.decode(messages.encode(list(range(99))), max_items=99) == list(range(99))
+
+
+hosts = st.one_of(
+    st.ip_addresses().map(str),
+    st.text(min_size=1, max_size=300),  # (not an address: the bytes still match the general path)
+)
+
+
+@given(
+    st.integers(0, 2**64 - 1),
+    st.none() | st.tuples(hosts, st.integers(0, 0xFFFF)),
+)
+def test_a_pong_is_the_bytes_the_general_encoder_makes(rid: int, seen: tuple[str, int] | None) -> None:
+    message: dict[str, object] = {"t": "pong", "rid": rid}
+    if seen is not None:
+        message["seen"] = list(seen)
+    pong = messages.encode_pong(rid, seen)
+    assert pong == messages.encode_message(message)
+    assert messages.decode_message(pong) == message
+
+
+def test_a_pong_refuses_what_a_pong_cannot_say() -> None:
+    with pytest.raises(ValueError, match="unsigned 64-bit integer, not -1"):
+        messages.encode_pong(-1)
+    with pytest.raises(ValueError, match="unsigned 64-bit integer, not 18446744073709551616"):
+        messages.encode_pong(2**64)
+    with pytest.raises(ValueError, match="unsigned 64-bit integer, not True"):
+        messages.encode_pong(True)
+    with pytest.raises(ValueError, match="port is 0-65535, not 65536"):
+        messages.encode_pong(1, ("127.0.0.1", 65536))
