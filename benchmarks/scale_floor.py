@@ -10,8 +10,8 @@ message ``{"t": "ping", "rid": n}`` sealed with ChaCha20-Poly1305 under a key of
 own and a counter nonce. The server opens the frame, decodes the message, and answers with the
 pong peerkit answers with (``{"t": "pong", "rid": n, "seen": [host, port]}``, the same bytes: put
 together from a prefix, the rid and the connection's own "seen" entry), sealed the same way, in
-one write. It keeps one OpenSSL cipher context for each direction of each
-connection. No handshake, no tasks, no checks beyond the tag: a floor, not a node.
+one write. It keeps one OpenSSL cipher context for each direction of each connection. No
+handshake, no tasks, no checks beyond the tag: a floor, not a node.
 
 Both speak JSON lines like benchmarks/scale_agent.py: the server prints its port, then answers
 ``{"do": "idle", "seconds": s}`` with its CPU share over ``s`` seconds; the clients print
@@ -43,7 +43,7 @@ _PONG = cbor2.dumps({"t": "pong", "rid": 0, "seen": 0}, canonical=True)[:-7]
 
 def _keys(i: int) -> tuple[bytes, bytes]:
     # The keys of connection i: clients-to-server, server-to-clients (the server learns i from
-    # the connection's first frame's length-prefixed index).
+    # the first 4 bytes the connection sends, before its frames).
     seed = i.to_bytes(4, "big")
     return hashlib.sha256(b"ping" + seed).digest(), hashlib.sha256(b"pong" + seed).digest()
 
