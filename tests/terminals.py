@@ -35,6 +35,17 @@ def terminal(*args: str, env: dict[str, str], namespace: str | None = None) -> p
     return pexpect.spawn(command[0], command[1:], env=env, encoding="utf-8", timeout=30, dimensions=(40, 200))
 
 
+def printed(child: pexpect.spawn) -> str:
+    """What ``child`` has written that no ``expect`` has read yet, without waiting (for the message
+    of a failure elsewhere: what the other side of a conversation was doing)."""
+    shown = []
+    while True:
+        try:
+            shown.append(child.read_nonblocking(65536, timeout=0))
+        except (pexpect.TIMEOUT, pexpect.EOF):
+            return "".join(shown)
+
+
 def exit_status(child: pexpect.spawn) -> int:
     """The exit code of ``child``, once it ended."""
     child.expect(pexpect.EOF)

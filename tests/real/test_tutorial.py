@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pexpect
 import pytest
-from terminals import exit_status, person, terminal
+from terminals import exit_status, person, printed, terminal
 
 from peerkit.testing import NamespaceLan
 
@@ -53,8 +53,17 @@ def test_the_tutorial_shows_the_commands_this_test_runs() -> None:
     assert "sudo nft add rule inet filter input tcp dport 7000 accept" in TUTORIAL.read_text()
 
 
+def heard(bob: pexpect.spawn, pattern: str, alice: pexpect.spawn) -> None:
+    # bob shows ``pattern`` (alice's invitation); if not in time, the failure shows what alice's
+    # terminal said meanwhile (still looking for bob, or stuck later).
+    try:
+        bob.expect(pattern)
+    except pexpect.TIMEOUT:
+        pytest.fail(f"bob showed no {pattern!r} in {bob.timeout} s; alice's terminal: {printed(alice)!r}")
+
+
 def chat(alice: pexpect.spawn, bob: pexpect.spawn) -> None:
-    bob.expect(r"alice \(\S+\) invites you to chat\. Accept\? \[y/N\]")
+    heard(bob, r"alice \(\S+\) invites you to chat\. Accept\? \[y/N\]", alice)
     bob.send("y\r")
     alice.expect("chatting with bob")
     bob.expect("chatting with alice")
@@ -69,7 +78,7 @@ def chat(alice: pexpect.spawn, bob: pexpect.spawn) -> None:
 
 
 def send(alice: pexpect.spawn, bob: pexpect.spawn, report: Path, downloads: Path) -> None:
-    bob.expect(r"alice \(\S+\) offers 1 file .*report\.pdf\. Save into .*\? \[y/N\]")
+    heard(bob, r"alice \(\S+\) offers 1 file .*report\.pdf\. Save into .*\? \[y/N\]", alice)
     bob.send("y\r")
     bob.expect("saved .*report.pdf")
     alice.expect("bob has 1 of 1 files")
