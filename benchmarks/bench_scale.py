@@ -40,8 +40,10 @@ from peerkit import KeepalivePolicy
 NAME = "scale"
 SUBSCRIBERS = 5_000
 SAMPLES = 10
+#: Seconds between a channel's keepalive pings (each subscriber's, and each of the floor's).
+INTERVAL = KeepalivePolicy().interval
 #: Seconds waited before the idle CPU is measured (one keepalive interval), and measured over (two).
-SETTLE_SECONDS = KeepalivePolicy().interval
+SETTLE_SECONDS = INTERVAL
 IDLE_SECONDS = 2 * SETTLE_SECONDS
 STEPS = SUBSCRIBERS // 500 * 2 + 4 + SAMPLES
 TARGET_BYTES = 10 * 1024
@@ -90,8 +92,7 @@ def _floor(n: int) -> Iterator[_Agent]:
     clients = None
     try:
         port = server.read()["port"]
-        interval = KeepalivePolicy().interval
-        clients = _Agent("clients", str(n), str(port), str(interval), module="benchmarks.scale_floor")
+        clients = _Agent("clients", str(n), str(port), str(INTERVAL), module="benchmarks.scale_floor")
         assert clients.read()["connected"] == n
         yield server
     finally:

@@ -111,7 +111,6 @@ class _Pinging(asyncio.Protocol):
     def __init__(self, receiving: _Sealed) -> None:
         self.receiving = receiving
         self.buffer = b""
-        self.pongs = 0
 
     def data_received(self, data: bytes) -> None:
         buffer = self.buffer + data
@@ -121,7 +120,6 @@ class _Pinging(asyncio.Protocol):
                 break
             message = cbor2.loads(self.receiving.open(buffer[2 : 2 + size]))
             assert message["t"] == "pong", message
-            self.pongs += 1
             buffer = buffer[2 + size :]
         self.buffer = buffer
 
