@@ -341,6 +341,8 @@ async def test_a_watched_contact_goes_offline_when_its_cable_is_pulled_or_it_is_
         alice_port = int(seen_alice["endpoints"][0].rsplit(":", 1)[1])
         bob_id = (await alice.expect(change("ADDED", nickname="bob")))["id"]
         await alice.send(cmd="befriend", id=bob_id, host=addr_b, port=1)  # allowed to watch her
+        # (before bob subscribes: a loaded machine may run his subscription before her command)
+        await alice.expect(lambda line: line.get("done") == "befriend")
         await bob.send(cmd="befriend", id=alice_id, host=addr_a, port=alice_port)
         await alice.send(cmd="presence", status="BUSY", text="in a call")
         await bob.send(cmd="subscribe", id=alice_id)
