@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -49,7 +50,7 @@ from peerkit.node.connections import ChannelPeer, Me
 from peerkit.peers import NearbyPeer, Peer, PeerOps
 from peerkit.sync import Flag
 
-__all__ = ("PROVIDER_TIMEOUT", "Nearby", "NearbyHandler")
+__all__ = ("NEAR_SETTLE", "NEAR_WAIT", "PROVIDER_TIMEOUT", "Nearby", "NearbyHandler")
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +58,9 @@ log = logging.getLogger(__name__)
 PROVIDER_TIMEOUT: Final = 5.0
 #: Seconds a peer that is not where it was known to be is waited for among the people near me.
 NEAR_WAIT: Final = 1.5
+#: Seconds after its start in which a node may not have heard all of its LAN yet (a multicast
+#: answer lost, or a busy machine): a peer looked for near me sooner is waited for until then.
+NEAR_SETTLE: Final = 5.0
 
 NearbyHandler = Callable[[NearbyChanged], Awaitable[None]]
 
@@ -107,6 +111,7 @@ class Nearby:
         self._republish = Flag()
         self._near_me = Flag()  # set while signed in to NEAR_ME
         self._tg: anyio.abc.TaskGroup | None = None
+        self._started = -math.inf  # when the providers started, on anyio's clock
 
     # -- lifetime ----------------------------------------------------------------------------
     async def start(self, tg: anyio.abc.TaskGroup, local_id: PeerId) -> None:
@@ -116,6 +121,7 @@ class Nearby:
             with ``tg``).
         """
         self._tg = tg
+        self._started = anyio.current_time()
         self._directory = Directory(
             local_id,
             self._changed,
@@ -387,13 +393,15 @@ class Nearby:
 
     async def _near_endpoints(self, peer_id: PeerId) -> tuple[EndPoint, ...]:
         # Where people-near-me discovery sees ``peer_id``; signed in near me, waiting up to
-        # NEAR_WAIT seconds for its record (a node that just signed in hears its LAN within a few
-        # hundred milliseconds).
+        # NEAR_WAIT seconds for its record, or until NEAR_SETTLE seconds after the start (a node
+        # that just started hears its LAN within a few hundred milliseconds, unless an answer was
+        # lost or the machine is busy: a command that signs in and invites at once).
         record = self.record_of(peer_id)
         if record is not None or not self._scope() & Scope.NEAR_ME:
             return record.endpoints if record is not None else ()
+        wait = max(NEAR_WAIT, self._started + NEAR_SETTLE - anyio.current_time())
         try:
-            return (await self.find(peer_id=peer_id, timeout=NEAR_WAIT)).endpoints
+            return (await self.find(peer_id=peer_id, timeout=wait)).endpoints
         except (PeerUnreachable, NotSignedIn):  # not near in time, or signed out meanwhile
             return ()
 

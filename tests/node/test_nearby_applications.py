@@ -23,6 +23,7 @@ from peerkit import (
 )
 from peerkit.discovery import MAX_RECORD_APPLICATIONS, make_record, read_record, record_applications
 from peerkit.identity import Identity
+from peerkit.node import nearby
 from peerkit.proto import records
 from peerkit.testing import MemoryNetwork
 
@@ -132,6 +133,47 @@ async def test_a_contact_that_listens_elsewhere_now_is_found_near_me() -> None:
             tg.start_soon(later)
             with anyio.fail_after(5):
                 assert await contact.invite(CHAT, timeout=5) is InvitationResponse.ACCEPTED
+
+
+@pytest.mark.parametrize("settle", [nearby.NEAR_SETTLE, 0.0])
+async def test_a_node_that_just_started_gives_its_lan_longer_to_show_a_contact(
+    settle: float, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # alice starts, signs in and invites bob at once where he listened once (a command does so).
+    # His record reaches her 2.5 s after her start (a multicast answer lost, a busy machine):
+    # later than a node that has run a while waits for a peer near it (NEAR_WAIT, 1.5 s), within
+    # the time a node that just started gives its LAN (NEAR_SETTLE). With no such time (settle
+    # 0: as if she had run a while), he is not found.
+    monkeypatch.setattr(nearby, "NEAR_SETTLE", settle)
+    net, hub = MemoryNetwork(), MemoryDiscovery()
+    identity = Identity.generate()
+    async with Node(
+        nickname="bob", identity=identity, network=net, listen=("10.0.0.2", 0), discovery=[hub]
+    ) as bob:
+        alice = Node(
+            nickname="alice",
+            identity=Identity.generate(),
+            network=net,
+            listen=("10.0.0.1", 0),
+            discovery=[hub],
+        )
+        async with alice, anyio.create_task_group() as tg:
+            await accept_chat(alice, bob)
+            await alice.sign_in(Scope.NEAR_ME)
+            stale = EndPoint(bob.endpoint.host, bob.endpoint.port + 1)  # nothing listens there
+            contact = await alice.contacts.add(bob.id, nickname="bob", endpoints=[stale])
+
+            async def later() -> None:
+                await anyio.sleep(2.5)
+                await bob.sign_in(Scope.NEAR_ME)
+
+            tg.start_soon(later)
+            with anyio.fail_after(8):
+                if settle:
+                    assert await contact.invite(CHAT, timeout=8) is InvitationResponse.ACCEPTED
+                else:
+                    with pytest.raises(PeerUnreachable, match="could not connect"):
+                        await contact.invite(CHAT, timeout=8)
 
 
 async def test_an_open_channel_that_breaks_mid_invitation_falls_back_on_where_the_peer_is_now() -> None:
