@@ -404,6 +404,11 @@ class Invitations:
                 return answer
         if not errors:
             raise PeerUnreachable(f"no endpoint of {peer.id.fingerprint} is known")
+        if len(errors) > 1 and all(type(error) is PeerUnreachable for error in errors):
+            # Every way failed: say how each did (where it was, and where it was looked for), with
+            # the first one's cause (a refused connection, a peer that broke the protocol).
+            said = "; ".join(dict.fromkeys(str(error) for error in errors))
+            raise PeerUnreachable(said) from errors[0].__cause__
         raise errors[0]
 
     async def _invite_warm(

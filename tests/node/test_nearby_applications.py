@@ -172,8 +172,13 @@ async def test_a_node_that_just_started_gives_its_lan_longer_to_show_a_contact(
                 if settle:
                     assert await contact.invite(CHAT, timeout=8) is InvitationResponse.ACCEPTED
                 else:
-                    with pytest.raises(PeerUnreachable, match="could not connect"):
+                    with pytest.raises(PeerUnreachable) as failed:
                         await contact.invite(CHAT, timeout=8)
+                    # Both ways are told: where he was, and where he was looked for.
+                    assert str(failed.value) == (
+                        f"could not connect to {stale.host}:{stale.port}: connection refused; "
+                        f"{bob.id.fingerprint} was not found anywhere else"
+                    )
 
 
 async def test_an_open_channel_that_breaks_mid_invitation_falls_back_on_where_the_peer_is_now() -> None:
