@@ -46,8 +46,8 @@ class FrameDecoder:
         """Add ``data``; return every frame it completes, in order.
 
         Frames that lie whole inside ``data`` come back as read-only views of it, without a copy;
-        a frame that spans several calls comes back as ``bytes``. Only the incomplete frame at the
-        end is kept back.
+        a frame that spans several calls comes back as a read-only view of the buffer it was
+        gathered in, which nothing else uses. Only the incomplete frame at the end is kept back.
 
         :raises ProtocolError: on a zero-length frame (the decoder is then unusable).
         """
@@ -73,9 +73,10 @@ class FrameDecoder:
             pos += take
             if len(buf) < 2 + n:
                 return frames
-            with memoryview(buf) as pending:
-                frames.append(bytes(pending[2:]))
-            buf.clear()
+            # The finished frame keeps the buffer it was gathered in (no second copy of up to 64
+            # KiB); the next incomplete frame gathers in a new one.
+            frames.append(memoryview(buf).toreadonly()[2:])
+            buf = self._buffer = bytearray()
         while end - pos >= 2:
             n = (view[pos] << 8) | view[pos + 1]
             if n == 0:

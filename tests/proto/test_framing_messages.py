@@ -26,6 +26,25 @@ def test_frames_whole_and_byte_by_byte() -> None:
     decoder.check_eof()
 
 
+@given(
+    st.lists(st.binary(min_size=1, max_size=3000), min_size=1, max_size=8),
+    st.lists(st.integers(min_value=1, max_value=5000), min_size=1, max_size=20),
+)
+def test_frames_in_any_chunking_stay_whole_after_later_input(payloads: list[bytes], cuts: list[int]) -> None:
+    # Every frame is kept until the end: one gathered across calls (a view of its own buffer)
+    # must not change as later input arrives, and none can be written through.
+    wire = b"".join(encode_frame(p) for p in payloads)
+    decoder, got, pos, i = FrameDecoder(), [], 0, 0
+    while pos < len(wire):
+        step = cuts[i % len(cuts)]
+        got += decoder.feed(wire[pos : pos + step])
+        pos, i = pos + step, i + 1
+    assert [bytes(frame) for frame in got] == payloads
+    for frame in got:
+        assert isinstance(frame, bytes) or frame.readonly
+    assert decoder.pending == 0
+
+
 def test_frame_errors() -> None:
     with pytest.raises(ValueError, match="0 bytes; a frame holds 1 to 65535"):
         encode_frame(b"")
