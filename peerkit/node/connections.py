@@ -78,7 +78,7 @@ async def first_of(
     when given); the others are cancelled once one succeeds (a dial under way in the node's task
     group goes on and keeps its channel), and one that succeeds too late is given to ``discard``.
 
-    :raises PeerUnreachable: the last one's, when every way failed so.
+    :raises PeerUnreachable: when every way failed so: the one's, or one that tells them all.
     :raises Exception: any other error of a way, at once.
     """
     won: list[tuple[int, T]] = []
@@ -115,8 +115,11 @@ async def first_of(
         raise other[0]
     if won:
         return won[0]
-    if unreachable:
-        raise unreachable[-1]
+    if len(unreachable) == 1:
+        raise unreachable[0]
+    if unreachable:  # say how each way failed, with the cause of the first to fail
+        said = "; ".join(dict.fromkeys(str(error) for error in unreachable))
+        raise PeerUnreachable(said) from unreachable[0].__cause__
     raise PeerUnreachable("there was no way to try")
 
 

@@ -151,7 +151,7 @@ async def test_first_of_staggers_ways_and_takes_the_first_that_works() -> None:
             started.append(index)
             await anyio.sleep(delay)
             if fails:
-                raise PeerUnreachable(f"way {index} failed")
+                raise PeerUnreachable(f"way {index} failed") from OSError(f"reason {index}")
             return f"way {index}"
 
         return attempt
@@ -167,9 +167,14 @@ async def test_first_of_staggers_ways_and_takes_the_first_that_works() -> None:
     # One that fails lets the next start at once.
     started.clear()
     assert await first_of([way(0, 0, fails=True), way(1, 0)], stagger=5) == (1, "way 1")
-    # All fail: the last error.
-    with pytest.raises(PeerUnreachable, match="way 1 failed"):
-        await first_of([way(0, 0, fails=True), way(1, 0, fails=True)])
+    # All fail: one error that tells each (the same one once), from the first one's cause.
+    with pytest.raises(PeerUnreachable) as failed:
+        await first_of([way(0, 0, fails=True), way(1, 0, fails=True), way(1, 0, fails=True)])
+    assert str(failed.value) == "way 0 failed; way 1 failed"
+    assert str(failed.value.__cause__) == "reason 0"
+    with pytest.raises(PeerUnreachable) as failed:  # only one way: its own error, as it is
+        await first_of([way(2, 0, fails=True)])
+    assert str(failed.value) == "way 2 failed"
 
     async def broken() -> str:
         raise ValueError("not a way")
