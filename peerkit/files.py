@@ -43,6 +43,7 @@ from peerkit.streams import AppStream
 
 __all__ = (
     "BATCH",
+    "BATCH_PIECES",
     "Decision",
     "Outgoing",
     "ReceiveReport",
@@ -57,6 +58,9 @@ __all__ = (
 BATCH: Final = 4 << 20
 #: Batches waiting between the stream and the file, at most (memory per transfer: about 12 MiB).
 QUEUED: Final = 2
+#: Stream messages in one received batch, at most: a sender of tiny messages ends batches sooner
+#: instead of making the receiver hold millions of small objects (about 40 bytes each).
+BATCH_PIECES: Final = 1024
 #: Seconds the receiver waits for each part of the offer, and the sender for the receiver's answer.
 ANSWER_TIMEOUT: Final = 60.0
 
@@ -469,7 +473,7 @@ async def _receive_file(
                         report.received_bytes += len(data)
                         pieces.append(data)
                         held += len(data)
-                        if held >= BATCH or not remaining:
+                        if held >= BATCH or len(pieces) >= BATCH_PIECES or not remaining:
                             await send.send(pieces)
                             pieces, held = [], 0
                         if progress is not None:

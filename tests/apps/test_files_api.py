@@ -13,7 +13,7 @@ from typing import Any
 import anyio
 import pytest
 
-from peerkit import AppStream, InvitationResponse, Node, ProtocolError
+from peerkit import AppStream, InvitationResponse, Node, ProtocolError, files, streams
 from peerkit.files import Outgoing, ReceiveReport, SendReport, prepare, receive_files, send_files
 from peerkit.proto.files import Entry, decode_summary, encode_summary
 from peerkit.testing import MemoryNetwork, node_pair
@@ -113,6 +113,35 @@ async def test_a_file_and_a_folder_arrive_intact_and_a_taken_name_is_kept(tmp_pa
         assert sorted(again.already) == ["album/2026/a.txt", "album/cover.jpg", "album/empty.bin"]
         assert (again_sent.sent_bytes, again_sent.skipped) == (4, 3)  # (only notes.md: a new copy)
     assert not list(into.rglob("*.peerkit-part"))
+
+
+async def test_a_sender_of_tiny_messages_makes_the_receiver_hold_few_pieces_at_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Its stream messages carry 7 bytes each (a peer may send them so): the receiver's batches
+    # end at BATCH_PIECES pieces (16 here), not at BATCH bytes (4 MiB: millions of small objects).
+    monkeypatch.setattr(streams, "STREAM_CHUNK", 7)
+    monkeypatch.setattr(files, "BATCH_PIECES", 16)
+    batches: list[int] = []
+    hash_and_write = files._hash_and_write
+
+    def counted(hasher: Any, fd: int, batch: list[bytes]) -> None:
+        batches.append(len(batch))
+        hash_and_write(hasher, fd, batch)
+
+    monkeypatch.setattr(files, "_hash_and_write", counted)
+    source = tmp_path / "report.bin"
+    source.write_bytes(os.urandom(2_000))
+    into = tmp_path / "into"
+    into.mkdir()
+    async with nodes() as (alice, bob):
+        sent, got = await transfer(alice, bob, await prepare([source]), into)
+    assert isinstance(sent, SendReport), sent
+    assert isinstance(got, ReceiveReport), got
+    assert (sent.received, sent.failed) == (1, [])
+    assert (into / "report.bin").read_bytes() == source.read_bytes()
+    assert sum(batches) == -(-2_000 // 7)  # every piece, in batches of 16 at most
+    assert max(batches) == 16
 
 
 async def test_a_cut_transfer_resumes_from_its_partial_file(tmp_path: Path) -> None:
