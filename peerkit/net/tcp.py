@@ -32,6 +32,10 @@ __all__ = ("TcpListener", "TcpStream", "connect_tcp", "wrap_connected")
 #: it reads again.
 READ_HIGH: Final = 1 << 18
 READ_LOW: Final = 1 << 16
+#: Reads smaller than this that wait unread are joined to the one before when it is small too: a
+#: peer that sends a byte or two per segment to a reader that does not read makes a few objects
+#: of up to 8 KiB, not a hundred thousand of 2 bytes (about 50 bytes each) within READ_HIGH.
+SMALL_READ: Final = 4096
 #: Bytes read from a socket at most at once. Each read is copied out into an object of its own,
 #: freed once its frames are decrypted, and this keeps that object under 128 KiB: glibc's malloc
 #: may hand a block that size or larger back to the system at every free (an mmap of its own, or
@@ -112,9 +116,13 @@ class TcpStream(anyio.abc.ByteStream):
 
     # -- the protocol's side -------------------------------------------------------------------
     def _data(self, data: bytes) -> None:
-        if self._chunks is None:
-            self._chunks = deque()
-        self._chunks.append(data)
+        chunks = self._chunks
+        if chunks is None:
+            chunks = self._chunks = deque()
+        if chunks and len(data) < SMALL_READ and len(chunks[-1]) < SMALL_READ:
+            chunks[-1] += data  # (joined: a trickle of tiny reads is not a queue of tiny objects)
+        else:
+            chunks.append(data)
         self._buffered += len(data)
         if self._buffered > READ_HIGH and not self._reading_paused:
             self._reading_paused = True

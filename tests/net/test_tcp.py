@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import anyio
+import anyio.lowlevel
 import pytest
 from anyio.abc import SocketAttribute
 from conftest import bulk_read_sizes, stuck
@@ -154,6 +155,22 @@ async def test_a_reader_that_does_not_read_slows_the_writer_and_loses_nothing() 
         assert sent.is_set()
         with pytest.raises(anyio.EndOfStream):
             await server.receive()
+
+
+async def test_a_trickle_of_tiny_segments_to_a_reader_that_does_not_read_makes_few_objects() -> None:
+    # Two bytes a segment, each read on its own while nothing reads the stream: the reads wait
+    # joined (a few chunks, not thousands of objects of about 50 bytes each), in order.
+    pieces = [b"%02d" % (i % 100) for i in range(3000)]
+    async with connected() as (client, server):
+        for piece in pieces:
+            await client.send(piece)
+            await anyio.lowlevel.checkpoint()  # (the server's loop reads it as a segment of its own)
+        with anyio.fail_after(5):
+            while server._buffered < 6000:
+                await anyio.sleep(0.01)
+        assert server._chunks is not None
+        assert len(server._chunks) <= 2  # 6,000 bytes in pieces of up to 8 KiB
+        assert await read_all(server, 6000) == b"".join(pieces)
 
 
 async def test_send_nowait_refuses_while_congested() -> None:
