@@ -40,6 +40,7 @@ from peerkit.proto.connection import (
     HANDSHAKE_TIMEOUT,
     PROTOCOL_IK,
     Connection,
+    Event,
     HandshakeComplete,
     MessageReceived,
     State,
@@ -59,6 +60,10 @@ async def _write(stream: anyio.abc.ByteStream, data: bytes | bytearray) -> None:
 
 
 log = logging.getLogger(__name__)
+
+#: Messages of one channel decoded ahead of the application, at most: the other frames of a read
+#: wait undecoded (a read full of tiny messages would otherwise be thousands of objects held).
+DECODE_AHEAD: Final = 64
 
 #: Seconds a listener waits for a new connection's preamble (a client sends it at once).
 PREAMBLE_TIMEOUT: Final = 3.0
@@ -242,7 +247,7 @@ class SecureChannel(anyio.abc.AsyncResource):
             except anyio.EndOfStream:
                 conn.receive_eof()  # raises: the handshake is not complete
                 raise PeerUnreachable(broke) from None
-            events = conn.receive_data(data, anyio.current_time())
+            events = conn.receive_data(data, anyio.current_time(), DECODE_AHEAD)
             if events:
                 # The handshake completed; messages that came in the same read follow it.
                 done = events[0]
@@ -348,6 +353,14 @@ class SecureChannel(anyio.abc.AsyncResource):
             while not self._pending:
                 if self._closed:
                     raise anyio.ClosedResourceError
+                if self._conn.frames_waiting:  # (read already, beyond DECODE_AHEAD: the next ones)
+                    try:
+                        events = self._conn.receive_data(b"", loop_clock()(), DECODE_AHEAD)
+                    except ProtocolError:
+                        await self._abort()
+                        raise
+                    self._queue(events)
+                    continue
                 if self._eof:
                     raise anyio.EndOfStream
                 stream = self._stream
@@ -373,23 +386,27 @@ class SecureChannel(anyio.abc.AsyncResource):
                     await self._abort()
                     raise PeerUnreachable(BROKE) from exc
                 try:
-                    events = self._conn.receive_data(data, loop_clock()())
+                    events = self._conn.receive_data(data, loop_clock()(), DECODE_AHEAD)
                 except ProtocolError:
                     await self._abort()
                     raise
                 if len(events) == 1 and self._pending is None and isinstance(events[0], MessageReceived):
                     return events[0].message  # (the usual case: one message read, no queue made)
-                for event in events:
-                    if isinstance(event, MessageReceived):
-                        if self._pending is None:
-                            self._pending = deque()
-                        self._pending.append(event.message)
+                self._queue(events)
             pending = self._pending
             assert pending is not None
             message = pending.popleft()
             if not pending:
                 self._pending = None  # (an idle channel keeps no queue)
             return message
+
+    def _queue(self, events: list[Event]) -> None:
+        # The messages among ``events``, for receive() to hand out in order.
+        for event in events:
+            if isinstance(event, MessageReceived):
+                if self._pending is None:
+                    self._pending = deque()
+                self._pending.append(event.message)
 
     def __aiter__(self) -> Self:
         return self

@@ -344,8 +344,10 @@ class Connection:
             raise self._fail(HandshakeError("the handshake did not complete in time"))
 
     # -- input -----------------------------------------------------------------------------
-    def receive_data(self, data: bytes, now: float) -> list[Event]:
-        """Process bytes from the peer; return the events they complete.
+    def receive_data(self, data: bytes, now: float, limit: int | None = None) -> list[Event]:
+        """Process bytes from the peer; return the events they complete: every one, or those of
+        at most ``limit`` frames (the other frames wait undecoded, see :attr:`frames_waiting`; a
+        call with ``b""`` takes the next of them).
 
         :raises ProtocolError: when the peer broke the protocol; the connection is then closed.
         :raises HandshakeError: when the handshake failed or its deadline passed.
@@ -354,7 +356,7 @@ class Connection:
             return []
         self.handle_timer(now)
         try:
-            frames = self._decoder.feed(data)
+            frames = self._decoder.feed(data, limit)
         except ProtocolError as exc:
             raise self._fail(exc) from None
         events: list[Event] = []
@@ -367,8 +369,13 @@ class Connection:
                 events.append(event)
         return events
 
+    @property
+    def frames_waiting(self) -> bool:
+        """Whether frames received wait to be processed (a ``limit`` of :meth:`receive_data`)."""
+        return self._decoder.waiting and self._state is not State.CLOSED
+
     def receive_eof(self) -> None:
-        """The peer closed its side.
+        """The peer closed its side (call once no frames wait).
 
         :raises ProtocolError: when it did so inside a frame or before the handshake completed.
         """

@@ -29,37 +29,54 @@ def encode_frame(payload: bytes) -> bytes:
 class FrameDecoder:
     """Cuts a byte stream into frames. Feed bytes in any chunking; take whole frames out.
 
-    It never holds more than one incomplete frame beyond what it was last fed.
+    It never holds more than one incomplete frame beyond what it was last fed. Fed with a
+    ``limit``, it hands out at most that many frames and keeps the others of that input, undecoded,
+    until they are asked for (:attr:`waiting`).
     """
 
-    __slots__ = ("_buffer",)
+    __slots__ = ("_buffer", "_rest")
 
     def __init__(self) -> None:
         self._buffer = bytearray()
+        # Input that holds frames not handed out yet (a limit was reached), and where they start.
+        self._rest: tuple[bytes, int] | None = None
 
     @property
     def pending(self) -> int:
         """Bytes received that do not yet make a whole frame."""
         return len(self._buffer)
 
-    def feed(self, data: bytes) -> list[bytes | memoryview]:
-        """Add ``data``; return every frame it completes, in order.
+    @property
+    def waiting(self) -> bool:
+        """Whether frames fed earlier wait to be handed out (``feed(b"", limit)`` takes them)."""
+        return self._rest is not None
 
-        Frames that lie whole inside ``data`` come back as read-only views of it, without a copy;
-        a frame that spans several calls comes back as a read-only view of the buffer it was
+    def feed(self, data: bytes, limit: int | None = None) -> list[bytes | memoryview]:
+        """Add ``data``; return the frames it completes, in order: every one, or at most ``limit``
+        (the others wait, see :attr:`waiting`, and come first from the next call).
+
+        Frames that lie whole inside the input come back as read-only views of it, without a
+        copy; a frame that spans several calls comes back as a read-only view of the buffer it was
         gathered in, which nothing else uses. Only the incomplete frame at the end is kept back.
 
         :raises ProtocolError: on a zero-length frame (the decoder is then unusable).
         """
         frames: list[bytes | memoryview] = []
         buf = self._buffer
-        if type(data) is not bytes:
+        pos = 0
+        if self._rest is not None:
+            held, start = self._rest
+            self._rest = None
+            if data:  # (new input before the waiting frames were taken: it follows them)
+                data = held[start:] + bytes(data)
+            else:
+                data, pos = held, start
+        elif type(data) is not bytes:
             data = bytes(data)  # views must not see later changes to a mutable buffer
         view = memoryview(data)
-        pos = 0
         end = len(view)
         if buf:
-            # Finish the frame left over from earlier input first.
+            # Finish the frame left over from earlier input first (none is while frames wait).
             if len(buf) < 2:
                 pos = min(2 - len(buf), end)
                 buf += view[:pos]
@@ -78,6 +95,9 @@ class FrameDecoder:
             frames.append(memoryview(buf).toreadonly()[2:])
             buf = self._buffer = bytearray()
         while end - pos >= 2:
+            if limit is not None and len(frames) >= limit:
+                self._rest = (data, pos)
+                return frames
             n = (view[pos] << 8) | view[pos + 1]
             if n == 0:
                 raise ProtocolError("received a zero-length frame")
@@ -90,9 +110,12 @@ class FrameDecoder:
         return frames
 
     def check_eof(self) -> None:
-        """Call when the stream ends.
+        """Call when the stream ends, once no frames wait (see :attr:`waiting`).
 
         :raises ProtocolError: when the stream ended inside a frame.
+        :raises RuntimeError: when frames fed earlier wait to be taken.
         """
+        if self._rest is not None:
+            raise RuntimeError("frames fed earlier wait to be taken: take them first (feed(b''))")
         if self._buffer:
             raise ProtocolError(f"the stream ended inside a frame ({len(self._buffer)} bytes left over)")

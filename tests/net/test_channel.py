@@ -167,6 +167,41 @@ async def test_tcp_dial(alice: Identity, bob: Identity, know_bob: bool) -> None:
 
 
 @pytest.mark.network
+async def test_a_read_full_of_tiny_messages_is_decoded_a_few_at_a_time(
+    alice: Identity, bob: Identity
+) -> None:
+    # 2,000 of the smallest messages arrive in one or two reads; the channel decodes at most
+    # DECODE_AHEAD of them ahead of the application (the rest wait as bytes), and loses none.
+    from peerkit.net.channel import DECODE_AHEAD
+
+    got: list[SecureChannel] = []
+    async with await listen(bob, "127.0.0.1", 0) as listener, anyio.create_task_group() as tg:
+
+        async def keep(channel: SecureChannel) -> bool:
+            got.append(channel)
+            return True  # (taken over: the test reads it)
+
+        await tg.start(listener.serve, keep)
+        host, port = listener.address
+        async with await connect(host, port, alice, peer_id=bob.id) as sender:
+            for _ in range(2000):
+                await sender.send({"t": ""})
+            with anyio.fail_after(5):
+                while not got:
+                    await anyio.sleep(0.01)
+            receiver = got[0]
+            await anyio.sleep(0.2)  # (all of it read from the socket by now)
+            assert await receiver.receive() == {"t": ""}
+            assert len(receiver._pending or ()) < DECODE_AHEAD
+            assert receiver._conn.frames_waiting
+            for _ in range(1999):
+                assert await receiver.receive() == {"t": ""}
+            assert not receiver._conn.frames_waiting
+            await receiver.aclose()
+        tg.cancel_scope.cancel()
+
+
+@pytest.mark.network
 async def test_an_accepted_channel_lets_go_of_its_admission_once_open(alice: Identity, bob: Identity) -> None:
     # The listener's task lives as long as the channel: its admission ticket and the cancel scope
     # that could abort the handshake (0.6 KB a connection) must not live with it.

@@ -279,3 +279,22 @@ def test_injected_ephemeral_keys_make_the_transcript_reproducible() -> None:
     first, second = transcript(), transcript()
     assert first == second
     assert first[0].startswith(b"\x00\x2bpeerkit/1 Noise_XX_25519_ChaChaPoly_BLAKE2b")
+
+
+def test_a_limit_decodes_a_few_messages_at_a_time_and_the_rest_wait(alice: Identity, bob: Identity) -> None:
+    # A read full of small messages is decoded ``limit`` at a time: the others wait undecoded
+    # (frames_waiting) and come, in order, from calls with no new input; then the end is clean.
+    a, b, _, _ = handshake(alice, bob)
+    for n in range(100):
+        a.send_message({"t": "m", "n": n})
+    data = a.data_to_send()
+    events = b.receive_data(data, 0.0, 16)
+    assert len(events) == 16
+    assert b.frames_waiting
+    while b.frames_waiting:
+        more = b.receive_data(b"", 0.0, 16)
+        assert 1 <= len(more) <= 16
+        events += more
+    assert [e.message["n"] for e in events if isinstance(e, MessageReceived)] == list(range(100))
+    b.receive_eof()
+    assert b.state is State.CLOSED

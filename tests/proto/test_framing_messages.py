@@ -45,6 +45,35 @@ def test_frames_in_any_chunking_stay_whole_after_later_input(payloads: list[byte
     assert decoder.pending == 0
 
 
+@given(
+    st.lists(st.binary(min_size=1, max_size=300), min_size=1, max_size=40),
+    st.lists(st.integers(min_value=1, max_value=2000), min_size=1, max_size=10),
+    st.integers(min_value=1, max_value=5),
+    st.booleans(),
+)
+def test_a_limit_hands_frames_out_a_few_at_a_time_and_keeps_the_rest_in_order(
+    payloads: list[bytes], cuts: list[int], limit: int, drain: bool
+) -> None:
+    # At most ``limit`` frames a call; the others wait and come first from the next call, whether
+    # it brings new input or not (``drain``: the waiting ones taken with b"" before more input).
+    wire = b"".join(encode_frame(p) for p in payloads)
+    decoder, got, pos, i = FrameDecoder(), [], 0, 0
+    while pos < len(wire):
+        step = cuts[i % len(cuts)]
+        out = decoder.feed(wire[pos : pos + step], limit)
+        assert len(out) <= limit
+        got += out
+        while drain and decoder.waiting:
+            got += decoder.feed(b"", limit)
+        pos, i = pos + step, i + 1
+    while decoder.waiting:
+        with pytest.raises(RuntimeError, match="wait to be taken"):
+            decoder.check_eof()
+        got += decoder.feed(b"", limit)
+    assert [bytes(frame) for frame in got] == payloads
+    decoder.check_eof()
+
+
 def test_frame_errors() -> None:
     with pytest.raises(ValueError, match="0 bytes; a frame holds 1 to 65535"):
         encode_frame(b"")
