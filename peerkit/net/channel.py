@@ -40,7 +40,6 @@ from peerkit.proto.connection import (
     HANDSHAKE_TIMEOUT,
     PROTOCOL_IK,
     Connection,
-    Event,
     HandshakeComplete,
     MessageReceived,
     State,
@@ -353,38 +352,34 @@ class SecureChannel(anyio.abc.AsyncResource):
             while not self._pending:
                 if self._closed:
                     raise anyio.ClosedResourceError
-                if self._conn.frames_waiting:  # (read already, beyond DECODE_AHEAD: the next ones)
-                    try:
-                        events = self._conn.receive_data(b"", loop_clock()(), DECODE_AHEAD)
-                    except ProtocolError:
-                        await self._abort()
-                        raise
-                    self._queue(events)
-                    continue
-                if self._eof:
+                if self._conn.frames_waiting:
+                    data = b""  # (read already, beyond DECODE_AHEAD: decode the next ones)
+                elif self._eof:
                     raise anyio.EndOfStream
-                stream = self._stream
-                try:
-                    if isinstance(stream, TcpStream):  # (waits without a coroutine of the stream's)
-                        data = stream.receive_waiting(_READ_SIZE)
-                        if data is None:
-                            await stream.readable()
-                            continue
-                    else:
-                        data = await stream.receive(_READ_SIZE)
-                except anyio.EndOfStream:
-                    self._eof = True
+                else:
+                    stream = self._stream
                     try:
-                        self._conn.receive_eof()
-                    except ProtocolError:
-                        await self._abort()
+                        if isinstance(stream, TcpStream):  # (waits without a coroutine of the stream's)
+                            read = stream.receive_waiting(_READ_SIZE)
+                            if read is None:
+                                await stream.readable()
+                                continue
+                            data = read
+                        else:
+                            data = await stream.receive(_READ_SIZE)
+                    except anyio.EndOfStream:
+                        self._eof = True
+                        try:
+                            self._conn.receive_eof()
+                        except ProtocolError:
+                            await self._abort()
+                            raise
                         raise
-                    raise
-                except anyio.ClosedResourceError:
-                    raise
-                except BROKEN as exc:
-                    await self._abort()
-                    raise PeerUnreachable(BROKE) from exc
+                    except anyio.ClosedResourceError:
+                        raise
+                    except BROKEN as exc:
+                        await self._abort()
+                        raise PeerUnreachable(BROKE) from exc
                 try:
                     events = self._conn.receive_data(data, loop_clock()(), DECODE_AHEAD)
                 except ProtocolError:
@@ -392,21 +387,17 @@ class SecureChannel(anyio.abc.AsyncResource):
                     raise
                 if len(events) == 1 and self._pending is None and isinstance(events[0], MessageReceived):
                     return events[0].message  # (the usual case: one message read, no queue made)
-                self._queue(events)
+                for event in events:
+                    if isinstance(event, MessageReceived):
+                        if self._pending is None:
+                            self._pending = deque()
+                        self._pending.append(event.message)
             pending = self._pending
             assert pending is not None
             message = pending.popleft()
             if not pending:
                 self._pending = None  # (an idle channel keeps no queue)
             return message
-
-    def _queue(self, events: list[Event]) -> None:
-        # The messages among ``events``, for receive() to hand out in order.
-        for event in events:
-            if isinstance(event, MessageReceived):
-                if self._pending is None:
-                    self._pending = deque()
-                self._pending.append(event.message)
 
     def __aiter__(self) -> Self:
         return self
