@@ -42,6 +42,7 @@ __all__ = (
     "Connections",
     "Me",
     "Route",
+    "all_failed",
     "first_of",
 )
 
@@ -115,12 +116,19 @@ async def first_of(
         raise other[0]
     if won:
         return won[0]
-    if len(unreachable) == 1:
-        raise unreachable[0]
-    if unreachable:  # say how each way failed, with the cause of the first to fail
-        said = "; ".join(dict.fromkeys(str(error) for error in unreachable))
-        raise PeerUnreachable(said) from unreachable[0].__cause__
+    if unreachable:
+        raise all_failed(unreachable)
     raise PeerUnreachable("there was no way to try")
+
+
+def all_failed(errors: Sequence[PeerUnreachable]) -> PeerUnreachable:
+    """The error of several ways to a peer that all failed: the one's, or one that says how each
+    failed (each message once), with the cause of the first to fail."""
+    if len(errors) == 1:
+        return errors[0]
+    failure = PeerUnreachable("; ".join(dict.fromkeys(str(error) for error in errors)))
+    failure.__cause__ = errors[0].__cause__
+    return failure
 
 
 @dataclass(slots=True, eq=False)

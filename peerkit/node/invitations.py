@@ -34,7 +34,7 @@ from peerkit.model import (
     check_text,
 )
 from peerkit.net.control import Answer, ControlChannel, Reply
-from peerkit.node.connections import LOOKUP_AFTER, ChannelPeer, Route, first_of
+from peerkit.node.connections import LOOKUP_AFTER, ChannelPeer, Route, all_failed, first_of
 from peerkit.node.receivers import Receivers
 from peerkit.peers import Peer, wire_ttl
 from peerkit.proto.requests import ErrorCode, InviteRequest, Refused, check_reply, error_reply
@@ -404,11 +404,9 @@ class Invitations:
                 return answer
         if not errors:
             raise PeerUnreachable(f"no endpoint of {peer.id.fingerprint} is known")
-        if len(errors) > 1 and all(type(error) is PeerUnreachable for error in errors):
-            # Every way failed: say how each did (where it was, and where it was looked for), with
-            # the first one's cause (a refused connection, a peer that broke the protocol).
-            said = "; ".join(dict.fromkeys(str(error) for error in errors))
-            raise PeerUnreachable(said) from errors[0].__cause__
+        unreachable = [error for error in errors if type(error) is PeerUnreachable]
+        if len(unreachable) == len(errors):  # (where it was, and where it was looked for)
+            raise all_failed(unreachable)
         raise errors[0]
 
     async def _invite_warm(
