@@ -25,6 +25,7 @@ import anyio
 import anyio.from_thread
 import anyio.to_thread
 import blake3
+from anyio.streams.memory import MemoryObjectReceiveStream
 
 from peerkit.errors import ProtocolError
 from peerkit.proto.files import (
@@ -43,7 +44,7 @@ from peerkit.streams import AppStream
 
 __all__ = (
     "BATCH",
-    "BATCH_PIECES",
+    "BUFFERS",
     "Decision",
     "Outgoing",
     "ReceiveReport",
@@ -56,11 +57,10 @@ __all__ = (
 #: Bytes read from (or written to) a file at a time, in a worker thread (4 MiB: larger writes cost
 #: the kernel less, and the thread waits for the GIL less often).
 BATCH: Final = 4 << 20
-#: Batches waiting between the stream and the file, at most (memory per transfer: about 12 MiB).
-QUEUED: Final = 2
-#: Stream messages in one received batch, at most: a sender of tiny messages ends batches sooner
-#: instead of making the receiver hold millions of small objects (about 40 bytes each).
-BATCH_PIECES: Final = 1024
+#: Buffers of a transfer at each end (each up to BATCH, no larger than the file needs: 12 MiB at
+#: most): one the stream fills or empties while the others wait for, or are in, the worker thread.
+#: They are made once per :func:`send_files` or :func:`receive_files` and go round from file to file.
+BUFFERS: Final = 3
 #: Seconds the receiver waits for each part of the offer, and the sender for the receiver's answer.
 ANSWER_TIMEOUT: Final = 60.0
 
@@ -121,8 +121,9 @@ async def prepare(paths: Sequence[Path | str], progress: Progress | None = None)
     """
     found = await anyio.to_thread.run_sync(_walk, paths)
     out = []
+    spare = [bytearray()]
     for source, name in found:
-        digest, size = await anyio.to_thread.run_sync(_hash_file, source, progress)
+        digest, size = await anyio.to_thread.run_sync(_hash_file, source, progress, spare)
         out.append(Outgoing(source, Entry(name, size, digest)))
     return out
 
@@ -155,19 +156,36 @@ def _walk(paths: Sequence[Path | str]) -> list[tuple[Path, str]]:
     return found
 
 
-def _hash_file(path: Path, progress: Progress | None) -> tuple[bytes, int]:
-    # The BLAKE3 hash and length of the file, read in a worker thread into one buffer (and hashed
-    # on every core: nothing else is going on while a file is hashed before it is offered).
+def _fit(buffer: bytearray, size: int) -> bytearray:
+    # ``buffer`` if it holds ``size`` bytes, else a new buffer that does. Buffers are made as large
+    # as the files need (up to BATCH) and reused from file to file: clearing 4 MiB for each file of
+    # a kilobyte cost far more than sending it.
+    return buffer if len(buffer) >= size else bytearray(size)
+
+
+def _hash_file(path: Path, progress: Progress | None, spare: list[bytearray]) -> tuple[bytes, int]:
+    # The BLAKE3 hash and length of the file, read in a worker thread into the buffer ``spare``
+    # holds (and hashed on every core: nothing else is going on while a file is hashed before it
+    # is offered).
     hasher = blake3.blake3(max_threads=blake3.blake3.AUTO)
-    size = 0
-    buffer = bytearray(BATCH)
-    with path.open("rb", buffering=0) as f, memoryview(buffer) as view:
-        while n := f.readinto(view):
-            hasher.update(view[:n])
-            size += n
-            if progress is not None:
-                anyio.from_thread.run_sync(progress, n)
+    size = _hash_into(path, hasher, spare, progress)
     return hasher.digest(), size
+
+
+def _hash_into(
+    path: Path, hasher: blake3.blake3, spare: list[bytearray], progress: Progress | None = None
+) -> int:
+    # Hash the file's bytes into ``hasher``, read into the buffer ``spare`` holds; its length.
+    size = 0
+    with path.open("rb", buffering=0) as f:
+        buffer = spare[0] = _fit(spare[0], min(BATCH, max(os.fstat(f.fileno()).st_size, 1 << 16)))
+        with memoryview(buffer) as view:
+            while n := f.readinto(view):
+                hasher.update(view[:n])
+                size += n
+                if progress is not None:
+                    anyio.from_thread.run_sync(progress, n)
+    return size
 
 
 async def send_files(
@@ -198,9 +216,10 @@ async def send_files(
             raise ProtocolError("the receiver wants a file or an offset that was not offered")
         last = index
     report = SendReport(skipped=len(entries) - len(wanted))
+    buffers = [bytearray() for _ in range(BUFFERS)]
     for index, offset in wanted:
         item = outgoing[index]
-        report.sent_bytes += await _send_file(stream, item, offset, progress)
+        report.sent_bytes += await _send_file(stream, item, offset, progress, buffers)
     _, done, _ = await frames.next("done")
     assert isinstance(done, Done)
     report.received = done.received + report.skipped
@@ -210,16 +229,18 @@ async def send_files(
     return report
 
 
-async def _send_file(stream: AppStream, item: Outgoing, offset: int, progress: Progress | None) -> int:
+async def _send_file(
+    stream: AppStream, item: Outgoing, offset: int, progress: Progress | None, buffers: list[bytearray]
+) -> int:
     # The bytes of ``item`` from ``offset`` on, read in a worker thread while the last batch is sent.
     remaining = item.entry.size - offset
     sent = 0
-    # Batches go round: read into a free buffer (a thread), sent, then free again (no allocation
-    # and no fresh pages per batch).
-    full, filled = anyio.create_memory_object_stream[tuple[memoryview, bytearray]](QUEUED)
-    free, freed = anyio.create_memory_object_stream[bytearray](QUEUED + 1)
-    for _ in range(QUEUED + 1):
-        free.send_nowait(bytearray(BATCH))
+    # The buffers go round: read into a free one (a thread), sent, then free again (no allocation
+    # and no fresh pages per batch); those free at the end go on to the next file.
+    full, filled = anyio.create_memory_object_stream[tuple[memoryview, bytearray]](len(buffers))
+    free, freed = anyio.create_memory_object_stream[bytearray](len(buffers))
+    for buffer in buffers:
+        free.send_nowait(buffer)
     with item.source.open("rb", buffering=0) as f:
         f.seek(offset)
 
@@ -227,10 +248,12 @@ async def _send_file(stream: AppStream, item: Outgoing, offset: int, progress: P
             async with full:
                 left = remaining
                 while left:
-                    buffer = await freed.receive()
-                    view = memoryview(buffer)[: min(BATCH, left)]
+                    size = min(BATCH, left)
+                    buffer = _fit(await freed.receive(), size)
+                    view = memoryview(buffer)[:size]
                     n = await anyio.to_thread.run_sync(f.readinto, view)
                     if not n:
+                        free.send_nowait(buffer)
                         break
                     left -= n
                     await full.send((view[:n], buffer))
@@ -243,10 +266,20 @@ async def _send_file(stream: AppStream, item: Outgoing, offset: int, progress: P
                 free.send_nowait(buffer)
                 if progress is not None:
                     progress(len(chunk))
+            buffers[:] = _drain(freed)
     if sent != remaining:
         await stream.aclose()
         raise ValueError(f"{item.source} changed while it was sent: send it again")
     return sent
+
+
+def _drain(receive: MemoryObjectReceiveStream[bytearray]) -> list[bytearray]:
+    # The buffers waiting in ``receive`` now.
+    out = []
+    with contextlib.suppress(anyio.WouldBlock):
+        while True:
+            out.append(receive.receive_nowait())
+    return out
 
 
 @contextlib.asynccontextmanager
@@ -328,8 +361,9 @@ async def receive_files(
     await anyio.to_thread.run_sync(functools.partial(into.mkdir, parents=True, exist_ok=True))
     report = ReceiveReport()
     plans: list[_Plan] = []
+    buffers = [bytearray() for _ in range(BUFFERS)]
     for index, entry in enumerate(entries):
-        plan = await _plan(index, entry, into, decide, report)
+        plan = await _plan(index, entry, into, decide, report, buffers)
         if plan is not None:
             plans.append(plan)
     needed = sum(p.entry.size - p.offset for p in plans)
@@ -339,7 +373,7 @@ async def receive_files(
     await stream.send(encode_want([(p.index, p.offset) for p in plans]))
     failed: list[tuple[int, str]] = []
     for plan in plans:
-        problem = await _receive_file(stream, plan, progress, report)
+        problem = await _receive_file(stream, plan, progress, report, buffers)
         if problem is None:
             report.saved.append(plan.target)
         else:
@@ -366,14 +400,16 @@ async def _plan(
     into: Path,
     decide: Callable[[Entry, Path], Awaitable[Decision]],
     report: ReceiveReport,
+    spare: list[bytearray],
 ) -> _Plan | None:
-    # Where ``entry`` goes and from which offset; None when it is not wanted.
+    # Where ``entry`` goes and from which offset; None when it is not wanted. Files already there
+    # are read into the buffer ``spare`` holds.
     target, state = await anyio.to_thread.run_sync(_place, entry, into)
     if state not in ("free", "taken", "same size", "not a file"):
         report.failed.append((entry.path, state))
         return None
     if state == "same size":
-        digest, _ = await anyio.to_thread.run_sync(_hash_file, target, None)
+        digest, _ = await anyio.to_thread.run_sync(_hash_file, target, None, spare)
         if digest == entry.digest:
             report.already.append(entry.path)
             return None
@@ -390,7 +426,7 @@ async def _plan(
     key = hashlib.sha256(entry.path.encode("utf-8", "surrogatepass") + entry.digest).hexdigest()[:24]
     partial = target.parent / f".{key}.peerkit-part"
     hasher = blake3.blake3()
-    offset = await anyio.to_thread.run_sync(_resumable, partial, entry.size, hasher)
+    offset = await anyio.to_thread.run_sync(_resumable, partial, entry.size, hasher, spare)
     return _Plan(index, entry, target, partial, offset, hasher)
 
 
@@ -410,21 +446,11 @@ def _place(entry: Entry, into: Path) -> tuple[Path, str]:
     return target, "same size" if target.stat().st_size == entry.size else "taken"
 
 
-def _resumable(partial: Path, size: int, hasher: blake3.blake3) -> int:
+def _resumable(partial: Path, size: int, hasher: blake3.blake3, spare: list[bytearray]) -> int:
     # How much of a file of ``size`` bytes its partial file holds (hashed into ``hasher``).
     if partial.is_file() and not partial.is_symlink() and partial.stat().st_size <= size:
-        return _hash_into(partial, hasher)
+        return _hash_into(partial, hasher, spare)
     return 0
-
-
-def _hash_into(path: Path, hasher: blake3.blake3) -> int:
-    # Hash the file's bytes into ``hasher``; its length.
-    size = 0
-    with path.open("rb") as f:
-        while chunk := f.read(BATCH):
-            hasher.update(chunk)
-            size += len(chunk)
-    return size
 
 
 def _free_name(target: Path) -> Path:
@@ -438,51 +464,61 @@ def _free_name(target: Path) -> Path:
 
 
 async def _receive_file(
-    stream: AppStream, plan: _Plan, progress: Progress | None, report: ReceiveReport
+    stream: AppStream, plan: _Plan, progress: Progress | None, report: ReceiveReport, buffers: list[bytearray]
 ) -> str | None:
     # Receive the rest of one file into its partial file; check it and give it its name. The
     # problem, or None. A cut connection raises (the partial file is kept).
     remaining = plan.entry.size - plan.offset
     hasher = plan.hasher
     report.resumed_bytes += plan.offset
-    send, receive = anyio.create_memory_object_stream[list[bytes]](QUEUED)
+    # The buffers go round: filled from the stream, hashed and written (a thread), then free again;
+    # those free at the end go on to the next file.
+    full, filled = anyio.create_memory_object_stream[tuple[memoryview, bytearray]](len(buffers))
+    free, freed = anyio.create_memory_object_stream[bytearray](len(buffers))
+    for buffer in buffers:
+        free.send_nowait(buffer)
     with plan.partial.open("r+b" if plan.offset else "wb", buffering=0) as f:
         f.seek(plan.offset)
         f.truncate()
 
         async def write() -> None:
-            async with receive:
-                async for batch in receive:
-                    await anyio.to_thread.run_sync(_hash_and_write, hasher, f.fileno(), batch)
+            async with filled:
+                async for view, written in filled:
+                    await anyio.to_thread.run_sync(_hash_and_write, hasher, f.fileno(), view)
+                    free.send_nowait(written)
 
         cut: Exception | None = None
-        pieces: list[bytes] = []
-        async with _one_error(), anyio.create_task_group() as tg:
-            tg.start_soon(write)
-            async with send:
-                held = 0
-                try:
-                    while remaining:
-                        try:
-                            data = await stream.receive(min(remaining, BATCH))
-                        except anyio.EndOfStream:
-                            raise anyio.BrokenResourceError(
-                                "the sender ended the stream inside a file"
-                            ) from None
-                        remaining -= len(data)
-                        report.received_bytes += len(data)
-                        pieces.append(data)
-                        held += len(data)
-                        if held >= BATCH or len(pieces) >= BATCH_PIECES or not remaining:
-                            await send.send(pieces)
-                            pieces, held = [], 0
-                        if progress is not None:
-                            progress(len(data))
-                except (anyio.BrokenResourceError, anyio.ClosedResourceError, ProtocolError) as exc:
-                    cut = exc  # (the writer writes what is queued; then what was received, below)
+        size = held = 0
+        buffer = bytearray()
+        async with _one_error(), free, freed:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(write)
+                async with full:
+                    try:
+                        while remaining:
+                            if held == size:  # (the last buffer went to the writer: a free one)
+                                size, held = min(BATCH, remaining), 0
+                                buffer = _fit(await freed.receive(), size)
+                            try:
+                                data = await stream.receive(size - held)
+                            except anyio.EndOfStream:
+                                raise anyio.BrokenResourceError(
+                                    "the sender ended the stream inside a file"
+                                ) from None
+                            buffer[held : held + len(data)] = data
+                            held += len(data)
+                            remaining -= len(data)
+                            report.received_bytes += len(data)
+                            if held == size:
+                                await full.send((memoryview(buffer)[:size], buffer))
+                            if progress is not None:
+                                progress(len(data))
+                    except (anyio.BrokenResourceError, anyio.ClosedResourceError, ProtocolError) as exc:
+                        cut = exc  # (the writer writes what is queued; then what was received, below)
+            buffers[:] = _drain(freed)
         if cut is not None:
             with anyio.CancelScope(shield=True):
-                await anyio.to_thread.run_sync(_hash_and_write, hasher, f.fileno(), pieces)
+                await anyio.to_thread.run_sync(_hash_and_write, hasher, f.fileno(), memoryview(buffer)[:held])
             raise cut
     if hasher.digest() != plan.entry.digest:
         plan.partial.unlink(missing_ok=True)
@@ -491,12 +527,10 @@ async def _receive_file(
     return None
 
 
-def _hash_and_write(hasher: blake3.blake3, fd: int, batch: list[bytes]) -> None:
-    # In a worker thread, with few waits for the GIL: one hash of the whole batch, one system call.
-    whole = b"".join(batch)
-    hasher.update(whole)
-    written = os.write(fd, whole)
-    if written < len(whole):  # (a short write: the rest)
-        rest = memoryview(whole)[written:]
-        while rest:
-            rest = rest[os.write(fd, rest) :]
+def _hash_and_write(hasher: blake3.blake3, fd: int, data: memoryview) -> None:
+    # In a worker thread, without the GIL but for a moment: one hash of the whole buffer, one
+    # system call.
+    hasher.update(data)
+    written = os.write(fd, data)
+    while written < len(data):  # (a short write: the rest)
+        written += os.write(fd, data[written:])

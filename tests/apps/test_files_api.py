@@ -115,33 +115,74 @@ async def test_a_file_and_a_folder_arrive_intact_and_a_taken_name_is_kept(tmp_pa
     assert not list(into.rglob("*.peerkit-part"))
 
 
-async def test_a_sender_of_tiny_messages_makes_the_receiver_hold_few_pieces_at_once(
+async def test_the_receiver_writes_whole_buffers_reused_from_file_to_file(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # Its stream messages carry 7 bytes each (a peer may send them so): the receiver's batches
-    # end at BATCH_PIECES pieces (16 here), not at BATCH bytes (4 MiB: millions of small objects).
+    # Stream messages of 7 bytes each (a peer may send them so) are gathered into the receiver's
+    # buffers (BATCH bytes, 512 here, or what is left of the file), each written whole, never held
+    # as pieces; the same few buffers serve every file, and none is larger than a file needs.
     monkeypatch.setattr(streams, "STREAM_CHUNK", 7)
-    monkeypatch.setattr(files, "BATCH_PIECES", 16)
-    batches: list[int] = []
-    hash_and_write = files._hash_and_write
+    monkeypatch.setattr(files, "BATCH", 512)
+    writes: list[int] = []
+    made: list[bytearray] = []  # (kept: every buffer made, with an id of its own)
+    hash_and_write, fit = files._hash_and_write, files._fit
 
-    def counted(hasher: Any, fd: int, batch: list[bytes]) -> None:
-        batches.append(len(batch))
-        hash_and_write(hasher, fd, batch)
+    def counted(hasher: Any, fd: int, data: memoryview) -> None:
+        writes.append(len(data))
+        hash_and_write(hasher, fd, data)
+
+    def watched(buffer: bytearray, size: int) -> bytearray:
+        out = fit(buffer, size)
+        if out is not buffer:
+            made.append(out)
+        return out
 
     monkeypatch.setattr(files, "_hash_and_write", counted)
-    source = tmp_path / "report.bin"
-    source.write_bytes(os.urandom(2_000))
+    monkeypatch.setattr(files, "_fit", watched)
+    folder = tmp_path / "reports"
+    folder.mkdir()
+    sizes = {"a.bin": 2_000, "b.bin": 300, "c.bin": 1_100}
+    for name, size in sizes.items():
+        (folder / name).write_bytes(os.urandom(size))
+    into = tmp_path / "into"
+    into.mkdir()
+    async with nodes() as (alice, bob):
+        sent, got = await transfer(alice, bob, await prepare([folder]), into)
+    assert isinstance(sent, SendReport), sent
+    assert isinstance(got, ReceiveReport), got
+    assert (sent.received, sent.failed) == (3, [])
+    for name in sizes:
+        assert (into / "reports" / name).read_bytes() == (folder / name).read_bytes()
+    assert writes == [512, 512, 512, 464, 300, 512, 512, 76]
+    # One buffer to hash with, and BUFFERS at each end, made for the first file and kept.
+    assert len(made) <= 1 + 2 * files.BUFFERS
+    assert max(len(buffer) for buffer in made) == 512
+
+
+async def test_a_small_file_is_moved_with_small_buffers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    made: list[int] = []
+    fit = files._fit
+
+    def watched(buffer: bytearray, size: int) -> bytearray:
+        out = fit(buffer, size)
+        made.append(len(out))
+        return out
+
+    monkeypatch.setattr(files, "_fit", watched)
+    source = tmp_path / "note.txt"
+    source.write_bytes(b"a short note")
     into = tmp_path / "into"
     into.mkdir()
     async with nodes() as (alice, bob):
         sent, got = await transfer(alice, bob, await prepare([source]), into)
     assert isinstance(sent, SendReport), sent
     assert isinstance(got, ReceiveReport), got
-    assert (sent.received, sent.failed) == (1, [])
-    assert (into / "report.bin").read_bytes() == source.read_bytes()
-    assert sum(batches) == -(-2_000 // 7)  # every piece, in batches of 16 at most
-    assert max(batches) == 16
+    assert sent.received == 1
+    assert (into / "note.txt").read_bytes() == b"a short note"
+    assert len(made) >= 3  # (hashing, sending, receiving)
+    assert max(made) <= 1 << 16  # (not BATCH, 4 MiB, cleared for 12 bytes)
 
 
 async def test_a_cut_transfer_resumes_from_its_partial_file(tmp_path: Path) -> None:
