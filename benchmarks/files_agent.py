@@ -6,6 +6,7 @@ and runs until its stdin closes."""
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import sys
@@ -27,6 +28,44 @@ from peerkit.wellknown import FILES
 #: the disk's (a VM's disk writes anywhere from 200 MB/s to 1.2 GB/s from one minute to the next).
 MEMORY = "/dev/shm" if Path("/dev/shm").is_dir() and os.access("/dev/shm", os.W_OK) else None
 SINK = Application(id=uuid.UUID("5f1d3b7e-2a44-4c61-9d7b-0e8f6a2b1c02"), description="bench sink")
+#: The reference for many small files: a plain copier over an application stream (each file's
+#: name, size and bytes; the receiver writes each to a file of its own). No hash, no offer.
+COPY = Application(id=uuid.UUID("5f1d3b7e-2a44-4c61-9d7b-0e8f6a2b1c03"), description="bench copy")
+
+
+async def copy_files(peer: Peer, files: list[tuple[str, Path]]) -> None:
+    """Send ``files`` (name, path) as a plain copier would: each read in a worker thread and sent
+    as its name's length (2 bytes), the name, the size (8 bytes) and the bytes; an empty name
+    ends, and the receiver answers once every file is written."""
+    async with await peer.open_stream(COPY) as stream:
+        for name, path in files:
+            data = await anyio.to_thread.run_sync(path.read_bytes)
+            encoded = name.encode()
+            await stream.send(len(encoded).to_bytes(2, "big") + encoded + len(data).to_bytes(8, "big") + data)
+        await stream.send(bytes(2))
+        await stream.receive()
+
+
+async def _copied(stream: AppStream, into: Path) -> None:
+    # The plain copier's receiving side: every file written (in a worker thread), then deleted.
+    buffer = bytearray()
+
+    async def take(n: int) -> bytes:
+        while len(buffer) < n:
+            buffer.extend(await stream.receive())
+        out = bytes(buffer[:n])
+        del buffer[:n]
+        return out
+
+    written = []
+    while n := int.from_bytes(await take(2), "big"):
+        target = into / (await take(n)).decode()
+        data = await take(int.from_bytes(await take(8), "big"))
+        await anyio.to_thread.run_sync(target.write_bytes, data)
+        written.append(target)
+    await stream.send(b"k")
+    for target in written:
+        await anyio.to_thread.run_sync(target.unlink)
 
 
 async def send_offer(peer: Peer, outgoing: list[Outgoing]) -> None:
@@ -47,6 +86,7 @@ async def main() -> None:
         async with Node(identity=Identity.generate(), listen=("127.0.0.1", 0)) as node:
             await node.register_application(FILES)
             await node.register_application(SINK)
+            await node.register_application(COPY)
 
             async def offered(invitation: Invitation) -> InvitationResponse:
                 offers[invitation.sender_id] = decode_summary(invitation.data)
@@ -70,6 +110,7 @@ async def main() -> None:
             node.add_invitation_handler(FILES, offered)
             node.add_stream_handler(FILES, files)
             node.add_stream_handler(SINK, sink)
+            node.add_stream_handler(COPY, functools.partial(_copied, into=into))
             print(json.dumps({"id": str(node.id), "port": node.endpoint.port}), flush=True)
             await anyio.wrap_file(sys.stdin).read()  # until the benchmark closes it
 

@@ -25,7 +25,6 @@ import anyio
 import anyio.from_thread
 import anyio.to_thread
 import blake3
-from anyio.streams.memory import MemoryObjectReceiveStream
 
 from peerkit.errors import ProtocolError
 from peerkit.proto.files import (
@@ -45,6 +44,7 @@ from peerkit.streams import AppStream
 __all__ = (
     "BATCH",
     "BUFFERS",
+    "HASH_AT_ONCE",
     "Decision",
     "Outgoing",
     "ReceiveReport",
@@ -61,6 +61,8 @@ BATCH: Final = 4 << 20
 #: most): one the stream fills or empties while the others wait for, or are in, the worker thread.
 #: They are made once per :func:`send_files` or :func:`receive_files` and go round from file to file.
 BUFFERS: Final = 3
+#: Files hashed in one trip to a worker thread, at most (see :func:`prepare`).
+HASH_AT_ONCE: Final = 32
 #: Seconds the receiver waits for each part of the offer, and the sender for the receiver's answer.
 ANSWER_TIMEOUT: Final = 60.0
 
@@ -120,12 +122,15 @@ async def prepare(paths: Sequence[Path | str], progress: Progress | None = None)
         same name, or there are none or more than 10,000 files.
     """
     found = await anyio.to_thread.run_sync(_walk, paths)
-    out = []
+    sources = [source for source, _ in found]
+    hashed: list[tuple[bytes, int]] = []
     spare = [bytearray()]
-    for source, name in found:
-        digest, size = await anyio.to_thread.run_sync(_hash_file, source, progress, spare)
-        out.append(Outgoing(source, Entry(name, size, digest)))
-    return out
+    while len(hashed) < len(sources):
+        hashed += await anyio.to_thread.run_sync(_hash_some, sources, len(hashed), progress, spare)
+    return [
+        Outgoing(source, Entry(name, size, digest))
+        for (source, name), (digest, size) in zip(found, hashed, strict=True)
+    ]
 
 
 def _walk(paths: Sequence[Path | str]) -> list[tuple[Path, str]]:
@@ -161,6 +166,23 @@ def _fit(buffer: bytearray, size: int) -> bytearray:
     # as the files need (up to BATCH) and reused from file to file: clearing 4 MiB for each file of
     # a kilobyte cost far more than sending it.
     return buffer if len(buffer) >= size else bytearray(size)
+
+
+def _hash_some(
+    sources: list[Path], start: int, progress: Progress | None, spare: list[bytearray]
+) -> list[tuple[bytes, int]]:
+    # In a worker thread: the hash and length of the files from ``sources[start]`` on, until
+    # HASH_AT_ONCE are hashed or BATCH bytes read. Small files share a trip to the thread (one a
+    # file was most of the time of a folder of small ones); a large file still goes alone, and a
+    # cancelled prepare() stops between trips.
+    out: list[tuple[bytes, int]] = []
+    total = 0
+    for source in sources[start : start + HASH_AT_ONCE]:
+        out.append(_hash_file(source, progress, spare))
+        total += out[-1][1]
+        if total >= BATCH:
+            break
+    return out
 
 
 def _hash_file(path: Path, progress: Progress | None, spare: list[bytearray]) -> tuple[bytes, int]:
@@ -216,10 +238,7 @@ async def send_files(
             raise ProtocolError("the receiver wants a file or an offset that was not offered")
         last = index
     report = SendReport(skipped=len(entries) - len(wanted))
-    buffers = [bytearray() for _ in range(BUFFERS)]
-    for index, offset in wanted:
-        item = outgoing[index]
-        report.sent_bytes += await _send_file(stream, item, offset, progress, buffers)
+    report.sent_bytes = await _send_wanted(stream, [(outgoing[i], offset) for i, offset in wanted], progress)
     _, done, _ = await frames.next("done")
     assert isinstance(done, Done)
     report.received = done.received + report.skipped
@@ -229,57 +248,59 @@ async def send_files(
     return report
 
 
-async def _send_file(
-    stream: AppStream, item: Outgoing, offset: int, progress: Progress | None, buffers: list[bytearray]
+async def _send_wanted(
+    stream: AppStream, wanted: list[tuple[Outgoing, int]], progress: Progress | None
 ) -> int:
-    # The bytes of ``item`` from ``offset`` on, read in a worker thread while the last batch is sent.
-    remaining = item.entry.size - offset
-    sent = 0
-    # The buffers go round: read into a free one (a thread), sent, then free again (no allocation
-    # and no fresh pages per batch); those free at the end go on to the next file.
-    full, filled = anyio.create_memory_object_stream[tuple[memoryview, bytearray]](len(buffers))
-    free, freed = anyio.create_memory_object_stream[bytearray](len(buffers))
-    for buffer in buffers:
-        free.send_nowait(buffer)
-    with item.source.open("rb", buffering=0) as f:
-        f.seek(offset)
+    # The bytes of each file wanted from its offset on, file after file, read in a worker thread
+    # while the batch before is sent; the bytes sent. The buffers go round: read into a free one,
+    # sent, then free again (no allocation and no fresh pages per batch or per file).
+    full, filled = anyio.create_memory_object_stream[tuple[memoryview, bytearray]](BUFFERS)
+    free, freed = anyio.create_memory_object_stream[bytearray](BUFFERS)
+    for _ in range(BUFFERS):
+        free.send_nowait(bytearray())
+    changed: list[Path] = []
 
-        async def read() -> None:
-            async with full:
-                left = remaining
-                while left:
-                    size = min(BATCH, left)
+    async def read() -> None:
+        async with full:
+            for item, offset in wanted:
+                position = offset
+                while position < item.entry.size:
+                    size = min(BATCH, item.entry.size - position)
                     buffer = _fit(await freed.receive(), size)
-                    view = memoryview(buffer)[:size]
-                    n = await anyio.to_thread.run_sync(f.readinto, view)
-                    if not n:
-                        free.send_nowait(buffer)
-                        break
-                    left -= n
-                    await full.send((view[:n], buffer))
+                    n = await anyio.to_thread.run_sync(
+                        _read_at, item.source, position, memoryview(buffer)[:size]
+                    )
+                    await full.send((memoryview(buffer)[:n], buffer))
+                    position += n
+                    if n < size:
+                        changed.append(item.source)  # (what was read is sent: the receiver keeps it)
+                        return
 
-        async with _one_error(), anyio.create_task_group() as tg, filled, free, freed:
-            tg.start_soon(read)
-            async for chunk, buffer in filled:
-                await stream.send(chunk)
-                sent += len(chunk)
-                free.send_nowait(buffer)
-                if progress is not None:
-                    progress(len(chunk))
-            buffers[:] = _drain(freed)
-    if sent != remaining:
+    sent = 0
+    async with _one_error(), anyio.create_task_group() as tg, filled, free, freed:
+        tg.start_soon(read)
+        async for chunk, buffer in filled:
+            await stream.send(chunk)
+            sent += len(chunk)
+            free.send_nowait(buffer)
+            if progress is not None:
+                progress(len(chunk))
+    if changed:
         await stream.aclose()
-        raise ValueError(f"{item.source} changed while it was sent: send it again")
+        raise ValueError(f"{changed[0]} changed while it was sent: send it again")
     return sent
 
 
-def _drain(receive: MemoryObjectReceiveStream[bytearray]) -> list[bytearray]:
-    # The buffers waiting in ``receive`` now.
-    out = []
-    with contextlib.suppress(anyio.WouldBlock):
-        while True:
-            out.append(receive.receive_nowait())
-    return out
+def _read_at(source: Path, position: int, view: memoryview) -> int:
+    # In a worker thread: fill ``view`` with the file's bytes from ``position`` on; how many there
+    # were (fewer only at the file's end). Each batch opens the file anew, so a transfer holds no
+    # file open between batches and a small file costs one trip to the thread.
+    filled = 0
+    with source.open("rb", buffering=0) as f:
+        f.seek(position)
+        while filled < len(view) and (n := f.readinto(view[filled:])):
+            filled += n
+    return filled
 
 
 @contextlib.asynccontextmanager
@@ -371,14 +392,7 @@ async def receive_files(
     if needed > free:
         raise OSError(f"{into} has {free:,} bytes free; the files need {needed:,}")
     await stream.send(encode_want([(p.index, p.offset) for p in plans]))
-    failed: list[tuple[int, str]] = []
-    for plan in plans:
-        problem = await _receive_file(stream, plan, progress, report, buffers)
-        if problem is None:
-            report.saved.append(plan.target)
-        else:
-            failed.append((plan.index, problem))
-            report.failed.append((plan.entry.path, problem))
+    failed = await _receive_planned(stream, plans, progress, report, buffers)
     await stream.send(encode_done(Done(len(plans) - len(failed), tuple(failed))))
     return report
 
@@ -404,15 +418,13 @@ async def _plan(
 ) -> _Plan | None:
     # Where ``entry`` goes and from which offset; None when it is not wanted. Files already there
     # are read into the buffer ``spare`` holds.
-    target, state = await anyio.to_thread.run_sync(_place, entry, into)
+    target, state, hasher, offset = await anyio.to_thread.run_sync(_survey, entry, into, spare)
+    if state == "already":
+        report.already.append(entry.path)
+        return None
     if state not in ("free", "taken", "same size", "not a file"):
         report.failed.append((entry.path, state))
         return None
-    if state == "same size":
-        digest, _ = await anyio.to_thread.run_sync(_hash_file, target, None, spare)
-        if digest == entry.digest:
-            report.already.append(entry.path)
-            return None
     if state != "free":
         decision = await decide(entry, target)
         if decision == "skip":
@@ -423,11 +435,25 @@ async def _plan(
         elif state == "not a file":
             report.failed.append((entry.path, f"{target} is not a file to overwrite"))
             return None
-    key = hashlib.sha256(entry.path.encode("utf-8", "surrogatepass") + entry.digest).hexdigest()[:24]
-    partial = target.parent / f".{key}.peerkit-part"
+    return _Plan(index, entry, target, _partial(entry, target), offset, hasher)
+
+
+def _survey(entry: Entry, into: Path, spare: list[bytearray]) -> tuple[Path, str, blake3.blake3, int]:
+    # In a worker thread, all at once: where ``entry`` goes and what is there (see _place, or
+    # "already": the same bytes), and how much of it a partial file holds (hashed: the hasher).
+    target, state = _place(entry, into)
     hasher = blake3.blake3()
-    offset = await anyio.to_thread.run_sync(_resumable, partial, entry.size, hasher, spare)
-    return _Plan(index, entry, target, partial, offset, hasher)
+    if state == "same size" and _hash_file(target, None, spare)[0] == entry.digest:
+        return target, "already", hasher, 0
+    if state not in ("free", "taken", "same size", "not a file"):
+        return target, state, hasher, 0
+    return target, state, hasher, _resumable(_partial(entry, target), entry.size, hasher, spare)
+
+
+def _partial(entry: Entry, target: Path) -> Path:
+    # The hidden partial file of ``entry`` beside ``target`` (the same for the same offered file).
+    key = hashlib.sha256(entry.path.encode("utf-8", "surrogatepass") + entry.digest).hexdigest()[:24]
+    return target.parent / f".{key}.peerkit-part"
 
 
 def _place(entry: Entry, into: Path) -> tuple[Path, str]:
@@ -463,42 +489,59 @@ def _free_name(target: Path) -> Path:
     raise OSError(f"no free name beside {target}")
 
 
-async def _receive_file(
-    stream: AppStream, plan: _Plan, progress: Progress | None, report: ReceiveReport, buffers: list[bytearray]
-) -> str | None:
-    # Receive the rest of one file into its partial file; check it and give it its name. The
-    # problem, or None. A cut connection raises (the partial file is kept).
-    remaining = plan.entry.size - plan.offset
-    hasher = plan.hasher
-    report.resumed_bytes += plan.offset
-    # The buffers go round: filled from the stream, hashed and written (a thread), then free again;
-    # those free at the end go on to the next file.
-    full, filled = anyio.create_memory_object_stream[tuple[memoryview, bytearray]](len(buffers))
+@dataclass(frozen=True, slots=True)
+class _Batch:
+    # Bytes of one file received, to be hashed and written at ``position`` of its partial file.
+    plan: _Plan
+    position: int
+    data: memoryview
+    buffer: bytearray
+    #: Whether they end the file (it is then checked and given its name).
+    last: bool
+
+
+async def _receive_planned(
+    stream: AppStream,
+    plans: list[_Plan],
+    progress: Progress | None,
+    report: ReceiveReport,
+    buffers: list[bytearray],
+) -> list[tuple[int, str]]:
+    # Receive the rest of every planned file, file after file, into its partial file; check each
+    # and give it its name. The (index, problem) of each that failed. A cut connection raises (the
+    # partial files are kept). The buffers go round: filled from the stream, hashed and written (a
+    # worker thread, while the next fills), then free again.
+    failed: list[tuple[int, str]] = []
+    full, filled = anyio.create_memory_object_stream[_Batch](len(buffers))
     free, freed = anyio.create_memory_object_stream[bytearray](len(buffers))
     for buffer in buffers:
         free.send_nowait(buffer)
-    with plan.partial.open("r+b" if plan.offset else "wb", buffering=0) as f:
-        f.seek(plan.offset)
-        f.truncate()
 
-        async def write() -> None:
-            async with filled:
-                async for view, written in filled:
-                    await anyio.to_thread.run_sync(_hash_and_write, hasher, f.fileno(), view)
-                    free.send_nowait(written)
+    async def write() -> None:
+        async with filled:
+            async for batch in filled:
+                problem = await anyio.to_thread.run_sync(_store, batch)
+                free.send_nowait(batch.buffer)
+                if not batch.last:
+                    continue
+                if problem is None:
+                    report.saved.append(batch.plan.target)
+                else:
+                    failed.append((batch.plan.index, problem))
+                    report.failed.append((batch.plan.entry.path, problem))
 
-        cut: Exception | None = None
-        size = held = 0
-        buffer = bytearray()
-        async with _one_error(), free, freed:
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(write)
-                async with full:
+    cut: Exception | None = None
+    async with _one_error(), free, freed, anyio.create_task_group() as tg:
+        tg.start_soon(write)
+        async with full:
+            for plan in plans:
+                report.resumed_bytes += plan.offset
+                position = plan.offset
+                while True:
+                    size, held = min(BATCH, plan.entry.size - position), 0
+                    buffer = _fit(await freed.receive(), size)
                     try:
-                        while remaining:
-                            if held == size:  # (the last buffer went to the writer: a free one)
-                                size, held = min(BATCH, remaining), 0
-                                buffer = _fit(await freed.receive(), size)
+                        while held < size:
                             try:
                                 data = await stream.receive(size - held)
                             except anyio.EndOfStream:
@@ -507,30 +550,41 @@ async def _receive_file(
                                 ) from None
                             buffer[held : held + len(data)] = data
                             held += len(data)
-                            remaining -= len(data)
                             report.received_bytes += len(data)
-                            if held == size:
-                                await full.send((memoryview(buffer)[:size], buffer))
                             if progress is not None:
                                 progress(len(data))
                     except (anyio.BrokenResourceError, anyio.ClosedResourceError, ProtocolError) as exc:
-                        cut = exc  # (the writer writes what is queued; then what was received, below)
-            buffers[:] = _drain(freed)
-        if cut is not None:
-            with anyio.CancelScope(shield=True):
-                await anyio.to_thread.run_sync(_hash_and_write, hasher, f.fileno(), memoryview(buffer)[:held])
-            raise cut
-    if hasher.digest() != plan.entry.digest:
+                        cut = exc  # (the writer writes what is queued, and what was received)
+                    last = cut is None and position + size == plan.entry.size
+                    if held or last:
+                        await full.send(_Batch(plan, position, memoryview(buffer)[:held], buffer, last))
+                    else:
+                        free.send_nowait(buffer)
+                    position += held
+                    if cut is not None or last:
+                        break
+                if cut is not None:
+                    break
+    if cut is not None:
+        raise cut
+    return failed
+
+
+def _store(batch: _Batch) -> str | None:
+    # In a worker thread: hash and write ``batch`` (one system call), opening the partial file anew
+    # (a transfer holds no file open between batches; a small file costs one trip to the thread).
+    # After the file's last bytes: check it and give it its name; the problem, or None.
+    plan, data = batch.plan, batch.data
+    with plan.partial.open("r+b" if batch.position else "wb", buffering=0) as f:
+        f.seek(batch.position)
+        plan.hasher.update(data)
+        written = f.write(data) or 0
+        while written < len(data):  # (a short write: the rest)
+            written += f.write(data[written:]) or 0
+    if not batch.last:
+        return None
+    if plan.hasher.digest() != plan.entry.digest:
         plan.partial.unlink(missing_ok=True)
         return "its bytes do not match the offer's BLAKE3 hash (not kept)"
     os.replace(plan.partial, plan.target)
     return None
-
-
-def _hash_and_write(hasher: blake3.blake3, fd: int, data: memoryview) -> None:
-    # In a worker thread, without the GIL but for a moment: one hash of the whole buffer, one
-    # system call.
-    hasher.update(data)
-    written = os.write(fd, data)
-    while written < len(data):  # (a short write: the rest)
-        written += os.write(fd, data[written:])

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import blake3
 import pytest
 
 from peerkit import AppStream, InvitationResponse, Node, ProtocolError, files, streams
@@ -125,11 +126,11 @@ async def test_the_receiver_writes_whole_buffers_reused_from_file_to_file(
     monkeypatch.setattr(files, "BATCH", 512)
     writes: list[int] = []
     made: list[bytearray] = []  # (kept: every buffer made, with an id of its own)
-    hash_and_write, fit = files._hash_and_write, files._fit
+    store, fit = files._store, files._fit
 
-    def counted(hasher: Any, fd: int, data: memoryview) -> None:
-        writes.append(len(data))
-        hash_and_write(hasher, fd, data)
+    def counted(batch: Any) -> str | None:
+        writes.append(len(batch.data))
+        return store(batch)
 
     def watched(buffer: bytearray, size: int) -> bytearray:
         out = fit(buffer, size)
@@ -137,7 +138,7 @@ async def test_the_receiver_writes_whole_buffers_reused_from_file_to_file(
             made.append(out)
         return out
 
-    monkeypatch.setattr(files, "_hash_and_write", counted)
+    monkeypatch.setattr(files, "_store", counted)
     monkeypatch.setattr(files, "_fit", watched)
     folder = tmp_path / "reports"
     folder.mkdir()
@@ -278,3 +279,31 @@ async def test_prepare_names_what_it_cannot_send(tmp_path: Path) -> None:
     (tmp_path / "y" / "x" / "same").write_text("3")
     with pytest.raises(ValueError, match="two files would be called 'x/same'"):
         await prepare([tmp_path / "x", tmp_path / "y" / "x"])
+
+
+async def test_prepare_hashes_small_files_together_and_a_large_one_alone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A trip to the worker thread per file was most of the time of a folder of small files; a
+    # trip ends at HASH_AT_ONCE files or BATCH bytes (patched to 1,000), so a large file goes alone.
+    monkeypatch.setattr(files, "BATCH", 1_000)
+    trips: list[int] = []
+    hash_some = files._hash_some
+
+    def counted(*args: Any) -> list[tuple[bytes, int]]:
+        out = hash_some(*args)
+        trips.append(len(out))
+        return out
+
+    monkeypatch.setattr(files, "_hash_some", counted)
+    folder = tmp_path / "notes"
+    folder.mkdir()
+    sizes = [10] * 40 + [5_000] + [10] * 3
+    for i, size in enumerate(sizes):
+        (folder / f"{i:02}.txt").write_bytes(os.urandom(size))
+    outgoing = await prepare([folder])
+    assert trips == [files.HASH_AT_ONCE, 9, 3]  # (the large file ends the second trip)
+    assert [o.entry.size for o in outgoing] == sizes
+    for o in outgoing:
+        assert o.entry.digest == blake3.blake3(o.source.read_bytes()).digest()
+        assert o.entry.path == f"notes/{o.source.name}"
