@@ -44,7 +44,7 @@ from peerkit.streams import AppStream
 __all__ = (
     "BATCH",
     "BUFFERS",
-    "HASH_AT_ONCE",
+    "FILES_AT_ONCE",
     "Decision",
     "Outgoing",
     "ReceiveReport",
@@ -61,8 +61,9 @@ BATCH: Final = 4 << 20
 #: most): one the stream fills or empties while the others wait for, or are in, the worker thread.
 #: They are made once per :func:`send_files` or :func:`receive_files` and go round from file to file.
 BUFFERS: Final = 3
-#: Files hashed in one trip to a worker thread, at most (see :func:`prepare`).
-HASH_AT_ONCE: Final = 32
+#: Files hashed (by :func:`prepare`) or looked at (by :func:`receive_files`) in one trip to a worker
+#: thread, at most; a trip also ends once BATCH bytes were hashed in it.
+FILES_AT_ONCE: Final = 32
 #: Seconds the receiver waits for each part of the offer, and the sender for the receiver's answer.
 ANSWER_TIMEOUT: Final = 60.0
 
@@ -172,12 +173,12 @@ def _hash_some(
     sources: list[Path], start: int, progress: Progress | None, spare: list[bytearray]
 ) -> list[tuple[bytes, int]]:
     # In a worker thread: the hash and length of the files from ``sources[start]`` on, until
-    # HASH_AT_ONCE are hashed or BATCH bytes read. Small files share a trip to the thread (one a
+    # FILES_AT_ONCE are hashed or BATCH bytes read. Small files share a trip to the thread (one a
     # file was most of the time of a folder of small ones); a large file still goes alone, and a
     # cancelled prepare() stops between trips.
     out: list[tuple[bytes, int]] = []
     total = 0
-    for source in sources[start : start + HASH_AT_ONCE]:
+    for source in sources[start : start + FILES_AT_ONCE]:
         out.append(_hash_file(source, progress, spare))
         total += out[-1][1]
         if total >= BATCH:
@@ -383,8 +384,11 @@ async def receive_files(
     report = ReceiveReport()
     plans: list[_Plan] = []
     buffers = [bytearray() for _ in range(BUFFERS)]
-    for index, entry in enumerate(entries):
-        plan = await _plan(index, entry, into, decide, report, buffers)
+    found: list[_Found] = []
+    while len(found) < len(entries):
+        found += await anyio.to_thread.run_sync(_survey_some, entries, len(found), into, buffers)
+    for index, (entry, there) in enumerate(zip(entries, found, strict=True)):
+        plan = await _plan(index, entry, there, decide, report)
         if plan is not None:
             plans.append(plan)
     needed = sum(p.entry.size - p.offset for p in plans)
@@ -411,14 +415,12 @@ class _Plan:
 async def _plan(
     index: int,
     entry: Entry,
-    into: Path,
+    there: _Found,
     decide: Callable[[Entry, Path], Awaitable[Decision]],
     report: ReceiveReport,
-    spare: list[bytearray],
 ) -> _Plan | None:
-    # Where ``entry`` goes and from which offset; None when it is not wanted. Files already there
-    # are read into the buffer ``spare`` holds.
-    target, state, hasher, offset = await anyio.to_thread.run_sync(_survey, entry, into, spare)
+    # Where ``entry`` goes and from which offset, from what is ``there``; None when it is not wanted.
+    target, state, hasher, offset = there
     if state == "already":
         report.already.append(entry.path)
         return None
@@ -438,9 +440,27 @@ async def _plan(
     return _Plan(index, entry, target, _partial(entry, target), offset, hasher)
 
 
-def _survey(entry: Entry, into: Path, spare: list[bytearray]) -> tuple[Path, str, blake3.blake3, int]:
-    # In a worker thread, all at once: where ``entry`` goes and what is there (see _place, or
-    # "already": the same bytes), and how much of it a partial file holds (hashed: the hasher).
+#: What is where an offered file goes: its path, what is there (see _place, or "already": the same
+#: bytes), and how much of it a partial file holds, hashed (the hasher and the offset).
+_Found = tuple[Path, str, blake3.blake3, int]
+
+
+def _survey_some(entries: list[Entry], start: int, into: Path, spare: list[bytearray]) -> list[_Found]:
+    # In a worker thread: what is there for the entries from ``entries[start]`` on, until
+    # FILES_AT_ONCE are looked at or BATCH bytes hashed (files there already, partial files).
+    out: list[_Found] = []
+    hashed = 0
+    for entry in entries[start : start + FILES_AT_ONCE]:
+        out.append(_survey(entry, into, spare))
+        _, state, _, offset = out[-1]
+        hashed += offset + (entry.size if state in ("already", "same size") else 0)
+        if hashed >= BATCH:
+            break
+    return out
+
+
+def _survey(entry: Entry, into: Path, spare: list[bytearray]) -> _Found:
+    # What is there for ``entry`` (see _Found).
     target, state = _place(entry, into)
     hasher = blake3.blake3()
     if state == "same size" and _hash_file(target, None, spare)[0] == entry.digest:

@@ -285,7 +285,7 @@ async def test_prepare_hashes_small_files_together_and_a_large_one_alone(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # A trip to the worker thread per file was most of the time of a folder of small files; a
-    # trip ends at HASH_AT_ONCE files or BATCH bytes (patched to 1,000), so a large file goes alone.
+    # trip ends at FILES_AT_ONCE files or BATCH bytes (patched to 1,000), so a large file goes alone.
     monkeypatch.setattr(files, "BATCH", 1_000)
     trips: list[int] = []
     hash_some = files._hash_some
@@ -302,8 +302,43 @@ async def test_prepare_hashes_small_files_together_and_a_large_one_alone(
     for i, size in enumerate(sizes):
         (folder / f"{i:02}.txt").write_bytes(os.urandom(size))
     outgoing = await prepare([folder])
-    assert trips == [files.HASH_AT_ONCE, 9, 3]  # (the large file ends the second trip)
+    assert trips == [files.FILES_AT_ONCE, 9, 3]  # (the large file ends the second trip)
     assert [o.entry.size for o in outgoing] == sizes
     for o in outgoing:
         assert o.entry.digest == blake3.blake3(o.source.read_bytes()).digest()
         assert o.entry.path == f"notes/{o.source.name}"
+
+
+async def test_the_receiver_looks_at_small_files_together(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Where each offered file goes, and what is there, is looked at FILES_AT_ONCE files a trip to
+    # the worker thread; a trip ends once BATCH bytes (1,000 here) of files already there were hashed.
+    monkeypatch.setattr(files, "BATCH", 1_000)
+    trips: list[int] = []
+    survey_some = files._survey_some
+
+    def counted(*args: Any) -> list[Any]:
+        out = survey_some(*args)
+        trips.append(len(out))
+        return out
+
+    monkeypatch.setattr(files, "_survey_some", counted)
+    folder = tmp_path / "notes"
+    folder.mkdir()
+    sizes = [10] * 40 + [5_000] + [10] * 3
+    for i, size in enumerate(sizes):
+        (folder / f"{i:02}.txt").write_bytes(os.urandom(size))
+    into = tmp_path / "into"
+    into.mkdir()
+    outgoing = await prepare([folder])
+    async with nodes() as (alice, bob):
+        _, got = await transfer(alice, bob, outgoing, into)
+        assert isinstance(got, ReceiveReport), got
+        assert len(got.saved) == len(sizes)
+        assert trips == [files.FILES_AT_ONCE, 12]  # (nothing there yet: nothing hashed)
+        trips.clear()
+        _, again = await transfer(alice, bob, outgoing, into)
+    assert isinstance(again, ReceiveReport), again
+    assert sorted(again.already) == sorted(o.entry.path for o in outgoing)
+    assert trips == [files.FILES_AT_ONCE, 9, 3]  # (the large file there ends the second trip)
