@@ -9,6 +9,7 @@ import contextlib
 import functools
 import json
 import os
+import shutil
 import sys
 import tempfile
 import uuid
@@ -47,7 +48,9 @@ async def copy_files(peer: Peer, files: list[tuple[str, Path]]) -> None:
 
 
 async def _copied(stream: AppStream, into: Path) -> None:
-    # The plain copier's receiving side: every file written (in a worker thread), then deleted.
+    # The plain copier's receiving side: every file written (in a worker thread) into a folder of
+    # its own, then deleted.
+    into = await _fresh(into)
     buffer = bytearray()
 
     async def take(n: int) -> bytes:
@@ -57,15 +60,20 @@ async def _copied(stream: AppStream, into: Path) -> None:
         del buffer[:n]
         return out
 
-    written = []
     while n := int.from_bytes(await take(2), "big"):
         target = into / (await take(n)).decode()
         data = await take(int.from_bytes(await take(8), "big"))
         await anyio.to_thread.run_sync(target.write_bytes, data)
-        written.append(target)
     await stream.send(b"k")
-    for target in written:
-        await anyio.to_thread.run_sync(target.unlink)
+    await anyio.to_thread.run_sync(shutil.rmtree, into)
+
+
+async def _fresh(into: Path) -> Path:
+    # A new folder in ``into``: each transfer writes into one of its own, so that deleting what one
+    # received never meets the next (whose receiver would find some files there already).
+    folder = into / uuid.uuid4().hex
+    await anyio.to_thread.run_sync(folder.mkdir)
+    return folder
 
 
 async def send_offer(peer: Peer, outgoing: list[Outgoing]) -> None:
@@ -76,6 +84,7 @@ async def send_offer(peer: Peer, outgoing: list[Outgoing]) -> None:
     async with await peer.open_stream(FILES) as stream:
         report = await send_files(stream, outgoing)
     assert report.received == len(outgoing), report
+    assert report.sent_bytes == sum(o.entry.size for o in outgoing), report  # (none there already)
     assert not report.failed, report
 
 
@@ -93,9 +102,9 @@ async def main() -> None:
                 return InvitationResponse.ACCEPTED
 
             async def files(stream: AppStream) -> None:
-                report = await receive_files(stream, offers.pop(stream.peer.id), into)
-                for path in report.saved:
-                    await anyio.to_thread.run_sync(path.unlink)
+                folder = await _fresh(into)
+                report = await receive_files(stream, offers.pop(stream.peer.id), folder)
+                await anyio.to_thread.run_sync(shutil.rmtree, folder)
                 assert not report.failed, report.failed
 
             async def sink(stream: AppStream) -> None:

@@ -16,6 +16,7 @@ import functools
 import hashlib
 import os
 import shutil
+import stat
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -253,8 +254,8 @@ async def _send_wanted(
     stream: AppStream, wanted: list[tuple[Outgoing, int]], progress: Progress | None
 ) -> int:
     # The bytes of each file wanted from its offset on, file after file, read in a worker thread
-    # while the batch before is sent; the bytes sent. The buffers go round: read into a free one,
-    # sent, then free again (no allocation and no fresh pages per batch or per file).
+    # while the buffer before is sent; the bytes sent. The buffers go round: filled with the bytes
+    # of one file or of several small ones, sent, then free again.
     full, filled = anyio.create_memory_object_stream[tuple[memoryview, bytearray]](BUFFERS)
     free, freed = anyio.create_memory_object_stream[bytearray](BUFFERS)
     for _ in range(BUFFERS):
@@ -263,19 +264,21 @@ async def _send_wanted(
 
     async def read() -> None:
         async with full:
-            for item, offset in wanted:
-                position = offset
-                while position < item.entry.size:
-                    size = min(BATCH, item.entry.size - position)
-                    buffer = _fit(await freed.receive(), size)
-                    n = await anyio.to_thread.run_sync(
-                        _read_at, item.source, position, memoryview(buffer)[:size]
-                    )
-                    await full.send((memoryview(buffer)[:n], buffer))
-                    position += n
-                    if n < size:
-                        changed.append(item.source)  # (what was read is sent: the receiver keeps it)
-                        return
+            left = sum(item.entry.size - offset for item, offset in wanted)
+            cursor = (0, wanted[0][1] if wanted else 0)
+            while cursor[0] < len(wanted):
+                size = min(BATCH, left)
+                buffer = _fit(await freed.receive(), size)
+                n, cursor, short = await anyio.to_thread.run_sync(
+                    _read_some, wanted, cursor, memoryview(buffer)[:size]
+                )
+                await full.send((memoryview(buffer)[:n], buffer))
+                left -= n
+                if short:
+                    changed.append(
+                        wanted[cursor[0]][0].source
+                    )  # (what was read is sent: the receiver keeps it)
+                    return
 
     sent = 0
     async with _one_error(), anyio.create_task_group() as tg, filled, free, freed:
@@ -292,10 +295,37 @@ async def _send_wanted(
     return sent
 
 
+def _read_some(
+    wanted: list[tuple[Outgoing, int]], cursor: tuple[int, int], view: memoryview
+) -> tuple[int, tuple[int, int], bool]:
+    # In a worker thread: fill ``view`` with the wanted bytes from ``cursor`` (a file's index in
+    # ``wanted`` and a position in it) on, file after file, opening FILES_AT_ONCE files at most.
+    # How many bytes, the cursor after them, and whether a file ended before its size (it changed
+    # since it was hashed; the cursor is then in it).
+    index, position = cursor
+    filled = opened = 0
+    while index < len(wanted) and opened < FILES_AT_ONCE:
+        item = wanted[index][0]
+        if position < item.entry.size:
+            if filled == len(view):
+                break
+            want = min(len(view) - filled, item.entry.size - position)
+            n = _read_at(item.source, position, view[filled : filled + want])
+            opened += 1
+            filled += n
+            position += n
+            if n < want:
+                return filled, (index, position), True
+            if position < item.entry.size:
+                break  # (the view is full)
+        index += 1
+        position = wanted[index][1] if index < len(wanted) else 0
+    return filled, (index, position), False
+
+
 def _read_at(source: Path, position: int, view: memoryview) -> int:
-    # In a worker thread: fill ``view`` with the file's bytes from ``position`` on; how many there
-    # were (fewer only at the file's end). Each batch opens the file anew, so a transfer holds no
-    # file open between batches and a small file costs one trip to the thread.
+    # Fill ``view`` with the file's bytes from ``position`` on; how many there were (fewer only at
+    # the file's end). The file is opened for each read: a transfer holds none open between trips.
     filled = 0
     with source.open("rb", buffering=0) as f:
         f.seek(position)
@@ -463,8 +493,14 @@ def _survey(entry: Entry, into: Path, spare: list[bytearray]) -> _Found:
     # What is there for ``entry`` (see _Found).
     target, state = _place(entry, into)
     hasher = blake3.blake3()
-    if state == "same size" and _hash_file(target, None, spare)[0] == entry.digest:
-        return target, "already", hasher, 0
+    if state == "same size":
+        try:
+            if _hash_file(target, None, spare)[0] == entry.digest:
+                return target, "already", hasher, 0
+        except FileNotFoundError:
+            state = "free"  # (it went meanwhile)
+        except OSError:
+            state = "taken"  # (it cannot be read: not known to be the same)
     if state not in ("free", "taken", "same size", "not a file"):
         return target, state, hasher, 0
     return target, state, hasher, _resumable(_partial(entry, target), entry.size, hasher, spare)
@@ -485,11 +521,13 @@ def _place(entry: Entry, into: Path) -> tuple[Path, str]:
         if folder.is_symlink() or (folder.exists() and not folder.is_dir()):
             return target, f"{folder} is not a folder of its own"
     target.parent.mkdir(parents=True, exist_ok=True)
-    if not target.is_symlink() and not target.exists():
+    try:
+        found = target.lstat()
+    except FileNotFoundError:
         return target, "free"
-    if target.is_symlink() or not target.is_file():
+    if not stat.S_ISREG(found.st_mode):
         return target, "not a file"
-    return target, "same size" if target.stat().st_size == entry.size else "taken"
+    return target, "same size" if found.st_size == entry.size else "taken"
 
 
 def _resumable(partial: Path, size: int, hasher: blake3.blake3, spare: list[bytearray]) -> int:
@@ -510,12 +548,11 @@ def _free_name(target: Path) -> Path:
 
 
 @dataclass(frozen=True, slots=True)
-class _Batch:
+class _Piece:
     # Bytes of one file received, to be hashed and written at ``position`` of its partial file.
     plan: _Plan
     position: int
     data: memoryview
-    buffer: bytearray
     #: Whether they end the file (it is then checked and given its name).
     last: bool
 
@@ -529,27 +566,33 @@ async def _receive_planned(
 ) -> list[tuple[int, str]]:
     # Receive the rest of every planned file, file after file, into its partial file; check each
     # and give it its name. The (index, problem) of each that failed. A cut connection raises (the
-    # partial files are kept). The buffers go round: filled from the stream, hashed and written (a
-    # worker thread, while the next fills), then free again.
+    # partial files are kept). The buffers go round: filled from the stream with the pieces of one
+    # file or of several small ones (FILES_AT_ONCE at most), each piece then hashed and written in
+    # one trip to a worker thread while the next buffer fills, then free again.
     failed: list[tuple[int, str]] = []
-    full, filled = anyio.create_memory_object_stream[_Batch](len(buffers))
+    full, filled = anyio.create_memory_object_stream[tuple[list[_Piece], bytearray]](len(buffers))
     free, freed = anyio.create_memory_object_stream[bytearray](len(buffers))
-    for buffer in buffers:
-        free.send_nowait(buffer)
+    for spare in buffers:
+        free.send_nowait(spare)
 
     async def write() -> None:
         async with filled:
-            async for batch in filled:
-                problem = await anyio.to_thread.run_sync(_store, batch)
-                free.send_nowait(batch.buffer)
-                if not batch.last:
-                    continue
-                if problem is None:
-                    report.saved.append(batch.plan.target)
-                else:
-                    failed.append((batch.plan.index, problem))
-                    report.failed.append((batch.plan.entry.path, problem))
+            async for pieces, used in filled:
+                problems = await anyio.to_thread.run_sync(_store, pieces)
+                free.send_nowait(used)
+                for piece, problem in zip(pieces, problems, strict=True):
+                    if not piece.last:
+                        continue
+                    if problem is None:
+                        report.saved.append(piece.plan.target)
+                    else:
+                        failed.append((piece.plan.index, problem))
+                        report.failed.append((piece.plan.entry.path, problem))
 
+    left = sum(plan.entry.size - plan.offset for plan in plans)  # (bytes still to come, all files)
+    buffer: bytearray | None = None
+    pieces: list[_Piece] = []
+    cap = used = 0  # (the current buffer's bytes in use at most, and so far)
     cut: Exception | None = None
     async with _one_error(), free, freed, anyio.create_task_group() as tg:
         tg.start_soon(write)
@@ -558,8 +601,13 @@ async def _receive_planned(
                 report.resumed_bytes += plan.offset
                 position = plan.offset
                 while True:
-                    size, held = min(BATCH, plan.entry.size - position), 0
-                    buffer = _fit(await freed.receive(), size)
+                    need = plan.entry.size - position
+                    if buffer is None or (need and used == cap) or len(pieces) == FILES_AT_ONCE:
+                        if buffer is not None:
+                            await full.send((pieces, buffer))
+                        cap, used, pieces = min(BATCH, left), 0, []
+                        buffer = _fit(await freed.receive(), cap)
+                    size, held = min(cap - used, need), 0
                     try:
                         while held < size:
                             try:
@@ -568,41 +616,49 @@ async def _receive_planned(
                                 raise anyio.BrokenResourceError(
                                     "the sender ended the stream inside a file"
                                 ) from None
-                            buffer[held : held + len(data)] = data
+                            buffer[used + held : used + held + len(data)] = data
                             held += len(data)
                             report.received_bytes += len(data)
                             if progress is not None:
                                 progress(len(data))
                     except (anyio.BrokenResourceError, anyio.ClosedResourceError, ProtocolError) as exc:
                         cut = exc  # (the writer writes what is queued, and what was received)
-                    last = cut is None and position + size == plan.entry.size
+                    last = cut is None and held == need
                     if held or last:
-                        await full.send(_Batch(plan, position, memoryview(buffer)[:held], buffer, last))
-                    else:
-                        free.send_nowait(buffer)
+                        pieces.append(_Piece(plan, position, memoryview(buffer)[used : used + held], last))
+                    used += held
                     position += held
+                    left -= held
                     if cut is not None or last:
                         break
                 if cut is not None:
                     break
+            if buffer is not None:
+                await full.send((pieces, buffer))
     if cut is not None:
         raise cut
     return failed
 
 
-def _store(batch: _Batch) -> str | None:
-    # In a worker thread: hash and write ``batch`` (one system call), opening the partial file anew
-    # (a transfer holds no file open between batches; a small file costs one trip to the thread).
-    # After the file's last bytes: check it and give it its name; the problem, or None.
-    plan, data = batch.plan, batch.data
-    with plan.partial.open("r+b" if batch.position else "wb", buffering=0) as f:
-        f.seek(batch.position)
-        plan.hasher.update(data)
-        written = f.write(data) or 0
-        while written < len(data):  # (a short write: the rest)
-            written += f.write(data[written:]) or 0
-    if not batch.last:
-        return None
+def _store(pieces: list[_Piece]) -> list[str | None]:
+    # In a worker thread: hash and write each piece (one system call), opening its partial file
+    # anew (a transfer holds no file open between trips; small files share a trip). After a file's
+    # last bytes: check it and give it its name. The problem of each piece, or None.
+    problems: list[str | None] = []
+    for piece in pieces:
+        plan, data = piece.plan, piece.data
+        with plan.partial.open("r+b" if piece.position else "wb", buffering=0) as f:
+            f.seek(piece.position)
+            plan.hasher.update(data)
+            written = f.write(data) or 0
+            while written < len(data):  # (a short write: the rest)
+                written += f.write(data[written:]) or 0
+        problems.append(_check(plan) if piece.last else None)
+    return problems
+
+
+def _check(plan: _Plan) -> str | None:
+    # A file received whole: give it its name if its bytes are the offer's; the problem, or None.
     if plan.hasher.digest() != plan.entry.digest:
         plan.partial.unlink(missing_ok=True)
         return "its bytes do not match the offer's BLAKE3 hash (not kept)"

@@ -79,6 +79,25 @@ def sha(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+async def send_folder(tmp_path: Path, sizes: dict[str, int]) -> SendReport:
+    """Send a folder of files of ``sizes`` (random bytes) from alice to bob; alice's report, once
+    every file arrived intact."""
+    folder = tmp_path / "notes"
+    folder.mkdir()
+    for name, size in sizes.items():
+        (folder / name).write_bytes(os.urandom(size))
+    into = tmp_path / "into"
+    into.mkdir()
+    async with nodes() as (alice, bob):
+        sent, got = await transfer(alice, bob, await prepare([folder]), into)
+    assert isinstance(sent, SendReport), sent
+    assert isinstance(got, ReceiveReport), got
+    assert (sent.received, sent.failed, sent.sent_bytes) == (len(sizes), [], sum(sizes.values()))
+    for name in sizes:
+        assert (into / "notes" / name).read_bytes() == (folder / name).read_bytes()
+    return sent
+
+
 async def test_a_file_and_a_folder_arrive_intact_and_a_taken_name_is_kept(tmp_path: Path) -> None:
     src = tmp_path / "src"
     (src / "album" / "2026").mkdir(parents=True)
@@ -120,17 +139,17 @@ async def test_the_receiver_writes_whole_buffers_reused_from_file_to_file(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Stream messages of 7 bytes each (a peer may send them so) are gathered into the receiver's
-    # buffers (BATCH bytes, 512 here, or what is left of the file), each written whole, never held
-    # as pieces; the same few buffers serve every file, and none is larger than a file needs.
+    # buffers (BATCH bytes, 512 here, or what is left to come), each written whole, never held as
+    # messages; the same few buffers serve every file, and none is larger than the files need.
     monkeypatch.setattr(streams, "STREAM_CHUNK", 7)
     monkeypatch.setattr(files, "BATCH", 512)
-    writes: list[int] = []
+    trips: list[list[int]] = []  # (the bytes of each piece written, trip by trip)
     made: list[bytearray] = []  # (kept: every buffer made, with an id of its own)
     store, fit = files._store, files._fit
 
-    def counted(batch: Any) -> str | None:
-        writes.append(len(batch.data))
-        return store(batch)
+    def counted(pieces: list[Any]) -> list[str | None]:
+        trips.append([len(piece.data) for piece in pieces])
+        return store(pieces)
 
     def watched(buffer: bytearray, size: int) -> bytearray:
         out = fit(buffer, size)
@@ -140,21 +159,9 @@ async def test_the_receiver_writes_whole_buffers_reused_from_file_to_file(
 
     monkeypatch.setattr(files, "_store", counted)
     monkeypatch.setattr(files, "_fit", watched)
-    folder = tmp_path / "reports"
-    folder.mkdir()
-    sizes = {"a.bin": 2_000, "b.bin": 300, "c.bin": 1_100}
-    for name, size in sizes.items():
-        (folder / name).write_bytes(os.urandom(size))
-    into = tmp_path / "into"
-    into.mkdir()
-    async with nodes() as (alice, bob):
-        sent, got = await transfer(alice, bob, await prepare([folder]), into)
-    assert isinstance(sent, SendReport), sent
-    assert isinstance(got, ReceiveReport), got
-    assert (sent.received, sent.failed) == (3, [])
-    for name in sizes:
-        assert (into / "reports" / name).read_bytes() == (folder / name).read_bytes()
-    assert writes == [512, 512, 512, 464, 300, 512, 512, 76]
+    await send_folder(tmp_path, {"a.bin": 2_000, "b.bin": 300, "c.bin": 1_100})
+    # Each buffer is filled whole (the files follow each other in it) and written in one trip.
+    assert trips == [[512], [512], [512], [464, 48], [252, 260], [512], [328]]
     # One buffer to hash with, and BUFFERS at each end, made for the first file and kept.
     assert len(made) <= 1 + 2 * files.BUFFERS
     assert max(len(buffer) for buffer in made) == 512
@@ -324,6 +331,14 @@ async def test_the_receiver_looks_at_small_files_together(
         return out
 
     monkeypatch.setattr(files, "_survey_some", counted)
+    stored: list[int] = []  # (pieces written, trip by trip)
+    store = files._store
+
+    def counted_store(pieces: list[Any]) -> list[str | None]:
+        stored.append(len(pieces))
+        return store(pieces)
+
+    monkeypatch.setattr(files, "_store", counted_store)
     folder = tmp_path / "notes"
     folder.mkdir()
     sizes = [10] * 40 + [5_000] + [10] * 3
@@ -337,8 +352,66 @@ async def test_the_receiver_looks_at_small_files_together(
         assert isinstance(got, ReceiveReport), got
         assert len(got.saved) == len(sizes)
         assert trips == [files.FILES_AT_ONCE, 12]  # (nothing there yet: nothing hashed)
+        assert stored[0] == files.FILES_AT_ONCE  # (and the small files are written together)
         trips.clear()
         _, again = await transfer(alice, bob, outgoing, into)
     assert isinstance(again, ReceiveReport), again
     assert sorted(again.already) == sorted(o.entry.path for o in outgoing)
     assert trips == [files.FILES_AT_ONCE, 9, 3]  # (the large file there ends the second trip)
+
+
+async def test_the_sender_reads_small_files_together(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Files follow each other in the sender's buffers (BATCH, 1,000 here), FILES_AT_ONCE at most a
+    # trip to the worker thread; empty files and large ones among them arrive as well.
+    monkeypatch.setattr(files, "BATCH", 1_000)
+    trips: list[int] = []  # (bytes read, trip by trip)
+    read_some = files._read_some
+
+    def counted(*args: Any) -> Any:
+        out = read_some(*args)
+        trips.append(out[0])
+        return out
+
+    monkeypatch.setattr(files, "_read_some", counted)
+    sizes = [10] * 40 + [0, 2_500] + [10] * 3 + [0]
+    await send_folder(tmp_path, {f"{i:02}.txt": size for i, size in enumerate(sizes)})
+    # 32 files; then 8 and the first 920 bytes of the large one; 1,000; the last 580 and 3 x 10.
+    assert trips == [320, 1_000, 1_000, 610]
+
+
+async def test_a_file_there_that_goes_or_cannot_be_read_does_not_stop_the_receiver(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Files of the same size are where two offered files go: one is deleted between the look and
+    # the hash (it is then free), the other cannot be read (it is then taken: renamed by default).
+    source = tmp_path / "out"
+    source.mkdir()
+    (source / "gone.txt").write_bytes(b"new bytes")
+    (source / "locked.txt").write_bytes(b"new bytes")
+    into = tmp_path / "into"
+    (into / "out").mkdir(parents=True)
+    (into / "out" / "gone.txt").write_bytes(b"old bytes")
+    (into / "out" / "locked.txt").write_bytes(b"old bytes")
+    place, hash_file = files._place, files._hash_file
+
+    def going(entry: Any, folder: Path) -> tuple[Path, str]:
+        target, state = place(entry, folder)
+        if target.name == "gone.txt":
+            target.unlink()  # (after the look)
+        return target, state
+
+    def hashing(path: Path, *args: Any) -> tuple[bytes, int]:
+        if path.name == "locked.txt" and into in path.parents:
+            raise PermissionError(13, "Permission denied", str(path))
+        return hash_file(path, *args)
+
+    monkeypatch.setattr(files, "_place", going)
+    monkeypatch.setattr(files, "_hash_file", hashing)
+    async with nodes() as (alice, bob):
+        sent, got = await transfer(alice, bob, await prepare([source]), into)
+    assert isinstance(sent, SendReport), sent
+    assert isinstance(got, ReceiveReport), got
+    assert (sent.received, sent.failed) == (2, [])
+    assert (into / "out" / "gone.txt").read_bytes() == b"new bytes"
+    assert (into / "out" / "locked.txt").read_bytes() == b"old bytes"
+    assert (into / "out" / "locked (1).txt").read_bytes() == b"new bytes"
