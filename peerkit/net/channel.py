@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
+import threading
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
@@ -38,6 +39,7 @@ from peerkit.proto.admission import (
 )
 from peerkit.proto.connection import (
     HANDSHAKE_TIMEOUT,
+    MAX_PLAINTEXT,
     PROTOCOL_IK,
     Connection,
     HandshakeComplete,
@@ -70,6 +72,17 @@ PREAMBLE_TIMEOUT: Final = 3.0
 #: What a channel says when its connection broke.
 BROKE: Final = "the connection to the peer broke"
 _READ_SIZE = 262144
+
+
+class _Scratch(threading.local):
+    # Where the channels of a thread decrypt their messages larger than 4 KiB: one buffer of 64 KiB
+    # a thread, instead of one kept by every connection that ever received such a message (a
+    # stranger's 768 channels could hold 48 MiB so).
+    def __init__(self) -> None:
+        self.buffer = bytearray(MAX_PLAINTEXT)
+
+
+_SCRATCH = _Scratch()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -202,11 +215,20 @@ class SecureChannel(anyio.abc.AsyncResource):
             if initiator:
                 expected = expected_peer.key if expected_peer is not None else None
                 conn = Connection.initiate(
-                    _keys(identity), hello, now=now, expected_id=expected, handshake_timeout=handshake_timeout
+                    _keys(identity),
+                    hello,
+                    now=now,
+                    expected_id=expected,
+                    handshake_timeout=handshake_timeout,
+                    scratch=_SCRATCH.buffer,
                 )
             else:
                 conn = Connection.respond(
-                    _keys(identity), hello, now=now, handshake_timeout=handshake_timeout
+                    _keys(identity),
+                    hello,
+                    now=now,
+                    handshake_timeout=handshake_timeout,
+                    scratch=_SCRATCH.buffer,
                 )
             deadline = conn.get_timer()
             assert deadline is not None

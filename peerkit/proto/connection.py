@@ -143,7 +143,10 @@ class Connection:
         expected_id: bytes | None = None,
         handshake_timeout: float = HANDSHAKE_TIMEOUT,
         ephemeral: bytes | None = None,
+        scratch: bytearray | None = None,
     ) -> None:
+        if scratch is not None and len(scratch) < MAX_PLAINTEXT:
+            raise ValueError(f"scratch is {len(scratch)} bytes; it must hold {MAX_PLAINTEXT}")
         self._keys: StaticKeys | None = keys  # (the handshake's: let go once it is done)
         self._hello: Hello | None = hello
         self._initiator = initiator
@@ -156,7 +159,7 @@ class Connection:
         self._send: CipherState | None = None
         self._recv: CipherState | None = None
         self._peer: Hello | None = None
-        self._scratch: bytearray | None = None
+        self._scratch = scratch
         #: The Noise protocol name, once chosen.
         self.protocol: str | None = None
         #: The handshake hash, once the connection is open.
@@ -173,13 +176,20 @@ class Connection:
         expected_id: bytes | None = None,
         handshake_timeout: float = HANDSHAKE_TIMEOUT,
         ephemeral: bytes | None = None,
+        scratch: bytearray | None = None,
     ) -> Connection:
         """Start a connection as the dialling side.
 
         With ``expected_id`` (the Ed25519 key of the peer we mean to reach) the handshake is IK and
         the peer must prove that id; without it, XX, and any id is accepted.
 
-        :raises ValueError: when ``expected_id`` is not a valid Ed25519 public key.
+        ``scratch`` is where messages larger than 4 KiB are decrypted (at least 65,519 bytes):
+        connections used from one thread may share one, since every value is copied out of it
+        before :meth:`receive_data` returns. Without it, a connection makes its own when it first
+        needs it, and keeps it.
+
+        :raises ValueError: when ``expected_id`` is not a valid Ed25519 public key, or ``scratch``
+            is too small.
         """
         conn = cls(
             keys,
@@ -189,6 +199,7 @@ class Connection:
             expected_id=expected_id,
             handshake_timeout=handshake_timeout,
             ephemeral=ephemeral,
+            scratch=scratch,
         )
         if expected_id is None:
             conn.protocol = PROTOCOL_XX
@@ -220,10 +231,18 @@ class Connection:
         now: float,
         handshake_timeout: float = HANDSHAKE_TIMEOUT,
         ephemeral: bytes | None = None,
+        scratch: bytearray | None = None,
     ) -> Connection:
-        """Start a connection as the accepting side; it waits for the preamble."""
+        """Start a connection as the accepting side; it waits for the preamble. ``scratch`` as
+        for :meth:`initiate`."""
         return cls(
-            keys, hello, initiator=False, now=now, handshake_timeout=handshake_timeout, ephemeral=ephemeral
+            keys,
+            hello,
+            initiator=False,
+            now=now,
+            handshake_timeout=handshake_timeout,
+            ephemeral=ephemeral,
+            scratch=scratch,
         )
 
     # -- state -----------------------------------------------------------------------------
@@ -400,8 +419,9 @@ class Connection:
             if len(frame) <= _SMALL:
                 plaintext = self._recv.decrypt_with_ad(b"", bytes(frame))
                 return MessageReceived(message=messages.decode_message(plaintext))
-            # Large messages are decrypted into one buffer kept for the purpose: the decoder copies
-            # every value out, so nothing refers to the buffer afterwards.
+            # Large messages are decrypted into a buffer kept for the purpose (maybe shared with other
+            # connections of this thread): the decoder copies every value out, so nothing refers to
+            # the buffer afterwards.
             scratch = self._scratch
             if scratch is None:
                 scratch = self._scratch = bytearray(MAX_PLAINTEXT)

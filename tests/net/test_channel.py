@@ -25,6 +25,7 @@ from peerkit import (
     connect,
     listen,
 )
+from peerkit.net import channel
 from peerkit.proto import messages
 from peerkit.proto.admission import Ticket
 from peerkit.proto.connection import Connection, StaticKeys
@@ -474,3 +475,24 @@ async def test_a_silent_connection_gives_its_slot_back_after_the_preamble_timeou
         async with await connect(host, port, alice, peer_id=bob.id) as channel:
             assert channel.peer.id == bob.id
         tg.cancel_scope.cancel()
+
+
+async def test_the_channels_of_a_thread_decrypt_large_messages_into_one_buffer(
+    alice: Identity, bob: Identity
+) -> None:
+    # Not a 64 KiB buffer kept by every connection that ever received a message over 4 KiB: a
+    # peer's many channels, one large message each, would hold that much each.
+    pairs = [await channel_pair(alice, bob) for _ in range(3)]
+    buffers = set()
+    for a, b in pairs:
+        async with a, b:
+            await a.send({"t": "d", "d": bytes(10_000)})
+            assert (await b.receive())["d"] == bytes(10_000)
+            buffers.add(id(b._conn._scratch))
+            buffers.add(id(a._conn._scratch))
+    assert buffers == {id(channel._SCRATCH.buffer)}
+
+    def elsewhere() -> int:
+        return id(channel._SCRATCH.buffer)
+
+    assert await anyio.to_thread.run_sync(elsewhere) not in buffers  # (each thread its own)

@@ -10,6 +10,7 @@ from peerkit import Identity
 from peerkit.errors import HandshakeError, ProtocolError
 from peerkit.proto import messages
 from peerkit.proto.connection import (
+    MAX_PLAINTEXT,
     PROTOCOL_IK,
     PROTOCOL_XX,
     TRANSITIONS,
@@ -42,10 +43,15 @@ def transfer(src: Connection, dst: Connection, *, bytewise: bool = False, now: f
 
 
 def handshake(
-    alice: Identity, bob: Identity, *, expected: bytes | None = None, bytewise: bool = False
+    alice: Identity,
+    bob: Identity,
+    *,
+    expected: bytes | None = None,
+    bytewise: bool = False,
+    scratch: bytearray | None = None,
 ) -> tuple[Connection, Connection, list[Event], list[Event]]:
     a = Connection.initiate(keys(alice), hello(alice, "alice"), now=0.0, expected_id=expected)
-    b = Connection.respond(keys(bob), hello(bob, "bob"), now=0.0)
+    b = Connection.respond(keys(bob), hello(bob, "bob"), now=0.0, scratch=scratch)
     a_events: list[Event] = []
     b_events: list[Event] = []
     for _ in range(3):
@@ -298,3 +304,22 @@ def test_a_limit_decodes_a_few_messages_at_a_time_and_the_rest_wait(alice: Ident
     assert [e.message["n"] for e in events if isinstance(e, MessageReceived)] == list(range(100))
     b.receive_eof()
     assert b.state is State.CLOSED
+
+
+def test_connections_may_share_where_they_decrypt_large_messages(alice: Identity, bob: Identity) -> None:
+    # Two of bob's connections decrypt their messages over 4 KiB into one buffer: what each
+    # received is whole after the other used the buffer (every value is copied out of it).
+    shared = bytearray(MAX_PLAINTEXT)
+    a1, b1, _, _ = handshake(alice, bob, scratch=shared)
+    a2, b2, _, _ = handshake(alice, bob, scratch=shared)
+    a1.send_message({"t": "d", "d": b"x" * 10_000})
+    a2.send_message({"t": "d", "d": b"y" * 60_000})
+    (first,) = transfer(a1, b1)
+    (second,) = transfer(a2, b2)
+    assert isinstance(first, MessageReceived)
+    assert isinstance(second, MessageReceived)
+    assert first.message["d"] == b"x" * 10_000
+    assert second.message["d"] == b"y" * 60_000
+    assert shared[:3] != bytes(3)  # (it was used)
+    with pytest.raises(ValueError, match="scratch is 100 bytes"):
+        Connection.respond(keys(bob), hello(bob), now=0.0, scratch=bytearray(100))
