@@ -22,6 +22,11 @@ LATENCY_FAMILIES = ("invite_cold", "fanout")
 PEERKIT_COLOUR, REFERENCE_COLOUR = "#2b6cb0", "#a0aec0"
 
 
+def _number(value: float) -> str:
+    # A bar's label: whole numbers with separators from 100 on (3,502, not 3.5e+03), else 3 digits.
+    return f"{value:,.0f}" if abs(value) >= 100 else f"{value:.3g}"
+
+
 def _short(text: str, width: int = 38) -> str:
     words, lines, line = text.split(), [], ""
     for word in words:
@@ -84,7 +89,7 @@ def plot(results: list[dict[str, Any]], directory: Path) -> list[Path]:
             bars = axis.bar(
                 ["peerkit", _short(row["reference"], 24)], values, color=[PEERKIT_COLOUR, REFERENCE_COLOUR]
             )
-            axis.bar_label(bars, labels=[f"{v:,.3g}" for v in values], fontsize=8)
+            axis.bar_label(bars, labels=[_number(v) for v in values], fontsize=8)
             axis.set_ylabel(row["unit"])
             axis.set_title(f"{_short(row['figure'])}\nratio {row['ratio']:.2f}x", fontsize=8)
             axis.tick_params(axis="x", labelsize=7)

@@ -274,10 +274,8 @@ async def _send_wanted(
                 )
                 await full.send((memoryview(buffer)[:n], buffer))
                 left -= n
-                if short:
-                    changed.append(
-                        wanted[cursor[0]][0].source
-                    )  # (what was read is sent: the receiver keeps it)
+                if short:  # (what was read is sent: the receiver keeps it)
+                    changed.append(wanted[cursor[0]][0].source)
                     return
 
     sent = 0
