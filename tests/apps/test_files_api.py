@@ -230,6 +230,48 @@ async def test_a_cut_transfer_resumes_from_its_partial_file(tmp_path: Path) -> N
         assert not partial.exists()
 
 
+async def test_a_cut_folder_keeps_the_files_that_arrived_and_resumes_the_one_cut(tmp_path: Path) -> None:
+    # Five files of 300 kB share one buffer at the receiver; the connection is cut at 700 kB: the
+    # first two are saved, the third kept in part, and sending again sends only what is missing.
+    folder = tmp_path / "notes"
+    folder.mkdir()
+    for i in range(5):
+        (folder / f"{i}.bin").write_bytes(os.urandom(300_000))
+    into = tmp_path / "into"
+    outgoing = await prepare([folder])
+    async with nodes() as (alice, bob):
+
+        async def cut(stream: AppStream, summary: Any) -> ReceiveReport:
+            arrived = 0
+
+            def progress(n: int) -> None:
+                nonlocal arrived
+                arrived += n
+                if arrived >= 700_000:
+                    raise anyio.BrokenResourceError("cut")
+
+            try:
+                return await receive_files(stream, summary, into, progress=progress)
+            finally:
+                await stream.aclose()
+
+        _, got = await transfer(alice, bob, outgoing, into, cut)
+        assert isinstance(got, anyio.BrokenResourceError)
+        assert sorted(p.name for p in (into / "notes").glob("*.bin")) == ["0.bin", "1.bin"]
+        (partial,) = (into / "notes").glob(".*.peerkit-part")
+        kept = partial.stat().st_size
+        assert 100_000 <= kept < 300_000
+        sent, again = await transfer(alice, bob, outgoing, into)
+    assert isinstance(sent, SendReport), sent
+    assert isinstance(again, ReceiveReport), again
+    assert sorted(again.already) == ["notes/0.bin", "notes/1.bin"]
+    assert again.resumed_bytes == kept
+    assert sent.sent_bytes == again.received_bytes == 900_000 - kept
+    for i in range(5):
+        assert sha(into / "notes" / f"{i}.bin") == sha(folder / f"{i}.bin")
+    assert not list(into.rglob("*.peerkit-part"))
+
+
 async def test_bytes_that_do_not_match_the_offer_are_not_kept(tmp_path: Path) -> None:
     real = tmp_path / "real.txt"
     real.write_text("the real bytes")
