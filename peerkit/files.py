@@ -218,8 +218,8 @@ async def send_files(
     """Send the offer ``outgoing`` over ``stream`` (opened after the invitation with its summary was
     accepted) and the bytes the receiver wants, calling ``progress(n)`` as ``n`` more are sent.
 
-    :raises ValueError: when a file changed since :func:`prepare` (the stream is closed: the
-        receiver keeps what it has, to resume).
+    :raises ValueError: when a file changed, or was deleted, since :func:`prepare` (the stream is
+        closed: the receiver keeps what it has, to resume).
     :raises ProtocolError: when the receiver broke the protocol or did not answer in time.
     :raises anyio.BrokenResourceError: when the connection broke.
     """
@@ -323,9 +323,14 @@ def _read_some(
 
 def _read_at(source: Path, position: int, view: memoryview) -> int:
     # Fill ``view`` with the file's bytes from ``position`` on; how many there were (fewer only at
-    # the file's end). The file is opened for each read: a transfer holds none open between trips.
+    # the file's end, none when it is gone). The file is opened for each read: a transfer holds
+    # none open between trips.
     filled = 0
-    with source.open("rb", buffering=0) as f:
+    try:
+        f = source.open("rb", buffering=0)
+    except FileNotFoundError:
+        return 0  # (deleted since it was hashed: it changed)
+    with f:
         f.seek(position)
         while filled < len(view) and (n := f.readinto(view[filled:])):
             filled += n

@@ -286,16 +286,25 @@ async def test_bytes_that_do_not_match_the_offer_are_not_kept(tmp_path: Path) ->
         assert not list(into.iterdir())
 
 
-async def test_a_file_that_changed_after_hashing_stops_the_sender(tmp_path: Path) -> None:
-    path = tmp_path / "log.txt"
+@pytest.mark.parametrize("change", ["shorter", "deleted"])
+async def test_a_file_that_changed_after_hashing_stops_the_sender(tmp_path: Path, change: str) -> None:
+    folder = tmp_path / "logs"
+    folder.mkdir()
+    (folder / "a.txt").write_text("first, sent whole")
+    path = folder / "b.txt"
     path.write_text("a long line of text")
-    outgoing = await prepare([path])
-    path.write_text("short")
+    outgoing = await prepare([folder])
+    if change == "shorter":
+        path.write_text("short")
+    else:
+        path.unlink()
+    into = tmp_path / "into"
     async with nodes() as (alice, bob):
-        sent, got = await transfer(alice, bob, outgoing, tmp_path / "into")
+        sent, got = await transfer(alice, bob, outgoing, into)
         assert isinstance(sent, ValueError)
-        assert "changed while it was sent" in str(sent)
+        assert str(sent) == f"{path} changed while it was sent: send it again"
         assert isinstance(got, anyio.BrokenResourceError | ProtocolError)
+    assert (into / "logs" / "a.txt").read_text() == "first, sent whole"
 
 
 async def test_an_offer_that_is_not_the_one_accepted_is_refused(tmp_path: Path) -> None:
