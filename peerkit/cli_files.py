@@ -61,7 +61,7 @@ __all__ = ("FilesDesk", "receive_command", "send_command", "size_text")
 
 logger = logging.getLogger(__name__)
 
-#: Offers ``serve --accept files`` receives at once, at most (each holds about 12 MiB).
+#: Offers ``serve --accept files`` receives at once, at most (each holds at most 12 MiB of buffers).
 AT_ONCE: Final = 4
 
 
