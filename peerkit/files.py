@@ -580,10 +580,10 @@ async def _receive_planned(
 
     async def write() -> None:
         async with filled:
-            async for pieces, used in filled:
-                problems = await anyio.to_thread.run_sync(_store, pieces)
-                free.send_nowait(used)
-                for piece, problem in zip(pieces, problems, strict=True):
+            async for batch, emptied in filled:
+                problems = await anyio.to_thread.run_sync(_store, batch)
+                free.send_nowait(emptied)
+                for piece, problem in zip(batch, problems, strict=True):
                     if not piece.last:
                         continue
                     if problem is None:
