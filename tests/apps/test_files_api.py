@@ -79,6 +79,22 @@ def sha(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+def record(
+    monkeypatch: pytest.MonkeyPatch, name: str, what: Callable[[tuple[Any, ...], Any], Any]
+) -> list[Any]:
+    """Watch the calls of ``peerkit.files.<name>``: a list of ``what(args, result)`` for each."""
+    records: list[Any] = []
+    original = getattr(files, name)
+
+    def watched(*args: Any) -> Any:
+        result = original(*args)
+        records.append(what(args, result))
+        return result
+
+    monkeypatch.setattr(files, name, watched)
+    return records
+
+
 async def send_folder(tmp_path: Path, sizes: dict[str, int]) -> SendReport:
     """Send a folder of files of ``sizes`` (random bytes) from alice to bob; alice's report, once
     every file arrived intact."""
@@ -143,26 +159,14 @@ async def test_the_receiver_writes_whole_buffers_reused_from_file_to_file(
     # messages; the same few buffers serve every file, and none is larger than the files need.
     monkeypatch.setattr(streams, "STREAM_CHUNK", 7)
     monkeypatch.setattr(files, "BATCH", 512)
-    trips: list[list[int]] = []  # (the bytes of each piece written, trip by trip)
-    made: list[bytearray] = []  # (kept: every buffer made, with an id of its own)
-    store, fit = files._store, files._fit
-
-    def counted(pieces: list[Any]) -> list[str | None]:
-        trips.append([len(piece.data) for piece in pieces])
-        return store(pieces)
-
-    def watched(buffer: bytearray, size: int) -> bytearray:
-        out = fit(buffer, size)
-        if out is not buffer:
-            made.append(out)
-        return out
-
-    monkeypatch.setattr(files, "_store", counted)
-    monkeypatch.setattr(files, "_fit", watched)
+    # (the bytes of each piece written, trip by trip; every buffer, kept: with an id of its own)
+    trips = record(monkeypatch, "_store", lambda args, _: [len(piece.data) for piece in args[0]])
+    fitted = record(monkeypatch, "_fit", lambda args, out: (out, out is not args[0]))
     await send_folder(tmp_path, {"a.bin": 2_000, "b.bin": 300, "c.bin": 1_100})
     # Each buffer is filled whole (the files follow each other in it) and written in one trip.
     assert trips == [[512], [512], [512], [464, 48], [252, 260], [512], [328]]
     # One buffer to hash with, and BUFFERS at each end, made for the first file and kept.
+    made = [buffer for buffer, new in fitted if new]
     assert len(made) <= 1 + 2 * files.BUFFERS
     assert max(len(buffer) for buffer in made) == 512
 
@@ -170,27 +174,30 @@ async def test_the_receiver_writes_whole_buffers_reused_from_file_to_file(
 async def test_a_small_file_is_moved_with_small_buffers(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    made: list[int] = []
-    fit = files._fit
-
-    def watched(buffer: bytearray, size: int) -> bytearray:
-        out = fit(buffer, size)
-        made.append(len(out))
-        return out
-
-    monkeypatch.setattr(files, "_fit", watched)
-    source = tmp_path / "note.txt"
-    source.write_bytes(b"a short note")
-    into = tmp_path / "into"
-    into.mkdir()
-    async with nodes() as (alice, bob):
-        sent, got = await transfer(alice, bob, await prepare([source]), into)
-    assert isinstance(sent, SendReport), sent
-    assert isinstance(got, ReceiveReport), got
-    assert sent.received == 1
-    assert (into / "note.txt").read_bytes() == b"a short note"
+    made = record(monkeypatch, "_fit", lambda _, out: len(out))
+    await send_folder(tmp_path, {"note.txt": 12})
     assert len(made) >= 3  # (hashing, sending, receiving)
     assert max(made) <= 1 << 16  # (not BATCH, 4 MiB, cleared for 12 bytes)
+
+
+def cut_after(size: int, into: Path) -> Callable[[AppStream, Any], Awaitable[ReceiveReport]]:
+    """Receiving into ``into`` that breaks off (the connection cut) once ``size`` bytes arrived."""
+
+    async def receiving(stream: AppStream, summary: Any) -> ReceiveReport:
+        arrived = 0
+
+        def progress(n: int) -> None:
+            nonlocal arrived
+            arrived += n
+            if arrived >= size:
+                raise anyio.BrokenResourceError("cut")
+
+        try:
+            return await receive_files(stream, summary, into, progress=progress)
+        finally:
+            await stream.aclose()
+
+    return receiving
 
 
 async def test_a_cut_transfer_resumes_from_its_partial_file(tmp_path: Path) -> None:
@@ -199,22 +206,7 @@ async def test_a_cut_transfer_resumes_from_its_partial_file(tmp_path: Path) -> N
     into = tmp_path / "into"
     outgoing = await prepare([big])
     async with nodes() as (alice, bob):
-
-        async def cut_halfway(stream: AppStream, summary: Any) -> ReceiveReport:
-            arrived = 0
-
-            def progress(n: int) -> None:
-                nonlocal arrived
-                arrived += n
-                if arrived >= 2_000_000:
-                    raise anyio.BrokenResourceError("cut")
-
-            try:
-                return await receive_files(stream, summary, into, progress=progress)
-            finally:
-                await stream.aclose()
-
-        sent, got = await transfer(alice, bob, outgoing, into, cut_halfway)
+        sent, got = await transfer(alice, bob, outgoing, into, cut_after(2_000_000, into))
         assert isinstance(got, anyio.BrokenResourceError)
         assert not isinstance(sent, SendReport)
         assert not (into / "big.bin").exists()  # never under its name half done
@@ -240,22 +232,7 @@ async def test_a_cut_folder_keeps_the_files_that_arrived_and_resumes_the_one_cut
     into = tmp_path / "into"
     outgoing = await prepare([folder])
     async with nodes() as (alice, bob):
-
-        async def cut(stream: AppStream, summary: Any) -> ReceiveReport:
-            arrived = 0
-
-            def progress(n: int) -> None:
-                nonlocal arrived
-                arrived += n
-                if arrived >= 700_000:
-                    raise anyio.BrokenResourceError("cut")
-
-            try:
-                return await receive_files(stream, summary, into, progress=progress)
-            finally:
-                await stream.aclose()
-
-        _, got = await transfer(alice, bob, outgoing, into, cut)
+        _, got = await transfer(alice, bob, outgoing, into, cut_after(700_000, into))
         assert isinstance(got, anyio.BrokenResourceError)
         assert sorted(p.name for p in (into / "notes").glob("*.bin")) == ["0.bin", "1.bin"]
         (partial,) = (into / "notes").glob(".*.peerkit-part")
@@ -345,15 +322,7 @@ async def test_prepare_hashes_small_files_together_and_a_large_one_alone(
     # A trip to the worker thread per file was most of the time of a folder of small files; a
     # trip ends at FILES_AT_ONCE files or BATCH bytes (patched to 1,000), so a large file goes alone.
     monkeypatch.setattr(files, "BATCH", 1_000)
-    trips: list[int] = []
-    hash_some = files._hash_some
-
-    def counted(*args: Any) -> list[tuple[bytes, int]]:
-        out = hash_some(*args)
-        trips.append(len(out))
-        return out
-
-    monkeypatch.setattr(files, "_hash_some", counted)
+    trips = record(monkeypatch, "_hash_some", lambda _, out: len(out))
     folder = tmp_path / "notes"
     folder.mkdir()
     sizes = [10] * 40 + [5_000] + [10] * 3
@@ -373,23 +342,8 @@ async def test_the_receiver_looks_at_small_files_together(
     # Where each offered file goes, and what is there, is looked at FILES_AT_ONCE files a trip to
     # the worker thread; a trip ends once BATCH bytes (1,000 here) of files already there were hashed.
     monkeypatch.setattr(files, "BATCH", 1_000)
-    trips: list[int] = []
-    survey_some = files._survey_some
-
-    def counted(*args: Any) -> list[Any]:
-        out = survey_some(*args)
-        trips.append(len(out))
-        return out
-
-    monkeypatch.setattr(files, "_survey_some", counted)
-    stored: list[int] = []  # (pieces written, trip by trip)
-    store = files._store
-
-    def counted_store(pieces: list[Any]) -> list[str | None]:
-        stored.append(len(pieces))
-        return store(pieces)
-
-    monkeypatch.setattr(files, "_store", counted_store)
+    trips = record(monkeypatch, "_survey_some", lambda _, out: len(out))
+    stored = record(monkeypatch, "_store", lambda args, _: len(args[0]))  # (pieces written a trip)
     folder = tmp_path / "notes"
     folder.mkdir()
     sizes = [10] * 40 + [5_000] + [10] * 3
@@ -415,15 +369,7 @@ async def test_the_sender_reads_small_files_together(tmp_path: Path, monkeypatch
     # Files follow each other in the sender's buffers (BATCH, 1,000 here), FILES_AT_ONCE at most a
     # trip to the worker thread; empty files and large ones among them arrive as well.
     monkeypatch.setattr(files, "BATCH", 1_000)
-    trips: list[int] = []  # (bytes read, trip by trip)
-    read_some = files._read_some
-
-    def counted(*args: Any) -> Any:
-        out = read_some(*args)
-        trips.append(out[0])
-        return out
-
-    monkeypatch.setattr(files, "_read_some", counted)
+    trips = record(monkeypatch, "_read_some", lambda _, out: out[0])  # (bytes read, trip by trip)
     sizes = [10] * 40 + [0, 2_500] + [10] * 3 + [0]
     await send_folder(tmp_path, {f"{i:02}.txt": size for i, size in enumerate(sizes)})
     # 32 files; then 8 and the first 920 bytes of the large one; 1,000; the last 580 and 3 x 10.
