@@ -26,6 +26,7 @@ import anyio
 import anyio.from_thread
 import anyio.to_thread
 import blake3
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from peerkit.errors import ProtocolError
 from peerkit.proto.files import (
@@ -257,9 +258,7 @@ async def _send_wanted(
     # while the buffer before is sent; the bytes sent. The buffers go round: filled with the bytes
     # of one file or of several small ones, sent, then free again.
     full, filled = anyio.create_memory_object_stream[tuple[memoryview, bytearray]](BUFFERS)
-    free, freed = anyio.create_memory_object_stream[bytearray](BUFFERS)
-    for _ in range(BUFFERS):
-        free.send_nowait(bytearray())
+    free, freed = _pool([bytearray() for _ in range(BUFFERS)])
     changed: list[Path] = []
 
     async def read() -> None:
@@ -291,6 +290,17 @@ async def _send_wanted(
         await stream.aclose()
         raise ValueError(f"{changed[0]} changed while it was sent: send it again")
     return sent
+
+
+def _pool(
+    buffers: list[bytearray],
+) -> tuple[MemoryObjectSendStream[bytearray], MemoryObjectReceiveStream[bytearray]]:
+    # Where a transfer's free buffers wait (all of them at first): taken to be filled or emptied,
+    # given back once written or sent.
+    free, freed = anyio.create_memory_object_stream[bytearray](len(buffers))
+    for buffer in buffers:
+        free.send_nowait(buffer)
+    return free, freed
 
 
 def _read_some(
@@ -457,7 +467,7 @@ async def _plan(
     if state == "already":
         report.already.append(entry.path)
         return None
-    if state not in ("free", "taken", "same size", "not a file"):
+    if state not in _USABLE:
         report.failed.append((entry.path, state))
         return None
     if state != "free":
@@ -476,6 +486,8 @@ async def _plan(
 #: What is where an offered file goes: its path, what is there (see _place, or "already": the same
 #: bytes), and how much of it a partial file holds, hashed (the hasher and the offset).
 _Found = tuple[Path, str, blake3.blake3, int]
+#: What may be there for a file to be received (another state is the problem that stops it).
+_USABLE: Final = ("free", "taken", "same size", "not a file")
 
 
 def _survey_some(entries: list[Entry], start: int, into: Path, spare: list[bytearray]) -> list[_Found]:
@@ -504,7 +516,7 @@ def _survey(entry: Entry, into: Path, spare: list[bytearray]) -> _Found:
             state = "free"  # (it went meanwhile)
         except OSError:
             state = "taken"  # (it cannot be read: not known to be the same)
-    if state not in ("free", "taken", "same size", "not a file"):
+    if state not in _USABLE:
         return target, state, hasher, 0
     return target, state, hasher, _resumable(_partial(entry, target), entry.size, hasher, spare)
 
@@ -574,9 +586,7 @@ async def _receive_planned(
     # one trip to a worker thread while the next buffer fills, then free again.
     failed: list[tuple[int, str]] = []
     full, filled = anyio.create_memory_object_stream[tuple[list[_Piece], bytearray]](len(buffers))
-    free, freed = anyio.create_memory_object_stream[bytearray](len(buffers))
-    for spare in buffers:
-        free.send_nowait(spare)
+    free, freed = _pool(buffers)
 
     async def write() -> None:
         async with filled:
