@@ -6,11 +6,13 @@ reach each other through the address in bob's card."""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 from pathlib import Path
 
 import pexpect
 import pytest
+from conftest import needed
 from terminals import exit_status, person, printed, terminal
 
 from peerkit.testing import NamespaceLan
@@ -91,6 +93,7 @@ def send(alice: pexpect.spawn, bob: pexpect.spawn, report: Path, downloads: Path
 def test_the_tutorial_on_two_machines(lan: NamespaceLan, tmp_path: Path) -> None:
     # 1. Install and make an identity (the install is this checkout). Each machine's commands
     # find people near them with mDNS, as they do for a user (the suite's default is nobody).
+    needed("tutorial test", None if shutil.which("nft") else "nft (apt-get install nftables)")
     alice = person(tmp_path / "alice", "alice")
     bob = person(tmp_path / "bob", "bob")
     for env in (alice, bob):
