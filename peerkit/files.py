@@ -451,8 +451,10 @@ class _Plan:
     target: Path
     partial: Path
     offset: int
-    #: The BLAKE3 hash of the partial file's bytes so far.
-    hasher: blake3.blake3
+    #: The BLAKE3 hash of the partial file's bytes so far: made when they start (or when a partial
+    #: file was found) and let go once the file is checked, so that a transfer of thousands of files
+    #: holds one or two (each is about 2 KB).
+    hasher: blake3.blake3 | None
 
 
 async def _plan(
@@ -484,8 +486,9 @@ async def _plan(
 
 
 #: What is where an offered file goes: its path, what is there (see _place, or "already": the same
-#: bytes), and how much of it a partial file holds, hashed (the hasher and the offset).
-_Found = tuple[Path, str, blake3.blake3, int]
+#: bytes), and how much of it a partial file holds, hashed (the hasher, None when there is none,
+#: and the offset).
+_Found = tuple[Path, str, blake3.blake3 | None, int]
 #: What may be there for a file to be received (another state is the problem that stops it).
 _USABLE: Final = ("free", "taken", "same size", "not a file")
 
@@ -507,18 +510,17 @@ def _survey_some(entries: list[Entry], start: int, into: Path, spare: list[bytea
 def _survey(entry: Entry, into: Path, spare: list[bytearray]) -> _Found:
     # What is there for ``entry`` (see _Found).
     target, state = _place(entry, into)
-    hasher = blake3.blake3()
     if state == "same size":
         try:
             if _hash_file(target, None, spare)[0] == entry.digest:
-                return target, "already", hasher, 0
+                return target, "already", None, 0
         except FileNotFoundError:
             state = "free"  # (it went meanwhile)
         except OSError:
             state = "taken"  # (it cannot be read: not known to be the same)
     if state not in _USABLE:
-        return target, state, hasher, 0
-    return target, state, hasher, _resumable(_partial(entry, target), entry.size, hasher, spare)
+        return target, state, None, 0
+    return target, state, *_resumable(_partial(entry, target), entry.size, spare)
 
 
 def _partial(entry: Entry, target: Path) -> Path:
@@ -545,11 +547,12 @@ def _place(entry: Entry, into: Path) -> tuple[Path, str]:
     return target, "same size" if found.st_size == entry.size else "taken"
 
 
-def _resumable(partial: Path, size: int, hasher: blake3.blake3, spare: list[bytearray]) -> int:
-    # How much of a file of ``size`` bytes its partial file holds (hashed into ``hasher``).
+def _resumable(partial: Path, size: int, spare: list[bytearray]) -> tuple[blake3.blake3 | None, int]:
+    # How much of a file of ``size`` bytes its partial file holds, and their hash (None: no partial).
     if partial.is_file() and not partial.is_symlink() and partial.stat().st_size <= size:
-        return _hash_into(partial, hasher, spare)
-    return 0
+        hasher = blake3.blake3()
+        return hasher, _hash_into(partial, hasher, spare)
+    return None, 0
 
 
 def _free_name(target: Path) -> Path:
@@ -660,6 +663,8 @@ def _store(pieces: list[_Piece]) -> list[str | None]:
     problems: list[str | None] = []
     for piece in pieces:
         plan, data = piece.plan, piece.data
+        if plan.hasher is None:
+            plan.hasher = blake3.blake3()
         with plan.partial.open("r+b" if piece.position else "wb", buffering=0) as f:
             f.seek(piece.position)
             plan.hasher.update(data)
@@ -672,7 +677,8 @@ def _store(pieces: list[_Piece]) -> list[str | None]:
 
 def _check(plan: _Plan) -> str | None:
     # A file received whole: give it its name if its bytes are the offer's; the problem, or None.
-    if plan.hasher.digest() != plan.entry.digest:
+    hasher, plan.hasher = plan.hasher, None
+    if hasher is None or hasher.digest() != plan.entry.digest:
         plan.partial.unlink(missing_ok=True)
         return "its bytes do not match the offer's BLAKE3 hash (not kept)"
     os.replace(plan.partial, plan.target)

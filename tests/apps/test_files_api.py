@@ -180,6 +180,36 @@ async def test_a_small_file_is_moved_with_small_buffers(
     assert max(made) <= 1 << 16  # (not BATCH, 4 MiB, cleared for 12 bytes)
 
 
+async def test_a_folder_of_many_files_holds_a_hasher_only_while_a_file_arrives(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A BLAKE3 hasher is about 2 KB: one for each of 10,000 offered files, made up front and kept
+    # to the end, was 20 MB held by the receiver.
+    live = [0, 0]  # (now, at most)
+
+    class Counted:
+        AUTO = blake3.blake3.AUTO
+
+        def __init__(self, **options: Any) -> None:
+            self._hasher = blake3.blake3(**options)
+            live[0] += 1
+            live[1] = max(live)
+
+        def update(self, data: Any) -> None:
+            self._hasher.update(data)
+
+        def digest(self) -> bytes:
+            return self._hasher.digest()
+
+        def __del__(self) -> None:
+            live[0] -= 1
+
+    monkeypatch.setattr(files, "blake3", type("Blake3", (), {"blake3": Counted}))
+    await send_folder(tmp_path, {f"{n}.txt": n for n in range(200)})
+    assert live[1] <= 2, f"{live[1]} hashers held at once"
+    assert live[0] == 0
+
+
 def cut_after(size: int, into: Path) -> Callable[[AppStream, Any], Awaitable[ReceiveReport]]:
     """Receiving into ``into`` that breaks off (the connection cut) once ``size`` bytes arrived."""
 
