@@ -576,6 +576,9 @@ class ChannelListener(anyio.abc.AsyncResource):
         self.admission = Admission(admission or AdmissionPolicy(max_pending=max_handshakes))
         self._refusals = RefusalCounter()
         self._replays = ReplayGuard()
+        #: Whether a peer is a contact: its replay stamps are kept however many strangers come (a
+        #: node gives its contact manager's; None: every peer is a stranger).
+        self.is_contact: Callable[[PeerId], bool] | None = None
         self._handler: Callable[[SecureChannel], Awaitable[Any]] | None = None
         #: Serves connections that start with the relay preamble (``relay(stream, rest, source)``),
         #: when this node is a relay; None refuses them like any other unknown preamble.
@@ -662,7 +665,9 @@ class ChannelListener(anyio.abc.AsyncResource):
         if (
             channel.protocol == PROTOCOL_IK
             and peer.ts is not None
-            and not self._replays.fresh(peer.id.key, peer.ts)
+            and not self._replays.fresh(
+                peer.id.key, peer.ts, kept=self.is_contact is not None and self.is_contact(peer.id)
+            )
         ):
             # A recorded IK message 1 sent again: it must never stand for its sender.
             log.info("refusing a replayed handshake claiming to be %s", peer.id.fingerprint)

@@ -403,6 +403,7 @@ class Node(EventMethods, FindingMethods, PairingMethods):
                 handshake_timeout=self._handshake_timeout,
                 admission=admission,
             )
+            self._listener.is_contact = self.contacts.has
             if self._reaching.service is not None:
                 self._listener.relay = self._reaching.service.serve
             bound_host, bound_port = self._listener.address

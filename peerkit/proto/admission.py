@@ -299,7 +299,11 @@ class ReplayGuard:
     clock. Per peer, the guard accepts a stamp it has not seen that is newer than the newest one it
     accepted minus ``window`` (so concurrent dials that arrive out of order pass) and refuses the
     rest. Memory is bounded: ``per_peer`` stamps for each of ``max_peers`` peers (a forgotten peer's
-    next stamp is accepted, as after a restart).
+    next stamp is accepted, as after a restart). The stamps of a peer given as ``kept`` (a contact)
+    are never forgotten to make room: otherwise a stranger who dialled with ``max_peers`` new ids
+    would push a contact out, and its recorded handshakes would pass again (each becoming a channel
+    of the contact's, until the contact's own are refused at their limit). Kept peers are as many
+    as the node's contacts that dialled it, about 0.3 KB each.
     """
 
     def __init__(self, *, window: int = REPLAY_WINDOW, per_peer: int = 64, max_peers: int = 4096) -> None:
@@ -309,23 +313,24 @@ class ReplayGuard:
         # peer -> (floor: stamps at or below it are refused, stamps seen above the floor, in order:
         # a tuple, a quarter the size of a set for the one or two stamps a peer usually has)
         self._peers: OrderedDict[bytes, tuple[int, tuple[int, ...]]] = OrderedDict()
+        self._kept: dict[bytes, tuple[int, tuple[int, ...]]] = {}  # (the same, never forgotten)
 
-    def fresh(self, peer: bytes, ts: int) -> bool:
-        """Whether ``ts`` from ``peer`` is new (and remember it if so)."""
-        floor, seen = self._peers.pop(peer, (-1, ()))
-        if ts <= floor or ts in seen:
-            self._peers[peer] = (floor, seen)
-            return False
-        stamps = sorted((*seen, ts))
-        floor = max(floor, stamps[-1] - self._window)
-        kept = tuple(t for t in stamps if t > floor)
-        if len(kept) > self._per_peer:  # the oldest go, and nothing at or below them is taken again
-            floor = kept[-self._per_peer - 1]
-            kept = kept[-self._per_peer :]
-        self._peers[peer] = (floor, kept)
+    def fresh(self, peer: bytes, ts: int, *, kept: bool = False) -> bool:
+        """Whether ``ts`` from ``peer`` is new (and remember it if so, for good when ``kept``)."""
+        known = self._kept.pop(peer, None)
+        floor, seen = known if known is not None else self._peers.pop(peer, (-1, ()))
+        new = ts > floor and ts not in seen
+        if new:
+            stamps = sorted((*seen, ts))
+            floor = max(floor, stamps[-1] - self._window)
+            seen = tuple(t for t in stamps if t > floor)
+            if len(seen) > self._per_peer:  # the oldest go, and nothing at or below them is taken again
+                floor = seen[-self._per_peer - 1]
+                seen = seen[-self._per_peer :]
+        (self._kept if kept else self._peers)[peer] = (floor, seen)
         if len(self._peers) > self._max_peers:
             self._peers.popitem(last=False)
-        return True
+        return new
 
 
 class Charge(enum.Enum):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import gc
 import socket
 import time
@@ -18,6 +19,7 @@ from conftest import channel_pair
 from peerkit import (
     HandshakeError,
     Identity,
+    PeerId,
     PeerInfo,
     PeerUnreachable,
     ProtocolError,
@@ -27,7 +29,7 @@ from peerkit import (
 )
 from peerkit.net import channel
 from peerkit.proto import messages
-from peerkit.proto.admission import Ticket
+from peerkit.proto.admission import ReplayGuard, Ticket
 from peerkit.proto.connection import Connection, StaticKeys
 from peerkit.proto.framing import encode_frame
 from peerkit.testing import memory_stream_pair
@@ -452,6 +454,46 @@ async def test_a_recorded_ik_message_1_sent_again_never_stands_for_its_sender(
             while len(seen) < 2:
                 await anyio.sleep(0.01)
         assert seen[1].id == alice.id
+        tg.cancel_scope.cancel()
+
+
+@pytest.mark.network
+async def test_strangers_dialling_with_new_ids_never_open_the_way_for_a_contacts_recorded_handshake(
+    alice: Identity, bob: Identity, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # bob's listener remembers the stamps of one peer besides its contacts (4,096 by default):
+    # carol, a stranger, dials once with an id of her own, and alice's recorded handshake must
+    # still be refused.
+    monkeypatch.setattr(channel, "ReplayGuard", functools.partial(ReplayGuard, max_peers=1))
+    hello = messages.Hello(id=alice.id.key, nick="alice", ts=time.time_ns())
+    keys = StaticKeys(private=alice.x25519_private, public=alice.x25519_public)
+    recorded = Connection.initiate(keys, hello, now=0.0, expected_id=bob.id.key).data_to_send()
+    seen: list[PeerId] = []
+
+    async def handler(channel: SecureChannel) -> None:
+        seen.append(channel.peer.id)
+
+    async def send_recorded(host: str, port: int) -> None:
+        async with await anyio.connect_tcp(host, port) as raw:
+            await raw.send(recorded)
+            with anyio.fail_after(5), contextlib.suppress(anyio.EndOfStream, anyio.BrokenResourceError):
+                while True:
+                    await raw.receive()
+
+    async with await listen(bob) as listener, anyio.create_task_group() as tg:
+        listener.is_contact = {alice.id}.__contains__
+        await tg.start(listener.serve, handler)
+        host, port = listener.address
+        await send_recorded(host, port)
+        for _ in range(2):  # carol: a new id each time
+            async with await connect(host, port, Identity.generate(), peer_id=bob.id):
+                pass
+        await send_recorded(host, port)
+        with anyio.fail_after(5):
+            while len(seen) < 3:
+                await anyio.sleep(0.01)
+        await anyio.sleep(0.1)
+        assert seen.count(alice.id) == 1  # the replay stood for nobody
         tg.cancel_scope.cancel()
 
 

@@ -201,3 +201,15 @@ async def test_a_node_holds_what_its_holdings_policy_says_over_tcp() -> None:
                 await (await strangers[2].peer_at(bob.endpoint.host, bob.endpoint.port)).get_presence()
     with pytest.raises(TypeError, match="holdings must be a HoldingsPolicy, not dict"):
         Node(holdings={"max_connections": 2})  # type: ignore[arg-type]
+
+
+async def test_the_listener_keeps_the_replay_stamps_of_the_nodes_contacts() -> None:
+    # (what tests/net/test_channel.py checks of a listener told who the contacts are: a node tells
+    # its listener, so that strangers' new ids never push a contact's stamps out)
+    async with nodes(2, nicknames=["bob", "carol"]) as (bob, carol):
+        is_contact = bob._listener.is_contact
+        assert is_contact is not None
+        assert not is_contact(carol.id)
+        await bob.contacts.add(carol.contacts.me)
+        assert is_contact(carol.id)
+        assert not is_contact(Identity.generate().id)

@@ -148,6 +148,21 @@ def test_memory_per_peer_and_peers_is_bounded() -> None:
     assert guard.fresh(b"alice", 5)  # alice was forgotten (as after a restart)
 
 
+def test_strangers_never_push_a_contact_out_of_memory() -> None:
+    guard = ReplayGuard(max_peers=3)
+    assert guard.fresh(b"alice", 100 * S, kept=True)
+    for n in range(1000):  # a stranger's new ids, as many as it likes
+        assert guard.fresh(b"id%d" % n, 100 * S)
+    assert len(guard._peers) == 3
+    assert not guard.fresh(b"alice", 100 * S, kept=True)  # still refused: alice was kept
+    assert guard.fresh(b"alice", 101 * S, kept=True)
+    # A contact no more (deleted): its stamps move to the strangers' and may be forgotten.
+    assert not guard.fresh(b"alice", 101 * S)
+    for n in range(3):
+        guard.fresh(b"other%d" % n, 1)
+    assert guard.fresh(b"alice", 101 * S)
+
+
 @given(st.lists(st.integers(min_value=0, max_value=40), max_size=40), st.integers(min_value=0, max_value=10))
 def test_a_stamp_is_taken_when_new_and_above_the_newest_minus_the_window(
     stamps: list[int], window: int
