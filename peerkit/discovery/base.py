@@ -277,7 +277,8 @@ class DirectoryStats:
     invalid: int = 0
     #: Records dropped because their ``seq`` was older than one already believed (replays).
     stale: int = 0
-    #: Records of new peers dropped because the directory was full.
+    #: Records of new peers dropped because the directory was full (or, of strangers, to make room
+    #: for a contact's).
     full: int = 0
 
 
@@ -297,7 +298,10 @@ class Directory:
     :param on_change: called with (ChangeType, record) for every change, synchronously.
     :param fetch_record: what :meth:`fetch_record` does (the node dials); providers that do not need
         it may be tested without it.
-    :param capacity: the most peers held at once; records of further peers are dropped and counted.
+    :param capacity: the most peers held at once; records of further peers are dropped and counted,
+        but a contact's record takes the place of the stranger held longest (strangers never take
+        a contact's place, and their records never make a contact's replays pass again).
+    :param is_contact: whether a peer is one of the node's contacts (None: none is).
     """
 
     def __init__(
@@ -312,8 +316,10 @@ class Directory:
         state_dir: Path | None = None,
         listen_port: int | None = None,
         contact_addresses: Callable[[], Awaitable[list[tuple[str, int]]]] | None = None,
+        is_contact: Callable[[PeerId], bool] | None = None,
     ) -> None:
         self._local_id = local_id
+        self._is_contact = is_contact
         #: Where providers may keep state between runs (the node's data dir), or None.
         self.state_dir = state_dir
         #: The port the node listens on (a DHT node binds the same number for UDP), or None.
@@ -391,11 +397,12 @@ class Directory:
         ):
             self.stats.stale += 1
             return None
-        if entry is None and len(self._entries) >= self._capacity:
+        contact = self._is_contact is not None and self._is_contact(peer_id)
+        if entry is None and len(self._entries) >= self._capacity and not (contact and self._make_room()):
             self.stats.full += 1
             return None
         if last is None or record.seq > last:
-            self._seqs.accept(record)
+            self._seqs.accept(record, kept=contact)
         self.stats.accepted += 1
         sources = dict(entry.sources) if entry is not None else {}
         sources[source] = tuple(EndPoint(e.host, e.port, name) for e in endpoints)
@@ -419,6 +426,17 @@ class Directory:
             if _differs(previous, believed):
                 self._on_change(ChangeType.UPDATED, believed)
         return believed
+
+    def _make_room(self) -> bool:
+        # Drop the stranger held longest, for a contact's record; whether there was one.
+        assert self._is_contact is not None
+        for peer_id, entry in self._entries.items():
+            if not self._is_contact(peer_id):
+                del self._entries[peer_id]
+                self.stats.full += 1
+                self._on_change(ChangeType.DELETED, entry.record)
+                return True
+        return False
 
     def lost(self, peer_id: PeerId, *, source: str) -> None:
         """See :meth:`DiscoverySink.lost`."""

@@ -344,6 +344,7 @@ class Node(EventMethods, FindingMethods, PairingMethods):
             locator_key=self.contacts.locator_key_of,
             state_dir=self._data_dir,
             contact_addresses=self.contacts.last_addresses,
+            is_contact=self.contacts.has,
         )
         self._watching = Watching(
             bus=self._bus,

@@ -88,7 +88,9 @@ class Nearby:
         locator_key: Callable[[PeerId | None], Awaitable[bytes | None]] | None = None,
         state_dir: Path | None = None,
         contact_addresses: Callable[[], Awaitable[list[tuple[str, int]]]] | None = None,
+        is_contact: Callable[[PeerId], bool] | None = None,
     ) -> None:
+        self._is_contact = is_contact
         self._locator_key = locator_key
         self._contact_addresses = contact_addresses
         self._state_dir = state_dir
@@ -131,6 +133,7 @@ class Nearby:
             state_dir=self._state_dir,
             listen_port=self._me().endpoint.port or None,
             contact_addresses=self._contact_addresses,
+            is_contact=self._is_contact,
         )
         for provider in self._providers:
             try:

@@ -129,34 +129,43 @@ class SeqTracker:
     """Remembers the last accepted ``seq`` per id, and refuses replays.
 
     :param capacity: how many ids to remember; the least recently updated are forgotten first,
-        so memory stays bounded under a flood of distinct ids.
+        so memory stays bounded under a flood of distinct ids. Ids accepted as ``kept`` (a node's
+        contacts) are remembered apart and never forgotten to make room: otherwise records
+        signed with enough new ids would make a contact's old records (old addresses) pass again.
     """
 
-    __slots__ = ("_capacity", "_last")
+    __slots__ = ("_capacity", "_kept", "_last")
 
     def __init__(self, capacity: int = 4096) -> None:
         if capacity < 1:
             raise ValueError("capacity must be at least 1")
         self._capacity = capacity
         self._last: OrderedDict[bytes, int] = OrderedDict()
+        self._kept: dict[bytes, int] = {}
 
     def __len__(self) -> int:
-        return len(self._last)
+        return len(self._last) + len(self._kept)
 
     def last(self, key: bytes) -> int | None:
         """The last ``seq`` accepted for ``key``, if any."""
-        return self._last.get(key)
+        kept = self._kept.get(key)
+        return kept if kept is not None else self._last.get(key)
 
-    def accept(self, record: SignedRecord) -> None:
-        """Record that ``record`` is accepted.
+    def accept(self, record: SignedRecord, *, kept: bool = False) -> None:
+        """Record that ``record`` is accepted (for good when ``kept``).
 
         :raises StaleRecord: when its ``seq`` is not greater than the last accepted for its id.
         """
-        last = self._last.get(record.id)
+        last = self.last(record.id)
         if last is not None and record.seq <= last:
             raise StaleRecord(
                 f"record seq {record.seq} is not newer than {last}, already accepted for this id"
             )
+        if kept:
+            self._last.pop(record.id, None)
+            self._kept[record.id] = record.seq
+            return
+        self._kept.pop(record.id, None)
         self._last[record.id] = record.seq
         self._last.move_to_end(record.id)
         while len(self._last) > self._capacity:

@@ -203,13 +203,17 @@ async def test_a_node_holds_what_its_holdings_policy_says_over_tcp() -> None:
         Node(holdings={"max_connections": 2})  # type: ignore[arg-type]
 
 
-async def test_the_listener_keeps_the_replay_stamps_of_the_nodes_contacts() -> None:
-    # (what tests/net/test_channel.py checks of a listener told who the contacts are: a node tells
-    # its listener, so that strangers' new ids never push a contact's stamps out)
+async def test_the_listener_and_the_directory_know_the_nodes_contacts() -> None:
+    # (what tests/net/test_channel.py and tests/node/test_nearby.py check of a listener and a
+    # directory told who the contacts are: a node tells both, so that strangers' new ids never
+    # push a contact's replay stamps out, nor keep its record out of the people near me)
     async with nodes(2, nicknames=["bob", "carol"]) as (bob, carol):
-        is_contact = bob._listener.is_contact
-        assert is_contact is not None
-        assert not is_contact(carol.id)
+        assert bob._nearby._directory is not None
+        for is_contact in (bob._listener.is_contact, bob._nearby._directory._is_contact):
+            assert is_contact is not None
+            assert not is_contact(carol.id)
         await bob.contacts.add(carol.contacts.me)
-        assert is_contact(carol.id)
-        assert not is_contact(Identity.generate().id)
+        for is_contact in (bob._listener.is_contact, bob._nearby._directory._is_contact):
+            assert is_contact is not None
+            assert is_contact(carol.id)
+            assert not is_contact(Identity.generate().id)

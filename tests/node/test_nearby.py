@@ -291,6 +291,45 @@ async def test_directory_believes_only_fresh_signed_records(alice: Identity, bob
     assert changes == [(ChangeType.ADDED, "bob"), (ChangeType.DELETED, "bob")]
 
 
+async def test_strangers_filling_the_directory_never_keep_a_contact_out(
+    alice: Identity, bob: Identity
+) -> None:
+    # A LAN peer announcing as many new ids as the directory holds: bob, a contact, still gets a
+    # place (the stranger held longest gives it up), and his old records never pass again however
+    # many ids come after.
+    changes: list[tuple[ChangeType, str]] = []
+    directory = Directory(
+        alice.id,
+        lambda change, record: changes.append((change, record.nickname)),
+        capacity=2,
+        is_contact={bob.id}.__contains__,
+    )
+
+    def record(signer: Identity, seq: int, nickname: str) -> bytes:
+        return make_record(signer, seq, nickname=nickname, endpoint_name="", endpoints=[("10.0.0.9", 7000)])
+
+    strangers = [Identity.generate() for _ in range(3)]
+    assert directory.found(record(strangers[0], 1, "s0"), source="s") is not None
+    assert directory.found(record(strangers[1], 1, "s1"), source="s") is not None
+    assert directory.found(record(strangers[2], 1, "s2"), source="s") is None  # full: a stranger waits
+    assert directory.found(record(bob, 4, "old bob"), source="s") is not None  # a contact: s0 gives way
+    assert {r.nickname for r in directory.records()} == {"s1", "old bob"}
+    assert directory.found(record(bob, 5, "bob"), source="s") is not None
+    assert directory.found(record(strangers[2], 2, "s2"), source="s") is None  # bob is not given up
+    for _ in range(20):  # (the directory remembers 4 x 2 ids' freshness)
+        directory.found(record(Identity.generate(), 1, "flood"), source="s")
+    assert directory.found(record(bob, 4, "old bob"), source="s") is None  # the replay, still refused
+    believed = directory.get(bob.id)
+    assert believed is not None
+    assert believed.nickname == "bob"
+    assert changes[:4] == [
+        (ChangeType.ADDED, "s0"),
+        (ChangeType.ADDED, "s1"),
+        (ChangeType.DELETED, "s0"),
+        (ChangeType.ADDED, "old bob"),
+    ]
+
+
 class Failing:
     """A provider that fails before it starts, or after."""
 

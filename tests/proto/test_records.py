@@ -72,6 +72,17 @@ def test_seq_tracker_stays_bounded(alice: Identity) -> None:
     assert len(tracker) == 3
 
 
+def test_seq_tracker_never_forgets_a_kept_id(alice: Identity) -> None:
+    tracker = SeqTracker(capacity=3)
+    tracker.accept(open_record(sign_record(alice, 5, {})), kept=True)
+    for _ in range(10):
+        tracker.accept(open_record(sign_record(Identity.generate(), 1, {})))
+    assert tracker.last(alice.id.key) == 5
+    assert len(tracker) == 4
+    with pytest.raises(StaleRecord, match="seq 4 is not newer than 5"):
+        tracker.accept(open_record(sign_record(alice, 4, {})))
+
+
 def test_non_canonical_body_is_rejected(alice: Identity) -> None:
     # Keys in the wrong order: valid CBOR, valid signature, but not the deterministic encoding.
     body = b"\xa2" + b"\x63seq\x01" + b"\x62id\x58\x20" + alice.id.key
