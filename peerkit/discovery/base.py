@@ -299,7 +299,7 @@ class Directory:
     :param fetch_record: what :meth:`fetch_record` does (the node dials); providers that do not need
         it may be tested without it.
     :param capacity: the most peers held at once; records of further peers are dropped and counted,
-        but a contact's record takes the place of the stranger held longest (strangers never take
+        but a contact's record takes the place of the stranger found last (strangers never take
         a contact's place, and their records never make a contact's replays pass again).
     :param is_contact: whether a peer is one of the node's contacts (None: none is).
     """
@@ -428,9 +428,10 @@ class Directory:
         return believed
 
     def _make_room(self) -> bool:
-        # Drop the stranger held longest, for a contact's record; whether there was one.
+        # Drop the stranger found last, for a contact's record; whether there was one. (The last:
+        # under a flood of new ids, the peers that were there before it are kept.)
         assert self._is_contact is not None
-        for peer_id, entry in self._entries.items():
+        for peer_id, entry in reversed(self._entries.items()):
             if not self._is_contact(peer_id):
                 del self._entries[peer_id]
                 self.stats.full += 1

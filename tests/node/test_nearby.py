@@ -295,7 +295,7 @@ async def test_strangers_filling_the_directory_never_keep_a_contact_out(
     alice: Identity, bob: Identity
 ) -> None:
     # A LAN peer announcing as many new ids as the directory holds: bob, a contact, still gets a
-    # place (the stranger held longest gives it up), and his old records never pass again however
+    # place (the stranger found last gives it up), and his old records never pass again however
     # many ids come after.
     changes: list[tuple[ChangeType, str]] = []
     directory = Directory(
@@ -312,8 +312,8 @@ async def test_strangers_filling_the_directory_never_keep_a_contact_out(
     assert directory.found(record(strangers[0], 1, "s0"), source="s") is not None
     assert directory.found(record(strangers[1], 1, "s1"), source="s") is not None
     assert directory.found(record(strangers[2], 1, "s2"), source="s") is None  # full: a stranger waits
-    assert directory.found(record(bob, 4, "old bob"), source="s") is not None  # a contact: s0 gives way
-    assert {r.nickname for r in directory.records()} == {"s1", "old bob"}
+    assert directory.found(record(bob, 4, "old bob"), source="s") is not None  # a contact: s1 gives way
+    assert {r.nickname for r in directory.records()} == {"s0", "old bob"}
     assert directory.found(record(bob, 5, "bob"), source="s") is not None
     assert directory.found(record(strangers[2], 2, "s2"), source="s") is None  # bob is not given up
     for _ in range(20):  # (the directory remembers 4 x 2 ids' freshness)
@@ -325,7 +325,7 @@ async def test_strangers_filling_the_directory_never_keep_a_contact_out(
     assert changes[:4] == [
         (ChangeType.ADDED, "s0"),
         (ChangeType.ADDED, "s1"),
-        (ChangeType.DELETED, "s0"),
+        (ChangeType.DELETED, "s1"),
         (ChangeType.ADDED, "old bob"),
     ]
 
