@@ -125,7 +125,7 @@ class Node(EventMethods, FindingMethods, PairingMethods):
         contact whose connection is lost and not restored within ``interval + 2 * timeout``
         seconds is seen Offline; a lost contact is tried again at most ``interval`` seconds apart.
     :param handshake_timeout: seconds a dial (connect and handshake) may take.
-    :param queue_size: invitations or streams that may wait for an async iterator to take them.
+    :param queue_size: invitations or streams that may wait for an async iterator (strangers' 3/4 of them).
     :param address_check: seconds between checks of this host's addresses (when listening on a
         wildcard address): a change is published to the discovery providers.
     :param store_check: seconds between checks of the contact database for changes made by another
@@ -296,7 +296,7 @@ class Node(EventMethods, FindingMethods, PairingMethods):
             fallback=self._elsewhere,
             registered=self._registered,
             application=self._apps.get,
-            allows=self._invitations.allows,
+            policy=self._invitations,
             check_running=self._check_running,
             holed=self._reaching.holed,
             punch=self._reaching.punch_stream,

@@ -171,7 +171,9 @@ class Invitations:
         async def wait_for_answer(invitation: Invitation) -> InvitationResponse | None:
             return await invitation.state.wait()
 
-        return self.receivers.iterator(application, wait_for_answer, InvitationResponse.DECLINED)
+        return self.receivers.iterator(
+            application, wait_for_answer, InvitationResponse.DECLINED, lambda invitation: invitation.trusted
+        )
 
     def add_observer(self, observer: Observer) -> Handle:
         """Call ``observer(event)`` after every invitation received has been answered or withdrawn."""

@@ -37,7 +37,9 @@ class Receivers(Generic[T, R]):
     """One receiver per application of items ``T`` (invitations or streams), each giving ``R``.
 
     ``what`` names an item in errors (``"an invitation"``); ``queue_size`` bounds what an async
-    iterator holds unread.
+    iterator holds unread. Items from strangers fill at most three quarters of it (at least one):
+    the rest is kept for contacts and trusted peers, so that a stranger's items waiting unread never
+    keep theirs out.
     """
 
     def __init__(self, what: str, queue_size: int) -> None:
@@ -68,10 +70,15 @@ class Receivers(Generic[T, R]):
         return Handle(remove)
 
     def iterator(
-        self, application: Application | uuid.UUID, settle: Callable[[T], Awaitable[R]], refused: R
+        self,
+        application: Application | uuid.UUID,
+        settle: Callable[[T], Awaitable[R]],
+        refused: R,
+        trusted: Callable[[T], bool],
     ) -> Subscription[T]:
         """An async iterator in place of a handler: each item is queued (bounded) for the reader,
-        and its answer is ``await settle(item)``; a full or closed queue answers ``refused``.
+        and its answer is ``await settle(item)``; a full or closed queue answers ``refused``, and
+        so does one whose strangers' share is full, to an item that is not ``trusted``.
 
         :raises ValueError: when the application has a receiver already.
         :raises NotRunning: when the node has stopped (the iterator would never end).
@@ -82,8 +89,16 @@ class Receivers(Generic[T, R]):
         if key in self._table:
             raise ValueError(f"application {key} already has {self._what} handler; remove it first")
         send, receive = anyio.create_memory_object_stream[T](self._queue_size)
+        strangers = max(1, self._queue_size * 3 // 4)
 
         async def receiver(item: T) -> R:
+            if send.statistics().current_buffer_used >= strangers and not trusted(item):
+                log.info(
+                    "refusing %s from a stranger to %s: the strangers' share of the queue is taken",
+                    self._what,
+                    key,
+                )
+                return refused
             try:
                 send.send_nowait(item)
             except (anyio.WouldBlock, anyio.BrokenResourceError, anyio.ClosedResourceError):

@@ -12,7 +12,7 @@ import functools
 import logging
 import uuid
 from collections.abc import Awaitable, Callable
-from typing import Final
+from typing import Final, Protocol
 
 import anyio
 
@@ -39,6 +39,12 @@ log = logging.getLogger(__name__)
 StreamHandler = Callable[[AppStream], Awaitable[None]]
 
 
+class _Policy(Protocol):
+    # Who may open streams to this node, and who is trusted (the invitation part's).
+    def allows(self, peer_id: PeerId) -> bool: ...
+    def is_trusted(self, peer_id: PeerId) -> bool: ...
+
+
 class Streams:
     """Application streams both ways; see the module docstring."""
 
@@ -51,7 +57,7 @@ class Streams:
         endpoints_of: Callable[[Peer], tuple[EndPoint, ...]],
         registered: Callable[[Application | uuid.UUID], Application],
         application: Callable[[uuid.UUID], Application | None],
-        allows: Callable[[PeerId], bool],
+        policy: _Policy,
         check_running: Callable[[], None],
         fallback: Callable[[Peer], Awaitable[Peer | None]] | None = None,
         holed: Callable[[PeerId], bool] = lambda peer_id: False,
@@ -65,7 +71,7 @@ class Streams:
         self._endpoints_of = endpoints_of
         self._registered = registered
         self._application = application
-        self._allows = allows
+        self._policy = policy
         self._check_running = check_running
         #: Who takes the streams of each application.
         self.receivers: Receivers[AppStream, None] = Receivers("a stream", queue_size)
@@ -100,7 +106,9 @@ class Streams:
         async def wait_until_closed(stream: AppStream) -> None:
             await stream.wait_closed()
 
-        return self.receivers.iterator(application, wait_until_closed, None)
+        return self.receivers.iterator(
+            application, wait_until_closed, None, lambda stream: self._policy.is_trusted(stream.peer.id)
+        )
 
     # -- opening -----------------------------------------------------------------------------
     async def open(self, peer: Peer, application: Application | uuid.UUID, timeout: float) -> AppStream:
@@ -214,7 +222,7 @@ class Streams:
             return
         app = self._application(request.app)
         receiver = self.receivers.get(request.app)
-        if app is None or receiver is None or not self._allows(channel.peer.id):
+        if app is None or receiver is None or not self._policy.allows(channel.peer.id):
             await channel.send({"t": "stream_reply", "rid": request.rid, "r": "declined"})
             return
         await channel.send({"t": "stream_reply", "rid": request.rid, "r": "accepted"})

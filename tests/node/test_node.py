@@ -38,6 +38,7 @@ from peerkit import (
     LimitExceeded,
     Node,
     NotRunning,
+    Peer,
     PeerUnreachable,
     PresenceStatus,
     ProtocolError,
@@ -414,6 +415,39 @@ async def test_async_iterator_form() -> None:
         assert results == [ACCEPTED, DECLINED]
         # Closed: invitations are declined again, none waits.
         assert await peer.invite(CHAT, timeout=5) is DECLINED
+
+
+async def test_a_strangers_invitations_waiting_unread_never_keep_a_contacts_out() -> None:
+    # bob's iterator holds 4 unread invitations; strangers may fill 3 of the places.
+    async with nodes(3, nicknames=["bob", "carol", "dave"], queue_size=4) as (bob, carol, dave):
+        for node in (bob, carol, dave):
+            await node.register_application(CHAT)
+        await bob.contacts.add(dave.contacts.me)
+        from_carol = await carol.peer_at(bob.endpoint.host, bob.endpoint.port)
+        from_dave = await dave.peer_at(bob.endpoint.host, bob.endpoint.port)
+        answers: dict[str, InvitationResponse] = {}
+
+        async def invite(peer: Peer, message: str) -> None:
+            answers[message] = await peer.invite(CHAT, message, timeout=30)
+
+        async with bob.invitations(CHAT) as invitations, anyio.create_task_group() as tg:
+            for n in range(4):
+                tg.start_soon(invite, from_carol, f"carol {n}")
+            with anyio.fail_after(10):
+                while not answers:  # the fourth: declined at once, unread
+                    await anyio.sleep(0.01)
+            assert list(answers.values()) == [DECLINED]
+            tg.start_soon(invite, from_dave, "dave")
+            received = []
+            with anyio.fail_after(10):
+                async for invitation in invitations:
+                    received.append(invitation.message)
+                    invitation.accept()
+                    if len(received) == 4:
+                        break
+        assert "dave" in received
+        assert answers["dave"] is ACCEPTED
+        assert list(answers.values()).count(ACCEPTED) == 4
 
 
 async def test_policy_and_trust() -> None:

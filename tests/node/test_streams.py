@@ -25,7 +25,7 @@ from peerkit import (
     SecureChannel,
     Subscription,
 )
-from peerkit.testing import MemoryNetwork, node_pair
+from peerkit.testing import MemoryNetwork, node_pair, nodes
 
 pytestmark = pytest.mark.anyio
 
@@ -128,6 +128,33 @@ async def test_receive_respects_max_bytes_and_cancellation_loses_nothing() -> No
             go.set()
             assert await stream.receive(2) == b"ab"
             assert await stream.receive() == b"cdef"
+
+
+async def test_a_strangers_streams_waiting_unread_never_keep_a_contacts_out() -> None:
+    # bob's iterator holds 4 unread streams; strangers may fill 3 of the places.
+    async with nodes(3, nicknames=["bob", "carol", "dave"], queue_size=4, discovery=False) as (
+        bob,
+        carol,
+        dave,
+    ):
+        for node in (bob, carol, dave):
+            await node.register_application(CHAT)
+        await bob.contacts.add(dave.contacts.me)
+        from_carol = await carol.peer_at(bob.endpoint.host, bob.endpoint.port)
+        from_dave = await dave.peer_at(bob.endpoint.host, bob.endpoint.port)
+        async with bob.streams(CHAT) as incoming, contextlib.AsyncExitStack() as opened:
+            streams = [await opened.enter_async_context(await from_carol.open_stream(CHAT)) for _ in range(4)]
+            with anyio.fail_after(10), pytest.raises((anyio.EndOfStream, anyio.BrokenResourceError)):
+                await streams[3].receive()  # the fourth: closed at once, unread
+            mine = await opened.enter_async_context(await from_dave.open_stream(CHAT))
+            await mine.send(b"dave")
+            taken = []
+            with anyio.fail_after(10):
+                for _ in range(4):
+                    stream = await incoming.__anext__()
+                    taken.append(stream.peer.id)
+                    await stream.aclose()
+            assert taken == [carol.id, carol.id, carol.id, dave.id]
 
 
 async def test_iterator_form_and_refusals() -> None:
