@@ -237,7 +237,8 @@ class ChatDesk:
 
     async def invited(self, invitation: peerkit.Invitation) -> peerkit.InvitationResponse:
         """The invitation handler: accept, and expect the inviter's chat stream."""
-        self._invited.expect(invitation.sender_id, True)
+        if not self._invited.expect(invitation.sender_id, True, trusted=invitation.trusted):
+            return peerkit.InvitationResponse.DECLINED
         return peerkit.InvitationResponse.ACCEPTED
 
     async def chat(self, stream: AppStream) -> None:

@@ -308,7 +308,8 @@ class FilesDesk:
             summary = decode_summary(invitation.data)
         except ProtocolError:
             return peerkit.InvitationResponse.DECLINED
-        self._offers.expect(invitation.sender_id, summary)
+        if not self._offers.expect(invitation.sender_id, summary, trusted=invitation.trusted):
+            return peerkit.InvitationResponse.DECLINED
         return peerkit.InvitationResponse.ACCEPTED
 
     async def receive(self, stream: AppStream) -> None:

@@ -367,24 +367,33 @@ async def accept_invitation(
 
 
 #: Streams a desk of ``peerkit serve`` expects (accepted invitations whose stream has not come
-#: yet), at most: beyond, the oldest is forgotten (its stream, if it comes, is closed).
+#: yet), at most: beyond, the oldest of a stranger's is forgotten (its stream, if it comes, is
+#: closed); a stranger's never push out a contact's.
 MAX_EXPECTED: Final = 64
 
 
 class Expected(Generic[T]):
     """What an accepted invitation leaves for its inviter's stream, by peer: the streams a desk of
-    ``peerkit serve`` expects (at most :data:`MAX_EXPECTED`, the oldest forgotten first)."""
+    ``peerkit serve`` expects (at most :data:`MAX_EXPECTED`; strangers' forgotten first, the
+    oldest first)."""
 
     def __init__(self) -> None:
-        self._by_peer: dict[peerkit.PeerId, T] = {}
+        self._by_peer: dict[peerkit.PeerId, tuple[T, bool]] = {}
 
-    def expect(self, peer_id: peerkit.PeerId, value: T) -> None:
-        """Expect a stream from ``peer_id``, and keep ``value`` for it."""
+    def expect(self, peer_id: peerkit.PeerId, value: T, *, trusted: bool) -> bool:
+        """Expect a stream from ``peer_id`` (a contact or trusted peer when ``trusted``), and keep
+        ``value`` for it: False, keeping nothing, when every place is a trusted peer's and this
+        one is not (decline its invitation)."""
         self._by_peer.pop(peer_id, None)
-        self._by_peer[peer_id] = value
-        while len(self._by_peer) > MAX_EXPECTED:
-            del self._by_peer[next(iter(self._by_peer))]
+        if len(self._by_peer) >= MAX_EXPECTED:
+            stranger = next((p for p, (_, known) in self._by_peer.items() if not known), None)
+            if stranger is None and not trusted:
+                return False
+            del self._by_peer[stranger if stranger is not None else next(iter(self._by_peer))]
+        self._by_peer[peer_id] = (value, trusted)
+        return True
 
     def take(self, peer_id: peerkit.PeerId) -> T | None:
         """What was kept for a stream from ``peer_id`` (no longer expected), or None."""
-        return self._by_peer.pop(peer_id, None)
+        kept = self._by_peer.pop(peer_id, None)
+        return kept[0] if kept is not None else None

@@ -697,3 +697,27 @@ def test_the_default_discovery_is_peerkit_discovery_else_mdns(monkeypatch: pytes
     assert providers_for(("127.0.0.1", 7000), None) == []  # HOST:PORT: dialled, nobody looked for
     monkeypatch.delenv("PEERKIT_DISCOVERY")
     assert [p.name for p in providers_named(None)] == ["mdns"]
+
+
+def test_serve_expects_streams_for_strangers_without_ever_forgetting_a_contacts() -> None:
+    from peerkit.clikit import MAX_EXPECTED, Expected
+
+    expected: Expected[str] = Expected()
+    contact = peerkit.Identity.generate().id
+    assert expected.expect(contact, "contact's", trusted=True)
+    strangers = [peerkit.Identity.generate().id for _ in range(MAX_EXPECTED + 10)]
+    for stranger in strangers:  # more than there are places: the oldest strangers' go
+        assert expected.expect(stranger, "stranger's", trusted=False)
+    assert expected.take(contact) == "contact's"
+    assert expected.take(strangers[0]) is None
+    assert expected.take(strangers[-1]) == "stranger's"
+    # Every place a trusted peer's: a stranger's is not kept (its invitation is declined); a
+    # contact's takes the oldest place.
+    trusted = [peerkit.Identity.generate().id for _ in range(MAX_EXPECTED)]
+    for peer_id in trusted:
+        assert expected.expect(peer_id, "trusted", trusted=True)
+    assert not expected.expect(strangers[1], "stranger's", trusted=False)
+    assert expected.take(strangers[1]) is None
+    assert expected.expect(contact, "contact's", trusted=True)
+    assert expected.take(trusted[0]) is None
+    assert expected.take(contact) == "contact's"
