@@ -53,7 +53,7 @@ from peerkit.proto.requests import (
 )
 from peerkit.sync import Flag
 
-__all__ = ("AUTO_RELAYS", "MAX_TAKING", "RENEW", "Reach", "ReachStep", "Reaching")
+__all__ = ("AUTO_RELAYS", "MAX_TAKING", "RENEW", "Reach", "ReachStep", "Reaching", "may_punch")
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +64,8 @@ RENEW: Final = 60.0
 RETRY: Final = (1.0, 60.0)
 #: Circuits this node takes at once from its relays (further announcements are ignored).
 MAX_TAKING: Final = 64
-#: Holes being punched at once (asked for or answered).
+#: Holes being punched at once (asked for or answered); with strangers, three quarters of them at
+#: most (the rest is kept for contacts).
 MAX_PUNCHES: Final = 16
 #: Holes being punched at once with one peer (a control channel's, then its streams').
 MAX_PUNCHES_PER_PEER: Final = 4
@@ -565,7 +566,7 @@ class Reaching:
         peer = control.peer_id
         if not isinstance(self._network, TcpTransport) or self._tg is None:
             return
-        if self._punching.get(peer) or sum(self._punching.values()) >= MAX_PUNCHES:
+        if self._punching.get(peer) or not self._may_punch(peer):
             return
         self._punching[peer] = 1
         self._tg.start_soon(self._punch, control)
@@ -623,10 +624,7 @@ class Reaching:
         return channel, EndPoint(str(remote[0]), int(remote[1]))
 
     def _may_punch(self, peer_id: PeerId) -> bool:
-        return (
-            self._punching.get(peer_id, 0) < MAX_PUNCHES_PER_PEER
-            and sum(self._punching.values()) < MAX_PUNCHES
-        )
+        return may_punch(self._punching, peer_id, self._is_contact)
 
     def _punched_one(self, peer_id: PeerId) -> None:
         left = self._punching.pop(peer_id, 1) - 1
@@ -691,6 +689,17 @@ class Reaching:
         finally:
             punch.close()
             self._punched_one(peer)
+
+
+def may_punch(punching: dict[PeerId, int], peer_id: PeerId, is_contact: Callable[[PeerId], bool]) -> bool:
+    """Whether another hole may be punched with ``peer_id``, given the holes being punched with
+    each peer: fewer than :data:`MAX_PUNCHES_PER_PEER` with it and :data:`MAX_PUNCHES` in all,
+    and, with a stranger, fewer than three quarters of them with strangers."""
+    if punching.get(peer_id, 0) >= MAX_PUNCHES_PER_PEER or sum(punching.values()) >= MAX_PUNCHES:
+        return False
+    if is_contact(peer_id):
+        return True
+    return sum(n for p, n in punching.items() if not is_contact(p)) < MAX_PUNCHES * 3 // 4
 
 
 def _announcer(control: ControlChannel) -> Announce:

@@ -16,6 +16,7 @@ from peerkit import (
     Identity,
     KeepalivePolicy,
     Node,
+    PeerId,
     PeerUnreachable,
     RelayPolicy,
     Scope,
@@ -161,6 +162,24 @@ def test_a_punch_dials_the_public_address_or_behind_the_same_nat_the_own_ones() 
     assert Reaching._targets(theirs, "11.231.1.4") == [("11.231.1.3", 40001)]  # across the Internet
     assert Reaching._targets(theirs, "11.231.1.3") == [("10.231.2.5", 40001)]  # the same NAT: the LAN
     assert Reaching._targets(theirs[1:], None) == [("10.231.2.5", 40001)]  # nothing public: what there is
+
+
+def test_strangers_punch_at_most_three_quarters_of_the_holes_and_contacts_the_rest() -> None:
+    from peerkit.node.reaching import MAX_PUNCHES, MAX_PUNCHES_PER_PEER, may_punch
+
+    contacts = {Identity.generate().id for _ in range(8)}
+    strangers = [Identity.generate().id for _ in range(8)]
+    punching: dict[PeerId, int] = {}
+    for stranger in strangers:  # strangers with new ids, as many as they like
+        while may_punch(punching, stranger, contacts.__contains__):
+            punching[stranger] = punching.get(stranger, 0) + 1
+    assert sum(punching.values()) == MAX_PUNCHES * 3 // 4
+    assert max(punching.values()) == MAX_PUNCHES_PER_PEER
+    for contact in contacts:
+        while may_punch(punching, contact, contacts.__contains__):
+            punching[contact] = punching.get(contact, 0) + 1
+    assert sum(punching.values()) == MAX_PUNCHES  # the quarter kept went to contacts
+    assert not may_punch(punching, Identity.generate().id, contacts.__contains__)
 
 
 async def test_over_memory_a_relayed_channel_stays_relayed_and_no_punch_is_tried() -> None:
