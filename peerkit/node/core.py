@@ -133,9 +133,9 @@ class Node(EventMethods, FindingMethods, PairingMethods):
         here, with their events. A presence saved by ``peerkit presence set`` is published too.
     :param dht_bootstrap: (host, port) pairs the ``dht`` provider joins through instead of the public
         routers (a ``dht`` provider is added when ``discovery`` has none).
-    :param request_budget: how many requests each peer may make (default: 1,000 a second, bursts
-        of 2,000); over it a request is answered with ``error`` "limit", and a peer whose last 100
-        requests were all over it is disconnected.
+    :param request_budget: how many requests each peer, and the strangers of one address together,
+        may make (default: 1,000 a second, bursts of 2,000); over it a request is answered with
+        ``error`` "limit", and a peer whose last 100 requests were all over it is disconnected.
     :param admission: how many handshakes the listener takes, in all and from one source, and how
         fast a source may start them (default: :class:`~peerkit.AdmissionPolicy`'s, 50 a second
         from one address); over TCP its handshakes still hold at most a quarter of the file
@@ -308,9 +308,7 @@ class Node(EventMethods, FindingMethods, PairingMethods):
             scope=lambda: self._scope,
             near=self._is_near,
             spawn=self._spawn,
-            # This run of the node is told to subscribers, so that they see one node once, however
-            # many of its endpoints they reach.
-            instance=os.urandom(16),
+            instance=os.urandom(16),  # this run, told to subscribers: one node seen once at any endpoint
         )
         self._requests = Requests(
             handlers={
@@ -331,6 +329,7 @@ class Node(EventMethods, FindingMethods, PairingMethods):
             record_timeout=self._handshake_timeout,
             disconnect=self._connections.disconnect,
             budget=config.request_budget,
+            is_contact=self.contacts.has,
         )
         self._nearby = Nearby(
             providers=self._providers,

@@ -23,7 +23,7 @@ from peerkit.net.control import Answer, ControlChannel, Reply
 from peerkit.node.connections import LOOKUP_AFTER, ChannelPeer, Route, first_of
 from peerkit.peers import Peer
 from peerkit.presence import read_app, read_object, read_presence
-from peerkit.proto.admission import Charge, RequestBudget, RequestPolicy
+from peerkit.proto.admission import Charge, RequestBudget, RequestPolicy, source_of
 from peerkit.proto.requests import (
     BadRequest,
     ErrorCode,
@@ -59,11 +59,16 @@ class Requests:
         record_timeout: float,
         disconnect: Callable[[PeerId], Awaitable[None]],
         budget: RequestPolicy | None = None,
+        is_contact: Callable[[PeerId], bool] = lambda peer_id: False,
     ) -> None:
         self._handlers = dict(handlers)
         self._disconnect = disconnect
+        self._is_contact = is_contact
         #: How many requests each peer may make.
         self.budget = RequestBudget(budget)
+        #: How many requests the strangers of one source (an IPv4 address, an IPv6 /64, a relay)
+        #: may make together: new ids cost nothing, so a stranger's budget is also its source's.
+        self.sources = RequestBudget(budget)
         self._routes = routes
         self._fallback = fallback
         self._control_to = control_to
@@ -73,7 +78,12 @@ class Requests:
     # -- from peers --------------------------------------------------------------------------
     async def dispatch(self, control: ControlChannel, message: dict[str, Any]) -> Reply:
         """The reply to ``message``, a request of the peer on ``control`` (within its budget)."""
-        charge = self.budget.charge(control.peer_id.key, anyio.current_time())
+        now = anyio.current_time()
+        charge = self.budget.charge(control.peer_id.key, now)
+        if charge is Charge.ANSWER and not self._is_contact(control.peer_id):
+            charge = self.sources.charge(source_of(control.channel.peer.address).encode(), now)
+            if charge is not Charge.ANSWER:
+                return self._over_budget(control, charge, " from one address")
         if charge is not Charge.ANSWER:
             return self._over_budget(control, charge)
         try:
@@ -82,9 +92,9 @@ class Requests:
             return exc.reply()
         return await self._handlers[type(request)](control, request)
 
-    def _over_budget(self, control: ControlChannel, charge: Charge) -> Reply:
+    def _over_budget(self, control: ControlChannel, charge: Charge, where: str = "") -> Reply:
         policy = self.budget.policy
-        reply = error_reply(ErrorCode.LIMIT, f"over {policy.rate:g} requests a second")
+        reply = error_reply(ErrorCode.LIMIT, f"over {policy.rate:g} requests a second{where}")
         if charge is Charge.REFUSE:
             return reply
         log.warning(

@@ -217,3 +217,40 @@ async def test_the_listener_and_the_directory_know_the_nodes_contacts() -> None:
             assert is_contact is not None
             assert is_contact(carol.id)
             assert not is_contact(Identity.generate().id)
+
+
+async def test_strangers_of_one_address_share_a_request_budget_and_contacts_do_not() -> None:
+    # New ids cost nothing: two strangers at one address share its budget (5 requests here), a
+    # contact at the same address has its own, and a stranger elsewhere too.
+    budget = RequestPolicy(rate=0.001, burst=5, strikes=100)
+    network = MemoryNetwork()
+    async with nodes(2, nicknames=["bob", "carol"], network=network, request_budget=budget) as (bob, carol):
+        others = [
+            Node(
+                nickname=name,
+                identity=Identity.generate(),
+                network=network,
+                listen=("10.0.0.9", 0),
+                discovery=[],
+                request_budget=budget,
+            )
+            for name in ("s1", "s2", "dave")
+        ]
+        async with others[0] as s1, others[1] as s2, others[2] as dave:
+            await bob.contacts.add(dave.contacts.me)
+            for node in (bob, carol, s1, s2, dave):
+                await node.register_application(CHAT)
+            bob.add_invitation_handler(CHAT, accept_all)
+            peers = [
+                await node.peer_at(bob.endpoint.host, bob.endpoint.port) for node in (s1, s2, dave, carol)
+            ]
+            from_s1, from_s2, from_dave, from_carol = peers
+            for _ in range(3):
+                assert await from_s1.invite(CHAT) is ACCEPTED
+            for _ in range(2):
+                assert await from_s2.invite(CHAT) is ACCEPTED
+            with pytest.raises(ProtocolError, match=r"over 0\.001 requests a second from one address"):
+                await from_s2.invite(CHAT)  # s2's own budget has 3 left; its address's, none
+            for _ in range(5):
+                assert await from_dave.invite(CHAT) is ACCEPTED  # a contact: its own budget only
+            assert await from_carol.invite(CHAT) is ACCEPTED  # another address
