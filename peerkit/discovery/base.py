@@ -376,24 +376,53 @@ class Directory:
         claimed_id: PeerId | bytes | None = None,
     ) -> NearbyRecord | None:
         """See :meth:`DiscoverySink.found`."""
+        # Signatures cost the most here (about 60 us each), and records are heard again and again
+        # (every announcement, every answer; a LAN peer may repeat one as fast as it likes): the
+        # very bytes believed now are not verified again, and a stranger's record that the
+        # directory has no room for is dropped before its signature is checked.
+        claimed = self._claimed(claimed_id)
+        known = self._entries.get(claimed) if claimed is not None else None
+        if claimed is not None and known is not None and known.record.envelope == envelope:
+            self.stats.accepted += 1
+            record = known.record
+            return self._take(
+                claimed,
+                known,
+                envelope,
+                record.nickname,
+                record.endpoint_name,
+                known.signed,
+                record.seq,
+                record.applications,
+                source,
+                endpoints,
+            )
+        if (
+            claimed is not None
+            and known is None
+            and len(self._entries) >= self._capacity
+            and not (self._is_contact is not None and self._is_contact(claimed))
+        ):
+            self.stats.full += 1
+            return None
         try:
-            record, nickname, name, signed = read_record(envelope)
+            record_, nickname, name, signed = read_record(envelope)
         except (InvalidRecord, TypeError):
             self.stats.invalid += 1
             return None
-        if claimed_id is not None and bytes(claimed_id) != record.id:
+        if claimed_id is not None and bytes(claimed_id) != record_.id:
             self.stats.invalid += 1  # a record of one id offered as another's
             return None
-        peer_id = PeerId.from_verified(record.id)  # its signature just verified
+        peer_id = PeerId.from_verified(record_.id)  # its signature just verified
         if peer_id == self._local_id:
             return None
         entry = self._entries.get(peer_id)
-        last = self._seqs.last(record.id)
+        last = self._seqs.last(record_.id)
         # An older seq is a replay. The same seq is the same statement heard again (a refresh, another
         # provider, the peer back after a partition), unless it differs from what is believed now.
         if last is not None and (
-            record.seq < last
-            or (record.seq == last and entry is not None and entry.record.envelope != envelope)
+            record_.seq < last
+            or (record_.seq == last and entry is not None and entry.record.envelope != envelope)
         ):
             self.stats.stale += 1
             return None
@@ -401,9 +430,36 @@ class Directory:
         if entry is None and len(self._entries) >= self._capacity and not (contact and self._make_room()):
             self.stats.full += 1
             return None
-        if last is None or record.seq > last:
-            self._seqs.accept(record, kept=contact)
+        if last is None or record_.seq > last:
+            self._seqs.accept(record_, kept=contact)
         self.stats.accepted += 1
+        applications = record_applications(record_)
+        return self._take(
+            peer_id, entry, envelope, nickname, name, signed, record_.seq, applications, source, endpoints
+        )
+
+    @staticmethod
+    def _claimed(claimed_id: PeerId | bytes | None) -> PeerId | None:
+        # The id a provider says a record is of, to look it up with (not believed: only compared).
+        if claimed_id is None or isinstance(claimed_id, PeerId):
+            return claimed_id
+        key = bytes(claimed_id)
+        return PeerId.from_verified(key) if len(key) == 32 else None
+
+    def _take(
+        self,
+        peer_id: PeerId,
+        entry: _Entry | None,
+        envelope: bytes,
+        nickname: str,
+        name: str,
+        signed: tuple[EndPoint, ...],
+        seq: int,
+        applications: frozenset[uuid.UUID],
+        source: str,
+        endpoints: Sequence[EndPoint],
+    ) -> NearbyRecord:
+        # Believe a record (verified, fresh, with room for it) as ``source`` heard it.
         sources = dict(entry.sources) if entry is not None else {}
         sources[source] = tuple(EndPoint(e.host, e.port, name) for e in endpoints)
         believed = NearbyRecord(
@@ -411,11 +467,11 @@ class Directory:
             nickname=nickname,
             endpoint_name=name,
             endpoints=_endpoints(sources, signed),
-            seq=record.seq,
+            seq=seq,
             since=entry.record.since if entry is not None else time.time(),
             sources=frozenset(sources),
             envelope=envelope,
-            applications=record_applications(record),
+            applications=applications,
         )
         if entry is None:
             self._entries[peer_id] = _Entry(believed, sources, signed)

@@ -487,14 +487,17 @@ class _Session:
 
     def _goodbye(self, name: str, carried: tuple[bytes, bytes]) -> None:
         # A goodbye names the id in its TXT: only that id leaves the name (a stranger's goodbye
-        # under a peer's name takes nothing from the peer). The record must still verify.
+        # under a peer's name takes nothing from the peer). The record must still verify (once:
+        # the same goodbye heard again while it is remembered costs no signature check).
+        now = current_time_millis()
+        if self.goodbyes.get((name, carried[1]), 0.0) > now:
+            return
         try:  # verified, not reported: a goodbye must not bring back what it says goodbye to
             signer = read_record(carried[1])[0].id
         except InvalidRecord:
             return
         if signer != carried[0]:
             return
-        now = current_time_millis()
         if len(self.goodbyes) >= _PENDING:
             self.goodbyes = {key: until for key, until in self.goodbyes.items() if until > now}
         if len(self.goodbyes) < _PENDING:

@@ -153,3 +153,29 @@ async def test_dht_bootstrap_points_the_dht_provider_at_your_own_nodes() -> None
     assert [p.bootstrap for p in chosen.config.providers] == [(("127.0.0.1", 9),)]  # its own kept
     with pytest.raises(ValueError, match=r"a DHT bootstrap address is a \(host, port\) tuple, not 'x:1'"):
         Node(identity=Identity.generate(), dht_bootstrap=["x:1"])  # type: ignore[list-item]
+
+
+async def test_an_mdns_goodbye_heard_again_costs_no_signature_check(monkeypatch: pytest.MonkeyPatch) -> None:
+    from types import SimpleNamespace
+
+    from peerkit.discovery import mdns
+    from peerkit.discovery.base import make_record, read_record
+
+    checked: list[bytes] = []
+
+    def counted(envelope: bytes) -> object:
+        checked.append(envelope)
+        return read_record(envelope)
+
+    monkeypatch.setattr(mdns, "read_record", counted)
+    lost: list[object] = []
+    sink = SimpleNamespace(lost=lambda peer_id, source: lost.append(peer_id))
+    session = mdns._Session(mdns.MdnsDiscovery(), SimpleNamespace(zeroconf=None), sink)  # type: ignore[arg-type]
+    alice = Identity.generate()
+    envelope = make_record(alice, 1, nickname="a", endpoint_name="", endpoints=[("10.0.0.9", 7000)])
+    name = "alice._peerkit._tcp.local."
+    session._saw(name, alice.id, 120)
+    for _ in range(5):  # the goodbye packet, sent again and again
+        session._goodbye(name, (alice.id.key, envelope))
+    assert len(checked) == 1
+    assert lost == [alice.id]

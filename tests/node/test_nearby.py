@@ -330,6 +330,50 @@ async def test_strangers_filling_the_directory_never_keep_a_contact_out(
     ]
 
 
+async def test_a_record_heard_again_and_one_with_no_room_cost_no_signature_check(
+    alice: Identity, bob: Identity, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from peerkit.discovery import base
+
+    checked: list[bytes] = []
+
+    def counted(envelope: bytes) -> Any:
+        checked.append(envelope)
+        return read_record(envelope)
+
+    monkeypatch.setattr(base, "read_record", counted)
+    directory = Directory(alice.id, capacity=1, is_contact={bob.id}.__contains__)
+
+    def record(signer: Identity, seq: int, host: str = "10.0.0.9") -> bytes:
+        return make_record(signer, seq, nickname="n", endpoint_name="", endpoints=[(host, 7000)])
+
+    carol = Identity.generate()
+    first = record(carol, 1)
+    for source in ("s", "s", "t", "t"):  # heard again and again, from two sources
+        assert directory.found(first, source=source, claimed_id=carol.id) is not None
+    assert len(checked) == 1
+    seen = directory.get(carol.id)
+    assert seen is not None
+    assert seen.sources == frozenset({"s", "t"})
+    assert directory.found(record(carol, 2, "10.0.0.8"), source="s", claimed_id=carol.id) is not None
+    assert len(checked) == 2  # new bytes: checked
+    # No room for another stranger: dropped unchecked (a contact's is checked, and takes a place).
+    for _ in range(3):
+        assert (
+            directory.found(record(Identity.generate(), 1), source="s", claimed_id=Identity.generate().id)
+            is None
+        )
+    assert len(checked) == 2
+    assert directory.stats.full == 3
+    assert directory.found(record(bob, 1), source="s", claimed_id=bob.id) is not None
+    assert len(checked) == 3
+    # Bytes that claim a believed id but are not its record: checked, and refused.
+    forged = record(Identity.generate(), 5)
+    assert directory.found(forged, source="s", claimed_id=bob.id) is None
+    assert len(checked) == 4
+    assert directory.stats.invalid == 1
+
+
 class Failing:
     """A provider that fails before it starts, or after."""
 
