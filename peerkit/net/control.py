@@ -59,6 +59,12 @@ __all__ = (
 #: Replies waiting to be sent on a congested channel at which the channel stops reading requests
 #: until they drain.
 STALL_AFTER: Final = 8
+#: Pings a peer may send on one channel: bursts of PING_BURST, PING_RATE a second on average (a
+#: node pings once a keepalive interval, and when a request of its goes unanswered for
+#: PROBE_AFTER seconds). Others are answered with ``error`` "limit": pings are answered in the
+#: reading task, charged to no request budget, and a peer must not spend the node's CPU on them.
+PING_RATE: Final = 2.0
+PING_BURST: Final = 10
 #: When a request is sent and the peer then says nothing for PROBE_AFTER seconds, a ping goes;
 #: no pong within PROBE_TIMEOUT seconds (at most the keepalive timeout) ends the channel, so that
 #: a request on a connection that died quietly (a laptop that moved, a cable pulled) fails in
@@ -220,6 +226,8 @@ class ControlChannel:
         self._retired_at = 0.0
         self._last_request = anyio.current_time()
         self._last_heard = self._last_request
+        self._ping_tokens = float(PING_BURST)
+        self._ping_at = self._last_request
         self._watching = False  # (a watch of the peer's silence runs: see _watch)
         self._tasks = tasks  # where the channel's own tasks run (run makes a group if None)
         self._running = False  # (run is reading: tasks may be started)
@@ -533,6 +541,17 @@ class ControlChannel:
                 await self.channel.writable()
         elif isinstance(event, PingReceived):
             # (in the reading task: no task per ping; its bytes made directly, see encode_pong)
+            tokens = min(
+                float(PING_BURST), self._ping_tokens + (self._last_heard - self._ping_at) * PING_RATE
+            )
+            self._ping_at = self._last_heard  # (when it came: now)
+            if tokens < 1.0:
+                self._ping_tokens = tokens
+                await self._send_reply(
+                    event.rid, error_reply(ErrorCode.LIMIT, f"over {PING_RATE:g} pings a second")
+                )
+                return
+            self._ping_tokens = tokens - 1.0
             await self._send_reply(event.rid, encode_pong(event.rid, self.channel.peer.address))
         elif isinstance(event, RetireReceived):
             if event.answer:

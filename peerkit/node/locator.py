@@ -42,6 +42,7 @@ class Locator:
         self._nearby = nearby
         self._scope = scope
         self._tg: anyio.abc.TaskGroup | None = None
+        self._cards: dict[PeerId, bytes | None] = {}  # contacts whose card is being taken -> the next
 
     def start(self, tg: anyio.abc.TaskGroup) -> None:
         """Run the work of changes in ``tg`` from now on."""
@@ -82,10 +83,30 @@ class Locator:
                     await control.notify({"t": "card_update", "card": card})
 
     def on_card(self, control: ControlChannel, message: dict[str, Any]) -> None:
-        """A ``card_update`` notice: a contact's fresh card of itself (taken in the background)."""
+        """A ``card_update`` notice: a contact's fresh card of itself, taken in the background, one
+        at a time per contact (the latest waits: a peer sending notice after notice holds one
+        task and one card here, and a stranger's cost nothing)."""
         card = message.get("card")
-        if isinstance(card, bytes) and self._tg is not None:
-            self._tg.start_soon(self._take, control.peer_id, card)
+        sender = control.peer_id
+        if not isinstance(card, bytes) or self._tg is None or not self._contacts.has(sender):
+            return
+        if sender in self._cards:
+            self._cards[sender] = card
+            return
+        self._cards[sender] = None
+        self._tg.start_soon(self._take_cards, sender, card)
+
+    async def _take_cards(self, sender: PeerId, card: bytes) -> None:
+        # Take ``card``, then the latest that came meanwhile, until none waits.
+        try:
+            while True:
+                await self._take(sender, card)
+                latest = self._cards.get(sender)
+                if latest is None:
+                    return
+                card, self._cards[sender] = latest, None
+        finally:
+            self._cards.pop(sender, None)
 
     async def _take(self, sender: PeerId, card: bytes) -> None:
         try:

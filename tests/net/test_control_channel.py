@@ -15,7 +15,16 @@ from conftest import channel_pair, stuck
 
 from peerkit import Identity, PeerUnreachable
 from peerkit.net.channel import SecureChannel
-from peerkit.net.control import STALL_AFTER, Answer, ControlChannel, KeepaliveClock, KeepalivePolicy, Reply
+from peerkit.net.control import (
+    PING_BURST,
+    PING_RATE,
+    STALL_AFTER,
+    Answer,
+    ControlChannel,
+    KeepaliveClock,
+    KeepalivePolicy,
+    Reply,
+)
 from peerkit.proto.control import MAX_CONCURRENT
 
 pytestmark = pytest.mark.anyio
@@ -487,6 +496,19 @@ async def test_requests_over_the_limit_are_refused_at_once(alice: Identity, bob:
         with anyio.fail_after(5):
             for request in held_requests:
                 assert (await request.wait())["t"] == "card_reply"
+
+
+async def test_pings_over_their_budget_are_refused(alice: Identity, bob: Identity) -> None:
+    # Pings are answered in the reading task and charged to no request budget: a peer sending
+    # them as fast as it can gets a pong for the first PING_BURST, then "limit".
+    async with pair(alice, bob) as (a, _b):
+        answers = [(await ask(a, {"t": "ping"}))["t"] for _ in range(PING_BURST + 5)]
+        assert answers[:PING_BURST] == ["pong"] * PING_BURST
+        assert set(answers[PING_BURST + 1 :]) == {"error"}  # (one may have been earned meanwhile)
+        refused = await ask(a, {"t": "ping"})
+        assert (refused["code"], refused["msg"]) == ("limit", f"over {PING_RATE:g} pings a second")
+        await anyio.sleep(1.2 / PING_RATE)  # a token earned
+        assert (await ask(a, {"t": "ping"}))["t"] == "pong"
 
 
 async def test_a_failing_handler_answers_unavailable_and_the_channel_lives(

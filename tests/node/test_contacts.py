@@ -434,6 +434,38 @@ async def test_a_card_carries_the_locator_key_kept_across_restarts(tmp_path: Pat
         read_card(bad)
 
 
+async def test_card_updates_in_a_flood_are_taken_one_at_a_time_and_a_strangers_not_at_all() -> None:
+    async with nodes(3) as (alice, bob, carol):
+        await bob.contacts.add(bob.contacts.read_card(alice.contacts.sign_card()))
+        taken: list[bytes] = []
+        original = bob._locator._take
+
+        async def take(sender: Any, card: bytes) -> None:
+            taken.append(card)
+            await original(sender, card)
+
+        bob._locator._take = take  # type: ignore[method-assign]
+        controls = []
+        for node in (alice, carol):
+            peer = await node.peer_at(bob.endpoint.host, bob.endpoint.port)
+            with contextlib.suppress(NotAllowed):
+                await peer.get_presence()
+            controls.append(node._connections.controls(bob.id)[0])
+        from_alice, from_carol = controls
+        for _ in range(50):
+            await from_carol.notify({"t": "card_update", "card": carol.contacts.sign_card()})
+        cards = [alice.contacts.sign_card() for _ in range(50)]
+        for card in cards:
+            await from_alice.notify({"t": "card_update", "card": card})
+        with anyio.fail_after(5):
+            while (await bob.contacts.get(alice.id)).card != cards[-1]:
+                await anyio.sleep(0.02)
+        assert cards[-1] in taken
+        assert len(taken) < 10  # (one at a time, the latest next: not one task per notice)
+        assert all(card in cards for card in taken)  # none of carol's
+        assert not bob._locator._cards
+
+
 async def test_a_card_update_is_kept_only_when_it_is_the_senders_own_and_newer() -> None:
     async with nodes(3) as (alice, bob, carol):
         old = alice.contacts.sign_card()
