@@ -376,7 +376,7 @@ class Directory:
         claimed_id: PeerId | bytes | None = None,
     ) -> NearbyRecord | None:
         """See :meth:`DiscoverySink.found`."""
-        # Signatures cost the most here (about 60 us each), and records are heard again and again
+        # Signatures cost the most here (about 0.1 ms each), and records are heard again and again
         # (every announcement, every answer; a LAN peer may repeat one as fast as it likes): the
         # very bytes believed now are not verified again, and a stranger's record that the
         # directory has no room for is dropped before its signature is checked.
@@ -384,16 +384,16 @@ class Directory:
         known = self._entries.get(claimed) if claimed is not None else None
         if claimed is not None and known is not None and known.record.envelope == envelope:
             self.stats.accepted += 1
-            record = known.record
+            now = known.record
             return self._take(
                 claimed,
                 known,
                 envelope,
-                record.nickname,
-                record.endpoint_name,
+                now.nickname,
+                now.endpoint_name,
                 known.signed,
-                record.seq,
-                record.applications,
+                now.seq,
+                now.applications,
                 source,
                 endpoints,
             )
@@ -406,23 +406,23 @@ class Directory:
             self.stats.full += 1
             return None
         try:
-            record_, nickname, name, signed = read_record(envelope)
+            record, nickname, name, signed = read_record(envelope)
         except (InvalidRecord, TypeError):
             self.stats.invalid += 1
             return None
-        if claimed_id is not None and bytes(claimed_id) != record_.id:
+        if claimed_id is not None and bytes(claimed_id) != record.id:
             self.stats.invalid += 1  # a record of one id offered as another's
             return None
-        peer_id = PeerId.from_verified(record_.id)  # its signature just verified
+        peer_id = PeerId.from_verified(record.id)  # its signature just verified
         if peer_id == self._local_id:
             return None
         entry = self._entries.get(peer_id)
-        last = self._seqs.last(record_.id)
+        last = self._seqs.last(record.id)
         # An older seq is a replay. The same seq is the same statement heard again (a refresh, another
         # provider, the peer back after a partition), unless it differs from what is believed now.
         if last is not None and (
-            record_.seq < last
-            or (record_.seq == last and entry is not None and entry.record.envelope != envelope)
+            record.seq < last
+            or (record.seq == last and entry is not None and entry.record.envelope != envelope)
         ):
             self.stats.stale += 1
             return None
@@ -430,12 +430,12 @@ class Directory:
         if entry is None and len(self._entries) >= self._capacity and not (contact and self._make_room()):
             self.stats.full += 1
             return None
-        if last is None or record_.seq > last:
-            self._seqs.accept(record_, kept=contact)
+        if last is None or record.seq > last:
+            self._seqs.accept(record, kept=contact)
         self.stats.accepted += 1
-        applications = record_applications(record_)
+        applications = record_applications(record)
         return self._take(
-            peer_id, entry, envelope, nickname, name, signed, record_.seq, applications, source, endpoints
+            peer_id, entry, envelope, nickname, name, signed, record.seq, applications, source, endpoints
         )
 
     @staticmethod
