@@ -37,6 +37,7 @@ from peerkit.net.control import Answer, ControlChannel, Reply
 from peerkit.node.connections import LOOKUP_AFTER, ChannelPeer, Route, all_failed, first_of
 from peerkit.node.receivers import Receivers
 from peerkit.peers import Peer, wire_ttl
+from peerkit.proto.admission import source_of
 from peerkit.proto.requests import ErrorCode, InviteRequest, Refused, check_reply, error_reply
 
 __all__ = ("ContactLookup", "InvitationHandler", "Invitations", "Observer")
@@ -62,6 +63,9 @@ MAX_PENDING: Final = 512
 #: Of those, strangers (peers that are not contacts) may hold at most this many, so that contacts
 #: are still heard when strangers pile invitations up.
 MAX_PENDING_STRANGERS: Final = 384
+#: Of the strangers', those of one source (an IPv4 address, an IPv6 /64, or one relay's circuits)
+#: may hold at most this many: new ids cost nothing, and one address must not take every place.
+MAX_PENDING_PER_SOURCE: Final = 96
 
 
 class ContactLookup(Protocol):
@@ -111,6 +115,7 @@ class Invitations:
         self._incoming: dict[tuple[int, int], tuple[InvitationState, anyio.CancelScope]] = {}
         self._pending_from: Counter[PeerId] = Counter()  # invitations waiting, per sender
         self._pending_strangers = 0
+        self._pending_sources: Counter[str] = Counter()  # strangers' invitations waiting, per source
         self._pending = 0
 
     def clear(self) -> None:
@@ -234,13 +239,16 @@ class Invitations:
             log.info("declining an invitation from %s to %s (%s)", peer_id.fingerprint, request.app, why)
             return self._reply(control, request, InvitationResponse.DECLINED, why)
         is_contact = self._contacts.has(peer_id)
-        refusal = self._over_limit(peer_id, is_contact)
+        source = None if is_contact else source_of(control.channel.peer.address)
+        refusal = self._over_limit(peer_id, source)
         if refusal is not None:
             log.info("refusing an invitation from %s: %s", peer_id.fingerprint, refusal)
             return error_reply(ErrorCode.LIMIT, refusal)
         self._pending_from[peer_id] += 1
         self._pending += 1
-        self._pending_strangers += not is_contact
+        if source is not None:
+            self._pending_strangers += 1
+            self._pending_sources[source] += 1
         try:
             return await self._receive(control, request, app, receiver, is_contact)
         finally:
@@ -248,16 +256,25 @@ class Invitations:
             if not self._pending_from[peer_id]:
                 del self._pending_from[peer_id]
             self._pending -= 1
-            self._pending_strangers -= not is_contact
+            if source is not None:
+                self._pending_strangers -= 1
+                self._pending_sources[source] -= 1
+                if not self._pending_sources[source]:
+                    del self._pending_sources[source]
 
-    def _over_limit(self, peer_id: PeerId, is_contact: bool) -> str | None:
-        # Why one more invitation from ``peer_id`` may not wait, or None.
+    def _over_limit(self, peer_id: PeerId, source: str | None) -> str | None:
+        # Why one more invitation from ``peer_id`` (a stranger's at ``source``, or a contact's when
+        # None) may not wait, or None.
         if self._pending_from[peer_id] >= MAX_PENDING_PER_PEER:
             return f"{MAX_PENDING_PER_PEER} invitations of yours are waiting for their answer"
         if self._pending >= MAX_PENDING:
             return f"{MAX_PENDING} invitations are waiting for their answer"
-        if not is_contact and self._pending_strangers >= MAX_PENDING_STRANGERS:
+        if source is None:
+            return None
+        if self._pending_strangers >= MAX_PENDING_STRANGERS:
             return f"{MAX_PENDING_STRANGERS} invitations from peers that are not contacts are waiting"
+        if self._pending_sources[source] >= MAX_PENDING_PER_SOURCE:
+            return f"{MAX_PENDING_PER_SOURCE} invitations from your address are waiting for their answer"
         return None
 
     async def _receive(

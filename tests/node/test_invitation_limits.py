@@ -6,9 +6,9 @@ import anyio
 import pytest
 from conftest import CHAT
 
-from peerkit import Invitation, InvitationResponse, Node, ProtocolError
+from peerkit import Identity, Invitation, InvitationResponse, Node, ProtocolError
 from peerkit.node import invitations as part
-from peerkit.testing import nodes
+from peerkit.testing import MemoryNetwork, nodes
 
 pytestmark = pytest.mark.anyio
 
@@ -82,3 +82,36 @@ async def test_strangers_leave_room_for_contacts(monkeypatch: pytest.MonkeyPatch
             with pytest.raises(ProtocolError, match="3 invitations are waiting"):
                 await friend.invite(CHAT, timeout=10)  # the total is the total
             release.set()
+
+
+async def test_the_strangers_of_one_address_leave_room_for_other_strangers(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(part, "MAX_PENDING_PER_SOURCE", 2)
+    network = MemoryNetwork()
+    async with nodes(2, nicknames=["bob", "carol"], network=network) as (bob, carol):
+        same_address = [
+            Node(nickname=f"s{n}", identity=Identity.generate(), network=network, listen=("10.0.0.9", 0))
+            for n in range(3)
+        ]
+        async with same_address[0] as s0, same_address[1] as s1, same_address[2] as s2:
+            for node in (bob, carol, s0, s1, s2):
+                await node.register_application(CHAT)
+            release = await hold_invitations(bob)
+            async with anyio.create_task_group() as tg:
+                for stranger in (s0, s1):  # two ids, one address
+                    peer = await stranger.peer_at(bob.endpoint.host, bob.endpoint.port)
+                    tg.start_soon(peer.invite, CHAT)
+                with anyio.fail_after(5):
+                    while bob._invitations._pending < 2:
+                        await anyio.sleep(0.01)
+                third = await s2.peer_at(bob.endpoint.host, bob.endpoint.port)
+                with pytest.raises(ProtocolError, match="2 invitations from your address are waiting"):
+                    await third.invite(CHAT, timeout=10)
+                elsewhere = await carol.peer_at(bob.endpoint.host, bob.endpoint.port)
+                tg.start_soon(elsewhere.invite, CHAT)  # a stranger at another address gets through
+                with anyio.fail_after(5):
+                    while bob._invitations._pending < 3:
+                        await anyio.sleep(0.01)
+                release.set()
+            assert not bob._invitations._pending_sources

@@ -971,6 +971,7 @@ async def test_a_failing_dial_does_not_take_the_node_down() -> None:
 async def test_a_flood_of_requests_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
     # The channel's limit of 128 requests at once (the invitations' own limits are tested apart).
     monkeypatch.setattr("peerkit.node.invitations.MAX_PENDING_PER_PEER", 1000)
+    monkeypatch.setattr("peerkit.node.invitations.MAX_PENDING_PER_SOURCE", 1000)
     async with nodes() as (alice, bob):
         await bob.register_application(CHAT)
         release = anyio.Event()
