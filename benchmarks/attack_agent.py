@@ -15,6 +15,9 @@ once it is under way. Modes:
   127.0.0.2.
 - ``cbor``: an authenticated peer (a fresh key each time it is disconnected) sending 65,000-element
   CBOR arrays as fast as it can.
+- ``requests``: 32 authenticated peers at one address (127.0.0.2), each a fresh key, each asking
+  ``get`` as fast as the node answers (64 requests in flight), and coming back with a new key when
+  the node disconnects it.
 
 Every connection goes to 127.0.0.1 only.
 """
@@ -22,6 +25,7 @@ Every connection goes to 127.0.0.1 only.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import os
 import select
@@ -152,6 +156,43 @@ async def huge_cbor(port: int) -> None:
                     await channel.send_encoded(frame)
 
 
+async def _replies(channel: SecureChannel, window: anyio.Semaphore, done: anyio.CancelScope) -> None:
+    # Each reply frees a place in the window; the channel's end ends its peer's flood.
+    with contextlib.suppress(Exception):
+        while True:
+            if (await channel.receive()).get("t") != "ping":
+                window.release()
+    done.cancel()
+
+
+async def request_flood(port: int, peers: int = 32) -> None:
+    async def one() -> None:
+        while True:
+            try:
+                stream = await anyio.connect_tcp(HOST, port, local_host="127.0.0.2")
+                channel = await SecureChannel.wrap(
+                    stream, Identity.generate(), initiator=True, handshake_timeout=5
+                )
+            except (OSError, PeerkitError):
+                await anyio.sleep(0.05)
+                continue
+            window = anyio.Semaphore(64)
+            async with channel, anyio.create_task_group() as tg:
+                tg.start_soon(_replies, channel, window, tg.cancel_scope)
+                with contextlib.suppress(Exception):
+                    for rid in itertools.count(1):
+                        await window.acquire()
+                        await channel.send({"t": "get", "rid": rid, "what": "presence"})
+                tg.cancel_scope.cancel()
+
+    async with anyio.create_task_group() as tg:
+        for _ in range(peers):
+            tg.start_soon(one)
+        emit(ready=True)
+        await anyio.to_thread.run_sync(sys.stdin.read)  # until the benchmark closes it
+        tg.cancel_scope.cancel()
+
+
 def main() -> None:
     if sys.argv[1] == "target":
         anyio.run(target)
@@ -167,6 +208,8 @@ def main() -> None:
         send_recorded(port, bytes.fromhex(sys.argv[4]), 100)
     elif mode == "cbor":
         anyio.run(huge_cbor, port)
+    elif mode == "requests":
+        anyio.run(request_flood, port)
     else:
         raise SystemExit(f"unknown mode {mode}")
 

@@ -68,8 +68,11 @@ def test_every_benchmark_runs_and_writes_json(tmp_path: Path) -> None:
     assert ("handshake", "noiseprotocol") in names
     assert ("dht", "bittorrent-dht") in names or not os.environ.get("CI")  # node is there in CI
     for row in report["results"]:
-        assert row["value"] > 0
-        assert row["reference_value"] > 0
+        # (a share of CPU read from /proc's clock ticks, 10 ms each, is 0 for a process idle
+        # through a short phase of a quick run: a measurement, not a failure)
+        floor = 0 if "CPU" in row["figure"] else 1e-12
+        assert row["value"] >= floor
+        assert row["reference_value"] >= floor
         assert row["ratio"] > 0
     assert "peerkit benchmarks" in result.stdout
     # The plots: one per family that has figures, and the latency percentiles.
