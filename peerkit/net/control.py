@@ -65,6 +65,9 @@ STALL_AFTER: Final = 8
 #: reading task, charged to no request budget, and a peer must not spend the node's CPU on them.
 PING_RATE: Final = 2.0
 PING_BURST: Final = 10
+#: Seconds a channel is not read after a request refused at once (malformed, or over the requests
+#: it may have handled at once): only a peer that misbehaves is refused so.
+REFUSE_PAUSE: Final = 0.1
 #: When a request is sent and the peer then says nothing for PROBE_AFTER seconds, a ping goes;
 #: no pong within PROBE_TIMEOUT seconds (at most the keepalive timeout) ends the channel, so that
 #: a request on a connection that died quietly (a laptop that moved, a cable pulled) fails in
@@ -560,8 +563,11 @@ class ControlChannel:
                 await self.aclose()
         elif isinstance(event, Refuse):
             # Answered here, in the reading task: a peer that floods us is slowed down by its
-            # own answers instead of growing our task list.
+            # own answers instead of growing our task list, and nothing more of it is read for a
+            # while (its requests wait in its own buffers: a refusal costs the node about what
+            # an answer does, and a peer must not make it refuse at full speed).
             await self._send_quietly(event.reply)
+            await anyio.sleep(REFUSE_PAUSE)
         else:
             assert isinstance(event, Unmatched)
             if event.message["t"] == "error":

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any
+from typing import Any, Final
 
 import anyio
 
@@ -34,9 +34,14 @@ from peerkit.proto.requests import (
     error_reply,
 )
 
-__all__ = ("RequestHandler", "Requests")
+__all__ = ("REFUSAL_DELAY", "RequestHandler", "Requests")
 
 log = logging.getLogger(__name__)
+
+#: Seconds a request over its budget waits for its refusal: a peer that asks as fast as it is
+#: answered then waits for its own refusals, instead of making the node refuse at full speed (a
+#: refusal costs the node about what a cheap answer does).
+REFUSAL_DELAY: Final = 1.0
 
 #: Takes one decoded request of a peer and returns the reply.
 RequestHandler = Callable[[ControlChannel, Any], Awaitable[Reply]]
@@ -83,19 +88,20 @@ class Requests:
         if charge is Charge.ANSWER and not self._is_contact(control.peer_id):
             charge = self.sources.charge(source_of(control.channel.peer.address).encode(), now)
             if charge is not Charge.ANSWER:
-                return self._over_budget(control, charge, " from one address")
+                return await self._over_budget(control, charge, " from one address")
         if charge is not Charge.ANSWER:
-            return self._over_budget(control, charge)
+            return await self._over_budget(control, charge)
         try:
             request = decode_request(message)
         except BadRequest as exc:
             return exc.reply()
         return await self._handlers[type(request)](control, request)
 
-    def _over_budget(self, control: ControlChannel, charge: Charge, where: str = "") -> Reply:
+    async def _over_budget(self, control: ControlChannel, charge: Charge, where: str = "") -> Reply:
         policy = self.budget.policy
         reply = error_reply(ErrorCode.LIMIT, f"over {policy.rate:g} requests a second{where}")
         if charge is Charge.REFUSE:
+            await anyio.sleep(REFUSAL_DELAY)
             return reply
         log.warning(
             "disconnecting %s: %d requests in a row over its budget",

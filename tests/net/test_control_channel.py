@@ -529,6 +529,36 @@ async def test_pings_over_their_budget_are_refused(
         assert (await ask(a, {"t": "ping"}))["t"] == "pong"
 
 
+async def test_after_a_refusal_at_once_the_channel_is_not_read_for_a_while(
+    alice: Identity, bob: Identity, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A refusal costs about what an answer does: a peer over its requests at once is refused and
+    # then not read for REFUSE_PAUSE, so it cannot make the node refuse at full speed.
+    monkeypatch.setattr(control_module, "REFUSE_PAUSE", 0.2)
+    release = anyio.Event()
+
+    async def held(control: ControlChannel, message: dict[str, Any]) -> Reply:
+        await release.wait()
+        return {"t": "card_reply"}
+
+    async with pair(alice, bob, b_handler=held, max_concurrent=2) as (a, b):
+        held_requests = [await a.start_request({"t": "card"}) for _ in range(2)]
+        with anyio.fail_after(5):
+            while b.handling < 2:
+                await anyio.sleep(0.01)
+        over = [await a.start_request({"t": "card"}) for _ in range(3)]
+        times = []
+        with anyio.fail_after(5):
+            for request in over:
+                assert (await request.wait())["code"] == "limit"
+                times.append(anyio.current_time())
+        assert times[-1] - times[0] >= 2 * 0.2 * 0.9  # (one pause after each refusal)
+        release.set()
+        with anyio.fail_after(5):
+            for request in held_requests:
+                assert (await request.wait())["t"] == "card_reply"
+
+
 async def test_a_failing_handler_answers_unavailable_and_the_channel_lives(
     alice: Identity, bob: Identity, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -11,6 +11,7 @@ import pytest
 from conftest import ACCEPTED, CHAT, accept_all
 
 from peerkit import AppStream, Identity, Node, NotAllowed, PeerUnreachable, ProtocolError, RequestPolicy
+from peerkit.node import requests as requests_part
 from peerkit.proto.holdings import Holdings, HoldingsPolicy
 from peerkit.testing import MemoryNetwork, nodes
 
@@ -112,8 +113,9 @@ async def test_one_peer_opens_streams_until_refused_with_a_clear_error() -> None
 
 
 async def test_a_peer_over_its_request_budget_is_refused_then_disconnected(
-    caplog: pytest.LogCaptureFixture,
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setattr(requests_part, "REFUSAL_DELAY", 0.3)
     budget = RequestPolicy(rate=0.001, burst=5, strikes=3)
     async with nodes(3, request_budget=budget) as (alice, bob, carol):
         for node in (alice, bob, carol):
@@ -123,10 +125,13 @@ async def test_a_peer_over_its_request_budget_is_refused_then_disconnected(
         for _ in range(5):
             assert await to_bob.invite(CHAT) is ACCEPTED
         for _ in range(2):
+            start = anyio.current_time()
             with pytest.raises(
                 ProtocolError, match=r"refused the invitation: limit: over 0.001 requests a second"
             ):
                 await to_bob.invite(CHAT)
+            # (the refusal waits: a peer that asks as fast as it is answered waits for its own)
+            assert anyio.current_time() - start >= 0.3
         assert bob.channels(alice.id) == 1
         with pytest.raises(ProtocolError, match="limit"):
             await to_bob.invite(CHAT)  # the third refusal in a row: alice is disconnected
@@ -219,7 +224,10 @@ async def test_the_listener_and_the_directory_know_the_nodes_contacts() -> None:
             assert not is_contact(Identity.generate().id)
 
 
-async def test_strangers_of_one_address_share_a_request_budget_and_contacts_do_not() -> None:
+async def test_strangers_of_one_address_share_a_request_budget_and_contacts_do_not(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(requests_part, "REFUSAL_DELAY", 0.01)
     # New ids cost nothing: two strangers at one address share its budget (5 requests here), a
     # contact at the same address has its own, and a stranger elsewhere too.
     budget = RequestPolicy(rate=0.001, burst=5, strikes=100)
