@@ -138,17 +138,23 @@ def send_recorded(port: int, message: bytes, count: int | None) -> None:
         time.sleep(0.05)
 
 
+async def authenticated(port: int) -> SecureChannel | None:
+    """A channel to the node from 127.0.0.2 with a new key, or None (after a short wait) when the
+    node refused it."""
+    try:
+        stream = await anyio.connect_tcp(HOST, port, local_host="127.0.0.2")
+        return await SecureChannel.wrap(stream, Identity.generate(), initiator=True, handshake_timeout=5)
+    except (OSError, PeerkitError):
+        await anyio.sleep(0.05)
+        return None
+
+
 async def huge_cbor(port: int) -> None:
     frame = cbor2.dumps({"t": "get", "rid": 1, "what": [0] * 65000})  # 65,000 items in 65 KB
     emit(ready=True)
     while not stdin_closed():
-        try:
-            stream = await anyio.connect_tcp(HOST, port, local_host="127.0.0.2")
-            channel = await SecureChannel.wrap(
-                stream, Identity.generate(), initiator=True, handshake_timeout=5
-            )
-        except (OSError, PeerkitError):
-            await anyio.sleep(0.05)
+        channel = await authenticated(port)
+        if channel is None:
             continue
         async with channel:
             with contextlib.suppress(Exception):
@@ -168,13 +174,8 @@ async def _replies(channel: SecureChannel, window: anyio.Semaphore, done: anyio.
 async def request_flood(port: int, peers: int = 32) -> None:
     async def one() -> None:
         while True:
-            try:
-                stream = await anyio.connect_tcp(HOST, port, local_host="127.0.0.2")
-                channel = await SecureChannel.wrap(
-                    stream, Identity.generate(), initiator=True, handshake_timeout=5
-                )
-            except (OSError, PeerkitError):
-                await anyio.sleep(0.05)
+            channel = await authenticated(port)
+            if channel is None:
                 continue
             window = anyio.Semaphore(64)
             async with channel, anyio.create_task_group() as tg:

@@ -491,7 +491,10 @@ async def test_closing_fails_waiting_requests_and_cancels_handlers(alice: Identi
             await a.wait_closed()
 
 
-async def test_requests_over_the_limit_are_refused_at_once(alice: Identity, bob: Identity) -> None:
+@asynccontextmanager
+async def two_held(alice: Identity, bob: Identity) -> AsyncIterator[tuple[ControlChannel, anyio.Event]]:
+    """A pair whose second side handles 2 requests at once, both held (a ``card`` each) until the
+    event is set; both answered by the end."""
     release = anyio.Event()
 
     async def held(control: ControlChannel, message: dict[str, Any]) -> Reply:
@@ -503,14 +506,19 @@ async def test_requests_over_the_limit_are_refused_at_once(alice: Identity, bob:
         with anyio.fail_after(5):
             while b.handling < 2:
                 await anyio.sleep(0.01)
-        refused = await ask(a, {"t": "card"})
-        assert refused["t"] == "error"
-        assert refused["code"] == "limit"
-        assert "the limit is 2" in refused["msg"]
+        yield a, release
         release.set()
         with anyio.fail_after(5):
             for request in held_requests:
                 assert (await request.wait())["t"] == "card_reply"
+
+
+async def test_requests_over_the_limit_are_refused_at_once(alice: Identity, bob: Identity) -> None:
+    async with two_held(alice, bob) as (a, _):
+        refused = await ask(a, {"t": "card"})
+        assert refused["t"] == "error"
+        assert refused["code"] == "limit"
+        assert "the limit is 2" in refused["msg"]
 
 
 async def test_pings_over_their_budget_are_refused(
@@ -535,17 +543,7 @@ async def test_after_a_refusal_at_once_the_channel_is_not_read_for_a_while(
     # A refusal costs about what an answer does: a peer over its requests at once is refused and
     # then not read for REFUSE_PAUSE, so it cannot make the node refuse at full speed.
     monkeypatch.setattr(control_module, "REFUSE_PAUSE", 0.2)
-    release = anyio.Event()
-
-    async def held(control: ControlChannel, message: dict[str, Any]) -> Reply:
-        await release.wait()
-        return {"t": "card_reply"}
-
-    async with pair(alice, bob, b_handler=held, max_concurrent=2) as (a, b):
-        held_requests = [await a.start_request({"t": "card"}) for _ in range(2)]
-        with anyio.fail_after(5):
-            while b.handling < 2:
-                await anyio.sleep(0.01)
+    async with two_held(alice, bob) as (a, _):
         over = [await a.start_request({"t": "card"}) for _ in range(3)]
         times = []
         with anyio.fail_after(5):
@@ -553,10 +551,6 @@ async def test_after_a_refusal_at_once_the_channel_is_not_read_for_a_while(
                 assert (await request.wait())["code"] == "limit"
                 times.append(anyio.current_time())
         assert times[-1] - times[0] >= 2 * 0.2 * 0.9  # (one pause after each refusal)
-        release.set()
-        with anyio.fail_after(5):
-            for request in held_requests:
-                assert (await request.wait())["t"] == "card_reply"
 
 
 async def test_a_failing_handler_answers_unavailable_and_the_channel_lives(
