@@ -13,6 +13,13 @@ from peerkit.testing import MemoryNetwork, nodes
 pytestmark = pytest.mark.anyio
 
 
+async def waiting(node: Node, count: int) -> None:
+    """Until ``count`` invitations wait for their answer at ``node``."""
+    with anyio.fail_after(5):
+        while node._invitations._pending < count:
+            await anyio.sleep(0.01)
+
+
 async def hold_invitations(node: Node) -> anyio.Event:
     release = anyio.Event()
 
@@ -39,17 +46,13 @@ async def test_one_peer_cannot_pile_up_invitations(monkeypatch: pytest.MonkeyPat
 
             for _ in range(3):
                 tg.start_soon(invite)
-            with anyio.fail_after(5):
-                while bob._invitations._pending < 3:
-                    await anyio.sleep(0.01)
+            await waiting(bob, 3)
             with pytest.raises(ProtocolError, match="refused the invitation: limit: 3 invitations of yours"):
                 await to_bob.invite(CHAT, timeout=10)
             # Another peer is not affected.
             carol_to_bob = await carol.peer_at(bob.endpoint.host, bob.endpoint.port)
             tg.start_soon(carol_to_bob.invite, CHAT)
-            with anyio.fail_after(5):
-                while bob._invitations._pending < 4:
-                    await anyio.sleep(0.01)
+            await waiting(bob, 4)
             release.set()
         assert results == [InvitationResponse.ACCEPTED] * 3
         assert bob._invitations._pending == 0
@@ -68,17 +71,13 @@ async def test_strangers_leave_room_for_contacts(monkeypatch: pytest.MonkeyPatch
             for stranger in (alice, carol):
                 peer = await stranger.peer_at(bob.endpoint.host, bob.endpoint.port)
                 tg.start_soon(peer.invite, CHAT)
-            with anyio.fail_after(5):
-                while bob._invitations._pending < 2:
-                    await anyio.sleep(0.01)
+            await waiting(bob, 2)
             third = await alice.peer_at(bob.endpoint.host, bob.endpoint.port)
             with pytest.raises(ProtocolError, match="not contacts are waiting"):
                 await third.invite(CHAT, timeout=10)
             friend = await dave.peer_at(bob.endpoint.host, bob.endpoint.port)
             tg.start_soon(friend.invite, CHAT)  # a contact still gets through
-            with anyio.fail_after(5):
-                while bob._invitations._pending < 3:
-                    await anyio.sleep(0.01)
+            await waiting(bob, 3)
             with pytest.raises(ProtocolError, match="3 invitations are waiting"):
                 await friend.invite(CHAT, timeout=10)  # the total is the total
             release.set()
@@ -102,16 +101,12 @@ async def test_the_strangers_of_one_address_leave_room_for_other_strangers(
                 for stranger in (s0, s1):  # two ids, one address
                     peer = await stranger.peer_at(bob.endpoint.host, bob.endpoint.port)
                     tg.start_soon(peer.invite, CHAT)
-                with anyio.fail_after(5):
-                    while bob._invitations._pending < 2:
-                        await anyio.sleep(0.01)
+                await waiting(bob, 2)
                 third = await s2.peer_at(bob.endpoint.host, bob.endpoint.port)
                 with pytest.raises(ProtocolError, match="2 invitations from your address are waiting"):
                     await third.invite(CHAT, timeout=10)
                 elsewhere = await carol.peer_at(bob.endpoint.host, bob.endpoint.port)
                 tg.start_soon(elsewhere.invite, CHAT)  # a stranger at another address gets through
-                with anyio.fail_after(5):
-                    while bob._invitations._pending < 3:
-                        await anyio.sleep(0.01)
+                await waiting(bob, 3)
                 release.set()
             assert not bob._invitations._pending_sources
