@@ -26,7 +26,7 @@ from peerkit.identity import Identity, PeerId
 from peerkit.model import EndPoint, check_text, seconds_text
 from peerkit.net.relay import PrefixedStream, RelayAttribute, dial_relayed, read_frame
 from peerkit.net.tcp import TcpStream
-from peerkit.net.transport import BROKEN, TcpTransport, Transport, is_public, unreachable
+from peerkit.net.transport import BROKEN, ON_LINK, TcpTransport, Transport, is_public, unreachable
 from peerkit.proto import messages
 from peerkit.proto import relay as relay_wire
 from peerkit.proto.admission import (
@@ -593,7 +593,7 @@ class ChannelListener(anyio.abc.AsyncResource):
         # Called by the listener's accepting task (TcpListener), per connection: the loop's clock,
         # read without anyio's lookup of the backend.
         now = loop_clock()()
-        refusal = self.admission.screen(source_of(address), now)
+        refusal = self.admission.screen(source_of(address, ON_LINK), now)
         if refusal is None:
             return True
         report = self._refusals.note(refusal, now)
@@ -646,7 +646,7 @@ class ChannelListener(anyio.abc.AsyncResource):
     async def _handle(
         self, stream: anyio.abc.ByteStream, handler: Callable[[SecureChannel], Awaitable[Any]], *, peek: bool
     ) -> None:
-        source = source_of(_remote(stream))
+        source = source_of(_remote(stream), ON_LINK)
         handshaken = await self._admit(stream, source, peek=peek)
         if handshaken is None:
             return

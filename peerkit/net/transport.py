@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ipaddress
+import time
 from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
@@ -24,7 +25,9 @@ if TYPE_CHECKING:
 
 __all__ = (
     "BROKEN",
+    "ON_LINK",
     "GuardedListener",
+    "OnLink",
     "TcpTransport",
     "Transport",
     "is_public",
@@ -77,9 +80,10 @@ def reachable_host(host: str) -> str:
 def local_addresses(listen_host: str, *, fallback: str) -> tuple[str, ...]:
     """The addresses a node listening on ``listen_host`` can be reached at.
 
-    A specific address is itself. A wildcard (``0.0.0.0``: IPv4; ``::`` or empty: IPv4 and IPv6) is
-    every address of this host's interfaces, except loopback and IPv6 link-local ones (which mean
-    nothing to another host); ``fallback`` when there is none.
+    A specific address is itself. A wildcard (``0.0.0.0``: IPv4; ``::``: IPv6, as its listening
+    socket takes IPv6 only; empty: both) is every address of that family of this host's
+    interfaces, except loopback and IPv6 link-local ones (which mean nothing to another host);
+    ``fallback`` when there is none.
     """
     if listen_host not in ("", "0.0.0.0", "::"):
         return (listen_host,)
@@ -95,10 +99,50 @@ def local_addresses(listen_host: str, *, fallback: str) -> tuple[str, ...]:
                 continue
             if address.is_loopback or address.is_link_local or address.is_multicast:
                 continue
-            if address.version == 6 and listen_host == "0.0.0.0":
+            if (address.version == 6 and listen_host == "0.0.0.0") or (
+                address.version == 4 and listen_host == "::"
+            ):
                 continue
             found.append(str(address))
     return tuple(dict.fromkeys(found)) or (fallback,)
+
+
+class OnLink:
+    """The /64s of this host's IPv6 addresses (as :func:`ipaddress.ip_network` writes them), read
+    from its interfaces at the first question and again when asked ``refresh`` seconds later.
+
+    The ``on_link`` of :func:`~peerkit.proto.admission.source_of`: the hosts on this host's links
+    share their /64, so that each of them is a source of its own, as on IPv4.
+    """
+
+    def __init__(self, refresh: float = 60.0) -> None:
+        self.refresh = refresh
+        self._networks: frozenset[str] = frozenset()
+        self._read_at: float | None = None
+
+    def __contains__(self, network: object) -> bool:
+        now = time.monotonic()
+        if self._read_at is None or now - self._read_at >= self.refresh:
+            self._networks, self._read_at = _networks_of_interfaces(), now
+        return network in self._networks
+
+
+def _networks_of_interfaces() -> frozenset[str]:
+    # The /64 of every IPv6 address of this host's interfaces whose prefix is 64 bits or shorter.
+    import ifaddr
+
+    found: set[str] = set()
+    for adapter in ifaddr.get_adapters():
+        for ip in adapter.ips:
+            if isinstance(ip.ip, tuple) and ip.network_prefix <= 64:
+                with contextlib.suppress(ValueError):
+                    found.add(str(ipaddress.ip_network(f"{ip.ip[0]}/64", strict=False)))
+    return frozenset(found)
+
+
+#: This host's on-link IPv6 /64s, read again at most once a minute: what every node of the process
+#: gives :func:`~peerkit.proto.admission.source_of`.
+ON_LINK: Final = OnLink()
 
 
 class Transport(Protocol):

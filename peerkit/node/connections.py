@@ -26,7 +26,7 @@ from peerkit.identity import Identity, PeerId
 from peerkit.model import EndPoint
 from peerkit.net.channel import SecureChannel, dial
 from peerkit.net.control import ControlChannel, Handler, KeepaliveClock, KeepalivePolicy, NoticeHandler
-from peerkit.net.transport import Transport, is_public
+from peerkit.net.transport import ON_LINK, Transport, is_public
 from peerkit.peers import Peer, PeerOps
 from peerkit.proto.admission import RefusalCounter, source_of
 from peerkit.proto.holdings import Held, Holdings, HoldingsPolicy, NotKept
@@ -519,7 +519,10 @@ class Connections:
         if not stream and links is None:
             return False  # (the node is stopping)
         decision = self.holdings.hold(
-            peer=peer.id.key, source=source_of(peer.address), contact=self._is_contact(peer.id), stream=stream
+            peer=peer.id.key,
+            source=source_of(peer.address, ON_LINK),
+            contact=self._is_contact(peer.id),
+            stream=stream,
         )
         if isinstance(decision, NotKept):
             self._refused(decision.reason.value)

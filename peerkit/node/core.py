@@ -116,7 +116,8 @@ class Node(EventMethods, FindingMethods, PairingMethods):
         missing). Default: the per-user data directory, or ``$PEERKIT_DATA_DIR``.
     :param identity: use this identity instead of the one in ``data_dir``; without a ``data_dir``
         nothing is persisted (contacts are kept in memory).
-    :param listen: the address and port to listen on; port 0 picks a free one.
+    :param listen: the address and port to listen on (``"0.0.0.0"``: every IPv4 address, ``"::"``:
+        every IPv6 one, ``""``: both); port 0 picks a free one.
     :param discovery: discovery providers: names (``"mdns"``, ``"static:HOST:PORT[#ID]"``,
         ``"memory"``, or any from the ``peerkit.discovery`` entry points) or provider objects.
     :param network: how to listen and dial: TCP by default, or a :class:`peerkit.testing.MemoryNetwork`.

@@ -34,6 +34,7 @@ from peerkit.model import (
     check_text,
 )
 from peerkit.net.control import Answer, ControlChannel, Reply
+from peerkit.net.transport import ON_LINK
 from peerkit.node.connections import LOOKUP_AFTER, ChannelPeer, Route, all_failed, first_of
 from peerkit.node.receivers import Receivers
 from peerkit.peers import Peer, wire_ttl
@@ -239,7 +240,7 @@ class Invitations:
             log.info("declining an invitation from %s to %s (%s)", peer_id.fingerprint, request.app, why)
             return self._reply(control, request, InvitationResponse.DECLINED, why)
         is_contact = self._contacts.has(peer_id)
-        source = None if is_contact else source_of(control.channel.peer.address)
+        source = None if is_contact else source_of(control.channel.peer.address, ON_LINK)
         refusal = self._over_limit(peer_id, source)
         if refusal is not None:
             log.info("refusing an invitation from %s: %s", peer_id.fingerprint, refusal)
@@ -424,9 +425,10 @@ class Invitations:
         if not errors:
             raise PeerUnreachable(f"no endpoint of {peer.id.fingerprint} is known")
         unreachable = [error for error in errors if type(error) is PeerUnreachable]
-        if len(unreachable) == len(errors):  # (where it was, and where it was looked for)
-            raise all_failed(unreachable)
-        raise errors[0]
+        answers = [error for error in errors if type(error) is not PeerUnreachable]
+        if answers:  # (what the peer said is the news, not that another of its addresses was dead)
+            raise answers[0]
+        raise all_failed(unreachable)  # (where it was, and where it was looked for)
 
     async def _invite_warm(
         self, peer: Peer, route: Route, request: dict[str, Any], deadline: float

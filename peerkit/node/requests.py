@@ -20,6 +20,7 @@ from peerkit.errors import InvalidRecord, NotAllowed, PeerUnreachable, ProtocolE
 from peerkit.identity import PeerId
 from peerkit.model import MAX_APPLICATIONS, MAX_OBJECTS, EndPoint, check_seconds, seconds_text
 from peerkit.net.control import Answer, ControlChannel, Reply
+from peerkit.net.transport import ON_LINK
 from peerkit.node.connections import LOOKUP_AFTER, ChannelPeer, Route, first_of
 from peerkit.peers import Peer
 from peerkit.presence import read_app, read_object, read_presence
@@ -86,7 +87,7 @@ class Requests:
         now = anyio.current_time()
         charge = self.budget.charge(control.peer_id.key, now)
         if charge is Charge.ANSWER and not self._is_contact(control.peer_id):
-            charge = self.sources.charge(source_of(control.channel.peer.address).encode(), now)
+            charge = self.sources.charge(source_of(control.channel.peer.address, ON_LINK).encode(), now)
             if charge is not Charge.ANSWER:
                 return await self._over_budget(control, charge, " from one address")
         if charge is not Charge.ANSWER:

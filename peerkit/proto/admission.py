@@ -1,8 +1,8 @@
 """Admission control for incoming connections, before any expensive work (sans-IO).
 
 A listener asks :meth:`Admission.admit` before it starts a handshake, and calls
-:meth:`Admission.release` when the handshake ends. Every source (an IPv4 address, or an IPv6 /64)
-gets:
+:meth:`Admission.release` when the handshake ends. Every source (an IPv4 address, an IPv6 /64,
+or an IPv6 neighbour on this host's links: see :func:`source_of`) gets:
 
 - at most ``max_per_source`` handshakes under way at once;
 - a token bucket of handshake starts (``rate`` per second, up to ``burst`` at once), so that a
@@ -22,6 +22,7 @@ import enum
 import ipaddress
 import itertools
 from collections import Counter, OrderedDict
+from collections.abc import Container
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -48,9 +49,14 @@ MAX_SOURCES: Final = 4096
 REPLAY_WINDOW: Final = 60 * 10**9
 
 
-def source_of(address: object) -> str:
+def source_of(address: object, on_link: Container[str] = ()) -> str:
     """The source an address belongs to: the IPv4 address, or the /64 of an IPv6 address (a host
-    holds a whole /64); anything else (a name, an in-memory host) as its text."""
+    on another network holds a whole /64); anything else (a name, an in-memory host) as its text.
+
+    An IPv6 neighbour on one of this host's links is its address, as an IPv4 one is: the hosts of
+    a LAN share its /64. It is a link-local address, or one whose /64 is in ``on_link`` (the /64s
+    of this host's interfaces, as :func:`ipaddress.ip_network` writes them).
+    """
     host = address[0] if isinstance(address, tuple) else address
     if isinstance(host, str) and ":" not in host:
         return host  # IPv4 (as accept gives it), or a name: itself (the fast path under a flood)
@@ -59,7 +65,8 @@ def source_of(address: object) -> str:
     except ValueError:
         return str(host)
     if ip.version == 6 and ip.ipv4_mapped is None:
-        return str(ipaddress.ip_network(f"{ip}/64", strict=False))
+        network = str(ipaddress.ip_network(f"{ip}/64", strict=False))
+        return str(ip) if ip.is_link_local or network in on_link else network
     return str(ip.ipv4_mapped if ip.version == 6 and ip.ipv4_mapped is not None else ip)
 
 

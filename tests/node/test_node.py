@@ -42,6 +42,7 @@ from peerkit import (
     PeerUnreachable,
     PresenceStatus,
     ProtocolError,
+    RequestPolicy,
     Scope,
     SecureChannel,
 )
@@ -625,6 +626,21 @@ async def test_several_endpoints_declined_if_any_declined_else_expired() -> None
             assert await peer.invite(CHAT, timeout=5) is ACCEPTED
             with pytest.raises(PeerUnreachable):
                 await alice.peer(b1.id, dead, EndPoint("10.9.9.8", 1)).invite(CHAT, timeout=5)
+
+
+async def test_several_endpoints_the_peers_refusal_is_the_error_not_a_dead_address() -> None:
+    # One address of bob's is dead (refused at once), the other answers with an error (bob's
+    # budget is spent): the error is bob's answer, which says why.
+    net = MemoryNetwork()
+    budget = RequestPolicy(rate=0.001, burst=1, strikes=100)
+    async with nodes(2, network=net, request_budget=budget) as (alice, bob):
+        for node in (alice, bob):
+            await node.register_application(CHAT)
+        bob.add_invitation_handler(CHAT, accept_all)
+        assert await alice.peer(bob.id, bob.endpoint).invite(CHAT, timeout=5) is ACCEPTED
+        peer = alice.peer(bob.id, EndPoint("10.9.9.9", 1), bob.endpoint)
+        with pytest.raises(ProtocolError, match=r"over 0\.001 requests a second"):
+            await peer.invite(CHAT, timeout=5)
 
 
 # -- the connection manager ----------------------------------------------------------------

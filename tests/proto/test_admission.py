@@ -36,9 +36,20 @@ def test_sources_are_addresses_and_ipv6_slash_64s() -> None:
     assert source_of(("2001:db8:1:2:aaaa::1", 5000, 0, 0)) == "2001:db8:1:2::/64"
     assert source_of(("2001:db8:1:2:bbbb::9", 1)) == source_of(("2001:db8:1:2::1", 2))
     assert source_of(("::ffff:10.1.2.3", 1)) == "10.1.2.3"
-    assert source_of(("fe80::1%eth0", 1)) == "fe80::/64"
+    assert source_of(("fe80::1%eth0", 1)) == "fe80::1"  # a neighbour on a link: itself
+    assert source_of(("fe80::2", 1)) == "fe80::2"
     assert source_of(("10.0.0.1", 40001)) == "10.0.0.1"
     assert source_of(None) == "None"
+
+
+def test_an_ipv6_neighbour_on_this_hosts_links_is_a_source_of_its_own() -> None:
+    # The hosts of a LAN share its /64: each is itself, as each IPv4 neighbour is.
+    on_link = {"fd00:1:2::/64"}
+    assert source_of(("fd00:1:2::5", 1), on_link) == "fd00:1:2::5"
+    assert source_of(("fd00:1:2::6", 1, 0, 0), on_link) == "fd00:1:2::6"
+    assert source_of(("fd00:1:3::5", 1), on_link) == "fd00:1:3::/64"  # another network: its /64
+    assert source_of(("fd00:1:2::5", 1)) == "fd00:1:2::/64"
+    assert source_of(("10.0.0.1", 1), on_link) == "10.0.0.1"
 
 
 def test_one_source_holds_at_most_its_share() -> None:

@@ -5,11 +5,13 @@ Modes:
       Prints {"ready": ID, "port": PORT}, then one line per nearby change
       ({"change": "ADDED", "id": ..., "nickname": ..., "endpoints": [...]}); reads commands:
       {"cmd": "nick", "value": NAME} | {"cmd": "signout"} | {"cmd": "signin"} |
-      {"cmd": "invite", "id": ID} -> {"invite": "ACCEPTED"} | {"cmd": "stats"} -> {"stats": {...}} |
+      {"cmd": "invite", "id": ID} -> {"invite": "ACCEPTED"} (or "refused: ..." when the peer refused
+      the request) | {"cmd": "stats"} -> {"stats": {...}} |
       {"cmd": "befriend", "id": ID, "host": ADDR, "port": PORT} (add it as a contact) |
       {"cmd": "subscribe", "id": ID} | {"cmd": "presence", "status": NAME, "text": TEXT} |
       {"cmd": "quit"}. With --keepalive SECONDS it signs in to ALL and prints
       {"presence": STATUS, "text": ..., "id": ...} for each presence change of a watched contact.
+      With --request-burst N a peer may make N requests (refilled too slowly to matter).
   squat --name LABEL --address ADDR --ttl SECONDS
       Announces its own valid record (nickname "alice") under the instance name LABEL with plain
       python-zeroconf; prints {"ready": ID}; says goodbye when a line arrives on stdin.
@@ -36,6 +38,7 @@ import peerkit
 from peerkit.discovery import Announcement, Directory, MdnsDiscovery, make_record
 from peerkit.discovery.mdns import SERVICE_TYPE, txt_for
 from peerkit.proto import messages
+from peerkit.proto.admission import RequestPolicy
 from peerkit.proto.records import RECORD_DOMAIN
 
 CHAT = peerkit.Application(id=uuid.UUID("a3c0b7e2-1d1f-4c55-9b0e-5c8e8c2f0d11"), description="chat")
@@ -54,6 +57,9 @@ async def node_main(args: argparse.Namespace) -> None:
     keepalive = None
     if args.keepalive:
         keepalive = peerkit.KeepalivePolicy(interval=args.keepalive, timeout=args.keepalive, idle=600)
+    budget = None
+    if args.request_burst:  # (requests' budget: a burst, refilled too slowly to matter)
+        budget = RequestPolicy(rate=0.001, burst=args.request_burst, strikes=1000)
     async with peerkit.Node(
         nickname=args.nickname,
         identity=identity,
@@ -61,6 +67,7 @@ async def node_main(args: argparse.Namespace) -> None:
         discovery=[mdns],
         address_check=1,
         keepalive=keepalive,
+        request_budget=budget,
     ) as node:
         await node.register_application(CHAT)
 
@@ -100,7 +107,10 @@ async def node_main(args: argparse.Namespace) -> None:
                     await node.sign_in(peerkit.Scope.NEAR_ME)
                 elif cmd == "invite":
                     peer = await node.find_nearby(peer_id=peerkit.PeerId.parse(command["id"]), timeout=10)
-                    emit(invite=(await peer.invite(CHAT, "hello", timeout=10)).name)
+                    try:
+                        emit(invite=(await peer.invite(CHAT, "hello", timeout=10)).name)
+                    except peerkit.ProtocolError as exc:
+                        emit(invite=f"refused: {exc}")
                 elif cmd == "befriend":
                     endpoint = peerkit.EndPoint(command["host"], command["port"])
                     await node.contacts.add(peerkit.PeerId.parse(command["id"]), endpoints=[endpoint])
@@ -212,6 +222,7 @@ def main() -> None:
     parser.add_argument("--listen", default="0.0.0.0")
     parser.add_argument("--ip-version", default="all")
     parser.add_argument("--address", help="forge: the address to publish")
+    parser.add_argument("--request-burst", type=int, default=0, help="node: requests a peer may make")
     parser.add_argument("--keepalive", type=float, default=0, help="node: keepalive interval and timeout")
     args = parser.parse_args()
     anyio.run({"node": node_main, "forge": forge_main, "squat": squat_main}[args.mode], args)

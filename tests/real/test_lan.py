@@ -306,6 +306,29 @@ async def test_ipv6_only_discovery_and_invitation(lan: NamespaceLan) -> None:
         assert (await bob.expect(lambda line: "invite" in line))["invite"] == "ACCEPTED"
 
 
+async def test_ipv6_neighbours_are_sources_of_their_own(lan: NamespaceLan) -> None:
+    # The hosts of a LAN share its /64: were it one source, one stranger near me asking too much
+    # would have the others refused. Over IPv6 only, bob grants each peer 3 requests: alice uses
+    # hers up, and carol, on the same /64, is still answered.
+    bridge = lan.bridge()
+    (ns_a, _), (ns_b, _), (ns_c, _) = lan.host(bridge), lan.host(bridge), lan.host(bridge)
+    only_v6 = ["--listen", "::", "--ip-version", "v6"]
+    async with agents(AGENT) as start:
+        bob = await start(ns_b, *node_args("bob", *only_v6, "--request-burst", "3"))
+        alice = await start(ns_a, *node_args("alice", *only_v6))
+        carol = await start(ns_c, *node_args("carol", *only_v6))
+        for agent in (alice, carol):
+            await agent.expect(change("ADDED", nickname="bob"))
+
+        async def invite(agent: Any) -> str:
+            await agent.send(cmd="invite", id=bob.ready)
+            return str((await agent.expect(lambda line: "invite" in line))["invite"])
+
+        assert [await invite(alice) for _ in range(3)] == ["ACCEPTED"] * 3
+        assert "over 0.001 requests a second" in await invite(alice)
+        assert await invite(carol) == "ACCEPTED"
+
+
 async def test_chosen_interfaces_only(lan: NamespaceLan) -> None:
     left, right = lan.bridge(), lan.bridge()
     ns_a, (a_left, _) = lan.host(left, right)
