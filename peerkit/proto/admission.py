@@ -8,9 +8,11 @@ or an IPv6 neighbour on this host's links: see :func:`source_of`) gets:
 - a token bucket of handshake starts (``rate`` per second, up to ``burst`` at once), so that a
   flood of initiations from one address costs the node little: a start over the budget is refused
   before any Diffie-Hellman;
-- a fair share of the ``max_pending`` handshakes of all sources: when all are taken, a source with
-  fewer under way than the busiest one takes the busiest one's oldest slot (that handshake is
-  evicted), so that stalled connections from a few addresses never starve the rest.
+- a fair share of the ``max_pending`` handshakes of all sources: when all are taken, a source whose
+  *group* holds fewer under way than the busiest group takes the oldest slot of that group's
+  busiest source (that handshake is evicted), so that stalled connections from a few addresses
+  never starve the rest. A group is the /48 of an IPv6 /64 (one site's prefix: a tunnel broker
+  gives one away, with 65,536 /64s in it), and any other source by itself.
 
 :class:`RefusalCounter` turns refusals into one log line per interval instead of one per
 connection. Once a peer is authenticated, :class:`RequestBudget` bounds the requests it makes.
@@ -18,6 +20,7 @@ connection. Once a peer is authenticated, :class:`RequestBudget` bounds the requ
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import ipaddress
 import itertools
@@ -138,8 +141,17 @@ class Refused:
     reason: Refusal
 
 
+def _group_of(source: str) -> str:
+    # Whose fair share a source's handshakes count against: an IPv6 /64's /48, else the source.
+    if source.endswith("/64"):
+        with contextlib.suppress(ValueError):
+            return str(ipaddress.ip_network(source).supernet(new_prefix=48))
+    return source
+
+
 @dataclass(slots=True)
 class _Source:
+    group: str
     tokens: float
     at: float
     pending: OrderedDict[int, Ticket] = field(default_factory=OrderedDict)
@@ -157,7 +169,8 @@ class Admission:
         self._sources: dict[str, _Source] = {}
         self._pending = 0
         self._seq = itertools.count()
-        self._levels: Counter[int] = Counter()  # handshakes a source holds -> sources holding that
+        self._held: dict[str, int] = {}  # group -> handshakes its sources hold (none: absent)
+        self._levels: Counter[int] = Counter()  # handshakes a group holds -> groups holding that
         self._screened = 0  # connections past the screen that have not asked admit() yet
 
     @property
@@ -180,7 +193,7 @@ class Admission:
         state = self._sources.get(source)
         if state is None:
             self._forget_idle(now)
-            state = self._sources[source] = _Source(tokens=float(policy.burst), at=now)
+            state = self._sources[source] = _Source(_group_of(source), float(policy.burst), now)
         if now - state.screened_at > 1.0:
             self._screened -= state.screened
             state.screened = 0
@@ -191,7 +204,7 @@ class Admission:
             return Refusal.RATE
         if (
             self._pending + self._screened >= policy.max_pending
-            and self._busiest() <= held + state.screened + 1
+            and self._busiest() <= self._held.get(state.group, 0) + state.screened + 1
         ):
             return Refusal.FULL
         state.screened += 1
@@ -205,7 +218,7 @@ class Admission:
         state = self._sources.get(source)
         if state is None:
             self._forget_idle(now)
-            state = self._sources[source] = _Source(tokens=float(policy.burst), at=now)
+            state = self._sources[source] = _Source(_group_of(source), float(policy.burst), now)
         state.tokens = min(float(policy.burst), state.tokens + (now - state.at) * policy.rate)
         state.at = now
         if state.screened:
@@ -217,16 +230,19 @@ class Admission:
             return Refused(Refusal.RATE)
         evicted: tuple[Ticket, ...] = ()
         if self._pending >= policy.max_pending:
-            if self._busiest() <= len(state.pending) + 1:
+            if self._busiest() <= self._held.get(state.group, 0) + 1:
                 return Refused(Refusal.FULL)
-            busiest = max(self._sources.values(), key=lambda s: len(s.pending))
-            self._level(len(busiest.pending), -1)
+            group = max(self._held, key=self._held.__getitem__)
+            busiest = max(
+                (s for s in self._sources.values() if s.group == group), key=lambda s: len(s.pending)
+            )
+            self._count(group, -1)
             _, oldest = busiest.pending.popitem(last=False)
             self._pending -= 1
             evicted = (oldest,)
         state.tokens -= 1.0
         ticket = Ticket(source, next(self._seq))
-        self._level(len(state.pending), +1)
+        self._count(state.group, +1)
         state.pending[ticket.seq] = ticket
         self._pending += 1
         return Admitted(ticket, evicted)
@@ -235,22 +251,26 @@ class Admission:
         """The handshake of ``ticket`` ended (done, failed or evicted); releasing twice is harmless."""
         state = self._sources.get(ticket.source)
         if state is not None and ticket.seq in state.pending:
-            self._level(len(state.pending), -1)
+            self._count(state.group, -1)
             del state.pending[ticket.seq]
             self._pending -= 1
 
-    def _level(self, held: int, step: int) -> None:
-        # A source holding ``held`` handshakes takes one more (+1) or gives one up (-1).
+    def _count(self, group: str, step: int) -> None:
+        # A source of ``group`` takes one more handshake (+1) or gives one up (-1).
         levels = self._levels
+        held = self._held.get(group, 0)
         if held:
             levels[held] -= 1
             if not levels[held]:
                 del levels[held]
         if held + step:
             levels[held + step] += 1
+            self._held[group] = held + step
+        else:
+            del self._held[group]
 
     def _busiest(self) -> int:
-        # Handshakes held by the busiest source (at most max_per_source levels to look at).
+        # Handshakes held by the busiest group (at most max_pending levels to look at).
         return max(self._levels, default=0)
 
     def _forget_idle(self, now: float) -> None:

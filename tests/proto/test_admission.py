@@ -99,6 +99,32 @@ def test_many_sources_each_with_a_few_cannot_starve_a_new_one() -> None:
     assert isinstance(gate.admit("192.168.1.1", 0.0), Admitted)  # 0 + 1 < 2
 
 
+def test_the_slash_64s_of_one_slash_48_share_one_fair_share() -> None:
+    # A /48 is free from a tunnel broker: 65,536 /64s, each a source. Were each its own share, one
+    # stalled handshake from each would take every slot, and a newcomer's would be evicted by the
+    # next /64 at once. Grouped, the /48 is the busiest: its next /64 is refused, the newcomer kept.
+    gate = Admission(AdmissionPolicy(max_pending=8, max_per_source=4, rate=1000, burst=1000))
+    hog = [admitted(gate.admit(f"2001:db8:1:{i:x}::/64", 0.0)).ticket for i in range(8)]
+    newcomer = admitted(gate.admit("2001:db8:2::/64", 0.0))
+    assert newcomer.evicted == (hog[0],)  # the group's oldest
+    assert gate.admit("2001:db8:1:ff::/64", 0.0) == Refused(Refusal.FULL)
+    assert gate.screen("2001:db8:1:fe::/64", 0.0) is Refusal.FULL
+    assert gate.pending_from("2001:db8:2::/64") == 1
+    # Other sources are their own groups: an IPv4 address, a neighbour's IPv6 address.
+    assert isinstance(gate.admit("192.0.2.7", 0.0), Admitted)
+    assert isinstance(gate.admit("fd00:1:2::5", 0.0), Admitted)
+
+
+def test_within_the_busiest_group_the_busiest_source_gives_up_its_oldest() -> None:
+    gate = Admission(AdmissionPolicy(max_pending=4, max_per_source=4, rate=1000, burst=1000))
+    admitted(gate.admit("2001:db8:1:1::/64", 0.0))  # the group's oldest handshake
+    hog = [admitted(gate.admit("2001:db8:1:2::/64", 0.0)).ticket for _ in range(3)]
+    assert admitted(gate.admit("198.51.100.1", 0.0)).evicted == (hog[0],)
+    assert admitted(gate.admit("198.51.100.2", 0.0)).evicted == (hog[1],)  # 2 of the 3 there
+    assert gate.pending_from("2001:db8:1:1::/64") == 1  # (the group's oldest stays)
+    assert gate.pending == 4
+
+
 def test_memory_is_bounded_by_the_number_of_sources() -> None:
     gate = Admission(AdmissionPolicy(rate=1000, burst=10))
     for i in range(MAX_SOURCES * 2):
@@ -276,8 +302,11 @@ def test_a_request_policy_names_a_bad_value(options: dict[str, Any], message: st
 )
 def test_screening_refuses_exactly_what_admission_would(steps: list[tuple[int, float, bool]]) -> None:
     # screen() is what a listener asks as soon as a connection is accepted; it must agree with
-    # admit() (it counts nothing), whatever happened before.
+    # admit() (it counts nothing), whatever happened before. Sources 0 to 4 are IPv6 /64s of two
+    # /48s (one group each), 5 to 9 sources by themselves.
     admission = Admission(AdmissionPolicy(max_pending=3, max_per_source=2, rate=10, burst=4))
+    sources = [f"2001:db8:{i % 2}:{i}::/64" for i in range(5)] + [f"10.0.0.{i}" for i in range(5, 10)]
+    groups = [sources[0:5:2], sources[1:5:2], *([s] for s in sources[5:])]
     now = 0.0
     tickets: list[Ticket] = []
     for source, later, release in steps:
@@ -285,8 +314,8 @@ def test_screening_refuses_exactly_what_admission_would(steps: list[tuple[int, f
         if release and tickets:
             admission.release(tickets.pop(source % len(tickets)))
             continue
-        screened = admission.screen(str(source), now)
-        decision = admission.admit(str(source), now)
+        screened = admission.screen(sources[source], now)
+        decision = admission.admit(sources[source], now)
         if screened is None:
             assert isinstance(decision, Admitted)
             tickets = [t for t in tickets if t not in decision.evicted]
@@ -294,7 +323,9 @@ def test_screening_refuses_exactly_what_admission_would(steps: list[tuple[int, f
         else:
             assert isinstance(decision, Refused)
             assert decision.reason is screened
-        assert admission._busiest() == max((admission.pending_from(str(s)) for s in range(10)), default=0)
+        held = [sum(admission.pending_from(s) for s in group) for group in groups]
+        assert admission._busiest() == max(held)
+        assert admission.pending == sum(held) <= 3
         assert admission._screened == 0  # each screened connection asked admit()
 
 
