@@ -43,6 +43,7 @@ __all__ = (
     "RequestBudget",
     "RequestPolicy",
     "Ticket",
+    "group_of",
     "source_of",
 )
 
@@ -141,8 +142,9 @@ class Refused:
     reason: Refusal
 
 
-def _group_of(source: str) -> str:
-    # Whose fair share a source's handshakes count against: an IPv6 /64's /48, else the source.
+def group_of(source: str) -> str:
+    """The group whose fair share a source's handshakes (and channels) count against: the /48 of
+    an IPv6 /64 (one site's prefix, given away by tunnel brokers), any other source itself."""
     if source.endswith("/64"):
         with contextlib.suppress(ValueError):
             return str(ipaddress.ip_network(source).supernet(new_prefix=48))
@@ -193,7 +195,7 @@ class Admission:
         state = self._sources.get(source)
         if state is None:
             self._forget_idle(now)
-            state = self._sources[source] = _Source(_group_of(source), float(policy.burst), now)
+            state = self._sources[source] = _Source(group_of(source), float(policy.burst), now)
         if now - state.screened_at > 1.0:
             self._screened -= state.screened
             state.screened = 0
@@ -218,7 +220,7 @@ class Admission:
         state = self._sources.get(source)
         if state is None:
             self._forget_idle(now)
-            state = self._sources[source] = _Source(_group_of(source), float(policy.burst), now)
+            state = self._sources[source] = _Source(group_of(source), float(policy.burst), now)
         state.tokens = min(float(policy.burst), state.tokens + (now - state.at) * policy.rate)
         state.at = now
         if state.screened:

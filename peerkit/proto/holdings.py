@@ -8,10 +8,12 @@ after: the control channels and application streams that peers opened to the nod
 - At most ``max_connections`` are held in all, and ``max_strangers`` of them for peers that are
   not contacts (a stranger can mint identities at will; a contact cannot).
 - Strangers from one source (an address, or an IPv6 /64) hold at most ``max_per_source``; when
-  the strangers' places are all taken, a source holding fewer than the busiest one takes the
-  busiest one's oldest place (that connection is closed), as handshake slots are shared.
-- A contact that finds every place taken takes a stranger's (the busiest source's oldest), so a
-  crowd of strangers never shuts a contact out.
+  the strangers' places are all taken, a source whose group (see
+  :func:`~peerkit.proto.admission.group_of`: the /64s of an IPv6 /48 are one) holds fewer than the
+  busiest group takes the oldest place of that group's busiest source (that connection is
+  closed), as handshake slots are shared.
+- A contact that finds every place taken takes a stranger's (the same one), so a crowd of
+  strangers never shuts a contact out.
 - One peer holds at most ``max_streams_per_peer`` application streams.
 """
 
@@ -22,6 +24,8 @@ import itertools
 from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
+
+from peerkit.proto.admission import group_of
 
 __all__ = ("Held", "Holdings", "HoldingsPolicy", "Kept", "NotKept", "Shortage")
 
@@ -101,7 +105,8 @@ class NotKept:
 
 @dataclass(slots=True)
 class _Strangers:
-    # The strangers' connections of one source, oldest first.
+    # The strangers' connections of one source, oldest first, and the source's group.
+    group: str
     held: OrderedDict[int, Held] = field(default_factory=OrderedDict)
 
 
@@ -111,6 +116,7 @@ class Holdings:
     def __init__(self, policy: HoldingsPolicy | None = None) -> None:
         self.policy = policy or HoldingsPolicy()
         self._sources: dict[str, _Strangers] = {}
+        self._groups: Counter[str] = Counter()  # strangers' connections held per group
         self._strangers = 0
         self._contacts = 0
         self._streams: Counter[bytes] = Counter()
@@ -144,11 +150,11 @@ class Holdings:
                 evicted = (victim,)
         else:
             mine = self._sources.get(source)
-            count = len(mine.held) if mine is not None else 0
-            if count >= policy.max_per_source:
+            if mine is not None and len(mine.held) >= policy.max_per_source:
                 return NotKept(Shortage.PER_SOURCE)
             if self._strangers >= policy.max_strangers or self.held >= policy.max_connections:
-                victim = self._evict(below=count + 1)
+                group = mine.group if mine is not None else group_of(source)
+                victim = self._evict(below=self._groups[group] + 1)
                 if victim is None:
                     return NotKept(Shortage.FULL)
                 evicted = (victim,)
@@ -156,20 +162,25 @@ class Holdings:
         if contact:
             self._contacts += 1
         else:
-            self._sources.setdefault(source, _Strangers()).held[held.seq] = held
+            mine = self._sources.get(source)
+            if mine is None:
+                mine = self._sources[source] = _Strangers(group_of(source))
+            mine.held[held.seq] = held
+            self._groups[mine.group] += 1
             self._strangers += 1
         if stream:
             self._streams[peer] += 1
         return Kept(held, evicted)
 
     def _evict(self, *, below: int | None) -> Held | None:
-        # The busiest source's oldest stranger connection, if that source holds more than
-        # ``below`` (None: any).
-        if not self._sources:
+        # The oldest stranger connection of the busiest group's busiest source, if that group
+        # holds more than ``below`` (None: any).
+        if not self._groups:
             return None
-        busiest = max(self._sources.values(), key=lambda s: len(s.held))
-        if below is not None and len(busiest.held) <= below:
+        group, count = self._groups.most_common(1)[0]
+        if below is not None and count <= below:
             return None
+        busiest = max((s for s in self._sources.values() if s.group == group), key=lambda s: len(s.held))
         _, oldest = next(iter(busiest.held.items()))
         self.release(oldest)
         return oldest
@@ -185,6 +196,9 @@ class Holdings:
             if source is None or source.held.pop(held.seq, None) is None:
                 return
             self._strangers -= 1
+            self._groups[source.group] -= 1
+            if not self._groups[source.group]:
+                del self._groups[source.group]
             if not source.held:
                 del self._sources[held.source]
         held.seq = -1  # released

@@ -47,6 +47,17 @@ def test_when_strangers_fill_their_places_a_quieter_source_takes_the_busiest_one
     assert refused(holdings, b"n7", "10.0.0.1") is Shortage.FULL
 
 
+def test_the_slash_64s_of_one_slash_48_share_one_fair_share() -> None:
+    # One stranger from each of a free /48's /64s took every place, and each newcomer was evicted
+    # by the next /64; grouped, the /48 is the busiest group and its next /64 is refused.
+    holdings = Holdings(HoldingsPolicy(max_connections=100, max_strangers=6, max_per_source=6))
+    hog = [keep(holdings, bytes([n]), f"2001:db8:1:{n:x}::/64").held for n in range(6)]
+    assert keep(holdings, b"new", "2001:db8:2::/64").evicted == (hog[0],)
+    assert refused(holdings, b"next", "2001:db8:1:ff::/64") is Shortage.FULL
+    assert keep(holdings, b"ipv4", "192.0.2.1").evicted == (hog[1],)  # (5 against 1 + 1)
+    assert holdings.strangers == 6
+
+
 def test_a_contact_takes_a_strangers_place_and_is_never_evicted() -> None:
     holdings = Holdings(HoldingsPolicy(max_connections=4, max_strangers=4, max_per_source=4))
     strangers = [keep(holdings, bytes([n]), "10.0.0.1").held for n in range(4)]
@@ -93,12 +104,13 @@ def test_counts_never_exceed_the_limits_whatever_happens(
 ) -> None:
     policy = HoldingsPolicy(max_connections=12, max_strangers=8, max_per_source=4, max_streams_per_peer=2)
     holdings = Holdings(policy)
+    sources = ["2001:db8:1:1::/64", "2001:db8:1:2::/64", "10.0.0.3", "10.0.0.4"]  # (two in one group)
     live: list[Held] = []
     for peer, source, contact, stream, close in steps:
         if close and live:
             holdings.release(live.pop(peer % len(live)))
             continue
-        decision = holdings.hold(peer=bytes([peer]), source=str(source), contact=contact, stream=stream)
+        decision = holdings.hold(peer=bytes([peer]), source=sources[source], contact=contact, stream=stream)
         if isinstance(decision, Kept):
             for victim in decision.evicted:
                 assert not victim.contact
@@ -106,8 +118,8 @@ def test_counts_never_exceed_the_limits_whatever_happens(
             live.append(decision.held)
         assert holdings.held == len(live) <= policy.max_connections
         assert holdings.strangers == sum(not h.contact for h in live) <= policy.max_strangers
-        for s in range(4):
-            assert sum(1 for h in live if not h.contact and h.source == str(s)) <= policy.max_per_source
+        for s in sources:
+            assert sum(1 for h in live if not h.contact and h.source == s) <= policy.max_per_source
         for p in range(6):
             assert holdings.streams_of(bytes([p])) == sum(
                 1 for h in live if h.stream and h.peer == bytes([p])
