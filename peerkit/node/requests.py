@@ -24,7 +24,7 @@ from peerkit.net.transport import ON_LINK
 from peerkit.node.connections import LOOKUP_AFTER, ChannelPeer, Route, first_of
 from peerkit.peers import Peer
 from peerkit.presence import read_app, read_object, read_presence
-from peerkit.proto.admission import Charge, RequestBudget, RequestPolicy, source_of
+from peerkit.proto.admission import Charge, RequestBudget, RequestPolicy, group_of, source_of
 from peerkit.proto.requests import (
     BadRequest,
     ErrorCode,
@@ -72,8 +72,9 @@ class Requests:
         self._is_contact = is_contact
         #: How many requests each peer may make.
         self.budget = RequestBudget(budget)
-        #: How many requests the strangers of one source (an IPv4 address, an IPv6 /64, a relay)
-        #: may make together: new ids cost nothing, so a stranger's budget is also its source's.
+        #: How many requests the strangers of one source's group (an IPv4 address, an IPv6 /48, a
+        #: relay; see :func:`~peerkit.proto.admission.group_of`) may make together: new ids cost
+        #: nothing, nor do a free /48's /64s, so a stranger's budget is also its group's.
         self.sources = RequestBudget(budget)
         self._routes = routes
         self._fallback = fallback
@@ -87,7 +88,8 @@ class Requests:
         now = anyio.current_time()
         charge = self.budget.charge(control.peer_id.key, now)
         if charge is Charge.ANSWER and not self._is_contact(control.peer_id):
-            charge = self.sources.charge(source_of(control.channel.peer.address, ON_LINK).encode(), now)
+            group = group_of(source_of(control.channel.peer.address, ON_LINK))
+            charge = self.sources.charge(group.encode(), now)
             if charge is not Charge.ANSWER:
                 return await self._over_budget(control, charge, " from one address")
         if charge is not Charge.ANSWER:

@@ -262,3 +262,34 @@ async def test_strangers_of_one_address_share_a_request_budget_and_contacts_do_n
             for _ in range(5):
                 assert await from_dave.invite(CHAT) is ACCEPTED  # a contact: its own budget only
             assert await from_carol.invite(CHAT) is ACCEPTED  # another address
+
+
+async def test_strangers_of_one_ipv6_slash_48_share_a_request_budget() -> None:
+    # A /48's 65,536 /64s are free to whoever has it: its strangers share one budget, whatever
+    # /64 they ask from; a stranger of another /48 has its own.
+    budget = RequestPolicy(rate=0.001, burst=2, strikes=100)
+    network = MemoryNetwork()
+    async with nodes(1, nicknames=["bob"], network=network, request_budget=budget) as (bob,):
+        hosts = ("2001:db8:1:1::9", "2001:db8:1:2::9", "2001:db8:2::9")
+        others = [
+            Node(
+                nickname=f"s{n}",
+                identity=Identity.generate(),
+                network=network,
+                listen=(host, 0),
+                discovery=[],
+            )
+            for n, host in enumerate(hosts)
+        ]
+        async with others[0] as s0, others[1] as s1, others[2] as s2:
+            for node in (bob, s0, s1, s2):
+                await node.register_application(CHAT)
+            bob.add_invitation_handler(CHAT, accept_all)
+            from_s0, from_s1, from_s2 = [
+                await node.peer_at(bob.endpoint.host, bob.endpoint.port) for node in (s0, s1, s2)
+            ]
+            assert await from_s0.invite(CHAT) is ACCEPTED
+            assert await from_s1.invite(CHAT) is ACCEPTED
+            with pytest.raises(ProtocolError, match="from one address"):
+                await from_s1.invite(CHAT)  # its own budget has 1 left; its /48's, none
+            assert await from_s2.invite(CHAT) is ACCEPTED
