@@ -5,9 +5,9 @@ A listener asks :meth:`Admission.admit` before it starts a handshake, and calls
 or an IPv6 neighbour on this host's links: see :func:`source_of`) gets:
 
 - at most ``max_per_source`` handshakes under way at once;
-- a token bucket of handshake starts (``rate`` per second, up to ``burst`` at once), so that a
-  flood of initiations from one address costs the node little: a start over the budget is refused
-  before any Diffie-Hellman;
+- a token bucket of handshake starts (``rate`` per second, up to ``burst`` at once), shared by its
+  group (see below), so that a flood of initiations from one address, or from the /64s of one
+  IPv6 /48, costs the node little: a start over the budget is refused before any Diffie-Hellman;
 - a fair share of the ``max_pending`` handshakes of all sources: when all are taken, a source whose
   *group* holds fewer under way than the busiest group takes the oldest slot of that group's
   busiest source (that handshake is evicted), so that stalled connections from a few addresses
@@ -152,10 +152,22 @@ def group_of(source: str) -> str:
 
 
 @dataclass(slots=True)
-class _Source:
-    group: str
+class _Bucket:
+    # The handshake starts of one group: a token bucket, shared by the group's sources.
     tokens: float
     at: float
+    # Connections of the group that passed the screen and have not asked admit() yet (forgotten
+    # after a second, as a source's are).
+    screened: int = 0
+    screened_at: float = 0.0
+    # Sources that share it (it is forgotten with the last).
+    sources: int = 0
+
+
+@dataclass(slots=True)
+class _Source:
+    group: str
+    bucket: _Bucket
     pending: OrderedDict[int, Ticket] = field(default_factory=OrderedDict)
     # Connections that passed the screen and have not asked admit() yet (forgotten after a
     # second: one whose transport could not be made never asks).
@@ -169,6 +181,7 @@ class Admission:
     def __init__(self, policy: AdmissionPolicy | None = None) -> None:
         self.policy = policy or AdmissionPolicy()
         self._sources: dict[str, _Source] = {}
+        self._buckets: dict[str, _Bucket] = {}  # group -> its handshake starts
         self._pending = 0
         self._seq = itertools.count()
         self._held: dict[str, int] = {}  # group -> handshakes its sources hold (none: absent)
@@ -192,17 +205,17 @@ class Admission:
         connection that passes is counted against its source's limits until it asks
         :meth:`admit`, so that a burst accepted at once cannot all pass."""
         policy = self.policy
-        state = self._sources.get(source)
-        if state is None:
-            self._forget_idle(now)
-            state = self._sources[source] = _Source(group_of(source), float(policy.burst), now)
+        state = self._source(source, now)
+        bucket = state.bucket
         if now - state.screened_at > 1.0:
             self._screened -= state.screened
             state.screened = 0
+        if now - bucket.screened_at > 1.0:
+            bucket.screened = 0
         held = len(state.pending)
         if held + state.screened >= policy.max_per_source:
             return Refusal.PER_SOURCE
-        if state.tokens + (now - state.at) * policy.rate - state.screened < 1.0:
+        if bucket.tokens + (now - bucket.at) * policy.rate - bucket.screened < 1.0:
             return Refusal.RATE
         if (
             self._pending + self._screened >= policy.max_pending
@@ -212,23 +225,25 @@ class Admission:
         state.screened += 1
         self._screened += 1
         state.screened_at = now
+        bucket.screened += 1
+        bucket.screened_at = now
         return None
 
     def admit(self, source: str, now: float) -> Admitted | Refused:
         """Whether a connection from ``source`` may start a handshake at time ``now``."""
         policy = self.policy
-        state = self._sources.get(source)
-        if state is None:
-            self._forget_idle(now)
-            state = self._sources[source] = _Source(group_of(source), float(policy.burst), now)
-        state.tokens = min(float(policy.burst), state.tokens + (now - state.at) * policy.rate)
-        state.at = now
+        state = self._source(source, now)
+        bucket = state.bucket
+        bucket.tokens = min(float(policy.burst), bucket.tokens + (now - bucket.at) * policy.rate)
+        bucket.at = now
         if state.screened:
             state.screened -= 1  # it was counted by the screen until now
             self._screened -= 1
+        if bucket.screened:
+            bucket.screened -= 1
         if len(state.pending) >= policy.max_per_source:
             return Refused(Refusal.PER_SOURCE)
-        if state.tokens < 1.0:
+        if bucket.tokens < 1.0:
             return Refused(Refusal.RATE)
         evicted: tuple[Ticket, ...] = ()
         if self._pending >= policy.max_pending:
@@ -242,7 +257,7 @@ class Admission:
             _, oldest = busiest.pending.popitem(last=False)
             self._pending -= 1
             evicted = (oldest,)
-        state.tokens -= 1.0
+        bucket.tokens -= 1.0
         ticket = Ticket(source, next(self._seq))
         self._count(state.group, +1)
         state.pending[ticket.seq] = ticket
@@ -256,6 +271,27 @@ class Admission:
             self._count(state.group, -1)
             del state.pending[ticket.seq]
             self._pending -= 1
+
+    def _source(self, source: str, now: float) -> _Source:
+        # The state of ``source``, made (with its group's bucket, if new) when there is none.
+        state = self._sources.get(source)
+        if state is None:
+            self._forget_idle(now)
+            group = group_of(source)
+            bucket = self._buckets.get(group)
+            if bucket is None:
+                bucket = self._buckets[group] = _Bucket(float(self.policy.burst), now)
+            bucket.sources += 1
+            state = self._sources[source] = _Source(group, bucket)
+        return state
+
+    def _forget(self, source: str) -> None:
+        # Forget ``source`` (nothing under way), and its group's bucket with its last source.
+        state = self._sources.pop(source)
+        self._screened -= state.screened
+        state.bucket.sources -= 1
+        if not state.bucket.sources:
+            del self._buckets[state.group]
 
     def _count(self, group: str, step: int) -> None:
         # A source of ``group`` takes one more handshake (+1) or gives one up (-1).
@@ -282,14 +318,14 @@ class Admission:
             return
         policy = self.policy
         for key, state in list(self._sources.items()):
-            full = state.tokens + (now - state.at) * policy.rate >= policy.burst
+            bucket = state.bucket
+            full = bucket.tokens + (now - bucket.at) * policy.rate >= policy.burst
             if not state.pending and not state.screened and full:
-                del self._sources[key]
+                self._forget(key)
         if len(self._sources) >= MAX_SOURCES:  # all busy or recent: drop the idle ones anyway
             for key, state in list(self._sources.items()):
                 if not state.pending:
-                    self._screened -= state.screened
-                    del self._sources[key]
+                    self._forget(key)
 
 
 class RefusalCounter:

@@ -125,11 +125,27 @@ def test_within_the_busiest_group_the_busiest_source_gives_up_its_oldest() -> No
     assert gate.pending == 4
 
 
+def test_the_slash_64s_of_one_slash_48_share_one_budget_of_handshake_starts() -> None:
+    gate = Admission(AdmissionPolicy(max_pending=100, max_per_source=10, rate=1, burst=2))
+    admitted(gate.admit("2001:db8:1:1::/64", 0.0))
+    admitted(gate.admit("2001:db8:1:2::/64", 0.0))
+    assert gate.screen("2001:db8:1:3::/64", 0.0) is Refusal.RATE  # a third /64: the /48's budget
+    assert gate.admit("2001:db8:1:3::/64", 0.0) == Refused(Refusal.RATE)
+    admitted(gate.admit("2001:db8:2::/64", 0.0))  # another /48
+    admitted(gate.admit("192.0.2.1", 0.0))
+    admitted(gate.admit("192.0.2.2", 0.0))  # IPv4 addresses: each its own
+    admitted(gate.admit("2001:db8:1:3::/64", 1.0))  # a second later: one more start
+
+
 def test_memory_is_bounded_by_the_number_of_sources() -> None:
     gate = Admission(AdmissionPolicy(rate=1000, burst=10))
     for i in range(MAX_SOURCES * 2):
         gate.release(admitted(gate.admit(f"s{i}", float(i))).ticket)
     assert len(gate._sources) <= MAX_SOURCES
+    for i in range(MAX_SOURCES * 2):  # the /64s of one /48 share a bucket, kept while one is known
+        gate.release(admitted(gate.admit(f"2001:db8:0:{i:x}::/64", float(MAX_SOURCES * 2 + i))).ticket)
+    assert len(gate._sources) <= MAX_SOURCES
+    assert set(gate._buckets) == {state.group for state in gate._sources.values()}
 
 
 @pytest.mark.parametrize(
@@ -324,6 +340,7 @@ def test_screening_refuses_exactly_what_admission_would(steps: list[tuple[int, f
             assert isinstance(decision, Refused)
             assert decision.reason is screened
         held = [sum(admission.pending_from(s) for s in group) for group in groups]
+        assert set(admission._buckets) == {state.group for state in admission._sources.values()}
         assert admission._busiest() == max(held)
         assert admission.pending == sum(held) <= 3
         assert admission._screened == 0  # each screened connection asked admit()
