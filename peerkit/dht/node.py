@@ -10,7 +10,8 @@ nobody keeps it in a routing table in vain, and tries again every :data:`REPROBE
 Each query has a hard timeout (:data:`QUERY_TIMEOUT`); lookups move on from a silent node after
 the soft timeout (:mod:`peerkit.dht.lookup`). It is polite: no remote address gets more than
 :data:`POLITE_RATE` packets a second from it on average (bursts of :data:`POLITE_BURST`), and it
-answers at most four times as many queries a second from any one address (more are dropped). On
+answers at most four times as many queries a second from any one address (more are dropped;
+the addresses of one IPv6 /48 count as one, as its /64s are free to whoever has it). On
 loopback, where the nodes of one machine share an address, the budgets are per node.
 """
 
@@ -36,7 +37,8 @@ from peerkit.dht.routing import K, RoutingTable
 from peerkit.dht.server import Responder
 from peerkit.dht.storage import ItemStore, Tokens
 from peerkit.dht.transport import Datagrams
-from peerkit.proto.admission import Charge, RequestBudget, RequestPolicy
+from peerkit.net.transport import ON_LINK
+from peerkit.proto.admission import Charge, RequestBudget, RequestPolicy, group_of, source_of
 
 __all__ = (
     "LOOKUP_TIMEOUT",
@@ -270,18 +272,18 @@ class DhtNode:
         try:
             message = parse(data)
         except KrpcError as exc:
-            if (
-                exc.tid is not None
-                and not self.read_only
-                and self._polite(self._in, _budget_key(source), now)
-            ):
+            if exc.tid is not None and not self.read_only and self._polite(self._in, _asker_key(source), now):
                 await self.transport.send(exc.reply(), source)
             return
         if isinstance(message, Query):
             remote = _budget_key(source)
             if self._auto and not self.reachable and remote not in self._contacted:
                 self._reached()
-            if self.read_only or self._responder is None or not self._polite(self._in, remote, now):
+            if (
+                self.read_only
+                or self._responder is None
+                or not self._polite(self._in, _asker_key(source), now)
+            ):
                 return
             self.queries_answered += 1
             await self.transport.send(self._responder.answer(message, source, now), source)
@@ -495,6 +497,16 @@ class DhtNode:
                 self._tg.start_soon(put_one, node, token)
             await enough.wait()
         return PutResult(stored, dict(refused), copies=copies)
+
+
+def _asker_key(address: Address) -> str:
+    # Whose budget of answers a query counts against: the asker's group (an IPv4 address; the
+    # /48 of an IPv6 one, whose /64s, and each /64's addresses, are free to whoever has it); on
+    # loopback, each node.
+    host = address[0]
+    if host.startswith("127.") or host == "::1":
+        return f"{host}:{address[1]}"
+    return group_of(source_of(address, ON_LINK))
 
 
 def _budget_key(address: Address) -> str:

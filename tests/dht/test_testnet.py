@@ -11,8 +11,8 @@ import pytest
 
 from peerkit import Identity
 from peerkit.dht.bep44 import MutableItem
-from peerkit.dht.krpc import Node, Response
-from peerkit.dht.node import MAX_DATAGRAM, PUT_QUORUM, QUERY_TIMEOUT, DhtNode
+from peerkit.dht.krpc import Node, Query, Response
+from peerkit.dht.node import MAX_DATAGRAM, POLITE_BURST, PUT_QUORUM, QUERY_TIMEOUT, DhtNode
 from peerkit.dht.record import SALT, fit_record, new_locator_key, open_item, sealed_item
 from peerkit.dht.routing import distance
 from peerkit.dht.testnet import memory_testnet
@@ -217,3 +217,30 @@ async def test_a_node_behind_a_nat_learns_its_public_address_from_the_answers() 
             alice = Identity.generate()
             assert (await behind.put(item(alice, b"behind a NAT", 1))).stored >= 8
             tg.cancel_scope.cancel()
+
+
+async def test_the_addresses_of_one_ipv6_slash_48_share_one_budget_of_answers() -> None:
+    # A /48's addresses (2**80 of them) are free to whoever has it: one budget of answers, not one
+    # each. 60 addresses in one /48 ask twice each at once; a node of another /48 is answered.
+    async with memory_testnet(3) as testnet:
+        target = testnet.nodes[0].address
+        ends = [testnet.network.bind(f"2001:db8:1:{n:x}::1") for n in range(60)]
+        ends.append(testnet.network.bind("2001:db8:2::1"))
+        answered = [0] * len(ends)
+
+        async def ask(n: int) -> None:
+            for tid in range(2):
+                await ends[n].send(Query(bytes([tid, 0]), b"ping", {b"id": bytes(20)}).encode(), target)
+            while True:
+                await ends[n].receive()
+                answered[n] += 1
+
+        async with anyio.create_task_group() as tg:
+            for n in range(len(ends)):
+                tg.start_soon(ask, n)
+            await anyio.sleep(1)
+            tg.cancel_scope.cancel()
+        assert sum(answered[:-1]) <= 4 * POLITE_BURST + 20  # (the budget, and a second's refill)
+        assert answered[-1] == 2
+        for end in ends:
+            await end.aclose()
