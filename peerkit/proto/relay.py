@@ -22,6 +22,7 @@ from typing import Any, Final, TypeVar
 
 from peerkit.errors import ProtocolError
 from peerkit.proto import messages
+from peerkit.proto.admission import group_of
 from peerkit.proto.framing import encode_frame
 from peerkit.proto.requests import seen_address
 
@@ -75,7 +76,8 @@ class RelayPolicy:
     max_circuits: int = 256
     #: Circuits open at once to one reserved node.
     max_circuits_per_peer: int = 16
-    #: Circuits open at once asked for from one source (an IPv4 address or IPv6 /64).
+    #: Circuits open at once asked for from one source's group (an IPv4 address, or the /64s of
+    #: an IPv6 /48 together: see :func:`~peerkit.proto.admission.group_of`).
     max_circuits_per_source: int = 8
     #: Bytes one circuit may carry, both directions together; then it is closed.
     max_bytes: int = 1 << 30
@@ -182,7 +184,7 @@ def decode_reply(frame: bytes | memoryview) -> tuple[str, int] | None:
 # -- the book -----------------------------------------------------------------------------------
 @dataclass(slots=True, eq=False)
 class Circuit:
-    """One circuit the relay agreed to: from a source to a reserved node."""
+    """One circuit the relay agreed to: from a source (its group) to a reserved node."""
 
     target: bytes
     source: str
@@ -255,8 +257,9 @@ class RelayBook:
         """A new circuit from ``source`` to ``target``, and the handle of ``target``'s reservation.
 
         :raises RelayRefused: ``no-reservation`` when ``target`` holds none, ``limit`` when a
-            cap on circuits (in all, to the target, from the source) is reached.
+            cap on circuits (in all, to the target, from the source's group) is reached.
         """
+        source = group_of(source)
         self.expire(now)
         held = self._reservations.get(target)
         if held is None:

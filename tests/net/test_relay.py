@@ -218,6 +218,20 @@ def test_book_limits_and_expiry() -> None:
         book.open(a, "10.0.0.2", wire.RESERVATION_TTL + 1.0)
 
 
+def test_the_slash_64s_of_one_slash_48_share_one_sources_circuits() -> None:
+    book = RelayBook(RelayPolicy(max_circuits_per_source=2))
+    a = b"a" * 32
+    book.reserve(a, "to-a", 0.0, allowed=True)
+    first = book.open(a, "2001:db8:1:1::/64", 0.0)[0]
+    book.open(a, "2001:db8:1:2::/64", 0.0)
+    with pytest.raises(RelayRefused, match="this source has its limit of 2 circuits"):
+        book.open(a, "2001:db8:1:3::/64", 0.0)  # another /64, the same /48
+    book.open(a, "2001:db8:2::/64", 0.0)  # another /48
+    book.open(a, "192.0.2.1", 0.0)
+    book.close(first)
+    book.open(a, "2001:db8:1:3::/64", 0.0)  # freed
+
+
 @pytest.mark.parametrize("field_name", ["max_reservations", "max_circuits", "max_bytes"])
 def test_policy_refuses_nonsense(field_name: str) -> None:
     with pytest.raises(ValueError, match=field_name):
