@@ -38,7 +38,7 @@ from peerkit.net.transport import ON_LINK
 from peerkit.node.connections import LOOKUP_AFTER, ChannelPeer, Route, all_failed, first_of
 from peerkit.node.receivers import Receivers
 from peerkit.peers import Peer, wire_ttl
-from peerkit.proto.admission import source_of
+from peerkit.proto.admission import group_of, source_of
 from peerkit.proto.requests import ErrorCode, InviteRequest, Refused, check_reply, error_reply
 
 __all__ = ("ContactLookup", "InvitationHandler", "Invitations", "Observer")
@@ -64,8 +64,9 @@ MAX_PENDING: Final = 512
 #: Of those, strangers (peers that are not contacts) may hold at most this many, so that contacts
 #: are still heard when strangers pile invitations up.
 MAX_PENDING_STRANGERS: Final = 384
-#: Of the strangers', those of one source (an IPv4 address, an IPv6 /64, or one relay's circuits)
-#: may hold at most this many: new ids cost nothing, and one address must not take every place.
+#: Of the strangers', those of one source's group (an IPv4 address, an IPv6 /48, or one relay's
+#: circuits) may hold at most this many: new ids cost nothing, nor do the /64s of a /48, and one
+#: address must not take every place.
 MAX_PENDING_PER_SOURCE: Final = 96
 
 
@@ -240,7 +241,7 @@ class Invitations:
             log.info("declining an invitation from %s to %s (%s)", peer_id.fingerprint, request.app, why)
             return self._reply(control, request, InvitationResponse.DECLINED, why)
         is_contact = self._contacts.has(peer_id)
-        source = None if is_contact else source_of(control.channel.peer.address, ON_LINK)
+        source = None if is_contact else group_of(source_of(control.channel.peer.address, ON_LINK))
         refusal = self._over_limit(peer_id, source)
         if refusal is not None:
             log.info("refusing an invitation from %s: %s", peer_id.fingerprint, refusal)

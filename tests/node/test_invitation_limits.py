@@ -83,15 +83,22 @@ async def test_strangers_leave_room_for_contacts(monkeypatch: pytest.MonkeyPatch
             release.set()
 
 
+@pytest.mark.parametrize(
+    "hosts",
+    [
+        ("10.0.0.9",) * 3,  # three ids at one address
+        ("2001:db8:1:1::9", "2001:db8:1:2::9", "2001:db8:1:3::9"),  # in three /64s of one /48
+    ],
+)
 async def test_the_strangers_of_one_address_leave_room_for_other_strangers(
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, hosts: tuple[str, ...]
 ) -> None:
     monkeypatch.setattr(part, "MAX_PENDING_PER_SOURCE", 2)
     network = MemoryNetwork()
     async with nodes(2, nicknames=["bob", "carol"], network=network) as (bob, carol):
         same_address = [
-            Node(nickname=f"s{n}", identity=Identity.generate(), network=network, listen=("10.0.0.9", 0))
-            for n in range(3)
+            Node(nickname=f"s{n}", identity=Identity.generate(), network=network, listen=(host, 0))
+            for n, host in enumerate(hosts)
         ]
         async with same_address[0] as s0, same_address[1] as s1, same_address[2] as s2:
             for node in (bob, carol, s0, s1, s2):
