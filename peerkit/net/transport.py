@@ -31,6 +31,7 @@ __all__ = (
     "TcpTransport",
     "Transport",
     "is_public",
+    "listening_host",
     "local_addresses",
     "on_asyncio",
     "reachable_host",
@@ -75,6 +76,13 @@ def reachable_host(host: str) -> str:
         if address.is_unspecified:
             return "::1" if address.version == 6 else "127.0.0.1"
     return host
+
+
+def listening_host(configured: str, bound: str) -> str:
+    """What a node listens on, for what depends on the address family: the ``configured`` host
+    when it is the empty one (IPv4 and IPv6, whose listener reports the address of one family
+    only), else the ``bound`` address (a name resolved)."""
+    return "" if configured == "" else bound
 
 
 def local_addresses(listen_host: str, *, fallback: str) -> tuple[str, ...]:

@@ -52,7 +52,7 @@ from peerkit.model import (
 from peerkit.net.channel import ChannelListener, SecureChannel
 from peerkit.net.control import ControlChannel, KeepalivePolicy, Reply
 from peerkit.net.fds import fd_budget
-from peerkit.net.transport import TcpTransport, Transport, reachable_host
+from peerkit.net.transport import TcpTransport, Transport, listening_host, reachable_host
 from peerkit.node.config import NodeConfig
 from peerkit.node.connections import MAX_CHANNELS_PER_PEER, Connections, Me
 from peerkit.node.eventing import EventMethods
@@ -417,7 +417,7 @@ class Node(EventMethods, FindingMethods, PairingMethods):
             self._reaching.start(
                 self._tg,
                 channels.take,
-                EndPoint(*channels.address),
+                (listening_host(self._listen[0], channels.address[0]), channels.address[1]),
                 accepted_publicly=lambda: channels.accepted_publicly,
             )
             failure: DiscoveryError | None = None

@@ -43,6 +43,8 @@ def default_on() -> bool:
 
 def _mappable(host: str) -> bool:
     # A wildcard or a private IPv4 address: a host behind a home router.
+    if host == "":
+        return True  # (IPv4 and IPv6)
     try:
         address = ipaddress.ip_address(host)
     except ValueError:
@@ -92,7 +94,7 @@ class PortMapping:
         if gateway is None:
             self.problem = "this host has no default gateway"
             return
-        client = await self._find(gateway, "0.0.0.0" if listen_host == "0.0.0.0" else listen_host)
+        client = await self._find(gateway, "0.0.0.0" if listen_host in ("", "0.0.0.0") else listen_host)
         if client is None:
             return
         self._mapper = PortMapper(client, [("tcp", port), ("udp", port)], changed=self._mapped)

@@ -246,17 +246,17 @@ class Reaching:
         self,
         tg: anyio.abc.TaskGroup,
         take: Callable[[anyio.abc.ByteStream], Coroutine[Any, Any, None]],
-        listening: EndPoint,
+        listening: tuple[str, int],
         *,
         accepted_publicly: Callable[[], float | None] = lambda: None,
     ) -> None:
         """Keep the port mapped and the reservations from now on, in ``tg``; circuits go to
-        ``take``. The node listens at ``listening`` (its bind address and port);
-        ``accepted_publicly()`` says when its listener last accepted a connection from a public
-        address (proof that it can be reached)."""
+        ``take``. The node listens at ``listening`` (its bind address, or the empty host for IPv4
+        and IPv6, and its port); ``accepted_publicly()`` says when its listener last accepted a
+        connection from a public address (proof that it can be reached)."""
         self._tg, self._take = tg, take
-        self._listen_host = listening.host
-        tg.start_soon(self.mapping.run, listening.host, listening.port)
+        self._listen_host, port = listening
+        tg.start_soon(self.mapping.run, self._listen_host, port)
         for relay in self._relays:
             tg.start_soon(self._keep, relay)
         self.reachability.start(accepted_publicly)

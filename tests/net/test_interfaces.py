@@ -6,7 +6,7 @@ from __future__ import annotations
 import ifaddr
 import pytest
 
-from peerkit.net.transport import OnLink, local_addresses
+from peerkit.net.transport import OnLink, listening_host, local_addresses
 from peerkit.proto.admission import source_of
 
 
@@ -69,3 +69,11 @@ def test_a_wildcard_shows_the_addresses_of_its_family(monkeypatch: pytest.Monkey
     assert local_addresses("10.1.2.3", fallback="x") == ("10.1.2.3",)
     monkeypatch.setattr(ifaddr, "get_adapters", lambda: adapters(("192.0.2.2", 24)))
     assert local_addresses("::", fallback="::1") == ("::1",)
+
+
+def test_the_empty_host_stays_what_a_node_listens_on() -> None:
+    # Its listener reports the address of one family ("0.0.0.0" on asyncio, "::" on trio).
+    assert listening_host("", "::") == ""
+    assert listening_host("", "0.0.0.0") == ""
+    assert listening_host("0.0.0.0", "0.0.0.0") == "0.0.0.0"
+    assert listening_host("localhost", "127.0.0.1") == "127.0.0.1"

@@ -64,6 +64,24 @@ async def test_a_node_not_behind_a_router_asks_no_router(
 
 
 @pytest.mark.anyio
+async def test_a_node_on_ipv4_and_ipv6_maps_its_port(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Listening on the empty host (IPv4 and IPv6), a node is a host behind a router as one on
+    # 0.0.0.0 is, on asyncio and on trio (whose listener reports its IPv6 address, "::"): it looks
+    # for its gateway (none here).
+    asked: list[str] = []
+
+    async def no_gateway() -> None:
+        asked.append("gateway")
+
+    monkeypatch.setattr(mapping, "default_gateway", no_gateway)
+    async with Node(identity=Identity.generate(), listen=("", 0), discovery=[], port_mapping=True) as node:
+        with anyio.fail_after(5):
+            while not asked:
+                await anyio.sleep(0.01)
+        assert node.reach().mapping_problem == "this host has no default gateway"
+
+
+@pytest.mark.anyio
 @pytest.mark.parametrize("method", ["pcp", "nat-pmp"])
 async def test_a_mapped_port_is_published_first_and_removed_at_the_end(
     monkeypatch: pytest.MonkeyPatch, method: str
