@@ -188,8 +188,12 @@ def demo(
 @app.command()
 def serve(
     listen_at: Annotated[
-        str, typer.Option("--listen", help="HOST:PORT to listen on (port 0 picks one).")
-    ] = "0.0.0.0:0",
+        str,
+        typer.Option(
+            "--listen",
+            help="HOST:PORT to listen on (port 0 picks one; no HOST: every address, IPv4 and IPv6).",
+        ),
+    ] = ":0",
     accept: Annotated[
         list[str] | None,
         typer.Option(
@@ -244,7 +248,7 @@ def serve(
     from peerkit.proto.relay import RelayPolicy
     from peerkit.serving import run_serve
 
-    host, port = parse_address(listen_at)
+    host, port = parse_address(listen_at, default_host="")
     directory = data_dir or default_data_dir()
     apps = app_ids(accept or [], directory)
     check_nickname(nickname)
@@ -601,7 +605,7 @@ def reach(
 async def _trace(
     text: str, providers: list[DiscoveryProvider], directory: Path, timeout: float
 ) -> tuple[peerkit.PeerId, list[Any]]:
-    async with peerkit.Node(data_dir=directory, listen=("0.0.0.0", 0), discovery=providers) as node:
+    async with peerkit.Node(data_dir=directory, listen=("", 0), discovery=providers) as node:
         contact = await resolve_contact(node, text)
         with console.status(f"trying every way to {contact.fingerprint}", spinner="dots"):
             return contact.id, await node.trace(contact.id, timeout=timeout)
@@ -672,15 +676,19 @@ def presence_set(
 @app.command()
 def watch(
     listen_at: Annotated[
-        str, typer.Option("--listen", help="HOST:PORT to listen on (port 0 picks one).")
-    ] = "0.0.0.0:0",
+        str,
+        typer.Option(
+            "--listen",
+            help="HOST:PORT to listen on (port 0 picks one; no HOST: every address, IPv4 and IPv6).",
+        ),
+    ] = ":0",
     discovery: Discovery = None,
     data_dir: DataDir = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON lines for scripts.")] = False,
 ) -> None:
     """Sign in and print the changes of the contacts you watch (presence, applications, objects,
     endpoint names) as they happen, until Ctrl-C or SIGTERM."""
-    host, port = parse_address(listen_at)
+    host, port = parse_address(listen_at, default_host="")
     providers = providers_named(discovery)
     anyio.run(_watch, host, port, providers, existing_data_dir(data_dir), as_json)
 

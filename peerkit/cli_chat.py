@@ -72,8 +72,11 @@ def chat_command(
         bool, typer.Option("--yes", "-y", help="Waiting: accept the first invitation without asking.")
     ] = False,
     listen_at: Annotated[
-        str, typer.Option("--listen", help="Waiting: HOST:PORT to listen on (port 0 picks one).")
-    ] = "0.0.0.0:0",
+        str,
+        typer.Option(
+            "--listen", help="Waiting: HOST:PORT to listen on (port 0 picks one; no HOST: IPv4 and IPv6)."
+        ),
+    ] = ":0",
     discovery: Discovery = None,
     timeout: Annotated[
         float, typer.Option(min=0.001, max=300, help="Seconds to wait for an answer (at most 300).")
@@ -88,7 +91,7 @@ def chat_command(
     check_text(message, "invitation message")
     directory = existing_data_dir(data_dir)
     if peer is None:
-        host, port = parse_address(listen_at)
+        host, port = parse_address(listen_at, default_host="")
         anyio.run(_wait_for_chat, directory, (host, port), providers_named(discovery), yes)
         return
     target = target_of(peer)

@@ -203,8 +203,12 @@ def receive_command(
         ),
     ] = False,
     listen_at: Annotated[
-        str, typer.Option("--listen", help="HOST:PORT to listen on (port 0 picks one).")
-    ] = "0.0.0.0:0",
+        str,
+        typer.Option(
+            "--listen",
+            help="HOST:PORT to listen on (port 0 picks one; no HOST: every address, IPv4 and IPv6).",
+        ),
+    ] = ":0",
     discovery: Discovery = None,
     data_dir: DataDir = None,
 ) -> None:
@@ -216,7 +220,7 @@ def receive_command(
     Exits with 0 when every file arrived intact, 1 when one failed.
     """
     directory = existing_data_dir(data_dir)
-    host, port = parse_address(listen_at)
+    host, port = parse_address(listen_at, default_host="")
     code = anyio.run(_receive, directory, (host, port), providers_named(discovery), into.resolve(), yes)
     if code:
         raise typer.Exit(code)

@@ -40,8 +40,12 @@ def pair_command(
         ),
     ] = None,
     listen_at: Annotated[
-        str, typer.Option("--listen", help="HOST:PORT to listen on (port 0 picks one).")
-    ] = "0.0.0.0:0",
+        str,
+        typer.Option(
+            "--listen",
+            help="HOST:PORT to listen on (port 0 picks one; no HOST: every address, IPv4 and IPv6).",
+        ),
+    ] = ":0",
     timeout: Annotated[
         float, typer.Option(min=1, max=3600, help="Seconds the code stays valid (at most 3600).")
     ] = PAIR_TIMEOUT,
@@ -64,7 +68,7 @@ def pair_command(
     A wrong code fails on both sides and uses the code up; a code expires after --timeout.
     """
     directory = existing_data_dir(data_dir)
-    host, port = parse_address(listen_at)
+    host, port = parse_address(listen_at, default_host="")
     providers = providers_named(discovery) if discovery else []
     if code is not None:
         try:

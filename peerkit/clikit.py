@@ -257,7 +257,7 @@ def target_of(text: str) -> str | tuple[str, int]:
 
 def inviting_node(directory: Path, providers: list[DiscoveryProvider]) -> peerkit.Node:
     """The node of a command that invites someone: on loopback, unless it looks for peers near it."""
-    listen = ("0.0.0.0", 0) if providers else ("127.0.0.1", 0)
+    listen = ("", 0) if providers else ("127.0.0.1", 0)
     return peerkit.Node(data_dir=directory, listen=listen, discovery=providers)
 
 

@@ -207,7 +207,9 @@ async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=usage)
     parser.add_argument("nickname")
     parser.add_argument("--host", action="store_true", help="open a room and invite people to it")
-    parser.add_argument("--listen", default="0.0.0.0:0", help="HOST:PORT to listen on (port 0 picks one)")
+    parser.add_argument(
+        "--listen", default=":0", help="HOST:PORT to listen on (port 0 picks one; no HOST: all)"
+    )
     args = parser.parse_args()
     address, port = args.listen.rsplit(":", 1)
     identity = peerkit.Identity.generate()  # or data_dir=...: your own identity and contacts

@@ -193,7 +193,7 @@ class Lobby:
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("nickname")
-    parser.add_argument("--listen", default="0.0.0.0:0", help="HOST:PORT (port 0 picks one)")
+    parser.add_argument("--listen", default=":0", help="HOST:PORT (port 0 picks one; no HOST: all)")
     args = parser.parse_args()
     host, port = args.listen.rsplit(":", 1)
     identity = peerkit.Identity.generate()  # a player's own data dir would keep one

@@ -70,7 +70,10 @@ def is_public(host: str) -> bool:
 
 def reachable_host(host: str) -> str:
     """How a node bound to ``host`` is shown and dialled on this host: a wildcard address as the
-    loopback address of its family, anything else as it is."""
+    loopback address of its family (the empty host, both families, as IPv4's), anything else as
+    it is."""
+    if host == "":
+        return "127.0.0.1"
     with contextlib.suppress(ValueError):
         address = ipaddress.ip_address(host)
         if address.is_unspecified:

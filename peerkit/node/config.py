@@ -37,8 +37,8 @@ class NodeConfig:
     data_dir: Path | None = None
     #: The identity to use instead of the one in ``data_dir``.
     identity: Identity | None = None
-    #: The address and port to listen on.
-    listen: tuple[str, int] = ("0.0.0.0", 0)
+    #: The address and port to listen on (the empty host: every address, IPv4 and IPv6).
+    listen: tuple[str, int] = ("", 0)
     #: The discovery providers.
     providers: tuple[DiscoveryProvider, ...] = ()
     #: How to listen and dial.
@@ -78,7 +78,7 @@ class NodeConfig:
         nickname: str = "",
         data_dir: str | os.PathLike[str] | None = None,
         identity: Identity | None = None,
-        listen: tuple[str, int] = ("0.0.0.0", 0),
+        listen: tuple[str, int] = ("", 0),
         discovery: Iterable[str | DiscoveryProvider] = (),
         network: Transport | None = None,
         invitation_policy: InvitationPolicy = InvitationPolicy.ANYONE,
