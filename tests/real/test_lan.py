@@ -306,6 +306,22 @@ async def test_ipv6_only_discovery_and_invitation(lan: NamespaceLan) -> None:
         assert (await bob.expect(lambda line: "invite" in line))["invite"] == "ACCEPTED"
 
 
+async def test_a_node_listening_by_default_is_reached_over_ipv4_and_over_ipv6(lan: NamespaceLan) -> None:
+    # A node's default (the empty host) listens on both families: a peer on an IPv6-only network
+    # and one that speaks IPv4 only both find it and invite it.
+    bridge = lan.bridge()
+    (ns_a, _), (ns_b, (v4_b,)), (ns_c, _) = lan.host(bridge), lan.host(bridge), lan.host(bridge)
+    lan.ip(ns_b, "addr", "del", f"{v4_b}/24", "dev", "eth0")  # bob's network is IPv6 only
+    async with agents(AGENT) as start:
+        await start(ns_a, *node_args("alice", "--listen", ""))
+        bob = await start(ns_b, *node_args("bob", "--listen", "::", "--ip-version", "v6"))
+        carol = await start(ns_c, *node_args("carol", "--listen", "0.0.0.0", "--ip-version", "v4"))
+        for agent in (bob, carol):
+            seen = await agent.expect(change("ADDED", nickname="alice"))
+            await agent.send(cmd="invite", id=seen["id"])
+            assert (await agent.expect(lambda line: "invite" in line))["invite"] == "ACCEPTED"
+
+
 async def test_ipv6_neighbours_are_sources_of_their_own(lan: NamespaceLan) -> None:
     # The hosts of a LAN share its /64: were it one source, one stranger near me asking too much
     # would have the others refused. Over IPv6 only, bob grants each peer 3 requests: alice uses
