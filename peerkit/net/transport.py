@@ -31,7 +31,7 @@ __all__ = (
     "TcpTransport",
     "Transport",
     "is_public",
-    "listening_host",
+    "listening",
     "local_addresses",
     "on_asyncio",
     "reachable_host",
@@ -81,11 +81,12 @@ def reachable_host(host: str) -> str:
     return host
 
 
-def listening_host(configured: str, bound: str) -> str:
-    """What a node listens on, for what depends on the address family: the ``configured`` host
-    when it is the empty one (IPv4 and IPv6, whose listener reports the address of one family
-    only), else the ``bound`` address (a name resolved)."""
-    return "" if configured == "" else bound
+def listening(configured: str, bound: tuple[str, int]) -> tuple[str, int]:
+    """Where a node listens, for what depends on the address family: the ``configured`` host when
+    it is the empty one (IPv4 and IPv6, whose listener reports the address of one family only:
+    ``0.0.0.0`` on asyncio, ``::`` on trio), else the ``bound`` address (a name resolved); and the
+    bound port."""
+    return ("" if configured == "" else bound[0]), bound[1]
 
 
 def local_addresses(listen_host: str, *, fallback: str) -> tuple[str, ...]:

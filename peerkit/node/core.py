@@ -52,7 +52,7 @@ from peerkit.model import (
 from peerkit.net.channel import ChannelListener, SecureChannel
 from peerkit.net.control import ControlChannel, KeepalivePolicy, Reply
 from peerkit.net.fds import fd_budget
-from peerkit.net.transport import TcpTransport, Transport, listening_host, reachable_host
+from peerkit.net.transport import TcpTransport, Transport, listening, reachable_host
 from peerkit.node.config import NodeConfig
 from peerkit.node.connections import MAX_CHANNELS_PER_PEER, Connections, Me
 from peerkit.node.eventing import EventMethods
@@ -407,7 +407,7 @@ class Node(EventMethods, FindingMethods, PairingMethods):
             self._listener.is_contact = self.contacts.has
             if self._reaching.service is not None:
                 self._listener.relay = self._reaching.service.serve
-            bound_host, bound_port = self._listener.address
+            bound_host, bound_port = listening(self._listen[0], self._listener.address)
             self._endpoint = EndPoint(reachable_host(bound_host), bound_port, self._endpoint_name)
             self._tg = await stack.enter_async_context(anyio.create_task_group())
             self._connections.start(self._tg, self._me)
@@ -417,7 +417,7 @@ class Node(EventMethods, FindingMethods, PairingMethods):
             self._reaching.start(
                 self._tg,
                 channels.take,
-                (listening_host(self._listen[0], channels.address[0]), channels.address[1]),
+                listening(self._listen[0], channels.address),
                 accepted_publicly=lambda: channels.accepted_publicly,
             )
             failure: DiscoveryError | None = None

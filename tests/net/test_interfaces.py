@@ -6,7 +6,7 @@ from __future__ import annotations
 import ifaddr
 import pytest
 
-from peerkit.net.transport import OnLink, listening_host, local_addresses
+from peerkit.net.transport import OnLink, listening, local_addresses
 from peerkit.proto.admission import source_of
 
 
@@ -73,7 +73,7 @@ def test_a_wildcard_shows_the_addresses_of_its_family(monkeypatch: pytest.Monkey
 
 def test_the_empty_host_stays_what_a_node_listens_on() -> None:
     # Its listener reports the address of one family ("0.0.0.0" on asyncio, "::" on trio).
-    assert listening_host("", "::") == ""
-    assert listening_host("", "0.0.0.0") == ""
-    assert listening_host("0.0.0.0", "0.0.0.0") == "0.0.0.0"
-    assert listening_host("localhost", "127.0.0.1") == "127.0.0.1"
+    assert listening("", ("::", 7000)) == ("", 7000)
+    assert listening("", ("0.0.0.0", 7000)) == ("", 7000)
+    assert listening("0.0.0.0", ("0.0.0.0", 7000)) == ("0.0.0.0", 7000)
+    assert listening("localhost", ("127.0.0.1", 7000)) == ("127.0.0.1", 7000)
