@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import functools
 import ipaddress
 import itertools
 from collections import Counter, OrderedDict
@@ -64,14 +65,29 @@ def source_of(address: object, on_link: Container[str] = ()) -> str:
     host = address[0] if isinstance(address, tuple) else address
     if isinstance(host, str) and ":" not in host:
         return host  # IPv4 (as accept gives it), or a name: itself (the fast path under a flood)
+    text, network, link_local = _parsed(str(host))
+    if network is None:
+        return text
+    return text if link_local or network in on_link else network
+
+
+#: Hosts whose parse :func:`source_of` remembers (a peer asks again and again from one address).
+_PARSED: Final = 4096
+
+
+@functools.lru_cache(maxsize=_PARSED)
+def _parsed(host: str) -> tuple[str, str | None, bool]:
+    # ``host`` as source_of needs it: its text (an IP address's, without a scope; else itself),
+    # the /64 of an IPv6 address (None for any other), and whether that one is link-local.
     try:
-        ip = ipaddress.ip_address(str(host).split("%", 1)[0])
+        ip = ipaddress.ip_address(host.split("%", 1)[0])
     except ValueError:
-        return str(host)
-    if ip.version == 6 and ip.ipv4_mapped is None:
-        network = str(ipaddress.ip_network(f"{ip}/64", strict=False))
-        return str(ip) if ip.is_link_local or network in on_link else network
-    return str(ip.ipv4_mapped if ip.version == 6 and ip.ipv4_mapped is not None else ip)
+        return host, None, False
+    if isinstance(ip, ipaddress.IPv4Address):
+        return str(ip), None, False
+    if ip.ipv4_mapped is not None:
+        return str(ip.ipv4_mapped), None, False
+    return str(ip), str(ipaddress.ip_network(f"{ip}/64", strict=False)), ip.is_link_local
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -142,6 +158,7 @@ class Refused:
     reason: Refusal
 
 
+@functools.lru_cache(maxsize=_PARSED)
 def group_of(source: str) -> str:
     """The group whose fair share a source's handshakes (and channels) count against: the /48 of
     an IPv6 /64 (one site's prefix, given away by tunnel brokers), any other source itself."""

@@ -22,6 +22,7 @@ from peerkit.proto.admission import (
     RequestBudget,
     RequestPolicy,
     Ticket,
+    group_of,
     source_of,
 )
 
@@ -50,6 +51,16 @@ def test_an_ipv6_neighbour_on_this_hosts_links_is_a_source_of_its_own() -> None:
     assert source_of(("fd00:1:3::5", 1), on_link) == "fd00:1:3::/64"  # another network: its /64
     assert source_of(("fd00:1:2::5", 1)) == "fd00:1:2::/64"
     assert source_of(("10.0.0.1", 1), on_link) == "10.0.0.1"
+
+
+def test_what_is_remembered_of_addresses_is_bounded() -> None:
+    # A parse is remembered (a peer asks again and again from one address), for 4,096 addresses.
+    from peerkit.proto import admission
+
+    for n in range(1, 5001):
+        assert group_of(source_of((f"2001:db8:{n:x}:1::1", 1))) == f"2001:db8:{n:x}::/48"
+    assert admission._parsed.cache_info().currsize <= admission._PARSED
+    assert group_of.cache_info().currsize <= admission._PARSED
 
 
 def test_one_source_holds_at_most_its_share() -> None:
