@@ -964,7 +964,7 @@ class Node(EventMethods, FindingMethods, PairingMethods):
         return self._connections.channels(peer_id)
 
     def _elsewhere(self, peer: Peer) -> Awaitable[Peer | None]:
-        return self._nearby.found_elsewhere(peer, self._endpoints_of(peer))  # (where it is now)
+        return self._nearby.found_elsewhere(peer, tuple(peer.endpoints))  # (a record heard since: new)
 
     def _channel_opened(self, peer_id: PeerId) -> None:
         if self.contacts.has(peer_id):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 
 import anyio
+import anyio.abc
 import pytest
 from conftest import CHAT, accept_chat
 from test_nearby import near, next_change
@@ -133,6 +134,34 @@ async def test_a_contact_that_listens_elsewhere_now_is_found_near_me() -> None:
             tg.start_soon(later)
             with anyio.fail_after(5):
                 assert await contact.invite(CHAT, timeout=5) is InvitationResponse.ACCEPTED
+
+
+async def test_a_record_heard_while_the_stale_address_is_dialled_is_where_the_contact_is_looked_for() -> None:
+    # alice invites bob where he listened once; while that dial is under way (it hangs, then
+    # fails), his record arrives near her. The record's address was not tried: it is where he is
+    # looked for, not taken as tried and failed with the stale one ("not found anywhere else").
+    async with near(2) as (alice, bob):
+        await accept_chat(alice, bob)
+        await bob.sign_out(Scope.NEAR_ME)
+        network = alice.config.network
+        assert isinstance(network, MemoryNetwork)
+        tarpit = await network.listen(bob.endpoint.host, bob.endpoint.port + 1)
+        contact = await alice.contacts.add(
+            bob.id, nickname="bob", endpoints=[EndPoint(bob.endpoint.host, bob.endpoint.port + 1)]
+        )
+        async with anyio.create_task_group() as tg:
+
+            async def dialled(stream: anyio.abc.ByteStream) -> None:
+                await bob.sign_in(Scope.NEAR_ME)  # his record arrives while alice dials
+                with anyio.fail_after(5):
+                    await alice.find_nearby(peer_id=bob.id, timeout=5)
+                await stream.aclose()  # and the stale address fails
+
+            tg.start_soon(tarpit.serve, dialled)
+            with anyio.fail_after(8):
+                assert await contact.invite(CHAT, timeout=8) is InvitationResponse.ACCEPTED
+            tg.cancel_scope.cancel()
+        await tarpit.aclose()
 
 
 @pytest.mark.parametrize("settle", [nearby.NEAR_SETTLE, 0.0])
