@@ -503,9 +503,8 @@ def _asker_key(address: Address) -> str:
     # Whose budget of answers a query counts against: the asker's group (an IPv4 address; the
     # /48 of an IPv6 one, whose /64s, and each /64's addresses, are free to whoever has it); on
     # loopback, each node.
-    host = address[0]
-    if host.startswith("127.") or host == "::1":
-        return f"{host}:{address[1]}"
+    if _loopback(address[0]):
+        return f"{address[0]}:{address[1]}"
     return group_of(source_of(address, ON_LINK))
 
 
@@ -513,7 +512,12 @@ def _budget_key(address: Address) -> str:
     # Whose packet budget a packet counts against: the remote host (as other DHT nodes ban by
     # address); on loopback, where many nodes of one machine share the address, each node.
     host = address[0]
-    return f"{host}:{address[1]}" if host.startswith("127.") or host == "::1" else host
+    return f"{host}:{address[1]}" if _loopback(host) else host
+
+
+def _loopback(host: str) -> bool:
+    # Whether ``host`` is this machine's, where the DHT nodes of one machine share the address.
+    return host.startswith("127.") or host == "::1"
 
 
 def _newest(items: list[MutableItem]) -> list[MutableItem]:

@@ -99,24 +99,27 @@ def local_addresses(listen_host: str, *, fallback: str) -> tuple[str, ...]:
     """
     if listen_host not in ("", "0.0.0.0", "::"):
         return (listen_host,)
+    found: list[str] = []
+    for address, _ in _interface_addresses():
+        if address.is_loopback or address.is_link_local or address.is_multicast:
+            continue
+        if (address.version == 6 and listen_host == "0.0.0.0") or (
+            address.version == 4 and listen_host == "::"
+        ):
+            continue
+        found.append(str(address))
+    return tuple(dict.fromkeys(found)) or (fallback,)
+
+
+def _interface_addresses() -> Iterator[tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, int]]:
+    # Every address of this host's interfaces (ifaddr gives an IPv6 one as a tuple), with its
+    # prefix length.
     import ifaddr
 
-    found: list[str] = []
     for adapter in ifaddr.get_adapters():
         for ip in adapter.ips:
-            text = ip.ip[0] if isinstance(ip.ip, tuple) else ip.ip
-            try:
-                address = ipaddress.ip_address(text)
-            except ValueError:
-                continue
-            if address.is_loopback or address.is_link_local or address.is_multicast:
-                continue
-            if (address.version == 6 and listen_host == "0.0.0.0") or (
-                address.version == 4 and listen_host == "::"
-            ):
-                continue
-            found.append(str(address))
-    return tuple(dict.fromkeys(found)) or (fallback,)
+            with contextlib.suppress(ValueError):
+                yield ipaddress.ip_address(ip.ip[0] if isinstance(ip.ip, tuple) else ip.ip), ip.network_prefix
 
 
 class OnLink:
@@ -141,15 +144,11 @@ class OnLink:
 
 def _networks_of_interfaces() -> frozenset[str]:
     # The /64 of every IPv6 address of this host's interfaces whose prefix is 64 bits or shorter.
-    import ifaddr
-
-    found: set[str] = set()
-    for adapter in ifaddr.get_adapters():
-        for ip in adapter.ips:
-            if isinstance(ip.ip, tuple) and ip.network_prefix <= 64:
-                with contextlib.suppress(ValueError):
-                    found.add(str(ipaddress.ip_network(f"{ip.ip[0]}/64", strict=False)))
-    return frozenset(found)
+    return frozenset(
+        str(ipaddress.ip_network(f"{address}/64", strict=False))
+        for address, prefix in _interface_addresses()
+        if address.version == 6 and prefix <= 64
+    )
 
 
 #: This host's on-link IPv6 /64s, read again at most once a minute: what every node of the process
