@@ -48,6 +48,9 @@ class Withdrawn(enum.StrEnum):
     EXPIRED = "expired"
     #: The connection to the inviter ended.
     DISCONNECTED = "disconnected"
+    #: Every place for strangers' invitations was taken, the most by its sender's source group,
+    #: and a stranger from another group took its place (its inviter was answered "limit").
+    DISPLACED = "displaced"
 
 
 class AnswerReason(enum.StrEnum):
@@ -67,6 +70,8 @@ class AnswerReason(enum.StrEnum):
     CANCELLED = "cancelled"
     #: The connection to the inviter ended.
     DISCONNECTED = "disconnected"
+    #: It gave its place to a stranger from another source (see :attr:`Withdrawn.DISPLACED`).
+    DISPLACED = "displaced"
 
 
 class InvitationState:
@@ -165,7 +170,8 @@ class Invitation:
 
     @property
     def withdrawn_reason(self) -> Withdrawn | None:
-        """Why it was withdrawn (``"cancelled"``, ``"expired"`` or ``"disconnected"``), else ``None``."""
+        """Why it was withdrawn (``"cancelled"``, ``"expired"``, ``"disconnected"`` or ``"displaced"``),
+        else ``None``."""
         return self.state.withdrawn
 
     def accept(self) -> None:

@@ -40,6 +40,7 @@ from peerkit.node.receivers import Receivers
 from peerkit.peers import Peer, wire_ttl
 from peerkit.proto.admission import group_of, source_of
 from peerkit.proto.requests import ErrorCode, InviteRequest, Refused, check_reply, error_reply
+from peerkit.proto.shares import FairShare
 
 __all__ = ("ContactLookup", "InvitationHandler", "Invitations", "Observer")
 
@@ -62,11 +63,13 @@ MAX_PENDING_PER_PEER: Final = 32
 #: Invitations waiting for their answer at once, from everyone, at most.
 MAX_PENDING: Final = 512
 #: Of those, strangers (peers that are not contacts) may hold at most this many, so that contacts
-#: are still heard when strangers pile invitations up.
+#: are still heard when strangers pile invitations up. The places are shared fairly between the
+#: strangers' source groups (:mod:`peerkit.proto.shares`): when they are all taken, a group that
+#: holds fewer than the busiest takes the place of that group's oldest invitation (withdrawn as
+#: ``"displaced"``, its inviter answered ``error`` "limit").
 MAX_PENDING_STRANGERS: Final = 384
 #: Of the strangers', those of one source's group (an IPv4 address, an IPv6 /48, or one relay's
-#: circuits) may hold at most this many: new ids cost nothing, nor do the /64s of a /48, and one
-#: address must not take every place.
+#: circuits) may hold at most this many: new ids cost nothing, nor do the /64s of a /48.
 MAX_PENDING_PER_SOURCE: Final = 96
 
 
@@ -114,10 +117,10 @@ class Invitations:
         self.receivers: Receivers[Invitation, InvitationResponse | None] = Receivers(
             "an invitation", queue_size
         )
-        self._incoming: dict[tuple[int, int], tuple[InvitationState, anyio.CancelScope]] = {}
+        self._incoming: dict[tuple[int, int], _Waiting] = {}
         self._pending_from: Counter[PeerId] = Counter()  # invitations waiting, per sender
-        self._pending_strangers = 0
-        self._pending_sources: Counter[str] = Counter()  # strangers' invitations waiting, per source
+        # strangers' invitations waiting, by their source's group
+        self._strangers: FairShare[_Waiting] = FairShare(MAX_PENDING_STRANGERS, MAX_PENDING_PER_SOURCE)
         self._pending = 0
 
     def clear(self) -> None:
@@ -219,11 +222,9 @@ class Invitations:
     # -- receiving ---------------------------------------------------------------------------
     def on_cancel(self, control: ControlChannel, message: dict[str, Any]) -> None:
         """An ``invite_cancel`` notice: withdraw the invitation and cancel its handler."""
-        entry = self._incoming.get((id(control), message.get("rid")))  # type: ignore[arg-type]
-        if entry is not None:
-            state, scope = entry
-            state.withdraw(Withdrawn.CANCELLED)
-            scope.cancel()
+        waiting = self._incoming.get((id(control), message.get("rid")))  # type: ignore[arg-type]
+        if waiting is not None:
+            waiting.withdraw(Withdrawn.CANCELLED)
 
     async def on_invite(self, control: ControlChannel, request: InviteRequest) -> Reply:
         """The reply to an ``invite`` (None when the inviter withdrew it or went away)."""
@@ -242,41 +243,42 @@ class Invitations:
             return self._reply(control, request, InvitationResponse.DECLINED, why)
         is_contact = self._contacts.has(peer_id)
         source = None if is_contact else group_of(source_of(control.channel.peer.address, ON_LINK))
-        refusal = self._over_limit(peer_id, source)
+        waiting = _Waiting()
+        refusal = self._wait_room(peer_id, source, waiting)
         if refusal is not None:
             log.info("refusing an invitation from %s: %s", peer_id.fingerprint, refusal)
             return error_reply(ErrorCode.LIMIT, refusal)
         self._pending_from[peer_id] += 1
         self._pending += 1
-        if source is not None:
-            self._pending_strangers += 1
-            self._pending_sources[source] += 1
         try:
-            return await self._receive(control, request, app, receiver, is_contact)
+            return await self._receive(control, request, app, receiver, is_contact, waiting)
         finally:
             self._pending_from[peer_id] -= 1
             if not self._pending_from[peer_id]:
                 del self._pending_from[peer_id]
             self._pending -= 1
             if source is not None:
-                self._pending_strangers -= 1
-                self._pending_sources[source] -= 1
-                if not self._pending_sources[source]:
-                    del self._pending_sources[source]
+                self._strangers.give_back(source, waiting)
 
-    def _over_limit(self, peer_id: PeerId, source: str | None) -> str | None:
-        # Why one more invitation from ``peer_id`` (a stranger's at ``source``, or a contact's when
-        # None) may not wait, or None.
+    def _wait_room(self, peer_id: PeerId, source: str | None, waiting: _Waiting) -> str | None:
+        # A place for one more invitation from ``peer_id`` (a stranger's at ``source``, or a
+        # contact's when None), or why it may not wait. A stranger's may take the place of the
+        # busiest group's oldest (that one is displaced).
         if self._pending_from[peer_id] >= MAX_PENDING_PER_PEER:
             return f"{MAX_PENDING_PER_PEER} invitations of yours are waiting for their answer"
-        if self._pending >= MAX_PENDING:
-            return f"{MAX_PENDING} invitations are waiting for their answer"
+        full = self._pending >= MAX_PENDING
         if source is None:
-            return None
-        if self._pending_strangers >= MAX_PENDING_STRANGERS:
+            return f"{MAX_PENDING} invitations are waiting for their answer" if full else None
+        taken = self._strangers.take(source, waiting, full=full)
+        if taken is None:
+            if self._strangers.held_by(source) >= MAX_PENDING_PER_SOURCE:
+                return f"{MAX_PENDING_PER_SOURCE} invitations from your address are waiting for their answer"
+            if full:
+                return f"{MAX_PENDING} invitations are waiting for their answer"
             return f"{MAX_PENDING_STRANGERS} invitations from peers that are not contacts are waiting"
-        if self._pending_sources[source] >= MAX_PENDING_PER_SOURCE:
-            return f"{MAX_PENDING_PER_SOURCE} invitations from your address are waiting for their answer"
+        if taken.evicted is not None:
+            log.info("a waiting invitation gives its place to one from %s", peer_id.fingerprint)
+            taken.evicted.withdraw(Withdrawn.DISPLACED)
         return None
 
     async def _receive(
@@ -286,11 +288,12 @@ class Invitations:
         app: Application,
         receiver: Callable[[Invitation], Awaitable[InvitationResponse | None]],
         is_contact: bool,
+        waiting: _Waiting,
     ) -> Reply:
         peer_id = control.peer_id
         endpoint, peer = self._sender(control)
         contact = await self._contacts.find_stored(peer_id) if is_contact else None
-        state = InvitationState()
+        state, scope = waiting.state, waiting.scope
         invitation = Invitation(
             sender_id=peer_id,
             nickname=control.channel.peer.nickname,
@@ -306,8 +309,8 @@ class Invitations:
             relay=control.channel.relay,
         )
         key = (id(control), request.rid)
-        scope = anyio.CancelScope(deadline=invitation.expires_at)
-        self._incoming[key] = (state, scope)
+        scope.deadline = invitation.expires_at
+        self._incoming[key] = waiting
         response: InvitationResponse | None = None
         try:
             with scope:
@@ -323,6 +326,13 @@ class Invitations:
         if state.withdrawn is Withdrawn.CANCELLED:
             await self._observe(control, request, None, AnswerReason.CANCELLED)
             return None
+        if state.withdrawn is Withdrawn.DISPLACED:
+            await self._observe(control, request, None, AnswerReason.DISPLACED)
+            return error_reply(
+                ErrorCode.LIMIT,
+                f"{MAX_PENDING_STRANGERS} invitations from peers that are not contacts were waiting, "
+                "the most from your address: yours gave its place to another address's",
+            )
         if control.closed:
             state.withdraw(Withdrawn.DISCONNECTED)
             await self._observe(control, request, None, AnswerReason.DISCONNECTED)
@@ -512,6 +522,21 @@ def _answer_of(handler: InvitationHandler) -> InvitationHandler:
         return InvitationResponse.DECLINED
 
     return receive
+
+
+class _Waiting:
+    # An invitation received and not yet answered: its answer, and the scope its handler runs in.
+    __slots__ = ("scope", "state")
+
+    def __init__(self) -> None:
+        self.state = InvitationState()
+        self.scope = anyio.CancelScope()
+
+    def withdraw(self, reason: Withdrawn) -> None:
+        # Unless it is answered: its handler is cancelled (one not started yet starts cancelled).
+        if self.state.response is None and self.state.withdrawn is None:
+            self.state.withdraw(reason)
+            self.scope.cancel()
 
 
 class _Reached(Exception):

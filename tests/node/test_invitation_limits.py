@@ -6,7 +6,16 @@ import anyio
 import pytest
 from conftest import CHAT
 
-from peerkit import Identity, Invitation, InvitationResponse, Node, ProtocolError
+from peerkit import (
+    AnswerReason,
+    Identity,
+    Invitation,
+    InvitationAnswered,
+    InvitationResponse,
+    Node,
+    ProtocolError,
+    Withdrawn,
+)
 from peerkit.node import invitations as part
 from peerkit.testing import MemoryNetwork, nodes
 
@@ -116,4 +125,77 @@ async def test_the_strangers_of_one_address_leave_room_for_other_strangers(
                 tg.start_soon(elsewhere.invite, CHAT)  # a stranger at another address gets through
                 await waiting(bob, 3)
                 release.set()
-            assert not bob._invitations._pending_sources
+            assert not len(bob._invitations._strangers)
+
+
+async def test_a_stranger_from_another_address_takes_a_place_of_the_busiest_when_all_are_taken(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Four places for strangers: one address fills them; two others still get theirs, each
+    # taking the busiest address's oldest, until the busiest holds no more than one over theirs.
+    monkeypatch.setattr(part, "MAX_PENDING_STRANGERS", 4)
+    network = MemoryNetwork()
+    async with nodes(4, nicknames=["bob", "mallory", "carol", "dave"], network=network) as nodes4:
+        bob, mallory, carol, dave = nodes4
+        for node in nodes4:
+            await node.register_application(CHAT)
+        release = anyio.Event()
+        withdrawn: list[tuple[str, Withdrawn | None]] = []
+        answered: list[tuple[str, AnswerReason]] = []
+
+        @bob.on_invitation(CHAT)
+        async def hold(invitation: Invitation) -> InvitationResponse:
+            try:
+                await release.wait()
+            finally:
+                if invitation.withdrawn:
+                    withdrawn.append((invitation.message, invitation.withdrawn_reason))
+            return InvitationResponse.ACCEPTED
+
+        async def observe(event: InvitationAnswered) -> None:
+            answered.append((event.message, event.reason))
+
+        bob.add_invitation_observer(observe)
+
+        outcomes: dict[str, InvitationResponse | str] = {}
+
+        async def invite(node: Node, message: str) -> None:
+            peer = await node.peer_at(bob.endpoint.host, bob.endpoint.port)
+            try:
+                outcomes[message] = await peer.invite(CHAT, message, timeout=10)
+            except ProtocolError as exc:
+                outcomes[message] = str(exc)
+
+        async with anyio.create_task_group() as tg:
+            for n in range(4):
+                tg.start_soon(invite, mallory, f"m{n}")
+                await waiting(bob, n + 1)  # in this order: m0 is the oldest
+            tg.start_soon(invite, carol, "c0")
+            with anyio.fail_after(5):
+                while "m0" not in outcomes:
+                    await anyio.sleep(0.01)
+            tg.start_soon(invite, dave, "d0")  # mallory holds 3, dave none: takes m1's place
+            with anyio.fail_after(5):
+                while "m1" not in outcomes:
+                    await anyio.sleep(0.01)
+            await waiting(bob, 4)
+            # mallory holds 2, carol and dave 1 each: nobody holds more than one over carol
+            with pytest.raises(
+                ProtocolError, match="4 invitations from peers that are not contacts are waiting"
+            ):
+                await (await carol.peer_at(bob.endpoint.host, bob.endpoint.port)).invite(CHAT, timeout=10)
+            release.set()
+        for displaced in ("m0", "m1"):
+            assert "limit: 4 invitations from peers that are not contacts were waiting" in str(
+                outcomes[displaced]
+            )
+            assert "yours gave its place to another address's" in str(outcomes[displaced])
+        assert {m: outcomes[m] for m in ("m2", "m3", "c0", "d0")} == dict.fromkeys(
+            ("m2", "m3", "c0", "d0"), InvitationResponse.ACCEPTED
+        )
+        assert sorted(withdrawn) == [("m0", Withdrawn.DISPLACED), ("m1", Withdrawn.DISPLACED)]
+        with anyio.fail_after(5):
+            while len(answered) < 6:
+                await anyio.sleep(0.01)
+        assert sorted(m for m, why in answered if why is AnswerReason.DISPLACED) == ["m0", "m1"]
+        assert not len(bob._invitations._strangers) and not bob._invitations._pending

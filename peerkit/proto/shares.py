@@ -1,0 +1,107 @@
+"""Places shared fairly between the groups of strangers' sources (sans-IO).
+
+A node keeps a bounded number of things for peers that are not contacts: invitations waiting for
+their answer, invitations and streams waiting unread in an application's queue. New peer ids cost
+nothing, so these places are counted by the group of the source they came from (see
+:func:`~peerkit.proto.admission.group_of`: an IPv4 address, an IPv6 /48, one relay's circuits).
+
+:class:`FairShare` fills its places in the order they are asked for. Once every place is taken,
+a newcomer whose group holds fewer places than the busiest group by more than one takes the
+oldest place of that group; otherwise it is refused. So a few groups may fill whatever is free,
+but never keep another group out: a group that asks always ends up with its fair share. Items are
+taken out round robin by group (:meth:`FairShare.pop`), so one group's pile does not stand in
+front of the others' items either.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+__all__ = ("FairShare", "Taken")
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class Taken(Generic[T]):
+    """A place was given; ``evicted`` is the item whose place it was (now out), if any."""
+
+    evicted: T | None = None
+
+
+class FairShare(Generic[T]):
+    """At most ``places`` items, and at most ``per_group`` of one group; see the module docstring.
+
+    Items are hashed by identity or value: the same item may be held once only.
+    """
+
+    def __init__(self, places: int, per_group: int | None = None) -> None:
+        if places < 1:
+            raise ValueError(f"places must be at least 1, not {places}")
+        self.places = places
+        self.per_group = places if per_group is None else per_group
+        # Each group's items, oldest first; the groups in the order pop serves them.
+        self._groups: dict[str, dict[T, None]] = {}
+        self._held = 0
+
+    def __len__(self) -> int:
+        return self._held
+
+    def held_by(self, group: str) -> int:
+        """Places ``group`` holds."""
+        items = self._groups.get(group)
+        return 0 if items is None else len(items)
+
+    def take(self, group: str, item: T, *, full: bool = False) -> Taken[T] | None:
+        """A place for ``item`` of ``group``, or None when it is refused (the group holds
+        ``per_group``, or every place is taken and no group holds more than this one plus one).
+
+        ``full`` counts every place as taken (the caller's own bound is reached): the item gets a
+        place only by taking another group's.
+        """
+        mine = self.held_by(group)
+        if mine >= self.per_group:
+            return None
+        evicted: T | None = None
+        if full or self._held >= self.places:
+            busiest, items = max(self._groups.items(), key=lambda entry: len(entry[1]), default=("", {}))
+            if len(items) <= mine + 1:
+                return None
+            evicted = next(iter(items))
+            self._remove(busiest, evicted)
+        self._groups.setdefault(group, {})[item] = None
+        self._held += 1
+        return Taken(evicted)
+
+    def give_back(self, group: str, item: T) -> bool:
+        """``item`` leaves its place; False when it held none (given back already, or evicted)."""
+        items = self._groups.get(group)
+        if items is None or item not in items:
+            return False
+        self._remove(group, item)
+        return True
+
+    def pop(self) -> T:
+        """The oldest item of the group whose turn it is (each group in turn), out of its place.
+
+        :raises IndexError: when no item is held.
+        """
+        for group, items in self._groups.items():
+            item = next(iter(items))
+            self._remove(group, item)
+            if items:  # its turn is over: to the back of the line
+                del self._groups[group]
+                self._groups[group] = items
+            return item
+        raise IndexError("pop from an empty FairShare")
+
+    def _remove(self, group: str, item: T) -> None:
+        items = self._groups[group]
+        del items[item]
+        self._held -= 1
+        if not items:
+            del self._groups[group]
+
+    def __repr__(self) -> str:
+        return f"<FairShare {self._held}/{self.places} places, {len(self._groups)} groups>"

@@ -1,0 +1,138 @@
+"""peerkit.proto.shares: places shared fairly between groups, taken out round robin."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from peerkit.proto.shares import FairShare, Taken
+
+
+class Item:
+    """Hashed by identity, like the entries the node keeps."""
+
+    def __init__(self, group: str, n: int) -> None:
+        self.group = group
+        self.n = n
+
+    def __repr__(self) -> str:
+        return f"{self.group}{self.n}"
+
+
+def fill(share: FairShare[Item], group: str, count: int) -> list[Item]:
+    items = [Item(group, n) for n in range(count)]
+    for item in items:
+        assert share.take(group, item) == Taken(None)
+    return items
+
+
+def test_places_fill_in_order_and_a_group_holds_at_most_its_cap() -> None:
+    share: FairShare[Item] = FairShare(8, per_group=3)
+    fill(share, "a", 3)
+    assert share.take("a", Item("a", 9)) is None  # its cap
+    fill(share, "b", 3)
+    assert len(share) == 6 and share.held_by("a") == 3 and share.held_by("c") == 0
+
+
+def test_a_newcomer_takes_the_oldest_place_of_the_busiest_group_when_every_place_is_taken() -> None:
+    share: FairShare[Item] = FairShare(6)
+    a = fill(share, "a", 4)
+    b = fill(share, "b", 2)
+    newcomer = Item("c", 0)
+    assert share.take("c", newcomer) == Taken(a[0])
+    assert share.held_by("a") == 3 and len(share) == 6
+    assert not share.give_back("a", a[0])  # evicted: it holds no place
+    # a holds 3, c 1: c takes one more of a's, b (2) takes none: it holds one fewer than a only
+    assert share.take("c", Item("c", 1)) == Taken(a[1])
+    assert share.take("b", Item("b", 9)) is None
+    assert share.take("a", Item("a", 9)) is None  # the busiest takes nothing of anyone's
+    assert Counter({g: share.held_by(g) for g in "abc"}) == Counter(a=2, b=2, c=2)
+    assert b  # b's kept their places
+
+
+def test_full_counts_every_place_as_taken() -> None:
+    share: FairShare[Item] = FairShare(10)
+    a = fill(share, "a", 3)
+    assert share.take("a", Item("a", 3), full=True) is None
+    assert share.take("b", Item("b", 0), full=True) == Taken(a[0])
+    assert len(share) == 3
+
+
+def test_items_leave_their_place_once() -> None:
+    share: FairShare[Item] = FairShare(2)
+    [a] = fill(share, "a", 1)
+    assert share.give_back("a", a)
+    assert not share.give_back("a", a)
+    assert not share.give_back("z", Item("z", 0))
+    assert len(share) == 0 and share.held_by("a") == 0
+    fill(share, "b", 2)  # the place given back is free again
+
+
+def test_pop_serves_groups_in_turn_oldest_first() -> None:
+    share: FairShare[Item] = FairShare(20)
+    a = fill(share, "a", 4)
+    b = fill(share, "b", 2)
+    c = fill(share, "c", 1)
+    order = [share.pop() for _ in range(7)]
+    assert order == [a[0], b[0], c[0], a[1], b[1], a[2], a[3]]
+    with pytest.raises(IndexError, match="empty"):
+        share.pop()
+
+
+def test_a_group_that_comes_back_waits_for_its_turn_behind_the_others() -> None:
+    share: FairShare[Item] = FairShare(20)
+    a = fill(share, "a", 2)
+    b = fill(share, "b", 2)
+    assert share.pop() is a[0]
+    [c] = fill(share, "c", 1)
+    assert [share.pop() for _ in range(4)] == [b[0], a[1], c, b[1]]
+
+
+def test_places_must_be_positive() -> None:
+    with pytest.raises(ValueError, match="places must be at least 1"):
+        FairShare(0)
+
+
+@given(
+    places=st.integers(1, 12),
+    per_group=st.integers(1, 12),
+    steps=st.lists(st.tuples(st.sampled_from("take give pop".split()), st.integers(0, 4)), max_size=80),
+)
+def test_the_share_keeps_its_bounds_and_every_group_its_fair_share(
+    places: int, per_group: int, steps: list[tuple[str, int]]
+) -> None:
+    share: FairShare[Item] = FairShare(places, per_group)
+    held: dict[str, list[Item]] = {}  # what the share should hold, per group, oldest first
+    for n, (verb, g) in enumerate(steps):
+        group = "g" + str(g)
+        if verb == "take":
+            item = Item(group, n)
+            counts = {name: len(items) for name, items in held.items() if items}
+            busiest = max(counts.values(), default=0)
+            taken = share.take(group, item)
+            mine = counts.get(group, 0)
+            if mine >= per_group:
+                assert taken is None
+                continue
+            if sum(counts.values()) < places:
+                assert taken == Taken(None)
+            elif busiest > mine + 1:
+                assert taken is not None and taken.evicted is not None
+                victim = taken.evicted
+                assert counts[victim.group] == busiest and held[victim.group][0] is victim
+                held[victim.group].pop(0)
+            else:
+                assert taken is None
+                continue
+            held.setdefault(group, []).append(item)
+        elif verb == "give" and held.get(group):
+            assert share.give_back(group, held[group].pop())
+        elif verb == "pop" and len(share):
+            item = share.pop()
+            assert held[item.group][0] is item
+            held[item.group].pop(0)
+        assert len(share) == sum(map(len, held.values())) <= places
+        assert all(share.held_by(name) == len(items) <= per_group for name, items in held.items())
