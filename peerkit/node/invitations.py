@@ -181,9 +181,7 @@ class Invitations:
         async def wait_for_answer(invitation: Invitation) -> InvitationResponse | None:
             return await invitation.state.wait()
 
-        return self.receivers.iterator(
-            application, wait_for_answer, InvitationResponse.DECLINED, lambda invitation: invitation.trusted
-        )
+        return self.receivers.iterator(application, wait_for_answer, InvitationResponse.DECLINED)
 
     def add_observer(self, observer: Observer) -> Handle:
         """Call ``observer(event)`` after every invitation received has been answered or withdrawn."""
@@ -251,7 +249,7 @@ class Invitations:
         self._pending_from[peer_id] += 1
         self._pending += 1
         try:
-            return await self._receive(control, request, app, receiver, is_contact, waiting)
+            return await self._receive(control, request, app, receiver, source, waiting)
         finally:
             self._pending_from[peer_id] -= 1
             if not self._pending_from[peer_id]:
@@ -286,13 +284,14 @@ class Invitations:
         control: ControlChannel,
         request: InviteRequest,
         app: Application,
-        receiver: Callable[[Invitation], Awaitable[InvitationResponse | None]],
-        is_contact: bool,
+        receiver: Callable[[Invitation, str | None], Awaitable[InvitationResponse | None]],
+        source: str | None,
         waiting: _Waiting,
     ) -> Reply:
+        # ``source``: the group of a stranger's source (None: a contact's invitation).
         peer_id = control.peer_id
         endpoint, peer = self._sender(control)
-        contact = await self._contacts.find_stored(peer_id) if is_contact else None
+        contact = await self._contacts.find_stored(peer_id) if source is None else None
         state, scope = waiting.state, waiting.scope
         invitation = Invitation(
             sender_id=peer_id,
@@ -314,7 +313,7 @@ class Invitations:
         response: InvitationResponse | None = None
         try:
             with scope:
-                response = await receiver(invitation)
+                response = await receiver(invitation, None if invitation.trusted else source)
         except anyio.get_cancelled_exc_class():
             if control.closed:  # the inviter went away: its channel's handlers are cancelled
                 state.withdraw(Withdrawn.DISCONNECTED)

@@ -21,9 +21,11 @@ from peerkit.handles import Handle, Subscription
 from peerkit.identity import PeerId
 from peerkit.model import Application, EndPoint, check_seconds, seconds_text
 from peerkit.net.channel import SecureChannel
+from peerkit.net.transport import ON_LINK
 from peerkit.node.connections import LOOKUP_AFTER, ChannelPeer, first_of
 from peerkit.node.receivers import Receivers
 from peerkit.peers import Peer
+from peerkit.proto.admission import group_of, source_of
 from peerkit.proto.messages import USE_STREAM
 from peerkit.proto.requests import BadRequest, Refused, check_reply, decode_stream_request
 from peerkit.streams import AppStream
@@ -106,9 +108,7 @@ class Streams:
         async def wait_until_closed(stream: AppStream) -> None:
             await stream.wait_closed()
 
-        return self.receivers.iterator(
-            application, wait_until_closed, None, lambda stream: self._policy.is_trusted(stream.peer.id)
-        )
+        return self.receivers.iterator(application, wait_until_closed, None)
 
     # -- opening -----------------------------------------------------------------------------
     async def open(self, peer: Peer, application: Application | uuid.UUID, timeout: float) -> AppStream:
@@ -227,8 +227,10 @@ class Streams:
             return
         await channel.send({"t": "stream_reply", "rid": request.rid, "r": "accepted"})
         stream = AppStream(channel, app)
+        peer = channel.peer
+        group = None if self._policy.is_trusted(peer.id) else group_of(source_of(peer.address, ON_LINK))
         try:
-            await receiver(stream)
+            await receiver(stream, group)
         finally:
             with anyio.CancelScope(shield=True):
                 await stream.aclose()

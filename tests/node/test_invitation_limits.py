@@ -198,4 +198,5 @@ async def test_a_stranger_from_another_address_takes_a_place_of_the_busiest_when
             while len(answered) < 6:
                 await anyio.sleep(0.01)
         assert sorted(m for m, why in answered if why is AnswerReason.DISPLACED) == ["m0", "m1"]
-        assert not len(bob._invitations._strangers) and not bob._invitations._pending
+        assert not len(bob._invitations._strangers)
+        assert not bob._invitations._pending

@@ -154,7 +154,7 @@ async def test_a_strangers_streams_waiting_unread_never_keep_a_contacts_out() ->
                     stream = await incoming.__anext__()
                     taken.append(stream.peer.id)
                     await stream.aclose()
-            assert taken == [carol.id, carol.id, carol.id, dave.id]
+            assert taken == [dave.id, carol.id, carol.id, carol.id]  # contacts' first
 
 
 async def test_iterator_form_and_refusals() -> None:

@@ -34,7 +34,9 @@ def test_places_fill_in_order_and_a_group_holds_at_most_its_cap() -> None:
     fill(share, "a", 3)
     assert share.take("a", Item("a", 9)) is None  # its cap
     fill(share, "b", 3)
-    assert len(share) == 6 and share.held_by("a") == 3 and share.held_by("c") == 0
+    assert len(share) == 6
+    assert share.held_by("a") == 3
+    assert share.held_by("c") == 0
 
 
 def test_a_newcomer_takes_the_oldest_place_of_the_busiest_group_when_every_place_is_taken() -> None:
@@ -43,7 +45,8 @@ def test_a_newcomer_takes_the_oldest_place_of_the_busiest_group_when_every_place
     b = fill(share, "b", 2)
     newcomer = Item("c", 0)
     assert share.take("c", newcomer) == Taken(a[0])
-    assert share.held_by("a") == 3 and len(share) == 6
+    assert share.held_by("a") == 3
+    assert len(share) == 6
     assert not share.give_back("a", a[0])  # evicted: it holds no place
     # a holds 3, c 1: c takes one more of a's, b (2) takes none: it holds one fewer than a only
     assert share.take("c", Item("c", 1)) == Taken(a[1])
@@ -67,7 +70,8 @@ def test_items_leave_their_place_once() -> None:
     assert share.give_back("a", a)
     assert not share.give_back("a", a)
     assert not share.give_back("z", Item("z", 0))
-    assert len(share) == 0 and share.held_by("a") == 0
+    assert len(share) == 0
+    assert share.held_by("a") == 0
     fill(share, "b", 2)  # the place given back is free again
 
 
@@ -99,7 +103,7 @@ def test_places_must_be_positive() -> None:
 @given(
     places=st.integers(1, 12),
     per_group=st.integers(1, 12),
-    steps=st.lists(st.tuples(st.sampled_from("take give pop".split()), st.integers(0, 4)), max_size=80),
+    steps=st.lists(st.tuples(st.sampled_from(["take", "give", "pop"]), st.integers(0, 4)), max_size=80),
 )
 def test_the_share_keeps_its_bounds_and_every_group_its_fair_share(
     places: int, per_group: int, steps: list[tuple[str, int]]
@@ -120,9 +124,11 @@ def test_the_share_keeps_its_bounds_and_every_group_its_fair_share(
             if sum(counts.values()) < places:
                 assert taken == Taken(None)
             elif busiest > mine + 1:
-                assert taken is not None and taken.evicted is not None
+                assert taken is not None
+                assert taken.evicted is not None
                 victim = taken.evicted
-                assert counts[victim.group] == busiest and held[victim.group][0] is victim
+                assert counts[victim.group] == busiest
+                assert held[victim.group][0] is victim
                 held[victim.group].pop(0)
             else:
                 assert taken is None
