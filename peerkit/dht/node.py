@@ -191,7 +191,11 @@ class DhtNode:
         """Serve until cancelled: answer queries and join through the bootstrap addresses.
         ``task_status.started()`` comes once it is receiving (before the join is done)."""
         self._responder = Responder(
-            self.table, Tokens(anyio.current_time()), self.store, sibling=self.sibling_table
+            self.table,
+            Tokens(anyio.current_time()),
+            self.store,
+            sibling=self.sibling_table,
+            group_of=_asker_key,
         )
         try:
             async with anyio.create_task_group() as tg:

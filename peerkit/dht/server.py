@@ -14,6 +14,8 @@ node runs beside one (``sibling``).
 
 from __future__ import annotations
 
+import operator
+from collections.abc import Callable
 from typing import Final
 
 from peerkit.dht.bencode import BencodeError, Value, decode, encode
@@ -29,15 +31,26 @@ ANSWER_NODES: Final = K
 
 
 class Responder:
-    """Answers queries from the routing table, the tokens and the item store."""
+    """Answers queries from the routing table, the tokens and the item store.
+
+    ``group_of`` says which group an address belongs to in the store's fair share (default: its
+    host).
+    """
 
     def __init__(
-        self, table: RoutingTable, tokens: Tokens, store: ItemStore, *, sibling: RoutingTable | None = None
+        self,
+        table: RoutingTable,
+        tokens: Tokens,
+        store: ItemStore,
+        *,
+        sibling: RoutingTable | None = None,
+        group_of: Callable[[Address], str] = operator.itemgetter(0),
     ) -> None:
         self.table = table
         self.tokens = tokens
         self.store = store
         self.sibling = sibling
+        self.group_of = group_of
 
     @property
     def own_id(self) -> bytes:
@@ -104,7 +117,7 @@ class Responder:
         except BencodeError:
             return Error(query.tid, ErrorCode.PROTOCOL, "v cannot be stored").encode()
         try:
-            self.store.put(item, now, cas=cas if isinstance(cas, int) else None)
+            self.store.put(item, now, cas=cas if isinstance(cas, int) else None, group=self.group_of(source))
         except ItemRefused as exc:
             return Error(query.tid, exc.code.value, exc.text).encode()
         return None

@@ -4,7 +4,10 @@ A write token is ``SHA1(address + secret)``: given in answer to a ``get``, it le
 ``put`` for a while, and only from the same address. The secret is replaced every
 :data:`TOKEN_ROTATION` seconds and the previous one still accepted, so a token lives 5 to 10
 minutes. Items are kept at most :data:`ITEM_LIFETIME` seconds after their last put, at most
-``max_items`` and ``max_bytes`` of them; past that the oldest go first.
+``max_items`` and ``max_bytes`` of them. Each item belongs to the group of the address that first
+put it here (the caller says which: an IPv4 address, an IPv6 /48); past a bound, the busiest
+group's oldest item goes first. Keys and valid signatures cost nothing to make, so one group that
+puts without end only pushes out its own items once it holds the most: everyone else's items stay.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
-from collections import OrderedDict
+from dataclasses import dataclass
 from typing import Final
 
 from peerkit.dht.bep44 import MutableItem, check_put
@@ -60,7 +63,9 @@ class ItemStore:
     def __init__(self, *, max_items: int = 2048, max_bytes: int = 4 << 20) -> None:
         self.max_items = max_items
         self.max_bytes = max_bytes
-        self._items: OrderedDict[bytes, tuple[MutableItem, float]] = OrderedDict()
+        self._items: dict[bytes, _Stored] = {}
+        self._groups: dict[str, dict[bytes, None]] = {}  # each group's targets, least lately put first
+        self._counts = _Counts()
         self._bytes = 0
 
     def __len__(self) -> int:
@@ -71,36 +76,93 @@ class ItemStore:
         """Bytes held (values, salts, keys and signatures)."""
         return self._bytes
 
+    def held_by(self, group: str) -> int:
+        """Items that belong to ``group``."""
+        targets = self._groups.get(group)
+        return 0 if targets is None else len(targets)
+
     def get(self, target: bytes, now: float) -> MutableItem | None:
         """The item stored under ``target``, if it has not expired."""
         held = self._items.get(target)
         if held is None:
             return None
-        if now - held[1] > ITEM_LIFETIME:
+        if now - held.put_at > ITEM_LIFETIME:
             self._drop(target)
             return None
-        return held[0]
+        return held.item
 
-    def put(self, item: MutableItem, now: float, cas: int | None = None) -> None:
-        """Store ``item`` (or refresh it).
+    def put(self, item: MutableItem, now: float, cas: int | None = None, *, group: str = "") -> None:
+        """Store ``item`` (or refresh it), put by ``group`` (this node's own: the empty string).
 
         :raises ItemRefused: as :func:`~peerkit.dht.bep44.check_put` says.
         """
         target = item.target
         stored = self.get(target, now)
         changed = check_put(item, stored, cas)
-        if not changed and stored is not None:
-            item = stored
         if stored is not None:
+            group = self._items[target].group  # it stays with whoever put it first
+            if not changed:
+                item = stored
             self._drop(target)
-        self._items[target] = (item, now)
+        self._items[target] = _Stored(item, now, group)
+        self._groups.setdefault(group, {})[target] = None
+        self._counts.add(group)
         self._bytes += _size(item)
         while len(self._items) > self.max_items or self._bytes > self.max_bytes:
-            self._drop(next(iter(self._items)))
+            targets = self._groups[self._counts.busiest()]
+            self._drop(next(iter(targets)))
 
     def _drop(self, target: bytes) -> None:
-        item, _ = self._items.pop(target)
-        self._bytes -= _size(item)
+        held = self._items.pop(target)
+        self._bytes -= _size(held.item)
+        targets = self._groups[held.group]
+        del targets[target]
+        if not targets:
+            del self._groups[held.group]
+        self._counts.remove(held.group)
+
+
+@dataclass(slots=True)
+class _Stored:
+    item: MutableItem
+    put_at: float
+    group: str
+
+
+class _Counts:
+    # How many items each group holds, and which hold the most, in constant time: the groups of
+    # each count, in the order they reached it.
+
+    def __init__(self) -> None:
+        self._of: dict[str, int] = {}
+        self._with: dict[int, dict[str, None]] = {}
+        self._top = 0
+
+    def add(self, group: str) -> None:
+        count = self._of.get(group, 0)
+        self._move(group, count, count + 1)
+        self._top = max(self._top, count + 1)
+
+    def remove(self, group: str) -> None:
+        count = self._of[group]
+        self._move(group, count, count - 1)
+        while self._top and not self._with.get(self._top):
+            self._top -= 1
+
+    def busiest(self) -> str:
+        return next(iter(self._with[self._top]))
+
+    def _move(self, group: str, old: int, new: int) -> None:
+        if old:
+            groups = self._with[old]
+            del groups[group]
+            if not groups:
+                del self._with[old]
+        if new:
+            self._of[group] = new
+            self._with.setdefault(new, {})[group] = None
+        else:
+            del self._of[group]
 
 
 def _size(item: MutableItem) -> int:

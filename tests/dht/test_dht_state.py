@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import itertools
 import os
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from peerkit import Identity
 from peerkit.dht.bencode import decode
@@ -83,6 +86,77 @@ def test_the_store_is_bounded_and_expires_items() -> None:
     for person in people:
         small.put(item(person, bytes(100), 1), 0.0)
     assert small.size <= 300
+
+
+def test_a_group_that_puts_without_end_pushes_out_only_its_own_items() -> None:
+    store = ItemStore(max_items=10, max_bytes=10**6)
+    alice, bob, mallory = (Identity.generate() for _ in range(3))
+    mine = [item(alice, b"a", 1, bytes([n])) for n in range(2)]
+    for n, own in enumerate(mine):
+        store.put(own, float(n), group="10.0.0.1")
+    store.put(item(bob, b"b", 1), 2.0, group="10.0.0.2")
+    flood = [item(mallory, b"m", 1, n.to_bytes(2, "big")) for n in range(40)]
+    for n, junk in enumerate(flood):
+        store.put(junk, 3.0 + n, group="10.6.6.6")
+        assert len(store) <= 10
+    assert all(store.get(own.target, 50.0) == own for own in mine)  # the oldest, and kept
+    assert store.get(item(bob, b"b", 1).target, 50.0) is not None
+    assert store.held_by("10.6.6.6") == 7
+    assert [store.get(junk.target, 50.0) is not None for junk in flood[-8:]] == [False] + [True] * 7
+    # A stranger's item when the store is full pushes out the busiest group's oldest.
+    store.put(item(bob, b"b", 1, b"2"), 60.0, group="10.0.0.3")
+    assert store.held_by("10.6.6.6") == 6
+    assert store.get(flood[-7].target, 60.0) is None
+
+
+def test_an_item_stays_with_the_group_that_put_it_first() -> None:
+    store = ItemStore(max_items=4, max_bytes=10**6)
+    alice, mallory = Identity.generate(), Identity.generate()
+    hers = item(alice, b"a", 1)
+    store.put(hers, 0.0, group="10.0.0.1")
+    store.put(hers, 1.0, group="10.6.6.6")  # a copy put again from elsewhere
+    store.put(item(alice, b"a2", 2), 2.0, group="10.6.6.6")  # even a newer one
+    assert (store.held_by("10.0.0.1"), store.held_by("10.6.6.6")) == (1, 0)
+    for n in range(10):
+        store.put(item(mallory, b"m", 1, bytes([n])), 3.0 + n, group="10.6.6.6")
+    assert store.get(hers.target, 20.0) == item(alice, b"a2", 2)
+
+
+@functools.cache
+def pool() -> list[MutableItem]:
+    person = Identity.generate()
+    return [item(person, b"v" * n, 1, bytes([n])) for n in range(12)]
+
+
+@given(puts=st.lists(st.tuples(st.integers(0, 11), st.integers(0, 3)), max_size=60))
+def test_the_store_keeps_its_bounds_and_drops_the_busiest_groups_least_lately_put(
+    puts: list[tuple[int, int]],
+) -> None:
+    # Against a model: items least lately put first; past a bound, the group that holds the most
+    # (of those, the one that came to that count first) loses its least lately put.
+    store = ItemStore(max_items=5, max_bytes=450)
+    model: dict[bytes, tuple[str, int]] = {}  # target: (group, size)
+    came: dict[str, int] = {}  # when each group came to the count it holds
+    tick = itertools.count()
+
+    def held(group: str) -> int:
+        return sum(1 for g, _ in model.values() if g == group)
+
+    for now, (n, g) in enumerate(puts):
+        put = pool()[n]
+        group = model.pop(put.target, (f"g{g}", 0))[0]
+        came[group] = next(tick)
+        model[put.target] = (group, len(put.value) + len(put.salt) + 64 + 32)
+        came[group] = next(tick)
+        while len(model) > 5 or sum(size for _, size in model.values()) > 450:
+            busiest = max({g for g, _ in model.values()}, key=lambda g: (held(g), -came[g]))
+            del model[next(t for t, (g, _) in model.items() if g == busiest)]
+            came[busiest] = next(tick)
+        store.put(put, float(now), group=f"g{g}")
+        assert {t for t in (p.target for p in pool()) if store.get(t, float(now))} == set(model)
+        assert len(store) == len(model) <= 5
+        assert store.size == sum(size for _, size in model.values()) <= 450
+        assert all(store.held_by(g) == held(g) for g in came)
 
 
 def ask(

@@ -3,7 +3,9 @@ quarter of the network with no stale read."""
 
 from __future__ import annotations
 
+import contextlib
 import random
+from typing import Any
 
 import anyio
 import anyio.abc
@@ -11,7 +13,7 @@ import pytest
 
 from peerkit import Identity
 from peerkit.dht.bep44 import MutableItem
-from peerkit.dht.krpc import Node, Query, Response
+from peerkit.dht.krpc import Node, Query, Response, parse
 from peerkit.dht.node import MAX_DATAGRAM, POLITE_BURST, PUT_QUORUM, QUERY_TIMEOUT, DhtNode
 from peerkit.dht.record import SALT, fit_record, new_locator_key, open_item, sealed_item
 from peerkit.dht.routing import distance
@@ -244,3 +246,39 @@ async def test_the_addresses_of_one_ipv6_slash_48_share_one_budget_of_answers() 
         assert answered[-1] == 2
         for end in ends:
             await end.aclose()
+
+
+async def test_puts_from_the_addresses_of_one_slash_48_push_out_only_their_own_items() -> None:
+    # The items a node stores are shared by the groups that put them: another /48's item stays
+    # while six addresses of one /48 put more than the store holds.
+    async with memory_testnet(3) as testnet:
+        holder = testnet.nodes[0]
+        holder.store.max_items = 4
+        ends = [testnet.network.bind("2001:db8:2::1")]
+        ends += [testnet.network.bind(f"2001:db8:1:{n:x}::1") for n in range(6)]
+        puts = [item(Identity.generate(), b"x", 1) for _ in ends]
+        async with contextlib.AsyncExitStack() as closing:
+            for end in ends:
+                closing.push_async_callback(end.aclose)
+            await put_each(holder.address, ends, puts)
+        now = anyio.current_time()
+        assert holder.store.get(puts[0].target, now) == puts[0]
+        assert [holder.store.get(put.target, now) is not None for put in puts[1:]] == [False] * 3 + [True] * 3
+        assert holder.store.held_by("2001:db8:1::/48") == 3
+
+
+async def put_each(address: tuple[str, int], ends: list[Any], puts: list[MutableItem]) -> None:
+    """Each end gets a write token from the node at ``address`` and puts its item there."""
+    for n, (end, put) in enumerate(zip(ends, puts, strict=True)):
+        query = Query(bytes([n, 0]), b"get", {b"id": bytes(20), b"target": put.target})
+        await end.send(query.encode(), address)
+        with anyio.fail_after(5):
+            got, _ = await end.receive()
+        answer = parse(got)
+        assert isinstance(answer, Response)
+        args = {b"id": bytes(20), b"token": answer.values[b"token"], b"k": put.key, b"salt": put.salt}
+        args |= {b"seq": put.seq, b"sig": put.sig, b"v": put.decoded()}
+        await end.send(Query(bytes([n, 1]), b"put", args).encode(), address)
+        with anyio.fail_after(5):
+            stored = parse((await end.receive())[0])
+        assert isinstance(stored, Response), stored
