@@ -270,32 +270,39 @@ class RelayService:
         self, stream: anyio.abc.ByteStream, target: bytes, source: str, seen: tuple[str, int] | None
     ) -> None:
         try:
-            circuit, announce = self.book.open(target, source, anyio.current_time())
+            opened = self.book.open(target, source, anyio.current_time())
         except RelayRefused as exc:
             self.stats.refused += 1
             with anyio.move_on_after(1):
                 await _send_quietly(stream, wire.encode_error(exc.code, exc.text))
             return
+        if opened.evicted is not None:
+            log.info("relay: a circuit of the busiest source gives its place to one from %s", source)
+            if opened.evicted.handle is not None:
+                opened.evicted.handle.cancel()
+        circuit, announce = opened.circuit, opened.handle
         waiting = self._waiting[circuit.token] = _Waiting()
+        circuit.handle = anyio.CancelScope()  # cancelled when another circuit takes its place
         try:
-            with anyio.move_on_after(wire.ACCEPT_TIMEOUT):
-                try:
-                    await announce(circuit.token)
-                except Exception as exc:  # the reserved peer's channel broke
-                    log.info("relay: could not announce a circuit: %s", exc)
-                else:
-                    await waiting.arrived.wait()
-            if waiting.stream is None:
-                self.stats.refused += 1
-                with anyio.move_on_after(1):
-                    await _send_quietly(
-                        stream, wire.encode_error(wire.NO_ANSWER, "the peer did not take the circuit")
-                    )
-                return
-            if not await _send_quietly(stream, wire.encode_ok(seen)):
-                return
-            self.stats.circuits += 1
-            await self._splice(stream, waiting.stream, circuit)
+            with circuit.handle:
+                with anyio.move_on_after(wire.ACCEPT_TIMEOUT):
+                    try:
+                        await announce(circuit.token)
+                    except Exception as exc:  # the reserved peer's channel broke
+                        log.info("relay: could not announce a circuit: %s", exc)
+                    else:
+                        await waiting.arrived.wait()
+                if waiting.stream is None:
+                    self.stats.refused += 1
+                    with anyio.move_on_after(1):
+                        await _send_quietly(
+                            stream, wire.encode_error(wire.NO_ANSWER, "the peer did not take the circuit")
+                        )
+                    return
+                if not await _send_quietly(stream, wire.encode_ok(seen)):
+                    return
+                self.stats.circuits += 1
+                await self._splice(stream, waiting.stream, circuit)
         finally:
             waiting.done.set()
             self._waiting.pop(circuit.token, None)

@@ -25,6 +25,7 @@ from peerkit.proto import messages
 from peerkit.proto.admission import group_of
 from peerkit.proto.framing import encode_frame
 from peerkit.proto.requests import seen_address
+from peerkit.proto.shares import FairShare
 
 __all__ = (
     "ACCEPT_TIMEOUT",
@@ -34,6 +35,7 @@ __all__ = (
     "Accept",
     "Circuit",
     "Connect",
+    "Opened",
     "RelayBook",
     "RelayPolicy",
     "RelayRefused",
@@ -72,7 +74,9 @@ class RelayPolicy:
     open: bool = False
     #: Reservations held at once.
     max_reservations: int = 128
-    #: Circuits open at once, in all.
+    #: Circuits open at once, in all, shared fairly by source group: when every one is taken, a
+    #: group that holds fewer than the busiest group by more than one takes the place of that
+    #: group's oldest circuit (which is closed).
     max_circuits: int = 256
     #: Circuits open at once to one reserved node.
     max_circuits_per_peer: int = 16
@@ -194,6 +198,19 @@ class Circuit:
     accepted: bool = False
     #: Bytes copied so far, both directions together.
     carried: int = 0
+    #: The I/O side's handle on the circuit, to close it when another takes its place: anything
+    #: with a ``cancel()``.
+    handle: Any = None
+
+
+@dataclass(frozen=True, slots=True)
+class Opened:
+    """A circuit granted: the circuit, the handle of its target's reservation, and the circuit
+    whose place it took (close it), if any."""
+
+    circuit: Circuit
+    handle: Any
+    evicted: Circuit | None = None
 
 
 @dataclass(slots=True)
@@ -214,7 +231,10 @@ class RelayBook:
     _reservations: dict[bytes, _Reservation] = field(default_factory=dict)
     _circuits: dict[bytes, Circuit] = field(default_factory=dict)
     _per_target: Counter[bytes] = field(default_factory=Counter)
-    _per_source: Counter[str] = field(default_factory=Counter)
+    _shares: FairShare[Circuit] = field(init=False)  # the circuits by source group
+
+    def __post_init__(self) -> None:
+        self._shares = FairShare(self.policy.max_circuits, self.policy.max_circuits_per_source)
 
     @property
     def reservations(self) -> int:
@@ -253,11 +273,12 @@ class RelayBook:
         for peer in [p for p, r in self._reservations.items() if r.expires <= now]:
             del self._reservations[peer]
 
-    def open(self, target: bytes, source: str, now: float) -> tuple[Circuit, Any]:
-        """A new circuit from ``source`` to ``target``, and the handle of ``target``'s reservation.
+    def open(self, target: bytes, source: str, now: float) -> Opened:
+        """A new circuit from ``source`` to ``target``; see :class:`Opened`.
 
         :raises RelayRefused: ``no-reservation`` when ``target`` holds none, ``limit`` when a
-            cap on circuits (in all, to the target, from the source's group) is reached.
+            cap on circuits (in all and no group holds more than the source's plus one, to the
+            target, from the source's group) is reached.
         """
         source = group_of(source)
         self.expire(now)
@@ -265,19 +286,23 @@ class RelayBook:
         if held is None:
             raise RelayRefused(NO_RESERVATION, "the peer holds no reservation on this relay")
         policy = self.policy
-        if len(self._circuits) >= policy.max_circuits:
-            raise RelayRefused(LIMIT, f"this relay carries its limit of {policy.max_circuits} circuits")
+        shares = self._shares
         if self._per_target[target] >= policy.max_circuits_per_peer:
             raise RelayRefused(LIMIT, f"the peer has its limit of {policy.max_circuits_per_peer} circuits")
-        if self._per_source[source] >= policy.max_circuits_per_source:
-            raise RelayRefused(
-                LIMIT, f"this source has its limit of {policy.max_circuits_per_source} circuits"
-            )
         circuit = Circuit(target, source, secrets.token_bytes(TOKEN_SIZE), now)
+        taken = shares.take(source, circuit)
+        if taken is None:
+            if shares.held_by(source) >= policy.max_circuits_per_source:
+                raise RelayRefused(
+                    LIMIT, f"this source has its limit of {policy.max_circuits_per_source} circuits"
+                )
+            raise RelayRefused(LIMIT, f"this relay carries its limit of {policy.max_circuits} circuits")
+        evicted = taken.evicted
+        if evicted is not None:
+            self._forget(evicted)
         self._circuits[circuit.token] = circuit
         self._per_target[target] += 1
-        self._per_source[source] += 1
-        return circuit, held.handle
+        return Opened(circuit, held.handle, evicted)
 
     def accept(self, token: bytes) -> Circuit | None:
         """The circuit waiting for ``token`` (each token is taken once), or None."""
@@ -289,9 +314,13 @@ class RelayBook:
 
     def close(self, circuit: Circuit) -> None:
         """Forget a circuit (closed, refused or never accepted)."""
+        if self._shares.give_back(circuit.source, circuit):
+            self._forget(circuit)
+
+    def _forget(self, circuit: Circuit) -> None:
+        # Out of the book (its place in the shares is given back already).
         if self._circuits.pop(circuit.token, None) is circuit:
             _down(self._per_target, circuit.target)
-            _down(self._per_source, circuit.source)
 
     def carry(self, circuit: Circuit, count: int, now: float) -> int:
         """Count ``count`` bytes more on ``circuit``; returns how many more it may carry (below

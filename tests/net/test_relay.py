@@ -73,14 +73,17 @@ class Setup:
 
 @asynccontextmanager
 async def relay_setup(
-    bob: Identity, policy: RelayPolicy | None = None, allowed: Callable[[bytes], bool] = lambda _: True
+    bob: Identity,
+    policy: RelayPolicy | None = None,
+    allowed: Callable[[bytes], bool] = lambda _: True,
+    source: Callable[[str], str] = lambda seen: seen,
 ) -> AsyncIterator[Setup]:
     relay_id = Identity.generate()
     seen = bytearray()
     service = RelayService(policy, allowed=allowed)
     transport = TcpTransport()
     listener = ChannelListener(await transport.listen("127.0.0.1", 0), relay_id)
-    listener.relay = lambda stream, rest, source: service.serve(Tap(stream, seen), rest, source)
+    listener.relay = lambda stream, rest, seen_from: service.serve(Tap(stream, seen), rest, source(seen_from))
     # The target's own listener is never dialled: it only takes the circuits the relay announces.
     target_listener = ChannelListener(await transport.listen("127.0.0.1", 0), bob, nickname="bob")
     setup = Setup(listener.address, service, bob, seen)
@@ -200,8 +203,10 @@ def test_book_limits_and_expiry() -> None:
     book.reserve(a, "to-a", 0.0, allowed=True)
     with pytest.raises(RelayRefused, match="limit of 1 reservations"):
         book.reserve(b, "to-b", 0.0, allowed=True)
-    circuit, handle = book.open(a, "10.0.0.1", 1.0)
-    assert handle == "to-a"
+    opened = book.open(a, "10.0.0.1", 1.0)
+    circuit = opened.circuit
+    assert opened.handle == "to-a"
+    assert opened.evicted is None
     with pytest.raises(RelayRefused, match="the peer has its limit of 1 circuits"):
         book.open(a, "10.0.0.2", 1.0)
     assert book.accept(circuit.token) is circuit
@@ -222,7 +227,7 @@ def test_the_slash_64s_of_one_slash_48_share_one_sources_circuits() -> None:
     book = RelayBook(RelayPolicy(max_circuits_per_source=2))
     a = b"a" * 32
     book.reserve(a, "to-a", 0.0, allowed=True)
-    first = book.open(a, "2001:db8:1:1::/64", 0.0)[0]
+    first = book.open(a, "2001:db8:1:1::/64", 0.0).circuit
     book.open(a, "2001:db8:1:2::/64", 0.0)
     with pytest.raises(RelayRefused, match="this source has its limit of 2 circuits"):
         book.open(a, "2001:db8:1:3::/64", 0.0)  # another /64, the same /48
@@ -230,6 +235,46 @@ def test_the_slash_64s_of_one_slash_48_share_one_sources_circuits() -> None:
     book.open(a, "192.0.2.1", 0.0)
     book.close(first)
     book.open(a, "2001:db8:1:3::/64", 0.0)  # freed
+
+
+def test_a_source_from_a_group_holding_fewer_takes_the_busiest_groups_oldest_circuit() -> None:
+    book = RelayBook(RelayPolicy(max_circuits=4, max_circuits_per_source=4))
+    a, b = b"a" * 32, b"b" * 32
+    book.reserve(a, "to-a", 0.0, allowed=True)
+    book.reserve(b, "to-b", 0.0, allowed=True)
+    busy = [book.open(a, "10.6.6.6", float(n)).circuit for n in range(3)]
+    book.open(b, "10.0.0.1", 3.0)
+    opened = book.open(b, "10.0.0.2", 4.0)  # every circuit taken: 10.6.6.6 holds 3, this source 0
+    assert opened.evicted is busy[0]
+    assert book.circuits == 4
+    assert book.open(b, "10.0.0.3", 5.0).evicted is busy[1]  # 10.6.6.6 held 2: one over
+    with pytest.raises(RelayRefused, match="this relay carries its limit of 4 circuits"):
+        book.open(b, "10.0.0.4", 5.0)  # every source holds one
+    book.close(busy[0])  # closed by its owner after its eviction: nothing more is forgotten
+    assert book.circuits == 4
+    book.close(busy[2])
+    book.open(a, "10.0.0.4", 6.0)  # room again
+    assert book.circuits == 4
+
+
+async def test_a_relay_full_of_one_sources_circuits_closes_its_oldest_for_another_source(
+    alice: Identity, bob: Identity
+) -> None:
+    # Two circuits in all: 192.0.2.6 takes both, then 192.0.2.7 takes the oldest's place.
+    dialling = ["192.0.2.6"]
+    policy = RelayPolicy(max_circuits=2, max_circuits_per_source=2)
+    async with relay_setup(bob, policy, source=lambda seen: dialling[0]) as setup:
+        setup.reserve()
+        first = await relayed(setup, alice)
+        second = await relayed(setup, alice)
+        dialling[0] = "192.0.2.7"
+        async with first, second, await relayed(setup, alice) as third:
+            for channel in (second, third):
+                await channel.send({"t": "hi"})
+                assert await channel.receive() == {"t": "hi"}
+            with anyio.fail_after(5), pytest.raises((anyio.EndOfStream, anyio.BrokenResourceError)):
+                await first.receive()  # its circuit was closed
+            assert setup.service.book.circuits == 2
 
 
 @pytest.mark.parametrize("field_name", ["max_reservations", "max_circuits", "max_bytes"])

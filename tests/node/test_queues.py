@@ -47,11 +47,11 @@ async def test_a_stranger_from_another_address_takes_a_queued_place_of_the_busie
             for n in range(6):
                 tg.start_soon(invite, mallory, f"m{n}")
                 await queued(bob, n + 1)
-            tg.start_soon(invite, carol, "c0")
-            tg.start_soon(invite, dave, "d0")
-            with anyio.fail_after(10):
-                while len(answers) < 2:
-                    await anyio.sleep(0.01)
+            for node, message, displaced in ((carol, "c0", 1), (dave, "d0", 2)):
+                tg.start_soon(invite, node, message)
+                with anyio.fail_after(10):
+                    while len(answers) < displaced:
+                        await anyio.sleep(0.01)
             assert answers == {"m0": DECLINED, "m1": DECLINED}
             # mallory 4, carol 1, dave 1: a seventh of mallory's finds no place
             tg.start_soon(invite, mallory, "m6")
