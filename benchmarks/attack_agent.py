@@ -1,7 +1,8 @@
 """The two processes of ``python -m benchmarks attacks`` besides the benchmark's own.
 
-``target``: a node on 127.0.0.1 that accepts every invitation to the benchmark's application;
-prints ``{"port": PORT, "id": ID}`` and runs until its stdin closes.
+``target``: a node on 127.0.0.1 that accepts every invitation to the benchmark's application at
+once, except those whose message is ``"hold"``, which it leaves unanswered (as a person leaves
+junk); prints ``{"port": PORT, "id": ID}`` and runs until its stdin closes.
 
 ``attack MODE PORT ID``: one attack on that node, until its stdin closes; prints ``{"ready": true}``
 once it is under way. Modes:
@@ -18,6 +19,9 @@ once it is under way. Modes:
 - ``requests``: 32 authenticated peers at one address (127.0.0.2), each a fresh key, each asking
   ``get`` as fast as the node answers (64 requests in flight), and coming back with a new key when
   the node disconnects it.
+- ``held``: invitations the node leaves unanswered, from 4 addresses (127.0.0.11-127.0.0.14), 3
+  ids each, each id keeping 32 waiting (as many as one peer may): 384, every place the node has
+  for strangers' invitations; one refused or displaced is sent again at once.
 
 Every connection goes to 127.0.0.1 only.
 """
@@ -39,7 +43,9 @@ import anyio
 import cbor2
 
 from peerkit import Application, Identity, Invitation, InvitationResponse, Node, PeerId, PeerkitError
+from peerkit.model import EndPoint
 from peerkit.net.channel import SecureChannel
+from peerkit.net.transport import TcpTransport
 from peerkit.testing.memory import memory_stream_pair
 
 APP = Application(id=uuid.UUID("6f1c2a4e-0000-4000-8000-00000000a77a"), description="attacked")
@@ -62,6 +68,8 @@ async def target() -> None:
 
         @node.on_invitation(APP)
         async def accept(invitation: Invitation) -> InvitationResponse:
+            if invitation.message == "hold":
+                await anyio.sleep_forever()  # until it expires, or another's takes its place
             return InvitationResponse.ACCEPTED
 
         emit(port=node.endpoint.port, id=str(node.id))
@@ -194,6 +202,45 @@ async def request_flood(port: int, peers: int = 32) -> None:
         tg.cancel_scope.cancel()
 
 
+class FromHost(TcpTransport):
+    """TCP whose connections are made from ``host`` (a node's own transport leaves that to the
+    system, which dials loopback from 127.0.0.1)."""
+
+    def __init__(self, host: str) -> None:
+        self.host = host
+
+    async def connect(self, host: str, port: int, *, local_host: str) -> anyio.abc.ByteStream:
+        return await anyio.connect_tcp(host, port, local_host=self.host)
+
+
+async def held_invitations(port: int, addresses: int = 4, ids: int = 3, each: int = 32) -> None:
+    async def keep_one(node: Node, peer_id: PeerId) -> None:
+        while True:
+            with contextlib.suppress(PeerkitError):
+                await node.peer(peer_id, EndPoint(HOST, port)).invite(APP, "hold", timeout=300)
+            await anyio.sleep(0.01)  # refused or displaced: again
+
+    async with contextlib.AsyncExitStack() as stack:
+        nodes = []
+        for a in range(addresses):
+            for _ in range(ids):
+                host = f"127.0.0.{11 + a}"
+                node = Node(
+                    nickname="m", identity=Identity.generate(), listen=(host, 0), network=FromHost(host)
+                )
+                nodes.append(await stack.enter_async_context(node))
+        for node in nodes:
+            await node.register_application(APP)
+        hello = await nodes[0].peer_at(HOST, port)
+        async with anyio.create_task_group() as tg:
+            for node in nodes:
+                for _ in range(each):
+                    tg.start_soon(keep_one, node, hello.id)
+            emit(ready=True)
+            await anyio.to_thread.run_sync(sys.stdin.read)  # until the benchmark closes it
+            tg.cancel_scope.cancel()
+
+
 def main() -> None:
     if sys.argv[1] == "target":
         anyio.run(target)
@@ -211,6 +258,8 @@ def main() -> None:
         anyio.run(huge_cbor, port)
     elif mode == "requests":
         anyio.run(request_flood, port)
+    elif mode == "held":
+        anyio.run(held_invitations, port)
     else:
         raise SystemExit(f"unknown mode {mode}")
 

@@ -26,7 +26,7 @@ from peerkit import Identity, InvitationResponse, Node, PeerId, PeerkitError
 from peerkit.model import EndPoint
 
 AGENT = str(Path(__file__).with_name("attack_agent.py"))
-ATTACKS = ("stalled1", "stalled50", "flood", "replay", "cbor", "requests")
+ATTACKS = ("stalled1", "stalled50", "flood", "replay", "cbor", "requests", "held")
 LABELS = {
     "stalled1": "1,000 stalled connections from 1 address",
     "stalled50": "1,000 stalled connections from 50 addresses",
@@ -34,6 +34,7 @@ LABELS = {
     "replay": "a recorded IK message 1 replayed 100 times",
     "cbor": "65,000-item CBOR arrays from an authenticated peer",
     "requests": "requests as fast as answered from 32 ids at one address",
+    "held": "384 invitations left unanswered from 4 addresses",
 }
 SAMPLES = 50
 
