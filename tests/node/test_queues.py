@@ -118,3 +118,17 @@ async def test_closing_the_iterator_declines_what_it_holds_unread_at_once() -> N
                     await anyio.sleep(0.01)
         assert answers == [DECLINED, DECLINED]
         assert not bob._invitations._pending
+
+
+async def test_closing_a_streams_iterator_closes_the_streams_it_holds_unread() -> None:
+    async with nodes(2, nicknames=["bob", "carol"], discovery=False) as (bob, carol):
+        for node in (bob, carol):
+            await node.register_application(CHAT)
+        to_bob = await carol.peer_at(bob.endpoint.host, bob.endpoint.port)
+        async with bob.streams(CHAT):
+            stream = await to_bob.open_stream(CHAT)
+            with anyio.move_on_after(0.2):
+                await stream.receive()  # held unread: nothing comes, and it stays open
+        async with stream:
+            with anyio.fail_after(5), pytest.raises((anyio.EndOfStream, anyio.BrokenResourceError)):
+                await stream.receive()
