@@ -226,13 +226,14 @@ class RelayService:
         #: Counts of what it did.
         self.stats = RelayStats()
 
-    def reserve(self, peer: bytes, announce: Announce) -> int:
-        """Grant or renew ``peer``'s reservation (circuits are announced with ``announce``);
-        returns its lifetime in seconds.
+    def reserve(self, peer: bytes, announce: Announce, source: str = "") -> int:
+        """Grant or renew ``peer``'s reservation (circuits are announced with ``announce``), asked
+        for from ``source``; returns its lifetime in seconds.
 
         :raises RelayRefused: when the peer may not reserve or the relay is full.
         """
-        return self.book.reserve(peer, announce, anyio.current_time(), allowed=self._allowed(peer))
+        now = anyio.current_time()
+        return self.book.reserve(peer, announce, now, allowed=self._allowed(peer), source=source)
 
     def release(self, peer: bytes, announce: Announce | None = None) -> None:
         """End ``peer``'s reservation (the one made with ``announce``, when given)."""

@@ -31,12 +31,13 @@ from peerkit.net.channel import SecureChannel
 from peerkit.net.control import ControlChannel, Reply
 from peerkit.net.punch import ATTEMPT_TIMEOUT, MAX_CANDIDATES, Punch
 from peerkit.net.relay import Announce, RelayService, RelayStats, take_circuit
-from peerkit.net.transport import TcpTransport, Transport, is_public, local_addresses
+from peerkit.net.transport import ON_LINK, TcpTransport, Transport, is_public, local_addresses
 from peerkit.node.connections import Connections, Me
 from peerkit.node.mapping import PortMapping
 from peerkit.node.reachability import Reachability
 from peerkit.peers import Peer
 from peerkit.proto import relay as wire
+from peerkit.proto.admission import source_of
 from peerkit.proto.messages import USE_CONTROL, USE_STREAM
 from peerkit.proto.relay import RelayPolicy, RelayRefused
 from peerkit.proto.requests import (
@@ -280,14 +281,15 @@ class Reaching:
         announce = self._announces.get(control)
         if announce is None:
             announce = self._announces[control] = _announcer(control)
+        address = control.channel.peer.address
+        source = "" if address is None else source_of(address, ON_LINK)
         try:
-            ttl = self.service.reserve(control.peer_id.key, announce)
+            ttl = self.service.reserve(control.peer_id.key, announce, source)
         except RelayRefused as exc:
             self._announces.pop(control, None)
             code = ErrorCode.LIMIT if exc.code == wire.LIMIT else ErrorCode.NOT_ALLOWED
             return error_reply(code, exc.text)
         reply: dict[str, Any] = {"t": "reserve_reply", "ttl": ttl}
-        address = control.channel.peer.address
         if address is not None:
             reply["seen"] = [address[0], address[1]]  # behind a NAT: the router's public address
         return reply

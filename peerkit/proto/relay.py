@@ -72,7 +72,9 @@ class RelayPolicy:
     """
 
     open: bool = False
-    #: Reservations held at once.
+    #: Reservations held at once. On an open relay, strangers' are shared fairly by source group
+    #: (when every one is taken, a stranger whose group holds fewer than the busiest group by more
+    #: than one takes the place of that group's oldest), and a contact takes a stranger's place.
     max_reservations: int = 128
     #: Circuits open at once, in all, shared fairly by source group: when every one is taken, a
     #: group that holds fewer than the busiest group by more than one takes the place of that
@@ -218,6 +220,8 @@ class _Reservation:
     expires: float
     #: Whatever the I/O side keeps to reach the reserved node (its control channel).
     handle: Any
+    #: A stranger's source group (None: a contact's).
+    group: str | None = None
 
 
 @dataclass(slots=True)
@@ -229,12 +233,14 @@ class RelayBook:
 
     policy: RelayPolicy = field(default_factory=RelayPolicy)
     _reservations: dict[bytes, _Reservation] = field(default_factory=dict)
+    _strangers: FairShare[bytes] = field(init=False)  # strangers' reservations by source group
     _circuits: dict[bytes, Circuit] = field(default_factory=dict)
     _per_target: Counter[bytes] = field(default_factory=Counter)
     _shares: FairShare[Circuit] = field(init=False)  # the circuits by source group
 
     def __post_init__(self) -> None:
         self._shares = FairShare(self.policy.max_circuits, self.policy.max_circuits_per_source)
+        self._strangers = FairShare(self.policy.max_reservations)
 
     @property
     def reservations(self) -> int:
@@ -246,32 +252,56 @@ class RelayBook:
         """Circuits open (or waiting for their accept) now."""
         return len(self._circuits)
 
-    def reserve(self, peer: bytes, handle: Any, now: float, *, allowed: bool) -> int:
+    def reserve(self, peer: bytes, handle: Any, now: float, *, allowed: bool, source: str = "") -> int:
         """Grant (or renew) ``peer``'s reservation, reached through ``handle``; returns its TTL.
+        ``allowed``: whether the peer is a contact; ``source``: where a stranger's request came
+        from (an address, or a source of :func:`~peerkit.proto.admission.source_of`).
 
         :raises RelayRefused: ``not-allowed`` for a stranger of a closed relay, ``limit`` when
-            the relay holds as many reservations as it may.
+            the relay holds as many reservations as it may and none can give way (see
+            :attr:`RelayPolicy.max_reservations`).
         """
         self.expire(now)
         if not (allowed or self.policy.open):
             raise RelayRefused("not-allowed", "this relay keeps reservations for its contacts only")
-        if peer not in self._reservations and len(self._reservations) >= self.policy.max_reservations:
-            raise RelayRefused(
-                LIMIT, f"this relay holds its limit of {self.policy.max_reservations} reservations"
-            )
-        self._reservations[peer] = _Reservation(now + RESERVATION_TTL, handle)
+        held = self._reservations.get(peer)
+        if held is not None:
+            held.expires, held.handle = now + RESERVATION_TTL, handle
+            return RESERVATION_TTL
+        full = len(self._reservations) >= self.policy.max_reservations
+        group = None if allowed else group_of(source)
+        if group is None:
+            evicted = self._strangers.evict() if full else None
+            if full and evicted is None:
+                raise RelayRefused(LIMIT, self._full())
+        else:
+            taken = self._strangers.take(group, peer, full=full)
+            if taken is None:
+                raise RelayRefused(LIMIT, self._full())
+            evicted = taken.evicted
+        if evicted is not None:
+            del self._reservations[evicted]  # its place is given already
+        self._reservations[peer] = _Reservation(now + RESERVATION_TTL, handle, group)
         return RESERVATION_TTL
+
+    def _full(self) -> str:
+        return f"this relay holds its limit of {self.policy.max_reservations} reservations"
 
     def release(self, peer: bytes, handle: Any | None = None) -> None:
         """End ``peer``'s reservation (only the one made through ``handle``, when given)."""
         held = self._reservations.get(peer)
         if held is not None and (handle is None or held.handle is handle):
-            del self._reservations[peer]
+            self._end(peer, held)
 
     def expire(self, now: float) -> None:
         """Drop reservations not renewed in time."""
-        for peer in [p for p, r in self._reservations.items() if r.expires <= now]:
-            del self._reservations[peer]
+        for peer, held in [(p, r) for p, r in self._reservations.items() if r.expires <= now]:
+            self._end(peer, held)
+
+    def _end(self, peer: bytes, held: _Reservation) -> None:
+        del self._reservations[peer]
+        if held.group is not None:
+            self._strangers.give_back(held.group, peer)
 
     def open(self, target: bytes, source: str, now: float) -> Opened:
         """A new circuit from ``source`` to ``target``; see :class:`Opened`.

@@ -74,6 +74,16 @@ class FairShare(Generic[T]):
         self._held += 1
         return Taken(evicted)
 
+    def evict(self) -> T | None:
+        """The busiest group's oldest item, out of its place (for a newcomer that outranks every
+        group, such as a contact's); None when no item is held."""
+        if not self._groups:
+            return None
+        busiest, items = max(self._groups.items(), key=lambda entry: len(entry[1]))
+        evicted = next(iter(items))
+        self._remove(busiest, evicted)
+        return evicted
+
     def give_back(self, group: str, item: T) -> bool:
         """``item`` leaves its place; False when it held none (given back already, or evicted)."""
         items = self._groups.get(group)

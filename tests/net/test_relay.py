@@ -237,6 +237,40 @@ def test_the_slash_64s_of_one_slash_48_share_one_sources_circuits() -> None:
     book.open(a, "2001:db8:1:3::/64", 0.0)  # freed
 
 
+def test_an_open_relays_reservations_are_shared_by_source_group_and_contacts_come_first() -> None:
+    book = RelayBook(RelayPolicy(open=True, max_reservations=4))
+    busy = [bytes([n]) * 32 for n in range(4)]
+    for n, peer in enumerate(busy):
+        book.reserve(peer, f"to-{n}", float(n), allowed=False, source="10.6.6.6")
+    assert book.reserve(busy[0], "again", 4.0, allowed=False, source="10.6.6.6") == wire.RESERVATION_TTL
+    newcomer = b"n" * 32
+    book.reserve(newcomer, "to-n", 5.0, allowed=False, source="2001:db8:1:2::/64")
+    with pytest.raises(RelayRefused, match="no reservation"):
+        book.open(busy[0], "10.0.0.1", 5.0)  # the oldest (renewed or not) gave its place
+    book.open(busy[1], "10.0.0.1", 5.0)
+    book.reserve(b"m" * 32, "to-m", 6.0, allowed=False, source="2001:db8:1:3::/64")  # the same /48
+    with pytest.raises(RelayRefused, match="limit of 4 reservations"):
+        book.reserve(b"o" * 32, "to-o", 6.0, allowed=False, source="2001:db8:1:4::/64")
+    friend = b"f" * 32
+    book.reserve(friend, "to-f", 7.0, allowed=True)  # a contact takes a stranger's place
+    assert book.reservations == 4
+    book.open(friend, "10.0.0.1", 7.0)
+    book.release(friend)
+    book.reserve(b"o" * 32, "to-o", 8.0, allowed=False, source="10.0.0.9")  # room again
+    assert book.reservations == 4
+    book.expire(8.0 + wire.RESERVATION_TTL)
+    assert book.reservations == 0
+    for n in range(4):  # every place given back
+        book.reserve(bytes([n + 10]) * 32, "x", 9.0 + wire.RESERVATION_TTL, allowed=False, source="10.6.6.6")
+
+
+def test_a_full_relay_of_contacts_refuses_a_contact() -> None:
+    book = RelayBook(RelayPolicy(max_reservations=1))
+    book.reserve(b"a" * 32, "to-a", 0.0, allowed=True)
+    with pytest.raises(RelayRefused, match="limit of 1 reservations"):
+        book.reserve(b"b" * 32, "to-b", 0.0, allowed=True)
+
+
 def test_a_source_from_a_group_holding_fewer_takes_the_busiest_groups_oldest_circuit() -> None:
     book = RelayBook(RelayPolicy(max_circuits=4, max_circuits_per_source=4))
     a, b = b"a" * 32, b"b" * 32

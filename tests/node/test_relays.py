@@ -436,3 +436,26 @@ async def test_contacts_are_not_asked_whether_they_relay_once_enough_are_kept(
             await anyio.sleep(1.5 * AUTO_GAP)
             assert carol.id not in bob._reaching._asked  # one relay is kept: no one else is asked
             assert relay.id in bob._reaching._asked
+
+
+async def test_an_open_relay_full_of_one_addresss_reservations_gives_one_to_another_address() -> None:
+    net = MemoryNetwork()
+    relay = Node(
+        nickname="relay",
+        identity=Identity.generate(),
+        network=net,
+        listen=(RELAY_HOST, 7000),
+        relay=RelayPolicy(open=True, max_reservations=2),
+    )
+    async with relay, contextlib.AsyncExitStack() as stack:
+        through = EndPoint(RELAY_HOST, 7000, relay=relay.id)
+
+        async def reserving(host: str, port: int) -> Node:
+            node = Node(identity=Identity.generate(), network=net, listen=(host, port), relays=[through])
+            return await stack.enter_async_context(node)
+
+        same = [await reserving("10.6.6.6", 7000 + n) for n in range(2)]
+        await eventually(lambda: all(node.reach().reservations for node in same))
+        carol = await reserving("10.7.7.7", 7000)
+        await eventually(lambda: carol.reach().reservations)
+        assert relay.reach().reserved_here == 2

@@ -95,6 +95,16 @@ def test_a_group_that_comes_back_waits_for_its_turn_behind_the_others() -> None:
     assert [share.pop() for _ in range(4)] == [b[0], a[1], c, b[1]]
 
 
+def test_evict_takes_the_busiest_groups_oldest_whatever_the_newcomer() -> None:
+    share: FairShare[Item] = FairShare(10)
+    assert share.evict() is None
+    fill(share, "a", 1)
+    b = fill(share, "b", 2)
+    assert share.evict() is b[0]
+    assert share.held_by("b") == 1
+    assert len(share) == 2
+
+
 def test_places_must_be_positive() -> None:
     with pytest.raises(ValueError, match="places must be at least 1"):
         FairShare(0)
