@@ -4,10 +4,19 @@ Bucket ``i`` holds nodes whose distance from this node's id has ``i`` as the ind
 set bit (0-159), so nearer buckets cover fewer ids, as Kademlia's splitting tree does. A full
 bucket keeps its nodes while they answer: a newcomer waits in the bucket's small replacement
 list and takes the place of a node that failed :data:`MAX_FAILURES` queries in a row.
+
+Ids cost nothing, so one host could otherwise fill the buckets near this node's id with ids of its
+choosing and see (or drop) every lookup that passes through them. As other DHT implementations
+do, an address holds at most one place in the table, and two nodes of one bucket are never of one
+network (an IPv4 /24, an IPv6 /64) when their addresses are public ones. Loopback addresses are
+exempt (a testnet on one machine), and private ones from the second rule (a LAN's hosts share
+a /24).
 """
 
 from __future__ import annotations
 
+import functools
+import ipaddress
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Final
@@ -34,6 +43,24 @@ class _Entry:
     node: Node
     seen: float
     failures: int = 0
+    #: The network a public address is in, that no other node of its bucket may share.
+    network: str | None = None
+
+
+@functools.lru_cache(maxsize=4096)
+def _place(host: str) -> tuple[bool, str | None]:
+    # Whether ``host`` holds a place of its own in the table (not loopback), and the network no
+    # two nodes of a bucket may share (a public IPv4 address's /24, a public IPv6 address's /64).
+    try:
+        address = ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        return True, None  # (a name: in-memory tests)
+    if address.is_loopback:
+        return False, None
+    if not address.is_global:
+        return True, None
+    prefix = 24 if address.version == 4 else 64
+    return True, str(ipaddress.ip_network((address, prefix), strict=False))
 
 
 class RoutingTable:
@@ -47,6 +74,7 @@ class RoutingTable:
         # a dozen or two of the 160.
         self._buckets: dict[int, OrderedDict[bytes, _Entry]] = {}
         self._waiting: dict[int, OrderedDict[bytes, Node]] = {}
+        self._hosts: dict[str, bytes] = {}  # the node id at each address that holds a place
 
     def __len__(self) -> int:
         return sum(len(bucket) for bucket in self._buckets.values())
@@ -71,7 +99,7 @@ class RoutingTable:
             bucket.move_to_end(node.id)
             return
         if len(bucket) < K:
-            bucket[node.id] = _Entry(node, now)
+            self._add(bucket, node, now)
             return
         waiting = self._waiting.setdefault(index, OrderedDict())
         waiting[node.id] = node
@@ -93,11 +121,30 @@ class RoutingTable:
             return
         entry.failures += 1
         if entry.failures >= MAX_FAILURES:
-            del bucket[node.id]
+            self._remove(bucket, entry)
             waiting = self._waiting.get(index)
-            if waiting:
-                _, newcomer = waiting.popitem()
-                bucket[newcomer.id] = _Entry(newcomer, 0.0)
+            while waiting and not self._add(bucket, waiting.popitem()[1], 0.0):
+                pass  # (one that may not take a place now is forgotten)
+
+    def _add(self, bucket: OrderedDict[bytes, _Entry], node: Node, now: float) -> bool:
+        # A place for ``node`` in ``bucket``, unless its address holds one already or a node of
+        # the bucket is of its network (see the module docstring).
+        host = node.address[0]
+        own, network = _place(host)
+        if own and host in self._hosts:
+            return False
+        if network is not None and any(e.network == network for e in bucket.values()):
+            return False
+        bucket[node.id] = _Entry(node, now, network=network)
+        if own:
+            self._hosts[host] = node.id
+        return True
+
+    def _remove(self, bucket: OrderedDict[bytes, _Entry], entry: _Entry) -> None:
+        del bucket[entry.node.id]
+        host = entry.node.address[0]
+        if self._hosts.get(host) == entry.node.id:
+            del self._hosts[host]
 
     def closest(self, target: bytes, count: int = K) -> list[Node]:
         """The ``count`` known nodes nearest ``target``."""

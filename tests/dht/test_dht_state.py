@@ -30,7 +30,7 @@ def node(n: int, prefix: bytes = b"") -> Node:
 
 def test_buckets_hold_k_and_a_failed_node_gives_way_to_a_waiting_one() -> None:
     table = RoutingTable(OWN)
-    far = [Node(bytes([0x80 | i]) + bytes(19), ("10.0.0.1", 1000 + i)) for i in range(K + 2)]
+    far = [Node(bytes([0x80 | i]) + bytes(19), (f"10.0.0.{i + 1}", 1000)) for i in range(K + 2)]
     for n in far:
         table.seen(n, 1.0)
     assert len(table) == K  # one bucket (the far half of the id space) holds K
@@ -39,6 +39,44 @@ def test_buckets_hold_k_and_a_failed_node_gives_way_to_a_waiting_one() -> None:
     assert far[0] not in table.nodes()
     assert far[K + 1] in table.nodes()  # the newest waiting node took its place
     assert len(table) == K
+
+
+def test_an_address_holds_one_place_whatever_ids_it_shows() -> None:
+    table = RoutingTable(OWN)
+    sybils = [Node(os.urandom(20), ("10.6.6.6", 6881 + n)) for n in range(40)]
+    for sybil in sybils:
+        table.seen(sybil, 1.0)
+    assert len(table) == 1
+    table.seen(node(1), 1.0)  # another address is not kept out
+    assert len(table) == 2
+    assert sybils[0] in table.nodes()  # the first came first
+    for _ in range(MAX_FAILURES):
+        table.failed(sybils[0])
+    table.seen(sybils[-1], 2.0)  # the address's place is free again
+    assert sybils[0] not in table.nodes()
+    assert sybils[-1] in table.nodes()
+
+
+def test_a_bucket_holds_one_node_of_a_public_network_and_loopback_is_exempt() -> None:
+    table = RoutingTable(OWN)
+    far = [bytes([0x80 | i]) + bytes(19) for i in range(6)]  # all in the far bucket
+    table.seen(Node(far[0], ("93.184.216.1", 6881)), 1.0)
+    table.seen(Node(far[1], ("93.184.216.2", 6881)), 1.0)  # the same /24: not in this bucket
+    table.seen(Node(bytes([0x40]) + bytes(19), ("93.184.216.3", 6881)), 1.0)  # another bucket
+    table.seen(Node(far[2], ("2001:4860:1:1::1", 6881)), 1.0)
+    table.seen(Node(far[3], ("2001:4860:1:1::2", 6881)), 1.0)  # the same /64
+    table.seen(Node(far[4], ("2001:4860:1:2::1", 6881)), 1.0)  # another /64
+    assert sorted(n.address[0] for n in table.nodes()) == [
+        "2001:4860:1:1::1",
+        "2001:4860:1:2::1",
+        "93.184.216.1",
+        "93.184.216.3",
+    ]
+    local = RoutingTable(OWN)
+    for n in range(K):  # a testnet on one machine; a LAN's hosts in one /24
+        local.seen(Node(bytes([0x80 | n]) + bytes(19), ("127.0.0.1", 7000 + n)), 1.0)
+        local.seen(Node(bytes([0x40 | n]) + bytes(19), (f"192.168.1.{n + 1}", 6881)), 1.0)
+    assert len(local) == 2 * K
 
 
 def test_closest_orders_by_xor_distance_and_ignores_our_own_id() -> None:

@@ -282,3 +282,17 @@ async def put_each(address: tuple[str, int], ends: list[Any], puts: list[Mutable
         with anyio.fail_after(5):
             stored = parse((await end.receive())[0])
         assert isinstance(stored, Response), stored
+
+
+async def test_one_address_that_queries_under_many_ids_holds_one_place_in_the_table() -> None:
+    async with memory_testnet(3) as testnet:
+        target = testnet.nodes[0]
+        end = testnet.network.bind("10.66.6.6")
+        async with contextlib.AsyncExitStack() as closing:
+            closing.push_async_callback(end.aclose)
+            for n in range(30):  # (within the budget of answers: a second's worth and more)
+                ping = Query(bytes([n, 0]), b"ping", {b"id": random.randbytes(20)})
+                await end.send(ping.encode(), target.address)
+                with anyio.fail_after(5):
+                    await end.receive()
+        assert [node.address[0] for node in target.table.nodes()].count("10.66.6.6") == 1
