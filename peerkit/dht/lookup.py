@@ -9,7 +9,10 @@ Kademlia's lookup with three refinements for a network of strangers and dead nod
 - the lookup is done when the ``width`` nearest nodes heard of have each answered, failed or stayed
   silent past the soft timeout;
 - a node is asked at most once, and only nodes that answered count among the nearest (with the
-  write tokens they gave, for a put).
+  write tokens they gave, for a put);
+- one node per network is a candidate (:func:`~peerkit.dht.routing.network_of`: a public /24 or
+  /64, a private address): ids cost nothing, and an answer may name dozens of made-up nodes near
+  the target at its own address. A network's first candidate keeps its place until it fails.
 
 The owner sends what :meth:`Lookup.due` returns, reports each answer (:meth:`answered`) or
 failure (:meth:`failed`), and stops when :meth:`done` (or at its own hard timeout).
@@ -21,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Final
 
 from peerkit.dht.krpc import Node, Response
-from peerkit.dht.routing import distance
+from peerkit.dht.routing import distance, network_of
 
 __all__ = ("ALPHA", "MIN_SOFT_TIMEOUT", "SOFT_TIMEOUT", "Lookup", "RoundTrips")
 
@@ -76,12 +79,19 @@ class Lookup:
     #: Most candidates remembered (the farthest are forgotten).
     max_candidates: int = 256
     _candidates: dict[bytes, _Candidate] = field(default_factory=dict)
+    _networks: dict[str, bytes] = field(default_factory=dict)  # each network's candidate
 
     def add(self, nodes: list[Node]) -> None:
         """Nodes heard of (from the routing table, or named in an answer)."""
         for node in nodes:
-            if node.id not in self._candidates:
-                self._candidates[node.id] = _Candidate(node, distance(node.id, self.target))
+            if node.id in self._candidates:
+                continue
+            network = network_of(node.address)
+            holder = self._candidates.get(self._networks.get(network, b""))
+            if holder is not None and not holder.failed:
+                continue  # its network has a candidate
+            self._candidates[node.id] = _Candidate(node, distance(node.id, self.target))
+            self._networks[network] = node.id
         if len(self._candidates) > self.max_candidates:
             keep = sorted(self._candidates.values(), key=lambda c: (c.asked_at is None, c.distance))
             self._candidates = {c.node.id: c for c in keep[: self.max_candidates]}

@@ -23,7 +23,7 @@ from typing import Final
 
 from peerkit.dht.krpc import ID_SIZE, Address, Node
 
-__all__ = ("MAX_FAILURES", "K", "RoutingTable", "distance")
+__all__ = ("MAX_FAILURES", "K", "RoutingTable", "distance", "network_of")
 
 #: Nodes per bucket.
 K: Final = 8
@@ -61,6 +61,16 @@ def _place(host: str) -> tuple[bool, str | None]:
         return True, None
     prefix = 24 if address.version == 4 else 64
     return True, str(ipaddress.ip_network((address, prefix), strict=False))
+
+
+def network_of(address: Address) -> str:
+    """Which network ``address`` counts as, where one node per network is believed (a lookup's
+    candidates): a public IPv4 address's /24, a public IPv6 address's /64, any other address
+    itself, and on loopback each port (a testnet on one machine)."""
+    own, network = _place(address[0])
+    if not own:
+        return f"{address[0]}:{address[1]}"
+    return address[0] if network is None else network
 
 
 class RoutingTable:

@@ -287,6 +287,33 @@ def test_a_lookup_converges_on_the_nearest_nodes_and_dead_ones_do_not_hold_it(se
     assert len(set(found) & set(live_nearest)) >= 5
 
 
+def test_made_up_nodes_at_one_address_take_one_place_among_a_lookups_candidates() -> None:
+    # One answer names 40 made-up ids nearer the target than anything, all at the answerer's own
+    # address (40 ports): one of them becomes a candidate, and the real nodes are still asked.
+    world, tables = kademlia_world(200)
+    target = hashlib.sha1(b"eclipse").digest()
+    liar = Node(bytes(20), ("10.66.6.6", 6881))
+    near = [Node(target[:-1] + bytes([n]), ("10.66.6.6", 7000 + n)) for n in range(40)]
+    near += [Node(target[:-2] + bytes([1, n]), (f"93.184.216.{n + 1}", 6881)) for n in range(40)]
+    lookup = Lookup(target, width=8)
+    lookup.add([liar])
+    for asked in lookup.due(0.0):
+        lookup.answered(asked, Response(b"t", {b"id": liar.id, b"nodes": compact_nodes(near, ipv6=False)}))
+    lookup.add(tables[world[1]][:8])
+    addresses = [c.node.address[0] for c in lookup._candidates.values()]
+    assert addresses.count("10.66.6.6") == 1  # the liar itself (the first of its address)
+    assert sum(a.startswith("93.184.216.") for a in addresses) == 1  # one of the public /24
+    assert len(lookup._candidates) == 2 + 8
+    # A candidate that fails gives its network's place to the next one named.
+    (public,) = [c.node for c in lookup._candidates.values() if c.node.address[0].startswith("93.")]
+    lookup.failed(public)
+    lookup.add(near[40:])
+    assert sum(c.node.address[0].startswith("93.184.216.") for c in lookup._candidates.values()) == 2
+    loopback = Lookup(target)
+    loopback.add([Node(bytes([n]) * 20, ("127.0.0.1", 7000 + n)) for n in range(5)])
+    assert len(loopback._candidates) == 5  # a testnet on one machine: each port
+
+
 def test_the_item_value_is_returned_decoded() -> None:
     alice = Identity.generate()
     stored = item(alice, b"v", 1)
