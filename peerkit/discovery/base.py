@@ -26,6 +26,8 @@ from peerkit.errors import InvalidRecord
 from peerkit.identity import PeerId
 from peerkit.model import MAX_HOW, MAX_TEXT, ChangeType, EndPoint, Scope
 from peerkit.proto import records
+from peerkit.proto.admission import group_of, source_of
+from peerkit.proto.shares import FairShare
 
 __all__ = (
     "MAX_ADDRESSES",
@@ -120,10 +122,13 @@ class DiscoverySink(Protocol):
         source: str,
         endpoints: Sequence[EndPoint] = (),
         claimed_id: PeerId | bytes | None = None,
+        origin: str | None = None,
     ) -> NearbyRecord | None:
         """A record was heard (new or refreshed). Returns what the directory now believes of that
         peer, or None when the record was not believed (it is then counted). ``claimed_id`` is the
-        id the medium said the record is of (an mDNS TXT ``id``): a record of another id is refused."""
+        id the medium said the record is of (an mDNS TXT ``id``): a record of another id is refused.
+        ``origin`` is the address the record came from, when the medium tells it (an mDNS
+        packet's source): a full directory shares strangers' places fairly by its group."""
 
     def lost(self, peer_id: PeerId, *, source: str) -> None:
         """``source`` no longer sees ``peer_id`` (goodbye, expiry, unreachable)."""
@@ -289,6 +294,8 @@ class _Entry:
     sources: dict[str, tuple[EndPoint, ...]]
     #: The endpoints the record signs.
     signed: tuple[EndPoint, ...]
+    #: The group of the origin a stranger's record first came from (None: a contact's).
+    group: str | None = None
 
 
 class Directory:
@@ -299,8 +306,11 @@ class Directory:
     :param fetch_record: what :meth:`fetch_record` does (the node dials); providers that do not need
         it may be tested without it.
     :param capacity: the most peers held at once; records of further peers are dropped and counted,
-        but a contact's record takes the place of the stranger found last (strangers never take
-        a contact's place, and their records never make a contact's replays pass again).
+        but a contact's record takes a stranger's place (strangers never take a contact's place, and
+        their records never make a contact's replays pass again), and so does a stranger's whose
+        origin group (see :meth:`found`) holds fewer places than the busiest group by more than
+        one: that group's stranger found last gives way. Under a flood of new ids from one origin,
+        the peers that were there before it are kept, and newcomers from elsewhere are still shown.
     :param is_contact: whether a peer is one of the node's contacts (None: none is).
     """
 
@@ -332,6 +342,8 @@ class Directory:
         self._fetch = fetch_record
         self._capacity = capacity
         self._entries: dict[PeerId, _Entry] = {}
+        # strangers' places, by origin group; a flood's newest give way
+        self._strangers: FairShare[PeerId] = FairShare(capacity, newest_first=True)
         # Remembers freshness of ids seen, longer than entries live, so a replay after a goodbye
         # is still refused; bounded.
         self._seqs = records.SeqTracker(capacity * 4)
@@ -374,6 +386,7 @@ class Directory:
         source: str,
         endpoints: Sequence[EndPoint] = (),
         claimed_id: PeerId | bytes | None = None,
+        origin: str | None = None,
     ) -> NearbyRecord | None:
         """See :meth:`DiscoverySink.found`."""
         # Signatures cost the most here (about 0.1 ms each), and records are heard again and again
@@ -397,11 +410,13 @@ class Directory:
                 source,
                 endpoints,
             )
+        group = f"via {source}" if origin is None else group_of(source_of(origin))
         if (
             claimed is not None
             and known is None
             and len(self._entries) >= self._capacity
             and not (self._is_contact is not None and self._is_contact(claimed))
+            and not self._strangers.room_for(group, full=True)
         ):
             self.stats.full += 1
             return None
@@ -427,15 +442,17 @@ class Directory:
             self.stats.stale += 1
             return None
         contact = self._is_contact is not None and self._is_contact(peer_id)
-        if entry is None and len(self._entries) >= self._capacity and not (contact and self._make_room()):
+        placed = None if contact else group
+        if entry is None and not self._room(peer_id, placed):
             self.stats.full += 1
             return None
         if last is None or record.seq > last:
             self._seqs.accept(record, kept=contact)
         self.stats.accepted += 1
         applications = record_applications(record)
+        seq = record.seq
         return self._take(
-            peer_id, entry, envelope, nickname, name, signed, record.seq, applications, source, endpoints
+            peer_id, entry, envelope, nickname, name, signed, seq, applications, source, endpoints, placed
         )
 
     @staticmethod
@@ -458,8 +475,10 @@ class Directory:
         applications: frozenset[uuid.UUID],
         source: str,
         endpoints: Sequence[EndPoint],
+        group: str | None = None,
     ) -> NearbyRecord:
-        # Believe a record (verified, fresh, with room for it) as ``source`` heard it.
+        # Believe a record (verified, fresh, with room for it) as ``source`` heard it; a new
+        # stranger's took a place of ``group``.
         sources = dict(entry.sources) if entry is not None else {}
         sources[source] = tuple(EndPoint(e.host, e.port, name) for e in endpoints)
         believed = NearbyRecord(
@@ -474,7 +493,7 @@ class Directory:
             applications=applications,
         )
         if entry is None:
-            self._entries[peer_id] = _Entry(believed, sources, signed)
+            self._entries[peer_id] = _Entry(believed, sources, signed, group)
             self._on_change(ChangeType.ADDED, believed)
         else:
             previous = entry.record
@@ -483,17 +502,24 @@ class Directory:
                 self._on_change(ChangeType.UPDATED, believed)
         return believed
 
-    def _make_room(self) -> bool:
-        # Drop the stranger found last, for a contact's record; whether there was one. (The last:
-        # under a flood of new ids, the peers that were there before it are kept.)
-        assert self._is_contact is not None
-        for peer_id, entry in reversed(self._entries.items()):
-            if not self._is_contact(peer_id):
-                del self._entries[peer_id]
-                self.stats.full += 1
-                self._on_change(ChangeType.DELETED, entry.record)
-                return True
-        return False
+    def _room(self, peer_id: PeerId, group: str | None) -> bool:
+        # A place for a new peer: a contact's (``group`` None) or a stranger's of ``group``; a
+        # stranger may give way (see the class docstring). Whether there is one.
+        full = len(self._entries) >= self._capacity
+        if group is None:
+            evicted = self._strangers.evict() if full else None
+            if full and evicted is None:
+                return False
+        else:
+            taken = self._strangers.take(group, peer_id, full=full)
+            if taken is None:
+                return False
+            evicted = taken.evicted
+        if evicted is not None:
+            gone = self._entries.pop(evicted)
+            self.stats.full += 1
+            self._on_change(ChangeType.DELETED, gone.record)
+        return True
 
     def lost(self, peer_id: PeerId, *, source: str) -> None:
         """See :meth:`DiscoverySink.lost`."""
@@ -503,6 +529,8 @@ class Directory:
         del entry.sources[source]
         if not entry.sources:
             del self._entries[peer_id]
+            if entry.group is not None:
+                self._strangers.give_back(entry.group, peer_id)
             self._on_change(ChangeType.DELETED, entry.record)
             return
         old = entry.record

@@ -65,11 +65,13 @@ class _ThreadSink:
         source: str,
         endpoints: Sequence[EndPoint] = (),
         claimed_id: PeerId | bytes | None = None,
+        origin: str | None = None,
     ) -> NearbyRecord | None:
         import trio
 
+        found = self._sink.found
         call = functools.partial(
-            self._sink.found, envelope, source=source, endpoints=endpoints, claimed_id=claimed_id
+            found, envelope, source=source, endpoints=endpoints, claimed_id=claimed_id, origin=origin
         )
         return trio.from_thread.run_sync(call, trio_token=self._token)
 

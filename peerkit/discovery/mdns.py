@@ -120,7 +120,7 @@ class _ProbeTap(asyncio.DatagramProtocol):
             response = data[2] & 0x80
             if (response and (data[6] or data[7])) or (not response and (data[8] or data[9])):
                 try:
-                    self.on_packet(data)
+                    self.on_packet(data, addr[0] if isinstance(addr, tuple) and addr else None)
                 except Exception as exc:  # nothing a stranger sends may stop zeroconf's own handling
                     log.debug("ignoring an mDNS packet: %r", exc)
         self.inner.datagram_received(data, addr)
@@ -442,11 +442,14 @@ class _Session:
             return
         self._believe(name, carried, self.provider.ttl)
 
-    def _believe(self, name: str, carried: tuple[bytes, bytes], ttl: float) -> None:
+    def _believe(
+        self, name: str, carried: tuple[bytes, bytes], ttl: float, origin: str | None = None
+    ) -> None:
         # The A/AAAA records are not signed and say nothing the record does not: only the record's
-        # addresses are used (so that a removed address goes with the record that drops it).
+        # addresses are used (so that a removed address goes with the record that drops it). The
+        # packet's ``origin`` (when the tap heard it) shares a full directory's places fairly.
         claimed, envelope = carried
-        record = self.sink.found(envelope, source="mdns", claimed_id=claimed)
+        record = self.sink.found(envelope, source="mdns", claimed_id=claimed, origin=origin)
         if record is not None:
             self._saw(name, record.id, ttl)
 
@@ -463,7 +466,7 @@ class _Session:
             if not isinstance(protocol, _ProbeTap):
                 transport.set_protocol(_ProbeTap(protocol, self.on_packet))
 
-    def on_packet(self, data: bytes) -> None:
+    def on_packet(self, data: bytes, origin: str | None = None) -> None:
         # Every TXT record of a peerkit instance, in probes and in responses alike: zeroconf's
         # cache keeps one TXT per name (the latest host's), but each id under a name is followed.
         message = DNSIncoming(data)
@@ -478,12 +481,12 @@ class _Session:
                 continue
             if probe:
                 if name not in self.names:  # heard before it announces: followed for a grace
-                    self._believe(name, carried, _PROBE_GRACE)
+                    self._believe(name, carried, _PROBE_GRACE, origin)
             elif record.ttl == 0:
                 self._goodbye(name, carried)
             elif self.goodbyes.get((name, carried[1]), 0.0) < current_time_millis():
                 # (an answer sent just before the goodbye may arrive after it: not believed)
-                self._believe(name, carried, record.ttl)
+                self._believe(name, carried, record.ttl, origin)
 
     def _goodbye(self, name: str, carried: tuple[bytes, bytes]) -> None:
         # A goodbye names the id in its TXT: only that id leaves the name (a stranger's goodbye

@@ -33,14 +33,17 @@ class Taken(Generic[T]):
 class FairShare(Generic[T]):
     """At most ``places`` items, and at most ``per_group`` of one group; see the module docstring.
 
-    Items are hashed by identity or value: the same item may be held once only.
+    Items are hashed by identity or value: the same item may be held once only. With
+    ``newest_first``, the busiest group gives up its newest item rather than its oldest (where
+    the items that were there before a flood are the ones to keep).
     """
 
-    def __init__(self, places: int, per_group: int | None = None) -> None:
+    def __init__(self, places: int, per_group: int | None = None, *, newest_first: bool = False) -> None:
         if places < 1:
             raise ValueError(f"places must be at least 1, not {places}")
         self.places = places
         self.per_group = places if per_group is None else per_group
+        self.newest_first = newest_first
         # Each group's items, oldest first; the groups in the order pop serves them.
         self._groups: dict[str, dict[T, None]] = {}
         self._held = 0
@@ -52,6 +55,15 @@ class FairShare(Generic[T]):
         """Places ``group`` holds."""
         items = self._groups.get(group)
         return 0 if items is None else len(items)
+
+    def room_for(self, group: str, *, full: bool = False) -> bool:
+        """Whether :meth:`take` would give ``group`` a place now (and change nothing)."""
+        mine = self.held_by(group)
+        if mine >= self.per_group:
+            return False
+        if not full and self._held < self.places:
+            return True
+        return max(map(len, self._groups.values()), default=0) > mine + 1
 
     def take(self, group: str, item: T, *, full: bool = False) -> Taken[T] | None:
         """A place for ``item`` of ``group``, or None when it is refused (the group holds
@@ -68,21 +80,24 @@ class FairShare(Generic[T]):
             busiest, items = max(self._groups.items(), key=lambda entry: len(entry[1]), default=("", {}))
             if len(items) <= mine + 1:
                 return None
-            evicted = next(iter(items))
+            evicted = self._victim(items)
             self._remove(busiest, evicted)
         self._groups.setdefault(group, {})[item] = None
         self._held += 1
         return Taken(evicted)
 
     def evict(self) -> T | None:
-        """The busiest group's oldest item, out of its place (for a newcomer that outranks every
-        group, such as a contact's); None when no item is held."""
+        """The busiest group's oldest (or newest) item, out of its place (for a newcomer that
+        outranks every group, such as a contact's); None when no item is held."""
         if not self._groups:
             return None
         busiest, items = max(self._groups.items(), key=lambda entry: len(entry[1]))
-        evicted = next(iter(items))
+        evicted = self._victim(items)
         self._remove(busiest, evicted)
         return evicted
+
+    def _victim(self, items: dict[T, None]) -> T:
+        return next(reversed(items)) if self.newest_first else next(iter(items))
 
     def give_back(self, group: str, item: T) -> bool:
         """``item`` leaves its place; False when it held none (given back already, or evicted)."""

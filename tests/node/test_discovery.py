@@ -179,3 +179,38 @@ async def test_an_mdns_goodbye_heard_again_costs_no_signature_check(monkeypatch:
         session._goodbye(name, (alice.id.key, envelope))
     assert len(checked) == 1
     assert lost == [alice.id]
+
+
+async def test_the_mdns_tap_tells_the_directory_where_a_packet_came_from() -> None:
+    from types import SimpleNamespace
+
+    from zeroconf import DNSOutgoing, DNSText, const
+
+    from peerkit.discovery import mdns
+    from peerkit.discovery.base import make_record
+
+    alice = Identity.generate()
+    envelope = make_record(alice, 1, nickname="a", endpoint_name="", endpoints=[("10.0.0.9", 7000)])
+    announcement = Announcement(id=alice.id, nickname="a", port=7000, hosts=(), envelope=envelope)
+    text = b"".join(
+        bytes([len(item)]) + item for item in (f"{k}={v}".encode() for k, v in txt_for(announcement).items())
+    )
+    name = f"a-{str(alice.id)[:8]}.{mdns.SERVICE_TYPE}"
+    packet = DNSOutgoing(const._FLAGS_QR_RESPONSE | const._FLAGS_AA)
+    packet.add_answer_at_time(DNSText(name, const._TYPE_TXT, const._CLASS_IN, 120, text), 0)
+    heard: list[tuple[str, str | None]] = []
+
+    def found(envelope: bytes, *, source: str, claimed_id: object, origin: str | None) -> object:
+        heard.append((source, origin))
+        return SimpleNamespace(id=alice.id)
+
+    session = mdns._Session(
+        mdns.MdnsDiscovery(), SimpleNamespace(zeroconf=None), SimpleNamespace(found=found)
+    )  # type: ignore[arg-type]
+    passed: list[bytes] = []
+    inner = SimpleNamespace(datagram_received=lambda data, addr: passed.append(data))
+    tap = mdns._ProbeTap(inner, session.on_packet)
+    for data in packet.packets():
+        tap.datagram_received(data, ("10.0.0.7", 5353))
+    assert heard == [("mdns", "10.0.0.7")]
+    assert passed == packet.packets()  # zeroconf still gets every packet, unchanged

@@ -12,7 +12,14 @@ import pytest
 from conftest import CHAT, accept_chat
 
 from peerkit import ChangeType, InvalidRecord, InvitationResponse, Node, NotSignedIn, PeerUnreachable, Scope
-from peerkit.discovery import Directory, MemoryDiscovery, StaticDiscovery, make_record, read_record
+from peerkit.discovery import (
+    Directory,
+    MemoryDiscovery,
+    NearbyRecord,
+    StaticDiscovery,
+    make_record,
+    read_record,
+)
 from peerkit.events import NearbyChanged
 from peerkit.identity import Identity
 from peerkit.peers import NearbyPeer
@@ -328,6 +335,34 @@ async def test_strangers_filling_the_directory_never_keep_a_contact_out(
         (ChangeType.DELETED, "s1"),
         (ChangeType.ADDED, "old bob"),
     ]
+
+
+async def test_a_flood_from_one_origin_keeps_nobody_from_elsewhere_out(alice: Identity) -> None:
+    # A full directory shares strangers' places by the origin of their records (an mDNS packet's
+    # source): a LAN host announcing new ids without end pushes out only its own latest, those
+    # that were there before it stay, and a newcomer from another host is still shown.
+    changes: list[tuple[ChangeType, str]] = []
+    directory = Directory(
+        alice.id, lambda change, record: changes.append((change, record.nickname)), capacity=4
+    )
+
+    def heard(nickname: str, origin: str | None) -> NearbyRecord | None:
+        envelope = make_record(
+            Identity.generate(), 1, nickname=nickname, endpoint_name="", endpoints=[("10.0.0.9", 7000)]
+        )
+        return directory.found(envelope, source="mdns", origin=origin)
+
+    assert heard("before", "10.0.0.2") is not None
+    for n in range(20):
+        heard(f"flood {n}", "10.6.6.6")
+    assert {r.nickname for r in directory.records()} == {"before", "flood 0", "flood 1", "flood 2"}
+    assert heard("newcomer", "fe80::7%eth0") is not None  # the flood's newest gives way
+    assert (ChangeType.DELETED, "flood 2") in changes
+    assert heard("another", "10.0.0.3") is not None  # the flood holds 2: one over this origin's 0
+    assert heard("a third", "10.0.0.4") is None  # every origin holds one or two: no more room
+    assert heard("flood again", "10.6.6.6") is None
+    assert {r.nickname for r in directory.records()} == {"before", "flood 0", "newcomer", "another"}
+    assert heard("no origin", None) is None  # a provider that cannot say: one group of its own
 
 
 async def test_a_record_heard_again_and_one_with_no_room_cost_no_signature_check(

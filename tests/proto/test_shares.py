@@ -105,6 +105,14 @@ def test_evict_takes_the_busiest_groups_oldest_whatever_the_newcomer() -> None:
     assert len(share) == 2
 
 
+def test_newest_first_gives_up_the_busiest_groups_newest() -> None:
+    share: FairShare[Item] = FairShare(4, newest_first=True)
+    a = fill(share, "a", 3)
+    fill(share, "b", 1)
+    assert share.take("c", Item("c", 0)) == Taken(a[2])
+    assert share.evict() is a[1]
+
+
 def test_places_must_be_positive() -> None:
     with pytest.raises(ValueError, match="places must be at least 1"):
         FairShare(0)

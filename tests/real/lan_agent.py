@@ -210,9 +210,41 @@ async def squat_main(args: argparse.Namespace) -> None:
         await azc.async_close()
 
 
+async def flood_main(args: argparse.Namespace) -> None:
+    # A host announcing new ids without end (plain python-zeroconf: TXT records only, three to a
+    # packet, each with a valid record of a new key), enough to fill a node's people near me.
+    azc = AsyncZeroconf(interfaces=[args.address])
+    try:
+        await azc.zeroconf.async_wait_for_start()
+        texts = []
+        for n in range(args.count):
+            person = peerkit.Identity.generate()
+            record = make_record(
+                person, 1, nickname=f"flood {n}", endpoint_name="", endpoints=[(args.address, 7000)]
+            )
+            announcement = Announcement(
+                id=person.id, nickname=f"flood {n}", port=7000, hosts=(args.address,), envelope=record
+            )
+            name = f"flood{n}-{str(person.id)[:8]}"
+            info = ServiceInfo(
+                SERVICE_TYPE, f"{name}.{SERVICE_TYPE}", port=7000, properties=txt_for(announcement)
+            )
+            texts.append(info.dns_text(override_ttl=int(args.ttl)))
+        for at in range(0, len(texts), 3):
+            out = DNSOutgoing(0x8400)  # a response, authoritative
+            for text in texts[at : at + 3]:
+                out.add_answer_at_time(text, 0)
+            azc.zeroconf.async_send(out)
+            await anyio.sleep(0.002)  # (the receiver's socket buffer is not flooded: its directory is)
+        emit(ready=args.count)
+        await anyio.to_thread.run_sync(sys.stdin.readline)  # until told to go
+    finally:
+        await azc.async_close()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("mode", choices=["node", "forge", "squat"])
+    parser.add_argument("mode", choices=["node", "forge", "squat", "flood"])
     parser.add_argument("--seed", help="node: the identity's seed, in hex")
     parser.add_argument("--name", help="squat: the instance name to take")
     parser.add_argument("--nickname", default="")
@@ -224,8 +256,10 @@ def main() -> None:
     parser.add_argument("--address", help="forge: the address to publish")
     parser.add_argument("--request-burst", type=int, default=0, help="node: requests a peer may make")
     parser.add_argument("--keepalive", type=float, default=0, help="node: keepalive interval and timeout")
+    parser.add_argument("--count", type=int, default=1100, help="flood: the ids to announce")
     args = parser.parse_args()
-    anyio.run({"node": node_main, "forge": forge_main, "squat": squat_main}[args.mode], args)
+    modes = {"node": node_main, "forge": forge_main, "squat": squat_main, "flood": flood_main}
+    anyio.run(modes[args.mode], args)
 
 
 if __name__ == "__main__":

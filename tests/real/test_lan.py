@@ -433,3 +433,23 @@ async def test_a_squatter_on_a_peers_mdns_name_hides_nobody(lan: NamespaceLan) -
             await bob.expect(change("DELETED", id=squatter.ready))
         await anyio.sleep(2 * TTL)
         assert not bob.seen(change("DELETED", id=alice_id))
+
+
+async def test_a_host_flooding_the_people_near_me_keeps_nobody_from_elsewhere_out(lan: NamespaceLan) -> None:
+    # A host announces 1,100 new ids with valid records: bob's people near me (1,024) fill up with
+    # its ids. carol, who comes later from another host, is still shown to bob (she took the place
+    # of the flood's latest: strangers' places are shared by the packets' source address).
+    bridge = lan.bridge()
+    (ns_b, _), (ns_f, (addr_f,)), (ns_c, _) = lan.host(bridge), lan.host(bridge), lan.host(bridge)
+    async with agents(AGENT) as start:
+        bob = await start(ns_b, *node_args("bob"))
+        await start(ns_f, "flood", "--address", addr_f, "--count", "1100", "--ttl", "120")
+        with anyio.fail_after(30):
+            while True:  # until the directory is full
+                await bob.send(cmd="stats")
+                stats = (await bob.expect(lambda line: "stats" in line))["stats"]
+                if stats["full"]:
+                    break
+                await anyio.sleep(0.5)
+        carol = await start(ns_c, *node_args("carol"))
+        await bob.expect(change("ADDED", id=carol.ready), timeout=15)
