@@ -506,6 +506,8 @@ class Directory:
         # A place for a new peer: a contact's (``group`` None) or a stranger's of ``group``; a
         # stranger may give way (see the class docstring). Whether there is one.
         full = len(self._entries) >= self._capacity
+        if full:
+            self._promote_contacts()
         if group is None:
             evicted = self._strangers.evict() if full else None
             if full and evicted is None:
@@ -520,6 +522,16 @@ class Directory:
             self.stats.full += 1
             self._on_change(ChangeType.DELETED, gone.record)
         return True
+
+    def _promote_contacts(self) -> None:
+        # Strangers who have become contacts since they took their places hold them no longer
+        # as strangers: no stranger's record may take their place.
+        if self._is_contact is None:
+            return
+        for peer_id, entry in self._entries.items():
+            if entry.group is not None and self._is_contact(peer_id):
+                self._strangers.give_back(entry.group, peer_id)
+                entry.group = None
 
     def lost(self, peer_id: PeerId, *, source: str) -> None:
         """See :meth:`DiscoverySink.lost`."""

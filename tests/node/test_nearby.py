@@ -365,6 +365,22 @@ async def test_a_flood_from_one_origin_keeps_nobody_from_elsewhere_out(alice: Id
     assert heard("no origin", None) is None  # a provider that cannot say: one group of its own
 
 
+async def test_a_stranger_who_became_a_contact_is_not_given_up_for_a_stranger(alice: Identity) -> None:
+    contacts: set[object] = set()
+    directory = Directory(alice.id, capacity=2, is_contact=contacts.__contains__)
+    people = [Identity.generate() for _ in range(3)]
+
+    def heard(person: Identity, origin: str) -> NearbyRecord | None:
+        envelope = make_record(person, 1, nickname="p", endpoint_name="", endpoints=[("10.0.0.9", 7000)])
+        return directory.found(envelope, source="mdns", origin=origin)
+
+    assert heard(people[0], "10.6.6.6") is not None
+    assert heard(people[1], "10.6.6.6") is not None
+    contacts.add(people[1].id)  # the newest of the busiest origin is a contact now
+    assert heard(people[2], "10.0.0.3") is None  # its origin holds one stranger: no more than one over
+    assert {r.id for r in directory.records()} == {people[0].id, people[1].id}
+
+
 async def test_a_record_heard_again_and_one_with_no_room_cost_no_signature_check(
     alice: Identity, bob: Identity, monkeypatch: pytest.MonkeyPatch
 ) -> None:
