@@ -277,10 +277,10 @@ class RelayService:
             with anyio.move_on_after(1):
                 await _send_quietly(stream, wire.encode_error(exc.code, exc.text))
             return
-        if opened.evicted is not None:
+        for evicted in opened.evicted:
             log.info("relay: a circuit of the busiest source gives its place to one from %s", source)
-            if opened.evicted.handle is not None:
-                opened.evicted.handle.cancel()
+            if evicted.handle is not None:
+                evicted.handle.cancel()
         circuit, announce = opened.circuit, opened.handle
         waiting = self._waiting[circuit.token] = _Waiting()
         circuit.handle = anyio.CancelScope()  # cancelled when another circuit takes its place

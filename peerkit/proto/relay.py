@@ -16,9 +16,8 @@ the dialler and the reserved node: the relay sees ciphertext only.
 from __future__ import annotations
 
 import secrets
-from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any, Final, TypeVar
+from typing import Any, Final
 
 from peerkit.errors import ProtocolError
 from peerkit.proto import messages
@@ -55,8 +54,6 @@ TOKEN_SIZE: Final = 16
 RESERVATION_TTL: Final = 180
 #: Seconds a reserved node has to answer a ``circuit`` notice with its ``accept`` connection.
 ACCEPT_TIMEOUT: Final = 10.0
-
-K = TypeVar("K")
 
 #: The error codes a relay answers ``connect`` with.
 NO_RESERVATION: Final = "no-reservation"
@@ -207,12 +204,13 @@ class Circuit:
 
 @dataclass(frozen=True, slots=True)
 class Opened:
-    """A circuit granted: the circuit, the handle of its target's reservation, and the circuit
-    whose place it took (close it), if any."""
+    """A circuit granted: the circuit, the handle of its target's reservation, and the circuits
+    whose places it took (close them): one of the busiest group's in all, one of the busiest
+    group's to the same target, or none."""
 
     circuit: Circuit
     handle: Any
-    evicted: Circuit | None = None
+    evicted: tuple[Circuit, ...] = ()
 
 
 @dataclass(slots=True)
@@ -235,7 +233,7 @@ class RelayBook:
     _reservations: dict[bytes, _Reservation] = field(default_factory=dict)
     _strangers: FairShare[bytes] = field(init=False)  # strangers' reservations by source group
     _circuits: dict[bytes, Circuit] = field(default_factory=dict)
-    _per_target: Counter[bytes] = field(default_factory=Counter)
+    _per_target: dict[bytes, FairShare[Circuit]] = field(default_factory=dict)  # by source group
     _shares: FairShare[Circuit] = field(init=False)  # the circuits by source group
 
     def __post_init__(self) -> None:
@@ -317,22 +315,26 @@ class RelayBook:
             raise RelayRefused(NO_RESERVATION, "the peer holds no reservation on this relay")
         policy = self.policy
         shares = self._shares
-        if self._per_target[target] >= policy.max_circuits_per_peer:
+        to_target = self._per_target.get(target) or FairShare(policy.max_circuits_per_peer)
+        if not to_target.room_for(source):
             raise RelayRefused(LIMIT, f"the peer has its limit of {policy.max_circuits_per_peer} circuits")
-        circuit = Circuit(target, source, secrets.token_bytes(TOKEN_SIZE), now)
-        taken = shares.take(source, circuit)
-        if taken is None:
+        if not shares.room_for(source):
             if shares.held_by(source) >= policy.max_circuits_per_source:
                 raise RelayRefused(
                     LIMIT, f"this source has its limit of {policy.max_circuits_per_source} circuits"
                 )
             raise RelayRefused(LIMIT, f"this relay carries its limit of {policy.max_circuits} circuits")
-        evicted = taken.evicted
-        if evicted is not None:
-            self._forget(evicted)
+        circuit = Circuit(target, source, secrets.token_bytes(TOKEN_SIZE), now)
+        evicted = []
+        for share in (shares, to_target):  # both have room (an eviction from the first only adds)
+            taken = share.take(source, circuit)
+            assert taken is not None
+            if taken.evicted is not None:
+                evicted.append(taken.evicted)
+                self._forget(taken.evicted)
+        self._per_target[target] = to_target
         self._circuits[circuit.token] = circuit
-        self._per_target[target] += 1
-        return Opened(circuit, held.handle, evicted)
+        return Opened(circuit, held.handle, tuple(evicted))
 
     def accept(self, token: bytes) -> Circuit | None:
         """The circuit waiting for ``token`` (each token is taken once), or None."""
@@ -343,14 +345,19 @@ class RelayBook:
         return circuit
 
     def close(self, circuit: Circuit) -> None:
-        """Forget a circuit (closed, refused or never accepted)."""
-        if self._shares.give_back(circuit.source, circuit):
-            self._forget(circuit)
+        """Forget a circuit (closed, refused or never accepted); twice is harmless."""
+        self._forget(circuit)
 
     def _forget(self, circuit: Circuit) -> None:
-        # Out of the book (its place in the shares is given back already).
-        if self._circuits.pop(circuit.token, None) is circuit:
-            _down(self._per_target, circuit.target)
+        # Out of the book and both its shares (one may have given its place away already).
+        if self._circuits.get(circuit.token) is circuit:
+            del self._circuits[circuit.token]
+        self._shares.give_back(circuit.source, circuit)
+        to_target = self._per_target.get(circuit.target)
+        if to_target is not None:
+            to_target.give_back(circuit.source, circuit)
+            if not len(to_target):
+                del self._per_target[circuit.target]
 
     def carry(self, circuit: Circuit, count: int, now: float) -> int:
         """Count ``count`` bytes more on ``circuit``; returns how many more it may carry (below
@@ -359,9 +366,3 @@ class RelayBook:
         if now - circuit.opened >= self.policy.max_duration:
             return -1
         return self.policy.max_bytes - circuit.carried
-
-
-def _down(counter: Counter[K], key: K) -> None:
-    counter[key] -= 1
-    if counter[key] <= 0:
-        del counter[key]

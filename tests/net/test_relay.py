@@ -206,7 +206,7 @@ def test_book_limits_and_expiry() -> None:
     opened = book.open(a, "10.0.0.1", 1.0)
     circuit = opened.circuit
     assert opened.handle == "to-a"
-    assert opened.evicted is None
+    assert opened.evicted == ()
     with pytest.raises(RelayRefused, match="the peer has its limit of 1 circuits"):
         book.open(a, "10.0.0.2", 1.0)
     assert book.accept(circuit.token) is circuit
@@ -279,9 +279,9 @@ def test_a_source_from_a_group_holding_fewer_takes_the_busiest_groups_oldest_cir
     busy = [book.open(a, "10.6.6.6", float(n)).circuit for n in range(3)]
     book.open(b, "10.0.0.1", 3.0)
     opened = book.open(b, "10.0.0.2", 4.0)  # every circuit taken: 10.6.6.6 holds 3, this source 0
-    assert opened.evicted is busy[0]
+    assert opened.evicted == (busy[0],)
     assert book.circuits == 4
-    assert book.open(b, "10.0.0.3", 5.0).evicted is busy[1]  # 10.6.6.6 held 2: one over
+    assert book.open(b, "10.0.0.3", 5.0).evicted == (busy[1],)  # 10.6.6.6 held 2: one over
     with pytest.raises(RelayRefused, match="this relay carries its limit of 4 circuits"):
         book.open(b, "10.0.0.4", 5.0)  # every source holds one
     book.close(busy[0])  # closed by its owner after its eviction: nothing more is forgotten
@@ -289,6 +289,53 @@ def test_a_source_from_a_group_holding_fewer_takes_the_busiest_groups_oldest_cir
     book.close(busy[2])
     book.open(a, "10.0.0.4", 6.0)  # room again
     assert book.circuits == 4
+
+
+def test_a_peers_circuits_are_shared_by_source_group_too() -> None:
+    # Two addresses could take all 16 circuits to one reserved node; a third takes one of theirs.
+    book = RelayBook(RelayPolicy(max_circuits_per_peer=4))
+    a, b = b"a" * 32, b"b" * 32
+    book.reserve(a, "to-a", 0.0, allowed=True)
+    book.reserve(b, "to-b", 0.0, allowed=True)
+    busy = [book.open(a, "10.6.6.6", float(n)).circuit for n in range(4)]
+    with pytest.raises(RelayRefused, match="the peer has its limit of 4 circuits"):
+        book.open(a, "10.6.6.6", 5.0)
+    book.open(b, "10.6.6.6", 5.0)  # another peer's circuits are its own
+    assert book.open(a, "10.0.0.1", 6.0).evicted == (busy[0],)
+    assert book.circuits == 5
+    book.close(busy[0])  # (closed by its owner after the eviction)
+    assert book.open(a, "10.0.0.2", 7.0).evicted == (busy[1],)
+    assert book.open(a, "10.0.0.3", 8.0).evicted == (busy[2],)  # 10.6.6.6 held 2 of a's
+    with pytest.raises(RelayRefused, match="the peer has its limit of 4 circuits"):
+        book.open(a, "10.0.0.4", 9.0)  # every source holds one of a's
+
+
+@given(steps=st.lists(st.tuples(st.booleans(), st.integers(0, 2), st.integers(0, 4)), max_size=60))
+def test_the_book_keeps_every_cap_whatever_opens_and_closes(steps: list[tuple[bool, int, int]]) -> None:
+    policy = RelayPolicy(max_circuits=6, max_circuits_per_peer=4, max_circuits_per_source=3)
+    book = RelayBook(policy)
+    targets = [bytes([t]) * 32 for t in range(3)]
+    for target in targets:
+        book.reserve(target, target, 0.0, allowed=True)
+    open_now: list[wire.Circuit] = []
+    for n, (opening, t, g) in enumerate(steps):
+        if opening:
+            with suppress(RelayRefused):
+                opened = book.open(targets[t], f"10.0.0.{g}", float(n))
+                for gone in opened.evicted:
+                    open_now.remove(gone)
+                open_now.append(opened.circuit)
+        elif open_now:
+            book.close(open_now.pop(t % len(open_now)))
+        assert book.circuits == len(open_now) <= policy.max_circuits
+        for target in targets:
+            assert sum(c.target == target for c in open_now) <= policy.max_circuits_per_peer
+        for other in range(5):
+            assert sum(c.source == f"10.0.0.{other}" for c in open_now) <= policy.max_circuits_per_source
+    for circuit in list(open_now):
+        book.close(circuit)
+    assert book.circuits == 0
+    book.open(targets[0], "10.0.0.9", 99.0)  # every place given back
 
 
 async def test_a_relay_full_of_one_sources_circuits_closes_its_oldest_for_another_source(
