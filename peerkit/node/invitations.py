@@ -62,11 +62,11 @@ OBSERVER_GRACE: Final = 1.0
 MAX_PENDING_PER_PEER: Final = 32
 #: Invitations waiting for their answer at once, from everyone, at most.
 MAX_PENDING: Final = 512
-#: Of those, strangers (peers that are not contacts) may hold at most this many, so that contacts
-#: are still heard when strangers pile invitations up. The places are shared fairly between the
-#: strangers' source groups (:mod:`peerkit.proto.shares`): when they are all taken, a group that
-#: holds fewer than the busiest takes the place of that group's oldest invitation (withdrawn as
-#: ``"displaced"``, its inviter answered ``error`` "limit").
+#: Of those, strangers (peers that are neither contacts nor trusted for this run) may hold at most
+#: this many, so that contacts are still heard when strangers pile invitations up. The places are
+#: shared fairly between the strangers' source groups (:mod:`peerkit.proto.shares`): when they are
+#: all taken, a group that holds fewer than the busiest takes the place of that group's oldest
+#: invitation (withdrawn as ``"displaced"``, its inviter answered ``error`` "limit").
 MAX_PENDING_STRANGERS: Final = 384
 #: Of the strangers', those of one source's group (an IPv4 address, an IPv6 /48, or one relay's
 #: circuits) may hold at most this many: new ids cost nothing, nor do the /64s of a /48.
@@ -239,8 +239,9 @@ class Invitations:
             )
             log.info("declining an invitation from %s to %s (%s)", peer_id.fingerprint, request.app, why)
             return self._reply(control, request, InvitationResponse.DECLINED, why)
-        is_contact = self._contacts.has(peer_id)
-        source = None if is_contact else group_of(source_of(control.channel.peer.address, ON_LINK))
+        # (peers trusted for this run count as contacts do: the user vouched for them)
+        trusted = self.is_trusted(peer_id)
+        source = None if trusted else group_of(source_of(control.channel.peer.address, ON_LINK))
         waiting = _Waiting()
         refusal = self._wait_room(peer_id, source, waiting)
         if refusal is not None:
@@ -288,7 +289,7 @@ class Invitations:
         source: str | None,
         waiting: _Waiting,
     ) -> Reply:
-        # ``source``: the group of a stranger's source (None: a contact's invitation).
+        # ``source``: the group of a stranger's source (None: a contact's or trusted peer's).
         peer_id = control.peer_id
         endpoint, peer = self._sender(control)
         contact = await self._contacts.find_stored(peer_id) if source is None else None

@@ -200,3 +200,25 @@ async def test_a_stranger_from_another_address_takes_a_place_of_the_busiest_when
         assert sorted(m for m, why in answered if why is AnswerReason.DISPLACED) == ["m0", "m1"]
         assert not len(bob._invitations._strangers)
         assert not bob._invitations._pending
+
+
+async def test_a_peer_trusted_for_this_run_counts_as_a_contact_does(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Two places for strangers: a trusted peer's invitation takes none of them, and a stranger from
+    # another address displaces none of the trusted peer's.
+    monkeypatch.setattr(part, "MAX_PENDING_STRANGERS", 2)
+    async with nodes(3, nicknames=["bob", "dave", "carol"]) as (bob, dave, carol):
+        for node in (bob, dave, carol):
+            await node.register_application(CHAT)
+        release = await hold_invitations(bob)
+        bob.trust(dave.id)
+        to_bob = await dave.peer_at(bob.endpoint.host, bob.endpoint.port)
+        async with anyio.create_task_group() as tg:
+            for _ in range(3):
+                tg.start_soon(to_bob.invite, CHAT)
+            await waiting(bob, 3)
+            assert not len(bob._invitations._strangers)
+            from_carol = await carol.peer_at(bob.endpoint.host, bob.endpoint.port)
+            for _ in range(2):
+                tg.start_soon(from_carol.invite, CHAT)
+            await waiting(bob, 5)
+            release.set()
