@@ -281,6 +281,9 @@ class _Session:
         self.asked: dict[str, float] = {}  # instance name -> when its records were last queried
         self.goodbyes: dict[tuple[str, bytes], float] = {}  # (name, envelope) said goodbye -> until
         self.pending: dict[str, None] = {}
+        # instance name -> the address its last TXT record came from (the tap sees every packet
+        # before zeroconf does, so a record zeroconf resolves is told where it came from too)
+        self.origins: dict[str, str] = {}
         self.wake_lookups = anyio.Event()
         # Publication: what is wanted, and what is registered.
         self.wanted: Announcement | None = None
@@ -440,7 +443,7 @@ class _Session:
         if carried is None or info.port is None:
             self.malformed += 1
             return
-        self._believe(name, carried, self.provider.ttl)
+        self._believe(name, carried, self.provider.ttl, self.origins.get(name))
 
     def _believe(
         self, name: str, carried: tuple[bytes, bytes], ttl: float, origin: str | None = None
@@ -479,6 +482,11 @@ class _Session:
             if carried is None:
                 self.malformed += 1
                 continue
+            if origin is not None:
+                self.origins.pop(name, None)
+                self.origins[name] = origin
+                if len(self.origins) > _PENDING:
+                    del self.origins[next(iter(self.origins))]  # the least lately heard
             if probe:
                 if name not in self.names:  # heard before it announces: followed for a grace
                     self._believe(name, carried, _PROBE_GRACE, origin)

@@ -184,7 +184,7 @@ async def test_an_mdns_goodbye_heard_again_costs_no_signature_check(monkeypatch:
 async def test_the_mdns_tap_tells_the_directory_where_a_packet_came_from() -> None:
     from types import SimpleNamespace
 
-    from zeroconf import DNSOutgoing, DNSText, const
+    from zeroconf import DNSOutgoing, DNSText, ServiceInfo, const
 
     from peerkit.discovery import mdns
     from peerkit.discovery.base import make_record
@@ -214,3 +214,7 @@ async def test_the_mdns_tap_tells_the_directory_where_a_packet_came_from() -> No
         tap.datagram_received(data, ("10.0.0.7", 5353))
     assert heard == [("mdns", "10.0.0.7")]
     assert passed == packet.packets()  # zeroconf still gets every packet, unchanged
+    # The same record, resolved by zeroconf from that packet, is told where it came from too.
+    info = ServiceInfo(mdns.SERVICE_TYPE, name, port=7000, properties=txt_for(announcement))
+    session._heard(name, info)
+    assert heard[-1] == ("mdns", "10.0.0.7")
