@@ -20,6 +20,7 @@ from typing import Final
 
 from peerkit.dht.bep44 import MutableItem, check_put
 from peerkit.dht.krpc import Address
+from peerkit.proto.shares import GroupCounts
 
 __all__ = ("ITEM_LIFETIME", "TOKEN_ROTATION", "ItemStore", "Tokens")
 
@@ -65,7 +66,7 @@ class ItemStore:
         self.max_bytes = max_bytes
         self._items: dict[bytes, _Stored] = {}
         self._groups: dict[str, dict[bytes, None]] = {}  # each group's targets, least lately put first
-        self._counts = _Counts()
+        self._counts = GroupCounts()
         self._bytes = 0
 
     def __len__(self) -> int:
@@ -127,42 +128,6 @@ class _Stored:
     item: MutableItem
     put_at: float
     group: str
-
-
-class _Counts:
-    # How many items each group holds, and which hold the most, in constant time: the groups of
-    # each count, in the order they reached it.
-
-    def __init__(self) -> None:
-        self._of: dict[str, int] = {}
-        self._with: dict[int, dict[str, None]] = {}
-        self._top = 0
-
-    def add(self, group: str) -> None:
-        count = self._of.get(group, 0)
-        self._move(group, count, count + 1)
-        self._top = max(self._top, count + 1)
-
-    def remove(self, group: str) -> None:
-        count = self._of[group]
-        self._move(group, count, count - 1)
-        while self._top and not self._with.get(self._top):
-            self._top -= 1
-
-    def busiest(self) -> str:
-        return next(iter(self._with[self._top]))
-
-    def _move(self, group: str, old: int, new: int) -> None:
-        if old:
-            groups = self._with[old]
-            del groups[group]
-            if not groups:
-                del self._with[old]
-        if new:
-            self._of[group] = new
-            self._with.setdefault(new, {})[group] = None
-        else:
-            del self._of[group]
 
 
 def _size(item: MutableItem) -> int:

@@ -18,9 +18,62 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
-__all__ = ("FairShare", "Taken")
+__all__ = ("FairShare", "GroupCounts", "Taken")
 
 T = TypeVar("T")
+
+
+class GroupCounts:
+    """How many places each group holds, and which group holds the most, in constant time (the
+    groups of each count are kept in the order they came to it)."""
+
+    __slots__ = ("_of", "_top", "_with")
+
+    def __init__(self) -> None:
+        self._of: dict[str, int] = {}
+        self._with: dict[int, dict[str, None]] = {}
+        self._top = 0
+
+    def of(self, group: str) -> int:
+        """Places ``group`` holds."""
+        return self._of.get(group, 0)
+
+    @property
+    def top(self) -> int:
+        """Places the busiest group holds (0 when none holds any)."""
+        return self._top
+
+    def busiest(self) -> str:
+        """A group that holds the most (of those, the first to come to that count).
+
+        :raises KeyError: when no group holds any.
+        """
+        return next(iter(self._with[self._top]))
+
+    def add(self, group: str) -> None:
+        """``group`` holds one place more."""
+        count = self._of.get(group, 0)
+        self._move(group, count, count + 1)
+        self._top = max(self._top, count + 1)
+
+    def remove(self, group: str) -> None:
+        """``group`` holds one place fewer (it must hold one)."""
+        count = self._of[group]
+        self._move(group, count, count - 1)
+        while self._top and not self._with.get(self._top):
+            self._top -= 1
+
+    def _move(self, group: str, old: int, new: int) -> None:
+        if old:
+            groups = self._with[old]
+            del groups[group]
+            if not groups:
+                del self._with[old]
+        if new:
+            self._of[group] = new
+            self._with.setdefault(new, {})[group] = None
+        else:
+            del self._of[group]
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +99,7 @@ class FairShare(Generic[T]):
         self.newest_first = newest_first
         # Each group's items, oldest first; the groups in the order pop serves them.
         self._groups: dict[str, dict[T, None]] = {}
+        self._counts = GroupCounts()
         self._held = 0
 
     def __len__(self) -> int:
@@ -53,8 +107,7 @@ class FairShare(Generic[T]):
 
     def held_by(self, group: str) -> int:
         """Places ``group`` holds."""
-        items = self._groups.get(group)
-        return 0 if items is None else len(items)
+        return self._counts.of(group)
 
     def room_for(self, group: str, *, full: bool = False) -> bool:
         """Whether :meth:`take` would give ``group`` a place now (and change nothing)."""
@@ -63,7 +116,7 @@ class FairShare(Generic[T]):
             return False
         if not full and self._held < self.places:
             return True
-        return max(map(len, self._groups.values()), default=0) > mine + 1
+        return self._counts.top > mine + 1
 
     def take(self, group: str, item: T, *, full: bool = False) -> Taken[T] | None:
         """A place for ``item`` of ``group``, or None when it is refused (the group holds
@@ -77,12 +130,13 @@ class FairShare(Generic[T]):
             return None
         evicted: T | None = None
         if full or self._held >= self.places:
-            busiest, items = max(self._groups.items(), key=lambda entry: len(entry[1]), default=("", {}))
-            if len(items) <= mine + 1:
+            if self._counts.top <= mine + 1:
                 return None
-            evicted = self._victim(items)
+            busiest = self._counts.busiest()
+            evicted = self._victim(self._groups[busiest])
             self._remove(busiest, evicted)
         self._groups.setdefault(group, {})[item] = None
+        self._counts.add(group)
         self._held += 1
         return Taken(evicted)
 
@@ -91,8 +145,8 @@ class FairShare(Generic[T]):
         outranks every group, such as a contact's); None when no item is held."""
         if not self._groups:
             return None
-        busiest, items = max(self._groups.items(), key=lambda entry: len(entry[1]))
-        evicted = self._victim(items)
+        busiest = self._counts.busiest()
+        evicted = self._victim(self._groups[busiest])
         self._remove(busiest, evicted)
         return evicted
 
@@ -124,6 +178,7 @@ class FairShare(Generic[T]):
     def _remove(self, group: str, item: T) -> None:
         items = self._groups[group]
         del items[item]
+        self._counts.remove(group)
         self._held -= 1
         if not items:
             del self._groups[group]

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from peerkit.proto.shares import FairShare, Taken
+from peerkit.proto.shares import FairShare, GroupCounts, Taken
 
 
 class Item:
@@ -160,3 +160,25 @@ def test_the_share_keeps_its_bounds_and_every_group_its_fair_share(
             held[item.group].pop(0)
         assert len(share) == sum(map(len, held.values())) <= places
         assert all(share.held_by(name) == len(items) <= per_group for name, items in held.items())
+
+
+@given(steps=st.lists(st.tuples(st.booleans(), st.integers(0, 5)), max_size=80))
+def test_group_counts_know_the_busiest_at_every_step(steps: list[tuple[bool, int]]) -> None:
+    counts = GroupCounts()
+    model: dict[str, int] = {}
+    for adding, g in steps:
+        group = f"g{g}"
+        if adding:
+            counts.add(group)
+            model[group] = model.get(group, 0) + 1
+        elif model.get(group):
+            counts.remove(group)
+            model[group] -= 1
+        top = max(model.values(), default=0)
+        assert counts.top == top
+        assert all(counts.of(name) == held for name, held in model.items())
+        if top:
+            assert model[counts.busiest()] == top
+        else:
+            with pytest.raises(KeyError):
+                counts.busiest()
