@@ -73,3 +73,47 @@ def test_any_txt_rdata_is_read(text: bytes) -> None:
     properties = _txt_properties(text)
     assert all(isinstance(k, bytes) and k for k in properties)
     envelope_from_txt(properties)  # never raises
+
+
+PEOPLE = [Identity.generate() for _ in range(8)]
+RECORDS = [
+    [make_record(p, seq, nickname="p", endpoint_name="", endpoints=[("10.0.0.9", 7000)]) for seq in (1, 2)]
+    for p in PEOPLE
+]
+VERBS = st.sampled_from(["found", "lost", "befriend", "unfriend"])
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    st.lists(
+        st.tuples(VERBS, st.integers(0, 7), st.integers(0, 3)),
+        max_size=60,
+    )
+)
+def test_the_directory_keeps_its_places_whatever_comes_and_goes(steps: list[tuple[str, int, int]]) -> None:
+    # Records from four origins (and none) found and lost, people made contacts and strangers
+    # again, in any order: the directory stays within its capacity, a contact is never given up for
+    # a stranger, and every stranger's place is counted once.
+    contacts: set[object] = set()
+    directory = Directory(LOCAL.id, capacity=4, is_contact=contacts.__contains__)
+    for verb, who, where in steps:
+        person = PEOPLE[who]
+        if verb == "found":
+            before = {r.id for r in directory.records()}
+            origin = None if where == 3 else f"10.0.0.{where}"
+            believed = directory.found(RECORDS[who][where % 2], source="s", origin=origin)
+            gone = before - {r.id for r in directory.records()}
+            assert not gone & contacts  # a contact never gives its place up
+            assert believed is None or believed.id == person.id
+        elif verb == "lost":
+            directory.lost(person.id, source="s")
+        elif verb == "befriend":
+            contacts.add(person.id)
+        else:
+            contacts.discard(person.id)
+        assert len(directory) <= 4
+        held = {r.id for r in directory.records()}
+        strangers = directory._strangers
+        assert len(strangers) == sum(1 for e in directory._entries.values() if e.group is not None)
+        assert all(strangers.held_by(e.group) for e in directory._entries.values() if e.group is not None)
+        assert len(held) == len(directory)
