@@ -1,13 +1,15 @@
 """Places shared fairly between the groups of strangers' sources (sans-IO).
 
 A node keeps a bounded number of things for peers that are not contacts: invitations waiting for
-their answer, invitations and streams waiting unread in an application's queue. New peer ids cost
-nothing, so these places are counted by the group of the source they came from (see
-:func:`~peerkit.proto.admission.group_of`: an IPv4 address, an IPv6 /48, one relay's circuits).
+their answer, invitations and streams waiting unread in an application's queue, a relay's circuits
+and reservations, the people near me. New peer ids cost nothing, so these places are counted by
+the group of the source they came from (see :func:`~peerkit.proto.admission.group_of`: an IPv4
+address, an IPv6 /48, one relay's circuits).
 
 :class:`FairShare` fills its places in the order they are asked for. Once every place is taken,
 a newcomer whose group holds fewer places than the busiest group by more than one takes the
-oldest place of that group; otherwise it is refused. So a few groups may fill whatever is free,
+oldest place of that group (or its newest, where those that were there first are the ones to
+keep); otherwise it is refused. So a few groups may fill whatever is free,
 but never keep another group out: a group that asks always ends up with its fair share. Items are
 taken out round robin by group (:meth:`FairShare.pop`), so one group's pile does not stand in
 front of the others' items either.
@@ -121,6 +123,8 @@ class FairShare(Generic[T]):
     def take(self, group: str, item: T, *, full: bool = False) -> Taken[T] | None:
         """A place for ``item`` of ``group``, or None when it is refused (the group holds
         ``per_group``, or every place is taken and no group holds more than this one plus one).
+        When every place is taken, the busiest group's oldest item (newest, with
+        ``newest_first``) gives its place and is :attr:`Taken.evicted`.
 
         ``full`` counts every place as taken (the caller's own bound is reached): the item gets a
         place only by taking another group's.
