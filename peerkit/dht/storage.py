@@ -15,12 +15,13 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
+import sys
 from dataclasses import dataclass
 from typing import Final
 
 from peerkit.dht.bep44 import MutableItem, check_put
 from peerkit.dht.krpc import Address
-from peerkit.proto.shares import GroupCounts
+from peerkit.proto.shares import FairShare
 
 __all__ = ("ITEM_LIFETIME", "TOKEN_ROTATION", "ItemStore", "Tokens")
 
@@ -65,8 +66,9 @@ class ItemStore:
         self.max_items = max_items
         self.max_bytes = max_bytes
         self._items: dict[bytes, _Stored] = {}
-        self._groups: dict[str, dict[bytes, None]] = {}  # each group's targets, least lately put first
-        self._counts = GroupCounts()
+        # Each group's targets, least lately put first. No place is refused there (its places
+        # are not a bound): the store's own bounds decide when the busiest group's oldest goes.
+        self._groups: FairShare[bytes] = FairShare(sys.maxsize)
         self._bytes = 0
 
     def __len__(self) -> int:
@@ -79,8 +81,7 @@ class ItemStore:
 
     def held_by(self, group: str) -> int:
         """Items that belong to ``group``."""
-        targets = self._groups.get(group)
-        return 0 if targets is None else len(targets)
+        return self._groups.held_by(group)
 
     def get(self, target: bytes, now: float) -> MutableItem | None:
         """The item stored under ``target``, if it has not expired."""
@@ -106,21 +107,18 @@ class ItemStore:
                 item = stored
             self._drop(target)
         self._items[target] = _Stored(item, now, group)
-        self._groups.setdefault(group, {})[target] = None
-        self._counts.add(group)
+        self._groups.take(group, target)
         self._bytes += _size(item)
         while len(self._items) > self.max_items or self._bytes > self.max_bytes:
-            targets = self._groups[self._counts.busiest()]
-            self._drop(next(iter(targets)))
+            oldest = self._groups.evict()
+            assert oldest is not None  # (items are held)
+            self._drop(oldest)
 
     def _drop(self, target: bytes) -> None:
+        # Out of the store and of its group (given back already when it was evicted).
         held = self._items.pop(target)
         self._bytes -= _size(held.item)
-        targets = self._groups[held.group]
-        del targets[target]
-        if not targets:
-            del self._groups[held.group]
-        self._counts.remove(held.group)
+        self._groups.give_back(held.group, target)
 
 
 @dataclass(slots=True)

@@ -2,9 +2,9 @@
 
 A node keeps a bounded number of things for peers that are not contacts: invitations waiting for
 their answer, invitations and streams waiting unread in an application's queue, a relay's circuits
-and reservations, the people near me. New peer ids cost nothing, so these places are counted by
-the group of the source they came from (see :func:`~peerkit.proto.admission.group_of`: an IPv4
-address, an IPv6 /48, one relay's circuits).
+and reservations, the people near me, a DHT node's stored items. New peer ids cost nothing, so
+these places are counted by the group of the source they came from (see
+:func:`~peerkit.proto.admission.group_of`: an IPv4 address, an IPv6 /48, one relay's circuits).
 
 :class:`FairShare` fills its places in the order they are asked for. Once every place is taken,
 a newcomer whose group holds fewer places than the busiest group by more than one takes the
