@@ -57,6 +57,7 @@ from peerkit.model import (
     PresenceStatus,
     Scope,
     SubscribePermission,
+    printable,
 )
 from peerkit.net.channel import ChannelListener, PeerInfo, SecureChannel, connect, listen
 from peerkit.net.control import KeepalivePolicy
@@ -140,6 +141,7 @@ __all__ = (
     "connect",
     "launch_info",
     "listen",
+    "printable",
     "provider_names",
     "register_provider",
 )

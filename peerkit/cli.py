@@ -33,12 +33,12 @@ from peerkit.clikit import (
     cancel_on_signal,
     check_nickname,
     console,
-    err_console,
     existing_data_dir,
     inviting_node,
     offline_node,
     parse_address,
     peer_named,
+    print_error,
     providers_for,
     providers_named,
     reached,
@@ -47,7 +47,7 @@ from peerkit.clikit import (
 from peerkit.discovery.base import DiscoveryProvider
 from peerkit.errors import IdentityError, PeerkitError, PeerUnreachable
 from peerkit.identity import KEY_FILE_NAME, Identity, PeerId, default_data_dir
-from peerkit.model import EndPoint, check_text, seconds_text
+from peerkit.model import EndPoint, check_text, printable, seconds_text
 from peerkit.peers import NearbyPeer
 from peerkit.reporting import describe_event
 
@@ -126,7 +126,7 @@ def id_command(
         print(json.dumps(info))
         return
     if created:
-        console.print("[green]Created a new identity.[/green]")
+        console.print("Created a new identity.", style="green")
     table = Table(show_header=False, box=None)
     table.add_row("id", str(identity.id))
     table.add_row("fingerprint", identity.fingerprint)
@@ -159,9 +159,9 @@ def demo(
         alice, _ = Identity.load_or_create(base / "demo-alice")
         bob, _ = Identity.load_or_create(base / "demo-bob")
         carol, _ = Identity.load_or_create(base / "demo-carol")
-        console.print(f"alice  {alice.id}  [bold]{alice.fingerprint}[/bold]")
-        console.print(f"bob    {bob.id}  [bold]{bob.fingerprint}[/bold]")
-        console.print(f"carol  {carol.id}  [bold]{carol.fingerprint}[/bold]")
+        console.print(f"alice  {alice.id}  [bold]{alice.fingerprint}[/bold]", markup=True)
+        console.print(f"bob    {bob.id}  [bold]{bob.fingerprint}[/bold]", markup=True)
+        console.print(f"carol  {carol.id}  [bold]{carol.fingerprint}[/bold]", markup=True)
         with console.status("running three nodes on 127.0.0.1", spinner="dots"):
             report = anyio.run(functools.partial(run_demo, alice, bob, messages, carol_identity=carol))
     console.print(f"discovery: {report.discovery}")
@@ -182,7 +182,7 @@ def demo(
     for sender, text in report.chat:
         arrow = "->" if sender == "alice" else "<-"
         console.print(f"  {arrow} {sender}: {text}")
-    console.print("[green]demo complete[/green]")
+    console.print("demo complete", style="green")
 
 
 @app.command()
@@ -369,7 +369,7 @@ async def _invite(
         async with anyio.create_task_group() as tg:
             tg.start_soon(cancel_on_signal, tg.cancel_scope)
             peer = await reached(node, target, named, expected)
-            who = peer.nickname or peer.id.fingerprint
+            who = printable(peer.nickname) or peer.id.fingerprint
             with console.status(f"waiting for {who} to answer", spinner="dots"):
                 response = await peer.invite(app_id, message, timeout=timeout)
             tg.cancel_scope.cancel()
@@ -439,9 +439,8 @@ def _nearby_table(peers: list[NearbyPeer]) -> Table:
     now = time.time()
     for row in _nearby_rows(peers):
         since = now - float(row["since"])  # type: ignore[arg-type]
-        table.add_row(
-            str(row["nickname"]) or "?", str(row["fingerprint"]), str(row["endpoint"]), f"{since:.0f} s ago"
-        )
+        name = printable(str(row["nickname"])) or "?"
+        table.add_row(name, str(row["fingerprint"]), str(row["endpoint"]), f"{since:.0f} s ago")
     return table
 
 
@@ -594,7 +593,7 @@ def reach(
     except (OSError, ValueError) as exc:
         raise typer.BadParameter(f"cannot read the reach status in {directory}: {exc}") from None
     if status is None or not status["running"]:
-        err_console.print(f"[red]error:[/red] no 'peerkit serve' is running with {directory}")
+        print_error(f"no 'peerkit serve' is running with {directory}")
         raise typer.Exit(1)
     if as_json:
         print(json.dumps({**status, "dht": dht}))
@@ -632,9 +631,9 @@ def dht_status(
     except (OSError, ValueError) as exc:
         raise typer.BadParameter(f"cannot read the DHT status in {directory}: {exc}") from None
     if status is None:
-        err_console.print(
-            f"[red]error:[/red] no node with the dht provider has run with {directory}; start one "
-            "with 'peerkit serve --discovery dht'"
+        print_error(
+            f"no node with the dht provider has run with {directory}; start one with "
+            "'peerkit serve --discovery dht'"
         )
         raise typer.Exit(1)
     if as_json:
@@ -727,7 +726,7 @@ def main() -> None:
     except Exception as exc:
         if _options["debug"]:
             raise
-        err_console.print(f"[red]error:[/red] {_one_line(exc)}", highlight=False, markup=True)
+        print_error(_one_line(exc))
         sys.exit(1)
 
 

@@ -32,7 +32,7 @@ from peerkit.clikit import (
     target_of,
 )
 from peerkit.discovery.base import DiscoveryProvider
-from peerkit.model import Presence, PresenceStatus, check_text
+from peerkit.model import Presence, PresenceStatus, check_text, printable
 from peerkit.streams import AppStream
 from peerkit.terminal import Line, Terminal, TypingChanged
 from peerkit.wellknown import CHAT
@@ -56,7 +56,7 @@ _COMMANDS: Final = {
 def presence_words(presence: Presence) -> str:
     """A presence as people say it: ``away: at lunch``."""
     words = presence.status.name.lower().replace("_", " ")
-    return f"{words}: {presence.text}" if presence.text else words
+    return f"{words}: {printable(presence.text)}" if presence.text else words
 
 
 def chat_command(
@@ -118,7 +118,7 @@ async def _start_chat(
         async with Terminal() as terminal, anyio.create_task_group() as tg:
             tg.start_soon(cancel_on_signal, tg.cancel_scope)
             peer = await reached(node, target, named)
-            who = peer.nickname or peer.id.fingerprint
+            who = printable(peer.nickname) or peer.id.fingerprint
             terminal.show(f"inviting {who} ({peer.id.fingerprint}) to chat...")
             answer = await peer.invite(CHAT, message, timeout=timeout)
             if answer is peerkit.InvitationResponse.ACCEPTED:
@@ -150,7 +150,7 @@ async def _wait_for_chat(
     directory: Path, listen: tuple[str, int], providers: list[DiscoveryProvider], yes: bool
 ) -> None:
     def question(invitation: peerkit.Invitation) -> str:
-        who = invitation.nickname or invitation.sender_id.fingerprint
+        who = printable(invitation.nickname) or invitation.sender_id.fingerprint
         said = f": {invitation.message!r}" if invitation.message else ""
         return f"{who} ({invitation.sender_id.fingerprint}) invites you to chat{said}. Accept? [y/N]"
 
@@ -170,7 +170,7 @@ async def run_chat(node: peerkit.Node, chat: Chat, terminal: Terminal) -> None:
     """Chat in ``terminal`` until either side ends it: the other side's lines, typing and presence
     shown, the user's lines said, and ``/away``, ``/busy``, ``/back`` setting ``node``'s presence."""
     hello = await chat.greeting()
-    name = hello.nickname or chat.stream.peer.id.fingerprint
+    name = printable(hello.nickname) or chat.stream.peer.id.fingerprint
     terminal.show(
         f"chatting with {name} ({chat.stream.peer.id.fingerprint}), {presence_words(hello.presence)}; "
         "/help for commands"
@@ -180,7 +180,7 @@ async def run_chat(node: peerkit.Node, chat: Chat, terminal: Terminal) -> None:
         async for message in chat:
             if isinstance(message, Said):
                 terminal.set_status("")
-                terminal.show(f"{name}: {message.text}")
+                terminal.show(f"{name}: {printable(message.text)}")
             elif isinstance(message, Typing):
                 terminal.set_status(f"{name} is typing to you..." if message.on else "")
             elif isinstance(message, PresenceNote):
@@ -252,7 +252,7 @@ class ChatDesk:
             return
         async with Chat(stream, self._node.nickname, _presence(self._node)) as chat:
             hello = await chat.greeting()
-            name = hello.nickname or peer_id.fingerprint
+            name = printable(hello.nickname) or peer_id.fingerprint
             fields = {"peer": str(peer_id), "nickname": hello.nickname}
             self._chats[peer_id] = chat
             try:
@@ -264,7 +264,8 @@ class ChatDesk:
                 )
                 async for message in chat:
                     if isinstance(message, Said):
-                        self._say(f"{name}: {message.text}", event="chat", line=message.text, **fields)
+                        said = f"{name}: {printable(message.text)}"
+                        self._say(said, event="chat", line=message.text, **fields)
                     elif isinstance(message, PresenceNote):
                         words = presence_words(message.presence)
                         self._say(f"{name} is now {words}", event="chat_presence", presence=words, **fields)

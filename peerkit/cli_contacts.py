@@ -23,6 +23,7 @@ from peerkit.clikit import (
     resolve_contact,
 )
 from peerkit.identity import default_data_dir
+from peerkit.model import printable
 
 __all__ = ("contacts_app",)
 
@@ -75,9 +76,9 @@ def contacts_list(
     for contact in contacts:
         table.add_row(
             contact.fingerprint,
-            contact.nickname,
-            contact.display_name,
-            contact.email,
+            printable(contact.nickname),  # (from the contact's card: its words, shown as text)
+            printable(contact.display_name),
+            printable(contact.email),
             "yes" if contact.subscribe_allowed is peerkit.SubscribePermission.ALLOWED else "blocked",
             "yes" if contact.is_subscribed else "no",
             ", ".join(str(e) for e in contact.endpoints),
@@ -121,7 +122,7 @@ def contacts_add_card(
             f"{contact.fingerprint} is a contact already, with this card or a newer one: nothing changed"
         )
     else:
-        name = contact.display_name or contact.nickname or "?"
+        name = printable(contact.display_name or contact.nickname) or "?"
         console.print(f"{done} {name} ({contact.fingerprint}); the card's signature checks out")
 
 
@@ -148,7 +149,8 @@ def contacts_add_nearby(
         print(json.dumps(_contact_row(contact)))
     else:
         console.print(
-            f"added {contact.nickname or '?'} ({contact.fingerprint}); its card's signature checks out"
+            f"added {printable(contact.nickname) or '?'} ({contact.fingerprint}); its card's signature "
+            "checks out"
         )
 
 
@@ -211,7 +213,7 @@ def contacts_remove(
     async def run() -> peerkit.Contact | None:
         async with offline_node(data_dir or default_data_dir()) as node:
             found = await resolve_contact(node, contact)
-            question = f"remove {found.nickname or '?'} ({found.fingerprint}) from your contacts?"
+            question = f"remove {printable(found.nickname) or '?'} ({found.fingerprint}) from your contacts?"
             if not yes and not await anyio.to_thread.run_sync(_confirm, question):
                 return None
             await node.contacts.delete(found)
@@ -221,7 +223,7 @@ def contacts_remove(
     if found is None:
         err_console.print("not removed")
         raise typer.Exit(1)
-    console.print(f"removed {found.nickname or '?'} ({found.fingerprint})")
+    console.print(f"removed {printable(found.nickname) or '?'} ({found.fingerprint})")
 
 
 def _confirm(question: str) -> bool:
@@ -236,25 +238,25 @@ def _confirm(question: str) -> bool:
 def contacts_allow(contact: ContactId, data_dir: DataDir = None) -> None:
     """Let a contact watch your presence, applications and objects."""
     found = _contact_change(contact, data_dir, subscribe_allowed=peerkit.SubscribePermission.ALLOWED)
-    console.print(f"{found.nickname or found.fingerprint} may watch you")
+    console.print(f"{printable(found.nickname) or found.fingerprint} may watch you")
 
 
 @contacts_app.command("block")
 def contacts_block(contact: ContactId, data_dir: DataDir = None) -> None:
     """Stop a contact from watching you (it may still ask, and hears nothing)."""
     found = _contact_change(contact, data_dir, subscribe_allowed=peerkit.SubscribePermission.BLOCKED)
-    console.print(f"{found.nickname or found.fingerprint} is blocked")
+    console.print(f"{printable(found.nickname) or found.fingerprint} is blocked")
 
 
 @contacts_app.command("watch")
 def contacts_watch(contact: ContactId, data_dir: DataDir = None) -> None:
     """Watch a contact (a running 'peerkit serve' or 'peerkit watch' subscribes within a second)."""
     found = _contact_change(contact, data_dir, is_subscribed=True)
-    console.print(f"watching {found.nickname or found.fingerprint}")
+    console.print(f"watching {printable(found.nickname) or found.fingerprint}")
 
 
 @contacts_app.command("unwatch")
 def contacts_unwatch(contact: ContactId, data_dir: DataDir = None) -> None:
     """Stop watching a contact."""
     found = _contact_change(contact, data_dir, is_subscribed=False)
-    console.print(f"no longer watching {found.nickname or found.fingerprint}")
+    console.print(f"no longer watching {printable(found.nickname) or found.fingerprint}")

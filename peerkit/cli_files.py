@@ -51,7 +51,7 @@ from peerkit.files import (
     receive_files,
     send_files,
 )
-from peerkit.model import check_text
+from peerkit.model import check_text, printable
 from peerkit.proto.files import SUMMARY_NAMES, Entry, Summary, decode_summary, encode_summary
 from peerkit.streams import AppStream
 from peerkit.terminal import Terminal
@@ -79,7 +79,7 @@ def size_text(n: int) -> str:
 
 def _bar() -> Progress:
     return Progress(
-        TextColumn("{task.description}"),
+        TextColumn("{task.description}", markup=False),
         BarColumn(),
         DownloadColumn(),
         TransferSpeedColumn(),
@@ -143,7 +143,7 @@ async def _send(
         async with anyio.create_task_group() as tg:
             tg.start_soon(cancel_on_signal, tg.cancel_scope)
             peer = await reached(node, target, named)
-            who = peer.nickname or peer.id.fingerprint
+            who = printable(peer.nickname) or peer.id.fingerprint
             what = f"{len(outgoing)} file{'s' if len(outgoing) != 1 else ''} ({size_text(total)})"
             with console.status(f"offering {what} to {who}", spinner="dots"):
                 answer = await peer.invite(
@@ -162,7 +162,7 @@ async def _send(
                 report = await _send_with_bar(stream, outgoing, total, who)
             tg.cancel_scope.cancel()
     for path, reason in report.failed:
-        console.print(f"[red]{path}: {reason}[/red]", highlight=False)
+        console.print(f"{path}: {reason}", style="red", highlight=False)
     _outcome(
         as_json,
         f"{who} has {report.received} of {len(outgoing)} files ({size_text(report.sent_bytes)} sent"
@@ -230,7 +230,7 @@ async def _receive(
     directory: Path, listen: tuple[str, int], providers: list[DiscoveryProvider], into: Path, yes: bool
 ) -> int:
     def question(invitation: peerkit.Invitation) -> str | None:
-        who = invitation.nickname or invitation.sender_id.fingerprint
+        who = printable(invitation.nickname) or invitation.sender_id.fingerprint
         try:
             summary = decode_summary(invitation.data)
         except ProtocolError as exc:
@@ -249,7 +249,7 @@ async def _receive(
         tg.start_soon(cancel_on_signal, tg.cancel_scope)
         invitation, stream = await accept_invitation(node, FILES, terminal, "files", question, yes)
         summary = decode_summary(invitation.data)
-        who = invitation.nickname or invitation.sender_id.fingerprint
+        who = printable(invitation.nickname) or invitation.sender_id.fingerprint
         decide = _rename if yes else _asking(terminal)
         async with stream:
             with _bar() as bar:
@@ -268,7 +268,7 @@ async def _receive(
     for offered in report.skipped:
         console.print(f"skipped: {offered}", highlight=False)
     for offered, reason in report.failed:
-        console.print(f"[red]failed: {offered}: {reason}[/red]", highlight=False)
+        console.print(f"failed: {offered}: {reason}", style="red", highlight=False)
     resumed = f", {size_text(report.resumed_bytes)} resumed" if report.resumed_bytes else ""
     console.print(f"received {size_text(report.received_bytes)}{resumed}", highlight=False)
     return 1 if report.failed else 0

@@ -8,6 +8,7 @@ from typing import Annotated, Final
 
 import anyio
 import typer
+from rich.text import Text
 
 import peerkit
 from peerkit.clikit import (
@@ -19,6 +20,7 @@ from peerkit.clikit import (
     providers_named,
 )
 from peerkit.discovery.base import DiscoveryProvider
+from peerkit.model import printable
 from peerkit.node.pairing import PAIR_TIMEOUT
 from peerkit.proto.pairing import parse_code
 
@@ -83,7 +85,7 @@ def pair_command(
         anyio.run(_pair, directory, (host, port), providers, None, None, timeout, lan, as_json)
 
 
-def _say(as_json: bool, text: str, **fields: object) -> None:
+def _say(as_json: bool, text: str | Text, **fields: object) -> None:
     if as_json:
         print(json.dumps(fields), flush=True)
     else:
@@ -91,7 +93,7 @@ def _say(as_json: bool, text: str, **fields: object) -> None:
 
 
 def _paired(as_json: bool, contact: peerkit.Contact) -> None:
-    name = contact.nickname or contact.display_name or "?"
+    name = printable(contact.nickname or contact.display_name) or "?"
     _say(
         as_json,
         f"paired with {name} ({contact.fingerprint}): now your contact, as you are theirs. Check that "
@@ -141,9 +143,13 @@ async def _pair(
             async with node.pair(timeout=timeout, lan=lan) as pairing:
                 _say(
                     as_json,
-                    f"your code: [bold]{pairing.code}[/bold]\non the other machine: peerkit pair "
-                    f"{pairing.code}\n(you are {node.id.fingerprint} at {node.endpoint}; the code works "
-                    f"once, for {timeout:g} s; Ctrl-C stops)",
+                    Text.assemble(
+                        "your code: ",
+                        (str(pairing.code), "bold"),
+                        f"\non the other machine: peerkit pair {pairing.code}\n(you are "
+                        f"{node.id.fingerprint} at {node.endpoint}; the code works once, for "
+                        f"{timeout:g} s; Ctrl-C stops)",
+                    ),
                     event="code",
                     code=str(pairing.code),
                     fingerprint=node.id.fingerprint,

@@ -12,14 +12,14 @@ from typing import Annotated, Final, Generic, TypeVar
 
 import anyio
 import typer
-from rich.console import Console
+from rich.text import Text
 
 import peerkit
 from peerkit.discovery.base import DiscoveryProvider
 from peerkit.errors import IdentityError
 from peerkit.identity import KEY_FILE_NAME, default_data_dir
-from peerkit.model import check_text
-from peerkit.terminal import Terminal
+from peerkit.model import check_text, printable
+from peerkit.terminal import SafeConsole, Terminal
 
 __all__ = (
     "EXIT_CODES",
@@ -42,6 +42,7 @@ __all__ = (
     "offline_node",
     "parse_address",
     "peer_named",
+    "print_error",
     "providers_named",
     "reached",
     "resolve_contact",
@@ -50,8 +51,16 @@ __all__ = (
 
 T = TypeVar("T")
 
-console = Console(soft_wrap=True)
-err_console = Console(stderr=True, soft_wrap=True)
+#: Where the commands print for people, and their errors: text from peers is shown as text (see
+#: :class:`~peerkit.terminal.SafeConsole`).
+console = SafeConsole(soft_wrap=True)
+err_console = SafeConsole(stderr=True, soft_wrap=True)
+
+
+def print_error(message: str) -> None:
+    """Print ``error: MESSAGE`` on stderr ("error:" in red on a terminal), the message as text."""
+    text = Text.assemble(("error:", "red"), " ", printable(message, newlines=True))
+    err_console.print(text, highlight=False)
 
 
 DataDir = Annotated[
@@ -153,7 +162,9 @@ async def resolve_contact(node: peerkit.Node, text: str) -> peerkit.Contact:
 
 
 def _candidates(contacts: list[peerkit.Contact]) -> str:
-    return ", ".join(f"{c.nickname or c.display_name or '?'} {c.fingerprint}" for c in contacts[:8])
+    return ", ".join(
+        f"{printable(c.nickname or c.display_name) or '?'} {c.fingerprint}" for c in contacts[:8]
+    )
 
 
 async def cancel_on_signal(scope: anyio.CancelScope) -> None:
@@ -243,7 +254,7 @@ async def nearby_named(node: peerkit.Node, name: str, wait: float) -> peerkit.Ne
             f"nobody called {name!r} was seen near you within {wait:g} s; see 'peerkit near'"
         )
     if len(found) > 1:
-        listed = ", ".join(f"{p.nickname or '?'} {p.fingerprint}" for p in found[:8])
+        listed = ", ".join(f"{printable(p.nickname) or '?'} {p.fingerprint}" for p in found[:8])
         raise typer.BadParameter(
             f"{len(found)} peers near you are called {name!r} ({listed}); give the fingerprint"
         )
@@ -343,7 +354,7 @@ async def accept_invitation(
             f"{node.endpoint}; Ctrl-C stops"
         )
         async for invitation in invitations:
-            who = invitation.nickname or invitation.sender_id.fingerprint
+            who = printable(invitation.nickname) or invitation.sender_id.fingerprint
             asked = question(invitation)
             if asked is None:
                 invitation.decline()

@@ -31,7 +31,7 @@ from peerkit.contact import (
 from peerkit.errors import ContactExists, InvalidRecord, UnknownContact
 from peerkit.events import ContactChanged, Event, SubscriptionListChanged
 from peerkit.handles import Handle
-from peerkit.identity import Identity, PeerId
+from peerkit.identity import Identity, PeerId, check_peer_id
 from peerkit.model import (
     MAX_CONTACT_ENDPOINTS,
     ChangeType,
@@ -347,7 +347,7 @@ class ContactManager:
     # -- what the node asks, without waiting ------------------------------------------------
     def has(self, peer_id: PeerId) -> bool:
         """Whether ``peer_id`` is a contact."""
-        return peer_id in self._flags
+        return check_peer_id(peer_id) in self._flags
 
     def permission(self, peer_id: PeerId) -> SubscribePermission | None:
         """The contact's ``subscribe_allowed``, or None when it is not a contact."""
@@ -680,7 +680,7 @@ class ContactManager:
 
         :raises UnknownContact: when ``peer_id`` is not a contact.
         """
-        row = await self._store.read(_select, bytes(peer_id))
+        row = await self._store.read(_select, bytes(check_peer_id(peer_id)))
         if row is None:
             raise UnknownContact(f"{peer_id.fingerprint} is not a contact")
         contact = self._contact(row)

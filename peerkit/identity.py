@@ -26,7 +26,7 @@ import platformdirs
 from peerkit.errors import IdentityError
 from peerkit.proto import crypto
 
-__all__ = ("KEY_FILE_NAME", "Identity", "PeerId", "default_data_dir")
+__all__ = ("KEY_FILE_NAME", "Identity", "PeerId", "check_peer_id", "default_data_dir")
 
 #: The name of the key file inside a data dir.
 KEY_FILE_NAME: Final = "identity.key"
@@ -130,6 +130,16 @@ class PeerId:
 
     def __lt__(self, other: PeerId) -> bool:
         return self._key < other._key
+
+
+def check_peer_id(value: object, what: str = "peer_id") -> PeerId:
+    """Return ``value`` if it is a :class:`PeerId`.
+
+    :raises TypeError: when it is not; the message names ``what`` and the type given.
+    """
+    if not isinstance(value, PeerId):
+        raise TypeError(f"{what} must be a PeerId, not {type(value).__name__}")
+    return value
 
 
 class Identity:

@@ -11,6 +11,8 @@ import contextlib
 import enum
 import ipaddress
 import math
+import reprlib
+import unicodedata
 import uuid
 from dataclasses import dataclass, field
 from typing import Final
@@ -38,6 +40,8 @@ __all__ = (
     "SubscribePermission",
     "check_scope",
     "check_seconds",
+    "printable",
+    "quoted",
     "seconds_text",
 )
 
@@ -70,6 +74,64 @@ def check_text(value: object, what: str, limit: int = MAX_TEXT) -> str:
     if len(value) > limit:
         raise LimitExceeded(f"{what} is {len(value)} characters; the limit is {limit}")
     return value
+
+
+#: Characters that reorder the text around them when shown (Unicode's bidirectional controls): a
+#: name holding one can look like another.
+_BIDI_CONTROLS: Final = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+#: Unicode categories shown escaped: control characters (escape sequences, carriage returns,
+#: bells...), line and paragraph separators, and lone surrogates (which no terminal can print).
+_HIDDEN_CATEGORIES: Final = frozenset(("Cc", "Zl", "Zp", "Cs"))
+_NAMED_ESCAPES: Final = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def printable(text: str, limit: int | None = None, *, newlines: bool = False) -> str:
+    """``text`` as it can be shown on a terminal or written to a log: every control character
+    (an escape sequence, a carriage return, a bell...), bidirectional control, line separator and
+    lone surrogate is written as its Python escape (``\\x1b``, ``\\u202e``), so that the text shows
+    as itself and cannot move the cursor, recolour the screen or pass for other text. Text from
+    peers (nicknames, messages, presence text) may hold any of these: show it through this.
+
+    With ``newlines`` a line feed is kept (for text that is meant to span lines); with ``limit``
+    text longer than ``limit`` characters is cut there and ends with "…".
+    """
+    if limit is not None and len(text) > limit:
+        text = text[:limit] + "…"
+    if text.isprintable():  # (most text: nothing to look at character by character)
+        return text
+    return "".join(_escape(char) if _hidden(char, newlines) else char for char in text)
+
+
+def _hidden(char: str, newlines: bool) -> bool:
+    if char == "\n":
+        return not newlines
+    return char in _BIDI_CONTROLS or unicodedata.category(char) in _HIDDEN_CATEGORIES
+
+
+def _escape(char: str) -> str:
+    named = _NAMED_ESCAPES.get(char)
+    if named is not None:
+        return named
+    code = ord(char)
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+def _quoting() -> reprlib.Repr:
+    shortened = reprlib.Repr()
+    shortened.maxstring = shortened.maxother = shortened.maxlong = 60
+    shortened.maxlist = shortened.maxtuple = shortened.maxdict = shortened.maxset = 6
+    shortened.maxlevel = 3
+    return shortened
+
+
+_QUOTING: Final = _quoting()
+
+
+def quoted(value: object) -> str:
+    """A value a peer sent, as an error message or a log line quotes it: its ``repr``, cut short
+    (about 60 characters of a string, 6 items of a list, 3 levels deep, 200 characters in all),
+    control characters escaped. A peer's mistake is named without echoing all of it."""
+    return printable(_QUOTING.repr(value), 200)
 
 
 def check_data(value: object, what: str, limit: int = MAX_DATA, *, allow_empty: bool = True) -> bytes:

@@ -7,7 +7,7 @@ import uuid
 from typing import Any, Protocol
 
 from peerkit.discovery.base import NearbyRecord
-from peerkit.identity import PeerId
+from peerkit.identity import PeerId, check_peer_id
 from peerkit.model import (
     MAX_INVITATION_WAIT,
     REQUEST_TIMEOUT,
@@ -54,8 +54,7 @@ class Peer:
     def __init__(
         self, ops: PeerOps, peer_id: PeerId, endpoints: tuple[EndPoint, ...], nickname: str = ""
     ) -> None:
-        if not isinstance(peer_id, PeerId):
-            raise TypeError(f"peer_id must be a PeerId, not {type(peer_id).__name__}")
+        check_peer_id(peer_id)
         if not endpoints:
             raise ValueError("a peer needs at least one endpoint")
         for endpoint in endpoints:

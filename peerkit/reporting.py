@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
 from peerkit import events
+from peerkit.model import printable
 from peerkit.statusfile import read_status_file, write_whole
 
 if TYPE_CHECKING:
@@ -174,11 +175,12 @@ def describe_event(
     who = event.contact
     peer_id = event.peer_id
     name = (who.display_name or who.nickname) if who is not None else ""
+    shown = printable(name)
     base: dict[str, object] = {"id": str(peer_id), "fingerprint": peer_id.fingerprint, "nickname": name}
-    label = f"{name or '?'} ({peer_id.fingerprint})"
+    label = f"{shown or '?'} ({peer_id.fingerprint})"
     if isinstance(event, events.PresenceChanged):
         status = event.presence.status.name.lower().replace("_", " ")
-        text = f"{label} is {status}" + (f": {event.presence.text}" if event.presence.text else "")
+        text = f"{label} is {status}" + (f": {printable(event.presence.text)}" if event.presence.text else "")
         return text, {
             **base,
             "event": "presence",
@@ -187,7 +189,7 @@ def describe_event(
         }
     if isinstance(event, events.ApplicationChanged):
         app_ = event.application
-        text = f"{label} application {app_.description or app_.id}: {event.change.name.lower()}"
+        text = f"{label} application {printable(app_.description) or app_.id}: {event.change.name.lower()}"
         return text, {
             **base,
             "event": "application",

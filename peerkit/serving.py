@@ -10,20 +10,19 @@ from pathlib import Path
 from typing import Any
 
 import anyio
-from rich.console import Console
 
 from peerkit.apps import Registry
 from peerkit.cli_chat import ChatDesk
 from peerkit.cli_files import FilesDesk
 from peerkit.discovery.base import DiscoveryProvider
 from peerkit.launching import Launcher
-from peerkit.model import EndPoint
+from peerkit.model import EndPoint, printable
 from peerkit.reporting import REACH_EVERY, reach_status, relay_text, write_reach
-from peerkit.terminal import Terminal
+from peerkit.terminal import SafeConsole, Terminal
 
 __all__ = ("run_serve",)
 
-console = Console(soft_wrap=True)
+console = SafeConsole(soft_wrap=True)
 
 
 async def run_serve(
@@ -102,7 +101,7 @@ async def run_serve(
         async def report(event: InvitationAnswered) -> None:
             answer = event.response.name.lower() if event.response is not None else "withdrawn"
             say(
-                f"invitation from {event.nickname or '?'} ({event.sender_id.fingerprint}) to "
+                f"invitation from {printable(event.nickname) or '?'} ({event.sender_id.fingerprint}) to "
                 f"{event.application_id}: {event.message!r}, {event.data_size} bytes of data -> "
                 f"{answer} ({event.reason})",
                 event="invitation",

@@ -18,8 +18,12 @@ from types import TracebackType
 from typing import Any, Final, TextIO
 
 import anyio
+from rich.console import Console
+from rich.text import Text
 
-__all__ = ("IDLE_AFTER", "Line", "Terminal", "TypingChanged")
+from peerkit.model import printable
+
+__all__ = ("IDLE_AFTER", "Line", "SafeConsole", "Terminal", "TypingChanged")
 
 #: Seconds without a key after which a user who typed part of a line counts as no longer typing.
 IDLE_AFTER: Final = 5.0
@@ -83,7 +87,9 @@ class Terminal:
             self._saved = None
 
     def show(self, text: str) -> None:
-        """Print ``text`` as a line of its own, above the line being typed."""
+        """Print ``text`` as a line of its own, above the line being typed; its control characters
+        but line feeds are shown escaped (see :func:`peerkit.printable`)."""
+        text = printable(text, newlines=True)
         if self.interactive:
             self._write(f"\r\x1b[K{text}\n")
             self._redraw()
@@ -92,6 +98,7 @@ class Terminal:
 
     def set_status(self, status: str) -> None:
         """Show ``status`` (e.g. who is typing) before the prompt, on a terminal; '' clears it."""
+        status = printable(status)
         if status != self._status:
             self._status = status
             if self.interactive:
@@ -191,3 +198,20 @@ class Terminal:
     def _write(self, text: str) -> None:
         self._stdout.write(text)
         self._stdout.flush()
+
+
+class SafeConsole(Console):
+    """A rich console for text that may come from peers: markup and emoji codes are off unless a
+    call turns them on (a nickname "[/b]" is shown as such, not read as a closing tag), and in
+    every string it renders, control characters but line feeds are shown escaped (see
+    :func:`peerkit.printable`): no escape sequence from a peer reaches the terminal."""
+
+    def __init__(self, **options: Any) -> None:
+        options.setdefault("markup", False)
+        options.setdefault("emoji", False)
+        super().__init__(**options)
+
+    def render_str(self, text: str, **options: Any) -> Text:
+        """What rich renders a string as, once its control characters but line feeds are shown
+        escaped; the options are rich's."""
+        return super().render_str(printable(text, newlines=True), **options)

@@ -3,9 +3,13 @@ waiting for an invitation and one inviting; lines, typing, presence and the end 
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
+import re
 import signal
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pexpect
@@ -79,47 +83,93 @@ def test_a_declined_chat_exits_3_and_ctrl_c_ends_an_accepted_one_cleanly(tmp_pat
         a.terminate(force=True)
 
 
+@contextlib.contextmanager
+def serving_chat(env: dict[str, str], *options: str) -> Iterator[subprocess.Popen[str]]:
+    """``peerkit serve --accept chat --json`` on loopback (its stdin and stdout are pipes), stopped
+    with SIGTERM at the end, when it must exit 0."""
+    server = subprocess.Popen(
+        [*PEERKIT, "serve", "--listen", "127.0.0.1:0", "--discovery", NOBODY, *options, *ACCEPT_CHAT],
+        env=env,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        yield server
+    finally:
+        server.send_signal(signal.SIGTERM)
+        assert server.wait(20) == 0
+        assert server.stdin is not None
+        assert server.stdout is not None
+        server.stdin.close()
+        server.stdout.close()
+
+
 @pytest.mark.network
 @pytest.mark.timeout(90)
 def test_serve_accept_chat_prints_the_chat_and_says_the_lines_of_its_stdin(tmp_path: Path) -> None:
     sam = person(tmp_path / "sam", "sam")
     bob = person(tmp_path / "bob", "bob")
-    server = subprocess.Popen(
-        [*PEERKIT, "serve", "--listen", "127.0.0.1:0", "--discovery", NOBODY, *ACCEPT_CHAT],
-        env=sam,
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    assert server.stdin is not None
-    assert server.stdout is not None
-
-    def event(name: str) -> dict[str, object]:
-        assert server.stdout is not None
-        for line in server.stdout:
-            found: dict[str, object] = json.loads(line)
-            if found["event"] == name:
-                return found
-        raise AssertionError(f"serve ended before a {name!r} event")
-
     b = None
-    try:
-        port = event("listening")["port"]
-        b = terminal("chat", f"127.0.0.1:{port}", env=bob)
-        b.expect("chatting with sam")
-        assert event("chat_started")["nickname"] == "bob"
-        b.send("hi sam\r")
-        assert event("chat")["line"] == "hi sam"
-        server.stdin.write("hello bob\n")
-        server.stdin.flush()
-        b.expect("sam: hello bob")
-        b.sendcontrol("d")
-        assert event("chat_ended")["how"] == "bye"
-        assert exit_status(b) == 0
-    finally:
-        server.send_signal(signal.SIGTERM)
-        assert server.wait(20) == 0
-        server.stdin.close()
-        server.stdout.close()
-        if b is not None:
-            b.terminate(force=True)
+    with serving_chat(sam) as server:
+        assert server.stdin is not None
+        assert server.stdout is not None
+
+        def event(name: str) -> dict[str, object]:
+            assert server.stdout is not None
+            for line in server.stdout:
+                found: dict[str, object] = json.loads(line)
+                if found["event"] == name:
+                    return found
+            raise AssertionError(f"serve ended before a {name!r} event")
+
+        try:
+            port = event("listening")["port"]
+            b = terminal("chat", f"127.0.0.1:{port}", env=bob)
+            b.expect("chatting with sam")
+            assert event("chat_started")["nickname"] == "bob"
+            b.send("hi sam\r")
+            assert event("chat")["line"] == "hi sam"
+            server.stdin.write("hello bob\n")
+            server.stdin.flush()
+            b.expect("sam: hello bob")
+            b.sendcontrol("d")
+            assert event("chat_ended")["how"] == "bye"
+            assert exit_status(b) == 0
+        finally:
+            if b is not None:
+                b.terminate(force=True)
+
+
+#: What a hostile peer puts in its nickname and lines: escape sequences that would clear the
+#: screen, set the window title, recolour what follows and move to the start of the line, rich
+#: markup (a closing tag that matches nothing), and a right-to-left override.
+HOSTILE = "\x1b[2J\x1b]0;pwned\x07\x1b[31m[/b]\r\u202eok"
+
+
+@pytest.mark.network
+def test_a_peers_nickname_and_lines_reach_the_terminal_as_text(tmp_path: Path) -> None:
+    mallory = person(tmp_path / "mallory", "mallory")
+    bob = person(tmp_path / "bob", "bob")
+    shown = io.StringIO()
+    b = None
+    with serving_chat(mallory, "--nickname", f"m{HOSTILE}") as server:
+        assert server.stdin is not None
+        assert server.stdout is not None
+        try:
+            port = json.loads(server.stdout.readline())["port"]
+            b = terminal("chat", f"127.0.0.1:{port}", env=bob)
+            b.logfile_read = shown
+            escaped = re.escape(r"\x1b[2J\x1b]0;pwned\x07\x1b[31m[/b]\r\u202eok")
+            b.expect(f"chatting with m{escaped}")
+            server.stdin.write(f"hi{HOSTILE}\n")
+            server.stdin.flush()
+            b.expect(f"m{escaped}: hi{escaped}")
+            b.sendcontrol("d")
+            assert exit_status(b) == 0
+        finally:
+            if b is not None:
+                b.terminate(force=True)
+    output = shown.getvalue()
+    for raw in ("\x1b[2J", "\x1b]0;", "\x07", "\x1b[31m", "\u202e"):
+        assert raw not in output, f"{raw!r} reached the terminal"

@@ -25,7 +25,7 @@ import anyio.abc
 from peerkit.clock import Clock, loop_clock
 from peerkit.errors import PeerUnreachable, ProtocolError
 from peerkit.identity import PeerId
-from peerkit.model import EndPoint, check_seconds
+from peerkit.model import EndPoint, check_seconds, quoted
 from peerkit.net.channel import SecureChannel
 from peerkit.proto.control import (
     MAX_CONCURRENT,
@@ -572,9 +572,8 @@ class ControlChannel:
             assert isinstance(event, Unmatched)
             if event.message["t"] == "error":
                 message = event.message
-                log.info(
-                    "error from %s: %s: %s", self.peer_id.fingerprint, message.get("code"), message.get("msg")
-                )
+                code, text = quoted(message.get("code")), quoted(message.get("msg"))
+                log.info("error from %s: %s: %s", self.peer_id.fingerprint, code, text)
 
     async def _handle(self, rid: int, message: dict[str, Any]) -> None:
         # (a task of the channel's: cancelled when the channel closes)

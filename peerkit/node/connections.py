@@ -22,7 +22,7 @@ import anyio.abc
 
 from peerkit.clock import Clock
 from peerkit.errors import NotRunning, PeerkitError, PeerUnreachable
-from peerkit.identity import Identity, PeerId
+from peerkit.identity import Identity, PeerId, check_peer_id
 from peerkit.model import EndPoint
 from peerkit.net.channel import SecureChannel, dial
 from peerkit.net.control import ControlChannel, Handler, KeepaliveClock, KeepalivePolicy, NoticeHandler
@@ -264,7 +264,8 @@ class Connections:
     # -- what there is -----------------------------------------------------------------------
     def channels(self, peer_id: PeerId) -> int:
         """How many control channels to ``peer_id`` are open."""
-        return sum(1 for c in self._controls.get(peer_id, ()) if not c.closed)
+        channels = self._controls.get(check_peer_id(peer_id), ())  # (a wrong type: an error, not 0)
+        return sum(1 for c in channels if not c.closed)
 
     def peers(self) -> list[PeerId]:
         """The peers a control channel is open to."""
@@ -287,7 +288,7 @@ class Connections:
 
     async def disconnect(self, peer_id: PeerId) -> None:
         """Close every control channel to ``peer_id`` now."""
-        for control in list(self._controls.get(peer_id, ())):
+        for control in list(self._controls.get(check_peer_id(peer_id), ())):
             await control.aclose()
 
     def routes(self, peer: Peer, endpoints: tuple[EndPoint, ...], *, exact: bool = False) -> list[Route]:

@@ -11,7 +11,7 @@ from peerkit.bus import NearbyWatch
 from peerkit.contacts import ContactManager
 from peerkit.discovery.base import DirectoryStats
 from peerkit.handles import Handle
-from peerkit.identity import PeerId
+from peerkit.identity import PeerId, check_peer_id
 from peerkit.model import Application, check_seconds
 from peerkit.node.nearby import Nearby, NearbyHandler
 from peerkit.node.reaching import Reaching, ReachStep
@@ -139,7 +139,7 @@ class FindingMethods:
         """
         self._check_running()
         timeout = check_seconds(timeout, "trace timeout")
-        if peer_id == self.id:
+        if check_peer_id(peer_id) == self.id:
             raise ValueError("that is this node's own id")
         known = await self.contacts.find_stored(peer_id)
         endpoints = known.endpoints if known is not None else ()
@@ -154,7 +154,7 @@ class FindingMethods:
         If cancelled, the lookups under way are abandoned.
         """
         self._check_running()
-        return await self._nearby.resolve(peer_id)
+        return await self._nearby.resolve(check_peer_id(peer_id))
 
 
 def _application_id(application: Application | uuid.UUID | None) -> uuid.UUID | None:

@@ -22,7 +22,7 @@ from peerkit.contact import Contact
 from peerkit.errors import PeerkitError, PeerUnreachable, ProtocolError
 from peerkit.events import InvitationAnswered
 from peerkit.handles import Handle, Subscription
-from peerkit.identity import PeerId
+from peerkit.identity import PeerId, check_peer_id
 from peerkit.invitations import AnswerReason, Invitation, InvitationPolicy, InvitationState, Withdrawn
 from peerkit.model import (
     MAX_INVITATION_WAIT,
@@ -147,13 +147,11 @@ class Invitations:
 
     def trust(self, peer_id: PeerId) -> None:
         """Trust ``peer_id`` for this run."""
-        if not isinstance(peer_id, PeerId):
-            raise TypeError(f"peer_id must be a PeerId, not {type(peer_id).__name__}")
-        self._trusted.add(peer_id)
+        self._trusted.add(check_peer_id(peer_id))
 
     def untrust(self, peer_id: PeerId) -> None:
         """Stop trusting ``peer_id`` for this run."""
-        self._trusted.discard(peer_id)
+        self._trusted.discard(check_peer_id(peer_id))
 
     def is_trusted(self, peer_id: PeerId) -> bool:
         """Whether ``peer_id`` is trusted: for this run, or as a contact."""

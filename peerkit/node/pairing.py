@@ -202,6 +202,8 @@ class Pairing:
         except (ProtocolError, InvalidRecord, TimeoutError, anyio.BrokenResourceError) as exc:
             self._error = PairingFailed(f"the pairing failed: {exc or 'it took too long'}")
         finally:
+            if self._contact is None and self._error is None:  # (cancelled, or a fault of ours)
+                self._error = PairingFailed("the pairing failed: it ended without an answer")
             self._done.set()
 
 

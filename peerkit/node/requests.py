@@ -18,7 +18,16 @@ from peerkit.contacts import CardContent, read_card
 from peerkit.discovery.base import read_record
 from peerkit.errors import InvalidRecord, NotAllowed, PeerUnreachable, ProtocolError
 from peerkit.identity import PeerId
-from peerkit.model import MAX_APPLICATIONS, MAX_OBJECTS, EndPoint, check_seconds, seconds_text
+from peerkit.model import (
+    MAX_APPLICATIONS,
+    MAX_OBJECTS,
+    MAX_TEXT,
+    EndPoint,
+    check_seconds,
+    printable,
+    quoted,
+    seconds_text,
+)
 from peerkit.net.control import Answer, ControlChannel, Reply
 from peerkit.net.transport import ON_LINK
 from peerkit.node.connections import LOOKUP_AFTER, ChannelPeer, Route, first_of
@@ -173,7 +182,8 @@ class Requests:
 
     async def fetch(self, peer: Peer, what: str, timeout: float) -> Any:
         """``peer``'s presence, applications or objects (``what``), once."""
-        reply = await self.request(peer, {"t": "get", "what": what}, timeout, f"a {what} request")
+        asked = f"a request for its {_ASKED[what]}"
+        reply = await self.request(peer, {"t": "get", "what": what}, timeout, asked)
         try:
             check_reply(reply, "get_reply")
             if what == "presence":
@@ -184,9 +194,7 @@ class Requests:
                 raise ProtocolError(f'"{what}" must be a list of at most {limit}')
             return [read_app(i) for i in items] if what == "apps" else [read_object(i) for i in items]
         except ProtocolError as exc:
-            raise ProtocolError(
-                f"{peer.id.fingerprint} sent a bad answer to a {what} request: {exc}"
-            ) from None
+            raise ProtocolError(f"{peer.id.fingerprint} sent a bad answer to {asked}: {exc}") from None
 
     async def fetch_card(self, peer: Peer, timeout: float) -> CardContent:
         """``peer``'s contact card, checked: it verifies and is the card of ``peer``."""
@@ -233,9 +241,14 @@ class Requests:
         return envelope
 
 
+#: What a ``get`` asks for, as its errors name it.
+_ASKED: Final = {"presence": "presence", "apps": "applications", "objects": "objects"}
+
+
 def _refused(who: str, what: str, refusal: Refused) -> Exception:
-    # The one reading of an error a peer answered with.
+    # The one reading of an error a peer answered with (its text shown as text, cut short).
+    text = printable(refusal.text, MAX_TEXT) if isinstance(refusal.text, str) else quoted(refusal.text)
     if refusal.code in (ErrorCode.NOT_ALLOWED, ErrorCode.UNAVAILABLE):
-        return NotAllowed(f"{who} refused {what}: {refusal.text}")
-    code = refusal.code.value if isinstance(refusal.code, ErrorCode) else refusal.code
-    return ProtocolError(f"{who} refused {what}: {code}: {refusal.text}")
+        return NotAllowed(f"{who} refused {what}: {text}")
+    code = refusal.code.value if isinstance(refusal.code, ErrorCode) else quoted(refusal.code)
+    return ProtocolError(f"{who} refused {what}: {code}: {text}")

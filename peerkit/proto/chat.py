@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from peerkit.errors import ProtocolError
-from peerkit.model import Presence, PresenceStatus, check_text
+from peerkit.model import Presence, PresenceStatus, check_text, quoted
 from peerkit.proto.framing import FrameDecoder, encode_frame
 from peerkit.proto.messages import decode, encode
 
@@ -159,7 +159,7 @@ def _message(body: Any) -> ChatMessage | None:
         if kind == "bye":
             return Bye()
     except (ValueError, TypeError) as exc:
-        raise ProtocolError(f"malformed chat {kind!r} message: {exc}") from None
+        raise ProtocolError(f"malformed chat {quoted(kind)} message: {exc}") from None
     return None
 
 

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any, Final, TypeVar
 
 from peerkit.errors import ProtocolError
+from peerkit.model import quoted
 from peerkit.proto.connection import MAX_PLAINTEXT
 from peerkit.proto.messages import encode, encode_message
 from peerkit.proto.requests import NOTICES, BadRequest, ErrorCode, decode_request, error_reply, is_uint
@@ -195,16 +196,17 @@ class ReplyParts:
         first = self._first
         assert first is not None
         if part.get("t") != first.get("t"):
-            raise ProtocolError(f"a part of a {first.get('t')!r} reply is a {part.get('t')!r}")
+            raise ProtocolError(f"a part of a {quoted(first.get('t'))} reply is a {quoted(part.get('t'))}")
         for path, items in _lists(part):
             holder: Any = first
             for key in path[:-1]:
                 holder = holder.get(key)
                 if not isinstance(holder, dict):
-                    raise ProtocolError(f"a part of a reply has {'.'.join(path)!r}; the first part does not")
-            target = holder.get(path[-1])
+                    break
+            target = holder.get(path[-1]) if isinstance(holder, dict) else None
             if not isinstance(target, list):
-                raise ProtocolError(f"a part of a reply has {'.'.join(path)!r}; the first part does not")
+                joined = quoted(".".join(str(key) for key in path))
+                raise ProtocolError(f"a part of a reply has {joined}; the first part does not")
             target.extend(items)
 
 

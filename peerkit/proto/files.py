@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from peerkit.errors import ProtocolError
+from peerkit.model import quoted
 from peerkit.proto.framing import encode_frame
 from peerkit.proto.messages import decode, encode, encode_deterministic
 
@@ -228,18 +229,18 @@ def decode_message(frame: bytes | memoryview) -> tuple[str, Any, bool]:
             return kind, [Entry(*row) for row in rows], more
         return kind, [(_index(i), _offset(o)) for i, o in rows], more
     except (KeyError, ValueError, TypeError) as exc:
-        raise ProtocolError(f"malformed files {kind!r} message: {exc}") from None
+        raise ProtocolError(f"malformed files {quoted(kind)} message: {exc}") from None
 
 
 def _index(value: object) -> int:
     if type(value) is not int or not 0 <= value < MAX_FILES:
-        raise ValueError(f"{value!r} is not a file's index")
+        raise ValueError(f"{quoted(value)} is not a file's index")
     return value
 
 
 def _offset(value: object) -> int:
     if type(value) is not int or not 0 <= value <= MAX_SIZE:
-        raise ValueError(f"{value!r} is not an offset")
+        raise ValueError(f"{quoted(value)} is not an offset")
     return value
 
 

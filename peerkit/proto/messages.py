@@ -18,7 +18,7 @@ from typing import Any, Final
 import cbor2
 
 from peerkit.errors import ProtocolError
-from peerkit.model import MAX_TEXT
+from peerkit.model import MAX_TEXT, quoted
 
 __all__ = (
     "LARGE_VALUE",
@@ -250,7 +250,7 @@ class _Decoder:
             if not isinstance(key, (str, int, bytes)) or isinstance(key, bool):
                 raise ProtocolError(f"CBOR map key of type {type(key).__name__} is not allowed")
             if key in result:
-                raise ProtocolError(f"CBOR map has the key {key!r} twice")
+                raise ProtocolError(f"CBOR map has the key {quoted(key)} twice")
             result[key], pos = self.item(pos, depth + 1)
         return result, pos
 
@@ -449,7 +449,7 @@ def decode_hello(data: bytes) -> Hello:
         raise ProtocolError("hello is not a CBOR map")
     if type(value.get("v")) is not int or value["v"] != PROTOCOL_VERSION:  # not 1.0, not True
         raise ProtocolError(
-            f"hello has protocol version {value.get('v')!r}; peerkit speaks {PROTOCOL_VERSION}"
+            f"hello has protocol version {quoted(value.get('v'))}; peerkit speaks {PROTOCOL_VERSION}"
         )
     peer_id = value.get("id")
     if not isinstance(peer_id, bytes) or len(peer_id) != 32:

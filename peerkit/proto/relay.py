@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from peerkit.errors import ProtocolError
+from peerkit.model import printable, quoted
 from peerkit.proto import messages
 from peerkit.proto.admission import group_of
 from peerkit.proto.framing import encode_frame
@@ -140,7 +141,7 @@ def decode_request(frame: bytes | memoryview) -> Connect | Accept:
         if not isinstance(token, bytes) or len(token) != TOKEN_SIZE:
             raise ProtocolError(f'relay "accept" needs "token", {TOKEN_SIZE} bytes')
         return Accept(token)
-    raise ProtocolError(f"unknown relay request {kind!r}")
+    raise ProtocolError(f"unknown relay request {quoted(kind)}")
 
 
 def encode_ok(seen: tuple[str, int] | None = None) -> bytes:
@@ -178,10 +179,11 @@ def decode_reply(frame: bytes | memoryview) -> tuple[str, int] | None:
         return seen_address(message.get("seen"))
     if message["t"] == "error":
         code, text = message.get("code"), message.get("text")
-        raise RelayRefused(
-            code if isinstance(code, str) else "?", text if isinstance(text, str) else "refused"
+        raise RelayRefused(  # (a relay's words, shown as text and cut short)
+            printable(code, 32) if isinstance(code, str) else "?",
+            printable(text, 200) if isinstance(text, str) else "refused",
         )
-    raise ProtocolError(f"unknown relay answer {message['t']!r}")
+    raise ProtocolError(f"unknown relay answer {quoted(message['t'])}")
 
 
 # -- the book -----------------------------------------------------------------------------------

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import Any, Final, TypeGuard
 
 from peerkit.errors import ProtocolError
-from peerkit.model import MAX_DATA, MAX_INVITATION_WAIT, MAX_TEXT
+from peerkit.model import MAX_DATA, MAX_INVITATION_WAIT, MAX_TEXT, quoted
 
 __all__ = (
     "NOTICES",
@@ -306,7 +306,7 @@ def decode_request(message: dict[str, Any]) -> Request:
     rid = message.get("rid")
     decoder = _DECODERS.get(kind)  # type: ignore[arg-type]
     if decoder is None:
-        text = f"unknown message type {kind!r}"
+        text = f"unknown message type {quoted(kind)}"
         raise BadRequest(ErrorCode.UNKNOWN_TYPE, text, rid if is_uint(rid) else None)
     if not is_uint(rid):
         raise BadRequest(ErrorCode.MALFORMED, f'{kind} needs an unsigned "rid"', None)
@@ -354,4 +354,4 @@ def check_reply(reply: dict[str, Any], expected: str) -> dict[str, Any]:
         return reply
     if kind == "error":
         raise Refused(reply.get("code"), reply.get("msg"))
-    raise ProtocolError(f"answered with a {kind!r} message instead of {expected!r}")
+    raise ProtocolError(f"answered with a {quoted(kind)} message instead of {expected!r}")

@@ -13,6 +13,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from peerkit import Identity, Node, PairingFailed, ProtocolError
+from peerkit.node.pairing import PAIR
+from peerkit.proto.framing import encode_frame
+from peerkit.proto.messages import encode
 from peerkit.proto.pairing import WORDS, Code, Pake, decode_pairing, make_code, parse_code
 
 pytestmark = pytest.mark.anyio
@@ -64,6 +67,18 @@ async def test_a_wrong_code_fails_both_sides_and_uses_the_code_up() -> None:
             await bob.join_pairing(str(pairing.code), at=at)  # the right code, too late
         assert await alice.contacts.list() == []
         assert await bob.contacts.list() == []
+
+
+async def test_a_stranger_whose_first_message_is_no_pairing_message_fails_the_pairing_cleanly() -> None:
+    # Its "type" a list: the pairing fails as a pairing does (not with an error of the code's own).
+    async with two_nodes() as (alice, bob), alice.pair(lan=False) as pairing:
+        await bob.register_application(PAIR)
+        peer = await bob.peer_at("127.0.0.1", alice.endpoint.port)
+        async with await peer.open_stream(PAIR) as stream:
+            await stream.send(encode_frame(encode({"type": [], "msg": b"x"})))
+            with pytest.raises(PairingFailed, match="a pairing message is a map"):
+                await pairing.wait()
+        assert await alice.contacts.list() == []
 
 
 async def test_a_code_expires_and_one_pairing_at_a_time() -> None:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import inspect
 import json
 import logging
 import uuid
@@ -128,6 +130,32 @@ async def test_iterators_of_a_stopped_node_are_refused() -> None:
 async def test_wildcard_listen_shows_loopback() -> None:
     async with Node(identity=Identity.generate(), listen=("0.0.0.0", 0)) as node:
         assert node.endpoint.host == "127.0.0.1"
+
+
+async def test_every_method_that_takes_a_peer_id_refuses_anything_else_by_name() -> None:
+    # (a text id once made channels() answer 0 and disconnect() nothing, and trace() fail inside)
+    async with nodes() as (alice, bob):
+        text: Any = str(bob.id)
+        calls: list[Callable[[], object]] = [
+            lambda: alice.channels(text),
+            lambda: alice.disconnect(text),
+            lambda: alice.trust(text),
+            lambda: alice.untrust(text),
+            lambda: alice.trace(text),
+            lambda: alice.resolve(text),
+            lambda: alice.contacts.has(text),
+            lambda: alice.peer(text, bob.endpoint),
+        ]
+
+        async def called(call: Callable[[], object]) -> None:
+            result = call()
+            if inspect.isawaitable(result):
+                await result
+
+        for call in calls:
+            with pytest.raises(TypeError, match="peer_id must be a PeerId, not str"):
+                await called(call)
+        assert alice.channels(bob.id) == 0  # (the right type still works)
 
 
 async def test_endpoint_name_is_checked_and_persisted(tmp_path: Path) -> None:
@@ -886,6 +914,35 @@ async def test_garbage_reply_is_a_protocol_error() -> None:
     async with facing_mallory(CHAT, script) as (_, mallory):
         with pytest.raises(ProtocolError, match="maybe"):
             await mallory.invite(CHAT, timeout=5)
+
+
+@pytest.mark.parametrize(
+    "second",
+    [
+        {5: [1]},  # a list under a key that is no text, which the first part lacks
+        {"apps": [1], b"x": {7: [2]}},
+        {"x" * 60_000: [1]},  # (a long key: the error names it briefly)
+    ],
+)
+async def test_reply_parts_that_do_not_fit_are_a_protocol_error_and_the_node_lives_on(
+    second: dict[Any, Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    async def script(channel: SecureChannel, raw: Any) -> None:
+        with contextlib.suppress(anyio.EndOfStream):  # (alice closes the channel)
+            request = await channel.receive()
+            await channel.send({"t": "get_reply", "rid": request["rid"], "more": True, "objects": []})
+            await channel.send({"t": "get_reply", "rid": request["rid"], **second})
+            await channel.receive()
+
+    caplog.set_level(logging.INFO, logger="peerkit")
+    async with facing_mallory(CHAT, script) as (alice, mallory):
+        with pytest.raises(PeerUnreachable):
+            await mallory.get_objects(timeout=5)
+        await alice.register_application(Application(id=uuid.uuid4(), description="after"))  # (it works)
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]  # (no task failed)
+    ended = [r.getMessage() for r in caplog.records if "the first part does not" in r.getMessage()]
+    assert ended, "the channel ended for the parts that do not fit"
+    assert all(len(line) < 400 for line in ended)  # (a long key is named briefly)
 
 
 async def test_disconnect_closes_the_channel_and_the_next_request_dials_again() -> None:

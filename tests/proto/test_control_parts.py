@@ -111,16 +111,19 @@ def test_parts_that_disagree_are_a_protocol_error(second: dict[str, Any], error:
         assembler.add(second)
 
 
-@settings(max_examples=300, deadline=None)
-@given(
-    st.lists(
-        st.dictionaries(
-            st.sampled_from(["t", "more", "objects", "state"]),
-            st.integers() | st.lists(st.integers()) | st.booleans(),
-        ),
-        max_size=5,
-    )
+#: Keys as a decoded message may hold them: text, and the integers and bytes CBOR allows too.
+_KEYS = st.sampled_from(["t", "more", "objects", "state"]) | st.integers(-2, 2) | st.binary(max_size=2)
+_VALUES = (
+    st.integers()
+    | st.booleans()
+    | st.sampled_from(["get_reply", "x"])
+    | st.lists(st.integers(), max_size=3)
+    | st.dictionaries(_KEYS, st.lists(st.integers(), max_size=2) | st.integers(), max_size=3)
 )
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(st.dictionaries(_KEYS, _VALUES, max_size=5), max_size=5))
 def test_untrusted_parts_raise_only_protocol_errors(parts: list[dict[str, Any]]) -> None:
     assembler = ReplyParts()
     for part in parts:
