@@ -29,11 +29,13 @@ import blake3
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from peerkit.errors import ProtocolError
+from peerkit.model import printable
 from peerkit.proto.files import (
     MAX_FILES,
     Done,
     Entry,
     Summary,
+    check_path,
     decode_message,
     encode_done,
     encode_offer,
@@ -122,7 +124,8 @@ async def prepare(paths: Sequence[Path | str], progress: Progress | None = None)
     it, under the folder's name; ``progress(n)`` is called as ``n`` more bytes are hashed.
 
     :raises ValueError: when a path does not exist or is not a file or folder, two would take the
-        same name, or there are none or more than 10,000 files.
+        same name, a name is no safe path in an offer (see :func:`peerkit.proto.files.check_path`),
+        or there are none or more than 10,000 files.
     """
     found = await anyio.to_thread.run_sync(_walk, paths)
     sources = [source for source, _ in found]
@@ -161,6 +164,11 @@ def _walk(paths: Sequence[Path | str]) -> list[tuple[Path, str]]:
     if len(set(names)) != len(names):
         twice = next(n for n in names if names.count(n) > 1)
         raise ValueError(f"two files would be called {twice!r}: send them apart")
+    for source, name in found:  # (before any is hashed)
+        try:
+            check_path(name)
+        except ValueError as exc:
+            raise ValueError(f"{printable(str(source))} cannot be sent under its name: {exc}") from None
     return found
 
 

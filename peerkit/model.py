@@ -43,6 +43,7 @@ __all__ = (
     "printable",
     "quoted",
     "seconds_text",
+    "shows_as_itself",
 )
 
 #: Presence text, nicknames, display names, endpoint names, invitation messages: characters.
@@ -100,6 +101,11 @@ def printable(text: str, limit: int | None = None, *, newlines: bool = False) ->
     if text.isprintable():  # (most text: nothing to look at character by character)
         return text
     return "".join(_escape(char) if _hidden(char, newlines) else char for char in text)
+
+
+def shows_as_itself(text: str) -> bool:
+    """Whether ``text`` holds none of what :func:`printable` escapes (line feeds included)."""
+    return text.isprintable() or not any(_hidden(char, False) for char in text)
 
 
 def _hidden(char: str, newlines: bool) -> bool:

@@ -39,7 +39,7 @@ from peerkit.node.connections import LOOKUP_AFTER, ChannelPeer, Route, all_faile
 from peerkit.node.receivers import Receivers
 from peerkit.peers import Peer, wire_ttl
 from peerkit.proto.admission import group_of, source_of
-from peerkit.proto.requests import ErrorCode, InviteRequest, Refused, check_reply, error_reply
+from peerkit.proto.requests import ErrorCode, InviteRequest, Refused, check_reply, error_reply, is_uint
 from peerkit.proto.shares import FairShare
 
 __all__ = ("ContactLookup", "InvitationHandler", "Invitations", "Observer")
@@ -218,7 +218,10 @@ class Invitations:
     # -- receiving ---------------------------------------------------------------------------
     def on_cancel(self, control: ControlChannel, message: dict[str, Any]) -> None:
         """An ``invite_cancel`` notice: withdraw the invitation and cancel its handler."""
-        waiting = self._incoming.get((id(control), message.get("rid")))  # type: ignore[arg-type]
+        rid = message.get("rid")
+        if not is_uint(rid):  # (a list or a map is no rid: ignored as an unknown one is)
+            return
+        waiting = self._incoming.get((id(control), rid))
         if waiting is not None:
             waiting.withdraw(Withdrawn.CANCELLED)
 

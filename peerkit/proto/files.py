@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from peerkit.errors import ProtocolError
-from peerkit.model import quoted
+from peerkit.model import quoted, shows_as_itself
 from peerkit.proto.framing import encode_frame
 from peerkit.proto.messages import decode, encode, encode_deterministic
 
@@ -99,13 +99,14 @@ class Done:
 
 def check_path(path: str) -> None:
     """:raises ValueError: when ``path`` is not a safe relative path (absolute, ``..``, empty parts,
-    backslashes, control characters, too long)."""
+    backslashes, control characters, bidirectional controls and line separators -- a name that
+    would show as another, "invoice\\u202etxt.exe" -- too long)."""
     if not isinstance(path, str):
         raise TypeError(f"a path is text, not {type(path).__name__}")
     if not 0 < len(path) <= MAX_PATH:
         raise ValueError(f"a path is 1 to {MAX_PATH} characters, not {len(path)}")
-    if any(ord(c) < 0x20 or c in "\\\x7f" for c in path):
-        raise ValueError(f"{path!r} holds a control character or a backslash")
+    if "\\" in path or not shows_as_itself(path):
+        raise ValueError(f"{quoted(path)} holds a control or bidirectional character, or a backslash")
     for part in path.split("/"):
         if part in ("", ".", ".."):
             raise ValueError(f"{path!r} is not a relative path of named parts (no '', '.', '..')")

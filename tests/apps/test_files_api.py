@@ -344,6 +344,11 @@ async def test_prepare_names_what_it_cannot_send(tmp_path: Path) -> None:
     (tmp_path / "y" / "x" / "same").write_text("3")
     with pytest.raises(ValueError, match="two files would be called 'x/same'"):
         await prepare([tmp_path / "x", tmp_path / "y" / "x"])
+    (tmp_path / "z").mkdir()
+    (tmp_path / "z" / "fine").write_text("4")
+    (tmp_path / "z" / "invoice\u202etxt.exe").write_text("5")  # (shows as "invoiceexe.txt")
+    with pytest.raises(ValueError, match=r"invoice\\u202etxt\.exe cannot be sent under its name"):
+        await prepare([tmp_path / "z"])
 
 
 async def test_prepare_hashes_small_files_together_and_a_large_one_alone(

@@ -886,7 +886,7 @@ async def test_bad_requests_are_answered_with_errors(message: dict[str, Any], co
                 assert await channel.receive() == {"t": "invite_reply", "rid": 2, "r": "accepted"}
 
 
-async def test_ping_and_unknown_messages_without_rid() -> None:
+async def test_ping_and_unknown_messages_without_rid(caplog: pytest.LogCaptureFixture) -> None:
     async with nodes() as (alice, bob), await raw_channel(alice, bob) as channel:
         await channel.send({"t": "ping", "rid": 9})
         with anyio.fail_after(2):
@@ -899,10 +899,12 @@ async def test_ping_and_unknown_messages_without_rid() -> None:
         assert reply["code"] == "unknown-type"
         assert "rid" not in reply
         await channel.send({"t": "invite_cancel", "rid": 12345})  # unknown rid: ignored
+        await channel.send({"t": "invite_cancel", "rid": [1]})  # no rid at all: ignored as well
         await channel.send({"t": "ping", "rid": 10})
         with anyio.fail_after(2):
             pong = await channel.receive()
             assert {k: pong[k] for k in ("t", "rid")} == {"t": "pong", "rid": 10}
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]  # (no handler failed)
 
 
 async def test_garbage_reply_is_a_protocol_error() -> None:
