@@ -4,6 +4,7 @@ import functools
 import gc
 import ipaddress
 import json
+import logging
 import os
 import socket
 import struct
@@ -469,3 +470,35 @@ async def natpmp_router(**options: int | bool) -> AsyncIterator[tuple[NatPmpRout
         port = sock.extra(anyio.abc.SocketAttribute.local_port)
         yield made, NatPmpClient("127.0.0.1", port=port, first_wait=0.05)
         tg.cancel_scope.cancel()
+
+
+class _ErrorLogs(logging.Handler):
+    # What peerkit's loggers said at ERROR or above, one line each.
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.seen: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        error = record.exc_info[1] if record.exc_info else None
+        because = f" ({type(error).__name__}: {error})" if error is not None else ""
+        self.seen.append(f"{record.name}: {record.getMessage()}{because}")
+
+
+@pytest.fixture(autouse=True)
+def _no_error_logged(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Fail a test in which peerkit logged an error: a handler, task or provider of its own that
+    failed. The node lives on (that is why it logs), but it is a bug all the same -- a message
+    from a peer that a handler could not take, say. A test that makes one fail on purpose says so
+    with ``@pytest.mark.logs_errors``."""
+    if request.node.get_closest_marker("logs_errors") is not None:
+        yield
+        return
+    handler = _ErrorLogs()
+    logger = logging.getLogger("peerkit")
+    logger.addHandler(handler)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+    if handler.seen:
+        pytest.fail("peerkit logged an error:\n" + "\n".join(handler.seen[:10]), pytrace=False)

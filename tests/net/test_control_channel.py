@@ -553,6 +553,7 @@ async def test_after_a_refusal_at_once_the_channel_is_not_read_for_a_while(
         assert times[-1] - times[0] >= 2 * 0.2 * 0.9  # (one pause after each refusal)
 
 
+@pytest.mark.logs_errors
 async def test_a_failing_handler_answers_unavailable_and_the_channel_lives(
     alice: Identity, bob: Identity, caplog: pytest.LogCaptureFixture
 ) -> None:

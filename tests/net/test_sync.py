@@ -159,6 +159,7 @@ async def test_a_task_set_cancels_its_tasks_with_its_group_and_the_group_ends_af
     assert len(tasks) == 0
 
 
+@pytest.mark.logs_errors
 async def test_a_closed_task_set_ends_when_its_tasks_have_and_a_failure_ends_only_its_task(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
@@ -204,6 +205,7 @@ async def test_a_task_started_after_its_set_was_cancelled_starts_cancelled() -> 
     assert reached in ([], ["started"])
 
 
+@pytest.mark.logs_errors
 async def test_a_task_given_a_scope_runs_in_it_and_the_set_cancels_it_with_the_group(
     caplog: pytest.LogCaptureFixture,
 ) -> None:

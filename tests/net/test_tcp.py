@@ -477,6 +477,7 @@ async def test_a_connection_is_served_by_a_task_without_an_anyio_task_handle() -
         tg.cancel_scope.cancel()
 
 
+@pytest.mark.logs_errors
 async def test_a_handler_that_raises_is_logged_and_the_listener_goes_on(
     caplog: pytest.LogCaptureFixture,
 ) -> None:

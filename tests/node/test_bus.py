@@ -53,6 +53,7 @@ async def test_a_watch_merges_per_key_and_drops_the_oldest_over_its_limit() -> N
 
 
 @pytest.mark.asyncio
+@pytest.mark.logs_errors
 async def test_a_failing_handler_is_logged_and_gets_the_next_event(caplog: pytest.LogCaptureFixture) -> None:
     seen: list[str] = []
     async with anyio.create_task_group() as tg:
@@ -92,6 +93,7 @@ def test_a_plain_handler_is_called_as_the_event_is_published() -> None:
     assert seen == ["a", "a"]
 
 
+@pytest.mark.logs_errors
 def test_a_failing_plain_handler_is_logged_and_the_others_still_run(caplog: pytest.LogCaptureFixture) -> None:
     bus: Bus[Thing] = Bus(lambda run: None)
     seen: list[str] = []

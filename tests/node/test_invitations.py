@@ -122,6 +122,7 @@ async def test_a_cancelled_invitation_is_observed_as_cancelled() -> None:
         assert (events[0].response, events[0].reason) == (None, AnswerReason.CANCELLED)
 
 
+@pytest.mark.logs_errors
 async def test_a_failing_observer_is_logged_and_the_next_still_hears(
     caplog: pytest.LogCaptureFixture,
 ) -> None:

@@ -144,6 +144,7 @@ async def test_slow_watcher_gets_merged_changes() -> None:
         await watch.aclose()
 
 
+@pytest.mark.logs_errors
 async def test_handler_sees_changes_and_survives_errors() -> None:
     async with near(1) as (alice,):
         seen: list[tuple[ChangeType, str]] = []
@@ -477,6 +478,7 @@ async def test_a_provider_that_cannot_start_fails_the_node_clearly() -> None:
     assert not node.running
 
 
+@pytest.mark.logs_errors
 async def test_a_provider_that_breaks_later_is_logged_and_forgotten(caplog: pytest.LogCaptureFixture) -> None:
     async with node("alice", "10.0.0.1", MemoryNetwork(), discovery=[Failing(late=True)]) as alice:
         await alice.sign_in(Scope.NEAR_ME)
@@ -521,6 +523,7 @@ class Stuck:
         await anyio.sleep_forever()
 
 
+@pytest.mark.logs_errors
 async def test_a_stuck_provider_does_not_hang_sign_in_or_out(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -380,6 +380,7 @@ async def test_inviter_must_register_and_respect_limits_before_sending() -> None
         assert await peer.invite(CHAT, message="m" * 255, data=bytes(16384), timeout=5) is ACCEPTED
 
 
+@pytest.mark.logs_errors
 async def test_handler_that_raises_declines_and_the_node_lives_on(caplog: pytest.LogCaptureFixture) -> None:
     async with nodes() as (alice, bob):
         for node in (alice, bob):
@@ -1030,6 +1031,7 @@ async def test_peer_at_the_same_address_reuses_the_channel() -> None:
                 await anyio.sleep(0.01)
 
 
+@pytest.mark.logs_errors
 async def test_a_failing_dial_does_not_take_the_node_down() -> None:
     class Broken(MemoryNetwork):
         async def connect(self, host: str, port: int, *, local_host: str) -> Any:

@@ -239,6 +239,7 @@ def iter_pending(watch: EventWatch[Any]) -> list[Any]:
     return items
 
 
+@pytest.mark.logs_errors
 async def test_handlers_per_contact_per_object_and_for_all() -> None:
     async with world() as w:
         alice, bob, carol = await w.node("alice"), await w.node("bob"), await w.node("carol")
