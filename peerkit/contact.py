@@ -30,6 +30,7 @@ from peerkit.model import (
     Presence,
     SubscribePermission,
     check_text,
+    printable,
 )
 from peerkit.peers import Peer, PeerOps
 from peerkit.proto import records
@@ -349,7 +350,7 @@ class Contact(Peer):
         return hash(self.id)
 
     def __repr__(self) -> str:
-        name = self.display_name or self.nickname or "?"
+        name = printable(self.display_name or self.nickname) or "?"
         return f"<Contact {name} {self.id.fingerprint}>"
 
 

@@ -21,7 +21,7 @@ import anyio.abc
 
 from peerkit.apps import ANSWER_ENV, ANSWER_WAIT, LAUNCH_ENV, LaunchInfo, Registered
 from peerkit.invitations import Invitation
-from peerkit.model import InvitationResponse
+from peerkit.model import InvitationResponse, printable
 
 __all__ = ("LOG_DIR", "Launcher")
 
@@ -60,7 +60,7 @@ class Launcher:
     async def invited(self, invitation: Invitation) -> InvitationResponse:
         """The invitation handler of every registered application."""
         registered = self._by_id[invitation.application.id]
-        who = invitation.nickname or invitation.sender_id.fingerprint
+        who = printable(invitation.nickname) or invitation.sender_id.fingerprint
         if registered.id not in self._accept:
             if self._ask is None:
                 self._say(
@@ -119,7 +119,7 @@ class Launcher:
         answer = await _answer(reading, wait)
         response = InvitationResponse.DECLINED if answer == "decline" else InvitationResponse.ACCEPTED
         self._say(
-            f"launched {registered.name} (pid {process.pid}) for {invitation.nickname or '?'}: "
+            f"launched {registered.name} (pid {process.pid}) for {printable(invitation.nickname) or '?'}: "
             f"{response.name.lower()}",
             event="launched",
             application=registered.name,

@@ -16,6 +16,7 @@ from peerkit.model import (
     InvitationResponse,
     PeerObject,
     Presence,
+    printable,
 )
 from peerkit.streams import AppStream
 
@@ -165,7 +166,7 @@ class Peer:
 
     def __repr__(self) -> str:
         where = ", ".join(str(e) for e in self.endpoints)
-        return f"<Peer {self.nickname or '?'} {self.id.fingerprint} at {where}>"
+        return f"<Peer {printable(self.nickname) or '?'} {self.id.fingerprint} at {where}>"
 
 
 class NearbyPeer(Peer):
@@ -194,7 +195,7 @@ class NearbyPeer(Peer):
 
     def __repr__(self) -> str:
         where = ", ".join(str(e) for e in self.endpoints)
-        return f"<NearbyPeer {self.nickname or '?'} {self.id.fingerprint} at {where}>"
+        return f"<NearbyPeer {printable(self.nickname) or '?'} {self.id.fingerprint} at {where}>"
 
 
 def wire_ttl(timeout: float) -> int:

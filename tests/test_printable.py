@@ -95,3 +95,15 @@ def test_the_terminal_shows_a_line_from_a_peer_as_text() -> None:
         terminal.set_status("bob\x1b[5m is typing")
     assert out.getvalue() == "bob: \\x1b[2Jhi\\rthere\nnext\n"
     assert terminal._status == "bob\\x1b[5m is typing"
+
+
+@pytest.mark.anyio
+async def test_the_reprs_of_peers_and_contacts_show_their_names_as_text() -> None:
+    from peerkit.testing import node_pair
+
+    async with node_pair() as (alice, bob):
+        peer = alice.peer(bob.id, bob.endpoint, nickname="bob\x1b[2J\nroot")
+        assert repr(peer).startswith(r"<Peer bob\x1b[2J\nroot ")
+        contact = await alice.contacts.add(bob.id)
+        contact = await alice.contacts.update(contact.replace(display_name="\u202eevil"))
+        assert repr(contact).startswith(r"<Contact \u202eevil ")
