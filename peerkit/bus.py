@@ -205,6 +205,8 @@ class Bus(Generic[E]):
         self._limit = limit
         self._watches: list[EventWatch[E]] = []
         self._inline: list[_Inline] = []
+        #: Whether :meth:`close` ran: nothing more is published.
+        self.closed = False
 
     def publish(self, event: E) -> None:
         """Queue ``event`` for every watch that accepts it, and call the plain-function handlers
@@ -281,6 +283,7 @@ class Bus(Generic[E]):
 
     def close(self) -> None:
         """End every watch (iterators stop, handler tasks return) and drop the plain handlers."""
+        self.closed = True
         for watch in list(self._watches):
             watch.end()
         self._watches.clear()

@@ -371,8 +371,7 @@ class Node(EventMethods, FindingMethods, PairingMethods):
             raise RuntimeError("this node is already running; a Node can be entered once")
         if self._identity is None:
             assert self._data_dir is not None
-            # A small file, read once: done here rather than in a worker thread, so that a node leaves
-            # no thread behind (anyio's worker threads outlive the task that used them).
+            # A small file, read here: a worker thread would outlive the node (anyio keeps them).
             self._identity, _ = Identity.load_or_create(self._data_dir)
         assert self._identity is not None
         async with contextlib.AsyncExitStack() as stack:
@@ -461,8 +460,7 @@ class Node(EventMethods, FindingMethods, PairingMethods):
             await self._streams.close_all()  # and their async iterators end
             await self._settings.flush()
         try:
-            # The body's own exception is not passed in: it propagates as it is, rather than
-            # wrapped in the task group's ExceptionGroup.
+            # (Not passed the body's exception: that propagates as it is, not in an ExceptionGroup.)
             await self._stack.__aexit__(None, None, None)
             return None
         finally:
@@ -856,6 +854,7 @@ class Node(EventMethods, FindingMethods, PairingMethods):
         that raises is logged and counts as DECLINED. One handler (or iterator) per application.
 
         :raises ValueError: when the application already has a handler or iterator.
+        :raises NotRunning: when the node has stopped.
         """
         return self._invitations.add_handler(application, handler)
 
@@ -888,6 +887,7 @@ class Node(EventMethods, FindingMethods, PairingMethods):
 
         :raises ValueError: when the application already has a stream handler or iterator.
         :raises TypeError: when ``handler`` is not callable.
+        :raises NotRunning: when the node has stopped.
         """
         return self._streams.add_handler(application, handler)
 

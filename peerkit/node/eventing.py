@@ -8,6 +8,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 from peerkit.bus import Bus, EventWatch
+from peerkit.errors import NotRunning
 from peerkit.events import (
     ApplicationChanged,
     Event,
@@ -51,8 +52,16 @@ class EventMethods:
         :param local: False (default) for the contacts this node watches, True for this node's own
             changes, None for both.
         :param item: only events about this application or object id.
+        :raises NotRunning: when the node has stopped (the iterator would never end).
         """
+        self._check_not_stopped()
         return self._bus.watch(event_filter(types, _peer_id(peer), local, item))
+
+    def _check_not_stopped(self) -> None:
+        # Watches and handlers may be made before the node starts; once it stopped, nothing more
+        # comes to them.
+        if self._bus.closed:
+            raise NotRunning("the node has stopped: use it inside 'async with node:'")
 
     def _add_event_handler(
         self,
@@ -66,6 +75,7 @@ class EventMethods:
             raise TypeError(
                 f"a handler must be a function or a coroutine function, not {type(handler).__name__}"
             )
+        self._check_not_stopped()
         return self._bus.add_handler(event_filter((kind,), _peer_id(peer), local, item), handler)
 
     def add_presence_handler(
@@ -82,6 +92,7 @@ class EventMethods:
 
         :returns: a handle whose ``remove()`` stops the handler.
         :raises TypeError: when ``handler`` is not callable.
+        :raises NotRunning: when the node has stopped.
         """
         return self._add_event_handler(PresenceChanged, handler, peer, local, None)
 

@@ -364,11 +364,11 @@ class Invitations:
         self, peer: Peer, application: Application | uuid.UUID, message: str, data: bytes, timeout: float
     ) -> InvitationResponse:
         """Invite ``peer`` at every endpoint at once (see :meth:`Peer.invite`)."""
+        self._check_running()  # (first: a stopped node has no application registered)
         app = self._registered(application)
         check_text(message, "invitation message")
         data = check_data(data, "invitation data")
         timeout = check_seconds(timeout, "invitation timeout", MAX_INVITATION_WAIT)
-        self._check_running()
         request = {"t": "invite", "app": app.id.bytes, "msg": message, "data": data, "ttl": wire_ttl(timeout)}
         deadline = anyio.current_time() + timeout
         return await self._invite_by(peer, request, deadline)

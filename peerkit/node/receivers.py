@@ -63,6 +63,7 @@ class Receivers(Generic[T, R]):
         ``application``.
 
         :raises ValueError: when the application has a receiver already.
+        :raises NotRunning: when the node has stopped (nothing would come to it).
         """
 
         async def handler(item: T, group: str | None) -> R:
@@ -74,6 +75,8 @@ class Receivers(Generic[T, R]):
         self, application: Application | uuid.UUID, receiver: Callable[[T, str | None], Awaitable[R]]
     ) -> Handle:
         key = app_id(application)
+        if self._stopped:
+            raise NotRunning("the node has stopped: use it inside 'async with node:'")
         if key in self._table:
             raise ValueError(f"application {key} already has {self._what} handler; remove it first")
         self._table[key] = receiver
@@ -99,9 +102,9 @@ class Receivers(Generic[T, R]):
         :raises ValueError: when the application has a receiver already.
         :raises NotRunning: when the node has stopped (the iterator would never end).
         """
+        key = app_id(application)
         if self._stopped:
             raise NotRunning("the node has stopped: use it inside 'async with node:'")
-        key = app_id(application)
         queue: _Queue[T] = _Queue(self._queue_size)
 
         async def receiver(item: T, group: str | None) -> R:

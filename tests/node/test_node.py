@@ -158,6 +158,19 @@ async def test_every_method_that_takes_a_peer_id_refuses_anything_else_by_name()
         assert alice.channels(bob.id) == 0  # (the right type still works)
 
 
+async def test_watches_and_handlers_made_before_the_node_starts_see_its_events() -> None:
+    node = Node(identity=Identity.generate(), network=MemoryNetwork(), listen=("10.0.0.1", 0))
+    seen: list[str] = []
+    node.add_presence_handler(lambda event: seen.append("handler"), local=True)
+    watch = node.events(local=True)
+    async with node, watch:
+        await node.sign_in(Scope.NEAR_ME)
+        with anyio.fail_after(5):
+            async for _ in watch:
+                break
+    assert "handler" in seen
+
+
 async def test_endpoint_name_is_checked_and_persisted(tmp_path: Path) -> None:
     async with Node(data_dir=tmp_path, listen=("127.0.0.1", 0)) as node:
         with pytest.raises(LimitExceeded, match="255"):
@@ -1091,6 +1104,19 @@ async def test_a_stopped_node_refuses_everything_clearly() -> None:
     ):
         with pytest.raises(NotRunning, match="async with node"):
             await call()
+    # Nor does it make watches, handlers or iterators that nothing would ever come to (events()
+    # once gave an iterator that never ended, and the add_*_handler methods dead handlers).
+    for make in (
+        alice.events,
+        lambda: alice.add_presence_handler(lambda event: None),
+        lambda: alice.add_object_handler(lambda event: None),
+        lambda: alice.add_invitation_handler(CHAT, accept_all),
+        lambda: alice.add_stream_handler(CHAT, lambda stream: stream.aclose()),
+        lambda: alice.invitations(CHAT),
+        lambda: alice.streams(CHAT),
+    ):
+        with pytest.raises(NotRunning, match="has stopped"):
+            make()
 
 
 async def test_garbage_bytes_mid_invitation_fail_fast() -> None:
