@@ -22,7 +22,7 @@ from typing import Final, Literal
 import anyio
 
 from peerkit.errors import ProtocolError
-from peerkit.model import Presence
+from peerkit.model import Presence, check_seconds
 from peerkit.proto.chat import Bye, ChatDecoder, ChatMessage, Hello, PresenceNote, Said, Typing, encode_chat
 from peerkit.streams import AppStream
 
@@ -76,8 +76,9 @@ class Chat:
 
         :raises TimeoutError: when it does not come in time.
         :raises ProtocolError: when the stream ends or breaks first.
+        :raises ValueError: when ``timeout`` is not a positive number of seconds.
         """
-        with anyio.fail_after(timeout):
+        with anyio.fail_after(check_seconds(timeout, "greeting timeout")):
             while self.peer_hello is None:
                 if not await self._read():
                     raise ProtocolError(f"the chat ended before the other side said hello ({self.ended})")
@@ -96,7 +97,12 @@ class Chat:
         await self._send(Typing(on))
 
     async def set_presence(self, presence: Presence) -> None:
-        """Tell the other side this side's presence changed."""
+        """Tell the other side this side's presence changed.
+
+        :raises TypeError: when ``presence`` is not a :class:`~peerkit.Presence`.
+        """
+        if not isinstance(presence, Presence):
+            raise TypeError(f"set_presence takes a Presence, not {type(presence).__name__}")
         self._presence = presence
         await self._send(PresenceNote(presence))
 

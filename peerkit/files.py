@@ -17,7 +17,7 @@ import hashlib
 import os
 import shutil
 import stat
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final, Literal
@@ -119,14 +119,26 @@ class ReceiveReport:
 # -- sending ----------------------------------------------------------------------------------
 
 
-async def prepare(paths: Sequence[Path | str], progress: Progress | None = None) -> list[Outgoing]:
-    """The files ``paths`` name, hashed (in a worker thread): a folder stands for every file under
-    it, under the folder's name; ``progress(n)`` is called as ``n`` more bytes are hashed.
+async def prepare(
+    paths: Sequence[Path | str] | Path | str, progress: Progress | None = None
+) -> list[Outgoing]:
+    """The files ``paths`` name (one path, or a sequence of them), hashed (in a worker thread): a
+    folder stands for every file under it, under the folder's name; ``progress(n)`` is called as
+    ``n`` more bytes are hashed.
 
     :raises ValueError: when a path does not exist or is not a file or folder, two would take the
         same name, a name is no safe path in an offer (see :func:`peerkit.proto.files.check_path`),
         or there are none or more than 10,000 files.
+    :raises TypeError: when a path is neither a ``str`` nor a path.
     """
+    if isinstance(paths, str | os.PathLike):  # (one path: not a sequence of one-letter paths)
+        paths = [paths]
+    if not isinstance(paths, Iterable):
+        raise TypeError(f"prepare takes a path or a sequence of paths, not {type(paths).__name__}")
+    paths = list(paths)
+    for path in paths:
+        if not isinstance(path, str | os.PathLike):
+            raise TypeError(f"a path to send is a str or a Path, not {type(path).__name__}")
     found = await anyio.to_thread.run_sync(_walk, paths)
     sources = [source for source, _ in found]
     hashed: list[tuple[bytes, int]] = []

@@ -38,6 +38,7 @@ __all__ = (
     "PresenceStatus",
     "Scope",
     "SubscribePermission",
+    "check_max_bytes",
     "check_scope",
     "check_seconds",
     "printable",
@@ -195,6 +196,20 @@ def check_seconds(value: object, what: str, limit: float | None = None) -> float
     if limit is not None and value > limit:
         raise LimitExceeded(f"{what} is {value} s; the limit is {limit}")
     return float(value)
+
+
+def check_max_bytes(value: object) -> int:
+    """``value`` as the ``max_bytes`` of a stream's ``receive``: a whole number of at least 1.
+
+    :raises TypeError: when it is not an integer (a bool is not one).
+    :raises ValueError: when it is less than 1.
+    """
+    # (An int, the common case, takes one test per receive.)
+    if type(value) is not int and (isinstance(value, bool) or not isinstance(value, int)):
+        raise TypeError(f"max_bytes must be an integer, not {type(value).__name__}")
+    if value < 1:
+        raise ValueError(f"max_bytes must be at least 1, not {value}")
+    return value
 
 
 class Scope(enum.IntFlag):

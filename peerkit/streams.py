@@ -10,7 +10,7 @@ import anyio
 import anyio.abc
 
 from peerkit.errors import PeerUnreachable, ProtocolError
-from peerkit.model import Application
+from peerkit.model import Application, check_max_bytes, quoted
 from peerkit.net.channel import PeerInfo, SecureChannel
 from peerkit.proto import messages
 from peerkit.proto.connection import MAX_PLAINTEXT
@@ -76,11 +76,15 @@ class AppStream(anyio.abc.ByteStream):
 
         :raises anyio.ClosedResourceError: after :meth:`send_eof` or :meth:`aclose`.
         :raises anyio.BrokenResourceError: when the connection broke.
+        :raises TypeError: when ``item`` is not bytes-like (a ``str``: encode it first).
         """
         if self._eof_sent or self._closed.is_set():
             raise anyio.ClosedResourceError
         try:
             view = memoryview(item).cast("B")
+        except TypeError:
+            raise TypeError(f"a stream sends bytes (bytes-like), not {type(item).__name__}") from None
+        try:
             for start in range(0, len(view), STREAM_CHUNK):
                 piece = view[start : start + STREAM_CHUNK]
                 # {"t": "data", "d": <piece>} in CBOR, with the piece copied once, into the frame.
@@ -94,7 +98,10 @@ class AppStream(anyio.abc.ByteStream):
         :raises anyio.EndOfStream: after the peer's end of data.
         :raises anyio.BrokenResourceError: when the connection broke or the peer broke the protocol.
         :raises anyio.ClosedResourceError: after :meth:`aclose`.
+        :raises TypeError: when ``max_bytes`` is not an integer.
+        :raises ValueError: when ``max_bytes`` is less than 1 (nothing is read).
         """
+        check_max_bytes(max_bytes)
         if self._closed.is_set():
             raise anyio.ClosedResourceError
         while self._offset >= len(self._buffer):
@@ -114,7 +121,7 @@ class AppStream(anyio.abc.ByteStream):
             else:
                 await self._channel.aclose()
                 raise anyio.BrokenResourceError(
-                    f"the peer sent a {kind!r} message inside an application stream"
+                    f"the peer sent a {quoted(kind)} message inside an application stream"
                 )
         buffer, offset = self._buffer, self._offset
         if offset == 0 and len(buffer) <= max_bytes:

@@ -15,6 +15,7 @@ from anyio.abc import SocketAttribute
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from peerkit.errors import PeerUnreachable
+from peerkit.model import check_max_bytes
 
 __all__ = ("MemoryByteStream", "MemoryListener", "MemoryNetwork", "memory_stream_pair")
 
@@ -87,7 +88,10 @@ class MemoryByteStream(anyio.abc.ByteStream):
         """Up to ``max_bytes`` bytes from the other end.
 
         :raises anyio.EndOfStream: when the other end sent EOF or closed.
+        :raises TypeError: when ``max_bytes`` is not an integer.
+        :raises ValueError: when ``max_bytes`` is less than 1.
         """
+        check_max_bytes(max_bytes)
         if not self._buffer:
             self._buffer = await self._receive.receive()
         data, self._buffer = self._buffer[:max_bytes], self._buffer[max_bytes:]

@@ -51,6 +51,10 @@ async def test_an_invited_chat_carries_hello_lines_typing_presence_and_bye() -> 
             await chat.set_presence(Presence(PresenceStatus.AWAY))
             with pytest.raises(ValueError, match="at most 2000 characters"):
                 await chat.say("x" * (MAX_LINE + 1))
+            with pytest.raises(TypeError, match="takes a Presence, not str"):
+                await chat.set_presence("away")  # type: ignore[arg-type]
+            with pytest.raises(ValueError, match="greeting timeout"):
+                await chat.greeting(timeout=-1)
         with anyio.fail_after(5):
             while chat.ended is None and len(seen) < 6:
                 await anyio.sleep(0.01)

@@ -330,6 +330,18 @@ async def test_an_offer_that_is_not_the_one_accepted_is_refused(tmp_path: Path) 
         assert "not the one accepted" in str(got)
 
 
+async def test_prepare_takes_one_path_as_one_path(tmp_path: Path) -> None:
+    # (a str was once read as a sequence of one-letter paths: "/tmp/x" walked "/" first)
+    (tmp_path / "note.txt").write_text("hi")
+    for one in (str(tmp_path / "note.txt"), tmp_path / "note.txt"):
+        (outgoing,) = await prepare(one)
+        assert (outgoing.entry.path, outgoing.entry.size) == ("note.txt", 2)
+    with pytest.raises(TypeError, match="a path or a sequence of paths, not int"):
+        await prepare(5)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="a str or a Path, not bytes"):
+        await prepare([b"note.txt"])  # type: ignore[list-item]
+
+
 async def test_prepare_names_what_it_cannot_send(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="no such file or folder"):
         await prepare([tmp_path / "missing"])

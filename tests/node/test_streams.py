@@ -127,6 +127,13 @@ async def test_receive_respects_max_bytes_and_cancellation_loses_nothing() -> No
                 await stream.receive()  # cancelled while nothing came
             go.set()
             assert await stream.receive(2) == b"ab"
+            # A bad max_bytes is refused before anything is read (-1 once returned all but the
+            # last byte, and 2.5 left the stream unreadable).
+            for bad, error in ((-1, ValueError), (0, ValueError), (2.5, TypeError), ("2", TypeError)):
+                with pytest.raises(error, match="max_bytes"):
+                    await stream.receive(bad)  # type: ignore[arg-type]
+            with pytest.raises(TypeError, match="not str"):
+                await stream.send("text")  # type: ignore[arg-type]
             assert await stream.receive() == b"cdef"
 
 
