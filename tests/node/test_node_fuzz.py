@@ -77,7 +77,7 @@ def test_fuzzed_messages_never_break_a_node(batch: list[dict[str, Any]]) -> None
                 await channel.send({"t": "ping", "rid": 2**40})
                 with anyio.fail_after(5):
                     while (reply := await channel.receive()).get("rid") != 2**40 or reply["t"] != "pong":
-                        assert reply["t"] in ("invite_reply", "error", "pong", "get_reply", "subscribe_reply")
+                        assert reply["t"] in ("error", "pong") or reply["t"].endswith("_reply")
             assert bob.running
 
     with mock.patch.object(control_module, "REFUSE_PAUSE", 0):  # (each refusal pauses the reading)
