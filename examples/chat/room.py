@@ -33,7 +33,9 @@ HISTORY = 100
 
 
 def say(text: str) -> None:
-    print(text, flush=True)
+    # A line on the terminal: what peers wrote in it (names, lines) is shown as text, its escape
+    # sequences and line breaks written as escapes rather than acted on.
+    print(peerkit.printable(text), flush=True)
 
 
 async def send(stream: peerkit.AppStream, message: dict[str, Any]) -> None:

@@ -30,7 +30,9 @@ REFRESH = 0.5
 
 
 def say(text: str) -> None:
-    print(text, flush=True)
+    # A line on the terminal: what peers wrote in it (names, lines) is shown as text, its escape
+    # sequences and line breaks written as escapes rather than acted on.
+    print(peerkit.printable(text), flush=True)
 
 
 @dataclass

@@ -158,7 +158,8 @@ async def main() -> None:
                 stream = await peer.open_stream(BOARD)
                 board.peers.add(stream)
                 page = f"http://{args.web}/"
-                print(f"{args.nickname} joined {peer.nickname}'s board; page at {page}", flush=True)
+                host = peerkit.printable(peer.nickname)  # (the host's words: shown as text)
+                print(f"{args.nickname} joined {host}'s board; page at {page}", flush=True)
                 await board.follow(stream)
                 print("the host closed the board", flush=True)
             else:

@@ -41,6 +41,8 @@ def test_a_room_of_three_with_history_presence_and_leaving() -> None:
         bob.expect(r"\[alice\] hi bob")
         bob.sendline("hello alice")
         alice.expect(r"\[bob\] hello alice")
+        bob.sendline("\x1b[2Jboo")  # an escape sequence: shown as text, the screen not cleared
+        alice.expect(r"\[bob\] \\x1b\[2Jboo")
         alice.sendline(f"/invite {places['carol']}")
         carol.expect(r"\[alice\] hi bob")  # the history, first
         carol.expect(r"\[bob\] hello alice")
