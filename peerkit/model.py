@@ -81,6 +81,11 @@ def check_text(value: object, what: str, limit: int = MAX_TEXT) -> str:
 #: Characters that reorder the text around them when shown (Unicode's bidirectional controls): a
 #: name holding one can look like another.
 _BIDI_CONTROLS: Final = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+#: Characters that show as nothing (a soft hyphen, zero-width spaces, a word joiner, the Hangul
+#: fillers): "ali\u200bce" would pass for "alice", and a name of fillers for no name. The joiners
+#: that emoji and some scripts need (U+200C, U+200D) are not among them.
+_INVISIBLE: Final = frozenset("\u00ad\u115f\u1160\u180e\u200b\u2060\u3164\ufeff\uffa0")
+_ESCAPED: Final = _BIDI_CONTROLS | _INVISIBLE
 #: Unicode categories shown escaped: control characters (escape sequences, carriage returns,
 #: bells...), line and paragraph separators, and lone surrogates (which no terminal can print).
 _HIDDEN_CATEGORIES: Final = frozenset(("Cc", "Zl", "Zp", "Cs"))
@@ -89,30 +94,33 @@ _NAMED_ESCAPES: Final = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
 
 def printable(text: str, limit: int | None = None, *, newlines: bool = False) -> str:
     """``text`` as it can be shown on a terminal or written to a log: every control character
-    (an escape sequence, a carriage return, a bell...), bidirectional control, line separator and
-    lone surrogate is written as its Python escape (``\\x1b``, ``\\u202e``), so that the text shows
-    as itself and cannot move the cursor, recolour the screen or pass for other text. Text from
-    peers (nicknames, messages, presence text) may hold any of these: show it through this.
+    (an escape sequence, a carriage return, a bell...), bidirectional control, line separator,
+    character that shows as nothing (a zero-width space) and lone surrogate is written as its
+    Python escape (``\\x1b``, ``\\u202e``, ``\\u200b``), so that the text shows as itself and cannot
+    move the cursor, recolour the screen or pass for other text. Text from peers (nicknames,
+    messages, presence text) may hold any of these: show it through this.
 
     With ``newlines`` a line feed is kept (for text that is meant to span lines); with ``limit``
     text longer than ``limit`` characters is cut there and ends with "…".
     """
     if limit is not None and len(text) > limit:
         text = text[:limit] + "…"
-    if text.isprintable():  # (most text: nothing to look at character by character)
+    if text.isprintable() and _INVISIBLE.isdisjoint(text):  # (most text: nothing to escape)
         return text
     return "".join(_escape(char) if _hidden(char, newlines) else char for char in text)
 
 
 def shows_as_itself(text: str) -> bool:
     """Whether ``text`` holds none of what :func:`printable` escapes (line feeds included)."""
-    return text.isprintable() or not any(_hidden(char, False) for char in text)
+    if text.isprintable() and _INVISIBLE.isdisjoint(text):
+        return True
+    return not any(_hidden(char, False) for char in text)
 
 
 def _hidden(char: str, newlines: bool) -> bool:
     if char == "\n":
         return not newlines
-    return char in _BIDI_CONTROLS or unicodedata.category(char) in _HIDDEN_CATEGORIES
+    return char in _ESCAPED or unicodedata.category(char) in _HIDDEN_CATEGORIES
 
 
 def _escape(char: str) -> str:

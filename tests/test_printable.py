@@ -16,10 +16,11 @@ from peerkit.model import quoted
 from peerkit.terminal import SafeConsole, Terminal
 
 BIDI = "\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069"
+INVISIBLE = "\u00ad\u115f\u1160\u180e\u200b\u2060\u3164\ufeff\uffa0"
 
 
 def hidden(char: str) -> bool:
-    return char in BIDI or unicodedata.category(char) in ("Cc", "Zl", "Zp", "Cs")
+    return char in BIDI + INVISIBLE or unicodedata.category(char) in ("Cc", "Zl", "Zp", "Cs")
 
 
 @pytest.mark.parametrize(
@@ -33,6 +34,10 @@ def hidden(char: str) -> bool:
         ("\u202eevil\u2066", r"\u202eevil\u2066"),
         ("line\u2028sep", r"line\u2028sep"),
         ("lone \ud800", r"lone \ud800"),
+        ("ali\u200bce", r"ali\u200bce"),  # (would pass for "alice")
+        ("\u3164\u3164", r"\u3164\u3164"),  # (a name of Hangul fillers: shows as none)
+        ("soft\u00adhy", r"soft\xadhy"),
+        ("\u0646\u0627\u0645\u0647\u200c\u0647\u0627",) * 2,  # (Persian: its zero-width non-joiner is kept)
         ("[/b] [red]", "[/b] [red]"),  # (markup is text; the console does not read it)
     ],
 )
@@ -46,7 +51,7 @@ def test_printable_keeps_line_feeds_when_asked_and_cuts_at_a_limit() -> None:
     assert peerkit.printable("short", 255) == "short"
 
 
-@given(st.text())
+@given(st.text() | st.text(st.sampled_from(BIDI + INVISIBLE + "a\u200d\u200c\x1b")))
 def test_printable_leaves_no_control_and_changes_nothing_else(text: str) -> None:
     shown = peerkit.printable(text)
     assert not any(hidden(c) for c in shown)

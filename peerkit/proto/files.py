@@ -99,14 +99,17 @@ class Done:
 
 def check_path(path: str) -> None:
     """:raises ValueError: when ``path`` is not a safe relative path (absolute, ``..``, empty parts,
-    backslashes, control characters, bidirectional controls and line separators -- a name that
-    would show as another, "invoice\\u202etxt.exe" -- too long)."""
+    backslashes, control characters, bidirectional controls, line separators and characters that
+    show as nothing -- a name that would show as another, "invoice\\u202etxt.exe" -- too long)."""
     if not isinstance(path, str):
         raise TypeError(f"a path is text, not {type(path).__name__}")
     if not 0 < len(path) <= MAX_PATH:
         raise ValueError(f"a path is 1 to {MAX_PATH} characters, not {len(path)}")
     if "\\" in path or not shows_as_itself(path):
-        raise ValueError(f"{quoted(path)} holds a control or bidirectional character, or a backslash")
+        raise ValueError(
+            f"{quoted(path)} holds a control or bidirectional character, one that shows as nothing, "
+            "or a backslash"
+        )
     for part in path.split("/"):
         if part in ("", ".", ".."):
             raise ValueError(f"{path!r} is not a relative path of named parts (no '', '.', '..')")
