@@ -102,7 +102,11 @@ def printable(text: str, limit: int | None = None, *, newlines: bool = False) ->
 
     With ``newlines`` a line feed is kept (for text that is meant to span lines); with ``limit``
     text longer than ``limit`` characters is cut there and ends with "…".
+
+    :raises TypeError: when ``text`` is not a ``str``.
     """
+    if not isinstance(text, str):
+        raise TypeError(f"printable takes a str, not {type(text).__name__}")
     if limit is not None and len(text) > limit:
         text = text[:limit] + "…"
     if text.isprintable() and _INVISIBLE.isdisjoint(text):  # (most text: nothing to escape)

@@ -47,6 +47,8 @@ def test_printable_escapes_what_would_control_the_terminal(text: str, shown: str
 
 def test_printable_keeps_line_feeds_when_asked_and_cuts_at_a_limit() -> None:
     assert peerkit.printable("a\nb\r", newlines=True) == "a\nb\\r"
+    with pytest.raises(TypeError, match="takes a str, not bytes"):
+        peerkit.printable(b"bytes")  # type: ignore[arg-type]
     assert peerkit.printable("x" * 300, 255) == "x" * 255 + "…"
     assert peerkit.printable("short", 255) == "short"
 
