@@ -114,3 +114,15 @@ async def test_the_reprs_of_peers_and_contacts_show_their_names_as_text() -> Non
         contact = await alice.contacts.add(bob.id)
         contact = await alice.contacts.update(contact.replace(display_name="\u202eevil"))
         assert repr(contact).startswith(r"<Contact \u202eevil ")
+
+
+@given(st.text(max_size=40) | st.text(st.sampled_from("[]/\x1b\x07\r\n\t\x9b\u202e\u200bab"), max_size=40))
+def test_no_text_from_a_peer_reaches_the_console_as_a_control_character(text: str) -> None:
+    out = io.StringIO()
+    console = SafeConsole(file=out, width=80, color_system=None)  # (no styles: no escapes of its own)
+    table = Table("nickname")
+    table.add_row(text)
+    console.print(table)
+    console.print(f"said: {text}")
+    shown = out.getvalue()
+    assert not any(hidden(c) for c in shown if c != "\n")
