@@ -103,6 +103,8 @@ class NodeConfig:
         """
         if identity is not None and not isinstance(identity, Identity):
             raise TypeError(f"identity must be an Identity, not {type(identity).__name__}")
+        if data_dir is not None and not isinstance(data_dir, str | os.PathLike):
+            raise TypeError(f"data_dir must be a str or a Path, not {type(data_dir).__name__}")
         if data_dir is None and identity is None:
             data_dir = default_data_dir()
         if not (isinstance(listen, tuple) and len(listen) == 2):

@@ -215,6 +215,8 @@ async def test_constructor_checks() -> None:
         Node(identity=Identity.generate(), listen=("127.0.0.1", 70000))
     with pytest.raises(TypeError):
         Node(identity="key")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="data_dir must be a str or a Path, not int"):
+        Node(data_dir=5)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="positive"):
         KeepalivePolicy(interval=0)
 
