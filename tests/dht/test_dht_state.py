@@ -8,13 +8,13 @@ import itertools
 import os
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from peerkit import Identity
 from peerkit.dht.bencode import decode
 from peerkit.dht.bep44 import MutableItem
-from peerkit.dht.krpc import Error, Node, Query, Response, compact_nodes, parse
+from peerkit.dht.krpc import Error, KrpcError, Node, Query, Response, compact_nodes, parse
 from peerkit.dht.lookup import MIN_SOFT_TIMEOUT, SOFT_TIMEOUT, Lookup, RoundTrips
 from peerkit.dht.routing import MAX_FAILURES, K, RoutingTable, distance
 from peerkit.dht.server import Responder
@@ -402,3 +402,73 @@ def test_the_external_address_is_believed_once_enough_reporters_agree() -> None:
     for i in range(REPORTERS):  # reports of many more: the old ones are forgotten
         votes.seen(f"10.0.2.{i}", public)
     assert votes.address == public
+
+
+_ARG_VALUES = st.one_of(
+    st.binary(max_size=25),
+    st.integers(-3, 2**64),
+    st.lists(st.binary(max_size=21) | st.integers(0, 9), max_size=3),
+    st.dictionaries(st.binary(max_size=3), st.binary(max_size=3) | st.integers(0, 9), max_size=2),
+)
+_ID = st.binary(min_size=20, max_size=20)
+#: Queries whose required arguments are well formed (else the parser refuses them) and whose
+#: others are anything, each method's own.
+_QUERIES = st.one_of(
+    st.tuples(st.just(b"ping"), st.fixed_dictionaries({}, optional={b"want": _ARG_VALUES})),
+    st.tuples(
+        st.just(b"find_node"), st.fixed_dictionaries({b"target": _ID}, optional={b"want": _ARG_VALUES})
+    ),
+    st.tuples(
+        st.just(b"get"),
+        st.fixed_dictionaries({b"target": _ID}, optional={b"seq": _ARG_VALUES, b"want": _ARG_VALUES}),
+    ),
+    st.tuples(
+        st.just(b"get_peers"), st.fixed_dictionaries({b"info_hash": _ID}, optional={b"want": _ARG_VALUES})
+    ),
+    st.tuples(
+        st.just(b"announce_peer"),
+        st.fixed_dictionaries(
+            {b"info_hash": _ID, b"token": st.binary(max_size=8)},
+            optional={b"port": _ARG_VALUES, b"implied_port": _ARG_VALUES},
+        ),
+    ),
+    st.tuples(
+        st.just(b"put"),
+        st.fixed_dictionaries(
+            {b"token": st.binary(max_size=8), b"v": _ARG_VALUES},
+            optional={
+                b"k": st.binary(min_size=32, max_size=32) | _ARG_VALUES,
+                b"sig": st.binary(min_size=64, max_size=64) | _ARG_VALUES,
+                b"seq": _ARG_VALUES,
+                b"salt": _ARG_VALUES,
+                b"cas": _ARG_VALUES,
+            },
+        ),
+    ),
+)
+
+
+@settings(max_examples=600, deadline=None)
+@given(
+    query=_QUERIES,
+    sender=_ID,
+    source=st.sampled_from([("10.1.1.1", 7), ("::1", 9), ("127.0.0.1", 6881)]),
+    valid_token=st.booleans(),
+)
+def test_the_responder_answers_any_query_the_parser_lets_through(
+    query: tuple[bytes, dict[bytes, object]], sender: bytes, source: tuple[str, int], valid_token: bool
+) -> None:
+    # (an exception here would end the node's receiving loop: no later query would be answered)
+    table = RoutingTable(OWN)
+    for i in range(10):
+        table.seen(node(i), 1.0)
+    responder = Responder(table, Tokens(0.0), ItemStore())
+    method, args = query
+    if valid_token and b"token" in args:  # (so that a put goes past its token, to its other fields)
+        args = {**args, b"token": responder.tokens.token(source, 100.0)}
+    try:
+        parsed = parse(Query(b"tt", method, {**args, b"id": sender}).encode())  # type: ignore[dict-item]
+    except KrpcError:
+        return
+    if isinstance(parsed, Query):
+        assert isinstance(parse(responder.answer(parsed, source, 100.0)), Response | Error)
