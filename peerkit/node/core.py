@@ -256,6 +256,7 @@ class Node(EventMethods, FindingMethods, PairingMethods):
                 "invite_cancel": lambda c, m: self._invitations.on_cancel(c, m),  # noqa: PLW0108
                 "card_update": lambda c, m: self._locator.on_card(c, m),  # noqa: PLW0108 (made later)
                 "circuit": lambda c, m: self._reaching.on_circuit(c, m),  # noqa: PLW0108
+                "unreserved": lambda c, m: self._reaching.on_unreserved(c, m),  # noqa: PLW0108
             },
             on_closed=self._channel_closed,
             on_peer=self._channel_opened,
@@ -598,8 +599,7 @@ class Node(EventMethods, FindingMethods, PairingMethods):
             self._local_presence_changed()
         await anyio.lowlevel.checkpoint()
 
-    async def _follow_store(self) -> None:
-        # Changes another process commits to the database take effect here.
+    async def _follow_store(self) -> None:  # (what another process commits to the database)
         version = await self._store.read(data_version)
         requested = self.contacts.setting(PRESENCE_SETTING)
         while True:

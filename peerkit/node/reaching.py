@@ -11,6 +11,7 @@ secure channel: the handshake and everything after it are end to end.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import ipaddress
 import itertools
@@ -198,6 +199,9 @@ class Reaching:
         self._tg: anyio.abc.TaskGroup | None = None
         #: The relays this node holds a reservation on now, and the channel each is held by.
         self._reserved: dict[EndPoint, ControlChannel] = {}
+        #: The relays that said this node's reservation gave way, and the waits for renewal.
+        self._unreserved: set[EndPoint] = set()
+        self._renewing: dict[EndPoint, anyio.CancelScope] = {}
         self._announces: dict[ControlChannel, Announce] = {}
         self._taking = 0
         #: This node's address as a relay it holds a reservation on sees it (behind a NAT: the
@@ -289,6 +293,11 @@ class Reaching:
             self._announces.pop(control, None)
             code = ErrorCode.LIMIT if exc.code == wire.LIMIT else ErrorCode.NOT_ALLOWED
             return error_reply(code, exc.text)
+        for displaced in self.service.book.take_displaced():  # (told at once, not at its renewal)
+            holder = next((c for c, a in self._announces.items() if a is displaced), None)
+            if holder is not None and self._tg is not None:
+                del self._announces[holder]
+                self._tg.start_soon(_tell_unreserved, holder)
         reply: dict[str, Any] = {"t": "reserve_reply", "ttl": ttl}
         if address is not None:
             reply["seen"] = [address[0], address[1]]  # behind a NAT: the router's public address
@@ -301,6 +310,18 @@ class Reaching:
             self.service.release(control.peer_id.key, announce)
 
     # -- reserving ------------------------------------------------------------------------------
+    def on_unreserved(self, control: ControlChannel, message: dict[str, Any]) -> None:
+        """A relay this node holds a reservation on gave it to another: stop counting on it, and
+        reserve again (there or, for a contact that relays, elsewhere)."""
+        relay = next((e for e, c in self._reserved.items() if c is control), None)
+        if relay is None:
+            return
+        log.info("%s gave this node's reservation to another", relay)
+        self._unreserved.add(relay)
+        waiting = self._renewing.get(relay)
+        if waiting is not None:
+            waiting.cancel()
+
     def on_circuit(self, control: ControlChannel, message: dict[str, Any]) -> None:
         """A relay this node holds a reservation on announced a circuit: take it."""
         relay = next((e for e, c in self._reserved.items() if c is control), None)
@@ -344,10 +365,15 @@ class Reaching:
                         log.info("holding a reservation on %s", relay)
                         self._changed()
                     delay = RETRY[0]
-                    with anyio.move_on_after(min(self._renew, ttl / 3)):
+                    self._unreserved.discard(relay)  # (a grant since a notice is what holds)
+                    with anyio.move_on_after(min(self._renew, ttl / 3)) as waiting:
+                        self._renewing[relay] = waiting
                         await control.wait_closed()
+                    del self._renewing[relay]
                     if control.closed:
                         raise ProtocolError("the channel to the relay closed")
+                    if relay in self._unreserved:
+                        raise ProtocolError("the relay gave the reservation to another")
             except Refused as exc:
                 log.info("no reservation on %s: %s", relay, exc)
                 if chosen:
@@ -702,6 +728,12 @@ def may_punch(punching: dict[PeerId, int], peer_id: PeerId, is_contact: Callable
     if is_contact(peer_id):
         return True
     return sum(n for p, n in punching.items() if not is_contact(p)) < MAX_PUNCHES * 3 // 4
+
+
+async def _tell_unreserved(control: ControlChannel) -> None:
+    # A relay's notice to a node whose reservation gave way (a channel that fails is let go).
+    with anyio.move_on_after(10), contextlib.suppress(PeerkitError):
+        await control.notify({"t": "unreserved"})
 
 
 def _announcer(control: ControlChannel) -> Announce:

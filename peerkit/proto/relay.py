@@ -237,6 +237,7 @@ class RelayBook:
     _circuits: dict[bytes, Circuit] = field(default_factory=dict)
     _per_target: dict[bytes, FairShare[Circuit]] = field(default_factory=dict)  # by source group
     _shares: FairShare[Circuit] = field(init=False)  # the circuits by source group
+    _displaced: list[Any] = field(default_factory=list)  # handles of reservations that gave way
 
     def __post_init__(self) -> None:
         self._shares = FairShare(self.policy.max_circuits, self.policy.max_circuits_per_source)
@@ -259,7 +260,8 @@ class RelayBook:
 
         :raises RelayRefused: ``not-allowed`` for a stranger of a closed relay, ``limit`` when
             the relay holds as many reservations as it may and none can give way (see
-            :attr:`RelayPolicy.max_reservations`).
+            :attr:`RelayPolicy.max_reservations`). One that gives way is noted for
+            :meth:`take_displaced`.
         """
         self.expire(now)
         if not (allowed or self.policy.open):
@@ -280,9 +282,15 @@ class RelayBook:
                 raise RelayRefused(LIMIT, self._full())
             evicted = taken.evicted
         if evicted is not None:
-            del self._reservations[evicted]  # its place is given already
+            self._displaced.append(self._reservations.pop(evicted).handle)  # its place is given already
         self._reservations[peer] = _Reservation(now + RESERVATION_TTL, handle, group)
         return RESERVATION_TTL
+
+    def take_displaced(self) -> list[Any]:
+        """The handles of the reservations that gave their place to another since the last call
+        (their holders are to be told: ``unreserved``)."""
+        displaced, self._displaced = self._displaced, []
+        return displaced
 
     def _full(self) -> str:
         return f"this relay holds its limit of {self.policy.max_reservations} reservations"

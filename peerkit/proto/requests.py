@@ -54,7 +54,7 @@ __all__ = (
 )
 
 #: Message types that are notices: they expect no reply and are not counted as requests.
-NOTICES: Final = frozenset({"invite_cancel", "notify", "card_update", "circuit"})
+NOTICES: Final = frozenset({"invite_cancel", "notify", "card_update", "circuit", "unreserved"})
 
 
 class ErrorCode(enum.Enum):

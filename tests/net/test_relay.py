@@ -243,17 +243,22 @@ def test_an_open_relays_reservations_are_shared_by_source_group_and_contacts_com
     for n, peer in enumerate(busy):
         book.reserve(peer, f"to-{n}", float(n), allowed=False, source="10.6.6.6")
     assert book.reserve(busy[0], "again", 4.0, allowed=False, source="10.6.6.6") == wire.RESERVATION_TTL
+    assert book.take_displaced() == []
     newcomer = b"n" * 32
     book.reserve(newcomer, "to-n", 5.0, allowed=False, source="2001:db8:1:2::/64")
+    assert book.take_displaced() == ["again"]  # (its holder is to be told, by its latest handle)
+    assert book.take_displaced() == []
     with pytest.raises(RelayRefused, match="no reservation"):
         book.open(busy[0], "10.0.0.1", 5.0)  # the oldest (renewed or not) gave its place
     book.open(busy[1], "10.0.0.1", 5.0)
     book.reserve(b"m" * 32, "to-m", 6.0, allowed=False, source="2001:db8:1:3::/64")  # the same /48
+    assert book.take_displaced() == ["to-1"]
     with pytest.raises(RelayRefused, match="limit of 4 reservations"):
         book.reserve(b"o" * 32, "to-o", 6.0, allowed=False, source="2001:db8:1:4::/64")
     friend = b"f" * 32
     book.reserve(friend, "to-f", 7.0, allowed=True)  # a contact takes a stranger's place
     assert book.reservations == 4
+    assert book.take_displaced() == ["to-2"]
     book.open(friend, "10.0.0.1", 7.0)
     book.release(friend)
     book.reserve(b"o" * 32, "to-o", 8.0, allowed=False, source="10.0.0.9")  # room again

@@ -459,3 +459,10 @@ async def test_an_open_relay_full_of_one_addresss_reservations_gives_one_to_anot
         carol = await reserving("10.7.7.7", 7000)
         await eventually(lambda: carol.reach().reservations)
         assert relay.reach().reserved_here == 2
+        # The node whose reservation gave way is told at once ("unreserved"), not at its renewal a
+        # minute later: it stops naming the relay; asking again, it is refused (its address holds
+        # the other place), so carol keeps hers.
+        await eventually(lambda: sum(bool(node.reach().reservations) for node in same) == 1, timeout=5)
+        await anyio.sleep(1.5)  # (past its first retry)
+        assert carol.reach().reservations
+        assert sum(bool(node.reach().reservations) for node in same) == 1
