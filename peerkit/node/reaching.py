@@ -271,6 +271,7 @@ class Reaching:
     def clear(self) -> None:
         """Forget everything (the node stopped)."""
         self._reserved.clear()
+        self._unreserved.clear()
         self._announces.clear()
         self._holes.clear()
         self._auto.clear()
@@ -368,8 +369,10 @@ class Reaching:
                     self._unreserved.discard(relay)  # (a grant since a notice is what holds)
                     with anyio.move_on_after(min(self._renew, ttl / 3)) as waiting:
                         self._renewing[relay] = waiting
-                        await control.wait_closed()
-                    del self._renewing[relay]
+                        try:
+                            await control.wait_closed()
+                        finally:
+                            del self._renewing[relay]
                     if control.closed:
                         raise ProtocolError("the channel to the relay closed")
                     if relay in self._unreserved:
