@@ -137,7 +137,13 @@ class DhtDiscovery:
     ) -> None:
         if host is None and host6 is None and transport is None:
             raise ValueError("a DHT provider needs an IPv4 or an IPv6 address to bind")
-        self.bootstrap = tuple(bootstrap) if bootstrap is not None else DEFAULT_BOOTSTRAP
+        if isinstance(port, bool) or not isinstance(port, int):
+            raise TypeError(f"a DHT port is an int, not {type(port).__name__}")
+        if not 0 <= port <= 65535:
+            raise ValueError(f"a DHT port is 0 to 65535 (0: the node's own, else any), not {port}")
+        self.bootstrap = (
+            tuple(_bootstrap_address(a) for a in bootstrap) if bootstrap is not None else DEFAULT_BOOTSTRAP
+        )
         self._public = bootstrap is None
         if read_only is None and bootstrap is not None:
             read_only = False  # a private DHT: its nodes are there to serve each other
@@ -538,3 +544,16 @@ async def _locator_key(sink: DiscoverySink, peer_id: PeerId | None) -> bytes | N
         return None
     key: bytes | None = await lookup(peer_id)
     return key
+
+
+def _bootstrap_address(address: object) -> Address:
+    # A (host, port) to join the DHT through, checked: a port out of range would fail each send.
+    if (
+        isinstance(address, tuple | list)
+        and len(address) == 2
+        and isinstance(address[0], str)
+        and type(address[1]) is int
+        and 1 <= address[1] <= 65535
+    ):
+        return address[0], address[1]
+    raise ValueError(f"a DHT bootstrap address is (host, port 1..65535), not {address!r}")

@@ -22,7 +22,7 @@ from anyio.abc import SocketAttribute
 
 from peerkit.clock import loop_clock
 from peerkit.errors import HandshakeError, PeerUnreachable, ProtocolError
-from peerkit.identity import Identity, PeerId
+from peerkit.identity import Identity, PeerId, check_peer_id
 from peerkit.model import EndPoint, check_text, seconds_text
 from peerkit.net.relay import PrefixedStream, RelayAttribute, dial_relayed, read_frame
 from peerkit.net.tcp import TcpStream
@@ -530,8 +530,13 @@ async def connect(
     :raises HandshakeError: when the handshake fails, is not done in time, or the peer is not
         ``peer_id``.
     :raises ValueError: when ``host``, ``port`` or a name is invalid.
+    :raises TypeError: when ``identity`` is not an :class:`~peerkit.Identity` or ``peer_id`` not a
+        :class:`~peerkit.PeerId`.
     """
     EndPoint(host, port)  # validates host and port
+    _check_identity(identity)
+    if peer_id is not None:
+        check_peer_id(peer_id)
     if not timeout > 0:
         raise ValueError(f"timeout must be positive, not {timeout}")
     return await dial(
@@ -564,6 +569,7 @@ class ChannelListener(anyio.abc.AsyncResource):
         admission: AdmissionPolicy | None = None,
         preamble_timeout: float = PREAMBLE_TIMEOUT,
     ) -> None:
+        _check_identity(identity)
         self._listener = listener
         #: Seconds a connection may stay silent before its preamble (it holds a slot meanwhile).
         self.preamble_timeout = preamble_timeout
@@ -761,8 +767,18 @@ async def listen(
     slot. Refused connections are closed at once and counted in one log line per interval.
 
     :raises PeerUnreachable: when the address cannot be bound.
-    :raises ValueError: when ``max_handshakes`` is below 1 or a name is over 255 characters.
+    :raises ValueError: when ``port`` is not 0 to 65535, ``max_handshakes`` is below 1 or a name
+        is over 255 characters.
+    :raises TypeError: when ``identity`` is not an :class:`~peerkit.Identity`, or ``host`` or
+        ``port`` is of the wrong type.
     """
+    _check_identity(identity)
+    if not isinstance(host, str):
+        raise TypeError(f"host must be str, not {type(host).__name__}")
+    if isinstance(port, bool) or not isinstance(port, int):
+        raise TypeError(f"port must be int, not {type(port).__name__}")
+    if not 0 <= port <= 65535:  # (an OS may take 70000 as 70000 - 65536)
+        raise ValueError(f"port {port} is outside 0..65535 (0 picks a free one)")
     if max_handshakes < 1:
         raise ValueError(f"max_handshakes must be at least 1, not {max_handshakes}")
     check_text(nickname, "nickname")
@@ -777,6 +793,11 @@ async def listen(
         max_handshakes=max_handshakes,
         admission=admission,
     )
+
+
+def _check_identity(identity: object) -> None:
+    if not isinstance(identity, Identity):
+        raise TypeError(f"identity must be an Identity, not {type(identity).__name__}")
 
 
 def _remote(stream: anyio.abc.ByteStream) -> object:

@@ -138,6 +138,20 @@ async def test_bad_hello_arguments(alice: Identity) -> None:
 # -- TCP --------------------------------------------------------------------------------------
 
 
+async def test_connect_and_listen_name_wrong_values_before_any_socket(alice: Identity) -> None:
+    # (listen(port=70000) once bound port 4464, and connect with a text identity dialled first)
+    with pytest.raises(ValueError, match=r"port 70000 is outside 0\.\.65535"):
+        await listen(alice, "127.0.0.1", 70000)
+    with pytest.raises(TypeError, match="port must be int, not str"):
+        await listen(alice, "127.0.0.1", "0")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="identity must be an Identity, not str"):
+        await listen("alice", "127.0.0.1", 0)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="identity must be an Identity, not str"):
+        await connect("127.0.0.1", 9, "alice")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="peer_id must be a PeerId, not str"):
+        await connect("127.0.0.1", 9, alice, peer_id="bob")  # type: ignore[arg-type]
+
+
 def listening(bob: Identity) -> AbstractAsyncContextManager[tuple[str, int]]:
     return listening_on(bob, "127.0.0.1")
 

@@ -60,6 +60,14 @@ async def test_registry_names_the_built_ins() -> None:
     assert create_provider("dht").bootstrap == DEFAULT_BOOTSTRAP  # for users; tests pass their own
     with pytest.raises(ValueError, match="a DHT bootstrap address is HOST:PORT, not 'nowhere'"):
         create_provider("dht:nowhere")
+    # Made in code: a port out of range is named at once (it would fail each send, or wrap round).
+    with pytest.raises(ValueError, match=r"is \(host, port 1..65535\), not \('10.0.0.2', 70000\)"):
+        DhtDiscovery(bootstrap=[("10.0.0.2", 70000)])
+    with pytest.raises(ValueError, match="a DHT port is 0 to 65535"):
+        DhtDiscovery(bootstrap=[], port=70000)
+    with pytest.raises(TypeError, match="a DHT port is an int, not str"):
+        DhtDiscovery(bootstrap=[], port="6881")  # type: ignore[arg-type]
+    assert DhtDiscovery(bootstrap=[["10.0.0.2", 6881]]).bootstrap == (("10.0.0.2", 6881),)  # type: ignore[list-item]
     with pytest.raises(ValueError, match="needs addresses"):
         create_provider("static")
     with pytest.raises(ValueError, match="not host:port"):
