@@ -60,7 +60,7 @@ from zeroconf.asyncio import AsyncServiceBrowser, AsyncServiceInfo, AsyncZerocon
 from peerkit.discovery.base import Announcement, DiscoverySession, DiscoverySink, read_record
 from peerkit.errors import InvalidRecord
 from peerkit.identity import PeerId
-from peerkit.model import Scope
+from peerkit.model import Scope, check_seconds
 from peerkit.proto.records import MAX_ENVELOPE
 
 __all__ = ("SERVICE_TYPE", "MdnsDiscovery", "envelope_from_txt", "txt_for")
@@ -206,6 +206,8 @@ class MdnsDiscovery:
         query_timeout: float = 3.0,
         interface_check: float = 10.0,
     ) -> None:
+        if isinstance(interfaces, str):  # (one address: not a sequence of one-letter ones)
+            interfaces = [interfaces]
         if interfaces is not None:
             interfaces = [str(ipaddress.ip_address(i)) for i in interfaces]
             if not interfaces:
@@ -214,8 +216,9 @@ class MdnsDiscovery:
         if ip_version not in _IP_VERSIONS:
             raise ValueError(f"ip_version must be one of {', '.join(_IP_VERSIONS)}, not {ip_version!r}")
         self.ip_version = ip_version
+        ttl = check_seconds(ttl, "ttl")
         if not 1 <= ttl <= 4500:
-            raise ValueError(f"ttl must be 1..4500 seconds, not {ttl}")
+            raise ValueError(f"ttl must be 1..4500 seconds, not {ttl:g}")
         self.ttl = int(ttl)
         if not query_timeout > 0 or not interface_check > 0:
             raise ValueError("query_timeout and interface_check must be positive")

@@ -82,6 +82,8 @@ class StaticDiscovery:
     def __init__(
         self, entries: Sequence[str | StaticEntry], *, interval: float = 30.0, timeout: float = 5.0
     ) -> None:
+        if isinstance(entries, str | StaticEntry):  # (one entry: not a sequence of one-letter ones)
+            entries = [entries]
         self.entries = tuple(e if isinstance(e, StaticEntry) else StaticEntry.parse(e) for e in entries)
         if not self.entries:
             raise ValueError("a static provider needs at least one host:port entry")

@@ -60,6 +60,12 @@ async def test_registry_names_the_built_ins() -> None:
     assert create_provider("dht").bootstrap == DEFAULT_BOOTSTRAP  # for users; tests pass their own
     with pytest.raises(ValueError, match="a DHT bootstrap address is HOST:PORT, not 'nowhere'"):
         create_provider("dht:nowhere")
+    # One entry or address given alone is one (a str was read letter by letter: "'1' is not
+    # host:port"), and a ttl of the wrong type is named.
+    assert [str(e) for e in StaticDiscovery("10.0.0.2:6881").entries] == ["10.0.0.2:6881"]
+    assert MdnsDiscovery(interfaces="10.0.0.2").interfaces == ["10.0.0.2"]
+    with pytest.raises(TypeError, match="ttl must be a number of seconds, not str"):
+        MdnsDiscovery(ttl="120")  # type: ignore[arg-type]
     # Made in code: a port out of range is named at once (it would fail each send, or wrap round).
     with pytest.raises(ValueError, match=r"is \(host, port 1..65535\), not \('10.0.0.2', 70000\)"):
         DhtDiscovery(bootstrap=[("10.0.0.2", 70000)])
