@@ -508,17 +508,11 @@ class Directory:
         full = len(self._entries) >= self._capacity
         if full:
             self._promote_contacts()
-        if group is None:
-            evicted = self._strangers.evict() if full else None
-            if full and evicted is None:
-                return False
-        else:
-            taken = self._strangers.take(group, peer_id, full=full)
-            if taken is None:
-                return False
-            evicted = taken.evicted
-        if evicted is not None:
-            gone = self._entries.pop(evicted)
+        taken = self._strangers.admit(group, peer_id, full=full)
+        if taken is None:
+            return False
+        if taken.evicted is not None:
+            gone = self._entries.pop(taken.evicted)
             self.stats.full += 1
             self._on_change(ChangeType.DELETED, gone.record)
         return True

@@ -272,17 +272,11 @@ class RelayBook:
             return RESERVATION_TTL
         full = len(self._reservations) >= self.policy.max_reservations
         group = None if allowed else group_of(source)
-        if group is None:
-            evicted = self._strangers.evict() if full else None
-            if full and evicted is None:
-                raise RelayRefused(LIMIT, self._full())
-        else:
-            taken = self._strangers.take(group, peer, full=full)
-            if taken is None:
-                raise RelayRefused(LIMIT, self._full())
-            evicted = taken.evicted
-        if evicted is not None:
-            self._displaced.append(self._reservations.pop(evicted).handle)  # its place is given already
+        taken = self._strangers.admit(group, peer, full=full)
+        if taken is None:
+            raise RelayRefused(LIMIT, self._full())
+        if taken.evicted is not None:  # (its place is given already)
+            self._displaced.append(self._reservations.pop(taken.evicted).handle)
         self._reservations[peer] = _Reservation(now + RESERVATION_TTL, handle, group)
         return RESERVATION_TTL
 

@@ -144,6 +144,18 @@ class FairShare(Generic[T]):
         self._held += 1
         return Taken(evicted)
 
+    def admit(self, group: str | None, item: T, *, full: bool) -> Taken[T] | None:
+        """A place for ``item`` among others held outside: of ``group`` (see :meth:`take`), or,
+        with ``group`` None, an item that outranks every group (a contact's) and is not held
+        here: once ``full``, the busiest group's item gives way for it (see :meth:`evict`), and
+        it is refused only when no group holds any. None when it is refused."""
+        if group is not None:
+            return self.take(group, item, full=full)
+        if not full:
+            return Taken()
+        evicted = self.evict()
+        return None if evicted is None else Taken(evicted)
+
     def evict(self) -> T | None:
         """The busiest group's oldest (or newest) item, out of its place (for a newcomer that
         outranks every group, such as a contact's); None when no item is held."""

@@ -105,6 +105,20 @@ def test_evict_takes_the_busiest_groups_oldest_whatever_the_newcomer() -> None:
     assert len(share) == 2
 
 
+def test_admit_takes_a_groups_place_or_lets_one_that_outranks_every_group_in() -> None:
+    share: FairShare[Item] = FairShare(10)
+    outside = Item("contact", 0)
+    assert share.admit(None, outside, full=True) is None  # full, and no group's item to give way
+    assert share.admit(None, outside, full=False) == Taken()  # room: nothing gives way
+    assert len(share) == 0  # (not held here)
+    fill(share, "a", 1)
+    b = fill(share, "b", 2)
+    assert share.admit(None, outside, full=True) == Taken(b[0])
+    assert share.admit("c", Item("c", 0), full=True) is None  # (b holds 1, c none: not more by 2)
+    assert share.admit("c", Item("c", 0), full=False) == Taken()
+    assert share.held_by("c") == 1
+
+
 def test_newest_first_gives_up_the_busiest_groups_newest() -> None:
     share: FairShare[Item] = FairShare(4, newest_first=True)
     a = fill(share, "a", 3)
