@@ -65,6 +65,8 @@ from peerkit.proto.records import MAX_ENVELOPE
 
 __all__ = ("SERVICE_TYPE", "MdnsDiscovery", "envelope_from_txt", "txt_for")
 
+_NO_GOODBYE: Final = (0.0, b"")
+
 log = logging.getLogger(__name__)
 
 SERVICE_TYPE: Final = "_peerkit._tcp.local."
@@ -282,7 +284,9 @@ class _Session:
         # under a peer's name adds its own id beside the peer's, and takes nothing from it
         self.names: dict[str, dict[PeerId, float]] = {}
         self.asked: dict[str, float] = {}  # instance name -> when its records were last queried
-        self.goodbyes: dict[tuple[str, bytes], float] = {}  # (name, envelope) said goodbye -> until
+        # envelope said goodbye to -> until when it is not believed again, under any name (a
+        # renamed node's probe of its new name may come after the goodbye of the old one)
+        self.goodbyes: dict[bytes, tuple[float, bytes]] = {}  # (until, the id that signed it)
         self.pending: dict[str, None] = {}
         # instance name -> the address its last TXT record came from (the tap sees every packet
         # before zeroconf does, so a record zeroconf resolves is told where it came from too)
@@ -490,13 +494,14 @@ class _Session:
                 self.origins[name] = origin
                 if len(self.origins) > _PENDING:
                     del self.origins[next(iter(self.origins))]  # the least lately heard
-            if probe:
+            if record.ttl == 0 and not probe:
+                self._goodbye(name, carried)
+            elif self.goodbyes.get(carried[1], _NO_GOODBYE)[0] >= current_time_millis():
+                pass  # (an answer or probe sent just before the goodbye may arrive after it)
+            elif probe:
                 if name not in self.names:  # heard before it announces: followed for a grace
                     self._believe(name, carried, _PROBE_GRACE, origin)
-            elif record.ttl == 0:
-                self._goodbye(name, carried)
-            elif self.goodbyes.get((name, carried[1]), 0.0) < current_time_millis():
-                # (an answer sent just before the goodbye may arrive after it: not believed)
+            else:
                 self._believe(name, carried, record.ttl, origin)
 
     def _goodbye(self, name: str, carried: tuple[bytes, bytes]) -> None:
@@ -504,18 +509,20 @@ class _Session:
         # under a peer's name takes nothing from the peer). The record must still verify (once:
         # the same goodbye heard again while it is remembered costs no signature check).
         now = current_time_millis()
-        if self.goodbyes.get((name, carried[1]), 0.0) > now:
+        until, signer = self.goodbyes.get(carried[1], _NO_GOODBYE)
+        if until <= now:
+            try:  # verified, not reported: a goodbye must not bring back what it says goodbye to
+                signer = read_record(carried[1])[0].id
+            except InvalidRecord:
+                return
+            if signer != carried[0]:
+                return
+            if len(self.goodbyes) >= _PENDING:
+                self.goodbyes = {key: kept for key, kept in self.goodbyes.items() if kept[0] > now}
+            if len(self.goodbyes) < _PENDING:
+                self.goodbyes[carried[1]] = (now + _CONFIRM * 1000, signer)
+        elif signer != carried[0]:
             return
-        try:  # verified, not reported: a goodbye must not bring back what it says goodbye to
-            signer = read_record(carried[1])[0].id
-        except InvalidRecord:
-            return
-        if signer != carried[0]:
-            return
-        if len(self.goodbyes) >= _PENDING:
-            self.goodbyes = {key: until for key, until in self.goodbyes.items() if until > now}
-        if len(self.goodbyes) < _PENDING:
-            self.goodbyes[(name, carried[1])] = now + _CONFIRM * 1000
         ids = self.names.get(name)
         peer_id = next((known for known in ids or () if known.key == signer), None)
         if peer_id is not None:

@@ -195,6 +195,44 @@ async def test_an_mdns_goodbye_heard_again_costs_no_signature_check(monkeypatch:
     assert lost == [alice.id]
 
 
+async def test_a_renamed_nodes_probe_heard_after_its_goodbye_does_not_bring_it_back() -> None:
+    # (bob renamed, then signed out while his new name was being probed: a probe packet that came
+    # after the goodbye of his old name showed him again, "ADDED bobby" after "DELETED bobby")
+    from types import SimpleNamespace
+
+    from zeroconf import DNSOutgoing, DNSText, const
+
+    from peerkit.discovery import mdns
+    from peerkit.discovery.base import make_record
+
+    bob = Identity.generate()
+    envelope = make_record(bob, 2, nickname="bobby", endpoint_name="", endpoints=[("10.0.0.9", 7000)])
+    announcement = Announcement(id=bob.id, nickname="bobby", port=7000, hosts=(), envelope=envelope)
+    text = b"".join(
+        bytes([len(item)]) + item for item in (f"{k}={v}".encode() for k, v in txt_for(announcement).items())
+    )
+    heard: list[str] = []
+
+    def found(envelope: bytes, *, source: str, claimed_id: object, origin: str | None) -> object:
+        heard.append(source)
+        return SimpleNamespace(id=bob.id)
+
+    sink = SimpleNamespace(found=found, lost=lambda peer_id, source: None)
+    session = mdns._Session(mdns.MdnsDiscovery(), SimpleNamespace(zeroconf=None), sink)  # type: ignore[arg-type]
+    old, new = f"bob-{str(bob.id)[:8]}.{mdns.SERVICE_TYPE}", f"bobby-{str(bob.id)[:8]}.{mdns.SERVICE_TYPE}"
+    session._saw(old, bob.id, 120)
+    session._goodbye(old, (bob.id.key, envelope))
+    probe = DNSOutgoing(const._FLAGS_QR_QUERY)
+    probe.authorities.append(DNSText(new, const._TYPE_TXT, const._CLASS_IN, 120, text))  # (as it probes)
+    for data in probe.packets():
+        session.on_packet(data, "10.0.0.9")
+    assert heard == []
+    session.goodbyes.clear()  # (once the goodbye is old, the same probe is heard)
+    for data in probe.packets():
+        session.on_packet(data, "10.0.0.9")
+    assert heard == ["mdns"]
+
+
 async def test_the_mdns_tap_tells_the_directory_where_a_packet_came_from() -> None:
     from types import SimpleNamespace
 
