@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import io
 import json
 import logging
 import signal
@@ -719,6 +720,11 @@ async def _watch(
 def main() -> None:
     """Entry point of the ``peerkit`` console script: every failure is one line on stderr
     (``error: ...``) and exit code 1; ``peerkit --debug ...`` shows its traceback instead."""
+    for stream in (sys.stdout, sys.stderr):
+        # What the output's encoding cannot hold (a peer's nickname in a Latin-1 locale, output
+        # redirected to a file on Windows) is written as escapes, not the end of the command.
+        if isinstance(stream, io.TextIOWrapper):
+            stream.reconfigure(errors="backslashreplace")
     try:
         app()
     except KeyboardInterrupt:

@@ -407,17 +407,29 @@ def test_a_peer_nearby_with_markup_and_escape_sequences_in_its_nickname_is_shown
     tmp_path: Path,
 ) -> None:
     # "[/b]" once made the table fail (a closing tag that matches nothing), for everyone near it.
-    hostile = "[/b][red]x\x1b[2J\x1b]0;pwned\x07\u202e"
+    hostile = "[/b][red]Zo\u00eb\x1b[2J\x1b]0;pwned\x07\u202e"
     server, info = start_server(tmp_path, "--listen", "127.0.0.1:0", "--accept", CHAT, "--nickname", hostile)
     try:
         where = f"static:127.0.0.1:{info['port']}#{info['id']}"
         table = run("near", "--once", "--wait", "1", "--discovery", where, env={"COLUMNS": "200"})
         assert table.returncode == 0, table.stderr
         assert "people near me: 1" in table.stdout
-        assert r"[/b][red]x\x1b[2J\x1b]0;pwned\x07\u202e" in table.stdout
+        assert "[/b][red]Zo\u00eb" + r"\x1b[2J\x1b]0;pwned\x07\u202e" in table.stdout
         found = run("near", "--once", "--wait", "1", "--json", "--discovery", where)
         assert json.loads(found.stdout)[0]["nickname"] == hostile  # (scripts get it as it is)
-        for result in (table, found):
+        # Where the output cannot hold a letter (an ASCII or Latin-1 locale), it is escaped too.
+        ascii_only = run(
+            "near",
+            "--once",
+            "--wait",
+            "1",
+            "--discovery",
+            where,
+            env={"PYTHONIOENCODING": "ascii", "COLUMNS": "200"},
+        )
+        assert ascii_only.returncode == 0, ascii_only.stderr
+        assert r"[/b][red]Zo\xeb\x1b[2J" in ascii_only.stdout
+        for result in (table, found, ascii_only):
             assert not any(raw in result.stdout + result.stderr for raw in ("\x1b", "\x07", "\u202e"))
     finally:
         stop(server)

@@ -21,7 +21,7 @@ import anyio
 import anyio.abc
 
 from peerkit.clock import Clock
-from peerkit.errors import NotRunning, PeerkitError, PeerUnreachable
+from peerkit.errors import NotRunning, PeerkitError, PeerUnreachable, ProtocolError
 from peerkit.identity import Identity, PeerId, check_peer_id
 from peerkit.model import EndPoint
 from peerkit.net.channel import SecureChannel, dial
@@ -44,6 +44,7 @@ __all__ = (
     "Route",
     "all_failed",
     "first_of",
+    "one_way",
 )
 
 log = logging.getLogger(__name__)
@@ -119,6 +120,21 @@ async def first_of(
     if unreachable:
         raise all_failed(unreachable)
     raise PeerUnreachable("there was no way to try")
+
+
+def one_way(dial: Callable[[], Awaitable[T]], peer_id: PeerId, where: object) -> Callable[[], Awaitable[T]]:
+    """``dial`` (a channel to ``peer_id`` at ``where``) as one of several ways to the peer: a
+    handshake that fails there -- another node holds that address now, or another service that
+    speaks something else -- fails that way as an address that does not answer does
+    (:class:`~peerkit.PeerUnreachable`, naming ``where``), and the other ways go on."""
+
+    async def way() -> T:
+        try:
+            return await dial()
+        except ProtocolError as exc:
+            raise PeerUnreachable(f"{peer_id.fingerprint} was not reached at {where}: {exc}") from exc
+
+    return way
 
 
 def all_failed(errors: Sequence[PeerUnreachable]) -> PeerUnreachable:
@@ -295,7 +311,10 @@ class Connections:
         """The ways to reach ``peer``: one per endpoint, or the channel it opened."""
         if isinstance(peer, ChannelPeer):
             return [peer.route]
-        return [functools.partial(self.control_to, peer.id, e, exact=exact) for e in endpoints]
+        return [
+            one_way(functools.partial(self.control_to, peer.id, e, exact=exact), peer.id, e)
+            for e in endpoints
+        ]
 
     def sender(self, control: ControlChannel) -> tuple[EndPoint | None, Peer]:
         """The endpoint and :class:`Peer` of whoever opened ``control`` (made once per channel)."""

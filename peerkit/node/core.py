@@ -368,8 +368,10 @@ class Node(EventMethods, FindingMethods, PairingMethods):
 
     # -- lifetime --------------------------------------------------------------------------
     async def __aenter__(self) -> Self:
-        if self._running or self._stack is not None:
+        if self._running:
             raise RuntimeError("this node is already running; a Node can be entered once")
+        if self._stack is not None:
+            raise NotRunning("this node has stopped; a Node runs once: make a new one to start again")
         if self._identity is None:
             assert self._data_dir is not None
             # A small file, read here: a worker thread would outlive the node (anyio keeps them).
@@ -480,6 +482,8 @@ class Node(EventMethods, FindingMethods, PairingMethods):
             self._early_tasks.append(task)
 
     def _check_running(self) -> None:
+        if not self._running and self._stack is not None:  # (a node that stopped keeps its stack)
+            raise NotRunning("the node has stopped")
         if not self._running:
             raise NotRunning("the node is not running: use it inside 'async with node:'")
 
@@ -825,15 +829,9 @@ class Node(EventMethods, FindingMethods, PairingMethods):
         return list(self._objects.values())
 
     def _local_object_changed(self, change: ChangeType, obj: PeerObject) -> None:
+        me = self.contacts.me
         self._bus.publish(
-            ObjectChanged(
-                peer_id=self.id,
-                contact=self.contacts.me,
-                endpoint=None,
-                change=change,
-                object=obj,
-                local=True,
-            )
+            ObjectChanged(peer_id=self.id, contact=me, endpoint=None, change=change, object=obj, local=True)
         )
 
     def _registered(self, application: Application | uuid.UUID) -> Application:
@@ -929,7 +927,8 @@ class Node(EventMethods, FindingMethods, PairingMethods):
         the peer's id is learned from the handshake. The channel stays open for later requests.
 
         :raises PeerUnreachable: when nothing answers, or not in time.
-        :raises HandshakeError: when the peer there is not ``peer_id``.
+        :raises HandshakeError: when the handshake fails: the peer there is not ``peer_id``, it
+            refused the connection (too many from this address), or what answers is no peerkit node.
         :raises ValueError: for a bad address, or when the address is this node itself.
         :raises NotRunning: when the node is not running.
 

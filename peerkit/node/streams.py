@@ -22,7 +22,7 @@ from peerkit.identity import PeerId
 from peerkit.model import Application, EndPoint, check_seconds, seconds_text
 from peerkit.net.channel import SecureChannel
 from peerkit.net.transport import ON_LINK
-from peerkit.node.connections import LOOKUP_AFTER, ChannelPeer, first_of
+from peerkit.node.connections import LOOKUP_AFTER, ChannelPeer, first_of, one_way
 from peerkit.node.receivers import Receivers
 from peerkit.peers import Peer
 from peerkit.proto.admission import group_of, source_of
@@ -148,17 +148,20 @@ class Streams:
             found = await self._fallback(peer)
             if found is None:
                 raise PeerUnreachable(f"{peer.id.fingerprint} was not found anywhere else")
-            dials = [functools.partial(self._connect, peer.id, e, use=USE_STREAM) for e in found.endpoints]
+            dials = [
+                one_way(functools.partial(self._connect, peer.id, e, use=USE_STREAM), peer.id, e)
+                for e in found.endpoints
+            ]
             return (await first_of(dials, discard=SecureChannel.aclose))[1]
 
         def dial(way: EndPoint | str) -> Callable[[], Awaitable[SecureChannel]]:
             if way == _HOLE:
                 assert self._punch is not None
-                return functools.partial(self._punch, peer.id)
+                return one_way(functools.partial(self._punch, peer.id), peer.id, "a punched hole")
             if way == _ELSEWHERE:
                 return elsewhere
             assert isinstance(way, EndPoint)
-            return functools.partial(self._connect, peer.id, way, use=USE_STREAM)
+            return one_way(functools.partial(self._connect, peer.id, way, use=USE_STREAM), peer.id, way)
 
         while ways:
             last_after = LOOKUP_AFTER if ways[-1] == _ELSEWHERE else None

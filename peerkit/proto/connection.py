@@ -409,6 +409,10 @@ class Connection:
             hint = ""
             if self._initiator and self.protocol == PROTOCOL_IK:
                 hint = " (with IK this is what a peer does when it is not the peer that was dialled)"
+            elif self._initiator:
+                hint = (
+                    " (a peer does so when it refuses a connection: too many from one address, or too fast)"
+                )
             raise self._fail(HandshakeError(f"the peer closed the connection during the handshake{hint}"))
         self._to(State.CLOSED)
 

@@ -31,6 +31,7 @@ from conftest import (
 
 from peerkit import (
     Application,
+    AppStream,
     EndPoint,
     Identity,
     Invitation,
@@ -39,6 +40,7 @@ from peerkit import (
     KeepalivePolicy,
     LimitExceeded,
     Node,
+    NotAllowed,
     NotRunning,
     Peer,
     PeerUnreachable,
@@ -76,10 +78,14 @@ async def test_node_lifetime_and_endpoint(tmp_path: Path) -> None:
         assert node.endpoint.host == "127.0.0.1"
         assert node.endpoint.port > 0
         first_id = node.id
+        with pytest.raises(RuntimeError, match="already running"):
+            async with node:
+                pass
+        assert node.running
     assert not node.running
     with pytest.raises(NotRunning):
         await node.sign_in(Scope.NEAR_ME)
-    with pytest.raises(RuntimeError):
+    with pytest.raises(NotRunning, match="has stopped; a Node runs once"):
         async with node:
             pass
     async with Node(data_dir=tmp_path, listen=("127.0.0.1", 0)) as again:
@@ -687,6 +693,60 @@ async def test_several_endpoints_the_peers_refusal_is_the_error_not_a_dead_addre
             await peer.invite(CHAT, timeout=5)
 
 
+@asynccontextmanager
+async def web_server() -> AsyncIterator[EndPoint]:
+    """Another service on a port a peer once had: it answers anything with text, then closes."""
+
+    async def answer(stream: anyio.abc.SocketStream) -> None:
+        async with stream:
+            with contextlib.suppress(anyio.EndOfStream, anyio.BrokenResourceError):
+                await stream.receive()
+                await stream.send(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n")
+
+    listener = await anyio.create_tcp_listener(local_host="127.0.0.1")
+    async with listener, anyio.create_task_group() as tg:
+        tg.start_soon(listener.serve, answer)
+        yield EndPoint("127.0.0.1", listener.extra(anyio.abc.SocketAttribute.local_port))
+        tg.cancel_scope.cancel()
+
+
+async def test_an_address_of_a_peer_that_another_node_or_service_holds_now_is_a_dead_way() -> None:
+    # bob's first address is carol's now (IK: she cannot read message 1 and closes), or a web
+    # server's (it answers with text): each fails as an address that does not answer does, and
+    # bob is reached at his other one -- by an invitation, a request and a stream alike.
+    async def greet(stream: AppStream) -> None:
+        await stream.send(b"hi")
+
+    alice, bob, carol = (
+        Node(nickname=n, identity=Identity.generate(), listen=("127.0.0.1", 0)) for n in "abc"
+    )
+    async with alice, bob, carol, web_server() as web:  # (over TCP: a web server is one)
+        for node in (alice, bob):
+            await node.register_application(CHAT)
+        bob.add_invitation_handler(CHAT, accept_all)
+        bob.add_stream_handler(CHAT, greet)
+        for stale in (carol.endpoint, web):
+            peer = alice.peer(bob.id, stale, bob.endpoint)
+            assert await peer.invite(CHAT, timeout=5) is ACCEPTED
+            await alice.disconnect(bob.id)
+            with pytest.raises(NotAllowed, match="lets you see nothing"):  # bob's answer: reached
+                await peer.get_applications(timeout=5)
+            await alice.disconnect(bob.id)
+            async with await peer.open_stream(CHAT, timeout=5) as stream:
+                assert await stream.receive() == b"hi"
+            await alice.disconnect(bob.id)
+            # Only there: bob cannot be reached, and the error says where and what happened.
+            gone = alice.peer(bob.id, stale)
+            for attempt in (
+                gone.invite(CHAT, timeout=5),
+                gone.get_applications(timeout=5),
+                gone.open_stream(CHAT),
+            ):
+                with pytest.raises(PeerUnreachable, match=rf"not reached at {stale}: "):
+                    await attempt
+        assert alice.channels(carol.id) == 0
+
+
 # -- the connection manager ----------------------------------------------------------------
 async def test_one_channel_per_peer_reused_in_both_directions() -> None:
     async with nodes() as (alice, bob):
@@ -1104,7 +1164,7 @@ async def test_a_stopped_node_refuses_everything_clearly() -> None:
         lambda: alice.sign_in(Scope.NEAR_ME),
         lambda: alice.resolve(bob.id),
     ):
-        with pytest.raises(NotRunning, match="async with node"):
+        with pytest.raises(NotRunning, match=r"^the node has stopped$"):
             await call()
     # Nor does it make watches, handlers or iterators that nothing would ever come to (events()
     # once gave an iterator that never ended, and the add_*_handler methods dead handlers).

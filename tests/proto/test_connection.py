@@ -196,8 +196,12 @@ def test_eof(alice: Identity, bob: Identity) -> None:
     b.receive_eof()
     assert b.state is State.CLOSED
     c = Connection.respond(keys(bob), hello(bob), now=0.0)
-    with pytest.raises(HandshakeError, match="closed the connection during the handshake"):
+    with pytest.raises(HandshakeError, match=r"closed the connection during the handshake$"):
         c.receive_eof()
+    for dialling, hint in ((None, "too fast"), (bob.id.key, "not the peer that was dialled")):
+        d = Connection.initiate(keys(alice), hello(alice), now=0.0, expected_id=dialling)
+        with pytest.raises(HandshakeError, match=rf"during the handshake \(.*{hint}\)"):
+            d.receive_eof()  # (a dialler learns what a peer that closes may mean)
     a.send_message({"t": "x"})
     partial = a.data_to_send()[:5]
     _, b2, _, _ = handshake(alice, bob)
