@@ -26,7 +26,7 @@ import platformdirs
 from peerkit.errors import IdentityError
 from peerkit.proto import crypto
 
-__all__ = ("KEY_FILE_NAME", "Identity", "PeerId", "check_peer_id", "default_data_dir")
+__all__ = ("KEY_FILE_NAME", "Identity", "PeerId", "check_identity", "check_peer_id", "default_data_dir")
 
 #: The name of the key file inside a data dir.
 KEY_FILE_NAME: Final = "identity.key"
@@ -278,6 +278,16 @@ class Identity:
 
     def __repr__(self) -> str:
         return f"Identity({self._id})"
+
+
+def check_identity(value: object, what: str = "identity") -> Identity:
+    """Return ``value`` if it is an :class:`Identity`.
+
+    :raises TypeError: when it is not; the message names ``what`` and the type given.
+    """
+    if not isinstance(value, Identity):
+        raise TypeError(f"{what} must be an Identity, not {type(value).__name__}")
+    return value
 
 
 def _fsync_dir(path: Path) -> None:

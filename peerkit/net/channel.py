@@ -22,7 +22,7 @@ from anyio.abc import SocketAttribute
 
 from peerkit.clock import loop_clock
 from peerkit.errors import HandshakeError, PeerUnreachable, ProtocolError
-from peerkit.identity import Identity, PeerId, check_peer_id
+from peerkit.identity import Identity, PeerId, check_identity, check_peer_id
 from peerkit.model import EndPoint, check_text, seconds_text
 from peerkit.net.relay import PrefixedStream, RelayAttribute, dial_relayed, read_frame
 from peerkit.net.tcp import TcpStream
@@ -534,7 +534,7 @@ async def connect(
         :class:`~peerkit.PeerId`.
     """
     EndPoint(host, port)  # validates host and port
-    _check_identity(identity)
+    check_identity(identity)
     if peer_id is not None:
         check_peer_id(peer_id)
     if not timeout > 0:
@@ -569,7 +569,7 @@ class ChannelListener(anyio.abc.AsyncResource):
         admission: AdmissionPolicy | None = None,
         preamble_timeout: float = PREAMBLE_TIMEOUT,
     ) -> None:
-        _check_identity(identity)
+        check_identity(identity)
         self._listener = listener
         #: Seconds a connection may stay silent before its preamble (it holds a slot meanwhile).
         self.preamble_timeout = preamble_timeout
@@ -772,7 +772,7 @@ async def listen(
     :raises TypeError: when ``identity`` is not an :class:`~peerkit.Identity`, or ``host`` or
         ``port`` is of the wrong type.
     """
-    _check_identity(identity)
+    check_identity(identity)
     if not isinstance(host, str):
         raise TypeError(f"host must be str, not {type(host).__name__}")
     if isinstance(port, bool) or not isinstance(port, int):
@@ -793,11 +793,6 @@ async def listen(
         max_handshakes=max_handshakes,
         admission=admission,
     )
-
-
-def _check_identity(identity: object) -> None:
-    if not isinstance(identity, Identity):
-        raise TypeError(f"identity must be an Identity, not {type(identity).__name__}")
 
 
 def _remote(stream: anyio.abc.ByteStream) -> object:

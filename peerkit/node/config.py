@@ -9,7 +9,7 @@ from pathlib import Path
 
 from peerkit.discovery.base import DiscoveryProvider
 from peerkit.discovery.registry import create_provider
-from peerkit.identity import Identity, default_data_dir
+from peerkit.identity import Identity, check_identity, default_data_dir
 from peerkit.invitations import InvitationPolicy
 from peerkit.model import EndPoint, check_seconds, check_text
 from peerkit.net.control import KeepalivePolicy
@@ -101,8 +101,8 @@ class NodeConfig:
         :raises TypeError: for a value of the wrong type.
         :raises ValueError: for a value out of range (it names the limit).
         """
-        if identity is not None and not isinstance(identity, Identity):
-            raise TypeError(f"identity must be an Identity, not {type(identity).__name__}")
+        if identity is not None:
+            check_identity(identity)
         if data_dir is not None and not isinstance(data_dir, str | os.PathLike):
             raise TypeError(f"data_dir must be a str or a Path, not {type(data_dir).__name__}")
         if data_dir is None and identity is None:

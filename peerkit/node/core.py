@@ -246,6 +246,7 @@ class Node(EventMethods, FindingMethods, PairingMethods):
         )
         #: The contact store.
         self.contacts = ContactManager(link, self._store, self._bus)
+        self._settings = Settings(self.contacts, self._data_dir)
         self._connections = Connections(
             network=self._network,
             keepalive=self._keepalive,
@@ -346,6 +347,7 @@ class Node(EventMethods, FindingMethods, PairingMethods):
             state_dir=self._data_dir,
             contact_addresses=self.contacts.last_addresses,
             is_contact=self.contacts.has,
+            settings=self._settings,
         )
         self._watching = Watching(
             bus=self._bus,
@@ -361,7 +363,6 @@ class Node(EventMethods, FindingMethods, PairingMethods):
         )
         self._locator = Locator(self.contacts, self._connections, self._nearby, lambda: self._scope)
         self.contacts.add_listener(ContactEvents(self._watching, self._publishing, self._locator.changed))
-        self._settings = Settings(self.contacts, self._data_dir)
         link.invitations, link.streams, link.requests = self._invitations, self._streams, self._requests
         link.watching, link.nearby, link.contacts = self._watching, self._nearby, self.contacts
         self._link = link

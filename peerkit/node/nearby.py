@@ -40,6 +40,7 @@ from peerkit.errors import (
     NotSignedIn,
     PeerkitError,
     PeerUnreachable,
+    StoreError,
 )
 from peerkit.events import NearbyChanged
 from peerkit.handles import Handle
@@ -47,8 +48,9 @@ from peerkit.identity import PeerId
 from peerkit.model import ChangeType, EndPoint, Scope, seconds_text
 from peerkit.net.transport import local_addresses
 from peerkit.node.connections import ChannelPeer, Me
+from peerkit.node.settings import LAST_SEQ, Settings
 from peerkit.peers import NearbyPeer, Peer, PeerOps
-from peerkit.sync import Flag
+from peerkit.sync import Flag, Lock
 
 __all__ = ("NEAR_SETTLE", "NEAR_WAIT", "PROVIDER_TIMEOUT", "Nearby", "NearbyHandler")
 
@@ -89,8 +91,10 @@ class Nearby:
         state_dir: Path | None = None,
         contact_addresses: Callable[[], Awaitable[list[tuple[str, int]]]] | None = None,
         is_contact: Callable[[PeerId], bool] | None = None,
+        settings: Settings | None = None,
     ) -> None:
         self._is_contact = is_contact
+        self._settings = settings
         self._locator_key = locator_key
         self._contact_addresses = contact_addresses
         self._state_dir = state_dir
@@ -106,6 +110,7 @@ class Nearby:
         self._directory: Directory | None = None
         self._watches: set[NearbyWatch] = set()
         self._seq = 0
+        self._publishing = Lock()
         #: The signed record this node publishes now (None before the first sign-in).
         self.record: bytes | None = None
         # What the record says: nickname, endpoint name, addresses, relays, mapped endpoint, relaying.
@@ -180,8 +185,19 @@ class Nearby:
 
     # -- this node's record ------------------------------------------------------------------
     def next_seq(self) -> int:
-        """A sequence number for a new record or card: above every earlier one, even across runs."""
+        """A sequence number for a new record or card: above every earlier one, even across runs.
+
+        It is Unix time in milliseconds, or above the last one when the clock is behind it: the
+        last is saved with the settings, so that a clock set back (a wrong clock put right, a
+        machine that keeps local time in its clock) makes no record or card look older than the
+        ones peers and contacts already hold, which they would ignore.
+        """
+        if not self._seq and self._settings is not None:
+            saved = self._settings.get(LAST_SEQ)
+            self._seq = int(saved) if saved.isascii() and saved.isdigit() and len(saved) < 20 else 0
         self._seq = max(self._seq + 1, int(time.time() * 1000))
+        if self._settings is not None:
+            self._settings.set(LAST_SEQ, str(self._seq))  # saved by publish() or when the node stops
         return self._seq
 
     def hosts(self) -> tuple[str, ...]:
@@ -214,24 +230,38 @@ class Nearby:
 
     async def publish(self, scope: Scope, hosts: tuple[str, ...] | None = None) -> None:
         """Sign the record and publish it through the providers that serve ``scope``."""
-        announcement = self._sign_record(hosts)
-        for provider, session in self._sessions:
-            if provider.scopes & scope:
+        # One at a time, withdrawals too: a record signed while an older one was on its way to
+        # the providers reaches each of them after it (not leaving one with the older record),
+        # and one that waited its turn while the node signed out there is not published at all.
+        async with self._publishing:
+            scope &= self._scope()
+            if not scope:
+                return
+            announcement = self._sign_record(hosts)
+            for provider, session in self._sessions:
+                if provider.scopes & scope:
+                    try:
+                        with anyio.fail_after(PROVIDER_TIMEOUT):
+                            await session.publish(announcement)
+                    except Exception:
+                        log.exception("discovery provider %s failed to publish", provider.name)
+            if self._settings is not None:
                 try:
-                    with anyio.fail_after(PROVIDER_TIMEOUT):
-                        await session.publish(announcement)
-                except Exception:
-                    log.exception("discovery provider %s failed to publish", provider.name)
+                    await self._settings.flush()  # (its seq)
+                except StoreError as exc:
+                    log.warning("could not save the record's sequence number: %s", exc)
 
     async def withdraw(self, scope: Scope) -> None:
-        """Withdraw the record from the providers that serve ``scope`` and no scope still signed in."""
-        for provider, session in self._sessions:
-            if provider.scopes & scope and not provider.scopes & self._scope():
-                try:
-                    with anyio.fail_after(PROVIDER_TIMEOUT):
-                        await session.withdraw()
-                except Exception:
-                    log.exception("discovery provider %s failed to withdraw", provider.name)
+        """Withdraw the record from the providers that serve ``scope`` and no scope still signed in
+        (once a publication under way has reached them)."""
+        async with self._publishing:
+            for provider, session in self._sessions:
+                if provider.scopes & scope and not provider.scopes & self._scope():
+                    try:
+                        with anyio.fail_after(PROVIDER_TIMEOUT):
+                            await session.withdraw()
+                    except Exception:
+                        log.exception("discovery provider %s failed to withdraw", provider.name)
 
     def republish(self) -> None:
         """Publish the record again soon (the nickname or endpoint name changed)."""

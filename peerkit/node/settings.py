@@ -16,7 +16,7 @@ from typing import Final, Protocol
 
 from peerkit.model import MAX_TEXT
 
-__all__ = ("ENDPOINT_NAME", "LEGACY_FILE", "NICKNAME", "Settings", "SettingsStore")
+__all__ = ("ENDPOINT_NAME", "LAST_SEQ", "LEGACY_FILE", "NICKNAME", "Settings", "SettingsStore")
 
 log = logging.getLogger(__name__)
 
@@ -24,6 +24,8 @@ log = logging.getLogger(__name__)
 ENDPOINT_NAME: Final = "endpoint_name"
 #: The settings key of the nickname.
 NICKNAME: Final = "nickname"
+#: The settings key of the last sequence number the node signed a record or card with.
+LAST_SEQ: Final = "last_seq"
 #: The settings file of earlier versions, folded into the database at the first start.
 LEGACY_FILE: Final = "node.json"
 

@@ -11,6 +11,7 @@ import time
 import uuid
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import anyio
@@ -42,6 +43,7 @@ from peerkit import (
     UnknownContact,
 )
 from peerkit.contacts import CARD_PREFIX, read_card
+from peerkit.node import nearby as nearby_module
 from peerkit.proto import records
 from peerkit.store import DATABASE_FILE, SCHEMA_VERSION
 from peerkit.testing import MemoryNetwork, node_pair, nodes
@@ -432,6 +434,25 @@ async def test_a_card_carries_the_locator_key_kept_across_restarts(tmp_path: Pat
     bad = records.sign_record(identity, 2, {"nick": "bad", "loc": b"short"}, domain=records.CARD_DOMAIN)
     with pytest.raises(InvalidRecord, match='"loc" must be a 32-byte key'):
         read_card(bad)
+
+
+async def test_a_clock_set_back_makes_no_card_look_older_than_the_last_run_signed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Bob's clock ran a day ahead when alice took his card (a wrong clock, or a dual boot); put
+    # right, his next run signed cards older than the one she keeps, and she refused them (and
+    # their new locator key) for a day. The last sequence number is saved with his settings.
+    async with Node(nickname="alice", identity=Identity.generate(), discovery=[]) as alice:
+        ahead = time.time() + 86_400
+        monkeypatch.setattr(nearby_module, "time", SimpleNamespace(time=lambda: ahead))
+        async with Node(nickname="bob", data_dir=tmp_path / "bob", discovery=[]) as bob:
+            old = bob.contacts.sign_card()
+        await alice.contacts.add(alice.contacts.read_card(old))
+        monkeypatch.setattr(nearby_module, "time", time)  # the clock put right
+        async with Node(nickname="bob", data_dir=tmp_path / "bob", discovery=[]) as bob:
+            new = bob.contacts.sign_card()
+        assert read_card(new).seq > read_card(old).seq
+        assert await alice.contacts.take_card(read_card(new))  # she keeps the newer card
 
 
 async def test_card_updates_in_a_flood_are_taken_one_at_a_time_and_a_strangers_not_at_all() -> None:

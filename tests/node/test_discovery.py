@@ -5,10 +5,13 @@ from __future__ import annotations
 import importlib.metadata
 from pathlib import Path
 
+import anyio
+import anyio.abc
+import anyio.lowlevel
 import pytest
 
 import peerkit
-from peerkit import Node
+from peerkit import Node, Scope
 from peerkit.dht.provider import DEFAULT_BOOTSTRAP, DhtDiscovery
 from peerkit.discovery import (
     Announcement,
@@ -18,6 +21,7 @@ from peerkit.discovery import (
     create_provider,
     make_record,
     provider_names,
+    read_record,
     register_provider,
 )
 from peerkit.discovery.mdns import envelope_from_txt, txt_for
@@ -270,3 +274,54 @@ async def test_the_mdns_tap_tells_the_directory_where_a_packet_came_from() -> No
     info = ServiceInfo(mdns.SERVICE_TYPE, name, port=7000, properties=txt_for(announcement))
     session._heard(name, info)
     assert heard[-1] == ("mdns", "10.0.0.7")
+
+
+class Recorder:
+    """A provider that notes the seq of each record published through it, each after the delay
+    its turn is given (the first slow, as a provider that waits on the network)."""
+
+    scopes = Scope.NEAR_ME
+
+    def __init__(self, name: str, delays: list[float]) -> None:
+        self.name = name
+        self.delays = delays
+        self.seqs: list[int] = []
+
+    async def run(self, sink: object, *, task_status: anyio.abc.TaskStatus[Recorder]) -> None:
+        task_status.started(self)
+        await anyio.sleep_forever()
+
+    async def publish(self, announcement: Announcement) -> None:
+        await anyio.sleep(self.delays.pop(0) if self.delays else 0)
+        self.seqs.append(read_record(announcement.envelope)[0].seq)
+
+    async def withdraw(self) -> None:
+        await anyio.lowlevel.checkpoint()
+        self.seqs.append(WITHDRAWN)
+
+
+WITHDRAWN = -1
+
+
+async def test_records_signed_one_after_another_reach_every_provider_in_that_order() -> None:
+    # A record signed while an older one waited on a slow provider reached the providers first;
+    # the older one then came last, and stayed (a contact looked the node up at its old address).
+    slow, fast = Recorder("slow", [0, 0.2]), Recorder("fast", [])
+    async with Node(identity=Identity.generate(), listen=("127.0.0.1", 0), discovery=[slow, fast]) as node:
+        await node.sign_in(Scope.NEAR_ME)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(node._nearby.publish, Scope.NEAR_ME)
+            await anyio.sleep(0.05)  # (the first waits on the slow provider)
+            tg.start_soon(node._nearby.publish, Scope.NEAR_ME)
+        assert slow.seqs == fast.seqs == sorted(slow.seqs)
+        assert len(slow.seqs) == 3
+        # A publication under way when the node signs out reaches the providers before the
+        # withdrawal, and one that waits its turn then is not made: the withdrawal is the last.
+        slow.delays = [0.2]
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(node._nearby.publish, Scope.NEAR_ME)
+            await anyio.sleep(0.05)
+            tg.start_soon(node._nearby.publish, Scope.NEAR_ME)
+            await anyio.sleep(0.05)
+            await node.sign_out(Scope.NEAR_ME)
+        assert slow.seqs[3:] == fast.seqs[3:] == [slow.seqs[3], WITHDRAWN]
