@@ -94,12 +94,12 @@ class Store:
 
     async def aclose(self) -> None:
         """Close the database and stop the thread (waits for the call under way to finish)."""
-        thread, self._thread = self._thread, None
+        thread, self._thread = self._thread, None  # (no new job from now on)
         if thread is None:
             return
         with anyio.CancelScope(shield=True):
             with contextlib.suppress(Exception):
-                await self._run(self._disconnect)
+                await self._call(self._disconnect)
             self._jobs.put(None)
             thread.join(timeout=5)  # its last job (closing the database) is done: it exits at once
 
@@ -125,6 +125,10 @@ class Store:
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
         if self._thread is None:
             raise StoreError(f"the database {self.path} is closed")
+        return await self._call(fn, *args)
+
+    async def _call(self, fn: Callable[..., T], *args: Any) -> T:
+        # (The thread runs jobs until it takes None: this one after every job queued before it.)
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:  # trio: the thread hands the result back through a trio token
