@@ -9,6 +9,7 @@ typing. Otherwise (a pipe, a file) whole lines are read and nobody is seen typin
 from __future__ import annotations
 
 import codecs
+import contextlib
 import os
 import stat
 import sys
@@ -213,5 +214,11 @@ class SafeConsole(Console):
 
     def render_str(self, text: str, **options: Any) -> Text:
         """What rich renders a string as, once its control characters but line feeds are shown
-        escaped; the options are rich's."""
-        return super().render_str(printable(text, newlines=True), **options)
+        escaped, and the characters the output's encoding cannot hold (an ASCII or Latin-1
+        locale) too, so that a table is measured as it is written; the options are rich's."""
+        text = printable(text, newlines=True)
+        encoding = self.encoding
+        if not encoding.startswith("utf"):
+            with contextlib.suppress(LookupError):  # (an encoding Python does not know: as it is)
+                text = text.encode(encoding, "backslashreplace").decode(encoding)
+        return super().render_str(text, **options)

@@ -94,6 +94,24 @@ def test_the_console_shows_markup_and_escape_sequences_from_peers_as_text() -> N
     assert "\x1b[32mours" in text
 
 
+@pytest.mark.parametrize("encoding", ["ascii", "latin-1"])
+def test_a_table_written_where_the_encoding_lacks_a_letter_is_escaped_and_still_lines_up(
+    encoding: str,
+) -> None:
+    raw = io.BytesIO()
+    out = io.TextIOWrapper(raw, encoding=encoding, errors="strict")
+    console = SafeConsole(file=out, width=60, color_system=None)
+    table = Table("nickname", "fingerprint")
+    table.add_row("Zo\u00eb \U0001f600", "abcd-efgh")
+    table.add_row("bob", "ijkl-mnop")
+    console.print(table)
+    out.flush()
+    lines = raw.getvalue().decode(encoding).splitlines()
+    shown = {"ascii": r"Zo\xeb \U0001f600", "latin-1": "Zo\u00eb \\U0001f600"}[encoding]
+    assert any(shown in line for line in lines)
+    assert len({len(line) for line in lines}) == 1  # every row as wide as the borders
+
+
 def test_the_terminal_shows_a_line_from_a_peer_as_text() -> None:
     out = io.StringIO()
     with open("/dev/null") as stdin:
