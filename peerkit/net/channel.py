@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 import math
 import threading
-import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -25,6 +24,7 @@ from peerkit.errors import HandshakeError, PeerUnreachable, ProtocolError
 from peerkit.identity import Identity, PeerId, check_identity, check_peer_id
 from peerkit.model import EndPoint, check_text, seconds_text
 from peerkit.net.relay import PrefixedStream, RelayAttribute, dial_relayed, read_frame
+from peerkit.net.stamps import STAMPS
 from peerkit.net.tcp import TcpStream
 from peerkit.net.transport import BROKEN, ON_LINK, TcpTransport, Transport, is_public, unreachable
 from peerkit.proto import messages
@@ -208,7 +208,7 @@ class SecureChannel(anyio.abc.AsyncResource):
             name=endpoint_name,
             port=port,
             use=use,
-            ts=time.time_ns() if initiator else None,  # lets the responder refuse a replayed IK message 1
+            ts=STAMPS.next() if initiator else None,  # lets the responder refuse a replayed IK message 1
         )
         now = anyio.current_time()
         try:

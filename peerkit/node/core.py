@@ -462,7 +462,7 @@ class Node(EventMethods, FindingMethods, PairingMethods):
         self._tg.cancel_scope.cancel()
         with anyio.CancelScope(shield=True):
             await self._streams.close_all()  # and their async iterators end
-            await self._settings.flush()
+            await self._settings.stop()  # (and the last hello stamp)
         try:
             # (Not passed the body's exception: that propagates as it is, not in an ExceptionGroup.)
             await self._stack.__aexit__(None, None, None)

@@ -15,8 +15,9 @@ from pathlib import Path
 from typing import Final, Protocol
 
 from peerkit.model import MAX_TEXT
+from peerkit.net.stamps import STAMPS
 
-__all__ = ("ENDPOINT_NAME", "LAST_SEQ", "LEGACY_FILE", "NICKNAME", "Settings", "SettingsStore")
+__all__ = ("ENDPOINT_NAME", "LAST_SEQ", "LAST_STAMP", "LEGACY_FILE", "NICKNAME", "Settings", "SettingsStore")
 
 log = logging.getLogger(__name__)
 
@@ -26,6 +27,8 @@ ENDPOINT_NAME: Final = "endpoint_name"
 NICKNAME: Final = "nickname"
 #: The settings key of the last sequence number the node signed a record or card with.
 LAST_SEQ: Final = "last_seq"
+#: The settings key of the last stamp of a hello this node's process sent (nanoseconds).
+LAST_STAMP: Final = "last_hello_stamp"
 #: The settings file of earlier versions, folded into the database at the first start.
 LEGACY_FILE: Final = "node.json"
 
@@ -59,6 +62,16 @@ class Settings:
                     if self._store.setting(key) is None:
                         await self._store.save_setting(key, value)
                 os.replace(legacy, legacy.with_name(LEGACY_FILE + ".migrated"))
+        saved = self.get(LAST_STAMP)
+        if saved.isascii() and saved.isdigit() and len(saved) < 20:
+            STAMPS.at_least(int(saved))  # (this run's hellos go above the last run's)
+        await self.flush()
+
+    async def stop(self) -> None:
+        """Save every setting, and the last stamp this process gave a hello (see
+        :mod:`peerkit.net.stamps`), as the node stops."""
+        if STAMPS.last:
+            self.set(LAST_STAMP, str(STAMPS.last))
         await self.flush()
 
     def get(self, key: str, default: str = "") -> str:

@@ -27,7 +27,7 @@ from peerkit import (
     connect,
     listen,
 )
-from peerkit.net import channel
+from peerkit.net import channel, stamps
 from peerkit.proto import messages
 from peerkit.proto.admission import ReplayGuard, Ticket
 from peerkit.proto.connection import Connection, StaticKeys
@@ -469,6 +469,59 @@ async def test_a_recorded_ik_message_1_sent_again_never_stands_for_its_sender(
                 await anyio.sleep(0.01)
         assert seen[1].id == alice.id
         tg.cancel_scope.cancel()
+
+
+class SetBack:
+    """A clock that reads an hour ahead until it is put right."""
+
+    def __init__(self) -> None:
+        self.ahead = 3600 * 10**9
+
+    def time_ns(self) -> int:
+        return time.time_ns() + self.ahead
+
+
+@pytest.mark.network
+async def test_a_dialler_whose_clock_was_set_back_is_not_taken_for_a_replay(
+    alice: Identity, bob: Identity, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # bob took alice's hello stamped an hour ahead; her clock is put right: her next dials were
+    # refused as replays for an hour. Her stamps never go back (peerkit.net.stamps).
+    clock = SetBack()
+    monkeypatch.setattr(stamps, "time", clock)
+    monkeypatch.setattr(stamps, "STAMPS", stamps.HelloStamps())
+    monkeypatch.setattr(channel, "STAMPS", stamps.STAMPS)
+    seen: list[PeerId] = []
+
+    async def handler(channel: SecureChannel) -> None:
+        seen.append(channel.peer.id)
+
+    async with await listen(bob) as listener, anyio.create_task_group() as tg:
+        await tg.start(listener.serve, handler)
+        host, port = listener.address
+        for ahead in (clock.ahead, 0, 0):
+            clock.ahead = ahead
+            async with await connect(host, port, alice, peer_id=bob.id) as dialled:
+                assert dialled.peer.id == bob.id
+        with anyio.fail_after(5):
+            while len(seen) < 3:  # each stood for alice (a refused one would be closed unseen)
+                await anyio.sleep(0.01)
+        tg.cancel_scope.cancel()
+    assert stamps.STAMPS.last > time.time_ns() + 3000 * 10**9  # (above the hour-ahead one)
+
+
+def test_hello_stamps_only_go_up_and_start_above_a_saved_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = SetBack()
+    monkeypatch.setattr(stamps, "time", clock)
+    given = stamps.HelloStamps()
+    first = given.next()
+    clock.ahead = 0
+    assert given.next() == first + 1
+    later = stamps.HelloStamps()
+    later.at_least(first)
+    assert later.next() == first + 1  # a node on the data dir of the run before
+    later.at_least(2**64)  # (a saved value no stamp can be above: not believed)
+    assert later.next() == first + 2
 
 
 @pytest.mark.network

@@ -7,10 +7,12 @@ import functools
 import inspect
 import json
 import logging
+import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import anyio
@@ -50,6 +52,9 @@ from peerkit import (
     Scope,
     SecureChannel,
 )
+from peerkit.net import channel as channel_module
+from peerkit.net import stamps
+from peerkit.node import settings as settings_module
 from peerkit.testing import MemoryDiscovery, MemoryNetwork, nodes, running_tasks
 
 pytestmark = pytest.mark.anyio
@@ -745,6 +750,28 @@ async def test_an_address_of_a_peer_that_another_node_or_service_holds_now_is_a_
                 with pytest.raises(PeerUnreachable, match=rf"not reached at {stale}: "):
                     await attempt
         assert alice.channels(carol.id) == 0
+
+
+async def test_a_node_whose_clock_was_set_back_since_its_last_run_still_reaches_its_peers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # alice's last run dialled bob with her clock an hour ahead; this run (a new process: its
+    # stamps start afresh) her clock is right. bob refused her dials as replays for an hour; she
+    # starts above the last stamp she saved.
+    ahead = [3600 * 10**9]
+    monkeypatch.setattr(stamps, "time", SimpleNamespace(time_ns=lambda: time.time_ns() + ahead[0]))
+    async with Node(nickname="bob", identity=Identity.generate(), listen=("127.0.0.1", 0)) as bob:
+        await accept_chat(bob)
+        for run in range(2):
+            fresh = stamps.HelloStamps()
+            monkeypatch.setattr(stamps, "STAMPS", fresh)
+            monkeypatch.setattr(channel_module, "STAMPS", fresh)
+            monkeypatch.setattr(settings_module, "STAMPS", fresh)
+            async with Node(nickname="alice", data_dir=tmp_path, listen=("127.0.0.1", 0)) as alice:
+                await alice.register_application(CHAT)
+                peer = await alice.peer_at(bob.endpoint.host, bob.endpoint.port, bob.id)  # IK
+                assert await peer.invite(CHAT, timeout=5) is ACCEPTED, f"run {run}"
+            ahead[0] = 0  # the clock put right
 
 
 # -- the connection manager ----------------------------------------------------------------
