@@ -193,8 +193,7 @@ class Nearby:
         ones peers and contacts already hold, which they would ignore.
         """
         if not self._seq and self._settings is not None:
-            saved = self._settings.get(LAST_SEQ)
-            self._seq = int(saved) if saved.isascii() and saved.isdigit() and len(saved) < 20 else 0
+            self._seq = self._settings.get_number(LAST_SEQ)
         self._seq = max(self._seq + 1, int(time.time() * 1000))
         if self._settings is not None:
             self._settings.set(LAST_SEQ, str(self._seq))  # saved by publish() or when the node stops

@@ -62,9 +62,7 @@ class Settings:
                     if self._store.setting(key) is None:
                         await self._store.save_setting(key, value)
                 os.replace(legacy, legacy.with_name(LEGACY_FILE + ".migrated"))
-        saved = self.get(LAST_STAMP)
-        if saved.isascii() and saved.isdigit() and len(saved) < 20:
-            STAMPS.at_least(int(saved))  # (this run's hellos go above the last run's)
+        STAMPS.at_least(self.get_number(LAST_STAMP))  # (this run's hellos go above the last run's)
         await self.flush()
 
     async def stop(self) -> None:
@@ -80,6 +78,12 @@ class Settings:
             return self._unsaved[key]
         value = self._store.setting(key)
         return default if value is None else value
+
+    def get_number(self, key: str) -> int:
+        """A setting that holds a non-negative integer (of at most 19 digits); 0 when there is
+        none or it holds something else."""
+        value = self.get(key)
+        return int(value) if value.isascii() and value.isdigit() and len(value) < 20 else 0
 
     def set(self, key: str, value: str) -> None:
         """Set a setting; it is saved by the next :meth:`flush`."""

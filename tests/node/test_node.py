@@ -752,6 +752,16 @@ async def test_an_address_of_a_peer_that_another_node_or_service_holds_now_is_a_
         assert alice.channels(carol.id) == 0
 
 
+def test_a_number_kept_in_the_settings_is_read_only_when_it_is_one() -> None:
+    class Store(dict[str, str]):
+        def setting(self, key: str) -> str | None:
+            return self.get(key)
+
+    values = {"a": "1796201331699000000", "b": "12x", "c": "\u0661\u0662", "d": "9" * 25, "e": "-5"}
+    settings = settings_module.Settings(Store(values), None)  # type: ignore[arg-type]
+    assert [settings.get_number(key) for key in (*values, "unset")] == [1796201331699000000, 0, 0, 0, 0, 0]
+
+
 async def test_a_node_whose_clock_was_set_back_since_its_last_run_still_reaches_its_peers(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
