@@ -245,12 +245,14 @@ def serve(
 ) -> None:
     """Run a node in the foreground until Ctrl-C or SIGTERM: it signs in (near me through its
     discovery providers, and for contacts), publishes the presence 'peerkit presence set' saved,
-    and prints each invitation it receives."""
+    and prints each invitation it receives. One 'peerkit serve' runs on a data dir at a time."""
     from peerkit.proto.relay import RelayPolicy
+    from peerkit.reporting import check_not_served
     from peerkit.serving import run_serve
 
     host, port = parse_address(listen_at, default_host="")
     directory = data_dir or default_data_dir()
+    check_not_served(directory)
     apps = app_ids(accept or [], directory)
     check_nickname(nickname)
     providers = providers_named(discovery)

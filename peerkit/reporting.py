@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
 from peerkit import events
+from peerkit.errors import PeerkitError
 from peerkit.model import printable
 from peerkit.statusfile import read_status_file, write_whole
 
@@ -21,6 +22,7 @@ if TYPE_CHECKING:
 __all__ = (
     "REACH_FILE",
     "address_text",
+    "check_not_served",
     "describe_event",
     "dht_status_text",
     "reach_status",
@@ -149,6 +151,27 @@ def read_reach(data_dir: Path) -> dict[str, Any] | None:
     :raises ValueError: when the file is damaged.
     """
     return read_status_file(data_dir / REACH_FILE, "a reach status", REACH_EVERY)
+
+
+def check_not_served(data_dir: Path) -> None:
+    """Refuse to serve ``data_dir`` a second time: two nodes of one identity on one data dir
+    would publish as one device and overwrite each other's reports.
+
+    :raises PeerkitError: when a ``peerkit serve`` of another process runs there now (its
+        ``reach.json`` is recent and its process alive).
+    """
+    try:
+        status = read_reach(data_dir)
+    except ValueError:  # (a damaged report tells nothing)
+        return
+    if status is None or not status["running"] or status.get("pid") == os.getpid():
+        return
+    pid = status.get("pid")
+    raise PeerkitError(
+        f"a node already serves {data_dir} ('peerkit serve', process {pid}, listening at "
+        f"{status.get('listening')}): stop it first (Ctrl-C there, or kill {pid}), "
+        "or give --data-dir another dir"
+    )
 
 
 def write_reach(data_dir: Path, status: dict[str, Any]) -> None:

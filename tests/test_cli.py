@@ -20,6 +20,7 @@ from conftest import WAITING_PEER
 
 import peerkit
 from peerkit.cli import main
+from peerkit.reporting import read_reach
 
 PEERKIT = [sys.executable, "-c", "from peerkit.cli import main; main()"]
 
@@ -334,6 +335,29 @@ def test_serve_and_invite(tmp_path: Path, signum: int) -> None:
         ("", "declined", "not registered"),
     ]
     assert events[-1]["event"] == "stopping"
+
+
+@pytest.mark.network
+def test_a_second_serve_on_one_data_dir_is_refused_while_the_first_runs(tmp_path: Path) -> None:
+    # Two nodes of one identity on one data dir published as one device and overwrote each
+    # other's reach.json ('peerkit reach' showed whichever wrote last).
+    server, info = start_server(tmp_path, "--listen", "127.0.0.1:0")
+    try:
+        with_dir = {"PEERKIT_DATA_DIR": str(tmp_path / "server")}
+        deadline = time.monotonic() + 10
+        while read_reach(tmp_path / "server") is None and time.monotonic() < deadline:
+            time.sleep(0.05)  # (it writes its reach once it runs)
+        second = run("serve", "--listen", "127.0.0.1:0", "--discovery", "memory", env=with_dir)
+        assert second.returncode == 1
+        said = " ".join(second.stderr.split())
+        assert f"a node already serves {tmp_path / 'server'} ('peerkit serve', process {server.pid}," in said
+        assert f"listening at 127.0.0.1:{info['port']}" in said
+    finally:
+        stop(server)
+    # Once it stopped, the data dir is served again (start_server fails when nothing starts).
+    again, serving = start_server(tmp_path, "--listen", "127.0.0.1:0")
+    stop(again)
+    assert serving["id"] == info["id"]
 
 
 def test_invite_errors_are_one_sentence(tmp_path: Path) -> None:
