@@ -199,6 +199,17 @@ async def test_an_mdns_goodbye_heard_again_costs_no_signature_check(monkeypatch:
     assert lost == [alice.id]
 
 
+def record_as_txt(identity: Identity, nickname: str, *, seq: int) -> tuple[Announcement, bytes]:
+    """An announcement of a signed record of ``identity`` at 10.0.0.9:7000, and the TXT rdata
+    that carries it in mDNS."""
+    envelope = make_record(identity, seq, nickname=nickname, endpoint_name="", endpoints=[("10.0.0.9", 7000)])
+    announcement = Announcement(id=identity.id, nickname=nickname, port=7000, hosts=(), envelope=envelope)
+    text = b"".join(
+        bytes([len(item)]) + item for item in (f"{k}={v}".encode() for k, v in txt_for(announcement).items())
+    )
+    return announcement, text
+
+
 async def test_a_renamed_nodes_probe_heard_after_its_goodbye_does_not_bring_it_back() -> None:
     # (bob renamed, then signed out while his new name was being probed: a probe packet that came
     # after the goodbye of his old name showed him again, "ADDED bobby" after "DELETED bobby")
@@ -207,14 +218,10 @@ async def test_a_renamed_nodes_probe_heard_after_its_goodbye_does_not_bring_it_b
     from zeroconf import DNSOutgoing, DNSText, const
 
     from peerkit.discovery import mdns
-    from peerkit.discovery.base import make_record
 
     bob = Identity.generate()
-    envelope = make_record(bob, 2, nickname="bobby", endpoint_name="", endpoints=[("10.0.0.9", 7000)])
-    announcement = Announcement(id=bob.id, nickname="bobby", port=7000, hosts=(), envelope=envelope)
-    text = b"".join(
-        bytes([len(item)]) + item for item in (f"{k}={v}".encode() for k, v in txt_for(announcement).items())
-    )
+    announcement, text = record_as_txt(bob, "bobby", seq=2)
+    envelope = announcement.envelope
     heard: list[str] = []
 
     def found(envelope: bytes, *, source: str, claimed_id: object, origin: str | None) -> object:
@@ -243,14 +250,9 @@ async def test_the_mdns_tap_tells_the_directory_where_a_packet_came_from() -> No
     from zeroconf import DNSOutgoing, DNSText, ServiceInfo, const
 
     from peerkit.discovery import mdns
-    from peerkit.discovery.base import make_record
 
     alice = Identity.generate()
-    envelope = make_record(alice, 1, nickname="a", endpoint_name="", endpoints=[("10.0.0.9", 7000)])
-    announcement = Announcement(id=alice.id, nickname="a", port=7000, hosts=(), envelope=envelope)
-    text = b"".join(
-        bytes([len(item)]) + item for item in (f"{k}={v}".encode() for k, v in txt_for(announcement).items())
-    )
+    announcement, text = record_as_txt(alice, "a", seq=1)
     name = f"a-{str(alice.id)[:8]}.{mdns.SERVICE_TYPE}"
     packet = DNSOutgoing(const._FLAGS_QR_RESPONSE | const._FLAGS_AA)
     packet.add_answer_at_time(DNSText(name, const._TYPE_TXT, const._CLASS_IN, 120, text), 0)
