@@ -109,16 +109,20 @@ def printable(text: str, limit: int | None = None, *, newlines: bool = False) ->
         raise TypeError(f"printable takes a str, not {type(text).__name__}")
     if limit is not None and len(text) > limit:
         text = text[:limit] + "…"
-    if text.isprintable() and _INVISIBLE.isdisjoint(text):  # (most text: nothing to escape)
+    if _plain(text):  # (most text: nothing to look at character by character)
         return text
     return "".join(_escape(char) if _hidden(char, newlines) else char for char in text)
 
 
 def shows_as_itself(text: str) -> bool:
     """Whether ``text`` holds none of what :func:`printable` escapes (line feeds included)."""
-    if text.isprintable() and _INVISIBLE.isdisjoint(text):
-        return True
-    return not any(_hidden(char, False) for char in text)
+    return _plain(text) or not any(_hidden(char, False) for char in text)
+
+
+def _plain(text: str) -> bool:
+    # Whether ``text`` has nothing to escape, told at C speed (the common case): no character
+    # Python counts unprintable (controls, separators, surrogates...) and none that shows as nothing.
+    return text.isprintable() and _INVISIBLE.isdisjoint(text)
 
 
 def _hidden(char: str, newlines: bool) -> bool:
