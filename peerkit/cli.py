@@ -206,7 +206,9 @@ def serve(
     into: Annotated[
         Path,
         typer.Option(
-            "--into", help="With --accept files: the folder files go to [default: the current folder]"
+            "--into",
+            help="With --accept files: the folder files go to [default: the current folder]",
+            show_default=False,
         ),
     ] = Path(),
     nickname: Annotated[str, typer.Option(help="The nickname peers see.")] = "",

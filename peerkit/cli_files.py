@@ -16,6 +16,7 @@ from rich.progress import (
     BarColumn,
     DownloadColumn,
     Progress,
+    TaskID,
     TextColumn,
     TimeRemainingColumn,
     TransferSpeedColumn,
@@ -87,6 +88,16 @@ def _bar() -> Progress:
         console=console,
         transient=False,
     )
+
+
+def _finish(bar: Progress, task: TaskID, total: int) -> None:
+    # The bar full, with the mean speed of the bytes that moved where rich has none: a transfer
+    # done in one piece (a file smaller than a read) leaves it one sample, and a speed of "?".
+    (shown,) = (t for t in bar.tasks if t.id == task)
+    moved = shown.completed
+    bar.update(task, completed=total)
+    if shown.finished_speed is None and moved and shown.finished_time:
+        shown.finished_speed = moved / shown.finished_time
 
 
 def send_command(
@@ -181,7 +192,7 @@ async def _send_with_bar(stream: AppStream, outgoing: list[Outgoing], total: int
     with _bar() as bar:
         task = bar.add_task(f"to {who}", total=total)
         report = await send_files(stream, outgoing, lambda n: bar.advance(task, n))
-        bar.update(task, completed=total)
+        _finish(bar, task, total)
     return report
 
 
@@ -194,7 +205,10 @@ def _outcome(as_json: bool, text: str, **fields: object) -> None:
 
 def receive_command(
     into: Annotated[
-        Path, typer.Option("--into", help="The folder the files go to [default: the current folder]")
+        Path,
+        typer.Option(
+            "--into", help="The folder the files go to [default: the current folder]", show_default=False
+        ),
     ] = Path(),
     yes: Annotated[
         bool,
@@ -257,7 +271,7 @@ async def _receive(
                 report = await receive_files(
                     stream, summary, into, decide, functools.partial(bar.advance, task)
                 )
-                bar.update(task, completed=summary.size)
+                _finish(bar, task, summary.size)
         tg.cancel_scope.cancel()
     if report is None:
         return 0

@@ -11,15 +11,17 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from unittest import mock
 
 import anyio
 import pytest
+import typer
 from conftest import WAITING_PEER
 
 import peerkit
-from peerkit.cli import main
+from peerkit.cli import app, main
 from peerkit.reporting import read_reach
 
 PEERKIT = [sys.executable, "-c", "from peerkit.cli import main; main()"]
@@ -778,3 +780,33 @@ def test_serve_expects_streams_for_strangers_without_ever_forgetting_a_contacts(
     assert expected.expect(contact, "contact's", trusted=True)
     assert expected.take(trusted[0]) is None
     assert expected.take(contact) == "contact's"
+
+
+def _command_paths(command: object, path: tuple[str, ...] = ()) -> Iterator[tuple[str, ...]]:
+    yield path
+    for name, sub in getattr(command, "commands", {}).items():  # (a group's)
+        yield from _command_paths(sub, (*path, name))
+
+
+def test_every_help_shows_each_default_once() -> None:
+    paths = list(_command_paths(typer.main.get_command(app)))
+    assert ("receive",) in paths
+    assert ("contacts", "add-card") in paths
+    for path in paths:
+        shown = run_here(*path, "--help", env={"COLUMNS": "400"}, answer="")
+        assert shown.returncode == 0, (path, shown.stderr)
+        # An option's rows: its first (the option's name) and the rows under it (its help flowed).
+        options: list[str] = []
+        inside = False  # (in an option's rows: a panel's border ends them)
+        for line in shown.stdout.splitlines():
+            row = line.strip("│ ")
+            if row.startswith("-"):
+                options.append(row)
+                inside = True
+            elif inside and line.startswith("│ "):
+                options[-1] += " " + row
+            else:
+                inside = False
+        assert options, path
+        for option in options:
+            assert option.count("[default") <= 1, (path, " ".join(option.split()))

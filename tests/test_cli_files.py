@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import signal
 import subprocess
 import time
@@ -83,6 +84,8 @@ def test_a_folder_and_a_file_are_sent_and_a_taken_name_is_asked_about(
         assert sender.returncode == 0, err
         outcome = json.loads(out.strip().splitlines()[-1])
         assert (outcome["answer"], outcome["received"], outcome["failed"]) == ("accepted", 3, [])
+        # The bar's last state has the speed (the files went in one piece: rich alone says "?").
+        assert re.search(r"2\.0/2\.0 MB +\d[\d.]* [kMG]?B/s", out), out
     finally:
         receiver.terminate(force=True)
     assert digest(into / "trip" / "day1" / "photo.jpg") == digest(src / "trip" / "day1" / "photo.jpg")
