@@ -15,6 +15,8 @@ from peerkit.clikit import (
     DataDir,
     cancel_on_signal,
     console,
+    dialled_at,
+    dialled_text,
     existing_data_dir,
     parse_address,
     providers_named,
@@ -92,12 +94,12 @@ def _say(as_json: bool, text: str | Text, **fields: object) -> None:
         console.print(text, highlight=False)
 
 
-def _paired(as_json: bool, contact: peerkit.Contact) -> None:
+def _paired(as_json: bool, contact: peerkit.Contact, me: peerkit.PeerId) -> None:
     name = printable(contact.nickname or contact.display_name) or "?"
     _say(
         as_json,
         f"paired with {name} ({contact.fingerprint}): now your contact, as you are theirs. Check that "
-        "they see your fingerprint too.",
+        f"{name} sees your fingerprint, {me.fingerprint}.",
         event="paired",
         id=str(contact.id),
         fingerprint=contact.fingerprint,
@@ -147,7 +149,7 @@ async def _pair(
                         "your code: ",
                         (str(pairing.code), "bold"),
                         f"\non the other machine: peerkit pair {pairing.code}\n(you are "
-                        f"{node.id.fingerprint} at {node.endpoint}; the code works once, for "
+                        f"{node.id.fingerprint} at {dialled_text(node)}; the code works once, for "
                         f"{timeout:g} s; Ctrl-C stops)",
                     ),
                     event="code",
@@ -155,7 +157,8 @@ async def _pair(
                     fingerprint=node.id.fingerprint,
                     host=node.endpoint.host,
                     port=node.endpoint.port,
+                    addresses=[str(e) for e in dialled_at(node)],
                 )
                 contact = await pairing.wait()
-        _paired(as_json, contact)
+        _paired(as_json, contact, node.id)
         tg.cancel_scope.cancel()

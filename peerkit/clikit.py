@@ -19,6 +19,7 @@ from peerkit.discovery.base import DiscoveryProvider
 from peerkit.errors import IdentityError
 from peerkit.identity import KEY_FILE_NAME, default_data_dir
 from peerkit.model import check_text, printable
+from peerkit.net.transport import local_addresses
 from peerkit.terminal import SafeConsole, Terminal
 
 __all__ = (
@@ -103,6 +104,25 @@ def check_nickname(nickname: str) -> None:
         check_text(nickname, "nickname")
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="--nickname") from None
+
+
+#: The endpoints :func:`dialled_text` names at most (a host with many interfaces: a few, and "...").
+SHOWN_ADDRESSES: Final = 4
+
+
+def dialled_at(node: peerkit.Node) -> list[peerkit.EndPoint]:
+    """Where another machine dials ``node``: its address, or when it listens on every address (the
+    default), this host's addresses with its port (loopback and link-local ones aside, which mean
+    nothing there); its loopback endpoint when the host has no other."""
+    hosts = local_addresses(node.config.listen[0], fallback=node.endpoint.host)
+    return [peerkit.EndPoint(host, node.endpoint.port) for host in hosts]
+
+
+def dialled_text(node: peerkit.Node) -> str:
+    """:func:`dialled_at` for people: a few of the endpoints (SHOWN_ADDRESSES), then "..."."""
+    endpoints = dialled_at(node)
+    shown = ", ".join(str(e) for e in endpoints[:SHOWN_ADDRESSES])
+    return shown + (", ..." if len(endpoints) > SHOWN_ADDRESSES else "")
 
 
 def parse_address(text: str, default_host: str = "0.0.0.0") -> tuple[str, int]:
@@ -351,7 +371,7 @@ async def accept_invitation(
     async with node.invitations(application) as invitations, node.streams(application) as streams:
         terminal.show(
             f"waiting for {waiting_for} as {node.nickname or '?'} ({node.id.fingerprint}) at "
-            f"{node.endpoint}; Ctrl-C stops"
+            f"{dialled_text(node)}; Ctrl-C stops"
         )
         async for invitation in invitations:
             who = printable(invitation.nickname) or invitation.sender_id.fingerprint

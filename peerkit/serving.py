@@ -14,6 +14,7 @@ import anyio
 from peerkit.apps import Registry
 from peerkit.cli_chat import ChatDesk
 from peerkit.cli_files import FilesDesk
+from peerkit.clikit import dialled_at, dialled_text
 from peerkit.discovery.base import DiscoveryProvider
 from peerkit.launching import Launcher
 from peerkit.model import EndPoint, printable
@@ -116,12 +117,13 @@ async def run_serve(
 
         node.add_invitation_observer(report)
         say(
-            f"serving as {node.id} ({node.id.fingerprint}) at {node.endpoint}",
+            f"serving as {node.id} ({node.id.fingerprint}) at {dialled_text(node)}",
             event="listening",
             id=str(node.id),
             fingerprint=node.id.fingerprint,
             host=node.endpoint.host,
             port=node.endpoint.port,
+            addresses=[str(e) for e in dialled_at(node)],
             applications=[str(a) for a in apps],
             discovery=[p.name for p in providers],
             scope=node.scope.name,
@@ -157,7 +159,7 @@ async def run_serve(
                     reach.circuits_now,
                 )
                 if said != written or anyio.current_time() - last >= REACH_EVERY:
-                    write_reach(directory, reach_status(reach, listening=str(node.endpoint)))
+                    write_reach(directory, reach_status(reach, listening=dialled_text(node)))
                     written, last = said, anyio.current_time()
                 await anyio.sleep(0.25)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import ipaddress
 import json
 import os
 import signal
@@ -315,6 +316,7 @@ def test_serve_and_invite(tmp_path: Path, signum: int) -> None:
     try:
         assert info["event"] == "listening"
         address = f"127.0.0.1:{info['port']}"
+        assert info["addresses"] == [address]  # (it listens there only)
         client = {"PEERKIT_DATA_DIR": str(tmp_path / "client")}
         accepted = run("invite", address, CHAT, "--message", "hi", "--json", env=client)
         assert accepted.returncode == 0, accepted.stderr
@@ -810,3 +812,19 @@ def test_every_help_shows_each_default_once() -> None:
         assert options, path
         for option in options:
             assert option.count("[default") <= 1, (path, " ".join(option.split()))
+
+
+@pytest.mark.network
+def test_a_node_on_every_address_shows_where_other_machines_dial_it(tmp_path: Path) -> None:
+    server, info = start_server(tmp_path, "--listen", ":0")
+    try:
+        port = info["port"]
+        hosts = [a.rsplit(":", 1)[0].strip("[]") for a in info["addresses"]]
+        others = [h for h in hosts if not ipaddress.ip_address(h).is_loopback]
+        # This host's addresses (loopback only when it has no other: other machines cannot use it).
+        assert hosts in (others, ["127.0.0.1"]), hosts
+        assert all(a.endswith(f":{port}") for a in info["addresses"])
+        reach = run("reach", env={"PEERKIT_DATA_DIR": str(tmp_path / "server")})
+        assert reach.stdout.startswith(f"listening at {info['addresses'][0]}"), reach.stdout
+    finally:
+        stop(server)

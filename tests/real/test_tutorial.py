@@ -102,7 +102,7 @@ def test_the_tutorial_on_two_machines(lan: NamespaceLan, tmp_path: Path) -> None
     report.write_bytes(os.urandom(300_000))
     office = lan.bridge()
     alice_ns, _ = lan.host(office)
-    bob_ns, _ = lan.host(office)
+    bob_ns, (bob_address,) = lan.host(office)
     spawned: list[pexpect.spawn] = []
 
     def at(namespace: str, env: dict[str, str], *args: str) -> pexpect.spawn:
@@ -114,9 +114,16 @@ def test_the_tutorial_on_two_machines(lan: NamespaceLan, tmp_path: Path) -> None
         # 2. A pairing code, found over mDNS on the LAN.
         b = at(bob_ns, bob, "pair")
         b.expect(r"your code: (?:\x1b\[[0-9;]*m)?(\d+-[a-z]+-[a-z]+)")
-        a = at(alice_ns, alice, "pair", b.match.group(1))
-        a.expect(r"paired with bob \(\w{4}-\w{4}-\w{4}-\w{4}\)")
-        b.expect(r"paired with alice \(\w{4}-\w{4}-\w{4}-\w{4}\)")
+        code = b.match.group(1)
+        # Where alice's machine can dial bob's: his address on the LAN, not loopback.
+        b.expect(r"\(you are (\w{4}-\w{4}-\w{4}-\w{4}) at ([\d.]+):\d+, \[fd00:")
+        bob_fingerprint, shown = b.match.group(1), b.match.group(2)
+        assert shown == bob_address
+        a = at(alice_ns, alice, "pair", code)
+        a.expect(rf"paired with bob \({bob_fingerprint}\)(.*?)(\w{{4}}-\w{{4}}-\w{{4}}-\w{{4}})\.")
+        assert "Check that bob sees your fingerprint" in " ".join(a.match.group(1).split())
+        alice_fingerprint = a.match.group(2)
+        b.expect(rf"paired with alice \({alice_fingerprint}\)")
         assert exit_status(a) == 0
         assert exit_status(b) == 0
 
