@@ -17,7 +17,7 @@ from typing import Annotated, Any
 
 import anyio
 import typer
-from rich.table import Table
+from rich.table import Column, Table
 
 import peerkit
 from peerkit.cli_apps import app_ids, apps_app
@@ -35,6 +35,7 @@ from peerkit.clikit import (
     check_nickname,
     console,
     existing_data_dir,
+    fingerprint_column,
     inviting_node,
     offline_node,
     parse_address,
@@ -440,7 +441,13 @@ def _nearby_rows(peers: list[NearbyPeer]) -> list[dict[str, object]]:
 
 def _nearby_table(peers: list[NearbyPeer]) -> Table:
 
-    table = Table("nickname", "fingerprint", "endpoint", "since", title=f"people near me: {len(peers)}")
+    table = Table(
+        "nickname",
+        fingerprint_column(),
+        Column("endpoint", overflow="fold"),
+        "since",
+        title=f"people near me: {len(peers)}",
+    )
     now = time.time()
     for row in _nearby_rows(peers):
         since = now - float(row["since"])  # type: ignore[arg-type]

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import anyio
 import typer
-from rich.table import Table
+from rich.table import Column, Table
 
 import peerkit
 from peerkit.clikit import (
@@ -16,6 +16,7 @@ from peerkit.clikit import (
     Discovery,
     console,
     err_console,
+    fingerprint_column,
     nearby_named,
     offline_node,
     parse_address,
@@ -72,17 +73,25 @@ def contacts_list(
     if not contacts:
         console.print("no contacts yet: add one with 'peerkit contacts add-card CARD'")
         return
-    table = Table("fingerprint", "nickname", "display name", "email", "may watch me", "I watch", "endpoints")
-    for contact in contacts:
-        table.add_row(
-            contact.fingerprint,
-            printable(contact.nickname),  # (from the contact's card: its words, shown as text)
-            printable(contact.display_name),
-            printable(contact.email),
-            "yes" if contact.subscribe_allowed is peerkit.SubscribePermission.ALLOWED else "blocked",
-            "yes" if contact.is_subscribed else "no",
-            ", ".join(str(e) for e in contact.endpoints),
-        )
+    allowed = peerkit.SubscribePermission.ALLOWED
+    # Each row's cells by column; a column no contact fills (no display names, say) is left out:
+    # on a narrow terminal the others need its room.
+    columns: dict[str, list[str]] = {
+        "nickname": [printable(c.nickname) for c in contacts],  # (their cards' words, as text)
+        "display name": [printable(c.display_name) for c in contacts],
+        "email": [printable(c.email) for c in contacts],
+        "may watch me": ["yes" if c.subscribe_allowed is allowed else "blocked" for c in contacts],
+        "I watch": ["yes" if c.is_subscribed else "no" for c in contacts],
+        "endpoints": [", ".join(str(e) for e in c.endpoints) for c in contacts],
+    }
+    shown = {name: cells for name, cells in columns.items() if any(cells)}
+    folded = ("email", "endpoints")  # (long words: cut into lines rather than short)
+    table = Table(
+        fingerprint_column(),
+        *(Column(name, overflow="fold" if name in folded else "ellipsis") for name in shown),
+    )
+    for row, contact in enumerate(contacts):
+        table.add_row(contact.fingerprint, *(cells[row] for cells in shown.values()))
     console.print(table)
 
 

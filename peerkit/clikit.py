@@ -12,6 +12,7 @@ from typing import Annotated, Final, Generic, TypeVar
 
 import anyio
 import typer
+from rich.table import Column
 from rich.text import Text
 
 import peerkit
@@ -104,6 +105,12 @@ def check_nickname(nickname: str) -> None:
         check_text(nickname, "nickname")
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="--nickname") from None
+
+
+def fingerprint_column() -> Column:
+    """A table's fingerprint column: never cut short, on a narrow terminal too (a fingerprint is
+    what people compare, and ``abcd-efgh…`` matches many)."""
+    return Column("fingerprint", no_wrap=True, min_width=len("abcd-efgh-ijkl-mnop"))
 
 
 #: The endpoints :func:`dialled_text` names at most (a host with many interfaces: a few, and "...").

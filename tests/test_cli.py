@@ -421,10 +421,11 @@ def test_near_once_finds_a_static_peer(tmp_path: Path) -> None:
         assert [(r["nickname"], r["id"], r["endpoint"]) for r in rows] == [
             ("srv", info["id"], f"127.0.0.1:{info['port']}")
         ]
-        table = run("near", "--once", "--wait", "1", "--discovery", where)
+        table = run("near", "--once", "--wait", "1", "--discovery", where, env={"COLUMNS": "40"})
         assert table.returncode == 0, table.stderr
         assert "people near me: 1" in table.stdout
         assert "srv" in table.stdout
+        assert info["fingerprint"] in table.stdout  # (whole, on a narrow terminal too)
     finally:
         stop(server)
     assert server.returncode == 0
@@ -559,6 +560,18 @@ def test_contacts_commands_add_export_list_and_change_contacts(tmp_path: Path) -
         "allowed",
     )
     bob_id = row["id"]
+    narrow = subprocess.run(  # (in a process of its own: a console takes COLUMNS when it is made)
+        [*PEERKIT, "contacts", "list"],
+        check=False,
+        env={**os.environ, **alice, "COLUMNS": "60"},
+        capture_output=True,
+        text=True,
+    ).stdout
+    assert max(len(line) for line in narrow.splitlines()) == 60
+    assert row["fingerprint"] in narrow  # (whole: it is what people compare)
+    assert "Bob B" in narrow
+    assert "email" not in narrow  # (nobody has one: its room goes to the others)
+    assert "10.1.1.1:7000" in narrow.replace("│", "").replace(" ", "").replace("\n", "")  # (folded)
     again = run("contacts", "add-card", text, env=alice)  # the same card: nothing to change
     assert again.returncode == 0, again.stderr
     assert "is a contact already, with this card or a newer one: nothing changed" in again.stdout
