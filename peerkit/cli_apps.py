@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.table import Table
+from rich.table import Column, Table
 
 from peerkit.apps import Registered, Registry, system_registry_path
 from peerkit.clikit import DataDir, console, err_console, existing_data_dir
@@ -119,7 +119,8 @@ def apps_list(
             f"no application registered (system registry: {system_registry_path()})", highlight=False
         )
         return
-    table = Table("name", "id", "command", "for")
+    # (an id whole, on one line, to copy: a long command is folded onto more lines instead)
+    table = Table("name", Column("id", no_wrap=True, min_width=36), Column("command", overflow="fold"), "for")
     for r in registered:
         table.add_row(r.name, str(r.id), " ".join(r.command()), "you" if r.source == "user" else "all users")
     console.print(table)
