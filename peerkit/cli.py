@@ -34,6 +34,7 @@ from peerkit.clikit import (
     cancel_on_signal,
     check_nickname,
     console,
+    count_text,
     existing_data_dir,
     fingerprint_column,
     inviting_node,
@@ -713,7 +714,7 @@ async def _watch(
         if as_json:
             print(json.dumps({"event": "watching", "contacts": [str(i) for i in watched]}), flush=True)
         elif watched:
-            console.print(f"watching {len(watched)} contact(s); Ctrl-C stops")
+            console.print(f"watching {count_text(len(watched), 'contact')}; Ctrl-C stops")
         else:
             console.print("you watch no contact yet: 'peerkit contacts watch ID' (this keeps running)")
         async with anyio.create_task_group() as tg:

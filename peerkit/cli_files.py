@@ -32,6 +32,7 @@ from peerkit.clikit import (
     accept_invitation,
     cancel_on_signal,
     console,
+    count_text,
     existing_data_dir,
     inviting_node,
     parse_address,
@@ -155,7 +156,7 @@ async def _send(
             tg.start_soon(cancel_on_signal, tg.cancel_scope)
             peer = await reached(node, target, named)
             who = printable(peer.nickname) or peer.id.fingerprint
-            what = f"{len(outgoing)} file{'s' if len(outgoing) != 1 else ''} ({size_text(total)})"
+            what = f"{count_text(len(outgoing), 'file')} ({size_text(total)})"
             with console.status(f"offering {what} to {who}", spinner="dots"):
                 answer = await peer.invite(
                     FILES, message, encode_summary([o.entry for o in outgoing]), timeout=timeout
@@ -290,7 +291,7 @@ async def _receive(
 
 def offer_text(summary: Summary) -> str:
     """An offer as people read it: ``3 files (1.2 MB): a.txt, photos``."""
-    files = f"{summary.files} file{'s' if summary.files != 1 else ''}"
+    files = count_text(summary.files, "file")
     more = ", ..." if len(summary.names) >= SUMMARY_NAMES else ""  # (a summary names 8 at most)
     return f"{files} ({size_text(summary.size)}): {', '.join(summary.names)}{more}"
 
@@ -352,7 +353,7 @@ class FilesDesk:
             )
             return
         self._say(
-            f"received {len(report.saved)} file(s) from {peer_id.fingerprint} into {self._into}"
+            f"received {count_text(len(report.saved), 'file')} from {peer_id.fingerprint} into {self._into}"
             + (f"; {len(report.failed)} failed" if report.failed else ""),
             event="files_received",
             saved=[str(p) for p in report.saved],

@@ -107,6 +107,11 @@ def check_nickname(nickname: str) -> None:
         raise typer.BadParameter(str(exc), param_hint="--nickname") from None
 
 
+def count_text(count: int, noun: str) -> str:
+    """A count and its noun as people write them: ``1 file``, ``3 files``."""
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
+
+
 def fingerprint_column() -> Column:
     """A table's fingerprint column: never cut short, on a narrow terminal too (a fingerprint is
     what people compare, and ``abcd-efgh…`` matches many)."""

@@ -841,3 +841,9 @@ def test_a_node_on_every_address_shows_where_other_machines_dial_it(tmp_path: Pa
         assert reach.stdout.startswith(f"listening at {info['addresses'][0]}"), reach.stdout
     finally:
         stop(server)
+
+
+def test_counts_are_written_as_people_write_them() -> None:
+    from peerkit.clikit import count_text
+
+    assert [count_text(n, "contact") for n in (0, 1, 2)] == ["0 contacts", "1 contact", "2 contacts"]
