@@ -57,6 +57,7 @@ from peerkit.discovery.base import Announcement, DiscoverySession, DiscoverySink
 from peerkit.errors import InvalidRecord
 from peerkit.identity import PeerId
 from peerkit.model import EndPoint, Scope
+from peerkit.net.transport import WILDCARDS
 from peerkit.statusfile import read_status_file, write_whole
 
 __all__ = (
@@ -113,9 +114,13 @@ class DhtDiscovery:
     """People anywhere, through the Mainline DHT (see the module docstring).
 
     :param bootstrap: addresses to join through (default: :data:`DEFAULT_BOOTSTRAP`).
-    :param host: the IPv4 address its UDP socket binds to (None: no IPv4 node).
+    :param host: the IPv4 address its UDP socket binds to (None: no IPv4 node). By default
+        (``""``) where the node listens: every IPv4 address (``0.0.0.0``), or, for a node that
+        listens on one address only, that one (and no IPv4 node when it is an IPv6 address): a
+        node kept to loopback or to one network keeps its DHT node there too.
     :param host6: the IPv6 address of its IPv6 node (BEP 32), which runs when some bootstrap
-        address (or a saved node) is IPv6 and the address can be bound (None: never).
+        address (or a saved node) is IPv6 and the address can be bound (None: never). By default
+        (``""``) where the node listens, as for ``host`` (every IPv6 address: ``::``).
     :param port: its UDP port, the same for both (0: the port number the node listens on for
         TCP, when it is free, else any; so a contact's endpoint is also where its DHT node is).
     :param transport: makes its datagram transport instead of UDP (an in-memory testnet).
@@ -129,8 +134,8 @@ class DhtDiscovery:
         self,
         *,
         bootstrap: Sequence[Address] | None = None,
-        host: str | None = "0.0.0.0",
-        host6: str | None = "::",
+        host: str | None = "",
+        host6: str | None = "",
         port: int = 0,
         transport: Callable[[], Datagrams] | None = None,
         read_only: bool | None = None,
@@ -179,7 +184,9 @@ class DhtDiscovery:
         if self._public and contacts is not None:  # their DHT nodes listen on their ports too
             known += [a for a in (await contacts())[:CONTACT_BOOTSTRAP] if a not in known]
         listen_port = getattr(sink, "listen_port", None)
-        nodes = await self._nodes(known, listen_port if isinstance(listen_port, int) else None)
+        listen_host = getattr(sink, "listen_host", None)
+        host, host6 = self._hosts(listen_host if isinstance(listen_host, str) else None)
+        nodes = await self._nodes(known, listen_port if isinstance(listen_port, int) else None, host, host6)
         session = _Session(nodes, sink, _device_tag(state_dir if isinstance(state_dir, Path) else None), self)
         status = state_dir / STATUS_FILE if isinstance(state_dir, Path) else None
         self._status_changed = anyio.Event()
@@ -203,7 +210,28 @@ class DhtDiscovery:
                     share = SAVED_NODES // len(nodes)
                     await _save_nodes(saved, [n for node in nodes for n in node.table.nodes()[:share]])
 
-    async def _nodes(self, known: list[Address], listen_port: int | None) -> list[DhtNode]:
+    def _hosts(self, listen_host: str | None) -> tuple[str | None, str | None]:
+        # The addresses to bind (None: no node of that family): those given, and where a default
+        # is left (""), every address of the family, or the one the node listens on alone.
+        one = None
+        if listen_host not in (None, *WILDCARDS):
+            with contextlib.suppress(ValueError):  # (a host name: every address)
+                one = ipaddress.ip_address(listen_host)
+        host, host6 = self.host, self.host6
+        if host == "":
+            host = "0.0.0.0" if one is None else str(one) if one.version == 4 else None
+        if host6 == "":
+            host6 = "::" if one is None else str(one) if one.version == 6 else None
+        if host is None and host6 is None:
+            raise ValueError(
+                f"the node listens on {listen_host} only, and the DHT provider binds no address of its "
+                f"family (host={self.host!r}, host6={self.host6!r}): give it one"
+            )
+        return host, host6
+
+    async def _nodes(
+        self, known: list[Address], listen_port: int | None, host: str | None, host6: str | None
+    ) -> list[DhtNode]:
         # One node per family that has a way in (BEP 32: separate tables, one id), IPv4 first, on
         # the UDP port of the number the node listens on for TCP when it is free.
         if self._transport is not None:
@@ -213,17 +241,17 @@ class DhtDiscovery:
         node_id = os.urandom(20)
         nodes = []
         port = self.port or listen_port or 0
-        if self.host is not None and (four or not six or self.host6 is None):
-            transport = await self._bind(self.host, port)
+        if host is not None and (four or not six or host6 is None):
+            transport = await self._bind(host, port)
             port = transport.local_address[1]
             nodes.append(DhtNode(transport, bootstrap=four, node_id=node_id, read_only=self.read_only))
-        if self.host6 is not None and (six or not nodes):
+        if host6 is not None and (six or not nodes):
             try:
-                transport = await self._bind(self.host6, port)
+                transport = await self._bind(host6, port)
             except OSError as exc:
                 if not nodes:
                     raise
-                log.info("no IPv6 DHT node: cannot bind %s: %s", self.host6, exc)
+                log.info("no IPv6 DHT node: cannot bind %s: %s", host6, exc)
             else:
                 nodes.append(DhtNode(transport, bootstrap=six, node_id=node_id, read_only=self.read_only))
         if len(nodes) == 2:  # each answers BEP 32's "want" with the other's nodes too

@@ -325,6 +325,7 @@ class Directory:
         locator_key: Callable[[PeerId | None], Awaitable[bytes | None]] | None = None,
         state_dir: Path | None = None,
         listen_port: int | None = None,
+        listen_host: str | None = None,
         contact_addresses: Callable[[], Awaitable[list[tuple[str, int]]]] | None = None,
         is_contact: Callable[[PeerId], bool] | None = None,
     ) -> None:
@@ -334,6 +335,9 @@ class Directory:
         self.state_dir = state_dir
         #: The port the node listens on (a DHT node binds the same number for UDP), or None.
         self.listen_port = listen_port
+        #: The address the node listens on ("", "0.0.0.0" or "::": every address of its family),
+        #: or None: a DHT node binds the same one unless told otherwise.
+        self.listen_host = listen_host
         self._contact_addresses = contact_addresses
         #: What signs this node's items in a DHT (its identity), or None (no DHT publishing).
         self.signer = signer

@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 __all__ = (
     "BROKEN",
     "ON_LINK",
+    "WILDCARDS",
     "GuardedListener",
     "OnLink",
     "TcpTransport",
@@ -37,6 +38,9 @@ __all__ = (
     "reachable_host",
     "unreachable",
 )
+
+#: The listening hosts that mean every address: of both families (""), IPv4's, IPv6's.
+WILDCARDS: Final = ("", "0.0.0.0", "::")
 
 #: What a byte stream raises when its connection broke: anyio's error, or the operating system's.
 BROKEN: Final = (anyio.BrokenResourceError, OSError)
@@ -97,7 +101,7 @@ def local_addresses(listen_host: str, *, fallback: str) -> tuple[str, ...]:
     interfaces, except loopback and IPv6 link-local ones (which mean nothing to another host);
     ``fallback`` when there is none.
     """
-    if listen_host not in ("", "0.0.0.0", "::"):
+    if listen_host not in WILDCARDS:
         return (listen_host,)
     found: list[str] = []
     for address, _ in _interface_addresses():

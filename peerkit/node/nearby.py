@@ -46,7 +46,7 @@ from peerkit.events import NearbyChanged
 from peerkit.handles import Handle
 from peerkit.identity import PeerId
 from peerkit.model import ChangeType, EndPoint, Scope, seconds_text
-from peerkit.net.transport import local_addresses
+from peerkit.net.transport import WILDCARDS, local_addresses
 from peerkit.node.connections import ChannelPeer, Me
 from peerkit.node.settings import LAST_SEQ, Settings
 from peerkit.peers import NearbyPeer, Peer, PeerOps
@@ -137,6 +137,8 @@ class Nearby:
             locator_key=self._locator_key,
             state_dir=self._state_dir,
             listen_port=self._me().endpoint.port or None,
+            # (the address bound for one that names one: a host name is resolved there)
+            listen_host=self._listen_host if self._listen_host in WILDCARDS else self._me().endpoint.host,
             contact_addresses=self._contact_addresses,
             is_contact=self._is_contact,
         )

@@ -18,6 +18,7 @@ import pytest
 from conftest import ACCEPTED, CHAT, accept_all, loopback_dht
 
 from peerkit import (
+    DiscoveryError,
     EndPoint,
     Identity,
     Node,
@@ -471,3 +472,22 @@ async def test_a_node_joins_the_public_dht_through_its_contacts_dht_nodes(tmp_pa
             assert alice.endpoint in peer.endpoints
             assert public.node is not None
             assert ("127.0.0.4", carol.endpoint.port) in public.node.bootstrap_addresses
+
+
+async def test_a_dht_node_binds_where_its_node_listens() -> None:
+    # A node kept to loopback (or to one network) keeps its DHT node there too, unless told.
+    async with loopback_dht(3) as dht:
+        bootstrap = dht[0].address
+        for listen, host, bound in [
+            (("127.0.0.5", 0), "", ["127.0.0.5"]),
+            (("", 0), "", ["0.0.0.0"]),
+            (("127.0.0.5", 0), "0.0.0.0", ["0.0.0.0"]),
+            (("::1", 0), "", ["::1"]),  # (an IPv6 address only: no IPv4 node)
+        ]:
+            provider = DhtDiscovery(bootstrap=[bootstrap], host=host)
+            async with Node(identity=Identity.generate(), listen=listen, discovery=[provider]):
+                assert [n.transport.local_address[0] for n in provider.nodes] == bound, listen
+        nothing = DhtDiscovery(bootstrap=[bootstrap], host6=None)
+        with pytest.raises(DiscoveryError, match=r"listens on ::1 only.*host6=None"):
+            async with Node(identity=Identity.generate(), listen=("::1", 0), discovery=[nothing]):
+                pass
