@@ -251,12 +251,11 @@ def serve(
     discovery providers, and for contacts), publishes the presence 'peerkit presence set' saved,
     and prints each invitation it receives. One 'peerkit serve' runs on a data dir at a time."""
     from peerkit.proto.relay import RelayPolicy
-    from peerkit.reporting import check_not_served
+    from peerkit.reporting import serving
     from peerkit.serving import run_serve
 
     host, port = parse_address(listen_at, default_host="")
     directory = data_dir or default_data_dir()
-    check_not_served(directory)
     apps = app_ids(accept or [], directory)
     check_nickname(nickname)
     providers = providers_named(discovery)
@@ -267,7 +266,8 @@ def serve(
         "port_mapping": None if port_mapping else False,  # (on: unless the environment says off)
     }
     relaying["into"] = into
-    anyio.run(run_serve, host, port, apps, nickname, providers, directory, as_json, bootstrap, relaying)
+    with serving(directory):
+        anyio.run(run_serve, host, port, apps, nickname, providers, directory, as_json, bootstrap, relaying)
 
 
 def parse_relay(text: str) -> EndPoint:

@@ -7,6 +7,7 @@ import dataclasses
 import json
 import os
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
@@ -21,6 +22,7 @@ if TYPE_CHECKING:
 
 __all__ = (
     "REACH_FILE",
+    "SERVE_LOCK",
     "address_text",
     "check_not_served",
     "describe_event",
@@ -29,6 +31,7 @@ __all__ = (
     "reach_text",
     "read_reach",
     "relay_text",
+    "serving",
     "trace_text",
     "write_reach",
 )
@@ -172,6 +175,44 @@ def check_not_served(data_dir: Path) -> None:
         f"{status.get('listening')}): stop it first (Ctrl-C there, or kill {pid}), "
         "or give --data-dir another dir"
     )
+
+
+#: The file ``peerkit serve`` holds locked while it runs, in its data dir (with its process id).
+SERVE_LOCK: Final = "serve.lock"
+
+
+@contextlib.contextmanager
+def serving(data_dir: Path) -> Iterator[None]:
+    """Hold ``data_dir`` for one ``peerkit serve`` while the block runs: a lock on its
+    :data:`SERVE_LOCK` that the system lets go of when the process ends, however it ends (so a
+    second one started at the same instant is refused too, and a crash leaves nothing to clean).
+    Where there are no such locks (Windows), :func:`check_not_served` decides instead.
+
+    :raises PeerkitError: when another ``peerkit serve`` holds it now, naming its process (and
+        its address, once it wrote its reach).
+    """
+    try:
+        import fcntl
+    except ImportError:
+        check_not_served(data_dir)
+        yield
+        return
+    data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    with open(data_dir / SERVE_LOCK, "a+", encoding="ascii", errors="replace") as file:
+        try:
+            fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            check_not_served(data_dir)  # (its words, when it wrote its reach: with its address)
+            file.seek(0)
+            pid = file.read(20).strip() or "?"
+            raise PeerkitError(
+                f"a node already serves {data_dir} ('peerkit serve', process {pid}, starting): stop it "
+                f"first (Ctrl-C there, or kill {pid}), or give --data-dir another dir"
+            ) from None
+        file.truncate(0)
+        file.write(f"{os.getpid()}\n")
+        file.flush()
+        yield
 
 
 def write_reach(data_dir: Path, status: dict[str, Any]) -> None:

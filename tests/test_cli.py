@@ -23,7 +23,7 @@ from conftest import WAITING_PEER
 
 import peerkit
 from peerkit.cli import app, main
-from peerkit.reporting import read_reach
+from peerkit.reporting import SERVE_LOCK, reach_status, read_reach, write_reach
 
 PEERKIT = [sys.executable, "-c", "from peerkit.cli import main; main()"]
 
@@ -362,6 +362,30 @@ def test_a_second_serve_on_one_data_dir_is_refused_while_the_first_runs(tmp_path
     again, serving = start_server(tmp_path, "--listen", "127.0.0.1:0")
     stop(again)
     assert serving["id"] == info["id"]
+
+
+@pytest.mark.network
+def test_serve_holds_its_data_dir_from_its_start_and_a_stale_report_holds_nothing(tmp_path: Path) -> None:
+    fcntl = pytest.importorskip("fcntl")  # (Windows has none: the report alone decides there)
+    served = tmp_path / "server"
+    with_dir = {"PEERKIT_DATA_DIR": str(served)}
+    assert run("id", "--create", env=with_dir).returncode == 0
+    # Another serve starting (it holds the lock, and wrote no report yet): refused, named.
+    with open(served / SERVE_LOCK, "a+") as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        held.write("4242\n")
+        held.flush()
+        second = run("serve", "--listen", "127.0.0.1:0", "--discovery", "memory", env=with_dir)
+    assert second.returncode == 1
+    said = " ".join(second.stderr.split())
+    assert f"a node already serves {served} ('peerkit serve', process 4242, starting)" in said
+    # A report of a serve that crashed, whose process number a live process took since: nothing
+    # holds the lock, so it starts (this test's process is the live one).
+    nothing = peerkit.Reach(reservations=(), relays=(), relaying=False)
+    write_reach(served, {**reach_status(nothing, listening="127.0.0.1:1"), "pid": os.getpid()})
+    server, info = start_server(tmp_path, "--listen", "127.0.0.1:0")
+    stop(server)
+    assert info["event"] == "listening"
 
 
 def test_invite_errors_are_one_sentence(tmp_path: Path) -> None:
