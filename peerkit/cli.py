@@ -23,7 +23,7 @@ import peerkit
 from peerkit.cli_apps import app_ids, apps_app
 from peerkit.cli_chat import chat_command
 from peerkit.cli_contacts import contacts_app
-from peerkit.cli_files import receive_command, send_command
+from peerkit.cli_files import checked_into, receive_command, send_command
 from peerkit.cli_pair import pair_command
 from peerkit.clikit import (
     EXIT_CODES,
@@ -53,6 +53,7 @@ from peerkit.identity import KEY_FILE_NAME, Identity, PeerId, default_data_dir
 from peerkit.model import EndPoint, check_text, printable, seconds_text
 from peerkit.peers import NearbyPeer
 from peerkit.reporting import describe_event
+from peerkit.wellknown import FILES
 
 __all__ = ("app", "default_data_dir", "main")
 
@@ -265,7 +266,7 @@ def serve(
         "relays": [parse_relay(text) for text in via or []],
         "port_mapping": None if port_mapping else False,  # (on: unless the environment says off)
     }
-    relaying["into"] = into
+    relaying["into"] = checked_into(into) if FILES.id in apps else into
     with serving(directory):
         anyio.run(run_serve, host, port, apps, nickname, providers, directory, as_json, bootstrap, relaying)
 

@@ -49,6 +49,7 @@ from peerkit.files import (
     Outgoing,
     ReceiveReport,
     SendReport,
+    check_destination,
     prepare,
     receive_files,
     send_files,
@@ -59,7 +60,7 @@ from peerkit.streams import AppStream
 from peerkit.terminal import Terminal
 from peerkit.wellknown import FILES
 
-__all__ = ("FilesDesk", "receive_command", "send_command", "size_text")
+__all__ = ("FilesDesk", "checked_into", "receive_command", "send_command", "size_text")
 
 logger = logging.getLogger(__name__)
 
@@ -204,6 +205,18 @@ def _outcome(as_json: bool, text: str, **fields: object) -> None:
         console.print(text, highlight=False)
 
 
+def checked_into(into: Path) -> Path:
+    """The folder of ``--into``, absolute, once files can be saved there (before any is offered).
+
+    :raises typer.BadParameter: naming what stands in the way.
+    """
+    try:
+        check_destination(into)
+    except OSError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--into") from None
+    return into.resolve()
+
+
 def receive_command(
     into: Annotated[
         Path,
@@ -236,7 +249,8 @@ def receive_command(
     """
     directory = existing_data_dir(data_dir)
     host, port = parse_address(listen_at, default_host="")
-    code = anyio.run(_receive, directory, (host, port), providers_named(discovery), into.resolve(), yes)
+    into = checked_into(into)
+    code = anyio.run(_receive, directory, (host, port), providers_named(discovery), into, yes)
     if code:
         raise typer.Exit(code)
 

@@ -12,7 +12,6 @@ resumes after a cut. Nothing existing is overwritten unless ``decide`` says so.
 from __future__ import annotations
 
 import contextlib
-import functools
 import hashlib
 import os
 import shutil
@@ -53,6 +52,7 @@ __all__ = (
     "Outgoing",
     "ReceiveReport",
     "SendReport",
+    "check_destination",
     "prepare",
     "receive_files",
     "send_files",
@@ -378,6 +378,13 @@ async def _one_error() -> AsyncIterator[None]:
         raise
 
 
+#: What a stream that ends before a message may mean, for people.
+_ENDED_BEFORE: Final = {
+    "want": ": the receiver took the offer but not the files (no folder it may write them in, too "
+    "little free space: its side says which), or it stopped",
+}
+
+
 class _Frames:
     # Frames of the files application read off a stream, one at a time.
 
@@ -392,7 +399,8 @@ class _Frames:
                 try:
                     data = await self._stream.receive()
                 except anyio.EndOfStream:
-                    raise ProtocolError(f"the stream ended before the {expected!r} message") from None
+                    why = _ENDED_BEFORE.get(expected, "")
+                    raise ProtocolError(f"the stream ended before the {expected!r} message{why}") from None
                 self._ready += self._decoder.feed(data)
         if waited.cancelled_caught:
             raise ProtocolError(f"no {expected!r} message within {ANSWER_TIMEOUT:g} s")
@@ -413,6 +421,27 @@ async def _rename(entry: Entry, existing: Path) -> Decision:
     return "rename"
 
 
+def check_destination(into: Path | str) -> None:
+    """Check that files can be saved into the folder ``into``: it is a folder this process may
+    write in, or one it can make (the nearest folder above it that is there is writable).
+    :func:`receive_files` checks it before it asks for a byte; a program can check it before it
+    waits for an offer. A blocking call (a few ``stat``s).
+
+    :raises OSError: naming what stands in the way (a file where a folder should be, a folder
+        this process may not write in).
+    """
+    path = Path(into)
+    there = path
+    while not there.exists() and there.parent != there:
+        there = there.parent
+    if not there.is_dir():
+        where = "it is a file" if there == path else f"{there} is a file, not a folder"
+        raise NotADirectoryError(f"cannot save files into {path}: {where}")
+    if not os.access(there, os.W_OK | os.X_OK):
+        where = "it is" if there == path else f"{there} is"
+        raise PermissionError(f"cannot save files into {path}: {where} not writable by this user")
+
+
 async def receive_files(
     stream: AppStream,
     summary: Summary,
@@ -430,7 +459,8 @@ async def receive_files(
     :raises ProtocolError: when the offer is not the one summarized, or the sender broke the
         protocol (what arrived intact is kept).
     :raises anyio.BrokenResourceError: when the connection broke (partial files are kept).
-    :raises OSError: when ``into`` cannot be written, or has too little free space.
+    :raises OSError: when ``into`` cannot be written (:func:`check_destination`) or made, or has
+        too little free space.
     """
     frames = _Frames(stream)
     entries: list[Entry] = []
@@ -443,7 +473,7 @@ async def receive_files(
             raise ProtocolError("the offer lists more files than its summary")
     if offer_digest(entries) != summary.digest or frames.leftover:
         raise ProtocolError("the offer on the stream is not the one accepted")
-    await anyio.to_thread.run_sync(functools.partial(into.mkdir, parents=True, exist_ok=True))
+    await anyio.to_thread.run_sync(_make_destination, into)
     report = ReceiveReport()
     plans: list[_Plan] = []
     buffers = [bytearray() for _ in range(BUFFERS)]
@@ -462,6 +492,15 @@ async def receive_files(
     failed = await _receive_planned(stream, plans, progress, report, buffers)
     await stream.send(encode_done(Done(len(plans) - len(failed), tuple(failed))))
     return report
+
+
+def _make_destination(into: Path) -> None:
+    # The folder ``into``, made if need be; what stood in the way, named.
+    check_destination(into)
+    try:
+        into.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OSError(exc.errno, f"cannot make the folder {into} to save files into: {exc.strerror}") from exc
 
 
 @dataclass(slots=True)

@@ -122,6 +122,10 @@ def test_a_declined_offer_exits_3_and_bad_input_is_one_line(
     nobody = run("send", "carol", str(tmp_path / "f.txt"), env=bob)
     assert nobody.returncode == 2
     assert "no contact is called 'carol'" in " ".join(nobody.stderr.replace("│", " ").split())
+    into_a_file = run("receive", "--into", str(tmp_path / "f.txt" / "in"), env={**bob, "COLUMNS": "400"})
+    assert into_a_file.returncode == 2
+    said = " ".join(into_a_file.stderr.replace("│", " ").split())
+    assert f"cannot save files into {tmp_path / 'f.txt' / 'in'}: {tmp_path / 'f.txt'} is a file" in said
     no_identity = run("receive", "--data-dir", str(tmp_path / "typo"), env=bob)
     assert no_identity.returncode == 1
     assert "no identity in" in no_identity.stderr

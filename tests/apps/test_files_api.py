@@ -15,7 +15,15 @@ import blake3
 import pytest
 
 from peerkit import AppStream, InvitationResponse, Node, ProtocolError, files, streams
-from peerkit.files import Outgoing, ReceiveReport, SendReport, prepare, receive_files, send_files
+from peerkit.files import (
+    Outgoing,
+    ReceiveReport,
+    SendReport,
+    check_destination,
+    prepare,
+    receive_files,
+    send_files,
+)
 from peerkit.proto.files import Entry, decode_summary, encode_summary
 from peerkit.testing import MemoryNetwork, node_pair
 from peerkit.wellknown import FILES
@@ -328,6 +336,32 @@ async def test_an_offer_that_is_not_the_one_accepted_is_refused(tmp_path: Path) 
         _, got = await transfer(alice, bob, a, tmp_path / "into", expecting_b)
         assert isinstance(got, ProtocolError)
         assert "not the one accepted" in str(got)
+
+
+def test_a_destination_is_a_folder_that_can_be_written_or_made(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "a file").write_text("x")
+    check_destination(tmp_path)  # there
+    check_destination(tmp_path / "new" / "deeper")  # made when files arrive
+    with pytest.raises(NotADirectoryError, match=r"cannot save files into .*a file: it is a file"):
+        check_destination(tmp_path / "a file")
+    with pytest.raises(NotADirectoryError, match=r"into .*a file/sub: .*a file is a file, not a folder"):
+        check_destination(tmp_path / "a file" / "sub")
+    monkeypatch.setattr(os, "access", lambda path, mode: False)  # (root may write anywhere)
+    with pytest.raises(PermissionError, match=r"into .*/new: .* is not writable by this user"):
+        check_destination(tmp_path / "new")
+
+
+async def test_a_receiver_that_cannot_save_says_why_before_asking_for_a_byte(tmp_path: Path) -> None:
+    (tmp_path / "a").write_text("a")
+    (tmp_path / "taken").write_text("a file where the folder should be")
+    async with nodes() as (alice, bob):
+        sent, got = await transfer(alice, bob, await prepare([tmp_path / "a"]), tmp_path / "taken" / "in")
+    assert isinstance(got, NotADirectoryError)
+    assert "cannot save files into" in str(got)
+    assert isinstance(sent, ProtocolError)  # (the protocol has no word for it: the stream ends)
+    assert "the receiver took the offer but not the files" in str(sent)
 
 
 async def test_prepare_takes_one_path_as_one_path(tmp_path: Path) -> None:
