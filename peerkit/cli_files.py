@@ -80,7 +80,7 @@ def size_text(n: int) -> str:
     raise AssertionError("unreachable")
 
 
-def _bar() -> Progress:
+def _bar(*, transient: bool = False) -> Progress:
     return Progress(
         TextColumn("{task.description}", markup=False),
         BarColumn(),
@@ -88,7 +88,7 @@ def _bar() -> Progress:
         TransferSpeedColumn(),
         TimeRemainingColumn(),
         console=console,
-        transient=False,
+        transient=transient,
     )
 
 
@@ -145,10 +145,9 @@ async def _send(
     as_json: bool,
     by_nickname: bool,
 ) -> int:
-    with _bar() as bar:
+    with _bar(transient=True) as bar:  # (gone once done, or when a path cannot be sent)
         task = bar.add_task("hashing", total=None)
         outgoing = await prepare(paths, lambda n: bar.advance(task, n))
-        bar.remove_task(task)
     total = sum(o.entry.size for o in outgoing)
     async with inviting_node(directory, providers) as node:
         named = await peer_named(node, target, providers, min(timeout, 10.0), by_nickname=by_nickname)
