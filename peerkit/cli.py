@@ -337,19 +337,24 @@ def invite(
         except ValueError as exc:
             raise typer.BadParameter(str(exc), param_hint="--id") from None
     directory = data_dir or default_data_dir()
-    response, who = anyio.run(_invite, (host, port), app_id, message, expected, timeout, directory, [], False)
-    _print_answer(response, who, address, as_json)
+    found = anyio.run(_invite, (host, port), app_id, message, expected, timeout, directory, [], False)
+    _print_answer(*found, address, as_json)
 
 
 def _print_answer(
-    response: peerkit.InvitationResponse | None, who: peerkit.PeerId | None, address: str, as_json: bool
+    response: peerkit.InvitationResponse | None,
+    who: peerkit.PeerId | None,
+    nickname: str,
+    address: str,
+    as_json: bool,
 ) -> None:
     # The answer, and its exit code.
     answer = response.name.lower() if response is not None else "withdrawn"
     if as_json:
         print(json.dumps({"response": answer, "peer": str(who) if who is not None else None}))
     else:
-        console.print(f"{who.fingerprint if who is not None else address}: {answer}")
+        shown = address if who is None else f"{nickname} ({who.fingerprint})" if nickname else who.fingerprint
+        console.print(f"{shown}: {answer}", highlight=False)
     if response is peerkit.InvitationResponse.DECLINED:
         raise typer.Exit(EXIT_DECLINED)
     if response is peerkit.InvitationResponse.EXPIRED:
@@ -365,7 +370,7 @@ async def _invite(
     directory: Path,
     providers: list[DiscoveryProvider],
     by_nickname: bool,
-) -> tuple[peerkit.InvitationResponse | None, peerkit.PeerId | None]:
+) -> tuple[peerkit.InvitationResponse | None, peerkit.PeerId | None, str]:
     # Invite a contact (``target``: its name, fingerprint or id), else (with ``providers``) a peer
     # near me of that name, or the peer at (host, port); Ctrl-C or SIGTERM withdraws it.
     from peerkit.model import Application
@@ -381,7 +386,7 @@ async def _invite(
             with console.status(f"waiting for {who} to answer", spinner="dots"):
                 response = await peer.invite(app_id, message, timeout=timeout)
             tg.cancel_scope.cancel()
-    return response, peer.id
+    return response, peer.id, printable(peer.nickname)
 
 
 app.command("chat")(chat_command)

@@ -99,11 +99,15 @@ async def run_serve(
             else:
                 node.add_invitation_handler(app_id, accept_all)
 
+        # The applications people know by name (an invitation to another shows its UUID).
+        names = {CHAT.id: "chat", FILES.id: "files", **{r.id: r.name for r in registered}}
+
         async def report(event: InvitationAnswered) -> None:
             answer = event.response.name.lower() if event.response is not None else "withdrawn"
+            application = names.get(event.application_id, str(event.application_id))
             say(
                 f"invitation from {printable(event.nickname) or '?'} ({event.sender_id.fingerprint}) to "
-                f"{event.application_id}: {event.message!r}, {event.data_size} bytes of data -> "
+                f"{application}: {event.message!r}, {event.data_size} bytes of data -> "
                 f"{answer} ({event.reason})",
                 event="invitation",
                 sender=str(event.sender_id),

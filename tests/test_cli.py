@@ -324,7 +324,7 @@ def test_serve_and_invite(tmp_path: Path, signum: int) -> None:
         other = "0b0e5c1a-7c3d-4f2e-9a61-5d3c0c4a1fff"
         declined = run("invite", address, other, "--id", str(info["id"]), env=client)
         assert declined.returncode == 3, declined.stderr  # (scripts need not parse the output)
-        assert declined.stdout.strip().endswith("declined")
+        assert declined.stdout.strip() == f"srv ({info['fingerprint']}): declined"
         stranger = str(peerkit.Identity.generate().id)
         wrong = run("invite", address, CHAT, "--id", stranger, env=client)
         assert wrong.returncode == 1

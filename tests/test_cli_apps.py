@@ -186,6 +186,7 @@ def test_serve_in_a_terminal_asks_before_it_launches(tmp_path: Path, bob: dict[s
         serve.expect(r"for alice: accepted")
         serve.expect(r"Launch it\? \[y/N\]")
         serve.send("n\r")
+        serve.expect(rf"invitation from alice {ansi}\({ansi}\S+{ansi}\){ansi} to board: {ansi}'and now\?'")
         inviting.join(30)
         assert answers == [peerkit.InvitationResponse.ACCEPTED, peerkit.InvitationResponse.DECLINED]
         assert json.loads(record.read_text())["message"] == "shall we draw?"  # (launched once)
