@@ -524,7 +524,7 @@ async def _near(
 # -- contacts, presence, watch ------------------------------------------------------------------
 app.add_typer(contacts_app, name="contacts")
 app.add_typer(apps_app, name="apps")
-presence_app = typer.Typer(help="Your presence, as the contacts that watch you see it.")
+presence_app = typer.Typer()
 app.add_typer(presence_app, name="presence")
 
 STATUSES = {status.name.lower().replace("_", "-"): status for status in peerkit.PresenceStatus}
@@ -663,8 +663,50 @@ def dht_status(
         raise typer.Exit(1)
 
 
+def _presence_text(status: peerkit.PresenceStatus, text: str) -> str:
+    return f"presence: {status.name.lower().replace('_', ' ')}" + (f" ({text})" if text else "")
+
+
+@presence_app.callback(invoke_without_command=True)
+def presence_group(ctx: typer.Context, data_dir: DataDir = None) -> None:
+    """Your presence, as the contacts that watch you see it: without a command, show it."""
+    ctx.obj = data_dir  # (its commands' data dir, unless they are given one)
+    if ctx.invoked_subcommand is None:
+        presence_show(ctx)
+
+
+def _data_dir_of(ctx: typer.Context, data_dir: Path | None) -> Path:
+    # The data dir a presence command was given, or the one given before it (presence --data-dir).
+    return data_dir or (ctx.obj if isinstance(ctx.obj, Path) else None) or default_data_dir()
+
+
+@presence_app.command("show")
+def presence_show(
+    ctx: typer.Context,
+    data_dir: DataDir = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
+) -> None:
+    """Show the presence 'peerkit presence set' saved: what 'peerkit serve' on this data dir
+    publishes (online when none was set)."""
+    from peerkit.contacts import saved_presence
+
+    async def run() -> peerkit.Presence | None:
+        async with offline_node(_data_dir_of(ctx, data_dir)) as node:
+            return saved_presence(node.contacts.settings())
+
+    saved = anyio.run(run)
+    presence = saved or peerkit.Presence(peerkit.PresenceStatus.ONLINE)
+    if as_json:
+        name = presence.status.name.lower().replace("_", "-")
+        print(json.dumps({"status": name, "text": presence.text, "set": saved is not None}))
+        return
+    shown = _presence_text(presence.status, printable(presence.text))
+    console.print(shown + ("" if saved else " (none set: 'peerkit presence set STATUS')"), highlight=False)
+
+
 @presence_app.command("set")
 def presence_set(
+    ctx: typer.Context,
     status: Annotated[str, typer.Argument(help=f"One of: {SETTABLE}.")],
     text: Annotated[str, typer.Argument(help="A short text beside the status.")] = "",
     data_dir: DataDir = None,
@@ -682,13 +724,13 @@ def presence_set(
         raise typer.BadParameter(str(exc)) from None
 
     async def run() -> None:
-        async with offline_node(data_dir or default_data_dir()) as node:
+        async with offline_node(_data_dir_of(ctx, data_dir)) as node:
             await node.contacts.save_setting(
                 PRESENCE_SETTING, json.dumps([int(presence.status), presence.text])
             )
 
     anyio.run(run)
-    console.print(f"presence: {chosen.name.lower().replace('_', ' ')}" + (f" ({text})" if text else ""))
+    console.print(_presence_text(chosen, printable(text)), highlight=False)
 
 
 @app.command()

@@ -30,7 +30,7 @@ PEERKIT = [sys.executable, "-c", "from peerkit.cli import main; main()"]
 
 #: Commands that only read or write the data dir, which run in this process (a second instead of
 #: a new interpreter each); the others run in a subprocess, as users run them.
-OFFLINE = {"id", "contacts"}
+OFFLINE = {"id", "contacts", "presence"}
 
 
 def run(*args: str, env: dict[str, str] | None = None, answer: str = "") -> subprocess.CompletedProcess[str]:
@@ -648,6 +648,12 @@ def test_contacts_commands_add_export_list_and_change_contacts(tmp_path: Path) -
     bad_status = run("presence", "set", "offline", env=alice)
     assert bad_status.returncode == 2
     assert "not a status to set" in bad_status.stderr
+    assert run("presence", env=alice).stdout.startswith("presence: online (none set")  # (shown)
+    given_first = run("presence", "--data-dir", str(tmp_path / "bob"), "set", "away", "back at 3", env=alice)
+    assert given_first.returncode == 0, given_first.stderr
+    shown = json.loads(run("presence", "show", "--json", env=bob).stdout)
+    assert shown == {"status": "away", "text": "back at 3", "set": True}
+    assert json.loads(run("presence", "show", "--json", env=alice).stdout)["set"] is False  # (not hers)
 
 
 def read_json_line(process: subprocess.Popen[str], timeout: float = 20) -> dict[str, object]:
