@@ -35,6 +35,7 @@ from peerkit.clikit import (
     check_nickname,
     console,
     count_text,
+    default_command,
     existing_data_dir,
     fingerprint_column,
     inviting_node,
@@ -524,7 +525,7 @@ async def _near(
 # -- contacts, presence, watch ------------------------------------------------------------------
 app.add_typer(contacts_app, name="contacts")
 app.add_typer(apps_app, name="apps")
-presence_app = typer.Typer()
+presence_app = typer.Typer(help="Your presence, as the contacts that watch you see it (alone: show it).")
 app.add_typer(presence_app, name="presence")
 
 STATUSES = {status.name.lower().replace("_", "-"): status for status in peerkit.PresenceStatus}
@@ -629,7 +630,7 @@ async def _trace(
             return contact.id, await node.trace(contact.id, timeout=timeout)
 
 
-dht_app = typer.Typer(help="The Mainline DHT node that serves the Internet scope.")
+dht_app = typer.Typer(help="The Mainline DHT node that serves the Internet scope (alone: its status).")
 app.add_typer(dht_app, name="dht")
 
 
@@ -663,26 +664,15 @@ def dht_status(
         raise typer.Exit(1)
 
 
+default_command(dht_app, dht_status)
+
+
 def _presence_text(status: peerkit.PresenceStatus, text: str) -> str:
     return f"presence: {status.name.lower().replace('_', ' ')}" + (f" ({text})" if text else "")
 
 
-@presence_app.callback(invoke_without_command=True)
-def presence_group(ctx: typer.Context, data_dir: DataDir = None) -> None:
-    """Your presence, as the contacts that watch you see it: without a command, show it."""
-    ctx.obj = data_dir  # (its commands' data dir, unless they are given one)
-    if ctx.invoked_subcommand is None:
-        presence_show(ctx)
-
-
-def _data_dir_of(ctx: typer.Context, data_dir: Path | None) -> Path:
-    # The data dir a presence command was given, or the one given before it (presence --data-dir).
-    return data_dir or (ctx.obj if isinstance(ctx.obj, Path) else None) or default_data_dir()
-
-
 @presence_app.command("show")
 def presence_show(
-    ctx: typer.Context,
     data_dir: DataDir = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
 ) -> None:
@@ -691,7 +681,7 @@ def presence_show(
     from peerkit.contacts import saved_presence
 
     async def run() -> peerkit.Presence | None:
-        async with offline_node(_data_dir_of(ctx, data_dir)) as node:
+        async with offline_node(data_dir or default_data_dir()) as node:
             return saved_presence(node.contacts.settings())
 
     saved = anyio.run(run)
@@ -704,9 +694,11 @@ def presence_show(
     console.print(shown + ("" if saved else " (none set: 'peerkit presence set STATUS')"), highlight=False)
 
 
+default_command(presence_app, presence_show)
+
+
 @presence_app.command("set")
 def presence_set(
-    ctx: typer.Context,
     status: Annotated[str, typer.Argument(help=f"One of: {SETTABLE}.")],
     text: Annotated[str, typer.Argument(help="A short text beside the status.")] = "",
     data_dir: DataDir = None,
@@ -724,7 +716,7 @@ def presence_set(
         raise typer.BadParameter(str(exc)) from None
 
     async def run() -> None:
-        async with offline_node(_data_dir_of(ctx, data_dir)) as node:
+        async with offline_node(data_dir or default_data_dir()) as node:
             await node.contacts.save_setting(
                 PRESENCE_SETTING, json.dumps([int(presence.status), presence.text])
             )

@@ -11,14 +11,13 @@ import typer
 from rich.table import Column, Table
 
 from peerkit.apps import Registered, Registry, system_registry_path
-from peerkit.clikit import DataDir, console, err_console, existing_data_dir
+from peerkit.clikit import DataDir, console, default_command, err_console, existing_data_dir
 from peerkit.wellknown import application_id, well_known_id
 
 __all__ = ("app_ids", "apps_app")
 
 apps_app = typer.Typer(
-    help="Applications 'peerkit serve' launches when an invitation to them is accepted.",
-    no_args_is_help=True,
+    help="Applications 'peerkit serve' launches when an invitation to them is accepted (alone: list them).",
 )
 
 
@@ -124,3 +123,6 @@ def apps_list(
     for r in registered:
         table.add_row(r.name, str(r.id), " ".join(r.command()), "you" if r.source == "user" else "all users")
     console.print(table)
+
+
+default_command(apps_app, apps_list)

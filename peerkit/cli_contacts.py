@@ -15,6 +15,7 @@ from peerkit.clikit import (
     DataDir,
     Discovery,
     console,
+    default_command,
     err_console,
     fingerprint_column,
     nearby_named,
@@ -29,7 +30,7 @@ from peerkit.model import printable
 __all__ = ("contacts_app",)
 
 contacts_app = typer.Typer(
-    help="Your contacts: trusted peers, their cards, who may watch you, whom you watch."
+    help="Your contacts: trusted peers, their cards, who may watch you, whom you watch (alone: list them)."
 )
 
 ContactId = Annotated[
@@ -93,6 +94,9 @@ def contacts_list(
     for row, contact in enumerate(contacts):
         table.add_row(contact.fingerprint, *(cells[row] for cells in shown.values()))
     console.print(table)
+
+
+default_command(contacts_app, contacts_list)
 
 
 @contacts_app.command("add-card")

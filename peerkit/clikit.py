@@ -73,6 +73,26 @@ DataDir = Annotated[
 ]
 
 
+def default_command(group: typer.Typer, command: Callable[[], object]) -> None:
+    """Make ``peerkit GROUP`` alone run ``command`` with its defaults (``peerkit contacts`` lists
+    them), and take ``--data-dir`` before the group's command too (``peerkit contacts --data-dir
+    DIR add-card ...``): it is then that command's default, as ``$PEERKIT_DATA_DIR`` is."""
+
+    def start(
+        ctx: typer.Context,
+        data_dir: Annotated[
+            Path | None,
+            typer.Option("--data-dir", help="Where the identity lives, for the command that follows."),
+        ] = None,
+    ) -> None:
+        if data_dir is not None:
+            os.environ["PEERKIT_DATA_DIR"] = str(data_dir)  # (what default_data_dir() reads)
+        if ctx.invoked_subcommand is None:
+            command()
+
+    group.callback(invoke_without_command=True)(start)
+
+
 EXIT_CODES: Final = (
     "Exit codes: 0 success; 1 failure; 2 usage error; 3 invitation declined; 4 invitation expired "
     "(no answer in time)."

@@ -595,6 +595,9 @@ def test_contacts_commands_add_export_list_and_change_contacts(tmp_path: Path) -
     assert row["fingerprint"] in narrow  # (whole: it is what people compare)
     assert "Bob B" in narrow
     assert "email" not in narrow  # (nobody has one: its room goes to the others)
+    alone = run("contacts", "--data-dir", str(tmp_path / "alice"), env=bob)  # (alone: the list)
+    assert alone.returncode == 0, alone.stderr
+    assert row["fingerprint"] in alone.stdout  # (alice's, given before the command: bob has none)
     assert "10.1.1.1:7000" in narrow.replace("│", "").replace(" ", "").replace("\n", "")  # (folded)
     again = run("contacts", "add-card", text, env=alice)  # the same card: nothing to change
     assert again.returncode == 0, again.stderr

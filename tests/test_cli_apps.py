@@ -53,7 +53,7 @@ def test_register_list_and_unregister_with_the_system_registry_under_yours(
     rows = json.loads(run("apps", "list", "--json", env=bob).stdout)
     assert [(r["name"], r["source"]) for r in rows] == [("whiteboard", "user"), ("lobby", "system")]
     assert rows[0]["id"] == str(well_known_id("whiteboard"))  # (named: the same UUID for everyone)
-    table = run("apps", "list", env={**bob, "COLUMNS": "80"}).stdout
+    table = run("apps", env={**bob, "COLUMNS": "80"}).stdout  # (alone: the list)
     assert rows[0]["id"] in table  # (whole, on one line: people copy it)
     registry = Registry(tmp_path / "bob")
     assert registry.find("whiteboard").command() == ["/opt/board", "--room", "a b"]  # type: ignore[union-attr]

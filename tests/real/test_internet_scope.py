@@ -417,6 +417,8 @@ async def test_peerkit_dht_status_says_what_the_running_node_does(tmp_path: Path
         assert found["running"] is False
         done = await anyio.run_process([*cli, "dht", "status", *data_dir], check=False)
         assert "not running (last seen" in done.stdout.decode()
+        alone = await anyio.run_process([*cli, "dht", *data_dir], check=False)  # (alone: the status)
+        assert (alone.returncode, alone.stdout) == (1, done.stdout)
 
 
 async def test_a_dual_stack_node_is_found_on_the_ipv4_and_the_ipv6_dht() -> None:
