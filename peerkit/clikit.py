@@ -163,8 +163,10 @@ def parse_address(text: str, default_host: str = "0.0.0.0") -> tuple[str, int]:
     :raises typer.BadParameter: when it is none of those.
     """
     host, sep, port = text.rpartition(":")
-    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+    if not sep or not port.isdigit():
         raise typer.BadParameter(f"{text!r} is not HOST:PORT (for IPv6: [ADDRESS]:PORT)")
+    if int(port) > 65535:
+        raise typer.BadParameter(f"{text!r}: port {int(port)} is outside 0..65535")
     host = host.strip("[]") or default_host
     return host, int(port)
 

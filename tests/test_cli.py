@@ -23,6 +23,7 @@ from conftest import WAITING_PEER
 
 import peerkit
 from peerkit.cli import app, main
+from peerkit.clikit import parse_address
 from peerkit.reporting import SERVE_LOCK, reach_status, read_reach, write_reach
 
 PEERKIT = [sys.executable, "-c", "from peerkit.cli import main; main()"]
@@ -716,6 +717,8 @@ def test_serve_names_a_bad_dht_bootstrap() -> None:
     result = run("serve", "--dht-bootstrap", "nowhere")
     assert result.returncode == 2
     assert "'nowhere' is not HOST:PORT" in " ".join(result.stderr.replace("│", " ").split())
+    with pytest.raises(typer.BadParameter, match=r"'1\.2\.3\.4:99999': port 99999 is outside 0\.\.65535"):
+        parse_address("1.2.3.4:99999")
 
 
 @pytest.mark.parametrize(
