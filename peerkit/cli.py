@@ -170,9 +170,8 @@ def demo(
         with console.status("running three nodes on 127.0.0.1", spinner="dots"):
             report = anyio.run(functools.partial(run_demo, alice, bob, messages, carol_identity=carol))
     console.print(f"discovery: {report.discovery}")
-    console.print(f"alice listens at {report.alice}")
-    console.print(f"bob listens at   {report.bob}")
-    console.print(f"carol listens at {report.carol}")
+    for line in (report.alice, report.bob, report.carol):
+        console.print(line)
     table = Table("step", "outcome", "time")
     for step in report.steps:
         table.add_row(step.title, step.outcome, f"{step.elapsed * 1000:.1f} ms")

@@ -49,7 +49,7 @@ class DemoStep:
 class DemoReport:
     """What the demo showed."""
 
-    #: alice's, bob's and carol's ids and endpoints, for people.
+    #: Where alice, bob and carol listen, with their fingerprints, for people.
     alice: str = ""
     bob: str = ""
     carol: str = ""
@@ -147,9 +147,10 @@ async def _run(
             "mDNS (multicast DNS on the loopback interface)" if how == "mdns" else "in-memory discovery"
         )
         bob.endpoint_name = "bob's laptop"
-        report.alice = f"{alice.id.fingerprint} at {alice.endpoint}"
-        report.bob = f"{bob.id.fingerprint} at {bob.endpoint}"
-        report.carol = f"{carol.id.fingerprint} at {carol.endpoint}"
+        report.alice, report.bob, report.carol = (
+            f"{name} ({each.id.fingerprint}) listens at {each.endpoint}"
+            for name, each in (("alice", alice), ("bob", bob), ("carol", carol))
+        )
 
         async def step(title: str, outcome: object, start: float) -> None:
             report.steps.append(

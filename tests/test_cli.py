@@ -7,6 +7,7 @@ import io
 import ipaddress
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -264,6 +265,7 @@ def test_demo_shows_the_invitation_and_communication_steps() -> None:
     out = result.stdout
     assert "discovery: mDNS" in out or "used in-memory discovery" in out
     assert "alice finds bob and carol near her" in out
+    assert re.search(r"^alice \(\w{4}-\w{4}-\w{4}-\w{4}\) listens at 127\.0\.0\.1:\d+$", out, re.MULTILINE)
     assert "carol imports alice's card text" in out
     for seen in ("bob: alice is busy (writing the plan)", "carol: alice's document added: 'plan v1'"):
         assert seen in out
