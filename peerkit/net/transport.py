@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ipaddress
+import os
 import time
 from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, Final, Protocol
@@ -36,6 +37,7 @@ __all__ = (
     "local_addresses",
     "on_asyncio",
     "reachable_host",
+    "system_reason",
     "unreachable",
 )
 
@@ -60,8 +62,22 @@ def unreachable(text: str, *also: type[Exception], detail: bool = False) -> Iter
     try:
         yield
     except mapped as exc:
-        reason = f": {exc.strerror or exc}" if detail and isinstance(exc, OSError) else ""
+        reason = f": {system_reason(exc)}" if detail and isinstance(exc, OSError) else ""
         raise PeerUnreachable(text + reason) from exc
+
+
+def system_reason(exc: OSError) -> str:
+    """Why the system refused, in its words for the error number (``connection refused``), the
+    same on every event loop: asyncio words a refused connection "Connect call failed ('10.0.0.2',
+    7000)", and anyio's attempts on trio "All connection attempts failed", with the number on the
+    error it was raised from."""
+    seen: BaseException | None = exc
+    for _ in range(4):  # (a short chain: the error, and what it was raised from)
+        if isinstance(seen, OSError) and seen.errno:
+            words = os.strerror(seen.errno)
+            return words[:1].lower() + words[1:]
+        seen = seen.__cause__ if seen is not None else None
+    return exc.strerror or str(exc)
 
 
 def is_public(host: str) -> bool:
