@@ -32,7 +32,7 @@ def test_pairing_finds_the_code_by_mdns_and_a_wrong_code_fails_both_sides(
     lan: NamespaceLan, tmp_path: Path
 ) -> None:
     bridge = lan.bridge()
-    ns_alice, _ = lan.host(bridge)
+    ns_alice, (alice_address,) = lan.host(bridge)
     ns_bob, _ = lan.host(bridge)
     for name in ("alice", "bob"):
         made = subprocess.run(
@@ -43,7 +43,9 @@ def test_pairing_finds_the_code_by_mdns_and_a_wrong_code_fails_both_sides(
         assert made.returncode == 0, made.stderr
     waiting = in_namespace(ns_alice, tmp_path / "alice", "pair")
     assert waiting.stdout is not None
-    code = json.loads(waiting.stdout.readline())["code"]
+    shown = json.loads(waiting.stdout.readline())
+    code = shown["code"]
+    assert shown["addresses"][0] == f"{alice_address}:{shown['port']}"  # (where bob's machine dials)
     joining = in_namespace(ns_bob, tmp_path / "bob", "pair", code)
     out, err = joining.communicate(timeout=60)
     assert joining.returncode == 0, err
