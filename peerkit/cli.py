@@ -35,6 +35,7 @@ from peerkit.clikit import (
     check_nickname,
     console,
     count_text,
+    data_dir_of,
     default_command,
     existing_data_dir,
     fingerprint_column,
@@ -49,7 +50,7 @@ from peerkit.clikit import (
     resolve_contact,
 )
 from peerkit.discovery.base import DiscoveryProvider
-from peerkit.errors import IdentityError, PeerkitError, PeerUnreachable
+from peerkit.errors import PeerkitError, PeerUnreachable
 from peerkit.identity import KEY_FILE_NAME, Identity, PeerId, default_data_dir
 from peerkit.model import EndPoint, check_text, printable, seconds_text
 from peerkit.peers import NearbyPeer
@@ -108,9 +109,7 @@ def id_command(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
 ) -> None:
     """Show this user's identity (with --create, create it first if there is none)."""
-    directory = (data_dir or default_data_dir()) if create else existing_data_dir(data_dir)
-    if directory.exists() and not directory.is_dir():
-        raise IdentityError(f"{directory} is a file, not a data dir: give --data-dir a directory")
+    directory = data_dir_of(data_dir) if create else existing_data_dir(data_dir)
     if nickname is not None:
         check_nickname(nickname)
     identity, created = Identity.load_or_create(directory)
@@ -256,7 +255,7 @@ def serve(
     from peerkit.serving import run_serve
 
     host, port = parse_address(listen_at, default_host="")
-    directory = data_dir or default_data_dir()
+    directory = data_dir_of(data_dir)
     apps = app_ids(accept or [], directory)
     check_nickname(nickname)
     providers = providers_named(discovery)

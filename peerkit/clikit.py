@@ -105,12 +105,19 @@ EXIT_EXPIRED: Final = 4
 MIN_PREFIX: Final = 8
 
 
-def existing_data_dir(data_dir: Path | None) -> Path:
-    """The data dir a command that only reads uses: it must hold an identity (such a command never
-    creates one, so that a mistyped --data-dir is an error, not a new identity)."""
+def data_dir_of(data_dir: Path | None) -> Path:
+    """The data dir a command uses (``--data-dir``, else ``$PEERKIT_DATA_DIR`` or the user data
+    dir), once it is no file."""
     directory = data_dir or default_data_dir()
     if directory.exists() and not directory.is_dir():
         raise IdentityError(f"{directory} is a file, not a data dir: give --data-dir a directory")
+    return directory
+
+
+def existing_data_dir(data_dir: Path | None) -> Path:
+    """The data dir a command that only reads uses: it must hold an identity (such a command never
+    creates one, so that a mistyped --data-dir is an error, not a new identity)."""
+    directory = data_dir_of(data_dir)
     if not (directory / KEY_FILE_NAME).exists():
         raise IdentityError(
             f"no identity in {directory}: create one with 'peerkit id --create --data-dir {directory}' "

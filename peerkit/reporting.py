@@ -201,8 +201,7 @@ def serving(data_dir: Path) -> Iterator[None]:
         data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         file = open(data_dir / SERVE_LOCK, "a+", encoding="ascii", errors="replace")  # noqa: SIM115
     except OSError as exc:
-        why = "it is a file, not a folder" if data_dir.is_file() else exc.strerror or str(exc)
-        raise PeerkitError(f"cannot use {data_dir} as a data dir: {why}") from exc
+        raise PeerkitError(f"cannot use {data_dir} as a data dir: {exc.strerror or exc}") from exc
     with file:
         try:
             fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -392,7 +392,10 @@ def test_serve_holds_its_data_dir_from_its_start_and_a_stale_report_holds_nothin
     (tmp_path / "a file").write_text("x")
     not_a_dir = run("serve", "--discovery", "memory", env={"PEERKIT_DATA_DIR": str(tmp_path / "a file")})
     assert not_a_dir.returncode == 1
-    assert f"cannot use {tmp_path / 'a file'} as a data dir: it is a file, not a folder" in not_a_dir.stderr
+    assert f"{tmp_path / 'a file'} is a file, not a data dir: give --data-dir a directory" in not_a_dir.stderr
+    nowhere = run("serve", "--discovery", "memory", env={"PEERKIT_DATA_DIR": str(tmp_path / "a file" / "x")})
+    assert nowhere.returncode == 1
+    assert f"cannot use {tmp_path / 'a file' / 'x'} as a data dir: Not a directory" in nowhere.stderr
 
 
 def test_invite_errors_are_one_sentence(tmp_path: Path) -> None:
