@@ -315,7 +315,7 @@ def invite(
     Exits with 0 when it accepted, 3 when it declined, 4 when it did not answer in time. Ctrl-C or
     SIGTERM withdraws the invitation and exits with 0.
     """
-    (app_id,) = app_ids([application], data_dir or default_data_dir())
+    (app_id,) = app_ids([application], data_dir_of(data_dir))
     if ":" not in address:  # a contact, by name
         if peer_id is not None:
             raise typer.BadParameter("--id is for HOST:PORT: a contact's id is known", param_hint="--id")
@@ -335,7 +335,7 @@ def invite(
             expected = peerkit.PeerId.parse(peer_id)
         except ValueError as exc:
             raise typer.BadParameter(str(exc), param_hint="--id") from None
-    directory = data_dir or default_data_dir()
+    directory = data_dir_of(data_dir)
     found = anyio.run(_invite, (host, port), app_id, message, expected, timeout, directory, [], False)
     _print_answer(*found, address, as_json)
 
@@ -425,7 +425,7 @@ def near(
     if as_me:  # the identity (and nickname) in the data dir, which must be there
         identity, directory, nickname = None, existing_data_dir(data_dir), nickname or ""
     else:
-        identity, directory = Identity.generate(), data_dir or default_data_dir()
+        identity, directory = Identity.generate(), data_dir_of(data_dir)
         nickname = "peerkit near" if nickname is None else nickname
     anyio.run(_near, once, wait, providers, nickname, identity, directory, as_json)
 
@@ -591,7 +591,7 @@ def reach(
     from peerkit.dht.provider import read_status
     from peerkit.reporting import reach_text, read_reach, trace_text
 
-    directory = data_dir or default_data_dir()
+    directory = data_dir_of(data_dir)
     if contact is not None:
         providers = providers_named(discovery or ["dht"])
         who, steps = anyio.run(_trace, contact, providers, existing_data_dir(data_dir), timeout)
@@ -643,7 +643,7 @@ def dht_status(
     from peerkit.dht.provider import read_status
     from peerkit.reporting import dht_status_text
 
-    directory = data_dir or default_data_dir()
+    directory = data_dir_of(data_dir)
     try:
         status = read_status(directory)
     except (OSError, ValueError) as exc:
@@ -679,7 +679,7 @@ def presence_show(
     from peerkit.contacts import saved_presence
 
     async def run() -> peerkit.Presence | None:
-        async with offline_node(data_dir or default_data_dir()) as node:
+        async with offline_node(data_dir_of(data_dir)) as node:
             return saved_presence(node.contacts.settings())
 
     saved = anyio.run(run)
@@ -714,7 +714,7 @@ def presence_set(
         raise typer.BadParameter(str(exc)) from None
 
     async def run() -> None:
-        async with offline_node(data_dir or default_data_dir()) as node:
+        async with offline_node(data_dir_of(data_dir)) as node:
             await node.contacts.save_setting(
                 PRESENCE_SETTING, json.dumps([int(presence.status), presence.text])
             )

@@ -183,8 +183,7 @@ async def offline_node(directory: Path, *, create: bool = False) -> AsyncIterato
     """A node on the data dir that only uses its store: it listens on loopback and signs in
     nowhere. Unless it may ``create`` one, the data dir must hold an identity already (see
     :func:`existing_data_dir`)."""
-    if not create:
-        directory = existing_data_dir(directory)
+    directory = data_dir_of(directory) if create else existing_data_dir(directory)
     async with peerkit.Node(data_dir=directory, listen=("127.0.0.1", 0)) as node:
         yield node
 

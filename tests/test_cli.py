@@ -136,7 +136,16 @@ def test_commands_that_only_read_never_create_an_identity(tmp_path: Path, comman
 def test_bad_data_dirs_and_key_files_are_one_line_each(tmp_path: Path) -> None:
     a_file = tmp_path / "a-file"
     a_file.write_text("not a dir")
-    for command in (["id"], ["id", "--create"], ["contacts", "list"]):
+    for command in (
+        ["id"],
+        ["id", "--create"],
+        ["contacts", "list"],
+        ["contacts", "add-card", "peerkit:x"],  # (one that may make an identity)
+        ["presence", "set", "busy"],
+        ["apps", "register", "x", "/bin/true"],
+        ["invite", "127.0.0.1:9", "chat"],
+        ["reach"],
+    ):
         result = run(*command, "--data-dir", str(a_file))
         assert (result.returncode, result.stderr.count("\n")) == (1, 1), result.stderr
         assert "is a file, not a data dir" in result.stderr
