@@ -237,8 +237,9 @@ class SecureChannel(anyio.abc.AsyncResource):
                 done, early = await cls._handshake(stream, conn, first)
         except TimeoutError:
             await anyio.aclose_forcefully(stream)
+            hint = " (a node answers at once: what listens there may be no peerkit node)" if initiator else ""
             raise HandshakeError(
-                f"the handshake did not complete within {seconds_text(handshake_timeout)}"
+                f"the handshake did not complete within {seconds_text(handshake_timeout)}{hint}"
             ) from None
         except BaseException:
             await anyio.aclose_forcefully(stream)

@@ -404,7 +404,11 @@ class Connection:
         try:
             self._decoder.check_eof()
         except ProtocolError as exc:
-            raise self._fail(exc) from None
+            text = self._decoder.leftover_text() if state is not State.OPEN else None
+            failure = exc
+            if text is not None:  # (a web server's error page, say: no peerkit node is there)
+                failure = HandshakeError(f"what answered sent text, not a Noise handshake: {text!r}")
+            raise self._fail(failure) from None
         if state is not State.OPEN:
             hint = ""
             if self._initiator and self.protocol == PROTOCOL_IK:

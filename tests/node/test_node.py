@@ -35,6 +35,7 @@ from peerkit import (
     Application,
     AppStream,
     EndPoint,
+    HandshakeError,
     Identity,
     Invitation,
     InvitationPolicy,
@@ -750,6 +751,11 @@ async def test_an_address_of_a_peer_that_another_node_or_service_holds_now_is_a_
                 with pytest.raises(PeerUnreachable, match=rf"not reached at {stale}: "):
                     await attempt
         assert alice.channels(carol.id) == 0
+        # Dialled by address alone, the web server is named for what it is.
+        with pytest.raises(
+            HandshakeError, match=r"sent text, not a Noise handshake: 'HTTP/1\.1 400 Bad Request'"
+        ):
+            await alice.peer_at(web.host, web.port)
 
 
 def test_a_number_kept_in_the_settings_is_read_only_when_it_is_one() -> None:
@@ -953,8 +959,6 @@ async def test_unreachable_and_wrong_peers() -> None:
     async with nodes() as (alice, bob):
         with pytest.raises(PeerUnreachable, match="refused"):
             await alice.peer_at("10.0.0.77", 4000)
-        from peerkit import HandshakeError
-
         with pytest.raises(HandshakeError):
             await alice.peer_at(bob.endpoint.host, bob.endpoint.port, Identity.generate().id)
         with pytest.raises(ValueError, match="own id"):

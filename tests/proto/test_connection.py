@@ -208,6 +208,19 @@ def test_eof(alice: Identity, bob: Identity) -> None:
     b2.receive_data(partial, 0.0)
     with pytest.raises(ProtocolError, match="inside a frame"):
         b2.receive_eof()
+    # What answered a dial with text (a web server's error page) is named by its first line; its
+    # first two letters read as a frame length (b"HT": 18,516), so the stream ends inside a frame.
+    http = b"HTTP/1.0 400 Bad request\r\nServer: x\r\n\r\n<html>"
+    for answer, kind, said in [
+        (http, HandshakeError, r"sent text, not a Noise handshake: 'HTTP/1\.0 400 Bad request'$"),
+        (b"SSH-2.0-OpenSSH_9.2\r\n", HandshakeError, r"not a Noise handshake: 'SSH-2\.0-OpenSSH_9\.2'$"),
+        (b"\x01\x00\x00\xff\xfe", ProtocolError, r"inside a frame \(5 bytes left over\)$"),  # (no text)
+    ]:
+        d = Connection.initiate(keys(alice), hello(alice), now=0.0)
+        d.data_to_send()
+        d.receive_data(answer, 0.0)
+        with pytest.raises(kind, match=said):
+            d.receive_eof()
 
 
 def test_misuse_by_the_caller(alice: Identity, bob: Identity) -> None:
