@@ -213,6 +213,8 @@ def serving(data_dir: Path) -> Iterator[None]:
                 f"a node already serves {data_dir} ('peerkit serve', process {pid}, starting): stop it "
                 f"first (Ctrl-C there, or kill {pid}), or give --data-dir another dir"
             ) from None
+        except OSError:  # (a file system without locks, some network ones: the report decides)
+            check_not_served(data_dir)
         file.truncate(0)
         file.write(f"{os.getpid()}\n")
         file.flush()

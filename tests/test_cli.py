@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import io
 import ipaddress
 import json
@@ -25,7 +26,7 @@ from conftest import WAITING_PEER
 import peerkit
 from peerkit.cli import app, main
 from peerkit.clikit import parse_address
-from peerkit.reporting import SERVE_LOCK, reach_status, read_reach, write_reach
+from peerkit.reporting import SERVE_LOCK, reach_status, read_reach, serving, write_reach
 
 PEERKIT = [sys.executable, "-c", "from peerkit.cli import main; main()"]
 
@@ -901,3 +902,20 @@ def test_counts_are_written_as_people_write_them() -> None:
     from peerkit.clikit import count_text
 
     assert [count_text(n, "contact") for n in (0, 1, 2)] == ["0 contacts", "1 contact", "2 contacts"]
+
+
+def test_serve_on_a_file_system_without_locks_falls_back_on_the_report(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fcntl = pytest.importorskip("fcntl")
+
+    def no_locks(file: object, how: int) -> None:
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    with serving(tmp_path):  # (nothing serves here)
+        pass
+    nothing = peerkit.Reach(reservations=(), relays=(), relaying=False)
+    write_reach(tmp_path, {**reach_status(nothing, listening="127.0.0.1:1"), "pid": os.getppid()})
+    with pytest.raises(peerkit.PeerkitError, match="a node already serves"), serving(tmp_path):
+        pass
