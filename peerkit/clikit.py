@@ -203,7 +203,8 @@ async def resolve_contact(node: peerkit.Node, text: str) -> peerkit.Contact:
     ]
     if len(named) > 1:
         raise typer.BadParameter(
-            f"{len(named)} contacts are called {text!r} ({_candidates(named)}); give its id"
+            f"{len(named)} contacts are called {text!r} ({_candidates(named)}); give the fingerprint "
+            "of the one you mean"
         )
     if named:
         return named[0]

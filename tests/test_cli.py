@@ -615,6 +615,18 @@ def test_contacts_commands_add_export_list_and_change_contacts(tmp_path: Path) -
     assert row["fingerprint"] in narrow  # (whole: it is what people compare)
     assert "Bob B" in narrow
     assert "email" not in narrow  # (nobody has one: its room goes to the others)
+    carol = {"PEERKIT_DATA_DIR": str(tmp_path / "carol")}
+    assert run("id", "--create", env=carol).returncode == 0
+    also_bob = run("contacts", "export-card", "--display-name", "Bob B", env=carol).stdout.strip()
+    assert run("contacts", "add-card", also_bob, env=alice).returncode == 0
+    two = run("contacts", "watch", "bob b", env=alice)
+    assert two.returncode == 2
+    said = " ".join(two.stderr.replace("│", " ").split())
+    assert "2 contacts are called 'bob b'" in said
+    assert f"Bob B {row['fingerprint']}" in said
+    assert "give the fingerprint of the one you mean" in said
+    carol_id = json.loads(run("id", "--json", env=carol).stdout)["id"]
+    assert run("contacts", "remove", carol_id[:8], "--yes", env=alice).returncode == 0
     alone = run("contacts", "--data-dir", str(tmp_path / "alice"), env=bob)  # (alone: the list)
     assert alone.returncode == 0, alone.stderr
     assert row["fingerprint"] in alone.stdout  # (alice's, given before the command: bob has none)
