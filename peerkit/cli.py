@@ -31,6 +31,7 @@ from peerkit.clikit import (
     EXIT_EXPIRED,
     DataDir,
     Discovery,
+    age_text,
     cancel_on_signal,
     check_nickname,
     console,
@@ -458,7 +459,7 @@ def _nearby_table(peers: list[NearbyPeer]) -> Table:
     for row in _nearby_rows(peers):
         since = now - float(row["since"])  # type: ignore[arg-type]
         name = printable(str(row["nickname"])) or "?"
-        table.add_row(name, str(row["fingerprint"]), str(row["endpoint"]), f"{since:.0f} s ago")
+        table.add_row(name, str(row["fingerprint"]), str(row["endpoint"]), f"{age_text(since)} ago")
     return table
 
 

@@ -139,6 +139,14 @@ def count_text(count: int, noun: str) -> str:
     return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
 
 
+def age_text(seconds: float) -> str:
+    """How long ago, as people say it: ``12 s``, ``5 min``, ``3 h``, ``2 d``."""
+    for size, unit in ((86400, "d"), (3600, "h"), (60, "min")):
+        if seconds >= size:
+            return f"{int(seconds // size)} {unit}"
+    return f"{max(int(seconds), 0)} s"
+
+
 def fingerprint_column() -> Column:
     """A table's fingerprint column: never cut short, on a narrow terminal too (a fingerprint is
     what people compare, and ``abcd-efgh…`` matches many)."""

@@ -910,10 +910,12 @@ def test_a_node_on_every_address_shows_where_other_machines_dial_it(tmp_path: Pa
         stop(server)
 
 
-def test_counts_are_written_as_people_write_them() -> None:
-    from peerkit.clikit import count_text
+def test_counts_and_ages_are_written_as_people_write_them() -> None:
+    from peerkit.clikit import age_text, count_text
 
     assert [count_text(n, "contact") for n in (0, 1, 2)] == ["0 contacts", "1 contact", "2 contacts"]
+    ages = [-0.5, 0, 59.9, 60, 3599, 3600, 86399, 86400 * 3]
+    assert [age_text(s) for s in ages] == ["0 s", "0 s", "59 s", "1 min", "59 min", "1 h", "23 h", "3 d"]
 
 
 def test_serve_on_a_file_system_without_locks_falls_back_on_the_report(
