@@ -680,7 +680,7 @@ def presence_show(
     from peerkit.contacts import saved_presence
 
     async def run() -> peerkit.Presence | None:
-        async with offline_node(data_dir_of(data_dir)) as node:
+        async with offline_node(data_dir) as node:
             return saved_presence(node.contacts.settings())
 
     saved = anyio.run(run)
@@ -715,7 +715,7 @@ def presence_set(
         raise typer.BadParameter(str(exc)) from None
 
     async def run() -> None:
-        async with offline_node(data_dir_of(data_dir)) as node:
+        async with offline_node(data_dir) as node:
             await node.contacts.save_setting(
                 PRESENCE_SETTING, json.dumps([int(presence.status), presence.text])
             )

@@ -64,7 +64,7 @@ def contacts_list(
     """List your contacts."""
 
     async def run() -> list[peerkit.Contact]:
-        async with offline_node(data_dir_of(data_dir)) as node:
+        async with offline_node(data_dir) as node:
             return await node.contacts.list()
 
     contacts = anyio.run(run)
@@ -113,7 +113,7 @@ def contacts_add_card(
         raise typer.BadParameter(f"{card!r} is neither a card (peerkit:...) nor a file")
 
     async def run() -> tuple[peerkit.Contact, str]:
-        async with offline_node(data_dir_of(data_dir), create=True) as node:
+        async with offline_node(data_dir, create=True) as node:
             contact = node.contacts.read_card(source)
             if not node.contacts.has(contact.id):
                 if block:
@@ -187,7 +187,7 @@ def contacts_export_card(
     endpoints = [peerkit.EndPoint(*parse_address(a, default_host="127.0.0.1")) for a in address or []]
 
     async def run() -> str:
-        async with offline_node(data_dir_of(data_dir)) as node:
+        async with offline_node(data_dir) as node:
             me = node.contacts.me
             changes = {k: v for k, v in (("display_name", display_name), ("email", email)) if v is not None}
             if changes:
@@ -208,7 +208,7 @@ def contacts_export_card(
 
 def _contact_change(text: str, data_dir: Path | None, **changes: object) -> peerkit.Contact:
     async def run() -> peerkit.Contact:
-        async with offline_node(data_dir_of(data_dir)) as node:
+        async with offline_node(data_dir) as node:
             contact = await resolve_contact(node, text)
             return await node.contacts.update(contact.replace(**changes))
 
@@ -224,7 +224,7 @@ def contacts_remove(
     """Delete a contact (after asking, unless --yes)."""
 
     async def run() -> peerkit.Contact | None:
-        async with offline_node(data_dir_of(data_dir)) as node:
+        async with offline_node(data_dir) as node:
             found = await resolve_contact(node, contact)
             question = f"remove {printable(found.nickname) or '?'} ({found.fingerprint}) from your contacts?"
             if not yes and not await anyio.to_thread.run_sync(_confirm, question):

@@ -187,11 +187,11 @@ def parse_address(text: str, default_host: str = "0.0.0.0") -> tuple[str, int]:
 
 
 @asynccontextmanager
-async def offline_node(directory: Path, *, create: bool = False) -> AsyncIterator[peerkit.Node]:
-    """A node on the data dir that only uses its store: it listens on loopback and signs in
-    nowhere. Unless it may ``create`` one, the data dir must hold an identity already (see
-    :func:`existing_data_dir`)."""
-    directory = data_dir_of(directory) if create else existing_data_dir(directory)
+async def offline_node(data_dir: Path | None, *, create: bool = False) -> AsyncIterator[peerkit.Node]:
+    """A node on the data dir (``--data-dir``, or the default: see :func:`data_dir_of`) that only
+    uses its store: it listens on loopback and signs in nowhere. Unless it may ``create`` one, the
+    data dir must hold an identity already (see :func:`existing_data_dir`)."""
+    directory = data_dir_of(data_dir) if create else existing_data_dir(data_dir)
     async with peerkit.Node(data_dir=directory, listen=("127.0.0.1", 0)) as node:
         yield node
 
