@@ -19,7 +19,7 @@ import peerkit
 from peerkit.discovery.base import DiscoveryProvider
 from peerkit.errors import IdentityError
 from peerkit.identity import KEY_FILE_NAME, default_data_dir
-from peerkit.model import check_text, printable
+from peerkit.model import check_text, host_and_port, printable
 from peerkit.net.transport import local_addresses
 from peerkit.terminal import SafeConsole, Terminal
 
@@ -173,17 +173,15 @@ def dialled_text(node: peerkit.Node) -> str:
 
 
 def parse_address(text: str, default_host: str = "0.0.0.0") -> tuple[str, int]:
-    """``HOST:PORT``, ``[IPv6]:PORT`` or ``:PORT`` as a (host, port) pair.
+    """``HOST:PORT``, ``[IPv6]:PORT`` or ``:PORT`` as a (host, port) pair (see
+    :func:`peerkit.model.host_and_port`).
 
     :raises typer.BadParameter: when it is none of those.
     """
-    host, sep, port = text.rpartition(":")
-    if not sep or not port.isdigit():
-        raise typer.BadParameter(f"{text!r} is not HOST:PORT (for IPv6: [ADDRESS]:PORT)")
-    if int(port) > 65535:
-        raise typer.BadParameter(f"{text!r}: port {int(port)} is outside 0..65535")
-    host = host.strip("[]") or default_host
-    return host, int(port)
+    try:
+        return host_and_port(text, default_host=default_host)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
 
 
 @asynccontextmanager

@@ -41,6 +41,7 @@ __all__ = (
     "check_max_bytes",
     "check_scope",
     "check_seconds",
+    "host_and_port",
     "printable",
     "quoted",
     "seconds_text",
@@ -155,6 +156,37 @@ def quoted(value: object) -> str:
     (about 60 characters of a string, 6 items of a list, 3 levels deep, 200 characters in all),
     control characters escaped. A peer's mistake is named without echoing all of it."""
     return printable(_QUOTING.repr(value), 200)
+
+
+def host_and_port(text: str, *, default_host: str | None = None) -> tuple[str, int]:
+    """Read ``HOST:PORT`` or ``[IPv6]:PORT`` as a (host, port) pair, the port 0 to 65535 and an
+    IPv6 host without its brackets. With a ``default_host``, ``:PORT`` stands for that host.
+
+    An IPv6 address must be in brackets: ``fe80::1:7000`` could be read two ways.
+
+    :raises TypeError: when ``text`` is not a string.
+    :raises ValueError: when it is not in that form, naming what is wrong.
+    """
+    if not isinstance(text, str):
+        raise TypeError(f"an address must be text (HOST:PORT), not {type(text).__name__}")
+    shown = quoted(text)
+    host, sep, port = text.strip().rpartition(":")
+    if not sep or not (port.isascii() and port.isdigit()):
+        raise ValueError(f"{shown} is not HOST:PORT (for IPv6: [ADDRESS]:PORT)")
+    if len(port) > 5 or int(port) > 65535:
+        number = f"port {int(port)}" if len(port) <= 5 else "the port"
+        raise ValueError(f"{shown}: {number} is outside 0..65535")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+        if not host or ":" not in host:
+            raise ValueError(f"{shown}: brackets are for an IPv6 address, as in [::1]:{port}")
+    elif ":" in host or "[" in host or "]" in host:
+        raise ValueError(f"{shown} is not HOST:PORT: an IPv6 address goes in brackets, [ADDRESS]:PORT")
+    if not host:
+        if default_host is None:
+            raise ValueError(f"{shown} names no host: HOST:PORT")
+        host = default_host
+    return host, int(port)
 
 
 def check_data(value: object, what: str, limit: int = MAX_DATA, *, allow_empty: bool = True) -> bytes:
@@ -331,6 +363,16 @@ class EndPoint:
             raise ValueError(f"endpoint how must be text of at most {MAX_HOW} characters")
         if self.relay is not None and not isinstance(self.relay, PeerId):
             raise TypeError(f"endpoint relay must be a PeerId or None, not {type(self.relay).__name__}")
+
+    @classmethod
+    def parse(cls, text: str) -> EndPoint:
+        """The endpoint ``HOST:PORT`` or ``[IPv6]:PORT`` names (what ``str()`` of one gives,
+        without a relay): ``EndPoint.parse("192.168.1.20:7000")``.
+
+        :raises TypeError: when ``text`` is not a string.
+        :raises ValueError: when it is not in that form or the port is 0, naming what is wrong.
+        """
+        return cls(*host_and_port(text))
 
     def __str__(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host

@@ -750,6 +750,11 @@ def test_serve_names_a_bad_dht_bootstrap() -> None:
     assert "'nowhere' is not HOST:PORT" in " ".join(result.stderr.replace("│", " ").split())
     with pytest.raises(typer.BadParameter, match=r"'1\.2\.3\.4:99999': port 99999 is outside 0\.\.65535"):
         parse_address("1.2.3.4:99999")
+    # A superscript two is a digit to str.isdigit() but not to int(): it was a traceback.
+    with pytest.raises(typer.BadParameter, match=r"'1\.2\.3\.4:\u00b2' is not HOST:PORT"):
+        parse_address("1.2.3.4:\u00b2")
+    with pytest.raises(typer.BadParameter, match="an IPv6 address goes in brackets"):
+        parse_address("fe80::1")  # (it was host 'fe80:', port 1)
 
 
 @pytest.mark.parametrize(

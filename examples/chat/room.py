@@ -104,11 +104,11 @@ class Host:
                 await self.tell_all({"left": nickname})
 
     async def invite(self, address: str) -> None:
-        host, port = address.rsplit(":", 1)
         try:
-            peer = await self.node.peer_at(host, int(port))
-        except peerkit.PeerkitError as exc:
-            say(f"* could not reach {address}: {exc}")
+            where = peerkit.EndPoint.parse(address)
+            peer = await self.node.peer_at(where.host, where.port)
+        except (ValueError, peerkit.PeerkitError) as exc:  # (a PeerkitError names the address)
+            say(f"* {exc}")
             return
         self.invited.add(peer.id)
         answer = await peer.invite(ROOM, f"join {self.node.nickname}'s room", timeout=60)
@@ -213,9 +213,8 @@ async def main() -> None:
         "--listen", default=":0", help="HOST:PORT to listen on (port 0 picks one; no HOST: all)"
     )
     args = parser.parse_args()
-    address, port = args.listen.rsplit(":", 1)
     identity = peerkit.Identity.generate()  # or data_dir=...: your own identity and contacts
-    async with peerkit.Node(nickname=args.nickname, identity=identity, listen=(address, int(port))) as node:
+    async with peerkit.Node(nickname=args.nickname, identity=identity, listen=args.listen) as node:
         await node.register_application(ROOM)
         await node.sign_in(peerkit.Scope.ALL)  # (its presence is published while signed in)
         await (host_room(node) if args.host else join_room(node))

@@ -197,10 +197,8 @@ async def main() -> None:
     parser.add_argument("nickname")
     parser.add_argument("--listen", default=":0", help="HOST:PORT (port 0 picks one; no HOST: all)")
     args = parser.parse_args()
-    host, port = args.listen.rsplit(":", 1)
     identity = peerkit.Identity.generate()  # a player's own data dir would keep one
-    listen = (host, int(port))
-    node = peerkit.Node(nickname=args.nickname, identity=identity, listen=listen, discovery=["mdns"])
+    node = peerkit.Node(nickname=args.nickname, identity=identity, listen=args.listen, discovery=["mdns"])
     async with node, anyio.create_task_group() as tg:
         lobby = Lobby(node, tg)
         await node.register_application(GAME)  # "installed": people near me see it in my record

@@ -136,9 +136,8 @@ async def main() -> None:
     parser.add_argument("--listen", default="127.0.0.1:0", help="HOST:PORT for peerkit (port 0 picks one)")
     parser.add_argument("--web", default="127.0.0.1:8000", help="HOST:PORT of the page")
     args = parser.parse_args()
-    listen_host, listen_port = args.listen.rsplit(":", 1)
     identity = peerkit.Identity.generate()
-    node = peerkit.Node(nickname=args.nickname, identity=identity, listen=(listen_host, int(listen_port)))
+    node = peerkit.Node(nickname=args.nickname, identity=identity, listen=args.listen)
     async with node:
         board = Whiteboard(node)
         await node.register_application(BOARD)
@@ -146,12 +145,12 @@ async def main() -> None:
         app.add_routes([web.get("/", board.index), web.get("/ws", board.websocket)])
         runner = web.AppRunner(app)
         await runner.setup()
-        web_host, web_port = args.web.rsplit(":", 1)
-        await web.TCPSite(runner, web_host, int(web_port)).start()
+        web_at = peerkit.EndPoint.parse(args.web)
+        await web.TCPSite(runner, web_at.host, web_at.port).start()
         try:
             if args.join:
-                host, port = args.join.rsplit(":", 1)
-                peer = await node.peer_at(host, int(port))
+                board_at = peerkit.EndPoint.parse(args.join)
+                peer = await node.peer_at(board_at.host, board_at.port)
                 answer = await peer.invite(BOARD, f"{args.nickname} asks to join", timeout=30)
                 if answer is not peerkit.InvitationResponse.ACCEPTED:
                     raise SystemExit(f"the host answered {answer.name.lower()}")

@@ -20,6 +20,7 @@ from collections.abc import Callable
 from typing import Final
 
 from peerkit.discovery.base import DiscoveryProvider
+from peerkit.model import EndPoint
 
 __all__ = ("ENTRY_POINT_GROUP", "ProviderFactory", "create_provider", "provider_names", "register_provider")
 
@@ -117,10 +118,11 @@ def dht(argument: str | None) -> DiscoveryProvider:
         return DhtDiscovery()
     bootstrap = []
     for item in argument.split(","):
-        host, sep, port = item.strip().rpartition(":")
-        if not sep or not port.isdigit() or not 0 < int(port) < 65536:
-            raise ValueError(f"a DHT bootstrap address is HOST:PORT, not {item!r}")
-        bootstrap.append((host.strip("[]"), int(port)))
+        try:
+            endpoint = EndPoint.parse(item)
+        except ValueError as exc:
+            raise ValueError(f"bad DHT bootstrap address: {exc}") from None
+        bootstrap.append((endpoint.host, endpoint.port))
     return DhtDiscovery(bootstrap=bootstrap)
 
 

@@ -17,7 +17,7 @@ import anyio.abc
 from peerkit.discovery.base import Announcement, DiscoverySession, DiscoverySink
 from peerkit.errors import PeerkitError
 from peerkit.identity import PeerId
-from peerkit.model import EndPoint, Scope
+from peerkit.model import EndPoint, Scope, quoted
 
 __all__ = ("StaticDiscovery", "StaticEntry")
 
@@ -42,14 +42,13 @@ class StaticEntry:
         if not isinstance(text, str):
             raise TypeError(f"a static entry must be text, not {type(text).__name__}")
         address, _, id_text = text.partition("#")
-        host, sep, port_text = address.rpartition(":")
-        if not sep or not host or not port_text.isdigit():
-            raise ValueError(f"static entry {text!r} is not host:port[#peer-id]")
+        if ":" not in address:
+            raise ValueError(f"static entry {quoted(text)} is not host:port[#peer-id]")
         try:
-            endpoint = EndPoint(host, int(port_text))
+            endpoint = EndPoint.parse(address)
             peer_id = PeerId.parse(id_text) if id_text else None
         except ValueError as exc:
-            raise ValueError(f"static entry {text!r}: {exc}") from None
+            raise ValueError(f"static entry {quoted(text)}: {exc}") from None
         return cls(endpoint, peer_id)
 
     def __str__(self) -> str:

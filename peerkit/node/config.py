@@ -11,7 +11,7 @@ from peerkit.discovery.base import DiscoveryProvider
 from peerkit.discovery.registry import create_provider
 from peerkit.identity import Identity, check_identity, default_data_dir
 from peerkit.invitations import InvitationPolicy
-from peerkit.model import EndPoint, check_seconds, check_text
+from peerkit.model import EndPoint, check_seconds, check_text, host_and_port
 from peerkit.net.control import KeepalivePolicy
 from peerkit.net.transport import TcpTransport, Transport
 from peerkit.node.mapping import default_on
@@ -78,7 +78,7 @@ class NodeConfig:
         nickname: str = "",
         data_dir: str | os.PathLike[str] | None = None,
         identity: Identity | None = None,
-        listen: tuple[str, int] = ("", 0),
+        listen: tuple[str, int] | str = ("", 0),
         discovery: Iterable[str | DiscoveryProvider] = (),
         network: Transport | None = None,
         invitation_policy: InvitationPolicy = InvitationPolicy.ANYONE,
@@ -107,8 +107,13 @@ class NodeConfig:
             raise TypeError(f"data_dir must be a str or a Path, not {type(data_dir).__name__}")
         if data_dir is None and identity is None:
             data_dir = default_data_dir()
+        if isinstance(listen, str):
+            try:
+                listen = host_and_port(listen, default_host="")
+            except ValueError as exc:
+                raise ValueError(f"listen: {exc}") from None
         if not (isinstance(listen, tuple) and len(listen) == 2):
-            raise TypeError(f"listen must be a (host, port) tuple, not {listen!r}")
+            raise TypeError(f"listen must be a (host, port) tuple or 'HOST:PORT', not {listen!r}")
         host, port = listen
         if not isinstance(host, str) or not isinstance(port, int) or not 0 <= port <= 65535:
             raise ValueError(f"listen must be (host, port) with a port in 0..65535, not {listen!r}")

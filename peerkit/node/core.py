@@ -116,8 +116,8 @@ class Node(EventMethods, FindingMethods, PairingMethods):
         missing). Default: the per-user data directory, or ``$PEERKIT_DATA_DIR``.
     :param identity: use this identity instead of the one in ``data_dir``; without a ``data_dir``
         nothing is persisted (contacts are kept in memory).
-    :param listen: the address and port to listen on (``""``, the default: every address, IPv4 and
-        IPv6; ``"0.0.0.0"``: every IPv4 one; ``"::"``: every IPv6 one); port 0 picks a free one.
+    :param listen: ``(host, port)`` or ``"HOST:PORT"`` to listen on (host ``""``, the default: every
+        address, IPv4 and IPv6; ``"0.0.0.0"``: every IPv4 one; ``"::"``: every IPv6 one); port 0: any.
     :param discovery: discovery providers: names (``"mdns"``, ``"static:HOST:PORT[#ID]"``,
         ``"memory"``, or any from the ``peerkit.discovery`` entry points) or provider objects.
     :param network: how to listen and dial: TCP by default, or a :class:`peerkit.testing.MemoryNetwork`.
@@ -165,7 +165,7 @@ class Node(EventMethods, FindingMethods, PairingMethods):
         nickname: str = "",
         data_dir: str | os.PathLike[str] | None = None,
         identity: Identity | None = None,
-        listen: tuple[str, int] = ("", 0),
+        listen: tuple[str, int] | str = ("", 0),
         discovery: Iterable[str | DiscoveryProvider] = (),
         network: Transport | None = None,
         invitation_policy: InvitationPolicy = InvitationPolicy.ANYONE,

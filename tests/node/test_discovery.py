@@ -62,7 +62,7 @@ async def test_registry_names_the_built_ins() -> None:
     assert dht.bootstrap == (("10.0.0.2", 6881), ("fd00::1", 6882))
     assert dht.scopes is peerkit.Scope.INTERNET
     assert create_provider("dht").bootstrap == DEFAULT_BOOTSTRAP  # for users; tests pass their own
-    with pytest.raises(ValueError, match="a DHT bootstrap address is HOST:PORT, not 'nowhere'"):
+    with pytest.raises(ValueError, match="bad DHT bootstrap address: 'nowhere' is not HOST:PORT"):
         create_provider("dht:nowhere")
     # One entry or address given alone is one (a str was read letter by letter: "'1' is not
     # host:port"), and a ttl of the wrong type is named.

@@ -144,6 +144,18 @@ async def test_wildcard_listen_shows_loopback() -> None:
         assert node.endpoint.host == "127.0.0.1"
 
 
+async def test_listen_may_be_given_as_text() -> None:
+    async with Node(identity=Identity.generate(), listen="127.0.0.1:0") as node:
+        assert node.endpoint.host == "127.0.0.1"
+        assert node.endpoint.port > 0
+    async with Node(identity=Identity.generate(), listen="[::1]:0") as node:
+        assert node.endpoint.host == "::1"
+    with pytest.raises(ValueError, match=r"listen: '127\.0\.0\.1' is not HOST:PORT"):
+        Node(identity=Identity.generate(), listen="127.0.0.1")
+    with pytest.raises(ValueError, match=r"listen: '127\.0\.0\.1:99999': port 99999 is outside"):
+        Node(identity=Identity.generate(), listen="127.0.0.1:99999")
+
+
 async def test_every_method_that_takes_a_peer_id_refuses_anything_else_by_name() -> None:
     # (a text id once made channels() answer 0 and disconnect() nothing, and trace() fail inside)
     async with nodes() as (alice, bob):

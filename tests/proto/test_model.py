@@ -3,6 +3,8 @@ from __future__ import annotations
 import uuid
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from peerkit import (
     Application,
@@ -16,7 +18,7 @@ from peerkit import (
     Scope,
     SubscribePermission,
 )
-from peerkit.model import seconds_text
+from peerkit.model import host_and_port, seconds_text
 
 
 def test_numeric_values_are_those_of_the_original_api() -> None:
@@ -66,6 +68,49 @@ def test_endpoint_equality_ignores_the_name_and_normalises_addresses() -> None:
 def test_endpoint_rejects(args: tuple[object, ...], error: type[Exception], match: str) -> None:
     with pytest.raises(error, match=match):
         EndPoint(*args)  # type: ignore[arg-type]
+
+
+def test_endpoint_parse_reads_what_str_writes() -> None:
+    assert EndPoint.parse("192.168.1.20:7000") == EndPoint("192.168.1.20", 7000)
+    assert EndPoint.parse("[fd00::2]:41235") == EndPoint("fd00::2", 41235)
+    assert EndPoint.parse(" node.example:80 ") == EndPoint("node.example", 80)
+    assert host_and_port(":7000", default_host="") == ("", 7000)
+    assert host_and_port("[::]:0") == ("::", 0)
+
+
+@pytest.mark.parametrize(
+    ("text", "error", "match"),
+    [
+        ("nowhere", ValueError, r"'nowhere' is not HOST:PORT \(for IPv6: \[ADDRESS\]:PORT\)"),
+        ("host:", ValueError, "is not HOST:PORT"),
+        ("host:x", ValueError, "is not HOST:PORT"),
+        ("host:\u00b2", ValueError, "is not HOST:PORT"),  # a digit to isdigit(), not to int()
+        ("host:-1", ValueError, "is not HOST:PORT"),
+        ("host:70000", ValueError, r"port 70000 is outside 0\.\.65535"),
+        ("host:" + "9" * 5000, ValueError, r"the port is outside 0\.\.65535"),
+        ("host:0", ValueError, r"endpoint port 0 is outside 1\.\.65535"),
+        (":7000", ValueError, "names no host"),
+        ("fe80::1", ValueError, r"an IPv6 address goes in brackets, \[ADDRESS\]:PORT"),
+        ("::1:7000", ValueError, "an IPv6 address goes in brackets"),
+        ("[host]:7000", ValueError, "brackets are for an IPv6 address"),
+        ("[]:7000", ValueError, "brackets are for an IPv6 address"),
+        ("a b:7000", ValueError, "not an address or host name"),
+        (b"host:80", TypeError, "an address must be text"),
+    ],
+)
+def test_endpoint_parse_names_what_is_wrong(text: object, error: type[Exception], match: str) -> None:
+    with pytest.raises(error, match=match) as raised:
+        EndPoint.parse(text)  # type: ignore[arg-type]
+    assert len(str(raised.value)) < 300  # a long text is quoted cut short
+
+
+@given(st.text(max_size=80))
+def test_endpoint_parse_takes_any_text(text: str) -> None:
+    try:
+        endpoint = EndPoint.parse(text)
+    except ValueError:
+        return
+    assert EndPoint.parse(str(endpoint)) == endpoint
 
 
 def test_application_limits() -> None:

@@ -33,6 +33,10 @@ def test_a_room_of_three_with_history_presence_and_leaving() -> None:
         alice.expect("alice's room is open")
         bob.expect("waits for an invitation")
         carol.expect("waits for an invitation")
+        alice.sendline("/invite bob")  # not an address: said, and the room stays open
+        alice.expect(r"\* 'bob' is not HOST:PORT")
+        alice.sendline(f"/invite 127.0.0.1:{port()}")  # nothing listens there
+        alice.expect(r"\* could not connect to 127\.0\.0\.1:\d+: connection refused\r\n")
         alice.sendline(f"/invite {places['bob']}")
         bob.expect(r"\* alice invites you: join alice's room")
         bob.expect(r"\* in the room: alice")
