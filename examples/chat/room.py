@@ -214,11 +214,21 @@ async def main() -> None:
     )
     args = parser.parse_args()
     identity = peerkit.Identity.generate()  # or data_dir=...: your own identity and contacts
-    async with peerkit.Node(nickname=args.nickname, identity=identity, listen=args.listen) as node:
+    try:
+        node = peerkit.Node(nickname=args.nickname, identity=identity, listen=args.listen)
+    except ValueError as exc:  # a nickname too long, a --listen that is not HOST:PORT
+        parser.error(str(exc))
+    async with node:
         await node.register_application(ROOM)
         await node.sign_in(peerkit.Scope.ALL)  # (its presence is published while signed in)
         await (host_room(node) if args.host else join_room(node))
 
 
 if __name__ == "__main__":
-    anyio.run(main)
+    try:
+        anyio.run(main)
+    except* (OSError, peerkit.PeerkitError) as failed:  # the port is taken, the host is gone...
+        error: BaseException = failed
+        while isinstance(error, BaseExceptionGroup):
+            error = error.exceptions[0]
+        sys.exit(f"room: {error}")

@@ -198,7 +198,10 @@ async def main() -> None:
     parser.add_argument("--listen", default=":0", help="HOST:PORT (port 0 picks one; no HOST: all)")
     args = parser.parse_args()
     identity = peerkit.Identity.generate()  # a player's own data dir would keep one
-    node = peerkit.Node(nickname=args.nickname, identity=identity, listen=args.listen, discovery=["mdns"])
+    try:
+        node = peerkit.Node(nickname=args.nickname, identity=identity, listen=args.listen, discovery=["mdns"])
+    except ValueError as exc:  # a nickname too long, a --listen that is not HOST:PORT
+        parser.error(str(exc))
     async with node, anyio.create_task_group() as tg:
         lobby = Lobby(node, tg)
         await node.register_application(GAME)  # "installed": people near me see it in my record
@@ -219,4 +222,10 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
-    anyio.run(main)
+    try:
+        anyio.run(main)
+    except* (OSError, peerkit.PeerkitError) as failed:  # the port is taken, no network...
+        error: BaseException = failed
+        while isinstance(error, BaseExceptionGroup):
+            error = error.exceptions[0]
+        sys.exit(f"lobby: {error}")

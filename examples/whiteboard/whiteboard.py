@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import sys
 import uuid
 from pathlib import Path
 from typing import Any
@@ -127,17 +128,28 @@ class Whiteboard:
             await stream.aclose()
 
 
+def address(text: str) -> peerkit.EndPoint:
+    """A ``HOST:PORT`` argument (argparse says what is wrong with one that is not)."""
+    try:
+        return peerkit.EndPoint.parse(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 async def main() -> None:
     usage = argparse.RawDescriptionHelpFormatter
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=usage)
     parser.add_argument("nickname")
     parser.add_argument("--host", action="store_true", help="keep the board; others join it")
-    parser.add_argument("--join", metavar="HOST:PORT", help="join the board of the host there")
+    parser.add_argument("--join", metavar="HOST:PORT", type=address, help="join the board of the host there")
     parser.add_argument("--listen", default="127.0.0.1:0", help="HOST:PORT for peerkit (port 0 picks one)")
-    parser.add_argument("--web", default="127.0.0.1:8000", help="HOST:PORT of the page")
+    parser.add_argument("--web", default="127.0.0.1:8000", type=address, help="HOST:PORT of the page")
     args = parser.parse_args()
     identity = peerkit.Identity.generate()
-    node = peerkit.Node(nickname=args.nickname, identity=identity, listen=args.listen)
+    try:
+        node = peerkit.Node(nickname=args.nickname, identity=identity, listen=args.listen)
+    except ValueError as exc:  # a nickname too long, a --listen that is not HOST:PORT
+        parser.error(str(exc))
     async with node:
         board = Whiteboard(node)
         await node.register_application(BOARD)
@@ -145,12 +157,10 @@ async def main() -> None:
         app.add_routes([web.get("/", board.index), web.get("/ws", board.websocket)])
         runner = web.AppRunner(app)
         await runner.setup()
-        web_at = peerkit.EndPoint.parse(args.web)
-        await web.TCPSite(runner, web_at.host, web_at.port).start()
+        await web.TCPSite(runner, args.web.host, args.web.port).start()
         try:
             if args.join:
-                board_at = peerkit.EndPoint.parse(args.join)
-                peer = await node.peer_at(board_at.host, board_at.port)
+                peer = await node.peer_at(args.join.host, args.join.port)
                 answer = await peer.invite(BOARD, f"{args.nickname} asks to join", timeout=30)
                 if answer is not peerkit.InvitationResponse.ACCEPTED:
                     raise SystemExit(f"the host answered {answer.name.lower()}")
@@ -176,4 +186,10 @@ async def accept(invitation: peerkit.Invitation) -> peerkit.InvitationResponse:
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    try:
+        asyncio.run(main())
+    except* (OSError, peerkit.PeerkitError) as failed:  # a port taken, a host that is not there...
+        error: BaseException = failed
+        while isinstance(error, BaseExceptionGroup):
+            error = error.exceptions[0]
+        sys.exit(f"whiteboard: {error}")

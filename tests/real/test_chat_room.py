@@ -4,6 +4,7 @@ the history first; presence and leaving are shown to the others; the host's /qui
 from __future__ import annotations
 
 import socket
+import subprocess
 import sys
 from pathlib import Path
 
@@ -70,3 +71,21 @@ def test_a_room_of_three_with_history_presence_and_leaving() -> None:
     finally:
         for child in (alice, bob, carol):
             child.terminate(force=True)
+
+
+def test_a_bad_listen_address_or_a_taken_port_is_said_in_a_line() -> None:
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        command = [sys.executable, str(ROOM), "bob", *args]
+        quiet = subprocess.DEVNULL
+        return subprocess.run(command, check=False, capture_output=True, text=True, timeout=30, stdin=quiet)
+
+    wrong = run("--listen", "nowhere")
+    assert wrong.returncode == 2
+    assert "error: listen: 'nowhere' is not HOST:PORT" in wrong.stderr
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        busy = run("--listen", f"127.0.0.1:{taken.getsockname()[1]}")
+    assert busy.returncode == 1
+    assert busy.stderr.startswith("room: cannot listen on 127.0.0.1:")
+    assert "Traceback" not in wrong.stderr + busy.stderr

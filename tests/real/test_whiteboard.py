@@ -107,3 +107,27 @@ def test_a_stroke_drawn_in_one_browser_appears_in_the_other(browser: Any, tmp_pa
             if process is not None:
                 process.terminate()
                 process.communicate(timeout=10)  # (and its pipe closed)
+
+
+def test_a_participant_is_told_what_went_wrong_without_a_traceback() -> None:
+    if importlib.util.find_spec("aiohttp") is None:
+        needed("whiteboard", "aiohttp not installed")
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        command = [sys.executable, str(WHITEBOARD), "bob", "--listen", "127.0.0.1:0", *args]
+        return subprocess.run(command, check=False, capture_output=True, text=True, timeout=30)
+
+    wrong = run("--join", "nowhere")
+    assert wrong.returncode == 2
+    assert "argument --join: 'nowhere' is not HOST:PORT" in wrong.stderr
+    closed = run("--join", f"127.0.0.1:{port()}", "--web", f"127.0.0.1:{port()}")
+    assert closed.returncode == 1
+    assert closed.stderr.startswith("whiteboard: could not connect to 127.0.0.1:")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        busy = run("--host", "--web", f"127.0.0.1:{taken.getsockname()[1]}")
+    assert busy.returncode == 1
+    assert busy.stderr.startswith("whiteboard: ")
+    assert "address already in use" in busy.stderr
+    assert "Traceback" not in wrong.stderr + closed.stderr + busy.stderr
