@@ -1,5 +1,6 @@
-"""People near me: two nodes find each other over mDNS (on the loopback interface here; leave out
-``interfaces`` to use every interface), then one invites the other it found.
+"""People near me: two nodes find each other over mDNS, then one invites the other it found. They
+listen on 127.0.0.1, so mDNS uses the loopback interface alone; a node on every address (leave
+out ``listen``) is announced on every interface.
 
 Run: python examples/people_near_me.py
 """
@@ -14,9 +15,8 @@ CHAT = peerkit.Application(id=uuid.UUID("0b0e5c1a-7c3d-4f2e-9a61-5d3c0c4a1001"),
 
 
 def node(nickname: str) -> peerkit.Node:
-    mdns = peerkit.MdnsDiscovery(interfaces=["127.0.0.1"])  # or discovery=["mdns"]: all interfaces
     identity = peerkit.Identity.generate()
-    return peerkit.Node(nickname=nickname, identity=identity, listen=("127.0.0.1", 0), discovery=[mdns])
+    return peerkit.Node(nickname=nickname, identity=identity, listen="127.0.0.1:0", discovery=["mdns"])
 
 
 async def main() -> None:

@@ -53,6 +53,8 @@ class _ThreadSink:
         self._sink = sink
         self._token = token
         self._local_id = sink.local_id
+        #: Where the node listens (a value: read once, on the provider's thread).
+        self.listen_host: str | None = getattr(sink, "listen_host", None)
 
     @property
     def local_id(self) -> PeerId:

@@ -61,6 +61,7 @@ from peerkit.discovery.base import Announcement, DiscoverySession, DiscoverySink
 from peerkit.errors import InvalidRecord
 from peerkit.identity import PeerId
 from peerkit.model import Scope, check_seconds
+from peerkit.net.transport import WILDCARDS
 from peerkit.proto.records import MAX_ENVELOPE
 
 __all__ = ("SERVICE_TYPE", "MdnsDiscovery", "envelope_from_txt", "txt_for")
@@ -188,13 +189,15 @@ def _instance_label(announcement: Announcement) -> str:
 class MdnsDiscovery:
     """People near me over multicast DNS (NEAR_ME).
 
-    :param interfaces: the addresses of the interfaces to use (IPv4 or IPv6); default: all of them.
+    :param interfaces: the addresses of the interfaces to use (IPv4 or IPv6). Default: where the
+        node listens: every interface for a node on every address, and the interface of its
+        address alone for a node given one (a node kept to loopback is not announced on the LAN).
     :param ip_version: ``"all"`` (IPv4 and IPv6, the default), ``"v4"`` or ``"v6"``.
     :param ttl: seconds the published records live (RFC 6762 suggests 120); a peer that vanishes
         without a goodbye is lost within this time. Tests make it short.
     :param query_timeout: seconds to wait for the records of a newly heard instance.
-    :param interface_check: seconds between checks for new or removed interfaces (when
-        ``interfaces`` is not given).
+    :param interface_check: seconds between checks for new or removed interfaces (when it uses
+        every interface).
     """
 
     scopes = Scope.NEAR_ME
@@ -238,9 +241,11 @@ class MdnsDiscovery:
 
     async def run(self, sink: DiscoverySink, *, task_status: anyio.abc.TaskStatus[DiscoverySession]) -> None:
         """Serve one node until cancelled (see :class:`~peerkit.discovery.DiscoveryProvider`)."""
+        listen_host = getattr(sink, "listen_host", None)
+        interfaces, ip_version = self._where(listen_host if isinstance(listen_host, str) else None)
         azc = AsyncZeroconf(
-            interfaces=self.interfaces if self.interfaces is not None else InterfaceChoice.All,
-            ip_version=_IP_VERSIONS[self.ip_version],
+            interfaces=interfaces if interfaces is not None else InterfaceChoice.All,
+            ip_version=_IP_VERSIONS[ip_version],
         )
         session = _Session(self, azc, sink)
         await azc.zeroconf.async_wait_for_start()
@@ -255,7 +260,7 @@ class MdnsDiscovery:
                     tg.start_soon(session.keep_fresh)
                     tg.start_soon(session.look_up)
                     tg.start_soon(session.publish_loop)
-                    if self.interfaces is None:
+                    if interfaces is None:
                         tg.start_soon(session.follow_interfaces)
                     task_status.started(session)
                     await anyio.sleep_forever()
@@ -268,6 +273,23 @@ class MdnsDiscovery:
                 with anyio.move_on_after(2):
                     await session.goodbye()
                 await azc.async_close()
+
+    def _where(self, listen_host: str | None) -> tuple[list[str] | None, str]:
+        # The interfaces (None: all of them) and IP version to use: those given, or where the
+        # node listens -- the interface of its one address, in that address's family.
+        if self.interfaces is not None or listen_host in (None, *WILDCARDS):
+            return self.interfaces, self.ip_version
+        try:
+            one = ipaddress.ip_address(listen_host)
+        except ValueError:  # (a host name: the node binds what it resolves to, on any interface)
+            return None, self.ip_version
+        family = f"v{one.version}"
+        if self.ip_version not in ("all", family):
+            raise ValueError(
+                f"the node listens on {one} only, and the mDNS provider is for IP{self.ip_version} "
+                "(ip_version): give it interfaces=[...] or listen on that family"
+            )
+        return [str(one)], family
 
     def __repr__(self) -> str:
         return f"<MdnsDiscovery interfaces={self.interfaces or 'all'} ttl={self.ttl}>"

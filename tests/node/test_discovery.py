@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import importlib.metadata
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import anyio
 import anyio.abc
@@ -327,3 +329,33 @@ async def test_records_signed_one_after_another_reach_every_provider_in_that_ord
             await anyio.sleep(0.05)
             await node.sign_out(Scope.NEAR_ME)
         assert slow.seqs[3:] == fast.seqs[3:] == [slow.seqs[3], WITHDRAWN]
+
+
+@pytest.mark.parametrize(
+    ("provider", "listen_host", "where"),
+    [
+        ({}, "", (None, "all")),  # every address: every interface
+        ({}, "0.0.0.0", (None, "all")),
+        ({}, None, (None, "all")),  # (a sink that does not say)
+        ({}, "127.0.0.1", (["127.0.0.1"], "v4")),  # kept to loopback: not announced on the LAN
+        ({}, "fd00::2", (["fd00::2"], "v6")),
+        ({"ip_version": "v4"}, "10.0.0.2", (["10.0.0.2"], "v4")),
+        ({"interfaces": ["10.0.0.3"]}, "127.0.0.1", (["10.0.0.3"], "all")),  # given: kept
+    ],
+)
+async def test_mdns_uses_the_interface_the_node_listens_on(
+    provider: dict[str, Any], listen_host: str | None, where: tuple[list[str] | None, str]
+) -> None:
+    assert MdnsDiscovery(**provider)._where(listen_host) == where
+
+
+async def test_mdns_names_a_family_the_node_does_not_listen_on() -> None:
+    with pytest.raises(ValueError, match=r"listens on ::1 only, and the mDNS provider is for IPv4"):
+        MdnsDiscovery(ip_version="v4")._where("::1")
+
+
+async def test_a_provider_on_an_asyncio_thread_learns_where_the_node_listens() -> None:
+    from peerkit.discovery.island import _ThreadSink
+
+    sink = SimpleNamespace(local_id=Identity.generate().id, listen_host="127.0.0.1")
+    assert _ThreadSink(sink, token=None).listen_host == "127.0.0.1"  # type: ignore[arg-type]

@@ -200,6 +200,29 @@ async def test_mdns_provider_conforms_in_a_namespace(lan: NamespaceLan) -> None:
     assert done.stdout.strip() == b"conforms"
 
 
+async def test_a_node_kept_to_one_address_is_announced_on_its_interface_alone(lan: NamespaceLan) -> None:
+    # alice listens on loopback only: the LAN must not hear of her (it heard her nickname, id and
+    # applications, with an address no one there could dial); carol on her LAN address is heard.
+    bridge = lan.bridge()
+    (ns_a, _), (ns_b, _), (ns_c, (addr_c,)) = lan.host(bridge), lan.host(bridge), lan.host(bridge)
+    async with agents(AGENT) as start:
+        alice = await start(ns_a, *node_args("alice", "--listen", "127.0.0.1"))
+        await start(ns_c, *node_args("carol", "--listen", addr_c))
+        bob = await start(ns_b, *node_args("bob"))
+        heard: set[str] = set()
+
+        def carol_added(line: dict[str, Any]) -> bool:
+            heard.add(line.get("nickname", ""))
+            return change("ADDED", nickname="carol")(line)
+
+        carol = await bob.expect(carol_added)
+        assert [e.rpartition(":")[0] for e in carol["endpoints"]] == [addr_c]
+        await anyio.sleep(2 * TTL)  # (alice probes and announces at once: time enough to be heard)
+        assert "alice" not in heard
+        assert not bob.seen(lambda line: line.get("nickname") == "alice")
+        assert not alice.seen(lambda line: line.get("nickname") in ("bob", "carol"))
+
+
 async def test_address_changes_are_followed(lan: NamespaceLan) -> None:
     bridge = lan.bridge()
     (ns_a, _), (ns_b, _) = lan.host(bridge), lan.host(bridge)
