@@ -557,7 +557,7 @@ def resolve(
 async def _resolve(
     text: str, providers: list[DiscoveryProvider], directory: Path, timeout: float
 ) -> tuple[peerkit.PeerId, tuple[peerkit.EndPoint, ...], float]:
-    async with peerkit.Node(data_dir=directory, listen=("127.0.0.1", 0), discovery=providers) as node:
+    async with inviting_node(directory, providers) as node:
         contact = await resolve_contact(node, text)
         start = anyio.current_time()
         with console.status(f"looking for {contact.fingerprint}", spinner="dots"):

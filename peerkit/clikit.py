@@ -334,7 +334,9 @@ def target_of(text: str) -> str | tuple[str, int]:
 
 
 def inviting_node(directory: Path, providers: list[DiscoveryProvider]) -> peerkit.Node:
-    """The node of a command that invites someone: on loopback, unless it looks for peers near it."""
+    """The node of a command that reaches someone: on loopback, unless it looks for peers through
+    discovery providers, which use the addresses the node listens on (mDNS its interfaces, the
+    DHT its UDP socket): then on every address."""
     listen = ("", 0) if providers else ("127.0.0.1", 0)
     return peerkit.Node(data_dir=directory, listen=listen, discovery=providers)
 

@@ -7,12 +7,16 @@ cable is pulled and carol's attempts fail cleanly, without a hang.
 
 from __future__ import annotations
 
+import json
+import os
 from pathlib import Path
 
 import anyio
 import pytest
 from conftest import agents
+from terminals import PEERKIT
 
+from peerkit import Node
 from peerkit.testing import NamespaceLan
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.network]
@@ -72,6 +76,19 @@ async def test_a_contact_is_found_through_the_dht_where_it_moves_and_fails_clean
 
         # Carol finds alice through the DHT, and invites her there.
         await resolved_at(alice_address, 20)
+        # So does `peerkit resolve` on carol's host (its node's DHT socket was on loopback alone,
+        # where no DHT node answers).
+        dave = tmp_path / "d"
+        async with Node(data_dir=dave, listen="127.0.0.1:0", port_mapping=False) as looker:
+            await looker.contacts.add(looker.contacts.read_card(bytes.fromhex(alice.hello["card"])))
+        resolve = ["resolve", alice_id[:10], "--discovery", f"dht:{bootstrap}", "--data-dir", str(dave)]
+        done = await anyio.run_process(
+            ["ip", "netns", "exec", ns_carol, *PEERKIT, *resolve, "--json", "--timeout", "20"],
+            check=False,
+            env={**os.environ, "PEERKIT_PORT_MAPPING": "off"},
+        )
+        assert done.returncode == 0, done.stderr.decode()[-2000:]
+        assert any(e.startswith(f"{alice_address}:") for e in json.loads(done.stdout)["endpoints"])
         await carol.send(cmd="invite", id=alice_id)
         assert (await carol.expect(lambda line: "invite" in line or "error" in line, timeout=20)).get(
             "invite"
