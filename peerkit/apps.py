@@ -101,6 +101,10 @@ class Registered:
         """The program and its arguments."""
         return [self.path, *shlex.split(self.arguments)]
 
+    def command_text(self) -> str:
+        """:meth:`command` as a shell would read it: an argument with a space in it quoted."""
+        return shlex.join(self.command())
+
 
 def system_registry_path() -> Path:
     """Where the system-wide registry is: ``$PEERKIT_SYSTEM_APPS``, else ``applications.json`` in

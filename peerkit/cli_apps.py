@@ -63,7 +63,7 @@ def apps_register(
         raise typer.BadParameter(str(exc)) from None
     Registry(existing_data_dir(data_dir)).register(registered)
     console.print(
-        f"registered {registered.name} ({registered.id}): {' '.join(registered.command())}", highlight=False
+        f"registered {registered.name} ({registered.id}): {registered.command_text()}", highlight=False
     )
 
 
@@ -121,7 +121,7 @@ def apps_list(
     # (an id whole, on one line, to copy: a long command is folded onto more lines instead)
     table = Table("name", Column("id", no_wrap=True, min_width=36), Column("command", overflow="fold"), "for")
     for r in registered:
-        table.add_row(r.name, str(r.id), " ".join(r.command()), "you" if r.source == "user" else "all users")
+        table.add_row(r.name, str(r.id), r.command_text(), "you" if r.source == "user" else "all users")
     console.print(table)
 
 

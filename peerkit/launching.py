@@ -88,10 +88,11 @@ class Launcher:
             data_dir=self._data_dir,
         )
         logs = self._data_dir / LOG_DIR
+        output = logs / f"{registered.name}.log"
         reading, writing = os.pipe()
         try:
             await anyio.to_thread.run_sync(lambda: logs.mkdir(parents=True, exist_ok=True))
-            with (logs / f"{registered.name}.log").open("ab") as log:
+            with output.open("ab") as log:
                 process = await anyio.open_process(
                     registered.command(),
                     stdin=subprocess.DEVNULL,
@@ -104,7 +105,7 @@ class Launcher:
         except OSError as exc:
             os.close(reading)
             self._say(
-                f"could not launch {registered.name} ({' '.join(registered.command())}): {exc}",
+                f"could not launch {registered.name} ({registered.command_text()}): {exc}",
                 event="launch_failed",
                 application=registered.name,
                 reason=str(exc),
@@ -114,25 +115,29 @@ class Launcher:
             os.close(writing)
         if self._followed < MAX_FOLLOWED:
             self._followed += 1
-            self._tg.start_soon(self._follow, registered, process)
+            self._tg.start_soon(self._follow, registered, process, output)
         wait = min(ANSWER_WAIT, max(invitation.expires_at - anyio.current_time() - 0.5, 0.1))
         answer = await _answer(reading, wait)
         response = InvitationResponse.DECLINED if answer == "decline" else InvitationResponse.ACCEPTED
         self._say(
             f"launched {registered.name} (pid {process.pid}) for {printable(invitation.nickname) or '?'}: "
-            f"{response.name.lower()}",
+            f"{response.name.lower()}; its output goes to {output}",
             event="launched",
             application=registered.name,
             pid=process.pid,
             response=response.name.lower(),
+            output=str(output),
         )
         return response
 
-    async def _follow(self, registered: Registered, process: anyio.abc.Process) -> None:
-        # Report the program's exit (it is not stopped when serve stops).
+    async def _follow(self, registered: Registered, process: anyio.abc.Process, output: Path) -> None:
+        # Report the program's exit (it is not stopped when serve stops), and where to read why
+        # when it failed.
         try:
             code = await process.wait()
-            self._say(f"{registered.name} (pid {process.pid}) exited with {code}", event="exited", code=code)
+            why = f"; its output is in {output}" if code else ""
+            exited = f"{registered.name} (pid {process.pid}) exited with {code}{why}"
+            self._say(exited, event="exited", code=code, output=str(output))
         finally:
             self._followed -= 1
 

@@ -50,11 +50,13 @@ def test_register_list_and_unregister_with_the_system_registry_under_yours(
     (tmp_path / "system-apps.json").write_text(json.dumps(system))
     added = run("apps", "register", "whiteboard", "/opt/board", "--arguments", "--room 'a b'", env=bob)
     assert added.returncode == 0, added.stderr
+    assert added.stdout.endswith(": /opt/board --room 'a b'\n")  # one argument: shown as one
     rows = json.loads(run("apps", "list", "--json", env=bob).stdout)
     assert [(r["name"], r["source"]) for r in rows] == [("whiteboard", "user"), ("lobby", "system")]
     assert rows[0]["id"] == str(well_known_id("whiteboard"))  # (named: the same UUID for everyone)
     table = run("apps", env={**bob, "COLUMNS": "80"}).stdout  # (alone: the list)
     assert rows[0]["id"] in table  # (whole, on one line: people copy it)
+    assert "/opt/board --room 'a b'" in run("apps", env={**bob, "COLUMNS": "120"}).stdout
     registry = Registry(tmp_path / "bob")
     assert registry.find("whiteboard").command() == ["/opt/board", "--room", "a b"]  # type: ignore[union-attr]
     system_only = run("apps", "unregister", "lobby", env=bob)
@@ -143,6 +145,9 @@ def test_serve_launches_a_registered_program_that_answers_and_streams_to_the_inv
     events = [json.loads(line) for line in out.splitlines()]
     launched = [e["response"] for e in events if e["event"] == "launched"]
     assert launched == ["accepted", "declined"]
+    # Where the program's output went: said as it starts, and with a failed exit.
+    log = str(tmp_path / "bob" / "logs" / "board.log")
+    assert {e["output"] for e in events if e["event"] in ("launched", "exited")} == {log}
 
 
 @pytest.mark.network
