@@ -115,6 +115,11 @@ def contacts_add_card(
     async def run() -> tuple[peerkit.Contact, str]:
         async with offline_node(data_dir, create=True) as node:
             contact = node.contacts.read_card(source)
+            if contact.id == node.id:
+                raise typer.BadParameter(
+                    f"that is your own card ({contact.fingerprint}): give it to the people who should "
+                    "trust you, and add theirs"
+                )
             if not node.contacts.has(contact.id):
                 if block:
                     contact = contact.replace(subscribe_allowed=peerkit.SubscribePermission.BLOCKED)
@@ -206,13 +211,17 @@ def contacts_export_card(
     print(text)
 
 
-def _contact_change(text: str, data_dir: Path | None, **changes: object) -> peerkit.Contact:
-    async def run() -> peerkit.Contact:
+def _contact_change(text: str, data_dir: Path | None, **changes: object) -> tuple[str, bool]:
+    # Change a contact; its name for people, and whether anything changed (it was so already).
+    async def run() -> tuple[peerkit.Contact, bool]:
         async with offline_node(data_dir) as node:
             contact = await resolve_contact(node, text)
-            return await node.contacts.update(contact.replace(**changes))
+            if all(getattr(contact, key) == value for key, value in changes.items()):
+                return contact, False
+            return await node.contacts.update(contact.replace(**changes)), True
 
-    return anyio.run(run)
+    found, changed = anyio.run(run)
+    return printable(found.display_name or found.nickname) or found.fingerprint, changed
 
 
 @contacts_app.command("remove")
@@ -250,26 +259,26 @@ def _confirm(question: str) -> bool:
 @contacts_app.command("allow")
 def contacts_allow(contact: ContactId, data_dir: DataDir = None) -> None:
     """Let a contact watch your presence, applications and objects."""
-    found = _contact_change(contact, data_dir, subscribe_allowed=peerkit.SubscribePermission.ALLOWED)
-    console.print(f"{printable(found.nickname) or found.fingerprint} may watch you")
+    name, changed = _contact_change(contact, data_dir, subscribe_allowed=peerkit.SubscribePermission.ALLOWED)
+    console.print(f"{name} may watch you" + ("" if changed else " already"))
 
 
 @contacts_app.command("block")
 def contacts_block(contact: ContactId, data_dir: DataDir = None) -> None:
     """Stop a contact from watching you (it may still ask, and hears nothing)."""
-    found = _contact_change(contact, data_dir, subscribe_allowed=peerkit.SubscribePermission.BLOCKED)
-    console.print(f"{printable(found.nickname) or found.fingerprint} is blocked")
+    name, changed = _contact_change(contact, data_dir, subscribe_allowed=peerkit.SubscribePermission.BLOCKED)
+    console.print(f"{name} is blocked" if changed else f"{name} was blocked already")
 
 
 @contacts_app.command("watch")
 def contacts_watch(contact: ContactId, data_dir: DataDir = None) -> None:
     """Watch a contact (a running 'peerkit serve' or 'peerkit watch' subscribes within a second)."""
-    found = _contact_change(contact, data_dir, is_subscribed=True)
-    console.print(f"watching {printable(found.nickname) or found.fingerprint}")
+    name, changed = _contact_change(contact, data_dir, is_subscribed=True)
+    console.print(f"watching {name}" if changed else f"already watching {name}")
 
 
 @contacts_app.command("unwatch")
 def contacts_unwatch(contact: ContactId, data_dir: DataDir = None) -> None:
     """Stop watching a contact."""
-    found = _contact_change(contact, data_dir, is_subscribed=False)
-    console.print(f"no longer watching {printable(found.nickname) or found.fingerprint}")
+    name, changed = _contact_change(contact, data_dir, is_subscribed=False)
+    console.print(f"no longer watching {name}" if changed else f"you were not watching {name}")

@@ -652,16 +652,21 @@ def test_contacts_commands_add_export_list_and_change_contacts(tmp_path: Path) -
     assert tampered.returncode == 1
     assert tampered.stderr.startswith("error: contact card rejected")
     assert tampered.stderr.count("\n") == 1
-    for command, field, value in [
-        ("block", "subscribe_allowed", "blocked"),
-        ("allow", "subscribe_allowed", "allowed"),
-        ("watch", "is_subscribed", True),
-        ("unwatch", "is_subscribed", False),
+    for command, field, value, said, again in [
+        ("block", "subscribe_allowed", "blocked", "Bob B is blocked", "Bob B was blocked already"),
+        ("allow", "subscribe_allowed", "allowed", "Bob B may watch you", "Bob B may watch you already"),
+        ("watch", "is_subscribed", True, "watching Bob B", "already watching Bob B"),
+        ("unwatch", "is_subscribed", False, "no longer watching Bob B", "you were not watching Bob B"),
     ]:
         changed = run("contacts", command, bob_id[:8], env=alice)
         assert changed.returncode == 0, changed.stderr
+        assert changed.stdout == f"{said}\n"
         (listed,) = json.loads(run("contacts", "list", "--json", env=alice).stdout)
         assert listed[field] == value, command
+        assert run("contacts", command, bob_id[:8], env=alice).stdout == f"{again}\n"
+    own = run("contacts", "add-card", run("contacts", "export-card", env=alice).stdout.strip(), env=alice)
+    assert own.returncode == 2
+    assert "that is your own card" in " ".join(own.stderr.replace("│", " ").split())
     unknown = run("contacts", "remove", "zzzzzzzz", env=alice)
     assert unknown.returncode == 2
     assert "no contact's id starts with 'zzzzzzzz'" in unknown.stderr
