@@ -31,6 +31,7 @@ from peerkit.clikit import (
     EXIT_EXPIRED,
     DataDir,
     Discovery,
+    ListenAt,
     age_text,
     cancel_on_signal,
     check_nickname,
@@ -43,6 +44,7 @@ from peerkit.clikit import (
     inviting_node,
     offline_node,
     parse_address,
+    parse_listen,
     peer_named,
     print_error,
     providers_for,
@@ -191,13 +193,7 @@ def demo(
 
 @app.command()
 def serve(
-    listen_at: Annotated[
-        str,
-        typer.Option(
-            "--listen",
-            help="HOST:PORT to listen on (port 0 picks one; no HOST: every address, IPv4 and IPv6).",
-        ),
-    ] = ":0",
+    listen_at: ListenAt = ":0",
     accept: Annotated[
         list[str] | None,
         typer.Option(
@@ -255,7 +251,7 @@ def serve(
     from peerkit.reporting import serving
     from peerkit.serving import run_serve
 
-    host, port = parse_address(listen_at, default_host="")
+    host, port = parse_listen(listen_at)
     directory = data_dir_of(data_dir)
     apps = app_ids(accept or [], directory)
     check_nickname(nickname)
@@ -726,20 +722,14 @@ def presence_set(
 
 @app.command()
 def watch(
-    listen_at: Annotated[
-        str,
-        typer.Option(
-            "--listen",
-            help="HOST:PORT to listen on (port 0 picks one; no HOST: every address, IPv4 and IPv6).",
-        ),
-    ] = ":0",
+    listen_at: ListenAt = ":0",
     discovery: Discovery = None,
     data_dir: DataDir = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON lines for scripts.")] = False,
 ) -> None:
     """Sign in and print the changes of the contacts you watch (presence, applications, objects,
     endpoint names) as they happen, until Ctrl-C or SIGTERM."""
-    host, port = parse_address(listen_at, default_host="")
+    host, port = parse_listen(listen_at)
     providers = providers_named(discovery)
     anyio.run(_watch, host, port, providers, existing_data_dir(data_dir), as_json)
 

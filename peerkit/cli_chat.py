@@ -24,7 +24,7 @@ from peerkit.clikit import (
     cancel_on_signal,
     existing_data_dir,
     inviting_node,
-    parse_address,
+    parse_listen,
     peer_named,
     providers_for,
     providers_named,
@@ -74,7 +74,9 @@ def chat_command(
     listen_at: Annotated[
         str,
         typer.Option(
-            "--listen", help="Waiting: HOST:PORT to listen on (port 0 picks one; no HOST: IPv4 and IPv6)."
+            "--listen",
+            help="Waiting: HOST:PORT, or a PORT alone, to listen on (port 0 picks one; no HOST: IPv4 "
+            "and IPv6).",
         ),
     ] = ":0",
     discovery: Discovery = None,
@@ -91,7 +93,7 @@ def chat_command(
     check_text(message, "invitation message")
     directory = existing_data_dir(data_dir)
     if peer is None:
-        host, port = parse_address(listen_at, default_host="")
+        host, port = parse_listen(listen_at)
         anyio.run(_wait_for_chat, directory, (host, port), providers_named(discovery), yes)
         return
     target = target_of(peer)

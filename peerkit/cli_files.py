@@ -29,13 +29,14 @@ from peerkit.clikit import (
     DataDir,
     Discovery,
     Expected,
+    ListenAt,
     accept_invitation,
     cancel_on_signal,
     console,
     count_text,
     existing_data_dir,
     inviting_node,
-    parse_address,
+    parse_listen,
     peer_named,
     providers_for,
     providers_named,
@@ -229,13 +230,7 @@ def receive_command(
             "--yes", "-y", help="Accept the first offer without asking; a name taken is kept (a new name)."
         ),
     ] = False,
-    listen_at: Annotated[
-        str,
-        typer.Option(
-            "--listen",
-            help="HOST:PORT to listen on (port 0 picks one; no HOST: every address, IPv4 and IPv6).",
-        ),
-    ] = ":0",
+    listen_at: ListenAt = ":0",
     discovery: Discovery = None,
     data_dir: DataDir = None,
 ) -> None:
@@ -247,7 +242,7 @@ def receive_command(
     Exits with 0 when every file arrived intact, 1 when one failed.
     """
     directory = existing_data_dir(data_dir)
-    host, port = parse_address(listen_at, default_host="")
+    host, port = parse_listen(listen_at)
     into = checked_into(into)
     code = anyio.run(_receive, directory, (host, port), providers_named(discovery), into, yes)
     if code:

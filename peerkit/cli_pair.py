@@ -13,12 +13,14 @@ from rich.text import Text
 import peerkit
 from peerkit.clikit import (
     DataDir,
+    ListenAt,
     cancel_on_signal,
     console,
     dialled_at,
     dialled_text,
     existing_data_dir,
     parse_address,
+    parse_listen,
     providers_named,
 )
 from peerkit.discovery.base import DiscoveryProvider
@@ -43,13 +45,7 @@ def pair_command(
             "--at", help="HOST:PORT of the waiting side, where it cannot be found by mDNS (another network)."
         ),
     ] = None,
-    listen_at: Annotated[
-        str,
-        typer.Option(
-            "--listen",
-            help="HOST:PORT to listen on (port 0 picks one; no HOST: every address, IPv4 and IPv6).",
-        ),
-    ] = ":0",
+    listen_at: ListenAt = ":0",
     timeout: Annotated[
         float, typer.Option(min=1, max=3600, help="Seconds the code stays valid (at most 3600).")
     ] = PAIR_TIMEOUT,
@@ -72,7 +68,7 @@ def pair_command(
     A wrong code fails on both sides and uses the code up; a code expires after --timeout.
     """
     directory = existing_data_dir(data_dir)
-    host, port = parse_address(listen_at, default_host="")
+    host, port = parse_listen(listen_at)
     providers = providers_named(discovery) if discovery else []
     if code is not None:
         try:

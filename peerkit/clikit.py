@@ -33,6 +33,7 @@ __all__ = (
     "DataDir",
     "Discovery",
     "Expected",
+    "ListenAt",
     "accept_invitation",
     "cancel_on_signal",
     "check_nickname",
@@ -43,6 +44,7 @@ __all__ = (
     "nearby_named",
     "offline_node",
     "parse_address",
+    "parse_listen",
     "peer_named",
     "print_error",
     "providers_named",
@@ -69,6 +71,16 @@ DataDir = Annotated[
     Path | None,
     typer.Option(
         "--data-dir", help="Where the identity lives [default: $PEERKIT_DATA_DIR or the user data dir]"
+    ),
+]
+
+
+ListenAt = Annotated[
+    str,
+    typer.Option(
+        "--listen",
+        help="HOST:PORT, or a PORT alone, to listen on (port 0 picks one; no HOST: every address, IPv4 "
+        "and IPv6).",
     ),
 ]
 
@@ -182,6 +194,20 @@ def parse_address(text: str, default_host: str = "0.0.0.0") -> tuple[str, int]:
         return host_and_port(text, default_host=default_host)
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None
+
+
+def parse_listen(text: str) -> tuple[str, int]:
+    """A ``--listen`` value: ``HOST:PORT``, ``[IPv6]:PORT``, or ``:PORT`` or a ``PORT`` alone (every
+    address).
+
+    :raises typer.BadParameter: when it is none of those.
+    """
+    bare = text.strip()
+    if not (bare.isascii() and bare.isdigit()):
+        return parse_address(text, default_host="")
+    if len(bare) > 5 or int(bare) > 65535:
+        raise typer.BadParameter(f"port {bare[:12]} is outside 0..65535")
+    return "", int(bare)
 
 
 @asynccontextmanager

@@ -10,6 +10,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -906,9 +907,12 @@ def test_every_help_shows_each_default_once() -> None:
 
 @pytest.mark.network
 def test_a_node_on_every_address_shows_where_other_machines_dial_it(tmp_path: Path) -> None:
-    server, info = start_server(tmp_path, "--listen", ":0")
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+    server, info = start_server(tmp_path, "--listen", str(port))  # (a port alone: every address)
     try:
-        port = info["port"]
+        assert info["port"] == port
         hosts = [a.rsplit(":", 1)[0].strip("[]") for a in info["addresses"]]
         others = [h for h in hosts if not ipaddress.ip_address(h).is_loopback]
         # This host's addresses (loopback only when it has no other: other machines cannot use it).
@@ -918,6 +922,19 @@ def test_a_node_on_every_address_shows_where_other_machines_dial_it(tmp_path: Pa
         assert reach.stdout.startswith(f"listening at {info['addresses'][0]}"), reach.stdout
     finally:
         stop(server)
+
+
+def test_listen_takes_a_port_alone() -> None:
+    from peerkit.clikit import parse_listen
+
+    assert parse_listen("7000") == ("", 7000)
+    assert parse_listen(" 0 ") == ("", 0)
+    assert parse_listen("127.0.0.1:7000") == ("127.0.0.1", 7000)
+    assert parse_listen("[::1]:0") == ("::1", 0)
+    with pytest.raises(typer.BadParameter, match=r"^port 99999 is outside 0\.\.65535$"):
+        parse_listen("99999")
+    with pytest.raises(typer.BadParameter, match="is not HOST:PORT"):
+        parse_listen("\u00b2")
 
 
 def test_counts_and_ages_are_written_as_people_write_them() -> None:
