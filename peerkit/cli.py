@@ -276,7 +276,7 @@ def parse_relay(text: str) -> EndPoint:
     try:
         if not sep:
             raise ValueError("it has no '#ID'")
-        return EndPoint(*parse_address(address, default_host=""), relay=PeerId.parse(peer))
+        return EndPoint(*parse_address(address), relay=PeerId.parse(peer))
     except (ValueError, typer.BadParameter) as exc:
         raise typer.BadParameter(f"{text!r} is not HOST:PORT#RELAY_ID: {exc}", param_hint="--via") from None
 

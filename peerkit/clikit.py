@@ -184,9 +184,9 @@ def dialled_text(node: peerkit.Node) -> str:
     return shown + (", ..." if len(endpoints) > SHOWN_ADDRESSES else "")
 
 
-def parse_address(text: str, default_host: str = "0.0.0.0") -> tuple[str, int]:
-    """``HOST:PORT``, ``[IPv6]:PORT`` or ``:PORT`` as a (host, port) pair (see
-    :func:`peerkit.model.host_and_port`).
+def parse_address(text: str, default_host: str | None = None) -> tuple[str, int]:
+    """``HOST:PORT``, ``[IPv6]:PORT``, or with a ``default_host``, ``:PORT``, as a (host, port) pair
+    (see :func:`peerkit.model.host_and_port`).
 
     :raises typer.BadParameter: when it is none of those.
     """

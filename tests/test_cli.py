@@ -761,6 +761,9 @@ def test_serve_names_a_bad_dht_bootstrap() -> None:
         parse_address("1.2.3.4:\u00b2")
     with pytest.raises(typer.BadParameter, match="an IPv6 address goes in brackets"):
         parse_address("fe80::1")  # (it was host 'fe80:', port 1)
+    with pytest.raises(typer.BadParameter, match="':6881' names no host"):
+        parse_address(":6881")  # (it was 0.0.0.0: a bootstrap on this machine)
+    assert parse_address(":6881", "127.0.0.1") == ("127.0.0.1", 6881)
 
 
 @pytest.mark.parametrize(
