@@ -191,7 +191,8 @@ class MdnsDiscovery:
 
     :param interfaces: the addresses of the interfaces to use (IPv4 or IPv6). Default: where the
         node listens: every interface for a node on every address, and the interface of its
-        address alone for a node given one (a node kept to loopback is not announced on the LAN).
+        address alone for a node given one (a node kept to loopback is not announced on the LAN:
+        it meets this machine's nodes on IPv4's loopback, which carries multicast, as IPv6's does not).
     :param ip_version: ``"all"`` (IPv4 and IPv6, the default), ``"v4"`` or ``"v6"``.
     :param ttl: seconds the published records live (RFC 6762 suggests 120); a peer that vanishes
         without a goodbye is lost within this time. Tests make it short.
@@ -283,6 +284,9 @@ class MdnsDiscovery:
             one = ipaddress.ip_address(listen_host)
         except ValueError:  # (a host name: the node binds what it resolves to, on any interface)
             return None, self.ip_version
+        if one.is_loopback and self.ip_version != "v6":
+            # (IPv4's loopback carries multicast, IPv6's does not: this machine's nodes meet there)
+            return ["127.0.0.1"], "v4"
         family = f"v{one.version}"
         if self.ip_version not in ("all", family):
             raise ValueError(

@@ -339,6 +339,9 @@ async def test_records_signed_one_after_another_reach_every_provider_in_that_ord
         ({}, None, (None, "all")),  # (a sink that does not say)
         ({}, "127.0.0.1", (["127.0.0.1"], "v4")),  # kept to loopback: not announced on the LAN
         ({}, "fd00::2", (["fd00::2"], "v6")),
+        ({}, "::1", (["127.0.0.1"], "v4")),  # (IPv6's loopback carries no multicast)
+        ({"ip_version": "v4"}, "::1", (["127.0.0.1"], "v4")),
+        ({"ip_version": "v6"}, "::1", (["::1"], "v6")),  # (asked for)
         ({"ip_version": "v4"}, "10.0.0.2", (["10.0.0.2"], "v4")),
         ({"interfaces": ["10.0.0.3"]}, "127.0.0.1", (["10.0.0.3"], "all")),  # given: kept
     ],
@@ -350,8 +353,8 @@ async def test_mdns_uses_the_interface_the_node_listens_on(
 
 
 async def test_mdns_names_a_family_the_node_does_not_listen_on() -> None:
-    with pytest.raises(ValueError, match=r"listens on ::1 only, and the mDNS provider is for IPv4"):
-        MdnsDiscovery(ip_version="v4")._where("::1")
+    with pytest.raises(ValueError, match=r"listens on fd00::2 only, and the mDNS provider is for IPv4"):
+        MdnsDiscovery(ip_version="v4")._where("fd00::2")
 
 
 async def test_a_provider_on_an_asyncio_thread_learns_where_the_node_listens() -> None:
