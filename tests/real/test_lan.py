@@ -223,6 +223,31 @@ async def test_a_node_kept_to_one_address_is_announced_on_its_interface_alone(la
         assert not alice.seen(lambda line: line.get("nickname") in ("bob", "carol"))
 
 
+_TWO_ON_LOOPBACK = """
+import sys, anyio, peerkit
+async def main() -> None:
+    def node(name: str) -> peerkit.Node:
+        return peerkit.Node(nickname=name, identity=peerkit.Identity.generate(), listen=(sys.argv[1], 0),
+                            discovery=["mdns"], port_mapping=False)
+    async with node("alice") as alice, node("bob") as bob:
+        await alice.sign_in(peerkit.Scope.NEAR_ME)
+        await bob.sign_in(peerkit.Scope.NEAR_ME)
+        found = await alice.find_nearby(nickname="bob", timeout=10)
+        print(found.endpoints[0].host)
+anyio.run(main)
+"""
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "::1"])
+async def test_two_nodes_kept_to_loopback_find_each_other(lan: NamespaceLan, host: str) -> None:
+    # (on IPv6's loopback, which carries no multicast, mDNS found nobody)
+    ns, _ = lan.host(lan.bridge())
+    command = ["ip", "netns", "exec", ns, sys.executable, "-c", _TWO_ON_LOOPBACK, host]
+    done = await anyio.run_process(command, check=False)
+    assert done.returncode == 0, done.stderr.decode()[-2000:]
+    assert done.stdout.decode().strip() == host
+
+
 async def test_address_changes_are_followed(lan: NamespaceLan) -> None:
     bridge = lan.bridge()
     (ns_a, _), (ns_b, _) = lan.host(bridge), lan.host(bridge)
