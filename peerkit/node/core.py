@@ -995,6 +995,6 @@ class Node(EventMethods, FindingMethods, PairingMethods):
         return self._publishing.subscribers()
 
     def __repr__(self) -> str:
-        state = "running" if self._running else "stopped"
+        state = f"running at {self._endpoint}" if self._running else "stopped"
         who = self._identity.id.fingerprint if self._identity is not None else "?"
         return f"<Node {self._nickname or '?'} {who} {state}>"

@@ -145,9 +145,12 @@ async def test_wildcard_listen_shows_loopback() -> None:
 
 
 async def test_listen_may_be_given_as_text() -> None:
-    async with Node(identity=Identity.generate(), listen="127.0.0.1:0") as node:
+    node = Node(identity=Identity.generate(), listen="127.0.0.1:0")
+    assert repr(node) == f"<Node ? {node.id.fingerprint} stopped>"
+    async with node:
         assert node.endpoint.host == "127.0.0.1"
         assert node.endpoint.port > 0
+        assert repr(node) == f"<Node ? {node.id.fingerprint} running at 127.0.0.1:{node.endpoint.port}>"
     async with Node(identity=Identity.generate(), listen="[::1]:0") as node:
         assert node.endpoint.host == "::1"
     with pytest.raises(ValueError, match=r"listen: '127\.0\.0\.1' is not HOST:PORT"):
