@@ -38,6 +38,7 @@ __all__ = (
     "cancel_on_signal",
     "check_nickname",
     "console",
+    "dht_hint",
     "err_console",
     "existing_data_dir",
     "inviting_node",
@@ -357,6 +358,22 @@ async def nearby_named(node: peerkit.Node, name: str, wait: float) -> peerkit.Ne
 def target_of(text: str) -> str | tuple[str, int]:
     """A peer as the command line gives it: ``HOST:PORT`` (as a pair), or a name."""
     return parse_address(text, "127.0.0.1") if ":" in text else text
+
+
+def dht_hint(providers: list[DiscoveryProvider]) -> str:
+    """Why a search through the DHT may have found nothing, to add to its error: that a running
+    ``dht`` provider's node reached no other node (this machine offline, or UDP blocked), naming
+    its bootstrap; "" otherwise."""
+    from peerkit.dht.provider import DhtDiscovery  # (the DHT's modules: only when it is asked)
+
+    for dht in (p for p in providers if isinstance(p, DhtDiscovery)):
+        if dht.nodes and not any(node.status().nodes for node in dht.nodes):
+            through = ", ".join(f"[{h}]:{p}" if ":" in h else f"{h}:{p}" for h, p in dht.bootstrap[:3])
+            return (
+                f"; the DHT node reached no other node (bootstrap: {through}): is this machine "
+                "online, and does its network let UDP through?"
+            )
+    return ""
 
 
 def inviting_node(directory: Path, providers: list[DiscoveryProvider]) -> peerkit.Node:

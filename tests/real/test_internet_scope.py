@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import shutil
 import socket
 import sys
@@ -217,6 +218,36 @@ async def test_peerkit_resolve_finds_a_contact_through_the_dht(tmp_path: Path) -
         assert done.returncode != 0
         assert "Traceback" not in done.stderr.decode()
         assert "no contact's id starts with" in " ".join(done.stderr.decode().split())
+
+
+async def test_peerkit_resolve_says_when_its_dht_node_reached_nobody(tmp_path: Path) -> None:
+    # A contact not found: through a DHT that answers, the error says only that; through a
+    # bootstrap that never answers (this machine offline, UDP blocked), it says that too.
+    async with (
+        Node(nickname="alice", identity=Identity.generate(), listen="127.0.0.1:0", discovery=[]) as alice,
+        Node(nickname="bob", data_dir=tmp_path / "bob", listen="127.0.0.1:0", discovery=[]) as bob,
+    ):
+        await bob.contacts.add(bob.contacts.read_card(alice.contacts.sign_card()))
+    command = [sys.executable, "-c", "from peerkit.cli import main; main()", "resolve", str(alice.id)[:10]]
+    options = ["--data-dir", str(tmp_path / "bob"), "--timeout", "2"]
+    env = {**os.environ, "PEERKIT_PORT_MAPPING": "off"}
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as silent:
+        silent.bind(("127.0.0.1", 0))
+        where = f"127.0.0.1:{silent.getsockname()[1]}"
+        done = await anyio.run_process(
+            [*command, *options, "--discovery", f"dht:{where}"], check=False, env=env
+        )
+    said = " ".join(done.stderr.decode().split())
+    assert done.returncode == 1, said
+    assert f"within 2 s; the DHT node reached no other node (bootstrap: {where})" in said
+    async with loopback_dht(4) as dht:
+        host, port = dht[0].address
+        done = await anyio.run_process(
+            [*command, *options, "--discovery", f"dht:{host}:{port}"], check=False, env=env
+        )
+    said = " ".join(done.stderr.decode().split())
+    assert done.returncode == 1, said
+    assert said.endswith(f"no provider found {alice.id.fingerprint} within 2 s"), said
 
 
 async def test_watching_a_contact_that_moved_follows_it_through_the_dht() -> None:
