@@ -39,7 +39,6 @@ from peerkit.clikit import (
     count_text,
     data_dir_of,
     default_command,
-    dht_hint,
     existing_data_dir,
     fingerprint_column,
     inviting_node,
@@ -566,7 +565,7 @@ async def _resolve(
                     if anyio.current_time() - start >= timeout:
                         within = seconds_text(timeout)
                         raise PeerUnreachable(
-                            f"no provider found {contact.fingerprint} within {within}{dht_hint(providers)}"
+                            f"no provider found {contact.fingerprint} within {within}"
                         ) from None
                     await anyio.sleep(0.5)  # a DHT just joined may need a moment
 

@@ -17,7 +17,7 @@ from rich.text import Text
 
 import peerkit
 from peerkit.discovery.base import DiscoveryProvider
-from peerkit.errors import IdentityError
+from peerkit.errors import IdentityError, PeerUnreachable
 from peerkit.identity import KEY_FILE_NAME, default_data_dir
 from peerkit.model import check_text, host_and_port, printable
 from peerkit.net.transport import local_addresses
@@ -376,12 +376,24 @@ def dht_hint(providers: list[DiscoveryProvider]) -> str:
     return ""
 
 
-def inviting_node(directory: Path, providers: list[DiscoveryProvider]) -> peerkit.Node:
+@asynccontextmanager
+async def inviting_node(directory: Path, providers: list[DiscoveryProvider]) -> AsyncIterator[peerkit.Node]:
     """The node of a command that reaches someone: on loopback, unless it looks for peers through
     discovery providers, which use the addresses the node listens on (mDNS its interfaces, the
-    DHT its UDP socket): then on every address."""
+    DHT its UDP socket): then on every address. A peer not reached says why the DHT may not have
+    found it (:func:`dht_hint`)."""
     listen = ("", 0) if providers else ("127.0.0.1", 0)
-    return peerkit.Node(data_dir=directory, listen=listen, discovery=providers)
+    async with peerkit.Node(data_dir=directory, listen=listen, discovery=providers) as node:
+        try:
+            yield node
+        except Exception as exc:
+            failure: BaseException = exc
+            while isinstance(failure, BaseExceptionGroup) and len(failure.exceptions) == 1:
+                failure = failure.exceptions[0]  # (raised in a task group of the command's)
+            hint = dht_hint(providers) if isinstance(failure, PeerUnreachable) else ""
+            if not hint:  # (asked while the DHT node still runs)
+                raise
+            raise PeerUnreachable(f"{failure}{hint}") from exc
 
 
 def providers_for(target: str | tuple[str, int], discovery: list[str] | None) -> list[DiscoveryProvider]:

@@ -220,7 +220,7 @@ async def test_peerkit_resolve_finds_a_contact_through_the_dht(tmp_path: Path) -
         assert "no contact's id starts with" in " ".join(done.stderr.decode().split())
 
 
-async def test_peerkit_resolve_says_when_its_dht_node_reached_nobody(tmp_path: Path) -> None:
+async def test_commands_say_when_their_dht_node_reached_nobody(tmp_path: Path) -> None:
     # A contact not found: through a DHT that answers, the error says only that; through a
     # bootstrap that never answers (this machine offline, UDP blocked), it says that too.
     async with (
@@ -237,9 +237,14 @@ async def test_peerkit_resolve_says_when_its_dht_node_reached_nobody(tmp_path: P
         done = await anyio.run_process(
             [*command, *options, "--discovery", f"dht:{where}"], check=False, env=env
         )
-    said = " ".join(done.stderr.decode().split())
-    assert done.returncode == 1, said
-    assert f"within 2 s; the DHT node reached no other node (bootstrap: {where})" in said
+        said = " ".join(done.stderr.decode().split())
+        assert done.returncode == 1, said
+        assert f"within 2 s; the DHT node reached no other node (bootstrap: {where})" in said
+        invite = [*command[:3], "invite", str(alice.id)[:10], "chat", "--data-dir", str(tmp_path / "bob")]
+        done = await anyio.run_process([*invite, "--discovery", f"dht:{where}"], check=False, env=env)
+        said = " ".join(done.stderr.decode().split())
+        assert done.returncode == 1, said
+        assert f"; the DHT node reached no other node (bootstrap: {where})" in said  # (so do the others)
     async with loopback_dht(4) as dht:
         host, port = dht[0].address
         done = await anyio.run_process(
