@@ -39,6 +39,7 @@ from peerkit.clikit import (
     count_text,
     data_dir_of,
     default_command,
+    dht_hint,
     existing_data_dir,
     fingerprint_column,
     inviting_node,
@@ -591,14 +592,17 @@ def reach(
     directory = data_dir_of(data_dir)
     if contact is not None:
         providers = providers_named(discovery or ["dht"])
-        who, steps = anyio.run(_trace, contact, providers, existing_data_dir(data_dir), timeout)
+        who, steps, hint = anyio.run(_trace, contact, providers, existing_data_dir(data_dir), timeout)
         if as_json:
             rows = [
                 {**dataclasses.asdict(s), "endpoint": str(s.endpoint) if s.endpoint else None} for s in steps
             ]
-            print(json.dumps({"peer": str(who), "steps": rows}))
+            print(json.dumps({"peer": str(who.id), "steps": rows}))
         else:
-            console.print(trace_text(who.fingerprint, steps))
+            name = printable(who.display_name or who.nickname)
+            console.print(trace_text(f"{name} ({who.fingerprint})" if name else who.fingerprint, steps))
+            if hint:
+                console.print(hint.removeprefix("; "))
         if not any(s.ok and s.way != "resolve" for s in steps):
             raise typer.Exit(1)
         return
@@ -618,11 +622,13 @@ def reach(
 
 async def _trace(
     text: str, providers: list[DiscoveryProvider], directory: Path, timeout: float
-) -> tuple[peerkit.PeerId, list[Any]]:
+) -> tuple[peerkit.Contact, list[Any], str]:
+    # The contact, the ways tried, and why the DHT may have found nothing (see dht_hint).
     async with peerkit.Node(data_dir=directory, listen=("", 0), discovery=providers) as node:
         contact = await resolve_contact(node, text)
         with console.status(f"trying every way to {contact.fingerprint}", spinner="dots"):
-            return contact.id, await node.trace(contact.id, timeout=timeout)
+            steps = await node.trace(contact.id, timeout=timeout)
+        return contact, steps, "" if any(s.ok for s in steps) else dht_hint(providers)
 
 
 dht_app = typer.Typer(help="The Mainline DHT node that serves the Internet scope (alone: its status).")

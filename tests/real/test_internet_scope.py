@@ -245,6 +245,20 @@ async def test_commands_say_when_their_dht_node_reached_nobody(tmp_path: Path) -
         said = " ".join(done.stderr.decode().split())
         assert done.returncode == 1, said
         assert f"; the DHT node reached no other node (bootstrap: {where})" in said  # (so do the others)
+        reach = [
+            *command[:3],
+            "reach",
+            str(alice.id)[:10],
+            "--timeout",
+            "2",
+            "--data-dir",
+            str(tmp_path / "bob"),
+        ]
+        done = await anyio.run_process([*reach, "--discovery", f"dht:{where}"], check=False, env=env)
+        assert done.returncode == 1
+        lines = done.stdout.decode().splitlines()
+        assert lines[0] == f"ways to alice ({alice.id.fingerprint}):"
+        assert lines[-1].startswith(f"the DHT node reached no other node (bootstrap: {where})")
     async with loopback_dht(4) as dht:
         host, port = dht[0].address
         done = await anyio.run_process(
