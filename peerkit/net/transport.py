@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import ipaddress
 import os
+import socket
 import time
 from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, Final, Protocol
@@ -73,6 +74,9 @@ def system_reason(exc: OSError) -> str:
     error it was raised from."""
     seen: BaseException | None = exc
     for _ in range(4):  # (a short chain: the error, and what it was raised from)
+        if isinstance(seen, socket.gaierror):  # (a host name's look-up: its numbers are not errno's)
+            words = seen.strerror or "the host name could not be looked up"
+            return words[:1].lower() + words[1:]
         if isinstance(seen, OSError) and seen.errno:
             words = os.strerror(seen.errno)
             return words[:1].lower() + words[1:]

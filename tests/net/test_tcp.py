@@ -414,6 +414,13 @@ def test_unreachable_maps_broken_connections_only() -> None:
         raise OSError("All connection attempts failed") from ConnectionRefusedError(errno.ECONNREFUSED, "x")
     with pytest.raises(PeerUnreachable, match=r"^gone: nope$"), unreachable("gone", detail=True):
         raise OSError("nope")
+    # A host name that does not resolve: the look-up's words (its number, -2, is not an errno's:
+    # it read "unknown error -2").
+    with (
+        pytest.raises(PeerUnreachable, match=r"^gone: name or service not known$"),
+        unreachable("gone", detail=True),
+    ):
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
     with pytest.raises(PeerUnreachable), unreachable("gone", anyio.WouldBlock):
         raise anyio.WouldBlock
     # Closed here, not broken there: not mapped.
