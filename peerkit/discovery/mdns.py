@@ -186,6 +186,16 @@ def _instance_label(announcement: Announcement) -> str:
     return nickname + suffix
 
 
+def _interface_address(text: str) -> str:
+    # An interface as zeroconf takes it: by an address of it (IPv4 or IPv6), not by its name.
+    try:
+        return str(ipaddress.ip_address(text))
+    except ValueError:
+        raise ValueError(
+            f"an mDNS interface is given by its address (as 192.168.1.20 or fd00::2), not {text!r}"
+        ) from None
+
+
 class MdnsDiscovery:
     """People near me over multicast DNS (NEAR_ME).
 
@@ -215,7 +225,7 @@ class MdnsDiscovery:
         if isinstance(interfaces, str):  # (one address: not a sequence of one-letter ones)
             interfaces = [interfaces]
         if interfaces is not None:
-            interfaces = [str(ipaddress.ip_address(i)) for i in interfaces]
+            interfaces = [_interface_address(i) for i in interfaces]
             if not interfaces:
                 raise ValueError("interfaces must name at least one interface address (or be None for all)")
         self.interfaces = interfaces

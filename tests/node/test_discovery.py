@@ -138,8 +138,10 @@ async def test_provider_options_are_checked() -> None:
         MdnsDiscovery(ttl=0)
     with pytest.raises(ValueError, match="ip_version"):
         MdnsDiscovery(ip_version="v5")
-    with pytest.raises(ValueError, match="does not appear to be an IPv4 or IPv6 address"):
+    with pytest.raises(ValueError, match=r"an mDNS interface is given by its address \(as 192\.168\.1\.20"):
         MdnsDiscovery(interfaces=["eth0"])
+    with pytest.raises(ValueError, match="not ''"):
+        create_provider("mdns:10.0.0.1,")
     with pytest.raises(ValueError, match="at least one"):
         StaticDiscovery([])
 
