@@ -273,10 +273,10 @@ Discovery = Annotated[
     list[str] | None,
     typer.Option(
         "--discovery",
-        help="A discovery provider: mdns, mdns:ADDR[,ADDR], static:HOST:PORT[#ID], memory, dht (the "
-        "Internet scope on the Mainline DHT), dht:HOST:PORT[,HOST:PORT] (joined through those), or one "
-        "from an installed plugin; repeatable, or several joined by commas (mdns,dht) "
-        "[default: $PEERKIT_DISCOVERY, else mdns]",
+        help="A discovery provider: mdns, mdns:IFACE[,IFACE] (by name or address), static:HOST:PORT[#ID], "
+        "memory, dht (the Internet scope on the Mainline DHT), dht:HOST:PORT[,HOST:PORT] (joined "
+        "through those), or one from an installed plugin; repeatable, or several joined by commas "
+        "(mdns,dht) [default: $PEERKIT_DISCOVERY, else mdns]",
     ),
 ]
 

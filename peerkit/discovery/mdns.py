@@ -61,7 +61,7 @@ from peerkit.discovery.base import Announcement, DiscoverySession, DiscoverySink
 from peerkit.errors import InvalidRecord
 from peerkit.identity import PeerId
 from peerkit.model import Scope, check_seconds
-from peerkit.net.transport import WILDCARDS
+from peerkit.net.transport import WILDCARDS, network_interfaces
 from peerkit.proto.records import MAX_ENVELOPE
 
 __all__ = ("SERVICE_TYPE", "MdnsDiscovery", "envelope_from_txt", "txt_for")
@@ -186,20 +186,21 @@ def _instance_label(announcement: Announcement) -> str:
     return nickname + suffix
 
 
-def _interface_address(text: str) -> str:
-    # An interface as zeroconf takes it: by an address of it (IPv4 or IPv6), not by its name.
+def _interface(text: object) -> str:
+    # An interface as it was given: an address of it (written as ipaddress writes it), or its name.
+    if not isinstance(text, str) or not text.strip():
+        raise ValueError(f"an mDNS interface is an address of it or its name (as eth0), not {text!r}")
     try:
-        return str(ipaddress.ip_address(text))
+        return str(ipaddress.ip_address(text.strip("[] ")))
     except ValueError:
-        raise ValueError(
-            f"an mDNS interface is given by its address (as 192.168.1.20 or fd00::2), not {text!r}"
-        ) from None
+        return text.strip()
 
 
 class MdnsDiscovery:
     """People near me over multicast DNS (NEAR_ME).
 
-    :param interfaces: the addresses of the interfaces to use (IPv4 or IPv6). Default: where the
+    :param interfaces: the interfaces to use, each by an address of it (IPv4 or IPv6) or by its
+        name (``eth0``: its addresses when the node starts). Default: where the
         node listens: every interface for a node on every address, and the interface of its
         address alone for a node given one (a node kept to loopback is not announced on the LAN:
         it meets this machine's nodes on IPv4's loopback, which carries multicast, as IPv6's does not).
@@ -225,9 +226,9 @@ class MdnsDiscovery:
         if isinstance(interfaces, str):  # (one address: not a sequence of one-letter ones)
             interfaces = [interfaces]
         if interfaces is not None:
-            interfaces = [_interface_address(i) for i in interfaces]
+            interfaces = [_interface(i) for i in interfaces]
             if not interfaces:
-                raise ValueError("interfaces must name at least one interface address (or be None for all)")
+                raise ValueError("interfaces must name at least one interface (or be None for all)")
         self.interfaces = interfaces
         if ip_version not in _IP_VERSIONS:
             raise ValueError(f"ip_version must be one of {', '.join(_IP_VERSIONS)}, not {ip_version!r}")
@@ -288,8 +289,10 @@ class MdnsDiscovery:
     def _where(self, listen_host: str | None) -> tuple[list[str] | None, str]:
         # The interfaces (None: all of them) and IP version to use: those given, or where the
         # node listens -- the interface of its one address, in that address's family.
-        if self.interfaces is not None or listen_host in (None, *WILDCARDS):
-            return self.interfaces, self.ip_version
+        if self.interfaces is not None:
+            return self._addresses(self.interfaces), self.ip_version
+        if listen_host in (None, *WILDCARDS):
+            return None, self.ip_version
         try:
             one = ipaddress.ip_address(listen_host)
         except ValueError:  # (a host name: the node binds what it resolves to, on any interface)
@@ -305,8 +308,37 @@ class MdnsDiscovery:
             )
         return [str(one)], family
 
+    def _addresses(self, given: list[str]) -> list[str]:
+        # The interfaces given, each name as that interface's addresses now (of the IP version).
+        found: list[str] = []
+        named: dict[str, list[str]] | None = None
+        for entry in given:
+            if _is_address(entry):
+                found.append(entry)
+                continue
+            named = named if named is not None else network_interfaces()
+            if entry not in named:
+                raise ValueError(
+                    f"this machine has no network interface {entry!r} (it has {', '.join(named)})"
+                )
+            version = {"all": None, "v4": False, "v6": True}[self.ip_version]
+            addresses = [a for a in named[entry] if version is None or (":" in a) == version]
+            if not addresses:
+                kind = {"all": "", "v4": "IPv4 ", "v6": "IPv6 "}[self.ip_version]
+                raise ValueError(f"network interface {entry!r} has no {kind}address")
+            found += addresses
+        return list(dict.fromkeys(found))
+
     def __repr__(self) -> str:
         return f"<MdnsDiscovery interfaces={self.interfaces or 'all'} ttl={self.ttl}>"
+
+
+def _is_address(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
 
 
 class _Session:

@@ -83,7 +83,8 @@ def create_provider(name: str) -> DiscoveryProvider:
 
 # The built-in factories, named in pyproject.toml's entry points too.
 def mdns(argument: str | None) -> DiscoveryProvider:
-    """``mdns`` (all interfaces) or ``mdns:ADDR[,ADDR...]`` (those interfaces)."""
+    """``mdns`` (where the node listens) or ``mdns:IFACE[,IFACE...]`` (those interfaces, each by an
+    address of it or its name)."""
     from peerkit.discovery.mdns import MdnsDiscovery
 
     if not argument:

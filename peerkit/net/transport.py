@@ -36,6 +36,7 @@ __all__ = (
     "is_public",
     "listening",
     "local_addresses",
+    "network_interfaces",
     "on_asyncio",
     "reachable_host",
     "system_reason",
@@ -133,6 +134,17 @@ def local_addresses(listen_host: str, *, fallback: str) -> tuple[str, ...]:
             continue
         found.append(str(address))
     return tuple(dict.fromkeys(found)) or (fallback,)
+
+
+def network_interfaces() -> dict[str, list[str]]:
+    """This host's network interfaces by name (``eth0``), each with its addresses, IPv4 first."""
+    import ifaddr
+
+    found: dict[str, list[str]] = {}
+    for adapter in ifaddr.get_adapters():
+        addresses = [ip.ip[0] if isinstance(ip.ip, tuple) else ip.ip for ip in adapter.ips]
+        found.setdefault(str(adapter.name), []).extend(sorted(addresses, key=lambda a: ":" in a))
+    return found
 
 
 def _interface_addresses() -> Iterator[tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, int]]:

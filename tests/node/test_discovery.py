@@ -138,10 +138,12 @@ async def test_provider_options_are_checked() -> None:
         MdnsDiscovery(ttl=0)
     with pytest.raises(ValueError, match="ip_version"):
         MdnsDiscovery(ip_version="v5")
-    with pytest.raises(ValueError, match=r"an mDNS interface is given by its address \(as 192\.168\.1\.20"):
-        MdnsDiscovery(interfaces=["eth0"])
-    with pytest.raises(ValueError, match="not ''"):
+    with pytest.raises(
+        ValueError, match=r"an mDNS interface is an address of it or its name \(as eth0\), not ''"
+    ):
         create_provider("mdns:10.0.0.1,")
+    with pytest.raises(ValueError, match="not 5"):
+        MdnsDiscovery(interfaces=[5])  # type: ignore[list-item]
     with pytest.raises(ValueError, match="at least one"):
         StaticDiscovery([])
 
@@ -364,3 +366,20 @@ async def test_a_provider_on_an_asyncio_thread_learns_where_the_node_listens() -
 
     sink = SimpleNamespace(local_id=Identity.generate().id, listen_host="127.0.0.1")
     assert _ThreadSink(sink, token=None).listen_host == "127.0.0.1"  # type: ignore[arg-type]
+
+
+async def test_mdns_takes_interfaces_by_name(monkeypatch: pytest.MonkeyPatch) -> None:
+    from peerkit.discovery import mdns
+
+    here = {"lo": ["127.0.0.1", "::1"], "eth0": ["10.0.0.2", "fd00::2", "fe80::1"], "wg0": ["fd01::1"]}
+    monkeypatch.setattr(mdns, "network_interfaces", lambda: here)
+    assert create_provider("mdns:eth0")._where("") == (["10.0.0.2", "fd00::2", "fe80::1"], "all")  # type: ignore[attr-defined]
+    v4 = MdnsDiscovery(interfaces=["10.0.0.3", "eth0", "[fd00::9]"], ip_version="v4")
+    assert v4._where("") == (["10.0.0.3", "10.0.0.2", "fd00::9"], "v4")  # (an address given: as given)
+    assert MdnsDiscovery(interfaces=["lo"], ip_version="v6")._where("") == (["::1"], "v6")
+    with pytest.raises(
+        ValueError, match=r"this machine has no network interface 'eth9' \(it has lo, eth0, wg0\)"
+    ):
+        MdnsDiscovery(interfaces=["eth9"])._where("")
+    with pytest.raises(ValueError, match="network interface 'wg0' has no IPv4 address"):
+        MdnsDiscovery(interfaces=["wg0"], ip_version="v4")._where("")

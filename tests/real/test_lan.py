@@ -393,14 +393,15 @@ async def test_ipv6_neighbours_are_sources_of_their_own(lan: NamespaceLan) -> No
         assert await invite(carol) == "ACCEPTED"
 
 
-async def test_chosen_interfaces_only(lan: NamespaceLan) -> None:
+@pytest.mark.parametrize("by", ["address", "name"])
+async def test_chosen_interfaces_only(lan: NamespaceLan, by: str) -> None:
     left, right = lan.bridge(), lan.bridge()
     ns_a, (a_left, _) = lan.host(left, right)
     ns_b, _ = lan.host(left)
     ns_c, _ = lan.host(right)
     async with agents(AGENT) as start:
-        # alice listens everywhere but speaks mDNS on her left interface only
-        await start(ns_a, *node_args("alice", "--interface", a_left))
+        # alice listens everywhere but speaks mDNS on her left interface only (eth0: its name)
+        await start(ns_a, *node_args("alice", "--interface", a_left if by == "address" else "eth0"))
         bob = await start(ns_b, *node_args("bob"))
         carol = await start(ns_c, *node_args("carol"))
         await bob.expect(change("ADDED", nickname="alice"))
