@@ -7,7 +7,8 @@ right, a machine that keeps local time in its clock and corrects it after bootin
 dial of the hour after refused by each peer the node had dialled before, as replays. So a stamp is
 the clock in nanoseconds, but never at or below one given before: in this process (a clock set
 back while it runs), and across runs (a node saves the last one with its settings when it stops,
-and the next node on that data dir starts above it).
+and while it runs once it is 30 s past the one saved, so that after a crash too the next node on
+that data dir starts above, or within the responders' 60 s window of, every stamp it gave).
 """
 
 from __future__ import annotations

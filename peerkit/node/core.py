@@ -464,8 +464,7 @@ class Node(EventMethods, FindingMethods, PairingMethods):
             await self._streams.close_all()  # and their async iterators end
             await self._settings.stop()  # (and the last hello stamp)
         try:
-            # (Not passed the body's exception: that propagates as it is, not in an ExceptionGroup.)
-            await self._stack.__aexit__(None, None, None)
+            await self._stack.__aexit__(None, None, None)  # (the body's error goes on, ungrouped)
             return None
         finally:
             self._connections.clear()
@@ -609,6 +608,7 @@ class Node(EventMethods, FindingMethods, PairingMethods):
         requested = self.contacts.setting(PRESENCE_SETTING)
         while True:
             await anyio.sleep(self._store_check)
+            await self._settings.keep_stamp()  # (and the last hello stamp: see Settings)
             now = await self._store.read(data_version)
             if now == version:
                 continue

@@ -16,8 +16,18 @@ from typing import Final, Protocol
 
 from peerkit.model import MAX_TEXT
 from peerkit.net.stamps import STAMPS
+from peerkit.proto.admission import REPLAY_WINDOW
 
-__all__ = ("ENDPOINT_NAME", "LAST_SEQ", "LAST_STAMP", "LEGACY_FILE", "NICKNAME", "Settings", "SettingsStore")
+__all__ = (
+    "ENDPOINT_NAME",
+    "LAST_SEQ",
+    "LAST_STAMP",
+    "LEGACY_FILE",
+    "NICKNAME",
+    "STAMP_SAVE_GAP",
+    "Settings",
+    "SettingsStore",
+)
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +39,10 @@ NICKNAME: Final = "nickname"
 LAST_SEQ: Final = "last_seq"
 #: The settings key of the last stamp of a hello this node's process sent (nanoseconds).
 LAST_STAMP: Final = "last_hello_stamp"
+#: Nanoseconds the last hello stamp may run ahead of the one saved before it is saved again while
+#: the node runs (:meth:`Settings.keep_stamp`): half the responders' replay window, so that a node
+#: that crashed starts its stamps within that window, not below it.
+STAMP_SAVE_GAP: Final = REPLAY_WINDOW // 2
 #: The settings file of earlier versions, folded into the database at the first start.
 LEGACY_FILE: Final = "node.json"
 
@@ -52,6 +66,7 @@ class Settings:
         self._store = store
         self._data_dir = data_dir
         self._unsaved: dict[str, str] = {}
+        self._saved_stamp = 0
 
     async def load(self) -> None:
         """Migrate ``node.json`` if there is one, then save what was set before the node started."""
@@ -62,8 +77,19 @@ class Settings:
                     if self._store.setting(key) is None:
                         await self._store.save_setting(key, value)
                 os.replace(legacy, legacy.with_name(LEGACY_FILE + ".migrated"))
-        STAMPS.at_least(self.get_number(LAST_STAMP))  # (this run's hellos go above the last run's)
+        self._saved_stamp = self.get_number(LAST_STAMP)
+        STAMPS.at_least(self._saved_stamp)  # (this run's hellos go above the last run's)
         await self.flush()
+
+    async def keep_stamp(self) -> None:
+        """Save the last stamp this process gave a hello once it is :data:`STAMP_SAVE_GAP` past
+        the one saved (a node that crashes does not save it as it stops, and one whose clock was
+        then set back would start below stamps its peers took: its dials refused as replays)."""
+        last = STAMPS.last
+        if last - self._saved_stamp >= STAMP_SAVE_GAP:
+            self.set(LAST_STAMP, str(last))
+            await self.flush()
+            self._saved_stamp = last
 
     async def stop(self) -> None:
         """Save every setting, and the last stamp this process gave a hello (see

@@ -805,6 +805,34 @@ async def test_a_node_whose_clock_was_set_back_since_its_last_run_still_reaches_
             ahead[0] = 0  # the clock put right
 
 
+async def test_a_node_that_crashed_and_had_its_clock_set_back_still_reaches_its_peers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # As above, but alice's last run ended without stopping (it saved nothing as it stopped): the
+    # stamp it saved while it ran is the one the next run starts above.
+    ahead = [3600 * 10**9]
+    monkeypatch.setattr(stamps, "time", SimpleNamespace(time_ns=lambda: time.time_ns() + ahead[0]))
+    stop = settings_module.Settings.stop
+
+    async def crashed(self: settings_module.Settings) -> None:
+        await anyio.lowlevel.checkpoint()  # (nothing saved)
+
+    async with Node(nickname="bob", identity=Identity.generate(), listen=("127.0.0.1", 0)) as bob:
+        await accept_chat(bob)
+        for run in range(2):
+            fresh = stamps.HelloStamps()
+            for module in (stamps, channel_module, settings_module):
+                monkeypatch.setattr(module, "STAMPS", fresh)
+            monkeypatch.setattr(settings_module.Settings, "stop", crashed if run == 0 else stop)
+            node = Node(nickname="alice", data_dir=tmp_path, listen=("127.0.0.1", 0), store_check=0.02)
+            async with node as alice:
+                await alice.register_application(CHAT)
+                peer = await alice.peer_at(bob.endpoint.host, bob.endpoint.port, bob.id)  # IK
+                assert await peer.invite(CHAT, timeout=5) is ACCEPTED, f"run {run}"
+                await anyio.sleep(0.1)  # (the store is looked at, and the stamp saved)
+            ahead[0] = 0  # the clock put right
+
+
 # -- the connection manager ----------------------------------------------------------------
 async def test_one_channel_per_peer_reused_in_both_directions() -> None:
     async with nodes() as (alice, bob):
