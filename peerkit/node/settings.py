@@ -11,9 +11,11 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sqlite3
 from pathlib import Path
 from typing import Final, Protocol
 
+from peerkit.errors import PeerkitError
 from peerkit.model import MAX_TEXT
 from peerkit.net.stamps import STAMPS
 from peerkit.proto.admission import REPLAY_WINDOW
@@ -87,9 +89,12 @@ class Settings:
         then set back would start below stamps its peers took: its dials refused as replays)."""
         last = STAMPS.last
         if last - self._saved_stamp >= STAMP_SAVE_GAP:
+            self._saved_stamp = last  # (a store that cannot be written is asked again 30 s later)
             self.set(LAST_STAMP, str(last))
-            await self.flush()
-            self._saved_stamp = last
+            try:
+                await self.flush()
+            except (OSError, sqlite3.Error, PeerkitError) as exc:  # (the node goes on without it)
+                log.warning("could not save the last hello stamp: %s", exc)
 
     async def stop(self) -> None:
         """Save every setting, and the last stamp this process gave a hello (see

@@ -53,6 +53,7 @@ from peerkit import (
     Scope,
     SecureChannel,
 )
+from peerkit.errors import StoreError
 from peerkit.net import channel as channel_module
 from peerkit.net import stamps
 from peerkit.node import settings as settings_module
@@ -831,6 +832,24 @@ async def test_a_node_that_crashed_and_had_its_clock_set_back_still_reaches_its_
                 assert await peer.invite(CHAT, timeout=5) is ACCEPTED, f"run {run}"
                 await anyio.sleep(0.1)  # (the store is looked at, and the stamp saved)
             ahead[0] = 0  # the clock put right
+
+
+async def test_a_stamp_that_cannot_be_saved_is_said_and_the_node_goes_on(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    class Full(dict[str, str]):
+        def setting(self, key: str) -> str | None:
+            return self.get(key)
+
+        async def save_setting(self, key: str, value: str) -> None:
+            raise StoreError("the database is full")
+
+    fresh = stamps.HelloStamps()
+    monkeypatch.setattr(settings_module, "STAMPS", fresh)
+    settings = settings_module.Settings(Full(), None)
+    fresh.at_least(settings_module.STAMP_SAVE_GAP)
+    await settings.keep_stamp()
+    assert "could not save the last hello stamp: the database is full" in caplog.text
 
 
 # -- the connection manager ----------------------------------------------------------------
