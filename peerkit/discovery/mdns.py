@@ -200,10 +200,10 @@ class MdnsDiscovery:
     """People near me over multicast DNS (NEAR_ME).
 
     :param interfaces: the interfaces to use, each by an address of it (IPv4 or IPv6) or by its
-        name (``eth0``: its addresses when the node starts). Default: where the
-        node listens: every interface for a node on every address, and the interface of its
-        address alone for a node given one (a node kept to loopback is not announced on the LAN:
-        it meets this machine's nodes on IPv4's loopback, which carries multicast, as IPv6's does not).
+        name (``eth0``: its addresses when the node starts). Default: where the node listens:
+        every interface for a node on every address, and the interface of its address alone for
+        a node given one (a node kept to loopback is not announced on the LAN: it meets this
+        machine's nodes on IPv4's loopback, which carries multicast, as IPv6's does not).
     :param ip_version: ``"all"`` (IPv4 and IPv6, the default), ``"v4"`` or ``"v6"``.
     :param ttl: seconds the published records live (RFC 6762 suggests 120); a peer that vanishes
         without a goodbye is lost within this time. Tests make it short.
@@ -223,7 +223,7 @@ class MdnsDiscovery:
         query_timeout: float = 3.0,
         interface_check: float = 10.0,
     ) -> None:
-        if isinstance(interfaces, str):  # (one address: not a sequence of one-letter ones)
+        if isinstance(interfaces, str):  # (one interface: not a sequence of one-letter ones)
             interfaces = [interfaces]
         if interfaces is not None:
             interfaces = [_interface(i) for i in interfaces]
