@@ -48,8 +48,8 @@ def test_the_tutorial_shows_the_commands_this_test_runs() -> None:
         "peerkit contacts add-card bob.card",
         "peerkit contacts export-card --out alice.card",
         "peerkit contacts add-card alice.card",
-        "peerkit chat --listen 0.0.0.0:7000",
-        "peerkit receive --listen 0.0.0.0:7000",
+        "peerkit chat --listen 7000",
+        "peerkit receive --listen 7000",
     ]:
         assert command in shown, command
     assert "sudo nft add rule inet filter input tcp dport 7000 accept" in TUTORIAL.read_text()
@@ -171,11 +171,11 @@ def test_the_tutorial_on_two_machines(lan: NamespaceLan, tmp_path: Path) -> None
         ]:
             child = at(namespace, env, *args)
             assert exit_status(child) == 0, child.before
-        b = at(bob_ns, bob, "chat", "--listen", f"0.0.0.0:{PORT}")
+        b = at(bob_ns, bob, "chat", "--listen", str(PORT))
         b.expect("Ctrl-C stops")
         chat(at(alice_ns, alice, "chat", "bob"), b)
         downloads = tmp_path / "bob-downloads-at-home"
-        b = at(bob_ns, bob, "receive", "--listen", f"0.0.0.0:{PORT}", "--into", str(downloads))
+        b = at(bob_ns, bob, "receive", "--listen", str(PORT), "--into", str(downloads))
         b.expect("Ctrl-C stops")
         send(at(alice_ns, alice, "send", "bob", str(report)), b, report, downloads)
     finally:
