@@ -57,7 +57,7 @@ from peerkit.discovery.base import Announcement, DiscoverySession, DiscoverySink
 from peerkit.errors import InvalidRecord
 from peerkit.identity import PeerId
 from peerkit.model import EndPoint, Scope
-from peerkit.net.transport import WILDCARDS
+from peerkit.net.transport import kept_to
 from peerkit.statusfile import read_status_file, write_whole
 
 __all__ = (
@@ -213,10 +213,7 @@ class DhtDiscovery:
     def _hosts(self, listen_host: str | None) -> tuple[str | None, str | None]:
         # The addresses to bind (None: no node of that family): those given, and where a default
         # is left (""), every address of the family, or the one the node listens on alone.
-        one = None
-        if listen_host not in (None, *WILDCARDS):
-            with contextlib.suppress(ValueError):  # (a host name: every address)
-                one = ipaddress.ip_address(listen_host)
+        one = kept_to(listen_host)
         host, host6 = self.host, self.host6
         if host == "":
             host = "0.0.0.0" if one is None else str(one) if one.version == 4 else None

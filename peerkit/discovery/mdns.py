@@ -61,7 +61,7 @@ from peerkit.discovery.base import Announcement, DiscoverySession, DiscoverySink
 from peerkit.errors import InvalidRecord
 from peerkit.identity import PeerId
 from peerkit.model import Scope, check_seconds
-from peerkit.net.transport import WILDCARDS, network_interfaces
+from peerkit.net.transport import kept_to, network_interfaces
 from peerkit.proto.records import MAX_ENVELOPE
 
 __all__ = ("SERVICE_TYPE", "MdnsDiscovery", "envelope_from_txt", "txt_for")
@@ -291,11 +291,8 @@ class MdnsDiscovery:
         # node listens -- the interface of its one address, in that address's family.
         if self.interfaces is not None:
             return self._addresses(self.interfaces), self.ip_version
-        if listen_host in (None, *WILDCARDS):
-            return None, self.ip_version
-        try:
-            one = ipaddress.ip_address(listen_host)
-        except ValueError:  # (a host name: the node binds what it resolves to, on any interface)
+        one = kept_to(listen_host)
+        if one is None:  # (every address, or a host name: every interface)
             return None, self.ip_version
         if one.is_loopback and self.ip_version != "v6":
             # (IPv4's loopback carries multicast, IPv6's does not: this machine's nodes meet there)

@@ -34,6 +34,7 @@ __all__ = (
     "TcpTransport",
     "Transport",
     "is_public",
+    "kept_to",
     "listening",
     "local_addresses",
     "network_interfaces",
@@ -134,6 +135,17 @@ def local_addresses(listen_host: str, *, fallback: str) -> tuple[str, ...]:
             continue
         found.append(str(address))
     return tuple(dict.fromkeys(found)) or (fallback,)
+
+
+def kept_to(listen_host: str | None) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """The one address a node listening on ``listen_host`` is kept to (what a provider's own
+    sockets then keep to as well); None for every address (a wildcard), a host name, or not said."""
+    if listen_host in (None, *WILDCARDS):
+        return None
+    try:
+        return ipaddress.ip_address(listen_host)
+    except ValueError:  # (a host name: the node binds what it resolves to)
+        return None
 
 
 def network_interfaces() -> dict[str, list[str]]:
