@@ -21,6 +21,7 @@ from peerkit.errors import IdentityError, PeerUnreachable
 from peerkit.identity import KEY_FILE_NAME, default_data_dir
 from peerkit.model import check_text, host_and_port, printable
 from peerkit.net.transport import local_addresses
+from peerkit.reporting import address_text
 from peerkit.terminal import SafeConsole, Terminal
 
 __all__ = (
@@ -368,7 +369,7 @@ def dht_hint(providers: list[DiscoveryProvider]) -> str:
 
     for dht in (p for p in providers if isinstance(p, DhtDiscovery)):
         if dht.nodes and not any(node.status().nodes for node in dht.nodes):
-            through = ", ".join(f"[{h}]:{p}" if ":" in h else f"{h}:{p}" for h, p in dht.bootstrap[:3])
+            through = ", ".join(address_text(address) for address in dht.bootstrap[:3])
             return (
                 f"; the DHT node reached no other node (bootstrap: {through}): is this machine "
                 "online, and does its network let UDP through?"
