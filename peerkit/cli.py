@@ -624,7 +624,7 @@ async def _trace(
     text: str, providers: list[DiscoveryProvider], directory: Path, timeout: float
 ) -> tuple[peerkit.Contact, list[Any], str]:
     # The contact, the ways tried, and why the DHT may have found nothing (see dht_hint).
-    async with peerkit.Node(data_dir=directory, listen=("", 0), discovery=providers) as node:
+    async with inviting_node(directory, providers) as node:  # (providers: on every address)
         contact = await resolve_contact(node, text)
         with console.status(f"trying every way to {contact.fingerprint}", spinner="dots"):
             steps = await node.trace(contact.id, timeout=timeout)
