@@ -20,7 +20,7 @@ from peerkit.proto import chat, files, pairing, relay
 from peerkit.proto.control import ReplyParts
 from peerkit.proto.framing import encode_frame
 from peerkit.proto.messages import encode
-from peerkit.proto.requests import BadRequest, check_reply, decode_request, decode_stream_request
+from peerkit.proto.requests import BadRequest, Refused, check_reply, decode_request, decode_stream_request
 
 #: The keys the readers know, and keys no reader knows: integers and bytes among them.
 _KNOWN = [
@@ -57,7 +57,8 @@ def _refused_only_with(errors: Errors, read: Callable[[Any], object], value: Any
 _MAP_READERS: list[tuple[str, Callable[[Any], object], Errors, st.SearchStrategy[Any]]] = [
     ("decode_request", decode_request, (BadRequest,), _MESSAGES),
     ("decode_stream_request", decode_stream_request, (BadRequest,), _MESSAGES),
-    ("check_reply", lambda m: check_reply(m, "get_reply"), (ProtocolError,), _MESSAGES),
+    # (an "error" reply is the peer's refusal: Refused, as check_reply documents)
+    ("check_reply", lambda m: check_reply(m, "get_reply"), (ProtocolError, Refused), _MESSAGES),
     ("Watched.apply_notify", lambda m: Watched().apply_notify(m), (ProtocolError,), _MESSAGES),
     ("read_presence", read_presence, (ProtocolError,), _MAPS | _VALUES),
     ("read_app", read_app, (ProtocolError,), _MAPS | _VALUES),
