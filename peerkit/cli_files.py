@@ -34,6 +34,7 @@ from peerkit.clikit import (
     cancel_on_signal,
     console,
     count_text,
+    err_console,
     existing_data_dir,
     inviting_node,
     parse_listen,
@@ -58,7 +59,7 @@ from peerkit.files import (
 from peerkit.model import check_text, printable
 from peerkit.proto.files import SUMMARY_NAMES, Entry, Summary, decode_summary, encode_summary
 from peerkit.streams import AppStream
-from peerkit.terminal import Terminal
+from peerkit.terminal import SafeConsole, Terminal
 from peerkit.wellknown import FILES
 
 __all__ = ("FilesDesk", "checked_into", "receive_command", "send_command", "size_text")
@@ -81,14 +82,14 @@ def size_text(n: int) -> str:
     raise AssertionError("unreachable")
 
 
-def _bar(*, transient: bool = False) -> Progress:
+def _bar(*, transient: bool = False, shown: SafeConsole = console) -> Progress:
     return Progress(
         TextColumn("{task.description}", markup=False),
         BarColumn(),
         DownloadColumn(),
         TransferSpeedColumn(),
         TimeRemainingColumn(),
-        console=console,
+        console=shown,
         transient=transient,
     )
 
@@ -146,9 +147,16 @@ async def _send(
     as_json: bool,
     by_nickname: bool,
 ) -> int:
-    with _bar(transient=True) as bar:  # (gone once done, or when a path cannot be sent)
+    shown = err_console if as_json else console  # (with --json, stdout holds the JSON alone)
+    left_out: list[list[str]] = []
+
+    def leaving_out(path: Path, why: str) -> None:
+        left_out.append([str(path), why])
+        shown.print(f"not sent: {printable(str(path))} ({why})", style="yellow", highlight=False)
+
+    with _bar(transient=True, shown=shown) as bar:  # (gone once done, or when a path cannot be sent)
         task = bar.add_task("hashing", total=None)
-        outgoing = await prepare(paths, lambda n: bar.advance(task, n))
+        outgoing = await prepare(paths, lambda n: bar.advance(task, n), left_out=leaving_out)
     total = sum(o.entry.size for o in outgoing)
     async with inviting_node(directory, providers) as node:
         named = await peer_named(node, target, providers, min(timeout, 10.0), by_nickname=by_nickname)
@@ -158,7 +166,7 @@ async def _send(
             peer = await reached(node, target, named)
             who = printable(peer.nickname) or peer.id.fingerprint
             what = f"{count_text(len(outgoing), 'file')} ({size_text(total)})"
-            with console.status(f"offering {what} to {who}", spinner="dots"):
+            with shown.status(f"offering {what} to {who}", spinner="dots"):
                 answer = await peer.invite(
                     FILES, message, encode_summary([o.entry for o in outgoing]), timeout=timeout
                 )
@@ -172,10 +180,10 @@ async def _send(
                 tg.cancel_scope.cancel()
                 return EXIT_DECLINED if declined else EXIT_EXPIRED
             async with await peer.open_stream(FILES) as stream:
-                report = await _send_with_bar(stream, outgoing, total, who)
+                report = await _send_with_bar(stream, outgoing, total, who, shown)
             tg.cancel_scope.cancel()
     for path, reason in report.failed:
-        console.print(f"{path}: {reason}", style="red", highlight=False)
+        shown.print(f"{path}: {reason}", style="red", highlight=False)
     _outcome(
         as_json,
         f"{who} has {report.received} of {len(outgoing)} files ({size_text(report.sent_bytes)} sent"
@@ -186,12 +194,15 @@ async def _send(
         sent_bytes=report.sent_bytes,
         skipped=report.skipped,
         failed=[list(f) for f in report.failed],
+        left_out=left_out,
     )
     return 1 if report.failed else 0
 
 
-async def _send_with_bar(stream: AppStream, outgoing: list[Outgoing], total: int, who: str) -> SendReport:
-    with _bar() as bar:
+async def _send_with_bar(
+    stream: AppStream, outgoing: list[Outgoing], total: int, who: str, shown: SafeConsole
+) -> SendReport:
+    with _bar(shown=shown) as bar:
         task = bar.add_task(f"to {who}", total=total)
         report = await send_files(stream, outgoing, lambda n: bar.advance(task, n))
         _finish(bar, task, total)

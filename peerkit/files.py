@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import logging
 import os
 import shutil
 import stat
@@ -75,6 +76,8 @@ ANSWER_TIMEOUT: Final = 60.0
 Decision = Literal["overwrite", "rename", "skip"]
 Progress = Callable[[int], None]
 
+logger = logging.getLogger(__name__)
+
 
 @dataclass(frozen=True, slots=True)
 class Outgoing:
@@ -120,11 +123,20 @@ class ReceiveReport:
 
 
 async def prepare(
-    paths: Sequence[Path | str] | Path | str, progress: Progress | None = None
+    paths: Sequence[Path | str] | Path | str,
+    progress: Progress | None = None,
+    *,
+    left_out: Callable[[Path, str], object] | None = None,
 ) -> list[Outgoing]:
     """The files ``paths`` name (one path, or a sequence of them), hashed (in a worker thread): a
     folder stands for every file under it, under the folder's name; ``progress(n)`` is called as
     ``n`` more bytes are hashed.
+
+    What a folder holds that is not sent is told to ``left_out(path, why)`` before any file is
+    hashed (logged as a warning when it is None): a link to a folder (links named in ``paths`` are
+    followed, those in a folder only to files: a folder could hold itself), a link to nothing, a
+    named pipe, socket or device, an empty folder (the offer is of files), and a folder that
+    cannot be read.
 
     :raises ValueError: when a path does not exist or is not a file or folder, two would take the
         same name, a name is no safe path in an offer (see :func:`peerkit.proto.files.check_path`),
@@ -139,7 +151,13 @@ async def prepare(
     for path in paths:
         if not isinstance(path, str | os.PathLike):
             raise TypeError(f"a path to send is a str or a Path, not {type(path).__name__}")
-    found = await anyio.to_thread.run_sync(_walk, paths)
+    found, omitted = await anyio.to_thread.run_sync(_walk, paths)
+    for path, why in omitted:
+        if left_out is None:
+            logger.warning("not sent: %s (%s)", printable(str(path)), why)
+        else:
+            left_out(path, why)
+    _check_names(found)
     sources = [source for source, _ in found]
     hashed: list[tuple[bytes, int]] = []
     spare = [bytearray()]
@@ -151,37 +169,75 @@ async def prepare(
     ]
 
 
-def _walk(paths: Sequence[Path | str]) -> list[tuple[Path, str]]:
-    # Each file ``paths`` name, and its name in the offer.
+def _walk(paths: Sequence[Path | str]) -> tuple[list[tuple[Path, str]], list[tuple[Path, str]]]:
+    # Each file ``paths`` name, and its name in the offer; and what is not sent, and why.
     found: list[tuple[Path, str]] = []
+    omitted: list[tuple[Path, str]] = []
+
+    def unreadable(exc: OSError) -> None:
+        omitted.append((Path(exc.filename), f"cannot be read: {(exc.strerror or str(exc)).lower()}"))
+
     for given in paths:
         path = Path(given)
         if path.is_dir():
             base = path.resolve().name or "files"
-            for root, dirs, names in os.walk(path):
+            for root, dirs, names in os.walk(path, onerror=unreadable):
                 dirs.sort()
+                if not dirs and not names and root != str(path):
+                    omitted.append((Path(root), "an empty folder"))
+                for name in dirs:
+                    if Path(root, name).is_symlink():
+                        omitted.append((Path(root, name), "a link to a folder, not followed"))
                 for name in sorted(names):
                     full = Path(root, name)
                     if full.is_file():
                         found.append((full, "/".join((base, *full.relative_to(path).parts))))
+                    else:
+                        omitted.append((full, _kind(full)))
         elif path.is_file():
             found.append((path, path.name))
+        elif path.exists():
+            raise ValueError(f"{given}: {_kind(path)}, not a file or folder")
         else:
-            raise ValueError(f"{given}: no such file or folder")
+            raise ValueError(
+                f"{given}: {'a link to nothing' if path.is_symlink() else 'no such file or folder'}"
+            )
         if len(found) > MAX_FILES:
             raise ValueError(f"more than {MAX_FILES} files: send fewer at a time, or an archive")
+    return found, omitted
+
+
+def _kind(path: Path) -> str:
+    # What a path that is neither a file nor a folder is, in words.
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        return "a link to nothing" if path.is_symlink() else "gone"
+    if stat.S_ISFIFO(mode):
+        what = "a named pipe"
+    elif stat.S_ISSOCK(mode):
+        what = "a socket"
+    elif stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        what = "a device"
+    else:
+        what = "neither a file nor a folder"
+    return f"a link to {what}" if path.is_symlink() else what
+
+
+def _check_names(found: list[tuple[Path, str]]) -> None:
+    # Refuse what cannot be offered: nothing, a name twice, a name no safe path (before any file
+    # is hashed).
     if not found:
         raise ValueError("there is no file to send (empty folders are not sent)")
     names = [name for _, name in found]
     if len(set(names)) != len(names):
         twice = next(n for n in names if names.count(n) > 1)
         raise ValueError(f"two files would be called {twice!r}: send them apart")
-    for source, name in found:  # (before any is hashed)
+    for source, name in found:
         try:
             check_path(name)
         except ValueError as exc:
             raise ValueError(f"{printable(str(source))} cannot be sent under its name: {exc}") from None
-    return found
 
 
 def _fit(buffer: bytearray, size: int) -> bytearray:

@@ -53,6 +53,8 @@ def test_a_folder_and_a_file_are_sent_and_a_taken_name_is_asked_about(
     (src / "trip" / "day1" / "photo.jpg").write_bytes(os.urandom(2_000_000))
     (src / "trip" / "notes.txt").write_text("notes")
     (src / "plan.txt").write_text("new plan")
+    os.mkfifo(src / "trip" / "pipe")  # (what a folder holds that is not sent is said)
+    (src / "trip" / "day1" / "back").symlink_to(src / "trip")
     into = tmp_path / "into"
     into.mkdir()
     (into / "plan.txt").write_text("old plan")
@@ -82,10 +84,15 @@ def test_a_folder_and_a_file_are_sent_and_a_taken_name_is_asked_about(
         assert exit_status(receiver) == 0
         out, err = sender.communicate(timeout=30)
         assert sender.returncode == 0, err
-        outcome = json.loads(out.strip().splitlines()[-1])
+        outcome = json.loads(out)  # (stdout holds the JSON alone: the bars go to stderr)
         assert (outcome["answer"], outcome["received"], outcome["failed"]) == ("accepted", 3, [])
+        assert outcome["left_out"] == [
+            [str(src / "trip" / "pipe"), "a named pipe"],
+            [str(src / "trip" / "day1" / "back"), "a link to a folder, not followed"],
+        ]
+        assert f"not sent: {src / 'trip' / 'pipe'} (a named pipe)" in err
         # The bar's last state has the speed (the files went in one piece: rich alone says "?").
-        assert re.search(r"2\.0/2\.0 MB +\d[\d.]* [kMG]?B/s", out), out
+        assert re.search(r"2\.0/2\.0 MB +\d[\d.]* [kMG]?B/s", err), err
     finally:
         receiver.terminate(force=True)
     assert digest(into / "trip" / "day1" / "photo.jpg") == digest(src / "trip" / "day1" / "photo.jpg")

@@ -397,6 +397,58 @@ async def test_prepare_names_what_it_cannot_send(tmp_path: Path) -> None:
         await prepare([tmp_path / "z"])
 
 
+async def test_prepare_says_what_a_folder_holds_that_is_not_sent(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A link to a file is followed (as the file shows when opened); nothing else that is not a
+    # file is sent, and each is told, rather than left out without a word.
+    top = tmp_path / "top"
+    (top / "sub" / "deeper").mkdir(parents=True)
+    (top / "kept").mkdir()
+    (top / "kept" / "f.txt").write_text("f")
+    (top / "note.txt").write_text("n")
+    (top / "to-note").symlink_to(top / "note.txt")
+    (top / "to-kept").symlink_to(top / "kept")
+    (top / "to-nothing").symlink_to(tmp_path / "gone")
+    (top / "to-null").symlink_to("/dev/null")
+    os.mkfifo(top / "pipe")
+    (top / "locked").mkdir()
+    (top / "locked" / "secret").write_text("s")
+    scandir = os.scandir
+
+    def refusing(path: Any) -> Any:  # (the tests run as root, whom a mode of 000 does not stop)
+        if str(path) == str(top / "locked"):
+            raise PermissionError(13, "Permission denied", str(path))
+        return scandir(path)
+
+    monkeypatch.setattr(os, "scandir", refusing)
+    told: list[tuple[Path, str]] = []
+    outgoing = await prepare(top, left_out=lambda path, why: told.append((path, why)))
+    assert [o.entry.path for o in outgoing] == ["top/note.txt", "top/to-note", "top/kept/f.txt"]
+    assert sorted(told) == sorted(
+        [
+            (top / "locked", "cannot be read: permission denied"),
+            (top / "pipe", "a named pipe"),
+            (top / "sub" / "deeper", "an empty folder"),
+            (top / "to-kept", "a link to a folder, not followed"),
+            (top / "to-nothing", "a link to nothing"),
+            (top / "to-null", "a link to a device"),
+        ]
+    )
+    with caplog.at_level("WARNING", logger="peerkit.files"):  # (no left_out: a warning each)
+        await prepare(top)
+    assert f"not sent: {top / 'pipe'} (a named pipe)" in caplog.messages
+    assert len(caplog.messages) == 6
+    # Named by the caller, a link is followed, and what is no file or folder is refused as such.
+    assert [o.entry.path for o in await prepare(top / "to-kept")] == ["kept/f.txt"]
+    with pytest.raises(ValueError, match=r"pipe: a named pipe, not a file or folder"):
+        await prepare(top / "pipe")
+    with pytest.raises(ValueError, match=r"to-nothing: a link to nothing"):
+        await prepare(top / "to-nothing")
+    with pytest.raises(ValueError, match=r"^/dev/null: a device, not a file or folder"):
+        await prepare("/dev/null")
+
+
 async def test_prepare_hashes_small_files_together_and_a_large_one_alone(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
