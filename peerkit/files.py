@@ -320,10 +320,14 @@ async def send_files(
     report.sent_bytes = await _send_wanted(stream, [(outgoing[i], offset) for i, offset in wanted], progress)
     _, done, _ = await frames.next("done")
     assert isinstance(done, Done)
-    report.received = done.received + report.skipped
+    not_wanted = set(range(len(entries))).difference(index for index, _ in wanted)
     for index, reason in done.failed:
         path = entries[index].path if index < len(entries) else f"#{index}"
         report.failed.append((path, reason))
+        if index in not_wanted:  # (one the receiver cannot save: failed, not skipped)
+            not_wanted.discard(index)
+            report.skipped -= 1
+    report.received = done.received + report.skipped
     return report
 
 
@@ -536,17 +540,21 @@ async def receive_files(
     found: list[_Found] = []
     while len(found) < len(entries):
         found += await anyio.to_thread.run_sync(_survey_some, entries, len(found), into, buffers)
+    refused: list[tuple[int, str]] = []  # (files that cannot be saved: told to the sender too)
     for index, (entry, there) in enumerate(zip(entries, found, strict=True)):
+        failures = len(report.failed)
         plan = await _plan(index, entry, there, decide, report)
         if plan is not None:
             plans.append(plan)
+        elif len(report.failed) > failures:
+            refused.append((index, report.failed[-1][1]))
     needed = sum(p.entry.size - p.offset for p in plans)
     free = shutil.disk_usage(into).free
     if needed > free:
         raise OSError(f"{into} has {free:,} bytes free; the files need {needed:,}")
     await stream.send(encode_want([(p.index, p.offset) for p in plans]))
     failed = await _receive_planned(stream, plans, progress, report, buffers)
-    await stream.send(encode_done(Done(len(plans) - len(failed), tuple(failed))))
+    await stream.send(encode_done(Done(len(plans) - len(failed), tuple(sorted(refused + failed)))))
     return report
 
 
@@ -595,7 +603,7 @@ async def _plan(
         if decision == "rename":
             target = await anyio.to_thread.run_sync(_free_name, target)
         elif state == "not a file":
-            report.failed.append((entry.path, f"{target} is not a file to overwrite"))
+            report.failed.append((entry.path, "a folder or a link has its name in the receiving folder"))
             return None
     return _Plan(index, entry, target, _partial(entry, target), offset, hasher)
 
@@ -651,7 +659,7 @@ def _place(entry: Entry, into: Path) -> tuple[Path, str]:
     for parent in reversed(target.relative_to(into).parents[:-1]):
         folder = into / parent
         if folder.is_symlink() or (folder.exists() and not folder.is_dir()):
-            return target, f"{folder} is not a folder of its own"
+            return target, f"{parent.as_posix()} is a file or a link in the receiving folder, not a folder"
     target.parent.mkdir(parents=True, exist_ok=True)
     try:
         found = target.lstat()

@@ -364,6 +364,43 @@ async def test_a_receiver_that_cannot_save_says_why_before_asking_for_a_byte(tmp
     assert "the receiver took the offer but not the files" in str(sent)
 
 
+async def test_files_the_receiver_cannot_save_are_failures_on_both_sides(tmp_path: Path) -> None:
+    # A file where a folder of the offer goes, a folder where a file goes (asked to overwrite it):
+    # the receiver cannot save those files, and its sender is told so rather than counting them
+    # as "already there or skipped"; the reasons name no path of the receiver's but the offer's.
+    src = tmp_path / "src"
+    (src / "trip").mkdir(parents=True)
+    (src / "trip" / "a.txt").write_text("a")
+    (src / "trip" / "b.txt").write_text("b")
+    (src / "plan.txt").write_text("plan")
+    (src / "fine.txt").write_text("fine")
+    into = tmp_path / "into"
+    into.mkdir()
+    (into / "trip").write_text("a file called trip")
+    (into / "plan.txt").mkdir()
+
+    async def overwrite(stream: AppStream, summary: Any) -> ReceiveReport:
+        async def decide(entry: Entry, existing: Path) -> files.Decision:
+            return "overwrite"
+
+        return await receive_files(stream, summary, into, decide)
+
+    outgoing = await prepare([src / "trip", src / "plan.txt", src / "fine.txt"])
+    async with nodes() as (alice, bob):
+        sent, got = await transfer(alice, bob, outgoing, into, overwrite)
+    assert isinstance(got, ReceiveReport), got
+    assert isinstance(sent, SendReport), sent
+    cannot = [
+        ("trip/a.txt", "trip is a file or a link in the receiving folder, not a folder"),
+        ("trip/b.txt", "trip is a file or a link in the receiving folder, not a folder"),
+        ("plan.txt", "a folder or a link has its name in the receiving folder"),
+    ]
+    assert (got.saved, got.failed) == ([into / "fine.txt"], cannot)
+    assert sorted(sent.failed) == sorted(cannot)
+    assert (sent.received, sent.skipped, sent.sent_bytes) == (1, 0, 4)
+    assert (into / "trip").read_text() == "a file called trip"
+
+
 async def test_prepare_takes_one_path_as_one_path(tmp_path: Path) -> None:
     # (a str was once read as a sequence of one-letter paths: "/tmp/x" walked "/" first)
     (tmp_path / "note.txt").write_text("hi")
