@@ -175,10 +175,11 @@ def _walk(paths: Sequence[Path | str]) -> tuple[list[tuple[Path, str]], list[tup
     omitted: list[tuple[Path, str]] = []
 
     def unreadable(exc: OSError) -> None:
-        omitted.append((Path(exc.filename), f"cannot be read: {(exc.strerror or str(exc)).lower()}"))
+        omitted.append((Path(exc.filename or ""), f"cannot be read: {(exc.strerror or str(exc)).lower()}"))
 
     for given in paths:
         path = Path(given)
+        shown = printable(str(given))
         if path.is_dir():
             base = path.resolve().name or "files"
             for root, dirs, names in os.walk(path, onerror=unreadable):
@@ -197,10 +198,10 @@ def _walk(paths: Sequence[Path | str]) -> tuple[list[tuple[Path, str]], list[tup
         elif path.is_file():
             found.append((path, path.name))
         elif path.exists():
-            raise ValueError(f"{given}: {_kind(path)}, not a file or folder")
+            raise ValueError(f"{shown}: {_kind(path)}, not a file or folder")
         else:
             raise ValueError(
-                f"{given}: {'a link to nothing' if path.is_symlink() else 'no such file or folder'}"
+                f"{shown}: {'a link to nothing' if path.is_symlink() else 'no such file or folder'}"
             )
         if len(found) > MAX_FILES:
             raise ValueError(f"more than {MAX_FILES} files: send fewer at a time, or an archive")

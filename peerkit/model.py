@@ -38,6 +38,7 @@ __all__ = (
     "PresenceStatus",
     "Scope",
     "SubscribePermission",
+    "check_encodable",
     "check_max_bytes",
     "check_scope",
     "check_seconds",
@@ -67,15 +68,33 @@ MAX_HOW: Final = 16
 
 
 def check_text(value: object, what: str, limit: int = MAX_TEXT) -> str:
-    """Return ``value`` if it is a ``str`` of at most ``limit`` characters.
+    """Return ``value`` if it is a ``str`` of at most ``limit`` characters that UTF-8 can carry.
 
     :raises TypeError: when it is not a string.
     :raises LimitExceeded: when it is too long; the message names ``what`` and the limit.
+    :raises ValueError: when it holds a lone surrogate (see :func:`check_encodable`).
     """
     if not isinstance(value, str):
         raise TypeError(f"{what} must be str, not {type(value).__name__}")
     if len(value) > limit:
         raise LimitExceeded(f"{what} is {len(value)} characters; the limit is {limit}")
+    return check_encodable(value, what)
+
+
+def check_encodable(value: str, what: str) -> str:
+    """Return ``value`` if UTF-8 can carry it, as the protocol and the store write text.
+
+    :raises ValueError: when it holds a lone surrogate, which no text holds: Python reads a byte
+        that is not UTF-8 in a command-line argument or a file name so (``'\\udcff'`` for 0xFF).
+    """
+    if not value.isascii():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise ValueError(
+                f"{what} holds {value[exc.start]!r}, which is no character (a byte that was not "
+                "UTF-8, read as text?)"
+            ) from None
     return value
 
 

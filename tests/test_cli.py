@@ -178,6 +178,13 @@ def test_the_nickname_is_saved_and_used_by_every_command(tmp_path: Path) -> None
     assert json.loads(run("id", "--json", env=alice).stdout)["nickname"] == "alice"  # kept
     too_long = run("id", "--nickname", "x" * 256, env=alice)
     assert too_long.returncode == 2
+    carol = {"PEERKIT_DATA_DIR": str(tmp_path / "carol")}  # (a byte that is not UTF-8: refused
+    not_text = run("id", "--create", "--nickname", "bad\udcff", env=carol)  # before anything is made)
+    assert not_text.returncode == 2
+    assert "nickname holds '\\udcff', which is no character" in " ".join(
+        not_text.stderr.replace("│", " ").split()
+    )
+    assert not (tmp_path / "carol").exists()
     card = run("contacts", "export-card", env=alice).stdout.strip()  # the card carries it
     added = json.loads(run("contacts", "add-card", card, "--json", env=bob).stdout)
     assert added["nickname"] == "alice"

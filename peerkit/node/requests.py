@@ -135,7 +135,7 @@ class Requests:
         :raises ProtocolError: when it answered with another error.
         :raises PeerUnreachable: when no way reached it within ``timeout`` seconds.
         """
-        timeout = check_seconds(timeout, f"{what} timeout", None)
+        timeout = check_seconds(timeout, f"the timeout of {what}", None)
         self._check_running()
         who = peer.id.fingerprint
         errors: list[PeerUnreachable] = []

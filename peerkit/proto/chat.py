@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from peerkit.errors import ProtocolError
-from peerkit.model import Presence, PresenceStatus, check_text, quoted
+from peerkit.model import Presence, PresenceStatus, check_encodable, check_text, quoted
 from peerkit.proto.framing import FrameDecoder, encode_frame
 from peerkit.proto.messages import decode, encode
 
@@ -76,6 +76,7 @@ def check_line(text: str) -> None:
         raise TypeError(f"a chat line is text, not {type(text).__name__}")
     if len(text) > MAX_LINE:
         raise ValueError(f"a chat line is at most {MAX_LINE} characters, not {len(text)}")
+    check_encodable(text, "a chat line")
 
 
 def encode_chat(message: ChatMessage) -> bytes:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from peerkit.errors import ProtocolError
-from peerkit.model import quoted, shows_as_itself
+from peerkit.model import check_encodable, quoted, shows_as_itself
 from peerkit.proto.framing import encode_frame
 from peerkit.proto.messages import decode, encode, encode_deterministic
 
@@ -105,6 +105,7 @@ def check_path(path: str) -> None:
         raise TypeError(f"a path is text, not {type(path).__name__}")
     if not 0 < len(path) <= MAX_PATH:
         raise ValueError(f"a path is 1 to {MAX_PATH} characters, not {len(path)}")
+    check_encodable(path, quoted(path))
     if "\\" in path or not shows_as_itself(path):
         raise ValueError(
             f"{quoted(path)} holds a control or bidirectional character, one that shows as nothing, "

@@ -51,6 +51,8 @@ async def test_an_invited_chat_carries_hello_lines_typing_presence_and_bye() -> 
             await chat.set_presence(Presence(PresenceStatus.AWAY))
             with pytest.raises(ValueError, match="at most 2000 characters"):
                 await chat.say("x" * (MAX_LINE + 1))
+            with pytest.raises(ValueError, match=r"a chat line holds '\\udcff', which is no character"):
+                await chat.say("caf\udcff")  # (a byte of input that was not UTF-8: said, not a crash)
             with pytest.raises(TypeError, match="takes a Presence, not str"):
                 await chat.set_presence("away")  # type: ignore[arg-type]
             with pytest.raises(ValueError, match="greeting timeout"):

@@ -432,6 +432,10 @@ async def test_prepare_names_what_it_cannot_send(tmp_path: Path) -> None:
     (tmp_path / "z" / "invoice\u202etxt.exe").write_text("5")  # (shows as "invoiceexe.txt")
     with pytest.raises(ValueError, match=r"invoice\\u202etxt\.exe cannot be sent under its name"):
         await prepare([tmp_path / "z"])
+    (tmp_path / "w").mkdir()
+    (tmp_path / "w" / "caf\udce9.txt").write_text("6")  # (a name whose bytes are not UTF-8)
+    with pytest.raises(ValueError, match=r"holds '\\udce9', which is no character"):
+        await prepare([tmp_path / "w"])
 
 
 async def test_prepare_says_what_a_folder_holds_that_is_not_sent(

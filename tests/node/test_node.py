@@ -1335,3 +1335,16 @@ async def test_a_request_on_a_channel_gone_quiet_finds_out_in_seconds(
             with pytest.raises(PeerUnreachable, match="stopped answering"):
                 await peer.invite(CHAT, timeout=30)
         assert alice.channels(bob.id) == 0
+
+
+async def test_a_bad_timeout_of_a_request_names_the_request() -> None:
+    # ("a request for its presence timeout must be ..." read as if the presence had a timeout)
+    alice = Node(identity=Identity.generate(), network=MemoryNetwork(), listen=("10.0.0.1", 0))
+    async with alice:
+        peer = alice.peer(Identity.generate().id, EndPoint("10.0.0.2", 7000))
+        with pytest.raises(
+            ValueError, match=r"^the timeout of a request for its presence must be a positive"
+        ):
+            await peer.get_presence(timeout=0)
+        with pytest.raises(TypeError, match=r"^the timeout of a request for its objects must be a number"):
+            await peer.get_objects(timeout="5")  # type: ignore[arg-type]

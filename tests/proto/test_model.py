@@ -44,6 +44,19 @@ def test_presence_limits() -> None:
         Presence(PresenceStatus.BUSY, b"x")  # type: ignore[arg-type]
 
 
+def test_text_that_utf8_cannot_carry_is_refused_where_it_is_given() -> None:
+    # A lone surrogate is how Python reads a byte that is not UTF-8 (an argument, a file name):
+    # it was taken, then failed as the store or the wire wrote it, far from where it came in.
+    for make in (
+        lambda: Presence(PresenceStatus.AWAY, "lunch \udcff"),
+        lambda: Application(id=uuid.uuid4(), description="\ud800"),
+        lambda: EndPoint("h", 80, "desk\udcff"),
+    ):
+        with pytest.raises(ValueError, match=r"holds '\\ud[8c]\w\w', which is no character"):
+            make()
+    assert Presence(PresenceStatus.AWAY, "déjeuner 🍜").text == "déjeuner 🍜"
+
+
 def test_endpoint_equality_ignores_the_name_and_normalises_addresses() -> None:
     assert EndPoint("127.0.0.1", 80, "a") == EndPoint("127.0.0.1", 80, "b")
     assert EndPoint("127.0.0.1", 80) != EndPoint("127.0.0.1", 81)
