@@ -35,6 +35,7 @@ from peerkit.proto.files import (
     Done,
     Entry,
     Summary,
+    check_offer,
     check_path,
     decode_message,
     encode_done,
@@ -230,15 +231,19 @@ def _check_names(found: list[tuple[Path, str]]) -> None:
     # is hashed).
     if not found:
         raise ValueError("there is no file to send (empty folders are not sent)")
-    names = [name for _, name in found]
-    if len(set(names)) != len(names):
-        twice = next(n for n in names if names.count(n) > 1)
-        raise ValueError(f"two files would be called {twice!r}: send them apart")
     for source, name in found:
         try:
             check_path(name)
         except ValueError as exc:
             raise ValueError(f"{printable(str(source))} cannot be sent under its name: {exc}") from None
+    names = [name for _, name in found]
+    if len(set(names)) != len(names):
+        twice = next(n for n in names if names.count(n) > 1)
+        raise ValueError(f"two files would be called {twice!r}: send them apart")
+    try:
+        check_offer(names)
+    except ValueError as exc:
+        raise ValueError(f"in the offer, {exc}: send them apart") from None
 
 
 def _fit(buffer: bytearray, size: int) -> bytearray:
@@ -534,6 +539,10 @@ async def receive_files(
             raise ProtocolError("the offer lists more files than its summary")
     if offer_digest(entries) != summary.digest or frames.leftover:
         raise ProtocolError("the offer on the stream is not the one accepted")
+    try:
+        check_offer([entry.path for entry in entries])
+    except ValueError as exc:  # (before anything is made or written)
+        raise ProtocolError(f"malformed file offer: {exc}") from None
     await anyio.to_thread.run_sync(_make_destination, into)
     report = ReceiveReport()
     plans: list[_Plan] = []
@@ -805,5 +814,9 @@ def _check(plan: _Plan) -> str | None:
     if hasher is None or hasher.digest() != plan.entry.digest:
         plan.partial.unlink(missing_ok=True)
         return "its bytes do not match the offer's BLAKE3 hash (not kept)"
-    os.replace(plan.partial, plan.target)
+    try:
+        os.replace(plan.partial, plan.target)
+    except OSError as exc:  # (something took its name meanwhile: the others go on)
+        plan.partial.unlink(missing_ok=True)
+        return f"it could not take its name: {(exc.strerror or str(exc)).lower()} (not kept)"
     return None

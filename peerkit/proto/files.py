@@ -11,6 +11,7 @@ sender sends the wanted bytes back to back, and the receiver's ``done`` reports 
 from __future__ import annotations
 
 import hashlib
+import itertools
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
@@ -27,6 +28,7 @@ __all__ = (
     "Done",
     "Entry",
     "Summary",
+    "check_offer",
     "check_path",
     "decode_message",
     "decode_summary",
@@ -116,6 +118,19 @@ def check_path(path: str) -> None:
             raise ValueError(f"{path!r} is not a relative path of named parts (no '', '.', '..')")
         if len(part.encode("utf-8", "surrogatepass")) > 255:
             raise ValueError(f"a part of {path[:40]!r}... is longer than 255 bytes")
+
+
+def check_offer(paths: Sequence[str]) -> None:
+    """:raises ValueError: when the offer's ``paths`` could not all be saved as they are: one listed
+    twice, or one that is a file and a folder of another file at once (``x`` and ``x/y``)."""
+    # Sorted with "/" as the least character (a path holds no NUL), a file's descendants come
+    # right after it: each path is compared with the next one only.
+    keys = sorted(path.replace("/", "\0") for path in paths)
+    for first, then in itertools.pairwise(keys):
+        if then == first or then.startswith(first + "\0"):
+            folder, path = first.replace("\0", "/"), then.replace("\0", "/")
+            what = "listed twice" if then == first else f"a file and the folder of {quoted(path)}"
+            raise ValueError(f"{quoted(folder)} is {what}")
 
 
 def _rows(entries: Sequence[Entry]) -> list[list[Any]]:

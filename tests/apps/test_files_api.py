@@ -401,6 +401,58 @@ async def test_files_the_receiver_cannot_save_are_failures_on_both_sides(tmp_pat
     assert (into / "trip").read_text() == "a file called trip"
 
 
+async def test_an_offer_of_x_and_x_slash_y_is_refused_before_anything_is_made(tmp_path: Path) -> None:
+    # A file and a folder of one name cannot both be saved: the receiver once made the folder,
+    # then failed on the file with a bare "[Errno 21] Is a directory", a partial file left behind.
+    (tmp_path / "one").write_text("1")
+    (tmp_path / "two").write_text("22")
+    outgoing = [
+        Outgoing(tmp_path / "one", Entry("x", 1, blake3.blake3(b"1").digest())),
+        Outgoing(tmp_path / "two", Entry("x/y", 2, blake3.blake3(b"22").digest())),
+    ]
+    into = tmp_path / "into"
+    async with nodes() as (alice, bob):
+        sent, got = await transfer(alice, bob, outgoing, into)
+    assert isinstance(got, ProtocolError)
+    assert str(got) == "malformed file offer: 'x' is a file and the folder of 'x/y'"
+    assert isinstance(sent, ProtocolError)
+    assert not into.exists()
+    # peerkit's own sender makes no such offer: a file and a folder given under one name.
+    (tmp_path / "a" / "x").mkdir(parents=True)
+    (tmp_path / "a" / "x" / "y").write_text("y")
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "x").write_text("x")
+    with pytest.raises(
+        ValueError, match=r"^in the offer, 'x' is a file and the folder of 'x/y': send them apart$"
+    ):
+        await prepare([tmp_path / "b" / "x", tmp_path / "a" / "x"])
+
+
+async def test_a_name_taken_while_its_file_arrives_fails_that_file_alone(tmp_path: Path) -> None:
+    # Something else makes a folder where a file goes while it arrives: that file fails (its
+    # bytes not kept), the others are saved, and the sender hears which.
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "big.bin").write_bytes(os.urandom(3 << 20))
+    (src / "small.txt").write_text("small")
+    into = tmp_path / "into"
+
+    async def receiving(stream: AppStream, summary: Any) -> ReceiveReport:
+        def progress(n: int) -> None:
+            (into / "src" / "big.bin").mkdir(exist_ok=True)
+
+        return await receive_files(stream, summary, into, progress=progress)
+
+    async with nodes() as (alice, bob):
+        sent, got = await transfer(alice, bob, await prepare(src), into, receiving)
+    assert isinstance(got, ReceiveReport), got
+    assert isinstance(sent, SendReport), sent
+    failure = ("src/big.bin", "it could not take its name: is a directory (not kept)")
+    assert (got.saved, got.failed) == ([into / "src" / "small.txt"], [failure])
+    assert (sent.received, sent.failed) == (1, [failure])
+    assert sorted(p.name for p in (into / "src").iterdir()) == ["big.bin", "small.txt"]  # (no partial)
+
+
 async def test_prepare_takes_one_path_as_one_path(tmp_path: Path) -> None:
     # (a str was once read as a sequence of one-letter paths: "/tmp/x" walked "/" first)
     (tmp_path / "note.txt").write_text("hi")

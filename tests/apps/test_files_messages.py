@@ -15,6 +15,7 @@ from peerkit.proto.files import (
     MAX_FILES,
     Done,
     Entry,
+    check_offer,
     check_path,
     decode_message,
     decode_summary,
@@ -123,3 +124,32 @@ def test_offers_of_safe_names_round_trip(rows: list[tuple[str, int]]) -> None:
             entries.append(Entry(name, size, DIGEST))
     if entries:
         assert [e for _, got, _ in frames(encode_offer(entries)) for e in got] == entries  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(
+    ("paths", "problem"),
+    [
+        (["x", "x/y"], "'x' is a file and the folder of 'x/y'"),
+        (["x/y/z", "a", "x/y"], "'x/y' is a file and the folder of 'x/y/z'"),
+        (["x", "x-1", "x.txt", "x/y"], "'x' is a file and the folder of 'x/y'"),  # ('-', '.' < '/')
+        (["a/b", "c", "a/b"], "'a/b' is listed twice"),
+    ],
+)
+def test_an_offer_whose_files_cannot_all_be_saved_is_refused(paths: list[str], problem: str) -> None:
+    with pytest.raises(ValueError, match=f"^{problem}$"):
+        check_offer(paths)
+
+
+@given(st.lists(st.lists(st.sampled_from("ab"), min_size=1, max_size=4), min_size=1, max_size=12))
+def test_check_offer_finds_what_comparing_every_pair_finds(parts: list[list[str]]) -> None:
+    paths = ["/".join(p) for p in parts]
+    clash = any(
+        a == b or a.startswith(b + "/") for i, a in enumerate(paths) for j, b in enumerate(paths) if i != j
+    )
+    try:
+        check_offer(paths)
+    except ValueError:
+        assert clash
+    else:
+        assert not clash
+    check_offer(["a", "a-b", "a.b", "ab", "b/a", "b/ab"])  # (no clash: nothing raised)
