@@ -792,4 +792,6 @@ def _one_line(exc: BaseException) -> str:
         return str(exc)
     if isinstance(exc, OSError) and exc.strerror:
         return f"{exc.strerror}: {exc.filename}" if exc.filename else exc.strerror
+    if isinstance(exc, anyio.BrokenResourceError):  # (a stream whose connection broke)
+        return str(exc) or "the connection broke"
     return f"unexpected {type(exc).__name__}: {exc} (run 'peerkit --debug ...' for the traceback)"

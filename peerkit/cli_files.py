@@ -3,7 +3,6 @@ progress bar, checked end to end, resumed after a cut, never overwriting without
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 from collections.abc import Awaitable, Callable
@@ -26,6 +25,7 @@ import peerkit
 from peerkit.clikit import (
     EXIT_DECLINED,
     EXIT_EXPIRED,
+    EXIT_STOPPED,
     DataDir,
     Discovery,
     Expected,
@@ -125,8 +125,8 @@ def send_command(
     (names, sizes, BLAKE3 hashes), and once it accepts they are streamed, encrypted, with a progress bar.
     Sending the same files again after a cut resumes where the receiver stopped.
 
-    Exits with 0 when everything arrived intact, 1 when a file failed, 3 when the peer declined,
-    4 when it did not answer in time.
+    Exits with 0 when everything arrived intact, 1 when a file failed or the receiver stopped,
+    3 when the peer declined, 4 when it did not answer in time, 130 when stopped with Ctrl-C.
     """
     check_text(message, "invitation message")
     directory = existing_data_dir(data_dir)
@@ -158,6 +158,9 @@ async def _send(
         task = bar.add_task("hashing", total=None)
         outgoing = await prepare(paths, lambda n: bar.advance(task, n), left_out=leaving_out)
     total = sum(o.entry.size for o in outgoing)
+    report: SendReport | None = None
+    sent = [0]  # (bytes sent so far: what a stop says)
+    who = cut = ""
     async with inviting_node(directory, providers) as node:
         named = await peer_named(node, target, providers, min(timeout, 10.0), by_nickname=by_nickname)
         await node.register_application(FILES)
@@ -179,9 +182,25 @@ async def _send(
                 )
                 tg.cancel_scope.cancel()
                 return EXIT_DECLINED if declined else EXIT_EXPIRED
-            async with await peer.open_stream(FILES) as stream:
-                report = await _send_with_bar(stream, outgoing, total, who, shown)
+            try:
+                async with await peer.open_stream(FILES) as stream:
+                    report = await _send_with_bar(stream, outgoing, total, who, shown, sent)
+            except anyio.BrokenResourceError as exc:
+                cut = str(exc) or "the connection broke"
             tg.cancel_scope.cancel()
+    if report is None:  # (Ctrl-C or SIGTERM first, or the connection broke)
+        where = f": {size_text(sent[0])} of {size_text(total)} sent" if sent[0] else ""
+        again = "; sending the same files again resumes" if sent[0] else ""
+        said = f"{who} stopped receiving ({cut})" if cut else "stopped"
+        _outcome(
+            as_json,
+            f"{said}{where}{again}",
+            answer="stopped",
+            sent_bytes=sent[0],
+            reason=cut,
+            left_out=left_out,
+        )
+        return 1 if cut else EXIT_STOPPED
     for path, reason in report.failed:
         shown.print(f"{path}: {reason}", style="red", highlight=False)
     _outcome(
@@ -200,11 +219,15 @@ async def _send(
 
 
 async def _send_with_bar(
-    stream: AppStream, outgoing: list[Outgoing], total: int, who: str, shown: SafeConsole
+    stream: AppStream, outgoing: list[Outgoing], total: int, who: str, shown: SafeConsole, sent: list[int]
 ) -> SendReport:
+    def progress(n: int) -> None:
+        sent[0] += n
+        bar.advance(task, n)
+
     with _bar(shown=shown) as bar:
         task = bar.add_task(f"to {who}", total=total)
-        report = await send_files(stream, outgoing, lambda n: bar.advance(task, n))
+        report = await send_files(stream, outgoing, progress)
         _finish(bar, task, total)
     return report
 
@@ -250,7 +273,8 @@ def receive_command(
     answer; one already there is not sent again; an interrupted transfer resumes when the sender
     sends again.
 
-    Exits with 0 when every file arrived intact, 1 when one failed.
+    Exits with 0 when every file arrived intact (or none was offered before Ctrl-C), 1 when one
+    failed or the sender stopped, 130 when stopped with Ctrl-C during a transfer.
     """
     directory = existing_data_dir(data_dir)
     host, port = parse_listen(listen_at)
@@ -275,6 +299,14 @@ async def _receive(
         return f"{offered}. Save into {into}? [y/N]"
 
     report: ReceiveReport | None = None
+    summary: Summary | None = None
+    received = [0]  # (bytes received so far: what a stop says)
+    cut = ""  # (why the sender's stream broke, if it did)
+
+    def progress(n: int) -> None:
+        received[0] += n
+        bar.advance(task, n)
+
     async with (
         peerkit.Node(data_dir=directory, listen=listen, discovery=providers) as node,
         Terminal(keys=False) as terminal,
@@ -288,13 +320,23 @@ async def _receive(
         async with stream:
             with _bar() as bar:
                 task = bar.add_task(f"from {who}", total=summary.size)
-                report = await receive_files(
-                    stream, summary, into, decide, functools.partial(bar.advance, task)
-                )
-                _finish(bar, task, summary.size)
+                try:
+                    report = await receive_files(stream, summary, into, decide, progress)
+                except anyio.BrokenResourceError as exc:
+                    cut = str(exc) or "the connection broke"
+                else:
+                    _finish(bar, task, summary.size)
         tg.cancel_scope.cancel()
-    if report is None:
+    if summary is None:  # (stopped while waiting for an offer: nothing under way)
         return 0
+    if report is None:
+        kept = f"{size_text(received[0])} of {size_text(summary.size)} received (what arrived is kept)"
+        rest = f"the rest comes when {who} sends the same files again"
+        if cut:
+            err_console.print(f"{who} stopped sending ({cut}): {kept}; {rest}", style="red", highlight=False)
+            return 1
+        console.print(f"stopped: {kept}; {rest}", highlight=False)
+        return EXIT_STOPPED
     for path in report.saved:
         console.print(f"saved {path}", highlight=False)
     for offered in report.already:

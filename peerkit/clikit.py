@@ -28,6 +28,7 @@ __all__ = (
     "EXIT_CODES",
     "EXIT_DECLINED",
     "EXIT_EXPIRED",
+    "EXIT_STOPPED",
     "MAX_EXPECTED",
     "MIN_PREFIX",
     "STREAM_WAIT",
@@ -109,11 +110,14 @@ def default_command(group: typer.Typer, command: Callable[[], object]) -> None:
 
 EXIT_CODES: Final = (
     "Exit codes: 0 success; 1 failure; 2 usage error; 3 invitation declined; 4 invitation expired "
-    "(no answer in time)."
+    "(no answer in time); 130 stopped (Ctrl-C or SIGTERM) before a transfer ended."
 )
 #: The exit codes of ``peerkit invite`` (and ``chat``, ``send``) for an answer other than accepted.
 EXIT_DECLINED: Final = 3
 EXIT_EXPIRED: Final = 4
+#: The exit code of ``peerkit send`` and ``receive`` stopped before the transfer ended (the
+#: shell's code for Ctrl-C).
+EXIT_STOPPED: Final = 130
 
 #: Characters of a contact's id (or its fingerprint) that name it on the command line, at least.
 MIN_PREFIX: Final = 8

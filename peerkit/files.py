@@ -364,7 +364,7 @@ async def _send_wanted(
                     return
 
     sent = 0
-    async with _one_error(), anyio.create_task_group() as tg, filled, free, freed:
+    async with _one_error(), filled, free, freed, anyio.create_task_group() as tg:  # (tasks end first)
         tg.start_soon(read)
         async for chunk, buffer in filled:
             await stream.send(chunk)

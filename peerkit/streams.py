@@ -90,7 +90,7 @@ class AppStream(anyio.abc.ByteStream):
                 # {"t": "data", "d": <piece>} in CBOR, with the piece copied once, into the frame.
                 await self._channel.send_parts([_DATA_HEAD, _bytes_head(len(piece)), piece])
         except PeerUnreachable as exc:
-            raise anyio.BrokenResourceError from exc
+            raise anyio.BrokenResourceError(str(exc)) from exc
 
     async def receive(self, max_bytes: int = 65536) -> bytes:
         """Up to ``max_bytes`` bytes from the peer.
@@ -112,7 +112,7 @@ class AppStream(anyio.abc.ByteStream):
             except anyio.EndOfStream:
                 raise anyio.BrokenResourceError("the connection ended without the end-of-data mark") from None
             except (PeerUnreachable, ProtocolError) as exc:
-                raise anyio.BrokenResourceError from exc
+                raise anyio.BrokenResourceError(str(exc)) from exc
             kind = message["t"]
             if kind == "data" and isinstance(message.get("d"), bytes):
                 self._buffer, self._offset = message["d"], 0
@@ -139,7 +139,7 @@ class AppStream(anyio.abc.ByteStream):
         try:
             await self._channel.send({"t": "eof"})
         except PeerUnreachable as exc:
-            raise anyio.BrokenResourceError from exc
+            raise anyio.BrokenResourceError(str(exc)) from exc
 
     async def aclose(self) -> None:
         """Send the end of data if not done yet, and close the connection."""

@@ -970,3 +970,12 @@ def test_serve_on_a_file_system_without_locks_falls_back_on_the_report(
     write_reach(tmp_path, {**reach_status(nothing, listening="127.0.0.1:1"), "pid": os.getppid()})
     with pytest.raises(peerkit.PeerkitError, match="a node already serves"), serving(tmp_path):
         pass
+
+
+@pytest.mark.parametrize(
+    ("error", "said"), [("the connection to the peer broke", None), ("", "the connection broke")]
+)
+def test_a_broken_stream_that_reaches_main_is_one_line_not_unexpected(error: str, said: str | None) -> None:
+    with mock.patch.object(peerkit.cli, "app", mock.Mock(side_effect=anyio.BrokenResourceError(error))):
+        result = run_here("id", env=None, answer="")
+    assert (result.returncode, result.stderr) == (1, f"error: {said or error}\n")

@@ -208,3 +208,68 @@ def test_a_transfer_killed_halfway_resumes_when_sent_again(
         server.send_signal(signal.SIGTERM)
         server.wait(20)
         server.stdout.close()
+
+
+def _partial_with_bytes(into: Path, timeout: float = 30) -> Path:
+    # The partial file of the transfer under way into ``into``, once it holds bytes.
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for partial in into.glob(".*.peerkit-part") if into.exists() else ():
+            if partial.stat().st_size > 0:
+                return partial
+        time.sleep(0.001)
+    raise AssertionError("the transfer never started")
+
+
+@pytest.mark.network
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("stopped", ["receiver", "sender"])
+def test_a_transfer_stopped_by_ctrl_c_says_so_on_both_sides(
+    tmp_path: Path, people: tuple[dict[str, str], dict[str, str]], stopped: str
+) -> None:
+    # Ctrl-C on either side mid-file: it says how far the transfer came and exits 130; the other
+    # side says its peer stopped, how far it came and that sending again resumes, and exits 1
+    # (it was "unexpected UnboundLocalError" on the sender, "unexpected BrokenResourceError: "
+    # on the receiver).
+    alice, bob = people
+    big = tmp_path / "big.bin"
+    with big.open("wb") as f:
+        for _ in range(96):
+            f.write(os.urandom(1 << 20))
+    into = tmp_path / "into"
+    receiver, port = receiving(alice, "--into", str(into), "--yes")
+    try:
+        sender = subprocess.Popen(
+            [*PEERKIT, "send", f"127.0.0.1:{port}", str(big), "--json"],
+            env=bob,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        _partial_with_bytes(into)
+        if stopped == "receiver":
+            receiver.kill(signal.SIGINT)
+        else:
+            sender.send_signal(signal.SIGINT)
+        out, err = sender.communicate(timeout=30)
+        outcome = json.loads(out)  # (stdout holds the JSON alone)
+        assert outcome["answer"] == "stopped"
+        assert 0 < outcome["sent_bytes"] < big.stat().st_size, "the transfer was not cut halfway"
+        if stopped == "receiver":
+            receiver.expect(
+                r"stopped: [\d.]+ MB of 100\.7 MB received \(what arrived is kept\); the rest comes "
+            )
+            receiver.expect("when bob sends the same files again")
+            assert exit_status(receiver) == 130
+            assert sender.returncode == 1
+            assert outcome["reason"] == "the connection to the peer broke"
+        else:
+            receiver.expect(
+                r"bob stopped sending \(.+\): [\d.]+ MB of 100\.7 MB received \(what arrived is kept\)"
+            )
+            assert exit_status(receiver) == 1
+            assert sender.returncode == 130, err
+            assert outcome["reason"] == ""
+        assert not (into / "big.bin").exists()
+    finally:
+        receiver.terminate(force=True)

@@ -24,7 +24,7 @@ from peerkit.files import (
     receive_files,
     send_files,
 )
-from peerkit.proto.files import Entry, decode_summary, encode_summary
+from peerkit.proto.files import Entry, decode_summary, encode_summary, encode_want
 from peerkit.testing import MemoryNetwork, node_pair
 from peerkit.wellknown import FILES
 
@@ -451,6 +451,36 @@ async def test_a_name_taken_while_its_file_arrives_fails_that_file_alone(tmp_pat
     assert (got.saved, got.failed) == ([into / "src" / "small.txt"], [failure])
     assert (sent.received, sent.failed) == (1, [failure])
     assert sorted(p.name for p in (into / "src").iterdir()) == ["big.bin", "small.txt"]  # (no partial)
+
+
+async def test_a_connection_broken_mid_file_is_the_senders_one_error(tmp_path: Path) -> None:
+    # The sender's reader of the file waited for a free buffer when the stream broke, and the
+    # buffers' stream was closed before it was cancelled: two errors in a group, which no caller
+    # catches ("unexpected ExceptionGroup" in peerkit send), rather than the broken connection.
+    big = tmp_path / "big.bin"
+    big.write_bytes(os.urandom(files.BUFFERS * files.BATCH + 1))
+    (outgoing,) = await prepare(big)
+
+    class Breaking:
+        def __init__(self) -> None:
+            self.replies = encode_want([(0, 0)])
+
+        async def send(self, data: bytes) -> None:
+            if len(data) >= files.BATCH:  # (the file's bytes, once every buffer is full)
+                await anyio.sleep(0.1)
+                raise anyio.BrokenResourceError("the connection to the peer broke")
+
+        async def receive(self, max_bytes: int = 65536) -> bytes:
+            replies, self.replies = self.replies, b""
+            if not replies:
+                await anyio.sleep_forever()
+            return replies
+
+        async def aclose(self) -> None:
+            pass
+
+    with pytest.raises(anyio.BrokenResourceError, match="the connection to the peer broke"):
+        await send_files(Breaking(), [outgoing])  # type: ignore[arg-type]
 
 
 async def test_prepare_takes_one_path_as_one_path(tmp_path: Path) -> None:
