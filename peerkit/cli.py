@@ -29,6 +29,7 @@ from peerkit.clikit import (
     EXIT_CODES,
     EXIT_DECLINED,
     EXIT_EXPIRED,
+    AcceptFrom,
     DataDir,
     Discovery,
     ListenAt,
@@ -203,6 +204,14 @@ def serve(
             "chats are printed and stdin's lines said; files are saved --into a folder.",
         ),
     ] = None,
+    accept_from: Annotated[
+        AcceptFrom,
+        typer.Option(
+            "--accept-from",
+            help="Whose invitations --accept accepts: your contacts' (and peers' you trust), or "
+            "anyone's, strangers' too (whose files then fill --into up to its free space).",
+        ),
+    ] = AcceptFrom.CONTACTS,
     into: Annotated[
         Path,
         typer.Option(
@@ -264,6 +273,7 @@ def serve(
         "port_mapping": None if port_mapping else False,  # (on: unless the environment says off)
     }
     relaying["into"] = checked_into(into) if FILES.id in apps else into
+    relaying["accept_from"] = accept_from
     with serving(directory):
         anyio.run(run_serve, host, port, apps, nickname, providers, directory, as_json, bootstrap, relaying)
 

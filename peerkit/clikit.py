@@ -3,6 +3,7 @@ named as people name them, addresses and nicknames read from the command line.""
 
 from __future__ import annotations
 
+import enum
 import os
 import signal
 from collections.abc import AsyncIterator, Callable
@@ -32,6 +33,7 @@ __all__ = (
     "MAX_EXPECTED",
     "MIN_PREFIX",
     "STREAM_WAIT",
+    "AcceptFrom",
     "DataDir",
     "Discovery",
     "Expected",
@@ -121,6 +123,15 @@ EXIT_STOPPED: Final = 130
 
 #: Characters of a contact's id (or its fingerprint) that name it on the command line, at least.
 MIN_PREFIX: Final = 8
+
+
+class AcceptFrom(enum.StrEnum):
+    """Whose invitations ``peerkit serve --accept`` accepts (``--accept-from``)."""
+
+    #: Contacts, and peers trusted with :meth:`peerkit.Node.trust`: a stranger's are declined.
+    CONTACTS = "contacts"
+    #: Anyone who completes a handshake.
+    ANYONE = "anyone"
 
 
 def data_dir_of(data_dir: Path | None) -> Path:

@@ -6,22 +6,30 @@ import json
 import signal
 import sys
 import uuid
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 
 from peerkit.apps import Registry
 from peerkit.cli_chat import ChatDesk
 from peerkit.cli_files import FilesDesk
-from peerkit.clikit import dialled_at, dialled_text
+from peerkit.clikit import AcceptFrom, dialled_at, dialled_text
 from peerkit.discovery.base import DiscoveryProvider
 from peerkit.launching import Launcher
 from peerkit.model import EndPoint, printable
 from peerkit.reporting import REACH_EVERY, reach_status, relay_text, write_reach
 from peerkit.terminal import SafeConsole, Terminal
 
+if TYPE_CHECKING:
+    from peerkit.invitations import Invitation
+    from peerkit.model import InvitationResponse
+
 __all__ = ("run_serve",)
+
+#: An invitation handler, as ``peerkit serve`` adds them.
+Handler = Callable[["Invitation"], Awaitable["InvitationResponse"]]
 
 console = SafeConsole(soft_wrap=True)
 
@@ -39,7 +47,6 @@ async def run_serve(
 ) -> None:
     """What ``peerkit serve`` does (its arguments, checked): run a node until SIGINT or SIGTERM."""
     from peerkit.events import InvitationAnswered
-    from peerkit.invitations import Invitation
     from peerkit.model import Application, InvitationResponse, Scope
     from peerkit.node import Node
     from peerkit.wellknown import CHAT, FILES
@@ -54,6 +61,7 @@ async def run_serve(
 
     relaying = dict(relaying or {})
     into = relaying.pop("into", Path())
+    anyone = relaying.pop("accept_from", AcceptFrom.CONTACTS) is AcceptFrom.ANYONE
     node = Node(
         nickname=nickname,
         data_dir=directory,
@@ -78,10 +86,36 @@ async def run_serve(
         ask = (
             Terminal(keys=False).ask if sys.stdin.isatty() and sys.stdout.isatty() and desk is None else None
         )
+        # The applications people know by name (an invitation to another shows its UUID).
+        names = {CHAT.id: "chat", FILES.id: "files", **{r.id: r.name for r in registered}}
+
+        def accepting(handler: Handler) -> Handler:
+            # ``handler`` of an application --accept named, for contacts (and peers trusted) alone
+            # unless --accept-from anyone: a stranger's invitation is declined, and said so.
+            if anyone:
+                return handler
+
+            async def invited(invitation: Invitation) -> InvitationResponse:
+                if invitation.trusted:
+                    return await handler(invitation)
+                application = names.get(invitation.application.id, str(invitation.application.id))
+                who = printable(invitation.nickname) or invitation.sender_id.fingerprint
+                say(
+                    f"invitation from {who} ({invitation.sender_id.fingerprint}) to {application} "
+                    "declined: not a contact ('peerkit serve --accept-from anyone' accepts strangers' too)",
+                    event="stranger_declined",
+                    sender=str(invitation.sender_id),
+                    application=str(invitation.application.id),
+                )
+                return InvitationResponse.DECLINED
+
+            return invited
+
         launcher = Launcher(registered, set(apps), directory, say, launches, ask)
         for each in registered:
             await node.register_application(each.application)
-            node.add_invitation_handler(each.id, launcher.invited)
+            launched = accepting(launcher.invited) if each.id in apps else launcher.invited
+            node.add_invitation_handler(each.id, launched)
         for app_id in apps:
             if app_id in {r.id for r in registered}:
                 continue  # (launched)
@@ -91,16 +125,13 @@ async def run_serve(
                 return InvitationResponse.ACCEPTED
 
             if desk is not None and app_id == CHAT.id:
-                node.add_invitation_handler(app_id, desk.invited)
+                node.add_invitation_handler(app_id, accepting(desk.invited))
                 node.add_stream_handler(app_id, desk.chat)
             elif files is not None and app_id == FILES.id:
-                node.add_invitation_handler(app_id, files.invited)
+                node.add_invitation_handler(app_id, accepting(files.invited))
                 node.add_stream_handler(app_id, files.receive)
             else:
-                node.add_invitation_handler(app_id, accept_all)
-
-        # The applications people know by name (an invitation to another shows its UUID).
-        names = {CHAT.id: "chat", FILES.id: "files", **{r.id: r.name for r in registered}}
+                node.add_invitation_handler(app_id, accepting(accept_all))
 
         async def report(event: InvitationAnswered) -> None:
             answer = event.response.name.lower() if event.response is not None else "withdrawn"

@@ -194,7 +194,9 @@ def test_the_nickname_is_saved_and_used_by_every_command(tmp_path: Path) -> None
 
 @pytest.mark.network
 def test_contacts_are_named_as_people_name_them_and_invited_by_name(tmp_path: Path) -> None:
-    server, info = start_server(tmp_path / "server", "--listen", "127.0.0.1:0", "--accept", "chat")
+    server, info = start_server(
+        tmp_path / "server", "--listen", "127.0.0.1:0", "--accept", "chat", "--accept-from", "anyone"
+    )
     try:
         client = {"PEERKIT_DATA_DIR": str(tmp_path / "client")}
         run("id", "--create", env=client)
@@ -235,7 +237,15 @@ def test_contacts_are_named_as_people_name_them_and_invited_by_name(tmp_path: Pa
 @pytest.mark.network
 def test_a_peer_near_you_is_added_by_its_nickname(tmp_path: Path) -> None:
     server, info = start_server(
-        tmp_path / "server", "--listen", "127.0.0.1:0", "--nickname", "Sam", "--accept", "chat"
+        tmp_path / "server",
+        "--listen",
+        "127.0.0.1:0",
+        "--nickname",
+        "Sam",
+        "--accept",
+        "chat",
+        "--accept-from",
+        "anyone",
     )
     try:
         client = {"PEERKIT_DATA_DIR": str(tmp_path / "client")}
@@ -331,9 +341,52 @@ def stop(server: subprocess.Popen[str], signum: int = signal.SIGTERM) -> str:
 
 
 @pytest.mark.network
+def test_serve_accepts_for_its_contacts_alone_unless_told_anyone(tmp_path: Path) -> None:
+    # 'serve --accept files' took any stranger's files on the network, up to the disk's free
+    # space (and --accept APP launched a program for anyone): a stranger's invitation is declined
+    # and said so; once the stranger is a contact, it is accepted.
+    server, info = start_server(tmp_path / "server", "--listen", "127.0.0.1:0", "--accept", "chat")
+    try:
+        client = {"PEERKIT_DATA_DIR": str(tmp_path / "client")}
+        run("id", "--create", "--nickname", "cleo", env=client)
+        address = f"127.0.0.1:{info['port']}"
+        stranger = run("invite", address, "chat", env=client)
+        assert stranger.returncode == 3, stranger.stderr
+        assert server.stdout is not None
+        said = json.loads(server.stdout.readline())
+        assert said["event"] == "stranger_declined", said
+        card = run("contacts", "export-card", env=client).stdout.strip()
+        served = {"PEERKIT_DATA_DIR": str(tmp_path / "server" / "server")}
+        assert run("contacts", "add-card", card, env=served).returncode == 0  # (while it serves)
+        deadline = time.monotonic() + 20  # (serve reads the store's changes every second)
+        contact = run("invite", address, "chat", "--json", env=client)
+        while contact.returncode == 3 and time.monotonic() < deadline:
+            time.sleep(0.5)
+            contact = run("invite", address, "chat", "--json", env=client)
+        assert contact.returncode == 0, contact.stderr
+        assert json.loads(contact.stdout)["response"] == "accepted"
+    finally:
+        out = stop(server)
+    assert '"response": "accepted", "reason": "handler"' in out
+    again, info = start_server(
+        tmp_path / "again", "--listen", "127.0.0.1:0", "--accept", "chat", "--accept-from", "anyone"
+    )
+    try:
+        anyone = run("invite", f"127.0.0.1:{info['port']}", "chat", env=client)
+        assert anyone.returncode == 0, anyone.stderr
+    finally:
+        stop(again)
+    text = run("serve", "--accept", "chat", "--accept-from", "strangers", env=client)
+    assert text.returncode == 2
+    assert "'strangers' is not one of 'contacts', 'anyone'" in " ".join(text.stderr.replace("│", " ").split())
+
+
+@pytest.mark.network
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 def test_serve_and_invite(tmp_path: Path, signum: int) -> None:
-    server, info = start_server(tmp_path, "--listen", "127.0.0.1:0", "--accept", CHAT, "--nickname", "srv")
+    server, info = start_server(
+        tmp_path, "--listen", "127.0.0.1:0", "--accept", CHAT, "--accept-from", "anyone", "--nickname", "srv"
+    )
     try:
         assert info["event"] == "listening"
         address = f"127.0.0.1:{info['port']}"

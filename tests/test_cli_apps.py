@@ -20,7 +20,7 @@ from peerkit.apps import MAX_REGISTERED, Registered, Registry
 from peerkit.wellknown import well_known_id
 
 PEERKIT = [sys.executable, "-c", "from peerkit.cli import main; main()"]
-ACCEPT_BOARD = ["--accept", "board", "--json"]
+ACCEPT_BOARD = ["--accept", "board", "--accept-from", "anyone", "--json"]
 PROGRAM = str(Path(__file__).parent / "apps" / "launched_program.py")
 
 
@@ -148,6 +148,45 @@ def test_serve_launches_a_registered_program_that_answers_and_streams_to_the_inv
     # Where the program's output went: said as it starts, and with a failed exit.
     log = str(tmp_path / "bob" / "logs" / "board.log")
     assert {e["output"] for e in events if e["event"] in ("launched", "exited")} == {log}
+
+
+@pytest.mark.network
+@pytest.mark.timeout(120)
+def test_serve_launches_nothing_for_a_stranger_unless_told_anyone(
+    tmp_path: Path, bob: dict[str, str]
+) -> None:
+    record = tmp_path / "launched.json"
+    registered = run(
+        "apps", "register", "board", sys.executable, "--arguments", f"{PROGRAM} {record}", env=bob
+    )
+    assert registered.returncode == 0, registered.stderr
+    board = peerkit.Application(id=well_known_id("board"))
+    serving = ["serve", "--listen", "127.0.0.1:0", "--discovery", "static:127.0.0.1:9", "--accept", "board"]
+    server = subprocess.Popen(
+        [*PEERKIT, *serving, "--json"],
+        env=bob,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert server.stdout is not None
+    try:
+        port = json.loads(server.stdout.readline())["port"]
+
+        async def stranger() -> peerkit.InvitationResponse:
+            async with peerkit.Node(identity=peerkit.Identity.generate(), listen=("127.0.0.1", 0)) as node:
+                await node.register_application(board)
+                peer = await node.peer_at("127.0.0.1", port)
+                return await peer.invite(board, "draw with me", timeout=30)
+
+        assert anyio.run(stranger) is peerkit.InvitationResponse.DECLINED
+    finally:
+        server.send_signal(signal.SIGTERM)
+        out, _ = server.communicate(timeout=30)
+    events = [json.loads(line)["event"] for line in out.splitlines()]
+    assert "stranger_declined" in events
+    assert "launched" not in events
+    assert not record.exists()
 
 
 @pytest.mark.network

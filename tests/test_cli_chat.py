@@ -16,7 +16,7 @@ import pexpect
 import pytest
 from terminals import NOBODY, PEERKIT, exit_status, person, terminal
 
-ACCEPT_CHAT = ["--accept", "chat", "--json"]
+ACCEPT_CHAT = ["--accept", "chat", "--accept-from", "anyone", "--json"]
 
 
 def waiting(env: dict[str, str], *options: str) -> tuple[pexpect.spawn, int]:

@@ -159,6 +159,8 @@ def test_a_transfer_killed_halfway_resumes_when_sent_again(
             NOBODY,
             "--accept",
             "files",
+            "--accept-from",
+            "anyone",
             "--into",
             str(into),
             "--json",

@@ -184,7 +184,8 @@ class Served:
 
     def __init__(self, data_dir: Path) -> None:
         command = [sys.executable, "-c", "from peerkit.cli import main; main()", "serve", "--json"]
-        command += ["--listen", "127.0.0.1:0", "--accept", str(REGISTERED), "--data-dir", str(data_dir)]
+        command += ["--listen", "127.0.0.1:0", "--accept", str(REGISTERED), "--accept-from", "anyone"]
+        command += ["--data-dir", str(data_dir)]
         command += ["--discovery", "memory"]  # signed in to NEAR_ME, announcing nothing on the network
         self.process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
         assert self.process.stdout is not None
