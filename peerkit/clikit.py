@@ -202,11 +202,21 @@ def dialled_text(node: peerkit.Node) -> str:
 
 
 def parse_address(text: str, default_host: str | None = None) -> tuple[str, int]:
-    """``HOST:PORT``, ``[IPv6]:PORT``, or with a ``default_host``, ``:PORT``, as a (host, port) pair
-    (see :func:`peerkit.model.host_and_port`).
+    """An address to reach: ``HOST:PORT``, ``[IPv6]:PORT``, or with a ``default_host``, ``:PORT``,
+    as a (host, port) pair (see :func:`peerkit.model.host_and_port`).
 
-    :raises typer.BadParameter: when it is none of those.
+    :raises typer.BadParameter: when it is none of those, or its port is 0 (which no peer is at).
     """
+    host, port = _host_and_port(text, default_host)
+    if port == 0:
+        raise typer.BadParameter(
+            f"{text.strip()[:60]!r}: port 0 is for listening (the system picks a port); give the port "
+            "the peer listens on"
+        )
+    return host, port
+
+
+def _host_and_port(text: str, default_host: str | None) -> tuple[str, int]:
     try:
         return host_and_port(text, default_host=default_host)
     except ValueError as exc:
@@ -221,7 +231,7 @@ def parse_listen(text: str) -> tuple[str, int]:
     """
     bare = text.strip()
     if not (bare.isascii() and bare.isdigit()):
-        return parse_address(text, default_host="")
+        return _host_and_port(text, default_host="")
     if len(bare) > 5 or int(bare) > 65535:
         raise typer.BadParameter(f"port {bare[:12]} is outside 0..65535")
     return "", int(bare)

@@ -824,6 +824,13 @@ def test_serve_names_a_bad_dht_bootstrap() -> None:
     with pytest.raises(typer.BadParameter, match="':6881' names no host"):
         parse_address(":6881")  # (it was 0.0.0.0: a bootstrap on this machine)
     assert parse_address(":6881", "127.0.0.1") == ("127.0.0.1", 6881)
+    # Port 0 is no peer's: an address to reach with it was "endpoint port 0 is outside 1..65535"
+    # once a node had started (exit 1), or a card that named it.
+    with pytest.raises(typer.BadParameter, match=r"'127\.0\.0\.1:0': port 0 is for listening"):
+        parse_address("127.0.0.1:0")
+    invited = run("invite", "127.0.0.1:0", "chat")
+    assert invited.returncode == 2
+    assert "port 0 is for listening" in " ".join(invited.stderr.replace("│", " ").split())
 
 
 @pytest.mark.parametrize(
