@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import os
+import shlex
+import shutil
 import uuid
 from pathlib import Path
 from typing import Annotated
@@ -12,9 +16,9 @@ from rich.table import Column, Table
 
 from peerkit.apps import Registered, Registry, system_registry_path
 from peerkit.clikit import DataDir, console, default_command, err_console, existing_data_dir
-from peerkit.wellknown import application_id, well_known_id
+from peerkit.wellknown import CHAT, FILES, application_id, well_known_id
 
-__all__ = ("app_ids", "apps_app")
+__all__ = ("app_ids", "apps_app", "program_path")
 
 apps_app = typer.Typer(
     help="Applications 'peerkit serve' launches when an invitation to them is accepted (alone: list them).",
@@ -58,13 +62,40 @@ def apps_register(
     The program finds the invitation with peerkit.launch_info()."""
     try:
         identity = uuid.UUID(app_id) if app_id is not None else well_known_id(name.lower())
-        registered = Registered(name, identity, path, arguments, description)
+        registered = Registered(name, identity, path, arguments, description)  # (the name first)
+        registered = dataclasses.replace(registered, path=program_path(path))
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None
+    if identity in (CHAT.id, FILES.id):  # ('peerkit serve' answers those itself: never launched)
+        own = "chat" if identity == CHAT.id else "files"
+        raise typer.BadParameter(
+            f"{own} is peerkit's own application ('peerkit serve --accept {own}'): give another name or --id"
+        )
     Registry(existing_data_dir(data_dir)).register(registered)
     console.print(
         f"registered {registered.name} ({registered.id}): {registered.command_text()}", highlight=False
     )
+
+
+def program_path(path: str) -> str:
+    """The program ``apps register`` is given, as it is kept: a name found on ``PATH`` as it is
+    (looked up there when launched), a path made absolute ('peerkit serve' may run elsewhere).
+
+    :raises ValueError: when there is no such program, or it cannot be run.
+    """
+    if "/" not in path and os.sep not in path:
+        if shutil.which(path) is None:
+            raise ValueError(f"no program called {path!r} on PATH: give its path")
+        return path
+    program = Path(path).expanduser().absolute()
+    if not program.is_file():
+        raise ValueError(f"no program at {program}")
+    if not os.access(program, os.X_OK):
+        raise ValueError(
+            f"{program} is not executable: make it so (chmod +x), or register what runs it "
+            f"('peerkit apps register NAME python3 --arguments {shlex.quote(str(program))}')"
+        )
+    return str(program)
 
 
 @apps_app.command("unregister")

@@ -48,17 +48,21 @@ def test_register_list_and_unregister_with_the_system_registry_under_yours(
         {"name": "lobby", "id": str(uuid.UUID(int=2)), "path": "/usr/bin/lobby", "arguments": "--fast"},
     ]}  # fmt: skip
     (tmp_path / "system-apps.json").write_text(json.dumps(system))
-    added = run("apps", "register", "whiteboard", "/opt/board", "--arguments", "--room 'a b'", env=bob)
+    program = tmp_path / "opt" / "board"
+    program.parent.mkdir()
+    program.write_text("#!/bin/sh\n")
+    program.chmod(0o755)
+    added = run("apps", "register", "whiteboard", str(program), "--arguments", "--room 'a b'", env=bob)
     assert added.returncode == 0, added.stderr
-    assert added.stdout.endswith(": /opt/board --room 'a b'\n")  # one argument: shown as one
+    assert added.stdout.endswith(f": {program} --room 'a b'\n")  # one argument: shown as one
     rows = json.loads(run("apps", "list", "--json", env=bob).stdout)
     assert [(r["name"], r["source"]) for r in rows] == [("whiteboard", "user"), ("lobby", "system")]
     assert rows[0]["id"] == str(well_known_id("whiteboard"))  # (named: the same UUID for everyone)
     table = run("apps", env={**bob, "COLUMNS": "80"}).stdout  # (alone: the list)
     assert rows[0]["id"] in table  # (whole, on one line: people copy it)
-    assert "/opt/board --room 'a b'" in run("apps", env={**bob, "COLUMNS": "120"}).stdout
+    assert f"{program} --room 'a b'" in run("apps", env={**bob, "COLUMNS": "250"}).stdout
     registry = Registry(tmp_path / "bob")
-    assert registry.find("whiteboard").command() == ["/opt/board", "--room", "a b"]  # type: ignore[union-attr]
+    assert registry.find("whiteboard").command() == [str(program), "--room", "a b"]  # type: ignore[union-attr]
     system_only = run("apps", "unregister", "lobby", env=bob)
     assert system_only.returncode == 2
     assert "registered for all users" in " ".join(system_only.stderr.replace("│", " ").split())
@@ -73,8 +77,37 @@ def test_register_list_and_unregister_with_the_system_registry_under_yours(
     bad = run("apps", "register", "White Board", "/x", env=bob)
     assert bad.returncode == 2
     assert "is not an application name" in " ".join(bad.stderr.replace("│", " ").split())
-    quotes = run("apps", "register", "q", "/x", "--arguments", "'unbalanced", env=bob)
+    quotes = run("apps", "register", "q", str(program), "--arguments", "'unbalanced", env=bob)
     assert quotes.returncode == 2
+    # The program is checked as it is registered, not when an invitation comes to launch it.
+    (tmp_path / "notes.txt").write_text("not a program")
+    for args, said in [
+        (["q", "/nowhere/board"], "no program at /nowhere/board"),
+        (
+            ["q", str(tmp_path / "notes.txt")],
+            "notes.txt is not executable: make it so (chmod +x), or register",
+        ),
+        (["q", "no-such-program-here"], "no program called 'no-such-program-here' on PATH: give its path"),
+        (["chat", str(program)], "chat is peerkit's own application ('peerkit serve --accept chat')"),
+        (["q", str(program), "--id", str(well_known_id("files"))], "files is peerkit's own application"),
+    ]:
+        refused = run("apps", "register", *args, env={**bob, "COLUMNS": "400"})
+        assert refused.returncode == 2, args
+        assert said in " ".join(refused.stderr.replace("│", " ").split()), refused.stderr
+    relative = subprocess.run(
+        [*PEERKIT, "apps", "register", "rel", "opt/board"],
+        check=False,
+        env=bob,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+    )
+    assert relative.returncode == 0, relative.stderr
+    assert registry.find("rel").path == str(program)  # type: ignore[union-attr]  # (serve runs elsewhere)
+    assert run("apps", "register", "shell", "sh", env=bob).returncode == 0
+    assert registry.find("shell").path == "sh"  # type: ignore[union-attr]  # (looked up on PATH)
+    registry.unregister("rel")
+    registry.unregister("shell")
     for n in range(MAX_REGISTERED):
         registry.register(Registered(f"app{n}", uuid.UUID(int=100 + n), "/bin/true"))
     with pytest.raises(ValueError, match="holds 64 applications"):
