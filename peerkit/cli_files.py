@@ -185,7 +185,7 @@ async def _send(
             try:
                 async with await peer.open_stream(FILES) as stream:
                     report = await _send_with_bar(stream, outgoing, total, who, shown, sent)
-            except anyio.BrokenResourceError as exc:
+            except (anyio.BrokenResourceError, ProtocolError) as exc:  # (the receiver gone, or stalled)
                 cut = str(exc) or "the connection broke"
             tg.cancel_scope.cancel()
     if report is None:  # (Ctrl-C or SIGTERM first, or the connection broke)
@@ -322,7 +322,7 @@ async def _receive(
                 task = bar.add_task(f"from {who}", total=summary.size)
                 try:
                     report = await receive_files(stream, summary, into, decide, progress)
-                except anyio.BrokenResourceError as exc:
+                except (anyio.BrokenResourceError, ProtocolError) as exc:  # (the sender gone, or stalled)
                     cut = str(exc) or "the connection broke"
                 else:
                     _finish(bar, task, summary.size)

@@ -70,7 +70,8 @@ BUFFERS: Final = 3
 #: Files hashed (by :func:`prepare`) or looked at (by :func:`receive_files`) in one trip to a worker
 #: thread, at most; a trip also ends once BATCH bytes were hashed in it.
 FILES_AT_ONCE: Final = 32
-#: Seconds the receiver waits for each part of the offer, and the sender for the receiver's answer.
+#: Seconds the receiver waits for each part of the offer, and the sender for the receiver's answer;
+#: and seconds a transfer goes on while its peer moves no byte (sends none, or reads none).
 ANSWER_TIMEOUT: Final = 60.0
 
 #: What to do with a file whose name is taken: replace it, keep both (``name (1).ext``), or skip.
@@ -364,7 +365,14 @@ async def _send_wanted(
                     return
 
     sent = 0
-    async with _one_error(), filled, free, freed, anyio.create_task_group() as tg:  # (tasks end first)
+    async with (
+        _unless_stalled(stream, lambda: sent, "the receiver took no byte"),
+        _one_error(),
+        filled,
+        free,
+        freed,
+        anyio.create_task_group() as tg,  # (its tasks end first)
+    ):
         tg.start_soon(read)
         async for chunk, buffer in filled:
             await stream.send(chunk)
@@ -442,6 +450,37 @@ async def _one_error() -> AsyncIterator[None]:
         if len(group.exceptions) == 1 and isinstance(group.exceptions[0], Exception):
             raise group.exceptions[0] from None
         raise
+
+
+@contextlib.asynccontextmanager
+async def _unless_stalled(stream: AppStream, moved: Callable[[], object], what: str) -> AsyncIterator[None]:
+    # The body, watched: when ``moved()`` (what the transfer has done so far) stays the same for
+    # ANSWER_TIMEOUT seconds, the stream is closed and ProtocolError("<what> for N s") raised
+    # rather than the closed stream's error. A peer that keeps its connection alive and moves
+    # nothing holds a transfer (and its buffers, and a place of 'serve') no longer.
+    stalled = False
+
+    async def watch() -> None:
+        nonlocal stalled
+        seen = moved()
+        while True:
+            await anyio.sleep(ANSWER_TIMEOUT)
+            if moved() == seen:
+                stalled = True
+                await stream.aclose()
+                return
+            seen = moved()
+
+    try:
+        async with _one_error(), anyio.create_task_group() as watching:
+            watching.start_soon(watch)
+            yield
+            watching.cancel_scope.cancel()
+    except Exception:
+        if not stalled:
+            raise
+    if stalled:
+        raise ProtocolError(f"{what} for {ANSWER_TIMEOUT:g} s")
 
 
 #: What a stream that ends before a message may mean, for people.
@@ -724,10 +763,14 @@ async def _receive_planned(
     full, filled = anyio.create_memory_object_stream[tuple[list[_Piece], bytearray]](len(buffers))
     free, freed = _pool(buffers)
 
+    stored = 0  # (batches written: the writer's progress, which is not the sender's to make)
+
     async def write() -> None:
+        nonlocal stored
         async with filled:
             async for batch, emptied in filled:
                 problems = await anyio.to_thread.run_sync(_store, batch)
+                stored += 1
                 free.send_nowait(emptied)
                 for piece, problem in zip(batch, problems, strict=True):
                     if not piece.last:
@@ -743,49 +786,52 @@ async def _receive_planned(
     pieces: list[_Piece] = []
     cap = used = 0  # (the current buffer's bytes in use at most, and so far)
     cut: Exception | None = None
-    async with _one_error(), free, freed, anyio.create_task_group() as tg:
-        tg.start_soon(write)
-        async with full:
-            for plan in plans:
-                report.resumed_bytes += plan.offset
-                position = plan.offset
-                while True:
-                    need = plan.entry.size - position
-                    if buffer is None or (need and used == cap) or len(pieces) == FILES_AT_ONCE:
-                        if buffer is not None:
-                            await full.send((pieces, buffer))
-                        cap, used, pieces = min(BATCH, left), 0, []
-                        buffer = _fit(await freed.receive(), cap)
-                    size, held = min(cap - used, need), 0
-                    try:
-                        while held < size:
-                            try:
-                                data = await stream.receive(size - held)
-                            except anyio.EndOfStream:
-                                raise anyio.BrokenResourceError(
-                                    "the sender ended the stream inside a file"
-                                ) from None
-                            buffer[used + held : used + held + len(data)] = data
-                            held += len(data)
-                            report.received_bytes += len(data)
-                            if progress is not None:
-                                progress(len(data))
-                    except (anyio.BrokenResourceError, anyio.ClosedResourceError, ProtocolError) as exc:
-                        cut = exc  # (the writer writes what is queued, and what was received)
-                    last = cut is None and held == need
-                    if held or last:
-                        pieces.append(_Piece(plan, position, memoryview(buffer)[used : used + held], last))
-                    used += held
-                    position += held
-                    left -= held
-                    if cut is not None or last:
+    async with _unless_stalled(stream, lambda: (report.received_bytes, stored), "the sender sent no byte"):
+        async with _one_error(), free, freed, anyio.create_task_group() as tg:
+            tg.start_soon(write)
+            async with full:
+                for plan in plans:
+                    report.resumed_bytes += plan.offset
+                    position = plan.offset
+                    while True:
+                        need = plan.entry.size - position
+                        if buffer is None or (need and used == cap) or len(pieces) == FILES_AT_ONCE:
+                            if buffer is not None:
+                                await full.send((pieces, buffer))
+                            cap, used, pieces = min(BATCH, left), 0, []
+                            buffer = _fit(await freed.receive(), cap)
+                        size, held = min(cap - used, need), 0
+                        try:
+                            while held < size:
+                                try:
+                                    data = await stream.receive(size - held)
+                                except anyio.EndOfStream:
+                                    raise anyio.BrokenResourceError(
+                                        "the sender ended the stream inside a file"
+                                    ) from None
+                                buffer[used + held : used + held + len(data)] = data
+                                held += len(data)
+                                report.received_bytes += len(data)
+                                if progress is not None:
+                                    progress(len(data))
+                        except (anyio.BrokenResourceError, anyio.ClosedResourceError, ProtocolError) as exc:
+                            cut = exc  # (the writer writes what is queued, and what was received)
+                        last = cut is None and held == need
+                        if held or last:
+                            pieces.append(
+                                _Piece(plan, position, memoryview(buffer)[used : used + held], last)
+                            )
+                        used += held
+                        position += held
+                        left -= held
+                        if cut is not None or last:
+                            break
+                    if cut is not None:
                         break
-                if cut is not None:
-                    break
-            if buffer is not None:
-                await full.send((pieces, buffer))
-    if cut is not None:
-        raise cut
+                if buffer is not None:
+                    await full.send((pieces, buffer))
+        if cut is not None:
+            raise cut
     return failed
 
 

@@ -14,7 +14,7 @@ import anyio
 import blake3
 import pytest
 
-from peerkit import AppStream, InvitationResponse, Node, ProtocolError, files, streams
+from peerkit import AppStream, Identity, InvitationResponse, Node, ProtocolError, files, streams
 from peerkit.files import (
     Outgoing,
     ReceiveReport,
@@ -24,7 +24,7 @@ from peerkit.files import (
     receive_files,
     send_files,
 )
-from peerkit.proto.files import Entry, decode_summary, encode_summary, encode_want
+from peerkit.proto.files import Entry, decode_summary, encode_offer, encode_summary, encode_want
 from peerkit.testing import MemoryNetwork, node_pair
 from peerkit.wellknown import FILES
 
@@ -481,6 +481,61 @@ async def test_a_connection_broken_mid_file_is_the_senders_one_error(tmp_path: P
 
     with pytest.raises(anyio.BrokenResourceError, match="the connection to the peer broke"):
         await send_files(Breaking(), [outgoing])  # type: ignore[arg-type]
+
+
+async def test_a_peer_that_moves_no_byte_holds_a_transfer_no_longer(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A peer that keeps its connection alive (it answers keepalives) and moves nothing held a
+    # transfer for ever: a sender that offers and then sends nothing held a place of 'serve
+    # --accept files' (4 in all); a receiver that stops reading held 'peerkit send'. Each side
+    # gives up after ANSWER_TIMEOUT seconds without progress, keeping what arrived.
+    monkeypatch.setattr(files, "ANSWER_TIMEOUT", 0.5)
+    big = tmp_path / "big.bin"
+    big.write_bytes(os.urandom(48 << 20))
+    (outgoing,) = await prepare(big)
+    data = encode_summary([outgoing.entry])
+    into = tmp_path / "into"
+    stalls = [anyio.Event(), anyio.Event()]
+    results: list[BaseException | object] = []
+
+    async def invited(invitation: Any) -> InvitationResponse:
+        return InvitationResponse.ACCEPTED
+
+    async def stalling_receiver(stream: AppStream) -> None:  # wants the file, then reads nothing
+        frames = files._Frames(stream)
+        await frames.next("files")
+        await stream.send(encode_want([(0, 0)]))
+        await stalls[0].wait()
+
+    async def receiving(stream: AppStream) -> None:
+        try:
+            results.append(await receive_files(stream, decode_summary(data), into))
+        except Exception as exc:
+            results.append(exc)
+
+    alice, bob = (Node(identity=Identity.generate(), listen=("127.0.0.1", 0)) for _ in "ab")
+    async with alice, bob:
+        for node in (alice, bob):
+            await node.register_application(FILES)
+        bob.add_invitation_handler(FILES, invited)
+        handle = bob.add_stream_handler(FILES, stalling_receiver)
+        peer = alice.peer(bob.id, bob.endpoint)
+        with anyio.fail_after(20):
+            async with await peer.open_stream(FILES) as stream:
+                with pytest.raises(ProtocolError, match=r"^the receiver took no byte for 0\.5 s$"):
+                    await send_files(stream, [outgoing])
+        stalls[0].set()
+        handle.remove()
+        bob.add_stream_handler(FILES, receiving)
+        with anyio.fail_after(20):
+            async with await peer.open_stream(FILES) as stream:  # offers, then sends nothing
+                await stream.send(encode_offer([outgoing.entry]))
+                while not results:
+                    await anyio.sleep(0.05)
+    (got,) = results
+    assert isinstance(got, ProtocolError)
+    assert str(got) == "the sender sent no byte for 0.5 s"
 
 
 async def test_prepare_takes_one_path_as_one_path(tmp_path: Path) -> None:
