@@ -160,6 +160,7 @@ async def run_serve(
             port=node.endpoint.port,
             addresses=[str(e) for e in dialled_at(node)],
             applications=[str(a) for a in apps],
+            accept_from=(AcceptFrom.ANYONE if anyone else AcceptFrom.CONTACTS).value,
             discovery=[p.name for p in providers],
             scope=node.scope.name,
         )

@@ -346,6 +346,7 @@ def test_serve_accepts_for_its_contacts_alone_unless_told_anyone(tmp_path: Path)
     # space (and --accept APP launched a program for anyone): a stranger's invitation is declined
     # and said so; once the stranger is a contact, it is accepted.
     server, info = start_server(tmp_path / "server", "--listen", "127.0.0.1:0", "--accept", "chat")
+    assert info["accept_from"] == "contacts"
     try:
         client = {"PEERKIT_DATA_DIR": str(tmp_path / "client")}
         run("id", "--create", "--nickname", "cleo", env=client)
