@@ -137,8 +137,8 @@ async def prepare(
     What a folder holds that is not sent is told to ``left_out(path, why)`` before any file is
     hashed (logged as a warning when it is None): a link to a folder (links named in ``paths`` are
     followed, those in a folder only to files: a folder could hold itself), a link to nothing, a
-    named pipe, socket or device, an empty folder (the offer is of files), and a folder that
-    cannot be read.
+    named pipe, socket or device, an empty folder (the offer is of files), and a file or folder
+    that this user cannot read.
 
     :raises ValueError: when a path does not exist or is not a file or folder, two would take the
         same name, a name is no safe path in an offer (see :func:`peerkit.proto.files.check_path`),
@@ -193,10 +193,12 @@ def _walk(paths: Sequence[Path | str]) -> tuple[list[tuple[Path, str]], list[tup
                         omitted.append((Path(root, name), "a link to a folder, not followed"))
                 for name in sorted(names):
                     full = Path(root, name)
-                    if full.is_file():
-                        found.append((full, "/".join((base, *full.relative_to(path).parts))))
-                    else:
+                    if not full.is_file():
                         omitted.append((full, _kind(full)))
+                    elif not os.access(full, os.R_OK):  # (one file of a folder: not the whole send)
+                        omitted.append((full, "cannot be read: permission denied"))
+                    else:
+                        found.append((full, "/".join((base, *full.relative_to(path).parts))))
         elif path.is_file():
             found.append((path, path.name))
         elif path.exists():

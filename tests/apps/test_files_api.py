@@ -600,6 +600,9 @@ async def test_prepare_says_what_a_folder_holds_that_is_not_sent(
         return scandir(path)
 
     monkeypatch.setattr(os, "scandir", refusing)
+    (top / "private.txt").write_text("p")
+    access = os.access
+    monkeypatch.setattr(os, "access", lambda path, mode: "private" not in str(path) and access(path, mode))
     told: list[tuple[Path, str]] = []
     outgoing = await prepare(top, left_out=lambda path, why: told.append((path, why)))
     assert [o.entry.path for o in outgoing] == ["top/note.txt", "top/to-note", "top/kept/f.txt"]
@@ -607,6 +610,7 @@ async def test_prepare_says_what_a_folder_holds_that_is_not_sent(
         [
             (top / "locked", "cannot be read: permission denied"),
             (top / "pipe", "a named pipe"),
+            (top / "private.txt", "cannot be read: permission denied"),
             (top / "sub" / "deeper", "an empty folder"),
             (top / "to-kept", "a link to a folder, not followed"),
             (top / "to-nothing", "a link to nothing"),
@@ -616,7 +620,7 @@ async def test_prepare_says_what_a_folder_holds_that_is_not_sent(
     with caplog.at_level("WARNING", logger="peerkit.files"):  # (no left_out: a warning each)
         await prepare(top)
     assert f"not sent: {top / 'pipe'} (a named pipe)" in caplog.messages
-    assert len(caplog.messages) == 6
+    assert len(caplog.messages) == 7
     # Named by the caller, a link is followed, and what is no file or folder is refused as such.
     assert [o.entry.path for o in await prepare(top / "to-kept")] == ["kept/f.txt"]
     with pytest.raises(ValueError, match=r"pipe: a named pipe, not a file or folder"):
