@@ -599,14 +599,41 @@ async def receive_files(
             plans.append(plan)
         elif len(report.failed) > failures:
             refused.append((index, report.failed[-1][1]))
-    needed = sum(p.entry.size - p.offset for p in plans)
-    free = shutil.disk_usage(into).free
-    if needed > free:
-        raise OSError(f"{into} has {free:,} bytes free; the files need {needed:,}")
-    await stream.send(encode_want([(p.index, p.offset) for p in plans]))
-    failed = await _receive_planned(stream, plans, progress, report, buffers)
-    await stream.send(encode_done(Done(len(plans) - len(failed), tuple(sorted(refused + failed)))))
+    plans, busy = _claim(plans)
+    for plan in busy:
+        report.failed.append((plan.entry.path, "another transfer is receiving it here now"))
+        refused.append((plan.index, report.failed[-1][1]))
+    try:
+        needed = sum(p.entry.size - p.offset for p in plans)
+        free = shutil.disk_usage(into).free
+        if needed > free:
+            raise OSError(f"{into} has {free:,} bytes free; the files need {needed:,}")
+        await stream.send(encode_want([(p.index, p.offset) for p in plans]))
+        failed = await _receive_planned(stream, plans, progress, report, buffers)
+        await stream.send(encode_done(Done(len(plans) - len(failed), tuple(sorted(refused + failed)))))
+    finally:
+        _RECEIVING.difference_update(p.partial for p in plans)
     return report
+
+
+#: The partial files that transfers of this process write now: two transfers of one file into
+#: one folder (a sender that sends again before its cut was noticed, two senders of one file)
+#: would write one partial file at once, each checking the bytes it received, not those written.
+_RECEIVING: Final[set[Path]] = set()
+
+
+def _claim(plans: list[_Plan]) -> tuple[list[_Plan], list[_Plan]]:
+    # The plans whose partial files this transfer may write (claimed in _RECEIVING until it ends),
+    # and those another transfer writes now.
+    mine: list[_Plan] = []
+    busy: list[_Plan] = []
+    for plan in plans:
+        if plan.partial in _RECEIVING:
+            busy.append(plan)
+        else:
+            _RECEIVING.add(plan.partial)
+            mine.append(plan)
+    return mine, busy
 
 
 def _make_destination(into: Path) -> None:
@@ -629,6 +656,9 @@ class _Plan:
     #: file was found) and let go once the file is checked, so that a transfer of thousands of files
     #: holds one or two (each is about 2 KB).
     hasher: blake3.blake3 | None
+    #: Whether ``decide`` said to replace the file there: else a file that takes the name meanwhile
+    #: (another transfer's) is kept, and this one takes the first free name beside it.
+    replace: bool = False
 
 
 async def _plan(
@@ -656,6 +686,8 @@ async def _plan(
         elif state == "not a file":
             report.failed.append((entry.path, "a folder or a link has its name in the receiving folder"))
             return None
+        else:
+            return _Plan(index, entry, target, _partial(entry, target), offset, hasher, replace=True)
     return _Plan(index, entry, target, _partial(entry, target), offset, hasher)
 
 
@@ -863,8 +895,31 @@ def _check(plan: _Plan) -> str | None:
         plan.partial.unlink(missing_ok=True)
         return "its bytes do not match the offer's BLAKE3 hash (not kept)"
     try:
-        os.replace(plan.partial, plan.target)
+        plan.target = _give_name(plan.partial, plan.target, plan.replace)
     except OSError as exc:  # (something took its name meanwhile: the others go on)
         plan.partial.unlink(missing_ok=True)
         return f"it could not take its name: {(exc.strerror or str(exc)).lower()} (not kept)"
     return None
+
+
+def _give_name(partial: Path, target: Path, replace: bool) -> Path:
+    # Give the checked partial file its name: ``target``, or (unless ``replace``) the first free
+    # name beside it when a file took that one meanwhile (another transfer into the same folder).
+    # A hard link takes a name only if it is free; where the file system has none, a look first.
+    # The name it took.
+    if replace:
+        os.replace(partial, target)
+        return target
+    while True:
+        try:
+            os.link(partial, target)
+        except FileExistsError:
+            target = _free_name(target)
+            continue
+        except OSError:  # (no hard links here)
+            if target.exists() or target.is_symlink():
+                target = _free_name(target)
+            os.replace(partial, target)
+            return target
+        partial.unlink()
+        return target

@@ -428,29 +428,47 @@ async def test_an_offer_of_x_and_x_slash_y_is_refused_before_anything_is_made(tm
         await prepare([tmp_path / "b" / "x", tmp_path / "a" / "x"])
 
 
-async def test_a_name_taken_while_its_file_arrives_fails_that_file_alone(tmp_path: Path) -> None:
-    # Something else makes a folder where a file goes while it arrives: that file fails (its
-    # bytes not kept), the others are saved, and the sender hears which.
+@pytest.mark.parametrize("told", ["nothing", "overwrite"])
+async def test_a_name_taken_while_its_file_arrives_is_not_replaced(tmp_path: Path, told: str) -> None:
+    # Something else makes a folder where a file goes while it arrives: the file takes the first
+    # free name beside it. Told to overwrite what was there (a file then), it cannot replace a
+    # folder: that file fails alone (its bytes not kept), the others are saved, and the sender
+    # hears which.
     src = tmp_path / "src"
     src.mkdir()
     (src / "big.bin").write_bytes(os.urandom(3 << 20))
     (src / "small.txt").write_text("small")
     into = tmp_path / "into"
+    if told == "overwrite":
+        (into / "src").mkdir(parents=True)
+        (into / "src" / "big.bin").write_text("an old file, to be overwritten")
 
     async def receiving(stream: AppStream, summary: Any) -> ReceiveReport:
         def progress(n: int) -> None:
-            (into / "src" / "big.bin").mkdir(exist_ok=True)
+            taken = into / "src" / "big.bin"
+            if not taken.is_dir():
+                taken.unlink(missing_ok=True)
+                taken.mkdir()
 
-        return await receive_files(stream, summary, into, progress=progress)
+        async def overwrite(entry: Entry, existing: Path) -> files.Decision:
+            return "overwrite"
+
+        return await receive_files(stream, summary, into, overwrite, progress)
 
     async with nodes() as (alice, bob):
         sent, got = await transfer(alice, bob, await prepare(src), into, receiving)
     assert isinstance(got, ReceiveReport), got
     assert isinstance(sent, SendReport), sent
-    failure = ("src/big.bin", "it could not take its name: is a directory (not kept)")
-    assert (got.saved, got.failed) == ([into / "src" / "small.txt"], [failure])
-    assert (sent.received, sent.failed) == (1, [failure])
-    assert sorted(p.name for p in (into / "src").iterdir()) == ["big.bin", "small.txt"]  # (no partial)
+    if told == "nothing":
+        assert (got.saved, got.failed) == ([into / "src" / "big (1).bin", into / "src" / "small.txt"], [])
+        assert (sent.received, sent.failed) == (2, [])
+        assert (into / "src" / "big (1).bin").read_bytes() == (src / "big.bin").read_bytes()
+    else:
+        failure = ("src/big.bin", "it could not take its name: is a directory (not kept)")
+        assert (got.saved, got.failed) == ([into / "src" / "small.txt"], [failure])
+        assert (sent.received, sent.failed) == (1, [failure])
+    assert (into / "src" / "big.bin").is_dir()
+    assert not list(into.rglob("*.peerkit-part"))
 
 
 async def test_a_connection_broken_mid_file_is_the_senders_one_error(tmp_path: Path) -> None:
@@ -536,6 +554,71 @@ async def test_a_peer_that_moves_no_byte_holds_a_transfer_no_longer(
     (got,) = results
     assert isinstance(got, ProtocolError)
     assert str(got) == "the sender sent no byte for 0.5 s"
+
+
+async def test_two_transfers_of_one_file_into_one_folder_at_once_neither_spoils_the_other(
+    tmp_path: Path,
+) -> None:
+    # Both wrote the one partial file of that path and hash (each checking the bytes it
+    # received, not those written: a spoilt file could take the name); the second is refused
+    # that file now, and the first finishes intact.
+    big = tmp_path / "big.bin"
+    big.write_bytes(os.urandom(2 << 20))
+    (outgoing,) = await prepare(big)
+    data = encode_summary([outgoing.entry])
+    into = tmp_path / "into"
+    got: list[ReceiveReport | BaseException] = []
+
+    async def invited(invitation: Any) -> InvitationResponse:
+        return InvitationResponse.ACCEPTED
+
+    async def on_stream(stream: AppStream) -> None:
+        try:
+            got.append(await receive_files(stream, decode_summary(data), into))
+        except Exception as exc:
+            got.append(exc)
+
+    async with nodes() as (alice, bob):
+        bob.add_invitation_handler(FILES, invited)
+        bob.add_stream_handler(FILES, on_stream)
+        peer = alice.peer(bob.id, bob.endpoint)
+        with anyio.fail_after(20):
+            async with await peer.open_stream(FILES) as first:  # by hand: half, then a pause
+                await first.send(encode_offer([outgoing.entry]))
+                frames = files._Frames(first)
+                _, wanted, _ = await frames.next("want")
+                assert wanted == [(0, 0)]
+                await first.send(big.read_bytes()[: 1 << 20])  # (the file is bob's to write now)
+                async with await peer.open_stream(FILES) as second:
+                    report = await send_files(second, [outgoing])
+                busy = ("big.bin", "another transfer is receiving it here now")
+                assert (report.received, report.failed, report.sent_bytes) == (0, [busy], 0)
+                await first.send(big.read_bytes()[1 << 20 :])
+                _, done, _ = await frames.next("done")
+                assert done == files.Done(1, ())
+            while len(got) < 2:
+                await anyio.sleep(0.01)
+    first_report, second_report = got[1], got[0]  # (the second ended first)
+    assert isinstance(second_report, ReceiveReport)
+    assert second_report.failed == [busy]
+    assert isinstance(first_report, ReceiveReport)
+    assert first_report.saved == [into / "big.bin"]
+    assert (into / "big.bin").read_bytes() == big.read_bytes()
+
+
+def test_a_file_received_never_takes_a_name_another_took_meanwhile(tmp_path: Path) -> None:
+    # Two transfers into one folder, one name free when each planned: the one that ends second
+    # replaced the first's file (unless its user said to replace what was there).
+    (tmp_path / "notes.txt").write_text("the first transfer's")
+    partial = tmp_path / ".x.peerkit-part"
+    partial.write_text("the second transfer's")
+    assert files._give_name(partial, tmp_path / "notes.txt", replace=False) == tmp_path / "notes (1).txt"
+    assert (tmp_path / "notes.txt").read_text() == "the first transfer's"
+    assert (tmp_path / "notes (1).txt").read_text() == "the second transfer's"
+    assert not partial.exists()
+    partial.write_text("replacing, as its user said")
+    assert files._give_name(partial, tmp_path / "notes.txt", replace=True) == tmp_path / "notes.txt"
+    assert (tmp_path / "notes.txt").read_text() == "replacing, as its user said"
 
 
 async def test_prepare_takes_one_path_as_one_path(tmp_path: Path) -> None:
