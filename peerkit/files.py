@@ -246,7 +246,7 @@ def _check_names(found: list[tuple[Path, str]]) -> None:
     try:
         check_offer(names)
     except ValueError as exc:
-        raise ValueError(f"in the offer, {exc}: send them apart") from None
+        raise ValueError(f"these cannot be sent together: {exc}") from None
 
 
 def _fit(buffer: bytearray, size: int) -> bytearray:

@@ -23,6 +23,7 @@ from peerkit.proto.messages import decode, encode, encode_deterministic
 
 __all__ = (
     "MAX_FILES",
+    "MAX_FOLDERS",
     "MAX_PATH",
     "MAX_SIZE",
     "Done",
@@ -43,6 +44,9 @@ __all__ = (
 MAX_FILES: Final = 10_000
 #: Characters of one path, at most; each of its parts is at most 255 UTF-8 bytes.
 MAX_PATH: Final = 1024
+#: Folders the paths of one offer make, at most (its files hold no more in any likely tree: what
+#: it bounds is an offer of empty files, each at the end of a chain of folders of its own).
+MAX_FOLDERS: Final = 10_000
 #: Bytes of one file, at most (1 PiB).
 MAX_SIZE: Final = 2**50
 #: Files listed (or wanted) per frame, at most: well within
@@ -122,7 +126,16 @@ def check_path(path: str) -> None:
 
 def check_offer(paths: Sequence[str]) -> None:
     """:raises ValueError: when the offer's ``paths`` could not all be saved as they are: one listed
-    twice, or one that is a file and a folder of another file at once (``x`` and ``x/y``)."""
+    twice, or one that is a file and a folder of another file at once (``x`` and ``x/y``); or they
+    make more than :data:`MAX_FOLDERS` folders (a receiver makes them all)."""
+    folders: set[str] = set()
+    for path in paths:  # (each walks up to the first folder known: the work is that of the folders)
+        folder = path.rpartition("/")[0]
+        while folder and folder not in folders:
+            folders.add(folder)
+            folder = folder.rpartition("/")[0]
+        if len(folders) > MAX_FOLDERS:
+            raise ValueError(f"the paths make more than {MAX_FOLDERS:,} folders")
     # Sorted with "/" as the least character (a path holds no NUL), a file's descendants come
     # right after it: each path is compared with the next one only.
     keys = sorted(path.replace("/", "\0") for path in paths)

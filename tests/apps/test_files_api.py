@@ -423,7 +423,7 @@ async def test_an_offer_of_x_and_x_slash_y_is_refused_before_anything_is_made(tm
     (tmp_path / "b").mkdir()
     (tmp_path / "b" / "x").write_text("x")
     with pytest.raises(
-        ValueError, match=r"^in the offer, 'x' is a file and the folder of 'x/y': send them apart$"
+        ValueError, match=r"^these cannot be sent together: 'x' is a file and the folder of 'x/y'$"
     ):
         await prepare([tmp_path / "b" / "x", tmp_path / "a" / "x"])
 

@@ -133,6 +133,8 @@ def test_offers_of_safe_names_round_trip(rows: list[tuple[str, int]]) -> None:
         (["x/y/z", "a", "x/y"], "'x/y' is a file and the folder of 'x/y/z'"),
         (["x", "x-1", "x.txt", "x/y"], "'x' is a file and the folder of 'x/y'"),  # ('-', '.' < '/')
         (["a/b", "c", "a/b"], "'a/b' is listed twice"),
+        # Empty files, each at the end of a chain of folders of its own: a receiver made them all.
+        ([f"d{i}/" + "a/" * 400 + "f" for i in range(30)], "the paths make more than 10,000 folders"),
     ],
 )
 def test_an_offer_whose_files_cannot_all_be_saved_is_refused(paths: list[str], problem: str) -> None:
@@ -153,3 +155,7 @@ def test_check_offer_finds_what_comparing_every_pair_finds(parts: list[list[str]
     else:
         assert not clash
     check_offer(["a", "a-b", "a.b", "ab", "b/a", "b/ab"])  # (no clash: nothing raised)
+
+
+def test_an_offer_of_as_many_files_as_may_be_makes_fewer_folders_than_may_be() -> None:
+    check_offer([f"{i // 100}/{i // 10 % 10}/f{i}" for i in range(MAX_FILES)])  # (1,100 folders)
