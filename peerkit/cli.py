@@ -383,6 +383,7 @@ async def _invite(
     from peerkit.model import Application
 
     response: peerkit.InvitationResponse | None = None
+    peer: peerkit.Peer | None = None  # (None when stopped before it was reached)
     async with inviting_node(directory, providers) as node:
         named = await peer_named(node, target, providers, min(timeout, 10.0), by_nickname=by_nickname)
         await node.register_application(Application(id=app_id))
@@ -393,6 +394,8 @@ async def _invite(
             with console.status(f"waiting for {who} to answer", spinner="dots"):
                 response = await peer.invite(app_id, message, timeout=timeout)
             tg.cancel_scope.cancel()
+    if peer is None:
+        return response, None, ""
     return response, peer.id, printable(peer.nickname)
 
 

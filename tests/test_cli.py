@@ -512,6 +512,23 @@ def test_ctrl_c_withdraws_an_invitation_and_exits_zero(tmp_path: Path) -> None:
     finally:
         peer.kill()
         peer.communicate()
+    # Stopped while it dials (a listener that never answers the handshake): withdrawn too (it was
+    # "unexpected UnboundLocalError").
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        client = subprocess.Popen(
+            [*PEERKIT, "invite", f"127.0.0.1:{silent.getsockname()[1]}", CHAT, "--json"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "PEERKIT_DATA_DIR": str(tmp_path)},
+        )
+        time.sleep(2)
+        client.send_signal(signal.SIGINT)
+        out, err = client.communicate(timeout=20)
+    assert client.returncode == 0, err
+    assert json.loads(out) == {"response": "withdrawn", "peer": None}
 
 
 @pytest.mark.network
