@@ -68,6 +68,9 @@ logger = logging.getLogger(__name__)
 
 #: Offers ``serve --accept files`` receives at once, at most (each holds at most 12 MiB of buffers).
 AT_ONCE: Final = 4
+#: Things a folder holds that are not sent, named one by one by ``peerkit send`` at most (then
+#: counted).
+SHOWN_LEFT_OUT: Final = 20
 
 
 def size_text(n: int) -> str:
@@ -152,11 +155,19 @@ async def _send(
 
     def leaving_out(path: Path, why: str) -> None:
         left_out.append([str(path), why])
-        shown.print(f"not sent: {printable(str(path))} ({why})", style="yellow", highlight=False)
+        if len(left_out) <= SHOWN_LEFT_OUT:
+            shown.print(f"not sent: {printable(str(path))} ({why})", style="yellow", highlight=False)
 
-    with _bar(transient=True, shown=shown) as bar:  # (gone once done, or when a path cannot be sent)
-        task = bar.add_task("hashing", total=None)
-        outgoing = await prepare(paths, lambda n: bar.advance(task, n), left_out=leaving_out)
+    try:
+        with _bar(transient=True, shown=shown) as bar:  # (gone once done, or when a path cannot be sent)
+            task = bar.add_task("hashing", total=None)
+            outgoing = await prepare(paths, lambda n: bar.advance(task, n), left_out=leaving_out)
+    finally:
+        if len(left_out) > SHOWN_LEFT_OUT:
+            more = len(left_out) - SHOWN_LEFT_OUT
+            shown.print(
+                f"and {more:,} more not sent (--json lists them all)", style="yellow", highlight=False
+            )
     total = sum(o.entry.size for o in outgoing)
     report: SendReport | None = None
     sent = [0]  # (bytes sent so far: what a stop says)

@@ -123,6 +123,14 @@ def test_a_declined_offer_exits_3_and_bad_input_is_one_line(
         assert "alice declined" in out
     finally:
         receiver.terminate(force=True)
+    many = tmp_path / "many"
+    for n in range(25):
+        (many / f"empty{n:02}").mkdir(parents=True)
+    (many / "f.txt").write_text("f")
+    told = run("send", "127.0.0.1:9", str(many), env=bob)  # (told before it dials: nobody there)
+    assert told.stdout.count("not sent: ") == 20
+    assert "not sent: " + str(many / "empty19") + " (an empty folder)" in told.stdout
+    assert "and 5 more not sent (--json lists them all)" in told.stdout
     missing = run("send", "127.0.0.1:9", str(tmp_path / "nope.txt"), env=bob)
     assert missing.returncode == 1
     assert missing.stderr == f"error: {tmp_path / 'nope.txt'}: no such file or folder\n"
