@@ -621,6 +621,24 @@ def test_a_file_received_never_takes_a_name_another_took_meanwhile(tmp_path: Pat
     assert (tmp_path / "notes.txt").read_text() == "replacing, as its user said"
 
 
+def test_where_there_are_no_hard_links_a_taken_name_is_looked_at_first(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def no_links(source: Any, target: Any) -> None:  # (as a FAT file system answers)
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(os, "link", no_links)
+    (tmp_path / "notes.txt").write_text("there first")
+    partial = tmp_path / ".x.peerkit-part"
+    partial.write_text("received")
+    assert files._give_name(partial, tmp_path / "notes.txt", replace=False) == tmp_path / "notes (1).txt"
+    assert (tmp_path / "notes.txt").read_text() == "there first"
+    partial.write_text("received again")
+    assert files._give_name(partial, tmp_path / "free.txt", replace=False) == tmp_path / "free.txt"
+    assert (tmp_path / "free.txt").read_text() == "received again"
+    assert not partial.exists()
+
+
 async def test_prepare_takes_one_path_as_one_path(tmp_path: Path) -> None:
     # (a str was once read as a sequence of one-letter paths: "/tmp/x" walked "/" first)
     (tmp_path / "note.txt").write_text("hi")
