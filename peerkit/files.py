@@ -612,7 +612,7 @@ async def receive_files(
         failed = await _receive_planned(stream, plans, progress, report, buffers)
         await stream.send(encode_done(Done(len(plans) - len(failed), tuple(sorted(refused + failed)))))
     finally:
-        _RECEIVING.difference_update(p.partial for p in plans)
+        _RECEIVING.difference_update(p.partial.absolute() for p in plans)
     return report
 
 
@@ -628,10 +628,11 @@ def _claim(plans: list[_Plan]) -> tuple[list[_Plan], list[_Plan]]:
     mine: list[_Plan] = []
     busy: list[_Plan] = []
     for plan in plans:
-        if plan.partial in _RECEIVING:
+        key = plan.partial.absolute()  # (one folder named two ways is one folder)
+        if key in _RECEIVING:
             busy.append(plan)
         else:
-            _RECEIVING.add(plan.partial)
+            _RECEIVING.add(key)
             mine.append(plan)
     return mine, busy
 
