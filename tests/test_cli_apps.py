@@ -20,7 +20,6 @@ from peerkit.apps import MAX_REGISTERED, Registered, Registry
 from peerkit.wellknown import well_known_id
 
 PEERKIT = [sys.executable, "-c", "from peerkit.cli import main; main()"]
-ACCEPT_BOARD = ["--accept", "board", "--accept-from", "anyone", "--json"]
 PROGRAM = str(Path(__file__).parent / "apps" / "launched_program.py")
 
 
@@ -122,27 +121,37 @@ def test_launch_info_is_none_when_not_launched_by_an_invitation() -> None:
     assert peerkit.launch_info() is None
 
 
-@pytest.mark.network
-@pytest.mark.timeout(120)
-def test_serve_launches_a_registered_program_that_answers_and_streams_to_the_inviter(
-    tmp_path: Path, bob: dict[str, str]
-) -> None:
+def serving_board(
+    tmp_path: Path, bob: dict[str, str], *accept: str
+) -> tuple[subprocess.Popen[str], int, Path]:
+    """'board' registered (the test program, which writes what it was launched for to the record)
+    and 'peerkit serve --accept board --json' with ``accept``'s options: the server, its port, and
+    where the record goes."""
     record = tmp_path / "launched.json"
     registered = run(
         "apps", "register", "board", sys.executable, "--arguments", f"{PROGRAM} {record}", env=bob
     )
     assert registered.returncode == 0, registered.stderr
-    board = peerkit.Application(id=well_known_id("board"))
+    serving = ["serve", "--listen", "127.0.0.1:0", "--discovery", "static:127.0.0.1:9", "--accept", "board"]
     server = subprocess.Popen(
-        [*PEERKIT, "serve", "--listen", "127.0.0.1:0", "--discovery", "static:127.0.0.1:9", *ACCEPT_BOARD],
+        [*PEERKIT, *serving, *accept, "--json"],
         env=bob,
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         text=True,
     )
     assert server.stdout is not None
+    return server, json.loads(server.stdout.readline())["port"], record
+
+
+@pytest.mark.network
+@pytest.mark.timeout(120)
+def test_serve_launches_a_registered_program_that_answers_and_streams_to_the_inviter(
+    tmp_path: Path, bob: dict[str, str]
+) -> None:
+    board = peerkit.Application(id=well_known_id("board"))
+    server, port, record = serving_board(tmp_path, bob, "--accept-from", "anyone")
     try:
-        port = json.loads(server.stdout.readline())["port"]
 
         async def alice() -> tuple[list[peerkit.InvitationResponse], bytes, str]:
             async with peerkit.Node(
@@ -188,23 +197,9 @@ def test_serve_launches_a_registered_program_that_answers_and_streams_to_the_inv
 def test_serve_launches_nothing_for_a_stranger_unless_told_anyone(
     tmp_path: Path, bob: dict[str, str]
 ) -> None:
-    record = tmp_path / "launched.json"
-    registered = run(
-        "apps", "register", "board", sys.executable, "--arguments", f"{PROGRAM} {record}", env=bob
-    )
-    assert registered.returncode == 0, registered.stderr
     board = peerkit.Application(id=well_known_id("board"))
-    serving = ["serve", "--listen", "127.0.0.1:0", "--discovery", "static:127.0.0.1:9", "--accept", "board"]
-    server = subprocess.Popen(
-        [*PEERKIT, *serving, "--json"],
-        env=bob,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    assert server.stdout is not None
+    server, port, record = serving_board(tmp_path, bob)  # (contacts alone: the default)
     try:
-        port = json.loads(server.stdout.readline())["port"]
 
         async def stranger() -> peerkit.InvitationResponse:
             async with peerkit.Node(identity=peerkit.Identity.generate(), listen=("127.0.0.1", 0)) as node:

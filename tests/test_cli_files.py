@@ -146,6 +146,17 @@ def test_a_declined_offer_exits_3_and_bad_input_is_one_line(
     assert "no identity in" in no_identity.stderr
 
 
+def _partial_with_bytes(into: Path, timeout: float = 30) -> Path:
+    # The partial file of the transfer under way into ``into``, once it holds bytes.
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for partial in into.glob(".*.peerkit-part") if into.exists() else ():
+            if partial.stat().st_size > 0:
+                return partial
+        time.sleep(0.001)
+    raise AssertionError("the transfer never started")
+
+
 @pytest.mark.network
 @pytest.mark.timeout(120)
 def test_a_transfer_killed_halfway_resumes_when_sent_again(
@@ -188,20 +199,15 @@ def test_a_transfer_killed_halfway_resumes_when_sent_again(
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        deadline = time.monotonic() + 30
-        partial: list[Path] = []
-        while time.monotonic() < deadline:
-            partial = list(into.glob(".*.peerkit-part")) if into.exists() else []
-            if partial and partial[0].stat().st_size > 0:
-                break
-            time.sleep(0.001)
-        sender.send_signal(signal.SIGKILL)
-        sender.wait(10)
-        assert partial, "the transfer never started"
+        try:
+            partial = _partial_with_bytes(into)
+        finally:
+            sender.send_signal(signal.SIGKILL)
+            sender.wait(10)
         stopped = json.loads(server.stdout.readline())
         while stopped["event"] != "files_stopped":
             stopped = json.loads(server.stdout.readline())
-        kept = partial[0].stat().st_size
+        kept = partial.stat().st_size
         assert 0 < kept < big.stat().st_size, "the transfer was not cut halfway"
         assert not (into / "big.bin").exists()
         again = run("send", f"127.0.0.1:{port}", str(big), "--json", env=bob)
@@ -213,22 +219,11 @@ def test_a_transfer_killed_halfway_resumes_when_sent_again(
             received = json.loads(server.stdout.readline())
         assert received["resumed_bytes"] == kept
         assert digest(into / "big.bin") == digest(big)
-        assert not partial[0].exists()
+        assert not partial.exists()
     finally:
         server.send_signal(signal.SIGTERM)
         server.wait(20)
         server.stdout.close()
-
-
-def _partial_with_bytes(into: Path, timeout: float = 30) -> Path:
-    # The partial file of the transfer under way into ``into``, once it holds bytes.
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        for partial in into.glob(".*.peerkit-part") if into.exists() else ():
-            if partial.stat().st_size > 0:
-                return partial
-        time.sleep(0.001)
-    raise AssertionError("the transfer never started")
 
 
 @pytest.mark.network
