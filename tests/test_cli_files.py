@@ -257,6 +257,7 @@ def test_a_transfer_stopped_by_ctrl_c_says_so_on_both_sides(
         else:
             sender.send_signal(signal.SIGINT)
         out, err = sender.communicate(timeout=30)
+        assert out, (sender.returncode, err)
         outcome = json.loads(out)  # (stdout holds the JSON alone)
         assert outcome["answer"] == "stopped"
         assert 0 < outcome["sent_bytes"] < big.stat().st_size, "the transfer was not cut halfway"

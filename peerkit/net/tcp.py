@@ -263,7 +263,12 @@ class TcpStream(anyio.abc.ByteStream):
         try:
             await anyio.lowlevel.checkpoint()
         finally:
-            transport.abort()  # nothing may linger: a peer that never reads cannot hold the socket
+            # Nothing may linger: a peer that never reads cannot hold the socket. Unless it is gone
+            # already: asyncio's transport, once what close() left to send is written, calls
+            # connection_lost without counting it, and an abort() after that fails inside it
+            # ("'NoneType' object has no attribute 'call_soon'").
+            if not self._lost_connection:
+                transport.abort()
 
     @property
     def extra_attributes(self) -> Mapping[Any, Callable[[], Any]]:

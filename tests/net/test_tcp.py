@@ -217,6 +217,30 @@ async def test_a_closed_stream_refuses_use_and_a_reset_breaks_the_peer() -> None
         assert not server.send_ready()
 
 
+async def test_closing_while_the_peer_takes_the_last_bytes_fails_nothing() -> None:
+    # close() left bytes to send; asyncio's transport wrote them during aclose's one turn of the
+    # loop and called connection_lost (without counting it), and the abort() that followed failed
+    # inside asyncio: "'NoneType' object has no attribute 'call_soon'" ('peerkit send' stopped
+    # with Ctrl-C ended so, now and then). A peer that reads at once, in a thread of its own.
+    def read_all_of(server: socket.socket) -> None:
+        connection, _ = server.accept()
+        with connection:
+            while connection.recv(1 << 20):
+                pass
+
+    for size in [1 << 20, 2 << 20, 4 << 20] * 20:
+        with socket.socket() as server:
+            server.bind(("127.0.0.1", 0))
+            server.listen()
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(anyio.to_thread.run_sync, read_all_of, server)
+                client = await connect_tcp("127.0.0.1", server.getsockname()[1])
+                client.send_nowait(b"x" * size)  # (what the socket does not take waits in asyncio)
+                await anyio.lowlevel.checkpoint()
+                with anyio.fail_after(10):
+                    await client.aclose()
+
+
 async def test_a_receive_waiting_when_the_stream_closes_ends() -> None:
     async with connected() as (client, _server), anyio.create_task_group() as tg:
 
