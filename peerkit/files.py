@@ -603,18 +603,33 @@ async def receive_files(
     for plan in busy:
         report.failed.append((plan.entry.path, "another transfer is receiving it here now"))
         refused.append((plan.index, report.failed[-1][1]))
+    needed = sum(p.entry.size - p.offset for p in plans)
+    arriving = _ARRIVING.setdefault(os.stat(into).st_dev, [])
+
+    def to_come() -> int:  # (what this transfer will still write: others count it)
+        return max(needed - report.received_bytes, 0)
+
     try:
-        needed = sum(p.entry.size - p.offset for p in plans)
         free = shutil.disk_usage(into).free
-        if needed > free:
-            raise OSError(f"{into} has {free:,} bytes free; the files need {needed:,}")
+        others = sum(left() for left in arriving)
+        if needed + others > free:
+            also = f", and other transfers into it {others:,} more" if others else ""
+            raise OSError(f"{into} has {free:,} bytes free; the files need {needed:,}{also}")
+        arriving.append(to_come)
         await stream.send(encode_want([(p.index, p.offset) for p in plans]))
         failed = await _receive_planned(stream, plans, progress, report, buffers)
         await stream.send(encode_done(Done(len(plans) - len(failed), tuple(sorted(refused + failed)))))
     finally:
         _RECEIVING.difference_update(p.partial.absolute() for p in plans)
+        if to_come in arriving:
+            arriving.remove(to_come)
     return report
 
+
+#: For each file system (by device), what the transfers of this process that write to it will
+#: still write: a transfer checks the free space against its own bytes and theirs (four at once
+#: into one folder, each checking alone, could together fill it and all fail halfway).
+_ARRIVING: Final[dict[int, list[Callable[[], int]]]] = {}
 
 #: The partial files that transfers of this process write now: two transfers of one file into
 #: one folder (a sender that sends again before its cut was noticed, two senders of one file)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import shutil
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -604,6 +605,59 @@ async def test_two_transfers_of_one_file_into_one_folder_at_once_neither_spoils_
     assert isinstance(first_report, ReceiveReport)
     assert first_report.saved == [into / "big.bin"]
     assert (into / "big.bin").read_bytes() == big.read_bytes()
+
+
+async def test_transfers_into_one_file_system_at_once_share_its_free_space(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Each checked the free space against its own bytes alone: four at once could together fill
+    # the disk and all fail halfway. The second is refused what the first will still write.
+    first, second = tmp_path / "first.bin", tmp_path / "second.bin"
+    first.write_bytes(os.urandom(3 << 20))
+    second.write_bytes(os.urandom((1 << 20) + 1))
+    (one,) = await prepare(first)
+    (two,) = await prepare(second)
+    room = 3 << 20  # (the first's bytes; with 1 MiB of them sent, 2 MiB or more to come)
+    usage = shutil.disk_usage(tmp_path)
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage._replace(free=room))
+    data = {one.entry.path: encode_summary([one.entry]), two.entry.path: encode_summary([two.entry])}
+    offered: list[bytes] = []
+    got: list[ReceiveReport | BaseException] = []
+    into = tmp_path / "into"
+
+    async def invited(invitation: Any) -> InvitationResponse:
+        return InvitationResponse.ACCEPTED
+
+    async def on_stream(stream: AppStream) -> None:
+        try:
+            got.append(await receive_files(stream, decode_summary(offered.pop(0)), into))
+        except Exception as exc:
+            got.append(exc)
+
+    async with nodes() as (alice, bob):
+        bob.add_invitation_handler(FILES, invited)
+        bob.add_stream_handler(FILES, on_stream)
+        peer = alice.peer(bob.id, bob.endpoint)
+        with anyio.fail_after(20):
+            offered.append(data["first.bin"])
+            async with await peer.open_stream(FILES) as paused:  # half of it, then a pause
+                await paused.send(encode_offer([one.entry]))
+                frames = files._Frames(paused)
+                await frames.next("want")
+                await paused.send(first.read_bytes()[: 1 << 20])
+                offered.append(data["second.bin"])
+                async with await peer.open_stream(FILES) as stream:
+                    with pytest.raises(ProtocolError, match="took the offer but not the files"):
+                        await send_files(stream, [two])
+                while len(got) < 1:
+                    await anyio.sleep(0.01)
+                assert isinstance(got[0], OSError)
+                assert "the files need 1,048,577, and other transfers into it " in str(got[0])
+                await paused.send(first.read_bytes()[1 << 20 :])
+                await frames.next("done")
+            offered.append(data["second.bin"])  # (the first is done: its bytes are written)
+            async with await peer.open_stream(FILES) as stream:
+                assert (await send_files(stream, [two])).received == 1
 
 
 def test_a_file_received_never_takes_a_name_another_took_meanwhile(tmp_path: Path) -> None:
