@@ -34,6 +34,14 @@ def receiving(env: dict[str, str], *options: str) -> tuple[pexpect.spawn, int]:
     return child, int(child.match.group(1))
 
 
+def random_file(path: Path, mib: int) -> Path:
+    """A file of ``mib`` MiB of random bytes at ``path``, written a MiB at a time."""
+    with path.open("wb") as f:
+        for _ in range(mib):
+            f.write(os.urandom(1 << 20))
+    return path
+
+
 def digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
@@ -163,10 +171,7 @@ def test_a_transfer_killed_halfway_resumes_when_sent_again(
     tmp_path: Path, people: tuple[dict[str, str], dict[str, str]]
 ) -> None:
     alice, bob = people
-    big = tmp_path / "big.bin"
-    with big.open("wb") as f:
-        for _ in range(64):
-            f.write(os.urandom(1 << 20))
+    big = random_file(tmp_path / "big.bin", 64)
     into = tmp_path / "into"
     server = subprocess.Popen(
         [
@@ -237,10 +242,7 @@ def test_a_transfer_stopped_by_ctrl_c_says_so_on_both_sides(
     # (it was "unexpected UnboundLocalError" on the sender, "unexpected BrokenResourceError: "
     # on the receiver).
     alice, bob = people
-    big = tmp_path / "big.bin"
-    with big.open("wb") as f:
-        for _ in range(96):
-            f.write(os.urandom(1 << 20))
+    big = random_file(tmp_path / "big.bin", 96)
     into = tmp_path / "into"
     receiver, port = receiving(alice, "--into", str(into), "--yes")
     try:

@@ -84,6 +84,21 @@ async def transfer(
             handle.remove()
 
 
+def receiving_each(bob: Node, into: Path, offers: list[bytes]) -> list[ReceiveReport | BaseException]:
+    """Bob receives each files stream into ``into``, the offer it takes the first summary left in
+    ``offers`` (a test may add more as it goes): what each receiving gave, in the order they end."""
+    got: list[ReceiveReport | BaseException] = []
+
+    async def on_stream(stream: AppStream) -> None:
+        try:
+            got.append(await receive_files(stream, decode_summary(offers.pop(0)), into))
+        except Exception as exc:
+            got.append(exc)
+
+    bob.add_stream_handler(FILES, on_stream)
+    return got
+
+
 def sha(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
@@ -516,10 +531,6 @@ async def test_a_peer_that_moves_no_byte_holds_a_transfer_no_longer(
     data = encode_summary([outgoing.entry])
     into = tmp_path / "into"
     stalls = [anyio.Event(), anyio.Event()]
-    results: list[BaseException | object] = []
-
-    async def invited(invitation: Any) -> InvitationResponse:
-        return InvitationResponse.ACCEPTED
 
     async def stalling_receiver(stream: AppStream) -> None:  # wants the file, then reads nothing
         frames = files._Frames(stream)
@@ -527,17 +538,10 @@ async def test_a_peer_that_moves_no_byte_holds_a_transfer_no_longer(
         await stream.send(encode_want([(0, 0)]))
         await stalls[0].wait()
 
-    async def receiving(stream: AppStream) -> None:
-        try:
-            results.append(await receive_files(stream, decode_summary(data), into))
-        except Exception as exc:
-            results.append(exc)
-
     alice, bob = (Node(identity=Identity.generate(), listen=("127.0.0.1", 0)) for _ in "ab")
     async with alice, bob:
         for node in (alice, bob):
             await node.register_application(FILES)
-        bob.add_invitation_handler(FILES, invited)
         handle = bob.add_stream_handler(FILES, stalling_receiver)
         peer = alice.peer(bob.id, bob.endpoint)
         with anyio.fail_after(20):
@@ -546,7 +550,7 @@ async def test_a_peer_that_moves_no_byte_holds_a_transfer_no_longer(
                     await send_files(stream, [outgoing])
         stalls[0].set()
         handle.remove()
-        bob.add_stream_handler(FILES, receiving)
+        results = receiving_each(bob, into, [data])
         with anyio.fail_after(20):
             async with await peer.open_stream(FILES) as stream:  # offers, then sends nothing
                 await stream.send(encode_offer([outgoing.entry]))
@@ -568,20 +572,9 @@ async def test_two_transfers_of_one_file_into_one_folder_at_once_neither_spoils_
     (outgoing,) = await prepare(big)
     data = encode_summary([outgoing.entry])
     into = tmp_path / "into"
-    got: list[ReceiveReport | BaseException] = []
-
-    async def invited(invitation: Any) -> InvitationResponse:
-        return InvitationResponse.ACCEPTED
-
-    async def on_stream(stream: AppStream) -> None:
-        try:
-            got.append(await receive_files(stream, decode_summary(data), into))
-        except Exception as exc:
-            got.append(exc)
 
     async with nodes() as (alice, bob):
-        bob.add_invitation_handler(FILES, invited)
-        bob.add_stream_handler(FILES, on_stream)
+        got = receiving_each(bob, into, [data, data])
         peer = alice.peer(bob.id, bob.endpoint)
         with anyio.fail_after(20):
             async with await peer.open_stream(FILES) as first:  # by hand: half, then a pause
@@ -622,21 +615,10 @@ async def test_transfers_into_one_file_system_at_once_share_its_free_space(
     monkeypatch.setattr(shutil, "disk_usage", lambda path: usage._replace(free=room))
     data = {one.entry.path: encode_summary([one.entry]), two.entry.path: encode_summary([two.entry])}
     offered: list[bytes] = []
-    got: list[ReceiveReport | BaseException] = []
     into = tmp_path / "into"
 
-    async def invited(invitation: Any) -> InvitationResponse:
-        return InvitationResponse.ACCEPTED
-
-    async def on_stream(stream: AppStream) -> None:
-        try:
-            got.append(await receive_files(stream, decode_summary(offered.pop(0)), into))
-        except Exception as exc:
-            got.append(exc)
-
     async with nodes() as (alice, bob):
-        bob.add_invitation_handler(FILES, invited)
-        bob.add_stream_handler(FILES, on_stream)
+        got = receiving_each(bob, into, offered)
         peer = alice.peer(bob.id, bob.endpoint)
         with anyio.fail_after(20):
             offered.append(data["first.bin"])
