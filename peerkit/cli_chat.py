@@ -29,6 +29,7 @@ from peerkit.clikit import (
     providers_for,
     providers_named,
     reached,
+    senders_named,
     target_of,
 )
 from peerkit.discovery.base import DiscoveryProvider
@@ -71,6 +72,16 @@ def chat_command(
     yes: Annotated[
         bool, typer.Option("--yes", "-y", help="Waiting: accept the first invitation without asking.")
     ] = False,
+    senders: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--from",
+            metavar="PEER",
+            help="Waiting: accept invitations from this peer alone, a contact (its name, fingerprint "
+            "or id) or anyone's full id; repeatable. Anyone else's are declined without asking.",
+            show_default=False,
+        ),
+    ] = None,
     listen_at: Annotated[
         str,
         typer.Option(
@@ -94,8 +105,10 @@ def chat_command(
     directory = existing_data_dir(data_dir)
     if peer is None:
         host, port = parse_listen(listen_at)
-        anyio.run(_wait_for_chat, directory, (host, port), providers_named(discovery), yes)
+        anyio.run(_wait_for_chat, directory, (host, port), providers_named(discovery), yes, senders)
         return
+    if senders:
+        raise typer.BadParameter("is for waiting to be invited (without PEER)", param_hint="--from")
     target = target_of(peer)
     code = anyio.run(
         _start_chat, directory, target, providers_for(target, discovery), message, timeout, bool(discovery)
@@ -149,23 +162,26 @@ def _refused(terminal: Terminal, who: str, answer: peerkit.InvitationResponse) -
 
 
 async def _wait_for_chat(
-    directory: Path, listen: tuple[str, int], providers: list[DiscoveryProvider], yes: bool
+    directory: Path,
+    listen: tuple[str, int],
+    providers: list[DiscoveryProvider],
+    yes: bool,
+    senders: list[str] | None,
 ) -> None:
     def question(invitation: peerkit.Invitation) -> str:
         who = printable(invitation.nickname) or invitation.sender_id.fingerprint
         said = f": {invitation.message!r}" if invitation.message else ""
         return f"{who} ({invitation.sender_id.fingerprint}) invites you to chat{said}. Accept? [y/N]"
 
-    async with (
-        peerkit.Node(data_dir=directory, listen=listen, discovery=providers) as node,
-        Terminal() as terminal,
-        anyio.create_task_group() as tg,
-    ):
-        tg.start_soon(cancel_on_signal, tg.cancel_scope)
-        _, stream = await accept_invitation(node, CHAT, terminal, "an invitation to chat", question, yes)
-        async with Chat(stream, node.nickname, _presence(node)) as chat:
-            await run_chat(node, chat, terminal)
-        tg.cancel_scope.cancel()
+    async with peerkit.Node(data_dir=directory, listen=listen, discovery=providers) as node:
+        named = await senders_named(node, senders) if senders else None
+        waiting_for = "an invitation to chat" + (f" from {', '.join(named.values())}" if named else "")
+        async with Terminal() as terminal, anyio.create_task_group() as tg:
+            tg.start_soon(cancel_on_signal, tg.cancel_scope)
+            _, stream = await accept_invitation(node, CHAT, terminal, waiting_for, question, yes, named)
+            async with Chat(stream, node.nickname, _presence(node)) as chat:
+                await run_chat(node, chat, terminal)
+            tg.cancel_scope.cancel()
 
 
 async def run_chat(node: peerkit.Node, chat: Chat, terminal: Terminal) -> None:

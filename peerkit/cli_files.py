@@ -30,6 +30,7 @@ from peerkit.clikit import (
     Discovery,
     Expected,
     ListenAt,
+    Senders,
     accept_invitation,
     cancel_on_signal,
     console,
@@ -42,6 +43,7 @@ from peerkit.clikit import (
     providers_for,
     providers_named,
     reached,
+    senders_named,
     target_of,
 )
 from peerkit.discovery.base import DiscoveryProvider
@@ -275,6 +277,7 @@ def receive_command(
             "--yes", "-y", help="Accept the first offer without asking; a name taken is kept (a new name)."
         ),
     ] = False,
+    senders: Senders = None,
     listen_at: ListenAt = ":0",
     discovery: Discovery = None,
     data_dir: DataDir = None,
@@ -282,7 +285,8 @@ def receive_command(
     """Wait for an offer of files and accept it at a prompt, then receive the files into a folder
     with a progress bar. A file whose name is taken is renamed, overwritten or skipped as you
     answer; one already there is not sent again; an interrupted transfer resumes when the sender
-    sends again.
+    sends again. With --from, offers from anyone else are declined (``--yes --from alice`` takes
+    alice's first offer, and hers alone).
 
     Exits with 0 when every file arrived intact (or none was offered before Ctrl-C), 1 when one
     failed or the sender stopped, 130 when stopped with Ctrl-C during a transfer.
@@ -290,13 +294,18 @@ def receive_command(
     directory = existing_data_dir(data_dir)
     host, port = parse_listen(listen_at)
     into = checked_into(into)
-    code = anyio.run(_receive, directory, (host, port), providers_named(discovery), into, yes)
+    code = anyio.run(_receive, directory, (host, port), providers_named(discovery), into, yes, senders)
     if code:
         raise typer.Exit(code)
 
 
 async def _receive(
-    directory: Path, listen: tuple[str, int], providers: list[DiscoveryProvider], into: Path, yes: bool
+    directory: Path,
+    listen: tuple[str, int],
+    providers: list[DiscoveryProvider],
+    into: Path,
+    yes: bool,
+    senders: list[str] | None,
 ) -> int:
     def question(invitation: peerkit.Invitation) -> str | None:
         who = printable(invitation.nickname) or invitation.sender_id.fingerprint
@@ -318,26 +327,27 @@ async def _receive(
         received[0] += n
         bar.advance(task, n)
 
-    async with (
-        peerkit.Node(data_dir=directory, listen=listen, discovery=providers) as node,
-        Terminal(keys=False) as terminal,
-        anyio.create_task_group() as tg,
-    ):
-        tg.start_soon(cancel_on_signal, tg.cancel_scope)
-        invitation, stream = await accept_invitation(node, FILES, terminal, "files", question, yes)
-        summary = decode_summary(invitation.data)
-        who = printable(invitation.nickname) or invitation.sender_id.fingerprint
-        decide = _rename if yes else _asking(terminal)
-        async with stream:
-            with _bar() as bar:
-                task = bar.add_task(f"from {who}", total=summary.size)
-                try:
-                    report = await receive_files(stream, summary, into, decide, progress)
-                except (anyio.BrokenResourceError, ProtocolError) as exc:  # (the sender gone, or stalled)
-                    cut = str(exc) or "the connection broke"
-                else:
-                    _finish(bar, task, summary.size)
-        tg.cancel_scope.cancel()
+    async with peerkit.Node(data_dir=directory, listen=listen, discovery=providers) as node:
+        named = await senders_named(node, senders) if senders else None
+        waiting_for = f"files from {', '.join(named.values())}" if named else "files"
+        async with Terminal(keys=False) as terminal, anyio.create_task_group() as tg:
+            tg.start_soon(cancel_on_signal, tg.cancel_scope)
+            invitation, stream = await accept_invitation(
+                node, FILES, terminal, waiting_for, question, yes, named
+            )
+            summary = decode_summary(invitation.data)
+            who = printable(invitation.nickname) or invitation.sender_id.fingerprint
+            decide = _rename if yes else _asking(terminal)
+            async with stream:
+                with _bar() as bar:
+                    task = bar.add_task(f"from {who}", total=summary.size)
+                    try:
+                        report = await receive_files(stream, summary, into, decide, progress)
+                    except (anyio.BrokenResourceError, ProtocolError) as exc:  # (gone, or stalled)
+                        cut = str(exc) or "the connection broke"
+                    else:
+                        _finish(bar, task, summary.size)
+            tg.cancel_scope.cancel()
     if summary is None:  # (stopped while waiting for an offer: nothing under way)
         return 0
     if report is None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import enum
 import os
 import signal
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Collection
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Annotated, Final, Generic, TypeVar
@@ -38,6 +38,7 @@ __all__ = (
     "Discovery",
     "Expected",
     "ListenAt",
+    "Senders",
     "accept_invitation",
     "cancel_on_signal",
     "check_nickname",
@@ -55,6 +56,7 @@ __all__ = (
     "providers_named",
     "reached",
     "resolve_contact",
+    "senders_named",
     "target_of",
 )
 
@@ -281,6 +283,40 @@ async def resolve_contact(node: peerkit.Node, text: str) -> peerkit.Contact:
     return matches[0]
 
 
+Senders = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--from",
+        metavar="PEER",
+        help="Accept from this peer alone: a contact (its name, fingerprint or id) or anyone's full "
+        "id; repeatable. Anyone else is declined without asking.",
+        show_default=False,
+    ),
+]
+
+
+async def senders_named(node: peerkit.Node, names: list[str]) -> dict[peerkit.PeerId, str]:
+    """The peers ``--from`` names, each with its name as the command shows it: a contact (see
+    :func:`resolve_contact`), or anyone by its full id.
+
+    :raises typer.BadParameter: naming the ``--from`` that names nobody.
+    """
+    senders: dict[peerkit.PeerId, str] = {}
+    for text in names:
+        try:
+            contact = await resolve_contact(node, text)
+        except typer.BadParameter as exc:
+            try:
+                peer_id = peerkit.PeerId.parse(text.strip())
+            except ValueError:
+                said = f"{exc.message}; anyone else by its full id ({len(str(node.id))} characters)"
+                raise typer.BadParameter(said, param_hint="--from") from None
+            senders[peer_id] = peer_id.fingerprint
+        else:
+            senders[contact.id] = printable(contact.nickname or contact.display_name) or contact.fingerprint
+    return senders
+
+
 def _candidates(contacts: list[peerkit.Contact]) -> str:
     return ", ".join(
         f"{printable(c.nickname or c.display_name) or '?'} {c.fingerprint}" for c in contacts[:8]
@@ -485,11 +521,13 @@ async def accept_invitation(
     waiting_for: str,
     question: Callable[[peerkit.Invitation], str | None],
     yes: bool,
+    senders: Collection[peerkit.PeerId] | None = None,
 ) -> tuple[peerkit.Invitation, peerkit.AppStream]:
     """Sign ``node`` in (near me where its providers find people, and for contacts), wait for an
     invitation to ``application``, ask ``question(invitation)`` at the terminal (None: decline it
     without asking; ``yes``: accept without asking), and once one is accepted, wait for the
-    inviter's stream (a stream from anyone else is closed: none without an invitation).
+    inviter's stream (a stream from anyone else is closed: none without an invitation). With
+    ``senders`` (``--from``), an invitation from anyone else is declined without asking, and said.
 
     :raises TimeoutError: when the inviter opens no stream within :data:`STREAM_WAIT` seconds.
     """
@@ -505,6 +543,10 @@ async def accept_invitation(
         )
         async for invitation in invitations:
             who = printable(invitation.nickname) or invitation.sender_id.fingerprint
+            if senders is not None and invitation.sender_id not in senders:
+                terminal.show(f"declined {who} ({invitation.sender_id.fingerprint}): not a peer --from names")
+                invitation.decline()
+                continue
             asked = question(invitation)
             if asked is None:
                 invitation.decline()

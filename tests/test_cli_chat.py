@@ -83,6 +83,46 @@ def test_a_declined_chat_exits_3_and_ctrl_c_ends_an_accepted_one_cleanly(tmp_pat
         a.terminate(force=True)
 
 
+def peer_id(env: dict[str, str]) -> str:
+    """The full id of the person of ``env``."""
+    shown = subprocess.run([*PEERKIT, "id", "--json"], env=env, capture_output=True, text=True, check=True)
+    return str(json.loads(shown.stdout)["id"])
+
+
+@pytest.mark.network
+def test_waiting_from_one_peer_declines_the_others_without_asking(tmp_path: Path) -> None:
+    alice = person(tmp_path / "alice", "alice")
+    bob = person(tmp_path / "bob", "bob")
+    carol = person(tmp_path / "carol", "carol")
+    a, port = waiting(alice, "--yes", "--from", peer_id(bob))  # (anyone by full id: no contact)
+    try:
+        assert "waiting for an invitation to chat from " in a.before
+        stranger = terminal("chat", f"127.0.0.1:{port}", env=carol)
+        stranger.expect("alice declined")
+        assert exit_status(stranger) == 3
+        a.expect(r"declined carol \(\S+\): not a peer --from names")
+        b = terminal("chat", f"127.0.0.1:{port}", env=bob)
+        b.expect("chatting with alice")
+        a.expect("chatting with bob")
+        b.sendcontrol("d")
+        a.expect("bob left the chat")
+        assert exit_status(b) == 0
+        assert exit_status(a) == 0
+    finally:
+        a.terminate(force=True)
+    both = subprocess.run(
+        [*PEERKIT, "chat", "127.0.0.1:9", "--from", "bob"],
+        env=alice,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert both.returncode == 2
+    assert "--from: is for waiting to be invited (without PEER)" in " ".join(
+        both.stderr.replace("│", " ").split()
+    )
+
+
 @contextlib.contextmanager
 def serving_chat(env: dict[str, str], *options: str) -> Iterator[subprocess.Popen[str]]:
     """``peerkit serve --accept chat --json`` on loopback (its stdin and stdout are pipes), stopped

@@ -154,6 +154,39 @@ def test_a_declined_offer_exits_3_and_bad_input_is_one_line(
     assert "no identity in" in no_identity.stderr
 
 
+@pytest.mark.network
+def test_receive_yes_from_a_contact_takes_its_offer_alone(
+    tmp_path: Path, people: tuple[dict[str, str], dict[str, str]]
+) -> None:
+    alice, bob = people
+    carol = person(tmp_path / "carol", "carol")
+    card = run("contacts", "export-card", env=bob)
+    assert run("contacts", "add-card", card.stdout.strip(), env=alice).returncode == 0
+    (tmp_path / "f.txt").write_text("from bob")
+    (tmp_path / "g.txt").write_text("from carol")
+    into = tmp_path / "into"
+    into.mkdir()
+    receiver, port = receiving(alice, "--yes", "--from", "bob", "--into", str(into))
+    try:
+        stranger = run("send", f"127.0.0.1:{port}", str(tmp_path / "g.txt"), env=carol)
+        assert stranger.returncode == 3, stranger.stderr
+        assert "alice declined" in stranger.stdout
+        receiver.expect(r"declined carol \(\S+\): not a peer --from names")
+        sender = run("send", f"127.0.0.1:{port}", str(tmp_path / "f.txt"), env=bob)
+        assert sender.returncode == 0, sender.stderr
+        receiver.expect(r"bob \(\S+\) offers 1 file \(8 bytes\): f\.txt\. Save into .*\? \[y/N\] y \(--yes\)")
+        receiver.expect("received 8 bytes")
+        assert exit_status(receiver) == 0
+    finally:
+        receiver.terminate(force=True)
+    assert [p.name for p in into.iterdir()] == ["f.txt"]
+    nobody = run("receive", "--from", "dave", env={**alice, "COLUMNS": "400"})
+    assert nobody.returncode == 2
+    said = " ".join(nobody.stderr.replace("│", " ").split())
+    assert "Invalid value for --from: no contact is called 'dave'" in said
+    assert "anyone else by its full id (52 characters)" in said
+
+
 def _partial_with_bytes(into: Path, timeout: float = 30) -> Path:
     # The partial file of the transfer under way into ``into``, once it holds bytes.
     deadline = time.monotonic() + timeout
