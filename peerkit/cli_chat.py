@@ -22,6 +22,7 @@ from peerkit.clikit import (
     Expected,
     accept_invitation,
     cancel_on_signal,
+    console,
     existing_data_dir,
     inviting_node,
     parse_listen,
@@ -99,6 +100,9 @@ def chat_command(
     """Chat with a peer: invite it to chat, or (without PEER) wait for an invitation to chat and
     accept it at a prompt. Lines you type are sent encrypted; the other side sees when you type.
 
+    Exits with 0 after a chat (or when stopped with Ctrl-C before one: an invitation sent is
+    withdrawn), 3 when the peer declined, 4 when it did not answer in time.
+
     In the chat: /away [TEXT], /busy [TEXT] and /back set your presence, /quit or Ctrl-D ends it.
     """
     check_text(message, "invitation message")
@@ -125,8 +129,10 @@ async def _start_chat(
     timeout: float,
     by_nickname: bool,
 ) -> int:
-    # The exit code: 0 after a chat, else why there was none.
+    # The exit code: 0 after a chat, or stopped before one; else why there was none.
     code = 0
+    who = ""
+    answer = None
     async with inviting_node(directory, providers) as node:
         named = await peer_named(node, target, providers, min(timeout, 10.0), by_nickname=by_nickname)
         await node.register_application(CHAT)
@@ -142,6 +148,8 @@ async def _start_chat(
             else:
                 code = _refused(terminal, who, answer)
             tg.cancel_scope.cancel()
+    if answer is None:  # (Ctrl-C or SIGTERM before the answer)
+        console.print(f"stopped: the invitation to {who} is withdrawn" if who else "stopped", highlight=False)
     return code
 
 

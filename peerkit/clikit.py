@@ -20,6 +20,7 @@ import peerkit
 from peerkit.discovery.base import DiscoveryProvider
 from peerkit.errors import IdentityError, PeerUnreachable
 from peerkit.identity import KEY_FILE_NAME, default_data_dir
+from peerkit.invitations import Withdrawn
 from peerkit.model import check_text, host_and_port, printable
 from peerkit.net.transport import local_addresses
 from peerkit.reporting import address_text
@@ -58,6 +59,7 @@ __all__ = (
     "resolve_contact",
     "senders_named",
     "target_of",
+    "withdrawn_text",
 )
 
 T = TypeVar("T")
@@ -547,15 +549,17 @@ async def accept_invitation(
                 terminal.show(f"declined {who} ({invitation.sender_id.fingerprint}): not a peer --from names")
                 invitation.decline()
                 continue
+            if invitation.withdrawn:  # (while another was asked about)
+                continue
             asked = question(invitation)
             if asked is None:
                 invitation.decline()
                 continue
             if yes:
                 terminal.show(f"{asked} y (--yes)")
-            answer = "y" if yes else await terminal.ask(asked)
+            answer = "y" if yes else await _answer_unless_withdrawn(terminal, asked, invitation)
             if invitation.withdrawn:
-                terminal.show(f"{who} withdrew the invitation")
+                terminal.show(withdrawn_text(who, invitation))
                 continue
             if (answer or "").strip().lower() not in ("y", "yes"):
                 invitation.decline()
@@ -567,6 +571,35 @@ async def accept_invitation(
                         return invitation, stream
                     await stream.aclose()
     raise AssertionError("the invitations of a running node do not end")
+
+
+async def _answer_unless_withdrawn(
+    terminal: Terminal, question: str, invitation: peerkit.Invitation
+) -> str | None:
+    # The answer typed, or None when the invitation was withdrawn first (the question is left).
+    answer = None
+    async with anyio.create_task_group() as tg:
+
+        async def withdrawn() -> None:
+            await invitation.state.wait()  # (nothing else answers it while it is asked about)
+            tg.cancel_scope.cancel()
+
+        tg.start_soon(withdrawn)
+        answer = await terminal.ask(question)
+        tg.cancel_scope.cancel()
+    return answer
+
+
+def withdrawn_text(who: str, invitation: peerkit.Invitation) -> str:
+    """Why ``invitation`` (from ``who``) can no longer be answered, as people say it."""
+    reason = invitation.withdrawn_reason
+    if reason is Withdrawn.EXPIRED:
+        return f"the invitation from {who} expired"
+    if reason is Withdrawn.DISCONNECTED:
+        return f"{who} went away: the invitation is withdrawn"
+    if reason is Withdrawn.DISPLACED:
+        return f"the invitation from {who} made room for another (too many strangers' at once)"
+    return f"{who} withdrew the invitation"
 
 
 #: Streams a desk of ``peerkit serve`` expects (accepted invitations whose stream has not come

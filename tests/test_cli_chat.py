@@ -60,7 +60,7 @@ def test_a_chat_between_two_terminals_shows_lines_typing_presence_and_its_end(tm
 
 
 @pytest.mark.network
-def test_a_declined_chat_exits_3_and_ctrl_c_ends_an_accepted_one_cleanly(tmp_path: Path) -> None:
+def test_a_declined_chat_exits_3_and_ctrl_c_withdraws_an_invitation_or_ends_a_chat(tmp_path: Path) -> None:
     alice = person(tmp_path / "alice", "alice")
     bob = person(tmp_path / "bob", "bob")
     a, port = waiting(alice)
@@ -70,6 +70,12 @@ def test_a_declined_chat_exits_3_and_ctrl_c_ends_an_accepted_one_cleanly(tmp_pat
         a.send("n\r")
         declined.expect("alice declined")
         assert exit_status(declined) == 3
+        withdrawn = terminal("chat", f"127.0.0.1:{port}", env=bob)
+        a.expect(r"Accept\? \[y/N\]")
+        withdrawn.sendcontrol("c")  # Ctrl-C before the answer: the invitation is withdrawn
+        withdrawn.expect("stopped: the invitation to alice is withdrawn")
+        assert exit_status(withdrawn) == 0
+        a.expect("bob withdrew the invitation")  # (said at once: the question is no longer open)
         accepted = terminal("chat", f"127.0.0.1:{port}", env=bob)
         a.expect(r"Accept\? \[y/N\]")
         a.send("yes\r")
