@@ -66,6 +66,10 @@ class Terminal:
         self._typed: list[str] = []
         self._prompt = "> "
         self._status = ""
+        # Read but not yet taken, when whole lines are read: a pipe gives several at once.
+        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self._pending = ""
+        self._ended = False
 
     async def __aenter__(self) -> Terminal:
         if self.interactive:
@@ -106,21 +110,40 @@ class Terminal:
                 self._redraw()
 
     async def ask(self, question: str) -> str | None:
-        """Print ``question`` and return the line answered (None at the end of the input)."""
+        """Print ``question`` and return the line answered (None at the end of the input).
+
+        On a terminal, what was typed before the question is shown is discarded: the answer is
+        to this question, never a line typed for an earlier one. From a pipe or a file, lines are
+        taken in order (a script's answers, given ahead).
+        """
+        if self._stdin.isatty():
+            import termios
+
+            termios.tcflush(self._fd, termios.TCIFLUSH)
+            self._typed.clear()
         self.show(question)
-        async for item in self.input():
-            if isinstance(item, Line):
-                return item.text
+        async with contextlib.aclosing(self.input()) as items:  # (closed here, not by the GC)
+            async for item in items:
+                if isinstance(item, Line):
+                    return item.text
         return None
 
     async def input(self) -> AsyncIterator[Line | TypingChanged]:
         """The lines the user enters and, on a terminal, when they start and stop typing; it ends
         at the end of the input (Ctrl-D on an empty line)."""
-        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        pending = ""
         regular = stat.S_ISREG(os.fstat(self._fd).st_mode)  # (a file is always readable)
         typing = False
         while True:
+            if not self.interactive:  # (lines already read first, one at a time: each is taken)
+                if "\n" in self._pending:
+                    line, self._pending = self._pending.split("\n", 1)
+                    yield Line(line.rstrip("\r"))
+                    continue
+                if self._ended:
+                    if self._pending:
+                        line, self._pending = self._pending, ""
+                        yield Line(line)
+                    return
             if not regular:
                 if typing:
                     with anyio.move_on_after(IDLE_AFTER) as idle:
@@ -135,16 +158,15 @@ class Terminal:
                     except PermissionError:  # (what cannot be polled, /dev/null: read as a file)
                         regular = True
             data = os.read(self._fd, 4096)
-            text = decoder.decode(data, final=not data)
+            text = self._decoder.decode(data, final=not data)
             if not self.interactive:
-                pending += text
-                *lines, pending = pending.split("\n")
-                for line in lines:
-                    yield Line(line.rstrip("\r"))
-                if not data:
-                    if pending:
-                        yield Line(pending)
+                self._pending += text
+                if not data and self._stdin.isatty():  # (Ctrl-D ends this input, not the terminal's)
+                    line, self._pending = self._pending, ""
+                    if line:
+                        yield Line(line)
                     return
+                self._ended = not data
                 continue
             if not data:
                 return
