@@ -13,7 +13,7 @@ import contextlib
 import os
 import stat
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Final, TextIO
@@ -128,7 +128,7 @@ class Terminal:
                     return item.text
         return None
 
-    async def input(self) -> AsyncIterator[Line | TypingChanged]:
+    async def input(self) -> AsyncGenerator[Line | TypingChanged, None]:
         """The lines the user enters and, on a terminal, when they start and stop typing; it ends
         at the end of the input (Ctrl-D on an empty line)."""
         regular = stat.S_ISREG(os.fstat(self._fd).st_mode)  # (a file is always readable)
