@@ -378,6 +378,13 @@ class Connection:
             frames = self._decoder.feed(data, limit)
         except ProtocolError as exc:
             raise self._fail(exc) from None
+        if not frames and self._state is not State.OPEN and self._decoder.pending:
+            # A line of text where a handshake message belongs (an SSH or mail server greeting, a
+            # web request): no Noise message starts so, as its length is small and the rest
+            # random. Fail now, not at the handshake's deadline.
+            text = self._decoder.leftover_text(whole_line=True)
+            if text is not None:
+                raise self._fail(HandshakeError(f"{self._other} sent text, not a Noise handshake: {text!r}"))
         events: list[Event] = []
         for frame in frames:
             try:
@@ -407,7 +414,7 @@ class Connection:
             text = self._decoder.leftover_text() if state is not State.OPEN else None
             failure = exc
             if text is not None:  # (a web server's error page, say: no peerkit node is there)
-                failure = HandshakeError(f"what answered sent text, not a Noise handshake: {text!r}")
+                failure = HandshakeError(f"{self._other} sent text, not a Noise handshake: {text!r}")
             raise self._fail(failure) from None
         if state is not State.OPEN:
             hint = ""
@@ -419,6 +426,11 @@ class Connection:
                 )
             raise self._fail(HandshakeError(f"the peer closed the connection during the handshake{hint}"))
         self._to(State.CLOSED)
+
+    @property
+    def _other(self) -> str:
+        # The other side, before its handshake says who it is.
+        return "what answered" if self._initiator else "what connected"
 
     def _frame(self, frame: bytes | memoryview) -> Event | None:
         state = self._state

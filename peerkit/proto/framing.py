@@ -109,13 +109,17 @@ class FrameDecoder:
             buf += view[pos:]
         return frames
 
-    def leftover_text(self) -> str | None:
+    def leftover_text(self, *, whole_line: bool = False) -> str | None:
         """The first line of the bytes of the unfinished frame when they read as text (what a web
         server or an SSH server sends, which its first two letters make a frame length of): for
-        an error message that says what answered. None when they do not (or there are none).
+        an error message that says what answered. None when they do not (or there are none), and
+        with ``whole_line`` when no line end has come yet.
         """
-        head = bytes(self._buffer[:200]).split(b"\n", 1)[0].rstrip(b"\r")
+        head, *ended = bytes(self._buffer[:200]).split(b"\n", 1)
+        head = head.rstrip(b"\r")
         if len(head) < 4 or not all(0x20 <= byte < 0x7F or byte == 0x09 for byte in head):
+            return None
+        if whole_line and not ended:
             return None
         return head[:80].decode("ascii")
 

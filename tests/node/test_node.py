@@ -732,6 +732,27 @@ async def web_server() -> AsyncIterator[EndPoint]:
         tg.cancel_scope.cancel()
 
 
+async def test_a_service_that_greets_first_is_named_at_once_not_at_the_handshake_deadline() -> None:
+    async def greet(stream: anyio.abc.SocketStream) -> None:  # (an SSH server: greets, then waits)
+        async with stream:
+            with contextlib.suppress(anyio.EndOfStream, anyio.BrokenResourceError):
+                await stream.send(b"SSH-2.0-OpenSSH_9.6\r\n")
+                while await stream.receive():  # (what is no SSH message: it waits for more)
+                    pass
+
+    alice = Node(nickname="alice", identity=Identity.generate(), listen=("127.0.0.1", 0))
+    listener = await anyio.create_tcp_listener(local_host="127.0.0.1")
+    async with alice, listener, anyio.create_task_group() as tg:
+        tg.start_soon(listener.serve, greet)
+        port = listener.extra(anyio.abc.SocketAttribute.local_port)
+        with anyio.fail_after(5):  # (the handshake's deadline is 10 s)
+            with pytest.raises(
+                HandshakeError, match=r"sent text, not a Noise handshake: 'SSH-2\.0-OpenSSH_9\.6'$"
+            ):
+                await alice.peer_at("127.0.0.1", port)
+        tg.cancel_scope.cancel()
+
+
 async def test_an_address_of_a_peer_that_another_node_or_service_holds_now_is_a_dead_way() -> None:
     # bob's first address is carol's now (IK: she cannot read message 1 and closes), or a web
     # server's (it answers with text): each fails as an address that does not answer does, and

@@ -210,17 +210,50 @@ def test_eof(alice: Identity, bob: Identity) -> None:
         b2.receive_eof()
     # What answered a dial with text (a web server's error page) is named by its first line; its
     # first two letters read as a frame length (b"HT": 18,516), so the stream ends inside a frame.
-    http = b"HTTP/1.0 400 Bad request\r\nServer: x\r\n\r\n<html>"
     for answer, kind, said in [
-        (http, HandshakeError, r"sent text, not a Noise handshake: 'HTTP/1\.0 400 Bad request'$"),
-        (b"SSH-2.0-OpenSSH_9.2\r\n", HandshakeError, r"not a Noise handshake: 'SSH-2\.0-OpenSSH_9\.2'$"),
+        (b"HTTP/1.0 400 Bad request", HandshakeError, r"not a Noise handshake: 'HTTP/1\.0 400 Bad request'$"),
         (b"\x01\x00\x00\xff\xfe", ProtocolError, r"inside a frame \(5 bytes left over\)$"),  # (no text)
     ]:
         d = Connection.initiate(keys(alice), hello(alice), now=0.0)
         d.data_to_send()
-        d.receive_data(answer, 0.0)
+        assert d.receive_data(answer, 0.0) == []  # (a line not ended yet: maybe a frame)
         with pytest.raises(kind, match=said):
             d.receive_eof()
+
+
+def test_a_line_of_text_where_a_handshake_message_belongs_fails_at_once(
+    alice: Identity, bob: Identity
+) -> None:
+    # An SSH or mail server greets first, and a web client asks first: neither side waits for
+    # the handshake's deadline (10 s), nor for the preamble's (3 s), to learn it.
+    http = b"HTTP/1.0 400 Bad request\r\nServer: x\r\n\r\n<html>"
+    for answer, said in [
+        (http, r"^what answered sent text, not a Noise handshake: 'HTTP/1\.0 400 Bad request'$"),
+        (
+            b"SSH-2.0-OpenSSH_9.2\r\n",
+            r"^what answered sent text, not a Noise handshake: 'SSH-2\.0-OpenSSH_9\.2'$",
+        ),
+    ]:
+        d = Connection.initiate(keys(alice), hello(alice), now=0.0)
+        d.data_to_send()
+        d.receive_data(answer[:10], 0.0)  # (no line end yet)
+        with pytest.raises(HandshakeError, match=said):
+            d.receive_data(answer[10:], 0.0)
+        assert d.state is State.CLOSED
+    b = Connection.respond(keys(bob), hello(bob), now=0.0)
+    with pytest.raises(
+        HandshakeError, match=r"^what connected sent text, not a Noise handshake: 'GET / HTTP/1\.1'$"
+    ):
+        b.receive_data(b"GET / HTTP/1.1\r\nHost: peerkit\r\n\r\n", 0.0)
+    # Byte by byte, a real handshake never reads as a line of text (its lengths are small).
+    a = Connection.initiate(keys(alice), hello(alice), now=0.0)
+    c = Connection.respond(keys(bob), hello(bob), now=0.0)
+    done: list[object] = []
+    for _ in range(3):
+        for sender, receiver in ((a, c), (c, a)):
+            for byte in sender.data_to_send():
+                done += receiver.receive_data(bytes([byte]), 0.0)
+    assert len(done) == 2
 
 
 def test_misuse_by_the_caller(alice: Identity, bob: Identity) -> None:
