@@ -581,7 +581,7 @@ async def _answer_unless_withdrawn(
     async with anyio.create_task_group() as tg:
 
         async def withdrawn() -> None:
-            await invitation.state.wait()  # (nothing else answers it while it is asked about)
+            await invitation.wait()  # (nothing else answers it while it is asked about)
             tg.cancel_scope.cancel()
 
         tg.start_soon(withdrawn)

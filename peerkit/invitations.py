@@ -187,3 +187,11 @@ class Invitation:
         :raises RuntimeError: when already answered or withdrawn.
         """
         self.state.answer(InvitationResponse.DECLINED)
+
+    async def wait(self) -> InvitationResponse | None:
+        """Wait until it is answered (the answer) or withdrawn (None: see :attr:`withdrawn_reason`).
+
+        What asks a person about the invitation waits for this beside the person, and stops asking
+        when the inviter withdraws it (or it expires) first. Returns at once once settled.
+        """
+        return await self.state.wait()

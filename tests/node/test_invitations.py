@@ -206,3 +206,39 @@ async def test_a_contact_is_looked_up_only_when_its_known_endpoint_gives_no_chan
         else:
             assert await contact.invite(CHAT, timeout=5) is InvitationResponse.ACCEPTED
             assert lookups.asked == []
+
+
+async def test_a_program_asking_about_an_invitation_learns_when_it_is_withdrawn_or_answered() -> None:
+    async with node_pair() as (alice, bob):
+        await alice.register_application(CHAT)
+        await bob.register_application(CHAT)
+        peer = await alice.peer_at(bob.endpoint.host, bob.endpoint.port)
+        async with bob.invitations(CHAT) as invitations, anyio.create_task_group() as tg:
+            inviting = anyio.CancelScope()
+
+            async def invite() -> None:
+                with inviting:
+                    await peer.invite(CHAT, timeout=30)
+
+            tg.start_soon(invite)
+            with anyio.fail_after(5):
+                first = await anext(aiter(invitations))
+                inviting.cancel()  # (alice stops waiting while bob's dialog is open)
+                assert await first.wait() is None
+            assert first.withdrawn_reason is Withdrawn.CANCELLED
+            answered: list[InvitationResponse | None] = []
+
+            async def dialog(invitation: Invitation) -> None:
+                answered.append(await invitation.wait())
+
+            tg.start_soon(peer.invite, CHAT)
+            with anyio.fail_after(5):
+                second = await anext(aiter(invitations))
+                tg.start_soon(dialog, second)
+                await anyio.wait_all_tasks_blocked()
+                assert answered == []  # (it waits: neither answered nor withdrawn)
+                second.accept()
+                while not answered:
+                    await anyio.sleep(0.01)
+                assert answered == [InvitationResponse.ACCEPTED]
+                assert await second.wait() is InvitationResponse.ACCEPTED  # (settled: at once)
