@@ -20,15 +20,19 @@ import anyio
 import anyio.abc
 
 from peerkit.apps import ANSWER_ENV, ANSWER_WAIT, LAUNCH_ENV, LaunchInfo, Registered
+from peerkit.identity import PeerId
 from peerkit.invitations import Invitation
 from peerkit.model import InvitationResponse, printable
 
-__all__ = ("LOG_DIR", "Launcher")
+__all__ = ("LOG_DIR", "MAX_RUNNING", "MAX_RUNNING_PER_PEER", "Launcher")
 
 #: The folder of the data dir where launched programs' output goes.
 LOG_DIR: Final = "logs"
-#: Launched programs ``serve`` follows at once (to report their exit), at most.
-MAX_FOLLOWED: Final = 64
+#: Programs one ``serve`` launched that run at once, at most: an invitation past it is declined.
+MAX_RUNNING: Final = 16
+#: Of those, launched for one peer's invitations (a contact who invites in a loop cannot make
+#: the machine start programs without end).
+MAX_RUNNING_PER_PEER: Final = 4
 
 Say = Callable[..., None]
 Ask = Callable[[str], Awaitable[str | None]]
@@ -37,7 +41,12 @@ Ask = Callable[[str], Awaitable[str | None]]
 class Launcher:
     """Answers invitations to registered applications for ``peerkit serve``: those it was told to
     ``accept`` (or that ``ask`` says yes to) start the registered program with the invitation, and
-    the program's answer (within :data:`~peerkit.apps.ANSWER_WAIT` seconds) is the invitation's."""
+    the program's answer (within :data:`~peerkit.apps.ANSWER_WAIT` seconds) is the invitation's.
+
+    At most ``max_running`` programs it launched run at once, ``max_per_peer`` of them for one
+    peer's invitations: past either, an invitation is declined, and said so. A program counts
+    until it exits (each is followed, and its exit reported).
+    """
 
     def __init__(
         self,
@@ -47,6 +56,9 @@ class Launcher:
         say: Say,
         tg: anyio.abc.TaskGroup,
         ask: Ask | None = None,
+        *,
+        max_running: int = MAX_RUNNING,
+        max_per_peer: int = MAX_RUNNING_PER_PEER,
     ) -> None:
         self._by_id = {r.id: r for r in registered}
         self._accept = accept
@@ -55,12 +67,16 @@ class Launcher:
         self._tg = tg
         self._ask = ask
         self._asking = anyio.Lock()
-        self._followed = 0
+        self._max_running = max_running
+        self._max_per_peer = max_per_peer
+        self._running: dict[PeerId, int] = {}  # (programs running, by the peer they were launched for)
 
     async def invited(self, invitation: Invitation) -> InvitationResponse:
         """The invitation handler of every registered application."""
         registered = self._by_id[invitation.application.id]
         who = printable(invitation.nickname) or invitation.sender_id.fingerprint
+        if not self._room(registered, invitation, who):  # (before asking: no question in vain)
+            return InvitationResponse.DECLINED
         if registered.id not in self._accept:
             if self._ask is None:
                 self._say(
@@ -75,9 +91,41 @@ class Launcher:
                 answer = await self._ask(f"{who} invites you to {registered.name}{said}. Launch it? [y/N]")
             if (answer or "").strip().lower() not in ("y", "yes") or invitation.withdrawn:
                 return InvitationResponse.DECLINED
+        if not self._room(registered, invitation, who, take=True):  # (others launched meanwhile)
+            return InvitationResponse.DECLINED
         return await self._launch(registered, invitation)
 
+    def _room(self, registered: Registered, invitation: Invitation, who: str, *, take: bool = False) -> bool:
+        # Whether a program may be launched for ``invitation`` (else it is said why); ``take``:
+        # count it as running from now (given back by _release).
+        peer_id = invitation.sender_id
+        running = sum(self._running.values())
+        for_peer = self._running.get(peer_id, 0)
+        if for_peer < self._max_per_peer and running < self._max_running:
+            if take:
+                self._running[peer_id] = for_peer + 1
+            return True
+        why = (
+            f"{for_peer} programs launched for {who} run here still (at most {self._max_per_peer})"
+            if for_peer >= self._max_per_peer
+            else f"{running} launched programs run here still (at most {self._max_running})"
+        )
+        self._say(
+            f"invitation from {who} to {registered.name} declined: {why}",
+            event="launch_refused",
+            application=registered.name,
+            sender=str(invitation.sender_id),
+            reason=why,
+        )
+        return False
+
+    def _release(self, peer_id: PeerId) -> None:
+        left = self._running.pop(peer_id) - 1
+        if left:
+            self._running[peer_id] = left
+
     async def _launch(self, registered: Registered, invitation: Invitation) -> InvitationResponse:
+        # Launch the program in the place taken for it; _follow gives the place back at its exit.
         info = LaunchInfo(
             sender_id=invitation.sender_id,
             nickname=invitation.nickname,
@@ -102,8 +150,11 @@ class Launcher:
                     pass_fds=(writing,),
                     start_new_session=True,
                 )
-        except OSError as exc:
+        except BaseException as exc:  # (nothing runs: its place is free again)
             os.close(reading)
+            self._release(invitation.sender_id)
+            if not isinstance(exc, OSError):
+                raise
             self._say(
                 f"could not launch {registered.name} ({registered.command_text()}): {exc}",
                 event="launch_failed",
@@ -113,9 +164,7 @@ class Launcher:
             return InvitationResponse.DECLINED
         finally:
             os.close(writing)
-        if self._followed < MAX_FOLLOWED:
-            self._followed += 1
-            self._tg.start_soon(self._follow, registered, process, output)
+        self._tg.start_soon(self._follow, registered, process, output, invitation.sender_id)
         wait = min(ANSWER_WAIT, max(invitation.expires_at - anyio.current_time() - 0.5, 0.1))
         answer = await _answer(reading, wait)
         response = InvitationResponse.DECLINED if answer == "decline" else InvitationResponse.ACCEPTED
@@ -130,16 +179,18 @@ class Launcher:
         )
         return response
 
-    async def _follow(self, registered: Registered, process: anyio.abc.Process, output: Path) -> None:
+    async def _follow(
+        self, registered: Registered, process: anyio.abc.Process, output: Path, peer_id: PeerId
+    ) -> None:
         # Report the program's exit (it is not stopped when serve stops), and where to read why
-        # when it failed.
+        # when it failed; then its place is free.
         try:
             code = await process.wait()
             why = f"; its output is in {output}" if code else ""
             exited = f"{registered.name} (pid {process.pid}) exited with {code}{why}"
             self._say(exited, event="exited", code=code, output=str(output))
         finally:
-            self._followed -= 1
+            self._release(peer_id)
 
 
 async def _answer(fd: int, wait: float) -> str:
