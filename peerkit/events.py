@@ -188,6 +188,9 @@ class InvitationAnswered:
     response: InvitationResponse | None
     #: Why the node answered as it did.
     reason: AnswerReason
+    #: Whether the inviter is trusted: a contact, or trusted for this run (what to show of a
+    #: stranger's, who may invite in a loop, is the observer's to choose).
+    trusted: bool = False
 
 
 Event = (

@@ -45,7 +45,8 @@ class Launcher:
 
     At most ``max_running`` programs it launched run at once, ``max_per_peer`` of them for one
     peer's invitations: past either, an invitation is declined, and said so. A program counts
-    until it exits (each is followed, and its exit reported).
+    until it exits (each is followed, and its exit reported). What is said of a stranger's
+    invitation that launches nothing goes to ``quiet`` (default: ``say``).
     """
 
     def __init__(
@@ -59,11 +60,13 @@ class Launcher:
         *,
         max_running: int = MAX_RUNNING,
         max_per_peer: int = MAX_RUNNING_PER_PEER,
+        quiet: Say | None = None,
     ) -> None:
         self._by_id = {r.id: r for r in registered}
         self._accept = accept
         self._data_dir = data_dir
         self._say = say
+        self._quiet = quiet or say
         self._tg = tg
         self._ask = ask
         self._asking = anyio.Lock()
@@ -75,11 +78,12 @@ class Launcher:
         """The invitation handler of every registered application."""
         registered = self._by_id[invitation.application.id]
         who = printable(invitation.nickname) or invitation.sender_id.fingerprint
-        if not self._room(registered, invitation, who):  # (before asking: no question in vain)
+        tell = self._say if invitation.trusted else self._quiet
+        if not self._room(registered, invitation, who, tell):  # (before asking: no question in vain)
             return InvitationResponse.DECLINED
         if registered.id not in self._accept:
             if self._ask is None:
-                self._say(
+                tell(
                     f"invitation from {who} to {registered.name} declined: 'peerkit serve --accept "
                     f"{registered.name}' launches it",
                     event="launch_declined",
@@ -91,11 +95,13 @@ class Launcher:
                 answer = await self._ask(f"{who} invites you to {registered.name}{said}. Launch it? [y/N]")
             if (answer or "").strip().lower() not in ("y", "yes") or invitation.withdrawn:
                 return InvitationResponse.DECLINED
-        if not self._room(registered, invitation, who, take=True):  # (others launched meanwhile)
+        if not self._room(registered, invitation, who, tell, take=True):  # (others launched meanwhile)
             return InvitationResponse.DECLINED
         return await self._launch(registered, invitation)
 
-    def _room(self, registered: Registered, invitation: Invitation, who: str, *, take: bool = False) -> bool:
+    def _room(
+        self, registered: Registered, invitation: Invitation, who: str, tell: Say, *, take: bool = False
+    ) -> bool:
         # Whether a program may be launched for ``invitation`` (else it is said why); ``take``:
         # count it as running from now (given back by _release).
         peer_id = invitation.sender_id
@@ -110,7 +116,7 @@ class Launcher:
             if for_peer >= self._max_per_peer
             else f"{running} launched programs run here still (at most {self._max_running})"
         )
-        self._say(
+        tell(
             f"invitation from {who} to {registered.name} declined: {why}",
             event="launch_refused",
             application=registered.name,

@@ -8,7 +8,7 @@ import sys
 import uuid
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 import anyio
 
@@ -26,12 +26,64 @@ if TYPE_CHECKING:
     from peerkit.invitations import Invitation
     from peerkit.model import InvitationResponse
 
-__all__ = ("run_serve",)
+__all__ = ("STRANGER_LINES", "STRANGER_WINDOW", "StrangerLines", "run_serve")
+
+#: Lines ``peerkit serve`` prints about strangers' invitations in a window, at most; the others
+#: are counted and summed up in one line when the window ends.
+STRANGER_LINES: Final = 20
+#: That window, in seconds.
+STRANGER_WINDOW: Final = 10.0
 
 #: An invitation handler, as ``peerkit serve`` adds them.
 Handler = Callable[["Invitation"], Awaitable["InvitationResponse"]]
 
 console = SafeConsole(soft_wrap=True)
+
+
+class StrangerLines:
+    """What ``peerkit serve`` says about strangers' invitations: ``lines`` a ``window`` at most,
+    and then one line for the rest (by event), so that a stranger inviting in a loop (a peer may
+    make 1,000 requests a second) cannot fill the terminal or the log. Contacts' are said as they
+    come. Run :meth:`run` for the windows to turn."""
+
+    def __init__(
+        self, say: Callable[..., None], lines: int = STRANGER_LINES, window: float = STRANGER_WINDOW
+    ) -> None:
+        self._say = say
+        self._lines = lines
+        self._window = window
+        self._left = lines
+        self._unsaid: dict[str, int] = {}
+
+    def say(self, text: str, **fields: object) -> None:
+        """Say it, unless this window's lines are all said (then it is counted)."""
+        if self._left > 0:
+            self._left -= 1
+            self._say(text, **fields)
+            return
+        event = str(fields.get("event", ""))
+        self._unsaid[event] = self._unsaid.get(event, 0) + 1
+
+    def turn(self) -> None:
+        """End the window: the lines not said are summed up, and the next window's may be said."""
+        if self._unsaid:
+            count = sum(self._unsaid.values())
+            which = ", ".join(f"{event}: {n}" for event, n in sorted(self._unsaid.items()))
+            self._say(
+                f"{count} more lines about strangers' invitations in the last {self._window:g} s not "
+                f"shown ({which}): at most {self._lines} are, each {self._window:g} s",
+                event="not_shown",
+                count=count,
+                events=dict(self._unsaid),
+            )
+            self._unsaid = {}
+        self._left = self._lines
+
+    async def run(self) -> None:
+        """Turn the windows, until cancelled."""
+        while True:
+            await anyio.sleep(self._window)
+            self.turn()
 
 
 async def run_serve(
@@ -56,6 +108,8 @@ async def run_serve(
             print(json.dumps(fields), flush=True)
         elif text:
             console.print(text)
+
+    quiet = StrangerLines(say)
 
     from peerkit.contacts import saved_presence
 
@@ -100,7 +154,7 @@ async def run_serve(
                     return await handler(invitation)
                 application = names.get(invitation.application.id, str(invitation.application.id))
                 who = printable(invitation.nickname) or invitation.sender_id.fingerprint
-                say(
+                quiet.say(
                     f"invitation from {who} ({invitation.sender_id.fingerprint}) to {application} "
                     "declined: not a contact ('peerkit serve --accept-from anyone' accepts strangers' too)",
                     event="stranger_declined",
@@ -111,7 +165,7 @@ async def run_serve(
 
             return invited
 
-        launcher = Launcher(registered, set(apps), directory, say, launches, ask)
+        launcher = Launcher(registered, set(apps), directory, say, launches, ask, quiet=quiet.say)
         for each in registered:
             await node.register_application(each.application)
             launched = accepting(launcher.invited) if each.id in apps else launcher.invited
@@ -136,7 +190,7 @@ async def run_serve(
         async def report(event: InvitationAnswered) -> None:
             answer = event.response.name.lower() if event.response is not None else "withdrawn"
             application = names.get(event.application_id, str(event.application_id))
-            say(
+            (say if event.trusted else quiet.say)(
                 f"invitation from {printable(event.nickname) or '?'} ({event.sender_id.fingerprint}) to "
                 f"{application}: {event.message!r}, {event.data_size} bytes of data -> "
                 f"{answer} ({event.reason})",
@@ -148,6 +202,7 @@ async def run_serve(
                 data=event.data_size,
                 response=answer,
                 reason=event.reason,
+                trusted=event.trusted,
             )
 
         node.add_invitation_observer(report)
@@ -202,9 +257,11 @@ async def run_serve(
         with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(follow_reach)
+                tg.start_soon(quiet.run)
                 if desk is not None:
                     tg.start_soon(desk.read_lines)
                 async for signum in signals:
+                    quiet.turn()  # (what was not said yet is summed up)
                     say(
                         f"stopping ({signal.Signals(signum).name})",
                         event="stopping",

@@ -208,6 +208,7 @@ class Invitations:
             data_size=len(request.data),
             response=response,
             reason=why,
+            trusted=self.is_trusted(control.peer_id),
         )
         for observer in list(self._observers):
             try:

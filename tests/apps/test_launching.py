@@ -22,7 +22,7 @@ pytestmark = pytest.mark.anyio
 ACCEPTED, DECLINED = InvitationResponse.ACCEPTED, InvitationResponse.DECLINED
 
 
-def invitation(sender: PeerId, registered: Registered) -> Invitation:
+def invitation(sender: PeerId, registered: Registered, *, trusted: bool = True) -> Invitation:
     """An invitation from ``sender``, accepted by its program 0.5 s after the launch (it never
     answers: a program that does not is accepted when the wait ends)."""
     return Invitation(
@@ -33,7 +33,7 @@ def invitation(sender: PeerId, registered: Registered) -> Invitation:
         application=registered.application,
         message="",
         data=b"",
-        trusted=True,
+        trusted=trusted,
         expires_at=anyio.current_time() + 1.0,
     )
 
@@ -91,3 +91,24 @@ async def test_programs_running_at_once_are_capped_in_all_and_per_peer(tmp_path:
         for pid in launched():
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
+
+
+async def test_what_is_said_of_a_strangers_invitation_that_launches_nothing_goes_to_quiet(
+    tmp_path: Path,
+) -> None:
+    board = Registered(name="board", id=uuid.uuid4(), path="/bin/sleep", arguments="30")
+    loud: list[str] = []
+    quiet: list[str] = []
+    async with anyio.create_task_group() as tg:
+        launcher = Launcher(
+            [board],
+            set(),  # (not accepted, and no terminal to ask at: declined, and said)
+            tmp_path,
+            lambda text, **fields: loud.append(fields["event"]),
+            tg,
+            quiet=lambda text, **fields: quiet.append(fields["event"]),
+        )
+        contact, stranger = Identity.generate().id, Identity.generate().id
+        assert await launcher.invited(invitation(contact, board)) is DECLINED
+        assert await launcher.invited(invitation(stranger, board, trusted=False)) is DECLINED
+    assert (loud, quiet) == (["launch_declined"], ["launch_declined"])
