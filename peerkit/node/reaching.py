@@ -204,6 +204,7 @@ class Reaching:
         self._renewing: dict[EndPoint, anyio.CancelScope] = {}
         self._announces: dict[ControlChannel, Announce] = {}
         self._taking = 0
+        self._full_said = False  # (the warning that circuits are ignored, said once while full)
         #: This node's address as a relay it holds a reservation on sees it (behind a NAT: the
         #: router's public address).
         self.seen_host: str | None = None
@@ -331,8 +332,11 @@ class Reaching:
             log.info("ignoring a circuit notice from %s", control.peer_id.fingerprint)
             return
         if self._tg is None or self._taking >= MAX_TAKING:
-            log.warning("ignoring a circuit: %d are being taken already", self._taking)
+            if not self._full_said:  # (once while full: a relay may announce circuits in a loop)
+                self._full_said = True
+                log.warning("ignoring circuits while %d are being taken already", self._taking)
             return
+        self._full_said = False
         self._taking += 1
         self._tg.start_soon(self._take_circuit, relay, token)
 

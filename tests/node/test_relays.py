@@ -466,3 +466,40 @@ async def test_an_open_relay_full_of_one_addresss_reservations_gives_one_to_anot
         await anyio.sleep(1.5)  # (past its first retry)
         assert carol.reach().reservations
         assert sum(bool(node.reach().reservations) for node in same) == 1
+
+
+def test_circuits_announced_while_full_are_ignored_with_one_warning_each_time_it_fills(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # A relay may announce circuits in a loop: past MAX_TAKING they are ignored, and the log says
+    # so once each time the node fills up, not once per announcement.
+    from unittest.mock import Mock
+
+    from peerkit.proto import relay as wire
+
+    taking = reaching.Reaching(
+        policy=None,
+        relays=[],
+        is_contact=lambda peer_id: False,
+        connections=Mock(),
+        network=Mock(),
+        me=Mock(),
+        changed=lambda: None,
+    )
+    control = Mock()
+    relay = EndPoint("10.0.0.1", 7000, relay=Identity.generate().id)
+    taking._reserved[relay] = control
+    taking._tg = Mock()
+    notice = {"t": "circuit", "token": bytes(wire.TOKEN_SIZE)}
+    with caplog.at_level("WARNING", logger="peerkit.node.reaching"):
+        taking._taking = reaching.MAX_TAKING
+        for _ in range(50):
+            taking.on_circuit(control, notice)
+        assert len(caplog.records) == 1
+        assert caplog.records[0].getMessage() == "ignoring circuits while 64 are being taken already"
+        taking._taking -= 1  # (one was taken)
+        taking.on_circuit(control, notice)
+        assert taking._tg.start_soon.call_count == 1
+        for _ in range(50):
+            taking.on_circuit(control, notice)
+        assert len(caplog.records) == 2
