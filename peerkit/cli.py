@@ -441,10 +441,11 @@ def near(
     anyio.run(_near, once, wait, providers, nickname, identity, directory, as_json)
 
 
-def _nearby_rows(peers: list[NearbyPeer]) -> list[dict[str, object]]:
+def _nearby_rows(peers: list[NearbyPeer], known: dict[PeerId, str]) -> list[dict[str, object]]:
     return [
         {
             "nickname": peer.nickname,
+            "contact": known.get(peer.id),
             "id": str(peer.id),
             "fingerprint": peer.fingerprint,
             "endpoint": str(peer.endpoints[0]) if peer.endpoints else "",
@@ -456,21 +457,37 @@ def _nearby_rows(peers: list[NearbyPeer]) -> list[dict[str, object]]:
     ]
 
 
-def _nearby_table(peers: list[NearbyPeer]) -> Table:
-
+def _nearby_table(peers: list[NearbyPeer], known: dict[PeerId, str]) -> Table:
+    # The "contact" column tells a contact (by the name it has in your contacts) from a stranger
+    # who took its nickname: any peer may call itself anything.
     table = Table(
         "nickname",
+        "contact",
         fingerprint_column(),
         Column("endpoint", overflow="fold"),
         "since",
         title=f"people near me: {len(peers)}",
     )
     now = time.time()
-    for row in _nearby_rows(peers):
+    for row in _nearby_rows(peers, known):
         since = now - float(row["since"])  # type: ignore[arg-type]
         name = printable(str(row["nickname"])) or "?"
-        table.add_row(name, str(row["fingerprint"]), str(row["endpoint"]), f"{age_text(since)} ago")
+        contact = printable(str(row["contact"])) if row["contact"] is not None else "-"
+        table.add_row(name, contact, str(row["fingerprint"]), str(row["endpoint"]), f"{age_text(since)} ago")
     return table
+
+
+async def _known(node: peerkit.Node, directory: Path, as_me: bool) -> dict[PeerId, str]:
+    # The peers near me may be: the contacts of the data dir's identity (by their names there),
+    # and that identity itself ("you": a node running with it), when there is one.
+    if not as_me:
+        if not (directory / KEY_FILE_NAME).is_file():
+            return {}
+        async with offline_node(directory) as mine:
+            return await _known(mine, directory, True)
+    known = {c.id: c.display_name or c.nickname or c.fingerprint for c in await node.contacts.list()}
+    known[node.id] = "you"
+    return known
 
 
 async def _near(
@@ -494,6 +511,7 @@ async def _near(
         discovery=providers,
     )
     async with node:
+        known = await _known(node, directory, identity is None)
         scope = Scope.NONE
         for provider in providers:
             scope |= provider.scopes
@@ -506,9 +524,9 @@ async def _near(
                 await anyio.sleep(wait)
             peers = node.nearby()
             if as_json:
-                print(json.dumps(_nearby_rows(peers)), flush=True)
+                print(json.dumps(_nearby_rows(peers, known)), flush=True)
             else:
-                console.print(_nearby_table(peers))
+                console.print(_nearby_table(peers, known))
             return
         with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             async with anyio.create_task_group() as tg:
@@ -521,14 +539,16 @@ async def _near(
                 async with node.watch_nearby(initial=True) as watch:
                     if as_json:
                         async for event in watch:
-                            row = _nearby_rows([event.peer])[0]
+                            row = _nearby_rows([event.peer], known)[0]
                             print(json.dumps({"change": event.change.name, **row}), flush=True)
                     else:
-                        with Live(_nearby_table(node.nearby()), console=console, auto_refresh=False) as live:
+                        with Live(
+                            _nearby_table(node.nearby(), known), console=console, auto_refresh=False
+                        ) as live:
                             while True:
                                 with anyio.move_on_after(1):  # the "since" column ages
                                     await watch.__anext__()
-                                live.update(_nearby_table(node.nearby()), refresh=True)
+                                live.update(_nearby_table(node.nearby(), known), refresh=True)
 
 
 # -- contacts, presence, watch ------------------------------------------------------------------

@@ -532,19 +532,31 @@ def test_ctrl_c_withdraws_an_invitation_and_exits_zero(tmp_path: Path) -> None:
 
 
 @pytest.mark.network
-def test_near_once_finds_a_static_peer(tmp_path: Path) -> None:
+def test_near_once_finds_a_static_peer_and_tells_a_contact_from_a_stranger(tmp_path: Path) -> None:
     server, info = start_server(tmp_path, "--listen", "127.0.0.1:0", "--nickname", "srv")
+    served = {"PEERKIT_DATA_DIR": str(tmp_path / "server")}
     try:
         assert info["scope"] == "ALL"
         assert info["discovery"] == ["memory"]
         where = f"static:127.0.0.1:{info['port']}#{info['id']}"
-        found = run("near", "--once", "--wait", "1", "--json", "--discovery", where)
+        nobody = {"PEERKIT_DATA_DIR": str(tmp_path / "nobody")}  # (no identity there: no contacts)
+        found = run("near", "--once", "--wait", "1", "--json", "--discovery", where, env=nobody)
         assert found.returncode == 0, found.stderr
         rows = json.loads(found.stdout)
-        assert [(r["nickname"], r["id"], r["endpoint"]) for r in rows] == [
-            ("srv", info["id"], f"127.0.0.1:{info['port']}")
+        assert [(r["nickname"], r["contact"], r["id"], r["endpoint"]) for r in rows] == [
+            ("srv", None, info["id"], f"127.0.0.1:{info['port']}")
         ]
-        table = run("near", "--once", "--wait", "1", "--discovery", where, env={"COLUMNS": "40"})
+        # Someone with srv among their contacts sees that it is one (by its name there): any
+        # stranger may call itself srv. A node of their own identity is "you".
+        client = {"PEERKIT_DATA_DIR": str(tmp_path / "client")}
+        run("id", "--create", "--nickname", "cleo", env=client)
+        card = run("contacts", "export-card", env=served)
+        assert run("contacts", "add-card", card.stdout.strip(), env=client).returncode == 0
+        known = run("near", "--once", "--wait", "1", "--json", "--discovery", where, env=client)
+        assert [r["contact"] for r in json.loads(known.stdout)] == ["srv"]
+        for_itself = run("near", "--once", "--wait", "1", "--json", "--discovery", where, env=served)
+        assert [r["contact"] for r in json.loads(for_itself.stdout)] == ["you"]
+        table = run("near", "--once", "--wait", "1", "--discovery", where, env={**nobody, "COLUMNS": "60"})
         assert table.returncode == 0, table.stderr
         assert "people near me: 1" in table.stdout
         assert "srv" in table.stdout
