@@ -96,6 +96,9 @@ def _bar(*, transient: bool = False, shown: SafeConsole = console) -> Progress:
         TimeRemainingColumn(),
         console=shown,
         transient=transient,
+        # (A transient bar has nothing to leave where it cannot be redrawn: rich would print an
+        # empty line there, into a pipe or a log.)
+        disable=transient and not shown.is_terminal,
     )
 
 
