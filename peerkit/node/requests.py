@@ -33,7 +33,7 @@ from peerkit.net.transport import ON_LINK
 from peerkit.node.connections import LOOKUP_AFTER, ChannelPeer, Route, first_of
 from peerkit.peers import Peer
 from peerkit.presence import read_app, read_object, read_presence
-from peerkit.proto.admission import Charge, RequestBudget, RequestPolicy, group_of, source_of
+from peerkit.proto.admission import Charge, RefusalCounter, RequestBudget, RequestPolicy, group_of, source_of
 from peerkit.proto.requests import (
     BadRequest,
     ErrorCode,
@@ -85,6 +85,7 @@ class Requests:
         #: relay; see :func:`~peerkit.proto.admission.group_of`) may make together: new ids cost
         #: nothing, nor do a free /48's /64s, so a stranger's budget is also its group's.
         self.sources = RequestBudget(budget)
+        self._disconnected = RefusalCounter(what="stranger", verb="disconnected")
         self._routes = routes
         self._fallback = fallback
         self._control_to = control_to
@@ -115,12 +116,18 @@ class Requests:
         if charge is Charge.REFUSE:
             await anyio.sleep(REFUSAL_DELAY)
             return reply
-        log.warning(
-            "disconnecting %s: %d requests in a row over its budget",
-            control.peer_id.fingerprint,
-            policy.strikes,
-        )
         peer_id = control.peer_id
+        if self._is_contact(peer_id):
+            log.warning(
+                "disconnecting contact %s: %d requests in a row over its budget",
+                peer_id.fingerprint,
+                policy.strikes,
+            )
+        else:  # (new ids cost strangers nothing: counted, and told once per interval)
+            whose = "their address's" if where else "their own"
+            report = self._disconnected.note(f"over {whose} request budget", anyio.current_time())
+            if report is not None:
+                log.warning("%s", report)
 
         async def disconnect(sent: bool) -> None:
             await self._disconnect(peer_id)

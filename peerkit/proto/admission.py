@@ -347,11 +347,14 @@ class Admission:
 
 class RefusalCounter:
     """Refusals counted by reason, reported at most once per ``interval`` seconds: ``what`` names
-    the refused things in the report."""
+    the refused things in the report, ``verb`` what was done to them."""
 
-    def __init__(self, interval: float = 10.0, *, what: str = "incoming connection") -> None:
+    def __init__(
+        self, interval: float = 10.0, *, what: str = "incoming connection", verb: str = "refused"
+    ) -> None:
         self._interval = interval
         self._what = what
+        self._verb = verb
         self._counts: Counter[str] = Counter()
         self._since: float | None = None
 
@@ -370,7 +373,7 @@ class RefusalCounter:
         parts = ", ".join(f"{count} {reason}" for reason, count in self._counts.most_common())
         self._counts.clear()
         self._since = now
-        return f"refused {total} {self._what}{'s' if total != 1 else ''}: {parts}"
+        return f"{self._verb} {total} {self._what}{'s' if total != 1 else ''}: {parts}"
 
 
 class ReplayGuard:

@@ -138,10 +138,49 @@ async def test_a_peer_over_its_request_budget_is_refused_then_disconnected(
         with anyio.fail_after(5):
             while bob.channels(alice.id):
                 await anyio.sleep(0.01)
-        assert any("disconnecting" in r.getMessage() for r in caplog.records)
+        said = [r.getMessage() for r in caplog.records if r.name == "peerkit.node.requests"]
+        assert said == ["disconnected 1 stranger: 1 over their own request budget"]
         # Another peer is not affected.
         carol_to_bob = await carol.peer_at(bob.endpoint.host, bob.endpoint.port)
         assert await carol_to_bob.invite(CHAT) is ACCEPTED
+
+
+async def test_strangers_disconnected_over_their_budget_are_told_once_per_interval_contacts_each_time(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # New ids cost a stranger nothing: a line for each one disconnected would let it write to the
+    # log without end. A contact's disconnection is told each time, by its fingerprint.
+    monkeypatch.setattr(requests_part, "REFUSAL_DELAY", 0.01)
+    budget = RequestPolicy(rate=0.001, burst=1, strikes=1)
+    network = MemoryNetwork()
+    async with nodes(1, nicknames=["bob"], network=network, request_budget=budget) as (bob,):
+        others = [
+            Node(nickname=f"p{n}", identity=Identity.generate(), network=network, listen=(f"10.0.0.{n}", 0))
+            for n in range(1, 5)
+        ]
+        async with others[0] as s1, others[1] as s2, others[2] as s3, others[3] as dave:
+            await bob.contacts.add(dave.contacts.me)
+            for node in (bob, s1, s2, s3, dave):
+                await node.register_application(CHAT)
+            bob.add_invitation_handler(CHAT, accept_all)
+            # (each has one request in its budget; dave, the second time, none)
+            for node, within in ((s1, True), (s2, True), (s3, True), (dave, True), (dave, False)):
+                peer = await node.peer_at(bob.endpoint.host, bob.endpoint.port)
+                if within:
+                    assert await peer.invite(CHAT) is ACCEPTED
+                # (refused with "limit", or cut as the refusal goes: the disconnection may win)
+                with pytest.raises((ProtocolError, PeerUnreachable), match=r"limit|closed"):
+                    await peer.invite(CHAT)
+                with anyio.fail_after(5):
+                    while bob.channels(node.id) or node.channels(bob.id):
+                        await anyio.sleep(0.01)
+    said = [r.getMessage() for r in caplog.records if r.name == "peerkit.node.requests"]
+    fingerprint = dave.id.fingerprint
+    assert said == [
+        "disconnected 1 stranger: 1 over their own request budget",
+        f"disconnecting contact {fingerprint}: 1 requests in a row over its budget",
+        f"disconnecting contact {fingerprint}: 1 requests in a row over its budget",
+    ]
 
 
 @pytest.mark.anyio
