@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import gc
+import hashlib
 import json
 import os
 import subprocess
 import sys
 import warnings
 from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
@@ -66,6 +68,7 @@ def test_every_benchmark_runs_and_writes_json(tmp_path: Path) -> None:
     # (nat needs root, nft and miniupnpd: CI has them; elsewhere it may be skipped with a note)
     assert got == expected or (not os.environ.get("CI") and got == expected - {"nat"})
     assert ("handshake", "noiseprotocol") in names
+    assert ("handshake", "all the spec's crypto (the floor, 62 hashes, 4 AEAD)") in names
     assert ("dht", "bittorrent-dht") in names or not os.environ.get("CI")  # node is there in CI
     for row in report["results"]:
         # (a share of CPU read from /proc's clock ticks, 10 ms each, is 0 for a process idle
@@ -83,6 +86,61 @@ def test_every_benchmark_runs_and_writes_json(tmp_path: Path) -> None:
     again = python("-m", "benchmarks", "--plot-from", str(out), "--plot", str(tmp_path / "again"))
     assert again.returncode == 0, again.stderr
     assert {p.stem for p in (tmp_path / "again").glob("*.png")} == drawn
+
+
+def test_the_spec_work_reference_does_the_hashing_and_aead_of_a_handshake(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The reference takes as many BLAKE2b digests and seals as many bytes as peerkit's own
+    # HandshakeState does (which follows the spec to the byte: its test vectors check it).
+    from benchmarks.bench_handshake import _spec_work
+    from peerkit.identity import Identity
+    from peerkit.proto import crypto, noise
+
+    sealed: list[int] = []
+    digests = [0]
+    real_encrypt, real_new = crypto.encrypt, hashlib.blake2b
+
+    def encrypt(k: bytes, n: int, ad: bytes, plaintext: bytes) -> bytes:
+        sealed.append(len(plaintext))
+        return real_encrypt(k, n, ad, plaintext)
+
+    class Counted:  # (a BLAKE2b that counts its digests)
+        def __init__(self, data: bytes = b"", *, state: Any = None) -> None:
+            self._h = real_new(data) if state is None else state
+
+        def update(self, data: bytes) -> None:
+            self._h.update(data)
+
+        def copy(self) -> Counted:
+            return Counted(state=self._h.copy())
+
+        def digest(self) -> bytes:
+            digests[0] += 1
+            return bytes(self._h.digest())
+
+    monkeypatch.setattr(noise.crypto, "encrypt", encrypt)
+    monkeypatch.setattr(crypto.hash_function("BLAKE2b"), "new", Counted)
+    alice, bob = Identity.generate(), Identity.generate()
+    for pattern, payloads in (("XX", [b"", b"b" * 90, b"a" * 91]), ("IK", [b"a" * 91, b"b" * 90])):
+        name = f"Noise_{pattern}_25519_ChaChaPoly_BLAKE2b"
+        prologue = b"peerkit/1 " + name.encode()
+        rs = bob.x25519_public if pattern == "IK" else None
+        noise.HandshakeState(
+            name, True, prologue, s=alice.x25519_private, rs=rs
+        )  # (the prologue's hash: once)
+        sealed.clear()
+        digests[0] = 0
+        i = noise.HandshakeState(name, True, prologue, s=alice.x25519_private, rs=rs)
+        r = noise.HandshakeState(name, False, prologue, s=bob.x25519_private)
+        for n, payload in enumerate(payloads):
+            sender, receiver = (i, r) if n % 2 == 0 else (r, i)
+            receiver.read_message(sender.write_message(payload))
+        i.split()
+        r.split()
+        hashed, seals = _spec_work(pattern, payloads)
+        assert (len(hashed), seals) == (digests[0], sealed)
+        assert len(hashed) == {"XX": 62, "IK": 72}[pattern]
 
 
 def test_an_unknown_benchmark_is_a_clear_error() -> None:
