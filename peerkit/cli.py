@@ -52,6 +52,7 @@ from peerkit.clikit import (
     providers_for,
     providers_named,
     reached,
+    reaching,
     resolve_contact,
 )
 from peerkit.discovery.base import DiscoveryProvider
@@ -391,7 +392,7 @@ async def _invite(
             tg.start_soon(cancel_on_signal, tg.cancel_scope)
             peer = await reached(node, target, named, expected)
             who = printable(peer.nickname) or peer.id.fingerprint
-            with console.status(f"waiting for {who} to answer", spinner="dots"):
+            with console.status(f"waiting for {who} to answer", spinner="dots"), reaching(peer):
                 response = await peer.invite(app_id, message, timeout=timeout)
             tg.cancel_scope.cancel()
     if peer is None:

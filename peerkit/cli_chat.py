@@ -30,6 +30,7 @@ from peerkit.clikit import (
     providers_for,
     providers_named,
     reached,
+    reaching,
     senders_named,
     target_of,
 )
@@ -141,7 +142,8 @@ async def _start_chat(
             peer = await reached(node, target, named)
             who = printable(peer.nickname) or peer.id.fingerprint
             terminal.show(f"inviting {who} ({peer.id.fingerprint}) to chat...")
-            answer = await peer.invite(CHAT, message, timeout=timeout)
+            with reaching(peer):
+                answer = await peer.invite(CHAT, message, timeout=timeout)
             if answer is peerkit.InvitationResponse.ACCEPTED:
                 async with Chat(await peer.open_stream(CHAT), node.nickname, _presence(node)) as chat:
                     await run_chat(node, chat, terminal)

@@ -43,6 +43,7 @@ from peerkit.clikit import (
     providers_for,
     providers_named,
     reached,
+    reaching,
     senders_named,
     target_of,
 )
@@ -185,7 +186,7 @@ async def _send(
             peer = await reached(node, target, named)
             who = printable(peer.nickname) or peer.id.fingerprint
             what = f"{count_text(len(outgoing), 'file')} ({size_text(total)})"
-            with shown.status(f"offering {what} to {who}", spinner="dots"):
+            with shown.status(f"offering {what} to {who}", spinner="dots"), reaching(peer):
                 answer = await peer.invite(
                     FILES, message, encode_summary([o.entry for o in outgoing]), timeout=timeout
                 )

@@ -6,8 +6,8 @@ from __future__ import annotations
 import enum
 import os
 import signal
-from collections.abc import AsyncIterator, Callable, Collection
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Collection, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Annotated, Final, Generic, TypeVar
 
@@ -510,6 +510,17 @@ async def reached(
         return named
     assert not isinstance(target, str)
     return await node.peer_at(*target, expected)
+
+
+@contextmanager
+def reaching(peer: peerkit.Peer) -> Iterator[None]:
+    """Name ``peer`` first in a :class:`~peerkit.PeerUnreachable` raised in the block: "cannot
+    reach bob: could not connect to ...", not the addresses alone (which say little to people)."""
+    try:
+        yield
+    except PeerUnreachable as exc:
+        who = printable(peer.nickname) or peer.id.fingerprint
+        raise PeerUnreachable(f"cannot reach {who}: {exc}") from exc
 
 
 #: Seconds an invitee waits for the inviter's stream after accepting.

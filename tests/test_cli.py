@@ -486,6 +486,14 @@ def test_invite_errors_are_one_sentence(tmp_path: Path) -> None:
     bad_app = run("invite", "127.0.0.1:1", "chats", env=env)
     assert bad_app.returncode == 2
     assert "nor a known name" in " ".join(bad_app.stderr.replace("│", " ").split())
+    # A contact whose node is not running: named first, then where it was looked for.
+    dave = {"PEERKIT_DATA_DIR": str(tmp_path / "dave")}
+    run("id", "--create", "--nickname", "dave", env=dave)
+    card = run("contacts", "export-card", "--address", "127.0.0.1:1", env=dave).stdout.strip()
+    assert run("contacts", "add-card", card, env=env).returncode == 0
+    away = run("invite", "dave", CHAT, "--discovery", "static:127.0.0.1:9", env=env)
+    assert away.returncode == 1
+    assert away.stderr.startswith("error: cannot reach dave: could not connect to 127.0.0.1:1"), away.stderr
 
 
 @pytest.mark.network
