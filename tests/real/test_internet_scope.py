@@ -31,6 +31,7 @@ from peerkit import (
     Scope,
     SubscribePermission,
 )
+from peerkit.dht import provider as provider_module
 from peerkit.dht.node import DhtNode
 from peerkit.dht.provider import DhtDiscovery
 from peerkit.dht.record import SALT
@@ -101,6 +102,46 @@ async def test_an_invitation_to_a_contact_that_moved_falls_back_on_the_dht() -> 
         # Where bob knew her, she is not; the DHT says where she is now.
         assert await contact.invite(CHAT, timeout=10) == ACCEPTED
         assert await contact.get_applications() == [CHAT]  # fetches fall back the same way
+
+
+async def test_on_the_public_dht_a_node_joins_through_its_contacts_when_the_routers_do_not_answer(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The public routers blocked (here: a loopback port where nothing answers, as tests send
+    # nowhere else): a contact's DHT node listens on the contact's port, so the contacts' last
+    # addresses get the node into the DHT all the same (a blocked contact's left out).
+    monkeypatch.setattr(provider_module, "DEFAULT_BOOTSTRAP", (("127.0.0.1", 9),))
+    async with loopback_dht(10) as dht, contextlib.AsyncExitStack() as stack:
+        bob, carol = [
+            await stack.enter_async_context(
+                Node(
+                    nickname=name,
+                    identity=Identity.generate(),
+                    listen=(host, 0),  # (its DHT node there too, on its port)
+                    discovery=[DhtDiscovery(bootstrap=[dht[0].address], host=host)],
+                )
+            )
+            for name, host in (("bob", "127.0.0.3"), ("carol", "127.0.0.4"))
+        ]
+
+        def alice(discovery: list[Any]) -> Node:
+            return Node(nickname="alice", data_dir=tmp_path, listen=("127.0.0.2", 0), discovery=discovery)
+
+        async with alice([]) as before:  # (her contacts, from an earlier run)
+            await before.contacts.add(before.contacts.read_card(bob.contacts.sign_card()))
+            blocked = await before.contacts.add(before.contacts.read_card(carol.contacts.sign_card()))
+            await before.contacts.update(blocked.replace(subscribe_allowed=SubscribePermission.BLOCKED))
+            assert await before.contacts.last_addresses() == [(bob.endpoint.host, bob.endpoint.port)]
+            await bob.contacts.add(bob.contacts.read_card(before.contacts.sign_card()))
+        await bob.sign_in(Scope.INTERNET)
+        public = DhtDiscovery(host="127.0.0.2")  # (no bootstrap given: the public DHT's routers)
+        async with alice([public]) as now:
+            assert public.bootstrap == (("127.0.0.1", 9),)
+            peer = await found(now, bob.id)  # through bob's DHT node alone
+            assert bob.endpoint in peer.endpoints
+            assert {n.address for n in public.nodes[0].table.nodes()} >= {
+                (bob.endpoint.host, bob.endpoint.port)
+            }
 
 
 async def test_a_contact_whose_old_address_is_silent_is_looked_up_within_a_second_not_a_timeout() -> None:
