@@ -63,7 +63,10 @@ class Chat:
         return self._stream
 
     async def __aenter__(self) -> Chat:
-        await self._send(Hello(self._nickname, self._presence))
+        # The other side may be gone already (it said its piece and left): the chat still starts,
+        # and what it said before is read as usual.
+        with contextlib.suppress(anyio.BrokenResourceError):
+            await self._send(Hello(self._nickname, self._presence))
         return self
 
     async def __aexit__(

@@ -9,7 +9,7 @@ from conftest import accept_all
 from hypothesis import given
 from hypothesis import strategies as st
 
-from peerkit import InvitationResponse, Presence, PresenceStatus, ProtocolError
+from peerkit import AppStream, InvitationResponse, Presence, PresenceStatus, ProtocolError
 from peerkit.chat import Chat, PresenceNote, Said, Typing
 from peerkit.proto.chat import MAX_LINE, Bye, ChatDecoder, Hello, encode_chat
 from peerkit.proto.framing import encode_frame
@@ -68,6 +68,50 @@ async def test_an_invited_chat_carries_hello_lines_typing_presence_and_bye() -> 
             Bye(),
             "bye",
         ]
+
+
+@pytest.mark.parametrize(
+    ("other_side", "ended"),
+    [
+        ("hello, then close", {"closed"}),  # (its stream ended with no goodbye)
+        ("hello, then garbage", {"malformed"}),
+        # (closed before this side's hello went: whether its end is read first or the hello's
+        # sending finds the connection gone is a race; either way the chat starts, and ends)
+        ("close at once", {"closed", "cut"}),
+    ],
+)
+async def test_a_chat_tells_how_it_ended_when_the_other_side_says_no_goodbye(
+    other_side: str, ended: set[str]
+) -> None:
+    async with node_pair(network=MemoryNetwork(), discovery=False) as (alice, bob):
+        await alice.register_application(CHAT)
+        await bob.register_application(CHAT)
+
+        async def bob_side(stream: AppStream) -> None:
+            async with stream:
+                if other_side != "close at once":
+                    await stream.send(encode_chat(Hello("bob", Presence())))
+                    await stream.receive()  # (alice's hello: her side started)
+                if other_side == "hello, then garbage":
+                    await stream.send(encode_frame(b"\xff\xff not cbor"))
+                    await anyio.sleep(5)  # (the chat closes the stream itself)
+
+        bob.add_stream_handler(CHAT, bob_side)
+        bob.add_invitation_handler(CHAT, accept_all)
+        peer = alice.peer(bob.id, bob.endpoint)
+        assert await peer.invite(CHAT) is InvitationResponse.ACCEPTED
+        with anyio.fail_after(5):
+            async with Chat(await peer.open_stream(CHAT), "alice") as chat:
+                if other_side == "close at once":
+                    with pytest.raises(
+                        ProtocolError, match=r"the chat ended before the other side said hello"
+                    ):
+                        await chat.greeting()
+                else:
+                    assert (await chat.greeting()).nickname == "bob"
+                assert [message async for message in chat] == []
+                assert chat.ended in ended
+                assert [message async for message in chat] == []  # (ended: it stays so)
 
 
 def test_messages_round_trip_in_any_chunking_and_unknown_types_are_skipped() -> None:
