@@ -19,6 +19,7 @@ import pytest
 from conftest import ACCEPTED, CHAT, accept_all, loopback_dht
 
 from peerkit import (
+    AppStream,
     DiscoveryError,
     EndPoint,
     Identity,
@@ -102,6 +103,14 @@ async def test_an_invitation_to_a_contact_that_moved_falls_back_on_the_dht() -> 
         # Where bob knew her, she is not; the DHT says where she is now.
         assert await contact.invite(CHAT, timeout=10) == ACCEPTED
         assert await contact.get_applications() == [CHAT]  # fetches fall back the same way
+
+        async def greet(stream: AppStream) -> None:
+            await stream.send(b"found me")
+
+        alice.add_stream_handler(CHAT, greet)
+        async with await contact.open_stream(CHAT) as stream:  # and streams
+            assert await stream.receive() == b"found me"
+            assert stream.peer.id == alice.id
 
 
 async def test_on_the_public_dht_a_node_joins_through_its_contacts_when_the_routers_do_not_answer(
