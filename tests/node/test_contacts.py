@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import os
+import re
 import signal
 import sqlite3
 import sys
@@ -340,6 +341,41 @@ async def test_add_from_refuses_a_card_of_another_peer() -> None:
     async with facing_mallory(CHAT, script) as (alice, mallory):
         with pytest.raises(ProtocolError, match="card of another peer"):
             await alice.contacts.add_from(mallory)
+        assert len(alice.contacts) == 0
+
+
+@pytest.mark.parametrize(
+    ("asked", "answer", "problem"),
+    [
+        ("card", {"t": "card_reply"}, "answered a card request without a card"),
+        ("card", {"t": "card_reply", "card": b"\xa1not a card"}, "sent a card that does not verify"),
+        ("apps", {"t": "get_reply", "apps": "chat"}, '"apps" must be a list of at most 64'),
+        ("apps", {"t": "get_reply", "apps": [b"x"] * 65}, '"apps" must be a list of at most 64'),
+        ("objects", {"t": "get_reply"}, '"objects" must be a list of at most'),
+        (
+            "presence",
+            {"t": "get_reply", "presence": "online"},
+            "sent a bad answer to a request for its presence",
+        ),
+    ],
+)
+async def test_a_peers_bad_answer_to_a_fetch_is_named_and_changes_nothing(
+    asked: str, answer: dict[str, Any], problem: str
+) -> None:
+    async def script(channel: SecureChannel, raw: Any) -> None:
+        async for message in channel:
+            if message.get("t") in ("card", "get"):
+                await channel.send({**answer, "rid": message["rid"]})
+
+    async with facing_mallory(CHAT, script) as (alice, mallory):
+        fetch = {
+            "card": lambda: alice.contacts.add_from(mallory),
+            "apps": mallory.get_applications,
+            "objects": mallory.get_objects,
+            "presence": mallory.get_presence,
+        }[asked]
+        with pytest.raises(ProtocolError, match=re.escape(problem)):
+            await fetch()
         assert len(alice.contacts) == 0
 
 
