@@ -379,6 +379,31 @@ async def test_a_peers_bad_answer_to_a_fetch_is_named_and_changes_nothing(
         assert len(alice.contacts) == 0
 
 
+@pytest.mark.parametrize(
+    ("answer", "problem"),
+    [
+        ({"t": "error", "code": "not-allowed", "msg": "no"}, "refused a record request: not-allowed: no"),
+        ({"t": "record_reply"}, "answered a record request without a record"),
+        ({"t": "record_reply", "rec": b"\xa0"}, "sent a record that does not verify"),
+        ("another's", "sent the record of another peer"),
+    ],
+)
+async def test_a_peers_bad_answer_to_a_record_request_is_named(answer: Any, problem: str) -> None:
+    # (what the static discovery provider asks the peers it is given; a failure is "not found")
+    if answer == "another's":
+        answer = {"t": "record_reply", "rec": records.sign_record(Identity.generate(), 1, {"nick": "x"})}
+
+    async def script(channel: SecureChannel, raw: Any) -> None:
+        async for message in channel:
+            if message.get("t") == "record":
+                await channel.send({**answer, "rid": message["rid"]})
+
+    async with facing_mallory(CHAT, script) as (alice, mallory):
+        where = mallory.endpoints[0]
+        with pytest.raises(ProtocolError, match=re.escape(problem)):
+            await alice._requests.fetch_record(where.host, where.port, mallory.id)
+
+
 # -- policy --------------------------------------------------------------------------------------
 async def test_contacts_only_policy_uses_the_store_and_marks_contacts_trusted() -> None:
     async with pair(invitation_policy=InvitationPolicy.CONTACTS_ONLY) as (alice, bob):
