@@ -12,6 +12,7 @@ from typing import Any
 import anyio
 import anyio.lowlevel
 import pytest
+from conftest import facing_mallory
 
 from peerkit import (
     Application,
@@ -33,6 +34,7 @@ from peerkit import (
     Presence,
     PresenceChanged,
     PresenceStatus,
+    ProtocolError,
     Scope,
     SecureChannel,
     SubscribePermission,
@@ -681,3 +683,63 @@ async def test_a_node_that_stops_lets_go_of_its_settled_watches() -> None:
             (control,) = bob._watching._link_of
         assert not bob._watching._link_of
         assert control.pins == 0
+
+
+@pytest.mark.parametrize(
+    ("reply", "problem"),
+    [
+        ({"t": "error", "code": "limit", "msg": "busy"}, "refused the subscription: limit: busy"),
+        ({"t": "subscribe_reply", "state": "online"}, "a subscription state is a map"),
+        ({"t": "subscribe_reply", "state": {"name": "x" * 256}}, "an endpoint name is text of at most 255"),
+        ({"t": "subscribe_reply", "state": {"apps": [{"id": b"short"}]}}, "application"),
+    ],
+)
+async def test_a_publishers_bad_answer_to_a_subscription_fails_it_by_name(
+    reply: dict[str, Any], problem: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def script(channel: SecureChannel, raw: Any) -> None:
+        async for message in channel:
+            if message.get("t") == "subscribe":
+                await channel.send({**reply, "rid": message["rid"]})
+
+    async with facing_mallory(CHAT, script) as (alice, mallory):
+        await alice.sign_in(Scope.INTERNET)
+        contact = await alice.contacts.add(mallory.id, endpoints=list(mallory.endpoints))
+        with pytest.raises(ProtocolError, match=problem):
+            await contact.subscribe(timeout=5)
+        assert not (await alice.contacts.get(mallory.id)).is_subscribed
+        assert contact.presence is None  # (nothing of it was taken)
+    if reply["t"] != "error":  # (a channel that broke the protocol is dropped, and said)
+        assert any("dropping the channel to" in r.getMessage() for r in caplog.records)
+
+
+async def test_a_publishers_malformed_notification_changes_nothing_and_drops_its_channel(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    busy = [int(PresenceStatus.BUSY), "working"]
+    subscribed = anyio.Event()  # (set once the subscription is in place: the notification comes after)
+
+    async def script(channel: SecureChannel, raw: Any) -> None:
+        async def malformed() -> None:
+            await subscribed.wait()
+            await channel.send({"t": "notify", "k": "presence", "v": "away"})
+
+        async with anyio.create_task_group() as tg:
+            async for message in channel:
+                if message.get("t") == "subscribe":
+                    state = {"presence": busy, "name": "desk"}
+                    await channel.send({"t": "subscribe_reply", "rid": message["rid"], "state": state})
+                    if not subscribed.is_set():
+                        tg.start_soon(malformed)
+            tg.cancel_scope.cancel()
+
+    async with facing_mallory(CHAT, script) as (alice, mallory):
+        await alice.sign_in(Scope.INTERNET)
+        contact = await alice.contacts.add(mallory.id, endpoints=list(mallory.endpoints))
+        await contact.subscribe(timeout=5)
+        assert contact.presence == Presence(PresenceStatus.BUSY, "working")
+        subscribed.set()
+        with anyio.fail_after(5):
+            while not any("dropping the channel to" in r.getMessage() for r in caplog.records):
+                await anyio.sleep(0.01)
+        assert contact.presence == Presence(PresenceStatus.BUSY, "working")  # (not changed by it)
