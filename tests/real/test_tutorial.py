@@ -42,6 +42,7 @@ def test_the_tutorial_shows_the_commands_this_test_runs() -> None:
         "peerkit pair 7-guitar-walrus",
         "peerkit chat",
         "peerkit chat bob",
+        "peerkit near --once",
         "peerkit receive --into ~/Downloads",
         "peerkit send bob report.pdf",
         "peerkit contacts export-card --address 203.0.113.5:7000 --out bob.card",
@@ -130,6 +131,10 @@ def test_the_tutorial_on_two_machines(lan: NamespaceLan, tmp_path: Path) -> None
         # 3. Chat: bob waits, alice invites him by name.
         b = at(bob_ns, bob, "chat")
         b.expect("Ctrl-C stops")
+        # Who is near: bob, a contact, by the name he has in alice's contacts.
+        near = at(alice_ns, alice, "near", "--once")
+        near.expect(rf"bob\s+│\s+bob\s+│\s+{bob_fingerprint}")
+        assert exit_status(near) == 0
         chat(at(alice_ns, alice, "chat", "bob"), b)
 
         # 4. Send a file.
