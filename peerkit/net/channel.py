@@ -635,9 +635,13 @@ class ChannelListener(anyio.abc.AsyncResource):
             return self._handle(stream, handler, peek=self.relay is not None)
 
         self._handler = handler
-        async with anyio.create_task_group() as tg:
-            task_status.started()
-            await self._listener.serve(handle, tg)
+        try:
+            async with anyio.create_task_group() as tg:
+                task_status.started()
+                await self._listener.serve(handle, tg)
+        finally:
+            if (report := self._refusals.flush()) is not None:  # (the refusals not told yet)
+                log.warning("%s", report)
 
     async def take(self, stream: anyio.abc.ByteStream) -> None:
         """Handle ``stream`` as a connection this listener accepted (this side responds): a

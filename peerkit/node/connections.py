@@ -236,6 +236,7 @@ class Connections:
         #: The channels and streams peers opened to this node, bounded (contacts first).
         self.holdings = Holdings(holdings)
         self._refusals = RefusalCounter(what="channel")
+        self._disconnected = RefusalCounter(what="stranger", verb="disconnected")
         self._controls: dict[PeerId, list[ControlChannel]] = {}
         #: The direct channels from public addresses, in the order they opened (what the
         #: reachability pass looks at: none on a LAN, however many channels are open).
@@ -271,7 +272,11 @@ class Connections:
         return self._hello()
 
     def clear(self) -> None:
-        """Forget every channel (the node stopped: its task group closed them)."""
+        """Forget every channel (the node stopped: its task group closed them); log what the
+        refusals and disconnections not told yet were."""
+        for counter in (self._refusals, self._disconnected):
+            if (report := counter.flush()) is not None:
+                log.warning("%s", report)
         self._controls.clear()
         self._public.clear()
         self._dials.clear()
@@ -302,8 +307,15 @@ class Connections:
         """The open control channels to ``peer_id``."""
         return [c for c in self._controls.get(peer_id, ()) if not c.closed]
 
-    async def disconnect(self, peer_id: PeerId) -> None:
-        """Close every control channel to ``peer_id`` now."""
+    async def disconnect(self, peer_id: PeerId, why: str = "") -> None:
+        """Close every control channel to ``peer_id`` now; ``why``, when the node decided it (a
+        peer over its request budget), is logged: for a contact each time, for strangers (whose
+        new ids cost nothing) as a count at most once an interval, and when the node stops."""
+        if why:
+            if self._is_contact(peer_id):
+                log.warning("disconnecting contact %s: %s", peer_id.fingerprint, why)
+            elif (report := self._disconnected.note(why, anyio.current_time())) is not None:
+                log.warning("%s", report)
         for control in list(self._controls.get(check_peer_id(peer_id), ())):
             await control.aclose()
 

@@ -33,7 +33,7 @@ from peerkit.net.transport import ON_LINK
 from peerkit.node.connections import LOOKUP_AFTER, ChannelPeer, Route, first_of
 from peerkit.peers import Peer
 from peerkit.presence import read_app, read_object, read_presence
-from peerkit.proto.admission import Charge, RefusalCounter, RequestBudget, RequestPolicy, group_of, source_of
+from peerkit.proto.admission import Charge, RequestBudget, RequestPolicy, group_of, source_of
 from peerkit.proto.requests import (
     BadRequest,
     ErrorCode,
@@ -72,7 +72,7 @@ class Requests:
         control_to: Callable[..., Awaitable[ControlChannel]],
         check_running: Callable[[], None],
         record_timeout: float,
-        disconnect: Callable[[PeerId], Awaitable[None]],
+        disconnect: Callable[[PeerId, str], Awaitable[None]],
         budget: RequestPolicy | None = None,
         is_contact: Callable[[PeerId], bool] = lambda peer_id: False,
     ) -> None:
@@ -85,7 +85,6 @@ class Requests:
         #: relay; see :func:`~peerkit.proto.admission.group_of`) may make together: new ids cost
         #: nothing, nor do a free /48's /64s, so a stranger's budget is also its group's.
         self.sources = RequestBudget(budget)
-        self._disconnected = RefusalCounter(what="stranger", verb="disconnected")
         self._routes = routes
         self._fallback = fallback
         self._control_to = control_to
@@ -117,20 +116,10 @@ class Requests:
             await anyio.sleep(REFUSAL_DELAY)
             return reply
         peer_id = control.peer_id
-        if self._is_contact(peer_id):
-            log.warning(
-                "disconnecting contact %s: %d requests in a row over its budget",
-                peer_id.fingerprint,
-                policy.strikes,
-            )
-        else:  # (new ids cost strangers nothing: counted, and told once per interval)
-            whose = "their address's" if where else "their own"
-            report = self._disconnected.note(f"over {whose} request budget", anyio.current_time())
-            if report is not None:
-                log.warning("%s", report)
+        why = "over the request budget" + (" of one address" if where else "")
 
         async def disconnect(sent: bool) -> None:
-            await self._disconnect(peer_id)
+            await self._disconnect(peer_id, why)
 
         return Answer(reply, disconnect)
 

@@ -368,6 +368,13 @@ class RefusalCounter:
             return self._report(now)
         return None
 
+    def flush(self) -> str | None:
+        """The report of the refusals counted since the last one (None when there are none): what
+        an owner that stops logs, so that the last ones are told too."""
+        if not self._counts:
+            return None
+        return self._report(self._since or 0.0)
+
     def _report(self, now: float) -> str:
         total = sum(self._counts.values())
         parts = ", ".join(f"{count} {reason}" for reason, count in self._counts.most_common())

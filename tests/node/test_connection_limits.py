@@ -10,7 +10,16 @@ import anyio
 import pytest
 from conftest import ACCEPTED, CHAT, accept_all
 
-from peerkit import AppStream, Identity, Node, NotAllowed, PeerUnreachable, ProtocolError, RequestPolicy
+from peerkit import (
+    AdmissionPolicy,
+    AppStream,
+    Identity,
+    Node,
+    NotAllowed,
+    PeerUnreachable,
+    ProtocolError,
+    RequestPolicy,
+)
 from peerkit.node import requests as requests_part
 from peerkit.proto.holdings import Holdings, HoldingsPolicy
 from peerkit.testing import MemoryNetwork, nodes
@@ -138,8 +147,8 @@ async def test_a_peer_over_its_request_budget_is_refused_then_disconnected(
         with anyio.fail_after(5):
             while bob.channels(alice.id):
                 await anyio.sleep(0.01)
-        said = [r.getMessage() for r in caplog.records if r.name == "peerkit.node.requests"]
-        assert said == ["disconnected 1 stranger: 1 over their own request budget"]
+        said = [r.getMessage() for r in caplog.records if r.name == "peerkit.node.connections"]
+        assert said == ["disconnected 1 stranger: 1 over the request budget"]
         # Another peer is not affected.
         carol_to_bob = await carol.peer_at(bob.endpoint.host, bob.endpoint.port)
         assert await carol_to_bob.invite(CHAT) is ACCEPTED
@@ -149,7 +158,8 @@ async def test_strangers_disconnected_over_their_budget_are_told_once_per_interv
     caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # New ids cost a stranger nothing: a line for each one disconnected would let it write to the
-    # log without end. A contact's disconnection is told each time, by its fingerprint.
+    # log without end. A contact's disconnection is told each time, by its fingerprint; the
+    # strangers' not told yet are told when the node stops.
     monkeypatch.setattr(requests_part, "REFUSAL_DELAY", 0.01)
     budget = RequestPolicy(rate=0.001, burst=1, strikes=1)
     network = MemoryNetwork()
@@ -174,12 +184,13 @@ async def test_strangers_disconnected_over_their_budget_are_told_once_per_interv
                 with anyio.fail_after(5):
                     while bob.channels(node.id) or node.channels(bob.id):
                         await anyio.sleep(0.01)
-    said = [r.getMessage() for r in caplog.records if r.name == "peerkit.node.requests"]
+    said = [r.getMessage() for r in caplog.records if r.name == "peerkit.node.connections"]
     fingerprint = dave.id.fingerprint
     assert said == [
-        "disconnected 1 stranger: 1 over their own request budget",
-        f"disconnecting contact {fingerprint}: 1 requests in a row over its budget",
-        f"disconnecting contact {fingerprint}: 1 requests in a row over its budget",
+        "disconnected 1 stranger: 1 over the request budget",  # (the first: at once)
+        f"disconnecting contact {fingerprint}: over the request budget",
+        f"disconnecting contact {fingerprint}: over the request budget",
+        "disconnected 2 strangers: 2 over the request budget",  # (the rest: when bob stopped)
     ]
 
 
@@ -332,3 +343,25 @@ async def test_strangers_of_one_ipv6_slash_48_share_a_request_budget() -> None:
             with pytest.raises(ProtocolError, match="from one address"):
                 await from_s1.invite(CHAT)  # its own budget has 1 left; its /48's, none
             assert await from_s2.invite(CHAT) is ACCEPTED
+
+
+@pytest.mark.network
+async def test_refused_handshakes_are_told_at_once_then_counted_and_the_rest_told_when_the_node_stops(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    policy = AdmissionPolicy(rate=0.001, burst=1)  # (one handshake start from this address, then none)
+    async with Node(
+        identity=Identity.generate(), listen=("127.0.0.1", 0), discovery=[], admission=policy
+    ) as bob:
+        for _ in range(4):
+            stream = await anyio.connect_tcp(bob.endpoint.host, bob.endpoint.port)
+            await stream.aclose()
+        with anyio.fail_after(5):
+            while not any("refused" in r.getMessage() for r in caplog.records):
+                await anyio.sleep(0.01)
+        await anyio.sleep(0.2)  # (the last ones: refused, counted)
+    said = [r.getMessage() for r in caplog.records if r.getMessage().startswith("refused")]
+    assert said == [
+        "refused 1 incoming connection: 1 handshakes started too fast",  # (the first: at once)
+        "refused 2 incoming connections: 2 handshakes started too fast",  # (the rest: at the stop)
+    ]

@@ -178,6 +178,11 @@ def test_refusals_are_reported_once_per_interval() -> None:
     assert report is not None
     assert report.startswith("refused 999 incoming connections: 998 too many handshakes from one source")
     assert report.endswith("1 handshakes started too fast")
+    # What came after the last report is told by flush (when its owner stops), once.
+    assert counter.flush() is None
+    assert counter.note(Refusal.PER_SOURCE, 11.0) is None
+    assert counter.flush() == "refused 1 incoming connection: 1 too many handshakes from one source"
+    assert counter.flush() is None
 
 
 S = 10**9  # a second, in nanoseconds
