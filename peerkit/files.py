@@ -41,6 +41,7 @@ from peerkit.proto.files import (
     encode_done,
     encode_offer,
     encode_want,
+    encode_want_pending,
     offer_digest,
 )
 from peerkit.proto.framing import FrameDecoder
@@ -73,6 +74,13 @@ FILES_AT_ONCE: Final = 32
 #: Seconds the receiver waits for each part of the offer, and the sender for the receiver's answer;
 #: and seconds a transfer goes on while its peer moves no byte (sends none, or reads none).
 ANSWER_TIMEOUT: Final = 60.0
+#: Seconds between the receiver's empty ``want`` frames while it decides which files it wants (it
+#: looks at the files it has, and may ask its user about each name taken): each one restarts the
+#: sender's ANSWER_TIMEOUT, so that a person may take their time to answer.
+DECIDING_KEEPALIVE: Final = 20.0
+#: Seconds a sender waits in all for the receiver to say which files it wants (its keepalives
+#: come meanwhile): a receiver cannot hold a sender longer.
+WANT_TIMEOUT: Final = 900.0
 
 #: What to do with a file whose name is taken: replace it, keep both (``name (1).ext``), or skip.
 Decision = Literal["overwrite", "rename", "skip"]
@@ -314,12 +322,15 @@ async def send_files(
     frames = _Frames(stream)
     wanted: list[tuple[int, int]] = []
     more = True
-    while more:
-        _, rows, more = await frames.next("want")
-        assert isinstance(rows, list)
-        wanted += rows
-        if len(wanted) > len(entries):
-            raise ProtocolError("the receiver wants more files than were offered")
+    with anyio.move_on_after(WANT_TIMEOUT) as waited:
+        while more:
+            _, rows, more = await frames.next("want")  # (empty while the receiver decides)
+            assert isinstance(rows, list)
+            wanted += rows
+            if len(wanted) > len(entries):
+                raise ProtocolError("the receiver wants more files than were offered")
+    if waited.cancelled_caught:
+        raise ProtocolError(f"the receiver did not say which files it wants within {WANT_TIMEOUT:g} s")
     last = -1
     for index, offset in wanted:
         if not last < index < len(entries) or offset > entries[index].size:
@@ -589,16 +600,17 @@ async def receive_files(
     plans: list[_Plan] = []
     buffers = [bytearray() for _ in range(BUFFERS)]
     found: list[_Found] = []
-    while len(found) < len(entries):
-        found += await anyio.to_thread.run_sync(_survey_some, entries, len(found), into, buffers)
     refused: list[tuple[int, str]] = []  # (files that cannot be saved: told to the sender too)
-    for index, (entry, there) in enumerate(zip(entries, found, strict=True)):
-        failures = len(report.failed)
-        plan = await _plan(index, entry, there, decide, report)
-        if plan is not None:
-            plans.append(plan)
-        elif len(report.failed) > failures:
-            refused.append((index, report.failed[-1][1]))
+    async with _deciding(stream):
+        while len(found) < len(entries):
+            found += await anyio.to_thread.run_sync(_survey_some, entries, len(found), into, buffers)
+        for index, (entry, there) in enumerate(zip(entries, found, strict=True)):
+            failures = len(report.failed)
+            plan = await _plan(index, entry, there, decide, report)
+            if plan is not None:
+                plans.append(plan)
+            elif len(report.failed) > failures:
+                refused.append((index, report.failed[-1][1]))
     plans, busy = _claim(plans)
     for plan in busy:
         report.failed.append((plan.entry.path, "another transfer is receiving it here now"))
@@ -624,6 +636,23 @@ async def receive_files(
         if to_come in arriving:
             arriving.remove(to_come)
     return report
+
+
+@contextlib.asynccontextmanager
+async def _deciding(stream: AppStream) -> AsyncIterator[None]:
+    # The body decides which files to want: meanwhile an empty ``want`` frame goes every
+    # DECIDING_KEEPALIVE seconds. Each goes whole (shielded: the stream is never left inside a
+    # frame); a sender gone ends the body with the stream's error (its questions go unanswered).
+    async def keep_alive() -> None:
+        while True:
+            await anyio.sleep(DECIDING_KEEPALIVE)
+            with anyio.CancelScope(shield=True), anyio.move_on_after(ANSWER_TIMEOUT):
+                await stream.send(encode_want_pending())
+
+    async with _one_error(), anyio.create_task_group() as tg:
+        tg.start_soon(keep_alive)
+        yield
+        tg.cancel_scope.cancel()
 
 
 #: For each file system (by device), what the transfers of this process that write to it will

@@ -37,6 +37,7 @@ __all__ = (
     "encode_offer",
     "encode_summary",
     "encode_want",
+    "encode_want_pending",
     "offer_digest",
 )
 
@@ -228,6 +229,13 @@ def encode_want(wanted: Sequence[tuple[int, int]]) -> bytes:
     """The receiver's ``want`` frames: (index in the offer, offset to start from) per wanted file, in
     the offer's order."""
     return b"".join(_chunks("want", "from", [list(w) for w in wanted], [20] * len(wanted)))
+
+
+def encode_want_pending() -> bytes:
+    """A ``want`` frame that wants nothing yet and says more follow: what a receiver sends while it
+    is still deciding (looking at the files it has, asking its user about a name taken), so that
+    the sender, which gives up on a silent receiver, waits on."""
+    return encode_frame(encode({"type": "want", "from": [], "more": True}))
 
 
 def encode_done(done: Done) -> bytes:

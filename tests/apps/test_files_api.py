@@ -864,3 +864,43 @@ async def test_a_file_there_that_goes_or_cannot_be_read_does_not_stop_the_receiv
     assert (into / "out" / "gone.txt").read_bytes() == b"new bytes"
     assert (into / "out" / "locked.txt").read_bytes() == b"old bytes"
     assert (into / "out" / "locked (1).txt").read_bytes() == b"new bytes"
+
+
+async def test_a_receiver_whose_user_takes_their_time_to_answer_keeps_the_sender_waiting(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A person asked about a name taken may answer after the sender's ANSWER_TIMEOUT (60 s): the
+    # sender gave up ("no 'want' message within 60 s"). While it decides, the receiver says it
+    # still is, so the sender waits on (up to WANT_TIMEOUT in all).
+    monkeypatch.setattr(files, "ANSWER_TIMEOUT", 0.5)
+    monkeypatch.setattr(files, "DECIDING_KEEPALIVE", 0.1)
+    (tmp_path / "plan.txt").write_text("new plan")
+    into = tmp_path / "into"
+    into.mkdir()
+    (into / "plan.txt").write_text("old plan")
+    outgoing = await prepare(tmp_path / "plan.txt")
+    asked: list[str] = []
+
+    async def slowly(stream: AppStream, summary: Any) -> ReceiveReport:
+        async def decide(entry: Entry, existing: Path) -> files.Decision:
+            asked.append(entry.path)
+            await anyio.sleep(1.5)  # (three times the sender's ANSWER_TIMEOUT)
+            return "overwrite"
+
+        return await receive_files(stream, summary, into, decide)
+
+    async with nodes() as (alice, bob):
+        sent, received = await transfer(alice, bob, outgoing, into, slowly)
+    assert isinstance(sent, SendReport), sent
+    assert isinstance(received, ReceiveReport), received
+    assert (asked, sent.received) == (["plan.txt"], 1)
+    assert (into / "plan.txt").read_text() == "new plan"
+    # A receiver cannot hold a sender for ever: WANT_TIMEOUT in all.
+    monkeypatch.setattr(files, "WANT_TIMEOUT", 1.0)
+    (into / "plan.txt").write_text("old plan")
+    async with nodes() as (alice, bob):
+        sent, received = await transfer(alice, bob, outgoing, into, slowly)
+    assert isinstance(sent, ProtocolError)
+    assert str(sent) == "the receiver did not say which files it wants within 1 s"
+    assert isinstance(received, anyio.BrokenResourceError | ProtocolError), received
+    assert (into / "plan.txt").read_text() == "old plan"  # (nothing was overwritten)

@@ -23,6 +23,7 @@ from peerkit.proto.files import (
     encode_offer,
     encode_summary,
     encode_want,
+    encode_want_pending,
     offer_digest,
 )
 from peerkit.proto.framing import FrameDecoder
@@ -45,6 +46,7 @@ def test_a_large_offer_splits_into_frames_and_reads_back_whole() -> None:
     wanted = [(i, i * 7) for i in range(0, 2 * MAX_FILES // 10, 2)]
     assert [w for _, rows, _ in frames(encode_want(wanted)) for w in rows] == wanted  # type: ignore[attr-defined]
     assert frames(encode_want([])) == [("want", [], False)]
+    assert frames(encode_want_pending()) == [("want", [], True)]  # (still deciding: more follow)
     assert frames(encode_done(Done(3, ((1, "r" * 500),)))) == [("done", Done(3, ((1, "r" * 200),)), False)]
 
 
