@@ -641,16 +641,25 @@ async def receive_files(
 @contextlib.asynccontextmanager
 async def _deciding(stream: AppStream) -> AsyncIterator[None]:
     # The body decides which files to want: meanwhile an empty ``want`` frame goes every
-    # DECIDING_KEEPALIVE seconds. Each goes whole (shielded: the stream is never left inside a
-    # frame); a sender gone ends the body with the stream's error (its questions go unanswered).
+    # DECIDING_KEEPALIVE seconds, each whole (shielded: the stream is never left inside a frame).
+    # The sender says nothing until it has the answer, so whatever comes from it now is its
+    # leaving (or a broken protocol): that ends the body at once (its questions go unasked).
     async def keep_alive() -> None:
         while True:
             await anyio.sleep(DECIDING_KEEPALIVE)
             with anyio.CancelScope(shield=True), anyio.move_on_after(ANSWER_TIMEOUT):
                 await stream.send(encode_want_pending())
 
+    async def watch() -> None:
+        try:
+            await stream.receive()
+        except anyio.EndOfStream:
+            raise anyio.BrokenResourceError("the sender stopped before any file was sent") from None
+        raise ProtocolError("the sender sent bytes before the receiver said which files it wants")
+
     async with _one_error(), anyio.create_task_group() as tg:
         tg.start_soon(keep_alive)
+        tg.start_soon(watch)
         yield
         tg.cancel_scope.cancel()
 

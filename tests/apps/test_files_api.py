@@ -904,3 +904,51 @@ async def test_a_receiver_whose_user_takes_their_time_to_answer_keeps_the_sender
     assert str(sent) == "the receiver did not say which files it wants within 1 s"
     assert isinstance(received, anyio.BrokenResourceError | ProtocolError), received
     assert (into / "plan.txt").read_text() == "old plan"  # (nothing was overwritten)
+
+
+@pytest.mark.parametrize(
+    ("sender", "error", "said"),
+    [
+        ("leaves", anyio.BrokenResourceError, "the sender stopped before any file was sent"),
+        ("sends early", ProtocolError, "the sender sent bytes before the receiver said which files it wants"),
+    ],
+)
+async def test_a_sender_that_leaves_while_the_receiver_decides_ends_its_questions_at_once(
+    tmp_path: Path, sender: str, error: type[Exception], said: str
+) -> None:
+    # The receiver asks its user about a name taken; the sender stops meanwhile: the question
+    # used to wait for an answer nobody needed (and the keepalive found the sender gone late).
+    (tmp_path / "plan.txt").write_text("new plan")
+    into = tmp_path / "into"
+    into.mkdir()
+    (into / "plan.txt").write_text("old plan")
+    (outgoing,) = await prepare(tmp_path / "plan.txt")
+    asked = anyio.Event()
+    outcome: list[BaseException | ReceiveReport] = []
+
+    async def receiving(stream: AppStream) -> None:
+        async def decide(entry: Entry, existing: Path) -> files.Decision:
+            asked.set()
+            await anyio.sleep_forever()
+            raise AssertionError("unreachable")
+
+        try:
+            outcome.append(await receive_files(stream, decode_summary(data), into, decide))
+        except Exception as exc:
+            outcome.append(exc)
+
+    data = encode_summary([outgoing.entry])
+    async with nodes() as (alice, bob):
+        bob.add_stream_handler(FILES, receiving)
+        with anyio.fail_after(10):
+            async with await alice.peer(bob.id, bob.endpoint).open_stream(FILES) as stream:
+                await stream.send(encode_offer([outgoing.entry]))
+                await asked.wait()
+                if sender == "sends early":
+                    await stream.send(b"the file's bytes, too soon")
+            while not outcome:
+                await anyio.sleep(0.01)
+    (got,) = outcome
+    assert isinstance(got, error)
+    assert str(got) == said
+    assert (into / "plan.txt").read_text() == "old plan"
