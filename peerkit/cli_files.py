@@ -357,10 +357,11 @@ async def _receive(
     if report is None:
         kept = f"{size_text(received[0])} of {size_text(summary.size)} received (what arrived is kept)"
         rest = f"the rest comes when {who} sends the same files again"
+        said = f"{kept}; {rest}" if received[0] else "nothing arrived"
         if cut:
-            err_console.print(f"{who} stopped sending ({cut}): {kept}; {rest}", style="red", highlight=False)
+            err_console.print(f"{who} stopped sending ({cut}): {said}", style="red", highlight=False)
             return 1
-        console.print(f"stopped: {kept}; {rest}", highlight=False)
+        console.print(f"stopped: {said}", highlight=False)
         return EXIT_STOPPED
     for path in report.saved:
         console.print(f"saved {path}", highlight=False)

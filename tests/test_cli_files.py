@@ -315,3 +315,39 @@ def test_a_transfer_stopped_by_ctrl_c_says_so_on_both_sides(
         assert not (into / "big.bin").exists()
     finally:
         receiver.terminate(force=True)
+
+
+@pytest.mark.network
+def test_a_sender_stopped_while_the_receiver_is_asked_about_a_name_ends_the_question(
+    tmp_path: Path, people: tuple[dict[str, str], dict[str, str]]
+) -> None:
+    # The receiver asks whether to replace a file it has; the sender stops meanwhile: the
+    # question ends at once and says so (it waited for an answer nobody needed).
+    alice, bob = people
+    (tmp_path / "plan.txt").write_text("new plan")
+    into = tmp_path / "into"
+    into.mkdir()
+    (into / "plan.txt").write_text("old plan")
+    receiver, port = receiving(alice, "--into", str(into))
+    try:
+        sender = subprocess.Popen(
+            [*PEERKIT, "send", f"127.0.0.1:{port}", str(tmp_path / "plan.txt")],
+            env=bob,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        receiver.expect(r"offers 1 file .*\? \[y/N\]")
+        receiver.send("y\r")
+        receiver.expect(r"plan\.txt exists: \[r\]ename the new one, \[o\]verwrite, or \[s\]kip\?")
+        sender.send_signal(signal.SIGINT)
+        sender.communicate(timeout=30)
+        assert sender.returncode == 130
+        receiver.expect(
+            r"bob stopped sending \(the sender stopped before any file was sent\): nothing arrived",
+            timeout=10,
+        )
+        assert exit_status(receiver) == 1
+    finally:
+        receiver.terminate(force=True)
+    assert (into / "plan.txt").read_text() == "old plan"
