@@ -752,8 +752,10 @@ async def test_an_idle_channel_carries_one_ping_per_interval_from_the_dialler(
     alice: Identity, bob: Identity, timing: str
 ) -> None:
     # After one ping each (each side learns where the other sees it), only the dialler pings; the
-    # side that accepted hears those pings and stays quiet.
-    policy = KeepalivePolicy(interval=0.05, timeout=0.5, idle=60)
+    # side that accepted hears those pings and stays quiet. (The accepting side pings after 1.5
+    # intervals of silence: an interval of 0.2 s lets the dialler's pings run 0.1 s late, as they
+    # may on a busy machine, before it would.)
+    policy = KeepalivePolicy(interval=0.2, timeout=1, idle=60)
     pings = {"a": 0, "b": 0}
     async with timed_by(timing) as clock, pair(alice, bob, keepalive=policy, clock=clock) as (a, b):
         a.pins = b.pins = 1
@@ -765,7 +767,7 @@ async def test_an_idle_channel_carries_one_ping_per_interval_from_the_dialler(
                 await send(message)
 
             control.channel.send = counting  # type: ignore[method-assign]
-        await anyio.sleep(0.6)
+        await anyio.sleep(2.4)
         assert a.usable
         assert b.usable
     assert pings["a"] >= 5
