@@ -34,6 +34,17 @@ def receiving(env: dict[str, str], *options: str) -> tuple[pexpect.spawn, int]:
     return child, int(child.match.group(1))
 
 
+def sending(env: dict[str, str], port: int, *args: str) -> subprocess.Popen[str]:
+    """``peerkit send`` to the receiver at ``port`` on loopback, its output read as text."""
+    return subprocess.Popen(
+        [*PEERKIT, "send", f"127.0.0.1:{port}", *args],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
 def random_file(path: Path, mib: int) -> Path:
     """A file of ``mib`` MiB of random bytes at ``path``, written a MiB at a time."""
     with path.open("wb") as f:
@@ -68,22 +79,7 @@ def test_a_folder_and_a_file_are_sent_and_a_taken_name_is_asked_about(
     (into / "plan.txt").write_text("old plan")
     receiver, port = receiving(alice, "--into", str(into))
     try:
-        sender = subprocess.Popen(
-            [
-                *PEERKIT,
-                "send",
-                f"127.0.0.1:{port}",
-                str(src / "trip"),
-                str(src / "plan.txt"),
-                "--message",
-                "pics",
-                "--json",
-            ],
-            env=bob,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
+        sender = sending(bob, port, str(src / "trip"), str(src / "plan.txt"), "--message", "pics", "--json")
         receiver.expect(r"bob \(\S+\) offers 3 files \(2\.0 MB\): trip, plan\.txt: 'pics'\. Save into")
         receiver.send("y\r")
         receiver.expect(r"plan\.txt exists: \[r\]ename the new one, \[o\]verwrite, or \[s\]kip\? \[R/o/s\]")
@@ -117,13 +113,7 @@ def test_a_declined_offer_exits_3_and_bad_input_is_one_line(
     (tmp_path / "f.txt").write_text("f")
     receiver, port = receiving(alice)
     try:
-        sender = subprocess.Popen(
-            [*PEERKIT, "send", f"127.0.0.1:{port}", str(tmp_path / "f.txt")],
-            env=bob,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
+        sender = sending(bob, port, str(tmp_path / "f.txt"))
         receiver.expect(r"offers 1 file \(1 byte\): f\.txt\. Save into .*\? \[y/N\]")
         receiver.send("n\r")
         out, _ = sender.communicate(timeout=30)
@@ -280,13 +270,7 @@ def test_a_transfer_stopped_by_ctrl_c_says_so_on_both_sides(
     into = tmp_path / "into"
     receiver, port = receiving(alice, "--into", str(into), "--yes")
     try:
-        sender = subprocess.Popen(
-            [*PEERKIT, "send", f"127.0.0.1:{port}", str(big), "--json"],
-            env=bob,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
+        sender = sending(bob, port, str(big), "--json")
         _partial_with_bytes(into)
         if stopped == "receiver":
             receiver.kill(signal.SIGINT)
@@ -330,13 +314,7 @@ def test_a_sender_stopped_while_the_receiver_is_asked_about_a_name_ends_the_ques
     (into / "plan.txt").write_text("old plan")
     receiver, port = receiving(alice, "--into", str(into))
     try:
-        sender = subprocess.Popen(
-            [*PEERKIT, "send", f"127.0.0.1:{port}", str(tmp_path / "plan.txt")],
-            env=bob,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
+        sender = sending(bob, port, str(tmp_path / "plan.txt"))
         receiver.expect(r"offers 1 file .*\? \[y/N\]")
         receiver.send("y\r")
         receiver.expect(r"plan\.txt exists: \[r\]ename the new one, \[o\]verwrite, or \[s\]kip\?")
