@@ -21,6 +21,7 @@ from peerkit.discovery.base import DiscoveryProvider
 from peerkit.errors import IdentityError, PeerUnreachable
 from peerkit.identity import KEY_FILE_NAME, default_data_dir
 from peerkit.invitations import Withdrawn
+from peerkit.launching import answer_unless_withdrawn
 from peerkit.model import check_text, host_and_port, printable
 from peerkit.net.transport import local_addresses
 from peerkit.reporting import address_text
@@ -568,7 +569,7 @@ async def accept_invitation(
                 continue
             if yes:
                 terminal.show(f"{asked} y (--yes)")
-            answer = "y" if yes else await _answer_unless_withdrawn(terminal, asked, invitation)
+            answer = "y" if yes else await answer_unless_withdrawn(terminal.ask, asked, invitation)
             if invitation.withdrawn:
                 terminal.show(withdrawn_text(who, invitation))
                 continue
@@ -582,23 +583,6 @@ async def accept_invitation(
                         return invitation, stream
                     await stream.aclose()
     raise AssertionError("the invitations of a running node do not end")
-
-
-async def _answer_unless_withdrawn(
-    terminal: Terminal, question: str, invitation: peerkit.Invitation
-) -> str | None:
-    # The answer typed, or None when the invitation was withdrawn first (the question is left).
-    answer = None
-    async with anyio.create_task_group() as tg:
-
-        async def withdrawn() -> None:
-            await invitation.wait()  # (nothing else answers it while it is asked about)
-            tg.cancel_scope.cancel()
-
-        tg.start_soon(withdrawn)
-        answer = await terminal.ask(question)
-        tg.cancel_scope.cancel()
-    return answer
 
 
 def withdrawn_text(who: str, invitation: peerkit.Invitation) -> str:

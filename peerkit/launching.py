@@ -24,7 +24,7 @@ from peerkit.identity import PeerId
 from peerkit.invitations import Invitation
 from peerkit.model import InvitationResponse, printable
 
-__all__ = ("LOG_DIR", "MAX_RUNNING", "MAX_RUNNING_PER_PEER", "Launcher")
+__all__ = ("LOG_DIR", "MAX_RUNNING", "MAX_RUNNING_PER_PEER", "Launcher", "answer_unless_withdrawn")
 
 #: The folder of the data dir where launched programs' output goes.
 LOG_DIR: Final = "logs"
@@ -36,6 +36,22 @@ MAX_RUNNING_PER_PEER: Final = 4
 
 Say = Callable[..., None]
 Ask = Callable[[str], Awaitable[str | None]]
+
+
+async def answer_unless_withdrawn(ask: Ask, question: str, invitation: Invitation) -> str | None:
+    """``ask(question)`` about ``invitation``, left unanswered when the inviter withdraws it first
+    (or it expires): the answer typed, or None then (and at the end of the input)."""
+    answer = None
+    async with anyio.create_task_group() as tg:
+
+        async def withdrawn() -> None:
+            await invitation.wait()  # (nothing else answers it while it is asked about)
+            tg.cancel_scope.cancel()
+
+        tg.start_soon(withdrawn)
+        answer = await ask(question)
+        tg.cancel_scope.cancel()
+    return answer
 
 
 class Launcher:
@@ -90,9 +106,12 @@ class Launcher:
                     application=registered.name,
                 )
                 return InvitationResponse.DECLINED
-            async with self._asking:
+            async with self._asking:  # (one question at a time)
+                if invitation.withdrawn:  # (while another was asked about: not asked)
+                    return InvitationResponse.DECLINED
                 said = f": {invitation.message!r}" if invitation.message else ""
-                answer = await self._ask(f"{who} invites you to {registered.name}{said}. Launch it? [y/N]")
+                question = f"{who} invites you to {registered.name}{said}. Launch it? [y/N]"
+                answer = await answer_unless_withdrawn(self._ask, question, invitation)
             if (answer or "").strip().lower() not in ("y", "yes") or invitation.withdrawn:
                 return InvitationResponse.DECLINED
         if not self._room(registered, invitation, who, tell, take=True):  # (others launched meanwhile)

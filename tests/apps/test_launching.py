@@ -15,6 +15,7 @@ import pytest
 
 from peerkit import Identity, Invitation, InvitationResponse, PeerId
 from peerkit.apps import Registered
+from peerkit.invitations import Withdrawn
 from peerkit.launching import MAX_RUNNING, MAX_RUNNING_PER_PEER, Launcher
 
 pytestmark = pytest.mark.anyio
@@ -112,3 +113,48 @@ async def test_what_is_said_of_a_strangers_invitation_that_launches_nothing_goes
         assert await launcher.invited(invitation(contact, board)) is DECLINED
         assert await launcher.invited(invitation(stranger, board, trusted=False)) is DECLINED
     assert (loud, quiet) == (["launch_declined"], ["launch_declined"])
+
+
+async def test_a_question_stops_when_its_invitation_is_withdrawn_and_one_withdrawn_in_line_is_never_asked(
+    tmp_path: Path,
+) -> None:
+    board = Registered(name="board", id=uuid.uuid4(), path="/bin/sleep", arguments="30")
+    asked: list[str] = []
+    answered = anyio.Event()
+    cancelled: list[str] = []
+
+    async def ask(question: str) -> str | None:
+        asked.append(question)
+        try:
+            await answered.wait()
+        except anyio.get_cancelled_exc_class():
+            cancelled.append(question)
+            raise
+        return "y"
+
+    first, second, third = (invitation(Identity.generate().id, board) for _ in range(3))
+    got: dict[str, InvitationResponse] = {}
+
+    async def answer(name: str, one: Invitation) -> None:
+        got[name] = await launcher.invited(one)
+
+    async with anyio.create_task_group() as tg:
+        launcher = Launcher([board], set(), tmp_path, lambda text, **fields: None, tg, ask)
+        with anyio.fail_after(5):
+            tg.start_soon(answer, "first", first)
+            while not asked:
+                await anyio.sleep(0.01)
+            tg.start_soon(answer, "second", second)
+            tg.start_soon(answer, "third", third)
+            await anyio.sleep(0.05)  # (both wait in line behind the first question)
+            second.state.withdraw(Withdrawn.CANCELLED)  # (in line: never asked)
+            first.state.withdraw(Withdrawn.DISCONNECTED)  # (asked: the question stops)
+            while len(asked) < 2:
+                await anyio.sleep(0.01)
+            third.state.withdraw(Withdrawn.EXPIRED)
+            while len(got) < 3:
+                await anyio.sleep(0.01)
+    assert got == {"first": DECLINED, "second": DECLINED, "third": DECLINED}
+    assert asked == cancelled  # (the first and the third were asked, each question left)
+    assert len(asked) == 2
+    assert "someone invites you to board" in asked[1]
