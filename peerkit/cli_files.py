@@ -328,6 +328,8 @@ async def _receive(
     cut = ""  # (why the sender's stream broke, if it did)
 
     def progress(n: int) -> None:
+        if not received[0]:
+            bar.start()
         received[0] += n
         bar.advance(task, n)
 
@@ -343,14 +345,19 @@ async def _receive(
             who = printable(invitation.nickname) or invitation.sender_id.fingerprint
             decide = _rename if yes else _asking(terminal)
             async with stream:
-                with _bar() as bar:
-                    task = bar.add_task(f"from {who}", total=summary.size)
-                    try:
-                        report = await receive_files(stream, summary, into, decide, progress)
-                    except (anyio.BrokenResourceError, ProtocolError) as exc:  # (gone, or stalled)
-                        cut = str(exc) or "the connection broke"
-                    else:
-                        _finish(bar, task, summary.size)
+                # The bar is drawn from the first byte on: a question about a taken name comes
+                # before, and a bar redrawn on its line would wipe out the answer as it is typed.
+                bar = _bar()
+                task = bar.add_task(f"from {who}", total=summary.size)
+                try:
+                    report = await receive_files(stream, summary, into, decide, progress)
+                except (anyio.BrokenResourceError, ProtocolError) as exc:  # (gone, or stalled)
+                    cut = str(exc) or "the connection broke"
+                else:
+                    bar.start()  # (where no byte came: every file was there already)
+                    _finish(bar, task, summary.size)
+                finally:
+                    bar.stop()
             tg.cancel_scope.cancel()
     if summary is None:  # (stopped while waiting for an offer: nothing under way)
         return 0

@@ -83,7 +83,10 @@ def test_a_folder_and_a_file_are_sent_and_a_taken_name_is_asked_about(
         receiver.expect(r"bob \(\S+\) offers 3 files \(2\.0 MB\): trip, plan\.txt: 'pics'\. Save into")
         receiver.send("y\r")
         receiver.expect(r"plan\.txt exists: \[r\]ename the new one, \[o\]verwrite, or \[s\]kip\? \[R/o/s\]")
-        receiver.send("o\r")
+        receiver.send("o")  # (typed, not yet entered: no progress bar is drawn over it)
+        receiver.expect(pexpect.TIMEOUT, timeout=0.5)
+        assert receiver.before.strip() == "o", receiver.before
+        receiver.send("\r")
         receiver.expect("received 2.0 MB")
         assert exit_status(receiver) == 0
         out, err = sender.communicate(timeout=30)
