@@ -122,7 +122,10 @@ def read_card(card: str | bytes) -> CardContent:
     try:
         record = records.open_record(envelope, domain=records.CARD_DOMAIN)
     except InvalidRecord as exc:
-        raise InvalidRecord(f"contact card rejected: {exc}") from None
+        cut = isinstance(card, str) and str(exc).startswith(records.MALFORMED)
+        # (a card's text pasted in part: said so, before what the decoder found)
+        hint = f"its text is cut short or damaged (copy all of it, from {CARD_PREFIX!r} on): " if cut else ""
+        raise InvalidRecord(f"contact card rejected: {hint}{exc}") from None
     body = record.body
     texts = {}
     for key, what in (

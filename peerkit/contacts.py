@@ -39,6 +39,7 @@ from peerkit.model import (
     Presence,
     PresenceStatus,
     SubscribePermission,
+    printable,
 )
 from peerkit.peers import Peer
 from peerkit.proto import records
@@ -140,6 +141,16 @@ def _select_all(connection: sqlite3.Connection) -> list[tuple[Any, ...]]:
 
 def _flags(connection: sqlite3.Connection) -> list[tuple[bytes, int, int]]:
     return connection.execute("SELECT id, subscribe_allowed, is_subscribed FROM contacts").fetchall()
+
+
+def _is_text(data: bytes) -> bool:
+    # Whether ``data`` reads as lines of text (UTF-8, no control characters but line ends and
+    # tabs): a card's envelope (CBOR) starts with a map's byte (0xa2), never text.
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return bool(text.strip()) and all(c.isprintable() or c in "\t\r\n" for c in text)
 
 
 def data_version(connection: sqlite3.Connection) -> int:
@@ -438,7 +449,14 @@ class ContactManager:
             if path.stat().st_size > MAX_CARD_FILE:
                 raise InvalidRecord(f"{path} is {path.stat().st_size} bytes; a contact card is far smaller")
             data = path.read_bytes()
-            card = data.decode("ascii", "replace") if data.lstrip().startswith(CARD_PREFIX.encode()) else data
+            if data.lstrip().startswith(CARD_PREFIX.encode()):
+                card = data.decode("ascii", "replace")
+            elif _is_text(data):  # (a file of text, but no card's: not tried as a card's bytes)
+                raise InvalidRecord(
+                    f"{printable(str(path))} holds no contact card: a card's text starts with {CARD_PREFIX!r}"
+                )
+            else:
+                card = data
         return read_card(card)
 
     def _from_card(self, content: CardContent) -> Contact:

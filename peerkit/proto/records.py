@@ -24,6 +24,7 @@ from peerkit.proto import messages
 
 __all__ = (
     "CARD_DOMAIN",
+    "MALFORMED",
     "MAX_ENVELOPE",
     "RECORD_DOMAIN",
     "SeqTracker",
@@ -37,6 +38,8 @@ RECORD_DOMAIN: Final = b"peerkit-record-v1\x00"
 CARD_DOMAIN: Final = b"peerkit-card-v1\x00"
 #: The largest envelope peerkit reads, in bytes.
 MAX_ENVELOPE: Final = 32768
+#: How the message of an envelope that is no CBOR (or is cut short) starts.
+MALFORMED: Final = "signed record is malformed"
 _MAX_SEQ: Final = 2**64 - 1
 
 
@@ -105,7 +108,7 @@ def open_record(envelope: bytes, *, domain: bytes = RECORD_DOMAIN) -> SignedReco
             raise InvalidRecord('signed record "body" must be bytes and "sig" 64 bytes')
         body = messages.decode(body_bytes)
     except ProtocolError as exc:
-        raise InvalidRecord(f"signed record is malformed: {exc}") from exc
+        raise InvalidRecord(f"{MALFORMED}: {exc}") from exc
     if not isinstance(body, dict):
         raise InvalidRecord("signed record body is not a map")
     key, seq = body.get("id"), body.get("seq")

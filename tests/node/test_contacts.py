@@ -287,7 +287,7 @@ def _tamper(text: str) -> str:
     return CARD_PREFIX + base64.urlsafe_b64encode(bytes(envelope)).rstrip(b"=").decode()
 
 
-async def test_a_tampered_or_malformed_card_is_refused_with_a_clear_error() -> None:
+async def test_a_tampered_or_malformed_card_is_refused_with_a_clear_error(tmp_path: Path) -> None:
     async with pair() as (alice, bob):
         text = bob.contacts.me.export_card()
         with pytest.raises(
@@ -300,6 +300,18 @@ async def test_a_tampered_or_malformed_card_is_refused_with_a_clear_error() -> N
             await alice.contacts.import_card(CARD_PREFIX + "a")
         with pytest.raises(InvalidRecord, match="malformed"):
             await alice.contacts.import_card(CARD_PREFIX + "AAAA")
+        # A card's text pasted in part: said to be cut short, before what the decoder found.
+        with pytest.raises(InvalidRecord, match=r"its text is cut short or damaged \(copy all of it"):
+            await alice.contacts.import_card(text[: len(CARD_PREFIX) + len(text) // 8 * 4])
+        # A file of text with no card in it is said to be one (not decoded as a card's bytes).
+        notes = tmp_path / "notes.txt"
+        notes.write_text("root:x:0:0:root:/root:/bin/bash\n")
+        with pytest.raises(InvalidRecord, match=r"notes\.txt holds no contact card: a card's text starts"):
+            await alice.contacts.import_card(notes)
+        envelope = tmp_path / "card.bin"  # (a card's bytes cut short: no word of text)
+        envelope.write_bytes(base64.urlsafe_b64decode(text[len(CARD_PREFIX) :] + "==")[:40])
+        with pytest.raises(InvalidRecord, match=r"^contact card rejected: signed record is malformed"):
+            await alice.contacts.import_card(envelope)
         with pytest.raises(TypeError):
             await alice.contacts.import_card(12)  # type: ignore[arg-type]
         # A discovery record is not a card: the domains differ.
