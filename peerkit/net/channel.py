@@ -50,7 +50,7 @@ from peerkit.proto.connection import (
 from peerkit.proto.framing import MAX_FRAME, encode_frame
 from peerkit.sync import Lock
 
-__all__ = ("ChannelListener", "PeerInfo", "SecureChannel", "connect", "listen")
+__all__ = ("ChannelListener", "PeerInfo", "SecureChannel", "connect", "listen", "tell_refusals")
 
 
 async def _write(stream: anyio.abc.ByteStream, data: bytes | bytearray) -> None:
@@ -552,6 +552,20 @@ async def connect(
     )
 
 
+async def tell_refusals(logger: logging.Logger, *counters: RefusalCounter) -> None:
+    """Log (as warnings to ``logger``) what ``counters`` counted once it is due, though no refusal
+    comes after to tell it: a burst that ended is told within the counter's interval, not at the
+    next refusal or when the node stops. Runs until cancelled, in a task of the counters' owner."""
+    while True:
+        now = anyio.current_time()
+        for counter in counters:
+            if (report := counter.due(now)) is not None:
+                logger.warning("%s", report)
+        dues = [at for counter in counters if (at := counter.due_at()) is not None]
+        idle = min(counter.interval for counter in counters)  # (then a look at most this late)
+        await anyio.sleep(max(min(dues) - now, 0.0) if dues else idle)
+
+
 class ChannelListener(anyio.abc.AsyncResource):
     """A listener that hands each authenticated channel to a handler. See :func:`listen`.
 
@@ -637,6 +651,7 @@ class ChannelListener(anyio.abc.AsyncResource):
         self._handler = handler
         try:
             async with anyio.create_task_group() as tg:
+                tg.start_soon(tell_refusals, log, self._refusals)
                 task_status.started()
                 await self._listener.serve(handle, tg)
         finally:

@@ -24,7 +24,7 @@ from peerkit.clock import Clock
 from peerkit.errors import NotRunning, PeerkitError, PeerUnreachable, ProtocolError
 from peerkit.identity import Identity, PeerId, check_peer_id
 from peerkit.model import EndPoint
-from peerkit.net.channel import SecureChannel, dial
+from peerkit.net.channel import SecureChannel, dial, tell_refusals
 from peerkit.net.control import ControlChannel, Handler, KeepaliveClock, KeepalivePolicy, NoticeHandler
 from peerkit.net.transport import ON_LINK, Transport, is_public
 from peerkit.peers import Peer, PeerOps
@@ -260,6 +260,7 @@ class Connections:
         # One task times every channel's keepalive.
         self._clock = KeepaliveClock(slack=self._keepalive.interval / SLACK_PER_INTERVAL)
         tg.start_soon(self._clock.run)
+        tg.start_soon(tell_refusals, log, self._refusals, self._disconnected)
 
     @property
     def clock(self) -> Clock | None:

@@ -33,6 +33,7 @@ from typing import Any, Final
 __all__ = (
     "MAX_SOURCES",
     "REPLAY_WINDOW",
+    "REPORT_INTERVAL",
     "Admission",
     "AdmissionPolicy",
     "Admitted",
@@ -345,14 +346,19 @@ class Admission:
                     self._forget(key)
 
 
+#: Seconds between two reports of a :class:`RefusalCounter`, at least (the first refusal is told at
+#: once; those after it, together, once this much time has passed).
+REPORT_INTERVAL: Final = 10.0
+
+
 class RefusalCounter:
     """Refusals counted by reason, reported at most once per ``interval`` seconds: ``what`` names
     the refused things in the report, ``verb`` what was done to them."""
 
     def __init__(
-        self, interval: float = 10.0, *, what: str = "incoming connection", verb: str = "refused"
+        self, interval: float | None = None, *, what: str = "incoming connection", verb: str = "refused"
     ) -> None:
-        self._interval = interval
+        self._interval = REPORT_INTERVAL if interval is None else interval
         self._what = what
         self._verb = verb
         self._counts: Counter[str] = Counter()
@@ -367,6 +373,22 @@ class RefusalCounter:
         if now - self._since >= self._interval:
             return self._report(now)
         return None
+
+    @property
+    def interval(self) -> float:
+        """Seconds between two reports, at least."""
+        return self._interval
+
+    def due_at(self) -> float | None:
+        """When the refusals counted since the last report are due to be told (None: there are none)."""
+        return None if not self._counts or self._since is None else self._since + self._interval
+
+    def due(self, now: float) -> str | None:
+        """The report of the refusals counted since the last one, once their interval is over (None
+        before, and when there are none): what a timer of the owner logs, so that a burst that
+        ended is told without waiting for a next refusal to tell it."""
+        at = self.due_at()
+        return self._report(now) if at is not None and now >= at else None
 
     def flush(self) -> str | None:
         """The report of the refusals counted since the last one (None when there are none): what

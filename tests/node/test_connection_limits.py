@@ -194,6 +194,39 @@ async def test_strangers_disconnected_over_their_budget_are_told_once_per_interv
     ]
 
 
+async def test_strangers_disconnected_after_the_first_are_told_once_the_interval_is_over(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(requests_part, "REFUSAL_DELAY", 0.01)
+    monkeypatch.setattr("peerkit.proto.admission.REPORT_INTERVAL", 0.5)
+    budget = RequestPolicy(rate=0.001, burst=1, strikes=1)
+    network = MemoryNetwork()
+
+    def said() -> list[str]:
+        return [r.getMessage() for r in caplog.records if r.name == "peerkit.node.connections"]
+
+    async with nodes(1, nicknames=["bob"], network=network, request_budget=budget) as (bob,):
+        await bob.register_application(CHAT)
+        bob.add_invitation_handler(CHAT, accept_all)
+        for n in range(1, 4):
+            async with Node(identity=Identity.generate(), network=network, listen=(f"10.0.0.{n}", 0)) as node:
+                await node.register_application(CHAT)
+                peer = await node.peer_at(bob.endpoint.host, bob.endpoint.port)
+                assert await peer.invite(CHAT) is ACCEPTED
+                with pytest.raises((ProtocolError, PeerUnreachable), match=r"limit|closed"):
+                    await peer.invite(CHAT)
+                with anyio.fail_after(5):
+                    while bob.channels(node.id):
+                        await anyio.sleep(0.01)
+        with anyio.fail_after(5):  # (bob runs on, and no stranger comes to tell the rest)
+            while len(said()) < 2:
+                await anyio.sleep(0.02)
+        assert said() == [
+            "disconnected 1 stranger: 1 over the request budget",  # (the first: at once)
+            "disconnected 2 strangers: 2 over the request budget",  # (the rest: 0.5 s on)
+        ]
+
+
 @pytest.mark.anyio
 async def test_first_of_staggers_ways_and_takes_the_first_that_works() -> None:
     from peerkit.node.connections import first_of
@@ -365,3 +398,29 @@ async def test_refused_handshakes_are_told_at_once_then_counted_and_the_rest_tol
         "refused 1 incoming connection: 1 handshakes started too fast",  # (the first: at once)
         "refused 2 incoming connections: 2 handshakes started too fast",  # (the rest: at the stop)
     ]
+
+
+@pytest.mark.network
+async def test_refused_handshakes_counted_after_a_burst_are_told_once_the_interval_is_over(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("peerkit.proto.admission.REPORT_INTERVAL", 0.5)
+    policy = AdmissionPolicy(rate=0.001, burst=1)
+    async with Node(
+        identity=Identity.generate(), listen=("127.0.0.1", 0), discovery=[], admission=policy
+    ) as bob:
+        for _ in range(4):
+            stream = await anyio.connect_tcp(bob.endpoint.host, bob.endpoint.port)
+            await stream.aclose()
+
+        def said() -> list[str]:
+            return [r.getMessage() for r in caplog.records if r.getMessage().startswith("refused")]
+
+        with anyio.fail_after(5):  # (the burst is over: no refusal comes to tell the rest)
+            while len(said()) < 2:
+                await anyio.sleep(0.02)
+        assert said() == [
+            "refused 1 incoming connection: 1 handshakes started too fast",  # (the first: at once)
+            "refused 2 incoming connections: 2 handshakes started too fast",  # (the rest: 0.5 s on)
+        ]
+    assert len(said()) == 2  # (nothing left for the stop to tell)

@@ -185,6 +185,24 @@ def test_refusals_are_reported_once_per_interval() -> None:
     assert counter.flush() is None
 
 
+def test_refusals_counted_are_due_once_their_interval_is_over_though_no_refusal_comes() -> None:
+    counter = RefusalCounter(interval=10)
+    assert counter.interval == 10
+    assert (counter.due_at(), counter.due(100.0)) == (None, None)  # (none counted)
+    assert counter.note(Refusal.RATE, 0.0) is not None  # (the first: told at once)
+    assert (counter.due_at(), counter.due(100.0)) == (None, None)  # (nothing left to tell)
+    assert counter.note(Refusal.RATE, 1.0) is None
+    assert counter.note(Refusal.PER_SOURCE, 2.0) is None
+    assert counter.due_at() == 10.0  # (the interval from the last report)
+    assert counter.due(9.9) is None
+    assert counter.due(10.0) == (
+        "refused 2 incoming connections: 1 handshakes started too fast, 1 too many handshakes from one source"
+    )
+    assert (counter.due_at(), counter.due(30.0), counter.flush()) == (None, None, None)  # (told once)
+    assert counter.note(Refusal.RATE, 12.0) is None  # (within the interval of that report)
+    assert counter.due_at() == 20.0
+
+
 S = 10**9  # a second, in nanoseconds
 
 
