@@ -288,9 +288,9 @@ def receive_command(
 ) -> None:
     """Wait for an offer of files and accept it at a prompt, then receive the files into a folder
     with a progress bar. A file whose name is taken is renamed, overwritten or skipped as you
-    answer; one already there is not sent again; an interrupted transfer resumes when the sender
-    sends again. With --from, offers from anyone else are declined (``--yes --from alice`` takes
-    alice's first offer, and hers alone).
+    answer (for it, or for every name taken); one already there is not sent again; an interrupted
+    transfer resumes when the sender sends again. With --from, offers from anyone else are
+    declined (``--yes --from alice`` takes alice's first offer, and hers alone).
 
     Exits with 0 when every file arrived intact (or none was offered before Ctrl-C), 1 when one
     failed or the sender stopped, 130 when stopped with Ctrl-C during a transfer.
@@ -395,12 +395,27 @@ async def _rename(entry: Entry, existing: Path) -> Decision:
 
 
 def _asking(terminal: Terminal) -> Callable[[Entry, Path], Awaitable[Decision]]:
+    # Ask about each name taken: r, o or s for this file (Enter: rename), R, O or S for this one
+    # and every other name taken in the offer (a folder sent again after changes takes many).
+    for_all: list[Decision] = []
+
     async def decide(entry: Entry, existing: Path) -> Decision:
-        answer = await terminal.ask(
-            f"{existing} exists: [r]ename the new one, [o]verwrite, or [s]kip? [R/o/s]"
+        if for_all:
+            return for_all[0]
+        answer = (
+            await terminal.ask(
+                f"{existing} exists: [r]ename the new one, [o]verwrite, or [s]kip "
+                "(R, O, S: the same for every name taken)? [r]"
+            )
+            or ""
+        ).strip()
+        word = answer.lower().removesuffix(" all")
+        decision: Decision = (
+            "overwrite" if word in ("o", "overwrite") else "skip" if word in ("s", "skip") else "rename"
         )
-        word = (answer or "").strip().lower()
-        return "overwrite" if word in ("o", "overwrite") else "skip" if word in ("s", "skip") else "rename"
+        if answer in ("R", "O", "S") or answer.lower().endswith(" all"):
+            for_all.append(decision)
+        return decision
 
     return decide
 

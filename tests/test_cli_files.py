@@ -82,7 +82,9 @@ def test_a_folder_and_a_file_are_sent_and_a_taken_name_is_asked_about(
         sender = sending(bob, port, str(src / "trip"), str(src / "plan.txt"), "--message", "pics", "--json")
         receiver.expect(r"bob \(\S+\) offers 3 files \(2\.0 MB\): trip, plan\.txt: 'pics'\. Save into")
         receiver.send("y\r")
-        receiver.expect(r"plan\.txt exists: \[r\]ename the new one, \[o\]verwrite, or \[s\]kip\? \[R/o/s\]")
+        receiver.expect(
+            r"plan\.txt exists: \[r\]ename the new one, \[o\]verwrite, or \[s\]kip \(.*\)\? \[r\]"
+        )
         receiver.send("o")  # (typed, not yet entered: no progress bar is drawn over it)
         receiver.expect(pexpect.TIMEOUT, timeout=0.5)
         assert receiver.before.strip() == "o", receiver.before
@@ -320,7 +322,7 @@ def test_a_sender_stopped_while_the_receiver_is_asked_about_a_name_ends_the_ques
         sender = sending(bob, port, str(tmp_path / "plan.txt"))
         receiver.expect(r"offers 1 file .*\? \[y/N\]")
         receiver.send("y\r")
-        receiver.expect(r"plan\.txt exists: \[r\]ename the new one, \[o\]verwrite, or \[s\]kip\?")
+        receiver.expect(r"plan\.txt exists: \[r\]ename the new one, \[o\]verwrite, or \[s\]kip")
         sender.send_signal(signal.SIGINT)
         sender.communicate(timeout=30)
         assert sender.returncode == 130
@@ -332,3 +334,72 @@ def test_a_sender_stopped_while_the_receiver_is_asked_about_a_name_ends_the_ques
     finally:
         receiver.terminate(force=True)
     assert (into / "plan.txt").read_text() == "old plan"
+
+
+@pytest.mark.network
+def test_an_answer_in_capitals_is_for_every_name_taken(
+    tmp_path: Path, people: tuple[dict[str, str], dict[str, str]]
+) -> None:
+    alice, bob = people
+    src, into = tmp_path / "src", tmp_path / "into"
+    src.mkdir()
+    into.mkdir()
+    for name in ("a.txt", "b.txt", "c.txt"):
+        (src / name).write_text(f"new {name}")
+        (into / name).write_text(f"old {name}")
+    receiver, port = receiving(alice, "--into", str(into))
+    try:
+        sender = sending(bob, port, *(str(src / name) for name in ("a.txt", "b.txt", "c.txt")))
+        receiver.expect(r"offers 3 files .*\? \[y/N\]")
+        receiver.send("y\r")
+        receiver.expect(r"a\.txt exists: .*\(R, O, S: the same for every name taken\)\? \[r\]")
+        receiver.send("S\r")  # (skip this one and every other taken)
+        receiver.expect("received 0 bytes")
+        shown = receiver.before
+        assert exit_status(receiver) == 0
+        assert "exists:" not in shown, shown  # (asked once)
+        assert re.findall(r"skipped: \S+", shown) == [
+            "skipped: a.txt",
+            "skipped: b.txt",
+            "skipped: c.txt",
+        ]
+        sender.communicate(timeout=30)
+        assert sender.returncode == 0
+    finally:
+        receiver.terminate(force=True)
+    assert [(into / name).read_text() for name in ("a.txt", "b.txt", "c.txt")] == [
+        "old a.txt",
+        "old b.txt",
+        "old c.txt",
+    ]
+    assert sorted(p.name for p in into.iterdir()) == ["a.txt", "b.txt", "c.txt"]
+
+
+@pytest.mark.parametrize(
+    ("answers", "decisions"),
+    [
+        (["", "o", "s", None], ["rename", "overwrite", "skip", "rename"]),  # (one at a time)
+        (["o", "O"], ["overwrite", "overwrite", "overwrite", "overwrite"]),  # (O: the rest too)
+        (["skip all"], ["skip", "skip", "skip"]),
+        (["R"], ["rename", "rename", "rename"]),
+    ],
+)
+def test_each_answer_to_a_name_taken(answers: list[str | None], decisions: list[str]) -> None:
+    import anyio
+
+    from peerkit.cli_files import _asking
+    from peerkit.proto.files import Entry
+
+    asked: list[str] = []
+
+    class Script:
+        async def ask(self, question: str) -> str | None:
+            asked.append(question)
+            return answers[len(asked) - 1]
+
+    async def main() -> list[str]:
+        decide = _asking(Script())  # type: ignore[arg-type]
+        return [await decide(Entry("f", 1, bytes(32)), Path("f")) for _ in decisions]
+
+    assert anyio.run(main) == decisions
+    assert len(asked) == len(answers)  # (none after an answer for all)
