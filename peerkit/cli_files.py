@@ -11,6 +11,7 @@ from typing import Annotated, Final
 
 import anyio
 import typer
+from rich.live import Live
 from rich.progress import (
     BarColumn,
     DownloadColumn,
@@ -20,6 +21,7 @@ from rich.progress import (
     TimeRemainingColumn,
     TransferSpeedColumn,
 )
+from rich.spinner import Spinner
 
 import peerkit
 from peerkit.clikit import (
@@ -101,6 +103,15 @@ def _bar(*, transient: bool = False, shown: SafeConsole = console) -> Progress:
         # empty line there, into a pipe or a log.)
         disable=transient and not shown.is_terminal,
     )
+
+
+def _looking(text: str) -> Live:
+    # ``text`` beside a spinner, drawn at once and left without a trace once stopped (on a terminal
+    # alone: a pipe or a log gets nothing).
+    live = Live(Spinner("dots", text, style="dim"), console=console, transient=True, refresh_per_second=8)
+    if console.is_terminal:
+        live.start(refresh=True)
+    return live
 
 
 def _finish(bar: Progress, task: TaskID, total: int) -> None:
@@ -329,6 +340,7 @@ async def _receive(
 
     def progress(n: int) -> None:
         if not received[0]:
+            looking.stop()
             bar.start()
         received[0] += n
         bar.advance(task, n)
@@ -344,19 +356,29 @@ async def _receive(
             summary = decode_summary(invitation.data)
             who = printable(invitation.nickname) or invitation.sender_id.fingerprint
             decide = _rename if yes else _asking(terminal)
+
+            async def asked(entry: Entry, existing: Path) -> Decision:
+                looking.stop()
+                return await decide(entry, existing)
+
             async with stream:
-                # The bar is drawn from the first byte on: a question about a taken name comes
-                # before, and a bar redrawn on its line would wipe out the answer as it is typed.
+                # Until the first byte, a line says what is going on: the files already there with
+                # the names and sizes offered are hashed to compare (minutes, for tens of GB). The
+                # bar is drawn from the first byte on: a question about a taken name comes before,
+                # and a bar redrawn on its line would wipe out the answer as it is typed.
+                looking = _looking(f"comparing the offer with what {printable(into.name or str(into))} holds")
                 bar = _bar()
                 task = bar.add_task(f"from {who}", total=summary.size)
                 try:
-                    report = await receive_files(stream, summary, into, decide, progress)
+                    report = await receive_files(stream, summary, into, asked, progress)
                 except (anyio.BrokenResourceError, ProtocolError) as exc:  # (gone, or stalled)
                     cut = str(exc) or "the connection broke"
                 else:
+                    looking.stop()
                     bar.start()  # (where no byte came: every file was there already)
                     _finish(bar, task, summary.size)
                 finally:
+                    looking.stop()
                     bar.stop()
             tg.cancel_scope.cancel()
     if summary is None:  # (stopped while waiting for an offer: nothing under way)
