@@ -105,11 +105,11 @@ def _bar(*, transient: bool = False, shown: SafeConsole = console) -> Progress:
     )
 
 
-def _looking(text: str) -> Live:
+def _looking(text: str, shown: SafeConsole = console) -> Live:
     # ``text`` beside a spinner, drawn at once and left without a trace once stopped (on a terminal
     # alone: a pipe or a log gets nothing).
-    live = Live(Spinner("dots", text, style="dim"), console=console, transient=True, refresh_per_second=8)
-    if console.is_terminal:
+    live = Live(Spinner("dots", text, style="dim"), console=shown, transient=True, refresh_per_second=8)
+    if shown.is_terminal:
         live.start(refresh=True)
     return live
 
@@ -249,14 +249,26 @@ async def _send(
 async def _send_with_bar(
     stream: AppStream, outgoing: list[Outgoing], total: int, who: str, shown: SafeConsole, sent: list[int]
 ) -> SendReport:
+    # Until the first byte goes, a line says the receiver is deciding (it compares the offer with
+    # what it has, and may ask its user about names taken: minutes, maybe); then the bar.
     def progress(n: int) -> None:
+        if not sent[0]:
+            deciding.stop()
+            bar.start()
         sent[0] += n
         bar.advance(task, n)
 
-    with _bar(shown=shown) as bar:
-        task = bar.add_task(f"to {who}", total=total)
+    deciding = _looking(f"{who} is looking at the offer", shown)
+    bar = _bar(shown=shown)
+    task = bar.add_task(f"to {who}", total=total)
+    try:
         report = await send_files(stream, outgoing, progress)
+        deciding.stop()
+        bar.start()  # (where no byte went: the receiver had every file, or skipped them)
         _finish(bar, task, total)
+    finally:
+        deciding.stop()
+        bar.stop()
     return report
 
 

@@ -405,3 +405,39 @@ def test_each_answer_to_a_name_taken(answers: list[str | None], decisions: list[
 
     assert anyio.run(main) == decisions
     assert len(asked) == len(answers)  # (none after an answer for all)
+
+
+@pytest.mark.network
+def test_the_sender_is_told_while_the_receiver_looks_at_the_offer_then_sees_the_bar(
+    tmp_path: Path, people: tuple[dict[str, str], dict[str, str]]
+) -> None:
+    alice, bob = people
+    (tmp_path / "plan.txt").write_text("new plan")
+    into = tmp_path / "into"
+    into.mkdir()
+    (into / "plan.txt").write_text("old plan")
+    receiver, port = receiving(alice, "--into", str(into))
+    sender = pexpect.spawn(
+        PEERKIT[0],
+        [*PEERKIT[1:], "send", f"127.0.0.1:{port}", str(tmp_path / "plan.txt")],
+        env=bob,
+        encoding="utf-8",
+        timeout=30,
+        dimensions=(40, 200),
+    )
+    try:
+        receiver.expect(r"offers 1 file .*\? \[y/N\]")
+        receiver.send("y\r")
+        receiver.expect(r"plan\.txt exists: ")
+        sender.expect("alice is looking at the offer")  # (while alice is asked: no bar at 0 yet)
+        sender.expect(pexpect.TIMEOUT, timeout=0.5)
+        assert "to alice" not in sender.before, sender.before
+        receiver.send("o\r")
+        sender.expect(r"to alice .*8/8 bytes")
+        sender.expect("alice has 1 of 1 files")
+        assert exit_status(sender) == 0
+        assert exit_status(receiver) == 0
+    finally:
+        sender.terminate(force=True)
+        receiver.terminate(force=True)
+    assert (into / "plan.txt").read_text() == "new plan"
