@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pexpect
 import pytest
-from terminals import NOBODY, PEERKIT, exit_status, person
+from terminals import NOBODY, PEERKIT, exit_status, person, terminal
 
 
 def run(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
@@ -43,6 +43,16 @@ def sending(env: dict[str, str], port: int, *args: str) -> subprocess.Popen[str]
         stderr=subprocess.PIPE,
         text=True,
     )
+
+
+def a_name_taken(tmp_path: Path) -> Path:
+    """A folder to receive into, holding a ``plan.txt`` ("old plan") other than the one in
+    ``tmp_path`` to send ("new plan")."""
+    (tmp_path / "plan.txt").write_text("new plan")
+    into = tmp_path / "into"
+    into.mkdir()
+    (into / "plan.txt").write_text("old plan")
+    return into
 
 
 def random_file(path: Path, mib: int) -> Path:
@@ -313,10 +323,7 @@ def test_a_sender_stopped_while_the_receiver_is_asked_about_a_name_ends_the_ques
     # The receiver asks whether to replace a file it has; the sender stops meanwhile: the
     # question ends at once and says so (it waited for an answer nobody needed).
     alice, bob = people
-    (tmp_path / "plan.txt").write_text("new plan")
-    into = tmp_path / "into"
-    into.mkdir()
-    (into / "plan.txt").write_text("old plan")
+    into = a_name_taken(tmp_path)
     receiver, port = receiving(alice, "--into", str(into))
     try:
         sender = sending(bob, port, str(tmp_path / "plan.txt"))
@@ -412,19 +419,9 @@ def test_the_sender_is_told_while_the_receiver_looks_at_the_offer_then_sees_the_
     tmp_path: Path, people: tuple[dict[str, str], dict[str, str]]
 ) -> None:
     alice, bob = people
-    (tmp_path / "plan.txt").write_text("new plan")
-    into = tmp_path / "into"
-    into.mkdir()
-    (into / "plan.txt").write_text("old plan")
+    into = a_name_taken(tmp_path)
     receiver, port = receiving(alice, "--into", str(into))
-    sender = pexpect.spawn(
-        PEERKIT[0],
-        [*PEERKIT[1:], "send", f"127.0.0.1:{port}", str(tmp_path / "plan.txt")],
-        env=bob,
-        encoding="utf-8",
-        timeout=30,
-        dimensions=(40, 200),
-    )
+    sender = terminal("send", f"127.0.0.1:{port}", str(tmp_path / "plan.txt"), env=bob)
     try:
         receiver.expect(r"offers 1 file .*\? \[y/N\]")
         receiver.send("y\r")
