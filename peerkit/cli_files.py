@@ -263,9 +263,8 @@ async def _send_with_bar(
     task = bar.add_task(f"to {who}", total=total)
     try:
         report = await send_files(stream, outgoing, progress)
-        deciding.stop()
-        bar.start()  # (where no byte went: the receiver had every file, or skipped them)
-        _finish(bar, task, total)
+        if sent[0]:  # (no bar where no byte went: the receiver had every file, or skipped them)
+            _finish(bar, task, total)
     finally:
         deciding.stop()
         bar.stop()
@@ -386,9 +385,8 @@ async def _receive(
                 except (anyio.BrokenResourceError, ProtocolError) as exc:  # (gone, or stalled)
                     cut = str(exc) or "the connection broke"
                 else:
-                    looking.stop()
-                    bar.start()  # (where no byte came: every file was there already)
-                    _finish(bar, task, summary.size)
+                    if received[0]:  # (no bar where no byte came: every file there, or skipped)
+                        _finish(bar, task, summary.size)
                 finally:
                     looking.stop()
                     bar.stop()

@@ -367,13 +367,15 @@ def test_an_answer_in_capitals_is_for_every_name_taken(
         shown = receiver.before
         assert exit_status(receiver) == 0
         assert "exists:" not in shown, shown  # (asked once)
+        assert "from bob" not in shown, shown  # (no bar: no byte came)
         assert re.findall(r"skipped: \S+", shown) == [
             "skipped: a.txt",
             "skipped: b.txt",
             "skipped: c.txt",
         ]
-        sender.communicate(timeout=30)
+        _, err = sender.communicate(timeout=30)
         assert sender.returncode == 0
+        assert "to alice" not in err, err  # (no bar where no byte went)
     finally:
         receiver.terminate(force=True)
     assert [(into / name).read_text() for name in ("a.txt", "b.txt", "c.txt")] == [
