@@ -258,13 +258,18 @@ async def _send_with_bar(
         sent[0] += n
         bar.advance(task, n)
 
+    def sizing(n: int) -> None:  # (what goes: not the files the receiver has, nor their parts)
+        moving[0] = n
+        bar.update(task, total=n)
+
     deciding = _looking(f"{who} is looking at the offer", shown)
     bar = _bar(shown=shown)
     task = bar.add_task(f"to {who}", total=total)
+    moving = [total]
     try:
-        report = await send_files(stream, outgoing, progress)
+        report = await send_files(stream, outgoing, progress, total=sizing)
         if sent[0]:  # (no bar where no byte went: the receiver had every file, or skipped them)
-            _finish(bar, task, total)
+            _finish(bar, task, moving[0])
     finally:
         deciding.stop()
         bar.stop()
@@ -380,13 +385,19 @@ async def _receive(
                 looking = _looking(f"comparing the offer with what {printable(into.name or str(into))} holds")
                 bar = _bar()
                 task = bar.add_task(f"from {who}", total=summary.size)
+                coming = [summary.size]
+
+                def sizing(n: int) -> None:  # (not the files there already, nor parts there)
+                    coming[0] = n
+                    bar.update(task, total=n)
+
                 try:
-                    report = await receive_files(stream, summary, into, asked, progress)
+                    report = await receive_files(stream, summary, into, asked, progress, total=sizing)
                 except (anyio.BrokenResourceError, ProtocolError) as exc:  # (gone, or stalled)
                     cut = str(exc) or "the connection broke"
                 else:
                     if received[0]:  # (no bar where no byte came: every file there, or skipped)
-                        _finish(bar, task, summary.size)
+                        _finish(bar, task, coming[0])
                 finally:
                     looking.stop()
                     bar.stop()

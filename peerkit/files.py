@@ -228,10 +228,17 @@ def _hash_into(
 
 
 async def send_files(
-    stream: AppStream, outgoing: Sequence[Outgoing], progress: Progress | None = None
+    stream: AppStream,
+    outgoing: Sequence[Outgoing],
+    progress: Progress | None = None,
+    *,
+    total: Progress | None = None,
 ) -> SendReport:
     """Send the offer ``outgoing`` over ``stream`` (opened after the invitation with its summary was
     accepted) and the bytes the receiver wants, calling ``progress(n)`` as ``n`` more are sent.
+    ``total(n)`` is called once the receiver said what it wants, before the first byte: ``n``
+    bytes will be sent (files it has already, or skips, are not; a file it has part of, from
+    where it stopped).
 
     :raises ValueError: when a file changed, or was deleted, since :func:`prepare` (the stream is
         closed: the receiver keeps what it has, to resume).
@@ -257,6 +264,8 @@ async def send_files(
         if not last < index < len(entries) or offset > entries[index].size:
             raise ProtocolError("the receiver wants a file or an offset that was not offered")
         last = index
+    if total is not None:
+        total(sum(entries[index].size - offset for index, offset in wanted))
     report = SendReport(skipped=len(entries) - len(wanted))
     report.sent_bytes = await _send_wanted(stream, [(outgoing[i], offset) for i, offset in wanted], progress)
     _, done, _ = await frames.next("done")
@@ -487,9 +496,13 @@ async def receive_files(
     into: Path,
     decide: Callable[[Entry, Path], Awaitable[Decision]] = _rename,
     progress: Progress | None = None,
+    *,
+    total: Progress | None = None,
 ) -> ReceiveReport:
     """Receive the offer ``summary`` announced (in the invitation accepted) over ``stream`` into the
-    folder ``into``, calling ``progress(n)`` as ``n`` more bytes arrive.
+    folder ``into``, calling ``progress(n)`` as ``n`` more bytes arrive. ``total(n)`` is called once
+    it is known which files come, before the first byte: ``n`` bytes will come (not those of the
+    files there already or skipped, nor those a partial file holds).
 
     A file whose name is taken by other bytes is renamed, overwritten or skipped as ``decide``
     answers (by default renamed: ``name (1).ext``); one already there with the same bytes is not
@@ -549,6 +562,8 @@ async def receive_files(
             also = f", and other transfers into it {others:,} more" if others else ""
             raise OSError(f"{into} has {free:,} bytes free; the files need {needed:,}{also}")
         arriving.append(to_come)
+        if total is not None:
+            total(needed)
         await stream.send(encode_want([(p.index, p.offset) for p in plans]))
         failed = await _receive_planned(stream, plans, progress, report, buffers)
         await stream.send(encode_done(Done(len(plans) - len(failed), tuple(sorted(refused + failed)))))

@@ -258,6 +258,9 @@ def test_a_transfer_killed_halfway_resumes_when_sent_again(
         assert again.returncode == 0, again.stderr
         sent = json.loads(again.stdout.strip().splitlines()[-1])
         assert sent["sent_bytes"] == big.stat().st_size - kept
+        # The bar's total is what went (the receiver kept the rest), not the file's size.
+        rest = f"{(big.stat().st_size - kept) / 1e6:,.1f}"
+        assert re.search(rf"{re.escape(rest)}/{re.escape(rest)} MB", again.stderr), again.stderr
         received = json.loads(server.stdout.readline())
         while received["event"] != "files_received":
             received = json.loads(server.stdout.readline())

@@ -46,8 +46,11 @@ async def transfer(
     outgoing: list[Outgoing],
     into: Path,
     receiving: Callable[[AppStream, Any], Awaitable[ReceiveReport]] | None = None,
+    totals: dict[str, int] | None = None,
 ) -> tuple[SendReport | BaseException, ReceiveReport | BaseException]:
-    """Offer ``outgoing`` from alice to bob, who receives into ``into``: both reports (or errors)."""
+    """Offer ``outgoing`` from alice to bob, who receives into ``into``: both reports (or errors);
+    ``totals`` gets what each side's ``total`` callback was told ("sent", "received")."""
+    told = totals if totals is not None else {}
     data = encode_summary([o.entry for o in outgoing])
     got: list[ReceiveReport | BaseException] = []
     accepted = anyio.Event()
@@ -60,7 +63,11 @@ async def transfer(
         summary = decode_summary(data)
         try:
             got.append(
-                await (receiving(stream, summary) if receiving else receive_files(stream, summary, into))
+                await (
+                    receiving(stream, summary)
+                    if receiving
+                    else receive_files(stream, summary, into, total=lambda n: told.update(received=n))
+                )
             )
         except Exception as exc:
             got.append(exc)
@@ -72,7 +79,7 @@ async def transfer(
         sent: SendReport | BaseException
         try:
             async with await peer.open_stream(FILES) as stream:
-                sent = await send_files(stream, outgoing)
+                sent = await send_files(stream, outgoing, total=lambda n: told.update(sent=n))
         except Exception as exc:
             sent = exc
         with anyio.fail_after(10):
@@ -292,12 +299,15 @@ async def test_a_cut_folder_keeps_the_files_that_arrived_and_resumes_the_one_cut
         (partial,) = (into / "notes").glob(".*.peerkit-part")
         kept = partial.stat().st_size
         assert 100_000 <= kept < 300_000
-        sent, again = await transfer(alice, bob, outgoing, into)
+        totals: dict[str, int] = {}
+        sent, again = await transfer(alice, bob, outgoing, into, totals=totals)
     assert isinstance(sent, SendReport), sent
     assert isinstance(again, ReceiveReport), again
     assert sorted(again.already) == ["notes/0.bin", "notes/1.bin"]
     assert again.resumed_bytes == kept
     assert sent.sent_bytes == again.received_bytes == 900_000 - kept
+    # (each side's total, told before the first byte: neither the files there nor the part kept)
+    assert totals == {"sent": 900_000 - kept, "received": 900_000 - kept}
     for i in range(5):
         assert sha(into / "notes" / f"{i}.bin") == sha(folder / f"{i}.bin")
     assert not list(into.rglob("*.peerkit-part"))
