@@ -27,7 +27,7 @@ from peerkit.net.relay import PrefixedStream, RelayAttribute, dial_relayed, read
 from peerkit.net.stamps import STAMPS
 from peerkit.net.tcp import TcpStream
 from peerkit.net.transport import BROKEN, ON_LINK, TcpTransport, Transport, is_public, unreachable
-from peerkit.proto import messages
+from peerkit.proto import crypto, messages
 from peerkit.proto import relay as relay_wire
 from peerkit.proto.admission import (
     Admission,
@@ -38,9 +38,9 @@ from peerkit.proto.admission import (
     source_of,
 )
 from peerkit.proto.connection import (
+    CIPHERS,
     HANDSHAKE_TIMEOUT,
     MAX_PLAINTEXT,
-    PROTOCOL_IK,
     Connection,
     HandshakeComplete,
     MessageReceived,
@@ -50,7 +50,16 @@ from peerkit.proto.connection import (
 from peerkit.proto.framing import MAX_FRAME, encode_frame
 from peerkit.sync import Lock
 
-__all__ = ("ChannelListener", "PeerInfo", "SecureChannel", "connect", "listen", "tell_refusals")
+__all__ = (
+    "ChannelListener",
+    "PeerInfo",
+    "SecureChannel",
+    "choose_cipher",
+    "connect",
+    "listen",
+    "tell_refusals",
+    "wanted_ciphers",
+)
 
 
 async def _write(stream: anyio.abc.ByteStream, data: bytes | bytearray) -> None:
@@ -103,6 +112,22 @@ class PeerInfo:
     use: str = messages.USE_CONTROL
     #: When the initiator sent its hello (nanoseconds on its clock), if it said (extension ``"ts"``).
     ts: int | None = None
+    #: The Noise ciphers the peer would rather be dialled with than ChaChaPoly, best first
+    #: (extension ``"ciphers"``; empty when it did not say).
+    ciphers: tuple[str, ...] = ()
+
+
+def wanted_ciphers() -> tuple[str, ...]:
+    """The ciphers this process asks peers to dial it with (its hellos' ``"ciphers"``): AESGCM
+    where the CPU has AES instructions (several times ChaChaPoly's speed there), else none."""
+    return ("AESGCM",) if crypto.aes_is_fast() else ()
+
+
+def choose_cipher(peer: PeerInfo) -> str:
+    """The Noise cipher to dial ``peer`` with (it said what it wants in a channel's hello): the
+    first of its ``ciphers`` this process wants too, else ChaChaPoly, which every peer takes."""
+    wanted = wanted_ciphers()
+    return next((cipher for cipher in peer.ciphers if cipher in wanted), "ChaChaPoly")
 
 
 def _keys(identity: Identity) -> StaticKeys:
@@ -132,7 +157,7 @@ class SecureChannel(anyio.abc.AsyncResource):
         self._receive_lock = Lock()
         self._closed = False
         self._eof = False
-        #: The Noise protocol name that ran (XX or IK).
+        #: The Noise protocol name that ran (XX or IK, with ChaChaPoly or AESGCM).
         self.protocol: str = done.protocol
         #: The Noise handshake hash: the same on both sides, unique to this session.
         self.handshake_hash: bytes = done.handshake_hash
@@ -165,7 +190,13 @@ class SecureChannel(anyio.abc.AsyncResource):
             port=done.peer.port,
             use=done.peer.use,
             ts=done.peer.ts,
+            ciphers=done.peer.ciphers,
         )
+
+    @property
+    def cipher(self) -> str:
+        """The Noise cipher function the channel runs (``"ChaChaPoly"`` or ``"AESGCM"``)."""
+        return self.protocol.split("_")[3]
 
     # -- construction ----------------------------------------------------------------------
     @classmethod
@@ -182,11 +213,14 @@ class SecureChannel(anyio.abc.AsyncResource):
         port: int | None = None,
         use: str = messages.USE_CONTROL,
         preamble_timeout: float | None = None,
+        cipher: str = "ChaChaPoly",
     ) -> SecureChannel:
         """Run the handshake over ``stream`` and return the open channel.
 
         The initiator runs IK when it knows ``expected_peer`` (and then accepts only that peer),
-        XX otherwise. On failure the stream is closed. ``port`` (the port this side listens on) and
+        XX otherwise, with the Noise ``cipher`` (``"ChaChaPoly"``, or ``"AESGCM"`` for a peer that
+        asked for it: see :func:`choose_cipher`); a responder takes either. On failure the stream
+        is closed. ``port`` (the port this side listens on) and
         ``use`` (``"control"`` or ``"stream"``) travel in the hello's extension keys. A responder
         given ``preamble_timeout`` gives up on a peer that has not sent its preamble by then (a
         silent connection holds a slot for seconds, not the whole handshake timeout).
@@ -194,10 +228,14 @@ class SecureChannel(anyio.abc.AsyncResource):
         :raises HandshakeError: when the handshake fails, proves another id, or takes longer than
             ``handshake_timeout`` seconds.
         :raises PeerUnreachable: when the stream breaks or closes during the handshake.
-        :raises ValueError: when ``nickname`` or ``endpoint_name`` is over 255 characters.
+        :raises ValueError: when ``nickname`` or ``endpoint_name`` is over 255 characters, or
+            ``cipher`` is not one of ``"ChaChaPoly"`` and ``"AESGCM"``.
 
         If cancelled, the stream is closed and nothing is left behind.
         """
+        if cipher not in CIPHERS:
+            await anyio.aclose_forcefully(stream)
+            raise ValueError(f"cipher must be one of {', '.join(CIPHERS)}, not {cipher!r}")
         check_text(nickname, "nickname")
         check_text(endpoint_name, "endpoint name")
         if use not in (messages.USE_CONTROL, messages.USE_STREAM):
@@ -209,6 +247,7 @@ class SecureChannel(anyio.abc.AsyncResource):
             port=port,
             use=use,
             ts=STAMPS.next() if initiator else None,  # lets the responder refuse a replayed IK message 1
+            ciphers=wanted_ciphers(),
         )
         now = anyio.current_time()
         try:
@@ -221,6 +260,7 @@ class SecureChannel(anyio.abc.AsyncResource):
                     expected_id=expected,
                     handshake_timeout=handshake_timeout,
                     scratch=_SCRATCH.buffer,
+                    cipher=cipher,
                 )
             else:
                 conn = Connection.respond(
@@ -475,14 +515,15 @@ async def dial(
     use: str = messages.USE_CONTROL,
     local_host: str = "",
     relayed: bool = False,
+    cipher: str = "ChaChaPoly",
 ) -> SecureChannel:
     """Connect to ``host:port`` over ``network`` and run the handshake: the one dial path.
 
     ``timeout`` bounds the connect and the handshake together. The stream is closed when the
     handshake fails or is cancelled (:meth:`SecureChannel.wrap`). ``port_hint`` (the port this
-    side listens on) and ``use`` travel in the hello. With ``relayed``, ``host:port`` is a relay
-    that ``peer_id`` keeps a reservation on, and the channel runs through it
-    (:mod:`peerkit.net.relay`).
+    side listens on) and ``use`` travel in the hello; ``cipher`` is the Noise cipher. With
+    ``relayed``, ``host:port`` is a relay that ``peer_id`` keeps a reservation on, and the channel
+    runs through it (:mod:`peerkit.net.relay`).
 
     :raises PeerUnreachable: when no connection can be made in time, or it breaks.
     :raises HandshakeError: when the handshake fails, is not done in time, or the peer is not
@@ -510,6 +551,7 @@ async def dial(
         handshake_timeout=max(timeout - (anyio.current_time() - start), 0.001),
         port=port_hint,
         use=use,
+        cipher=cipher,
     )
 
 
@@ -522,19 +564,26 @@ async def connect(
     nickname: str = "",
     endpoint_name: str = "",
     timeout: float = HANDSHAKE_TIMEOUT,
+    cipher: str = "ChaChaPoly",
 ) -> SecureChannel:
     """Dial ``host:port`` over TCP and run the handshake (IK when ``peer_id`` is given, else XX).
 
-    ``timeout`` bounds the whole dial: TCP connect and handshake together.
+    ``timeout`` bounds the whole dial: TCP connect and handshake together. ``cipher`` is the
+    Noise cipher function: ``"ChaChaPoly"``, which every peer takes, or ``"AESGCM"``, which
+    peerkit's listeners take too (several times faster where both CPUs have AES instructions;
+    an implementation of the protocol's fixed part alone refuses it): :func:`choose_cipher`
+    picks it for a peer from the hello of a channel to it.
 
     :raises PeerUnreachable: when no TCP connection can be made in time, or it breaks.
     :raises HandshakeError: when the handshake fails, is not done in time, or the peer is not
         ``peer_id``.
-    :raises ValueError: when ``host``, ``port`` or a name is invalid.
+    :raises ValueError: when ``host``, ``port``, a name or ``cipher`` is invalid.
     :raises TypeError: when ``identity`` is not an :class:`~peerkit.Identity` or ``peer_id`` not a
         :class:`~peerkit.PeerId`.
     """
     EndPoint(host, port)  # validates host and port
+    if cipher not in CIPHERS:
+        raise ValueError(f"cipher must be one of {', '.join(CIPHERS)}, not {cipher!r}")
     check_identity(identity)
     if peer_id is not None:
         check_peer_id(peer_id)
@@ -549,6 +598,7 @@ async def connect(
         nickname=nickname,
         endpoint_name=endpoint_name,
         timeout=timeout,
+        cipher=cipher,
     )
 
 
@@ -689,7 +739,7 @@ class ChannelListener(anyio.abc.AsyncResource):
             return
         peer = channel.peer
         if (
-            channel.protocol == PROTOCOL_IK
+            channel.protocol.startswith("Noise_IK_")  # (either cipher)
             and peer.ts is not None
             and not self._replays.fresh(
                 peer.id.key, peer.ts, kept=self.is_contact is not None and self.is_contact(peer.id)

@@ -24,7 +24,7 @@ from peerkit.clock import Clock
 from peerkit.errors import NotRunning, PeerkitError, PeerUnreachable, ProtocolError
 from peerkit.identity import Identity, PeerId, check_peer_id
 from peerkit.model import EndPoint
-from peerkit.net.channel import SecureChannel, dial, tell_refusals
+from peerkit.net.channel import SecureChannel, choose_cipher, dial, tell_refusals
 from peerkit.net.control import ControlChannel, Handler, KeepaliveClock, KeepalivePolicy, NoticeHandler
 from peerkit.net.transport import ON_LINK, Transport, is_public
 from peerkit.peers import Peer, PeerOps
@@ -418,8 +418,16 @@ class Connections:
             finally:
                 self._ended(control)
 
+    def cipher_for(self, peer_id: PeerId | None, use: str) -> str:
+        """The Noise cipher for a new channel to ``peer_id``: for a stream, the one the hello of a
+        control channel to it asked for, when this node wants it too (AESGCM, where both CPUs
+        have AES instructions); else ChaChaPoly."""
+        controls = self._controls.get(peer_id) if use == USE_STREAM and peer_id is not None else None
+        return choose_cipher(controls[0].channel.peer) if controls else "ChaChaPoly"
+
     async def connect(self, peer_id: PeerId | None, endpoint: EndPoint, *, use: str) -> SecureChannel:
-        """A new secure channel to ``endpoint`` (``use`` is ``"control"`` or ``"stream"``).
+        """A new secure channel to ``endpoint`` (``use`` is ``"control"`` or ``"stream"``; the
+        cipher is :meth:`cipher_for`'s).
 
         :raises PeerUnreachable: when nothing answers in time.
         :raises HandshakeError: when the handshake fails or the peer is not ``peer_id``.
@@ -438,6 +446,7 @@ class Connections:
             use=use,
             local_host=hello.endpoint.host,
             relayed=endpoint.relay is not None,
+            cipher=self.cipher_for(peer_id, use),
         )
 
     async def handshake(self, stream: anyio.abc.ByteStream, peer_id: PeerId, *, use: str) -> SecureChannel:
@@ -458,6 +467,7 @@ class Connections:
             handshake_timeout=self._handshake_timeout,
             port=hello.endpoint.port,
             use=use,
+            cipher=self.cipher_for(peer_id, use),
         )
 
     def take_dialled(self, channel: SecureChannel, endpoint: EndPoint) -> ControlChannel:

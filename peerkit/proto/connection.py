@@ -28,6 +28,7 @@ from peerkit.proto.messages import Hello
 from peerkit.proto.noise import CipherState, HandshakeState
 
 __all__ = (
+    "CIPHERS",
     "HANDSHAKE_TIMEOUT",
     "PREAMBLE_PREFIX",
     "PROTOCOL_IK",
@@ -43,10 +44,23 @@ __all__ = (
 
 PROTOCOL_XX: Final = "Noise_XX_25519_ChaChaPoly_BLAKE2b"
 PROTOCOL_IK: Final = "Noise_IK_25519_ChaChaPoly_BLAKE2b"
+#: The Noise cipher functions a connection may run: ChaChaPoly (every implementation's), and
+#: AESGCM, which a responder takes too but an initiator names only to a peer whose hello asked
+#: for it (extension ``"ciphers"``).
+CIPHERS: Final = ("ChaChaPoly", "AESGCM")
 PREAMBLE_PREFIX: Final = b"peerkit/1 "
 #: Seconds a handshake may take, from the connection's creation, unless the caller says otherwise.
 HANDSHAKE_TIMEOUT: Final = 10.0
-_SUPPORTED: Final = {PREAMBLE_PREFIX + p.encode("ascii"): p for p in (PROTOCOL_XX, PROTOCOL_IK)}
+
+
+def _protocol_name(pattern: str, cipher: str) -> str:
+    return f"Noise_{pattern}_25519_{cipher}_BLAKE2b"
+
+
+_SUPPORTED: Final = {
+    PREAMBLE_PREFIX + name.encode("ascii"): name
+    for name in (_protocol_name(pattern, cipher) for cipher in CIPHERS for pattern in ("XX", "IK"))
+}
 
 
 class State(enum.Enum):
@@ -177,20 +191,25 @@ class Connection:
         handshake_timeout: float = HANDSHAKE_TIMEOUT,
         ephemeral: bytes | None = None,
         scratch: bytearray | None = None,
+        cipher: str = "ChaChaPoly",
     ) -> Connection:
         """Start a connection as the dialling side.
 
         With ``expected_id`` (the Ed25519 key of the peer we mean to reach) the handshake is IK and
-        the peer must prove that id; without it, XX, and any id is accepted.
+        the peer must prove that id; without it, XX, and any id is accepted. ``cipher`` is the
+        Noise cipher function, one of :data:`CIPHERS` (name AESGCM only to a peer that asked for
+        it: an implementation of the fixed protocol alone closes the connection).
 
         ``scratch`` is where messages larger than 4 KiB are decrypted (at least 65,519 bytes):
         connections used from one thread may share one, since every value is copied out of it
         before :meth:`receive_data` returns. Without it, a connection makes its own when it first
         needs it, and keeps it.
 
-        :raises ValueError: when ``expected_id`` is not a valid Ed25519 public key, or ``scratch``
-            is too small.
+        :raises ValueError: when ``expected_id`` is not a valid Ed25519 public key, ``scratch``
+            is too small, or ``cipher`` is not one of :data:`CIPHERS`.
         """
+        if cipher not in CIPHERS:
+            raise ValueError(f"cipher must be one of {', '.join(CIPHERS)}, not {cipher!r}")
         conn = cls(
             keys,
             hello,
@@ -202,10 +221,10 @@ class Connection:
             scratch=scratch,
         )
         if expected_id is None:
-            conn.protocol = PROTOCOL_XX
+            conn.protocol = _protocol_name("XX", cipher)
             rs = None
         else:
-            conn.protocol = PROTOCOL_IK
+            conn.protocol = _protocol_name("IK", cipher)
             rs = crypto.ed25519_pk_to_x25519(expected_id)
         preamble = PREAMBLE_PREFIX + conn.protocol.encode("ascii")
         conn._handshake = HandshakeState(

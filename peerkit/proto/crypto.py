@@ -1,14 +1,17 @@
 """The cryptographic primitives of the Noise protocol, on libsodium (through pynacl) and OpenSSL.
 
 This is the only module that calls pynacl's low-level bindings or ``cryptography``. X25519, the
-Ed25519 conversions and the handshake's one-shot encryptions use libsodium; the transport's
-:class:`TransportCipher` uses OpenSSL's ChaCha20-Poly1305 (same bytes, much faster on bulk data).
-It offers exactly what the Noise specification (revision 34, section 4) asks of a DH function, a
-cipher function and a hash function:
+Ed25519 conversions and the handshake's one-shot ChaChaPoly encryptions use libsodium; the
+transport's :class:`TransportCipher` uses OpenSSL's ChaCha20-Poly1305 (same bytes, much faster on
+bulk data), and AESGCM is OpenSSL's throughout. It offers exactly what the Noise specification
+(revision 34, section 4) asks of a DH function, cipher functions and hash functions:
 
 - ``25519``: X25519 (RFC 7748). A DH whose result is all zeros (a low-order public key) is refused.
 - ``ChaChaPoly``: ChaCha20-Poly1305 of RFC 8439 with the 96-bit nonce made of 32 zero bits and the
   64-bit little-endian counter ``n``.
+- ``AESGCM``: AES-256 in GCM with a 128-bit tag, the 96-bit nonce made of 32 zero bits and the
+  64-bit big-endian counter ``n``. Several times faster than ChaChaPoly on bulk data where the CPU
+  has AES instructions (:func:`aes_is_fast`), slower and not constant-time in software elsewhere.
 - ``BLAKE2b`` and ``SHA256``, with HMAC (RFC 2104) and the spec's HKDF built on them.
 """
 
@@ -16,13 +19,15 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import platform
 import struct
 from collections.abc import Callable
-from typing import Final, Protocol, Self
+from typing import ClassVar, Final, NamedTuple, Protocol, Self, TypeVar
 
 import nacl.bindings as _sodium
 import nacl.exceptions
 from cryptography.exceptions import InvalidTag as _OpenSSLInvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM as _AESGCM
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305 as _ChaCha20Poly1305
 from nacl._sodium import ffi as _ffi
 from nacl._sodium import lib as _lib
@@ -30,12 +35,21 @@ from nacl._sodium import lib as _lib
 from peerkit.errors import HandshakeError, ProtocolError
 
 __all__ = (
+    "AESGCM",
+    "CHACHAPOLY",
     "DHLEN",
     "TAGLEN",
+    "AesGcmTransportCipher",
+    "CipherFunction",
     "HashFunction",
     "InvalidTag",
     "LowOrderPoint",
     "TransportCipher",
+    "aes_in_cpuinfo",
+    "aes_is_fast",
+    "aesgcm_decrypt",
+    "aesgcm_encrypt",
+    "cipher_function",
     "decrypt",
     "dh",
     "ed25519_pk_to_x25519",
@@ -52,7 +66,10 @@ TAGLEN: Final = 16
 # X25519 and the handshake's AEAD calls go to libsodium through pynacl's cffi module directly: the
 # public wrappers in nacl.bindings re-check every argument in Python, which doubles the cost of a
 # small message. Every argument is checked here once, where the Noise state machine builds it.
-_nonce = struct.Struct("<4xQ").pack
+_CHACHA_NONCE: Final = struct.Struct("<4xQ")
+_AESGCM_NONCE: Final = struct.Struct(">4xQ")
+_nonce = _CHACHA_NONCE.pack
+_nonce_aesgcm = _AESGCM_NONCE.pack
 _aead_encrypt = _lib.crypto_aead_chacha20poly1305_ietf_encrypt
 _aead_decrypt = _lib.crypto_aead_chacha20poly1305_ietf_decrypt
 # Every buffer is fully written by libsodium before it is read: skip cffi's zero-filling.
@@ -183,17 +200,23 @@ class TransportCipher:
 
     __slots__ = ("_aead", "_used", "key")
 
+    #: OpenSSL's AEAD for the cipher, its nonce from ``n``, and the largest message sealed or
+    #: opened without a context (by libsodium; -1: none).
+    _AEAD: ClassVar[type[_ChaCha20Poly1305] | type[_AESGCM]] = _ChaCha20Poly1305
+    _NONCE: ClassVar[struct.Struct] = _CHACHA_NONCE
+    _CONTEXTLESS: ClassVar[int] = MAX_CONTEXTLESS
+
     def __init__(self, key: bytes) -> None:
         #: The 32-byte key.
         self.key = key
-        self._aead: _ChaCha20Poly1305 | None = None
+        self._aead: _ChaCha20Poly1305 | _AESGCM | None = None
         self._used = False
 
-    def _context(self) -> _ChaCha20Poly1305:
+    def _context(self) -> _ChaCha20Poly1305 | _AESGCM:
         self._used = True
         aead = self._aead
         if aead is None:
-            aead = self._aead = _ChaCha20Poly1305(self.key)
+            aead = self._aead = self._AEAD(self.key)
             _CONTEXTS.take(self, MAX_CONTEXTS)
         return aead
 
@@ -208,35 +231,35 @@ class TransportCipher:
 
     def encrypt(self, n: int, ad: bytes, plaintext: bytes) -> bytes:
         """Ciphertext and tag of ``plaintext`` under nonce ``n``."""
-        if self._aead is None and len(plaintext) <= MAX_CONTEXTLESS:
+        if self._aead is None and len(plaintext) <= self._CONTEXTLESS:
             return encrypt(self.key, n, ad, bytes(plaintext))
-        return self._context().encrypt(_nonce(n), plaintext, ad)
+        return self._context().encrypt(self._NONCE.pack(n), plaintext, ad)
 
     def encrypt_into(self, n: int, ad: bytes, plaintext: bytes, out: bytearray, offset: int) -> None:
         """Write ciphertext and tag of ``plaintext`` into ``out[offset:offset + len(plaintext) + 16]``."""
         size = len(plaintext)
         with memoryview(out) as view:
             into = view[offset : offset + size + TAGLEN]
-            if self._aead is None and size <= MAX_CONTEXTLESS:
+            if self._aead is None and size <= self._CONTEXTLESS:
                 if len(into) != size + TAGLEN:
                     raise ValueError(f"no room for {size + TAGLEN} bytes at {offset} of {len(out)}")
                 _aead_encrypt(
                     _from_buffer(into), _NULL, bytes(plaintext), size, ad, len(ad), _NULL, _nonce(n), self.key
                 )
                 return
-            self._context().encrypt_into(_nonce(n), plaintext, ad, into)
+            self._context().encrypt_into(self._NONCE.pack(n), plaintext, ad, into)
 
     def encrypt_in_place(self, n: int, ad: bytes, buf: bytearray, offset: int, length: int) -> None:
         """Encrypt ``buf[offset:offset + length]`` where it lies, the tag following it in ``buf``."""
         aead = self._context()
+        nonce = self._NONCE.pack(n)
         with memoryview(buf) as view:
-            if _in_place_works():
-                aead.encrypt_into(
-                    _nonce(n), view[offset : offset + length], ad, view[offset : offset + length + TAGLEN]
-                )
+            if _in_place_works(self._AEAD):
+                into = view[offset : offset + length + TAGLEN]
+                aead.encrypt_into(nonce, view[offset : offset + length], ad, into)
             else:  # pragma: no cover - only with a cryptography that refuses overlapping buffers
                 plaintext = bytes(view[offset : offset + length])
-                aead.encrypt_into(_nonce(n), plaintext, ad, view[offset : offset + length + TAGLEN])
+                aead.encrypt_into(nonce, plaintext, ad, view[offset : offset + length + TAGLEN])
 
     def decrypt(self, n: int, ad: bytes, ciphertext: bytes | memoryview) -> bytes:
         """The plaintext of ``ciphertext``.
@@ -245,10 +268,10 @@ class TransportCipher:
         """
         if len(ciphertext) < TAGLEN:
             raise InvalidTag(f"ciphertext is {len(ciphertext)} bytes, shorter than its {TAGLEN}-byte tag")
-        if self._aead is None and len(ciphertext) <= MAX_CONTEXTLESS + TAGLEN:
+        if self._aead is None and len(ciphertext) <= self._CONTEXTLESS + TAGLEN:
             return decrypt(self.key, n, ad, bytes(ciphertext))
         try:
-            return self._context().decrypt(_nonce(n), ciphertext, ad)
+            return self._context().decrypt(self._NONCE.pack(n), ciphertext, ad)
         except _OpenSSLInvalidTag:
             raise InvalidTag(
                 "decryption failed: the message was truncated, altered, or sealed with another key"
@@ -261,35 +284,48 @@ class TransportCipher:
         """
         if len(ciphertext) < TAGLEN:
             raise InvalidTag(f"ciphertext is {len(ciphertext)} bytes, shorter than its {TAGLEN}-byte tag")
-        if self._aead is None and len(ciphertext) <= MAX_CONTEXTLESS + TAGLEN:
+        if self._aead is None and len(ciphertext) <= self._CONTEXTLESS + TAGLEN:
             out[:] = decrypt(self.key, n, ad, bytes(ciphertext))
             return
         try:
-            self._context().decrypt_into(_nonce(n), ciphertext, ad, out)
+            self._context().decrypt_into(self._NONCE.pack(n), ciphertext, ad, out)
         except _OpenSSLInvalidTag:
             raise InvalidTag(
                 "decryption failed: the message was truncated, altered, or sealed with another key"
             ) from None
 
 
-_IN_PLACE: list[bool] = []
+class AesGcmTransportCipher(TransportCipher):
+    """AESGCM with one fixed key, for a CipherState's many transport messages (OpenSSL's, with
+    its context kept as :class:`TransportCipher` keeps one; small messages use it too)."""
+
+    __slots__ = ()
+
+    _AEAD = _AESGCM
+    _NONCE = _AESGCM_NONCE
+    _CONTEXTLESS = -1
 
 
-def _in_place_works() -> bool:
+_IN_PLACE: dict[type, bool] = {}
+
+
+def _in_place_works(kind: type[_ChaCha20Poly1305] | type[_AESGCM]) -> bool:
     """Whether OpenSSL (through ``cryptography``) encrypts correctly with input and output at the
-    same address; checked once, against an out-of-place encryption."""
-    if not _IN_PLACE:
-        aead = _ChaCha20Poly1305(bytes(range(32)))
+    same address; checked once per cipher, against an out-of-place encryption."""
+    works = _IN_PLACE.get(kind)
+    if works is None:
+        aead = kind(bytes(range(32)))
         nonce = bytes(12)
         plaintext = bytes(range(200))
         buf = bytearray(plaintext + bytes(TAGLEN))
         try:
             with memoryview(buf) as view:
                 aead.encrypt_into(nonce, view[:200], b"ad", view)
-            _IN_PLACE.append(bytes(buf) == aead.encrypt(nonce, plaintext, b"ad"))
+            works = bytes(buf) == aead.encrypt(nonce, plaintext, b"ad")
         except (ValueError, TypeError, BufferError):  # pragma: no cover - depends on the version
-            _IN_PLACE.append(False)
-    return _IN_PLACE[0]
+            works = False
+        _IN_PLACE[kind] = works
+    return works
 
 
 def decrypt(key: bytes, n: int, ad: bytes, ciphertext: bytes) -> bytes:
@@ -305,6 +341,84 @@ def decrypt(key: bytes, n: int, ad: bytes, ciphertext: bytes) -> bytes:
     if rc != 0:
         raise InvalidTag("decryption failed: the message was truncated, altered, or sealed with another key")
     return bytes(_buffer(out, size))
+
+
+def aesgcm_encrypt(key: bytes, n: int, ad: bytes, plaintext: bytes) -> bytes:
+    """AESGCM encryption of ``plaintext`` with nonce ``n``; returns ciphertext and tag."""
+    return _AESGCM(key).encrypt(_nonce_aesgcm(n), plaintext, ad)
+
+
+def aesgcm_decrypt(key: bytes, n: int, ad: bytes, ciphertext: bytes) -> bytes:
+    """AESGCM decryption with nonce ``n``.
+
+    :raises InvalidTag: when the ciphertext or the associated data does not authenticate.
+    """
+    if len(ciphertext) < TAGLEN:
+        raise InvalidTag(f"ciphertext is {len(ciphertext)} bytes, shorter than its {TAGLEN}-byte tag")
+    try:
+        return _AESGCM(key).decrypt(_nonce_aesgcm(n), ciphertext, ad)
+    except _OpenSSLInvalidTag:
+        raise InvalidTag(
+            "decryption failed: the message was truncated, altered, or sealed with another key"
+        ) from None
+
+
+class CipherFunction(NamedTuple):
+    """A Noise cipher function: its name in protocol names, one-shot ``ENCRYPT`` and ``DECRYPT``
+    (``(k, n, ad, data)``), and the class that keeps a transport key's state."""
+
+    name: str
+    encrypt: Callable[[bytes, int, bytes, bytes], bytes]
+    decrypt: Callable[[bytes, int, bytes, bytes], bytes]
+    transport: type[TransportCipher]
+
+
+CHACHAPOLY: Final = CipherFunction("ChaChaPoly", encrypt, decrypt, TransportCipher)
+AESGCM: Final = CipherFunction("AESGCM", aesgcm_encrypt, aesgcm_decrypt, AesGcmTransportCipher)
+_CIPHERS: Final = {cipher.name: cipher for cipher in (CHACHAPOLY, AESGCM)}
+_T = TypeVar("_T")
+
+
+def cipher_function(name: str) -> CipherFunction:
+    """Return the cipher function called ``name`` in a Noise protocol name.
+
+    :raises ValueError: when the cipher is not one peerkit implements.
+    """
+    return _named(_CIPHERS, name, "cipher")
+
+
+def _named(table: dict[str, _T], name: str, what: str) -> _T:
+    # The function ``name`` of ``table``, or the error that says which there are.
+    try:
+        return table[name]
+    except KeyError:
+        known = ", ".join(sorted(table))
+        raise ValueError(f"unsupported Noise {what} {name!r}; supported: {known}") from None
+
+
+@functools.cache
+def aes_is_fast() -> bool:
+    """Whether this CPU has AES instructions, so that AESGCM is the faster cipher here (and runs in
+    constant time): the ``aes`` flag of Linux's ``/proc/cpuinfo`` on x86 and Arm; on macOS and
+    Windows, the 64-bit x86 and Arm CPUs they run on have them. False where it cannot be told."""
+    system, machine = platform.system(), platform.machine().lower()
+    if system == "Linux":
+        try:
+            with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
+                return aes_in_cpuinfo(f.read(1 << 20))
+        except OSError:
+            return False
+    return system in ("Darwin", "Windows") and machine in ("x86_64", "amd64", "arm64", "aarch64")
+
+
+def aes_in_cpuinfo(text: str) -> bool:
+    """Whether Linux's ``/proc/cpuinfo`` text lists the ``aes`` flag (x86 ``flags``, Arm
+    ``Features``)."""
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() in ("flags", "Features") and "aes" in value.split():
+            return True
+    return False
 
 
 def ed25519_pk_to_x25519(public: bytes) -> bytes:
@@ -404,8 +518,4 @@ def hash_function(name: str) -> HashFunction:
 
     :raises ValueError: when the hash is not one peerkit implements.
     """
-    try:
-        return _HASHES[name]
-    except KeyError:
-        known = ", ".join(sorted(_HASHES))
-        raise ValueError(f"unsupported Noise hash {name!r}; supported: {known}") from None
+    return _named(_HASHES, name, "hash")

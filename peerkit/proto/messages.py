@@ -425,6 +425,14 @@ class Hello:
     #: Extension ``"ts"``: when the initiator sent it, in nanoseconds since the Unix epoch on its own
     #: clock; a responder refuses an IK message 1 whose ``"ts"`` it has seen (a replay).
     ts: int | None = None
+    #: Extension ``"ciphers"``: the Noise cipher functions the sender would rather be dialled with
+    #: than ChaChaPoly, best first (``("AESGCM",)`` where its CPU has AES instructions).
+    ciphers: tuple[str, ...] = ()
+
+
+#: The most cipher names a hello's ``"ciphers"`` lists, and their longest.
+MAX_HELLO_CIPHERS: Final = 8
+MAX_CIPHER_NAME: Final = 32
 
 
 def encode_hello(hello: Hello) -> bytes:
@@ -436,6 +444,8 @@ def encode_hello(hello: Hello) -> bytes:
         value["use"] = hello.use
     if hello.ts is not None:
         value["ts"] = hello.ts
+    if hello.ciphers:
+        value["ciphers"] = list(hello.ciphers)
     return encode(value)
 
 
@@ -470,4 +480,12 @@ def decode_hello(data: bytes) -> Hello:
     ts = value.get("ts")
     if type(ts) is not int or not 0 <= ts < 1 << 64:
         ts = None
-    return Hello(id=peer_id, nick=fields["nick"], name=fields["name"], port=port, use=use, ts=ts)
+    ciphers = value.get("ciphers")
+    if not (
+        isinstance(ciphers, list)
+        and len(ciphers) <= MAX_HELLO_CIPHERS
+        and all(isinstance(c, str) and len(c) <= MAX_CIPHER_NAME for c in ciphers)
+    ):
+        ciphers = []
+    nick, name = fields["nick"], fields["name"]
+    return Hello(id=peer_id, nick=nick, name=name, port=port, use=use, ts=ts, ciphers=tuple(ciphers))

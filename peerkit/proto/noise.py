@@ -3,7 +3,7 @@
 ``CipherState``, ``SymmetricState`` and ``HandshakeState`` follow sections 5.1 to 5.3 of the
 specification name for name. The handshake is driven by the pattern table below (sections 7.4 and
 7.5: every one-way and interactive base pattern); the functions are DH ``25519``, cipher
-``ChaChaPoly`` and hash ``BLAKE2b`` or ``SHA256``.
+``ChaChaPoly`` or ``AESGCM``, and hash ``BLAKE2b`` or ``SHA256``.
 
     >>> hs = HandshakeState("Noise_XX_25519_ChaChaPoly_BLAKE2b", initiator=True)
     >>> message = hs.write_message(b"")
@@ -21,7 +21,7 @@ from typing import Final, NamedTuple
 
 from peerkit.errors import HandshakeError, ProtocolError
 from peerkit.proto import crypto
-from peerkit.proto.crypto import DHLEN, TAGLEN, HashFunction, InvalidTag
+from peerkit.proto.crypto import DHLEN, TAGLEN, CipherFunction, HashFunction, InvalidTag
 
 __all__ = (
     "MAX_MESSAGE_LEN",
@@ -59,8 +59,8 @@ PATTERNS: Final[dict[str, tuple[tuple[str, ...], tuple[str, ...], tuple[tuple[st
 }
 
 
-def parse_protocol_name(name: str) -> tuple[str, HashFunction]:
-    """Split a protocol name into its handshake pattern and hash function.
+def parse_protocol_name(name: str) -> tuple[str, CipherFunction, HashFunction]:
+    """Split a protocol name into its handshake pattern, cipher function and hash function.
 
     :raises ValueError: when the name is malformed or names something peerkit does not implement.
     :raises TypeError: when ``name`` is not a string.
@@ -75,14 +75,13 @@ def parse_protocol_name(name: str) -> tuple[str, HashFunction]:
         raise ValueError(f"unsupported handshake pattern {pattern!r} in {name!r}")
     if dh_name != "25519":
         raise ValueError(f"unsupported DH function {dh_name!r} in {name!r}; supported: 25519")
-    if cipher_name != "ChaChaPoly":
-        raise ValueError(f"unsupported cipher {cipher_name!r} in {name!r}; supported: ChaChaPoly")
-    return pattern, crypto.hash_function(hash_name)
+    return pattern, crypto.cipher_function(cipher_name), crypto.hash_function(hash_name)
 
 
 class _Protocol(NamedTuple):
     """A parsed protocol name, with what each role must hold before the handshake."""
 
+    cipher: CipherFunction
     hash: HashFunction
     initiator_pre: tuple[str, ...]
     responder_pre: tuple[str, ...]
@@ -93,10 +92,10 @@ class _Protocol(NamedTuple):
 
 @lru_cache(maxsize=64)
 def _protocol(name: str) -> _Protocol:
-    pattern, hash_function = parse_protocol_name(name)
+    pattern, cipher, hash_function = parse_protocol_name(name)
     init_pre, resp_pre, messages = PATTERNS[pattern]
     sends = [any("s" in m for m in messages[side::2]) for side in (0, 1)]
-    return _Protocol(hash_function, init_pre, resp_pre, messages, sends[0], sends[1])
+    return _Protocol(cipher, hash_function, init_pre, resp_pre, messages, sends[0], sends[1])
 
 
 _CACHED_PROLOGUE: Final = 256
@@ -108,7 +107,7 @@ _MAX_OVERHEAD: Final = DHLEN + DHLEN + TAGLEN + TAGLEN
 def _start(protocol_name: str, prologue: bytes) -> tuple[bytes, bytes]:
     """``ck`` and ``h`` after ``InitializeSymmetric(protocol_name)`` and ``MixHash(prologue)``."""
     ss = SymmetricState(protocol_name.encode("ascii"), _protocol(protocol_name).hash)
-    ss.mix_hash(prologue)
+    ss.mix_hash(prologue)  # (the cipher plays no part before the first key)
     return ss.ck, ss.h
 
 
@@ -124,13 +123,18 @@ def _check_key(value: bytes | None, what: str) -> bytes | None:
 
 
 class CipherState:
-    """A key ``k`` (or none) and a 64-bit nonce ``n`` (section 5.1)."""
+    """A key ``k`` (or none) and a 64-bit nonce ``n`` (section 5.1), for the cipher function
+    ``cipher`` (ChaChaPoly unless given)."""
 
-    __slots__ = ("_cipher", "k", "n")
+    __slots__ = ("_cipher", "cipher", "k", "n")
 
-    def __init__(self, k: bytes | None = None, n: int = 0) -> None:
+    def __init__(
+        self, k: bytes | None = None, n: int = 0, cipher: CipherFunction = crypto.CHACHAPOLY
+    ) -> None:
         self.k = k
         self.n = n
+        #: The cipher function.
+        self.cipher = cipher
         self._cipher: crypto.TransportCipher | None = None
 
     def _keyed(self) -> crypto.TransportCipher:
@@ -141,7 +145,7 @@ class CipherState:
             assert k is not None
             if cipher is not None:
                 cipher.release()
-            cipher = self._cipher = crypto.TransportCipher(k)
+            cipher = self._cipher = self.cipher.transport(k)
         return cipher
 
     def release(self) -> None:
@@ -264,7 +268,7 @@ class CipherState:
         """``Rekey()``: replace ``k`` with the first 32 bytes of ENCRYPT(k, maxnonce, zerolen, zeros)."""
         if self.k is None:
             raise ProtocolError("cannot rekey a cipher state that has no key")
-        self.k = crypto.encrypt(self.k, MAX_NONCE, b"", bytes(32))[:32]
+        self.k = self.cipher.encrypt(self.k, MAX_NONCE, b"", bytes(32))[:32]
 
 
 class SymmetricState:
@@ -272,8 +276,10 @@ class SymmetricState:
 
     __slots__ = ("_new", "cipher_state", "ck", "h", "hash")
 
-    def __init__(self, protocol_name: bytes, hash_function: HashFunction) -> None:
-        """``InitializeSymmetric(protocol_name)``."""
+    def __init__(
+        self, protocol_name: bytes, hash_function: HashFunction, cipher: CipherFunction = crypto.CHACHAPOLY
+    ) -> None:
+        """``InitializeSymmetric(protocol_name)``; ``cipher`` is the protocol's cipher function."""
         self.hash = hash_function
         self._new = hash_function.new
         if len(protocol_name) <= hash_function.hashlen:
@@ -282,7 +288,7 @@ class SymmetricState:
             h = hash_function.digest(protocol_name)
         self.h = h
         self.ck = h
-        self.cipher_state = CipherState()
+        self.cipher_state = CipherState(cipher=cipher)
 
     def mix_key(self, input_key_material: bytes) -> None:
         """``MixKey(input_key_material)``."""
@@ -318,7 +324,8 @@ class SymmetricState:
     def split(self) -> tuple[CipherState, CipherState]:
         """``Split()``: the initiator-to-responder and responder-to-initiator CipherStates."""
         temp_k1, temp_k2 = self.hash.hkdf(self.ck, b"", 2)
-        return CipherState(temp_k1[:32]), CipherState(temp_k2[:32])
+        cipher = self.cipher_state.cipher
+        return CipherState(temp_k1[:32], cipher=cipher), CipherState(temp_k2[:32], cipher=cipher)
 
 
 class HandshakeState:
@@ -418,9 +425,9 @@ class HandshakeState:
             ss.hash = proto.hash
             ss._new = proto.hash.new
             ss.ck, ss.h = _start(protocol_name, prologue)
-            ss.cipher_state = CipherState()
+            ss.cipher_state = CipherState(cipher=proto.cipher)
         else:
-            ss = SymmetricState(protocol_name.encode("ascii"), proto.hash)
+            ss = SymmetricState(protocol_name.encode("ascii"), proto.hash, proto.cipher)
             ss.mix_hash(prologue)
         if init_pre or resp_pre:
             for pre, local in ((init_pre, initiator), (resp_pre, not initiator)):
@@ -536,7 +543,7 @@ class HandshakeState:
         # this is the hot path of every connection. Nonces cannot run out within a handshake.
         new = ss._new
         hkdf = ss.hash.hkdf
-        encrypt = crypto.encrypt
+        encrypt = cs.cipher.encrypt
         h = ss.h
         n = cs.n
         parts = []
@@ -599,7 +606,7 @@ class HandshakeState:
         cs = ss.cipher_state
         new = ss._new
         hkdf = ss.hash.hkdf
-        decrypt = crypto.decrypt
+        decrypt = cs.cipher.decrypt
         h = ss.h
         k = cs.k
         n = cs.n

@@ -6,6 +6,7 @@ import contextlib
 import functools
 import gc
 import socket
+import sys
 import time
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -28,7 +29,7 @@ from peerkit import (
     listen,
 )
 from peerkit.net import channel, stamps
-from peerkit.proto import messages
+from peerkit.proto import crypto, messages
 from peerkit.proto.admission import ReplayGuard, Ticket
 from peerkit.proto.connection import Connection, StaticKeys
 from peerkit.proto.framing import encode_frame
@@ -440,13 +441,15 @@ async def test_a_silent_server_fails_the_dial_within_its_timeout(alice: Identity
 
 
 @pytest.mark.network
+@pytest.mark.parametrize("cipher", ["ChaChaPoly", "AESGCM"])
 async def test_a_recorded_ik_message_1_sent_again_never_stands_for_its_sender(
-    alice: Identity, bob: Identity
+    alice: Identity, bob: Identity, cipher: str
 ) -> None:
-    # What an eavesdropper recorded: alice's preamble and IK message 1 to bob, hello stamped.
+    # What an eavesdropper recorded: alice's preamble and IK message 1 to bob, hello stamped (with
+    # either cipher a listener takes).
     hello = messages.Hello(id=alice.id.key, nick="alice", ts=time.time_ns())
     keys = StaticKeys(private=alice.x25519_private, public=alice.x25519_public)
-    recorded = Connection.initiate(keys, hello, now=0.0, expected_id=bob.id.key).data_to_send()
+    recorded = Connection.initiate(keys, hello, now=0.0, expected_id=bob.id.key, cipher=cipher).data_to_send()
     seen: list[PeerInfo] = []
 
     async def handler(channel: SecureChannel) -> None:
@@ -605,3 +608,43 @@ async def test_the_channels_of_a_thread_decrypt_large_messages_into_one_buffer(
         return id(channel._SCRATCH.buffer)
 
     assert await anyio.to_thread.run_sync(elsewhere) not in buffers  # (each thread its own)
+
+
+def test_choose_cipher_takes_the_first_the_peer_asked_for_that_this_side_wants(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def peer(*ciphers: str) -> PeerInfo:
+        return PeerInfo(
+            id=Identity.generate().id, nickname="", endpoint_name="", address=None, ciphers=ciphers
+        )
+
+    monkeypatch.setattr(crypto, "aes_is_fast", lambda: True)
+    assert channel.wanted_ciphers() == ("AESGCM",)
+    assert channel.choose_cipher(peer("AESGCM")) == "AESGCM"
+    assert channel.choose_cipher(peer("Future", "AESGCM")) == "AESGCM"
+    assert channel.choose_cipher(peer("Future")) == "ChaChaPoly"
+    assert channel.choose_cipher(peer()) == "ChaChaPoly"  # (an implementation of the fixed protocol)
+    monkeypatch.setattr(crypto, "aes_is_fast", lambda: False)
+    assert channel.wanted_ciphers() == ()
+    assert channel.choose_cipher(peer("AESGCM")) == "ChaChaPoly"
+
+
+X86_CPUINFO = "processor\t: 0\nflags\t\t: fpu vme sse2 aes avx2 vaes\n\nprocessor\t: 1\nflags\t\t: fpu aes\n"
+ARM_CPUINFO = "processor\t: 0\nFeatures\t: fp asimd evtstrm aes pmull sha1 sha2 crc32\n"
+OLD_CPUINFO = "processor\t: 0\nflags\t\t: fpu vme sse2 ssse3\nmodel name\t: aes-less box\n"
+
+
+def test_aes_instructions_are_read_from_the_cpu_flags() -> None:
+    assert crypto.aes_in_cpuinfo(X86_CPUINFO)
+    assert crypto.aes_in_cpuinfo(ARM_CPUINFO)
+    assert not crypto.aes_in_cpuinfo(OLD_CPUINFO)  # ("aes" in a model name is no flag)
+    assert not crypto.aes_in_cpuinfo("")
+    if sys.platform == "linux":  # this machine's own answer, as the kernel tells it
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
+            flags = {word for line in f if line.startswith(("flags", "Features")) for word in line.split()}
+        assert crypto.aes_is_fast() == ("aes" in flags)
+
+
+async def test_connect_refuses_an_unknown_cipher_by_name(alice: Identity) -> None:
+    with pytest.raises(ValueError, match="cipher must be one of ChaChaPoly, AESGCM, not 'ChaCha20'"):
+        await connect("127.0.0.1", 9, alice, cipher="ChaCha20")

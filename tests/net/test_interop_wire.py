@@ -23,11 +23,20 @@ import pytest
 from noise.connection import Keypair, NoiseConnection
 
 from peerkit import Identity, PeerId, SecureChannel, connect, listen
+from peerkit.net.channel import wanted_ciphers
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.network]
 
 XX = "Noise_XX_25519_ChaChaPoly_BLAKE2b"
 IK = "Noise_IK_25519_ChaChaPoly_BLAKE2b"
+# The same patterns with AESGCM, which peerkit's listeners take and its dialler names when asked.
+XX_AES = "Noise_XX_25519_AESGCM_BLAKE2b"
+IK_AES = "Noise_IK_25519_AESGCM_BLAKE2b"
+PROTOCOLS = [XX, IK, XX_AES, IK_AES]
+
+
+def is_ik(protocol: str) -> bool:
+    return protocol.startswith("Noise_IK_")
 
 
 class Foreign:
@@ -81,11 +90,11 @@ async def initiate(
     noise.set_as_initiator()
     noise.set_prologue(preamble)
     noise.set_keypair_from_private_bytes(Keypair.STATIC, foreign.static)
-    if protocol == IK:
+    if is_ik(protocol):
         noise.set_keypair_from_public_bytes(Keypair.REMOTE_STATIC, responder_static)
     noise.start_handshake()
     await wire.send(preamble)
-    if protocol == XX:
+    if not is_ik(protocol):
         await wire.send(noise.write_message(b""))
         payload = noise.read_message(await wire.receive())
         assert noise.noise_protocol.handshake_state.rs.public_bytes == responder_static
@@ -98,16 +107,17 @@ async def initiate(
     return noise, hello
 
 
-@pytest.mark.parametrize("protocol", [XX, IK])
+@pytest.mark.parametrize("protocol", PROTOCOLS)
 async def test_a_foreign_initiator_talks_to_a_peerkit_listener(protocol: str) -> None:
     server = Identity.generate()
     foreign = Foreign("foreign-client")
     seen: list[tuple[str, dict[str, object]]] = []
 
     async def handler(channel: SecureChannel) -> None:
-        message = await channel.receive()
-        seen.append((channel.peer.nickname, message))
-        await channel.send({"t": "pong", "n": message["n"]})
+        for _ in range(3):
+            message = await channel.receive()
+            seen.append((channel.peer.nickname, message))
+            await channel.send({"t": "pong", "n": message["n"]})
 
     async with await listen(server, nickname="peerkit-server") as listener, anyio.create_task_group() as tg:
         await tg.start(listener.serve, handler)
@@ -116,14 +126,18 @@ async def test_a_foreign_initiator_talks_to_a_peerkit_listener(protocol: str) ->
             noise, hello = await initiate(foreign, wire, protocol, server.x25519_public)
             assert hello["id"] == server.id.key
             assert hello["nick"] == "peerkit-server"
-            await wire.send(noise.encrypt(cbor2.dumps({"t": "ping", "n": 7}, canonical=True)))
-            reply = cbor2.loads(noise.decrypt(await wire.receive()))
-            assert reply == {"t": "pong", "n": 7}
+            # Messages past the nonce 0 (where AESGCM's big-endian nonce differs from a little-endian
+            # one) and larger than peerkit's small-message path.
+            for n in range(3):
+                ping = {"t": "ping", "n": n, "pad": bytes(1000 * n)}
+                await wire.send(noise.encrypt(cbor2.dumps(ping, canonical=True)))
+                reply = cbor2.loads(noise.decrypt(await wire.receive()))
+                assert reply == {"t": "pong", "n": n}
         tg.cancel_scope.cancel()
-    assert seen == [("foreign-client", {"t": "ping", "n": 7})]
+    assert [(nick, m["n"]) for nick, m in seen] == [("foreign-client", n) for n in range(3)]
 
 
-@pytest.mark.parametrize("protocol", [XX, IK])
+@pytest.mark.parametrize("protocol", PROTOCOLS)
 async def test_peerkit_dials_a_foreign_responder(protocol: str) -> None:
     client = Identity.generate()
     foreign = Foreign("foreign-server")
@@ -141,7 +155,7 @@ async def test_peerkit_dials_a_foreign_responder(protocol: str) -> None:
             noise.set_keypair_from_private_bytes(Keypair.STATIC, foreign.static)
             noise.start_handshake()
             payload = noise.read_message(await wire.receive())
-            if protocol == XX:
+            if not is_ik(protocol):
                 assert payload == b""
                 await wire.send(noise.write_message(foreign.hello()))
                 payload = noise.read_message(await wire.receive())
@@ -151,6 +165,7 @@ async def test_peerkit_dials_a_foreign_responder(protocol: str) -> None:
                 await wire.send(noise.write_message(foreign.hello()))
             assert noise.handshake_finished
             got.append(cbor2.loads(noise.decrypt(await wire.receive())))
+            got.append(cbor2.loads(noise.decrypt(await wire.receive())))
             await wire.send(noise.encrypt(cbor2.dumps({"t": "bye"}, canonical=True)))
         done.set()
 
@@ -158,22 +173,30 @@ async def test_peerkit_dials_a_foreign_responder(protocol: str) -> None:
     async with tcp, anyio.create_task_group() as tg:
         tg.start_soon(tcp.serve, serve)
         port = tcp.extra(anyio.abc.SocketAttribute.local_port)
-        peer_id = PeerId(foreign.id) if protocol == IK else None
-        async with await connect("127.0.0.1", port, client, peer_id=peer_id, nickname="pk") as channel:
+        peer_id = PeerId(foreign.id) if is_ik(protocol) else None
+        cipher = protocol.split("_")[3]
+        async with await connect(
+            "127.0.0.1", port, client, peer_id=peer_id, nickname="pk", cipher=cipher
+        ) as channel:
             assert channel.protocol == protocol
+            assert channel.cipher == cipher
             assert channel.peer.id == PeerId(foreign.id)
             assert channel.peer.nickname == "foreign-server"
             assert channel.peer.endpoint_name == "foreign box"
             await channel.send({"t": "hi", "x": b"\x00\x01"})
+            await channel.send({"t": "big", "x": bytes(5000)})
             assert await channel.receive() == {"t": "bye"}
         await done.wait()
         tg.cancel_scope.cancel()
     hello = dict(got[0])
     ts = hello.pop("ts")  # the extension key that lets a responder refuse a replayed IK message 1
+    # The extension key that asks to be dialled with AESGCM, where this CPU has AES instructions.
+    assert hello.pop("ciphers", []) == list(wanted_ciphers())
     assert hello == {"v": 1, "id": client.id.key, "nick": "pk", "name": ""}
     assert isinstance(ts, int)
     assert abs(ts - time.time_ns()) < 60 * 10**9
     assert got[1] == {"t": "hi", "x": b"\x00\x01"}
+    assert got[2] == {"t": "big", "x": bytes(5000)}
 
 
 REGISTERED = uuid.UUID("0b0e5c1a-7c3d-4f2e-9a61-5d3c0c4a1001")

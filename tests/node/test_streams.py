@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import os
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -25,6 +26,7 @@ from peerkit import (
     SecureChannel,
     Subscription,
 )
+from peerkit.proto import crypto
 from peerkit.testing import MemoryNetwork, node_pair, nodes
 
 pytestmark = pytest.mark.anyio
@@ -82,6 +84,47 @@ async def test_echo_and_half_close(where: str) -> None:
         # The stream had its own connection and Noise session.
         control = alice._connections.controls(bob.id)[0]
         assert stream.handshake_hash != control.channel.handshake_hash
+
+
+@pytest.mark.parametrize(
+    ("at_hello", "at_dial", "cipher"),
+    [
+        (True, True, "AESGCM"),
+        (False, False, "ChaChaPoly"),
+        (True, False, "ChaChaPoly"),
+        (False, True, "ChaChaPoly"),
+    ],
+)
+async def test_a_stream_runs_aesgcm_when_both_ends_have_aes_instructions(
+    monkeypatch: pytest.MonkeyPatch, at_hello: bool, at_dial: bool, cipher: str
+) -> None:
+    # Whether "this CPU has AES instructions" when the control channel's hellos are made (bob's
+    # asks for AESGCM or not), then when alice dials the stream (whether she wants it too).
+    monkeypatch.setattr(crypto, "aes_is_fast", lambda: at_hello)
+    payload = os.urandom(300_000)
+    async with pair("127.0.0.1") as (alice, bob):
+        seen: list[str] = []
+
+        @bob.on_stream(CHAT)
+        async def sink(stream: AppStream) -> None:
+            seen.append(stream.protocol)
+            got = bytearray()
+            async for chunk in stream:
+                got += chunk
+            await stream.send(hashlib.sha256(got).digest())
+
+        peer = await alice.peer_at(bob.endpoint.host, bob.endpoint.port)
+        control = alice._connections.controls(bob.id)[0]
+        assert control.channel.peer.ciphers == (("AESGCM",) if at_hello else ())
+        monkeypatch.setattr(crypto, "aes_is_fast", lambda: at_dial)
+        async with await peer.open_stream(CHAT) as stream:
+            await stream.send(payload)
+            await stream.send_eof()
+            with anyio.fail_after(10):
+                assert await stream.receive() == hashlib.sha256(payload).digest()
+        assert stream.protocol == f"Noise_IK_25519_{cipher}_BLAKE2b"
+        assert seen == [stream.protocol]
+        assert control.channel.cipher == "ChaChaPoly"  # (control channels: every peer's cipher)
 
 
 @pytest.mark.parametrize("where", ["memory", "127.0.0.1"])

@@ -49,8 +49,9 @@ def handshake(
     expected: bytes | None = None,
     bytewise: bool = False,
     scratch: bytearray | None = None,
+    cipher: str = "ChaChaPoly",
 ) -> tuple[Connection, Connection, list[Event], list[Event]]:
-    a = Connection.initiate(keys(alice), hello(alice, "alice"), now=0.0, expected_id=expected)
+    a = Connection.initiate(keys(alice), hello(alice, "alice"), now=0.0, expected_id=expected, cipher=cipher)
     b = Connection.respond(keys(bob), hello(bob, "bob"), now=0.0, scratch=scratch)
     a_events: list[Event] = []
     b_events: list[Event] = []
@@ -58,6 +59,28 @@ def handshake(
         b_events += transfer(a, b, bytewise=bytewise)
         a_events += transfer(b, a, bytewise=bytewise)
     return a, b, a_events, b_events
+
+
+@pytest.mark.parametrize("ik", [False, True])
+def test_a_responder_takes_the_aesgcm_protocols_the_initiator_names(
+    alice: Identity, bob: Identity, ik: bool
+) -> None:
+    a, b, a_events, b_events = handshake(alice, bob, expected=bob.id.key if ik else None, cipher="AESGCM")
+    [a_done], [b_done] = a_events, b_events
+    assert isinstance(a_done, HandshakeComplete)
+    assert isinstance(b_done, HandshakeComplete)
+    assert a_done.protocol == b_done.protocol == f"Noise_{'IK' if ik else 'XX'}_25519_AESGCM_BLAKE2b"
+    for n in range(3):  # past nonce 0, small and large
+        for sender, receiver, size in ((a, b, 100 * n), (b, a, 9000 * n)):
+            sender.send_message({"t": "d", "d": bytes(size)})
+            [event] = receiver.receive_data(sender.data_to_send(), 0.0)
+            assert isinstance(event, MessageReceived)
+            assert event.message == {"t": "d", "d": bytes(size)}
+
+
+def test_an_unknown_cipher_is_refused_by_name(alice: Identity) -> None:
+    with pytest.raises(ValueError, match="cipher must be one of ChaChaPoly, AESGCM, not 'AES'"):
+        Connection.initiate(keys(alice), hello(alice, "alice"), now=0.0, cipher="AES")
 
 
 @pytest.mark.parametrize("bytewise", [False, True])

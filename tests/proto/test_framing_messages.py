@@ -173,6 +173,18 @@ def test_hello_extension_keys() -> None:
         assert messages.decode_hello(messages.encode({**base, "use": use})).use == messages.USE_CONTROL
 
 
+def test_the_hello_ciphers_extension_travels_and_a_bad_one_is_ignored() -> None:
+    hello = messages.Hello(id=bytes(32), ciphers=("AESGCM", "Future"))
+    assert messages.decode(messages.encode_hello(hello))["ciphers"] == ["AESGCM", "Future"]
+    assert messages.decode_hello(messages.encode_hello(hello)) == hello
+    assert "ciphers" not in messages.decode(messages.encode_hello(messages.Hello(id=bytes(32))))
+    base = {"v": 1, "id": bytes(32)}
+    too_many = ["AESGCM"] * (messages.MAX_HELLO_CIPHERS + 1)
+    too_long = ["A" * (messages.MAX_CIPHER_NAME + 1)]
+    for bad in ("AESGCM", ["AESGCM", 1], [b"AESGCM"], too_many, too_long, None, {"AESGCM": 1}):
+        assert messages.decode_hello(messages.encode({**base, "ciphers": bad})).ciphers == ()
+
+
 def test_encoding_is_deterministic() -> None:
     a = messages.encode({"b": 1, "a": [b"x", "y"], "aa": None})
     b = messages.encode({"aa": None, "a": [b"x", "y"], "b": 1})

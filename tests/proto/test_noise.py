@@ -190,7 +190,7 @@ def test_rekey_changes_the_key_on_both_sides() -> None:
     ("kwargs", "error", "match"),
     [
         ({"protocol_name": "Noise_XX_448_ChaChaPoly_BLAKE2b"}, ValueError, "unsupported DH"),
-        ({"protocol_name": "Noise_XX_25519_AESGCM_BLAKE2b"}, ValueError, "unsupported cipher"),
+        ({"protocol_name": "Noise_XX_25519_AESGCMSIV_BLAKE2b"}, ValueError, "unsupported Noise cipher"),
         ({"protocol_name": "Noise_XX_25519_ChaChaPoly_SHA512"}, ValueError, "unsupported Noise hash"),
         (
             {"protocol_name": "Noise_XXpsk3_25519_ChaChaPoly_BLAKE2b"},
@@ -246,10 +246,11 @@ def _theirs(name: str, initiator: bool, s: bytes, rs: bytes | None) -> NoiseConn
 
 
 @pytest.mark.parametrize("pattern", ["XX", "IK"])
+@pytest.mark.parametrize("cipher", ["ChaChaPoly", "AESGCM"])
 @pytest.mark.parametrize("hash_name", ["BLAKE2b", "SHA256"])
 @pytest.mark.parametrize("we_initiate", [True, False])
-def test_interop_with_noiseprotocol(pattern: str, hash_name: str, we_initiate: bool) -> None:
-    name = f"Noise_{pattern}_25519_ChaChaPoly_{hash_name}"
+def test_interop_with_noiseprotocol(pattern: str, cipher: str, hash_name: str, we_initiate: bool) -> None:
+    name = f"Noise_{pattern}_25519_{cipher}_{hash_name}"
     s_init, s_resp = os.urandom(32), os.urandom(32)
     rs = public_key(s_resp) if pattern == "IK" else None
     if we_initiate:
@@ -271,9 +272,21 @@ def test_interop_with_noiseprotocol(pattern: str, hash_name: str, we_initiate: b
     assert ours.handshake_hash == theirs.get_handshake_hash()
     c1, c2 = ours.split()
     send, recv = (c1, c2) if we_initiate else (c2, c1)
-    for i in range(3):
-        assert theirs.decrypt(send.encrypt_with_ad(b"", b"ours %d" % i)) == b"ours %d" % i
-        assert recv.decrypt_with_ad(b"", theirs.encrypt(b"theirs %d" % i)) == b"theirs %d" % i
+    # Small messages, and messages large enough for the transport's OpenSSL path, each way; then
+    # both directions rekeyed (the cipher's ENCRYPT at the largest nonce).
+    for i, size in enumerate((0, 5, 300, 65535 - 16)):
+        mine, yours = bytes([i]) * size, bytes([i + 100]) * size
+        assert theirs.decrypt(send.encrypt_with_ad(b"", mine)) == mine
+        assert recv.decrypt_with_ad(b"", theirs.encrypt(yours)) == yours
+    send.rekey()
+    recv.rekey()
+    theirs.rekey_inbound_cipher()
+    theirs.rekey_outbound_cipher()
+    buf = bytearray(b"after rekey" + bytes(16))
+    send.encrypt_with_ad_in_place(b"", buf, 0, 11)
+    assert theirs.decrypt(bytes(buf)) == b"after rekey"
+    out = bytearray(100)
+    assert bytes(recv.decrypt_with_ad_into(b"", theirs.encrypt(b"and back"), out)) == b"and back"
 
 
 def test_in_place_transport_variants_match_the_plain_ones() -> None:
