@@ -31,7 +31,7 @@ from peerkit.net.channel import _READ_SIZE as READ_SIZE  # the same reads as Sec
 from peerkit.net.channel import SecureChannel, connect, listen, wanted_ciphers
 
 NAME = "channel"
-ROUNDS = 15
+ROUNDS = 10
 PIECE = 65519 - 13  # data bytes in the largest message {"t": "d", "d": ...}
 Setup = Callable[[str, int, Identity], Awaitable[float]]
 #: The cipher an application stream between two nodes here runs (what both would ask for).
