@@ -38,7 +38,6 @@ from peerkit.proto.admission import (
     source_of,
 )
 from peerkit.proto.connection import (
-    CIPHERS,
     HANDSHAKE_TIMEOUT,
     MAX_PLAINTEXT,
     Connection,
@@ -46,6 +45,7 @@ from peerkit.proto.connection import (
     MessageReceived,
     State,
     StaticKeys,
+    check_cipher,
 )
 from peerkit.proto.framing import MAX_FRAME, encode_frame
 from peerkit.sync import Lock
@@ -233,9 +233,6 @@ class SecureChannel(anyio.abc.AsyncResource):
 
         If cancelled, the stream is closed and nothing is left behind.
         """
-        if cipher not in CIPHERS:
-            await anyio.aclose_forcefully(stream)
-            raise ValueError(f"cipher must be one of {', '.join(CIPHERS)}, not {cipher!r}")
         check_text(nickname, "nickname")
         check_text(endpoint_name, "endpoint name")
         if use not in (messages.USE_CONTROL, messages.USE_STREAM):
@@ -582,8 +579,7 @@ async def connect(
         :class:`~peerkit.PeerId`.
     """
     EndPoint(host, port)  # validates host and port
-    if cipher not in CIPHERS:
-        raise ValueError(f"cipher must be one of {', '.join(CIPHERS)}, not {cipher!r}")
+    check_cipher(cipher)  # (before any connection is made)
     check_identity(identity)
     if peer_id is not None:
         check_peer_id(peer_id)

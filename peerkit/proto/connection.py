@@ -40,6 +40,7 @@ __all__ = (
     "MessageReceived",
     "State",
     "StaticKeys",
+    "check_cipher",
 )
 
 PROTOCOL_XX: Final = "Noise_XX_25519_ChaChaPoly_BLAKE2b"
@@ -51,6 +52,15 @@ CIPHERS: Final = ("ChaChaPoly", "AESGCM")
 PREAMBLE_PREFIX: Final = b"peerkit/1 "
 #: Seconds a handshake may take, from the connection's creation, unless the caller says otherwise.
 HANDSHAKE_TIMEOUT: Final = 10.0
+
+
+def check_cipher(cipher: str) -> None:
+    """Check that ``cipher`` is one a connection may run.
+
+    :raises ValueError: when it is not one of :data:`CIPHERS`.
+    """
+    if cipher not in CIPHERS:
+        raise ValueError(f"cipher must be one of {', '.join(CIPHERS)}, not {cipher!r}")
 
 
 def _protocol_name(pattern: str, cipher: str) -> str:
@@ -208,8 +218,7 @@ class Connection:
         :raises ValueError: when ``expected_id`` is not a valid Ed25519 public key, ``scratch``
             is too small, or ``cipher`` is not one of :data:`CIPHERS`.
         """
-        if cipher not in CIPHERS:
-            raise ValueError(f"cipher must be one of {', '.join(CIPHERS)}, not {cipher!r}")
+        check_cipher(cipher)
         conn = cls(
             keys,
             hello,

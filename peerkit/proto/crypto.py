@@ -91,6 +91,10 @@ class InvalidTag(ProtocolError):
     """A ciphertext failed authentication: it was truncated, altered, or made with another key."""
 
 
+#: What :class:`InvalidTag` says when a ciphertext does not authenticate.
+_TAMPERED: Final = "decryption failed: the message was truncated, altered, or sealed with another key"
+
+
 class LowOrderPoint(HandshakeError):
     """A Diffie-Hellman public key is of low order, so the shared secret would be all zeros."""
 
@@ -273,9 +277,7 @@ class TransportCipher:
         try:
             return self._context().decrypt(self._NONCE.pack(n), ciphertext, ad)
         except _OpenSSLInvalidTag:
-            raise InvalidTag(
-                "decryption failed: the message was truncated, altered, or sealed with another key"
-            ) from None
+            raise InvalidTag(_TAMPERED) from None
 
     def decrypt_into(self, n: int, ad: bytes, ciphertext: bytes | memoryview, out: memoryview) -> None:
         """Write the plaintext of ``ciphertext`` into ``out``, which is exactly its size.
@@ -290,9 +292,7 @@ class TransportCipher:
         try:
             self._context().decrypt_into(self._NONCE.pack(n), ciphertext, ad, out)
         except _OpenSSLInvalidTag:
-            raise InvalidTag(
-                "decryption failed: the message was truncated, altered, or sealed with another key"
-            ) from None
+            raise InvalidTag(_TAMPERED) from None
 
 
 class AesGcmTransportCipher(TransportCipher):
@@ -339,7 +339,7 @@ def decrypt(key: bytes, n: int, ad: bytes, ciphertext: bytes) -> bytes:
     out = _new("unsigned char[]", size or 1)
     rc = _aead_decrypt(out, _NULL, _NULL, ciphertext, len(ciphertext), ad, len(ad), _nonce(n), key)
     if rc != 0:
-        raise InvalidTag("decryption failed: the message was truncated, altered, or sealed with another key")
+        raise InvalidTag(_TAMPERED)
     return bytes(_buffer(out, size))
 
 
@@ -358,9 +358,7 @@ def aesgcm_decrypt(key: bytes, n: int, ad: bytes, ciphertext: bytes) -> bytes:
     try:
         return _AESGCM(key).decrypt(_nonce_aesgcm(n), ciphertext, ad)
     except _OpenSSLInvalidTag:
-        raise InvalidTag(
-            "decryption failed: the message was truncated, altered, or sealed with another key"
-        ) from None
+        raise InvalidTag(_TAMPERED) from None
 
 
 class CipherFunction(NamedTuple):
