@@ -6,6 +6,7 @@ import argparse
 import json
 import platform
 import sys
+import time
 from typing import Any
 
 from rich.console import Console
@@ -88,13 +89,16 @@ def main(argv: list[str] | None = None) -> int:
     console = Console(width=None if sys.stdout.isatty() else 150)
     results: list[Result] = []
     skipped: list[Skipped] = []
+    seconds: dict[str, float] = {}  # each family's wall-clock time, setup included
     with Bar(console=console, transient=True, disable=not console.is_terminal) as bar:
         for module in selected:
             task = bar.add_task(
                 module.NAME, total=module.STEPS // (5 if args.quick else 1) * (2 if args.quick else 1)
             )
+            start = time.monotonic()
             for row in module.run(lambda task=task: bar.advance(task), quick=args.quick):
                 (skipped if isinstance(row, Skipped) else results).append(row)
+            seconds[module.NAME] = round(time.monotonic() - start, 1)
 
     table = Table(
         title="peerkit benchmarks (medians over interleaved rounds; ratio = median of per-round ratios)"
@@ -117,6 +121,11 @@ def main(argv: list[str] | None = None) -> int:
     for s in skipped:
         table.add_row(s.benchmark, s.figure, "", s.reference, f"skipped: {s.reason}", "", "")
     console.print(table)
+    slowest = sorted(seconds.items(), key=lambda item: -item[1])[:5]
+    console.print(
+        f"{sum(seconds.values()) / 60:.1f} min in all; the longest: "
+        + ", ".join(f"{name} {value:.0f} s" for name, value in slowest)
+    )
     if args.json:
         with open(args.json, "w") as f:
             json.dump(
@@ -125,6 +134,7 @@ def main(argv: list[str] | None = None) -> int:
                     "machine": platform.machine(),
                     "results": [r.as_dict() for r in results],
                     "skipped": [s.as_dict() for s in skipped],
+                    "seconds": seconds,
                 },
                 f,
                 indent=2,

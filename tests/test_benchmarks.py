@@ -78,6 +78,10 @@ def test_every_benchmark_runs_and_writes_json(tmp_path: Path) -> None:
         assert row["reference_value"] >= floor
         assert row["ratio"] > 0
     assert "peerkit benchmarks" in result.stdout
+    # Every family's time (what keeps a full run's length in view), and their sum in the output.
+    assert set(report["seconds"]) == expected | {"peers", "wormhole"}
+    assert all(seconds >= 0 for seconds in report["seconds"].values())
+    assert f"{sum(report['seconds'].values()) / 60:.1f} min in all" in result.stdout
     # The plots: one per family that has figures, and the latency percentiles.
     drawn = {p.stem for p in (tmp_path / "plots").glob("*.png")}
     assert drawn == {b for b, _ in names} | {"latency"}
