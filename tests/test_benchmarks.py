@@ -68,6 +68,12 @@ def test_every_benchmark_runs_and_writes_json(tmp_path: Path) -> None:
     # (nat needs root, nft and miniupnpd: CI has them; elsewhere it may be skipped with a note)
     assert got == expected or (not os.environ.get("CI") and got == expected - {"nat"})
     assert ("handshake", "noiseprotocol") in names
+    figures = {(r["benchmark"], r["figure"]) for r in report["results"]}
+    for two_processes in (
+        "SecureChannel MB/s, one process per peer",
+        "application stream MB/s, one process per node",
+    ):
+        assert any(figure.startswith(two_processes) for _, figure in figures), two_processes
     assert ("handshake", "all the spec's crypto (the floor, 62 hashes, 4 AEAD)") in names
     assert ("dht", "bittorrent-dht") in names or not os.environ.get("CI")  # node is there in CI
     for row in report["results"]:
