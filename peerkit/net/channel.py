@@ -339,6 +339,15 @@ class SecureChannel(anyio.abc.AsyncResource):
         are copied once, into the frame."""
         await self._send(self._conn.send_parts, parts)
 
+    async def send_many(self, batch: list[list[bytes | memoryview]]) -> None:
+        """Send several already-encoded messages, each given as pieces, in one write (see
+        :meth:`send_parts`): a bulk sender's messages leave in as few writes and TCP segments
+        as the socket takes them.
+
+        :raises ValueError: when a message is empty or exceeds 65519 bytes (none is sent then).
+        """
+        await self._send(self._conn.send_many, batch)
+
     def try_send_encoded(self, plaintext: bytes) -> bool:
         """Send one CBOR-encoded message now, without waiting, if the stream can take it at once
         (a stream with ``send_ready()`` and ``send_nowait()``, not congested, no send under way).

@@ -13,6 +13,7 @@ import contextlib
 import functools
 import logging
 import uuid
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Final, TypeVar
@@ -21,10 +22,10 @@ import anyio
 import anyio.abc
 
 from peerkit.clock import Clock
-from peerkit.errors import NotRunning, PeerkitError, PeerUnreachable, ProtocolError
+from peerkit.errors import HandshakeError, NotRunning, PeerkitError, PeerUnreachable, ProtocolError
 from peerkit.identity import Identity, PeerId, check_peer_id
 from peerkit.model import EndPoint
-from peerkit.net.channel import SecureChannel, choose_cipher, dial, tell_refusals
+from peerkit.net.channel import PeerInfo, SecureChannel, choose_cipher, dial, tell_refusals
 from peerkit.net.control import ControlChannel, Handler, KeepaliveClock, KeepalivePolicy, NoticeHandler
 from peerkit.net.transport import ON_LINK, Transport, is_public
 from peerkit.peers import Peer, PeerOps
@@ -35,6 +36,7 @@ from peerkit.proto.requests import BadRequest, ErrorCode, decode_stream_request,
 from peerkit.sync import Flag, TaskSet
 
 __all__ = (
+    "CIPHERS_REMEMBERED",
     "LOOKUP_AFTER",
     "MAX_CHANNELS_PER_PEER",
     "STAGGER",
@@ -51,6 +53,11 @@ log = logging.getLogger(__name__)
 
 #: Control channels one peer may have open to this node at a time; more are closed at once.
 MAX_CHANNELS_PER_PEER: Final = 8
+
+#: Peers whose stream cipher (AESGCM, asked for in a hello of theirs) a node remembers once their
+#: channels closed, the most recently heard kept: its next stream to one of them runs that cipher
+#: though no control channel is open to tell it (e.g. streams opened again and again to a peer).
+CIPHERS_REMEMBERED: Final = 1024
 
 #: Gives an open control channel to a peer (dialling one when needed).
 Route = Callable[[], Awaitable[ControlChannel]]
@@ -242,6 +249,8 @@ class Connections:
         #: reachability pass looks at: none on a LAN, however many channels are open).
         self._public: dict[ControlChannel, None] = {}
         self._dials: dict[tuple[PeerId | None, EndPoint], _Dial] = {}
+        #: The cipher a stream to each peer runs, from the hellos it sent (CIPHERS_REMEMBERED).
+        self._ciphers: OrderedDict[PeerId, str] = OrderedDict()
         self._tg: anyio.abc.TaskGroup | None = None
         self._links: TaskSet | None = None  # the dialled channels' tasks (in the node's group)
         self._clock: KeepaliveClock | None = None
@@ -281,6 +290,7 @@ class Connections:
         self._controls.clear()
         self._public.clear()
         self._dials.clear()
+        self._ciphers.clear()
         self._tg = self._hello = self._clock = self._links = None
 
     # -- what there is -----------------------------------------------------------------------
@@ -420,18 +430,48 @@ class Connections:
 
     def cipher_for(self, peer_id: PeerId | None, use: str) -> str:
         """The Noise cipher for a new channel to ``peer_id``: for a stream, the one the hello of a
-        control channel to it asked for, when this node wants it too (AESGCM, where both CPUs
-        have AES instructions); else ChaChaPoly."""
-        controls = self._controls.get(peer_id) if use == USE_STREAM and peer_id is not None else None
-        return choose_cipher(controls[0].channel.peer) if controls else "ChaChaPoly"
+        control channel to it asked for (or, with none open, the last hello heard from it), when
+        this node wants it too (AESGCM, where both CPUs have AES instructions); else ChaChaPoly."""
+        if use != USE_STREAM or peer_id is None:
+            return "ChaChaPoly"
+        controls = self._controls.get(peer_id)
+        if controls:
+            return choose_cipher(controls[0].channel.peer)
+        return self._ciphers.get(peer_id, "ChaChaPoly")
+
+    def _heard(self, peer: PeerInfo) -> None:
+        # A peer's hello, authenticated: remember the cipher a stream to it would run.
+        cipher = choose_cipher(peer)
+        if cipher == "ChaChaPoly":
+            self._ciphers.pop(peer.id, None)
+            return
+        self._ciphers[peer.id] = cipher
+        self._ciphers.move_to_end(peer.id)
+        if len(self._ciphers) > CIPHERS_REMEMBERED:
+            self._ciphers.popitem(last=False)
 
     async def connect(self, peer_id: PeerId | None, endpoint: EndPoint, *, use: str) -> SecureChannel:
         """A new secure channel to ``endpoint`` (``use`` is ``"control"`` or ``"stream"``; the
-        cipher is :meth:`cipher_for`'s).
+        cipher is :meth:`cipher_for`'s: when a remembered one fails the handshake, the peer
+        changed since, and ChaChaPoly is tried once more).
 
         :raises PeerUnreachable: when nothing answers in time.
         :raises HandshakeError: when the handshake fails or the peer is not ``peer_id``.
         """
+        cipher = self.cipher_for(peer_id, use)
+        try:
+            channel = await self._dial_with(peer_id, endpoint, use, cipher)
+        except HandshakeError:
+            if cipher == "ChaChaPoly" or peer_id is None or self._controls.get(peer_id):
+                raise
+            self._ciphers.pop(peer_id, None)
+            channel = await self._dial_with(peer_id, endpoint, use, "ChaChaPoly")
+        self._heard(channel.peer)
+        return channel
+
+    async def _dial_with(
+        self, peer_id: PeerId | None, endpoint: EndPoint, use: str, cipher: str
+    ) -> SecureChannel:
         hello = self._me()
         return await dial(
             self._network,
@@ -446,7 +486,7 @@ class Connections:
             use=use,
             local_host=hello.endpoint.host,
             relayed=endpoint.relay is not None,
-            cipher=self.cipher_for(peer_id, use),
+            cipher=cipher,
         )
 
     async def handshake(self, stream: anyio.abc.ByteStream, peer_id: PeerId, *, use: str) -> SecureChannel:
@@ -457,7 +497,7 @@ class Connections:
         :raises PeerUnreachable: when the stream breaks during the handshake.
         """
         hello = self._me()
-        return await SecureChannel.wrap(
+        channel = await SecureChannel.wrap(
             stream,
             hello.identity,
             initiator=True,
@@ -469,6 +509,8 @@ class Connections:
             use=use,
             cipher=self.cipher_for(peer_id, use),
         )
+        self._heard(channel.peer)
+        return channel
 
     def take_dialled(self, channel: SecureChannel, endpoint: EndPoint) -> ControlChannel:
         """Keep and run a control channel this node dialled by other means (a punched hole to
@@ -554,6 +596,7 @@ class Connections:
         peer = channel.peer
         if peer.id == self._me().identity.id:
             return False
+        self._heard(peer)
         stream = peer.use == USE_STREAM
         if not stream and self.channels(peer.id) >= MAX_CHANNELS_PER_PEER:
             self._refused(f"over {MAX_CHANNELS_PER_PEER} control channels from one peer")

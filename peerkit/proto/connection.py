@@ -17,7 +17,7 @@ connection is :attr:`State.CLOSED` and its transport must be closed.
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -322,7 +322,7 @@ class Connection:
             return
         self.send_parts(parts)
 
-    def send_parts(self, parts: list[bytes] | list[bytes | memoryview]) -> None:
+    def send_parts(self, parts: Sequence[bytes | memoryview]) -> None:
         """Queue one already-encoded transport message given as pieces to be joined.
 
         The pieces are written straight into the frame and encrypted where they lie, so large
@@ -331,15 +331,40 @@ class Connection:
         :raises RuntimeError: when the connection is not open.
         :raises ValueError: when the message is empty or larger than one frame can carry.
         """
-        length = sum(len(part) for part in parts)
-        cipher, frame = self._new_frame(length)
-        pos = 2
-        for part in parts:
-            end = pos + len(part)
-            frame[pos:end] = part
-            pos = end
-        cipher.encrypt_with_ad_in_place(b"", frame, 2, length)
-        self._buffer.append(frame)
+        self.send_many((parts,))
+
+    def send_many(self, batch: Sequence[Sequence[bytes | memoryview]]) -> None:
+        """Queue several already-encoded transport messages, each given as pieces, as frames in
+        one buffer: :meth:`data_to_send` hands them to the transport in one write.
+
+        :raises RuntimeError: when the connection is not open.
+        :raises ValueError: when a message is empty or larger than one frame can carry (checked
+            before any is queued: none is then).
+        """
+        if self._state is not State.OPEN:
+            raise RuntimeError(f"cannot send a message on a connection in state {self._state.value}")
+        cipher = self._send
+        assert cipher is not None
+        lengths = []
+        for parts in batch:
+            length = sum(len(part) for part in parts)
+            if not 1 <= length <= MAX_PLAINTEXT:
+                raise ValueError(f"encoded message is {length} bytes; a message holds 1 to {MAX_PLAINTEXT}")
+            lengths.append(length)
+        buffer = bytearray(sum(lengths) + len(lengths) * (2 + crypto.TAGLEN))
+        start = 0
+        for parts, length in zip(batch, lengths, strict=True):
+            size = length + crypto.TAGLEN
+            buffer[start] = size >> 8
+            buffer[start + 1] = size & 0xFF
+            pos = start + 2
+            for part in parts:
+                end = pos + len(part)
+                buffer[pos:end] = part
+                pos = end
+            cipher.encrypt_with_ad_in_place(b"", buffer, start + 2, length)
+            start += 2 + size
+        self._buffer.append(buffer)
 
     def send_plaintext(self, plaintext: bytes) -> None:
         """Queue one already-encoded transport message.
@@ -446,8 +471,13 @@ class Connection:
             raise self._fail(failure) from None
         if state is not State.OPEN:
             hint = ""
-            if self._initiator and self.protocol == PROTOCOL_IK:
+            if self._initiator and self.protocol is not None and self.protocol.startswith("Noise_IK_"):
                 hint = " (with IK this is what a peer does when it is not the peer that was dialled)"
+                if self.protocol != PROTOCOL_IK:
+                    hint = (
+                        " (with IK this is what a peer does when it is not the peer that was dialled,"
+                        " or when it does not take the cipher)"
+                    )
             elif self._initiator:
                 hint = (
                     " (a peer does so when it refuses a connection: too many from one address, or too fast)"

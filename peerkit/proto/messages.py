@@ -385,11 +385,46 @@ def encode_pong(rid: int, seen: tuple[str, int] | None = None) -> bytes:
     return b"".join((_PONG_SEEN_HEAD, _head(0, rid), _SEEN_KEY, _head(3, len(text)), text, _head(0, port)))
 
 
+#: A message's first bytes when it is ``{"t": <text>, "d": <bytes>}`` with "t" first: a stream's
+#: data (and other bulk messages), decoded by :func:`_decode_data` without the general decoder.
+_T_FIRST: Final = b"\xa2\x61t"
+
+
+def _decode_data(data: bytes | bytearray | memoryview) -> dict[str, Any] | None:
+    # {"t": <text under 24 bytes>, "d": <bytes, length in the head or 1-2 bytes after it>} filling
+    # ``data`` exactly, decoded as the general decoder would; None for anything else (including
+    # what the general decoder refuses: it decides).
+    initial = data[3]
+    if not 0x60 <= initial < 0x78:
+        return None
+    pos = 4 + initial - 0x60
+    if data[pos : pos + 2] != b"\x61d":
+        return None
+    initial = data[pos + 2] if pos + 2 < len(data) else 0
+    if 0x40 <= initial < 0x58:
+        start, length = pos + 3, initial - 0x40
+    elif initial == 0x58 and pos + 3 < len(data):
+        start, length = pos + 4, data[pos + 3]
+    elif initial == 0x59 and pos + 4 < len(data):
+        start, length = pos + 5, (data[pos + 3] << 8) | data[pos + 4]
+    else:
+        return None
+    if start + length != len(data):
+        return None
+    try:
+        kind = str(data[4:pos], "utf-8")
+    except UnicodeDecodeError:
+        return None
+    return {"t": kind, "d": bytes(data[start:])}
+
+
 def decode_message(data: bytes | bytearray | memoryview) -> dict[str, Any]:
     """Decode a transport message's plaintext.
 
     :raises ProtocolError: when it is not one strict CBOR map with a text ``"t"``.
     """
+    if data[:3] == _T_FIRST and len(data) > 8 and (fast := _decode_data(data)) is not None:
+        return fast
     value = decode(data)
     if not isinstance(value, dict):
         raise ProtocolError(f"a message must be a CBOR map, not {type(value).__name__}")

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import hashlib
 import os
+import types
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -26,7 +28,9 @@ from peerkit import (
     SecureChannel,
     Subscription,
 )
-from peerkit.proto import crypto
+from peerkit.node.connections import CIPHERS_REMEMBERED, Connections
+from peerkit.proto import connection, crypto
+from peerkit.streams import STREAM_CHUNK
 from peerkit.testing import MemoryNetwork, node_pair, nodes
 
 pytestmark = pytest.mark.anyio
@@ -340,3 +344,88 @@ async def test_an_iterator_left_open_ends_with_the_node() -> None:
         with anyio.fail_after(2):
             await ended.wait()
     assert received == []
+
+
+async def test_streams_to_a_peer_without_a_control_channel_run_the_cipher_it_asked_for_before(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # No control channel tells alice bob's ciphers: her first stream to him runs ChaChaPoly, and
+    # its hello teaches her (and his teaches him) that AESGCM suits them; the next runs AESGCM.
+    monkeypatch.setattr(crypto, "aes_is_fast", lambda: True)
+    async with pair("127.0.0.1") as (alice, bob):
+        seen: list[str] = []
+
+        @bob.on_stream(CHAT)
+        async def sink(stream: AppStream) -> None:
+            seen.append(stream.protocol)
+            async for chunk in stream:
+                await stream.send(chunk)
+
+        peer = alice.peer(bob.id, bob.endpoint)
+
+        async def one_stream() -> str:
+            async with await peer.open_stream(CHAT) as stream:
+                await stream.send(b"ping")
+                with anyio.fail_after(10):
+                    assert await stream.receive() == b"ping"
+                return stream.protocol
+
+        assert await one_stream() == "Noise_IK_25519_ChaChaPoly_BLAKE2b"
+        assert alice._connections.controls(bob.id) == []
+        assert await one_stream() == "Noise_IK_25519_AESGCM_BLAKE2b"
+        assert bob._connections.cipher_for(alice.id, "stream") == "AESGCM"
+        assert seen == ["Noise_IK_25519_ChaChaPoly_BLAKE2b", "Noise_IK_25519_AESGCM_BLAKE2b"]
+
+        # Bob no longer takes AESGCM (another program with his identity): alice's remembered
+        # cipher fails its handshake, and the stream is opened again with ChaChaPoly.
+        monkeypatch.setattr(
+            connection, "_SUPPORTED", {k: v for k, v in connection._SUPPORTED.items() if "AESGCM" not in v}
+        )
+        monkeypatch.setattr(crypto, "aes_is_fast", lambda: False)  # (his hellos ask for nothing)
+        assert await one_stream() == "Noise_IK_25519_ChaChaPoly_BLAKE2b"
+        assert alice._connections.cipher_for(bob.id, "stream") == "ChaChaPoly"
+
+
+def test_the_ciphers_a_node_remembers_are_bounded() -> None:
+    connections = Connections.__new__(Connections)
+    connections._ciphers, connections._controls = collections.OrderedDict(), {}  # (only these parts)
+    peer_ids = [Identity.generate().id for _ in range(CIPHERS_REMEMBERED + 5)]
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(crypto, "aes_is_fast", lambda: True)
+        for peer_id in peer_ids:
+            connections._heard(types.SimpleNamespace(id=peer_id, ciphers=("AESGCM",)))
+        assert len(connections._ciphers) == CIPHERS_REMEMBERED
+        assert connections.cipher_for(peer_ids[0], "stream") == "ChaChaPoly"  # the oldest went
+        assert connections.cipher_for(peer_ids[-1], "stream") == "AESGCM"
+        assert connections.cipher_for(peer_ids[-1], "control") == "ChaChaPoly"
+        # A hello that asks for nothing any more is remembered as such.
+        connections._heard(types.SimpleNamespace(id=peer_ids[-1], ciphers=()))
+        assert connections.cipher_for(peer_ids[-1], "stream") == "ChaChaPoly"
+
+
+async def test_a_send_leaves_in_one_write_per_four_messages(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A 64 KiB send is a full message and a small one: both in one write (the small one alone
+    # would be a TCP segment of its own); a larger send, one write for each four messages.
+    async with pair() as (alice, bob):
+        bob.add_stream_handler(CHAT, echo)
+        peer = await alice.peer_at(bob.endpoint.host, bob.endpoint.port)
+        async with await peer.open_stream(CHAT) as stream:
+            writes: list[int] = []
+            inner = stream._channel._stream
+            original = inner.send
+
+            async def counting(item: bytes) -> None:
+                writes.append(len(item))
+                await original(item)
+
+            monkeypatch.setattr(inner, "send", counting)
+            payload = os.urandom(65536 + 5 * STREAM_CHUNK)
+            await stream.send(payload[:65536])
+            assert len(writes) == 1
+            await stream.send(payload[65536:])
+            assert len(writes) == 3
+            got = bytearray()
+            with anyio.fail_after(10):
+                while len(got) < len(payload):
+                    got += await stream.receive()
+            assert got == payload

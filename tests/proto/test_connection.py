@@ -225,6 +225,9 @@ def test_eof(alice: Identity, bob: Identity) -> None:
         d = Connection.initiate(keys(alice), hello(alice), now=0.0, expected_id=dialling)
         with pytest.raises(HandshakeError, match=rf"during the handshake \(.*{hint}\)"):
             d.receive_eof()  # (a dialler learns what a peer that closes may mean)
+    d = Connection.initiate(keys(alice), hello(alice), now=0.0, expected_id=bob.id.key, cipher="AESGCM")
+    with pytest.raises(HandshakeError, match=r"was dialled, or when it does not take the cipher\)"):
+        d.receive_eof()
     a.send_message({"t": "x"})
     partial = a.data_to_send()[:5]
     _, b2, _, _ = handshake(alice, bob)
@@ -396,3 +399,22 @@ def test_connections_may_share_where_they_decrypt_large_messages(alice: Identity
     assert shared[:3] != bytes(3)  # (it was used)
     with pytest.raises(ValueError, match="scratch is 100 bytes"):
         Connection.respond(keys(bob), hello(bob), now=0.0, scratch=bytearray(100))
+
+
+def test_send_many_queues_each_message_as_its_own_frame_in_one_buffer(alice: Identity, bob: Identity) -> None:
+    a, b, _, _ = handshake(alice, bob, cipher="AESGCM")
+    first, second = messages.encode({"t": "x", "d": bytes(MAX_PLAINTEXT - 13)}), messages.encode({"t": "y"})
+    a.send_many([[first[:5], memoryview(first)[5:]], [second]])
+    assert len(a._buffer) == 1  # one write for both
+    events = transfer(a, b)
+    assert [e.message["t"] for e in events if isinstance(e, MessageReceived)] == ["x", "y"]
+    # A message too large (or empty) anywhere in the batch: an error naming it, nothing queued.
+    for bad in ([b""], [bytes(MAX_PLAINTEXT + 1)]):
+        with pytest.raises(ValueError, match="a message holds 1 to 65519"):
+            a.send_many([[second], bad])
+        assert a.data_to_send() == b""
+    a.send_many([[second]])  # (the nonces did not move: the peer still reads what follows)
+    assert [e.message for e in transfer(a, b) if isinstance(e, MessageReceived)] == [{"t": "y"}]
+    c = Connection.initiate(keys(alice), hello(alice), now=0.0)
+    with pytest.raises(RuntimeError, match="cannot send a message on a connection in state"):
+        c.send_many([[second]])

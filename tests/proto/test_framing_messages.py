@@ -388,3 +388,57 @@ def test_a_pong_refuses_what_a_pong_cannot_say() -> None:
         messages.encode_pong(True)
     with pytest.raises(ValueError, match="port is 0-65535, not 65536"):
         messages.encode_pong(1, ("127.0.0.1", 65536))
+
+
+def _general(data: bytes | bytearray | memoryview) -> object:
+    # decode_message without its fast path: the general decoder and the message checks.
+    value = messages.decode(data)
+    if not isinstance(value, dict) or not isinstance(value.get("t"), str):
+        raise ProtocolError("not a message")
+    return value
+
+
+def _data_message(kind: str, data: bytes) -> bytes:
+    return b"\xa2\x61t" + messages.encode(kind) + b"\x61d" + messages.encode(data)
+
+
+@given(
+    st.text(max_size=30),
+    st.one_of(st.binary(max_size=300), st.sampled_from([bytes(n) for n in (23, 24, 255, 256, 65487)])),
+    st.sampled_from([bytes, bytearray, memoryview]),
+)
+def test_data_messages_decode_as_the_general_decoder_decodes_them(kind: str, data: bytes, form: type) -> None:
+    wire = form(_data_message(kind, data))
+    decoded = messages.decode_message(wire)
+    assert decoded == _general(wire) == {"t": kind, "d": data}
+    assert type(decoded["d"]) is bytes
+
+
+def test_a_data_message_skips_the_general_decoder(monkeypatch: pytest.MonkeyPatch) -> None:
+    wire = _data_message("data", b"x" * 1000)
+    monkeypatch.setattr(messages, "decode", lambda *args, **kwargs: pytest.fail("the general decoder ran"))
+    assert messages.decode_message(memoryview(bytearray(wire))) == {"t": "data", "d": b"x" * 1000}
+    assert messages.decode_message(_data_message("data", b"")) == {"t": "data", "d": b""}
+
+
+@given(st.binary(max_size=40), st.integers(min_value=0, max_value=3))
+def test_anything_starting_like_a_data_message_decodes_as_the_general_decoder_decodes_it(
+    tail: bytes, cut: int
+) -> None:
+    # Arbitrary bytes after the map head and the key "t", and well-formed messages cut short or
+    # followed by more: the fast path accepts exactly what the general decoder does, the same way.
+    for wire in (
+        b"\xa2\x61t" + tail,
+        _data_message("d", tail)[: len(tail) + 6 - cut],
+        _data_message("d", tail) + tail[:cut],
+        _data_message("\udcff".encode("utf-8", "surrogatepass").decode("latin-1"), tail),
+        b"\xa2\x61t\x61d\x61d\x59" + len(tail).to_bytes(2, "big") + tail,  # a longer head than needed
+        b"\xa2\x61t\x62\xff\xfe\x61d\x40",  # "t" is not UTF-8
+    ):
+        try:
+            expected = _general(wire)
+        except ProtocolError:
+            with pytest.raises(ProtocolError):
+                messages.decode_message(wire)
+        else:
+            assert messages.decode_message(wire) == expected
