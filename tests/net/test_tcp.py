@@ -121,6 +121,49 @@ async def test_no_read_makes_an_object_of_128_kib_or_more() -> None:
         assert max(await bulk_read_sizes(client, server)) == tcp.READ_SIZE < 128 * 1024
 
 
+class _Transport(asyncio.Transport):
+    # What a TcpStream asks of its transport while receiving.
+    def __init__(self) -> None:
+        super().__init__()
+        self.paused = False
+
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        pass
+
+    def pause_reading(self) -> None:
+        self.paused = True
+
+    def resume_reading(self) -> None:
+        self.paused = False
+
+    def is_closing(self) -> bool:
+        return False
+
+
+def test_one_read_takes_up_to_what_a_connection_may_hold_in_objects_under_128_kib() -> None:
+    # A reader that keeps up takes what a fast sender sent in few reads (each read a turn of the
+    # event loop); what it reads is copied out in objects of at most READ_SIZE, and a read never
+    # takes more than MAX_UNREAD less what waits unread.
+    protocol = tcp._Protocol()
+    transport = _Transport()
+    protocol.connection_made(transport)
+    stream = protocol.stream
+    assert stream is not None
+    landing = protocol.get_buffer(-1)
+    assert len(landing) == tcp.MAX_UNREAD > 4 * tcp.READ_SIZE
+    data = bytes(itertools.islice(itertools.cycle(range(251)), 500_000))
+    landing[: len(data)] = data
+    protocol.buffer_updated(len(data))
+    assert transport.paused  # (over READ_HIGH)
+    assert protocol.get_buffer(-1).nbytes == tcp.MAX_UNREAD - len(data)
+    pieces = []
+    while (piece := stream.receive_waiting(1 << 30)) is not None:
+        pieces.append(piece)
+    assert b"".join(pieces) == data
+    assert max(map(len, pieces)) == tcp.READ_SIZE < 128 * 1024
+    assert not transport.paused
+
+
 async def test_interleaved_reads_of_many_connections_keep_their_own_bytes() -> None:
     async with connected() as (a1, b1), connected() as (a2, b2):
         for i in range(20):
@@ -148,7 +191,7 @@ async def test_a_reader_that_does_not_read_slows_the_writer_and_loses_nothing() 
             tg.start_soon(send)
             await anyio.sleep(0.2)
             assert server._reading_paused  # more than READ_HIGH waited unread
-            assert server._buffered <= tcp.READ_HIGH + 65536 * 4
+            assert server._buffered <= tcp.MAX_UNREAD
             with anyio.fail_after(20):
                 received = await read_all(server, len(payload))
         assert received == payload
