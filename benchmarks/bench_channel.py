@@ -25,7 +25,15 @@ from collections.abc import Awaitable, Callable
 import anyio
 import anyio.abc
 
-from benchmarks.harness import Progress, Result, median, ratio, run_in_steady_child, steady_child_main
+from benchmarks.harness import (
+    Progress,
+    Result,
+    first_line,
+    median,
+    ratio,
+    run_in_steady_child,
+    steady_child_main,
+)
 from peerkit.identity import Identity, PeerId
 from peerkit.net.channel import _READ_SIZE as READ_SIZE  # the same reads as SecureChannel
 from peerkit.net.channel import SecureChannel, connect, listen, wanted_ciphers
@@ -117,10 +125,7 @@ async def _two_processes(mode: str, total: int, alice: Identity) -> float:
     command = [sys.executable, "-m", "benchmarks.bench_channel", "sink", mode, str(total)]
     async with await anyio.open_process(command) as process:
         assert process.stdout is not None
-        line = b""
-        while not line.endswith(b"\n"):
-            line += await process.stdout.receive(1)
-        port, peer_id = line.decode().split()
+        port, peer_id = (await first_line(process.stdout)).split()
         rate = await _push(mode, int(port), peer_id, total, alice)
         await process.wait()
     return rate

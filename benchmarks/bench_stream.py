@@ -21,7 +21,16 @@ import uuid
 import anyio
 import anyio.abc
 
-from benchmarks.harness import Progress, Result, median, push, ratio, run_in_steady_child, steady_child_main
+from benchmarks.harness import (
+    Progress,
+    Result,
+    first_line,
+    median,
+    push,
+    ratio,
+    run_in_steady_child,
+    steady_child_main,
+)
 from peerkit.identity import Identity, PeerId
 from peerkit.model import Application, EndPoint
 from peerkit.net.channel import wanted_ciphers
@@ -126,10 +135,7 @@ async def _two_processes(rounds: int, total: int, progress: Progress) -> tuple[l
     async with await anyio.open_process(command) as process:
         assert process.stdout is not None
         assert process.stdin is not None
-        line = b""
-        while not line.endswith(b"\n"):
-            line += await process.stdout.receive(1)
-        peer_id, port, raw_port = line.decode().split()
+        peer_id, port, raw_port = (await first_line(process.stdout)).split()
         try:
             return await _rounds(rounds, total, progress, PeerId.parse(peer_id), int(port), int(raw_port))
         finally:

@@ -117,6 +117,15 @@ async def push(stream: anyio.abc.ByteStream, total: int, piece: int) -> float:
     return total / (time.perf_counter() - start) / 1e6
 
 
+async def first_line(stream: anyio.abc.ByteReceiveStream) -> str:
+    """The first line a child process prints (where to reach what it serves), without its end;
+    read a byte at a time, so that nothing after it is taken."""
+    line = b""
+    while not line.endswith(b"\n"):
+        line += await stream.receive(1)
+    return line[:-1].decode()
+
+
 def write_file(path: Path, size: int) -> None:
     """Write ``size`` bytes (a whole number of MiB) of random-looking data to ``path``, no two MiB
     alike (so that nothing along the way can compress or skip them)."""

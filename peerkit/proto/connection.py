@@ -132,6 +132,12 @@ class MessageReceived(Event):
     message: dict[str, Any]
 
 
+def _check_length(length: int) -> None:
+    # A transport message's plaintext fits one frame, and is not empty.
+    if not 1 <= length <= MAX_PLAINTEXT:
+        raise ValueError(f"encoded message is {length} bytes; a message holds 1 to {MAX_PLAINTEXT}")
+
+
 class Connection:
     """The sans-IO state machine of one connection; see the module docstring.
 
@@ -341,16 +347,10 @@ class Connection:
         :raises ValueError: when a message is empty or larger than one frame can carry (checked
             before any is queued: none is then).
         """
-        if self._state is not State.OPEN:
-            raise RuntimeError(f"cannot send a message on a connection in state {self._state.value}")
-        cipher = self._send
-        assert cipher is not None
-        lengths = []
-        for parts in batch:
-            length = sum(len(part) for part in parts)
-            if not 1 <= length <= MAX_PLAINTEXT:
-                raise ValueError(f"encoded message is {length} bytes; a message holds 1 to {MAX_PLAINTEXT}")
-            lengths.append(length)
+        cipher = self._sending_cipher()
+        lengths = [sum(len(part) for part in parts) for parts in batch]
+        for length in lengths:
+            _check_length(length)
         buffer = bytearray(sum(lengths) + len(lengths) * (2 + crypto.TAGLEN))
         start = 0
         for parts, length in zip(batch, lengths, strict=True):
@@ -379,16 +379,20 @@ class Connection:
     def _new_frame(self, length: int) -> tuple[CipherState, bytearray]:
         # The sending cipher and a frame with its length prefix and room for ``length`` bytes of
         # plaintext and the tag: prefix and ciphertext share one buffer, so nothing is copied again.
-        if self._state is not State.OPEN:
-            raise RuntimeError(f"cannot send a message on a connection in state {self._state.value}")
-        assert self._send is not None
-        if not 1 <= length <= MAX_PLAINTEXT:
-            raise ValueError(f"encoded message is {length} bytes; a message holds 1 to {MAX_PLAINTEXT}")
+        cipher = self._sending_cipher()
+        _check_length(length)
         size = length + crypto.TAGLEN
         frame = bytearray(2 + size)
         frame[0] = size >> 8
         frame[1] = size & 0xFF
-        return self._send, frame
+        return cipher, frame
+
+    def _sending_cipher(self) -> CipherState:
+        # The cipher that seals transport messages, once the connection is open.
+        if self._state is not State.OPEN:
+            raise RuntimeError(f"cannot send a message on a connection in state {self._state.value}")
+        assert self._send is not None
+        return self._send
 
     def close(self) -> None:
         """Stop the connection; later input is ignored and nothing more is sent."""
@@ -472,12 +476,9 @@ class Connection:
         if state is not State.OPEN:
             hint = ""
             if self._initiator and self.protocol is not None and self.protocol.startswith("Noise_IK_"):
-                hint = " (with IK this is what a peer does when it is not the peer that was dialled)"
-                if self.protocol != PROTOCOL_IK:
-                    hint = (
-                        " (with IK this is what a peer does when it is not the peer that was dialled,"
-                        " or when it does not take the cipher)"
-                    )
+                # (a peer may also refuse a cipher other than every peer's ChaChaPoly)
+                also = "" if self.protocol == PROTOCOL_IK else ", or when it does not take the cipher"
+                hint = f" (with IK this is what a peer does when it is not the peer that was dialled{also})"
             elif self._initiator:
                 hint = (
                     " (a peer does so when it refuses a connection: too many from one address, or too fast)"
